@@ -116,22 +116,36 @@ class OpenAIBackend:
         request_id: str | None = None,
         prefix_key: str | None = None,
     ) -> AsyncIterator[CompletionDelta]:
-        """Server-sent deltas. Only the connection is retried; a stream broken half-way raises LLMError."""
+        """Server-sent deltas, tool-call fragments assembled into whole calls (see `CompletionDelta`).
+
+        Not retried. HTTP errors raise as in `chat`; a failed connection, or a stream that ends before its choice
+        finished, raises RetriableLLMError; an error reported inside the stream, or a malformed chunk, LLMError."""
         body = self._body(messages, tools, sampling, max_tokens, stop, prefix_key, stream=True)
         headers = self._headers(request_id, prefix_key)
-        async with self.limiter.slot(), self._client.stream(
-            "POST", "/chat/completions", json=body, headers=headers
-        ) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                _raise_for_status(response)
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[len("data:"):].strip()
-                if data == "[DONE]":
-                    return
-                yield _parse_delta(json.loads(data))
+        calls, finished = ToolCallAssembler(), False
+        try:
+            async with self.limiter.slot(), self._client.stream(
+                "POST", "/chat/completions", json=body, headers=headers
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _raise_for_status(response)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[len("data:"):].strip()
+                    if data == "[DONE]":
+                        finished = True
+                        break
+                    delta = _parse_delta(_load_chunk(data), calls)
+                    finished = finished or delta.finish_reason is not None
+                    yield delta
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise RetriableLLMError(f"stream {request_id or ''}: {type(exc).__name__}: {exc}") from exc
+        if not finished:
+            raise RetriableLLMError(f"stream {request_id or ''}: the server closed it before the choice finished")
+        if calls.pending:  # [DONE] without a finish_reason: the calls are whole, deliver them
+            yield CompletionDelta(tool_calls=calls.take())
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -196,12 +210,63 @@ def parse_completion(payload: dict) -> Completion:
     )
 
 
-def _parse_delta(chunk: dict) -> CompletionDelta:
+class ToolCallAssembler:
+    """Collects the `delta.tool_calls` fragments of one streamed choice into whole calls.
+
+    A fragment names its call by `index`; the first carries `id` and the start of `function.name`, later ones
+    append to `function.arguments` (and, on some servers, to the name). Calls of different indices may interleave.
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[int, dict[str, str]] = {}
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._parts)
+
+    def add(self, fragments: list[dict]) -> None:
+        for fragment in fragments:
+            index = fragment.get("index", len(self._parts))
+            part = self._parts.setdefault(index, {"id": "", "name": "", "arguments": ""})
+            part["id"] = fragment.get("id") or part["id"]
+            function = fragment.get("function") or {}
+            part["name"] += function.get("name") or ""
+            arguments = function.get("arguments") or ""
+            part["arguments"] += arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+    def take(self) -> tuple[ToolCall, ...]:
+        """The calls so far, in index order; the assembler is empty afterwards."""
+        calls = tuple(
+            ToolCall(id=part["id"] or f"call_{index}", name=part["name"],
+                     arguments=_parse_arguments(part["arguments"]))
+            for index, part in sorted(self._parts.items())
+        )
+        self._parts.clear()
+        return calls
+
+
+def _load_chunk(data: str) -> dict:
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise LLMError(f"malformed stream chunk: {data[:300]}") from exc
+    if not isinstance(chunk, dict):
+        raise LLMError(f"malformed stream chunk: {data[:300]}")
+    return chunk
+
+
+def _parse_delta(chunk: dict, calls: ToolCallAssembler) -> CompletionDelta:
+    if chunk.get("error"):  # servers report a failure after the stream started in-band
+        error = chunk["error"]
+        raise LLMError(f"stream error: {error.get('message', error) if isinstance(error, dict) else error}")
     choices = chunk.get("choices") or []
-    delta = choices[0].get("delta", {}) if choices else {}
+    delta = (choices[0].get("delta") or {}) if choices else {}
+    finish_reason = choices[0].get("finish_reason") if choices else None
+    calls.add(delta.get("tool_calls") or [])
     return CompletionDelta(
         content=delta.get("content") or "",
-        reasoning=delta.get("reasoning_content") or "",
-        finish_reason=choices[0].get("finish_reason") if choices else None,
+        reasoning=delta.get("reasoning_content") or delta.get("reasoning") or "",
+        finish_reason=finish_reason,
         usage=_parse_usage(chunk["usage"]) if chunk.get("usage") else None,
+        tool_calls=calls.take() if finish_reason else (),
     )

@@ -17,7 +17,7 @@ from typing import Any
 from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.types import Completion, CompletionDelta, LLMError, Message, Sampling, ToolCall, Usage
 from runtime.sampling import SamplingParams
-from runtime.toolcalls import parse_qwen
+from runtime.toolcalls import ParsedOutput, QwenStreamParser, parse_qwen
 
 
 def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -97,7 +97,7 @@ class RuntimeBackend:
         if last is None:
             raise LLMError("the runtime returned no output")
         parsed = parse_qwen("".join(text))
-        calls = tuple(ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in parsed.tool_calls)
+        calls = _tool_calls(parsed)
         reason = _finish_reason(last.finish_reason)
         return Completion(
             content=parsed.content.strip(), reasoning=parsed.reasoning, tool_calls=calls,
@@ -117,19 +117,36 @@ class RuntimeBackend:
         request_id: str | None = None,
         prefix_key: str | None = None,
     ) -> AsyncIterator[CompletionDelta]:
-        """Raw text deltas (tool calls are parsed by `chat`); the last delta carries finish reason and usage."""
+        """Parsed deltas: `<think>` text as reasoning, each tool call whole on the delta whose text closes it (its
+        markup left out of the content), the last delta with finish reason and usage. The deltas add up to what
+        `chat` returns, except that `chat` strips the content's outer whitespace."""
+        parser, any_calls = QwenStreamParser(), False
         async for output in self._outputs(messages, tools, sampling, max_tokens, stop, request_id):
-            usage = None
+            parsed = parser.feed(output.new_text)
             if output.finished:
-                usage = Usage(prompt_tokens=output.num_prompt_tokens, completion_tokens=output.num_completion_tokens,
-                              cached_prompt_tokens=output.num_cached_tokens)
-            yield CompletionDelta(content=output.new_text,
-                                  finish_reason=_finish_reason(output.finish_reason) if output.finished else None,
-                                  usage=usage)
+                parsed = parsed + parser.finish()  # flush text held back as a possible marker start
+            any_calls = any_calls or bool(parsed.tool_calls)
+            if not output.finished:
+                if not parsed.is_empty:
+                    yield _delta(parsed)
+                continue
+            reason = _finish_reason(output.finish_reason)
+            usage = Usage(prompt_tokens=output.num_prompt_tokens, completion_tokens=output.num_completion_tokens,
+                          cached_prompt_tokens=output.num_cached_tokens)
+            yield _delta(parsed, finish_reason="tool_calls" if any_calls and reason == "stop" else reason,
+                         usage=usage)
 
     async def aclose(self) -> None:
         """Stop the engine thread (joins it, so off the event loop)."""
         await asyncio.to_thread(self.engine.shutdown)
+
+
+def _tool_calls(parsed: ParsedOutput) -> tuple[ToolCall, ...]:
+    return tuple(ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in parsed.tool_calls)
+
+
+def _delta(parsed: ParsedOutput, **end: Any) -> CompletionDelta:
+    return CompletionDelta(content=parsed.content, reasoning=parsed.reasoning, tool_calls=_tool_calls(parsed), **end)
 
 
 def _finish_reason(reason: Any) -> str:

@@ -75,12 +75,20 @@ class Completion:
 
 @dataclass(frozen=True)
 class CompletionDelta:
-    """One streamed piece; the last delta carries `finish_reason` and `usage`."""
+    """One streamed piece; the last delta carries `finish_reason` and `usage`.
+
+    `tool_calls` holds the calls this delta completed, each whole (name and decoded arguments) and each in exactly
+    one delta of a stream, so a consumer collects them over the stream. Where they come depends on the backend:
+    the `openai` backend assembles the servers' `delta.tool_calls` fragments and emits them on the delta that
+    finishes the choice (fragments do not say when a call is complete); the `runtime` backend emits each call on
+    the delta whose text closes it, and leaves the call's markup out of `content`.
+    """
 
     content: str = ""
     reasoning: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @runtime_checkable

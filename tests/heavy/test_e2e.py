@@ -7,23 +7,12 @@ import json
 import pytest
 
 from heavy.agent import Trajectory, TrajectoryLimits, TrajectorySpec
-from heavy.corpus.commands import corpus_add
 from heavy.events import MemorySink, ReportReady, TrajectoryDone, TrajectoryStep
 from heavy.llm.types import Sampling
 from heavy.scheduler import JobSpec, Scheduler
-from heavy.toolbox import local_corpus_tools
+from tests.heavy.e2e_corpus import QUESTION, small_corpus_tools
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
-
-DOCS = [
-    {"title": "Scott Derrickson", "text": "Scott Derrickson (born July 16, 1966) is an American director, "
-     "screenwriter and producer. He is best known for directing horror films such as Sinister."},
-    {"title": "Ed Wood", "text": "Edward Davis Wood Jr. (1924-1978) was an American filmmaker, actor and writer."},
-    {"title": "Sinister (film)", "text": "Sinister is a 2012 supernatural horror film directed by Scott Derrickson."},
-    {"title": "Woodson, Arkansas", "text": "Woodson is a census-designated place in Pulaski County, Arkansas."},
-    {"title": "Tim Burton", "text": "Tim Burton is an American filmmaker who directed Ed Wood (1994)."},
-]
-QUESTION = "Were Scott Derrickson and Ed Wood of the same nationality?"
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +26,7 @@ def backend():
 
 @pytest.fixture(scope="module")
 def executor(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    (folder / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in DOCS))
-    corpus_add(folder / "docs.jsonl", folder / "index.sqlite")
-    with local_corpus_tools(folder / "index.sqlite") as tools:
+    with small_corpus_tools(tmp_path_factory.mktemp("corpus")) as tools:
         yield tools
 
 

@@ -1,7 +1,10 @@
-"""The OpenAI-compatible backend over an httpx mock transport: parsing, retries/backoff, rate limit, cancel."""
+"""The OpenAI-compatible backend over an httpx mock transport (parsing, retries/backoff, rate limit, cancel) and over
+a loopback fake SSE server (streamed tool-call fragments assembled into calls)."""
 
 import asyncio
+import contextlib
 import json
+import re
 
 import httpx
 import pytest
@@ -9,7 +12,7 @@ import pytest
 from heavy.llm.openai_backend import OpenAIBackend
 from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.retry import RetryPolicy
-from heavy.llm.types import LLMError, Sampling
+from heavy.llm.types import LLMError, RetriableLLMError, Sampling, ToolCall
 
 pytestmark = pytest.mark.anyio
 
@@ -140,6 +143,95 @@ async def test_stream_yields_deltas_and_usage():
     deltas = [d async for d in llm.stream([{"role": "user", "content": "hi"}], None, Sampling(), max_tokens=8)]
     assert "".join(d.content for d in deltas) == "Paris" and deltas[1].finish_reason == "stop"
     assert deltas[-1].usage.completion_tokens == 2
+
+
+@contextlib.asynccontextmanager
+async def fake_sse_server(events: list[str]):
+    """An HTTP server on 127.0.0.1 answering every POST with `events` as SSE, each written in two pieces split
+    mid-line (so lines are reassembled across reads); yields its /v1 URL and the request bodies it received."""
+    bodies = []
+
+    async def handle(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"content-length:\s*(\d+)", head, re.IGNORECASE).group(1))
+        bodies.append(json.loads(await reader.readexactly(length)))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        for event in events:
+            raw = event.encode()
+            for piece in (raw[: len(raw) // 2], raw[len(raw) // 2:]):
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.001)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", bodies
+
+
+def sse(*chunks: dict, done: bool = True) -> list[str]:
+    return [f"data: {json.dumps(chunk)}\n\n" for chunk in chunks] + (["data: [DONE]\n\n"] if done else [])
+
+
+def call_fragment(index: int, *, call_id: str | None = None, name: str | None = None, arguments: str = "") -> dict:
+    function = {"arguments": arguments} | ({"name": name} if name is not None else {})
+    fragment = {"index": index, "function": function}
+    return fragment | ({"id": call_id, "type": "function"} if call_id else {})
+
+
+def delta_chunk(finish_reason: str | None = None, **delta) -> dict:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+async def stream_all(url: str) -> list:
+    llm = OpenAIBackend(url, "m", retry=FAST_RETRY)
+    try:
+        return [d async for d in llm.stream([{"role": "user", "content": "hi"}], [{"type": "function"}],
+                                            Sampling(), max_tokens=8, prefix_key="job")]
+    finally:
+        await llm.aclose()
+
+
+async def test_stream_assembles_fragmented_tool_calls_on_the_finishing_delta():
+    events = sse(
+        delta_chunk(role="assistant", content="Let me look. "),
+        delta_chunk(tool_calls=[call_fragment(0, call_id="call_a", name="search")]),
+        delta_chunk(tool_calls=[call_fragment(0, arguments='{"query": "ed')]),
+        delta_chunk(tool_calls=[call_fragment(1, call_id="call_b", name="open_")]),  # the name comes in pieces too
+        delta_chunk(tool_calls=[call_fragment(0, arguments=' wood"}'), call_fragment(1, name="page")]),  # interleaved
+        delta_chunk(tool_calls=[call_fragment(1, arguments='{"url": "http://x.test/1"}')]),
+        delta_chunk("tool_calls"),
+        {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}},
+    )
+    async with fake_sse_server(events) as (url, bodies):
+        deltas = await stream_all(url)
+    assert bodies[0]["stream"] is True and bodies[0]["stream_options"] == {"include_usage": True}
+    assert "".join(d.content for d in deltas) == "Let me look. "
+    carrying = [d for d in deltas if d.tool_calls]
+    assert len(carrying) == 1 and carrying[0].finish_reason == "tool_calls"
+    assert carrying[0].tool_calls == (ToolCall("call_a", "search", {"query": "ed wood"}),
+                                      ToolCall("call_b", "open_page", {"url": "http://x.test/1"}))
+    assert deltas[-1].usage.prompt_tokens == 9
+
+
+async def test_stream_without_finish_reason_still_delivers_whole_calls_at_done():
+    events = sse(delta_chunk(tool_calls=[call_fragment(0, name="search", arguments='{"query"')]),
+                 delta_chunk(tool_calls=[call_fragment(0, arguments=': "kimi"}')]))
+    async with fake_sse_server(events) as (url, _):
+        deltas = await stream_all(url)
+    assert [d.tool_calls for d in deltas if d.tool_calls] == [(ToolCall("call_0", "search", {"query": "kimi"}),)]
+
+
+async def test_stream_errors_in_band_and_truncated_streams_raise():
+    error = {"error": {"message": "engine died", "type": "server_error"}}
+    async with fake_sse_server(sse(delta_chunk(content="a"), error, done=False)) as (url, _):
+        with pytest.raises(LLMError, match="engine died"):
+            await stream_all(url)
+    cut_short = delta_chunk(tool_calls=[call_fragment(0, call_id="c", name="search", arguments='{"qu')])
+    truncated = sse(cut_short, done=False)
+    async with fake_sse_server(truncated) as (url, _):
+        with pytest.raises(RetriableLLMError, match="before the choice finished"):
+            await stream_all(url)
 
 
 def test_backoff_grows_and_respects_retry_after():

@@ -1,4 +1,5 @@
-"""The runtime backend's own logic over a stand-in engine: chat rendering, parsing, usage, cancellation.
+"""The runtime backend's own logic over a stand-in engine: chat rendering, parsing, usage, cancellation, and
+the parsed stream (reasoning, whole tool calls where their text closes, finish reason and usage).
 (The real engine and model run in test_e2e.py, marked slow.)"""
 
 import asyncio
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from heavy.llm.runtime_backend import RuntimeBackend, template_messages
-from heavy.llm.types import LLMError, Sampling
+from heavy.llm.types import LLMError, Sampling, ToolCall
 
 pytestmark = pytest.mark.anyio
 
@@ -23,8 +24,8 @@ class Output:
 
 
 class Engine:
-    def __init__(self, pieces, hang=False):
-        self.pieces, self.hang = pieces, hang
+    def __init__(self, pieces, hang=False, finish_reason="stop"):
+        self.pieces, self.hang, self.finish_reason = pieces, hang, finish_reason
         self.calls, self.closed = [], []
 
     async def generate(self, prompt, params, request_id):
@@ -32,7 +33,8 @@ class Engine:
         try:
             for i, piece in enumerate(self.pieces):
                 last = i == len(self.pieces) - 1 and not self.hang
-                yield Output(piece, finished=last, finish_reason="stop" if last else None, num_completion_tokens=i + 1)
+                yield Output(piece, finished=last, finish_reason=self.finish_reason if last else None,
+                             num_completion_tokens=i + 1)
             if self.hang:  # a request that never ends on its own
                 await asyncio.sleep(30)
         finally:
@@ -89,3 +91,37 @@ async def test_engine_refusal_is_an_llm_error():
 
     with pytest.raises(LLMError, match="runtime: the prompt has 9000 tokens"):
         await RuntimeBackend(Refusing([]), Tokenizer()).chat([], None, Sampling(), max_tokens=8)
+
+
+async def stream_and_chat(pieces, **engine_options):
+    messages, tools = [{"role": "user", "content": "q"}], [{"type": "function"}]
+    backend = RuntimeBackend(Engine(pieces, **engine_options), Tokenizer())
+    deltas = [d async for d in backend.stream(messages, tools, Sampling(), max_tokens=64)]
+    backend = RuntimeBackend(Engine(pieces, **engine_options), Tokenizer())
+    return deltas, await backend.chat(messages, tools, Sampling(), max_tokens=64)
+
+
+async def test_stream_emits_each_tool_call_whole_where_its_text_closes():
+    pieces = ["<think>need ", "facts</think>\n", "Searching. ", "```json\n{\"name\": \"search\", ",
+              "\"arguments\": {\"query\": \"ed wood\"}}\n```", " Then I answer."]
+    deltas, completion = await stream_and_chat(pieces)
+    with_calls = [i for i, d in enumerate(deltas) if d.tool_calls]
+    assert len(with_calls) == 1 and deltas[with_calls[0]].finish_reason is None  # before the stream ends
+    assert deltas[with_calls[0]].tool_calls == (ToolCall("call_0", "search", {"query": "ed wood"}),)
+    content = "".join(d.content for d in deltas)
+    assert "```" not in content and "search" not in content
+    assert "".join(d.reasoning for d in deltas) == "need facts" == completion.reasoning
+    assert content.strip() == completion.content == "Searching.  Then I answer."
+    assert deltas[with_calls[0]].tool_calls == completion.tool_calls  # chat() reads the same calls
+    last = deltas[-1]
+    assert last.finish_reason == "tool_calls" == completion.finish_reason
+    assert (last.usage.prompt_tokens, last.usage.cached_prompt_tokens, last.usage.completion_tokens) == (40, 16, 6)
+    assert all(d.usage is None and d.finish_reason is None for d in deltas[:-1])
+
+
+async def test_stream_flushes_a_call_left_open_at_the_token_limit_on_the_last_delta():
+    pieces = ["<tool_call>\n{\"name\": \"search\", ", "\"arguments\": {\"query\": \"kimi\"}}"]
+    deltas, completion = await stream_and_chat(pieces, finish_reason="length")
+    assert [d.tool_calls for d in deltas if d.tool_calls] == [(ToolCall("call_0", "search", {"query": "kimi"}),)]
+    assert deltas[-1].tool_calls and deltas[-1].finish_reason == "length" == completion.finish_reason
+    assert not "".join(d.content for d in deltas) and completion.tool_calls == deltas[-1].tool_calls
