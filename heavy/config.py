@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     straggler_grace_s: float = Field(60.0, ge=0)  # after deadline + grace, aggregate whatever exists
     early_stop_k: int = Field(5, ge=1)  # answer mode: stop when k trajectories agree
     temperature_min: float = Field(0.0, ge=0)
-    temperature_max: float = Field(1.0, ge=0)
+    temperature_max: float = Field(0.7, ge=0)  # a small model above ~0.7 samples noise, not other routes
     seed: int = 0
+    opening_search: bool = True  # every trajectory's first step searches the question as asked
     allowed_tools: tuple[str, ...] = ("search", "open_page", "python")
     price_per_mtok_prompt: float = Field(0.0, ge=0)  # for the cost estimate in the JSON result
     price_per_mtok_completion: float = Field(0.0, ge=0)

@@ -48,8 +48,9 @@ class JobSpec:
     straggler_grace_s: float = 60.0
     early_stop_k: int = 5
     temperature_min: float = 0.0
-    temperature_max: float = 1.0
+    temperature_max: float = 0.7
     seed: int = 0
+    opening_search: bool = True  # every trajectory's first step searches the question as asked
 
     def __post_init__(self) -> None:
         if self.mode not in ("report", "answer"):
@@ -76,7 +77,7 @@ class JobSpec:
             limits=limits, job_tokens=settings.job_tokens, deadline_s=settings.job_deadline_s,
             straggler_min_done=settings.straggler_min_done, straggler_grace_s=settings.straggler_grace_s,
             early_stop_k=settings.early_stop_k, temperature_min=settings.temperature_min,
-            temperature_max=settings.temperature_max, seed=settings.seed,
+            temperature_max=settings.temperature_max, seed=settings.seed, opening_search=settings.opening_search,
         )
         values.update(overrides)
         return cls(job_id=job_id, question=question, **values)
@@ -197,7 +198,8 @@ class Scheduler:
                    budget: JobTokenBudget) -> TrajectoryResult:
         sampling = spec.sampling(k)
         trajectory_spec = TrajectorySpec(job_id=spec.job_id, index=k, question=spec.question,
-                                         allowed_tools=spec.allowed_tools, sampling=sampling, limits=spec.limits)
+                                         allowed_tools=spec.allowed_tools, sampling=sampling, limits=spec.limits,
+                                         opening_search=spec.opening_search)
         trajectory = self.trajectory_factory(trajectory_spec, self.backend, self.executor, sink=sink, stop=stop,
                                              job_budget=budget)
         try:

@@ -66,6 +66,13 @@ def write_corpus(rows: list[dict], directory: Path) -> Path:
     return path
 
 
+def _transcript(trajectory) -> dict:
+    """What one trajectory did, compactly: enough to see why an answer is wrong."""
+    return {"answer": trajectory.answer, "stop": trajectory.stop_reason, "temperature": trajectory.temperature,
+            "steps": [{"text": s.content[:200], "calls": [[c.name, c.arguments] for c in s.calls],
+                       "feedback": s.feedback[:100]} for s in trajectory.steps]}
+
+
 async def ask(scheduler: Scheduler, row: dict, base: JobSpec, trajectories: int) -> dict:
     spec = replace(base, job_id=f"hotpot-{row['_id']}-n{trajectories}", question=row["question"],
                    trajectories=trajectories)
@@ -77,6 +84,7 @@ async def ask(scheduler: Scheduler, row: dict, base: JobSpec, trajectories: int)
         "agreement": result.agreement, "stop_reason": result.stop_reason,
         "tokens": result.usage.total_tokens, "cached_prompt_tokens": result.usage.cached_prompt_tokens,
         "seconds": round(time.monotonic() - started, 1), "answers": [t.answer for t in result.trajectories],
+        "votes": result.votes, "transcripts": [_transcript(t) for t in result.trajectories],
     }
     logging.info("n=%d %s: %r vs %r  F1=%.2f  %.0fs", trajectories, row["_id"], outcome["prediction"],
                  outcome["gold"], outcome["f1"], outcome["seconds"])
@@ -143,7 +151,7 @@ def main() -> None:
     parser.add_argument("--step-tokens", type=int, default=256)
     parser.add_argument("--deadline-s", type=float, default=1800.0)
     parser.add_argument("--early-stop-k", type=int, default=5)
-    parser.add_argument("--temperature-max", type=float, default=1.0)
+    parser.add_argument("--temperature-max", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("eval_hotpotqa.json"))
     args = parser.parse_args()

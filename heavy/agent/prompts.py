@@ -27,9 +27,9 @@ ANSWER_SPEC = {
 
 SYSTEM = """You are a careful research assistant. Answer the user's question using the tools; do not rely on memory.
 Work step by step:
-1. Search for the key entity or fact in the question.
-2. Read the results. If the question needs a second fact (for example about a person or place named in the \
-first result), search again for that.
+1. Read the search results. Open a page when its snippet is cut short before the fact you need.
+2. If the question needs a second fact (for example about a person or place named in the results), or compares \
+two things, search for each one by name.
 3. When you have the evidence, call the `answer` tool with a short answer (a name, a date, a number, or yes/no) \
 and the URLs of the pages that support it.
 Call one tool at a time. Use different search words if a search did not help. Never repeat the same call."""

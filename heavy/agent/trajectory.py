@@ -31,6 +31,7 @@ FORCED_CONFIDENCE = 0.3
 THOUGHT_CHARS = 300  # how much of a step's text goes into its event
 SUPPORTING_SOURCES = 3
 EXCERPT_CHARS = 1500  # of a page's text, kept for citations and the aggregator
+OPENING_TOOL = "search"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TrajectorySpec:
     allowed_tools: frozenset[str]
     sampling: Sampling
     limits: TrajectoryLimits = TrajectoryLimits()
+    opening_search: bool = True  # step 1 searches the question itself, before the model's first turn
 
 
 @dataclass
@@ -107,6 +109,8 @@ class Trajectory:
         self.deadline = time.monotonic() + self.spec.limits.deadline_s
         error = None
         try:
+            if not self.steps and self.spec.opening_search and OPENING_TOOL in self.spec.allowed_tools:
+                await self._opening_search()
             reason = await self._loop()
         except Stopped as stopped:
             reason = stopped.reason
@@ -142,6 +146,19 @@ class Trajectory:
             if self.no_progress >= limits.no_progress_steps:
                 return "no_progress"
         return "max_steps"
+
+    async def _opening_search(self) -> None:
+        """Search the question as asked: every trajectory starts from evidence instead of from the model's memory
+        (a weak model otherwise answers unsearched), and the shared first results are one cached prefix for all
+        trajectories of the job. The call is shown as the assistant's own, so the model also sees the format."""
+        call = ToolCall(id="call_1_0", name=OPENING_TOOL, arguments={"query": self.spec.question})
+        self.messages.append({"role": "assistant", "content": "", "tool_calls": [_openai_call(call)]})
+        await self._emit_step(1, Completion(content=""), "", [call])
+        observation = await self._observe(1, call)
+        self.messages.append({"role": "tool", "tool_call_id": call.id, "content": observation.text})
+        self.steps.append(ActionStep(index=1, content="", reasoning="", calls=(call,), observations=(observation,),
+                                     usage=Usage()))
+        await self.after_step()
 
     async def after_step(self) -> None:
         """Runs after every completed step; a no-op here (the service's worker checkpoints in it)."""

@@ -1,28 +1,37 @@
-"""Answer mode: normalise the trajectories' answers and vote; a tie goes to an LLM judge."""
+"""Answer mode: shorten and normalise the trajectories' answers and vote; without a majority, an LLM judge decides.
+
+A majority (more than half of the answering trajectories) wins outright. A tie, or a spread vote where no answer
+has a majority, goes to the judge: it reads the best pages all trajectories fetched together (pooled evidence,
+see evidence.py) and answers the question from them; the candidate closest to its answer wins. The judge can only
+pick one of the trajectories' answers, so every answer stays backed by a trajectory's sources.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from heavy.agent.steps import TrajectoryResult
+from heavy.aggregate.evidence import pooled_passages, token_f1
 from heavy.aggregate.normalize import normalize_answer
+from heavy.aggregate.shorten import shorten_answers
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 
 log = logging.getLogger(__name__)
 
-JUDGE_TOKENS = 16
-JUDGE_EXCERPT_CHARS = 400
+JUDGE_TOKENS = 24
+JUDGE_PASSAGES = 4
 
-JUDGE_PROMPT = """Question: {question}
+JUDGE_PROMPT = """Passages:
+{passages}
 
-Several researchers answered this question and split evenly between these candidate answers:
-{candidates}
+Question: {question}
 
-Which candidate is best supported by its evidence? Reply with the candidate's number only."""
+Researchers proposed these answers: {candidates}.
+Using only the passages, answer the question with the shortest phrase (a name, a date, a number, a place, or \
+yes/no). Reply with the phrase only."""
 
 
 @dataclass(frozen=True)
@@ -42,18 +51,20 @@ class Vote:
     usage: Usage = field(default_factory=Usage)
 
 
-def tally(results: Sequence[TrajectoryResult]) -> tuple[Group, ...]:
-    """Groups of equal normalised answers, largest first, ties by summed confidence."""
+def tally(results: Sequence[TrajectoryResult], answers: Mapping[int, str] | None = None) -> tuple[Group, ...]:
+    """Groups of equal normalised answers, largest first, ties by summed confidence. `answers` (trajectory index →
+    answer) replaces the trajectories' own answers, e.g. with their shortened forms."""
     members: dict[str, list[TrajectoryResult]] = defaultdict(list)
+    written: dict[int, str] = {r.index: (answers or {}).get(r.index, r.answer).strip() for r in results}
     for result in results:
-        key = normalize_answer(result.answer)
+        key = normalize_answer(written[result.index])
         if key:
             members[key].append(result)
     groups = []
     for key, rs in members.items():
-        forms = [r.answer.strip() for r in rs]
-        written = max(forms, key=lambda f: (forms.count(f), -len(f)))  # most common, then shortest
-        groups.append(Group(key=key, answer=written, members=tuple(r.index for r in rs),
+        forms = [written[r.index] for r in rs]
+        common = max(forms, key=lambda f: (forms.count(f), -len(f)))  # most common, then shortest
+        groups.append(Group(key=key, answer=common, members=tuple(r.index for r in rs),
                             confidence=sum(r.confidence for r in rs)))
     return tuple(sorted(groups, key=lambda g: (-len(g.members), -g.confidence, g.key)))
 
@@ -66,34 +77,35 @@ def agreeing(results: Sequence[TrajectoryResult], k: int) -> Group | None:
 
 async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
                sampling: Sampling = Sampling()) -> Vote:
-    groups = tally(results)
+    answers, usage = await shorten_answers(question, results, backend, sampling)
+    groups = tally(results, answers)
     answered = sum(len(g.members) for g in groups)
     if not groups:
-        return Vote(answer="", agreement=0.0, groups=())
-    tied = [g for g in groups if len(g.members) == len(groups[0].members)]
-    if len(tied) == 1 or backend is None:
-        return Vote(answer=groups[0].answer, agreement=len(groups[0].members) / answered, groups=groups)
-    winner, usage = await _judge(question, tied, results, backend, sampling)
+        return Vote(answer="", agreement=0.0, groups=(), usage=usage)
+    if 2 * len(groups[0].members) > answered or backend is None:
+        return Vote(answer=groups[0].answer, agreement=len(groups[0].members) / answered, groups=groups, usage=usage)
+    winner, judge_usage = await _judge(question, groups, results, backend, sampling)
     ordered = (winner, *[g for g in groups if g is not winner])
     return Vote(answer=winner.answer, agreement=len(winner.members) / answered, groups=ordered, judged=True,
-                usage=usage)
+                usage=usage + judge_usage)
 
 
-async def _judge(question: str, tied: list[Group], results: Sequence[TrajectoryResult], backend: LLMBackend,
+async def _judge(question: str, groups: Sequence[Group], results: Sequence[TrajectoryResult], backend: LLMBackend,
                  sampling: Sampling) -> tuple[Group, Usage]:
-    by_index = {r.index: r for r in results}
-    lines = []
-    for number, group in enumerate(tied, start=1):
-        excerpts = [by_index[i].excerpts.get(s.url, "") for i in group.members for s in by_index[i].cited]
-        evidence = " … ".join(e for e in excerpts if e)[:JUDGE_EXCERPT_CHARS] or "(no cited evidence)"
-        lines.append(f"{number}. {group.answer}\n   evidence: {evidence}")
-    prompt = JUDGE_PROMPT.format(question=question, candidates="\n".join(lines))
+    """The group whose answer is closest to what the judge reads in the pooled evidence; the vote's order when
+    the judge fails or its answer matches no group."""
+    candidates = [g.answer for g in groups]
+    passages = pooled_passages(question, results, candidates, k=JUDGE_PASSAGES)
+    listed = "\n".join(f"[{n}] {p.title}: {p.text}" for n, p in enumerate(passages, start=1)) or "(none)"
+    prompt = JUDGE_PROMPT.format(passages=listed, question=question,
+                                 candidates="; ".join(f'"{c}"' for c in candidates))
     try:
         completion = await backend.chat([{"role": "user", "content": prompt}], None, sampling,
                                         max_tokens=JUDGE_TOKENS, request_id="judge")
-    except LLMError as exc:  # a failed judge must not fail the job: fall back to confidence order
-        log.warning("judge failed, keeping confidence order: %s", exc)
-        return tied[0], Usage()
-    match = re.search(r"\d+", completion.content)
-    choice = int(match.group()) if match else 0
-    return (tied[choice - 1] if 1 <= choice <= len(tied) else tied[0]), completion.usage
+    except LLMError as exc:  # a failed judge must not fail the job
+        log.warning("judge failed, keeping the vote's order: %s", exc)
+        return groups[0], Usage()
+    verdict = completion.content.strip()
+    scores = [token_f1(verdict, g.answer) for g in groups]
+    best = max(range(len(groups)), key=lambda i: (scores[i], len(groups[i].members), groups[i].confidence))
+    return (groups[best] if scores[best] > 0 else groups[0]), completion.usage

@@ -20,7 +20,7 @@ from heavy.corpus.documents import Document
 
 TITLE_WEIGHT = 3.0  # a query term in the title says more about the page than one in the body
 TEXT_WEIGHT = 1.0
-SNIPPET_TOKENS = 32
+SNIPPET_TOKENS = 64  # FTS5's maximum: most encyclopedia-style paragraphs fit whole
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (

@@ -33,17 +33,48 @@ def test_tally_groups_equal_normalised_answers_and_ignores_empty_ones():
     assert [(g.answer, g.members) for g in groups] == [("1889", (0, 1)), ("1887", (2,))]
 
 
-async def test_tie_goes_to_the_llm_judge():
-    backend = ScriptedBackend(lambda request: text("2"))
-    decided = await vote("When?", [result(0, "1887", cited=[LOUVRE]), result(1, "1889", cited=[EIFFEL])], backend)
+async def test_tie_goes_to_the_llm_judge_which_reads_the_pooled_evidence():
+    backend = ScriptedBackend(lambda request: text("1889."))
+    decided = await vote("When was the Eiffel Tower finished?",
+                         [result(0, "1887", cited=[LOUVRE]), result(1, "1889", cited=[EIFFEL])], backend)
     assert decided.judged and decided.answer == "1889" and decided.agreement == 0.5
-    assert "1. 1887" in backend.requests[0].messages[0]["content"]
+    prompt = backend.requests[0].messages[0]["content"]
+    assert prompt.index("Eiffel Tower was finished in 1889") < prompt.index("Louvre pyramid")  # ranked first
+    assert '"1887"' in prompt and '"1889"' in prompt
 
 
-async def test_judge_reply_without_a_number_keeps_the_confidence_order():
+async def test_a_majority_wins_without_the_judge():
+    backend = ScriptedBackend(lambda request: text("1887"))
+    decided = await vote("When?", [result(0, "1889"), result(1, "1889"), result(2, "1887")], backend)
+    assert decided.answer == "1889" and not decided.judged and not backend.requests
+
+
+async def test_a_spread_vote_without_a_majority_goes_to_the_judge():
+    answers = ["1889", "1889", "1887", "1901", "1850"]
+    backend = ScriptedBackend(lambda request: text("It was 1887"))
+    decided = await vote("When?", [result(i, a) for i, a in enumerate(answers)], backend)
+    assert decided.judged and decided.answer == "1887" and decided.agreement == 0.2
+    assert [g.answer for g in decided.groups][:2] == ["1887", "1889"]
+
+
+async def test_judge_reply_matching_no_candidate_keeps_the_vote_order():
     backend = ScriptedBackend(lambda request: text("both are fine"))
     decided = await vote("When?", [result(0, "1887", confidence=0.2), result(1, "1889", confidence=0.9)], backend)
     assert decided.answer == "1889"
+
+
+async def test_long_answers_are_shortened_before_the_vote():
+    def script(request):
+        prompt = request.messages[0]["content"]
+        return text("1889" if request.request_id.startswith("shorten:") and "finished" in prompt else "??")
+
+    backend = ScriptedBackend(script)
+    results = [result(0, "1889"), result(1, "The tower was finished in the year 1889 by Eiffel's company."),
+               result(2, "1887")]
+    decided = await vote("When was it finished?", results, backend)
+    assert decided.answer == "1889" and decided.groups[0].members == (0, 1) and not decided.judged
+    assert [r.request_id for r in backend.requests] == ["shorten:1"]  # short answers are not sent
+    assert decided.usage.total_tokens == 110
 
 
 def test_claims_citing_pages_never_fetched_are_dropped():

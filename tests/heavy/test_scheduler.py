@@ -34,7 +34,7 @@ def researcher(answers=ANSWERS):
 def spec(**overrides):
     values = dict(job_id="job-7", question="What is the capital of France?", mode="answer", trajectories=8,
                   allowed_tools=frozenset({"search"}), limits=TrajectoryLimits(max_steps=4), deadline_s=60,
-                  early_stop_k=8)
+                  early_stop_k=8, opening_search=False)
     values.update(overrides)
     return JobSpec(**values)
 

@@ -19,13 +19,15 @@ PAGES = {
 }
 
 
-def make(script, *, limits=TrajectoryLimits(max_steps=6), allowed=("search",), delay=None, stop=None, budget=None):
+def make(script, *, limits=TrajectoryLimits(max_steps=6), allowed=("search",), delay=None, stop=None, budget=None,
+         opening_search=False):
     search = DictSearch(PAGES)
     executor = ToolExecutor([search, Echo()])
     backend = ScriptedBackend(script, **({"delay_s": delay} if delay else {}))
     sink = MemorySink()
     spec = TrajectorySpec(job_id="job1", index=0, question="When was the Eiffel Tower finished?",
-                          allowed_tools=frozenset(allowed), sampling=Sampling(temperature=0.5, seed=3), limits=limits)
+                          allowed_tools=frozenset(allowed), sampling=Sampling(temperature=0.5, seed=3), limits=limits,
+                          opening_search=opening_search)
     trajectory = Trajectory(spec, backend, executor, sink=sink, stop=stop, job_budget=budget)
     return trajectory, backend, search, sink
 
@@ -54,6 +56,25 @@ async def test_answer_cites_only_fetched_sources_and_emits_events():
     kinds = [type(e) for e in sink.events]
     assert kinds == [TrajectoryStep, ToolCallEvent, ToolResultEvent, TrajectoryStep, TrajectoryDone]
     assert sink.of_type(ToolResultEvent)[0].sources[0]["content_hash"]
+
+
+async def test_opening_search_runs_the_question_before_the_first_model_turn():
+    trajectory, backend, search, sink = make(by_step(call("answer", answer="1889")), opening_search=True)
+    result = await trajectory.run()
+    assert search.queries == ["When was the Eiffel Tower finished?"]
+    first = backend.requests[0].messages
+    assert [m["role"] for m in first] == ["system", "user", "assistant", "tool"]
+    assert first[2]["tool_calls"][0]["function"]["name"] == "search" and "1889" in first[3]["content"]
+    assert result.answer == "1889" and "http://corpus/eiffel" in [s.url for s in result.evidence]
+    assert [(e.step, e.tool) for e in sink.of_type(ToolCallEvent)] == [(1, "search")]
+    assert len(result.steps) == 2 and result.steps[0].usage.total_tokens == 0  # no model call in step 1
+
+
+async def test_opening_search_is_skipped_when_search_is_not_allowed():
+    trajectory, backend, search, _ = make(by_step(call("answer", answer="1889")), allowed=("python",),
+                                          opening_search=True)
+    await trajectory.run()
+    assert search.queries == [] and backend.requests[0].messages[-1]["role"] == "user"
 
 
 async def test_tool_call_written_as_text_with_an_entity_name_is_repaired_into_search():
@@ -120,7 +141,7 @@ async def test_a_prompt_injection_in_a_page_cannot_reach_a_tool_outside_the_allo
     backend = ScriptedBackend(by_step(call("search", query="eiffel facts"), call("python", code="import os"),
                                       text(obey), call("answer", answer="1889")))
     spec = TrajectorySpec(job_id="job1", index=0, question="q", allowed_tools=frozenset({"search"}),
-                          sampling=Sampling())
+                          sampling=Sampling(), opening_search=False)
     sink = MemorySink()
     result = await Trajectory(spec, backend, ToolExecutor([search, echo]), sink=sink).run()
     assert result.answer == "1889" and ran == []
@@ -182,7 +203,7 @@ async def test_an_opened_page_replaces_its_search_snippet_as_evidence():
     backend = ScriptedBackend(by_step(call("search", query="eiffel"), call("open_page", url="http://corpus/eiffel"),
                                       call("answer", answer="1889")))
     spec = TrajectorySpec(job_id="j", index=0, question="q", allowed_tools=frozenset({"search", "open_page"}),
-                          sampling=Sampling())
+                          sampling=Sampling(), opening_search=False)
     result = await Trajectory(spec, backend, ToolExecutor([search, DictOpen(pages)])).run()
     assert [s.url for s in result.evidence] == ["http://corpus/eiffel"]
     assert result.evidence[0].content_hash == source("http://corpus/eiffel", long_page).content_hash

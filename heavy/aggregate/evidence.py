@@ -1,0 +1,76 @@
+"""The evidence all trajectories gathered, pooled and ranked, for the judge to read.
+
+Eight trajectories of a weak model rarely agree, but between them they usually fetched the pages that hold the
+answer. A page ranks higher the more of the question's rarer words it holds (IDF over the pooled pages), the more
+trajectories fetched or cited it, and when it contains one of the candidate answers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from heavy.agent.steps import TrajectoryResult
+from heavy.aggregate.normalize import normalize_answer
+
+FETCHED_WEIGHT = 0.5  # per trajectory that fetched the page
+CITED_WEIGHT = 1.0  # per trajectory that cited it for its answer
+CANDIDATE_WEIGHT = 1.0  # the page contains a candidate answer
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class Passage:
+    url: str
+    title: str
+    text: str
+    score: float
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2}
+
+
+def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidates: Sequence[str] = (),
+                    k: int = 4, max_chars: int = 700) -> list[Passage]:
+    """The k best pages over every trajectory's evidence, each cut to `max_chars`."""
+    texts: dict[str, str] = {}
+    titles: dict[str, str] = {}
+    fetched: Counter[str] = Counter()
+    cited: Counter[str] = Counter()
+    for result in results:
+        for source in result.evidence:
+            text = result.excerpts.get(source.url) or source.snippet
+            if len(text) > len(texts.get(source.url, "")):
+                texts[source.url] = text
+            titles[source.url] = source.title
+            fetched[source.url] += 1
+        cited.update({s.url for s in result.cited})
+    if not texts:
+        return []
+    page_words = {url: _words(titles[url] + " " + text) for url, text in texts.items()}
+    document_frequency = Counter(w for words in page_words.values() for w in words)
+    idf = {w: math.log(1 + len(texts) / df) for w, df in document_frequency.items()}
+    asked = _words(question)
+    wanted = [normalize_answer(c) for c in candidates if normalize_answer(c)]
+    passages = []
+    for url, text in texts.items():
+        score = sum(idf[w] for w in asked & page_words[url])
+        score += FETCHED_WEIGHT * fetched[url] + CITED_WEIGHT * cited[url]
+        flat = normalize_answer(text)
+        score += CANDIDATE_WEIGHT * any(f" {c} " in f" {flat} " for c in wanted)
+        passages.append(Passage(url=url, title=titles[url], text=" ".join(text.split())[:max_chars], score=score))
+    return sorted(passages, key=lambda p: -p.score)[:k]
+
+
+def token_f1(a: str, b: str) -> float:
+    """Token overlap of two answers after normalisation (the HotpotQA/SQuAD F1)."""
+    x, y = normalize_answer(a).split(), normalize_answer(b).split()
+    same = sum((Counter(x) & Counter(y)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(x), same / len(y)
+    return 2 * precision * recall / (precision + recall)
