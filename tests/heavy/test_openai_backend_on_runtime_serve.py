@@ -120,6 +120,16 @@ async def test_one_trajectory_through_the_openai_backend(backend, executor):
     assert result.evidence and {s.url for s in result.evidence} <= fetched_urls(sink)
 
 
+async def test_streamed_tool_call_arrives_whole(backend, executor):
+    messages = [{"role": "user", "content": "Search the corpus: what nationality was Ed Wood?"}]
+    deltas = [d async for d in backend.stream(messages, executor.specs({"search"}), Sampling(temperature=0.0),
+                                              max_tokens=48)]
+    calls = [call for d in deltas for call in d.tool_calls]
+    assert [call.name for call in calls] == ["search"] and "wood" in str(calls[0].arguments).lower()
+    assert deltas[-1].usage is not None and deltas[-1].usage.prompt_tokens > 0
+    assert any(d.finish_reason == "tool_calls" for d in deltas)
+
+
 async def test_report_job_through_the_openai_backend(backend, executor, transport):
     limits = TrajectoryLimits(max_steps=2, step_tokens=48, final_answer_tokens=16, context_tokens=4096)
     spec = JobSpec(job_id="serve-report", question=QUESTION, mode="report", trajectories=2,
