@@ -9,18 +9,35 @@ import logging
 from collections.abc import Sequence
 
 from heavy.agent.steps import TrajectoryResult
-from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
+from heavy.llm.types import LLMBackend, LLMError, Message, Sampling, Usage
 
 log = logging.getLogger(__name__)
 
 SHORT_WORDS = 5  # answers up to this many words are already short
 SHORTEN_TOKENS = 24
 
-SHORTEN_PROMPT = """Question: {question}
-Answer: {answer}
+SHORTEN_SYSTEM = ("You shorten answers. Reply with only the few words that answer the question: a name, a place, "
+                  "a date, a number, or yes/no for a yes/no question.")
+# A small model follows worked examples given as chat turns far better than rules alone: with rules only,
+# Qwen2.5-0.5B echoes the sentence back; with examples written into one prompt it answers "yes" to everything.
+EXAMPLES = (
+    ("Who wrote the play Hamlet?",
+     "The play Hamlet was written by the English playwright William Shakespeare around 1600.", "William Shakespeare"),
+    ("Which city is larger, Lyon or Paris?",
+     "Paris has about 2.1 million inhabitants while Lyon has about 500,000.", "Paris"),
+    ("Were the Beatles and the Rolling Stones both from England?",
+     "The Beatles came from Liverpool and the Rolling Stones from London, both in England.", "yes"),
+    ("What job did the inventor of the telephone have before?",
+     "Before inventing the telephone, Alexander Graham Bell worked as a teacher of the deaf.", "teacher of the deaf"),
+)
 
-Rewrite this answer as the shortest phrase that answers the question: a name, a date, a number, a place, \
-or yes/no. Reply with the phrase only."""
+
+def shorten_messages(question: str, answer: str) -> list[Message]:
+    messages: list[Message] = [{"role": "system", "content": SHORTEN_SYSTEM}]
+    for example_question, long_answer, short_answer in EXAMPLES:
+        messages += [{"role": "user", "content": f"Question: {example_question}\nAnswer: {long_answer}"},
+                     {"role": "assistant", "content": short_answer}]
+    return messages + [{"role": "user", "content": f"Question: {question}\nAnswer: {' '.join(answer.split())}"}]
 
 
 def is_short(answer: str) -> bool:
@@ -41,9 +58,8 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
         return short, Usage()
 
     async def one(result: TrajectoryResult) -> tuple[int, str, Usage]:
-        prompt = SHORTEN_PROMPT.format(question=question, answer=" ".join(result.answer.split()))
         try:
-            completion = await backend.chat([{"role": "user", "content": prompt}], None, sampling,
+            completion = await backend.chat(shorten_messages(question, result.answer), None, sampling,
                                             max_tokens=SHORTEN_TOKENS, request_id=f"shorten:{result.index}")
         except LLMError as exc:  # the long answer still votes
             log.warning("shortening trajectory %d's answer failed: %s", result.index, exc)

@@ -65,8 +65,8 @@ async def test_judge_reply_matching_no_candidate_keeps_the_vote_order():
 
 async def test_long_answers_are_shortened_before_the_vote():
     def script(request):
-        prompt = request.messages[0]["content"]
-        return text("1889" if request.request_id.startswith("shorten:") and "finished" in prompt else "??")
+        asked = request.messages[-1]["content"]
+        return text("1889" if request.request_id.startswith("shorten:") and "by Eiffel's company" in asked else "??")
 
     backend = ScriptedBackend(script)
     results = [result(0, "1889"), result(1, "The tower was finished in the year 1889 by Eiffel's company."),
