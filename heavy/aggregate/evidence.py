@@ -2,7 +2,7 @@
 
 Eight trajectories of a weak model rarely agree, but between them they usually fetched the pages that hold the
 answer. A page ranks higher the more of the question's rarer words it holds (IDF over the pooled pages), the more
-trajectories fetched or cited it, and when it contains one of the candidate answers.
+trajectories fetched or cited it (with diminishing returns), and when it contains one of the candidate answers.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.normalize import normalize_answer
 
-FETCHED_WEIGHT = 0.5  # per trajectory that fetched the page
-CITED_WEIGHT = 1.0  # per trajectory that cited it for its answer
-CANDIDATE_WEIGHT = 1.0  # the page contains a candidate answer
+# Counts enter as log2(1 + count): all trajectories see the results of the same opening search, so a linear count
+# would bury the page one trajectory found on its second hop, which in multi-hop questions holds the answer.
+FETCHED_WEIGHT = 0.5
+CITED_WEIGHT = 1.0
+CANDIDATE_WEIGHT = 1.5  # the page contains one of the trajectories' answers
 _WORD = re.compile(r"\w+")
 
 
@@ -59,7 +61,7 @@ def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidat
     passages = []
     for url, text in texts.items():
         score = sum(idf[w] for w in asked & page_words[url])
-        score += FETCHED_WEIGHT * fetched[url] + CITED_WEIGHT * cited[url]
+        score += FETCHED_WEIGHT * math.log2(1 + fetched[url]) + CITED_WEIGHT * math.log2(1 + cited[url])
         flat = normalize_answer(text)
         score += CANDIDATE_WEIGHT * any(f" {c} " in f" {flat} " for c in wanted)
         passages.append(Passage(url=url, title=titles[url], text=" ".join(text.split())[:max_chars], score=score))

@@ -57,12 +57,12 @@ async def aggregate(
     config: AggregationConfig = AggregationConfig(),
 ) -> JobResult:
     results = sorted(results, key=lambda r: r.index)
-    decided = await vote(question, results, backend, config.sampling)
+    decided = await vote(question, results, backend, config.sampling, prefix_key=job_id)
     union = union_of_sources(results)
     usage = decided.usage
     body, body_cited, dropped = "", (), ()
     if mode == "report" and backend is not None and any(r.answered or r.evidence for r in results):
-        written, report_usage = await _write_body(question, results, union, backend, config)
+        written, report_usage = await _write_body(question, results, union, backend, config, job_id)
         usage = usage + report_usage
         filtered = filter_claims(written, union)
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
@@ -79,7 +79,7 @@ async def aggregate(
 
 
 async def _write_body(question: str, results: Sequence[TrajectoryResult], union: Sequence[Source],
-                      backend: LLMBackend, config: AggregationConfig) -> tuple[str, Usage]:
+                      backend: LLMBackend, config: AggregationConfig, job_id: str) -> tuple[str, Usage]:
     excerpts = {url: text for r in results for url, text in r.excerpts.items()}
     lines, budget = [], config.prompt_source_chars
     for n, source in enumerate(union, start=1):
@@ -102,7 +102,7 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
                                   findings="\n".join(findings))
     try:
         completion = await backend.chat([{"role": "user", "content": prompt}], None, config.sampling,
-                                        max_tokens=config.report_tokens, request_id="report")
+                                        max_tokens=config.report_tokens, request_id="report", prefix_key=job_id)
     except LLMError as exc:  # the vote and the sources still make a report
         log.warning("report pass failed: %s", exc)
         return "", Usage()
@@ -114,20 +114,16 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
     """The whole Markdown, renumbered, and the union numbers of the sources it cites, in order."""
     body, body_cited = body_and_cited
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
-    by_index = {r.index: r for r in results}
-    answer_numbers: list[int] = []
-    if decided.groups:
-        for i in decided.groups[0].members:
-            answer_numbers += [number_of_url[s.url] for s in by_index[i].cited if number_of_url[s.url]
-                               not in answer_numbers]
+    answer_numbers = [number_of_url[url] for url in decided.cited if url in number_of_url]
     parts = [f"# {question}"]
     if status == "partial":
         parts.append(f"> Partial report ({stop_reason}): aggregated from the trajectories that had finished.")
     if decided.answer:
         marks = "".join(f"[{n}]" for n in answer_numbers)
-        behind = len(decided.groups[0].members)
-        parts.append(f"**Answer:** {decided.answer} {marks}".rstrip()
-                     + f"\n\n{behind} of {len(results)} trajectories gave this answer.")
+        behind = (f"{len(decided.backers)} of {len(results)} trajectories gave this answer" if decided.backers else
+                  f"No answer had a majority among the {len(results)} trajectories; the judge answered from the "
+                  "pages they fetched")
+        parts.append(f"**Answer:** {decided.answer} {marks}".rstrip() + f"\n\n{behind}.")
     else:
         parts.append("**Answer:** no trajectory found an answer it could support.")
     if body:

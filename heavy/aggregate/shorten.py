@@ -44,13 +44,15 @@ def is_short(answer: str) -> bool:
     return len(answer.split()) <= SHORT_WORDS
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
+    """The first non-empty line, without the quotes, stars and full stop a model wraps a short answer in."""
     line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
     return line.strip(" .*`\"'")
 
 
 async def shorten_answers(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
-                          sampling: Sampling = Sampling()) -> tuple[dict[int, str], Usage]:
+                          sampling: Sampling = Sampling(), prefix_key: str | None = None,
+                          ) -> tuple[dict[int, str], Usage]:
     """Trajectory index → the answer to vote with. Without a backend, or when a call fails, the answer stays."""
     short = {r.index: r.answer.strip() for r in results}
     long = [r for r in results if r.answered and not is_short(r.answer)]
@@ -60,11 +62,12 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
     async def one(result: TrajectoryResult) -> tuple[int, str, Usage]:
         try:
             completion = await backend.chat(shorten_messages(question, result.answer), None, sampling,
-                                            max_tokens=SHORTEN_TOKENS, request_id=f"shorten:{result.index}")
+                                            max_tokens=SHORTEN_TOKENS, request_id=f"shorten:{result.index}",
+                                            prefix_key=prefix_key)
         except LLMError as exc:  # the long answer still votes
             log.warning("shortening trajectory %d's answer failed: %s", result.index, exc)
             return result.index, result.answer.strip(), Usage()
-        return result.index, _first_line(completion.content) or result.answer.strip(), completion.usage
+        return result.index, first_line(completion.content) or result.answer.strip(), completion.usage
 
     usage = Usage()
     for index, answer, used in await asyncio.gather(*(one(r) for r in long)):

@@ -2,8 +2,9 @@
 
 A majority (more than half of the answering trajectories) wins outright. A tie, or a spread vote where no answer
 has a majority, goes to the judge: it reads the best pages all trajectories fetched together (pooled evidence,
-see evidence.py) and answers the question from them; the candidate closest to its answer wins. The judge can only
-pick one of the trajectories' answers, so every answer stays backed by a trajectory's sources.
+see evidence.py) and answers the question from them. If its answer is one of the trajectories' answers, that group
+wins; otherwise its own answer stands, cited to the fetched pages it read. The judge is not shown the candidates:
+measured on the embedded model, a list of candidates anchors it to a wrong one far more often than it helps.
 """
 
 from __future__ import annotations
@@ -14,22 +15,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from heavy.agent.steps import TrajectoryResult
-from heavy.aggregate.evidence import pooled_passages, token_f1
+from heavy.aggregate.evidence import Passage, pooled_passages, token_f1
 from heavy.aggregate.normalize import normalize_answer
-from heavy.aggregate.shorten import shorten_answers
+from heavy.aggregate.shorten import first_line, shorten_answers
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 
 log = logging.getLogger(__name__)
 
 JUDGE_TOKENS = 24
 JUDGE_PASSAGES = 4
+SAME_ANSWER_F1 = 0.5  # the judge's answer counts as a group's answer from this token overlap on
 
 JUDGE_PROMPT = """Passages:
 {passages}
 
 Question: {question}
 
-Researchers proposed these answers: {candidates}.
 Using only the passages, answer the question with the shortest phrase (a name, a date, a number, a place, or \
 yes/no). Reply with the phrase only."""
 
@@ -49,6 +50,12 @@ class Vote:
     groups: tuple[Group, ...]  # best first
     judged: bool = False
     usage: Usage = field(default_factory=Usage)
+    cited: tuple[str, ...] = ()  # URLs of fetched pages backing the answer
+
+    @property
+    def backers(self) -> tuple[int, ...]:
+        """Trajectories that gave the winning answer (none when the judge's own answer won)."""
+        return self.groups[0].members if self.groups and self.groups[0].answer == self.answer else ()
 
 
 def tally(results: Sequence[TrajectoryResult], answers: Mapping[int, str] | None = None) -> tuple[Group, ...]:
@@ -76,36 +83,48 @@ def agreeing(results: Sequence[TrajectoryResult], k: int) -> Group | None:
 
 
 async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
-               sampling: Sampling = Sampling()) -> Vote:
-    answers, usage = await shorten_answers(question, results, backend, sampling)
+               sampling: Sampling = Sampling(), prefix_key: str | None = None) -> Vote:
+    answers, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
     groups = tally(results, answers)
     answered = sum(len(g.members) for g in groups)
     if not groups:
         return Vote(answer="", agreement=0.0, groups=(), usage=usage)
     if 2 * len(groups[0].members) > answered or backend is None:
-        return Vote(answer=groups[0].answer, agreement=len(groups[0].members) / answered, groups=groups, usage=usage)
-    winner, judge_usage = await _judge(question, groups, results, backend, sampling)
-    ordered = (winner, *[g for g in groups if g is not winner])
-    return Vote(answer=winner.answer, agreement=len(winner.members) / answered, groups=ordered, judged=True,
-                usage=usage + judge_usage)
-
-
-async def _judge(question: str, groups: Sequence[Group], results: Sequence[TrajectoryResult], backend: LLMBackend,
-                 sampling: Sampling) -> tuple[Group, Usage]:
-    """The group whose answer is closest to what the judge reads in the pooled evidence; the vote's order when
-    the judge fails or its answer matches no group."""
-    candidates = [g.answer for g in groups]
-    passages = pooled_passages(question, results, candidates, k=JUDGE_PASSAGES)
-    listed = "\n".join(f"[{n}] {p.title}: {p.text}" for n, p in enumerate(passages, start=1)) or "(none)"
-    prompt = JUDGE_PROMPT.format(passages=listed, question=question,
-                                 candidates="; ".join(f'"{c}"' for c in candidates))
-    try:
-        completion = await backend.chat([{"role": "user", "content": prompt}], None, sampling,
-                                        max_tokens=JUDGE_TOKENS, request_id="judge")
-    except LLMError as exc:  # a failed judge must not fail the job
-        log.warning("judge failed, keeping the vote's order: %s", exc)
-        return groups[0], Usage()
-    verdict = completion.content.strip()
+        return Vote(answer=groups[0].answer, agreement=len(groups[0].members) / answered, groups=groups, usage=usage,
+                    cited=_cited_by(groups[0], results))
+    passages = pooled_passages(question, results, [g.answer for g in groups], k=JUDGE_PASSAGES)
+    verdict, judge_usage = await _judge(question, passages, backend, sampling, prefix_key)
+    usage = usage + judge_usage
+    if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
+        return Vote(answer=groups[0].answer, agreement=len(groups[0].members) / answered, groups=groups, usage=usage,
+                    cited=_cited_by(groups[0], results))
     scores = [token_f1(verdict, g.answer) for g in groups]
     best = max(range(len(groups)), key=lambda i: (scores[i], len(groups[i].members), groups[i].confidence))
-    return (groups[best] if scores[best] > 0 else groups[0]), completion.usage
+    if scores[best] >= SAME_ANSWER_F1:
+        winner = groups[best]
+        return Vote(answer=winner.answer, agreement=len(winner.members) / answered,
+                    groups=(winner, *[g for g in groups if g is not winner]), judged=True, usage=usage,
+                    cited=_cited_by(winner, results))
+    needle = f" {normalize_answer(verdict)} "
+    containing = tuple(p.url for p in passages if needle in f" {normalize_answer(p.text)} ")
+    return Vote(answer=verdict, agreement=0.0, groups=groups, judged=True, usage=usage,
+                cited=containing or tuple(p.url for p in passages))
+
+
+def _cited_by(group: Group, results: Sequence[TrajectoryResult]) -> tuple[str, ...]:
+    by_index = {r.index: r for r in results}
+    return tuple(dict.fromkeys(s.url for i in group.members for s in by_index[i].cited))
+
+
+async def _judge(question: str, passages: Sequence[Passage], backend: LLMBackend, sampling: Sampling,
+                 prefix_key: str | None) -> tuple[str, Usage]:
+    """The judge's short answer from the pooled passages ("" when it fails)."""
+    listed = "\n".join(f"[{n}] {p.title}: {p.text}" for n, p in enumerate(passages, start=1)) or "(none)"
+    prompt = JUDGE_PROMPT.format(passages=listed, question=question)
+    try:
+        completion = await backend.chat([{"role": "user", "content": prompt}], None, sampling,
+                                        max_tokens=JUDGE_TOKENS, request_id="judge", prefix_key=prefix_key)
+    except LLMError as exc:
+        log.warning("judge failed, keeping the vote's order: %s", exc)
+        return "", Usage()
+    return first_line(completion.content), completion.usage

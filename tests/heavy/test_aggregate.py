@@ -7,7 +7,7 @@ import pytest
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import aggregate, normalize_answer, tally, vote
 from heavy.aggregate.citations import filter_claims
-from heavy.llm.types import Usage
+from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
 
 pytestmark = pytest.mark.anyio
@@ -40,7 +40,8 @@ async def test_tie_goes_to_the_llm_judge_which_reads_the_pooled_evidence():
     assert decided.judged and decided.answer == "1889" and decided.agreement == 0.5
     prompt = backend.requests[0].messages[0]["content"]
     assert prompt.index("Eiffel Tower was finished in 1889") < prompt.index("Louvre pyramid")  # ranked first
-    assert '"1887"' in prompt and '"1889"' in prompt
+    assert '"1887"' not in prompt  # the judge is not anchored to the candidates
+    assert decided.cited == (EIFFEL.url,) and decided.backers == (1,)
 
 
 async def test_a_majority_wins_without_the_judge():
@@ -57,10 +58,23 @@ async def test_a_spread_vote_without_a_majority_goes_to_the_judge():
     assert [g.answer for g in decided.groups][:2] == ["1887", "1889"]
 
 
-async def test_judge_reply_matching_no_candidate_keeps_the_vote_order():
-    backend = ScriptedBackend(lambda request: text("both are fine"))
-    decided = await vote("When?", [result(0, "1887", confidence=0.2), result(1, "1889", confidence=0.9)], backend)
-    assert decided.answer == "1889"
+async def test_the_judges_own_answer_stands_cited_to_the_pooled_pages_that_hold_it():
+    tower = source("http://corpus/tower", "Gustave Eiffel's company built the tower for the 1889 World's Fair.")
+    backend = ScriptedBackend(lambda request: text("Gustave Eiffel's company"))
+    results = [result(0, "Paris", evidence=[tower, LOUVRE]), result(1, "Napoleon", evidence=[EIFFEL])]
+    decided = await vote("Who built the Eiffel Tower?", results, backend)
+    assert decided.judged and decided.answer == "Gustave Eiffel's company" and decided.agreement == 0.0
+    assert decided.cited == (tower.url,) and decided.backers == ()
+    assert {g.answer for g in decided.groups} == {"Paris", "Napoleon"}  # the vote itself is kept for the report
+
+
+async def test_a_failed_judge_keeps_the_vote_order():
+    def unavailable(request):
+        raise LLMError("model endpoint down")
+
+    decided = await vote("When?", [result(0, "1887", confidence=0.2), result(1, "1889", confidence=0.9)],
+                         ScriptedBackend(unavailable))
+    assert decided.answer == "1889" and decided.backers == (1,)
 
 
 async def test_long_answers_are_shortened_before_the_vote():
