@@ -2,7 +2,9 @@
 
 A claim is a sentence of the report body. It is kept only if at least one of its citations — `[n]` markers or
 Markdown links — points at a page some trajectory actually fetched; citations that do not are removed, and a
-sentence with none left is dropped. Headings and blank lines pass through.
+sentence with none left is dropped. A sentence holding a bare URL is a copy of the source list, not a claim, and is
+dropped too (the Sources section is added for the model). Headings and blank lines pass through, except headings
+that restate the question or announce a source list.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ _MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _LINK = re.compile(r"\[([^\]]*)\]\((https?://[^)\s]+)\)")
 _LIST_PREFIX = re.compile(r"\s*(?:(?:[-*>]|\d+\.)\s+)?")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(*])")
+_BARE_URL = re.compile(r"(?<!\]\()https?://\S+")
+_COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ def filter_claims(body: str, sources: Sequence[Source]) -> FilteredReport:
     kept_lines, cited, dropped = [], [], []
     for line in body.splitlines():
         stripped = line.strip()
+        if _COPIED_HEADING.match(stripped):
+            continue
         if not stripped or stripped.startswith("#"):
             kept_lines.append(line)
             continue
@@ -52,7 +58,7 @@ def filter_claims(body: str, sources: Sequence[Source]) -> FilteredReport:
         kept = []
         for sentence in _SENTENCE_END.split(line[len(prefix):]):
             text, numbers = _resolve(sentence, number_of_url, len(sources))
-            if numbers:
+            if numbers and not _BARE_URL.search(sentence):
                 kept.append(text)
                 cited += [n for n in numbers if n not in cited]
             elif sentence.strip():

@@ -17,18 +17,18 @@ from heavy.tools.base import Source
 
 log = logging.getLogger(__name__)
 
-REPORT_PROMPT = """Question: {question}
-
-Sources (cite them by number):
+REPORT_PROMPT = """Source texts:
 {sources}
 
-Findings of {n} independent researchers:
+Question: {question}
+
+What {n} independent researchers answered:
 {findings}
 
-Write a short Markdown report that answers the question. Rules:
-- End every sentence with the number of the source that supports it, like [2]. Use only the sources above.
-- If the researchers disagree, say so and cite each side's sources.
-- No title and no list of sources: they are added for you."""
+Answer the question in a short report of 3 to 6 sentences, in your own words, using only facts from the source \
+texts. End each sentence with the number of the source text that supports it, like this: "The tower was finished \
+in 1889 [2]." If the researchers disagree, say so and cite each side. Do not list the sources and do not repeat \
+the question."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,9 @@ async def aggregate(
     config: AggregationConfig = AggregationConfig(),
 ) -> JobResult:
     results = sorted(results, key=lambda r: r.index)
-    decided = await vote(question, results, backend, config.sampling, prefix_key=job_id)
+    # Short answers and the judge are for answer mode; a report's answer may need sentences, and the report pass
+    # below is where its trajectories' findings are merged.
+    decided = await vote(question, results, backend if mode == "answer" else None, config.sampling, prefix_key=job_id)
     union = union_of_sources(results)
     usage = decided.usage
     body, body_cited, dropped = "", (), ()
@@ -84,7 +86,7 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
     lines, budget = [], config.prompt_source_chars
     for n, source in enumerate(union, start=1):
         excerpt = " ".join((source.snippet or excerpts.get(source.url, "")).split())[: config.source_excerpt_chars]
-        entry = f"[{n}] {source.title} — {source.url}\n    {excerpt}"
+        entry = f"[{n}] {source.title}: {excerpt}"  # no URL: a small model copies URL lists into the report
         if len(entry) > budget:
             break  # cited sources come first in the union, so the most relevant ones are in
         lines.append(entry)

@@ -91,6 +91,14 @@ async def test_long_answers_are_shortened_before_the_vote():
     assert decided.usage.total_tokens == 110
 
 
+def test_a_copied_source_list_and_restated_question_are_not_claims():
+    body = ("## Question: When was it finished?\n### Sources:\n1. [1] eiffel — http://corpus/eiffel\n"
+            "The tower was finished in 1889 [1]. See http://corpus/eiffel for more [1].")
+    filtered = filter_claims(body, [EIFFEL, LOUVRE])
+    assert filtered.body == "The tower was finished in 1889 [1]."
+    assert filtered.dropped == ("[1] eiffel — http://corpus/eiffel", "See http://corpus/eiffel for more [1].")
+
+
 def test_claims_citing_pages_never_fetched_are_dropped():
     body = (
         "The tower was finished in 1889 [1]. It is made of cheese [7].\n"
@@ -125,7 +133,8 @@ async def test_report_numbers_citations_over_fetched_sources_and_notes_disagreem
     assert job.answer == "1889" and job.status == "done"
     # union order: cited first (eiffel = [1]), then other evidence (louvre = [2]) — the LLM's [2] was the louvre
     prompt = backend.requests[0].messages[0]["content"]
-    assert "[1] eiffel — http://corpus/eiffel" in prompt and "[2] louvre — http://corpus/louvre" in prompt
+    assert "[1] eiffel: The Eiffel Tower" in prompt and "[2] louvre: The Louvre" in prompt
+    assert "http://" not in prompt  # URLs in the prompt get copied into the report
     assert "**Answer:** 1889 [1]" in job.markdown
     assert "finished in 1889 [2]." in job.markdown
     assert "1887 [9]" not in job.markdown and "evil.example" not in job.markdown
