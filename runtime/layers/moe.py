@@ -3,7 +3,8 @@ experts (INT4 or dense), and always-on shared experts.
 
 Shapes: T = tokens, D = hidden, E = routed experts, G = expert groups, K = experts per token, I = expert width.
 Only the experts listed in `local_experts` are built (expert parallelism): a token routed to another rank's expert
-gets nothing from it here; the ranks' partial sums add up to the full layer.
+gets nothing from it here; the ranks' partial sums add up to the full layer. INT4 experts run in one fused call
+(`kernels.fused_moe` on the kernels' backend dispatch); dense experts run one module at a time.
 """
 
 from collections.abc import Iterable
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import Int4Experts, fused_moe, prepare_experts
 from runtime.layers.int4_linear import Int4Linear
 
 GROUP_SCORE_TOP = 2  # a group's score is the sum of its two best experts (DeepSeek-V3's rule)
@@ -119,6 +121,16 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, D] -> [T, D]
         weights, ids = self.gate(x)  # [T, K], [T, K]
+        if self.dims.int4_group_size is not None and len(self.experts):
+            routed = self.routed_fused(x, weights, ids)  # [T, D]
+        else:
+            routed = self.routed_loop(x, weights, ids)  # [T, D]
+        if self.shared_experts is not None:
+            routed = routed + self.shared_experts(x)
+        return routed
+
+    def routed_loop(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """This rank's routed experts one module at a time (dense experts; any expert kind). -> [T, D]"""
         routed = torch.zeros_like(x)  # [T, D]
         for expert_id in ids.unique().tolist():
             if str(expert_id) not in self.experts:  # owned by another expert-parallel rank
@@ -126,6 +138,38 @@ class MoE(nn.Module):
             token_idx, slot = (ids == expert_id).nonzero(as_tuple=True)  # [A], [A]
             out = self.experts[str(expert_id)](x[token_idx]) * weights[token_idx, slot, None]  # [A, D] fp32
             routed.index_add_(0, token_idx, out.to(x.dtype))
-        if self.shared_experts is not None:
-            routed = routed + self.shared_experts(x)
         return routed
+
+    def routed_fused(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """This rank's INT4 experts in one `kernels.fused_moe` call (Triton on CUDA, the CPU path on CPU); slots
+        routed to other ranks' experts map to -1 and contribute nothing. -> [T, D], summed in fp32."""
+        experts, local_index = self._stacked_experts()
+        local_ids = local_index[ids]  # [T, K] position in this rank's stack, -1 = another rank's expert
+        return fused_moe(x.contiguous(), local_ids, weights.contiguous(), experts)
+
+    def _stacked_experts(self) -> tuple[Int4Experts, torch.Tensor]:
+        """The INT4 experts stacked as the kernel wants them (gate rows then up rows), built on first use and again
+        only if loading or .to() replaced or rewrote the buffers. Each expert's projections are then re-pointed at
+        views of the stacks, so the packed weights are held once."""
+        projections = [(m.gate_proj, m.up_proj, m.down_proj) for m in self.experts.values()]
+        key = tuple(linear.buffers_key() for trio in projections for linear in trio)
+        if getattr(self, "_stacked_key", None) == key:
+            return self._stacked
+        # normal tensors even inside an inference_mode forward, so loading can still write the views afterwards
+        with torch.inference_mode(False), torch.no_grad():
+            w13_packed = torch.stack([torch.cat([g.weight_packed, u.weight_packed]) for g, u, _ in projections])
+            w13_scale = torch.stack([torch.cat([g.weight_scale, u.weight_scale]) for g, u, _ in projections])
+            w2_packed = torch.stack([d.weight_packed for _, _, d in projections])  # [E, D, I/8]
+            w2_scale = torch.stack([d.weight_scale for _, _, d in projections])  # [E, D, I/G]
+        inter = self.dims.moe_intermediate_size
+        for e, (gate, up, down) in enumerate(projections):
+            gate.weight_packed, up.weight_packed = w13_packed[e, :inter], w13_packed[e, inter:]
+            gate.weight_scale, up.weight_scale = w13_scale[e, :inter], w13_scale[e, inter:]
+            down.weight_packed, down.weight_scale = w2_packed[e], w2_scale[e]
+        local = torch.tensor([int(e) for e in self.experts], device=w13_packed.device)  # [E_local] global ids
+        local_index = torch.full((self.dims.n_routed_experts,), -1, dtype=torch.int64, device=local.device)  # [E]
+        local_index[local] = torch.arange(len(local), device=local.device)
+        experts = prepare_experts(w13_packed, w13_scale, w2_packed, w2_scale, self.dims.int4_group_size)
+        self._stacked = experts, local_index
+        self._stacked_key = tuple(linear.buffers_key() for trio in projections for linear in trio)
+        return self._stacked
