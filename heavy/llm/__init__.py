@@ -31,14 +31,15 @@ def make_backend(settings: Settings, name: str | None = None) -> LLMBackend:
     rate limiter is shared by every trajectory the worker runs."""
     name = name or settings.backend
     limiter = RateLimiter(settings.llm_requests_per_s, settings.llm_max_concurrency)
+    retry = RetryPolicy(settings.llm_max_retries, settings.llm_backoff_s, settings.llm_backoff_max_s)
     if name == "openai":
-        retry = RetryPolicy(settings.llm_max_retries, settings.llm_backoff_s, settings.llm_backoff_max_s)
         return OpenAIBackend(settings.openai_base_url, settings.model, api_key=settings.openai_api_key,
                              timeout_s=settings.openai_timeout_s, retry=retry, limiter=limiter)
     if name == "runtime":
-        from heavy.llm.runtime_backend import RuntimeBackend  # torch is imported only here
+        from heavy.llm.runtime_backend import RuntimeBackend  # torch (and Ray, for replicas) is imported only here
 
-        return RuntimeBackend.load(settings.model, context_tokens=settings.context_tokens, limiter=limiter)
+        return RuntimeBackend.load(settings.model, context_tokens=settings.context_tokens, limiter=limiter,
+                                   retry=retry, replicas=settings.runtime_replicas, ep=settings.runtime_ep)
     raise UnknownBackend(f"unknown LLM backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -1,11 +1,13 @@
 """`python -m runtime serve --replicas R --ep E`: the OpenAI-compatible app of runtime.server over the router.
 
 `RouterFrontend` has what runtime.server.app asks of an AsyncEngine (tokenizer, limits, an async `generate` of
-deltas). A job's `prefix_key` reaches the router through the `X-Prefix-Key` header (heavy's OpenAI backend sends it;
-it also sends it as `user`, which the app's request model drops): an ASGI middleware puts it in a context variable
-that `generate` reads.
+deltas). A job's `prefix_key` reaches the router either as `generate`'s argument (an in-process caller such as
+heavy's runtime backend) or, over HTTP, through the `X-Prefix-Key` header (heavy's OpenAI backend sends it; it also
+sends it as `user`, which the app's request model drops): an ASGI middleware puts it in a context variable that
+`generate` reads when no key is passed.
 """
 
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -26,6 +28,7 @@ from runtime.sampling import SamplingParams
 log = logging.getLogger(__name__)
 PREFIX_KEY_HEADER = b"x-prefix-key"
 START_TIMEOUT_S = 600.0  # loading every rank of every replica
+EP_MODEL_TYPES = ("kimi_k2", "deepseek_v3")  # what an EP rank loads (runtime.replica.rank)
 _prefix_key: ContextVar[str | None] = ContextVar("prefix_key", default=None)
 
 
@@ -46,9 +49,14 @@ class PrefixKeyMiddleware:
         return await self.app(scope, receive, send)
 
 
+class UnsupportedReplicaModel(ValueError):
+    """The checkpoint is not a model the EP replicas run (they load Kimi K2 / DeepSeek-V3 MoE checkpoints)."""
+
+
 class RouterFrontend:
-    def __init__(self, router, tokenizer, max_model_len: int):
+    def __init__(self, router, tokenizer, max_model_len: int, replicas: tuple = ()):
         self.router, self.tokenizer, self.max_model_len = router, tokenizer, max_model_len
+        self.replicas = replicas  # the router's replica actors, in its order (for shutdown, drills, diagnostics)
 
     @property
     def engine(self) -> "RouterFrontend":
@@ -58,10 +66,14 @@ class RouterFrontend:
     def check_request(self, prompt_token_ids: list[int]) -> None:
         LLMEngine.check_request(self, prompt_token_ids)  # the same rule and message as one engine (reads max_model_len)
 
-    async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        stream = self.router.generate_stream.remote(prompt_token_ids, params, request_id=request_id,
-                                                    prefix_key=_prefix_key.get())
+    async def generate(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                       prefix_key: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Deltas of one request, routed by `prefix_key` (default: the HTTP request's X-Prefix-Key). Raises
+        RequestError for a prompt the engine refuses, and the router's retriable errors (ReplicaDownError,
+        NoReplicaAvailableError) when replicas fail."""
+        self.check_request(prompt_token_ids)
+        key = prefix_key if prefix_key is not None else _prefix_key.get()
+        stream = self.router.generate_stream.remote(prompt_token_ids, params, request_id=request_id, prefix_key=key)
         try:
             async for ref in stream:
                 yield (await ref).output
@@ -69,7 +81,8 @@ class RouterFrontend:
             ray.cancel(stream)  # a client that went away: stop the router's stream (no-op once finished)
 
     def shutdown(self) -> None:
-        ray.kill(self.router)
+        for actor in (self.router, *self.replicas):
+            ray.kill(actor)
 
 
 def init_ray() -> None:
@@ -87,6 +100,10 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     """Start `replicas` EP groups of `ep` ranks and a router over them."""
     if replicas <= 0:
         raise ValueError(f"replicas must be > 0, got {replicas}")
+    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    if model_type not in EP_MODEL_TYPES:
+        raise UnsupportedReplicaModel(f"{folder}: model_type {model_type!r}; Ray replicas run "
+                                      f"{', '.join(EP_MODEL_TYPES)} checkpoints (serve other models in process)")
     init_ray()
     # on a cluster the rendezvous runs on rank 0's node; alone, on loopback
     master_addr = None if os.environ.get("RAY_ADDRESS") else LOOPBACK
@@ -100,7 +117,7 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     ray.get(router.start.remote())
     max_model_len = ray.get(handles[0].max_model_len.remote())
     log.info("serving %d replica(s) x EP=%d of %s", replicas, ep, folder)
-    return RouterFrontend(router, load_tokenizer(folder), max_model_len)
+    return RouterFrontend(router, load_tokenizer(folder), max_model_len, tuple(handles))
 
 
 def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True) -> None:

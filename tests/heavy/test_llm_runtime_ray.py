@@ -1,0 +1,135 @@
+"""heavy's runtime backend on Ray: two EP = 1 replicas of the tiny Kimi checkpoint behind the router (the same text
+as one engine in process, a job kept on one replica's prefix cache by its prefix key, a rank killed mid-stream is a
+retriable error and the job's next request goes to the other replica), and the settings that select it."""
+
+import asyncio
+import json
+from dataclasses import replace
+
+import pytest
+
+from heavy.config import Settings
+from heavy.llm import make_backend
+from heavy.llm.runtime_backend import RuntimeBackend
+from heavy.llm.types import RetriableLLMError, Sampling
+from runtime.replica.serving import UnsupportedReplicaModel
+from runtime.sampling import SamplingParams
+from runtime.server.chat import make_parser
+from tests.runtime.replica_fixtures import ENGINE, reference_engine
+
+pytestmark = pytest.mark.anyio
+
+REPLICAS, EP = 2, 1
+# room for a completion long enough that a rank killed after its first delta fails it mid-way
+ENGINE_CONFIG = replace(ENGINE, max_model_len=384, num_blocks=128)
+FAULT_DEADLINE_S = 90  # the killed request ends (with an error) within this, never hangs
+GREEDY = Sampling(temperature=0.0)
+
+
+def _messages(topic: str) -> list[dict]:
+    return [{"role": "user", "content": f"{topic}: name three prime numbers"}]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """tests/runtime's session Ray when it is already up (the `ray_cluster` fixture, out of reach from here), else
+    the same kind of private loopback instance for this module only."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def backend(local_ray, tiny_kimi_path):
+    backend = RuntimeBackend.on_replicas(tiny_kimi_path, REPLICAS, EP, ENGINE_CONFIG, dtype="float32")
+    yield backend
+    backend.engine.shutdown()
+
+
+async def _health(backend):
+    return await backend.engine.router.check_health.remote()
+
+
+async def _reused(backend) -> list[int]:
+    return [h.prefix_cache.prompt_tokens_reused for h in await _health(backend)]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+async def test_chat_on_replicas_is_the_in_process_engine_text_with_usage(backend, tiny_kimi_path):
+    completion = await backend.chat(_messages("a"), None, GREEDY, max_tokens=8, request_id="job-a:0",
+                                    prefix_key="job-a")
+    prompt = backend.tokenizer.encode_chat(_messages("a"), None)
+    (expected,) = reference_engine(tiny_kimi_path).generate([prompt], SamplingParams(temperature=0.0, max_tokens=8))
+    parser = make_parser(backend.tokenizer)
+    parsed = parser.feed(expected.text) + parser.finish()
+    assert completion.content == parsed.content.strip() and completion.content
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (len(prompt),
+                                                                                    len(expected.token_ids))
+    deltas = [d async for d in backend.stream(_messages("a"), None, GREEDY, max_tokens=8, prefix_key="job-a")]
+    assert "".join(d.content for d in deltas).strip() == completion.content
+    assert deltas[-1].usage.cached_prompt_tokens > 0  # the same prompt again, on the same replica
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+async def test_one_job_stays_on_its_replica_and_reuses_its_prefix_cache(backend):
+    jobs = ("job-1", "job-2")
+    # two jobs at once: the least-loaded choice puts them on different replicas
+    await asyncio.gather(*(backend.chat(_messages(job), None, GREEDY, max_tokens=4, prefix_key=job) for job in jobs))
+    rises, cached = [], []
+    for job in jobs:  # one at a time: least-loaded alone would send both to replica 0 (ties go to the first)
+        before = await _reused(backend)
+        completion = await backend.chat(_messages(job), None, GREEDY, max_tokens=4, prefix_key=job)
+        rises.append([a - b for a, b in zip(await _reused(backend), before, strict=True)])
+        cached.append(completion.usage.cached_prompt_tokens)
+    assert all(c > 0 for c in cached)
+    assert sorted(rises) == sorted([[cached[0], 0], [0, cached[1]]]) and rises[0] != rises[1]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+async def test_a_rank_killed_mid_stream_is_retriable_and_the_job_moves_to_the_other_replica(backend, local_ray):
+    stream = backend.stream(_messages("fault"), None, GREEDY, max_tokens=300, prefix_key="job-fault")
+    await anext(stream)  # tokens have left the replica: the router cannot retry this request elsewhere
+    in_flight = [h.in_flight for h in await _health(backend)]
+    victim = in_flight.index(1)
+    computed_before = [h.prefix_cache.prompt_tokens_computed for h in await _health(backend)]
+    (rank,) = await backend.engine.replicas[victim].rank_actors.remote()
+    local_ray.kill(rank, no_restart=False)
+    with pytest.raises(RetriableLLMError, match="replica"):
+        async with asyncio.timeout(FAULT_DEADLINE_S):
+            async for _ in stream:
+                pass
+
+    completion = await asyncio.wait_for(
+        backend.chat(_messages("fault"), None, GREEDY, max_tokens=4, prefix_key="job-fault"), FAULT_DEADLINE_S)
+    assert completion.usage.completion_tokens == 4
+    other = 1 - victim
+    (health_other,) = [h for i, h in enumerate(await _health(backend)) if i == other]
+    assert health_other.prefix_cache.prompt_tokens_computed > computed_before[other]
+
+
+def test_settings_select_replicas_for_the_runtime_backend(monkeypatch, tiny_kimi_path):
+    started = []
+
+    def on_replicas(cls, folder, replicas, ep, engine=None, **options):
+        started.append((folder, replicas, ep, engine.max_model_len, options["retry"].max_retries))
+        return "frontend"
+
+    monkeypatch.setattr(RuntimeBackend, "on_replicas", classmethod(on_replicas))
+    settings = Settings(backend="runtime", model=str(tiny_kimi_path), runtime_replicas=3, runtime_ep=2,
+                        context_tokens=1024, llm_max_retries=2)
+    assert make_backend(settings) == "frontend"
+    assert started == [(tiny_kimi_path, 3, 2, 1024, 2)]
+
+
+def test_a_dense_checkpoint_is_refused_before_ray_starts(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    with pytest.raises(UnsupportedReplicaModel, match="qwen2"):
+        RuntimeBackend.load(str(tmp_path), replicas=1)
