@@ -1,8 +1,9 @@
 """A tolerant reader of tool calls written as text, for replies whose structured `tool_calls` are empty.
 
 Small models often write a call as a fenced ```json block, inside `<tool_call>` tags, or as a bare JSON object,
-and put the arguments under `parameters` or as a JSON string. This finds such objects; deciding which tool
-was meant is the agent's job (`heavy.agent.repair`).
+and put the arguments under `parameters` or as a JSON string. A call cut off by the step's token limit (a long
+`sources` list after the answer) is closed at its last complete value rather than lost. This finds such objects;
+deciding which tool was meant is the agent's job (`heavy.agent.repair`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from heavy.llm.types import ToolCall
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _FENCED = re.compile(r"```(?:json|JSON|tool_call|python)?\s*\n?(.*?)```", re.DOTALL)
 _ARGUMENT_KEYS = ("arguments", "parameters", "args", "input")
+_MAX_CUTS = 32  # how many commas back a truncated object may be cut to
 
 
 def parse_text_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
@@ -40,6 +42,11 @@ def _bare_objects(text: str) -> tuple[str, list[ToolCall]]:
         try:
             obj, length = decoder.raw_decode(text, start)
         except json.JSONDecodeError:
+            call = _to_call(close_truncated(text[start:]), len(calls))
+            if call is not None:  # the reply was cut off inside this call: it runs to the end of the text
+                calls.append(call)
+                spans.append((start, len(text)))
+                break
             start = text.find("{", start + 1)
             continue
         call = _to_call(obj, len(calls))
@@ -48,6 +55,37 @@ def _bare_objects(text: str) -> tuple[str, list[ToolCall]]:
             spans.append((start, start + length))
         start = text.find("{", start + length)
     return (_cut(text, spans), calls) if calls else (text, [])
+
+
+def close_truncated(fragment: str) -> Any:
+    """The JSON value a fragment cut off mid-way would have been, up to its last complete member; None if none.
+
+    Closes an open string and the open brackets; if that does not parse (a key without its value, half a number),
+    cuts back to an earlier comma and tries again."""
+    cuts = [len(fragment)] + [i for i in range(len(fragment) - 1, -1, -1) if fragment[i] == ","][:_MAX_CUTS]
+    for cut in cuts:
+        try:
+            return json.loads(_closed(fragment[:cut]))
+        except json.JSONDecodeError:
+            continue
+    return None
+
+
+def _closed(piece: str) -> str:
+    stack, in_string, escaped = [], False, False
+    for ch in piece:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]" and stack:
+            stack.pop()
+    if in_string:
+        piece += "\\" if escaped else ""
+        piece += '"'
+    return piece + "".join(reversed(stack))
 
 
 def _cut(text: str, spans: list[tuple[int, int]]) -> str:
@@ -68,7 +106,8 @@ def _load_object(raw: str) -> Any:
     try:  # Python-literal dicts with single quotes are common too
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return None
+        pass
+    return close_truncated(raw) if raw.startswith("{") else None
 
 
 def _to_call(obj: Any, index: int) -> ToolCall | None:

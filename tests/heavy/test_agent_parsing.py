@@ -32,6 +32,24 @@ def test_a_schema_copied_back_is_a_call_without_arguments():
     assert [(c.name, c.arguments) for c in parse_text_tool_calls(echo)[1]] == [("search", {})]
 
 
+@pytest.mark.parametrize("text, arguments", [
+    ('{"name": "answer", "arguments": {"answer": "Chief of Protocol", "confidence": 0.9, "sources": ["http://a/1", '
+     '"http://a/', {"answer": "Chief of Protocol", "confidence": 0.9, "sources": ["http://a/1", "http://a/"]}),
+    ('<tool_call>\n{"name": "answer", "arguments": {"answer": "Yes, both were Amer',
+     {"answer": "Yes, both were Amer"}),
+    ('Let me search. {"name": "search", "arguments": {"query": "Ed Wood nationality"}, "confid',
+     {"query": "Ed Wood nationality"}),
+    ('{"name": "answer", "arguments": {"answer": "say \\"hi\\', {"answer": 'say "hi\\'}),
+])
+def test_a_call_cut_off_by_the_token_limit_is_closed_at_its_last_complete_value(text, arguments):
+    _, calls = parse_text_tool_calls(text)
+    assert [(c.name, c.arguments) for c in calls] == [(calls[0].name, arguments)] and calls[0].name
+
+
+def test_an_unclosable_fragment_is_not_a_call():
+    assert parse_text_tool_calls("I think {the answer is 5") == ("I think {the answer is 5", [])
+
+
 def test_plain_text_is_not_a_call():
     assert parse_text_tool_calls("The answer is 42.") == ("The answer is 42.", [])
 
