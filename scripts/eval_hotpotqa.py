@@ -50,8 +50,8 @@ def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def load_questions(path: Path, limit: int | None) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def load_questions(path: Path, limit: int | None, start: int = 0) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][start:]
     return rows[:limit] if limit else rows
 
 
@@ -107,7 +107,7 @@ def summarise(per_setting: dict[int, list[dict]]) -> list[dict]:
 async def evaluate(args: argparse.Namespace) -> dict:
     """Question by question, every trajectory count in turn, so an interrupted run still compares like with like;
     the JSON result is rewritten after every question."""
-    questions = load_questions(args.data, args.limit)
+    questions = load_questions(args.data, args.limit, args.start)
     settings = Settings()
     backend = make_backend(settings, args.backend)
     limits = TrajectoryLimits(max_steps=args.max_steps, step_tokens=args.step_tokens, total_tokens=60_000,
@@ -143,7 +143,8 @@ def print_table(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--limit", type=int, default=None, help="first N questions only")
+    parser.add_argument("--start", type=int, default=0, help="skip the first N questions")
+    parser.add_argument("--limit", type=int, default=None, help="N questions only")
     parser.add_argument("--trajectories", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--backend", choices=["runtime", "openai"], default="runtime")
     parser.add_argument("--tools", nargs="+", default=["search", "open_page"])
