@@ -27,7 +27,7 @@ from runtime.engine.config import EngineConfig
 from runtime.replica.errors import RetriableError
 from runtime.sampling import SamplingParams
 from runtime.server.chat import make_parser
-from runtime.toolcalls import ParsedOutput
+from runtime.toolcalls import ParsedOutput, ToolCallParseError
 
 
 def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -141,8 +141,7 @@ class RuntimeBackend:
             last = output
         if last is None:
             raise LLMError("the runtime returned no output")
-        parser = make_parser(self.tokenizer)
-        parsed = parser.feed("".join(text)) + parser.finish()
+        parsed = _feed(make_parser(self.tokenizer), "".join(text), final=True)
         calls = _tool_calls(parsed)
         reason = _finish_reason(last.finish_reason)
         return Completion(
@@ -168,9 +167,7 @@ class RuntimeBackend:
         `chat` returns, except that `chat` strips the content's outer whitespace."""
         parser, any_calls = make_parser(self.tokenizer), False
         async for output in self._outputs(messages, tools, sampling, max_tokens, stop, request_id, prefix_key):
-            parsed = parser.feed(output.new_text)
-            if output.finished:
-                parsed = parsed + parser.finish()  # flush text held back as a possible marker start
+            parsed = _feed(parser, output.new_text, final=output.finished)
             any_calls = any_calls or bool(parsed.tool_calls)
             if not output.finished:
                 if not parsed.is_empty:
@@ -185,6 +182,16 @@ class RuntimeBackend:
     async def aclose(self) -> None:
         """Stop the engine thread (joins it, so off the event loop), or the router and its replicas."""
         await asyncio.to_thread(self.engine.shutdown)
+
+
+def _feed(parser: Any, text: str, *, final: bool) -> ParsedOutput:
+    """What `text` completes; `final` flushes text held back as a possible marker start. A call whose markers the
+    model wrote but broke (Kimi's parser is strict inside them) is a malformed reply."""
+    try:
+        parsed = parser.feed(text)
+        return parsed + parser.finish() if final else parsed
+    except ToolCallParseError as exc:
+        raise LLMError(f"runtime: malformed tool call: {exc}") from exc
 
 
 def _tool_calls(parsed: ParsedOutput) -> tuple[ToolCall, ...]:

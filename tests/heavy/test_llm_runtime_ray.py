@@ -1,6 +1,7 @@
 """heavy's runtime backend on Ray: two EP = 1 replicas of the tiny Kimi checkpoint behind the router (the same text
 as one engine in process, a job kept on one replica's prefix cache by its prefix key, a rank killed mid-stream is a
-retriable error and the job's next request goes to the other replica), and the settings that select it."""
+retriable error and the job's next request goes to the other replica), the settings that select it, and Kimi's
+tool-call format read by the backend (over a stand-in engine)."""
 
 import asyncio
 import json
@@ -11,10 +12,14 @@ import pytest
 from heavy.config import Settings
 from heavy.llm import make_backend
 from heavy.llm.runtime_backend import RuntimeBackend
-from heavy.llm.types import RetriableLLMError, Sampling
+from heavy.llm.types import LLMError, RetriableLLMError, Sampling, ToolCall
+from runtime.engine.factory import load_tokenizer
 from runtime.replica.serving import UnsupportedReplicaModel
 from runtime.sampling import SamplingParams
 from runtime.server.chat import make_parser
+from runtime.toolcalls import ToolCall as RuntimeToolCall
+from runtime.toolcalls import render_tool_calls
+from tests.heavy.test_llm_runtime import Engine
 from tests.runtime.replica_fixtures import ENGINE, reference_engine
 
 pytestmark = pytest.mark.anyio
@@ -133,3 +138,20 @@ def test_a_dense_checkpoint_is_refused_before_ray_starts(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     with pytest.raises(UnsupportedReplicaModel, match="qwen2"):
         RuntimeBackend.load(str(tmp_path), replicas=1)
+
+
+async def test_kimi_tool_calls_are_read_with_kimi_s_parser_and_a_broken_one_is_an_llm_error(tiny_kimi_path):
+    tokenizer = load_tokenizer(tiny_kimi_path)
+    section = render_tool_calls([RuntimeToolCall("functions.search:0", "search", {"query": "ed wood"})])
+    backend = RuntimeBackend(Engine(["Let me look. ", section[:30], section[30:]]), tokenizer)
+    completion = await backend.chat(_messages("k"), None, GREEDY, max_tokens=64)
+    assert completion.content == "Let me look."
+    assert completion.tool_calls == (ToolCall("functions.search:0", "search", {"query": "ed wood"}),)
+    assert completion.finish_reason == "tool_calls"
+
+    broken = section.replace('{"query": "ed wood"}', "{not json")
+    with pytest.raises(LLMError, match="malformed tool call"):
+        await RuntimeBackend(Engine([broken]), tokenizer).chat(_messages("k"), None, GREEDY, max_tokens=64)
+    with pytest.raises(LLMError, match="malformed tool call"):
+        async for _ in RuntimeBackend(Engine([broken]), tokenizer).stream(_messages("k"), None, GREEDY, max_tokens=64):
+            pass
