@@ -28,16 +28,11 @@ class Int4Linear(nn.Module):
         # x [T, K] -> [T, N] on the kernels' W4A16 dispatch (Triton on CUDA, the native kernel on CPU).
         return int4_linear(x.contiguous(), self._prepared())
 
-    def buffers_key(self) -> tuple[tuple[int, int], ...]:
-        """Changes when loading or .to() replaces or rewrites the weight buffers: caches built from them compare it.
-        (address, version) per buffer; tensors made under inference_mode have no version counter, so their address
-        alone identifies them."""
-        buffers = (self.weight_packed, self.weight_scale)
-        return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in buffers)
-
     def _prepared(self) -> Int4Weight:
-        # Repacked once for the device's kernel; again only if the buffers were replaced or rewritten.
-        key = self.buffers_key()
+        # Repacked once for the device's kernel; again only if loading or .to() replaced or rewrote the buffers
+        # (tensors made under inference_mode have no version counter: their address is the key).
+        buffers = (self.weight_packed, self.weight_scale)
+        key = tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in buffers)
         if getattr(self, "_prepared_key", None) != key:
             self._prepared_weight = prepare_int4(self.weight_packed, self.weight_scale, self.group_size)
             self._prepared_key = key

@@ -117,6 +117,7 @@ class MoE(nn.Module):
             SwiGLUMLP(dims.hidden_size, dims.moe_intermediate_size * dims.n_shared_experts)
             if dims.n_shared_experts else None
         )
+        self._stacked: tuple[Int4Experts, torch.Tensor] | None = None  # (experts, global -> local id [E])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, D] -> [T, D]
@@ -148,13 +149,12 @@ class MoE(nn.Module):
         return fused_moe(x.contiguous(), local_ids, weights.contiguous(), experts)
 
     def _stacked_experts(self) -> tuple[Int4Experts, torch.Tensor]:
-        """The INT4 experts stacked as the kernel wants them (gate rows then up rows), built on first use and again
-        only if loading or .to() replaced or rewrote the buffers. Each expert's projections are then re-pointed at
-        views of the stacks, so the packed weights are held once."""
-        projections = [(m.gate_proj, m.up_proj, m.down_proj) for m in self.experts.values()]
-        key = tuple(linear.buffers_key() for trio in projections for linear in trio)
-        if getattr(self, "_stacked_key", None) == key:
+        """The INT4 experts stacked as the kernel wants them (gate rows then up rows), built on first use. Each
+        expert's projections are then re-pointed at views of the stacks, so the packed weights are held once and a
+        write into any of them (loading) bumps the stacks' version: then, or after .to(), they are stacked again."""
+        if self._stacked is not None and self._stacked_versions == _versions(self._stacked[0]):
             return self._stacked
+        projections = [(m.gate_proj, m.up_proj, m.down_proj) for m in self.experts.values()]
         # normal tensors even inside an inference_mode forward, so loading can still write the views afterwards
         with torch.inference_mode(False), torch.no_grad():
             w13_packed = torch.stack([torch.cat([g.weight_packed, u.weight_packed]) for g, u, _ in projections])
@@ -170,6 +170,14 @@ class MoE(nn.Module):
         local_index = torch.full((self.dims.n_routed_experts,), -1, dtype=torch.int64, device=local.device)  # [E]
         local_index[local] = torch.arange(len(local), device=local.device)
         experts = prepare_experts(w13_packed, w13_scale, w2_packed, w2_scale, self.dims.int4_group_size)
-        self._stacked = experts, local_index
-        self._stacked_key = tuple(linear.buffers_key() for trio in projections for linear in trio)
+        self._stacked, self._stacked_versions = (experts, local_index), _versions(experts)
         return self._stacked
+
+    def _apply(self, fn, recurse=True):
+        # .to() / to_empty() give the experts new buffers: stack those on next use
+        self._stacked = None
+        return super()._apply(fn, recurse)
+
+
+def _versions(experts: Int4Experts) -> tuple[int, ...]:
+    return tuple(t._version for t in (experts.w13_packed, experts.w13_scale, experts.w2_packed, experts.w2_scale))

@@ -115,6 +115,18 @@ def test_reloading_weights_reaches_the_fused_path():
     assert not torch.allclose(before, after)
 
 
+def test_casting_the_layer_restacks_its_experts():
+    moe = _rank_moe(_full_moe(), RANK_SLICE)
+    x, weights, ids = _routing(torch.float32)
+    with torch.no_grad():
+        moe.routed_fused(x, weights, ids)  # stacks with fp32 scales
+        moe.to(torch.bfloat16)
+        x = x.to(torch.bfloat16)
+        actual = moe.routed_fused(x, weights, ids)
+        assert moe._stacked[0].w13_scale.dtype == torch.bfloat16
+        assert_parity(actual, moe.routed_loop(x, weights, ids), **BF16_TOL)
+
+
 @pytest.mark.parametrize("ep", [2, 4])
 def test_ranks_partial_int4_outputs_sum_to_the_whole_layer(ep):
     full = _full_moe()
