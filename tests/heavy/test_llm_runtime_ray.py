@@ -1,7 +1,7 @@
 """heavy's runtime backend on Ray: two EP = 1 replicas of the tiny Kimi checkpoint behind the router (the same text
 as one engine in process, a job kept on one replica's prefix cache by its prefix key, a rank killed mid-stream is a
 retriable error and the job's next request goes to the other replica), the settings that select it, and Kimi's
-tool-call format read by the backend (over a stand-in engine)."""
+tool-call format and the retries of router failures (over a stand-in engine)."""
 
 import asyncio
 import json
@@ -11,9 +11,11 @@ import pytest
 
 from heavy.config import Settings
 from heavy.llm import make_backend
+from heavy.llm.retry import RetryPolicy
 from heavy.llm.runtime_backend import RuntimeBackend
 from heavy.llm.types import LLMError, RetriableLLMError, Sampling, ToolCall
 from runtime.engine.factory import load_tokenizer
+from runtime.replica.errors import ReplicaDownError
 from runtime.replica.serving import UnsupportedReplicaModel
 from runtime.sampling import SamplingParams
 from runtime.server.chat import make_parser
@@ -155,3 +157,31 @@ async def test_kimi_tool_calls_are_read_with_kimi_s_parser_and_a_broken_one_is_a
     with pytest.raises(LLMError, match="malformed tool call"):
         async for _ in RuntimeBackend(Engine([broken]), tokenizer).stream(_messages("k"), None, GREEDY, max_tokens=64):
             pass
+
+
+class FailsFirst(Engine):
+    """The router's answer when the replica serving a request loses a rank after its first tokens."""
+
+    def __init__(self, pieces):
+        super().__init__(pieces)
+        self.failures, self.prefix_keys = 0, []
+
+    async def generate(self, prompt, params, request_id, prefix_key=None):
+        self.prefix_keys.append(prefix_key)
+        if self.failures == 0:
+            self.failures += 1
+            raise ReplicaDownError("replica 0 failed after 3 token(s)")
+        async for output in super().generate(prompt, params, request_id):
+            yield output
+
+
+async def test_a_replica_failure_is_retriable_and_chat_retries_it_with_its_policy(tiny_kimi_path):
+    tokenizer = load_tokenizer(tiny_kimi_path)
+    once = RuntimeBackend(FailsFirst(["fine"]), tokenizer, routes_by_prefix_key=True)
+    with pytest.raises(RetriableLLMError, match="replica 0 failed"):
+        await once.chat(_messages("r"), None, GREEDY, max_tokens=8, prefix_key="job-r")
+    retrying = RuntimeBackend(FailsFirst(["fine"]), tokenizer, routes_by_prefix_key=True,
+                              retry=RetryPolicy(max_retries=1, backoff_s=0.01, backoff_max_s=0.01))
+    completion = await retrying.chat(_messages("r"), None, GREEDY, max_tokens=8, prefix_key="job-r")
+    assert completion.content == "fine" and retrying.engine.failures == 1
+    assert retrying.engine.prefix_keys == ["job-r", "job-r"]  # each attempt routed by the job
