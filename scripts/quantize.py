@@ -3,8 +3,9 @@ fits its sign: kernels.pack.quantize_int4(fit_sign=True)) into a compressed-tens
 compare BF16 and INT4 on a fixed text: perplexity and the time of one decode step (one token through every layer
 plus the logits; all weights read once, no KV cache needed).
 
-The INT4 model is our Qwen2 with each MLP projection swapped for runtime.layers.int4_linear.Int4Linear, loaded
-from the new folder, so it runs the kernels' W4A16 dispatch (the native CPU kernel here).
+The INT4 folder loads like any checkpoint (`runtime.models.registry.load_model`, `python -m runtime generate --model
+DIR`): our Qwen2 reads the quantization_config and builds runtime.layers.int4_linear.Int4Linear for the MLP
+projections, which run the kernels' W4A16 dispatch (the native CPU kernel here).
 
     .venv/bin/python scripts/quantize.py [--model qwen2.5-coder-0.5b] [--out DIR] [--threads 2]
 """
@@ -12,7 +13,6 @@ from the new folder, so it runs the kernels' W4A16 dispatch (the native CPU kern
 import argparse
 import json
 import math
-import re
 import shutil
 import time
 from pathlib import Path
@@ -25,15 +25,12 @@ from torch import nn
 from kernels.pack import DEFAULT_GROUP_SIZE, pack_int4, quantize_int4
 from runtime.embedded import DEFAULT_MODEL, resolve_model
 from runtime.layers.int4_linear import Int4Linear
-from runtime.loader import load_checkpoint
-from runtime.models.qwen2 import Qwen2ForCausalLM
-from runtime.models.registry import build_config, load_model
+from runtime.models.registry import MODEL_TYPES, build_config, load_model
 from runtime.paths import models_dir
 from runtime.tokenizer import Tokenizer
 
-MLP_WEIGHT = re.compile(r"model\.layers\.\d+\.mlp\.(gate|up|down)_proj\.weight")
-MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 DECODE_REPEATS = 10
+MLP_ONLY = ("lm_head", "re:.*self_attn.*")  # quantization_config.ignore that leaves the MLP projections
 # A fixed evaluation text (written for this script), long enough for a stable perplexity (~600 tokens).
 TEXT = """\
 A mixture-of-experts language model replaces the single feed-forward block of each transformer layer with many
@@ -69,27 +66,10 @@ the keys and values of earlier tokens are computed once and reused at every late
 """
 
 
-def quantize_folder(source: Path, dest: Path, group_size: int) -> int:
-    """Write `dest`: `source` with every MLP weight replaced by weight_packed / weight_scale / weight_shape."""
-    tensors = load_file(str(source / "model.safetensors"))
-    out: dict[str, torch.Tensor] = {}
-    quantized: list[str] = []
-    for name, tensor in tensors.items():
-        if not MLP_WEIGHT.fullmatch(name):
-            out[name] = tensor
-            continue
-        q, scale = quantize_int4(tensor.to(torch.bfloat16), group_size, fit_sign=True)  # [N, K] int8, [N, K/G]
-        base = name.removesuffix(".weight")
-        out[f"{base}.weight_packed"] = pack_int4(q)  # int32 [N, K/8]
-        out[f"{base}.weight_scale"] = scale
-        out[f"{base}.weight_shape"] = torch.tensor(tensor.shape, dtype=torch.int64)
-        quantized.append(base)
-    staging = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("model.safetensors"))
-    save_file(out, str(staging / "model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((source / "config.json").read_text())
-    config["quantization_config"] = {
+def quantization_config(group_size: int, ignore: tuple[str, ...] = MLP_ONLY) -> dict:
+    """compressed-tensors `pack-quantized` INT4 for every linear but those `ignore` names (module names or
+    "re:" patterns)."""
+    return {
         "quant_method": "compressed-tensors",
         "format": "pack-quantized",
         "quantization_status": "compressed",
@@ -99,26 +79,37 @@ def quantize_folder(source: Path, dest: Path, group_size: int) -> int:
                         "group_size": group_size, "dynamic": False, "observer": "minmax"},
             "input_activations": None, "output_activations": None,
         }},
-        "ignore": ["lm_head", "re:.*self_attn.*"],
+        "ignore": list(ignore),
     }
+
+
+def quantize_folder(source: Path, dest: Path, group_size: int, ignore: tuple[str, ...] = MLP_ONLY) -> int:
+    """Write `dest`: `source` with a quantization_config in config.json and, for every linear our model builds as
+    Int4Linear from it, the weight replaced by weight_packed / weight_scale / weight_shape."""
+    config = json.loads((source / "config.json").read_text())
+    config["quantization_config"] = quantization_config(group_size, ignore)
+    _, model_cls = MODEL_TYPES[config["model_type"]]
+    with torch.device("meta"):  # only to ask the model which linears the config makes INT4
+        layout = model_cls(build_config(config))
+    int4_names = {name for name, module in layout.named_modules() if isinstance(module, Int4Linear)}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in load_file(str(source / "model.safetensors")).items():
+        base = name.removesuffix(".weight")
+        if not name.endswith(".weight") or base not in int4_names:
+            out[name] = tensor
+            continue
+        q, scale = quantize_int4(tensor.to(torch.bfloat16), group_size, fit_sign=True)  # [N, K] int8, [N, K/G]
+        out[f"{base}.weight_packed"] = pack_int4(q)  # int32 [N, K/8]
+        out[f"{base}.weight_scale"] = scale
+        out[f"{base}.weight_shape"] = torch.tensor(tensor.shape, dtype=torch.int64)
+    staging = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("model.safetensors"))
+    save_file(out, str(staging / "model.safetensors"), metadata={"format": "pt"})
     (staging / "config.json").write_text(json.dumps(config, indent=2))
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)
-    return len(quantized)
-
-
-def load_int4_model(folder: Path, group_size: int) -> nn.Module:
-    """Our Qwen2 with Int4Linear MLP projections, filled from the quantised folder."""
-    config = build_config(json.loads((folder / "config.json").read_text()))
-    with torch.device("meta"):
-        model = Qwen2ForCausalLM(config)
-        for layer in model.model.layers:
-            for name in MLP_PROJECTIONS:
-                linear = getattr(layer.mlp, name)
-                setattr(layer.mlp, name, Int4Linear(linear.in_features, linear.out_features, group_size))
-    model = model.to(torch.bfloat16).to_empty(device="cpu")
-    load_checkpoint(model, folder, name_map=Qwen2ForCausalLM.checkpoint_name_map(config))
-    return model.eval()
+    return len(int4_names)
 
 
 @torch.inference_mode()
@@ -157,9 +148,8 @@ def main() -> None:
     print(f"quantised {count} MLP projections (RTN, group {args.group_size}) -> {dest}")
     ids = torch.tensor(Tokenizer.from_pretrained(source).encode(TEXT))
     results = {}
-    for label, loader in (("bf16", lambda: load_model(source, torch.bfloat16)),
-                          ("int4", lambda: load_int4_model(dest, args.group_size))):
-        model = loader()
+    for label, folder in (("bf16", source), ("int4", dest)):
+        model = load_model(folder, torch.bfloat16)
         results[label] = (perplexity(model, ids), decode_step_seconds(model, ids))
         del model
     (ppl_bf16, step_bf16), (ppl_int4, step_int4) = results["bf16"], results["int4"]

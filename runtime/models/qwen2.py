@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.layers.attention import Attention
+from runtime.layers.int4_linear import Int4Quantization, build_int4_linears
 from runtime.layers.rmsnorm import RMSNorm
 from runtime.layers.rotary import RotaryEmbedding, apply_rotary
 
@@ -38,6 +39,7 @@ class Qwen2Config:
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = False
     eos_token_id: int | tuple[int, ...] | None = None
+    quantization_config: Int4Quantization | None = None  # compressed-tensors INT4: those linears are Int4Linear
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -71,6 +73,8 @@ class Qwen2Config:
         kwargs.setdefault("num_key_value_heads", data["num_attention_heads"])
         if isinstance(kwargs.get("eos_token_id"), list):
             kwargs["eos_token_id"] = tuple(kwargs["eos_token_id"])
+        if kwargs.get("quantization_config") is not None:
+            kwargs["quantization_config"] = Int4Quantization.from_json(kwargs["quantization_config"])
         return cls(**kwargs)
 
     @classmethod
@@ -154,6 +158,8 @@ class Qwen2ForCausalLM(nn.Module):
         self.lm_head = None
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.quantization_config is not None:
+            build_int4_linears(self, config.quantization_config)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # input_ids [T], positions [T] -> hidden [T, D]
@@ -161,8 +167,9 @@ class Qwen2ForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden [T', D] -> logits [T', V] in fp32
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight  # [V, D]
-        return F.linear(hidden, weight).float()
+        if self.lm_head is None:
+            return F.linear(hidden, self.model.embed_tokens.weight).float()
+        return self.lm_head(hidden).float()
 
     @staticmethod
     def checkpoint_name_map(config: Qwen2Config):
