@@ -148,7 +148,7 @@ def int4_model(folder: Path):
     dest = models_dir() / f"{folder.name}-int4"
     if not (dest / "config.json").is_file():
         quantize.quantize_folder(folder, dest, INT4_GROUP)
-    return quantize.load_int4_model(dest, INT4_GROUP)
+    return load_model(dest, torch.bfloat16)  # the quantization_config builds the INT4 layers
 
 
 def peak_rss_gb() -> float:
