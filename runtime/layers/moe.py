@@ -143,7 +143,9 @@ class MoE(nn.Module):
 
     def routed_fused(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """This rank's INT4 experts in one `kernels.fused_moe` call (Triton on CUDA, the CPU path on CPU); slots
-        routed to other ranks' experts map to -1 and contribute nothing. -> [T, D], summed in fp32."""
+        routed to other ranks' experts map to -1 and contribute nothing. -> [T, D], summed in fp32.
+        On CPU it beat `routed_loop` at every size measured (bf16, one thread, T = 1..512: 1.2-1.7x at the tiny
+        Kimi shape, 1.0-1.2x at D = 2048, I = 768, 64 experts): one gate+up GEMM per expert, one host sync."""
         experts, local_index = self._stacked_experts()
         local_ids = local_index[ids]  # [T, K] position in this rank's stack, -1 = another rank's expert
         return fused_moe(x.contiguous(), local_ids, weights.contiguous(), experts)
