@@ -153,12 +153,14 @@ class MoE(nn.Module):
     def _stacked_experts(self) -> tuple[Int4Experts, torch.Tensor]:
         """The INT4 experts stacked as the kernel wants them (gate rows then up rows), built on first use. Each
         expert's projections are then re-pointed at views of the stacks, so the packed weights are held once and a
-        write into any of them (loading) bumps the stacks' version: then, or after .to(), they are stacked again."""
+        write into any of them (loading) bumps the stacks' version: then, or after .to(), they are stacked again.
+        (Buffers replaced without either, e.g. load_state_dict(assign=True), are not noticed.)"""
         if self._stacked is not None and self._stacked_versions == _versions(self._stacked[0]):
             return self._stacked
         projections = [(m.gate_proj, m.up_proj, m.down_proj) for m in self.experts.values()]
         # normal tensors even inside an inference_mode forward, so loading can still write the views afterwards
         with torch.inference_mode(False), torch.no_grad():
+            # [E, 2I, D/8] and [E, 2I, D/G]: gate rows, then up rows
             w13_packed = torch.stack([torch.cat([g.weight_packed, u.weight_packed]) for g, u, _ in projections])
             w13_scale = torch.stack([torch.cat([g.weight_scale, u.weight_scale]) for g, u, _ in projections])
             w2_packed = torch.stack([d.weight_packed for _, _, d in projections])  # [E, D, I/8]
