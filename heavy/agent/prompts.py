@@ -45,6 +45,10 @@ REPEATED_CALL = (
     "You already called {tool} with these arguments (result above). Do not repeat it: "
     "search with different words, open another page, or call `answer`."
 )
+EMPTY_ANSWER = (  # seen: {"confidence": .., "sources": [..]} with the answer itself left out, step after step
+    'Your `answer` call had no answer in it. Write it like: '
+    '{"name": "answer", "arguments": {"answer": "a few words", "sources": ["the page URL"]}}'
+)
 UNKNOWN_TOOL = "There is no tool named {name}. Available tools: {available}."
 UNREADABLE_CALL = 'Your tool call could not be read. Write it like: {"name": "search", "arguments": {"query": "..."}}'
 FORCE_ANSWER = (  # the question is repeated: after long tool outputs a small model loses track of it

@@ -252,7 +252,7 @@ class Trajectory:
         """Take the `answer` call, or say why not (empty, or no evidence yet — sent back once)."""
         answer = str(call.arguments.get("answer") or "").strip()
         if not answer:
-            return "The answer was empty. Call `answer` with a short answer."
+            return prompts.EMPTY_ANSWER
         if not self.evidence and not self.answer_rejected:
             self.answer_rejected = True
             self.best_guess = answer

@@ -1,6 +1,7 @@
 """Short answers for the vote: a weak model often answers with a sentence ("The band was formed in 1994 in
 Leeds."), and sentences that say the same thing never compare equal. Long answers are cut down to the phrase that
-answers the question by one small LLM call each, run concurrently; short ones are kept as written."""
+answers the question by one small LLM call each, run concurrently; short ones are kept as written, and "Yes, ..." to a
+yes/no question needs no model to become "yes"."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 from collections.abc import Sequence
 
 from heavy.agent.steps import TrajectoryResult
+from heavy.aggregate.normalize import normalize_answer
 from heavy.llm.types import LLMBackend, LLMError, Message, Sampling, Usage
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,29 @@ def shorten_messages(question: str, answer: str) -> list[Message]:
     return messages + [{"role": "user", "content": f"Question: {question}\nAnswer: {' '.join(answer.split())}"}]
 
 
+# A question opening with an auxiliary verb asks for yes or no ("Were X and Y both ...?"); others never do.
+_AUXILIARIES = frozenset({
+    "is", "are", "was", "were", "am", "do", "does", "did", "can", "could", "will", "would", "shall", "should", "may",
+    "might", "must", "has", "have", "had",
+})
+_YES_NO = ("yes", "no")
+
+
 def is_short(answer: str) -> bool:
     return len(answer.split()) <= SHORT_WORDS
+
+
+def asks_yes_no(question: str) -> bool:
+    words = normalize_answer(question).split()
+    return bool(words) and words[0] in _AUXILIARIES
+
+
+def _rule_based(question: str, answer: str) -> str | None:
+    """The short form when no model is needed: "Yes, both were ..." to a yes/no question is "yes"."""
+    words = normalize_answer(answer).split()
+    if asks_yes_no(question) and words and words[0] in _YES_NO:
+        return words[0]
+    return answer.strip() if is_short(answer) else None
 
 
 def first_line(text: str) -> str:
@@ -54,10 +77,11 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
                           sampling: Sampling = Sampling(), prefix_key: str | None = None,
                           ) -> tuple[dict[int, str], Usage]:
     """Trajectory index → the answer to vote with. Without a backend, or when a call fails, the answer stays."""
-    short = {r.index: r.answer.strip() for r in results}
-    long = [r for r in results if r.answered and not is_short(r.answer)]
+    short = {r.index: _rule_based(question, r.answer) or r.answer.strip() for r in results}
+    long = [r for r in results if r.answered and _rule_based(question, r.answer) is None]
     if backend is None or not long:
         return short, Usage()
+    yes_no = asks_yes_no(question)
 
     async def one(result: TrajectoryResult) -> tuple[int, str, Usage]:
         try:
@@ -67,7 +91,10 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
         except LLMError as exc:  # the long answer still votes
             log.warning("shortening trajectory %d's answer failed: %s", result.index, exc)
             return result.index, result.answer.strip(), Usage()
-        return result.index, first_line(completion.content) or result.answer.strip(), completion.usage
+        cut = first_line(completion.content)
+        if not cut or (not yes_no and normalize_answer(cut) in _YES_NO):  # "yes" never answers "Who ...?"
+            cut = result.answer.strip()
+        return result.index, cut, completion.usage
 
     usage = Usage()
     for index, answer, used in await asyncio.gather(*(one(r) for r in long)):

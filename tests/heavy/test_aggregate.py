@@ -99,6 +99,17 @@ def test_a_copied_source_list_and_restated_question_are_not_claims():
     assert filtered.dropped == ("[1] eiffel — http://corpus/eiffel", "See http://corpus/eiffel for more [1].")
 
 
+async def test_yes_no_answers_need_no_model_and_yes_never_answers_a_wh_question():
+    backend = ScriptedBackend(lambda request: text("Yes."))
+    results = [result(0, "Yes, both of them were American film directors."), result(1, "no")]
+    decided = await vote("Were Scott Derrickson and Ed Wood of the same nationality?", results, backend)
+    assert {g.answer for g in decided.groups} == {"yes", "no"} and not [
+        r for r in backend.requests if r.request_id.startswith("shorten:")]
+    long = "The woman who played the part later served as the Chief of Protocol of the United States."
+    decided = await vote("What government position did she hold?", [result(0, long)], backend)
+    assert decided.answer == long  # the model's "Yes." is refused; the long answer still votes
+
+
 def test_claims_citing_pages_never_fetched_are_dropped():
     body = (
         "The tower was finished in 1889 [1]. It is made of cheese [7].\n"
