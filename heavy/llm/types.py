@@ -2,7 +2,7 @@
 
 Messages are OpenAI-style dicts (`role`, `content`, and for assistant turns `tool_calls`; tool turns carry
 `tool_call_id`). Tools are OpenAI function specs. Backends: `openai` (any compatible endpoint) and `runtime`
-(our engine in process); tests use a scripted backend.
+(our engine in process, or our Ray replicas behind the router); tests use a scripted backend.
 """
 
 from __future__ import annotations
