@@ -20,6 +20,7 @@ import pytest
 from heavy.embedded_redis import EmbeddedRedis, find_redis_server
 from tests.deploy.local_cluster import TwoNodeCluster, process_titles
 from tests.net import free_port
+from tests.processes import stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -73,12 +74,7 @@ class Processes:
 
     def stop(self) -> None:
         for process in reversed(self.started):
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 @pytest.fixture(scope="module")

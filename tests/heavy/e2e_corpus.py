@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from heavy.agent import TrajectoryLimits, TrajectorySpec
 from heavy.corpus.commands import corpus_add
+from heavy.llm.types import Sampling
 from heavy.toolbox import local_corpus_tools
 from heavy.tools.base import ToolExecutor
 
@@ -20,6 +22,13 @@ DOCS = [
     {"title": "Tim Burton", "text": "Tim Burton is an American filmmaker who directed Ed Wood (1994)."},
 ]
 QUESTION = "Were Scott Derrickson and Ed Wood of the same nationality?"
+
+
+def one_search_trajectory(job_id: str) -> TrajectorySpec:
+    """QUESTION as one greedy trajectory with search only and a budget small enough for a 2-core CPU."""
+    limits = TrajectoryLimits(max_steps=2, step_tokens=64, final_answer_tokens=16, context_tokens=4096)
+    return TrajectorySpec(job_id=job_id, index=0, question=QUESTION, allowed_tools=frozenset({"search"}),
+                          sampling=Sampling(temperature=0.0), limits=limits)
 
 
 @contextmanager

@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from heavy.agent import Trajectory, TrajectoryLimits, TrajectorySpec
+from heavy.agent import Trajectory, TrajectoryLimits
 from heavy.events import MemorySink, ReportReady, TrajectoryDone, TrajectoryStep
-from heavy.llm.types import Sampling
 from heavy.scheduler import JobSpec, Scheduler
-from tests.heavy.e2e_corpus import QUESTION, small_corpus_tools
+from tests.heavy.e2e_corpus import QUESTION, one_search_trajectory, small_corpus_tools
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -31,9 +30,7 @@ def executor(tmp_path_factory):
 
 
 async def test_one_trajectory_on_the_embedded_model(backend, executor):
-    limits = TrajectoryLimits(max_steps=2, step_tokens=64, final_answer_tokens=16, context_tokens=4096)
-    spec = TrajectorySpec(job_id="e2e-one", index=0, question=QUESTION, allowed_tools=frozenset({"search"}),
-                          sampling=Sampling(temperature=0.0), limits=limits)
+    spec = one_search_trajectory("e2e-one")
     sink = MemorySink()
     result = await Trajectory(spec, backend, executor, sink=sink).run()
     print(json.dumps(result.summary(), indent=1))

@@ -12,15 +12,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from heavy.agent import Trajectory, TrajectoryLimits, TrajectorySpec
+from heavy.agent import Trajectory, TrajectoryLimits
 from heavy.aggregate import AggregationConfig
 from heavy.events import MemorySink, ToolResultEvent
 from heavy.llm.openai_backend import OpenAIBackend
 from heavy.llm.retry import RetryPolicy
 from heavy.llm.types import Sampling
 from heavy.scheduler import JobSpec, Scheduler
-from tests.heavy.e2e_corpus import QUESTION, small_corpus_tools
+from tests.heavy.e2e_corpus import QUESTION, one_search_trajectory, small_corpus_tools
 from tests.net import free_port
+from tests.processes import stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -45,12 +46,7 @@ def server_url(tmp_path_factory):
         _wait_healthy(url, process, log_path)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=30)
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path) -> None:
@@ -107,9 +103,7 @@ def fetched_urls(sink: MemorySink) -> set[str]:
 
 
 async def test_one_trajectory_through_the_openai_backend(backend, executor):
-    limits = TrajectoryLimits(max_steps=2, step_tokens=64, final_answer_tokens=16, context_tokens=4096)
-    spec = TrajectorySpec(job_id="serve-one", index=0, question=QUESTION, allowed_tools=frozenset({"search"}),
-                          sampling=Sampling(temperature=0.0), limits=limits)
+    spec = one_search_trajectory("serve-one")
     sink = MemorySink()
     result = await Trajectory(spec, backend, executor, sink=sink).run()
     print(json.dumps(result.summary(), indent=1))
