@@ -14,6 +14,7 @@ import pytest
 
 from heavy.embedded_redis import EmbeddedRedis
 from heavy.store import Keys, Store
+from heavy.store.records import TERMINAL_EVENTS
 from heavy.worker import Worker
 from tests.heavy.fakes import ScriptedBackend
 from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, assert_gap_free, executor, researcher, wait_for
@@ -45,8 +46,11 @@ async def all_events(store: Store, job_id: str) -> list[dict]:
 
 
 async def finished(store: Store, job_id: str):
+    """(job, events) once the job is terminal and its terminal event is out: the worker saves the final status
+    first and then releases the event, so a reader can see one a moment before the other."""
     job = await store.jobs.get(job_id)
-    return job if job.terminal else None
+    events = await all_events(store, job_id) if job.terminal else []
+    return (job, events) if events and events[-1]["type"] in TERMINAL_EVENTS else None
 
 
 async def test_worker_sigkill_mid_job_another_worker_finishes_it(store, redis_url, key_prefix):
@@ -65,9 +69,8 @@ async def test_worker_sigkill_mid_job_another_worker_finishes_it(store, redis_ur
         assert (await store.jobs.get(job_id)).status == "running"
 
         rescuer = spawn("worker", redis_url, key_prefix, "rescuer")
-        job = await wait_for(lambda: finished(store, job_id), timeout_s=60)
+        job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
         assert (job.status, job.attempts, job.worker) == ("done", 2, "rescuer")
-        events = await all_events(store, job_id)
         assert events[:len(before)] == before  # nothing rewritten
         assert_gap_free(events, trajectories=3)
         assert events[-1]["type"] == "report_ready"
@@ -153,9 +156,8 @@ async def test_redis_restart_mid_job_state_comes_back_from_the_aof(tmp_path_fact
         assert (job_after.question, job_after.params, job_after.status) == (
             job_before.question, job_before.params, job_before.status)
         assert (await all_events(store, job_id))[:len(before)] == before
-        job = await wait_for(lambda: finished(store, job_id), timeout_s=60)
+        job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
         assert job.status == "done"
-        events = await all_events(store, job_id)
         assert_gap_free(events, trajectories=3)
         assert (await store.jobs.get_report(job_id)) is not None
     finally:
