@@ -60,10 +60,14 @@ def asks_yes_no(question: str) -> bool:
 
 
 def _rule_based(question: str, answer: str) -> str | None:
-    """The short form when no model is needed: "Yes, both were ..." to a yes/no question is "yes"."""
+    """The short form when no model is needed: "Yes, both were ..." to a yes/no question is "yes", and a bare
+    yes/no to any other question is no answer at all ("")."""
     words = normalize_answer(answer).split()
-    if asks_yes_no(question) and words and words[0] in _YES_NO:
-        return words[0]
+    if words and words[0] in _YES_NO:
+        if asks_yes_no(question):
+            return words[0]
+        if len(words) == 1:
+            return ""
     return answer.strip() if is_short(answer) else None
 
 
@@ -77,8 +81,9 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
                           sampling: Sampling = Sampling(), prefix_key: str | None = None,
                           ) -> tuple[dict[int, str], Usage]:
     """Trajectory index → the answer to vote with. Without a backend, or when a call fails, the answer stays."""
-    short = {r.index: _rule_based(question, r.answer) or r.answer.strip() for r in results}
-    long = [r for r in results if r.answered and _rule_based(question, r.answer) is None]
+    ruled = {r.index: _rule_based(question, r.answer) for r in results}
+    short = {r.index: r.answer.strip() if ruled[r.index] is None else ruled[r.index] for r in results}
+    long = [r for r in results if r.answered and ruled[r.index] is None]
     if backend is None or not long:
         return short, Usage()
     yes_no = asks_yes_no(question)

@@ -108,6 +108,8 @@ async def test_yes_no_answers_need_no_model_and_yes_never_answers_a_wh_question(
     long = "The woman who played the part later served as the Chief of Protocol of the United States."
     decided = await vote("What government position did she hold?", [result(0, long)], backend)
     assert decided.answer == long  # the model's "Yes." is refused; the long answer still votes
+    decided = await vote("Who directed Sinister?", [result(0, "Yes"), result(1, "Scott Derrickson")], backend)
+    assert decided.answer == "Scott Derrickson" and decided.agreement == 1.0  # a bare "Yes" is not an answer here
 
 
 def test_claims_citing_pages_never_fetched_are_dropped():
