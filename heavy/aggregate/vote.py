@@ -1,7 +1,8 @@
 """Answer mode: shorten and normalise the trajectories' answers and vote; without a majority, an LLM judge decides.
 
-A majority (more than half of the answering trajectories) wins outright. A tie, or a spread vote where no answer
-has a majority, goes to the judge: it reads the best pages all trajectories fetched together (pooled evidence,
+A majority (more than half of the answering trajectories) wins outright. A tie, a spread vote where no answer
+has a majority, or no answer at all (every trajectory gave up, or answered a "who" question with "yes") goes to the
+judge: it reads the best pages all trajectories fetched together (pooled evidence,
 see evidence.py) and answers the question from them. If its answer is one of the trajectories' answers, that group
 wins; otherwise its own answer stands, cited to the fetched pages it read. The judge is not shown the candidates:
 measured on the embedded model, a list of candidates anchors it to a wrong one far more often than it helps.
@@ -87,20 +88,22 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     answers, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
     groups = tally(results, answers)
     answered = sum(len(g.members) for g in groups)
-    if not groups:
-        return Vote(answer="", agreement=0.0, groups=(), usage=usage)
-    if 2 * len(groups[0].members) > answered or backend is None:
+    if groups and (2 * len(groups[0].members) > answered or backend is None):
         return Vote(answer=groups[0].answer, agreement=len(groups[0].members) / answered, groups=groups, usage=usage,
                     cited=_cited_by(groups[0], results))
+    # No majority, or no answer at all: the judge reads what was fetched (nothing fetched, nothing to judge).
     passages = pooled_passages(question, results, [g.answer for g in groups], k=JUDGE_PASSAGES)
-    verdict, judge_usage = await _judge(question, passages, backend, sampling, prefix_key)
+    verdict, judge_usage = ("", Usage()) if backend is None or not passages else await _judge(
+        question, passages, backend, sampling, prefix_key)
     usage = usage + judge_usage
     if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
+        if not groups:
+            return Vote(answer="", agreement=0.0, groups=(), usage=usage)
         return Vote(answer=groups[0].answer, agreement=len(groups[0].members) / answered, groups=groups, usage=usage,
                     cited=_cited_by(groups[0], results))
     scores = [token_f1(verdict, g.answer) for g in groups]
-    best = max(range(len(groups)), key=lambda i: (scores[i], len(groups[i].members), groups[i].confidence))
-    if scores[best] >= SAME_ANSWER_F1:
+    best = max(range(len(groups)), key=lambda i: (scores[i], len(groups[i].members), groups[i].confidence), default=0)
+    if groups and scores[best] >= SAME_ANSWER_F1:
         winner = groups[best]
         return Vote(answer=winner.answer, agreement=len(winner.members) / answered,
                     groups=(winner, *[g for g in groups if g is not winner]), judged=True, usage=usage,

@@ -53,9 +53,11 @@ async def test_a_majority_wins_without_the_judge():
 async def test_a_spread_vote_without_a_majority_goes_to_the_judge():
     answers = ["1889", "1889", "1887", "1901", "1850"]
     backend = ScriptedBackend(lambda request: text("It was 1887"))
-    decided = await vote("When?", [result(i, a) for i, a in enumerate(answers)], backend)
+    decided = await vote("When?", [result(i, a, evidence=[LOUVRE]) for i, a in enumerate(answers)], backend)
     assert decided.judged and decided.answer == "1887" and decided.agreement == 0.2
     assert [g.answer for g in decided.groups][:2] == ["1887", "1889"]
+    unfetched = await vote("When?", [result(i, a) for i, a in enumerate(answers)], backend)
+    assert unfetched.answer == "1889" and not unfetched.judged  # nothing fetched: nothing for a judge to read
 
 
 async def test_the_judges_own_answer_stands_cited_to_the_pooled_pages_that_hold_it():
@@ -66,6 +68,14 @@ async def test_the_judges_own_answer_stands_cited_to_the_pooled_pages_that_hold_
     assert decided.judged and decided.answer == "Gustave Eiffel's company" and decided.agreement == 0.0
     assert decided.cited == (tower.url,) and decided.backers == ()
     assert {g.answer for g in decided.groups} == {"Paris", "Napoleon"}  # the vote itself is kept for the report
+
+
+async def test_with_no_answer_at_all_the_judge_reads_what_was_fetched():
+    backend = ScriptedBackend(lambda request: text("1889"))
+    decided = await vote("When was the Eiffel Tower finished?", [result(0, "", evidence=[EIFFEL, LOUVRE])], backend)
+    assert decided.answer == "1889" and decided.judged and decided.cited == (EIFFEL.url,)
+    nothing_fetched = await vote("When?", [result(0, "")], backend)
+    assert nothing_fetched.answer == "" and len(backend.requests) == 1  # no evidence: no judge
 
 
 async def test_a_failed_judge_keeps_the_vote_order():
