@@ -45,9 +45,10 @@ REPEATED_CALL = (
     "You already called {tool} with these arguments (result above). Do not repeat it: "
     "search with different words, open another page, or call `answer`."
 )
-EMPTY_ANSWER = (  # seen: {"confidence": .., "sources": [..]} with the answer itself left out, step after step
+EMPTY_ANSWER = (  # seen: {"confidence": .., "sources": [..]} with the answer itself left out, step after step.
+    # No example words: a small model copies them as its answer ("a few words").
     'Your `answer` call had no answer in it. Write it like: '
-    '{"name": "answer", "arguments": {"answer": "a few words", "sources": ["the page URL"]}}'
+    '{"name": "answer", "arguments": {"answer": "...", "sources": ["..."]}}'
 )
 UNKNOWN_TOOL = "There is no tool named {name}. Available tools: {available}."
 UNREADABLE_CALL = 'Your tool call could not be read. Write it like: {"name": "search", "arguments": {"query": "..."}}'

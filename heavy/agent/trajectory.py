@@ -251,7 +251,7 @@ class Trajectory:
     def _accept_answer(self, call: ToolCall) -> str:
         """Take the `answer` call, or say why not (empty, or no evidence yet — sent back once)."""
         answer = str(call.arguments.get("answer") or "").strip()
-        if not answer:
+        if not any(ch.isalnum() for ch in answer):  # "" or a format placeholder copied back ("...")
             return prompts.EMPTY_ANSWER
         if not self.evidence and not self.answer_rejected:
             self.answer_rejected = True

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from heavy.agent import StopSignal, Trajectory, TrajectoryLimits, TrajectorySpec
+from heavy.agent import StopSignal, Trajectory, TrajectoryLimits, TrajectorySpec, prompts
 from heavy.agent.budget import JobTokenBudget
 from heavy.events import MemorySink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
 from heavy.llm.types import Completion, Sampling
@@ -120,6 +120,15 @@ async def test_trajectory_token_budget_stops_before_overrunning():
     assert result.stop_reason == "tokens"
     # 110 tokens a step; a step is taken only if it and a forced answer (2 x 100 prompt + 50 + 64) still fit
     assert len(result.steps) == 1 and result.usage.total_tokens == 2 * 110 <= limits.total_tokens
+
+
+async def test_an_answer_call_without_an_answer_gets_the_format_and_a_copied_placeholder_is_no_answer():
+    trajectory, backend, _, _ = make(by_step(call("search", query="eiffel"), call("answer", sources=["x"]),
+                                             call("answer", answer="..."), call("answer", answer="1889")))
+    result = await trajectory.run()
+    assert result.answer == "1889" and len(result.steps) == 4
+    told = [m["content"] for m in backend.requests[-1].messages if m["role"] == "user"]
+    assert sum(t == prompts.EMPTY_ANSWER for t in told) == 2
 
 
 async def test_answer_without_evidence_is_sent_back_once():
