@@ -5,6 +5,10 @@ Markdown links — points at a page some trajectory actually fetched; citations 
 sentence with none left is dropped. A sentence holding a bare URL is a copy of the source list, not a claim, and is
 dropped too (the Sources section is added for the model). Headings and blank lines pass through, except headings
 that restate the question or announce a source list.
+
+A small model often states a fact from a source and forgets the marker. Given the sources' texts, a sentence without
+a valid citation is attributed to the fetched source holding most of its words (at least `ATTRIBUTE_OVERLAP` of
+them), which checks the claim against the page instead of trusting a marker; with no such source it is dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ _MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _LINK = re.compile(r"\[([^\]]*)\]\((https?://[^)\s]+)\)")
 _LIST_PREFIX = re.compile(r"\s*(?:(?:[-*>]|\d+\.)\s+)?")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(*])")
+ATTRIBUTE_OVERLAP = 0.6
+ATTRIBUTE_MIN_WORDS = 4
+_WORD = re.compile(r"[a-z0-9]{3,}")
 _BARE_URL = re.compile(r"(?<!\]\()https?://\S+")
 _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
 
@@ -43,9 +50,11 @@ def union_of_sources(results: Sequence[TrajectoryResult]) -> tuple[Source, ...]:
     return tuple(seen.values())
 
 
-def filter_claims(body: str, sources: Sequence[Source]) -> FilteredReport:
-    """Keep the claims of `body` that cite fetched `sources` (numbered from 1); see the module docstring."""
+def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | None = None) -> FilteredReport:
+    """Keep the claims of `body` that cite fetched `sources` (numbered from 1), attributing uncited ones by their
+    words when `texts` (url → the text fetched) is given; see the module docstring."""
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
+    words_of = {n: set(_WORD.findall((texts or {}).get(s.url, "").lower())) for n, s in enumerate(sources, start=1)}
     kept_lines, cited, dropped = [], [], []
     for line in body.splitlines():
         stripped = line.strip()
@@ -58,6 +67,8 @@ def filter_claims(body: str, sources: Sequence[Source]) -> FilteredReport:
         kept = []
         for sentence in _SENTENCE_END.split(line[len(prefix):]):
             text, numbers = _resolve(sentence, number_of_url, len(sources))
+            if not numbers and texts and (n := attribute(sentence, words_of)) is not None:
+                text, numbers = _with_marker(text, n), [n]
             if numbers and not _BARE_URL.search(sentence):
                 kept.append(text)
                 cited += [n for n in numbers if n not in cited]
@@ -66,6 +77,21 @@ def filter_claims(body: str, sources: Sequence[Source]) -> FilteredReport:
         if kept:
             kept_lines.append(prefix + " ".join(kept))
     return FilteredReport(body=_tidy("\n".join(kept_lines)), cited=tuple(cited), dropped=tuple(dropped))
+
+
+def attribute(sentence: str, words_of: dict[int, set[str]]) -> int | None:
+    """The number of the source holding most of the sentence's words, if it holds enough of them."""
+    words = set(_WORD.findall(sentence.lower()))
+    if len(words) < ATTRIBUTE_MIN_WORDS or not words_of:
+        return None
+    best = max(words_of, key=lambda n: len(words & words_of[n]))
+    return best if len(words & words_of[best]) >= ATTRIBUTE_OVERLAP * len(words) else None
+
+
+def _with_marker(sentence: str, n: int) -> str:
+    body = sentence.rstrip()
+    end = body[-1] if body and body[-1] in ".!?" else ""
+    return f"{body[:len(body) - len(end)].rstrip()} [{n}]{end}"
 
 
 def _resolve(sentence: str, number_of_url: dict[str, int], count: int) -> tuple[str, list[int]]:

@@ -76,3 +76,14 @@ def token_f1(a: str, b: str) -> float:
         return 0.0
     precision, recall = same / len(x), same / len(y)
     return 2 * precision * recall / (precision + recall)
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def best_sentences(question: str, text: str, count: int = 2) -> list[str]:
+    """The `count` sentences of `text` sharing most words with the question, in the text's order."""
+    asked = _words(question)
+    sentences = [x.strip() for x in _SENTENCE.split(" ".join(text.split())) if len(x.split()) >= 4]
+    ranked = sorted(range(len(sentences)), key=lambda i: -len(asked & _words(sentences[i])))[:count]
+    return [sentences[i] for i in sorted(ranked)]

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.citations import filter_claims, renumber, union_of_sources
+from heavy.aggregate.evidence import best_sentences, pooled_passages
 from heavy.aggregate.result import JobResult
 from heavy.aggregate.vote import Vote, vote
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source
 
 log = logging.getLogger(__name__)
+
+KEY_PASSAGES = 3
 
 REPORT_PROMPT = """Source texts:
 {sources}
@@ -66,8 +69,10 @@ async def aggregate(
     if mode == "report" and backend is not None and any(r.answered or r.evidence for r in results):
         written, report_usage = await _write_body(question, results, union, backend, config, job_id)
         usage = usage + report_usage
-        filtered = filter_claims(written, union)
+        filtered = filter_claims(written, union, _texts(results))
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
+        if not body:  # nothing the model wrote stands on a fetched page: quote the pages instead
+            body, body_cited = _key_passages(question, results, union)
     markdown, numbers = _assemble(question, decided, results, union, (body, body_cited), status, stop_reason)
     total = usage + sum((r.usage for r in results), Usage())
     cost = (total.prompt_tokens * config.price_per_mtok_prompt
@@ -109,6 +114,30 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
         log.warning("report pass failed: %s", exc)
         return "", Usage()
     return completion.content, completion.usage
+
+
+def _texts(results: Sequence[TrajectoryResult]) -> dict[str, str]:
+    """url → the longest text any trajectory fetched of it."""
+    texts: dict[str, str] = {}
+    for result in results:
+        for url, text in result.excerpts.items():
+            if len(text) > len(texts.get(url, "")):
+                texts[url] = text
+    return texts
+
+
+def _key_passages(question: str, results: Sequence[TrajectoryResult],
+                  union: Sequence[Source]) -> tuple[str, tuple[int, ...]]:
+    """The report's fallback body: the most relevant sentences of the best pooled pages, quoted and cited."""
+    number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
+    lines, cited = [], []
+    for passage in pooled_passages(question, results, k=KEY_PASSAGES):
+        n = number_of_url[passage.url]
+        for sentence in best_sentences(question, passage.text):
+            lines.append(f"- \"{sentence}\" [{n}]")
+            cited += [n] if n not in cited else []
+    return ("The report pass wrote no claim a fetched page supports; the most relevant passages found:\n\n"
+            + "\n".join(lines)) if lines else "", tuple(cited)
 
 
 def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult], union: Sequence[Source],

@@ -174,3 +174,23 @@ async def test_report_with_no_answer_at_all_still_says_so():
     job = await aggregate(job_id="j", question="Q?", mode="report", results=[result(0, "")], backend=backend)
     assert job.answer == "" and "no trajectory found an answer" in job.markdown and not job.sources
     assert backend.requests == []  # nothing to write about: no report pass
+
+
+def test_an_uncited_sentence_is_attributed_to_the_fetched_page_holding_its_words():
+    body = "The Eiffel Tower was finished in 1889. The Louvre pyramid was finished in 1989. Cheese is made on Mars."
+    texts = {EIFFEL.url: EIFFEL.snippet, LOUVRE.url: LOUVRE.snippet}
+    filtered = filter_claims(body, [EIFFEL, LOUVRE], texts)
+    assert filtered.body == "The Eiffel Tower was finished in 1889 [1]. The Louvre pyramid was finished in 1989 [2]."
+    assert filtered.dropped == ("Cheese is made on Mars.",) and filtered.cited == (1, 2)
+    assert filter_claims(body, [EIFFEL, LOUVRE]).body == ""  # without the texts nothing is attributed
+
+
+async def test_a_report_pass_with_no_supported_claim_falls_back_to_quoting_the_best_pages():
+    backend = ScriptedBackend(lambda request: text("Paris is lovely in spring. I cannot say more."))
+    tower = source("http://corpus/tower", "The Eiffel Tower is a landmark. The tower was finished in 1889 for a fair.")
+    results = [result(0, "1889", cited=[tower], evidence=[tower, LOUVRE])]
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
+                          results=results, backend=backend)
+    assert '- "The tower was finished in 1889 for a fair." [1]' in job.markdown
+    assert job.dropped_claims == ("Paris is lovely in spring.", "I cannot say more.")
+    assert [s.url for s in job.sources][0] == tower.url
