@@ -1,10 +1,11 @@
 """Answer mode: shorten and normalise the trajectories' answers and vote; without a majority, an LLM judge decides.
 
-A majority (more than half of the answering trajectories) wins outright. A tie, a spread vote where no answer
-has a majority, or no answer at all (every trajectory gave up, or answered a "who" question with "yes") goes to the
-judge: it reads the best pages all trajectories fetched together (pooled evidence,
-see evidence.py) and answers the question from them. If its answer is one of the trajectories' answers, that group
-wins; otherwise its own answer stands, cited to the fetched pages it read. The judge is not shown the candidates:
+A majority (more than half of the answering trajectories, and at least two of them) wins outright. A tie, a
+spread vote where no answer has a majority, a lone answer (a job of one trajectory), or no answer at all (every
+trajectory gave up, or answered a "who" question with "yes") goes to the judge: it reads the best pages all
+trajectories fetched together (pooled evidence, see evidence.py) and answers the question from them. If its answer
+is one of the trajectories' answers, that group wins; otherwise its own answer stands, cited to the fetched pages it
+read. The judge is not shown the candidates:
 measured on the embedded model, a list of candidates anchors it to a wrong one far more often than it helps.
 """
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 JUDGE_TOKENS = 24
 JUDGE_PASSAGES = 4
+MIN_MAJORITY = 2  # one trajectory alone is not a consensus: its answer is checked by the judge
 SAME_ANSWER_F1 = 0.5  # the judge's answer counts as a group's answer from this token overlap on
 
 JUDGE_PROMPT = """Passages:
@@ -88,7 +90,8 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     answers, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
     groups = tally(results, answers)
     answered = sum(len(g.members) for g in groups)
-    if groups and (2 * len(groups[0].members) > answered or backend is None):
+    top = len(groups[0].members) if groups else 0
+    if groups and ((top >= MIN_MAJORITY and 2 * top > answered) or backend is None):
         return Vote(answer=groups[0].answer, agreement=len(groups[0].members) / answered, groups=groups, usage=usage,
                     cited=_cited_by(groups[0], results))
     # No majority, or no answer at all: the judge reads what was fetched (nothing fetched, nothing to judge).

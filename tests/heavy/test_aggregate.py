@@ -78,6 +78,14 @@ async def test_with_no_answer_at_all_the_judge_reads_what_was_fetched():
     assert nothing_fetched.answer == "" and len(backend.requests) == 1  # no evidence: no judge
 
 
+async def test_a_lone_answer_is_checked_by_the_judge():
+    backend = ScriptedBackend(lambda request: text("1889"))
+    kept = await vote("When was the Eiffel Tower finished?", [result(0, "1889", evidence=[EIFFEL])], backend)
+    assert kept.answer == "1889" and kept.judged and kept.backers == (0,) and kept.agreement == 1.0
+    replaced = await vote("When was the Eiffel Tower finished?", [result(0, "1887", evidence=[EIFFEL])], backend)
+    assert replaced.answer == "1889" and replaced.backers == () and replaced.cited == (EIFFEL.url,)
+
+
 async def test_a_failed_judge_keeps_the_vote_order():
     def unavailable(request):
         raise LLMError("model endpoint down")

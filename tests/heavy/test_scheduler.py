@@ -92,7 +92,8 @@ async def test_straggler_cutoff_after_the_deadline_once_enough_are_done():
 async def test_deadline_plus_grace_aggregates_whatever_exists():
     backend = ScriptedBackend(researcher(), delay_s=lambda r: 30 if r.trajectory >= 1 else 0)
     result, _ = await run(spec(deadline_s=0.2, straggler_min_done=5, straggler_grace_s=0.2), backend)
-    assert result.stop_reason == "job_deadline" and result.status == "partial" and result.answer == "Paris"
+    assert result.stop_reason == "job_deadline" and result.status == "partial" and result.votes == {"Paris": 1}
+    assert result.answer  # the lone finished answer, checked by the judge
 
 
 async def test_finish_now_stops_everything_and_aggregates():
