@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.evidence import Passage, pooled_passages, token_f1
 from heavy.aggregate.normalize import normalize_answer
-from heavy.aggregate.shorten import first_line, shorten_answers
+from heavy.aggregate.shorten import asks_yes_no, first_line, shorten_answers
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     verdict, judge_usage = ("", Usage()) if backend is None or not passages else await _judge(
         question, passages, backend, sampling, prefix_key)
     usage = usage + judge_usage
+    if not asks_yes_no(question) and normalize_answer(verdict) in ("yes", "no"):  # "yes" never answers "How many?"
+        verdict = ""
     if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
         if not groups:
             return Vote(answer="", agreement=0.0, groups=(), usage=usage)

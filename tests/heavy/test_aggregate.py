@@ -84,6 +84,9 @@ async def test_a_lone_answer_is_checked_by_the_judge():
     assert kept.answer == "1889" and kept.judged and kept.backers == (0,) and kept.agreement == 1.0
     replaced = await vote("When was the Eiffel Tower finished?", [result(0, "1887", evidence=[EIFFEL])], backend)
     assert replaced.answer == "1889" and replaced.backers == () and replaced.cited == (EIFFEL.url,)
+    off_topic = await vote("When was it finished?", [result(0, "1887", evidence=[EIFFEL])],
+                           ScriptedBackend(lambda request: text("Yes.")))
+    assert off_topic.answer == "1887"  # a judge's "yes" never answers a "when" question
 
 
 async def test_a_failed_judge_keeps_the_vote_order():
