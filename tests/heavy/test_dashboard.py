@@ -9,12 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from heavy.worker import Worker
 from tests.heavy.fakes import ScriptedBackend
-from tests.heavy.worker_helpers import WORKER_SETTINGS, executor, researcher, wait_for
+from tests.heavy.worker_helpers import WORKER_SETTINGS, executor, researcher, wait_api_ready
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 
@@ -40,14 +39,7 @@ class Service:
     async def start_api(self) -> None:
         self.api = subprocess.Popen([sys.executable, "-m", "tests.heavy.service_proc", "api", self.redis_url,
                                      self.key_prefix, str(self.port)])
-
-        async def ready() -> bool:
-            try:
-                async with httpx.AsyncClient() as client:
-                    return (await client.get(f"{self.url}/readyz")).status_code == 200
-            except httpx.TransportError:
-                return False
-        await wait_for(ready, timeout_s=30)
+        await wait_api_ready(self.url)
 
     def kill_api(self) -> None:
         self.api.send_signal(signal.SIGKILL)

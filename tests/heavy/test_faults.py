@@ -17,7 +17,15 @@ from heavy.store import Keys, Store
 from heavy.store.records import TERMINAL_EVENTS
 from heavy.worker import Worker
 from tests.heavy.fakes import ScriptedBackend
-from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, assert_gap_free, executor, researcher, wait_for
+from tests.heavy.worker_helpers import (
+    JOB,
+    WORKER_SETTINGS,
+    assert_gap_free,
+    executor,
+    researcher,
+    wait_api_ready,
+    wait_for,
+)
 from tests.net import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -108,14 +116,7 @@ async def test_api_restart_mid_job_clients_reconnect_and_lose_no_event(store, re
     try:
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {key.secret}"}
-
-        async def api_up():
-            try:
-                async with httpx.AsyncClient() as client:
-                    return (await client.get(f"{base}/readyz")).status_code == 200
-            except httpx.TransportError:
-                return False
-        await wait_for(api_up, timeout_s=30)
+        await wait_api_ready(base)
         job_id = await submit(store)
         url = f"{base}/v1/jobs/{job_id}/events"
         follower = asyncio.create_task(follow(url, headers, received))
@@ -128,7 +129,7 @@ async def test_api_restart_mid_job_clients_reconnect_and_lose_no_event(store, re
         assert not (await store.jobs.get(job_id)).terminal
 
         api = spawn("api", redis_url, key_prefix, str(port))
-        await wait_for(api_up, timeout_s=30)
+        await wait_api_ready(base)
         await follow(url, {**headers, "Last-Event-ID": str(received[-1]["id"])}, received)
         assert received[-1]["type"] == "report_ready" and len(received) > seen_before_restart
         assert [e["id"] for e in received] == list(range(1, len(received) + 1))

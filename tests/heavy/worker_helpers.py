@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
+
 from heavy.config import Settings
 from heavy.tools.base import ToolExecutor
 from tests.heavy.fakes import DictSearch, call, text
@@ -45,6 +47,17 @@ async def wait_for(predicate, timeout_s: float = 20.0, interval_s: float = 0.02)
             return value
         await asyncio.sleep(interval_s)
     raise TimeoutError(f"condition not met within {timeout_s}s")
+
+
+async def wait_api_ready(base_url: str, timeout_s: float = 30.0) -> None:
+    """Wait until the API at `base_url` answers /readyz with 200."""
+    async def ready() -> bool:
+        try:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"{base_url}/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
+    await wait_for(ready, timeout_s=timeout_s)
 
 
 def assert_gap_free(events: list[dict], trajectories: int) -> None:
