@@ -18,15 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from heavy.agent.steps import TrajectoryResult
+from heavy.aggregate.evidence import SENTENCE_END, content_words
 from heavy.tools.base import Source
 
 _MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _LINK = re.compile(r"\[([^\]]*)\]\((https?://[^)\s]+)\)")
 _LIST_PREFIX = re.compile(r"\s*(?:(?:[-*>]|\d+\.)\s+)?")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(*])")
 ATTRIBUTE_OVERLAP = 0.6
 ATTRIBUTE_MIN_WORDS = 4
-_WORD = re.compile(r"[a-z0-9]{3,}")
 _BARE_URL = re.compile(r"(?<!\]\()https?://\S+")
 _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
 
@@ -54,7 +53,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     """Keep the claims of `body` that cite fetched `sources` (numbered from 1), attributing uncited ones by their
     words when `texts` (url → the text fetched) is given; see the module docstring."""
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
-    words_of = {n: set(_WORD.findall((texts or {}).get(s.url, "").lower())) for n, s in enumerate(sources, start=1)}
+    words_of = {n: content_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
     kept_lines, cited, dropped = [], [], []
     for line in body.splitlines():
         stripped = line.strip()
@@ -65,7 +64,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             continue
         prefix = _LIST_PREFIX.match(line).group()
         kept = []
-        for sentence in _SENTENCE_END.split(line[len(prefix):]):
+        for sentence in SENTENCE_END.split(line[len(prefix):]):
             text, numbers = _resolve(sentence, number_of_url, len(sources))
             if not numbers and texts and (n := attribute(sentence, words_of)) is not None:
                 text, numbers = _with_marker(text, n), [n]
@@ -81,7 +80,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
 
 def attribute(sentence: str, words_of: dict[int, set[str]]) -> int | None:
     """The number of the source holding most of the sentence's words, if it holds enough of them."""
-    words = set(_WORD.findall(sentence.lower()))
+    words = content_words(sentence)
     if len(words) < ATTRIBUTE_MIN_WORDS or not words_of:
         return None
     best = max(words_of, key=lambda n: len(words & words_of[n]))

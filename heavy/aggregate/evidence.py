@@ -22,6 +22,7 @@ FETCHED_WEIGHT = 0.5
 CITED_WEIGHT = 1.0
 CANDIDATE_WEIGHT = 1.5  # the page contains one of the trajectories' answers
 _WORD = re.compile(r"\w+")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(*])")  # also before **bold**, as Markdown bodies have
 
 
 @dataclass(frozen=True)
@@ -32,31 +33,40 @@ class Passage:
     score: float
 
 
-def _words(text: str) -> set[str]:
+def content_words(text: str) -> set[str]:
+    """The words of three or more characters, lowercased: what overlap between texts is measured in."""
     return {w for w in _WORD.findall(text.lower()) if len(w) > 2}
 
 
-def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidates: Sequence[str] = (),
-                    k: int = 4, max_chars: int = 700) -> list[Passage]:
-    """The k best pages over every trajectory's evidence, each cut to `max_chars`."""
+def fetched_texts(results: Sequence[TrajectoryResult]) -> dict[str, str]:
+    """url → the longest text any trajectory fetched of it (the page read whole, else its search snippet)."""
     texts: dict[str, str] = {}
-    titles: dict[str, str] = {}
-    fetched: Counter[str] = Counter()
-    cited: Counter[str] = Counter()
     for result in results:
         for source in result.evidence:
             text = result.excerpts.get(source.url) or source.snippet
             if len(text) > len(texts.get(source.url, "")):
                 texts[source.url] = text
+    return texts
+
+
+def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidates: Sequence[str] = (),
+                    k: int = 4, max_chars: int = 700) -> list[Passage]:
+    """The k best pages over every trajectory's evidence, each cut to `max_chars`."""
+    texts = fetched_texts(results)
+    titles: dict[str, str] = {}
+    fetched: Counter[str] = Counter()
+    cited: Counter[str] = Counter()
+    for result in results:
+        for source in result.evidence:
             titles[source.url] = source.title
             fetched[source.url] += 1
         cited.update({s.url for s in result.cited})
     if not texts:
         return []
-    page_words = {url: _words(titles[url] + " " + text) for url, text in texts.items()}
+    page_words = {url: content_words(titles[url] + " " + text) for url, text in texts.items()}
     document_frequency = Counter(w for words in page_words.values() for w in words)
     idf = {w: math.log(1 + len(texts) / df) for w, df in document_frequency.items()}
-    asked = _words(question)
+    asked = content_words(question)
     wanted = [normalize_answer(c) for c in candidates if normalize_answer(c)]
     passages = []
     for url, text in texts.items():
@@ -78,12 +88,10 @@ def token_f1(a: str, b: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
-
 
 def best_sentences(question: str, text: str, count: int = 2) -> list[str]:
     """The `count` sentences of `text` sharing most words with the question, in the text's order."""
-    asked = _words(question)
-    sentences = [x.strip() for x in _SENTENCE.split(" ".join(text.split())) if len(x.split()) >= 4]
-    ranked = sorted(range(len(sentences)), key=lambda i: -len(asked & _words(sentences[i])))[:count]
+    asked = content_words(question)
+    sentences = [x.strip() for x in SENTENCE_END.split(" ".join(text.split())) if len(x.split()) >= 4]
+    ranked = sorted(range(len(sentences)), key=lambda i: -len(asked & content_words(sentences[i])))[:count]
     return [sentences[i] for i in sorted(ranked)]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.citations import filter_claims, renumber, union_of_sources
-from heavy.aggregate.evidence import best_sentences, pooled_passages
+from heavy.aggregate.evidence import best_sentences, fetched_texts, pooled_passages
 from heavy.aggregate.result import JobResult
 from heavy.aggregate.vote import Vote, vote
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
@@ -69,7 +69,7 @@ async def aggregate(
     if mode == "report" and backend is not None and any(r.answered or r.evidence for r in results):
         written, report_usage = await _write_body(question, results, union, backend, config, job_id)
         usage = usage + report_usage
-        filtered = filter_claims(written, union, _texts(results))
+        filtered = filter_claims(written, union, fetched_texts(results))
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
         if not body:  # nothing the model wrote stands on a fetched page: quote the pages instead
             body, body_cited = _key_passages(question, results, union)
@@ -114,16 +114,6 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
         log.warning("report pass failed: %s", exc)
         return "", Usage()
     return completion.content, completion.usage
-
-
-def _texts(results: Sequence[TrajectoryResult]) -> dict[str, str]:
-    """url → the longest text any trajectory fetched of it."""
-    texts: dict[str, str] = {}
-    for result in results:
-        for url, text in result.excerpts.items():
-            if len(text) > len(texts.get(url, "")):
-                texts[url] = text
-    return texts
 
 
 def _key_passages(question: str, results: Sequence[TrajectoryResult],
