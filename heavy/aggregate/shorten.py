@@ -47,7 +47,7 @@ _AUXILIARIES = frozenset({
     "is", "are", "was", "were", "am", "do", "does", "did", "can", "could", "will", "would", "shall", "should", "may",
     "might", "must", "has", "have", "had",
 })
-_YES_NO = ("yes", "no")
+YES_NO = ("yes", "no")
 
 
 def is_short(answer: str) -> bool:
@@ -59,11 +59,16 @@ def asks_yes_no(question: str) -> bool:
     return bool(words) and words[0] in _AUXILIARIES
 
 
+def off_kind(question: str, answer: str) -> bool:
+    """A yes or no to a question that does not ask for one ("yes" never answers "Who ...?" or "How many?")."""
+    return normalize_answer(answer) in YES_NO and not asks_yes_no(question)
+
+
 def _rule_based(question: str, answer: str) -> str | None:
     """The short form when no model is needed: "Yes, both were ..." to a yes/no question is "yes", and a bare
     yes/no to any other question is no answer at all ("")."""
     words = normalize_answer(answer).split()
-    if words and words[0] in _YES_NO:
+    if words and words[0] in YES_NO:
         if asks_yes_no(question):
             return words[0]
         if len(words) == 1:
@@ -86,7 +91,6 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
     long = [r for r in results if r.answered and ruled[r.index] is None]
     if backend is None or not long:
         return short, Usage()
-    yes_no = asks_yes_no(question)
 
     async def one(result: TrajectoryResult) -> tuple[int, str, Usage]:
         try:
@@ -97,7 +101,7 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
             log.warning("shortening trajectory %d's answer failed: %s", result.index, exc)
             return result.index, result.answer.strip(), Usage()
         cut = first_line(completion.content)
-        if not cut or (not yes_no and normalize_answer(cut) in _YES_NO):  # "yes" never answers "Who ...?"
+        if not cut or off_kind(question, cut):
             cut = result.answer.strip()
         return result.index, cut, completion.usage
 

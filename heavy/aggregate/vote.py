@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.evidence import Passage, pooled_passages, token_f1
 from heavy.aggregate.normalize import normalize_answer
-from heavy.aggregate.shorten import asks_yes_no, first_line, shorten_answers
+from heavy.aggregate.shorten import first_line, off_kind, shorten_answers
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 
 log = logging.getLogger(__name__)
@@ -89,34 +89,34 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
                sampling: Sampling = Sampling(), prefix_key: str | None = None) -> Vote:
     answers, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
     groups = tally(results, answers)
-    answered = sum(len(g.members) for g in groups)
     top = len(groups[0].members) if groups else 0
-    if groups and ((top >= MIN_MAJORITY and 2 * top > answered) or backend is None):
-        return Vote(answer=groups[0].answer, agreement=len(groups[0].members) / answered, groups=groups, usage=usage,
-                    cited=_cited_by(groups[0], results))
+    if groups and ((top >= MIN_MAJORITY and 2 * top > sum(len(g.members) for g in groups)) or backend is None):
+        return _group_won(groups[0], groups, results, usage)
     # No majority, or no answer at all: the judge reads what was fetched (nothing fetched, nothing to judge).
-    passages = pooled_passages(question, results, [g.answer for g in groups], k=JUDGE_PASSAGES)
-    verdict, judge_usage = ("", Usage()) if backend is None or not passages else await _judge(
-        question, passages, backend, sampling, prefix_key)
+    passages = [] if backend is None else pooled_passages(question, results, [g.answer for g in groups],
+                                                          k=JUDGE_PASSAGES)
+    verdict, judge_usage = ("", Usage())
+    if passages:
+        verdict, judge_usage = await _judge(question, passages, backend, sampling, prefix_key)
     usage = usage + judge_usage
-    if not asks_yes_no(question) and normalize_answer(verdict) in ("yes", "no"):  # "yes" never answers "How many?"
-        verdict = ""
     if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
-        if not groups:
-            return Vote(answer="", agreement=0.0, groups=(), usage=usage)
-        return Vote(answer=groups[0].answer, agreement=len(groups[0].members) / answered, groups=groups, usage=usage,
-                    cited=_cited_by(groups[0], results))
+        return _group_won(groups[0], groups, results, usage) if groups else Vote("", 0.0, (), usage=usage)
     scores = [token_f1(verdict, g.answer) for g in groups]
     best = max(range(len(groups)), key=lambda i: (scores[i], len(groups[i].members), groups[i].confidence), default=0)
     if groups and scores[best] >= SAME_ANSWER_F1:
-        winner = groups[best]
-        return Vote(answer=winner.answer, agreement=len(winner.members) / answered,
-                    groups=(winner, *[g for g in groups if g is not winner]), judged=True, usage=usage,
-                    cited=_cited_by(winner, results))
+        return _group_won(groups[best], groups, results, usage, judged=True)
     needle = f" {normalize_answer(verdict)} "
     containing = tuple(p.url for p in passages if needle in f" {normalize_answer(p.text)} ")
     return Vote(answer=verdict, agreement=0.0, groups=groups, judged=True, usage=usage,
                 cited=containing or tuple(p.url for p in passages))
+
+
+def _group_won(winner: Group, groups: Sequence[Group], results: Sequence[TrajectoryResult], usage: Usage,
+               judged: bool = False) -> Vote:
+    answered = sum(len(g.members) for g in groups)
+    return Vote(answer=winner.answer, agreement=len(winner.members) / answered,
+                groups=(winner, *[g for g in groups if g is not winner]), judged=judged, usage=usage,
+                cited=_cited_by(winner, results))
 
 
 def _cited_by(group: Group, results: Sequence[TrajectoryResult]) -> tuple[str, ...]:
@@ -127,7 +127,7 @@ def _cited_by(group: Group, results: Sequence[TrajectoryResult]) -> tuple[str, .
 async def _judge(question: str, passages: Sequence[Passage], backend: LLMBackend, sampling: Sampling,
                  prefix_key: str | None) -> tuple[str, Usage]:
     """The judge's short answer from the pooled passages ("" when it fails)."""
-    listed = "\n".join(f"[{n}] {p.title}: {p.text}" for n, p in enumerate(passages, start=1)) or "(none)"
+    listed = "\n".join(f"[{n}] {p.title}: {p.text}" for n, p in enumerate(passages, start=1))
     prompt = JUDGE_PROMPT.format(passages=listed, question=question)
     try:
         completion = await backend.chat([{"role": "user", "content": prompt}], None, sampling,
@@ -135,4 +135,5 @@ async def _judge(question: str, passages: Sequence[Passage], backend: LLMBackend
     except LLMError as exc:
         log.warning("judge failed, keeping the vote's order: %s", exc)
         return "", Usage()
-    return first_line(completion.content), completion.usage
+    verdict = first_line(completion.content)
+    return ("" if off_kind(question, verdict) else verdict), completion.usage
