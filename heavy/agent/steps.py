@@ -7,6 +7,18 @@ from dataclasses import dataclass, field
 from heavy.llm.types import ToolCall, Usage
 from heavy.tools.base import Source
 
+ANSWER_PREFIXES = ("final answer:", "answer:", "the answer is")
+
+
+def answer_line(text: str) -> str:
+    """The first non-empty line of a model's answer, without a leading "Answer:" and without the quotes, stars and
+    full stop a model wraps a short answer in. Shared by the agent loop and the aggregator's LLM passes."""
+    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+    for prefix in ANSWER_PREFIXES:
+        if line.lower().startswith(prefix):
+            line = line[len(prefix):].strip()
+    return line.strip(" .*`\"'")
+
 
 @dataclass(frozen=True)
 class Observation:

@@ -17,7 +17,7 @@ from heavy.agent import prompts
 from heavy.agent.budget import OWN_STOPS, JobTokenBudget, Stopped, StopSignal, TrajectoryLimits, until_stopped
 from heavy.agent.context import fit_context
 from heavy.agent.repair import UNREADABLE, repair_call
-from heavy.agent.steps import ActionStep, Observation, TrajectoryResult
+from heavy.agent.steps import ActionStep, Observation, TrajectoryResult, answer_line
 from heavy.events import EventSink, NullSink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
 from heavy.llm.toolparse import parse_text_tool_calls
 from heavy.llm.types import Completion, LLMBackend, LLMError, Message, Sampling, ToolCall, Usage
@@ -62,14 +62,6 @@ def _signature(call: ToolCall) -> str:
 def _openai_call(call: ToolCall) -> dict:
     return {"id": call.id, "type": "function",
             "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
-
-
-def _clean_answer(text: str) -> str:
-    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
-    for prefix in ("final answer:", "answer:", "the answer is"):
-        if line.lower().startswith(prefix):
-            line = line[len(prefix):].strip()
-    return line.strip(" .*`\"'")
 
 
 class Trajectory:
@@ -211,7 +203,7 @@ class Trajectory:
             self.messages.append({"role": "tool", "tool_call_id": call.id, "content": observation.text})
         if not repaired:
             if content:
-                self.best_guess = _clean_answer(content)
+                self.best_guess = answer_line(content)
             feedback.append(prompts.NUDGE_CALL_ANSWER if self.evidence else prompts.NUDGE_USE_TOOLS)
         if problems:
             available = ", ".join(s["function"]["name"] for s in self.tools)
@@ -286,7 +278,7 @@ class Trajectory:
             return
         content, calls = parse_text_tool_calls(completion.content)
         answer_call = next((c for c in calls if isinstance(c.arguments.get("answer"), str)), None)
-        answer = _clean_answer(answer_call.arguments["answer"] if answer_call else content) or self.best_guess
+        answer = answer_line(answer_call.arguments["answer"] if answer_call else content) or self.best_guess
         await self._emit_step(len(self.steps) + 1, completion, answer, [], action="forced_answer")
         if answer:
             self.final = _Final(answer=answer, confidence=FORCED_CONFIDENCE, cited=self._supporting(answer))

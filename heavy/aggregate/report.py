@@ -4,6 +4,7 @@ the Markdown body, whose claims are filtered against the union of fetched source
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from heavy.tools.base import Source
 log = logging.getLogger(__name__)
 
 KEY_PASSAGES = 3
+QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
+URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
 
 REPORT_PROMPT = """Source texts:
 {sources}
@@ -167,7 +170,15 @@ def _disagreements(decided: Vote, results: Sequence[TrajectoryResult]) -> str:
     if len(decided.groups) <= 1 and not silent:
         return ""
     lines = ["## Where the trajectories disagreed", ""]
-    lines += [f"- \"{g.answer}\": trajectories {', '.join(str(i + 1) for i in g.members)}" for g in decided.groups]
+    lines += [f"- \"{_quoted(g.answer)}\": trajectories {', '.join(str(i + 1) for i in g.members)}"
+              for g in decided.groups]
     if silent:
         lines.append(f"- No answer: trajectories {', '.join(map(str, silent))}")
     return "\n".join(lines)
+
+
+def _quoted(answer: str) -> str:
+    """An answer as the disagreement list shows it: one line, no URLs (its sources are listed apart), at most
+    QUOTED_ANSWER_WORDS words."""
+    words = URL.sub("", answer).split()
+    return " ".join(words[:QUOTED_ANSWER_WORDS]) + (" …" if len(words) > QUOTED_ANSWER_WORDS else "")

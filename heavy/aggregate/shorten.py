@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from heavy.agent.steps import TrajectoryResult
+from heavy.agent.steps import TrajectoryResult, answer_line
 from heavy.aggregate.normalize import normalize_answer
 from heavy.llm.types import LLMBackend, LLMError, Message, Sampling, Usage
 
@@ -76,12 +76,6 @@ def _rule_based(question: str, answer: str) -> str | None:
     return answer.strip() if is_short(answer) else None
 
 
-def first_line(text: str) -> str:
-    """The first non-empty line, without the quotes, stars and full stop a model wraps a short answer in."""
-    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
-    return line.strip(" .*`\"'")
-
-
 async def shorten_answers(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
                           sampling: Sampling = Sampling(), prefix_key: str | None = None,
                           ) -> tuple[dict[int, str], Usage]:
@@ -100,7 +94,7 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
         except LLMError as exc:  # the long answer still votes
             log.warning("shortening trajectory %d's answer failed: %s", result.index, exc)
             return result.index, result.answer.strip(), Usage()
-        cut = first_line(completion.content)
+        cut = answer_line(completion.content)
         if not cut or off_kind(question, cut):
             cut = result.answer.strip()
         return result.index, cut, completion.usage

@@ -16,10 +16,10 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from heavy.agent.steps import TrajectoryResult
+from heavy.agent.steps import TrajectoryResult, answer_line
 from heavy.aggregate.evidence import Passage, pooled_passages, token_f1
 from heavy.aggregate.normalize import normalize_answer
-from heavy.aggregate.shorten import first_line, off_kind, shorten_answers
+from heavy.aggregate.shorten import off_kind, shorten_answers
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 
 log = logging.getLogger(__name__)
@@ -135,5 +135,5 @@ async def _judge(question: str, passages: Sequence[Passage], backend: LLMBackend
     except LLMError as exc:
         log.warning("judge failed, keeping the vote's order: %s", exc)
         return "", Usage()
-    verdict = first_line(completion.content)
+    verdict = answer_line(completion.content)
     return ("" if off_kind(question, verdict) else verdict), completion.usage

@@ -84,6 +84,9 @@ async def test_a_lone_answer_is_checked_by_the_judge():
     assert kept.answer == "1889" and kept.judged and kept.backers == (0,) and kept.agreement == 1.0
     replaced = await vote("When was the Eiffel Tower finished?", [result(0, "1887", evidence=[EIFFEL])], backend)
     assert replaced.answer == "1889" and replaced.backers == () and replaced.cited == (EIFFEL.url,)
+    prefixed = await vote("When was the Eiffel Tower finished?", [result(0, "1889", evidence=[EIFFEL])],
+                          ScriptedBackend(lambda request: text("Answer: **1889**.")))
+    assert prefixed.answer == "1889" and prefixed.backers == (0,)
     off_topic = await vote("When was it finished?", [result(0, "1887", evidence=[EIFFEL])],
                            ScriptedBackend(lambda request: text("Yes.")))
     assert off_topic.answer == "1887"  # a judge's "yes" never answers a "when" question
@@ -178,6 +181,17 @@ async def test_report_numbers_citations_over_fetched_sources_and_notes_disagreem
     assert "1. [eiffel](http://corpus/eiffel)" in job.markdown
     data = json.loads(job.to_json())
     assert data["tokens"]["total"] == 3 * 110 + 340 and data["sources"][0]["content_hash"] == EIFFEL.content_hash
+
+
+async def test_the_disagreement_list_quotes_a_copied_page_short_and_without_its_url():
+    copied = "Eiffel Tower <http://corpus/eiffel> " + " ".join(f"word{i}" for i in range(60))
+    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [1]."))
+    results = [result(0, "1889", cited=[EIFFEL]), result(1, copied, evidence=[EIFFEL])]
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
+                          results=results, backend=backend)
+    listed = job.markdown.split("## Where the trajectories disagreed")[1].split("## Sources")[0]
+    assert '"Eiffel Tower word0 word1' in listed and "word27 …\": trajectories 2" in listed
+    assert "http://" not in listed and "word28" not in listed
 
 
 async def test_report_with_no_answer_at_all_still_says_so():
