@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from heavy.agent import prompts
 from heavy.agent.budget import OWN_STOPS, JobTokenBudget, Stopped, StopSignal, TrajectoryLimits, until_stopped
 from heavy.agent.context import fit_context
+from heavy.agent.gathered import keep_evidence, supporting_sources
 from heavy.agent.repair import UNREADABLE, repair_call
 from heavy.agent.steps import ActionStep, Observation, TrajectoryResult, answer_line
 from heavy.events import EventSink, NullSink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
@@ -29,8 +30,6 @@ MAX_CALLS_PER_STEP = 3
 DEFAULT_CONFIDENCE = 0.6
 FORCED_CONFIDENCE = 0.3
 THOUGHT_CHARS = 300  # how much of a step's text goes into its event
-SUPPORTING_SOURCES = 3
-EXCERPT_CHARS = 1500  # of a page's text, kept for citations and the aggregator
 OPENING_TOOL = "search"
 
 
@@ -231,11 +230,7 @@ class Trajectory:
                           allowed_tools=self.spec.allowed_tools, deadline=self.deadline)
         result = await until_stopped(self.executor.call(call.name, call.arguments, ctx), self.stop, self.deadline)
         new_sources = tuple(s for s in result.sources if s.url not in self.evidence)
-        opened = len(result.sources) == 1  # a page read whole beats a search snippet of it
-        for source in result.sources:
-            excerpt = result.text[:EXCERPT_CHARS] if opened else source.snippet
-            if source.url not in self.evidence or len(excerpt) > len(self.excerpts.get(source.url, "")):
-                self.evidence[source.url], self.excerpts[source.url] = source, excerpt
+        keep_evidence(self.evidence, self.excerpts, result)
         await self._emit_result(index, call, ok=result.error is None, chars=len(result.text),
                                 truncated=result.truncated, sources=result.sources)
         return Observation(call=call, text=result.text, sources=new_sources, error=result.error)
@@ -259,12 +254,7 @@ class Trajectory:
         return ""
 
     def _supporting(self, answer: str) -> tuple[Source, ...]:
-        """Fetched sources whose text contains the answer: what a citation-less answer can stand on."""
-        needle = " ".join(answer.lower().split())
-        if not needle:
-            return ()
-        hits = [self.evidence[url] for url, text in self.excerpts.items() if needle in " ".join(text.lower().split())]
-        return tuple(hits[:SUPPORTING_SOURCES])
+        return supporting_sources(answer, self.evidence, self.excerpts)
 
     async def _forced_answer(self) -> None:
         limits = self.spec.limits

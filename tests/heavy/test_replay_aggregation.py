@@ -1,0 +1,41 @@
+"""scripts/replay_aggregation.py rebuilds a recorded trajectory's evidence by the agent loop's rules."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from heavy.agent.trajectory import FORCED_CONFIDENCE
+from tests.heavy.e2e_corpus import small_corpus_tools
+
+pytestmark = pytest.mark.anyio
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+sys.path.insert(0, str(SCRIPTS))  # the script imports its sibling eval_hotpotqa
+spec = importlib.util.spec_from_file_location("replay_aggregation", SCRIPTS / "replay_aggregation.py")
+replay = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(replay)
+
+
+async def test_a_recorded_trajectory_is_rebuilt_on_this_runs_server(tmp_path):
+    with small_corpus_tools(tmp_path) as executor:
+        base = await replay._server_base(executor, "Scott Derrickson")
+        page = f"{base}/doc/1"
+        recorded_page = page.replace(base, "http://127.0.0.1:1")  # the recorded run's server had another port
+        answered = {"answer": "American", "stop": "answered", "temperature": 0.3, "steps": [
+            {"calls": [["search", {"query": "Scott Derrickson"}]]},
+            {"calls": [["open_page", {"url": recorded_page}]]},
+            {"calls": [["answer", {"answer": "American", "confidence": "0.8", "sources": [recorded_page]}]]},
+        ]}
+        result = await replay.rebuild(answered, 0, "job-a", executor, base)
+        assert result.answer == "American" and result.confidence == 0.8 and result.temperature == 0.3
+        assert [s.url for s in result.cited] == [page]
+        assert page in result.excerpts and "American director" in result.excerpts[page]
+        assert len(result.evidence) > 1  # the search's results count as gathered too
+
+        forced = {"answer": "American", "stop": "max_steps", "temperature": 0.0,
+                  "steps": [{"calls": [["search", {"query": "Ed Wood filmmaker"}]]}]}
+        result = await replay.rebuild(forced, 1, "job-b", executor, base)
+        assert result.confidence == FORCED_CONFIDENCE
+        assert result.cited and all("american" in result.excerpts[s.url].lower() for s in result.cited)
