@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from heavy.agent import TrajectoryLimits
-from heavy.aggregate import normalize_answer
+from heavy.aggregate import AggregationConfig, normalize_answer
 from heavy.config import Settings
 from heavy.corpus.commands import corpus_add
 from heavy.llm import make_backend
@@ -120,13 +120,14 @@ async def evaluate(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         report = corpus_add(write_corpus(load_questions(args.data, None), Path(tmp)), Path(tmp) / "index.sqlite")
         with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
-            scheduler = Scheduler(backend, executor)
+            scheduler = Scheduler(backend, executor, aggregation=AggregationConfig(min_majority=args.min_majority))
             for row in questions:
                 for n in args.trajectories:
                     per_setting[n].append(await ask(scheduler, row, base, n))
                 result = {"command": " ".join(sys.argv), "data": str(args.data), "corpus_pages": report.total,
                           "backend": args.backend, "model": settings.model, "max_steps": args.max_steps,
-                          "step_tokens": args.step_tokens, "settings": summarise(per_setting)}
+                          "step_tokens": args.step_tokens, "min_majority": args.min_majority,
+                          "settings": summarise(per_setting)}
                 args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     await backend.aclose()
     return result
@@ -154,6 +155,8 @@ def main() -> None:
     parser.add_argument("--early-stop-k", type=int, default=5)
     parser.add_argument("--temperature-max", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-majority", type=int, default=AggregationConfig.min_majority,
+                        help="agreeing trajectories that skip the judge; 1 lets a lone answer stand")
     parser.add_argument("--out", type=Path, default=Path("eval_hotpotqa.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -30,7 +30,7 @@ from eval_hotpotqa import DEFAULT_DATA, exact_match, f1_score, load_questions, w
 from heavy.agent.gathered import keep_evidence, supporting_sources
 from heavy.agent.steps import TrajectoryResult
 from heavy.agent.trajectory import DEFAULT_CONFIDENCE, FORCED_CONFIDENCE
-from heavy.aggregate import aggregate
+from heavy.aggregate import AggregationConfig, aggregate
 from heavy.config import Settings
 from heavy.corpus.commands import corpus_add
 from heavy.llm import make_backend
@@ -101,7 +101,8 @@ async def replay(args: argparse.Namespace) -> dict:
     rows = load_questions(args.data, None)
     settings = Settings()
     backend = make_backend(settings, "runtime")
-    out: dict = {"recorded": str(args.recorded), "settings": []}
+    config = AggregationConfig(min_majority=args.min_majority)
+    out: dict = {"recorded": str(args.recorded), "min_majority": args.min_majority, "settings": []}
     with tempfile.TemporaryDirectory() as tmp:
         corpus_add(write_corpus(rows, Path(tmp)), Path(tmp) / "index.sqlite")
         with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
@@ -113,7 +114,7 @@ async def replay(args: argparse.Namespace) -> dict:
                     results = [await rebuild(t, i, job_id, executor, base) for i, t in enumerate(asked["transcripts"])]
                     executor.forget(job_id)
                     job = await aggregate(job_id=job_id, question=asked["question"], mode="answer", results=results,
-                                          backend=backend)
+                                          backend=backend, config=config)
                     outcomes.append({"id": asked["id"], "gold": asked["gold"], "recorded": asked["prediction"],
                                      "replayed": job.answer, "f1_recorded": asked["f1"],
                                      "f1": f1_score(job.answer, asked["gold"]), "em": exact_match(job.answer,
@@ -137,6 +138,8 @@ def main() -> None:
     parser.add_argument("recorded", type=Path, help="a JSON result of scripts/eval_hotpotqa.py")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path("replay_aggregation.json"))
+    parser.add_argument("--min-majority", type=int, default=AggregationConfig.min_majority,
+                        help="agreeing trajectories that skip the judge; 1 lets a lone answer stand")
     args = parser.parse_args()
     if not args.recorded.is_file():
         sys.exit(f"no such file: {args.recorded}")

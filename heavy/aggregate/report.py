@@ -13,7 +13,7 @@ from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.citations import filter_claims, renumber, union_of_sources
 from heavy.aggregate.evidence import best_sentences, fetched_texts, pooled_passages
 from heavy.aggregate.result import JobResult
-from heavy.aggregate.vote import Vote, vote
+from heavy.aggregate.vote import MIN_MAJORITY, Vote, vote
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source
 
@@ -45,10 +45,13 @@ class AggregationConfig:
     price_per_mtok_prompt: float = 0.0
     price_per_mtok_completion: float = 0.0
     sampling: Sampling = Sampling(temperature=0.0)
+    min_majority: int = MIN_MAJORITY  # answer mode: fewer agreeing trajectories go to the judge (1: a lone one stands)
 
     def __post_init__(self) -> None:
         if self.report_tokens < 16 or self.source_excerpt_chars < 1 or self.prompt_source_chars < 1:
             raise ValueError("report_tokens >= 16, source_excerpt_chars >= 1 and prompt_source_chars >= 1 required")
+        if self.min_majority < 1:
+            raise ValueError(f"min_majority must be >= 1, got {self.min_majority}")
 
 
 async def aggregate(
@@ -65,7 +68,8 @@ async def aggregate(
     results = sorted(results, key=lambda r: r.index)
     # Short answers and the judge are for answer mode; a report's answer may need sentences, and the report pass
     # below is where its trajectories' findings are merged.
-    decided = await vote(question, results, backend if mode == "answer" else None, config.sampling, prefix_key=job_id)
+    decided = await vote(question, results, backend if mode == "answer" else None, config.sampling, prefix_key=job_id,
+                         min_majority=config.min_majority)
     union = union_of_sources(results)
     usage = decided.usage
     body, body_cited, dropped = "", (), ()

@@ -86,11 +86,12 @@ def agreeing(results: Sequence[TrajectoryResult], k: int) -> Group | None:
 
 
 async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
-               sampling: Sampling = Sampling(), prefix_key: str | None = None) -> Vote:
+               sampling: Sampling = Sampling(), prefix_key: str | None = None,
+               min_majority: int = MIN_MAJORITY) -> Vote:
     answers, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
     groups = tally(results, answers)
     top = len(groups[0].members) if groups else 0
-    if groups and ((top >= MIN_MAJORITY and 2 * top > sum(len(g.members) for g in groups)) or backend is None):
+    if groups and ((top >= min_majority and 2 * top > sum(len(g.members) for g in groups)) or backend is None):
         return _group_won(groups[0], groups, results, usage)
     # No majority, or no answer at all: the judge reads what was fetched (nothing fetched, nothing to judge).
     passages = [] if backend is None else pooled_passages(question, results, [g.answer for g in groups],

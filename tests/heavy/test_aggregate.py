@@ -5,7 +5,7 @@ import json
 import pytest
 
 from heavy.agent.steps import TrajectoryResult
-from heavy.aggregate import aggregate, normalize_answer, tally, vote
+from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
 from heavy.aggregate.citations import filter_claims
 from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
@@ -90,6 +90,16 @@ async def test_a_lone_answer_is_checked_by_the_judge():
     off_topic = await vote("When was it finished?", [result(0, "1887", evidence=[EIFFEL])],
                            ScriptedBackend(lambda request: text("Yes.")))
     assert off_topic.answer == "1887"  # a judge's "yes" never answers a "when" question
+
+
+async def test_with_min_majority_one_a_lone_answer_stands_without_the_judge():
+    backend = ScriptedBackend(lambda request: text("1889"))
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="answer",
+                          results=[result(0, "1887", evidence=[EIFFEL])], backend=backend,
+                          config=AggregationConfig(min_majority=1))
+    assert job.answer == "1887" and not backend.requests
+    with pytest.raises(ValueError, match="min_majority"):
+        AggregationConfig(min_majority=0)
 
 
 async def test_a_failed_judge_keeps_the_vote_order():

@@ -35,3 +35,9 @@ def test_settings_read_the_heavy_prefix(monkeypatch):
     monkeypatch.setenv("HEAVY_TRAJECTORIES", "9")
     with pytest.raises(ValidationError):
         Settings()
+    monkeypatch.setenv("HEAVY_TRAJECTORIES", "3")
+    monkeypatch.setenv("HEAVY_MIN_MAJORITY", "1")
+    assert Settings().min_majority == 1
+    monkeypatch.setenv("HEAVY_MIN_MAJORITY", "0")
+    with pytest.raises(ValidationError):
+        Settings()
