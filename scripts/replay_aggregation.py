@@ -28,8 +28,8 @@ from pathlib import Path
 from eval_hotpotqa import DEFAULT_DATA, exact_match, f1_score, load_questions, write_corpus
 
 from heavy.agent.gathered import keep_evidence, supporting_sources
-from heavy.agent.steps import TrajectoryResult
-from heavy.agent.trajectory import DEFAULT_CONFIDENCE, FORCED_CONFIDENCE
+from heavy.agent.steps import TrajectoryResult, stated_confidence
+from heavy.agent.trajectory import FORCED_CONFIDENCE
 from heavy.aggregate import AggregationConfig, aggregate
 from heavy.config import Settings
 from heavy.corpus.commands import corpus_add
@@ -84,10 +84,7 @@ async def rebuild(transcript: dict, index: int, job_id: str, executor: ToolExecu
     if given is None:  # a forced answer or a best guess
         confidence, cited = (FORCED_CONFIDENCE if answer else 0.0), supporting_sources(answer, evidence, excerpts)
     else:
-        try:
-            confidence = min(1.0, max(0.0, float(given.get("confidence", DEFAULT_CONFIDENCE))))
-        except (TypeError, ValueError):
-            confidence = DEFAULT_CONFIDENCE
+        confidence = stated_confidence(given)
         urls = given.get("sources") or []
         cited = tuple(evidence[u] for u in urls if isinstance(u, str) and u in evidence)
         cited = cited or supporting_sources(answer, evidence, excerpts)

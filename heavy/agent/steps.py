@@ -8,6 +8,7 @@ from heavy.llm.types import ToolCall, Usage
 from heavy.tools.base import Source
 
 ANSWER_PREFIXES = ("final answer:", "answer:", "the answer is")
+DEFAULT_CONFIDENCE = 0.6  # an answer call that states none, or an unreadable one
 
 
 def answer_line(text: str) -> str:
@@ -18,6 +19,14 @@ def answer_line(text: str) -> str:
         if line.lower().startswith(prefix):
             line = line[len(prefix):].strip()
     return line.strip(" .*`\"'")
+
+
+def stated_confidence(arguments: dict) -> float:
+    """The confidence an `answer` call states, clipped to 0..1."""
+    try:
+        return min(1.0, max(0.0, float(arguments.get("confidence", DEFAULT_CONFIDENCE))))
+    except (TypeError, ValueError):
+        return DEFAULT_CONFIDENCE
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from heavy.agent.budget import OWN_STOPS, JobTokenBudget, Stopped, StopSignal, T
 from heavy.agent.context import fit_context
 from heavy.agent.gathered import keep_evidence, supporting_sources
 from heavy.agent.repair import UNREADABLE, repair_call
-from heavy.agent.steps import ActionStep, Observation, TrajectoryResult, answer_line
+from heavy.agent.steps import ActionStep, Observation, TrajectoryResult, answer_line, stated_confidence
 from heavy.events import EventSink, NullSink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
 from heavy.llm.toolparse import parse_text_tool_calls
 from heavy.llm.types import Completion, LLMBackend, LLMError, Message, Sampling, ToolCall, Usage
@@ -27,7 +27,6 @@ from heavy.tools.base import Source, ToolContext, ToolExecutor
 log = logging.getLogger(__name__)
 
 MAX_CALLS_PER_STEP = 3
-DEFAULT_CONFIDENCE = 0.6
 FORCED_CONFIDENCE = 0.3
 THOUGHT_CHARS = 300  # how much of a step's text goes into its event
 OPENING_TOOL = "search"
@@ -244,10 +243,7 @@ class Trajectory:
             self.answer_rejected = True
             self.best_guess = answer
             return prompts.NUDGE_USE_TOOLS
-        try:
-            confidence = min(1.0, max(0.0, float(call.arguments.get("confidence", DEFAULT_CONFIDENCE))))
-        except (TypeError, ValueError):
-            confidence = DEFAULT_CONFIDENCE
+        confidence = stated_confidence(call.arguments)
         urls = call.arguments.get("sources") or []
         cited = tuple(self.evidence[u] for u in urls if isinstance(u, str) and u in self.evidence)
         self.final = _Final(answer=answer, confidence=confidence, cited=cited or self._supporting(answer))
