@@ -3,8 +3,9 @@
 A claim is a sentence of the report body. It is kept only if at least one of its citations — `[n]` markers or
 Markdown links — points at a page some trajectory actually fetched; citations that do not are removed, and a
 sentence with none left is dropped. A sentence holding a bare URL is a copy of the source list, not a claim, and is
-dropped too (the Sources section is added for the model). Headings and blank lines pass through, except headings
-that restate the question or announce a source list.
+dropped too (the Sources section is added for the model), and so is a sentence about what "Researcher N" answered
+(the prompt's findings list echoed back; the report lists the trajectories' answers itself). Headings and blank
+lines pass through, except headings that restate the question or announce a source list.
 
 A small model often states a fact from a source and forgets the marker. Given the sources' texts, a sentence without
 a valid citation is attributed to the fetched source holding most of its words (at least `ATTRIBUTE_OVERLAP` of
@@ -27,6 +28,7 @@ _LIST_PREFIX = re.compile(r"\s*(?:(?:[-*>]|\d+\.)\s+)?")
 ATTRIBUTE_OVERLAP = 0.6
 ATTRIBUTE_MIN_WORDS = 4
 _BARE_URL = re.compile(r"(?<!\]\()https?://\S+")
+_ECHOED_FINDING = re.compile(r"\W*researchers?\s+\d", re.IGNORECASE)
 _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
 
 
@@ -68,7 +70,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             text, numbers = _resolve(sentence, number_of_url, len(sources))
             if not numbers and texts and (n := attribute(sentence, words_of)) is not None:
                 text, numbers = _with_marker(text, n), [n]
-            if numbers and not _BARE_URL.search(sentence):
+            if numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence):
                 kept.append(text)
                 cited += [n for n in numbers if n not in cited]
             elif sentence.strip():

@@ -131,6 +131,9 @@ def test_a_copied_source_list_and_restated_question_are_not_claims():
     filtered = filter_claims(body, [EIFFEL, LOUVRE])
     assert filtered.body == "The tower was finished in 1889 [1]."
     assert filtered.dropped == ("[1] eiffel — http://corpus/eiffel", "See http://corpus/eiffel for more [1].")
+    echoed = filter_claims("Researcher 2 answered that it was finished in 1889 [1]. It was finished in 1889 [1].",
+                           [EIFFEL])
+    assert echoed.body == "It was finished in 1889 [1]."  # the findings list echoed back is not a claim
 
 
 async def test_yes_no_answers_need_no_model_and_yes_never_answers_a_wh_question():
