@@ -27,7 +27,7 @@ from pathlib import Path
 
 from eval_hotpotqa import DEFAULT_DATA, exact_match, f1_score, load_questions, write_corpus
 
-from heavy.agent.gathered import keep_evidence, supporting_sources
+from heavy.agent.gathered import cited_sources, keep_evidence, supporting_sources
 from heavy.agent.steps import TrajectoryResult, stated_confidence
 from heavy.agent.trajectory import FORCED_CONFIDENCE
 from heavy.aggregate import AggregationConfig, aggregate
@@ -85,9 +85,7 @@ async def rebuild(transcript: dict, index: int, job_id: str, executor: ToolExecu
         confidence, cited = (FORCED_CONFIDENCE if answer else 0.0), supporting_sources(answer, evidence, excerpts)
     else:
         confidence = stated_confidence(given)
-        urls = given.get("sources") or []
-        cited = tuple(evidence[u] for u in urls if isinstance(u, str) and u in evidence)
-        cited = cited or supporting_sources(answer, evidence, excerpts)
+        cited = cited_sources(given.get("sources") or [], answer, evidence, excerpts)
     return TrajectoryResult(index=index, answer=answer, confidence=confidence, stop_reason=transcript["stop"],
                             cited=cited, evidence=tuple(evidence.values()), steps=(), usage=Usage(),
                             temperature=transcript["temperature"], seed=None, excerpts=excerpts)

@@ -4,6 +4,8 @@ run, so the agent loop and the replay keep them by the same rules."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from heavy.tools.base import Source, ToolResult
 
 SUPPORTING_SOURCES = 3
@@ -26,3 +28,10 @@ def supporting_sources(answer: str, evidence: dict[str, Source], excerpts: dict[
         return ()
     hits = [evidence[url] for url, text in excerpts.items() if needle in " ".join(text.lower().split())]
     return tuple(hits[:SUPPORTING_SOURCES])
+
+
+def cited_sources(urls: Iterable, answer: str, evidence: dict[str, Source],
+                  excerpts: dict[str, str]) -> tuple[Source, ...]:
+    """The gathered sources an answer call cites by URL; without any, the gathered pages that contain the answer."""
+    cited = tuple(evidence[u] for u in urls if isinstance(u, str) and u in evidence)
+    return cited or supporting_sources(answer, evidence, excerpts)

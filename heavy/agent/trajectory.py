@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from heavy.agent import prompts
 from heavy.agent.budget import OWN_STOPS, JobTokenBudget, Stopped, StopSignal, TrajectoryLimits, until_stopped
 from heavy.agent.context import fit_context
-from heavy.agent.gathered import keep_evidence, supporting_sources
+from heavy.agent.gathered import cited_sources, keep_evidence, supporting_sources
 from heavy.agent.repair import UNREADABLE, repair_call
 from heavy.agent.steps import ActionStep, Observation, TrajectoryResult, answer_line, stated_confidence
 from heavy.events import EventSink, NullSink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
@@ -244,9 +244,8 @@ class Trajectory:
             self.best_guess = answer
             return prompts.NUDGE_USE_TOOLS
         confidence = stated_confidence(call.arguments)
-        urls = call.arguments.get("sources") or []
-        cited = tuple(self.evidence[u] for u in urls if isinstance(u, str) and u in self.evidence)
-        self.final = _Final(answer=answer, confidence=confidence, cited=cited or self._supporting(answer))
+        cited = cited_sources(call.arguments.get("sources") or [], answer, self.evidence, self.excerpts)
+        self.final = _Final(answer=answer, confidence=confidence, cited=cited)
         return ""
 
     def _supporting(self, answer: str) -> tuple[Source, ...]:
