@@ -1,8 +1,12 @@
 """The evidence all trajectories gathered, pooled and ranked, for the judge to read.
 
 Eight trajectories of a weak model rarely agree, but between them they usually fetched the pages that hold the
-answer. A page ranks higher the more of the question's rarer words it holds (IDF over the pooled pages), the more
-trajectories fetched or cited it (with diminishing returns), and when it contains one of the candidate answers.
+answer. A page ranks higher the more of the question's rarer words it holds (IDF over the pooled pages), and when
+it contains one of the candidate answers. Pages are picked one at a time, and a question word counts only on the
+first page picked that holds it: a two-part question ("were X and Y ...", "the director of Z ...") gets a page on
+each part instead of four on the part with the most words. On the HotpotQA eval's recorded trajectories this puts
+both gold paragraphs among the judge's 4 pages more often than ranking every page on all the question's words
+(see docs/eval_hotpotqa.md).
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ from dataclasses import dataclass
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.normalize import normalize_answer
 
-# Counts enter as log2(1 + count): all trajectories see the results of the same opening search, so a linear count
-# would bury the page one trajectory found on its second hop, which in multi-hop questions holds the answer.
-FETCHED_WEIGHT = 0.5
-CITED_WEIGHT = 1.0
+# How many trajectories fetched or cited a page is not counted, not even to break ties: they all start from the same
+# opening search, so counts favour its results over the page one trajectory found on its second hop, which in
+# multi-hop questions holds the answer (measured: counting them lost both gold pages from the judge's 4 on 3 of 30).
 CANDIDATE_WEIGHT = 1.5  # the page contains one of the trajectories' answers
 _WORD = re.compile(r"\w+")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(*])")  # also before **bold**, as Markdown bodies have
@@ -53,14 +56,7 @@ def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidat
                     k: int = 4, max_chars: int = 700) -> list[Passage]:
     """The k best pages over every trajectory's evidence, each cut to `max_chars`."""
     texts = fetched_texts(results)
-    titles: dict[str, str] = {}
-    fetched: Counter[str] = Counter()
-    cited: Counter[str] = Counter()
-    for result in results:
-        for source in result.evidence:
-            titles[source.url] = source.title
-            fetched[source.url] += 1
-        cited.update({s.url for s in result.cited})
+    titles = {source.url: source.title for result in results for source in result.evidence}
     if not texts:
         return []
     page_words = {url: content_words(titles[url] + " " + text) for url, text in texts.items()}
@@ -68,14 +64,18 @@ def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidat
     idf = {w: math.log(1 + len(texts) / df) for w, df in document_frequency.items()}
     asked = content_words(question)
     wanted = [normalize_answer(c) for c in candidates if normalize_answer(c)]
-    passages = []
-    for url, text in texts.items():
-        score = sum(idf[w] for w in asked & page_words[url])
-        score += FETCHED_WEIGHT * math.log2(1 + fetched[url]) + CITED_WEIGHT * math.log2(1 + cited[url])
-        flat = normalize_answer(text)
-        score += CANDIDATE_WEIGHT * any(f" {c} " in f" {flat} " for c in wanted)
-        passages.append(Passage(url=url, title=titles[url], text=" ".join(text.split())[:max_chars], score=score))
-    return sorted(passages, key=lambda p: -p.score)[:k]
+    holds_candidate = {url: any(f" {c} " in f" {normalize_answer(text)} " for c in wanted)
+                       for url, text in texts.items()}
+    passages, covered, left = [], set(), list(texts)  # first-fetched order breaks ties
+    while left and len(passages) < k:
+        gains = [sum(idf[w] for w in (asked & page_words[url]) - covered) + CANDIDATE_WEIGHT * holds_candidate[url]
+                 for url in left]
+        best = max(range(len(left)), key=gains.__getitem__)
+        url = left.pop(best)
+        covered |= asked & page_words[url]
+        passages.append(Passage(url=url, title=titles[url], text=" ".join(texts[url].split())[:max_chars],
+                                score=gains[best]))
+    return passages
 
 
 def token_f1(a: str, b: str) -> float:

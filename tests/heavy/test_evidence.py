@@ -35,3 +35,12 @@ def test_token_f1_is_the_squad_overlap():
     assert token_f1("The Polar Records", "polar records") == 1.0
     assert token_f1("Polar", "Polar Records") == 2 * (1.0 * 0.5) / 1.5
     assert token_f1("yes", "no") == 0.0
+
+
+def test_each_part_of_a_two_part_question_gets_a_page_before_a_second_page_on_one_part():
+    question = "Were Anna Lindqvist and Marco Bellini of the same nationality?"
+    pages = [source("http://corpus/anna", "Anna Lindqvist is a Swedish painter."),
+             source("http://corpus/anna-2", "Anna Lindqvist exhibited in Anna Lindqvist Hall, Uppsala."),
+             source("http://corpus/marco", "Marco Bellini is an Italian cyclist.")]
+    passages = pooled_passages(question, [result(0, "yes", pages)], k=2)
+    assert {p.url for p in passages} == {"http://corpus/anna", "http://corpus/marco"}  # not the second Anna page
