@@ -1,12 +1,13 @@
 """The evidence all trajectories gathered, pooled and ranked, for the judge to read.
 
 Eight trajectories of a weak model rarely agree, but between them they usually fetched the pages that hold the
-answer. A page ranks higher the more of the question's rarer words it holds (IDF over the pooled pages), and when
-it contains one of the candidate answers. Pages are picked one at a time, and a question word counts only on the
-first page picked that holds it: a two-part question ("were X and Y ...", "the director of Z ...") gets a page on
-each part instead of four on the part with the most words. On the HotpotQA eval's recorded trajectories this puts
-both gold paragraphs among the judge's 4 pages more often than ranking every page on all the question's words
-(see docs/eval_hotpotqa.md).
+answer. A page ranks higher the more of the question's rarer words it holds (IDF over the pooled pages), when it
+contains one of the candidate answers, and when it is the page of something the question names (all its title's
+words are in the question: the "Buck-Tick" page beats a page that only mentions Buck-Tick). Pages are picked one at
+a time, and a question word counts only on the first page picked that holds it: a two-part question ("were X and Y
+...", "the director of Z ...") gets a page on each part instead of four on the part with the most words. On the
+HotpotQA eval this puts both gold paragraphs among the judge's 4 pages more often than ranking every page on all the
+question's words (see docs/eval_hotpotqa.md).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from heavy.aggregate.normalize import normalize_answer
 # How many trajectories fetched or cited a page is not counted, not even to break ties: they all start from the same
 # opening search, so counts favour its results over the page one trajectory found on its second hop, which in
 # multi-hop questions holds the answer (measured: counting them lost both gold pages from the judge's 4 on 3 of 30).
+TITLE_WEIGHT = 2.0  # the page's title names something the question names
 CANDIDATE_WEIGHT = 1.5  # the page contains one of the trajectories' answers
 _WORD = re.compile(r"\w+")
+_QUALIFIER = re.compile(r"\(.*?\)")  # "Hayden (musician)"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(*])")  # also before **bold**, as Markdown bodies have
 
 
@@ -66,16 +69,22 @@ def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidat
     wanted = [normalize_answer(c) for c in candidates if normalize_answer(c)]
     holds_candidate = {url: any(f" {c} " in f" {normalize_answer(text)} " for c in wanted)
                        for url, text in texts.items()}
+    named = {url: _named_in(titles[url], asked) for url in texts}
     passages, covered, left = [], set(), list(texts)  # first-fetched order breaks ties
     while left and len(passages) < k:
-        gains = [sum(idf[w] for w in (asked & page_words[url]) - covered) + CANDIDATE_WEIGHT * holds_candidate[url]
-                 for url in left]
+        gains = [sum(idf[w] for w in (asked & page_words[url]) - covered)
+                 + CANDIDATE_WEIGHT * holds_candidate[url] + TITLE_WEIGHT * named[url] for url in left]
         best = max(range(len(left)), key=gains.__getitem__)
         url = left.pop(best)
         covered |= asked & page_words[url]
         passages.append(Passage(url=url, title=titles[url], text=" ".join(texts[url].split())[:max_chars],
                                 score=gains[best]))
     return passages
+
+
+def _named_in(title: str, asked: set[str]) -> bool:
+    words = content_words(_QUALIFIER.sub(" ", title))
+    return bool(words) and words <= asked
 
 
 def token_f1(a: str, b: str) -> float:

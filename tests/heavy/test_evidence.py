@@ -44,3 +44,11 @@ def test_each_part_of_a_two_part_question_gets_a_page_before_a_second_page_on_on
              source("http://corpus/marco", "Marco Bellini is an Italian cyclist.")]
     passages = pooled_passages(question, [result(0, "yes", pages)], k=2)
     assert {p.url for p in passages} == {"http://corpus/anna", "http://corpus/marco"}  # not the second Anna page
+
+
+def test_the_page_of_a_named_thing_beats_a_page_that_only_mentions_it():
+    question = "Hayden is a singer from Canada, but where does Buck-Tick hail from?"
+    pages = [source("http://corpus/Sakurai", "Atsushi Sakurai is the singer of Buck-Tick, from Japan."),
+             source("http://corpus/Buck-Tick", "Buck-Tick is a rock band from Fujioka, Gunma.")]  # titled by url
+    passages = pooled_passages(question, [result(0, "", pages)], k=1)
+    assert [p.url for p in passages] == ["http://corpus/Buck-Tick"]
