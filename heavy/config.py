@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     temperature_max: float = Field(0.7, ge=0)  # a small model above ~0.7 samples noise, not other routes
     seed: int = 0
     opening_search: bool = True  # every trajectory's first step searches the question as asked
+    focus_searches: bool = True  # and trajectory k >= 1 then searches a named part of it, one part each
     allowed_tools: tuple[str, ...] = ("search", "open_page", "python")
     price_per_mtok_prompt: float = Field(0.0, ge=0)  # for the cost estimate in the JSON result
     price_per_mtok_completion: float = Field(0.0, ge=0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from heavy.agent import JobTokenBudget, StopSignal, Trajectory, TrajectoryLimits, TrajectoryResult, TrajectorySpec
 from heavy.agent.budget import EXTERNAL_STOPS
+from heavy.agent.openings import focus_query
 from heavy.aggregate import AggregationConfig, JobResult, aggregate, agreeing
 from heavy.config import Settings
 from heavy.events import Aggregating, EventSink, JobCancelled, JobFailed, JobStarted, NullSink, ReportReady
@@ -51,6 +52,7 @@ class JobSpec:
     temperature_max: float = 0.7
     seed: int = 0
     opening_search: bool = True  # every trajectory's first step searches the question as asked
+    focus_searches: bool = True  # and trajectory k >= 1 then searches a named part of it (agent/openings.py)
 
     def __post_init__(self) -> None:
         if self.mode not in ("report", "answer"):
@@ -78,6 +80,7 @@ class JobSpec:
             straggler_min_done=settings.straggler_min_done, straggler_grace_s=settings.straggler_grace_s,
             early_stop_k=settings.early_stop_k, temperature_min=settings.temperature_min,
             temperature_max=settings.temperature_max, seed=settings.seed, opening_search=settings.opening_search,
+            focus_searches=settings.focus_searches,
         )
         values.update(overrides)
         return cls(job_id=job_id, question=question, **values)
@@ -199,7 +202,8 @@ class Scheduler:
         sampling = spec.sampling(k)
         trajectory_spec = TrajectorySpec(job_id=spec.job_id, index=k, question=spec.question,
                                          allowed_tools=spec.allowed_tools, sampling=sampling, limits=spec.limits,
-                                         opening_search=spec.opening_search)
+                                         opening_search=spec.opening_search,
+                                         focus=focus_query(spec.question, k) if spec.focus_searches else None)
         trajectory = self.trajectory_factory(trajectory_spec, self.backend, self.executor, sink=sink, stop=stop,
                                              job_budget=budget)
         try:

@@ -114,7 +114,8 @@ async def evaluate(args: argparse.Namespace) -> dict:
                               deadline_s=args.deadline_s, context_tokens=settings.context_tokens)
     base = JobSpec(job_id="hotpot", question="placeholder", mode="answer", allowed_tools=frozenset(args.tools),
                    limits=limits, deadline_s=args.deadline_s, early_stop_k=args.early_stop_k,
-                   temperature_min=0.0, temperature_max=args.temperature_max, seed=args.seed)
+                   temperature_min=0.0, temperature_max=args.temperature_max, seed=args.seed,
+                   focus_searches=args.focus_searches)
     per_setting: dict[int, list[dict]] = {n: [] for n in args.trajectories}
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,6 +128,7 @@ async def evaluate(args: argparse.Namespace) -> dict:
                 result = {"command": " ".join(sys.argv), "data": str(args.data), "corpus_pages": report.total,
                           "backend": args.backend, "model": settings.model, "max_steps": args.max_steps,
                           "step_tokens": args.step_tokens, "min_majority": args.min_majority,
+                          "focus_searches": args.focus_searches,
                           "settings": summarise(per_setting)}
                 args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     await backend.aclose()
@@ -157,6 +159,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-majority", type=int, default=AggregationConfig.min_majority,
                         help="agreeing trajectories that skip the judge; 1 lets a lone answer stand")
+    parser.add_argument("--focus-searches", action=argparse.BooleanOptionalAction, default=True,
+                        help="trajectory k >= 1 also opens with a search on a named part of the question")
     parser.add_argument("--out", type=Path, default=Path("eval_hotpotqa.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

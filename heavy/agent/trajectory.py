@@ -41,6 +41,7 @@ class TrajectorySpec:
     sampling: Sampling
     limits: TrajectoryLimits = TrajectoryLimits()
     opening_search: bool = True  # step 1 searches the question itself, before the model's first turn
+    focus: str | None = None  # and then this part of it (see openings.py); None: the question only
 
 
 @dataclass
@@ -140,14 +141,18 @@ class Trajectory:
     async def _opening_search(self) -> None:
         """Search the question as asked: every trajectory starts from evidence instead of from the model's memory
         (a weak model otherwise answers unsearched), and the shared first results are one cached prefix for all
-        trajectories of the job. The call is shown as the assistant's own, so the model also sees the format."""
-        call = ToolCall(id="call_1_0", name=OPENING_TOOL, arguments={"query": self.spec.question})
-        self.messages.append({"role": "assistant", "content": "", "tool_calls": [_openai_call(call)]})
-        await self._emit_step(1, Completion(content=""), "", [call])
-        observation = await self._observe(1, call)
-        self.messages.append({"role": "tool", "tool_call_id": call.id, "content": observation.text})
-        self.steps.append(ActionStep(index=1, content="", reasoning="", calls=(call,), observations=(observation,),
-                                     usage=Usage()))
+        trajectories of the job. A trajectory with a focus then searches it too, as a second turn so the prefix
+        stays shared. The calls are shown as the assistant's own, so the model also sees the format."""
+        queries = [self.spec.question] + ([self.spec.focus] if self.spec.focus else [])
+        calls = [ToolCall(id=f"call_1_{i}", name=OPENING_TOOL, arguments={"query": q}) for i, q in enumerate(queries)]
+        await self._emit_step(1, Completion(content=""), "", calls)
+        observations = []
+        for call in calls:
+            self.messages.append({"role": "assistant", "content": "", "tool_calls": [_openai_call(call)]})
+            observations.append(await self._observe(1, call))
+            self.messages.append({"role": "tool", "tool_call_id": call.id, "content": observations[-1].text})
+        self.steps.append(ActionStep(index=1, content="", reasoning="", calls=tuple(calls),
+                                     observations=tuple(observations), usage=Usage()))
         await self.after_step()
 
     async def after_step(self) -> None:

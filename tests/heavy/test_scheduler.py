@@ -1,6 +1,7 @@
 """The scheduler with a scripted backend: early stop, job token budget, straggler cut-off, finish now, cancel."""
 
 import asyncio
+from collections import Counter
 
 import pytest
 
@@ -153,3 +154,15 @@ def test_spec_validation_and_sampling_spread():
     job = spec(temperature_min=0.2, temperature_max=1.0, seed=10)
     assert [job.sampling(k).temperature for k in (0, 7)] == [0.2, 1.0]
     assert [job.sampling(k).seed for k in range(8)] == list(range(10, 18))
+
+
+async def test_trajectories_after_the_first_also_open_on_a_named_part_of_the_question():
+    search = DictSearch(PAGES)
+    job = spec(question="Is Lyon larger than Paris?", trajectories=3, opening_search=True)
+    await Scheduler(ScriptedBackend(researcher()), ToolExecutor([search])).run(job, sink=MemorySink())
+    # all three search the question; trajectories 1 and 2 then one named part each (then the script answers)
+    assert Counter(search.queries) == {job.question: 3, "Lyon": 1, "Paris": 1}
+    plain = DictSearch(PAGES)
+    await Scheduler(ScriptedBackend(researcher()), ToolExecutor([plain])).run(
+        spec(question=job.question, trajectories=3, opening_search=True, focus_searches=False), sink=MemorySink())
+    assert not {"Lyon", "Paris"} & set(plain.queries)

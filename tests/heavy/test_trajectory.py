@@ -20,14 +20,14 @@ PAGES = {
 
 
 def make(script, *, limits=TrajectoryLimits(max_steps=6), allowed=("search",), delay=None, stop=None, budget=None,
-         opening_search=False):
+         opening_search=False, focus=None):
     search = DictSearch(PAGES)
     executor = ToolExecutor([search, Echo()])
     backend = ScriptedBackend(script, **({"delay_s": delay} if delay else {}))
     sink = MemorySink()
     spec = TrajectorySpec(job_id="job1", index=0, question="When was the Eiffel Tower finished?",
                           allowed_tools=frozenset(allowed), sampling=Sampling(temperature=0.5, seed=3), limits=limits,
-                          opening_search=opening_search)
+                          opening_search=opening_search, focus=focus)
     trajectory = Trajectory(spec, backend, executor, sink=sink, stop=stop, job_budget=budget)
     return trajectory, backend, search, sink
 
@@ -68,6 +68,21 @@ async def test_opening_search_runs_the_question_before_the_first_model_turn():
     assert result.answer == "1889" and "http://corpus/eiffel" in [s.url for s in result.evidence]
     assert [(e.step, e.tool) for e in sink.of_type(ToolCallEvent)] == [(1, "search")]
     assert len(result.steps) == 2 and result.steps[0].usage.total_tokens == 0  # no model call in step 1
+
+
+async def test_a_focus_search_follows_the_opening_search_as_a_second_turn_of_step_one():
+    trajectory, backend, search, sink = make(by_step(call("answer", answer="1889")), opening_search=True,
+                                             focus="Louvre")
+    result = await trajectory.run()
+    assert search.queries == ["When was the Eiffel Tower finished?", "Louvre"]
+    first = backend.requests[0].messages
+    # the question's results come before the focus call, so they stay a prefix shared with trajectory 0
+    assert [m["role"] for m in first] == ["system", "user", "assistant", "tool", "assistant", "tool"]
+    assert "1889" in first[3]["content"] and "museum" in first[5]["content"]
+    assert {s.url for s in result.evidence} == {"http://corpus/eiffel", "http://corpus/louvre"}
+    assert [(e.step, e.arguments["query"]) for e in sink.of_type(ToolCallEvent)] == [
+        (1, "When was the Eiffel Tower finished?"), (1, "Louvre")]
+    assert len(result.steps[0].calls) == 2 and len(result.steps) == 2
 
 
 async def test_opening_search_is_skipped_when_search_is_not_allowed():
