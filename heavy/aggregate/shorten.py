@@ -42,7 +42,8 @@ def shorten_messages(question: str, answer: str) -> list[Message]:
     return messages + [{"role": "user", "content": f"Question: {question}\nAnswer: {' '.join(answer.split())}"}]
 
 
-# A question opening with an auxiliary verb asks for yes or no ("Were X and Y both ...?"); others never do.
+# A question opening with an auxiliary verb asks for yes or no ("Were X and Y both ...?") unless it offers a choice
+# ("Was X or Y born first?"); others never do.
 _AUXILIARIES = frozenset({
     "is", "are", "was", "were", "am", "do", "does", "did", "can", "could", "will", "would", "shall", "should", "may",
     "might", "must", "has", "have", "had",
@@ -56,12 +57,13 @@ def is_short(answer: str) -> bool:
 
 def asks_yes_no(question: str) -> bool:
     words = normalize_answer(question).split()
-    return bool(words) and words[0] in _AUXILIARIES
+    return bool(words) and words[0] in _AUXILIARIES and "or" not in words
 
 
 def off_kind(question: str, answer: str) -> bool:
-    """A yes or no to a question that does not ask for one ("yes" never answers "Who ...?" or "How many?")."""
-    return normalize_answer(answer) in YES_NO and not asks_yes_no(question)
+    """An answer of the wrong kind: yes or no to a question that does not ask for one ("yes" never answers "Who
+    ...?"), or anything else to one that does (a name never answers "Were X and Y both ...?")."""
+    return (normalize_answer(answer) in YES_NO) != asks_yes_no(question)
 
 
 def _rule_based(question: str, answer: str) -> str | None:

@@ -90,6 +90,13 @@ async def test_a_lone_answer_is_checked_by_the_judge():
     off_topic = await vote("When was it finished?", [result(0, "1887", evidence=[EIFFEL])],
                            ScriptedBackend(lambda request: text("Yes.")))
     assert off_topic.answer == "1887"  # a judge's "yes" never answers a "when" question
+    yes_no = "Were Scott Derrickson and Ed Wood of the same nationality?"
+    named = await vote(yes_no, [result(0, "yes", evidence=[EIFFEL])],
+                       ScriptedBackend(lambda request: text("Scott Derrickson")))
+    assert named.answer == "yes"  # nor a name a yes/no question
+    choice = await vote("Was Ed Wood or Scott Derrickson born first?", [result(0, "yes", evidence=[EIFFEL])],
+                        ScriptedBackend(lambda request: text("Ed Wood")))
+    assert choice.answer == "Ed Wood" and choice.backers == ()  # a choice is no yes/no question
 
 
 async def test_with_min_majority_one_a_lone_answer_stands_without_the_judge():
