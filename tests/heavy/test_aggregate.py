@@ -193,11 +193,12 @@ async def test_report_numbers_citations_over_fetched_sources_and_notes_disagreem
     assert "[1] eiffel: The Eiffel Tower" in prompt and "[2] louvre: The Louvre" in prompt
     assert "http://" not in prompt  # URLs in the prompt get copied into the report
     assert "**Answer:** 1889 [1]" in job.markdown
-    assert "finished in 1889 [2]." in job.markdown
+    # the model cited the Louvre page for the tower: the claim goes to the page holding its words
+    assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown
     assert "1887 [9]" not in job.markdown and "evil.example" not in job.markdown
     assert job.dropped_claims == ("A blog says 1887 [9].", "Its paint is [blue](http://evil.example/paint).")
     assert '"1887": trajectories 3' in job.markdown
-    assert [s.url for s in job.sources] == ["http://corpus/eiffel", "http://corpus/louvre"]
+    assert [s.url for s in job.sources] == ["http://corpus/eiffel"]  # the sources the kept claims cite
     assert "1. [eiffel](http://corpus/eiffel)" in job.markdown
     data = json.loads(job.to_json())
     assert data["tokens"]["total"] == 3 * 110 + 340 and data["sources"][0]["content_hash"] == EIFFEL.content_hash
@@ -228,6 +229,15 @@ def test_an_uncited_sentence_is_attributed_to_the_fetched_page_holding_its_words
     assert filtered.body == "The Eiffel Tower was finished in 1889 [1]. The Louvre pyramid was finished in 1989 [2]."
     assert filtered.dropped == ("Cheese is made on Mars.",) and filtered.cited == (1, 2)
     assert filter_claims(body, [EIFFEL, LOUVRE]).body == ""  # without the texts nothing is attributed
+
+
+def test_a_marker_on_a_page_that_does_not_hold_the_claim_is_not_trusted():
+    loops = source("http://corpus/loops", "A break statement ends the loop; the else clause is then skipped.")
+    texts = {loops.url: loops.snippet, LOUVRE.url: LOUVRE.snippet}
+    body = "The tower was finished in 1889 [1]. A break statement skips the else clause of the loop [2]. It ends [1]."
+    filtered = filter_claims(body, [loops, LOUVRE], texts)
+    assert filtered.body == "A break statement skips the else clause of the loop [1]. It ends [1]."
+    assert filtered.dropped == ("The tower was finished in 1889 [1].",)
 
 
 async def test_a_report_pass_with_no_supported_claim_falls_back_to_quoting_the_best_pages():
