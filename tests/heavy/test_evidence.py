@@ -52,3 +52,12 @@ def test_the_page_of_a_named_thing_beats_a_page_that_only_mentions_it():
              source("http://corpus/Buck-Tick", "Buck-Tick is a rock band from Fujioka, Gunma.")]  # titled by url
     passages = pooled_passages(question, [result(0, "", pages)], k=1)
     assert [p.url for p in passages] == ["http://corpus/Buck-Tick"]
+
+
+def test_the_page_a_picked_page_names_is_the_next_hop():
+    question = "How many people can the arena where the Lewiston Maineiacs played sit?"
+    pages = [source("http://corpus/Maineiacs", "The Lewiston Maineiacs played at the Androscoggin Bank Colisée."),
+             source("http://corpus/Dwyer", "Dwyer Arena is a college arena."),
+             source("http://corpus/Androscoggin Bank Colisée", "The Colisée has 3,677 seats.")]
+    passages = pooled_passages(question, [result(0, "", pages)], k=2)
+    assert [p.url for p in passages] == ["http://corpus/Maineiacs", "http://corpus/Androscoggin Bank Colisée"]
