@@ -1,5 +1,6 @@
 """Answer normalisation as in the official HotpotQA/SQuAD evaluation: lowercase, drop punctuation, the articles
-a/an/the, and extra whitespace. Votes compare answers in this form."""
+a/an/the, and extra whitespace. Votes compare answers by `vote_key`, the same form with typographic dashes and quotes
+folded first: the official form keeps "–" and "’", so "1903–1912" and "1903-1912" would be two answers."""
 
 from __future__ import annotations
 
@@ -13,3 +14,11 @@ _PUNCTUATION = frozenset(string.punctuation)
 def normalize_answer(text: str) -> str:
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+_TYPOGRAPHIC = str.maketrans({"–": "-", "—": "-", "‐": "-", "‑": "-", "‒": "-", "−": "-", "’": "'", "‘": "'",
+                              "“": '"', "”": '"'})
+
+
+def vote_key(text: str) -> str:
+    return normalize_answer(text.translate(_TYPOGRAPHIC))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from heavy.agent.steps import TrajectoryResult, answer_line
 from heavy.aggregate.evidence import Passage, pooled_passages, token_f1
-from heavy.aggregate.normalize import normalize_answer
+from heavy.aggregate.normalize import normalize_answer, vote_key
 from heavy.aggregate.shorten import off_kind, shorten_answers
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 
@@ -67,7 +67,7 @@ def tally(results: Sequence[TrajectoryResult], answers: Mapping[int, str] | None
     members: dict[str, list[TrajectoryResult]] = defaultdict(list)
     written: dict[int, str] = {r.index: (answers or {}).get(r.index, r.answer).strip() for r in results}
     for result in results:
-        key = normalize_answer(written[result.index])
+        key = vote_key(written[result.index])
         if key:
             members[key].append(result)
     groups = []

@@ -31,6 +31,8 @@ def test_normalisation_matches_the_official_metric():
 def test_tally_groups_equal_normalised_answers_and_ignores_empty_ones():
     groups = tally([result(0, "1889."), result(1, "1889"), result(2, "1887"), result(3, "")])
     assert [(g.answer, g.members) for g in groups] == [("1889", (0, 1)), ("1887", (2,))]
+    dashes = tally([result(0, "1903–1912"), result(1, "1903-1912"), result(2, "1903-1912"), result(3, "Mangnall’s")])
+    assert [(g.answer, g.members) for g in dashes][0] == ("1903-1912", (0, 1, 2))  # a typographic dash is a dash
 
 
 async def test_tie_goes_to_the_llm_judge_which_reads_the_pooled_evidence():
