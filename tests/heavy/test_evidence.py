@@ -1,5 +1,7 @@
 """Pooled evidence for the judge: ranking over every trajectory's pages, and the answer-overlap F1."""
 
+import pytest
+
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.evidence import pooled_passages, token_f1
 from heavy.llm.types import Usage
@@ -37,27 +39,26 @@ def test_token_f1_is_the_squad_overlap():
     assert token_f1("yes", "no") == 0.0
 
 
-def test_each_part_of_a_two_part_question_gets_a_page_before_a_second_page_on_one_part():
-    question = "Were Anna Lindqvist and Marco Bellini of the same nationality?"
-    pages = [source("http://corpus/anna", "Anna Lindqvist is a Swedish painter."),
-             source("http://corpus/anna-2", "Anna Lindqvist exhibited in Anna Lindqvist Hall, Uppsala."),
-             source("http://corpus/marco", "Marco Bellini is an Italian cyclist.")]
-    passages = pooled_passages(question, [result(0, "yes", pages)], k=2)
-    assert {p.url for p in passages} == {"http://corpus/anna", "http://corpus/marco"}  # not the second Anna page
+PICKS = {  # what the judge's pages must hold: (question, {url: text} in fetch order, k, the pages picked)
+    "each part of a two-part question, not a second page on one part": (
+        "Were Anna Lindqvist and Marco Bellini of the same nationality?",
+        {"anna": "Anna Lindqvist is a Swedish painter.",
+         "anna-2": "Anna Lindqvist exhibited in Anna Lindqvist Hall, Uppsala.",
+         "marco": "Marco Bellini is an Italian cyclist."}, 2, {"anna", "marco"}),
+    "the page of a named thing, not a page that only mentions it": (  # pages are titled by their url's last part
+        "Hayden is a singer from Canada, but where does Buck-Tick hail from?",
+        {"Sakurai": "Atsushi Sakurai is the singer of Buck-Tick, from Japan.",
+         "Buck-Tick": "Buck-Tick is a rock band from Fujioka, Gunma."}, 1, {"Buck-Tick"}),
+    "the page a picked page names: the next hop": (
+        "How many people can the arena where the Lewiston Maineiacs played sit?",
+        {"Maineiacs": "The Lewiston Maineiacs played at the Androscoggin Bank Colisée.",
+         "Dwyer": "Dwyer Arena is a college arena.",
+         "Androscoggin Bank Colisée": "The Colisée has 3,677 seats."}, 2, {"Maineiacs", "Androscoggin Bank Colisée"}),
+}
 
 
-def test_the_page_of_a_named_thing_beats_a_page_that_only_mentions_it():
-    question = "Hayden is a singer from Canada, but where does Buck-Tick hail from?"
-    pages = [source("http://corpus/Sakurai", "Atsushi Sakurai is the singer of Buck-Tick, from Japan."),
-             source("http://corpus/Buck-Tick", "Buck-Tick is a rock band from Fujioka, Gunma.")]  # titled by url
-    passages = pooled_passages(question, [result(0, "", pages)], k=1)
-    assert [p.url for p in passages] == ["http://corpus/Buck-Tick"]
-
-
-def test_the_page_a_picked_page_names_is_the_next_hop():
-    question = "How many people can the arena where the Lewiston Maineiacs played sit?"
-    pages = [source("http://corpus/Maineiacs", "The Lewiston Maineiacs played at the Androscoggin Bank Colisée."),
-             source("http://corpus/Dwyer", "Dwyer Arena is a college arena."),
-             source("http://corpus/Androscoggin Bank Colisée", "The Colisée has 3,677 seats.")]
-    passages = pooled_passages(question, [result(0, "", pages)], k=2)
-    assert [p.url for p in passages] == ["http://corpus/Maineiacs", "http://corpus/Androscoggin Bank Colisée"]
+@pytest.mark.parametrize("question, pages, k, picked", PICKS.values(), ids=PICKS.keys())
+def test_the_judge_pages_cover_the_question(question, pages, k, picked):
+    fetched = [source(f"http://corpus/{name}", text) for name, text in pages.items()]
+    passages = pooled_passages(question, [result(0, "", fetched)], k=k)
+    assert {p.url.removeprefix("http://corpus/") for p in passages} == picked
