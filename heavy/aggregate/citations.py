@@ -106,7 +106,7 @@ def _supported(sentence: str, cited_words: Sequence[set[str]]) -> bool:
     words = content_words(_MARKER.sub("", sentence)) - _FUNCTION_WORDS
     if len(words) < SUPPORT_MIN_WORDS:
         return True
-    return any(len(words & (page - _FUNCTION_WORDS)) >= SUPPORT_OVERLAP * len(words) for page in cited_words)
+    return any(len(words & page) >= SUPPORT_OVERLAP * len(words) for page in cited_words)
 
 
 def _with_marker(sentence: str, n: int) -> str:

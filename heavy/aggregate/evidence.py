@@ -29,7 +29,7 @@ BRIDGE_WEIGHT = 2.0  # the page's title is named in a page already picked: the s
 TITLE_WEIGHT = 2.0  # the page's title names something the question names
 CANDIDATE_WEIGHT = 1.5  # the page contains one of the trajectories' answers
 _WORD = re.compile(r"\w+")
-_QUALIFIER = re.compile(r"\(.*?\)")  # "Hayden (musician)"
+_QUALIFIER = re.compile(r"\(.*?\)")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(*])")  # also before **bold**, as Markdown bodies have
 
 
@@ -69,31 +69,24 @@ def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidat
     idf = {w: math.log(1 + len(texts) / df) for w, df in document_frequency.items()}
     asked = content_words(question)
     wanted = [normalize_answer(c) for c in candidates if normalize_answer(c)]
-    holds_candidate = {url: any(f" {c} " in f" {normalize_answer(text)} " for c in wanted)
-                       for url, text in texts.items()}
-    named = {url: _named_in(titles[url], asked) for url in texts}
+    flat = {url: f" {normalize_answer(text)} " for url, text in texts.items()}
+    holds_candidate = {url: any(f" {c} " in flat[url] for c in wanted) for url in texts}
+    names = {url: _QUALIFIER.sub(" ", titles[url]) for url in texts}  # "Hayden (musician)" → "Hayden"
+    named = {url: bool(words := content_words(names[url])) and words <= asked for url in texts}
+    spoken = {url: normalize_answer(names[url]) for url in texts}  # as another page's text would name it
     passages, covered, left = [], set(), list(texts)  # first-fetched order breaks ties
+    picked_text = ""
     while left and len(passages) < k:
-        picked_text = " ".join(f" {normalize_answer(texts[p.url])} " for p in passages)
         gains = [sum(idf[w] for w in (asked & page_words[url]) - covered)
                  + CANDIDATE_WEIGHT * holds_candidate[url] + TITLE_WEIGHT * named[url]
-                 + BRIDGE_WEIGHT * _mentioned(titles[url], picked_text) for url in left]
+                 + BRIDGE_WEIGHT * (bool(spoken[url]) and f" {spoken[url]} " in picked_text) for url in left]
         best = max(range(len(left)), key=gains.__getitem__)
         url = left.pop(best)
         covered |= asked & page_words[url]
+        picked_text += flat[url]
         passages.append(Passage(url=url, title=titles[url], text=" ".join(texts[url].split())[:max_chars],
                                 score=gains[best]))
     return passages
-
-
-def _mentioned(title: str, text: str) -> bool:
-    name = normalize_answer(_QUALIFIER.sub(" ", title))
-    return bool(name) and f" {name} " in text
-
-
-def _named_in(title: str, asked: set[str]) -> bool:
-    words = content_words(_QUALIFIER.sub(" ", title))
-    return bool(words) and words <= asked
 
 
 def token_f1(a: str, b: str) -> float:
