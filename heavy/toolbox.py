@@ -26,7 +26,7 @@ def local_corpus_tools(index_path: Path | str, limits: ToolLimits | None = None)
         raise FileNotFoundError(f"no corpus index at {index_path}; build one with `heavy corpus add PATH`")
     with CorpusServer(index_path) as server:
         host, port = server.address
-        guard = SsrfGuard(allow=[AllowedTarget(host, port)])
+        guard = SsrfGuard(allow=[AllowedTarget(host, port)], allow_public=False)  # offline: no DNS, no web
         tools: list[Tool] = [
             SearchTool(LocalSearchBackend(CorpusIndex(index_path), server.base_url)),
             OpenPageTool(PageFetcher(guard)),

@@ -128,9 +128,11 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 
 class SsrfGuard:
-    def __init__(self, allow: Iterable[AllowedTarget] = (), resolver: Resolver = system_resolver) -> None:
+    def __init__(self, allow: Iterable[AllowedTarget] = (), resolver: Resolver = system_resolver,
+                 allow_public: bool = True) -> None:
         self.allow = tuple(allow)
         self.resolver = resolver
+        self.allow_public = allow_public  # False: only the allow-list, by IP literal, and no DNS lookup at all
 
     async def check(self, url: str | httpx.URL) -> Target:
         """The pinned target for `url`, or BlockedURL saying why it is refused."""
@@ -138,6 +140,8 @@ class SsrfGuard:
         host = parsed.raw_host.decode("ascii")
         port = parsed.port or ALLOWED_SCHEMES[parsed.scheme]
         literal = parse_ip_literal(host)
+        if not self.allow_public and (literal is None or not any(e.matches(literal, port) for e in self.allow)):
+            raise BlockedURL(f"refused to fetch {parsed}: this run may open only its own corpus pages")
         addresses = [literal] if literal is not None else await self._resolve(host, port)
         for address in addresses:
             self._refuse_unless_allowed(str(parsed), address, port)

@@ -211,3 +211,18 @@ def test_https_to_a_pinned_address_still_verifies_the_certificate_for_the_host_n
     assert "Served over TLS" in page.text
     with pytest.raises(ToolError, match="Hostname mismatch"):
         asyncio.run(fetcher.fetch(f"https://impostor.example:{server.port}/page"))
+
+
+def test_a_corpus_only_guard_refuses_every_other_host_without_resolving_it():
+    looked_up = []
+
+    async def resolver(host, port):
+        looked_up.append(host)
+        return ["93.184.216.34"]
+
+    guard = SsrfGuard([AllowedTarget("127.0.0.1", 8765)], resolver=resolver, allow_public=False)
+    assert asyncio.run(guard.check("http://127.0.0.1:8765/doc/1")).port == 8765
+    for url in ("https://www.google.com/search?q=x", "http://93.184.216.34/", "http://127.0.0.1:9999/"):
+        with pytest.raises(BlockedURL, match="only its own corpus pages"):
+            asyncio.run(guard.check(url))
+    assert looked_up == []  # no DNS query leaves the machine
