@@ -114,7 +114,7 @@ async def replay(args: argparse.Namespace) -> dict:
                                      "replayed": job.answer, "f1_recorded": asked["f1"],
                                      "f1": f1_score(job.answer, asked["gold"]), "em": exact_match(job.answer,
                                                                                                   asked["gold"]),
-                                     "votes": job.votes})
+                                     "votes": job.votes, "reads": job.reads})
                     logging.info("n=%d q%d: recorded %r (F1 %.2f), replayed %r (F1 %.2f), gold %r",
                                  setting["trajectories"], number + 1, asked["prediction"], asked["f1"], job.answer,
                                  outcomes[-1]["f1"], asked["gold"])

@@ -88,7 +88,7 @@ async def aggregate(
         job_id=job_id, question=question, mode=mode, status=status, answer=decided.answer,
         agreement=decided.agreement, markdown=markdown, sources=tuple(union[n - 1] for n in numbers),
         trajectories=tuple(results), usage=total, cost_usd=cost, stop_reason=stop_reason, dropped_claims=dropped,
-        votes={g.answer: len(g.members) for g in decided.groups},
+        votes={g.answer: len(g.members) for g in decided.groups}, reads=decided.reads,
     )
 
 

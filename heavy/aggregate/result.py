@@ -26,6 +26,7 @@ class JobResult:
     stop_reason: str = "all_done"
     dropped_claims: tuple[str, ...] = ()
     votes: dict[str, int] = field(default_factory=dict)
+    reads: dict[int, str] = field(default_factory=dict)  # answer mode: the judge's reading of each trajectory's pages
 
     @property
     def partial(self) -> bool:
@@ -42,6 +43,7 @@ class JobResult:
             "answer": self.answer,
             "agreement": self.agreement,
             "votes": self.votes,
+            "reads": {str(index): read for index, read in self.reads.items()},
             "sources": [
                 {"n": n, "url": s.url, "title": s.title, "fetched_at": s.fetched_at, "content_hash": s.content_hash}
                 for n, s in enumerate(self.sources, start=1)

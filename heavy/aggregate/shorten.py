@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 
 from heavy.agent.steps import TrajectoryResult, answer_line
+from heavy.aggregate.evidence import content_words
 from heavy.aggregate.normalize import normalize_answer
 from heavy.llm.types import LLMBackend, LLMError, Message, Sampling, Usage
 
@@ -49,6 +50,14 @@ _AUXILIARIES = frozenset({
     "might", "must", "has", "have", "had",
 })
 YES_NO = ("yes", "no")
+
+
+def drawn_from(cut: str, answer: str) -> bool:
+    """The short form says what the answer said: at least half its words are in the answer (or it is yes/no).
+    Seen on the embedded model: a long answer it could not cut became an example's answer ("teacher of the
+    deaf" for "... held a government position as a judge"), a vote that no trajectory cast."""
+    words = content_words(cut)
+    return normalize_answer(cut) in YES_NO or 2 * len(words & content_words(answer)) >= len(words)
 
 
 def is_short(answer: str) -> bool:
@@ -97,7 +106,7 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
             log.warning("shortening trajectory %d's answer failed: %s", result.index, exc)
             return result.index, result.answer.strip(), Usage()
         cut = answer_line(completion.content)
-        if not cut or off_kind(question, cut):
+        if not cut or off_kind(question, cut) or not drawn_from(cut, result.answer):
             cut = result.answer.strip()
         return result.index, cut, completion.usage
 

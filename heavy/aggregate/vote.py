@@ -1,41 +1,30 @@
-"""Answer mode: shorten and normalise the trajectories' answers and vote; without a majority, an LLM judge decides.
+"""Answer mode: shorten and normalise the trajectories' answers and vote; without a majority, the judge decides.
 
 A majority (more than half of the answering trajectories, and at least two of them) wins outright. A tie, a
 spread vote where no answer has a majority, a lone answer (a job of one trajectory), or no answer at all (every
-trajectory gave up, or answered a "who" question with "yes") goes to the judge: it reads the best pages all
-trajectories fetched together (pooled evidence, see evidence.py) and answers the question from them. If its answer
-is one of the trajectories' answers, that group wins; otherwise its own answer stands, cited to the fetched pages it
-read. The judge is not shown the candidates:
-measured on the embedded model, a list of candidates anchors it to a wrong one far more often than it helps.
+trajectory gave up, or answered a "who" question with "yes") goes to the judge (judge.py), in two rounds:
+- it reads each trajectory's own best pages (evidence.py picks them) and answers from them: one reading per
+  trajectory, each over different pages when the trajectories searched apart. A majority of these readings wins;
+- else it reads the best pages of all trajectories pooled, and its answer decides.
+If the winning answer is one of the trajectories' answers, that group wins; otherwise it stands on its own, cited to
+the fetched pages that hold it. A job of one trajectory ends with one reading: its pages are the pooled pages.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from heavy.agent.steps import TrajectoryResult, answer_line
-from heavy.aggregate.evidence import Passage, pooled_passages, token_f1
+from heavy.agent.steps import TrajectoryResult
+from heavy.aggregate.evidence import pooled_passages, token_f1
+from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
 from heavy.aggregate.normalize import normalize_answer, vote_key
-from heavy.aggregate.shorten import off_kind, shorten_answers
-from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
+from heavy.aggregate.shorten import shorten_answers
+from heavy.llm.types import LLMBackend, Sampling, Usage
 
-log = logging.getLogger(__name__)
-
-JUDGE_TOKENS = 24
-JUDGE_PASSAGES = 4
 MIN_MAJORITY = 2  # one trajectory alone is not a consensus: its answer is checked by the judge
 SAME_ANSWER_F1 = 0.5  # the judge's answer counts as a group's answer from this token overlap on
-
-JUDGE_PROMPT = """Passages:
-{passages}
-
-Question: {question}
-
-Using only the passages, answer the question with the shortest phrase (a name, a date, a number, a place, or \
-yes/no). Reply with the phrase only."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +43,7 @@ class Vote:
     judged: bool = False
     usage: Usage = field(default_factory=Usage)
     cited: tuple[str, ...] = ()  # URLs of fetched pages backing the answer
+    reads: dict[int, str] = field(default_factory=dict)  # trajectory index → the judge's reading of its pages
 
     @property
     def backers(self) -> tuple[int, ...]:
@@ -90,51 +80,47 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
                min_majority: int = MIN_MAJORITY) -> Vote:
     answers, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
     groups = tally(results, answers)
-    top = len(groups[0].members) if groups else 0
-    if groups and ((top >= min_majority and 2 * top > sum(len(g.members) for g in groups)) or backend is None):
-        return _group_won(groups[0], groups, results, usage)
-    # No majority, or no answer at all: the judge reads what was fetched (nothing fetched, nothing to judge).
-    passages = [] if backend is None else pooled_passages(question, results, [g.answer for g in groups],
-                                                          k=JUDGE_PASSAGES)
-    verdict, judge_usage = ("", Usage())
-    if passages:
-        verdict, judge_usage = await _judge(question, passages, backend, sampling, prefix_key)
-    usage = usage + judge_usage
-    if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
+    if backend is None or (groups and _has_majority(groups, min_majority)):
         return _group_won(groups[0], groups, results, usage) if groups else Vote("", 0.0, (), usage=usage)
+    # No majority, or no answer at all: the judge reads each trajectory's pages (nothing fetched, nothing to read).
+    judge = Judge(question, backend, sampling, prefix_key)
+    reads = await judge.read_each(results, answers)
+    read_groups = tally(results, {i: reads[i] or answers.get(i, "") for i in reads})
+    if len(results) > 1 and read_groups and _has_majority(read_groups, min_majority):
+        backing = [r for r in results if r.index in read_groups[0].members]
+        verdict = read_groups[0].answer
+        passages = pooled_passages(question, backing, [verdict], k=JUDGE_PASSAGES)
+    else:  # the readings disagree too (or there is one): the judge reads the best pages of all trajectories
+        passages = pooled_passages(question, results, [g.answer for g in groups], k=JUDGE_PASSAGES)
+        verdict = await judge.answer(passages) if passages else ""
+    usage = usage + judge.usage
+    if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
+        return (_group_won(groups[0], groups, results, usage, reads=reads) if groups
+                else Vote("", 0.0, (), usage=usage, reads=reads))
     scores = [token_f1(verdict, g.answer) for g in groups]
     best = max(range(len(groups)), key=lambda i: (scores[i], len(groups[i].members), groups[i].confidence), default=0)
     if groups and scores[best] >= SAME_ANSWER_F1:
-        return _group_won(groups[best], groups, results, usage, judged=True)
+        return _group_won(groups[best], groups, results, usage, judged=True, reads=reads)
     needle = f" {normalize_answer(verdict)} "
     containing = tuple(p.url for p in passages if needle in f" {normalize_answer(p.text)} ")
     return Vote(answer=verdict, agreement=0.0, groups=groups, judged=True, usage=usage,
-                cited=containing or tuple(p.url for p in passages))
+                cited=containing or tuple(p.url for p in passages), reads=reads)
+
+
+def _has_majority(groups: Sequence[Group], min_majority: int) -> bool:
+    """The first group holds more than half of the answers, and at least `min_majority` of them."""
+    top = len(groups[0].members)
+    return top >= min_majority and 2 * top > sum(len(g.members) for g in groups)
 
 
 def _group_won(winner: Group, groups: Sequence[Group], results: Sequence[TrajectoryResult], usage: Usage,
-               judged: bool = False) -> Vote:
+               judged: bool = False, reads: Mapping[int, str] | None = None) -> Vote:
     answered = sum(len(g.members) for g in groups)
     return Vote(answer=winner.answer, agreement=len(winner.members) / answered,
                 groups=(winner, *[g for g in groups if g is not winner]), judged=judged, usage=usage,
-                cited=_cited_by(winner, results))
+                cited=_cited_by(winner, results), reads=dict(reads or {}))
 
 
 def _cited_by(group: Group, results: Sequence[TrajectoryResult]) -> tuple[str, ...]:
     by_index = {r.index: r for r in results}
     return tuple(dict.fromkeys(s.url for i in group.members for s in by_index[i].cited))
-
-
-async def _judge(question: str, passages: Sequence[Passage], backend: LLMBackend, sampling: Sampling,
-                 prefix_key: str | None) -> tuple[str, Usage]:
-    """The judge's short answer from the pooled passages ("" when it fails)."""
-    listed = "\n".join(f"[{n}] {p.title}: {p.text}" for n, p in enumerate(passages, start=1))
-    prompt = JUDGE_PROMPT.format(passages=listed, question=question)
-    try:
-        completion = await backend.chat([{"role": "user", "content": prompt}], None, sampling,
-                                        max_tokens=JUDGE_TOKENS, request_id="judge", prefix_key=prefix_key)
-    except LLMError as exc:
-        log.warning("judge failed, keeping the vote's order: %s", exc)
-        return "", Usage()
-    verdict = answer_line(completion.content)
-    return ("" if off_kind(question, verdict) else verdict), completion.usage

@@ -7,6 +7,7 @@ import pytest
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
 from heavy.aggregate.citations import filter_claims
+from heavy.aggregate.shorten import drawn_from
 from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
 
@@ -35,12 +36,28 @@ def test_tally_groups_equal_normalised_answers_and_ignores_empty_ones():
     assert [(g.answer, g.members) for g in dashes][0] == ("1903-1912", (0, 1, 2))  # a typographic dash is a dash
 
 
-async def test_tie_goes_to_the_llm_judge_which_reads_the_pooled_evidence():
-    backend = ScriptedBackend(lambda request: text("1889."))
+async def test_each_trajectorys_pages_are_read_and_a_majority_of_readings_wins():
+    backend = ScriptedBackend(lambda request: text(
+        "1889" if "Eiffel Tower was finished in 1889" in request.messages[0]["content"] else "1887"))
+    results = [result(0, "1887", evidence=[LOUVRE, EIFFEL]), result(1, "1850", evidence=[EIFFEL]),
+               result(2, "1901", evidence=[LOUVRE])]
+    decided = await vote("When was the Eiffel Tower finished?", results, backend)
+    assert decided.reads == {0: "1889", 1: "1889", 2: "1887"}
+    assert decided.judged and decided.answer == "1889" and decided.cited == (EIFFEL.url,)
+    assert sorted(r.request_id for r in backend.requests) == ["read:0", "read:1", "read:2"]  # no pooled reading
+
+
+async def test_split_readings_go_to_the_judge_which_reads_the_pooled_evidence():
+    def script(request):
+        return text({"read:0": "1887", "read:1": "1889"}.get(request.request_id, "1889."))
+
+    backend = ScriptedBackend(script)
     decided = await vote("When was the Eiffel Tower finished?",
                          [result(0, "1887", cited=[LOUVRE]), result(1, "1889", cited=[EIFFEL])], backend)
     assert decided.judged and decided.answer == "1889" and decided.agreement == 0.5
-    prompt = backend.requests[0].messages[0]["content"]
+    judged = [r for r in backend.requests if r.request_id == "judge"]
+    assert len(judged) == 1 and len(backend.requests) == 3
+    prompt = judged[0].messages[0]["content"]
     assert prompt.index("Eiffel Tower was finished in 1889") < prompt.index("Louvre pyramid")  # ranked first
     assert '"1887"' not in prompt  # the judge is not anchored to the candidates
     assert decided.cited == (EIFFEL.url,) and decided.backers == (1,)
@@ -77,7 +94,8 @@ async def test_with_no_answer_at_all_the_judge_reads_what_was_fetched():
     decided = await vote("When was the Eiffel Tower finished?", [result(0, "", evidence=[EIFFEL, LOUVRE])], backend)
     assert decided.answer == "1889" and decided.judged and decided.cited == (EIFFEL.url,)
     nothing_fetched = await vote("When?", [result(0, "")], backend)
-    assert nothing_fetched.answer == "" and len(backend.requests) == 1  # no evidence: no judge
+    # one call in all: a lone trajectory's own pages are the pooled pages (read once), and no evidence, no judge
+    assert nothing_fetched.answer == "" and len(backend.requests) == 1
 
 
 async def test_a_lone_answer_is_checked_by_the_judge():
@@ -132,6 +150,14 @@ async def test_long_answers_are_shortened_before_the_vote():
     assert decided.answer == "1889" and decided.groups[0].members == (0, 1) and not decided.judged
     assert [r.request_id for r in backend.requests] == ["shorten:1"]  # short answers are not sent
     assert decided.usage.total_tokens == 110
+
+
+async def test_a_short_form_the_answer_does_not_say_is_not_voted():
+    long = "The woman who portrayed Corliss Archer held a government position as a judge in the United States."
+    backend = ScriptedBackend(lambda request: text("teacher of the deaf"))  # an example's answer, copied
+    decided = await vote("What position did she hold?", [result(0, long), result(1, "Chief of Protocol")], backend)
+    assert {g.answer for g in decided.groups} == {long, "Chief of Protocol"}
+    assert drawn_from("a judge", long) and drawn_from("yes", long) and not drawn_from("teacher of the deaf", long)
 
 
 def test_a_copied_source_list_and_restated_question_are_not_claims():
