@@ -202,7 +202,7 @@ class Scheduler:
         sampling = spec.sampling(k)
         trajectory_spec = TrajectorySpec(job_id=spec.job_id, index=k, question=spec.question,
                                          allowed_tools=spec.allowed_tools, sampling=sampling, limits=spec.limits,
-                                         opening_search=spec.opening_search,
+                                         opening_search=spec.opening_search, job_trajectories=spec.trajectories,
                                          focus=focus_query(spec.question, k) if spec.focus_searches else None)
         trajectory = self.trajectory_factory(trajectory_spec, self.backend, self.executor, sink=sink, stop=stop,
                                              job_budget=budget)

@@ -65,12 +65,14 @@ async def _server_base(executor: ToolExecutor, query: str) -> str:
     return match.group(0)
 
 
-async def rebuild(transcript: dict, index: int, job_id: str, executor: ToolExecutor, base: str) -> TrajectoryResult:
-    """One recorded trajectory as the aggregator saw it: its answer and everything its tool calls gathered."""
+async def rebuild(transcript: dict, index: int, job_id: str, executor: ToolExecutor, base: str,
+                  trajectories: int) -> TrajectoryResult:
+    """One recorded trajectory of a job of `trajectories` as the aggregator saw it: its answer and everything its
+    tool calls gathered."""
     evidence: dict[str, Source] = {}
     excerpts: dict[str, str] = {}
     ctx = ToolContext(job_id=job_id, trajectory=index, allowed_tools=frozenset(GATHERING_TOOLS),
-                      deadline=time.monotonic() + 600)
+                      deadline=time.monotonic() + 600, trajectories=trajectories)
     answer_calls = []
     for step in transcript["steps"]:
         for name, arguments in step["calls"]:
@@ -106,7 +108,9 @@ async def replay(args: argparse.Namespace) -> dict:
                 outcomes = []
                 for number, asked in enumerate(setting["per_question"]):
                     job_id = f"replay-{asked['id']}-n{setting['trajectories']}"
-                    results = [await rebuild(t, i, job_id, executor, base) for i, t in enumerate(asked["transcripts"])]
+                    count = len(asked["transcripts"])
+                    results = [await rebuild(t, i, job_id, executor, base, count)
+                               for i, t in enumerate(asked["transcripts"])]
                     executor.forget(job_id)
                     job = await aggregate(job_id=job_id, question=asked["question"], mode="answer", results=results,
                                           backend=backend, config=config)

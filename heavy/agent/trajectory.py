@@ -42,6 +42,7 @@ class TrajectorySpec:
     limits: TrajectoryLimits = TrajectoryLimits()
     opening_search: bool = True  # step 1 searches the question itself, before the model's first turn
     focus: str | None = None  # and then this part of it (see openings.py); None: the question only
+    job_trajectories: int = 1  # how many trajectories its job runs (the job's tool-call caps grow with them)
 
 
 @dataclass
@@ -231,7 +232,8 @@ class Trajectory:
         await self.sink.emit(ToolCallEvent(job_id=self.spec.job_id, trajectory=self.spec.index, step=index,
                                            call_id=call.id, tool=call.name, arguments=call.arguments))
         ctx = ToolContext(job_id=self.spec.job_id, trajectory=self.spec.index,
-                          allowed_tools=self.spec.allowed_tools, deadline=self.deadline)
+                          allowed_tools=self.spec.allowed_tools, deadline=self.deadline,
+                          trajectories=self.spec.job_trajectories)
         result = await until_stopped(self.executor.call(call.name, call.arguments, ctx), self.stop, self.deadline)
         new_sources = tuple(s for s in result.sources if s.url not in self.evidence)
         keep_evidence(self.evidence, self.excerpts, result)

@@ -51,6 +51,7 @@ class ToolContext:
     trajectory: int
     allowed_tools: frozenset[str]
     deadline: float | None = None  # time.monotonic() value after which no tool may run
+    trajectories: int = 1  # how many trajectories the job runs: its call caps grow with them
 
 
 @runtime_checkable
@@ -66,7 +67,10 @@ class Tool(Protocol):
 class ToolLimits:
     timeout_s: float = 30.0
     output_chars: int = 8_000
-    default_call_cap: int = 20  # calls per tool per job, unless `call_caps` names the tool
+    # Calls per tool and per trajectory of a job, unless `call_caps` names the tool. A job of N trajectories may
+    # make N times as many, shared among them: a cap that does not grow with N starved the eight trajectories of
+    # heavy mode (two opening searches each use up 16 of 20 searches).
+    default_call_cap: int = 20
     call_caps: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -175,16 +179,15 @@ class ToolExecutor:
             timeout = min(timeout, ctx.deadline - time.monotonic())
             if timeout <= 0:
                 return ToolResult.failure("the job's deadline has passed; no more tool calls")
-        if not self._reserve_call(ctx.job_id, name):
-            return ToolResult.failure(
-                f"call limit reached for '{name}' ({self.limits.cap_for(name)} per job); answer with what you have"
-            )
+        cap = self.limits.cap_for(name) * max(1, ctx.trajectories)
+        if not self._reserve_call(ctx.job_id, name, cap):
+            return ToolResult.failure(f"call limit reached for '{name}' ({cap} per job); answer with what you have")
         return await self._run(tool, args, ctx, timeout)
 
-    def _reserve_call(self, job_id: str, tool: str) -> bool:
+    def _reserve_call(self, job_id: str, tool: str, cap: int) -> bool:
         with self._lock:
             made = self._calls.get((job_id, tool), 0)
-            if made >= self.limits.cap_for(tool):
+            if made >= cap:
                 return False
             self._calls[(job_id, tool)] = made + 1
             return True

@@ -8,7 +8,7 @@ import pytest
 from heavy.agent import TrajectoryLimits
 from heavy.events import Aggregating, JobCancelled, JobFailed, MemorySink, ReportReady, TrajectoryDone
 from heavy.scheduler import AllTrajectoriesFailed, JobControl, JobSpec, Scheduler
-from heavy.tools.base import ToolExecutor
+from heavy.tools.base import ToolExecutor, ToolLimits
 from tests.heavy.fakes import DictSearch, ScriptedBackend, call, text
 
 pytestmark = pytest.mark.anyio
@@ -166,3 +166,11 @@ async def test_trajectories_after_the_first_also_open_on_a_named_part_of_the_que
     await Scheduler(ScriptedBackend(researcher()), ToolExecutor([plain])).run(
         spec(question=job.question, trajectories=3, opening_search=True, focus_searches=False), sink=MemorySink())
     assert not {"Lyon", "Paris"} & set(plain.queries)
+
+
+async def test_a_jobs_tool_call_caps_grow_with_its_trajectories():
+    search = DictSearch(PAGES)  # a cap of 2 searches per trajectory: 3 trajectories make their 5 opening searches
+    executor = ToolExecutor([search], ToolLimits(call_caps={"search": 2}))
+    job = spec(question="Is Lyon larger than Paris?", trajectories=3, opening_search=True)
+    await Scheduler(ScriptedBackend(researcher()), executor).run(job, sink=MemorySink())
+    assert Counter(search.queries) == {job.question: 3, "Lyon": 1, "Paris": 1}

@@ -106,6 +106,13 @@ def test_call_cap_is_per_job_and_per_tool():
     assert ex.calls_made("job-1", "echo") == 2
 
 
+def test_a_jobs_call_cap_grows_with_its_trajectories():
+    ex = executor(call_caps={"echo": 2})
+    eight = ToolContext(job_id="job-8", trajectory=3, allowed_tools=frozenset({"echo"}), trajectories=8)
+    assert [call(ex, "echo", {"text": "a"}, eight).error for _ in range(16)] == [None] * 16
+    assert "(16 per job)" in call(ex, "echo", {"text": "a"}, eight).error  # shared: one trajectory may use it all
+
+
 def test_call_cap_holds_under_concurrent_threads():
     ex = executor(call_caps={"echo": 5})
     errors = []
