@@ -89,9 +89,14 @@ def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidat
     return passages
 
 
-def token_f1(a: str, b: str) -> float:
-    """Token overlap of two answers after normalisation (the HotpotQA/SQuAD F1)."""
+def token_f1(a: str, b: str, restated: str = "") -> float:
+    """Token overlap of two answers after normalisation (the HotpotQA/SQuAD F1). Words of `restated` (the
+    question) do not count when both answers say more than it: "The woman who played X was Shirley Temple" and
+    "The woman who played X was a judge" share the question, not the answer."""
     x, y = normalize_answer(a).split(), normalize_answer(b).split()
+    asked = set(normalize_answer(restated).split())
+    if [w for w in x if w not in asked] and [w for w in y if w not in asked]:
+        x, y = [w for w in x if w not in asked], [w for w in y if w not in asked]
     same = sum((Counter(x) & Counter(y)).values())
     if same == 0:
         return 0.0

@@ -97,7 +97,7 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
         return (_group_won(groups[0], groups, results, usage, reads=reads) if groups
                 else Vote("", 0.0, (), usage=usage, reads=reads))
-    scores = [token_f1(verdict, g.answer) for g in groups]
+    scores = [token_f1(verdict, g.answer, restated=question) for g in groups]
     best = max(range(len(groups)), key=lambda i: (scores[i], len(groups[i].members), groups[i].confidence), default=0)
     if groups and scores[best] >= SAME_ANSWER_F1:
         return _group_won(groups[best], groups, results, usage, judged=True, reads=reads)

@@ -7,6 +7,7 @@ import pytest
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
 from heavy.aggregate.citations import filter_claims
+from heavy.aggregate.evidence import token_f1
 from heavy.aggregate.shorten import drawn_from
 from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
@@ -150,6 +151,16 @@ async def test_long_answers_are_shortened_before_the_vote():
     assert decided.answer == "1889" and decided.groups[0].members == (0, 1) and not decided.judged
     assert [r.request_id for r in backend.requests] == ["shorten:1"]  # short answers are not sent
     assert decided.usage.total_tokens == 110
+
+
+async def test_a_reading_that_restates_the_question_is_not_taken_for_an_answer_that_does_too():
+    question = "What position was held by the woman who portrayed Corliss Archer?"
+    restated = "The woman who portrayed Corliss Archer was the Governor"
+    read = "The woman who portrayed Corliss Archer was Shirley Temple"
+    backend = ScriptedBackend(lambda request: text(restated if request.request_id.startswith("shorten") else read))
+    decided = await vote(question, [result(0, restated, evidence=[EIFFEL])], backend)
+    assert decided.answer == "The woman who portrayed Corliss Archer was Shirley Temple" and decided.backers == ()
+    assert token_f1("Ed Wood", "Ed Wood", restated="Was Ed Wood or Scott Derrickson born first?") == 1.0
 
 
 async def test_a_short_form_the_answer_does_not_say_is_not_voted():
