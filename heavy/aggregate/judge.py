@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from heavy.agent.steps import TrajectoryResult, answer_line
 from heavy.aggregate.evidence import Passage, pooled_passages
-from heavy.aggregate.shorten import off_kind
+from heavy.aggregate.shorten import is_short, off_kind, shorten_one
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,10 @@ class Judge:
             return ""
         self.usage = self.usage + completion.usage
         verdict = answer_line(completion.content)
+        if verdict and not is_short(verdict):  # seen: the question restated around the answer, as a sentence
+            verdict, usage = await shorten_one(self.question, verdict, self.backend, self.sampling, self.prefix_key,
+                                               f"shorten:{request_id}")
+            self.usage = self.usage + usage
         return "" if off_kind(self.question, verdict) else verdict
 
 

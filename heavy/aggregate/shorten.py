@@ -97,21 +97,26 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
     if backend is None or not long:
         return short, Usage()
 
-    async def one(result: TrajectoryResult) -> tuple[int, str, Usage]:
-        try:
-            completion = await backend.chat(shorten_messages(question, result.answer), None, sampling,
-                                            max_tokens=SHORTEN_TOKENS, request_id=f"shorten:{result.index}",
-                                            prefix_key=prefix_key)
-        except LLMError as exc:  # the long answer still votes
-            log.warning("shortening trajectory %d's answer failed: %s", result.index, exc)
-            return result.index, result.answer.strip(), Usage()
-        cut = answer_line(completion.content)
-        if not cut or off_kind(question, cut) or not drawn_from(cut, result.answer):
-            cut = result.answer.strip()
-        return result.index, cut, completion.usage
-
     usage = Usage()
-    for index, answer, used in await asyncio.gather(*(one(r) for r in long)):
-        short[index] = answer
+    cuts = await asyncio.gather(*(shorten_one(question, r.answer, backend, sampling, prefix_key,
+                                              f"shorten:{r.index}") for r in long))
+    for result, (answer, used) in zip(long, cuts, strict=True):
+        short[result.index] = answer
         usage = usage + used
     return short, usage
+
+
+async def shorten_one(question: str, answer: str, backend: LLMBackend, sampling: Sampling, prefix_key: str | None,
+                      request_id: str) -> tuple[str, Usage]:
+    """One long answer cut down by the model; the answer as written when the call fails or the cut is of the
+    wrong kind or says something else."""
+    try:
+        completion = await backend.chat(shorten_messages(question, answer), None, sampling,
+                                        max_tokens=SHORTEN_TOKENS, request_id=request_id, prefix_key=prefix_key)
+    except LLMError as exc:  # the long answer still votes
+        log.warning("%s failed: %s", request_id, exc)
+        return answer.strip(), Usage()
+    cut = answer_line(completion.content)
+    if not cut or off_kind(question, cut) or not drawn_from(cut, answer):
+        cut = answer.strip()
+    return cut, completion.usage

@@ -153,14 +153,16 @@ async def test_long_answers_are_shortened_before_the_vote():
     assert decided.usage.total_tokens == 110
 
 
-async def test_a_reading_that_restates_the_question_is_not_taken_for_an_answer_that_does_too():
+async def test_a_reading_written_as_a_sentence_is_cut_short_and_not_taken_for_an_answer_restating_the_question():
     question = "What position was held by the woman who portrayed Corliss Archer?"
     restated = "The woman who portrayed Corliss Archer was the Governor"
     read = "The woman who portrayed Corliss Archer was Shirley Temple"
-    backend = ScriptedBackend(lambda request: text(restated if request.request_id.startswith("shorten") else read))
-    decided = await vote(question, [result(0, restated, evidence=[EIFFEL])], backend)
-    assert decided.answer == "The woman who portrayed Corliss Archer was Shirley Temple" and decided.backers == ()
+    assert token_f1(read, restated, restated=question) == 0.0  # they share the question, not the answer
     assert token_f1("Ed Wood", "Ed Wood", restated="Was Ed Wood or Scott Derrickson born first?") == 1.0
+    replies = {"shorten:0": restated, "read:0": read, "shorten:read:0": "Shirley Temple"}
+    backend = ScriptedBackend(lambda request: text(replies[request.request_id]))
+    decided = await vote(question, [result(0, restated, evidence=[EIFFEL])], backend)
+    assert decided.answer == "Shirley Temple" and decided.backers == ()
 
 
 async def test_a_short_form_the_answer_does_not_say_is_not_voted():
