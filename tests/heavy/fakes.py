@@ -31,7 +31,7 @@ class Request:
     def trajectory(self) -> int:
         """Trajectory index from the request id `job:k:step`; -1 for aggregator requests."""
         parts = self.request_id.split(":")
-        return int(parts[1]) if len(parts) == 3 else -1
+        return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1  # not "shorten:read:0"
 
     @property
     def forced(self) -> bool:

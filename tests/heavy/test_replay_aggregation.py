@@ -28,7 +28,7 @@ async def test_a_recorded_trajectory_is_rebuilt_on_this_runs_server(tmp_path):
             {"calls": [["open_page", {"url": recorded_page}]]},
             {"calls": [["answer", {"answer": "American", "confidence": "0.8", "sources": [recorded_page]}]]},
         ]}
-        result = await replay.rebuild(answered, 0, "job-a", executor, base)
+        result = await replay.rebuild(answered, 0, "job-a", executor, base, trajectories=1)
         assert result.answer == "American" and result.confidence == 0.8 and result.temperature == 0.3
         assert [s.url for s in result.cited] == [page]
         assert page in result.excerpts and "American director" in result.excerpts[page]
@@ -36,6 +36,6 @@ async def test_a_recorded_trajectory_is_rebuilt_on_this_runs_server(tmp_path):
 
         forced = {"answer": "American", "stop": "max_steps", "temperature": 0.0,
                   "steps": [{"calls": [["search", {"query": "Ed Wood filmmaker"}]]}]}
-        result = await replay.rebuild(forced, 1, "job-b", executor, base)
+        result = await replay.rebuild(forced, 1, "job-b", executor, base, trajectories=1)
         assert result.confidence == FORCED_CONFIDENCE
         assert result.cited and all("american" in result.excerpts[s.url].lower() for s in result.cited)
