@@ -31,20 +31,21 @@ yes/no). Reply with the phrase only."""
 
 
 class Judge:
-    """Answers from passages; the same passages read with the same sampling are answered once."""
+    """Answers from passages; the same passages are read once."""
 
     def __init__(self, question: str, backend: LLMBackend, sampling: Sampling, prefix_key: str | None) -> None:
         self.question, self.backend, self.sampling, self.prefix_key = question, backend, sampling, prefix_key
         self.usage = Usage()
-        self._answered: dict[tuple, asyncio.Task] = {}
+        self._answered: dict[tuple[str, ...], asyncio.Task] = {}
 
-    async def answer(self, passages: Sequence[Passage], request_id: str = "judge",
-                     sampling: Sampling | None = None) -> str:
-        """The short answer the passages give ("" when the call fails or the answer is of the wrong kind)."""
-        sampling = sampling or self.sampling
-        key = (tuple(p.url for p in passages), sampling.temperature, sampling.seed)
+    async def answer(self, passages: Sequence[Passage], request_id: str = "judge") -> str:
+        """The short answer the passages give ("" without passages, when the call fails or the answer is of the
+        wrong kind)."""
+        if not passages:
+            return ""
+        key = tuple(p.url for p in passages)
         if key not in self._answered:
-            self._answered[key] = asyncio.ensure_future(self._ask(passages, request_id, sampling))
+            self._answered[key] = asyncio.ensure_future(self._ask(passages, request_id))
         return await self._answered[key]
 
     async def read_each(self, results: Sequence[TrajectoryResult], answers: Mapping[int, str]) -> dict[int, str]:
@@ -53,15 +54,14 @@ class Judge:
         indices = [r.index for r in results]
         picked = [pooled_passages(self.question, [r], [answers.get(r.index, r.answer)], k=JUDGE_PASSAGES)
                   for r in results]
-        read = await asyncio.gather(*(self.answer(p, f"read:{i}") if p else _nothing()
-                                      for i, p in zip(indices, picked, strict=True)))
+        read = await asyncio.gather(*(self.answer(p, f"read:{i}") for i, p in zip(indices, picked, strict=True)))
         return dict(zip(indices, read, strict=True))
 
-    async def _ask(self, passages: Sequence[Passage], request_id: str, sampling: Sampling) -> str:
+    async def _ask(self, passages: Sequence[Passage], request_id: str) -> str:
         listed = "\n".join(f"[{n}] {p.title}: {p.text}" for n, p in enumerate(passages, start=1))
         prompt = JUDGE_PROMPT.format(passages=listed, question=self.question)
         try:
-            completion = await self.backend.chat([{"role": "user", "content": prompt}], None, sampling,
+            completion = await self.backend.chat([{"role": "user", "content": prompt}], None, self.sampling,
                                                  max_tokens=JUDGE_TOKENS, request_id=request_id,
                                                  prefix_key=self.prefix_key)
         except LLMError as exc:
@@ -74,7 +74,3 @@ class Judge:
                                                f"shorten:{request_id}")
             self.usage = self.usage + usage
         return "" if off_kind(self.question, verdict) else verdict
-
-
-async def _nothing() -> str:
-    return ""

@@ -92,7 +92,7 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
         passages = pooled_passages(question, backing, [verdict], k=JUDGE_PASSAGES)
     else:  # the readings disagree too (or there is one): the judge reads the best pages of all trajectories
         passages = pooled_passages(question, results, [g.answer for g in groups], k=JUDGE_PASSAGES)
-        verdict = await judge.answer(passages) if passages else ""
+        verdict = await judge.answer(passages)
     usage = usage + judge.usage
     if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
         return (_group_won(groups[0], groups, results, usage, reads=reads) if groups
