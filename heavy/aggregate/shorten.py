@@ -75,16 +75,26 @@ def off_kind(question: str, answer: str) -> bool:
     return (normalize_answer(answer) in YES_NO) != asks_yes_no(question)
 
 
+def restates(question: str, answer: str) -> bool:
+    """The answer only repeats the question's words: it names what is asked about, not what is asked for (seen:
+    "Aladin" to "Who was known by his stage name Aladin ...?", from all eight readings of one job). A question
+    that offers a choice ("Who is older, X or Y?") is answered in its own words."""
+    words = content_words(answer)
+    return bool(words) and words <= content_words(question) and "or" not in normalize_answer(question).split()
+
+
 def _rule_based(question: str, answer: str) -> str | None:
-    """The short form when no model is needed: "Yes, both were ..." to a yes/no question is "yes", and a bare
-    yes/no to any other question is no answer at all ("")."""
+    """The short form when no model is needed: "Yes, both were ..." to a yes/no question is "yes", a bare yes/no
+    to any other question is no answer at all (""), and so is a short answer that restates the question."""
     words = normalize_answer(answer).split()
     if words and words[0] in YES_NO:
         if asks_yes_no(question):
             return words[0]
         if len(words) == 1:
             return ""
-    return answer.strip() if is_short(answer) else None
+    if not is_short(answer):
+        return None
+    return "" if restates(question, answer) else answer.strip()
 
 
 async def shorten_answers(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
@@ -117,6 +127,6 @@ async def shorten_one(question: str, answer: str, backend: LLMBackend, sampling:
         log.warning("%s failed: %s", request_id, exc)
         return answer.strip(), Usage()
     cut = answer_line(completion.content)
-    if not cut or off_kind(question, cut) or not drawn_from(cut, answer):
+    if not cut or off_kind(question, cut) or restates(question, cut) or not drawn_from(cut, answer):
         cut = answer.strip()
     return cut, completion.usage

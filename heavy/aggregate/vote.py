@@ -1,10 +1,13 @@
 """Answer mode: shorten and normalise the trajectories' answers and vote; without a majority, the judge decides.
 
-A majority (more than half of the answering trajectories, and at least two of them) wins outright. A tie, a
-spread vote where no answer has a majority, a lone answer (a job of one trajectory), or no answer at all (every
-trajectory gave up, or answered a "who" question with "yes") goes to the judge (judge.py), in two rounds:
+A sentence the shortening could not cut votes with the one short answer it contains ("Eenasul Fateh, also known as
+Aladin, is a magician" with "Eenasul Fateh"). A majority (more than half of the answering trajectories, and at least
+two of them) wins outright. A tie, a spread vote where no answer has a majority, a lone answer (a job of one
+trajectory), or no answer at all (every trajectory gave up, or answered a "who" question with "yes") goes to the
+judge (judge.py), in two rounds:
 - it reads each trajectory's own best pages (evidence.py picks them) and answers from them: one reading per
-  trajectory, each over different pages when the trajectories searched apart. A majority of these readings wins;
+  trajectory, each over different pages when the trajectories searched apart. Every trajectory then has two
+  ballots, its answer and the reading of its pages; the answer with the most ballots wins, if no other has as many;
 - else it reads the best pages of all trajectories pooled, and its answer decides.
 If the winning answer is one of the trajectories' answers, that group wins; otherwise it stands on its own, cited to
 the fetched pages that hold it. A job of one trajectory ends with one reading: its pages are the pooled pages.
@@ -20,7 +23,7 @@ from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.evidence import pooled_passages, token_f1
 from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
 from heavy.aggregate.normalize import normalize_answer, vote_key
-from heavy.aggregate.shorten import shorten_answers
+from heavy.aggregate.shorten import is_short, shorten_answers
 from heavy.llm.types import LLMBackend, Sampling, Usage
 
 MIN_MAJORITY = 2  # one trajectory alone is not a consensus: its answer is checked by the judge
@@ -79,18 +82,18 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
                sampling: Sampling = Sampling(), prefix_key: str | None = None,
                min_majority: int = MIN_MAJORITY) -> Vote:
     answers, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
-    groups = tally(results, answers)
+    groups = fold_sentences(tally(results, answers))
     if backend is None or (groups and _has_majority(groups, min_majority)):
         return _group_won(groups[0], groups, results, usage) if groups else Vote("", 0.0, (), usage=usage)
     # No majority, or no answer at all: the judge reads each trajectory's pages (nothing fetched, nothing to read).
     judge = Judge(question, backend, sampling, prefix_key)
     reads = await judge.read_each(results, answers)
-    read_groups = tally(results, {i: reads[i] or answers.get(i, "") for i in reads})
-    if len(results) > 1 and read_groups and _has_majority(read_groups, min_majority):
-        backing = [r for r in results if r.index in read_groups[0].members]
-        verdict = read_groups[0].answer
-        passages = pooled_passages(question, backing, [verdict], k=JUDGE_PASSAGES)
-    else:  # the readings disagree too (or there is one): the judge reads the best pages of all trajectories
+    ballots = most_ballots(groups, fold_sentences(tally(results, reads)), min_majority) if len(results) > 1 else None
+    judged = True
+    if ballots is not None:
+        verdict, backers, judged = ballots
+        passages = pooled_passages(question, [r for r in results if r.index in backers], [verdict], k=JUDGE_PASSAGES)
+    else:  # a tie of ballots (or a job of one): the judge reads the best pages of all trajectories
         passages = pooled_passages(question, results, [g.answer for g in groups], k=JUDGE_PASSAGES)
         verdict = await judge.answer(passages)
     usage = usage + judge.usage
@@ -100,11 +103,49 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     scores = [token_f1(verdict, g.answer, restated=question) for g in groups]
     best = max(range(len(groups)), key=lambda i: (scores[i], len(groups[i].members), groups[i].confidence), default=0)
     if groups and scores[best] >= SAME_ANSWER_F1:
-        return _group_won(groups[best], groups, results, usage, judged=True, reads=reads)
+        return _group_won(groups[best], groups, results, usage, judged=judged, reads=reads)
     needle = f" {normalize_answer(verdict)} "
     containing = tuple(p.url for p in passages if needle in f" {normalize_answer(p.text)} ")
     return Vote(answer=verdict, agreement=0.0, groups=groups, judged=True, usage=usage,
                 cited=containing or tuple(p.url for p in passages), reads=reads)
+
+
+def fold_sentences(groups: Sequence[Group]) -> tuple[Group, ...]:
+    """Each long answer that contains exactly one of the short answers (as whole words) joins that answer's group."""
+    short = [g for g in groups if is_short(g.answer)]
+    joining: dict[str, list[Group]] = defaultdict(list)
+    kept = list(short)
+    for group in groups:
+        if group in short:
+            continue
+        inside = [s for s in short if f" {s.key} " in f" {group.key} "]
+        if len(inside) == 1:
+            joining[inside[0].key].append(group)
+        else:
+            kept.append(group)
+    merged = [Group(key=g.key, answer=g.answer, members=g.members + sum((j.members for j in joining[g.key]), ()),
+                    confidence=g.confidence + sum(j.confidence for j in joining[g.key])) if g.key in joining else g
+              for g in kept]
+    return tuple(sorted(merged, key=lambda g: (-len(g.members), -g.confidence, g.key)))
+
+
+def most_ballots(answered: Sequence[Group], read: Sequence[Group], min_ballots: int,
+                 ) -> tuple[str, frozenset[int], bool] | None:
+    """The answer with the most ballots, each trajectory casting its answer and the reading of its pages, the
+    trajectories behind it, and whether a reading is among its ballots; None on a tie for the most or with fewer
+    than `min_ballots`."""
+    count: dict[str, int] = defaultdict(int)
+    written: dict[str, str] = {}
+    backers: dict[str, set[int]] = defaultdict(set)
+    for group in (*read, *answered):  # an answer's written form before a reading's
+        count[group.key] += len(group.members)
+        written[group.key] = group.answer
+        backers[group.key].update(group.members)
+    ranked = sorted(count, key=lambda key: -count[key])
+    if not ranked or count[ranked[0]] < min_ballots or (len(ranked) > 1 and count[ranked[1]] == count[ranked[0]]):
+        return None
+    top = ranked[0]
+    return written[top], frozenset(backers[top]), any(g.key == top for g in read)
 
 
 def _has_majority(groups: Sequence[Group], min_majority: int) -> bool:

@@ -8,7 +8,7 @@ from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
 from heavy.aggregate.citations import filter_claims
 from heavy.aggregate.evidence import token_f1
-from heavy.aggregate.shorten import drawn_from
+from heavy.aggregate.shorten import drawn_from, restates
 from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
 
@@ -78,6 +78,40 @@ async def test_a_spread_vote_without_a_majority_goes_to_the_judge():
     assert [g.answer for g in decided.groups][:2] == ["1887", "1889"]
     unfetched = await vote("When?", [result(i, a) for i, a in enumerate(answers)], backend)
     assert unfetched.answer == "1889" and not unfetched.judged  # nothing fetched: nothing for a judge to read
+
+
+async def test_every_trajectory_casts_its_answer_and_the_reading_of_its_pages():
+    # Seen on HotpotQA: the gold number from two answers and a sentence holding it, with two readings elsewhere.
+    question = "How many people live in the county of Brown State Fishing Lake?"
+    answers = ["9,984", "9,984", "In 2010 the county had 9,984 inhabitants by the census count.", "13", "13", "366"]
+    pages = [source(f"http://corpus/{i}", f"Page {i} on the census of the county of Brown.") for i in range(6)]
+    results = [result(i, a, evidence=[pages[i]]) for i, a in enumerate(answers)]  # each reading is its own call
+
+    def reading(readings):
+        def script(request):
+            if request.request_id.startswith("shorten:"):
+                return text(request.messages[-1]["content"].split("Answer: ")[-1])  # cannot cut it
+            return text(readings.get(request.request_id, "yes"))  # "yes" is no answer to "how many"
+        return ScriptedBackend(script)
+
+    backend = reading({"read:0": "9,984", "read:3": "13"})
+    decided = await vote(question, results, backend)  # 9,984: three answers and a reading; 13: two and one
+    assert decided.answer == "9,984" and decided.backers == (0, 1, 2) and decided.judged
+    assert not [r for r in backend.requests if r.request_id == "judge"]
+    backend = reading({"read:3": "13", "judge": "366"})
+    tied = await vote(question, results, backend)  # 9,984 and 13 have three ballots each: the pooled judge decides
+    assert tied.answer == "366" and tied.backers == (5,)
+    assert [r.request_id for r in backend.requests].count("judge") == 1
+
+
+async def test_an_answer_restating_the_question_is_no_answer_unless_the_question_offers_it():
+    question = "Who was known by his stage name Aladin and helped organizations improve their performance?"
+    assert restates(question, "Aladin") and not restates(question, "Eenasul Fateh")
+    assert not restates("Who is older, Annie Morton or Terry Richardson?", "Terry Richardson")
+    backend = ScriptedBackend(lambda request: text("Aladin"))  # every reading restates the question too
+    decided = await vote(question, [result(0, "Aladin", evidence=[EIFFEL]), result(1, "Eenasul Fateh")], backend)
+    assert decided.answer == "Eenasul Fateh" and [g.answer for g in decided.groups] == ["Eenasul Fateh"]
+    assert set(decided.reads.values()) == {""}
 
 
 async def test_the_judges_own_answer_stands_cited_to_the_pooled_pages_that_hold_it():
