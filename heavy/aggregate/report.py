@@ -148,7 +148,9 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
         parts.append(f"> Partial report ({stop_reason}): aggregated from the trajectories that had finished.")
     if decided.answer:
         marks = "".join(f"[{n}]" for n in answer_numbers)
-        behind = (f"{len(decided.backers)} of {len(results)} trajectories gave this answer" if decided.backers else
+        behind = (f"{len(decided.backers)} of {len(results)} trajectories gave this answer"
+                  + ("; with no majority, the judge's readings of the fetched pages decided" if decided.judged else "")
+                  if decided.backers else
                   f"No answer had a majority among the {len(results)} trajectories; the judge answered from the "
                   "pages they fetched")
         parts.append(f"**Answer:** {decided.answer} {marks}".rstrip() + f"\n\n{behind}.")
