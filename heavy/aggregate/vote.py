@@ -69,7 +69,7 @@ def tally(results: Sequence[TrajectoryResult], answers: Mapping[int, str] | None
         common = max(forms, key=lambda f: (forms.count(f), -len(f)))  # most common, then shortest
         groups.append(Group(key=key, answer=common, members=tuple(r.index for r in rs),
                             confidence=sum(r.confidence for r in rs)))
-    return tuple(sorted(groups, key=lambda g: (-len(g.members), -g.confidence, g.key)))
+    return _ranked(groups)
 
 
 def agreeing(results: Sequence[TrajectoryResult], k: int) -> Group | None:
@@ -126,7 +126,7 @@ def fold_sentences(groups: Sequence[Group]) -> tuple[Group, ...]:
     merged = [Group(key=g.key, answer=g.answer, members=g.members + sum((j.members for j in joining[g.key]), ()),
                     confidence=g.confidence + sum(j.confidence for j in joining[g.key])) if g.key in joining else g
               for g in kept]
-    return tuple(sorted(merged, key=lambda g: (-len(g.members), -g.confidence, g.key)))
+    return _ranked(merged)
 
 
 def most_ballots(answered: Sequence[Group], read: Sequence[Group], min_ballots: int,
@@ -146,6 +146,11 @@ def most_ballots(answered: Sequence[Group], read: Sequence[Group], min_ballots: 
         return None
     top = ranked[0]
     return written[top], frozenset(backers[top]), any(g.key == top for g in read)
+
+
+def _ranked(groups: Sequence[Group]) -> tuple[Group, ...]:
+    """Largest first, ties by summed confidence."""
+    return tuple(sorted(groups, key=lambda g: (-len(g.members), -g.confidence, g.key)))
 
 
 def _has_majority(groups: Sequence[Group], min_majority: int) -> bool:
