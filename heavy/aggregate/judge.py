@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from heavy.agent.steps import TrajectoryResult, answer_line
 from heavy.aggregate.evidence import Passage, pooled_passages
-from heavy.aggregate.shorten import is_short, off_kind, restates, shorten_one
+from heavy.aggregate.shorten import is_short, not_an_answer, shorten_one
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 
 log = logging.getLogger(__name__)
@@ -73,4 +73,4 @@ class Judge:
             verdict, usage = await shorten_one(self.question, verdict, self.backend, self.sampling, self.prefix_key,
                                                f"shorten:{request_id}")
             self.usage = self.usage + usage
-        return "" if off_kind(self.question, verdict) or restates(self.question, verdict) else verdict
+        return "" if not_an_answer(self.question, verdict) else verdict

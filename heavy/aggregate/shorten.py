@@ -66,7 +66,16 @@ def is_short(answer: str) -> bool:
 
 def asks_yes_no(question: str) -> bool:
     words = normalize_answer(question).split()
-    return bool(words) and words[0] in _AUXILIARIES and "or" not in words
+    return bool(words) and words[0] in _AUXILIARIES and not _offers_choice(words)
+
+
+def _offers_choice(question_words: list[str]) -> bool:
+    return "or" in question_words
+
+
+def not_an_answer(question: str, answer: str) -> bool:
+    """Of the wrong kind, or only the question restated: refused from the model (a cut or a judge's reading)."""
+    return off_kind(question, answer) or restates(question, answer)
 
 
 def off_kind(question: str, answer: str) -> bool:
@@ -80,7 +89,7 @@ def restates(question: str, answer: str) -> bool:
     "Aladin" to "Who was known by his stage name Aladin ...?", from all eight readings of one job). A question
     that offers a choice ("Who is older, X or Y?") is answered in its own words."""
     words = content_words(answer)
-    return bool(words) and words <= content_words(question) and "or" not in normalize_answer(question).split()
+    return bool(words) and words <= content_words(question) and not _offers_choice(normalize_answer(question).split())
 
 
 def _rule_based(question: str, answer: str) -> str | None:
@@ -127,6 +136,6 @@ async def shorten_one(question: str, answer: str, backend: LLMBackend, sampling:
         log.warning("%s failed: %s", request_id, exc)
         return answer.strip(), Usage()
     cut = answer_line(completion.content)
-    if not cut or off_kind(question, cut) or restates(question, cut) or not drawn_from(cut, answer):
+    if not cut or not_an_answer(question, cut) or not drawn_from(cut, answer):
         cut = answer.strip()
     return cut, completion.usage

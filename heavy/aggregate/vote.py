@@ -112,21 +112,19 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
 
 def fold_sentences(groups: Sequence[Group]) -> tuple[Group, ...]:
     """Each long answer that contains exactly one of the short answers (as whole words) joins that answer's group."""
-    short = [g for g in groups if is_short(g.answer)]
-    joining: dict[str, list[Group]] = defaultdict(list)
-    kept = list(short)
+    hosts = {g.key: g for g in groups if is_short(g.answer)}
+    apart = []
     for group in groups:
-        if group in short:
+        if group.key in hosts:
             continue
-        inside = [s for s in short if f" {s.key} " in f" {group.key} "]
-        if len(inside) == 1:
-            joining[inside[0].key].append(group)
-        else:
-            kept.append(group)
-    merged = [Group(key=g.key, answer=g.answer, members=g.members + sum((j.members for j in joining[g.key]), ()),
-                    confidence=g.confidence + sum(j.confidence for j in joining[g.key])) if g.key in joining else g
-              for g in kept]
-    return _ranked(merged)
+        inside = [key for key in hosts if f" {key} " in f" {group.key} "]
+        if len(inside) != 1:
+            apart.append(group)
+            continue
+        host = hosts[inside[0]]
+        hosts[host.key] = Group(key=host.key, answer=host.answer, members=host.members + group.members,
+                                confidence=host.confidence + group.confidence)
+    return _ranked([*hosts.values(), *apart])
 
 
 def most_ballots(answered: Sequence[Group], read: Sequence[Group], min_ballots: int,
