@@ -50,6 +50,12 @@ _AUXILIARIES = frozenset({
     "might", "must", "has", "have", "had",
 })
 YES_NO = ("yes", "no")
+_ASKS_NUMBER = frozenset({("how", "many"), ("how", "much"), ("how", "old"), ("what", "year"), ("which", "year"),
+                          ("what", "years"), ("what", "date"), ("what", "decade"), ("what", "century")})
+_NUMBER_WORDS = frozenset({
+    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "twenty",
+    "thirty", "forty", "fifty", "hundred", "thousand", "million", "billion", "dozen",
+})
 
 
 def drawn_from(cut: str, answer: str) -> bool:
@@ -78,10 +84,25 @@ def not_an_answer(question: str, answer: str) -> bool:
     return off_kind(question, answer) or restates(question, answer)
 
 
+def asks_number(question: str) -> bool:
+    """"How many ...?", "What year ...?", "When was ...?": the answer holds a number or a date."""
+    words = normalize_answer(question).split()
+    pairs = set(zip(words, words[1:], strict=False))
+    return bool(words) and ("when" in (words[0], words[-1]) or bool(pairs & _ASKS_NUMBER))
+
+
+def says_number(answer: str) -> bool:
+    words = normalize_answer(answer).split()
+    return any(c.isdigit() for c in answer) or any(w in _NUMBER_WORDS for w in words)
+
+
 def off_kind(question: str, answer: str) -> bool:
     """An answer of the wrong kind: yes or no to a question that does not ask for one ("yes" never answers "Who
-    ...?"), or anything else to one that does (a name never answers "Were X and Y both ...?")."""
-    return (normalize_answer(answer) in YES_NO) != asks_yes_no(question)
+    ...?"), anything else to one that does (a name never answers "Were X and Y both ...?"), or no number to a
+    question asking for one (seen: "Brown County" for "... a population of how many inhabitants?")."""
+    if (normalize_answer(answer) in YES_NO) != asks_yes_no(question):
+        return True
+    return asks_number(question) and not says_number(answer)
 
 
 def restates(question: str, answer: str) -> bool:
@@ -94,7 +115,8 @@ def restates(question: str, answer: str) -> bool:
 
 def _rule_based(question: str, answer: str) -> str | None:
     """The short form when no model is needed: "Yes, both were ..." to a yes/no question is "yes", a bare yes/no
-    to any other question is no answer at all (""), and so is a short answer that restates the question."""
+    to any other question is no answer at all (""), and so is a short answer that restates the question or has no
+    number for a question asking for one."""
     words = normalize_answer(answer).split()
     if words and words[0] in YES_NO:
         if asks_yes_no(question):
@@ -103,7 +125,7 @@ def _rule_based(question: str, answer: str) -> str | None:
             return ""
     if not is_short(answer):
         return None
-    return "" if restates(question, answer) else answer.strip()
+    return "" if restates(question, answer) or (asks_number(question) and not says_number(answer)) else answer.strip()
 
 
 async def shorten_answers(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,

@@ -8,7 +8,7 @@ from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
 from heavy.aggregate.citations import filter_claims
 from heavy.aggregate.evidence import token_f1
-from heavy.aggregate.shorten import drawn_from, restates
+from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, restates
 from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
 
@@ -111,6 +111,17 @@ async def test_an_answer_restating_the_question_is_no_answer_unless_the_question
     backend = ScriptedBackend(lambda request: text("Aladin"))  # every reading restates the question too
     decided = await vote(question, [result(0, "Aladin", evidence=[EIFFEL]), result(1, "Eenasul Fateh")], backend)
     assert decided.answer == "Eenasul Fateh" and [g.answer for g in decided.groups] == ["Eenasul Fateh"]
+    assert set(decided.reads.values()) == {""}
+
+
+async def test_a_question_asking_for_a_number_is_not_answered_without_one():
+    question = "Brown State Fishing Lake is in a county that has a population of how many inhabitants ?"
+    assert asks_number(question) and asks_number("The civil war ended when ?") and asks_number("When was it out?")
+    assert not asks_number("Who is older, Annie Morton or Terry Richardson?")
+    assert off_kind(question, "Brown County") and not off_kind(question, "9,984") and not off_kind(question, "ten")
+    backend = ScriptedBackend(lambda request: text("Brown County, Kansas"))  # every reading names the county
+    decided = await vote(question, [result(0, "Brown County", evidence=[EIFFEL]), result(1, "9,984")], backend)
+    assert decided.answer == "9,984" and [g.answer for g in decided.groups] == ["9,984"]
     assert set(decided.reads.values()) == {""}
 
 
