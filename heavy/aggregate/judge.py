@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from heavy.agent.steps import TrajectoryResult, answer_line
@@ -50,10 +51,15 @@ class Judge:
 
     async def read_each(self, results: Sequence[TrajectoryResult], answers: Mapping[int, str]) -> dict[int, str]:
         """Trajectory index → what the judge reads off that trajectory's own best pages ("" for none); `answers`
-        are the trajectories' (shortened) answers, whose pages rank up."""
+        are the trajectories' (shortened) answers, whose pages rank up. Pages at most half the trajectories fetched
+        rank up in the readings of those that did: every trajectory holds the opening search's results, so without
+        this most readings read the same four pages and count one reading many times over, and a second hop one
+        trajectory found is never read (measured in docs/eval_hotpotqa.md)."""
         indices = [r.index for r in results]
-        picked = [pooled_passages(self.question, [r], [answers.get(r.index, r.answer)], k=JUDGE_PASSAGES)
-                  for r in results]
+        holders = Counter(s.url for r in results for s in {s.url: s for s in r.evidence}.values())
+        rare = {url for url, count in holders.items() if 2 * count <= len(results)}
+        picked = [pooled_passages(self.question, [r], [answers.get(r.index, r.answer)], k=JUDGE_PASSAGES,
+                                  favoured=frozenset(s.url for s in r.evidence if s.url in rare)) for r in results]
         read = await asyncio.gather(*(self.answer(p, f"read:{i}") for i, p in zip(indices, picked, strict=True)))
         return dict(zip(indices, read, strict=True))
 

@@ -48,6 +48,19 @@ async def test_each_trajectorys_pages_are_read_and_a_majority_of_readings_wins()
     assert sorted(r.request_id for r in backend.requests) == ["read:0", "read:1", "read:2"]  # no pooled reading
 
 
+async def test_a_page_few_trajectories_fetched_is_read_with_the_pages_of_one_that_did():
+    question = "Which tower did the engineer of the Garabit viaduct build in Paris?"
+    shared = [source(f"http://corpus/{word}", f"A page on {word}.") for word in ("Garabit", "viaduct", "engineer",
+                                                                          "Paris")]  # the opening search's results
+    found = source("http://corpus/eiffel-company", "Gustave Eiffel's company made the landmark.")
+    results = [result(i, "", evidence=shared) for i in range(3)] + [result(3, "", evidence=[*shared, found])]
+    backend = ScriptedBackend(lambda request: text("Eiffel Tower"))
+    await vote(question, results, backend)
+    prompts = {r.request_id: r.messages[0]["content"] for r in backend.requests}
+    assert "Gustave Eiffel's company" in prompts["read:3"]  # its own find, though the shared pages match more words
+    assert len({prompts["read:0"], prompts["read:3"]}) == 2
+
+
 async def test_split_readings_go_to_the_judge_which_reads_the_pooled_evidence():
     def script(request):
         return text({"read:0": "1887", "read:1": "1889"}.get(request.request_id, "1889."))
