@@ -56,7 +56,7 @@ class Judge:
         this most readings read the same four pages and count one reading many times over, and a second hop one
         trajectory found is never read (measured in docs/eval_hotpotqa.md)."""
         indices = [r.index for r in results]
-        holders = Counter(s.url for r in results for s in {s.url: s for s in r.evidence}.values())
+        holders = Counter(url for r in results for url in {s.url for s in r.evidence})
         rare = {url for url, count in holders.items() if 2 * count <= len(results)}
         picked = [pooled_passages(self.question, [r], [answers.get(r.index, r.answer)], k=JUDGE_PASSAGES,
                                   favoured=frozenset(s.url for s in r.evidence if s.url in rare)) for r in results]

@@ -100,8 +100,10 @@ def off_kind(question: str, answer: str) -> bool:
     """An answer of the wrong kind: yes or no to a question that does not ask for one ("yes" never answers "Who
     ...?"), anything else to one that does (a name never answers "Were X and Y both ...?"), or no number to a
     question asking for one (seen: "Brown County" for "... a population of how many inhabitants?")."""
-    if (normalize_answer(answer) in YES_NO) != asks_yes_no(question):
-        return True
+    return (normalize_answer(answer) in YES_NO) != asks_yes_no(question) or _lacks_number(question, answer)
+
+
+def _lacks_number(question: str, answer: str) -> bool:
     return asks_number(question) and not says_number(answer)
 
 
@@ -125,7 +127,7 @@ def _rule_based(question: str, answer: str) -> str | None:
             return ""
     if not is_short(answer):
         return None
-    return "" if restates(question, answer) or (asks_number(question) and not says_number(answer)) else answer.strip()
+    return "" if restates(question, answer) or _lacks_number(question, answer) else answer.strip()
 
 
 async def shorten_answers(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
