@@ -1,11 +1,9 @@
 """Answer normalisation as in the official HotpotQA/SQuAD evaluation: lowercase, drop punctuation, the articles
 a/an/the, and extra whitespace. Votes compare answers by `vote_key`, the same form with typographic dashes and quotes
-folded first: the official form keeps "–" and "’", so "1903–1912" and "1903-1912" would be two answers, and HTML
-entities unescaped: an answer copied from an escaped title or snippet ("Tunnels &amp; Trolls") is the same answer."""
+folded first: the official form keeps "–" and "’", so "1903–1912" and "1903-1912" would be two answers."""
 
 from __future__ import annotations
 
-import html
 import re
 import string
 
@@ -23,4 +21,4 @@ _TYPOGRAPHIC = str.maketrans({"–": "-", "—": "-", "‐": "-", "‑": "-", "�
 
 
 def vote_key(text: str) -> str:
-    return normalize_answer(html.unescape(text).translate(_TYPOGRAPHIC))
+    return normalize_answer(text.translate(_TYPOGRAPHIC))

@@ -15,6 +15,7 @@ the fetched pages that hold it. A job of one trajectory ends with one reading: i
 
 from __future__ import annotations
 
+import html
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,9 +57,10 @@ class Vote:
 
 def tally(results: Sequence[TrajectoryResult], answers: Mapping[int, str] | None = None) -> tuple[Group, ...]:
     """Groups of equal normalised answers, largest first, ties by summed confidence. `answers` (trajectory index →
-    answer) replaces the trajectories' own answers, e.g. with their shortened forms."""
+    answer) replaces the trajectories' own answers, e.g. with their shortened forms. HTML entities are unescaped:
+    an answer copied from an escaped title or snippet ("Tunnels &amp; Trolls") is the same answer, written plainly."""
     members: dict[str, list[TrajectoryResult]] = defaultdict(list)
-    written: dict[int, str] = {r.index: (answers or {}).get(r.index, r.answer).strip() for r in results}
+    written = {r.index: html.unescape((answers or {}).get(r.index, r.answer)).strip() for r in results}
     for result in results:
         key = vote_key(written[result.index])
         if key:

@@ -36,7 +36,7 @@ def test_tally_groups_equal_normalised_answers_and_ignores_empty_ones():
     dashes = tally([result(0, "1903–1912"), result(1, "1903-1912"), result(2, "1903-1912"), result(3, "Mangnall’s")])
     assert [(g.answer, g.members) for g in dashes][0] == ("1903-1912", (0, 1, 2))  # a typographic dash is a dash
     escaped = tally([result(0, "Tunnels &amp; Trolls"), result(1, "Tunnels & Trolls"), result(2, "Arena")])
-    assert [g.members for g in escaped][0] == (0, 1)  # copied from an HTML-escaped title, the same answer
+    assert [(g.answer, g.members) for g in escaped][0] == ("Tunnels & Trolls", (0, 1))  # from an escaped title
 
 
 async def test_each_trajectorys_pages_are_read_and_a_majority_of_readings_wins():
