@@ -117,17 +117,20 @@ def restates(question: str, answer: str) -> bool:
 
 def _rule_based(question: str, answer: str) -> str | None:
     """The short form when no model is needed: "Yes, both were ..." to a yes/no question is "yes", a bare yes/no
-    to any other question is no answer at all (""), and so is a short answer that restates the question or has no
-    number for a question asking for one."""
+    to any other question is no answer at all (""), and so is an answer of any length that restates the question
+    (seen: two of eight trajectories answering with the question itself, which then led the vote) or a short one
+    with no number for a question asking for one."""
     words = normalize_answer(answer).split()
     if words and words[0] in YES_NO:
         if asks_yes_no(question):
             return words[0]
         if len(words) == 1:
             return ""
+    if restates(question, answer):
+        return ""
     if not is_short(answer):
         return None
-    return "" if restates(question, answer) or _lacks_number(question, answer) else answer.strip()
+    return "" if _lacks_number(question, answer) else answer.strip()
 
 
 async def shorten_answers(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,

@@ -129,6 +129,14 @@ async def test_an_answer_restating_the_question_is_no_answer_unless_the_question
     assert set(decided.reads.values()) == {""}
 
 
+async def test_the_question_itself_given_as_an_answer_never_votes():
+    question = "Hayden is a singer-songwriter from Canada, but where does Buck-Tick hail from?"
+    answers = [question, question, "Hayden is a singer-songwriter from Canada", "Fujioka, Gunma"]
+    backend = ScriptedBackend(lambda request: text(""))  # no reading answers either
+    decided = await vote(question, [result(i, a, evidence=[EIFFEL]) for i, a in enumerate(answers)], backend)
+    assert decided.answer == "Fujioka, Gunma" and [g.answer for g in decided.groups] == ["Fujioka, Gunma"]
+
+
 async def test_a_question_asking_for_a_number_is_not_answered_without_one():
     question = "Brown State Fishing Lake is in a county that has a population of how many inhabitants ?"
     assert asks_number(question) and asks_number("The civil war ended when ?") and asks_number("When was it out?")
