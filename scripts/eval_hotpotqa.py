@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import html
 import json
 import logging
 import sys
@@ -58,11 +57,13 @@ def load_questions(path: Path, limit: int | None, start: int = 0) -> list[dict]:
 
 def write_corpus(rows: list[dict], directory: Path) -> Path:
     """All paragraphs of all questions as JSONL pages, one per distinct title. HotpotQA's titles keep Wikipedia's
-    HTML entities ("Tunnels &amp; Trolls") where its text does not; the pages are plain text, so they are unescaped."""
+    HTML entities ("Tunnels &amp; Trolls"); they stay as they are, so that replays of recorded runs search the very
+    corpus the runs searched (unescaped titles shift BM25 scores and changed a replayed reading), and the tally
+    unescapes answers copied from them."""
     pages: dict[str, str] = {}
     for row in rows:
         for title, sentences in row["context"]:
-            pages.setdefault(html.unescape(title), "".join(sentences).strip())
+            pages.setdefault(title, "".join(sentences).strip())
     path = directory / "hotpotqa.jsonl"
     path.write_text("\n".join(json.dumps({"title": t, "text": x}, ensure_ascii=False) for t, x in pages.items()))
     return path
