@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval_hotpotqa import DEFAULT_DATA
+from eval_hotpotqa import DEFAULT_DATA, load_questions
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def main() -> None:
     missing = [str(p) for p in args.results if not p.is_file()]
     if missing:
         sys.exit(f"no such result file: {', '.join(missing)}")
-    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    rows = load_questions(args.data, None)
     order = {row["_id"]: i for i, row in enumerate(rows)}
     outcomes = load_outcomes(args.results)
     outcomes = {n: {q: o for q, o in by_id.items() if order.get(q, 10**9) >= args.first}
