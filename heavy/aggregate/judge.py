@@ -8,6 +8,7 @@ trajectory, so eight trajectories give eight readings) and the pages of all traj
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -74,7 +75,7 @@ class Judge:
             log.warning("the judge's %s call failed: %s", request_id, exc)
             return ""
         self.usage = self.usage + completion.usage
-        verdict = answer_line(completion.content)
+        verdict = html.unescape(answer_line(completion.content))  # passage titles may keep entities
         if verdict and not is_short(verdict):  # seen: the question restated around the answer, as a sentence
             verdict, usage = await shorten_one(self.question, verdict, self.backend, self.sampling, self.prefix_key,
                                                f"shorten:{request_id}")

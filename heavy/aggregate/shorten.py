@@ -6,6 +6,7 @@ yes/no question needs no model to become "yes"."""
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 from collections.abc import Sequence
 
@@ -136,15 +137,18 @@ def _rule_based(question: str, answer: str) -> str | None:
 async def shorten_answers(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
                           sampling: Sampling = Sampling(), prefix_key: str | None = None,
                           ) -> tuple[dict[int, str], Usage]:
-    """Trajectory index → the answer to vote with. Without a backend, or when a call fails, the answer stays."""
-    ruled = {r.index: _rule_based(question, r.answer) for r in results}
-    short = {r.index: r.answer.strip() if ruled[r.index] is None else ruled[r.index] for r in results}
+    """Trajectory index → the answer to vote with. Without a backend, or when a call fails, the answer stays.
+    HTML entities are unescaped first: an answer copied from an escaped title ("Tunnels &amp; Trolls") is checked
+    against the question as written plainly (seen: it restated the question, yet voted, as the entity hid it)."""
+    plain = {r.index: html.unescape(r.answer).strip() for r in results}
+    ruled = {i: _rule_based(question, answer) for i, answer in plain.items()}
+    short = {i: answer if ruled[i] is None else ruled[i] for i, answer in plain.items()}
     long = [r for r in results if r.answered and ruled[r.index] is None]
     if backend is None or not long:
         return short, Usage()
 
     usage = Usage()
-    cuts = await asyncio.gather(*(shorten_one(question, r.answer, backend, sampling, prefix_key,
+    cuts = await asyncio.gather(*(shorten_one(question, plain[r.index], backend, sampling, prefix_key,
                                               f"shorten:{r.index}") for r in long))
     for result, (answer, used) in zip(long, cuts, strict=True):
         short[result.index] = answer

@@ -137,6 +137,16 @@ async def test_the_question_itself_given_as_an_answer_never_votes():
     assert decided.answer == "Fujioka, Gunma" and [g.answer for g in decided.groups] == ["Fujioka, Gunma"]
 
 
+async def test_an_escaped_entity_does_not_hide_that_an_answer_restates_the_question():
+    question = 'What is the name for the adventure in "Tunnels and Trolls", a game designed by Ken St. Andre?'
+    answers = ["Tunnels &amp; Trolls", "Tunnels &amp; Trolls", "Tunnels & Trolls", "Arena of Khazan"]
+    readings = {"read:0": "Tunnels &amp; Trolls", "read:3": "Arena of Khazan"}
+    backend = ScriptedBackend(lambda request: text(readings.get(request.request_id, "")))
+    decided = await vote(question, [result(i, a, evidence=[EIFFEL]) for i, a in enumerate(answers)], backend)
+    assert decided.answer == "Arena of Khazan" and [g.answer for g in decided.groups] == ["Arena of Khazan"]
+    assert decided.reads[0] == ""  # the judge's escaped reading restates it too
+
+
 async def test_a_question_asking_for_a_number_is_not_answered_without_one():
     question = "Brown State Fishing Lake is in a county that has a population of how many inhabitants ?"
     assert asks_number(question) and asks_number("The civil war ended when ?") and asks_number("When was it out?")
