@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import logging
 import sys
@@ -53,6 +54,12 @@ def exact_match(prediction: str, gold: str) -> float:
 def load_questions(path: Path, limit: int | None, start: int = 0) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][start:]
     return rows[:limit] if limit else rows
+
+
+def read_run(path: Path) -> dict:
+    """A JSON result of this script or of replay_aggregation.py, gzipped (".gz", as kept in docs/eval-runs/) or not."""
+    raw = path.read_bytes()
+    return json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
 
 
 def write_corpus(rows: list[dict], directory: Path) -> Path:

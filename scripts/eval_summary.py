@@ -14,13 +14,12 @@ A question found in several files takes its entry from the last file given.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval_hotpotqa import DEFAULT_DATA, load_questions
+from eval_hotpotqa import DEFAULT_DATA, load_questions, read_run
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ def load_outcomes(paths: list[Path]) -> dict[int, dict[str, Outcome]]:
     spend nearly all of both, are the recorded ones."""
     merged: dict[int, dict[str, Outcome]] = {}
     for path in paths:
-        for setting in json.loads(path.read_text())["settings"]:
+        for setting in read_run(path)["settings"]:
             for row in setting["per_question"]:
                 by_id = merged.setdefault(setting["trajectories"], {})
                 earlier = by_id.get(row["id"])

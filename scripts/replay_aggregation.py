@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from eval_hotpotqa import DEFAULT_DATA, exact_match, f1_score, load_questions, write_corpus
+from eval_hotpotqa import DEFAULT_DATA, exact_match, f1_score, load_questions, read_run, write_corpus
 
 from heavy.agent.gathered import cited_sources, keep_evidence, supporting_sources
 from heavy.agent.steps import TrajectoryResult, stated_confidence
@@ -94,7 +94,7 @@ async def rebuild(transcript: dict, index: int, job_id: str, executor: ToolExecu
 
 
 async def replay(args: argparse.Namespace) -> dict:
-    recorded = json.loads(args.recorded.read_text())
+    recorded = read_run(args.recorded)
     rows = load_questions(args.data, None)
     settings = Settings()
     backend = make_backend(settings, "runtime")

@@ -1,5 +1,6 @@
 """scripts/eval_summary.py merges chunked HotpotQA runs and their replays into one paired comparison."""
 
+import gzip
 import importlib.util
 import json
 import sys
@@ -45,3 +46,10 @@ def test_a_question_one_setting_lacks_is_left_out(tmp_path):
     run = _run(tmp_path / "a.json", {1: [("qa", "x", 1.0), ("qb", "y", 0.0)], 8: [("qa", "x", 1.0)]})
     summary = summary_script.summarise(summary_script.load_outcomes([run]), {"qa": 0, "qb": 1}, draws=50)
     assert summary["questions"] == ["qa"] and summary["gaps"][0]["gap"] == 0.0
+
+
+def test_a_gzipped_run_as_kept_in_docs_reads_the_same(tmp_path):
+    plain = _run(tmp_path / "a.json", {1: [("qa", "x", 1.0)], 8: [("qa", "gold", 0.5)]})
+    packed = tmp_path / "a.json.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert summary_script.load_outcomes([packed]) == summary_script.load_outcomes([plain])
