@@ -6,7 +6,8 @@ side in one run, on the pages a trajectory would hold after its opening searches
 one named part of the question for trajectory k >= 1, as `agent/openings.py` does):
 
 - `one`: one greedy reading of the best 4 pages in rank order (what a one-trajectory job ends with);
-- `own8`: eight greedy readings, each of one trajectory's pages with its own finds ranked up (`Judge.read_each`);
+- `own8`: eight greedy readings as the aggregator reads them (`Judge.read_each`): each of one trajectory's pages,
+  its own finds ranked up, the i-th reading starting at its i-th page;
 - `order8`: eight greedy readings of the same 4 pages, each in another order (the first page differs).
 
 The ensembles vote with the aggregator's own tally; a tie goes to the reading listed first (the greedy one).
@@ -30,7 +31,7 @@ from heavy.agent.openings import focus_query
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import tally
 from heavy.aggregate.evidence import pooled_passages
-from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
+from heavy.aggregate.judge import JUDGE_PASSAGES, Judge, rotated
 from heavy.config import Settings
 from heavy.corpus.commands import corpus_add
 from heavy.corpus.index import CorpusIndex
@@ -68,16 +69,24 @@ def voted(readings: list[str]) -> str:
     return groups[0].answer if groups else ""
 
 
-async def read_question(backend, index: CorpusIndex, row: dict) -> dict[str, list[str]]:
+async def read_question(backend, index: CorpusIndex, row: dict, variants: list[str],
+                        ) -> tuple[dict[str, list[str]], str]:
+    """Each variant's readings, and how many of the gold pages the best 4 pages hold ("2/2")."""
     question = row["question"]
     trajectories = [trajectory_pages(index, question, k) for k in range(ENSEMBLE)]
     best = pooled_passages(question, trajectories[:1], k=JUDGE_PASSAGES)
     greedy = Judge(question, backend, Sampling(temperature=0.0), prefix_key=row["_id"])
-    own = await greedy.read_each(trajectories, {})
-    orders = [best[k % len(best):] + best[:k % len(best)] for k in range(min(ENSEMBLE, len(best)))]
-    orders += [list(reversed(order)) for order in orders][: ENSEMBLE - len(orders)]
-    ordered = await asyncio.gather(*(greedy.answer(order, f"order:{k}") for k, order in enumerate(orders)))
-    return {"one": ordered[:1], "own8": [own[k] for k in range(ENSEMBLE)], "order8": list(ordered)}
+    readings = {"one": [await greedy.answer(best, "one")]}
+    if "own8" in variants:
+        own = await greedy.read_each(trajectories, {})
+        readings["own8"] = [own[k] for k in range(ENSEMBLE)]
+    if "order8" in variants:
+        orders = [rotated(best, k) for k in range(min(ENSEMBLE, len(best)))]
+        orders += [list(reversed(order)) for order in orders][: ENSEMBLE - len(orders)]
+        readings["order8"] = list(await asyncio.gather(*(greedy.answer(order, f"order:{k}")
+                                                         for k, order in enumerate(orders))))
+    gold = {title for title, _ in row["supporting_facts"]}
+    return readings, f"{len(gold & {p.title for p in best})}/{len(gold)}"
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -89,13 +98,14 @@ async def run(args: argparse.Namespace) -> None:
         index = CorpusIndex(Path(tmp) / "index.sqlite")
         for number, row in enumerate(rows, start=args.start + 1):
             started = time.monotonic()
-            readings = await read_question(backend, index, row)
+            readings, held = await read_question(backend, index, row, args.variants)
             line = []
             for variant, read in readings.items():
                 answer = voted(read)
                 scores.setdefault(variant, []).append(f1_score(answer, row["answer"]))
                 line.append(f"{variant}={answer!r}")
-            print(f"{number:>3} gold={row['answer']!r} " + " ".join(line) + f"  {time.monotonic() - started:.0f}s",
+            seconds = time.monotonic() - started
+            print(f"{number:>3} gold pages read {held} gold={row['answer']!r} " + " ".join(line) + f"  {seconds:.0f}s",
                   flush=True)
     await backend.aclose()
     base = sum(scores["one"]) / len(scores["one"])
@@ -110,6 +120,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--start", type=int, default=0, help="skip the first N questions")
     parser.add_argument("--limit", type=int, default=None, help="N questions only")
+    parser.add_argument("--variants", nargs="+", choices=["own8", "order8"], default=["own8", "order8"],
+                        help="ensembles read beside the one reading")
     args = parser.parse_args()
     asyncio.run(run(args))
 
