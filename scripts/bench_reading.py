@@ -6,9 +6,9 @@ side in one run, on the pages a trajectory would hold after its opening searches
 one named part of the question for trajectory k >= 1, as `agent/openings.py` does):
 
 - `one`: one greedy reading of the best 4 pages in rank order (what a one-trajectory job ends with);
-- `own8`: eight greedy readings as the aggregator reads them (`Judge.read_each`): each of one trajectory's pages,
-  its own finds ranked up, the i-th reading starting at its i-th page;
-- `order8`: eight greedy readings of the same 4 pages, each in another order (the first page differs).
+- `read8`: eight greedy readings as the aggregator reads them (`Judge.read_each`): the best 4 pages of all eight
+  trajectories' pages, each reading in another order;
+- `order8`: eight greedy readings of the one reading's 4 pages, each in another order (`judge.reading_order`).
 
 The ensembles vote with the aggregator's own tally; a tie goes to the reading listed first (the greedy one).
 
@@ -31,7 +31,7 @@ from heavy.agent.openings import focus_query
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import tally
 from heavy.aggregate.evidence import pooled_passages
-from heavy.aggregate.judge import JUDGE_PASSAGES, Judge, rotated
+from heavy.aggregate.judge import JUDGE_PASSAGES, Judge, reading_order
 from heavy.config import Settings
 from heavy.corpus.commands import corpus_add
 from heavy.corpus.index import CorpusIndex
@@ -77,12 +77,11 @@ async def read_question(backend, index: CorpusIndex, row: dict, variants: list[s
     best = pooled_passages(question, trajectories[:1], k=JUDGE_PASSAGES)
     greedy = Judge(question, backend, Sampling(temperature=0.0), prefix_key=row["_id"])
     readings = {"one": [await greedy.answer(best, "one")]}
-    if "own8" in variants:
-        own = await greedy.read_each(trajectories, {})
-        readings["own8"] = [own[k] for k in range(ENSEMBLE)]
+    if "read8" in variants:
+        read = await greedy.read_each(trajectories, {})
+        readings["read8"] = [read[k] for k in range(ENSEMBLE)]
     if "order8" in variants:
-        orders = [rotated(best, k) for k in range(min(ENSEMBLE, len(best)))]
-        orders += [list(reversed(order)) for order in orders][: ENSEMBLE - len(orders)]
+        orders = [reading_order(best, k) for k in range(ENSEMBLE)]
         readings["order8"] = list(await asyncio.gather(*(greedy.answer(order, f"order:{k}")
                                                          for k, order in enumerate(orders))))
     gold = {title for title, _ in row["supporting_facts"]}
@@ -120,7 +119,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--start", type=int, default=0, help="skip the first N questions")
     parser.add_argument("--limit", type=int, default=None, help="N questions only")
-    parser.add_argument("--variants", nargs="+", choices=["own8", "order8"], default=["own8", "order8"],
+    parser.add_argument("--variants", nargs="+", choices=["read8", "order8"], default=["read8", "order8"],
                         help="ensembles read beside the one reading")
     args = parser.parse_args()
     asyncio.run(run(args))

@@ -28,7 +28,6 @@ from heavy.aggregate.normalize import normalize_answer
 BRIDGE_WEIGHT = 2.0  # the page's title is named in a page already picked: the second hop of a bridge question
 TITLE_WEIGHT = 2.0  # the page's title names something the question names
 CANDIDATE_WEIGHT = 1.5  # the page contains one of the trajectories' answers
-OWN_FIND_WEIGHT = 3.0  # a page few trajectories fetched, in the reading of one that did
 _WORD = re.compile(r"\w+")
 _QUALIFIER = re.compile(r"\(.*?\)")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(*])")  # also before **bold**, as Markdown bodies have
@@ -59,8 +58,8 @@ def fetched_texts(results: Sequence[TrajectoryResult]) -> dict[str, str]:
 
 
 def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidates: Sequence[str] = (),
-                    k: int = 4, max_chars: int = 700, favoured: frozenset[str] = frozenset()) -> list[Passage]:
-    """The k best pages over every trajectory's evidence, each cut to `max_chars`; `favoured` URLs rank up."""
+                    k: int = 4, max_chars: int = 700) -> list[Passage]:
+    """The k best pages over every trajectory's evidence, each cut to `max_chars`."""
     texts = fetched_texts(results)
     titles = {source.url: source.title for result in results for source in result.evidence}
     if not texts:
@@ -80,7 +79,6 @@ def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidat
     while left and len(passages) < k:
         gains = [sum(idf[w] for w in (asked & page_words[url]) - covered)
                  + CANDIDATE_WEIGHT * holds_candidate[url] + TITLE_WEIGHT * named[url]
-                 + OWN_FIND_WEIGHT * (url in favoured)
                  + BRIDGE_WEIGHT * (bool(spoken[url]) and f" {spoken[url]} " in picked_text) for url in left]
         best = max(range(len(left)), key=gains.__getitem__)
         url = left.pop(best)

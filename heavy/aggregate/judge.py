@@ -1,8 +1,8 @@
 """The judge: one short LLM answer read off a few fetched pages, without the trajectories' candidates in view.
 
-Measured on the embedded model, a list of candidates anchors it to a wrong one far more often than it helps. The
-same call serves two readings: each trajectory's own pages (a second reading of what that trajectory found, one per
-trajectory, so eight trajectories give eight readings) and the pages of all trajectories pooled.
+Measured on the embedded model, a list of candidates anchors it to a wrong one far more often than it helps. Each
+trajectory gets one reading of the job's best pages, each in another order, so eight trajectories give eight
+readings that are not one reading counted eight times; a reading of the same pages in the same order is asked once.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from heavy.agent.steps import TrajectoryResult, answer_line
@@ -32,6 +31,16 @@ Using only the passages, answer the question with the shortest phrase (a name, a
 yes/no). Reply with the phrase only."""
 
 
+def reading_order(passages: Sequence[Passage], n: int) -> list[Passage]:
+    """The n-th order of the passages: rotated to start at the n-th, then (from n = their count on) the same
+    rotations reversed, so that up to twice their count of readings each see another order."""
+    if not passages:
+        return []
+    start = n % len(passages)
+    order = [*passages[start:], *passages[:start]]
+    return order[::-1] if (n // len(passages)) % 2 else order
+
+
 class Judge:
     """Answers from passages; the same passages are read once."""
 
@@ -51,17 +60,17 @@ class Judge:
         return await self._answered[key]
 
     async def read_each(self, results: Sequence[TrajectoryResult], answers: Mapping[int, str]) -> dict[int, str]:
-        """Trajectory index → what the judge reads off that trajectory's own best pages ("" for none); `answers`
-        are the trajectories' (shortened) answers, whose pages rank up. Pages at most half the trajectories fetched
-        rank up in the readings of those that did: every trajectory holds the opening search's results, so without
-        this most readings read the same four pages and count one reading many times over, and a second hop one
-        trajectory found is never read (measured in docs/eval_hotpotqa.md)."""
+        """Trajectory index → the judge's reading of the job's best pages ("" for none), each trajectory's reading
+        in an order of its own; `answers` are the trajectories' (shortened) answers, whose pages rank up. A small
+        model answers from the page it reads first, so readings of the same pages in one order repeat one mistake,
+        while in different orders they agree only on what the pages say (measured by scripts/bench_reading.py:
+        eight orders voted beat one reading, and beat each trajectory reading its own pages in rank order). A lone
+        trajectory reads its pages in rank order."""
+        passages = pooled_passages(self.question, results, [answers.get(r.index, r.answer) for r in results],
+                                   k=JUDGE_PASSAGES)
         indices = [r.index for r in results]
-        holders = Counter(url for r in results for url in {s.url for s in r.evidence})
-        rare = {url for url, count in holders.items() if 2 * count <= len(results)}
-        picked = [pooled_passages(self.question, [r], [answers.get(r.index, r.answer)], k=JUDGE_PASSAGES,
-                                  favoured=frozenset(s.url for s in r.evidence if s.url in rare)) for r in results]
-        read = await asyncio.gather(*(self.answer(p, f"read:{i}") for i, p in zip(indices, picked, strict=True)))
+        read = await asyncio.gather(*(self.answer(reading_order(passages, n), f"read:{i}")
+                                      for n, i in enumerate(indices)))
         return dict(zip(indices, read, strict=True))
 
     async def _ask(self, passages: Sequence[Passage], request_id: str) -> str:

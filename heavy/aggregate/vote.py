@@ -5,10 +5,10 @@ Aladin, is a magician" with "Eenasul Fateh"). A majority (more than half of the 
 two of them) wins outright. A tie, a spread vote where no answer has a majority, a lone answer (a job of one
 trajectory), or no answer at all (every trajectory gave up, or answered a "who" question with "yes") goes to the
 judge (judge.py), in two rounds:
-- it reads each trajectory's own best pages (evidence.py picks them) and answers from them: one reading per
-  trajectory, each over different pages when the trajectories searched apart. Every trajectory then has two
-  ballots, its answer and the reading of its pages; the answer with the most ballots wins, if no other has as many;
-- else it reads the best pages of all trajectories pooled, and its answer decides.
+- it reads the best pages all trajectories fetched (evidence.py picks them) once per trajectory, each time in
+  another order (a small model answers from the page it reads first). Every trajectory then has two ballots, its
+  answer and its reading; the answer with the most ballots wins, if no other has as many;
+- else the reading of those pages in rank order decides (the first reading, unless the candidates rank them anew).
 If the winning answer is one of the trajectories' answers, that group wins; otherwise it stands on its own, cited to
 the fetched pages that hold it. A job of one trajectory ends with one reading: its pages are the pooled pages.
 """

@@ -8,6 +8,7 @@ from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
 from heavy.aggregate.citations import filter_claims
 from heavy.aggregate.evidence import token_f1
+from heavy.aggregate.judge import reading_order
 from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, restates
 from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
@@ -39,41 +40,43 @@ def test_tally_groups_equal_normalised_answers_and_ignores_empty_ones():
     assert [(g.answer, g.members) for g in escaped][0] == ("Tunnels & Trolls", (0, 1))  # from an escaped title
 
 
-async def test_each_trajectorys_pages_are_read_and_a_majority_of_readings_wins():
+async def test_every_trajectory_reads_the_jobs_best_pages_and_a_majority_of_readings_wins():
     backend = ScriptedBackend(lambda request: text(
         "1889" if "Eiffel Tower was finished in 1889" in request.messages[0]["content"] else "1887"))
-    results = [result(0, "1887", evidence=[LOUVRE, EIFFEL]), result(1, "1850", evidence=[EIFFEL]),
+    results = [result(0, "1887", evidence=[LOUVRE]), result(1, "1850", evidence=[EIFFEL]),
                result(2, "1901", evidence=[LOUVRE])]
     decided = await vote("When was the Eiffel Tower finished?", results, backend)
-    assert decided.reads == {0: "1889", 1: "1889", 2: "1887"}
+    assert decided.reads == {0: "1889", 1: "1889", 2: "1889"}  # 0 and 2 never fetched the Eiffel page themselves
     assert decided.judged and decided.answer == "1889" and decided.cited == (EIFFEL.url,)
-    assert sorted(r.request_id for r in backend.requests) == ["read:0", "read:1", "read:2"]  # no pooled reading
+    assert sorted(r.request_id for r in backend.requests) == ["read:0", "read:1"]  # two pages, two orders
 
 
-async def test_a_page_few_trajectories_fetched_is_read_with_the_pages_of_one_that_did():
-    question = "Which tower did the engineer of the Garabit viaduct build in Paris?"
-    shared = [source(f"http://corpus/{word}", f"A page on {word}.") for word in ("Garabit", "viaduct", "engineer",
-                                                                          "Paris")]  # the opening search's results
-    found = source("http://corpus/eiffel-company", "Gustave Eiffel's company made the landmark.")
-    results = [result(i, "", evidence=shared) for i in range(3)] + [result(3, "", evidence=[*shared, found])]
-    backend = ScriptedBackend(lambda request: text("Eiffel Tower"))
-    await vote(question, results, backend)
-    prompts = {r.request_id: r.messages[0]["content"] for r in backend.requests}
-    assert "Gustave Eiffel's company" in prompts["read:3"]  # its own find, though the shared pages match more words
-    assert len({prompts["read:0"], prompts["read:3"]}) == 2
+async def test_trajectories_read_the_pages_in_different_orders_a_lone_one_in_rank_order():
+    pages = [source(f"http://corpus/{name}", f"The {name} tower was finished in {year}.")
+             for name, year in (("eiffel", 1889), ("tokyo", 1958), ("berlin", 1969))]
+    backend = ScriptedBackend(lambda request: text(request.messages[0]["content"].split("finished in ")[1][:4]))
+    question = "When was the eiffel tower finished?"
+    decided = await vote(question, [result(i, "", evidence=pages) for i in range(4)], backend)
+    firsts = {r.request_id: r.messages[0]["content"].split("\n")[1] for r in backend.requests}
+    assert firsts["read:0"].startswith("[1] eiffel") and len(set(firsts.values())) == 3  # 3 pages, 3 first pages
+    assert decided.reads == {0: "1889", 1: "1958", 2: "1969", 3: "1969"}  # what each reads first, here
+    orders = [reading_order(list("abcd"), n) for n in range(8)]
+    assert len({"".join(order) for order in orders}) == 8  # four pages: eight orders
+    alone = ScriptedBackend(backend.script)
+    await vote(question, [result(0, "", evidence=pages)], alone)
+    assert alone.requests[0].messages[0]["content"].split("\n")[1].startswith("[1] eiffel")
 
 
-async def test_split_readings_go_to_the_judge_which_reads_the_pooled_evidence():
+async def test_split_ballots_go_to_the_reading_of_the_pooled_pages_in_rank_order():
     def script(request):
-        return text({"read:0": "1887", "read:1": "1889"}.get(request.request_id, "1889."))
+        return text({"read:0": "1889", "read:1": "1887"}[request.request_id])
 
     backend = ScriptedBackend(script)
     decided = await vote("When was the Eiffel Tower finished?",
                          [result(0, "1887", cited=[LOUVRE]), result(1, "1889", cited=[EIFFEL])], backend)
     assert decided.judged and decided.answer == "1889" and decided.agreement == 0.5
-    judged = [r for r in backend.requests if r.request_id == "judge"]
-    assert len(judged) == 1 and len(backend.requests) == 3
-    prompt = judged[0].messages[0]["content"]
+    assert [r.request_id for r in backend.requests] == ["read:0", "read:1"]  # the tie needs no further call
+    prompt = backend.requests[0].messages[0]["content"]
     assert prompt.index("Eiffel Tower was finished in 1889") < prompt.index("Louvre pyramid")  # ranked first
     assert '"1887"' not in prompt  # the judge is not anchored to the candidates
     assert decided.cited == (EIFFEL.url,) and decided.backers == (1,)
@@ -95,7 +98,7 @@ async def test_a_spread_vote_without_a_majority_goes_to_the_judge():
     assert unfetched.answer == "1889" and not unfetched.judged  # nothing fetched: nothing for a judge to read
 
 
-async def test_every_trajectory_casts_its_answer_and_the_reading_of_its_pages():
+async def test_every_trajectory_casts_its_answer_and_its_reading():
     # Seen on HotpotQA: the gold number from two answers and a sentence holding it, with two readings elsewhere.
     question = "How many people live in the county of Brown State Fishing Lake?"
     answers = ["9,984", "9,984", "In 2010 the county had 9,984 inhabitants by the census count.", "13", "13", "366"]
@@ -113,10 +116,10 @@ async def test_every_trajectory_casts_its_answer_and_the_reading_of_its_pages():
     decided = await vote(question, results, backend)  # 9,984: three answers and a reading; 13: two and one
     assert decided.answer == "9,984" and decided.backers == (0, 1, 2) and decided.judged
     assert not [r for r in backend.requests if r.request_id == "judge"]
-    backend = reading({"read:3": "13", "judge": "366"})
-    tied = await vote(question, results, backend)  # 9,984 and 13 have three ballots each: the pooled judge decides
+    backend = reading({"read:0": "366", "read:3": "13"})
+    tied = await vote(question, results, backend)  # 9,984 and 13 have three ballots each: reading 0 decides
     assert tied.answer == "366" and tied.backers == (5,)
-    assert [r.request_id for r in backend.requests].count("judge") == 1
+    assert "judge" not in [r.request_id for r in backend.requests]  # reading 0 is the pooled pages in rank order
 
 
 async def test_an_answer_restating_the_question_is_no_answer_unless_the_question_offers_it():
