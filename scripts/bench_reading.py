@@ -51,9 +51,9 @@ def trajectory_pages(index: CorpusIndex, question: str, k: int) -> TrajectoryRes
     for query in queries:
         for hit in index.search(query, RESULTS):
             url = doc_url(PAGES, hit.doc_id)  # a name only: nothing is fetched
-            sources.setdefault(url, Source(url=url, title=hit.title, fetched_at=0.0,
-                                               content_hash=hashlib.sha256(hit.snippet.encode()).hexdigest(),
-                                               snippet=hit.snippet))
+            digest = hashlib.sha256(hit.snippet.encode()).hexdigest()
+            sources.setdefault(url, Source(url=url, title=hit.title, fetched_at=0.0, content_hash=digest,
+                                           snippet=hit.snippet))
     evidence = tuple(sources.values())
     return TrajectoryResult(index=k, answer="", confidence=0.0, stop_reason="answered", cited=(), evidence=evidence,
                             steps=(), usage=Usage(), temperature=0.0, seed=k,
