@@ -8,12 +8,12 @@ readings that are not one reading counted eight times; a reading of the same pag
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 from collections.abc import Mapping, Sequence
 
 from heavy.agent.steps import TrajectoryResult, answer_line
 from heavy.aggregate.evidence import Passage, pooled_passages
+from heavy.aggregate.normalize import plain_answer
 from heavy.aggregate.shorten import is_short, not_an_answer, shorten_one
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 
@@ -84,7 +84,7 @@ class Judge:
             log.warning("the judge's %s call failed: %s", request_id, exc)
             return ""
         self.usage = self.usage + completion.usage
-        verdict = html.unescape(answer_line(completion.content))  # passage titles may keep entities
+        verdict = plain_answer(answer_line(completion.content))  # passage titles may keep entities
         if verdict and not is_short(verdict):  # seen: the question restated around the answer, as a sentence
             verdict, usage = await shorten_one(self.question, verdict, self.backend, self.sampling, self.prefix_key,
                                                f"shorten:{request_id}")

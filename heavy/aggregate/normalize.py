@@ -4,6 +4,7 @@ folded first: the official form keeps "–" and "’", so "1903–1912" and "190
 
 from __future__ import annotations
 
+import html
 import re
 import string
 
@@ -22,3 +23,9 @@ _TYPOGRAPHIC = str.maketrans({"–": "-", "—": "-", "‐": "-", "‑": "-", "�
 
 def vote_key(text: str) -> str:
     return normalize_answer(text.translate(_TYPOGRAPHIC))
+
+
+def plain_answer(text: str) -> str:
+    """An answer as written plainly: HTML entities unescaped (one copied from an escaped title, "Tunnels &amp;
+    Trolls", is the same answer), surrounding space dropped. Every answer and reading passes here before any check."""
+    return html.unescape(text).strip()

@@ -6,13 +6,12 @@ yes/no question needs no model to become "yes"."""
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 from collections.abc import Sequence
 
 from heavy.agent.steps import TrajectoryResult, answer_line
 from heavy.aggregate.evidence import content_words
-from heavy.aggregate.normalize import normalize_answer
+from heavy.aggregate.normalize import normalize_answer, plain_answer
 from heavy.llm.types import LLMBackend, LLMError, Message, Sampling, Usage
 
 log = logging.getLogger(__name__)
@@ -140,7 +139,7 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
     """Trajectory index → the answer to vote with. Without a backend, or when a call fails, the answer stays.
     HTML entities are unescaped first: an answer copied from an escaped title ("Tunnels &amp; Trolls") is checked
     against the question as written plainly (seen: it restated the question, yet voted, as the entity hid it)."""
-    plain = {r.index: html.unescape(r.answer).strip() for r in results}
+    plain = {r.index: plain_answer(r.answer) for r in results}
     ruled = {i: _rule_based(question, answer) for i, answer in plain.items()}
     short = {i: answer if ruled[i] is None else ruled[i] for i, answer in plain.items()}
     long = [r for r in results if r.answered and ruled[r.index] is None]

@@ -15,7 +15,6 @@ the fetched pages that hold it. A job of one trajectory ends with one reading: i
 
 from __future__ import annotations
 
-import html
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.evidence import pooled_passages, token_f1
 from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
-from heavy.aggregate.normalize import normalize_answer, vote_key
+from heavy.aggregate.normalize import normalize_answer, plain_answer, vote_key
 from heavy.aggregate.shorten import is_short, shorten_answers
 from heavy.llm.types import LLMBackend, Sampling, Usage
 
@@ -60,7 +59,7 @@ def tally(results: Sequence[TrajectoryResult], answers: Mapping[int, str] | None
     answer) replaces the trajectories' own answers, e.g. with their shortened forms. HTML entities are unescaped:
     an answer copied from an escaped title or snippet ("Tunnels &amp; Trolls") is the same answer, written plainly."""
     members: dict[str, list[TrajectoryResult]] = defaultdict(list)
-    written = {r.index: html.unescape((answers or {}).get(r.index, r.answer)).strip() for r in results}
+    written = {r.index: plain_answer((answers or {}).get(r.index, r.answer)) for r in results}
     for result in results:
         key = vote_key(written[result.index])
         if key:
@@ -87,7 +86,8 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     groups = fold_sentences(tally(results, answers))
     if backend is None or (groups and _has_majority(groups, min_majority)):
         return _group_won(groups[0], groups, results, usage) if groups else Vote("", 0.0, (), usage=usage)
-    # No majority, or no answer at all: the judge reads each trajectory's pages (nothing fetched, nothing to read).
+    # No majority, or no answer at all: the judge reads the job's best pages, once per trajectory (nothing fetched,
+    # nothing to read).
     judge = Judge(question, backend, sampling, prefix_key)
     reads = await judge.read_each(results, answers)
     ballots = most_ballots(groups, fold_sentences(tally(results, reads)), min_majority) if len(results) > 1 else None
