@@ -131,13 +131,15 @@ async def evaluate(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         report = corpus_add(write_corpus(load_questions(args.data, None), Path(tmp)), Path(tmp) / "index.sqlite")
         with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
-            scheduler = Scheduler(backend, executor, aggregation=AggregationConfig(min_majority=args.min_majority))
+            scheduler = Scheduler(backend, executor, aggregation=AggregationConfig(
+                min_majority=args.min_majority, read_on_majority=args.read_on_majority))
             for row in questions:
                 for n in args.trajectories:
                     per_setting[n].append(await ask(scheduler, row, base, n))
                 result = {"command": " ".join(sys.argv), "data": str(args.data), "corpus_pages": report.total,
                           "backend": args.backend, "model": settings.model, "max_steps": args.max_steps,
                           "step_tokens": args.step_tokens, "min_majority": args.min_majority,
+                          "read_on_majority": args.read_on_majority,
                           "focus_searches": args.focus_searches,
                           "settings": summarise(per_setting)}
                 args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
@@ -169,6 +171,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-majority", type=int, default=AggregationConfig.min_majority,
                         help="agreeing trajectories that skip the judge; 1 lets a lone answer stand")
+    parser.add_argument("--read-on-majority", action="store_true",
+                        help="the judge's readings vote even when the trajectories have a majority (n > 1)")
     parser.add_argument("--focus-searches", action=argparse.BooleanOptionalAction, default=True,
                         help="trajectory k >= 1 also opens with a search on a named part of the question")
     parser.add_argument("--out", type=Path, default=Path("eval_hotpotqa.json"))

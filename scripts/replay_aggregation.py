@@ -98,8 +98,9 @@ async def replay(args: argparse.Namespace) -> dict:
     rows = load_questions(args.data, None)
     settings = Settings()
     backend = make_backend(settings, "runtime")
-    config = AggregationConfig(min_majority=args.min_majority)
-    out: dict = {"recorded": str(args.recorded), "min_majority": args.min_majority, "settings": []}
+    config = AggregationConfig(min_majority=args.min_majority, read_on_majority=args.read_on_majority)
+    out: dict = {"recorded": str(args.recorded), "min_majority": args.min_majority,
+                 "read_on_majority": args.read_on_majority, "settings": []}
     with tempfile.TemporaryDirectory() as tmp:
         corpus_add(write_corpus(rows, Path(tmp)), Path(tmp) / "index.sqlite")
         with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
@@ -139,6 +140,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("replay_aggregation.json"))
     parser.add_argument("--min-majority", type=int, default=AggregationConfig.min_majority,
                         help="agreeing trajectories that skip the judge; 1 lets a lone answer stand")
+    parser.add_argument("--read-on-majority", action="store_true",
+                        help="the judge's readings vote even when the trajectories have a majority (n > 1)")
     args = parser.parse_args()
     if not args.recorded.is_file():
         sys.exit(f"no such file: {args.recorded}")

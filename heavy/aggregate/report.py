@@ -46,6 +46,7 @@ class AggregationConfig:
     price_per_mtok_completion: float = 0.0
     sampling: Sampling = Sampling(temperature=0.0)
     min_majority: int = MIN_MAJORITY  # answer mode: fewer agreeing trajectories go to the judge (1: a lone one stands)
+    read_on_majority: bool = False  # answer mode: the judge's readings vote even beside a majority (jobs of n > 1)
 
     def __post_init__(self) -> None:
         if self.report_tokens < 16 or self.source_excerpt_chars < 1 or self.prompt_source_chars < 1:
@@ -69,7 +70,7 @@ async def aggregate(
     # Short answers and the judge are for answer mode; a report's answer may need sentences, and the report pass
     # below is where its trajectories' findings are merged.
     decided = await vote(question, results, backend if mode == "answer" else None, config.sampling, prefix_key=job_id,
-                         min_majority=config.min_majority)
+                         min_majority=config.min_majority, read_on_majority=config.read_on_majority)
     union = union_of_sources(results)
     usage = decided.usage
     body, body_cited, dropped = "", (), ()

@@ -2,7 +2,8 @@
 
 A sentence the shortening could not cut votes with the one short answer it contains ("Eenasul Fateh, also known as
 Aladin, is a magician" with "Eenasul Fateh"). A majority (more than half of the answering trajectories, and at least
-two of them) wins outright. A tie, a spread vote where no answer has a majority, a lone answer (a job of one
+two of them) wins outright, unless `read_on_majority` asks the judge's readings to vote in every job of more than
+one trajectory. A tie, a spread vote where no answer has a majority, a lone answer (a job of one
 trajectory), or no answer at all (every trajectory gave up, or answered a "who" question with "yes") goes to the
 judge (judge.py), in two rounds:
 - it reads the best pages all trajectories fetched (evidence.py picks them) once per trajectory, each time in
@@ -81,13 +82,14 @@ def agreeing(results: Sequence[TrajectoryResult], k: int) -> Group | None:
 
 async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
                sampling: Sampling = Sampling(), prefix_key: str | None = None,
-               min_majority: int = MIN_MAJORITY) -> Vote:
+               min_majority: int = MIN_MAJORITY, read_on_majority: bool = False) -> Vote:
     answers, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
     groups = fold_sentences(tally(results, answers))
-    if backend is None or (groups and _has_majority(groups, min_majority)):
+    outright = groups and _has_majority(groups, min_majority) and not (read_on_majority and len(results) > 1)
+    if backend is None or outright:
         return _group_won(groups[0], groups, results, usage) if groups else Vote("", 0.0, (), usage=usage)
-    # No majority, or no answer at all: the judge reads the job's best pages, once per trajectory (nothing fetched,
-    # nothing to read).
+    # No majority (or readings vote beside one), or no answer at all: the judge reads the job's best pages, once per
+    # trajectory (nothing fetched, nothing to read).
     judge = Judge(question, backend, sampling, prefix_key)
     reads = await judge.read_each(results, answers)
     ballots = most_ballots(groups, fold_sentences(tally(results, reads)), min_majority) if len(results) > 1 else None

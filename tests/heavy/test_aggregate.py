@@ -88,6 +88,18 @@ async def test_a_majority_wins_without_the_judge():
     assert decided.answer == "1889" and not decided.judged and not backend.requests
 
 
+async def test_with_read_on_majority_the_readings_vote_beside_a_majority():
+    backend = ScriptedBackend(lambda request: text("1889"))
+    results = [result(0, "1887", evidence=[EIFFEL]), result(1, "1887", evidence=[EIFFEL]), result(2, "1889")]
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="answer", results=results,
+                          backend=backend, config=AggregationConfig(read_on_majority=True))
+    assert job.answer == "1889" and job.reads == {0: "1889", 1: "1889", 2: "1889"}  # 4 ballots against 2
+    assert [r.request_id for r in backend.requests] == ["read:0"]  # one page: one order, read once
+    unset = await aggregate(job_id="k", question="When was the Eiffel Tower finished?", mode="answer",
+                            results=results, backend=backend)
+    assert unset.answer == "1887" and not unset.reads  # by default a majority wins outright
+
+
 async def test_a_spread_vote_without_a_majority_goes_to_the_judge():
     answers = ["1889", "1889", "1887", "1901", "1850"]
     backend = ScriptedBackend(lambda request: text("It was 1887"))

@@ -37,7 +37,8 @@ def test_settings_read_the_heavy_prefix(monkeypatch):
         Settings()
     monkeypatch.setenv("HEAVY_TRAJECTORIES", "3")
     monkeypatch.setenv("HEAVY_MIN_MAJORITY", "1")
-    assert Settings().min_majority == 1
+    monkeypatch.setenv("HEAVY_READ_ON_MAJORITY", "true")
+    assert (Settings().min_majority, Settings().read_on_majority) == (1, True)
     monkeypatch.setenv("HEAVY_MIN_MAJORITY", "0")
     with pytest.raises(ValidationError):
         Settings()
