@@ -131,8 +131,7 @@ async def evaluate(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         report = corpus_add(write_corpus(load_questions(args.data, None), Path(tmp)), Path(tmp) / "index.sqlite")
         with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
-            scheduler = Scheduler(backend, executor, aggregation=AggregationConfig(
-                min_majority=args.min_majority, read_on_majority=args.read_on_majority))
+            scheduler = Scheduler(backend, executor, aggregation=aggregation_config(args))
             for row in questions:
                 for n in args.trajectories:
                     per_setting[n].append(await ask(scheduler, row, base, n))
@@ -145,6 +144,18 @@ async def evaluate(args: argparse.Namespace) -> dict:
                 args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     await backend.aclose()
     return result
+
+
+def add_aggregation_options(parser: argparse.ArgumentParser) -> None:
+    """The answer-mode aggregation options, shared with replay_aggregation.py; `aggregation_config` reads them."""
+    parser.add_argument("--min-majority", type=int, default=AggregationConfig.min_majority,
+                        help="agreeing trajectories that skip the judge; 1 lets a lone answer stand")
+    parser.add_argument("--read-on-majority", action="store_true",
+                        help="the judge's readings vote even when the trajectories have a majority (n > 1)")
+
+
+def aggregation_config(args: argparse.Namespace) -> AggregationConfig:
+    return AggregationConfig(min_majority=args.min_majority, read_on_majority=args.read_on_majority)
 
 
 def print_table(result: dict) -> None:
@@ -169,10 +180,7 @@ def main() -> None:
     parser.add_argument("--early-stop-k", type=int, default=5)
     parser.add_argument("--temperature-max", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-majority", type=int, default=AggregationConfig.min_majority,
-                        help="agreeing trajectories that skip the judge; 1 lets a lone answer stand")
-    parser.add_argument("--read-on-majority", action="store_true",
-                        help="the judge's readings vote even when the trajectories have a majority (n > 1)")
+    add_aggregation_options(parser)
     parser.add_argument("--focus-searches", action=argparse.BooleanOptionalAction, default=True,
                         help="trajectory k >= 1 also opens with a search on a named part of the question")
     parser.add_argument("--out", type=Path, default=Path("eval_hotpotqa.json"))

@@ -25,12 +25,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from eval_hotpotqa import DEFAULT_DATA, exact_match, f1_score, load_questions, read_run, write_corpus
+from eval_hotpotqa import (
+    DEFAULT_DATA,
+    add_aggregation_options,
+    aggregation_config,
+    exact_match,
+    f1_score,
+    load_questions,
+    read_run,
+    write_corpus,
+)
 
 from heavy.agent.gathered import cited_sources, keep_evidence, supporting_sources
 from heavy.agent.steps import TrajectoryResult, stated_confidence
 from heavy.agent.trajectory import FORCED_CONFIDENCE
-from heavy.aggregate import AggregationConfig, aggregate
+from heavy.aggregate import aggregate
 from heavy.config import Settings
 from heavy.corpus.commands import corpus_add
 from heavy.llm import make_backend
@@ -98,7 +107,7 @@ async def replay(args: argparse.Namespace) -> dict:
     rows = load_questions(args.data, None)
     settings = Settings()
     backend = make_backend(settings, "runtime")
-    config = AggregationConfig(min_majority=args.min_majority, read_on_majority=args.read_on_majority)
+    config = aggregation_config(args)
     out: dict = {"recorded": str(args.recorded), "min_majority": args.min_majority,
                  "read_on_majority": args.read_on_majority, "settings": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,10 +147,7 @@ def main() -> None:
     parser.add_argument("recorded", type=Path, help="a JSON result of scripts/eval_hotpotqa.py")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path("replay_aggregation.json"))
-    parser.add_argument("--min-majority", type=int, default=AggregationConfig.min_majority,
-                        help="agreeing trajectories that skip the judge; 1 lets a lone answer stand")
-    parser.add_argument("--read-on-majority", action="store_true",
-                        help="the judge's readings vote even when the trajectories have a majority (n > 1)")
+    add_aggregation_options(parser)
     args = parser.parse_args()
     if not args.recorded.is_file():
         sys.exit(f"no such file: {args.recorded}")
