@@ -1,12 +1,14 @@
 """Short answers for the vote: a weak model often answers with a sentence ("The band was formed in 1994 in
 Leeds."), and sentences that say the same thing never compare equal. Long answers are cut down to the phrase that
 answers the question by one small LLM call each, run concurrently; short ones are kept as written, and "Yes, ..." to a
-yes/no question needs no model to become "yes"."""
+yes/no question needs no model to become "yes". A sentence the model gives back uncut that only restates the question
+around one phrase is cut to that phrase by rule."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 
 from heavy.agent.steps import TrajectoryResult, answer_line
@@ -158,7 +160,7 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
 async def shorten_one(question: str, answer: str, backend: LLMBackend, sampling: Sampling, prefix_key: str | None,
                       request_id: str) -> tuple[str, Usage]:
     """One long answer cut down by the model; the answer as written when the call fails or the cut is of the
-    wrong kind or says something else."""
+    wrong kind or says something else. A cut still long is reduced to the phrase it adds to the question."""
     try:
         completion = await backend.chat(shorten_messages(question, answer), None, sampling,
                                         max_tokens=SHORTEN_TOKENS, request_id=request_id, prefix_key=prefix_key)
@@ -168,4 +170,38 @@ async def shorten_one(question: str, answer: str, backend: LLMBackend, sampling:
     cut = answer_line(completion.content)
     if not cut or not_an_answer(question, cut) or not drawn_from(cut, answer):
         cut = answer.strip()
+    if not is_short(cut):  # seen: the sentence echoed back whole
+        cut = phrase_around_question(question, cut) or cut
     return cut, completion.usage
+
+
+# Words that join a phrase to the question restated around it; they belong to neither.
+_JOINING = frozenset({"the", "and", "was", "were", "are", "has", "had", "have", "been", "that", "which", "who",
+                      "this", "its", "his", "her", "their", "for", "with", "from", "also", "one"})
+_TOKEN_WORDS = re.compile(r"\w+")
+
+
+def phrase_around_question(question: str, answer: str) -> str | None:
+    """The one phrase a sentence adds to the question it restates, when the model could not cut it: "The English
+    Electric Canberra was used in the South West Pacific theatre" to "Which ... bomber was used in the South West
+    Pacific theatre ...?" is "English Electric Canberra" (seen: four of eight readings of one job, left as that
+    sentence, won its vote). None unless the sentence holds words of the question and all its other words form one
+    short run, and that run is an answer of the right kind."""
+    asked = content_words(question)
+    tokens = answer.split()
+    kinds = [_token_kind(token, asked) for token in tokens]
+    new = [i for i, kind in enumerate(kinds) if kind == "new"]
+    if not new or "asked" not in kinds or "asked" in kinds[new[0]:new[-1] + 1]:
+        return None
+    phrase = " ".join(tokens[new[0]:new[-1] + 1]).strip(" ,;:.!?\"'()")
+    if not is_short(phrase) or not_an_answer(question, phrase):
+        return None
+    return phrase
+
+
+def _token_kind(token: str, asked: set[str]) -> str:
+    """"asked" if the token holds a word of the question, "new" if it holds another word, else "joining"."""
+    words = {w for w in _TOKEN_WORDS.findall(token.lower()) if len(w) > 2}
+    if words & asked:
+        return "asked"
+    return "new" if words - _JOINING else "joining"

@@ -9,7 +9,7 @@ from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tall
 from heavy.aggregate.citations import filter_claims
 from heavy.aggregate.evidence import token_f1
 from heavy.aggregate.judge import reading_order
-from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, restates
+from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, phrase_around_question, restates
 from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
 
@@ -256,6 +256,22 @@ async def test_a_reading_written_as_a_sentence_is_cut_short_and_not_taken_for_an
     backend = ScriptedBackend(lambda request: text(replies[request.request_id]))
     decided = await vote(question, [result(0, restated, evidence=[EIFFEL])], backend)
     assert decided.answer == "Shirley Temple" and decided.backers == ()
+
+
+async def test_a_sentence_the_model_cannot_cut_votes_with_the_phrase_it_adds_to_the_restated_question():
+    question = "Which British jet bomber was used in the South West Pacific theatre of World War II?"
+    sentence = "The English Electric Canberra was used in the South West Pacific theatre of World War II"
+    backend = ScriptedBackend(lambda request: text(
+        sentence if request.request_id.startswith(("read:", "shorten:")) else "??"))  # the model echoes it back
+    results = [result(i, "", evidence=[EIFFEL]) for i in range(3)] + [result(3, "Avro Lincoln", evidence=[EIFFEL])]
+    decided = await vote(question, results, backend)
+    assert decided.reads == dict.fromkeys(range(4), "English Electric Canberra")
+    assert decided.answer == "English Electric Canberra"
+    assert phrase_around_question("Who was known as Aladin?", "Eenasul Fateh, also known as Aladin, is a magician") \
+        is None  # two runs of new words around the question's: no one phrase
+    assert phrase_around_question(question, "It was a major theatre of the war between the Allies and Japan") is None
+    assert phrase_around_question("What did the battle secure?", "Yes, the battle secured it") is None  # wrong kind
+    assert phrase_around_question("When was the bridge opened?", "The bridge was opened by the King") is None
 
 
 async def test_a_short_form_the_answer_does_not_say_is_not_voted():
