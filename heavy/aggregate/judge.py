@@ -47,6 +47,7 @@ class Judge:
     def __init__(self, question: str, backend: LLMBackend, sampling: Sampling, prefix_key: str | None) -> None:
         self.question, self.backend, self.sampling, self.prefix_key = question, backend, sampling, prefix_key
         self.usage = Usage()
+        self.pooled: list[Passage] = []  # the job's best pages in rank order, once read_each has pooled them
         self._answered: dict[tuple[str, ...], asyncio.Task] = {}
 
     async def answer(self, passages: Sequence[Passage], request_id: str = "judge") -> str:
@@ -66,10 +67,10 @@ class Judge:
         while in different orders they agree only on what the pages say (measured by scripts/bench_reading.py:
         eight orders voted beat one reading, and beat each trajectory reading its own pages in rank order). A lone
         trajectory reads its pages in rank order."""
-        passages = pooled_passages(self.question, results, [answers.get(r.index, r.answer) for r in results],
-                                   k=JUDGE_PASSAGES)
+        self.pooled = pooled_passages(self.question, results, [answers.get(r.index, r.answer) for r in results],
+                                      k=JUDGE_PASSAGES)
         indices = [r.index for r in results]
-        read = await asyncio.gather(*(self.answer(reading_order(passages, n), f"read:{i}")
+        read = await asyncio.gather(*(self.answer(reading_order(self.pooled, n), f"read:{i}")
                                       for n, i in enumerate(indices)))
         return dict(zip(indices, read, strict=True))
 

@@ -9,7 +9,7 @@ judge (judge.py), in two rounds:
 - it reads the best pages all trajectories fetched (evidence.py picks them) once per trajectory, each time in
   another order (a small model answers from the page it reads first). Every trajectory then has two ballots, its
   answer and its reading; the answer with the most ballots wins, if no other has as many;
-- else the reading of those pages in rank order decides (the first reading, unless the candidates rank them anew).
+- else the reading of those pages in rank order decides (the first trajectory's reading).
 If the winning answer is one of the trajectories' answers, that group wins; otherwise it stands on its own, cited to
 the fetched pages that hold it. A job of one trajectory ends with one reading: its pages are the pooled pages.
 """
@@ -97,8 +97,8 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     if ballots is not None:
         verdict, backers, judged = ballots
         passages = pooled_passages(question, [r for r in results if r.index in backers], [verdict], k=JUDGE_PASSAGES)
-    else:  # a tie of ballots (or a job of one): the judge reads the best pages of all trajectories
-        passages = pooled_passages(question, results, [g.answer for g in groups], k=JUDGE_PASSAGES)
+    else:  # a tie of ballots (or a job of one): the reading of the pooled pages in rank order, already asked
+        passages = judge.pooled
         verdict = await judge.answer(passages)
     usage = usage + judge.usage
     if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
