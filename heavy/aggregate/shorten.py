@@ -175,8 +175,8 @@ async def shorten_one(question: str, answer: str, backend: LLMBackend, sampling:
     return cut, completion.usage
 
 
-# Words that join a phrase to the question restated around it; they belong to neither.
-_JOINING = frozenset({"the", "and", "was", "were", "are", "has", "had", "have", "been", "that", "which", "who",
+# Words that join a phrase to the question restated around it ("It was 1887"); they belong to neither.
+JOINING = frozenset({"the", "and", "was", "were", "are", "has", "had", "have", "been", "that", "which", "who",
                       "this", "its", "his", "her", "their", "for", "with", "from", "also", "one"})
 _TOKEN_WORDS = re.compile(r"\w+")
 
@@ -199,9 +199,15 @@ def phrase_around_question(question: str, answer: str) -> str | None:
     return phrase
 
 
+def says_more(answer: str, than: str, question: str) -> bool:
+    """The answer holds a word that neither `than` nor the question holds, joining words aside: "Indianapolis Motor
+    Speedway" says more than "Indianapolis", "It was 1887" no more than "1887"."""
+    return bool(content_words(answer) - content_words(than) - content_words(question) - JOINING)
+
+
 def _token_kind(token: str, asked: set[str]) -> str:
     """"asked" if the token holds a word of the question, "new" if it holds another word, else "joining"."""
     words = {w for w in _TOKEN_WORDS.findall(token.lower()) if len(w) > 2}
     if words & asked:
         return "asked"
-    return "new" if words - _JOINING else "joining"
+    return "new" if words - JOINING else "joining"

@@ -24,7 +24,7 @@ from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.evidence import pooled_passages, token_f1
 from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
 from heavy.aggregate.normalize import normalize_answer, plain_answer, vote_key
-from heavy.aggregate.shorten import is_short, shorten_answers
+from heavy.aggregate.shorten import is_short, says_more, shorten_answers
 from heavy.llm.types import LLMBackend, Sampling, Usage
 
 MIN_MAJORITY = 2  # one trajectory alone is not a consensus: its answer is checked by the judge
@@ -104,14 +104,24 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
         return (_group_won(groups[0], groups, results, usage, reads=reads) if groups
                 else Vote("", 0.0, (), usage=usage, reads=reads))
-    scores = [token_f1(verdict, g.answer, restated=question) for g in groups]
-    best = max(range(len(groups)), key=lambda i: (scores[i], len(groups[i].members), groups[i].confidence), default=0)
-    if groups and scores[best] >= SAME_ANSWER_F1:
-        return _group_won(groups[best], groups, results, usage, judged=judged, reads=reads)
+    same = _same_group(question, verdict, groups)
+    if same is not None:
+        return _group_won(same, groups, results, usage, judged=judged, reads=reads)
     needle = f" {normalize_answer(verdict)} "
     containing = tuple(p.url for p in passages if needle in f" {normalize_answer(p.text)} ")
     return Vote(answer=verdict, agreement=0.0, groups=groups, judged=True, usage=usage,
                 cited=containing or tuple(p.url for p in passages), reads=reads)
+
+
+def _same_group(question: str, verdict: str, groups: Sequence[Group]) -> Group | None:
+    """The trajectories' group the judge's verdict is: the one it overlaps most (SAME_ANSWER_F1 on), unless the
+    verdict says more than that group's answer does (seen: seven readings' "Indianapolis Motor Speedway" won the
+    ballots, then was handed to three answers "Indianapolis" that it overlaps by half). "It was 1887" is "1887"."""
+    scores = [token_f1(verdict, g.answer, restated=question) for g in groups]
+    best = max(range(len(groups)), key=lambda i: (scores[i], len(groups[i].members), groups[i].confidence), default=0)
+    if not groups or scores[best] < SAME_ANSWER_F1 or says_more(verdict, groups[best].answer, question):
+        return None
+    return groups[best]
 
 
 def fold_sentences(groups: Sequence[Group]) -> tuple[Group, ...]:

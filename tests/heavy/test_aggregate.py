@@ -82,6 +82,15 @@ async def test_split_ballots_go_to_the_reading_of_the_pooled_pages_in_rank_order
     assert decided.cited == (EIFFEL.url,) and decided.backers == (1,)
 
 
+async def test_a_reading_that_wins_the_ballots_is_not_handed_to_an_answer_it_only_overlaps():
+    backend = ScriptedBackend(lambda request: text("Indianapolis Motor Speedway"))
+    answers = ["Indianapolis", "Indianapolis", "1952", "Darlington Raceway"]
+    decided = await vote("What race track in the midwest hosts a 500 mile race every May?",
+                         [result(i, answer, evidence=[EIFFEL]) for i, answer in enumerate(answers)], backend)
+    assert decided.answer == "Indianapolis Motor Speedway" and decided.judged and decided.backers == ()
+    assert token_f1("Indianapolis Motor Speedway", "Indianapolis") >= 0.5  # what used to hand it over
+
+
 async def test_a_majority_wins_without_the_judge():
     backend = ScriptedBackend(lambda request: text("1887"))
     decided = await vote("When?", [result(0, "1889"), result(1, "1889"), result(2, "1887")], backend)
