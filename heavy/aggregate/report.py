@@ -7,7 +7,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.citations import filter_claims, renumber, union_of_sources
@@ -71,6 +71,8 @@ async def aggregate(
     # below is where its trajectories' findings are merged.
     decided = await vote(question, results, backend if mode == "answer" else None, config.sampling, prefix_key=job_id,
                          min_majority=config.min_majority, read_on_majority=config.read_on_majority)
+    if mode == "report" and not _agreed(decided):  # one of several answers is no headline: the findings are
+        decided = replace(decided, answer="", agreement=0.0, cited=())
     union = union_of_sources(results)
     usage = decided.usage
     body, body_cited, dropped = "", (), ()
@@ -155,6 +157,9 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
                   f"No answer had a majority among the {len(results)} trajectories; the judge answered from the "
                   "pages they fetched")
         parts.append(f"**Answer:** {decided.answer} {marks}".rstrip() + f"\n\n{behind}.")
+    elif decided.groups:
+        parts.append(f"**Answer:** the {len(results)} trajectories did not agree (no answer had a majority). The "
+                     "findings below merge what their fetched pages say; their answers are listed after them.")
     else:
         parts.append("**Answer:** no trajectory found an answer it could support.")
     if body:
@@ -170,6 +175,12 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
             for i, n in enumerate(cited, start=1)
         )
     return markdown, cited
+
+
+def _agreed(decided: Vote) -> bool:
+    """More than half of the answering trajectories gave the vote's answer (a lone one counts)."""
+    answered = sum(len(g.members) for g in decided.groups)
+    return not decided.groups or 2 * len(decided.backers) > answered
 
 
 def _disagreements(decided: Vote, results: Sequence[TrajectoryResult]) -> str:

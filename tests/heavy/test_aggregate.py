@@ -374,6 +374,20 @@ async def test_the_disagreement_list_quotes_a_copied_page_short_and_without_its_
     assert "http://" not in listed and "word28" not in listed
 
 
+async def test_a_report_without_a_majority_headlines_no_lone_answer():
+    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [1]."))
+    results = [result(0, "1889", cited=[EIFFEL]), result(1, "1887", cited=[LOUVRE]), result(2, "1901")]
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
+                          results=results, backend=backend)
+    assert job.answer == "" and job.agreement == 0.0 and job.votes == {"1889": 1, "1887": 1, "1901": 1}
+    assert "**Answer:** the 3 trajectories did not agree" in job.markdown
+    assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown
+    assert all(f'"{year}": trajectories' in job.markdown for year in ("1889", "1887", "1901"))
+    lone = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
+                           results=results[:1], backend=backend)
+    assert lone.answer == "1889" and "**Answer:** 1889 [1]" in lone.markdown  # one trajectory: its answer
+
+
 async def test_report_with_no_answer_at_all_still_says_so():
     backend = ScriptedBackend(lambda request: text("Nothing is known."))
     job = await aggregate(job_id="j", question="Q?", mode="report", results=[result(0, "")], backend=backend)
