@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from heavy.llm.types import ToolCall, Usage
@@ -9,11 +10,23 @@ from heavy.tools.base import Source
 
 ANSWER_PREFIXES = ("final answer:", "answer:", "the answer is")
 DEFAULT_CONFIDENCE = 0.6  # an answer call that states none, or an unreadable one
+# A tool result's header as the tools write it ("[n] Title" or "# Title", then "URL: ..."), copied into an answer.
+# The line above "URL:" goes with it only if it reads as a title, not as a sentence (no closing full stop).
+_RESULT_HEADER = re.compile(r"^(?:[^\n]{0,150}[^\s.!?:][ \t]*\n)?[ \t]*URL:[ \t]*\S+[^\n]*(?:\n|$)", re.MULTILINE)
+
+
+def without_result_headers(answer: str) -> str:
+    """The answer without the title-and-URL headers of tool results a small model copies into it (seen in the demo:
+    "Python reference: Compound statements\nURL: http://…/doc/22\n… A "break" statement …"); the URLs belong in
+    the sources. An answer that is nothing but headers is left as it is."""
+    rest = _RESULT_HEADER.sub("", answer).strip().lstrip("….").strip()
+    return rest if any(ch.isalnum() for ch in rest) else answer.strip()
 
 
 def answer_line(text: str) -> str:
-    """The first non-empty line of a model's answer, without a leading "Answer:" and without the quotes, stars and
-    full stop a model wraps a short answer in. Shared by the agent loop and the aggregator's LLM passes."""
+    """The first non-empty line of a model's answer, without copied tool-result headers, a leading "Answer:", and the
+    quotes, stars and full stop a model wraps a short answer in. Shared by the agent loop and the aggregator."""
+    text = without_result_headers(text)
     line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
     for prefix in ANSWER_PREFIXES:
         if line.lower().startswith(prefix):

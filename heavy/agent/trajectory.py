@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, replace
 
@@ -18,7 +19,14 @@ from heavy.agent.budget import OWN_STOPS, JobTokenBudget, Stopped, StopSignal, T
 from heavy.agent.context import fit_context
 from heavy.agent.gathered import cited_sources, keep_evidence, supporting_sources
 from heavy.agent.repair import UNREADABLE, repair_call
-from heavy.agent.steps import ActionStep, Observation, TrajectoryResult, answer_line, stated_confidence
+from heavy.agent.steps import (
+    ActionStep,
+    Observation,
+    TrajectoryResult,
+    answer_line,
+    stated_confidence,
+    without_result_headers,
+)
 from heavy.events import EventSink, NullSink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
 from heavy.llm.toolparse import parse_text_tool_calls
 from heavy.llm.types import Completion, LLMBackend, LLMError, Message, Sampling, ToolCall, Usage
@@ -30,6 +38,7 @@ MAX_CALLS_PER_STEP = 3
 FORCED_CONFIDENCE = 0.3
 THOUGHT_CHARS = 300  # how much of a step's text goes into its event
 OPENING_TOOL = "search"
+_URL = re.compile(r"https?://[^\s)\]>\"']+")
 
 
 @dataclass(frozen=True)
@@ -243,7 +252,8 @@ class Trajectory:
 
     def _accept_answer(self, call: ToolCall) -> str:
         """Take the `answer` call, or say why not (empty, or no evidence yet — sent back once)."""
-        answer = str(call.arguments.get("answer") or "").strip()
+        written = str(call.arguments.get("answer") or "")
+        answer = without_result_headers(written)
         if not any(ch.isalnum() for ch in answer):  # "" or a format placeholder copied back ("...")
             return prompts.EMPTY_ANSWER
         if not self.evidence and not self.answer_rejected:
@@ -251,7 +261,10 @@ class Trajectory:
             self.best_guess = answer
             return prompts.NUDGE_USE_TOOLS
         confidence = stated_confidence(call.arguments)
-        cited = cited_sources(call.arguments.get("sources") or [], answer, self.evidence, self.excerpts)
+        listed = call.arguments.get("sources") or []
+        listed = [listed] if isinstance(listed, str) else listed if isinstance(listed, list) else []
+        # the URLs of tool-result headers copied into the answer still say where it came from
+        cited = cited_sources(listed + _URL.findall(written), answer, self.evidence, self.excerpts)
         self.final = _Final(answer=answer, confidence=confidence, cited=cited)
         return ""
 

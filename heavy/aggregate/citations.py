@@ -66,7 +66,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     words when `texts` (url → the text fetched) is given; see the module docstring."""
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
     words_of = {n: content_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
-    kept_lines, cited, dropped = [], [], []
+    kept_lines, cited, dropped, said = [], [], [], set()
     for line in body.splitlines():
         stripped = line.strip()
         if _COPIED_HEADING.match(stripped):
@@ -83,6 +83,9 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             if not numbers and texts and (n := attribute(sentence, words_of)) is not None:
                 text, numbers = _with_marker(text, n), [n]
             if numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence):
+                if (claim := _claim_key(text)) in said:  # a small model repeats itself; a claim is said once
+                    continue
+                said.add(claim)
                 kept.append(text)
                 cited += [n for n in numbers if n not in cited]
             elif sentence.strip():
@@ -109,6 +112,11 @@ def _supported(sentence: str, cited_words: Sequence[set[str]]) -> bool:
     return any(len(words & page) >= SUPPORT_OVERLAP * len(words) for page in cited_words)
 
 
+def _claim_key(sentence: str) -> str:
+    """A claim as its words, markers and case aside: what makes two sentences the same claim."""
+    return " ".join(re.findall(r"\w+", _MARKER.sub("", sentence).lower()))
+
+
 def _with_marker(sentence: str, n: int) -> str:
     body = sentence.rstrip()
     end = body[-1] if body and body[-1] in ".!?" else ""
@@ -132,7 +140,7 @@ def _resolve(sentence: str, number_of_url: dict[str, int], count: int) -> tuple[
         return "".join(f"[{n}]" for n in valid)
 
     text = _LINK.sub(link, _MARKER.sub(marker, sentence))
-    return re.sub(r"\s+([.,;!?])", r"\1", re.sub(r" {2,}", " ", text)).strip(), numbers
+    return re.sub(r"\s+([.,;!?])(?!\.)", r"\1", re.sub(r" {2,}", " ", text)).strip(), numbers
 
 
 def _tidy(text: str) -> str:

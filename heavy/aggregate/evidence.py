@@ -30,7 +30,8 @@ TITLE_WEIGHT = 2.0  # the page's title names something the question names
 CANDIDATE_WEIGHT = 1.5  # the page contains one of the trajectories' answers
 _WORD = re.compile(r"\w+")
 _QUALIFIER = re.compile(r"\(.*?\)")
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(*])")  # also before **bold**, as Markdown bodies have
+# also before **bold**, as Markdown bodies have; not after an ellipsis ("the 'try' ... 'except' statement")
+SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\.\.)\s+(?=[A-Z0-9\"'(*])")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import pytest
 from heavy.agent.context import DROPPED, estimate_tokens, fit_context
 from heavy.agent.prompts import ANSWER_SPEC
 from heavy.agent.repair import repair_call
+from heavy.agent.steps import answer_line, without_result_headers
 from heavy.llm.toolparse import parse_text_tool_calls
 from heavy.llm.types import ToolCall
 
@@ -87,3 +88,19 @@ def test_fit_context_cuts_the_newest_output_when_it_alone_is_too_long():
     messages = [{"role": "user", "content": "q"}, {"role": "tool", "content": "x" * 30_000}]
     fitted = fit_context(messages, None, max_prompt_tokens=1000)
     assert estimate_tokens(fitted) <= 1000 + 20 and fitted[1]["content"].endswith("[cut to fit the context]")
+
+
+@pytest.mark.parametrize(("answer", "kept"), [
+    ("Python reference: Compound statements\nURL: http://127.0.0.1:41767/doc/22\n… A break ends the loop.",
+     "A break ends the loop."),  # seen in the demo: an open_page header without its "# "
+    ("# Loops\nURL: http://corpus/loops (moved from http://corpus/old)\n\nA break ends the loop.",
+     "A break ends the loop."),
+    ("[1] Eiffel\nURL: http://c/1\nFinished in 1889.\n[2] Louvre\nURL: http://c/2\nA museum.",
+     "Finished in 1889.\nA museum."),
+    ("It is Paris.\nURL: http://corpus/paris", "It is Paris."),  # a sentence is no title: it stays
+    ("URL: http://corpus/paris", "URL: http://corpus/paris"),  # nothing but a header: left as it is
+    ("Its URL: field is empty.", "Its URL: field is empty."),
+])
+def test_tool_result_headers_copied_into_an_answer_are_cut(answer, kept):
+    assert without_result_headers(answer) == kept
+    assert answer_line(answer) == kept.splitlines()[0].rstrip(".")

@@ -233,3 +233,11 @@ async def test_an_opened_page_replaces_its_search_snippet_as_evidence():
     assert result.evidence[0].content_hash == source("http://corpus/eiffel", long_page).content_hash
     assert "1889" in result.excerpts["http://corpus/eiffel"] and [s.url for s in result.cited] == [
         "http://corpus/eiffel"]
+
+
+async def test_tool_result_headers_copied_into_the_answer_are_cut_and_their_url_cites_the_page():
+    copied = "[1] Eiffel Tower\nURL: http://corpus/eiffel\n… The Eiffel Tower is in Paris and was finished in 1889."
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel tower"), call("answer", answer=copied)))
+    result = await trajectory.run()
+    assert result.answer == "The Eiffel Tower is in Paris and was finished in 1889."
+    assert [s.url for s in result.cited] == ["http://corpus/eiffel"]
