@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     context_tokens: int = Field(8192, ge=512)  # what the agent may put in one prompt
     runtime_replicas: int = Field(0, ge=0)  # runtime backend: 0 = engine in process, else Ray replicas (RAY_ADDRESS)
     runtime_ep: int = Field(1, ge=1)  # expert-parallel ranks per Ray replica (Kimi K2 / DeepSeek-V3 checkpoints)
+    # runtime backend: reuse the KV of prompt prefixes seen before; off makes a request's numerics independent of what
+    # ran earlier in the process (replays), at the cost of prefilling every prompt in full
+    runtime_prefix_cache: bool = True
 
     # --- job defaults ---
     mode: Mode = "report"

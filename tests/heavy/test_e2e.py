@@ -56,3 +56,22 @@ async def test_eight_trajectory_job_on_the_embedded_model(backend, executor):
     # the 8 share the system prompt, tools and question: the engine's prefix cache serves most of it
     assert result.usage.cached_prompt_tokens > 0.5 * result.usage.prompt_tokens
     assert len(sink.of_type(TrajectoryDone)) == 8 and sink.of_type(ReportReady)[0].answer == result.answer
+
+
+async def test_without_the_prefix_cache_a_repeated_request_is_prefilled_in_full_and_reads_the_same(backend):
+    from heavy.llm.runtime_backend import RuntimeBackend
+    from heavy.llm.types import Sampling
+
+    # a prompt of several KV blocks, so the cache (when on) has whole blocks to serve
+    facts = " ".join(f"Fact {i}: the tower is tall." for i in range(10))
+    messages = [{"role": "user", "content": f"{QUESTION} {facts}"}]
+    greedy = Sampling(temperature=0.0, seed=0)
+    cached = [await backend.chat(messages, None, greedy, max_tokens=8) for _ in range(2)]
+    assert cached[1].usage.cached_prompt_tokens > 0.5 * cached[1].usage.prompt_tokens
+    uncached_backend = RuntimeBackend.load("qwen2.5-coder-0.5b", context_tokens=4096, prefix_cache=False)
+    try:
+        uncached = [await uncached_backend.chat(messages, None, greedy, max_tokens=8) for _ in range(2)]
+    finally:
+        uncached_backend.engine.shutdown()
+    assert [c.usage.cached_prompt_tokens for c in uncached] == [0, 0]
+    assert uncached[0].content == uncached[1].content  # the same shapes each time: the same numbers
