@@ -1,6 +1,6 @@
 """Opening searches: the named parts of a question, and which part each trajectory searches."""
 
-from heavy.agent.openings import focus_query, named_parts
+from heavy.agent.openings import clauses, focus_query, named_parts
 
 
 def test_a_comparison_gives_both_names_and_each_on_its_own():
@@ -30,3 +30,19 @@ def test_trajectory_zero_starts_like_a_lone_trajectory_and_the_others_cycle_over
     question = "Who is older, Annie Morton or Terry Richardson?"
     assert [focus_query(question, k) for k in range(5)] == [
         None, "Annie Morton", "Terry Richardson", "Annie Morton", "Terry Richardson"]
+
+
+def test_a_question_asking_several_things_has_its_clauses_searched_before_a_lone_name():
+    # the demo's question: its only name, "Python", led trajectories to pages on exceptions and literals
+    question = ("In Python, what do the break and continue statements do inside a for or while loop, and how does "
+                "the else clause of a loop interact with break?")
+    loop = "what do the break and continue statements do inside a for or while loop"
+    other = "how does the else clause of a loop interact with break"
+    assert clauses(question) == [loop, other]
+    assert [focus_query(question, k) for k in range(5)] == [None, loop, other, "Python", loop]
+
+
+def test_a_clause_of_names_or_of_one_part_is_no_clause_to_search():
+    assert clauses("Which band, Letters to Cleo or Screaming Trees, had more members?") == []
+    assert clauses("Who is older, Annie Morton or Terry Richardson?") == []
+    assert clauses("What government position was held by the woman who portrayed Corliss Archer in the film?") == []
