@@ -50,6 +50,9 @@ EMPTY_ANSWER = (  # seen: {"confidence": .., "sources": [..]} with the answer it
     'Your `answer` call had no answer in it. Write it like: '
     '{"name": "answer", "arguments": {"answer": "...", "sources": ["..."]}}'
 )
+ANSWER_REPEATS_QUESTION = (
+    "Your answer only repeats the question. Answer it from the results above, or search for what is missing."
+)
 UNKNOWN_TOOL = "There is no tool named {name}. Available tools: {available}."
 UNREADABLE_CALL = 'Your tool call could not be read. Write it like: {"name": "search", "arguments": {"query": "..."}}'
 FORCE_ANSWER = (  # the question is repeated: after long tool outputs a small model loses track of it

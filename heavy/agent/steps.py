@@ -12,6 +12,7 @@ ANSWER_PREFIXES = ("final answer:", "answer:", "the answer is")
 DEFAULT_CONFIDENCE = 0.6  # an answer call that states none, or an unreadable one
 # A tool result's header as the tools write it ("[n] Title" or "# Title", then "URL: ..."), copied into an answer.
 # The line above "URL:" goes with it only if it reads as a title, not as a sentence (no closing full stop).
+_WORD = re.compile(r"\w+")
 _RESULT_HEADER = re.compile(r"^(?:[^\n]{0,150}[^\s.!?:][ \t]*\n)?[ \t]*URL:[ \t]*\S+[^\n]*(?:\n|$)", re.MULTILINE)
 
 
@@ -21,6 +22,18 @@ def without_result_headers(answer: str) -> str:
     the sources. An answer that is nothing but headers is left as it is."""
     rest = _RESULT_HEADER.sub("", answer).strip().lstrip("….").strip()
     return rest if any(ch.isalnum() for ch in rest) else answer.strip()
+
+
+def restates_question(answer: str, question: str) -> bool:
+    """Whether the answer is the question said back (seen in the demo: the question, word for word, as the answer):
+    nearly all its words are the question's, it holds most of them, and it still reads as the question (a question
+    mark, or the question's first word first). "Scott Derrickson and Ed Wood were of the same nationality" answers
+    "Were Scott Derrickson and Ed Wood of the same nationality?" with the same words."""
+    said, asked = _WORD.findall(answer.lower()), _WORD.findall(question.lower())
+    if not said or not asked or not (answer.rstrip().endswith("?") or said[0] == asked[0]):
+        return False
+    shared = set(said) & set(asked)
+    return len(shared) >= 0.9 * len(set(said)) and len(shared) >= 0.6 * len(set(asked))
 
 
 def answer_line(text: str) -> str:

@@ -24,6 +24,7 @@ from heavy.agent.steps import (
     Observation,
     TrajectoryResult,
     answer_line,
+    restates_question,
     stated_confidence,
     without_result_headers,
 )
@@ -215,7 +216,7 @@ class Trajectory:
             observations.append(observation)
             self.messages.append({"role": "tool", "tool_call_id": call.id, "content": observation.text})
         if not repaired:
-            if content:
+            if content and not restates_question(content, self.spec.question):
                 self.best_guess = answer_line(content)
             feedback.append(prompts.NUDGE_CALL_ANSWER if self.evidence else prompts.NUDGE_USE_TOOLS)
         if problems:
@@ -256,6 +257,8 @@ class Trajectory:
         answer = without_result_headers(written)
         if not any(ch.isalnum() for ch in answer):  # "" or a format placeholder copied back ("...")
             return prompts.EMPTY_ANSWER
+        if restates_question(answer, self.spec.question):
+            return prompts.ANSWER_REPEATS_QUESTION
         if not self.evidence and not self.answer_rejected:
             self.answer_rejected = True
             self.best_guess = answer
@@ -283,7 +286,9 @@ class Trajectory:
             return
         content, calls = parse_text_tool_calls(completion.content)
         answer_call = next((c for c in calls if isinstance(c.arguments.get("answer"), str)), None)
-        answer = answer_line(answer_call.arguments["answer"] if answer_call else content) or self.best_guess
+        answer = answer_line(answer_call.arguments["answer"] if answer_call else content)
+        if not answer or restates_question(answer, self.spec.question):
+            answer = self.best_guess
         await self._emit_step(len(self.steps) + 1, completion, answer, [], action="forced_answer")
         if answer:
             self.final = _Final(answer=answer, confidence=FORCED_CONFIDENCE, cited=self._supporting(answer))

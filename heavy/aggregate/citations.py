@@ -4,7 +4,8 @@ A claim is a sentence of the report body. It is kept only if at least one of its
 Markdown links — points at a page some trajectory actually fetched; citations that do not are removed, and a
 sentence with none left is dropped. A sentence holding a bare URL is a copy of the source list, not a claim, and is
 dropped too (the Sources section is added for the model), and so is a sentence about what "Researcher N" answered
-(the prompt's findings list echoed back; the report lists the trajectories' answers itself). Headings and blank
+or one carrying that list's "(confidence 0.3), citing no source" (the prompt's findings list echoed back; the report
+lists the trajectories' answers itself). Headings and blank
 lines pass through, except headings that restate the question or announce a source list.
 
 A small model often states a fact from a source and forgets the marker. Given the sources' texts, a sentence without
@@ -39,6 +40,7 @@ _FUNCTION_WORDS = frozenset({
 })
 _BARE_URL = re.compile(r"(?<!\]\()https?://\S+")
 _ECHOED_FINDING = re.compile(r"\W*researchers?\s+\d", re.IGNORECASE)
+_ECHOED_ANNOTATION = re.compile(r"\(confidence \d|\bciting no source\b", re.IGNORECASE)  # the findings list's own words
 _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
 
 
@@ -82,7 +84,8 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                 text, numbers = _resolve(_MARKER.sub("", _LINK.sub(r"\1", sentence)), number_of_url, len(sources))
             if not numbers and texts and (n := attribute(sentence, words_of)) is not None:
                 text, numbers = _with_marker(text, n), [n]
-            if numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence):
+            if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
+                    and not _ECHOED_ANNOTATION.search(sentence)):
                 if (claim := _claim_key(text)) in said:  # a small model repeats itself; a claim is said once
                     continue
                 said.add(claim)

@@ -5,7 +5,7 @@ import pytest
 from heavy.agent.context import DROPPED, estimate_tokens, fit_context
 from heavy.agent.prompts import ANSWER_SPEC
 from heavy.agent.repair import repair_call
-from heavy.agent.steps import answer_line, without_result_headers
+from heavy.agent.steps import answer_line, restates_question, without_result_headers
 from heavy.llm.toolparse import parse_text_tool_calls
 from heavy.llm.types import ToolCall
 
@@ -104,3 +104,13 @@ def test_fit_context_cuts_the_newest_output_when_it_alone_is_too_long():
 def test_tool_result_headers_copied_into_an_answer_are_cut(answer, kept):
     assert without_result_headers(answer) == kept
     assert answer_line(answer) == kept.splitlines()[0].rstrip(".")
+
+
+def test_an_answer_that_says_the_question_back_is_told_apart_from_one_in_the_same_words():
+    question = "In Python, what does the break statement do inside a loop?"
+    assert restates_question(question, question)  # seen in the demo, word for word
+    assert restates_question("what does the break statement do inside a loop?", question)
+    assert not restates_question("It ends the loop inside which the break statement runs.", question)
+    yes_no = "Were Scott Derrickson and Ed Wood of the same nationality?"
+    assert not restates_question("Scott Derrickson and Ed Wood were of the same nationality.", yes_no)
+    assert not restates_question("Yes", yes_no) and not restates_question("", yes_no)

@@ -22,3 +22,12 @@ def test_a_claim_the_model_repeats_is_kept_once():
                              {EXCEPTIONS.url: EXCEPTIONS.snippet})
     assert filtered.body == said.strip()
     assert filtered.cited == (1,) and filtered.dropped == ()
+
+
+def test_a_sentence_carrying_the_findings_lists_annotation_is_an_echo_not_a_claim():
+    # seen in the demo's report: a trajectory's answer copied from the prompt with its annotation
+    body = ("The 'finally' clause runs whether an exception occurred or not (confidence 0.3), citing no source [1]. "
+            "Exception handlers are specified with the 'try' ... 'except' statement [1].")
+    filtered = filter_claims(body, [EXCEPTIONS], {EXCEPTIONS.url: EXCEPTIONS.snippet})
+    assert filtered.body == "Exception handlers are specified with the 'try' ... 'except' statement [1]."
+    assert len(filtered.dropped) == 1

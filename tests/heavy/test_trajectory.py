@@ -241,3 +241,14 @@ async def test_tool_result_headers_copied_into_the_answer_are_cut_and_their_url_
     result = await trajectory.run()
     assert result.answer == "The Eiffel Tower is in Paris and was finished in 1889."
     assert [s.url for s in result.cited] == ["http://corpus/eiffel"]
+
+
+async def test_an_answer_that_only_repeats_the_question_is_sent_back():
+    trajectory, backend, _, _ = make(by_step(
+        call("search", query="eiffel tower"),
+        call("answer", answer="When was the Eiffel Tower finished?"),
+        call("answer", answer="1889", sources=["http://corpus/eiffel"]),
+    ))
+    result = await trajectory.run()
+    assert (result.answer, result.stop_reason) == ("1889", "answered")
+    assert any(m.get("content") == prompts.ANSWER_REPEATS_QUESTION for m in backend.requests[2].messages)
