@@ -11,6 +11,10 @@ aggregates again, so a change to `heavy/aggregate/` is measured on the same traj
 What it cannot rebuild: the answer's confidence and citations come from the recorded `answer` call (a forced answer
 gets the forced confidence and the gathered pages that contain it, as in the agent loop). Trajectories stopped by
 the early stop stay as recorded, so the replay measures the aggregator only, not the trajectories.
+
+The engine's prefix cache is off unless `--prefix-cache` is given: with it on, the same replay gave other greedy
+readings depending on what the process had aggregated before (questions 42-43 alone and after 40-41); with it off,
+both gave the same (docs/eval_hotpotqa.md). Two aggregator versions are compared fairly only so.
 """
 
 from __future__ import annotations
@@ -105,10 +109,10 @@ async def rebuild(transcript: dict, index: int, job_id: str, executor: ToolExecu
 async def replay(args: argparse.Namespace) -> dict:
     recorded = read_run(args.recorded)
     rows = load_questions(args.data, None)
-    settings = Settings()
+    settings = Settings(runtime_prefix_cache=args.prefix_cache)
     backend = make_backend(settings, "runtime")
     config = aggregation_config(args)
-    out: dict = {"recorded": str(args.recorded), "min_majority": args.min_majority,
+    out: dict = {"recorded": str(args.recorded), "prefix_cache": args.prefix_cache, "min_majority": args.min_majority,
                  "read_on_majority": args.read_on_majority, "settings": []}
     with tempfile.TemporaryDirectory() as tmp:
         corpus_add(write_corpus(rows, Path(tmp)), Path(tmp) / "index.sqlite")
@@ -147,6 +151,8 @@ def main() -> None:
     parser.add_argument("recorded", type=Path, help="a JSON result of scripts/eval_hotpotqa.py")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path("replay_aggregation.json"))
+    parser.add_argument("--prefix-cache", action="store_true",
+                        help="keep the engine's prefix cache on (faster; readings then depend on what ran before)")
     add_aggregation_options(parser)
     args = parser.parse_args()
     if not args.recorded.is_file():
