@@ -57,6 +57,8 @@ def describe(event: dict) -> str | None:
         return f"{lane} step {event['step']}: {event['action']} ({event['total_tokens']} tokens so far)"
     if kind == "tool_call":
         return f"{lane}   -> {event['tool']}({json.dumps(event['arguments'], ensure_ascii=False)[:100]})"
+    if kind == "tool_result" and event.get("note") == "repeated":
+        return f"{lane}   <- {event['tool']}: a repeated call, not run again (the model is told so)"
     if kind == "tool_result":
         return f"{lane}   <- {event['tool']}: {len(event['sources'])} sources, {event['chars']} chars"
     if kind == "trajectory_done":
