@@ -10,9 +10,9 @@ from heavy.tools.base import Source
 
 ANSWER_PREFIXES = ("final answer:", "answer:", "the answer is")
 DEFAULT_CONFIDENCE = 0.6  # an answer call that states none, or an unreadable one
+_WORD = re.compile(r"\w+")
 # A tool result's header as the tools write it ("[n] Title" or "# Title", then "URL: ..."), copied into an answer.
 # The line above "URL:" goes with it only if it reads as a title, not as a sentence (no closing full stop).
-_WORD = re.compile(r"\w+")
 _RESULT_HEADER = re.compile(r"^(?:[^\n]{0,150}[^\s.!?:][ \t]*\n)?[ \t]*URL:[ \t]*\S+[^\n]*(?:\n|$)", re.MULTILINE)
 
 
@@ -20,7 +20,10 @@ def without_result_headers(answer: str) -> str:
     """The answer without the title-and-URL headers of tool results a small model copies into it (seen in the demo:
     "Python reference: Compound statements\nURL: http://…/doc/22\n… A "break" statement …"); the URLs belong in
     the sources. An answer that is nothing but headers is left as it is."""
-    rest = _RESULT_HEADER.sub("", answer).strip().lstrip("….").strip()
+    rest = _RESULT_HEADER.sub("", answer)
+    if rest == answer:
+        return answer.strip()
+    rest = rest.strip().lstrip("….").strip()  # the "…" a search snippet starts with
     return rest if any(ch.isalnum() for ch in rest) else answer.strip()
 
 

@@ -104,6 +104,7 @@ def test_fit_context_cuts_the_newest_output_when_it_alone_is_too_long():
 def test_tool_result_headers_copied_into_an_answer_are_cut(answer, kept):
     assert without_result_headers(answer) == kept
     assert answer_line(answer) == kept.splitlines()[0].rstrip(".")
+    assert without_result_headers("...and more") == "...and more"  # no header: not even a leading ellipsis is cut
 
 
 def test_an_answer_that_says_the_question_back_is_told_apart_from_one_in_the_same_words():
