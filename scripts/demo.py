@@ -4,7 +4,7 @@ question about Python over REST, follow its events live, print the report, and s
 The corpus is Python's own reference topics (pydoc_data, shipped with every CPython), so this needs no internet
 and no GPU. Budgets are small so it finishes in minutes on 2 CPU cores; the first run also converts the model.
 
-    python scripts/demo.py [--trajectories N] [--max-steps N] [--question TEXT]
+    python scripts/demo.py [--trajectories N] [--max-steps N] [--deadline S] [--question TEXT]
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def main() -> None:
     parser.add_argument("--trajectories", type=int, default=4)  # N=8 in production; fewer keeps it minutes here
     parser.add_argument("--max-steps", type=int, default=3)
     parser.add_argument("--step-tokens", type=int, default=160)
+    # a bound, not a target: alone on 2 cores the job takes about 10 min; beside a CI run, 900 s cut it off
+    parser.add_argument("--deadline", type=int, default=1800, help="the job's deadline in seconds")
     args = parser.parse_args()
 
     port = free_port()
@@ -114,7 +116,7 @@ def main() -> None:
             print(f"heavy is up at {base}/ ({time.monotonic() - started:.0f} s)", flush=True)
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
                 body = {"question": args.question, "mode": "report", "trajectories": args.trajectories,
-                        "max_steps": args.max_steps, "step_tokens": args.step_tokens, "deadline_s": 900,
+                        "max_steps": args.max_steps, "step_tokens": args.step_tokens, "deadline_s": args.deadline,
                         "tools": ["search", "open_page"]}
                 response = client.post("/v1/jobs", json=body)
                 response.raise_for_status()
