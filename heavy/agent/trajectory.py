@@ -279,8 +279,10 @@ class Trajectory:
         messages = self.messages + [{"role": "user", "content": prompts.FORCE_ANSWER.format(
             question=self.spec.question)}]
         try:
-            completion = await self._complete(messages, None, limits.final_answer_tokens,
-                                              time.monotonic() + limits.final_answer_timeout_s)
+            # a step-budget stop may use the time left to its deadline (on a busy machine 120 s was not enough);
+            # a deadline stop gets final_answer_timeout_s past it
+            until = max(time.monotonic() + limits.final_answer_timeout_s, self.deadline)
+            completion = await self._complete(messages, None, limits.final_answer_tokens, until)
         except (Stopped, LLMError) as exc:
             log.info("trajectory %s/%d: no forced answer (%s)", self.spec.job_id, self.spec.index, exc)
             return

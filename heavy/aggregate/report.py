@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 KEY_PASSAGES = 3
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
+# where a sentence ends: its full stop, then any citation markers and closing quotes ("… suite [1].", "… 1889. [2]")
+_SENTENCE_CLOSE = re.compile(r"[.!?](?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])*[\"'’”)\]]*(?=\s|$)")
 
 REPORT_PROMPT = """Source texts:
 {sources}
@@ -123,7 +125,16 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
     except LLMError as exc:  # the vote and the sources still make a report
         log.warning("report pass failed: %s", exc)
         return "", Usage()
-    return completion.content, completion.usage
+    body = completion.content
+    if completion.finish_reason == "length":  # the token limit cut the last sentence: a fragment is no claim
+        body = finished_part(body)
+    return body, completion.usage
+
+
+def finished_part(text: str) -> str:
+    """`text` up to the end of its last finished sentence (its citation markers and closing quotes included)."""
+    ends = list(_SENTENCE_CLOSE.finditer(text))
+    return text[:ends[-1].end()] if ends else ""
 
 
 def _key_passages(question: str, results: Sequence[TrajectoryResult],

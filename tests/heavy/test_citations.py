@@ -1,8 +1,14 @@
-"""The claim filter's sentences: what one claim is, and a claim said twice."""
+"""The report's sentences: what one claim is, a claim said twice, a sentence the token limit cut."""
 
+import pytest
+
+from heavy.agent.steps import TrajectoryResult
+from heavy.aggregate import aggregate
 from heavy.aggregate.citations import filter_claims
 from heavy.aggregate.evidence import SENTENCE_END
-from tests.heavy.fakes import source
+from heavy.aggregate.report import finished_part
+from heavy.llm.types import Completion, Usage
+from tests.heavy.fakes import ScriptedBackend, source
 
 EXCEPTIONS = source("http://corpus/exceptions", "Exception handlers are specified with the 'try' ... 'except' "
                     "statement. The 'finally' clause runs whether an exception occurred or not.")
@@ -31,3 +37,23 @@ def test_a_sentence_carrying_the_findings_lists_annotation_is_an_echo_not_a_clai
     filtered = filter_claims(body, [EXCEPTIONS], {EXCEPTIONS.url: EXCEPTIONS.snippet})
     assert filtered.body == "Exception handlers are specified with the 'try' ... 'except' statement [1]."
     assert len(filtered.dropped) == 1
+
+
+def test_the_finished_part_ends_at_the_last_full_stop_with_its_markers():
+    assert finished_part("It ends the loop [1]. The else clause of a loop [1]") == "It ends the loop [1]."
+    assert finished_part("It ends the loop. [1] Then the") == "It ends the loop. [1]"
+    assert finished_part("No end at all [1]") == ""
+
+
+@pytest.mark.anyio
+async def test_a_report_pass_cut_by_its_token_limit_loses_its_unfinished_sentence():
+    # seen in the demo's report: "… no except [2]. The else clause of a loop [1]" at the 384-token limit
+    cut = "Exception handlers are specified with the 'try' ... 'except' statement [1]. The 'finally' clause [1]"
+    backend = ScriptedBackend(lambda request: Completion(content=cut, finish_reason="length", usage=Usage(50, 384)))
+    results = [TrajectoryResult(index=0, answer="try", confidence=0.5, stop_reason="answered", cited=(EXCEPTIONS,),
+                                evidence=(EXCEPTIONS,), steps=(), usage=Usage(100, 10), temperature=0.0, seed=0,
+                                excerpts={EXCEPTIONS.url: EXCEPTIONS.snippet})]
+    job = await aggregate(job_id="j", question="How are exceptions handled?", mode="report", results=results,
+                          backend=backend)
+    assert "specified with the 'try' ... 'except' statement [1]." in job.markdown
+    assert "The 'finally' clause [1]" not in job.markdown and job.dropped_claims == ()

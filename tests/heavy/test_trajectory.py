@@ -252,3 +252,12 @@ async def test_an_answer_that_only_repeats_the_question_is_sent_back():
     result = await trajectory.run()
     assert (result.answer, result.stop_reason) == ("1889", "answered")
     assert any(m.get("content") == prompts.ANSWER_REPEATS_QUESTION for m in backend.requests[2].messages)
+
+
+async def test_a_forced_answer_after_the_step_budget_may_take_the_time_left_to_the_deadline():
+    # on a busy machine the forced answer took longer than final_answer_timeout_s and the trajectory ended empty
+    limits = TrajectoryLimits(max_steps=1, deadline_s=30, final_answer_timeout_s=0.05)
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel")), limits=limits,
+                               delay=lambda r: 0.3 if r.forced else 0)
+    result = await trajectory.run()
+    assert (result.stop_reason, result.answer) == ("max_steps", "1889")
