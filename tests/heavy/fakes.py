@@ -54,11 +54,14 @@ class ScriptedBackend:
     name: str = "scripted"
     requests: list[Request] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    gate: asyncio.Event | None = None  # when given, every call waits until the test opens it
 
     async def chat(self, messages, tools, sampling, *, max_tokens, stop=None, request_id=None, prefix_key=None):
         request = Request(list(messages), tools, sampling, max_tokens, request_id or "", prefix_key)
         self.requests.append(request)
         try:
+            if self.gate is not None:
+                await self.gate.wait()
             await asyncio.sleep(self.delay_s(request))
         except asyncio.CancelledError:
             self.cancelled.append(request.request_id)

@@ -31,7 +31,9 @@ class Service:
         self.store, self.redis_url, self.key_prefix, self.port = store, redis_url, key_prefix, port
         self.url = f"http://127.0.0.1:{port}"
         self.stop_worker = asyncio.Event()
-        backend = ScriptedBackend(researcher, delay_s=lambda r: 0.4)
+        self.model_gate = asyncio.Event()  # open unless a test holds the model's calls
+        self.model_gate.set()
+        backend = ScriptedBackend(researcher, delay_s=lambda r: 0.4, gate=self.model_gate)
         self.worker = asyncio.create_task(Worker(store, backend, executor(), WORKER_SETTINGS, name="w")
                                           .run(self.stop_worker))
         self.api: subprocess.Popen | None = None
@@ -116,6 +118,9 @@ async def test_sign_in_submit_watch_lanes_and_read_the_cited_report(service, pag
 
 async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_events(service, page, store):
     key = await store.tenants.create_key("acme")
+    # The model's calls wait until the stream has dropped: on a loaded machine the job could otherwise finish before
+    # the page follows it, and a finished stream has nothing to reconnect to.
+    service.model_gate.clear()
     job, _ = await store.jobs.submit("acme", question="Which module parses command-line options?", mode="report",
                                      params={"trajectories": 2, "max_steps": 4, "step_tokens": 64,
                                              "trajectory_tokens": 10_000, "job_tokens": 50_000, "deadline_s": 120,
@@ -127,6 +132,7 @@ async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_eve
     await page.wait_for_function("Number(document.querySelector('#job-view').dataset.lastEvent) >= 3")
     service.kill_api()  # the open event stream drops
     await page.wait_for_selector("#connection:has-text('reconnecting')")
+    service.model_gate.set()  # the job goes on while the API is down; its events wait in Redis
     await service.start_api()
     await page.wait_for_selector("#report:not([hidden])", timeout=60_000)
     final = await store.jobs.get(job.id)
