@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ async def until_stopped(awaitable: Awaitable[T], stop: StopSignal, deadline: flo
     """Await `awaitable` unless `stop` is set or the monotonic `deadline` passes first; then cancel it (which
     aborts an in-flight LLM request or tool call) and raise Stopped."""
     if stop.is_set():
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()  # never started; closing it spares a "never awaited" warning
         raise Stopped(stop.reason or "cancelled")
     work = asyncio.ensure_future(awaitable)
     watcher = asyncio.ensure_future(stop.wait())

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from heavy.agent import StopSignal, Trajectory, TrajectoryLimits, TrajectorySpec, prompts
-from heavy.agent.budget import JobTokenBudget
+from heavy.agent.budget import JobTokenBudget, Stopped, until_stopped
 from heavy.events import MemorySink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
 from heavy.llm.types import Completion, Sampling
 from heavy.tools.base import ToolExecutor
@@ -261,3 +261,17 @@ async def test_a_forced_answer_after_the_step_budget_may_take_the_time_left_to_t
                                delay=lambda r: 0.3 if r.forced else 0)
     result = await trajectory.run()
     assert (result.stop_reason, result.answer) == ("max_steps", "1889")
+
+
+async def test_work_handed_to_a_stopped_trajectory_is_closed_without_running():
+    ran = []
+
+    async def tool_call():
+        ran.append(True)
+
+    stop = StopSignal()
+    stop.set("cancelled")
+    work = tool_call()
+    with pytest.raises(Stopped):
+        await until_stopped(work, stop)
+    assert ran == [] and work.cr_frame is None  # closed, so no "never awaited" warning
