@@ -13,6 +13,9 @@ DEFAULT_CONFIDENCE = 0.6  # an answer call that states none, or an unreadable on
 _WORD = re.compile(r"\w+")
 # A tool result's header as the tools write it ("[n] Title" or "# Title", then "URL: ..."), copied into an answer.
 # The line above "URL:" goes with it only if it reads as a title, not as a sentence (no closing full stop).
+# where a sentence ends: its full stop, then any citation markers and closing quotes ("… suite [1].", "… 1889. [2]")
+_SENTENCE_CLOSE = re.compile(r"[.!?](?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])*[\"'’”)\]]*(?=\s|$)")
+MIN_KEPT_WORDS = 8  # a cut answer keeps its finished sentences only if they say this much ("in the U.S." does not)
 _RESULT_HEADER = re.compile(r"^(?:[^\n]{0,150}[^\s.!?:][ \t]*\n)?[ \t]*URL:[ \t]*\S+[^\n]*(?:\n|$)", re.MULTILINE)
 
 
@@ -25,6 +28,20 @@ def without_result_headers(answer: str) -> str:
         return answer.strip()
     rest = rest.strip().lstrip("….").strip()  # the "…" a search snippet starts with
     return rest if any(ch.isalnum() for ch in rest) else answer.strip()
+
+
+def finished_part(text: str) -> str:
+    """`text` up to the end of its last finished sentence (its citation markers and closing quotes included)."""
+    ends = list(_SENTENCE_CLOSE.finditer(text))
+    return text[:ends[-1].end()] if ends else ""
+
+
+def without_cut_sentence(answer: str) -> str:
+    """An answer from a reply the token limit cut, without the sentence the cut left unfinished (seen in the demo:
+    '… without executing the "else" clause's suite. A "continue"'). An answer that ends like a sentence, or whose
+    finished part would say too little, is kept whole: a short answer is more likely complete than cut."""
+    kept = finished_part(answer.rstrip())
+    return kept if kept != answer.rstrip() and len(kept.split()) >= MIN_KEPT_WORDS else answer
 
 
 def restates_question(answer: str, question: str) -> bool:

@@ -26,6 +26,7 @@ from heavy.agent.steps import (
     answer_line,
     restates_question,
     stated_confidence,
+    without_cut_sentence,
     without_result_headers,
 )
 from heavy.events import EventSink, NullSink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
@@ -208,7 +209,7 @@ class Trajectory:
         found_new = False
         for call in repaired:
             if call.name == prompts.ANSWER_TOOL:
-                feedback.append(self._accept_answer(call))
+                feedback.append(self._accept_answer(call, cut=completion.finish_reason == "length"))
                 self.messages.append({"role": "tool", "tool_call_id": call.id, "content": feedback[-1] or "ok"})
                 break
             observation = await self._observe(index, call)
@@ -251,10 +252,12 @@ class Trajectory:
                                 truncated=result.truncated, sources=result.sources)
         return Observation(call=call, text=result.text, sources=new_sources, error=result.error)
 
-    def _accept_answer(self, call: ToolCall) -> str:
-        """Take the `answer` call, or say why not (empty, or no evidence yet — sent back once)."""
+    def _accept_answer(self, call: ToolCall, cut: bool = False) -> str:
+        """Take the `answer` call, or say why not (empty, or no evidence yet — sent back once). `cut`: the token limit
+        ended the reply, so the answer may end in an unfinished sentence."""
         written = str(call.arguments.get("answer") or "")
         answer = without_result_headers(written)
+        answer = without_cut_sentence(answer) if cut else answer
         if not any(ch.isalnum() for ch in answer):  # "" or a format placeholder copied back ("...")
             return prompts.EMPTY_ANSWER
         if restates_question(answer, self.spec.question):
@@ -289,6 +292,7 @@ class Trajectory:
         content, calls = parse_text_tool_calls(completion.content)
         answer_call = next((c for c in calls if isinstance(c.arguments.get("answer"), str)), None)
         answer = answer_line(answer_call.arguments["answer"] if answer_call else content)
+        answer = without_cut_sentence(answer) if completion.finish_reason == "length" else answer
         if not answer or restates_question(answer, self.spec.question):
             answer = self.best_guess
         await self._emit_step(len(self.steps) + 1, completion, answer, [], action="forced_answer")

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from heavy.agent.steps import TrajectoryResult
+from heavy.agent.steps import TrajectoryResult, finished_part
 from heavy.aggregate.citations import filter_claims, renumber, union_of_sources
 from heavy.aggregate.evidence import best_sentences, fetched_texts, pooled_passages
 from heavy.aggregate.result import JobResult
@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 KEY_PASSAGES = 3
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
-# where a sentence ends: its full stop, then any citation markers and closing quotes ("… suite [1].", "… 1889. [2]")
-_SENTENCE_CLOSE = re.compile(r"[.!?](?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])*[\"'’”)\]]*(?=\s|$)")
 
 REPORT_PROMPT = """Source texts:
 {sources}
@@ -129,12 +127,6 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
     if completion.finish_reason == "length":  # the token limit cut the last sentence: a fragment is no claim
         body = finished_part(body)
     return body, completion.usage
-
-
-def finished_part(text: str) -> str:
-    """`text` up to the end of its last finished sentence (its citation markers and closing quotes included)."""
-    ends = list(_SENTENCE_CLOSE.finditer(text))
-    return text[:ends[-1].end()] if ends else ""
 
 
 def _key_passages(question: str, results: Sequence[TrajectoryResult],

@@ -5,7 +5,7 @@ import pytest
 from heavy.agent.context import DROPPED, estimate_tokens, fit_context
 from heavy.agent.prompts import ANSWER_SPEC
 from heavy.agent.repair import repair_call
-from heavy.agent.steps import answer_line, restates_question, without_result_headers
+from heavy.agent.steps import answer_line, restates_question, without_cut_sentence, without_result_headers
 from heavy.llm.toolparse import parse_text_tool_calls
 from heavy.llm.types import ToolCall
 
@@ -115,3 +115,12 @@ def test_an_answer_that_says_the_question_back_is_told_apart_from_one_in_the_sam
     yes_no = "Were Scott Derrickson and Ed Wood of the same nationality?"
     assert not restates_question("Scott Derrickson and Ed Wood were of the same nationality.", yes_no)
     assert not restates_question("Yes", yes_no) and not restates_question("", yes_no)
+
+
+def test_an_answer_cut_by_the_token_limit_loses_its_unfinished_sentence():
+    cut = 'A "break" statement in the first suite terminates the loop without executing the "else" suite. A "con'
+    assert without_cut_sentence(cut) == cut[: cut.index(' A "con')]
+    finished = "The tower in Paris was finished in 1889 by the company of Gustave Eiffel."
+    assert without_cut_sentence(finished) == finished  # it ended as a sentence: nothing was cut from it
+    assert without_cut_sentence("Phil Spector") == "Phil Spector"  # no finished sentence to fall back on
+    assert without_cut_sentence("He served in the U.S. Army") == "He served in the U.S. Army"  # too little would stay

@@ -2,11 +2,10 @@
 
 import pytest
 
-from heavy.agent.steps import TrajectoryResult
+from heavy.agent.steps import TrajectoryResult, finished_part
 from heavy.aggregate import aggregate
 from heavy.aggregate.citations import filter_claims
 from heavy.aggregate.evidence import SENTENCE_END
-from heavy.aggregate.report import finished_part
 from heavy.llm.types import Completion, Usage
 from tests.heavy.fakes import ScriptedBackend, source
 

@@ -275,3 +275,18 @@ async def test_work_handed_to_a_stopped_trajectory_is_closed_without_running():
     with pytest.raises(Stopped):
         await until_stopped(work, stop)
     assert ran == [] and work.cr_frame is None  # closed, so no "never awaited" warning
+
+
+async def test_an_answer_call_cut_by_the_token_limit_keeps_its_finished_sentences():
+    cut = Completion(content='{"name": "answer", "arguments": {"answer": "The Eiffel Tower is in Paris and was '
+                             'finished in 1889. It was the tallest buil', finish_reason="length")
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel tower"), cut))
+    result = await trajectory.run()
+    assert (result.answer, result.stop_reason) == ("The Eiffel Tower is in Paris and was finished in 1889.", "answered")
+    forced = Completion(content="The Eiffel Tower is in Paris and was finished in 1889. It was the tallest",
+                        finish_reason="length")
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel tower"), forced=forced),
+                               limits=TrajectoryLimits(max_steps=2))
+    result = await trajectory.run()
+    assert result.answer == "The Eiffel Tower is in Paris and was finished in 1889."
+    assert result.stop_reason == "max_steps"
