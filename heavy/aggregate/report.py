@@ -13,6 +13,7 @@ from heavy.agent.steps import TrajectoryResult, finished_part
 from heavy.aggregate.citations import filter_claims, renumber, union_of_sources
 from heavy.aggregate.evidence import best_sentences, fetched_texts, pooled_passages
 from heavy.aggregate.result import JobResult
+from heavy.aggregate.shorten import is_short
 from heavy.aggregate.vote import MIN_MAJORITY, Vote, vote
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source
@@ -160,6 +161,10 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
                   f"No answer had a majority among the {len(results)} trajectories; the judge answered from the "
                   "pages they fetched")
         parts.append(f"**Answer:** {decided.answer} {marks}".rstrip() + f"\n\n{behind}.")
+    elif decided.groups and _in_own_words(decided):
+        parts.append(f"**Answer:** no one answer: the {len(results)} trajectories answered in sentences of their own, "
+                     "none given by a majority. The findings below merge what their fetched pages say; each "
+                     "trajectory's answer is listed after them.")
     elif decided.groups:
         parts.append(f"**Answer:** the {len(results)} trajectories did not agree (no answer had a majority). The "
                      "findings below merge what their fetched pages say; their answers are listed after them.")
@@ -186,11 +191,18 @@ def _agreed(decided: Vote) -> bool:
     return not decided.groups or 2 * len(decided.backers) > answered
 
 
+def _in_own_words(decided: Vote) -> bool:
+    """No answer had a majority, and some are sentences: whether they agree, the vote cannot tell."""
+    return not decided.answer and any(not is_short(g.answer) for g in decided.groups)
+
+
 def _disagreements(decided: Vote, results: Sequence[TrajectoryResult]) -> str:
     silent = [r.index + 1 for r in results if not r.answered]
     if len(decided.groups) <= 1 and not silent:
         return ""
-    lines = ["## Where the trajectories disagreed", ""]
+    # sentences in other words may say the same thing: a list of them is no evidence of disagreement
+    title = "What each trajectory answered" if _in_own_words(decided) else "Where the trajectories disagreed"
+    lines = [f"## {title}", ""]
     lines += [f"- \"{_quoted(g.answer)}\": trajectories {', '.join(str(i + 1) for i in g.members)}"
               for g in decided.groups]
     if silent:

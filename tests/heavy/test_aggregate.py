@@ -369,7 +369,7 @@ async def test_the_disagreement_list_quotes_a_copied_page_short_and_without_its_
     results = [result(0, "1889", cited=[EIFFEL]), result(1, copied, evidence=[EIFFEL])]
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                           results=results, backend=backend)
-    listed = job.markdown.split("## Where the trajectories disagreed")[1].split("## Sources")[0]
+    listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
     assert '"Eiffel Tower word0 word1' in listed and "word27 …\": trajectories 2" in listed
     assert "http://" not in listed and "word28" not in listed
 
@@ -386,6 +386,21 @@ async def test_a_report_without_a_majority_headlines_no_lone_answer():
     lone = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                            results=results[:1], backend=backend)
     assert lone.answer == "1889" and "**Answer:** 1889 [1]" in lone.markdown  # one trajectory: its answer
+
+
+async def test_a_report_whose_answers_are_sentences_does_not_call_them_a_disagreement():
+    # seen in the demo: four answers in sentences of their own, three saying the same thing, were listed under
+    # "Where the trajectories disagreed"
+    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [1]."))
+    results = [result(0, "The tower was finished in 1889 for the World's Fair.", cited=[EIFFEL]),
+               result(1, "Gustave Eiffel's company completed the tower in 1889.", cited=[EIFFEL]),
+               result(2, "1887")]
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
+                          results=results, backend=backend)
+    assert job.answer == "" and "**Answer:** no one answer: the 3 trajectories answered in sentences" in job.markdown
+    assert "disagreed" not in job.markdown and "did not agree" not in job.markdown
+    listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
+    assert '"1887": trajectories 3' in listed and "World's Fair.\": trajectories 1" in listed
 
 
 async def test_report_with_no_answer_at_all_still_says_so():
