@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--step-tokens", type=int, default=160)
     # a bound, not a target: alone on 2 cores the job takes about 10 min; beside a CI run, 900 s cut it off
     parser.add_argument("--deadline", type=int, default=1800, help="the job's deadline in seconds")
+    parser.add_argument("--save-json", type=Path, help="also write the report's JSON (answer, votes, sources, "
+                        "per-trajectory summaries, dropped claims) to this file")
     args = parser.parse_args()
 
     port = free_port()
@@ -128,6 +130,10 @@ def main() -> None:
                 print(f"\njob {job['status']} in {time.monotonic() - submitted:.0f} s, {job['tokens']} tokens\n")
                 report = client.get(f"/v1/jobs/{job['id']}/report", headers={"Accept": "text/markdown"})
                 print(report.text if report.status_code == 200 else f"no report: {report.text}")
+                if args.save_json and report.status_code == 200:
+                    result = client.get(f"/v1/jobs/{job['id']}/report", headers={"Accept": "application/json"})
+                    args.save_json.write_text(result.text)
+                    print(f"(the report's JSON is in {args.save_json})")
                 if job["status"] not in ("done", "partial"):
                     sys.exit(1)
         finally:
