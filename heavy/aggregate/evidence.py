@@ -106,9 +106,26 @@ def token_f1(a: str, b: str, restated: str = "") -> float:
 
 
 
-def best_sentences(question: str, text: str, count: int = 2) -> list[str]:
-    """The `count` sentences of `text` sharing most words with the question, in the text's order."""
+def question_weights(question: str, texts: Sequence[str]) -> dict[str, float]:
+    """Each content word of the question, weighted by its rarity over `texts` (IDF): a word every page holds
+    ("python" in a corpus of Python pages, "the") tells a page's sentences apart no better than none."""
     asked = content_words(question)
+    pages = [content_words(text) for text in texts]
+    return {w: math.log(1 + len(pages) / (1 + sum(w in page for page in pages))) for w in asked}
+
+
+def best_sentences(question: str, text: str, count: int = 2, weights: dict[str, float] | None = None,
+                   max_chars: int | None = None) -> list[str]:
+    """The sentences of `text` that hold the most of the question's words (by `weights`, else each word 1), up to
+    `count` of them and `max_chars` in all, in the text's order. A sentence with none of them is never picked."""
+    weights = weights if weights is not None else dict.fromkeys(content_words(question), 1.0)
     sentences = [x.strip() for x in SENTENCE_END.split(" ".join(text.split())) if len(x.split()) >= 4]
-    ranked = sorted(range(len(sentences)), key=lambda i: -len(asked & content_words(sentences[i])))[:count]
-    return [sentences[i] for i in sorted(ranked)]
+    scores = [sum(weights.get(w, 0.0) for w in content_words(x)) for x in sentences]
+    picked, room = [], max_chars if max_chars is not None else float("inf")
+    for i in sorted(range(len(sentences)), key=lambda i: -scores[i]):
+        if len(picked) == count or scores[i] <= 0:
+            break
+        if len(sentences[i]) <= room:
+            picked.append(i)
+            room -= len(sentences[i]) + 1
+    return [sentences[i] for i in sorted(picked)]

@@ -11,7 +11,13 @@ from dataclasses import dataclass, replace
 
 from heavy.agent.steps import TrajectoryResult, finished_part
 from heavy.aggregate.citations import filter_claims, renumber, union_of_sources
-from heavy.aggregate.evidence import best_sentences, fetched_texts, pooled_passages
+from heavy.aggregate.evidence import (
+    best_sentences,
+    content_words,
+    fetched_texts,
+    pooled_passages,
+    question_weights,
+)
 from heavy.aggregate.result import JobResult
 from heavy.aggregate.shorten import is_short
 from heavy.aggregate.vote import MIN_MAJORITY, Vote, vote
@@ -43,6 +49,7 @@ class AggregationConfig:
     report_tokens: int = 768
     source_excerpt_chars: int = 300
     prompt_source_chars: int = 6000  # how much source text the report prompt may carry
+    report_sources: int = 6  # the most relevant sources the report prompt shows
     price_per_mtok_prompt: float = 0.0
     price_per_mtok_completion: float = 0.0
     sampling: Sampling = Sampling(temperature=0.0)
@@ -50,8 +57,9 @@ class AggregationConfig:
     read_on_majority: bool = False  # answer mode: the judge's readings vote even beside a majority (jobs of n > 1)
 
     def __post_init__(self) -> None:
-        if self.report_tokens < 16 or self.source_excerpt_chars < 1 or self.prompt_source_chars < 1:
-            raise ValueError("report_tokens >= 16, source_excerpt_chars >= 1 and prompt_source_chars >= 1 required")
+        if min(self.source_excerpt_chars, self.prompt_source_chars, self.report_sources) < 1 or self.report_tokens < 16:
+            raise ValueError("report_tokens >= 16; source_excerpt_chars, prompt_source_chars and report_sources >= 1 "
+                             "required")
         if self.min_majority < 1:
             raise ValueError(f"min_majority must be >= 1, got {self.min_majority}")
 
@@ -98,22 +106,32 @@ async def aggregate(
 
 async def _write_body(question: str, results: Sequence[TrajectoryResult], union: Sequence[Source],
                       backend: LLMBackend, config: AggregationConfig, job_id: str) -> tuple[str, Usage]:
-    excerpts = {url: text for r in results for url, text in r.excerpts.items()}
-    lines, budget = [], config.prompt_source_chars
+    texts = fetched_texts(results)
+    weights = question_weights(question, list(texts.values()))
+    # The most relevant sources first, and only a few: a small model writes from the first sources it reads, and
+    # eight trajectories fetch many off-topic pages (the demo's 15 sources held 3 on loops). Numbers stay the union's,
+    # which the claim filter checks.
+    shown = []
     for n, source in enumerate(union, start=1):
-        excerpt = " ".join((source.snippet or excerpts.get(source.url, "")).split())[: config.source_excerpt_chars]
-        entry = f"[{n}] {source.title}: {excerpt}"  # no URL: a small model copies URL lists into the report
+        excerpt = _excerpt(question, texts.get(source.url) or source.snippet, weights, config.source_excerpt_chars)
+        relevance = sum(weights.get(w, 0.0) for w in content_words(source.title + " " + excerpt))
+        shown.append((relevance, n, f"[{n}] {source.title}: {excerpt}"))  # no URL: a small model copies URL lists
+    shown.sort(key=lambda item: -item[0])
+    lines, listed, budget = [], set(), config.prompt_source_chars
+    for _, n, entry in shown[: config.report_sources]:
         if len(entry) > budget:
-            break  # cited sources come first in the union, so the most relevant ones are in
+            break
         lines.append(entry)
+        listed.add(n)
         budget -= len(entry)
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
     findings = []
     for r in results:
+        answer = " ".join(r.answer.split())  # one line each: a copied page keeps its line breaks
         if r.answered:
-            cites = ", ".join(f"[{number_of_url[s.url]}]" for s in r.cited) or "no source"
-            findings.append(f"- Researcher {r.index + 1} answered: {r.answer} (confidence {r.confidence:.1f}), "
-                            f"citing {cites}")
+            cites = ", ".join(f"[{number_of_url[s.url]}]" for s in r.cited if number_of_url[s.url] in listed)
+            findings.append(f"- Researcher {r.index + 1} answered: {answer} (confidence {r.confidence:.1f}), "
+                            f"citing {cites or 'no source'}")
         else:
             findings.append(f"- Researcher {r.index + 1} found no answer ({r.stop_reason}).")
     prompt = REPORT_PROMPT.format(question=question, sources="\n".join(lines) or "(none)", n=len(results),
@@ -130,14 +148,27 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
     return body, completion.usage
 
 
+def _excerpt(question: str, text: str, weights: dict[str, float], max_chars: int) -> str:
+    """What the report prompt shows of a fetched text: its sentences richest in the question's rarer words, in
+    the text's order, within `max_chars` (the page's start, often a title and a table of contents, says little);
+    the start when no sentence shares a word with the question."""
+    flat = " ".join(text.split())
+    if len(flat) <= max_chars:
+        return flat
+    return " … ".join(best_sentences(question, flat, count=max_chars, weights=weights, max_chars=max_chars)
+                      ) or flat[:max_chars]
+
+
 def _key_passages(question: str, results: Sequence[TrajectoryResult],
                   union: Sequence[Source]) -> tuple[str, tuple[int, ...]]:
     """The report's fallback body: the most relevant sentences of the best pooled pages, quoted and cited."""
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
+    texts = fetched_texts(results)
+    weights = question_weights(question, list(texts.values()))
     lines, cited = [], []
     for passage in pooled_passages(question, results, k=KEY_PASSAGES):
         n = number_of_url[passage.url]
-        for sentence in best_sentences(question, passage.text):
+        for sentence in best_sentences(question, texts[passage.url], weights=weights):
             lines.append(f"- \"{sentence}\" [{n}]")
             cited += [n] if n not in cited else []
     return ("The report pass wrote no claim a fetched page supports; the most relevant passages found:\n\n"

@@ -7,7 +7,7 @@ import pytest
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
 from heavy.aggregate.citations import filter_claims
-from heavy.aggregate.evidence import token_f1
+from heavy.aggregate.evidence import best_sentences, question_weights, token_f1
 from heavy.aggregate.judge import reading_order
 from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, phrase_around_question, restates
 from heavy.llm.types import LLMError, Usage
@@ -401,6 +401,36 @@ async def test_a_report_whose_answers_are_sentences_does_not_call_them_a_disagre
     assert "disagreed" not in job.markdown and "did not agree" not in job.markdown
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
     assert '"1887": trajectories 3' in listed and "World's Fair.\": trajectories 1" in listed
+
+
+def test_the_best_sentences_weigh_the_questions_rarer_words_and_fit_a_budget():
+    question = "How does the else clause of a Python loop interact with break?"
+    pages = ["Python loops. The else clause runs when the loop ends normally. A break skips the else clause. "
+             "Python is a language with a loop and a clause for everything.",
+             "Python code. Python has many statements in Python modules.", "Python again, the loop of Python here."]
+    weights = question_weights(question, pages)
+    assert weights["break"] > weights["loop"] > weights["python"]  # every page says python, one says break
+    assert best_sentences(question, pages[0], count=1, weights=weights) == ["A break skips the else clause."]
+    picked = best_sentences(question, pages[0], count=9, weights=weights, max_chars=80)
+    assert picked == ["The else clause runs when the loop ends normally.", "A break skips the else clause."]
+    assert best_sentences("Who painted it?", pages[1], weights=question_weights("Who painted it?", pages)) == []
+
+
+async def test_the_report_prompt_shows_the_most_relevant_sources_first_and_only_a_few():
+    pages = [source(f"http://corpus/p{i}", f"Page {i} is about the Louvre museum and its many rooms.")
+             for i in range(4)]
+    pages.append(source("http://corpus/tower", "The Eiffel Tower in Paris was finished in 1889 for the fair."))
+    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [5]."))
+    results = [result(0, "The tower was finished\nin 1889.", cited=[pages[0]], evidence=pages),
+               result(1, "1887", evidence=pages)]
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
+                          results=results, backend=backend, config=AggregationConfig(report_sources=2))
+    prompt = backend.requests[0].messages[0]["content"]
+    sources = prompt.split("Question:")[0]
+    assert sources.index("[5] tower: The Eiffel Tower") < sources.index("[1] p0")  # numbers stay the union's
+    assert "[2] p1" not in sources and "[3] p2" not in sources  # only the two most relevant are shown
+    assert "answered: The tower was finished in 1889. (confidence" in prompt  # one line per answer
+    assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown  # renumbered in the report
 
 
 async def test_report_with_no_answer_at_all_still_says_so():
