@@ -15,6 +15,7 @@ _WORD = re.compile(r"\w+")
 # The line above "URL:" goes with it only if it reads as a title, not as a sentence (no closing full stop).
 # where a sentence ends: its full stop, then any citation markers and closing quotes ("… suite [1].", "… 1889. [2]")
 _SENTENCE_CLOSE = re.compile(r"[.!?](?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])*[\"'’”)\]]*(?=\s|$)")
+FRAGMENT_WORDS = 3  # an unfinished tail this short, after finished sentences, is a stub and no part of the answer
 MIN_KEPT_WORDS = 8  # a cut answer keeps its finished sentences only if they say this much ("in the U.S." does not)
 _RESULT_HEADER = re.compile(r"^(?:[^\n]{0,150}[^\s.!?:][ \t]*\n)?[ \t]*URL:[ \t]*\S+[^\n]*(?:\n|$)", re.MULTILINE)
 
@@ -36,12 +37,15 @@ def finished_part(text: str) -> str:
     return text[:ends[-1].end()] if ends else ""
 
 
-def without_cut_sentence(answer: str) -> str:
-    """An answer from a reply the token limit cut, without the sentence the cut left unfinished (seen in the demo:
-    '… without executing the "else" clause's suite. A "continue"'). An answer that ends like a sentence, or whose
-    finished part would say too little, is kept whole: a short answer is more likely complete than cut."""
+def without_cut_sentence(answer: str, cut: bool = True) -> str:
+    """The answer without an unfinished last sentence: any, when the token limit cut the reply (`cut`); else only a
+    stub of at most FRAGMENT_WORDS words, which a model copying a page's wrapped lines leaves when it stops at a line
+    end (seen in the demo: '… without executing the "else" clause's suite. A "continue"'). An answer that ends like
+    a sentence, or whose finished part would say too little, is kept whole: a short answer is more likely complete."""
     kept = finished_part(answer.rstrip())
-    return kept if kept != answer.rstrip() and len(kept.split()) >= MIN_KEPT_WORDS else answer
+    if kept == answer.rstrip() or len(kept.split()) < MIN_KEPT_WORDS:
+        return answer
+    return kept if cut or len(answer[len(kept):].split()) <= FRAGMENT_WORDS else answer
 
 
 def restates_question(answer: str, question: str) -> bool:

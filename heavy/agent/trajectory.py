@@ -257,7 +257,7 @@ class Trajectory:
         ended the reply, so the answer may end in an unfinished sentence."""
         written = str(call.arguments.get("answer") or "")
         answer = without_result_headers(written)
-        answer = without_cut_sentence(answer) if cut else answer
+        answer = without_cut_sentence(answer, cut)
         if not any(ch.isalnum() for ch in answer):  # "" or a format placeholder copied back ("...")
             return prompts.EMPTY_ANSWER
         if restates_question(answer, self.spec.question):
@@ -292,7 +292,7 @@ class Trajectory:
         content, calls = parse_text_tool_calls(completion.content)
         answer_call = next((c for c in calls if isinstance(c.arguments.get("answer"), str)), None)
         answer = answer_line(answer_call.arguments["answer"] if answer_call else content)
-        answer = without_cut_sentence(answer) if completion.finish_reason == "length" else answer
+        answer = without_cut_sentence(answer, completion.finish_reason == "length")
         if not answer or restates_question(answer, self.spec.question):
             answer = self.best_guess
         await self._emit_step(len(self.steps) + 1, completion, answer, [], action="forced_answer")

@@ -124,3 +124,7 @@ def test_an_answer_cut_by_the_token_limit_loses_its_unfinished_sentence():
     assert without_cut_sentence(finished) == finished  # it ended as a sentence: nothing was cut from it
     assert without_cut_sentence("Phil Spector") == "Phil Spector"  # no finished sentence to fall back on
     assert without_cut_sentence("He served in the U.S. Army") == "He served in the U.S. Army"  # too little would stay
+    # a reply that was not cut keeps an unfinished tail unless it is a stub copied from a page's wrapped line
+    assert without_cut_sentence(cut, cut=False) == cut[: cut.index(' A "con')]
+    longer = finished + " It was the tallest building in the world"
+    assert without_cut_sentence(longer, cut=False) == longer and without_cut_sentence(longer) == finished
