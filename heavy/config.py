@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     worker_jobs: int = Field(2, ge=1)  # jobs one worker runs at once
     worker_lease_s: float = Field(15.0, gt=0)  # a job's entry idle this long belongs to a dead worker
     report_tokens: int = Field(768, ge=16)  # completion tokens of the aggregator's report pass
+    report_sources: int = Field(6, ge=1)  # the most relevant fetched sources the report pass reads
     min_majority: int = Field(2, ge=1)  # answer mode: agreeing trajectories needed to skip the judge (1: lone wins)
     read_on_majority: bool = False  # answer mode: the judge's readings vote beside a majority too (n > 1)
 

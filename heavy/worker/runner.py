@@ -54,7 +54,8 @@ class Worker:
         self.store, self.backend, self.executor, self.settings = store, backend, executor, settings
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.aggregation = aggregation or AggregationConfig(
-            report_tokens=settings.report_tokens, price_per_mtok_prompt=settings.price_per_mtok_prompt,
+            report_tokens=settings.report_tokens, report_sources=settings.report_sources,
+            price_per_mtok_prompt=settings.price_per_mtok_prompt,
             price_per_mtok_completion=settings.price_per_mtok_completion, min_majority=settings.min_majority,
             read_on_majority=settings.read_on_majority)
         self.running: dict[str, asyncio.Task] = {}  # stream entry id -> job task

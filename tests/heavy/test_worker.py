@@ -146,3 +146,9 @@ async def test_a_job_never_spends_more_than_its_tenant_has_left(client, store, s
     done = await status_is(client, job["id"], "done", "partial", "failed")
     assert done["status"] == "partial" and done["stop_reason"] == "job_tokens"
     assert (await client.post("/v1/jobs", json=JOB)).status_code == 429
+
+
+async def test_the_report_settings_reach_the_workers_aggregator(store):
+    settings = WORKER_SETTINGS.model_copy(update={"report_tokens": 200, "report_sources": 3})
+    worker = Worker(store, ScriptedBackend(lambda request: call("search", query="x")), None, settings, name="w")
+    assert (worker.aggregation.report_tokens, worker.aggregation.report_sources) == (200, 3)
