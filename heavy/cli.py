@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
 
-from heavy.aggregate import JobResult
+from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_app, default_index_path
 from heavy.display import LiveBoard
@@ -48,12 +48,13 @@ def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecut
 
 
 async def _run(spec: JobSpec, backend_name: str, executor: ToolExecutor, show_live: bool) -> JobResult:
-    backend = make_backend(get_settings(), backend_name)
+    settings = get_settings()
+    backend = make_backend(settings, backend_name)
     try:
         with Live(console=console, refresh_per_second=4, transient=False, auto_refresh=show_live) as live:
             board = LiveBoard(spec.trajectories, live if show_live else None)
             live.update(board.render())
-            return await Scheduler(backend, executor).run(spec, sink=board)
+            return await Scheduler(backend, executor, AggregationConfig.from_settings(settings)).run(spec, sink=board)
     finally:
         await backend.aclose()
 

@@ -21,6 +21,7 @@ from heavy.aggregate.evidence import (
 from heavy.aggregate.result import JobResult
 from heavy.aggregate.shorten import is_short
 from heavy.aggregate.vote import MIN_MAJORITY, Vote, vote
+from heavy.config import Settings
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source
 
@@ -62,6 +63,14 @@ class AggregationConfig:
                              "required")
         if self.min_majority < 1:
             raise ValueError(f"min_majority must be >= 1, got {self.min_majority}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AggregationConfig:
+        """The service's `HEAVY_*` settings, for every way a job runs (the worker and `heavy ask`)."""
+        return cls(report_tokens=settings.report_tokens, report_sources=settings.report_sources,
+                   price_per_mtok_prompt=settings.price_per_mtok_prompt,
+                   price_per_mtok_completion=settings.price_per_mtok_completion, min_majority=settings.min_majority,
+                   read_on_majority=settings.read_on_majority)
 
 
 async def aggregate(

@@ -53,11 +53,7 @@ class Worker:
                  name: str | None = None, aggregation: AggregationConfig | None = None) -> None:
         self.store, self.backend, self.executor, self.settings = store, backend, executor, settings
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.aggregation = aggregation or AggregationConfig(
-            report_tokens=settings.report_tokens, report_sources=settings.report_sources,
-            price_per_mtok_prompt=settings.price_per_mtok_prompt,
-            price_per_mtok_completion=settings.price_per_mtok_completion, min_majority=settings.min_majority,
-            read_on_majority=settings.read_on_majority)
+        self.aggregation = aggregation or AggregationConfig.from_settings(settings)
         self.running: dict[str, asyncio.Task] = {}  # stream entry id -> job task
         self.lease_ms = int(settings.worker_lease_s * 1000)
 
