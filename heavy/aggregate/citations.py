@@ -15,6 +15,9 @@ source it is dropped.
 A marker is not trusted blindly either: a claim whose cited pages hold fewer than `SUPPORT_OVERLAP` of its words
 (function words aside) is attributed by its words in the same way, or dropped. Seen: the model copied the prompt's
 format example, "The tower was finished in 1889 [2].", into a report about Python, citing a Python page.
+The question's words vouch for nothing: a page must also hold at least half of the words a claim adds to them.
+Seen: a trajectory's wrong answer, "the break and continue statements do not affect the else clause of a loop",
+echoed into the report and kept on a loops page that holds every word of it but "affect".
 """
 
 from __future__ import annotations
@@ -63,9 +66,12 @@ def union_of_sources(results: Sequence[TrajectoryResult]) -> tuple[Source, ...]:
     return tuple(seen.values())
 
 
-def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | None = None) -> FilteredReport:
+def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | None = None,
+                  question: str = "") -> FilteredReport:
     """Keep the claims of `body` that cite fetched `sources` (numbered from 1), attributing uncited ones by their
-    words when `texts` (url → the text fetched) is given; see the module docstring."""
+    words when `texts` (url → the text fetched) is given; see the module docstring. The words of `question` do
+    not vouch for a claim: what it adds to them must be on the page."""
+    asked = content_words(question)
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
     words_of = {n: content_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
     kept_lines, cited, dropped, said = [], [], [], set()
@@ -80,9 +86,9 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
         kept = []
         for sentence in SENTENCE_END.split(line[len(prefix):]):
             text, numbers = _resolve(sentence, number_of_url, len(sources))
-            if numbers and texts and not _supported(sentence, [words_of[n] for n in numbers]):
+            if numbers and texts and not _supported(sentence, [words_of[n] for n in numbers], asked):
                 text, numbers = _resolve(_MARKER.sub("", _LINK.sub(r"\1", sentence)), number_of_url, len(sources))
-            if not numbers and texts and (n := attribute(sentence, words_of)) is not None:
+            if not numbers and texts and (n := attribute(sentence, words_of, asked)) is not None:
                 text, numbers = _with_marker(text, n), [n]
             if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
                     and not _ECHOED_ANNOTATION.search(sentence)):
@@ -98,21 +104,31 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     return FilteredReport(body=_tidy("\n".join(kept_lines)), cited=tuple(cited), dropped=tuple(dropped))
 
 
-def attribute(sentence: str, words_of: dict[int, set[str]]) -> int | None:
-    """The number of the source holding most of the sentence's words, if it holds enough of them."""
+def attribute(sentence: str, words_of: dict[int, set[str]], asked: set[str] = frozenset()) -> int | None:
+    """The number of the source holding most of the sentence's words, if it holds enough of them, and enough of
+    the words it adds to the question's (`asked`)."""
     words = content_words(sentence) - _FUNCTION_WORDS
     if len(words) < ATTRIBUTE_MIN_WORDS or not words_of:
         return None
-    best = max(words_of, key=lambda n: len(words & words_of[n]))
-    return best if len(words & words_of[best]) >= ATTRIBUTE_OVERLAP * len(words) else None
+    best = max(words_of, key=lambda n: (len(words & words_of[n]), len((words - asked) & words_of[n])))
+    holds = len(words & words_of[best]) >= ATTRIBUTE_OVERLAP * len(words)
+    return best if holds and _adds_supported(words - asked, [words_of[best]]) else None
 
 
-def _supported(sentence: str, cited_words: Sequence[set[str]]) -> bool:
-    """Whether one of the cited pages holds enough of the claim's words (a claim too short to tell passes)."""
+def _supported(sentence: str, cited_words: Sequence[set[str]], asked: set[str] = frozenset()) -> bool:
+    """Whether one of the cited pages holds enough of the claim's words (a claim too short to tell passes), and
+    enough of the words it adds to the question's: a claim in the question's words with one word its own ("break
+    and continue do not affect the else clause of a loop", on a page about loops without "affect") is that word."""
     words = content_words(_MARKER.sub("", sentence)) - _FUNCTION_WORDS
     if len(words) < SUPPORT_MIN_WORDS:
         return True
-    return any(len(words & page) >= SUPPORT_OVERLAP * len(words) for page in cited_words)
+    return any(len(words & page) >= SUPPORT_OVERLAP * len(words) and _adds_supported(words - asked, [page])
+               for page in cited_words)
+
+
+def _adds_supported(added: set[str], pages: Sequence[set[str]]) -> bool:
+    """Whether a page holds at least SUPPORT_OVERLAP of the words a claim adds to the question (none added: yes)."""
+    return not added or any(len(added & page) >= SUPPORT_OVERLAP * len(added) for page in pages)
 
 
 def _claim_key(sentence: str) -> str:

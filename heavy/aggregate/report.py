@@ -97,7 +97,7 @@ async def aggregate(
     if mode == "report" and backend is not None and any(r.answered or r.evidence for r in results):
         written, report_usage = await _write_body(question, results, union, backend, config, job_id)
         usage = usage + report_usage
-        filtered = filter_claims(written, union, fetched_texts(results))
+        filtered = filter_claims(written, union, fetched_texts(results), question)
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
         if not body:  # nothing the model wrote stands on a fetched page: quote the pages instead
             body, body_cited = _key_passages(question, results, union)

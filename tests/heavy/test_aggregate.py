@@ -458,6 +458,20 @@ def test_a_marker_on_a_page_that_does_not_hold_the_claim_is_not_trusted():
     assert filtered.dropped == ("The tower was finished in 1889 [1].",)
 
 
+def test_a_claim_made_of_the_questions_words_stands_only_on_a_page_holding_what_it_adds():
+    # seen in the demo: a wrong answer echoed into the report, kept because the loops page holds the question's words
+    loops = source("http://corpus/loops", "A break statement ends the loop and the else clause of the loop is skipped.")
+    question = "How do break and continue statements interact with the else clause of a loop?"
+    body = ("Break and continue statements do not affect the else clause of a loop [1]. "
+            "A break statement skips the else clause of the loop [1].")
+    filtered = filter_claims(body, [loops], {loops.url: loops.snippet}, question)
+    assert filtered.body == "A break statement skips the else clause of the loop [1]."
+    assert filtered.dropped == ("Break and continue statements do not affect the else clause of a loop [1].",)
+    unmarked = filter_claims(body.replace(" [1]", ""), [loops], {loops.url: loops.snippet}, question)
+    assert unmarked.dropped == ("Break and continue statements do not affect the else clause of a loop.",)
+    assert filter_claims(body, [loops], {loops.url: loops.snippet}).dropped == ()  # without the question: kept
+
+
 async def test_a_report_pass_with_no_supported_claim_falls_back_to_quoting_the_best_pages():
     backend = ScriptedBackend(lambda request: text("Paris is lovely in spring. I cannot say more."))
     tower = source("http://corpus/tower", "The Eiffel Tower is a landmark. The tower was finished in 1889 for a fair.")
