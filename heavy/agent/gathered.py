@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from heavy.tools.base import Source, ToolResult
 
 SUPPORTING_SOURCES = 3
-EXCERPT_CHARS = 1500  # of a page's text, kept for citations and the aggregator
+EXCERPT_CHARS = 8_000  # of a page's text, kept for citations and the aggregator: all a tool shows by default
 
 
 def keep_evidence(evidence: dict[str, Source], excerpts: dict[str, str], result: ToolResult) -> None:

@@ -8,8 +8,10 @@ or one carrying that list's "(confidence 0.3), citing no source" (the prompt's f
 lists the trajectories' answers itself). Headings and blank
 lines pass through, except headings that restate the question or announce a source list.
 
+Words are looked for in passages, PASSAGE_SENTENCES consecutive sentences of a page, not in the whole page: a long
+page (the tools show up to 8,000 characters) holds most words somewhere.
 A small model often states a fact from a source and forgets the marker. Given the sources' texts, a sentence without
-a valid citation is attributed to the fetched source holding most of its words (at least `ATTRIBUTE_OVERLAP` of
+a valid citation is attributed to the fetched passage holding most of its words (at least `ATTRIBUTE_OVERLAP` of
 them, function words aside), which checks the claim against the page instead of trusting a marker; with no such
 source it is dropped.
 A marker is not trusted blindly either: a claim whose cited pages hold fewer than `SUPPORT_OVERLAP` of its words
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from heavy.agent.steps import TrajectoryResult
-from heavy.aggregate.evidence import SENTENCE_END, content_words
+from heavy.aggregate.evidence import SENTENCE_END, content_words, passage_words
 from heavy.tools.base import Source
 
 _MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
@@ -73,7 +75,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     not vouch for a claim: what it adds to them must be on the page."""
     asked = content_words(question)
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
-    words_of = {n: content_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
+    words_of = {n: passage_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
     kept_lines, cited, dropped, said = [], [], [], set()
     for line in body.splitlines():
         stripped = line.strip()
@@ -86,7 +88,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
         kept = []
         for sentence in SENTENCE_END.split(line[len(prefix):]):
             text, numbers = _resolve(sentence, number_of_url, len(sources))
-            if numbers and texts and not _supported(sentence, [words_of[n] for n in numbers], asked):
+            if numbers and texts and not _supported(sentence, [w for n in numbers for w in words_of[n]], asked):
                 text, numbers = _resolve(_MARKER.sub("", _LINK.sub(r"\1", sentence)), number_of_url, len(sources))
             if not numbers and texts and (n := attribute(sentence, words_of, asked)) is not None:
                 text, numbers = _with_marker(text, n), [n]
@@ -104,19 +106,21 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     return FilteredReport(body=_tidy("\n".join(kept_lines)), cited=tuple(cited), dropped=tuple(dropped))
 
 
-def attribute(sentence: str, words_of: dict[int, set[str]], asked: set[str] = frozenset()) -> int | None:
-    """The number of the source holding most of the sentence's words, if it holds enough of them, and enough of
-    the words it adds to the question's (`asked`)."""
+def attribute(sentence: str, words_of: dict[int, list[set[str]]], asked: set[str] = frozenset()) -> int | None:
+    """The number of the source whose passage (`words_of`: each source's passages' words) holds most of the
+    sentence's words, if it holds enough of them, and enough of the words it adds to the question's (`asked`)."""
     words = content_words(sentence) - _FUNCTION_WORDS
     if len(words) < ATTRIBUTE_MIN_WORDS or not words_of:
         return None
-    best = max(words_of, key=lambda n: (len(words & words_of[n]), len((words - asked) & words_of[n])))
-    holds = len(words & words_of[best]) >= ATTRIBUTE_OVERLAP * len(words)
-    return best if holds and _adds_supported(words - asked, [words_of[best]]) else None
+    added = words - asked
+    best, passage = max(((n, p) for n, passages in words_of.items() for p in passages),
+                        key=lambda item: (len(words & item[1]), len(added & item[1])), default=(None, set()))
+    holds = len(words & passage) >= ATTRIBUTE_OVERLAP * len(words)
+    return best if holds and _adds_supported(added, [passage]) else None
 
 
 def _supported(sentence: str, cited_words: Sequence[set[str]], asked: set[str] = frozenset()) -> bool:
-    """Whether one of the cited pages holds enough of the claim's words (a claim too short to tell passes), and
+    """Whether a passage of the cited pages holds enough of the claim's words (a claim too short to tell passes), and
     enough of the words it adds to the question's: a claim in the question's words with one word its own ("break
     and continue do not affect the else clause of a loop", on a page about loops without "affect") is that word."""
     words = content_words(_MARKER.sub("", sentence)) - _FUNCTION_WORDS

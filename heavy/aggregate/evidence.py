@@ -31,6 +31,8 @@ CANDIDATE_WEIGHT = 1.5  # the page contains one of the trajectories' answers
 _WORD = re.compile(r"\w+")
 _QUALIFIER = re.compile(r"\(.*?\)")
 # also before **bold**, as Markdown bodies have; not after an ellipsis ("the 'try' ... 'except' statement")
+PASSAGE_SENTENCES = 3  # a claim is checked against this many consecutive sentences of a page, not the whole page
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")  # a heading or a grammar block ends where its paragraph does
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\.\.)\s+(?=[A-Z0-9\"'(*])")
 
 
@@ -106,6 +108,20 @@ def token_f1(a: str, b: str, restated: str = "") -> float:
 
 
 
+def sentences_of(text: str) -> list[str]:
+    """The text's sentences, whitespace folded; a paragraph break ends one too."""
+    return [x.strip() for paragraph in _PARAGRAPH_BREAK.split(text)
+            for x in SENTENCE_END.split(" ".join(paragraph.split())) if x.strip()]
+
+
+def passage_words(text: str, window: int = PASSAGE_SENTENCES) -> list[set[str]]:
+    """The content words of each run of `window` consecutive sentences: where a claim must find its words, since a
+    long page holds most words somewhere."""
+    sentences = sentences_of(text)
+    runs = [sentences[i:i + window] for i in range(max(1, len(sentences) - window + 1))]
+    return [content_words(" ".join(run)) for run in runs]
+
+
 def question_weights(question: str, texts: Sequence[str]) -> dict[str, float]:
     """Each content word of the question, weighted by its rarity over `texts` (IDF): a word every page holds
     ("python" in a corpus of Python pages, "the") tells a page's sentences apart no better than none."""
@@ -119,7 +135,7 @@ def best_sentences(question: str, text: str, count: int = 2, weights: dict[str, 
     """The sentences of `text` that hold the most of the question's words (by `weights`, else each word 1), up to
     `count` of them and `max_chars` in all, in the text's order. A sentence with none of them is never picked."""
     weights = weights if weights is not None else dict.fromkeys(content_words(question), 1.0)
-    sentences = [x.strip() for x in SENTENCE_END.split(" ".join(text.split())) if len(x.split()) >= 4]
+    sentences = [x for x in sentences_of(text) if len(x.split()) >= 4]
     scores = [sum(weights.get(w, 0.0) for w in content_words(x)) for x in sentences]
     picked, room = [], max_chars if max_chars is not None else float("inf")
     for i in sorted(range(len(sentences)), key=lambda i: -scores[i]):

@@ -164,7 +164,7 @@ def _excerpt(question: str, text: str, weights: dict[str, float], max_chars: int
     flat = " ".join(text.split())
     if len(flat) <= max_chars:
         return flat
-    return " … ".join(best_sentences(question, flat, count=max_chars, weights=weights, max_chars=max_chars)
+    return " … ".join(best_sentences(question, text, count=max_chars, weights=weights, max_chars=max_chars)
                       ) or flat[:max_chars]
 
 

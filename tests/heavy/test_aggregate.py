@@ -472,6 +472,19 @@ def test_a_claim_made_of_the_questions_words_stands_only_on_a_page_holding_what_
     assert filter_claims(body, [loops], {loops.url: loops.snippet}).dropped == ()  # without the question: kept
 
 
+def test_a_claim_must_find_its_words_in_one_passage_of_a_long_page():
+    sentences = ["The tower stands on the Champ de Mars.", "Its paint is renewed every seven years.",
+                 "Visitors climb the stairs.", "The lifts were installed later.", "The restaurant serves lunch.",
+                 "Tickets are sold online.", "It was finished in 1889 for the fair.", "Night lights sparkle.",
+                 "Crowds gather at noon."]
+    page = source("http://corpus/tower", " ".join(sentences))
+    texts = {page.url: " ".join(sentences)}
+    near = "It was finished in 1889 for the fair [1]."
+    spread = "Champ lifts 1889 [1]."  # each word is on the page, in sentences far apart
+    filtered = filter_claims(f"{near} {spread}", [page], texts)
+    assert filtered.body == near and filtered.dropped == (spread,)
+
+
 async def test_a_report_pass_with_no_supported_claim_falls_back_to_quoting_the_best_pages():
     backend = ScriptedBackend(lambda request: text("Paris is lovely in spring. I cannot say more."))
     tower = source("http://corpus/tower", "The Eiffel Tower is a landmark. The tower was finished in 1889 for a fair.")
