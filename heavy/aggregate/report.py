@@ -13,10 +13,9 @@ from heavy.agent.steps import TrajectoryResult, finished_part
 from heavy.aggregate.citations import filter_claims, renumber, union_of_sources
 from heavy.aggregate.evidence import (
     best_sentences,
-    content_words,
     fetched_texts,
-    pooled_passages,
     question_weights,
+    weigh,
 )
 from heavy.aggregate.result import JobResult
 from heavy.aggregate.shorten import is_short
@@ -27,7 +26,7 @@ from heavy.tools.base import Source
 
 log = logging.getLogger(__name__)
 
-KEY_PASSAGES = 3
+KEY_SENTENCES = 6
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
 
@@ -123,7 +122,7 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
     shown = []
     for n, source in enumerate(union, start=1):
         excerpt = _excerpt(question, texts.get(source.url) or source.snippet, weights, config.source_excerpt_chars)
-        relevance = sum(weights.get(w, 0.0) for w in content_words(source.title + " " + excerpt))
+        relevance = weigh(source.title + " " + excerpt, weights)
         shown.append((relevance, n, f"[{n}] {source.title}: {excerpt}"))  # no URL: a small model copies URL lists
     shown.sort(key=lambda item: -item[0])
     lines, listed, budget = [], set(), config.prompt_source_chars
@@ -170,14 +169,20 @@ def _excerpt(question: str, text: str, weights: dict[str, float], max_chars: int
 
 def _key_passages(question: str, results: Sequence[TrajectoryResult],
                   union: Sequence[Source]) -> tuple[str, tuple[int, ...]]:
-    """The report's fallback body: the most relevant sentences of the best pooled pages, quoted and cited."""
+    """The report's fallback body: the KEY_SENTENCES sentences of all fetched pages richest in the question's rarer
+    words, best first, quoted and cited (a sentence two pages hold is quoted once)."""
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
     texts = fetched_texts(results)
     weights = question_weights(question, list(texts.values()))
-    lines, cited = [], []
-    for passage in pooled_passages(question, results, k=KEY_PASSAGES):
-        n = number_of_url[passage.url]
-        for sentence in best_sentences(question, texts[passage.url], weights=weights):
+    candidates = sorted(((weigh(sentence, weights), number_of_url[url], sentence) for url, text in texts.items()
+                         for sentence in best_sentences(question, text, count=KEY_SENTENCES, weights=weights)),
+                        key=lambda item: (-item[0], item[1]))
+    lines, cited, quoted = [], [], set()
+    for _, n, sentence in candidates:
+        if len(lines) == KEY_SENTENCES:
+            break
+        if sentence not in quoted:
+            quoted.add(sentence)
             lines.append(f"- \"{sentence}\" [{n}]")
             cited += [n] if n not in cited else []
     return ("The report pass wrote no claim a fetched page supports; the most relevant passages found:\n\n"

@@ -414,6 +414,11 @@ def test_the_best_sentences_weigh_the_questions_rarer_words_and_fit_a_budget():
     picked = best_sentences(question, pages[0], count=9, weights=weights, max_chars=80)
     assert picked == ["The else clause runs when the loop ends normally.", "A break skips the else clause."]
     assert best_sentences("Who painted it?", pages[1], weights=question_weights("Who painted it?", pages)) == []
+    repeated = "The else clause is skipped by a break. Loops end. The else clause is skipped by a break."
+    assert best_sentences(question, repeated, count=2) == ["The else clause is skipped by a break."]
+    assert "what" not in question_weights("What statements break a loop?", pages)  # the question's own words
+    assert best_sentences("Which statements end loops?", "A break statement ends the loop.", count=1) == [
+        "A break statement ends the loop."]  # plural or not, the same word
 
 
 async def test_the_report_prompt_shows_the_most_relevant_sources_first_and_only_a_few():
@@ -431,6 +436,19 @@ async def test_the_report_prompt_shows_the_most_relevant_sources_first_and_only_
     assert "[2] p1" not in sources and "[3] p2" not in sources  # only the two most relevant are shown
     assert "answered: The tower was finished in 1889. (confidence" in prompt  # one line per answer
     assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown  # renumbered in the report
+
+
+async def test_the_fallback_quotes_the_best_sentences_of_all_pages_best_first_each_once():
+    backend = ScriptedBackend(lambda request: text("Paris is lovely in spring."))
+    intro = source("http://corpus/intro", "Paris has a tower. Paris has many museums and bridges.")
+    said = "The Eiffel tower was finished in 1889."
+    tower = source("http://corpus/tower", f"{said} {said}")
+    results = [result(0, "1889", cited=[intro], evidence=[intro, tower]), result(1, "1889", evidence=[tower])]
+    job = await aggregate(job_id="j", question="When was the Eiffel tower finished?", mode="report",
+                          results=results, backend=backend)
+    quotes = job.markdown.split("passages found:")[1].split("## ")[0].strip().splitlines()
+    # the answer's source comes first in the report's numbering
+    assert quotes == ['- "The Eiffel tower was finished in 1889." [2]', '- "Paris has a tower." [1]']
 
 
 async def test_report_with_no_answer_at_all_still_says_so():
