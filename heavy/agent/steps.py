@@ -11,12 +11,12 @@ from heavy.tools.base import Source
 ANSWER_PREFIXES = ("final answer:", "answer:", "the answer is")
 DEFAULT_CONFIDENCE = 0.6  # an answer call that states none, or an unreadable one
 _WORD = re.compile(r"\w+")
-# A tool result's header as the tools write it ("[n] Title" or "# Title", then "URL: ..."), copied into an answer.
-# The line above "URL:" goes with it only if it reads as a title, not as a sentence (no closing full stop).
 # where a sentence ends: its full stop, then any citation markers and closing quotes ("… suite [1].", "… 1889. [2]")
 _SENTENCE_CLOSE = re.compile(r"[.!?](?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])*[\"'’”)\]]*(?=\s|$)")
 FRAGMENT_WORDS = 3  # an unfinished tail this short, after finished sentences, is a stub and no part of the answer
 MIN_KEPT_WORDS = 8  # a cut answer keeps its finished sentences only if they say this much ("in the U.S." does not)
+# A tool result's header as the tools write it ("[n] Title" or "# Title", then "URL: ..."), copied into an answer.
+# The line above "URL:" goes with it only if it reads as a title, not as a sentence (no closing full stop).
 _RESULT_HEADER = re.compile(r"^(?:[^\n]{0,150}[^\s.!?:][ \t]*\n)?[ \t]*URL:[ \t]*\S+[^\n]*(?:\n|$)", re.MULTILINE)
 
 

@@ -116,7 +116,7 @@ def attribute(sentence: str, words_of: dict[int, list[set[str]]], asked: set[str
     best, passage = max(((n, p) for n, passages in words_of.items() for p in passages),
                         key=lambda item: (len(words & item[1]), len(added & item[1])), default=(None, set()))
     holds = len(words & passage) >= ATTRIBUTE_OVERLAP * len(words)
-    return best if holds and _adds_supported(added, [passage]) else None
+    return best if holds and _adds_supported(added, passage) else None
 
 
 def _supported(sentence: str, cited_words: Sequence[set[str]], asked: set[str] = frozenset()) -> bool:
@@ -126,13 +126,13 @@ def _supported(sentence: str, cited_words: Sequence[set[str]], asked: set[str] =
     words = content_words(_MARKER.sub("", sentence)) - _FUNCTION_WORDS
     if len(words) < SUPPORT_MIN_WORDS:
         return True
-    return any(len(words & page) >= SUPPORT_OVERLAP * len(words) and _adds_supported(words - asked, [page])
+    return any(len(words & page) >= SUPPORT_OVERLAP * len(words) and _adds_supported(words - asked, page)
                for page in cited_words)
 
 
-def _adds_supported(added: set[str], pages: Sequence[set[str]]) -> bool:
-    """Whether a page holds at least SUPPORT_OVERLAP of the words a claim adds to the question (none added: yes)."""
-    return not added or any(len(added & page) >= SUPPORT_OVERLAP * len(added) for page in pages)
+def _adds_supported(added: set[str], passage: set[str]) -> bool:
+    """Whether a passage holds at least SUPPORT_OVERLAP of the words a claim adds to the question (none added: yes)."""
+    return not added or len(added & passage) >= SUPPORT_OVERLAP * len(added)
 
 
 def _claim_key(sentence: str) -> str:

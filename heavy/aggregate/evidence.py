@@ -30,13 +30,13 @@ TITLE_WEIGHT = 2.0  # the page's title names something the question names
 CANDIDATE_WEIGHT = 1.5  # the page contains one of the trajectories' answers
 _WORD = re.compile(r"\w+")
 _QUALIFIER = re.compile(r"\(.*?\)")
-# also before **bold**, as Markdown bodies have; not after an ellipsis ("the 'try' ... 'except' statement")
 # the words of a question that say what kind of answer it wants, not what the answer is about
 _QUESTION_WORDS = frozenset({"what", "which", "who", "whom", "whose", "when", "where", "why", "how", "does", "did",
                              "the", "and", "with", "are", "was", "were", "has", "have", "had", "that", "this",
                              "inside", "from", "into"})
 PASSAGE_SENTENCES = 3  # a claim is checked against this many consecutive sentences of a page, not the whole page
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")  # a heading or a grammar block ends where its paragraph does
+# also before **bold**, as Markdown bodies have; not after an ellipsis ("the 'try' ... 'except' statement")
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\.\.)\s+(?=[A-Z0-9\"'(*])")
 
 
@@ -127,9 +127,9 @@ def passage_words(text: str, window: int = PASSAGE_SENTENCES) -> list[set[str]]:
 
 
 def question_weights(question: str, texts: Sequence[str]) -> dict[str, float]:
-    """The question's content words (as `_stem`s, its own interrogatives and function words aside), each weighted
-    by its rarity over `texts` (IDF): a word every page holds ("python" in a corpus of Python pages) tells a page's
-    sentences apart no better than none, and a rare "what" in a question says nothing of the answer."""
+    """The question's content words (as `_stems` gives them, its own interrogatives and function words aside), each
+    weighted by its rarity over `texts` (IDF): a word every page holds ("python" in a corpus of Python pages) tells a
+    page's sentences apart no better than none, and a rare "what" in a question says nothing of the answer."""
     asked = _stems(question) - _QUESTION_WORDS
     pages = [_stems(text) for text in texts]
     return {w: math.log(1 + len(pages) / (1 + sum(w in page for page in pages))) for w in asked}
@@ -145,11 +145,11 @@ def _stems(text: str) -> set[str]:
     return {w[:-1] if len(w) > 4 and w.endswith("s") and not w.endswith("ss") else w for w in content_words(text)}
 
 
-def best_sentences(question: str, text: str, count: int = 2, weights: dict[str, float] | None = None,
+def best_sentences(question: str, text: str, count: int | None = 2, weights: dict[str, float] | None = None,
                    max_chars: int | None = None) -> list[str]:
     """The sentences of `text` that hold the most of the question's words (by `weights`, else each word 1), up to
-    `count` of them and `max_chars` in all, in the text's order. A sentence with none of them is never picked, and
-    one the text repeats (a page's sections often do) is picked once."""
+    `count` of them (None: any number) and `max_chars` in all, in the text's order. A sentence with none of them is
+    never picked, and one the text repeats (a page's sections often do) is picked once."""
     weights = weights if weights is not None else dict.fromkeys(_stems(question) - _QUESTION_WORDS, 1.0)
     sentences = list(dict.fromkeys(x for x in sentences_of(text) if len(x.split()) >= 4))
     scores = [weigh(x, weights) for x in sentences]

@@ -94,12 +94,15 @@ async def aggregate(
     usage = decided.usage
     body, body_cited, dropped = "", (), ()
     if mode == "report" and backend is not None and any(r.answered or r.evidence for r in results):
-        written, report_usage = await _write_body(question, results, union, backend, config, job_id)
+        texts = fetched_texts(results)  # url → the longest text any trajectory read of it
+        weights = question_weights(question, list(texts.values()))
+        written, report_usage = await _write_body(question, results, union, (texts, weights), backend, config,
+                                                  job_id)
         usage = usage + report_usage
-        filtered = filter_claims(written, union, fetched_texts(results), question)
+        filtered = filter_claims(written, union, texts, question)
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
         if not body:  # nothing the model wrote stands on a fetched page: quote the pages instead
-            body, body_cited = _key_passages(question, results, union)
+            body, body_cited = _key_passages(question, union, texts, weights)
     markdown, numbers = _assemble(question, decided, results, union, (body, body_cited), status, stop_reason)
     total = usage + sum((r.usage for r in results), Usage())
     cost = (total.prompt_tokens * config.price_per_mtok_prompt
@@ -113,9 +116,9 @@ async def aggregate(
 
 
 async def _write_body(question: str, results: Sequence[TrajectoryResult], union: Sequence[Source],
-                      backend: LLMBackend, config: AggregationConfig, job_id: str) -> tuple[str, Usage]:
-    texts = fetched_texts(results)
-    weights = question_weights(question, list(texts.values()))
+                      texts_and_weights: tuple[dict[str, str], dict[str, float]], backend: LLMBackend,
+                      config: AggregationConfig, job_id: str) -> tuple[str, Usage]:
+    texts, weights = texts_and_weights
     # The most relevant sources first, and only a few: a small model writes from the first sources it reads, and
     # eight trajectories fetch many off-topic pages (the demo's 15 sources held 3 on loops). Numbers stay the union's,
     # which the claim filter checks.
@@ -163,17 +166,15 @@ def _excerpt(question: str, text: str, weights: dict[str, float], max_chars: int
     flat = " ".join(text.split())
     if len(flat) <= max_chars:
         return flat
-    return " … ".join(best_sentences(question, text, count=max_chars, weights=weights, max_chars=max_chars)
+    return " … ".join(best_sentences(question, text, count=None, weights=weights, max_chars=max_chars)
                       ) or flat[:max_chars]
 
 
-def _key_passages(question: str, results: Sequence[TrajectoryResult],
-                  union: Sequence[Source]) -> tuple[str, tuple[int, ...]]:
+def _key_passages(question: str, union: Sequence[Source], texts: dict[str, str],
+                  weights: dict[str, float]) -> tuple[str, tuple[int, ...]]:
     """The report's fallback body: the KEY_SENTENCES sentences of all fetched pages richest in the question's rarer
     words, best first, quoted and cited (a sentence two pages hold is quoted once)."""
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
-    texts = fetched_texts(results)
-    weights = question_weights(question, list(texts.values()))
     candidates = sorted(((weigh(sentence, weights), number_of_url[url], sentence) for url, text in texts.items()
                          for sentence in best_sentences(question, text, count=KEY_SENTENCES, weights=weights)),
                         key=lambda item: (-item[0], item[1]))
