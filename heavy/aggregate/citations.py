@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from heavy.agent.steps import TrajectoryResult
-from heavy.aggregate.evidence import SENTENCE_END, content_words, passage_words
+from heavy.aggregate.evidence import SENTENCE_END, content_words, passage_words, stemmed_words, stems
 from heavy.tools.base import Source
 
 _MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
@@ -73,7 +73,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     """Keep the claims of `body` that cite fetched `sources` (numbered from 1), attributing uncited ones by their
     words when `texts` (url → the text fetched) is given; see the module docstring. The words of `question` do
     not vouch for a claim: what it adds to them must be on the page."""
-    asked = content_words(question)
+    asked = stemmed_words(question)
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
     words_of = {n: passage_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
     kept_lines, cited, dropped, said = [], [], [], set()
@@ -109,7 +109,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
 def attribute(sentence: str, words_of: dict[int, list[set[str]]], asked: set[str] = frozenset()) -> int | None:
     """The number of the source whose passage (`words_of`: each source's passages' words) holds most of the
     sentence's words, if it holds enough of them, and enough of the words it adds to the question's (`asked`)."""
-    words = content_words(sentence) - _FUNCTION_WORDS
+    words = stems(content_words(sentence) - _FUNCTION_WORDS)
     if len(words) < ATTRIBUTE_MIN_WORDS or not words_of:
         return None
     added = words - asked
@@ -123,7 +123,7 @@ def _supported(sentence: str, cited_words: Sequence[set[str]], asked: set[str] =
     """Whether a passage of the cited pages holds enough of the claim's words (a claim too short to tell passes), and
     enough of the words it adds to the question's: a claim in the question's words with one word its own ("break
     and continue do not affect the else clause of a loop", on a page about loops without "affect") is that word."""
-    words = content_words(_MARKER.sub("", sentence)) - _FUNCTION_WORDS
+    words = stems(content_words(_MARKER.sub("", sentence)) - _FUNCTION_WORDS)
     if len(words) < SUPPORT_MIN_WORDS:
         return True
     return any(len(words & page) >= SUPPORT_OVERLAP * len(words) and _adds_supported(words - asked, page)

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+import snowballstemmer
 
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.normalize import normalize_answer
@@ -34,6 +37,7 @@ _QUALIFIER = re.compile(r"\(.*?\)")
 _QUESTION_WORDS = frozenset({"what", "which", "who", "whom", "whose", "when", "where", "why", "how", "does", "did",
                              "the", "and", "with", "are", "was", "were", "has", "have", "had", "that", "this",
                              "inside", "from", "into"})
+_STEMMERS = threading.local()  # a Snowball stemmer keeps state between calls: one per thread
 PASSAGE_SENTENCES = 3  # a claim is checked against this many consecutive sentences of a page, not the whole page
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")  # a heading or a grammar block ends where its paragraph does
 # also before **bold**, as Markdown bodies have; not after an ellipsis ("the 'try' ... 'except' statement")
@@ -118,31 +122,42 @@ def sentences_of(text: str) -> list[str]:
             for x in SENTENCE_END.split(" ".join(paragraph.split())) if x.strip()]
 
 
+def stems(words: Iterable[str]) -> set[str]:
+    """The words' Snowball (Porter 2) stems: "statements" and "statement" are one word, "skips" and "skipped" too.
+    Both sides of a comparison must go through it."""
+    if (stemmer := getattr(_STEMMERS, "english", None)) is None:
+        stemmer = _STEMMERS.english = snowballstemmer.stemmer("english")
+    return set(stemmer.stemWords(list(words)))
+
+
+def stemmed_words(text: str) -> set[str]:
+    """The stems of the text's content words."""
+    return stems(content_words(text))
+
+
+_QUESTION_STEMS = stems(_QUESTION_WORDS)
+
+
 def passage_words(text: str, window: int = PASSAGE_SENTENCES) -> list[set[str]]:
-    """The content words of each run of `window` consecutive sentences: where a claim must find its words, since a
-    long page holds most words somewhere."""
+    """The stemmed content words of each run of `window` consecutive sentences: where a claim must find its words,
+    since a long page holds most words somewhere."""
     sentences = sentences_of(text)
     runs = [sentences[i:i + window] for i in range(max(1, len(sentences) - window + 1))]
-    return [content_words(" ".join(run)) for run in runs]
+    return [stemmed_words(" ".join(run)) for run in runs]
 
 
 def question_weights(question: str, texts: Sequence[str]) -> dict[str, float]:
-    """The question's content words (as `_stems` gives them, its own interrogatives and function words aside), each
-    weighted by its rarity over `texts` (IDF): a word every page holds ("python" in a corpus of Python pages) tells a
-    page's sentences apart no better than none, and a rare "what" in a question says nothing of the answer."""
-    asked = _stems(question) - _QUESTION_WORDS
-    pages = [_stems(text) for text in texts]
+    """The stems of the question's content words (its own interrogatives and function words aside), each weighted by
+    its rarity over `texts` (IDF): a word every page holds ("python" in a corpus of Python pages) tells a page's
+    sentences apart no better than none, and a rare "what" in a question says nothing of the answer."""
+    asked = stemmed_words(question) - _QUESTION_STEMS
+    pages = [stemmed_words(text) for text in texts]
     return {w: math.log(1 + len(pages) / (1 + sum(w in page for page in pages))) for w in asked}
 
 
 def weigh(text: str, weights: dict[str, float]) -> float:
-    """How much of the question's weighted words `text` holds."""
-    return sum(weights.get(w, 0.0) for w in _stems(text))
-
-
-def _stems(text: str) -> set[str]:
-    """Content words with a plural "s" cut ("statements" is "statement"), the same way on both sides."""
-    return {w[:-1] if len(w) > 4 and w.endswith("s") and not w.endswith("ss") else w for w in content_words(text)}
+    """How much of the question's weighted words (stems) `text` holds."""
+    return sum(weights.get(w, 0.0) for w in stemmed_words(text))
 
 
 def best_sentences(question: str, text: str, count: int | None = 2, weights: dict[str, float] | None = None,
@@ -150,7 +165,7 @@ def best_sentences(question: str, text: str, count: int | None = 2, weights: dic
     """The sentences of `text` that hold the most of the question's words (by `weights`, else each word 1), up to
     `count` of them (None: any number) and `max_chars` in all, in the text's order. A sentence with none of them is
     never picked, and one the text repeats (a page's sections often do) is picked once."""
-    weights = weights if weights is not None else dict.fromkeys(_stems(question) - _QUESTION_WORDS, 1.0)
+    weights = weights if weights is not None else dict.fromkeys(stemmed_words(question) - _QUESTION_STEMS, 1.0)
     sentences = list(dict.fromkeys(x for x in sentences_of(text) if len(x.split()) >= 4))
     scores = [weigh(x, weights) for x in sentences]
     picked, room = [], max_chars if max_chars is not None else float("inf")

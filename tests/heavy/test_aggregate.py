@@ -490,6 +490,18 @@ def test_a_claim_made_of_the_questions_words_stands_only_on_a_page_holding_what_
     assert filter_claims(body, [loops], {loops.url: loops.snippet}).dropped == ()  # without the question: kept
 
 
+def test_a_claim_and_its_page_are_compared_by_word_stems():
+    # seen in the demo: "statement" against the question's "statements" counted as a word the claim adds, and the
+    # page holds it, so the wrong claim stood on 1 of its 2 added words
+    loops = source("http://corpus/loops", "The break statement terminates the loop. The else clause is skipped.")
+    question = ("In Python, what do the break and continue statements do inside a for or while loop, and how does "
+                "the else clause of a loop interact with break?")
+    wrong = "The break statement in a for or while loop does not affect the else clause of a loop [1]."
+    paraphrase = "A break skips the else clause and terminates the loop [1]."  # "skips"/"skipped", one stem
+    filtered = filter_claims(f"{wrong} {paraphrase}", [loops], {loops.url: loops.snippet}, question)
+    assert filtered.body == paraphrase and filtered.dropped == (wrong,)
+
+
 def test_a_claim_must_find_its_words_in_one_passage_of_a_long_page():
     sentences = ["The tower stands on the Champ de Mars.", "Its paint is renewed every seven years.",
                  "Visitors climb the stairs.", "The lifts were installed later.", "The restaurant serves lunch.",
