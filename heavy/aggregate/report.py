@@ -249,11 +249,14 @@ def _disagreements(decided: Vote, results: Sequence[TrajectoryResult]) -> str:
     # sentences in other words may say the same thing: a list of them is no evidence of disagreement
     title = "What each trajectory answered" if _in_own_words(decided) else "Where the trajectories disagreed"
     lines = [f"## {title}", ""]
-    lines += [f"- \"{_quoted(g.answer)}\": trajectories {', '.join(str(i + 1) for i in g.members)}"
-              for g in decided.groups]
+    lines += [f"- \"{_quoted(g.answer)}\": {_trajectories([i + 1 for i in g.members])}" for g in decided.groups]
     if silent:
-        lines.append(f"- No answer: trajectories {', '.join(map(str, silent))}")
+        lines.append(f"- No answer: {_trajectories(silent)}")
     return "\n".join(lines)
+
+
+def _trajectories(numbers: Sequence[int]) -> str:
+    return ("trajectory " if len(numbers) == 1 else "trajectories ") + ", ".join(map(str, numbers))
 
 
 def _quoted(answer: str) -> str:

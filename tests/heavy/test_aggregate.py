@@ -356,7 +356,7 @@ async def test_report_numbers_citations_over_fetched_sources_and_notes_disagreem
     assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown
     assert "1887 [9]" not in job.markdown and "evil.example" not in job.markdown
     assert job.dropped_claims == ("A blog says 1887 [9].", "Its paint is [blue](http://evil.example/paint).")
-    assert '"1887": trajectories 3' in job.markdown
+    assert '"1887": trajectory 3' in job.markdown
     assert [s.url for s in job.sources] == ["http://corpus/eiffel"]  # the sources the kept claims cite
     assert "1. [eiffel](http://corpus/eiffel)" in job.markdown
     data = json.loads(job.to_json())
@@ -370,7 +370,7 @@ async def test_the_disagreement_list_quotes_a_copied_page_short_and_without_its_
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                           results=results, backend=backend)
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
-    assert '"Eiffel Tower word0 word1' in listed and "word27 …\": trajectories 2" in listed
+    assert '"Eiffel Tower word0 word1' in listed and "word27 …\": trajectory 2" in listed
     assert "http://" not in listed and "word28" not in listed
 
 
@@ -382,7 +382,7 @@ async def test_a_report_without_a_majority_headlines_no_lone_answer():
     assert job.answer == "" and job.agreement == 0.0 and job.votes == {"1889": 1, "1887": 1, "1901": 1}
     assert "**Answer:** the 3 trajectories did not agree" in job.markdown
     assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown
-    assert all(f'"{year}": trajectories' in job.markdown for year in ("1889", "1887", "1901"))
+    assert all(f'"{year}": trajectory ' in job.markdown for year in ("1889", "1887", "1901"))
     lone = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                            results=results[:1], backend=backend)
     assert lone.answer == "1889" and "**Answer:** 1889 [1]" in lone.markdown  # one trajectory: its answer
@@ -400,7 +400,7 @@ async def test_a_report_whose_answers_are_sentences_does_not_call_them_a_disagre
     assert job.answer == "" and "**Answer:** no one answer: the 3 trajectories answered in sentences" in job.markdown
     assert "disagreed" not in job.markdown and "did not agree" not in job.markdown
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
-    assert '"1887": trajectories 3' in listed and "World's Fair.\": trajectories 1" in listed
+    assert '"1887": trajectory 3' in listed and "World's Fair.\": trajectory 1" in listed
 
 
 def test_the_best_sentences_weigh_the_questions_rarer_words_and_fit_a_budget():
