@@ -74,8 +74,12 @@ def ask(
     """Research QUESTION with N trajectories and print the merged report."""
     logging.basicConfig(level=logging.WARNING)
     settings = get_settings()
-    base = JobSpec.from_settings(settings, job_id=f"cli-{uuid.uuid4().hex[:12]}", question=question,
-                                 mode=mode.value, trajectories=trajectories)
+    try:
+        base = JobSpec.from_settings(settings, job_id=f"cli-{uuid.uuid4().hex[:12]}", question=question,
+                                     mode=mode.value, trajectories=trajectories)
+    except ValueError as exc:  # an empty question, or a setting out of range
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     limits = replace(base.limits, max_steps=max_steps) if max_steps else base.limits
     try:
         with _tools(settings.search, index) as executor:

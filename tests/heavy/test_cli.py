@@ -96,6 +96,12 @@ def test_ask_reports_a_missing_index_in_one_line(tmp_path):
     assert result.exit_code == 1 and "no corpus index" in result.output
 
 
+def test_ask_refuses_an_empty_question_in_one_line():
+    result = CliRunner().invoke(app, ["ask", "   ", "--backend", "openai"])
+    assert result.exit_code == 2 and "question is empty" in result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, ValueError)
+
+
 def test_live_board_follows_the_events():
     from rich.console import Console
 
