@@ -12,6 +12,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import pydantic
+import redis
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -20,6 +22,7 @@ from rich.markdown import Markdown
 from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_app, default_index_path
+from heavy.corpus.documents import CorpusFormatError
 from heavy.display import LiveBoard
 from heavy.llm import make_backend
 from heavy.scheduler import JobSpec, Scheduler
@@ -31,6 +34,8 @@ app = typer.Typer(help="Heavy-mode research: N trajectories merged into one cite
 app.add_typer(corpus_app, name="corpus")
 register_service_commands(app)  # serve, worker, up, keys
 console = Console()
+# what a user can get wrong: a path, a corpus file, a HEAVY_* setting, a Redis that is not there
+USER_ERRORS = (OSError, CorpusFormatError, pydantic.ValidationError, redis.exceptions.ConnectionError)
 
 
 class ModeOption(StrEnum):
@@ -94,5 +99,21 @@ def ask(
         console.print(f"JSON result written to {json_out}")
 
 
+def main() -> None:
+    """The `heavy` command: a user's mistake is one line on stderr and exit code 1, not a traceback."""
+    try:
+        app()
+    except USER_ERRORS as exc:
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {_describe(exc)}", highlight=False)
+        raise SystemExit(1) from None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, pydantic.ValidationError):  # a HEAVY_* setting: name it as the user set it
+        return "; ".join(f"HEAVY_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']} (got {e.get('input')!r})"
+                         for e in exc.errors())
+    return f"{type(exc).__name__}: {exc}"
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from heavy.corpus.index import CorpusIndex
+from heavy.corpus.index import CorpusIndex, existing_index
 from heavy.corpus.server import CorpusServer
 from heavy.tools.base import Tool, ToolExecutor, ToolLimits
 from heavy.tools.fetch import PageFetcher
@@ -21,10 +21,7 @@ from heavy.tools.ssrf import AllowedTarget, SsrfGuard
 @contextmanager
 def local_corpus_tools(index_path: Path | str, limits: ToolLimits | None = None) -> Iterator[ToolExecutor]:
     """search + open_page over a local corpus index, its page server running on 127.0.0.1 meanwhile."""
-    index_path = Path(index_path)
-    if not index_path.is_file():
-        raise FileNotFoundError(f"no corpus index at {index_path}; build one with `heavy corpus add PATH`")
-    with CorpusServer(index_path) as server:
+    with CorpusServer(existing_index(index_path)) as server:
         host, port = server.address
         guard = SsrfGuard(allow=[AllowedTarget(host, port)], allow_public=False)  # offline: no DNS, no web
         tools: list[Tool] = [

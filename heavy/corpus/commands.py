@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from heavy.corpus.documents import corpus_files, read_file
-from heavy.corpus.index import CorpusIndex
+from heavy.corpus.index import CorpusIndex, existing_index
 from heavy.corpus.server import CorpusServer
 
 
@@ -58,7 +58,7 @@ def add_command(path: Path, index: IndexOption = None) -> None:
 @corpus_app.command("serve")
 def serve_command(index: IndexOption = None, port: int = 8765) -> None:
     """Serve the indexed documents as HTML pages on 127.0.0.1 until interrupted."""
-    with CorpusServer(index or default_index_path(), port=port) as server:
+    with CorpusServer(existing_index(index or default_index_path()), port=port) as server:
         typer.echo(f"serving the corpus at {server.base_url}/doc/<id> (Ctrl-C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()

@@ -58,6 +58,13 @@ class SearchHit:
     score: float  # BM25, lower is better (SQLite's sign convention)
 
 
+def existing_index(path: Path | str) -> Path:
+    """`path`, if an index was built there: opening a mistyped path would create an empty corpus."""
+    if not (path := Path(path)).is_file():
+        raise FileNotFoundError(f"no corpus index at {path}; build one with `heavy corpus add PATH`")
+    return path
+
+
 def content_hash(title: str, text: str) -> str:
     return hashlib.sha256(f"{title}\n{text}".encode()).hexdigest()
 

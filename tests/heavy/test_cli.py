@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from typer.testing import CliRunner
 
-from heavy.cli import app
+from heavy.cli import app, main
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_add
 
@@ -100,6 +100,27 @@ def test_ask_refuses_an_empty_question_in_one_line():
     result = CliRunner().invoke(app, ["ask", "   ", "--backend", "openai"])
     assert result.exit_code == 2 and "question is empty" in result.output
     assert "Traceback" not in result.output and not isinstance(result.exception, ValueError)
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["corpus", "add", "/nonexistent/docs"], {}, "error: FileNotFoundError: corpus path does not exist"),
+    (["corpus", "serve", "--index", "/nonexistent/index.sqlite"], {}, "error: FileNotFoundError: no corpus index at"),
+    (["corpus", "add", "{bad}"], {}, "error: CorpusFormatError: {bad}:1: not valid JSON"),
+    (["ask", "q?"], {"HEAVY_TRAJECTORIES": "many"}, "error: HEAVY_TRAJECTORIES: Input should be a valid integer"),
+])
+def test_the_heavy_command_reports_a_users_mistake_in_one_line(argv, env, message, tmp_path, monkeypatch, capsys):
+    (tmp_path / "bad.jsonl").write_text('{"title": 1\n')
+    monkeypatch.setattr("sys.argv", ["heavy", *(a.replace("{bad}", str(tmp_path / "bad.jsonl")) for a in argv)])
+    monkeypatch.setenv("HEAVY_CORPUS_INDEX", str(tmp_path / "index.sqlite"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith(message.replace("{bad}", str(tmp_path / "bad.jsonl")))
+    assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
 def test_live_board_follows_the_events():
