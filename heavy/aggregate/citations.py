@@ -20,6 +20,7 @@ format example, "The tower was finished in 1889 [2].", into a report about Pytho
 The question's words vouch for nothing: a page must also hold at least half of the words a claim adds to them.
 Seen: a trajectory's wrong answer, "the break and continue statements do not affect the else clause of a loop",
 echoed into the report and kept on a loops page that holds every word of it but "affect".
+A sentence that leads into a list ("... are:") is kept only when a list item follows it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from heavy.tools.base import Source
 _MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _LINK = re.compile(r"\[([^\]]*)\]\((https?://[^)\s]+)\)")
 _LIST_PREFIX = re.compile(r"\s*(?:(?:[-*>]|\d+\.)\s+)?")
+_LIST_ITEM = re.compile(r"\s*(?:[-*+]|\d+\.)\s+")
 ATTRIBUTE_OVERLAP = 0.6
 ATTRIBUTE_MIN_WORDS = 3  # not counting function words
 SUPPORT_OVERLAP = 0.5
@@ -76,7 +78,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     asked = stemmed_words(question)
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
     words_of = {n: passage_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
-    kept_lines, cited, dropped, said = [], [], [], set()
+    kept_lines, dropped, said = [], [], set()
     for line in body.splitlines():
         stripped = line.strip()
         if _COPIED_HEADING.match(stripped):
@@ -98,12 +100,29 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                     continue
                 said.add(claim)
                 kept.append(text)
-                cited += [n for n in numbers if n not in cited]
             elif sentence.strip():
                 dropped.append(sentence.strip())
         if kept:
             kept_lines.append(prefix + " ".join(kept))
-    return FilteredReport(body=_tidy("\n".join(kept_lines)), cited=tuple(cited), dropped=tuple(dropped))
+    body = _tidy("\n".join(_without_dangling_leads(kept_lines, dropped)))
+    cited = dict.fromkeys(int(n) for marker in _MARKER.findall(body) for n in re.findall(r"\d+", marker))
+    return FilteredReport(body=body, cited=tuple(cited), dropped=tuple(dropped))
+
+
+def _without_dangling_leads(lines: list[str], dropped: list[str]) -> list[str]:
+    """The lines, less a last sentence that leads into a list no item of which follows ("The methods that a context
+    manager must define are: [1]", its items dropped): alone it says nothing. What is taken goes to `dropped`."""
+    kept = []
+    for i, line in enumerate(lines):
+        following = next((x for x in lines[i + 1:] if x.strip()), "")
+        if _MARKER.sub("", line).rstrip().endswith(":") and not _LIST_ITEM.match(following):
+            last = SENTENCE_END.split(line)[-1]
+            dropped.append(last[len(_LIST_PREFIX.match(last).group()):].strip())
+            line = line[:len(line) - len(last)].rstrip()
+            if not line[len(_LIST_PREFIX.match(line).group()):]:
+                continue
+        kept.append(line)
+    return kept
 
 
 def attribute(sentence: str, words_of: dict[int, list[set[str]]], asked: set[str] = frozenset()) -> int | None:

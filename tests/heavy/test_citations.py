@@ -56,3 +56,20 @@ async def test_a_report_pass_cut_by_its_token_limit_loses_its_unfinished_sentenc
                           backend=backend)
     assert "specified with the 'try' ... 'except' statement [1]." in job.markdown
     assert "The 'finally' clause [1]" not in job.markdown and job.dropped_claims == ()
+
+
+def test_a_lead_into_a_list_stands_only_with_an_item_after_it():
+    # seen in `heavy ask`: the items were dropped, and "The methods that must a context manager define are: [1]"
+    # stood alone as the report's only finding
+    page = source("http://corpus/with", "A context manager defines __enter__ and __exit__. The with statement "
+                                        "calls __enter__ on entry and __exit__ on exit.")
+    texts = {page.url: page.snippet}
+    lead = "The methods that a context manager defines are: [1]"
+    item = "- The with statement calls __enter__ on entry and __exit__ on exit [1]."
+    unsupported = "- `__enter__`: called on entry, allowing any necessary setup of resources and logging [1]."
+    alone = filter_claims(f"{lead}\n{unsupported}", [page], texts)
+    assert alone.body == "" and alone.cited == () and alone.dropped[-1] == lead
+    with_item = filter_claims(f"{lead}\n{item}", [page], texts)
+    assert with_item.body == f"{lead}\n{item}" and with_item.cited == (1,)
+    after_a_claim = filter_claims(f"A context manager defines __enter__ and __exit__ [1]. {lead}", [page], texts)
+    assert after_a_claim.body == "A context manager defines __enter__ and __exit__ [1]."
