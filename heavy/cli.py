@@ -72,6 +72,8 @@ def ask(
         ModeOption.report),
     backend: Annotated[BackendOption | None, typer.Option(help="LLM backend (default HEAVY_BACKEND)")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, max=300, help="steps per trajectory")] = None,
+    deadline: Annotated[float | None, typer.Option(min=1, help="seconds until the job stops and reports what it has "
+                                                               "(default HEAVY_JOB_DEADLINE_S)")] = None,
     index: Annotated[Path | None, typer.Option(help="local corpus index (env HEAVY_CORPUS_INDEX)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the JSON result here")] = None,
     live: Annotated[bool, typer.Option(help="live view of the trajectories")] = True,
@@ -85,10 +87,12 @@ def ask(
     except ValueError as exc:  # an empty question, or a setting out of range
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    limits = replace(base.limits, max_steps=max_steps) if max_steps else base.limits
+    limits = replace(base.limits, max_steps=max_steps or base.limits.max_steps,
+                     deadline_s=deadline or base.limits.deadline_s)
     try:
         with _tools(settings.search, index) as executor:
-            spec = replace(base, limits=limits, allowed_tools=base.allowed_tools & executor.names)
+            spec = replace(base, limits=limits, deadline_s=deadline or base.deadline_s,
+                           allowed_tools=base.allowed_tools & executor.names)
             result = asyncio.run(_run(spec, (backend or settings.backend), executor, live))
     except Exception as exc:  # one line for the user
         console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")

@@ -96,6 +96,27 @@ def test_ask_reports_a_missing_index_in_one_line(tmp_path):
     assert result.exit_code == 1 and "no corpus index" in result.output
 
 
+def test_ask_passes_its_deadline_and_step_budget_to_the_job(tmp_path, monkeypatch):
+    index = tmp_path / "corpus.sqlite"
+    (tmp_path / "docs.jsonl").write_text(json.dumps(DOCS[0]))
+    corpus_add(tmp_path / "docs.jsonl", index)
+    specs = []
+
+    async def capture(spec, backend_name, executor, show_live):
+        specs.append(spec)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr("heavy.cli._run", capture)
+    args = ["ask", "q?", "--backend", "openai", "--index", str(index), "--no-live"]
+    CliRunner().invoke(app, [*args, "--deadline", "2400", "--max-steps", "12"])
+    CliRunner().invoke(app, args)
+    given, default = specs
+    assert (given.deadline_s, given.limits.deadline_s, given.limits.max_steps) == (2400, 2400, 12)
+    settings = get_settings()
+    assert (default.deadline_s, default.limits.deadline_s) == (settings.job_deadline_s, settings.job_deadline_s)
+    assert default.limits.max_steps == settings.max_steps
+
+
 def test_ask_refuses_an_empty_question_in_one_line():
     result = CliRunner().invoke(app, ["ask", "   ", "--backend", "openai"])
     assert result.exit_code == 2 and "question is empty" in result.output
