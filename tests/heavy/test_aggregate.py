@@ -6,7 +6,6 @@ import pytest
 
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
-from heavy.aggregate.citations import filter_claims
 from heavy.aggregate.evidence import best_sentences, question_weights, token_f1
 from heavy.aggregate.judge import reading_order
 from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, phrase_around_question, restates
@@ -291,17 +290,6 @@ async def test_a_short_form_the_answer_does_not_say_is_not_voted():
     assert drawn_from("a judge", long) and drawn_from("yes", long) and not drawn_from("teacher of the deaf", long)
 
 
-def test_a_copied_source_list_and_restated_question_are_not_claims():
-    body = ("## Question: When was it finished?\n### Sources:\n1. [1] eiffel — http://corpus/eiffel\n"
-            "The tower was finished in 1889 [1]. See http://corpus/eiffel for more [1].")
-    filtered = filter_claims(body, [EIFFEL, LOUVRE])
-    assert filtered.body == "The tower was finished in 1889 [1]."
-    assert filtered.dropped == ("[1] eiffel — http://corpus/eiffel", "See http://corpus/eiffel for more [1].")
-    echoed = filter_claims("Researcher 2 answered that it was finished in 1889 [1]. It was finished in 1889 [1].",
-                           [EIFFEL])
-    assert echoed.body == "It was finished in 1889 [1]."  # the findings list echoed back is not a claim
-
-
 async def test_yes_no_answers_need_no_model_and_yes_never_answers_a_wh_question():
     backend = ScriptedBackend(lambda request: text("Yes."))
     results = [result(0, "Yes, both of them were American film directors."), result(1, "no")]
@@ -313,29 +301,6 @@ async def test_yes_no_answers_need_no_model_and_yes_never_answers_a_wh_question(
     assert decided.answer == long  # the model's "Yes." is refused; the long answer still votes
     decided = await vote("Who directed Sinister?", [result(0, "Yes"), result(1, "Scott Derrickson")], backend)
     assert decided.answer == "Scott Derrickson" and decided.agreement == 1.0  # a bare "Yes" is not an answer here
-
-
-def test_claims_citing_pages_never_fetched_are_dropped():
-    body = (
-        "The tower was finished in 1889 [1]. It is made of cheese [7].\n"
-        "- The pyramid dates from 1989 ([the Louvre](http://corpus/louvre)).\n"
-        "- It was built by aliens ([blog](http://evil.example/aliens)).\n"
-        "Everyone agrees on this.\n"
-        "## Notes\n"
-        "Both dates are well documented [1][2]."
-    )
-    filtered = filter_claims(body, [EIFFEL, LOUVRE])
-    assert filtered.body.splitlines() == [
-        "The tower was finished in 1889 [1].",
-        "- The pyramid dates from 1989 (the Louvre [2]).",
-        "## Notes",
-        "Both dates are well documented [1][2].",
-    ]
-    assert filtered.dropped == (  # as the model wrote them, for the JSON result
-        "It is made of cheese [7].", "It was built by aliens ([blog](http://evil.example/aliens)).",
-        "Everyone agrees on this.",
-    )
-    assert filtered.cited == (1, 2)
 
 
 async def test_report_numbers_citations_over_fetched_sources_and_notes_disagreement():
@@ -456,63 +421,6 @@ async def test_report_with_no_answer_at_all_still_says_so():
     job = await aggregate(job_id="j", question="Q?", mode="report", results=[result(0, "")], backend=backend)
     assert job.answer == "" and "no trajectory found an answer" in job.markdown and not job.sources
     assert backend.requests == []  # nothing to write about: no report pass
-
-
-def test_an_uncited_sentence_is_attributed_to_the_fetched_page_holding_its_words():
-    body = "The Eiffel Tower was finished in 1889. The Louvre pyramid was finished in 1989. Cheese is made on Mars."
-    texts = {EIFFEL.url: EIFFEL.snippet, LOUVRE.url: LOUVRE.snippet}
-    filtered = filter_claims(body, [EIFFEL, LOUVRE], texts)
-    assert filtered.body == "The Eiffel Tower was finished in 1889 [1]. The Louvre pyramid was finished in 1989 [2]."
-    assert filtered.dropped == ("Cheese is made on Mars.",) and filtered.cited == (1, 2)
-    assert filter_claims(body, [EIFFEL, LOUVRE]).body == ""  # without the texts nothing is attributed
-
-
-def test_a_marker_on_a_page_that_does_not_hold_the_claim_is_not_trusted():
-    loops = source("http://corpus/loops", "A break statement ends the loop; the else clause is then skipped.")
-    texts = {loops.url: loops.snippet, LOUVRE.url: LOUVRE.snippet}
-    body = "The tower was finished in 1889 [1]. A break statement skips the else clause of the loop [2]. It ends [1]."
-    filtered = filter_claims(body, [loops, LOUVRE], texts)
-    assert filtered.body == "A break statement skips the else clause of the loop [1]. It ends [1]."
-    assert filtered.dropped == ("The tower was finished in 1889 [1].",)
-
-
-def test_a_claim_made_of_the_questions_words_stands_only_on_a_page_holding_what_it_adds():
-    # seen in the demo: a wrong answer echoed into the report, kept because the loops page holds the question's words
-    loops = source("http://corpus/loops", "A break statement ends the loop and the else clause of the loop is skipped.")
-    question = "How do break and continue statements interact with the else clause of a loop?"
-    body = ("Break and continue statements do not affect the else clause of a loop [1]. "
-            "A break statement skips the else clause of the loop [1].")
-    filtered = filter_claims(body, [loops], {loops.url: loops.snippet}, question)
-    assert filtered.body == "A break statement skips the else clause of the loop [1]."
-    assert filtered.dropped == ("Break and continue statements do not affect the else clause of a loop [1].",)
-    unmarked = filter_claims(body.replace(" [1]", ""), [loops], {loops.url: loops.snippet}, question)
-    assert unmarked.dropped == ("Break and continue statements do not affect the else clause of a loop.",)
-    assert filter_claims(body, [loops], {loops.url: loops.snippet}).dropped == ()  # without the question: kept
-
-
-def test_a_claim_and_its_page_are_compared_by_word_stems():
-    # seen in the demo: "statement" against the question's "statements" counted as a word the claim adds, and the
-    # page holds it, so the wrong claim stood on 1 of its 2 added words
-    loops = source("http://corpus/loops", "The break statement terminates the loop. The else clause is skipped.")
-    question = ("In Python, what do the break and continue statements do inside a for or while loop, and how does "
-                "the else clause of a loop interact with break?")
-    wrong = "The break statement in a for or while loop does not affect the else clause of a loop [1]."
-    paraphrase = "A break skips the else clause and terminates the loop [1]."  # "skips"/"skipped", one stem
-    filtered = filter_claims(f"{wrong} {paraphrase}", [loops], {loops.url: loops.snippet}, question)
-    assert filtered.body == paraphrase and filtered.dropped == (wrong,)
-
-
-def test_a_claim_must_find_its_words_in_one_passage_of_a_long_page():
-    sentences = ["The tower stands on the Champ de Mars.", "Its paint is renewed every seven years.",
-                 "Visitors climb the stairs.", "The lifts were installed later.", "The restaurant serves lunch.",
-                 "Tickets are sold online.", "It was finished in 1889 for the fair.", "Night lights sparkle.",
-                 "Crowds gather at noon."]
-    page = source("http://corpus/tower", " ".join(sentences))
-    texts = {page.url: " ".join(sentences)}
-    near = "It was finished in 1889 for the fair [1]."
-    spread = "Champ lifts 1889 [1]."  # each word is on the page, in sentences far apart
-    filtered = filter_claims(f"{near} {spread}", [page], texts)
-    assert filtered.body == near and filtered.dropped == (spread,)
 
 
 async def test_a_report_pass_with_no_supported_claim_falls_back_to_quoting_the_best_pages():

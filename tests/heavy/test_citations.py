@@ -1,4 +1,5 @@
-"""The report's sentences: what one claim is, a claim said twice, a sentence the token limit cut."""
+"""The report's claims: what one claim is, a claim said twice, a sentence the token limit cut, and the filter
+that keeps only the claims a fetched passage holds."""
 
 import pytest
 
@@ -9,6 +10,8 @@ from heavy.aggregate.evidence import SENTENCE_END
 from heavy.llm.types import Completion, Usage
 from tests.heavy.fakes import ScriptedBackend, source
 
+EIFFEL = source("http://corpus/eiffel", "The Eiffel Tower was finished in 1889.")
+LOUVRE = source("http://corpus/louvre", "The Louvre pyramid was finished in 1989.")
 EXCEPTIONS = source("http://corpus/exceptions", "Exception handlers are specified with the 'try' ... 'except' "
                     "statement. The 'finally' clause runs whether an exception occurred or not.")
 
@@ -73,3 +76,94 @@ def test_a_lead_into_a_list_stands_only_with_an_item_after_it():
     assert with_item.body == f"{lead}\n{item}" and with_item.cited == (1,)
     after_a_claim = filter_claims(f"A context manager defines __enter__ and __exit__ [1]. {lead}", [page], texts)
     assert after_a_claim.body == "A context manager defines __enter__ and __exit__ [1]."
+
+
+def test_a_copied_source_list_and_restated_question_are_not_claims():
+    body = ("## Question: When was it finished?\n### Sources:\n1. [1] eiffel — http://corpus/eiffel\n"
+            "The tower was finished in 1889 [1]. See http://corpus/eiffel for more [1].")
+    filtered = filter_claims(body, [EIFFEL, LOUVRE])
+    assert filtered.body == "The tower was finished in 1889 [1]."
+    assert filtered.dropped == ("[1] eiffel — http://corpus/eiffel", "See http://corpus/eiffel for more [1].")
+    echoed = filter_claims("Researcher 2 answered that it was finished in 1889 [1]. It was finished in 1889 [1].",
+                           [EIFFEL])
+    assert echoed.body == "It was finished in 1889 [1]."  # the findings list echoed back is not a claim
+
+
+def test_claims_citing_pages_never_fetched_are_dropped():
+    body = (
+        "The tower was finished in 1889 [1]. It is made of cheese [7].\n"
+        "- The pyramid dates from 1989 ([the Louvre](http://corpus/louvre)).\n"
+        "- It was built by aliens ([blog](http://evil.example/aliens)).\n"
+        "Everyone agrees on this.\n"
+        "## Notes\n"
+        "Both dates are well documented [1][2]."
+    )
+    filtered = filter_claims(body, [EIFFEL, LOUVRE])
+    assert filtered.body.splitlines() == [
+        "The tower was finished in 1889 [1].",
+        "- The pyramid dates from 1989 (the Louvre [2]).",
+        "## Notes",
+        "Both dates are well documented [1][2].",
+    ]
+    assert filtered.dropped == (  # as the model wrote them, for the JSON result
+        "It is made of cheese [7].", "It was built by aliens ([blog](http://evil.example/aliens)).",
+        "Everyone agrees on this.",
+    )
+    assert filtered.cited == (1, 2)
+
+
+def test_an_uncited_sentence_is_attributed_to_the_fetched_page_holding_its_words():
+    body = "The Eiffel Tower was finished in 1889. The Louvre pyramid was finished in 1989. Cheese is made on Mars."
+    texts = {EIFFEL.url: EIFFEL.snippet, LOUVRE.url: LOUVRE.snippet}
+    filtered = filter_claims(body, [EIFFEL, LOUVRE], texts)
+    assert filtered.body == "The Eiffel Tower was finished in 1889 [1]. The Louvre pyramid was finished in 1989 [2]."
+    assert filtered.dropped == ("Cheese is made on Mars.",) and filtered.cited == (1, 2)
+    assert filter_claims(body, [EIFFEL, LOUVRE]).body == ""  # without the texts nothing is attributed
+
+
+def test_a_marker_on_a_page_that_does_not_hold_the_claim_is_not_trusted():
+    loops = source("http://corpus/loops", "A break statement ends the loop; the else clause is then skipped.")
+    texts = {loops.url: loops.snippet, LOUVRE.url: LOUVRE.snippet}
+    body = "The tower was finished in 1889 [1]. A break statement skips the else clause of the loop [2]. It ends [1]."
+    filtered = filter_claims(body, [loops, LOUVRE], texts)
+    assert filtered.body == "A break statement skips the else clause of the loop [1]. It ends [1]."
+    assert filtered.dropped == ("The tower was finished in 1889 [1].",)
+
+
+def test_a_claim_made_of_the_questions_words_stands_only_on_a_page_holding_what_it_adds():
+    # seen in the demo: a wrong answer echoed into the report, kept because the loops page holds the question's words
+    loops = source("http://corpus/loops", "A break statement ends the loop and the else clause of the loop is skipped.")
+    question = "How do break and continue statements interact with the else clause of a loop?"
+    body = ("Break and continue statements do not affect the else clause of a loop [1]. "
+            "A break statement skips the else clause of the loop [1].")
+    filtered = filter_claims(body, [loops], {loops.url: loops.snippet}, question)
+    assert filtered.body == "A break statement skips the else clause of the loop [1]."
+    assert filtered.dropped == ("Break and continue statements do not affect the else clause of a loop [1].",)
+    unmarked = filter_claims(body.replace(" [1]", ""), [loops], {loops.url: loops.snippet}, question)
+    assert unmarked.dropped == ("Break and continue statements do not affect the else clause of a loop.",)
+    assert filter_claims(body, [loops], {loops.url: loops.snippet}).dropped == ()  # without the question: kept
+
+
+def test_a_claim_and_its_page_are_compared_by_word_stems():
+    # seen in the demo: "statement" against the question's "statements" counted as a word the claim adds, and the
+    # page holds it, so the wrong claim stood on 1 of its 2 added words
+    loops = source("http://corpus/loops", "The break statement terminates the loop. The else clause is skipped.")
+    question = ("In Python, what do the break and continue statements do inside a for or while loop, and how does "
+                "the else clause of a loop interact with break?")
+    wrong = "The break statement in a for or while loop does not affect the else clause of a loop [1]."
+    paraphrase = "A break skips the else clause and terminates the loop [1]."  # "skips"/"skipped", one stem
+    filtered = filter_claims(f"{wrong} {paraphrase}", [loops], {loops.url: loops.snippet}, question)
+    assert filtered.body == paraphrase and filtered.dropped == (wrong,)
+
+
+def test_a_claim_must_find_its_words_in_one_passage_of_a_long_page():
+    sentences = ["The tower stands on the Champ de Mars.", "Its paint is renewed every seven years.",
+                 "Visitors climb the stairs.", "The lifts were installed later.", "The restaurant serves lunch.",
+                 "Tickets are sold online.", "It was finished in 1889 for the fair.", "Night lights sparkle.",
+                 "Crowds gather at noon."]
+    page = source("http://corpus/tower", " ".join(sentences))
+    texts = {page.url: " ".join(sentences)}
+    near = "It was finished in 1889 for the fair [1]."
+    spread = "Champ lifts 1889 [1]."  # each word is on the page, in sentences far apart
+    filtered = filter_claims(f"{near} {spread}", [page], texts)
+    assert filtered.body == near and filtered.dropped == (spread,)
