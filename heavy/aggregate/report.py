@@ -244,10 +244,12 @@ def _in_own_words(decided: Vote) -> bool:
 
 def _disagreements(decided: Vote, results: Sequence[TrajectoryResult]) -> str:
     silent = [r.index + 1 for r in results if not r.answered]
-    if len(decided.groups) <= 1 and not silent:
+    if not decided.groups or (len(decided.groups) == 1 and not silent):  # the headline says it all
         return ""
-    # sentences in other words may say the same thing: a list of them is no evidence of disagreement
-    title = "What each trajectory answered" if _in_own_words(decided) else "Where the trajectories disagreed"
+    # sentences in other words may say the same thing: a list of them is no evidence of disagreement, and neither is
+    # one answer beside trajectories that found none
+    disagreed = len(decided.groups) > 1 and not _in_own_words(decided)
+    title = "Where the trajectories disagreed" if disagreed else "What each trajectory answered"
     lines = [f"## {title}", ""]
     lines += [f"- \"{_quoted(g.answer)}\": {_trajectories([i + 1 for i in g.members])}" for g in decided.groups]
     if silent:

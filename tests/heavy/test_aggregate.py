@@ -368,6 +368,23 @@ async def test_a_report_whose_answers_are_sentences_does_not_call_them_a_disagre
     assert '"1887": trajectory 3' in listed and "World's Fair.\": trajectory 1" in listed
 
 
+async def test_trajectories_without_an_answer_are_listed_but_not_as_a_disagreement():
+    # seen in `heavy ask`: two trajectories stopped by the deadline were listed under "Where the trajectories
+    # disagreed"
+    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [1]."))
+    question = "When was the Eiffel Tower finished?"
+    one = await aggregate(job_id="j", question=question, mode="report", backend=backend,
+                          results=[result(0, "1889", cited=[EIFFEL]), result(1, ""), result(2, "")])
+    listed = one.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
+    assert '"1889": trajectory 1' in listed and "No answer: trajectories 2, 3" in listed
+    assert "disagreed" not in one.markdown
+    none = await aggregate(job_id="j", question=question, mode="report", backend=backend,
+                           results=[result(0, "", evidence=[EIFFEL]), result(1, "", evidence=[EIFFEL])])
+    assert "**Answer:** no trajectory found an answer it could support." in none.markdown
+    assert "The Eiffel Tower was finished in 1889 [1]." in none.markdown  # the findings of the fetched pages
+    assert "No answer:" not in none.markdown and "disagreed" not in none.markdown
+
+
 def test_the_best_sentences_weigh_the_questions_rarer_words_and_fit_a_budget():
     question = "How does the else clause of a Python loop interact with break?"
     pages = ["Python loops. The else clause runs when the loop ends normally. A break skips the else clause. "
