@@ -115,7 +115,8 @@ def _without_dangling_leads(lines: list[str], dropped: list[str]) -> list[str]:
     kept = []
     for i, line in enumerate(lines):
         following = next((x for x in lines[i + 1:] if x.strip()), "")
-        if _MARKER.sub("", line).rstrip().endswith(":") and not _LIST_ITEM.match(following):
+        is_heading = line.lstrip().startswith("#")  # headings pass through the filter as written
+        if not is_heading and _MARKER.sub("", line).rstrip().endswith(":") and not _LIST_ITEM.match(following):
             last = SENTENCE_END.split(line)[-1]
             dropped.append(last[len(_LIST_PREFIX.match(last).group()):].strip())
             line = line[:len(line) - len(last)].rstrip()

@@ -76,6 +76,8 @@ def test_a_lead_into_a_list_stands_only_with_an_item_after_it():
     assert with_item.body == f"{lead}\n{item}" and with_item.cited == (1,)
     after_a_claim = filter_claims(f"A context manager defines __enter__ and __exit__ [1]. {lead}", [page], texts)
     assert after_a_claim.body == "A context manager defines __enter__ and __exit__ [1]."
+    under_heading = filter_claims(f"## Methods:\n{item[2:]}", [page], texts)  # a heading is no lead-in
+    assert under_heading.body == f"## Methods:\n{item[2:]}" and under_heading.dropped == ()
 
 
 def test_a_copied_source_list_and_restated_question_are_not_claims():
