@@ -20,7 +20,9 @@ format example, "The tower was finished in 1889 [2].", into a report about Pytho
 The question's words vouch for nothing: a page must also hold at least half of the words a claim adds to them.
 Seen: a trajectory's wrong answer, "the break and continue statements do not affect the else clause of a loop",
 echoed into the report and kept on a loops page that holds every word of it but "affect".
-A sentence that leads into a list ("... are:") is kept only when a list item follows it.
+A claim that adds no word to the question ("break and continue interact with the else clause of a loop", to a
+question on how they interact with it) says nothing and is dropped, except to a yes/no question, which a claim in
+its own words answers. A sentence that leads into a list ("... are:") is kept only when a list item follows it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.evidence import SENTENCE_END, content_words, passage_words, stemmed_words, stems
+from heavy.aggregate.shorten import asks_yes_no
 from heavy.tools.base import Source
 
 _MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
@@ -76,6 +79,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     words when `texts` (url → the text fetched) is given; see the module docstring. The words of `question` do
     not vouch for a claim: what it adds to them must be on the page."""
     asked = stemmed_words(question)
+    restating_says_nothing = bool(question) and not asks_yes_no(question)
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
     words_of = {n: passage_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
     kept_lines, dropped, said = [], [], set()
@@ -95,7 +99,8 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             if not numbers and texts and (n := attribute(sentence, words_of, asked)) is not None:
                 text, numbers = _with_marker(text, n), [n]
             if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
-                    and not _ECHOED_ANNOTATION.search(sentence)):
+                    and not _ECHOED_ANNOTATION.search(sentence)
+                    and not (restating_says_nothing and _adds_nothing(sentence, asked))):
                 if (claim := _claim_key(text)) in said:  # a small model repeats itself; a claim is said once
                     continue
                 said.add(claim)
@@ -148,6 +153,12 @@ def _supported(sentence: str, cited_words: Sequence[set[str]], asked: set[str] =
         return True
     return any(len(words & page) >= SUPPORT_OVERLAP * len(words) and _adds_supported(words - asked, page)
                for page in cited_words)
+
+
+def _adds_nothing(sentence: str, asked: set[str]) -> bool:
+    """Whether every word of the claim (function words, markers and link targets aside) is a word of the question."""
+    words = stems(content_words(_MARKER.sub("", _LINK.sub(r"\1", sentence))) - _FUNCTION_WORDS)
+    return bool(words) and words <= asked
 
 
 def _adds_supported(added: set[str], passage: set[str]) -> bool:

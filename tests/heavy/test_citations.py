@@ -158,6 +158,21 @@ def test_a_claim_and_its_page_are_compared_by_word_stems():
     assert filtered.body == paraphrase and filtered.dropped == (wrong,)
 
 
+def test_a_claim_that_adds_nothing_to_the_question_is_no_finding_but_a_yes_no_answer_is():
+    # seen in the demo: the report's one finding restated the question, and stood because it adds no word to check
+    loops = source("http://corpus/loops", "The break statement terminates the loop. The else clause is skipped.")
+    question = ("In Python, what do the break and continue statements do inside a for or while loop, and how does "
+                "the else clause of a loop interact with break?")
+    restated = "The break and continue statements in a for or while loop interact with the else clause of a loop [1]."
+    finding = "A break skips the else clause and terminates the loop [1]."
+    filtered = filter_claims(f"{restated} {finding}", [loops], {loops.url: loops.snippet}, question)
+    assert filtered.body == finding and filtered.dropped == (restated,)
+    # to a yes/no question the question's own words are an answer
+    affirmed = "The break statement terminates the loop [1]."
+    kept = filter_claims(affirmed, [loops], {loops.url: loops.snippet}, "Does the break statement terminate the loop?")
+    assert kept.body == affirmed and kept.dropped == ()
+
+
 def test_a_claim_must_find_its_words_in_one_passage_of_a_long_page():
     sentences = ["The tower stands on the Champ de Mars.", "Its paint is renewed every seven years.",
                  "Visitors climb the stairs.", "The lifts were installed later.", "The restaurant serves lunch.",
