@@ -27,7 +27,7 @@ from heavy.tools.base import Source
 log = logging.getLogger(__name__)
 
 KEY_SENTENCES = 6
-_CUT_START = ("…", "...")  # how a search snippet cut from the middle of a page begins
+_CUT_MARK = ("…", "...")  # how a search snippet cut from the middle of a page begins and ends
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
 
@@ -178,7 +178,8 @@ def _key_passages(question: str, union: Sequence[Source], texts: dict[str, str],
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
     candidates = sorted(((weigh(sentence, weights), number_of_url[url], sentence) for url, text in texts.items()
                          for sentence in best_sentences(question, text, count=KEY_SENTENCES, weights=weights)
-                         if not sentence.startswith(_CUT_START)),  # a cut snippet's head is no sentence to quote
+                         # a cut snippet's head or tail is no sentence to quote (seen: a keyword table's cut tail)
+                         if not sentence.startswith(_CUT_MARK) and not sentence.endswith(_CUT_MARK)),
                         key=lambda item: (-item[0], item[1]))
     lines, cited, quoted = [], [], set()
     for _, n, sentence in candidates:

@@ -426,7 +426,9 @@ async def test_the_fallback_quotes_the_best_sentences_of_all_pages_best_first_ea
     said = "The Eiffel tower was finished in 1889."
     tower = source("http://corpus/tower", f"{said} {said}")
     cut = source("http://corpus/fair", "… the Eiffel tower was finished for the fair.")  # a snippet's cut head
-    results = [result(0, "1889", cited=[intro], evidence=[intro, tower, cut]), result(1, "1889", evidence=[tower])]
+    tail = source("http://corpus/list", "Eiffel tower finished tower Eiffel 1889 tower finished …")  # and cut tail
+    results = [result(0, "1889", cited=[intro], evidence=[intro, tower, cut, tail]),
+               result(1, "1889", evidence=[tower])]
     job = await aggregate(job_id="j", question="When was the Eiffel tower finished?", mode="report",
                           results=results, backend=backend)
     quotes = job.markdown.split("passages found:")[1].split("## ")[0].strip().splitlines()
