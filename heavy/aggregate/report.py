@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from heavy.agent.steps import TrajectoryResult, finished_part
-from heavy.aggregate.citations import filter_claims, renumber, union_of_sources
+from heavy.aggregate.citations import FilteredReport, filter_claims, renumber, union_of_sources
 from heavy.aggregate.evidence import (
+    SENTENCE_END,
     best_sentences,
     fetched_texts,
     question_weights,
@@ -94,8 +95,8 @@ async def aggregate(
     union = union_of_sources(results)
     usage = decided.usage
     body, body_cited, dropped = "", (), ()
+    texts = fetched_texts(results) if mode == "report" else {}  # url → the longest text any trajectory read
     if mode == "report" and backend is not None and any(r.answered or r.evidence for r in results):
-        texts = fetched_texts(results)  # url → the longest text any trajectory read of it
         weights = question_weights(question, list(texts.values()))
         written, report_usage = await _write_body(question, results, union, (texts, weights), backend, config,
                                                   job_id)
@@ -104,7 +105,9 @@ async def aggregate(
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
         if not body:  # nothing the model wrote stands on a fetched page: quote the pages instead
             body, body_cited = _key_passages(question, union, texts, weights)
-    markdown, numbers = _assemble(question, decided, results, union, (body, body_cited), status, stop_reason)
+    on_pages = _answers_on_pages(question, decided, union, texts) if mode == "report" else {}
+    markdown, numbers = _assemble(question, decided, results, union, (body, body_cited, on_pages), status,
+                                  stop_reason)
     total = usage + sum((r.usage for r in results), Usage())
     cost = (total.prompt_tokens * config.price_per_mtok_prompt
             + total.completion_tokens * config.price_per_mtok_completion) / 1e6
@@ -194,9 +197,10 @@ def _key_passages(question: str, union: Sequence[Source], texts: dict[str, str],
 
 
 def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult], union: Sequence[Source],
-              body_and_cited: tuple[str, Sequence[int]], status: str, stop_reason: str) -> tuple[str, list[int]]:
+              body_and_cited: tuple[str, Sequence[int], dict[str, FilteredReport]], status: str,
+              stop_reason: str) -> tuple[str, list[int]]:
     """The whole Markdown, renumbered, and the union numbers of the sources it cites, in order."""
-    body, body_cited = body_and_cited
+    body, body_cited, on_pages = body_and_cited
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
     answer_numbers = [number_of_url[url] for url in decided.cited if url in number_of_url]
     parts = [f"# {question}"]
@@ -221,8 +225,8 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
         parts.append("**Answer:** no trajectory found an answer it could support.")
     if body:
         parts.append("## Findings\n\n" + body)
-    parts.append(_disagreements(decided, results))
-    cited = answer_numbers + [n for n in body_cited if n not in answer_numbers]
+    parts.append(_disagreements(decided, results, on_pages))
+    cited = list(dict.fromkeys([*answer_numbers, *body_cited, *(n for f in on_pages.values() for n in f.cited)]))
     markdown = renumber("\n\n".join(p for p in parts if p), cited)
     if cited:
         markdown += "\n\n## Sources\n\n" + "\n".join(
@@ -245,7 +249,29 @@ def _in_own_words(decided: Vote) -> bool:
     return not decided.answer and any(not is_short(g.answer) for g in decided.groups)
 
 
-def _disagreements(decided: Vote, results: Sequence[TrajectoryResult]) -> str:
+def _answers_on_pages(question: str, decided: Vote, union: Sequence[Source],
+                      texts: dict[str, str]) -> dict[str, FilteredReport]:
+    """Each answer in sentences, checked like a claim of the findings: which of its sentences a fetched passage
+    holds, and where. Short answers are too short to check by words."""
+    if not texts:
+        return {}
+    return {g.answer: filter_claims(g.answer, union, texts, question) for g in decided.groups
+            if not is_short(g.answer)}
+
+
+def _on_pages(filtered: FilteredReport) -> str:
+    """' — its words are on [2]', as the answer list shows the check of an answer."""
+    kept = len([s for s in SENTENCE_END.split(filtered.body) if s.strip()]) if filtered.body else 0
+    marks = "".join(f"[{n}]" for n in filtered.cited)
+    if not kept:
+        return " — its words are on no fetched page"
+    if not filtered.dropped:
+        return f" — its words are on {marks}"
+    total = kept + len(filtered.dropped)
+    return f" — {kept} of its {total} sentences {'is' if kept == 1 else 'are'} on {marks}"
+
+
+def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages: dict[str, FilteredReport]) -> str:
     silent = [r.index + 1 for r in results if not r.answered]
     if not decided.groups or (len(decided.groups) == 1 and not silent):  # the headline says it all
         return ""
@@ -254,9 +280,13 @@ def _disagreements(decided: Vote, results: Sequence[TrajectoryResult]) -> str:
     disagreed = len(decided.groups) > 1 and not _in_own_words(decided)
     title = "Where the trajectories disagreed" if disagreed else "What each trajectory answered"
     lines = [f"## {title}", ""]
-    lines += [f"- \"{_quoted(g.answer)}\": {_trajectories([i + 1 for i in g.members])}" for g in decided.groups]
+    lines += [f"- \"{_quoted(g.answer)}\": {_trajectories([i + 1 for i in g.members])}"
+              + (_on_pages(on_pages[g.answer]) if g.answer in on_pages else "") for g in decided.groups]
     if silent:
         lines.append(f"- No answer: {_trajectories(silent)}")
+    if on_pages:
+        lines.append("\n_\"On [n]\": a fetched page holds the answer's words (checked as the findings are: by words, "
+                     "not meaning)._")
     return "\n".join(lines)
 
 
