@@ -50,6 +50,10 @@ EMPTY_ANSWER = (  # seen: {"confidence": .., "sources": [..]} with the answer it
     'Your `answer` call had no answer in it. Write it like: '
     '{"name": "answer", "arguments": {"answer": "...", "sources": ["..."]}}'
 )
+NOTHING_FOUND_YET = (
+    "An answer is still needed. Search with other key words or open a page from the results above, then call "
+    "`answer`."
+)
 ANSWER_REPEATS_QUESTION = (
     "Your answer only repeats the question. Answer it from the results above, or search for what is missing."
 )
@@ -59,3 +63,12 @@ FORCE_ANSWER = (  # the question is repeated: after long tool outputs a small mo
     "Stop researching now. Question: {question}\n"
     "Using only the results above, reply with just the answer to this question, in a few words. No explanation."
 )
+
+
+def copies_the_answer_tool(answer: str) -> bool:
+    """Whether an answer is a description from the `answer` tool's own spec, copied back (seen: "The final answer,
+    short and direct.")."""
+    function = ANSWER_SPEC["function"]
+    said = answer.strip().rstrip(".").lower()
+    described = [function["description"]] + [p["description"] for p in function["parameters"]["properties"].values()]
+    return any(said == str(d).rstrip(".").lower() for d in described)

@@ -48,6 +48,22 @@ def without_cut_sentence(answer: str, cut: bool = True) -> str:
     return kept if cut or len(answer[len(kept):].split()) <= FRAGMENT_WORDS else answer
 
 
+# a report of failure, with nothing after it (a clause after ",", ";" or ":" may still answer: "..., but 1889")
+_NOTHING_FOUND = re.compile(
+    r"(?:(?:i|we) )?(?:could not|couldn't|cannot|can't|did not|didn't|was unable to|am unable to|unable to) "
+    r"(?:find|determine|locate|answer)\b"
+    r"|no (?:answer|information|relevant|results?|data|evidence)\b"
+    r"|(?:the )?answer (?:is )?(?:not (?:found|known|available|given)|unknown)\b"
+    r"|not found\b|(?:i )?(?:do not|don't) know\b")
+
+
+def says_nothing_found(answer: str) -> bool:
+    """Whether the answer only reports that none was found ("No answer found.", "I could not find the answer."):
+    that is no answer (seen in `heavy ask`: two of eight trajectories answered "No answer found.")."""
+    text = answer.strip().lower().replace("’", "'")
+    return bool(_NOTHING_FOUND.match(text)) and not re.search(r"[,;:\d]", text)
+
+
 def restates_question(answer: str, question: str) -> bool:
     """Whether the answer is the question said back (seen in the demo: the question, word for word, as the answer):
     nearly all its words are the question's, it holds most of them, and it still reads as the question (a question

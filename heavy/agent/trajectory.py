@@ -25,6 +25,7 @@ from heavy.agent.steps import (
     TrajectoryResult,
     answer_line,
     restates_question,
+    says_nothing_found,
     stated_confidence,
     without_cut_sentence,
     without_result_headers,
@@ -217,8 +218,9 @@ class Trajectory:
             observations.append(observation)
             self.messages.append({"role": "tool", "tool_call_id": call.id, "content": observation.text})
         if not repaired:
-            if content and not restates_question(content, self.spec.question):
-                self.best_guess = answer_line(content)
+            if (guess := answer_line(content)) and not (restates_question(guess, self.spec.question)
+                                                         or says_nothing_found(guess)):
+                self.best_guess = guess
             feedback.append(prompts.NUDGE_CALL_ANSWER if self.evidence else prompts.NUDGE_USE_TOOLS)
         if problems:
             available = ", ".join(s["function"]["name"] for s in self.tools)
@@ -258,8 +260,10 @@ class Trajectory:
         written = str(call.arguments.get("answer") or "")
         answer = without_result_headers(written)
         answer = without_cut_sentence(answer, cut)
-        if not any(ch.isalnum() for ch in answer):  # "" or a format placeholder copied back ("...")
-            return prompts.EMPTY_ANSWER
+        if not any(ch.isalnum() for ch in answer) or prompts.copies_the_answer_tool(answer):
+            return prompts.EMPTY_ANSWER  # "", or a placeholder ("...") or the tool's description copied back
+        if says_nothing_found(answer):
+            return prompts.NOTHING_FOUND_YET
         if restates_question(answer, self.spec.question):
             return prompts.ANSWER_REPEATS_QUESTION
         if not self.evidence and not self.answer_rejected:
@@ -293,7 +297,8 @@ class Trajectory:
         answer_call = next((c for c in calls if isinstance(c.arguments.get("answer"), str)), None)
         answer = answer_line(answer_call.arguments["answer"] if answer_call else content)
         answer = without_cut_sentence(answer, completion.finish_reason == "length")
-        if not answer or restates_question(answer, self.spec.question):
+        if (not answer or restates_question(answer, self.spec.question) or says_nothing_found(answer)
+                or prompts.copies_the_answer_tool(answer)):
             answer = self.best_guess
         await self._emit_step(len(self.steps) + 1, completion, answer, [], action="forced_answer")
         if answer:

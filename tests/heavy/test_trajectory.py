@@ -138,12 +138,36 @@ async def test_trajectory_token_budget_stops_before_overrunning():
 
 
 async def test_an_answer_call_without_an_answer_gets_the_format_and_a_copied_placeholder_is_no_answer():
+    # seen in `heavy ask`: the answer tool's own description, "The final answer, short and direct.", as the answer
+    copied = str(prompts.ANSWER_SPEC["function"]["parameters"]["properties"]["answer"]["description"])
     trajectory, backend, _, _ = make(by_step(call("search", query="eiffel"), call("answer", sources=["x"]),
-                                             call("answer", answer="..."), call("answer", answer="1889")))
+                                             call("answer", answer="..."), call("answer", answer=copied.lower()),
+                                             call("answer", answer="1889")))
     result = await trajectory.run()
-    assert result.answer == "1889" and len(result.steps) == 4
+    assert result.answer == "1889" and len(result.steps) == 5
     told = [m["content"] for m in backend.requests[-1].messages if m["role"] == "user"]
-    assert sum(t == prompts.EMPTY_ANSWER for t in told) == 2
+    assert sum(t == prompts.EMPTY_ANSWER for t in told) == 3
+
+
+async def test_an_answer_saying_nothing_was_found_sends_the_model_back_to_research():
+    # seen in `heavy ask`: two of eight trajectories answered "No answer found.", listed as an answer in the report
+    trajectory, backend, search, _ = make(by_step(call("search", query="louvre"),
+                                                  call("answer", answer="No answer found."),
+                                                  call("search", query="eiffel"), call("answer", answer="1889")))
+    result = await trajectory.run()
+    assert (result.answer, result.stop_reason) == ("1889", "answered") and search.queries == ["louvre", "eiffel"]
+    assert any(m.get("content") == prompts.NOTHING_FOUND_YET for m in backend.requests[2].messages)
+    hedged = "I could not find the month, but the tower was finished in 1889."  # a hedge with an answer is an answer
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), call("answer", answer=hedged)))
+    assert (await trajectory.run()).answer == hedged
+
+
+async def test_a_forced_answer_saying_nothing_was_found_is_no_answer():
+    queries = iter(["louvre", "paris", "museum"])
+    trajectory, _, _, _ = make(lambda r: text("I could not find the answer.") if r.forced
+                               else call("search", query=next(queries)), limits=TrajectoryLimits(max_steps=3))
+    result = await trajectory.run()
+    assert result.stop_reason == "max_steps" and result.answer == "" and not result.answered
 
 
 async def test_answer_without_evidence_is_sent_back_once():
