@@ -4,21 +4,40 @@ run, so the agent loop and the replay keep them by the same rules."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from heavy.tools.base import Source, ToolResult
 
 SUPPORTING_SOURCES = 3
+PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 EXCERPT_CHARS = 8_000  # of a page's text, kept for citations and the aggregator: all a tool shows by default
 
 
 def keep_evidence(evidence: dict[str, Source], excerpts: dict[str, str], result: ToolResult) -> None:
-    """Add a tool result's sources. A page read whole (one source) beats a search snippet of it."""
+    """Add a tool result's sources. A page read whole (one source) stands for the page, and the text kept of a page
+    is all the trajectory saw of it: the page's first EXCERPT_CHARS and every search snippet of it, each a window
+    around one query's words (seen: `heavy ask` opened the Compound statements page, whose first 8,000 characters
+    end before the "with" statement that its search snippet held)."""
     opened = len(result.sources) == 1
     for source in result.sources:
-        excerpt = result.text[:EXCERPT_CHARS] if opened else source.snippet
-        if source.url not in evidence or len(excerpt) > len(excerpts.get(source.url, "")):
-            evidence[source.url], excerpts[source.url] = source, excerpt
+        seen = result.text[:EXCERPT_CHARS] if opened else source.snippet
+        if source.url not in evidence or opened:
+            evidence[source.url] = source
+        excerpts[source.url] = merged_text(excerpts.get(source.url, ""), seen)
+
+
+def merged_text(kept: str, seen: str) -> str:
+    """Two views of one page as one text: the longer, then each paragraph of the other that it does not hold
+    (whitespace and a cut snippet's ellipses aside)."""
+    base, other = (seen, kept) if len(seen) > len(kept) else (kept, seen)
+    held = _folded(base)
+    extra = {_folded(p): p.strip() for p in PARAGRAPH_BREAK.split(other) if _folded(p) and _folded(p) not in held}
+    return "\n\n".join([base, *extra.values()]) if extra else base
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.split()).strip(" .…")
 
 
 def supporting_sources(answer: str, evidence: dict[str, Source], excerpts: dict[str, str]) -> tuple[Source, ...]:

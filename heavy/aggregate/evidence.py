@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import snowballstemmer
 
+from heavy.agent.gathered import PARAGRAPH_BREAK, merged_text
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.normalize import normalize_answer
 
@@ -40,8 +41,8 @@ _QUESTION_WORDS = frozenset({"what", "which", "who", "whom", "whose", "when", "w
                              "inside", "from", "into"})
 _STEMMERS = threading.local()  # a Snowball stemmer keeps state between calls: one per thread
 PASSAGE_SENTENCES = 3  # a claim is checked against this many consecutive sentences of a page, not the whole page
-_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")  # a heading or a grammar block ends where its paragraph does
 # also before **bold**, as Markdown bodies have; not after an ellipsis ("the 'try' ... 'except' statement")
+_HEADING = re.compile(r"^#|://|={3,}|-{3,}")  # Markdown and underlined headings, "URL: http://..." header lines
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\.\.)\s+(?=[A-Z0-9\"'(*])")
 
 
@@ -59,13 +60,16 @@ def content_words(text: str) -> set[str]:
 
 
 def fetched_texts(results: Sequence[TrajectoryResult]) -> dict[str, str]:
-    """url → the longest text any trajectory fetched of it (the page read whole, else its search snippet)."""
-    texts: dict[str, str] = {}
+    """url → all the trajectories saw of it: the longest text any of them kept, and what others saw beyond it."""
+    seen: dict[str, list[str]] = {}
     for result in results:
         for source in result.evidence:
-            text = result.excerpts.get(source.url) or source.snippet
-            if len(text) > len(texts.get(source.url, "")):
-                texts[source.url] = text
+            seen.setdefault(source.url, []).append(result.excerpts.get(source.url) or source.snippet)
+    texts = {}
+    for url, views in seen.items():
+        texts[url] = ""
+        for view in sorted(views, key=len, reverse=True):
+            texts[url] = merged_text(texts[url], view)
     return texts
 
 
@@ -118,8 +122,9 @@ def token_f1(a: str, b: str, restated: str = "") -> float:
 
 
 def sentences_of(text: str) -> list[str]:
-    """The text's sentences, whitespace folded; a paragraph break ends one too."""
-    return [x.strip() for paragraph in _PARAGRAPH_BREAK.split(text)
+    """The text's sentences, whitespace folded; a paragraph break ends one too (a heading or a grammar block ends
+    where its paragraph does)."""
+    return [x.strip() for paragraph in PARAGRAPH_BREAK.split(text)
             for x in SENTENCE_END.split(" ".join(paragraph.split())) if x.strip()]
 
 
@@ -170,9 +175,10 @@ def best_sentences(question: str, text: str, count: int | None = 2, weights: dic
                    max_chars: int | None = None) -> list[str]:
     """The sentences of `text` that hold the most of the question's words (by `weights`, else each word 1), up to
     `count` of them (None: any number) and `max_chars` in all, in the text's order. A sentence with none of them is
-    never picked, and one the text repeats (a page's sections often do) is picked once."""
+    never picked, and one the text repeats (a page's sections often do) is picked once. Headings and the tools'
+    "URL:" header lines are no sentences."""
     weights = weights if weights is not None else dict.fromkeys(stemmed_words(question) - _QUESTION_STEMS, 1.0)
-    sentences = list(dict.fromkeys(x for x in sentences_of(text) if len(x.split()) >= 4))
+    sentences = list(dict.fromkeys(x for x in sentences_of(text) if len(x.split()) >= 4 and not _HEADING.search(x)))
     scores = [weigh(x, weights) for x in sentences]
     picked, room = [], max_chars if max_chars is not None else float("inf")
     for i in sorted(range(len(sentences)), key=lambda i: -scores[i]):

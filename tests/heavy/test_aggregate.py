@@ -6,7 +6,7 @@ import pytest
 
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
-from heavy.aggregate.evidence import best_sentences, question_weights, token_f1
+from heavy.aggregate.evidence import best_sentences, fetched_texts, question_weights, token_f1
 from heavy.aggregate.judge import reading_order
 from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, phrase_around_question, restates
 from heavy.llm.types import LLMError, Usage
@@ -421,6 +421,10 @@ def test_the_best_sentences_weigh_the_questions_rarer_words_and_fit_a_budget():
     assert "what" not in question_weights("What statements break a loop?", pages)  # the question's own words
     assert best_sentences("Which statements end loops?", "A break statement ends the loop.", count=1) == [
         "A break statement ends the loop."]  # plural or not, the same word
+    # seen in `heavy ask`: a page's title and URL header, and its Markdown title, quoted as its best sentences
+    headed = ("# Python reference: Compound statements\nURL: http://corpus/22\n\n# Python reference: Compound "
+              "statements\n\nThe break statement\n===================\n\nA break statement ends the loop.")
+    assert best_sentences("Which statements end loops?", headed, count=3) == ["A break statement ends the loop."]
 
 
 async def test_the_report_prompt_shows_the_most_relevant_sources_first_and_only_a_few():
@@ -438,6 +442,14 @@ async def test_the_report_prompt_shows_the_most_relevant_sources_first_and_only_
     assert "[2] p1" not in sources and "[3] p2" not in sources  # only the two most relevant are shown
     assert "answered: The tower was finished in 1889. (confidence" in prompt  # one line per answer
     assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown  # renumbered in the report
+
+
+def test_the_aggregator_reads_all_the_trajectories_saw_of_a_page():
+    head = "The Eiffel Tower is in Paris.\n\nIt is made of iron."
+    opened, further = source("http://corpus/eiffel", head), source("http://corpus/eiffel", "… finished in 1889 …")
+    results = [result(0, "1889", cited=[opened]), result(1, "1889", cited=[further]),
+               result(2, "Paris", cited=[source("http://corpus/eiffel", "… made of iron …")])]
+    assert fetched_texts(results) == {"http://corpus/eiffel": f"{head}\n\n… finished in 1889 …"}
 
 
 async def test_the_fallback_quotes_the_best_sentences_of_all_pages_best_first_each_once():

@@ -8,7 +8,7 @@ from heavy.agent import StopSignal, Trajectory, TrajectoryLimits, TrajectorySpec
 from heavy.agent.budget import JobTokenBudget, Stopped, until_stopped
 from heavy.events import MemorySink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
 from heavy.llm.types import Completion, Sampling
-from heavy.tools.base import ToolExecutor
+from heavy.tools.base import ToolExecutor, ToolResult
 from tests.heavy.fakes import DictOpen, DictSearch, Echo, ScriptedBackend, call, source, text
 
 pytestmark = pytest.mark.anyio
@@ -257,6 +257,30 @@ async def test_an_opened_page_replaces_its_search_snippet_as_evidence():
     assert result.evidence[0].content_hash == source("http://corpus/eiffel", long_page).content_hash
     assert "1889" in result.excerpts["http://corpus/eiffel"] and [s.url for s in result.cited] == [
         "http://corpus/eiffel"]
+
+
+async def test_a_page_keeps_every_snippet_its_opened_head_does_not_hold():
+    # seen in `heavy ask`: the opened page's first 8,000 characters ended before the fact its search snippet held
+    head, tail = "The Eiffel Tower is in Paris. " * 3, "It was finished in 1889 for the fair."
+    url = "http://corpus/eiffel"
+
+    class Search(DictSearch):
+        async def run(self, args, ctx):
+            snippet = f"… {tail} …" if "1889" in args["query"] else f"… {head[:40]} …"
+            return ToolResult(text=snippet, sources=(source(url, snippet), source("http://corpus/louvre", "x")))
+
+    class OpenHead(DictOpen):
+        async def run(self, args, ctx):  # the page's head only, as a capped page is
+            return ToolResult(text=head, sources=(source(url, head),))
+
+    backend = ScriptedBackend(by_step(call("search", query="finished 1889"), call("search", query="eiffel paris"),
+                                      call("open_page", url=url), call("answer", answer="1889")))
+    spec = TrajectorySpec(job_id="j", index=0, question="q", allowed_tools=frozenset({"search", "open_page"}),
+                          sampling=Sampling(), opening_search=False)
+    result = await Trajectory(spec, backend, ToolExecutor([Search(PAGES), OpenHead(PAGES)])).run()
+    kept = result.excerpts[url]
+    assert kept.startswith(head) and kept.count(tail) == 1 and kept.count("The Eiffel Tower is in Paris") == 3
+    assert result.evidence[0].content_hash == source(url, head).content_hash  # the opened page stands for it
 
 
 async def test_tool_result_headers_copied_into_the_answer_are_cut_and_their_url_cites_the_page():
