@@ -55,11 +55,17 @@ def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecut
 async def _run(spec: JobSpec, backend_name: str, executor: ToolExecutor, show_live: bool) -> JobResult:
     settings = get_settings()
     backend = make_backend(settings, backend_name)
+    scheduler = Scheduler(backend, executor, AggregationConfig.from_settings(settings))
     try:
-        with Live(console=console, refresh_per_second=4, transient=False, auto_refresh=show_live) as live:
-            board = LiveBoard(spec.trajectories, live if show_live else None)
+        if not show_live:  # no view while it runs (output to a file or a pipe): the board once, as it ended
+            board = LiveBoard(spec.trajectories)
+            result = await scheduler.run(spec, sink=board)
+            console.print(board.render())
+            return result
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            board = LiveBoard(spec.trajectories, live)
             live.update(board.render())
-            return await Scheduler(backend, executor, AggregationConfig.from_settings(settings)).run(spec, sink=board)
+            return await scheduler.run(spec, sink=board)
     finally:
         await backend.aclose()
 

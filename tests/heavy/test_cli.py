@@ -80,6 +80,7 @@ def test_ask_prints_a_cited_report_and_writes_json(tmp_path, monkeypatch, fake_l
     get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert "Scott Derrickson" in result.output and "Sources" in result.output
+    assert "starting" not in result.output and result.output.count("answered") == 2  # the board once, as it ended
     data = json.loads(out.read_text())
     assert data["answer"] == "Scott Derrickson" and data["agreement"] == 1.0 and data["status"] == "done"
     assert data["sources"][0]["url"].startswith("http://127.0.0.1:") and data["sources"][0]["content_hash"]
