@@ -82,7 +82,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     restating_says_nothing = bool(question) and not asks_yes_no(question)
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
     words_of = {n: passage_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
-    kept_lines, dropped, said = [], [], set()
+    kept_lines, dropped, said, said_words = [], [], set(), set()
     for line in body.splitlines():
         stripped = line.strip()
         if _COPIED_HEADING.match(stripped):
@@ -101,9 +101,13 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
                     and not _ECHOED_ANNOTATION.search(sentence)
                     and not (restating_says_nothing and _adds_nothing(sentence, asked))):
-                if (claim := _claim_key(text)) in said:  # a small model repeats itself; a claim is said once
+                # a small model repeats itself: a claim is said once, and one made of earlier claims' words says
+                # nothing new (seen: a sentence joining the two before it, word for word)
+                claim, words = _claim_key(text), _claim_words(text)
+                if claim in said or (words and words <= said_words):
                     continue
                 said.add(claim)
+                said_words |= words
                 kept.append(text)
             elif sentence.strip():
                 dropped.append(sentence.strip())
@@ -155,9 +159,14 @@ def _supported(sentence: str, cited_words: Sequence[set[str]], asked: set[str] =
                for page in cited_words)
 
 
+def _claim_words(sentence: str) -> set[str]:
+    """The stems of a claim's words, function words, markers and link targets aside."""
+    return stems(content_words(_MARKER.sub("", _LINK.sub(r"\1", sentence))) - _FUNCTION_WORDS)
+
+
 def _adds_nothing(sentence: str, asked: set[str]) -> bool:
-    """Whether every word of the claim (function words, markers and link targets aside) is a word of the question."""
-    words = stems(content_words(_MARKER.sub("", _LINK.sub(r"\1", sentence))) - _FUNCTION_WORDS)
+    """Whether every word of the claim is a word of the question."""
+    words = _claim_words(sentence)
     return bool(words) and words <= asked
 
 

@@ -18,8 +18,9 @@ from heavy.aggregate.evidence import (
     question_weights,
     weigh,
 )
+from heavy.aggregate.normalize import normalize_answer
 from heavy.aggregate.result import JobResult
-from heavy.aggregate.shorten import is_short
+from heavy.aggregate.shorten import YES_NO, is_short
 from heavy.aggregate.vote import MIN_MAJORITY, Vote, vote
 from heavy.config import Settings
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 KEY_SENTENCES = 6
 _CUT_MARK = ("…", "...")  # how a search snippet cut from the middle of a page begins and ends
+SHORT_ANSWER_SOURCES = 3  # the pages named as holding a short answer ("1889" may stand on many)
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
 
@@ -252,11 +254,25 @@ def _in_own_words(decided: Vote) -> bool:
 def _answers_on_pages(question: str, decided: Vote, union: Sequence[Source],
                       texts: dict[str, str]) -> dict[str, FilteredReport]:
     """Each answer in sentences, checked like a claim of the findings: which of its sentences a fetched passage
-    holds, and where. Short answers are too short to check by words."""
+    holds, and where. A short answer, too short to check by its words, is looked for as it stands; a yes or no
+    cannot be looked for at all."""
     if not texts:
         return {}
-    return {g.answer: filter_claims(g.answer, union, texts, question) for g in decided.groups
-            if not is_short(g.answer)}
+    checked = {}
+    for group in decided.groups:
+        if not is_short(group.answer):
+            checked[group.answer] = filter_claims(group.answer, union, texts, question)
+        elif normalize_answer(group.answer) not in YES_NO and len(needle := _folded(group.answer).strip(" .")) > 2:
+            held = re.compile(rf"(?<!\w){re.escape(needle)}(?!\w)")
+            on = tuple(n for n, s in enumerate(union, start=1) if held.search(_folded(texts.get(s.url, ""))))
+            on = on[:SHORT_ANSWER_SOURCES]
+            checked[group.answer] = FilteredReport(body=group.answer if on else "", cited=on,
+                                                   dropped=() if on else (group.answer,))
+    return checked
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 def _on_pages(filtered: FilteredReport) -> str:

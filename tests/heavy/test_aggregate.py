@@ -371,20 +371,22 @@ async def test_a_report_whose_answers_are_sentences_does_not_call_them_a_disagre
 async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
     # seen in the demo: a right answer copied from a page and a wrong "do not affect" were listed alike
     page = source("http://corpus/fair", "The Eiffel Tower was finished in 1889 for the World's Fair. "
-                                        "It was built as the entrance arch of the fair.")
+                                        "It was built as the entrance arch of the fair by Gustave Eiffel's company.")
     backend = ScriptedBackend(lambda request: text("Paris is lovely in spring."))
     results = [result(0, "The tower was finished in 1889 for the World's Fair.", cited=[page]),
                result(1, "The tower was built by Napoleon to defend Paris against invaders.", evidence=[LOUVRE]),
                result(2, "It was built as the entrance arch of the fair. Napoleon defended Paris with its guns."),
-               result(3, "1887")]
-    job = await aggregate(job_id="j", question="When and why was the Eiffel Tower built?", mode="report",
+               result(3, "1887"), result(4, "Gustave Eiffel")]
+    job = await aggregate(job_id="j", question="Why and for which event was the Eiffel Tower built?", mode="report",
                           results=results, backend=backend)
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
     fair = [s.url for s in job.sources].index(page.url) + 1
     assert f'World\'s Fair.": trajectory 1 — its words are on [{fair}]' in listed
     assert 'invaders.": trajectory 2 — its words are on no fetched page' in listed
     assert f'its guns.": trajectory 3 — 1 of its 2 sentences is on [{fair}]' in listed
-    assert '"1887": trajectory 4\n' in listed + "\n"  # too short to check by words
+    # a short answer is looked for as it stands
+    assert '"1887": trajectory 4 — its words are on no fetched page' in listed
+    assert f'"Gustave Eiffel": trajectory 5 — its words are on [{fair}]' in listed
     assert "by words, not meaning" in listed
 
 

@@ -30,6 +30,10 @@ def test_a_claim_the_model_repeats_is_kept_once():
                              {EXCEPTIONS.url: EXCEPTIONS.snippet})
     assert filtered.body == said.strip()
     assert filtered.cited == (1,) and filtered.dropped == ()
+    # seen in `heavy ask`: a third sentence joining the two before it, word for word
+    joined = ("Exception handlers are specified with the 'try' ... 'except' statement, and the 'finally' clause runs "
+              "whether an exception occurred or not [1].")
+    assert filter_claims(f"{said}{joined}", [EXCEPTIONS], {EXCEPTIONS.url: EXCEPTIONS.snippet}).body == said.strip()
 
 
 def test_a_sentence_carrying_the_findings_lists_annotation_is_an_echo_not_a_claim():
