@@ -57,7 +57,10 @@ class LiveBoard:
     def render(self) -> Group:
         table = Table(title="heavy: trajectories", expand=True)
         for column in ("#", "step", "current action", "tokens", "sources", "status"):
-            table.add_column(column, overflow="ellipsis", no_wrap=True)
+            # the action takes the width the others leave: a long answer had squeezed them to "…" at 80 columns
+            flexible = column == "current action"
+            table.add_column(column, overflow="ellipsis", no_wrap=True, ratio=1 if flexible else None,
+                             min_width=None if flexible else len(column))
         for k, lane in enumerate(self.lanes):
             table.add_row(str(k + 1), str(lane.step), lane.action, f"{lane.tokens:,}", str(lane.sources), lane.status)
         return Group(table, Text(self.stage, style="bold"))

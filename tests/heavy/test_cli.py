@@ -166,3 +166,9 @@ def test_live_board_follows_the_events():
     text = console.export_text()
     assert "search(ed wood)" in text and "1,500" in text and "answer: yes" in text
     assert "aggregating (all_done)" in text and board.lanes[1].sources == 2
+    # seen at 80 columns (heavy ask's output to a file): a long answer squeezed the other columns to "…"
+    board.apply(TrajectoryDone(job_id="j", trajectory=0, answer="The with statement wraps a block " * 4,
+                               confidence=0.5, stop_reason="no_progress", steps=7, total_tokens=22442, cited=[]))
+    narrow = Console(width=80, record=True)
+    narrow.print(board.render())
+    assert "no_progress" in narrow.export_text() and "22,442" in narrow.export_text()
