@@ -171,4 +171,5 @@ def test_live_board_follows_the_events():
                                confidence=0.5, stop_reason="no_progress", steps=7, total_tokens=22442, cited=[]))
     narrow = Console(width=80, record=True)
     narrow.print(board.render())
-    assert "no_progress" in narrow.export_text() and "22,442" in narrow.export_text()
+    narrow_text = narrow.export_text()
+    assert "no_progress" in narrow_text and "22,442" in narrow_text
