@@ -1,4 +1,9 @@
-"""The engine on the real embedded model (BF16, slow): batching and the prefix cache never change greedy answers."""
+"""The engine on the real embedded model (FP32, slow): batching and the prefix cache never change greedy answers.
+
+FP32, because BF16 matmuls are not batch-invariant on every CPU: on one with AMX (Sapphire Rapids), 1 of these 8
+greedy answers changed between a batch of 8 and one at a time in BF16 ("23" against "23 is a prime number larger
+than 1"), and none in FP32. On CPUs without AVX512-BF16 the BF16 answers had matched too. Serving runs BF16, so
+there, as on GPUs, a greedy answer may depend on what it was batched with."""
 
 import pytest
 
@@ -26,10 +31,10 @@ def make(model, tokenizer, **overrides) -> LLMEngine:
     return LLMEngine(model, tokenizer, EngineConfig(kv_cache_bytes=64 << 20, **overrides))
 
 
-def test_batch_of_8_equals_one_at_a_time_and_shares_the_system_prompt(embedded_model_bf16, embedded_tokenizer, prompts):
-    batched_engine = make(embedded_model_bf16, embedded_tokenizer)
+def test_batch_of_8_equals_one_at_a_time_and_shares_the_system_prompt(embedded_model_fp32, embedded_tokenizer, prompts):
+    batched_engine = make(embedded_model_fp32, embedded_tokenizer)
     batched = batched_engine.generate(prompts, GREEDY)
-    alone = [make(embedded_model_bf16, embedded_tokenizer, enable_prefix_cache=False).generate([p], GREEDY)[0]
+    alone = [make(embedded_model_fp32, embedded_tokenizer, enable_prefix_cache=False).generate([p], GREEDY)[0]
              for p in prompts]
     assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
     assert "paris" in batched[0].text.lower() and "42" in batched[5].text
