@@ -26,6 +26,12 @@ def embedded_tokenizer(embedded_model_dir) -> Tokenizer:
 
 
 @pytest.fixture(scope="session")
+def embedded_model_bf16(embedded_model_dir) -> torch.nn.Module:
+    """Our Qwen2 with the real weights in BF16, loaded once per session."""
+    return load_model(embedded_model_dir, torch.bfloat16)
+
+
+@pytest.fixture(scope="session")
 def embedded_model_fp32(embedded_model_dir) -> torch.nn.Module:
     """Our Qwen2 with the real weights in FP32, loaded once per session."""
     return load_model(embedded_model_dir, torch.float32)
