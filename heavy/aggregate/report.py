@@ -97,7 +97,7 @@ async def aggregate(
     union = union_of_sources(results)
     usage = decided.usage
     body, body_cited, dropped = "", (), ()
-    texts = fetched_texts(results) if mode == "report" else {}  # url → the longest text any trajectory read
+    texts = fetched_texts(results) if mode == "report" else {}  # url → all the trajectories saw of it
     if mode == "report" and backend is not None and any(r.answered or r.evidence for r in results):
         weights = question_weights(question, list(texts.values()))
         written, report_usage = await _write_body(question, results, union, (texts, weights), backend, config,
@@ -262,16 +262,16 @@ def _answers_on_pages(question: str, decided: Vote, union: Sequence[Source],
     for group in decided.groups:
         if not is_short(group.answer):
             checked[group.answer] = filter_claims(group.answer, union, texts, question)
-        elif normalize_answer(group.answer) not in YES_NO and len(needle := _folded(group.answer).strip(" .")) > 2:
+        elif normalize_answer(group.answer) not in YES_NO and len(needle := _lowered(group.answer).strip(" .")) > 2:
             held = re.compile(rf"(?<!\w){re.escape(needle)}(?!\w)")
-            on = tuple(n for n, s in enumerate(union, start=1) if held.search(_folded(texts.get(s.url, ""))))
+            on = tuple(n for n, s in enumerate(union, start=1) if held.search(_lowered(texts.get(s.url, ""))))
             on = on[:SHORT_ANSWER_SOURCES]
             checked[group.answer] = FilteredReport(body=group.answer if on else "", cited=on,
                                                    dropped=() if on else (group.answer,))
     return checked
 
 
-def _folded(text: str) -> str:
+def _lowered(text: str) -> str:
     return " ".join(text.lower().split())
 
 
