@@ -115,7 +115,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             kept_lines.append(prefix + " ".join(kept))
     body = _tidy("\n".join(_without_dangling_leads(kept_lines, dropped)))
     cited = dict.fromkeys(int(n) for marker in _MARKER.findall(body) for n in re.findall(r"\d+", marker))
-    return FilteredReport(body=body, cited=tuple(cited), dropped=tuple(dropped))
+    return FilteredReport(body=body, cited=tuple(cited), dropped=tuple(dict.fromkeys(dropped)))  # each once
 
 
 def _without_dangling_leads(lines: list[str], dropped: list[str]) -> list[str]:

@@ -34,6 +34,10 @@ def test_a_claim_the_model_repeats_is_kept_once():
     joined = ("Exception handlers are specified with the 'try' ... 'except' statement, and the 'finally' clause runs "
               "whether an exception occurred or not [1].")
     assert filter_claims(f"{said}{joined}", [EXCEPTIONS], {EXCEPTIONS.url: EXCEPTIONS.snippet}).body == said.strip()
+    # seen in `heavy ask`: one unsupported sentence written 17 times was listed 17 times among the dropped claims
+    looped = filter_claims("Astronauts built the tower on the moon [1]. " * 3, [EXCEPTIONS],
+                           {EXCEPTIONS.url: EXCEPTIONS.snippet})
+    assert looped.body == "" and looped.dropped == ("Astronauts built the tower on the moon [1].",)
 
 
 def test_a_sentence_carrying_the_findings_lists_annotation_is_an_echo_not_a_claim():
