@@ -36,16 +36,21 @@ def merged_text(kept: str, seen: str) -> str:
     return "\n\n".join([base, *extra.values()]) if extra else base
 
 
+def lowered(text: str) -> str:
+    """Lower case, whitespace folded: how an answer is looked for in a page."""
+    return " ".join(text.lower().split())
+
+
 def _folded(text: str) -> str:
     return " ".join(text.split()).strip(" .…")
 
 
 def supporting_sources(answer: str, evidence: dict[str, Source], excerpts: dict[str, str]) -> tuple[Source, ...]:
     """Gathered sources whose text contains the answer: what a citation-less answer can stand on."""
-    needle = " ".join(answer.lower().split())
+    needle = lowered(answer)
     if not needle:
         return ()
-    hits = [evidence[url] for url, text in excerpts.items() if needle in " ".join(text.lower().split())]
+    hits = [evidence[url] for url, text in excerpts.items() if needle in lowered(text)]
     return tuple(hits[:SUPPORTING_SOURCES])
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from heavy.agent.gathered import SUPPORTING_SOURCES, lowered
 from heavy.agent.steps import TrajectoryResult, finished_part
 from heavy.aggregate.citations import FilteredReport, filter_claims, renumber, union_of_sources
 from heavy.aggregate.evidence import (
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 KEY_SENTENCES = 6
 _CUT_MARK = ("…", "...")  # how a search snippet cut from the middle of a page begins and ends
-SHORT_ANSWER_SOURCES = 3  # the pages named as holding a short answer ("1889" may stand on many)
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
 
@@ -107,7 +107,7 @@ async def aggregate(
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
         if not body:  # nothing the model wrote stands on a fetched page: quote the pages instead
             body, body_cited = _key_passages(question, union, texts, weights)
-    on_pages = _answers_on_pages(question, decided, union, texts) if mode == "report" else {}
+    on_pages = _answers_on_pages(question, decided, union, texts)  # no texts (answer mode): none
     markdown, numbers = _assemble(question, decided, results, union, (body, body_cited, on_pages), status,
                                   stop_reason)
     total = usage + sum((r.usage for r in results), Usage())
@@ -262,17 +262,13 @@ def _answers_on_pages(question: str, decided: Vote, union: Sequence[Source],
     for group in decided.groups:
         if not is_short(group.answer):
             checked[group.answer] = filter_claims(group.answer, union, texts, question)
-        elif normalize_answer(group.answer) not in YES_NO and len(needle := _lowered(group.answer).strip(" .")) > 2:
+        elif normalize_answer(group.answer) not in YES_NO and len(needle := lowered(group.answer).strip(" .")) > 2:
             held = re.compile(rf"(?<!\w){re.escape(needle)}(?!\w)")
-            on = tuple(n for n, s in enumerate(union, start=1) if held.search(_lowered(texts.get(s.url, ""))))
-            on = on[:SHORT_ANSWER_SOURCES]
+            on = tuple(n for n, s in enumerate(union, start=1) if held.search(lowered(texts.get(s.url, ""))))
+            on = on[:SUPPORTING_SOURCES]
             checked[group.answer] = FilteredReport(body=group.answer if on else "", cited=on,
                                                    dropped=() if on else (group.answer,))
     return checked
-
-
-def _lowered(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 def _on_pages(filtered: FilteredReport) -> str:
