@@ -59,6 +59,7 @@ class FilteredReport:
     body: str
     cited: tuple[int, ...]  # source numbers used by the kept claims, in order of first use
     dropped: tuple[str, ...]  # the claims taken out
+    restated: tuple[str, ...] = ()  # those of them that only restate the question: dropped for saying nothing
 
 
 def union_of_sources(results: Sequence[TrajectoryResult]) -> tuple[Source, ...]:
@@ -82,7 +83,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     restating_says_nothing = bool(question) and not asks_yes_no(question)
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
     words_of = {n: passage_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
-    kept_lines, dropped, said, said_words = [], [], set(), set()
+    kept_lines, dropped, restated, said, said_words = [], [], [], set(), set()
     for line in body.splitlines():
         stripped = line.strip()
         if _COPIED_HEADING.match(stripped):
@@ -98,9 +99,9 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                 text, numbers = _resolve(_MARKER.sub("", _LINK.sub(r"\1", sentence)), number_of_url, len(sources))
             if not numbers and texts and (n := attribute(sentence, words_of, asked)) is not None:
                 text, numbers = _with_marker(text, n), [n]
+            says_nothing = restating_says_nothing and _adds_nothing(sentence, asked)
             if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
-                    and not _ECHOED_ANNOTATION.search(sentence)
-                    and not (restating_says_nothing and _adds_nothing(sentence, asked))):
+                    and not _ECHOED_ANNOTATION.search(sentence) and not says_nothing):
                 # a small model repeats itself: a claim is said once, and one made of earlier claims' words says
                 # nothing new (seen: a sentence joining the two before it, word for word)
                 claim, words = _claim_key(text), _claim_words(text)
@@ -111,11 +112,13 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                 kept.append(text)
             elif sentence.strip():
                 dropped.append(sentence.strip())
+                restated += [sentence.strip()] if says_nothing else []
         if kept:
             kept_lines.append(prefix + " ".join(kept))
     body = _tidy("\n".join(_without_dangling_leads(kept_lines, dropped)))
     cited = dict.fromkeys(int(n) for marker in _MARKER.findall(body) for n in re.findall(r"\d+", marker))
-    return FilteredReport(body=body, cited=tuple(cited), dropped=tuple(dict.fromkeys(dropped)))  # each once
+    return FilteredReport(body=body, cited=tuple(cited), dropped=tuple(dict.fromkeys(dropped)),  # each once
+                          restated=tuple(dict.fromkeys(restated)))
 
 
 def _without_dangling_leads(lines: list[str], dropped: list[str]) -> list[str]:

@@ -272,21 +272,26 @@ def _answers_on_pages(question: str, decided: Vote, union: Sequence[Source],
 
 
 def _on_pages(filtered: FilteredReport) -> str:
-    """' — its words are on [2]', as the answer list shows the check of an answer."""
+    """' — its words are on [2]', as the answer list shows the check of an answer. A sentence that only restates
+    the question is neither on a page nor against the answer: it is not counted."""
     kept = len([s for s in SENTENCE_END.split(filtered.body) if s.strip()]) if filtered.body else 0
+    unsupported = [s for s in filtered.dropped if s not in filtered.restated]
     marks = "".join(f"[{n}]" for n in filtered.cited)
     if not kept:
-        return " — its words are on no fetched page"
-    if not filtered.dropped:
+        return " — it only restates the question" if not unsupported else " — its words are on no fetched page"
+    if not unsupported:
         return f" — its words are on {marks}"
-    total = kept + len(filtered.dropped)
+    total = kept + len(unsupported)
     return f" — {kept} of its {total} sentences {'is' if kept == 1 else 'are'} on {marks}"
 
 
 def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages: dict[str, FilteredReport]) -> str:
     silent = [r.index + 1 for r in results if not r.answered]
-    if not decided.groups or (len(decided.groups) == 1 and not silent):  # the headline says it all
-        return ""
+    voting = {i for g in decided.groups for i in g.members}
+    # an answer that restates the question, or a bare yes to a "who" question, is no vote, but it was written
+    unusable = [r for r in results if r.answered and r.index not in voting]
+    if not (decided.groups or unusable) or (len(decided.groups) == 1 and not silent and not unusable):
+        return ""  # the headline says it all
     # sentences in other words may say the same thing: a list of them is no evidence of disagreement, and neither is
     # one answer beside trajectories that found none
     disagreed = len(decided.groups) > 1 and not _in_own_words(decided)
@@ -294,6 +299,8 @@ def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages:
     lines = [f"## {title}", ""]
     lines += [f"- \"{_quoted(g.answer)}\": {_trajectories([i + 1 for i in g.members])}"
               + (_on_pages(on_pages[g.answer]) if g.answer in on_pages else "") for g in decided.groups]
+    lines += [f"- \"{_quoted(r.answer)}\": trajectory {r.index + 1} — not an answer to the question (it did not "
+              "vote)" for r in unusable]
     if silent:
         lines.append(f"- No answer: {_trajectories(silent)}")
     if on_pages:

@@ -376,7 +376,10 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
     results = [result(0, "The tower was finished in 1889 for the World's Fair.", cited=[page]),
                result(1, "The tower was built by Napoleon to defend Paris against invaders.", evidence=[LOUVRE]),
                result(2, "It was built as the entrance arch of the fair. Napoleon defended Paris with its guns."),
-               result(3, "1887"), result(4, "Gustave Eiffel")]
+               result(3, "1887"), result(4, "Gustave Eiffel"),
+               result(5, "The Eiffel Tower was built for an event. It was built as the entrance arch of the fair."),
+               result(6, "The Eiffel Tower is built for events."),
+               result(7, "The Eiffel Tower was built for an event.")]
     job = await aggregate(job_id="j", question="Why and for which event was the Eiffel Tower built?", mode="report",
                           results=results, backend=backend)
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
@@ -387,6 +390,11 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
     # a short answer is looked for as it stands
     assert '"1887": trajectory 4 — its words are on no fetched page' in listed
     assert f'"Gustave Eiffel": trajectory 5 — its words are on [{fair}]' in listed
+    # a sentence that restates the question is neither on a page nor against the answer
+    assert f'of the fair.": trajectory 6 — its words are on [{fair}]' in listed
+    assert '"The Eiffel Tower is built for events.": trajectory 7 — it only restates the question' in listed
+    # one that restates it word for word does not vote, and is listed all the same
+    assert '"The Eiffel Tower was built for an event.": trajectory 8 — not an answer to the question' in listed
     assert "by words, not meaning" in listed
 
 
