@@ -23,6 +23,9 @@ echoed into the report and kept on a loops page that holds every word of it but 
 A claim that adds no word to the question ("break and continue interact with the else clause of a loop", to a
 question on how they interact with it) says nothing and is dropped, except to a yes/no question, which a claim in
 its own words answers. A sentence that leads into a list ("... are:") is kept only when a list item follows it.
+A claim that says "not" (or "no", "never", "without", "doesn't", ...) must find its words in a passage that says
+"not" too: the weak model's wrong answers are mostly a page's sentence negated, which holds all the page's words.
+This checks polarity only, not meaning: a page's "not" elsewhere in the passage lets a negated claim pass.
 """
 
 from __future__ import annotations
@@ -32,7 +35,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from heavy.agent.steps import TrajectoryResult
-from heavy.aggregate.evidence import SENTENCE_END, content_words, passage_words, stemmed_words, stems
+from heavy.aggregate.evidence import (
+    NEGATED,
+    SENTENCE_END,
+    content_words,
+    negates,
+    passage_words,
+    stemmed_words,
+    stems,
+)
 from heavy.aggregate.shorten import asks_yes_no
 from heavy.tools.base import Source
 
@@ -144,8 +155,8 @@ def attribute(sentence: str, words_of: dict[int, list[set[str]]], asked: set[str
     words = stems(content_words(sentence) - _FUNCTION_WORDS)
     if len(words) < ATTRIBUTE_MIN_WORDS or not words_of:
         return None
-    added = words - asked
-    best, passage = max(((n, p) for n, passages in words_of.items() for p in passages),
+    added, negated = words - asked, negates(_MARKER.sub("", sentence))
+    best, passage = max(((n, p) for n, passages in words_of.items() for p in passages if _same_polarity(negated, p)),
                         key=lambda item: (len(words & item[1]), len(added & item[1])), default=(None, set()))
     holds = len(words & passage) >= ATTRIBUTE_OVERLAP * len(words)
     return best if holds and _adds_supported(added, passage) else None
@@ -158,8 +169,15 @@ def _supported(sentence: str, cited_words: Sequence[set[str]], asked: set[str] =
     words = stems(content_words(_MARKER.sub("", sentence)) - _FUNCTION_WORDS)
     if len(words) < SUPPORT_MIN_WORDS:
         return True
+    negated = negates(_MARKER.sub("", sentence))
     return any(len(words & page) >= SUPPORT_OVERLAP * len(words) and _adds_supported(words - asked, page)
-               for page in cited_words)
+               and _same_polarity(negated, page) for page in cited_words)
+
+
+def _same_polarity(negated: bool, passage: set[str]) -> bool:
+    """A claim that says "not" needs a passage that does: its words on a page that affirms them say the opposite
+    (seen: "the with statement does not execute code within a context manager", on a page that says it does)."""
+    return not negated or NEGATED in passage
 
 
 def _claim_words(sentence: str) -> set[str]:

@@ -43,6 +43,8 @@ _STEMMERS = threading.local()  # a Snowball stemmer keeps state between calls: o
 PASSAGE_SENTENCES = 3  # a claim is checked against this many consecutive sentences of a page, not the whole page
 # also before **bold**, as Markdown bodies have; not after an ellipsis ("the 'try' ... 'except' statement")
 _HEADING = re.compile(r"^#|://|={3,}|-{3,}")  # Markdown and underlined headings, "URL: http://..." header lines
+_NEGATION = re.compile(r"\b(?:not|no|never|none|neither|nor|cannot|without)\b|n[’']t\b", re.IGNORECASE)
+NEGATED = "<not>"  # in a passage's words when it negates something; no word can be it (words are \w+)
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\.\.)\s+(?=[A-Z0-9\"'(*])")
 
 
@@ -149,12 +151,17 @@ def stemmed_words(text: str) -> set[str]:
 _QUESTION_STEMS = stems(_QUESTION_WORDS)
 
 
+def negates(text: str) -> bool:
+    """Whether the text says "not" in some form ("no", "never", "without", "doesn't", ...)."""
+    return bool(_NEGATION.search(text))
+
+
 def passage_words(text: str, window: int = PASSAGE_SENTENCES) -> list[set[str]]:
     """The stemmed content words of each run of `window` consecutive sentences: where a claim must find its words,
-    since a long page holds most words somewhere."""
+    since a long page holds most words somewhere. A run that negates something also holds NEGATED."""
     sentences = sentences_of(text)
-    runs = [sentences[i:i + window] for i in range(max(1, len(sentences) - window + 1))]
-    return [stemmed_words(" ".join(run)) for run in runs]
+    runs = [" ".join(sentences[i:i + window]) for i in range(max(1, len(sentences) - window + 1))]
+    return [stemmed_words(run) | ({NEGATED} if negates(run) else set()) for run in runs]
 
 
 def question_weights(question: str, texts: Sequence[str]) -> dict[str, float]:

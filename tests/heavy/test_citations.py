@@ -142,15 +142,16 @@ def test_a_marker_on_a_page_that_does_not_hold_the_claim_is_not_trusted():
 
 def test_a_claim_made_of_the_questions_words_stands_only_on_a_page_holding_what_it_adds():
     # seen in the demo: a wrong answer echoed into the report, kept because the loops page holds the question's words
+    # ("... do not affect the else clause ..."; here "reset" stands for "do not affect", whose "not" alone drops it)
     loops = source("http://corpus/loops", "A break statement ends the loop and the else clause of the loop is skipped.")
     question = "How do break and continue statements interact with the else clause of a loop?"
-    body = ("Break and continue statements do not affect the else clause of a loop [1]. "
+    body = ("Break and continue statements reset the else clause of a loop [1]. "
             "A break statement skips the else clause of the loop [1].")
     filtered = filter_claims(body, [loops], {loops.url: loops.snippet}, question)
     assert filtered.body == "A break statement skips the else clause of the loop [1]."
-    assert filtered.dropped == ("Break and continue statements do not affect the else clause of a loop [1].",)
+    assert filtered.dropped == ("Break and continue statements reset the else clause of a loop [1].",)
     unmarked = filter_claims(body.replace(" [1]", ""), [loops], {loops.url: loops.snippet}, question)
-    assert unmarked.dropped == ("Break and continue statements do not affect the else clause of a loop.",)
+    assert unmarked.dropped == ("Break and continue statements reset the else clause of a loop.",)
     assert filter_claims(body, [loops], {loops.url: loops.snippet}).dropped == ()  # without the question: kept
 
 
@@ -192,3 +193,19 @@ def test_a_claim_must_find_its_words_in_one_passage_of_a_long_page():
     spread = "Champ lifts 1889 [1]."  # each word is on the page, in sentences far apart
     filtered = filter_claims(f"{near} {spread}", [page], texts)
     assert filtered.body == near and filtered.dropped == (spread,)
+
+
+def test_a_claim_that_says_not_needs_a_passage_that_says_not():
+    # seen in `heavy ask`: "the with statement does not execute code within a context manager" was marked "on [4]",
+    # a page that holds its words and says the opposite
+    loops = source("http://corpus/loops", "The break statement terminates the loop. The else clause is skipped. "
+                                          "Functions are defined with def. Classes are defined with class. "
+                                          "Modules are imported with import. "
+                                          "A continue statement never terminates the loop.")
+    texts = {loops.url: loops.snippet}
+    negated = "The break statement does not terminate the loop [1]."
+    attributed = "The else clause is never skipped."
+    right = "A continue statement does not terminate the loop [1]."
+    filtered = filter_claims(f"{negated} {attributed} {right}", [loops], texts)
+    assert filtered.body == right and filtered.dropped == (negated, attributed)
+    assert filter_claims("The break statement terminates the loop [1].", [loops], texts).dropped == ()
