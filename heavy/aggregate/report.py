@@ -17,6 +17,7 @@ from heavy.aggregate.evidence import (
     best_sentences,
     fetched_texts,
     question_weights,
+    stemmed_words,
     weigh,
 )
 from heavy.aggregate.normalize import normalize_answer
@@ -29,7 +30,11 @@ from heavy.tools.base import Source
 
 log = logging.getLogger(__name__)
 
-KEY_SENTENCES = 6
+KEY_SENTENCES = 6  # quoted when no claim of the report pass stands
+QUOTES_BESIDE_FINDINGS = 3  # quoted after the findings: the pages' own words, which a word check cannot get wrong
+QUOTES_LEAD = "From the fetched pages, word for word:"
+QUOTE_FLOOR = 0.5  # a quote holds at least this share of the best sentence's weight of question words
+SAID_OVERLAP = 0.6  # a sentence whose stems the findings hold this much of is not quoted again
 _CUT_MARK = ("…", "...")  # how a search snippet cut from the middle of a page begins and ends
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
@@ -105,8 +110,14 @@ async def aggregate(
         usage = usage + report_usage
         filtered = filter_claims(written, union, texts, question)
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
-        if not body:  # nothing the model wrote stands on a fetched page: quote the pages instead
-            body, body_cited = _key_passages(question, union, texts, weights)
+        # verbatim evidence beside the findings; in their stead when nothing the model wrote stands on a page
+        quotes, quoted = _key_passages(question, union, texts, weights, QUOTES_BESIDE_FINDINGS if body else
+                                       KEY_SENTENCES, said=stemmed_words(body))
+        if quotes:
+            lead = (QUOTES_LEAD if body else "The report pass wrote no claim a fetched page supports; the most "
+                    "relevant passages found:")
+            body = f"{body}\n\n{lead}\n\n{quotes}".strip()
+            body_cited = (*body_cited, *(n for n in quoted if n not in body_cited))
     on_pages = _answers_on_pages(question, decided, union, texts)  # no texts (answer mode): none
     markdown, numbers = _assemble(question, decided, results, union, (body, body_cited, on_pages), status,
                                   stop_reason)
@@ -176,10 +187,12 @@ def _excerpt(question: str, text: str, weights: dict[str, float], max_chars: int
                       ) or flat[:max_chars]
 
 
-def _key_passages(question: str, union: Sequence[Source], texts: dict[str, str],
-                  weights: dict[str, float]) -> tuple[str, tuple[int, ...]]:
-    """The report's fallback body: the KEY_SENTENCES sentences of all fetched pages richest in the question's rarer
-    words, best first, quoted and cited (a sentence two pages hold is quoted once)."""
+def _key_passages(question: str, union: Sequence[Source], texts: dict[str, str], weights: dict[str, float],
+                  count: int, said: set[str] = frozenset()) -> tuple[str, tuple[int, ...]]:
+    """A Markdown list of the `count` sentences of all fetched pages richest in the question's rarer words, best
+    first, quoted and cited, and the numbers cited. A sentence two pages hold is quoted once, one whose words the
+    findings (`said`: their stems) already hold is not quoted, and neither is one far less relevant than the best
+    ("The Louvre pyramid was finished in 1989", for its "finished", to a question on when the Eiffel Tower was)."""
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
     candidates = sorted(((weigh(sentence, weights), number_of_url[url], sentence) for url, text in texts.items()
                          for sentence in best_sentences(question, text, count=KEY_SENTENCES, weights=weights)
@@ -187,15 +200,16 @@ def _key_passages(question: str, union: Sequence[Source], texts: dict[str, str],
                          if not sentence.startswith(_CUT_MARK) and not sentence.endswith(_CUT_MARK)),
                         key=lambda item: (-item[0], item[1]))
     lines, cited, quoted = [], [], set()
-    for _, n, sentence in candidates:
-        if len(lines) == KEY_SENTENCES:
+    floor = QUOTE_FLOOR * candidates[0][0] if candidates else 0.0
+    for score, n, sentence in candidates:
+        if len(lines) == count or score < floor:
             break
-        if sentence not in quoted:
+        words = stemmed_words(sentence)
+        if sentence not in quoted and len(words & said) < SAID_OVERLAP * len(words):
             quoted.add(sentence)
             lines.append(f"- \"{sentence}\" [{n}]")
             cited += [n] if n not in cited else []
-    return ("The report pass wrote no claim a fetched page supports; the most relevant passages found:\n\n"
-            + "\n".join(lines)) if lines else "", tuple(cited)
+    return "\n".join(lines), tuple(cited)
 
 
 def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult], union: Sequence[Source],

@@ -464,7 +464,7 @@ def test_the_aggregator_reads_all_the_trajectories_saw_of_a_page():
 
 async def test_the_fallback_quotes_the_best_sentences_of_all_pages_best_first_each_once():
     backend = ScriptedBackend(lambda request: text("Paris is lovely in spring."))
-    intro = source("http://corpus/intro", "Paris has a tower. Paris has many museums and bridges.")
+    intro = source("http://corpus/intro", "Paris has the Eiffel tower. Paris has many museums and a tower.")
     said = "The Eiffel tower was finished in 1889."
     tower = source("http://corpus/tower", f"{said} {said}")
     cut = source("http://corpus/fair", "… the Eiffel tower was finished for the fair.")  # a snippet's cut head
@@ -475,7 +475,22 @@ async def test_the_fallback_quotes_the_best_sentences_of_all_pages_best_first_ea
                           results=results, backend=backend)
     quotes = job.markdown.split("passages found:")[1].split("## ")[0].strip().splitlines()
     # the answer's source comes first in the report's numbering
-    assert quotes == ['- "The Eiffel tower was finished in 1889." [2]', '- "Paris has a tower." [1]']
+    # "Paris has many museums and a tower" holds far less of the question than the best sentence: not quoted
+    assert quotes == ['- "The Eiffel tower was finished in 1889." [2]', '- "Paris has the Eiffel tower." [1]']
+
+
+async def test_findings_are_followed_by_the_best_sentences_they_do_not_already_say():
+    tower = source("http://corpus/tower", "The Eiffel Tower was finished in 1889. Gustave Eiffel's company built "
+                                          "the Eiffel Tower for the fair. The tower is 330 metres tall.")
+    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [1]."))
+    results = [result(0, "1889", cited=[tower], evidence=[tower, LOUVRE])]
+    job = await aggregate(job_id="j", question="When and by whom was the Eiffel Tower built?", mode="report",
+                          results=results, backend=backend)
+    findings = job.markdown.split("## Findings")[1].split("## ")[0]
+    assert findings.strip().splitlines() == [
+        "The Eiffel Tower was finished in 1889 [1].", "", "From the fetched pages, word for word:", "",
+        "- \"Gustave Eiffel's company built the Eiffel Tower for the fair.\" [1]"]
+    # not the finding again, nor "The tower is 330 metres tall.", which holds only "tower" of the question
 
 
 async def test_report_with_no_answer_at_all_still_says_so():
