@@ -37,6 +37,7 @@ QUOTE_FLOOR = 0.5  # a quote holds at least this share of the best sentence's we
 SAID_OVERLAP = 0.6  # a sentence whose stems the findings hold this much of is not quoted again
 _CUT_MARK = ("…", "...")  # how a search snippet cut from the middle of a page begins and ends
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
+_WRAPPED_LINE = re.compile(r"[ \t]*\n[ \t]*(?!\n|[-*+] |\d+\. )")
 URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
 
 REPORT_PROMPT = """Source texts:
@@ -103,10 +104,13 @@ async def aggregate(
     usage = decided.usage
     body, body_cited, dropped = "", (), ()
     texts = fetched_texts(results) if mode == "report" else {}  # url → all the trajectories saw of it
+    on_pages = _answers_on_pages(question, decided, union, texts)  # no texts (answer mode): none
     if mode == "report" and backend is not None and any(r.answered or r.evidence for r in results):
         weights = question_weights(question, list(texts.values()))
-        written, report_usage = await _write_body(question, results, union, (texts, weights), backend, config,
-                                                  job_id)
+        unfounded = {i for g in decided.groups if g.answer in on_pages and not on_pages[g.answer].body
+                     for i in g.members}
+        written, report_usage = await _write_body(question, results, union, (texts, weights, unfounded), backend,
+                                                  config, job_id)
         usage = usage + report_usage
         filtered = filter_claims(written, union, texts, question)
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
@@ -118,7 +122,6 @@ async def aggregate(
                     "relevant passages found:")
             body = f"{body}\n\n{lead}\n\n{quotes}".strip()
             body_cited = (*body_cited, *(n for n in quoted if n not in body_cited))
-    on_pages = _answers_on_pages(question, decided, union, texts)  # no texts (answer mode): none
     markdown, numbers = _assemble(question, decided, results, union, (body, body_cited, on_pages), status,
                                   stop_reason)
     total = usage + sum((r.usage for r in results), Usage())
@@ -133,9 +136,12 @@ async def aggregate(
 
 
 async def _write_body(question: str, results: Sequence[TrajectoryResult], union: Sequence[Source],
-                      texts_and_weights: tuple[dict[str, str], dict[str, float]], backend: LLMBackend,
-                      config: AggregationConfig, job_id: str) -> tuple[str, Usage]:
-    texts, weights = texts_and_weights
+                      texts_weights_unfounded: tuple[dict[str, str], dict[str, float], set[int]],
+                      backend: LLMBackend, config: AggregationConfig, job_id: str) -> tuple[str, Usage]:
+    """The report pass. Answers no fetched page holds (`unfounded`: trajectory indices) are not shown to it: a small
+    model copies the answers it is shown into the report (seen: "do not affect the else clause", on no page, written
+    as findings twice), and the claim filter would drop them anyway."""
+    texts, weights, unfounded = texts_weights_unfounded
     # The most relevant sources first, and only a few: a small model writes from the first sources it reads, and
     # eight trajectories fetch many off-topic pages (the demo's 15 sources held 3 on loops). Numbers stay the union's,
     # which the claim filter checks.
@@ -156,7 +162,9 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
     findings = []
     for r in results:
         answer = " ".join(r.answer.split())  # one line each: a copied page keeps its line breaks
-        if r.answered:
+        if r.index in unfounded:
+            findings.append(f"- Researcher {r.index + 1} gave an answer that no source text holds.")
+        elif r.answered:
             cites = ", ".join(f"[{number_of_url[s.url]}]" for s in r.cited if number_of_url[s.url] in listed)
             findings.append(f"- Researcher {r.index + 1} answered: {answer} (confidence {r.confidence:.1f}), "
                             f"citing {cites or 'no source'}")
@@ -274,14 +282,19 @@ def _answers_on_pages(question: str, decided: Vote, union: Sequence[Source],
         return {}
     checked = {}
     for group in decided.groups:
+        # a line break inside a sentence (an answer copied from a page) does not end it; one before a list item does
+        answer = _WRAPPED_LINE.sub(" ", group.answer)
         if not is_short(group.answer):
-            checked[group.answer] = filter_claims(group.answer, union, texts, question)
+            checked[group.answer] = filter_claims(answer, union, texts, question)
         elif normalize_answer(group.answer) not in YES_NO and len(needle := lowered(group.answer).strip(" .")) > 2:
             held = re.compile(rf"(?<!\w){re.escape(needle)}(?!\w)")
             on = tuple(n for n, s in enumerate(union, start=1) if held.search(lowered(texts.get(s.url, ""))))
             on = on[:SUPPORTING_SOURCES]
-            checked[group.answer] = FilteredReport(body=group.answer if on else "", cited=on,
-                                                   dropped=() if on else (group.answer,))
+            # a short sentence ("The tower was finished in 1889") is rarely on a page as written: check its words
+            by_words = filter_claims(answer, union, texts, question) if not on else None
+            checked[group.answer] = (by_words if by_words and by_words.body else
+                                     FilteredReport(body=group.answer if on else "", cited=on,
+                                                    dropped=() if on else (group.answer,)))
     return checked
 
 

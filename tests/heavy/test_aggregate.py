@@ -379,7 +379,7 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
                result(3, "1887"), result(4, "Gustave Eiffel"),
                result(5, "The Eiffel Tower was built for an event. It was built as the entrance arch of the fair."),
                result(6, "The Eiffel Tower is built for events."),
-               result(7, "The Eiffel Tower was built for an event.")]
+               result(7, "The Eiffel Tower was built for an event."), result(8, "Built by Gustave Eiffel's company")]
     job = await aggregate(job_id="j", question="Why and for which event was the Eiffel Tower built?", mode="report",
                           results=results, backend=backend)
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
@@ -390,6 +390,8 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
     # a short answer is looked for as it stands
     assert '"1887": trajectory 4 — its words are on no fetched page' in listed
     assert f'"Gustave Eiffel": trajectory 5 — its words are on [{fair}]' in listed
+    # a short answer not on a page as written, whose words are
+    assert f'"Built by Gustave Eiffel\'s company": trajectory 9 — its words are on [{fair}]' in listed
     # a sentence that restates the question is neither on a page nor against the answer
     assert f'of the fair.": trajectory 6 — its words are on [{fair}]' in listed
     assert '"The Eiffel Tower is built for events.": trajectory 7 — it only restates the question' in listed
@@ -509,3 +511,17 @@ async def test_a_report_pass_with_no_supported_claim_falls_back_to_quoting_the_b
     assert '- "The tower was finished in 1889 for a fair." [1]' in job.markdown
     assert job.dropped_claims == ("Paris is lovely in spring.", "I cannot say more.")
     assert [s.url for s in job.sources][0] == tower.url
+
+
+async def test_the_report_pass_is_not_shown_answers_no_fetched_page_holds():
+    # seen in the demo: trajectory 2's "do not affect the else clause", on no fetched page, was written into the
+    # report twice by the report pass (and dropped by the claim filter)
+    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [1]."))
+    results = [result(0, "The Eiffel Tower was finished in 1889.", cited=[EIFFEL]),
+               result(1, "The Eiffel Tower was never finished by Napoleon.", evidence=[LOUVRE]), result(2, "1887")]
+    await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report", results=results,
+                    backend=backend)
+    findings = backend.requests[0].messages[0]["content"].split("answered:", 1)[1]
+    assert "1889" in findings and "Napoleon" not in findings and "1887" not in findings
+    assert "Researcher 2 gave an answer that no source text holds." in findings
+    assert "Researcher 3 gave an answer that no source text holds." in findings
