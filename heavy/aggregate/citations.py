@@ -4,9 +4,9 @@ A claim is a sentence of the report body. It is kept only if at least one of its
 Markdown links — points at a page some trajectory actually fetched; citations that do not are removed, and a
 sentence with none left is dropped. A sentence holding a bare URL is a copy of the source list, not a claim, and is
 dropped too (the Sources section is added for the model), and so is a sentence about what "Researcher N" answered
-or one carrying that list's "(confidence 0.3), citing no source" (the prompt's findings list echoed back; the report
-lists the trajectories' answers itself). Headings and blank
-lines pass through, except headings that restate the question or announce a source list.
+(the prompt's findings list echoed back; the report lists the trajectories' answers itself). An answer copied with
+that list's annotation, "(confidence 0.3), citing no source", loses the annotation and is checked as any claim.
+Headings and blank lines pass through, except headings that restate the question or announce a source list.
 
 Words are looked for in passages, PASSAGE_SENTENCES consecutive sentences of a page, not in the whole page: a long
 page (the tools show up to 8,000 characters) holds most words somewhere.
@@ -61,7 +61,9 @@ _FUNCTION_WORDS = frozenset({
 })
 _BARE_URL = re.compile(r"(?<!\]\()https?://\S+")
 _ECHOED_FINDING = re.compile(r"\W*researchers?\s+\d", re.IGNORECASE)
-_ECHOED_ANNOTATION = re.compile(r"\(confidence \d|\bciting no source\b", re.IGNORECASE)  # the findings list's own words
+# the findings list's annotation of an answer, echoed after it: "(confidence 0.3), citing no source" / "citing [2]"
+_ECHOED_ANNOTATION = re.compile(r"\s*\(confidence [\d.]+\),?\s*(?:citing\s+(no source|(?:\[\d+\][,\s]*)+))?",
+                                re.IGNORECASE)
 _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
 
 
@@ -105,6 +107,9 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
         prefix = _LIST_PREFIX.match(line).group()
         kept = []
         for sentence in SENTENCE_END.split(line[len(prefix):]):
+            # an answer copied with the findings list's annotation: the annotation goes, its citations stay, and
+            # the answer is checked as any claim
+            sentence = _ECHOED_ANNOTATION.sub(_annotated_citations, sentence)
             text, numbers = _resolve(sentence, number_of_url, len(sources))
             if numbers and texts and not _supported(sentence, [w for n in numbers for w in words_of[n]], asked):
                 text, numbers = _resolve(_MARKER.sub("", _LINK.sub(r"\1", sentence)), number_of_url, len(sources))
@@ -112,7 +117,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                 text, numbers = _with_marker(text, n), [n]
             says_nothing = restating_says_nothing and _adds_nothing(sentence, asked)
             if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
-                    and not _ECHOED_ANNOTATION.search(sentence) and not says_nothing):
+                    and not says_nothing):
                 # a small model repeats itself: a claim is said once, and one made of earlier claims' words says
                 # nothing new (seen: a sentence joining the two before it, word for word)
                 claim, words = _claim_key(text), _claim_words(text)
@@ -130,6 +135,12 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     cited = dict.fromkeys(int(n) for marker in _MARKER.findall(body) for n in re.findall(r"\d+", marker))
     return FilteredReport(body=body, cited=tuple(cited), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))
+
+
+def _annotated_citations(match: re.Match) -> str:
+    """What stays of an echoed annotation: the sources it cites, as markers ("citing [1], [2]" → " [1][2]")."""
+    cited = re.findall(r"\[\d+\]", match.group(1) or "")
+    return f" {''.join(cited)}" if cited else ""
 
 
 def _without_dangling_leads(lines: list[str], dropped: list[str]) -> list[str]:
