@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 ANSWER_TOOL = "answer"
 
 ANSWER_SPEC = {
@@ -65,10 +67,15 @@ FORCE_ANSWER = (  # the question is repeated: after long tool outputs a small mo
 )
 
 
-def copies_the_answer_tool(answer: str) -> bool:
-    """Whether an answer is a description from the `answer` tool's own spec, copied back (seen: "The final answer,
-    short and direct.")."""
+# a tool written as in the instructions the tools give ("Open a page with open_page(url) ..."): no answer says it
+_TOOL_IN_CODE = re.compile(r"\b(?:open_page|search|python|answer)\((?:url|query|code|answer)?\)")
+
+
+def copies_instructions(answer: str) -> bool:
+    """Whether an answer is our instructions copied back: a description from the `answer` tool's own spec (seen:
+    "The final answer, short and direct.") or a sentence naming a tool as the search results' footer does (seen
+    on HotpotQA: "Open a web page with open_page(url) to read it before citing it.")."""
     function = ANSWER_SPEC["function"]
     said = answer.strip().rstrip(".").lower()
     described = [function["description"]] + [p["description"] for p in function["parameters"]["properties"].values()]
-    return any(said == str(d).rstrip(".").lower() for d in described)
+    return any(said == str(d).rstrip(".").lower() for d in described) or bool(_TOOL_IN_CODE.search(answer))

@@ -260,8 +260,8 @@ class Trajectory:
         written = str(call.arguments.get("answer") or "")
         answer = without_result_headers(written)
         answer = without_cut_sentence(answer, cut)
-        if not any(ch.isalnum() for ch in answer) or prompts.copies_the_answer_tool(answer):
-            return prompts.EMPTY_ANSWER  # "", or a placeholder ("...") or the tool's description copied back
+        if not any(ch.isalnum() for ch in answer) or prompts.copies_instructions(answer):
+            return prompts.EMPTY_ANSWER  # "", or a placeholder ("..."), or our instructions copied back
         if says_nothing_found(answer):
             return prompts.NOTHING_FOUND_YET
         if restates_question(answer, self.spec.question):
@@ -298,7 +298,7 @@ class Trajectory:
         answer = answer_line(answer_call.arguments["answer"] if answer_call else content)
         answer = without_cut_sentence(answer, completion.finish_reason == "length")
         if (not answer or restates_question(answer, self.spec.question) or says_nothing_found(answer)
-                or prompts.copies_the_answer_tool(answer)):
+                or prompts.copies_instructions(answer)):
             answer = self.best_guess
         await self._emit_step(len(self.steps) + 1, completion, answer, [], action="forced_answer")
         if answer:

@@ -137,16 +137,19 @@ async def test_trajectory_token_budget_stops_before_overrunning():
     assert len(result.steps) == 1 and result.usage.total_tokens == 2 * 110 <= limits.total_tokens
 
 
-async def test_an_answer_call_without_an_answer_gets_the_format_and_a_copied_placeholder_is_no_answer():
-    # seen in `heavy ask`: the answer tool's own description, "The final answer, short and direct.", as the answer
+async def test_an_answer_call_without_an_answer_gets_the_format_and_copied_instructions_are_no_answer():
+    # seen in `heavy ask`: the answer tool's own description, "The final answer, short and direct.", as the answer;
+    # on HotpotQA, the search results' footer: "Open a web page with open_page(url) to read it before citing it."
     copied = str(prompts.ANSWER_SPEC["function"]["parameters"]["properties"]["answer"]["description"])
+    footer = "Open a web page with open_page(url) to read it before citing it."
     trajectory, backend, _, _ = make(by_step(call("search", query="eiffel"), call("answer", sources=["x"]),
                                              call("answer", answer="..."), call("answer", answer=copied.lower()),
-                                             call("answer", answer="1889")))
+                                             call("answer", answer=footer), call("answer", answer="1889")),
+                                     limits=TrajectoryLimits(max_steps=8, no_progress_steps=8))
     result = await trajectory.run()
-    assert result.answer == "1889" and len(result.steps) == 5
+    assert result.answer == "1889" and len(result.steps) == 6
     told = [m["content"] for m in backend.requests[-1].messages if m["role"] == "user"]
-    assert sum(t == prompts.EMPTY_ANSWER for t in told) == 3
+    assert sum(t == prompts.EMPTY_ANSWER for t in told) == 4
 
 
 async def test_an_answer_saying_nothing_was_found_sends_the_model_back_to_research():
