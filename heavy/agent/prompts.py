@@ -59,6 +59,9 @@ NOTHING_FOUND_YET = (
 ANSWER_REPEATS_QUESTION = (
     "Your answer only repeats the question. Answer it from the results above, or search for what is missing."
 )
+ANSWER_IS_OUTPUT = (
+    "Your answer is only what your code printed. Answer the question itself: {question}"
+)
 UNKNOWN_TOOL = "There is no tool named {name}. Available tools: {available}."
 UNREADABLE_CALL = 'Your tool call could not be read. Write it like: {"name": "search", "arguments": {"query": "..."}}'
 FORCE_ANSWER = (  # the question is repeated: after long tool outputs a small model loses track of it

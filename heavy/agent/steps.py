@@ -76,6 +76,19 @@ def restates_question(answer: str, question: str) -> bool:
     return len(shared) >= 0.9 * len(set(said)) and len(shared) >= 0.6 * len(set(asked))
 
 
+_OUTPUT_WORDS = frozenset({"the", "result", "output", "is", "was", "printed", "prints", "print", "returns", "value",
+                           "code", "it", "of", "my", "this"})
+
+
+def only_printed(answer: str, printed: str, question: str) -> bool:
+    """Whether the answer only says what the python tool printed, in words (no number) the question does not use
+    (seen in `heavy ask` on the with statement: "Hello, world!" and "The result is 'hello world'." from two
+    trajectories that had tried a snippet). A printed number may be a computed answer and passes."""
+    words = set(_WORD.findall(answer.lower())) - _OUTPUT_WORDS
+    return (bool(words) and not any(ch.isdigit() for ch in answer) and words <= set(_WORD.findall(printed.lower()))
+            and not words & set(_WORD.findall(question.lower())))
+
+
 def answer_line(text: str) -> str:
     """The first non-empty line of a model's answer, without copied tool-result headers, a leading "Answer:", and the
     quotes, stars and full stop a model wraps a short answer in. Shared by the agent loop and the aggregator."""

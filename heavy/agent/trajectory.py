@@ -24,6 +24,7 @@ from heavy.agent.steps import (
     Observation,
     TrajectoryResult,
     answer_line,
+    only_printed,
     restates_question,
     says_nothing_found,
     stated_confidence,
@@ -41,6 +42,7 @@ MAX_CALLS_PER_STEP = 3
 FORCED_CONFIDENCE = 0.3
 THOUGHT_CHARS = 300  # how much of a step's text goes into its event
 OPENING_TOOL = "search"
+PYTHON_TOOL = "python"
 _URL = re.compile(r"https?://[^\s)\]>\"']+")
 
 
@@ -105,6 +107,8 @@ class Trajectory:
         self.best_guess = ""
         self.no_progress = 0
         self.answer_rejected = False
+        self.printed = ""  # all the python tool printed, for telling its output from an answer
+        self.output_rejected = False
         self.deadline = 0.0
 
     # --- the loop ---
@@ -250,6 +254,8 @@ class Trajectory:
         result = await until_stopped(self.executor.call(call.name, call.arguments, ctx), self.stop, self.deadline)
         new_sources = tuple(s for s in result.sources if s.url not in self.evidence)
         keep_evidence(self.evidence, self.excerpts, result)
+        if call.name == PYTHON_TOOL and result.error is None:
+            self.printed += "\n" + result.text
         await self._emit_result(index, call, ok=result.error is None, chars=len(result.text),
                                 truncated=result.truncated, sources=result.sources)
         return Observation(call=call, text=result.text, sources=new_sources, error=result.error)
@@ -266,6 +272,9 @@ class Trajectory:
             return prompts.NOTHING_FOUND_YET
         if restates_question(answer, self.spec.question):
             return prompts.ANSWER_REPEATS_QUESTION
+        if not self.output_rejected and only_printed(answer, self.printed, self.spec.question):
+            self.output_rejected = True  # sent back once: if the model insists, it stands
+            return prompts.ANSWER_IS_OUTPUT.format(question=self.spec.question)
         if not self.evidence and not self.answer_rejected:
             self.answer_rejected = True
             self.best_guess = answer

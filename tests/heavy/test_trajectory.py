@@ -341,3 +341,22 @@ async def test_an_answer_call_cut_by_the_token_limit_keeps_its_finished_sentence
     result = await trajectory.run()
     assert result.answer == "The Eiffel Tower is in Paris and was finished in 1889."
     assert result.stop_reason == "max_steps"
+
+
+async def test_an_answer_that_only_says_what_the_code_printed_is_sent_back_once():
+    # seen in `heavy ask` on the with statement: two trajectories answered "Hello, world!" after trying a snippet
+    told = prompts.ANSWER_IS_OUTPUT.format(question="When was the Eiffel Tower finished?")
+    trajectory, backend, _, _ = make(by_step(call("search", query="eiffel"), call("python", code="Hello, world!"),
+                                             call("answer", answer="Hello, world!"), call("answer", answer="1889")),
+                                     allowed=("search", "python"))
+    result = await trajectory.run()
+    assert result.answer == "1889" and [s.feedback for s in result.steps].count(told) == 1
+    # a printed number may be the computed answer; and an answer the model insists on stands
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), call("python", code="1889"),
+                                       call("answer", answer="It was 1889.")), allowed=("search", "python"))
+    assert (await trajectory.run()).answer == "It was 1889."
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), call("python", code="Hello, world!"),
+                                       *[call("answer", answer="The result is 'hello world'.")] * 2),
+                               allowed=("search", "python"))
+    result = await trajectory.run()
+    assert result.answer == "The result is 'hello world'." and [s.feedback for s in result.steps].count(told) == 1
