@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -29,6 +30,7 @@ from heavy.scheduler import JobSpec, Scheduler
 from heavy.service_cli import register as register_service_commands
 from heavy.toolbox import local_corpus_tools, web_tools
 from heavy.tools.base import ToolExecutor
+from heavy.up import corpus_index
 
 app = typer.Typer(help="Heavy-mode research: N trajectories merged into one cited report.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
@@ -49,7 +51,13 @@ class BackendOption(StrEnum):
 
 
 def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecutor]:
-    return web_tools() if search == "web" else local_corpus_tools(index or default_index_path())
+    """The web, or a local corpus: the one given (--index, HEAVY_CORPUS_INDEX), else the one `heavy corpus add`
+    builds by default, else, as `heavy up` does, Python's reference topics (built under HEAVY_HOME on first use)."""
+    if search == "web":
+        return web_tools()
+    if index is None and "HEAVY_CORPUS_INDEX" not in os.environ and not default_index_path().is_file():
+        index = corpus_index(get_settings(), None, lambda line: console.print(line, highlight=False))
+    return local_corpus_tools(index or default_index_path())
 
 
 async def _run(spec: JobSpec, backend_name: str, executor: ToolExecutor, show_live: bool) -> JobResult:

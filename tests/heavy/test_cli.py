@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from heavy.cli import app, main
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_add
+from heavy.tools.base import ToolContext
 
 DOCS = [
     {"title": "Sinister (film)", "text": "Sinister is a 2012 horror film directed by Scott Derrickson."},
@@ -173,3 +174,24 @@ def test_live_board_follows_the_events():
     narrow.print(board.render())
     narrow_text = narrow.export_text()
     assert "no_progress" in narrow_text and "22,442" in narrow_text
+
+
+def test_ask_without_a_corpus_uses_pythons_reference_topics_as_heavy_up_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEAVY_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HEAVY_CORPUS_INDEX", raising=False)
+    monkeypatch.setenv("HEAVY_SEARCH", "local")
+    monkeypatch.setattr("heavy.cli.default_index_path", lambda: tmp_path / "none.sqlite")
+    get_settings.cache_clear()
+    searched = []
+
+    async def capture(spec, backend_name, executor, show_live):
+        called = ToolContext(job_id=spec.job_id, trajectory=0, allowed_tools=spec.allowed_tools)
+        searched.append((await executor.call("search", {"query": "break statement loop"}, called)).text)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr("heavy.cli._run", capture)
+    result = CliRunner().invoke(app, ["ask", "q?", "--backend", "openai", "--no-live"])
+    get_settings.cache_clear()
+    assert "built the local corpus from Python's reference topics" in result.output
+    assert (tmp_path / "home" / "corpus" / "python-reference.sqlite").is_file()
+    assert "Python reference: The \"break\" statement" in searched[0]
