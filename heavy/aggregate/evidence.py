@@ -42,7 +42,7 @@ _QUESTION_WORDS = frozenset({"what", "which", "who", "whom", "whose", "when", "w
 _STEMMERS = threading.local()  # a Snowball stemmer keeps state between calls: one per thread
 PASSAGE_SENTENCES = 3  # a claim is checked against this many consecutive sentences of a page, not the whole page
 # also before **bold**, as Markdown bodies have; not after an ellipsis ("the 'try' ... 'except' statement")
-_HEADING = re.compile(r"^#|://|={3,}|-{3,}")  # Markdown and underlined headings, "URL: http://..." header lines
+_HEADING = re.compile(r"^#|://|={3,}|-{3,}|\*{3,}")  # Markdown and underlined (=, -, *) headings, "URL: ..." lines
 _NEGATION = re.compile(r"\b(?:not|no|never|none|neither|nor|cannot|without)\b|n[’']t\b", re.IGNORECASE)
 NEGATED = "<not>"  # in a passage's words when it negates something; no word can be it (words are \w+)
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\.\.)\s+(?=[A-Z0-9\"'(*])")
@@ -154,6 +154,11 @@ _QUESTION_STEMS = stems(_QUESTION_WORDS)
 def negates(text: str) -> bool:
     """Whether the text says "not" in some form ("no", "never", "without", "doesn't", ...)."""
     return bool(_NEGATION.search(text))
+
+
+def topic_words(text: str) -> set[str]:
+    """The stems of the text's content words, interrogatives and function words aside: what it is about."""
+    return stemmed_words(text) - _QUESTION_STEMS
 
 
 def passage_words(text: str, window: int = PASSAGE_SENTENCES) -> list[set[str]]:

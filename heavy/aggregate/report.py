@@ -17,7 +17,7 @@ from heavy.aggregate.evidence import (
     best_sentences,
     fetched_texts,
     question_weights,
-    stemmed_words,
+    topic_words,
     weigh,
 )
 from heavy.aggregate.normalize import normalize_answer
@@ -34,7 +34,7 @@ KEY_SENTENCES = 6  # quoted when no claim of the report pass stands
 QUOTES_BESIDE_FINDINGS = 3  # quoted after the findings: the pages' own words, which a word check cannot get wrong
 QUOTES_LEAD = "From the fetched pages, word for word:"
 QUOTE_FLOOR = 0.5  # a quote holds at least this share of the best sentence's weight of question words
-SAID_OVERLAP = 0.6  # a sentence whose stems the findings hold this much of is not quoted again
+SAID_OVERLAP = 0.6  # a sentence whose words beyond the question's the findings hold this much of is not quoted
 _CUT_MARK = ("…", "...")  # how a search snippet cut from the middle of a page begins and ends
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 _WRAPPED_LINE = re.compile(r"[ \t]*\n[ \t]*(?!\n|[-*+] |\d+\. )")
@@ -116,7 +116,7 @@ async def aggregate(
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
         # verbatim evidence beside the findings; in their stead when nothing the model wrote stands on a page
         quotes, quoted = _key_passages(question, union, texts, weights, QUOTES_BESIDE_FINDINGS if body else
-                                       KEY_SENTENCES, said=stemmed_words(body))
+                                       KEY_SENTENCES, said=topic_words(body))
         if quotes:
             lead = (QUOTES_LEAD if body else "The report pass wrote no claim a fetched page supports; the most "
                     "relevant passages found:")
@@ -198,8 +198,9 @@ def _excerpt(question: str, text: str, weights: dict[str, float], max_chars: int
 def _key_passages(question: str, union: Sequence[Source], texts: dict[str, str], weights: dict[str, float],
                   count: int, said: set[str] = frozenset()) -> tuple[str, tuple[int, ...]]:
     """A Markdown list of the `count` sentences of all fetched pages richest in the question's rarer words, best
-    first, quoted and cited, and the numbers cited. A sentence two pages hold is quoted once, one whose words the
-    findings (`said`: their stems) already hold is not quoted, and neither is one far less relevant than the best
+    first, quoted and cited, and the numbers cited. A sentence two pages hold is quoted once, one whose words beyond
+    the question's the findings (`said`: their stems) already hold is not quoted (the question's words are in every
+    finding and every relevant sentence alike), and neither is one far less relevant than the best
     ("The Louvre pyramid was finished in 1989", for its "finished", to a question on when the Eiffel Tower was)."""
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
     candidates = sorted(((weigh(sentence, weights), number_of_url[url], sentence) for url, text in texts.items()
@@ -212,8 +213,8 @@ def _key_passages(question: str, union: Sequence[Source], texts: dict[str, str],
     for score, n, sentence in candidates:
         if len(lines) == count or score < floor:
             break
-        words = stemmed_words(sentence)
-        if sentence not in quoted and len(words & said) < SAID_OVERLAP * len(words):
+        added = topic_words(sentence) - weights.keys()
+        if sentence not in quoted and (not said or len(added & said) < SAID_OVERLAP * len(added)):
             quoted.add(sentence)
             lines.append(f"- \"{sentence}\" [{n}]")
             cited += [n] if n not in cited else []

@@ -437,6 +437,8 @@ def test_the_best_sentences_weigh_the_questions_rarer_words_and_fit_a_budget():
     headed = ("# Python reference: Compound statements\nURL: http://corpus/22\n\n# Python reference: Compound "
               "statements\n\nThe break statement\n===================\n\nA break statement ends the loop.")
     assert best_sentences("Which statements end loops?", headed, count=3) == ["A break statement ends the loop."]
+    starred = "Loop statements that end loops\n*******************************\n\nA break statement ends the loop."
+    assert best_sentences("Which statements end loops?", starred, count=3) == ["A break statement ends the loop."]
 
 
 async def test_the_report_prompt_shows_the_most_relevant_sources_first_and_only_a_few():
@@ -482,17 +484,18 @@ async def test_the_fallback_quotes_the_best_sentences_of_all_pages_best_first_ea
 
 
 async def test_findings_are_followed_by_the_best_sentences_they_do_not_already_say():
-    tower = source("http://corpus/tower", "The Eiffel Tower was finished in 1889. Gustave Eiffel's company built "
-                                          "the Eiffel Tower for the fair. The tower is 330 metres tall.")
-    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [1]."))
+    tower = source("http://corpus/tower", "The Eiffel Tower was finished in 1889. Gustave Eiffel built the Eiffel "
+                                          "Tower. The tower is 330 metres tall.")
+    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was built and finished in 1889 [1]."))
     results = [result(0, "1889", cited=[tower], evidence=[tower, LOUVRE])]
     job = await aggregate(job_id="j", question="When and by whom was the Eiffel Tower built?", mode="report",
                           results=results, backend=backend)
     findings = job.markdown.split("## Findings")[1].split("## ")[0]
     assert findings.strip().splitlines() == [
-        "The Eiffel Tower was finished in 1889 [1].", "", "From the fetched pages, word for word:", "",
-        "- \"Gustave Eiffel's company built the Eiffel Tower for the fair.\" [1]"]
-    # not the finding again, nor "The tower is 330 metres tall.", which holds only "tower" of the question
+        "The Eiffel Tower was built and finished in 1889 [1].", "", "From the fetched pages, word for word:", "",
+        "- \"Gustave Eiffel built the Eiffel Tower.\" [1]"]
+    # not the finding again, nor "The tower is 330 metres tall.", which holds only "tower" of the question; the
+    # quote shares 3 of its 4 words with the finding, but they are the question's: "Gustave" is new
 
 
 async def test_report_with_no_answer_at_all_still_says_so():
