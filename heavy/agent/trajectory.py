@@ -44,6 +44,7 @@ THOUGHT_CHARS = 300  # how much of a step's text goes into its event
 OPENING_TOOL = "search"
 PYTHON_TOOL = "python"
 _URL = re.compile(r"https?://[^\s)\]>\"']+")
+_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ class Trajectory:
         written = str(call.arguments.get("answer") or "")
         answer = without_result_headers(written)
         answer = without_cut_sentence(answer, cut)
-        if not any(ch.isalnum() for ch in answer) or prompts.copies_instructions(answer):
+        if not any(ch.isalnum() for ch in answer) or self._copies_our_words(answer):
             return prompts.EMPTY_ANSWER  # "", or a placeholder ("..."), or our instructions copied back
         if says_nothing_found(answer):
             return prompts.NOTHING_FOUND_YET
@@ -286,6 +287,17 @@ class Trajectory:
         cited = cited_sources(listed + _URL.findall(written), answer, self.evidence, self.excerpts)
         self.final = _Final(answer=answer, confidence=confidence, cited=cited)
         return ""
+
+    def _copies_our_words(self, answer: str) -> bool:
+        """Whether the answer is text we wrote, copied back: our instructions, or (three words or more of) a tool's
+        error or our feedback (seen on HotpotQA: "This run may open only its own corpus pages.", from a refused
+        fetch)."""
+        if prompts.copies_instructions(answer):
+            return True
+        said = " ".join(_WORD.findall(answer.lower()))
+        ours = [step.feedback for step in self.steps] + [o.text for step in self.steps for o in step.observations
+                                                         if o.error or o.repeated]
+        return len(said.split()) >= 3 and any(said in " ".join(_WORD.findall(text.lower())) for text in ours)
 
     def _supporting(self, answer: str) -> tuple[Source, ...]:
         return supporting_sources(answer, self.evidence, self.excerpts)
@@ -307,7 +319,7 @@ class Trajectory:
         answer = answer_line(answer_call.arguments["answer"] if answer_call else content)
         answer = without_cut_sentence(answer, completion.finish_reason == "length")
         if (not answer or restates_question(answer, self.spec.question) or says_nothing_found(answer)
-                or prompts.copies_instructions(answer)):
+                or self._copies_our_words(answer)):
             answer = self.best_guess
         await self._emit_step(len(self.steps) + 1, completion, answer, [], action="forced_answer")
         if answer:

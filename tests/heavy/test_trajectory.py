@@ -360,3 +360,16 @@ async def test_an_answer_that_only_says_what_the_code_printed_is_sent_back_once(
                                allowed=("search", "python"))
     result = await trajectory.run()
     assert result.answer == "The result is 'hello world'." and [s.feedback for s in result.steps].count(told) == 1
+
+
+async def test_an_answer_copying_what_the_harness_wrote_is_no_answer():
+    # seen on HotpotQA: "This run may open only its own corpus pages." (a refused fetch's error) as an answer; here
+    # the feedback on a call to a tool the job does not have
+    trajectory, backend, _, _ = make(by_step(call("search", query="eiffel"), call("python", code="1"),
+                                             call("answer", answer="There is no tool named python."),
+                                             call("answer", answer="1889")),
+                                     limits=TrajectoryLimits(max_steps=8, no_progress_steps=8))
+    result = await trajectory.run()
+    assert result.answer == "1889"
+    told = [m["content"] for m in backend.requests[-1].messages if m["role"] == "user"]
+    assert sum(t == prompts.EMPTY_ANSWER for t in told) == 1
