@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # runtime backend: reuse the KV of prompt prefixes seen before; off makes a request's numerics independent of what
     # ran earlier in the process (replays), at the cost of prefilling every prompt in full
     runtime_prefix_cache: bool = True
+    # runtime backend: fixed-tile linears and per-sequence decode attention, so a greedy answer does not depend on
+    # what it was batched with (BF16 on AMX CPUs); 0.66-0.74x the speed (scripts/bench_engine.py, rows g)
+    runtime_batch_invariant: bool = False
 
     # --- job defaults ---
     mode: Mode = "report"

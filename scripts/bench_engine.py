@@ -6,6 +6,7 @@
 (d) peak RSS
 (e) the physical bound: copy bandwidth ÷ weight bytes read per decode step, our batch-1 rate as a share of it
 (f) llama-cpp-python on the same GGUF, when installed
+(g) the batch-invariant mode (fixed-tile linears, per-sequence decode attention) against the default: decode, prefill
 plus our engine on the INT4 variant of the model (MLP weights INT4 through the kernels' CPU path, scripts/quantize.py).
 
 On a busy shared machine wall-clock rates say more about the neighbours than about the code: `--clock cpu` runs
@@ -50,6 +51,17 @@ def decode_rate(engine: LLMEngine, prompts: list[list[int]], tokens: int) -> flo
     while engine.has_unfinished():
         engine.step()
     return (len(prompts) * tokens - produced_before) / (clock() - start)
+
+
+def prefill_rate(engine: LLMEngine, prompts: list[list[int]]) -> float:
+    """Prompt tokens/s: all prompts prefilled, each to its first sampled token."""
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    for p in prompts:
+        engine.add_request(p, params)
+    start = clock()
+    while engine.has_unfinished():
+        engine.step()
+    return sum(map(len, prompts)) / (clock() - start)
 
 
 def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +218,13 @@ def main() -> None:
     int4_1 = decode_rate(engine(model4), [prompt], args.tokens)
     int4_8 = decode_rate(engine(model4), batch_prompts, args.tokens)
     del model4
+    long_prompts = [tokenizer.encode(f"{PROMPT * 30} Variant {i}.") for i in range(BATCH)]
+    plain_prefill = prefill_rate(engine(enable_prefix_cache=False), long_prompts)
+    invariant = load_model(folder, torch.bfloat16)  # the mode changes its model in place
+    inv_1 = decode_rate(engine(invariant, batch_invariant=True), [prompt], args.tokens)
+    inv_8 = decode_rate(engine(invariant, batch_invariant=True), batch_prompts, args.tokens)
+    inv_prefill = prefill_rate(engine(invariant, batch_invariant=True, enable_prefix_cache=False), long_prompts)
+    del invariant
 
     import transformers
 
@@ -236,6 +255,12 @@ def main() -> None:
          f"{off['computed'] / on['computed']:.2f}x fewer"),
         ("(c) time to first token, mean / last (s)", f"{on['ttft_mean']:.2f} / {on['ttft_last']:.2f}",
          f"cache off {off['ttft_mean']:.2f} / {off['ttft_last']:.2f}", f"{off['ttft_last'] / on['ttft_last']:.2f}x"),
+        ("(g) batch-invariant mode, batch-1 decode tok/s", f"{inv_1:.1f}", f"default {ours_1:.1f}",
+         f"{inv_1 / ours_1:.2f}x"),
+        ("(g) batch-invariant mode, 8 concurrent tok/s", f"{inv_8:.1f}", f"default {ours_8:.1f}",
+         f"{inv_8 / ours_8:.2f}x"),
+        (f"(g) batch-invariant mode, prefill tok/s, 8 x {len(long_prompts[0])}", f"{inv_prefill:.0f}",
+         f"default {plain_prefill:.0f}", f"{inv_prefill / plain_prefill:.2f}x"),
         ("(d) peak RSS GB: our bf16 engine (256 MB KV)", f"{rss_ours_gb:.2f}", f"whole run {peak_rss_gb():.2f}",
          "incl. INT4 model, transformers"),
         ("(e) copy bandwidth GB/s -> bound tok/s", f"{bandwidth / 1e9:.1f} -> {bound:.1f}",

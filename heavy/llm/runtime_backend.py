@@ -69,12 +69,13 @@ class RuntimeBackend:
     @classmethod
     def load(cls, model: str = "qwen2.5-coder-0.5b", *, context_tokens: int = 8192, limiter: RateLimiter | None = None,
              retry: RetryPolicy | None = None, replicas: int | None = 0, ep: int = 1,
-             prefix_cache: bool = True) -> RuntimeBackend:
+             prefix_cache: bool = True, batch_invariant: bool = False) -> RuntimeBackend:
         """Resolve (convert on first use) and load `model`: with `replicas` 0 or None into an engine running in its
         own thread, else onto that many Ray replicas of `ep` expert-parallel ranks (see `on_replicas`)."""
         from runtime.embedded import resolve_model
 
-        engine_config = EngineConfig(max_model_len=context_tokens, enable_prefix_cache=prefix_cache)
+        engine_config = EngineConfig(max_model_len=context_tokens, enable_prefix_cache=prefix_cache,
+                                     batch_invariant=batch_invariant)
         if replicas:
             return cls.on_replicas(resolve_model(model), replicas, ep, engine_config, limiter=limiter, retry=retry)
         from runtime.engine.async_engine import AsyncEngine

@@ -18,6 +18,9 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # token budget of one step: long prompts are prefilled in chunks of this
     max_model_len: int = 8192  # prompt + completion tokens of one sequence
     enable_prefix_cache: bool = True
+    # every linear on fixed row tiles (runtime/layers/batch_invariant.py): greedy outputs that do not depend on the
+    # batch, for a slower prefill; the engine changes its model in place
+    batch_invariant: bool = False
 
     def __post_init__(self):
         for name in ("block_size", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):

@@ -11,11 +11,15 @@ from runtime.engine.config import EngineConfig
 from runtime.engine.kv_cache import KVCache
 from runtime.engine.sequence import Sequence
 from runtime.layers.attention import AttentionContext, PrefillSpan, attention_context
+from runtime.layers.batch_invariant import make_batch_invariant
 from runtime.sampling import Sampler, TokenLogprobs
 
 
 class ModelRunner:
     def __init__(self, model: nn.Module, config: EngineConfig):
+        if config.batch_invariant:
+            make_batch_invariant(model)
+        self.batch_invariant = config.batch_invariant
         self.model = model
         self.block_size = config.block_size
         self.kv_cache = KVCache(model, config)
@@ -67,6 +71,7 @@ class ModelRunner:
             decode_slots=decode_slots,  # [B, L]
             decode_mask=decode_mask,  # [B, 1, 1, L]
             prefills=tuple(prefills),
+            decode_lengths=tuple(s.num_computed_tokens + 1 for s in decode_seqs) if self.batch_invariant else (),
         )
         ids = torch.tensor(input_ids, device=self.device)  # [T]
         return ids, torch.tensor(positions, device=self.device), context

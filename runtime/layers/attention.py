@@ -40,6 +40,9 @@ class AttentionContext:
     decode_slots: torch.Tensor | None  # [B, L] int64: context slots per decoding sequence, padded with slot 0
     decode_mask: torch.Tensor | None  # [B, 1, 1, L] bool: True where a slot belongs to the context
     prefills: tuple[PrefillSpan, ...]
+    # batch-invariant mode: each decoding sequence's context length, attended one by one over exactly that many
+    # keys (padding to the batch's longest context changes BF16 results by up to 2e-3)
+    decode_lengths: tuple[int, ...] = ()
 
 
 _context: AttentionContext | None = None
@@ -105,12 +108,22 @@ class Attention(nn.Module):
 
     def _decode(self, q: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         # q [B, H, D] -> [B, H, D]
+        if context.decode_lengths:
+            return torch.cat([self._decode_one(q[i], context.decode_slots[i, :n])
+                              for i, n in enumerate(context.decode_lengths)])
         k = self._gather(self.k_cache, context.decode_slots).transpose(1, 2)  # [B, Hkv, L, D]
         v = self._gather(self.v_cache, context.decode_slots).transpose(1, 2)
         out = F.scaled_dot_product_attention(
             q.unsqueeze(2), k, v, attn_mask=context.decode_mask, scale=self.scale, enable_gqa=self.gqa
         )  # [B, H, 1, D]
         return out.squeeze(2)
+
+    def _decode_one(self, q: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        # q [H, D], slots [C] -> [1, H, D]
+        k = self._gather(self.k_cache, slots).transpose(0, 1)  # [Hkv, C, D]
+        v = self._gather(self.v_cache, slots).transpose(0, 1)
+        out = F.scaled_dot_product_attention(q[:, None], k, v, scale=self.scale, enable_gqa=self.gqa)  # [H, 1, D]
+        return out.transpose(0, 1)
 
     def _prefill_after_prefix(self, q: torch.Tensor, span: PrefillSpan) -> torch.Tensor:
         # q [N, H, D] are the last N positions of a context of C tokens -> [N, H, D]
