@@ -3,7 +3,8 @@
 FP32, because BF16 matmuls are not batch-invariant on every CPU: on one with AMX (Sapphire Rapids), 1 of these 8
 greedy answers changed between a batch of 8 and one at a time in BF16 ("23" against "23 is a prime number larger
 than 1"), and none in FP32. On CPUs without AVX512-BF16 the BF16 answers had matched too. Serving runs BF16, so
-there, as on GPUs, a greedy answer may depend on what it was batched with."""
+there, as on GPUs, a greedy answer may depend on what it was batched with, unless the engine runs batch-invariant
+(tests/runtime/test_batch_invariant.py checks these answers in BF16 in that mode)."""
 
 import pytest
 
