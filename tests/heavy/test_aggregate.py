@@ -484,18 +484,21 @@ async def test_the_fallback_quotes_the_best_sentences_of_all_pages_best_first_ea
 
 
 async def test_findings_are_followed_by_the_best_sentences_they_do_not_already_say():
-    tower = source("http://corpus/tower", "The Eiffel Tower was finished in 1889. Gustave Eiffel built the Eiffel "
-                                          "Tower. The tower is 330 metres tall.")
-    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was built and finished in 1889 [1]."))
+    tower = source("http://corpus/tower", "The Eiffel Tower was finished in 1889. Gustave Eiffel's company built "
+                                          "and finished the Eiffel Tower in 1889. The tower is 330 metres tall.")
+    said = "The Eiffel Tower was built and finished in 1889 by a company [1]."
+    backend = ScriptedBackend(lambda request: text(said))
     results = [result(0, "1889", cited=[tower], evidence=[tower, LOUVRE])]
     job = await aggregate(job_id="j", question="When and by whom was the Eiffel Tower built?", mode="report",
                           results=results, backend=backend)
     findings = job.markdown.split("## Findings")[1].split("## ")[0]
     assert findings.strip().splitlines() == [
-        "The Eiffel Tower was built and finished in 1889 [1].", "", "From the fetched pages, word for word:", "",
-        "- \"Gustave Eiffel built the Eiffel Tower.\" [1]"]
-    # not the finding again, nor "The tower is 330 metres tall.", which holds only "tower" of the question; the
-    # quote shares 3 of its 4 words with the finding, but they are the question's: "Gustave" is new
+        said, "", "From the fetched pages, word for word:", "",
+        "- \"Gustave Eiffel's company built and finished the Eiffel Tower in 1889.\" [1]"]
+    # not the finding again (its words beyond the question's, "finished" and "1889", are all said), nor "The tower is
+    # 330 metres tall.", which holds only "tower" of the question; the quote adds "Gustave" to 3 words said (seen in
+    # the demo: "A break statement executed in the first suite terminates the loop ..." went unquoted beside a
+    # finding on "executed in the first suite")
 
 
 async def test_report_with_no_answer_at_all_still_says_so():
