@@ -216,19 +216,21 @@ class Replica:
             self._recovering = asyncio.get_running_loop().create_task(self._recover())
 
     async def _recover(self) -> None:
-        """Re-form the group once every rank answers again (Ray refuses calls while it restarts a rank)."""
-        deadline = asyncio.get_running_loop().time() + self.spec.recover_timeout_s
+        """Re-form the group once every rank answers again, retrying until `recover_timeout_s`: Ray refuses calls while
+        it restarts a rank, and a rendezvous can fail on its own (the fresh port taken before the group binds it).
+        Giving up on the first such failure would leave the replica down for good."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.spec.recover_timeout_s
         while True:
             try:
-                await asyncio.wait_for(self._connect(), max(deadline - asyncio.get_running_loop().time(), 0.0))
-            except RayActorError as exc:
-                if asyncio.get_running_loop().time() >= deadline:
+                await asyncio.wait_for(self._connect(), max(deadline - loop.time(), 0.0))
+            except Exception as exc:  # any failure to re-form is retried until the deadline
+                if loop.time() >= deadline:
                     log.error("replica gave up re-forming its group: %s", exc)
                     return
+                if not isinstance(exc, RayActorError):  # a restarting rank is expected; anything else is news
+                    log.warning("replica failed to re-form its group, retrying: %s", exc)
                 await asyncio.sleep(RECOVER_POLL_S)
-            except Exception as exc:
-                log.error("replica could not re-form its group: %s", exc)
-                return
             else:
                 self._wake.set()
                 return
