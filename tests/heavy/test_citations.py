@@ -155,6 +155,11 @@ def test_a_claim_made_of_the_questions_words_stands_only_on_a_page_holding_what_
     unmarked = filter_claims(body.replace(" [1]", ""), [loops], {loops.url: loops.snippet}, question)
     assert unmarked.dropped == ("Break and continue statements reset the else clause of a loop.",)
     assert filter_claims(body, [loops], {loops.url: loops.snippet}).dropped == ()  # without the question: kept
+    # seen in the final demo: two words added to the question, the page holding one of them ("suite")
+    suite = source("http://corpus/suite", "A break statement terminates the loop without executing the else clause's "
+                                          "suite.")
+    wrong = "Break and continue statements do not affect the else clause's suite [1]."
+    assert filter_claims(wrong, [suite], {suite.url: suite.snippet}, question).dropped == (wrong,)
 
 
 def test_a_claim_and_its_page_are_compared_by_word_stems():
