@@ -89,6 +89,13 @@ def only_printed(answer: str, printed: str, question: str) -> bool:
             and not words & set(_WORD.findall(question.lower())))
 
 
+def copies_text(answer: str, texts: list[str], min_words: int = 3) -> bool:
+    """Whether the answer, `min_words` words or more, stands word for word (case and punctuation aside) in one of
+    `texts`."""
+    said = " ".join(_WORD.findall(answer.lower()))
+    return len(said.split()) >= min_words and any(said in " ".join(_WORD.findall(t.lower())) for t in texts)
+
+
 def answer_line(text: str) -> str:
     """The first non-empty line of a model's answer, without copied tool-result headers, a leading "Answer:", and the
     quotes, stars and full stop a model wraps a short answer in. Shared by the agent loop and the aggregator."""

@@ -24,6 +24,7 @@ from heavy.agent.steps import (
     Observation,
     TrajectoryResult,
     answer_line,
+    copies_text,
     only_printed,
     restates_question,
     says_nothing_found,
@@ -44,7 +45,6 @@ THOUGHT_CHARS = 300  # how much of a step's text goes into its event
 OPENING_TOOL = "search"
 PYTHON_TOOL = "python"
 _URL = re.compile(r"https?://[^\s)\]>\"']+")
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -292,12 +292,9 @@ class Trajectory:
         """Whether the answer is text we wrote, copied back: our instructions, or (three words or more of) a tool's
         error or our feedback (seen on HotpotQA: "This run may open only its own corpus pages.", from a refused
         fetch)."""
-        if prompts.copies_instructions(answer):
-            return True
-        said = " ".join(_WORD.findall(answer.lower()))
         ours = [step.feedback for step in self.steps] + [o.text for step in self.steps for o in step.observations
                                                          if o.error or o.repeated]
-        return len(said.split()) >= 3 and any(said in " ".join(_WORD.findall(text.lower())) for text in ours)
+        return prompts.copies_instructions(answer) or copies_text(answer, ours)
 
     def _supporting(self, answer: str) -> tuple[Source, ...]:
         return supporting_sources(answer, self.evidence, self.excerpts)
