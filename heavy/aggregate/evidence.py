@@ -89,9 +89,8 @@ def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidat
     wanted = [normalize_answer(c) for c in candidates if normalize_answer(c)]
     flat = {url: f" {normalize_answer(text)} " for url, text in texts.items()}
     holds_candidate = {url: any(f" {c} " in flat[url] for c in wanted) for url in texts}
-    names = {url: _QUALIFIER.sub(" ", titles[url]) for url in texts}  # "Hayden (musician)" → "Hayden"
-    named = {url: bool(words := content_words(names[url])) and words <= asked for url in texts}
-    spoken = {url: normalize_answer(names[url]) for url in texts}  # as another page's text would name it
+    spoken = {url: spoken_name(titles[url]) for url in texts}  # as another page's text would name it
+    named = {url: bool(words := content_words(_QUALIFIER.sub(" ", titles[url]))) and words <= asked for url in texts}
     passages, covered, left = [], set(), list(texts)  # first-fetched order breaks ties
     picked_text = ""
     while left and len(passages) < k:
@@ -105,6 +104,11 @@ def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidat
         passages.append(Passage(url=url, title=titles[url], text=" ".join(texts[url].split())[:max_chars],
                                 score=gains[best]))
     return passages
+
+
+def spoken_name(title: str) -> str:
+    """What a page's title names, as another page's text would name it, normalised: "Hayden (musician)" → "hayden"."""
+    return normalize_answer(_QUALIFIER.sub(" ", title))
 
 
 def token_f1(a: str, b: str, restated: str = "") -> float:

@@ -21,6 +21,7 @@ from heavy.aggregate.evidence import (
     weigh,
 )
 from heavy.aggregate.normalize import normalize_answer
+from heavy.aggregate.quotes import pick_quotes
 from heavy.aggregate.result import JobResult
 from heavy.aggregate.shorten import YES_NO, is_short
 from heavy.aggregate.vote import MIN_MAJORITY, Vote, vote
@@ -33,9 +34,6 @@ log = logging.getLogger(__name__)
 KEY_SENTENCES = 6  # quoted when no claim of the report pass stands
 QUOTES_BESIDE_FINDINGS = 3  # quoted after the findings: the pages' own words, which a word check cannot get wrong
 QUOTES_LEAD = "From the fetched pages, word for word:"
-QUOTE_FLOOR = 0.5  # a quote holds at least this share of the best sentence's weight of question words
-SAID_OVERLAP = 0.8  # a sentence whose words beyond the question's the findings hold this much of is not quoted
-_CUT_MARK = ("…", "...")  # how a search snippet cut from the middle of a page begins and ends
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 _WRAPPED_LINE = re.compile(r"[ \t]*\n[ \t]*(?!\n|[-*+] |\d+\. )")
 URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
@@ -197,28 +195,12 @@ def _excerpt(question: str, text: str, weights: dict[str, float], max_chars: int
 
 def _key_passages(question: str, union: Sequence[Source], texts: dict[str, str], weights: dict[str, float],
                   count: int, said: set[str] = frozenset()) -> tuple[str, tuple[int, ...]]:
-    """A Markdown list of the `count` sentences of all fetched pages richest in the question's rarer words, best
-    first, quoted and cited, and the numbers cited. A sentence two pages hold is quoted once, one whose words beyond
-    the question's the findings (`said`: their stems) already hold is not quoted (the question's words are in every
-    finding and every relevant sentence alike), and neither is one far less relevant than the best
-    ("The Louvre pyramid was finished in 1989", for its "finished", to a question on when the Eiffel Tower was)."""
+    """A Markdown list of up to `count` quotes of the fetched pages (quotes.py), cited, and the numbers cited."""
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
-    candidates = sorted(((weigh(sentence, weights), number_of_url[url], sentence) for url, text in texts.items()
-                         for sentence in best_sentences(question, text, count=KEY_SENTENCES, weights=weights)
-                         # a cut snippet's head or tail is no sentence to quote (seen: a keyword table's cut tail)
-                         if not sentence.startswith(_CUT_MARK) and not sentence.endswith(_CUT_MARK)),
-                        key=lambda item: (-item[0], item[1]))
-    lines, cited, quoted = [], [], set()
-    floor = QUOTE_FLOOR * candidates[0][0] if candidates else 0.0
-    for score, n, sentence in candidates:
-        if len(lines) == count or score < floor:
-            break
-        added = topic_words(sentence) - weights.keys()
-        if sentence not in quoted and (not said or len(added & said) < SAID_OVERLAP * len(added)):
-            quoted.add(sentence)
-            lines.append(f"- \"{sentence}\" [{n}]")
-            cited += [n] if n not in cited else []
-    return "\n".join(lines), tuple(cited)
+    pages = {number_of_url[url]: (union[number_of_url[url] - 1].title, text) for url, text in texts.items()}
+    picked = pick_quotes(question, pages, weights, count, said)
+    return ("\n".join(f"- \"{sentence}\" [{n}]" for sentence, n in picked),
+            tuple(dict.fromkeys(n for _, n in picked)))
 
 
 def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult], union: Sequence[Source],

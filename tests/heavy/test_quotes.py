@@ -1,0 +1,60 @@
+"""The report's verbatim quotes (heavy/aggregate/quotes.py): which sentences of the fetched pages are picked."""
+
+from heavy.aggregate.evidence import question_weights
+from heavy.aggregate.quotes import Shares, pick_quotes
+
+WORDS_ALONE = Shares(covered=1.0, title=0.0, bridge=0.0)  # the picker before coverage, titles and next hops
+
+
+def picks(question: str, pages: dict[int, tuple[str, str]], count: int, shares: Shares = Shares(),
+          said: set[str] = frozenset()) -> list[tuple[str, int]]:
+    weights = question_weights(question, [text for _, text in pages.values()])
+    return pick_quotes(question, pages, weights, count, said=said, shares=shares)
+
+
+def test_a_question_of_two_parts_gets_a_quote_on_each():
+    question = "What do the break and continue statements do in a loop?"
+    pages = {1: ("Loops", "A break statement in a loop ends the loop at once, and a break statement in a nested "
+                          "loop ends only the inner loop. A continue statement skips the rest of the loop body."),
+             2: ("Functions", "A function returns a value.")}
+    assert picks(question, pages, 2) == [
+        ("A break statement in a loop ends the loop at once, and a break statement in a nested loop ends only the "
+         "inner loop.", 1), ("A continue statement skips the rest of the loop body.", 1)]
+
+
+def test_words_an_earlier_quote_holds_count_half_for_the_next():
+    question = "Which river flows through Paris, and which tower stands there?"
+    pages = {1: ("Paris", "The Seine river flows through Paris. The river Seine flows through Paris to the sea. "
+                          "The Eiffel tower stands in Paris.")}
+    # "flows through Paris" twice would answer one part twice; the tower sentence holds fewer of the question's words
+    assert [x for x, _ in picks(question, pages, 2)] == ["The Seine river flows through Paris.",
+                                                          "The Eiffel tower stands in Paris."]
+    assert "The Eiffel tower stands in Paris." not in [x for x, _ in picks(question, pages, 2, WORDS_ALONE)]
+
+
+def test_a_sentence_counts_the_question_words_of_its_pages_title():
+    question = "What does the break statement do to a loop?"
+    pages = {1: ('The "break" statement', "It terminates the nearest enclosing loop."),
+             2: ("Compound statements", "A loop statement may hold a break, as any statement may in Python.")}
+    # "It terminates ..." names neither "break" nor "statement"; its page's title does
+    assert picks(question, pages, 1) == [("It terminates the nearest enclosing loop.", 1)]
+    assert picks(question, pages, 1, WORDS_ALONE) == [("A loop statement may hold a break, as any statement may in "
+                                                       "Python.", 2)]
+
+
+def test_a_page_an_earlier_quote_names_is_quoted_for_the_next_hop():
+    question = "The director of the romantic comedy Big Stone Gap is based in what New York city?"
+    pages = {1: ("Big Stone Gap (film)", "Big Stone Gap is a 2014 American romantic comedy film directed by "
+                                         "Adriana Trigiani."),
+             2: ("Adriana Trigiani", "Adriana Trigiani is an Italian American author based in Greenwich Village."),
+             3: ("Film genres", "A comedy may be set in a city.")}
+    # her page shares only "based" with the question; the first quote names her
+    assert [n for _, n in picks(question, pages, 2)] == [1, 2]
+    assert [n for _, n in picks(question, pages, 2, WORDS_ALONE)] == [1]  # hers is below the floor
+
+
+def test_what_the_findings_said_is_not_quoted_and_their_words_count_half():
+    question = "When and by whom was the Eiffel Tower built?"
+    pages = {1: ("Eiffel Tower", "The Eiffel Tower was built in 1889. Gustave Eiffel's company built the tower.")}
+    said = {"eiffel", "tower", "built", "1889"}  # the findings' stems: "The Eiffel Tower was built in 1889."
+    assert picks(question, pages, 2, said=said) == [("Gustave Eiffel's company built the tower.", 1)]
