@@ -187,14 +187,19 @@ def weigh(text: str, weights: dict[str, float]) -> float:
     return sum(weights.get(w, 0.0) for w in stemmed_words(text))
 
 
+def quotable_sentences(text: str) -> list[str]:
+    """The text's sentences of four words or more, each once (a page's sections often repeat one); headings and the
+    tools' "URL:" header lines are no sentences."""
+    return list(dict.fromkeys(x for x in sentences_of(text) if len(x.split()) >= 4 and not _HEADING.search(x)))
+
+
 def best_sentences(question: str, text: str, count: int | None = 2, weights: dict[str, float] | None = None,
                    max_chars: int | None = None) -> list[str]:
     """The sentences of `text` that hold the most of the question's words (by `weights`, else each word 1), up to
     `count` of them (None: any number) and `max_chars` in all, in the text's order. A sentence with none of them is
-    never picked, and one the text repeats (a page's sections often do) is picked once. Headings and the tools'
-    "URL:" header lines are no sentences."""
+    never picked, and one the text repeats is picked once (`quotable_sentences`)."""
     weights = weights if weights is not None else dict.fromkeys(stemmed_words(question) - _QUESTION_STEMS, 1.0)
-    sentences = list(dict.fromkeys(x for x in sentences_of(text) if len(x.split()) >= 4 and not _HEADING.search(x)))
+    sentences = quotable_sentences(text)
     scores = [weigh(x, weights) for x in sentences]
     picked, room = [], max_chars if max_chars is not None else float("inf")
     for i in sorted(range(len(sentences)), key=lambda i: -scores[i]):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from heavy.aggregate.evidence import best_sentences, spoken_name, stemmed_words, topic_words
+from heavy.aggregate.evidence import best_sentences, quotable_sentences, spoken_name, stemmed_words, topic_words
 from heavy.aggregate.normalize import normalize_answer
 
 CANDIDATES_PER_PAGE = 6  # each page's sentences richest in the question's words compete for the quotes
@@ -25,6 +25,7 @@ COVERED_SHARE = 0.5  # what a question word is worth to the next quote once a qu
 TITLE_SHARE = 1.0  # what a question word only the sentence's page title holds is worth
 BRIDGE_SHARE = 2.0  # in mean question words: what a sentence gains on a page an earlier quote names
 QUOTE_FLOOR = 0.5  # a quote is worth at least this share of the best sentence (next-hop gain included)
+ANSWER_QUOTE_CHARS = 400  # a longer "sentence" stating the answer is a table or a list run together
 SAID_OVERLAP = 0.8  # a sentence whose words beyond the question's the findings hold this much of is not quoted
 _CUT_MARK = ("…", "...")  # how a search snippet cut from the middle of a page begins and ends
 
@@ -82,3 +83,20 @@ def pick_quotes(question: str, pages: Mapping[int, tuple[str, str]], weights: Ma
 def _already_said(sentence: str, said: set[str], weights: Mapping[str, float]) -> bool:
     added = topic_words(sentence) - weights.keys()
     return bool(said) and len(added & said) >= SAID_OVERLAP * len(added)
+
+
+def answer_sentence(question: str, answer: str, pages: Mapping[int, tuple[str, str]], weights: Mapping[str, float],
+                    ) -> tuple[str, int] | None:
+    """The sentence of `pages` (source number → (title, text)) that writes `answer` out, as whole words, and holds
+    the most of the question's rarer words (its page title's too), with its source number: where a reader checks
+    the answer. A yes or no is written in no sentence."""
+    needle = normalize_answer(answer)
+    if not needle or needle in ("yes", "no"):
+        return None
+    found = [(sum(weights[w] for w in (stemmed_words(sentence) | stemmed_words(title)) & weights.keys()), -n, sentence)
+             for n, (title, text) in sorted(pages.items()) for sentence in quotable_sentences(text)
+             if len(sentence) <= ANSWER_QUOTE_CHARS and f" {needle} " in f" {normalize_answer(sentence)} "]
+    if not found:
+        return None
+    _, n, sentence = max(found, key=lambda item: item[:2])  # ties: the first page, then its first sentence
+    return sentence, -n

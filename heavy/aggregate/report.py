@@ -21,7 +21,7 @@ from heavy.aggregate.evidence import (
     weigh,
 )
 from heavy.aggregate.normalize import normalize_answer
-from heavy.aggregate.quotes import pick_quotes
+from heavy.aggregate.quotes import answer_sentence, pick_quotes
 from heavy.aggregate.result import JobResult
 from heavy.aggregate.shorten import YES_NO, is_short
 from heavy.aggregate.vote import MIN_MAJORITY, Vote, vote
@@ -103,6 +103,7 @@ async def aggregate(
     body, body_cited, dropped = "", (), ()
     texts = fetched_texts(results) if mode == "report" else {}  # url → all the trajectories saw of it
     on_pages = _answers_on_pages(question, decided, union, texts)  # no texts (answer mode): none
+    stated = _answer_stated(question, decided, union, texts or fetched_texts(results)) if decided.answer else None
     if mode == "report" and backend is not None and any(r.answered or r.evidence for r in results):
         weights = question_weights(question, list(texts.values()))
         unfounded = {i for g in decided.groups if g.answer in on_pages and not on_pages[g.answer].body
@@ -114,13 +115,13 @@ async def aggregate(
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
         # verbatim evidence beside the findings; in their stead when nothing the model wrote stands on a page
         quotes, quoted = _key_passages(question, union, texts, weights, QUOTES_BESIDE_FINDINGS if body else
-                                       KEY_SENTENCES, said=topic_words(body))
+                                       KEY_SENTENCES, said=topic_words(f"{body} {stated[0] if stated else ''}"))
         if quotes:
             lead = (QUOTES_LEAD if body else "The report pass wrote no claim a fetched page supports; the most "
                     "relevant passages found:")
             body = f"{body}\n\n{lead}\n\n{quotes}".strip()
             body_cited = (*body_cited, *(n for n in quoted if n not in body_cited))
-    markdown, numbers = _assemble(question, decided, results, union, (body, body_cited, on_pages), status,
+    markdown, numbers = _assemble(question, decided, results, union, (body, body_cited, on_pages, stated), status,
                                   stop_reason)
     total = usage + sum((r.usage for r in results), Usage())
     cost = (total.prompt_tokens * config.price_per_mtok_prompt
@@ -204,10 +205,10 @@ def _key_passages(question: str, union: Sequence[Source], texts: dict[str, str],
 
 
 def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult], union: Sequence[Source],
-              body_and_cited: tuple[str, Sequence[int], dict[str, FilteredReport]], status: str,
-              stop_reason: str) -> tuple[str, list[int]]:
+              body_and_cited: tuple[str, Sequence[int], dict[str, FilteredReport], tuple[str, int] | None],
+              status: str, stop_reason: str) -> tuple[str, list[int]]:
     """The whole Markdown, renumbered, and the union numbers of the sources it cites, in order."""
-    body, body_cited, on_pages = body_and_cited
+    body, body_cited, on_pages, stated = body_and_cited
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
     answer_numbers = [number_of_url[url] for url in decided.cited if url in number_of_url]
     parts = [f"# {question}"]
@@ -220,7 +221,8 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
                   if decided.backers else
                   f"No answer had a majority among the {len(results)} trajectories; the judge answered from the "
                   "pages they fetched")
-        parts.append(f"**Answer:** {decided.answer} {marks}".rstrip() + f"\n\n{behind}.")
+        parts.append(f"**Answer:** {decided.answer} {marks}".rstrip() + f"\n\n{behind}."
+                     + (f" A fetched page says: \"{stated[0]}\" [{stated[1]}]" if stated else ""))
     elif decided.groups and _in_own_words(decided):
         parts.append(f"**Answer:** no one answer: the {len(results)} trajectories answered in sentences of their own, "
                      "none given by a majority. The findings below merge what their fetched pages say; each "
@@ -233,7 +235,8 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
     if body:
         parts.append("## Findings\n\n" + body)
     parts.append(_disagreements(decided, results, on_pages))
-    cited = list(dict.fromkeys([*answer_numbers, *body_cited, *(n for f in on_pages.values() for n in f.cited)]))
+    cited = list(dict.fromkeys([*answer_numbers, *([stated[1]] if stated else []), *body_cited,
+                                *(n for f in on_pages.values() for n in f.cited)]))
     markdown = renumber("\n\n".join(p for p in parts if p), cited)
     if cited:
         markdown += "\n\n## Sources\n\n" + "\n".join(
@@ -243,6 +246,18 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
             for i, n in enumerate(cited, start=1)
         )
     return markdown, cited
+
+
+def _answer_stated(question: str, decided: Vote, union: Sequence[Source], texts: dict[str, str],
+                   ) -> tuple[str, int] | None:
+    """The fetched sentence that writes the answer out, and its source number: on the answer's own pages if one
+    does, else on any fetched page (a judge's answer cites the pages it read)."""
+    number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
+    pages = {number_of_url[url]: (union[number_of_url[url] - 1].title, text) for url, text in texts.items()}
+    weights = question_weights(question, list(texts.values()))
+    own = {number_of_url[url] for url in decided.cited if url in number_of_url}
+    return (answer_sentence(question, decided.answer, {n: page for n, page in pages.items() if n in own}, weights)
+            or answer_sentence(question, decided.answer, pages, weights))
 
 
 def _agreed(decided: Vote) -> bool:

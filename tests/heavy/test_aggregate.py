@@ -478,9 +478,12 @@ async def test_the_fallback_quotes_the_best_sentences_of_all_pages_best_first_ea
     job = await aggregate(job_id="j", question="When was the Eiffel tower finished?", mode="report",
                           results=results, backend=backend)
     quotes = job.markdown.split("passages found:")[1].split("## ")[0].strip().splitlines()
-    # the answer's source comes first in the report's numbering
+    # the answer's source comes first in the report's numbering; the sentence that states the answer is quoted
+    # beside it, and not again among the quotes
+    assert '2 of 2 trajectories gave this answer. A fetched page says: "The Eiffel tower was finished in 1889." [2]' \
+        in job.markdown
     # "Paris has many museums and a tower" holds far less of the question than the best sentence: not quoted
-    assert quotes == ['- "The Eiffel tower was finished in 1889." [2]', '- "Paris has the Eiffel tower." [1]']
+    assert quotes == ['- "Paris has the Eiffel tower." [1]']
 
 
 async def test_findings_are_followed_by_the_best_sentences_they_do_not_already_say():
@@ -488,7 +491,7 @@ async def test_findings_are_followed_by_the_best_sentences_they_do_not_already_s
                                           "and finished the Eiffel Tower in 1889. The tower is 330 metres tall.")
     said = "The Eiffel Tower was built and finished in 1889 by a company [1]."
     backend = ScriptedBackend(lambda request: text(said))
-    results = [result(0, "1889", cited=[tower], evidence=[tower, LOUVRE])]
+    results = [result(0, "", evidence=[tower, LOUVRE])]  # no answer, whose sentence would be quoted beside it
     job = await aggregate(job_id="j", question="When and by whom was the Eiffel Tower built?", mode="report",
                           results=results, backend=backend)
     findings = job.markdown.split("## Findings")[1].split("## ")[0]
@@ -514,7 +517,9 @@ async def test_a_report_pass_with_no_supported_claim_falls_back_to_quoting_the_b
     results = [result(0, "1889", cited=[tower], evidence=[tower, LOUVRE])]
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                           results=results, backend=backend)
-    assert '- "The tower was finished in 1889 for a fair." [1]' in job.markdown
+    # the sentence stating the answer stands beside it; the fallback quotes the page's other sentence
+    assert 'A fetched page says: "The tower was finished in 1889 for a fair." [1]' in job.markdown
+    assert '- "The Eiffel Tower is a landmark." [1]' in job.markdown
     assert job.dropped_claims == ("Paris is lovely in spring.", "I cannot say more.")
     assert [s.url for s in job.sources][0] == tower.url
 

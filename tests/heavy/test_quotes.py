@@ -1,7 +1,12 @@
 """The report's verbatim quotes (heavy/aggregate/quotes.py): which sentences of the fetched pages are picked."""
 
+import pytest
+
+from heavy.aggregate import aggregate
 from heavy.aggregate.evidence import question_weights
-from heavy.aggregate.quotes import Shares, pick_quotes
+from heavy.aggregate.quotes import Shares, answer_sentence, pick_quotes
+from tests.heavy.fakes import source
+from tests.heavy.test_aggregate import result
 
 WORDS_ALONE = Shares(covered=1.0, title=0.0, bridge=0.0)  # the picker before coverage, titles and next hops
 
@@ -58,3 +63,29 @@ def test_what_the_findings_said_is_not_quoted_and_their_words_count_half():
     pages = {1: ("Eiffel Tower", "The Eiffel Tower was built in 1889. Gustave Eiffel's company built the tower.")}
     said = {"eiffel", "tower", "built", "1889"}  # the findings' stems: "The Eiffel Tower was built in 1889."
     assert picks(question, pages, 2, said=said) == [("Gustave Eiffel's company built the tower.", 1)]
+
+
+def test_the_answer_is_quoted_from_the_sentence_that_writes_it_out():
+    question = "When was the Eiffel Tower finished?"
+    pages = {1: ("Paris", "Paris hosted a fair in 1889. The city has many towers."),
+             2: ("Eiffel Tower", "The Eiffel Tower was finished in 1889 for the fair. It was 18890 cm tall.")}
+    weights = question_weights(question, [text for _, text in pages.values()])
+    # both sentences hold "1889"; the one holding the question's words is where a reader checks it
+    assert answer_sentence(question, "1889", pages, weights) == ("The Eiffel Tower was finished in 1889 for the fair.",
+                                                                 2)
+    assert answer_sentence(question, "18890 cm", pages, weights) == ("It was 18890 cm tall.", 2)
+    assert answer_sentence(question, "1890", pages, weights) is None  # whole words only: not inside "18890"
+    assert answer_sentence("Is the Eiffel Tower in Paris?", "yes", pages, weights) is None
+
+
+@pytest.mark.anyio
+async def test_an_answer_is_shown_with_the_sentence_of_its_own_page_that_states_it():
+    own = source("http://corpus/fair", "The World's Fair of 1889 opened in Paris.")
+    other = source("http://corpus/tower", "The Eiffel Tower was finished in 1889.")
+    results = [result(0, "1889", cited=[own], evidence=[own, other]), result(1, "1889", cited=[own])]
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="answer",
+                          results=results, backend=None)
+    # the page the trajectories cited states it too, if less of the question: their own page is the one quoted
+    assert job.markdown.splitlines()[4] == ("2 of 2 trajectories gave this answer. A fetched page says: \"The World's "
+                                            "Fair of 1889 opened in Paris.\" [1]")
+    assert [s.url for s in job.sources] == [own.url]
