@@ -7,8 +7,9 @@ fetched pages, and measures, with no model and in seconds:
 - supporting facts quoted: the share of the marked sentences among the quotes;
 - both pages quoted: the share of questions with a quote from each gold paragraph (a two-hop answer needs both);
 - answer quoted: the share of questions, yes/no aside, whose gold answer is written in a quote.
-Each for 3 quotes (beside findings) and 6 (in their stead), and for several weights of a question word an earlier quote
-already holds (1.0: no account of what is quoted, the picker before coverage; 0: only new words count).
+Each for 3 quotes (beside findings) and 6 (in their stead), for the picker before this measure and with each rule
+since added. Last, for the sentence shown beside an answer (`answer_sentence`), given the gold answer: how often it is
+a supporting fact.
 
     .venv/bin/python scripts/eval_quotes.py [--data ../shared/data/hotpotqa-dev49.jsonl]
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from heavy.aggregate.evidence import question_weights
 from heavy.aggregate.normalize import normalize_answer
-from heavy.aggregate.quotes import Shares, pick_quotes
+from heavy.aggregate.quotes import Shares, answer_sentence, pick_quotes
 from heavy.aggregate.report import KEY_SENTENCES, QUOTES_BESIDE_FINDINGS
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hotpotqa-dev49.jsonl"
@@ -73,6 +74,21 @@ def main() -> None:
             print(f"{count:>6}  {name:<28}  {sum(s for s, _, _ in scores) / len(scores):>23.3f}  "
                   f"{sum(b for _, b, _ in scores) / len(scores):>17.3f}  "
                   f"{sum(answered) / max(len(answered), 1):.3f} of {len(answered)}")
+    shown = [fact for row in rows if (fact := answer_sentence_is_a_fact(row)) is not None]
+    print(f"\nthe gold answer's sentence (answer_sentence): a supporting fact for {sum(shown)} of the {len(shown)} "
+          f"questions where one writes the answer out ({len(rows)} questions)")
+
+
+def answer_sentence_is_a_fact(row: dict) -> bool | None:
+    """Whether the sentence shown beside the gold answer is one of the supporting facts (None: no sentence)."""
+    pages = {n: (title, "".join(sentences).strip()) for n, (title, sentences) in enumerate(row["context"], start=1)}
+    weights = question_weights(row["question"], [text for _, text in pages.values()])
+    stated = answer_sentence(row["question"], row["answer"], pages, weights)
+    if stated is None:
+        return None
+    sentences = dict(row["context"])
+    facts = [_flat(sentences[title][i]) for title, i in row["supporting_facts"] if i < len(sentences.get(title, []))]
+    return any(fact in _flat(stated[0]) or _flat(stated[0]) in fact for fact in facts)
 
 
 if __name__ == "__main__":
