@@ -66,7 +66,7 @@ def _rebase(value, base: str):
     return value
 
 
-async def _server_base(executor: ToolExecutor, query: str) -> str:
+async def server_base(executor: ToolExecutor, query: str) -> str:
     """This run's page server, as its search results link to it."""
     ctx = ToolContext(job_id="replay-base", trajectory=0, allowed_tools=frozenset({"search"}),
                       deadline=time.monotonic() + 60)
@@ -117,7 +117,7 @@ async def replay(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         corpus_add(write_corpus(rows, Path(tmp)), Path(tmp) / "index.sqlite")
         with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
-            base = await _server_base(executor, rows[0]["question"])
+            base = await server_base(executor, rows[0]["question"])
             for setting in recorded["settings"]:
                 outcomes = []
                 for number, asked in enumerate(setting["per_question"]):

@@ -45,7 +45,9 @@ PASSAGE_SENTENCES = 3  # a claim is checked against this many consecutive senten
 _HEADING = re.compile(r"^#|://|={3,}|-{3,}|\*{3,}")  # Markdown and underlined (=, -, *) headings, "URL: ..." lines
 _NEGATION = re.compile(r"\b(?:not|no|never|none|neither|nor|cannot|without)\b|n[’']t\b", re.IGNORECASE)
 NEGATED = "<not>"  # in a passage's words when it negates something; no word can be it (words are \w+)
-SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\.\.)\s+(?=[A-Z0-9\"'(*])")
+# not after an initial ("C. Robert Cargill", "U.S. Army") or a title ("Dr. Strange"): names go on there
+SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\.\.)(?<![\s(.][A-Z]\.)(?<!\b(?:Mr|Dr|St|Jr|Sr|Mt)\.)(?<!\bMrs\.)\s+"
+                          r"(?=[A-Z0-9\"'(*])")
 
 
 @dataclass(frozen=True)

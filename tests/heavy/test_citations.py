@@ -21,6 +21,13 @@ def test_an_ellipsis_inside_a_sentence_does_not_end_it():
         "Handlers use the 'try' ... 'except' statement.", "Then 'finally' runs."]
 
 
+def test_an_initial_or_a_title_does_not_end_a_sentence():
+    # seen in a HotpotQA report: a quote cut at "C." of "C. Robert Cargill"
+    text = "It was written by Jon Spaihts and C. Robert Cargill for the U.S. market. Dr. Strange was a hit. It ran."
+    assert SENTENCE_END.split(text) == [
+        "It was written by Jon Spaihts and C. Robert Cargill for the U.S. market.", "Dr. Strange was a hit.", "It ran."]
+
+
 def test_a_claim_the_model_repeats_is_kept_once():
     # seen in the demo's report: the same two sentences three times over
     said = ("Exception handlers are specified with the 'try' ... 'except' statement [1]. "

@@ -1,0 +1,125 @@
+"""Report mode on recorded HotpotQA trajectories: does the report itself say the gold answer, and where.
+
+`eval_hotpotqa.py` scores answer mode. A user of `heavy ask` reads a report: a headline answer when most trajectories
+agree, findings written by one LLM pass and kept only where a fetched page holds their words, and verbatim quotes of
+the fetched pages. This script rebuilds each recorded trajectory's answer and gathered pages (as
+`replay_aggregation.py` does), aggregates them in report mode with the current code and the embedded model, and counts
+the questions whose gold answer (normalised, as whole words; yes/no questions aside) the report writes:
+- in its headline answer (with the fetched sentence shown beside it);
+- in its findings (the report pass's claims that stood);
+- in its quotes;
+- anywhere of these three (the list of what each trajectory answered is not counted: it repeats every answer).
+It also counts the findings kept and dropped. One recorded file per run; give the 1- and 8-trajectory runs in turn
+to set the settings side by side.
+
+    .venv/bin/python scripts/eval_reports.py docs/eval-runs/q1-31-n8-9ba4098.json.gz --out reports.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from eval_hotpotqa import DEFAULT_DATA, load_questions, read_run, write_corpus
+from replay_aggregation import rebuild, server_base
+
+from heavy.aggregate import aggregate
+from heavy.aggregate.evidence import sentences_of
+from heavy.aggregate.normalize import normalize_answer
+from heavy.aggregate.report import QUOTES_LEAD
+from heavy.config import Settings
+from heavy.corpus.commands import corpus_add
+from heavy.llm import make_backend
+from heavy.toolbox import local_corpus_tools
+
+PARTS = ("answer", "findings", "quotes")
+FALLBACK_LEAD = "the most relevant passages found:"
+
+
+def report_parts(markdown: str) -> dict[str, str]:
+    """The report's own text, split: headline answer, findings, quotes (the answer list and sources left out)."""
+    sections = markdown.split("\n## ")
+    answer = sections[0].split("**Answer:**", 1)[-1]
+    findings = next((s[len("Findings"):] for s in sections[1:] if s.startswith("Findings")), "")
+    claims, quotes = findings, ""
+    for lead in (QUOTES_LEAD, FALLBACK_LEAD):
+        if lead in findings:
+            claims, quotes = findings.split(lead, 1)
+    return {"answer": answer, "findings": claims, "quotes": quotes}
+
+
+def says(text: str, gold: str) -> bool:
+    return f" {normalize_answer(gold)} " in f" {normalize_answer(text)} "
+
+
+async def run(args: argparse.Namespace) -> dict:
+    recorded = read_run(args.recorded)
+    rows = load_questions(args.data, None)
+    backend = make_backend(Settings(runtime_prefix_cache=False), "runtime")
+    setting = recorded["settings"][0]
+    questions = setting["per_question"][args.start:][:args.limit]
+    out = {"recorded": str(args.recorded), "trajectories": setting["trajectories"], "per_question": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus_add(write_corpus(rows, Path(tmp)), Path(tmp) / "index.sqlite")
+        with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
+            base = await server_base(executor, rows[0]["question"])
+            for number, asked in enumerate(questions, start=args.start + 1):
+                job_id = f"report-{asked['id']}-n{setting['trajectories']}"
+                count = len(asked["transcripts"])
+                results = [await rebuild(t, i, job_id, executor, base, count)
+                           for i, t in enumerate(asked["transcripts"])]
+                executor.forget(job_id)
+                job = await aggregate(job_id=job_id, question=asked["question"], mode="report", results=results,
+                                      backend=backend)
+                parts = report_parts(job.markdown)
+                gold = asked["gold"]
+                found = ({part: says(parts[part], gold) for part in PARTS}
+                         if normalize_answer(gold) not in ("yes", "no") else None)
+                findings = sentences_of(parts["findings"])
+                out["per_question"].append({"id": asked["id"], "gold": gold, "found": found,
+                                            "findings_kept": len(findings), "dropped": len(job.dropped_claims),
+                                            "markdown": job.markdown})
+                logging.info("q%d gold %r: %s, %d findings kept, %d dropped", number, gold,
+                             found, len(findings), len(job.dropped_claims))
+    await backend.aclose()
+    return out
+
+
+def summary(out: dict) -> str:
+    rows = out["per_question"]
+    scored = [r["found"] for r in rows if r["found"] is not None]
+    lines = [f"{out['trajectories']} trajectories, {len(rows)} questions ({len(scored)} not yes/no); "
+             "questions whose gold answer the report writes:"]
+    for part in PARTS:
+        lines.append(f"  in its {part:<9} {sum(f[part] for f in scored):>3} of {len(scored)}")
+    lines.append(f"  anywhere        {sum(any(f.values()) for f in scored):>3} of {len(scored)}")
+    lines.append(f"findings kept {sum(r['findings_kept'] for r in rows)}, "
+                 f"dropped {sum(r['dropped'] for r in rows)}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recorded", type=Path, help="a JSON result of scripts/eval_hotpotqa.py (one setting)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--start", type=int, default=0, help="skip the first N questions")
+    parser.add_argument("--limit", type=int, default=None, help="N questions only")
+    parser.add_argument("--out", type=Path, default=Path("eval_reports.json"))
+    args = parser.parse_args()
+    if not args.recorded.is_file():
+        sys.exit(f"no such file: {args.recorded}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    out = asyncio.run(run(args))
+    args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False))
+    print(summary(out))
+    print(f"JSON result: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
