@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from heavy.agent import prompts
@@ -108,7 +109,6 @@ class Trajectory:
         self.best_guess = ""
         self.no_progress = 0
         self.answer_rejected = False
-        self.printed = ""  # all the python tool printed, for telling its output from an answer
         self.output_rejected = False
         self.deadline = 0.0
 
@@ -215,7 +215,7 @@ class Trajectory:
         found_new = False
         for call in repaired:
             if call.name == prompts.ANSWER_TOOL:
-                feedback.append(self._accept_answer(call, cut=completion.finish_reason == "length"))
+                feedback.append(self._accept_answer(call, observations, cut=completion.finish_reason == "length"))
                 self.messages.append({"role": "tool", "tool_call_id": call.id, "content": feedback[-1] or "ok"})
                 break
             observation = await self._observe(index, call)
@@ -255,15 +255,14 @@ class Trajectory:
         result = await until_stopped(self.executor.call(call.name, call.arguments, ctx), self.stop, self.deadline)
         new_sources = tuple(s for s in result.sources if s.url not in self.evidence)
         keep_evidence(self.evidence, self.excerpts, result)
-        if call.name == PYTHON_TOOL and result.error is None:
-            self.printed += "\n" + result.text
         await self._emit_result(index, call, ok=result.error is None, chars=len(result.text),
                                 truncated=result.truncated, sources=result.sources)
         return Observation(call=call, text=result.text, sources=new_sources, error=result.error)
 
-    def _accept_answer(self, call: ToolCall, cut: bool = False) -> str:
-        """Take the `answer` call, or say why not (empty, or no evidence yet — sent back once). `cut`: the token limit
-        ended the reply, so the answer may end in an unfinished sentence."""
+    def _accept_answer(self, call: ToolCall, observed: Sequence[Observation], cut: bool = False) -> str:
+        """Take the `answer` call, or say why not (empty, or no evidence yet — sent back once). `observed`: this
+        step's tool results before the answer; `cut`: the token limit ended the reply, so the answer may end in an
+        unfinished sentence."""
         written = str(call.arguments.get("answer") or "")
         answer = without_result_headers(written)
         answer = without_cut_sentence(answer, cut)
@@ -273,7 +272,7 @@ class Trajectory:
             return prompts.NOTHING_FOUND_YET
         if restates_question(answer, self.spec.question):
             return prompts.ANSWER_REPEATS_QUESTION
-        if not self.output_rejected and only_printed(answer, self.printed, self.spec.question):
+        if not self.output_rejected and only_printed(answer, self._printed(observed), self.spec.question):
             self.output_rejected = True  # sent back once: if the model insists, it stands
             return prompts.ANSWER_IS_OUTPUT.format(question=self.spec.question)
         if not self.evidence and not self.answer_rejected:
@@ -287,6 +286,12 @@ class Trajectory:
         cited = cited_sources(listed + _URL.findall(written), answer, self.evidence, self.excerpts)
         self.final = _Final(answer=answer, confidence=confidence, cited=cited)
         return ""
+
+    def _printed(self, observed: Sequence[Observation]) -> str:
+        """All the python tool printed, this step's calls before the answer included: what an answer must say more
+        than."""
+        runs = [o for step in self.steps for o in step.observations] + list(observed)
+        return "\n".join(o.text for o in runs if o.call.name == PYTHON_TOOL and o.error is None and not o.repeated)
 
     def _copies_our_words(self, answer: str) -> bool:
         """Whether the answer is text we wrote, copied back: our instructions, or (three words or more of) a tool's

@@ -61,7 +61,6 @@ def state_of(trajectory: Trajectory) -> dict[str, Any]:
         "best_guess": trajectory.best_guess,
         "no_progress": trajectory.no_progress,
         "answer_rejected": trajectory.answer_rejected,
-        "printed": trajectory.printed,
         "output_rejected": trajectory.output_rejected,
     }
 
@@ -76,8 +75,7 @@ def restore(trajectory: Trajectory, state: dict[str, Any]) -> None:
     trajectory.best_guess = state["best_guess"]
     trajectory.no_progress = state["no_progress"]
     trajectory.answer_rejected = state["answer_rejected"]
-    # absent from checkpoints written before these existed (a worker upgraded while a job ran)
-    trajectory.printed = state.get("printed", "")
+    # absent from checkpoints written before it existed (a worker upgraded while a job ran)
     trajectory.output_rejected = state.get("output_rejected", False)
 
 

@@ -7,9 +7,9 @@ import pytest
 from heavy.agent import StopSignal, Trajectory, TrajectoryLimits, TrajectorySpec, prompts
 from heavy.agent.budget import JobTokenBudget, Stopped, until_stopped
 from heavy.events import MemorySink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
-from heavy.llm.types import Completion, Sampling
+from heavy.llm.types import Completion, Sampling, ToolCall
 from heavy.tools.base import ToolExecutor, ToolResult
-from tests.heavy.fakes import DictOpen, DictSearch, Echo, ScriptedBackend, call, source, text
+from tests.heavy.fakes import STEP_USAGE, DictOpen, DictSearch, Echo, ScriptedBackend, call, source, text
 
 pytestmark = pytest.mark.anyio
 
@@ -360,6 +360,14 @@ async def test_an_answer_that_only_says_what_the_code_printed_is_sent_back_once(
                                allowed=("search", "python"))
     result = await trajectory.run()
     assert result.answer == "The result is 'hello world'." and [s.feedback for s in result.steps].count(told) == 1
+    # the code run in the same step as the answer, before it
+    both = Completion(content="", tool_calls=(ToolCall(id="c_py", name="python", arguments={"code": "Hello"}),
+                                              ToolCall(id="c_an", name="answer", arguments={"answer": "Hello"})),
+                      finish_reason="tool_calls", usage=STEP_USAGE)
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), both, call("answer", answer="1889")),
+                               allowed=("search", "python"))
+    result = await trajectory.run()
+    assert result.answer == "1889" and [s.feedback for s in result.steps].count(told) == 1
 
 
 async def test_an_answer_copying_what_the_harness_wrote_is_no_answer():
