@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 from heavy.aggregate.evidence import best_sentences, quotable_sentences, spoken_name, stemmed_words, topic_words
 from heavy.aggregate.normalize import normalize_answer
+from heavy.aggregate.shorten import YES_NO, is_short
 
 CANDIDATES_PER_PAGE = 6  # each page's sentences richest in the question's words compete for the quotes
 COVERED_SHARE = 0.5  # what a question word is worth to the next quote once a quote or the findings hold it
 TITLE_SHARE = 1.0  # what a question word only the sentence's page title holds is worth
 BRIDGE_SHARE = 2.0  # in mean question words: what a sentence gains on a page an earlier quote names
-QUOTE_FLOOR = 0.5  # a quote is worth at least this share of the best sentence (next-hop gain included)
+QUOTE_FLOOR = 0.5  # a quote is worth at least this share of the best sentence (a next hop's gain counting)
 ANSWER_QUOTE_CHARS = 400  # a longer "sentence" stating the answer is a table or a list run together
 SAID_OVERLAP = 0.8  # a sentence whose words beyond the question's the findings hold this much of is not quoted
 _CUT_MARK = ("…", "...")  # how a search snippet cut from the middle of a page begins and ends
@@ -89,9 +90,10 @@ def answer_sentence(question: str, answer: str, pages: Mapping[int, tuple[str, s
                     ) -> tuple[str, int] | None:
     """The sentence of `pages` (source number → (title, text)) that writes `answer` out, as whole words, and holds
     the most of the question's rarer words (its page title's too), with its source number: where a reader checks
-    the answer. A yes or no is written in no sentence."""
+    the answer. Only for a short answer: a yes or no is written in no sentence, and an answer in sentences is its
+    own quote or none."""
     needle = normalize_answer(answer)
-    if not needle or needle in ("yes", "no"):
+    if not needle or needle in YES_NO or not is_short(answer):
         return None
     found = [(sum(weights[w] for w in (stemmed_words(sentence) | stemmed_words(title)) & weights.keys()), -n, sentence)
              for n, (title, text) in sorted(pages.items()) for sentence in quotable_sentences(text)
