@@ -77,8 +77,7 @@ def test_the_answer_is_quoted_from_the_sentence_that_writes_it_out():
     assert answer_sentence(question, "1890", pages, weights) is None  # whole words only: not inside "18890"
     assert answer_sentence("Is the Eiffel Tower in Paris?", "yes", pages, weights) is None
     # an answer in sentences, copied from the page, would be quoted beside itself
-    assert answer_sentence(question, "The Eiffel Tower was finished in 1889 for the fair, a world's fair held in "
-                                     "Paris.", pages, weights) is None
+    assert answer_sentence(question, "The Eiffel Tower was finished in 1889 for the fair.", pages, weights) is None
 
 
 @pytest.mark.anyio
