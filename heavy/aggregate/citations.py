@@ -117,7 +117,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                 text, numbers = _with_marker(text, n), [n]
             says_nothing = restating_says_nothing and _adds_nothing(sentence, asked)
             if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
-                    and not says_nothing):
+                    and not says_nothing and any(ch.isalpha() for ch in _MARKER.sub("", sentence))):
                 # a small model repeats itself: a claim is said once, and one made of earlier claims' words says
                 # nothing new (seen: a sentence joining the two before it, word for word)
                 claim, words = _claim_key(text), _claim_words(text)

@@ -190,9 +190,10 @@ def weigh(text: str, weights: dict[str, float]) -> float:
 
 
 def quotable_sentences(text: str) -> list[str]:
-    """The text's sentences of four words or more, each once (a page's sections often repeat one); headings and the
-    tools' "URL:" header lines are no sentences."""
-    return list(dict.fromkeys(x for x in sentences_of(text) if len(x.split()) >= 4 and not _HEADING.search(x)))
+    """The text's sentences of four words or more, each once (a page's sections often repeat one); headings, the
+    tools' "URL:" header lines and lines leading into a list ("Results for 'Eenasul Fateh':") are no sentences."""
+    return list(dict.fromkeys(x for x in sentences_of(text)
+                              if len(x.split()) >= 4 and not _HEADING.search(x) and not x.endswith(":")))
 
 
 def best_sentences(question: str, text: str, count: int | None = 2, weights: dict[str, float] | None = None,

@@ -98,7 +98,7 @@ def answer_sentence(question: str, answer: str, pages: Mapping[int, tuple[str, s
     found = [(sum(weights[w] for w in (stemmed_words(sentence) | stemmed_words(title)) & weights.keys()), -n, sentence)
              for n, (title, text) in sorted(pages.items()) for sentence in quotable_sentences(text)
              if len(sentence) <= ANSWER_QUOTE_CHARS and f" {needle} " in f" {normalize_answer(sentence)} "]
-    if not found:
+    if not found or max(found)[0] == 0:  # a sentence naming the answer and nothing of the question shows nothing
         return None
     _, n, sentence = max(found, key=lambda item: item[:2])  # ties: the first page, then its first sentence
     return sentence, -n

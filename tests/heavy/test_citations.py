@@ -28,6 +28,13 @@ def test_an_initial_or_a_title_does_not_end_a_sentence():
         "It was written by Jon Spaihts and C. Robert Cargill for the U.S. market.", "Dr. Strange was a hit.", "It ran."]
 
 
+def test_citation_marks_alone_are_no_claim():
+    # seen in a HotpotQA report: findings that began "[1][1][1]. He worked at ..."
+    said = "The 'finally' clause runs whether an exception occurred or not [1]."
+    filtered = filter_claims(f"[1][1][1]. {said}", [EXCEPTIONS], {EXCEPTIONS.url: EXCEPTIONS.snippet})
+    assert (filtered.body, filtered.dropped) == (said, ("[1][1][1].",))
+
+
 def test_a_claim_the_model_repeats_is_kept_once():
     # seen in the demo's report: the same two sentences three times over
     said = ("Exception handlers are specified with the 'try' ... 'except' statement [1]. "

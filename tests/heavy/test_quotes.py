@@ -75,6 +75,10 @@ def test_the_answer_is_quoted_from_the_sentence_that_writes_it_out():
                                                                  2)
     assert answer_sentence(question, "18890 cm", pages, weights) == ("It was 18890 cm tall.", 2)
     assert answer_sentence(question, "1890", pages, weights) is None  # whole words only: not inside "18890"
+    # a search result's header names the answer and nothing of the question: no sentence (seen in a HotpotQA report)
+    listing = {1: ("Search", "Results for 'Eenasul Fateh' as Aladin:\n\nEenasul Fateh plays magic.")}
+    listed = question_weights("Who was known as Aladin?", [listing[1][1]])
+    assert answer_sentence("Who was known as Aladin?", "Eenasul Fateh", listing, listed) is None
     assert answer_sentence("Is the Eiffel Tower in Paris?", "yes", pages, weights) is None
     # an answer in sentences, copied from the page, would be quoted beside itself
     assert answer_sentence(question, "The Eiffel Tower was finished in 1889 for the fair.", pages, weights) is None
@@ -82,12 +86,12 @@ def test_the_answer_is_quoted_from_the_sentence_that_writes_it_out():
 
 @pytest.mark.anyio
 async def test_an_answer_is_shown_with_the_sentence_of_its_own_page_that_states_it():
-    own = source("http://corpus/fair", "The World's Fair of 1889 opened in Paris.")
+    own = source("http://corpus/fair", "The tower opened at the World's Fair of 1889.")
     other = source("http://corpus/tower", "The Eiffel Tower was finished in 1889.")
     results = [result(0, "1889", cited=[own], evidence=[own, other]), result(1, "1889", cited=[own])]
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="answer",
                           results=results, backend=None)
     # the page the trajectories cited states it too, if less of the question: their own page is the one quoted
-    assert job.markdown.splitlines()[4] == ("2 of 2 trajectories gave this answer. A fetched page says: \"The World's "
-                                            "Fair of 1889 opened in Paris.\" [1]")
+    assert job.markdown.splitlines()[4] == ("2 of 2 trajectories gave this answer. A fetched page says: \"The tower "
+                                            "opened at the World's Fair of 1889.\" [1]")
     assert [s.url for s in job.sources] == [own.url]
