@@ -20,7 +20,7 @@ spec.loader.exec_module(replay)
 
 async def test_a_recorded_trajectory_is_rebuilt_on_this_runs_server(tmp_path):
     with small_corpus_tools(tmp_path) as executor:
-        base = await replay._server_base(executor, "Scott Derrickson")
+        base = await replay.server_base(executor, "Scott Derrickson")
         page = f"{base}/doc/1"
         recorded_page = page.replace(base, "http://127.0.0.1:1")  # the recorded run's server had another port
         answered = {"answer": "American", "stop": "answered", "temperature": 0.3, "steps": [

@@ -1,0 +1,44 @@
+"""scripts/eval_quotes.py and scripts/eval_reports.py score what they claim to (their runs are in the docs)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+sys.path.insert(0, str(SCRIPTS))  # the scripts import their sibling eval_hotpotqa
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+eval_quotes, eval_reports = _load("eval_quotes"), _load("eval_reports")
+
+ROW = {"question": "The director of the romantic comedy Big Stone Gap is based in what New York city?",
+       "answer": "Greenwich Village",
+       "context": [["Big Stone Gap (film)", ["Big Stone Gap is a 2014 American romantic comedy film directed by "
+                                             "Adriana Trigiani.", " It is set in Virginia."]],
+                   ["Adriana Trigiani", ["Adriana Trigiani is an Italian American author.", " She is based in "
+                                         "Greenwich Village."]],
+                   ["Film genres", ["A comedy may be set in a city."]]],
+       "supporting_facts": [["Big Stone Gap (film)", 0], ["Adriana Trigiani", 1]]}
+
+
+def test_the_quote_measure_counts_facts_pages_and_the_answer():
+    assert eval_quotes.score_question(ROW, 2, eval_quotes.SETTINGS["+ pages a quote names (now)"]) == (1.0, True, True)
+    # by words alone her page's sentences are below the floor: one fact of two, one page, no answer
+    assert eval_quotes.score_question(ROW, 2, eval_quotes.SETTINGS["by words alone (before)"]) == (0.5, False, False)
+    assert eval_quotes.answer_sentence_is_a_fact(ROW) is True
+
+
+def test_the_report_measure_reads_the_headline_findings_and_quotes_apart():
+    markdown = ("# Q?\n\n**Answer:** 1889 [1]\n\n2 of 2 trajectories gave this answer.\n\n## Findings\n\n"
+                "The tower was built by Eiffel [1].\n\nFrom the fetched pages, word for word:\n\n"
+                "- \"It was finished in 1889.\" [1]\n\n## Where the trajectories disagreed\n\n- \"Gustave\": 1\n\n"
+                "## Sources\n\n1. [t](http://x)")
+    parts = eval_reports.report_parts(markdown)
+    assert [eval_reports.says(parts[p], "1889") for p in eval_reports.PARTS] == [True, False, True]
+    assert eval_reports.says(parts["findings"], "Eiffel") and not eval_reports.says(parts["quotes"], "Gustave")
