@@ -96,7 +96,7 @@ def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidat
     passages, covered, left = [], set(), list(texts)  # first-fetched order breaks ties
     picked_text = ""
     while left and len(passages) < k:
-        gains = [sum(idf[w] for w in (asked & page_words[url]) - covered)
+        gains = [math.fsum(idf[w] for w in (asked & page_words[url]) - covered)
                  + CANDIDATE_WEIGHT * holds_candidate[url] + TITLE_WEIGHT * named[url]
                  + BRIDGE_WEIGHT * (bool(spoken[url]) and f" {spoken[url]} " in picked_text) for url in left]
         best = max(range(len(left)), key=gains.__getitem__)
@@ -186,7 +186,7 @@ def question_weights(question: str, texts: Sequence[str]) -> dict[str, float]:
 
 def weigh(text: str, weights: dict[str, float]) -> float:
     """How much of the question's weighted words (stems) `text` holds."""
-    return sum(weights.get(w, 0.0) for w in stemmed_words(text))
+    return math.fsum(weights.get(w, 0.0) for w in stemmed_words(text))
 
 
 def quotable_sentences(text: str) -> list[str]:

@@ -14,6 +14,7 @@ question's 10 paragraphs the gold answer is in a quote for 33 of 41 questions, a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from heavy.aggregate.evidence import best_sentences, quotable_sentences, spoken_
 from heavy.aggregate.normalize import normalize_answer
 from heavy.aggregate.shorten import YES_NO, is_short
 
+# Sums of word weights are math.fsum: a set's order varies between processes (string hashing), and a plain float
+# sum in another order can break a tie the other way.
 CANDIDATES_PER_PAGE = 6  # each page's sentences richest in the question's words compete for the quotes
 COVERED_SHARE = 0.5  # what a question word is worth to the next quote once a quote or the findings hold it
 TITLE_SHARE = 1.0  # what a question word only the sentence's page title holds is worth
@@ -58,11 +61,11 @@ def pick_quotes(question: str, pages: Mapping[int, tuple[str, str]], weights: Ma
     def worth(sentence: str, covered: set[str]) -> float:
         def word(w: str) -> float:
             return weights[w] * (shares.covered if w in covered else 1.0)
-        return (sum(word(w) for w in holds[sentence])
-                + shares.title * sum(word(w) for w in titled[page_of[sentence]] - holds[sentence]))
+        return (math.fsum(word(w) for w in holds[sentence])
+                + shares.title * math.fsum(word(w) for w in titled[page_of[sentence]] - holds[sentence]))
 
     names = {n: name for n, (title, _) in pages.items() if (name := spoken_name(title))}
-    hop = shares.bridge * sum(weights.values()) / max(len(weights), 1)
+    hop = shares.bridge * math.fsum(weights.values()) / max(len(weights), 1)
     alone = {x: worth(x, set()) for x in page_of}
     floor = QUOTE_FLOOR * max(alone.values(), default=0.0)
     left = [x for x in page_of if not _already_said(x, said, weights)]
@@ -95,8 +98,8 @@ def answer_sentence(question: str, answer: str, pages: Mapping[int, tuple[str, s
     needle = normalize_answer(answer)
     if not needle or needle in YES_NO or not is_short(answer):
         return None
-    found = [(sum(weights[w] for w in (stemmed_words(sentence) | stemmed_words(title)) & weights.keys()), -n, sentence)
-             for n, (title, text) in sorted(pages.items()) for sentence in quotable_sentences(text)
+    found = [(math.fsum(weights[w] for w in (stemmed_words(sentence) | stemmed_words(title)) & weights.keys()), -n,
+              sentence) for n, (title, text) in sorted(pages.items()) for sentence in quotable_sentences(text)
              if len(sentence) <= ANSWER_QUOTE_CHARS and f" {needle} " in f" {normalize_answer(sentence)} "]
     if not found or max(found)[0] == 0:  # a sentence naming the answer and nothing of the question shows nothing
         return None
