@@ -50,8 +50,9 @@ def pick_quotes(question: str, pages: Mapping[int, tuple[str, str]], weights: Ma
     and every relevant sentence alike), and neither is one far less worth than the best ("The Louvre pyramid was
     finished in 1989", for its "finished", to a question on when the Eiffel Tower was)."""
     page_of: dict[str, int] = {}  # sentence → the first source holding it
+    as_dict = dict(weights)
     for n, (_, text) in sorted(pages.items()):
-        for sentence in best_sentences(question, text, count=CANDIDATES_PER_PAGE, weights=dict(weights)):
+        for sentence in best_sentences(question, text, count=CANDIDATES_PER_PAGE, weights=as_dict):
             # a cut snippet's head or tail is no sentence to quote (seen: a keyword table's cut tail)
             if not sentence.startswith(_CUT_MARK) and not sentence.endswith(_CUT_MARK):
                 page_of.setdefault(sentence, n)

@@ -101,11 +101,13 @@ async def aggregate(
     union = union_of_sources(results)
     usage = decided.usage
     body, body_cited, dropped = "", (), ()
-    texts = fetched_texts(results) if mode == "report" else {}  # url → all the trajectories saw of it
-    on_pages = _answers_on_pages(question, decided, union, texts)  # no texts (answer mode): none
-    stated = _answer_stated(question, decided, union, texts or fetched_texts(results)) if decided.answer else None
+    fetched = fetched_texts(results)  # url → all the trajectories saw of it
+    weights = question_weights(question, list(fetched.values()))
+    pages = _numbered_pages(union, fetched)
+    texts = fetched if mode == "report" else {}  # answer mode lists no answers checked against the pages
+    on_pages = _answers_on_pages(question, decided, union, texts)
+    stated = _answer_stated(question, decided, union, pages, weights) if decided.answer else None
     if mode == "report" and backend is not None and any(r.answered or r.evidence for r in results):
-        weights = question_weights(question, list(texts.values()))
         unfounded = {i for g in decided.groups if g.answer in on_pages and not on_pages[g.answer].body
                      for i in g.members}
         written, report_usage = await _write_body(question, results, union, (texts, weights, unfounded), backend,
@@ -114,8 +116,8 @@ async def aggregate(
         filtered = filter_claims(written, union, texts, question)
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
         # verbatim evidence beside the findings; in their stead when nothing the model wrote stands on a page
-        quotes, quoted = _key_passages(question, union, texts, weights, QUOTES_BESIDE_FINDINGS if body else
-                                       KEY_SENTENCES, said=topic_words(f"{body} {stated[0] if stated else ''}"))
+        quotes, quoted = _key_passages(question, pages, weights, QUOTES_BESIDE_FINDINGS if body else KEY_SENTENCES,
+                                       said=topic_words(f"{body} {stated[0] if stated else ''}"))
         if quotes:
             lead = (QUOTES_LEAD if body else "The report pass wrote no claim a fetched page supports; the most "
                     "relevant passages found:")
@@ -194,11 +196,15 @@ def _excerpt(question: str, text: str, weights: dict[str, float], max_chars: int
                       ) or flat[:max_chars]
 
 
-def _key_passages(question: str, union: Sequence[Source], texts: dict[str, str], weights: dict[str, float],
-                  count: int, said: set[str] = frozenset()) -> tuple[str, tuple[int, ...]]:
-    """A Markdown list of up to `count` quotes of the fetched pages (quotes.py), cited, and the numbers cited."""
+def _numbered_pages(union: Sequence[Source], texts: dict[str, str]) -> dict[int, tuple[str, str]]:
+    """Source number → (title, text) of every fetched page: what the quotes are picked from."""
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
-    pages = {number_of_url[url]: (union[number_of_url[url] - 1].title, text) for url, text in texts.items()}
+    return {number_of_url[url]: (union[number_of_url[url] - 1].title, text) for url, text in texts.items()}
+
+
+def _key_passages(question: str, pages: dict[int, tuple[str, str]], weights: dict[str, float], count: int,
+                  said: set[str] = frozenset()) -> tuple[str, tuple[int, ...]]:
+    """A Markdown list of up to `count` quotes of the fetched pages (quotes.py), cited, and the numbers cited."""
     picked = pick_quotes(question, pages, weights, count, said)
     return ("\n".join(f"- \"{sentence}\" [{n}]" for sentence, n in picked),
             tuple(dict.fromkeys(n for _, n in picked)))
@@ -248,13 +254,11 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
     return markdown, cited
 
 
-def _answer_stated(question: str, decided: Vote, union: Sequence[Source], texts: dict[str, str],
-                   ) -> tuple[str, int] | None:
+def _answer_stated(question: str, decided: Vote, union: Sequence[Source], pages: dict[int, tuple[str, str]],
+                   weights: dict[str, float]) -> tuple[str, int] | None:
     """The fetched sentence that writes the answer out, and its source number: on the answer's own pages if one
     does, else on any fetched page (a judge's answer cites the pages it read)."""
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
-    pages = {number_of_url[url]: (union[number_of_url[url] - 1].title, text) for url, text in texts.items()}
-    weights = question_weights(question, list(texts.values()))
     own = {number_of_url[url] for url in decided.cited if url in number_of_url}
     return (answer_sentence(question, decided.answer, {n: page for n, page in pages.items() if n in own}, weights)
             or answer_sentence(question, decided.answer, pages, weights))
