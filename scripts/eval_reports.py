@@ -21,21 +21,17 @@ import argparse
 import asyncio
 import json
 import logging
-import sys
-import tempfile
-from pathlib import Path
 
-from eval_hotpotqa import DEFAULT_DATA, load_questions, read_run, write_corpus
-from replay_aggregation import rebuild, server_base
+from eval_hotpotqa import load_questions, read_run
+from replay_aggregation import parse_recorded_args, rebuild_job, recorded_corpus
 
 from heavy.aggregate import aggregate
 from heavy.aggregate.evidence import sentences_of
 from heavy.aggregate.normalize import normalize_answer
 from heavy.aggregate.report import QUOTES_LEAD
+from heavy.aggregate.shorten import YES_NO
 from heavy.config import Settings
-from heavy.corpus.commands import corpus_add
 from heavy.llm import make_backend
-from heavy.toolbox import local_corpus_tools
 
 PARTS = ("answer", "findings", "quotes")
 FALLBACK_LEAD = "the most relevant passages found:"
@@ -64,28 +60,21 @@ async def run(args: argparse.Namespace) -> dict:
     setting = recorded["settings"][0]
     questions = setting["per_question"][args.start:][:args.limit]
     out = {"recorded": str(args.recorded), "trajectories": setting["trajectories"], "per_question": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus_add(write_corpus(rows, Path(tmp)), Path(tmp) / "index.sqlite")
-        with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
-            base = await server_base(executor, rows[0]["question"])
-            for number, asked in enumerate(questions, start=args.start + 1):
-                job_id = f"report-{asked['id']}-n{setting['trajectories']}"
-                count = len(asked["transcripts"])
-                results = [await rebuild(t, i, job_id, executor, base, count)
-                           for i, t in enumerate(asked["transcripts"])]
-                executor.forget(job_id)
-                job = await aggregate(job_id=job_id, question=asked["question"], mode="report", results=results,
-                                      backend=backend)
-                parts = report_parts(job.markdown)
-                gold = asked["gold"]
-                found = ({part: says(parts[part], gold) for part in PARTS}
-                         if normalize_answer(gold) not in ("yes", "no") else None)
-                findings = sentences_of(parts["findings"])
-                out["per_question"].append({"id": asked["id"], "gold": gold, "found": found,
-                                            "findings_kept": len(findings), "dropped": len(job.dropped_claims),
-                                            "markdown": job.markdown})
-                logging.info("q%d gold %r: %s, %d findings kept, %d dropped", number, gold,
-                             found, len(findings), len(job.dropped_claims))
+    async with recorded_corpus(rows) as (executor, base):
+        for number, asked in enumerate(questions, start=args.start + 1):
+            job_id = f"report-{asked['id']}-n{setting['trajectories']}"
+            results = await rebuild_job(asked, job_id, executor, base)
+            job = await aggregate(job_id=job_id, question=asked["question"], mode="report", results=results,
+                                  backend=backend)
+            parts = report_parts(job.markdown)
+            gold = asked["gold"]
+            found = {part: says(parts[part], gold) for part in PARTS} if normalize_answer(gold) not in YES_NO else None
+            findings = sentences_of(parts["findings"])
+            out["per_question"].append({"id": asked["id"], "gold": gold, "found": found,
+                                        "findings_kept": len(findings), "dropped": len(job.dropped_claims),
+                                        "markdown": job.markdown})
+            logging.info("q%d gold %r: %s, %d findings kept, %d dropped", number, gold,
+                         found, len(findings), len(job.dropped_claims))
     await backend.aclose()
     return out
 
@@ -105,16 +94,9 @@ def summary(out: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("recorded", type=Path, help="a JSON result of scripts/eval_hotpotqa.py (one setting)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--start", type=int, default=0, help="skip the first N questions")
     parser.add_argument("--limit", type=int, default=None, help="N questions only")
-    parser.add_argument("--out", type=Path, default=Path("eval_reports.json"))
-    args = parser.parse_args()
-    if not args.recorded.is_file():
-        sys.exit(f"no such file: {args.recorded}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_recorded_args(parser, "eval_reports.json")  # its first setting is measured
     out = asyncio.run(run(args))
     args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False))
     print(summary(out))

@@ -27,6 +27,8 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from eval_hotpotqa import (
@@ -106,6 +108,39 @@ async def rebuild(transcript: dict, index: int, job_id: str, executor: ToolExecu
                             temperature=transcript["temperature"], seed=None, excerpts=excerpts)
 
 
+@asynccontextmanager
+async def recorded_corpus(rows: list[dict]) -> AsyncIterator[tuple[ToolExecutor, str]]:
+    """The corpus the recorded runs searched, indexed afresh and served on loopback: its tools, and this run's page
+    server base for `rebuild`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus_add(write_corpus(rows, Path(tmp)), Path(tmp) / "index.sqlite")
+        with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
+            yield executor, await server_base(executor, rows[0]["question"])
+
+
+async def rebuild_job(asked: dict, job_id: str, executor: ToolExecutor, base: str) -> list[TrajectoryResult]:
+    """Every recorded trajectory of one question, rebuilt under `job_id` (whose cached tool calls are then
+    forgotten)."""
+    count = len(asked["transcripts"])
+    results = [await rebuild(t, i, job_id, executor, base, count) for i, t in enumerate(asked["transcripts"])]
+    executor.forget(job_id)
+    return results
+
+
+def parse_recorded_args(parser: argparse.ArgumentParser, out: str) -> argparse.Namespace:
+    """The recorded run, --data and --out added to a script's own options, parsed, and logging set up; a missing
+    recorded file ends the script with a message."""
+    parser.add_argument("recorded", type=Path, help="a JSON result of scripts/eval_hotpotqa.py")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=Path(out))
+    args = parser.parse_args()
+    if not args.recorded.is_file():
+        sys.exit(f"no such file: {args.recorded}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return args
+
+
 async def replay(args: argparse.Namespace) -> dict:
     recorded = read_run(args.recorded)
     rows = load_questions(args.data, None)
@@ -114,51 +149,38 @@ async def replay(args: argparse.Namespace) -> dict:
     config = aggregation_config(args)
     out: dict = {"recorded": str(args.recorded), "prefix_cache": args.prefix_cache, "min_majority": args.min_majority,
                  "read_on_majority": args.read_on_majority, "settings": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus_add(write_corpus(rows, Path(tmp)), Path(tmp) / "index.sqlite")
-        with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
-            base = await server_base(executor, rows[0]["question"])
-            for setting in recorded["settings"]:
-                outcomes = []
-                for number, asked in enumerate(setting["per_question"]):
-                    job_id = f"replay-{asked['id']}-n{setting['trajectories']}"
-                    count = len(asked["transcripts"])
-                    results = [await rebuild(t, i, job_id, executor, base, count)
-                               for i, t in enumerate(asked["transcripts"])]
-                    executor.forget(job_id)
-                    job = await aggregate(job_id=job_id, question=asked["question"], mode="answer", results=results,
-                                          backend=backend, config=config)
-                    outcomes.append({"id": asked["id"], "gold": asked["gold"], "recorded": asked["prediction"],
-                                     "replayed": job.answer, "f1_recorded": asked["f1"],
-                                     "f1": f1_score(job.answer, asked["gold"]), "em": exact_match(job.answer,
-                                                                                                  asked["gold"]),
-                                     "votes": job.votes, "reads": job.reads})
-                    logging.info("n=%d q%d: recorded %r (F1 %.2f), replayed %r (F1 %.2f), gold %r",
-                                 setting["trajectories"], number + 1, asked["prediction"], asked["f1"], job.answer,
-                                 outcomes[-1]["f1"], asked["gold"])
-                count = max(1, len(outcomes))
-                out["settings"].append({
-                    "trajectories": setting["trajectories"], "questions": len(outcomes),
-                    "f1_recorded": sum(o["f1_recorded"] for o in outcomes) / count,
-                    "em": sum(o["em"] for o in outcomes) / count, "f1": sum(o["f1"] for o in outcomes) / count,
-                    "per_question": outcomes})
+    async with recorded_corpus(rows) as (executor, base):
+        for setting in recorded["settings"]:
+            outcomes = []
+            for number, asked in enumerate(setting["per_question"]):
+                job_id = f"replay-{asked['id']}-n{setting['trajectories']}"
+                results = await rebuild_job(asked, job_id, executor, base)
+                job = await aggregate(job_id=job_id, question=asked["question"], mode="answer", results=results,
+                                      backend=backend, config=config)
+                outcomes.append({"id": asked["id"], "gold": asked["gold"], "recorded": asked["prediction"],
+                                 "replayed": job.answer, "f1_recorded": asked["f1"],
+                                 "f1": f1_score(job.answer, asked["gold"]), "em": exact_match(job.answer,
+                                                                                              asked["gold"]),
+                                 "votes": job.votes, "reads": job.reads})
+                logging.info("n=%d q%d: recorded %r (F1 %.2f), replayed %r (F1 %.2f), gold %r",
+                             setting["trajectories"], number + 1, asked["prediction"], asked["f1"], job.answer,
+                             outcomes[-1]["f1"], asked["gold"])
+            count = max(1, len(outcomes))
+            out["settings"].append({
+                "trajectories": setting["trajectories"], "questions": len(outcomes),
+                "f1_recorded": sum(o["f1_recorded"] for o in outcomes) / count,
+                "em": sum(o["em"] for o in outcomes) / count, "f1": sum(o["f1"] for o in outcomes) / count,
+                "per_question": outcomes})
     await backend.aclose()
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("recorded", type=Path, help="a JSON result of scripts/eval_hotpotqa.py")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=Path("replay_aggregation.json"))
     parser.add_argument("--prefix-cache", action="store_true",
                         help="keep the engine's prefix cache on (faster; readings then depend on what ran before)")
     add_aggregation_options(parser)
-    args = parser.parse_args()
-    if not args.recorded.is_file():
-        sys.exit(f"no such file: {args.recorded}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_recorded_args(parser, "replay_aggregation.json")
     result = asyncio.run(replay(args))
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     print(f"{'trajectories':>12} {'questions':>9} {'F1 recorded':>11} {'EM':>6} {'F1 replayed':>11}")
