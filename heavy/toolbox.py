@@ -19,9 +19,11 @@ from heavy.tools.ssrf import AllowedTarget, SsrfGuard
 
 
 @contextmanager
-def local_corpus_tools(index_path: Path | str, limits: ToolLimits | None = None) -> Iterator[ToolExecutor]:
-    """search + open_page over a local corpus index, its page server running on 127.0.0.1 meanwhile."""
-    with CorpusServer(existing_index(index_path)) as server:
+def local_corpus_tools(index_path: Path | str, limits: ToolLimits | None = None, port: int = 0,
+                       ) -> Iterator[ToolExecutor]:
+    """search + open_page over a local corpus index, its page server running on 127.0.0.1:`port` meanwhile (0: a
+    free port)."""
+    with CorpusServer(existing_index(index_path), port=port) as server:
         host, port = server.address
         guard = SsrfGuard(allow=[AllowedTarget(host, port)], allow_public=False)  # offline: no DNS, no web
         tools: list[Tool] = [

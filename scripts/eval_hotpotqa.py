@@ -30,6 +30,8 @@ from heavy.llm import make_backend
 from heavy.scheduler import JobSpec, Scheduler
 from heavy.toolbox import local_corpus_tools
 
+CORPUS_PORT = 8790  # fixed: the port is in the page URLs the model reads (the open_page header)
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hotpotqa-dev49.jsonl"
 YES_NO = ("yes", "no", "noanswer")
 
@@ -130,7 +132,7 @@ async def evaluate(args: argparse.Namespace) -> dict:
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         report = corpus_add(write_corpus(load_questions(args.data, None), Path(tmp)), Path(tmp) / "index.sqlite")
-        with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
+        with local_corpus_tools(Path(tmp) / "index.sqlite", port=args.corpus_port) as executor:
             scheduler = Scheduler(backend, executor, aggregation=aggregation_config(args))
             for row in questions:
                 for n in args.trajectories:
@@ -152,6 +154,13 @@ def add_aggregation_options(parser: argparse.ArgumentParser) -> None:
                         help="agreeing trajectories that skip the judge; 1 lets a lone answer stand")
     parser.add_argument("--read-on-majority", action="store_true",
                         help="the judge's readings vote even when the trajectories have a majority (n > 1)")
+
+
+def add_corpus_port(parser: argparse.ArgumentParser) -> None:
+    """--corpus-port, shared with the replay scripts."""
+    parser.add_argument("--corpus-port", type=int, default=CORPUS_PORT,
+                        help="the corpus page server's port on 127.0.0.1 (0: any free one). Page URLs are in what "
+                             "the judge reads, so runs compare exactly only on the same port")
 
 
 def aggregation_config(args: argparse.Namespace) -> AggregationConfig:
@@ -181,6 +190,7 @@ def main() -> None:
     parser.add_argument("--temperature-max", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     add_aggregation_options(parser)
+    add_corpus_port(parser)
     parser.add_argument("--focus-searches", action=argparse.BooleanOptionalAction, default=True,
                         help="trajectory k >= 1 also opens with a search on a named part of the question")
     parser.add_argument("--out", type=Path, default=Path("eval_hotpotqa.json"))

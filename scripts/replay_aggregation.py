@@ -3,8 +3,9 @@
 A full `eval_hotpotqa.py` run spends almost all its time in the trajectories (about 5 min per question for 1 + 8
 trajectories on 2 CPU cores); the aggregator (shortening, vote, judge) needs a few short LLM calls. This script
 rebuilds every trajectory's gathered evidence by replaying its recorded tool calls on the same corpus (a fresh
-index and page server on 127.0.0.1: page ids are stable, the port is rewritten), takes its recorded answer, and
-aggregates again, so a change to `heavy/aggregate/` is measured on the same trajectories in minutes.
+index and page server on 127.0.0.1: page ids are stable, the port is rewritten, to a fixed one, `--corpus-port`,
+since the judge reads page URLs), takes its recorded answer, and aggregates again, so a change to `heavy/aggregate/`
+is measured on the same trajectories in minutes.
 
     .venv/bin/python scripts/replay_aggregation.py eval_hotpotqa.json --out replay.json
 
@@ -34,6 +35,7 @@ from pathlib import Path
 from eval_hotpotqa import (
     DEFAULT_DATA,
     add_aggregation_options,
+    add_corpus_port,
     aggregation_config,
     exact_match,
     f1_score,
@@ -109,12 +111,12 @@ async def rebuild(transcript: dict, index: int, job_id: str, executor: ToolExecu
 
 
 @asynccontextmanager
-async def recorded_corpus(rows: list[dict]) -> AsyncIterator[tuple[ToolExecutor, str]]:
+async def recorded_corpus(rows: list[dict], port: int) -> AsyncIterator[tuple[ToolExecutor, str]]:
     """The corpus the recorded runs searched, indexed afresh and served on loopback: its tools, and this run's page
     server base for `rebuild`."""
     with tempfile.TemporaryDirectory() as tmp:
         corpus_add(write_corpus(rows, Path(tmp)), Path(tmp) / "index.sqlite")
-        with local_corpus_tools(Path(tmp) / "index.sqlite") as executor:
+        with local_corpus_tools(Path(tmp) / "index.sqlite", port=port) as executor:
             yield executor, await server_base(executor, rows[0]["question"])
 
 
@@ -133,6 +135,7 @@ def parse_recorded_args(parser: argparse.ArgumentParser, out: str) -> argparse.N
     parser.add_argument("recorded", type=Path, help="a JSON result of scripts/eval_hotpotqa.py")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path(out))
+    add_corpus_port(parser)
     args = parser.parse_args()
     if not args.recorded.is_file():
         sys.exit(f"no such file: {args.recorded}")
@@ -149,7 +152,7 @@ async def replay(args: argparse.Namespace) -> dict:
     config = aggregation_config(args)
     out: dict = {"recorded": str(args.recorded), "prefix_cache": args.prefix_cache, "min_majority": args.min_majority,
                  "read_on_majority": args.read_on_majority, "settings": []}
-    async with recorded_corpus(rows) as (executor, base):
+    async with recorded_corpus(rows, args.corpus_port) as (executor, base):
         for setting in recorded["settings"]:
             outcomes = []
             for number, asked in enumerate(setting["per_question"]):

@@ -32,9 +32,9 @@ def one_search_trajectory(job_id: str) -> TrajectorySpec:
 
 
 @contextmanager
-def small_corpus_tools(folder: Path) -> Iterator[ToolExecutor]:
-    """DOCS indexed under `folder`, searchable and served on loopback while the context is open."""
+def small_corpus_tools(folder: Path, port: int = 0) -> Iterator[ToolExecutor]:
+    """DOCS indexed under `folder`, searchable and served on loopback (`port`, 0: any) while the context is open."""
     (folder / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in DOCS))
     corpus_add(folder / "docs.jsonl", folder / "index.sqlite")
-    with local_corpus_tools(folder / "index.sqlite") as tools:
+    with local_corpus_tools(folder / "index.sqlite", port=port) as tools:
         yield tools

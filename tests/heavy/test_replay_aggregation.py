@@ -1,6 +1,7 @@
 """scripts/replay_aggregation.py rebuilds a recorded trajectory's evidence by the agent loop's rules."""
 
 import importlib.util
+import socket
 import sys
 from pathlib import Path
 
@@ -39,3 +40,11 @@ async def test_a_recorded_trajectory_is_rebuilt_on_this_runs_server(tmp_path):
         result = await replay.rebuild(forced, 1, "job-b", executor, base, trajectories=1)
         assert result.confidence == FORCED_CONFIDENCE
         assert result.cited and all("american" in result.excerpts[s.url].lower() for s in result.cited)
+
+
+async def test_the_corpus_is_served_on_the_port_asked_for_so_replays_read_the_same_urls(tmp_path):
+    with socket.socket() as probe:  # a port free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with small_corpus_tools(tmp_path, port=port) as executor:
+        assert await replay.server_base(executor, "Scott Derrickson") == f"http://127.0.0.1:{port}"
