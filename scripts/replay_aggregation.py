@@ -156,6 +156,8 @@ async def replay(args: argparse.Namespace) -> dict:
         for setting in recorded["settings"]:
             outcomes = []
             for number, asked in enumerate(setting["per_question"]):
+                if args.questions and number + 1 not in args.questions:
+                    continue
                 job_id = f"replay-{asked['id']}-n{setting['trajectories']}"
                 results = await rebuild_job(asked, job_id, executor, base)
                 job = await aggregate(job_id=job_id, question=asked["question"], mode="answer", results=results,
@@ -182,6 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prefix-cache", action="store_true",
                         help="keep the engine's prefix cache on (faster; readings then depend on what ran before)")
+    parser.add_argument("--questions", type=int, nargs="+", default=None,
+                        help="replay only these questions (numbers in the recorded run, from 1)")
     add_aggregation_options(parser)
     args = parse_recorded_args(parser, "replay_aggregation.json")
     result = asyncio.run(replay(args))

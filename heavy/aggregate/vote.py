@@ -1,9 +1,10 @@
 """Answer mode: shorten and normalise the trajectories' answers and vote; without a majority, the judge decides.
 
 A sentence the shortening could not cut votes with the one short answer it contains ("Eenasul Fateh, also known as
-Aladin, is a magician" with "Eenasul Fateh"). A majority (more than half of the answering trajectories, and at least
-two of them) wins outright, unless `read_on_majority` asks the judge's readings to vote in every job of more than
-one trajectory. A tie, a spread vote where no answer has a majority, a lone answer (a job of one
+Aladin, is a magician" with "Eenasul Fateh"), a surname with the one full name it ends, and a short answer naming
+one of the options a question offers with that option (options.py). A majority (more than half of the answering
+trajectories, and at least two of them) wins outright, unless `read_on_majority` asks the judge's readings to vote in
+every job of more than one trajectory. A tie, a spread vote where no answer has a majority, a lone answer (a job of one
 trajectory), or no answer at all (every trajectory gave up, or answered a "who" question with "yes") goes to the
 judge (judge.py), in two rounds:
 - it reads the best pages all trajectories fetched (evidence.py picks them) once per trajectory, each time in
@@ -24,6 +25,7 @@ from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.evidence import pooled_passages, token_f1
 from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
 from heavy.aggregate.normalize import normalize_answer, plain_answer, vote_key
+from heavy.aggregate.options import as_option, as_options
 from heavy.aggregate.shorten import is_short, says_more, shorten_answers
 from heavy.llm.types import LLMBackend, Sampling, Usage
 
@@ -84,7 +86,8 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
                sampling: Sampling = Sampling(), prefix_key: str | None = None,
                min_majority: int = MIN_MAJORITY, read_on_majority: bool = False) -> Vote:
     answers, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
-    groups = fold_sentences(tally(results, answers))
+    answers = as_options(question, answers)
+    groups = folded(tally(results, answers))
     outright = groups and _has_majority(groups, min_majority) and not (read_on_majority and len(results) > 1)
     if backend is None or outright:
         return _group_won(groups[0], groups, results, usage) if groups else Vote("", 0.0, (), usage=usage)
@@ -92,7 +95,8 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     # trajectory (nothing fetched, nothing to read).
     judge = Judge(question, backend, sampling, prefix_key)
     reads = await judge.read_each(results, answers)
-    ballots = most_ballots(groups, fold_sentences(tally(results, reads)), min_majority) if len(results) > 1 else None
+    read = folded(tally(results, as_options(question, reads)))
+    ballots = most_ballots(groups, read, min_majority) if len(results) > 1 else None
     judged = True
     if ballots is not None:
         verdict, backers, judged = ballots
@@ -100,6 +104,7 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     else:  # a tie of ballots (or a job of one): the reading of the pooled pages in rank order, already asked
         passages = judge.pooled
         verdict = await judge.answer(passages)
+    verdict = as_option(question, verdict)
     usage = usage + judge.usage
     if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
         return (_group_won(groups[0], groups, results, usage, reads=reads) if groups
@@ -122,6 +127,31 @@ def _same_group(question: str, verdict: str, groups: Sequence[Group]) -> Group |
     if not groups or scores[best] < SAME_ANSWER_F1 or says_more(verdict, groups[best].answer, question):
         return None
     return groups[best]
+
+
+def folded(groups: Sequence[Group]) -> tuple[Group, ...]:
+    """Groups that are one answer written two ways merged: a surname into the full name, then sentences into the
+    short answer they hold (after the surnames: "Phil Spector wrote it" holds "spector" and "phil spector")."""
+    return fold_sentences(fold_surnames(groups))
+
+
+def fold_surnames(groups: Sequence[Group]) -> tuple[Group, ...]:
+    """A one-word answer that is the last word of exactly one longer short answer joins it, written in full: seen,
+    "Spector" (5 trajectories) beside "Phil Spector" (1). Numbers stay apart ("1974" is not "1969 until 1974"), and
+    so does a first word ("Indianapolis" is not "Indianapolis Motor Speedway")."""
+    merged = {g.key: g for g in groups}
+    hosts = [g for g in groups if len(g.key.split()) > 1 and is_short(g.answer)]
+    for group in groups:
+        if " " in group.key or not group.key.isalpha():
+            continue
+        ends = [h for h in hosts if h.key.split()[-1] == group.key]
+        if len(ends) != 1:
+            continue
+        host = merged[ends[0].key]
+        merged[host.key] = Group(key=host.key, answer=host.answer, members=host.members + group.members,
+                                 confidence=host.confidence + group.confidence)
+        del merged[group.key]
+    return _ranked(list(merged.values()))
 
 
 def fold_sentences(groups: Sequence[Group]) -> tuple[Group, ...]:

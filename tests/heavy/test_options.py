@@ -1,0 +1,66 @@
+"""Questions offering a choice: answers naming one option vote for it; a surname votes with the full name it ends."""
+
+import pytest
+
+from heavy.aggregate import tally, vote
+from heavy.aggregate.options import as_options, chosen_option, offered_options
+from heavy.aggregate.vote import fold_surnames
+from tests.heavy.fakes import ScriptedBackend, source, text
+from tests.heavy.test_aggregate import result
+
+pytestmark = pytest.mark.anyio
+
+DOGS = "Which dog's ancestors include Gordon and Irish Setters: the Manchester Terrier or the Scotch Collie?"
+
+
+@pytest.mark.parametrize(("question", "options"), [
+    ("Who is older, Annie Morton or Terry Richardson?", ("Annie Morton", "Terry Richardson")),
+    ("Which band, Letters to Cleo or Screaming Trees, had more members?", ("Letters to Cleo", "Screaming Trees")),
+    (DOGS, ("Manchester Terrier", "Scotch Collie")),
+    ("Which club did he join first; Manchester United or Manchester City?", ("Manchester United", "Manchester City")),
+    ("Is Paris or London bigger?", None),  # no punctuation before the "or": where the first option starts is a guess
+    ("Were Scott Derrickson and Ed Wood of the same nationality?", None),
+    ("Which is it, red or red?", None),  # nothing tells the options apart
+    ("Which came first, the film that Sam Raimi directed in his twenties or the novel?", None),  # a clause
+])
+def test_the_options_a_question_offers_are_read_between_its_punctuation(question, options):
+    assert offered_options(question) == options
+
+
+def test_a_short_answer_names_the_option_it_alone_has_a_word_of():
+    options = ("Manchester United", "Manchester City")
+    assert chosen_option("City", options) == "Manchester City"
+    assert chosen_option("Manchester", options) is None  # a word both share
+    assert chosen_option("United or City", options) == ""  # both: the choice restated, no answer
+    assert chosen_option("Arsenal", options) is None  # neither
+    assert chosen_option("Manchester City won the league in 2012 and again in 2014", options) is None  # a sentence
+    assert as_options(DOGS, {0: "Scottish Collie", 1: "collie", 2: "Manchester Terrier or Scotch Collie",
+                             3: "Beagle"}) == {0: "Scotch Collie", 1: "Scotch Collie", 2: "", 3: "Beagle"}
+
+
+async def test_answers_naming_one_option_vote_for_it_as_the_question_writes_it():
+    # seen at n=8: "Scottish Collie" 3 and "collie" 1 lost to "Manchester Terrier" 3 as separate answers
+    answers = ["Manchester Terrier"] * 3 + ["Scottish Collie"] * 3 + ["collie", "Manchester Terrier or Scotch Collie"]
+    decided = await vote(DOGS, [result(i, a) for i, a in enumerate(answers)], backend=None)
+    assert decided.answer == "Scotch Collie" and decided.agreement == pytest.approx(4 / 7)
+    assert [(g.answer, len(g.members)) for g in decided.groups][:2] == [("Scotch Collie", 4), ("Manchester Terrier", 3)]
+
+
+async def test_the_judges_readings_naming_an_option_are_ballots_for_it():
+    backend = ScriptedBackend(lambda request: text("the Scottish collie"))
+    page = source("http://corpus/collie", "The Scotch Collie's ancestors include Gordon and Irish Setters.")
+    results = [result(0, "Manchester Terrier", evidence=[page]), result(1, "Scotch Collie", evidence=[page])]
+    decided = await vote(DOGS, results, backend)  # a tie: the judge reads, and its readings name an option
+    assert decided.reads == {0: "the Scottish collie", 1: "the Scottish collie"}
+    assert decided.judged and decided.answer == "Scotch Collie" and decided.backers == (1,)
+
+
+def test_a_surname_joins_the_one_full_name_it_ends_written_in_full():
+    groups = fold_surnames(tally([result(i, "Spector") for i in range(5)] + [result(5, "Phil Spector")]))
+    assert [(g.answer, len(g.members)) for g in groups] == [("Phil Spector", 6)]
+    two_hosts = fold_surnames(tally([result(0, "Schmeichel"), result(1, "Peter Schmeichel"),
+                                     result(2, "Kasper Schmeichel")]))
+    assert len(two_hosts) == 3  # which Schmeichel is not known
+    apart = fold_surnames(tally([result(0, "1974"), result(1, "1969 until 1974"), result(2, "Indianapolis"),
+                                 result(3, "Indianapolis Motor Speedway")]))
+    assert len(apart) == 4  # a number, and a first word, are not surnames
