@@ -85,8 +85,8 @@ def agreeing(results: Sequence[TrajectoryResult], k: int) -> Group | None:
 async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
                sampling: Sampling = Sampling(), prefix_key: str | None = None,
                min_majority: int = MIN_MAJORITY, read_on_majority: bool = False) -> Vote:
-    answers, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
-    answers = as_options(question, answers)
+    shortened, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
+    answers = as_options(question, shortened)
     groups = folded(tally(results, answers))
     outright = groups and _has_majority(groups, min_majority) and not (read_on_majority and len(results) > 1)
     if backend is None or outright:
@@ -94,7 +94,7 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     # No majority (or readings vote beside one), or no answer at all: the judge reads the job's best pages, once per
     # trajectory (nothing fetched, nothing to read).
     judge = Judge(question, backend, sampling, prefix_key)
-    reads = await judge.read_each(results, answers)
+    reads = await judge.read_each(results, shortened)  # an answer's own words find its pages, not the option's
     read = folded(tally(results, as_options(question, reads)))
     ballots = most_ballots(groups, read, min_majority) if len(results) > 1 else None
     judged = True

@@ -64,3 +64,15 @@ def test_a_surname_joins_the_one_full_name_it_ends_written_in_full():
     apart = fold_surnames(tally([result(0, "1974"), result(1, "1969 until 1974"), result(2, "Indianapolis"),
                                  result(3, "Indianapolis Motor Speedway")]))
     assert len(apart) == 4  # a number, and a first word, are not surnames
+
+
+async def test_the_judge_finds_pages_by_the_answers_own_words_and_its_reading_votes_as_an_option():
+    question = "Which writer was from England, Henry Roth or Robert Erskine Childers?"
+    pages = [source("http://corpus/roth", "Henry Roth was an American novelist and writer from New York."),
+             source("http://corpus/childers", "Erskine Barton Childers was a writer; his father was born in "
+                    "England.")]
+    backend = ScriptedBackend(lambda request: text(request.messages[0]["content"].split("\n")[1].split(":")[0][4:]))
+    decided = await vote(question, [result(0, "Erskine Barton Childers", evidence=pages)], backend)
+    first_read = backend.requests[0].messages[0]["content"].split("\n")[1]
+    assert first_read.startswith("[1] childers")  # the page holding the answer as written
+    assert decided.answer == "Robert Erskine Childers" and decided.backers == (0,)
