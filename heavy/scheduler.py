@@ -187,7 +187,8 @@ class Scheduler:
         now = time.monotonic()
         if budget.exhausted.is_set():
             reason = "job_tokens"
-        elif spec.mode == "answer" and len(results) < spec.trajectories and agreeing(results, spec.early_stop_k):
+        elif (spec.mode == "answer" and len(results) < spec.trajectories
+              and agreeing(results, spec.early_stop_k, spec.question)):
             reason = "early_stop"
         elif now >= deadline and len(results) >= min(spec.straggler_min_done, spec.trajectories):
             reason = "straggler_cutoff"

@@ -76,9 +76,12 @@ def tally(results: Sequence[TrajectoryResult], answers: Mapping[int, str] | None
     return _ranked(groups)
 
 
-def agreeing(results: Sequence[TrajectoryResult], k: int) -> Group | None:
-    """The group that k trajectories already agree on, if any (early stop in answer mode)."""
-    groups = tally(results)
+def agreeing(results: Sequence[TrajectoryResult], k: int, question: str = "") -> Group | None:
+    """The group that k trajectories already agree on, if any (early stop in answer mode), grouped as the vote
+    groups unshortened answers: by the option of the question they name, a surname with its full name, a sentence
+    with the short answer it holds."""
+    answers = as_options(question, {r.index: plain_answer(r.answer) for r in results})
+    groups = folded(tally(results, answers))
     return groups[0] if groups and len(groups[0].members) >= k else None
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from heavy.aggregate import tally, vote
+from heavy.aggregate import agreeing, tally, vote
 from heavy.aggregate.options import as_options, chosen_option, offered_options
 from heavy.aggregate.vote import fold_surnames
 from tests.heavy.fakes import ScriptedBackend, source, text
@@ -76,3 +76,10 @@ async def test_the_judge_finds_pages_by_the_answers_own_words_and_its_reading_vo
     first_read = backend.requests[0].messages[0]["content"].split("\n")[1]
     assert first_read.startswith("[1] childers")  # the page holding the answer as written
     assert decided.answer == "Robert Erskine Childers" and decided.backers == (0,)
+
+
+def test_the_early_stop_counts_agreement_as_the_vote_does():
+    results = [result(0, "Scottish Collie"), result(1, "collie"), result(2, "The Scotch Collie.")]
+    assert agreeing(results, 3) is None  # three ways of writing it, without the question's options
+    assert agreeing(results, 3, DOGS).answer == "Scotch Collie"
+    assert agreeing([result(0, "Spector"), result(1, "Phil Spector")], 2).answer == "Phil Spector"
