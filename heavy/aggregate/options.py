@@ -18,7 +18,7 @@ from heavy.aggregate.shorten import JOINING, is_short
 MAX_OPTION_WORDS = 6  # longer spans are clauses, not the names of options
 _CLAUSE_END = re.compile(r"[,:;?!]")  # an option runs from the clause's punctuation to " or ", and on to the next
 _OR = re.compile(r"\s+or\s+")
-_LEADING_ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
+_LEADING_WORDS = re.compile(r"^(?:either\s+)?(?:(?:the|an?)\s+)?", re.IGNORECASE)
 
 
 def offered_options(question: str) -> tuple[str, str] | None:
@@ -30,10 +30,10 @@ def offered_options(question: str) -> tuple[str, str] | None:
     parts = _OR.split(question.strip())
     if len(parts) != 2:
         return None
-    before, after = _CLAUSE_END.split(parts[0]), _CLAUSE_END.split(parts[1])
+    before, after = _CLAUSE_END.split(parts[0].rstrip(" ,;:")), _CLAUSE_END.split(parts[1])  # "A, or B"
     if len(before) < 2:
         return None
-    options = (_LEADING_ARTICLE.sub("", before[-1].strip()), _LEADING_ARTICLE.sub("", after[0].strip()))
+    options = (_LEADING_WORDS.sub("", before[-1].strip()), _LEADING_WORDS.sub("", after[0].strip()))
     if any(not option or len(option.split()) > MAX_OPTION_WORDS for option in options):
         return None
     if not (_words(options[0]) - _words(options[1])) or not (_words(options[1]) - _words(options[0])):

@@ -18,6 +18,8 @@ DOGS = "Which dog's ancestors include Gordon and Irish Setters: the Manchester T
     ("Which band, Letters to Cleo or Screaming Trees, had more members?", ("Letters to Cleo", "Screaming Trees")),
     (DOGS, ("Manchester Terrier", "Scotch Collie")),
     ("Which club did he join first; Manchester United or Manchester City?", ("Manchester United", "Manchester City")),
+    ("Which is older, the Eiffel Tower, or Big Ben?", ("Eiffel Tower", "Big Ben")),
+    ("Which was first, either the Beatles or the Stones?", ("Beatles", "Stones")),
     ("Is Paris or London bigger?", None),  # no punctuation before the "or": where the first option starts is a guess
     ("Were Scott Derrickson and Ed Wood of the same nationality?", None),
     ("Which is it, red or red?", None),  # nothing tells the options apart
