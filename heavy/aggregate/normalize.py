@@ -1,6 +1,7 @@
 """Answer normalisation as in the official HotpotQA/SQuAD evaluation: lowercase, drop punctuation, the articles
 a/an/the, and extra whitespace. Votes compare answers by `vote_key`, the same form with typographic dashes and quotes
-folded first: the official form keeps "–" and "’", so "1903–1912" and "1903-1912" would be two answers."""
+folded first (the official form keeps "–" and "’", so "1903–1912" and "1903-1912" would be two answers) and plurals
+made singular."""
 
 from __future__ import annotations
 
@@ -22,7 +23,16 @@ _TYPOGRAPHIC = str.maketrans({"–": "-", "—": "-", "‐": "-", "‑": "-", "�
 
 
 def vote_key(text: str) -> str:
-    return normalize_answer(text.translate(_TYPOGRAPHIC))
+    """The official form with typographic marks folded and each word's plural or possessive "s" dropped: seen at
+    n=8, two readings "Yellowcraig" and two "Yellowcraigs" were two answers, and both lost to a third."""
+    return " ".join(_singular(word) for word in normalize_answer(text.translate(_TYPOGRAPHIC)).split())
+
+
+def _singular(word: str) -> str:
+    """"yellowcraigs" → "yellowcraig", "mangnalls" (from "Mangnall's") → "mangnall"; "chess", "1990s" and short
+    words ("bus", "is") stay."""
+    plural = len(word) > 3 and word.isalpha() and word.endswith("s") and not word.endswith("ss")
+    return word[:-1] if plural else word
 
 
 def plain_answer(text: str) -> str:

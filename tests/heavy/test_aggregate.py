@@ -37,6 +37,10 @@ def test_tally_groups_equal_normalised_answers_and_ignores_empty_ones():
     assert [(g.answer, g.members) for g in dashes][0] == ("1903-1912", (0, 1, 2))  # a typographic dash is a dash
     escaped = tally([result(0, "Tunnels &amp; Trolls"), result(1, "Tunnels & Trolls"), result(2, "Arena")])
     assert [(g.answer, g.members) for g in escaped][0] == ("Tunnels & Trolls", (0, 1))  # from an escaped title
+    plural = tally([result(0, "Yellowcraigs"), result(1, "Yellowcraig"), result(2, "the 1990s"), result(3, "1990"),
+                    result(4, "Chess"), result(5, "Ches")])
+    assert [(g.answer, g.members) for g in plural][0] == ("Yellowcraig", (0, 1))  # equally common: the shorter
+    assert len(plural) == 5  # a decade is no year, "chess" no plural
 
 
 async def test_every_trajectory_reads_the_jobs_best_pages_and_a_majority_of_readings_wins():
