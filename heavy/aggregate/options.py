@@ -25,20 +25,29 @@ def offered_options(question: str) -> tuple[str, str] | None:
     """The two options the question offers between punctuation ("..., A or B?", "...: the A or the B?",
     "Which band, A or B, had ...?"), articles dropped; None when it offers none so delimited. A question with no
     punctuation before its "or" ("Is A or B older?") is not parsed: where A starts is a guess. After it, B runs to
-    the next punctuation mark, so "..., A or B had more members?" takes "B had more members" for B (answers still
-    name it by B's own words)."""
+    the next punctuation mark, less the lowercase words that follow a name ("..., Screaming Trees had more
+    members?" offers "Screaming Trees"; "Letters to Cleo" keeps its "to")."""
     parts = _OR.split(question.strip())
     if len(parts) != 2:
         return None
     before, after = _CLAUSE_END.split(parts[0].rstrip(" ,;:")), _CLAUSE_END.split(parts[1])  # "A, or B"
     if len(before) < 2:
         return None
-    options = (_LEADING_WORDS.sub("", before[-1].strip()), _LEADING_WORDS.sub("", after[0].strip()))
+    options = (_LEADING_WORDS.sub("", before[-1].strip()), _name_only(_LEADING_WORDS.sub("", after[0].strip())))
     if any(not option or len(option.split()) > MAX_OPTION_WORDS for option in options):
         return None
     if not (_words(options[0]) - _words(options[1])) or not (_words(options[1]) - _words(options[0])):
         return None  # nothing tells them apart
     return options
+
+
+def _name_only(option: str) -> str:
+    """A capitalised option without the lowercase words after its last capitalised one (the rest of the clause)."""
+    words = option.split()
+    if not words or not words[0][:1].isupper():
+        return option
+    last = max(i for i, word in enumerate(words) if word[:1].isupper())
+    return " ".join(words[: last + 1])
 
 
 def chosen_option(answer: str, options: tuple[str, str]) -> str | None:

@@ -77,6 +77,12 @@ def asks_yes_no(question: str) -> bool:
     return bool(words) and words[0] in _AUXILIARIES and not _offers_choice(words)
 
 
+def asks_who(question: str) -> bool:
+    """"Who ...?", "Whose ...?": the answer is a person (a relative "who" later in the question does not count)."""
+    words = normalize_answer(question).split()
+    return bool(words) and words[0] in ("who", "whom", "whose")
+
+
 def _offers_choice(question_words: list[str]) -> bool:
     return "or" in question_words
 

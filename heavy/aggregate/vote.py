@@ -26,7 +26,7 @@ from heavy.aggregate.evidence import pooled_passages, token_f1
 from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
 from heavy.aggregate.normalize import normalize_answer, plain_answer, vote_key
 from heavy.aggregate.options import as_option, as_options
-from heavy.aggregate.shorten import is_short, says_more, shorten_answers
+from heavy.aggregate.shorten import asks_who, is_short, says_more, shorten_answers
 from heavy.llm.types import LLMBackend, Sampling, Usage
 
 MIN_MAJORITY = 2  # one trajectory alone is not a consensus: its answer is checked by the judge
@@ -81,7 +81,7 @@ def agreeing(results: Sequence[TrajectoryResult], k: int, question: str = "") ->
     groups unshortened answers: by the option of the question they name, a surname with its full name, a sentence
     with the short answer it holds."""
     answers = as_options(question, {r.index: plain_answer(r.answer) for r in results})
-    groups = folded(tally(results, answers))
+    groups = folded(tally(results, answers), question)
     return groups[0] if groups and len(groups[0].members) >= k else None
 
 
@@ -90,7 +90,7 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
                min_majority: int = MIN_MAJORITY, read_on_majority: bool = False) -> Vote:
     shortened, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
     answers = as_options(question, shortened)
-    groups = folded(tally(results, answers))
+    groups = folded(tally(results, answers), question)
     outright = groups and _has_majority(groups, min_majority) and not (read_on_majority and len(results) > 1)
     if backend is None or outright:
         return _group_won(groups[0], groups, results, usage) if groups else Vote("", 0.0, (), usage=usage)
@@ -98,7 +98,7 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     # trajectory (nothing fetched, nothing to read).
     judge = Judge(question, backend, sampling, prefix_key)
     reads = await judge.read_each(results, shortened)  # an answer's own words find its pages, not the option's
-    read = folded(tally(results, as_options(question, reads)))
+    read = folded(tally(results, as_options(question, reads)), question)
     ballots = most_ballots(groups, read, min_majority) if len(results) > 1 else None
     judged = True
     if ballots is not None:
@@ -132,10 +132,11 @@ def _same_group(question: str, verdict: str, groups: Sequence[Group]) -> Group |
     return groups[best]
 
 
-def folded(groups: Sequence[Group]) -> tuple[Group, ...]:
-    """Groups that are one answer written two ways merged: a surname into the full name, then sentences into the
-    short answer they hold (after the surnames: "Phil Spector wrote it" holds "spector" and "phil spector")."""
-    return fold_sentences(fold_surnames(groups))
+def folded(groups: Sequence[Group], question: str) -> tuple[Group, ...]:
+    """Groups that are one answer written two ways merged: to a "who" question a surname into the full name (to
+    others "Washington" may be a state, not George Washington), then sentences into the short answer they hold
+    (after the surnames: "Phil Spector wrote it" holds "spector" and "phil spector")."""
+    return fold_sentences(fold_surnames(groups) if asks_who(question) else groups)
 
 
 def fold_surnames(groups: Sequence[Group]) -> tuple[Group, ...]:

@@ -20,6 +20,8 @@ DOGS = "Which dog's ancestors include Gordon and Irish Setters: the Manchester T
     ("Which club did he join first; Manchester United or Manchester City?", ("Manchester United", "Manchester City")),
     ("Which is older, the Eiffel Tower, or Big Ben?", ("Eiffel Tower", "Big Ben")),
     ("Which was first, either the Beatles or the Stones?", ("Beatles", "Stones")),
+    ("Which band, Letters to Cleo or Screaming Trees had more members?", ("Letters to Cleo", "Screaming Trees")),
+    ("Which is bigger, a cat or a dog?", ("cat", "dog")),
     ("Is Paris or London bigger?", None),  # no punctuation before the "or": where the first option starts is a guess
     ("Were Scott Derrickson and Ed Wood of the same nationality?", None),
     ("Which is it, red or red?", None),  # nothing tells the options apart
@@ -57,6 +59,14 @@ async def test_the_judges_readings_naming_an_option_are_ballots_for_it():
     assert decided.judged and decided.answer == "Scotch Collie" and decided.backers == (1,)
 
 
+async def test_only_to_a_who_question_does_a_surname_vote_with_a_full_name():
+    answers = ["Washington"] * 3 + ["George Washington"] * 2
+    asked_who = await vote("Who was the first president?", [result(i, a) for i, a in enumerate(answers)], None)
+    assert asked_who.answer == "George Washington" and asked_who.agreement == 1.0
+    asked_where = await vote("Which state is Seattle in?", [result(i, a) for i, a in enumerate(answers)], None)
+    assert asked_where.answer == "Washington" and asked_where.agreement == pytest.approx(3 / 5)
+
+
 def test_a_surname_joins_the_one_full_name_it_ends_written_in_full():
     groups = fold_surnames(tally([result(i, "Spector") for i in range(5)] + [result(5, "Phil Spector")]))
     assert [(g.answer, len(g.members)) for g in groups] == [("Phil Spector", 6)]
@@ -84,4 +94,5 @@ def test_the_early_stop_counts_agreement_as_the_vote_does():
     results = [result(0, "Scottish Collie"), result(1, "collie"), result(2, "The Scotch Collie.")]
     assert agreeing(results, 3) is None  # three ways of writing it, without the question's options
     assert agreeing(results, 3, DOGS).answer == "Scotch Collie"
-    assert agreeing([result(0, "Spector"), result(1, "Phil Spector")], 2).answer == "Phil Spector"
+    spector = [result(0, "Spector"), result(1, "Phil Spector")]
+    assert agreeing(spector, 2, "Who wrote the song?").answer == "Phil Spector"
