@@ -147,11 +147,12 @@ def parse_recorded_args(parser: argparse.ArgumentParser, out: str) -> argparse.N
 async def replay(args: argparse.Namespace) -> dict:
     recorded = read_run(args.recorded)
     rows = load_questions(args.data, None)
-    settings = Settings(runtime_prefix_cache=args.prefix_cache)
+    settings = Settings(runtime_prefix_cache=args.prefix_cache, runtime_batch_invariant=args.batch_invariant)
     backend = make_backend(settings, "runtime")
     config = aggregation_config(args)
-    out: dict = {"recorded": str(args.recorded), "prefix_cache": args.prefix_cache, "min_majority": args.min_majority,
-                 "read_on_majority": args.read_on_majority, "settings": []}
+    out: dict = {"recorded": str(args.recorded), "prefix_cache": args.prefix_cache,
+                 "batch_invariant": args.batch_invariant, "corpus_port": args.corpus_port,
+                 "min_majority": args.min_majority, "read_on_majority": args.read_on_majority, "settings": []}
     async with recorded_corpus(rows, args.corpus_port) as (executor, base):
         for setting in recorded["settings"]:
             outcomes = []
@@ -184,6 +185,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prefix-cache", action="store_true",
                         help="keep the engine's prefix cache on (faster; readings then depend on what ran before)")
+    parser.add_argument("--batch-invariant", action="store_true",
+                        help="the engine's batch-invariant mode: a reading does not depend on which other readings "
+                             "share its batch (slower; without it a near-tie can flip from run to run)")
     parser.add_argument("--questions", type=int, nargs="+", default=None,
                         help="replay only these questions (numbers in the recorded run, from 1)")
     add_aggregation_options(parser)
