@@ -1,12 +1,12 @@
 """Answer mode: shorten and normalise the trajectories' answers and vote; without a majority, the judge decides.
 
 A sentence the shortening could not cut votes with the one short answer it contains ("Eenasul Fateh, also known as
-Aladin, is a magician" with "Eenasul Fateh"), a surname with the one full name it ends, and a short answer naming
-one of the options a question offers with that option (options.py). A majority (more than half of the answering
-trajectories, and at least two of them) wins outright, unless `read_on_majority` asks the judge's readings to vote in
-every job of more than one trajectory. A tie, a spread vote where no answer has a majority, a lone answer (a job of one
-trajectory), or no answer at all (every trajectory gave up, or answered a "who" question with "yes") goes to the
-judge (judge.py), in two rounds:
+Aladin, is a magician" with "Eenasul Fateh"), to a "who" question a surname with the one full name it ends, and a
+short answer naming one of the options a question offers with that option (options.py); plurals fold in the vote key
+(normalize.py). A majority (more than half of the answering trajectories, and at least two of them) wins outright,
+unless `read_on_majority` asks the judge's readings to vote in every job of more than one trajectory. A tie, a spread
+vote where no answer has a majority, a lone answer (a job of one trajectory), or no answer at all (every trajectory
+gave up, or answered a "who" question with "yes") goes to the judge (judge.py), in two rounds:
 - it reads the best pages all trajectories fetched (evidence.py picks them) once per trajectory, each time in
   another order (a small model answers from the page it reads first). Every trajectory then has two ballots, its
   answer and its reading; the answer with the most ballots wins, if no other has as many;
