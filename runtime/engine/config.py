@@ -22,9 +22,18 @@ class EngineConfig:
     # batch, for a slower prefill; the engine changes its model in place
     batch_invariant: bool = False
 
+    @property
+    def invariant_chunk(self) -> int:
+        """Batch-invariant mode's prefill chunk: what the budget always holds beside one decode of every other
+        sequence, so a chunk never waits for decodes to end."""
+        return self.max_num_batched_tokens - (self.max_num_seqs - 1)
+
     def __post_init__(self):
         for name in ("block_size", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
             if getattr(self, name) <= 0:
                 raise EngineConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.batch_invariant and self.invariant_chunk < self.block_size:
+            raise EngineConfigError(f"batch_invariant needs max_num_batched_tokens ({self.max_num_batched_tokens}) >= "
+                                    f"max_num_seqs - 1 + block_size ({self.max_num_seqs - 1 + self.block_size})")
         if self.num_blocks is not None and self.num_blocks <= 0:
             raise EngineConfigError(f"num_blocks must be > 0, got {self.num_blocks}")

@@ -5,6 +5,11 @@ prefill takes what is left of the budget), then waiting sequences are admitted w
 blocks last. When blocks run out, the most recently admitted running sequence is preempted: its blocks are freed
 and it is recomputed later (its prefix is likely still in the prefix cache). A waiting request whose next prefix
 block is being computed right now by another request waits one step, so a shared prompt is prefilled once.
+
+In batch-invariant mode a prompt is chunked at fixed positions of its own (multiples of `invariant_chunk`), not where
+the step's leftover budget happens to end: chunk boundaries change the order of a prompt's floating-point sums, so a
+prompt prefilled beside other requests would otherwise compute other numbers than alone. A chunk that does not fit
+what is left of the budget waits for the next step.
 """
 
 from collections import deque
@@ -37,7 +42,9 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted by an earlier sequence of this loop
                 continue
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_new = self._chunk(seq.num_computed_tokens, seq.num_uncomputed_tokens, budget)
+            if num_new == 0:  # its fixed-size chunk waits for a step with room
+                continue
             if not self._make_room(seq, num_new):
                 continue
             self.block_manager.grow(seq, num_new)
@@ -47,6 +54,15 @@ class Scheduler:
         budget = self._admit_waiting(scheduled, budget)
         scheduled.sort(key=lambda s: s.num_scheduled_tokens > 1)  # decodes first: the model runner batches them
         return scheduled
+
+    def _chunk(self, start: int, uncomputed: int, budget: int) -> int:
+        """Tokens to compute this step from position `start`: as many as the budget allows, or (batch-invariant) up
+        to the next multiple of `invariant_chunk`, or none when that does not fit the budget."""
+        if not self.config.batch_invariant:
+            return min(uncomputed, budget)
+        size = self.config.invariant_chunk
+        num_new = min(uncomputed, size - start % size)
+        return num_new if num_new <= budget else 0
 
     def _make_room(self, seq: Sequence, num_new: int) -> bool:
         """Preempt the latest admitted sequences until seq can grow; False if seq itself had to go."""
@@ -66,7 +82,10 @@ class Scheduler:
             if self.block_manager.next_uncached_hash(seq, len(reused)) in in_flight:
                 deferred.append(self.waiting.popleft())  # another request is computing this prefix block now
                 continue
-            num_new = min(len(seq) - len(reused) * self.config.block_size, budget)
+            start = len(reused) * self.config.block_size
+            num_new = self._chunk(start, len(seq) - start, budget)
+            if num_new == 0:
+                break
             # count reused blocks that sit in the free list: taking them shrinks it
             reserved = sum(1 for b in reused if self.block_manager.blocks[b].ref_count == 0)
             needed = self.block_manager.blocks_needed(len(reused) * self.config.block_size + num_new) - len(reused)

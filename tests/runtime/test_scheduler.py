@@ -1,6 +1,8 @@
 """Scheduler policies on simulated steps (no model): budget, chunking, preemption, shared-prefix deferral."""
 
-from runtime.engine.config import EngineConfig
+import pytest
+
+from runtime.engine.config import EngineConfig, EngineConfigError
 from runtime.engine.scheduler import Scheduler
 from runtime.engine.sequence import FinishReason, Sequence, SequenceStatus
 from runtime.sampling import SamplingParams
@@ -8,9 +10,10 @@ from runtime.sampling import SamplingParams
 BLOCK = 4
 
 
-def make(num_blocks=64, budget=16, max_seqs=4, prefix_cache=True):
+def make(num_blocks=64, budget=16, max_seqs=4, prefix_cache=True, batch_invariant=False):
     config = EngineConfig(block_size=BLOCK, num_blocks=num_blocks, max_num_seqs=max_seqs,
-                          max_num_batched_tokens=budget, enable_prefix_cache=prefix_cache)
+                          max_num_batched_tokens=budget, enable_prefix_cache=prefix_cache,
+                          batch_invariant=batch_invariant)
     return Scheduler(config, num_blocks)
 
 
@@ -39,6 +42,24 @@ def test_long_prompt_is_chunked_and_decodes_join_under_the_budget():
     assert step(sched) == {"short": 1, "long": 15}  # the decode and the next chunk share one step
     assert step(sched) == {"short": 1, "long": 12}
     assert long.num_computed_tokens == 40 and len(long) == 41 and short.num_completion_tokens == 3
+
+
+def test_batch_invariant_chunks_end_at_fixed_positions_of_the_prompt_whatever_runs_beside_it():
+    def chunks_of_long(beside: int, batch_invariant: bool) -> list[int]:
+        sched = make(budget=16, batch_invariant=batch_invariant)
+        for n in range(beside):
+            add(sched, f"short{n}", range(10 * n, 10 * n + 5), max_tokens=10)
+        add(sched, "long", range(100, 140))
+        return [c["long"] for c in (step(sched) for _ in range(8)) if c.get("long", 0) > 1]
+
+    # the chunk is what the budget holds beside a decode of each other sequence: 16 - (4 - 1) = 13
+    assert chunks_of_long(0, True) == chunks_of_long(1, True) == chunks_of_long(3, True) == [13, 13, 13]
+    assert chunks_of_long(0, False) == [16, 16, 8] and chunks_of_long(1, False) == [11, 15, 14]
+
+
+def test_batch_invariant_mode_refuses_a_budget_that_cannot_hold_a_chunk_beside_every_decode():
+    with pytest.raises(EngineConfigError, match="batch_invariant needs max_num_batched_tokens"):
+        EngineConfig(batch_invariant=True, max_num_batched_tokens=64, max_num_seqs=64)
 
 
 def test_new_requests_join_between_decode_steps():
