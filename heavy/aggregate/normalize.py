@@ -8,6 +8,8 @@ from __future__ import annotations
 import html
 import re
 import string
+from collections import Counter
+from collections.abc import Iterable
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -39,3 +41,20 @@ def plain_answer(text: str) -> str:
     """An answer as written plainly: HTML entities unescaped (one copied from an escaped title, "Tunnels &amp;
     Trolls", is the same answer), surrounding space dropped. Every answer and reading passes here before any check."""
     return html.unescape(text).strip()
+
+
+def as_sources_write(answer: str, texts: Iterable[str]) -> str:
+    """The answer as the fetched pages write it, when they never write it as given but do write a form of it that
+    votes with it (plural or singular): seen at n=8, readings "Yellowcraigs" 3 and "Yellowcraig" 2
+    made one group shown as "Yellowcraigs", a spelling no page used. The pages' most frequent form wins; a
+    possessive is no form ("Scotch Collie's" is "Scotch Collie"); an answer they never mention, or one with a word
+    that is not alphabetic, stays as it is."""
+    words = vote_key(answer).split()
+    if not words or not all(word.isalpha() for word in words):
+        return answer
+    pattern = re.compile(r"\b" + r"\s+".join(re.escape(w) + r"s?" for w in words) + r"\b", re.IGNORECASE)
+    seen = Counter(" ".join(m.group(0).split()) for text in texts for m in pattern.finditer(text))
+    given = normalize_answer(answer)
+    if not seen or any(normalize_answer(form) == given for form in seen):
+        return answer
+    return max(seen, key=lambda form: (seen[form], -len(form), form))

@@ -13,18 +13,19 @@ gave up, or answered a "who" question with "yes") goes to the judge (judge.py), 
 - else the reading of those pages in rank order decides (the first trajectory's reading).
 If the winning answer is one of the trajectories' answers, that group wins; otherwise it stands on its own, cited to
 the fetched pages that hold it. A job of one trajectory ends with one reading: its pages are the pooled pages.
+The winner is written as the fetched pages write it ("Yellowcraigs" as "Yellowcraig", normalize.as_sources_write).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from heavy.agent.steps import TrajectoryResult
-from heavy.aggregate.evidence import pooled_passages, token_f1
+from heavy.aggregate.evidence import fetched_texts, pooled_passages, token_f1
 from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
-from heavy.aggregate.normalize import normalize_answer, plain_answer, vote_key
+from heavy.aggregate.normalize import as_sources_write, normalize_answer, plain_answer, vote_key
 from heavy.aggregate.options import as_option, as_options
 from heavy.aggregate.shorten import asks_who, is_short, says_more, shorten_answers
 from heavy.llm.types import LLMBackend, Sampling, Usage
@@ -88,6 +89,12 @@ def agreeing(results: Sequence[TrajectoryResult], k: int, question: str = "") ->
 async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
                sampling: Sampling = Sampling(), prefix_key: str | None = None,
                min_majority: int = MIN_MAJORITY, read_on_majority: bool = False) -> Vote:
+    decided = await _decided(question, results, backend, sampling, prefix_key, min_majority, read_on_majority)
+    return _spelled_as_sources(decided, results)
+
+
+async def _decided(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
+                   sampling: Sampling, prefix_key: str | None, min_majority: int, read_on_majority: bool) -> Vote:
     shortened, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
     answers = as_options(question, shortened)
     groups = folded(tally(results, answers), question)
@@ -119,6 +126,17 @@ async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMB
     containing = tuple(p.url for p in passages if needle in f" {normalize_answer(p.text)} ")
     return Vote(answer=verdict, agreement=0.0, groups=groups, judged=True, usage=usage,
                 cited=containing or tuple(p.url for p in passages), reads=reads)
+
+
+def _spelled_as_sources(decided: Vote, results: Sequence[TrajectoryResult]) -> Vote:
+    """The winning answer (and its group) written as the fetched pages write it (normalize.as_sources_write)."""
+    if not decided.answer:
+        return decided
+    spelled = as_sources_write(decided.answer, fetched_texts(results).values())
+    if spelled == decided.answer:
+        return decided
+    groups = tuple(replace(g, answer=spelled) if g.answer == decided.answer else g for g in decided.groups)
+    return replace(decided, answer=spelled, groups=groups)
 
 
 def _same_group(question: str, verdict: str, groups: Sequence[Group]) -> Group | None:

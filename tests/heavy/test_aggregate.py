@@ -8,6 +8,7 @@ from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
 from heavy.aggregate.evidence import best_sentences, fetched_texts, question_weights, token_f1
 from heavy.aggregate.judge import reading_order
+from heavy.aggregate.normalize import as_sources_write
 from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, phrase_around_question, restates
 from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
@@ -41,6 +42,26 @@ def test_tally_groups_equal_normalised_answers_and_ignores_empty_ones():
                     result(4, "Chess"), result(5, "Ches")])
     assert [(g.answer, g.members) for g in plural][0] == ("Yellowcraig", (0, 1))  # equally common: the shorter
     assert len(plural) == 5  # a decade is no year, "chess" no plural
+
+
+def test_an_answer_is_written_as_the_pages_write_it_when_they_never_write_it_as_given():
+    pages = ["Yellowcraig is a beach near Dirleton. Yellowcraig has a nature trail.", "The YELLOWCRAIG car park."]
+    assert as_sources_write("Yellowcraigs", pages) == "Yellowcraig"  # the pages' most frequent form
+    assert as_sources_write("the Beatle", ["The Beatles' first album"]) == "Beatles"
+    assert as_sources_write("Scotch Collies", ["The Scotch Collie's ancestors"]) == "Scotch Collie"  # no possessive
+    assert as_sources_write("Yellowcraig", ["Yellowcraigs and Yellowcraig"]) == "Yellowcraig"  # written as given
+    assert as_sources_write("Dirletons", ["Yellowcraig beach"]) == "Dirletons"  # never mentioned: as given
+    assert as_sources_write("1990s", ["the 1990"]) == "1990s"  # not a plural
+    assert as_sources_write("Yellowcraigs", ["Yellowcraigston is a village."]) == "Yellowcraigs"  # whole words only
+
+
+async def test_the_winning_answer_is_respelled_as_its_pages_write_it():
+    beach = source("http://corpus/yellowcraig", "Yellowcraig is a coastal area of forest, beach and grassland.")
+    results = [result(0, "Yellowcraigs", cited=[beach]), result(1, "Yellowcraigs", cited=[beach]),
+               result(2, "Yellowcraig", cited=[beach]), result(3, "North Berwick", cited=[beach])]
+    decided = await vote("Which coastal area is next to the village?", results, backend=None)
+    assert decided.answer == "Yellowcraig" and decided.backers == (0, 1, 2)
+    assert decided.groups[0].answer == "Yellowcraig"
 
 
 async def test_every_trajectory_reads_the_jobs_best_pages_and_a_majority_of_readings_wins():
