@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # runtime backend: fixed-tile linears and per-sequence decode attention, so a greedy answer does not depend on
     # what it was batched with (BF16 on AMX CPUs); 0.66-0.74x the speed (scripts/bench_engine.py, rows g)
     runtime_batch_invariant: bool = False
+    # runtime backend: auto = bfloat16 where the hardware computes it natively (AMX, AVX512-BF16, GPUs), else float32
+    # (5x faster prefill on an AVX2-only CPU; scripts/bench_dtype.py)
+    runtime_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
 
     # --- job defaults ---
     mode: Mode = "report"

@@ -14,9 +14,12 @@ EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    from runtime.dtypes import AUTO, DTYPE_CHOICES
     from runtime.embedded import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name or checkpoint folder (default {DEFAULT_MODEL})")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=AUTO,
+                        help="compute dtype; auto: bfloat16 where the hardware computes it natively, else float32")
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -48,13 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(model: str):
+def _load(model: str, dtype: str):
+    from runtime.dtypes import resolve_dtype
     from runtime.embedded import KNOWN_MODELS
     from runtime.engine.factory import load_engine
 
     note = " (its first use converts it once, about a minute)" if model in KNOWN_MODELS else ""
-    print(f"loading {model}{note}...", file=sys.stderr)
-    return load_engine(model)
+    chosen = resolve_dtype(dtype)
+    print(f"loading {model} in {str(chosen).removeprefix('torch.')}{note}...", file=sys.stderr)
+    return load_engine(model, dtype=chosen)
 
 
 def _sampling(args: argparse.Namespace):
@@ -85,14 +90,14 @@ def _stream(engine, prompt_ids: list[int], params) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     params = _sampling(args)
-    engine = _load(args.model)
+    engine = _load(args.model, args.dtype)
     sys.stdout.write(args.prompt)
     _stream(engine, engine.tokenizer.encode(args.prompt), params)
 
 
 def _chat(args: argparse.Namespace) -> None:
     params = _sampling(args)
-    engine = _load(args.model)
+    engine = _load(args.model, args.dtype)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.message}
     ]
@@ -103,11 +108,12 @@ def _serve(args: argparse.Namespace) -> None:
     if args.replicas is not None or args.ep is not None:
         from runtime.replica.serving import serve_replicas
 
-        serve_replicas(args.model, host=args.host, port=args.port, replicas=args.replicas or 1, ep=args.ep or 1)
+        serve_replicas(args.model, host=args.host, port=args.port, replicas=args.replicas or 1, ep=args.ep or 1,
+                       dtype=args.dtype)
         return
     from runtime.server.app import serve
 
-    serve(_load(args.model), model_name=args.model, host=args.host, port=args.port)
+    serve(_load(args.model, args.dtype), model_name=args.model, host=args.host, port=args.port)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {"generate": _generate, "chat": _chat, "serve": _serve}

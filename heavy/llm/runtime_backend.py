@@ -69,24 +69,26 @@ class RuntimeBackend:
     @classmethod
     def load(cls, model: str = "qwen2.5-coder-0.5b", *, context_tokens: int = 8192, limiter: RateLimiter | None = None,
              retry: RetryPolicy | None = None, replicas: int | None = 0, ep: int = 1,
-             prefix_cache: bool = True, batch_invariant: bool = False) -> RuntimeBackend:
+             prefix_cache: bool = True, batch_invariant: bool = False, dtype: str = "auto") -> RuntimeBackend:
         """Resolve (convert on first use) and load `model`: with `replicas` 0 or None into an engine running in its
-        own thread, else onto that many Ray replicas of `ep` expert-parallel ranks (see `on_replicas`)."""
+        own thread, else onto that many Ray replicas of `ep` expert-parallel ranks (see `on_replicas`). `dtype`:
+        "bfloat16", "float32", or "auto" (bfloat16 where the hardware computes it natively; runtime/dtypes.py)."""
         from runtime.embedded import resolve_model
 
         engine_config = EngineConfig(max_model_len=context_tokens, enable_prefix_cache=prefix_cache,
                                      batch_invariant=batch_invariant)
         if replicas:
-            return cls.on_replicas(resolve_model(model), replicas, ep, engine_config, limiter=limiter, retry=retry)
+            return cls.on_replicas(resolve_model(model), replicas, ep, engine_config, dtype=dtype, limiter=limiter,
+                                   retry=retry)
         from runtime.engine.async_engine import AsyncEngine
         from runtime.engine.factory import load_engine
 
-        engine = AsyncEngine(load_engine(model, engine_config))
+        engine = AsyncEngine(load_engine(model, engine_config, dtype))
         return cls(engine, engine.tokenizer, limiter=limiter, retry=retry)
 
     @classmethod
     def on_replicas(cls, folder: Path, replicas: int, ep: int, engine: EngineConfig | None = None, *,
-                    dtype: str = "bfloat16", limiter: RateLimiter | None = None,
+                    dtype: str = "auto", limiter: RateLimiter | None = None,
                     retry: RetryPolicy | None = None) -> RuntimeBackend:
         """Start `replicas` Ray replicas of `ep` ranks over the checkpoint `folder` and a router in front of them
         (RAY_ADDRESS selects an existing cluster, else a private local Ray instance starts)."""

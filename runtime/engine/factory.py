@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.dtypes import AUTO
 from runtime.engine.config import EngineConfig
 from runtime.engine.llm_engine import LLMEngine
 
@@ -22,8 +23,9 @@ def load_tokenizer(folder: Path):
 
 
 def load_engine(
-    name_or_path: str | Path, config: EngineConfig | None = None, dtype: torch.dtype = torch.bfloat16
+    name_or_path: str | Path, config: EngineConfig | None = None, dtype: str | torch.dtype = AUTO
 ) -> LLMEngine:
+    """`dtype`: a torch dtype, "bfloat16", "float32", or "auto" (runtime/dtypes.py)."""
     from runtime.embedded import resolve_model
     from runtime.models.registry import load_model
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runtime.dtypes import AUTO, resolve_dtype
 from runtime.loader import load_checkpoint
 from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
 from runtime.models.deepseek_v3_config import DeepseekV3Config
@@ -33,9 +34,11 @@ def build_config(data: dict):
     return config_cls.from_json(data)
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu") -> nn.Module:
-    """Build the model for `path/config.json` without initialising weights, then fill it from the checkpoint."""
+def load_model(path: str | Path, dtype: str | torch.dtype = AUTO, device: str | torch.device = "cpu") -> nn.Module:
+    """Build the model for `path/config.json` without initialising weights, then fill it from the checkpoint.
+    `dtype`: a torch dtype, "bfloat16", "float32", or "auto" (runtime/dtypes.py)."""
     path = Path(path)
+    dtype = resolve_dtype(dtype, device)
     data = json.loads((path / "config.json").read_text())
     config = build_config(data)
     _, model_cls = MODEL_TYPES[data["model_type"]]

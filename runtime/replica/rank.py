@@ -15,14 +15,13 @@ import torch
 
 from runtime.distributed import GroupSpec, destroy_group, expert_slice, init_group, resident_expert_bytes
 from runtime.distributed.moe_parallel import shard_moe_layers
+from runtime.dtypes import AUTO, DTYPE_CHOICES, resolve_dtype
 from runtime.engine.block_manager import PrefixCacheStats
 from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
 from runtime.sampling import SamplingParams
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class RankNotConnectedError(RuntimeError):
@@ -34,14 +33,14 @@ class RankSpec:
     model_path: str
     ep_size: int
     rank: int
-    dtype: str = "bfloat16"
+    dtype: str = AUTO  # resolved on the rank's own node: it may have other hardware than the caller's
     absorbed_mla: bool = True
     engine: EngineConfig = field(default_factory=EngineConfig)
     num_threads: int = 1  # torch threads per rank: ranks share the machine's cores
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
         if not 0 <= self.rank < self.ep_size:
             raise ValueError(f"rank {self.rank} outside [0, ep_size={self.ep_size})")
         if self.num_threads <= 0:
@@ -64,7 +63,7 @@ class EPRank:
         config_path = Path(spec.model_path)
         experts = expert_slice(self._n_experts(config_path), spec.ep_size, spec.rank)
         self.model, report = DeepseekV3ForCausalLM.from_pretrained(
-            config_path, DTYPES[spec.dtype], absorbed_mla=spec.absorbed_mla, local_experts=experts
+            config_path, resolve_dtype(spec.dtype), absorbed_mla=spec.absorbed_mla, local_experts=experts
         )
         shard_moe_layers(self.model)
         self.tokenizer = load_tokenizer(config_path)

@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from runtime.dtypes import AUTO
 from runtime.engine.block_manager import PrefixCacheStats
 from runtime.engine.config import EngineConfig
 from runtime.engine.llm_engine import Completion, RequestOutput
@@ -34,7 +35,7 @@ RECOVER_POLL_S = 0.5  # between attempts to reach a restarting rank
 class ReplicaSpec:
     model_path: str
     ep_size: int
-    dtype: str = "bfloat16"
+    dtype: str = AUTO
     absorbed_mla: bool = True
     engine: EngineConfig = field(default_factory=EngineConfig)
     cpus_per_rank: float = 0.5  # fractional: a 2-core machine still places several ranks

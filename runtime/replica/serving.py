@@ -18,6 +18,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from runtime.distributed.group import LOOPBACK
+from runtime.dtypes import AUTO
 from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine, RequestOutput
@@ -96,7 +97,7 @@ def init_ray() -> None:
 
 
 def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | None = None,
-                   dtype: str = "bfloat16", absorbed_mla: bool = True) -> RouterFrontend:
+                   dtype: str = AUTO, absorbed_mla: bool = True) -> RouterFrontend:
     """Start `replicas` EP groups of `ep` ranks and a router over them."""
     if replicas <= 0:
         raise ValueError(f"replicas must be > 0, got {replicas}")
@@ -120,13 +121,14 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     return RouterFrontend(router, load_tokenizer(folder), max_model_len, tuple(handles))
 
 
-def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True) -> None:
+def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True,
+                   dtype: str = AUTO) -> None:
     import uvicorn
 
     from runtime.embedded import resolve_model
     from runtime.server.app import create_app
 
-    frontend = start_frontend(resolve_model(model), replicas, ep, absorbed_mla=absorbed_mla)
+    frontend = start_frontend(resolve_model(model), replicas, ep, dtype=dtype, absorbed_mla=absorbed_mla)
     try:
         app = PrefixKeyMiddleware(create_app(frontend, model_name=str(model)))
         uvicorn.run(app, host=host, port=port)

@@ -42,3 +42,10 @@ def test_settings_read_the_heavy_prefix(monkeypatch):
     monkeypatch.setenv("HEAVY_MIN_MAJORITY", "0")
     with pytest.raises(ValidationError):
         Settings()
+    monkeypatch.setenv("HEAVY_MIN_MAJORITY", "1")
+    assert Settings().runtime_dtype == "auto"
+    monkeypatch.setenv("HEAVY_RUNTIME_DTYPE", "float32")
+    assert Settings().runtime_dtype == "float32"
+    monkeypatch.setenv("HEAVY_RUNTIME_DTYPE", "float8")
+    with pytest.raises(ValidationError, match="runtime_dtype"):
+        Settings()

@@ -43,6 +43,15 @@ def test_load_model_casts_to_requested_dtype(saved_tiny):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
+@pytest.mark.parametrize(("native", "expected"), [(False, torch.float32), (True, torch.bfloat16)])
+def test_by_default_a_model_loads_in_bfloat16_only_where_the_hardware_computes_it(monkeypatch, saved_tiny, native,
+                                                                                  expected):
+    path, _ = saved_tiny
+    monkeypatch.setattr("runtime.dtypes.native_bf16", lambda device="cpu": native)
+    assert {p.dtype for p in load_model(path).parameters()} == {expected}
+    assert {p.dtype for p in load_model(path, "float32").parameters()} == {torch.float32}
+
+
 def test_unknown_model_type_names_the_field(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba9", **TINY}))
     with pytest.raises(UnknownModelType, match="model_type='mamba9'"):
