@@ -138,7 +138,8 @@ async def evaluate(args: argparse.Namespace) -> dict:
                 for n in args.trajectories:
                     per_setting[n].append(await ask(scheduler, row, base, n))
                 result = {"command": " ".join(sys.argv), "data": str(args.data), "corpus_pages": report.total,
-                          "backend": args.backend, "model": settings.model, "max_steps": args.max_steps,
+                          "backend": args.backend, "model": settings.model,
+                          "dtype": computed_dtype(settings, args.backend), "max_steps": args.max_steps,
                           "step_tokens": args.step_tokens, "min_majority": args.min_majority,
                           "read_on_majority": args.read_on_majority,
                           "focus_searches": args.focus_searches,
@@ -146,6 +147,14 @@ async def evaluate(args: argparse.Namespace) -> dict:
                 args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     await backend.aclose()
     return result
+
+
+def computed_dtype(settings: Settings, backend: str = "runtime") -> str | None:
+    """What the runtime backend computes in here (HEAVY_RUNTIME_DTYPE, "auto" by default; runs compare exactly only
+    in one dtype); None for an OpenAI-compatible endpoint, whose dtype is its own."""
+    from runtime.dtypes import resolve_dtype  # torch: only for the runtime backend
+
+    return str(resolve_dtype(settings.runtime_dtype)).removeprefix("torch.") if backend == "runtime" else None
 
 
 def add_aggregation_options(parser: argparse.ArgumentParser) -> None:

@@ -37,6 +37,7 @@ from eval_hotpotqa import (
     add_aggregation_options,
     add_corpus_port,
     aggregation_config,
+    computed_dtype,
     exact_match,
     f1_score,
     load_questions,
@@ -151,7 +152,8 @@ async def replay(args: argparse.Namespace) -> dict:
     backend = make_backend(settings, "runtime")
     config = aggregation_config(args)
     out: dict = {"recorded": str(args.recorded), "prefix_cache": args.prefix_cache,
-                 "batch_invariant": args.batch_invariant, "corpus_port": args.corpus_port,
+                 "batch_invariant": args.batch_invariant, "dtype": computed_dtype(settings),
+                 "corpus_port": args.corpus_port,
                  "min_majority": args.min_majority, "read_on_majority": args.read_on_majority, "settings": []}
     async with recorded_corpus(rows, args.corpus_port) as (executor, base):
         for setting in recorded["settings"]:

@@ -42,3 +42,13 @@ def test_the_report_measure_reads_the_headline_findings_and_quotes_apart():
     parts = eval_reports.report_parts(markdown)
     assert [eval_reports.says(parts[p], "1889") for p in eval_reports.PARTS] == [True, False, True]
     assert eval_reports.says(parts["findings"], "Eiffel") and not eval_reports.says(parts["quotes"], "Gustave")
+
+
+def test_eval_results_record_the_dtype_the_runtime_computes_in(monkeypatch):
+    from heavy.config import Settings
+
+    eval_hotpotqa = _load("eval_hotpotqa")
+    assert eval_hotpotqa.computed_dtype(Settings(runtime_dtype="float32")) == "float32"
+    monkeypatch.setattr("runtime.dtypes.native_bf16", lambda device="cpu": True)
+    assert eval_hotpotqa.computed_dtype(Settings(runtime_dtype="auto")) == "bfloat16"
+    assert eval_hotpotqa.computed_dtype(Settings(), "openai") is None  # the endpoint's dtype is its own
