@@ -44,17 +44,20 @@ def plain_answer(text: str) -> str:
 
 
 def as_sources_write(answer: str, texts: Iterable[str]) -> str:
-    """The answer as the fetched pages write it, when they never write it as given but do write a form of it that
-    votes with it (plural or singular): seen at n=8, readings "Yellowcraigs" 3 and "Yellowcraig" 2
-    made one group shown as "Yellowcraigs", a spelling no page used. The pages' most frequent form wins; a
-    possessive is no form ("Scotch Collie's" is "Scotch Collie"); an answer they never mention, or one with a word
-    that is not alphabetic, stays as it is."""
+    """The answer as the fetched pages most often write it, among the forms that vote with it (plural or singular):
+    seen at n=8, readings "Yellowcraigs" 3 and "Yellowcraig" 2 made one group shown as "Yellowcraigs", a form
+    one page's title and one sentence use, where the page itself says "Yellowcraig" throughout. A possessive is no
+    form ("Scotch Collie's" is "Scotch Collie"); the answer stays as given when its own form is among the most
+    written, when the pages never mention it, or when a word of it is not alphabetic."""
     words = vote_key(answer).split()
     if not words or not all(word.isalpha() for word in words):
         return answer
     pattern = re.compile(r"\b" + r"\s+".join(re.escape(w) + r"s?" for w in words) + r"\b", re.IGNORECASE)
-    seen = Counter(" ".join(m.group(0).split()) for text in texts for m in pattern.finditer(text))
-    given = normalize_answer(answer)
-    if not seen or any(normalize_answer(form) == given for form in seen):
+    written = Counter(" ".join(m.group(0).split()) for text in texts for m in pattern.finditer(text))
+    by_form = Counter()  # normalised form -> how often the pages write it
+    for form, count in written.items():
+        by_form[normalize_answer(form)] += count
+    if not by_form or by_form[normalize_answer(answer)] == max(by_form.values()):
         return answer
-    return max(seen, key=lambda form: (seen[form], -len(form), form))
+    top = max(by_form, key=lambda form: (by_form[form], -len(form), form))
+    return max((f for f in written if normalize_answer(f) == top), key=lambda f: (written[f], f))

@@ -13,7 +13,8 @@ gave up, or answered a "who" question with "yes") goes to the judge (judge.py), 
 - else the reading of those pages in rank order decides (the first trajectory's reading).
 If the winning answer is one of the trajectories' answers, that group wins; otherwise it stands on its own, cited to
 the fetched pages that hold it. A job of one trajectory ends with one reading: its pages are the pooled pages.
-The winner is written as the fetched pages write it ("Yellowcraigs" as "Yellowcraig", normalize.as_sources_write).
+The winner is written in the form the fetched pages write most ("Yellowcraigs" as "Yellowcraig",
+normalize.as_sources_write).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ async def _decided(question: str, results: Sequence[TrajectoryResult], backend: 
 
 
 def _spelled_as_sources(decided: Vote, results: Sequence[TrajectoryResult]) -> Vote:
-    """The winning answer (and its group) written as the fetched pages write it (normalize.as_sources_write)."""
+    """The winning answer (and its group) in the form the fetched pages write most (normalize.as_sources_write)."""
     if not decided.answer:
         return decided
     spelled = as_sources_write(decided.answer, fetched_texts(results).values())

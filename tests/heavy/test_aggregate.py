@@ -44,12 +44,14 @@ def test_tally_groups_equal_normalised_answers_and_ignores_empty_ones():
     assert len(plural) == 5  # a decade is no year, "chess" no plural
 
 
-def test_an_answer_is_written_as_the_pages_write_it_when_they_never_write_it_as_given():
+def test_an_answer_is_written_in_the_form_the_pages_write_most():
     pages = ["Yellowcraig is a beach near Dirleton. Yellowcraig has a nature trail.", "The YELLOWCRAIG car park."]
     assert as_sources_write("Yellowcraigs", pages) == "Yellowcraig"  # the pages' most frequent form
     assert as_sources_write("the Beatle", ["The Beatles' first album"]) == "Beatles"
     assert as_sources_write("Scotch Collies", ["The Scotch Collie's ancestors"]) == "Scotch Collie"  # no possessive
-    assert as_sources_write("Yellowcraig", ["Yellowcraigs and Yellowcraig"]) == "Yellowcraig"  # written as given
+    assert as_sources_write("Yellowcraig", ["Yellowcraigs and Yellowcraig"]) == "Yellowcraig"  # a tie: as given
+    assert as_sources_write("Yellowcraigs", ["# Yellowcraigs", *pages]) == "Yellowcraig"  # the form written most
+    assert as_sources_write("paris", ["Paris is big."]) == "paris"  # one form, written otherwise only in case
     assert as_sources_write("Dirletons", ["Yellowcraig beach"]) == "Dirletons"  # never mentioned: as given
     assert as_sources_write("1990s", ["the 1990"]) == "1990s"  # not a plural
     assert as_sources_write("Yellowcraigs", ["Yellowcraigston is a village."]) == "Yellowcraigs"  # whole words only
