@@ -45,10 +45,10 @@ def plain_answer(text: str) -> str:
 
 def as_sources_write(answer: str, texts: Iterable[str]) -> str:
     """The answer as the fetched pages most often write it, among the forms that vote with it (plural or singular):
-    seen at n=8, readings "Yellowcraigs" 3 and "Yellowcraig" 2 made one group shown as "Yellowcraigs", a form
-    one page's title and one sentence use, where the page itself says "Yellowcraig" throughout. A possessive is no
+    a small model's "Yellowcraigs" where the pages write "Yellowcraig" is shown as they write it. A possessive is no
     form ("Scotch Collie's" is "Scotch Collie"); the answer stays as given when its own form is among the most
-    written, when the pages never mention it, or when a word of it is not alphabetic."""
+    written (seen at n=8: "Yellowcraigs" stays, the pages write it as often as "Yellowcraig", 4 times each), when
+    the pages never mention it, or when a word of it is not alphabetic."""
     words = vote_key(answer).split()
     if not words or not all(word.isalpha() for word in words):
         return answer

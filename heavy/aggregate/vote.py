@@ -13,8 +13,8 @@ gave up, or answered a "who" question with "yes") goes to the judge (judge.py), 
 - else the reading of those pages in rank order decides (the first trajectory's reading).
 If the winning answer is one of the trajectories' answers, that group wins; otherwise it stands on its own, cited to
 the fetched pages that hold it. A job of one trajectory ends with one reading: its pages are the pooled pages.
-The winner is written in the form the fetched pages write most ("Yellowcraigs" as "Yellowcraig",
-normalize.as_sources_write).
+The winner is written in the form the fetched pages write most (a plural the pages write singular is shown
+singular; normalize.as_sources_write).
 """
 
 from __future__ import annotations
