@@ -94,14 +94,14 @@ async def aggregate(
     results = sorted(results, key=lambda r: r.index)
     # Short answers and the judge are for answer mode; a report's answer may need sentences, and the report pass
     # below is where its trajectories' findings are merged.
+    fetched = fetched_texts(results)  # url → all the trajectories saw of it
     decided = await vote(question, results, backend if mode == "answer" else None, config.sampling, prefix_key=job_id,
-                         min_majority=config.min_majority, read_on_majority=config.read_on_majority)
+                         min_majority=config.min_majority, read_on_majority=config.read_on_majority, fetched=fetched)
     if mode == "report" and not _agreed(decided):  # one of several answers is no headline: the findings are
         decided = replace(decided, answer="", agreement=0.0, cited=())
     union = union_of_sources(results)
     usage = decided.usage
     body, body_cited, dropped = "", (), ()
-    fetched = fetched_texts(results)  # url → all the trajectories saw of it
     weights = question_weights(question, list(fetched.values()))
     pages = _numbered_pages(union, fetched)
     texts = fetched if mode == "report" else {}  # answer mode lists no answers checked against the pages

@@ -20,7 +20,7 @@ singular; normalize.as_sources_write).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from heavy.agent.steps import TrajectoryResult
@@ -89,9 +89,12 @@ def agreeing(results: Sequence[TrajectoryResult], k: int, question: str = "") ->
 
 async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
                sampling: Sampling = Sampling(), prefix_key: str | None = None,
-               min_majority: int = MIN_MAJORITY, read_on_majority: bool = False) -> Vote:
+               min_majority: int = MIN_MAJORITY, read_on_majority: bool = False,
+               fetched: Mapping[str, str] | None = None) -> Vote:
+    """`fetched`: evidence.fetched_texts(results), when the caller has it already."""
     decided = await _decided(question, results, backend, sampling, prefix_key, min_majority, read_on_majority)
-    return _spelled_as_sources(decided, results)
+    texts = fetched if fetched is not None else fetched_texts(results)
+    return _spelled_as_sources(decided, texts.values())
 
 
 async def _decided(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
@@ -129,11 +132,11 @@ async def _decided(question: str, results: Sequence[TrajectoryResult], backend: 
                 cited=containing or tuple(p.url for p in passages), reads=reads)
 
 
-def _spelled_as_sources(decided: Vote, results: Sequence[TrajectoryResult]) -> Vote:
+def _spelled_as_sources(decided: Vote, texts: Iterable[str]) -> Vote:
     """The winning answer (and its group) in the form the fetched pages write most (normalize.as_sources_write)."""
     if not decided.answer:
         return decided
-    spelled = as_sources_write(decided.answer, fetched_texts(results).values())
+    spelled = as_sources_write(decided.answer, texts)
     if spelled == decided.answer:
         return decided
     groups = tuple(replace(g, answer=spelled) if g.answer == decided.answer else g for g in decided.groups)
