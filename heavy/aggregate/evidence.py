@@ -43,6 +43,9 @@ _STEMMERS = threading.local()  # a Snowball stemmer keeps state between calls: o
 PASSAGE_SENTENCES = 3  # a claim is checked against this many consecutive sentences of a page, not the whole page
 # also before **bold**, as Markdown bodies have; not after an ellipsis ("the 'try' ... 'except' statement")
 _HEADING = re.compile(r"^#|://|={3,}|-{3,}|\*{3,}")  # Markdown and underlined (=, -, *) headings, "URL: ..." lines
+# a paragraph that is a section's heading: "## The for statement", or "The for statement" underlined (=, -, *), which
+# the underline folds into one line when a page's paragraph joins them
+_SECTION_HEADING = re.compile(r"^#{1,6}\s+(?P<marked>.{1,120})$|^(?P<underlined>.{1,120}?)\s+(?:={3,}|-{3,}|\*{3,})$")
 _NEGATION = re.compile(r"\b(?:not|no|never|none|neither|nor|cannot|without)\b|n[’']t\b", re.IGNORECASE)
 NEGATED = "<not>"  # in a passage's words when it negates something; no word can be it (words are \w+)
 # not after an initial ("C. Robert Cargill", "U.S. Army") or a title ("Dr. Strange"): names go on there
@@ -134,6 +137,22 @@ def sentences_of(text: str) -> list[str]:
     where its paragraph does)."""
     return [x.strip() for paragraph in PARAGRAPH_BREAK.split(text)
             for x in SENTENCE_END.split(" ".join(paragraph.split())) if x.strip()]
+
+
+def section_headings(text: str) -> dict[str, str]:
+    """Each sentence of `text` (as `sentences_of` writes it) → the heading of the section it stands in, "" before the
+    first: a sentence is about its section's subject as it is about its page's ("A continue statement executed in
+    the first suite skips the rest of the suite" under 'The "for" statement')."""
+    heading, under = "", {}
+    for paragraph in PARAGRAPH_BREAK.split(text):
+        folded = " ".join(paragraph.split())
+        if found := _SECTION_HEADING.match(folded):
+            heading = found["marked"] or found["underlined"]
+            continue
+        for sentence in SENTENCE_END.split(folded):
+            if sentence.strip():
+                under.setdefault(sentence.strip(), heading)
+    return under
 
 
 def stems(words: Iterable[str]) -> set[str]:

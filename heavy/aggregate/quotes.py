@@ -3,7 +3,9 @@
 A quote is on its page by construction, so it is the one part of a small model's report no word check can get
 wrong; what matters is picking the right sentences. They are picked one at a time, each the sentence worth most:
 - a question word counts its rarity over the fetched pages (`question_weights`), and counts too when only the
-  sentence's page title holds it: "It terminates the nearest enclosing loop" is on the page "The break statement";
+  sentence's page title or section heading holds it: "It terminates the nearest enclosing loop" is on the page "The
+  break statement", and "A continue statement ... continues with the next item" under the heading 'The "for"
+  statement';
 - a question word the findings or an earlier quote already hold counts COVERED_SHARE: a question of two parts gets a
   quote on each, not three on the part with the most words;
 - a page whose title an earlier quote names is the next hop ("directed by Adriana Trigiani" → her page, which says
@@ -18,7 +20,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from heavy.aggregate.evidence import best_sentences, quotable_sentences, spoken_name, stemmed_words, topic_words
+from heavy.aggregate.evidence import (
+    best_sentences,
+    quotable_sentences,
+    section_headings,
+    spoken_name,
+    stemmed_words,
+    topic_words,
+)
 from heavy.aggregate.normalize import normalize_answer
 from heavy.aggregate.shorten import YES_NO, is_short
 
@@ -26,7 +35,7 @@ from heavy.aggregate.shorten import YES_NO, is_short
 # sum in another order can break a tie the other way.
 CANDIDATES_PER_PAGE = 6  # each page's sentences richest in the question's words compete for the quotes
 COVERED_SHARE = 0.5  # what a question word is worth to the next quote once a quote or the findings hold it
-TITLE_SHARE = 1.0  # what a question word only the sentence's page title holds is worth
+TITLE_SHARE = 1.0  # what a question word only the sentence's page title or section heading holds is worth
 BRIDGE_SHARE = 2.0  # in mean question words: what a sentence gains on a page an earlier quote names
 QUOTE_FLOOR = 0.5  # a quote is worth at least this share of the best sentence (a next hop's gain counting)
 ANSWER_QUOTE_CHARS = 400  # a longer "sentence" stating the answer is a table or a list run together
@@ -50,20 +59,22 @@ def pick_quotes(question: str, pages: Mapping[int, tuple[str, str]], weights: Ma
     and every relevant sentence alike), and neither is one far less worth than the best ("The Louvre pyramid was
     finished in 1989", for its "finished", to a question on when the Eiffel Tower was)."""
     page_of: dict[str, int] = {}  # sentence → the first source holding it
+    framed: dict[str, set[str]] = {}  # sentence → the question's words its page title and section heading hold
     as_dict = dict(weights)
-    for n, (_, text) in sorted(pages.items()):
+    for n, (title, text) in sorted(pages.items()):
+        headings = section_headings(text)
         for sentence in best_sentences(question, text, count=CANDIDATES_PER_PAGE, weights=as_dict):
             # a cut snippet's head or tail is no sentence to quote (seen: a keyword table's cut tail)
-            if not sentence.startswith(_CUT_MARK) and not sentence.endswith(_CUT_MARK):
-                page_of.setdefault(sentence, n)
+            if sentence not in page_of and not sentence.startswith(_CUT_MARK) and not sentence.endswith(_CUT_MARK):
+                page_of[sentence] = n
+                framed[sentence] = stemmed_words(f"{title} {headings.get(sentence, '')}") & weights.keys()
     holds = {x: stemmed_words(x) & weights.keys() for x in page_of}
-    titled = {n: stemmed_words(title) & weights.keys() for n, (title, _) in pages.items()}
 
     def worth(sentence: str, covered: set[str]) -> float:
         def word(w: str) -> float:
             return weights[w] * (shares.covered if w in covered else 1.0)
         return (math.fsum(word(w) for w in holds[sentence])
-                + shares.title * math.fsum(word(w) for w in titled[page_of[sentence]] - holds[sentence]))
+                + shares.title * math.fsum(word(w) for w in framed[sentence] - holds[sentence]))
 
     names = {n: name for n, (title, _) in pages.items() if (name := spoken_name(title))}
     hop = shares.bridge * math.fsum(weights.values()) / max(len(weights), 1)

@@ -3,7 +3,7 @@
 import pytest
 
 from heavy.agent.steps import TrajectoryResult
-from heavy.aggregate.evidence import pooled_passages, token_f1
+from heavy.aggregate.evidence import pooled_passages, section_headings, token_f1
 from heavy.llm.types import Usage
 from tests.heavy.fakes import source
 
@@ -62,3 +62,12 @@ def test_the_judge_pages_cover_the_question(question, pages, k, picked):
     fetched = [source(f"http://corpus/{name}", text) for name, text in pages.items()]
     passages = pooled_passages(question, [result(0, "", fetched)], k=k)
     assert {p.url.removeprefix("http://corpus/") for p in passages} == picked
+
+
+def test_each_sentence_knows_the_heading_of_its_section():
+    text = ("Intro text here. More intro.\n\n## The while statement\n\nIt loops. It stops.\n\n"
+            'The "for" statement\n===================\n\nIt iterates.\n\nThe "try" statement *********\n\n'
+            "It catches. It loops.")
+    assert section_headings(text) == {"Intro text here.": "", "More intro.": "", "It loops.": "The while statement",
+                                      "It stops.": "The while statement", "It iterates.": 'The "for" statement',
+                                      "It catches.": 'The "try" statement'}  # a sentence twice: its first section

@@ -51,6 +51,21 @@ def test_a_sentence_counts_the_question_words_of_its_pages_title():
                                                        "Python.", 2)]
 
 
+def test_a_sentence_counts_the_question_words_of_its_section_heading():
+    # the demo's compound-statements page: the try section's "else" sentence names "continue" in a list, the for
+    # section's tells what it does; only its heading says it is on the for loop
+    question = "What does the continue statement do in a for loop, and when does the else clause run?"
+    text = ('## The "try" statement\n\nThe optional "else" clause is executed if the control flow leaves the suite, '
+            'no exception was raised, and no "return", "continue", or "break" statement was executed.\n\n'
+            'The "for" statement ===================\n\nA "continue" statement executed in the first suite skips '
+            'the rest of the suite and continues with the next item, or with the "else" clause if there is none.')
+    pages = {1: ("Compound statements", text), 2: ("Functions", "A function may return a value to its caller.")}
+    assert picks(question, pages, 1) == [(
+        'A "continue" statement executed in the first suite skips the rest of the suite and continues with the next '
+        'item, or with the "else" clause if there is none.', 1)]
+    assert picks(question, pages, 1, WORDS_ALONE)[0][0].startswith('The optional "else" clause')
+
+
 def test_a_page_an_earlier_quote_names_is_quoted_for_the_next_hop():
     question = "The director of the romantic comedy Big Stone Gap is based in what New York city?"
     pages = {1: ("Big Stone Gap (film)", "Big Stone Gap is a 2014 American romantic comedy film directed by "
