@@ -104,15 +104,19 @@ def _already_said(sentence: str, said: set[str], weights: Mapping[str, float]) -
 def answer_sentence(question: str, answer: str, pages: Mapping[int, tuple[str, str]], weights: Mapping[str, float],
                     ) -> tuple[str, int] | None:
     """The sentence of `pages` (source number → (title, text)) that writes `answer` out, as whole words, and holds
-    the most of the question's rarer words (its page title's too), with its source number: where a reader checks
-    the answer. Only for a short answer: a yes or no is written in no sentence, and an answer in sentences is its
-    own quote or none."""
+    the most of the question's rarer words (its page title's and section heading's too), with its source number:
+    where a reader checks the answer. Only for a short answer: a yes or no is written in no sentence, and an answer
+    in sentences is its own quote or none."""
     needle = normalize_answer(answer)
     if not needle or needle in YES_NO or not is_short(answer):
         return None
-    found = [(math.fsum(weights[w] for w in (stemmed_words(sentence) | stemmed_words(title)) & weights.keys()), -n,
-              sentence) for n, (title, text) in sorted(pages.items()) for sentence in quotable_sentences(text)
-             if len(sentence) <= ANSWER_QUOTE_CHARS and f" {needle} " in f" {normalize_answer(sentence)} "]
+    found = []
+    for n, (title, text) in sorted(pages.items()):
+        headings = section_headings(text)
+        for sentence in quotable_sentences(text):
+            if len(sentence) <= ANSWER_QUOTE_CHARS and f" {needle} " in f" {normalize_answer(sentence)} ":
+                words = stemmed_words(f"{sentence} {title} {headings.get(sentence, '')}") & weights.keys()
+                found.append((math.fsum(weights[w] for w in words), -n, sentence))
     if not found or max(found)[0] == 0:  # a sentence naming the answer and nothing of the question shows nothing
         return None
     _, n, sentence = max(found, key=lambda item: item[:2])  # ties: the first page, then its first sentence

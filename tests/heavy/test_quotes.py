@@ -102,6 +102,10 @@ def test_the_answer_is_quoted_from_the_sentence_that_writes_it_out():
     # an answer in sentences, copied from the page, would be quoted beside itself
     assert answer_sentence(question, "The Eiffel Tower was finished in 1889 for the fair.", pages, weights) is None
 
+    # two sentences of one page write "1889"; only the second's section heading names the tower
+    sections = {1: ("Paris", "## The fair\n\nThe fair opened in 1889.\n\n## The Eiffel Tower\n\nIt was done in 1889.")}
+    assert answer_sentence(question, "1889", sections, question_weights(question, [sections[1][1]])) == (
+        "It was done in 1889.", 1)
 
 @pytest.mark.anyio
 async def test_an_answer_is_shown_with_the_sentence_of_its_own_page_that_states_it():
