@@ -30,8 +30,10 @@ def best_seconds(run, repeats: int) -> float:
     return min(times)
 
 
-def measure(model: str, dtype: torch.dtype, prompt_tokens: int, tokens: int, repeats: int) -> dict[str, float]:
-    engine = load_engine(model, EngineConfig(enable_prefix_cache=False), dtype=dtype)
+def measure(model: str, dtype: torch.dtype | str, prompt_tokens: int, tokens: int, repeats: int,
+            **config) -> dict[str, float]:
+    """Prefill and decode tokens/s of a fresh engine (`config`: EngineConfig fields beside the prefix cache, off)."""
+    engine = load_engine(model, EngineConfig(enable_prefix_cache=False, **config), dtype=dtype)
     encode = engine.tokenizer.encode
     long_prompt = encode(FILLER * (prompt_tokens // len(encode(FILLER)) + 1))[:prompt_tokens]
     short = [encode(f"Question {i}: write a Python function that reverses a list.") for i in range(BATCH)]

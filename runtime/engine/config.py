@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from runtime.layers.batch_invariant import TILE_ROWS
+
 MIB = 1 << 20
 
 
@@ -21,6 +23,9 @@ class EngineConfig:
     # every linear on fixed row tiles (runtime/layers/batch_invariant.py): greedy outputs that do not depend on the
     # batch, for a slower prefill; the engine changes its model in place
     batch_invariant: bool = False
+    # that mode's row tile: every linear call computes this many rows. Larger tiles prefill faster, smaller ones pad a
+    # small decode batch less (scripts/bench_engine.py, rows g)
+    invariant_tile: int = TILE_ROWS
 
     @property
     def invariant_chunk(self) -> int:
@@ -29,7 +34,8 @@ class EngineConfig:
         return self.max_num_batched_tokens - (self.max_num_seqs - 1)
 
     def __post_init__(self):
-        for name in ("block_size", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+        for name in ("block_size", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens", "max_model_len",
+                     "invariant_tile"):
             if getattr(self, name) <= 0:
                 raise EngineConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.batch_invariant and self.invariant_chunk < self.block_size:

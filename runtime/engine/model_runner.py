@@ -18,7 +18,7 @@ from runtime.sampling import Sampler, TokenLogprobs
 class ModelRunner:
     def __init__(self, model: nn.Module, config: EngineConfig):
         if config.batch_invariant:
-            make_batch_invariant(model)
+            make_batch_invariant(model, config.invariant_tile)
         self.batch_invariant = config.batch_invariant
         self.model = model
         self.block_size = config.block_size

@@ -45,11 +45,13 @@ class FixedTileLinear(nn.Module):
 def make_batch_invariant(model: nn.Module, tile: int = TILE_ROWS) -> int:
     """Swap every nn.Linear of `model` for a FixedTileLinear over the same parameters, in place; the number swapped.
     A tied output layer (no lm_head, the embedding as the output matrix) gets one too. INT4 linears are left as they
-    are."""
+    are. Linears swapped before take the new tile: the model is shared by every engine built on it."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
+            if isinstance(child, FixedTileLinear):
+                child.tile = tile
+            elif type(child) is nn.Linear:
                 setattr(parent, name, FixedTileLinear(child, tile))
                 swapped += 1
     if getattr(model, "lm_head", False) is None and hasattr(model, "model"):  # tied: compute_logits reads lm_head

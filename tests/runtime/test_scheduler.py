@@ -60,6 +60,8 @@ def test_batch_invariant_chunks_end_at_fixed_positions_of_the_prompt_whatever_ru
 def test_batch_invariant_mode_refuses_a_budget_that_cannot_hold_a_chunk_beside_every_decode():
     with pytest.raises(EngineConfigError, match="batch_invariant needs max_num_batched_tokens"):
         EngineConfig(batch_invariant=True, max_num_batched_tokens=64, max_num_seqs=64)
+    with pytest.raises(EngineConfigError, match="invariant_tile must be > 0"):
+        EngineConfig(batch_invariant=True, invariant_tile=0)
 
 
 def test_new_requests_join_between_decode_steps():
