@@ -8,9 +8,12 @@ call the same shape: the last tile is padded with zero rows, which cost compute 
 is one weight read per tile instead of one per step, so prefill slows most; decoding, bandwidth-bound, pads a few
 rows to the tile. In this mode decoding attention runs per sequence over exactly its own context (padding to the
 batch's longest context changed BF16 outputs by up to 2e-3; runtime/layers/attention.py); prefill attention already
-runs per sequence, and RMSNorm, rotary and activations per row. What stays batch-dependent: where a long prompt's
-prefill chunks end (the step's token budget is shared), and INT4 linears.
+runs per sequence, and RMSNorm, rotary and activations per row; INT4 linears run on the same tiles, and the
+scheduler chunks a long prompt at fixed positions of its own. What stays batch-dependent: a mixture-of-experts
+layer's INT4 experts (one fused call over the tokens routed to each), and prefix-cache hits.
 """
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,16 +22,22 @@ from torch import nn
 TILE_ROWS = 64
 
 
-def fixed_tile_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                      tile: int = TILE_ROWS) -> torch.Tensor:
-    # x [..., K], weight [N, K] -> [..., N], each row computed in a [tile, K] x [K, N] product
+def in_fixed_tiles(x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor], out_features: int,
+                   tile: int = TILE_ROWS) -> torch.Tensor:
+    # x [..., K] -> [..., N], `compute` taking [tile, K] to [tile, N] on every tile, the last padded with zero rows
     rows = x.reshape(-1, x.shape[-1])  # [M, K]
     m = rows.shape[0]
     padded = F.pad(rows, (0, 0, 0, -m % tile))  # [ceil(M / tile) * tile, K]
-    out = torch.empty(padded.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)  # [M', N]
+    out = torch.empty(padded.shape[0], out_features, dtype=x.dtype, device=x.device)  # [M', N]
     for start in range(0, padded.shape[0], tile):
-        out[start:start + tile] = F.linear(padded[start:start + tile], weight, bias)
-    return out[:m].reshape(*x.shape[:-1], weight.shape[0])
+        out[start:start + tile] = compute(padded[start:start + tile])
+    return out[:m].reshape(*x.shape[:-1], out_features)
+
+
+def fixed_tile_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      tile: int = TILE_ROWS) -> torch.Tensor:
+    # x [..., K], weight [N, K] -> [..., N], each row computed in a [tile, K] x [K, N] product
+    return in_fixed_tiles(x, lambda rows: F.linear(rows, weight, bias), weight.shape[0], tile)
 
 
 class FixedTileLinear(nn.Module):
@@ -43,17 +52,19 @@ class FixedTileLinear(nn.Module):
 
 
 def make_batch_invariant(model: nn.Module, tile: int = TILE_ROWS) -> int:
-    """Swap every nn.Linear of `model` for a FixedTileLinear over the same parameters, in place; the number swapped.
-    A tied output layer (no lm_head, the embedding as the output matrix) gets one too. INT4 linears are left as they
-    are. Linears swapped before take the new tile: the model is shared by every engine built on it."""
+    """Swap every nn.Linear of `model` for a FixedTileLinear over the same parameters, in place, and set the tile of
+    every layer that computes in tiles when it has one (an INT4 linear's `tile`); the number of layers that did not
+    compute in tiles before. A tied output layer (no lm_head, the embedding as the output matrix) gets one too.
+    Layers tiled before take the new tile: the model is shared by every engine built on it."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, FixedTileLinear):
-                child.tile = tile
-            elif type(child) is nn.Linear:
+            if type(child) is nn.Linear:
                 setattr(parent, name, FixedTileLinear(child, tile))
                 swapped += 1
+            elif hasattr(child, "tile"):
+                swapped += child.tile is None
+                child.tile = tile
     if getattr(model, "lm_head", False) is None and hasattr(model, "model"):  # tied: compute_logits reads lm_head
         tied = nn.Linear(1, 1, bias=False, device="meta")
         tied.weight = model.model.embed_tokens.weight

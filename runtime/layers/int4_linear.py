@@ -16,6 +16,7 @@ from torch import nn
 
 from kernels import Int4Weight, int4_linear, prepare_int4
 from kernels.pack import DEFAULT_GROUP_SIZE, PACK_FACTOR
+from runtime.layers.batch_invariant import in_fixed_tiles
 
 QUANT_METHOD, QUANT_FORMAT, QUANT_STATUS = "compressed-tensors", "pack-quantized", "compressed"
 # weights arguments of a config group -> the only value we can run; the optional ones default to it when absent
@@ -41,10 +42,16 @@ class Int4Linear(nn.Module):
         self.register_buffer("weight_scale", torch.zeros(out_features, in_features // group_size, dtype=scale_dtype))
         self.register_buffer("weight_shape", torch.tensor([out_features, in_features], dtype=torch.int64))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=scale_dtype)) if bias else None
+        # rows per call in the batch-invariant mode (runtime/layers/batch_invariant.py), None: all rows in one call.
+        # The FP32 path dequantizes and multiplies as F.linear does, whose result depends on the number of rows
+        self.tile: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, K] -> [T, N] on the kernels' W4A16 dispatch (Triton on CUDA, the native kernel on CPU).
-        return int4_linear(x.contiguous(), self._prepared(), self.bias)
+        weight = self._prepared()
+        if self.tile is None:
+            return int4_linear(x.contiguous(), weight, self.bias)
+        return in_fixed_tiles(x, lambda rows: int4_linear(rows, weight, self.bias), self.out_features, self.tile)
 
     def _prepared(self) -> Int4Weight:
         # Repacked once for the device's kernel; again only if loading or .to() replaced or rewrote the buffers
