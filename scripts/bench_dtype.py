@@ -46,14 +46,19 @@ def measure(model: str, dtype: torch.dtype | str, prompt_tokens: int, tokens: in
     return {"prefill": prompt_tokens / prefill_s, "decode_1": tokens / one_s, "decode_8": BATCH * tokens / eight_s}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def measure_parser(description: str) -> argparse.ArgumentParser:
+    """The options of `measure` and the thread count, shared with scripts/bench_invariant.py."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--prompt-tokens", type=int, default=1000)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = measure_parser(__doc__).parse_args()
     torch.set_num_threads(args.threads)
     rates = {dtype: measure(args.model, dtype, args.prompt_tokens, args.tokens, args.repeats)
              for dtype in (torch.bfloat16, torch.float32)}

@@ -9,24 +9,16 @@ small decode batch less. For the plain engine and the mode at each tile, on the 
     python scripts/bench_invariant.py [--tiles 8 16 64] [--dtype auto] [--prompt-tokens 1000] [--tokens 32]
 """
 
-import argparse
-
 import torch
-from bench_dtype import measure
+from bench_dtype import measure, measure_parser
 
 from runtime.dtypes import DTYPE_CHOICES, resolve_dtype
-from runtime.embedded import DEFAULT_MODEL
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser = measure_parser(__doc__)
     parser.add_argument("--tiles", type=int, nargs="+", default=[8, 16, 64])
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
-    parser.add_argument("--prompt-tokens", type=int, default=1000)
-    parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = resolve_dtype(args.dtype)
