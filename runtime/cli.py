@@ -52,14 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(model: str, dtype: str):
-    from runtime.dtypes import resolve_dtype
     from runtime.embedded import KNOWN_MODELS
     from runtime.engine.factory import load_engine
 
     note = " (its first use converts it once, about a minute)" if model in KNOWN_MODELS else ""
-    chosen = resolve_dtype(dtype)
-    print(f"loading {model} in {str(chosen).removeprefix('torch.')}{note}...", file=sys.stderr)
-    return load_engine(model, dtype=chosen)
+    print(f"loading {model}{note}...", file=sys.stderr)
+    engine = load_engine(model, dtype=dtype)  # "auto" looks at the checkpoint (INT4 weights) and the CPU
+    computed = next(engine.runner.model.parameters()).dtype
+    print(f"loaded {model} in {str(computed).removeprefix('torch.')}", file=sys.stderr)
+    return engine
 
 
 def _sampling(args: argparse.Namespace):

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from runtime.dtypes import AUTO, resolve_dtype
+from runtime.dtypes import AUTO, has_int4_weights, resolve_dtype
 from runtime.loader import load_checkpoint
 from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
 from runtime.models.deepseek_v3_config import DeepseekV3Config
@@ -38,8 +38,8 @@ def load_model(path: str | Path, dtype: str | torch.dtype = AUTO, device: str | 
     """Build the model for `path/config.json` without initialising weights, then fill it from the checkpoint.
     `dtype`: a torch dtype, "bfloat16", "float32", or "auto" (runtime/dtypes.py)."""
     path = Path(path)
-    dtype = resolve_dtype(dtype, device)
     data = json.loads((path / "config.json").read_text())
+    dtype = resolve_dtype(dtype, device, int4_weights=has_int4_weights(data))
     config = build_config(data)
     _, model_cls = MODEL_TYPES[data["model_type"]]
     # Meta construction skips random initialisation (seconds for real sizes); to_empty only allocates.

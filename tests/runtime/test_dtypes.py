@@ -1,10 +1,11 @@
-"""The compute dtype: "auto" picks bfloat16 only where the hardware multiplies it natively; names are checked."""
+"""The compute dtype: "auto" picks bfloat16 where the hardware multiplies it natively or the weights are INT4; names
+are checked."""
 
 import pytest
 import torch
 
 from runtime.cli import build_parser
-from runtime.dtypes import native_bf16, resolve_dtype
+from runtime.dtypes import has_int4_weights, native_bf16, resolve_dtype
 from runtime.replica.rank import RankSpec
 
 
@@ -19,6 +20,15 @@ def test_auto_is_bfloat16_only_on_a_cpu_that_computes_it_natively(monkeypatch, a
     _cpu_with(monkeypatch, avx512_bf16, amx)
     assert resolve_dtype("auto") is expected
     assert native_bf16("cpu") is (expected is torch.bfloat16)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_is_bfloat16_for_int4_weights_on_any_cpu(monkeypatch, native):
+    _cpu_with(monkeypatch, avx512_bf16=native, amx=False)
+    assert resolve_dtype("auto", int4_weights=True) is torch.bfloat16
+    assert resolve_dtype("float32", int4_weights=True) is torch.float32  # a name is taken as given
+    assert has_int4_weights({"quantization_config": {"quant_method": "compressed-tensors"}})
+    assert not has_int4_weights({"model_type": "qwen2"})
 
 
 def test_names_and_torch_dtypes_resolve_and_unknown_names_are_refused():

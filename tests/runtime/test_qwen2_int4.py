@@ -128,6 +128,15 @@ def test_the_config_decides_which_linears_are_int4(quantized):
     assert q_proj.bias is not None and q_proj.bias.abs().sum() > 0  # quantized or not, q/k/v keep their biases
 
 
+def test_auto_loads_int4_weights_in_bfloat16_even_without_bf16_in_hardware(source, quantized, monkeypatch):
+    # the CPU's W4A16 kernels take BF16 activations; FP32 ones dequantize every weight on every call (0.07x decode)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    folder, _ = quantized
+    assert load_model(folder).model.embed_tokens.weight.dtype is torch.bfloat16
+    assert load_model(source).model.embed_tokens.weight.dtype is torch.float32  # the dense original
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_registry_load_equals_the_module_swapped_model(quantized, dtype):
     folder, _ = quantized
