@@ -24,7 +24,7 @@ class EngineConfig:
     # batch, for a slower prefill; the engine changes its model in place
     batch_invariant: bool = False
     # that mode's row tile: every linear call computes this many rows. Larger tiles prefill faster, smaller ones pad a
-    # small decode batch less (scripts/bench_engine.py, rows g)
+    # small decode batch less (scripts/bench_invariant.py)
     invariant_tile: int = TILE_ROWS
 
     @property
