@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from runtime.dtypes import resolve_dtype
+
 
 def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "runtime", *args], capture_output=True, text=True, timeout=timeout)
@@ -37,3 +39,4 @@ def test_chat_streams_an_answer_and_reports_speed():
     assert result.returncode == 0, result.stderr
     assert "paris" in result.stdout.lower()
     assert "tokens/s" in result.stderr
+    assert f"in {str(resolve_dtype('auto')).removeprefix('torch.')}" in result.stderr  # the dtype "auto" loaded

@@ -195,3 +195,4 @@ def test_cli_generates_from_the_int4_embedded_model(embedded_model_dir, tmp_path
                              "def fibonacci(n):"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() and "tokens/s" in result.stderr
+    assert f"loaded {dest} in bfloat16" in result.stderr  # "auto": the W4A16 kernels take BF16 on any CPU
