@@ -11,10 +11,11 @@ import time
 
 import torch
 
-from runtime.dtypes import native_bf16, resolve_dtype
-from runtime.embedded import DEFAULT_MODEL
+from runtime.dtypes import native_bf16
+from runtime.embedded import DEFAULT_MODEL, resolve_model
 from runtime.engine import EngineConfig
 from runtime.engine.factory import load_engine
+from runtime.models.registry import checkpoint_dtype
 from runtime.sampling import SamplingParams
 
 BATCH = 8
@@ -63,7 +64,7 @@ def main() -> None:
     rates = {dtype: measure(args.model, dtype, args.prompt_tokens, args.tokens, args.repeats)
              for dtype in (torch.bfloat16, torch.float32)}
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native BF16: {native_bf16()}, "
-          f"auto picks {resolve_dtype('auto')}; {args.threads} threads")
+          f"auto picks {checkpoint_dtype(resolve_model(args.model))}; {args.threads} threads")
     print("| measure | bfloat16 tok/s | float32 tok/s | float32 / bfloat16 |\n|---|---|---|---|")
     for name, label in (("prefill", f"prefill, {args.prompt_tokens}-token prompt"),
                         ("decode_1", f"decode, batch 1, {args.tokens} tokens"),

@@ -12,7 +12,9 @@ small decode batch less. For the plain engine and the mode at each tile, on the 
 import torch
 from bench_dtype import measure, measure_parser
 
-from runtime.dtypes import DTYPE_CHOICES, resolve_dtype
+from runtime.dtypes import DTYPE_CHOICES
+from runtime.embedded import resolve_model
+from runtime.models.registry import checkpoint_dtype
 
 
 def main() -> None:
@@ -21,7 +23,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dtype = resolve_dtype(args.dtype)
+    dtype = checkpoint_dtype(resolve_model(args.model), args.dtype)
 
     def rates(**config) -> dict[str, float]:
         return measure(args.model, dtype, args.prompt_tokens, args.tokens, args.repeats, **config)

@@ -152,9 +152,12 @@ async def evaluate(args: argparse.Namespace) -> dict:
 def computed_dtype(settings: Settings, backend: str = "runtime") -> str | None:
     """What the runtime backend computes in here (HEAVY_RUNTIME_DTYPE, "auto" by default; runs compare exactly only
     in one dtype); None for an OpenAI-compatible endpoint, whose dtype is its own."""
-    from runtime.dtypes import resolve_dtype  # torch: only for the runtime backend
+    if backend != "runtime":
+        return None
+    from runtime.embedded import resolve_model  # torch: only for the runtime backend
+    from runtime.models.registry import checkpoint_dtype
 
-    return str(resolve_dtype(settings.runtime_dtype)).removeprefix("torch.") if backend == "runtime" else None
+    return str(checkpoint_dtype(resolve_model(settings.model), settings.runtime_dtype)).removeprefix("torch.")
 
 
 def add_aggregation_options(parser: argparse.ArgumentParser) -> None:

@@ -145,13 +145,10 @@ def section_headings(text: str) -> dict[str, str]:
     the first suite skips the rest of the suite" under 'The "for" statement')."""
     heading, under = "", {}
     for paragraph in PARAGRAPH_BREAK.split(text):
-        folded = " ".join(paragraph.split())
-        if found := _SECTION_HEADING.match(folded):
+        if found := _SECTION_HEADING.match(" ".join(paragraph.split())):
             heading = found["marked"] or found["underlined"]
-            continue
-        for sentence in SENTENCE_END.split(folded):
-            if sentence.strip():
-                under.setdefault(sentence.strip(), heading)
+        else:
+            under.update((sentence, heading) for sentence in sentences_of(paragraph) if sentence not in under)
     return under
 
 

@@ -34,12 +34,20 @@ def build_config(data: dict):
     return config_cls.from_json(data)
 
 
+def checkpoint_dtype(path: str | Path, dtype: str | torch.dtype = AUTO, device: str | torch.device = "cpu",
+                     ) -> torch.dtype:
+    """The dtype the checkpoint folder `path` computes in on `device`: "auto" looks at its config.json too (INT4
+    weights; runtime/dtypes.py)."""
+    data = json.loads((Path(path) / "config.json").read_text())
+    return resolve_dtype(dtype, device, int4_weights=has_int4_weights(data))
+
+
 def load_model(path: str | Path, dtype: str | torch.dtype = AUTO, device: str | torch.device = "cpu") -> nn.Module:
     """Build the model for `path/config.json` without initialising weights, then fill it from the checkpoint.
     `dtype`: a torch dtype, "bfloat16", "float32", or "auto" (runtime/dtypes.py)."""
     path = Path(path)
+    dtype = checkpoint_dtype(path, dtype, device)
     data = json.loads((path / "config.json").read_text())
-    dtype = resolve_dtype(dtype, device, int4_weights=has_int4_weights(data))
     config = build_config(data)
     _, model_cls = MODEL_TYPES[data["model_type"]]
     # Meta construction skips random initialisation (seconds for real sizes); to_empty only allocates.

@@ -6,7 +6,6 @@ tokens and meet in the same collectives; only the MoE layers differ (each comput
 Plain class: the replica runs it as a Ray actor; nothing here imports Ray.
 """
 
-import json
 import os
 import socket
 from dataclasses import dataclass, field
@@ -16,12 +15,13 @@ import torch
 
 from runtime.distributed import GroupSpec, destroy_group, expert_slice, init_group, resident_expert_bytes
 from runtime.distributed.moe_parallel import shard_moe_layers
-from runtime.dtypes import AUTO, DTYPE_CHOICES, has_int4_weights, resolve_dtype
+from runtime.dtypes import AUTO, DTYPE_CHOICES
 from runtime.engine.block_manager import PrefixCacheStats
 from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
+from runtime.models.registry import checkpoint_dtype
 from runtime.sampling import SamplingParams
 
 
@@ -62,9 +62,8 @@ class EPRank:
         torch.set_num_threads(spec.num_threads)
         self.spec = spec
         config_path = Path(spec.model_path)
-        raw = json.loads((config_path / "config.json").read_text())
         experts = expert_slice(self._n_experts(config_path), spec.ep_size, spec.rank)
-        dtype = resolve_dtype(spec.dtype, int4_weights=has_int4_weights(raw))  # "auto": on this rank's node
+        dtype = checkpoint_dtype(config_path, spec.dtype)  # "auto": on this rank's node
         self.model, report = DeepseekV3ForCausalLM.from_pretrained(
             config_path, dtype, absorbed_mla=spec.absorbed_mla, local_experts=experts
         )
