@@ -30,8 +30,10 @@ class EngineConfig:
     @property
     def invariant_chunk(self) -> int:
         """Batch-invariant mode's prefill chunk: what the budget always holds beside one decode of every other
-        sequence, so a chunk never waits for decodes to end."""
-        return self.max_num_batched_tokens - (self.max_num_seqs - 1)
+        sequence, so a chunk never waits for decodes to end, in whole blocks, so a prefix-cache hit can end where a
+        chunk does."""
+        beside_decodes = self.max_num_batched_tokens - (self.max_num_seqs - 1)
+        return beside_decodes // self.block_size * self.block_size
 
     def __post_init__(self):
         for name in ("block_size", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens", "max_model_len",

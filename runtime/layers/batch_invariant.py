@@ -9,8 +9,12 @@ is one weight read per tile instead of one per step, so prefill slows most; deco
 rows to the tile. In this mode decoding attention runs per sequence over exactly its own context (padding to the
 batch's longest context changed BF16 outputs by up to 2e-3; runtime/layers/attention.py); prefill attention already
 runs per sequence, and RMSNorm, rotary and activations per row; INT4 linears run on the same tiles, and the
-scheduler chunks a long prompt at fixed positions of its own. What stays batch-dependent: a mixture-of-experts
-layer's INT4 experts (one fused call over the tokens routed to each), and prefix-cache hits.
+scheduler chunks a long prompt at fixed positions of its own. A mixture-of-experts layer computes its router's
+scores in the same tiles and runs its INT4 experts one at a time on them (runtime/layers/moe.py), not in one fused
+call, and the absorbed MLA (runtime/layers/mla.py) its per-head products; the scheduler uses a prefix-cache hit in
+whole chunks only. What stays batch-dependent: cached blocks that a sequence's own decoding wrote, when memory
+pressure from other requests evicts them or preempts the sequence: recomputed by prefill, they differ (a prompt
+reusing 224 tokens of which 124 were decoded: first logprob -1.5074741 against -1.5074750 all prefilled, FP32).
 """
 
 from collections.abc import Callable
@@ -53,18 +57,20 @@ class FixedTileLinear(nn.Module):
 
 def make_batch_invariant(model: nn.Module, tile: int = TILE_ROWS) -> int:
     """Swap every nn.Linear of `model` for a FixedTileLinear over the same parameters, in place, and set the tile of
-    every layer that computes in tiles when it has one (an INT4 linear's `tile`); the number of layers that did not
-    compute in tiles before. A tied output layer (no lm_head, the embedding as the output matrix) gets one too.
-    Layers tiled before take the new tile: the model is shared by every engine built on it."""
+    every layer that computes in tiles when it has one (a `tile` attribute: INT4 linears, a mixture of experts and
+    its router, MLA); the number of layers that did not compute in tiles before. A tied output layer (no lm_head, the
+    embedding as the output matrix) gets one too. Layers tiled before take the new tile: the model is shared by every
+    engine built on it."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
                 setattr(parent, name, FixedTileLinear(child, tile))
                 swapped += 1
-            elif hasattr(child, "tile"):
-                swapped += child.tile is None
-                child.tile = tile
+    for module in model.modules():  # FixedTileLinear, Int4Linear, a mixture of experts and its router; `model` too
+        if hasattr(module, "tile"):
+            swapped += module.tile is None
+            module.tile = tile
     if getattr(model, "lm_head", False) is None and hasattr(model, "model"):  # tied: compute_logits reads lm_head
         tied = nn.Linear(1, 1, bias=False, device="meta")
         tied.weight = model.model.embed_tokens.weight

@@ -4,7 +4,10 @@ experts (INT4 or dense), and always-on shared experts.
 Shapes: T = tokens, D = hidden, E = routed experts, G = expert groups, K = experts per token, I = expert width.
 Only the experts listed in `local_experts` are built (expert parallelism): a token routed to another rank's expert
 gets nothing from it here; the ranks' partial sums add up to the full layer. INT4 experts run in one fused call
-(`kernels.fused_moe` on the kernels' backend dispatch); dense experts run one module at a time.
+(`kernels.fused_moe` on the kernels' backend dispatch); dense experts run one module at a time, and so do INT4
+experts in the batch-invariant mode (runtime/layers/batch_invariant.py), where each expert's linears compute the
+tokens routed to it in fixed row tiles and the router's scores are computed in the same tiles: the fused call's
+per-expert products, and an F.linear over all the step's tokens, depend on how many tokens share the step.
 """
 
 from collections.abc import Iterable
@@ -15,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import Int4Experts, fused_moe, prepare_experts
+from runtime.layers.batch_invariant import fixed_tile_linear
 from runtime.layers.int4_linear import Int4Linear
 
 GROUP_SCORE_TOP = 2  # a group's score is the sum of its two best experts (DeepSeek-V3's rule)
@@ -78,6 +82,9 @@ class TopKRouter(nn.Module):
         self.dims = dims
         self.weight = nn.Parameter(torch.zeros(dims.n_routed_experts, dims.hidden_size))
         self.register_buffer("e_score_correction_bias", torch.zeros(dims.n_routed_experts, dtype=torch.float32))
+        # rows per score product in the batch-invariant mode, None: all rows in one. A score that moves by 1e-7
+        # with the batch can swap two near-tied experts, and the token's output with them.
+        self.tile: int | None = None
 
     def _apply(self, fn, recurse=True):
         # Like the reference, the correction bias stays fp32 whatever dtype the model is cast to: it decides near-ties.
@@ -88,7 +95,10 @@ class TopKRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x [T, D] -> weights fp32 [T, K], expert ids int64 [T, K]
         dims, t = self.dims, x.shape[0]
-        scores = F.linear(x.float(), self.weight.float()).sigmoid()  # [T, E]
+        if self.tile is None:
+            scores = F.linear(x.float(), self.weight.float()).sigmoid()  # [T, E]
+        else:
+            scores = fixed_tile_linear(x.float(), self.weight.float(), tile=self.tile).sigmoid()  # [T, E]
         for_choice = scores + self.e_score_correction_bias.float()  # [T, E]
         grouped = for_choice.view(t, dims.n_group, dims.experts_per_group)  # [T, G, E/G]
         group_scores = grouped.topk(GROUP_SCORE_TOP, dim=-1).values.sum(dim=-1)  # [T, G]
@@ -118,11 +128,13 @@ class MoE(nn.Module):
             if dims.n_shared_experts else None
         )
         self._stacked: tuple[Int4Experts, torch.Tensor] | None = None  # (experts, global -> local id [E])
+        # set by the batch-invariant mode (with its experts' and router's tiles): INT4 experts run one at a time
+        self.tile: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, D] -> [T, D]
         weights, ids = self.gate(x)  # [T, K], [T, K]
-        if self.dims.int4_group_size is not None and len(self.experts):
+        if self.dims.int4_group_size is not None and len(self.experts) and self.tile is None:
             routed = self.routed_fused(x, weights, ids)  # [T, D]
         else:
             routed = self.routed_loop(x, weights, ids)  # [T, D]
@@ -131,15 +143,16 @@ class MoE(nn.Module):
         return routed
 
     def routed_loop(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """This rank's routed experts one module at a time (dense experts; any expert kind). -> [T, D]"""
-        routed = torch.zeros_like(x)  # [T, D]
+        """This rank's routed experts one module at a time (dense experts, and any kind in the batch-invariant
+        mode), each token's outputs summed in fp32 in the order of expert ids. -> [T, D]"""
+        routed = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # [T, D]
         for expert_id in ids.unique().tolist():
             if str(expert_id) not in self.experts:  # owned by another expert-parallel rank
                 continue
             token_idx, slot = (ids == expert_id).nonzero(as_tuple=True)  # [A], [A]
             out = self.experts[str(expert_id)](x[token_idx]) * weights[token_idx, slot, None]  # [A, D] fp32
-            routed.index_add_(0, token_idx, out.to(x.dtype))
-        return routed
+            routed.index_add_(0, token_idx, out.float())
+        return routed.to(x.dtype)
 
     def routed_fused(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """This rank's INT4 experts in one `kernels.fused_moe` call (Triton on CUDA, the CPU path on CPU); slots

@@ -10,8 +10,11 @@ from kernels.pack import pack_int4, quantize_int4
 from runtime.engine import EngineConfig, LLMEngine
 from runtime.layers.batch_invariant import TILE_ROWS, FixedTileLinear, fixed_tile_linear, make_batch_invariant
 from runtime.layers.int4_linear import Int4Linear
+from runtime.layers.moe import MoE, MoEDims
 from runtime.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from runtime.sampling import SamplingParams
+from tests.kernels.parity import random_int4
+from tests.runtime.engine_logprobs import logprobs_of_last
 from tests.runtime.test_engine import LetterTokenizer
 
 TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -49,6 +52,36 @@ def test_an_int4_linear_in_tiles_computes_a_row_the_same_in_any_batch(dtype):
     for rows in ([0], [5], [299], [3, 7, 100], list(range(40))):
         assert torch.equal(layer(x[rows]), batch[rows])
     torch.testing.assert_close(batch, plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_mixture_of_experts_computes_a_token_the_same_in_any_batch(dtype):
+    # plain, on an AVX2 CPU: router scores moved by up to 2e-7 with the batch (FP32 and BF16 models: the router
+    # computes in FP32), enough to swap near-tied experts; FP32 outputs by up to 2e-6 (the fused INT4 experts)
+    dims = MoEDims(hidden_size=1024, moe_intermediate_size=256, n_routed_experts=16, num_experts_per_tok=4, n_group=4,
+                   topk_group=2, n_shared_experts=1, norm_topk_prob=True, routed_scaling_factor=2.827,
+                   int4_group_size=32)
+    moe, gen = MoE(dims), torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in moe.modules():
+            if isinstance(module, Int4Linear):
+                packed, scale = random_int4(module.out_features, module.in_features, generator=gen)
+                module.weight_packed.copy_(packed)
+                module.weight_scale.copy_(scale)
+        for tensor in moe.parameters():
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) / tensor.shape[-1] ** 0.5)
+    moe = moe.to(dtype)
+    x = torch.randn(300, 1024, generator=gen).to(dtype)
+    with torch.inference_mode():
+        fused = moe(x)  # [300, 1024]
+        assert make_batch_invariant(moe, tile=16) == 1 + 1 + 3 * 16 + 3  # itself, router, experts, shared (swapped)
+        batch, (weights, ids) = moe(x), moe.gate(x)
+        for rows in ([0], [5], [299], [3, 7, 100], list(range(40))):
+            assert torch.equal(moe(x[rows]), batch[rows])
+            row_weights, row_ids = moe.gate(x[rows])
+            assert torch.equal(row_weights, weights[rows]) and torch.equal(row_ids, ids[rows])
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(batch, fused, **tol)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -129,16 +162,32 @@ def test_a_long_prompt_computes_the_same_numbers_alone_or_beside_other_requests(
               for q in ("What is 2+2?", "Name a colour.", "What is the capital of Italy?")]
     params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, logprobs=0)
 
-    def logprobs_of_last(prompts: list[list[int]]) -> list[float]:
+    def logprobs(prompts: list[list[int]]) -> list[float]:
         config = EngineConfig(kv_cache_bytes=64 << 20, max_num_batched_tokens=128, max_num_seqs=8,
-                              enable_prefix_cache=False, batch_invariant=True)  # chunks of 121 tokens
-        engine = LLMEngine(invariant_model, embedded_tokenizer, config)
-        last = [engine.add_request(p, params) for p in prompts][-1]
-        logprobs = []
-        while engine.has_unfinished():
-            logprobs += [lp.logprob for out in engine.step() if out.request_id == last for lp in out.new_logprobs]
-        return logprobs
+                              enable_prefix_cache=False, batch_invariant=True)  # chunks of 112 tokens
+        return logprobs_of_last(LLMEngine(invariant_model, embedded_tokenizer, config), params, prompts)
 
     assert len(long) == 300
-    alone = logprobs_of_last([long])
-    assert logprobs_of_last([*others, long]) == alone and len(alone) == 4  # bit for bit
+    alone = logprobs([long])
+    assert logprobs([*others, long]) == alone and len(alone) == 4  # bit for bit
+
+
+@pytest.mark.slow
+def test_a_prompt_computes_the_same_numbers_with_or_without_a_prefix_cache_hit(embedded_model_dir, embedded_tokenizer):
+    # a hit of 176 tokens used to start the computation mid-chunk (chunks of 112 tokens): first logprob -0.4925325
+    # against -0.4925337 without the hit (FP32 here; BF16 -0.501 against -0.485). Now the hit is used up to 112.
+    from runtime.models.registry import load_model
+
+    model = load_model(embedded_model_dir, torch.float32)  # its own copy: the mode changes it in place
+    first = embedded_tokenizer.encode("You are a careful research assistant. Read the pages and answer. " * 30)[:300]
+    second = first[:180] + embedded_tokenizer.encode(" Now answer: what is seven times six? Explain.")
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, logprobs=0)
+
+    def engine() -> LLMEngine:
+        config = EngineConfig(kv_cache_bytes=64 << 20, max_num_batched_tokens=128, max_num_seqs=8, batch_invariant=True)
+        return LLMEngine(model, embedded_tokenizer, config)  # chunks of 112 tokens
+
+    alone = logprobs_of_last(engine(), params, [second])
+    after_first = engine()
+    assert len(alone) == 4 and logprobs_of_last(after_first, params, [first], [second]) == alone
+    assert after_first.stats.prompt_tokens_reused == 112

@@ -8,8 +8,10 @@ from runtime.engine.factory import load_tokenizer
 from runtime.layers.mla import LatentAttention
 from runtime.models.registry import load_model
 from runtime.sampling import SamplingParams
+from tests.runtime.engine_logprobs import logprobs_of_last
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+WITH_LOGPROBS = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=0)
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +43,38 @@ def test_batched_chunked_and_prefix_cached_generation_equals_one_at_a_time(kimi)
     batched = engine.generate(prompts, GREEDY)
     assert [c.token_ids for c in batched] == alone
     assert engine.stats.prompt_tokens_reused >= 2 * (len(shared) // 4 * 4 - 4)
+
+
+def invariant_engine(model, tokenizer, prefix_cache: bool) -> LLMEngine:
+    return LLMEngine(model, tokenizer, EngineConfig(block_size=4, num_blocks=256, max_num_batched_tokens=64,
+                                                    max_num_seqs=8, enable_prefix_cache=prefix_cache,
+                                                    batch_invariant=True))  # chunks of 56 tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_invariant_mode_computes_a_request_the_same_alone_or_beside_others(tiny_kimi_path, dtype):
+    # MLA, the router and the INT4 experts of the Kimi layout: logprobs bit for bit, whatever runs beside it. In FP32
+    # the router's scores, the experts' fused products and the absorbed MLA's per-head products each broke it.
+    model, tokenizer = load_model(tiny_kimi_path, dtype), load_tokenizer(tiny_kimi_path)
+    prompts = [tokenizer.encode(f"Question {i}: " + "what is the sum of these numbers? " * (1 + 3 * i))
+               for i in range(4)]
+    for i in (0, 3):
+        alone = logprobs_of_last(invariant_engine(model, tokenizer, False), WITH_LOGPROBS, [prompts[i]])
+        others = prompts[:i] + prompts[i + 1:]
+        assert len(alone) == 12
+        beside = logprobs_of_last(invariant_engine(model, tokenizer, False), WITH_LOGPROBS, [*others, prompts[i]])
+        assert beside == alone
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_invariant_mode_computes_a_request_the_same_with_or_without_a_prefix_cache_hit(tiny_kimi_path, dtype):
+    # the hit (68 cached tokens) is used up to the end of the first 56-token chunk, where the prompt's computation
+    # without it starts its second chunk (the real model's case: tests/runtime/test_batch_invariant.py)
+    model, tokenizer = load_model(tiny_kimi_path, dtype), load_tokenizer(tiny_kimi_path)
+    first = tokenizer.encode("You are a careful assistant. " * 12)
+    second = first[:70] + tokenizer.encode(" Now answer: what is seven times six?")
+    assert len(first) > 70
+    alone = logprobs_of_last(invariant_engine(model, tokenizer, True), WITH_LOGPROBS, [second])
+    engine = invariant_engine(model, tokenizer, True)
+    assert logprobs_of_last(engine, WITH_LOGPROBS, [first], [second]) == alone
+    assert engine.stats.prompt_tokens_reused == 56

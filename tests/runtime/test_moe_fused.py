@@ -2,7 +2,8 @@
 routing with experts that get no token and experts owned by another expert-parallel rank.
 
 fp32: both paths dequantise the same INT4 weights and sum in fp32; only the order of the additions differs.
-bf16: the loop adds the experts' outputs in bf16, the fused path in fp32, so they differ by bf16 rounding.
+bf16: both sum in fp32; the loop multiplies by gate and up apart, the fused path by them stacked, which a kernel may
+block differently (equal on an AVX2 CPU), so they may differ by bf16 rounding.
 """
 
 import pytest

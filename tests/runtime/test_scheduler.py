@@ -52,9 +52,22 @@ def test_batch_invariant_chunks_end_at_fixed_positions_of_the_prompt_whatever_ru
         add(sched, "long", range(100, 140))
         return [c["long"] for c in (step(sched) for _ in range(8)) if c.get("long", 0) > 1]
 
-    # the chunk is what the budget holds beside a decode of each other sequence: 16 - (4 - 1) = 13
-    assert chunks_of_long(0, True) == chunks_of_long(1, True) == chunks_of_long(3, True) == [13, 13, 13]
+    # the chunk is what the budget holds beside a decode of each other sequence, 16 - (4 - 1) = 13, in whole blocks
+    assert chunks_of_long(0, True) == chunks_of_long(1, True) == chunks_of_long(3, True) == [12, 12, 12, 4]
     assert chunks_of_long(0, False) == [16, 16, 8] and chunks_of_long(1, False) == [11, 15, 14]
+
+
+@pytest.mark.parametrize("batch_invariant", [False, True])
+def test_batch_invariant_mode_uses_a_prefix_cache_hit_in_whole_chunks_only(batch_invariant):
+    # whole chunks of 12 tokens: the rest of the prompt is computed in the chunks it would be without the hit
+    sched = make(budget=16, batch_invariant=batch_invariant)
+    first = add(sched, "first", range(100, 140), max_tokens=1)
+    while sched.has_unfinished():
+        step(sched)
+    second = add(sched, "second", [*first.token_ids[:30], 7, 8, 9, 10, 11, 12])
+    computed = step(sched)["second"]
+    hit = 24 if batch_invariant else 28  # 7 cached blocks of the 30 shared tokens
+    assert second.num_cached_prompt_tokens == hit and computed == (12 if batch_invariant else 8)
 
 
 def test_batch_invariant_mode_refuses_a_budget_that_cannot_hold_a_chunk_beside_every_decode():

@@ -1,0 +1,15 @@
+"""Logprobs of one request as the engine streams them: what the batch-invariance tests compare bit for bit."""
+
+from runtime.engine import LLMEngine
+from runtime.sampling import SamplingParams
+
+
+def logprobs_of_last(engine: LLMEngine, params: SamplingParams, *batches: list[list[int]]) -> list[float]:
+    """Runs each batch of prompts to the end, one batch after another; the logprobs of the very last prompt."""
+    logprobs: list[float] = []
+    for batch in batches:
+        last = [engine.add_request(prompt, params) for prompt in batch][-1]
+        logprobs = []
+        while engine.has_unfinished():
+            logprobs += [lp.logprob for out in engine.step() if out.request_id == last for lp in out.new_logprobs]
+    return logprobs
