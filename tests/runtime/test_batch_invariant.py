@@ -10,12 +10,12 @@ from kernels.pack import pack_int4, quantize_int4
 from runtime.engine import EngineConfig, LLMEngine
 from runtime.layers.batch_invariant import TILE_ROWS, FixedTileLinear, fixed_tile_linear, make_batch_invariant
 from runtime.layers.int4_linear import Int4Linear
-from runtime.layers.moe import MoE, MoEDims
+from runtime.layers.moe import MoEDims
 from runtime.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from runtime.sampling import SamplingParams
-from tests.kernels.parity import random_int4
 from tests.runtime.engine_logprobs import logprobs_of_last
 from tests.runtime.test_engine import LetterTokenizer
+from tests.runtime.test_moe_fused import random_int4_moe
 
 TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512)
@@ -61,16 +61,8 @@ def test_a_mixture_of_experts_computes_a_token_the_same_in_any_batch(dtype):
     dims = MoEDims(hidden_size=1024, moe_intermediate_size=256, n_routed_experts=16, num_experts_per_tok=4, n_group=4,
                    topk_group=2, n_shared_experts=1, norm_topk_prob=True, routed_scaling_factor=2.827,
                    int4_group_size=32)
-    moe, gen = MoE(dims), torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in moe.modules():
-            if isinstance(module, Int4Linear):
-                packed, scale = random_int4(module.out_features, module.in_features, generator=gen)
-                module.weight_packed.copy_(packed)
-                module.weight_scale.copy_(scale)
-        for tensor in moe.parameters():
-            tensor.copy_(torch.randn(tensor.shape, generator=gen) / tensor.shape[-1] ** 0.5)
-    moe = moe.to(dtype)
+    gen = torch.Generator().manual_seed(0)
+    moe = random_int4_moe(dtype, dims, gen)
     x = torch.randn(300, 1024, generator=gen).to(dtype)
     with torch.inference_mode():
         fused = moe(x)  # [300, 1024]

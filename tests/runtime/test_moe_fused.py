@@ -26,9 +26,11 @@ IDLE_EXPERT = 6  # local to RANK_SLICE, never routed to
 BACKENDS = ["cpu", "reference", "triton"]  # triton runs in its interpreter on CPU (tests/conftest.py)
 
 
-def _full_moe(dtype: torch.dtype = torch.float32) -> MoE:
-    moe = MoE(DIMS)
-    gen = torch.Generator().manual_seed(0)
+def random_int4_moe(dtype: torch.dtype = torch.float32, dims: MoEDims = DIMS,
+                    gen: torch.Generator | None = None) -> MoE:
+    """A MoE layer of INT4 experts with random weights (seed 0 unless `gen` is given)."""
+    moe = MoE(dims)
+    gen = gen or torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in moe.modules():
             if isinstance(module, Int4Linear):
@@ -61,7 +63,7 @@ def _routing(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("local", [None, RANK_SLICE], ids=["all_experts", "rank_slice"])
 def test_fused_path_equals_the_loop_fp32(backend, local):
-    full = _full_moe()
+    full = random_int4_moe()
     moe = full if local is None else _rank_moe(full, local)
     x, weights, ids = _routing(torch.float32)
     assert not (ids == IDLE_EXPERT).any()
@@ -74,7 +76,7 @@ def test_fused_path_equals_the_loop_fp32(backend, local):
 
 
 def test_fused_path_equals_the_loop_bf16_on_the_cpu_kernel():
-    moe = _rank_moe(_full_moe(torch.bfloat16), RANK_SLICE)
+    moe = _rank_moe(random_int4_moe(torch.bfloat16), RANK_SLICE)
     x, weights, ids = _routing(torch.bfloat16)
     with torch.inference_mode():
         actual, expected = moe.routed_fused(x, weights, ids), moe.routed_loop(x, weights, ids)
@@ -83,7 +85,7 @@ def test_fused_path_equals_the_loop_bf16_on_the_cpu_kernel():
 
 
 def test_tokens_routed_only_to_other_ranks_get_zeros():
-    moe = _rank_moe(_full_moe(), RANK_SLICE)
+    moe = _rank_moe(random_int4_moe(), RANK_SLICE)
     x, weights, _ = _routing(torch.float32)
     ids = torch.tensor([[0, 1, 2, 3], [12, 13, 14, 15]]).repeat(TOKENS // 2 + 1, 1)[:TOKENS]  # [T, K] none local
     with torch.no_grad():
@@ -91,7 +93,7 @@ def test_tokens_routed_only_to_other_ranks_get_zeros():
 
 
 def test_forward_takes_the_fused_path_and_holds_the_packed_weights_once():
-    moe = _full_moe()
+    moe = random_int4_moe()
     x, _, _ = _routing(torch.float32)
     with torch.no_grad():
         weights, ids = moe.gate(x)
@@ -104,7 +106,7 @@ def test_forward_takes_the_fused_path_and_holds_the_packed_weights_once():
 
 
 def test_reloading_weights_reaches_the_fused_path():
-    moe, other = _full_moe(), _full_moe()
+    moe, other = random_int4_moe(), random_int4_moe()
     with torch.no_grad():
         other.experts["3"].up_proj.weight_scale.mul_(-2)  # another checkpoint for expert 3
     x, weights, ids = _routing(torch.float32)
@@ -117,7 +119,7 @@ def test_reloading_weights_reaches_the_fused_path():
 
 
 def test_casting_the_layer_restacks_its_experts():
-    moe = _rank_moe(_full_moe(), RANK_SLICE)
+    moe = _rank_moe(random_int4_moe(), RANK_SLICE)
     x, weights, ids = _routing(torch.float32)
     with torch.no_grad():
         moe.routed_fused(x, weights, ids)  # stacks with fp32 scales
@@ -130,7 +132,7 @@ def test_casting_the_layer_restacks_its_experts():
 
 @pytest.mark.parametrize("ep", [2, 4])
 def test_ranks_partial_int4_outputs_sum_to_the_whole_layer(ep):
-    full = _full_moe()
+    full = random_int4_moe()
     x, _, _ = _routing(torch.float32)
     with torch.no_grad():
         wrapped = [ExpertParallelMoE(_rank_moe(full, expert_slice(DIMS.n_routed_experts, ep, r))) for r in range(ep)]
