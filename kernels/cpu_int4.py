@@ -1,10 +1,17 @@
 """The CPU W4A16 path: the fastest correct kernel this machine has, chosen once per weight at prepare time.
 
 Measured with scripts/bench_kernels.py --threads 1 (K = 7168 -> 2048 and back, Xeon with AVX-512, two runs on a
-busy shared machine): the native kernel (kernels/cpu_native.py) runs 2.6-2.8x BF16 F.linear at M = 1, 1.5-2.4x at
-M = 8 and 0.95-1.4x at M = 512; torch's `_weight_int4pack_mm_for_cpu` 2.2-2.4x, 1.2-1.3x and 0.8-0.9x, so it is
-only the fallback for CPUs or machines that cannot build the native kernel. Both read the weights in their own
-layout, made here once.
+busy shared machine): the native AVX-512 kernel (kernels/cpu_native.py) runs 2.6-2.8x BF16 F.linear at M = 1,
+1.5-2.4x at M = 8 and 0.95-1.4x at M = 512; torch's `_weight_int4pack_mm_for_cpu` 2.2-2.4x, 1.2-1.3x and 0.8-0.9x,
+so it is only the fallback for CPUs or machines that cannot build the native kernel. Both read the weights in their
+own layout, made here once.
+On a CPU with AVX2 but no AVX-512 (2-core EPYC, 2 threads, `scripts/bench_kernels.py`), torch's kernel beats the
+native AVX2 one on BF16 activations, so BF16 weights keep it; FP32 weights, whose activations torch's kernel
+multiplies slowly (26.7 ms against 0.57 in BF16 at M = 1, 4864 x 896), take the AVX2 kernel. At K = 7168 -> N = 2048
+it takes 2.8 ms at M = 1 and 9.0 ms at M = 8, against 130 and 202 ms dequantising the whole weight on every call and
+3.8 and 27.9 ms for the dense FP32 weight. It computes every row alike, so its rows do not depend on the batch. Past
+FP32_NATIVE_MAX_ROWS rows, dequantising and one dense GEMM is faster (K = 896 -> N = 4864: 42.2 against 43.4 ms at
+M = 128; K = 7168 -> 2048: 146 against 224 ms at M = 128, 390 ms dequantising at M = 512).
 
 Shapes: M = rows, N = out features, K = in features, G = group size.
 """
@@ -30,10 +37,16 @@ class CpuInt4Layout:
     group_size: int
 
 
+FP32_NATIVE_MAX_ROWS = 128  # FP32 activations beyond this many rows: dequantise and one dense GEMM is faster
+
+
 def prepare_cpu(packed: torch.Tensor, scale: torch.Tensor, group_size: int) -> CpuInt4Layout | None:
-    """Repack packed int32 [N, K/8] + scale [N, K/G] for the best available CPU kernel; None if none applies."""
+    """Repack packed int32 [N, K/8] + scale [N, K/G] for the best available CPU kernel; None if none applies. The
+    scale's dtype is the model's: FP32 scales pick a kernel that keeps FP32 activations FP32 when there is one."""
     n, k = packed.shape[0], packed.shape[1] * 8
-    if cpu_native.supports_layout(n, k, group_size) and cpu_native.native_library() is not None:
+    native = cpu_native.native_kernel()
+    if (cpu_native.supports_layout(n, k, group_size) and native is not None
+            and (native[0] is cpu_native.AVX512 or scale.dtype == torch.float32)):
         tiles, scales = cpu_native.repack(packed, scale, group_size)
         return CpuInt4Layout("native", tiles, scales, group_size)
     if group_size in INT4PACK_GROUP_SIZES and n % 16 == 0:
@@ -45,8 +58,18 @@ def prepare_cpu(packed: torch.Tensor, scale: torch.Tensor, group_size: int) -> C
     return None
 
 
+def runs(layout: CpuInt4Layout, x: torch.Tensor) -> bool:
+    """Whether `cpu_linear` computes x [M, K] on `layout` at x's precision and faster than dequantising: BF16 always;
+    FP32 on the AVX2 kernel, up to FP32_NATIVE_MAX_ROWS rows."""
+    if x.dtype == torch.bfloat16:
+        return True
+    native = cpu_native.native_kernel()
+    return (x.dtype == torch.float32 and layout.kind == "native" and native is not None
+            and native[0].takes(torch.float32) and x.shape[0] <= FP32_NATIVE_MAX_ROWS)
+
+
 def cpu_linear(x: torch.Tensor, layout: CpuInt4Layout) -> torch.Tensor:
-    """x bf16 [M, K] contiguous -> y bf16 [M, N]."""
+    """x [M, K] contiguous, of a dtype and size `runs` takes -> y [M, N] in x's dtype."""
     if layout.kind == "native":
         return cpu_native.gemm(x, layout.weight, layout.scales, layout.group_size)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, layout.weight, layout.group_size,

@@ -1,12 +1,16 @@
-"""The AVX-512 W4A16 kernel (csrc/w4a16_avx512.cpp): weight repacking, build-once loading, ctypes calls.
+"""The native W4A16 kernels (csrc/w4a16_avx512.cpp, csrc/w4a16_avx2.cpp): weight repacking, build-once loading,
+ctypes calls.
 
-The library is compiled with the system C++ compiler ($CXX, default c++) on first use and cached by source hash
-under $HEAVY_KERNEL_CACHE (default $HEAVY_HOME/kernels, HEAVY_HOME defaulting to ~/.cache/heavy). It links OpenMP
-by soname, so it shares torch's libgomp thread pool. Without a compiler, or on a CPU without AVX-512 (BF16 is used
-for the final rounding only), `native_library()` returns None and callers fall back to torch's int4 kernels.
+Both read one weight layout. The AVX-512 kernel (x86-64-v4 with AVX512-BF16) takes BF16 activations and writes
+BF16; the AVX2 one (AVX2 + FMA) multiplies FP32 activations in FP32 and writes FP32, so it also serves models that
+compute in FP32, which otherwise dequantise the whole weight on every call. The best kernel the CPU runs is compiled
+with the system C++ compiler ($CXX, default c++) on first use and cached by source hash under $HEAVY_KERNEL_CACHE
+(default $HEAVY_HOME/kernels, HEAVY_HOME defaulting to ~/.cache/heavy). It links OpenMP by soname, so it shares
+torch's libgomp thread pool. Without a compiler, or on a CPU with neither, `native_kernel()` returns None and callers
+fall back to torch's int4 kernels.
 
 Shapes: M = activation rows, N = out features, K = in features, G = group size.
-  tiles  uint8 [N/16, K/2, 16]   see the layout note at the top of the C++ source
+  tiles  uint8 [N/16, K/2, 16]   see the layout note at the top of the C++ sources
   scales fp32  [N/16, K/G, 16]
 """
 
@@ -17,6 +21,7 @@ import logging
 import os
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,12 +30,34 @@ from kernels.pack import INT4_OFFSET, unpack_int4
 
 logger = logging.getLogger(__name__)
 
-TILE_N = 16  # output rows per tile (one AVX-512 register of fp32)
+TILE_N = 16  # output rows per tile
 CHUNK_K = 2  # inputs per 16-byte chunk (two nibbles per byte)
-SOURCE = Path(__file__).with_name("csrc") / "w4a16_avx512.cpp"
-COMPILE_FLAGS = ("-O3", "-march=x86-64-v4", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC")
-REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_bf16")  # x86-64-v4 + BF16
+CSRC = Path(__file__).with_name("csrc")
+_SHARED_LIBRARY_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
 _POINTER, _INT64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+@dataclass(frozen=True)
+class NativeKernel:
+    """One build of the kernel: its source, compiler flags, the CPU flags it needs and the dtype it writes."""
+
+    name: str
+    source: Path
+    compile_flags: tuple[str, ...]
+    cpu_flags: tuple[str, ...]
+    out_dtype: torch.dtype
+
+    def takes(self, dtype: torch.dtype) -> bool:
+        """Whether activations of `dtype` keep their precision through this kernel (it multiplies in FP32)."""
+        return dtype == torch.bfloat16 or dtype == self.out_dtype
+
+
+AVX512 = NativeKernel("avx512", CSRC / "w4a16_avx512.cpp",
+                      (*_SHARED_LIBRARY_FLAGS, "-march=x86-64-v4", "-mavx512bf16"),
+                      ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_bf16"), torch.bfloat16)
+AVX2 = NativeKernel("avx2", CSRC / "w4a16_avx2.cpp", (*_SHARED_LIBRARY_FLAGS, "-mavx2", "-mfma"), ("avx2", "fma"),
+                    torch.float32)
+KERNELS = (AVX512, AVX2)  # the first one the CPU runs is used
 
 
 def supports_layout(n: int, k: int, group_size: int) -> bool:
@@ -49,40 +76,36 @@ def repack(packed: torch.Tensor, scale: torch.Tensor, group_size: int) -> tuple[
     return tiles, scales
 
 
-def _cpu_has_flags() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
-        return False
-    present = set(flags.split(":", 1)[1].split())
-    return all(flag in present for flag in REQUIRED_CPU_FLAGS)
+        return set()
+    return set(flags.split(":", 1)[1].split())
 
 
-def _build(target: Path) -> None:
+def _build(kernel: NativeKernel, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     compiler = os.environ.get("CXX", "c++")
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        subprocess.run([compiler, *COMPILE_FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True)
+        subprocess.run([compiler, *kernel.compile_flags, str(kernel.source), "-o", str(built)], check=True,
+                       capture_output=True)
         os.replace(built, target)  # atomic: concurrent builders never load a half-written file
 
 
-@functools.cache
-def native_library() -> ctypes.CDLL | None:
-    """The compiled kernel library, or None when this CPU or machine cannot build or run it."""
-    if not _cpu_has_flags():
-        return None
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILE_FLAGS).encode()).hexdigest()[:16]
+def _load(kernel: NativeKernel) -> ctypes.CDLL | None:
+    digest = hashlib.sha256(kernel.source.read_bytes() + " ".join(kernel.compile_flags).encode()).hexdigest()[:16]
     home = Path(os.environ.get("HEAVY_HOME") or Path.home() / ".cache" / "heavy").expanduser()
     cache = Path(os.environ.get("HEAVY_KERNEL_CACHE") or home / "kernels")
-    target = cache / f"w4a16_avx512-{digest}.so"
+    target = cache / f"w4a16_{kernel.name}-{digest}.so"
     try:
         if not target.exists():
-            _build(target)
+            _build(kernel, target)
         library = ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as error:
         details = getattr(error, "stderr", b"") or b""
-        logger.warning("native W4A16 kernel unavailable, using torch's int4 kernels: %s %s", error,
+        logger.warning("native W4A16 kernel (%s) unavailable, using torch's int4 kernels: %s %s", kernel.name, error,
                        details.decode(errors="replace")[-2000:])
         return None
     library.heavy_w4a16_gemm.argtypes = [_POINTER] * 4 + [_INT64] * 4 + [_INT]
@@ -90,13 +113,24 @@ def native_library() -> ctypes.CDLL | None:
     return library
 
 
-def gemm(x: torch.Tensor, tiles: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
-    """x bf16 [M, K] -> y bf16 [M, N] (fp32 products and sums, one rounding at the end)."""
-    x = x.float().contiguous()  # [M, K]: the kernel multiplies in fp32
-    m, k = x.shape
-    n = tiles.shape[0] * TILE_N
-    y = torch.empty(m, n, dtype=torch.bfloat16)  # [M, N]
-    native_library().heavy_w4a16_gemm(x.data_ptr(), tiles.data_ptr(), scales.data_ptr(), y.data_ptr(),
-                                      m, n, k, group_size, torch.get_num_threads())
-    return y
+@functools.cache
+def native_kernel() -> tuple[NativeKernel, ctypes.CDLL] | None:
+    """The best kernel this CPU runs and its compiled library, or None when the CPU or machine can build none."""
+    present = _cpu_flags()
+    for kernel in KERNELS:
+        if all(flag in present for flag in kernel.cpu_flags):
+            library = _load(kernel)
+            return (kernel, library) if library is not None else None
+    return None
 
+
+def gemm(x: torch.Tensor, tiles: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x [M, K] of a dtype the kernel `takes` -> y [M, N] in that dtype (fp32 products and sums)."""
+    kernel, library = native_kernel()
+    rows = x.float().contiguous()  # [M, K]: the kernels multiply in fp32
+    m, k = rows.shape
+    n = tiles.shape[0] * TILE_N
+    y = torch.empty(m, n, dtype=kernel.out_dtype)  # [M, N]
+    library.heavy_w4a16_gemm(rows.data_ptr(), tiles.data_ptr(), scales.data_ptr(), y.data_ptr(), m, n, k, group_size,
+                             torch.get_num_threads())
+    return y.to(x.dtype)

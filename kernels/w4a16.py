@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.backend import KernelInputError, resolve_backend
-from kernels.cpu_int4 import CpuInt4Layout, cpu_linear, prepare_cpu
+from kernels.cpu_int4 import CpuInt4Layout, cpu_linear, prepare_cpu, runs
 from kernels.pack import DEFAULT_GROUP_SIZE, PACK_FACTOR, dequantize_int4
 
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -97,7 +97,7 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: torch.Tensor | None =
         from kernels.w4a16_triton import w4a16_gemm  # lazy: triton is imported only when it runs
 
         y = w4a16_gemm(rows, weight.packed, weight.scale, weight.group_size)  # [M, N]
-    elif weight.cpu is not None and x.dtype == torch.bfloat16:
+    elif weight.cpu is not None and runs(weight.cpu, rows):
         y = cpu_linear(rows, weight.cpu)  # [M, N]
     else:  # no CPU kernel for this shape or dtype: the reference is the correct fallback
         return w4a16_reference(x, weight.packed, weight.scale, weight.group_size, bias)

@@ -3,7 +3,9 @@
 For each shape (decode M = 1, 8; prefill M = 512; K = 7168 -> N = 2048 and 2048 -> 7168) one table with the
 best time and effective bandwidth (bytes of that method's weight format + activations, divided by time) of:
 BF16 `F.linear`, dequantise-then-matmul (kernels.pack reference), torch's `_weight_int4pack_mm_for_cpu`, our CPU
-INT4 path (kernels.int4_linear), the Triton kernel when a GPU is present; and the roofline time on H100 / H200:
+INT4 path (kernels.int4_linear), then the same with FP32 activations (dense FP32 `F.linear`, the FP32 reference, our
+CPU path on FP32 weights: the AVX2 kernel on CPUs without AVX-512, up to 64 rows), the Triton kernel when a GPU is
+present; and the roofline time on H100 / H200:
 max(bytes / HBM bandwidth, FLOPs / dense BF16 peak). Runs in about a minute on 2 cores.
 With --threads 1 the clock is the thread's CPU time, which ignores time spent descheduled: use it on a shared,
 busy machine, where multi-threaded wall times mostly measure the scheduler.
@@ -68,6 +70,17 @@ def bench_shape(k: int, n: int, m: int) -> list[tuple[str, float, int]]:
     ]
     with kernels.use_backend("cpu"):
         rows.append((f"ours: cpu ({weight.cpu.kind})", measure(lambda: kernels.int4_linear(x, weight)), int4_bytes))
+    # FP32 activations, as a model computing in FP32 has them (FP32 weights prepare for the AVX2 kernel, if any)
+    x32, w_fp32, weight_fp32 = x.float(), w_bf16.float(), kernels.prepare_int4(packed, scale.float())
+    fp32_io = (m * k + m * n) * 4
+    rows += [
+        ("fp32 F.linear", measure(lambda: F.linear(x32, w_fp32)), n * k * 4 + fp32_io),
+        ("fp32 dequantise + matmul", measure(lambda: kernels.w4a16_reference(x32, packed, scale)),
+         weight_bytes(n, k, True) + fp32_io),
+    ]
+    with kernels.use_backend("cpu"):
+        rows.append((f"ours: cpu fp32 ({weight_fp32.cpu.kind})", measure(lambda: kernels.int4_linear(x32, weight_fp32)),
+                     weight_bytes(n, k, True) + fp32_io))
     if torch.cuda.is_available():
         gpu_weight = kernels.prepare_int4(packed.cuda(), scale.cuda())
         x_gpu = x.cuda()

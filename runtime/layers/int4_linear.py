@@ -43,7 +43,8 @@ class Int4Linear(nn.Module):
         self.register_buffer("weight_shape", torch.tensor([out_features, in_features], dtype=torch.int64))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=scale_dtype)) if bias else None
         # rows per call in the batch-invariant mode (runtime/layers/batch_invariant.py), None: all rows in one call.
-        # The FP32 path dequantizes and multiplies as F.linear does, whose result depends on the number of rows
+        # FP32 past 128 rows (or without the AVX2 kernel) dequantizes and multiplies as F.linear does, whose result
+        # depends on the number of rows
         self.tile: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels
-from kernels import cpu_native
+from kernels import cpu_int4, cpu_native
 from kernels.backend import BACKEND_ENV, resolve_backend
 from kernels.w4a16 import prepare_int4
 from tests.kernels.parity import assert_parity, random_int4
@@ -76,7 +76,7 @@ def test_larger_group_sizes(backend, group_size):
 
 
 def test_cpu_path_without_native_kernel_uses_torch_int4pack(monkeypatch):
-    monkeypatch.setattr(cpu_native, "native_library", lambda: None)
+    monkeypatch.setattr(cpu_native, "native_kernel", lambda: None)
     x, packed, scale = _inputs(3, 48, 64)
     weight = prepare_int4(packed, scale)
     assert weight.cpu.kind == "int4pack"
@@ -84,10 +84,62 @@ def test_cpu_path_without_native_kernel_uses_torch_int4pack(monkeypatch):
         assert_parity(kernels.int4_linear(x, weight), kernels.w4a16_reference(x, packed, scale), **BF16_TOL)
 
 
-@pytest.mark.skipif(cpu_native.native_library() is None, reason="this CPU cannot run the AVX512-BF16 kernel")
-def test_native_kernel_is_chosen_where_it_applies():
+@pytest.mark.skipif(cpu_native.native_kernel() is None, reason="this CPU or machine cannot build a native kernel")
+def test_the_native_kernel_is_chosen_where_it_applies():
+    # BF16 weights: the AVX-512 kernel, else torch's int4pack (faster than the AVX2 kernel on BF16); FP32: native
     _, packed, scale = _inputs(1, 48, 64)
-    assert prepare_int4(packed, scale).cpu.kind == "native"
+    kernel, _ = cpu_native.native_kernel()
+    assert prepare_int4(packed, scale).cpu.kind == ("native" if kernel is cpu_native.AVX512 else "int4pack")
+    assert prepare_int4(packed, scale.float()).cpu.kind == "native"
+
+
+NATIVE_FP32 = cpu_native.native_kernel() is not None and cpu_native.native_kernel()[0].takes(torch.float32)
+needs_native_fp32 = pytest.mark.skipif(not NATIVE_FP32, reason="no native FP32 kernel here (AVX2 + FMA, no AVX-512)")
+
+
+@needs_native_fp32
+@pytest.mark.parametrize("n,k", [(48, 64), (16, 224), (2048, 7168), (7168, 2048)])
+@pytest.mark.parametrize("m", [1, 3, 17, cpu_int4.FP32_NATIVE_MAX_ROWS])
+def test_fp32_activations_run_on_the_avx2_kernel_at_fp32_precision(m, n, k):
+    x, packed, scale = _inputs(m, n, k, torch.float32)
+    weight = prepare_int4(packed, scale.float())
+    assert weight.cpu.kind == "native" and cpu_int4.runs(weight.cpu, x)
+    with kernels.use_backend("cpu"):
+        y = kernels.int4_linear(x, weight)
+    assert y.dtype == torch.float32
+    assert_parity(y, kernels.w4a16_reference(x, packed, scale), **FP32_TOL)
+
+
+@needs_native_fp32
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 20), tiles=st.integers(1, 4), groups=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_the_avx2_kernel_matches_reference_on_random_shapes(m, tiles, groups, seed):
+    x, packed, scale = _inputs(m, 16 * tiles, 32 * groups, torch.float32, seed=seed)
+    weight = prepare_int4(packed, scale.float())
+    with kernels.use_backend("cpu"):
+        assert_parity(kernels.int4_linear(x, weight), kernels.w4a16_reference(x, packed, scale), **FP32_TOL)
+        bf16 = kernels.int4_linear(x.bfloat16(), weight)  # BF16 in, FP32 products, BF16 out
+    assert bf16.dtype == torch.bfloat16
+    assert_parity(bf16, kernels.w4a16_reference(x.bfloat16(), packed, scale), **BF16_TOL)
+
+
+@needs_native_fp32
+def test_the_avx2_kernel_computes_a_row_the_same_in_any_batch():
+    x, packed, scale = _inputs(cpu_int4.FP32_NATIVE_MAX_ROWS, 48, 64, torch.float32)
+    weight = prepare_int4(packed, scale.float())
+    with kernels.use_backend("cpu"):
+        batch = kernels.int4_linear(x, weight)
+        for rows in ([0], [5], [len(x) - 1], [3, 7, 100], list(range(40))):
+            assert torch.equal(kernels.int4_linear(x[rows].contiguous(), weight), batch[rows])
+
+
+@needs_native_fp32
+def test_many_fp32_rows_dequantise_instead():
+    x, packed, scale = _inputs(cpu_int4.FP32_NATIVE_MAX_ROWS + 1, 48, 64, torch.float32)
+    weight = prepare_int4(packed, scale.float())
+    assert not cpu_int4.runs(weight.cpu, x) and cpu_int4.runs(weight.cpu, x[:-1])
+    with kernels.use_backend("cpu"):
+        assert_parity(kernels.int4_linear(x, weight), kernels.w4a16_reference(x, packed, scale), **FP32_TOL)
 
 
 @pytest.mark.parametrize("n,k", [(2048, 7168), (7168, 2048)])
@@ -112,7 +164,7 @@ def test_bias_and_leading_dimensions(backend):
     assert_parity(y, kernels.w4a16_reference(x, packed, scale, bias=bias), atol=4e-2, rtol=1.6e-2)
 
 
-def test_fp32_activations_on_cpu_backend_fall_back_to_the_reference():
+def test_fp32_activations_on_bf16_weights_fall_back_to_the_reference():
     x, packed, scale = _inputs(3, 48, 64, torch.float32)
     with kernels.use_backend("cpu"):
         assert_parity(kernels.w4a16_linear(x, packed, scale), kernels.w4a16_reference(x, packed, scale), **FP32_TOL)

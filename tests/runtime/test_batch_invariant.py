@@ -36,8 +36,8 @@ def test_a_rows_output_is_the_same_in_any_batch_and_close_to_nn_linear(tile):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_an_int4_linear_in_tiles_computes_a_row_the_same_in_any_batch(dtype):
-    # FP32 runs the dequantize-then-F.linear path: on an AVX2 CPU a row computed alone differed by up to 5e-5 from
-    # the same row among 300; the native BF16 kernel computes rows alike, tiles or not
+    # 300 FP32 rows run the dequantize-then-F.linear path: on an AVX2 CPU a row computed alone differed by up to 5e-5
+    # from the same row among 300; the native kernels compute rows alike, tiles or not
     torch.manual_seed(0)
     q, scale = quantize_int4(torch.randn(4864, 896), 32)
     layer = Int4Linear(896, 4864, group_size=32, scale_dtype=dtype)

@@ -1,9 +1,10 @@
-"""The compute dtype: "auto" picks bfloat16 where the hardware multiplies it natively or the weights are INT4; names
-are checked."""
+"""The compute dtype: "auto" picks bfloat16 where the hardware multiplies it natively, or where the weights are INT4
+and no native kernel takes FP32 activations; names are checked."""
 
 import pytest
 import torch
 
+from kernels import cpu_native
 from runtime.cli import build_parser
 from runtime.dtypes import has_int4_weights, native_bf16, resolve_dtype
 from runtime.replica.rank import RankSpec
@@ -22,10 +23,15 @@ def test_auto_is_bfloat16_only_on_a_cpu_that_computes_it_natively(monkeypatch, a
     assert native_bf16("cpu") is (expected is torch.bfloat16)
 
 
-@pytest.mark.parametrize("native", [False, True])
-def test_auto_is_bfloat16_for_int4_weights_on_any_cpu(monkeypatch, native):
+@pytest.mark.parametrize(("native", "fp32_kernel", "expected"), [
+    (False, False, torch.bfloat16), (False, True, torch.float32), (True, False, torch.bfloat16),
+    (True, True, torch.bfloat16)])
+def test_auto_for_int4_weights_is_float32_only_where_a_native_kernel_takes_it(monkeypatch, native, fp32_kernel,
+                                                                              expected):
+    # without that kernel, FP32 activations dequantize every INT4 weight on every call (0.07x decode at batch 1)
     _cpu_with(monkeypatch, avx512_bf16=native, amx=False)
-    assert resolve_dtype("auto", int4_weights=True) is torch.bfloat16
+    monkeypatch.setattr(cpu_native, "native_kernel", lambda: (cpu_native.AVX2, None) if fp32_kernel else None)
+    assert resolve_dtype("auto", int4_weights=True) is expected
     assert resolve_dtype("float32", int4_weights=True) is torch.float32  # a name is taken as given
     assert has_int4_weights({"quantization_config": {"quant_method": "compressed-tensors"}})
     assert not has_int4_weights({"model_type": "qwen2"})

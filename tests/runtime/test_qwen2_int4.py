@@ -17,7 +17,9 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from kernels import cpu_native
 from kernels.pack import dequantize_int4
+from runtime.dtypes import fp32_int4_kernel, native_bf16
 from runtime.layers.int4_linear import Int4Linear, QuantizationConfigError
 from runtime.loader import load_checkpoint
 from runtime.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
@@ -128,13 +130,19 @@ def test_the_config_decides_which_linears_are_int4(quantized):
     assert q_proj.bias is not None and q_proj.bias.abs().sum() > 0  # quantized or not, q/k/v keep their biases
 
 
-def test_auto_loads_int4_weights_in_bfloat16_even_without_bf16_in_hardware(source, quantized, monkeypatch):
-    # the CPU's W4A16 kernels take BF16 activations; FP32 ones dequantize every weight on every call (0.07x decode)
+def test_auto_loads_int4_weights_in_bfloat16_without_bf16_in_hardware_only_if_no_kernel_takes_fp32(
+        source, quantized, monkeypatch):
+    # without a native FP32 kernel, FP32 activations dequantize every INT4 weight on every call (0.07x decode)
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
     folder, _ = quantized
-    assert load_model(folder).model.embed_tokens.weight.dtype is torch.bfloat16
     assert load_model(source).model.embed_tokens.weight.dtype is torch.float32  # the dense original
+    if fp32_int4_kernel():  # AVX2: its layers then run on that kernel
+        model = load_model(folder)
+        assert model.model.embed_tokens.weight.dtype is torch.float32
+        assert model.model.layers[0].mlp.gate_proj._prepared().cpu.kind == "native"
+    monkeypatch.setattr(cpu_native, "native_kernel", lambda: None)
+    assert load_model(folder).model.embed_tokens.weight.dtype is torch.bfloat16
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -195,4 +203,6 @@ def test_cli_generates_from_the_int4_embedded_model(embedded_model_dir, tmp_path
                              "def fibonacci(n):"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() and "tokens/s" in result.stderr
-    assert f"loaded {dest} in bfloat16" in result.stderr  # "auto": the W4A16 kernels take BF16 on any CPU
+    # "auto": FP32 only on a CPU without BF16 hardware whose native INT4 kernel takes FP32 activations (AVX2)
+    expected = "float32" if not native_bf16() and fp32_int4_kernel() else "bfloat16"
+    assert f"loaded {dest} in {expected}" in result.stderr
