@@ -10,7 +10,7 @@ torch's libgomp thread pool. Without a compiler, or on a CPU with neither, `nati
 fall back to torch's int4 kernels.
 
 Shapes: M = activation rows, N = out features, K = in features, G = group size.
-  tiles  uint8 [N/16, K/2, 16]   see the layout note at the top of the C++ sources
+  tiles  uint8 [N/16, K/2, 16]   see the layout note at the top of the C++ sources (csrc/w4a16_tiles.h: the loop)
   scales fp32  [N/16, K/G, 16]
 """
 
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 TILE_N = 16  # output rows per tile
 CHUNK_K = 2  # inputs per 16-byte chunk (two nibbles per byte)
 CSRC = Path(__file__).with_name("csrc")
+SHARED_HEADER = CSRC / "w4a16_tiles.h"  # included by both sources: part of their build's cache key
 _SHARED_LIBRARY_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
 _POINTER, _INT64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
@@ -95,7 +96,8 @@ def _build(kernel: NativeKernel, target: Path) -> None:
 
 
 def _load(kernel: NativeKernel) -> ctypes.CDLL | None:
-    digest = hashlib.sha256(kernel.source.read_bytes() + " ".join(kernel.compile_flags).encode()).hexdigest()[:16]
+    code = kernel.source.read_bytes() + SHARED_HEADER.read_bytes()
+    digest = hashlib.sha256(code + " ".join(kernel.compile_flags).encode()).hexdigest()[:16]
     home = Path(os.environ.get("HEAVY_HOME") or Path.home() / ".cache" / "heavy").expanduser()
     cache = Path(os.environ.get("HEAVY_KERNEL_CACHE") or home / "kernels")
     target = cache / f"w4a16_{kernel.name}-{digest}.so"

@@ -13,10 +13,12 @@
 
 #include <cstdint>
 
+#include "w4a16_tiles.h"
+
 namespace {
 
-constexpr int64_t kTileN = 16;  // output rows per tile: two ymm of fp32 accumulators
-constexpr int64_t kChunkK = 2;  // inputs per 16-byte chunk
+using heavy::kChunkK;
+using heavy::kTileN;
 constexpr int kMaxRows = 4;     // activation rows sharing one dequantised chunk
 
 // The 8 nibbles `shift` bits up in `bytes` (one per int32 lane) as fp32 weights: (nibble - 8) * scale.
@@ -55,8 +57,7 @@ void gemm_tile(const float* x, int64_t K, const uint8_t* tile, const float* scal
   }
 }
 
-using TileFn = void (*)(const float*, int64_t, const uint8_t*, const float*, float*, int64_t, int64_t);
-constexpr TileFn kTileFns[kMaxRows] = {gemm_tile<1>, gemm_tile<2>, gemm_tile<3>, gemm_tile<4>};
+constexpr heavy::TileFn<float> kTileFns[kMaxRows] = {gemm_tile<1>, gemm_tile<2>, gemm_tile<3>, gemm_tile<4>};
 
 }  // namespace
 
@@ -65,16 +66,7 @@ extern "C" {
 // y fp32 [M, N] = x fp32 [M, K] @ dequant(tiles, scales)^T; N % 16 == 0, K % G == 0, G % 2 == 0.
 void heavy_w4a16_gemm(const float* x, const uint8_t* tiles, const float* scales, float* y, int64_t M, int64_t N,
                       int64_t K, int64_t G, int num_threads) {
-  const int64_t num_tiles = N / kTileN;
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-  for (int64_t t = 0; t < num_tiles; ++t) {
-    const uint8_t* tile = tiles + t * K * (kTileN / kChunkK);
-    const float* tile_scales = scales + t * (K / G) * kTileN;
-    for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
-      const int64_t rows = M - m0 < kMaxRows ? M - m0 : kMaxRows;
-      kTileFns[rows - 1](x + m0 * K, K, tile, tile_scales, y + m0 * N + t * kTileN, N, G);
-    }
-  }
+  heavy::gemm_tiles(kTileFns, x, tiles, scales, y, M, N, K, G, num_threads);
 }
 
 }  // extern "C"

@@ -13,10 +13,12 @@
 
 #include <cstdint>
 
+#include "w4a16_tiles.h"
+
 namespace {
 
-constexpr int64_t kTileN = 16;  // output rows per tile: one zmm of fp32 accumulators
-constexpr int64_t kChunkK = 2;  // inputs per 16-byte chunk
+using heavy::kChunkK;
+using heavy::kTileN;
 constexpr int kMaxRows = 8;     // activation rows sharing one unpacked chunk (registers: 2 per row)
 
 // y[R, 16] = x[R, K] @ W_tile[16, K]^T for one tile of 16 output rows.
@@ -47,9 +49,8 @@ void gemm_tile(const float* x, int64_t K, const uint8_t* tile, const float* scal
   }
 }
 
-using TileFn = void (*)(const float*, int64_t, const uint8_t*, const float*, uint16_t*, int64_t, int64_t);
-constexpr TileFn kTileFns[kMaxRows] = {gemm_tile<1>, gemm_tile<2>, gemm_tile<3>, gemm_tile<4>,
-                                       gemm_tile<5>, gemm_tile<6>, gemm_tile<7>, gemm_tile<8>};
+constexpr heavy::TileFn<uint16_t> kTileFns[kMaxRows] = {gemm_tile<1>, gemm_tile<2>, gemm_tile<3>, gemm_tile<4>,
+                                                        gemm_tile<5>, gemm_tile<6>, gemm_tile<7>, gemm_tile<8>};
 
 }  // namespace
 
@@ -58,16 +59,7 @@ extern "C" {
 // y bf16 [M, N] = x fp32 [M, K] @ dequant(tiles, scales)^T; N % 16 == 0, K % G == 0, G % 2 == 0.
 void heavy_w4a16_gemm(const float* x, const uint8_t* tiles, const float* scales, uint16_t* y, int64_t M, int64_t N,
                       int64_t K, int64_t G, int num_threads) {
-  const int64_t num_tiles = N / kTileN;
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-  for (int64_t t = 0; t < num_tiles; ++t) {
-    const uint8_t* tile = tiles + t * K * (kTileN / kChunkK);
-    const float* tile_scales = scales + t * (K / G) * kTileN;
-    for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
-      const int64_t rows = M - m0 < kMaxRows ? M - m0 : kMaxRows;
-      kTileFns[rows - 1](x + m0 * K, K, tile, tile_scales, y + m0 * N + t * kTileN, N, G);
-    }
-  }
+  heavy::gemm_tiles(kTileFns, x, tiles, scales, y, M, N, K, G, num_threads);
 }
 
 }  // extern "C"
