@@ -117,12 +117,12 @@ def _load(kernel: NativeKernel) -> ctypes.CDLL | None:
 
 @functools.cache
 def native_kernel() -> tuple[NativeKernel, ctypes.CDLL] | None:
-    """The best kernel this CPU runs and its compiled library, or None when the CPU or machine can build none."""
+    """The best kernel this CPU runs that builds here, and its compiled library; None when none does (a compiler
+    too old for AVX512-BF16 still builds the AVX2 kernel)."""
     present = _cpu_flags()
     for kernel in KERNELS:
-        if all(flag in present for flag in kernel.cpu_flags):
-            library = _load(kernel)
-            return (kernel, library) if library is not None else None
+        if all(flag in present for flag in kernel.cpu_flags) and (library := _load(kernel)) is not None:
+            return kernel, library
     return None
 
 

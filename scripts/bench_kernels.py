@@ -4,7 +4,7 @@ For each shape (decode M = 1, 8; prefill M = 512; K = 7168 -> N = 2048 and 2048 
 best time and effective bandwidth (bytes of that method's weight format + activations, divided by time) of:
 BF16 `F.linear`, dequantise-then-matmul (kernels.pack reference), torch's `_weight_int4pack_mm_for_cpu`, our CPU
 INT4 path (kernels.int4_linear), then the same with FP32 activations (dense FP32 `F.linear`, the FP32 reference, our
-CPU path on FP32 weights: the AVX2 kernel on CPUs without AVX-512, up to 64 rows), the Triton kernel when a GPU is
+CPU path on FP32 weights: the AVX2 kernel on CPUs without AVX-512, up to 128 rows), the Triton kernel when a GPU is
 present; and the roofline time on H100 / H200:
 max(bytes / HBM bandwidth, FLOPs / dense BF16 peak). Runs in about a minute on 2 cores.
 With --threads 1 the clock is the thread's CPU time, which ignores time spent descheduled: use it on a shared,

@@ -93,6 +93,20 @@ def test_the_native_kernel_is_chosen_where_it_applies():
     assert prepare_int4(packed, scale.float()).cpu.kind == "native"
 
 
+def test_a_kernel_that_does_not_build_gives_way_to_the_next_one(monkeypatch):
+    monkeypatch.setattr(cpu_native, "_cpu_flags", lambda: {*cpu_native.AVX512.cpu_flags, *cpu_native.AVX2.cpu_flags})
+    monkeypatch.setattr(cpu_native, "_load", lambda kernel: None if kernel is cpu_native.AVX512 else "library")
+    cpu_native.native_kernel.cache_clear()
+    try:
+        assert cpu_native.native_kernel() == (cpu_native.AVX2, "library")
+        monkeypatch.setattr(cpu_native, "_load", lambda kernel: None)
+        cpu_native.native_kernel.cache_clear()
+        assert cpu_native.native_kernel() is None
+    finally:
+        monkeypatch.undo()
+        cpu_native.native_kernel.cache_clear()
+
+
 NATIVE_FP32 = cpu_native.native_kernel() is not None and cpu_native.native_kernel()[0].takes(torch.float32)
 needs_native_fp32 = pytest.mark.skipif(not NATIVE_FP32, reason="no native FP32 kernel here (AVX2 + FMA, no AVX-512)")
 
