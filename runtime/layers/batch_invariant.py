@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.layers.linear import linear
+
 TILE_ROWS = 64
 
 
@@ -41,7 +43,7 @@ def in_fixed_tiles(x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tens
 def fixed_tile_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                       tile: int = TILE_ROWS) -> torch.Tensor:
     # x [..., K], weight [N, K] -> [..., N], each row computed in a [tile, K] x [K, N] product
-    return in_fixed_tiles(x, lambda rows: F.linear(rows, weight, bias), weight.shape[0], tile)
+    return in_fixed_tiles(x, lambda rows: linear(rows, weight, bias), weight.shape[0], tile)
 
 
 class FixedTileLinear(nn.Module):
@@ -64,7 +66,7 @@ def make_batch_invariant(model: nn.Module, tile: int = TILE_ROWS) -> int:
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
+            if isinstance(child, nn.Linear):
                 setattr(parent, name, FixedTileLinear(child, tile))
                 swapped += 1
     for module in model.modules():  # FixedTileLinear, Int4Linear, a mixture of experts and its router; `model` too

@@ -18,6 +18,7 @@ from torch import nn
 
 from runtime.layers.attention import Attention, AttentionContext, get_context
 from runtime.layers.batch_invariant import in_fixed_tiles
+from runtime.layers.linear import Linear
 from runtime.layers.rmsnorm import RMSNorm
 from runtime.layers.rotary_yarn import YarnRotaryEmbedding
 
@@ -112,15 +113,15 @@ class MultiHeadLatentAttention(nn.Module):
         self.tile: int | None = None  # rows per product of the absorbed form's per-head matmuls (batch-invariant mode)
         d, h = dims.hidden_size, dims.num_heads
         if dims.q_lora_rank is None:
-            self.q_proj = nn.Linear(d, h * dims.qk_head_dim, bias=False)
+            self.q_proj = Linear(d, h * dims.qk_head_dim, bias=False)
         else:
-            self.q_a_proj = nn.Linear(d, dims.q_lora_rank, bias=dims.attention_bias)
+            self.q_a_proj = Linear(d, dims.q_lora_rank, bias=dims.attention_bias)
             self.q_a_layernorm = RMSNorm(dims.q_lora_rank, LATENT_NORM_EPS)
-            self.q_b_proj = nn.Linear(dims.q_lora_rank, h * dims.qk_head_dim, bias=False)
-        self.kv_a_proj_with_mqa = nn.Linear(d, dims.latent_dim, bias=dims.attention_bias)
+            self.q_b_proj = Linear(dims.q_lora_rank, h * dims.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = Linear(d, dims.latent_dim, bias=dims.attention_bias)
         self.kv_a_layernorm = RMSNorm(dims.kv_lora_rank, LATENT_NORM_EPS)
-        self.kv_b_proj = nn.Linear(dims.kv_lora_rank, h * (dims.qk_nope_head_dim + dims.v_head_dim), bias=False)
-        self.o_proj = nn.Linear(h * dims.v_head_dim, d, bias=dims.attention_bias)
+        self.kv_b_proj = Linear(dims.kv_lora_rank, h * (dims.qk_nope_head_dim + dims.v_head_dim), bias=False)
+        self.o_proj = Linear(h * dims.v_head_dim, d, bias=dims.attention_bias)
         # Only the chosen form's attention module exists, so the engine pages exactly one kind of cache per layer.
         if absorbed:
             self.latent_attn = LatentAttention(h, dims.latent_dim, dims.kv_lora_rank, softmax_scale)

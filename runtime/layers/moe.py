@@ -20,6 +20,7 @@ from torch import nn
 from kernels import Int4Experts, fused_moe, prepare_experts
 from runtime.layers.batch_invariant import fixed_tile_linear
 from runtime.layers.int4_linear import Int4Linear
+from runtime.layers.linear import Linear
 
 GROUP_SCORE_TOP = 2  # a group's score is the sum of its two best experts (DeepSeek-V3's rule)
 NORM_EPSILON = 1e-20  # keeps the top-k renormalisation finite
@@ -61,7 +62,7 @@ class SwiGLUMLP(nn.Module):
 
         def linear(n_in: int, n_out: int) -> nn.Module:
             if int4_group_size is None:
-                return nn.Linear(n_in, n_out, bias=False)
+                return Linear(n_in, n_out, bias=False)
             return Int4Linear(n_in, n_out, int4_group_size)
 
         self.gate_proj = linear(hidden_size, intermediate_size)

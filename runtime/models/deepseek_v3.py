@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runtime.layers.linear import Linear
 from runtime.layers.mla import MultiHeadLatentAttention
 from runtime.layers.moe import MoE, SwiGLUMLP
 from runtime.layers.rmsnorm import RMSNorm
@@ -72,7 +73,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         self.config = config
         self.local_experts = frozenset(range(config.n_routed_experts) if local_experts is None else local_experts)
         self.model = DeepseekV3Model(config, absorbed_mla, local_experts)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

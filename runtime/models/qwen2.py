@@ -16,6 +16,7 @@ from torch import nn
 
 from runtime.layers.attention import Attention
 from runtime.layers.int4_linear import Int4Quantization, build_int4_linears
+from runtime.layers.linear import Linear, linear
 from runtime.layers.rmsnorm import RMSNorm
 from runtime.layers.rotary import RotaryEmbedding, apply_rotary
 
@@ -87,10 +88,10 @@ class Qwen2Attention(nn.Module):
         super().__init__()
         heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.q_proj = nn.Linear(config.hidden_size, heads * head_dim, bias=True)
-        self.k_proj = nn.Linear(config.hidden_size, kv_heads * head_dim, bias=True)
-        self.v_proj = nn.Linear(config.hidden_size, kv_heads * head_dim, bias=True)
-        self.o_proj = nn.Linear(heads * head_dim, config.hidden_size, bias=False)
+        self.q_proj = Linear(config.hidden_size, heads * head_dim, bias=True)
+        self.k_proj = Linear(config.hidden_size, kv_heads * head_dim, bias=True)
+        self.v_proj = Linear(config.hidden_size, kv_heads * head_dim, bias=True)
+        self.o_proj = Linear(heads * head_dim, config.hidden_size, bias=False)
         self.attn = Attention(heads, kv_heads, head_dim, scale=head_dim**-0.5)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -109,9 +110,9 @@ class Qwen2MLP(nn.Module):
 
     def __init__(self, config: Qwen2Config):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, D] -> [T, I] -> [T, D]
@@ -157,7 +158,7 @@ class Qwen2ForCausalLM(nn.Module):
         # Tied checkpoints have no lm_head tensor: the embedding matrix doubles as the output layer.
         self.lm_head = None
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.quantization_config is not None:
             build_int4_linears(self, config.quantization_config)
 
@@ -168,7 +169,7 @@ class Qwen2ForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden [T', D] -> logits [T', V] in fp32
         if self.lm_head is None:
-            return F.linear(hidden, self.model.embed_tokens.weight).float()
+            return linear(hidden, self.model.embed_tokens.weight).float()
         return self.lm_head(hidden).float()
 
     @staticmethod

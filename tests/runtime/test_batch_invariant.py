@@ -83,9 +83,9 @@ def test_make_batch_invariant_swaps_every_linear_and_keeps_the_logits(tied):
     ids, positions = torch.randint(1, 97, (20,)), torch.arange(20)
     with torch.inference_mode():
         before = model.compute_logits(model(ids, positions))
-    linears = sum(type(m) is torch.nn.Linear for m in model.modules()) + tied
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules()) + tied
     assert make_batch_invariant(model) == linears == 2 * 7 + 1
-    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert isinstance(model.lm_head, FixedTileLinear)
     assert make_batch_invariant(model) == 0  # already done
     assert make_batch_invariant(model, tile=8) == 0 and {m.tile for m in model.modules()
