@@ -71,6 +71,14 @@ def _filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tens
     return logits
 
 
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One token from probs [V] by inverse CDF, from one uniform draw. torch.multinomial draws V exponentials for
+    one sample: 5.7 ms a row at V = 151936 on this 2-core machine, a tenth of a batch-8 decode step."""
+    cdf = probs.cumsum(0, dtype=torch.float64)  # [V]; a zero-probability token never rises above its predecessor
+    u = torch.rand(1, generator=generator, dtype=torch.float64) * cdf[-1]  # in [0, total)
+    return int(torch.searchsorted(cdf, u, right=True).clamp(max=probs.numel() - 1))
+
+
 class Sampler:
     """Chooses the next token of every sequence of a step from its logits row."""
 
@@ -83,8 +91,7 @@ class Sampler:
         for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
             if p.greedy:
                 continue
-            probs = torch.softmax(_filtered_logits(logits[row], p), dim=-1)  # [V]
-            tokens[row] = int(torch.multinomial(probs, 1, generator=gen))
+            tokens[row] = _draw(torch.softmax(_filtered_logits(logits[row], p), dim=-1), gen)
         logprobs = [self._logprobs(logits[i], tok, p) for i, (tok, p) in enumerate(zip(tokens, params, strict=True))]
         return tokens, logprobs
 

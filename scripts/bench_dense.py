@@ -12,9 +12,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from bench_dtype import measure, measure_parser
 
 import runtime.layers.linear as dense
-from bench_dtype import measure, measure_parser
 
 # (N, K) of Qwen2.5-0.5B: q/o projections, k/v, MLP up/gate, MLP down, the output layer.
 SHAPES = [(896, 896), (128, 896), (4864, 896), (896, 4864), (151936, 896)]
@@ -37,7 +37,8 @@ def bench_shapes(rows: list[int]) -> None:
         weight = torch.randn(n, k, generator=generator)
         for m in rows:
             x = torch.randn(m, k, generator=generator)
-            reference, ours = best_ms(lambda: F.linear(x, weight)), best_ms(lambda: dense.linear(x, weight))
+            reference = best_ms(lambda x=x, w=weight: F.linear(x, w))
+            ours = best_ms(lambda x=x, w=weight: dense.linear(x, w))
             print(f"{f'{n} x {k}':>14} {m:>5} {reference:>12.2f} {ours:>9.2f} {reference / ours:>8.2f}x")
 
 

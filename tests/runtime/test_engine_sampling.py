@@ -38,6 +38,14 @@ def test_cuts_keep_exactly_the_allowed_tokens(params, allowed):
     assert draws(params) == allowed
 
 
+def test_draws_follow_the_distribution():
+    gen, n = make_generator(0), 4000
+    tokens = [Sampler()(LOGITS, [SamplingParams()], [gen])[0][0] for _ in range(n)]
+    counts = torch.bincount(torch.tensor(tokens), minlength=PROBS.numel()).double()
+    sigma = (n * PROBS * (1 - PROBS)).sqrt()
+    assert ((counts - n * PROBS).abs() <= 4 * sigma).all(), counts  # within 4 binomial sigmas of n * p
+
+
 def test_the_same_seed_gives_the_same_draws_and_another_seed_differs():
     params = SamplingParams(temperature=1.0, seed=3)
     sampler = Sampler()
