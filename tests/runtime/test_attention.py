@@ -1,0 +1,44 @@
+"""Paged decode attention (runtime/layers/attention.py): each decoding sequence attends over exactly its own cached
+context, on the FP32 CPU matmul path and on SDPA's padded path alike."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runtime.layers.attention import Attention, AttentionContext, attention_context, matmul_decode
+
+HEADS, KV_HEADS, HEAD_DIM, SLOTS = 6, 2, 16, 64
+LENGTHS = (5, 9, 2)  # context of each decoding sequence, its new token included
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # q [H, D], k/v [C, Hkv, D] -> [H, D]: the new token sees the whole context
+    out = F.scaled_dot_product_attention(q[:, None].float(), k.transpose(0, 1).float(), v.transpose(0, 1).float(),
+                                         scale=HEAD_DIM**-0.5, enable_gqa=True)
+    return out[:, 0]
+
+
+@pytest.mark.parametrize("one_by_one", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoding_sequences_attend_over_their_own_context(dtype, one_by_one):
+    gen = torch.Generator().manual_seed(0)
+    attn = Attention(HEADS, KV_HEADS, HEAD_DIM, scale=HEAD_DIM**-0.5)
+    attn.k_cache = torch.randn(SLOTS, KV_HEADS, HEAD_DIM, generator=gen).to(dtype)  # [S, Hkv, D]
+    attn.v_cache = torch.randn(SLOTS, KV_HEADS, HEAD_DIM, generator=gen).to(dtype)
+    slots = torch.randperm(SLOTS, generator=gen)[: sum(LENGTHS)].split(LENGTHS)  # scattered, in context order
+    decode_slots = torch.zeros(len(LENGTHS), max(LENGTHS), dtype=torch.int64)  # [B, L], padded with slot 0
+    for row, s in enumerate(slots):
+        decode_slots[row, : len(s)] = s
+    q = torch.randn(len(LENGTHS), HEADS, HEAD_DIM, generator=gen).to(dtype)  # [B, H, D]
+    k, v = (torch.randn(len(LENGTHS), KV_HEADS, HEAD_DIM, generator=gen).to(dtype) for _ in range(2))  # new tokens
+    context = AttentionContext(
+        slot_mapping=torch.stack([s[-1] for s in slots]), num_decode=len(LENGTHS), decode_slots=decode_slots,
+        decode_mask=(torch.arange(max(LENGTHS))[None, :] < torch.tensor(LENGTHS)[:, None])[:, None, None, :],
+        prefills=(), decode_lengths=LENGTHS, decode_one_by_one=one_by_one,
+    )
+    with attention_context(context):
+        out = attn(q, k, v)  # [B, H, D]
+    assert matmul_decode(q) == (dtype == torch.float32)
+    expected = torch.stack([reference(q[i], attn.k_cache[s], attn.v_cache[s]) for i, s in enumerate(slots)])
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=tolerance)
