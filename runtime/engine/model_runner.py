@@ -71,8 +71,7 @@ class ModelRunner:
             decode_slots=decode_slots,  # [B, L]
             decode_mask=decode_mask,  # [B, 1, 1, L]
             prefills=tuple(prefills),
-            decode_lengths=tuple(s.num_computed_tokens + 1 for s in decode_seqs),
-            decode_one_by_one=self.batch_invariant,
+            decode_lengths=tuple(s.num_computed_tokens + 1 for s in decode_seqs) if self.batch_invariant else (),
         )
         ids = torch.tensor(input_ids, device=self.device)  # [T]
         return ids, torch.tensor(positions, device=self.device), context

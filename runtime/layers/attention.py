@@ -40,21 +40,12 @@ class AttentionContext:
     decode_slots: torch.Tensor | None  # [B, L] int64: context slots per decoding sequence, padded with slot 0
     decode_mask: torch.Tensor | None  # [B, 1, 1, L] bool: True where a slot belongs to the context
     prefills: tuple[PrefillSpan, ...]
-    decode_lengths: tuple[int, ...] = ()  # [B]: each decoding sequence's context length
-    # batch-invariant mode: decoding sequences attend one by one over exactly their own keys (padding to the batch's
-    # longest context changes BF16 results by up to 2e-3)
-    decode_one_by_one: bool = False
+    # batch-invariant mode: each decoding sequence's context length, attended one by one over exactly that many
+    # keys (padding to the batch's longest context changes BF16 results by up to 2e-3)
+    decode_lengths: tuple[int, ...] = ()
 
 
 _context: AttentionContext | None = None
-
-# Decoding on a CPU in these dtypes attends one sequence at a time with two batched matmuls per step and layer: SDPA's
-# kernel is slow for one query row, and the batch's padding to its longest context costs gathering and attending.
-MATMUL_DECODE_DTYPES = (torch.float32,)
-
-
-def matmul_decode(q: torch.Tensor) -> bool:
-    return q.device.type == "cpu" and q.dtype in MATMUL_DECODE_DTYPES
 
 
 def get_context() -> AttentionContext | None:
@@ -117,7 +108,7 @@ class Attention(nn.Module):
 
     def _decode(self, q: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         # q [B, H, D] -> [B, H, D]
-        if context.decode_one_by_one or matmul_decode(q):
+        if context.decode_lengths:
             return torch.cat([self._decode_one(q[i], context.decode_slots[i, :n])
                               for i, n in enumerate(context.decode_lengths)])
         k = self._gather(self.k_cache, context.decode_slots).transpose(1, 2)  # [B, Hkv, L, D]
@@ -131,13 +122,8 @@ class Attention(nn.Module):
         # q [H, D], slots [C] -> [1, H, D]
         k = self._gather(self.k_cache, slots).transpose(0, 1)  # [Hkv, C, D]
         v = self._gather(self.v_cache, slots).transpose(0, 1)
-        if not matmul_decode(q):
-            out = F.scaled_dot_product_attention(q[:, None], k, v, scale=self.scale, enable_gqa=self.gqa)  # [H, 1, D]
-            return out.transpose(0, 1)
-        groups = q.view(self.num_kv_heads, -1, self.head_dim)  # [Hkv, G, D]: query head h reads KV head h // G
-        scores = torch.bmm(groups, k.transpose(1, 2)) * self.scale  # [Hkv, G, C]
-        out = torch.bmm(torch.softmax(scores, dim=-1), v)  # [Hkv, G, D]
-        return out.reshape(1, self.num_heads, self.head_dim)
+        out = F.scaled_dot_product_attention(q[:, None], k, v, scale=self.scale, enable_gqa=self.gqa)  # [H, 1, D]
+        return out.transpose(0, 1)
 
     def _prefill_after_prefix(self, q: torch.Tensor, span: PrefillSpan) -> torch.Tensor:
         # q [N, H, D] are the last N positions of a context of C tokens -> [N, H, D]
