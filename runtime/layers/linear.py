@@ -1,13 +1,12 @@
 """Dense linears that compute a few rows on a CPU as weight @ x.T.
 
-nn.Linear computes x @ W.T. For a few rows in FP32, MKL's GEMM in that form is 3-4x slower than the same product
+nn.Linear computes x @ W.T. For a few rows in FP32, MKL's GEMM in that form is 2-4x slower than the same product
 with the weight as the left operand, W @ x.T: on 2 AVX2 cores (torch 2.13, MKL 2024.2) at 8 rows, 4864 x 896
-takes 7.7 ms against 2.3 ms, and the 151936 x 896 output layer 244 ms against 63 ms. Decoding a batch of 8 spent
-most of its time there. The gain shrinks with the rows (1.8x at 32) and is gone near 256, so prefill chunks keep
+takes 6.0 ms against 3.0 ms, and the 151936 x 896 output layer 251 ms against 65 ms. Decoding a batch of 8 spent
+most of its time there. The gain shrinks with the rows (1.3-2x at 64) and is gone near 256, so prefill chunks keep
 F.linear; one row is a matrix-vector product, as fast either way; small weights (896 x 896, 128 x 896) gain
-nothing. `scripts/bench_dense.py` measures both forms side by side, and an engine with each.
-Other devices and dtypes keep F.linear: the rule was measured on FP32 CPUs only.
-"""
+nothing. `scripts/bench_cpu_decode.py` measures both forms side by side, and an engine with each.
+Other devices and dtypes keep F.linear: the rule was measured on FP32 CPUs only."""
 
 import torch
 import torch.nn.functional as F
