@@ -12,10 +12,11 @@ head instead of SDPA over the batch padded to its longest context: 1.31x faster 
 """
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from bench_dtype import BATCH, FILLER, best_seconds
+from bench_kernels import measure
 
 import runtime.layers.linear as dense
 from runtime.embedded import DEFAULT_MODEL
@@ -26,18 +27,6 @@ from runtime.sampling import SamplingParams
 # (N, K) of Qwen2.5-0.5B: q/o projections, k/v, MLP up/gate, MLP down, the output layer.
 SHAPES = [(896, 896), (128, 896), (4864, 896), (896, 4864), (151936, 896)]
 ROWS = [1, 2, 8, 32, 64, 256]
-BATCH = 8
-FILLER = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. "
-
-
-def best_ms(fn, budget_s: float = 1.0) -> float:
-    fn()
-    times: list[float] = []
-    while len(times) < 3 or (sum(times) < budget_s and len(times) < 100):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
 
 
 def bench_linears() -> None:
@@ -47,8 +36,8 @@ def bench_linears() -> None:
         weight = torch.randn(n, k, generator=generator)
         for m in ROWS:
             x = torch.randn(m, k, generator=generator)
-            reference = best_ms(lambda x=x, w=weight: F.linear(x, w))
-            ours = best_ms(lambda x=x, w=weight: dense.linear(x, w))
+            reference = measure(lambda x=x, w=weight: F.linear(x, w)) * 1e3
+            ours = measure(lambda x=x, w=weight: dense.linear(x, w)) * 1e3
             print(f"{f'{n} x {k}':>14} {m:>5} {reference:>12.2f} {ours:>9.2f} {reference / ours:>8.2f}x")
 
 
@@ -62,7 +51,7 @@ def bench_engine(model: str, context: int, tokens: int) -> None:
     default_rows, rates = dense.SKINNY_MAX_ROWS, {}
     for label, rows in (("F.linear", 0), ("ours", default_rows)):
         dense.SKINNY_MAX_ROWS = rows
-        seconds = best_ms(lambda: engine.generate(prompts, decode), budget_s=0) / 1e3
+        seconds = best_seconds(lambda: engine.generate(prompts, decode), repeats=3)
         rates[label] = BATCH * tokens / seconds
     dense.SKINNY_MAX_ROWS = default_rows
     print(f"\nengine, FP32, decode of {BATCH} sequences x {tokens} tokens after {context}-token prompts:")
