@@ -1,13 +1,10 @@
-"""The native W4A16 kernels (csrc/w4a16_avx512.cpp, csrc/w4a16_avx2.cpp): weight repacking, build-once loading,
-ctypes calls.
+"""The native W4A16 kernels (csrc/w4a16_avx512.cpp, csrc/w4a16_avx2.cpp): weight repacking, loading, ctypes calls.
 
 Both read one weight layout. The AVX-512 kernel (x86-64-v4 with AVX512-BF16) takes BF16 activations and writes
 BF16; the AVX2 one (AVX2 + FMA) multiplies FP32 activations in FP32 and writes FP32, so it also serves models that
 compute in FP32, which otherwise dequantise the whole weight on every call. The best kernel the CPU runs is compiled
-with the system C++ compiler ($CXX, default c++) on first use and cached by source hash under $HEAVY_KERNEL_CACHE
-(default $HEAVY_HOME/kernels, HEAVY_HOME defaulting to ~/.cache/heavy). It links OpenMP by soname, so it shares
-torch's libgomp thread pool. Without a compiler, or on a CPU with neither, `native_kernel()` returns None and callers
-fall back to torch's int4 kernels.
+on first use (kernels/native_build.py). Without a compiler, or on a CPU with neither, `native_kernel()` returns None
+and callers fall back to torch's int4 kernels.
 
 Shapes: M = activation rows, N = out features, K = in features, G = group size.
   tiles  uint8 [N/16, K/2, 16]   see the layout note at the top of the C++ sources (csrc/w4a16_tiles.h: the loop)
@@ -16,25 +13,21 @@ Shapes: M = activation rows, N = out features, K = in features, G = group size.
 
 import ctypes
 import functools
-import hashlib
 import logging
-import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from kernels.native_build import CSRC, SHARED_LIBRARY_FLAGS, build_error_details, compile_library, cpu_flags
 from kernels.pack import INT4_OFFSET, unpack_int4
 
 logger = logging.getLogger(__name__)
 
 TILE_N = 16  # output rows per tile
 CHUNK_K = 2  # inputs per 16-byte chunk (two nibbles per byte)
-CSRC = Path(__file__).with_name("csrc")
 SHARED_HEADER = CSRC / "w4a16_tiles.h"  # included by both sources: part of their build's cache key
-_SHARED_LIBRARY_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
 _POINTER, _INT64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
@@ -54,9 +47,9 @@ class NativeKernel:
 
 
 AVX512 = NativeKernel("avx512", CSRC / "w4a16_avx512.cpp",
-                      (*_SHARED_LIBRARY_FLAGS, "-march=x86-64-v4", "-mavx512bf16"),
+                      (*SHARED_LIBRARY_FLAGS, "-march=x86-64-v4", "-mavx512bf16"),
                       ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_bf16"), torch.bfloat16)
-AVX2 = NativeKernel("avx2", CSRC / "w4a16_avx2.cpp", (*_SHARED_LIBRARY_FLAGS, "-mavx2", "-mfma"), ("avx2", "fma"),
+AVX2 = NativeKernel("avx2", CSRC / "w4a16_avx2.cpp", (*SHARED_LIBRARY_FLAGS, "-mavx2", "-mfma"), ("avx2", "fma"),
                     torch.float32)
 KERNELS = (AVX512, AVX2)  # the first one the CPU runs is used
 
@@ -77,38 +70,12 @@ def repack(packed: torch.Tensor, scale: torch.Tensor, group_size: int) -> tuple[
     return tiles, scales
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return set()
-    return set(flags.split(":", 1)[1].split())
-
-
-def _build(kernel: NativeKernel, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    compiler = os.environ.get("CXX", "c++")
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        built = Path(scratch) / target.name
-        subprocess.run([compiler, *kernel.compile_flags, str(kernel.source), "-o", str(built)], check=True,
-                       capture_output=True)
-        os.replace(built, target)  # atomic: concurrent builders never load a half-written file
-
-
 def _load(kernel: NativeKernel) -> ctypes.CDLL | None:
-    code = kernel.source.read_bytes() + SHARED_HEADER.read_bytes()
-    digest = hashlib.sha256(code + " ".join(kernel.compile_flags).encode()).hexdigest()[:16]
-    home = Path(os.environ.get("HEAVY_HOME") or Path.home() / ".cache" / "heavy").expanduser()
-    cache = Path(os.environ.get("HEAVY_KERNEL_CACHE") or home / "kernels")
-    target = cache / f"w4a16_{kernel.name}-{digest}.so"
     try:
-        if not target.exists():
-            _build(kernel, target)
-        library = ctypes.CDLL(str(target))
+        library = compile_library(f"w4a16_{kernel.name}", kernel.source, kernel.compile_flags, (SHARED_HEADER,))
     except (OSError, subprocess.CalledProcessError) as error:
-        details = getattr(error, "stderr", b"") or b""
         logger.warning("native W4A16 kernel (%s) unavailable, using torch's int4 kernels: %s %s", kernel.name, error,
-                       details.decode(errors="replace")[-2000:])
+                       build_error_details(error))
         return None
     library.heavy_w4a16_gemm.argtypes = [_POINTER] * 4 + [_INT64] * 4 + [_INT]
     library.heavy_w4a16_gemm.restype = None
@@ -119,7 +86,7 @@ def _load(kernel: NativeKernel) -> ctypes.CDLL | None:
 def native_kernel() -> tuple[NativeKernel, ctypes.CDLL] | None:
     """The best kernel this CPU runs that builds here, and its compiled library; None when none does (a compiler
     too old for AVX512-BF16 still builds the AVX2 kernel)."""
-    present = _cpu_flags()
+    present = cpu_flags()
     for kernel in KERNELS:
         if all(flag in present for flag in kernel.cpu_flags) and (library := _load(kernel)) is not None:
             return kernel, library

@@ -4,14 +4,16 @@
 1. each of the embedded model's matmul shapes at several row counts (best of repeats, ms, and the speed-up);
 2. the embedded model in our engine, decoding 8 sequences after `--context`-token prompts with F.linear and with
    ours (tokens/s, ratio).
-About 5 minutes on 2 cores. Tried and not kept: decoding attention one sequence at a time with two matmuls per KV
-head instead of SDPA over the batch padded to its longest context: 1.31x faster in one layer (8 contexts of
-1544-3260 tokens, 11.45 against 8.77 ms), no faster in the engine (13.6 against 13.5 tok/s).
+About 5 minutes on 2 cores. Decode attention is timed in scripts/bench_cpu_attention.py. Tried there and not
+kept: decoding attention one sequence at a time with two torch matmuls per KV head instead of SDPA over the batch
+padded to its longest context: 1.31x faster in one layer (8 contexts of 1544-3260 tokens, 11.45 against 8.77 ms),
+no faster in the engine (13.6 against 13.5 tok/s); the native paged kernel replaced both.
 
     python scripts/bench_cpu_decode.py [--model NAME_OR_PATH] [--context 2500] [--tokens 32] [--threads 2]
 """
 
 import argparse
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,22 +43,37 @@ def bench_linears() -> None:
             print(f"{f'{n} x {k}':>14} {m:>5} {reference:>12.2f} {ours:>9.2f} {reference / ours:>8.2f}x")
 
 
-def bench_engine(model: str, context: int, tokens: int) -> None:
+def engine_decode_rates(model: str, context: int, tokens: int, variants: dict[str, Callable[[], None]]
+                        ) -> dict[str, float]:
+    """Decode tokens/s of one FP32 engine, 8 sequences x `tokens` after `context`-token prompts (prefilled once,
+    cached), under each variant: a callable that sets the module switches it compares."""
     engine = load_engine(model, EngineConfig(), dtype=torch.float32)
     encode = engine.tokenizer.encode
     filler = encode(FILLER * (context // len(encode(FILLER)) + BATCH * 8))
     prompts = [encode(f"Document {i}:") + filler[7 * i: 7 * i + context] for i in range(BATCH)]
     engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=1))  # cached: the runs below decode
     decode = SamplingParams(temperature=0.7, max_tokens=tokens, ignore_eos=True, seed=0)
-    default_rows, rates = dense.SKINNY_MAX_ROWS, {}
-    for label, rows in (("F.linear", 0), ("ours", default_rows)):
-        dense.SKINNY_MAX_ROWS = rows
-        seconds = best_seconds(lambda: engine.generate(prompts, decode), repeats=3)
-        rates[label] = BATCH * tokens / seconds
-    dense.SKINNY_MAX_ROWS = default_rows
-    print(f"\nengine, FP32, decode of {BATCH} sequences x {tokens} tokens after {context}-token prompts:")
+    rates = {}
+    for label, switch in variants.items():
+        switch()
+        rates[label] = BATCH * tokens / best_seconds(lambda: engine.generate(prompts, decode), repeats=3)
+    return rates
+
+
+def print_rates(title: str, rates: dict[str, float]) -> None:
+    print(f"\n{title}:")
+    reference = next(iter(rates.values()))
     for label, rate in rates.items():
-        print(f"  {label:<10} {rate:6.1f} tok/s  {rate / rates['F.linear']:.2f}x")
+        print(f"  {label:<12} {rate:6.1f} tok/s  {rate / reference:.2f}x")
+
+
+def bench_engine(model: str, context: int, tokens: int) -> None:
+    default_rows = dense.SKINNY_MAX_ROWS
+    rates = engine_decode_rates(model, context, tokens, {
+        "F.linear": lambda: setattr(dense, "SKINNY_MAX_ROWS", 0),
+        "ours": lambda: setattr(dense, "SKINNY_MAX_ROWS", default_rows),
+    })
+    print_rates(f"engine, FP32, decode of {BATCH} sequences x {tokens} tokens after {context}-token prompts", rates)
 
 
 def main() -> None:

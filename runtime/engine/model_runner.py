@@ -59,7 +59,7 @@ class ModelRunner:
                 decode_seqs.append(seq)
             else:
                 prefills.append(PrefillSpan(row, row + end - start, self._context_slots([seq.block_table], end)[0]))
-        decode_slots = decode_mask = None
+        decode_slots = decode_mask = lengths = None
         if decode_seqs:
             lengths = torch.tensor([s.num_computed_tokens + 1 for s in decode_seqs], device=self.device)  # [B]
             longest = int(lengths.max())
@@ -71,7 +71,8 @@ class ModelRunner:
             decode_slots=decode_slots,  # [B, L]
             decode_mask=decode_mask,  # [B, 1, 1, L]
             prefills=tuple(prefills),
-            decode_lengths=tuple(s.num_computed_tokens + 1 for s in decode_seqs) if self.batch_invariant else (),
+            decode_lengths=lengths,  # [B]
+            decode_one_by_one=self.batch_invariant,
         )
         ids = torch.tensor(input_ids, device=self.device)  # [T]
         return ids, torch.tensor(positions, device=self.device), context

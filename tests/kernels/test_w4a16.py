@@ -94,7 +94,7 @@ def test_the_native_kernel_is_chosen_where_it_applies():
 
 
 def test_a_kernel_that_does_not_build_gives_way_to_the_next_one(monkeypatch):
-    monkeypatch.setattr(cpu_native, "_cpu_flags", lambda: {*cpu_native.AVX512.cpu_flags, *cpu_native.AVX2.cpu_flags})
+    monkeypatch.setattr(cpu_native, "cpu_flags", lambda: {*cpu_native.AVX512.cpu_flags, *cpu_native.AVX2.cpu_flags})
     monkeypatch.setattr(cpu_native, "_load", lambda kernel: None if kernel is cpu_native.AVX512 else "library")
     cpu_native.native_kernel.cache_clear()
     try:

@@ -1,10 +1,13 @@
 """Paged decode attention (runtime/layers/attention.py): each decoding sequence attends over exactly its own cached
-context, padded to the batch's longest or one by one (the batch-invariant mode)."""
+context, in every form: the native kernel (FP32), and torch's, padded to the batch's longest or one by one (the
+batch-invariant mode)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels.paged_attention import native_paged_attention
+from runtime.layers import attention
 from runtime.layers.attention import Attention, AttentionContext, attention_context
 
 HEADS, KV_HEADS, HEAD_DIM, SLOTS = 6, 2, 16, 64
@@ -18,9 +21,13 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return out[:, 0]
 
 
-@pytest.mark.parametrize("one_by_one", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decoding_sequences_attend_over_their_own_context(dtype, one_by_one):
+@pytest.mark.parametrize("dtype,form", [(torch.float32, "native"), (torch.float32, "padded"),
+                                        (torch.float32, "one_by_one"), (torch.bfloat16, "padded"),
+                                        (torch.bfloat16, "one_by_one")])  # the native kernel serves FP32 only
+def test_decoding_sequences_attend_over_their_own_context(monkeypatch, dtype, form):
+    if form == "native" and native_paged_attention() is None:
+        pytest.skip("the native kernel needs a CPU with AVX2 + FMA and a C++ compiler")
+    monkeypatch.setattr(attention, "NATIVE_DECODE", form == "native")
     gen = torch.Generator().manual_seed(0)
     attn = Attention(HEADS, KV_HEADS, HEAD_DIM, scale=HEAD_DIM**-0.5)
     attn.k_cache = torch.randn(SLOTS, KV_HEADS, HEAD_DIM, generator=gen).to(dtype)  # [S, Hkv, D]
@@ -34,7 +41,7 @@ def test_decoding_sequences_attend_over_their_own_context(dtype, one_by_one):
     context = AttentionContext(
         slot_mapping=torch.stack([s[-1] for s in slots]), num_decode=len(LENGTHS), decode_slots=decode_slots,
         decode_mask=(torch.arange(max(LENGTHS))[None, :] < torch.tensor(LENGTHS)[:, None])[:, None, None, :],
-        prefills=(), decode_lengths=LENGTHS if one_by_one else (),
+        prefills=(), decode_lengths=torch.tensor(LENGTHS), decode_one_by_one=form == "one_by_one",
     )
     with attention_context(context):
         out = attn(q, k, v)  # [B, H, D]

@@ -1,0 +1,148 @@
+// Paged decode attention on x86 CPUs with AVX2 and FMA, FP32: each decoding sequence's one new query token attends
+// over its context, read in place from the paged K/V cache through its slot list (no gather into a padded batch),
+// with an online softmax over tiles of keys. Built and called by kernels/paged_attention.py.
+//
+// Shapes: B = sequences, H = query heads, Hkv = key/value heads, G = H / Hkv query heads per key/value head,
+// D = head dim (a multiple of 8), S = cache slots, L = slot-list row stride (the longest context).
+//   q       [B, H, D]      out [B, H, D]
+//   k, v    [S, Hkv, D]    slots int64 [B, L] (the first lengths[b] of row b are used), lengths int64 [B]
+// Query head h reads key/value head h / G, as torch's SDPA with enable_gqa does.
+//
+// One task per (sequence, key/value head): its G query heads share every key and value row it reads, so each row
+// of the cache is read from memory once per step, and then from L1 by each head. Scores are computed 8 keys at a
+// time (8 dot products reduced together into one vector), values accumulated 8 vectors of D at a time. A task's
+// arithmetic does not depend on the other sequences of the batch, so results are batch-invariant.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kKeyTile = 64;  // keys per softmax update: their rows (16 KiB at D = 64) stay in L1
+constexpr int64_t kLanes = 8;     // floats per ymm register
+constexpr int kValueChunks = 8;   // ymm accumulators of one head's output per pass over a tile: 8 FMA chains
+
+// exp(x) for x <= 0 (scores minus their running maximum): 2^n * p(r) with x = n ln2 + r, |r| <= ln2/2, p the
+// degree-6 Taylor polynomial (relative error < 2e-7 on that range). x is clamped at -87: exp(-87) ~ 1.6e-38.
+inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145752f), x);  // Cody-Waite: ln2 in two parts
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(-1.42860677e-6f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) {
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  }
+  const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
+}
+
+inline float exp_nonpositive(float x) { return _mm256_cvtss_f32(exp_nonpositive(_mm256_set1_ps(x))); }
+
+// The 8 horizontal sums of s[0..7], in order, as one vector.
+inline __m256 sum_each(const __m256 s[kLanes]) {
+  const __m256 pairs01 = _mm256_hadd_ps(s[0], s[1]), pairs23 = _mm256_hadd_ps(s[2], s[3]);
+  const __m256 pairs45 = _mm256_hadd_ps(s[4], s[5]), pairs67 = _mm256_hadd_ps(s[6], s[7]);
+  const __m256 quads0123 = _mm256_hadd_ps(pairs01, pairs23), quads4567 = _mm256_hadd_ps(pairs45, pairs67);
+  // quads0123 = [0 1 2 3 | 0 1 2 3] of s[0..3]'s low and high halves; likewise quads4567
+  return _mm256_add_ps(_mm256_permute2f128_ps(quads0123, quads4567, 0x20),
+                       _mm256_permute2f128_ps(quads0123, quads4567, 0x31));
+}
+
+// scores[j] = scale * q . keys[j] for 8 keys.
+inline __m256 score_eight(const float* q, const float* const keys[kLanes], int64_t d, __m256 scale) {
+  __m256 s[kLanes];
+  for (int j = 0; j < kLanes; ++j) s[j] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < d; i += kLanes) {
+    const __m256 query = _mm256_loadu_ps(q + i);
+    for (int j = 0; j < kLanes; ++j) s[j] = _mm256_fmadd_ps(query, _mm256_loadu_ps(keys[j] + i), s[j]);
+  }
+  return _mm256_mul_ps(sum_each(s), scale);
+}
+
+// sums[0, 8C) = sums * correction + sum_j weights[j] * (rows[j] + offset)[0, 8C): C ymm registers, C independent
+// FMA chains, over `count` rows.
+template <int C>
+inline void accumulate(float* sums, const float* weights, const float* const* rows, int64_t count, int64_t offset,
+                       float correction) {
+  __m256 total[C];
+  for (int c = 0; c < C; ++c) total[c] = _mm256_mul_ps(_mm256_loadu_ps(sums + c * kLanes), _mm256_set1_ps(correction));
+  for (int64_t j = 0; j < count; ++j) {
+    const __m256 weight = _mm256_broadcast_ss(weights + j);
+    const float* row = rows[j] + offset;
+    for (int c = 0; c < C; ++c) total[c] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(row + c * kLanes), total[c]);
+  }
+  for (int c = 0; c < C; ++c) _mm256_storeu_ps(sums + c * kLanes, total[c]);
+}
+
+struct Shape {
+  int64_t heads, kv_heads, head_dim, row_stride;
+  float scale;
+};
+
+// One sequence, one key/value head: q and out point at its G query heads' rows [G, D].
+void attend(const float* q, const float* k_cache, const float* v_cache, const int64_t* slots, int64_t length,
+            int64_t kv_head, const Shape& s, float* out) {
+  const int64_t groups = s.heads / s.kv_heads, d = s.head_dim;
+  std::vector<float> acc(groups * d, 0.0f), scores(groups * kKeyTile);
+  std::vector<float> running_max(groups, -INFINITY), running_sum(groups, 0.0f);
+  const float* keys[kKeyTile];
+  const float* values[kKeyTile];
+  const __m256 scale = _mm256_set1_ps(s.scale);
+  for (int64_t start = 0; start < length; start += kKeyTile) {
+    const int64_t count = std::min(kKeyTile, length - start);
+    for (int64_t j = 0; j < kKeyTile; ++j) {  // past the context's end, repeat its last key: scored, never used
+      const int64_t slot = slots[start + std::min(j, count - 1)];
+      keys[j] = k_cache + slot * s.row_stride + kv_head * d;
+      values[j] = v_cache + slot * s.row_stride;
+    }
+    for (int64_t h = 0; h < groups; ++h) {
+      float* row = scores.data() + h * kKeyTile;  // [count]
+      for (int64_t j = 0; j < count; j += kLanes) {
+        _mm256_storeu_ps(row + j, score_eight(q + h * d, keys + j, d, scale));
+      }
+      const float tile_max = *std::max_element(row, row + count);
+      const float new_max = std::max(running_max[h], tile_max);
+      const float correction = exp_nonpositive(running_max[h] - new_max);  // ~0 on the first tile
+      const __m256 shift = _mm256_set1_ps(new_max);
+      for (int64_t j = 0; j < count; j += kLanes) {
+        _mm256_storeu_ps(row + j, exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(row + j), shift)));
+      }
+      float tile_sum = 0.0f;
+      for (int64_t j = 0; j < count; ++j) tile_sum += row[j];
+      running_sum[h] = running_sum[h] * correction + tile_sum;
+      running_max[h] = new_max;
+      float* sums = acc.data() + h * d;
+      int64_t i = 0;
+      for (; i + kValueChunks * kLanes <= d; i += kValueChunks * kLanes) {
+        accumulate<kValueChunks>(sums + i, row, values, count, kv_head * d + i, correction);
+      }
+      for (; i < d; i += kLanes) accumulate<1>(sums + i, row, values, count, kv_head * d + i, correction);
+    }
+  }
+  for (int64_t h = 0; h < groups; ++h) {
+    const float inverse = length > 0 ? 1.0f / running_sum[h] : 0.0f;
+    for (int64_t i = 0; i < d; ++i) out[h * d + i] = acc[h * d + i] * inverse;
+  }
+}
+
+}  // namespace
+
+extern "C" void heavy_paged_decode_attention(const float* q, const float* k_cache, const float* v_cache,
+                                             const int64_t* slots, const int64_t* lengths, float* out,
+                                             int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                                             int64_t slot_stride, float scale, int threads) {
+  const Shape shape{heads, kv_heads, head_dim, kv_heads * head_dim, scale};
+  const int64_t group_values = heads / kv_heads * head_dim;  // values of one key/value head's query heads
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(threads)
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t g = 0; g < kv_heads; ++g) {
+      const int64_t offset = b * heads * head_dim + g * group_values;
+      attend(q + offset, k_cache, v_cache, slots + b * slot_stride, lengths[b], g, shape, out + offset);
+    }
+  }
+}
