@@ -28,15 +28,17 @@ HEADS, KV_HEADS, HEAD_DIM = 14, 2, 64
 CONTEXTS = ([1544, 2000, 2300, 2500, 2600, 2800, 3000, 3260], [2500])
 PREFIX_CONTEXTS = [1024, 2500, 4000]  # context of the chunk's last query: cached prefix + 512
 CHUNK = 512
+BLOCK = 16  # the engine's default block size
 
 
 def decode_layer_ms(lengths: list[int], generator: torch.Generator) -> tuple[float, float]:
     """One layer's decode attention for sequences of these context lengths: (torch ms, native ms)."""
-    slots_total = sum(lengths) + 64
+    blocks = sum(lengths) // BLOCK + len(lengths)
     layer = Attention(HEADS, KV_HEADS, HEAD_DIM, HEAD_DIM**-0.5)
-    layer.k_cache = torch.randn(slots_total, KV_HEADS, HEAD_DIM, generator=generator)  # [S, Hkv, D]
-    layer.v_cache = torch.randn(slots_total, KV_HEADS, HEAD_DIM, generator=generator)
-    order = torch.randperm(slots_total, generator=generator)  # scattered slots, as in a long-running cache
+    layer.k_cache = torch.randn(blocks * BLOCK, KV_HEADS, HEAD_DIM, generator=generator)  # [S, Hkv, D]
+    layer.v_cache = torch.randn(blocks * BLOCK, KV_HEADS, HEAD_DIM, generator=generator)
+    # blocks in scattered order, as in a long-running cache; slots within a block consecutive
+    order = (torch.randperm(blocks, generator=generator)[:, None] * BLOCK + torch.arange(BLOCK)).reshape(-1)
     slots = torch.zeros(len(lengths), max(lengths), dtype=torch.int64)  # [B, L]
     for row, chunk in enumerate(order[: sum(lengths)].split(lengths)):
         slots[row, : len(chunk)] = chunk
