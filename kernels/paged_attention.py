@@ -52,21 +52,28 @@ def takes(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
                            lengths: torch.Tensor, scale: float) -> torch.Tensor:
-    """q [B, H, D], k/v cache [S, Hkv, D], slots int64 [B, L], lengths int64 [B] -> [B, H, D] (native kernel)."""
+    """q [B, H, D], k/v cache [S, Hkv, D], slots int64 [B, L], lengths int64 [B] -> [B, H, D] (native kernel).
+
+    Rows of `slots` may share storage (stride 0, as `expand` gives): the queries of one prefill chunk read one
+    context list, each up to its own position."""
     batch, heads, head_dim = q.shape
     kv_heads = k_cache.shape[1]
     if heads % kv_heads or k_cache.shape != v_cache.shape or k_cache.shape[2] != head_dim or head_dim % LANES:
         raise ValueError(f"query {tuple(q.shape)} does not fit caches {tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("the K/V caches must be contiguous [S, Hkv, D] tensors")
-    if lengths.numel() and (lengths.min() < 0 or lengths.max() > slots.shape[1]
-                            or slots.min() < 0 or slots.max() >= k_cache.shape[0]):
+    slots = slots.to(torch.int64)
+    if slots.stride(1) != 1:
+        slots = slots.contiguous()
+    distinct = slots[:1] if slots.stride(0) == 0 else slots  # [B or 1, L]: min/max without walking shared rows
+    if ((lengths.numel() and (lengths.min() < 0 or lengths.max() > slots.shape[1]))
+            or (distinct.numel() and (distinct.min() < 0 or distinct.max() >= k_cache.shape[0]))):
         raise ValueError(f"lengths must lie in [0, {slots.shape[1]}] and slots in [0, {k_cache.shape[0]})")
-    q, slots, lengths = q.contiguous(), slots.to(torch.int64).contiguous(), lengths.to(torch.int64).contiguous()
+    q, lengths = q.contiguous(), lengths.to(torch.int64).contiguous()
     out = torch.empty_like(q)
     native_paged_attention().heavy_paged_decode_attention(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), lengths.data_ptr(), out.data_ptr(),
-        batch, heads, kv_heads, head_dim, slots.shape[1], scale, torch.get_num_threads(),
+        batch, heads, kv_heads, head_dim, slots.stride(0), scale, torch.get_num_threads(),
     )
     return out
 

@@ -4,7 +4,8 @@
    native paged kernel reading the cache in place (kernels/paged_attention.py), for 8 contexts of 1544-3260
    tokens and for one of 2500 (ms, speed-up);
 2. prefill, one layer: a 512-token chunk after a cached prefix, SDPA on 3-D inputs (its unfused math path) against
-   a batch of one (its flash kernel; runtime/layers/attention.py does the latter);
+   a batch of one (its flash kernel; runtime/layers/attention.py does the latter), and what the batch-invariant
+   mode pays for attending each query as a decode through the native kernel (its cost against the flash kernel);
 3. the engine decoding 8 sequences x `--tokens` after `--context`-token prompts with each decode form (tokens/s).
 About 4 minutes on 2 cores.
 
@@ -55,15 +56,21 @@ def decode_layer_ms(lengths: list[int], generator: torch.Generator) -> tuple[flo
     return reference, native
 
 
-def prefill_layer_ms(length: int, generator: torch.Generator) -> tuple[float, float]:
-    """One layer's attention for a 512-token chunk whose last query sees `length` keys: (3-D ms, batch-of-1 ms)."""
+def prefill_layer_ms(length: int, generator: torch.Generator) -> tuple[float, float, float]:
+    """One layer's attention for a 512-token chunk whose last query sees `length` keys: (3-D ms, batch-of-1 ms,
+    per-query native ms)."""
     q = torch.randn(HEADS, CHUNK, HEAD_DIM, generator=generator)  # [H, N, D]
     k, v = (torch.randn(KV_HEADS, length, HEAD_DIM, generator=generator) for _ in range(2))  # [Hkv, C, D]
     mask = torch.ones(CHUNK, length, dtype=torch.bool).tril(diagonal=length - CHUNK)  # [N, C]
     unfused = measure(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)) * 1e3
     flash = measure(lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask,
                                                            enable_gqa=True)) * 1e3
-    return unfused, flash
+    k_cache, v_cache = (x.transpose(0, 1).contiguous() for x in (k, v))  # [C, Hkv, D]
+    slots = torch.arange(length).expand(CHUNK, length)  # [N, C], one shared row
+    lengths = torch.arange(length - CHUNK + 1, length + 1)  # [N]
+    queries = q.transpose(0, 1).contiguous()  # [N, H, D]
+    as_decodes = measure(lambda: paged_decode_attention(queries, k_cache, v_cache, slots, lengths, HEAD_DIM**-0.5))
+    return unfused, flash, as_decodes * 1e3
 
 
 def bench_layers() -> None:
@@ -73,10 +80,12 @@ def bench_layers() -> None:
         reference, native = decode_layer_ms(lengths, generator)
         label = f"{len(lengths)} of {min(lengths)}-{max(lengths)}" if len(lengths) > 1 else f"1 of {lengths[0]}"
         print(f"{label:>28} {reference:>9.2f} {native:>10.2f} {reference / native:>8.2f}x")
-    print(f"\n{'prefill chunk of 512, context':>28} {'3-D ms':>9} {'batch of 1':>10} {'speed-up':>9}")
+    print(f"\n{'prefill chunk of 512, context':>28} {'3-D ms':>9} {'batch of 1':>10} {'speed-up':>9}"
+          f" {'invariant ms':>13} {'its cost':>9}")
     for length in PREFIX_CONTEXTS:
-        unfused, flash = prefill_layer_ms(length, generator)
-        print(f"{length:>28} {unfused:>9.2f} {flash:>10.2f} {unfused / flash:>8.2f}x")
+        unfused, flash, as_decodes = prefill_layer_ms(length, generator)
+        print(f"{length:>28} {unfused:>9.2f} {flash:>10.2f} {unfused / flash:>8.2f}x {as_decodes:>13.2f}"
+              f" {as_decodes / flash:>8.2f}x")
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 // with an online softmax over tiles of keys. Built and called by kernels/paged_attention.py.
 //
 // Shapes: B = sequences, H = query heads, Hkv = key/value heads, G = H / Hkv query heads per key/value head,
-// D = head dim (a multiple of 8), S = cache slots, L = slot-list row stride (the longest context).
+// D = head dim (a multiple of 8), S = cache slots, L = slot-list row stride (the longest context; 0 when all rows
+// read one list, as the queries of a prefill chunk do).
 //   q       [B, H, D]      out [B, H, D]
 //   k, v    [S, Hkv, D]    slots int64 [B, L] (the first lengths[b] of row b are used), lengths int64 [B]
 // Query head h reads key/value head h / G, as torch's SDPA with enable_gqa does.

@@ -72,7 +72,7 @@ class ModelRunner:
             decode_mask=decode_mask,  # [B, 1, 1, L]
             prefills=tuple(prefills),
             decode_lengths=lengths,  # [B]
-            decode_one_by_one=self.batch_invariant,
+            batch_invariant=self.batch_invariant,
         )
         ids = torch.tensor(input_ids, device=self.device)  # [T]
         return ids, torch.tensor(positions, device=self.device), context

@@ -13,6 +13,11 @@ cached prefix) attend one by one.
 Decoding reads FP32 caches in place with the native kernel (kernels/paged_attention.py) where it builds; otherwise
 it gathers the contexts into a batch padded to the longest and runs SDPA (or, in batch-invariant mode, one sequence
 at a time over exactly its own context). The native kernel's results do not depend on the batch either.
+
+In batch-invariant mode with the native kernel, prefill chunks attend through it too, each query as if it were
+decoded at its position: a token's numbers are then the same whether it was decoded or prefilled, so blocks a
+sequence wrote while decoding equal their recompute after a preemption, and a prefix-cache hit on them changes
+nothing. (SDPA over a chunk with a causal mask sums in another order: up to ~1e-6 apart in FP32.)
 """
 
 from collections.abc import Iterator
@@ -25,7 +30,7 @@ from torch import nn
 
 from kernels import paged_attention
 
-NATIVE_DECODE = True  # read at every call, so scripts/bench_cpu_decode.py can compare the torch form in one run
+NATIVE_DECODE = True  # read at every call, so scripts/bench_cpu_attention.py can compare the torch form in one run
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,10 @@ class AttentionContext:
     decode_mask: torch.Tensor | None  # [B, 1, 1, L] bool: True where a slot belongs to the context
     prefills: tuple[PrefillSpan, ...]
     decode_lengths: torch.Tensor | None = None  # [B] int64: each decoding sequence's context length
-    # batch-invariant mode's torch form: each decoding sequence attends one by one over exactly its own keys
-    # (padding to the batch's longest context changes BF16 results by up to 2e-3)
-    decode_one_by_one: bool = False
+    # batch-invariant mode: in torch's form each decoding sequence attends one by one over exactly its own keys
+    # (padding to the batch's longest context changes BF16 results by up to 2e-3); with the native kernel,
+    # prefill queries attend as decodes do
+    batch_invariant: bool = False
 
 
 _context: AttentionContext | None = None
@@ -93,8 +99,11 @@ class Attention(nn.Module):
         out = torch.empty_like(q)
         if context.num_decode:
             out[: context.num_decode] = self._decode(q[: context.num_decode], context)
+        as_decodes = context.batch_invariant and NATIVE_DECODE and paged_attention.takes(q, self.k_cache)
         for span in context.prefills:
-            if span.has_cached_prefix:
+            if as_decodes:
+                out[span.start : span.end] = self._prefill_as_decodes(q[span.start : span.end], span)
+            elif span.has_cached_prefix:
                 out[span.start : span.end] = self._prefill_after_prefix(q[span.start : span.end], span)
             else:  # nothing cached before this chunk: its own fresh K/V are the whole context
                 out[span.start : span.end] = self._causal(
@@ -104,7 +113,7 @@ class Attention(nn.Module):
 
     def _one_sequence(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **mask) -> torch.Tensor:
         # q [H, N, D], k/v [Hkv, C, D] -> [H, N, D]. A batch of one: on CPUs, 3-D inputs always take SDPA's unfused
-        # math path, 4-D ones its flash kernel, 1.9-2x faster for a 512-token chunk (scripts/bench_cpu_decode.py)
+        # math path, 4-D ones its flash kernel, 1.5-1.9x faster for a 512-token chunk (bench_cpu_attention.py)
         out = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=self.scale, enable_gqa=self.gqa, **mask)
         return out[0]
 
@@ -123,7 +132,7 @@ class Attention(nn.Module):
         if NATIVE_DECODE and paged_attention.takes(q, self.k_cache):
             return paged_attention.paged_decode_attention(q, self.k_cache, self.v_cache, context.decode_slots,
                                                           context.decode_lengths, self.scale)
-        if context.decode_one_by_one:
+        if context.batch_invariant:
             return torch.cat([self._decode_one(q[i], context.decode_slots[i, :n])
                               for i, n in enumerate(context.decode_lengths.tolist())])
         k = self._gather(self.k_cache, context.decode_slots).transpose(1, 2)  # [B, Hkv, L, D]
@@ -147,3 +156,10 @@ class Attention(nn.Module):
         # query i sits at position c - n + i and sees keys 0 ..= that position
         mask = torch.ones(n, c, dtype=torch.bool, device=q.device).tril(diagonal=c - n)  # [N, C]
         return self._one_sequence(q.transpose(0, 1), k, v, attn_mask=mask).transpose(0, 1)  # [H, N, D] -> [N, H, D]
+
+    def _prefill_as_decodes(self, q: torch.Tensor, span: PrefillSpan) -> torch.Tensor:
+        # q [N, H, D]: query i sits at position c - n + i and reads that many keys + 1 -> [N, H, D]
+        n, c = span.end - span.start, span.context_slots.numel()
+        slots = span.context_slots.expand(n, c)  # [N, C], one shared row
+        lengths = torch.arange(c - n + 1, c + 1, device=q.device)  # [N]
+        return paged_attention.paged_decode_attention(q, self.k_cache, self.v_cache, slots, lengths, self.scale)

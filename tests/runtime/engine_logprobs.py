@@ -13,3 +13,13 @@ def logprobs_of_last(engine: LLMEngine, params: SamplingParams, *batches: list[l
         while engine.has_unfinished():
             logprobs += [lp.logprob for out in engine.step() if out.request_id == last for lp in out.new_logprobs]
     return logprobs
+
+
+def logprobs_of_each(engine: LLMEngine, params: SamplingParams, prompts: list[list[int]]) -> list[list[float]]:
+    """Runs the prompts together to the end; each one's logprobs, in prompt order."""
+    ids = [engine.add_request(prompt, params) for prompt in prompts]
+    logprobs: dict[str, list[float]] = {request_id: [] for request_id in ids}
+    while engine.has_unfinished():
+        for out in engine.step():
+            logprobs[out.request_id] += [lp.logprob for lp in out.new_logprobs]
+    return [logprobs[request_id] for request_id in ids]

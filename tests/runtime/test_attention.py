@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kernels.paged_attention import native_paged_attention
 from runtime.layers import attention
-from runtime.layers.attention import Attention, AttentionContext, attention_context
+from runtime.layers.attention import Attention, AttentionContext, PrefillSpan, attention_context
 
 HEADS, KV_HEADS, HEAD_DIM, SLOTS = 6, 2, 16, 64
 LENGTHS = (5, 9, 2)  # context of each decoding sequence, its new token included
@@ -41,10 +41,41 @@ def test_decoding_sequences_attend_over_their_own_context(monkeypatch, dtype, fo
     context = AttentionContext(
         slot_mapping=torch.stack([s[-1] for s in slots]), num_decode=len(LENGTHS), decode_slots=decode_slots,
         decode_mask=(torch.arange(max(LENGTHS))[None, :] < torch.tensor(LENGTHS)[:, None])[:, None, None, :],
-        prefills=(), decode_lengths=torch.tensor(LENGTHS), decode_one_by_one=form == "one_by_one",
+        prefills=(), decode_lengths=torch.tensor(LENGTHS), batch_invariant=form == "one_by_one",
     )
     with attention_context(context):
         out = attn(q, k, v)  # [B, H, D]
     expected = torch.stack([reference(q[i], attn.k_cache[s], attn.v_cache[s]) for i, s in enumerate(slots)])
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("prefix", [0, 70])  # a fresh prompt's first chunk; a chunk after a cached prefix
+def test_in_batch_invariant_mode_a_prefilled_token_computes_as_if_decoded(prefix):
+    # FP32, native kernel: a chunk's queries attend as decodes at their positions do, bit for bit, so blocks written
+    # while decoding equal their recompute. SDPA over the chunk, the default form, sums in another order.
+    if native_paged_attention() is None:
+        pytest.skip("the native kernel needs a CPU with AVX2 + FMA and a C++ compiler")
+    gen = torch.Generator().manual_seed(1)
+    chunk, slots_total = 40, 256
+    attn = Attention(HEADS, KV_HEADS, HEAD_DIM, scale=HEAD_DIM**-0.5)
+    attn.k_cache = torch.randn(slots_total, KV_HEADS, HEAD_DIM, generator=gen)  # [S, Hkv, D]
+    attn.v_cache = torch.randn(slots_total, KV_HEADS, HEAD_DIM, generator=gen)
+    context_slots = torch.randperm(slots_total, generator=gen)[: prefix + chunk]  # [C]
+    q = torch.randn(chunk, HEADS, HEAD_DIM, generator=gen)  # [N, H, D]
+    k, v = (torch.randn(chunk, KV_HEADS, HEAD_DIM, generator=gen) for _ in range(2))
+    prefill = AttentionContext(slot_mapping=context_slots[prefix:], num_decode=0, decode_slots=None, decode_mask=None,
+                               prefills=(PrefillSpan(0, chunk, context_slots),), batch_invariant=True)
+    with attention_context(prefill):
+        out = attn(q, k, v)  # [N, H, D]
+    for i in range(chunk):
+        length = prefix + i + 1
+        decode = AttentionContext(
+            slot_mapping=context_slots[length - 1 : length], num_decode=1, decode_slots=context_slots[None, :length],
+            decode_mask=torch.ones(1, 1, 1, length, dtype=torch.bool), prefills=(),
+            decode_lengths=torch.tensor([length]), batch_invariant=True,
+        )
+        with attention_context(decode):
+            assert torch.equal(attn(q[i : i + 1], k[i : i + 1], v[i : i + 1])[0], out[i])
+        expected = reference(q[i], attn.k_cache[context_slots[:length]], attn.v_cache[context_slots[:length]])
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=1e-5)

@@ -1,5 +1,6 @@
 """Fixed-tile linears: a row's output does not depend on the rows computed with it, and stays nn.Linear's within
-BF16 rounding; the engine in that mode gives batch-independent greedy answers on the real model in BF16."""
+BF16 rounding; the engine in that mode gives batch-independent greedy answers on the real model in BF16, and in FP32
+with the native attention the same logprobs after a preemption."""
 
 import pytest
 import torch
@@ -7,13 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.pack import pack_int4, quantize_int4
+from kernels.paged_attention import native_paged_attention
 from runtime.engine import EngineConfig, LLMEngine
 from runtime.layers.batch_invariant import TILE_ROWS, FixedTileLinear, fixed_tile_linear, make_batch_invariant
 from runtime.layers.int4_linear import Int4Linear
 from runtime.layers.moe import MoEDims
 from runtime.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from runtime.sampling import SamplingParams
-from tests.runtime.engine_logprobs import logprobs_of_last
+from tests.runtime.engine_logprobs import logprobs_of_each, logprobs_of_last
 from tests.runtime.test_engine import LetterTokenizer
 from tests.runtime.test_moe_fused import random_int4_moe
 
@@ -108,6 +110,30 @@ def test_the_engine_in_batch_invariant_mode_decodes_as_the_plain_engine_does():
 
     reference = Qwen2ForCausalLM(Qwen2Config(**TINY)).eval()
     assert run(batch_invariant=True) == run()
+
+
+def test_in_batch_invariant_mode_a_preemption_changes_no_logprob():
+    # FP32, native attention: a preempted sequence recomputes its prompt and the tokens it had decoded as a prefill;
+    # those tokens' K/V, and every logprob after them, are what decoding gave, bit for bit
+    if native_paged_attention() is None:
+        pytest.skip("the native kernel needs a CPU with AVX2 + FMA and a C++ compiler")
+    torch.manual_seed(0)
+    prompts = [torch.randint(1, 97, (n,)).tolist() for n in (5, 23, 11, 30, 17, 9)]
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=0)
+    reference = Qwen2ForCausalLM(Qwen2Config(**TINY)).eval()
+
+    def run(num_blocks: int) -> tuple[LLMEngine, list[list[float]]]:
+        model = Qwen2ForCausalLM(Qwen2Config(**TINY)).eval()
+        model.load_state_dict(reference.state_dict())
+        config = EngineConfig(block_size=4, num_blocks=num_blocks, max_num_seqs=8, max_num_batched_tokens=64,
+                              batch_invariant=True)
+        engine = LLMEngine(model, LetterTokenizer(), config)
+        return engine, logprobs_of_each(engine, params, prompts)
+
+    roomy, expected = run(num_blocks=256)
+    tight, logprobs = run(num_blocks=24)
+    assert roomy.scheduler.num_preemptions == 0 and tight.scheduler.num_preemptions > 0
+    assert logprobs == expected and all(len(each) == 16 for each in logprobs)
 
 
 @pytest.fixture(scope="module")
