@@ -209,3 +209,31 @@ def test_a_prompt_computes_the_same_numbers_with_or_without_a_prefix_cache_hit(e
     after_first = engine()
     assert len(alone) == 4 and logprobs_of_last(after_first, params, [first], [second]) == alone
     assert after_first.stats.prompt_tokens_reused == 112
+
+
+@pytest.mark.slow
+def test_a_prompt_reusing_blocks_a_decode_wrote_computes_as_if_all_prefilled(embedded_model_dir, embedded_tokenizer):
+    # FP32: the first request decodes 40 tokens; the second's prompt repeats them and reuses their cached blocks. With
+    # the native attention, decode and prefill compute a token alike, so the hit changes nothing (before: a 224-token
+    # hit, 124 of them decoded, gave -1.5074741 against -1.5074750 all prefilled).
+    from runtime.models.registry import load_model
+
+    if native_paged_attention() is None:
+        pytest.skip("the native kernel needs a CPU with AVX2 + FMA and a C++ compiler")
+    model = load_model(embedded_model_dir, torch.float32)  # its own copy: the mode changes it in place
+    prompt = embedded_tokenizer.encode("The reading room opens at nine. Visitors sign the register. " * 8)[:90]
+    writer = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, logprobs=0)
+
+    def engine() -> LLMEngine:
+        config = EngineConfig(kv_cache_bytes=64 << 20, max_num_batched_tokens=128, max_num_seqs=8, batch_invariant=True,
+                              invariant_tile=8)  # chunks of 112 tokens; small tiles decode faster here
+        return LLMEngine(model, embedded_tokenizer, config)
+
+    after_decode = engine()
+    decoded = after_decode.generate([prompt], writer)[0].token_ids
+    second = prompt + decoded + embedded_tokenizer.encode(" In one word, when does it open?")
+    reused_before = after_decode.stats.prompt_tokens_reused
+    hit = logprobs_of_last(after_decode, params, [second])
+    assert after_decode.stats.prompt_tokens_reused - reused_before == 112  # 22 of them decoded by the first request
+    assert len(hit) == 4 and hit == logprobs_of_last(engine(), params, [second])  # bit for bit
