@@ -4,8 +4,8 @@ Each decoding sequence's one new query token attends over its own context, read 
 through its slot list. The torch form gathers every context into a batch padded to the longest one and runs SDPA
 over it: at 2500-token contexts that copies the K/V rows once more and reads them twice. The native kernel reads
 each row once, for all query heads that share it (scripts/bench_cpu_attention.py measures both side by side).
-FP32 only, head dims a multiple of 8, on CPUs with AVX2 and FMA; `native_paged_attention()` is None elsewhere or
-without a compiler, and callers keep the torch form.
+FP32 or BF16 (widened to FP32 as loaded, the output rounded once), head dims a multiple of 8, on CPUs with AVX2 and
+FMA; `native_paged_attention()` is None elsewhere or without a compiler, and callers keep the torch form.
 
 Shapes: B = sequences, H = query heads, Hkv = key/value heads (H a multiple of it), D = head dim, S = cache slots,
 L = longest context of the batch.
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 SOURCE = CSRC / "paged_decode_attention.cpp"
 FLAGS = (*SHARED_LIBRARY_FLAGS, "-mavx2", "-mfma")
 LANES = 8  # the kernel reads head dims in whole AVX2 registers of 8 floats
+DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}  # its entry points' suffixes
 _POINTER, _INT64 = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -39,14 +40,15 @@ def native_paged_attention() -> ctypes.CDLL | None:
         logger.warning("native paged decode attention unavailable, using torch's: %s %s", error,
                        build_error_details(error))
         return None
-    library.heavy_paged_decode_attention.argtypes = [_POINTER] * 6 + [_INT64] * 5 + [ctypes.c_float, ctypes.c_int]
-    library.heavy_paged_decode_attention.restype = None
+    for function in (library.heavy_paged_decode_attention_f32, library.heavy_paged_decode_attention_bf16):
+        function.argtypes = [_POINTER] * 6 + [_INT64] * 5 + [ctypes.c_float, ctypes.c_int]
+        function.restype = None
     return library
 
 
 def takes(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    """Whether the native kernel serves these tensors (FP32 on a CPU, where it built)."""
-    return (q.device.type == "cpu" and q.dtype == torch.float32 and k_cache.dtype == torch.float32
+    """Whether the native kernel serves these tensors (FP32 or BF16 on a CPU, where it built)."""
+    return (q.device.type == "cpu" and q.dtype in DTYPES and k_cache.dtype == q.dtype
             and q.shape[-1] % LANES == 0 and native_paged_attention() is not None)
 
 
@@ -60,6 +62,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     kv_heads = k_cache.shape[1]
     if heads % kv_heads or k_cache.shape != v_cache.shape or k_cache.shape[2] != head_dim or head_dim % LANES:
         raise ValueError(f"query {tuple(q.shape)} does not fit caches {tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
+    if q.dtype not in DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"query and caches must all be float32 or all bfloat16, not {q.dtype}, {k_cache.dtype}, "
+                         f"{v_cache.dtype}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("the K/V caches must be contiguous [S, Hkv, D] tensors")
     slots = slots.to(torch.int64)
@@ -71,7 +76,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         raise ValueError(f"lengths must lie in [0, {slots.shape[1]}] and slots in [0, {k_cache.shape[0]})")
     q, lengths = q.contiguous(), lengths.to(torch.int64).contiguous()
     out = torch.empty_like(q)
-    native_paged_attention().heavy_paged_decode_attention(
+    kernel = getattr(native_paged_attention(), f"heavy_paged_decode_attention_{DTYPES[q.dtype]}")
+    kernel(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), lengths.data_ptr(), out.data_ptr(),
         batch, heads, kv_heads, head_dim, slots.stride(0), scale, torch.get_num_threads(),
     )

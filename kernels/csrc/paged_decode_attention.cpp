@@ -1,6 +1,8 @@
-// Paged decode attention on x86 CPUs with AVX2 and FMA, FP32: each decoding sequence's one new query token attends
-// over its context, read in place from the paged K/V cache through its slot list (no gather into a padded batch),
-// with an online softmax over tiles of keys. Built and called by kernels/paged_attention.py.
+// Paged decode attention on x86 CPUs with AVX2 and FMA, for FP32 or BF16 tensors: each decoding sequence's one new
+// query token attends over its context, read in place from the paged K/V cache through its slot list (no gather into
+// a padded batch), with an online softmax over tiles of keys. BF16 rows are widened to FP32 as they are loaded (a
+// shift), all arithmetic is FP32, and the output is rounded to BF16 once, to nearest even. Built and called by
+// kernels/paged_attention.py.
 //
 // Shapes: B = sequences, H = query heads, Hkv = key/value heads, G = H / Hkv query heads per key/value head,
 // D = head dim (a multiple of 8), S = cache slots, L = slot-list row stride (the longest context; 0 when all rows
@@ -18,9 +20,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
+
+using bf16 = uint16_t;  // the upper half of an FP32's bits
 
 constexpr int64_t kKeyTile = 64;  // keys per softmax update: their rows (16 KiB at D = 64) stay in L1
 constexpr int64_t kLanes = 8;     // floats per ymm register
@@ -44,6 +49,29 @@ inline __m256 exp_nonpositive(__m256 x) {
 
 inline float exp_nonpositive(float x) { return _mm256_cvtss_f32(exp_nonpositive(_mm256_set1_ps(x))); }
 
+// 8 consecutive values as FP32.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const bf16* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+inline float to_float(float x) { return x; }
+inline float to_float(bf16 x) {
+  const uint32_t bits = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline void store(float* out, float x) { *out = x; }
+inline void store(bf16* out, float x) {  // round to nearest even, as torch's conversion does; NaN stays NaN
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+  *out = nan ? bf16{0x7fc0} : static_cast<bf16>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
 // The 8 horizontal sums of s[0..7], in order, as one vector.
 inline __m256 sum_each(const __m256 s[kLanes]) {
   const __m256 pairs01 = _mm256_hadd_ps(s[0], s[1]), pairs23 = _mm256_hadd_ps(s[2], s[3]);
@@ -55,27 +83,28 @@ inline __m256 sum_each(const __m256 s[kLanes]) {
 }
 
 // scores[j] = scale * q . keys[j] for 8 keys.
-inline __m256 score_eight(const float* q, const float* const keys[kLanes], int64_t d, __m256 scale) {
+template <typename T>
+inline __m256 score_eight(const float* q, const T* const keys[kLanes], int64_t d, __m256 scale) {
   __m256 s[kLanes];
   for (int j = 0; j < kLanes; ++j) s[j] = _mm256_setzero_ps();
   for (int64_t i = 0; i < d; i += kLanes) {
     const __m256 query = _mm256_loadu_ps(q + i);
-    for (int j = 0; j < kLanes; ++j) s[j] = _mm256_fmadd_ps(query, _mm256_loadu_ps(keys[j] + i), s[j]);
+    for (int j = 0; j < kLanes; ++j) s[j] = _mm256_fmadd_ps(query, load8(keys[j] + i), s[j]);
   }
   return _mm256_mul_ps(sum_each(s), scale);
 }
 
 // sums[0, 8C) = sums * correction + sum_j weights[j] * (rows[j] + offset)[0, 8C): C ymm registers, C independent
 // FMA chains, over `count` rows.
-template <int C>
-inline void accumulate(float* sums, const float* weights, const float* const* rows, int64_t count, int64_t offset,
+template <int C, typename T>
+inline void accumulate(float* sums, const float* weights, const T* const* rows, int64_t count, int64_t offset,
                        float correction) {
   __m256 total[C];
   for (int c = 0; c < C; ++c) total[c] = _mm256_mul_ps(_mm256_loadu_ps(sums + c * kLanes), _mm256_set1_ps(correction));
   for (int64_t j = 0; j < count; ++j) {
     const __m256 weight = _mm256_broadcast_ss(weights + j);
-    const float* row = rows[j] + offset;
-    for (int c = 0; c < C; ++c) total[c] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(row + c * kLanes), total[c]);
+    const T* row = rows[j] + offset;
+    for (int c = 0; c < C; ++c) total[c] = _mm256_fmadd_ps(weight, load8(row + c * kLanes), total[c]);
   }
   for (int c = 0; c < C; ++c) _mm256_storeu_ps(sums + c * kLanes, total[c]);
 }
@@ -86,13 +115,15 @@ struct Shape {
 };
 
 // One sequence, one key/value head: q and out point at its G query heads' rows [G, D].
-void attend(const float* q, const float* k_cache, const float* v_cache, const int64_t* slots, int64_t length,
-            int64_t kv_head, const Shape& s, float* out) {
+template <typename T>
+void attend(const T* q, const T* k_cache, const T* v_cache, const int64_t* slots, int64_t length, int64_t kv_head,
+            const Shape& s, T* out) {
   const int64_t groups = s.heads / s.kv_heads, d = s.head_dim;
-  std::vector<float> acc(groups * d, 0.0f), scores(groups * kKeyTile);
+  std::vector<float> query(groups * d), acc(groups * d, 0.0f), scores(groups * kKeyTile);
   std::vector<float> running_max(groups, -INFINITY), running_sum(groups, 0.0f);
-  const float* keys[kKeyTile];
-  const float* values[kKeyTile];
+  for (int64_t i = 0; i < groups * d; ++i) query[i] = to_float(q[i]);
+  const T* keys[kKeyTile];
+  const T* values[kKeyTile];
   const __m256 scale = _mm256_set1_ps(s.scale);
   for (int64_t start = 0; start < length; start += kKeyTile) {
     const int64_t count = std::min(kKeyTile, length - start);
@@ -104,7 +135,7 @@ void attend(const float* q, const float* k_cache, const float* v_cache, const in
     for (int64_t h = 0; h < groups; ++h) {
       float* row = scores.data() + h * kKeyTile;  // [count]
       for (int64_t j = 0; j < count; j += kLanes) {
-        _mm256_storeu_ps(row + j, score_eight(q + h * d, keys + j, d, scale));
+        _mm256_storeu_ps(row + j, score_eight(query.data() + h * d, keys + j, d, scale));
       }
       const float tile_max = *std::max_element(row, row + count);
       const float new_max = std::max(running_max[h], tile_max);
@@ -120,23 +151,21 @@ void attend(const float* q, const float* k_cache, const float* v_cache, const in
       float* sums = acc.data() + h * d;
       int64_t i = 0;
       for (; i + kValueChunks * kLanes <= d; i += kValueChunks * kLanes) {
-        accumulate<kValueChunks>(sums + i, row, values, count, kv_head * d + i, correction);
+        accumulate<kValueChunks, T>(sums + i, row, values, count, kv_head * d + i, correction);
       }
-      for (; i < d; i += kLanes) accumulate<1>(sums + i, row, values, count, kv_head * d + i, correction);
+      for (; i < d; i += kLanes) accumulate<1, T>(sums + i, row, values, count, kv_head * d + i, correction);
     }
   }
   for (int64_t h = 0; h < groups; ++h) {
     const float inverse = length > 0 ? 1.0f / running_sum[h] : 0.0f;
-    for (int64_t i = 0; i < d; ++i) out[h * d + i] = acc[h * d + i] * inverse;
+    for (int64_t i = 0; i < d; ++i) store(out + h * d + i, acc[h * d + i] * inverse);
   }
 }
 
-}  // namespace
-
-extern "C" void heavy_paged_decode_attention(const float* q, const float* k_cache, const float* v_cache,
-                                             const int64_t* slots, const int64_t* lengths, float* out,
-                                             int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
-                                             int64_t slot_stride, float scale, int threads) {
+template <typename T>
+void paged_decode_attention(const T* q, const T* k_cache, const T* v_cache, const int64_t* slots,
+                            const int64_t* lengths, T* out, int64_t batch, int64_t heads, int64_t kv_heads,
+                            int64_t head_dim, int64_t slot_stride, float scale, int threads) {
   const Shape shape{heads, kv_heads, head_dim, kv_heads * head_dim, scale};
   const int64_t group_values = heads / kv_heads * head_dim;  // values of one key/value head's query heads
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(threads)
@@ -146,4 +175,23 @@ extern "C" void heavy_paged_decode_attention(const float* q, const float* k_cach
       attend(q + offset, k_cache, v_cache, slots + b * slot_stride, lengths[b], g, shape, out + offset);
     }
   }
+}
+
+}  // namespace
+
+// q, k_cache, v_cache and out all FP32, or all BF16.
+extern "C" void heavy_paged_decode_attention_f32(const float* q, const float* k_cache, const float* v_cache,
+                                                 const int64_t* slots, const int64_t* lengths, float* out,
+                                                 int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                                                 int64_t slot_stride, float scale, int threads) {
+  paged_decode_attention(q, k_cache, v_cache, slots, lengths, out, batch, heads, kv_heads, head_dim, slot_stride,
+                         scale, threads);
+}
+
+extern "C" void heavy_paged_decode_attention_bf16(const bf16* q, const bf16* k_cache, const bf16* v_cache,
+                                                  const int64_t* slots, const int64_t* lengths, bf16* out,
+                                                  int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                                                  int64_t slot_stride, float scale, int threads) {
+  paged_decode_attention(q, k_cache, v_cache, slots, lengths, out, batch, heads, kv_heads, head_dim, slot_stride,
+                         scale, threads);
 }

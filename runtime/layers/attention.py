@@ -10,14 +10,14 @@ generate path). The engine (runtime/engine/) gives each layer its K/V cache and 
 first in the step) attend together over their contexts, and prefilling sequences (a prompt chunk, possibly after a
 cached prefix) attend one by one.
 
-Decoding reads FP32 caches in place with the native kernel (kernels/paged_attention.py) where it builds; otherwise
-it gathers the contexts into a batch padded to the longest and runs SDPA (or, in batch-invariant mode, one sequence
-at a time over exactly its own context). The native kernel's results do not depend on the batch either.
+Decoding reads FP32 or BF16 caches in place with the native kernel (kernels/paged_attention.py) where it builds;
+otherwise it gathers the contexts into a batch padded to the longest and runs SDPA (or, in batch-invariant mode, one
+sequence at a time over exactly its own context). The native kernel's results do not depend on the batch either.
 
 In batch-invariant mode with the native kernel, prefill chunks attend through it too, each query as if it were
 decoded at its position: a token's numbers are then the same whether it was decoded or prefilled, so blocks a
 sequence wrote while decoding equal their recompute after a preemption, and a prefix-cache hit on them changes
-nothing. (SDPA over a chunk with a causal mask sums in another order: up to ~1e-6 apart in FP32.)
+nothing. (SDPA over a chunk with a causal mask sums in another order: up to ~1e-6 apart in FP32, more in BF16.)
 """
 
 from collections.abc import Iterator

@@ -112,9 +112,10 @@ def test_the_engine_in_batch_invariant_mode_decodes_as_the_plain_engine_does():
     assert run(batch_invariant=True) == run()
 
 
-def test_in_batch_invariant_mode_a_preemption_changes_no_logprob():
-    # FP32, native attention: a preempted sequence recomputes its prompt and the tokens it had decoded as a prefill;
-    # those tokens' K/V, and every logprob after them, are what decoding gave, bit for bit
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_batch_invariant_mode_a_preemption_changes_no_logprob(dtype):
+    # native attention: a preempted sequence recomputes its prompt and the tokens it had decoded as a prefill; those
+    # tokens' K/V, and every logprob after them, are what decoding gave, bit for bit
     if native_paged_attention() is None:
         pytest.skip("the native kernel needs a CPU with AVX2 + FMA and a C++ compiler")
     torch.manual_seed(0)
@@ -125,6 +126,7 @@ def test_in_batch_invariant_mode_a_preemption_changes_no_logprob():
     def run(num_blocks: int) -> tuple[LLMEngine, list[list[float]]]:
         model = Qwen2ForCausalLM(Qwen2Config(**TINY)).eval()
         model.load_state_dict(reference.state_dict())
+        model.to(dtype)
         config = EngineConfig(block_size=4, num_blocks=num_blocks, max_num_seqs=8, max_num_batched_tokens=64,
                               batch_invariant=True)
         engine = LLMEngine(model, LetterTokenizer(), config)
