@@ -43,11 +43,11 @@ def bench_linears() -> None:
             print(f"{f'{n} x {k}':>14} {m:>5} {reference:>12.2f} {ours:>9.2f} {reference / ours:>8.2f}x")
 
 
-def engine_decode_rates(model: str, context: int, tokens: int, variants: dict[str, Callable[[], None]]
-                        ) -> dict[str, float]:
-    """Decode tokens/s of one FP32 engine, 8 sequences x `tokens` after `context`-token prompts (prefilled once,
-    cached), under each variant: a callable that sets the module switches it compares."""
-    engine = load_engine(model, EngineConfig(), dtype=torch.float32)
+def engine_decode_rates(model: str, context: int, tokens: int, variants: dict[str, Callable[[], None]],
+                        dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """Decode tokens/s of one engine, 8 sequences x `tokens` after `context`-token prompts (prefilled once, cached),
+    under each variant: a callable that sets the module switches it compares."""
+    engine = load_engine(model, EngineConfig(), dtype=dtype)
     encode = engine.tokenizer.encode
     filler = encode(FILLER * (context // len(encode(FILLER)) + BATCH * 8))
     prompts = [encode(f"Document {i}:") + filler[7 * i: 7 * i + context] for i in range(BATCH)]
