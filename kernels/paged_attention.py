@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 SOURCE = CSRC / "paged_decode_attention.cpp"
 FLAGS = (*SHARED_LIBRARY_FLAGS, "-mavx2", "-mfma")
 LANES = 8  # the kernel reads head dims in whole AVX2 registers of 8 floats
-DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}  # its entry points' suffixes
-_POINTER, _INT64 = ctypes.c_void_p, ctypes.c_int64
+DTYPES = (torch.float32, torch.bfloat16)
+_POINTER, _INT64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
 @functools.cache
@@ -40,9 +40,8 @@ def native_paged_attention() -> ctypes.CDLL | None:
         logger.warning("native paged decode attention unavailable, using torch's: %s %s", error,
                        build_error_details(error))
         return None
-    for function in (library.heavy_paged_decode_attention_f32, library.heavy_paged_decode_attention_bf16):
-        function.argtypes = [_POINTER] * 6 + [_INT64] * 5 + [ctypes.c_float, ctypes.c_int]
-        function.restype = None
+    library.heavy_paged_decode_attention.argtypes = [_POINTER] * 6 + [_INT64] * 5 + [ctypes.c_float] + [_INT] * 2
+    library.heavy_paged_decode_attention.restype = None
     return library
 
 
@@ -76,10 +75,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         raise ValueError(f"lengths must lie in [0, {slots.shape[1]}] and slots in [0, {k_cache.shape[0]})")
     q, lengths = q.contiguous(), lengths.to(torch.int64).contiguous()
     out = torch.empty_like(q)
-    kernel = getattr(native_paged_attention(), f"heavy_paged_decode_attention_{DTYPES[q.dtype]}")
-    kernel(
+    native_paged_attention().heavy_paged_decode_attention(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), lengths.data_ptr(), out.data_ptr(),
-        batch, heads, kv_heads, head_dim, slots.stride(0), scale, torch.get_num_threads(),
+        batch, heads, kv_heads, head_dim, slots.stride(0), scale, torch.get_num_threads(), q.dtype == torch.bfloat16,
     )
     return out
 

@@ -179,19 +179,18 @@ void paged_decode_attention(const T* q, const T* k_cache, const T* v_cache, cons
 
 }  // namespace
 
-// q, k_cache, v_cache and out all FP32, or all BF16.
-extern "C" void heavy_paged_decode_attention_f32(const float* q, const float* k_cache, const float* v_cache,
-                                                 const int64_t* slots, const int64_t* lengths, float* out,
-                                                 int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
-                                                 int64_t slot_stride, float scale, int threads) {
-  paged_decode_attention(q, k_cache, v_cache, slots, lengths, out, batch, heads, kv_heads, head_dim, slot_stride,
-                         scale, threads);
-}
-
-extern "C" void heavy_paged_decode_attention_bf16(const bf16* q, const bf16* k_cache, const bf16* v_cache,
-                                                  const int64_t* slots, const int64_t* lengths, bf16* out,
-                                                  int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
-                                                  int64_t slot_stride, float scale, int threads) {
-  paged_decode_attention(q, k_cache, v_cache, slots, lengths, out, batch, heads, kv_heads, head_dim, slot_stride,
-                         scale, threads);
+// q, k_cache, v_cache and out all FP32 (is_bf16 = 0) or all BF16 (is_bf16 = 1).
+extern "C" void heavy_paged_decode_attention(const void* q, const void* k_cache, const void* v_cache,
+                                             const int64_t* slots, const int64_t* lengths, void* out, int64_t batch,
+                                             int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t slot_stride,
+                                             float scale, int threads, int is_bf16) {
+  if (is_bf16) {
+    paged_decode_attention(static_cast<const bf16*>(q), static_cast<const bf16*>(k_cache),
+                           static_cast<const bf16*>(v_cache), slots, lengths, static_cast<bf16*>(out), batch,
+                           heads, kv_heads, head_dim, slot_stride, scale, threads);
+  } else {
+    paged_decode_attention(static_cast<const float*>(q), static_cast<const float*>(k_cache),
+                           static_cast<const float*>(v_cache), slots, lengths, static_cast<float*>(out), batch, heads,
+                           kv_heads, head_dim, slot_stride, scale, threads);
+  }
 }
