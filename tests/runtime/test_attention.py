@@ -1,6 +1,6 @@
 """Paged decode attention (runtime/layers/attention.py): each decoding sequence attends over exactly its own cached
-context, in every form: the native kernel (FP32), and torch's, padded to the batch's longest or one by one (the
-batch-invariant mode)."""
+context, in every form: the native kernel, and torch's, padded to the batch's longest or one by one (the
+batch-invariant mode), in FP32 and BF16; in batch-invariant mode a prefilled token computes as if decoded."""
 
 import pytest
 import torch
