@@ -8,7 +8,7 @@ dim 64), for each dtype:
    a batch of one (its flash kernel; runtime/layers/attention.py does the latter), and what the batch-invariant
    mode pays for attending each query as a decode through the native kernel (its cost against the flash kernel);
 3. the engine decoding 8 sequences x `--tokens` after `--context`-token prompts with each decode form (tokens/s).
-About 8 minutes on 2 cores.
+About 6 minutes on 2 cores.
 
     python scripts/bench_cpu_attention.py [--model NAME_OR_PATH] [--dtypes float32 bfloat16] [--context 2500]
                                           [--tokens 32] [--threads 2]
