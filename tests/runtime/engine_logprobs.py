@@ -1,18 +1,7 @@
-"""Logprobs of one request as the engine streams them: what the batch-invariance tests compare bit for bit."""
+"""Logprobs of requests as the engine streams them: what the batch-invariance tests compare bit for bit."""
 
 from runtime.engine import LLMEngine
 from runtime.sampling import SamplingParams
-
-
-def logprobs_of_last(engine: LLMEngine, params: SamplingParams, *batches: list[list[int]]) -> list[float]:
-    """Runs each batch of prompts to the end, one batch after another; the logprobs of the very last prompt."""
-    logprobs: list[float] = []
-    for batch in batches:
-        last = [engine.add_request(prompt, params) for prompt in batch][-1]
-        logprobs = []
-        while engine.has_unfinished():
-            logprobs += [lp.logprob for out in engine.step() if out.request_id == last for lp in out.new_logprobs]
-    return logprobs
 
 
 def logprobs_of_each(engine: LLMEngine, params: SamplingParams, prompts: list[list[int]]) -> list[list[float]]:
@@ -23,3 +12,11 @@ def logprobs_of_each(engine: LLMEngine, params: SamplingParams, prompts: list[li
         for out in engine.step():
             logprobs[out.request_id] += [lp.logprob for lp in out.new_logprobs]
     return [logprobs[request_id] for request_id in ids]
+
+
+def logprobs_of_last(engine: LLMEngine, params: SamplingParams, *batches: list[list[int]]) -> list[float]:
+    """Runs each batch of prompts to the end, one batch after another; the logprobs of the very last prompt."""
+    logprobs: list[float] = []
+    for batch in batches:
+        logprobs = logprobs_of_each(engine, params, batch)[-1]
+    return logprobs

@@ -1,6 +1,6 @@
 """Fixed-tile linears: a row's output does not depend on the rows computed with it, and stays nn.Linear's within
-BF16 rounding; the engine in that mode gives batch-independent greedy answers on the real model in BF16, and in FP32
-with the native attention the same logprobs after a preemption."""
+BF16 rounding; the engine in that mode gives batch-independent greedy answers on the real model in BF16, and with
+the native attention (FP32, BF16) the same logprobs after a preemption or a cache hit on blocks a decode wrote."""
 
 import pytest
 import torch
