@@ -78,11 +78,18 @@ def write_corpus(rows: list[dict], directory: Path) -> Path:
     return path
 
 
+def _ran(step) -> list:
+    """The calls a step ran, as [name, arguments]: a repeated search or page is recorded as the call the loop ran in
+    its place (`heavy/agent/explore.py`), so that a replay gathers what the trajectory gathered."""
+    answers = [c for c in step.calls if c.name == "answer"]
+    return [[c.name, c.arguments] for c in [o.call for o in step.observations] + answers]
+
+
 def _transcript(trajectory) -> dict:
     """What one trajectory did, compactly: enough to see why an answer is wrong."""
     return {"answer": trajectory.answer, "stop": trajectory.stop_reason, "temperature": trajectory.temperature,
-            "steps": [{"text": s.content[:200], "calls": [[c.name, c.arguments] for c in s.calls],
-                       "feedback": s.feedback[:100]} for s in trajectory.steps]}
+            "steps": [{"text": s.content[:200], "calls": _ran(s), "feedback": s.feedback[:100]}
+                      for s in trajectory.steps]}
 
 
 async def ask(scheduler: Scheduler, row: dict, base: JobSpec, trajectories: int) -> dict:

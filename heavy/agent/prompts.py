@@ -47,6 +47,8 @@ REPEATED_CALL = (
     "You already called {tool} with these arguments (result above). Do not repeat it: "
     "search with different words, open another page, or call `answer`."
 )
+REPEATED_CALL_REPLACED = "You already called {tool} with these arguments (result above), so {instead} ran instead:"
+ANSWER_UNSAID = "Your `answer` call had no answer in it."
 EMPTY_ANSWER = (  # seen: {"confidence": .., "sources": [..]} with the answer itself left out, step after step.
     # No example words: a small model copies them as its answer ("a few words").
     'Your `answer` call had no answer in it. Write it like: '

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from heavy.agent import prompts
 from heavy.agent.budget import OWN_STOPS, JobTokenBudget, Stopped, StopSignal, TrajectoryLimits, until_stopped
 from heavy.agent.context import fit_context
+from heavy.agent.explore import call_signature, describe, unexplored_call
 from heavy.agent.gathered import cited_sources, keep_evidence, supporting_sources
 from heavy.agent.repair import UNREADABLE, repair_call
 from heavy.agent.steps import (
@@ -68,13 +69,6 @@ class _Final:
     cited: tuple[Source, ...]
 
 
-def _signature(call: ToolCall) -> str:
-    def norm(value):
-        return " ".join(value.lower().split()) if isinstance(value, str) else value
-
-    return call.name + json.dumps({k: norm(v) for k, v in call.arguments.items()}, sort_keys=True, default=str)
-
-
 def _openai_call(call: ToolCall) -> dict:
     return {"id": call.id, "type": "function",
             "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
@@ -110,6 +104,7 @@ class Trajectory:
         self.no_progress = 0
         self.answer_rejected = False
         self.output_rejected = False
+        self.unsaid_forced = False  # an `answer` call said nothing, and a forced answer was asked for it
         self.deadline = 0.0
 
     # --- the loop ---
@@ -148,7 +143,9 @@ class Trajectory:
             if time.monotonic() >= self.deadline:
                 return "deadline"
             completion = await self._complete(self.messages, self.tools, limits.step_tokens, self.deadline)
-            await self._act(index, completion)
+            if await self._act(index, completion):  # an `answer` call with nothing in it
+                self.unsaid_forced = True
+                await self._forced_answer()
             await self.after_step()
             if self.final is not None:
                 return "answered"
@@ -196,7 +193,8 @@ class Trajectory:
             self.job_budget.charge(completion.usage.total_tokens)
         return completion
 
-    async def _act(self, index: int, completion: Completion) -> None:
+    async def _act(self, index: int, completion: Completion) -> bool:
+        """Run the step's calls; True when its `answer` call said nothing (to be asked for in words)."""
         content, calls = completion.content.strip(), list(completion.tool_calls)
         if not calls:
             content, calls = parse_text_tool_calls(content)
@@ -212,11 +210,13 @@ class Trajectory:
         await self._emit_step(index, completion, content, repaired)
 
         observations, feedback = [], []
-        found_new = False
+        found_new = unsaid = False
         for call in repaired:
             if call.name == prompts.ANSWER_TOOL:
-                feedback.append(self._accept_answer(call, observations, cut=completion.finish_reason == "length"))
-                self.messages.append({"role": "tool", "tool_call_id": call.id, "content": feedback[-1] or "ok"})
+                told = self._accept_answer(call, observations, cut=completion.finish_reason == "length")
+                unsaid = told == prompts.ANSWER_UNSAID  # the forced answer follows at once: no feedback
+                feedback.append("" if unsaid else told)
+                self.messages.append({"role": "tool", "tool_call_id": call.id, "content": told or "ok"})
                 break
             observation = await self._observe(index, call)
             found_new |= bool(observation.sources) and not observation.repeated
@@ -239,14 +239,26 @@ class Trajectory:
         self.steps.append(ActionStep(index=index, content=content, reasoning=completion.reasoning,
                                      calls=tuple(repaired), observations=tuple(observations),
                                      usage=completion.usage, feedback=text))
+        return unsaid
 
     async def _observe(self, index: int, call: ToolCall) -> Observation:
-        signature = _signature(call)
-        if signature in self.seen_calls:
-            text = prompts.REPEATED_CALL.format(tool=call.name)
-            await self._emit_result(index, call, ok=False, chars=0, truncated=False, sources=(), note="repeated")
-            return Observation(call=call, text=text, repeated=True)
-        self.seen_calls.add(signature)
+        if call_signature(call) in self.seen_calls:
+            instead = unexplored_call(call, self.spec.question, self._tool_names(), self.seen_calls, self.evidence)
+            if instead is None:
+                text = prompts.REPEATED_CALL.format(tool=call.name)
+                await self._emit_result(index, call, ok=False, chars=0, truncated=False, sources=(), note="repeated")
+                return Observation(call=call, text=text, repeated=True)
+            observation = await self._run_call(index, instead, note=f"in place of a repeated {call.name}")
+            told = prompts.REPEATED_CALL_REPLACED.format(tool=call.name, instead=describe(instead))
+            return replace(observation, text=f"{told}\n\n{observation.text}")
+        return await self._run_call(index, call)
+
+    def _tool_names(self) -> set[str]:
+        """The tools this trajectory may call (besides `answer`)."""
+        return {s["function"]["name"] for s in self.tools} & self.spec.allowed_tools
+
+    async def _run_call(self, index: int, call: ToolCall, note: str = "") -> Observation:
+        self.seen_calls.add(call_signature(call))
         await self.sink.emit(ToolCallEvent(job_id=self.spec.job_id, trajectory=self.spec.index, step=index,
                                            call_id=call.id, tool=call.name, arguments=call.arguments))
         ctx = ToolContext(job_id=self.spec.job_id, trajectory=self.spec.index,
@@ -256,7 +268,7 @@ class Trajectory:
         new_sources = tuple(s for s in result.sources if s.url not in self.evidence)
         keep_evidence(self.evidence, self.excerpts, result)
         await self._emit_result(index, call, ok=result.error is None, chars=len(result.text),
-                                truncated=result.truncated, sources=result.sources)
+                                truncated=result.truncated, sources=result.sources, note=note)
         return Observation(call=call, text=result.text, sources=new_sources, error=result.error)
 
     def _accept_answer(self, call: ToolCall, observed: Sequence[Observation], cut: bool = False) -> str:
@@ -267,7 +279,9 @@ class Trajectory:
         answer = without_result_headers(written)
         answer = without_cut_sentence(answer, cut)
         if not any(ch.isalnum() for ch in answer) or self._copies_our_words(answer):
-            return prompts.EMPTY_ANSWER  # "", or a placeholder ("..."), or our instructions copied back
+            # "", or a placeholder ("..."), or our instructions copied back: the model means to answer, so the loop
+            # asks for the answer in words right away (once; see `_loop`)
+            return prompts.EMPTY_ANSWER if self.unsaid_forced else prompts.ANSWER_UNSAID
         if says_nothing_found(answer):
             return prompts.NOTHING_FOUND_YET
         if restates_question(answer, self.spec.question):

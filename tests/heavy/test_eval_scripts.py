@@ -52,3 +52,17 @@ def test_eval_results_record_the_dtype_the_runtime_computes_in(monkeypatch):
     monkeypatch.setattr("runtime.dtypes.native_bf16", lambda device="cpu": True)
     assert eval_hotpotqa.computed_dtype(Settings(runtime_dtype="auto")) == "bfloat16"
     assert eval_hotpotqa.computed_dtype(Settings(), "openai") is None  # the endpoint's dtype is its own
+
+
+def test_eval_transcripts_record_the_call_run_in_place_of_a_repeat():
+    # replays (scripts/replay_aggregation.py) re-run the recorded calls: they must be the calls that ran
+    from heavy.agent.steps import ActionStep, Observation
+    from heavy.llm.types import ToolCall, Usage
+
+    said = ToolCall(id="c1", name="open_page", arguments={"url": "http://corpus/1"})
+    ran = ToolCall(id="c1", name="open_page", arguments={"url": "http://corpus/2"})
+    answer = ToolCall(id="c2", name="answer", arguments={"answer": "1889"})
+    step = ActionStep(index=3, content="", reasoning="", calls=(said, answer),
+                      observations=(Observation(call=ran, text="page 2"),), usage=Usage())
+    assert _load("eval_hotpotqa")._ran(step) == [["open_page", {"url": "http://corpus/2"}],
+                                                 ["answer", {"answer": "1889"}]]

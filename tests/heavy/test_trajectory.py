@@ -137,19 +137,35 @@ async def test_trajectory_token_budget_stops_before_overrunning():
     assert len(result.steps) == 1 and result.usage.total_tokens == 2 * 110 <= limits.total_tokens
 
 
-async def test_an_answer_call_without_an_answer_gets_the_format_and_copied_instructions_are_no_answer():
+async def test_an_answer_call_without_an_answer_is_followed_at_once_by_the_forced_answer():
+    # seen on HotpotQA: {"confidence": .., "sources": [..]} with the answer left out; told the format, the model
+    # copied its "..." step after step until no progress ended it (49 of 252 trajectories of the fresh runs)
+    trajectory, backend, _, sink = make(by_step(call("search", query="eiffel"), call("answer", sources=["x"]),
+                                                call("search", query="never reached")))
+    result = await trajectory.run()
+    assert (result.answer, result.stop_reason, len(result.steps)) == ("1889", "answered", 2)
+    assert result.confidence == 0.3 and [s.url for s in result.cited] == ["http://corpus/eiffel"]
+    forced = backend.requests[-1]
+    assert forced.forced and [m["role"] for m in forced.messages[-2:]] == ["tool", "user"]
+    assert forced.messages[-2]["content"] == prompts.ANSWER_UNSAID
+    assert [e.action for e in sink.of_type(TrajectoryStep)][-1] == "forced_answer"
+
+
+async def test_when_the_forced_answer_says_nothing_empty_and_copied_answers_get_the_format():
     # seen in `heavy ask`: the answer tool's own description, "The final answer, short and direct.", as the answer;
     # on HotpotQA, the search results' footer: "Open a web page with open_page(url) to read it before citing it."
     copied = str(prompts.ANSWER_SPEC["function"]["parameters"]["properties"]["answer"]["description"])
     footer = "Open a web page with open_page(url) to read it before citing it."
     trajectory, backend, _, _ = make(by_step(call("search", query="eiffel"), call("answer", sources=["x"]),
                                              call("answer", answer="..."), call("answer", answer=copied.lower()),
-                                             call("answer", answer=footer), call("answer", answer="1889")),
+                                             call("answer", answer=footer), call("answer", answer="1889"),
+                                             forced=text("...")),
                                      limits=TrajectoryLimits(max_steps=8, no_progress_steps=8))
     result = await trajectory.run()
     assert result.answer == "1889" and len(result.steps) == 6
+    assert sum(r.forced for r in backend.requests) == 1  # asked once, after the first empty call
     told = [m["content"] for m in backend.requests[-1].messages if m["role"] == "user"]
-    assert sum(t == prompts.EMPTY_ANSWER for t in told) == 4
+    assert sum(t == prompts.EMPTY_ANSWER for t in told) == 3
 
 
 async def test_an_answer_saying_nothing_was_found_sends_the_model_back_to_research():
@@ -378,6 +394,5 @@ async def test_an_answer_copying_what_the_harness_wrote_is_no_answer():
                                              call("answer", answer="1889")),
                                      limits=TrajectoryLimits(max_steps=8, no_progress_steps=8))
     result = await trajectory.run()
-    assert result.answer == "1889"
-    told = [m["content"] for m in backend.requests[-1].messages if m["role"] == "user"]
-    assert sum(t == prompts.EMPTY_ANSWER for t in told) == 1
+    assert (result.answer, len(result.steps)) == ("1889", 3)  # the forced answer's, asked for at once
+    assert backend.requests[-1].forced and backend.requests[-1].messages[-2]["content"] == prompts.ANSWER_UNSAID
