@@ -119,7 +119,7 @@ def stated_confidence(arguments: dict) -> float:
 class Observation:
     call: ToolCall
     text: str
-    sources: tuple[Source, ...] = ()
+    sources: tuple[Source, ...] = ()  # new to the trajectory: not gathered before, or a page it first read whole
     error: str | None = None
     repeated: bool = False  # the same call was made before; not executed again
 

@@ -265,8 +265,14 @@ class Trajectory:
                           allowed_tools=self.spec.allowed_tools, deadline=self.deadline,
                           trajectories=self.spec.job_trajectories)
         result = await until_stopped(self.executor.call(call.name, call.arguments, ctx), self.stop, self.deadline)
-        new_sources = tuple(s for s in result.sources if s.url not in self.evidence)
+        seen = {s.url: len(self.excerpts.get(s.url, "")) for s in result.sources}
+        listed = [s.url in self.evidence for s in result.sources]
         keep_evidence(self.evidence, self.excerpts, result)
+        # new: a source not gathered before, or a page read whole for the first time (its search snippet was all
+        # the trajectory had seen of it)
+        opened = len(result.sources) == 1
+        new_sources = tuple(s for s, known in zip(result.sources, listed, strict=True)
+                            if not known or (opened and len(self.excerpts[s.url]) > seen[s.url]))
         await self._emit_result(index, call, ok=result.error is None, chars=len(result.text),
                                 truncated=result.truncated, sources=result.sources, note=note)
         return Observation(call=call, text=result.text, sources=new_sources, error=result.error)

@@ -19,7 +19,7 @@ PAGES = {
 }
 
 
-def make(*replies: Completion, allowed=("search", "open_page"), question=QUESTION):
+def make(*replies: Completion, allowed=("search", "open_page"), question=QUESTION, no_progress_steps=4):
     search = DictSearch(PAGES)
     executor = ToolExecutor([search, DictOpen(PAGES)])
 
@@ -30,7 +30,7 @@ def make(*replies: Completion, allowed=("search", "open_page"), question=QUESTIO
 
     backend, sink = ScriptedBackend(script), MemorySink()
     spec = TrajectorySpec(job_id="job1", index=0, question=question, allowed_tools=frozenset(allowed),
-                          sampling=Sampling(temperature=0.0, seed=1), limits=TrajectoryLimits(max_steps=6),
+                          sampling=Sampling(temperature=0.0, seed=1), limits=TrajectoryLimits(max_steps=6, no_progress_steps=no_progress_steps),
                           opening_search=False)
     return Trajectory(spec, backend, executor, sink=sink), backend, search, sink
 
@@ -93,3 +93,11 @@ def test_only_searches_and_pages_are_replaced_and_only_by_tools_the_job_allows()
     assert unexplored_call(again, QUESTION, {"open_page"}, seen, ["http://corpus/tower"]) == ToolCall(
         id="s", name="open_page", arguments={"url": "http://corpus/tower"})
     assert unexplored_call(again, QUESTION, {"python"}, seen, ["http://corpus/tower"]) is None
+
+
+async def test_reading_a_listed_page_whole_is_progress():
+    trajectory, _, _, _ = make(call("search", query="the"), *[call("open_page", url=u) for u in PAGES],
+                               call("answer", answer="The Eiffel Tower"), no_progress_steps=2)
+    result = await trajectory.run()  # the search listed every page: counting new URLs only, two reads stopped it
+    assert [len(s.observations[0].sources) for s in result.steps[:4]] == [3, 1, 1, 1]
+    assert (result.stop_reason, len(result.steps)) == ("answered", 5)
