@@ -29,9 +29,9 @@ def make(*replies: Completion, allowed=("search", "open_page"), question=QUESTIO
         return replies[min(int(request.request_id.split(":")[2]), len(replies) - 1)]
 
     backend, sink = ScriptedBackend(script), MemorySink()
+    limits = TrajectoryLimits(max_steps=6, no_progress_steps=no_progress_steps)
     spec = TrajectorySpec(job_id="job1", index=0, question=question, allowed_tools=frozenset(allowed),
-                          sampling=Sampling(temperature=0.0, seed=1), limits=TrajectoryLimits(max_steps=6, no_progress_steps=no_progress_steps),
-                          opening_search=False)
+                          sampling=Sampling(temperature=0.0, seed=1), limits=limits, opening_search=False)
     return Trajectory(spec, backend, executor, sink=sink), backend, search, sink
 
 
