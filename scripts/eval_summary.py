@@ -6,7 +6,7 @@ trajectories (`replay_aggregation.py`). This script merges such files, keeps the
 and prints per question and per setting EM/F1, then each setting's F1 gap to the first setting with a paired
 bootstrap interval over questions: with a dozen questions one flipped answer moves F1 by 8 points.
 
-    .venv/bin/python scripts/eval_summary.py q28.json q36.json [--replayed] [--first 27]
+    .venv/bin/python scripts/eval_summary.py q28.json q36.json [--first 27] [--against old-q28.json old-q36.json]
 
 A question found in several files takes its entry from the last file given.
 """
@@ -79,6 +79,31 @@ def summarise(outcomes: dict[int, dict[str, Outcome]], order: dict[str, int], dr
     return {"questions": shared, "settings": rows, "gaps": gaps}
 
 
+def compare(after: dict[int, dict[str, Outcome]], before: dict[int, dict[str, Outcome]], order: dict[str, int],
+            draws: int = 10_000, seed: int = 0) -> list[dict]:
+    """Each setting both runs hold, after against before (two agent versions), over the questions both answered."""
+    rows = []
+    for n in sorted(set(after) & set(before)):
+        shared = sorted(set(after[n]) & set(before[n]), key=lambda q: order.get(q, 10**9))
+        diffs = [after[n][q].f1 - before[n][q].f1 for q in shared]
+        low, high = paired_bootstrap(diffs, draws, seed) if diffs else (0.0, 0.0)
+        rows.append({"trajectories": n, "questions": len(shared),
+                     "before": sum(before[n][q].f1 for q in shared) / max(len(shared), 1),
+                     "after": sum(after[n][q].f1 for q in shared) / max(len(shared), 1),
+                     "gap": sum(diffs) / max(len(diffs), 1), "ci95": (low, high),
+                     "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)})
+    return rows
+
+
+def print_comparison(rows: list[dict]) -> None:
+    print("\nthese files against --against:")
+    for row in rows:
+        low, high = row["ci95"]
+        print(f"n={row['trajectories']} on {row['questions']} questions: F1 {row['after']:.3f} against "
+              f"{row['before']:.3f}, {100 * row['gap']:+.1f} points (95% paired bootstrap {100 * low:+.1f} .. "
+              f"{100 * high:+.1f}); better on {row['better']}, worse on {row['worse']} questions")
+
+
 def print_summary(summary: dict, outcomes: dict[int, dict[str, Outcome]], order: dict[str, int],
                   gold: dict[str, str]) -> None:
     settings = [row["trajectories"] for row in summary["settings"]]
@@ -104,8 +129,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--first", type=int, default=0, help="leave out the data file's first N questions")
     parser.add_argument("--draws", type=int, default=10_000)
+    parser.add_argument("--against", type=Path, nargs="+", default=[],
+                        help="results of another agent version: each setting compared with it, question by question")
     args = parser.parse_args()
-    missing = [str(p) for p in args.results if not p.is_file()]
+    missing = [str(p) for p in args.results + args.against if not p.is_file()]
     if missing:
         sys.exit(f"no such result file: {', '.join(missing)}")
     rows = load_questions(args.data, None)
@@ -117,6 +144,8 @@ def main() -> None:
         sys.exit("the result files hold no questions")
     summary = summarise(outcomes, order, draws=args.draws)
     print_summary(summary, outcomes, order, {row["_id"]: row["answer"] for row in rows})
+    if args.against:
+        print_comparison(compare(outcomes, load_outcomes(args.against), order, draws=args.draws))
 
 
 if __name__ == "__main__":

@@ -53,3 +53,16 @@ def test_a_gzipped_run_as_kept_in_docs_reads_the_same(tmp_path):
     packed = tmp_path / "a.json.gz"
     packed.write_bytes(gzip.compress(plain.read_bytes()))
     assert summary_script.load_outcomes([packed]) == summary_script.load_outcomes([plain])
+
+
+def test_two_agent_versions_are_compared_setting_by_setting_on_the_questions_both_ran(tmp_path):
+    after = _run(tmp_path / "a.json", {1: [("qa", "x", 1.0), ("qb", "y", 0.5), ("qc", "z", 1.0)],
+                                       8: [("qa", "x", 1.0)]})
+    before = _run(tmp_path / "b.json", {1: [("qa", "x", 0.0), ("qb", "y", 0.5)]})
+    rows = summary_script.compare(summary_script.load_outcomes([after]), summary_script.load_outcomes([before]),
+                                  {"qa": 0, "qb": 1, "qc": 2}, draws=200)
+    assert len(rows) == 1  # n=8 has nothing to compare with
+    (row,) = rows
+    assert (row["trajectories"], row["questions"], row["before"], row["after"]) == (1, 2, 0.25, 0.75)
+    assert (row["gap"], row["better"], row["worse"]) == (0.5, 1, 0)
+    assert 0.0 <= row["ci95"][0] <= 0.5 <= row["ci95"][1] <= 1.0
