@@ -1,9 +1,11 @@
 """One research trajectory: think → call tools → observe, until it answers or a budget ends.
 
-Robust to weak models: tool calls written as text are parsed and repaired, a repeated call is not run again
-(the model is told so), an answer without any evidence is sent back once, steps without new evidence count
-towards a no-progress stop, and every stop of its own ends with a forced short final answer. A stop from the
-scheduler (finish now, cancel, early stop, ...) ends at once with the best answer so far. Every step is an event.
+Robust to weak models: tool calls written as text are parsed and repaired, a repeated search or page runs the next
+unopened result or an unsearched part of the question in its place (explore.py; other repeats are not run again),
+the model told so either way; an answer without any evidence is sent back once, an `answer` call with nothing in it
+is followed at once by the forced short answer, steps without new evidence count towards a no-progress stop, and
+every stop of its own ends with a forced short final answer. A stop from the scheduler (finish now, cancel, early
+stop, ...) ends at once with the best answer so far. Every step is an event.
 """
 
 from __future__ import annotations
