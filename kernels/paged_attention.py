@@ -6,9 +6,11 @@ over it: at 2500-token contexts that copies the K/V rows once more and reads the
 each row once, for all query heads that share it (scripts/bench_cpu_attention.py measures both side by side).
 FP32 or BF16 (widened to FP32 as loaded, the output rounded once), head dims a multiple of 8, on CPUs with AVX2 and
 FMA; `native_paged_attention()` is None elsewhere or without a compiler, and callers keep the torch form.
+`paged_latent_decode_attention` is the same kernel over the absorbed multi-head latent attention's cache (DeepSeek V3,
+Kimi K2): one latent row per token, all of it the key and its first C values the value, shared by every head.
 
 Shapes: B = sequences, H = query heads, Hkv = key/value heads (H a multiple of it), D = head dim, S = cache slots,
-L = longest context of the batch.
+L = longest context of the batch; latent attention: W = C + R latent width, C = value width.
 """
 
 import ctypes
@@ -40,7 +42,7 @@ def native_paged_attention() -> ctypes.CDLL | None:
         logger.warning("native paged decode attention unavailable, using torch's: %s %s", error,
                        build_error_details(error))
         return None
-    library.heavy_paged_decode_attention.argtypes = [_POINTER] * 6 + [_INT64] * 5 + [ctypes.c_float] + [_INT] * 2
+    library.heavy_paged_decode_attention.argtypes = [_POINTER] * 6 + [_INT64] * 9 + [ctypes.c_float] + [_INT] * 2
     library.heavy_paged_decode_attention.restype = None
     return library
 
@@ -57,15 +59,47 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
     Rows of `slots` may share storage (stride 0, as `expand` gives): the queries of one prefill chunk read one
     context list, each up to its own position."""
-    batch, heads, head_dim = q.shape
+    heads, head_dim = q.shape[1:]
     kv_heads = k_cache.shape[1]
     if heads % kv_heads or k_cache.shape != v_cache.shape or k_cache.shape[2] != head_dim or head_dim % LANES:
         raise ValueError(f"query {tuple(q.shape)} does not fit caches {tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
+    _check_dtypes_and_layout(q, k_cache, v_cache)
+    out = q.new_empty(q.shape)
+    _run(q, k_cache, v_cache, slots, lengths, out, kv_heads=kv_heads, key_stride=kv_heads * head_dim,
+         head_block=heads // kv_heads, scale=scale)
+    return out
+
+
+def paged_latent_decode_attention(q: torch.Tensor, latent_cache: torch.Tensor, slots: torch.Tensor,
+                                  lengths: torch.Tensor, value_dim: int, scale: float) -> torch.Tensor:
+    """q [B, H, W] (absorbed queries), latent cache [S, W], slots int64 [B, L], lengths int64 [B] -> [B, H, C]
+    with C = `value_dim`, the first C latent values (native kernel). Slot rows may share storage, as above."""
+    batch, heads, width = q.shape
+    if latent_cache.dim() != 2 or latent_cache.shape[1] != width or width % LANES or value_dim % LANES \
+            or not 0 < value_dim <= width:
+        raise ValueError(f"query {tuple(q.shape)} and value width {value_dim} do not fit the latent cache "
+                         f"{tuple(latent_cache.shape)} (widths a multiple of {LANES})")
+    _check_dtypes_and_layout(q, latent_cache, latent_cache)
+    out = q.new_empty(batch, heads, value_dim)
+    # one latent row serves all H heads: blocks of heads make tasks enough for every thread even for one sequence
+    tasks_per_sequence = -(-torch.get_num_threads() // max(batch, 1))
+    _run(q, latent_cache, latent_cache, slots, lengths, out, kv_heads=1, key_stride=width,
+         head_block=-(-heads // tasks_per_sequence), scale=scale)
+    return out
+
+
+def _check_dtypes_and_layout(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     if q.dtype not in DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         raise ValueError(f"query and caches must all be float32 or all bfloat16, not {q.dtype}, {k_cache.dtype}, "
                          f"{v_cache.dtype}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
-        raise ValueError("the K/V caches must be contiguous [S, Hkv, D] tensors")
+        raise ValueError("the caches must be contiguous tensors")
+
+
+def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor, lengths: torch.Tensor,
+         out: torch.Tensor, *, kv_heads: int, key_stride: int, head_block: int, scale: float) -> None:
+    """Check the slot lists against the cache and call the kernel; values are rows of `out`'s width, `key_stride`
+    apart like the keys (k and v caches have one layout)."""
     slots = slots.to(torch.int64)
     if slots.stride(1) != 1:
         slots = slots.contiguous()
@@ -74,12 +108,12 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             or (distinct.numel() and (distinct.min() < 0 or distinct.max() >= k_cache.shape[0]))):
         raise ValueError(f"lengths must lie in [0, {slots.shape[1]}] and slots in [0, {k_cache.shape[0]})")
     q, lengths = q.contiguous(), lengths.to(torch.int64).contiguous()
-    out = torch.empty_like(q)
+    batch, heads, key_dim = q.shape
     native_paged_attention().heavy_paged_decode_attention(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), lengths.data_ptr(), out.data_ptr(),
-        batch, heads, kv_heads, head_dim, slots.stride(0), scale, torch.get_num_threads(), q.dtype == torch.bfloat16,
+        batch, heads, kv_heads, key_dim, out.shape[2], key_stride, key_stride, head_block, slots.stride(0), scale,
+        torch.get_num_threads(), q.dtype == torch.bfloat16,
     )
-    return out
 
 
 def paged_decode_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -91,4 +125,15 @@ def paged_decode_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_c
         v = v_cache[row[:length]].transpose(0, 1)
         outs.append(torch.nn.functional.scaled_dot_product_attention(
             q[len(outs)][:, None], k, v, scale=scale, enable_gqa=True)[:, 0])  # [H, D]
+    return torch.stack(outs)
+
+
+def paged_latent_decode_attention_reference(q: torch.Tensor, latent_cache: torch.Tensor, slots: torch.Tensor,
+                                            lengths: torch.Tensor, value_dim: int, scale: float) -> torch.Tensor:
+    """The latent form in torch, one sequence at a time over exactly its own context: [B, H, C]."""
+    outs = []
+    for row, length in zip(slots, lengths.tolist(), strict=True):
+        rows = latent_cache[row[:length]]  # [C_ctx, W]
+        scores = torch.einsum("hw,sw->hs", q[len(outs)].float(), rows.float()) * scale
+        outs.append((torch.softmax(scores, dim=-1) @ rows[:, :value_dim].float()).to(q.dtype))  # [H, C]
     return torch.stack(outs)

@@ -5,16 +5,20 @@
 // kernels/paged_attention.py.
 //
 // Shapes: B = sequences, H = query heads, Hkv = key/value heads, G = H / Hkv query heads per key/value head,
-// D = head dim (a multiple of 8), S = cache slots, L = slot-list row stride (the longest context; 0 when all rows
-// read one list, as the queries of a prefill chunk do).
-//   q       [B, H, D]      out [B, H, D]
-//   k, v    [S, Hkv, D]    slots int64 [B, L] (the first lengths[b] of row b are used), lengths int64 [B]
+// Dk, Dv = key and value head dims (multiples of 8), S = cache slots, L = slot-list row stride (the longest context;
+// 0 when all rows read one list, as the queries of a prefill chunk do).
+//   q  [B, H, Dk]    out [B, H, Dv]    slots int64 [B, L] (the first lengths[b] of row b are used), lengths int64 [B]
+//   key row of slot s, head g: k + s * key_stride + g * Dk; value row: v + s * value_stride + g * Dv
+// Standard attention: k, v [S, Hkv, D] (strides Hkv * D). Absorbed multi-head latent attention (DeepSeek V3, Kimi
+// K2): one latent row [S, C + R] per slot is both the key (all of it) and the value (its first C), Hkv = 1.
 // Query head h reads key/value head h / G, as torch's SDPA with enable_gqa does.
 //
-// One task per (sequence, key/value head): its G query heads share every key and value row it reads, so each row
-// of the cache is read from memory once per step, and then from L1 by each head. Scores are computed 8 keys at a
-// time (8 dot products reduced together into one vector), values accumulated 8 vectors of D at a time. A task's
-// arithmetic does not depend on the other sequences of the batch, so results are batch-invariant.
+// One task per (sequence, key/value head, block of up to `head_block` of its query heads): the block's heads share
+// every key and value row it reads, so a row is read from memory once per block, and then from cache by each head
+// (standard attention passes head_block = G: one read per step; latent attention's 64 heads over one latent row are
+// split so that one sequence still makes several tasks). Scores are computed 8 keys at a time (8 dot products
+// reduced together into one vector), values accumulated 8 vectors of Dv at a time. A head's arithmetic depends on
+// neither the block it is in nor the other sequences of the batch, so results are batch-invariant.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -27,7 +31,7 @@ namespace {
 
 using bf16 = uint16_t;  // the upper half of an FP32's bits
 
-constexpr int64_t kKeyTile = 64;  // keys per softmax update: their rows (16 KiB at D = 64) stay in L1
+constexpr int64_t kKeyTile = 64;  // keys per softmax update: their rows (16 KiB at D = 64) stay in L1 (L2 for MLA)
 constexpr int64_t kLanes = 8;     // floats per ymm register
 constexpr int kValueChunks = 8;   // ymm accumulators of one head's output per pass over a tile: 8 FMA chains
 
@@ -110,16 +114,17 @@ inline void accumulate(float* sums, const float* weights, const T* const* rows, 
 }
 
 struct Shape {
-  int64_t heads, kv_heads, head_dim, row_stride;
+  int64_t heads, kv_heads, key_dim, value_dim, key_stride, value_stride, head_block;
   float scale;
 };
 
-// One sequence, one key/value head: q and out point at its G query heads' rows [G, D].
+// One sequence, one key/value head, `groups` of its query heads: q and out point at their rows [groups, Dk] and
+// [groups, Dv].
 template <typename T>
 void attend(const T* q, const T* k_cache, const T* v_cache, const int64_t* slots, int64_t length, int64_t kv_head,
-            const Shape& s, T* out) {
-  const int64_t groups = s.heads / s.kv_heads, d = s.head_dim;
-  std::vector<float> query(groups * d), acc(groups * d, 0.0f), scores(groups * kKeyTile);
+            int64_t groups, const Shape& s, T* out) {
+  const int64_t d = s.key_dim, dv = s.value_dim;
+  std::vector<float> query(groups * d), acc(groups * dv, 0.0f), scores(groups * kKeyTile);
   std::vector<float> running_max(groups, -INFINITY), running_sum(groups, 0.0f);
   for (int64_t i = 0; i < groups * d; ++i) query[i] = to_float(q[i]);
   const T* keys[kKeyTile];
@@ -129,8 +134,8 @@ void attend(const T* q, const T* k_cache, const T* v_cache, const int64_t* slots
     const int64_t count = std::min(kKeyTile, length - start);
     for (int64_t j = 0; j < kKeyTile; ++j) {  // past the context's end, repeat its last key: scored, never used
       const int64_t slot = slots[start + std::min(j, count - 1)];
-      keys[j] = k_cache + slot * s.row_stride + kv_head * d;
-      values[j] = v_cache + slot * s.row_stride;
+      keys[j] = k_cache + slot * s.key_stride + kv_head * d;
+      values[j] = v_cache + slot * s.value_stride + kv_head * dv;
     }
     for (int64_t h = 0; h < groups; ++h) {
       float* row = scores.data() + h * kKeyTile;  // [count]
@@ -148,49 +153,56 @@ void attend(const T* q, const T* k_cache, const T* v_cache, const int64_t* slots
       for (int64_t j = 0; j < count; ++j) tile_sum += row[j];
       running_sum[h] = running_sum[h] * correction + tile_sum;
       running_max[h] = new_max;
-      float* sums = acc.data() + h * d;
+      float* sums = acc.data() + h * dv;
       int64_t i = 0;
-      for (; i + kValueChunks * kLanes <= d; i += kValueChunks * kLanes) {
-        accumulate<kValueChunks, T>(sums + i, row, values, count, kv_head * d + i, correction);
+      for (; i + kValueChunks * kLanes <= dv; i += kValueChunks * kLanes) {
+        accumulate<kValueChunks, T>(sums + i, row, values, count, i, correction);
       }
-      for (; i < d; i += kLanes) accumulate<1, T>(sums + i, row, values, count, kv_head * d + i, correction);
+      for (; i < dv; i += kLanes) accumulate<1, T>(sums + i, row, values, count, i, correction);
     }
   }
   for (int64_t h = 0; h < groups; ++h) {
     const float inverse = length > 0 ? 1.0f / running_sum[h] : 0.0f;
-    for (int64_t i = 0; i < d; ++i) store(out + h * d + i, acc[h * d + i] * inverse);
+    for (int64_t i = 0; i < dv; ++i) store(out + h * dv + i, acc[h * dv + i] * inverse);
   }
 }
 
 template <typename T>
 void paged_decode_attention(const T* q, const T* k_cache, const T* v_cache, const int64_t* slots,
-                            const int64_t* lengths, T* out, int64_t batch, int64_t heads, int64_t kv_heads,
-                            int64_t head_dim, int64_t slot_stride, float scale, int threads) {
-  const Shape shape{heads, kv_heads, head_dim, kv_heads * head_dim, scale};
-  const int64_t group_values = heads / kv_heads * head_dim;  // values of one key/value head's query heads
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(threads)
+                            const int64_t* lengths, T* out, int64_t batch, int64_t slot_stride, const Shape& shape,
+                            int threads) {
+  const int64_t groups = shape.heads / shape.kv_heads;
+  const int64_t blocks = (groups + shape.head_block - 1) / shape.head_block;  // per key/value head
+#pragma omp parallel for collapse(3) schedule(dynamic, 1) num_threads(threads)
   for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t g = 0; g < kv_heads; ++g) {
-      const int64_t offset = b * heads * head_dim + g * group_values;
-      attend(q + offset, k_cache, v_cache, slots + b * slot_stride, lengths[b], g, shape, out + offset);
+    for (int64_t g = 0; g < shape.kv_heads; ++g) {
+      for (int64_t block = 0; block < blocks; ++block) {
+        const int64_t first = block * shape.head_block;  // of this key/value head's query heads
+        const int64_t head = b * shape.heads + g * groups + first;
+        attend(q + head * shape.key_dim, k_cache, v_cache, slots + b * slot_stride, lengths[b], g,
+               std::min(shape.head_block, groups - first), shape, out + head * shape.value_dim);
+      }
     }
   }
 }
 
 }  // namespace
 
-// q, k_cache, v_cache and out all FP32 (is_bf16 = 0) or all BF16 (is_bf16 = 1).
+// q, k_cache, v_cache and out all FP32 (is_bf16 = 0) or all BF16 (is_bf16 = 1); the shapes are checked by the
+// caller (kernels/paged_attention.py).
 extern "C" void heavy_paged_decode_attention(const void* q, const void* k_cache, const void* v_cache,
                                              const int64_t* slots, const int64_t* lengths, void* out, int64_t batch,
-                                             int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t slot_stride,
-                                             float scale, int threads, int is_bf16) {
+                                             int64_t heads, int64_t kv_heads, int64_t key_dim, int64_t value_dim,
+                                             int64_t key_stride, int64_t value_stride, int64_t head_block,
+                                             int64_t slot_stride, float scale, int threads, int is_bf16) {
+  const Shape shape{heads, kv_heads, key_dim, value_dim, key_stride, value_stride, head_block, scale};
   if (is_bf16) {
     paged_decode_attention(static_cast<const bf16*>(q), static_cast<const bf16*>(k_cache),
                            static_cast<const bf16*>(v_cache), slots, lengths, static_cast<bf16*>(out), batch,
-                           heads, kv_heads, head_dim, slot_stride, scale, threads);
+                           slot_stride, shape, threads);
   } else {
     paged_decode_attention(static_cast<const float*>(q), static_cast<const float*>(k_cache),
-                           static_cast<const float*>(v_cache), slots, lengths, static_cast<float*>(out), batch, heads,
-                           kv_heads, head_dim, slot_stride, scale, threads);
+                           static_cast<const float*>(v_cache), slots, lengths, static_cast<float*>(out), batch,
+                           slot_stride, shape, threads);
   }
 }

@@ -12,9 +12,10 @@ runs per sequence, and RMSNorm, rotary and activations per row; INT4 linears run
 scheduler chunks a long prompt at fixed positions of its own. A mixture-of-experts layer computes its router's
 scores in the same tiles and runs its INT4 experts one at a time on them (runtime/layers/moe.py), not in one fused
 call, and the absorbed MLA (runtime/layers/mla.py) its per-head products; the scheduler uses a prefix-cache hit in
-whole chunks only. What stays batch-dependent: cached blocks that a sequence's own decoding wrote, when memory
-pressure from other requests evicts them or preempts the sequence: recomputed by prefill, they differ (a prompt
-reusing 224 tokens of which 124 were decoded: first logprob -1.5074741 against -1.5074750 all prefilled, FP32).
+whole chunks only. With the native paged attention (CPUs with AVX2; kernels/paged_attention.py), standard and
+latent, prefill chunks attend as decodes do, so cached blocks a sequence's own decoding wrote equal their recompute
+after an eviction or a preemption. Without it (GPUs, no compiler) they still differ (a prompt reusing 224 tokens of
+which 124 were decoded: first logprob -1.5074741 against -1.5074750 all prefilled, FP32).
 """
 
 from collections.abc import Callable

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from runtime.layers.attention import Attention, AttentionContext, get_context
+from kernels import paged_attention
+from runtime.layers import attention
+from runtime.layers.attention import Attention, AttentionContext, PrefillSpan, get_context
 from runtime.layers.batch_invariant import in_fixed_tiles
 from runtime.layers.linear import Linear
 from runtime.layers.rmsnorm import RMSNorm
@@ -71,10 +73,12 @@ class LatentAttention(nn.Module):
 
     Without an engine context it attends causally over the step's own latents (one sequence). The engine gives it
     `latent_cache` [S, L] (one row per cache slot) and installs the step's `AttentionContext`: the new latents are
-    written to their slots, decoding sequences (first in the step) attend together over their gathered rows, and
-    each prefill chunk attends over its whole context (cached prefix + itself). Unlike Attention's, the padded
-    decode stays in the batch-invariant mode: a sequence's output padded to a 1500-token neighbour's context equalled
-    its output alone (16 heads, L = 576, FP32 and BF16 on an AVX2 CPU).
+    written to their slots, decoding sequences (first in the step) attend together over their rows, and each prefill
+    chunk attends over its whole context (cached prefix + itself). Decoding reads the cache in place through the
+    native kernel where it builds (kernels/paged_attention.py, FP32 or BF16), else gathers the rows into a padded
+    batch (batch-invariant too: a sequence's output padded to a 1500-token neighbour's context equalled its output
+    alone, 16 heads, L = 576, FP32 and BF16 on an AVX2 CPU). In batch-invariant mode with the native kernel, prefill
+    chunks attend through it as well, each query as a decode at its position, as Attention's do.
     """
 
     def __init__(self, num_heads: int, latent_dim: int, value_dim: int, scale: float):
@@ -91,13 +95,32 @@ class LatentAttention(nn.Module):
         out = q.new_empty(q.shape[0], self.num_heads, self.value_dim)  # [T, H, C]
         if context.num_decode:
             out[: context.num_decode] = self._decode(q[: context.num_decode], context)
+        as_decodes = context.batch_invariant and self._native(q)
         for span in context.prefills:
+            if as_decodes:
+                out[span.start : span.end] = self._prefill_as_decodes(q[span.start : span.end], span)
+                continue
             rows = self.latent_cache.index_select(0, span.context_slots)  # [C_ctx, L]
             out[span.start : span.end] = latent_attention(q[span.start : span.end], rows, self.value_dim, self.scale)
         return out
 
+    def _native(self, q: torch.Tensor) -> bool:
+        return (attention.NATIVE_DECODE and self.value_dim % paged_attention.LANES == 0
+                and paged_attention.takes(q, self.latent_cache))
+
+    def _prefill_as_decodes(self, q: torch.Tensor, span: PrefillSpan) -> torch.Tensor:
+        # q [N, H, L]: query i sits at position c - n + i and reads that many latents + 1 -> [N, H, C]
+        n, c = span.end - span.start, span.context_slots.numel()
+        lengths = torch.arange(c - n + 1, c + 1, device=q.device)  # [N]
+        return paged_attention.paged_latent_decode_attention(q, self.latent_cache, span.context_slots.expand(n, c),
+                                                             lengths, self.value_dim, self.scale)
+
     def _decode(self, q: torch.Tensor, context: AttentionContext) -> torch.Tensor:
-        # q [B, H, L] (one new token per sequence) -> [B, H, C]; contexts padded to the longest, masked
+        # q [B, H, L] (one new token per sequence) -> [B, H, C]
+        if self._native(q):
+            return paged_attention.paged_latent_decode_attention(q, self.latent_cache, context.decode_slots,
+                                                                 context.decode_lengths, self.value_dim, self.scale)
+        # contexts padded to the longest, masked
         slots = context.decode_slots  # [B, Lmax]
         rows = self.latent_cache.index_select(0, slots.reshape(-1)).view(*slots.shape, self.latent_dim)  # [B, Lmax, L]
         scores = torch.einsum("bhl,bsl->bhs", q, rows) * self.scale  # [B, H, Lmax]

@@ -24,6 +24,9 @@ from runtime.layers.linear import Linear
 
 GROUP_SCORE_TOP = 2  # a group's score is the sum of its two best experts (DeepSeek-V3's rule)
 NORM_EPSILON = 1e-20  # keeps the top-k renormalisation finite
+# torch's sigmoid rounds a score in its vector body and in its scalar tail differently (1 ulp): in the batch-invariant
+# mode a row's scores are padded to whole blocks of this many values, so each lands in the same lane in any batch
+SIGMOID_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,10 @@ class TopKRouter(nn.Module):
         dims, t = self.dims, x.shape[0]
         if self.tile is None:
             scores = F.linear(x.float(), self.weight.float()).sigmoid()  # [T, E]
-        else:
-            scores = fixed_tile_linear(x.float(), self.weight.float(), tile=self.tile).sigmoid()  # [T, E]
+        else:  # a 16-expert row alone took the tail, in a batch the body: weights 1 ulp apart (tiny Kimi, FP32)
+            logits = fixed_tile_linear(x.float(), self.weight.float(), tile=self.tile)  # [T, E]
+            experts = logits.shape[1]
+            scores = F.pad(logits, (0, -experts % SIGMOID_BLOCK)).sigmoid()[:, :experts]  # [T, E]
         for_choice = scores + self.e_score_correction_bias.float()  # [T, E]
         grouped = for_choice.view(t, dims.n_group, dims.experts_per_group)  # [T, G, E/G]
         group_scores = grouped.topk(GROUP_SCORE_TOP, dim=-1).values.sum(dim=-1)  # [T, G]

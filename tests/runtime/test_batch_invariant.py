@@ -12,7 +12,7 @@ from kernels.paged_attention import native_paged_attention
 from runtime.engine import EngineConfig, LLMEngine
 from runtime.layers.batch_invariant import TILE_ROWS, FixedTileLinear, fixed_tile_linear, make_batch_invariant
 from runtime.layers.int4_linear import Int4Linear
-from runtime.layers.moe import MoEDims
+from runtime.layers.moe import MoEDims, TopKRouter
 from runtime.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from runtime.sampling import SamplingParams
 from tests.runtime.engine_logprobs import logprobs_of_each, logprobs_of_last
@@ -76,6 +76,22 @@ def test_a_mixture_of_experts_computes_a_token_the_same_in_any_batch(dtype):
             assert torch.equal(row_weights, weights[rows]) and torch.equal(row_ids, ids[rows])
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(batch, fused, **tol)
+
+
+def test_a_router_scores_a_token_the_same_alone_or_in_any_batch():
+    # 16 experts: torch's sigmoid took a row alone through its scalar tail and the same row in a batch through its
+    # vector body, 1 ulp apart (seen as a tiny Kimi's logprob moving by 2.4e-7 beside other requests)
+    dims = MoEDims(hidden_size=64, moe_intermediate_size=32, n_routed_experts=16, num_experts_per_tok=4, n_group=4,
+                   topk_group=2, n_shared_experts=1, norm_topk_prob=True, routed_scaling_factor=2.827)
+    gen = torch.Generator().manual_seed(1)
+    router = TopKRouter(dims)
+    router.weight.data = torch.randn(16, 64, generator=gen) * 0.3  # scores spread over (0, 1), not saturated
+    router.tile = 16
+    x = torch.randn(64, 64, generator=gen)
+    weights, ids = router(x)
+    for row in range(64):
+        alone_weights, alone_ids = router(x[row : row + 1])
+        assert torch.equal(alone_ids[0], ids[row]) and torch.equal(alone_weights[0], weights[row])
 
 
 @pytest.mark.parametrize("tied", [False, True])

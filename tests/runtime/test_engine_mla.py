@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from kernels.paged_attention import native_paged_attention
 from runtime.engine import EngineConfig, LLMEngine
 from runtime.engine.factory import load_tokenizer
 from runtime.layers.mla import LatentAttention
 from runtime.models.registry import load_model
 from runtime.sampling import SamplingParams
-from tests.runtime.engine_logprobs import logprobs_of_last
+from tests.runtime.engine_logprobs import logprobs_of_each, logprobs_of_last
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
 WITH_LOGPROBS = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=0)
@@ -78,3 +79,25 @@ def test_batch_invariant_mode_computes_a_request_the_same_with_or_without_a_pref
     engine = invariant_engine(model, tokenizer, True)
     assert logprobs_of_last(engine, WITH_LOGPROBS, [first], [second]) == alone
     assert engine.stats.prompt_tokens_reused == 56
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_invariant_mode_a_preemption_changes_no_logprob(tiny_kimi_path, dtype):
+    # native latent attention: a preempted sequence recomputes the tokens it had decoded as a prefill, and its
+    # latents, and every logprob after them, are what decoding gave, bit for bit
+    if native_paged_attention() is None:
+        pytest.skip("the native kernel needs a CPU with AVX2 + FMA and a C++ compiler")
+    model, tokenizer = load_model(tiny_kimi_path, dtype), load_tokenizer(tiny_kimi_path)
+    prompts = [tokenizer.encode(f"Question {i}: " + "add them up. " * (1 + i)) for i in range(6)]  # 17-62 tokens
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=0)
+
+    def run(num_blocks: int) -> tuple[LLMEngine, list[list[float]]]:
+        config = EngineConfig(block_size=4, num_blocks=num_blocks, max_num_seqs=8, max_num_batched_tokens=64,
+                              enable_prefix_cache=False, batch_invariant=True)
+        engine = LLMEngine(model, tokenizer, config)
+        return engine, logprobs_of_each(engine, params, prompts)
+
+    roomy, expected = run(num_blocks=512)
+    tight, logprobs = run(num_blocks=24)
+    assert roomy.scheduler.num_preemptions == 0 and tight.scheduler.num_preemptions > 0
+    assert logprobs == expected and all(len(each) == 16 for each in logprobs)

@@ -10,6 +10,8 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
     yarn_apply_mscale,
 )
 
+from kernels.paged_attention import native_paged_attention
+from runtime.layers import attention
 from runtime.layers.attention import AttentionContext, PrefillSpan, attention_context
 from runtime.layers.mla import LatentAttention, MLADims, MultiHeadLatentAttention, latent_attention
 from runtime.layers.rotary_yarn import YarnRotaryEmbedding, YarnScaling
@@ -115,9 +117,14 @@ def test_decoding_from_the_latent_cache_matches_the_full_sequence():
     torch.testing.assert_close(latent_attention(q[7:], cache, value_dim, scale=0.2), prefill[7:], atol=1e-6, rtol=1e-6)
 
 
-def test_paged_latent_cache_with_an_engine_context_matches_one_sequence_at_a_time():
+@pytest.mark.parametrize("form", ["native", "torch"])
+def test_paged_latent_cache_with_an_engine_context_matches_one_sequence_at_a_time(form, monkeypatch):
     # A step as the engine lays it out: two decoding sequences (contexts of 8 and 3 tokens, padded), a prefill chunk
-    # of 4 after a cached prefix of 5, and a fresh prefill of 6; cache slots scattered over a 64-slot cache.
+    # of 4 after a cached prefix of 5, and a fresh prefill of 6; cache slots scattered over a 64-slot cache. Decoding
+    # reads the cache through the native kernel (where it builds) or gathers it into a padded batch.
+    if form == "native" and native_paged_attention() is None:
+        pytest.skip("the native kernel needs a CPU with AVX2 + FMA and a C++ compiler")
+    monkeypatch.setattr(attention, "NATIVE_DECODE", form == "native")
     heads, latent_dim, value_dim, scale = 4, 40, 32, 0.2
     lengths, new_tokens = (8, 3, 9, 6), (1, 1, 4, 6)
     gen = torch.Generator().manual_seed(6)
@@ -140,12 +147,45 @@ def test_paged_latent_cache_with_an_engine_context_matches_one_sequence_at_a_tim
         num_decode=2,
         decode_slots=decode_slots,
         decode_mask=(torch.arange(8)[None, :] < torch.tensor([[8], [3]]))[:, None, None, :],  # [B, 1, 1, L]
-        prefills=(PrefillSpan(2, 6, slots[2]), PrefillSpan(6, 12, slots[3])),
+        prefills=(PrefillSpan(2, 6, slots[2]), PrefillSpan(6, 12, slots[3])), decode_lengths=torch.tensor([8, 3]),
     )
     with attention_context(context):
         out = attn(step_q, step_latent)
     torch.testing.assert_close(out, torch.cat(expected), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(attn.latent_cache[torch.cat(slots)], torch.cat(latents), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("prefix", [0, 70])  # a fresh prompt's first chunk; a chunk after a cached prefix
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_batch_invariant_mode_a_prefilled_latent_token_computes_as_if_decoded(dtype, prefix):
+    # native kernel: a chunk's queries attend as decodes at their positions do, bit for bit (the default prefill,
+    # einsums over the chunk, sums in another order), so latents written while decoding equal their recompute
+    if native_paged_attention() is None:
+        pytest.skip("the native kernel needs a CPU with AVX2 + FMA and a C++ compiler")
+    heads, latent_dim, value_dim, chunk, slots_total = 4, 40, 32, 24, 128
+    gen = torch.Generator().manual_seed(3)
+    attn = LatentAttention(heads, latent_dim, value_dim, scale=0.2)
+    attn.latent_cache = torch.randn(slots_total, latent_dim, generator=gen).to(dtype)  # [S, L]
+    context_slots = torch.randperm(slots_total, generator=gen)[: prefix + chunk]  # [C]
+    q = torch.randn(chunk, heads, latent_dim, generator=gen).to(dtype)  # [N, H, L]
+    latent = torch.randn(chunk, latent_dim, generator=gen).to(dtype)  # [N, L]
+    prefill = AttentionContext(slot_mapping=context_slots[prefix:], num_decode=0, decode_slots=None, decode_mask=None,
+                               prefills=(PrefillSpan(0, chunk, context_slots),), batch_invariant=True)
+    with attention_context(prefill):
+        out = attn(q, latent)  # [N, H, C]
+    for i in range(chunk):
+        length = prefix + i + 1
+        decode = AttentionContext(
+            slot_mapping=context_slots[length - 1 : length], num_decode=1, decode_slots=context_slots[None, :length],
+            decode_mask=torch.ones(1, 1, 1, length, dtype=torch.bool), prefills=(),
+            decode_lengths=torch.tensor([length]), batch_invariant=True,
+        )
+        with attention_context(decode):
+            assert torch.equal(attn(q[i : i + 1], latent[i : i + 1])[0], out[i])
+        rows = attn.latent_cache[context_slots[:length]].float()
+        expected = latent_attention(q[i : i + 1].float(), rows, value_dim, scale=0.2)[0]
+        tolerance = 1e-5 if dtype == torch.float32 else 2**-7
+        torch.testing.assert_close(out[i].float(), expected, atol=tolerance, rtol=tolerance)
 
 
 def test_kimi_k2_absorbed_form_attends_over_576_values_per_token():
