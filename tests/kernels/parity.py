@@ -1,4 +1,5 @@
-"""Shared helpers for kernel parity tests: random INT4 weights and a comparison that reports its errors."""
+"""Shared helpers for kernel parity tests: random INT4 weights, scattered slot lists of a paged cache, and a
+comparison that reports its errors."""
 
 import torch
 
@@ -18,3 +19,15 @@ def assert_parity(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, 
     error = (actual.float() - expected.float()).abs()
     summary = f"max abs error {error.max().item():.3g}, mean {error.mean().item():.3g}" if error.numel() else ""
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda msg: f"{msg}\n{summary}")
+
+
+def scattered_slot_lists(lengths: list[int], slots_total: int, generator: torch.Generator) -> torch.Tensor:
+    """Each sequence's slot list [B, max(lengths)] over a cache of `slots_total` shuffled slots, padded with slot 0
+    as the engine pads."""
+    order = torch.randperm(slots_total, generator=generator)
+    slots = torch.zeros(len(lengths), max(lengths), dtype=torch.int64)
+    start = 0
+    for row, length in enumerate(lengths):
+        slots[row, :length] = order[start : start + length]
+        start += length
+    return slots

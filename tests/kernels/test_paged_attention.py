@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kernels.paged_attention import native_paged_attention, paged_decode_attention, paged_decode_attention_reference
+from tests.kernels.parity import scattered_slot_lists
 
 pytestmark = pytest.mark.skipif(native_paged_attention() is None, reason="needs AVX2 + FMA and a C++ compiler")
 TOL = {"atol": 2e-5, "rtol": 2e-5}
@@ -20,12 +21,7 @@ def _batch(lengths, heads, kv_heads, head_dim, seed=0, query_scale=1.0, dtype=to
     slots_total = sum(lengths) + 8
     k_cache = torch.randn(slots_total, kv_heads, head_dim, generator=generator)
     v_cache = torch.randn(slots_total, kv_heads, head_dim, generator=generator)
-    order = torch.randperm(slots_total, generator=generator)
-    slots = torch.zeros(len(lengths), max(lengths), dtype=torch.int64)
-    start = 0
-    for row, length in enumerate(lengths):
-        slots[row, :length] = order[start : start + length]
-        start += length
+    slots = scattered_slot_lists(lengths, slots_total, generator)
     q = torch.randn(len(lengths), heads, head_dim, generator=generator) * query_scale
     return q.to(dtype), k_cache.to(dtype), v_cache.to(dtype), slots, torch.tensor(lengths)
 

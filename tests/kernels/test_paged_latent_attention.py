@@ -14,6 +14,7 @@ from kernels.paged_attention import (
     paged_latent_decode_attention,
     paged_latent_decode_attention_reference,
 )
+from tests.kernels.parity import scattered_slot_lists
 
 pytestmark = pytest.mark.skipif(native_paged_attention() is None, reason="needs AVX2 + FMA and a C++ compiler")
 TOL = {"atol": 2e-5, "rtol": 2e-5}
@@ -24,12 +25,7 @@ def _batch(lengths, heads=16, seed=0, dtype=torch.float32):
     generator = torch.Generator().manual_seed(seed)
     slots_total = sum(lengths) + 8
     cache = torch.randn(slots_total, WIDTH, generator=generator)
-    order = torch.randperm(slots_total, generator=generator)
-    slots = torch.zeros(len(lengths), max(lengths), dtype=torch.int64)
-    start = 0
-    for row, length in enumerate(lengths):
-        slots[row, :length] = order[start : start + length]
-        start += length
+    slots = scattered_slot_lists(lengths, slots_total, generator)
     q = torch.randn(len(lengths), heads, WIDTH, generator=generator)
     return q.to(dtype), cache.to(dtype), slots, torch.tensor(lengths)
 

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from kernels.paged_attention import native_paged_attention
 from runtime.layers import attention
-from runtime.layers.attention import Attention, AttentionContext, PrefillSpan, attention_context
+from runtime.layers.attention import Attention, AttentionContext, attention_context
+from tests.runtime.attention_contexts import invariant_decode, invariant_prefill
 
 HEADS, KV_HEADS, HEAD_DIM, SLOTS = 6, 2, 16, 64
 LENGTHS = (5, 9, 2)  # context of each decoding sequence, its new token included
@@ -64,18 +65,11 @@ def test_in_batch_invariant_mode_a_prefilled_token_computes_as_if_decoded(dtype,
     context_slots = torch.randperm(slots_total, generator=gen)[: prefix + chunk]  # [C]
     q = torch.randn(chunk, HEADS, HEAD_DIM, generator=gen).to(dtype)  # [N, H, D]
     k, v = (torch.randn(chunk, KV_HEADS, HEAD_DIM, generator=gen).to(dtype) for _ in range(2))
-    prefill = AttentionContext(slot_mapping=context_slots[prefix:], num_decode=0, decode_slots=None, decode_mask=None,
-                               prefills=(PrefillSpan(0, chunk, context_slots),), batch_invariant=True)
-    with attention_context(prefill):
+    with attention_context(invariant_prefill(context_slots, prefix)):
         out = attn(q, k, v)  # [N, H, D]
     for i in range(chunk):
         length = prefix + i + 1
-        decode = AttentionContext(
-            slot_mapping=context_slots[length - 1 : length], num_decode=1, decode_slots=context_slots[None, :length],
-            decode_mask=torch.ones(1, 1, 1, length, dtype=torch.bool), prefills=(),
-            decode_lengths=torch.tensor([length]), batch_invariant=True,
-        )
-        with attention_context(decode):
+        with attention_context(invariant_decode(context_slots, length)):
             assert torch.equal(attn(q[i : i + 1], k[i : i + 1], v[i : i + 1])[0], out[i])
         expected = reference(q[i], attn.k_cache[context_slots[:length]], attn.v_cache[context_slots[:length]])
         tolerance = 1e-5 if dtype == torch.float32 else 2**-7

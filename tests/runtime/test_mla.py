@@ -15,6 +15,7 @@ from runtime.layers import attention
 from runtime.layers.attention import AttentionContext, PrefillSpan, attention_context
 from runtime.layers.mla import LatentAttention, MLADims, MultiHeadLatentAttention, latent_attention
 from runtime.layers.rotary_yarn import YarnRotaryEmbedding, YarnScaling
+from tests.runtime.attention_contexts import invariant_decode, invariant_prefill
 
 ROPE_DIM = 64
 # (theta, YaRN fields): Kimi K2 Thinking, DeepSeek-V3, DeepSeek-V2 (mscale < 1), and mscale != mscale_all_dim.
@@ -169,18 +170,11 @@ def test_in_batch_invariant_mode_a_prefilled_latent_token_computes_as_if_decoded
     context_slots = torch.randperm(slots_total, generator=gen)[: prefix + chunk]  # [C]
     q = torch.randn(chunk, heads, latent_dim, generator=gen).to(dtype)  # [N, H, L]
     latent = torch.randn(chunk, latent_dim, generator=gen).to(dtype)  # [N, L]
-    prefill = AttentionContext(slot_mapping=context_slots[prefix:], num_decode=0, decode_slots=None, decode_mask=None,
-                               prefills=(PrefillSpan(0, chunk, context_slots),), batch_invariant=True)
-    with attention_context(prefill):
+    with attention_context(invariant_prefill(context_slots, prefix)):
         out = attn(q, latent)  # [N, H, C]
     for i in range(chunk):
         length = prefix + i + 1
-        decode = AttentionContext(
-            slot_mapping=context_slots[length - 1 : length], num_decode=1, decode_slots=context_slots[None, :length],
-            decode_mask=torch.ones(1, 1, 1, length, dtype=torch.bool), prefills=(),
-            decode_lengths=torch.tensor([length]), batch_invariant=True,
-        )
-        with attention_context(decode):
+        with attention_context(invariant_decode(context_slots, length)):
             assert torch.equal(attn(q[i : i + 1], latent[i : i + 1])[0], out[i])
         rows = attn.latent_cache[context_slots[:length]].float()
         expected = latent_attention(q[i : i + 1].float(), rows, value_dim, scale=0.2)[0]
