@@ -1,7 +1,7 @@
 """What the loop runs instead of a repeated search or page: the next page the searches listed that the trajectory
 has not opened, or a search for a part of the question it has not searched.
 
-Measured on the HotpotQA eval (fresh runs at `470d3cb`): 40% of a weak model's searches and page openings repeat one
+Measured on the HotpotQA eval (fresh runs at `470d3cb`): 44% of a weak model's searches and page openings repeat one
 it made before, mostly the page it has just read or the question it has already searched. Told so, it repeats again
 or answers. Each repeat spent one of its few steps on nothing; run in its place, the next unopened result or an
 unsearched name of the question reaches the pages a second hop needs (the second entity of a comparison, the person
