@@ -42,7 +42,7 @@ def native_paged_attention() -> ctypes.CDLL | None:
         logger.warning("native paged decode attention unavailable, using torch's: %s %s", error,
                        build_error_details(error))
         return None
-    library.heavy_paged_decode_attention.argtypes = [_POINTER] * 6 + [_INT64] * 9 + [ctypes.c_float] + [_INT] * 2
+    library.heavy_paged_decode_attention.argtypes = [_POINTER] * 6 + [_INT64] * 8 + [ctypes.c_float] + [_INT] * 2
     library.heavy_paged_decode_attention.restype = None
     return library
 
@@ -65,7 +65,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         raise ValueError(f"query {tuple(q.shape)} does not fit caches {tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
     _check_dtypes_and_layout(q, k_cache, v_cache)
     out = q.new_empty(q.shape)
-    _run(q, k_cache, v_cache, slots, lengths, out, kv_heads=kv_heads, key_stride=kv_heads * head_dim,
+    _run(q, k_cache, v_cache, slots, lengths, out, kv_heads=kv_heads, row_stride=kv_heads * head_dim,
          head_block=heads // kv_heads, scale=scale)
     return out
 
@@ -83,7 +83,7 @@ def paged_latent_decode_attention(q: torch.Tensor, latent_cache: torch.Tensor, s
     out = q.new_empty(batch, heads, value_dim)
     # one latent row serves all H heads: blocks of heads make tasks enough for every thread even for one sequence
     tasks_per_sequence = -(-torch.get_num_threads() // max(batch, 1))
-    _run(q, latent_cache, latent_cache, slots, lengths, out, kv_heads=1, key_stride=width,
+    _run(q, latent_cache, latent_cache, slots, lengths, out, kv_heads=1, row_stride=width,
          head_block=-(-heads // tasks_per_sequence), scale=scale)
     return out
 
@@ -97,9 +97,9 @@ def _check_dtypes_and_layout(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
 
 
 def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor, lengths: torch.Tensor,
-         out: torch.Tensor, *, kv_heads: int, key_stride: int, head_block: int, scale: float) -> None:
-    """Check the slot lists against the cache and call the kernel; values are rows of `out`'s width, `key_stride`
-    apart like the keys (k and v caches have one layout)."""
+         out: torch.Tensor, *, kv_heads: int, row_stride: int, head_block: int, scale: float) -> None:
+    """Check the slot lists against the cache and call the kernel; a slot's key and value rows are `row_stride`
+    values after the previous slot's (k and v caches have one layout), values as wide as `out`'s rows."""
     slots = slots.to(torch.int64)
     if slots.stride(1) != 1:
         slots = slots.contiguous()
@@ -111,7 +111,7 @@ def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: t
     batch, heads, key_dim = q.shape
     native_paged_attention().heavy_paged_decode_attention(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), lengths.data_ptr(), out.data_ptr(),
-        batch, heads, kv_heads, key_dim, out.shape[2], key_stride, key_stride, head_block, slots.stride(0), scale,
+        batch, heads, kv_heads, key_dim, out.shape[2], row_stride, head_block, slots.stride(0), scale,
         torch.get_num_threads(), q.dtype == torch.bfloat16,
     )
 

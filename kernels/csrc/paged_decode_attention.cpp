@@ -8,7 +8,7 @@
 // Dk, Dv = key and value head dims (multiples of 8), S = cache slots, L = slot-list row stride (the longest context;
 // 0 when all rows read one list, as the queries of a prefill chunk do).
 //   q  [B, H, Dk]    out [B, H, Dv]    slots int64 [B, L] (the first lengths[b] of row b are used), lengths int64 [B]
-//   key row of slot s, head g: k + s * key_stride + g * Dk; value row: v + s * value_stride + g * Dv
+//   key row of slot s, head g: k + s * row_stride + g * Dk; value row: v + s * row_stride + g * Dv
 // Standard attention: k, v [S, Hkv, D] (strides Hkv * D). Absorbed multi-head latent attention (DeepSeek V3, Kimi
 // K2): one latent row [S, C + R] per slot is both the key (all of it) and the value (its first C), Hkv = 1.
 // Query head h reads key/value head h / G, as torch's SDPA with enable_gqa does.
@@ -114,7 +114,7 @@ inline void accumulate(float* sums, const float* weights, const T* const* rows, 
 }
 
 struct Shape {
-  int64_t heads, kv_heads, key_dim, value_dim, key_stride, value_stride, head_block;
+  int64_t heads, kv_heads, key_dim, value_dim, row_stride, head_block;  // row_stride: between slots, k and v alike
   float scale;
 };
 
@@ -134,8 +134,8 @@ void attend(const T* q, const T* k_cache, const T* v_cache, const int64_t* slots
     const int64_t count = std::min(kKeyTile, length - start);
     for (int64_t j = 0; j < kKeyTile; ++j) {  // past the context's end, repeat its last key: scored, never used
       const int64_t slot = slots[start + std::min(j, count - 1)];
-      keys[j] = k_cache + slot * s.key_stride + kv_head * d;
-      values[j] = v_cache + slot * s.value_stride + kv_head * dv;
+      keys[j] = k_cache + slot * s.row_stride + kv_head * d;
+      values[j] = v_cache + slot * s.row_stride + kv_head * dv;
     }
     for (int64_t h = 0; h < groups; ++h) {
       float* row = scores.data() + h * kKeyTile;  // [count]
@@ -193,9 +193,9 @@ void paged_decode_attention(const T* q, const T* k_cache, const T* v_cache, cons
 extern "C" void heavy_paged_decode_attention(const void* q, const void* k_cache, const void* v_cache,
                                              const int64_t* slots, const int64_t* lengths, void* out, int64_t batch,
                                              int64_t heads, int64_t kv_heads, int64_t key_dim, int64_t value_dim,
-                                             int64_t key_stride, int64_t value_stride, int64_t head_block,
-                                             int64_t slot_stride, float scale, int threads, int is_bf16) {
-  const Shape shape{heads, kv_heads, key_dim, value_dim, key_stride, value_stride, head_block, scale};
+                                             int64_t row_stride, int64_t head_block, int64_t slot_stride,
+                                             float scale, int threads, int is_bf16) {
+  const Shape shape{heads, kv_heads, key_dim, value_dim, row_stride, head_block, scale};
   if (is_bf16) {
     paged_decode_attention(static_cast<const bf16*>(q), static_cast<const bf16*>(k_cache),
                            static_cast<const bf16*>(v_cache), slots, lengths, static_cast<bf16*>(out), batch,

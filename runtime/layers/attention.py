@@ -45,6 +45,12 @@ class PrefillSpan:
     def has_cached_prefix(self) -> bool:
         return self.context_slots.numel() > self.end - self.start
 
+    def as_decodes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's queries as decodes: query i sits at position c - n + i and reads that many slots + 1.
+        Returns slot lists [N, C] (one shared row, stride 0) and lengths [N]."""
+        n, c = self.end - self.start, self.context_slots.numel()
+        return self.context_slots.expand(n, c), torch.arange(c - n + 1, c + 1, device=self.context_slots.device)
+
 
 @dataclass(frozen=True)
 class AttentionContext:
@@ -158,8 +164,6 @@ class Attention(nn.Module):
         return self._one_sequence(q.transpose(0, 1), k, v, attn_mask=mask).transpose(0, 1)  # [H, N, D] -> [N, H, D]
 
     def _prefill_as_decodes(self, q: torch.Tensor, span: PrefillSpan) -> torch.Tensor:
-        # q [N, H, D]: query i sits at position c - n + i and reads that many keys + 1 -> [N, H, D]
-        n, c = span.end - span.start, span.context_slots.numel()
-        slots = span.context_slots.expand(n, c)  # [N, C], one shared row
-        lengths = torch.arange(c - n + 1, c + 1, device=q.device)  # [N]
+        # q [N, H, D] -> [N, H, D], each query as a decode at its position
+        slots, lengths = span.as_decodes()  # [N, C], [N]
         return paged_attention.paged_decode_attention(q, self.k_cache, self.v_cache, slots, lengths, self.scale)

@@ -109,11 +109,10 @@ class LatentAttention(nn.Module):
                 and paged_attention.takes(q, self.latent_cache))
 
     def _prefill_as_decodes(self, q: torch.Tensor, span: PrefillSpan) -> torch.Tensor:
-        # q [N, H, L]: query i sits at position c - n + i and reads that many latents + 1 -> [N, H, C]
-        n, c = span.end - span.start, span.context_slots.numel()
-        lengths = torch.arange(c - n + 1, c + 1, device=q.device)  # [N]
-        return paged_attention.paged_latent_decode_attention(q, self.latent_cache, span.context_slots.expand(n, c),
-                                                             lengths, self.value_dim, self.scale)
+        # q [N, H, L] -> [N, H, C], each query as a decode at its position
+        slots, lengths = span.as_decodes()  # [N, C], [N]
+        return paged_attention.paged_latent_decode_attention(q, self.latent_cache, slots, lengths, self.value_dim,
+                                                             self.scale)
 
     def _decode(self, q: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         # q [B, H, L] (one new token per sequence) -> [B, H, C]
