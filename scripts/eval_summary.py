@@ -70,13 +70,17 @@ def summarise(outcomes: dict[int, dict[str, Outcome]], order: dict[str, int], dr
                      "f1": sum(o.f1 for o in picked) / max(len(picked), 1),
                      "tokens_per_question": sum(tokens) / len(tokens) if tokens else None,
                      "seconds_per_question": sum(seconds) / len(seconds) if seconds else None})
-    gaps = []
-    for n in settings[1:]:
-        diffs = [outcomes[n][q].f1 - outcomes[settings[0]][q].f1 for q in shared]
-        low, high = paired_bootstrap(diffs, draws, seed) if diffs else (0.0, 0.0)
-        gaps.append({"trajectories": n, "versus": settings[0], "gap": sum(diffs) / max(len(diffs), 1),
-                     "ci95": (low, high), "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)})
+    gaps = [{"trajectories": n, "versus": settings[0],
+             **_gap([outcomes[n][q].f1 - outcomes[settings[0]][q].f1 for q in shared], draws, seed)}
+            for n in settings[1:]]
     return {"questions": shared, "settings": rows, "gaps": gaps}
+
+
+def _gap(diffs: list[float], draws: int, seed: int) -> dict:
+    """The mean of paired F1 differences, its bootstrap interval, and how many questions moved each way."""
+    return {"gap": sum(diffs) / max(len(diffs), 1),
+            "ci95": paired_bootstrap(diffs, draws, seed) if diffs else (0.0, 0.0),
+            "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)}
 
 
 def compare(after: dict[int, dict[str, Outcome]], before: dict[int, dict[str, Outcome]], order: dict[str, int],
@@ -85,13 +89,10 @@ def compare(after: dict[int, dict[str, Outcome]], before: dict[int, dict[str, Ou
     rows = []
     for n in sorted(set(after) & set(before)):
         shared = sorted(set(after[n]) & set(before[n]), key=lambda q: order.get(q, 10**9))
-        diffs = [after[n][q].f1 - before[n][q].f1 for q in shared]
-        low, high = paired_bootstrap(diffs, draws, seed) if diffs else (0.0, 0.0)
         rows.append({"trajectories": n, "questions": len(shared),
                      "before": sum(before[n][q].f1 for q in shared) / max(len(shared), 1),
                      "after": sum(after[n][q].f1 for q in shared) / max(len(shared), 1),
-                     "gap": sum(diffs) / max(len(diffs), 1), "ci95": (low, high),
-                     "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)})
+                     **_gap([after[n][q].f1 - before[n][q].f1 for q in shared], draws, seed)})
     return rows
 
 
