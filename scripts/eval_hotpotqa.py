@@ -103,7 +103,8 @@ async def ask(scheduler: Scheduler, row: dict, base: JobSpec, trajectories: int)
         "agreement": result.agreement, "stop_reason": result.stop_reason,
         "tokens": result.usage.total_tokens, "cached_prompt_tokens": result.usage.cached_prompt_tokens,
         "seconds": round(time.monotonic() - started, 1), "answers": [t.answer for t in result.trajectories],
-        "votes": result.votes, "reads": result.reads, "transcripts": [_transcript(t) for t in result.trajectories],
+        "votes": result.votes, "reads": result.reads, "more_reads": result.more_reads,
+        "transcripts": [_transcript(t) for t in result.trajectories],
     }
     logging.info("n=%d %s: %r vs %r  F1=%.2f  %.0fs", trajectories, row["_id"], outcome["prediction"],
                  outcome["gold"], outcome["f1"], outcome["seconds"])

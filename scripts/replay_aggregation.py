@@ -169,7 +169,8 @@ async def replay(args: argparse.Namespace) -> dict:
                                  "replayed": job.answer, "f1_recorded": asked["f1"],
                                  "f1": f1_score(job.answer, asked["gold"]), "em": exact_match(job.answer,
                                                                                               asked["gold"]),
-                                 "votes": job.votes, "reads": job.reads})
+                                 "votes": job.votes, "reads": job.reads,
+                                 "more_reads": job.more_reads})
                 logging.info("n=%d q%d: recorded %r (F1 %.2f), replayed %r (F1 %.2f), gold %r",
                              setting["trajectories"], number + 1, asked["prediction"], asked["f1"], job.answer,
                              outcomes[-1]["f1"], asked["gold"])

@@ -2,7 +2,8 @@
 
 Measured on the embedded model, a list of candidates anchors it to a wrong one far more often than it helps. Each
 trajectory gets one reading of the job's best pages, each in another order, so eight trajectories give eight
-readings that are not one reading counted eight times; a reading of the same pages in the same order is asked once.
+readings that are not one reading counted eight times; a job of fewer trajectories than pages reads each page first
+once. A reading of the same pages in the same order is asked once.
 """
 
 from __future__ import annotations
@@ -60,19 +61,25 @@ class Judge:
             self._answered[key] = asyncio.ensure_future(self._ask(passages, request_id))
         return await self._answered[key]
 
-    async def read_each(self, results: Sequence[TrajectoryResult], answers: Mapping[int, str]) -> dict[int, str]:
-        """Trajectory index → the judge's reading of the job's best pages ("" for none), each trajectory's reading
-        in an order of its own; `answers` are the trajectories' (shortened) answers, whose pages rank up. A small
-        model answers from the page it reads first, so readings of the same pages in one order repeat one mistake,
-        while in different orders they agree only on what the pages say (measured by scripts/bench_reading.py:
-        eight orders voted beat one reading, and beat each trajectory reading its own pages in rank order). A lone
-        trajectory reads its pages in rank order."""
+    async def read_each(self, results: Sequence[TrajectoryResult], answers: Mapping[int, str],
+                        ) -> list[tuple[int, str]]:
+        """(trajectory index, the judge's reading of the job's best pages) for every reading, "" for none: one per
+        trajectory, each in an order of its own, and more when the job has fewer trajectories than pooled pages,
+        so each page is read first once (a lone trajectory's pages are read in up to four orders); reading n
+        belongs to trajectory n mod N. `answers` are the trajectories' (shortened) answers, whose pages rank up.
+        A small model answers from the page it reads first, so readings of the same pages in one order repeat one
+        mistake, while in different orders they agree only on what the pages say (measured by
+        scripts/bench_reading.py: eight orders voted beat one reading, and beat each trajectory reading its own
+        pages in rank order; on a fresh one-trajectory run of all 49 HotpotQA questions, four orders voted with
+        the trajectory's answer beat the one reading in rank order, docs/eval_hotpotqa.md). Reading 0 is in
+        rank order."""
         self.pooled = pooled_passages(self.question, results, [answers.get(r.index, r.answer) for r in results],
                                       k=JUDGE_PASSAGES)
         indices = [r.index for r in results]
-        read = await asyncio.gather(*(self.answer(reading_order(self.pooled, n), f"read:{i}")
-                                      for n, i in enumerate(indices)))
-        return dict(zip(indices, read, strict=True))
+        owners = [indices[n % len(indices)] for n in range(max(len(indices), len(self.pooled)))]
+        read = await asyncio.gather(*(self.answer(reading_order(self.pooled, n), f"read:{n}")
+                                      for n in range(len(owners))))
+        return list(zip(owners, read, strict=True))
 
     async def _ask(self, passages: Sequence[Passage], request_id: str) -> str:
         listed = "\n".join(f"[{n}] {p.title}: {p.text}" for n, p in enumerate(passages, start=1))

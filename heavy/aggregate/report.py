@@ -133,6 +133,7 @@ async def aggregate(
         agreement=decided.agreement, markdown=markdown, sources=tuple(union[n - 1] for n in numbers),
         trajectories=tuple(results), usage=total, cost_usd=cost, stop_reason=stop_reason, dropped_claims=dropped,
         votes={g.answer: len(g.members) for g in decided.groups}, reads=decided.reads,
+        more_reads=decided.more_reads,
     )
 
 

@@ -27,6 +27,7 @@ class JobResult:
     dropped_claims: tuple[str, ...] = ()
     votes: dict[str, int] = field(default_factory=dict)
     reads: dict[int, str] = field(default_factory=dict)  # answer mode: the judge's reading of each trajectory's pages
+    more_reads: tuple[str, ...] = ()  # answer mode: its readings in further orders (fewer trajectories than pages)
 
     @property
     def partial(self) -> bool:
@@ -44,6 +45,7 @@ class JobResult:
             "agreement": self.agreement,
             "votes": self.votes,
             "reads": {str(index): read for index, read in self.reads.items()},
+            "more_reads": list(self.more_reads),
             "sources": [
                 {"n": n, "url": s.url, "title": s.title, "fetched_at": s.fetched_at, "content_hash": s.content_hash}
                 for n, s in enumerate(self.sources, start=1)

@@ -8,11 +8,13 @@ unless `read_on_majority` asks the judge's readings to vote in every job of more
 vote where no answer has a majority, a lone answer (a job of one trajectory), or no answer at all (every trajectory
 gave up, or answered a "who" question with "yes") goes to the judge (judge.py), in two rounds:
 - it reads the best pages all trajectories fetched (evidence.py picks them) once per trajectory, each time in
-  another order (a small model answers from the page it reads first). Every trajectory then has two ballots, its
-  answer and its reading; the answer with the most ballots wins, if no other has as many;
+  another order (a small model answers from the page it reads first), and in a job of fewer trajectories than
+  pages once more per page, so that each page is read first once (a lone trajectory's four pages in four orders).
+  Every trajectory's answer and every reading is a ballot; the answer with the most ballots wins, if no other has
+  as many and it has at least two;
 - else the reading of those pages in rank order decides (the first trajectory's reading).
 If the winning answer is one of the trajectories' answers, that group wins; otherwise it stands on its own, cited to
-the fetched pages that hold it. A job of one trajectory ends with one reading: its pages are the pooled pages.
+the fetched pages that hold it.
 The winner is written in the form the fetched pages write most (a plural the pages write singular is shown
 singular; normalize.as_sources_write).
 """
@@ -51,7 +53,20 @@ class Vote:
     judged: bool = False
     usage: Usage = field(default_factory=Usage)
     cited: tuple[str, ...] = ()  # URLs of fetched pages backing the answer
-    reads: dict[int, str] = field(default_factory=dict)  # trajectory index → the judge's reading of its pages
+    readings: tuple[tuple[int, str], ...] = ()  # (trajectory index, the judge's reading), reading 0 in rank order
+
+    @property
+    def reads(self) -> dict[int, str]:
+        """Trajectory index → the judge's reading of the job's pages in that trajectory's order."""
+        first: dict[int, str] = {}
+        for index, reading in self.readings:
+            first.setdefault(index, reading)
+        return first
+
+    @property
+    def more_reads(self) -> tuple[str, ...]:
+        """The readings in further orders, when the job had fewer trajectories than pooled pages."""
+        return tuple(reading for _, reading in self.readings[len(self.reads):])
 
     @property
     def backers(self) -> tuple[int, ...]:
@@ -63,18 +78,25 @@ def tally(results: Sequence[TrajectoryResult], answers: Mapping[int, str] | None
     """Groups of equal normalised answers, largest first, ties by summed confidence. `answers` (trajectory index →
     answer) replaces the trajectories' own answers, e.g. with their shortened forms. HTML entities are unescaped:
     an answer copied from an escaped title or snippet ("Tunnels &amp; Trolls") is the same answer, written plainly."""
-    members: dict[str, list[TrajectoryResult]] = defaultdict(list)
-    written = {r.index: plain_answer((answers or {}).get(r.index, r.answer)) for r in results}
-    for result in results:
-        key = vote_key(written[result.index])
-        if key:
-            members[key].append(result)
+    return _grouped(results, [(r.index, (answers or {}).get(r.index, r.answer)) for r in results])
+
+
+def _grouped(results: Sequence[TrajectoryResult], ballots: Iterable[tuple[int, str]]) -> tuple[Group, ...]:
+    """Groups of equal normalised ballots, each (trajectory index, answer), largest first; a trajectory that casts
+    several ballots for one answer (the readings of a job of fewer trajectories than pages) is a member once per
+    ballot."""
+    confidence = {r.index: r.confidence for r in results}
+    cast: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for index, answer in ballots:
+        written = plain_answer(answer)
+        if key := vote_key(written):
+            cast[key].append((index, written))
     groups = []
-    for key, rs in members.items():
-        forms = [written[r.index] for r in rs]
+    for key, votes in cast.items():
+        forms = [written for _, written in votes]
         common = max(forms, key=lambda f: (forms.count(f), -len(f)))  # most common, then shortest
-        groups.append(Group(key=key, answer=common, members=tuple(r.index for r in rs),
-                            confidence=sum(r.confidence for r in rs)))
+        groups.append(Group(key=key, answer=common, members=tuple(index for index, _ in votes),
+                            confidence=sum(confidence[index] for index, _ in votes)))
     return _ranked(groups)
 
 
@@ -106,30 +128,30 @@ async def _decided(question: str, results: Sequence[TrajectoryResult], backend: 
     if backend is None or outright:
         return _group_won(groups[0], groups, results, usage) if groups else Vote("", 0.0, (), usage=usage)
     # No majority (or readings vote beside one), or no answer at all: the judge reads the job's best pages, once per
-    # trajectory (nothing fetched, nothing to read).
+    # trajectory and at least once per page (nothing fetched, nothing to read).
     judge = Judge(question, backend, sampling, prefix_key)
-    reads = await judge.read_each(results, shortened)  # an answer's own words find its pages, not the option's
-    read = folded(tally(results, as_options(question, reads)), question)
-    ballots = most_ballots(groups, read, min_majority) if len(results) > 1 else None
+    readings = tuple(await judge.read_each(results, shortened))  # an answer's own words find its pages
+    read = folded(_grouped(results, [(index, as_option(question, r)) for index, r in readings]), question)
+    ballots = most_ballots(groups, read, min_majority)
     judged = True
     if ballots is not None:
         verdict, backers, judged = ballots
         passages = pooled_passages(question, [r for r in results if r.index in backers], [verdict], k=JUDGE_PASSAGES)
-    else:  # a tie of ballots (or a job of one): the reading of the pooled pages in rank order, already asked
+    else:  # a tie of ballots: the reading of the pooled pages in rank order, already asked
         passages = judge.pooled
         verdict = await judge.answer(passages)
     verdict = as_option(question, verdict)
     usage = usage + judge.usage
     if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
-        return (_group_won(groups[0], groups, results, usage, reads=reads) if groups
-                else Vote("", 0.0, (), usage=usage, reads=reads))
+        return (_group_won(groups[0], groups, results, usage, readings=readings) if groups
+                else Vote("", 0.0, (), usage=usage, readings=readings))
     same = _same_group(question, verdict, groups)
     if same is not None:
-        return _group_won(same, groups, results, usage, judged=judged, reads=reads)
+        return _group_won(same, groups, results, usage, judged=judged, readings=readings)
     needle = f" {normalize_answer(verdict)} "
     containing = tuple(p.url for p in passages if needle in f" {normalize_answer(p.text)} ")
     return Vote(answer=verdict, agreement=0.0, groups=groups, judged=True, usage=usage,
-                cited=containing or tuple(p.url for p in passages), reads=reads)
+                cited=containing or tuple(p.url for p in passages), readings=readings)
 
 
 def _spelled_as_sources(decided: Vote, texts: Iterable[str]) -> Vote:
@@ -228,11 +250,11 @@ def _has_majority(groups: Sequence[Group], min_majority: int) -> bool:
 
 
 def _group_won(winner: Group, groups: Sequence[Group], results: Sequence[TrajectoryResult], usage: Usage,
-               judged: bool = False, reads: Mapping[int, str] | None = None) -> Vote:
+               judged: bool = False, readings: tuple[tuple[int, str], ...] = ()) -> Vote:
     answered = sum(len(g.members) for g in groups)
     return Vote(answer=winner.answer, agreement=len(winner.members) / answered,
                 groups=(winner, *[g for g in groups if g is not winner]), judged=judged, usage=usage,
-                cited=_cited_by(winner, results), reads=dict(reads or {}))
+                cited=_cited_by(winner, results), readings=readings)
 
 
 def _cited_by(group: Group, results: Sequence[TrajectoryResult]) -> tuple[str, ...]:

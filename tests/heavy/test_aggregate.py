@@ -223,8 +223,8 @@ async def test_with_no_answer_at_all_the_judge_reads_what_was_fetched():
     decided = await vote("When was the Eiffel Tower finished?", [result(0, "", evidence=[EIFFEL, LOUVRE])], backend)
     assert decided.answer == "1889" and decided.judged and decided.cited == (EIFFEL.url,)
     nothing_fetched = await vote("When?", [result(0, "")], backend)
-    # one call in all: a lone trajectory's own pages are the pooled pages (read once), and no evidence, no judge
-    assert nothing_fetched.answer == "" and len(backend.requests) == 1
+    # two calls in all: a lone trajectory's two pages are each read first once, and no evidence, no judge
+    assert nothing_fetched.answer == "" and len(backend.requests) == 2
 
 
 async def test_a_lone_answer_is_checked_by_the_judge():
@@ -246,6 +246,20 @@ async def test_a_lone_answer_is_checked_by_the_judge():
     choice = await vote("Was Ed Wood or Scott Derrickson born first?", [result(0, "yes", evidence=[EIFFEL])],
                         ScriptedBackend(lambda request: text("Ed Wood")))
     assert choice.answer == "Ed Wood" and choice.backers == ()  # a choice is no yes/no question
+
+
+async def test_a_lone_trajectorys_pages_are_each_read_first_once_and_every_reading_votes():
+    pages = [source(f"http://corpus/{name}", f"The {name} tower was finished in {year}.")
+             for name, year in (("eiffel", 1889), ("tokyo", 1958), ("berlin", 1969), ("blackpool", 1894))]
+    # the reading in rank order agrees with the trajectory; the three other orders read another year
+    backend = ScriptedBackend(lambda request: text("1887" if request.request_id == "read:0" else "1889"))
+    job = await aggregate(job_id="j", question="When was the eiffel tower finished?", mode="answer",
+                          results=[result(0, "1887", evidence=pages)], backend=backend)
+    firsts = {r.messages[0]["content"].split("\n")[1].split(":")[0] for r in backend.requests}
+    assert len(backend.requests) == 4 and len(firsts) == 4  # four pages, each read first once
+    assert job.answer == "1889"  # three ballots against two (its answer and the rank-order reading)
+    assert job.reads == {0: "1887"} and job.more_reads == ("1889",) * 3
+    assert job.to_dict()["more_reads"] == ["1889"] * 3
 
 
 async def test_with_min_majority_one_a_lone_answer_stands_without_the_judge():
