@@ -133,6 +133,8 @@ async def _decided(question: str, results: Sequence[TrajectoryResult], backend: 
     readings = tuple(await judge.read_each(results, shortened))  # an answer's own words find its pages
     read = folded(_grouped(results, [(index, as_option(question, r)) for index, r in readings]), question)
     ballots = most_ballots(groups, read, min_majority)
+    if ballots is None and readings:  # a tie the readings may break: reading 0 (rank order) decides, if it is tied
+        ballots = broken_tie(groups, read, as_option(question, readings[0][1]), min_majority)
     judged = True
     if ballots is not None:
         verdict, backers, judged = ballots
@@ -221,21 +223,55 @@ def fold_sentences(groups: Sequence[Group]) -> tuple[Group, ...]:
 
 def most_ballots(answered: Sequence[Group], read: Sequence[Group], min_ballots: int,
                  ) -> tuple[str, frozenset[int], bool] | None:
-    """The answer with the most ballots, each trajectory casting its answer and the reading of its pages, the
+    """The answer with the most ballots, each trajectory casting its answer and the readings of its pages, the
     trajectories behind it, and whether a reading is among its ballots; None on a tie for the most or with fewer
     than `min_ballots`."""
-    count: dict[str, int] = defaultdict(int)
-    written: dict[str, str] = {}
-    backers: dict[str, set[int]] = defaultdict(set)
-    for group in (*read, *answered):  # an answer's written form before a reading's
-        count[group.key] += len(group.members)
-        written[group.key] = group.answer
-        backers[group.key].update(group.members)
+    ballots = _ballots(answered, read)
+    count = ballots[0]
     ranked = sorted(count, key=lambda key: -count[key])
     if not ranked or count[ranked[0]] < min_ballots or (len(ranked) > 1 and count[ranked[1]] == count[ranked[0]]):
         return None
-    top = ranked[0]
-    return written[top], frozenset(backers[top]), any(g.key == top for g in read)
+    return _cast_for(ranked[0], ballots, read)
+
+
+def broken_tie(answered: Sequence[Group], read: Sequence[Group], first_read: str, min_ballots: int,
+               ) -> tuple[str, frozenset[int], bool] | None:
+    """On a tie for the most ballots, the tied answer with the most readings, when the reading in rank order
+    (`first_read`, which decides ties) is none of the tied answers and one of them has more readings than the
+    others (seen at n=8: "Tupolev", "Hour of Bewilderbeast" and "English Electric Canberra" tied at three ballots,
+    the last all readings, and the rank-order reading "Badly Drawn Boy", one ballot, won); else None, and with
+    fewer than `min_ballots`."""
+    ballots = _ballots(answered, read)
+    count = ballots[0]
+    most = max(count.values(), default=0)
+    tied = [key for key in count if count[key] == most]
+    if most < min_ballots or len(tied) < 2 or vote_key(plain_answer(first_read)) in tied:
+        return None
+    readings = {g.key: len(g.members) for g in read}
+    tied.sort(key=lambda key: -readings.get(key, 0))
+    if readings.get(tied[0], 0) == readings.get(tied[1], 0):
+        return None
+    return _cast_for(tied[0], ballots, read)
+
+
+def _ballots(answered: Sequence[Group], read: Sequence[Group],
+             ) -> tuple[dict[str, int], dict[str, str], dict[str, set[int]]]:
+    """Ballots per answer key, its written form and the trajectories behind it."""
+    count: dict[str, int] = defaultdict(int)
+    written: dict[str, str] = {}
+    backers: dict[str, set[int]] = defaultdict(set)
+    for group in (*read, *answered):  # an answer's written form wins over a reading's
+        count[group.key] += len(group.members)
+        written[group.key] = group.answer
+        backers[group.key].update(group.members)
+    return count, written, backers
+
+
+def _cast_for(key: str, ballots: tuple[dict[str, int], dict[str, str], dict[str, set[int]]],
+              read: Sequence[Group]) -> tuple[str, frozenset[int], bool]:
+    """The answer of `key` as written, the trajectories behind it, and whether a reading is among its ballots."""
+    _, written, backers = ballots
+    return written[key], frozenset(backers[key]), any(g.key == key for g in read)
 
 
 def _ranked(groups: Sequence[Group]) -> tuple[Group, ...]:

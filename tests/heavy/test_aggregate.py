@@ -10,6 +10,7 @@ from heavy.aggregate.evidence import best_sentences, fetched_texts, question_wei
 from heavy.aggregate.judge import reading_order
 from heavy.aggregate.normalize import as_sources_write
 from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, phrase_around_question, restates
+from heavy.aggregate.vote import Group, broken_tie, most_ballots
 from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
 
@@ -164,9 +165,23 @@ async def test_every_trajectory_casts_its_answer_and_its_reading():
     assert decided.answer == "9,984" and decided.backers == (0, 1, 2) and decided.judged
     assert not [r for r in backend.requests if r.request_id == "judge"]
     backend = reading({"read:0": "366", "read:3": "13"})
-    tied = await vote(question, results, backend)  # 9,984 and 13 have three ballots each: reading 0 decides
-    assert tied.answer == "366" and tied.backers == (5,)
-    assert "judge" not in [r.request_id for r in backend.requests]  # reading 0 is the pooled pages in rank order
+    tied = await vote(question, results, backend)  # 9,984 and 13 have three ballots each, 13 one of them read
+    assert tied.answer == "13" and tied.backers == (3, 4)  # the readings break it, not reading 0's untied "366"
+    assert "judge" not in [r.request_id for r in backend.requests]
+
+
+def test_a_tie_of_ballots_goes_to_reading_0_if_tied_else_to_the_tied_answer_read_most():
+    def group(key, *members):
+        return Group(key=key, answer=key, members=members, confidence=0.0)
+
+    answered = [group("tupolev", 0, 1, 2), group("bewilderbeast", 3), group("badly drawn boy", 4)]
+    read = [group("canberra", 0, 1, 2), group("bewilderbeast", 3, 4), group("badly drawn boy", 5)]
+    assert most_ballots(answered, read, 2) is None  # three answers tied at three ballots
+    assert broken_tie(answered, read, "Badly Drawn Boy", 2) == ("canberra", frozenset({0, 1, 2}), True)
+    assert broken_tie(answered, read, "Tupolev", 2) is None  # reading 0 is tied: it decides, as before
+    alike = [group("a", 0), group("b", 1), group("c", 2)]  # "a" and "b" tied at three ballots, one reading each
+    assert broken_tie([group("a", 0, 1), group("b", 2, 3)], alike, "c", 2) is None  # read alike: reading 0 decides
+    assert broken_tie([group("a", 0)], [group("b", 0)], "", 2) is None  # one ballot each is no consensus
 
 
 async def test_an_answer_restating_the_question_is_no_answer_unless_the_question_offers_it():
