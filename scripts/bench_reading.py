@@ -5,7 +5,8 @@ still answering wrong, the same way in all eight trajectories. This script measu
 side in one run, on the pages a trajectory would hold after its opening searches (the question's top results, plus
 one named part of the question for trajectory k >= 1, as `agent/openings.py` does):
 
-- `one`: one greedy reading of the best 4 pages in rank order (what a one-trajectory job ends with);
+- `one`: one greedy reading of the best 4 pages in rank order (what a one-trajectory job ended
+  with until a lone trajectory's pages were read in four orders, `heavy/aggregate/judge.py`);
 - `read8`: eight greedy readings as the aggregator reads them (`Judge.read_each`): the best 4 pages of all eight
   trajectories' pages, each reading in another order;
 - `order8`: eight greedy readings of the one reading's 4 pages, each in another order (`judge.reading_order`).

@@ -30,7 +30,7 @@ from heavy.aggregate.evidence import fetched_texts, pooled_passages, token_f1
 from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
 from heavy.aggregate.normalize import as_sources_write, normalize_answer, plain_answer, vote_key
 from heavy.aggregate.options import as_option, as_options
-from heavy.aggregate.shorten import asks_who, is_short, says_more, shorten_answers
+from heavy.aggregate.shorten import JOINING, asks_who, is_short, says_more, shorten_answers
 from heavy.llm.types import LLMBackend, Sampling, Usage
 
 MIN_MAJORITY = 2  # one trajectory alone is not a consensus: its answer is checked by the judge
@@ -143,11 +143,16 @@ async def _decided(question: str, results: Sequence[TrajectoryResult], backend: 
         passages = judge.pooled
         verdict = await judge.answer(passages)
     verdict = as_option(question, verdict)
+    if not verdict and not groups:  # no trajectory answered: the first reading that did answer, if any
+        verdict = next((as_option(question, r) for _, r in readings if r), "")
     usage = usage + judge.usage
     if not verdict:  # a failed or empty judge must not fail the job: the vote's order stands
         return (_group_won(groups[0], groups, results, usage, readings=readings) if groups
                 else Vote("", 0.0, (), usage=usage, readings=readings))
     same = _same_group(question, verdict, groups)
+    if same is not None and ballots is not None and not _adds_nothing(same.answer, verdict):
+        same = None  # the ballots chose this answer, not one that says more (seen: four readings' "World War II"
+        # handed to a lone trajectory's "World War I and World War II"); "It was 1887" is still "1887"
     if same is not None:
         return _group_won(same, groups, results, usage, judged=judged, readings=readings)
     needle = f" {normalize_answer(verdict)} "
@@ -165,6 +170,12 @@ def _spelled_as_sources(decided: Vote, texts: Iterable[str]) -> Vote:
         return decided
     groups = tuple(replace(g, answer=spelled) if g.answer == decided.answer else g for g in decided.groups)
     return replace(decided, answer=spelled, groups=groups)
+
+
+def _adds_nothing(answer: str, to: str) -> bool:
+    """Every word of `answer`, joining words aside, is a word of `to`: "1887" adds nothing to "It was 1887", "World
+    War I and World War II" adds "I" to "World War II"."""
+    return set(normalize_answer(answer).split()) - JOINING <= set(normalize_answer(to).split())
 
 
 def _same_group(question: str, verdict: str, groups: Sequence[Group]) -> Group | None:

@@ -277,6 +277,24 @@ async def test_a_lone_trajectorys_pages_are_each_read_first_once_and_every_readi
     assert job.to_dict()["more_reads"] == ["1889"] * 3
 
 
+async def test_the_ballots_winner_is_not_handed_to_an_answer_that_says_more():
+    pages = [source(f"http://corpus/{n}", f"Page {n}: the {n} war.") for n in ("first", "second", "korean", "cold")]
+    said = {"read:0": "World War I", "read:1": "World War II", "read:2": "World War II", "read:3": "World War II"}
+    backend = ScriptedBackend(lambda request: text(said.get(request.request_id, "World War I and World War II")))
+    question = "Which war did the regiment fight in?"
+    decided = await vote(question, [result(0, "World War I and World War II", evidence=pages)], backend)
+    assert decided.answer == "World War II" and decided.backers == ()  # three readings against one ballot each
+    # "It was 1887" winning the ballots is still handed to "1887": see the spread-vote test above
+
+
+async def test_with_no_answer_anywhere_but_one_reading_that_reading_stands():
+    pages = [source(f"http://corpus/{name}", f"The {name} tower.") for name in ("eiffel", "tokyo", "berlin")]
+    backend = ScriptedBackend(lambda request: text("1889" if request.request_id == "read:1" else "Yes"))
+    decided = await vote("When was the eiffel tower finished?", [result(0, "", evidence=pages)], backend)
+    assert decided.reads == {0: ""} and decided.more_reads == ("1889", "")  # "yes" answers no "when"
+    assert decided.answer == "1889" and decided.judged
+
+
 async def test_with_min_majority_one_a_lone_answer_stands_without_the_judge():
     backend = ScriptedBackend(lambda request: text("1889"))
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="answer",
