@@ -79,8 +79,7 @@ async def read_question(backend, index: CorpusIndex, row: dict, variants: list[s
     greedy = Judge(question, backend, Sampling(temperature=0.0), prefix_key=row["_id"])
     readings = {"one": [await greedy.answer(best, "one")]}
     if "read8" in variants:
-        read = await greedy.read_each(trajectories, {})
-        readings["read8"] = [read[k] for k in range(ENSEMBLE)]
+        readings["read8"] = [read for _, read in await greedy.read_each(trajectories, {})]  # one per trajectory
     if "order8" in variants:
         orders = [reading_order(best, k) for k in range(ENSEMBLE)]
         readings["order8"] = list(await asyncio.gather(*(greedy.answer(order, f"order:{k}")
