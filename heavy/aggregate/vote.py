@@ -12,9 +12,11 @@ gave up, or answered a "who" question with "yes") goes to the judge (judge.py), 
   pages once more per page, so that each page is read first once (a lone trajectory's four pages in four orders).
   Every trajectory's answer and every reading is a ballot; the answer with the most ballots wins, if no other has
   as many and it has at least two;
-- else the reading of those pages in rank order decides (the first trajectory's reading).
-If the winning answer is one of the trajectories' answers, that group wins; otherwise it stands on its own, cited to
-the fetched pages that hold it.
+- else, on a tie, the tied answer the readings favour when the reading of those pages in rank order (the first
+  trajectory's) is none of the tied answers, else that reading decides; a job no trajectory answered takes the first
+  reading that gave an answer.
+If the winning answer is one of the trajectories' answers (or a reading that only restates one), that group wins;
+otherwise it stands on its own, cited to the fetched pages that hold it.
 The winner is written in the form the fetched pages write most (a plural the pages write singular is shown
 singular; normalize.as_sources_write).
 """
