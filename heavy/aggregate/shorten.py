@@ -123,7 +123,7 @@ def restates(question: str, answer: str) -> bool:
     return bool(words) and words <= content_words(question) and not _offers_choice(normalize_answer(question).split())
 
 
-def _rule_based(question: str, answer: str) -> str | None:
+def rule_based(question: str, answer: str) -> str | None:
     """The short form when no model is needed: "Yes, both were ..." to a yes/no question is "yes", a bare yes/no
     to any other question is no answer at all (""), and so is an answer of any length that restates the question
     (seen: two of eight trajectories answering with the question itself, which then led the vote) or a short one
@@ -148,7 +148,7 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
     HTML entities are unescaped first: an answer copied from an escaped title ("Tunnels &amp; Trolls") is checked
     against the question as written plainly (seen: it restated the question, yet voted, as the entity hid it)."""
     plain = {r.index: plain_answer(r.answer) for r in results}
-    ruled = {i: _rule_based(question, answer) for i, answer in plain.items()}
+    ruled = {i: rule_based(question, answer) for i, answer in plain.items()}
     short = {i: answer if ruled[i] is None else ruled[i] for i, answer in plain.items()}
     long = [r for r in results if r.answered and ruled[r.index] is None]
     if backend is None or not long:

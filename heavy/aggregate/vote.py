@@ -32,7 +32,7 @@ from heavy.aggregate.evidence import fetched_texts, pooled_passages, token_f1
 from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
 from heavy.aggregate.normalize import as_sources_write, normalize_answer, plain_answer, vote_key
 from heavy.aggregate.options import as_option, as_options
-from heavy.aggregate.shorten import JOINING, asks_who, is_short, says_more, shorten_answers
+from heavy.aggregate.shorten import JOINING, asks_who, is_short, rule_based, says_more, shorten_answers
 from heavy.llm.types import LLMBackend, Sampling, Usage
 
 MIN_MAJORITY = 2  # one trajectory alone is not a consensus: its answer is checked by the judge
@@ -105,8 +105,12 @@ def _grouped(results: Sequence[TrajectoryResult], ballots: Iterable[tuple[int, s
 def agreeing(results: Sequence[TrajectoryResult], k: int, question: str = "") -> Group | None:
     """The group that k trajectories already agree on, if any (early stop in answer mode), grouped as the vote
     groups unshortened answers: by the option of the question they name, a surname with its full name, a sentence
-    with the short answer it holds."""
-    answers = as_options(question, {r.index: plain_answer(r.answer) for r in results})
+    with the short answer it holds; an answer the vote counts as none (the question restated, a bare "yes" to a
+    "who" question) agrees with nothing (seen: six trajectories "agreed" on the game the question names, and the
+    job stopped early with no answer)."""
+    ruled = {r.index: rule_based(question, plain_answer(r.answer)) for r in results}
+    answers = as_options(question, {r.index: plain_answer(r.answer) if ruled[r.index] is None else ruled[r.index]
+                                    for r in results})
     groups = folded(tally(results, answers), question)
     return groups[0] if groups and len(groups[0].members) >= k else None
 

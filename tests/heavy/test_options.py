@@ -96,3 +96,11 @@ def test_the_early_stop_counts_agreement_as_the_vote_does():
     assert agreeing(results, 3, DOGS).answer == "Scotch Collie"
     spector = [result(0, "Spector"), result(1, "Phil Spector")]
     assert agreeing(spector, 2, "Who wrote the song?").answer == "Phil Spector"
+
+
+def test_the_early_stop_counts_no_agreement_on_what_the_vote_counts_as_no_answer():
+    question = "Which game did Ken St. Andre write beside Tunnels & Trolls?"
+    restating = [result(i, "Tunnels &amp; Trolls") for i in range(3)]
+    assert agreeing(restating, 3, question) is None  # the question's own game: no answer, so no agreement
+    said = [result(0, "Yes, both were American."), result(1, "yes"), result(2, "Yes")]
+    assert agreeing(said, 3, "Were Scott Derrickson and Ed Wood of the same nationality?").answer == "yes"
