@@ -141,6 +141,14 @@ def rule_based(question: str, answer: str) -> str | None:
     return "" if _lacks_number(question, answer) else answer.strip()
 
 
+def cut_by_rule(question: str, answers: dict[int, str]) -> tuple[dict[int, str], set[int]]:
+    """Trajectory index → its answer cut by rule where a rule applies (rule_based), and the indices none applied to
+    (answers a model may still shorten)."""
+    ruled = {i: rule_based(question, answer) for i, answer in answers.items()}
+    return ({i: answers[i] if cut is None else cut for i, cut in ruled.items()},
+            {i for i, cut in ruled.items() if cut is None})
+
+
 async def shorten_answers(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
                           sampling: Sampling = Sampling(), prefix_key: str | None = None,
                           ) -> tuple[dict[int, str], Usage]:
@@ -148,9 +156,8 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
     HTML entities are unescaped first: an answer copied from an escaped title ("Tunnels &amp; Trolls") is checked
     against the question as written plainly (seen: it restated the question, yet voted, as the entity hid it)."""
     plain = {r.index: plain_answer(r.answer) for r in results}
-    ruled = {i: rule_based(question, answer) for i, answer in plain.items()}
-    short = {i: answer if ruled[i] is None else ruled[i] for i, answer in plain.items()}
-    long = [r for r in results if r.answered and ruled[r.index] is None]
+    short, uncut = cut_by_rule(question, plain)
+    long = [r for r in results if r.answered and r.index in uncut]
     if backend is None or not long:
         return short, Usage()
 

@@ -32,7 +32,7 @@ from heavy.aggregate.evidence import fetched_texts, pooled_passages, token_f1
 from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
 from heavy.aggregate.normalize import as_sources_write, normalize_answer, plain_answer, vote_key
 from heavy.aggregate.options import as_option, as_options
-from heavy.aggregate.shorten import JOINING, asks_who, is_short, rule_based, says_more, shorten_answers
+from heavy.aggregate.shorten import JOINING, asks_who, cut_by_rule, is_short, says_more, shorten_answers
 from heavy.llm.types import LLMBackend, Sampling, Usage
 
 MIN_MAJORITY = 2  # one trajectory alone is not a consensus: its answer is checked by the judge
@@ -108,9 +108,7 @@ def agreeing(results: Sequence[TrajectoryResult], k: int, question: str = "") ->
     with the short answer it holds; an answer the vote counts as none (the question restated, a bare "yes" to a
     "who" question) agrees with nothing (seen: six trajectories "agreed" on the game the question names, and the
     job stopped early with no answer)."""
-    ruled = {r.index: rule_based(question, plain_answer(r.answer)) for r in results}
-    answers = as_options(question, {r.index: plain_answer(r.answer) if ruled[r.index] is None else ruled[r.index]
-                                    for r in results})
+    answers = as_options(question, cut_by_rule(question, {r.index: plain_answer(r.answer) for r in results})[0])
     groups = folded(tally(results, answers), question)
     return groups[0] if groups and len(groups[0].members) >= k else None
 
@@ -138,9 +136,8 @@ async def _decided(question: str, results: Sequence[TrajectoryResult], backend: 
     judge = Judge(question, backend, sampling, prefix_key)
     readings = tuple(await judge.read_each(results, shortened))  # an answer's own words find its pages
     read = folded(_grouped(results, [(index, as_option(question, r)) for index, r in readings]), question)
-    ballots = most_ballots(groups, read, min_majority)
-    if ballots is None and readings:  # a tie the readings may break: reading 0 (rank order) decides, if it is tied
-        ballots = broken_tie(groups, read, as_option(question, readings[0][1]), min_majority)
+    first_read = as_option(question, readings[0][1]) if readings else ""
+    ballots = ballots_winner(groups, read, first_read, min_majority)
     judged = True
     if ballots is not None:
         verdict, backers, judged = ballots
@@ -238,31 +235,23 @@ def fold_sentences(groups: Sequence[Group]) -> tuple[Group, ...]:
     return _ranked([*hosts.values(), *apart])
 
 
-def most_ballots(answered: Sequence[Group], read: Sequence[Group], min_ballots: int,
-                 ) -> tuple[str, frozenset[int], bool] | None:
-    """The answer with the most ballots, each trajectory casting its answer and the readings of its pages, the
-    trajectories behind it, and whether a reading is among its ballots; None on a tie for the most or with fewer
-    than `min_ballots`."""
-    ballots = _ballots(answered, read)
-    count = ballots[0]
-    ranked = sorted(count, key=lambda key: -count[key])
-    if not ranked or count[ranked[0]] < min_ballots or (len(ranked) > 1 and count[ranked[1]] == count[ranked[0]]):
-        return None
-    return _cast_for(ranked[0], ballots, read)
-
-
-def broken_tie(answered: Sequence[Group], read: Sequence[Group], first_read: str, min_ballots: int,
-               ) -> tuple[str, frozenset[int], bool] | None:
-    """On a tie for the most ballots, the tied answer with the most readings, when the reading in rank order
-    (`first_read`, which decides ties) is none of the tied answers and one of them has more readings than the
-    others (seen at n=8: "Tupolev", "Hour of Bewilderbeast" and "English Electric Canberra" tied at three ballots,
-    the last all readings, and the rank-order reading "Badly Drawn Boy", one ballot, won); else None, and with
-    fewer than `min_ballots`."""
+def ballots_winner(answered: Sequence[Group], read: Sequence[Group], first_read: str, min_ballots: int,
+                   ) -> tuple[str, frozenset[int], bool] | None:
+    """The answer with the most ballots (each trajectory casts its answer and the readings of its pages), the
+    trajectories behind it, and whether a reading is among its ballots; None with fewer than `min_ballots`.
+    On a tie for the most, the tied answer with the most readings, when the reading in rank order (`first_read`,
+    which decides ties) is none of the tied answers and one of them has more readings than the others (seen at
+    n=8: "Tupolev", "Hour of Bewilderbeast" and "English Electric Canberra" tied at three ballots, the last all
+    readings, and the rank-order reading "Badly Drawn Boy", one ballot, won); else None."""
     ballots = _ballots(answered, read)
     count = ballots[0]
     most = max(count.values(), default=0)
     tied = [key for key in count if count[key] == most]
-    if most < min_ballots or len(tied) < 2 or vote_key(plain_answer(first_read)) in tied:
+    if most < min_ballots:
+        return None
+    if len(tied) == 1:
+        return _cast_for(tied[0], ballots, read)
+    if vote_key(plain_answer(first_read)) in tied:
         return None
     readings = {g.key: len(g.members) for g in read}
     tied.sort(key=lambda key: -readings.get(key, 0))

@@ -10,7 +10,7 @@ from heavy.aggregate.evidence import best_sentences, fetched_texts, question_wei
 from heavy.aggregate.judge import reading_order
 from heavy.aggregate.normalize import as_sources_write
 from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, phrase_around_question, restates
-from heavy.aggregate.vote import Group, broken_tie, most_ballots
+from heavy.aggregate.vote import Group, ballots_winner
 from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
 
@@ -176,12 +176,14 @@ def test_a_tie_of_ballots_goes_to_reading_0_if_tied_else_to_the_tied_answer_read
 
     answered = [group("tupolev", 0, 1, 2), group("bewilderbeast", 3), group("badly drawn boy", 4)]
     read = [group("canberra", 0, 1, 2), group("bewilderbeast", 3, 4), group("badly drawn boy", 5)]
-    assert most_ballots(answered, read, 2) is None  # three answers tied at three ballots
-    assert broken_tie(answered, read, "Badly Drawn Boy", 2) == ("canberra", frozenset({0, 1, 2}), True)
-    assert broken_tie(answered, read, "Tupolev", 2) is None  # reading 0 is tied: it decides, as before
+    # three answers tied at three ballots; reading 0 is none of them: the one read most wins
+    assert ballots_winner(answered, read, "Badly Drawn Boy", 2) == ("canberra", frozenset({0, 1, 2}), True)
+    assert ballots_winner(answered, read, "Tupolev", 2) is None  # reading 0 is tied: it decides, as before
+    assert ballots_winner(answered, [*read, group("canberra", 6)], "Tupolev", 2) == ("canberra", frozenset(
+        {0, 1, 2, 6}), True)  # four ballots: no tie
     alike = [group("a", 0), group("b", 1), group("c", 2)]  # "a" and "b" tied at three ballots, one reading each
-    assert broken_tie([group("a", 0, 1), group("b", 2, 3)], alike, "c", 2) is None  # read alike: reading 0 decides
-    assert broken_tie([group("a", 0)], [group("b", 0)], "", 2) is None  # one ballot each is no consensus
+    assert ballots_winner([group("a", 0, 1), group("b", 2, 3)], alike, "c", 2) is None  # read alike: reading 0 decides
+    assert ballots_winner([group("a", 0)], [group("b", 0)], "", 2) is None  # one ballot each is no consensus
 
 
 async def test_an_answer_restating_the_question_is_no_answer_unless_the_question_offers_it():
