@@ -50,8 +50,7 @@ def decode_layer_ms(lengths: list[int], dtype: torch.dtype, generator: torch.Gen
     q = torch.randn(len(lengths), HEADS, HEAD_DIM, generator=generator).to(dtype)  # [B, H, D]
     context = AttentionContext(
         slot_mapping=torch.zeros(0, dtype=torch.int64), num_decode=len(lengths), decode_slots=slots,
-        decode_mask=(torch.arange(max(lengths))[None] < lens[:, None])[:, None, None, :], prefills=(),
-        decode_lengths=lens)
+        prefills=(), decode_lengths=lens)
     attention.NATIVE_DECODE = False
     reference = measure(lambda: layer._decode(q, context)) * 1e3
     attention.NATIVE_DECODE = True

@@ -59,17 +59,15 @@ class ModelRunner:
                 decode_seqs.append(seq)
             else:
                 prefills.append(PrefillSpan(row, row + end - start, self._context_slots([seq.block_table], end)[0]))
-        decode_slots = decode_mask = lengths = None
+        decode_slots = lengths = None
         if decode_seqs:
             lengths = torch.tensor([s.num_computed_tokens + 1 for s in decode_seqs], device=self.device)  # [B]
             longest = int(lengths.max())
             decode_slots = self._context_slots([s.block_table for s in decode_seqs], longest)
-            decode_mask = (torch.arange(longest, device=self.device)[None, :] < lengths[:, None])[:, None, None, :]
         context = AttentionContext(
             slot_mapping=torch.tensor(slot_mapping, device=self.device),
             num_decode=len(decode_seqs),
             decode_slots=decode_slots,  # [B, L]
-            decode_mask=decode_mask,  # [B, 1, 1, L]
             prefills=tuple(prefills),
             decode_lengths=lengths,  # [B]
             batch_invariant=self.batch_invariant,

@@ -23,6 +23,7 @@ nothing. (SDPA over a chunk with a causal mask sums in another order: up to ~1e-
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -57,13 +58,20 @@ class AttentionContext:
     slot_mapping: torch.Tensor  # [T] int64: cache slot of each new token's K/V
     num_decode: int  # rows [0, num_decode) of T are decoding sequences, one token each
     decode_slots: torch.Tensor | None  # [B, L] int64: context slots per decoding sequence, padded with slot 0
-    decode_mask: torch.Tensor | None  # [B, 1, 1, L] bool: True where a slot belongs to the context
     prefills: tuple[PrefillSpan, ...]
     decode_lengths: torch.Tensor | None = None  # [B] int64: each decoding sequence's context length
     # batch-invariant mode: in torch's form each decoding sequence attends one by one over exactly its own keys
     # (padding to the batch's longest context changes BF16 results by up to 2e-3); with the native kernel,
     # prefill queries attend as decodes do
     batch_invariant: bool = False
+
+    @cached_property
+    def decode_mask(self) -> torch.Tensor:
+        """[B, 1, 1, L] bool: True where a padded slot belongs to the context; built only for torch's padded decode
+        forms (the native kernels read the lengths)."""
+        width = self.decode_slots.shape[1]
+        return (torch.arange(width, device=self.decode_slots.device)[None, :]
+                < self.decode_lengths[:, None])[:, None, None, :]
 
 
 _context: AttentionContext | None = None

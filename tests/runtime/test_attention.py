@@ -40,7 +40,6 @@ def test_decoding_sequences_attend_over_their_own_context(monkeypatch, dtype, fo
     k, v = (torch.randn(len(LENGTHS), KV_HEADS, HEAD_DIM, generator=gen).to(dtype) for _ in range(2))  # new tokens
     context = AttentionContext(
         slot_mapping=torch.stack([s[-1] for s in slots]), num_decode=len(LENGTHS), decode_slots=decode_slots,
-        decode_mask=(torch.arange(max(LENGTHS))[None, :] < torch.tensor(LENGTHS)[:, None])[:, None, None, :],
         prefills=(), decode_lengths=torch.tensor(LENGTHS), batch_invariant=form == "one_by_one",
     )
     with attention_context(context):

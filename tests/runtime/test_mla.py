@@ -147,7 +147,6 @@ def test_paged_latent_cache_with_an_engine_context_matches_one_sequence_at_a_tim
         slot_mapping=torch.cat([s[-k:] for s, k in zip(slots, new_tokens, strict=True)]),
         num_decode=2,
         decode_slots=decode_slots,
-        decode_mask=(torch.arange(8)[None, :] < torch.tensor([[8], [3]]))[:, None, None, :],  # [B, 1, 1, L]
         prefills=(PrefillSpan(2, 6, slots[2]), PrefillSpan(6, 12, slots[3])), decode_lengths=torch.tensor([8, 3]),
     )
     with attention_context(context):
