@@ -1,4 +1,5 @@
-"""INT4 kernels (torch + triton only): packing, W4A16 linear, fused MoE; dispatched by device (kernels.backend)."""
+"""INT4 kernels (torch + triton only): packing, W4A16 linear, fused MoE; dispatched by device (kernels.backend).
+The native CPU kernels (paged_attention, bf16_skinny, cpu_native) are imported from their own modules."""
 
 from kernels.backend import KernelInputError, use_backend
 from kernels.moe import Int4Experts, fused_moe, moe_reference, prepare_experts
