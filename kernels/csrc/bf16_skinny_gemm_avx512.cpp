@@ -1,7 +1,8 @@
 // Dense BF16 GEMM for a few activation rows (decode steps) on x86 CPUs with AVX512-BF16, built at first use by
 // kernels/bf16_skinny.py and called through ctypes.
 //
-//   y bf16 [M, N] = x bf16 [M, K] @ W bf16 [N, K]^T (+ bias bf16 [N]), all row-major and contiguous, M <= 8 per pass.
+//   y bf16 [M, N] = x bf16 [M, K] @ W bf16 [N, K]^T (+ bias bf16 [N]), all row-major and contiguous, up to 4 rows of
+// x per pass over a weight tile.
 //
 // A decode step reads every weight once and does ~1 FMA per weight, so it is bound by memory: torch's BF16 path
 // reads the weight at about half the rate an FP32 sum streams it here (scripts/bench_cpu_decode.py). Each task takes
@@ -12,7 +13,6 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstring>
 
 namespace {
 

@@ -7,7 +7,7 @@ most of its time there. The gain shrinks with the rows (1.3-2x at 64) and is gon
 F.linear; one row is a matrix-vector product, as fast either way; small weights (896 x 896, 128 x 896) gain
 nothing. `scripts/bench_cpu_decode.py` measures both forms side by side, and an engine with each.
 In BF16 on CPUs with AVX512-BF16, up to 8 rows (decode steps) run on kernels/bf16_skinny.py, which streams the
-weights at up to twice the rate torch's BF16 GEMM does (1.2-2.0x a linear at one row, 1.0-1.35x at eight, the
+weights at up to twice the rate torch's BF16 GEMM does (1.32-1.53x a linear at one row, 1.13-1.44x at eight, the
 embedded model's shapes; `scripts/bench_cpu_decode.py`); more rows (prefill) keep F.linear. Other devices and dtypes
 keep F.linear."""
 
@@ -19,7 +19,7 @@ from kernels import bf16_skinny
 
 SKINNY_MAX_ROWS = 64  # the weight-left form computes 2 to this many rows ...
 MIN_WEIGHT_NUMEL = 1 << 20  # ... of weights this large (4 MiB in FP32) or larger
-BF16_KERNEL_MAX_ROWS = 8  # BF16 rows the native kernel computes; at 8 it is about even with torch's GEMM already
+BF16_KERNEL_MAX_ROWS = 8  # BF16 rows the native kernel computes (decode steps); prefill chunks keep torch's GEMM
 
 
 def uses_weight_left(x: torch.Tensor, weight: torch.Tensor) -> bool:
