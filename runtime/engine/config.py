@@ -20,6 +20,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # token budget of one step: long prompts are prefilled in chunks of this
     max_model_len: int = 8192  # prompt + completion tokens of one sequence
     enable_prefix_cache: bool = True
+    # prompt-lookup drafts a decoding sequence checks per step (speculative.py); 0 = off. Not in batch-invariant mode
+    speculative_tokens: int = 0
     # every linear on fixed row tiles (runtime/layers/batch_invariant.py): greedy outputs that do not depend on the
     # batch, for a slower prefill; the engine changes its model in place
     batch_invariant: bool = False
@@ -43,5 +45,7 @@ class EngineConfig:
         if self.batch_invariant and self.invariant_chunk < self.block_size:
             raise EngineConfigError(f"batch_invariant needs max_num_batched_tokens ({self.max_num_batched_tokens}) >= "
                                     f"max_num_seqs - 1 + block_size ({self.max_num_seqs - 1 + self.block_size})")
+        if self.speculative_tokens < 0:
+            raise EngineConfigError(f"speculative_tokens must be >= 0, got {self.speculative_tokens}")
         if self.num_blocks is not None and self.num_blocks <= 0:
             raise EngineConfigError(f"num_blocks must be > 0, got {self.num_blocks}")

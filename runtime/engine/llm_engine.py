@@ -37,6 +37,14 @@ class RequestOutput:
 
 
 @dataclass
+class SpeculationStats:
+    """Speculative drafts checked and taken since start (EngineConfig.speculative_tokens)."""
+
+    drafted: int = 0
+    accepted: int = 0
+
+
+@dataclass
 class Completion:
     request_id: str
     text: str
@@ -66,9 +74,10 @@ class LLMEngine:
         self.scheduler = Scheduler(self.config, self.runner.num_blocks)
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(tokenizer.eos_ids)
-        self.max_model_len = min(self.config.max_model_len, self.runner.num_blocks * self.config.block_size)
+        self.max_model_len = self.scheduler.max_model_len  # the setting, or what the cache holds if less
         self.requests: dict[str, _Request] = {}
         self._ids = itertools.count()
+        self.speculation = SpeculationStats()
 
     @property
     def stats(self):
@@ -111,36 +120,48 @@ class LLMEngine:
         # every scheduled sequence is computed; the ones reaching their last token also sample
         sample = [s.num_computed_tokens + s.num_scheduled_tokens == len(s) for s in seqs]
         tokens, logprobs = self.runner.run(seqs, sample)
+        checked = [len(s.drop_drafts()) for s in seqs]  # before the step's blocks are hashed
         self.scheduler.after_step(seqs)
         outputs = []
-        for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
-            if token is not None:
-                outputs.append(self._append(seq, token, logprob))
+        for seq, taken, taken_logprobs, drafts in zip(seqs, tokens, logprobs, checked, strict=True):
+            if taken:
+                self.speculation.drafted += drafts
+                self.speculation.accepted += len(taken) - 1
+                outputs.append(self._append(seq, taken, taken_logprobs))
         return outputs
 
-    def _append(self, seq: Sequence, token: int, logprob: TokenLogprobs | None) -> RequestOutput:
+    def _append(self, seq: Sequence, tokens: list[int], logprobs: list[TokenLogprobs | None]) -> RequestOutput:
+        """Append a step's tokens to seq (one, or the drafts the model took and one more), stopping at the first
+        that ends it. All but the last have their K/V computed already: they were checked as drafts this step."""
         request = self.requests[seq.request_id]
-        seq.append_token(token)
-        if logprob is not None:
-            seq.logprobs.append(logprob)
-        reason = self._finish_reason(seq, token)
-        if reason is None or token not in self._stop_tokens(seq):  # a stop token is not part of the text
-            request.text.add(token)
-        if reason is None and request.text.stopped:
-            reason = FinishReason.STOP
+        reason, appended = None, 0
+        for i, (token, logprob) in enumerate(zip(tokens, logprobs, strict=True)):
+            seq.append_token(token)
+            if i < len(tokens) - 1:
+                seq.num_computed_tokens += 1
+            if logprob is not None:
+                seq.logprobs.append(logprob)
+            appended += 1
+            reason = self._finish_reason(seq, token)
+            if reason is None or token not in self._stop_tokens(seq):  # a stop token is not part of the text
+                request.text.add(token)
+            if reason is None and request.text.stopped:
+                reason = FinishReason.STOP
+            if reason is not None:
+                break
         if reason is not None:
             self.scheduler.finish(seq, reason)
             del self.requests[seq.request_id]
         return RequestOutput(
             request_id=seq.request_id,
-            new_token_ids=[token],
+            new_token_ids=tokens[:appended],
             new_text=request.text.delta(final=reason is not None),
             finished=reason is not None,
             finish_reason=reason,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_prompt_tokens,
             num_completion_tokens=seq.num_completion_tokens,
-            new_logprobs=[logprob] if logprob is not None else [],
+            new_logprobs=[lp for lp in logprobs[:appended] if lp is not None],
         )
 
     def _stop_tokens(self, seq: Sequence) -> frozenset[int]:

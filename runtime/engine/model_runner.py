@@ -1,7 +1,7 @@
 """Runs one scheduled step through the model: lays out the flattened batch, owns the KV cache, samples.
 
-Shapes: T = tokens of the step, B = decoding sequences, L = their longest context, R = sequences that sample
-this step, D = hidden size, V = vocabulary.
+Shapes: T = tokens of the step, B = decoding sequences, L = their longest context, R = rows that give logits this
+step (one per sampling sequence, 1 + drafts for one checking speculative drafts), D = hidden size, V = vocabulary.
 """
 
 import torch
@@ -10,6 +10,7 @@ from torch import nn
 from runtime.engine.config import EngineConfig
 from runtime.engine.kv_cache import KVCache
 from runtime.engine.sequence import Sequence
+from runtime.engine.speculative import verify
 from runtime.layers.attention import AttentionContext, PrefillSpan, attention_context
 from runtime.layers.batch_invariant import make_batch_invariant
 from runtime.sampling import Sampler, TokenLogprobs
@@ -78,27 +79,36 @@ class ModelRunner:
     @torch.inference_mode()
     def run(
         self, seqs: list[Sequence], sample: list[bool]
-    ) -> tuple[list[int | None], list[TokenLogprobs | None]]:
-        """Compute the scheduled tokens of seqs; sample a next token for those flagged in `sample`."""
+    ) -> tuple[list[list[int]], list[list[TokenLogprobs | None]]]:
+        """Compute the scheduled tokens of seqs; the next tokens of those flagged in `sample`, [] for the others.
+
+        A sequence carrying speculative drafts gets the logits of its last 1 + drafts rows and takes the drafts the
+        model agrees with plus one token of its own (speculative.verify); every other one samples one token.
+        """
         input_ids, positions, context = self._prepare(seqs)
         self.kv_cache.bind()
         with attention_context(context):
             hidden = self.model(input_ids, positions)  # [T, D]
-        last_rows, row = [], 0
+        rows, spans, row = [], [], 0
         for seq, wants in zip(seqs, sample, strict=True):
             row += seq.num_scheduled_tokens
-            if wants:
-                last_rows.append(row - 1)
-        tokens: list[int | None] = [None] * len(seqs)
-        logprobs: list[TokenLogprobs | None] = [None] * len(seqs)
-        if not last_rows:
+            wanted = 1 + seq.num_draft_tokens if wants else 0
+            spans.append((len(rows), wanted))
+            rows.extend(range(row - wanted, row))
+        tokens: list[list[int]] = [[] for _ in seqs]
+        logprobs: list[list[TokenLogprobs | None]] = [[] for _ in seqs]
+        if not rows:
             return tokens, logprobs
-        last_hidden = hidden.index_select(0, torch.tensor(last_rows, device=self.device))  # [R, D]
-        logits = self.model.compute_logits(last_hidden)  # [R, V]
-        sampling = [s for s, wants in zip(seqs, sample, strict=True) if wants]
-        chosen, chosen_logprobs = self.sampler(logits, [s.params for s in sampling], [s.generator for s in sampling])
-        picked = iter(zip(chosen, chosen_logprobs, strict=True))
-        for i, wants in enumerate(sample):
-            if wants:
-                tokens[i], logprobs[i] = next(picked)
+        logits = self.model.compute_logits(hidden.index_select(0, torch.tensor(rows, device=self.device)))  # [R, V]
+        plain = [i for i, (_, wanted) in enumerate(spans) if wanted == 1]
+        if plain:  # one batched draw for the sequences without drafts
+            chosen, chosen_logprobs = self.sampler(logits[[spans[i][0] for i in plain]],
+                                                   [seqs[i].params for i in plain], [seqs[i].generator for i in plain])
+            for i, token, logprob in zip(plain, chosen, chosen_logprobs, strict=True):
+                tokens[i], logprobs[i] = [token], [logprob]
+        for i, (first, wanted) in enumerate(spans):
+            if wanted > 1:
+                seq = seqs[i]
+                drafts = seq.token_ids[len(seq) - seq.num_draft_tokens :]
+                tokens[i], logprobs[i] = verify(logits[first : first + wanted], drafts, seq.params, seq.generator)
         return tokens, logprobs

@@ -4,7 +4,9 @@ Every step has a token budget. Running sequences come first (a decode costs one 
 prefill takes what is left of the budget), then waiting sequences are admitted while budget, sequence slots and
 blocks last. When blocks run out, the most recently admitted running sequence is preempted: its blocks are freed
 and it is recomputed later (its prefix is likely still in the prefix cache). A waiting request whose next prefix
-block is being computed right now by another request waits one step, so a shared prompt is prefilled once.
+block is being computed right now by another request waits one step, so a shared prompt is prefilled once. With
+`speculative_tokens`, a decoding sequence may compute its last token and a few drafts copied from its own earlier
+tokens (speculative.py) in one step; the engine takes the drafts off again after the step.
 
 In batch-invariant mode a prompt is chunked at fixed positions of its own (multiples of `invariant_chunk`), not where
 the step's leftover budget happens to end: chunk boundaries change the order of a prompt's floating-point sums, so a
@@ -17,11 +19,13 @@ from collections import deque
 from runtime.engine.block_manager import BlockManager
 from runtime.engine.config import EngineConfig
 from runtime.engine.sequence import FinishReason, Sequence, SequenceStatus
+from runtime.engine.speculative import propose
 
 
 class Scheduler:
     def __init__(self, config: EngineConfig, num_blocks: int):
         self.config = config
+        self.max_model_len = min(config.max_model_len, num_blocks * config.block_size)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_cache)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -42,6 +46,7 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted by an earlier sequence of this loop
                 continue
+            self._add_drafts(seq, budget)
             num_new = self._chunk(seq.num_computed_tokens, seq.num_uncomputed_tokens, budget)
             if num_new == 0:  # its fixed-size chunk waits for a step with room
                 continue
@@ -72,6 +77,19 @@ class Scheduler:
             return reused
         per_chunk = self.config.invariant_chunk // self.config.block_size
         return reused[: len(reused) // per_chunk * per_chunk]
+
+    def _add_drafts(self, seq: Sequence, budget: int) -> None:
+        """Speculative drafts after a decoding sequence's last token (speculative.propose), as many as the step's
+        budget, the free blocks, its max_tokens and the context leave room for; none in batch-invariant mode (a
+        token checked as a draft is computed in a prefill-shaped span, not as the decode it would otherwise be)."""
+        k = self.config.speculative_tokens
+        if not k or self.config.batch_invariant or seq.num_uncomputed_tokens != 1 or not seq.num_completion_tokens:
+            return
+        k = min(k, budget - 1, seq.params.max_tokens - seq.num_completion_tokens - 1,
+                self.max_model_len - len(seq) - 1)
+        drafts = propose(seq.token_ids, k)
+        if drafts and self.block_manager.can_grow(seq, 1 + len(drafts)):
+            seq.add_drafts(drafts)
 
     def _make_room(self, seq: Sequence, num_new: int) -> bool:
         """Preempt the latest admitted sequences until seq can grow; False if seq itself had to go."""
@@ -118,6 +136,7 @@ class Scheduler:
         return seq.block_hashes[done : seq.num_prompt_tokens // self.config.block_size]
 
     def _preempt(self, seq: Sequence) -> None:
+        seq.drop_drafts()
         self.block_manager.free_sequence(seq)
         self.running.remove(seq)
         seq.status = SequenceStatus.WAITING
@@ -141,7 +160,9 @@ class Scheduler:
         ready = []
         for seq in scheduled:
             start = seq.num_computed_tokens
-            seq.num_computed_tokens += seq.num_scheduled_tokens
+            # a sequence's checked drafts are already off token_ids: only its tokens count as computed (the engine
+            # counts the drafts it takes as it appends them)
+            seq.num_computed_tokens = min(seq.num_computed_tokens + seq.num_scheduled_tokens, len(seq))
             prompt_computed = max(0, min(seq.num_computed_tokens, seq.num_prompt_tokens) - start)
             self.block_manager.commit(seq, prompt_computed)
             seq.num_scheduled_tokens = 0

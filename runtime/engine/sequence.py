@@ -48,6 +48,7 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.finish_reason: FinishReason | None = None
         self.logprobs: list[TokenLogprobs] = []
+        self.num_draft_tokens = 0  # speculative drafts at the end of token_ids, this step only (speculative.py)
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -70,3 +71,21 @@ class Sequence:
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+
+    def add_drafts(self, drafts: list[int]) -> None:
+        """Put proposed tokens after the last sampled one, to be computed (checked) with it in the next step."""
+        if self.num_draft_tokens:
+            raise RuntimeError(f"sequence {self.request_id!r} already holds drafts")
+        self.token_ids.extend(drafts)
+        self.num_draft_tokens = len(drafts)
+
+    def drop_drafts(self) -> list[int]:
+        """Take the drafts off token_ids again (checked, or never computed), before the step's blocks are hashed into
+        the prefix cache; their cache slots are rewritten when the positions are computed for the tokens actually
+        taken. Returns them."""
+        if not self.num_draft_tokens:
+            return []
+        drafts = self.token_ids[-self.num_draft_tokens :]
+        del self.token_ids[-self.num_draft_tokens :]
+        self.num_draft_tokens = 0
+        return drafts

@@ -42,3 +42,27 @@ def test_batch_of_8_equals_one_at_a_time_and_shares_the_system_prompt(embedded_m
     shared_blocks = 16 * (min(len(p) for p in prompts) // 16 - 1)  # the common system-prompt part, in whole blocks
     assert all(c.num_cached_tokens >= shared_blocks for c in batched[1:])
     assert batched_engine.stats.prompt_tokens_reused >= 7 * shared_blocks
+
+
+COPIED = [  # an agent's outputs copy from its context: a tool call like an earlier one, a phrase of a page
+    ("Earlier you called: {\"name\": \"search\", \"arguments\": {\"query\": \"Scott Derrickson nationality\"}}\n"
+     "Write the same call for the query \"Ed Wood nationality\", as JSON only."),
+    "Copy this sentence exactly: The Esma Sultan Mansion is a historical yali located at Bosphorus in Ortakoy.",
+    "Repeat the list: alpha, beta, gamma, delta, epsilon, zeta, eta, theta.",
+]
+
+
+def test_speculative_drafts_change_no_greedy_answer(embedded_model_fp32, embedded_tokenizer):
+    """Prompt-lookup drafts (runtime/engine/speculative.py) are taken on copied text, and every answer is the one
+    decoding token by token gives, alone or in a batch (FP32: a row of a checked span and a decode row round alike)."""
+    prompts = [embedded_tokenizer.encode_chat([{"role": "user", "content": q}]) for q in COPIED]
+    params = SamplingParams(temperature=0.0, max_tokens=40)
+    plain = make(embedded_model_fp32, embedded_tokenizer).generate(prompts, params)
+    speculating = make(embedded_model_fp32, embedded_tokenizer, speculative_tokens=3)
+    batched = speculating.generate(prompts, params)
+    alone = [make(embedded_model_fp32, embedded_tokenizer, speculative_tokens=3).generate([p], params)[0]
+             for p in prompts]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in plain] == [c.token_ids for c in alone]
+    assert "Ortakoy" in batched[1].text
+    # 33 of the 69 tokens came as drafts when written (the list and the sentence almost all)
+    assert speculating.speculation.accepted >= sum(len(c.token_ids) for c in batched) // 3

@@ -1,0 +1,67 @@
+"""Prompt-lookup speculative decoding: drafts copied from the sequence's own tokens, checked in one forward pass.
+
+An agent's output copies a lot from its context: the tool-call JSON of earlier turns, a query made of the question's
+words, a URL from a search result, an answer from a page. When the last few tokens occurred earlier in the
+sequence, the tokens that followed them there are proposed as the next ones (no draft model). A decoding sequence
+then computes its last token and the k drafts in one step; the logits of those k + 1 rows say how many drafts the
+model itself would have produced, plus one token of its own after them. At batch 1 a decode step reads every weight
+once for one row; a few more rows cost little more (memory-bound), so each accepted draft is a step saved.
+
+Acceptance keeps the model's distribution exactly: a greedy sequence takes a draft while it is the argmax; a sampled
+one takes draft d with probability p(d) (the draft is deterministic, so min(1, p/q) = p), and on rejection draws
+from p with d removed, renormalised (the standard rejection rule for a one-hot proposal).
+"""
+
+import numpy as np
+import torch
+
+from runtime.sampling import SamplingParams, TokenLogprobs, draw, filtered_logits, token_logprobs
+
+NGRAM_MAX = 4  # the longest suffix looked up; longer matches are likelier to continue the same way
+NGRAM_MIN = 2  # one token alone matches too much (every "," or " the")
+
+
+def propose(token_ids: list[int], k: int, ngram_max: int = NGRAM_MAX, ngram_min: int = NGRAM_MIN) -> list[int]:
+    """Up to k tokens that followed the most recent earlier occurrence of the sequence's last n tokens, trying the
+    longest n first; [] when none of its suffixes occurred before."""
+    if k <= 0:
+        return []
+    ids = np.asarray(token_ids, dtype=np.int64)  # [L]
+    for n in range(min(ngram_max, len(ids) - 1), ngram_min - 1, -1):
+        windows = np.lib.stride_tricks.sliding_window_view(ids[:-1], n)  # [L - n, n], every earlier n-gram
+        starts = np.flatnonzero((windows == ids[-n:]).all(axis=1))
+        if starts.size:
+            follow = int(starts[-1]) + n
+            return ids[follow : follow + k].tolist()
+    return []
+
+
+def verify(
+    logits: torch.Tensor, drafts: list[int], params: SamplingParams, generator: torch.Generator | None
+) -> tuple[list[int], list[TokenLogprobs | None]]:
+    """The tokens the sequence takes from one verification step: the accepted drafts, then one token of the model's.
+
+    logits: [k + 1, V], row i computed after the sequence's tokens and drafts[:i]. Returns 1 to k + 1 tokens and
+    their logprobs (None each unless asked for).
+    """
+    logits = logits.float()
+    taken: list[int] = []
+    for row, draft in enumerate(drafts):
+        if params.greedy:
+            best = int(logits[row].argmax())
+            if best != draft:
+                taken.append(best)
+                break
+        else:
+            probs = torch.softmax(filtered_logits(logits[row], params), dim=-1)  # [V]
+            accept = torch.rand(1, generator=generator, dtype=torch.float64).item() < float(probs[draft])
+            if not accept:
+                probs[draft] = 0.0  # the residual of a one-hot proposal: p without the draft
+                taken.append(draw(probs, generator))
+                break
+        taken.append(draft)
+    else:  # every draft accepted: the last row gives one more token
+        last = logits[len(drafts)]
+        taken.append(int(last.argmax()) if params.greedy else draw(torch.softmax(filtered_logits(last, params), -1),
+                                                                       generator))
+    return taken, [token_logprobs(logits[i], t, params) for i, t in enumerate(taken)]
