@@ -1,7 +1,8 @@
 """Runs one scheduled step through the model: lays out the flattened batch, owns the KV cache, samples.
 
-Shapes: T = tokens of the step, B = decoding sequences, L = their longest context, R = rows that give logits this
-step (one per sampling sequence, 1 + drafts for one checking speculative drafts), D = hidden size, V = vocabulary.
+Shapes: T = tokens of the step, B = decode rows (a decoding sequence's token, and its drafts), L = their longest
+context, R = rows that give logits this step (one per sampling sequence, 1 + drafts for one checking speculative
+drafts), D = hidden size, V = vocabulary.
 """
 
 import torch
@@ -43,11 +44,12 @@ class ModelRunner:
         return (padded[:, :, None] * self.block_size + offsets).reshape(len(tables), -1)[:, :length]  # [B, length]
 
     def _prepare(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, AttentionContext]:
-        """seqs: decodes (one scheduled token) first, then prefills."""
+        """seqs: decodes (one scheduled token, or one and its speculative drafts) first, then prefills."""
         input_ids: list[int] = []
         positions: list[int] = []
         slot_mapping: list[int] = []
-        decode_seqs: list[Sequence] = []
+        decode_tables: list[list[int]] = []  # one per decode row
+        decode_lengths: list[int] = []
         prefills: list[PrefillSpan] = []
         for seq in seqs:
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + seq.num_scheduled_tokens
@@ -56,18 +58,19 @@ class ModelRunner:
             positions.extend(range(start, end))
             new_slots = self._slots(seq, start, end)
             slot_mapping.extend(new_slots)
-            if seq.num_scheduled_tokens == 1 and not prefills:
-                decode_seqs.append(seq)
+            if (seq.num_scheduled_tokens == 1 or seq.num_draft_tokens) and not prefills:
+                # a decode, or a token and its drafts: each row attends as a decode at its position would
+                decode_tables.extend([seq.block_table] * (end - start))
+                decode_lengths.extend(range(start + 1, end + 1))
             else:
                 prefills.append(PrefillSpan(row, row + end - start, self._context_slots([seq.block_table], end)[0]))
         decode_slots = lengths = None
-        if decode_seqs:
-            lengths = torch.tensor([s.num_computed_tokens + 1 for s in decode_seqs], device=self.device)  # [B]
-            longest = int(lengths.max())
-            decode_slots = self._context_slots([s.block_table for s in decode_seqs], longest)
+        if decode_tables:
+            lengths = torch.tensor(decode_lengths, device=self.device)  # [B]
+            decode_slots = self._context_slots(decode_tables, max(decode_lengths))
         context = AttentionContext(
             slot_mapping=torch.tensor(slot_mapping, device=self.device),
-            num_decode=len(decode_seqs),
+            num_decode=len(decode_tables),
             decode_slots=decode_slots,  # [B, L]
             prefills=tuple(prefills),
             decode_lengths=lengths,  # [B]

@@ -57,7 +57,8 @@ class Scheduler:
             budget -= num_new
             scheduled.append(seq)
         budget = self._admit_waiting(scheduled, budget)
-        scheduled.sort(key=lambda s: s.num_scheduled_tokens > 1)  # decodes first: the model runner batches them
+        # decodes first (with their drafts): the model runner batches them
+        scheduled.sort(key=lambda s: s.num_scheduled_tokens > 1 and not s.num_draft_tokens)
         return scheduled
 
     def _chunk(self, start: int, uncomputed: int, budget: int) -> int:

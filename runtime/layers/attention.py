@@ -56,10 +56,10 @@ class PrefillSpan:
 @dataclass(frozen=True)
 class AttentionContext:
     slot_mapping: torch.Tensor  # [T] int64: cache slot of each new token's K/V
-    num_decode: int  # rows [0, num_decode) of T are decoding sequences, one token each
-    decode_slots: torch.Tensor | None  # [B, L] int64: context slots per decoding sequence, padded with slot 0
+    num_decode: int  # rows [0, num_decode) of T attend as decodes: one token of a sequence each (or a draft)
+    decode_slots: torch.Tensor | None  # [B, L] int64: context slots per decode row, padded with slot 0
     prefills: tuple[PrefillSpan, ...]
-    decode_lengths: torch.Tensor | None = None  # [B] int64: each decoding sequence's context length
+    decode_lengths: torch.Tensor | None = None  # [B] int64: each decode row's context length
     # batch-invariant mode: in torch's form each decoding sequence attends one by one over exactly its own keys
     # (padding to the batch's longest context changes BF16 results by up to 2e-3); with the native kernel,
     # prefill queries attend as decodes do

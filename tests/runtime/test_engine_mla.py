@@ -46,6 +46,17 @@ def test_batched_chunked_and_prefix_cached_generation_equals_one_at_a_time(kimi)
     assert engine.stats.prompt_tokens_reused >= 2 * (len(shared) // 4 * 4 - 4)
 
 
+def test_speculative_drafts_over_the_latent_cache_change_no_greedy_output(kimi):
+    """Drafts checked as decode rows of MLA's latent cache give the tokens decoding one by one gives."""
+    _, tokenizer = kimi
+    prompts = [tokenizer.encode("one two three four one two three four one two " * (i + 1)) for i in range(3)]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    plain = [c.token_ids for c in make(kimi).generate(prompts, params)]
+    engine = make(kimi, speculative_tokens=3)
+    assert [c.token_ids for c in engine.generate(prompts, params)] == plain
+    assert engine.speculation.drafted > 0
+
+
 def invariant_engine(model, tokenizer, prefix_cache: bool) -> LLMEngine:
     return LLMEngine(model, tokenizer, EngineConfig(block_size=4, num_blocks=256, max_num_batched_tokens=64,
                                                     max_num_seqs=8, enable_prefix_cache=prefix_cache,
