@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # runtime backend: auto = bfloat16 where the hardware computes it natively (AMX, AVX512-BF16, GPUs), else float32
     # (5x faster prefill on an AVX2-only CPU; scripts/bench_dtype.py)
     runtime_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    # runtime backend: prompt-lookup drafts checked per decode step (an agent copies JSON, queries and URLs from its
+    # context); 0 = off. Greedy answers stay those of plain decoding, sampled ones keep their distribution
+    runtime_speculative_tokens: int = Field(3, ge=0, le=16)
 
     # --- job defaults ---
     mode: Mode = "report"

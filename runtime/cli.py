@@ -20,6 +20,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name or checkpoint folder (default {DEFAULT_MODEL})")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=AUTO,
                         help="compute dtype; auto: bfloat16 where the hardware computes it natively, else float32")
+    parser.add_argument("--speculative-tokens", type=int, default=None,
+                        help="prompt-lookup drafts checked per decode step (default 3; 0 = off)")
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -51,13 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(model: str, dtype: str):
+def _load(model: str, dtype: str, speculative_tokens: int | None = None):
     from runtime.embedded import KNOWN_MODELS
+    from runtime.engine.config import EngineConfig
     from runtime.engine.factory import load_engine
 
     note = " (its first use converts it once, about a minute)" if model in KNOWN_MODELS else ""
     print(f"loading {model}{note}...", file=sys.stderr)
-    engine = load_engine(model, dtype=dtype)  # "auto" looks at the checkpoint (INT4 weights) and the CPU
+    config = EngineConfig() if speculative_tokens is None else EngineConfig(speculative_tokens=speculative_tokens)
+    engine = load_engine(model, config, dtype=dtype)  # "auto" looks at the checkpoint (INT4 weights) and the CPU
     computed = next(engine.runner.model.parameters()).dtype
     print(f"loaded {model} in {str(computed).removeprefix('torch.')}", file=sys.stderr)
     return engine
@@ -91,14 +95,14 @@ def _stream(engine, prompt_ids: list[int], params) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     params = _sampling(args)
-    engine = _load(args.model, args.dtype)
+    engine = _load(args.model, args.dtype, args.speculative_tokens)
     sys.stdout.write(args.prompt)
     _stream(engine, engine.tokenizer.encode(args.prompt), params)
 
 
 def _chat(args: argparse.Namespace) -> None:
     params = _sampling(args)
-    engine = _load(args.model, args.dtype)
+    engine = _load(args.model, args.dtype, args.speculative_tokens)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.message}
     ]
@@ -114,7 +118,7 @@ def _serve(args: argparse.Namespace) -> None:
         return
     from runtime.server.app import serve
 
-    serve(_load(args.model, args.dtype), model_name=args.model, host=args.host, port=args.port)
+    serve(_load(args.model, args.dtype, args.speculative_tokens), model_name=args.model, host=args.host, port=args.port)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {"generate": _generate, "chat": _chat, "serve": _serve}

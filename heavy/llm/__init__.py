@@ -41,7 +41,8 @@ def make_backend(settings: Settings, name: str | None = None) -> LLMBackend:
         return RuntimeBackend.load(settings.model, context_tokens=settings.context_tokens, limiter=limiter,
                                    retry=retry, replicas=settings.runtime_replicas, ep=settings.runtime_ep,
                                    prefix_cache=settings.runtime_prefix_cache,
-                                   batch_invariant=settings.runtime_batch_invariant, dtype=settings.runtime_dtype)
+                                   batch_invariant=settings.runtime_batch_invariant, dtype=settings.runtime_dtype,
+                                   speculative_tokens=settings.runtime_speculative_tokens)
     raise UnknownBackend(f"unknown LLM backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

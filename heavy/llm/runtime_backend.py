@@ -23,7 +23,7 @@ from typing import Any
 from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.retry import RetryPolicy, with_retries
 from heavy.llm.types import Completion, CompletionDelta, LLMError, Message, RetriableLLMError, Sampling, ToolCall, Usage
-from runtime.engine.config import EngineConfig
+from runtime.engine.config import SPECULATIVE_TOKENS, EngineConfig
 from runtime.replica.errors import RetriableError
 from runtime.sampling import SamplingParams
 from runtime.server.chat import make_parser
@@ -69,14 +69,15 @@ class RuntimeBackend:
     @classmethod
     def load(cls, model: str = "qwen2.5-coder-0.5b", *, context_tokens: int = 8192, limiter: RateLimiter | None = None,
              retry: RetryPolicy | None = None, replicas: int | None = 0, ep: int = 1,
-             prefix_cache: bool = True, batch_invariant: bool = False, dtype: str = "auto") -> RuntimeBackend:
+             prefix_cache: bool = True, batch_invariant: bool = False, dtype: str = "auto",
+             speculative_tokens: int = SPECULATIVE_TOKENS) -> RuntimeBackend:
         """Resolve (convert on first use) and load `model`: with `replicas` 0 or None into an engine running in its
         own thread, else onto that many Ray replicas of `ep` expert-parallel ranks (see `on_replicas`). `dtype`:
         "bfloat16", "float32", or "auto" (bfloat16 where the hardware computes it natively; runtime/dtypes.py)."""
         from runtime.embedded import resolve_model
 
         engine_config = EngineConfig(max_model_len=context_tokens, enable_prefix_cache=prefix_cache,
-                                     batch_invariant=batch_invariant)
+                                     batch_invariant=batch_invariant, speculative_tokens=speculative_tokens)
         if replicas:
             return cls.on_replicas(resolve_model(model), replicas, ep, engine_config, dtype=dtype, limiter=limiter,
                                    retry=retry)

@@ -78,11 +78,19 @@ MAX_DRAIN_STEPS = 2000
 
 
 def simulated_step(sched: Scheduler, live: list[Sequence], num_blocks: int) -> None:
-    for s in sched.after_step(sched.schedule()):
-        s.append_token(7)
-        if s.num_completion_tokens >= s.params.max_tokens or len(s) >= num_blocks * BLOCK:
-            sched.finish(s, FinishReason.LENGTH)
-            live.remove(s)
+    """One engine step without a model: every sequence that samples appends 7s; one that checked speculative drafts
+    (completions of 7s soon draft 7s) takes the first half of them, then one token, as LLMEngine.step does."""
+    scheduled = sched.schedule()
+    drafts = {s.seq_id: s.drop_drafts() for s in scheduled}
+    for s in sched.after_step(scheduled):
+        taken = drafts[s.seq_id][: len(drafts[s.seq_id]) // 2]
+        for i, token in enumerate([*taken, 7]):
+            s.append_token(token)
+            s.num_computed_tokens += i < len(taken)
+            if s.num_completion_tokens >= s.params.max_tokens or len(s) >= num_blocks * BLOCK:
+                sched.finish(s, FinishReason.LENGTH)
+                live.remove(s)
+                break
 
 
 events = st.lists(

@@ -10,10 +10,11 @@ from runtime.sampling import SamplingParams
 BLOCK = 4
 
 
-def make(num_blocks=64, budget=16, max_seqs=4, prefix_cache=True, batch_invariant=False):
+def make(num_blocks=64, budget=16, max_seqs=4, prefix_cache=True, batch_invariant=False, speculative_tokens=0):
+    """Speculation off unless asked: these steps append repeated tokens, which would be drafted."""
     config = EngineConfig(block_size=BLOCK, num_blocks=num_blocks, max_num_seqs=max_seqs,
                           max_num_batched_tokens=budget, enable_prefix_cache=prefix_cache,
-                          batch_invariant=batch_invariant)
+                          batch_invariant=batch_invariant, speculative_tokens=speculative_tokens)
     return Scheduler(config, num_blocks)
 
 
@@ -27,6 +28,8 @@ def step(sched):
     """One simulated step; returns {request_id: tokens computed}."""
     scheduled = sched.schedule()
     counts = {s.request_id: s.num_scheduled_tokens for s in scheduled}
+    for s in scheduled:
+        s.drop_drafts()  # none taken: only what the step scheduled is counted here
     for s in sched.after_step(scheduled):
         s.append_token(1)
         if s.num_completion_tokens >= s.params.max_tokens:
@@ -42,6 +45,20 @@ def test_long_prompt_is_chunked_and_decodes_join_under_the_budget():
     assert step(sched) == {"short": 1, "long": 15}  # the decode and the next chunk share one step
     assert step(sched) == {"short": 1, "long": 12}
     assert long.num_computed_tokens == 40 and len(long) == 41 and short.num_completion_tokens == 3
+
+
+@pytest.mark.parametrize(("max_tokens", "drafts"), [(12, [4, 9]), (3, [4]), (2, [])])
+def test_a_decode_checks_drafts_within_the_budget_and_its_max_tokens(max_tokens, drafts):
+    sched = make(budget=3, speculative_tokens=3)
+    looping = add(sched, "looping", [1, 2, 3, 4, 9, 1, 2], max_tokens=max_tokens)
+    assert [step(sched) for _ in range(3)] == [{"looping": 3}, {"looping": 3}, {"looping": 1}]  # no drafts in a prompt
+    looping.token_ids[-1] = 3  # as if it sampled 3: "1 2 3" was followed by "4 9 1"
+    scheduled = sched.schedule()
+    # the budget of 3 holds the token and two drafts; max_tokens leaves room for fewer
+    assert [(s.request_id, s.num_scheduled_tokens) for s in scheduled] == [("looping", 1 + len(drafts))]
+    assert looping.drop_drafts() == drafts and looping.num_draft_tokens == 0
+    sched.after_step(scheduled)
+    assert looping.num_computed_tokens == len(looping) == 8  # the drafts' positions are not counted as computed
 
 
 def test_batch_invariant_chunks_end_at_fixed_positions_of_the_prompt_whatever_runs_beside_it():
