@@ -54,7 +54,8 @@ def test_verify_greedy_takes_drafts_while_they_are_the_argmax_then_one_of_its_ow
     assert verify(logits, [1, 4, 8], GREEDY, None)[0] == [3]
     tokens, logprobs = verify(logits, [3, 4], SamplingParams(temperature=0.0, logprobs=1), None)
     assert tokens == [3, 4, 8] and len(logprobs) == 3
-    assert logprobs[0].top[0][0] == 3 and logprobs[2].logprob == pytest.approx(float(torch.log_softmax(logits[2], 0)[8]))
+    assert logprobs[0].top[0][0] == 3
+    assert logprobs[2].logprob == pytest.approx(float(torch.log_softmax(logits[2], 0)[8]))
 
 
 @pytest.mark.parametrize("draft", [0, 2])  # the likeliest token, and an unlikely one
@@ -127,8 +128,8 @@ def test_logprobs_come_one_per_token_as_without_drafts(model):
             got[rid] = []
         while eng.has_unfinished():
             for out in eng.step():
-                assert len(out.new_logprobs) == len(out.new_token_ids)
-                got[out.request_id] += [(t, lp.logprob) for t, lp in zip(out.new_token_ids, out.new_logprobs)]
+                pairs = zip(out.new_token_ids, out.new_logprobs, strict=True)  # one logprob per token
+                got[out.request_id] += [(t, lp.logprob) for t, lp in pairs]
         return list(got.values())
 
     spec, plain = collect(engine(model)), collect(engine(model, speculative_tokens=0))
