@@ -98,7 +98,8 @@ def main() -> None:
             print(f"{name:>8} {batch:>5} {0:>6} {plain_rate:>7.1f} {1.0:>5.2f}x {'':>14} {'':>6}")
             for drafts in args.drafts:
                 outs, rate, stats = decode(model, tokenizer, prompts_, params, batch, drafts)
-                same = f"{sum(a == b for a, b in zip(outs, plain, strict=True))}/{len(plain)}" if name == "greedy" else ""
+                matching = sum(a == b for a, b in zip(outs, plain, strict=True))
+                same = f"{matching}/{len(plain)}" if name == "greedy" else ""
                 print(f"{name:>8} {batch:>5} {drafts:>6} {rate:>7.1f} {rate / plain_rate:>5.2f}x "
                       f"{f'{stats.accepted}/{stats.drafted}':>14} {same:>6}")
 

@@ -21,9 +21,11 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # token budget of one step: long prompts are prefilled in chunks of this
     max_model_len: int = 8192  # prompt + completion tokens of one sequence
     enable_prefix_cache: bool = True
-    # prompt-lookup drafts a decoding sequence checks per step (speculative.py); 0 = off. Not in batch-invariant mode.
-    # 3: 1.79x decode at batch 1, 1.31x at batch 8 on an agent's calls (scripts/bench_speculative.py)
+    # prompt-lookup drafts a decoding sequence checks per step (speculative.py); 0 = off. Not in batch-invariant mode
     speculative_tokens: int = SPECULATIVE_TOKENS
+    # fewer drafts each when a step's decode rows (tokens and drafts) would pass this: a CPU decode step reads every
+    # weight once for up to 8 rows (runtime/layers/linear.py), past that it computes more than it saves
+    speculative_max_rows: int = 8
     # every linear on fixed row tiles (runtime/layers/batch_invariant.py): greedy outputs that do not depend on the
     # batch, for a slower prefill; the engine changes its model in place
     batch_invariant: bool = False
@@ -41,7 +43,7 @@ class EngineConfig:
 
     def __post_init__(self):
         for name in ("block_size", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens", "max_model_len",
-                     "invariant_tile"):
+                     "invariant_tile", "speculative_max_rows"):
             if getattr(self, name) <= 0:
                 raise EngineConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.batch_invariant and self.invariant_chunk < self.block_size:

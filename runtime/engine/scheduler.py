@@ -41,12 +41,13 @@ class Scheduler:
         """Set num_scheduled_tokens of the sequences of the next step and return them (decodes first)."""
         budget = self.config.max_num_batched_tokens
         scheduled: list[Sequence] = []
+        drafts = self._drafts_per_decode()
         for seq in list(self.running):
             if budget == 0:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted by an earlier sequence of this loop
                 continue
-            self._add_drafts(seq, budget)
+            self._add_drafts(seq, min(drafts, budget - 1))
             num_new = self._chunk(seq.num_computed_tokens, seq.num_uncomputed_tokens, budget)
             if num_new == 0:  # its fixed-size chunk waits for a step with room
                 continue
@@ -79,15 +80,23 @@ class Scheduler:
         per_chunk = self.config.invariant_chunk // self.config.block_size
         return reused[: len(reused) // per_chunk * per_chunk]
 
-    def _add_drafts(self, seq: Sequence, budget: int) -> None:
-        """Speculative drafts after a decoding sequence's last token (speculative.propose), as many as the step's
-        budget, the free blocks, its max_tokens and the context leave room for; none in batch-invariant mode (a
-        token checked as a draft is computed in a prefill-shaped span, not as the decode it would otherwise be)."""
-        k = self.config.speculative_tokens
-        if not k or self.config.batch_invariant or seq.num_uncomputed_tokens != 1 or not seq.num_completion_tokens:
+    def _drafts_per_decode(self) -> int:
+        """Drafts each decoding sequence may check this step: `speculative_tokens`, fewer when the step's decode rows
+        (tokens and drafts) would pass `speculative_max_rows`, none in batch-invariant mode (a checked draft is a
+        row beside other sequences' decodes, which that mode's fixed tiles do not expect)."""
+        if not self.config.speculative_tokens or self.config.batch_invariant:
+            return 0
+        decoding = sum(1 for s in self.running if s.num_uncomputed_tokens == 1 and s.num_completion_tokens)
+        if not decoding:
+            return 0
+        return max(0, min(self.config.speculative_tokens, self.config.speculative_max_rows // decoding - 1))
+
+    def _add_drafts(self, seq: Sequence, k: int) -> None:
+        """Up to k speculative drafts after a decoding sequence's last token (speculative.propose), as many as its
+        max_tokens, the context and the free blocks leave room for."""
+        if k <= 0 or seq.num_uncomputed_tokens != 1 or not seq.num_completion_tokens:
             return
-        k = min(k, budget - 1, seq.params.max_tokens - seq.num_completion_tokens - 1,
-                self.max_model_len - len(seq) - 1)
+        k = min(k, seq.params.max_tokens - seq.num_completion_tokens - 1, self.max_model_len - len(seq) - 1)
         drafts = propose(seq.token_ids, k)
         if drafts and self.block_manager.can_grow(seq, 1 + len(drafts)):
             seq.add_drafts(drafts)

@@ -137,3 +137,14 @@ def test_abort_frees_blocks_at_once():
     assert sched.block_manager.num_free_blocks == 8 - 3
     sched.finish(s, FinishReason.ABORT)
     assert sched.block_manager.num_free_blocks == 8 and not sched.has_unfinished()
+
+
+@pytest.mark.parametrize(("decoding", "drafts_each"), [(1, 3), (2, 3), (3, 1), (4, 1), (5, 0)])
+def test_drafts_shrink_as_decodes_fill_the_steps_rows(decoding, drafts_each):
+    """Up to speculative_max_rows (8) decode rows a step: past that a CPU decode step computes more than it saves."""
+    sched = make(budget=64, max_seqs=8, speculative_tokens=3)
+    seqs = [add(sched, f"s{i}", [20 + i, 1, 2, 3, 4, 9, 1, 2], max_tokens=12) for i in range(decoding)]
+    step(sched)  # the prompts, and one sampled token each
+    for s in seqs:
+        s.token_ids[-1] = 3  # as if each sampled 3: "1 2 3" was followed by "4 9 1"
+    assert [s.num_scheduled_tokens for s in sched.schedule()] == [1 + drafts_each] * decoding
