@@ -75,3 +75,22 @@ async def test_without_the_prefix_cache_a_repeated_request_is_prefilled_in_full_
         uncached_backend.engine.shutdown()
     assert [c.usage.cached_prompt_tokens for c in uncached] == [0, 0]
     assert uncached[0].content == uncached[1].content  # the same shapes each time: the same numbers
+
+
+async def test_the_runtime_backend_speculates_on_copied_text_unless_turned_off(backend):
+    from heavy.llm.runtime_backend import RuntimeBackend
+    from heavy.llm.types import Sampling
+
+    messages = [{"role": "user", "content": "Copy exactly: the tower is 300 metres tall and was built in 1889."}]
+    greedy = Sampling(temperature=0.0, seed=0)
+    stats = backend.engine.engine.speculation
+    accepted = stats.accepted
+    speculated = await backend.chat(messages, None, greedy, max_tokens=24)
+    assert stats.accepted > accepted  # the default engine took drafts copied from the prompt
+    plain_backend = RuntimeBackend.load("qwen2.5-coder-0.5b", context_tokens=4096, speculative_tokens=0)
+    try:
+        plain = await plain_backend.chat(messages, None, greedy, max_tokens=24)
+        assert plain_backend.engine.engine.speculation.drafted == 0
+    finally:
+        plain_backend.engine.shutdown()
+    assert "1889" in speculated.content and speculated.content == plain.content
