@@ -82,8 +82,8 @@ class Scheduler:
 
     def _drafts_per_decode(self) -> int:
         """Drafts each decoding sequence may check this step: `speculative_tokens`, fewer when the step's decode rows
-        (tokens and drafts) would pass `speculative_max_rows`, none in batch-invariant mode (a checked draft is a
-        row beside other sequences' decodes, which that mode's fixed tiles do not expect)."""
+        (tokens and drafts) would pass `speculative_max_rows`, none in batch-invariant mode (that mode promises numbers
+        that do not depend on the batch; drafts there are not shown to keep that promise)."""
         if not self.config.speculative_tokens or self.config.batch_invariant:
             return 0
         decoding = sum(1 for s in self.running if s.num_uncomputed_tokens == 1 and s.num_completion_tokens)
