@@ -115,11 +115,13 @@ def test_stop_tokens_stop_strings_and_max_tokens(model):
 
 def test_logprobs_are_returned_when_asked(model):
     e = engine(model)
-    rid = e.add_request(prompts(1)[0], SamplingParams(temperature=0.0, max_tokens=3, logprobs=2))
-    outs = [o for _ in range(3) for o in e.step() if o.request_id == rid]
-    for out in outs:
-        (lp,) = out.new_logprobs
-        assert lp.top[0][0] == out.new_token_ids[0] and lp.logprob == pytest.approx(lp.top[0][1]) and len(lp.top) == 2
+    e.add_request(prompts(1)[0], SamplingParams(temperature=0.0, max_tokens=3, logprobs=2))
+    taken = []
+    while e.has_unfinished():  # a step may take several tokens (speculative drafts): one logprob each
+        taken += [pair for o in e.step() for pair in zip(o.new_token_ids, o.new_logprobs, strict=True)]
+    assert len(taken) == 3
+    for token, lp in taken:
+        assert lp.top[0][0] == token and lp.logprob == pytest.approx(lp.top[0][1]) and len(lp.top) == 2
 
 
 def test_abort_frees_blocks_and_bad_requests_raise(model):
