@@ -56,7 +56,7 @@ class TokenLogprobs:
     top: tuple[tuple[int, float], ...]  # (token id, logprob), best first
 
 
-def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def _filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Temperature, then top-k, then top-p on one row. logits [V] fp32 -> [V] (-inf where cut)."""
     logits = logits / params.temperature
     if params.top_k and params.top_k < logits.numel():
@@ -69,6 +69,11 @@ def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
         drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= params.top_p
         logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted), float("-inf"))
     return logits
+
+
+def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution a sampled token is drawn from: one row's logits [V] fp32, cut by the params -> [V]."""
+    return torch.softmax(_filtered_logits(logits, params), dim=-1)
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
@@ -91,7 +96,7 @@ class Sampler:
         for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
             if p.greedy:
                 continue
-            tokens[row] = draw(torch.softmax(filtered_logits(logits[row], p), dim=-1), gen)
+            tokens[row] = draw(sampling_probs(logits[row], p), gen)
         logprobs = [token_logprobs(logits[i], tok, p) for i, (tok, p) in enumerate(zip(tokens, params, strict=True))]
         return tokens, logprobs
 

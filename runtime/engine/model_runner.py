@@ -112,6 +112,6 @@ class ModelRunner:
         for i, (first, wanted) in enumerate(spans):
             if wanted > 1:
                 seq = seqs[i]
-                drafts = seq.token_ids[len(seq) - seq.num_draft_tokens :]
-                tokens[i], logprobs[i] = verify(logits[first : first + wanted], drafts, seq.params, seq.generator)
+                tokens[i], logprobs[i] = verify(logits[first : first + wanted], seq.draft_token_ids, seq.params,
+                                                seq.generator)
         return tokens, logprobs

@@ -86,7 +86,7 @@ class Scheduler:
         that do not depend on the batch; drafts there are not shown to keep that promise)."""
         if not self.config.speculative_tokens or self.config.batch_invariant:
             return 0
-        decoding = sum(1 for s in self.running if s.num_uncomputed_tokens == 1 and s.num_completion_tokens)
+        decoding = sum(1 for s in self.running if s.is_decoding)
         if not decoding:
             return 0
         return max(0, min(self.config.speculative_tokens, self.config.speculative_max_rows // decoding - 1))
@@ -94,7 +94,7 @@ class Scheduler:
     def _add_drafts(self, seq: Sequence, k: int) -> None:
         """Up to k speculative drafts after a decoding sequence's last token (speculative.propose), as many as its
         max_tokens, the context and the free blocks leave room for."""
-        if k <= 0 or seq.num_uncomputed_tokens != 1 or not seq.num_completion_tokens:
+        if k <= 0 or not seq.is_decoding:
             return
         k = min(k, seq.params.max_tokens - seq.num_completion_tokens - 1, self.max_model_len - len(seq) - 1)
         drafts = propose(seq.token_ids, k)

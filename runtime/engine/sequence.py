@@ -66,6 +66,15 @@ class Sequence:
         return len(self.token_ids) - self.num_computed_tokens
 
     @property
+    def is_decoding(self) -> bool:
+        """Its last token is a sampled one, not yet computed: the next step decodes it."""
+        return self.num_uncomputed_tokens == 1 and self.num_completion_tokens > 0
+
+    @property
+    def draft_token_ids(self) -> list[int]:
+        return self.token_ids[len(self.token_ids) - self.num_draft_tokens :]
+
+    @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
@@ -85,7 +94,7 @@ class Sequence:
         taken. Returns them."""
         if not self.num_draft_tokens:
             return []
-        drafts = self.token_ids[-self.num_draft_tokens :]
+        drafts = self.draft_token_ids
         del self.token_ids[-self.num_draft_tokens :]
         self.num_draft_tokens = 0
         return drafts

@@ -15,7 +15,7 @@ from p with d removed, renormalised (the standard rejection rule for a one-hot p
 import numpy as np
 import torch
 
-from runtime.sampling import SamplingParams, TokenLogprobs, draw, filtered_logits, token_logprobs
+from runtime.sampling import SamplingParams, TokenLogprobs, draw, sampling_probs, token_logprobs
 
 NGRAM_MAX = 4  # the longest suffix looked up; longer matches are likelier to continue the same way
 NGRAM_MIN = 2  # one token alone matches too much (every "," or " the")
@@ -53,7 +53,7 @@ def verify(
                 taken.append(best)
                 break
         else:
-            probs = torch.softmax(filtered_logits(logits[row], params), dim=-1)  # [V]
+            probs = sampling_probs(logits[row], params)  # [V]
             accept = torch.rand(1, generator=generator, dtype=torch.float64).item() < float(probs[draft])
             if not accept:
                 probs[draft] = 0.0  # the residual of a one-hot proposal: p without the draft
@@ -62,6 +62,5 @@ def verify(
         taken.append(draft)
     else:  # every draft accepted: the last row gives one more token
         last = logits[len(drafts)]
-        taken.append(int(last.argmax()) if params.greedy else draw(torch.softmax(filtered_logits(last, params), -1),
-                                                                       generator))
+        taken.append(int(last.argmax()) if params.greedy else draw(sampling_probs(last, params), generator))
     return taken, [token_logprobs(logits[i], t, params) for i, t in enumerate(taken)]
