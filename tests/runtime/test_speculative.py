@@ -4,25 +4,19 @@ computing exactly what it computes without them."""
 import pytest
 import torch
 
-from runtime.engine import EngineConfig, FinishReason, LLMEngine
+from runtime.engine import FinishReason
 from runtime.engine.speculative import propose, verify
+from runtime.models.qwen2 import Qwen2ForCausalLM
 from runtime.sampling import SamplingParams
-from tests.runtime.test_engine import TINY, LetterTokenizer, reference_greedy
+from tests.runtime.test_engine import TINY, LetterTokenizer, engine, reference_greedy
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def model():
+def model():  # this module's own: the batch-invariant engine below changes its model in place
     torch.manual_seed(0)
-    from runtime.models.qwen2 import Qwen2ForCausalLM
-
     return Qwen2ForCausalLM(TINY).eval()
-
-
-def engine(model, **overrides) -> LLMEngine:
-    config = dict(block_size=4, num_blocks=256, max_num_seqs=8, max_num_batched_tokens=64, speculative_tokens=4)
-    return LLMEngine(model, LetterTokenizer(), config=EngineConfig(**{**config, **overrides}))
 
 
 def repetitive_prompts(n: int) -> list[list[int]]:
