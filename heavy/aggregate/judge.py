@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from heavy.agent.steps import TrajectoryResult, answer_line
 from heavy.aggregate.evidence import Passage, pooled_passages
 from heavy.aggregate.normalize import plain_answer
-from heavy.aggregate.shorten import is_short, not_an_answer, shorten_one
+from heavy.aggregate.shorten import asks_number, asks_yes_no, is_short, not_an_answer, shorten_one
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,19 @@ JUDGE_PROMPT = """Passages:
 
 Question: {question}
 
-Using only the passages, answer the question with the shortest phrase (a name, a date, a number, a place, or \
-yes/no). Reply with the phrase only."""
+Using only the passages, answer the question {reply}"""
+# The reply the question's kind asks for. Offered "yes/no" beside names, the embedded model answered "Yes" to
+# "Who ...?" and "Where ...?" questions even with only the two pages that hold the answer.
+REPLY_YES_NO = "with yes or no. Reply with yes or no only."
+REPLY_NUMBER = "with the number or the date it asks for. Reply with the number or date only."
+REPLY_PHRASE = "with the shortest phrase (a name, a date, a number or a place). Reply with the phrase only."
+
+
+def reply_format(question: str) -> str:
+    """How the judge is told to reply: as the question's kind asks (yes/no, a number or date, else a phrase)."""
+    if asks_yes_no(question):
+        return REPLY_YES_NO
+    return REPLY_NUMBER if asks_number(question) else REPLY_PHRASE
 
 
 def reading_order(passages: Sequence[Passage], n: int) -> list[Passage]:
@@ -83,7 +94,7 @@ class Judge:
 
     async def _ask(self, passages: Sequence[Passage], request_id: str) -> str:
         listed = "\n".join(f"[{n}] {p.title}: {p.text}" for n, p in enumerate(passages, start=1))
-        prompt = JUDGE_PROMPT.format(passages=listed, question=self.question)
+        prompt = JUDGE_PROMPT.format(passages=listed, question=self.question, reply=reply_format(self.question))
         try:
             completion = await self.backend.chat([{"role": "user", "content": prompt}], None, self.sampling,
                                                  max_tokens=JUDGE_TOKENS, request_id=request_id,

@@ -7,7 +7,7 @@ import pytest
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
 from heavy.aggregate.evidence import best_sentences, fetched_texts, question_weights, token_f1
-from heavy.aggregate.judge import reading_order
+from heavy.aggregate.judge import REPLY_NUMBER, REPLY_PHRASE, REPLY_YES_NO, reading_order
 from heavy.aggregate.normalize import as_sources_write
 from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, phrase_around_question, restates
 from heavy.aggregate.vote import Group, ballots_winner
@@ -223,6 +223,19 @@ async def test_a_question_asking_for_a_number_is_not_answered_without_one():
     decided = await vote(question, [result(0, "Brown County", evidence=[EIFFEL]), result(1, "9,984")], backend)
     assert decided.answer == "9,984" and [g.answer for g in decided.groups] == ["9,984"]
     assert set(decided.reads.values()) == {""}
+
+
+@pytest.mark.parametrize(("question", "reply"), [
+    ("Were Scott Derrickson and Ed Wood of the same nationality?", REPLY_YES_NO),
+    ("Who was known by his stage name Aladin?", REPLY_PHRASE),
+    ("Who is older, Annie Morton or Terry Richardson?", REPLY_PHRASE),
+    ("The lake is in a county that has a population of how many inhabitants ?", REPLY_NUMBER),
+])
+async def test_the_judge_asks_for_the_kind_of_reply_the_question_wants(question, reply):
+    backend = ScriptedBackend(lambda request: text("1889"))
+    await vote(question, [result(0, "", evidence=[EIFFEL])], backend)
+    prompt = backend.requests[0].messages[0]["content"]
+    assert prompt.endswith(reply) and ("yes or no" in prompt) == (reply == REPLY_YES_NO)
 
 
 async def test_the_judges_own_answer_stands_cited_to_the_pooled_pages_that_hold_it():
