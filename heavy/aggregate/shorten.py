@@ -118,9 +118,24 @@ def _lacks_number(question: str, answer: str) -> bool:
 def restates(question: str, answer: str) -> bool:
     """The answer only repeats the question's words: it names what is asked about, not what is asked for (seen:
     "Aladin" to "Who was known by his stage name Aladin ...?", from all eight readings of one job). A question
-    that offers a choice ("Who is older, X or Y?") is answered in its own words."""
-    words = content_words(answer)
-    return bool(words) and words <= content_words(question) and not _offers_choice(normalize_answer(question).split())
+    that offers a choice ("Who is older, X or Y?") is answered in its own words. A word one letter longer or shorter
+    than one of the question's is the question's word misspelt on one side (seen: "Livesey Hall War Memorial" read
+    three times off "The Livesey Hal War Memorial commemorates the fallen of which war ...?")."""
+    words, asked = content_words(answer), content_words(question)
+    return (bool(words) and all(w in asked or _misspelt_in(w, asked) for w in words)
+            and not _offers_choice(normalize_answer(question).split()))
+
+
+def _misspelt_in(word: str, asked: set[str]) -> bool:
+    """One letter more or less than a word of `asked` ("hall" and "hal"); never a number ("1992" is not "199")."""
+    if any(c.isdigit() for c in word):
+        return False
+    for other in asked:
+        if abs(len(other) - len(word)) == 1:
+            short, long = sorted((word, other), key=len)
+            if any(long[:i] + long[i + 1:] == short for i in range(len(long))):
+                return True
+    return False
 
 
 def rule_based(question: str, answer: str) -> str | None:

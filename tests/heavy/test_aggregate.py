@@ -189,6 +189,10 @@ async def test_an_answer_restating_the_question_is_no_answer_unless_the_question
     question = "Who was known by his stage name Aladin and helped organizations improve their performance?"
     assert restates(question, "Aladin") and not restates(question, "Eenasul Fateh")
     assert not restates("Who is older, Annie Morton or Terry Richardson?", "Terry Richardson")
+    misspelt = "The Livesey Hal War Memorial commemorates the fallen of which war, that had over 60 million casualties?"
+    assert restates(misspelt, "Livesey Hall War Memorial") and not restates(misspelt, "World War II")
+    assert not restates("Which team won the 1992 final?", "1993")  # numbers are never misspelt words
+    assert not restates("When did the 199 bus start?", "1992")
     backend = ScriptedBackend(lambda request: text("Aladin"))  # every reading restates the question too
     decided = await vote(question, [result(0, "Aladin", evidence=[EIFFEL]), result(1, "Eenasul Fateh")], backend)
     assert decided.answer == "Eenasul Fateh" and [g.answer for g in decided.groups] == ["Eenasul Fateh"]

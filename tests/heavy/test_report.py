@@ -88,7 +88,7 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
                result(2, "It was built as the entrance arch of the fair. Napoleon defended Paris with its guns."),
                result(3, "1887"), result(4, "Gustave Eiffel"),
                result(5, "The Eiffel Tower was built for an event. It was built as the entrance arch of the fair."),
-               result(6, "The Eiffel Tower is built for events."),
+               result(6, "The Eiffel Tower is built for eventing."),
                result(7, "The Eiffel Tower was built for an event."), result(8, "Built by Gustave Eiffel's company")]
     job = await aggregate(job_id="j", question="Why and for which event was the Eiffel Tower built?", mode="report",
                           results=results, backend=backend)
@@ -102,9 +102,9 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
     assert f'"Gustave Eiffel": trajectory 5 — its words are on [{fair}]' in listed
     # a short answer not on a page as written, whose words are
     assert f'"Built by Gustave Eiffel\'s company": trajectory 9 — its words are on [{fair}]' in listed
-    # a sentence that restates the question is neither on a page nor against the answer
+    # a sentence that restates the question (by stems: "eventing" is "event") is neither on a page nor against it
     assert f'of the fair.": trajectory 6 — its words are on [{fair}]' in listed
-    assert '"The Eiffel Tower is built for events.": trajectory 7 — it only restates the question' in listed
+    assert '"The Eiffel Tower is built for eventing.": trajectory 7 — it only restates the question' in listed
     # one that restates it word for word does not vote, and is listed all the same
     assert '"The Eiffel Tower was built for an event.": trajectory 8 — not an answer to the question' in listed
     assert "by words, not meaning" in listed
