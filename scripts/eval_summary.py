@@ -6,6 +6,12 @@ trajectories (`replay_aggregation.py`). This script merges such files, keeps the
 and prints per question and per setting EM/F1, then each setting's F1 gap to the first setting with a paired
 bootstrap interval over questions: with a dozen questions one flipped answer moves F1 by 8 points.
 
+Two more columns say where a setting's answers come from. `votes` is the F1 of the trajectories' own (shortened)
+answers voted alone, without the judge's readings (for one trajectory: its own answer). `ceiling` is the F1 a
+perfect picker would reach among every answer the job had in hand (the trajectories' answers and the readings): no
+way of choosing among them can score above it, so a gap between settings larger than their ceilings' needs other
+answers, not a better vote.
+
     .venv/bin/python scripts/eval_summary.py q28.json q36.json [--first 27] [--against old-q28.json old-q36.json]
 
 A question found in several files takes its entry from the last file given.
@@ -19,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval_hotpotqa import DEFAULT_DATA, load_questions, read_run
+from eval_hotpotqa import DEFAULT_DATA, f1_score, load_questions, read_run
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,24 @@ class Outcome:
     f1: float
     tokens: int | None  # replays record no tokens
     seconds: float | None
+    votes_f1: float | None = None  # files of before the votes were recorded have neither
+    ceiling_f1: float | None = None
+
+
+def candidate_scores(row: dict) -> tuple[float | None, float | None]:
+    """(F1 of the trajectories' answers voted alone, F1 of the best answer the job had) for one recorded question.
+    A tie among the most voted answers scores their mean F1: what a blind tie-break would score on average."""
+    votes, gold = row.get("votes"), row.get("gold")
+    if votes is None or gold is None:
+        return None, None
+    readings = [*(row.get("reads") or {}).values(), *(row.get("more_reads") or [])]
+    candidates = {answer for answer in [*votes, *readings] if answer}
+    ceiling = max((f1_score(answer, gold) for answer in candidates), default=0.0)
+    if not votes:
+        return 0.0, ceiling
+    top = max(votes.values())
+    tied = [answer for answer, count in votes.items() if count == top]
+    return sum(f1_score(answer, gold) for answer in tied) / len(tied), ceiling
 
 
 def load_outcomes(paths: list[Path]) -> dict[int, dict[str, Outcome]]:
@@ -44,7 +68,8 @@ def load_outcomes(paths: list[Path]) -> dict[int, dict[str, Outcome]]:
                 answer = row["replayed"] if "replayed" in row else row["prediction"]
                 by_id[row["id"]] = Outcome(answer, row["em"], row["f1"],
                                            row.get("tokens", earlier.tokens if earlier else None),
-                                           row.get("seconds", earlier.seconds if earlier else None))
+                                           row.get("seconds", earlier.seconds if earlier else None),
+                                           *candidate_scores(row))
     return merged
 
 
@@ -65,7 +90,10 @@ def summarise(outcomes: dict[int, dict[str, Outcome]], order: dict[str, int], dr
         picked = [outcomes[n][q] for q in shared]
         tokens = [o.tokens for o in picked if o.tokens is not None]
         seconds = [o.seconds for o in picked if o.seconds is not None]
+        complete = all(o.ceiling_f1 is not None for o in picked) and picked
         rows.append({"trajectories": n, "questions": len(picked),
+                     "votes_f1": sum(o.votes_f1 for o in picked) / len(picked) if complete else None,
+                     "ceiling_f1": sum(o.ceiling_f1 for o in picked) / len(picked) if complete else None,
                      "em": sum(o.em for o in picked) / max(len(picked), 1),
                      "f1": sum(o.f1 for o in picked) / max(len(picked), 1),
                      "tokens_per_question": sum(tokens) / len(tokens) if tokens else None,
@@ -111,12 +139,15 @@ def print_summary(summary: dict, outcomes: dict[int, dict[str, Outcome]], order:
     for q in summary["questions"]:
         answers = "  ".join(f"n={n}: {outcomes[n][q].prediction[:40]!r} ({outcomes[n][q].f1:.2f})" for n in settings)
         print(f"Q{order.get(q, -1) + 1:<3} gold {gold.get(q, '?')[:30]!r:<32} {answers}")
-    print(f"\n{'trajectories':>12} {'questions':>9} {'EM':>6} {'F1':>6} {'tok/q':>8} {'wall s/q':>9}")
+    print(f"\n{'trajectories':>12} {'questions':>9} {'EM':>6} {'F1':>6} {'votes':>6} {'ceiling':>7} {'tok/q':>8} "
+          f"{'wall s/q':>9}")
     for row in summary["settings"]:
         tokens = f"{row['tokens_per_question']:,.0f}" if row["tokens_per_question"] is not None else "-"
         seconds = f"{row['seconds_per_question']:.0f}" if row["seconds_per_question"] is not None else "-"
-        print(f"{row['trajectories']:>12} {row['questions']:>9} {row['em']:>6.3f} {row['f1']:>6.3f} {tokens:>8} "
-              f"{seconds:>9}")
+        votes = f"{row['votes_f1']:.3f}" if row["votes_f1"] is not None else "-"
+        ceiling = f"{row['ceiling_f1']:.3f}" if row["ceiling_f1"] is not None else "-"
+        print(f"{row['trajectories']:>12} {row['questions']:>9} {row['em']:>6.3f} {row['f1']:>6.3f} {votes:>6} "
+              f"{ceiling:>7} {tokens:>8} {seconds:>9}")
     for gap in summary["gaps"]:
         low, high = gap["ci95"]
         print(f"n={gap['trajectories']} - n={gap['versus']}: F1 {100 * gap['gap']:+.1f} points "

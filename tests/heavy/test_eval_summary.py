@@ -66,3 +66,23 @@ def test_two_agent_versions_are_compared_setting_by_setting_on_the_questions_bot
     assert (row["trajectories"], row["questions"], row["before"], row["after"]) == (1, 2, 0.25, 0.75)
     assert (row["gap"], row["better"], row["worse"]) == (0.5, 1, 0)
     assert 0.0 <= row["ci95"][0] <= 0.5 <= row["ci95"][1] <= 1.0
+
+
+def test_the_votes_alone_and_the_best_answer_in_hand_are_scored_per_setting(tmp_path):
+    tied = {"id": "qa", "gold": "Paris", "prediction": "Lyon", "em": 0.0, "f1": 0.0,
+            "votes": {"Paris": 2, "Lyon": 2, "Nice": 1}, "reads": {"0": "Lyon"}, "more_reads": ["Paris France", ""]}
+    unread = {"id": "qb", "gold": "no", "prediction": "yes", "em": 0.0, "f1": 0.0, "votes": {"yes": 1},
+              "reads": {}, "more_reads": []}
+    assert summary_script.candidate_scores(tied) == (0.5, 1.0)  # a blind tie-break; the best of every answer
+    assert summary_script.candidate_scores(unread) == (0.0, 0.0)
+    assert summary_script.candidate_scores({"id": "qc", "prediction": "x"}) == (None, None)  # an older file
+    run = tmp_path / "a.json"
+    run.write_text(json.dumps({"settings": [{"trajectories": 8, "per_question": [tied, unread]}]}))
+    (row,) = summary_script.summarise(summary_script.load_outcomes([run]), {"qa": 0, "qb": 1}, draws=10)["settings"]
+    assert (row["f1"], row["votes_f1"], row["ceiling_f1"]) == (0.0, 0.25, 0.5)
+
+
+def test_a_setting_with_a_question_of_an_older_file_has_no_ceiling(tmp_path):
+    run = _run(tmp_path / "a.json", {1: [("qa", "x", 1.0)]})
+    (row,) = summary_script.summarise(summary_script.load_outcomes([run]), {"qa": 0}, draws=10)["settings"]
+    assert row["votes_f1"] is None and row["ceiling_f1"] is None
