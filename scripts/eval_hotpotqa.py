@@ -49,6 +49,22 @@ def f1_score(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def candidate_scores(row: dict) -> tuple[float | None, float | None]:
+    """(F1 of the trajectories' answers voted alone, F1 of the best answer the job had) for one recorded question.
+    A tie among the most voted answers scores their mean F1: what a blind tie-break would score on average."""
+    votes, gold = row.get("votes"), row.get("gold")
+    if votes is None or gold is None:
+        return None, None
+    readings = [*(row.get("reads") or {}).values(), *(row.get("more_reads") or [])]
+    candidates = {answer for answer in [*votes, *readings] if answer}
+    ceiling = max((f1_score(answer, gold) for answer in candidates), default=0.0)
+    if not votes:
+        return 0.0, ceiling
+    top = max(votes.values())
+    tied = [answer for answer, count in votes.items() if count == top]
+    return sum(f1_score(answer, gold) for answer in tied) / len(tied), ceiling
+
+
 def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
@@ -115,9 +131,12 @@ def summarise(per_setting: dict[int, list[dict]]) -> list[dict]:
     rows = []
     for trajectories, outcomes in per_setting.items():
         count = max(1, len(outcomes))
+        scores = [candidate_scores(o) for o in outcomes]
         rows.append({
             "trajectories": trajectories, "questions": len(outcomes),
             "em": sum(o["em"] for o in outcomes) / count, "f1": sum(o["f1"] for o in outcomes) / count,
+            "votes_f1": sum(voted for voted, _ in scores) / count,
+            "ceiling_f1": sum(ceiling for _, ceiling in scores) / count,
             "tokens": sum(o["tokens"] for o in outcomes), "wall_s": round(sum(o["seconds"] for o in outcomes), 1),
             "per_question": outcomes,
         })
@@ -189,10 +208,12 @@ def aggregation_config(args: argparse.Namespace) -> AggregationConfig:
 
 def print_table(result: dict) -> None:
     print(f"corpus pages: {result['corpus_pages']}  backend: {result['backend']}  model: {result['model']}")
-    print(f"{'trajectories':>12} {'questions':>9} {'EM':>6} {'F1':>6} {'tokens':>10} {'tok/q':>8} {'wall s':>8}")
+    print(f"{'trajectories':>12} {'questions':>9} {'EM':>6} {'F1':>6} {'votes':>6} {'ceiling':>7} {'tokens':>10} "
+          f"{'tok/q':>8} {'wall s':>8}")
     for s in result["settings"]:
-        print(f"{s['trajectories']:>12} {s['questions']:>9} {s['em']:>6.3f} {s['f1']:>6.3f} {s['tokens']:>10,} "
-              f"{s['tokens'] // max(1, s['questions']):>8,} {s['wall_s']:>8.0f}")
+        print(f"{s['trajectories']:>12} {s['questions']:>9} {s['em']:>6.3f} {s['f1']:>6.3f} {s['votes_f1']:>6.3f} "
+              f"{s['ceiling_f1']:>7.3f} {s['tokens']:>10,} {s['tokens'] // max(1, s['questions']):>8,} "
+              f"{s['wall_s']:>8.0f}")
 
 
 def main() -> None:

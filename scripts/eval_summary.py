@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval_hotpotqa import DEFAULT_DATA, f1_score, load_questions, read_run
+from eval_hotpotqa import DEFAULT_DATA, candidate_scores, load_questions, read_run
 
 
 @dataclass(frozen=True)
@@ -37,22 +37,6 @@ class Outcome:
     seconds: float | None
     votes_f1: float | None = None  # files of before the votes were recorded have neither
     ceiling_f1: float | None = None
-
-
-def candidate_scores(row: dict) -> tuple[float | None, float | None]:
-    """(F1 of the trajectories' answers voted alone, F1 of the best answer the job had) for one recorded question.
-    A tie among the most voted answers scores their mean F1: what a blind tie-break would score on average."""
-    votes, gold = row.get("votes"), row.get("gold")
-    if votes is None or gold is None:
-        return None, None
-    readings = [*(row.get("reads") or {}).values(), *(row.get("more_reads") or [])]
-    candidates = {answer for answer in [*votes, *readings] if answer}
-    ceiling = max((f1_score(answer, gold) for answer in candidates), default=0.0)
-    if not votes:
-        return 0.0, ceiling
-    top = max(votes.values())
-    tied = [answer for answer, count in votes.items() if count == top]
-    return sum(f1_score(answer, gold) for answer in tied) / len(tied), ceiling
 
 
 def load_outcomes(paths: list[Path]) -> dict[int, dict[str, Outcome]]:

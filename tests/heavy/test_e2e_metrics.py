@@ -31,7 +31,10 @@ def test_corpus_has_one_page_per_distinct_paragraph(tmp_path):
 
 
 def test_summary_per_setting_averages_the_questions_done():
-    outcome = {"em": 1.0, "f1": 1.0, "tokens": 100, "seconds": 2.0}
-    rows = eval_hotpotqa.summarise({1: [outcome, {**outcome, "em": 0.0, "f1": 0.5}], 8: []})
+    outcome = {"gold": "Paris", "em": 1.0, "f1": 1.0, "tokens": 100, "seconds": 2.0, "votes": {"Paris": 1},
+               "reads": {"0": "Paris"}, "more_reads": []}
+    lone_wrong = {**outcome, "em": 0.0, "f1": 0.5, "votes": {"Lyon": 1}, "reads": {"0": "Paris France"}}
+    rows = eval_hotpotqa.summarise({1: [outcome, lone_wrong], 8: []})
     assert [(r["trajectories"], r["questions"], r["em"], r["f1"], r["tokens"]) for r in rows] == [
         (1, 2, 0.5, 0.75, 200), (8, 0, 0.0, 0.0, 0)]
+    assert (rows[0]["votes_f1"], rows[0]["ceiling_f1"]) == (0.5, pytest.approx(5 / 6))  # "Paris France": F1 2/3
