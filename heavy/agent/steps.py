@@ -57,6 +57,24 @@ _NOTHING_FOUND = re.compile(
     r"|not found\b|(?:i )?(?:do not|don't) know\b")
 
 
+# a step's plan, not its answer: "To answer this question, I'll search ...", "Let me look at the results". The verb
+# list keeps titles out ("To Kill a Mockingbird", "Let's Dance", "I Will Survive").
+_PLAN = re.compile(
+    r"(?:to|in order to) (?:answer|determine|find|identify|figure out|solve|call|check|verify)\b[^.]*?,\s*"
+    r"(?:i|we|let's|let us|let me|follow|here)\b"
+    r"|(?:i will|i'll|i need to|i am going to|i'm going to|let me|let's|let us|we need to|we will|we'll) "
+    r"(?:search|look|find|check|use|call|open|analy[sz]e|determine|answer|identify|read|start|begin)\b")
+# a chat-template tag the model wrote itself: what follows is a tool result it imagined, not its answer (seen with the
+# 1.5B model: "<tool_response>\nResults for 'David Weissman': ..." taken as the answer)
+_IMAGINED_RESULT = re.compile(r"<tool_response>|<\|im_start\|>")
+
+
+def says_a_plan(answer: str) -> bool:
+    """Whether the answer only says what the model is about to do (seen with the 1.5B model when its step ended
+    before the answer: "To determine the year ..., we need to look at the results for ...")."""
+    return bool(_PLAN.match(answer.strip().lower().replace("’", "'")))
+
+
 def says_nothing_found(answer: str) -> bool:
     """Whether the answer only reports that none was found ("No answer found.", "I could not find the answer."):
     that is no answer (seen in `heavy ask`: two of eight trajectories answered "No answer found.")."""
@@ -98,8 +116,9 @@ def copies_text(answer: str, texts: list[str], min_words: int = 3) -> bool:
 
 def answer_line(text: str) -> str:
     """The first non-empty line of a model's answer, without copied tool-result headers, a leading "Answer:", and the
-    quotes, stars and full stop a model wraps a short answer in. Shared by the agent loop and the aggregator."""
-    text = without_result_headers(text)
+    quotes, stars and full stop a model wraps a short answer in. Shared by the agent loop and the aggregator.
+    Nothing after a tool-result tag the model wrote itself counts."""
+    text = without_result_headers(_IMAGINED_RESULT.split(text, maxsplit=1)[0])
     line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
     for prefix in ANSWER_PREFIXES:
         if line.lower().startswith(prefix):

@@ -31,6 +31,7 @@ from heavy.agent.steps import (
     copies_text,
     only_printed,
     restates_question,
+    says_a_plan,
     says_nothing_found,
     stated_confidence,
     without_cut_sentence,
@@ -226,7 +227,7 @@ class Trajectory:
             self.messages.append({"role": "tool", "tool_call_id": call.id, "content": observation.text})
         if not repaired:
             if (guess := answer_line(content)) and not (restates_question(guess, self.spec.question)
-                                                         or says_nothing_found(guess)):
+                                                         or says_nothing_found(guess) or says_a_plan(guess)):
                 self.best_guess = guess
             feedback.append(prompts.NUDGE_CALL_ANSWER if self.evidence else prompts.NUDGE_USE_TOOLS)
         if problems:
@@ -286,9 +287,9 @@ class Trajectory:
         written = str(call.arguments.get("answer") or "")
         answer = without_result_headers(written)
         answer = without_cut_sentence(answer, cut)
-        if not any(ch.isalnum() for ch in answer) or self._copies_our_words(answer):
-            # "", or a placeholder ("..."), or our instructions copied back: the model means to answer, so the loop
-            # asks for the answer in words right away (once; see `_loop`)
+        if not any(ch.isalnum() for ch in answer) or self._copies_our_words(answer) or says_a_plan(answer):
+            # "", a placeholder ("..."), our instructions copied back, or a plan: the model means to answer, so the
+            # loop asks for the answer in words right away (once; see `_loop`)
             return prompts.EMPTY_ANSWER if self.unsaid_forced else prompts.ANSWER_UNSAID
         if says_nothing_found(answer):
             return prompts.NOTHING_FOUND_YET
@@ -343,7 +344,7 @@ class Trajectory:
         answer = answer_line(answer_call.arguments["answer"] if answer_call else content)
         answer = without_cut_sentence(answer, completion.finish_reason == "length")
         if (not answer or restates_question(answer, self.spec.question) or says_nothing_found(answer)
-                or self._copies_our_words(answer)):
+                or says_a_plan(answer) or self._copies_our_words(answer)):
             answer = self.best_guess
         await self._emit_step(len(self.steps) + 1, completion, answer, [], action="forced_answer")
         if answer:
