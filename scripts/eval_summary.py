@@ -9,8 +9,8 @@ bootstrap interval over questions: with a dozen questions one flipped answer mov
 Two more columns say where a setting's answers come from. `votes` is the F1 of the trajectories' own (shortened)
 answers voted alone, without the judge's readings (for one trajectory: its own answer). `ceiling` is the F1 a
 perfect picker would reach among every answer the job had in hand (the trajectories' answers and the readings): no
-way of choosing among them can score above it, so a gap between settings larger than their ceilings' needs other
-answers, not a better vote.
+way of choosing among them can score above it, so no vote can make a setting beat another by more than its ceiling
+less the other's F1.
 
     .venv/bin/python scripts/eval_summary.py q28.json q36.json [--first 27] [--against old-q28.json old-q36.json]
 
@@ -35,7 +35,7 @@ class Outcome:
     f1: float
     tokens: int | None  # replays record no tokens
     seconds: float | None
-    votes_f1: float | None = None  # files of before the votes were recorded have neither
+    votes_f1: float | None = None  # None in older files, which did not record the votes
     ceiling_f1: float | None = None
 
 
