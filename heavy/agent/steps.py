@@ -18,12 +18,17 @@ MIN_KEPT_WORDS = 8  # a cut answer keeps its finished sentences only if they say
 # A tool result's header as the tools write it ("[n] Title" or "# Title", then "URL: ..."), copied into an answer.
 # The line above "URL:" goes with it only if it reads as a title, not as a sentence (no closing full stop).
 _RESULT_HEADER = re.compile(r"^(?:[^\n]{0,150}[^\s.!?:][ \t]*\n)?[ \t]*URL:[ \t]*\S+[^\n]*(?:\n|$)", re.MULTILINE)
+# a chat-template tag the model wrote itself: what follows is a tool result it imagined, not its answer (seen with the
+# 1.5B model: "<tool_response>\nResults for 'David Weissman': ..." taken as the answer)
+_IMAGINED_RESULT = re.compile(r"<tool_response>|<\|im_start\|>")
 
 
 def without_result_headers(answer: str) -> str:
     """The answer without the title-and-URL headers of tool results a small model copies into it (seen in the demo:
     "Python reference: Compound statements\nURL: http://…/doc/22\n… A "break" statement …"); the URLs belong in
-    the sources. An answer that is nothing but headers is left as it is."""
+    the sources. An answer that is nothing but headers is left as it is. Nothing from a tool-result tag the model
+    wrote itself on counts: it is a result the model imagined."""
+    answer = _IMAGINED_RESULT.split(answer, maxsplit=1)[0]
     rest = _RESULT_HEADER.sub("", answer)
     if rest == answer:
         return answer.strip()
@@ -64,9 +69,6 @@ _PLAN = re.compile(
     r"(?:i|we|let's|let us|let me|follow|here)\b"
     r"|(?:i will|i'll|i need to|i am going to|i'm going to|let me|let's|let us|we need to|we will|we'll) "
     r"(?:search|look|find|check|use|call|open|analy[sz]e|determine|answer|identify|read|start|begin)\b")
-# a chat-template tag the model wrote itself: what follows is a tool result it imagined, not its answer (seen with the
-# 1.5B model: "<tool_response>\nResults for 'David Weissman': ..." taken as the answer)
-_IMAGINED_RESULT = re.compile(r"<tool_response>|<\|im_start\|>")
 
 
 def says_a_plan(answer: str) -> bool:
@@ -116,9 +118,8 @@ def copies_text(answer: str, texts: list[str], min_words: int = 3) -> bool:
 
 def answer_line(text: str) -> str:
     """The first non-empty line of a model's answer, without copied tool-result headers, a leading "Answer:", and the
-    quotes, stars and full stop a model wraps a short answer in. Shared by the agent loop and the aggregator.
-    Nothing after a tool-result tag the model wrote itself counts."""
-    text = without_result_headers(_IMAGINED_RESULT.split(text, maxsplit=1)[0])
+    quotes, stars and full stop a model wraps a short answer in. Shared by the agent loop and the aggregator."""
+    text = without_result_headers(text)
     line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
     for prefix in ANSWER_PREFIXES:
         if line.lower().startswith(prefix):

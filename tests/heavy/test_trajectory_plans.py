@@ -4,7 +4,7 @@ model, whose steps often end before the answer and which writes `<tool_response>
 import pytest
 
 from heavy.agent import TrajectoryLimits, prompts
-from heavy.agent.steps import answer_line, says_a_plan
+from heavy.agent.steps import answer_line, says_a_plan, without_result_headers
 from tests.heavy.fakes import call, text
 from tests.heavy.test_trajectory import by_step, make
 
@@ -32,6 +32,17 @@ def test_what_follows_a_tool_result_tag_the_model_wrote_is_not_its_answer():
     assert answer_line("<tool_response>\nResults for 'David Weissman':\n[1] David Weissman") == ""
     assert answer_line("1889\n<tool_response>\nResults for 'Eiffel'") == "1889"
     assert answer_line("Paris<|im_start|>user\nthanks") == "Paris"
+    assert without_result_headers("<tool_response>\n[1] Eiffel\nURL: http://c/1\nFinished in 1889.") == ""
+
+
+async def test_an_answer_call_holding_only_an_imagined_tool_result_is_asked_again():
+    imagined = "<tool_response>\nResults for 'eiffel':\n[1] Eiffel\nURL: http://corpus/eiffel\nFinished in 1889."
+    trajectory, backend, _, _ = make(by_step(call("search", query="eiffel"), call("answer", answer=imagined),
+                                             call("answer", answer="1889")))
+    result = await trajectory.run()
+    assert (result.answer, result.stop_reason) == ("1889", "answered")
+    told = [m["content"] for m in backend.requests[-1].messages if m["role"] == "tool"]
+    assert prompts.ANSWER_UNSAID in told
 
 
 async def test_a_plan_sent_as_the_answer_is_asked_again_and_never_kept_as_the_best_guess():
