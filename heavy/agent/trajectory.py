@@ -226,8 +226,7 @@ class Trajectory:
             observations.append(observation)
             self.messages.append({"role": "tool", "tool_call_id": call.id, "content": observation.text})
         if not repaired:
-            if (guess := answer_line(content)) and not (restates_question(guess, self.spec.question)
-                                                         or says_nothing_found(guess) or says_a_plan(guess)):
+            if not self._says_no_answer(guess := answer_line(content)):
                 self.best_guess = guess
             feedback.append(prompts.NUDGE_CALL_ANSWER if self.evidence else prompts.NUDGE_USE_TOOLS)
         if problems:
@@ -324,6 +323,13 @@ class Trajectory:
                                                          if o.error or o.repeated]
         return prompts.copies_instructions(answer) or copies_text(answer, ours)
 
+    def _says_no_answer(self, text: str) -> bool:
+        """Whether a step's text or a forced answer is no answer to keep: empty, the question restated, "nothing
+        found", a plan, or our words copied back. (An `answer` call is checked in `_accept_answer`, which tells the
+        model which of these it was.)"""
+        return (not text or restates_question(text, self.spec.question) or says_nothing_found(text)
+                or says_a_plan(text) or self._copies_our_words(text))
+
     def _supporting(self, answer: str) -> tuple[Source, ...]:
         return supporting_sources(answer, self.evidence, self.excerpts)
 
@@ -343,8 +349,7 @@ class Trajectory:
         answer_call = next((c for c in calls if isinstance(c.arguments.get("answer"), str)), None)
         answer = answer_line(answer_call.arguments["answer"] if answer_call else content)
         answer = without_cut_sentence(answer, completion.finish_reason == "length")
-        if (not answer or restates_question(answer, self.spec.question) or says_nothing_found(answer)
-                or says_a_plan(answer) or self._copies_our_words(answer)):
+        if self._says_no_answer(answer):
             answer = self.best_guess
         await self._emit_step(len(self.steps) + 1, completion, answer, [], action="forced_answer")
         if answer:

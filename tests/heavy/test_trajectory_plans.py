@@ -62,3 +62,12 @@ async def test_a_forced_answer_that_is_a_plan_leaves_no_answer_rather_than_the_p
                                limits=TrajectoryLimits(max_steps=3))
     result = await trajectory.run()
     assert result.stop_reason == "max_steps" and result.answer == "" and not result.answered
+
+
+async def test_our_feedback_copied_back_in_a_text_step_is_never_kept_as_the_best_guess():
+    # step 2's plain text earns the nudge to call `answer`; step 3 copies part of it back
+    copied = prompts.NUDGE_CALL_ANSWER.split(";")[-1]  # " otherwise search again."
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), text("Let me look at the results."),
+                                       text(copied), forced=text(copied)), limits=TrajectoryLimits(max_steps=3))
+    result = await trajectory.run()
+    assert result.stop_reason == "max_steps" and result.answer == "" and not result.answered
