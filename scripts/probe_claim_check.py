@@ -3,24 +3,28 @@
 The report keeps a claim when one passage of a cited page holds its words (`heavy/aggregate/citations.py`). That
 cannot tell "a break skips the else clause" from the demo's wrong "break does not affect the else clause" when the
 page holds the words of both. A model that reads the passage could, if it is good enough: this probe asks it, for
-pairs whose truth is known, whether the passage supports the claim, in two wordings, greedy, and prints how many it
-got right and how long a check took.
+pairs whose truth is known, whether the passage supports the claim, through the report's own check
+(`heavy/aggregate/claim_check.py`, greedy), and prints how many it got right, how many wrong claims it would keep and
+right ones it would drop, and how long a check took.
 
     .venv/bin/python scripts/probe_claim_check.py              # the embedded model
     HEAVY_BACKEND=openai HEAVY_OPENAI_BASE_URL=... .venv/bin/python scripts/probe_claim_check.py
 
-The pairs: the wrong claims are the demo's errors about break/continue/else; the passages are the Python
-reference's own sentences on loops (and one on the Eiffel Tower, for a claim that is not about code).
+The pairs: 10 written by hand (the wrong ones are the demo's errors about break/continue/else; the passages the
+Python reference's own sentences on loops, and one on the Eiffel Tower), and 40 generated from the Python reference
+(`generated_pairs`: sentences as written, and with their polarity flipped).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
+from heavy.aggregate.claim_check import passage_for, supports
+from heavy.aggregate.evidence import negates, sentences_of
 from heavy.config import get_settings
 from heavy.llm import make_backend
-from heavy.llm.types import Sampling
 
 BREAK = ("break may only occur syntactically nested in a for or while loop, but not nested in a function or class "
          "definition within that loop. It terminates the nearest enclosing loop, skipping the optional else clause "
@@ -28,6 +32,7 @@ BREAK = ("break may only occur syntactically nested in a for or while loop, but 
 FOR = ("A break statement executed in the first suite terminates the loop without executing the else clause's "
        "suite. A continue statement executed in the first suite skips the rest of the suite and continues with the "
        "next item, or with the else clause if there is no next item.")
+_NEGATIONS = re.compile(r"\bnot\b|n[’']t\b|\bno\b|\bnever\b")
 EIFFEL = "The Eiffel Tower was completed in 1889 as the entrance arch to the World's Fair."
 # (passage, claim, whether the passage supports it)
 PAIRS = [
@@ -43,29 +48,63 @@ PAIRS = [
     (EIFFEL, "The tower was finished in 1889.", True),
     (BREAK, "A break ends the innermost loop and its else clause does not run.", True),
 ]
-WORDINGS = {
-    "supports (yes/no)": ("Passage: {passage}\n\nClaim: {claim}\n\nDoes the passage support the claim? "
-                          "Answer yes or no.", ("yes",)),
-    "true or false": ("Passage: {passage}\n\nStatement: {claim}\n\nAccording to the passage, is the statement true "
-                      "or false? Answer with one word: true or false.", ("true",)),
-}
+GENERATED_EACH = 10  # pairs of each of the four generated kinds
+_COPULA = re.compile(r"\b(is|are)\b")
+_COPULA_NOT = re.compile(r"\b(is|are) not\b")
 
 
-async def probe() -> None:
+def generated_pairs(each: int = GENERATED_EACH) -> list[tuple[str, str, bool]]:
+    """Pairs from the Python reference (`pydoc_data.topics`, on every machine): a sentence as written (supported),
+    the same sentence with "is"/"are" negated or its "is not"/"are not" made positive (not supported), each with the
+    page's passage the check itself would pick for it. The weak models' wrong claims are mostly a page's sentence
+    with its polarity flipped, which the word check cannot see; spread over the topics, picked by a fixed stride."""
+    from pydoc_data.topics import topics
+
+    affirmed, negated, seen = [], [], set()
+    for _, page in sorted(topics.items()):
+        for sentence in (" ".join(s.split()) for s in sentences_of(page)):
+            if sentence in seen:  # several topics share paragraphs
+                continue
+            seen.add(sentence)
+            if (not 10 <= len(sentence.split()) <= 30 or not sentence[0].isupper() or not sentence.endswith(".")
+                    or sentence.endswith("i.e.") or any(ch in sentence for ch in "*`=()[]{}>|\"")):
+                continue  # code, markup and cut-off sentences say nothing a reader could check
+            if _COPULA_NOT.search(sentence) and len(_NEGATIONS.findall(sentence)) == 1:
+                negated.append((page, sentence))
+            elif not negates(sentence) and _COPULA.search(sentence):
+                affirmed.append((page, sentence))
+    pairs = []
+    for found, flip in ((affirmed, lambda s: _COPULA.sub(r"\1 not", s, count=1)),
+                        (negated, lambda s: _COPULA_NOT.sub(r"\1", s, count=1))):
+        # a sentence the page writes twice in other words (str.partition and str.rpartition) may find the other
+        # one's passage, which would not support it: only pairs whose passage holds the sentence are known true
+        known = [(p, s) for p, s in found if s in " ".join(passage_for(s, [p]).split())]
+        for page, sentence in known[::max(1, len(known) // each)][:each]:
+            pairs += [(passage_for(sentence, [page]), sentence, True),
+                      (passage_for(flipped := flip(sentence), [page]), flipped, False)]
+    return pairs
+
+
+async def probe(each: int = GENERATED_EACH) -> None:
+    """Each pair checked by the report's own check (`claim_check.supports`), greedy; the counts by kind."""
     settings = get_settings()
     backend = make_backend(settings, settings.backend)
+    kinds = {"hand-written": PAIRS, "generated": generated_pairs(each)}
     try:
-        for name, (template, accepting) in WORDINGS.items():
-            right, started = 0, time.monotonic()
-            for passage, claim, supported in PAIRS:
-                prompt = template.format(passage=passage, claim=claim)
-                reply = await backend.chat([{"role": "user", "content": prompt}], None, Sampling(temperature=0.0),
-                                           max_tokens=4, request_id="probe", prefix_key="probe")
-                said = reply.content.strip().lower()
-                right += said.startswith(accepting) == supported
-                print(f"{name:18} supported={supported!s:5} said={said!r:10} {claim[:64]}")
-            seconds = (time.monotonic() - started) / len(PAIRS)
-            print(f"== {name}: {right}/{len(PAIRS)} right, {seconds:.1f} s a check\n")
+        for kind, pairs in kinds.items():
+            counts, started = {"right": 0, "wrong kept": 0, "right dropped": 0, "neither": 0}, time.monotonic()
+            for passage, claim, supported in pairs:
+                said, _ = await supports(backend, passage, claim, prefix_key="probe")
+                counts["right"] += said is supported
+                counts["wrong kept"] += said is True and not supported
+                counts["right dropped"] += said is False and supported
+                counts["neither"] += said is None
+                print(f"{kind:12} supported={supported!s:5} said={said!s:5} {claim[:70]}")
+            seconds = (time.monotonic() - started) / len(pairs)
+            wrong, right = sum(not ok for *_, ok in pairs), sum(ok for *_, ok in pairs)
+            print(f"== {kind}: {counts['right']}/{len(pairs)} right; wrong claims kept {counts['wrong kept']}/{wrong}, "
+                  f"right claims dropped {counts['right dropped']}/{right}, neither {counts['neither']}; "
+                  f"{seconds:.1f} s a check\n")
     finally:
         await backend.aclose()
 

@@ -132,9 +132,13 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
         if kept:
             kept_lines.append(prefix + " ".join(kept))
     body = _tidy("\n".join(_without_dangling_leads(kept_lines, dropped)))
-    cited = dict.fromkeys(int(n) for marker in _MARKER.findall(body) for n in re.findall(r"\d+", marker))
-    return FilteredReport(body=body, cited=tuple(cited), dropped=tuple(dict.fromkeys(dropped)),  # each once
+    return FilteredReport(body=body, cited=cited_numbers(body), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))
+
+
+def cited_numbers(body: str) -> tuple[int, ...]:
+    """The source numbers the body's markers cite, in order of first use."""
+    return tuple(dict.fromkeys(int(n) for marker in _MARKER.findall(body) for n in re.findall(r"\d+", marker)))
 
 
 def _annotated_citations(match: re.Match) -> str:

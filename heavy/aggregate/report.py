@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 
 from heavy.agent.gathered import SUPPORTING_SOURCES, lowered
 from heavy.agent.steps import TrajectoryResult, finished_part
-from heavy.aggregate.citations import FilteredReport, filter_claims, renumber, union_of_sources
+from heavy.aggregate.citations import FilteredReport, cited_numbers, filter_claims, renumber, union_of_sources
+from heavy.aggregate.claim_check import check_claims
 from heavy.aggregate.evidence import (
     SENTENCE_END,
     best_sentences,
@@ -63,6 +64,7 @@ class AggregationConfig:
     sampling: Sampling = Sampling(temperature=0.0)
     min_majority: int = MIN_MAJORITY  # answer mode: fewer agreeing trajectories go to the judge (1: a lone one stands)
     read_on_majority: bool = False  # answer mode: the judge's readings vote even beside a majority (jobs of n > 1)
+    check_claims: bool = False  # report mode: the model checks each kept claim against its passage (claim_check.py)
 
     def __post_init__(self) -> None:
         if min(self.source_excerpt_chars, self.prompt_source_chars, self.report_sources) < 1 or self.report_tokens < 16:
@@ -77,7 +79,7 @@ class AggregationConfig:
         return cls(report_tokens=settings.report_tokens, report_sources=settings.report_sources,
                    price_per_mtok_prompt=settings.price_per_mtok_prompt,
                    price_per_mtok_completion=settings.price_per_mtok_completion, min_majority=settings.min_majority,
-                   read_on_majority=settings.read_on_majority)
+                   read_on_majority=settings.read_on_majority, check_claims=settings.check_claims)
 
 
 async def aggregate(
@@ -115,6 +117,10 @@ async def aggregate(
         usage = usage + report_usage
         filtered = filter_claims(written, union, texts, question)
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
+        if config.check_claims and body:
+            checked = await check_claims(body, union, texts, backend, config.sampling, job_id)
+            body, body_cited, dropped = checked.body, cited_numbers(checked.body), (*dropped, *checked.refuted)
+            usage = usage + checked.usage
         # verbatim evidence beside the findings; in their stead when nothing the model wrote stands on a page
         quotes, quoted = _key_passages(question, pages, weights, QUOTES_BESIDE_FINDINGS if body else KEY_SENTENCES,
                                        said=topic_words(f"{body} {stated[0] if stated else ''}"))

@@ -94,3 +94,19 @@ async def test_the_runtime_backend_speculates_on_copied_text_unless_turned_off(b
     finally:
         plain_backend.engine.shutdown()
     assert "1889" in speculated.content and speculated.content == plain.content
+
+
+async def test_the_claim_check_on_the_embedded_model_puts_every_cited_claim_to_it(backend):
+    from heavy.aggregate.claim_check import check_claims
+    from tests.heavy.fakes import source
+
+    loops = source("http://corpus/loops", "A break statement terminates the loop without executing the else clause. "
+                   "A continue statement skips the rest of the suite and continues with the next item.")
+    claims = ["A break statement terminates the loop without executing the else clause [1].",
+              "A continue statement skips the else clause of the loop [1]."]
+    checked = await check_claims("\n".join(f"- {c}" for c in claims), [loops], {loops.url: loops.snippet}, backend)
+    print(checked)
+    # what a 0.5B model says is not checked here (scripts/probe_claim_check.py measures it): that it was asked about
+    # each claim, and that each claim either stands or is listed as refuted
+    assert checked.usage.prompt_tokens > 2 * 40 and checked.usage.completion_tokens >= 2
+    assert sorted([*checked.refuted, *(ln.removeprefix("- ") for ln in checked.body.splitlines())]) == sorted(claims)

@@ -1,4 +1,5 @@
-"""scripts/probe_claim_check.py scores a model's verdicts on claims whose truth is known."""
+"""scripts/probe_claim_check.py scores a model's verdicts on claims whose truth is known, through the report's own
+claim check."""
 
 import asyncio
 import importlib.util
@@ -6,26 +7,37 @@ from pathlib import Path
 
 import pytest
 
+from heavy.aggregate.claim_check import CHECK_PROMPT
 from tests.heavy.fakes import ScriptedBackend, text
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_claim_check.py"
 spec = importlib.util.spec_from_file_location("probe_claim_check", SCRIPT)
 probe_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(probe_script)
+PAIRS = probe_script.PAIRS + probe_script.generated_pairs()
 
 
-def _verdicts(request) -> str:
-    """A judge that knows the answers: yes/true exactly for the supported pairs."""
+def _knowing(request) -> str:
+    """A judge that knows the answers: yes exactly for the supported pairs."""
     prompt = request.messages[0]["content"]
-    supported = next(ok for passage, claim, ok in probe_script.PAIRS if f"{passage}\n" in prompt and claim in prompt)
-    return ("Yes." if supported else "No.") if "yes or no" in prompt else ("True" if supported else "false")
+    return "Yes." if next(ok for p, c, ok in PAIRS if prompt == CHECK_PROMPT.format(passage=p, claim=c)) else "No."
 
 
-@pytest.mark.parametrize("judge, right", [(_verdicts, 10), (lambda request: "yes, true", 5)])
-def test_the_probe_counts_the_verdicts_that_match_the_known_truth(judge, right, monkeypatch, capsys):
+def test_generated_pairs_are_half_supported_and_each_true_claim_stands_in_its_passage():
+    generated = probe_script.generated_pairs()
+    assert len(generated) == 4 * probe_script.GENERATED_EACH and sum(ok for *_, ok in generated) == len(generated) / 2
+    assert all(claim in " ".join(passage.split()) for passage, claim, ok in generated if ok)
+    assert all(claim not in " ".join(passage.split()) for passage, claim, ok in generated if not ok)
+
+
+@pytest.mark.parametrize("judge, right, kept",
+                         [(_knowing, (10, 40), (0, 0)), (lambda request: "yes", (5, 20), (5, 20))])
+def test_the_probe_counts_the_verdicts_that_match_the_known_truth(judge, right, kept, monkeypatch, capsys):
     backend = ScriptedBackend(lambda request: text(judge(request)))
     monkeypatch.setattr(probe_script, "make_backend", lambda settings, name: backend)
     asyncio.run(probe_script.probe())
     totals = [line for line in capsys.readouterr().out.splitlines() if line.startswith("==")]
-    assert len(totals) == 2 and all(f": {right}/10 right" in line for line in totals)
-    assert len(backend.requests) == 20 and all(r.sampling.temperature == 0.0 for r in backend.requests)
+    assert len(totals) == 2
+    for line, n, of, wrong in zip(totals, right, (10, 40), kept, strict=True):
+        assert f": {n}/{of} right; wrong claims kept {wrong}/{of // 2}" in line
+    assert len(backend.requests) == 50 and all(r.sampling.temperature == 0.0 for r in backend.requests)

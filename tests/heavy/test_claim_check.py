@@ -1,0 +1,85 @@
+"""The model check of a report's claims: each claim the word check kept is put to the model with the passage of its
+cited page that holds its words; a "no" takes it out, anything else leaves it."""
+
+import pytest
+
+from heavy.aggregate import AggregationConfig, aggregate
+from heavy.aggregate.claim_check import check_claims, passage_for
+from heavy.llm.types import LLMError, Usage
+from tests.heavy.fakes import ScriptedBackend, source, text
+from tests.heavy.test_aggregate import result
+
+pytestmark = pytest.mark.anyio
+
+LOOPS = source("http://corpus/loops", "Loops repeat a suite. A break statement terminates the loop without executing "
+               "the else clause. A continue statement skips the rest of the suite and continues with the next item, "
+               "or with the else clause if there is no next item. Loops may nest. Nested loops end one by one.")
+TOWER = source("http://corpus/tower", "The Eiffel Tower was finished in 1889. It is in Paris.")
+TEXTS = {LOOPS.url: LOOPS.snippet, TOWER.url: TOWER.snippet}
+WRONG = "A continue statement skips the else clause"
+
+
+def _judge(request):
+    """No to the wrong claim about continue, yes to the rest."""
+    prompt = request.messages[0]["content"]
+    return text("No." if f"Claim: {WRONG}" in prompt else "Yes, it does.", usage=Usage(80, 1))
+
+
+def test_the_passage_is_the_run_of_sentences_holding_most_of_the_claims_words():
+    passage = passage_for("The tower was finished in 1889", [LOOPS.snippet, TOWER.snippet])
+    assert passage == "The Eiffel Tower was finished in 1889. It is in Paris."
+    assert "continue statement skips" in passage_for(WRONG, [LOOPS.snippet, TOWER.snippet])
+
+
+async def test_a_refuted_claim_is_taken_out_and_its_lines_other_claims_stay():
+    body = (f"## Loops\n\nA break statement ends the loop without the else clause [1]. {WRONG} [1].\n"
+            f"- {WRONG} [1].\n- The tower was finished in 1889 [2].")
+    backend = ScriptedBackend(_judge)
+    checked = await check_claims(body, [LOOPS, TOWER], TEXTS, backend, prefix_key="job")
+    assert checked.body == ("## Loops\n\nA break statement ends the loop without the else clause [1].\n"
+                            "- The tower was finished in 1889 [2].")
+    assert checked.refuted == (f"{WRONG} [1].", f"{WRONG} [1].")
+    assert len(backend.requests) == 4 and checked.usage == Usage(320, 4)
+    assert all(r.prefix_key == "job" and r.sampling.temperature == 0.0 and r.tools is None for r in backend.requests)
+    tower = next(r.messages[0]["content"] for r in backend.requests if "tower" in r.messages[0]["content"])
+    assert tower.startswith("Passage: The Eiffel Tower was finished in 1889.") and "break" not in tower
+
+
+@pytest.mark.parametrize("reply", ["maybe", "", LLMError("engine gone")])
+async def test_a_check_that_says_neither_yes_nor_no_or_fails_leaves_the_claim(reply):
+    def script(request):
+        if isinstance(reply, Exception):
+            raise reply
+        return text(reply)
+
+    body = f"{WRONG} [1]."
+    checked = await check_claims(body, [LOOPS], TEXTS, ScriptedBackend(script))
+    assert (checked.body, checked.refuted) == (body, ())
+
+
+async def test_a_claim_citing_no_fetched_text_is_not_put_to_the_model():
+    backend = ScriptedBackend(_judge)
+    checked = await check_claims("The tower was finished in 1889 [2].", [LOOPS, TOWER], {}, backend)
+    assert checked.body == "The tower was finished in 1889 [2]." and backend.requests == []
+
+
+async def test_a_report_with_the_check_on_lists_the_refuted_claim_as_dropped_and_cites_only_what_stays():
+    written = f"A break statement terminates the loop without executing the else clause [1]. {WRONG} [2]."
+    requests_of = {}
+
+    async def run(check: bool):
+        backend = ScriptedBackend(lambda r: text(written) if r.request_id == "report" else _judge(r))
+        job = await aggregate(job_id="j", question="What do break and continue do to a loop's else clause?",
+                              mode="report", results=[result(0, "break skips it", cited=[LOOPS]),
+                                                      result(1, "continue skips it", cited=[TOWER, LOOPS])],
+                              backend=backend, config=AggregationConfig(check_claims=check))
+        requests_of[check] = [r.request_id for r in backend.requests]
+        return job
+
+    checked, unchecked = await run(True), await run(False)
+    assert WRONG not in checked.markdown.split("## What each trajectory answered")[0]
+    assert any(WRONG in claim for claim in checked.dropped_claims)
+    assert "A break statement terminates the loop without executing the else clause [1]." in checked.markdown
+    assert "claim-check" in requests_of[True] and "claim-check" not in requests_of[False]
+    assert WRONG in unchecked.markdown.split("## What each trajectory answered")[0]  # the word check keeps it
+    assert checked.usage.total_tokens > unchecked.usage.total_tokens
