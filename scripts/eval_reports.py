@@ -12,6 +12,11 @@ the questions whose gold answer (normalised, as whole words; yes/no questions as
 It also counts the findings kept and dropped. One recorded file per run; give the 1- and 8-trajectory runs in turn
 to set the settings side by side.
 
+`--check-claims` also puts each finding to the model's claim check (`heavy/aggregate/claim_check.py`, what
+`HEAVY_CHECK_CLAIMS` turns on) after the report is written, so one run gives the report with and without it (the
+report pass is greedy: its findings are the same either way), and counts the findings it refutes and those of them
+that say the gold answer.
+
     .venv/bin/python scripts/eval_reports.py docs/eval-runs/q1-31-n8-9ba4098.json.gz --out reports.json
 """
 
@@ -26,7 +31,8 @@ from eval_hotpotqa import load_questions, read_run
 from replay_aggregation import parse_recorded_args, rebuild_job, recorded_corpus
 
 from heavy.aggregate import aggregate
-from heavy.aggregate.evidence import sentences_of
+from heavy.aggregate.claim_check import check_claims
+from heavy.aggregate.evidence import fetched_texts, sentences_of
 from heavy.aggregate.normalize import normalize_answer
 from heavy.aggregate.report import QUOTES_LEAD
 from heavy.aggregate.shorten import YES_NO
@@ -70,9 +76,15 @@ async def run(args: argparse.Namespace) -> dict:
             gold = asked["gold"]
             found = {part: says(parts[part], gold) for part in PARTS} if normalize_answer(gold) not in YES_NO else None
             findings = sentences_of(parts["findings"])
-            out["per_question"].append({"id": asked["id"], "gold": gold, "found": found,
-                                        "findings_kept": len(findings), "dropped": len(job.dropped_claims),
-                                        "markdown": job.markdown})
+            row = {"id": asked["id"], "gold": gold, "found": found, "findings_kept": len(findings),
+                   "dropped": len(job.dropped_claims), "markdown": job.markdown}
+            if args.check_claims:  # the markers of the final markdown number `job.sources`
+                checked = await check_claims(parts["findings"], job.sources, fetched_texts(results), backend,
+                                             prefix_key=job_id)
+                row["checked"] = {"findings_kept": len(sentences_of(checked.body)), "refuted": list(checked.refuted),
+                                  "gold_in_findings": found is not None and says(checked.body, gold),
+                                  "gold_refuted": found is not None and any(says(r, gold) for r in checked.refuted)}
+            out["per_question"].append(row)
             logging.info("q%d gold %r: %s, %d findings kept, %d dropped", number, gold,
                          found, len(findings), len(job.dropped_claims))
     await backend.aclose()
@@ -89,6 +101,11 @@ def summary(out: dict) -> str:
     lines.append(f"  anywhere        {sum(any(f.values()) for f in scored):>3} of {len(scored)}")
     lines.append(f"findings kept {sum(r['findings_kept'] for r in rows)}, "
                  f"dropped {sum(r['dropped'] for r in rows)}")
+    if checked := [r["checked"] for r in rows if "checked" in r]:
+        lines.append(f"with the claim check: findings kept {sum(c['findings_kept'] for c in checked)}, refuted "
+                     f"{sum(len(c['refuted']) for c in checked)}; gold answer in the findings "
+                     f"{sum(c['gold_in_findings'] for c in checked)} of {len(scored)}, in a refuted finding on "
+                     f"{sum(c['gold_refuted'] for c in checked)}")
     return "\n".join(lines)
 
 
@@ -96,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--start", type=int, default=0, help="skip the first N questions")
     parser.add_argument("--limit", type=int, default=None, help="N questions only")
+    parser.add_argument("--check-claims", action="store_true", help="also run the model's claim check on the findings")
     args = parse_recorded_args(parser, "eval_reports.json")  # its first setting is measured
     out = asyncio.run(run(args))
     args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False))

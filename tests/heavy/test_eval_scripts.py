@@ -66,3 +66,18 @@ def test_eval_transcripts_record_the_call_run_in_place_of_a_repeat():
                       observations=(Observation(call=ran, text="page 2"),), usage=Usage())
     assert _load("eval_hotpotqa")._ran(step) == [["open_page", {"url": "http://corpus/2"}],
                                                  ["answer", {"answer": "1889"}]]
+
+
+def test_the_report_measure_sums_what_the_claim_check_kept_and_refuted():
+    def row(found, checked):
+        return {"found": found, "findings_kept": 3, "dropped": 1, "checked": checked}
+
+    out = {"trajectories": 1, "per_question": [
+        row({"answer": False, "findings": True, "quotes": False},
+            {"findings_kept": 2, "refuted": ["It was 1887 [1]."], "gold_in_findings": True, "gold_refuted": False}),
+        row(None, {"findings_kept": 1, "refuted": ["No [1].", "Yes [2]."], "gold_in_findings": False,
+                   "gold_refuted": False})]}
+    text = eval_reports.summary(out)
+    assert "findings kept 6, dropped 2" in text
+    assert "with the claim check: findings kept 3, refuted 3; gold answer in the findings 1 of 1, in a refuted " \
+           "finding on 0" in text
