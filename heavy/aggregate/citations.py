@@ -22,7 +22,8 @@ Seen: a trajectory's wrong answer, "the break and continue statements do not aff
 echoed into the report and kept on a loops page that holds every word of it but "affect".
 A claim that adds no word to the question ("break and continue interact with the else clause of a loop", to a
 question on how they interact with it) says nothing and is dropped, except to a yes/no question, which a claim in
-its own words answers. A sentence that leads into a list ("... are:") is kept only when a list item follows it.
+its own words answers; so is one that adds only talk of its sources ("This is supported by the information in
+[1]"). A sentence that leads into a list ("... are:") is kept only when a list item follows it.
 A claim that says "not" (or "no", "never", "without", "doesn't", ...) must find its words in a passage that says
 "not" too: the weak model's wrong answers are mostly a page's sentence negated, which holds all the page's words.
 This checks polarity only, not meaning: a page's "not" elsewhere in the passage lets a negated claim pass.
@@ -58,6 +59,12 @@ SUPPORT_MIN_WORDS = 3  # shorter claims ("It is 1889 [1].") are too short to che
 _FUNCTION_WORDS = frozenset({
     "the", "and", "was", "were", "are", "has", "have", "had", "for", "with", "that", "this", "these", "those", "from",
     "its", "their", "which", "who", "not", "but", "can", "also", "such", "been", "into", "than", "then", "there",
+})
+# words a sentence about the sources is made of ("described in [1]", "supported by the information in [2]")
+_SOURCE_TALK = stems({
+    "source", "sources", "text", "texts", "information", "described", "describes", "supported", "supports",
+    "confirmed", "confirms", "stated", "states", "mentioned", "mentions", "according", "provided", "provides",
+    "given", "shown", "shows", "see", "page", "pages", "article", "passage", "details", "further", "more",
 })
 _BARE_URL = re.compile(r"(?<!\]\()https?://\S+")
 _ECHOED_FINDING = re.compile(r"\W*researchers?\s+\d", re.IGNORECASE)
@@ -117,7 +124,8 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                 text, numbers = _with_marker(text, n), [n]
             says_nothing = restating_says_nothing and _adds_nothing(sentence, asked)
             if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
-                    and not says_nothing and any(ch.isalpha() for ch in _MARKER.sub("", sentence))):
+                    and not says_nothing and not _about_sources(sentence, asked)
+                    and any(ch.isalpha() for ch in _MARKER.sub("", sentence))):
                 # a small model repeats itself: a claim is said once, and one made of earlier claims' words says
                 # nothing new (seen: a sentence joining the two before it, word for word)
                 claim, words = _claim_key(text), _claim_words(text)
@@ -204,6 +212,14 @@ def _adds_nothing(sentence: str, asked: set[str]) -> bool:
     """Whether every word of the claim is a word of the question."""
     words = _claim_words(sentence)
     return bool(words) and words <= asked
+
+
+def _about_sources(sentence: str, asked: set[str]) -> bool:
+    """Whether all the claim adds to the question is talk of its sources (seen with the 1.5B model: "This series is
+    described in [1] and [2].", "This is supported by the information in [1] and [2]."): too short for the word
+    check to test, and it says nothing."""
+    added = _claim_words(sentence) - asked
+    return bool(added) and added <= _SOURCE_TALK
 
 
 def _adds_supported(added: set[str], passage: set[str]) -> bool:

@@ -230,3 +230,14 @@ def test_a_claim_that_says_not_needs_a_passage_that_says_not():
     filtered = filter_claims(f"{negated} {attributed} {right}", [loops], texts)
     assert filtered.body == right and filtered.dropped == (negated, attributed)
     assert filter_claims("The break statement terminates the loop [1].", [loops], texts).dropped == ()
+
+
+def test_a_sentence_only_about_its_sources_is_no_finding_whatever_the_question():
+    # seen with the 1.5B model's report pass; too short for the word check, they stood as findings
+    series = source("http://corpus/animorphs", "Animorphs is a science fantasy series of young adult books.")
+    for question in ("Which science fantasy young adult series is told in first person?",
+                     "Is Animorphs a science fantasy young adult series?"):
+        talk = ["This series is described in [1].", "This is supported by the information in [1]."]
+        finding = "Animorphs is a science fantasy series of young adult books [1]."
+        filtered = filter_claims(" ".join([*talk, finding]), [series], {series.url: series.snippet}, question)
+        assert filtered.body == finding and filtered.dropped == tuple(talk)
