@@ -134,7 +134,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                 said.add(claim)
                 said_words |= words
                 kept.append(text)
-            elif sentence.strip():
+            elif any(ch.isalpha() for ch in _MARKER.sub("", sentence)):  # not a stray marker or full stop
                 dropped.append(sentence.strip())
                 restated += [sentence.strip()] if says_nothing else []
         if kept:

@@ -103,7 +103,7 @@ async def aggregate(
         decided = replace(decided, answer="", agreement=0.0, cited=())
     union = union_of_sources(results)
     usage = decided.usage
-    body, body_cited, dropped = "", (), ()
+    body, body_cited, dropped, refuted = "", (), (), ()
     weights = question_weights(question, list(fetched.values()))
     pages = _numbered_pages(union, fetched)
     texts = fetched if mode == "report" else {}  # answer mode lists no answers checked against the pages
@@ -119,7 +119,8 @@ async def aggregate(
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
         if config.check_claims and body:
             checked = await check_claims(body, union, texts, backend, config.sampling, job_id)
-            body, body_cited, dropped = checked.body, cited_numbers(checked.body), (*dropped, *checked.refuted)
+            body, body_cited, refuted = checked.body, cited_numbers(checked.body), checked.refuted
+            dropped = (*dropped, *refuted)
             usage = usage + checked.usage
         # verbatim evidence beside the findings; in their stead when nothing the model wrote stands on a page
         quotes, quoted = _key_passages(question, pages, weights, QUOTES_BESIDE_FINDINGS if body else KEY_SENTENCES,
@@ -138,6 +139,7 @@ async def aggregate(
         job_id=job_id, question=question, mode=mode, status=status, answer=decided.answer,
         agreement=decided.agreement, markdown=markdown, sources=tuple(union[n - 1] for n in numbers),
         trajectories=tuple(results), usage=total, cost_usd=cost, stop_reason=stop_reason, dropped_claims=dropped,
+        refuted_claims=refuted,
         votes={g.answer: len(g.members) for g in decided.groups}, reads=decided.reads,
         more_reads=decided.more_reads,
     )
