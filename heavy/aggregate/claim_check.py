@@ -53,12 +53,12 @@ def passage_for(claim: str, texts: Sequence[str]) -> str:
 
 
 async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Sampling = Sampling(temperature=0.0),
-                   prefix_key: str | None = None) -> tuple[bool | None, Usage]:
+                   prefix_key: str | None = None, request_id: str = "claim-check") -> tuple[bool | None, Usage]:
     """Whether the model says `passage` supports `claim`: True, False, or None when it said neither or failed."""
     prompt = CHECK_PROMPT.format(passage=passage, claim=claim)
     try:
         reply = await backend.chat([{"role": "user", "content": prompt}], None, sampling, max_tokens=CHECK_TOKENS,
-                                   request_id="claim-check", prefix_key=prefix_key)
+                                   request_id=request_id, prefix_key=prefix_key)
     except LLMError as exc:
         log.warning("claim check failed, the word check stands: %s", exc)
         return None, Usage()
@@ -79,14 +79,16 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
             split[i] = (prefix, SENTENCE_END.split(line[len(prefix):]))
     claims = [(i, k) for i, (_, sentences) in split.items() for k, s in enumerate(sentences) if _MARKER.search(s)]
 
-    async def verdict(sentence: str) -> tuple[bool | None, Usage]:
+    async def verdict(n: int, sentence: str) -> tuple[bool | None, Usage]:
         cited = {int(n) for marker in _MARKER.findall(sentence) for n in re.findall(r"\d+", marker)}
         pages = [texts.get(sources[n - 1].url, "") for n in sorted(cited) if 0 < n <= len(sources)]
         claim = _MARKER.sub("", sentence).strip()
         passage = passage_for(claim, [p for p in pages if p])
-        return await supports(backend, passage, claim, sampling, prefix_key) if passage else (None, Usage())
+        if not passage:
+            return None, Usage()
+        return await supports(backend, passage, claim, sampling, prefix_key, request_id=f"claim-check:{n}")
 
-    verdicts = await asyncio.gather(*(verdict(split[i][1][k]) for i, k in claims))
+    verdicts = await asyncio.gather(*(verdict(n, split[i][1][k]) for n, (i, k) in enumerate(claims)))
     refuted = {(i, k) for (i, k), (ok, _) in zip(claims, verdicts, strict=True) if ok is False}
     kept_lines = []
     for i, line in enumerate(lines):
