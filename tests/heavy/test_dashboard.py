@@ -108,6 +108,12 @@ async def test_sign_in_submit_watch_lanes_and_read_the_cited_report(service, pag
     source = page.locator(f"#src-{number}")
     assert "highlight" in await source.get_attribute("class") and await page.is_visible("#job-view")
     assert await source.locator("a").get_attribute("href") in ("http://corpus/argparse", "http://corpus/getopt")
+    # the claim citing a page no trajectory fetched was taken out, and the page says so
+    assert await page.is_visible("#dropped") and "Click ships with Python" not in await page.text_content("#report")
+    await page.click("#dropped summary")
+    dropped = await page.locator("#dropped li").all_text_contents()
+    assert f"{len(dropped)} claims taken out" in await page.text_content("#dropped summary"), dropped
+    assert "Click ships with Python [9]." in dropped, dropped
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard_job.png"), full_page=True)
 

@@ -25,7 +25,7 @@ def step_of(request) -> int:
 def researcher(request):
     """Trajectory k: step 0 searches, step 1 searches again with other words, step 2 answers."""
     if request.trajectory < 0:
-        return text("Use argparse [1]; getopt also exists [2].")
+        return text("Use argparse [1]; getopt also exists [2]. Click ships with Python [9].")  # [9]: never fetched
     if request.forced:
         return text("argparse")
     step = step_of(request)

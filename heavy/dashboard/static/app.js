@@ -164,6 +164,17 @@ async function loadReport() {
   $("sources").innerHTML = report.sources.map((s) =>
     `<li id="src-${s.n}"><a href="${escapeHtml(s.url)}" target="_blank" rel="noopener">${escapeHtml(s.title || s.url)}</a>` +
     ` <small>fetched ${new Date(s.fetched_at * 1000).toLocaleString()}, sha256 ${escapeHtml(s.content_hash.slice(0, 12))}</small></li>`).join("");
+  showDropped(report.dropped_claims || [], report.refuted_claims || []);
+}
+
+function showDropped(dropped, refuted) {
+  // what the claim checks took out of the report, so a reader can see what was not trusted and why
+  const box = $("dropped");
+  box.hidden = dropped.length === 0;
+  box.querySelector("summary").textContent =
+    `${dropped.length} claim${dropped.length === 1 ? "" : "s"} taken out (no fetched page supports ${dropped.length === 1 ? "it" : "them"})`;
+  box.querySelector("ul").innerHTML = dropped.map((claim) =>
+    `<li>${escapeHtml(claim)}${refuted.includes(claim) ? " <small>(the model's check said the page does not say this)</small>" : ""}</li>`).join("");
 }
 
 async function follow(jobId) {
