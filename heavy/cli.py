@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.markup import escape
 
 from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import get_settings
@@ -112,9 +113,22 @@ def ask(
         console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from exc
     console.print(Markdown(result.markdown))
+    _print_dropped(result)
     if json_out is not None:
         json_out.write_text(result.to_json())
         console.print(f"JSON result written to {json_out}")
+
+
+def _print_dropped(result: JobResult) -> None:
+    """What the claim checks took out of the report, dimmed after it: what a reader was not shown, and why."""
+    if not result.dropped_claims:
+        return
+    count = len(result.dropped_claims)
+    console.print(f"[dim]{count} claim{'s' * (count != 1)} taken out of the report (no fetched page supports "
+                  f"{'them' if count != 1 else 'it'}):[/dim]")
+    for claim in result.dropped_claims:
+        refuted = " (the model's check said its page does not say this)" if claim in result.refuted_claims else ""
+        console.print(f"[dim]- {escape(claim)}{refuted}[/dim]", highlight=False)
 
 
 def main() -> None:

@@ -86,6 +86,7 @@ def test_ask_prints_a_cited_report_and_writes_json(tmp_path, monkeypatch, fake_l
     assert data["answer"] == "Scott Derrickson" and data["agreement"] == 1.0 and data["status"] == "done"
     assert data["sources"][0]["url"].startswith("http://127.0.0.1:") and data["sources"][0]["content_hash"]
     assert data["dropped_claims"] == ["It was made on the moon [5]."]
+    assert "1 claim taken out of the report" in result.output and "- It was made on the moon [5]." in result.output
     assert {t["stop_reason"] for t in data["trajectories"]} == {"answered"}
     trajectory_calls = [b for b in seen if b.get("tools")]
     assert {b["user"] for b in trajectory_calls} == {data["job_id"]}  # prefix key = job id
