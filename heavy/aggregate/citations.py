@@ -3,7 +3,8 @@
 A claim is a sentence of the report body. It is kept only if at least one of its citations — `[n]` markers or
 Markdown links — points at a page some trajectory actually fetched; citations that do not are removed, and a
 sentence with none left is dropped. A sentence holding a bare URL is a copy of the source list, not a claim, and is
-dropped too (the Sources section is added for the model), and so is a sentence about what "Researcher N" answered
+dropped too (the Sources section is added for the model), as is a line copying an entry of the prompt's source list
+("[2] Title: its excerpt"), and so is a sentence about what "Researcher N" answered
 (the prompt's findings list echoed back; the report lists the trajectories' answers itself). An answer copied with
 that list's annotation, "(confidence 0.3), citing no source", loses the annotation and is checked as any claim.
 Headings and blank lines pass through, except headings that restate the question or announce a source list.
@@ -66,6 +67,7 @@ _SOURCE_TALK = stems({
     "confirmed", "confirms", "stated", "states", "mentioned", "mentions", "according", "provided", "provides",
     "given", "shown", "shows", "see", "page", "pages", "article", "passage", "details", "further", "more",
 })
+_SOURCE_ENTRY = re.compile(r"\s*\[(\d+)\]\s+([^\n]{1,200}?):\s")  # the report prompt's "[n] Title: excerpt"
 _BARE_URL = re.compile(r"(?<!\]\()https?://\S+")
 _ECHOED_FINDING = re.compile(r"\W*researchers?\s+\d", re.IGNORECASE)
 # the findings list's annotation of an answer, echoed after it: "(confidence 0.3), citing no source" / "citing [2]"
@@ -112,6 +114,9 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             kept_lines.append(line)
             continue
         prefix = _LIST_PREFIX.match(line).group()
+        if _copies_a_source_entry(line[len(prefix):], sources):
+            dropped.append(stripped)
+            continue
         kept = []
         for sentence in SENTENCE_END.split(line[len(prefix):]):
             # an answer copied with the findings list's annotation: the annotation goes, its citations stay, and
@@ -142,6 +147,16 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     body = _tidy("\n".join(_without_dangling_leads(kept_lines, dropped)))
     return FilteredReport(body=body, cited=cited_numbers(body), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))
+
+
+def _copies_a_source_entry(line: str, sources: Sequence[Source]) -> bool:
+    """Whether a line is an entry of the report prompt's source list copied back, "[n] <title of source n>: ..."
+    (seen with the 1.5B model: "- [1] Dwyer Arena: The main rink can seat up to 1,400 people ..."): the page's words,
+    not a finding, and the quotes already give them."""
+    entry = _SOURCE_ENTRY.match(line)
+    if entry is None or not 0 < int(entry.group(1)) <= len(sources):
+        return False
+    return entry.group(2).strip().lower() == sources[int(entry.group(1)) - 1].title.strip().lower()
 
 
 def cited_numbers(body: str) -> tuple[int, ...]:

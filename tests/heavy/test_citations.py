@@ -115,6 +115,17 @@ def test_a_copied_source_list_and_restated_question_are_not_claims():
     assert echoed.body == "It was finished in 1889 [1]."  # the findings list echoed back is not a claim
 
 
+
+def test_a_copied_entry_of_the_prompts_source_list_is_no_claim():
+    # seen with the 1.5B model: "- [1] Dwyer Arena: The main rink can seat up to 1,400 people ..."
+    body = ("- [1] eiffel: The Eiffel Tower was finished in 1889.\n- [2] louvre: The Louvre pyramid was finished in "
+            "1989.\n- [1] Its finish: the tower was finished in 1889 [1].")
+    filtered = filter_claims(body, [EIFFEL, LOUVRE], {EIFFEL.url: EIFFEL.snippet, LOUVRE.url: LOUVRE.snippet})
+    assert filtered.dropped == ("- [1] eiffel: The Eiffel Tower was finished in 1889.",
+                                "- [2] louvre: The Louvre pyramid was finished in 1989.")
+    assert filtered.body == "- [1] Its finish: the tower was finished in 1889 [1]."  # not source 1's title
+
+
 def test_claims_citing_pages_never_fetched_are_dropped():
     body = (
         "The tower was finished in 1889 [1]. It is made of cheese [7].\n"
