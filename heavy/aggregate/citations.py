@@ -49,9 +49,9 @@ from heavy.aggregate.evidence import (
 from heavy.aggregate.shorten import asks_yes_no
 from heavy.tools.base import Source
 
-_MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _LINK = re.compile(r"\[([^\]]*)\]\((https?://[^)\s]+)\)")
-_LIST_PREFIX = re.compile(r"\s*(?:(?:[-*>]|\d+\.)\s+)?")
+LIST_PREFIX = re.compile(r"\s*(?:(?:[-*>]|\d+\.)\s+)?")
 _LIST_ITEM = re.compile(r"\s*(?:[-*+]|\d+\.)\s+")
 ATTRIBUTE_OVERLAP = 0.6
 ATTRIBUTE_MIN_WORDS = 3  # not counting function words
@@ -113,7 +113,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
         if not stripped or stripped.startswith("#"):
             kept_lines.append(line)
             continue
-        prefix = _LIST_PREFIX.match(line).group()
+        prefix = LIST_PREFIX.match(line).group()
         if _copies_a_source_entry(line[len(prefix):], sources):
             dropped.append(stripped)
             continue
@@ -124,13 +124,13 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             sentence = _ECHOED_ANNOTATION.sub(_annotated_citations, sentence)
             text, numbers = _resolve(sentence, number_of_url, len(sources))
             if numbers and texts and not _supported(sentence, [w for n in numbers for w in words_of[n]], asked):
-                text, numbers = _resolve(_MARKER.sub("", _LINK.sub(r"\1", sentence)), number_of_url, len(sources))
+                text, numbers = _resolve(MARKER.sub("", _LINK.sub(r"\1", sentence)), number_of_url, len(sources))
             if not numbers and texts and (n := attribute(sentence, words_of, asked)) is not None:
                 text, numbers = _with_marker(text, n), [n]
             says_nothing = restating_says_nothing and _adds_nothing(sentence, asked)
             if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
                     and not says_nothing and not _about_sources(sentence, asked)
-                    and any(ch.isalpha() for ch in _MARKER.sub("", sentence))):
+                    and any(ch.isalpha() for ch in MARKER.sub("", sentence))):
                 # a small model repeats itself: a claim is said once, and one made of earlier claims' words says
                 # nothing new (seen: a sentence joining the two before it, word for word)
                 claim, words = _claim_key(text), _claim_words(text)
@@ -139,7 +139,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                 said.add(claim)
                 said_words |= words
                 kept.append(text)
-            elif any(ch.isalpha() for ch in _MARKER.sub("", sentence)):  # not a stray marker or full stop
+            elif any(ch.isalpha() for ch in MARKER.sub("", sentence)):  # not a stray marker or full stop
                 dropped.append(sentence.strip())
                 restated += [sentence.strip()] if says_nothing else []
         if kept:
@@ -161,7 +161,7 @@ def _copies_a_source_entry(line: str, sources: Sequence[Source]) -> bool:
 
 def cited_numbers(body: str) -> tuple[int, ...]:
     """The source numbers the body's markers cite, in order of first use."""
-    return tuple(dict.fromkeys(int(n) for marker in _MARKER.findall(body) for n in re.findall(r"\d+", marker)))
+    return tuple(dict.fromkeys(int(n) for marker in MARKER.findall(body) for n in re.findall(r"\d+", marker)))
 
 
 def _annotated_citations(match: re.Match) -> str:
@@ -177,11 +177,11 @@ def _without_dangling_leads(lines: list[str], dropped: list[str]) -> list[str]:
     for i, line in enumerate(lines):
         following = next((x for x in lines[i + 1:] if x.strip()), "")
         is_heading = line.lstrip().startswith("#")  # headings pass through the filter as written
-        if not is_heading and _MARKER.sub("", line).rstrip().endswith(":") and not _LIST_ITEM.match(following):
+        if not is_heading and MARKER.sub("", line).rstrip().endswith(":") and not _LIST_ITEM.match(following):
             last = SENTENCE_END.split(line)[-1]
-            dropped.append(last[len(_LIST_PREFIX.match(last).group()):].strip())
+            dropped.append(last[len(LIST_PREFIX.match(last).group()):].strip())
             line = line[:len(line) - len(last)].rstrip()
-            if not line[len(_LIST_PREFIX.match(line).group()):]:
+            if not line[len(LIST_PREFIX.match(line).group()):]:
                 continue
         kept.append(line)
     return kept
@@ -193,7 +193,7 @@ def attribute(sentence: str, words_of: dict[int, list[set[str]]], asked: set[str
     words = stems(content_words(sentence) - _FUNCTION_WORDS)
     if len(words) < ATTRIBUTE_MIN_WORDS or not words_of:
         return None
-    added, negated = words - asked, negates(_MARKER.sub("", sentence))
+    added, negated = words - asked, negates(MARKER.sub("", sentence))
     best, passage = max(((n, p) for n, passages in words_of.items() for p in passages if _same_polarity(negated, p)),
                         key=lambda item: (len(words & item[1]), len(added & item[1])), default=(None, set()))
     holds = len(words & passage) >= ATTRIBUTE_OVERLAP * len(words)
@@ -204,10 +204,10 @@ def _supported(sentence: str, cited_words: Sequence[set[str]], asked: set[str] =
     """Whether a passage of the cited pages holds enough of the claim's words (a claim too short to tell passes), and
     enough of the words it adds to the question's: a claim in the question's words with one word its own ("break
     and continue do not affect the else clause of a loop", on a page about loops without "affect") is that word."""
-    words = stems(content_words(_MARKER.sub("", sentence)) - _FUNCTION_WORDS)
+    words = stems(content_words(MARKER.sub("", sentence)) - _FUNCTION_WORDS)
     if len(words) < SUPPORT_MIN_WORDS:
         return True
-    negated = negates(_MARKER.sub("", sentence))
+    negated = negates(MARKER.sub("", sentence))
     return any(len(words & page) >= SUPPORT_OVERLAP * len(words) and _adds_supported(words - asked, page)
                and _same_polarity(negated, page) for page in cited_words)
 
@@ -220,7 +220,7 @@ def _same_polarity(negated: bool, passage: set[str]) -> bool:
 
 def _claim_words(sentence: str) -> set[str]:
     """The stems of a claim's words, function words, markers and link targets aside."""
-    return stems(content_words(_MARKER.sub("", _LINK.sub(r"\1", sentence))) - _FUNCTION_WORDS)
+    return stems(content_words(MARKER.sub("", _LINK.sub(r"\1", sentence))) - _FUNCTION_WORDS)
 
 
 def _adds_nothing(sentence: str, asked: set[str]) -> bool:
@@ -247,7 +247,7 @@ def _adds_supported(added: set[str], passage: set[str]) -> bool:
 
 def _claim_key(sentence: str) -> str:
     """A claim as its words, markers and case aside: what makes two sentences the same claim."""
-    return " ".join(re.findall(r"\w+", _MARKER.sub("", sentence).lower()))
+    return " ".join(re.findall(r"\w+", MARKER.sub("", sentence).lower()))
 
 
 def _with_marker(sentence: str, n: int) -> str:
@@ -272,7 +272,7 @@ def _resolve(sentence: str, number_of_url: dict[str, int], count: int) -> tuple[
         numbers.extend(valid)
         return "".join(f"[{n}]" for n in valid)
 
-    text = _LINK.sub(link, _MARKER.sub(marker, sentence))
+    text = _LINK.sub(link, MARKER.sub(marker, sentence))
     return re.sub(r"\s+([.,;!?])(?!\.)", r"\1", re.sub(r" {2,}", " ", text)).strip(), numbers
 
 

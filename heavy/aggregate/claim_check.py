@@ -18,7 +18,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from heavy.aggregate.evidence import PASSAGE_SENTENCES, SENTENCE_END, content_words, sentences_of, stems
+from heavy.aggregate.citations import LIST_PREFIX, MARKER, cited_numbers
+from heavy.aggregate.evidence import SENTENCE_END, passages, stemmed_words
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source
 
@@ -26,8 +27,7 @@ log = logging.getLogger(__name__)
 
 CHECK_PROMPT = "Passage: {passage}\n\nClaim: {claim}\n\nDoes the passage support the claim? Answer yes or no."
 CHECK_TOKENS = 4  # "yes" / "no", and room for a leading quote or "Yes,"
-_MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;]\s*\d+)*)\]")
-_LIST_PREFIX = re.compile(r"\s*(?:(?:[-*>]|\d+\.)\s+)?")
+_SPACED_MARKER = re.compile(r"\s*" + MARKER.pattern)  # a claim is asked about without its markers
 _REPLY = re.compile(r"\W*(yes|no)\b", re.IGNORECASE)
 
 
@@ -39,17 +39,11 @@ class CheckedBody:
 
 
 def passage_for(claim: str, texts: Sequence[str]) -> str:
-    """The PASSAGE_SENTENCES sentences of the cited pages' texts that hold most of the claim's words."""
-    words = stems(content_words(claim))
-    best, best_overlap = "", -1
-    for text in texts:
-        sentences = sentences_of(text)
-        for i in range(max(1, len(sentences) - PASSAGE_SENTENCES + 1)):
-            run = " ".join(sentences[i:i + PASSAGE_SENTENCES])
-            overlap = len(words & stems(content_words(run)))
-            if overlap > best_overlap:
-                best, best_overlap = run, overlap
-    return best
+    """The passage (evidence.passages) of the cited pages' texts that holds most of the claim's words, the first on
+    a tie."""
+    words = stemmed_words(claim)
+    return max((run for text in texts for run in passages(text)), key=lambda run: len(words & stemmed_words(run)),
+               default="")
 
 
 async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Sampling = Sampling(temperature=0.0),
@@ -75,14 +69,13 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
     split: dict[int, tuple[str, list[str]]] = {}  # line index → (list prefix, sentences)
     for i, line in enumerate(lines):
         if line.strip() and not line.lstrip().startswith("#"):
-            prefix = _LIST_PREFIX.match(line).group()
+            prefix = LIST_PREFIX.match(line).group()
             split[i] = (prefix, SENTENCE_END.split(line[len(prefix):]))
-    claims = [(i, k) for i, (_, sentences) in split.items() for k, s in enumerate(sentences) if _MARKER.search(s)]
+    claims = [(i, k) for i, (_, sentences) in split.items() for k, s in enumerate(sentences) if MARKER.search(s)]
 
     async def verdict(n: int, sentence: str) -> tuple[bool | None, Usage]:
-        cited = {int(n) for marker in _MARKER.findall(sentence) for n in re.findall(r"\d+", marker)}
-        pages = [texts.get(sources[n - 1].url, "") for n in sorted(cited) if 0 < n <= len(sources)]
-        claim = _MARKER.sub("", sentence).strip()
+        pages = [texts.get(sources[n - 1].url, "") for n in sorted(cited_numbers(sentence)) if 0 < n <= len(sources)]
+        claim = _SPACED_MARKER.sub("", sentence).strip()
         passage = passage_for(claim, [p for p in pages if p])
         if not passage:
             return None, Usage()

@@ -183,12 +183,17 @@ def topic_words(text: str) -> set[str]:
     return stemmed_words(text) - _QUESTION_STEMS
 
 
-def passage_words(text: str, window: int = PASSAGE_SENTENCES) -> list[set[str]]:
-    """The stemmed content words of each run of `window` consecutive sentences: where a claim must find its words,
-    since a long page holds most words somewhere. A run that negates something also holds NEGATED."""
+def passages(text: str, window: int = PASSAGE_SENTENCES) -> list[str]:
+    """Each run of `window` consecutive sentences of the text: where a claim must find its words, since a long page
+    holds most words somewhere."""
     sentences = sentences_of(text)
-    runs = [" ".join(sentences[i:i + window]) for i in range(max(1, len(sentences) - window + 1))]
-    return [stemmed_words(run) | ({NEGATED} if negates(run) else set()) for run in runs]
+    return [" ".join(sentences[i:i + window]) for i in range(max(1, len(sentences) - window + 1))]
+
+
+def passage_words(text: str, window: int = PASSAGE_SENTENCES) -> list[set[str]]:
+    """The stemmed content words of each of the text's `passages`; a passage that negates something also holds
+    NEGATED."""
+    return [stemmed_words(run) | ({NEGATED} if negates(run) else set()) for run in passages(text, window)]
 
 
 def question_weights(question: str, texts: Sequence[str]) -> dict[str, float]:
