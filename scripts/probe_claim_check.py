@@ -78,10 +78,10 @@ def generated_pairs(each: int = GENERATED_EACH) -> list[tuple[str, str, bool]]:
                         (negated, lambda s: _COPULA_NOT.sub(r"\1", s, count=1))):
         # a sentence the page writes twice in other words (str.partition and str.rpartition) may find the other
         # one's passage, which would not support it: only pairs whose passage holds the sentence are known true
-        known = [(p, s) for p, s in found if s in " ".join(passage_for(s, [p]).split())]
-        for page, sentence in known[::max(1, len(known) // each)][:each]:
-            pairs += [(passage_for(sentence, [page]), sentence, True),
-                      (passage_for(flipped := flip(sentence), [page]), flipped, False)]
+        known = [(page, sentence, passage) for page, sentence in found
+                 if sentence in " ".join((passage := passage_for(sentence, [page])).split())]
+        for page, sentence, passage in known[::max(1, len(known) // each)][:each]:
+            pairs += [(passage, sentence, True), (passage_for(flipped := flip(sentence), [page]), flipped, False)]
     return pairs
 
 
