@@ -4,8 +4,9 @@ The report keeps a claim when one passage of a cited page holds its words (`heav
 cannot tell "a break skips the else clause" from the demo's wrong "break does not affect the else clause" when the
 page holds the words of both. A model that reads the passage could, if it is good enough: this probe asks it, for
 pairs whose truth is known, whether the passage supports the claim, through the report's own check
-(`heavy/aggregate/claim_check.py`, greedy), and prints how many it got right, how many wrong claims it would keep and
-right ones it would drop, and how long a check took.
+(`heavy/aggregate/claim_check.py`) as shipped (the claim against its negation) and by the greedy reply alone, and
+prints how many it got right, how many wrong claims it would keep and right ones it would drop, and how long a check
+took.
 
     .venv/bin/python scripts/probe_claim_check.py              # the embedded model
     HEAVY_BACKEND=openai HEAVY_OPENAI_BASE_URL=... .venv/bin/python scripts/probe_claim_check.py
@@ -18,6 +19,7 @@ Python reference's own sentences on loops, and one on the Eiffel Tower), and 40 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 
@@ -86,20 +88,22 @@ def generated_pairs(each: int = GENERATED_EACH) -> list[tuple[str, str, bool]]:
 
 
 async def probe(each: int = GENERATED_EACH) -> None:
-    """Each pair checked by the report's own check (`claim_check.supports`), greedy; the counts by kind."""
+    """Each pair checked by the report's own check (`claim_check.supports`), as shipped (the claim against its
+    negation, where the backend gives log-probabilities) and by the greedy reply alone; the counts by kind."""
     settings = get_settings()
     backend = make_backend(settings, settings.backend)
     kinds = {"hand-written": PAIRS, "generated": generated_pairs(each)}
     try:
-        for kind, pairs in kinds.items():
+        for (kind, pairs), contrast in itertools.product(kinds.items(), (True, False)):
+            kind = f"{kind}, {'contrast' if contrast else 'greedy'}"
             counts, started = {"right": 0, "wrong kept": 0, "right dropped": 0, "neither": 0}, time.monotonic()
             for passage, claim, supported in pairs:
-                said, _ = await supports(backend, passage, claim, prefix_key="probe")
+                said, _ = await supports(backend, passage, claim, prefix_key="probe", contrast=contrast)
                 counts["right"] += said is supported
                 counts["wrong kept"] += said is True and not supported
                 counts["right dropped"] += said is False and supported
                 counts["neither"] += said is None
-                print(f"{kind:12} supported={supported!s:5} said={said!s:5} {claim[:70]}")
+                print(f"{kind:22} supported={supported!s:5} said={said!s:5} {claim[:70]}")
             seconds = (time.monotonic() - started) / len(pairs)
             wrong, right = sum(not ok for *_, ok in pairs), sum(ok for *_, ok in pairs)
             print(f"== {kind}: {counts['right']}/{len(pairs)} right; wrong claims kept {counts['wrong kept']}/{wrong}, "

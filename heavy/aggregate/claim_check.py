@@ -4,9 +4,11 @@ The word check (citations.py) keeps a claim when a passage of a cited page holds
 and continue skip the else clause" says the opposite of a page that holds all those words. This check asks the model,
 for each claim the word check kept, whether that passage supports it, and drops the claims it says no to.
 
-It is only as good as the model that answers: `scripts/probe_claim_check.py` measures a model on pairs whose truth is
-known (docs/report_claims.md). The embedded 0.5B model says "no" to nearly everything, so the check is off unless a
-deployment turns it on for a judge that passes the probe. A claim whose check fails (an error, a reply that is neither
+A small model says "no" to most claims, right or wrong, yet gives a claim a higher probability of "yes" than the same
+claim negated when the passage supports it. So where the backend gives log-probabilities and the claim has a negation
+(`negated`: its first auxiliary verb's polarity flipped), both are asked, and the claim is refuted when the model finds
+its negation the better supported; else the greedy yes or no decides. `scripts/probe_claim_check.py` measures both
+on pairs whose truth is known (docs/report_claims.md). A claim whose check fails (an error, a reply that is neither
 yes nor no) keeps the word check's verdict: the check may only take claims out.
 """
 
@@ -14,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from heavy.aggregate.citations import LIST_PREFIX, MARKER, cited_numbers
 from heavy.aggregate.evidence import SENTENCE_END, passages, stemmed_words
-from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
+from heavy.llm.types import Completion, LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,14 @@ CHECK_PROMPT = "Passage: {passage}\n\nClaim: {claim}\n\nDoes the passage support
 CHECK_TOKENS = 4  # "yes" / "no", and room for a leading quote or "Yes,"
 _SPACED_MARKER = re.compile(r"\s*" + MARKER.pattern)  # a claim is asked about without its markers
 _REPLY = re.compile(r"\W*(yes|no)\b", re.IGNORECASE)
+CHECK_ALTERNATIVES = 5  # of the reply's first token, read for "yes" and "no"
+_AUXILIARIES = "is|are|was|were|can|could|will|would|should|must|may|might|has|have|had|does|do|did"
+_AUXILIARY_NOT = re.compile(rf"\b({_AUXILIARIES}) not\b", re.IGNORECASE)
+_CONTRACTED = {"isn't": "is", "aren't": "are", "wasn't": "was", "weren't": "were", "can't": "can", "cannot": "can",
+               "couldn't": "could", "won't": "will", "wouldn't": "would", "shouldn't": "should", "mustn't": "must",
+               "hasn't": "has", "haven't": "have", "hadn't": "had", "doesn't": "does", "don't": "do", "didn't": "did"}
+_CONTRACTION = re.compile(r"\b(" + "|".join(map(re.escape, _CONTRACTED)) + r")(?!\w)", re.IGNORECASE)
+_AUXILIARY = re.compile(rf"\b({_AUXILIARIES})\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -46,18 +57,66 @@ def passage_for(claim: str, texts: Sequence[str]) -> str:
                default="")
 
 
+def negated(claim: str) -> str | None:
+    """`claim` with the polarity of its first auxiliary verb flipped ("is not" -> "is", "doesn't" -> "does", "was" ->
+    "was not"); None without one ("It terminates the loop" would need the verb's base form)."""
+    claim = claim.replace("\u2019", "'")
+    first = min((m for m in (pattern.search(claim) for pattern in (_AUXILIARY_NOT, _CONTRACTION, _AUXILIARY)) if m),
+                key=lambda m: m.start(), default=None)
+    if first is None:
+        return None
+    word = first.group(1)
+    if first.re is _AUXILIARY_NOT:
+        flipped = word
+    elif first.re is _CONTRACTION:
+        flipped = _CONTRACTED[word.lower()]
+        flipped = flipped.capitalize() if word[0].isupper() else flipped
+    else:
+        flipped = f"{word} not"
+    return claim[:first.start()] + flipped + claim[first.end():]
+
+
+def yes_share(reply: Completion) -> float | None:
+    """P(yes) / (P(yes) + P(no)) over the first token's alternatives; None when the backend gave none, or neither
+    word is among them."""
+    if not reply.top_logprobs:
+        return None
+    yes = no = 0.0
+    for token, logprob in reply.top_logprobs[0]:
+        word = token.strip().strip("\"'").lower()
+        yes += math.exp(logprob) if word == "yes" else 0.0
+        no += math.exp(logprob) if word == "no" else 0.0
+    return yes / (yes + no) if yes + no else None
+
+
 async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Sampling = Sampling(temperature=0.0),
-                   prefix_key: str | None = None, request_id: str = "claim-check") -> tuple[bool | None, Usage]:
-    """Whether the model says `passage` supports `claim`: True, False, or None when it said neither or failed."""
-    prompt = CHECK_PROMPT.format(passage=passage, claim=claim)
-    try:
-        reply = await backend.chat([{"role": "user", "content": prompt}], None, sampling, max_tokens=CHECK_TOKENS,
-                                   request_id=request_id, prefix_key=prefix_key)
-    except LLMError as exc:
-        log.warning("claim check failed, the word check stands: %s", exc)
+                   prefix_key: str | None = None, request_id: str = "claim-check",
+                   contrast: bool = True) -> tuple[bool | None, Usage]:
+    """Whether the model finds `claim` supported by `passage`: True, False, or None when it said neither or failed.
+    With `contrast`, log-probabilities and a negation of the claim, False when the negation's share of "yes" is
+    the higher (asked only when the claim's reply came with log-probabilities); else the greedy reply to the claim."""
+    asked = replace(sampling, top_logprobs=CHECK_ALTERNATIVES)
+
+    async def ask(statement: str, suffix: str) -> Completion | None:
+        prompt = CHECK_PROMPT.format(passage=passage, claim=statement)
+        try:
+            return await backend.chat([{"role": "user", "content": prompt}], None, asked, max_tokens=CHECK_TOKENS,
+                                      request_id=request_id + suffix, prefix_key=prefix_key)
+        except LLMError as exc:
+            log.warning("claim check failed: %s", exc)
+            return None
+
+    reply = await ask(claim, "")
+    if reply is None:
         return None, Usage()
+    share, opposite = yes_share(reply), negated(claim) if contrast else None
+    opposite_reply = await ask(opposite, ":negated") if share is not None and opposite else None
+    usage = reply.usage + (opposite_reply.usage if opposite_reply is not None else Usage())
+    opposite_share = yes_share(opposite_reply) if opposite_reply is not None else None
+    if share is not None and opposite_share is not None:
+        return share >= opposite_share, usage
     said = _REPLY.match(reply.content)
-    return (said.group(1).lower() == "yes" if said else None), reply.usage
+    return (said.group(1).lower() == "yes" if said else None), usage
 
 
 async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, str], backend: LLMBackend,

@@ -62,6 +62,8 @@ class OpenAIBackend:
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.top_logprobs:
+            body["logprobs"], body["top_logprobs"] = True, sampling.top_logprobs
         if tools:
             body["tools"] = tools
         if stop:
@@ -207,7 +209,17 @@ def parse_completion(payload: dict) -> Completion:
         tool_calls=calls,
         finish_reason=choice.get("finish_reason") or "stop",
         usage=_parse_usage(payload.get("usage")),
+        top_logprobs=_parse_logprobs(choice.get("logprobs")),
     )
+
+
+def _parse_logprobs(raw: dict | None) -> tuple[tuple[tuple[str, float], ...], ...]:
+    """`choice.logprobs.content[*].top_logprobs` → per token, (token, logprob) best first; () when absent."""
+    try:
+        return tuple(tuple((alt["token"], float(alt["logprob"])) for alt in entry.get("top_logprobs") or ())
+                     for entry in (raw or {}).get("content") or ())
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise LLMError(f"malformed logprobs: {str(raw)[:300]}") from exc
 
 
 class ToolCallAssembler:

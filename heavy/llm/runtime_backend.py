@@ -103,7 +103,8 @@ class RuntimeBackend:
 
     def _params(self, sampling: Sampling, max_tokens: int, stop: list[str] | None) -> SamplingParams:
         return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
-                              max_tokens=max_tokens, stop=tuple(stop or ()))
+                              max_tokens=max_tokens, stop=tuple(stop or ()),
+                              logprobs=sampling.top_logprobs or None)
 
     async def _outputs(self, messages, tools, sampling, max_tokens, stop, request_id,
                        prefix_key) -> AsyncIterator[Any]:
@@ -140,9 +141,10 @@ class RuntimeBackend:
         return await with_retries(attempt, self.retry, what=f"runtime chat {request_id or ''}".strip())
 
     async def _chat_once(self, messages, tools, sampling, max_tokens, stop, request_id, prefix_key) -> Completion:
-        text, last = [], None
+        text, alternatives, last = [], [], None
         async for output in self._outputs(messages, tools, sampling, max_tokens, stop, request_id, prefix_key):
             text.append(output.new_text)
+            alternatives += [self._alternatives(lp) for lp in output.new_logprobs]
             last = output
         if last is None:
             raise LLMError("the runtime returned no output")
@@ -154,7 +156,12 @@ class RuntimeBackend:
             finish_reason="tool_calls" if calls and reason == "stop" else reason,
             usage=Usage(prompt_tokens=last.num_prompt_tokens, completion_tokens=last.num_completion_tokens,
                         cached_prompt_tokens=last.num_cached_tokens),
+            top_logprobs=tuple(alternatives),
         )
+
+    def _alternatives(self, logprobs: Any) -> tuple[tuple[str, float], ...]:
+        """A token's top alternatives (runtime.sampling.TokenLogprobs) as (text, log-probability), best first."""
+        return tuple((self.tokenizer.decode([token]), value) for token, value in logprobs.top)
 
     async def stream(
         self,

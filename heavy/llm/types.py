@@ -26,17 +26,23 @@ class RetriableLLMError(LLMError):
         self.retry_after_s = retry_after_s
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit, and our runtime's
+
+
 @dataclass(frozen=True)
 class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    top_logprobs: int = 0  # return this many alternatives of each generated token, with their log-probabilities
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,9 @@ class Completion:
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: str = "stop"  # stop | length | tool_calls
     usage: Usage = field(default_factory=Usage)
+    # with Sampling.top_logprobs: per generated token, its alternatives as (token text, log-probability), best
+    # first; empty when not asked for or the backend does not give them
+    top_logprobs: tuple[tuple[tuple[str, float], ...], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ cited page that holds its words; a "no" takes it out, anything else leaves it.""
 import pytest
 
 from heavy.aggregate import AggregationConfig, aggregate
-from heavy.aggregate.claim_check import check_claims, passage_for
-from heavy.llm.types import LLMError, Usage
+from heavy.aggregate.claim_check import check_claims, negated, passage_for, supports, yes_share
+from heavy.llm.types import Completion, LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
 from tests.heavy.test_aggregate import result
 
@@ -85,3 +85,50 @@ async def test_a_report_with_the_check_on_lists_the_refuted_claim_as_dropped_and
     assert "claim-check:0" in requests_of[True] and not any("claim" in r for r in requests_of[False])
     assert WRONG in unchecked.markdown.split("## What each trajectory answered")[0]  # the word check keeps it
     assert checked.usage.total_tokens > unchecked.usage.total_tokens
+
+
+@pytest.mark.parametrize(("claim", "negation"), [
+    ("The tower was finished in 1889.", "The tower was not finished in 1889."),
+    ("Break and continue do not skip the else clause.", "Break and continue do skip the else clause."),
+    ("Its else clause doesn\u2019t run.", "Its else clause does run."),
+    ("Isn't it in Paris?", "Is it in Paris?"),
+    ("It cannot be nested.", "It can be nested."),
+    ("A continue statement skips the rest of the suite.", None),  # no auxiliary verb to flip
+])
+def test_a_claims_negation_flips_its_first_auxiliary_verb(claim, negation):
+    assert negated(claim) == negation
+
+
+def test_the_share_of_yes_is_read_off_the_first_tokens_alternatives():
+    reply = Completion("No", top_logprobs=(((" No", -0.5), ("Yes", -1.0), ('"yes', -3.0), ("The", -2.0)),))
+    assert yes_share(reply) == pytest.approx((0.368 + 0.050) / (0.368 + 0.050 + 0.607), abs=1e-3)
+    assert yes_share(Completion("No")) is None
+    assert yes_share(Completion("The", top_logprobs=((("The", -0.1),),))) is None
+
+
+RIGHT = "The tower was finished in 1889"  # greedy "No", but more likely "yes" than its negation
+BACKWARDS = "The else clause is executed when a break ends the loop"  # wrong: its negation is the likelier "yes"
+SHARES = {RIGHT: (-1.0, -0.5), negated(RIGHT): (-1.6, -0.2), BACKWARDS: (-0.9, -0.5), negated(BACKWARDS): (-0.6, -0.8)}
+
+
+def _weighing_judge(request):
+    """Greedy "No" to every claim, with log-probabilities of yes and no when they were asked for."""
+    claim = request.messages[0]["content"].split("Claim: ")[1].split("\n")[0]
+    yes, no = SHARES.get(claim, (-2.0, -0.2))
+    alternatives = ((("No", no), ("Yes", yes)),) if request.sampling.top_logprobs else ()
+    return Completion("No", usage=Usage(80, 1), top_logprobs=alternatives)
+
+
+@pytest.mark.parametrize(("claim", "kept", "asked"), [(RIGHT, True, 2), (BACKWARDS, False, 2), (WRONG, False, 1)])
+async def test_a_claim_is_weighed_against_its_negation_and_without_one_the_greedy_reply_decides(claim, kept, asked):
+    backend = ScriptedBackend(_weighing_judge)
+    said, usage = await supports(backend, "A passage.", claim, request_id="claim-check:3")
+    assert said is kept and usage == Usage(80 * asked, asked)
+    assert [r.request_id for r in backend.requests] == ["claim-check:3", "claim-check:3:negated"][:asked]
+    assert all(r.sampling.top_logprobs == 5 and r.sampling.temperature == 0.0 for r in backend.requests)
+
+
+async def test_without_contrast_or_log_probabilities_only_the_greedy_reply_decides():
+    assert (await supports(ScriptedBackend(_weighing_judge), "A passage.", RIGHT, contrast=False))[0] is False
+    without = ScriptedBackend(lambda r: Completion("Yes."))  # a backend that gives no log-probabilities
+    assert (await supports(without, "A passage.", BACKWARDS))[0] is True and len(without.requests) == 1

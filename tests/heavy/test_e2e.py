@@ -110,3 +110,20 @@ async def test_the_claim_check_on_the_embedded_model_puts_every_cited_claim_to_i
     # each claim, and that each claim either stands or is listed as refuted
     assert checked.usage.prompt_tokens > 2 * 40 and checked.usage.completion_tokens >= 2
     assert sorted([*checked.refuted, *(ln.removeprefix("- ") for ln in checked.body.splitlines())]) == sorted(claims)
+
+
+async def test_the_embedded_model_gives_alternatives_and_ranks_a_claim_above_its_negation_when_the_page_says_it(
+        backend):
+    from heavy.aggregate.claim_check import CHECK_PROMPT, supports
+    from heavy.llm.types import Sampling
+
+    passage = "The Eiffel Tower was completed in 1889 as the entrance arch to the World's Fair."
+    prompt = CHECK_PROMPT.format(passage=passage, claim="The tower was finished in 1889.")
+    reply = await backend.chat([{"role": "user", "content": prompt}], None, Sampling(top_logprobs=5), max_tokens=2)
+    first = reply.top_logprobs[0]
+    assert len(reply.top_logprobs) == reply.usage.completion_tokens and len(first) == 5
+    assert [lp for _, lp in first] == sorted((lp for _, lp in first), reverse=True) and first[0][1] <= 0.0
+    assert reply.content.startswith(first[0][0].strip())  # greedy: the first alternative is the token taken
+    # the 0.5B says "no" to most claims; against its negation (probe: shares 0.56 and 0.27) the right one stands
+    assert (await supports(backend, passage, "The tower was finished in 1889."))[0] is True
+    assert (await supports(backend, passage, "The tower was not finished in 1889."))[0] is False

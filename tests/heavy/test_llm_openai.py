@@ -57,6 +57,31 @@ async def test_request_body_and_parsed_completion():
     assert (completion.usage.prompt_tokens, completion.usage.cached_prompt_tokens) == (50, 32)
 
 
+async def test_asked_alternatives_are_requested_and_parsed_per_token():
+    seen = []
+    logprobs = {"content": [
+        {"token": "Yes", "logprob": -0.2, "top_logprobs": [{"token": "Yes", "logprob": -0.2},
+                                                           {"token": "No", "logprob": -1.8}]},
+        {"token": ".", "logprob": -0.1, "top_logprobs": [{"token": ".", "logprob": -0.1}]}]}
+
+    def handler(request):
+        seen.append(json.loads(request.content))
+        reply = {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": "Yes."},
+                              "logprobs": logprobs if seen[-1].get("logprobs") else None}]}
+        return httpx.Response(200, json=reply)
+
+    llm = backend(handler)
+    completion = await llm.chat([{"role": "user", "content": "hi"}], None, Sampling(top_logprobs=2), max_tokens=2)
+    assert (seen[0]["logprobs"], seen[0]["top_logprobs"]) == (True, 2)
+    assert completion.top_logprobs == ((("Yes", -0.2), ("No", -1.8)), ((".", -0.1),))
+    assert (await chat(llm)).top_logprobs == () and "logprobs" not in seen[1] and "top_logprobs" not in seen[1]
+
+
+def test_alternatives_outside_what_servers_give_are_refused():
+    with pytest.raises(ValueError, match="top_logprobs"):
+        Sampling(top_logprobs=21)
+
+
 async def test_retries_429_and_5xx_then_succeeds():
     statuses = iter([429, 503, 200])
 

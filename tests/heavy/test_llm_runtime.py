@@ -3,7 +3,7 @@ the parsed stream (reasoning, whole tool calls where their text closes, finish r
 (The real engine and model run in test_e2e.py, marked slow.)"""
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -21,6 +21,7 @@ class Output:
     num_prompt_tokens: int = 40
     num_cached_tokens: int = 16
     num_completion_tokens: int = 0
+    new_logprobs: list = field(default_factory=list)
 
 
 class Engine:
@@ -48,6 +49,9 @@ class Tokenizer:
     def encode_chat(self, messages, tools):
         self.seen.append((messages, tools))
         return [1, 2, 3]
+
+    def decode(self, ids):
+        return "".join({7: "Yes", 8: "No", 9: " yes"}[i] for i in ids)
 
 
 async def test_fenced_json_reply_becomes_a_tool_call_with_usage():
@@ -125,3 +129,24 @@ async def test_stream_flushes_a_call_left_open_at_the_token_limit_on_the_last_de
     assert [d.tool_calls for d in deltas if d.tool_calls] == [(ToolCall("call_0", "search", {"query": "kimi"}),)]
     assert deltas[-1].tool_calls and deltas[-1].finish_reason == "length" == completion.finish_reason
     assert not "".join(d.content for d in deltas) and completion.tool_calls == deltas[-1].tool_calls
+
+
+async def test_asked_alternatives_come_back_per_token_as_text_and_log_probability():
+    from runtime.sampling import TokenLogprobs
+
+    class Alternatives(Engine):
+        async def generate(self, prompt, params, request_id):
+            self.calls.append((prompt, params, request_id))
+            yield Output("Yes", new_logprobs=[TokenLogprobs(-0.2, ((7, -0.2), (8, -1.8), (9, -3.0)))])
+            yield Output(".", finished=True, finish_reason="stop", new_logprobs=[TokenLogprobs(-0.1, ((9, -0.1),))])
+
+    engine = Alternatives([])
+    completion = await RuntimeBackend(engine, Tokenizer()).chat(
+        [{"role": "user", "content": "q"}], None, Sampling(top_logprobs=3), max_tokens=2)
+    assert engine.calls[0][1].logprobs == 3
+    assert completion.content == "Yes."
+    assert completion.top_logprobs == ((("Yes", -0.2), ("No", -1.8), (" yes", -3.0)), ((" yes", -0.1),))
+    plain = Engine(["Yes"])
+    assert (await RuntimeBackend(plain, Tokenizer()).chat([{"role": "user", "content": "q"}], None, Sampling(),
+                                                          max_tokens=2)).top_logprobs == ()
+    assert plain.calls[0][1].logprobs is None
