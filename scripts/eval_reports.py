@@ -13,9 +13,9 @@ It also counts the findings kept and dropped. One recorded file per run; give th
 to set the settings side by side.
 
 `--check-claims` also puts each finding to the model's claim check (`heavy/aggregate/claim_check.py`, what
-`HEAVY_CHECK_CLAIMS` turns on) after the report is written, so one run gives the report with and without it (the
-report pass is greedy: its findings are the same either way), and counts the findings it refutes and those of them
-that say the gold answer.
+`HEAVY_CHECK_CLAIMS` turns on) after the report is written, as shipped (a claim weighed against its negation) and by
+the greedy reply alone, so one run gives the report with and without it (the report pass is greedy: its findings are
+the same either way), and counts the findings each refutes and those of them that say the gold answer.
 
     .venv/bin/python scripts/eval_reports.py docs/eval-runs/q1-31-n8-9ba4098.json.gz --out reports.json
 """
@@ -78,12 +78,13 @@ async def run(args: argparse.Namespace) -> dict:
             findings = sentences_of(parts["findings"])
             row = {"id": asked["id"], "gold": gold, "found": found, "findings_kept": len(findings),
                    "dropped": len(job.dropped_claims), "markdown": job.markdown}
-            if args.check_claims:  # the markers of the final markdown number `job.sources`
+            for contrast, key in ((True, "checked"), (False, "checked_greedy")) if args.check_claims else ():
+                # the markers of the final markdown number `job.sources`
                 checked = await check_claims(parts["findings"], job.sources, fetched_texts(results), backend,
-                                             prefix_key=job_id)
-                row["checked"] = {"findings_kept": len(sentences_of(checked.body)), "refuted": list(checked.refuted),
-                                  "gold_in_findings": found is not None and says(checked.body, gold),
-                                  "gold_refuted": found is not None and any(says(r, gold) for r in checked.refuted)}
+                                             prefix_key=job_id, contrast=contrast)
+                row[key] = {"findings_kept": len(sentences_of(checked.body)), "refuted": list(checked.refuted),
+                            "gold_in_findings": found is not None and says(checked.body, gold),
+                            "gold_refuted": found is not None and any(says(r, gold) for r in checked.refuted)}
             out["per_question"].append(row)
             logging.info("q%d gold %r: %s, %d findings kept, %d dropped", number, gold,
                          found, len(findings), len(job.dropped_claims))
@@ -101,8 +102,10 @@ def summary(out: dict) -> str:
     lines.append(f"  anywhere        {sum(any(f.values()) for f in scored):>3} of {len(scored)}")
     lines.append(f"findings kept {sum(r['findings_kept'] for r in rows)}, "
                  f"dropped {sum(r['dropped'] for r in rows)}")
-    if checked := [r["checked"] for r in rows if "checked" in r]:
-        lines.append(f"with the claim check: findings kept {sum(c['findings_kept'] for c in checked)}, refuted "
+    for key, how in (("checked", "as shipped"), ("checked_greedy", "greedy reply alone")):
+        if not (checked := [r[key] for r in rows if key in r]):
+            continue
+        lines.append(f"with the claim check ({how}): findings kept {sum(c['findings_kept'] for c in checked)}, refuted "
                      f"{sum(len(c['refuted']) for c in checked)}; gold answer in the findings "
                      f"{sum(c['gold_in_findings'] for c in checked)} of {len(scored)}, in a refuted finding on "
                      f"{sum(c['gold_refuted'] for c in checked)}")

@@ -120,10 +120,12 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
 
 
 async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, str], backend: LLMBackend,
-                       sampling: Sampling = Sampling(temperature=0.0), prefix_key: str | None = None) -> CheckedBody:
+                       sampling: Sampling = Sampling(temperature=0.0), prefix_key: str | None = None,
+                       contrast: bool = True) -> CheckedBody:
     """`body`: a report body the word check kept, its claims cited by `[n]` into `sources` (numbered from 1), whose
     fetched `texts` (url → text) hold the passages. Every cited claim is checked at once (the engine batches them);
-    a claim the model refutes is taken out with its line's other claims left as they are."""
+    a claim the model refutes is taken out with its line's other claims left as they are. `contrast`: as in
+    `supports`."""
     lines = body.splitlines()
     split: dict[int, tuple[str, list[str]]] = {}  # line index → (list prefix, sentences)
     for i, line in enumerate(lines):
@@ -138,7 +140,8 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
         passage = passage_for(claim, [p for p in pages if p])
         if not passage:
             return None, Usage()
-        return await supports(backend, passage, claim, sampling, prefix_key, request_id=f"claim-check:{n}")
+        return await supports(backend, passage, claim, sampling, prefix_key, request_id=f"claim-check:{n}",
+                              contrast=contrast)
 
     verdicts = await asyncio.gather(*(verdict(n, split[i][1][k]) for n, (i, k) in enumerate(claims)))
     refuted = {(i, k) for (i, k), (ok, _) in zip(claims, verdicts, strict=True) if ok is False}

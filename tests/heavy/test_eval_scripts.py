@@ -70,7 +70,8 @@ def test_eval_transcripts_record_the_call_run_in_place_of_a_repeat():
 
 def test_the_report_measure_sums_what_the_claim_check_kept_and_refuted():
     def row(found, checked):
-        return {"found": found, "findings_kept": 3, "dropped": 1, "checked": checked}
+        greedy = {**checked, "refuted": [*checked["refuted"], "One more [3]."]}
+        return {"found": found, "findings_kept": 3, "dropped": 1, "checked": checked, "checked_greedy": greedy}
 
     out = {"trajectories": 1, "per_question": [
         row({"answer": False, "findings": True, "quotes": False},
@@ -79,5 +80,6 @@ def test_the_report_measure_sums_what_the_claim_check_kept_and_refuted():
                    "gold_refuted": False})]}
     text = eval_reports.summary(out)
     assert "findings kept 6, dropped 2" in text
-    assert "with the claim check: findings kept 3, refuted 3; gold answer in the findings 1 of 1, in a refuted " \
-           "finding on 0" in text
+    assert "with the claim check (as shipped): findings kept 3, refuted 3; gold answer in the findings 1 of 1, in a " \
+           "refuted finding on 0" in text
+    assert "with the claim check (greedy reply alone): findings kept 3, refuted 5;" in text
