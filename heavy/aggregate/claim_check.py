@@ -5,9 +5,9 @@ and continue skip the else clause" says the opposite of a page that holds all th
 for each claim the word check kept, whether that passage supports it, and drops the claims it says no to.
 
 A small model says "no" to most claims, right or wrong, yet gives a claim a higher probability of "yes" than the same
-claim negated when the passage supports it. So where the backend gives log-probabilities and the claim has a negation
-(`negated`: its first auxiliary verb's polarity flipped), both are asked, and the claim is refuted when the model finds
-its negation the better supported; else the greedy yes or no decides. `scripts/probe_claim_check.py` measures both
+claim negated when the passage supports it. So where the backend gives log-probabilities, the claim and its negation
+(`negated`) are both asked, and the claim is refuted when the model finds its negation the better supported; without
+log-probabilities the greedy yes or no decides. `scripts/probe_claim_check.py` measures both
 on pairs whose truth is known (docs/report_claims.md). A claim whose check fails (an error, a reply that is neither
 yes nor no) keeps the word check's verdict: the check may only take claims out.
 """
@@ -40,6 +40,8 @@ _CONTRACTED = {"isn't": "is", "aren't": "are", "wasn't": "was", "weren't": "were
                "hasn't": "has", "haven't": "have", "hadn't": "had", "doesn't": "does", "don't": "do", "didn't": "did"}
 _CONTRACTION = re.compile(r"\b(" + "|".join(map(re.escape, _CONTRACTED)) + r")(?!\w)", re.IGNORECASE)
 _AUXILIARY = re.compile(rf"\b({_AUXILIARIES})\b", re.IGNORECASE)
+_LOWERED = {"a", "an", "the", "it", "its", "this", "these", "that", "those", "they", "their", "there", "he", "she", "his",
+            "her", "in", "on", "at", "from", "after", "before"}  # a claim's first word that is no name
 
 
 @dataclass(frozen=True)
@@ -57,14 +59,16 @@ def passage_for(claim: str, texts: Sequence[str]) -> str:
                default="")
 
 
-def negated(claim: str) -> str | None:
+def negated(claim: str) -> str:
     """`claim` with the polarity of its first auxiliary verb flipped ("is not" -> "is", "doesn't" -> "does", "was" ->
-    "was not"); None without one ("It terminates the loop" would need the verb's base form)."""
+    "was not"); without one ("It terminates the loop": flipping it would need the verb's base form), "It is not true
+    that" before it."""
     claim = claim.replace("\u2019", "'")
     first = min((m for m in (pattern.search(claim) for pattern in (_AUXILIARY_NOT, _CONTRACTION, _AUXILIARY)) if m),
                 key=lambda m: m.start(), default=None)
     if first is None:
-        return None
+        opening, _, rest = claim.partition(" ")
+        return f"It is not true that {opening.lower() if opening.lower() in _LOWERED else opening} {rest}".rstrip()
     word = first.group(1)
     if first.re is _AUXILIARY_NOT:
         flipped = word
@@ -93,8 +97,8 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
                    prefix_key: str | None = None, request_id: str = "claim-check",
                    contrast: bool = True) -> tuple[bool | None, Usage]:
     """Whether the model finds `claim` supported by `passage`: True, False, or None when it said neither or failed.
-    With `contrast`, log-probabilities and a negation of the claim, False when the negation's share of "yes" is
-    the higher (asked only when the claim's reply came with log-probabilities); else the greedy reply to the claim."""
+    With `contrast` and log-probabilities, False when the claim's negation has the higher share of "yes" (asked only
+    when the claim's reply came with log-probabilities); else the greedy reply to the claim."""
     asked = replace(sampling, top_logprobs=CHECK_ALTERNATIVES)
 
     async def ask(statement: str, suffix: str) -> Completion | None:
@@ -109,8 +113,8 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
     reply = await ask(claim, "")
     if reply is None:
         return None, Usage()
-    share, opposite = yes_share(reply), negated(claim) if contrast else None
-    opposite_reply = await ask(opposite, ":negated") if share is not None and opposite else None
+    share = yes_share(reply)
+    opposite_reply = await ask(negated(claim), ":negated") if contrast and share is not None else None
     usage = reply.usage + (opposite_reply.usage if opposite_reply is not None else Usage())
     opposite_share = yes_share(opposite_reply) if opposite_reply is not None else None
     if share is not None and opposite_share is not None:

@@ -93,7 +93,9 @@ async def test_a_report_with_the_check_on_lists_the_refuted_claim_as_dropped_and
     ("Its else clause doesn\u2019t run.", "Its else clause does run."),
     ("Isn't it in Paris?", "Is it in Paris?"),
     ("It cannot be nested.", "It can be nested."),
-    ("A continue statement skips the rest of the suite.", None),  # no auxiliary verb to flip
+    ("A continue statement skips the rest of the suite.", "It is not true that a continue statement skips the rest "
+                                                          "of the suite."),  # no auxiliary verb to flip
+    ("Gustave Eiffel built it.", "It is not true that Gustave Eiffel built it."),
 ])
 def test_a_claims_negation_flips_its_first_auxiliary_verb(claim, negation):
     assert negated(claim) == negation
@@ -108,7 +110,8 @@ def test_the_share_of_yes_is_read_off_the_first_tokens_alternatives():
 
 RIGHT = "The tower was finished in 1889"  # greedy "No", but more likely "yes" than its negation
 BACKWARDS = "The else clause is executed when a break ends the loop"  # wrong: its negation is the likelier "yes"
-SHARES = {RIGHT: (-1.0, -0.5), negated(RIGHT): (-1.6, -0.2), BACKWARDS: (-0.9, -0.5), negated(BACKWARDS): (-0.6, -0.8)}
+SHARES = {RIGHT: (-1.0, -0.5), negated(RIGHT): (-1.6, -0.2), BACKWARDS: (-0.9, -0.5), negated(BACKWARDS): (-0.6, -0.8),
+          WRONG: (-1.2, -0.4), negated(WRONG): (-0.7, -0.7)}
 
 
 def _weighing_judge(request):
@@ -119,12 +122,14 @@ def _weighing_judge(request):
     return Completion("No", usage=Usage(80, 1), top_logprobs=alternatives)
 
 
-@pytest.mark.parametrize(("claim", "kept", "asked"), [(RIGHT, True, 2), (BACKWARDS, False, 2), (WRONG, False, 1)])
-async def test_a_claim_is_weighed_against_its_negation_and_without_one_the_greedy_reply_decides(claim, kept, asked):
+@pytest.mark.parametrize(("claim", "kept"), [(RIGHT, True), (BACKWARDS, False), (WRONG, False)])
+async def test_a_claim_is_weighed_against_its_negation_not_by_the_greedy_no(claim, kept):
     backend = ScriptedBackend(_weighing_judge)
     said, usage = await supports(backend, "A passage.", claim, request_id="claim-check:3")
-    assert said is kept and usage == Usage(80 * asked, asked)
-    assert [r.request_id for r in backend.requests] == ["claim-check:3", "claim-check:3:negated"][:asked]
+    assert said is kept and usage == Usage(160, 2)
+    assert [r.request_id for r in backend.requests] == ["claim-check:3", "claim-check:3:negated"]
+    assert backend.requests[1].messages[0]["content"].endswith(f"Claim: {negated(claim)}\n\nDoes the passage "
+                                                                "support the claim? Answer yes or no.")
     assert all(r.sampling.top_logprobs == 5 and r.sampling.temperature == 0.0 for r in backend.requests)
 
 
