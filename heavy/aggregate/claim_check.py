@@ -40,8 +40,8 @@ _CONTRACTED = {"isn't": "is", "aren't": "are", "wasn't": "was", "weren't": "were
                "hasn't": "has", "haven't": "have", "hadn't": "had", "doesn't": "does", "don't": "do", "didn't": "did"}
 _CONTRACTION = re.compile(r"\b(" + "|".join(map(re.escape, _CONTRACTED)) + r")(?!\w)", re.IGNORECASE)
 _AUXILIARY = re.compile(rf"\b({_AUXILIARIES})\b", re.IGNORECASE)
-_LOWERED = {"a", "an", "the", "it", "its", "this", "these", "that", "those", "they", "their", "there", "he", "she", "his",
-            "her", "in", "on", "at", "from", "after", "before"}  # a claim's first word that is no name
+_LOWERED = {"a", "an", "the", "it", "its", "this", "these", "that", "those", "they", "their", "there", "he", "she",
+            "his", "her", "in", "on", "at", "from", "after", "before"}  # a claim's first word that is no name
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class AggregationConfig:
     sampling: Sampling = Sampling(temperature=0.0)
     min_majority: int = MIN_MAJORITY  # answer mode: fewer agreeing trajectories go to the judge (1: a lone one stands)
     read_on_majority: bool = False  # answer mode: the judge's readings vote even beside a majority (jobs of n > 1)
-    check_claims: bool = False  # report mode: the model checks each kept claim against its passage (claim_check.py)
+    check_claims: bool = True  # report mode: the model weighs each kept claim against its negation (claim_check.py)
 
     def __post_init__(self) -> None:
         if min(self.source_excerpt_chars, self.prompt_source_chars, self.report_sources) < 1 or self.report_tokens < 16:

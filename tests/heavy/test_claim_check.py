@@ -1,5 +1,6 @@
 """The model check of a report's claims: each claim the word check kept is put to the model with the passage of its
-cited page that holds its words; a "no" takes it out, anything else leaves it."""
+cited page that holds its words, and weighed against its negation where the backend gives log-probabilities (else a
+greedy "no" takes it out); an unclear reply or a failure leaves it."""
 
 import pytest
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from heavy.aggregate.claim_check import CHECK_PROMPT
-from tests.heavy.fakes import ScriptedBackend, text
+from heavy.aggregate.claim_check import negated
+from heavy.llm.types import Completion
+from tests.heavy.fakes import ScriptedBackend
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_claim_check.py"
 spec = importlib.util.spec_from_file_location("probe_claim_check", SCRIPT)
@@ -17,10 +18,18 @@ spec.loader.exec_module(probe_script)
 PAIRS = probe_script.PAIRS + probe_script.generated_pairs()
 
 
+TRUTH = {**{negated(c): not ok for _, c, ok in PAIRS}, **{c: ok for _, c, ok in PAIRS}}
+
+
 def _knowing(request) -> str:
-    """A judge that knows the answers: yes exactly for the supported pairs."""
-    prompt = request.messages[0]["content"]
-    return "Yes." if next(ok for p, c, ok in PAIRS if prompt == CHECK_PROMPT.format(passage=p, claim=c)) else "No."
+    """A judge that knows the answers: yes exactly for the supported pairs' claims and the others' negations."""
+    return "Yes." if TRUTH[request.messages[0]["content"].split("Claim: ")[1].split("\n")[0]] else "No."
+
+
+def _with_shares(reply: str) -> Completion:
+    """The reply, with the log-probabilities that make it the likelier word."""
+    yes = -0.1 if reply.lower().startswith("yes") else -2.5
+    return Completion(reply, top_logprobs=((("Yes", yes), ("No", -2.6 - yes)),))
 
 
 def test_generated_pairs_are_half_supported_and_each_true_claim_stands_in_its_passage():
@@ -33,11 +42,14 @@ def test_generated_pairs_are_half_supported_and_each_true_claim_stands_in_its_pa
 @pytest.mark.parametrize("judge, right, kept",
                          [(_knowing, (10, 40), (0, 0)), (lambda request: "yes", (5, 20), (5, 20))])
 def test_the_probe_counts_the_verdicts_that_match_the_known_truth(judge, right, kept, monkeypatch, capsys):
-    backend = ScriptedBackend(lambda request: text(judge(request)))
+    backend = ScriptedBackend(lambda request: _with_shares(judge(request)))
     monkeypatch.setattr(probe_script, "make_backend", lambda settings, name: backend)
     asyncio.run(probe_script.probe())
     totals = [line for line in capsys.readouterr().out.splitlines() if line.startswith("==")]
-    assert len(totals) == 2
-    for line, n, of, wrong in zip(totals, right, (10, 40), kept, strict=True):
+    assert [line.split(":")[0] for line in totals] == ["== hand-written, contrast", "== hand-written, greedy",
+                                                       "== generated, contrast", "== generated, greedy"]
+    for line, n, of, wrong in zip(totals, [r for r in right for _ in "cg"], (10, 10, 40, 40),
+                                  [k for k in kept for _ in "cg"], strict=True):
         assert f": {n}/{of} right; wrong claims kept {wrong}/{of // 2}" in line
-    assert len(backend.requests) == 50 and all(r.sampling.temperature == 0.0 for r in backend.requests)
+    # the contrast asks each claim and its negation, the greedy check each claim once
+    assert len(backend.requests) == 3 * 50 and all(r.sampling.temperature == 0.0 for r in backend.requests)
