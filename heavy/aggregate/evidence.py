@@ -48,9 +48,10 @@ _HEADING = re.compile(r"^#|://|={3,}|-{3,}|\*{3,}")  # Markdown and underlined (
 _SECTION_HEADING = re.compile(r"^#{1,6}\s+(?P<marked>.{1,120})$|^(?P<underlined>.{1,120}?)\s+(?:={3,}|-{3,}|\*{3,})$")
 _NEGATION = re.compile(r"\b(?:not|no|never|none|neither|nor|cannot|without)\b|n[’']t\b", re.IGNORECASE)
 NEGATED = "<not>"  # in a passage's words when it negates something; no word can be it (words are \w+)
-# not after an initial ("C. Robert Cargill", "U.S. Army") or a title ("Dr. Strange"): names go on there
-SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\.\.)(?<![\s(.][A-Z]\.)(?<!\b(?:Mr|Dr|St|Jr|Sr|Mt)\.)(?<!\bMrs\.)\s+"
-                          r"(?=[A-Z0-9\"'(*])")
+# not after an initial ("C. Robert Cargill", "U.S. Army"), a title ("Dr. Strange") or "No."/"Vol." ("reached No. 1"):
+# names and numbers go on there
+SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\.\.)(?<![\s(.][A-Z]\.)(?<!\b(?:Mr|Dr|St|Jr|Sr|Mt|No)\.)"
+                          r"(?<!\b(?:Mrs|Nos|Vol)\.)\s+(?=[A-Z0-9\"'(*])")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ def test_an_initial_or_a_title_does_not_end_a_sentence():
     text = "It was written by Jon Spaihts and C. Robert Cargill for the U.S. market. Dr. Strange was a hit. It ran."
     assert SENTENCE_END.split(text) == [
         "It was written by Jon Spaihts and C. Robert Cargill for the U.S. market.", "Dr. Strange was a hit.", "It ran."]
+    # seen in a HotpotQA report: a finding cut at "No." of "reached No. 1", both halves then refuted by the check
+    assert SENTENCE_END.split("It charted in 1966 and reached No. 1 in the UK. Vol. 2 followed.") == [
+        "It charted in 1966 and reached No. 1 in the UK.", "Vol. 2 followed."]
 
 
 def test_citation_marks_alone_are_no_claim():
