@@ -82,6 +82,7 @@ class FilteredReport:
     cited: tuple[int, ...]  # source numbers used by the kept claims, in order of first use
     dropped: tuple[str, ...]  # the claims taken out
     restated: tuple[str, ...] = ()  # those of them that only restate the question: dropped for saying nothing
+    refuted: tuple[str, ...] = ()  # claims whose words a page holds but the model's check found unsupported
 
 
 def union_of_sources(results: Sequence[TrajectoryResult]) -> tuple[Source, ...]:

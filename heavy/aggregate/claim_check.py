@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from heavy.aggregate.citations import LIST_PREFIX, MARKER, cited_numbers
+from heavy.aggregate.citations import LIST_PREFIX, MARKER, FilteredReport, cited_numbers
 from heavy.aggregate.evidence import SENTENCE_END, passages, stemmed_words
 from heavy.llm.types import Completion, LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source
@@ -125,11 +125,11 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
 
 async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, str], backend: LLMBackend,
                        sampling: Sampling = Sampling(temperature=0.0), prefix_key: str | None = None,
-                       contrast: bool = True) -> CheckedBody:
+                       contrast: bool = True, label: str = "claim-check") -> CheckedBody:
     """`body`: a report body the word check kept, its claims cited by `[n]` into `sources` (numbered from 1), whose
     fetched `texts` (url → text) hold the passages. Every cited claim is checked at once (the engine batches them);
     a claim the model refutes is taken out with its line's other claims left as they are. `contrast`: as in
-    `supports`."""
+    `supports`; `label` starts the request ids."""
     lines = body.splitlines()
     split: dict[int, tuple[str, list[str]]] = {}  # line index → (list prefix, sentences)
     for i, line in enumerate(lines):
@@ -144,7 +144,7 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
         passage = passage_for(claim, [p for p in pages if p])
         if not passage:
             return None, Usage()
-        return await supports(backend, passage, claim, sampling, prefix_key, request_id=f"claim-check:{n}",
+        return await supports(backend, passage, claim, sampling, prefix_key, request_id=f"{label}:{n}",
                               contrast=contrast)
 
     verdicts = await asyncio.gather(*(verdict(n, split[i][1][k]) for n, (i, k) in enumerate(claims)))
@@ -161,3 +161,21 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
     return CheckedBody(body=re.sub(r"\n{3,}", "\n\n", "\n".join(kept_lines)).strip(),
                        refuted=tuple(split[i][1][k].strip() for i, k in sorted(refuted)),
                        usage=sum((u for _, u in verdicts), Usage()))
+
+
+async def check_answers(answers: dict[str, FilteredReport], sources: Sequence[Source], texts: dict[str, str],
+                        backend: LLMBackend, sampling: Sampling = Sampling(temperature=0.0),
+                        prefix_key: str | None = None) -> tuple[dict[str, FilteredReport], Usage]:
+    """The trajectories' answers as the word check cited them (answer → its sentences a page holds, marked), each
+    sentence put to the same check; a refuted one moves from the body to `refuted`. Short answers carry no marker
+    and are not claims to check."""
+    asked = [answer for answer, filtered in answers.items() if MARKER.search(filtered.body)]
+    checked = await asyncio.gather(*(check_claims(answers[answer].body, sources, texts, backend, sampling, prefix_key,
+                                                  label=f"answer-check:{k}") for k, answer in enumerate(asked)))
+    out = dict(answers)
+    for answer, done in zip(asked, checked, strict=True):
+        if done.refuted:
+            left = cited_numbers(done.body)
+            out[answer] = replace(answers[answer], body=done.body,
+                                  cited=tuple(n for n in answers[answer].cited if n in left), refuted=done.refuted)
+    return out, sum((done.usage for done in checked), Usage())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from heavy.agent.gathered import SUPPORTING_SOURCES, lowered
 from heavy.agent.steps import TrajectoryResult, finished_part
 from heavy.aggregate.citations import FilteredReport, cited_numbers, filter_claims, renumber, union_of_sources
-from heavy.aggregate.claim_check import check_claims
+from heavy.aggregate.claim_check import check_answers, check_claims
 from heavy.aggregate.evidence import (
     SENTENCE_END,
     best_sentences,
@@ -108,6 +108,10 @@ async def aggregate(
     pages = _numbered_pages(union, fetched)
     texts = fetched if mode == "report" else {}  # answer mode lists no answers checked against the pages
     on_pages = _answers_on_pages(question, decided, union, texts)
+    checking = mode == "report" and backend is not None and config.check_claims
+    if checking:  # before the report pass, which is not shown answers no page supports
+        on_pages, checked_usage = await check_answers(on_pages, union, texts, backend, config.sampling, job_id)
+        usage = usage + checked_usage
     stated = _answer_stated(question, decided, union, pages, weights) if decided.answer else None
     if mode == "report" and backend is not None and any(r.answered or r.evidence for r in results):
         unfounded = {i for g in decided.groups if g.answer in on_pages and not on_pages[g.answer].body
@@ -131,7 +135,7 @@ async def aggregate(
             body = f"{body}\n\n{lead}\n\n{quotes}".strip()
             body_cited = (*body_cited, *(n for n in quoted if n not in body_cited))
     markdown, numbers = _assemble(question, decided, results, union, (body, body_cited, on_pages, stated), status,
-                                  stop_reason)
+                                  stop_reason, model_checked=checking)
     total = usage + sum((r.usage for r in results), Usage())
     cost = (total.prompt_tokens * config.price_per_mtok_prompt
             + total.completion_tokens * config.price_per_mtok_completion) / 1e6
@@ -221,7 +225,7 @@ def _key_passages(question: str, pages: dict[int, tuple[str, str]], weights: dic
 
 def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult], union: Sequence[Source],
               body_and_cited: tuple[str, Sequence[int], dict[str, FilteredReport], tuple[str, int] | None],
-              status: str, stop_reason: str) -> tuple[str, list[int]]:
+              status: str, stop_reason: str, model_checked: bool = False) -> tuple[str, list[int]]:
     """The whole Markdown, renumbered, and the union numbers of the sources it cites, in order."""
     body, body_cited, on_pages, stated = body_and_cited
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
@@ -249,9 +253,9 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
         parts.append("**Answer:** no trajectory found an answer it could support.")
     if body:
         parts.append("## Findings\n\n" + body)
-    parts.append(_disagreements(decided, results, on_pages))
+    parts.append(_disagreements(decided, results, on_pages, model_checked))
     cited = list(dict.fromkeys([*answer_numbers, *([stated[1]] if stated else []), *body_cited,
-                                *(n for f in on_pages.values() for n in f.cited)]))
+                                *(n for f in on_pages.values() for n in (*f.cited, *_refuted_on(f)))]))
     markdown = renumber("\n\n".join(p for p in parts if p), cited)
     if cited:
         markdown += "\n\n## Sources\n\n" + "\n".join(
@@ -311,19 +315,31 @@ def _answers_on_pages(question: str, decided: Vote, union: Sequence[Source],
 
 def _on_pages(filtered: FilteredReport) -> str:
     """' — its words are on [2]', as the answer list shows the check of an answer. A sentence that only restates
-    the question is neither on a page nor against the answer: it is not counted."""
+    the question is neither on a page nor against the answer: it is not counted. Sentences the model's check
+    refuted are on their page by words only, and said to be."""
     kept = len([s for s in SENTENCE_END.split(filtered.body) if s.strip()]) if filtered.body else 0
     unsupported = [s for s in filtered.dropped if s not in filtered.restated]
     marks = "".join(f"[{n}]" for n in filtered.cited)
+    refuted = "".join(f"[{n}]" for n in _refuted_on(filtered))
+    if not kept and filtered.refuted:
+        return f" — its words are on {refuted}, but the model's check found that page does not support it"
     if not kept:
         return " — it only restates the question" if not unsupported else " — its words are on no fetched page"
-    if not unsupported:
+    against = (f" ({len(filtered.refuted)} more by its words on {refuted}, which the model's check found does not "
+               "support it)" if filtered.refuted else "")
+    if not unsupported and not filtered.refuted:
         return f" — its words are on {marks}"
-    total = kept + len(unsupported)
-    return f" — {kept} of its {total} sentences {'is' if kept == 1 else 'are'} on {marks}"
+    total = kept + len(unsupported) + len(filtered.refuted)
+    return f" — {kept} of its {total} sentences {'is' if kept == 1 else 'are'} on {marks}{against}"
 
 
-def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages: dict[str, FilteredReport]) -> str:
+def _refuted_on(filtered: FilteredReport) -> tuple[int, ...]:
+    """The sources whose words the refuted sentences cite, in order."""
+    return tuple(dict.fromkeys(n for sentence in filtered.refuted for n in sorted(cited_numbers(sentence))))
+
+
+def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages: dict[str, FilteredReport],
+                   model_checked: bool = False) -> str:
     silent = [r.index + 1 for r in results if not r.answered]
     voting = {i for g in decided.groups for i in g.members}
     # an answer that restates the question, or a bare yes to a "who" question, is no vote, but it was written
@@ -342,8 +358,9 @@ def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages:
     if silent:
         lines.append(f"- No answer: {_trajectories(silent)}")
     if on_pages:
-        lines.append("\n_\"On [n]\": a fetched page holds the answer's words (checked as the findings are: by words, "
-                     "not meaning)._")
+        how = ("by its words, then by the model weighing each sentence against its negation" if model_checked
+               else "by words, not meaning")
+        lines.append(f"\n_\"On [n]\": a fetched page holds the answer's words (checked as the findings are: {how})._")
     return "\n".join(lines)
 
 

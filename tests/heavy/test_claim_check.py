@@ -88,6 +88,28 @@ async def test_a_report_with_the_check_on_lists_the_refuted_claim_as_dropped_and
     assert checked.usage.total_tokens > unchecked.usage.total_tokens
 
 
+async def test_the_answer_list_says_which_answer_sentences_the_check_refuted_and_the_report_pass_sees_none():
+    right = "A break statement terminates the loop without executing the else clause."
+    backend = ScriptedBackend(lambda r: text("A break statement ends the loop [1].") if r.request_id == "report"
+                              else _judge(r))
+    job = await aggregate(job_id="j", question="What do break and continue do to a loop's else clause?",
+                          mode="report", results=[result(0, f"{WRONG}.", cited=[LOOPS]),
+                                                  result(1, f"{right} {WRONG}.", cited=[LOOPS])], backend=backend)
+    listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
+    assert (f'"{WRONG}.": trajectory 1 — its words are on [1], but the model\'s check found that page does not '
+            "support it") in listed
+    assert ("trajectory 2 — 1 of its 2 sentences is on [1] (1 more by its words on [1], which the model's check "
+            "found does not support it)") in listed
+    assert "then by the model weighing each sentence against its negation" in listed
+    report = next(r for r in backend.requests if r.request_id == "report").messages[0]["content"]
+    # an answer whose every sentence was refuted is not shown to the report pass; one with a sentence left is, whole
+    assert "Researcher 1 gave an answer that no source text holds." in report and f"answered: {right}" in report
+    # one request per sentence of each answer (answers in the vote's order: trajectory 2's first), then the report
+    assert [r.request_id for r in backend.requests] == ["answer-check:0:0", "answer-check:0:1", "answer-check:1:0",
+                                                         "report"]
+    assert [s.url for s in job.sources] == [LOOPS.url]
+
+
 @pytest.mark.parametrize(("claim", "negation"), [
     ("The tower was finished in 1889.", "The tower was not finished in 1889."),
     ("Break and continue do not skip the else clause.", "Break and continue do skip the else clause."),

@@ -109,7 +109,7 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
     assert '"The Eiffel Tower is built for eventing.": trajectory 7 — it only restates the question' in listed
     # one that restates it word for word does not vote, and is listed all the same
     assert '"The Eiffel Tower was built for an event.": trajectory 8 — not an answer to the question' in listed
-    assert "by words, not meaning" in listed
+    assert "by its words, then by the model weighing each sentence against its negation" in listed
 
 
 async def test_trajectories_without_an_answer_are_listed_but_not_as_a_disagreement():
@@ -162,7 +162,7 @@ async def test_the_report_prompt_shows_the_most_relevant_sources_first_and_only_
                result(1, "1887", evidence=pages)]
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                           results=results, backend=backend, config=AggregationConfig(report_sources=2))
-    prompt = backend.requests[0].messages[0]["content"]
+    prompt = next(r for r in backend.requests if r.request_id == "report").messages[0]["content"]
     sources = prompt.split("Question:")[0]
     assert sources.index("[5] tower: The Eiffel Tower") < sources.index("[1] p0")  # numbers stay the union's
     assert "[2] p1" not in sources and "[3] p2" not in sources  # only the two most relevant are shown
@@ -244,7 +244,8 @@ async def test_the_report_pass_is_not_shown_answers_no_fetched_page_holds():
                result(1, "The Eiffel Tower was never finished by Napoleon.", evidence=[LOUVRE]), result(2, "1887")]
     await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report", results=results,
                     backend=backend)
-    findings = backend.requests[0].messages[0]["content"].split("answered:", 1)[1]
+    findings = next(r for r in backend.requests if r.request_id == "report").messages[0]["content"]
+    findings = findings.split("answered:", 1)[1]
     assert "1889" in findings and "Napoleon" not in findings and "1887" not in findings
     assert "Researcher 2 gave an answer that no source text holds." in findings
     assert "Researcher 3 gave an answer that no source text holds." in findings
