@@ -1,15 +1,15 @@
-"""The model check of a report's claims (off by default; `HEAVY_CHECK_CLAIMS=true`).
+"""The model check of a report's claims (on by default; `HEAVY_CHECK_CLAIMS=false` turns it off).
 
 The word check (citations.py) keeps a claim when a passage of a cited page holds its words; it cannot see that "break
-and continue skip the else clause" says the opposite of a page that holds all those words. This check asks the model,
-for each claim the word check kept, whether that passage supports it, and drops the claims it says no to.
+and continue skip the else clause" says the opposite of a page that holds all those words. This check puts each claim
+the word check kept to the model with that passage, and drops the claims the model finds unsupported.
 
 A small model says "no" to most claims, right or wrong, yet gives a claim a higher probability of "yes" than the same
 claim negated when the passage supports it. So where the backend gives log-probabilities, the claim and its negation
 (`negated`) are both asked, and the claim is refuted when the model finds its negation the better supported; without
-log-probabilities the greedy yes or no decides. `scripts/probe_claim_check.py` measures both
-on pairs whose truth is known (docs/report_claims.md). A claim whose check fails (an error, a reply that is neither
-yes nor no) keeps the word check's verdict: the check may only take claims out.
+log-probabilities the greedy yes or no decides. `scripts/probe_claim_check.py` measures both on pairs whose truth is
+known (docs/report_claims.md). A claim whose check fails (an error, a reply that is neither yes nor no) keeps the word
+check's verdict: the check may only take claims out.
 """
 
 from __future__ import annotations
