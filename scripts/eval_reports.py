@@ -12,10 +12,11 @@ the questions whose gold answer (normalised, as whole words; yes/no questions as
 It also counts the findings kept and dropped. One recorded file per run; give the 1- and 8-trajectory runs in turn
 to set the settings side by side.
 
-`--check-claims` also puts each finding to the model's claim check (`heavy/aggregate/claim_check.py`, what
-`HEAVY_CHECK_CLAIMS` turns on) after the report is written, as shipped (a claim weighed against its negation) and by
-the greedy reply alone, so one run gives the report with and without it (the report pass is greedy: its findings are
-the same either way), and counts the findings each refutes and those of them that say the gold answer.
+The report is aggregated with the word check alone. `--check-claims` also aggregates it as shipped, with the model's
+claim check (`heavy/aggregate/claim_check.py`, `HEAVY_CHECK_CLAIMS`): the trajectories' answers checked before the
+report pass (an answer the check refutes whole is not shown to it, so the findings may differ), then the findings,
+each weighed against its negation; and it puts the word check's findings to the greedy reply alone. It counts the
+findings each refutes, those of them that say the gold answer, and where the shipped report still says it.
 
     .venv/bin/python scripts/eval_reports.py docs/eval-runs/q1-31-n8-9ba4098.json.gz --out reports.json
 """
@@ -30,7 +31,7 @@ import logging
 from eval_hotpotqa import load_questions, read_run
 from replay_aggregation import parse_recorded_args, rebuild_job, recorded_corpus
 
-from heavy.aggregate import aggregate
+from heavy.aggregate import AggregationConfig, aggregate
 from heavy.aggregate.claim_check import check_claims
 from heavy.aggregate.evidence import fetched_texts, sentences_of
 from heavy.aggregate.normalize import normalize_answer
@@ -71,25 +72,37 @@ async def run(args: argparse.Namespace) -> dict:
             job_id = f"report-{asked['id']}-n{setting['trajectories']}"
             results = await rebuild_job(asked, job_id, executor, base)
             job = await aggregate(job_id=job_id, question=asked["question"], mode="report", results=results,
-                                  backend=backend)
+                                  backend=backend, config=AggregationConfig(check_claims=False))
             parts = report_parts(job.markdown)
             gold = asked["gold"]
             found = {part: says(parts[part], gold) for part in PARTS} if normalize_answer(gold) not in YES_NO else None
             findings = sentences_of(parts["findings"])
             row = {"id": asked["id"], "gold": gold, "found": found, "findings_kept": len(findings),
                    "dropped": len(job.dropped_claims), "markdown": job.markdown}
-            for contrast, key in ((True, "checked"), (False, "checked_greedy")) if args.check_claims else ():
-                # the markers of the final markdown number `job.sources`
-                checked = await check_claims(parts["findings"], job.sources, fetched_texts(results), backend,
-                                             prefix_key=job_id, contrast=contrast)
-                row[key] = {"findings_kept": len(sentences_of(checked.body)), "refuted": list(checked.refuted),
-                            "gold_in_findings": found is not None and says(checked.body, gold),
-                            "gold_refuted": found is not None and any(says(r, gold) for r in checked.refuted)}
+            if args.check_claims:
+                # as shipped: the answers' sentences checked before the report pass, then its findings
+                shipped = await aggregate(job_id=job_id, question=asked["question"], mode="report", results=results,
+                                          backend=backend, config=AggregationConfig(check_claims=True))
+                checked = report_parts(shipped.markdown)
+                row["checked"] = {**_check_counts(checked["findings"], shipped.refuted_claims, found, gold),
+                                  "gold_anywhere": found is not None and any(says(checked[p], gold) for p in PARTS),
+                                  "markdown": shipped.markdown}
+                # the greedy reply alone, on the findings the word check kept (the markers number `job.sources`)
+                greedy = await check_claims(parts["findings"], job.sources, fetched_texts(results), backend,
+                                            prefix_key=job_id, contrast=False)
+                row["checked_greedy"] = _check_counts(greedy.body, greedy.refuted, found, gold)
             out["per_question"].append(row)
             logging.info("q%d gold %r: %s, %d findings kept, %d dropped", number, gold,
                          found, len(findings), len(job.dropped_claims))
     await backend.aclose()
     return out
+
+
+def _check_counts(findings: str, refuted: tuple[str, ...], found: dict | None, gold: str) -> dict:
+    """What a claim check left of the findings, and what it took out ("found" None: a yes/no question)."""
+    return {"findings_kept": len(sentences_of(findings)), "refuted": list(refuted),
+            "gold_in_findings": found is not None and says(findings, gold),
+            "gold_refuted": found is not None and any(says(r, gold) for r in refuted)}
 
 
 def summary(out: dict) -> str:
@@ -108,7 +121,9 @@ def summary(out: dict) -> str:
         lines.append(f"with the claim check ({how}): findings kept {sum(c['findings_kept'] for c in checked)}, refuted "
                      f"{sum(len(c['refuted']) for c in checked)}; gold answer in the findings "
                      f"{sum(c['gold_in_findings'] for c in checked)} of {len(scored)}, in a refuted finding on "
-                     f"{sum(c['gold_refuted'] for c in checked)}")
+                     f"{sum(c['gold_refuted'] for c in checked)}"
+                     + (f"; anywhere in the report {sum(c['gold_anywhere'] for c in checked)} of {len(scored)}"
+                        if all("gold_anywhere" in c for c in checked) else ""))
     return "\n".join(lines)
 
 

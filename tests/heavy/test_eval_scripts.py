@@ -71,7 +71,8 @@ def test_eval_transcripts_record_the_call_run_in_place_of_a_repeat():
 def test_the_report_measure_sums_what_the_claim_check_kept_and_refuted():
     def row(found, checked):
         greedy = {**checked, "refuted": [*checked["refuted"], "One more [3]."]}
-        return {"found": found, "findings_kept": 3, "dropped": 1, "checked": checked, "checked_greedy": greedy}
+        shipped = {**checked, "gold_anywhere": found is not None}
+        return {"found": found, "findings_kept": 3, "dropped": 1, "checked": shipped, "checked_greedy": greedy}
 
     out = {"trajectories": 1, "per_question": [
         row({"answer": False, "findings": True, "quotes": False},
@@ -81,5 +82,6 @@ def test_the_report_measure_sums_what_the_claim_check_kept_and_refuted():
     text = eval_reports.summary(out)
     assert "findings kept 6, dropped 2" in text
     assert "with the claim check (as shipped): findings kept 3, refuted 3; gold answer in the findings 1 of 1, in a " \
-           "refuted finding on 0" in text
-    assert "with the claim check (greedy reply alone): findings kept 3, refuted 5;" in text
+           "refuted finding on 0; anywhere in the report 1 of 1" in text
+    assert "with the claim check (greedy reply alone): findings kept 3, refuted 5; gold answer in the findings 1 of " \
+           "1, in a refuted finding on 0\n" in text + "\n"
