@@ -102,13 +102,14 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
     asked = replace(sampling, top_logprobs=CHECK_ALTERNATIVES)
 
     async def ask(statement: str, suffix: str) -> Completion | None:
-        prompt = CHECK_PROMPT.format(passage=passage, claim=statement)
-        try:
-            return await backend.chat([{"role": "user", "content": prompt}], None, asked, max_tokens=CHECK_TOKENS,
-                                      request_id=request_id + suffix, prefix_key=prefix_key)
-        except LLMError as exc:
-            log.warning("claim check failed: %s", exc)
-            return None
+        messages = [{"role": "user", "content": CHECK_PROMPT.format(passage=passage, claim=statement)}]
+        for how in (asked, replace(sampling, top_logprobs=0)):  # a server refusing log-probabilities: greedy
+            try:
+                return await backend.chat(messages, None, how, max_tokens=CHECK_TOKENS,
+                                          request_id=request_id + suffix, prefix_key=prefix_key)
+            except LLMError as exc:
+                log.warning("claim check failed%s: %s", " with log-probabilities" if how.top_logprobs else "", exc)
+        return None
 
     reply = await ask(claim, "")
     if reply is None:

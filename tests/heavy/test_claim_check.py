@@ -156,6 +156,17 @@ async def test_a_claim_is_weighed_against_its_negation_not_by_the_greedy_no(clai
     assert all(r.sampling.top_logprobs == 5 and r.sampling.temperature == 0.0 for r in backend.requests)
 
 
+async def test_a_server_refusing_log_probabilities_gets_the_greedy_check():
+    def refusing(request):
+        if request.sampling.top_logprobs:
+            raise LLMError("400: logprobs are not supported")
+        return Completion("No.")
+
+    backend = ScriptedBackend(refusing)
+    assert (await supports(backend, "A passage.", RIGHT))[0] is False
+    assert [r.sampling.top_logprobs for r in backend.requests] == [5, 0]
+
+
 async def test_without_contrast_or_log_probabilities_only_the_greedy_reply_decides():
     assert (await supports(ScriptedBackend(_weighing_judge), "A passage.", RIGHT, contrast=False))[0] is False
     without = ScriptedBackend(lambda r: Completion("Yes."))  # a backend that gives no log-probabilities
