@@ -131,7 +131,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--start", type=int, default=0, help="skip the first N questions")
     parser.add_argument("--limit", type=int, default=None, help="N questions only")
-    parser.add_argument("--check-claims", action="store_true", help="also run the model's claim check on the findings")
+    parser.add_argument("--check-claims", action="store_true",
+                        help="also aggregate each report as shipped, with the model's claim check, and put the word "
+                             "check's findings to the greedy check")
     args = parse_recorded_args(parser, "eval_reports.json")  # its first setting is measured
     out = asyncio.run(run(args))
     args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False))

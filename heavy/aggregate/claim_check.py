@@ -139,16 +139,16 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
             split[i] = (prefix, SENTENCE_END.split(line[len(prefix):]))
     claims = [(i, k) for i, (_, sentences) in split.items() for k, s in enumerate(sentences) if MARKER.search(s)]
 
-    async def verdict(n: int, sentence: str) -> tuple[bool | None, Usage]:
+    async def verdict(index: int, sentence: str) -> tuple[bool | None, Usage]:
         pages = [texts.get(sources[n - 1].url, "") for n in sorted(cited_numbers(sentence)) if 0 < n <= len(sources)]
         claim = _SPACED_MARKER.sub("", sentence).strip()
         passage = passage_for(claim, [p for p in pages if p])
         if not passage:
             return None, Usage()
-        return await supports(backend, passage, claim, sampling, prefix_key, request_id=f"{label}:{n}",
+        return await supports(backend, passage, claim, sampling, prefix_key, request_id=f"{label}:{index}",
                               contrast=contrast)
 
-    verdicts = await asyncio.gather(*(verdict(n, split[i][1][k]) for n, (i, k) in enumerate(claims)))
+    verdicts = await asyncio.gather(*(verdict(index, split[i][1][k]) for index, (i, k) in enumerate(claims)))
     refuted = {(i, k) for (i, k), (ok, _) in zip(claims, verdicts, strict=True) if ok is False}
     kept_lines = []
     for i, line in enumerate(lines):

@@ -121,7 +121,7 @@ async def aggregate(
         usage = usage + report_usage
         filtered = filter_claims(written, union, texts, question)
         body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
-        if config.check_claims and body:
+        if checking and body:
             checked = await check_claims(body, union, texts, backend, config.sampling, job_id)
             body, body_cited, refuted = checked.body, cited_numbers(checked.body), checked.refuted
             dropped = (*dropped, *refuted)
