@@ -2,9 +2,10 @@
 
 `generate` adds the request to every rank's engine (same order on every rank: Ray runs one caller's calls to an
 actor in order) and a single step loop calls `step` on all ranks at once, so continuous batching, the paged KV cache
-and the prefix cache work as in one engine. A failed step (a rank died, its peers' collectives broke) fails the
-in-flight requests with a retriable ReplicaDownError; the replica then waits for Ray to restart the rank
-(max_restarts) and re-forms the group on a fresh port.
+and the prefix cache work as in one engine. Aborts (a caller that left) go out from the step loop too, between two
+steps. A failed step (a rank died, its peers' collectives broke) fails the in-flight requests with a retriable
+ReplicaDownError; the replica then waits for Ray to restart the rank (max_restarts) and re-forms the group on a
+fresh port.
 """
 
 import asyncio
@@ -97,6 +98,7 @@ class Replica:
         self.up = False
         self.generation = 0
         self.aborted = 0
+        self._aborting: list[str] = []  # request ids to free on every rank before the next step
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._recovering: asyncio.Task | None = None
@@ -168,8 +170,8 @@ class Replica:
         finally:
             if not finished and self.pending.pop(request_id, None) is not None and self.up:
                 self.aborted += 1
-                for rank in self.ranks:  # cancelled or refused: free its blocks on every rank
-                    rank.abort.remote(request_id)
+                self._aborting.append(request_id)  # cancelled or refused: the step loop frees it on every rank
+                self._wake.set()
 
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
                        request_id: str | None = None) -> Completion:
@@ -181,6 +183,7 @@ class Replica:
 
     async def _step_loop(self) -> None:
         while True:
+            self._send_aborts()
             if not self.pending or not self.up:
                 self._wake.clear()
                 await self._wake.wait()
@@ -191,6 +194,17 @@ class Replica:
                 self._fail(exc)
                 continue
             self._deliver(per_rank)
+
+    def _send_aborts(self) -> None:
+        """Aborts go out from this loop, between two steps, so every rank frees the same requests before the same
+        step. Sent from the cancelled request's own task they would be its children, which a recursive `ray.cancel`
+        of that task may cancel on one rank and not on the other: the ranks would then disagree on the batch and
+        the next collective would hang."""
+        if self.up:
+            for request_id in self._aborting:
+                for rank in self.ranks:
+                    rank.abort.remote(request_id)
+        self._aborting.clear()  # after a failure the re-formed group starts from empty engines anyway
 
     def _deliver(self, per_rank: list[list[RequestOutput]]) -> None:
         first = [(o.request_id, o.new_token_ids) for o in per_rank[0]]

@@ -140,7 +140,8 @@ class Router:
             finally:
                 self.in_flight[index] -= 1
                 if not done:  # the caller went away (or the replica failed): stop the replica's stream too
-                    ray.cancel(stream)
+                    # not recursive: the stream's own calls to the ranks (adding the request) must run on every rank
+                    ray.cancel(stream, recursive=False)
 
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams, *, request_id: str | None = None,
                        prefix_key: str | None = None) -> RoutedCompletion:

@@ -79,7 +79,8 @@ class RouterFrontend:
             async for ref in stream:
                 yield (await ref).output
         finally:
-            ray.cancel(stream)  # a client that went away: stop the router's stream (no-op once finished)
+            # a client that went away: stop the router's stream (no-op once finished); not recursive, as in the router
+            ray.cancel(stream, recursive=False)
 
     def shutdown(self) -> None:
         for actor in (self.router, *self.replicas):
