@@ -6,7 +6,7 @@ the word check kept to the model with that passage, and drops the claims the mod
 
 A small model says "no" to most claims, right or wrong, yet gives a claim a higher probability of "yes" than the same
 claim negated when the passage supports it. So where the backend gives log-probabilities, the claim and its negation
-(`negated`) are both asked, and the claim is refuted when the model finds its negation the better supported; without
+(`negations`) are both asked, and the claim is refuted when the model finds its negation the better supported; without
 log-probabilities the greedy yes or no decides. `scripts/probe_claim_check.py` measures both on pairs whose truth is
 known (docs/report_claims.md). A claim whose check fails (an error, a reply that is neither yes nor no) keeps the word
 check's verdict: the check may only take claims out.
@@ -40,8 +40,13 @@ _CONTRACTED = {"isn't": "is", "aren't": "are", "wasn't": "was", "weren't": "were
                "hasn't": "has", "haven't": "have", "hadn't": "had", "doesn't": "does", "don't": "do", "didn't": "did"}
 _CONTRACTION = re.compile(r"\b(" + "|".join(map(re.escape, _CONTRACTED)) + r")(?!\w)", re.IGNORECASE)
 _AUXILIARY = re.compile(rf"\b({_AUXILIARIES})\b", re.IGNORECASE)
+# an opening subordinate clause ("If a break ends the loop, the else clause is skipped"): the claim's point is the
+# main clause after it, whose auxiliary is the one to flip
+_SUBORDINATE = re.compile(r"(?:if|when|whenever|while|although|though|because|since|unless|after|before|once|until)"
+                          r"\b[^,]*,\s*", re.IGNORECASE)
 _LOWERED = {"a", "an", "the", "it", "its", "this", "these", "that", "those", "they", "their", "there", "he", "she",
-            "his", "her", "in", "on", "at", "from", "after", "before"}  # a claim's first word that is no name
+            "his", "her", "in", "on", "at", "from", "after", "before", "if", "when", "whenever", "while", "although",
+            "though", "because", "since", "unless", "once", "until"}  # a claim's first word that is no name
 
 
 @dataclass(frozen=True)
@@ -59,16 +64,13 @@ def passage_for(claim: str, texts: Sequence[str]) -> str:
                default="")
 
 
-def negated(claim: str) -> str:
-    """`claim` with the polarity of its first auxiliary verb flipped ("is not" -> "is", "doesn't" -> "does", "was" ->
-    "was not"); without one ("It terminates the loop": flipping it would need the verb's base form), "It is not true
-    that" before it."""
-    claim = claim.replace("\u2019", "'")
-    first = min((m for m in (pattern.search(claim) for pattern in (_AUXILIARY_NOT, _CONTRACTION, _AUXILIARY)) if m),
+def _flip(claim: str, start: int = 0) -> str | None:
+    """`claim` with the polarity of its first auxiliary verb from `start` flipped ("is not" -> "is", "doesn't" ->
+    "does", "was" -> "was not"); None without one."""
+    first = min((m for m in (p.search(claim, start) for p in (_AUXILIARY_NOT, _CONTRACTION, _AUXILIARY)) if m),
                 key=lambda m: m.start(), default=None)
     if first is None:
-        opening, _, rest = claim.partition(" ")
-        return f"It is not true that {opening.lower() if opening.lower() in _LOWERED else opening} {rest}".rstrip()
+        return None
     word = first.group(1)
     if first.re is _AUXILIARY_NOT:
         flipped = word
@@ -78,6 +80,27 @@ def negated(claim: str) -> str:
     else:
         flipped = f"{word} not"
     return claim[:first.start()] + flipped + claim[first.end():]
+
+
+def negated(claim: str) -> str:
+    """`claim` with its first auxiliary verb's polarity flipped; without one ("It terminates the loop": flipping it
+    would need the verb's base form), "It is not true that" before it."""
+    claim = claim.replace("\u2019", "'")
+    if (flipped := _flip(claim)) is not None:
+        return flipped
+    opening, _, rest = claim.partition(" ")
+    return f"It is not true that {opening.lower() if opening.lower() in _LOWERED else opening} {rest}".rstrip()
+
+
+def negations(claim: str) -> tuple[str, ...]:
+    """What the claim is weighed against: `negated(claim)`, and after an opening "If ...," or "When ...," also the
+    claim with its main clause's auxiliary flipped. A conditional can be wrong in either clause: the demo's "If the
+    break statement is executed ..., the else clause ... is executed" is wrong in its main clause, which flipping its
+    first auxiliary does not touch."""
+    first = negated(claim)
+    clause = _SUBORDINATE.match(claim)
+    main = _flip(claim.replace("\u2019", "'"), clause.end()) if clause else None
+    return (first,) if main is None or main == first else (first, main)
 
 
 def yes_share(reply: Completion) -> float | None:
@@ -97,8 +120,8 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
                    prefix_key: str | None = None, request_id: str = "claim-check",
                    contrast: bool = True) -> tuple[bool | None, Usage]:
     """Whether the model finds `claim` supported by `passage`: True, False, or None when it said neither or failed.
-    With `contrast` and log-probabilities, False when the claim's negation has the higher share of "yes" (asked only
-    when the claim's reply came with log-probabilities); else the greedy reply to the claim."""
+    With `contrast` and log-probabilities, False when one of the claim's `negations` has the higher share of "yes"
+    (asked only when the claim's reply came with log-probabilities); else the greedy reply to the claim."""
     asked = replace(sampling, top_logprobs=CHECK_ALTERNATIVES)
 
     async def ask(statement: str, suffix: str) -> Completion | None:
@@ -115,11 +138,12 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
     if reply is None:
         return None, Usage()
     share = yes_share(reply)
-    opposite_reply = await ask(negated(claim), ":negated") if contrast and share is not None else None
-    usage = reply.usage + (opposite_reply.usage if opposite_reply is not None else Usage())
-    opposite_share = yes_share(opposite_reply) if opposite_reply is not None else None
-    if share is not None and opposite_share is not None:
-        return share >= opposite_share, usage
+    opposites = [await ask(statement, ":negated" + (f":{k}" if k else ""))
+                 for k, statement in enumerate(negations(claim))] if contrast and share is not None else []
+    usage = sum((r.usage for r in opposites if r is not None), reply.usage)
+    opposite_shares = [yes_share(r) if r is not None else None for r in opposites]
+    if share is not None and opposite_shares and None not in opposite_shares:
+        return share >= max(opposite_shares), usage
     said = _REPLY.match(reply.content)
     return (said.group(1).lower() == "yes" if said else None), usage
 

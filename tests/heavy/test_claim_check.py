@@ -5,7 +5,7 @@ greedy "no" takes it out); an unclear reply or a failure leaves it."""
 import pytest
 
 from heavy.aggregate import AggregationConfig, aggregate
-from heavy.aggregate.claim_check import check_claims, negated, passage_for, supports, yes_share
+from heavy.aggregate.claim_check import check_claims, negated, negations, passage_for, supports, yes_share
 from heavy.llm.types import Completion, LLMError, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
 from tests.heavy.test_aggregate import result
@@ -119,9 +119,23 @@ async def test_the_answer_list_says_which_answer_sentences_the_check_refuted_and
     ("A continue statement skips the rest of the suite.", "It is not true that a continue statement skips the rest "
                                                           "of the suite."),  # no auxiliary verb to flip
     ("Gustave Eiffel built it.", "It is not true that Gustave Eiffel built it."),
+    ("When it ends, it terminates the loop.", "It is not true that when it ends, it terminates the loop."),
+    ("Once built, the tower was 300 m tall.", "Once built, the tower was not 300 m tall."),  # one auxiliary
 ])
 def test_a_claims_negation_flips_its_first_auxiliary_verb(claim, negation):
     assert negated(claim) == negation
+    assert negations(claim) == (negation,)
+
+
+@pytest.mark.parametrize(("claim", "main"), [
+    # the demo's wrong finding at a1d7c74: its main clause is what is wrong
+    ('If the break statement is executed in the first suite, the "else" clause, if present, is executed.',
+     'If the break statement is executed in the first suite, the "else" clause, if present, is not executed.'),
+    ("When a loop isn\u2019t exhausted, the else clause doesn't run.",
+     "When a loop isn't exhausted, the else clause does run."),
+])
+def test_a_conditional_claim_is_also_negated_in_its_main_clause(claim, main):
+    assert negations(claim) == (negated(claim), main)
 
 
 def test_the_share_of_yes_is_read_off_the_first_tokens_alternatives():
@@ -137,10 +151,10 @@ SHARES = {RIGHT: (-1.0, -0.5), negated(RIGHT): (-1.6, -0.2), BACKWARDS: (-0.9, -
           WRONG: (-1.2, -0.4), negated(WRONG): (-0.7, -0.7)}
 
 
-def _weighing_judge(request):
+def _weighing_judge(request, shares=SHARES):
     """Greedy "No" to every claim, with log-probabilities of yes and no when they were asked for."""
     claim = request.messages[0]["content"].split("Claim: ")[1].split("\n")[0]
-    yes, no = SHARES.get(claim, (-2.0, -0.2))
+    yes, no = shares.get(claim, (-2.0, -0.2))
     alternatives = ((("No", no), ("Yes", yes)),) if request.sampling.top_logprobs else ()
     return Completion("No", usage=Usage(80, 1), top_logprobs=alternatives)
 
@@ -154,6 +168,21 @@ async def test_a_claim_is_weighed_against_its_negation_not_by_the_greedy_no(clai
     assert backend.requests[1].messages[0]["content"].endswith(f"Claim: {negated(claim)}\n\nDoes the passage "
                                                                 "support the claim? Answer yes or no.")
     assert all(r.sampling.top_logprobs == 5 and r.sampling.temperature == 0.0 for r in backend.requests)
+
+
+CONDITIONAL = "If the loop is ended by a break, the else clause is executed"  # wrong in its main clause
+FIRST_FLIPPED, MAIN_FLIPPED = negations(CONDITIONAL)
+
+
+@pytest.mark.parametrize(("main_share", "kept"), [((-0.3, -1.5), False), ((-2.0, -0.2), True)])
+async def test_a_conditional_claim_is_refuted_when_either_negation_is_the_better_supported(main_share, kept):
+    shares = {CONDITIONAL: (-0.9, -0.5), FIRST_FLIPPED: (-1.2, -0.4), MAIN_FLIPPED: main_share}
+    backend = ScriptedBackend(lambda r: _weighing_judge(r, shares))
+    said, usage = await supports(backend, "A passage.", CONDITIONAL, request_id="claim-check:0")
+    assert said is kept and usage == Usage(240, 3)
+    assert [r.request_id for r in backend.requests] == ["claim-check:0", "claim-check:0:negated",
+                                                        "claim-check:0:negated:1"]
+    assert MAIN_FLIPPED in backend.requests[2].messages[0]["content"]
 
 
 async def test_a_server_refusing_log_probabilities_gets_the_greedy_check():

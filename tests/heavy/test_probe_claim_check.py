@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from heavy.aggregate.claim_check import negated
+from heavy.aggregate.claim_check import negations
 from heavy.llm.types import Completion
 from tests.heavy.fakes import ScriptedBackend
 
@@ -18,7 +18,7 @@ spec.loader.exec_module(probe_script)
 PAIRS = probe_script.PAIRS + probe_script.generated_pairs()
 
 
-TRUTH = {**{negated(c): not ok for _, c, ok in PAIRS}, **{c: ok for _, c, ok in PAIRS}}
+TRUTH = {**{n: not ok for _, c, ok in PAIRS for n in negations(c)}, **{c: ok for _, c, ok in PAIRS}}
 
 
 def _knowing(request) -> str:
@@ -51,5 +51,6 @@ def test_the_probe_counts_the_verdicts_that_match_the_known_truth(judge, right, 
     for line, n, of, wrong in zip(totals, [r for r in right for _ in "cg"], (10, 10, 40, 40),
                                   [k for k in kept for _ in "cg"], strict=True):
         assert f": {n}/{of} right; wrong claims kept {wrong}/{of // 2}" in line
-    # the contrast asks each claim and its negation, the greedy check each claim once
-    assert len(backend.requests) == 3 * 50 and all(r.sampling.temperature == 0.0 for r in backend.requests)
+    # the contrast asks each claim and its negations (two for a conditional), the greedy check each claim once
+    asked = sum(2 + len(negations(claim)) for _, claim, _ in PAIRS)
+    assert len(backend.requests) == asked > 3 * 50 and all(r.sampling.temperature == 0.0 for r in backend.requests)
