@@ -5,7 +5,8 @@ Stops, all shared through one StopSignal so every in-flight request and tool cal
 - the job deadline passed and at least `straggler_min_done` trajectories are done → cut the stragglers;
   deadline + grace passed → aggregate whatever exists (partial, never nothing);
 - answer mode: `early_stop_k` trajectories agree → stop the rest;
-- `JobControl.finish_now()` → stop and aggregate (partial); `JobControl.cancel()` → stop, no report.
+- `JobControl.finish_now()` → stop and aggregate (partial); `JobControl.cancel()` → stop, no report (also while
+  aggregating: the aggregator's model requests are aborted).
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from heavy.agent import JobTokenBudget, StopSignal, Trajectory, TrajectoryLimits, TrajectoryResult, TrajectorySpec
-from heavy.agent.budget import EXTERNAL_STOPS
+from heavy.agent import (
+    JobTokenBudget,
+    Stopped,
+    StopSignal,
+    Trajectory,
+    TrajectoryLimits,
+    TrajectoryResult,
+    TrajectorySpec,
+)
+from heavy.agent.budget import EXTERNAL_STOPS, until_stopped
 from heavy.agent.openings import focus_query
 from heavy.aggregate import AggregationConfig, JobResult, aggregate, agreeing
 from heavy.config import Settings
@@ -97,11 +106,13 @@ class JobControl:
 
     def __init__(self) -> None:
         self.stop = StopSignal()
+        self.cancelled = StopSignal()  # cancel() only: honoured while aggregating too, when `stop` is long set
 
     def finish_now(self) -> None:
         self.stop.set("finish_now")
 
     def cancel(self) -> None:
+        self.cancelled.set("cancelled")
         self.stop.set("cancelled")
 
 
@@ -121,7 +132,7 @@ class Scheduler:
                                    trajectories=spec.trajectories))
         try:
             results, reason = await self._run_trajectories(spec, sink, control.stop)
-            if reason == "cancelled":
+            if reason == "cancelled" or control.cancelled.is_set():
                 await sink.emit(JobCancelled(job_id=spec.job_id))
                 return _cancelled(spec, results)
             if results and all(r.stop_reason == "error" for r in results):
@@ -132,9 +143,14 @@ class Scheduler:
             await sink.emit(Aggregating(job_id=spec.job_id, done=finished, stopped=len(results) - finished,
                                         reason=reason))
             status = "partial" if reason in PARTIAL_STOPS else "done"
-            result = await aggregate(job_id=spec.job_id, question=spec.question, mode=spec.mode, results=results,
-                                     backend=self.backend, status=status, stop_reason=reason,
-                                     config=self.aggregation)
+            try:  # a cancel while aggregating aborts the aggregator's model requests: no report
+                result = await until_stopped(
+                    aggregate(job_id=spec.job_id, question=spec.question, mode=spec.mode, results=results,
+                              backend=self.backend, status=status, stop_reason=reason, config=self.aggregation),
+                    control.cancelled)
+            except Stopped:
+                await sink.emit(JobCancelled(job_id=spec.job_id))
+                return _cancelled(spec, results)
         except Exception as exc:
             await sink.emit(JobFailed(job_id=spec.job_id, error=f"{type(exc).__name__}: {exc}"))
             raise

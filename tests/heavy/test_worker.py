@@ -93,6 +93,21 @@ async def test_cancel_stops_a_running_job_and_aborts_its_requests(client, start_
     assert (await client.get(f"/v1/jobs/{job['id']}/report")).status_code == 409
 
 
+async def test_cancel_while_aggregating_stops_the_report_pass_and_leaves_no_report(client, start_worker):
+    backend = ScriptedBackend(researcher, delay_s=lambda r: 60 if r.trajectory < 0 else 0)  # a slow report pass
+    start_worker(backend)
+    job = (await client.post("/v1/jobs", json=JOB)).json()
+    await status_is(client, job["id"], "aggregating")
+    await wait_for(lambda: asyncio.sleep(0, result=any(r.trajectory < 0 for r in backend.requests)))
+    await client.post(f"/v1/jobs/{job['id']}/cancel")
+    cancelled = await status_is(client, job["id"], "cancelled", "done", "failed")
+    assert cancelled["status"] == "cancelled" and cancelled["stop_reason"] == "cancelled"
+    assert [r.request_id for r in backend.requests if r.trajectory < 0] == backend.cancelled  # the pass was aborted
+    events = [e["event"] for e in parse_sse((await client.get(f"/v1/jobs/{job['id']}/events")).text)]
+    assert events[-2:] == ["aggregating", "job_cancelled"]
+    assert (await client.get(f"/v1/jobs/{job['id']}/report")).status_code == 409
+
+
 async def test_finish_now_aggregates_what_exists(client, start_worker):
     slow_after_first_search = lambda r: 60 if r.trajectory >= 0 and step_of(r) >= 1 else 0  # noqa: E731
     start_worker(ScriptedBackend(researcher, delay_s=slow_after_first_search))
