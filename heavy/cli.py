@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from enum import StrEnum
@@ -27,7 +29,7 @@ from heavy.corpus.commands import corpus_app, default_index_path
 from heavy.corpus.documents import CorpusFormatError
 from heavy.display import LiveBoard
 from heavy.llm import make_backend
-from heavy.scheduler import JobSpec, Scheduler
+from heavy.scheduler import JobControl, JobSpec, Scheduler
 from heavy.service_cli import register as register_service_commands
 from heavy.toolbox import local_corpus_tools, web_tools
 from heavy.tools.base import ToolExecutor
@@ -61,21 +63,47 @@ def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecut
     return local_corpus_tools(index or default_index_path())
 
 
+def _on_interrupt(control: JobControl) -> Callable[[], None]:
+    """Ctrl-C: the first finishes now (the trajectories stop and what they found is aggregated into a partial
+    report), the second cancels (no report)."""
+    presses = 0
+
+    def interrupted() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            console.print("[yellow]finishing now:[/yellow] the report merges what the trajectories have "
+                          "(Ctrl-C again to cancel)")
+            control.finish_now()
+        else:
+            console.print("[yellow]cancelled[/yellow]")
+            control.cancel()
+    return interrupted
+
+
 async def _run(spec: JobSpec, backend_name: str, executor: ToolExecutor, show_live: bool) -> JobResult:
     settings = get_settings()
     backend = make_backend(settings, backend_name)
     scheduler = Scheduler(backend, executor, AggregationConfig.from_settings(settings))
+    control, loop = JobControl(), asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, _on_interrupt(control))
+        watching = True
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals here: Ctrl-C aborts
+        watching = False
     try:
         if not show_live:  # no view while it runs (output to a file or a pipe): the board once, as it ended
             board = LiveBoard(spec.trajectories)
-            result = await scheduler.run(spec, sink=board)
+            result = await scheduler.run(spec, sink=board, control=control)
             console.print(board.render())
             return result
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             board = LiveBoard(spec.trajectories, live)
             live.update(board.render())
-            return await scheduler.run(spec, sink=board)
+            return await scheduler.run(spec, sink=board, control=control)
     finally:
+        if watching:
+            loop.remove_signal_handler(signal.SIGINT)
         await backend.aclose()
 
 
@@ -93,7 +121,8 @@ def ask(
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the JSON result here")] = None,
     live: Annotated[bool, typer.Option(help="live view of the trajectories")] = True,
 ) -> None:
-    """Research QUESTION with N trajectories and print the merged report."""
+    """Research QUESTION with N trajectories and print the merged report. Ctrl-C finishes now (a partial report of
+    what the trajectories found); Ctrl-C again cancels."""
     logging.basicConfig(level=logging.WARNING)
     settings = get_settings()
     try:
@@ -112,6 +141,9 @@ def ask(
     except Exception as exc:  # one line for the user
         console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from exc
+    if result.status == "cancelled":
+        console.print("[yellow]cancelled:[/yellow] no report")
+        raise typer.Exit(130)  # as a shell reports a command ended by Ctrl-C
     console.print(Markdown(result.markdown))
     _print_dropped(result)
     if json_out is not None:

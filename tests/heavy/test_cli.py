@@ -2,9 +2,15 @@
 (index + page server), real tools, scheduler and aggregator."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -40,14 +46,41 @@ def script(body: dict) -> dict:
         {"id": "c1", "type": "function", "function": {"name": "answer", "arguments": arguments}}]})
 
 
+class Holds:
+    """Which requests the fake server keeps waiting (until released): a trajectory's request after its first tool
+    result (the job is then mid-way), and, when asked, the report pass."""
+
+    def __init__(self, trajectories: int = 0, report: bool = False):
+        self.trajectories, self.report = trajectories, report
+        self.held, self.release, self.lock = [], threading.Event(), threading.Lock()
+
+    def hold(self, body: dict) -> None:
+        with self.lock:
+            after_tool = bool(body.get("tools")) and body["messages"][-1]["role"] == "tool"
+            trajectory = after_tool and sum(b.get("tools") is not None for b in self.held) < self.trajectories
+            report = self.report and not body.get("tools") and not any(not b.get("tools") for b in self.held)
+            if trajectory or report:
+                self.held.append(body)
+            else:
+                return
+        self.release.wait(60)
+
+
 @pytest.fixture
-def fake_llm():
+def holds(request):
+    """Nothing held, unless a test gives (trajectories, report) as the parameter."""
+    return Holds(*getattr(request, "param", ()))
+
+
+@pytest.fixture
+def fake_llm(holds):
     seen = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append(body)
+            holds.hold(body)
             payload = json.dumps(script(body)).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -62,6 +95,7 @@ def fake_llm():
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    holds.release.set()
     server.shutdown()
     server.server_close()
     thread.join()
@@ -91,6 +125,49 @@ def test_ask_prints_a_cited_report_and_writes_json(tmp_path, monkeypatch, fake_l
     trajectory_calls = [b for b in seen if b.get("tools")]
     assert {b["user"] for b in trajectory_calls} == {data["job_id"]}  # prefix key = job id
     assert {t["function"]["name"] for t in trajectory_calls[0]["tools"]} == {"search", "open_page", "python", "answer"}
+
+
+def _ask_in_a_process(tmp_path, base_url: str) -> tuple[subprocess.Popen, Path]:
+    (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in DOCS))
+    corpus_add(tmp_path / "docs.jsonl", tmp_path / "corpus.sqlite")
+    out = tmp_path / "result.json"
+    env = os.environ | {"HEAVY_OPENAI_BASE_URL": base_url, "HEAVY_SEARCH": "local"}
+    argv = [sys.executable, "-m", "heavy.cli", "ask", "Who directed Sinister?", "--trajectories", "2", "--backend",
+            "openai", "--index", str(tmp_path / "corpus.sqlite"), "--json", str(out), "--no-live"]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), out
+
+
+def _wait_held(holds: Holds, count: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while len(holds.held) < count:
+        assert process.poll() is None and time.monotonic() < deadline, f"only {len(holds.held)} requests held"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("holds", [(2, False)], indirect=True)
+def test_ctrl_c_finishes_now_with_a_partial_report_of_what_was_found(tmp_path, fake_llm, holds):
+    process, out = _ask_in_a_process(tmp_path, fake_llm[0])
+    _wait_held(holds, 2, process)  # both trajectories searched and wait for the model
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "finishing now" in output and "Scott Derrickson" in output and "Traceback" not in output
+    data = json.loads(out.read_text())
+    assert data["status"] == "partial" and data["stop_reason"] == "finish_now" and data["sources"]
+    assert {t["stop_reason"] for t in data["trajectories"]} == {"finish_now"}
+
+
+@pytest.mark.parametrize("holds", [(2, True)], indirect=True)
+def test_ctrl_c_twice_cancels_even_while_the_report_is_written(tmp_path, fake_llm, holds):
+    process, out = _ask_in_a_process(tmp_path, fake_llm[0])
+    _wait_held(holds, 2, process)
+    process.send_signal(signal.SIGINT)
+    _wait_held(holds, 3, process)  # the report pass waits for the model
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "cancelled: no report" in output and "Sources" not in output and "Traceback" not in output
+    assert not out.exists()
 
 
 def test_ask_reports_a_missing_index_in_one_line(tmp_path):
