@@ -123,6 +123,22 @@ async def test_cancel_stops_everything_and_writes_no_report():
     assert not [r for r in backend.requests if r.trajectory < 0]  # no aggregation call
 
 
+async def test_cancel_after_finish_now_stops_the_report_pass_too():
+    control = JobControl()
+    backend = ScriptedBackend(researcher(), delay_s=lambda r: 30 if r.trajectory < 0 or r.trajectory >= 2 else 0)
+    task = asyncio.create_task(run(spec(mode="report"), backend, control))
+    while sum(r.trajectory < 2 for r in backend.requests) < 4:
+        await asyncio.sleep(0.01)
+    control.finish_now()
+    while not [r for r in backend.requests if r.trajectory < 0]:  # aggregating: the report pass waits
+        await asyncio.sleep(0.01)
+    control.cancel()
+    result, sink = await task
+    assert result.status == "cancelled" and result.markdown == ""
+    assert sink.of_type(Aggregating) and sink.of_type(JobCancelled) and not sink.of_type(ReportReady)
+    assert [r.request_id for r in backend.requests if r.trajectory < 0] == backend.cancelled[-1:]
+
+
 async def test_a_crashing_trajectory_does_not_sink_the_job():
     base = researcher(["Paris"] * 8)
 
