@@ -6,6 +6,7 @@ one of their own for as long as they run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -49,7 +50,8 @@ def serve(
 def worker(
     index: Annotated[Path | None, typer.Option(help="local corpus index (default HEAVY_CORPUS_INDEX)")] = None,
 ) -> None:
-    """Run jobs from the queue with the configured backend and tools until interrupted."""
+    """Run jobs from the queue with the configured backend and tools until SIGTERM or Ctrl-C; the jobs it was
+    running are then resumed by another worker from their checkpoints."""
     from heavy.corpus.commands import default_index_path
     from heavy.embedded_redis import redis_url_for
     from heavy.llm import make_backend
@@ -64,17 +66,16 @@ def worker(
         store = Store.connect(url, settings)
         backend = await asyncio.to_thread(make_backend, settings)
         try:
-            await Worker(store, backend, executor, settings).run()
+            await Worker(store, backend, executor, settings).run_until_signalled()
         finally:
             await backend.aclose()
             await store.aclose()
 
     tools = web_tools() if settings.search == "web" else local_corpus_tools(index or default_index_path())
     with redis_url_for(settings.redis_url, _home()) as url, tools as executor:
-        try:
-            asyncio.run(run(url, executor))
-        except KeyboardInterrupt:
-            console.print("worker stopped; its running jobs will be resumed by the next worker")
+        with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C before the worker runs (while the model loads)
+            asyncio.run(run(url, executor))  # until SIGTERM or Ctrl-C
+        console.print("worker stopped; its running jobs will be resumed by the next worker")
 
 
 def up(

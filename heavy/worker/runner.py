@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
@@ -84,6 +85,19 @@ class Worker:
                 task.cancel()
             await asyncio.gather(renewer, *self.running.values(), return_exceptions=True)
             log.info("worker %s stopped", self.name)
+
+    async def run_until_signalled(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """`run` until one of `signals` arrives (Kubernetes stops a pod with SIGTERM): the worker then stops
+        claiming, aborts its jobs' in-flight model requests and tool calls and returns; the jobs, checkpointed after
+        every step, stay unacknowledged and another worker resumes them once their lease ran out."""
+        stop, loop = asyncio.Event(), asyncio.get_running_loop()
+        for signum in signals:
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await self.run(stop)
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
 
     async def _renew_leases(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

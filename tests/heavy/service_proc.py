@@ -27,7 +27,8 @@ def slow_third_step(request) -> float:
 async def worker(url: str, prefix: str, name: str, slow: bool) -> None:
     store = Store.connect(url, WORKER_SETTINGS, Keys(prefix))
     backend = ScriptedBackend(researcher, delay_s=slow_third_step if slow else (lambda r: 0.05))
-    await Worker(store, backend, executor(), WORKER_SETTINGS, name=name).run()
+    await Worker(store, backend, executor(), WORKER_SETTINGS, name=name).run_until_signalled()
+    print(f"worker {name} stopped", flush=True)
 
 
 def api(url: str, prefix: str, port: int) -> None:

@@ -91,6 +91,36 @@ async def test_worker_sigkill_mid_job_another_worker_finishes_it(store, redis_ur
             stop(rescuer)
 
 
+async def test_worker_sigterm_mid_job_exits_at_once_and_another_worker_finishes_it(store, redis_url, key_prefix):
+    # what Kubernetes does to a pod it stops: SIGTERM, then SIGKILL after the grace period
+    stopping = subprocess.Popen([sys.executable, "-m", "tests.heavy.service_proc", "worker", redis_url, key_prefix,
+                                 "stopping", "slow"], stdout=subprocess.PIPE, text=True)
+    rescuer = None
+    try:
+        job_id = await submit(store)
+
+        async def waiting_on_third_steps():
+            saved = await store.jobs.load_checkpoints(job_id, 3)
+            return len(saved) == 3 and all(len(c.get("steps", ())) == 2 for c in saved.values())
+        await wait_for(waiting_on_third_steps, timeout_s=60)
+        stopping.send_signal(signal.SIGTERM)
+        output, _ = stopping.communicate(timeout=10)  # the third steps wait a minute: they are aborted, not awaited
+        assert stopping.returncode == 0 and "worker stopping stopped" in output
+        job = await store.jobs.get(job_id)
+        assert job.status == "running" and job.worker == "stopping"  # left for another worker, not failed
+        before = await all_events(store, job_id)
+
+        rescuer = spawn("worker", redis_url, key_prefix, "rescuer")
+        job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
+        assert (job.status, job.attempts, job.worker) == ("done", 2, "rescuer")
+        assert events[:len(before)] == before
+        assert_gap_free(events, trajectories=3)
+    finally:
+        stop(stopping)
+        if rescuer:
+            stop(rescuer)
+
+
 async def follow(url: str, headers: dict, received: list[dict]) -> None:
     """Follow the SSE stream until it ends or the connection drops; append every event."""
     async with httpx.AsyncClient(timeout=30) as client, client.stream("GET", url, headers=headers) as response:
