@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from heavy.cli import app
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_add
-from tests.heavy.test_cli import DOCS, fake_llm  # noqa: F401 (fixture)
+from tests.heavy.test_cli import DOCS, fake_llm, holds  # noqa: F401 (fixtures)
 from tests.net import free_port
 
 pytestmark = pytest.mark.slow
