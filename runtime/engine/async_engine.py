@@ -71,6 +71,12 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._send(("abort", request_id))
 
+    async def unavailable(self) -> str | None:
+        """Why the engine cannot serve (its loop failed or was shut down), or None when it can."""
+        if self._error is not None or self._stopping or not self._thread.is_alive():
+            return f"the engine loop has stopped: {self._error or 'shutdown'}"
+        return None
+
     def shutdown(self) -> None:
         self._stopping = True
         self._wakeup.set()

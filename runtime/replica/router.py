@@ -90,6 +90,10 @@ class Router:
         except (TimeoutError, RayActorError):
             return None
 
+    def replicas_up(self) -> list[bool]:
+        """Which replicas the last health round found up (asked every `health_interval_s`)."""
+        return list(self.up)
+
     def choose(self, prefix_key: str | None, exclude: frozenset[int] = frozenset()) -> int:
         candidates = [i for i, up in enumerate(self.up) if up and i not in exclude]
         if not candidates:

@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from pathlib import Path
 
 import ray
+from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from runtime.distributed.group import LOOPBACK
@@ -81,6 +82,14 @@ class RouterFrontend:
         finally:
             # a client that went away: stop the router's stream (no-op once finished); not recursive, as in the router
             ray.cancel(stream, recursive=False)
+
+    async def unavailable(self) -> str | None:
+        """Why no request can be served now (no replica up, or the router gone), or None when one can."""
+        try:
+            up = await self.router.replicas_up.remote()
+        except RayActorError as exc:
+            return f"the router is gone: {exc}"
+        return None if any(up) else f"no replica is up (of {len(up)}); they are restarting or re-forming"
 
     def shutdown(self) -> None:
         for actor in (self.router, *self.replicas):

@@ -52,8 +52,13 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         return JSONResponse(ApiError(message, param=param).body(), status_code=400)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        """200 while requests can be served; 503 with the reason when not (a dead engine loop, no replica up), so
+        that a readiness probe takes the server out of rotation and a liveness probe restarts what stays down."""
+        reason = await engine.unavailable()
+        if reason is None:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 least-loaded choice, and a rank killed mid-generation (retried on the other replica; with one replica, a retriable
 error; the replica comes back either way)."""
 
+import asyncio
 import time
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from runtime.replica.errors import NoReplicaAvailableError, RetriableError
 from runtime.replica.replica import ReplicaActor
 from runtime.replica.router import RouterActor, RouterConfig
+from runtime.replica.serving import RouterFrontend
 from runtime.sampling import SamplingParams
 from tests.runtime.replica_fixtures import replica_spec
 
@@ -103,8 +105,11 @@ def test_killed_rank_of_the_only_replica_gives_a_retriable_error(ray_cluster, re
     with pytest.raises(NoReplicaAvailableError) as failure:
         ray_cluster.get(pending, timeout=FAULT_DEADLINE_S)
     assert isinstance(failure.value, RetriableError)
+    frontend = RouterFrontend(router, tokenizer=None, max_model_len=0)  # what the server's /health asks
+    assert asyncio.run(frontend.unavailable()).startswith("no replica is up (of 1)")
 
     _wait_until_up(ray_cluster, only, generation)
     ray_cluster.get(router.check_health.remote(), timeout=30)
+    assert asyncio.run(frontend.unavailable()) is None
     routed = ray_cluster.get(router.generate.remote(SHARED_PREFIX, SHORT), timeout=60)
     assert routed.replica == 0 and len(routed.completion.token_ids) == SHORT.max_tokens

@@ -78,6 +78,20 @@ def test_health_and_models(server, client):
     assert [m.id for m in client.models.list().data] == [MODEL_NAME]
 
 
+def test_health_is_503_with_the_reason_once_the_engine_loop_stopped():
+    config = EngineConfig(block_size=4, num_blocks=16, max_model_len=64, max_num_seqs=1, max_num_batched_tokens=64)
+    engine = AsyncEngine(LLMEngine(Qwen2ForCausalLM(TINY).eval(), CharTokenizer(), config))
+    engine.shutdown()
+
+    async def health() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(engine, MODEL_NAME))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await c.get("/health")
+    response = asyncio.run(health())
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "reason": "the engine loop has stopped: shutdown"}
+
+
 def test_streaming_equals_non_streaming_and_usage_counts_cached_tokens(client):
     kwargs = dict(model=MODEL_NAME, messages=USER, temperature=0, max_tokens=10)
     first = client.chat.completions.create(**kwargs)
