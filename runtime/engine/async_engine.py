@@ -71,11 +71,15 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._send(("abort", request_id))
 
-    async def unavailable(self) -> str | None:
-        """Why the engine cannot serve (its loop failed or was shut down), or None when it can."""
+    async def dead(self) -> str | None:
+        """Why the engine can never serve again (its loop failed or was shut down), or None."""
         if self._error is not None or self._stopping or not self._thread.is_alive():
             return f"the engine loop has stopped: {self._error or 'shutdown'}"
         return None
+
+    async def unavailable(self) -> str | None:
+        """Why the engine cannot serve now, or None (in process, only a dead loop stops it)."""
+        return await self.dead()
 
     def shutdown(self) -> None:
         self._stopping = True

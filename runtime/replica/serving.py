@@ -83,8 +83,17 @@ class RouterFrontend:
             # a client that went away: stop the router's stream (no-op once finished); not recursive, as in the router
             ray.cancel(stream, recursive=False)
 
+    async def dead(self) -> str | None:
+        """Why nothing can be served until this process restarts (the router actor is gone), or None."""
+        try:
+            await self.router.replicas_up.remote()
+        except RayActorError as exc:
+            return f"the router is gone: {exc}"
+        return None
+
     async def unavailable(self) -> str | None:
-        """Why no request can be served now (no replica up, or the router gone), or None when one can."""
+        """Why no request can be served now (the router gone, or no replica up while ranks restart and groups
+        re-form), or None when one can."""
         try:
             up = await self.router.replicas_up.remote()
         except RayActorError as exc:

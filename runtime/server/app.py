@@ -1,4 +1,4 @@
-"""The OpenAI-compatible app: /v1/chat/completions (streaming or not, tools), /v1/models, /health.
+"""The OpenAI-compatible app: /v1/chat/completions (streaming or not, tools), /v1/models, /health, /ready.
 
 Bad requests get HTTP 400 with an OpenAI error body; the engine keeps serving everyone else.
 """
@@ -51,14 +51,21 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         message, param = _validation_message(exc)
         return JSONResponse(ApiError(message, param=param).body(), status_code=400)
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        """200 while requests can be served; 503 with the reason when not (a dead engine loop, no replica up), so
-        that a readiness probe takes the server out of rotation and a liveness probe restarts what stays down."""
-        reason = await engine.unavailable()
+    def _status(reason: str | None) -> JSONResponse:
         if reason is None:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """Liveness: 503 when only a restart helps (the engine loop died; the router actor is gone)."""
+        return _status(await engine.dead())
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: 503 also while nothing can be served for now (no replica up: a rank restarting, which may
+        take minutes on a large model and must not restart the server)."""
+        return _status(await engine.unavailable())
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

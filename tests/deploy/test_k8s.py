@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
 import kubernetes_validate
@@ -99,6 +100,18 @@ def test_api_probes_hit_healthz_and_readyz_behind_a_service(overlay):
     assert {"/healthz", "/readyz"} <= {route.path for route in router.routes}
     service = _one(objects, "Service", "heavy-api")
     assert service["spec"]["selector"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_runtime_probes_restart_it_only_when_dead_and_route_around_it_while_no_replica_is_up(overlay):
+    _, objects = overlay
+    cluster = _one(objects, "RayCluster", "heavy")
+    runtime = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][1]
+    assert runtime["livenessProbe"]["httpGet"]["path"] == runtime["startupProbe"]["httpGet"]["path"] == "/health"
+    assert runtime["readinessProbe"]["httpGet"]["path"] == "/ready"
+    from runtime.server.app import create_app  # the paths are the runtime server's own
+
+    app = create_app(SimpleNamespace(tokenizer=None), model_name="unused")
+    assert {"/health", "/ready"} <= {route.path for route in app.routes}
 
 
 def test_redis_keeps_an_append_only_file_on_a_persistent_volume(overlay):

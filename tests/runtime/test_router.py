@@ -107,6 +107,7 @@ def test_killed_rank_of_the_only_replica_gives_a_retriable_error(ray_cluster, re
     assert isinstance(failure.value, RetriableError)
     frontend = RouterFrontend(router, tokenizer=None, max_model_len=0)  # what the server's /health asks
     assert asyncio.run(frontend.unavailable()).startswith("no replica is up (of 1)")
+    assert asyncio.run(frontend.dead()) is None  # not ready, but alive: a restart would not help
 
     _wait_until_up(ray_cluster, only, generation)
     ray_cluster.get(router.check_health.remote(), timeout=30)

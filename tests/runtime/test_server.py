@@ -74,7 +74,7 @@ def client(server):
 
 
 def test_health_and_models(server, client):
-    assert httpx.get(server[0] + "/health").json() == {"status": "ok"}
+    assert httpx.get(server[0] + "/health").json() == httpx.get(server[0] + "/ready").json() == {"status": "ok"}
     assert [m.id for m in client.models.list().data] == [MODEL_NAME]
 
 
@@ -83,13 +83,13 @@ def test_health_is_503_with_the_reason_once_the_engine_loop_stopped():
     engine = AsyncEngine(LLMEngine(Qwen2ForCausalLM(TINY).eval(), CharTokenizer(), config))
     engine.shutdown()
 
-    async def health() -> httpx.Response:
+    async def health() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=create_app(engine, MODEL_NAME))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            return await c.get("/health")
-    response = asyncio.run(health())
-    assert response.status_code == 503
-    assert response.json() == {"status": "unavailable", "reason": "the engine loop has stopped: shutdown"}
+            return [await c.get("/health"), await c.get("/ready")]
+    for response in asyncio.run(health()):
+        assert response.status_code == 503
+        assert response.json() == {"status": "unavailable", "reason": "the engine loop has stopped: shutdown"}
 
 
 def test_streaming_equals_non_streaming_and_usage_counts_cached_tokens(client):
