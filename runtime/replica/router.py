@@ -10,6 +10,7 @@
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,6 +40,12 @@ class RouterConfig:
 
 
 @dataclass(frozen=True)
+class Availability:
+    up: tuple[bool, ...]  # per replica, as the last health round (or a failed request) found it
+    down_for_s: tuple[float, ...]  # seconds since each replica was last seen up (0 when up)
+
+
+@dataclass(frozen=True)
 class RoutedOutput:
     output: RequestOutput  # one delta
     replica: int  # index of the replica that produced it
@@ -61,6 +68,7 @@ class Router:
         self.replicas = replicas
         self.config = config or RouterConfig()
         self.up = [True] * len(replicas)
+        self.last_up = [time.monotonic()] * len(replicas)
         self.in_flight = [0] * len(replicas)
         self.affinity: OrderedDict[str, int] = OrderedDict()
         self._health_task: asyncio.Task | None = None
@@ -78,8 +86,10 @@ class Router:
     async def check_health(self) -> list[ReplicaHealth | None]:
         """Ask every replica for its state (None when it did not answer) and mark it up or down."""
         states = await asyncio.gather(*(self._health(r) for r in self.replicas))
+        now = time.monotonic()
         for index, state in enumerate(states):
             was_up, self.up[index] = self.up[index], state is not None and state.up
+            self.last_up[index] = now if self.up[index] else self.last_up[index]
             if was_up != self.up[index]:
                 log.warning("replica %d is now %s", index, "up" if self.up[index] else "down")
         return states
@@ -90,9 +100,11 @@ class Router:
         except (TimeoutError, RayActorError):
             return None
 
-    def replicas_up(self) -> list[bool]:
-        """Which replicas the last health round found up (asked every `health_interval_s`)."""
-        return list(self.up)
+    def availability(self) -> Availability:
+        """Which replicas are up, and for how long the others have been down (what the server's probes read)."""
+        now = time.monotonic()
+        return Availability(tuple(self.up), tuple(0.0 if up else now - last for up, last in zip(self.up, self.last_up,
+                                                                                              strict=True)))
 
     def choose(self, prefix_key: str | None, exclude: frozenset[int] = frozenset()) -> int:
         candidates = [i for i, up in enumerate(self.up) if up and i not in exclude]

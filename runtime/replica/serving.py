@@ -30,6 +30,7 @@ from runtime.sampling import SamplingParams
 log = logging.getLogger(__name__)
 PREFIX_KEY_HEADER = b"x-prefix-key"
 START_TIMEOUT_S = 600.0  # loading every rank of every replica
+DEAD_MARGIN_S = 60.0  # past a replica's recovery deadline before /health calls the server dead
 EP_MODEL_TYPES = ("kimi_k2", "deepseek_v3")  # what an EP rank loads (runtime.replica.rank)
 _prefix_key: ContextVar[str | None] = ContextVar("prefix_key", default=None)
 
@@ -56,9 +57,11 @@ class UnsupportedReplicaModel(ValueError):
 
 
 class RouterFrontend:
-    def __init__(self, router, tokenizer, max_model_len: int, replicas: tuple = ()):
+    def __init__(self, router, tokenizer, max_model_len: int, replicas: tuple = (),
+                 dead_after_s: float = ReplicaSpec.recover_timeout_s + DEAD_MARGIN_S):
         self.router, self.tokenizer, self.max_model_len = router, tokenizer, max_model_len
         self.replicas = replicas  # the router's replica actors, in its order (for shutdown, drills, diagnostics)
+        self.dead_after_s = dead_after_s
 
     @property
     def engine(self) -> "RouterFrontend":
@@ -84,20 +87,23 @@ class RouterFrontend:
             ray.cancel(stream, recursive=False)
 
     async def dead(self) -> str | None:
-        """Why nothing can be served until this process restarts (the router actor is gone), or None."""
+        """Why nothing can be served until this process restarts, or None: the router actor is gone, or no replica
+        has been up for `dead_after_s` (longer than a replica keeps trying to re-form its group, or a rank that
+        stopped answering)."""
         try:
-            await self.router.replicas_up.remote()
+            state = await self.router.availability.remote()
         except RayActorError as exc:
             return f"the router is gone: {exc}"
+        if min(state.down_for_s) > self.dead_after_s:
+            return f"no replica has been up for {min(state.down_for_s):.0f} s (of {len(state.up)}); they gave up"
         return None
 
     async def unavailable(self) -> str | None:
-        """Why no request can be served now (the router gone, or no replica up while ranks restart and groups
-        re-form), or None when one can."""
-        try:
-            up = await self.router.replicas_up.remote()
-        except RayActorError as exc:
-            return f"the router is gone: {exc}"
+        """Why no request can be served now (the above, or no replica up while ranks restart and groups re-form),
+        or None when one can."""
+        if (reason := await self.dead()) is not None:
+            return reason
+        up = (await self.router.availability.remote()).up
         return None if any(up) else f"no replica is up (of {len(up)}); they are restarting or re-forming"
 
     def shutdown(self) -> None:
@@ -137,7 +143,8 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     ray.get(router.start.remote())
     max_model_len = ray.get(handles[0].max_model_len.remote())
     log.info("serving %d replica(s) x EP=%d of %s", replicas, ep, folder)
-    return RouterFrontend(router, load_tokenizer(folder), max_model_len, tuple(handles))
+    return RouterFrontend(router, load_tokenizer(folder), max_model_len, tuple(handles),
+                          dead_after_s=spec.recover_timeout_s + DEAD_MARGIN_S)
 
 
 def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True,

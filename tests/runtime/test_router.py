@@ -105,7 +105,7 @@ def test_killed_rank_of_the_only_replica_gives_a_retriable_error(ray_cluster, re
     with pytest.raises(NoReplicaAvailableError) as failure:
         ray_cluster.get(pending, timeout=FAULT_DEADLINE_S)
     assert isinstance(failure.value, RetriableError)
-    frontend = RouterFrontend(router, tokenizer=None, max_model_len=0)  # what the server's /health asks
+    frontend = RouterFrontend(router, tokenizer=None, max_model_len=0)  # what the server's /health, /ready ask
     assert asyncio.run(frontend.unavailable()).startswith("no replica is up (of 1)")
     assert asyncio.run(frontend.dead()) is None  # not ready, but alive: a restart would not help
 
