@@ -103,8 +103,8 @@ class Router:
     def availability(self) -> Availability:
         """Which replicas are up, and for how long the others have been down (what the server's probes read)."""
         now = time.monotonic()
-        return Availability(tuple(self.up), tuple(0.0 if up else now - last for up, last in zip(self.up, self.last_up,
-                                                                                              strict=True)))
+        down_for = (0.0 if up else now - last for up, last in zip(self.up, self.last_up, strict=True))
+        return Availability(tuple(self.up), tuple(down_for))
 
     def choose(self, prefix_key: str | None, exclude: frozenset[int] = frozenset()) -> int:
         candidates = [i for i, up in enumerate(self.up) if up and i not in exclude]

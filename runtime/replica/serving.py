@@ -90,21 +90,24 @@ class RouterFrontend:
         """Why nothing can be served until this process restarts, or None: the router actor is gone, or no replica
         has been up for `dead_after_s` (longer than a replica keeps trying to re-form its group, or a rank that
         stopped answering)."""
-        try:
-            state = await self.router.availability.remote()
-        except RayActorError as exc:
-            return f"the router is gone: {exc}"
-        if min(state.down_for_s) > self.dead_after_s:
-            return f"no replica has been up for {min(state.down_for_s):.0f} s (of {len(state.up)}); they gave up"
-        return None
+        return (await self._reasons())[0]
 
     async def unavailable(self) -> str | None:
         """Why no request can be served now (the above, or no replica up while ranks restart and groups re-form),
         or None when one can."""
-        if (reason := await self.dead()) is not None:
-            return reason
-        up = (await self.router.availability.remote()).up
-        return None if any(up) else f"no replica is up (of {len(up)}); they are restarting or re-forming"
+        dead, down = await self._reasons()
+        return dead or down
+
+    async def _reasons(self) -> tuple[str | None, str | None]:
+        """(why it is dead, why nothing is up now)."""
+        try:
+            state = await self.router.availability.remote()
+        except RayActorError as exc:
+            return f"the router is gone: {exc}", None
+        replicas = len(state.up)
+        if min(state.down_for_s) > self.dead_after_s:
+            return f"no replica has been up for {min(state.down_for_s):.0f} s (of {replicas}); they gave up", None
+        return None, None if any(state.up) else f"no replica is up (of {replicas}); they are restarting or re-forming"
 
     def shutdown(self) -> None:
         for actor in (self.router, *self.replicas):
