@@ -26,3 +26,14 @@ def reference_model(path: Path) -> DeepseekV3ForCausalLM:
 
 def reference_engine(path: Path) -> LLMEngine:
     return LLMEngine(reference_model(path), load_tokenizer(path), ENGINE)
+
+
+class Method:
+    """What a Ray actor method looks like to its caller: `.remote(...)` gives something to await (for stand-in
+    ranks, replicas and routers in tests without a Ray cluster)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def remote(self, *args):
+        return self.run(*args)

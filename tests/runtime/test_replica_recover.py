@@ -6,16 +6,7 @@ import pytest
 from ray.exceptions import RayActorError
 
 from runtime.replica.replica import Replica, ReplicaSpec
-
-
-class Method:
-    """What a Ray actor method looks like to the replica: `.remote(...)` gives something to await."""
-
-    def __init__(self, run):
-        self.run = run
-
-    def remote(self, *args):
-        return self.run(*args)
+from tests.runtime.replica_fixtures import Method
 
 
 class FakeRank:

@@ -9,18 +9,9 @@ from runtime.replica import router as router_module
 from runtime.replica.replica import ReplicaHealth
 from runtime.replica.router import Router
 from runtime.replica.serving import RouterFrontend
+from tests.runtime.replica_fixtures import Method
 
 pytestmark = pytest.mark.anyio
-
-
-class Method:
-    """What a Ray actor method looks like to its caller: `.remote(...)` gives something to await."""
-
-    def __init__(self, run):
-        self.run = run
-
-    def remote(self, *args):
-        return self.run(*args)
 
 
 class StandInReplica:
