@@ -132,7 +132,7 @@ class Scheduler:
                                    trajectories=spec.trajectories))
         try:
             results, reason = await self._run_trajectories(spec, sink, control.stop)
-            if reason == "cancelled" or control.cancelled.is_set():
+            if control.cancelled.is_set():  # also when the trajectories had stopped for another reason first
                 await sink.emit(JobCancelled(job_id=spec.job_id))
                 return _cancelled(spec, results)
             if results and all(r.stop_reason == "error" for r in results):

@@ -97,9 +97,10 @@ def negations(claim: str) -> tuple[str, ...]:
     claim with its main clause's auxiliary flipped. A conditional can be wrong in either clause: the demo's "If the
     break statement is executed ..., the else clause ... is executed" is wrong in its main clause, which flipping its
     first auxiliary does not touch."""
+    claim = claim.replace("\u2019", "'")
     first = negated(claim)
     clause = _SUBORDINATE.match(claim)
-    main = _flip(claim.replace("\u2019", "'"), clause.end()) if clause else None
+    main = _flip(claim, clause.end()) if clause else None
     return (first,) if main is None or main == first else (first, main)
 
 
