@@ -15,3 +15,7 @@ class NoReplicaAvailableError(RetriableError):
 
 class ReplicaDesyncError(RuntimeError):
     """The ranks of one replica produced different tokens for the same step: they no longer run in lock-step."""
+
+
+class RankHungError(RuntimeError):
+    """A rank did not answer a call (a step, a new request) within the replica's hang timeout; it was restarted."""

@@ -5,25 +5,26 @@ actor in order) and a single step loop calls `step` on all ranks at once, so con
 and the prefix cache work as in one engine. Aborts (a caller that left) go out from the step loop too, between two
 steps. A failed step (a rank died, its peers' collectives broke) fails the in-flight requests with a retriable
 ReplicaDownError; the replica then waits for Ray to restart the rank (max_restarts) and re-forms the group on a
-fresh port.
+fresh port. A rank that stops answering without dying (a call never served, a collective stuck on a peer) is killed
+for Ray to restart once a call to it has waited `hang_timeout_s`, and handled the same way.
 """
 
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import ray
 from ray.exceptions import RayActorError
-from ray.util.placement_group import placement_group
+from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from runtime.dtypes import AUTO
 from runtime.engine.block_manager import PrefixCacheStats
 from runtime.engine.config import EngineConfig
 from runtime.engine.llm_engine import Completion, RequestOutput
-from runtime.replica.errors import ReplicaDesyncError, ReplicaDownError
+from runtime.replica.errors import RankHungError, ReplicaDesyncError, ReplicaDownError
 from runtime.replica.rank import EPRank, RankInfo, RankSpec
 from runtime.sampling import SamplingParams
 
@@ -45,6 +46,7 @@ class ReplicaSpec:
     rank_max_restarts: int = 3
     master_addr: str | None = "127.0.0.1"  # rendezvous host; None = rank 0's Ray node address (multi-node)
     recover_timeout_s: float = 120.0
+    hang_timeout_s: float = 300.0  # a call to a rank (a step, a new request) unanswered this long: the rank is hung
 
     def __post_init__(self):
         if self.ep_size <= 0:
@@ -54,6 +56,8 @@ class ReplicaSpec:
         if self.rank_max_restarts < 0 or self.recover_timeout_s <= 0:
             raise ValueError(f"rank_max_restarts={self.rank_max_restarts} must be >= 0 and "
                              f"recover_timeout_s={self.recover_timeout_s} > 0")
+        if self.hang_timeout_s <= 0:
+            raise ValueError(f"hang_timeout_s must be > 0, got {self.hang_timeout_s}")
 
     def rank_spec(self, rank: int) -> RankSpec:
         return RankSpec(self.model_path, self.ep_size, rank, self.dtype, self.absorbed_mla, self.engine,
@@ -84,16 +88,7 @@ class Replica:
 
     def __init__(self, spec: ReplicaSpec):
         self.spec = spec
-        bundle = {"CPU": spec.cpus_per_rank} | ({"GPU": spec.gpus_per_rank} if spec.gpus_per_rank else {})
-        self.placement = placement_group([bundle] * spec.ep_size, strategy="PACK")
-        rank_actor = ray.remote(EPRank)
-        self.ranks = [
-            rank_actor.options(
-                num_cpus=spec.cpus_per_rank, num_gpus=spec.gpus_per_rank, max_restarts=spec.rank_max_restarts,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=r),
-            ).remote(spec.rank_spec(r))
-            for r in range(spec.ep_size)
-        ]
+        self.placement, self.ranks = self._place_ranks(spec)
         self.pending: dict[str, asyncio.Queue] = {}  # request id -> its RequestOutputs (or the error ending it)
         self.up = False
         self.generation = 0
@@ -102,6 +97,22 @@ class Replica:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._recovering: asyncio.Task | None = None
+        self._watching: set[asyncio.Task] = set()  # calls still out after a peer's failed: restarted if hung
+
+    @staticmethod
+    def _place_ranks(spec: ReplicaSpec) -> tuple[PlacementGroup, list]:
+        """One placement group bundle per rank, and the rank actors in them."""
+        bundle = {"CPU": spec.cpus_per_rank} | ({"GPU": spec.gpus_per_rank} if spec.gpus_per_rank else {})
+        placement = placement_group([bundle] * spec.ep_size, strategy="PACK")
+        rank_actor = ray.remote(EPRank)
+        ranks = [
+            rank_actor.options(
+                num_cpus=spec.cpus_per_rank, num_gpus=spec.gpus_per_rank, max_restarts=spec.rank_max_restarts,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=r),
+            ).remote(spec.rank_spec(r))
+            for r in range(spec.ep_size)
+        ]
+        return placement, ranks
 
     async def start(self) -> list[RankInfo]:
         await asyncio.wait_for(self.placement.ready(), self.spec.recover_timeout_s)
@@ -141,7 +152,7 @@ class Replica:
     async def logits(self, input_ids: list[int]):
         """[T, V] fp32 logits of one sequence, computed by all ranks together (rank 0's copy)."""
         self._check_up()
-        results = await asyncio.gather(*(r.logits.remote(input_ids) for r in self.ranks))
+        results = await self._on_every_rank(lambda rank: rank.logits.remote(input_ids))
         return results[0]
 
     async def generate_stream(self, prompt_token_ids: list[int], params: SamplingParams,
@@ -154,12 +165,14 @@ class Replica:
             params = replace(params, seed=int.from_bytes(uuid.uuid4().bytes[:4]) % SEED_RANGE)
         outputs: asyncio.Queue = asyncio.Queue()
         self.pending[request_id] = outputs
+        generation = self.generation
         finished = False
         try:
             try:
-                await asyncio.gather(*(r.add_request.remote(prompt_token_ids, params, request_id) for r in self.ranks))
-            except RayActorError as exc:  # a rank died between steps: same as a failed step
-                self._fail(exc)
+                await self._on_every_rank(lambda rank: rank.add_request.remote(prompt_token_ids, params, request_id))
+            except (RayActorError, RankHungError) as exc:  # a rank died or hung between steps: a failed step
+                if self.up and self.generation == generation:  # else already failed: `outputs` holds the error
+                    self._fail(exc)
             self._wake.set()
             while not finished:
                 item = await outputs.get()
@@ -189,11 +202,49 @@ class Replica:
                 await self._wake.wait()
                 continue
             try:
-                per_rank = await asyncio.gather(*(r.step.remote() for r in self.ranks))
+                per_rank = await self._on_every_rank(lambda rank: rank.step.remote())
             except Exception as exc:  # a dead rank, or a peer whose collective broke with it
                 self._fail(exc)
                 continue
             self._deliver(per_rank)
+
+    async def _on_every_rank(self, call: Callable[[object], Awaitable]) -> list:
+        """`call(rank)` on every rank at once; their results in rank order, or the first failure. A rank whose call
+        is still out after `hang_timeout_s` is hung (seen: rank 0 idle, never serving its queue, docs/ep.md) and is
+        killed for Ray to restart: RankHungError, which fails the replica as a dead rank does. A call still out when
+        a peer's has failed (a collective waiting on the dead peer) gets the same deadline in the background, so
+        that recovery, whose calls queue behind it, is not held up for good."""
+        calls = [asyncio.ensure_future(call(rank)) for rank in self.ranks]
+        deadline = asyncio.get_running_loop().time() + self.spec.hang_timeout_s
+        done, out = await asyncio.wait(calls, timeout=self.spec.hang_timeout_s,
+                                       return_when=asyncio.FIRST_EXCEPTION)
+        failures = [exc for c in done if (exc := c.exception()) is not None]
+        if failures:
+            if out:
+                watch = asyncio.get_running_loop().create_task(self._restart_if_hung(calls, out, deadline))
+                self._watching.add(watch)
+                watch.add_done_callback(self._watching.discard)
+            raise failures[0]
+        if out:
+            raise RankHungError(self._restart_hung(calls, out))
+        return [c.result() for c in calls]
+
+    async def _restart_if_hung(self, calls: list[asyncio.Future], out: set[asyncio.Future], deadline: float) -> None:
+        _, still = await asyncio.wait(out, timeout=max(deadline - asyncio.get_running_loop().time(), 0.0))
+        for c in out - still:
+            c.exception()  # retrieved: a peer's broken collective is expected here
+        if still:
+            log.error("%s", self._restart_hung(calls, still))
+
+    def _restart_hung(self, calls: list[asyncio.Future], hung: set[asyncio.Future]) -> str:
+        indices = [i for i, c in enumerate(calls) if c in hung]
+        for i in indices:
+            calls[i].cancel()
+            self._restart(self.ranks[i])
+        return f"rank(s) {indices} did not answer within {self.spec.hang_timeout_s:g} s: restarted"
+
+    def _restart(self, rank) -> None:
+        ray.kill(rank, no_restart=False)  # Ray restarts it (max_restarts); its queued calls fail with RayActorError
 
     def _send_aborts(self) -> None:
         """Aborts go out from this loop, between two steps, so every rank frees the same requests before the same

@@ -1,11 +1,15 @@
-"""A replica re-forms its group after any failure to, until its deadline (fake ranks: no Ray cluster needed)."""
+"""A replica re-forms its group after any failure to, until its deadline, and restarts a rank that stops answering
+(stand-in ranks: no Ray cluster needed)."""
 
 import asyncio
 
 import pytest
 from ray.exceptions import RayActorError
 
+from runtime.engine.llm_engine import RequestOutput
+from runtime.replica.errors import ReplicaDownError
 from runtime.replica.replica import Replica, ReplicaSpec
+from runtime.sampling import SamplingParams
 from tests.runtime.replica_fixtures import Method
 
 
@@ -51,3 +55,108 @@ async def test_recovery_gives_up_at_its_deadline():
     replica = bare_replica(ranks, recover_timeout_s=1.0)
     await replica._recover()
     assert not replica.up and replica.generation == 1
+
+
+class SteppingRank(FakeRank):
+    """A rank that finishes every request in one step with one token. On the first call to a method in `hang_at` it
+    gets stuck: that call and every later one wait until `restart` (a killed rank), then fail with RayActorError;
+    a method in `fail_at` fails once at once (a rank that died)."""
+
+    def __init__(self, hang_at: tuple[str, ...] = (), fail_at: tuple[str, ...] = ()):
+        super().__init__([])
+        self.hang_at, self.fail_at, self.requests, self.restarts = set(hang_at), set(fail_at), [], 0
+        self._killed: asyncio.Event | None = None  # set while stuck
+
+        async def ping():
+            await self._serve("ping")
+            return "info"
+
+        async def connect(host, port):
+            await self._serve("connect")
+            self.requests = []  # a fresh engine
+            self.connected.append((host, port))
+
+        async def add_request(prompt, params, request_id):
+            await self._serve("add_request")
+            self.requests.append(request_id)
+
+        async def step():
+            await self._serve("step")
+            done, self.requests = self.requests, []
+            return [RequestOutput(rid, [7], "x", True, "length", 3, 0, 1) for rid in done]
+
+        self.ping, self.connect = Method(ping), Method(connect)
+        self.add_request, self.step, self.abort = Method(add_request), Method(step), Method(self.requests.remove)
+
+    async def _serve(self, method: str) -> None:
+        if method in self.fail_at:
+            self.fail_at.discard(method)
+            raise RayActorError()
+        if method in self.hang_at:
+            self.hang_at.discard(method)
+            self._killed = asyncio.Event()
+        if (killed := self._killed) is not None:
+            await killed.wait()
+            raise RayActorError()
+
+    def restart(self) -> None:
+        self.restarts += 1
+        if self._killed is not None:
+            self._killed.set()
+            self._killed = None
+
+
+class StandInPlacement:
+    async def ready(self):
+        return True
+
+
+async def started(ranks: list[SteppingRank], hang_timeout_s: float) -> Replica:
+    class OverStandIns(Replica):
+        @staticmethod
+        def _place_ranks(spec):
+            return StandInPlacement(), ranks
+
+    replica = OverStandIns(ReplicaSpec(model_path="unused", ep_size=len(ranks), hang_timeout_s=hang_timeout_s))
+    replica._restart = SteppingRank.restart  # instead of ray.kill
+    await replica.start()
+    return replica
+
+
+async def reformed(replica: Replica, generation: int) -> None:
+    async with asyncio.timeout(30):
+        while not (replica.up and replica.generation > generation):
+            await asyncio.sleep(0.01)
+
+
+ONE_TOKEN = SamplingParams(temperature=0.0, max_tokens=1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("rank", "method"), [(1, "step"), (0, "add_request")])
+async def test_a_rank_that_stops_answering_is_restarted_and_the_group_reformed(rank, method):
+    ranks = [SteppingRank(), SteppingRank()]
+    replica = await started(ranks, hang_timeout_s=0.2)
+    assert (await replica.generate([1, 2, 3], ONE_TOKEN)).token_ids == [7]
+    ranks[rank].hang_at.add(method)
+    with pytest.raises(ReplicaDownError, match=rf"RankHungError: rank\(s\) \[{rank}\] did not answer within 0.2 s"):
+        async with asyncio.timeout(30):  # without the hang deadline: waits for good
+            await replica.generate([1, 2, 3], ONE_TOKEN)
+    await reformed(replica, generation=1)
+    assert [r.restarts for r in ranks] == [int(i == rank) for i in range(2)]
+    assert (await replica.generate([1, 2, 3], ONE_TOKEN)).token_ids == [7]
+    assert replica.generation == 2 and not replica.pending
+
+
+@pytest.mark.anyio
+async def test_a_rank_stuck_after_its_peer_died_is_restarted_in_the_background():
+    # rank 0 dies in a step, rank 1 stays stuck in it (a collective waiting on its peer): the replica fails at
+    # once on the death, and rank 1, which recovery's calls would queue behind for good, is restarted at the deadline
+    ranks = [SteppingRank(fail_at=("step",)), SteppingRank(hang_at=("step",))]
+    replica = await started(ranks, hang_timeout_s=0.2)
+    with pytest.raises(ReplicaDownError, match="RayActorError"):
+        async with asyncio.timeout(30):
+            await replica.generate([1, 2, 3], ONE_TOKEN)
+    await reformed(replica, generation=1)
+    assert [r.restarts for r in ranks] == [0, 1]
+    assert (await replica.generate([1, 2, 3], ONE_TOKEN)).token_ids == [7]
