@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replicas", type=int, default=None,
                        help="serve through Ray: this many replicas behind a router (RAY_ADDRESS picks a cluster)")
     serve.add_argument("--ep", type=int, default=None, help="expert-parallel ranks per replica (MoE checkpoints)")
+    serve.add_argument("--hang-timeout", type=float, default=None,
+                       help="Ray replicas: seconds a rank may leave a call unanswered before it is restarted (300)")
     return parser
 
 
@@ -114,7 +116,7 @@ def _serve(args: argparse.Namespace) -> None:
         from runtime.replica.serving import serve_replicas
 
         serve_replicas(args.model, host=args.host, port=args.port, replicas=args.replicas or 1, ep=args.ep or 1,
-                       dtype=args.dtype)
+                       dtype=args.dtype, hang_timeout_s=args.hang_timeout)
         return
     from runtime.server.app import serve
 

@@ -125,7 +125,7 @@ def init_ray() -> None:
 
 
 def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | None = None,
-                   dtype: str = AUTO, absorbed_mla: bool = True) -> RouterFrontend:
+                   dtype: str = AUTO, absorbed_mla: bool = True, hang_timeout_s: float | None = None) -> RouterFrontend:
     """Start `replicas` EP groups of `ep` ranks and a router over them."""
     if replicas <= 0:
         raise ValueError(f"replicas must be > 0, got {replicas}")
@@ -133,11 +133,12 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     if model_type not in EP_MODEL_TYPES:
         raise UnsupportedReplicaModel(f"{folder}: model_type {model_type!r}; Ray replicas run "
                                       f"{', '.join(EP_MODEL_TYPES)} checkpoints (serve other models in process)")
-    init_ray()
     # on a cluster the rendezvous runs on rank 0's node; alone, on loopback
     master_addr = None if os.environ.get("RAY_ADDRESS") else LOOPBACK
+    hang = {} if hang_timeout_s is None else {"hang_timeout_s": hang_timeout_s}
     spec = ReplicaSpec(str(folder), ep, dtype=dtype, absorbed_mla=absorbed_mla, engine=engine or EngineConfig(),
-                       master_addr=master_addr)
+                       master_addr=master_addr, **hang)  # checked before Ray starts
+    init_ray()
     # Router and replica actors live on this (the HTTP server's) node: they share its fate, not a rank's node's.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     handles = [ReplicaActor.options(num_cpus=0, scheduling_strategy=here).remote(spec) for _ in range(replicas)]
@@ -151,13 +152,14 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
 
 
 def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True,
-                   dtype: str = AUTO) -> None:
+                   dtype: str = AUTO, hang_timeout_s: float | None = None) -> None:
     import uvicorn
 
     from runtime.embedded import resolve_model
     from runtime.server.app import create_app
 
-    frontend = start_frontend(resolve_model(model), replicas, ep, dtype=dtype, absorbed_mla=absorbed_mla)
+    frontend = start_frontend(resolve_model(model), replicas, ep, dtype=dtype, absorbed_mla=absorbed_mla,
+                              hang_timeout_s=hang_timeout_s)
     try:
         app = PrefixKeyMiddleware(create_app(frontend, model_name=str(model)))
         uvicorn.run(app, host=host, port=port)

@@ -40,3 +40,9 @@ def test_chat_streams_an_answer_and_reports_speed():
     assert "paris" in result.stdout.lower()
     assert "tokens/s" in result.stderr
     assert f"in {str(resolve_dtype('auto')).removeprefix('torch.')}" in result.stderr  # the dtype "auto" loaded
+
+
+def test_a_hang_timeout_that_is_not_positive_is_refused_before_ray_starts(tiny_kimi_path):
+    result = run("serve", "--model", str(tiny_kimi_path), "--replicas", "1", "--hang-timeout", "0", timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: ValueError: hang_timeout_s must be > 0, got 0.0"]
