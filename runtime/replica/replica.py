@@ -6,7 +6,8 @@ and the prefix cache work as in one engine. Aborts (a caller that left) go out f
 steps. A failed step (a rank died, its peers' collectives broke) fails the in-flight requests with a retriable
 ReplicaDownError; the replica then waits for Ray to restart the rank (max_restarts) and re-forms the group on a
 fresh port. A rank that stops answering without dying (a call never served, a collective stuck on a peer) is killed
-for Ray to restart once a call to it has waited `hang_timeout_s`, and handled the same way.
+for Ray to restart once a call to it has waited `hang_timeout_s`, and handled the same way. The health check asks
+every rank too, so that an idle replica notices a rank it lost.
 """
 
 import asyncio
@@ -25,7 +26,7 @@ from runtime.engine.block_manager import PrefixCacheStats
 from runtime.engine.config import EngineConfig
 from runtime.engine.llm_engine import Completion, RequestOutput
 from runtime.replica.errors import RankHungError, ReplicaDesyncError, ReplicaDownError
-from runtime.replica.rank import EPRank, RankInfo, RankSpec
+from runtime.replica.rank import EPRank, RankInfo, RankNotConnectedError, RankSpec
 from runtime.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class Replica:
         self._loop_task: asyncio.Task | None = None
         self._recovering: asyncio.Task | None = None
         self._watching: set[asyncio.Task] = set()  # calls still out after a peer's failed: restarted if hung
+        self._probe: asyncio.Task | None = None  # the health check's call to every rank, while out
 
     @staticmethod
     def _place_ranks(spec: ReplicaSpec) -> tuple[PlacementGroup, list]:
@@ -135,11 +137,23 @@ class Replica:
         return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
 
     async def health(self) -> ReplicaHealth:
-        try:
-            stats = await self.ranks[0].prefix_cache_stats.remote() if self.up else None
-        except RayActorError:  # rank 0 just died; the step loop will notice and recover
-            return ReplicaHealth(False, len(self.pending), self.generation, self.aborted, None)
+        """Asks every rank, under the hang deadline: a rank that died or hung while no request was in flight fails
+        the replica here, as a failed step would, and the group re-forms. Nothing else would notice: the router
+        sends no request to a replica whose health check fails. Callers that come while a probe is out share it
+        (the router's checks time out and come again sooner than a hung rank's deadline)."""
+        if self.up and (self._probe is None or self._probe.done()):
+            self._probe = asyncio.get_running_loop().create_task(self._probe_ranks())
+        stats = await asyncio.shield(self._probe) if self.up and self._probe is not None else None
         return ReplicaHealth(self.up, len(self.pending), self.generation, self.aborted, stats)
+
+    async def _probe_ranks(self) -> PrefixCacheStats | None:
+        generation = self.generation
+        try:
+            return (await self._on_every_rank(lambda rank: rank.prefix_cache_stats.remote()))[0]
+        except Exception as exc:  # a rank died, hung, or came back restarted (not in the group)
+            if self.up and self.generation == generation:
+                self._fail(exc)
+            return None
 
     async def max_model_len(self) -> int:
         """Longest prompt + completion one request may have (the ranks' engines share one geometry)."""
@@ -170,7 +184,8 @@ class Replica:
         try:
             try:
                 await self._on_every_rank(lambda rank: rank.add_request.remote(prompt_token_ids, params, request_id))
-            except (RayActorError, RankHungError) as exc:  # a rank died or hung between steps: a failed step
+            except (RayActorError, RankHungError, RankNotConnectedError) as exc:  # a rank died, hung, or came
+                # back restarted between steps: a failed step
                 if self.up and self.generation == generation:  # else already failed: `outputs` holds the error
                     self._fail(exc)
             self._wake.set()
