@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve through Ray: this many replicas behind a router (RAY_ADDRESS picks a cluster)")
     serve.add_argument("--ep", type=int, default=None, help="expert-parallel ranks per replica (MoE checkpoints)")
     serve.add_argument("--hang-timeout", type=float, default=None,
-                       help="Ray replicas: seconds a rank may leave a call unanswered before it is restarted (300)")
+                       help="seconds a step may run before it counts as stuck (300): in process, /health fails; "
+                            "with Ray replicas, the rank is restarted")
     return parser
 
 
@@ -112,6 +113,8 @@ def _chat(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    if args.hang_timeout is not None and args.hang_timeout <= 0:  # before a model loads or Ray starts
+        raise ValueError(f"hang_timeout_s must be > 0, got {args.hang_timeout}")
     if args.replicas is not None or args.ep is not None:
         from runtime.replica.serving import serve_replicas
 
@@ -120,7 +123,9 @@ def _serve(args: argparse.Namespace) -> None:
         return
     from runtime.server.app import serve
 
-    serve(_load(args.model, args.dtype, args.speculative_tokens), model_name=args.model, host=args.host, port=args.port)
+    hang = {} if args.hang_timeout is None else {"hang_timeout_s": args.hang_timeout}
+    serve(_load(args.model, args.dtype, args.speculative_tokens), model_name=args.model, host=args.host, port=args.port,
+          **hang)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {"generate": _generate, "chat": _chat, "serve": _serve}

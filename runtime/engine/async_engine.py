@@ -8,6 +8,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
+HANG_TIMEOUT_S = 300.0  # a step running this long is stuck (as the Ray replicas' hang_timeout_s)
 
 
 class EngineDeadError(RuntimeError):
@@ -32,8 +34,12 @@ class _Stream:
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine):
+    def __init__(self, engine: LLMEngine, hang_timeout_s: float = HANG_TIMEOUT_S):
+        if hang_timeout_s <= 0:
+            raise ValueError(f"hang_timeout_s must be > 0, got {hang_timeout_s}")
         self.engine = engine
+        self.hang_timeout_s = hang_timeout_s
+        self._step_started: float | None = None  # monotonic time the step in progress began
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wakeup = threading.Event()
         self._streams: dict[str, _Stream] = {}
@@ -72,9 +78,13 @@ class AsyncEngine:
         self._send(("abort", request_id))
 
     async def dead(self) -> str | None:
-        """Why the engine can never serve again (its loop failed or was shut down), or None."""
+        """Why the engine can never serve again (its loop failed or was shut down, or a step has run past the hang
+        timeout: a thread cannot be stopped from outside, so only a restart helps), or None."""
         if self._error is not None or self._stopping or not self._thread.is_alive():
             return f"the engine loop has stopped: {self._error or 'shutdown'}"
+        started = self._step_started
+        if started is not None and (running := time.monotonic() - started) > self.hang_timeout_s:
+            return f"a step has run for {running:.0f} s (hang timeout {self.hang_timeout_s:g} s): the engine is stuck"
         return None
 
     async def unavailable(self) -> str | None:
@@ -98,7 +108,10 @@ class AsyncEngine:
                     self._wakeup.wait()
                     self._wakeup.clear()
                     continue
-                for out in self.engine.step():
+                self._step_started = time.monotonic()
+                outputs = self.engine.step()
+                self._step_started = None
+                for out in outputs:
                     stream = self._streams.get(out.request_id)
                     if stream is not None:
                         stream.put(out)

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
 
-from runtime.engine.async_engine import AsyncEngine
+from runtime.engine.async_engine import HANG_TIMEOUT_S, AsyncEngine
 from runtime.engine.llm_engine import LLMEngine, RequestError
 from runtime.server.chat import (
     ChoiceState,
@@ -136,10 +136,10 @@ async def _stream(engine: AsyncEngine, prompt_ids, params, state: ChoiceState, n
     yield {"data": DONE}
 
 
-def serve(engine: LLMEngine, model_name: str, host: str, port: int) -> None:
+def serve(engine: LLMEngine, model_name: str, host: str, port: int, hang_timeout_s: float = HANG_TIMEOUT_S) -> None:
     import uvicorn
 
-    async_engine = AsyncEngine(engine)
+    async_engine = AsyncEngine(engine, hang_timeout_s)
     try:
         uvicorn.run(create_app(async_engine, model_name=model_name), host=host, port=port)
     finally:

@@ -42,7 +42,9 @@ def test_chat_streams_an_answer_and_reports_speed():
     assert f"in {str(resolve_dtype('auto')).removeprefix('torch.')}" in result.stderr  # the dtype "auto" loaded
 
 
-def test_a_hang_timeout_that_is_not_positive_is_refused_before_ray_starts(tiny_kimi_path):
-    result = run("serve", "--model", str(tiny_kimi_path), "--replicas", "1", "--hang-timeout", "0", timeout=120)
+@pytest.mark.parametrize("ray", [False, True])
+def test_a_hang_timeout_that_is_not_positive_is_refused_before_anything_starts(tiny_kimi_path, ray):
+    replicas = ("--replicas", "1") if ray else ()
+    result = run("serve", "--model", str(tiny_kimi_path), *replicas, "--hang-timeout", "0", timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["error: ValueError: hang_timeout_s must be > 0, got 0.0"]

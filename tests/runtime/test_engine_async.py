@@ -96,3 +96,25 @@ def test_the_event_loop_runs_while_a_step_is_in_progress(model):
     finally:
         gated.gate.set()
         engine.shutdown()
+
+
+def test_a_step_that_runs_past_the_hang_timeout_makes_the_engine_dead_until_it_returns(model):
+    gated = GatedModel(model)
+    engine = AsyncEngine(LLMEngine(gated, LetterTokenizer(), CONFIG), hang_timeout_s=0.2)
+    try:
+        async def main():
+            assert await engine.dead() is None
+            request = asyncio.create_task(collect(engine, prompts(1)[0]))
+            await asyncio.to_thread(gated.entered.wait, 30)  # the engine thread is stuck inside a model step
+            await asyncio.sleep(0.3)
+            stuck = await engine.dead()
+            gated.gate.set()
+            outputs = await request
+            return stuck, outputs, await engine.dead()
+
+        stuck, outputs, after = asyncio.run(main())
+        assert stuck is not None and stuck.startswith("a step has run for") and "the engine is stuck" in stuck
+        assert len(outputs) == GREEDY.max_tokens and after is None
+    finally:
+        gated.gate.set()
+        engine.shutdown()
