@@ -152,7 +152,8 @@ async def _decided(question: str, results: Sequence[TrajectoryResult], backend: 
                                          backend, sampling, prefix_key)
         usage = usage + compared
         if chosen is not None:
-            ballots = _cast_for(vote_key(plain_answer(chosen)), (count, written, backers), read)
+            key = next(k for k in count if written[k] == chosen)
+            ballots = _cast_for(key, (count, written, backers), read)
     judged = True
     if ballots is not None:
         verdict, backers, judged = ballots
