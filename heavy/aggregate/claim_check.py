@@ -119,7 +119,7 @@ def yes_share(reply: Completion) -> float | None:
 
 async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Sampling = Sampling(temperature=0.0),
                    prefix_key: str | None = None, request_id: str = "claim-check",
-                   contrast: bool = True) -> tuple[bool | None, Usage]:
+                   contrast: bool = True, rivals: Sequence[str] = ()) -> tuple[bool | None, Usage]:
     """Whether the model finds `claim` supported by `passage`: True, False, or None when it said neither or failed.
     With `contrast` and log-probabilities, False when one of the claim's `negations` has the higher share of "yes"
     (asked only when the claim's reply came with log-probabilities); else the greedy reply to the claim."""
@@ -139,8 +139,10 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
     if reply is None:
         return None, Usage()
     share = yes_share(reply)
-    opposites = [await ask(statement, ":negated" + (f":{k}" if k else ""))
-                 for k, statement in enumerate(negations(claim))] if contrast and share is not None else []
+    against = [(statement, ":negated" + (f":{k}" if k else "")) for k, statement in enumerate(negations(claim))]
+    against += [(rival, f":rival:{k}") for k, rival in enumerate(rivals)]
+    weighed = contrast and share is not None
+    opposites = [await ask(statement, suffix) for statement, suffix in against] if weighed else []
     usage = sum((r.usage for r in opposites if r is not None), reply.usage)
     opposite_shares = [yes_share(r) if r is not None else None for r in opposites]
     if share is not None and opposite_shares and None not in opposite_shares:
