@@ -4,27 +4,33 @@ The report keeps a claim when one passage of a cited page holds its words (`heav
 cannot tell "a break skips the else clause" from the demo's wrong "break does not affect the else clause" when the
 page holds the words of both. A model that reads the passage could, if it is good enough: this probe asks it, for
 pairs whose truth is known, whether the passage supports the claim, through the report's own check
-(`heavy/aggregate/claim_check.py`) as shipped (the claim against its negation) and by the greedy reply alone, and
-prints how many it got right, how many wrong claims it would keep and right ones it would drop, and how long a check
-took.
+(`heavy/aggregate/claim_check.py`) as shipped (the claim against its negations and rivals) and by the greedy reply
+alone, and prints how many it got right, how many wrong claims it would keep and right ones it would drop, and how
+long a check took.
 
     .venv/bin/python scripts/probe_claim_check.py              # the embedded model
     HEAVY_BACKEND=openai HEAVY_OPENAI_BASE_URL=... .venv/bin/python scripts/probe_claim_check.py
 
 The pairs: 10 written by hand (the wrong ones are the demo's errors about break/continue/else; the passages the
-Python reference's own sentences on loops, and one on the Eiffel Tower), and 40 generated from the Python reference
-(`generated_pairs`: sentences as written, and with their polarity flipped).
+Python reference's own sentences on loops, and one on the Eiffel Tower), 40 generated from the Python reference
+(`generated_pairs`: sentences as written, and with their polarity flipped), and 80 from HotpotQA's supporting
+sentences (`swapped_pairs`: as written, and with a number or name swapped for another of the paragraph's), when the
+eval's questions are at `--data`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
+import json
 import re
 import time
+from pathlib import Path
 
 from heavy.aggregate.claim_check import passage_for, supports
 from heavy.aggregate.evidence import negates, sentences_of
+from heavy.aggregate.swaps import swapped
 from heavy.config import get_settings
 from heavy.llm import make_backend
 
@@ -51,6 +57,8 @@ PAIRS = [
     (BREAK, "A break ends the innermost loop and its else clause does not run.", True),
 ]
 GENERATED_EACH = 10  # pairs of each of the four generated kinds
+SWAPPED_EACH = 40  # pairs of a right and a swapped sentence
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hotpotqa-dev49.jsonl"
 _COPULA = re.compile(r"\b(is|are)\b")
 _COPULA_NOT = re.compile(r"\b(is|are) not\b")
 
@@ -87,12 +95,34 @@ def generated_pairs(each: int = GENERATED_EACH) -> list[tuple[str, str, bool]]:
     return pairs
 
 
-async def probe(each: int = GENERATED_EACH) -> None:
+def swapped_pairs(data: Path, each: int = SWAPPED_EACH) -> list[tuple[str, str, bool]]:
+    """Pairs from HotpotQA's supporting sentences (`data`, the eval's questions): a sentence as written, its
+    paragraph the passage (supported), and the sentence with its first number, else name, swapped for another of
+    the paragraph's (not supported): a right fact given to the wrong thing, which no negation exposes."""
+    pairs = []
+    for line in data.read_text().splitlines():
+        row = json.loads(line)
+        paragraphs = dict((title, sentences) for title, sentences in row["context"])
+        for title, k in row["supporting_facts"]:
+            sentences = paragraphs.get(title, [])
+            passage, claim = "".join(sentences).strip(), sentences[k].strip() if k < len(sentences) else ""
+            wrong = swapped(claim, passage, limit=1)
+            if wrong and len(claim.split()) >= 5:
+                pairs += [(passage, claim, True), (passage, wrong[0], False)]
+    return pairs[:2 * each]
+
+
+async def probe(each: int = GENERATED_EACH, data: Path = DEFAULT_DATA) -> None:
     """Each pair checked by the report's own check (`claim_check.supports`), as shipped (the claim against its
-    negation, where the backend gives log-probabilities) and by the greedy reply alone; the counts by kind."""
+    negations and rivals, where the backend gives log-probabilities) and by the greedy reply alone; the counts by
+    kind. The swapped pairs need the eval's questions (`data`); without them that kind is left out."""
     settings = get_settings()
     backend = make_backend(settings, settings.backend)
     kinds = {"hand-written": PAIRS, "generated": generated_pairs(each)}
+    if data.exists():
+        kinds["swapped"] = swapped_pairs(data)
+    else:
+        print(f"(no {data}: the swapped pairs are left out)")
     try:
         for (kind, pairs), contrast in itertools.product(kinds.items(), (True, False)):
             kind = f"{kind}, {'contrast' if contrast else 'greedy'}"
@@ -114,4 +144,6 @@ async def probe(each: int = GENERATED_EACH) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(probe())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HotpotQA questions for the swapped pairs")
+    asyncio.run(probe(data=parser.parse_args().data))

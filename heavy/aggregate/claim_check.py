@@ -6,7 +6,9 @@ the word check kept to the model with that passage, and drops the claims the mod
 
 A small model says "no" to most claims, right or wrong, yet gives a claim a higher probability of "yes" than the same
 claim negated when the passage supports it. So where the backend gives log-probabilities, the claim and its negation
-(`negations`) are both asked, and the claim is refuted when the model finds its negation the better supported; without
+(`negations`) are both asked, and the claim is refuted when the model finds its negation the better supported; so
+are its rivals, the claim with one of its numbers or names swapped for another of the passage's (swaps.py), which a
+negation cannot stand in for ("finished in 1887" of a page saying "begun in 1887, finished in 1889"); without
 log-probabilities the greedy yes or no decides. `scripts/probe_claim_check.py` measures both on pairs whose truth is
 known (docs/report_claims.md). A claim whose check fails (an error, a reply that is neither yes nor no) keeps the word
 check's verdict: the check may only take claims out.
@@ -23,6 +25,7 @@ from dataclasses import dataclass, replace
 
 from heavy.aggregate.citations import LIST_PREFIX, MARKER, FilteredReport, cited_numbers
 from heavy.aggregate.evidence import SENTENCE_END, passages, stemmed_words
+from heavy.aggregate.swaps import swapped
 from heavy.llm.types import Completion, LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source
 
@@ -119,10 +122,11 @@ def yes_share(reply: Completion) -> float | None:
 
 async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Sampling = Sampling(temperature=0.0),
                    prefix_key: str | None = None, request_id: str = "claim-check",
-                   contrast: bool = True, rivals: Sequence[str] = ()) -> tuple[bool | None, Usage]:
+                   contrast: bool = True) -> tuple[bool | None, Usage]:
     """Whether the model finds `claim` supported by `passage`: True, False, or None when it said neither or failed.
-    With `contrast` and log-probabilities, False when one of the claim's `negations` has the higher share of "yes"
-    (asked only when the claim's reply came with log-probabilities); else the greedy reply to the claim."""
+    With `contrast` and log-probabilities, False when one of the claim's `negations`, or of its rivals (the claim
+    with a number or name swapped for another of the passage's, swaps.py), has the higher share of "yes" (asked only
+    when the claim's reply came with log-probabilities); else the greedy reply to the claim."""
     asked = replace(sampling, top_logprobs=CHECK_ALTERNATIVES)
 
     async def ask(statement: str, suffix: str) -> Completion | None:
@@ -140,7 +144,7 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
         return None, Usage()
     share = yes_share(reply)
     against = [(statement, ":negated" + (f":{k}" if k else "")) for k, statement in enumerate(negations(claim))]
-    against += [(rival, f":rival:{k}") for k, rival in enumerate(rivals)]
+    against += [(rival, f":rival:{k}") for k, rival in enumerate(swapped(claim, passage))]
     weighed = contrast and share is not None
     opposites = [await ask(statement, suffix) for statement, suffix in against] if weighed else []
     usage = sum((r.usage for r in opposites if r is not None), reply.usage)

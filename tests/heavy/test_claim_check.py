@@ -200,3 +200,19 @@ async def test_without_contrast_or_log_probabilities_only_the_greedy_reply_decid
     assert (await supports(ScriptedBackend(_weighing_judge), "A passage.", RIGHT, contrast=False))[0] is False
     without = ScriptedBackend(lambda r: Completion("Yes."))  # a backend that gives no log-probabilities
     assert (await supports(without, "A passage.", BACKWARDS))[0] is True and len(without.requests) == 1
+
+
+async def test_a_claim_with_a_number_its_passage_gives_to_something_else_loses_to_its_rival():
+    passage = "The Eiffel Tower was begun in 1887 and finished in 1889."
+    claim = "The Eiffel Tower was finished in 1887."
+    rival = "The Eiffel Tower was finished in 1889."
+    # its negation is less likely "yes" than the claim (no negation exposes it); the rival is likelier still
+    shares = {claim: (-0.9, -0.5), negated(claim): (-1.5, -0.3), rival: (-0.3, -1.4)}
+    backend = ScriptedBackend(lambda r: _weighing_judge(r, shares))
+    said, usage = await supports(backend, passage, claim, request_id="claim-check:1")
+    assert said is False and usage == Usage(240, 3)
+    assert [r.request_id for r in backend.requests] == ["claim-check:1", "claim-check:1:negated",
+                                                        "claim-check:1:rival:0"]
+    assert rival in backend.requests[2].messages[0]["content"]
+    right = ScriptedBackend(lambda r: _weighing_judge(r, {rival: (-0.3, -1.4), claim: (-0.9, -0.5)}))
+    assert (await supports(right, passage, rival))[0] is True  # 1887 as its rival is the less likely
