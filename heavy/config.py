@@ -83,7 +83,6 @@ class Settings(BaseSettings):
     report_sources: int = Field(6, ge=1)  # the most relevant fetched sources the report pass reads
     min_majority: int = Field(2, ge=1)  # answer mode: agreeing trajectories needed to skip the judge (1: lone wins)
     read_on_majority: bool = False  # answer mode: the judge's readings vote beside a majority too (n > 1)
-    compare_answers: bool = False  # answer mode: candidates compared two at a time on the judge's pages (n > 1)
     check_claims: bool = True  # report mode: the model weighs each kept claim against its negation (claim_check.py)
 
     @model_validator(mode="after")

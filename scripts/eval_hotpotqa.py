@@ -168,7 +168,7 @@ async def evaluate(args: argparse.Namespace) -> dict:
                           "backend": args.backend, "model": settings.model,
                           "dtype": computed_dtype(settings, args.backend), "max_steps": args.max_steps,
                           "step_tokens": args.step_tokens, "min_majority": args.min_majority,
-                          "read_on_majority": args.read_on_majority, "compare_answers": args.compare_answers,
+                          "read_on_majority": args.read_on_majority,
                           "focus_searches": args.focus_searches,
                           "settings": summarise(per_setting)}
                 args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
@@ -193,8 +193,6 @@ def add_aggregation_options(parser: argparse.ArgumentParser) -> None:
                         help="agreeing trajectories that skip the judge; 1 lets a lone answer stand")
     parser.add_argument("--read-on-majority", action="store_true",
                         help="the judge's readings vote even when the trajectories have a majority (n > 1)")
-    parser.add_argument("--compare-answers", action="store_true",
-                        help="the candidates compared two at a time on the judge's pages decide (n > 1)")
 
 
 def add_corpus_port(parser: argparse.ArgumentParser) -> None:
@@ -205,8 +203,7 @@ def add_corpus_port(parser: argparse.ArgumentParser) -> None:
 
 
 def aggregation_config(args: argparse.Namespace) -> AggregationConfig:
-    return AggregationConfig(min_majority=args.min_majority, read_on_majority=args.read_on_majority,
-                             compare_answers=args.compare_answers)
+    return AggregationConfig(min_majority=args.min_majority, read_on_majority=args.read_on_majority)
 
 
 def print_table(result: dict) -> None:

@@ -154,8 +154,7 @@ async def replay(args: argparse.Namespace) -> dict:
     out: dict = {"recorded": str(args.recorded), "prefix_cache": args.prefix_cache,
                  "batch_invariant": args.batch_invariant, "dtype": computed_dtype(settings),
                  "corpus_port": args.corpus_port,
-                 "min_majority": args.min_majority, "read_on_majority": args.read_on_majority,
-                 "compare_answers": args.compare_answers, "settings": []}
+                 "min_majority": args.min_majority, "read_on_majority": args.read_on_majority, "settings": []}
     async with recorded_corpus(rows, args.corpus_port) as (executor, base):
         for setting in recorded["settings"]:
             outcomes = []

@@ -64,7 +64,6 @@ class AggregationConfig:
     sampling: Sampling = Sampling(temperature=0.0)
     min_majority: int = MIN_MAJORITY  # answer mode: fewer agreeing trajectories go to the judge (1: a lone one stands)
     read_on_majority: bool = False  # answer mode: the judge's readings vote even beside a majority (jobs of n > 1)
-    compare_answers: bool = False  # answer mode: the candidates compared two at a time decide (compare.py; n > 1)
     check_claims: bool = True  # report mode: the model weighs each kept claim against its negation (claim_check.py)
 
     def __post_init__(self) -> None:
@@ -80,8 +79,7 @@ class AggregationConfig:
         return cls(report_tokens=settings.report_tokens, report_sources=settings.report_sources,
                    price_per_mtok_prompt=settings.price_per_mtok_prompt,
                    price_per_mtok_completion=settings.price_per_mtok_completion, min_majority=settings.min_majority,
-                   read_on_majority=settings.read_on_majority, compare_answers=settings.compare_answers,
-                   check_claims=settings.check_claims)
+                   read_on_majority=settings.read_on_majority, check_claims=settings.check_claims)
 
 
 async def aggregate(
@@ -100,8 +98,7 @@ async def aggregate(
     # below is where its trajectories' findings are merged.
     fetched = fetched_texts(results)  # url → all the trajectories saw of it
     decided = await vote(question, results, backend if mode == "answer" else None, config.sampling, prefix_key=job_id,
-                         min_majority=config.min_majority, read_on_majority=config.read_on_majority,
-                         compare_answers=config.compare_answers, fetched=fetched)
+                         min_majority=config.min_majority, read_on_majority=config.read_on_majority, fetched=fetched)
     if mode == "report" and not _agreed(decided):  # one of several answers is no headline: the findings are
         decided = replace(decided, answer="", agreement=0.0, cited=())
     union = union_of_sources(results)

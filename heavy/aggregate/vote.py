@@ -28,7 +28,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from heavy.agent.steps import TrajectoryResult
-from heavy.aggregate.compare import compare
 from heavy.aggregate.evidence import fetched_texts, pooled_passages, token_f1
 from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
 from heavy.aggregate.normalize import as_sources_write, normalize_answer, plain_answer, vote_key
@@ -116,27 +115,20 @@ def agreeing(results: Sequence[TrajectoryResult], k: int, question: str = "") ->
 
 async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
                sampling: Sampling = Sampling(), prefix_key: str | None = None,
-               min_majority: int = MIN_MAJORITY, read_on_majority: bool = False, compare_answers: bool = False,
+               min_majority: int = MIN_MAJORITY, read_on_majority: bool = False,
                fetched: Mapping[str, str] | None = None) -> Vote:
-    """`fetched`: evidence.fetched_texts(results), when the caller has it already. `compare_answers` (jobs of more
-    than one trajectory): the readings are taken in every job, and the candidates with the most ballots are compared
-    two at a time on the judge's pages (compare.py); the one that wins the most comparisons stands for the ballots'
-    winner."""
-    decided = await _decided(question, results, backend, sampling, prefix_key, min_majority, read_on_majority,
-                             compare_answers)
+    """`fetched`: evidence.fetched_texts(results), when the caller has it already."""
+    decided = await _decided(question, results, backend, sampling, prefix_key, min_majority, read_on_majority)
     texts = fetched if fetched is not None else fetched_texts(results)
     return _spelled_as_sources(decided, texts.values())
 
 
 async def _decided(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
-                   sampling: Sampling, prefix_key: str | None, min_majority: int, read_on_majority: bool,
-                   compare_answers: bool = False) -> Vote:
+                   sampling: Sampling, prefix_key: str | None, min_majority: int, read_on_majority: bool) -> Vote:
     shortened, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
     answers = as_options(question, shortened)
     groups = folded(tally(results, answers), question)
-    compare_answers = compare_answers and len(results) > 1
-    outright = groups and _has_majority(groups, min_majority) and not (read_on_majority and len(results) > 1
-                                                                       or compare_answers)
+    outright = groups and _has_majority(groups, min_majority) and not (read_on_majority and len(results) > 1)
     if backend is None or outright:
         return _group_won(groups[0], groups, results, usage) if groups else Vote("", 0.0, (), usage=usage)
     # No majority (or readings vote beside one), or no answer at all: the judge reads the job's best pages, once per
@@ -146,14 +138,6 @@ async def _decided(question: str, results: Sequence[TrajectoryResult], backend: 
     read = folded(_grouped(results, [(index, as_option(question, r)) for index, r in readings]), question)
     first_read = as_option(question, readings[0][1]) if readings else ""
     ballots = ballots_winner(groups, read, first_read, min_majority)
-    if compare_answers:
-        count, written, backers = _ballots(groups, read)
-        chosen, compared = await compare(question, [(written[k], n) for k, n in count.items()], judge.pooled,
-                                         backend, sampling, prefix_key)
-        usage = usage + compared
-        if chosen is not None:
-            key = next(k for k in count if written[k] == chosen)
-            ballots = _cast_for(key, (count, written, backers), read)
     judged = True
     if ballots is not None:
         verdict, backers, judged = ballots
