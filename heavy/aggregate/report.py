@@ -358,8 +358,8 @@ def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages:
     if silent:
         lines.append(f"- No answer: {_trajectories(silent)}")
     if on_pages:
-        how = ("by its words, then by the model weighing each sentence against its negation" if model_checked
-               else "by words, not meaning")
+        how = ("by its words, then by the model weighing each sentence against its negation and with its numbers or "
+               "names swapped" if model_checked else "by words, not meaning")
         lines.append(f"\n_\"On [n]\": a fetched page holds the answer's words (checked as the findings are: {how})._")
     return "\n".join(lines)
 

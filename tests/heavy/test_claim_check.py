@@ -100,7 +100,7 @@ async def test_the_answer_list_says_which_answer_sentences_the_check_refuted_and
             "support it") in listed
     assert ("trajectory 2 — 1 of its 2 sentences is on [1] (1 more by its words on [1], which the model's check "
             "found does not support it)") in listed
-    assert "then by the model weighing each sentence against its negation" in listed
+    assert "against its negation and with its numbers or names swapped" in listed
     report = next(r for r in backend.requests if r.request_id == "report").messages[0]["content"]
     # an answer whose every sentence was refuted is not shown to the report pass; one with a sentence left is, whole
     assert "Researcher 1 gave an answer that no source text holds." in report and f"answered: {right}" in report

@@ -109,7 +109,8 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
     assert '"The Eiffel Tower is built for eventing.": trajectory 7 — it only restates the question' in listed
     # one that restates it word for word does not vote, and is listed all the same
     assert '"The Eiffel Tower was built for an event.": trajectory 8 — not an answer to the question' in listed
-    assert "by its words, then by the model weighing each sentence against its negation" in listed
+    assert ("by its words, then by the model weighing each sentence against its negation and with its numbers or "
+            "names swapped") in listed
 
 
 async def test_trajectories_without_an_answer_are_listed_but_not_as_a_disagreement():
