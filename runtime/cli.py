@@ -113,19 +113,21 @@ def _chat(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    if args.hang_timeout is not None and args.hang_timeout <= 0:  # before a model loads or Ray starts
-        raise ValueError(f"hang_timeout_s must be > 0, got {args.hang_timeout}")
+    from runtime.engine.async_engine import HANG_TIMEOUT_S
+
+    hang_timeout_s = HANG_TIMEOUT_S if args.hang_timeout is None else args.hang_timeout
+    if hang_timeout_s <= 0:  # before a model loads or Ray starts
+        raise ValueError(f"hang_timeout_s must be > 0, got {hang_timeout_s}")
     if args.replicas is not None or args.ep is not None:
         from runtime.replica.serving import serve_replicas
 
         serve_replicas(args.model, host=args.host, port=args.port, replicas=args.replicas or 1, ep=args.ep or 1,
-                       dtype=args.dtype, hang_timeout_s=args.hang_timeout)
+                       dtype=args.dtype, hang_timeout_s=hang_timeout_s)
         return
     from runtime.server.app import serve
 
-    hang = {} if args.hang_timeout is None else {"hang_timeout_s": args.hang_timeout}
     serve(_load(args.model, args.dtype, args.speculative_tokens), model_name=args.model, host=args.host, port=args.port,
-          **hang)
+          hang_timeout_s=hang_timeout_s)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {"generate": _generate, "chat": _chat, "serve": _serve}

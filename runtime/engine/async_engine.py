@@ -17,7 +17,7 @@ from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
-HANG_TIMEOUT_S = 300.0  # a step running this long is stuck (as the Ray replicas' hang_timeout_s)
+HANG_TIMEOUT_S = 300.0  # a step running this long is stuck (SGLang's watchdog default); also the Ray replicas'
 
 
 class EngineDeadError(RuntimeError):

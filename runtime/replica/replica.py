@@ -22,6 +22,7 @@ from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from runtime.dtypes import AUTO
+from runtime.engine.async_engine import HANG_TIMEOUT_S
 from runtime.engine.block_manager import PrefixCacheStats
 from runtime.engine.config import EngineConfig
 from runtime.engine.llm_engine import Completion, RequestOutput
@@ -47,7 +48,7 @@ class ReplicaSpec:
     rank_max_restarts: int = 3
     master_addr: str | None = "127.0.0.1"  # rendezvous host; None = rank 0's Ray node address (multi-node)
     recover_timeout_s: float = 120.0
-    hang_timeout_s: float = 300.0  # a call to a rank (a step, a new request) unanswered this long: the rank is hung
+    hang_timeout_s: float = HANG_TIMEOUT_S  # a call to a rank (a step, a new request) unanswered this long: hung
 
     def __post_init__(self):
         if self.ep_size <= 0:

@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from runtime.distributed.group import LOOPBACK
 from runtime.dtypes import AUTO
+from runtime.engine.async_engine import HANG_TIMEOUT_S
 from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine, RequestOutput
@@ -124,8 +125,8 @@ def init_ray() -> None:
         ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK)
 
 
-def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | None = None,
-                   dtype: str = AUTO, absorbed_mla: bool = True, hang_timeout_s: float | None = None) -> RouterFrontend:
+def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | None = None, dtype: str = AUTO,
+                   absorbed_mla: bool = True, hang_timeout_s: float = HANG_TIMEOUT_S) -> RouterFrontend:
     """Start `replicas` EP groups of `ep` ranks and a router over them."""
     if replicas <= 0:
         raise ValueError(f"replicas must be > 0, got {replicas}")
@@ -135,9 +136,8 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
                                       f"{', '.join(EP_MODEL_TYPES)} checkpoints (serve other models in process)")
     # on a cluster the rendezvous runs on rank 0's node; alone, on loopback
     master_addr = None if os.environ.get("RAY_ADDRESS") else LOOPBACK
-    hang = {} if hang_timeout_s is None else {"hang_timeout_s": hang_timeout_s}
     spec = ReplicaSpec(str(folder), ep, dtype=dtype, absorbed_mla=absorbed_mla, engine=engine or EngineConfig(),
-                       master_addr=master_addr, **hang)  # checked before Ray starts
+                       master_addr=master_addr, hang_timeout_s=hang_timeout_s)  # checked before Ray starts
     init_ray()
     # Router and replica actors live on this (the HTTP server's) node: they share its fate, not a rank's node's.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -152,7 +152,7 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
 
 
 def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True,
-                   dtype: str = AUTO, hang_timeout_s: float | None = None) -> None:
+                   dtype: str = AUTO, hang_timeout_s: float = HANG_TIMEOUT_S) -> None:
     import uvicorn
 
     from runtime.embedded import resolve_model
