@@ -30,23 +30,14 @@ def _names(text: str) -> list[str]:
     return found
 
 
-def _distinct(items: list[str], skip: set[str]) -> list[str]:
-    seen, out = set(skip), []
-    for item in items:
-        if item not in seen:
-            seen.add(item)
-            out.append(item)
-    return out
-
-
 def swapped(claim: str, passage: str, limit: int = SWAPS_PER_CLAIM) -> tuple[str, ...]:
     """Up to `limit` copies of `claim`, each with one number (first) or name replaced by another of the passage's
     that the claim does not hold, in the order the passage gives them."""
     rivals: list[str] = []
     for finder in (NUMBER.findall, _names):
         held = finder(claim)
-        others = _distinct(finder(passage), set(held))
-        others = [o for o in others if not any(o in h or h in o for h in held)]  # "Tower" is no rival to "Eiffel Tower"
+        # each once, in the passage's order; "Tower" is no rival to "Eiffel Tower", nor one the claim holds
+        others = [o for o in dict.fromkeys(finder(passage)) if not any(o in h or h in o for h in held)]
         for item in held:
             for other in others:
                 if len(rivals) == limit:
