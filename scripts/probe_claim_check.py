@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import re
 import time
 from pathlib import Path
+
+from eval_hotpotqa import DEFAULT_DATA, load_questions  # the eval's questions, beside this script
 
 from heavy.aggregate.claim_check import passage_for, supports
 from heavy.aggregate.evidence import negates, sentences_of
@@ -58,7 +59,6 @@ PAIRS = [
 ]
 GENERATED_EACH = 10  # pairs of each of the four generated kinds
 SWAPPED_EACH = 40  # pairs of a right and a swapped sentence
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hotpotqa-dev49.jsonl"
 _COPULA = re.compile(r"\b(is|are)\b")
 _COPULA_NOT = re.compile(r"\b(is|are) not\b")
 
@@ -100,8 +100,7 @@ def swapped_pairs(data: Path, each: int = SWAPPED_EACH) -> list[tuple[str, str, 
     paragraph the passage (supported), and the sentence with its first number, else name, swapped for another of
     the paragraph's (not supported): a right fact given to the wrong thing, which no negation exposes."""
     pairs = []
-    for line in data.read_text().splitlines():
-        row = json.loads(line)
+    for row in load_questions(data, None):
         paragraphs = dict((title, sentences) for title, sentences in row["context"])
         for title, k in row["supporting_facts"]:
             sentences = paragraphs.get(title, [])

@@ -4,6 +4,7 @@ claim check."""
 import asyncio
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from heavy.aggregate.swaps import swapped
 from heavy.llm.types import Completion
 from tests.heavy.fakes import ScriptedBackend
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_claim_check.py"
-spec = importlib.util.spec_from_file_location("probe_claim_check", SCRIPT)
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+sys.path.insert(0, str(SCRIPTS))  # the script imports its sibling eval_hotpotqa
+spec = importlib.util.spec_from_file_location("probe_claim_check", SCRIPTS / "probe_claim_check.py")
 probe_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(probe_script)
 TOWER = ["The Eiffel Tower was begun in 1887. ", "It was finished in 1889 by Gustave Eiffel's company."]
