@@ -31,10 +31,29 @@ class FakeRank:
         self.ping, self.free_port, self.connect = Method(ping), Method(free_port), Method(connect)
 
 
+class StandInPlacement:
+    async def ready(self):
+        return True
+
+
+def over_stand_ins(ranks: list[FakeRank], **spec) -> Replica:
+    """A replica over stand-in ranks (no placement group, no rank actors), not started; a hung rank it restarts
+    is restarted by its `restart` instead of `ray.kill`."""
+
+    class OverStandIns(Replica):
+        @staticmethod
+        def _place_ranks(spec):
+            return StandInPlacement(), ranks
+
+    replica = OverStandIns(ReplicaSpec(model_path="unused", ep_size=len(ranks), **spec))
+    replica._restart = lambda rank: rank.restart()
+    return replica
+
+
 def bare_replica(ranks: list[FakeRank], recover_timeout_s: float) -> Replica:
-    replica = Replica.__new__(Replica)  # no placement group, no rank actors
-    replica.spec = ReplicaSpec(model_path="unused", ep_size=len(ranks), recover_timeout_s=recover_timeout_s)
-    replica.ranks, replica.up, replica.generation, replica._wake = ranks, False, 1, asyncio.Event()
+    """As after its first group failed: down, at generation 1."""
+    replica = over_stand_ins(ranks, recover_timeout_s=recover_timeout_s)
+    replica.generation = 1
     return replica
 
 
@@ -110,19 +129,8 @@ class SteppingRank(FakeRank):
             self._killed = None
 
 
-class StandInPlacement:
-    async def ready(self):
-        return True
-
-
 async def started(ranks: list[SteppingRank], hang_timeout_s: float) -> Replica:
-    class OverStandIns(Replica):
-        @staticmethod
-        def _place_ranks(spec):
-            return StandInPlacement(), ranks
-
-    replica = OverStandIns(ReplicaSpec(model_path="unused", ep_size=len(ranks), hang_timeout_s=hang_timeout_s))
-    replica._restart = SteppingRank.restart  # instead of ray.kill
+    replica = over_stand_ins(ranks, hang_timeout_s=hang_timeout_s)
     await replica.start()
     return replica
 
