@@ -143,10 +143,11 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
     if reply is None:
         return None, Usage()
     share = yes_share(reply)
-    against = [(statement, ":negated" + (f":{k}" if k else "")) for k, statement in enumerate(negations(claim))]
-    against += [(rival, f":rival:{k}") for k, rival in enumerate(swapped(claim, passage))]
-    weighed = contrast and share is not None
-    opposites = await asyncio.gather(*(ask(statement, suffix) for statement, suffix in against)) if weighed else []
+    opposites = []
+    if contrast and share is not None:  # the negations and rivals are only worth asking with a share to beat
+        against = [(statement, ":negated" + (f":{k}" if k else "")) for k, statement in enumerate(negations(claim))]
+        against += [(rival, f":rival:{k}") for k, rival in enumerate(swapped(claim, passage))]
+        opposites = await asyncio.gather(*(ask(statement, suffix) for statement, suffix in against))
     usage = sum((r.usage for r in opposites if r is not None), reply.usage)
     opposite_shares = [yes_share(r) if r is not None else None for r in opposites]
     if share is not None and opposite_shares and None not in opposite_shares:
