@@ -34,7 +34,7 @@ from replay_aggregation import parse_recorded_args, rebuild_job, recorded_corpus
 from heavy.aggregate import AggregationConfig, aggregate
 from heavy.aggregate.claim_check import check_claims
 from heavy.aggregate.evidence import fetched_texts, sentences_of
-from heavy.aggregate.normalize import normalize_answer
+from heavy.aggregate.normalize import normalize_answer, typographic_folded
 from heavy.aggregate.report import QUOTES_LEAD
 from heavy.aggregate.shorten import YES_NO
 from heavy.config import Settings
@@ -57,7 +57,8 @@ def report_parts(markdown: str) -> dict[str, str]:
 
 
 def says(text: str, gold: str) -> bool:
-    return f" {normalize_answer(gold)} " in f" {normalize_answer(text)} "
+    """Whether the text holds the gold answer as whole words (the report quotes in typographic marks)."""
+    return f" {normalize_answer(gold)} " in f" {normalize_answer(typographic_folded(text))} "
 
 
 async def run(args: argparse.Namespace) -> dict:

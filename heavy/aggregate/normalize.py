@@ -27,7 +27,12 @@ _TYPOGRAPHIC = str.maketrans({"–": "-", "—": "-", "‐": "-", "‑": "-", "�
 def vote_key(text: str) -> str:
     """The official form with typographic marks folded and each word's plural or possessive "s" dropped: seen at
     n=8, two readings "Yellowcraig" and two "Yellowcraigs" were two answers, and both lost to a third."""
-    return " ".join(_singular(word) for word in normalize_answer(text.translate(_TYPOGRAPHIC)).split())
+    return " ".join(_singular(word) for word in normalize_answer(typographic_folded(text)).split())
+
+
+def typographic_folded(text: str) -> str:
+    """Typographic dashes, quotes and apostrophes as their ASCII forms, which the official normalisation drops."""
+    return text.translate(_TYPOGRAPHIC)
 
 
 def _singular(word: str) -> str:

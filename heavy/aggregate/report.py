@@ -219,7 +219,7 @@ def _key_passages(question: str, pages: dict[int, tuple[str, str]], weights: dic
                   said: set[str] = frozenset()) -> tuple[str, tuple[int, ...]]:
     """A Markdown list of up to `count` quotes of the fetched pages (quotes.py), cited, and the numbers cited."""
     picked = pick_quotes(question, pages, weights, count, said)
-    return ("\n".join(f"- \"{sentence}\" [{n}]" for sentence, n in picked),
+    return ("\n".join(f"- “{sentence}” [{n}]" for sentence, n in picked),
             tuple(dict.fromkeys(n for _, n in picked)))
 
 
@@ -241,7 +241,7 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
                   f"No answer had a majority among the {len(results)} trajectories; the judge answered from the "
                   "pages they fetched")
         parts.append(f"**Answer:** {decided.answer} {marks}".rstrip() + f"\n\n{behind}."
-                     + (f" A fetched page says: \"{stated[0]}\" [{stated[1]}]" if stated else ""))
+                     + (f" A fetched page says: “{stated[0]}” [{stated[1]}]" if stated else ""))
     elif decided.groups and _in_own_words(decided):
         parts.append(f"**Answer:** no one answer: the {len(results)} trajectories answered in sentences of their own, "
                      "none given by a majority. The findings below merge what their fetched pages say; each "
@@ -351,9 +351,9 @@ def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages:
     disagreed = len(decided.groups) > 1 and not _in_own_words(decided)
     title = "Where the trajectories disagreed" if disagreed else "What each trajectory answered"
     lines = [f"## {title}", ""]
-    lines += [f"- \"{_quoted(g.answer)}\": {_trajectories([i + 1 for i in g.members])}"
+    lines += [f"- “{_quoted(g.answer)}”: {_trajectories([i + 1 for i in g.members])}"
               + (_on_pages(on_pages[g.answer]) if g.answer in on_pages else "") for g in decided.groups]
-    lines += [f"- \"{_quoted(r.answer)}\": trajectory {r.index + 1} — not an answer to the question (it did not "
+    lines += [f"- “{_quoted(r.answer)}”: trajectory {r.index + 1} — not an answer to the question (it did not "
               "vote)" for r in unusable]
     if silent:
         lines.append(f"- No answer: {_trajectories(silent)}")

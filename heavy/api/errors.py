@@ -36,6 +36,10 @@ HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 
               422: "invalid_request"}
 
 
+def is_json(media_type: str) -> bool:
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     for exc_type, (status, code) in STORE_ERRORS.items():
         def handler(request: Request, exc: Exception, status: int = status, code: str = code) -> JSONResponse:
@@ -45,6 +49,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type and not is_json(media_type) and any(e["loc"][:1] == ("body",) for e in exc.errors()):
+            # curl -d sends a form type: FastAPI then validates the raw bytes, which says nothing useful
+            return error_response(415, "unsupported_media_type",
+                                  f"the body must be JSON: send 'Content-Type: application/json' (got {media_type!r})")
         details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])

@@ -23,7 +23,7 @@ def public(job: JobRecord) -> JobPublic:
     return JobPublic(**job.public(), links={"self": base, "events": f"{base}/events", "report": f"{base}/report"})
 
 
-@router.post("", status_code=202, response_model=JobPublic, responses=ERRORS)
+@router.post("", status_code=202, response_model=JobPublic, responses={**ERRORS, 415: {"model": ErrorBody}})
 async def submit_job(
     body: JobCreate, tenant: TenantDep, store: StoreDep, settings: SettingsDep, response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=128, pattern="^[ -~]+$")] = None,

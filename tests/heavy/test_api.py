@@ -111,6 +111,18 @@ async def test_malformed_json_bad_ids_and_unknown_routes(acme):
     assert_error(await acme.delete("/v1/jobs"), 405, "method_not_allowed")
 
 
+async def test_a_body_not_sent_as_json_is_415_saying_what_to_send(acme):
+    response = await acme.post("/v1/jobs", content=b'{"question": "x"}',
+                               headers={"content-type": "application/x-www-form-urlencoded"})  # curl -d
+    error = assert_error(response, 415, "unsupported_media_type")
+    assert "Content-Type: application/json" in error["message"]
+    response = await acme.post("/v1/jobs", content=b'{"question": "x"}', headers={"content-type": "text/plain"})
+    assert_error(response, 415, "unsupported_media_type")
+    response = await acme.post("/v1/jobs", content=b'{"question": "x"}',
+                               headers={"content-type": "application/json; charset=utf-8"})
+    assert response.status_code == 202, response.text
+
+
 async def test_request_size_limit(acme):
     big = {**QUESTION, "question": "x" * 3000, "padding": "y" * 5000}
     assert_error(await acme.post("/v1/jobs", json=big), 413, "payload_too_large")

@@ -96,7 +96,7 @@ async def test_the_answer_list_says_which_answer_sentences_the_check_refuted_and
                           mode="report", results=[result(0, f"{WRONG}.", cited=[LOOPS]),
                                                   result(1, f"{right} {WRONG}.", cited=[LOOPS])], backend=backend)
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
-    assert (f'"{WRONG}.": trajectory 1 — its words are on [1], but the model\'s check found that page does not '
+    assert (f'“{WRONG}.”: trajectory 1 — its words are on [1], but the model\'s check found that page does not '
             "support it") in listed
     assert ("trajectory 2 — 1 of its 2 sentences is on [1] (1 more by its words on [1], which the model's check "
             "found does not support it)") in listed

@@ -37,7 +37,7 @@ def test_the_quote_measure_counts_facts_pages_and_the_answer():
 def test_the_report_measure_reads_the_headline_findings_and_quotes_apart():
     markdown = ("# Q?\n\n**Answer:** 1889 [1]\n\n2 of 2 trajectories gave this answer.\n\n## Findings\n\n"
                 "The tower was built by Eiffel [1].\n\nFrom the fetched pages, word for word:\n\n"
-                "- \"It was finished in 1889.\" [1]\n\n## Where the trajectories disagreed\n\n- \"Gustave\": 1\n\n"
+                "- “It was finished in 1889.” [1]\n\n## Where the trajectories disagreed\n\n- “Gustave”: 1\n\n"
                 "## Sources\n\n1. [t](http://x)")
     parts = eval_reports.report_parts(markdown)
     assert [eval_reports.says(parts[p], "1889") for p in eval_reports.PARTS] == [True, False, True]

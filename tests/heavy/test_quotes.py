@@ -115,8 +115,8 @@ async def test_an_answer_is_shown_with_the_sentence_of_its_own_page_that_states_
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="answer",
                           results=results, backend=None)
     # the page the trajectories cited states it too, if less of the question: their own page is the one quoted
-    assert job.markdown.splitlines()[4] == ("2 of 2 trajectories gave this answer. A fetched page says: \"The tower "
-                                            "opened at the World's Fair of 1889.\" [1]")
+    assert job.markdown.splitlines()[4] == ("2 of 2 trajectories gave this answer. A fetched page says: “The tower "
+                                            "opened at the World's Fair of 1889.” [1]")
     assert [s.url for s in job.sources] == [own.url]
 
 

@@ -31,7 +31,7 @@ async def test_report_numbers_citations_over_fetched_sources_and_notes_disagreem
     assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown
     assert "1887 [9]" not in job.markdown and "evil.example" not in job.markdown
     assert job.dropped_claims == ("A blog says 1887 [9].", "Its paint is [blue](http://evil.example/paint).")
-    assert '"1887": trajectory 3' in job.markdown
+    assert '“1887”: trajectory 3' in job.markdown
     assert [s.url for s in job.sources] == ["http://corpus/eiffel"]  # the sources the kept claims cite
     assert "1. [eiffel](http://corpus/eiffel)" in job.markdown
     data = json.loads(job.to_json())
@@ -47,7 +47,7 @@ async def test_the_disagreement_list_quotes_a_copied_page_short_and_without_its_
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                           results=results, backend=backend)
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
-    assert '"Eiffel Tower word0 word1' in listed and "word27 …\": trajectory 2" in listed
+    assert '“Eiffel Tower word0 word1' in listed and "word27 …”: trajectory 2" in listed
     assert "http://" not in listed and "word28" not in listed
 
 
@@ -59,7 +59,7 @@ async def test_a_report_without_a_majority_headlines_no_lone_answer():
     assert job.answer == "" and job.agreement == 0.0 and job.votes == {"1889": 1, "1887": 1, "1901": 1}
     assert "**Answer:** the 3 trajectories did not agree" in job.markdown
     assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown
-    assert all(f'"{year}": trajectory ' in job.markdown for year in ("1889", "1887", "1901"))
+    assert all(f'“{year}”: trajectory ' in job.markdown for year in ("1889", "1887", "1901"))
     lone = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                            results=results[:1], backend=backend)
     assert lone.answer == "1889" and "**Answer:** 1889 [1]" in lone.markdown  # one trajectory: its answer
@@ -77,7 +77,7 @@ async def test_a_report_whose_answers_are_sentences_does_not_call_them_a_disagre
     assert job.answer == "" and "**Answer:** no one answer: the 3 trajectories answered in sentences" in job.markdown
     assert "disagreed" not in job.markdown and "did not agree" not in job.markdown
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
-    assert '"1887": trajectory 3' in listed and "World's Fair.\": trajectory 1" in listed
+    assert '“1887”: trajectory 3' in listed and "World's Fair.”: trajectory 1" in listed
 
 
 async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
@@ -96,19 +96,19 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
                           results=results, backend=backend)
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
     fair = [s.url for s in job.sources].index(page.url) + 1
-    assert f'World\'s Fair.": trajectory 1 — its words are on [{fair}]' in listed
-    assert 'invaders.": trajectory 2 — its words are on no fetched page' in listed
-    assert f'its guns.": trajectory 3 — 1 of its 2 sentences is on [{fair}]' in listed
+    assert f'World\'s Fair.”: trajectory 1 — its words are on [{fair}]' in listed
+    assert 'invaders.”: trajectory 2 — its words are on no fetched page' in listed
+    assert f'its guns.”: trajectory 3 — 1 of its 2 sentences is on [{fair}]' in listed
     # a short answer is looked for as it stands
-    assert '"1887": trajectory 4 — its words are on no fetched page' in listed
-    assert f'"Gustave Eiffel": trajectory 5 — its words are on [{fair}]' in listed
+    assert '“1887”: trajectory 4 — its words are on no fetched page' in listed
+    assert f'“Gustave Eiffel”: trajectory 5 — its words are on [{fair}]' in listed
     # a short answer not on a page as written, whose words are
-    assert f'"Built by Gustave Eiffel\'s company": trajectory 9 — its words are on [{fair}]' in listed
+    assert f'“Built by Gustave Eiffel\'s company”: trajectory 9 — its words are on [{fair}]' in listed
     # a sentence that restates the question (by stems: "eventing" is "event") is neither on a page nor against it
-    assert f'of the fair.": trajectory 6 — its words are on [{fair}]' in listed
-    assert '"The Eiffel Tower is built for eventing.": trajectory 7 — it only restates the question' in listed
+    assert f'of the fair.”: trajectory 6 — its words are on [{fair}]' in listed
+    assert '“The Eiffel Tower is built for eventing.”: trajectory 7 — it only restates the question' in listed
     # one that restates it word for word does not vote, and is listed all the same
-    assert '"The Eiffel Tower was built for an event.": trajectory 8 — not an answer to the question' in listed
+    assert '“The Eiffel Tower was built for an event.”: trajectory 8 — not an answer to the question' in listed
     assert ("by its words, then by the model weighing each sentence against its negation and with its numbers or "
             "names swapped") in listed
 
@@ -121,7 +121,7 @@ async def test_trajectories_without_an_answer_are_listed_but_not_as_a_disagreeme
     one = await aggregate(job_id="j", question=question, mode="report", backend=backend,
                           results=[result(0, "1889", cited=[EIFFEL]), result(1, ""), result(2, "")])
     listed = one.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
-    assert '"1889": trajectory 1' in listed and "No answer: trajectories 2, 3" in listed
+    assert '“1889”: trajectory 1' in listed and "No answer: trajectories 2, 3" in listed
     assert "disagreed" not in one.markdown
     none = await aggregate(job_id="j", question=question, mode="report", backend=backend,
                            results=[result(0, "", evidence=[EIFFEL]), result(1, "", evidence=[EIFFEL])])
@@ -193,10 +193,10 @@ async def test_the_fallback_quotes_the_best_sentences_of_all_pages_best_first_ea
     quotes = job.markdown.split("passages found:")[1].split("## ")[0].strip().splitlines()
     # the answer's source comes first in the report's numbering; the sentence that states the answer is quoted
     # beside it, and not again among the quotes
-    assert '2 of 2 trajectories gave this answer. A fetched page says: "The Eiffel tower was finished in 1889." [2]' \
+    assert '2 of 2 trajectories gave this answer. A fetched page says: “The Eiffel tower was finished in 1889.” [2]' \
         in job.markdown
     # "Paris has many museums and a tower" holds far less of the question than the best sentence: not quoted
-    assert quotes == ['- "Paris has the Eiffel tower." [1]']
+    assert quotes == ['- “Paris has the Eiffel tower.” [1]']
 
 
 async def test_findings_are_followed_by_the_best_sentences_they_do_not_already_say():
@@ -210,7 +210,7 @@ async def test_findings_are_followed_by_the_best_sentences_they_do_not_already_s
     findings = job.markdown.split("## Findings")[1].split("## ")[0]
     assert findings.strip().splitlines() == [
         said, "", "From the fetched pages, word for word:", "",
-        "- \"Gustave Eiffel's company built and finished the Eiffel Tower in 1889.\" [1]"]
+        "- “Gustave Eiffel's company built and finished the Eiffel Tower in 1889.” [1]"]
     # not the finding again (its words beyond the question's, "finished" and "1889", are all said), nor "The tower is
     # 330 metres tall.", which holds only "tower" of the question; the quote adds "Gustave" to 3 words said (seen in
     # the demo: "A break statement executed in the first suite terminates the loop ..." went unquoted beside a
@@ -231,8 +231,8 @@ async def test_a_report_pass_with_no_supported_claim_falls_back_to_quoting_the_b
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                           results=results, backend=backend)
     # the sentence stating the answer stands beside it; the fallback quotes the page's other sentence
-    assert 'A fetched page says: "The tower was finished in 1889 for a fair." [1]' in job.markdown
-    assert '- "The Eiffel Tower is a landmark." [1]' in job.markdown
+    assert 'A fetched page says: “The tower was finished in 1889 for a fair.” [1]' in job.markdown
+    assert '- “The Eiffel Tower is a landmark.” [1]' in job.markdown
     assert job.dropped_claims == ("Paris is lovely in spring.", "I cannot say more.")
     assert [s.url for s in job.sources][0] == tower.url
 
