@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from heavy.api.deps import SettingsDep, StoreDep, TenantDep
 from heavy.api.models import ErrorBody, JobCreate, JobList, JobPublic, plan_for
+from heavy.api.report_html import report_html
 from heavy.metrics import JOBS_SUBMITTED
 from heavy.store import JobRecord
 
@@ -81,8 +82,9 @@ async def approve_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobP
 
 @router.get(
     "/{job_id}/report", responses={**ERRORS, 406: {"model": ErrorBody}, 200: {
-        "content": {"application/json": {}, "text/markdown": {}},
-        "description": "the report: JSON (answer, agreement, sources, trajectories) or Markdown, by Accept"}},
+        "content": {"application/json": {}, "text/markdown": {}, "text/html": {}},
+        "description": "the report: JSON (answer, agreement, sources, trajectories), Markdown, or the Markdown as an "
+                       "HTML fragment (citations linked to their sources), by Accept"}},
 )
 async def get_report(job_id: JobId, tenant: TenantDep, store: StoreDep, request: Request) -> Response:
     job = await store.jobs.get(job_id, tenant)
@@ -93,16 +95,20 @@ async def get_report(job_id: JobId, tenant: TenantDep, store: StoreDep, request:
     markdown, result = report
     wanted = _negotiate(request.headers.get("accept", ""))
     if wanted is None:
-        raise HTTPException(406, "report is available as application/json or text/markdown")
+        raise HTTPException(406, "report is available as application/json, text/markdown or text/html")
     if wanted == "markdown":
         return PlainTextResponse(markdown, media_type="text/markdown; charset=utf-8")
+    if wanted == "html":
+        return HTMLResponse(report_html(markdown))
     return JSONResponse(result)
 
 
 def _negotiate(accept: str) -> str | None:
-    """'markdown' or 'json' by the first acceptable media type in the header (JSON when there is none)."""
+    """'markdown', 'html' or 'json' by the first acceptable media type in the header (JSON when there is none)."""
     for part in accept.split(","):
         media = part.split(";")[0].strip().lower()
+        if media == "text/html":
+            return "html"
         if media in ("text/markdown", "text/x-markdown", "text/plain", "text/*"):
             return "markdown"
         if media in ("application/json", "application/*", "*/*", ""):

@@ -32,35 +32,6 @@ function escapeHtml(text) {
   return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
-// --- a small, safe Markdown renderer (escape first, then a few constructs) ---
-function inline(text) {
-  return escapeHtml(text)
-    .replace(/`([^`]+)`/g, "<code>$1</code>")
-    .replace(/\*\*([^*]+)\*\*/g, "<strong>$1</strong>")
-    .replace(/\[([^\]]+)\]\((https?:\/\/[^)\s]+)\)/g, '<a href="$2" target="_blank" rel="noopener">$1</a>')
-    .replace(/\[(\d+)\]/g, '<a class="cite" href="#src-$1" data-cite="$1">[$1]</a>');
-}
-
-function renderMarkdown(markdown) {
-  const html = [];
-  let list = null;
-  const closeList = () => { if (list) { html.push(`</${list}>`); list = null; } };
-  for (const line of markdown.split("\n")) {
-    const heading = line.match(/^(#{1,4})\s+(.*)$/);
-    const bullet = line.match(/^\s*[-*]\s+(.*)$/);
-    const numbered = line.match(/^\s*\d+\.\s+(.*)$/);
-    if (heading) { closeList(); html.push(`<h${heading[1].length + 1}>${inline(heading[2])}</h${heading[1].length + 1}>`); }
-    else if (bullet || numbered) {
-      const kind = bullet ? "ul" : "ol";
-      if (list !== kind) { closeList(); html.push(`<${kind}>`); list = kind; }
-      html.push(`<li>${inline((bullet || numbered)[1])}</li>`);
-    } else if (!line.trim()) closeList();
-    else { closeList(); html.push(`<p>${inline(line)}</p>`); }
-  }
-  closeList();
-  return html.join("\n");
-}
-
 // --- views ---
 function show(view) {
   for (const id of ["sign-in", "jobs-view", "job-view"]) $(id).hidden = id !== view;
@@ -157,13 +128,10 @@ async function loadReport() {
   const jobId = $("job-view").dataset.id;
   const job = await api(`/v1/jobs/${jobId}`);
   setStatus(job.status);
-  const report = await api(`/v1/jobs/${jobId}/report`, { headers: { Accept: "application/json" } });
-  // the numbered sources are rendered from the JSON (with provenance), so the Markdown's own list is left out
-  $("report").innerHTML = renderMarkdown(report.markdown.split(/\n#{1,4}\s*Sources\s*\n/)[0]);
+  // the server renders the Markdown (CommonMark, raw HTML off; citations linked to the Sources items' ids)
+  $("report").innerHTML = await api(`/v1/jobs/${jobId}/report`, { headers: { Accept: "text/html" } });
   $("report").hidden = false;
-  $("sources").innerHTML = report.sources.map((s) =>
-    `<li id="src-${s.n}"><a href="${escapeHtml(s.url)}" target="_blank" rel="noopener">${escapeHtml(s.title || s.url)}</a>` +
-    ` <small>fetched ${new Date(s.fetched_at * 1000).toLocaleString()}, sha256 ${escapeHtml(s.content_hash.slice(0, 12))}</small></li>`).join("");
+  const report = await api(`/v1/jobs/${jobId}/report`, { headers: { Accept: "application/json" } });
   showDropped(report.dropped_claims || [], report.refuted_claims || []);
 }
 
@@ -230,7 +198,7 @@ async function openJob(jobId) {
   view.dataset.id = jobId;
   view.dataset.applied = "0";
   view.dataset.lastEvent = "0";
-  $("lanes").innerHTML = ""; $("report").hidden = true; $("report").innerHTML = ""; $("sources").innerHTML = "";
+  $("lanes").innerHTML = ""; $("report").hidden = true; $("report").innerHTML = "";
   $("job-stage").textContent = ""; $("plan").hidden = true;
   try {
     const job = await api(`/v1/jobs/${jobId}`);
@@ -284,7 +252,7 @@ $("report").addEventListener("click", (e) => {
   e.preventDefault();
   const source = $(`src-${cite.dataset.cite}`);
   if (!source) return;
-  for (const li of document.querySelectorAll("#sources li.highlight")) li.classList.remove("highlight");
+  for (const li of document.querySelectorAll("#report li.highlight")) li.classList.remove("highlight");
   source.classList.add("highlight");
   source.scrollIntoView({ block: "center" });
 });

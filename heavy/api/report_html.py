@@ -1,0 +1,83 @@
+"""A report's Markdown as an HTML fragment: what the dashboard shows, and `Accept: text/html` on the report route.
+
+markdown-it (CommonMark) with raw HTML off, so a page's words quoted in a report can only ever be text, and its link
+check on, so a `javascript:` link stays text. Two additions: every citation `[n]` links to its source, and the
+Sources list's items carry the ids those links point at (`src-n`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
+from markdown_it.token import Token
+
+CITATION = re.compile(r"\[(\d+)\]")
+SOURCES_HEADING = "Sources"
+
+
+def _cite_links(state: StateCore) -> None:
+    """`[n]` in text (not in code, not a link's own text) becomes a link to source n."""
+    for block in state.tokens:
+        if block.type != "inline" or not block.children:
+            continue
+        children: list[Token] = []
+        in_link = 0
+        for token in block.children:
+            in_link += {"link_open": 1, "link_close": -1}.get(token.type, 0)
+            if token.type != "text" or in_link or not CITATION.search(token.content):
+                children.append(token)
+                continue
+            # re.split with one group alternates text, number, text, ...
+            for k, piece in enumerate(CITATION.split(token.content)):
+                if k % 2 == 0:
+                    if piece:
+                        children.append(_text(piece))
+                    continue
+                link = Token("link_open", "a", 1, attrs={"class": "cite", "href": f"#src-{piece}", "data-cite": piece})
+                children += [link, _text(f"[{piece}]"), Token("link_close", "a", -1)]
+        block.children = children
+
+
+def _text(content: str) -> Token:
+    token = Token("text", "", 0)
+    token.content = content
+    return token
+
+
+def _source_ids(state: StateCore) -> None:
+    """The items of the ordered list under the "Sources" heading get ids src-1, src-2, ... (from the list's start)."""
+    tokens = state.tokens
+    for k, token in enumerate(tokens[:-2]):
+        if token.type != "heading_open" or tokens[k + 1].content.strip() != SOURCES_HEADING:
+            continue
+        opening = next((t for t in tokens[k + 3:] if t.type in ("ordered_list_open", "heading_open")), None)
+        if opening is None or opening.type != "ordered_list_open":
+            return
+        number = int(opening.attrGet("start") or 1)
+        for item in tokens[tokens.index(opening) + 1:]:
+            if item.type == "ordered_list_close" and item.level == opening.level:
+                break
+            if item.type == "list_item_open" and item.level == opening.level + 1:
+                item.attrSet("id", f"src-{number}")
+                number += 1
+        return
+
+
+def _external_links_in_a_new_tab(state: StateCore) -> None:
+    for block in state.tokens:
+        for token in block.children or ():
+            if token.type == "link_open" and str(token.attrGet("href") or "").startswith(("http://", "https://")):
+                token.attrSet("target", "_blank")
+                token.attrSet("rel", "noopener noreferrer")
+
+
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})
+_MARKDOWN.core.ruler.push("cite_links", _cite_links)
+_MARKDOWN.core.ruler.push("source_ids", _source_ids)
+_MARKDOWN.core.ruler.push("external_links", _external_links_in_a_new_tab)
+
+
+def report_html(markdown: str) -> str:
+    return _MARKDOWN.render(markdown)
