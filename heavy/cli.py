@@ -9,7 +9,7 @@ import os
 import signal
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
@@ -27,7 +27,7 @@ from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_app, default_index_path
 from heavy.corpus.documents import CorpusFormatError
-from heavy.display import LiveBoard
+from heavy.display import LiveBoard, print_error
 from heavy.llm import make_backend
 from heavy.scheduler import JobControl, JobSpec, Scheduler
 from heavy.service_cli import register as register_service_commands
@@ -92,15 +92,18 @@ async def _run(spec: JobSpec, backend_name: str, executor: ToolExecutor, show_li
     except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals here: Ctrl-C aborts
         watching = False
     try:
-        if not show_live:  # no view while it runs (output to a file or a pipe): the board once, as it ended
-            board = LiveBoard(spec.trajectories)
-            result = await scheduler.run(spec, sink=board, control=control)
-            console.print(board.render())
-            return result
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
+        # without a terminal (a file, a pipe) the board is printed once, as it ended
+        with Live(console=console, refresh_per_second=4, transient=False) if show_live else nullcontext() as live:
             board = LiveBoard(spec.trajectories, live)
-            live.update(board.render())
-            return await scheduler.run(spec, sink=board, control=control)
+            if live is not None:
+                live.update(board.render())
+            try:
+                return await scheduler.run(spec, sink=board, control=control)
+            except Exception:
+                board.stage = "failed"  # not left saying "researching" above the error
+                raise
+            finally:
+                (live.update if live is not None else console.print)(board.render())
     finally:
         if watching:
             loop.remove_signal_handler(signal.SIGINT)
@@ -129,7 +132,7 @@ def ask(
         base = JobSpec.from_settings(settings, job_id=f"cli-{uuid.uuid4().hex[:12]}", question=question,
                                      mode=mode.value, trajectories=trajectories)
     except ValueError as exc:  # an empty question, or a setting out of range
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(str(exc))
         raise typer.Exit(2) from exc
     limits = replace(base.limits, max_steps=max_steps or base.limits.max_steps,
                      deadline_s=deadline or base.limits.deadline_s)
@@ -137,9 +140,10 @@ def ask(
         with _tools(settings.search, index) as executor:
             spec = replace(base, limits=limits, deadline_s=deadline or base.deadline_s,
                            allowed_tools=base.allowed_tools & executor.names)
-            result = asyncio.run(_run(spec, (backend or settings.backend), executor, live))
+            # rich's Live ends without a newline where it does not draw on a terminal
+            result = asyncio.run(_run(spec, (backend or settings.backend), executor, live and console.is_terminal))
     except Exception as exc:  # one line for the user
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        print_error(f"{type(exc).__name__}: {exc}")
         raise typer.Exit(1) from exc
     if result.status == "cancelled":
         console.print("[yellow]cancelled:[/yellow] no report")
@@ -168,7 +172,7 @@ def main() -> None:
     try:
         app()
     except USER_ERRORS as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {_describe(exc)}", highlight=False)
+        print_error(_describe(exc))
         raise SystemExit(1) from None
 
 

@@ -1,11 +1,12 @@
-"""A live terminal view of a job's trajectories, fed by its events (the CLI's event sink)."""
+"""What the CLI prints: a live view of a job's trajectories, fed by its events (its event sink), and error lines."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -64,3 +65,8 @@ class LiveBoard:
         for k, lane in enumerate(self.lanes):
             table.add_row(str(k + 1), str(lane.step), lane.action, f"{lane.tokens:,}", str(lane.sources), lane.status)
         return Group(table, Text(self.stage, style="bold"))
+
+
+def print_error(message: str) -> None:
+    """One red line on stderr; the message as written (no markup read in it, no numbers coloured)."""
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}", highlight=False)

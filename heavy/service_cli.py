@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from heavy.config import get_settings
+from heavy.display import print_error
 
 console = Console()
 keys_app = typer.Typer(help="API keys: each maps to a tenant; only its sha256 is stored.", no_args_is_help=True)
@@ -95,7 +96,7 @@ def up(
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after everything has shut down
         console.print("heavy stopped")
     except Exception as exc:  # one line for the user
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        print_error(f"{type(exc).__name__}: {exc}")
         raise typer.Exit(1) from exc
 
 
@@ -130,7 +131,7 @@ def keys_create(
     try:
         key = _with_store(create)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(str(exc))
         raise typer.Exit(1) from exc
     console.print(f"key id {key.key_id} for tenant {key.tenant}:")
     typer.echo(key.secret)
@@ -154,7 +155,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key id shown by 
     try:
         key = _with_store(lambda store: store.tenants.revoke(key_id))
     except UnknownApiKey as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(str(exc))
         raise typer.Exit(1) from exc
     console.print(f"revoked {key.key_id} of tenant {key.tenant}")
 

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -127,13 +128,13 @@ def test_ask_prints_a_cited_report_and_writes_json(tmp_path, monkeypatch, fake_l
     assert {t["function"]["name"] for t in trajectory_calls[0]["tools"]} == {"search", "open_page", "python", "answer"}
 
 
-def _ask_in_a_process(tmp_path, base_url: str) -> tuple[subprocess.Popen, Path]:
+def _ask_in_a_process(tmp_path, base_url: str, *options: str) -> tuple[subprocess.Popen, Path]:
     (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in DOCS))
     corpus_add(tmp_path / "docs.jsonl", tmp_path / "corpus.sqlite")
     out = tmp_path / "result.json"
     env = os.environ | {"HEAVY_OPENAI_BASE_URL": base_url, "HEAVY_SEARCH": "local"}
     argv = [sys.executable, "-m", "heavy.cli", "ask", "Who directed Sinister?", "--trajectories", "2", "--backend",
-            "openai", "--index", str(tmp_path / "corpus.sqlite"), "--json", str(out), "--no-live"]
+            "openai", "--index", str(tmp_path / "corpus.sqlite"), "--json", str(out), *(options or ["--no-live"])]
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), out
 
 
@@ -168,6 +169,20 @@ def test_ctrl_c_twice_cancels_even_while_the_report_is_written(tmp_path, fake_ll
     assert process.returncode == 130, output
     assert "cancelled: no report" in output and "Sources" not in output and "Traceback" not in output
     assert not out.exists()
+
+
+def test_a_job_whose_model_is_unreachable_ends_on_the_board_and_an_error_line(tmp_path, monkeypatch):
+    with socket.socket() as closed:  # a loopback port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HEAVY_LLM_MAX_RETRIES", "0")
+    process, out = _ask_in_a_process(tmp_path, f"http://127.0.0.1:{port}/v1", "--live")  # piped: the board once
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1, output
+    assert output.count("heavy: trajectories") == 1 and "researching" not in output  # it said so above the error
+    *_, stage, error = output.rstrip().splitlines()
+    assert stage == "failed" and error.startswith("error: AllTrajectoriesFailed: all 2 trajectories failed"), output
+    assert "Traceback" not in output and not out.exists()
 
 
 def test_ask_reports_a_missing_index_in_one_line(tmp_path):
