@@ -94,6 +94,7 @@ async def test_sign_in_submit_watch_lanes_and_read_the_cited_report(service, pag
     await page.click("#submit-form button")
 
     await page.wait_for_selector("#lane-2")  # one lane per trajectory
+    await page.wait_for_selector("#tenant-status:has-text('1 job(s)')")  # it said 0 until the list was shown again
     assert await page.locator(".lane").count() == 3
     await page.wait_for_function("document.querySelector('#lane-0 .step').textContent >= '2'", timeout=30_000)
     assert "search" in await page.text_content("#lane-0 .action") or await page.locator(".lane.done").count()

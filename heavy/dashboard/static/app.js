@@ -43,10 +43,10 @@ function route() {
   if (follower) { follower.abort(); follower = null; }
   clearInterval(listTimer);
   if (!apiKey) return show("sign-in");
+  refreshJobs(); // also under a job's view: the header's count of jobs
   const match = location.hash.match(/^#\/jobs\/([0-9a-f]{32})$/);
   if (match) return openJob(match[1]);
   show("jobs-view");
-  refreshJobs();
   listTimer = setInterval(refreshJobs, 3000);
 }
 
