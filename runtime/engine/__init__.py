@@ -1,4 +1,4 @@
-"""The inference engine: paged KV cache, prefix cache, continuous batching, sampling (see README "Architecture")."""
+"""The inference engine: paged KV cache, prefix cache, continuous batching, sampling (docs/runtime.md)."""
 
 from runtime.engine.config import EngineConfig, EngineConfigError
 from runtime.engine.llm_engine import Completion, LLMEngine, RequestError, RequestOutput
