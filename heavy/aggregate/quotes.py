@@ -17,6 +17,7 @@ question's 10 paragraphs the gold answer is in a quote for 33 of 41 questions, a
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,6 +42,9 @@ QUOTE_FLOOR = 0.5  # a quote is worth at least this share of the best sentence (
 ANSWER_QUOTE_CHARS = 400  # a longer "sentence" stating the answer is a table or a list run together
 SAID_OVERLAP = 0.8  # a sentence whose words beyond the question's the findings hold this much of is not quoted
 _CUT_MARK = ("…", "...")  # how a search snippet cut from the middle of a page begins and ends
+# an interactive session or a grammar rule run into one "sentence" (seen in the demo: a pdb session quoted as where
+# the answer "Pdb" is written): code, which a reader checks nothing against
+_CODE = re.compile(r">>>|::=")
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ def pick_quotes(question: str, pages: Mapping[int, tuple[str, str]], weights: Ma
         headings = section_headings(text)
         for sentence in best_sentences(question, text, count=CANDIDATES_PER_PAGE, weights=as_dict):
             # a cut snippet's head or tail is no sentence to quote (seen: a keyword table's cut tail)
-            if sentence not in page_of and not sentence.startswith(_CUT_MARK) and not sentence.endswith(_CUT_MARK):
+            if (sentence not in page_of and not sentence.startswith(_CUT_MARK) and not sentence.endswith(_CUT_MARK)
+                    and not _CODE.search(sentence)):
                 page_of[sentence] = n
                 framed[sentence] = stemmed_words(f"{title} {headings.get(sentence, '')}") & weights.keys()
     holds = {x: stemmed_words(x) & weights.keys() for x in page_of}
@@ -114,7 +119,8 @@ def answer_sentence(question: str, answer: str, pages: Mapping[int, tuple[str, s
     for n, (title, text) in sorted(pages.items()):
         headings = section_headings(text)
         for sentence in quotable_sentences(text):
-            if len(sentence) <= ANSWER_QUOTE_CHARS and f" {needle} " in f" {normalize_answer(sentence)} ":
+            if (len(sentence) <= ANSWER_QUOTE_CHARS and not _CODE.search(sentence)
+                    and f" {needle} " in f" {normalize_answer(sentence)} "):
                 words = stemmed_words(f"{sentence} {title} {headings.get(sentence, '')}") & weights.keys()
                 found.append((math.fsum(weights[w] for w in words), -n, sentence))
     if not found or max(found)[0] == 0:  # a sentence naming the answer and nothing of the question shows nothing

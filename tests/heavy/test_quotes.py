@@ -120,6 +120,19 @@ async def test_an_answer_is_shown_with_the_sentence_of_its_own_page_that_states_
     assert [s.url for s in job.sources] == [own.url]
 
 
+def test_code_is_never_quoted():
+    # seen in the demo: a pdb session, run into one "sentence", quoted as where the answer "Pdb" is written
+    question = "Which module is the Python debugger?"
+    session = (">>> import pdb >>> def f(x): ... print(1 / x) ... >>> f(0) ZeroDivisionError: division by zero "
+               ">>> pdb.pm() (Pdb) p x 0 (Pdb)")
+    pages = {1: ("pdb", f"{session}\n\nThe module pdb is the Python debugger for programs.\n\n"
+                        "debug_stmt ::= pdb module debugger python")}
+    weights = question_weights(question, [pages[1][1]])
+    prose = ("The module pdb is the Python debugger for programs.", 1)
+    assert answer_sentence(question, "pdb", pages, weights) == prose
+    assert picks(question, pages, 3) == [prose]
+
+
 def test_a_tie_is_broken_the_same_way_whatever_the_string_hashing():
     # equal weights summed in a set's order, which string hashing changes between processes: a plain float sum broke
     # this tie for the second page in 3 of 10 hash seeds (seen as eval_quotes.py figures changing run to run)
