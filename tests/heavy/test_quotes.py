@@ -120,6 +120,13 @@ async def test_an_answer_is_shown_with_the_sentence_of_its_own_page_that_states_
     assert [s.url for s in job.sources] == [own.url]
 
 
+def test_a_sentence_in_two_spellings_is_quoted_once():
+    # seen in a report: the page as opened (trafilatura's Markdown escapes "_") and its search snippet, merged
+    question = "What is the underscore identifier?"
+    text = 'Elsewhere, "\\_" is a regular identifier name.\n\nElsewhere, "_" is a regular identifier name.'
+    assert picks(question, {1: ("Identifiers", text)}, 3) == [('Elsewhere, "\\_" is a regular identifier name.', 1)]
+
+
 def test_code_is_never_quoted():
     # seen in the demo: a pdb session, run into one "sentence", quoted as where the answer "Pdb" is written
     question = "Which module is the Python debugger?"
