@@ -20,14 +20,14 @@ from heavy.tools.ssrf import AllowedTarget, SsrfGuard
 
 @contextmanager
 def local_corpus_tools(index_path: Path | str, limits: ToolLimits | None = None, port: int = 0,
-                       ) -> Iterator[ToolExecutor]:
+                       keep_function_words: bool = False) -> Iterator[ToolExecutor]:
     """search + open_page over a local corpus index, its page server running on 127.0.0.1:`port` meanwhile (0: a
-    free port)."""
+    free port). `keep_function_words`: see CorpusIndex."""
     with CorpusServer(existing_index(index_path), port=port) as server:
         host, port = server.address
         guard = SsrfGuard(allow=[AllowedTarget(host, port)], allow_public=False)  # offline: no DNS, no web
         tools: list[Tool] = [
-            SearchTool(LocalSearchBackend(CorpusIndex(index_path), server.base_url)),
+            SearchTool(LocalSearchBackend(CorpusIndex(index_path, keep_function_words), server.base_url)),
             OpenPageTool(PageFetcher(guard)),
             PythonTool(),
         ]

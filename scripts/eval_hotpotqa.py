@@ -170,6 +170,7 @@ async def evaluate(args: argparse.Namespace) -> dict:
                           "step_tokens": args.step_tokens, "min_majority": args.min_majority,
                           "read_on_majority": args.read_on_majority,
                           "focus_searches": args.focus_searches,
+                          "search_keeps_function_words": False,  # replays search as this run did
                           "settings": summarise(per_setting)}
                 args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     await backend.aclose()

@@ -68,7 +68,7 @@ async def run(args: argparse.Namespace) -> dict:
     setting = recorded["settings"][0]
     questions = setting["per_question"][args.start:][:args.limit]
     out = {"recorded": str(args.recorded), "trajectories": setting["trajectories"], "per_question": []}
-    async with recorded_corpus(rows, args.corpus_port) as (executor, base):
+    async with recorded_corpus(rows, args.corpus_port, recorded) as (executor, base):
         for number, asked in enumerate(questions, start=args.start + 1):
             job_id = f"report-{asked['id']}-n{setting['trajectories']}"
             results = await rebuild_job(asked, job_id, executor, base)

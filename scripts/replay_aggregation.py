@@ -112,12 +112,14 @@ async def rebuild(transcript: dict, index: int, job_id: str, executor: ToolExecu
 
 
 @asynccontextmanager
-async def recorded_corpus(rows: list[dict], port: int) -> AsyncIterator[tuple[ToolExecutor, str]]:
-    """The corpus the recorded runs searched, indexed afresh and served on loopback: its tools, and this run's page
-    server base for `rebuild`."""
+async def recorded_corpus(rows: list[dict], port: int, recorded: dict) -> AsyncIterator[tuple[ToolExecutor, str]]:
+    """The corpus the recorded runs searched, indexed afresh, searched as they searched it (runs recorded before
+    searches left function words out kept them) and served on loopback: its tools, and this run's page server base
+    for `rebuild`."""
     with tempfile.TemporaryDirectory() as tmp:
         corpus_add(write_corpus(rows, Path(tmp)), Path(tmp) / "index.sqlite")
-        with local_corpus_tools(Path(tmp) / "index.sqlite", port=port) as executor:
+        with local_corpus_tools(Path(tmp) / "index.sqlite", port=port,
+                                keep_function_words=recorded.get("search_keeps_function_words", True)) as executor:
             yield executor, await server_base(executor, rows[0]["question"])
 
 
@@ -155,7 +157,7 @@ async def replay(args: argparse.Namespace) -> dict:
                  "batch_invariant": args.batch_invariant, "dtype": computed_dtype(settings),
                  "corpus_port": args.corpus_port,
                  "min_majority": args.min_majority, "read_on_majority": args.read_on_majority, "settings": []}
-    async with recorded_corpus(rows, args.corpus_port) as (executor, base):
+    async with recorded_corpus(rows, args.corpus_port, recorded) as (executor, base):
         for setting in recorded["settings"]:
             outcomes = []
             for number, asked in enumerate(setting["per_question"]):

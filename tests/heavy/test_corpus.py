@@ -69,6 +69,29 @@ def test_query_syntax_cannot_break_the_match_expression(corpus_dir, tmp_path):
     assert index.search("?!", k=2) == []
 
 
+def test_a_question_searches_by_its_content_words_not_its_function_words(tmp_path):
+    # in a small technical corpus "what", "does" and "do" are rare, so BM25 weighed them most: the yield page
+    # ranked below pages that use those words
+    from heavy.corpus.documents import Document
+
+    pages = [("The yield statement", "A yield statement in a function makes it a generator."),
+             ("Comparisons", "What do comparisons yield? What they do yield is what does: True or False."),
+             ("The return statement", "A return statement leaves a function."),
+             ("The pass statement", "The pass statement is a null operation in a function body."),
+             *((f"Literal {n}", f"Literal number {n} is a constant.") for n in range(4))]
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add(Document(title=t, text=x, url="", origin="test") for t, x in pages)
+    question = "What does the yield statement do in a Python function?"
+    assert match_expression(question) == '"yield" OR "statement" OR "python" OR "function"'
+    assert index.search(question, k=1)[0].title == "The yield statement"
+    as_before = CorpusIndex(tmp_path / "i.sqlite", keep_function_words=True)  # how recorded runs searched
+    assert as_before.search(question, k=1)[0].title == "Comparisons"
+    # a capitalised function word inside the query is a name; a query of function words only keeps them all
+    named = match_expression("Are Local H and For Against from the US?")
+    assert named == '"local" OR "h" OR "for" OR "against" OR "us"'
+    assert match_expression("what is it") == '"what" OR "is" OR "it"'
+
+
 def test_server_serves_indexed_documents_as_html(corpus_dir, tmp_path):
     index_path = tmp_path / "index.sqlite"
     corpus_add(corpus_dir, index_path)

@@ -85,3 +85,16 @@ def test_the_report_measure_sums_what_the_claim_check_kept_and_refuted():
            "refuted finding on 0; anywhere in the report 1 of 1" in text
     assert "with the claim check (greedy reply alone): findings kept 3, refuted 5; gold answer in the findings 1 of " \
            "1, in a refuted finding on 0\n" in text + "\n"
+
+
+def test_the_search_probe_asks_for_pages_the_python_reference_has(tmp_path):
+    import sqlite3
+
+    from heavy.stdlib_corpus import build_stdlib_corpus
+
+    probe = _load("probe_search")
+    build_stdlib_corpus(tmp_path / "python.sqlite")
+    with sqlite3.connect(tmp_path / "python.sqlite") as db:
+        titles = {title for (title,) in db.execute("SELECT title FROM docs")}
+    wanted = {probe.TITLE_PREFIX + page for _, pages in probe.PYTHON_QUESTIONS for page in pages}
+    assert wanted <= titles, wanted - titles

@@ -3,11 +3,13 @@
 import importlib.util
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from heavy.agent.trajectory import FORCED_CONFIDENCE
+from heavy.tools.base import ToolContext
 from tests.heavy.e2e_corpus import small_corpus_tools
 
 pytestmark = pytest.mark.anyio
@@ -48,3 +50,20 @@ async def test_the_corpus_is_served_on_the_port_asked_for_so_replays_read_the_sa
         port = probe.getsockname()[1]
     with small_corpus_tools(tmp_path, port=port) as executor:
         assert await replay.server_base(executor, "Scott Derrickson") == f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("recorded, first", [({}, "Comparisons"),
+                                             ({"search_keeps_function_words": False}, "The yield statement")])
+async def test_a_replay_searches_as_its_run_searched(recorded, first):
+    # runs recorded before searches left function words out ("what", "does") kept them: their replays must too
+    pages = [["The yield statement", ["A yield statement in a function makes it a generator."]],
+             ["Comparisons", ["What do comparisons yield? What they do yield is what does: True or False."]],
+             ["The return statement", ["A return statement leaves a function."]],
+             ["The pass statement", ["The pass statement is a null operation in a function body."]],
+             *([f"Literal {n}", [f"Literal number {n} is a constant."]] for n in range(4))]
+    rows = [{"question": "What does the yield statement do in a function?", "context": pages}]
+    async with replay.recorded_corpus(rows, 0, recorded) as (executor, _):
+        context = ToolContext(job_id="j", trajectory=0, allowed_tools=frozenset({"search"}),
+                              deadline=time.monotonic() + 30)
+        found = await executor.call("search", {"query": rows[0]["question"], "k": 1}, context)
+    assert found.text.splitlines()[1] == f"[1] {first}", found.text
