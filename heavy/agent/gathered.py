@@ -42,7 +42,17 @@ def lowered(text: str) -> str:
 
 
 def _folded(text: str) -> str:
-    return " ".join(text.split()).strip(" .…")
+    return " ".join(unescaped(text).split()).strip(" .…")
+
+
+# a backslash before ASCII punctuation: Markdown's escape, which trafilatura writes into an opened page
+# ("\_\_enter\_\_", "\*raised\*"), and a search snippet of the same page does not
+_MARKDOWN_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+
+
+def unescaped(markdown: str) -> str:
+    """The text with Markdown's backslash escapes undone: what its words are ("\\_\\_enter\\_\\_" is "__enter__")."""
+    return _MARKDOWN_ESCAPE.sub(r"\1", markdown)
 
 
 def supporting_sources(answer: str, evidence: dict[str, Source], excerpts: dict[str, str]) -> tuple[Source, ...]:

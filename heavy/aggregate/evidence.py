@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import snowballstemmer
 
-from heavy.agent.gathered import PARAGRAPH_BREAK, merged_text
+from heavy.agent.gathered import PARAGRAPH_BREAK, merged_text, unescaped
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.normalize import normalize_answer
 
@@ -64,7 +64,8 @@ class Passage:
 
 def content_words(text: str) -> set[str]:
     """The words of three or more characters, lowercased: what overlap between texts is measured in."""
-    return {w for w in _WORD.findall(text.lower()) if len(w) > 2}
+    return {w for w in _WORD.findall(unescaped(text).lower()) if len(w) > 2}
+
 
 
 def fetched_texts(results: Sequence[TrajectoryResult]) -> dict[str, str]:

@@ -107,6 +107,15 @@ def test_a_lead_into_a_list_stands_only_with_an_item_after_it():
     assert under_heading.body == f"## Methods:\n{item[2:]}" and under_heading.dropped == ()
 
 
+def test_a_claim_matches_the_words_of_a_page_opened_as_escaped_markdown():
+    # open_page's trafilatura writes "__enter__" as "\_\_enter\_\_": the claim's word was on no passage, so dropped
+    page = source("http://corpus/with", "x")
+    opened = "The with statement calls \\_\\_enter\\_\\_ on entry and \\_\\_exit\\_\\_ on exit."
+    claim = "`__enter__` and `__exit__` are called [1]."
+    kept = filter_claims(claim, [page], {page.url: opened})
+    assert kept.body == claim and kept.dropped == ()
+
+
 def test_a_copied_source_list_and_restated_question_are_not_claims():
     body = ("## Question: When was it finished?\n### Sources:\n1. [1] eiffel — http://corpus/eiffel\n"
             "The tower was finished in 1889 [1]. See http://corpus/eiffel for more [1].")
