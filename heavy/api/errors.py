@@ -36,7 +36,7 @@ HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 
               422: "invalid_request"}
 
 
-def is_json(media_type: str) -> bool:
+def _is_json(media_type: str) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
 
 
@@ -50,7 +50,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type and not is_json(media_type) and any(e["loc"][:1] == ("body",) for e in exc.errors()):
+        if media_type and not _is_json(media_type) and any(e["loc"][:1] == ("body",) for e in exc.errors()):
             # curl -d sends a form type: FastAPI then validates the raw bytes, which says nothing useful
             return error_response(415, "unsupported_media_type",
                                   f"the body must be JSON: send 'Content-Type: application/json' (got {media_type!r})")
