@@ -52,6 +52,7 @@ from heavy.tools.base import Source
 MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _LINK = re.compile(r"\[([^\]]*)\]\((https?://[^)\s]+)\)")
 LIST_PREFIX = re.compile(r"\s*(?:(?:[-*>]|\d+\.)\s+)?")
+_NUMBERED = re.compile(r"^(\s*)\d+\.\s+")
 _LIST_ITEM = re.compile(r"\s*(?:[-*+]|\d+\.)\s+")
 ATTRIBUTE_OVERLAP = 0.6
 ATTRIBUTE_MIN_WORDS = 3  # not counting function words
@@ -144,7 +145,10 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                 dropped.append(sentence.strip())
                 restated += [sentence.strip()] if says_nothing else []
         if kept:
-            kept_lines.append(prefix + " ".join(kept))
+            # a numbered item as a bullet: items the filter drops leave the numbers broken, and an item numbered
+            # other than 1 cannot start a list after a line of text (seen in the demo: "... [1].\n2. The break ...",
+            # shown as one paragraph)
+            kept_lines.append(_NUMBERED.sub(r"\1- ", prefix) + " ".join(kept))
     body = _tidy("\n".join(_without_dangling_leads(kept_lines, dropped)))
     return FilteredReport(body=body, cited=cited_numbers(body), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))

@@ -107,6 +107,15 @@ def test_a_lead_into_a_list_stands_only_with_an_item_after_it():
     assert under_heading.body == f"## Methods:\n{item[2:]}" and under_heading.dropped == ()
 
 
+def test_numbered_findings_become_bullets():
+    # seen in the demo: item 1 dropped, "2. The break statement ..." stayed under a line of text, one paragraph
+    page = source("http://corpus/break", "The break statement terminates the nearest enclosing loop. It skips the "
+                                         "else clause of the loop.")
+    body = "The break statement terminates the nearest enclosing loop [1].\n2. It skips the else clause [1]."
+    assert filter_claims(body, [page], {page.url: page.snippet}).body == (
+        "The break statement terminates the nearest enclosing loop [1].\n- It skips the else clause [1].")
+
+
 def test_a_claim_matches_the_words_of_a_page_opened_as_escaped_markdown():
     # open_page's trafilatura writes "__enter__" as "\_\_enter\_\_": the claim's word was on no passage, so dropped
     page = source("http://corpus/with", "x")
