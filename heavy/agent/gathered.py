@@ -12,6 +12,9 @@ from heavy.tools.base import Source, ToolResult
 SUPPORTING_SOURCES = 3
 PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 EXCERPT_CHARS = 8_000  # of a page's text, kept for citations and the aggregator: all a tool shows by default
+# a backslash before ASCII punctuation: Markdown's escape, which trafilatura writes into an opened page
+# ("\_\_enter\_\_", "\*raised\*"), and a search snippet of the same page does not
+_MARKDOWN_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
 
 
 def keep_evidence(evidence: dict[str, Source], excerpts: dict[str, str], result: ToolResult) -> None:
@@ -43,11 +46,6 @@ def lowered(text: str) -> str:
 
 def _folded(text: str) -> str:
     return " ".join(unescaped(text).split()).strip(" .…")
-
-
-# a backslash before ASCII punctuation: Markdown's escape, which trafilatura writes into an opened page
-# ("\_\_enter\_\_", "\*raised\*"), and a search snippet of the same page does not
-_MARKDOWN_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
 
 
 def unescaped(markdown: str) -> str:

@@ -67,7 +67,6 @@ def content_words(text: str) -> set[str]:
     return {w for w in _WORD.findall(unescaped(text).lower()) if len(w) > 2}
 
 
-
 def fetched_texts(results: Sequence[TrajectoryResult]) -> dict[str, str]:
     """url → all the trajectories saw of it: the longest text any of them kept, and what others saw beyond it."""
     seen: dict[str, list[str]] = {}
