@@ -65,16 +65,17 @@ def pick_quotes(question: str, pages: Mapping[int, tuple[str, str]], weights: Ma
     page_of: dict[str, int] = {}  # sentence → the first source holding it
     framed: dict[str, set[str]] = {}  # sentence → the question's words its page title and section heading hold
     as_dict = dict(weights)
-    # the sentences' words: a page both opened (Markdown: '"\_"') and found in a snippet ('"_"') holds one sentence
-    # in two spellings, which were quoted one after the other
+    # the sentences' words: a page's text can hold one sentence in two spellings (its opened Markdown, '"\_"', and
+    # a snippet beyond the opened part, '"_"'), which were quoted one after the other
     seen: set[str] = set()
     for n, (title, text) in sorted(pages.items()):
         headings = section_headings(text)
         for sentence in best_sentences(question, text, count=CANDIDATES_PER_PAGE, weights=as_dict):
+            words = normalize_answer(sentence)
             # a cut snippet's head or tail is no sentence to quote (seen: a keyword table's cut tail)
-            if (normalize_answer(sentence) not in seen and not sentence.startswith(_CUT_MARK)
-                    and not sentence.endswith(_CUT_MARK) and not _CODE.search(sentence)):
-                seen.add(normalize_answer(sentence))
+            if (words not in seen and not sentence.startswith(_CUT_MARK) and not sentence.endswith(_CUT_MARK)
+                    and not _CODE.search(sentence)):
+                seen.add(words)
                 page_of[sentence] = n
                 framed[sentence] = stemmed_words(f"{title} {headings.get(sentence, '')}") & weights.keys()
     holds = {x: stemmed_words(x) & weights.keys() for x in page_of}
