@@ -34,6 +34,7 @@ CORPUS_PORT = 8790  # fixed: the port is in the page URLs the model reads (the o
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hotpotqa-dev49.jsonl"
 YES_NO = ("yes", "no", "noanswer")
+SEARCH_KEEPS_FUNCTION_WORDS = False  # how the runs search (heavy.corpus.index), recorded so replays search the same
 
 
 def f1_score(prediction: str, gold: str) -> float:
@@ -159,7 +160,8 @@ async def evaluate(args: argparse.Namespace) -> dict:
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         report = corpus_add(write_corpus(load_questions(args.data, None), Path(tmp)), Path(tmp) / "index.sqlite")
-        with local_corpus_tools(Path(tmp) / "index.sqlite", port=args.corpus_port) as executor:
+        with local_corpus_tools(Path(tmp) / "index.sqlite", port=args.corpus_port,
+                                keep_function_words=SEARCH_KEEPS_FUNCTION_WORDS) as executor:
             scheduler = Scheduler(backend, executor, aggregation=aggregation_config(args))
             for row in questions:
                 for n in args.trajectories:
@@ -170,7 +172,7 @@ async def evaluate(args: argparse.Namespace) -> dict:
                           "step_tokens": args.step_tokens, "min_majority": args.min_majority,
                           "read_on_majority": args.read_on_majority,
                           "focus_searches": args.focus_searches,
-                          "search_keeps_function_words": False,  # replays search as this run did
+                          "search_keeps_function_words": SEARCH_KEEPS_FUNCTION_WORDS,  # replays search as it did
                           "settings": summarise(per_setting)}
                 args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     await backend.aclose()
