@@ -52,11 +52,13 @@ def _source_ids(state: StateCore) -> None:
     for k, token in enumerate(tokens[:-2]):
         if token.type != "heading_open" or tokens[k + 1].content.strip() != SOURCES_HEADING:
             continue
-        opening = next((t for t in tokens[k + 3:] if t.type in ("ordered_list_open", "heading_open")), None)
-        if opening is None or opening.type != "ordered_list_open":
+        start = next((j for j in range(k + 3, len(tokens)) if tokens[j].type in ("ordered_list_open", "heading_open")),
+                     None)
+        if start is None or tokens[start].type != "ordered_list_open":
             return
+        opening = tokens[start]
         number = int(opening.attrGet("start") or 1)
-        for item in tokens[tokens.index(opening) + 1:]:
+        for item in tokens[start + 1:]:
             if item.type == "ordered_list_close" and item.level == opening.level:
                 break
             if item.type == "list_item_open" and item.level == opening.level + 1:
