@@ -28,6 +28,9 @@ its own words answers; so is one that adds only talk of its sources ("This is su
 A claim that says "not" (or "no", "never", "without", "doesn't", ...) must find its words in a passage that says
 "not" too: the weak model's wrong answers are mostly a page's sentence negated, which holds all the page's words.
 This checks polarity only, not meaning: a page's "not" elsewhere in the passage lets a negated claim pass.
+Words a claim joins with "and", "or" or "nor" must each be on its cited pages, the question's words too: a claim
+joining two things says something of both (seen in the demo: "The break and continue statements ... terminate the
+nearest enclosing loop [1]", on the break statement's page, which never names continue).
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ _ECHOED_FINDING = re.compile(r"\W*researchers?\s+\d", re.IGNORECASE)
 # the findings list's annotation of an answer, echoed after it: "(confidence 0.3), citing no source" / "citing [2]"
 _ECHOED_ANNOTATION = re.compile(r"\s*\(confidence [\d.]+\),?\s*(?:citing\s+(no source|(?:\[\d+\][,\s]*)+))?",
                                 re.IGNORECASE)
+# the words either side of a conjunction, past an article or "both": "break and continue", "loop, and the else"
+_JOINED = re.compile(r"(\w+)\W{0,3}\s+(?:and|or|nor)\s+(?:(?:the|a|an|both|either|neither)\s+)?\W{0,2}(\w+)",
+                     re.IGNORECASE)
 _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
 
 
@@ -202,7 +208,7 @@ def attribute(sentence: str, words_of: dict[int, list[set[str]]], asked: set[str
     best, passage = max(((n, p) for n, passages in words_of.items() for p in passages if _same_polarity(negated, p)),
                         key=lambda item: (len(words & item[1]), len(added & item[1])), default=(None, set()))
     holds = len(words & passage) >= ATTRIBUTE_OVERLAP * len(words)
-    return best if holds and _adds_supported(added, passage) else None
+    return best if holds and _adds_supported(added, passage) and _joins_held(sentence, words_of[best]) else None
 
 
 def _supported(sentence: str, cited_words: Sequence[set[str]], asked: set[str] = frozenset()) -> bool:
@@ -213,8 +219,16 @@ def _supported(sentence: str, cited_words: Sequence[set[str]], asked: set[str] =
     if len(words) < SUPPORT_MIN_WORDS:
         return True
     negated = negates(MARKER.sub("", sentence))
-    return any(len(words & page) >= SUPPORT_OVERLAP * len(words) and _adds_supported(words - asked, page)
-               and _same_polarity(negated, page) for page in cited_words)
+    return _joins_held(sentence, cited_words) and any(
+        len(words & page) >= SUPPORT_OVERLAP * len(words) and _adds_supported(words - asked, page)
+        and _same_polarity(negated, page) for page in cited_words)
+
+
+def _joins_held(sentence: str, cited_words: Sequence[set[str]]) -> bool:
+    """Whether the cited passages (all of them: two joined names may stand on two pages) hold each word the claim
+    joins with "and", "or" or "nor", function words and words of two letters aside."""
+    joined = {w.lower() for pair in _JOINED.findall(MARKER.sub("", sentence)) for w in pair if len(w) > 2}
+    return stems(joined - _FUNCTION_WORDS) <= set().union(*cited_words)
 
 
 def _same_polarity(negated: bool, passage: set[str]) -> bool:

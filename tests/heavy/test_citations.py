@@ -188,10 +188,30 @@ def test_a_marker_on_a_page_that_does_not_hold_the_claim_is_not_trusted():
     assert filtered.dropped == ("The tower was finished in 1889 [1].",)
 
 
+def test_a_claim_joining_two_things_stands_only_on_pages_naming_both():
+    # seen in the demo: the break statement's page held every word of this claim but "continue", a word of the question
+    brk = source("http://corpus/break", "It terminates the nearest enclosing loop, skipping the optional else clause "
+                                        "if the loop has one. Break may only occur in a for or while loop.")
+    cont = source("http://corpus/continue", "Continue goes on with the next cycle of the nearest enclosing loop.")
+    texts = {brk.url: brk.snippet, cont.url: cont.snippet}
+    question = "What do the break and continue statements do inside a loop?"
+    joined = "The break and continue statements terminate the nearest enclosing loop, skipping the else clause [1]."
+    assert filter_claims(joined, [brk, cont], texts, question).dropped == (joined,)
+    assert filter_claims(joined.replace(" [1]", ""), [brk, cont], texts, question).body == ""  # attributed to none
+    alone = "The break statement terminates the nearest enclosing loop, skipping the else clause [1]."
+    assert filter_claims(alone, [brk, cont], texts, question).body == alone
+    # two joined names on two cited pages stand; so do joined verbs ("terminates ... and skips") that a page holds
+    both = "Break and continue both act on the nearest enclosing loop [1][2]."
+    assert filter_claims(both, [brk, cont], texts, question).body == both
+    verbs = "Break terminates the nearest enclosing loop and skips the else clause [1]."
+    assert filter_claims(verbs, [brk, cont], texts, question).body == verbs
+
+
 def test_a_claim_made_of_the_questions_words_stands_only_on_a_page_holding_what_it_adds():
     # seen in the demo: a wrong answer echoed into the report, kept because the loops page holds the question's words
     # ("... do not affect the else clause ..."; here "reset" stands for "do not affect", whose "not" alone drops it)
-    loops = source("http://corpus/loops", "A break statement ends the loop and the else clause of the loop is skipped.")
+    loops = source("http://corpus/loops", "A break statement ends the loop and the else clause of the loop is skipped; "
+                                          "continue goes on with the next cycle.")
     question = "How do break and continue statements interact with the else clause of a loop?"
     body = ("Break and continue statements reset the else clause of a loop [1]. "
             "A break statement skips the else clause of the loop [1].")
