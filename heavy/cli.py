@@ -124,8 +124,9 @@ def ask(
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the JSON result here")] = None,
     live: Annotated[bool, typer.Option(help="live view of the trajectories")] = True,
 ) -> None:
-    """Research QUESTION with N trajectories and print the merged report. Ctrl-C finishes now (a partial report of
-    what the trajectories found); Ctrl-C again cancels."""
+    """Research QUESTION with N trajectories and print the merged report.
+
+    Ctrl-C finishes now (a partial report of what the trajectories found); Ctrl-C again cancels."""
     logging.basicConfig(level=logging.WARNING)
     settings = get_settings()
     try:

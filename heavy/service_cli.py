@@ -51,8 +51,9 @@ def serve(
 def worker(
     index: Annotated[Path | None, typer.Option(help="local corpus index (default HEAVY_CORPUS_INDEX)")] = None,
 ) -> None:
-    """Run jobs from the queue with the configured backend and tools until SIGTERM or Ctrl-C; the jobs it was
-    running are then resumed by another worker from their checkpoints."""
+    """Run jobs from the queue with the configured backend and tools until SIGTERM or Ctrl-C.
+
+    The jobs it was running are then resumed by another worker from their checkpoints."""
     from heavy.corpus.commands import default_index_path
     from heavy.embedded_redis import redis_url_for
     from heavy.llm import make_backend
