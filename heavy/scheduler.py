@@ -137,7 +137,7 @@ class Scheduler:
                 return _cancelled(spec, results)
             if results and all(r.stop_reason == "error" for r in results):
                 raise AllTrajectoriesFailed(
-                    f"all {len(results)} trajectories failed (retriable); first error: {results[0].error}"
+                    f"all {len(results)} trajectories failed, nothing to report; first error: {results[0].error}"
                 )
             finished = sum(r.stop_reason not in EXTERNAL_STOPS for r in results)
             await sink.emit(Aggregating(job_id=spec.job_id, done=finished, stopped=len(results) - finished,

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replicas", type=int, default=None,
                        help="serve through Ray: this many replicas behind a router (RAY_ADDRESS picks a cluster)")
     serve.add_argument("--ep", type=int, default=None, help="expert-parallel ranks per replica (MoE checkpoints)")
+    serve.add_argument("--served-model-name", default=None,
+                       help="the name clients ask for in `model` (default: --model as given); others get a 404")
     serve.add_argument("--hang-timeout", type=float, default=None,
                        help="seconds a step may run before it counts as stuck (300): in process, /health fails; "
                             "with Ray replicas, the rank is restarted")
@@ -118,16 +120,17 @@ def _serve(args: argparse.Namespace) -> None:
     hang_timeout_s = HANG_TIMEOUT_S if args.hang_timeout is None else args.hang_timeout
     if hang_timeout_s <= 0:  # before a model loads or Ray starts
         raise ValueError(f"hang_timeout_s must be > 0, got {hang_timeout_s}")
+    served_name = args.served_model_name or str(args.model)
     if args.replicas is not None or args.ep is not None:
         from runtime.replica.serving import serve_replicas
 
         serve_replicas(args.model, host=args.host, port=args.port, replicas=args.replicas or 1, ep=args.ep or 1,
-                       dtype=args.dtype, hang_timeout_s=hang_timeout_s)
+                       dtype=args.dtype, hang_timeout_s=hang_timeout_s, served_name=served_name)
         return
     from runtime.server.app import serve
 
-    serve(_load(args.model, args.dtype, args.speculative_tokens), model_name=args.model, host=args.host, port=args.port,
-          hang_timeout_s=hang_timeout_s)
+    serve(_load(args.model, args.dtype, args.speculative_tokens), model_name=served_name, host=args.host,
+          port=args.port, hang_timeout_s=hang_timeout_s)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {"generate": _generate, "chat": _chat, "serve": _serve}

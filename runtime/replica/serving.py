@@ -152,7 +152,7 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
 
 
 def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True,
-                   dtype: str = AUTO, hang_timeout_s: float = HANG_TIMEOUT_S) -> None:
+                   dtype: str = AUTO, hang_timeout_s: float = HANG_TIMEOUT_S, served_name: str | None = None) -> None:
     import uvicorn
 
     from runtime.embedded import resolve_model
@@ -161,7 +161,7 @@ def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, abs
     frontend = start_frontend(resolve_model(model), replicas, ep, dtype=dtype, absorbed_mla=absorbed_mla,
                               hang_timeout_s=hang_timeout_s)
     try:
-        app = PrefixKeyMiddleware(create_app(frontend, model_name=str(model)))
+        app = PrefixKeyMiddleware(create_app(frontend, model_name=served_name or str(model)))
         uvicorn.run(app, host=host, port=port)
     finally:
         frontend.shutdown()

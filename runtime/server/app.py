@@ -73,6 +73,9 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest):
+        if request.model is not None and request.model != model_name:  # as OpenAI and vLLM answer a wrong name
+            raise ApiError(f"the model {request.model!r} does not exist: this server serves {model_name!r}",
+                           status=404, param="model")
         plan = tool_plan(request)
         messages = template_messages(request)
         try:  # rendering and tokenising a long prompt is real CPU work: off the event loop
@@ -89,17 +92,16 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
             raise ApiError(str(exc), param="messages") from exc
         state = ChoiceState(parse_tools=plan.parse_calls, parser=make_parser(tokenizer))
         state.prime(forced)
-        name = request.model or model_name
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return EventSourceResponse(_stream(engine, prompt_ids, params, state, name, include_usage))
+            return EventSourceResponse(_stream(engine, prompt_ids, params, state, model_name, include_usage))
         async for out in engine.generate(prompt_ids, params):
             state.feed(out, tokenizer)
         choice = {"index": 0, "message": final_message(state), "finish_reason": state.finish_reason}
         if params.logprobs is not None:
             choice["logprobs"] = {"content": state.logprobs}
         return {
-            "id": completion_id(), "object": "chat.completion", "created": now(), "model": name,
+            "id": completion_id(), "object": "chat.completion", "created": now(), "model": model_name,
             "choices": [choice], "usage": state.usage(),
         }
 

@@ -53,6 +53,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
 
     @field_validator("messages")
     @classmethod
@@ -63,6 +64,15 @@ class ChatCompletionRequest(BaseModel):
             if message.get("role") not in ("system", "developer", "user", "assistant", "tool"):
                 raise ValueError(f"messages[{i}].role must be system, developer, user, assistant or tool")
         return messages
+
+    @field_validator("response_format")
+    @classmethod
+    def _plain_text(cls, response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+        # no constrained decoding here: a client asking for JSON must hear so, not get free text it will fail to parse
+        kind = (response_format or {}).get("type", "text")
+        if kind != "text":
+            raise ValueError(f"only type 'text' is supported (no constrained decoding), got {kind!r}")
+        return response_format
 
     @field_validator("n")
     @classmethod

@@ -92,7 +92,8 @@ def deployment(tmp_path_factory, write_tiny_kimi):
         subprocess.run([sys.executable, "-c", FILL], env=cluster.env(), check=True, timeout=120, capture_output=True)
         runtime_port, api_port = free_port(), free_port()
         runtime = processes.start("runtime", [sys.executable, "-m", "runtime", "serve", "--model", str(checkpoint),
-                                              "--replicas", "1", "--ep", "2", "--host", "127.0.0.1",
+                                              "--served-model-name", "tiny-kimi", "--replicas", "1", "--ep", "2",
+                                              "--host", "127.0.0.1",
                                               "--port", str(runtime_port)], cluster.env())
         _wait_http(f"http://127.0.0.1:{runtime_port}/health", runtime, timeout_s=600)
         subprocess.run([sys.executable, "-c", RELEASE_HEAD], env=cluster.env(), check=True, timeout=120,

@@ -129,6 +129,7 @@ def test_logprobs_and_seeded_sampling(client):
         ({"messages": [{"role": "user", "content": "x" * (2 * CONTEXT)}]}, "messages"),
         ({"messages": USER, "temperature": -1}, "temperature"),
         ({"messages": USER, "n": 2}, "n"),
+        ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
     ],
 )
 def test_bad_requests_get_openai_400s_and_the_server_keeps_serving(server, client, body, param):
@@ -140,6 +141,20 @@ def test_bad_requests_get_openai_400s_and_the_server_keeps_serving(server, clien
         client.chat.completions.create(model=MODEL_NAME, **body)
     ok = client.chat.completions.create(model=MODEL_NAME, messages=USER, max_tokens=2)
     assert ok.usage.completion_tokens >= 1
+
+
+def test_a_model_this_server_does_not_serve_is_404_naming_the_one_it_does(server, client):
+    response = httpx.post(server[0] + "/v1/chat/completions", json={"model": "gpt-4o", "messages": USER})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["param"] == "model" and "'gpt-4o'" in error["message"] and f"'{MODEL_NAME}'" in error["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=USER, max_tokens=2)
+    unnamed = httpx.post(server[0] + "/v1/chat/completions", json={"messages": USER, "max_tokens": 2})
+    assert unnamed.status_code == 200 and unnamed.json()["model"] == MODEL_NAME  # no name: the one it serves
+    plain = client.chat.completions.create(model=MODEL_NAME, messages=USER, max_tokens=2,
+                                           response_format={"type": "text"})
+    assert plain.usage.completion_tokens >= 1
 
 
 def test_concurrent_requests_are_batched_and_cancellation_frees_blocks(server, monkeypatch):
