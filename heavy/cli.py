@@ -27,6 +27,7 @@ from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_app, default_index_path
 from heavy.corpus.documents import CorpusFormatError
+from heavy.corpus.index import CorpusIndex, existing_index
 from heavy.display import LiveBoard, print_error
 from heavy.llm import make_backend
 from heavy.scheduler import JobControl, JobSpec, Scheduler
@@ -57,10 +58,15 @@ def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecut
     """The web, or a local corpus: the one given (--index, HEAVY_CORPUS_INDEX), else the one `heavy corpus add`
     builds by default, else, as `heavy up` does, Python's reference topics (built under HEAVY_HOME on first use)."""
     if search == "web":
+        console.print("searching the web (ddgs)", style="dim", highlight=False)
         return web_tools()
     if index is None and "HEAVY_CORPUS_INDEX" not in os.environ and not default_index_path().is_file():
         index = corpus_index(get_settings(), None, lambda line: console.print(line, highlight=False))
-    return local_corpus_tools(index or default_index_path())
+    index = existing_index(index or default_index_path())
+    # said up front: which corpus a job searched is otherwise seen only in its sources' addresses
+    console.print(f"searching the local corpus {index} ({CorpusIndex(index).count():,} documents)", style="dim",
+                  highlight=False)
+    return local_corpus_tools(index)
 
 
 def _on_interrupt(control: JobControl) -> Callable[[], None]:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from heavy.corpus.documents import corpus_files, read_file
+from heavy.corpus.documents import SUPPORTED_SUFFIXES, CorpusFormatError, corpus_files, read_file
 from heavy.corpus.index import CorpusIndex, existing_index
 from heavy.corpus.server import CorpusServer
 
@@ -29,9 +29,13 @@ class AddReport:
 
 
 def corpus_add(path: Path | str, index_path: Path | str) -> AddReport:
-    """Read every supported file under `path` and add its documents to the index at `index_path`."""
-    index = CorpusIndex(index_path)
+    """Read every supported file under `path` and add its documents to the index at `index_path`. A path with no
+    supported file is an error and leaves no index behind (an empty one would be searched, finding nothing)."""
     files = corpus_files(Path(path))
+    if not files:
+        raise CorpusFormatError(f"no file to index under {path} (supported: {' '.join(sorted(SUPPORTED_SUFFIXES))}); "
+                                "no index was written")
+    index = CorpusIndex(index_path)
     added = duplicates = 0
     for file in files:
         new, skipped = index.add(read_file(file))

@@ -16,7 +16,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from heavy.corpus.documents import Document
+from heavy.corpus.documents import CorpusFormatError, Document
 
 TITLE_WEIGHT = 3.0  # a query term in the title says more about the page than one in the body
 TEXT_WEIGHT = 1.0
@@ -76,9 +76,18 @@ class SearchHit:
 
 
 def existing_index(path: Path | str) -> Path:
-    """`path`, if an index was built there: opening a mistyped path would create an empty corpus."""
+    """`path`, if an index holding documents was built there: opening a mistyped path would create an empty corpus,
+    and searching an empty one finds nothing, so that trajectories answer from the model's memory alone."""
     if not (path := Path(path)).is_file():
         raise FileNotFoundError(f"no corpus index at {path}; build one with `heavy corpus add PATH`")
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            documents = db.execute("SELECT count(*) FROM docs").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise CorpusFormatError(f"{path} is not a corpus index ({exc}); build one with `heavy corpus add PATH`") \
+            from exc
+    if documents == 0:
+        raise CorpusFormatError(f"the corpus index at {path} holds no documents; add some with `heavy corpus add PATH`")
     return path
 
 

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from heavy.cli import app, main
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_add
+from heavy.corpus.index import CorpusIndex
 from heavy.tools.base import ToolContext
 
 DOCS = [
@@ -237,6 +238,35 @@ def test_the_heavy_command_reports_a_users_mistake_in_one_line(argv, env, messag
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and err.startswith(message.replace("{bad}", str(tmp_path / "bad.jsonl")))
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_an_empty_corpus_is_never_written_nor_searched(tmp_path, monkeypatch, capsys):
+    # seen: an empty index left by `heavy corpus add` of a mistyped path; every later `heavy ask` searched it, found
+    # nothing, and answered from the model's memory with no word of why
+    index = tmp_path / "index.sqlite"
+    monkeypatch.setenv("HEAVY_CORPUS_INDEX", str(index))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "not-an-index.sqlite").write_text("hello")
+
+    def heavy(*argv: str) -> str:
+        monkeypatch.setattr("sys.argv", ["heavy", *argv])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        err = capsys.readouterr().err
+        assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err
+        return err
+
+    for path in (tmp_path / "empty", tmp_path / "missing"):
+        heavy("corpus", "add", str(path))
+        assert not index.exists()
+    assert heavy("corpus", "add", str(tmp_path / "empty")).startswith(
+        f"error: CorpusFormatError: no file to index under {tmp_path / 'empty'} (supported: .htm .html .jsonl")
+    CorpusIndex(index)  # an index file with no documents (as sessions before this check could leave)
+    assert heavy("ask", "q?", "--backend", "openai", "--no-live") == (
+        f"error: CorpusFormatError: the corpus index at {index} holds no documents; add some with `heavy corpus add "
+        "PATH`\n")
+    assert heavy("ask", "q?", "--index", str(tmp_path / "not-an-index.sqlite"), "--no-live").startswith(
+        f"error: CorpusFormatError: {tmp_path / 'not-an-index.sqlite'} is not a corpus index (file is not a database)")
 
 
 def test_live_board_follows_the_events():
