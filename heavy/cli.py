@@ -58,14 +58,14 @@ def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecut
     """The web, or a local corpus: the one given (--index, HEAVY_CORPUS_INDEX), else the one `heavy corpus add`
     builds by default, else, as `heavy up` does, Python's reference topics (built under HEAVY_HOME on first use)."""
     if search == "web":
-        console.print("searching the web (ddgs)", style="dim", highlight=False)
+        console.print("searching the web (ddgs)", style="dim", highlight=False, soft_wrap=True)
         return web_tools()
     if index is None and "HEAVY_CORPUS_INDEX" not in os.environ and not default_index_path().is_file():
         index = corpus_index(get_settings(), None, lambda line: console.print(line, highlight=False))
     index = existing_index(index or default_index_path())
     # said up front: which corpus a job searched is otherwise seen only in its sources' addresses
     console.print(f"searching the local corpus {index} ({CorpusIndex(index).count():,} documents)", style="dim",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)  # a path is not cut in two off a terminal
     return local_corpus_tools(index)
 
 
