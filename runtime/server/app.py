@@ -1,4 +1,5 @@
-"""The OpenAI-compatible app: /v1/chat/completions (streaming or not, tools), /v1/models, /health, /ready.
+"""The OpenAI-compatible app: /v1/chat/completions (streaming or not, tools), /v1/completions, /v1/models, /health,
+/ready.
 
 Bad requests get HTTP 400 with an OpenAI error body; the engine keeps serving everyone else.
 """
@@ -14,6 +15,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from runtime.engine.async_engine import HANG_TIMEOUT_S, AsyncEngine
 from runtime.engine.llm_engine import LLMEngine, RequestError
+from runtime.server import completions as completions_api
 from runtime.server.chat import (
     ChoiceState,
     completion_id,
@@ -26,7 +28,7 @@ from runtime.server.chat import (
     template_messages,
     tool_plan,
 )
-from runtime.server.protocol import ApiError, ChatCompletionRequest
+from runtime.server.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 
 OWNER = "heavy"
 DONE = "[DONE]"
@@ -71,11 +73,36 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": OWNER}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: ChatCompletionRequest):
+    def check_model(request: ChatCompletionRequest | CompletionRequest) -> None:
         if request.model is not None and request.model != model_name:  # as OpenAI and vLLM answer a wrong name
             raise ApiError(f"the model {request.model!r} does not exist: this server serves {model_name!r}",
                            status=404, param="model")
+
+    def checked(prompt_ids: list[int], param: str) -> None:
+        try:
+            engine.engine.check_request(prompt_ids)
+        except RequestError as exc:
+            raise ApiError(str(exc), param=param) from exc
+
+    @app.post("/v1/completions")
+    async def completions(request: CompletionRequest):
+        check_model(request)
+        ids = await asyncio.to_thread(completions_api.prompt_ids, request, tokenizer)
+        params = sampling_params(request, len(ids), engine.engine.max_model_len)
+        checked(ids, "prompt")
+        choice = completions_api.TextChoice(params.logprobs)
+        cid, created = completions_api.completion_id(), now()
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return EventSourceResponse(_stream_text(engine, ids, params, choice, (cid, created, model_name),
+                                                    include_usage))
+        async for out in engine.generate(ids, params):
+            choice.feed(out, tokenizer)
+        return completions_api.body(cid, created, model_name, [choice.choice(choice.text)], usage=choice.usage())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: ChatCompletionRequest):
+        check_model(request)
         plan = tool_plan(request)
         messages = template_messages(request)
         try:  # rendering and tokenising a long prompt is real CPU work: off the event loop
@@ -86,10 +113,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         if forced:
             prompt_ids = prompt_ids + tokenizer.encode(forced)
         params = sampling_params(request, len(prompt_ids), engine.engine.max_model_len)
-        try:
-            engine.engine.check_request(prompt_ids)
-        except RequestError as exc:
-            raise ApiError(str(exc), param="messages") from exc
+        checked(prompt_ids, "messages")
         state = ChoiceState(parse_tools=plan.parse_calls, parser=make_parser(tokenizer))
         state.prime(forced)
         if request.stream:
@@ -135,6 +159,21 @@ async def _stream(engine: AsyncEngine, prompt_ids, params, state: ChoiceState, n
         return
     if include_usage:
         yield chunk([], usage=state.usage())
+    yield {"data": DONE}
+
+
+async def _stream_text(engine: AsyncEngine, prompt_ids, params, choice, ids: tuple[str, int, str], include_usage: bool):
+    """SSE events of one streamed text completion; leaving early (client gone) aborts the request."""
+    try:
+        async for out in engine.generate(prompt_ids, params):
+            entry = choice.feed(out, engine.tokenizer)
+            if entry["text"] or out.finished:
+                yield completions_api.chunk(*ids, [entry])
+    except Exception as exc:  # the stream has started: report in-band
+        yield {"data": json.dumps(ApiError(str(exc), status=500, error_type="server_error").body())}
+        return
+    if include_usage:
+        yield completions_api.chunk(*ids, [], usage=choice.usage())
     yield {"data": DONE}
 
 

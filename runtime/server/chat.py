@@ -11,7 +11,7 @@ from typing import Any
 
 from runtime.engine.llm_engine import RequestOutput
 from runtime.sampling import SamplingError, SamplingParams
-from runtime.server.protocol import TOOL_CHOICE_MODES, ApiError, ChatCompletionRequest
+from runtime.server.protocol import TOOL_CHOICE_MODES, ApiError, ChatCompletionRequest, CompletionRequest
 from runtime.toolcalls import KimiStreamParser, ParsedOutput, QwenStreamParser, ToolCallParseError
 
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default
@@ -97,10 +97,12 @@ def forced_answer_prefix(plan: ToolPlan, tokenizer) -> str:
     return '<tool_call>\n{"name": "'
 
 
-def sampling_params(request: ChatCompletionRequest, prompt_len: int, max_model_len: int) -> SamplingParams:
+def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_len: int,
+                    max_model_len: int) -> SamplingParams:
     room = max_model_len - prompt_len
     if room <= 0:
-        raise ApiError(f"the prompt has {prompt_len} tokens; the model's context is {max_model_len}", param="messages")
+        raise ApiError(f"the prompt has {prompt_len} tokens; the model's context is {max_model_len}",
+                       param=request.prompt_param)
     limit = request.completion_limit
     try:
         return SamplingParams(
@@ -110,7 +112,7 @@ def sampling_params(request: ChatCompletionRequest, prompt_len: int, max_model_l
             seed=request.seed,
             max_tokens=min(limit, room) if limit is not None else room,
             stop=request.stop_strings,
-            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+            logprobs=request.top_logprob_count,
         )
     except SamplingError as exc:
         raise ApiError(str(exc)) from exc

@@ -1,6 +1,6 @@
 """Request bodies of the OpenAI chat-completions API (the subset we serve) and the OpenAI error shape."""
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -34,23 +34,57 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+def _positive(limit: int | None, param: str) -> int | None:
+    if limit is not None and limit <= 0:
+        raise ApiError(f"{param} must be > 0, got {limit}", param=param)
+    return limit
+
+
+class _SamplingRequest(BaseModel):
+    """What chat and text completion requests share: the model asked for, sampling, limits, streaming."""
+
     model_config = ConfigDict(extra="ignore")  # penalties, user, metadata, ...: accepted and ignored
 
     model: str | None = None
-    messages: list[dict[str, Any]]
-    tools: list[ToolDef] | None = None
-    tool_choice: str | dict[str, Any] | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)  # not OpenAI's, but vLLM and SGLang accept it
     max_tokens: int | None = None
-    max_completion_tokens: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _single_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("only n=1 is supported")
+        return n
+
+    @property
+    def completion_limit(self) -> int | None:
+        return _positive(self.max_tokens, "max_tokens")
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def top_logprob_count(self) -> int | None:
+        """Alternatives to return per token (0: the chosen token's only); None: no log-probabilities."""
+        return None
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    prompt_param: ClassVar[str] = "messages"  # the field an error about the prompt names
+    messages: list[dict[str, Any]]
+    tools: list[ToolDef] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
@@ -74,22 +108,53 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError(f"only type 'text' is supported (no constrained decoding), got {kind!r}")
         return response_format
 
-    @field_validator("n")
-    @classmethod
-    def _single_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported")
-        return n
-
     @property
     def completion_limit(self) -> int | None:
-        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        if limit is not None and limit <= 0:
-            raise ApiError(f"max_tokens must be > 0, got {limit}", param="max_tokens")
-        return limit
+        if self.max_completion_tokens is not None:  # the newer name wins, as OpenAI reads them
+            return _positive(self.max_completion_tokens, "max_completion_tokens")
+        return super().completion_limit
 
     @property
-    def stop_strings(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+    def top_logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class CompletionRequest(_SamplingRequest):
+    """The legacy text completions API (`/v1/completions`): a raw prompt, no chat template; what benchmark clients
+    (vLLM's and SGLang's `bench serve`, lm-eval's generation tasks) send."""
+
+    prompt_param: ClassVar[str] = "prompt"
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = 16  # OpenAI's default for this API
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # alternatives per token, as this API counts them
+    echo: bool = False
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list) -> str | list[int]:
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            if len(prompt) != 1:
+                raise ValueError(f"one prompt per request is supported, got {len(prompt)}")
+            prompt = prompt[0]
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        return prompt
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, echo: bool) -> bool:
+        if echo:
+            raise ValueError("echo is not supported (no log-probabilities of prompt tokens)")
+        return echo
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, suffix: str | None) -> str | None:
+        if suffix:
+            raise ValueError("suffix is not supported")
+        return suffix
+
+    @property
+    def top_logprob_count(self) -> int | None:
+        return self.logprobs

@@ -32,9 +32,13 @@ class CharTokenizer(LetterTokenizer):
     def decode(self, ids):
         return "".join(self.Decoder().push(i) for i in ids)
 
-    def encode_chat(self, messages, tools=None):
-        text = "".join(f"{m['role']}:{m['content']};" for m in messages) + json.dumps(tools or [])
+    vocab_size = TINY.vocab_size
+
+    def encode(self, text):
         return [1 + ord(c) % 96 for c in text]
+
+    def encode_chat(self, messages, tools=None):
+        return self.encode("".join(f"{m['role']}:{m['content']};" for m in messages) + json.dumps(tools or []))
 
 
 
