@@ -169,6 +169,28 @@ async def test_the_report_prompt_shows_the_most_relevant_sources_first_and_only_
     assert "[2] p1" not in sources and "[3] p2" not in sources  # only the two most relevant are shown
     assert "answered: The tower was finished in 1889. (confidence" in prompt  # one line per answer
     assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown  # renumbered in the report
+    # the citation format is shown on the most relevant source's first sentence, cited: copied, it is a true claim
+    assert 'like this: "The Eiffel Tower in Paris was finished in 1889 for the fair [5]."' in prompt
+
+
+async def test_a_report_pass_copying_its_format_example_writes_a_claim_its_page_holds():
+    # seen in 22 of 31 HotpotQA reports of the embedded model with a made-up example ("The tower was finished in 1889
+    # [2].", dropped as on no page): often all the pass wrote
+    louvre = source("http://corpus/louvre", "The Louvre is the world's most visited museum. It opened in 1793.")
+    backend = ScriptedBackend(lambda request: text(request.messages[0]["content"].split('like this: "')[1]
+                                                   .split('"')[0]))
+    job = await aggregate(job_id="j", question="Which museum is the most visited?", mode="report",
+                          results=[result(0, "The Louvre", cited=[louvre])], backend=backend,
+                          config=AggregationConfig(check_claims=False))
+    findings = job.markdown.split("## Findings")[1].split("\n## ")[0].split("From the fetched pages")[0]
+    assert findings.strip() == "The Louvre is the world's most visited museum [1]." and not job.dropped_claims
+
+
+async def test_with_no_page_fetched_there_is_no_report_pass():
+    backend = ScriptedBackend(lambda request: text("The Louvre is the most visited museum [1]."))
+    job = await aggregate(job_id="j", question="Which museum is the most visited?", mode="report",
+                          results=[result(0, "The Louvre"), result(1, "The Louvre")], backend=backend)
+    assert not backend.requests and job.answer == "The Louvre" and "## Findings" not in job.markdown
 
 
 def test_the_aggregator_reads_all_the_trajectories_saw_of_a_page():
