@@ -64,6 +64,10 @@ ANSWER_REPEATS_QUESTION = (
 ANSWER_IS_OUTPUT = (
     "Your answer is only what your code printed. Answer the question itself: {question}"
 )
+ANSWER_IS_A_TITLE = (
+    "Your answer is only the title of a page. Answer the question itself, in a sentence, from what the page says: "
+    "{question}"
+)
 UNKNOWN_TOOL = "There is no tool named {name}. Available tools: {available}."
 UNREADABLE_CALL = 'Your tool call could not be read. Write it like: {"name": "search", "arguments": {"query": "..."}}'
 FORCE_ANSWER = (  # the question is repeated: after long tool outputs a small model loses track of it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from heavy.llm.types import ToolCall, Usage
@@ -107,6 +108,26 @@ def only_printed(answer: str, printed: str, question: str) -> bool:
     words = set(_WORD.findall(answer.lower())) - _OUTPUT_WORDS
     return (bool(words) and not any(ch.isdigit() for ch in answer) and words <= set(_WORD.findall(printed.lower()))
             and not words & set(_WORD.findall(question.lower())))
+
+
+# "How many ...?", "How old ...?": a number or a name may answer them, not only an explanation
+_HOW_MEASURE = frozenset({"many", "much", "long", "old", "far", "tall", "big", "large", "often", "few", "high", "deep",
+                          "wide", "fast", "soon", "heavy", "small"})
+
+
+def asks_how_or_why(question: str) -> bool:
+    """Whether the question asks for an explanation: "How does ...?", "Why ...?", "What is the difference ...?"."""
+    words = _WORD.findall(question.lower())
+    return bool(words) and (words[0] in ("why", "explain", "describe") or "difference" in words[:6]
+                            or (words[0] == "how" and words[1:2] != [] and words[1] not in _HOW_MEASURE))
+
+
+def names_a_page(answer: str, titles: Iterable[str]) -> bool:
+    """Whether the answer is only a page's title, or its part after a colon ("Compound statements" of "Python
+    reference: Compound statements"), case and punctuation aside."""
+    said = " ".join(_WORD.findall(answer.lower()))
+    return bool(said) and any(said == " ".join(_WORD.findall(form.lower()))
+                              for title in titles for form in (title, title.rsplit(":", 1)[-1]))
 
 
 def copies_text(answer: str, texts: list[str], min_words: int = 3) -> bool:

@@ -28,7 +28,9 @@ from heavy.agent.steps import (
     Observation,
     TrajectoryResult,
     answer_line,
+    asks_how_or_why,
     copies_text,
+    names_a_page,
     only_printed,
     restates_question,
     says_a_plan,
@@ -107,6 +109,7 @@ class Trajectory:
         self.no_progress = 0
         self.answer_rejected = False
         self.output_rejected = False
+        self.title_rejected = False
         self.unsaid_forced = False  # an `answer` call said nothing, and a forced answer was asked for it
         self.deadline = 0.0
 
@@ -297,6 +300,9 @@ class Trajectory:
         if not self.output_rejected and only_printed(answer, self._printed(observed), self.spec.question):
             self.output_rejected = True  # sent back once: if the model insists, it stands
             return prompts.ANSWER_IS_OUTPUT.format(question=self.spec.question)
+        if not self.title_rejected and self._only_a_title(answer):
+            self.title_rejected = True  # sent back once, as above
+            return prompts.ANSWER_IS_A_TITLE.format(question=self.spec.question)
         if not self.evidence and not self.answer_rejected:
             self.answer_rejected = True
             self.best_guess = answer
@@ -315,6 +321,11 @@ class Trajectory:
         runs = [o for step in self.steps for o in step.observations] + list(observed)
         return "\n".join(o.text for o in runs if o.call.name == PYTHON_TOOL and o.error is None and not o.repeated)
 
+    def _only_a_title(self, answer: str) -> bool:
+        """Whether the answer to a how or why question is only the title of a page the trajectory found (seen in
+        `heavy ask` on the with statement: three of eight answered "Python reference: Compound statements")."""
+        return asks_how_or_why(self.spec.question) and names_a_page(answer, (s.title for s in self.evidence.values()))
+
     def _copies_our_words(self, answer: str) -> bool:
         """Whether the answer is text we wrote, copied back: our instructions, or (three words or more of) a tool's
         error or our feedback (seen on HotpotQA: "This run may open only its own corpus pages.", from a refused
@@ -325,10 +336,10 @@ class Trajectory:
 
     def _says_no_answer(self, text: str) -> bool:
         """Whether a step's text or a forced answer is no answer to keep: empty, the question restated, "nothing
-        found", a plan, or our words copied back. (An `answer` call is checked in `_accept_answer`, which tells the
-        model which of these it was.)"""
+        found", a plan, our words copied back, or a page's title to a how or why question. (An `answer` call is
+        checked in `_accept_answer`, which tells the model which of these it was.)"""
         return (not text or restates_question(text, self.spec.question) or says_nothing_found(text)
-                or says_a_plan(text) or self._copies_our_words(text))
+                or says_a_plan(text) or self._copies_our_words(text) or self._only_a_title(text))
 
     def _supporting(self, answer: str) -> tuple[Source, ...]:
         return supporting_sources(answer, self.evidence, self.excerpts)

@@ -62,6 +62,7 @@ def state_of(trajectory: Trajectory) -> dict[str, Any]:
         "no_progress": trajectory.no_progress,
         "answer_rejected": trajectory.answer_rejected,
         "output_rejected": trajectory.output_rejected,
+        "title_rejected": trajectory.title_rejected,
         "unsaid_forced": trajectory.unsaid_forced,
     }
 
@@ -78,6 +79,7 @@ def restore(trajectory: Trajectory, state: dict[str, Any]) -> None:
     trajectory.answer_rejected = state["answer_rejected"]
     # absent from checkpoints written before it existed (a worker upgraded while a job ran)
     trajectory.output_rejected = state.get("output_rejected", False)
+    trajectory.title_rejected = state.get("title_rejected", False)
     trajectory.unsaid_forced = state.get("unsaid_forced", False)
 
 

@@ -20,12 +20,12 @@ PAGES = {
 
 
 def make(script, *, limits=TrajectoryLimits(max_steps=6), allowed=("search",), delay=None, stop=None, budget=None,
-         opening_search=False, focus=None):
+         opening_search=False, focus=None, question="When was the Eiffel Tower finished?"):
     search = DictSearch(PAGES)
     executor = ToolExecutor([search, Echo()])
     backend = ScriptedBackend(script, **({"delay_s": delay} if delay else {}))
     sink = MemorySink()
-    spec = TrajectorySpec(job_id="job1", index=0, question="When was the Eiffel Tower finished?",
+    spec = TrajectorySpec(job_id="job1", index=0, question=question,
                           allowed_tools=frozenset(allowed), sampling=Sampling(temperature=0.5, seed=3), limits=limits,
                           opening_search=opening_search, focus=focus)
     trajectory = Trajectory(spec, backend, executor, sink=sink, stop=stop, job_budget=budget)
@@ -357,6 +357,29 @@ async def test_an_answer_call_cut_by_the_token_limit_keeps_its_finished_sentence
     result = await trajectory.run()
     assert result.answer == "The Eiffel Tower is in Paris and was finished in 1889."
     assert result.stop_reason == "max_steps"
+
+
+async def test_a_page_title_as_the_answer_to_how_or_why_is_sent_back_once():
+    # seen in `heavy ask` on the with statement: three of eight answered "Python reference: Compound statements"
+    how = "How was the Eiffel Tower built?"
+    told = prompts.ANSWER_IS_A_TITLE.format(question=how)
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), call("answer", answer="Eiffel."),
+                                       call("answer", answer="It was built of iron.")), question=how)
+    result = await trajectory.run()
+    assert result.answer == "It was built of iron." and [s.feedback for s in result.steps].count(told) == 1
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), *[call("answer", answer="eiffel")] * 2),
+                               question=how)
+    assert (await trajectory.run()).answer == "eiffel"  # insisted on: it stands
+    # a name may answer "which" or "how many": a title stands at once
+    for question in ("Which page is about the tower?", "How many pages name the tower?"):
+        trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), call("answer", answer="eiffel")),
+                                   question=question)
+        result = await trajectory.run()
+        assert result.answer == "eiffel" and not any(s.feedback for s in result.steps if s.feedback == told)
+    # a forced answer that is only a title is no answer
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), forced=text("Eiffel")), question=how,
+                               limits=TrajectoryLimits(max_steps=2))
+    assert (await trajectory.run()).answer == ""
 
 
 async def test_an_answer_that_only_says_what_the_code_printed_is_sent_back_once():
