@@ -165,13 +165,17 @@ class ChoiceState:
         return "length" if self.last is not None and self.last.finish_reason == "length" else "stop"
 
     def usage(self) -> dict[str, Any]:
-        out = self.last
-        return {
-            "prompt_tokens": out.num_prompt_tokens,
-            "completion_tokens": out.num_completion_tokens,
-            "total_tokens": out.num_prompt_tokens + out.num_completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens},
-        }
+        return usage_of(self.last)
+
+
+def usage_of(out: RequestOutput) -> dict[str, Any]:
+    """The usage of a request, read from its last output (whose counts are the request's totals)."""
+    return {
+        "prompt_tokens": out.num_prompt_tokens,
+        "completion_tokens": out.num_completion_tokens,
+        "total_tokens": out.num_prompt_tokens + out.num_completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens},
+    }
 
 
 def _logprob_entry(token_id: int, lp, tokenizer) -> dict[str, Any]:

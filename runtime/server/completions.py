@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.engine.llm_engine import RequestOutput
+from runtime.server.chat import usage_of
 from runtime.server.protocol import ApiError, CompletionRequest
 
 
@@ -63,10 +64,7 @@ class TextChoice:
         return "length" if self.last is not None and self.last.finish_reason == "length" else "stop"
 
     def usage(self) -> dict[str, Any]:
-        out = self.last
-        return {"prompt_tokens": out.num_prompt_tokens, "completion_tokens": out.num_completion_tokens,
-                "total_tokens": out.num_prompt_tokens + out.num_completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens}}
+        return usage_of(self.last)
 
 
 def completion_id() -> str:
