@@ -35,13 +35,12 @@ from heavy.aggregate import AggregationConfig, aggregate
 from heavy.aggregate.claim_check import check_claims
 from heavy.aggregate.evidence import fetched_texts, sentences_of
 from heavy.aggregate.normalize import normalize_answer, typographic_folded
-from heavy.aggregate.report import QUOTES_LEAD
+from heavy.aggregate.report import FALLBACK_LEAD, QUOTES_LEAD
 from heavy.aggregate.shorten import YES_NO
 from heavy.config import Settings
 from heavy.llm import make_backend
 
 PARTS = ("answer", "findings", "quotes")
-FALLBACK_LEAD = "the most relevant passages found:"
 
 
 def report_parts(markdown: str) -> dict[str, str]:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 KEY_SENTENCES = 6  # quoted when no claim of the report pass stands
 QUOTES_BESIDE_FINDINGS = 3  # quoted after the findings: the pages' own words, which a word check cannot get wrong
 QUOTES_LEAD = "From the fetched pages, word for word:"
+FALLBACK_LEAD = "The report pass wrote no claim a fetched page supports; the most relevant passages found:"
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 _WRAPPED_LINE = re.compile(r"[ \t]*\n[ \t]*(?!\n|[-*+] |\d+\. )")
 URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
@@ -129,8 +130,7 @@ async def aggregate(
         quotes, quoted = _key_passages(question, pages, weights, QUOTES_BESIDE_FINDINGS if body else KEY_SENTENCES,
                                        said=topic_words(f"{body} {stated[0] if stated else ''}"))
         if quotes:
-            lead = (QUOTES_LEAD if body else "The report pass wrote no claim a fetched page supports; the most "
-                    "relevant passages found:")
+            lead = QUOTES_LEAD if body else FALLBACK_LEAD
             body = f"{body}\n\n{lead}\n\n{quotes}".strip()
             body_cited = (*body_cited, *(n for n in quoted if n not in body_cited))
     markdown, numbers = _assemble(question, decided, results, union, (body, body_cited, on_pages, stated), status,

@@ -42,6 +42,11 @@ def test_the_report_measure_reads_the_headline_findings_and_quotes_apart():
     parts = eval_reports.report_parts(markdown)
     assert [eval_reports.says(parts[p], "1889") for p in eval_reports.PARTS] == [True, False, True]
     assert eval_reports.says(parts["findings"], "Eiffel") and not eval_reports.says(parts["quotes"], "Gustave")
+    # a report whose pass wrote no claim: its lead into the quotes is no finding
+    fallback = ("# Q?\n\n**Answer:** x\n\n## Findings\n\nThe report pass wrote no claim a fetched page supports; the "
+                "most relevant passages found:\n\n- “It was finished in 1889.” [1]\n\n## Sources\n\n1. [t](http://x)")
+    parts = eval_reports.report_parts(fallback)
+    assert parts["findings"].strip() == "" and eval_reports.says(parts["quotes"], "1889")
 
 
 def test_eval_results_record_the_dtype_the_runtime_computes_in(monkeypatch):
