@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ _RESULT_HEADER = re.compile(r"^(?:[^\n]{0,150}[^\s.!?:][ \t]*\n)?[ \t]*URL:[ \t]
 # a chat-template tag the model wrote itself: what follows is a tool result it imagined, not its answer (seen with the
 # 1.5B model: "<tool_response>\nResults for 'David Weissman': ..." taken as the answer)
 _IMAGINED_RESULT = re.compile(r"<tool_response>|<\|im_start\|>")
+# an answer written as the `answer` call's arguments, as text and often cut off: '{"answer": "Python reference: ...'
+_JSON_ANSWER = re.compile(r'\s*\{\s*"answer"\s*:\s*"((?:[^"\\]|\\.)*)')
 
 
 def without_result_headers(answer: str) -> str:
@@ -130,6 +133,23 @@ def names_a_page(answer: str, titles: Iterable[str]) -> bool:
                               for title in titles for form in (title, title.rsplit(":", 1)[-1]))
 
 
+_PRONOUNS = frozenset({"it", "this", "that", "they", "these", "which"})
+
+
+def without_copied_sentences(answer: str, texts: Iterable[str], min_words: int = 5) -> str:
+    """The answer less its sentences of `min_words` words or more that stand word for word in one of `texts`, a
+    leading pronoun aside (seen in `heavy ask`: "... It returns titles, URLs and short snippets; open a URL to read
+    it.", the search tool's description)."""
+    ours = [" ".join(_WORD.findall(t.lower())) for t in texts]
+    kept = []
+    for sentence in re.split(r"(?<=[.!?])\s+", answer.strip()):
+        words = _WORD.findall(sentence.lower())
+        words = words[1:] if words[:1] and words[0] in _PRONOUNS else words
+        if len(words) < min_words or not any(" ".join(words) in text for text in ours):
+            kept.append(sentence)
+    return " ".join(kept)
+
+
 def copies_text(answer: str, texts: list[str], min_words: int = 3) -> bool:
     """Whether the answer, `min_words` words or more, stands word for word (case and punctuation aside) in one of
     `texts`."""
@@ -137,10 +157,22 @@ def copies_text(answer: str, texts: list[str], min_words: int = 3) -> bool:
     return len(said.split()) >= min_words and any(said in " ".join(_WORD.findall(t.lower())) for t in texts)
 
 
+def unwrapped(text: str) -> str:
+    """The answer inside '{"answer": "..."}' written as text (seen in `heavy ask`: a forced answer that was the
+    call's JSON, cut off, shown as the trajectory's answer), its escapes read; other text as it is."""
+    wrapped = _JSON_ANSWER.match(text)
+    if wrapped is None:
+        return text
+    try:
+        return json.loads(f'"{wrapped.group(1)}"')
+    except json.JSONDecodeError:  # cut inside an escape
+        return wrapped.group(1).replace("\\n", "\n")
+
+
 def answer_line(text: str) -> str:
     """The first non-empty line of a model's answer, without copied tool-result headers, a leading "Answer:", and the
     quotes, stars and full stop a model wraps a short answer in. Shared by the agent loop and the aggregator."""
-    text = without_result_headers(text)
+    text = without_result_headers(unwrapped(text))
     line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
     for prefix in ANSWER_PREFIXES:
         if line.lower().startswith(prefix):

@@ -36,6 +36,8 @@ from heavy.agent.steps import (
     says_a_plan,
     says_nothing_found,
     stated_confidence,
+    unwrapped,
+    without_copied_sentences,
     without_cut_sentence,
     without_result_headers,
 )
@@ -287,7 +289,7 @@ class Trajectory:
         step's tool results before the answer; `cut`: the token limit ended the reply, so the answer may end in an
         unfinished sentence."""
         written = str(call.arguments.get("answer") or "")
-        answer = without_result_headers(written)
+        answer = without_copied_sentences(without_result_headers(unwrapped(written)), self._our_texts())
         answer = without_cut_sentence(answer, cut)
         if not any(ch.isalnum() for ch in answer) or self._copies_our_words(answer) or says_a_plan(answer):
             # "", a placeholder ("..."), our instructions copied back, or a plan: the model means to answer, so the
@@ -326,6 +328,12 @@ class Trajectory:
         `heavy ask` on the with statement: three of eight answered "Python reference: Compound statements")."""
         return asks_how_or_why(self.spec.question) and names_a_page(answer, (s.title for s in self.evidence.values()))
 
+    def _our_texts(self) -> list[str]:
+        """What we wrote that a model may copy into its answer: the instructions and the tools' descriptions."""
+        functions = [spec["function"] for spec in self.tools]
+        return [prompts.SYSTEM, *(f.get("description", "") for f in functions),
+                *(p.get("description", "") for f in functions for p in f["parameters"]["properties"].values())]
+
     def _copies_our_words(self, answer: str) -> bool:
         """Whether the answer is text we wrote, copied back: our instructions, or (three words or more of) a tool's
         error or our feedback (seen on HotpotQA: "This run may open only its own corpus pages.", from a refused
@@ -359,6 +367,7 @@ class Trajectory:
         content, calls = parse_text_tool_calls(completion.content)
         answer_call = next((c for c in calls if isinstance(c.arguments.get("answer"), str)), None)
         answer = answer_line(answer_call.arguments["answer"] if answer_call else content)
+        answer = without_copied_sentences(answer, self._our_texts())
         answer = without_cut_sentence(answer, completion.finish_reason == "length")
         if self._says_no_answer(answer):
             answer = self.best_guess

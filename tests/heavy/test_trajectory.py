@@ -382,6 +382,18 @@ async def test_a_page_title_as_the_answer_to_how_or_why_is_sent_back_once():
     assert (await trajectory.run()).answer == ""
 
 
+async def test_our_own_sentences_and_a_json_wrapper_are_taken_out_of_an_answer():
+    # seen in `heavy ask`: "... It returns titles, URLs and short snippets; open a URL to read it." (the search tool's
+    # description) and a forced answer written as the call's JSON, cut off: '{"answer": "Python reference: ...\\nURL:'
+    copied = "It was finished in 1889. Use different search words if a search did not help."
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), call("answer", answer=copied)))
+    assert (await trajectory.run()).answer == "It was finished in 1889."
+    wrapped = text('{"answer": "The Eiffel Tower was finished in 1889.\\nURL: http://corpus/eiffel\\n***')
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), forced=wrapped),
+                               limits=TrajectoryLimits(max_steps=2))
+    assert (await trajectory.run()).answer == "The Eiffel Tower was finished in 1889"
+
+
 async def test_an_answer_that_only_says_what_the_code_printed_is_sent_back_once():
     # seen in `heavy ask` on the with statement: two trajectories answered "Hello, world!" after trying a snippet
     told = prompts.ANSWER_IS_OUTPUT.format(question="When was the Eiffel Tower finished?")
