@@ -183,8 +183,9 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
                             f"citing {cites or 'no source'}")
         else:
             findings.append(f"- Researcher {r.index + 1} found no answer ({r.stop_reason}).")
+    _, top, top_excerpt, _ = shown[0]
     prompt = REPORT_PROMPT.format(question=question, sources="\n".join(lines), n=len(results),
-                                  findings="\n".join(findings), example=_format_example(*shown[0][1:3]))
+                                  findings="\n".join(findings), example=_format_example(top, top_excerpt))
     try:
         completion = await backend.chat([{"role": "user", "content": prompt}], None, config.sampling,
                                         max_tokens=config.report_tokens, request_id="report", prefix_key=job_id)
