@@ -1,4 +1,4 @@
-"""Request bodies of the OpenAI chat-completions API (the subset we serve) and the OpenAI error shape."""
+"""Request bodies of the OpenAI chat and text completions APIs (the subsets we serve) and the OpenAI error shape."""
 
 from typing import Any, ClassVar, Literal
 
