@@ -9,7 +9,8 @@ claim negated when the passage supports it. So where the backend gives log-proba
 (`negations`) are both asked, and the claim is refuted when the model finds its negation the better supported; so
 are its rivals, the claim with one of its numbers or names swapped for another of the passage's (swaps.py), which a
 negation cannot stand in for ("finished in 1887" of a page saying "begun in 1887, finished in 1889"); without
-log-probabilities the greedy yes or no decides. `scripts/probe_claim_check.py` measures both on pairs whose truth is
+log-probabilities the greedy yes or no decides. A claim that is a sentence of its cited page word for word is
+not asked about: the page says it. `scripts/probe_claim_check.py` measures both on pairs whose truth is
 known (docs/report_claims.md). A claim whose check fails (an error, a reply that is neither yes nor no) keeps the word
 check's verdict: the check may only take claims out.
 """
@@ -23,8 +24,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from heavy.agent.gathered import unescaped
 from heavy.aggregate.citations import LIST_PREFIX, MARKER, FilteredReport, cited_numbers
-from heavy.aggregate.evidence import SENTENCE_END, passages, stemmed_words
+from heavy.aggregate.evidence import SENTENCE_END, passages, sentences_of, stemmed_words
 from heavy.aggregate.swaps import swapped
 from heavy.llm.types import Completion, LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source
@@ -35,6 +37,7 @@ CHECK_PROMPT = "Passage: {passage}\n\nClaim: {claim}\n\nDoes the passage support
 CHECK_TOKENS = 4  # "yes" / "no", and room for a leading quote or "Yes,"
 _SPACED_MARKER = re.compile(r"\s*" + MARKER.pattern)  # a claim is asked about without its markers
 _REPLY = re.compile(r"\W*(yes|no)\b", re.IGNORECASE)
+_WORD = re.compile(r"\w+")
 CHECK_ALTERNATIVES = 5  # of the reply's first token, read for "yes" and "no"
 _AUXILIARIES = "is|are|was|were|can|could|will|would|should|must|may|might|has|have|had|does|do|did"
 _AUXILIARY_NOT = re.compile(rf"\b({_AUXILIARIES}) not\b", re.IGNORECASE)
@@ -65,6 +68,13 @@ def passage_for(claim: str, texts: Sequence[str]) -> str:
     words = stemmed_words(claim)
     return max((run for text in texts for run in passages(text)), key=lambda run: len(words & stemmed_words(run)),
                default="")
+
+
+def _word_run(text: str) -> str:
+    """The text's words, lowercased, one space apart: a page's sentence copied as a claim is the same run however
+    its quotes, escapes and line breaks differ (the 0.5B refuted 10 of 40 pages' sentences as written, and the
+    report pass copies sentences of the sources)."""
+    return " ".join(_WORD.findall(unescaped(text).lower()))
 
 
 def _flip(claim: str, start: int = 0) -> str | None:
@@ -174,6 +184,8 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
     async def verdict(index: int, sentence: str) -> tuple[bool | None, Usage]:
         pages = [texts.get(sources[n - 1].url, "") for n in sorted(cited_numbers(sentence)) if 0 < n <= len(sources)]
         claim = _SPACED_MARKER.sub("", sentence).strip()
+        if any(_word_run(claim) == _word_run(said) for page in pages for said in sentences_of(page)):
+            return True, Usage()  # a sentence of the page, word for word: nothing for the model to weigh
         passage = passage_for(claim, [p for p in pages if p])
         if not passage:
             return None, Usage()

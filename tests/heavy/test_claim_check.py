@@ -58,6 +58,16 @@ async def test_a_check_that_says_neither_yes_nor_no_or_fails_leaves_the_claim(re
     assert (checked.body, checked.refuted) == (body, ())
 
 
+async def test_a_sentence_of_its_page_word_for_word_is_not_put_to_the_model():
+    # the 0.5B refuted 10 of 40 pages' sentences as written; the report pass copies sentences of its sources
+    backend = ScriptedBackend(lambda request: text("No."))
+    copied = "A “break” statement terminates the loop without executing the else clause [1]."  # its quotes aside
+    checked = await check_claims(copied, [LOOPS], TEXTS, backend)
+    assert checked.body == copied and backend.requests == []
+    part = "A break statement terminates the loop [1]."  # a run of a sentence, not the sentence: asked
+    assert (await check_claims(part, [LOOPS], TEXTS, backend)).refuted == (part,) and backend.requests
+
+
 async def test_a_claim_citing_no_fetched_text_is_not_put_to_the_model():
     backend = ScriptedBackend(_judge)
     checked = await check_claims("The tower was finished in 1889 [2].", [LOOPS, TOWER], {}, backend)
@@ -65,7 +75,7 @@ async def test_a_claim_citing_no_fetched_text_is_not_put_to_the_model():
 
 
 async def test_a_report_with_the_check_on_lists_the_refuted_claim_as_dropped_and_cites_only_what_stays():
-    written = f"A break statement terminates the loop without executing the else clause [1]. {WRONG} [2]."
+    written = f"A break statement ends the loop without running the else clause [1]. {WRONG} [2]."
     requests_of = {}
 
     async def run(check: bool):
@@ -82,14 +92,14 @@ async def test_a_report_with_the_check_on_lists_the_refuted_claim_as_dropped_and
     assert any(WRONG in claim for claim in checked.dropped_claims)
     assert checked.refuted_claims == (f"{WRONG} [1].",) and checked.to_dict()["refuted_claims"] == [f"{WRONG} [1]."]
     assert unchecked.refuted_claims == ()
-    assert "A break statement terminates the loop without executing the else clause [1]." in checked.markdown
+    assert "A break statement ends the loop without running the else clause [1]." in checked.markdown
     assert "claim-check:0" in requests_of[True] and not any("claim" in r for r in requests_of[False])
     assert WRONG in unchecked.markdown.split("## What each trajectory answered")[0]  # the word check keeps it
     assert checked.usage.total_tokens > unchecked.usage.total_tokens
 
 
 async def test_the_answer_list_says_which_answer_sentences_the_check_refuted_and_the_report_pass_sees_none():
-    right = "A break statement terminates the loop without executing the else clause."
+    right = "A break statement ends the loop without running the else clause."
     backend = ScriptedBackend(lambda r: text("A break statement ends the loop [1].") if r.request_id == "report"
                               else _judge(r))
     job = await aggregate(job_id="j", question="What do break and continue do to a loop's else clause?",
