@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from heavy.agent.gathered import unescaped
+from heavy.agent.steps import without_result_headers
 from heavy.aggregate.citations import LIST_PREFIX, MARKER, FilteredReport, cited_numbers
 from heavy.aggregate.evidence import SENTENCE_END, passages, sentences_of, stemmed_words
 from heavy.aggregate.swaps import swapped
@@ -184,7 +185,8 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
     async def verdict(index: int, sentence: str) -> tuple[bool | None, Usage]:
         pages = [texts.get(sources[n - 1].url, "") for n in sorted(cited_numbers(sentence)) if 0 < n <= len(sources)]
         claim = _SPACED_MARKER.sub("", sentence).strip()
-        if any(_word_run(claim) == _word_run(said) for page in pages for said in sentences_of(page)):
+        if any(_word_run(claim) == _word_run(said) for page in pages
+               for said in sentences_of(without_result_headers(page))):  # a snippet's "[1] Title / URL:" aside
             return True, Usage()  # a sentence of the page, word for word: nothing for the model to weigh
         passage = passage_for(claim, [p for p in pages if p])
         if not passage:

@@ -64,6 +64,11 @@ async def test_a_sentence_of_its_page_word_for_word_is_not_put_to_the_model():
     copied = "A “break” statement terminates the loop without executing the else clause [1]."  # its quotes aside
     checked = await check_claims(copied, [LOOPS], TEXTS, backend)
     assert checked.body == copied and backend.requests == []
+    seen_in_results = source("http://corpus/results", "[1] Loops\nURL: http://corpus/loops\nA break statement "
+                             "terminates the loop without executing the else clause.\n\nLoops may nest.")
+    snippet = "A break statement terminates the loop without executing the else clause [1]."
+    assert (await check_claims(snippet, [seen_in_results], {seen_in_results.url: seen_in_results.snippet},
+                               backend)).body == snippet and backend.requests == []  # its header aside
     part = "A break statement terminates the loop [1]."  # a run of a sentence, not the sentence: asked
     assert (await check_claims(part, [LOOPS], TEXTS, backend)).refuted == (part,) and backend.requests
 
