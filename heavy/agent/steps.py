@@ -113,6 +113,12 @@ def only_printed(answer: str, printed: str, question: str) -> bool:
             and not words & set(_WORD.findall(question.lower())))
 
 
+def word_run(text: str) -> str:
+    """The text's words, lowercased, one space apart: what two texts are compared by when case, punctuation and
+    line breaks do not count."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
 # "How many ...?", "How old ...?": a number or a name may answer them, not only an explanation
 _HOW_MEASURE = frozenset({"many", "much", "long", "old", "far", "tall", "big", "large", "often", "few", "high", "deep",
                           "wide", "fast", "soon", "heavy", "small"})
@@ -128,9 +134,8 @@ def asks_how_or_why(question: str) -> bool:
 def names_a_page(answer: str, titles: Iterable[str]) -> bool:
     """Whether the answer is only a page's title, or its part after a colon ("Compound statements" of "Python
     reference: Compound statements"), case and punctuation aside."""
-    said = " ".join(_WORD.findall(answer.lower()))
-    return bool(said) and any(said == " ".join(_WORD.findall(form.lower()))
-                              for title in titles for form in (title, title.rsplit(":", 1)[-1]))
+    said = word_run(answer)
+    return bool(said) and any(said == word_run(form) for title in titles for form in (title, title.rsplit(":", 1)[-1]))
 
 
 _PRONOUNS = frozenset({"it", "this", "that", "they", "these", "which"})
@@ -140,7 +145,7 @@ def without_copied_sentences(answer: str, texts: Iterable[str], min_words: int =
     """The answer less its sentences of `min_words` words or more that stand word for word in one of `texts`, a
     leading pronoun aside (seen in `heavy ask`: "... It returns titles, URLs and short snippets; open a URL to read
     it.", the search tool's description)."""
-    ours = [" ".join(_WORD.findall(t.lower())) for t in texts]
+    ours = [word_run(t) for t in texts]
     kept = []
     for sentence in re.split(r"(?<=[.!?])\s+", answer.strip()):
         words = _WORD.findall(sentence.lower())
@@ -153,8 +158,8 @@ def without_copied_sentences(answer: str, texts: Iterable[str], min_words: int =
 def copies_text(answer: str, texts: list[str], min_words: int = 3) -> bool:
     """Whether the answer, `min_words` words or more, stands word for word (case and punctuation aside) in one of
     `texts`."""
-    said = " ".join(_WORD.findall(answer.lower()))
-    return len(said.split()) >= min_words and any(said in " ".join(_WORD.findall(t.lower())) for t in texts)
+    said = word_run(answer)
+    return len(said.split()) >= min_words and any(said in word_run(t) for t in texts)
 
 
 def unwrapped(text: str) -> str:
