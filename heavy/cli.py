@@ -27,7 +27,7 @@ from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_app, default_index_path
 from heavy.corpus.documents import CorpusFormatError
-from heavy.corpus.index import CorpusIndex, existing_index
+from heavy.corpus.index import indexed_documents
 from heavy.display import LiveBoard, print_error
 from heavy.llm import make_backend
 from heavy.scheduler import JobControl, JobSpec, Scheduler
@@ -62,9 +62,9 @@ def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecut
         return web_tools()
     if index is None and "HEAVY_CORPUS_INDEX" not in os.environ and not default_index_path().is_file():
         index = corpus_index(get_settings(), None, lambda line: console.print(line, highlight=False))
-    index = existing_index(index or default_index_path())
+    index = index or default_index_path()
     # said up front: which corpus a job searched is otherwise seen only in its sources' addresses
-    console.print(f"searching the local corpus {index} ({CorpusIndex(index).count():,} documents)", style="dim",
+    console.print(f"searching the local corpus {index} ({indexed_documents(index):,} documents)", style="dim",
                   highlight=False, soft_wrap=True)  # a path is not cut in two off a terminal
     return local_corpus_tools(index)
 

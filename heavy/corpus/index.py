@@ -76,8 +76,15 @@ class SearchHit:
 
 
 def existing_index(path: Path | str) -> Path:
-    """`path`, if an index holding documents was built there: opening a mistyped path would create an empty corpus,
-    and searching an empty one finds nothing, so that trajectories answer from the model's memory alone."""
+    """`path`, if an index holding documents was built there (see `indexed_documents`)."""
+    indexed_documents(path)
+    return Path(path)
+
+
+def indexed_documents(path: Path | str) -> int:
+    """How many documents the index at `path` holds, read without writing; an error if none, or no index is there:
+    opening a mistyped path would create an empty corpus, and searching an empty one finds nothing, so that
+    trajectories answer from the model's memory alone."""
     if not (path := Path(path)).is_file():
         raise FileNotFoundError(f"no corpus index at {path}; build one with `heavy corpus add PATH`")
     try:
@@ -88,7 +95,7 @@ def existing_index(path: Path | str) -> Path:
             from exc
     if documents == 0:
         raise CorpusFormatError(f"the corpus index at {path} holds no documents; add some with `heavy corpus add PATH`")
-    return path
+    return documents
 
 
 def content_hash(title: str, text: str) -> str:
