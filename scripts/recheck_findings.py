@@ -3,7 +3,8 @@
 No model. Each finding of the recorded report-mode runs (`eval_reports.py` output, `docs/eval-runs/reports-*`) is
 put through `filter_claims` again, alone, with its cited sources' text taken from the HotpotQA paragraphs of the
 same title (the eval's corpus serves those paragraphs as its pages) and the question it answered. A finding the check
-drops now is printed with its gold answer, to read whether it was right; the counts end the output. Findings are
+drops now, or cuts to the whole sentences copied between an excerpt's "…", is printed with its gold answer, to read
+whether it was right; the counts end the output. Findings are
 counted once however many runs kept them.
 
     .venv/bin/python scripts/recheck_findings.py docs/eval-runs/reports-*.json.gz
@@ -39,7 +40,7 @@ def main() -> None:
     questions = load_questions(Path(args.data), None)
     paragraphs = {title: "".join(sentences) for q in questions for title, sentences in q["context"]}
     question_of = {q["_id"]: q["question"] for q in questions}
-    seen, dropped = set(), 0
+    seen, dropped, cut = set(), 0, 0
     for path in args.reports:
         run = read_run(Path(path))
         for row in run["per_question"]:
@@ -53,10 +54,15 @@ def main() -> None:
                     if finding in seen:
                         continue
                     seen.add(finding)
-                    if filter_claims(finding, sources, texts, question_of[row["id"]]).dropped:
+                    checked = filter_claims(finding, sources, texts, question_of[row["id"]])
+                    if checked.dropped and checked.body:  # copied across an excerpt's cuts: its whole sentences
+                        cut += 1
+                        print(f"cut (gold {row['gold']!r}): {finding}\n  to: {checked.body}")
+                    elif checked.dropped:
                         dropped += 1
                         print(f"dropped (gold {row['gold']!r}): {finding}")
-    print(f"{dropped} of {len(seen)} recorded findings dropped by the word check as it is now")
+    print(f"{dropped} of {len(seen)} recorded findings dropped by the word check as it is now, {cut} cut to their "
+          "whole sentences")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ This checks polarity only, not meaning: a page's "not" elsewhere in the passage 
 Words a claim joins with "and", "or" or "nor" must each be on its cited pages, the question's words too: a claim
 joining two things says something of both (seen in the demo: "The break and continue statements ... terminate the
 nearest enclosing loop [1]", on the break statement's page, which never names continue).
+A sentence holding "…" (or ending in "...") copied the prompt's excerpt across its cuts: what it joins was said in
+two places of a page, and a piece the excerpt cut mid-sentence is no claim (seen in the demo: '... or with the
+"else" clause if there … [1][2]'). Its pieces that are whole sentences are checked as claims, each with its citations.
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ _ECHOED_ANNOTATION = re.compile(r"\s*\(confidence [\d.]+\),?\s*(?:citing\s+(no s
 # the words either side of a conjunction, past an article or "both": "break and continue", "loop, and the else"
 _JOINED = re.compile(r"(\w+)\W{0,3}\s+(?:and|or|nor)\s+(?:(?:the|a|an|both|either|neither)\s+)?\W{0,2}(\w+)",
                      re.IGNORECASE)
+# Where our excerpts and snippets left words out: "…" anywhere, or "..." ending a sentence (the docs' own
+# "try ... except" is no cut).
+_CUT = re.compile(r"…|\.\.\.(?=\s*(?:\[[\d,;\s]+\]\s*)*\.?\s*$)")
+_TRAILING_MARKERS = re.compile(r"(?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])+\s*\.?\s*$")
 _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
 
 
@@ -126,7 +133,12 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             dropped.append(stripped)
             continue
         kept = []
+        sentences = []
         for sentence in SENTENCE_END.split(line[len(prefix):]):
+            whole, fragments = _whole_pieces(sentence)
+            sentences += whole
+            dropped += fragments
+        for sentence in sentences:
             # an answer copied with the findings list's annotation: the annotation goes, its citations stay, and
             # the answer is checked as any claim
             sentence = _ECHOED_ANNOTATION.sub(_annotated_citations, sentence)
@@ -158,6 +170,23 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     body = _tidy("\n".join(_without_dangling_leads(kept_lines, dropped)))
     return FilteredReport(body=body, cited=cited_numbers(body), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))
+
+
+def _whole_pieces(sentence: str) -> tuple[list[str], list[str]]:
+    """A sentence copied across the cuts ("…") of an excerpt: its pieces that are whole sentences (a capital first,
+    a full stop last), each with the sentence's citations, and the fragments, which are no claims (see the module
+    docstring). A sentence with no cut is one whole piece."""
+    if not _CUT.search(sentence):
+        return [sentence], []
+    markers = _TRAILING_MARKERS.search(sentence)
+    cited = markers.group().strip().rstrip(".") if markers else ""
+    pieces = [p.strip() for p in _CUT.split(sentence[:markers.start()] if markers else sentence) if p.strip()]
+    whole = [p for p in pieces if p[0].isupper() or p[0].isdigit() or p[0] in "\"'“"]
+    whole = [p for p in whole if p.rstrip("\"'”)")[-1:] in (".", "!", "?")]
+    if not whole:
+        return [], [sentence.strip()]
+    fragments = [p for p in pieces if p not in whole]
+    return [f"{p[:-1] if p.endswith('.') else p} {cited}." if cited else p for p in whole], fragments
 
 
 def _copies_a_source_entry(line: str, sources: Sequence[Source]) -> bool:

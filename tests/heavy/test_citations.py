@@ -294,3 +294,29 @@ def test_a_sentence_only_about_its_sources_is_no_finding_whatever_the_question()
         filtered = filter_claims(" ".join([*talk, finding]), [series], {series.url: series.snippet}, question)
         assert filtered.body == finding and filtered.dropped == tuple(talk)
 
+
+
+def test_a_claim_copied_across_an_excerpts_cut_is_no_claim():
+    # seen in the demo's report: a sentence of the prompt's excerpt copied up to where the excerpt cut it, "…" and
+    # all ('... or with the "else" clause if there … [1][2]'); and two excerpt pieces joined at their " … "
+    loops = source("http://corpus/for", "A break statement terminates the loop without executing the else clause. "
+                                        "The loop ends when the items are exhausted, or with the else clause if "
+                                        "there is one. A continue statement skips the rest of the suite.")
+    texts = {loops.url: loops.snippet}
+    cut = "The loop ends when the items are exhausted, or with the else clause if there … [1]."
+    joined = "A break statement terminates the loop … a continue statement skips the rest of the suite [1]."
+    trailing = "The loop ends when the items are exhausted, or with the else clause if there... [1]"
+    whole = "A continue statement skips the rest of the suite [1]."
+    filtered = filter_claims(f"{cut} {joined} {whole}", [loops], texts)
+    assert filtered.body == whole and filtered.dropped == (cut, joined)
+    assert filter_claims(trailing, [loops], texts).dropped == (trailing,)
+    # whole sentences copied between the cuts stand on their own, with the citations (seen in a HotpotQA report)
+    copied = ("Kate Higgins: … singer and pianist. … In 2010, she voiced Tails in \"Sonic\". … She also voices … [3]")
+    higgins = source("http://corpus/higgins", "Kate Higgins is an American voice actress, singer and pianist. "
+                                              "In 2010, she voiced Tails in \"Sonic\". She also voices Sakura.")
+    filtered = filter_claims(copied, [EIFFEL, LOUVRE, higgins], {higgins.url: higgins.snippet})
+    assert filtered.body == 'In 2010, she voiced Tails in "Sonic" [3].'
+    assert filtered.dropped == ("Kate Higgins:", "singer and pianist.", "She also voices")
+    # the docs' own "try ... except" is no cut
+    assert filter_claims(EXCEPTIONS.snippet.split(". ")[0] + " [1].", [EXCEPTIONS],
+                         {EXCEPTIONS.url: EXCEPTIONS.snippet}).dropped == ()
