@@ -28,6 +28,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # ... or at any of these tokens (besides the model's EOS)
     ignore_eos: bool = False
     logprobs: int | None = None  # return the chosen token's logprob and this many top alternatives
+    prompt_logprobs: int | None = None  # ... and of every prompt token after the first (no prefix-cache reuse)
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -38,8 +39,10 @@ class SamplingParams:
             raise SamplingError(f"top_k must be >= 0, got {self.top_k}")
         if self.max_tokens <= 0:
             raise SamplingError(f"max_tokens must be > 0, got {self.max_tokens}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise SamplingError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            count = getattr(self, name)
+            if count is not None and not 0 <= count <= MAX_LOGPROBS:
+                raise SamplingError(f"{name} must be in [0, {MAX_LOGPROBS}], got {count}")
         if any(not s for s in self.stop):
             raise SamplingError("stop strings must be non-empty")
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -106,10 +109,18 @@ def token_logprobs(logits: torch.Tensor, token: int, params: SamplingParams) -> 
     unless the request asked for logprobs."""
     if params.logprobs is None:
         return None
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [V]
-    top = torch.topk(logp, params.logprobs) if params.logprobs else None
-    pairs = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else ()
-    return TokenLogprobs(logprob=float(logp[token]), top=pairs)
+    return rows_logprobs(logits[None], [token], params.logprobs)[0]
+
+
+def rows_logprobs(logits: torch.Tensor, tokens: list[int], alternatives: int) -> list[TokenLogprobs]:
+    """Each row's token's logprob and its top `alternatives` under the raw model distribution. logits [R, V]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
+    chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()  # [R]
+    if not alternatives:
+        return [TokenLogprobs(logprob=c, top=()) for c in chosen]
+    top = torch.topk(logp, alternatives, dim=-1)  # [R, k]
+    return [TokenLogprobs(logprob=c, top=tuple(zip(ids, values, strict=True)))
+            for c, ids, values in zip(chosen, top.indices.tolist(), top.values.tolist(), strict=True)]
 
 
 def make_generator(seed: int | None) -> torch.Generator | None:

@@ -69,8 +69,9 @@ class BlockManager:
         return block_id if self.blocks[block_id].token_ids == tokens else None
 
     def reusable_blocks(self, seq: Sequence) -> list[int]:
-        """Cached blocks of seq's prefix; at least one token is always left to compute (it yields the logits)."""
-        if not self.enable_prefix_cache:
+        """Cached blocks of seq's prefix; at least one token is always left to compute (it yields the logits). None
+        for a request asking for its prompt's log-probabilities: a reused position computes no logits."""
+        if not self.enable_prefix_cache or seq.params.prompt_logprobs is not None:
             return []
         self._update_hashes(seq)
         limit = (len(seq) - 1) // self.block_size

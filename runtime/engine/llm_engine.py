@@ -34,6 +34,8 @@ class RequestOutput:
     num_cached_tokens: int  # prompt tokens reused from the prefix cache
     num_completion_tokens: int
     new_logprobs: list[TokenLogprobs] = field(default_factory=list)
+    # with a request's first output, when asked: one per prompt token, None for the first (nothing predicts it)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 @dataclass
@@ -134,6 +136,7 @@ class LLMEngine:
         """Append a step's tokens to seq (one, or the drafts the model took and one more), stopping at the first
         that ends it. All but the last have their K/V computed already: they were checked as drafts this step."""
         request = self.requests[seq.request_id]
+        asked_prompt = seq.params.prompt_logprobs is not None and seq.num_completion_tokens == 0  # first output
         reason, appended = None, 0
         for i, (token, logprob) in enumerate(zip(tokens, logprobs, strict=True)):
             seq.append_token(token)
@@ -162,6 +165,7 @@ class LLMEngine:
             num_cached_tokens=seq.num_cached_prompt_tokens,
             num_completion_tokens=seq.num_completion_tokens,
             new_logprobs=[lp for lp in logprobs[:appended] if lp is not None],
+            prompt_logprobs=list(seq.prompt_logprobs) if asked_prompt else None,
         )
 
     def _stop_tokens(self, seq: Sequence) -> frozenset[int]:

@@ -14,7 +14,9 @@ from runtime.engine.sequence import Sequence
 from runtime.engine.speculative import verify
 from runtime.layers.attention import AttentionContext, PrefillSpan, attention_context
 from runtime.layers.batch_invariant import make_batch_invariant
-from runtime.sampling import Sampler, TokenLogprobs
+from runtime.sampling import Sampler, TokenLogprobs, rows_logprobs
+
+PROMPT_LOGITS_ROWS = 128  # prompt rows turned into logits at once: [128, V] fp32 is 78 MB at V = 151936
 
 
 class ModelRunner:
@@ -86,12 +88,18 @@ class ModelRunner:
         """Compute the scheduled tokens of seqs; the next tokens of those flagged in `sample`, [] for the others.
 
         A sequence carrying speculative drafts gets the logits of its last 1 + drafts rows and takes the drafts the
-        model agrees with plus one token of its own (speculative.verify); every other one samples one token.
+        model agrees with plus one token of its own (speculative.verify); every other one samples one token. A
+        sequence asking for its prompt's log-probabilities gets those of the prompt tokens this step computed.
         """
         input_ids, positions, context = self._prepare(seqs)
         self.kv_cache.bind()
         with attention_context(context):
             hidden = self.model(input_ids, positions)  # [T, D]
+        row = 0
+        for seq in seqs:
+            if seq.params.prompt_logprobs is not None:
+                self._prompt_logprobs(seq, hidden[row : row + seq.num_scheduled_tokens])
+            row += seq.num_scheduled_tokens
         rows, spans, row = [], [], 0
         for seq, wants in zip(seqs, sample, strict=True):
             row += seq.num_scheduled_tokens
@@ -115,3 +123,14 @@ class ModelRunner:
                 tokens[i], logprobs[i] = verify(logits[first : first + wanted], seq.draft_token_ids, seq.params,
                                                 seq.generator)
         return tokens, logprobs
+
+    def _prompt_logprobs(self, seq: Sequence, hidden: torch.Tensor) -> None:
+        """Fill seq.prompt_logprobs for the prompt tokens this step's rows predict: the row at position p gives the
+        distribution of token p + 1. hidden [num_scheduled_tokens, D], from position num_computed_tokens."""
+        start = seq.num_computed_tokens
+        end = min(start + seq.num_scheduled_tokens, seq.num_prompt_tokens - 1)  # the last prompt row samples
+        for a in range(start, end, PROMPT_LOGITS_ROWS):
+            b = min(a + PROMPT_LOGITS_ROWS, end)
+            logits = self.model.compute_logits(hidden[a - start : b - start])  # [b - a, V]
+            seq.prompt_logprobs[a + 1 : b + 1] = rows_logprobs(logits, seq.token_ids[a + 1 : b + 1],
+                                                               seq.params.prompt_logprobs)

@@ -48,6 +48,9 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.finish_reason: FinishReason | None = None
         self.logprobs: list[TokenLogprobs] = []
+        # of each prompt token given the ones before it (none for the first), when asked: filled as prefill computes
+        self.prompt_logprobs: list[TokenLogprobs | None] = [None] * (
+            self.num_prompt_tokens if params.prompt_logprobs is not None else 0)
         self.num_draft_tokens = 0  # speculative drafts at the end of token_ids, this step only (speculative.py)
 
     def __len__(self) -> int:

@@ -90,7 +90,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         ids = await asyncio.to_thread(completions_api.prompt_ids, request, tokenizer)
         params = sampling_params(request, len(ids), engine.engine.max_model_len)
         checked(ids, "prompt")
-        choice = completions_api.TextChoice(params.logprobs)
+        choice = completions_api.TextChoice(params.logprobs, completions_api.echo_of(request, ids, tokenizer))
         cid, created = completions_api.completion_id(), now()
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)

@@ -113,6 +113,7 @@ def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_l
             max_tokens=min(limit, room) if limit is not None else room,
             stop=request.stop_strings,
             logprobs=request.top_logprob_count,
+            prompt_logprobs=request.prompt_logprob_count,
         )
     except SamplingError as exc:
         raise ApiError(str(exc)) from exc

@@ -1,6 +1,7 @@
 """The legacy text completions API, `/v1/completions`: a raw prompt (text or token ids) continued as it is, no chat
 template and no tool parsing. Benchmark clients (vLLM's and SGLang's `bench serve`) and lm-eval's generation tasks
-speak it. One prompt and one choice per request; `echo` (log-probabilities of the prompt) is refused.
+speak it, and lm-eval's log-likelihood tasks through `echo` with `logprobs`: the prompt comes back before the
+completion, with each prompt token's log-probability (none for the first). One prompt and one choice per request.
 """
 
 import json
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.engine.llm_engine import RequestOutput
+from runtime.sampling import TokenLogprobs
 from runtime.server.chat import usage_of
 from runtime.server.protocol import ApiError, CompletionRequest
 
@@ -24,32 +26,47 @@ def prompt_ids(request: CompletionRequest, tokenizer) -> list[int]:
     return list(request.prompt)
 
 
+def echo_of(request: CompletionRequest, ids: list[int], tokenizer) -> tuple[str, list[int]] | None:
+    """What `echo` puts before the completion: the prompt as sent (token ids decoded), and its ids."""
+    if not request.echo:
+        return None
+    return (request.prompt if isinstance(request.prompt, str) else tokenizer.decode(ids)), ids
+
+
 @dataclass
 class TextChoice:
     """One choice's text and log-probabilities over the deltas of a request, in this API's shapes."""
 
     logprobs: int | None  # alternatives per token; None: no log-probabilities asked
+    echo: tuple[str, list[int]] | None = None  # the prompt's text and ids, to come back before the completion
     text: str = ""
     tokens: list[str] = field(default_factory=list)
-    token_logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = field(default_factory=list)
+    token_logprobs: list[float | None] = field(default_factory=list)  # None: the prompt's first token
+    top_logprobs: list[dict[str, float] | None] = field(default_factory=list)
     text_offset: list[int] = field(default_factory=list)
     last: RequestOutput | None = None
 
     def feed(self, out: RequestOutput, tokenizer) -> dict[str, Any]:
         """Take one engine delta; the choice entry that streams it."""
+        first, echoed = len(self.tokens), ""
+        if self.echo is not None and self.last is None:
+            echoed, prompt_ids = self.echo
+            if self.logprobs is not None:
+                self._add(tokenizer, prompt_ids, out.prompt_logprobs)
         self.last = out
-        first = len(self.tokens)
-        for token_id, lp in zip(out.new_token_ids, out.new_logprobs, strict=False):
-            token = tokenizer.decode([token_id])
-            # where the token starts in the completion, counted over the tokens' own texts (a character split
-            # across tokens decodes to replacement characters in each)
+        if self.logprobs is not None:
+            self._add(tokenizer, out.new_token_ids, out.new_logprobs)
+        self.text += echoed + out.new_text
+        return self.choice(echoed + out.new_text, first, out.finished)
+
+    def _add(self, tokenizer, token_ids: list[int], logprobs: list[TokenLogprobs | None]) -> None:
+        for token_id, lp in zip(token_ids, logprobs, strict=False):
+            # where the token starts in the text, counted over the tokens' own texts (a character split across
+            # tokens decodes to replacement characters in each)
             self.text_offset.append(self.text_offset[-1] + len(self.tokens[-1]) if self.tokens else 0)
-            self.tokens.append(token)
-            self.token_logprobs.append(lp.logprob)
-            self.top_logprobs.append({tokenizer.decode([i]): v for i, v in lp.top})
-        self.text += out.new_text
-        return self.choice(out.new_text, first, out.finished)
+            self.tokens.append(tokenizer.decode([token_id]))
+            self.token_logprobs.append(lp.logprob if lp is not None else None)
+            self.top_logprobs.append({tokenizer.decode([i]): v for i, v in lp.top} if lp is not None else None)
 
     def choice(self, text: str, first_token: int = 0, finished: bool = True) -> dict[str, Any]:
         logprobs = None

@@ -78,6 +78,11 @@ class _SamplingRequest(BaseModel):
         """Alternatives to return per token (0: the chosen token's only); None: no log-probabilities."""
         return None
 
+    @property
+    def prompt_logprob_count(self) -> int | None:
+        """The same for the prompt's tokens; None: none of them."""
+        return None
+
 
 class ChatCompletionRequest(_SamplingRequest):
     prompt_param: ClassVar[str] = "messages"  # the field an error about the prompt names
@@ -141,13 +146,6 @@ class CompletionRequest(_SamplingRequest):
             raise ValueError("the prompt is empty")
         return prompt
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, echo: bool) -> bool:
-        if echo:
-            raise ValueError("echo is not supported (no log-probabilities of prompt tokens)")
-        return echo
-
     @field_validator("suffix")
     @classmethod
     def _no_suffix(cls, suffix: str | None) -> str | None:
@@ -158,3 +156,7 @@ class CompletionRequest(_SamplingRequest):
     @property
     def top_logprob_count(self) -> int | None:
         return self.logprobs
+
+    @property
+    def prompt_logprob_count(self) -> int | None:
+        return self.logprobs if self.echo else None

@@ -28,7 +28,12 @@ USER = [{"role": "user", "content": "hello there, how are you today?"}]
 
 
 class CharTokenizer(LetterTokenizer):
-    """One token per character (ids 1..96), EOS 0; chat = role:content; pairs."""
+    """One token per printable ASCII character (ids 1..96 are characters 32..127, both ways), EOS 0; chat =
+    role:content; pairs."""
+
+    class Decoder(LetterTokenizer.Decoder):
+        def push(self, token_id: int) -> str:
+            return chr(31 + token_id) if token_id else ""
 
     def decode(self, ids):
         return "".join(self.Decoder().push(i) for i in ids)
@@ -36,7 +41,7 @@ class CharTokenizer(LetterTokenizer):
     vocab_size = TINY.vocab_size
 
     def encode(self, text):
-        return [1 + ord(c) % 96 for c in text]
+        return [ord(c) - 31 if 32 <= ord(c) < 128 else 1 for c in text]
 
     def encode_chat(self, messages, tools=None):
         return self.encode("".join(f"{m['role']}:{m['content']};" for m in messages) + json.dumps(tools or []))
@@ -206,7 +211,9 @@ def complete(server, **body) -> httpx.Response:
 def test_a_prompt_is_continued_the_same_streamed_or_not_as_text_or_as_ids(server, client):
     whole = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=12, temperature=0)
     assert whole.object == "text_completion" and whole.model == MODEL_NAME and whole.id.startswith("cmpl-")
-    assert whole.usage.prompt_tokens == len(PROMPT) and whole.usage.completion_tokens == len(whole.choices[0].text)
+    ended = whole.choices[0].finish_reason == "stop"  # at the end-of-text token, which has no text
+    assert whole.usage.prompt_tokens == len(PROMPT)
+    assert whole.usage.completion_tokens == len(whole.choices[0].text) + ended
     assert whole.choices[0].finish_reason in ("stop", "length") and whole.choices[0].text
     streamed = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=12, temperature=0, stream=True,
                                          stream_options={"include_usage": True})
@@ -225,16 +232,42 @@ def test_max_tokens_defaults_to_16_and_logprobs_come_in_this_apis_shape(server):
     assert default["usage"]["completion_tokens"] <= 16
     choice = complete(server, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2).json()["choices"][0]
     logprobs = choice["logprobs"]
-    assert "".join(logprobs["tokens"]) == choice["text"] and len(logprobs["tokens"]) == len(choice["text"])
+    ended = choice["finish_reason"] == "stop"  # the end-of-text token is listed, with no text
+    assert "".join(logprobs["tokens"]) == choice["text"] and len(logprobs["tokens"]) == len(choice["text"]) + ended
     assert all(lp <= 0 for lp in logprobs["token_logprobs"])
     assert all(len(top) == 2 and max(top.values()) >= lp
                for top, lp in zip(logprobs["top_logprobs"], logprobs["token_logprobs"], strict=True))
-    assert logprobs["text_offset"] == list(range(len(choice["text"])))  # one character per token here
+    assert logprobs["text_offset"] == list(range(len(logprobs["tokens"])))  # one character per token here
     assert complete(server, prompt=PROMPT, max_tokens=3).json()["choices"][0]["logprobs"] is None
 
 
+def test_echo_returns_the_prompt_with_its_logprobs_as_a_decode_computed_them(server):
+    # lm-eval's log-likelihood requests: echo, logprobs, one token; it sums token_logprobs past the context
+    first = complete(server, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=1).json()["choices"][0]
+    continued = PROMPT + first["text"]
+    echoed = complete(server, prompt=continued, max_tokens=1, temperature=0, logprobs=1, echo=True).json()
+    choice, logprobs = echoed["choices"][0], echoed["choices"][0]["logprobs"]
+    # the one new token may be the end-of-text token, listed with no text
+    assert choice["text"].startswith(continued) and len(choice["text"]) - len(continued) in (0, 1)
+    assert "".join(logprobs["tokens"]) == choice["text"] and logprobs["text_offset"] == list(range(len(continued) + 1))
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None  # nothing predicts it
+    assert (echoed["usage"]["prompt_tokens"], echoed["usage"]["completion_tokens"]) == (len(continued), 1)
+    # the prompt's tail is the first completion: computed in one prefill, its logprobs are what decoding gave
+    decoded = first["logprobs"]["token_logprobs"][:len(first["text"])]
+    assert logprobs["token_logprobs"][len(PROMPT):len(continued)] == pytest.approx(decoded, abs=1e-4)
+    # streamed, the prompt comes first; without logprobs only the text is echoed
+    with httpx.stream("POST", server[0] + "/v1/completions", json={
+            "model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 3, "temperature": 0, "echo": True,
+            "stream": True}) as response:
+        data = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert data[0]["choices"][0]["text"].startswith(PROMPT)
+    plain = complete(server, prompt=PROMPT, max_tokens=3, temperature=0, echo=True).json()["choices"][0]
+    assert "".join(d["choices"][0]["text"] for d in data) == plain["text"] and plain["logprobs"] is None
+    assert plain["text"] == PROMPT + complete(server, prompt=PROMPT, max_tokens=3, temperature=0).json()[
+        "choices"][0]["text"]
+
+
 @pytest.mark.parametrize("body, status, param", [
-    ({"prompt": PROMPT, "echo": True}, 400, "echo"),
     ({"prompt": PROMPT, "suffix": "end"}, 400, "suffix"),
     ({"prompt": [PROMPT, PROMPT]}, 400, "prompt"),
     ({"prompt": ""}, 400, "prompt"),
