@@ -87,18 +87,20 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):
         check_model(request)
-        ids = await asyncio.to_thread(completions_api.prompt_ids, request, tokenizer)
-        params = sampling_params(request, len(ids), engine.engine.max_model_len)
-        checked(ids, "prompt")
-        choice = completions_api.TextChoice(params.logprobs, completions_api.echo_of(request, ids, tokenizer))
+
+        def params_for(ids: list[int]):
+            params = sampling_params(request, len(ids), engine.engine.max_model_len)
+            checked(ids, "prompt")
+            return params
+
+        choices = await asyncio.to_thread(completions_api.choices_of, request, tokenizer, params_for)
         cid, created = completions_api.completion_id(), now()
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return EventSourceResponse(_stream_text(engine, ids, params, choice, (cid, created, model_name),
-                                                    include_usage))
-        async for out in engine.generate(ids, params):
-            choice.feed(out, tokenizer)
-        return completions_api.body(cid, created, model_name, [choice.choice(choice.text)], usage=choice.usage())
+            return EventSourceResponse(_stream_text(engine, choices, (cid, created, model_name), include_usage))
+        await completions_api.complete(engine, choices)
+        return completions_api.body(cid, created, model_name, [c.entry(c.text) for c in choices],
+                                    usage=completions_api.usage(choices))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest):
@@ -162,18 +164,17 @@ async def _stream(engine: AsyncEngine, prompt_ids, params, state: ChoiceState, n
     yield {"data": DONE}
 
 
-async def _stream_text(engine: AsyncEngine, prompt_ids, params, choice, ids: tuple[str, int, str], include_usage: bool):
-    """SSE events of one streamed text completion; leaving early (client gone) aborts the request."""
+async def _stream_text(engine: AsyncEngine, choices, ids: tuple[str, int, str], include_usage: bool):
+    """SSE events of one streamed text completion, a choice's entry per event; leaving early (client gone) aborts
+    the requests."""
     try:
-        async for out in engine.generate(prompt_ids, params):
-            entry = choice.feed(out, engine.tokenizer)
-            if entry["text"] or out.finished:
-                yield completions_api.chunk(*ids, [entry])
+        async for entry in completions_api.streamed(engine, choices):
+            yield completions_api.chunk(*ids, [entry])
     except Exception as exc:  # the stream has started: report in-band
         yield {"data": json.dumps(ApiError(str(exc), status=500, error_type="server_error").body())}
         return
     if include_usage:
-        yield completions_api.chunk(*ids, [], usage=choice.usage())
+        yield completions_api.chunk(*ids, [], usage=completions_api.usage(choices))
     yield {"data": DONE}
 
 

@@ -171,12 +171,12 @@ class ChoiceState:
 
 def usage_of(out: RequestOutput) -> dict[str, Any]:
     """The usage of a request, read from its last output (whose counts are the request's totals)."""
-    return {
-        "prompt_tokens": out.num_prompt_tokens,
-        "completion_tokens": out.num_completion_tokens,
-        "total_tokens": out.num_prompt_tokens + out.num_completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens},
-    }
+    return usage_body(out.num_prompt_tokens, out.num_completion_tokens, out.num_cached_tokens)
+
+
+def usage_body(prompt: int, completion: int, cached: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def _logprob_entry(token_id: int, lp, tokenizer) -> dict[str, Any]:

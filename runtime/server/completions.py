@@ -1,44 +1,45 @@
-"""The legacy text completions API, `/v1/completions`: a raw prompt (text or token ids) continued as it is, no chat
+"""The legacy text completions API, `/v1/completions`: raw prompts (text or token ids) continued as written, no chat
 template and no tool parsing. Benchmark clients (vLLM's and SGLang's `bench serve`) and lm-eval's generation tasks
 speak it, and lm-eval's log-likelihood tasks through `echo` with `logprobs`: the prompt comes back before the
-completion, with each prompt token's log-probability (none for the first). One prompt and one choice per request.
+completion, with each prompt token's log-probability (none for the first). Several prompts and `n` choices per
+prompt are engine requests of their own, run together; choice `i * n + j` is prompt i's j-th.
 """
 
+import asyncio
+import dataclasses
 import json
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.engine.llm_engine import RequestOutput
-from runtime.sampling import TokenLogprobs
-from runtime.server.chat import usage_of
-from runtime.server.protocol import ApiError, CompletionRequest
+from runtime.sampling import SamplingParams, TokenLogprobs
+from runtime.server.chat import usage_body
+from runtime.server.protocol import MAX_CHOICES, ApiError, CompletionRequest
 
 
-def prompt_ids(request: CompletionRequest, tokenizer) -> list[int]:
-    """The prompt as token ids: text encoded as written (special-token text stays text), ids checked against the
+def prompt_ids(prompt: str | list[int], tokenizer) -> list[int]:
+    """A prompt as token ids: text encoded as written (special-token text stays text), ids checked against the
     vocabulary (an id past it would fail inside the model, for every request of its batch)."""
-    if isinstance(request.prompt, str):
-        return tokenizer.encode(request.prompt)
-    bad = [i for i in request.prompt if not 0 <= i < tokenizer.vocab_size]
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt)
+    bad = [i for i in prompt if not 0 <= i < tokenizer.vocab_size]
     if bad:
         raise ApiError(f"token ids outside the vocabulary (size {tokenizer.vocab_size}): {bad[:5]}", param="prompt")
-    return list(request.prompt)
-
-
-def echo_of(request: CompletionRequest, ids: list[int], tokenizer) -> tuple[str, list[int]] | None:
-    """What `echo` puts before the completion: the prompt as sent (token ids decoded), and its ids."""
-    if not request.echo:
-        return None
-    return (request.prompt if isinstance(request.prompt, str) else tokenizer.decode(ids)), ids
+    return list(prompt)
 
 
 @dataclass
 class TextChoice:
-    """One choice's text and log-probabilities over the deltas of a request, in this API's shapes."""
+    """One choice: its engine request, and its text and log-probabilities over the request's deltas, in this API's
+    shapes."""
 
-    logprobs: int | None  # alternatives per token; None: no log-probabilities asked
-    echo: tuple[str, list[int]] | None = None  # the prompt's text and ids, to come back before the completion
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    counts_prompt: bool  # the first choice of its prompt: usage counts a prompt once however many choices it has
+    echo: str | None = None  # the prompt's text, to come back before the completion
     text: str = ""
     tokens: list[str] = field(default_factory=list)
     token_logprobs: list[float | None] = field(default_factory=list)  # None: the prompt's first token
@@ -50,14 +51,14 @@ class TextChoice:
         """Take one engine delta; the choice entry that streams it."""
         first, echoed = len(self.tokens), ""
         if self.echo is not None and self.last is None:
-            echoed, prompt_ids = self.echo
-            if self.logprobs is not None:
-                self._add(tokenizer, prompt_ids, out.prompt_logprobs)
+            echoed = self.echo
+            if self.params.logprobs is not None:
+                self._add(tokenizer, self.prompt_ids, out.prompt_logprobs)
         self.last = out
-        if self.logprobs is not None:
+        if self.params.logprobs is not None:
             self._add(tokenizer, out.new_token_ids, out.new_logprobs)
         self.text += echoed + out.new_text
-        return self.choice(echoed + out.new_text, first, out.finished)
+        return self.entry(echoed + out.new_text, first, out.finished)
 
     def _add(self, tokenizer, token_ids: list[int], logprobs: list[TokenLogprobs | None]) -> None:
         for token_id, lp in zip(token_ids, logprobs, strict=False):
@@ -68,20 +69,91 @@ class TextChoice:
             self.token_logprobs.append(lp.logprob if lp is not None else None)
             self.top_logprobs.append({tokenizer.decode([i]): v for i, v in lp.top} if lp is not None else None)
 
-    def choice(self, text: str, first_token: int = 0, finished: bool = True) -> dict[str, Any]:
+    def entry(self, text: str, first_token: int = 0, finished: bool = True) -> dict[str, Any]:
         logprobs = None
-        if self.logprobs is not None:
+        if self.params.logprobs is not None:
             logprobs = {"tokens": self.tokens[first_token:], "token_logprobs": self.token_logprobs[first_token:],
                         "top_logprobs": self.top_logprobs[first_token:], "text_offset": self.text_offset[first_token:]}
-        return {"index": 0, "text": text, "logprobs": logprobs,
+        return {"index": self.index, "text": text, "logprobs": logprobs,
                 "finish_reason": self.finish_reason if finished else None}
 
     @property
     def finish_reason(self) -> str:
         return "length" if self.last is not None and self.last.finish_reason == "length" else "stop"
 
-    def usage(self) -> dict[str, Any]:
-        return usage_of(self.last)
+
+def choices_of(request: CompletionRequest, tokenizer, params_for: Callable[[list[int]], SamplingParams]
+               ) -> list[TextChoice]:
+    """The request's choices, prompt by prompt, `n` each. `params_for(ids)` checks a prompt and gives its sampling
+    parameters. A seeded request seeds its j-th choice with seed + j, so that the choices differ."""
+    if len(request.prompts) * request.n > MAX_CHOICES:
+        raise ApiError(f"{len(request.prompts)} prompts x n={request.n}: at most {MAX_CHOICES} choices in one request",
+                       param="n")
+    choices = []
+    for prompt in request.prompts:
+        ids = prompt_ids(prompt, tokenizer)
+        params = params_for(ids)
+        echo = (prompt if isinstance(prompt, str) else tokenizer.decode(ids)) if request.echo else None
+        for j in range(request.n):
+            seeded = dataclasses.replace(params, seed=params.seed + j) if params.seed is not None and j else params
+            choices.append(TextChoice(len(choices), ids, seeded, counts_prompt=j == 0, echo=echo))
+    return choices
+
+
+async def _run(engine, choice: TextChoice) -> AsyncIterator[dict[str, Any]]:
+    async for out in engine.generate(choice.prompt_ids, choice.params):
+        yield choice.feed(out, engine.tokenizer)
+
+
+async def complete(engine, choices: list[TextChoice]) -> None:
+    """Run every choice's request to its end, together; the first failure stops the others."""
+
+    async def drain(choice: TextChoice) -> None:
+        async for _ in _run(engine, choice):
+            pass
+
+    tasks = [asyncio.create_task(drain(c)) for c in choices]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:  # leaving early (a failure, the client gone) aborts the requests still running
+            task.cancel()
+
+
+async def streamed(engine, choices: list[TextChoice]) -> AsyncIterator[dict[str, Any]]:
+    """The choices' entries as their tokens come, interleaved; raises the first failure."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def produce(choice: TextChoice) -> None:
+        try:
+            async for entry in _run(engine, choice):
+                if entry["text"] or entry["finish_reason"]:
+                    queue.put_nowait(entry)
+            queue.put_nowait(None)
+        except Exception as exc:
+            queue.put_nowait(exc)
+
+    tasks = [asyncio.create_task(produce(c)) for c in choices]
+    try:
+        ended = 0
+        while ended < len(tasks):
+            item = await queue.get()
+            if isinstance(item, Exception):
+                raise item
+            if item is None:
+                ended += 1
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def usage(choices: list[TextChoice]) -> dict[str, Any]:
+    """Prompt tokens of each prompt once, completion tokens of every choice (from each request's last output)."""
+    firsts = [c.last for c in choices if c.counts_prompt]
+    return usage_body(sum(out.num_prompt_tokens for out in firsts),
+                      sum(c.last.num_completion_tokens for c in choices), sum(out.num_cached_tokens for out in firsts))
 
 
 def completion_id() -> str:

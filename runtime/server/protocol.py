@@ -5,6 +5,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 TOOL_CHOICE_MODES = ("none", "auto", "required")
+MAX_CHOICES = 64  # choices (prompts x n) of one text completion request
 
 
 class ApiError(Exception):
@@ -129,6 +130,7 @@ class CompletionRequest(_SamplingRequest):
     (vLLM's and SGLang's `bench serve`, lm-eval's generation tasks) send."""
 
     prompt_param: ClassVar[str] = "prompt"
+    # one prompt (text or token ids) or several; after validation always a list of prompts (see `prompts`)
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = 16  # OpenAI's default for this API
     logprobs: int | None = Field(default=None, ge=0, le=5)  # alternatives per token, as this API counts them
@@ -137,14 +139,24 @@ class CompletionRequest(_SamplingRequest):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt: str | list) -> str | list[int]:
-        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-            if len(prompt) != 1:
-                raise ValueError(f"one prompt per request is supported, got {len(prompt)}")
-            prompt = prompt[0]
-        if not prompt:
+    def _listed_prompts(cls, prompt: str | list) -> list[str | list[int]]:
+        prompts = prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else [prompt]
+        if not prompts[0]:
             raise ValueError("the prompt is empty")
-        return prompt
+        if empty := [i for i, each in enumerate(prompts) if not each]:
+            raise ValueError(f"prompts {empty[:5]} are empty")
+        return prompts
+
+    @field_validator("n")
+    @classmethod
+    def _single_choice(cls, n: int) -> int:  # several choices per prompt here, unlike chat
+        if not 1 <= n <= MAX_CHOICES:
+            raise ValueError(f"n must be in [1, {MAX_CHOICES}], got {n}")
+        return n
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        return self.prompt  # a list after validation
 
     @field_validator("suffix")
     @classmethod

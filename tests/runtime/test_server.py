@@ -269,11 +269,13 @@ def test_echo_returns_the_prompt_with_its_logprobs_as_a_decode_computed_them(ser
 
 @pytest.mark.parametrize("body, status, param", [
     ({"prompt": PROMPT, "suffix": "end"}, 400, "suffix"),
-    ({"prompt": [PROMPT, PROMPT]}, 400, "prompt"),
+    ({"prompt": [PROMPT, ""]}, 400, "prompt"),
+    ({"prompt": [[5, 6], [5, 97]]}, 400, "prompt"),  # one prompt with an id past the vocabulary
+    ({"prompt": [PROMPT] * 33, "n": 2}, 400, "n"),  # 66 choices, past 64
     ({"prompt": ""}, 400, "prompt"),
     ({"prompt": [5, 97, 400]}, 400, "prompt"),  # ids past the vocabulary of 97
     ({"prompt": "x" * CONTEXT}, 400, "prompt"),
-    ({"prompt": PROMPT, "n": 2}, 400, "n"),
+    ({"prompt": PROMPT, "n": 0}, 400, "n"),
     ({"prompt": PROMPT, "max_tokens": 0}, 400, "max_tokens"),
     ({"prompt": PROMPT, "model": "gpt-3.5-turbo-instruct"}, 404, "model"),
 ])
@@ -283,6 +285,50 @@ def test_bad_requests_are_refused_with_the_field_named_and_the_server_keeps_serv
     error = response.json()["error"]
     assert error["param"] == param and error["message"]
     assert complete(server, prompt=PROMPT, max_tokens=2).json()["usage"]["completion_tokens"] >= 1
+
+
+def test_several_prompts_and_choices_are_each_what_one_request_gives(server):
+    def texts(response: dict) -> list[str]:
+        assert [c["index"] for c in response["choices"]] == list(range(len(response["choices"])))
+        return [c["text"] for c in response["choices"]]
+
+    other = "jumps over the lazy dog"
+    both = complete(server, prompt=[PROMPT, other], max_tokens=8, temperature=0).json()
+    alone = [texts(complete(server, prompt=p, max_tokens=8, temperature=0).json())[0] for p in (PROMPT, other)]
+    assert texts(both) == alone
+    assert both["usage"]["prompt_tokens"] == len(PROMPT) + len(other)
+    assert both["usage"]["completion_tokens"] == sum(len(t) for t in alone) + sum(
+        c["finish_reason"] == "stop" for c in both["choices"])  # an end-of-text token has no text
+    # n choices of a seeded request: choice j is what seed + j gives alone
+    sampling = {"prompt": PROMPT, "max_tokens": 8, "temperature": 1.0}
+    sampled = complete(server, **sampling, seed=7, n=3).json()
+    assert texts(sampled) == [texts(complete(server, **sampling, seed=7 + j).json())[0] for j in range(3)]
+    assert len(set(texts(sampled))) > 1 and sampled["usage"]["prompt_tokens"] == len(PROMPT)  # counted once
+    # streamed, each event carries one choice's delta
+    with httpx.stream("POST", server[0] + "/v1/completions", json={
+            "model": MODEL_NAME, "prompt": [PROMPT, other], "max_tokens": 8, "temperature": 0,
+            "stream": True}) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert all(len(e["choices"]) == 1 for e in events)
+    assert ["".join(e["choices"][0]["text"] for e in events if e["choices"][0]["index"] == i) for i in (0, 1)] == alone
+
+
+def test_leaving_a_stream_of_several_choices_aborts_every_request(server, monkeypatch):
+    engine, aborted = server[1], []
+    abort = engine.engine.abort
+    monkeypatch.setattr(engine.engine, "abort", lambda rid: aborted.append(rid) or abort(rid))
+    with httpx.stream("POST", server[0] + "/v1/completions", json={
+            "model": MODEL_NAME, "prompt": [PROMPT, "abc", "xyz"], "max_tokens": 200, "n": 2, "stream": True,
+            "temperature": 1.0}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                break  # the client goes away after the first event
+    deadline = time.monotonic() + 60
+    while engine.engine.has_unfinished() or not aborted:  # 200 tokens each: they were stopped, not finished
+        assert time.monotonic() < deadline, "abandoned requests never aborted"
+        time.sleep(0.05)
+    blocks = engine.engine.scheduler.block_manager
+    assert blocks.num_free_blocks == len(blocks.blocks)
 
 
 def test_a_stream_ends_with_done(server):
