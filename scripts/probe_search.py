@@ -5,7 +5,9 @@ by side in one run:
 - HotpotQA's 49 questions over the eval's corpus of all their paragraphs: how often both gold paragraphs are in
   the top 5 (the search tool's default) and the top 10;
 - 20 questions on Python, written as a user would ask them, over Python's reference topics (`heavy up`'s corpus),
-  each with the pages that answer it: how often one of them is first, and in the top 5.
+  each with the pages that answer it: how often one of them is first, and in the top 5; and 10 more whose subject is
+  a keyword that is also a function word ("the with statement").
+Rows: every word kept (as before), function words left out, and those but the keywords they name (the default).
 
     .venv/bin/python scripts/probe_search.py
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from eval_hotpotqa import DEFAULT_DATA, load_questions, write_corpus  # the eval's questions, beside this script
 
+from heavy.corpus import index
 from heavy.corpus.commands import corpus_add
 from heavy.corpus.index import CorpusIndex
 from heavy.stdlib_corpus import build_stdlib_corpus
@@ -46,6 +49,21 @@ PYTHON_QUESTIONS = [
     ("What does the continue statement do in a loop?", ['The "continue" statement']),
     ("What does the return statement do in a generator?", ['The "return" statement']),
 ]
+# questions whose subject is a keyword that is also a function word (written before the rule that keeps such words)
+KEYWORD_QUESTIONS = [
+    ("How does the with statement handle an exception raised inside its block?",
+     ['The "with" statement', "With Statement Context Managers"]),
+    ("How does the in operator test membership?", ["Membership test operations"]),
+    ("When does the else clause of a while loop run?", ['The "while" statement']),
+    ("What does the if statement do when no condition is true?", ['The "if" statement']),
+    ("What does the not operator return?", ["Boolean operations"]),
+    ("How does the and operator short-circuit?", ["Boolean operations"]),
+    ("What does the is operator compare?", ["Comparisons"]),
+    ("What does the from clause of a raise statement set?", ['The "raise" statement']),
+    ("What names does the as clause of a with statement bind?", ['The "with" statement',
+                                                                 "With Statement Context Managers"]),
+    ("How does a for loop over a list handle items added during the loop?", ['The "for" statement']),
+]
 TITLE_PREFIX = "Python reference: "  # build_stdlib_corpus's titles
 
 
@@ -55,10 +73,10 @@ def hotpotqa_hits(index: CorpusIndex, rows: list[dict], k: int) -> int:
                for row in rows)
 
 
-def python_hits(index: CorpusIndex, k: int) -> int:
+def python_hits(index: CorpusIndex, k: int, questions=PYTHON_QUESTIONS) -> int:
     """Questions with a page that answers them among the top k results of the question as asked."""
     return sum(bool({TITLE_PREFIX + t for t in pages} & {h.title for h in index.search(question, k)})
-               for question, pages in PYTHON_QUESTIONS)
+               for question, pages in questions)
 
 
 def main() -> None:
@@ -69,14 +87,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus_add(write_corpus(rows, Path(tmp)), Path(tmp) / "hotpotqa.sqlite")
         build_stdlib_corpus(Path(tmp) / "python.sqlite")
-        print(f"{'query words':<24}{'HotpotQA both gold, top 5':>28}{'top 10':>9}"
-              f"{'Python page first':>20}{'top 5':>8}")
-        for keep, name in ((True, "all (before)"), (False, "function words left out")):
+        print(f"{'query words':<34}{'HotpotQA both gold, top 5':>26}{'top 10':>8}"
+              f"{'Python page first':>19}{'top 5':>7}{'keyword q. first':>18}{'top 5':>7}")
+        settings = ((True, "all (before)", index.KEYWORD_WORDS), (False, "function words left out", frozenset()),
+                    (False, "... but keywords they name", index.KEYWORD_WORDS))
+        for keep, name, keyword_words in settings:
+            index.KEYWORD_WORDS = keyword_words  # the module's constant, set per row
             hotpot = CorpusIndex(Path(tmp) / "hotpotqa.sqlite", keep_function_words=keep)
             python = CorpusIndex(Path(tmp) / "python.sqlite", keep_function_words=keep)
-            print(f"{name:<24}{hotpotqa_hits(hotpot, rows, 5):>25}/{len(rows)}{hotpotqa_hits(hotpot, rows, 10):>6}/"
-                  f"{len(rows)}{python_hits(python, 1):>17}/{len(PYTHON_QUESTIONS)}"
-                  f"{python_hits(python, 5):>5}/{len(PYTHON_QUESTIONS)}")
+            cells = [f"{hotpotqa_hits(hotpot, rows, k)}/{len(rows)}" for k in (5, 10)]
+            cells += [f"{python_hits(python, k, questions)}/{len(questions)}"
+                      for questions in (PYTHON_QUESTIONS, KEYWORD_QUESTIONS) for k in (1, 5)]
+            print(f"{name:<34}" + "".join(f"{c:>{w}}" for c, w in zip(cells, (26, 8, 19, 7, 18, 7), strict=True)))
 
 
 if __name__ == "__main__":

@@ -92,6 +92,29 @@ def test_a_question_searches_by_its_content_words_not_its_function_words(tmp_pat
     assert match_expression("what is it") == '"what" OR "is" OR "it"'
 
 
+def test_a_keyword_that_is_a_function_word_is_searched_as_its_titles_phrase(tmp_path, monkeypatch):
+    # seen in `heavy ask`: with "with" left out, the question below found pages on exceptions and statements, and
+    # 'The "with" statement' 5th (scripts/probe_search.py)
+    from heavy.corpus.documents import Document
+
+    pages = [('The "with" statement', "The with statement wraps a block with methods of a context manager."),
+             ("Exceptions", "An exception raised inside a block is handled by a handler; exceptions statement."),
+             ('The "raise" statement', "The raise statement raises an exception inside a block."),
+             ('The "try" statement', "The try statement handles an exception raised inside its block."),
+             ("Membership", "The in operator tests membership; x in s.")]
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add(Document(title=t, text=x, url="", origin="test") for t, x in pages)
+    question = "How does the with statement handle an exception raised inside its block?"
+    assert match_expression(question) == ('title : "with statement" OR "with" OR "statement" OR "handle" OR '
+                                          '"exception" OR "raised" OR "inside" OR "block"')
+    assert index.search(question, k=1)[0].title == 'The "with" statement'
+    monkeypatch.setattr("heavy.corpus.index.KEYWORD_WORDS", frozenset())  # "with" left out as any function word
+    assert index.search(question, k=1)[0].title != 'The "with" statement'
+    monkeypatch.undo()
+    # "with" and "in" stay plain function words elsewhere
+    assert match_expression("a town with a river in the north") == '"town" OR "river" OR "north"'
+
+
 def test_server_serves_indexed_documents_as_html(corpus_dir, tmp_path):
     index_path = tmp_path / "index.sqlite"
     corpus_add(corpus_dir, index_path)
