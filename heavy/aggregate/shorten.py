@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from heavy.agent.steps import TrajectoryResult, answer_line
+from heavy.agent.steps import TrajectoryResult, answer_line, asks_how_or_why, names_a_page
 from heavy.aggregate.evidence import content_words
 from heavy.aggregate.normalize import normalize_answer, plain_answer
 from heavy.llm.types import LLMBackend, LLMError, Message, Sampling, Usage
@@ -138,28 +138,32 @@ def _misspelt_in(word: str, asked: set[str]) -> bool:
     return False
 
 
-def rule_based(question: str, answer: str) -> str | None:
+def rule_based(question: str, answer: str, titles: Iterable[str] = ()) -> str | None:
     """The short form when no model is needed: "Yes, both were ..." to a yes/no question is "yes", a bare yes/no
     to any other question is no answer at all (""), and so is an answer of any length that restates the question
-    (seen: two of eight trajectories answering with the question itself, which then led the vote) or a short one
-    with no number for a question asking for one."""
+    (seen: two of eight trajectories answering with the question itself, which then led the vote), one that is
+    only the title of a fetched page (`titles`) to a how or why question (seen in `heavy ask`: "Python reference:
+    With Statement Context Managers", which its trajectory gave again when told it was a title), or a short one with
+    no number for a question asking for one."""
     words = normalize_answer(answer).split()
     if words and words[0] in YES_NO:
         if asks_yes_no(question):
             return words[0]
         if len(words) == 1:
             return ""
-    if restates(question, answer):
+    if restates(question, answer) or (asks_how_or_why(question) and names_a_page(answer, titles)):
         return ""
     if not is_short(answer):
         return None
     return "" if _lacks_number(question, answer) else answer.strip()
 
 
-def cut_by_rule(question: str, answers: dict[int, str]) -> tuple[dict[int, str], set[int]]:
-    """Trajectory index → its answer cut by rule where a rule applies (rule_based), and the indices none applied to
-    (answers a model may still shorten)."""
-    ruled = {i: rule_based(question, answer) for i, answer in answers.items()}
+def cut_by_rule(question: str, results: Sequence[TrajectoryResult]) -> tuple[dict[int, str], set[int]]:
+    """Trajectory index → its answer (plain_answer) cut by rule where a rule applies (rule_based, against the titles
+    of the pages the trajectories fetched), and the indices none applied to (answers a model may still shorten)."""
+    answers = {r.index: plain_answer(r.answer) for r in results}
+    titles = {s.title for r in results for s in r.evidence}
+    ruled = {i: rule_based(question, answer, titles) for i, answer in answers.items()}
     return ({i: answers[i] if cut is None else cut for i, cut in ruled.items()},
             {i for i, cut in ruled.items() if cut is None})
 
@@ -171,7 +175,7 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
     HTML entities are unescaped first: an answer copied from an escaped title ("Tunnels &amp; Trolls") is checked
     against the question as written plainly (seen: it restated the question, yet voted, as the entity hid it)."""
     plain = {r.index: plain_answer(r.answer) for r in results}
-    short, uncut = cut_by_rule(question, plain)
+    short, uncut = cut_by_rule(question, results)
     long = [r for r in results if r.answered and r.index in uncut]
     if backend is None or not long:
         return short, Usage()

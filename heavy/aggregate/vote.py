@@ -108,7 +108,7 @@ def agreeing(results: Sequence[TrajectoryResult], k: int, question: str = "") ->
     with the short answer it holds; an answer the vote counts as none (the question restated, a bare "yes" to a
     "who" question) agrees with nothing (seen: six trajectories "agreed" on the game the question names, and the
     job stopped early with no answer)."""
-    answers = as_options(question, cut_by_rule(question, {r.index: plain_answer(r.answer) for r in results})[0])
+    answers = as_options(question, cut_by_rule(question, results)[0])
     groups = folded(tally(results, answers), question)
     return groups[0] if groups and len(groups[0].members) >= k else None
 

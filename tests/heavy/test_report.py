@@ -1,5 +1,6 @@
 """Report mode: numbered citations over fetched sources, disagreements, quotes of the best sentences."""
 
+import dataclasses
 import json
 
 import pytest
@@ -112,6 +113,27 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
     assert '“The Eiffel Tower was built for an event.”: trajectory 8 — not an answer to the question' in listed
     assert ("by its words, then by the model weighing each sentence against its negation and with its numbers or "
             "names swapped") in listed
+
+
+async def test_a_pages_title_given_to_a_how_question_does_not_vote():
+    # seen in `heavy ask`: a trajectory told its answer was a page's title gave it again, and it was listed "on [2]"
+    managers = dataclasses.replace(
+        source("http://corpus/managers", "A context manager handles the entry into and the exit from a block."),
+        title="Python reference: With Statement Context Managers")
+    answer = "The context manager handles the exit from the block, exception or not."
+    backend = ScriptedBackend(lambda request: text(answer))
+    results = [result(0, "Python reference: With Statement Context Managers", evidence=[managers]),
+               result(1, "With Statement Context Managers", evidence=[managers]), result(2, answer, cited=[managers])]
+    job = await aggregate(job_id="j", question="How does the with statement handle an exception?", mode="report",
+                          results=results, backend=backend)
+    listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
+    assert ("“Python reference: With Statement Context Managers”: trajectory 1 — not an answer to the question (it "
+            "did not vote)") in listed
+    assert "“With Statement Context Managers”: trajectory 2 — not an answer to the question" in listed
+    # a title answers a question asking which page or thing: it votes there
+    which = await aggregate(job_id="j", question="Which reference topic covers context managers?", mode="answer",
+                            results=results[:2], backend=backend)
+    assert which.answer.endswith("With Statement Context Managers")
 
 
 async def test_trajectories_without_an_answer_are_listed_but_not_as_a_disagreement():
