@@ -112,6 +112,7 @@ def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_l
             seed=request.seed,
             max_tokens=min(limit, room) if limit is not None else room,
             stop=request.stop_strings,
+            ignore_eos=request.ignore_eos,
             logprobs=request.top_logprob_count,
             prompt_logprobs=request.prompt_logprob_count,
         )

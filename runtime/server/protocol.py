@@ -50,6 +50,7 @@ class _SamplingRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)  # not OpenAI's, but vLLM and SGLang accept it
+    ignore_eos: bool = False  # vLLM's and SGLang's too: benchmarks ask for a fixed number of tokens
     max_tokens: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None

@@ -227,6 +227,15 @@ def test_a_prompt_is_continued_the_same_streamed_or_not_as_text_or_as_ids(server
             whole.choices[0].text)
 
 
+def test_ignore_eos_gives_max_tokens_tokens(server):
+    # what serving benchmarks send (an extension of vLLM and SGLang); this tiny model stops early on this prompt
+    prompt = "the quick brown fox"
+    ended = complete(server, prompt=prompt, max_tokens=40, temperature=0).json()
+    assert ended["choices"][0]["finish_reason"] == "stop" and ended["usage"]["completion_tokens"] < 40
+    forced = complete(server, prompt=prompt, max_tokens=40, temperature=0, ignore_eos=True).json()
+    assert forced["choices"][0]["finish_reason"] == "length" and forced["usage"]["completion_tokens"] == 40
+
+
 def test_max_tokens_defaults_to_16_and_logprobs_come_in_this_apis_shape(server):
     default = complete(server, prompt=PROMPT, temperature=0, stop=None).json()
     assert default["usage"]["completion_tokens"] <= 16
