@@ -3,9 +3,11 @@ a tiny random Qwen2."""
 
 import asyncio
 import json
+import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import openai
@@ -351,3 +353,14 @@ def test_a_stream_ends_with_done(server):
 def test_the_openai_client_reads_a_wrong_model_as_not_found(client):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt=PROMPT, max_tokens=2)
+
+
+def test_the_serving_benchmark_times_streamed_requests(server):
+    # scripts/bench_serve.py's client against this server: every request streams its exact token count
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from bench_serve import run_at
+
+    prompts = [[1 + (i * 7 + j) % 90 for j in range(20)] for i in range(4)]
+    timings, seconds = asyncio.run(run_at(server[0], MODEL_NAME, prompts, 2, output_tokens=12))
+    assert len(timings) == 4 and all(t.tokens == 12 for t in timings)
+    assert all(0 < t.ttft <= t.e2e <= seconds and t.tpot >= 0 for t in timings)
