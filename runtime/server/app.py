@@ -1,5 +1,5 @@
 """The OpenAI-compatible app: /v1/chat/completions (streaming or not, tools), /v1/completions, /v1/models, /health,
-/ready.
+/ready, /metrics (Prometheus).
 
 Bad requests get HTTP 400 with an OpenAI error body; the engine keeps serving everyone else.
 """
@@ -10,7 +10,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
 from runtime.engine.async_engine import HANG_TIMEOUT_S, AsyncEngine
@@ -28,6 +29,7 @@ from runtime.server.chat import (
     template_messages,
     tool_plan,
 )
+from runtime.server.metrics import MeteredEngine
 from runtime.server.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 
 OWNER = "heavy"
@@ -42,6 +44,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     app = FastAPI(title="heavy runtime", description="OpenAI-compatible chat completions over the heavy engine")
+    engine = MeteredEngine(engine, model_name)
     tokenizer = engine.tokenizer
 
     @app.exception_handler(ApiError)
@@ -62,6 +65,10 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     async def health() -> JSONResponse:
         """Liveness: 503 when only a restart helps (the engine loop died; the router actor is gone)."""
         return _status(await engine.dead())
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(engine.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/ready")
     async def ready() -> JSONResponse:

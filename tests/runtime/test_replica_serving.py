@@ -57,6 +57,12 @@ async def test_chat_through_the_router_reuses_the_prefix_and_streams_the_same_te
     text, events = _sse_text(streamed.text)
     assert events[-1] == "[DONE]"
     assert text == (first["choices"][0]["message"]["content"] or "")
+    # /metrics counts the router's requests too (the engines' own gauges live in the replicas, not here)
+    metrics = (await client.get("/metrics")).text
+    assert "heavy_runtime_time_to_first_token_seconds_count" in metrics
+    assert next(line for line in metrics.splitlines() if line.startswith("heavy_runtime_prompt_tokens_total")).endswith(
+        f" {3 * float(prompt_tokens)}")
+    assert "heavy_runtime_num_requests_running" not in metrics
 
 
 async def test_a_prompt_longer_than_the_context_is_a_400(client):

@@ -364,3 +364,28 @@ def test_the_serving_benchmark_times_streamed_requests(server):
     timings, seconds = asyncio.run(run_at(server[0], MODEL_NAME, prompts, 2, output_tokens=12))
     assert len(timings) == 4 and all(t.tokens == 12 for t in timings)
     assert all(0 < t.ttft <= t.e2e <= seconds and t.tpot >= 0 for t in timings)
+
+
+def test_metrics_count_each_requests_tokens_and_times(server):
+    def scrape() -> dict[str, float]:
+        response = httpx.get(server[0] + "/metrics", timeout=10)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in response.text.splitlines() if line and not line.startswith("#")}
+
+    before = scrape()
+    complete(server, prompt=PROMPT, max_tokens=5, temperature=0, ignore_eos=True)
+    after = scrape()
+    label = f'{{model_name="{MODEL_NAME}"}}'
+
+    def grew(name: str, labels: str = label) -> float:
+        return after[f"heavy_runtime_{name}{labels}"] - before.get(f"heavy_runtime_{name}{labels}", 0.0)
+
+    assert grew("generation_tokens_total") == 5 and grew("prompt_tokens_total") == len(PROMPT)
+    assert grew("requests_total", f'{{finish_reason="length",model_name="{MODEL_NAME}"}}') == 1
+    for histogram in ("time_to_first_token_seconds", "time_per_output_token_seconds", "e2e_request_latency_seconds"):
+        assert grew(f"{histogram}_count") == 1 and grew(f"{histogram}_sum") > 0
+    # the engine runs in this process: its queue and cache, idle between requests
+    assert after[f"heavy_runtime_num_requests_running{label}"] == 0
+    assert after[f"heavy_runtime_requests_in_flight{label}"] == 0
+    assert 0 <= after[f"heavy_runtime_kv_cache_usage_ratio{label}"] < 1
