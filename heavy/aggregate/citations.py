@@ -181,8 +181,8 @@ def _whole_pieces(sentence: str) -> tuple[list[str], list[str]]:
     markers = _TRAILING_MARKERS.search(sentence)
     cited = markers.group().strip().rstrip(".") if markers else ""
     pieces = [p.strip() for p in _CUT.split(sentence[:markers.start()] if markers else sentence) if p.strip()]
-    whole = [p for p in pieces if p[0].isupper() or p[0].isdigit() or p[0] in "\"'“"]
-    whole = [p for p in whole if p.rstrip("\"'”)")[-1:] in (".", "!", "?")]
+    whole = [p for p in pieces if (p[0].isupper() or p[0].isdigit() or p[0] in "\"'“")
+             and p.rstrip("\"'”)")[-1:] in (".", "!", "?")]
     if not whole:
         return [], [sentence.strip()]
     fragments = [p for p in pieces if p not in whole]
