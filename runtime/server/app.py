@@ -19,9 +19,8 @@ from runtime.engine.llm_engine import LLMEngine, RequestError
 from runtime.server import completions as completions_api
 from runtime.server.chat import (
     ChoiceState,
+    choices_usage,
     completion_id,
-    delta_message,
-    final_message,
     forced_answer_prefix,
     make_parser,
     now,
@@ -29,6 +28,7 @@ from runtime.server.chat import (
     template_messages,
     tool_plan,
 )
+from runtime.server.fanout import choice_params, interleaved, run_all
 from runtime.server.metrics import MeteredEngine
 from runtime.server.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 
@@ -123,51 +123,51 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
             prompt_ids = prompt_ids + tokenizer.encode(forced)
         params = sampling_params(request, len(prompt_ids), engine.engine.max_model_len)
         checked(prompt_ids, "messages")
-        state = ChoiceState(parse_tools=plan.parse_calls, parser=make_parser(tokenizer))
-        state.prime(forced)
+        states = [ChoiceState(j, choice_params(params, j), parse_tools=plan.parse_calls, parser=make_parser(tokenizer))
+                  for j in range(request.n)]
+        for state in states:
+            state.prime(forced)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return EventSourceResponse(_stream(engine, prompt_ids, params, state, model_name, include_usage))
-        async for out in engine.generate(prompt_ids, params):
-            state.feed(out, tokenizer)
-        choice = {"index": 0, "message": final_message(state), "finish_reason": state.finish_reason}
-        if params.logprobs is not None:
-            choice["logprobs"] = {"content": state.logprobs}
+            return EventSourceResponse(_stream(engine, prompt_ids, states, model_name, include_usage))
+
+        async def run(state: ChoiceState):
+            async for out in engine.generate(prompt_ids, state.params):
+                yield state.feed(out, tokenizer)
+
+        await run_all([run(s) for s in states])
         return {
             "id": completion_id(), "object": "chat.completion", "created": now(), "model": model_name,
-            "choices": [choice], "usage": state.usage(),
+            "choices": [s.final_choice() for s in states], "usage": choices_usage(states),
         }
 
     return app
 
 
-async def _stream(engine: AsyncEngine, prompt_ids, params, state: ChoiceState, name: str, include_usage: bool):
-    """SSE events of one streamed completion; leaving early (client gone) aborts the request."""
+async def _stream(engine: AsyncEngine, prompt_ids, states: list[ChoiceState], name: str, include_usage: bool):
+    """SSE events of one streamed chat completion, a choice's delta per event; leaving early (client gone) aborts
+    the requests."""
     cid, created = completion_id(), now()
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, str]:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name, "choices": choices}
         return {"data": json.dumps({**body, **extra}, ensure_ascii=False)}
 
-    yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-    calls_sent = 0
+    async def run(state: ChoiceState):
+        async for out in engine.generate(prompt_ids, state.params):
+            yield state.stream_entry(out, engine.tokenizer)
+
+    for state in states:
+        yield chunk([{"index": state.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     try:
-        async for out in engine.generate(prompt_ids, params):
-            logprobs_before = len(state.logprobs)
-            delta = state.feed(out, engine.tokenizer)
-            message = delta_message(delta, calls_sent)
-            calls_sent += len(delta.tool_calls)
-            if not message and not out.finished:
-                continue
-            choice = {"index": 0, "delta": message, "finish_reason": state.finish_reason if out.finished else None}
-            if params.logprobs is not None:
-                choice["logprobs"] = {"content": state.logprobs[logprobs_before:]}
-            yield chunk([choice])
+        async for entry in interleaved([run(s) for s in states]):
+            if entry is not None:
+                yield chunk([entry])
     except Exception as exc:  # the stream has started: report in-band, as OpenAI-compatible servers do
         yield {"data": json.dumps(ApiError(str(exc), status=500, error_type="server_error").body())}
         return
     if include_usage:
-        yield chunk([], usage=state.usage())
+        yield chunk([], usage=choices_usage(states))
     yield {"data": DONE}
 
 

@@ -131,13 +131,16 @@ def make_parser(tokenizer):
 
 @dataclass
 class ChoiceState:
-    """Accumulates one choice over the deltas of a request."""
+    """Accumulates one choice over the deltas of its engine request."""
 
+    index: int
+    params: SamplingParams
     parse_tools: bool
-    parser: Any
+    parser: Any  # its own: a parser keeps state between deltas
     parsed: ParsedOutput = field(default_factory=ParsedOutput)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     last: RequestOutput | None = None
+    calls_sent: int = 0  # tool calls streamed so far (their indices go on)
 
     def prime(self, text: str) -> None:
         """Text the server wrote at the start of the answer (a forced call's opening): parsed, not generated."""
@@ -160,19 +163,38 @@ class ChoiceState:
         self.parsed = self.parsed + delta
         return delta
 
+    def stream_entry(self, out: RequestOutput, tokenizer) -> dict[str, Any] | None:
+        """Take one engine delta; the choice entry of a stream chunk that carries it (None: nothing to send yet)."""
+        logprobs_before = len(self.logprobs)
+        delta = self.feed(out, tokenizer)
+        message = delta_message(delta, self.calls_sent)
+        self.calls_sent += len(delta.tool_calls)
+        if not message and not out.finished:
+            return None
+        entry = {"index": self.index, "delta": message, "finish_reason": self.finish_reason if out.finished else None}
+        if self.params.logprobs is not None:
+            entry["logprobs"] = {"content": self.logprobs[logprobs_before:]}
+        return entry
+
+    def final_choice(self) -> dict[str, Any]:
+        choice = {"index": self.index, "message": final_message(self), "finish_reason": self.finish_reason}
+        if self.params.logprobs is not None:
+            choice["logprobs"] = {"content": self.logprobs}
+        return choice
+
     @property
     def finish_reason(self) -> str:
         if self.parsed.tool_calls:
             return "tool_calls"
         return "length" if self.last is not None and self.last.finish_reason == "length" else "stop"
 
-    def usage(self) -> dict[str, Any]:
-        return usage_of(self.last)
 
 
-def usage_of(out: RequestOutput) -> dict[str, Any]:
-    """The usage of a request, read from its last output (whose counts are the request's totals)."""
-    return usage_body(out.num_prompt_tokens, out.num_completion_tokens, out.num_cached_tokens)
+def choices_usage(states: list[ChoiceState]) -> dict[str, Any]:
+    """The prompt once, the completion tokens of every choice (each request's last output holds its totals)."""
+    first = states[0].last
+    return usage_body(first.num_prompt_tokens, sum(s.last.num_completion_tokens for s in states),
+                      first.num_cached_tokens)
 
 
 def usage_body(prompt: int, completion: int, cached: int) -> dict[str, Any]:

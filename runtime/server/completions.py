@@ -5,8 +5,6 @@ completion, with each prompt token's log-probability (none for the first). Sever
 prompt are engine requests of their own, run together; choice `i * n + j` is prompt i's j-th.
 """
 
-import asyncio
-import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +14,7 @@ from typing import Any
 from runtime.engine.llm_engine import RequestOutput
 from runtime.sampling import SamplingParams, TokenLogprobs
 from runtime.server.chat import usage_body
+from runtime.server.fanout import choice_params, interleaved, run_all
 from runtime.server.protocol import MAX_CHOICES, ApiError, CompletionRequest
 
 
@@ -85,7 +84,7 @@ class TextChoice:
 def choices_of(request: CompletionRequest, tokenizer, params_for: Callable[[list[int]], SamplingParams]
                ) -> list[TextChoice]:
     """The request's choices, prompt by prompt, `n` each. `params_for(ids)` checks a prompt and gives its sampling
-    parameters. A seeded request seeds its j-th choice with seed + j, so that the choices differ."""
+    parameters (fanout.choice_params seeds each choice)."""
     if len(request.prompts) * request.n > MAX_CHOICES:
         raise ApiError(f"{len(request.prompts)} prompts x n={request.n}: at most {MAX_CHOICES} choices in one request",
                        param="n")
@@ -95,8 +94,7 @@ def choices_of(request: CompletionRequest, tokenizer, params_for: Callable[[list
         params = params_for(ids)
         echo = (prompt if isinstance(prompt, str) else tokenizer.decode(ids)) if request.echo else None
         for j in range(request.n):
-            seeded = dataclasses.replace(params, seed=params.seed + j) if params.seed is not None and j else params
-            choices.append(TextChoice(len(choices), ids, seeded, counts_prompt=j == 0, echo=echo))
+            choices.append(TextChoice(len(choices), ids, choice_params(params, j), counts_prompt=j == 0, echo=echo))
     return choices
 
 
@@ -106,47 +104,15 @@ async def _run(engine, choice: TextChoice) -> AsyncIterator[dict[str, Any]]:
 
 
 async def complete(engine, choices: list[TextChoice]) -> None:
-    """Run every choice's request to its end, together; the first failure stops the others."""
-
-    async def drain(choice: TextChoice) -> None:
-        async for _ in _run(engine, choice):
-            pass
-
-    tasks = [asyncio.create_task(drain(c)) for c in choices]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:  # leaving early (a failure, the client gone) aborts the requests still running
-            task.cancel()
+    """Run every choice's request to its end, together."""
+    await run_all([_run(engine, c) for c in choices])
 
 
 async def streamed(engine, choices: list[TextChoice]) -> AsyncIterator[dict[str, Any]]:
-    """The choices' entries as their tokens come, interleaved; raises the first failure."""
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def produce(choice: TextChoice) -> None:
-        try:
-            async for entry in _run(engine, choice):
-                if entry["text"] or entry["finish_reason"]:
-                    queue.put_nowait(entry)
-            queue.put_nowait(None)
-        except Exception as exc:
-            queue.put_nowait(exc)
-
-    tasks = [asyncio.create_task(produce(c)) for c in choices]
-    try:
-        ended = 0
-        while ended < len(tasks):
-            item = await queue.get()
-            if isinstance(item, Exception):
-                raise item
-            if item is None:
-                ended += 1
-            else:
-                yield item
-    finally:
-        for task in tasks:
-            task.cancel()
+    """The choices' entries as their tokens come, interleaved (those with text, and each choice's last)."""
+    async for entry in interleaved([_run(engine, c) for c in choices]):
+        if entry["text"] or entry["finish_reason"]:
+            yield entry
 
 
 def usage(choices: list[TextChoice]) -> dict[str, Any]:

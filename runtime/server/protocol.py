@@ -5,7 +5,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 TOOL_CHOICE_MODES = ("none", "auto", "required")
-MAX_CHOICES = 64  # choices (prompts x n) of one text completion request
+MAX_CHOICES = 64  # choices of one request (for text completions: prompts x n)
 
 
 class ApiError(Exception):
@@ -60,9 +60,9 @@ class _SamplingRequest(BaseModel):
 
     @field_validator("n")
     @classmethod
-    def _single_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported")
+    def _choices_in_range(cls, n: int) -> int:
+        if not 1 <= n <= MAX_CHOICES:
+            raise ValueError(f"n must be in [1, {MAX_CHOICES}], got {n}")
         return n
 
     @property
@@ -147,13 +147,6 @@ class CompletionRequest(_SamplingRequest):
         if empty := [i for i, each in enumerate(prompts) if not each]:
             raise ValueError(f"prompts {empty[:5]} are empty")
         return prompts
-
-    @field_validator("n")
-    @classmethod
-    def _single_choice(cls, n: int) -> int:  # several choices per prompt here, unlike chat
-        if not 1 <= n <= MAX_CHOICES:
-            raise ValueError(f"n must be in [1, {MAX_CHOICES}], got {n}")
-        return n
 
     @property
     def prompts(self) -> list[str | list[int]]:

@@ -129,6 +129,24 @@ def test_logprobs_and_seeded_sampling(client):
     assert len(entries) == a.usage.completion_tokens and all(len(e.top_logprobs) == 2 for e in entries)
 
 
+def test_n_choices_are_each_what_their_seed_gives_alone_streamed_or_not(client):
+    kwargs = dict(model=MODEL_NAME, messages=USER, temperature=1.0, max_tokens=8, logprobs=True)
+    several = client.chat.completions.create(**kwargs, seed=11, n=3)
+    assert [c.index for c in several.choices] == [0, 1, 2]
+    alone = [client.chat.completions.create(**kwargs, seed=11 + j).choices[0] for j in range(3)]
+    assert [c.message.content for c in several.choices] == [c.message.content for c in alone]
+    assert len({c.message.content for c in several.choices}) > 1
+    assert all(len(c.logprobs.content) > 0 for c in several.choices)
+    single = client.chat.completions.create(**kwargs, seed=11)
+    assert several.usage.prompt_tokens == single.usage.prompt_tokens  # the prompt counted once
+    assert several.usage.completion_tokens == sum(len(c.logprobs.content) for c in several.choices)
+    chunks = list(client.chat.completions.create(**kwargs, seed=11, n=3, stream=True))
+    streamed = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == j)
+                for j in range(3)]
+    assert streamed == [c.message.content for c in several.choices]
+    assert all(len(c.choices) == 1 for c in chunks)  # a choice's delta per event
+
+
 @pytest.mark.parametrize(
     "body, param",
     [
@@ -140,7 +158,7 @@ def test_logprobs_and_seeded_sampling(client):
         ({"messages": USER, "max_tokens": -3}, "max_tokens"),
         ({"messages": [{"role": "user", "content": "x" * (2 * CONTEXT)}]}, "messages"),
         ({"messages": USER, "temperature": -1}, "temperature"),
-        ({"messages": USER, "n": 2}, "n"),
+        ({"messages": USER, "n": 65}, "n"),
         ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
     ],
 )
