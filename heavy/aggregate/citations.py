@@ -4,9 +4,9 @@ A claim is a sentence of the report body. It is kept only if at least one of its
 Markdown links — points at a page some trajectory actually fetched; citations that do not are removed, and a
 sentence with none left is dropped. A sentence holding a bare URL is a copy of the source list, not a claim, and is
 dropped too (the Sources section is added for the model), as is a line copying an entry of the prompt's source list
-("[2] Title: its excerpt"), and so is a sentence about what "Researcher N" did (the prompt's line for an answer it
-does not show, echoed back; the report lists the trajectories' answers itself). The prompt shows the other answers
-as claims with their citations, so that a copy of one is checked as any claim.
+("[2] Title: its excerpt"), and so is a sentence about what "Researcher N" answered
+(the prompt's findings list echoed back; the report lists the trajectories' answers itself). An answer copied with
+that list's annotation, "(confidence 0.3), citing no source", loses the annotation and is checked as any claim.
 Headings and blank lines pass through, except headings that restate the question or announce a source list.
 
 Words are looked for in passages, PASSAGE_SENTENCES consecutive sentences of a page, not in the whole page: a long
@@ -77,6 +77,9 @@ _SOURCE_TALK = stems({
 _SOURCE_ENTRY = re.compile(r"\s*\[(\d+)\]\s+([^\n]{1,200}?):\s")  # the report prompt's "[n] Title: excerpt"
 _BARE_URL = re.compile(r"(?<!\]\()https?://\S+")
 _ECHOED_FINDING = re.compile(r"\W*researchers?\s+\d", re.IGNORECASE)
+# the findings list's annotation of an answer, echoed after it: "(confidence 0.3), citing no source" / "citing [2]"
+_ECHOED_ANNOTATION = re.compile(r"\s*\(confidence [\d.]+\),?\s*(?:citing\s+(no source|(?:\[\d+\][,\s]*)+))?",
+                                re.IGNORECASE)
 # the words either side of a conjunction, past an article or "both": "break and continue", "loop, and the else"
 _JOINED = re.compile(r"(\w+)\W{0,3}\s+(?:and|or|nor)\s+(?:(?:the|a|an|both|either|neither)\s+)?\W{0,2}(\w+)",
                      re.IGNORECASE)
@@ -136,6 +139,9 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             sentences += whole
             dropped += fragments
         for sentence in sentences:
+            # an answer copied with the findings list's annotation: the annotation goes, its citations stay, and
+            # the answer is checked as any claim
+            sentence = _ECHOED_ANNOTATION.sub(_annotated_citations, sentence)
             text, numbers = _resolve(sentence, number_of_url, len(sources))
             if numbers and texts and not _supported(sentence, [w for n in numbers for w in words_of[n]], asked):
                 text, numbers = _resolve(MARKER.sub("", _LINK.sub(r"\1", sentence)), number_of_url, len(sources))
@@ -196,6 +202,12 @@ def _copies_a_source_entry(line: str, sources: Sequence[Source]) -> bool:
 def cited_numbers(body: str) -> tuple[int, ...]:
     """The source numbers the body's markers cite, in order of first use."""
     return tuple(dict.fromkeys(int(n) for marker in MARKER.findall(body) for n in re.findall(r"\d+", marker)))
+
+
+def _annotated_citations(match: re.Match) -> str:
+    """What stays of an echoed annotation: the sources it cites, as markers ("citing [1], [2]" → " [1][2]")."""
+    cited = re.findall(r"\[\d+\]", match.group(1) or "")
+    return f" {''.join(cited)}" if cited else ""
 
 
 def _without_dangling_leads(lines: list[str], dropped: list[str]) -> list[str]:

@@ -178,10 +178,9 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
         if r.index in unfounded:
             findings.append(f"- Researcher {r.index + 1} gave an answer that no source text holds.")
         elif r.answered:
-            # written as a claim with its citations: a small model copies this list, and a copy is then a claim
-            # the checks weigh (a copied "Researcher 2 answered: ..." is an echo, and dropped whole)
-            cites = "".join(f"[{number_of_url[s.url]}]" for s in r.cited if number_of_url[s.url] in listed)
-            findings.append(f"- {answer.rstrip('.')}{' ' + cites if cites else ''}.")
+            cites = ", ".join(f"[{number_of_url[s.url]}]" for s in r.cited if number_of_url[s.url] in listed)
+            findings.append(f"- Researcher {r.index + 1} answered: {answer} (confidence {r.confidence:.1f}), "
+                            f"citing {cites or 'no source'}")
         else:
             findings.append(f"- Researcher {r.index + 1} found no answer ({r.stop_reason}).")
     _, top, top_excerpt, _ = shown[0]

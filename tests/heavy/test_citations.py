@@ -57,6 +57,17 @@ def test_a_claim_the_model_repeats_is_kept_once():
     assert looped.body == "" and looped.dropped == ("Astronauts built the tower on the moon [1].",)
 
 
+def test_an_answer_echoed_with_the_findings_lists_annotation_loses_it_and_is_checked_as_a_claim():
+    # seen in the demos' reports: a trajectory's answer copied from the prompt with its annotation
+    body = ("The 'finally' clause runs whether an exception occurred or not (confidence 0.3), citing no source. "
+            "Exception handlers are specified with the 'try' statement (confidence 0.5), citing [1], [2]. "
+            "Astronauts built the tower on the moon (confidence 0.9), citing no source.")
+    filtered = filter_claims(body, [EXCEPTIONS], {EXCEPTIONS.url: EXCEPTIONS.snippet})
+    assert filtered.body == ("The 'finally' clause runs whether an exception occurred or not [1]. "
+                             "Exception handlers are specified with the 'try' statement [1].")
+    assert filtered.dropped == ("Astronauts built the tower on the moon.",)
+
+
 def test_the_finished_part_ends_at_the_last_full_stop_with_its_markers():
     assert finished_part("It ends the loop [1]. The else clause of a loop [1]") == "It ends the loop [1]."
     assert finished_part("It ends the loop. [1] Then the") == "It ends the loop. [1]"

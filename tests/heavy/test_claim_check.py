@@ -118,7 +118,7 @@ async def test_the_answer_list_says_which_answer_sentences_the_check_refuted_and
     assert "against its negation and with its numbers or names swapped" in listed
     report = next(r for r in backend.requests if r.request_id == "report").messages[0]["content"]
     # an answer whose every sentence was refuted is not shown to the report pass; one with a sentence left is, whole
-    assert "Researcher 1 gave an answer that no source text holds." in report and f"\n- {right} " in report
+    assert "Researcher 1 gave an answer that no source text holds." in report and f"answered: {right}" in report
     # one request per sentence of each answer (answers in the vote's order: trajectory 2's first), then the report
     assert [r.request_id for r in backend.requests] == ["answer-check:0:0", "answer-check:0:1", "answer-check:1:0",
                                                          "report"]

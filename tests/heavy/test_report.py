@@ -190,8 +190,7 @@ async def test_the_report_prompt_shows_the_most_relevant_sources_first_and_only_
     sources = prompt.split("Question:")[0]
     assert sources.index("[5] tower: The Eiffel Tower") < sources.index("[1] p0")  # numbers stay the union's
     assert "[2] p1" not in sources and "[3] p2" not in sources  # only the two most relevant are shown
-    # one line per answer, written as a claim with the shown sources it cites: a copy is a claim the checks weigh
-    assert "\n- The tower was finished in 1889 [1].\n" in prompt
+    assert "answered: The tower was finished in 1889. (confidence" in prompt  # one line per answer
     assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown  # renumbered in the report
     # the citation format is shown on the most relevant source's first sentence, cited: copied, it is a true claim
     assert 'like this: "The Eiffel Tower in Paris was finished in 1889 for the fair [5]."' in prompt
