@@ -7,7 +7,8 @@ dropped too (the Sources section is added for the model), as is a line copying a
 ("[2] Title: its excerpt"), and so is a sentence about what "Researcher N" answered
 (the prompt's findings list echoed back; the report lists the trajectories' answers itself). An answer copied with
 that list's annotation, "(confidence 0.3), citing no source", loses the annotation and is checked as any claim.
-Headings and blank lines pass through, except headings that restate the question or announce a source list.
+Headings and blank lines pass through, except headings that restate the question or announce a source list, and
+headings left with no text under them.
 
 Words are looked for in passages, PASSAGE_SENTENCES consecutive sentences of a page, not in the whole page: a long
 page (the tools show up to 8,000 characters) holds most words somewhere.
@@ -167,7 +168,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             # other than 1 cannot start a list after a line of text (seen in the demo: "... [1].\n2. The break ...",
             # shown as one paragraph)
             kept_lines.append(_NUMBERED.sub(r"\1- ", prefix) + " ".join(kept))
-    body = _tidy("\n".join(_without_dangling_leads(kept_lines, dropped)))
+    body = _tidy("\n".join(_without_empty_sections(_without_dangling_leads(kept_lines, dropped))))
     return FilteredReport(body=body, cited=cited_numbers(body), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))
 
@@ -208,6 +209,29 @@ def _annotated_citations(match: re.Match) -> str:
     """What stays of an echoed annotation: the sources it cites, as markers ("citing [1], [2]" → " [1][2]")."""
     cited = re.findall(r"\[\d+\]", match.group(1) or "")
     return f" {''.join(cited)}" if cited else ""
+
+
+def _without_empty_sections(lines: list[str]) -> list[str]:
+    """The lines, less headings with no text under them before a heading of their level or above, or the end: a
+    section whose claims were all dropped, or one the report pass only announced (seen in the demo: "### Independent
+    Researchers' Answers", then the next section)."""
+    return [line for i, line in enumerate(lines)
+            if not (level := _heading_level(line)) or _has_text(lines[i + 1:], level)]
+
+
+def _has_text(after: list[str], level: int) -> bool:
+    for line in after:
+        inner = _heading_level(line)
+        if line.strip() and not inner:
+            return True
+        if inner and inner <= level:
+            return False
+    return False
+
+
+def _heading_level(line: str) -> int:
+    stripped = line.lstrip()
+    return len(stripped) - len(stripped.lstrip("#"))
 
 
 def _without_dangling_leads(lines: list[str], dropped: list[str]) -> list[str]:

@@ -136,6 +136,15 @@ def test_a_copied_source_list_and_restated_question_are_not_claims():
     assert echoed.body == "It was finished in 1889 [1]."  # the findings list echoed back is not a claim
 
 
+def test_a_heading_left_with_nothing_under_it_goes():
+    # seen in the demo: "### Independent Researchers' Answers", the prompt's list announced and nothing under it,
+    # and a section whose every claim was dropped
+    body = ("### Dates\nThe tower was finished in 1889 [1].\n### Independent Researchers' Answers\n"
+            "### Pyramids\nThe pyramid was built by aliens [1].\n\n## Also\nThe Louvre pyramid was finished in 1989 [2].")
+    filtered = filter_claims(body, [EIFFEL, LOUVRE], {s.url: s.snippet for s in (EIFFEL, LOUVRE)})
+    assert filtered.body == ("### Dates\nThe tower was finished in 1889 [1].\n\n"
+                             "## Also\nThe Louvre pyramid was finished in 1989 [2].")
+
 
 def test_a_copied_entry_of_the_prompts_source_list_is_no_claim():
     # seen with the 1.5B model: "- [1] Dwyer Arena: The main rink can seat up to 1,400 people ..."
