@@ -140,7 +140,8 @@ def test_a_heading_left_with_nothing_under_it_goes():
     # seen in the demo: "### Independent Researchers' Answers", the prompt's list announced and nothing under it,
     # and a section whose every claim was dropped
     body = ("### Dates\nThe tower was finished in 1889 [1].\n### Independent Researchers' Answers\n"
-            "### Pyramids\nThe pyramid was built by aliens [1].\n\n## Also\nThe Louvre pyramid was finished in 1989 [2].")
+            "### Pyramids\nThe pyramid was built by aliens [1].\n\n"
+            "## Also\nThe Louvre pyramid was finished in 1989 [2].")
     filtered = filter_claims(body, [EIFFEL, LOUVRE], {s.url: s.snippet for s in (EIFFEL, LOUVRE)})
     assert filtered.body == ("### Dates\nThe tower was finished in 1889 [1].\n\n"
                              "## Also\nThe Louvre pyramid was finished in 1989 [2].")

@@ -65,6 +65,16 @@ async def test_chat_through_the_router_reuses_the_prefix_and_streams_the_same_te
     assert "heavy_runtime_num_requests_running" not in metrics
 
 
+async def test_echoed_prompt_logprobs_come_back_through_the_router(client):
+    # the prompt's log-probabilities are computed on the replica's ranks and carried back with the first output
+    body = {"prompt": [5, 9, 14, 22, 31, 40], "max_tokens": 2, "ignore_eos": True, "temperature": 0, "logprobs": 1,
+            "echo": True}
+    choice = (await client.post("/v1/completions", json=body)).json()["choices"][0]
+    logprobs = choice["logprobs"]["token_logprobs"]
+    assert len(logprobs) == 6 + 2 and logprobs[0] is None and all(lp <= 0 for lp in logprobs[1:])
+    assert all(len(top) == 1 for top in choice["logprobs"]["top_logprobs"][1:])
+
+
 async def test_a_prompt_longer_than_the_context_is_a_400(client):
     long = {"role": "user", "content": "word " * 400}
     response = await client.post("/v1/chat/completions", json=BODY | {"messages": [long]})
