@@ -38,6 +38,7 @@ class TextChoice:
     prompt_ids: list[int]
     params: SamplingParams
     counts_prompt: bool  # the first choice of its prompt: usage counts a prompt once however many choices it has
+    generates: bool = True  # False: the prompt scored only (echo, max_tokens 0); the one sampled token is dropped
     echo: str | None = None  # the prompt's text, to come back before the completion
     text: str = ""
     tokens: list[str] = field(default_factory=list)
@@ -54,10 +55,11 @@ class TextChoice:
             if self.params.logprobs is not None:
                 self._add(tokenizer, self.prompt_ids, out.prompt_logprobs)
         self.last = out
-        if self.params.logprobs is not None:
+        new_text = out.new_text if self.generates else ""
+        if self.params.logprobs is not None and self.generates:
             self._add(tokenizer, out.new_token_ids, out.new_logprobs)
-        self.text += echoed + out.new_text
-        return self.entry(echoed + out.new_text, first, out.finished)
+        self.text += echoed + new_text
+        return self.entry(echoed + new_text, first, out.finished)
 
     def _add(self, tokenizer, token_ids: list[int], logprobs: list[TokenLogprobs | None]) -> None:
         for token_id, lp in zip(token_ids, logprobs, strict=False):
@@ -94,7 +96,8 @@ def choices_of(request: CompletionRequest, tokenizer, params_for: Callable[[list
         params = params_for(ids)
         echo = (prompt if isinstance(prompt, str) else tokenizer.decode(ids)) if request.echo else None
         for j in range(request.n):
-            choices.append(TextChoice(len(choices), ids, choice_params(params, j), counts_prompt=j == 0, echo=echo))
+            choices.append(TextChoice(len(choices), ids, choice_params(params, j), counts_prompt=j == 0, echo=echo,
+                                      generates=not request.scores_only))
     return choices
 
 
@@ -119,7 +122,8 @@ def usage(choices: list[TextChoice]) -> dict[str, Any]:
     """Prompt tokens of each prompt once, completion tokens of every choice (from each request's last output)."""
     firsts = [c.last for c in choices if c.counts_prompt]
     return usage_body(sum(out.num_prompt_tokens for out in firsts),
-                      sum(c.last.num_completion_tokens for c in choices), sum(out.num_cached_tokens for out in firsts))
+                      sum(c.last.num_completion_tokens for c in choices if c.generates),
+                      sum(out.num_cached_tokens for out in firsts))
 
 
 def completion_id() -> str:

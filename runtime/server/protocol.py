@@ -166,3 +166,13 @@ class CompletionRequest(_SamplingRequest):
     @property
     def prompt_logprob_count(self) -> int | None:
         return self.logprobs if self.echo else None
+
+    @property
+    def scores_only(self) -> bool:
+        """`echo` with `max_tokens` 0: the prompt scored, nothing generated (as OpenAI's legacy API took it)."""
+        return self.echo and self.max_tokens == 0
+
+    @property
+    def completion_limit(self) -> int | None:
+        # the engine always samples the token after the prompt; a scoring request's is dropped from the reply
+        return 1 if self.scores_only else super().completion_limit

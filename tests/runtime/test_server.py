@@ -294,6 +294,12 @@ def test_echo_returns_the_prompt_with_its_logprobs_as_a_decode_computed_them(ser
     assert "".join(d["choices"][0]["text"] for d in data) == plain["text"] and plain["logprobs"] is None
     assert plain["text"] == PROMPT + complete(server, prompt=PROMPT, max_tokens=3, temperature=0).json()[
         "choices"][0]["text"]
+    # max_tokens 0 with echo scores the prompt and generates nothing, as OpenAI's legacy API took it
+    scored = complete(server, prompt=continued, max_tokens=0, logprobs=1, echo=True).json()
+    assert scored["choices"][0]["text"] == continued and scored["usage"]["completion_tokens"] == 0
+    assert scored["choices"][0]["logprobs"]["token_logprobs"][1:] == pytest.approx(
+        logprobs["token_logprobs"][1:len(continued)], abs=1e-5)
+    assert scored["choices"][0]["finish_reason"] == "length"
 
 
 @pytest.mark.parametrize("body, status, param", [
