@@ -15,6 +15,7 @@ DEFAULT_CONFIDENCE = 0.6  # an answer call that states none, or an unreadable on
 _WORD = re.compile(r"\w+")
 # where a sentence ends: its full stop, then any citation markers and closing quotes ("… suite [1].", "… 1889. [2]")
 _SENTENCE_CLOSE = re.compile(r"[.!?](?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])*[\"'’”)\]]*(?=\s|$)")
+PYTHON_TOOL = "python"
 FRAGMENT_WORDS = 3  # an unfinished tail this short, after finished sentences, is a stub and no part of the answer
 MIN_KEPT_WORDS = 8  # a cut answer keeps its finished sentences only if they say this much ("in the U.S." does not)
 # A tool result's header as the tools write it ("[n] Title" or "# Title", then "URL: ..."), copied into an answer.
@@ -111,6 +112,12 @@ def only_printed(answer: str, printed: str, question: str) -> bool:
     words = set(_WORD.findall(answer.lower())) - _OUTPUT_WORDS
     return (bool(words) and not any(ch.isdigit() for ch in answer) and words <= set(_WORD.findall(printed.lower()))
             and not words & set(_WORD.findall(question.lower())))
+
+
+def printed_output(observations: Iterable[Observation]) -> str:
+    """All the python tool printed in these observations (failed and repeated calls aside): what an answer must say
+    more than."""
+    return "\n".join(o.text for o in observations if o.call.name == PYTHON_TOOL and o.error is None and not o.repeated)
 
 
 def word_run(text: str) -> str:

@@ -32,6 +32,7 @@ from heavy.agent.steps import (
     copies_text,
     names_a_page,
     only_printed,
+    printed_output,
     restates_question,
     says_a_plan,
     says_nothing_found,
@@ -52,7 +53,6 @@ MAX_CALLS_PER_STEP = 3
 FORCED_CONFIDENCE = 0.3
 THOUGHT_CHARS = 300  # how much of a step's text goes into its event
 OPENING_TOOL = "search"
-PYTHON_TOOL = "python"
 _URL = re.compile(r"https?://[^\s)\]>\"']+")
 
 
@@ -320,8 +320,7 @@ class Trajectory:
     def _printed(self, observed: Sequence[Observation]) -> str:
         """All the python tool printed, this step's calls before the answer included: what an answer must say more
         than."""
-        runs = [o for step in self.steps for o in step.observations] + list(observed)
-        return "\n".join(o.text for o in runs if o.call.name == PYTHON_TOOL and o.error is None and not o.repeated)
+        return printed_output([o for step in self.steps for o in step.observations] + list(observed))
 
     def _only_a_title(self, answer: str) -> bool:
         """Whether the answer to a how or why question is only the title of a page the trajectory found (seen in

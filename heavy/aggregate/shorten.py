@@ -11,7 +11,14 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 
-from heavy.agent.steps import TrajectoryResult, answer_line, asks_how_or_why, names_a_page
+from heavy.agent.steps import (
+    TrajectoryResult,
+    answer_line,
+    asks_how_or_why,
+    names_a_page,
+    only_printed,
+    printed_output,
+)
 from heavy.aggregate.evidence import content_words
 from heavy.aggregate.normalize import normalize_answer, plain_answer
 from heavy.llm.types import LLMBackend, LLMError, Message, Sampling, Usage
@@ -138,20 +145,22 @@ def _misspelt_in(word: str, asked: set[str]) -> bool:
     return False
 
 
-def rule_based(question: str, answer: str, titles: Iterable[str] = ()) -> str | None:
+def rule_based(question: str, answer: str, titles: Iterable[str] = (), printed: str = "") -> str | None:
     """The short form when no model is needed: "Yes, both were ..." to a yes/no question is "yes", a bare yes/no
     to any other question is no answer at all (""), and so is an answer of any length that restates the question
     (seen: two of eight trajectories answering with the question itself, which then led the vote), one that is
     only the title of a fetched page (`titles`) to a how or why question (seen in `heavy ask`: "Python reference:
-    With Statement Context Managers", which its trajectory gave again when told it was a title), or a short one with
-    no number for a question asking for one."""
+    With Statement Context Managers", which its trajectory gave again when told it was a title), one that only says
+    what its trajectory's python code `printed` (seen: "Hello, world!", given again when told so), or a short one
+    with no number for a question asking for one."""
     words = normalize_answer(answer).split()
     if words and words[0] in YES_NO:
         if asks_yes_no(question):
             return words[0]
         if len(words) == 1:
             return ""
-    if restates(question, answer) or (asks_how_or_why(question) and names_a_page(answer, titles)):
+    if (restates(question, answer) or (asks_how_or_why(question) and names_a_page(answer, titles))
+            or (printed and only_printed(answer, printed, question))):
         return ""
     if not is_short(answer):
         return None
@@ -160,10 +169,12 @@ def rule_based(question: str, answer: str, titles: Iterable[str] = ()) -> str | 
 
 def cut_by_rule(question: str, results: Sequence[TrajectoryResult]) -> tuple[dict[int, str], set[int]]:
     """Trajectory index → its answer (plain_answer) cut by rule where a rule applies (rule_based, against the titles
-    of the pages the trajectories fetched), and the indices none applied to (answers a model may still shorten)."""
+    of the pages the trajectories fetched and what each one's python code printed), and the indices none applied to
+    (answers a model may still shorten)."""
     answers = {r.index: plain_answer(r.answer) for r in results}
     titles = {s.title for r in results for s in r.evidence}
-    ruled = {i: rule_based(question, answer, titles) for i, answer in answers.items()}
+    printed = {r.index: printed_output(o for step in r.steps for o in step.observations) for r in results}
+    ruled = {i: rule_based(question, answer, titles, printed[i]) for i, answer in answers.items()}
     return ({i: answers[i] if cut is None else cut for i, cut in ruled.items()},
             {i for i, cut in ruled.items() if cut is None})
 

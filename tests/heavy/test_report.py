@@ -5,9 +5,10 @@ import json
 
 import pytest
 
+from heavy.agent.steps import ActionStep, Observation
 from heavy.aggregate import AggregationConfig, aggregate
 from heavy.aggregate.evidence import best_sentences, fetched_texts, question_weights
-from heavy.llm.types import Usage
+from heavy.llm.types import ToolCall, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
 from tests.heavy.test_aggregate import EIFFEL, LOUVRE, result
 
@@ -115,21 +116,27 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
             "names swapped") in listed
 
 
-async def test_a_pages_title_given_to_a_how_question_does_not_vote():
-    # seen in `heavy ask`: a trajectory told its answer was a page's title gave it again, and it was listed "on [2]"
+async def test_a_pages_title_or_printed_output_given_to_a_how_question_does_not_vote():
+    # seen in `heavy ask`: trajectories told their answer was a page's title, or what their code printed, gave it
+    # again, and the report listed them "on [2]" and "on no fetched page"
     managers = dataclasses.replace(
         source("http://corpus/managers", "A context manager handles the entry into and the exit from a block."),
         title="Python reference: With Statement Context Managers")
     answer = "The context manager handles the exit from the block, exception or not."
     backend = ScriptedBackend(lambda request: text(answer))
+    run = ToolCall(id="c1", name="python", arguments={"code": "print('Hello, world!')"})
+    printing = ActionStep(index=1, content="", reasoning="", calls=(run,), usage=Usage(),
+                          observations=(Observation(call=run, text="Hello, world!\n"),))
     results = [result(0, "Python reference: With Statement Context Managers", evidence=[managers]),
-               result(1, "With Statement Context Managers", evidence=[managers]), result(2, answer, cited=[managers])]
+               result(1, "With Statement Context Managers", evidence=[managers]), result(2, answer, cited=[managers]),
+               dataclasses.replace(result(3, "Hello, world!", evidence=[managers]), steps=(printing,))]
     job = await aggregate(job_id="j", question="How does the with statement handle an exception?", mode="report",
                           results=results, backend=backend)
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
     assert ("“Python reference: With Statement Context Managers”: trajectory 1 — not an answer to the question (it "
             "did not vote)") in listed
     assert "“With Statement Context Managers”: trajectory 2 — not an answer to the question" in listed
+    assert "“Hello, world!”: trajectory 4 — not an answer to the question" in listed
     # a title answers a question asking which page or thing: it votes there
     which = await aggregate(job_id="j", question="Which reference topic covers context managers?", mode="answer",
                             results=results[:2], backend=backend)
