@@ -123,7 +123,8 @@ def match_expression(query: str, keep_function_words: bool = False) -> str | Non
              or (k > 0 and written[k][:1].isupper()) or k in named]
     terms = [f'"{w}"' for w in dict.fromkeys(words or tokens)]
     # the keyword and its noun as a phrase of a title: 'The "with" statement', not a body's "... the in operator"
-    return " OR ".join([f'title : "{tokens[k]} {tokens[k + 1]}"' for k in named] + terms) or None
+    phrases = dict.fromkeys(f'title : "{tokens[k]} {tokens[k + 1]}"' for k in named)
+    return " OR ".join([*phrases, *terms]) or None
 
 
 class CorpusIndex:
