@@ -1,7 +1,7 @@
 """How well the local search finds the page a question is about, keeping or leaving out its function words.
 
-No model: the question as asked is the query (a trajectory's opening search), over two corpora, both settings side
-by side in one run:
+No model: the question as asked is the query (a trajectory's opening search), over two corpora, the settings side by
+side in one run:
 - HotpotQA's 49 questions over the eval's corpus of all their paragraphs: how often both gold paragraphs are in
   the top 5 (the search tool's default) and the top 10;
 - 20 questions on Python, written as a user would ask them, over Python's reference topics (`heavy up`'s corpus),
