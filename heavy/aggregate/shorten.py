@@ -151,8 +151,9 @@ def rule_based(question: str, answer: str, titles: Iterable[str] = (), printed: 
     (seen: two of eight trajectories answering with the question itself, which then led the vote), one that is
     only the title of a fetched page (`titles`) to a how or why question (seen in `heavy ask`: "Python reference:
     With Statement Context Managers", which its trajectory gave again when told it was a title), one that only says
-    what its trajectory's python code `printed` (seen: "Hello, world!", given again when told so), or a short one
-    with no number for a question asking for one."""
+    what its trajectory's python code `printed` (seen: "Hello, world!", given again when told so; the caller passes
+    `printed` only for an answer no fetched page writes), or a short one with no number for a question asking for
+    one."""
     words = normalize_answer(answer).split()
     if words and words[0] in YES_NO:
         if asks_yes_no(question):
@@ -174,6 +175,11 @@ def cut_by_rule(question: str, results: Sequence[TrajectoryResult]) -> tuple[dic
     answers = {r.index: plain_answer(r.answer) for r in results}
     titles = {s.title for r in results for s in r.evidence}
     printed = {r.index: printed_output(o for step in r.steps for o in step.observations) for r in results}
+    pages = [f" {normalize_answer(text)} " for r in results for text in r.excerpts.values()] if any(
+        printed.values()) else []
+    for i, answer in answers.items():  # a printed name that a page writes too came from the pages
+        if printed[i] and any(f" {normalize_answer(answer)} " in page for page in pages):
+            printed[i] = ""
     ruled = {i: rule_based(question, answer, titles, printed[i]) for i, answer in answers.items()}
     return ({i: answers[i] if cut is None else cut for i, cut in ruled.items()},
             {i for i, cut in ruled.items() if cut is None})

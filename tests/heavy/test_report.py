@@ -129,7 +129,10 @@ async def test_a_pages_title_or_printed_output_given_to_a_how_question_does_not_
                           observations=(Observation(call=run, text="Hello, world!\n"),))
     results = [result(0, "Python reference: With Statement Context Managers", evidence=[managers]),
                result(1, "With Statement Context Managers", evidence=[managers]), result(2, answer, cited=[managers]),
-               dataclasses.replace(result(3, "Hello, world!", evidence=[managers]), steps=(printing,))]
+               dataclasses.replace(result(3, "Hello, world!", evidence=[managers]), steps=(printing,)),
+               dataclasses.replace(result(4, "the exit from a block", evidence=[managers]),
+                                   steps=(dataclasses.replace(printing, observations=(
+                                       Observation(call=run, text="the exit from a block"),)),))]
     job = await aggregate(job_id="j", question="How does the with statement handle an exception?", mode="report",
                           results=results, backend=backend)
     listed = job.markdown.split("## What each trajectory answered")[1].split("## Sources")[0]
@@ -137,6 +140,8 @@ async def test_a_pages_title_or_printed_output_given_to_a_how_question_does_not_
             "did not vote)") in listed
     assert "“With Statement Context Managers”: trajectory 2 — not an answer to the question" in listed
     assert "“Hello, world!”: trajectory 4 — not an answer to the question" in listed
+    # what the code printed, when a fetched page writes it too, came from the pages: it votes
+    assert "“the exit from a block”: trajectories 5, 3 — its words are on [1]" in listed
     # a title answers a question asking which page or thing: it votes there
     which = await aggregate(job_id="j", question="Which reference topic covers context managers?", mode="answer",
                             results=results[:2], backend=backend)
