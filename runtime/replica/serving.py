@@ -99,6 +99,14 @@ class RouterFrontend:
         dead, down = await self._reasons()
         return dead or down
 
+    async def replicas_up(self) -> tuple[int, int]:
+        """(replicas up, replicas) as the router last saw them; none up when the router is gone."""
+        try:
+            state = await self.router.availability.remote()
+        except RayActorError:
+            return 0, len(self.replicas)
+        return sum(state.up), len(state.up)
+
     async def _reasons(self) -> tuple[str | None, str | None]:
         """(why it is dead, why nothing is up now)."""
         try:

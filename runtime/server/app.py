@@ -68,6 +68,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        await engine.refresh()
         return Response(generate_latest(engine.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/ready")

@@ -1,7 +1,8 @@
 """Prometheus metrics of the OpenAI-compatible server, at `/metrics`: what vLLM's and SGLang's servers export under
 their own names, so that a dashboard of theirs maps over. Request metrics are taken where every request passes
 (the engine's `generate`, in process or through the replica router); the engine's queue and KV-cache gauges are read
-at scrape time where the engine runs in process. Each app has its own registry (tests build several per process).
+at scrape time where the engine runs in process, and behind a router, how many replicas are up. Each app has its own
+registry (tests build several per process).
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ class MeteredEngine:
         self._in_flight = Gauge("heavy_runtime_requests_in_flight", "Requests the server is serving now",
                                 list(labels), registry=self.registry).labels(**labels)
         self.registry.register(_EngineGauges(engine, labels))
+        self._replicas = None
+        if hasattr(engine, "replicas_up"):  # a replica router: how many of its replicas are up
+            self._replicas = {name: Gauge(f"heavy_runtime_replicas{name}", doc, list(labels),
+                                          registry=self.registry).labels(**labels)
+                              for name, doc in (("", "Replicas behind the router"),
+                                                ("_up", "Replicas the router sees up"))}
+
+    async def refresh(self) -> None:
+        """Read what a scrape shows that must be awaited (the router's replicas), just before it."""
+        if self._replicas is not None:
+            up, total = await self._engine.replicas_up()
+            self._replicas[""].set(total)
+            self._replicas["_up"].set(up)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)

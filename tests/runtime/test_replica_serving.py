@@ -63,6 +63,8 @@ async def test_chat_through_the_router_reuses_the_prefix_and_streams_the_same_te
     assert next(line for line in metrics.splitlines() if line.startswith("heavy_runtime_prompt_tokens_total")).endswith(
         f" {3 * float(prompt_tokens)}")
     assert "heavy_runtime_num_requests_running" not in metrics
+    assert "heavy_runtime_replicas_up{" in metrics and next(
+        line for line in metrics.splitlines() if line.startswith("heavy_runtime_replicas_up{")).endswith(" 1.0")
 
 
 async def test_echoed_prompt_logprobs_come_back_through_the_router(client):
