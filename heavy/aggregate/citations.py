@@ -69,6 +69,8 @@ _FUNCTION_WORDS = frozenset({
     "the", "and", "was", "were", "are", "has", "have", "had", "for", "with", "that", "this", "these", "those", "from",
     "its", "their", "which", "who", "not", "but", "can", "also", "such", "been", "into", "than", "then", "there",
 })
+_LIGHT_VERBS = stems({"use", "uses", "used", "using", "make", "makes", "made", "making", "do", "does", "done",
+                      "doing", "perform", "performs", "performed", "allow", "allows", "allowed", "way", "ways"})
 # words a sentence about the sources is made of ("described in [1]", "supported by the information in [2]")
 _SOURCE_TALK = stems({
     "source", "sources", "text", "texts", "information", "described", "describes", "supported", "supports",
@@ -296,9 +298,12 @@ def _claim_words(sentence: str) -> set[str]:
 
 
 def _adds_nothing(sentence: str, asked: set[str]) -> bool:
-    """Whether every word of the claim is a word of the question."""
+    """Whether every word of the claim is a word of the question, or a verb that says how without saying what ("by
+    using", "is used to", "makes"; seen in `heavy ask`: "The with statement handles an exception raised inside its
+    block by using the 'raise' statement [1]" to "How does the with statement handle an exception raised inside its
+    block?", kept on the exceptions page)."""
     words = _claim_words(sentence)
-    return bool(words) and words <= asked
+    return bool(words) and words <= asked | _LIGHT_VERBS
 
 
 def _about_sources(sentence: str, asked: set[str]) -> bool:

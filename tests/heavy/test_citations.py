@@ -265,6 +265,17 @@ def test_a_claim_that_adds_nothing_to_the_question_is_no_finding_but_a_yes_no_an
     assert kept.body == affirmed and kept.dropped == ()
 
 
+def test_a_claim_that_adds_only_how_without_what_is_no_finding():
+    # seen in `heavy ask`: kept on the exceptions page, which holds every word of it
+    page = source("http://corpus/exceptions", "An exception raised inside a block may be handled by the block. Use "
+                  "the raise statement to raise one. The with statement calls the context manager's exit method.")
+    question = "How does the with statement handle an exception raised inside its block?"
+    empty = "The with statement handles an exception raised inside its block by using the 'raise' statement [1]."
+    said = "The with statement calls the context manager's exit method [1]."
+    filtered = filter_claims(f"{empty} {said}", [page], {page.url: page.snippet}, question)
+    assert filtered.body == said and filtered.dropped == (empty,)
+
+
 def test_a_claim_must_find_its_words_in_one_passage_of_a_long_page():
     sentences = ["The tower stands on the Champ de Mars.", "Its paint is renewed every seven years.",
                  "Visitors climb the stairs.", "The lifts were installed later.", "The restaurant serves lunch.",
