@@ -35,6 +35,8 @@ nearest enclosing loop [1]", on the break statement's page, which never names co
 A sentence holding "…" (or ending in "...") copied the prompt's excerpt across its cuts: what it joins was said in
 two places of a page, and a piece the excerpt cut mid-sentence is no claim (seen in the demo: '... or with the
 "else" clause if there … [1][2]'). Its pieces that are whole sentences are checked as claims, each with its citations.
+An ellipsis a page writes where the sentence has it is the page's own (Python's reference: 'the "try" … "except"
+statement'): such a sentence is checked whole.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ _JOINED = re.compile(r"(\w+)\W{0,3}\s+(?:and|or|nor)\s+(?:(?:the|a|an|both|eithe
 # Where our excerpts and snippets left words out: "…" anywhere, or "..." ending a sentence (the docs' own
 # "try ... except" is no cut).
 _CUT = re.compile(r"…|\.\.\.(?=\s*(?:\[[\d,;\s]+\]\s*)*\.?\s*$)")
+_WORD_OR_ELLIPSIS = re.compile(r"\w+|…")
 _TRAILING_MARKERS = re.compile(r"(?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])+\s*\.?\s*$")
 _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
 
@@ -138,7 +141,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
         kept = []
         sentences = []
         for sentence in SENTENCE_END.split(line[len(prefix):]):
-            whole, fragments = _whole_pieces(sentence)
+            whole, fragments = _whole_pieces(sentence, texts or {})
             sentences += whole
             dropped += fragments
         for sentence in sentences:
@@ -175,11 +178,12 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                           restated=tuple(dict.fromkeys(restated)))
 
 
-def _whole_pieces(sentence: str) -> tuple[list[str], list[str]]:
+def _whole_pieces(sentence: str, texts: dict[str, str]) -> tuple[list[str], list[str]]:
     """A sentence copied across the cuts ("…") of an excerpt: its pieces that are whole sentences (a capital first,
     a full stop last), each with the sentence's citations, and the fragments, which are no claims (see the module
-    docstring). A sentence with no cut is one whole piece."""
-    if not _CUT.search(sentence):
+    docstring). A sentence with no cut is one whole piece, and so is one whose words a page writes in a row: the
+    "…" is the page's own (seen: 'with the "try" … "except" statement', in Python's reference)."""
+    if not _CUT.search(sentence) or _written_on_a_page(sentence, texts):
         return [sentence], []
     markers = _TRAILING_MARKERS.search(sentence)
     cited = markers.group().strip().rstrip(".") if markers else ""
@@ -190,6 +194,17 @@ def _whole_pieces(sentence: str) -> tuple[list[str], list[str]]:
         return [], [sentence.strip()]
     fragments = [p for p in pieces if p not in whole]
     return [f"{p[:-1] if p.endswith('.') else p} {cited}." if cited else p for p in whole], fragments
+
+
+def _written_on_a_page(sentence: str, texts: dict[str, str]) -> bool:
+    """Whether a page writes the sentence's words in a row, its ellipses where they stand (punctuation aside)."""
+    said = _ellipsis_run(MARKER.sub("", sentence))
+    return bool(said) and any(f" {said} " in f" {_ellipsis_run(text)} " for text in texts.values())
+
+
+def _ellipsis_run(text: str) -> str:
+    """The text's words and ellipses, lowercased, one space apart."""
+    return " ".join(_WORD_OR_ELLIPSIS.findall(text.lower().replace("...", "…")))
 
 
 def _copies_a_source_entry(line: str, sources: Sequence[Source]) -> bool:

@@ -338,6 +338,11 @@ def test_a_claim_copied_across_an_excerpts_cut_is_no_claim():
     filtered = filter_claims(copied, [EIFFEL, LOUVRE, higgins], {higgins.url: higgins.snippet})
     assert filtered.body == 'In 2010, she voiced Tails in "Sonic" [3].'
     assert filtered.dropped == ("Kate Higgins:", "singer and pianist.", "She also voices")
+    # an ellipsis the page writes itself is no cut (Python's reference: 'the "try" … "except" statement')
+    handlers = source("http://corpus/exceptions", 'Exception handlers are specified with the "try" … "except" '
+                                                  'statement. The "finally" clause runs anyway.')
+    own = "Exception handlers are specified with the 'try' … 'except' statement [1]."
+    assert filter_claims(own, [handlers], {handlers.url: handlers.snippet}).body == own
     # the docs' own "try ... except" is no cut
     assert filter_claims(EXCEPTIONS.snippet.split(". ")[0] + " [1].", [EXCEPTIONS],
                          {EXCEPTIONS.url: EXCEPTIONS.snippet}).dropped == ()
