@@ -190,8 +190,9 @@ def test_the_best_sentences_weigh_the_questions_rarer_words_and_fit_a_budget():
 
 
 async def test_the_report_prompt_shows_the_most_relevant_sources_first_and_only_a_few():
-    pages = [source(f"http://corpus/p{i}", f"Page {i} is about the Louvre museum and its many rooms.")
-             for i in range(4)]
+    pages = [source("http://corpus/p0", "Page 0 is about the lifts of the Eiffel Tower.")]
+    pages += [source(f"http://corpus/p{i}", f"Page {i} is about the Louvre museum and its many rooms.")
+              for i in range(1, 4)]
     pages.append(source("http://corpus/tower", "The Eiffel Tower in Paris was finished in 1889 for the fair."))
     backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [5]."))
     results = [result(0, "The tower was finished\nin 1889.", cited=[pages[0]], evidence=pages),
@@ -206,6 +207,11 @@ async def test_the_report_prompt_shows_the_most_relevant_sources_first_and_only_
     assert "The Eiffel Tower was finished in 1889 [1]." in job.markdown  # renumbered in the report
     # the citation format is shown on the most relevant source's first sentence, cited: copied, it is a true claim
     assert 'like this: "The Eiffel Tower in Paris was finished in 1889 for the fair [5]."' in prompt
+    # with room for all, a page whose excerpt holds no word of the question is still not shown
+    await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report", results=results,
+                    backend=backend, config=AggregationConfig(report_sources=6))
+    roomy = [r for r in backend.requests if r.request_id == "report"][-1].messages[0]["content"].split("Question:")[0]
+    assert "[1] p0" in roomy and "[5] tower" in roomy and "Louvre" not in roomy
 
 
 async def test_a_report_pass_copying_its_format_example_writes_a_claim_its_page_holds():
