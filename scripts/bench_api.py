@@ -13,29 +13,18 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 import httpx
+from common import free_port, percentile  # beside this script
 
 from heavy.embedded_redis import EmbeddedRedis
 from heavy.store import Store
 
 QUESTION = {"question": "Which Python statement leaves a loop early?", "trajectories": 2, "max_steps": 3}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 async def timed(coroutine) -> tuple[float, httpx.Response]:

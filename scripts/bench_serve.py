@@ -19,7 +19,6 @@ import asyncio
 import json
 import random
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 import httpx
+from common import free_port, percentile  # beside this script
 
 READY_TIMEOUT_S = 600  # loading (or converting, the first time) the model
 VOCAB_FLOOR, VOCAB_CEILING = 1_000, 20_000  # ids every tokenizer served here has (Qwen2: 151,936; Kimi: 163,840)
@@ -41,12 +41,6 @@ class Timing:
     @property
     def tpot(self) -> float:
         return (self.e2e - self.ttft) / max(self.tokens - 1, 1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(serve_args: str) -> tuple[subprocess.Popen, str]:
@@ -108,8 +102,7 @@ async def run_at(url: str, model: str, prompts: list[list[int]], concurrency: in
 
 
 def quantiles(values: list[float]) -> tuple[float, float]:
-    ordered = sorted(values)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+    return statistics.median(values), percentile(values, 0.9)
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,16 +20,11 @@ import time
 from pathlib import Path
 
 import httpx
+from common import free_port  # beside this script
 
 QUESTION = ("In Python, what do the break and continue statements do inside a for or while loop, and how does "
             "the else clause of a loop interact with break?")
 STARTUP_TIMEOUT_S = 1800  # the first run converts the model into HEAVY_HOME
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_ready(base: str, key_file: Path, process: subprocess.Popen) -> str:
