@@ -95,13 +95,10 @@ class ModelRunner:
         self.kv_cache.bind()
         with attention_context(context):
             hidden = self.model(input_ids, positions)  # [T, D]
-        row = 0
-        for seq in seqs:
-            if seq.params.prompt_logprobs is not None:
-                self._prompt_logprobs(seq, hidden[row : row + seq.num_scheduled_tokens])
-            row += seq.num_scheduled_tokens
         rows, spans, row = [], [], 0
         for seq, wants in zip(seqs, sample, strict=True):
+            if seq.params.prompt_logprobs is not None:
+                self._prompt_logprobs(seq, hidden[row : row + seq.num_scheduled_tokens])
             row += seq.num_scheduled_tokens
             wanted = 1 + seq.num_draft_tokens if wants else 0
             spans.append((len(rows), wanted))

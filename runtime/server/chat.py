@@ -189,7 +189,6 @@ class ChoiceState:
         return "length" if self.last is not None and self.last.finish_reason == "length" else "stop"
 
 
-
 def choices_usage(states: list[ChoiceState]) -> dict[str, Any]:
     """The prompt once, the completion tokens of every choice (each request's last output holds its totals)."""
     first = states[0].last

@@ -37,8 +37,8 @@ class MeteredEngine:
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, list(labels), buckets=buckets, registry=self.registry).labels(**labels)
 
-        self._finished = counter("heavy_runtime_requests_total", "Requests ended, by finish reason", "finish_reason")
         self._labels = labels
+        self._finished = counter("heavy_runtime_requests_total", "Requests ended, by finish reason", "finish_reason")
         self._prompt = counter("heavy_runtime_prompt_tokens_total", "Prompt tokens of ended requests").labels(**labels)
         self._cached = counter("heavy_runtime_cached_prompt_tokens_total",
                                "Prompt tokens reused from the prefix cache").labels(**labels)
