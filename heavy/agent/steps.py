@@ -138,6 +138,12 @@ def asks_how_or_why(question: str) -> bool:
                             or (words[0] == "how" and words[1:2] != [] and words[1] not in _HOW_MEASURE))
 
 
+def only_a_title(answer: str, question: str, titles: Iterable[str]) -> bool:
+    """Whether the answer to a how or why question is only one of `titles` (seen in `heavy ask` on the with
+    statement: three of eight answered "Python reference: Compound statements")."""
+    return asks_how_or_why(question) and names_a_page(answer, titles)
+
+
 def names_a_page(answer: str, titles: Iterable[str]) -> bool:
     """Whether the answer is only a page's title, or its part after a colon ("Compound statements" of "Python
     reference: Compound statements"), case and punctuation aside."""

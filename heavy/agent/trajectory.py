@@ -28,9 +28,8 @@ from heavy.agent.steps import (
     Observation,
     TrajectoryResult,
     answer_line,
-    asks_how_or_why,
     copies_text,
-    names_a_page,
+    only_a_title,
     only_printed,
     printed_output,
     restates_question,
@@ -323,9 +322,8 @@ class Trajectory:
         return printed_output([o for step in self.steps for o in step.observations] + list(observed))
 
     def _only_a_title(self, answer: str) -> bool:
-        """Whether the answer to a how or why question is only the title of a page the trajectory found (seen in
-        `heavy ask` on the with statement: three of eight answered "Python reference: Compound statements")."""
-        return asks_how_or_why(self.spec.question) and names_a_page(answer, (s.title for s in self.evidence.values()))
+        """Whether the answer to a how or why question is only the title of a page the trajectory found."""
+        return only_a_title(answer, self.spec.question, (s.title for s in self.evidence.values()))
 
     def _our_texts(self) -> list[str]:
         """What we wrote that a model may copy into its answer: the instructions and the tools' descriptions."""

@@ -162,12 +162,11 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
     for n, source in enumerate(union, start=1):
         excerpt = _excerpt(question, texts.get(source.url) or source.snippet, weights, config.source_excerpt_chars)
         relevance = weigh(source.title + " " + excerpt, weights)
-        on_topic = weigh(excerpt, weights) > 0
-        shown.append((on_topic, relevance, n, excerpt, f"[{n}] {source.title}: {excerpt}"))  # no URL: copied
+        shown.append((relevance, n, excerpt, f"[{n}] {source.title}: {excerpt}"))  # no URL: a small model copies URLs
     # a page whose excerpt holds no word of the question is not shown while one that does is: the model copies what
     # it is shown (seen in the demo: "Can only be used inside a *coroutine function* [1]", the await page's excerpt,
     # as the one finding of a report on loops)
-    shown = [item[1:] for item in shown if item[0]] or [item[1:] for item in shown]
+    shown = [item for item in shown if weigh(item[2], weights) > 0] or shown
     shown.sort(key=lambda item: -item[0])
     lines, listed, budget = [], set(), config.prompt_source_chars
     for _, n, _, entry in shown[: config.report_sources]:

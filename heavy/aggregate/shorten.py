@@ -14,8 +14,7 @@ from collections.abc import Iterable, Sequence
 from heavy.agent.steps import (
     TrajectoryResult,
     answer_line,
-    asks_how_or_why,
-    names_a_page,
+    only_a_title,
     only_printed,
     printed_output,
 )
@@ -160,7 +159,7 @@ def rule_based(question: str, answer: str, titles: Iterable[str] = (), printed: 
             return words[0]
         if len(words) == 1:
             return ""
-    if (restates(question, answer) or (asks_how_or_why(question) and names_a_page(answer, titles))
+    if (restates(question, answer) or only_a_title(answer, question, titles)
             or (printed and only_printed(answer, printed, question))):
         return ""
     if not is_short(answer):
