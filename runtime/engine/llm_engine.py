@@ -46,6 +46,15 @@ class SpeculationStats:
     accepted: int = 0
 
 
+@dataclass(frozen=True)
+class EngineLoad:
+    """What the engine holds now (the metrics' gauges; a replica's ranks report rank 0's)."""
+
+    running: int  # sequences being computed
+    waiting: int  # sequences waiting to be admitted
+    kv_cache_usage: float  # share of the KV-cache blocks sequences hold
+
+
 @dataclass
 class Completion:
     request_id: str
@@ -85,6 +94,11 @@ class LLMEngine:
     def stats(self):
         """Prompt tokens computed vs reused from the prefix cache, since start."""
         return self.scheduler.block_manager.stats
+
+    def load(self) -> EngineLoad:
+        blocks = self.scheduler.block_manager
+        return EngineLoad(len(self.scheduler.running), len(self.scheduler.waiting),
+                          1 - blocks.num_free_blocks / len(blocks.blocks))
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None) -> str:
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"

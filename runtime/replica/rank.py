@@ -19,7 +19,7 @@ from runtime.dtypes import AUTO, DTYPE_CHOICES
 from runtime.engine.block_manager import PrefixCacheStats
 from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
-from runtime.engine.llm_engine import LLMEngine, RequestOutput
+from runtime.engine.llm_engine import EngineLoad, LLMEngine, RequestOutput
 from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
 from runtime.models.registry import checkpoint_dtype
 from runtime.sampling import SamplingParams
@@ -55,6 +55,14 @@ class RankInfo:
     experts: tuple[int, int]  # [first, last + 1) of the routed experts this rank owns
     expert_bytes: int  # resident routed-expert bytes
     checkpoint_bytes_read: int
+
+
+@dataclass(frozen=True)
+class RankStatus:
+    """What the replica's health check reads off a rank (every rank of a group holds the same requests)."""
+
+    prefix_cache: PrefixCacheStats
+    load: EngineLoad
 
 
 class EPRank:
@@ -115,8 +123,9 @@ class EPRank:
     def max_model_len(self) -> int:
         return self._engine().max_model_len
 
-    def prefix_cache_stats(self) -> PrefixCacheStats:
-        return self._engine().stats
+    def status(self) -> "RankStatus":
+        engine = self._engine()
+        return RankStatus(engine.stats, engine.load())
 
     @torch.inference_mode()
     def logits(self, input_ids: list[int]) -> torch.Tensor:

@@ -25,9 +25,9 @@ from runtime.dtypes import AUTO
 from runtime.engine.async_engine import HANG_TIMEOUT_S
 from runtime.engine.block_manager import PrefixCacheStats
 from runtime.engine.config import EngineConfig
-from runtime.engine.llm_engine import Completion, RequestOutput
+from runtime.engine.llm_engine import Completion, EngineLoad, RequestOutput
 from runtime.replica.errors import RankHungError, ReplicaDesyncError, ReplicaDownError
-from runtime.replica.rank import EPRank, RankInfo, RankNotConnectedError, RankSpec
+from runtime.replica.rank import EPRank, RankInfo, RankNotConnectedError, RankSpec, RankStatus
 from runtime.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class ReplicaHealth:
     generation: int  # bumps each time the group is re-formed
     aborted: int  # requests that ended early (caller left, or refused), freed on every rank
     prefix_cache: PrefixCacheStats | None
+    load: EngineLoad | None = None  # rank 0's sequences and KV-cache use (None while down)
 
 
 def completion_of(outputs: list[RequestOutput]) -> Completion:
@@ -144,13 +145,14 @@ class Replica:
         (the router's checks time out and come again sooner than a hung rank's deadline)."""
         if self.up and (self._probe is None or self._probe.done()):
             self._probe = asyncio.get_running_loop().create_task(self._probe_ranks())
-        stats = await asyncio.shield(self._probe) if self.up and self._probe is not None else None
-        return ReplicaHealth(self.up, len(self.pending), self.generation, self.aborted, stats)
+        status = await asyncio.shield(self._probe) if self.up and self._probe is not None else None
+        prefix_cache, load = (status.prefix_cache, status.load) if status is not None else (None, None)
+        return ReplicaHealth(self.up, len(self.pending), self.generation, self.aborted, prefix_cache, load)
 
-    async def _probe_ranks(self) -> PrefixCacheStats | None:
+    async def _probe_ranks(self) -> RankStatus | None:
         generation = self.generation
         try:
-            return (await self._on_every_rank(lambda rank: rank.prefix_cache_stats.remote()))[0]
+            return (await self._on_every_rank(lambda rank: rank.status.remote()))[0]
         except Exception as exc:  # a rank died, hung, or came back restarted (not in the group)
             if self.up and self.generation == generation:
                 self._fail(exc)

@@ -19,7 +19,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
-from runtime.engine.llm_engine import Completion, RequestOutput
+from runtime.engine.llm_engine import Completion, EngineLoad, RequestOutput
 from runtime.replica.errors import NoReplicaAvailableError, ReplicaDownError
 from runtime.replica.replica import ReplicaHealth, completion_of
 from runtime.sampling import SamplingParams
@@ -43,6 +43,8 @@ class RouterConfig:
 class Availability:
     up: tuple[bool, ...]  # per replica, as the last health round (or a failed request) found it
     down_for_s: tuple[float, ...]  # seconds since each replica was last seen up (0 when up)
+    in_flight: tuple[int, ...] = ()  # per replica, requests this router has there now
+    loads: tuple[EngineLoad | None, ...] = ()  # per replica, its engine's load at the last health round
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Router:
         self.up = [True] * len(replicas)
         self.last_up = [time.monotonic()] * len(replicas)
         self.in_flight = [0] * len(replicas)
+        self.loads: list[EngineLoad | None] = [None] * len(replicas)
         self.affinity: OrderedDict[str, int] = OrderedDict()
         self._health_task: asyncio.Task | None = None
 
@@ -90,6 +93,7 @@ class Router:
         for index, state in enumerate(states):
             was_up, self.up[index] = self.up[index], state is not None and state.up
             self.last_up[index] = now if self.up[index] else self.last_up[index]
+            self.loads[index] = state.load if self.up[index] else None
             if was_up != self.up[index]:
                 log.warning("replica %d is now %s", index, "up" if self.up[index] else "down")
         return states
@@ -101,10 +105,12 @@ class Router:
             return None
 
     def availability(self) -> Availability:
-        """Which replicas are up, and for how long the others have been down (what the server's probes read)."""
+        """Which replicas are up, for how long the others have been down (what the server's probes read), and each
+        one's load (what its metrics show)."""
         now = time.monotonic()
         down_for = (0.0 if up else now - last for up, last in zip(self.up, self.last_up, strict=True))
-        return Availability(tuple(self.up), tuple(down_for))
+        loads = (load if up else None for up, load in zip(self.up, self.loads, strict=True))
+        return Availability(tuple(self.up), tuple(down_for), tuple(self.in_flight), tuple(loads))
 
     def choose(self, prefix_key: str | None, exclude: frozenset[int] = frozenset()) -> int:
         candidates = [i for i, up in enumerate(self.up) if up and i not in exclude]

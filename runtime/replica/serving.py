@@ -25,7 +25,7 @@ from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.replica.replica import ReplicaActor, ReplicaSpec
-from runtime.replica.router import RouterActor
+from runtime.replica.router import Availability, RouterActor
 from runtime.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -99,13 +99,13 @@ class RouterFrontend:
         dead, down = await self._reasons()
         return dead or down
 
-    async def replicas_up(self) -> tuple[int, int]:
-        """(replicas up, replicas) as the router last saw them; none up when the router is gone."""
+    async def replica_states(self) -> Availability:
+        """Each replica's state as the router last saw it (what /metrics shows); all down when the router is gone."""
         try:
-            state = await self.router.availability.remote()
+            return await self.router.availability.remote()
         except RayActorError:
-            return 0, len(self.replicas)
-        return sum(state.up), len(state.up)
+            count = len(self.replicas)
+            return Availability((False,) * count, (0.0,) * count, (0,) * count, (None,) * count)
 
     async def _reasons(self) -> tuple[str | None, str | None]:
         """(why it is dead, why nothing is up now)."""

@@ -1,21 +1,25 @@
 """Prometheus metrics of the OpenAI-compatible server, at `/metrics`: what vLLM's and SGLang's servers export under
 their own names, so that a dashboard of theirs maps over. Request metrics are taken where every request passes
-(the engine's `generate`, in process or through the replica router); the engine's queue and KV-cache gauges are read
-at scrape time where the engine runs in process, and behind a router, how many replicas are up. Each app has its own
-registry (tests build several per process).
+(the engine's `generate`, in process or through the replica router). The engine's queue and KV-cache gauges are read
+at scrape time: of the engine in this process, or behind a router, of each replica (label `replica`) as the router's
+last health round found it (one a second), with which replicas are up and what the router has at each. Each app has
+its own registry (tests build several per process).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from runtime.engine.llm_engine import RequestOutput
+from runtime.engine.llm_engine import EngineLoad, RequestOutput
 from runtime.sampling import SamplingParams
+
+if TYPE_CHECKING:  # the router's module imports Ray, which a server without replicas does not need
+    from runtime.replica.router import Availability
 
 # seconds; a CPU prefill of a few thousand tokens takes tens of seconds
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
@@ -51,20 +55,22 @@ class MeteredEngine:
                               _LATENCY_BUCKETS)
         self._in_flight = Gauge("heavy_runtime_requests_in_flight", "Requests the server is serving now",
                                 list(labels), registry=self.registry).labels(**labels)
-        self.registry.register(_EngineGauges(engine, labels))
-        self._replicas = None
-        if hasattr(engine, "replicas_up"):  # a replica router: how many of its replicas are up
-            self._replicas = {name: Gauge(f"heavy_runtime_replicas{name}", doc, list(labels),
-                                          registry=self.registry).labels(**labels)
-                              for name, doc in (("", "Replicas behind the router"),
-                                                ("_up", "Replicas the router sees up"))}
+        self._replicas: Availability | None = None  # behind a router: its replicas as the last scrape read them
+        self.registry.register(_EngineGauges(self._engine_loads, labels))
+        if hasattr(engine, "replica_states"):
+            self.registry.register(_ReplicaGauges(lambda: self._replicas, labels))
 
     async def refresh(self) -> None:
         """Read what a scrape shows that must be awaited (the router's replicas), just before it."""
+        if hasattr(self._engine, "replica_states"):
+            self._replicas = await self._engine.replica_states()
+
+    def _engine_loads(self) -> list[tuple[dict[str, str], EngineLoad]]:
+        """(extra labels, load) of each engine: the one in this process, or each replica up behind a router."""
         if self._replicas is not None:
-            up, total = await self._engine.replicas_up()
-            self._replicas[""].set(total)
-            self._replicas["_up"].set(up)
+            return [({"replica": str(i)}, load) for i, load in enumerate(self._replicas.loads) if load is not None]
+        engine = getattr(self._engine, "engine", None)
+        return [({}, engine.load())] if hasattr(engine, "load") else []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
@@ -97,23 +103,48 @@ class MeteredEngine:
             self._tpot.observe((ended - first) / (last.num_completion_tokens - 1))
 
 
-class _EngineGauges:
-    """Sequences running and waiting, and the share of KV-cache blocks in use, read at scrape time from an engine in
-    this process (a replica router's engines run elsewhere: none then)."""
+def _gauge(name: str, doc: str, labels: dict[str, str], rows: list[tuple[dict[str, str], float]]
+           ) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=[*labels, *(rows[0][0] if rows else {})])
+    for extra, value in rows:
+        family.add_metric([*labels.values(), *extra.values()], value)
+    return family
 
-    def __init__(self, engine: Any, labels: dict[str, str]) -> None:
-        self.engine, self.labels = engine, labels
+
+class _EngineGauges:
+    """Sequences running and waiting and the share of KV-cache blocks in use, read at scrape time: of the engine in
+    this process, or of each replica behind a router (labelled by its index)."""
+
+    def __init__(self, loads: Callable[[], list[tuple[dict[str, str], EngineLoad]]], labels: dict[str, str]) -> None:
+        self.loads, self.labels = loads, labels
 
     def collect(self):
-        scheduler = getattr(getattr(self.engine, "engine", None), "scheduler", None)
-        if scheduler is None:
+        loads = self.loads()
+        if not loads:
             return
-        blocks = scheduler.block_manager
-        for name, doc, value in (
-                ("heavy_runtime_num_requests_running", "Sequences the engine is computing", len(scheduler.running)),
-                ("heavy_runtime_num_requests_waiting", "Sequences waiting to be admitted", len(scheduler.waiting)),
+        for name, doc, field in (
+                ("heavy_runtime_num_requests_running", "Sequences the engine is computing", "running"),
+                ("heavy_runtime_num_requests_waiting", "Sequences waiting to be admitted", "waiting"),
                 ("heavy_runtime_kv_cache_usage_ratio", "Share of KV-cache blocks held by sequences",
-                 1 - blocks.num_free_blocks / len(blocks.blocks))):
-            family = GaugeMetricFamily(name, doc, labels=list(self.labels))
-            family.add_metric(list(self.labels.values()), value)
-            yield family
+                 "kv_cache_usage")):
+            yield _gauge(name, doc, self.labels, [(extra, getattr(load, field)) for extra, load in loads])
+
+
+class _ReplicaGauges:
+    """Behind a router: how many replicas there are and are up, and per replica whether it is up and how many
+    requests the router has there."""
+
+    def __init__(self, replicas: Callable[[], Availability | None], labels: dict[str, str]) -> None:
+        self.replicas, self.labels = replicas, labels
+
+    def collect(self):
+        state = self.replicas()
+        if state is None:
+            return
+        yield _gauge("heavy_runtime_replicas", "Replicas behind the router", self.labels, [({}, len(state.up))])
+        yield _gauge("heavy_runtime_replicas_up", "Replicas the router sees up", self.labels, [({}, sum(state.up))])
+        per_replica = [({"replica": str(i)}, i) for i in range(len(state.up))]
+        yield _gauge("heavy_runtime_replica_up", "1 when the router sees the replica up", self.labels,
+                     [(extra, float(state.up[i])) for extra, i in per_replica])
+        yield _gauge("heavy_runtime_replica_requests_in_flight", "Requests the router has at the replica now",
+                     self.labels, [(extra, state.in_flight[i]) for extra, i in per_replica])

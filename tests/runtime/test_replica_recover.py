@@ -8,6 +8,7 @@ from ray.exceptions import RayActorError
 
 from runtime.engine.llm_engine import RequestOutput
 from runtime.replica.errors import ReplicaDownError
+from runtime.replica.rank import RankStatus
 from runtime.replica.replica import Replica, ReplicaSpec
 from runtime.sampling import SamplingParams
 from tests.runtime.replica_fixtures import Method
@@ -104,11 +105,11 @@ class SteppingRank(FakeRank):
             done, self.requests = self.requests, []
             return [RequestOutput(rid, [7], "x", True, "length", 3, 0, 1) for rid in done]
 
-        async def prefix_cache_stats():
-            await self._serve("prefix_cache_stats")
-            return "stats"
+        async def status():
+            await self._serve("status")
+            return RankStatus("stats", "load")
 
-        self.ping, self.connect, self.prefix_cache_stats = Method(ping), Method(connect), Method(prefix_cache_stats)
+        self.ping, self.connect, self.status = Method(ping), Method(connect), Method(status)
         self.add_request, self.step, self.abort = Method(add_request), Method(step), Method(self.requests.remove)
 
     async def _serve(self, method: str) -> None:
@@ -176,18 +177,19 @@ async def test_a_rank_stuck_after_its_peer_died_is_restarted_in_the_background()
 
 @pytest.mark.anyio
 async def test_a_rank_that_died_while_idle_fails_the_health_check_and_the_group_reforms():
-    ranks = [SteppingRank(), SteppingRank(fail_at=("prefix_cache_stats",))]
+    ranks = [SteppingRank(), SteppingRank(fail_at=("status",))]
     replica = await started(ranks, hang_timeout_s=30.0)
     health = await replica.health()
-    assert (health.up, health.prefix_cache) == (False, None)
+    assert (health.up, health.prefix_cache, health.load) == (False, None, None)
     await reformed(replica, generation=1)
-    assert (await replica.health()).prefix_cache == "stats"
+    health = await replica.health()
+    assert (health.prefix_cache, health.load) == ("stats", "load")  # rank 0's status
     assert (await replica.generate([1, 2, 3], ONE_TOKEN)).token_ids == [7]
 
 
 @pytest.mark.anyio
 async def test_health_checks_that_time_out_on_a_hung_idle_rank_share_one_probe_and_one_restart():
-    ranks = [SteppingRank(hang_at=("prefix_cache_stats",)), SteppingRank()]
+    ranks = [SteppingRank(hang_at=("status",)), SteppingRank()]
     replica = await started(ranks, hang_timeout_s=0.5)
     for _ in range(5):  # the router's checks, each given up after a while
         with pytest.raises(TimeoutError):

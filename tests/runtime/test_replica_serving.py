@@ -57,14 +57,16 @@ async def test_chat_through_the_router_reuses_the_prefix_and_streams_the_same_te
     text, events = _sse_text(streamed.text)
     assert events[-1] == "[DONE]"
     assert text == (first["choices"][0]["message"]["content"] or "")
-    # /metrics counts the router's requests too (the engines' own gauges live in the replicas, not here)
-    metrics = (await client.get("/metrics")).text
-    assert "heavy_runtime_time_to_first_token_seconds_count" in metrics
-    assert next(line for line in metrics.splitlines() if line.startswith("heavy_runtime_prompt_tokens_total")).endswith(
-        f" {3 * float(prompt_tokens)}")
-    assert "heavy_runtime_num_requests_running" not in metrics
-    assert "heavy_runtime_replicas_up{" in metrics and next(
-        line for line in metrics.splitlines() if line.startswith("heavy_runtime_replicas_up{")).endswith(" 1.0")
+    # /metrics counts the router's requests too, and shows the replica's engine as its ranks last reported it
+    metrics = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in (await client.get("/metrics")).text.splitlines() if line and not line.startswith("#")}
+    model = next(name for name in metrics if name.startswith("heavy_runtime_replicas_up{")).split("{", 1)[1][:-1]
+    assert metrics[f"heavy_runtime_time_to_first_token_seconds_count{{{model}}}"] == 3
+    assert metrics[f"heavy_runtime_prompt_tokens_total{{{model}}}"] == 3 * prompt_tokens
+    assert metrics[f"heavy_runtime_replicas_up{{{model}}}"] == 1
+    assert metrics[f'heavy_runtime_replica_up{{{model},replica="0"}}'] == 1
+    assert 0 <= metrics[f'heavy_runtime_kv_cache_usage_ratio{{{model},replica="0"}}'] < 1
+    assert f'heavy_runtime_num_requests_running{{{model},replica="0"}}' in metrics
 
 
 async def test_echoed_prompt_logprobs_come_back_through_the_router(client):

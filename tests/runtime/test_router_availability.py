@@ -1,26 +1,37 @@
-"""What the runtime server's probes read from the router, with stand-in replicas (no Ray cluster): /ready is 503
-while no replica is up, /health only once none has been up for longer than a replica keeps trying to recover."""
+"""What the runtime server's probes and metrics read from the router, with stand-in replicas (no Ray cluster): /ready
+is 503 while no replica is up, /health only once none has been up for longer than a replica keeps trying to recover;
+/metrics shows each replica's load as the last health round found it."""
 
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import generate_latest
 
+from runtime.engine.llm_engine import EngineLoad
 from runtime.replica import router as router_module
 from runtime.replica.replica import ReplicaHealth
 from runtime.replica.router import Router
 from runtime.replica.serving import RouterFrontend
+from runtime.server.metrics import MeteredEngine
 from tests.runtime.replica_fixtures import Method
 
 pytestmark = pytest.mark.anyio
 
 
 class StandInReplica:
-    def __init__(self):
-        self.up = True
+    def __init__(self, load: EngineLoad | None = None):
+        self.up, self.load = True, load
 
         async def health():
-            return ReplicaHealth(self.up, in_flight=0, generation=1, aborted=0, prefix_cache=None)
+            return ReplicaHealth(self.up, in_flight=0, generation=1, aborted=0, prefix_cache=None, load=self.load)
         self.health = Method(health)
+
+
+def frontend_of(router: Router, **kwargs) -> RouterFrontend:
+    async def availability():
+        return router.availability()
+    handle = SimpleNamespace(availability=Method(availability))  # the router actor's handle, as the server has it
+    return RouterFrontend(handle, tokenizer=None, max_model_len=0, **kwargs)
 
 
 async def test_a_replica_down_makes_the_server_unready_and_only_a_replica_down_for_good_makes_it_dead(monkeypatch):
@@ -28,11 +39,7 @@ async def test_a_replica_down_makes_the_server_unready_and_only_a_replica_down_f
     monkeypatch.setattr(router_module.time, "monotonic", lambda: clock[0])
     replicas = [StandInReplica(), StandInReplica()]
     router = Router(replicas)
-
-    async def availability():
-        return router.availability()
-    handle = SimpleNamespace(availability=Method(availability))  # the router actor's handle, as the server has it
-    frontend = RouterFrontend(handle, tokenizer=None, max_model_len=0, dead_after_s=180)
+    frontend = frontend_of(router, dead_after_s=180)
 
     await router.check_health()
     assert await frontend.unavailable() is None and await frontend.dead() is None
@@ -57,3 +64,34 @@ async def test_a_replica_down_makes_the_server_unready_and_only_a_replica_down_f
     replicas[1].up = True
     await router.check_health()
     assert await frontend.dead() is None and await frontend.unavailable() is None
+
+
+async def test_metrics_show_each_replicas_queue_and_cache_and_forget_a_replica_that_went_down():
+    replicas = [StandInReplica(EngineLoad(running=3, waiting=1, kv_cache_usage=0.25)),
+                StandInReplica(EngineLoad(running=0, waiting=0, kv_cache_usage=0.0))]
+    router = Router(replicas)
+    router.in_flight[0] = 4  # requests this router has out at replica 0
+    metered = MeteredEngine(frontend_of(router), "m")
+
+    async def scrape() -> dict[str, float]:
+        await metered.refresh()
+        text = generate_latest(metered.registry).decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line and not line.startswith("#")}
+
+    await router.check_health()
+    shown = await scrape()
+    assert shown['heavy_runtime_num_requests_running{model_name="m",replica="0"}'] == 3
+    assert shown['heavy_runtime_num_requests_waiting{model_name="m",replica="0"}'] == 1
+    assert shown['heavy_runtime_kv_cache_usage_ratio{model_name="m",replica="0"}'] == 0.25
+    assert shown['heavy_runtime_num_requests_running{model_name="m",replica="1"}'] == 0
+    assert shown['heavy_runtime_replica_requests_in_flight{model_name="m",replica="0"}'] == 4
+    assert shown['heavy_runtime_replicas{model_name="m"}'] == shown['heavy_runtime_replicas_up{model_name="m"}'] == 2
+
+    replicas[1].up = False
+    await router.check_health()
+    shown = await scrape()
+    assert shown['heavy_runtime_replica_up{model_name="m",replica="1"}'] == 0
+    assert shown['heavy_runtime_replicas_up{model_name="m"}'] == 1
+    assert 'heavy_runtime_num_requests_running{model_name="m",replica="1"}' not in shown  # no stale load
+    assert shown['heavy_runtime_num_requests_running{model_name="m",replica="0"}'] == 3
