@@ -54,6 +54,17 @@ class BackendOption(StrEnum):
     openai = "openai"
 
 
+class SearchOption(StrEnum):
+    local = "local"
+    web = "web"
+
+
+class ToolOption(StrEnum):
+    search = "search"
+    open_page = "open_page"
+    python = "python"
+
+
 def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecutor]:
     """The web, or a local corpus: the one given (--index, HEAVY_CORPUS_INDEX), else the one `heavy corpus add`
     builds by default, else, as `heavy up` does, Python's reference topics (built under HEAVY_HOME on first use)."""
@@ -127,6 +138,12 @@ def ask(
     deadline: Annotated[float | None, typer.Option(min=1, help="seconds until the job stops and reports what it has "
                                                                "(default HEAVY_JOB_DEADLINE_S)")] = None,
     index: Annotated[Path | None, typer.Option(help="local corpus index (env HEAVY_CORPUS_INDEX)")] = None,
+    search: Annotated[SearchOption | None, typer.Option(help="search the local corpus or the web (default "
+                                                             "HEAVY_SEARCH)")] = None,
+    tools: Annotated[list[ToolOption] | None, typer.Option(
+        "--tool", help="a tool the trajectories may use; repeat for several (default HEAVY_ALLOWED_TOOLS)")] = None,
+    job_tokens: Annotated[int | None, typer.Option(min=256, help="tokens for the whole job; spent: a partial "
+                                                                 "report (default HEAVY_JOB_TOKENS)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the JSON result here")] = None,
     live: Annotated[bool, typer.Option(help="live view of the trajectories")] = True,
 ) -> None:
@@ -141,12 +158,17 @@ def ask(
     except ValueError as exc:  # an empty question, or a setting out of range
         print_error(str(exc))
         raise typer.Exit(2) from exc
+    search = search.value if search is not None else settings.search
+    if search == "web" and index is not None:
+        print_error("--index is the local corpus's; the web search has none")
+        raise typer.Exit(2)
     limits = replace(base.limits, max_steps=max_steps or base.limits.max_steps,
                      deadline_s=deadline or base.limits.deadline_s)
+    allowed = frozenset(t.value for t in tools) if tools else base.allowed_tools
     try:
-        with _tools(settings.search, index) as executor:
+        with _tools(search, index) as executor:
             spec = replace(base, limits=limits, deadline_s=deadline or base.deadline_s,
-                           allowed_tools=base.allowed_tools & executor.names)
+                           job_tokens=job_tokens or base.job_tokens, allowed_tools=allowed & executor.names)
             # rich's Live ends without a newline where it does not draw on a terminal
             result = asyncio.run(_run(spec, (backend or settings.backend), executor, live and console.is_terminal))
     except Exception as exc:  # one line for the user

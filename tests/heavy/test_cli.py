@@ -10,8 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -211,6 +213,51 @@ def test_ask_passes_its_deadline_and_step_budget_to_the_job(tmp_path, monkeypatc
     settings = get_settings()
     assert (default.deadline_s, default.limits.deadline_s) == (settings.job_deadline_s, settings.job_deadline_s)
     assert default.limits.max_steps == settings.max_steps
+
+
+def test_ask_passes_its_tools_and_token_budget_to_the_job(tmp_path, monkeypatch):
+    index = tmp_path / "corpus.sqlite"
+    (tmp_path / "docs.jsonl").write_text(json.dumps(DOCS[0]))
+    corpus_add(tmp_path / "docs.jsonl", index)
+    specs = []
+
+    async def capture(spec, backend_name, executor, show_live):
+        specs.append(spec)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr("heavy.cli._run", capture)
+    args = ["ask", "q?", "--backend", "openai", "--index", str(index), "--no-live"]
+    CliRunner().invoke(app, [*args, "--tool", "search", "--tool", "open_page", "--job-tokens", "5000"])
+    CliRunner().invoke(app, args)
+    given, default = specs
+    assert given.allowed_tools == {"search", "open_page"} and given.job_tokens == 5000
+    settings = get_settings()
+    assert default.allowed_tools == set(settings.allowed_tools) and default.job_tokens == settings.job_tokens
+
+
+def test_ask_searches_the_web_when_told_to(monkeypatch):
+    web = SimpleNamespace(names=frozenset({"search", "open_page"}))  # no request leaves: the job is captured
+    monkeypatch.setattr("heavy.cli.web_tools", lambda: nullcontext(web))
+    ran = []
+
+    async def capture(spec, backend_name, executor, show_live):
+        ran.append((spec, executor))
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr("heavy.cli._run", capture)
+    result = CliRunner().invoke(app, ["ask", "q?", "--backend", "openai", "--no-live", "--search", "web"])
+    assert "searching the web (ddgs)" in result.output
+    (spec, executor), = ran
+    assert executor is web and spec.allowed_tools == {"search", "open_page"}  # python: not among the web tools
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--tool", "shell"], "'shell' is not one of"),
+    (["--search", "web", "--index", "corpus.sqlite"], "--index is the local corpus's; the web search has none"),
+])
+def test_ask_refuses_a_tool_it_has_not_and_an_index_for_the_web(options, message):
+    result = CliRunner().invoke(app, ["ask", "q?", "--backend", "openai", "--no-live", *options])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
 def test_ask_refuses_an_empty_question_in_one_line():
