@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(64_000, ge=1024)
     tenant_max_jobs: int = Field(4, ge=1)  # concurrent (queued + running) jobs per tenant, unless the tenant says
     tenant_max_tokens: int = Field(50_000_000, ge=1)  # tokens per tenant, unless the tenant says
+    job_retention_s: float = Field(30 * 86_400, ge=0)  # an ended job's keys expire this long after (0: kept)
     worker_jobs: int = Field(2, ge=1)  # jobs one worker runs at once
     worker_lease_s: float = Field(15.0, gt=0)  # a job's entry idle this long belongs to a dead worker
     report_tokens: int = Field(768, ge=16)  # completion tokens of the aggregator's report pass

@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from heavy.api.deps import StoreDep, TenantDep
 from heavy.api.routes_jobs import ERRORS, JobId
 from heavy.metrics import SSE_FOLLOWERS
-from heavy.store import Store
+from heavy.store import JobNotFound, Store
 from heavy.store.records import TERMINAL_EVENTS
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
@@ -33,7 +33,10 @@ async def follow(store: Store, job_id: str, after: int, request: Request) -> Asy
                 if event["type"] in TERMINAL_EVENTS:
                     return
             if not events:
-                job = await store.jobs.get(job_id)
+                try:
+                    job = await store.jobs.get(job_id)
+                except JobNotFound:  # deleted (or expired) while followed: the stream just ends
+                    return
                 if job.terminal and job.events <= after:  # ended without a terminal event we have not sent
                     return
     finally:

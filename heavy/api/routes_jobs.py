@@ -68,6 +68,14 @@ async def cancel_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobPu
     return public(await store.jobs.cancel(job_id, tenant))
 
 
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=ERRORS)
+async def delete_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> Response:
+    """Delete an ended job with its events, checkpoints and report (409 while it is active: cancel it first).
+    Ended jobs are also deleted `HEAVY_JOB_RETENTION_S` after they ended (30 days by default)."""
+    await store.jobs.delete(job_id, tenant)
+    return Response(status_code=204)
+
+
 @router.post("/{job_id}/finish", response_model=JobPublic, responses=ERRORS)
 async def finish_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobPublic:
     """Stop the trajectories now and aggregate what they found (a partial report)."""

@@ -23,6 +23,7 @@ from heavy.store.records import (
     CANCELLED,
     QUEUED,
     RUNNING,
+    TERMINAL,
     JobRecord,
 )
 
@@ -43,14 +44,17 @@ def _pairs(fields: dict[str, Any]) -> list[str]:
 
 class JobStore:
     def __init__(self, redis: Redis, keys: Keys | None = None, *, default_max_jobs: int = 4,
-                 default_max_tokens: int = 50_000_000) -> None:
+                 default_max_tokens: int = 50_000_000, retention_s: float = 0.0) -> None:
+        """`retention_s`: how long a job's keys stay after it ended (0: until deleted)."""
         self.redis, self.keys = redis, keys or Keys()
         self.default_max_jobs, self.default_max_tokens = default_max_jobs, default_max_tokens
+        self.retention_ms = int(retention_s * 1000)
         self._submit = redis.register_script(scripts.SUBMIT)
         self._transition = redis.register_script(scripts.TRANSITION)
         self._approve = redis.register_script(scripts.APPROVE)
         self._finish = redis.register_script(scripts.FINISH)
         self._append = redis.register_script(scripts.APPEND_EVENT)
+        self._delete = redis.register_script(scripts.DELETE)
 
     # --- jobs ---
 
@@ -76,7 +80,12 @@ class JobStore:
             previous_id, _, previous_fingerprint = detail.partition(" ")
             if previous_fingerprint != fingerprint:
                 raise IdempotencyConflict("this Idempotency-Key was used with a different request")
-            return await self.get(previous_id, tenant), True
+            try:
+                return await self.get(previous_id, tenant), True
+            except JobNotFound:  # deleted or expired since: the key names nothing, so it is a new request
+                await self.redis.delete(k.idempotency(tenant, idempotency_key or "-"))
+                return await self.submit(tenant, question=question, mode=mode, params=params, review=review,
+                                         plan=plan, idempotency_key=idempotency_key, fingerprint=fingerprint)
         if outcome == "quota":
             what = "concurrent jobs" if detail == "jobs" else "tokens"
             raise QuotaExceeded(detail, f"tenant {tenant!r} is at its limit of {what}")
@@ -93,12 +102,13 @@ class JobStore:
         """The tenant's jobs, newest first, and how many it has."""
         key = self.keys.tenant_jobs(tenant)
         ids = await self.redis.zrevrange(key, offset, offset + limit - 1)
-        total = await self.redis.zcard(key)
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(self.keys.job(job_id))
             rows = await pipe.execute()
-        return [JobRecord.from_hash(row) for row in rows if row], total
+        if expired := [job_id for job_id, row in zip(ids, rows, strict=True) if not row]:
+            await self.redis.zrem(key, *expired)  # past their retention: out of the list too
+        return [JobRecord.from_hash(row) for row in rows if row], await self.redis.zcard(key)
 
     async def update(self, job_id: str, *, allowed: tuple[str, ...] = (), **fields: Any) -> str:
         """Set fields if the status is one of `allowed` (any when empty); returns the previous status."""
@@ -113,12 +123,13 @@ class JobStore:
     async def finish(self, job: JobRecord, status: str, *, allowed: tuple[str, ...] = ACTIVE, tokens: int = 0,
                      **fields: Any) -> None:
         """Move the job to a terminal status, release its concurrency slot, record its tokens and charge them to
-        the tenant."""
+        the tenant; its keys expire after the retention from now on."""
         now = time.time()
         k = self.keys
         outcome, current = await self._finish(
-            keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant)],
-            args=[job.id, ",".join(allowed), tokens,
+            keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant),
+                  *k.job_parts(job.id, job.trajectories)],
+            args=[job.id, ",".join(allowed), tokens, self.retention_ms,
                   *_pairs({"status": status, "finished": now, "updated": now, "control": "", "tokens": tokens,
                            **fields})],
         )
@@ -150,6 +161,18 @@ class JobStore:
         elif job.status != CANCELLED:
             raise InvalidTransition(f"job {job_id} is already {job.status}")
         return await self.get(job_id)
+
+    async def delete(self, job_id: str, tenant: str) -> None:
+        """Remove an ended job and everything it left (events, checkpoints, report) for good; an active one must
+        be cancelled first."""
+        job = await self.get(job_id, tenant)
+        outcome, status = await self._delete(
+            keys=[self.keys.job(job_id), self.keys.tenant_jobs(tenant), *self.keys.job_parts(job_id, job.trajectories)],
+            args=[job_id, tenant, ",".join(TERMINAL)])
+        if outcome == "missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        if outcome == "refused":
+            raise InvalidTransition(f"job {job_id} is {status}; cancel it before deleting it")
 
     async def finish_now(self, job_id: str, tenant: str) -> JobRecord:
         """Ask the running job to stop its trajectories and aggregate what exists."""

@@ -26,6 +26,10 @@ class Keys:
     def report(self, job_id: str) -> str:
         return f"{self.job(job_id)}:report"
 
+    def job_parts(self, job_id: str, trajectories: int) -> list[str]:
+        """Every key of a job but its hash: events, report, one checkpoint per trajectory."""
+        return [self.events(job_id), self.report(job_id), *(self.checkpoint(job_id, k) for k in range(trajectories))]
+
     @property
     def jobs_stream(self) -> str:
         return f"{self.prefix}jobs"

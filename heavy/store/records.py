@@ -10,6 +10,7 @@ AWAITING_APPROVAL, QUEUED, RUNNING, AGGREGATING = "awaiting_approval", "queued",
 DONE, PARTIAL, FAILED, CANCELLED = "done", "partial", "failed", "cancelled"
 ACTIVE = (AWAITING_APPROVAL, QUEUED, RUNNING, AGGREGATING)
 TERMINAL = (DONE, PARTIAL, FAILED, CANCELLED)
+MOST_TRAJECTORIES = 8  # a job without resolved parameters may still have this many checkpoints
 STATUSES = ACTIVE + TERMINAL
 # The terminal events of a job's stream: an SSE follower stops after one of these.
 TERMINAL_EVENTS = ("report_ready", "job_failed", "job_cancelled")
@@ -44,6 +45,11 @@ class JobRecord:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def trajectories(self) -> int:
+        """How many trajectories the job runs (checkpoints it may have): its resolved parameters say."""
+        return int(self.params.get("trajectories", MOST_TRAJECTORIES))
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> JobRecord:

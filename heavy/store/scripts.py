@@ -49,16 +49,21 @@ redis.call('XADD', KEYS[2], '*', 'job', redis.call('HGET', KEYS[1], 'id'))
 return {'ok', status}
 """
 
-# KEYS: job hash, tenant hash, tenant active set; ARGV: job id, allowed statuses, tokens, then field/value pairs
+# KEYS: job hash, tenant hash, tenant active set, then the job's other keys (events, report, checkpoints);
+# ARGV: job id, allowed statuses, tokens, retention ms (0: kept), then field/value pairs
 FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then return {'refused', status} end
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('SREM', KEYS[3], ARGV[1])
 if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[2], 'tokens_used', ARGV[3]) end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  for i = 4, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+end
 return {'ok', status}
 """
 
@@ -68,7 +73,19 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
 redis.call('HSET', KEYS[1], 'updated', ARGV[1])
 redis.call('XADD', KEYS[2], '0-' .. seq, 'seq', seq, 'event', ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end -- an event after the end (a stream begun then too) goes with it
 return seq
+"""
+
+# KEYS: job hash, tenant jobs zset, then the job's other keys; ARGV: job id, tenant, statuses it may be deleted in
+DELETE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[2] then return {'missing', ''} end
+if not string.find(',' .. ARGV[3] .. ',', ',' .. status .. ',', 1, true) then return {'refused', status} end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[1], unpack(KEYS, 3))
+return {'ok', status}
 """
 
 # KEYS: jobs stream; ARGV: group, consumer, entry ids -> resets the idle time of the entries this consumer still

@@ -1,8 +1,12 @@
 """The REST API over a real redis-server (no worker here: jobs stay queued unless a test plays the worker):
 every endpoint, JSON 4xx errors, idempotency, tenant isolation, quotas, review gate, cancel, report, SSE."""
 
+import asyncio
+from types import SimpleNamespace
+
 import pytest
 
+from heavy.api.routes_events import follow
 from heavy.store.records import DONE, PARTIAL, RUNNING
 from tests.heavy.api_helpers import app_for, client_for, parse_sse
 
@@ -183,6 +187,28 @@ async def test_cancel_a_queued_job_and_its_event_stream_ends(acme):
     assert [(e["id"], e["event"]) for e in events] == [(1, "job_cancelled")]
     assert_error(await acme.get(f"/v1/jobs/{job['id']}/report"), 409, "invalid_state")
     assert_error(await acme.post(f"/v1/jobs/{job['id']}/finish"), 409, "invalid_state")
+
+
+async def test_delete_an_ended_job_only_and_only_ones_own(acme, globex):
+    job = await submit(acme)
+    assert "cancel it before deleting it" in assert_error(await acme.delete(f"/v1/jobs/{job['id']}"), 409,
+                                                          "invalid_state")["message"]
+    await acme.post(f"/v1/jobs/{job['id']}/cancel")
+    assert_error(await globex.delete(f"/v1/jobs/{job['id']}"), 404, "not_found")
+    deleted = await acme.delete(f"/v1/jobs/{job['id']}")
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert_error(await acme.get(f"/v1/jobs/{job['id']}"), 404, "not_found")
+    assert_error(await acme.get(f"/v1/jobs/{job['id']}/events"), 404, "not_found")
+    assert (await acme.get("/v1/jobs")).json()["total"] == 0
+
+
+async def test_a_followed_job_deleted_meanwhile_ends_its_stream(acme, store):
+    job = await submit(acme)
+    await acme.post(f"/v1/jobs/{job['id']}/cancel")
+    connected = SimpleNamespace(is_disconnected=lambda: asyncio.sleep(0, result=False))
+    stream = follow(store, job["id"], 0, connected)  # a follower that has not read the job's one event yet
+    await acme.delete(f"/v1/jobs/{job['id']}")
+    assert [event async for event in stream] == []
 
 
 async def test_cancel_and_finish_of_a_running_job_are_requests_to_its_worker(acme, store):

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from heavy.store import IdempotencyConflict, InvalidTransition, JobNotFound, QuotaExceeded, UnknownApiKey
+from heavy.store import IdempotencyConflict, InvalidTransition, JobNotFound, JobStore, QuotaExceeded, UnknownApiKey
 from heavy.store.records import CANCELLED, DONE, QUEUED, RUNNING
 
 pytestmark = pytest.mark.anyio
@@ -103,6 +103,54 @@ async def test_cancel_queued_running_and_finished_jobs(store):
         await store.jobs.cancel(done.id, "acme")
     with pytest.raises(InvalidTransition, match="only a running job"):
         await store.jobs.finish_now(done.id, "acme")
+
+
+async def _keys_of(store, job_id: str) -> list[str]:
+    return [key async for key in store.redis.scan_iter(match=f"{store.jobs.keys.job(job_id)}*")]
+
+
+async def test_deleting_an_ended_job_removes_all_it_left_and_frees_its_idempotency_key(store):
+    job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 2},
+                                     idempotency_key="k1", fingerprint="body")
+    await store.jobs.append_event(job.id, {"type": "job_started"})
+    await store.jobs.save_checkpoint(job.id, 1, {"steps": [1]})
+    with pytest.raises(InvalidTransition, match="cancel it before deleting it"):
+        await store.jobs.delete(job.id, "acme")
+    await store.jobs.save_report(job.id, "# Report", {"answer": "blue"})
+    await store.jobs.finish(job, DONE)
+    assert len(await _keys_of(store, job.id)) == 4  # hash, events, checkpoint, report
+    with pytest.raises(JobNotFound):
+        await store.jobs.delete(job.id, "globex")
+
+    await store.jobs.delete(job.id, "acme")
+    assert await _keys_of(store, job.id) == []
+    assert await store.jobs.list("acme") == ([], 0)
+    with pytest.raises(JobNotFound):
+        await store.jobs.delete(job.id, "acme")
+    again, replayed = await store.jobs.submit("acme", question="q", mode="report", params={},
+                                              idempotency_key="k1", fingerprint="body")
+    assert again.id != job.id and not replayed  # the key named a job that is gone: a new request
+
+
+async def test_an_ended_jobs_keys_expire_after_the_retention_and_leave_the_list(store):
+    jobs = JobStore(store.redis, store.jobs.keys, retention_s=1.0)
+    running, _ = await jobs.submit("acme", question="q1", mode="report", params={"trajectories": 1})
+    await jobs.append_event(running.id, {"type": "job_started"})
+    await jobs.save_checkpoint(running.id, 0, {"steps": []})
+    await jobs.save_report(running.id, "# Report", {})
+    await jobs.finish(running, DONE)
+    queued, _ = await jobs.submit("acme", question="q2", mode="report", params={"trajectories": 1})
+    await jobs.cancel(queued.id, "acme")  # its stream begins with the event written after it ended
+    kept, _ = await jobs.submit("acme", question="q3", mode="report", params={"trajectories": 1})
+    for job in (running, queued):
+        ttls = [await store.redis.pttl(key) for key in await _keys_of(store, job.id)]
+        assert ttls and all(0 < ttl <= 1000 for ttl in ttls)
+    assert [await store.redis.pttl(key) for key in await _keys_of(store, kept.id)] == [-1]  # active: kept
+
+    await asyncio.sleep(1.1)
+    assert await _keys_of(store, running.id) == await _keys_of(store, queued.id) == []
+    page, total = await jobs.list("acme")
+    assert [j.id for j in page] == [kept.id] and total == 1
 
 
 async def test_events_are_numbered_without_gaps_and_readers_can_resume(store):
