@@ -123,6 +123,14 @@ async def test_sign_in_submit_watch_lanes_and_read_the_cited_report(service, pag
     await page.wait_for_selector("#jobs tbody tr td.status-done")
     assert await page.locator("#jobs tbody tr").count() == 1
 
+    # an ended job can be deleted from its page (after a confirmation); the list is empty then
+    await page.click("#jobs tbody tr")
+    await page.wait_for_selector("#delete:not([disabled])")
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.click("#delete")
+    await page.wait_for_selector("#tenant-status:has-text('0 job(s)')")
+    assert await page.locator("#jobs tbody tr").count() == 0 and await store.jobs.list("acme") == ([], 0)
+
 
 async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_events(service, page, store):
     key = await store.tenants.create_key("acme")

@@ -121,6 +121,7 @@ function setStatus(status) {
   $("job-status").textContent = status;
   const ended = TERMINAL_STATUSES.includes(status);
   $("cancel").disabled = ended; $("finish").disabled = ended || status !== "running";
+  $("delete").disabled = !ended;
   $("approve").hidden = status !== "awaiting_approval";
 }
 
@@ -259,5 +260,11 @@ $("report").addEventListener("click", (e) => {
 $("cancel").addEventListener("click", () => control("cancel"));
 $("finish").addEventListener("click", () => control("finish"));
 $("approve").addEventListener("click", async () => { await control("approve"); });
+$("delete").addEventListener("click", async () => {
+  const jobId = $("job-view").dataset.id;
+  if (!confirm("Delete this job with its events and its report?")) return;
+  try { await api(`/v1/jobs/${jobId}`, { method: "DELETE" }); location.hash = "#/"; }
+  catch (error) { $("job-stage").textContent = error.message; }
+});
 window.addEventListener("hashchange", route);
 route();
