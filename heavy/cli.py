@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +23,8 @@ from rich.markdown import Markdown
 from rich.markup import escape
 
 from heavy.aggregate import AggregationConfig, JobResult
+from heavy.cli_options import BackendOption, ModeOption, SearchOption, ToolOption
+from heavy.client_cli import jobs_app
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_app, default_index_path
 from heavy.corpus.documents import CorpusFormatError
@@ -38,31 +39,11 @@ from heavy.up import corpus_index
 
 app = typer.Typer(help="Heavy-mode research: N trajectories merged into one cited report.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
+app.add_typer(jobs_app, name="jobs")
 register_service_commands(app)  # serve, worker, up, keys
 console = Console()
 # what a user can get wrong: a path, a corpus file, a HEAVY_* setting, a Redis that is not there
 USER_ERRORS = (OSError, CorpusFormatError, pydantic.ValidationError, redis.exceptions.ConnectionError)
-
-
-class ModeOption(StrEnum):
-    report = "report"
-    answer = "answer"
-
-
-class BackendOption(StrEnum):
-    runtime = "runtime"
-    openai = "openai"
-
-
-class SearchOption(StrEnum):
-    local = "local"
-    web = "web"
-
-
-class ToolOption(StrEnum):
-    search = "search"
-    open_page = "open_page"
-    python = "python"
 
 
 def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecutor]:

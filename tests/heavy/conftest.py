@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from heavy.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server
+from tests.heavy.live_service import Service
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +46,11 @@ async def store(redis_url, key_prefix):
     await store.queue.ensure_group()
     yield store
     await store.aclose()
+
+
+@pytest.fixture
+async def service(store, redis_url, key_prefix, free_tcp_port):
+    service = Service(store, redis_url, key_prefix, free_tcp_port)
+    await service.start_api()
+    yield service
+    await service.close()

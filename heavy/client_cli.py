@@ -1,0 +1,228 @@
+"""`heavy jobs ...`: a running heavy service (`heavy up`, `heavy serve` with workers, a cluster) through its REST API,
+from a terminal: submit, list, show, watch (the live board `heavy ask` draws, fed by the job's SSE stream, which
+resumes from the last event after a dropped connection), report, cancel, finish now, delete.
+
+The service and the key come from `--url` / `--key` or HEAVY_API_URL / HEAVY_API_KEY.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.table import Table
+
+from heavy.cli_options import ModeOption, ToolOption
+from heavy.display import LiveBoard, print_error
+from heavy.events import event_from_dict
+from heavy.store.records import TERMINAL_EVENTS
+
+console = Console()
+jobs_app = typer.Typer(help="Jobs on a running heavy service, through its REST API.", no_args_is_help=True)
+RECONNECTS = 5  # a watch resumes this many times in a row after its stream dropped
+SSE_READ_TIMEOUT_S = 60.0  # the API pings every 15 s while a job is quiet
+
+
+class ApiError(Exception):
+    """What the API refused (its status and message) or why it could not be reached."""
+
+
+class Api:
+    def __init__(self, url: str, key: str | None) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.url = url.rstrip("/")
+        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(30.0,
+                                                                                             read=SSE_READ_TIMEOUT_S))
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(f"cannot reach the heavy API at {self.url}: {exc}") from exc
+        if response.is_error:
+            raise ApiError(_error_message(response))
+        return response
+
+    def events(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """The job's events from after `after` until its terminal one; a dropped stream is resumed from the last
+        event received (Last-Event-ID), as the dashboard does."""
+        drops = 0
+        while True:
+            try:
+                with self.client.stream("GET", f"/v1/jobs/{job_id}/events",
+                                        headers={"Last-Event-ID": str(after)}) as response:
+                    if response.is_error:
+                        response.read()
+                        raise ApiError(_error_message(response))
+                    for event in _sse_events(response.iter_lines()):
+                        after, drops = event["seq"], 0
+                        yield event
+                        if event["type"] in TERMINAL_EVENTS:
+                            return
+                return  # the API ended the stream: the job ended before a terminal event we did not get
+            except httpx.TransportError as exc:
+                drops += 1
+                if drops > RECONNECTS:
+                    raise ApiError(f"the event stream of job {job_id} dropped {drops} times: {exc}") from exc
+                time.sleep(min(2.0 ** drops / 4, 5.0))
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        error = response.json()["error"]
+        return f"{response.status_code} {error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"{response.status_code}: {response.text[:200]}"
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The `data` of each Server-Sent Event (comments and pings skipped)."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield json.loads("\n".join(data))
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+
+
+def _api(ctx: typer.Context) -> Api:
+    return ctx.obj
+
+
+@jobs_app.callback()
+def connect(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(envvar="HEAVY_API_URL", help="the service")] = "http://127.0.0.1:8080",
+    key: Annotated[str | None, typer.Option(envvar="HEAVY_API_KEY", help="an API key (`heavy keys create`)")] = None,
+) -> None:
+    ctx.obj = Api(url, key)
+
+
+def _run(action) -> Any:
+    """Run one API action; what the API refused is one line and exit code 1."""
+    try:
+        return action()
+    except ApiError as exc:
+        print_error(str(exc))
+        raise typer.Exit(1) from exc
+
+
+@jobs_app.command("submit")
+def submit(
+    ctx: typer.Context,
+    question: str,
+    trajectories: Annotated[int | None, typer.Option(min=1, max=8, help="parallel trajectories")] = None,
+    mode: Annotated[ModeOption, typer.Option(help="report or answer")] = ModeOption.report,
+    tools: Annotated[list[ToolOption] | None, typer.Option("--tool", help="a tool the trajectories may use; "
+                                                                          "repeat for several")] = None,
+    job_tokens: Annotated[int | None, typer.Option(min=256, help="tokens for the whole job")] = None,
+    deadline: Annotated[float | None, typer.Option(min=1, help="seconds until the job reports what it has")] = None,
+    watch_it: Annotated[bool, typer.Option("--watch", help="follow it live, then print its report")] = False,
+) -> None:
+    """Submit a research job; prints its id (with --watch, follows it and prints the report)."""
+    body = {"question": question, "mode": mode.value, "trajectories": trajectories, "job_tokens": job_tokens,
+            "deadline_s": deadline, "tools": [t.value for t in tools] if tools else None}
+    job = _run(lambda: _api(ctx).call("POST", "/v1/jobs", json={k: v for k, v in body.items() if v is not None})
+               .json())
+    typer.echo(job["id"])
+    if watch_it:
+        watch(ctx, job["id"])
+
+
+@jobs_app.command("list")
+def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=100)] = 20) -> None:
+    """Your jobs, newest first: a table on a terminal, tab-separated lines otherwise (for scripts)."""
+    page = _run(lambda: _api(ctx).call("GET", "/v1/jobs", params={"limit": limit}).json())
+    rows = [(job["id"], job["status"], job["mode"], str(job["tokens"]),
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created_at"])), job["question"])
+            for job in page["jobs"]]
+    if not console.is_terminal:
+        for row in rows:
+            typer.echo("\t".join(row))
+        return
+    table = Table(title=f"{page['total']} job(s)")
+    for column in ("id", "status", "mode", "tokens", "created"):  # whole: an id is what the other commands take
+        table.add_column(column, no_wrap=True)
+    table.add_column("question", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@jobs_app.command("show")
+def show(ctx: typer.Context, job_id: str) -> None:
+    """A job's state as JSON."""
+    typer.echo(json.dumps(_run(lambda: _api(ctx).call("GET", f"/v1/jobs/{job_id}").json()), indent=2))
+
+
+@jobs_app.command("watch")
+def watch(ctx: typer.Context, job_id: str) -> None:
+    """Follow a job live (one lane per trajectory), then print its report."""
+    api = _api(ctx)
+    job = _run(lambda: api.call("GET", f"/v1/jobs/{job_id}").json())
+    board = LiveBoard(job["params"]["trajectories"])
+    with Live(board.render(), console=console) if console.is_terminal else contextlib.nullcontext() as live:
+        board.live = live
+        _run(lambda: _follow(api, job_id, board))
+    if live is None:  # not a terminal: the board once, as it ended
+        console.print(board.render())
+    if board.stage.startswith("report ready"):
+        report(ctx, job_id)
+
+
+def _follow(api: Api, job_id: str, board: LiveBoard) -> None:
+    for data in api.events(job_id):
+        if data["type"] in ("job_failed", "job_cancelled"):
+            board.stage = data["type"].removeprefix("job_") + (f": {data['error']}" if data.get("error") else "")
+        with contextlib.suppress(ValueError, TypeError):  # an event of a newer service than this client: not drawn
+            board.apply(event_from_dict({k: v for k, v in data.items() if k != "seq"}))
+        if board.live is not None:
+            board.live.update(board.render())
+
+
+@jobs_app.command("report")
+def report(ctx: typer.Context, job_id: str,
+           as_json: Annotated[bool, typer.Option("--json", help="the JSON result instead of the Markdown")] = False,
+           ) -> None:
+    """A finished job's report: Markdown (rendered on a terminal, as written otherwise), or its JSON result."""
+    accept = "application/json" if as_json else "text/markdown"
+    text = _run(lambda: _api(ctx).call("GET", f"/v1/jobs/{job_id}/report", headers={"Accept": accept}).text)
+    if as_json or not console.is_terminal:
+        typer.echo(text)
+    else:
+        console.print(Markdown(text))
+
+
+def _control(ctx: typer.Context, job_id: str, action: str) -> None:
+    job = _run(lambda: _api(ctx).call("POST", f"/v1/jobs/{job_id}/{action}").json())
+    asked = f" ({job['control']} requested)" if job.get("control") else ""
+    typer.echo(f"{job['id']}: {job['status']}{asked}")
+
+
+@jobs_app.command("cancel")
+def cancel(ctx: typer.Context, job_id: str) -> None:
+    """Cancel a job (no report)."""
+    _control(ctx, job_id, "cancel")
+
+
+@jobs_app.command("finish")
+def finish(ctx: typer.Context, job_id: str) -> None:
+    """Stop a running job's trajectories and have it report what they found."""
+    _control(ctx, job_id, "finish")
+
+
+@jobs_app.command("delete")
+def delete(ctx: typer.Context, job_id: str) -> None:
+    """Delete an ended job with its events and report."""
+    _run(lambda: _api(ctx).call("DELETE", f"/v1/jobs/{job_id}"))
+    typer.echo(f"{job_id}: deleted")

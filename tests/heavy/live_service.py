@@ -1,0 +1,45 @@
+"""The service as a client meets it: the API (and dashboard) in a process of its own on a loopback port, so a test
+can kill it (the OS then drops its connections) and start it again, with a worker in the test's process whose
+scripted model takes a moment per step and can be held."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+from heavy.worker import Worker
+from tests.heavy.fakes import ScriptedBackend
+from tests.heavy.worker_helpers import WORKER_SETTINGS, executor, researcher, wait_api_ready
+
+
+class Service:
+    """API + dashboard in a process of its own on a loopback port (so a test can kill it: the OS then drops its
+    connections), with a worker in this process whose scripted model takes a moment per step."""
+
+    def __init__(self, store, redis_url: str, key_prefix: str, port: int) -> None:
+        self.store, self.redis_url, self.key_prefix, self.port = store, redis_url, key_prefix, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.stop_worker = asyncio.Event()
+        self.model_gate = asyncio.Event()  # open unless a test holds the model's calls
+        self.model_gate.set()
+        backend = ScriptedBackend(researcher, delay_s=lambda r: 0.4, gate=self.model_gate)
+        self.worker = asyncio.create_task(Worker(store, backend, executor(), WORKER_SETTINGS, name="w")
+                                          .run(self.stop_worker))
+        self.api: subprocess.Popen | None = None
+
+    async def start_api(self) -> None:
+        self.api = subprocess.Popen([sys.executable, "-m", "tests.heavy.service_proc", "api", self.redis_url,
+                                     self.key_prefix, str(self.port)])
+        await wait_api_ready(self.url)
+
+    def kill_api(self) -> None:
+        self.api.send_signal(signal.SIGKILL)
+        self.api.wait()
+
+    async def close(self) -> None:
+        if self.api.poll() is None:
+            self.kill_api()
+        self.stop_worker.set()
+        await self.worker

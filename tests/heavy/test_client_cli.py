@@ -1,0 +1,83 @@
+"""`heavy jobs ...` against a real service: the API in its own process on loopback, a worker with the scripted
+model, a real redis-server. Submit and watch to the report, list, show, the report as JSON, delete; the API's
+refusals as one line; a watch that resumes after the API restarts, missing no event."""
+
+import asyncio
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from heavy.cli import app
+from tests.heavy.worker_helpers import wait_for
+
+pytestmark = pytest.mark.anyio
+QUESTION = "Which module parses command-line options?"
+
+
+async def heavy(service, key: str | None, *args: str):
+    """`heavy jobs ARGS` against the service (in a thread: the worker runs on this test's event loop)."""
+    env = {"HEAVY_API_URL": service.url, "HEAVY_API_KEY": key or ""}
+    return await asyncio.to_thread(CliRunner().invoke, app, ["jobs", *args], env=env)
+
+
+async def test_submit_and_watch_to_the_report_then_list_show_and_delete(service, store):
+    key = (await store.tenants.create_key("acme")).secret
+    ran = await heavy(service, key, "submit", QUESTION, "--trajectories", "2", "--tool", "search", "--tool",
+                      "open_page", "--watch")
+    assert ran.exit_code == 0, ran.output
+    job_id = ran.output.splitlines()[0]
+    assert "report ready" in ran.output and "argparse" in ran.output.split("report ready", 1)[1]  # board, then report
+    job = await store.jobs.get(job_id, "acme")
+    assert (job.status, job.params["trajectories"], job.params["tools"]) == ("done", 2, ["open_page", "search"])
+
+    listed = (await heavy(service, key, "list")).output.splitlines()  # not a terminal: one tab-separated line a job
+    assert [line.split("\t")[:3] for line in listed] == [[job_id, "done", "report"]]
+    shown = json.loads((await heavy(service, key, "show", job_id)).output)
+    assert shown["status"] == "done" and shown["events"] == job.events
+    result = json.loads((await heavy(service, key, "report", job_id, "--json")).output)
+    assert "argparse" in result["answer"]
+
+    assert (await heavy(service, key, "delete", job_id)).output.strip() == f"{job_id}: deleted"
+    gone = await heavy(service, key, "show", job_id)
+    assert gone.exit_code == 1 and "404 not_found" in gone.output and "Traceback" not in gone.output
+
+
+async def test_what_the_api_refuses_is_one_line(service, store):
+    key = (await store.tenants.create_key("acme")).secret
+    wrong_key = await heavy(service, "hv_wrong", "list")
+    assert wrong_key.exit_code == 1 and "401" in wrong_key.output
+    job_id = (await heavy(service, key, "submit", QUESTION, "--trajectories", "1")).output.strip()
+    await wait_for(lambda: _ended(store, job_id))
+    refused = await heavy(service, key, "cancel", job_id)
+    assert refused.exit_code == 1 and "409 invalid_state: job" in refused.output and "already done" in refused.output
+    unreachable = await asyncio.to_thread(CliRunner().invoke, app, ["jobs", "--url", "http://127.0.0.1:9", "list"])
+    assert unreachable.exit_code == 1 and "cannot reach the heavy API at http://127.0.0.1:9" in unreachable.output
+
+
+async def _ended(store, job_id: str) -> bool:
+    return (await store.jobs.get(job_id)).terminal
+
+
+async def test_a_watch_resumes_after_the_api_restarts_and_misses_no_event(service, store):
+    key = (await store.tenants.create_key("acme")).secret
+    service.model_gate.clear()  # the job waits until the stream has dropped
+    job, _ = await store.jobs.submit("acme", question=QUESTION, mode="report",
+                                     params={"trajectories": 2, "max_steps": 4, "step_tokens": 64,
+                                             "trajectory_tokens": 10_000, "job_tokens": 50_000, "deadline_s": 120,
+                                             "tools": ["search"]})
+    watching = asyncio.create_task(heavy(service, key, "watch", job.id))
+    await wait_for(lambda: _events_at_least(store, job.id, 2))
+    await asyncio.sleep(0.5)  # the watch has read them
+    service.kill_api()
+    service.model_gate.set()  # the job goes on while the API is down; its events wait in Redis
+    await asyncio.sleep(1.0)
+    await service.start_api()
+    watched = await asyncio.wait_for(watching, 60)
+    assert watched.exit_code == 0, watched.output
+    assert "report ready" in watched.output and "argparse" in watched.output
+    assert watched.output.count("answered") + watched.output.count("max_steps") >= 2  # both lanes ended
+
+
+async def _events_at_least(store, job_id: str, count: int) -> bool:
+    return (await store.jobs.get(job_id)).events >= count
