@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     tenant_max_jobs: int = Field(4, ge=1)  # concurrent (queued + running) jobs per tenant, unless the tenant says
     tenant_max_tokens: int = Field(50_000_000, ge=1)  # tokens per tenant, unless the tenant says
     job_retention_s: float = Field(30 * 86_400, ge=0)  # an ended job's keys expire this long after (0: kept)
+    webhook_allow: tuple[str, ...] = ()  # "ip:port" callback receivers allowed although not public addresses
+    webhook_timeout_s: float = Field(10.0, gt=0)  # one POST of a job's callback
+    webhook_attempts: int = Field(3, ge=1)  # POSTs of a callback before it is given up
     worker_jobs: int = Field(2, ge=1)  # jobs one worker runs at once
     worker_lease_s: float = Field(15.0, gt=0)  # a job's entry idle this long belongs to a dead worker
     report_tokens: int = Field(768, ge=16)  # completion tokens of the aggregator's report pass

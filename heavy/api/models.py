@@ -6,7 +6,8 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from heavy.config import Settings
 
@@ -26,6 +27,10 @@ class JobCreate(BaseModel):
     deadline_s: float | None = Field(None, gt=0, le=86_400, description="wall-clock budget of the job")
     tools: list[ToolName] | None = Field(None, description="tools the trajectories may use (default: all configured)")
     review: bool = Field(False, description="wait in awaiting_approval with a plan and estimate until approved")
+    callback_url: str | None = Field(None, max_length=2048, description="an http(s) URL to POST the job to when "
+                                     "it ends (public addresses only, unless the deployment allows others)")
+    callback_secret: str | None = Field(None, min_length=16, max_length=256, description="signs the callback: "
+                                        "X-Heavy-Signature: sha256=<HMAC-SHA256 of the body with this secret>")
 
     @field_validator("question")
     @classmethod
@@ -33,6 +38,27 @@ class JobCreate(BaseModel):
         if not value.strip():
             raise ValueError("question is blank")
         return value.strip()
+
+    @field_validator("callback_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if url.userinfo:
+            raise ValueError("must not carry credentials (sign it with callback_secret instead)")
+        return value
+
+    @model_validator(mode="after")
+    def _secret_needs_url(self) -> JobCreate:
+        if self.callback_secret and not self.callback_url:
+            raise ValueError("callback_secret signs the callback: give callback_url too")
+        return self
 
     @field_validator("tools")
     @classmethod
@@ -99,6 +125,8 @@ class JobPublic(BaseModel):
     tokens: int
     stop_reason: str | None = None
     control: str | None = Field(None, description="a pending cancel or finish request")
+    callback_url: str | None = Field(None, description="POSTed the job's state when it ends")
+    callback_status: str | None = Field(None, description="how that POST went")
     links: dict[str, str]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from heavy.api.deps import SettingsDep, StoreDep, TenantDep
@@ -12,6 +12,7 @@ from heavy.api.models import ErrorBody, JobCreate, JobList, JobPublic, plan_for
 from heavy.api.report_html import report_html
 from heavy.metrics import JOBS_SUBMITTED
 from heavy.store import JobRecord
+from heavy.webhooks import deliver
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -38,7 +39,8 @@ async def submit_job(
     plan = plan_for(body.question, body.mode, params, settings) if body.review else None
     job, replayed = await store.jobs.submit(tenant, question=body.question, mode=body.mode, params=params,
                                             review=body.review, plan=plan, idempotency_key=idempotency_key,
-                                            fingerprint=body.fingerprint())
+                                            fingerprint=body.fingerprint(), callback_url=body.callback_url or "",
+                                            callback_secret=body.callback_secret or "")
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -63,9 +65,14 @@ async def get_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobPubli
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
-async def cancel_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobPublic:
+async def cancel_job(job_id: JobId, tenant: TenantDep, store: StoreDep, settings: SettingsDep,
+                     background: BackgroundTasks) -> JobPublic:
     """Cancel: a queued job at once, a running one within a second (no report is written)."""
-    return public(await store.jobs.cancel(job_id, tenant))
+    before = await store.jobs.get(job_id, tenant)
+    job = await store.jobs.cancel(job_id, tenant)
+    if job.terminal and not before.terminal:  # it ended here, not in a worker: its callback goes from here
+        background.add_task(deliver, store.jobs, job.id, settings)
+    return public(job)
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses=ERRORS)

@@ -60,14 +60,16 @@ class JobStore:
 
     async def submit(self, tenant: str, *, question: str, mode: str, params: dict[str, Any], review: bool = False,
                      plan: dict[str, Any] | None = None, idempotency_key: str | None = None,
-                     fingerprint: str = "") -> tuple[JobRecord, bool]:
+                     fingerprint: str = "", callback_url: str = "", callback_secret: str = ""
+                     ) -> tuple[JobRecord, bool]:
         """Create a job (queued, or awaiting approval when `review`); returns (job, replayed). A repeated
         Idempotency-Key with the same fingerprint returns the first job; with another one it is a conflict."""
         job_id = uuid.uuid4().hex
         now = time.time()
         fields = {"id": job_id, "tenant": tenant, "status": AWAITING_APPROVAL if review else QUEUED,
                   "question": question, "mode": mode, "params": params, "review": review, "plan": plan,
-                  "created": now, "updated": now, "attempts": 0, "events": 0, "tokens": 0}
+                  "created": now, "updated": now, "attempts": 0, "events": 0, "tokens": 0,
+                  "callback_url": callback_url, "callback_secret": callback_secret}
         k = self.keys
         stored = _pairs(fields)
         outcome, detail = await self._submit(
@@ -85,7 +87,8 @@ class JobStore:
             except JobNotFound:  # deleted or expired since: the key names nothing, so it is a new request
                 await self.redis.delete(k.idempotency(tenant, idempotency_key or "-"))
                 return await self.submit(tenant, question=question, mode=mode, params=params, review=review,
-                                         plan=plan, idempotency_key=idempotency_key, fingerprint=fingerprint)
+                                         plan=plan, idempotency_key=idempotency_key, fingerprint=fingerprint,
+                                         callback_url=callback_url, callback_secret=callback_secret)
         if outcome == "quota":
             what = "concurrent jobs" if detail == "jobs" else "tokens"
             raise QuotaExceeded(detail, f"tenant {tenant!r} is at its limit of {what}")

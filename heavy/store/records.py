@@ -41,6 +41,9 @@ class JobRecord:
     events: int = 0  # events written so far (the last sequence number)
     tokens: int = 0
     stop_reason: str = ""
+    callback_url: str = ""  # POSTed when the job ends (heavy/webhooks.py)
+    callback_secret: str = ""  # signs that POST; never shown
+    callback_status: str = ""  # how that POST went
 
     @property
     def terminal(self) -> bool:
@@ -61,7 +64,8 @@ class JobRecord:
             finished=_float(data.get("finished")), error=data.get("error", ""),
             attempts=int(data.get("attempts") or 0), worker=data.get("worker", ""), control=data.get("control", ""),
             events=int(data.get("events") or 0), tokens=int(data.get("tokens") or 0),
-            stop_reason=data.get("stop_reason", ""),
+            stop_reason=data.get("stop_reason", ""), callback_url=data.get("callback_url", ""),
+            callback_secret=data.get("callback_secret", ""), callback_status=data.get("callback_status", ""),
         )
 
     def public(self) -> dict[str, Any]:
@@ -72,4 +76,5 @@ class JobRecord:
             "updated_at": self.updated, "started_at": self.started, "finished_at": self.finished,
             "error": self.error or None, "attempts": self.attempts, "events": self.events, "tokens": self.tokens,
             "stop_reason": self.stop_reason or None, "control": self.control or None,
+            "callback_url": self.callback_url or None, "callback_status": self.callback_status or None,
         }

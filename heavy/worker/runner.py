@@ -27,6 +27,7 @@ from heavy.scheduler import JobControl, JobSpec, Scheduler
 from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, Store
 from heavy.store.records import AGGREGATING, CANCELLED, FAILED, QUEUED, RUNNING
 from heavy.tools.base import ToolExecutor
+from heavy.webhooks import deliver
 from heavy.worker.checkpoint import CheckpointedTrajectory
 from heavy.worker.sink import RedisEventSink
 
@@ -182,6 +183,7 @@ class Worker:
         await self.store.jobs.finish(job, status, allowed=(QUEUED, RUNNING, AGGREGATING), tokens=tokens, **fields)
         await sink.flush()
         await self.store.queue.ack(claim.entry_id)
+        await deliver(self.store.jobs, job.id, self.settings)  # after the ack: a slow receiver holds no lease
         JOBS_FINISHED.labels(status).inc()
         log.info("job %s: %s (%d tokens)", job.id, status, tokens)
 

@@ -1,0 +1,98 @@
+"""A job's callback: when a job that named a `callback_url` ends (done, partial, failed or cancelled), the process that
+ended it POSTs the job's public state there, so a client need not poll or hold an event stream open.
+
+The POST goes through the same SSRF guard as `open_page` (resolved first, private and metadata addresses refused,
+the connection pinned to the checked address, no redirects followed), unless the address is on
+HEAVY_WEBHOOK_ALLOW. With a `callback_secret` the body is signed: `X-Heavy-Signature: sha256=<HMAC-SHA256 of the
+body>`. Up to `webhook_attempts` tries with backoff on connection errors, 408, 429 and 5xx; the outcome is kept in
+the job as `callback_status`. Delivery is at most once per end: a process that dies between ending a job and
+posting its callback does not post it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+
+import httpx
+
+from heavy.config import Settings
+from heavy.store import JobNotFound, JobStore
+from heavy.store.records import JobRecord
+from heavy.tools.base import ToolError
+from heavy.tools.ssrf import AllowedTarget, SsrfGuard
+
+log = logging.getLogger(__name__)
+SIGNATURE_HEADER = "X-Heavy-Signature"
+EVENT = "job.ended"
+RETRIED_STATUSES = frozenset({408, 429})  # and every 5xx
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def webhook_guard(settings: Settings) -> SsrfGuard:
+    """Public addresses, and the "ip:port" entries of HEAVY_WEBHOOK_ALLOW (a receiver on a private network)."""
+    allowed = []
+    for entry in settings.webhook_allow:
+        address, _, port = entry.rpartition(":")
+        allowed.append(AllowedTarget(address.strip("[]"), int(port)))
+    return SsrfGuard(allow=allowed)
+
+
+def payload(job: JobRecord) -> bytes:
+    base = f"/v1/jobs/{job.id}"
+    return json.dumps({"type": EVENT, "job": job.public(), "links": {"self": base, "report": f"{base}/report"}},
+                      ensure_ascii=False).encode()
+
+
+async def deliver(jobs: JobStore, job_id: str, settings: Settings, guard: SsrfGuard | None = None) -> str | None:
+    """POST the ended job to its callback URL, if it has one; the outcome (also kept as `callback_status`), or None.
+    Never raises: a receiver's failure is the job's callback status, not the caller's error."""
+    try:
+        job = await jobs.get(job_id)
+    except JobNotFound:
+        return None
+    if not job.callback_url:
+        return None
+    outcome = await _post(job, settings, guard or webhook_guard(settings))
+    log.info("job %s: callback %s", job.id, outcome)
+    with contextlib.suppress(JobNotFound):  # deleted meanwhile
+        await jobs.update(job.id, callback_status=outcome)
+    return outcome
+
+
+async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
+    body = payload(job)
+    headers = {"Content-Type": "application/json", "X-Heavy-Event": EVENT, "User-Agent": "heavy-webhook/1"}
+    if job.callback_secret:
+        headers[SIGNATURE_HEADER] = signature(job.callback_secret, body)
+    outcome = "not sent"
+    async with httpx.AsyncClient(follow_redirects=False, trust_env=False,
+                                 timeout=settings.webhook_timeout_s) as client:
+        for attempt in range(settings.webhook_attempts):
+            if attempt:
+                await asyncio.sleep(min(0.5 * 2 ** attempt, 8.0))
+            try:
+                target = await guard.check(job.callback_url)
+            except ToolError as exc:  # refused (a private address, a scheme) or unresolvable: final
+                return f"not sent: {exc}"
+            request = client.build_request(
+                "POST", target.connect_url, content=body, headers={**headers, "Host": target.host_header},
+                extensions={"sni_hostname": target.host} if target.url.scheme == "https" else {})
+            try:
+                response = await client.send(request)
+            except httpx.HTTPError as exc:
+                outcome = f"failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}"
+                continue
+            outcome = f"HTTP {response.status_code} after {attempt + 1} attempt(s)"
+            if response.is_success:
+                return f"delivered: {outcome}"
+            if response.status_code < 500 and response.status_code not in RETRIED_STATUSES:
+                return f"rejected: {outcome}"
+    return f"undelivered: {outcome}"

@@ -1,0 +1,149 @@
+"""Job callbacks against a real loopback receiver and real Redis: a job run by a worker is POSTed there, signed,
+when it ends; a cancelled queued job from the API; retries on 5xx, none on 4xx; the SSRF guard refuses private
+targets that the deployment did not allow (no request leaves for them); bad callback fields are 422s."""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from heavy.store.records import DONE
+from heavy.webhooks import EVENT, SIGNATURE_HEADER, deliver
+from heavy.worker import Worker
+from tests.heavy.api_helpers import app_for, client_for
+from tests.heavy.fakes import ScriptedBackend
+from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, executor, researcher, wait_for
+
+pytestmark = pytest.mark.anyio
+SECRET = "s3cret-of-sixteen+"
+
+
+class Receiver:
+    """A callback receiver on 127.0.0.1 answering each POST with the next of `statuses` (then 200)."""
+
+    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
+        self.statuses, self.received = list(statuses), []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                owner.received.append((dict(self.headers), body))
+                self.send_response(owner.statuses.pop(0) if owner.statuses else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.allow = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    made = []
+
+    def make(*statuses: int) -> Receiver:
+        made.append(Receiver(statuses))
+        return made[-1]
+    yield make
+    for r in made:
+        r.close()
+
+
+def settings_allowing(receiver: Receiver):
+    return WORKER_SETTINGS.model_copy(update={"webhook_allow": (receiver.allow,), "webhook_attempts": 3})
+
+
+async def test_a_job_a_worker_ends_is_posted_signed_to_its_callback(store, receiver):
+    hook = receiver()
+    settings = settings_allowing(hook)
+    key = await store.tenants.create_key("acme")
+    stop = asyncio.Event()
+    worker = asyncio.create_task(Worker(store, ScriptedBackend(researcher), executor(), settings, name="w").run(stop))
+    try:
+        async with client_for(app_for(store, settings), key.secret) as client:
+            job = (await client.post("/v1/jobs", json={**JOB, "callback_url": hook.url,
+                                                       "callback_secret": SECRET})).json()
+            assert job["callback_url"] == hook.url and "callback_secret" not in job
+            await wait_for(lambda: _callback_status(store, job["id"]))
+            shown = (await client.get(f"/v1/jobs/{job['id']}")).json()
+    finally:
+        stop.set()
+        await worker
+    (headers, body), = hook.received
+    sent = json.loads(body)
+    assert sent["type"] == EVENT and sent["job"]["id"] == job["id"] and sent["job"]["status"] == DONE
+    assert sent["links"]["report"] == f"/v1/jobs/{job['id']}/report"
+    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert headers[SIGNATURE_HEADER] == expected and headers["X-Heavy-Event"] == EVENT
+    assert shown["callback_status"] == "delivered: HTTP 200 after 1 attempt(s)"
+
+
+async def _callback_status(store, job_id: str) -> str:
+    return (await store.jobs.get(job_id)).callback_status
+
+
+async def test_a_queued_job_cancelled_through_the_api_is_posted_from_the_api(store, receiver):
+    hook = receiver()
+    settings = settings_allowing(hook)
+    key = await store.tenants.create_key("acme")
+    async with client_for(app_for(store, settings), key.secret) as client:
+        job = (await client.post("/v1/jobs", json={**JOB, "callback_url": hook.url})).json()
+        await client.post(f"/v1/jobs/{job['id']}/cancel")
+        await wait_for(lambda: _callback_status(store, job["id"]))
+    (headers, body), = hook.received
+    assert json.loads(body)["job"]["status"] == "cancelled" and SIGNATURE_HEADER not in headers  # no secret given
+
+
+@pytest.mark.parametrize("statuses, outcome, posts", [
+    ((503,), "delivered: HTTP 200 after 2 attempt(s)", 2),
+    ((500, 502, 503), "undelivered: HTTP 503 after 3 attempt(s)", 3),
+    ((410,), "rejected: HTTP 410 after 1 attempt(s)", 1),
+])
+async def test_retries_on_server_errors_and_not_on_a_refusal(store, receiver, statuses, outcome, posts):
+    hook = receiver(*statuses)
+    job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1},
+                                     callback_url=hook.url)
+    await store.jobs.finish(job, DONE)
+    assert await deliver(store.jobs, job.id, settings_allowing(hook)) == outcome
+    assert len(hook.received) == posts and (await store.jobs.get(job.id)).callback_status == outcome
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("http://127.0.0.1:{port}/hook", "127.0.0.1, a loopback address"),  # the receiver itself, not allowed here
+    ("http://169.254.169.254/latest/meta-data", "169.254.169.254, a cloud metadata address"),
+    ("http://10.0.0.8/hook", "10.0.0.8, a private address"),
+])
+async def test_private_callbacks_are_refused_unless_allowed(store, receiver, url, reason):
+    hook = receiver()
+    url = url.format(port=hook.allow.rsplit(":", 1)[1])
+    job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1},
+                                     callback_url=url)
+    await store.jobs.finish(job, DONE)
+    outcome = await deliver(store.jobs, job.id, WORKER_SETTINGS)  # no allow-list
+    assert outcome.startswith("not sent: refused") and reason in outcome and hook.received == []
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"callback_url": "ftp://example.com/x"}, "must be an http:// or https:// URL"),
+    ({"callback_url": "https://user:pw@example.com/x"}, "must not carry credentials"),
+    ({"callback_secret": SECRET}, "give callback_url too"),
+    ({"callback_url": "https://example.com/x", "callback_secret": "short"}, "at least 16 characters"),
+])
+async def test_bad_callback_fields_are_422(store, fields, message):
+    key = await store.tenants.create_key("acme")
+    async with client_for(app_for(store), key.secret) as client:
+        response = await client.post("/v1/jobs", json={**JOB, **fields})
+    assert response.status_code == 422 and message in response.text
