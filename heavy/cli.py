@@ -41,7 +41,8 @@ app = typer.Typer(help="Heavy-mode research: N trajectories merged into one cite
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(jobs_app, name="jobs")
 register_service_commands(app)  # serve, worker, up, keys
-console = Console()
+console = Console(stderr=True)  # progress, the board, notes: `heavy ask ... > report.md` keeps only the report
+report_console = Console()
 # what a user can get wrong: a path, a corpus file, a HEAVY_* setting, a Redis that is not there
 USER_ERRORS = (OSError, CorpusFormatError, pydantic.ValidationError, redis.exceptions.ConnectionError)
 
@@ -158,7 +159,10 @@ def ask(
     if result.status == "cancelled":
         console.print("[yellow]cancelled:[/yellow] no report")
         raise typer.Exit(130)  # as a shell reports a command ended by Ctrl-C
-    console.print(Markdown(result.markdown))
+    if report_console.is_terminal:
+        report_console.print(Markdown(result.markdown))
+    else:  # to a file or a pipe: the Markdown as written
+        typer.echo(result.markdown)
     _print_dropped(result)
     if json_out is not None:
         json_out.write_text(result.to_json())

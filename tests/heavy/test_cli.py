@@ -120,6 +120,9 @@ def test_ask_prints_a_cited_report_and_writes_json(tmp_path, monkeypatch, fake_l
     assert result.exit_code == 0, result.output
     assert "Scott Derrickson" in result.output and "Sources" in result.output
     assert "starting" not in result.output and result.output.count("answered") == 2  # the board once, as it ended
+    # not a terminal: the report alone on stdout, as Markdown (`heavy ask ... > report.md`); the board on stderr
+    assert result.stdout.startswith("# Who directed Sinister?") and "## Sources" in result.stdout
+    assert "heavy: trajectories" in result.stderr and "heavy: trajectories" not in result.stdout
     data = json.loads(out.read_text())
     assert data["answer"] == "Scott Derrickson" and data["agreement"] == 1.0 and data["status"] == "done"
     assert data["sources"][0]["url"].startswith("http://127.0.0.1:") and data["sources"][0]["content_hash"]
