@@ -123,7 +123,7 @@ class EPRank:
     def max_model_len(self) -> int:
         return self._engine().max_model_len
 
-    def status(self) -> "RankStatus":
+    def status(self) -> RankStatus:
         engine = self._engine()
         return RankStatus(engine.stats, engine.load())
 
