@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from runtime.penalties import adjusted_logits
+
 GREEDY_TEMPERATURE = 0.0
 MAX_LOGPROBS = 20
 
@@ -29,6 +31,12 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # return the chosen token's logprob and this many top alternatives
     prompt_logprobs: int | None = None  # ... and of every prompt token after the first (no prefix-cache reuse)
+    min_p: float = 0.0  # after temperature, tokens less likely than min_p x the likeliest one are cut
+    # runtime/penalties.py: applied to the logits before temperature
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -43,14 +51,30 @@ class SamplingParams:
             count = getattr(self, name)
             if count is not None and not 0 <= count <= MAX_LOGPROBS:
                 raise SamplingError(f"{name} must be in [0, {MAX_LOGPROBS}], got {count}")
+        if not 0 <= self.min_p <= 1:
+            raise SamplingError(f"min_p must be in [0, 1], got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise SamplingError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if self.repetition_penalty <= 0:
+            raise SamplingError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if any(not -100 <= bias <= 100 for _, bias in self.logit_bias):
+            raise SamplingError("logit_bias values must be in [-100, 100]")
         if any(not s for s in self.stop):
             raise SamplingError("stop strings must be non-empty")
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in self.logit_bias))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == GREEDY_TEMPERATURE
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Its logits depend on the tokens so far (penalties) or are biased: runtime/penalties.py."""
+        return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty
+                    or self.repetition_penalty != 1.0)
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,9 @@ class TokenLogprobs:
 def _filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Temperature, then top-k, then top-p on one row. logits [V] fp32 -> [V] (-inf where cut)."""
     logits = logits / params.temperature
+    if params.min_p > 0:
+        probs = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
     if params.top_k and params.top_k < logits.numel():
         kth = torch.topk(logits, params.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -91,15 +118,24 @@ class Sampler:
     """Chooses the next token of every sequence of a step from its logits row."""
 
     def __call__(
-        self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+        self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+        histories: list[tuple[list[int], list[int]] | None] | None = None,
     ) -> tuple[list[int], list[TokenLogprobs | None]]:
+        """`histories`: each row's (prompt, completion so far) token ids, where its params adjust logits."""
         # logits [B, V] fp32
         logits = logits.float()
-        tokens = logits.argmax(dim=-1).tolist()  # greedy for every row; sampled rows are overwritten below
+        chosen_from = logits
+        if any(p.adjusts_logits for p in params):
+            chosen_from = logits.clone()
+            for row, p in enumerate(params):
+                if p.adjusts_logits:
+                    chosen_from[row] = adjusted_logits(logits[row], p, *histories[row])
+        tokens = chosen_from.argmax(dim=-1).tolist()  # greedy for every row; sampled rows are overwritten below
         for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
             if p.greedy:
                 continue
-            tokens[row] = draw(sampling_probs(logits[row], p), gen)
+            tokens[row] = draw(sampling_probs(chosen_from[row], p), gen)
+        # the model's own distribution, before any bias or penalty
         logprobs = [token_logprobs(logits[i], tok, p) for i, (tok, p) in enumerate(zip(tokens, params, strict=True))]
         return tokens, logprobs
 

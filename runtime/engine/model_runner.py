@@ -110,8 +110,11 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden.index_select(0, torch.tensor(rows, device=self.device)))  # [R, V]
         plain = [i for i, (_, wanted) in enumerate(spans) if wanted == 1]
         if plain:  # one batched draw for the sequences without drafts
+            histories = [(seqs[i].token_ids[: seqs[i].num_prompt_tokens], seqs[i].completion_token_ids)
+                         if seqs[i].params.adjusts_logits else None for i in plain]  # what penalties count
             chosen, chosen_logprobs = self.sampler(logits[[spans[i][0] for i in plain]],
-                                                   [seqs[i].params for i in plain], [seqs[i].generator for i in plain])
+                                                   [seqs[i].params for i in plain], [seqs[i].generator for i in plain],
+                                                   histories)
             for i, token, logprob in zip(plain, chosen, chosen_logprobs, strict=True):
                 tokens[i], logprobs[i] = [token], [logprob]
         for i, (first, wanted) in enumerate(spans):

@@ -97,7 +97,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         check_model(request)
 
         def params_for(ids: list[int]):
-            params = sampling_params(request, len(ids), engine.engine.max_model_len)
+            params = sampling_params(request, len(ids), engine.engine.max_model_len, tokenizer.vocab_size)
             checked(ids, "prompt")
             return params
 
@@ -122,7 +122,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         forced = forced_answer_prefix(plan, tokenizer)
         if forced:
             prompt_ids = prompt_ids + tokenizer.encode(forced)
-        params = sampling_params(request, len(prompt_ids), engine.engine.max_model_len)
+        params = sampling_params(request, len(prompt_ids), engine.engine.max_model_len, tokenizer.vocab_size)
         checked(prompt_ids, "messages")
         states = [ChoiceState(j, choice_params(params, j), parse_tools=plan.parse_calls, parser=make_parser(tokenizer))
                   for j in range(request.n)]

@@ -97,8 +97,8 @@ def forced_answer_prefix(plan: ToolPlan, tokenizer) -> str:
     return '<tool_call>\n{"name": "'
 
 
-def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_len: int,
-                    max_model_len: int) -> SamplingParams:
+def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_len: int, max_model_len: int,
+                    vocab_size: int) -> SamplingParams:
     room = max_model_len - prompt_len
     if room <= 0:
         raise ApiError(f"the prompt has {prompt_len} tokens; the model's context is {max_model_len}",
@@ -115,6 +115,11 @@ def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_l
             ignore_eos=request.ignore_eos,
             logprobs=request.top_logprob_count,
             prompt_logprobs=request.prompt_logprob_count,
+            min_p=request.min_p or 0.0,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
+            logit_bias=request.logit_biases(vocab_size),
         )
     except SamplingError as exc:
         raise ApiError(str(exc)) from exc

@@ -44,13 +44,18 @@ def _positive(limit: int | None, param: str) -> int | None:
 class _SamplingRequest(BaseModel):
     """What chat and text completion requests share: the model asked for, sampling, limits, streaming."""
 
-    model_config = ConfigDict(extra="ignore")  # penalties, user, metadata, ...: accepted and ignored
+    model_config = ConfigDict(extra="ignore")  # user, metadata, ...: accepted and ignored
 
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)  # not OpenAI's, but vLLM and SGLang accept it
     ignore_eos: bool = False  # vLLM's and SGLang's too: benchmarks ask for a fixed number of tokens
+    min_p: float | None = Field(default=None, ge=0, le=1)  # vLLM's and SGLang's
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(default=None, gt=0)  # vLLM's and SGLang's: over prompt and completion
+    logit_bias: dict[str, float] | None = None  # token id (as a string, as OpenAI's API writes it) -> bias
     max_tokens: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -68,6 +73,15 @@ class _SamplingRequest(BaseModel):
     @property
     def completion_limit(self) -> int | None:
         return _positive(self.max_tokens, "max_tokens")
+
+    def logit_biases(self, vocab_size: int) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` as (token id, bias) pairs; an ApiError for a key that is no token id of this vocabulary."""
+        pairs = []
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.strip().isdigit() or not 0 <= int(key) < vocab_size:
+                raise ApiError(f"logit_bias keys are token ids below {vocab_size}, got {key!r}", param="logit_bias")
+            pairs.append((int(key), bias))
+        return tuple(pairs)
 
     @property
     def stop_strings(self) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers import RepetitionPenaltyLogitsProcessor
 
 from runtime.engine import EngineConfig, FinishReason, LLMEngine, RequestError
 from runtime.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
@@ -60,6 +61,38 @@ def test_engine_matches_the_plain_model(model):
     ps = prompts(2)
     out = engine(model).generate(ps, GREEDY)
     assert [c.token_ids for c in out] == [reference_greedy(model, p, GREEDY.max_tokens) for p in ps]
+
+
+def reference_penalized_greedy(model, prompt: list[int], steps: int, repetition: float, frequency: float,
+                               presence: float) -> list[int]:
+    """The plain model, its last row adjusted each step by transformers' repetition penalty (prompt and completion)
+    and OpenAI's presence / frequency formula (completion only), then the argmax."""
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(steps):
+            row = model.compute_logits(model(torch.tensor(ids), torch.arange(len(ids))))[-1:]  # [1, V]
+            row = RepetitionPenaltyLogitsProcessor(repetition)(torch.tensor([ids]), row)[0]
+            completion = ids[len(prompt):]
+            for token in set(completion):
+                row[token] -= frequency * completion.count(token) + presence
+            ids.append(int(row.argmax()))
+    return ids[len(prompt):]
+
+
+def test_penalized_greedy_requests_match_the_reference_beside_plain_ones_with_speculation_on(model):
+    # prompts that repeat themselves: prompt lookup has drafts to offer every sequence
+    ps = [[5, 6, 7, 8] * 4, [9, 10, 11] * 5, [12, 13, 14, 15] * 4]
+    penalized = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, repetition_penalty=1.5,
+                               frequency_penalty=0.8, presence_penalty=0.4)
+    plain = engine(model, speculative_tokens=4)
+    plain.generate(ps, GREEDY)
+    assert plain.speculation.drafted > 0  # unpenalized, these prompts are drafted for
+    mixed = engine(model, speculative_tokens=4)
+    out = mixed.generate(ps, [penalized, GREEDY, penalized])
+    for p, completion in zip(ps[::2], out[::2], strict=True):
+        assert completion.token_ids == reference_penalized_greedy(model, p, 12, 1.5, 0.8, 0.4)
+        assert completion.token_ids != reference_greedy(model, p, 12)  # the penalties changed something
+    assert out[1].token_ids == reference_greedy(model, ps[1], 12)
 
 
 def test_a_batch_of_8_equals_one_at_a_time(model):

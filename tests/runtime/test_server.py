@@ -413,3 +413,18 @@ def test_metrics_count_each_requests_tokens_and_times(server):
     assert after[f"heavy_runtime_num_requests_running{label}"] == 0
     assert after[f"heavy_runtime_requests_in_flight{label}"] == 0
     assert 0 <= after[f"heavy_runtime_kv_cache_usage_ratio{label}"] < 1
+
+
+def test_logit_bias_and_penalties_reach_the_sampler_and_bad_bias_keys_are_400s(server):
+    forced = complete(server, prompt=PROMPT, max_tokens=4, temperature=0, ignore_eos=True,
+                      logit_bias={str(ord("z") - 31): 100})  # the CharTokenizer's id of "z"
+    assert forced.json()["choices"][0]["text"] == "zzzz"
+    plain = complete(server, prompt=PROMPT, max_tokens=12, temperature=0, ignore_eos=True).json()
+    penalized = complete(server, prompt=PROMPT, max_tokens=12, temperature=0, ignore_eos=True,
+                         frequency_penalty=2, presence_penalty=2, repetition_penalty=1.5).json()
+    text, plain_text = penalized["choices"][0]["text"], plain["choices"][0]["text"]
+    assert text != plain_text  # what the penalties compute: tests/runtime/test_engine.py and test_penalties.py
+    for bias, message in (({"z": 1}, "logit_bias keys are token ids below 97, got 'z'"),
+                          ({"97": 1}, "got '97'"), ({"5": 101}, "logit_bias values must be in [-100, 100]")):
+        refused = complete(server, prompt=PROMPT, max_tokens=2, logit_bias=bias)
+        assert refused.status_code == 400 and message in refused.text, refused.text
