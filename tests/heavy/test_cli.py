@@ -197,7 +197,8 @@ def test_ask_reports_a_missing_index_in_one_line(tmp_path):
     assert result.exit_code == 1 and "no corpus index" in result.output
 
 
-def test_ask_passes_its_deadline_and_step_budget_to_the_job(tmp_path, monkeypatch):
+def _specs_of(tmp_path, monkeypatch, *options: str):
+    """The jobs `heavy ask` would run with `options` and with none (captured before anything runs)."""
     index = tmp_path / "corpus.sqlite"
     (tmp_path / "docs.jsonl").write_text(json.dumps(DOCS[0]))
     corpus_add(tmp_path / "docs.jsonl", index)
@@ -209,9 +210,13 @@ def test_ask_passes_its_deadline_and_step_budget_to_the_job(tmp_path, monkeypatc
 
     monkeypatch.setattr("heavy.cli._run", capture)
     args = ["ask", "q?", "--backend", "openai", "--index", str(index), "--no-live"]
-    CliRunner().invoke(app, [*args, "--deadline", "2400", "--max-steps", "12"])
+    CliRunner().invoke(app, [*args, *options])
     CliRunner().invoke(app, args)
-    given, default = specs
+    return specs
+
+
+def test_ask_passes_its_deadline_and_step_budget_to_the_job(tmp_path, monkeypatch):
+    given, default = _specs_of(tmp_path, monkeypatch, "--deadline", "2400", "--max-steps", "12")
     assert (given.deadline_s, given.limits.deadline_s, given.limits.max_steps) == (2400, 2400, 12)
     settings = get_settings()
     assert (default.deadline_s, default.limits.deadline_s) == (settings.job_deadline_s, settings.job_deadline_s)
@@ -219,20 +224,7 @@ def test_ask_passes_its_deadline_and_step_budget_to_the_job(tmp_path, monkeypatc
 
 
 def test_ask_passes_its_tools_and_token_budget_to_the_job(tmp_path, monkeypatch):
-    index = tmp_path / "corpus.sqlite"
-    (tmp_path / "docs.jsonl").write_text(json.dumps(DOCS[0]))
-    corpus_add(tmp_path / "docs.jsonl", index)
-    specs = []
-
-    async def capture(spec, backend_name, executor, show_live):
-        specs.append(spec)
-        raise RuntimeError("captured")
-
-    monkeypatch.setattr("heavy.cli._run", capture)
-    args = ["ask", "q?", "--backend", "openai", "--index", str(index), "--no-live"]
-    CliRunner().invoke(app, [*args, "--tool", "search", "--tool", "open_page", "--job-tokens", "5000"])
-    CliRunner().invoke(app, args)
-    given, default = specs
+    given, default = _specs_of(tmp_path, monkeypatch, "--tool", "search", "--tool", "open_page", "--job-tokens", "5000")
     assert given.allowed_tools == {"search", "open_page"} and given.job_tokens == 5000
     settings = get_settings()
     assert default.allowed_tools == set(settings.allowed_tools) and default.job_tokens == settings.job_tokens
