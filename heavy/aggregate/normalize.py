@@ -42,10 +42,30 @@ def _singular(word: str) -> str:
     return word[:-1] if plural else word
 
 
+_UNDERLINE = re.compile(r"^\s*([=\-*~^#])\1{2,}\s*$")  # a heading's underline (reST, Markdown), or a rule
+_HASH_HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
+
+
 def plain_answer(text: str) -> str:
     """An answer as written plainly: HTML entities unescaped (one copied from an escaped title, "Tunnels &amp;
-    Trolls", is the same answer), surrounding space dropped. Every answer and reading passes here before any check."""
-    return html.unescape(text).strip()
+    Trolls", is the same answer), a page's headings copied with it dropped, surrounding space dropped. Every answer
+    and reading passes here before any check."""
+    return without_headings(html.unescape(text)).strip()
+
+
+def without_headings(text: str) -> str:
+    """Text less the section headings a model copied from a page: an underlined heading with its underline, a
+    "## heading" line, a rule. Seen in a report's headline answer to a question on the continue statement:
+    "The 'break' statement" above a row of asterisks, the end of the previous section of Python's reference."""
+    kept: list[str] = []
+    for line in text.splitlines():
+        if _UNDERLINE.match(line):
+            if kept and kept[-1].strip():
+                kept.pop()  # the heading it underlines
+            continue
+        if not _HASH_HEADING.match(line):
+            kept.append(line)
+    return "\n".join(kept) if len(kept) != len(text.splitlines()) else text
 
 
 def as_sources_write(answer: str, texts: Iterable[str]) -> str:

@@ -7,7 +7,7 @@ from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate import AggregationConfig, aggregate, normalize_answer, tally, vote
 from heavy.aggregate.evidence import token_f1
 from heavy.aggregate.judge import REPLY_NUMBER, REPLY_PHRASE, REPLY_YES_NO, reading_order
-from heavy.aggregate.normalize import as_sources_write
+from heavy.aggregate.normalize import as_sources_write, plain_answer
 from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, phrase_around_question, restates
 from heavy.aggregate.vote import Group, ballots_winner
 from heavy.llm.types import LLMError, Usage
@@ -29,6 +29,15 @@ def result(index, answer, *, cited=(), evidence=None, confidence=0.5):
 def test_normalisation_matches_the_official_metric():
     assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
     assert normalize_answer("An apple, a pear") == "apple pear"
+
+
+def test_an_answer_copied_with_a_pages_headings_is_shown_and_voted_without_them():
+    copied = "The 'break' statement\n************************\ncontinue_stmt ::= \"continue\"\n\nIt goes on."
+    assert plain_answer(copied) == 'continue_stmt ::= "continue"\n\nIt goes on.'
+    assert plain_answer("## Loops\nfor and while") == "for and while"
+    assert plain_answer("a - b\n- a list item\n| x |\n|---|") == "a - b\n- a list item\n| x |\n|---|"
+    groups = tally([result(0, copied), result(1, 'continue_stmt ::= "continue"\n\nIt goes on.')])
+    assert [(g.answer, g.members) for g in groups] == [('continue_stmt ::= "continue"\n\nIt goes on.', (0, 1))]
 
 
 def test_tally_groups_equal_normalised_answers_and_ignores_empty_ones():
