@@ -86,7 +86,8 @@ async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
                 "POST", target.connect_url, content=body, headers={**headers, "Host": target.host_header},
                 extensions={"sni_hostname": target.host} if target.url.scheme == "https" else {})
             try:
-                response = await client.send(request)
+                response = await client.send(request, stream=True)  # its body is never read: a receiver's size
+                await response.aclose()  # cannot matter here
             except httpx.HTTPError as exc:
                 outcome = f"failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}"
                 continue
