@@ -5,8 +5,9 @@ The POST goes through the same SSRF guard as `open_page` (resolved first, privat
 the connection pinned to the checked address, no redirects followed), unless the address is on
 HEAVY_WEBHOOK_ALLOW. With a `callback_secret` the body is signed: `X-Heavy-Signature: sha256=<HMAC-SHA256 of the
 body>`. Up to `webhook_attempts` tries with backoff on connection errors, 408, 429 and 5xx; the outcome is kept in
-the job as `callback_status`. Delivery is at most once per end: a process that dies between ending a job and
-posting its callback does not post it.
+the job as `callback_status` ("sending" while it is out). Delivery is at most once: the first process to try claims
+it in Redis (the worker that ended the job, or the API that cancelled it before any worker ran it), and one that
+dies between ending a job and posting its callback does not post it.
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ def payload(job: JobRecord) -> bytes:
 
 
 async def deliver(jobs: JobStore, job_id: str, settings: Settings, guard: SsrfGuard | None = None) -> str | None:
-    """POST the ended job to its callback URL, if it has one; the outcome (also kept as `callback_status`), or None.
-    Never raises: a receiver's failure is the job's callback status, not the caller's error."""
+    """POST the ended job to its callback URL, if it has one and no one posted it yet; the outcome (also kept as
+    `callback_status`), or None. Never raises: a receiver's failure is the job's callback status, not the caller's
+    error."""
     try:
         job = await jobs.get(job_id)
     except JobNotFound:
         return None
-    if not job.callback_url:
+    if not job.callback_url or not await jobs.claim_callback(job.id):
         return None
     outcome = await _post(job, settings, guard or webhook_guard(settings))
     log.info("job %s: callback %s", job.id, outcome)

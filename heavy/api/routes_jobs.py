@@ -68,9 +68,8 @@ async def get_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobPubli
 async def cancel_job(job_id: JobId, tenant: TenantDep, store: StoreDep, settings: SettingsDep,
                      background: BackgroundTasks) -> JobPublic:
     """Cancel: a queued job at once, a running one within a second (no report is written)."""
-    before = await store.jobs.get(job_id, tenant)
     job = await store.jobs.cancel(job_id, tenant)
-    if job.terminal and not before.terminal:  # it ended here, not in a worker: its callback goes from here
+    if job.terminal:  # ended here (queued): no worker will post its callback; sent once whoever tries
         background.add_task(deliver, store.jobs, job.id, settings)
     return public(job)
 

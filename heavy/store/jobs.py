@@ -55,6 +55,7 @@ class JobStore:
         self._finish = redis.register_script(scripts.FINISH)
         self._append = redis.register_script(scripts.APPEND_EVENT)
         self._delete = redis.register_script(scripts.DELETE)
+        self._claim_callback = redis.register_script(scripts.CLAIM_CALLBACK)
 
     # --- jobs ---
 
@@ -176,6 +177,11 @@ class JobStore:
             raise JobNotFound(f"no job {job_id!r}")
         if outcome == "refused":
             raise InvalidTransition(f"job {job_id} is {status}; cancel it before deleting it")
+
+    async def claim_callback(self, job_id: str) -> bool:
+        """True for the one caller that may send the job's callback (the worker that ended it, or the API that
+        cancelled it before any worker ran it: both may try), False for every later one."""
+        return bool(await self._claim_callback(keys=[self.keys.job(job_id)], args=["sending"]))
 
     async def finish_now(self, job_id: str, tenant: str) -> JobRecord:
         """Ask the running job to stop its trajectories and aggregate what exists."""

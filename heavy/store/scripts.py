@@ -78,6 +78,15 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end -- an event after the en
 return seq
 """
 
+# KEYS: job hash; ARGV: the status to set -> 1 when this caller may send the job's callback (none was claimed yet)
+CLAIM_CALLBACK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local status = redis.call('HGET', KEYS[1], 'callback_status')
+if status and status ~= '' then return 0 end
+redis.call('HSET', KEYS[1], 'callback_status', ARGV[1])
+return 1
+"""
+
 # KEYS: job hash, tenant jobs zset, then the job's other keys; ARGV: job id, tenant, statuses it may be deleted in
 DELETE = """
 local status = redis.call('HGET', KEYS[1], 'status')
