@@ -19,7 +19,6 @@ import redis
 import typer
 from rich.console import Console
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.markup import escape
 
 from heavy.aggregate import AggregationConfig, JobResult
@@ -29,7 +28,7 @@ from heavy.config import get_settings
 from heavy.corpus.commands import corpus_app, default_index_path
 from heavy.corpus.documents import CorpusFormatError
 from heavy.corpus.index import indexed_documents
-from heavy.display import LiveBoard, print_error
+from heavy.display import LiveBoard, print_error, print_report
 from heavy.llm import make_backend
 from heavy.scheduler import JobControl, JobSpec, Scheduler
 from heavy.service_cli import register as register_service_commands
@@ -42,7 +41,6 @@ app.add_typer(corpus_app, name="corpus")
 app.add_typer(jobs_app, name="jobs")
 register_service_commands(app)  # serve, worker, up, keys
 console = Console(stderr=True)  # progress, the board, notes: `heavy ask ... > report.md` keeps only the report
-report_console = Console()
 # what a user can get wrong: a path, a corpus file, a HEAVY_* setting, a Redis that is not there
 USER_ERRORS = (OSError, CorpusFormatError, pydantic.ValidationError, redis.exceptions.ConnectionError)
 
@@ -159,10 +157,7 @@ def ask(
     if result.status == "cancelled":
         console.print("[yellow]cancelled:[/yellow] no report")
         raise typer.Exit(130)  # as a shell reports a command ended by Ctrl-C
-    if report_console.is_terminal:
-        report_console.print(Markdown(result.markdown))
-    else:  # to a file or a pipe: the Markdown as written
-        typer.echo(result.markdown)
+    print_report(result.markdown)
     _print_dropped(result)
     if json_out is not None:
         json_out.write_text(result.to_json())

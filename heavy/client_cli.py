@@ -17,11 +17,10 @@ import httpx
 import typer
 from rich.console import Console
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.table import Table
 
 from heavy.cli_options import ModeOption, ToolOption
-from heavy.display import LiveBoard, print_error
+from heavy.display import LiveBoard, print_error, print_report
 from heavy.events import event_from_dict
 from heavy.store.records import TERMINAL_EVENTS
 
@@ -71,7 +70,7 @@ class Api:
             except httpx.TransportError as exc:
                 drops += 1
                 if drops > RECONNECTS:
-                    raise ApiError(f"the event stream of job {job_id} dropped {drops} times: {exc}") from exc
+                    raise ApiError(f"the event stream of job {job_id} dropped {drops} times in a row: {exc}") from exc
                 time.sleep(min(2.0 ** drops / 4, 5.0))
 
 
@@ -197,10 +196,10 @@ def report(ctx: typer.Context, job_id: str,
     """A finished job's report: Markdown (rendered on a terminal, as written otherwise), or its JSON result."""
     accept = "application/json" if as_json else "text/markdown"
     text = _run(lambda: _api(ctx).call("GET", f"/v1/jobs/{job_id}/report", headers={"Accept": accept}).text)
-    if as_json or not console.is_terminal:
+    if as_json:
         typer.echo(text)
     else:
-        console.print(Markdown(text))
+        print_report(text)
 
 
 def _control(ctx: typer.Context, job_id: str, action: str) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -65,6 +66,15 @@ class LiveBoard:
         for k, lane in enumerate(self.lanes):
             table.add_row(str(k + 1), str(lane.step), lane.action, f"{lane.tokens:,}", str(lane.sources), lane.status)
         return Group(table, Text(self.stage, style="bold"))
+
+
+def print_report(markdown: str) -> None:
+    """A report on stdout: rendered on a terminal, the Markdown as written to a file or a pipe."""
+    console = Console()
+    if console.is_terminal:
+        console.print(Markdown(markdown))
+    else:
+        print(markdown, flush=True)
 
 
 def print_error(message: str) -> None:
