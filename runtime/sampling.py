@@ -84,7 +84,7 @@ class TokenLogprobs:
 
 
 def _filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature, then top-k, then top-p on one row. logits [V] fp32 -> [V] (-inf where cut)."""
+    """Temperature, then min-p, top-k and top-p on one row. logits [V] fp32 -> [V] (-inf where cut)."""
     logits = logits / params.temperature
     if params.min_p > 0:
         probs = torch.softmax(logits, dim=-1)

@@ -105,6 +105,9 @@ class LLMEngine:
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use")
         self.check_request(prompt_token_ids)
+        vocab = self.runner.model.config.vocab_size
+        if bad := [t for t, _ in params.logit_bias if not 0 <= t < vocab]:
+            raise RequestError(f"logit_bias names token ids outside the vocabulary (size {vocab}): {bad[:5]}")
         seq = Sequence(request_id, prompt_token_ids, params)
         self.requests[request_id] = _Request(seq, StopStringText(self.tokenizer.incremental_decoder(), params.stop))
         self.scheduler.add(seq)

@@ -167,3 +167,5 @@ def test_abort_frees_blocks_and_bad_requests_raise(model):
         e.add_request([], GREEDY)
     with pytest.raises(RequestError, match="context"):
         engine(model, num_blocks=4).add_request(list(range(1, 20)), GREEDY)
+    with pytest.raises(RequestError, match=r"logit_bias names token ids outside the vocabulary \(size 97\): \[97\]"):
+        e.add_request([1, 2], SamplingParams(logit_bias=((3, 1.0), (97, 1.0))))
