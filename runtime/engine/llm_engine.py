@@ -105,9 +105,8 @@ class LLMEngine:
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use")
         self.check_request(prompt_token_ids)
-        vocab = self.runner.model.config.vocab_size
-        if bad := [t for t, _ in params.logit_bias if not 0 <= t < vocab]:
-            raise RequestError(f"logit_bias names token ids outside the vocabulary (size {vocab}): {bad[:5]}")
+        if params.logit_bias:
+            self._check_bias(params)
         seq = Sequence(request_id, prompt_token_ids, params)
         self.requests[request_id] = _Request(seq, StopStringText(self.tokenizer.incremental_decoder(), params.stop))
         self.scheduler.add(seq)
@@ -122,6 +121,12 @@ class LLMEngine:
                 f"the prompt has {len(prompt_token_ids)} tokens; this engine's context is {self.max_model_len} "
                 "(prompt plus at least one generated token)"
             )
+
+    def _check_bias(self, params: SamplingParams) -> None:
+        """An id past the model's vocabulary would fail the sampler, and with it the whole step's batch."""
+        vocab = self.runner.model.config.vocab_size
+        if bad := [t for t, _ in params.logit_bias if not 0 <= t < vocab]:
+            raise RequestError(f"logit_bias names token ids outside the vocabulary (size {vocab}): {bad[:5]}")
 
     def abort(self, request_id: str) -> None:
         """Stop a request now and free its blocks; unknown or finished ids are ignored."""
