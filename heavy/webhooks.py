@@ -47,9 +47,7 @@ def webhook_guard(settings: Settings) -> SsrfGuard:
 
 
 def payload(job: JobRecord) -> bytes:
-    base = f"/v1/jobs/{job.id}"
-    return json.dumps({"type": EVENT, "job": job.public(), "links": {"self": base, "report": f"{base}/report"}},
-                      ensure_ascii=False).encode()
+    return json.dumps({"type": EVENT, "job": job.public(), "links": job.links()}, ensure_ascii=False).encode()
 
 
 async def deliver(jobs: JobStore, job_id: str, settings: Settings, guard: SsrfGuard | None = None) -> str | None:

@@ -57,15 +57,15 @@ def without_headings(text: str) -> str:
     """Text less the section headings a model copied from a page: an underlined heading with its underline, a
     "## heading" line, a rule. Seen in a report's headline answer to a question on the continue statement:
     "The 'break' statement" above a row of asterisks, the end of the previous section of Python's reference."""
-    kept: list[str] = []
-    for line in text.splitlines():
+    lines, kept = text.splitlines(), []
+    for line in lines:
         if _UNDERLINE.match(line):
             if kept and kept[-1].strip():
                 kept.pop()  # the heading it underlines
             continue
         if not _HASH_HEADING.match(line):
             kept.append(line)
-    return "\n".join(kept) if len(kept) != len(text.splitlines()) else text
+    return "\n".join(kept) if len(kept) != len(lines) else text  # untouched when it has none
 
 
 def as_sources_write(answer: str, texts: Iterable[str]) -> str:

@@ -21,8 +21,7 @@ ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 409, 413, 422, 4
 
 
 def public(job: JobRecord) -> JobPublic:
-    base = f"/v1/jobs/{job.id}"
-    return JobPublic(**job.public(), links={"self": base, "events": f"{base}/events", "report": f"{base}/report"})
+    return JobPublic(**job.public(), links=job.links())
 
 
 @router.post("", status_code=202, response_model=JobPublic, responses={**ERRORS, 415: {"model": ErrorBody}})

@@ -68,6 +68,11 @@ class JobRecord:
             callback_secret=data.get("callback_secret", ""), callback_status=data.get("callback_status", ""),
         )
 
+    def links(self) -> dict[str, str]:
+        """Where the API serves the job, its events and its report."""
+        base = f"/v1/jobs/{self.id}"
+        return {"self": base, "events": f"{base}/events", "report": f"{base}/report"}
+
     def public(self) -> dict[str, Any]:
         """What the API shows a tenant (no worker internals beyond the attempt count)."""
         return {
