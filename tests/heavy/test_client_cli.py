@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from heavy.cli import app
-from tests.heavy.worker_helpers import wait_for
+from tests.heavy.worker_helpers import ended, wait_for
 
 pytestmark = pytest.mark.anyio
 QUESTION = "Which module parses command-line options?"
@@ -48,15 +48,11 @@ async def test_what_the_api_refuses_is_one_line(service, store):
     wrong_key = await heavy(service, "hv_wrong", "list")
     assert wrong_key.exit_code == 1 and "401" in wrong_key.output
     job_id = (await heavy(service, key, "submit", QUESTION, "--trajectories", "1")).output.strip()
-    await wait_for(lambda: _ended(store, job_id))
+    await wait_for(lambda: ended(store, job_id))
     refused = await heavy(service, key, "cancel", job_id)
     assert refused.exit_code == 1 and "409 invalid_state: job" in refused.output and "already done" in refused.output
     unreachable = await asyncio.to_thread(CliRunner().invoke, app, ["jobs", "--url", "http://127.0.0.1:9", "list"])
     assert unreachable.exit_code == 1 and "cannot reach the heavy API at http://127.0.0.1:9" in unreachable.output
-
-
-async def _ended(store, job_id: str) -> bool:
-    return (await store.jobs.get(job_id)).terminal
 
 
 async def test_a_watch_resumes_after_the_api_restarts_and_misses_no_event(service, store):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.heavy.worker_helpers import ended, wait_for
+
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -26,6 +28,11 @@ async def page():
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = await browser.new_page(viewport={"width": 1200, "height": 900})
+        # what the page said and which requests failed: printed, so a failing test's captured output shows them
+        page.on("console", lambda message: print(f"console {message.type}: {message.text}"))
+        page.on("pageerror", lambda error: print(f"page error: {error}"))
+        page.on("requestfailed", lambda request: print(f"request failed: {request.method} {request.url} "
+                                                       f"{request.failure}"))
         yield page
         await browser.close()
 
@@ -104,8 +111,8 @@ async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_eve
     await page.wait_for_selector("#connection:has-text('reconnecting')")
     service.model_gate.set()  # the job goes on while the API is down; its events wait in Redis
     await service.start_api()
-    await page.wait_for_selector("#report:not([hidden])", timeout=60_000)
-    final = await store.jobs.get(job.id)
+    final = await wait_for(lambda: ended(store, job.id), timeout_s=60)
+    await page.wait_for_selector("#report:not([hidden])", timeout=30_000)
     view = page.locator("#job-view")
     assert await view.get_attribute("data-last-event") == str(final.events)
     assert await view.get_attribute("data-applied") == str(final.events)  # each event once, none missing

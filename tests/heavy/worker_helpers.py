@@ -49,6 +49,12 @@ async def wait_for(predicate, timeout_s: float = 20.0, interval_s: float = 0.02)
     raise TimeoutError(f"condition not met within {timeout_s}s")
 
 
+async def ended(store, job_id: str):
+    """The job's record once it has ended, else None (a predicate for `wait_for`)."""
+    job = await store.jobs.get(job_id)
+    return job if job.terminal else None
+
+
 async def wait_api_ready(base_url: str, timeout_s: float = 30.0) -> None:
     """Wait until the API at `base_url` answers /readyz with 200."""
     async def ready() -> bool:

@@ -111,7 +111,10 @@ function apply(event) {
       break;
     }
     case "aggregating": $("job-stage").textContent = `aggregating (${event.reason})`; setStatus("aggregating"); break;
-    case "report_ready": $("job-stage").textContent = "report ready"; loadReport(); break;
+    case "report_ready":
+      $("job-stage").textContent = "report ready";
+      loadReport().catch((error) => { $("job-stage").textContent = `report ready; loading it failed: ${error.message}`; });
+      break;
     case "job_failed": $("job-stage").textContent = `failed: ${event.error}`; setStatus("failed"); break;
     case "job_cancelled": $("job-stage").textContent = "cancelled"; setStatus("cancelled"); break;
   }
