@@ -5,15 +5,17 @@ The POST goes through the same SSRF guard as `open_page` (resolved first, privat
 the connection pinned to the checked address, no redirects followed), unless the address is on
 HEAVY_WEBHOOK_ALLOW. With a `callback_secret` the body is signed: `X-Heavy-Signature: sha256=<HMAC-SHA256 of the
 body>`. Up to `webhook_attempts` tries with backoff on connection errors, 408, 429 and 5xx; the outcome is kept in
-the job as `callback_status` ("sending" while it is out). Delivery is at most once: the first process to try claims
-it in Redis (the worker that ended the job, or the API that cancelled it before any worker ran it), and one that
-dies between ending a job and posting its callback does not post it.
+the job as `callback_status` ("pending", then "sending" while it is out).
+
+Delivery is at least once. Ending the job puts it on a Redis set of due callbacks in the same atomic step; the
+process that ended it (a worker, or the API for a queued job it cancelled) claims it for a lease longer than all its
+tries take and settles it when done. Workers sweep the set: a callback whose sender died (lease run out) is sent
+again by whichever worker claims it first. A receiver can therefore see a job twice; the job id tells them apart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -50,21 +52,38 @@ def payload(job: JobRecord) -> bytes:
     return json.dumps({"type": EVENT, "job": job.public(), "links": job.links()}, ensure_ascii=False).encode()
 
 
+def delivery_lease_s(settings: Settings) -> float:
+    """How long a claimed callback is its sender's: twice what all its tries and pauses can take."""
+    pauses = sum(_pause_s(attempt) for attempt in range(1, settings.webhook_attempts))
+    return 2 * (settings.webhook_attempts * settings.webhook_timeout_s + pauses)
+
+
+def _pause_s(attempt: int) -> float:
+    return min(0.5 * 2 ** attempt, 8.0)
+
+
 async def deliver(jobs: JobStore, job_id: str, settings: Settings, guard: SsrfGuard | None = None) -> str | None:
-    """POST the ended job to its callback URL, if it has one and no one posted it yet; the outcome (also kept as
-    `callback_status`), or None. Never raises: a receiver's failure is the job's callback status, not the caller's
-    error."""
+    """POST the ended job to its callback URL if its callback is due and this caller claims it; the outcome (also
+    kept as `callback_status`), or None. Never raises: a receiver's failure is the job's callback status, not the
+    caller's error."""
+    if not await jobs.claim_callback(job_id, delivery_lease_s(settings)):
+        return None
     try:
         job = await jobs.get(job_id)
-    except JobNotFound:
-        return None
-    if not job.callback_url or not await jobs.claim_callback(job.id):
+    except JobNotFound:  # deleted meanwhile
+        await jobs.settle_callback(job_id, "not sent: the job was deleted")
         return None
     outcome = await _post(job, settings, guard or webhook_guard(settings))
     log.info("job %s: callback %s", job.id, outcome)
-    with contextlib.suppress(JobNotFound):  # deleted meanwhile
-        await jobs.update(job.id, callback_status=outcome)
+    await jobs.settle_callback(job.id, outcome)
     return outcome
+
+
+async def sweep(jobs: JobStore, settings: Settings, guard: SsrfGuard | None = None) -> int:
+    """Send the callbacks nobody holds (their sender died before settling them); how many this call sent."""
+    guard = guard or webhook_guard(settings)
+    outcomes = await asyncio.gather(*(deliver(jobs, job_id, settings, guard) for job_id in await jobs.due_callbacks()))
+    return sum(outcome is not None for outcome in outcomes)
 
 
 async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
@@ -77,7 +96,7 @@ async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
                                  timeout=settings.webhook_timeout_s) as client:
         for attempt in range(settings.webhook_attempts):
             if attempt:
-                await asyncio.sleep(min(0.5 * 2 ** attempt, 8.0))
+                await asyncio.sleep(_pause_s(attempt))
             try:
                 target = await guard.check(job.callback_url)
             except ToolError as exc:  # refused (a private address, a scheme) or unresolvable: final

@@ -56,6 +56,7 @@ class JobStore:
         self._append = redis.register_script(scripts.APPEND_EVENT)
         self._delete = redis.register_script(scripts.DELETE)
         self._claim_callback = redis.register_script(scripts.CLAIM_CALLBACK)
+        self._settle_callback = redis.register_script(scripts.SETTLE_CALLBACK)
 
     # --- jobs ---
 
@@ -131,9 +132,9 @@ class JobStore:
         now = time.time()
         k = self.keys
         outcome, current = await self._finish(
-            keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant),
+            keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant), k.callbacks,
                   *k.job_parts(job.id, job.trajectories)],
-            args=[job.id, ",".join(allowed), tokens, self.retention_ms,
+            args=[job.id, ",".join(allowed), tokens, self.retention_ms, now,
                   *_pairs({"status": status, "finished": now, "updated": now, "control": "", "tokens": tokens,
                            **fields})],
         )
@@ -178,10 +179,20 @@ class JobStore:
         if outcome == "refused":
             raise InvalidTransition(f"job {job_id} is {status}; cancel it before deleting it")
 
-    async def claim_callback(self, job_id: str) -> bool:
-        """True for the one caller that may send the job's callback (the worker that ended it, or the API that
-        cancelled it before any worker ran it: both may try), False for every later one."""
-        return bool(await self._claim_callback(keys=[self.keys.job(job_id)], args=["sending"]))
+    async def claim_callback(self, job_id: str, lease_s: float) -> bool:
+        """True for the one caller that may send the job's callback for the next `lease_s` seconds (the process
+        that ended the job, or after that lease any sweeping worker), False for the others."""
+        now = time.time()
+        return bool(await self._claim_callback(keys=[self.keys.job(job_id), self.keys.callbacks],
+                                               args=[job_id, now, now + lease_s]))
+
+    async def settle_callback(self, job_id: str, outcome: str) -> None:
+        """The callback went (or was given up): off the set, its outcome the job's `callback_status`."""
+        await self._settle_callback(keys=[self.keys.job(job_id), self.keys.callbacks], args=[job_id, outcome])
+
+    async def due_callbacks(self, limit: int = 32) -> list[str]:
+        """Ended jobs whose callback nobody holds: never tried, or their sender's lease ran out (it died)."""
+        return await self.redis.zrangebyscore(self.keys.callbacks, "-inf", time.time(), start=0, num=limit)
 
     async def finish_now(self, job_id: str, tenant: str) -> JobRecord:
         """Ask the running job to stop its trajectories and aggregate what exists."""

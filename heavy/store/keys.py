@@ -34,6 +34,11 @@ class Keys:
     def jobs_stream(self) -> str:
         return f"{self.prefix}jobs"
 
+    @property
+    def callbacks(self) -> str:
+        """Sorted set job id -> when its callback may be tried (next): ended jobs whose callback is not settled."""
+        return f"{self.prefix}callbacks"
+
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}idem:{tenant}:{key}"
 

@@ -49,20 +49,27 @@ redis.call('XADD', KEYS[2], '*', 'job', redis.call('HGET', KEYS[1], 'id'))
 return {'ok', status}
 """
 
-# KEYS: job hash, tenant hash, tenant active set, then the job's other keys (events, report, checkpoints);
-# ARGV: job id, allowed statuses, tokens, retention ms (0: kept), then field/value pairs
+# KEYS: job hash, tenant hash, tenant active set, callbacks zset, then the job's other keys (events, report,
+# checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), now, then field/value pairs.
+# A job with a callback URL is put on the callbacks set, due now, in the same step: no process can end it and die
+# before its callback is on record.
 FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then return {'refused', status} end
 local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('SREM', KEYS[3], ARGV[1])
 if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[2], 'tokens_used', ARGV[3]) end
+local url = redis.call('HGET', KEYS[1], 'callback_url')
+if url and url ~= '' then
+  redis.call('HSET', KEYS[1], 'callback_status', 'pending')
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+end
 if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  for i = 4, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+  for i = 5, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 end
 return {'ok', status}
 """
@@ -78,12 +85,24 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end -- an event after the en
 return seq
 """
 
-# KEYS: job hash; ARGV: the status to set -> 1 when this caller may send the job's callback (none was claimed yet)
+# KEYS: job hash, callbacks zset; ARGV: job id, now, lease end -> 1 when this caller may send the job's callback
+# now: it is on the set and due (never tried, or its last sender's lease ran out), and the lease is then this caller's
 CLAIM_CALLBACK = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local status = redis.call('HGET', KEYS[1], 'callback_status')
-if status and status ~= '' then return 0 end
-redis.call('HSET', KEYS[1], 'callback_status', ARGV[1])
+local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then  -- deleted or expired: nothing to tell
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[1], 'callback_status', 'sending')
+return 1
+"""
+
+# KEYS: job hash, callbacks zset; ARGV: job id, outcome -> the callback is settled (off the set, its outcome kept)
+SETTLE_CALLBACK = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'callback_status', ARGV[2]) end
 return 1
 """
 

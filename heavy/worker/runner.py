@@ -27,7 +27,7 @@ from heavy.scheduler import JobControl, JobSpec, Scheduler
 from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, Store
 from heavy.store.records import AGGREGATING, CANCELLED, FAILED, QUEUED, RUNNING
 from heavy.tools.base import ToolExecutor
-from heavy.webhooks import deliver
+from heavy.webhooks import deliver, sweep
 from heavy.worker.checkpoint import CheckpointedTrajectory
 from heavy.worker.sink import RedisEventSink
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CONTROL_POLL_S = 0.2  # cancel is honoured within a second
 CLAIM_BLOCK_MS = 500
+CALLBACK_SWEEP_S = 5.0  # how often a worker looks for callbacks whose sender died
 MAX_ATTEMPTS = 3
 
 
@@ -64,6 +65,7 @@ class Worker:
         stop = stop or asyncio.Event()
         await self.store.queue.ensure_group()
         renewer = asyncio.create_task(self._renew_leases(stop))
+        sweeper = asyncio.create_task(self._sweep_callbacks(stop))
         log.info("worker %s started", self.name)
         try:
             while not stop.is_set():
@@ -82,9 +84,10 @@ class Worker:
                     task.add_done_callback(lambda _, entry=claim.entry_id: self.running.pop(entry, None))
         finally:
             renewer.cancel()
+            sweeper.cancel()
             for task in list(self.running.values()):
                 task.cancel()
-            await asyncio.gather(renewer, *self.running.values(), return_exceptions=True)
+            await asyncio.gather(renewer, sweeper, *self.running.values(), return_exceptions=True)
             log.info("worker %s stopped", self.name)
 
     async def run_until_signalled(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
@@ -113,6 +116,15 @@ class Worker:
                 task = self.running.get(entry_id)
                 if task is not None:
                     task.cancel()
+
+    async def _sweep_callbacks(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                if sent := await sweep(self.store.jobs, self.settings):
+                    log.info("sent %d callback(s) another process had left", sent)
+            except Exception:  # a Redis hiccup: the next round looks again
+                log.exception("callback sweep failed")
+            await asyncio.sleep(CALLBACK_SWEEP_S)
 
     async def _handle(self, claim: Claim) -> None:
         try:

@@ -23,22 +23,14 @@ from tests.heavy.worker_helpers import (
     assert_gap_free,
     executor,
     researcher,
+    spawn,
+    stop,
     wait_api_ready,
     wait_for,
 )
 from tests.net import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-def spawn(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.heavy.service_proc", *args])
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait()
 
 
 

@@ -16,24 +16,30 @@ from heavy.webhooks import EVENT, SIGNATURE_HEADER, deliver
 from heavy.worker import Worker
 from tests.heavy.api_helpers import app_for, client_for
 from tests.heavy.fakes import ScriptedBackend
-from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, executor, researcher, wait_for
+from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, executor, researcher, spawn, stop, wait_for
 
 pytestmark = pytest.mark.anyio
 SECRET = "s3cret-of-sixteen+"
 
 
 class Receiver:
-    """A callback receiver on 127.0.0.1 answering each POST with the next of `statuses` (then 200)."""
+    """A callback receiver on 127.0.0.1 answering each POST with the next of `statuses` (then 200); a None there
+    answers nothing until the receiver closes."""
 
-    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
+    def __init__(self, statuses: tuple[int | None, ...] = ()) -> None:
         self.statuses, self.received = list(statuses), []
+        self.closing = threading.Event()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 owner.received.append((dict(self.headers), body))
-                self.send_response(owner.statuses.pop(0) if owner.statuses else 200)
+                status = owner.statuses.pop(0) if owner.statuses else 200
+                if status is None:
+                    owner.closing.wait(60)
+                    return
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -46,6 +52,7 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -92,9 +99,38 @@ async def test_a_job_a_worker_ends_is_posted_signed_to_its_callback(store, recei
 
 
 async def _callback_status(store, job_id: str) -> str:
-    """How the callback went, once it went ("sending" while it is out)."""
+    """How the callback went, once it went ("pending" until it is claimed, "sending" while it is out)."""
     status = (await store.jobs.get(job_id)).callback_status
-    return "" if status == "sending" else status
+    return "" if status in ("pending", "sending") else status
+
+
+@pytest.mark.slow
+async def test_a_callback_whose_sender_died_mid_post_is_sent_by_another_worker(store, receiver, redis_url, key_prefix):
+    hook = receiver(None)  # the first POST gets no answer: its sender is killed while it waits
+    settings = settings_allowing(hook).model_copy(update={"webhook_timeout_s": 5.0, "webhook_attempts": 1})
+    job, _ = await store.jobs.submit("acme", question=JOB["question"], mode="report", callback_url=hook.url,
+                                     params={"trajectories": 1, "max_steps": 4, "step_tokens": 64,
+                                             "trajectory_tokens": 10_000, "job_tokens": 50_000, "deadline_s": 60,
+                                             "tools": ["search"]})
+    doomed = spawn("worker", redis_url, key_prefix, "doomed",
+                   env={"HEAVY_WEBHOOK_ALLOW": json.dumps([hook.allow]), "HEAVY_WEBHOOK_TIMEOUT_S": "5",
+                        "HEAVY_WEBHOOK_ATTEMPTS": "1"})
+    try:
+        await wait_for(lambda: asyncio.sleep(0, hook.received), timeout_s=60)
+    finally:
+        stop(doomed)  # SIGKILL while its POST waits for an answer
+    assert (await store.jobs.get(job.id)).callback_status == "sending"
+    halt = asyncio.Event()
+    rescuer = asyncio.create_task(Worker(store, ScriptedBackend(researcher), executor(), settings, name="r").run(halt))
+    try:  # its sweep finds the callback once the dead sender's lease (2 x 5 s) has run out
+        outcome = await wait_for(lambda: _callback_status(store, job.id), timeout_s=60)
+    finally:
+        halt.set()
+        await rescuer
+    assert outcome == "delivered: HTTP 200 after 1 attempt(s)"
+    first, second = (json.loads(body) for _, body in hook.received)
+    assert first == second and first["job"]["id"] == job.id and first["job"]["status"] == DONE
+    assert await store.jobs.due_callbacks() == []  # settled
 
 
 async def test_a_queued_job_cancelled_through_the_api_is_posted_from_the_api(store, receiver):

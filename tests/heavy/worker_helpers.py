@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -47,6 +50,18 @@ async def wait_for(predicate, timeout_s: float = 20.0, interval_s: float = 0.02)
             return value
         await asyncio.sleep(interval_s)
     raise TimeoutError(f"condition not met within {timeout_s}s")
+
+
+def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A worker or API of tests/heavy/service_proc.py in a process of its own (`env` adds to this one's)."""
+    return subprocess.Popen([sys.executable, "-m", "tests.heavy.service_proc", *args],
+                            env={**os.environ, **(env or {})})
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
 
 
 async def ended(store, job_id: str):
