@@ -19,6 +19,25 @@ class SamplingError(ValueError):
     """Sampling parameters out of range; the message names the field."""
 
 
+STRUCTURED_KINDS = ("json", "regex", "choice", "grammar")
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """What the completion must be (runtime/structured.py): `json` (spec: a JSON schema, or "" for any JSON value),
+    `regex`, `choice` (spec: a JSON list of the allowed strings) or `grammar` (EBNF)."""
+
+    kind: str
+    spec: str = ""
+
+    def __post_init__(self):
+        if self.kind not in STRUCTURED_KINDS:
+            raise SamplingError(f"structured output kind must be one of {', '.join(STRUCTURED_KINDS)}, "
+                                f"got {self.kind!r}")
+        if self.kind != "json" and not self.spec:
+            raise SamplingError(f"structured output of kind {self.kind!r} needs a spec")
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 1.0  # 0 = greedy
@@ -37,6 +56,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    structured: StructuredOutput | None = None  # a grammar the completion must follow (runtime/structured.py)
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -60,6 +80,8 @@ class SamplingParams:
             raise SamplingError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if any(not -100 <= bias <= 100 for _, bias in self.logit_bias):
             raise SamplingError("logit_bias values must be in [-100, 100]")
+        if self.structured is not None and self.ignore_eos:
+            raise SamplingError("ignore_eos cannot go with structured output (a complete output ends at EOS)")
         if any(not s for s in self.stop):
             raise SamplingError("stop strings must be non-empty")
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -75,6 +97,12 @@ class SamplingParams:
         """Its logits depend on the tokens so far (penalties) or are biased: runtime/penalties.py."""
         return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty
                     or self.repetition_penalty != 1.0)
+
+    @property
+    def history_dependent(self) -> bool:
+        """What it may take next depends on the tokens before (penalties, a grammar): no speculative drafts, whose
+        rows would need that state as of the drafts before them."""
+        return self.adjusts_logits or self.structured is not None
 
 
 @dataclass(frozen=True)
@@ -119,9 +147,10 @@ class Sampler:
 
     def __call__(
         self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
-        histories: list[tuple[list[int], list[int]] | None] | None = None,
+        histories: list[tuple[list[int], list[int]] | None] | None = None, allowed: torch.Tensor | None = None,
     ) -> tuple[list[int], list[TokenLogprobs | None]]:
-        """`histories`: each row's (prompt, completion so far) token ids, where its params adjust logits."""
+        """`histories`: each row's (prompt, completion so far) token ids, where its params adjust logits;
+        `allowed`: bool [B, V], the tokens each row's grammar lets it take (runtime/structured.py)."""
         # logits [B, V] fp32
         logits = logits.float()
         chosen_from = logits
@@ -130,6 +159,8 @@ class Sampler:
             for row, p in enumerate(params):
                 if p.adjusts_logits:
                     chosen_from[row] = adjusted_logits(logits[row], p, *histories[row])
+        if allowed is not None:
+            chosen_from = chosen_from.masked_fill(~allowed, float("-inf"))
         tokens = chosen_from.argmax(dim=-1).tolist()  # greedy for every row; sampled rows are overwritten below
         for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
             if p.greedy:

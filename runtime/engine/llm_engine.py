@@ -15,6 +15,7 @@ from runtime.engine.model_runner import ModelRunner
 from runtime.engine.scheduler import Scheduler
 from runtime.engine.sequence import FinishReason, Sequence
 from runtime.sampling import SamplingParams, TokenLogprobs
+from runtime.structured import Grammars, StructuredOutputError
 
 
 class RequestError(ValueError):
@@ -89,6 +90,7 @@ class LLMEngine:
         self.requests: dict[str, _Request] = {}
         self._ids = itertools.count()
         self.speculation = SpeculationStats()
+        self.grammars = Grammars(tokenizer, lambda: self.runner.model.config.vocab_size)
 
     @property
     def stats(self):
@@ -108,6 +110,10 @@ class LLMEngine:
         if params.logit_bias:
             self._check_bias(params)
         seq = Sequence(request_id, prompt_token_ids, params)
+        try:
+            seq.matcher = self.check_structured(params)
+        except StructuredOutputError as exc:
+            raise RequestError(str(exc)) from None
         self.requests[request_id] = _Request(seq, StopStringText(self.tokenizer.incremental_decoder(), params.stop))
         self.scheduler.add(seq)
         return request_id
@@ -121,6 +127,12 @@ class LLMEngine:
                 f"the prompt has {len(prompt_token_ids)} tokens; this engine's context is {self.max_model_len} "
                 "(prompt plus at least one generated token)"
             )
+
+    def check_structured(self, params: SamplingParams):
+        """The grammar matcher of a structured-output request (None for another); StructuredOutputError for a
+        schema, regex or grammar that does not compile. Thread-safe: the server checks requests before the engine
+        thread adds them (compiled grammars are cached)."""
+        return self.grammars.matcher(params.structured)
 
     def _check_bias(self, params: SamplingParams) -> None:
         """An id past the model's vocabulary would fail the sampler, and with it the whole step's batch."""
@@ -162,6 +174,8 @@ class LLMEngine:
         reason, appended = None, 0
         for i, (token, logprob) in enumerate(zip(tokens, logprobs, strict=True)):
             seq.append_token(token)
+            if seq.matcher is not None:
+                seq.matcher.accept_token(token)  # one the grammar allowed: the sampler masked the rest
             if i < len(tokens) - 1:
                 seq.num_computed_tokens += 1
             if logprob is not None:

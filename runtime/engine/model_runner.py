@@ -15,6 +15,7 @@ from runtime.engine.speculative import verify
 from runtime.layers.attention import AttentionContext, PrefillSpan, attention_context
 from runtime.layers.batch_invariant import make_batch_invariant
 from runtime.sampling import Sampler, TokenLogprobs, rows_logprobs
+from runtime.structured import allowed_tokens
 
 PROMPT_LOGITS_ROWS = 128  # prompt rows turned into logits at once: [128, V] fp32 is 78 MB at V = 151936
 
@@ -112,9 +113,10 @@ class ModelRunner:
         if plain:  # one batched draw for the sequences without drafts
             histories = [(seqs[i].token_ids[: seqs[i].num_prompt_tokens], seqs[i].completion_token_ids)
                          if seqs[i].params.adjusts_logits else None for i in plain]  # what penalties count
+            allowed = allowed_tokens([seqs[i].matcher for i in plain], logits.shape[-1])  # [P, V] or None
             chosen, chosen_logprobs = self.sampler(logits[[spans[i][0] for i in plain]],
                                                    [seqs[i].params for i in plain], [seqs[i].generator for i in plain],
-                                                   histories)
+                                                   histories, allowed)
             for i, token, logprob in zip(plain, chosen, chosen_logprobs, strict=True):
                 tokens[i], logprobs[i] = [token], [logprob]
         for i, (first, wanted) in enumerate(spans):

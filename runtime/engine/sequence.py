@@ -52,6 +52,7 @@ class Sequence:
         self.prompt_logprobs: list[TokenLogprobs | None] = [None] * (
             self.num_prompt_tokens if params.prompt_logprobs is not None else 0)
         self.num_draft_tokens = 0  # speculative drafts at the end of token_ids, this step only (speculative.py)
+        self.matcher = None  # the grammar's state after the completion so far, for structured output (structured.py)
 
     def __len__(self) -> int:
         return len(self.token_ids)

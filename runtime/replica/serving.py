@@ -27,6 +27,7 @@ from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.replica.replica import ReplicaActor, ReplicaSpec
 from runtime.replica.router import Availability, RouterActor
 from runtime.sampling import SamplingParams
+from runtime.structured import Grammars
 
 log = logging.getLogger(__name__)
 PREFIX_KEY_HEADER = b"x-prefix-key"
@@ -63,6 +64,7 @@ class RouterFrontend:
         self.router, self.tokenizer, self.max_model_len = router, tokenizer, max_model_len
         self.replicas = replicas  # the router's replica actors, in its order (for shutdown, drills, diagnostics)
         self.dead_after_s = dead_after_s
+        self.grammars = Grammars(tokenizer, lambda: tokenizer.vocab_size)  # enough to compile
 
     @property
     def engine(self) -> "RouterFrontend":
@@ -71,6 +73,11 @@ class RouterFrontend:
 
     def check_request(self, prompt_token_ids: list[int]) -> None:
         LLMEngine.check_request(self, prompt_token_ids)  # the same rule and message as one engine (reads max_model_len)
+
+    def check_structured(self, params: SamplingParams) -> None:
+        """A structured-output spec that does not compile is refused here, before it reaches a replica
+        (StructuredOutputError)."""
+        self.grammars.matcher(params.structured)
 
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
                        prefix_key: str | None = None) -> AsyncIterator[RequestOutput]:

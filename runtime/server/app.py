@@ -16,6 +16,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from runtime.engine.async_engine import HANG_TIMEOUT_S, AsyncEngine
 from runtime.engine.llm_engine import LLMEngine, RequestError
+from runtime.sampling import SamplingParams
 from runtime.server import completions as completions_api
 from runtime.server.chat import (
     ChoiceState,
@@ -31,6 +32,7 @@ from runtime.server.chat import (
 from runtime.server.fanout import choice_params, interleaved, run_all
 from runtime.server.metrics import MeteredEngine
 from runtime.server.protocol import ApiError, ChatCompletionRequest, CompletionRequest
+from runtime.structured import StructuredOutputError
 
 OWNER = "heavy"
 DONE = "[DONE]"
@@ -86,11 +88,17 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
             raise ApiError(f"the model {request.model!r} does not exist: this server serves {model_name!r}",
                            status=404, param="model")
 
-    def checked(prompt_ids: list[int], param: str) -> None:
+    def checked(request: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int],
+                params: SamplingParams) -> None:
+        """The engine's own checks of a prompt and of a structured-output spec (it compiles it), as 400s."""
         try:
             engine.engine.check_request(prompt_ids)
         except RequestError as exc:
-            raise ApiError(str(exc), param=param) from exc
+            raise ApiError(str(exc), param=request.prompt_param) from exc
+        try:
+            engine.engine.check_structured(params)
+        except StructuredOutputError as exc:
+            raise ApiError(str(exc), param=request.structured_param) from exc
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):
@@ -98,7 +106,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
 
         def params_for(ids: list[int]):
             params = sampling_params(request, len(ids), engine.engine.max_model_len, tokenizer.vocab_size)
-            checked(ids, "prompt")
+            checked(request, ids, params)
             return params
 
         choices = await asyncio.to_thread(completions_api.choices_of, request, tokenizer, params_for)
@@ -123,7 +131,9 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         if forced:
             prompt_ids = prompt_ids + tokenizer.encode(forced)
         params = sampling_params(request, len(prompt_ids), engine.engine.max_model_len, tokenizer.vocab_size)
-        checked(prompt_ids, "messages")
+        if forced and params.structured is not None:  # the answer is a tool call, not the asked-for format
+            raise ApiError("a required tool call cannot go with structured output", param=request.structured_param)
+        checked(request, prompt_ids, params)
         states = [ChoiceState(j, choice_params(params, j), parse_tools=plan.parse_calls, parser=make_parser(tokenizer))
                   for j in range(request.n)]
         for state in states:

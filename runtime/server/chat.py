@@ -120,6 +120,7 @@ def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_l
             frequency_penalty=request.frequency_penalty or 0.0,
             repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
             logit_bias=request.logit_biases(vocab_size),
+            structured=request.structured_output(),
         )
     except SamplingError as exc:
         raise ApiError(str(exc)) from exc

@@ -1,8 +1,11 @@
 """Request bodies of the OpenAI chat and text completions APIs (the subsets we serve) and the OpenAI error shape."""
 
+import json
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runtime.sampling import StructuredOutput
 
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 MAX_CHOICES = 64  # choices of one request (for text completions: prompts x n)
@@ -35,6 +38,25 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+STRUCTURED_FIELDS = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
+
+def _response_format(response_format: dict[str, Any]) -> StructuredOutput:
+    """OpenAI's `{"type": "json_object"}` (any JSON object) or `{"type": "json_schema", "json_schema": {"name",
+    "schema", "strict"}}`."""
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return StructuredOutput("json", json.dumps({"type": "object"}))
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise ApiError("response_format.json_schema.schema must be a JSON schema object",
+                           param="response_format")
+        return StructuredOutput("json", json.dumps(schema))
+    raise ApiError(f"response_format.type must be text, json_object or json_schema, got {kind!r}",
+                   param="response_format")
+
+
 def _positive(limit: int | None, param: str) -> int | None:
     if limit is not None and limit <= 0:
         raise ApiError(f"{param} must be > 0, got {limit}", param=param)
@@ -62,6 +84,12 @@ class _SamplingRequest(BaseModel):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # structured output (runtime/structured.py): OpenAI's response_format, or one of vLLM's guided_* extras
+    response_format: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     @field_validator("n")
     @classmethod
@@ -82,6 +110,32 @@ class _SamplingRequest(BaseModel):
                 raise ApiError(f"logit_bias keys are token ids below {vocab_size}, got {key!r}", param="logit_bias")
             pairs.append((int(key), bias))
         return tuple(pairs)
+
+    @property
+    def structured_param(self) -> str | None:
+        return next((name for name in STRUCTURED_FIELDS if getattr(self, name) is not None), None)
+
+    def structured_output(self) -> StructuredOutput | None:
+        """What the completion must follow, from whichever of the structured-output fields is set (at most one)."""
+        given = [name for name in STRUCTURED_FIELDS if getattr(self, name) is not None]
+        if given == ["response_format"] and self.response_format.get("type", "text") == "text":
+            given = []
+        if len(given) > 1:
+            raise ApiError(f"give at most one of {', '.join(STRUCTURED_FIELDS)}; got {', '.join(given)}",
+                           param=given[1])
+        if not given:
+            return None
+        if given[0] == "response_format":
+            return _response_format(self.response_format)
+        if given[0] == "guided_json":
+            schema = self.guided_json
+            return StructuredOutput("json", schema if isinstance(schema, str) else json.dumps(schema))
+        if given[0] == "guided_choice":
+            if not self.guided_choice or not all(self.guided_choice):
+                raise ApiError("guided_choice must be a list of non-empty strings", param="guided_choice")
+            return StructuredOutput("choice", json.dumps(self.guided_choice))
+        kind = "regex" if given[0] == "guided_regex" else "grammar"
+        return StructuredOutput(kind, getattr(self, given[0]))
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -108,7 +162,6 @@ class ChatCompletionRequest(_SamplingRequest):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    response_format: dict[str, Any] | None = None
 
     @field_validator("messages")
     @classmethod
@@ -119,15 +172,6 @@ class ChatCompletionRequest(_SamplingRequest):
             if message.get("role") not in ("system", "developer", "user", "assistant", "tool"):
                 raise ValueError(f"messages[{i}].role must be system, developer, user, assistant or tool")
         return messages
-
-    @field_validator("response_format")
-    @classmethod
-    def _plain_text(cls, response_format: dict[str, Any] | None) -> dict[str, Any] | None:
-        # no constrained decoding here: a client asking for JSON must hear so, not get free text it will fail to parse
-        kind = (response_format or {}).get("type", "text")
-        if kind != "text":
-            raise ValueError(f"only type 'text' is supported (no constrained decoding), got {kind!r}")
-        return response_format
 
     @property
     def completion_limit(self) -> int | None:

@@ -59,3 +59,16 @@ def test_a_required_call_is_enforced_even_when_the_model_would_answer_in_text(cl
     )
     (call,) = reply.choices[0].message.tool_calls
     assert call.function.name == "get_weather" and "oslo" in call.function.arguments.lower()
+
+
+def test_a_json_schema_answer_is_json_of_that_schema(client):
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    reply = client.chat.completions.create(
+        model="qwen", messages=[{"role": "user", "content": "Ada Lovelace was 36 when she died. Describe her."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+        temperature=0, max_tokens=60,
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    person = json.loads(reply.choices[0].message.content)  # without the format it writes prose
+    assert set(person) == {"name", "age"} and "Ada" in person["name"] and person["age"] == 36

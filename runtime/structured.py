@@ -1,0 +1,98 @@
+"""Structured output: a request's completion held to a JSON schema (or any JSON), a regular expression, one of fixed
+choices or an EBNF grammar, by masking each step's logits to the tokens that keep it valid (xgrammar, as vLLM and
+SGLang use it).
+
+The vocabulary xgrammar sees is each token id's raw bytes from our own tokenizers (byte-level BPE and tiktoken
+alike); special tokens and the padding rows past the tokenizer are empty strings, which xgrammar never lets a
+grammar emit: only the end-of-sequence tokens close a completion, and only once the grammar is complete.
+Shapes: B = rows of a step, V = the model's vocabulary (logits width), W = ceil(V / 32) bitmask words.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import xgrammar as xgr
+
+from runtime.sampling import StructuredOutput
+
+MAX_WHITESPACE = 8  # runs of whitespace a JSON grammar allows between tokens: a weak model can pad forever
+
+
+class StructuredOutputError(ValueError):
+    """A schema, regex or grammar that does not compile; the message says why."""
+
+
+class ByteVocabulary(Protocol):
+    vocab_size: int
+    eos_ids: frozenset[int]
+
+    def token_bytes(self, token_id: int) -> bytes: ...
+
+    def is_special(self, token_id: int) -> bool: ...
+
+
+class Grammars:
+    """Compiles requests' structured-output specs into matchers over one model's vocabulary. Built at the first
+    structured request (it reads the whole vocabulary once); thread-safe, compiled specs cached."""
+
+    def __init__(self, tokenizer: ByteVocabulary, vocab_size: Callable[[], int]) -> None:
+        """`vocab_size`: the model's logits width (read at the first structured request)."""
+        self._tokenizer, self._vocab_size = tokenizer, vocab_size
+        self._compiler: xgr.GrammarCompiler | None = None
+        self._lock = threading.Lock()
+
+    def matcher(self, spec: StructuredOutput | None) -> xgr.GrammarMatcher | None:
+        """A fresh matcher for `spec` (None for None); StructuredOutputError when it does not compile."""
+        if spec is None:
+            return None
+        try:
+            return xgr.GrammarMatcher(self._compile(spec))
+        except (RuntimeError, ValueError, xgr.InvalidJSONError) as exc:
+            raise StructuredOutputError(f"structured output ({spec.kind}): {_first_line(exc)}") from None
+
+    def _compile(self, spec: StructuredOutput) -> xgr.CompiledGrammar:
+        compiler = self._get_compiler()
+        if spec.kind == "json":
+            if not spec.spec:
+                return compiler.compile_builtin_json_grammar()
+            return compiler.compile_json_schema(spec.spec, max_whitespace_cnt=MAX_WHITESPACE)
+        if spec.kind == "regex":
+            return compiler.compile_regex(spec.spec)
+        if spec.kind == "choice":
+            alternatives = " | ".join(json.dumps(choice) for choice in json.loads(spec.spec))
+            return compiler.compile_grammar(f"root ::= {alternatives}")
+        return compiler.compile_grammar(spec.spec)  # "grammar": EBNF (GBNF)
+
+    def _get_compiler(self) -> xgr.GrammarCompiler:
+        with self._lock:
+            if self._compiler is None:
+                vocab_size, tokenizer = self._vocab_size(), self._tokenizer
+                vocab = [b"" if tokenizer.is_special(i) else tokenizer.token_bytes(i)
+                         for i in range(tokenizer.vocab_size)]
+                vocab += [b""] * (vocab_size - len(vocab))  # logits rows no token maps to
+                info = xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=vocab_size,
+                                         stop_token_ids=sorted(tokenizer.eos_ids))
+                self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+            return self._compiler
+
+
+def allowed_tokens(matchers: list[xgr.GrammarMatcher | None], vocab_size: int) -> torch.Tensor | None:
+    """Which tokens each row may take next: bool [B, V] (all True for an unconstrained row), or None when no row
+    is constrained."""
+    if not any(matchers):
+        return None
+    bitmask = xgr.allocate_token_bitmask(len(matchers), vocab_size)  # [B, W] int32, all tokens allowed
+    for row, matcher in enumerate(matchers):
+        if matcher is not None:
+            matcher.fill_next_token_bitmask(bitmask, row)
+    bits = torch.arange(32, dtype=torch.int32)
+    return ((bitmask[:, :, None] >> bits) & 1).bool().reshape(len(matchers), -1)[:, :vocab_size]  # [B, V]
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
