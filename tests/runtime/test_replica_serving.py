@@ -3,6 +3,7 @@ replica of the tiny Kimi checkpoint, requests through httpx's ASGI transport."""
 
 import asyncio
 import json
+import re
 import time
 
 import anyio
@@ -83,6 +84,16 @@ async def test_a_prompt_longer_than_the_context_is_a_400(client):
     long = {"role": "user", "content": "word " * 400}
     response = await client.post("/v1/chat/completions", json=BODY | {"messages": [long]})
     assert response.status_code == 400
+
+
+async def test_structured_output_holds_through_the_router_and_a_bad_spec_stops_at_the_frontend(client):
+    # the ranks' grammar masks hold the tiny checkpoint's random weights to four digits
+    body = BODY | {"guided_regex": "[0-9]{4}", "max_tokens": 12}
+    reply = (await client.post("/v1/chat/completions", json=body)).json()
+    assert re.fullmatch("[0-9]{4}", reply["choices"][0]["message"]["content"]), reply
+    assert reply["choices"][0]["finish_reason"] == "stop"
+    refused = await client.post("/v1/chat/completions", json=BODY | {"guided_regex": "(unclosed"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "guided_regex"
 
 
 async def _answered_health(frontend, deadline: float):
