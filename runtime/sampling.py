@@ -19,13 +19,14 @@ class SamplingError(ValueError):
     """Sampling parameters out of range; the message names the field."""
 
 
-STRUCTURED_KINDS = ("json", "regex", "choice", "grammar")
+STRUCTURED_KINDS = ("json", "regex", "choice", "grammar", "structural_tag")
 
 
 @dataclass(frozen=True)
 class StructuredOutput:
     """What the completion must be (runtime/structured.py): `json` (spec: a JSON schema, or "" for any JSON value),
-    `regex`, `choice` (spec: a JSON list of the allowed strings) or `grammar` (EBNF)."""
+    `regex`, `choice` (spec: a JSON list of the allowed strings), `grammar` (EBNF) or `structural_tag` (xgrammar's
+    JSON format: how the server holds forced tool calls to their schemas)."""
 
     kind: str
     spec: str = ""

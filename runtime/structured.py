@@ -52,7 +52,7 @@ class Grammars:
             return None
         try:
             return xgr.GrammarMatcher(self._compile(spec))
-        except (RuntimeError, ValueError, xgr.InvalidJSONError) as exc:
+        except (RuntimeError, ValueError, xgr.InvalidJSONError, xgr.InvalidStructuralTagError) as exc:
             raise StructuredOutputError(f"structured output ({spec.kind}): {_first_line(exc)}") from None
 
     def _compile(self, spec: StructuredOutput) -> xgr.CompiledGrammar:
@@ -66,6 +66,8 @@ class Grammars:
         if spec.kind == "choice":
             alternatives = " | ".join(json.dumps(choice) for choice in json.loads(spec.spec))
             return compiler.compile_grammar(f"root ::= {alternatives}")
+        if spec.kind == "structural_tag":
+            return compiler.compile_structural_tag(spec.spec)
         return compiler.compile_grammar(spec.spec)  # "grammar": EBNF (GBNF)
 
     def _get_compiler(self) -> xgr.GrammarCompiler:
@@ -91,7 +93,10 @@ def allowed_tokens(matchers: list[xgr.GrammarMatcher | None], vocab_size: int) -
         if matcher is not None:
             matcher.fill_next_token_bitmask(bitmask, row)
     bits = torch.arange(32, dtype=torch.int32)
-    return ((bitmask[:, :, None] >> bits) & 1).bool().reshape(len(matchers), -1)[:, :vocab_size]  # [B, V]
+    allowed = ((bitmask[:, :, None] >> bits) & 1).bool().reshape(len(matchers), -1)[:, :vocab_size]  # [B, V]
+    for row in (~allowed.any(dim=-1)).nonzero()[:, 0].tolist():  # a grammar no token can go on with: end there
+        allowed[row, matchers[row].stop_token_ids] = True
+    return allowed
 
 
 def _first_line(exc: Exception) -> str:

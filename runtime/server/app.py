@@ -5,6 +5,7 @@ Bad requests get HTTP 400 with an OpenAI error body; the engine keeps serving ev
 """
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -23,6 +24,7 @@ from runtime.server.chat import (
     choices_usage,
     completion_id,
     forced_answer_prefix,
+    forced_call_grammar,
     make_parser,
     now,
     sampling_params,
@@ -98,7 +100,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         try:
             engine.engine.check_structured(params)
         except StructuredOutputError as exc:
-            raise ApiError(str(exc), param=request.structured_param) from exc
+            raise ApiError(str(exc), param=request.structured_param or "tools") from exc  # else: a forced call's
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):
@@ -131,8 +133,10 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         if forced:
             prompt_ids = prompt_ids + tokenizer.encode(forced)
         params = sampling_params(request, len(prompt_ids), engine.engine.max_model_len, tokenizer.vocab_size)
-        if forced and params.structured is not None:  # the answer is a tool call, not the asked-for format
-            raise ApiError("a required tool call cannot go with structured output", param=request.structured_param)
+        if call_grammar := forced_call_grammar(plan, tokenizer):
+            if params.structured is not None:  # the answer is a tool call, not the asked-for format
+                raise ApiError("a required tool call cannot go with structured output", param=request.structured_param)
+            params = dataclasses.replace(params, structured=call_grammar)
         checked(request, prompt_ids, params)
         states = [ChoiceState(j, choice_params(params, j), parse_tools=plan.parse_calls, parser=make_parser(tokenizer))
                   for j in range(request.n)]

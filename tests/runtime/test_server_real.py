@@ -61,6 +61,34 @@ def test_a_required_call_is_enforced_even_when_the_model_would_answer_in_text(cl
     assert call.function.name == "get_weather" and "oslo" in call.function.arguments.lower()
 
 
+FORECAST_TOOL = {"type": "function", "function": {
+    "name": "get_forecast", "description": "Weather forecast for a city",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "days", "unit"],
+                   "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1, "maximum": 7},
+                                  "unit": {"enum": ["celsius", "fahrenheit"]}}}}}
+
+
+@pytest.mark.parametrize("ask, city", [("Give me the 14-day outlook for Rome in degrees F.", "rome"),
+                                       ("Forecast for Tokyo and Osaka for 10 days please.", "tokyo")])
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_forecast"}}])
+def test_a_forced_calls_arguments_follow_the_tools_schema(client, tool_choice, ask, city):
+    # left free, the model asked for 14 and 10 days (past the schema's 7), and once wrote '"arguments": 14', which
+    # is no call at all; held to the schema, every call parses and fits it
+    reply = client.chat.completions.create(
+        model="qwen", messages=[{"role": "user", "content": ask}],
+        tools=[WEATHER_TOOL, FORECAST_TOOL] if tool_choice == "required" else [FORECAST_TOOL],
+        tool_choice=tool_choice, temperature=0, max_tokens=60,
+    )
+    (call,) = reply.choices[0].message.tool_calls
+    tool = WEATHER_TOOL if call.function.name == "get_weather" else FORECAST_TOOL
+    arguments = json.loads(call.function.arguments)
+    schema = tool["function"]["parameters"]
+    assert set(schema["required"]) <= set(arguments) <= set(schema["properties"]), arguments
+    if tool is FORECAST_TOOL:
+        assert 1 <= arguments["days"] <= 7 and arguments["unit"] in ("celsius", "fahrenheit"), arguments
+    assert city in arguments["city"].lower() and reply.choices[0].finish_reason == "tool_calls"
+
+
 def test_a_json_schema_answer_is_json_of_that_schema(client):
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
               "required": ["name", "age"], "additionalProperties": False}

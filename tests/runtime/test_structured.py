@@ -143,3 +143,10 @@ def test_bad_structured_requests_are_400s_naming_the_field(server, body, param):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["message"], error
+
+
+def test_a_grammar_no_token_can_continue_ends_the_output_instead_of_failing_the_batch():
+    matcher = Grammars(CharTokenizer(), lambda: TINY.vocab_size).matcher(StructuredOutput("regex", "a\nb"))
+    assert matcher.accept_token(CharTokenizer().encode("a")[0])  # no token of this vocabulary is a newline
+    allowed = allowed_tokens([matcher, None], TINY.vocab_size)  # [2, V]
+    assert allowed[0].nonzero()[:, 0].tolist() == [0] and allowed[1].all()  # EOS only; the free row untouched
