@@ -99,12 +99,6 @@ class SamplingParams:
         return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty
                     or self.repetition_penalty != 1.0)
 
-    @property
-    def history_dependent(self) -> bool:
-        """What it may take next depends on the tokens before (penalties, a grammar): no speculative drafts, whose
-        rows would need that state as of the drafts before them."""
-        return self.adjusts_logits or self.structured is not None
-
 
 @dataclass(frozen=True)
 class TokenLogprobs:

@@ -92,9 +92,31 @@ def allowed_tokens(matchers: list[xgr.GrammarMatcher | None], vocab_size: int) -
     for row, matcher in enumerate(matchers):
         if matcher is not None:
             matcher.fill_next_token_bitmask(bitmask, row)
+    return _unpacked(bitmask, matchers, vocab_size)
+
+
+def draft_rows_allowed(matcher: xgr.GrammarMatcher, drafts: list[int], vocab_size: int) -> torch.Tensor:
+    """For verifying speculative drafts: row i allows what the grammar allows after the drafts before it, bool
+    [k + 1, V]. Rows after a draft the grammar refuses allow anything: verification stops at that draft. The matcher
+    is left as it was."""
+    bitmask = xgr.allocate_token_bitmask(len(drafts) + 1, vocab_size)  # [k + 1, W]
+    accepted = 0
+    for row in range(len(drafts) + 1):
+        matcher.fill_next_token_bitmask(bitmask, row)
+        if row == len(drafts) or not matcher.accept_token(drafts[row]):
+            break
+        accepted += 1
+        if matcher.is_terminated():  # the draft was an end token: nothing is computed after it
+            break
+    matcher.rollback(accepted)
+    return _unpacked(bitmask, [matcher] * (len(drafts) + 1), vocab_size)
+
+
+def _unpacked(bitmask: torch.Tensor, matchers: list[xgr.GrammarMatcher | None], vocab_size: int) -> torch.Tensor:
+    """bitmask [R, W] int32 -> bool [R, V]; a row no token may continue allows its end tokens (the output ends)."""
     bits = torch.arange(32, dtype=torch.int32)
-    allowed = ((bitmask[:, :, None] >> bits) & 1).bool().reshape(len(matchers), -1)[:, :vocab_size]  # [B, V]
-    for row in (~allowed.any(dim=-1)).nonzero()[:, 0].tolist():  # a grammar no token can go on with: end there
+    allowed = ((bitmask[:, :, None] >> bits) & 1).bool().reshape(len(matchers), -1)[:, :vocab_size]  # [R, V]
+    for row in (~allowed.any(dim=-1)).nonzero()[:, 0].tolist():
         allowed[row, matchers[row].stop_token_ids] = True
     return allowed
 

@@ -1,10 +1,12 @@
-"""What structured output costs: decode tokens/s of JSON-schema requests against the same requests unconstrained,
-side by side in one run, at batch 1 and batch 8, on the embedded model.
+"""What structured output costs and what prompt-lookup drafts win back: decode tokens/s of JSON-schema extraction
+requests against the same requests unconstrained, and with speculative drafts checked through the grammar, side by
+side in one run, at batch 1 and batch 8, on the embedded model.
 
-The unconstrained run is given each request's structured completion length (ignore_eos), so both runs decode the
-same batch shapes step by step; the ratio is then the grammar's cost alone (xgrammar's mask per row, its unpacking
-to [B, V] and the masked fill, and no speculative drafts for constrained rows, so speculation is off in both).
-Also printed: the mask's own time per step, and whether every structured output parsed and had the schema's keys.
+The unconstrained run is given each request's structured completion length (ignore_eos), so both decode the same
+batch shapes step by step; that ratio is the grammar's cost alone (xgrammar's mask per row, its unpacking to [B, V],
+the masked fill), speculation off in both. The third run speculates (drafts copied from the record in the prompt,
+each draft row masked as of the drafts before it). Also printed: the mask's own time per step, and whether every
+structured output parsed with the schema's keys.
 
     python scripts/bench_structured.py [--model NAME_OR_PATH] [--threads 2]
 """
@@ -17,16 +19,23 @@ import torch
 
 from runtime.embedded import DEFAULT_MODEL, resolve_model
 from runtime.engine import EngineConfig, LLMEngine
+from runtime.engine.config import SPECULATIVE_TOKENS
 from runtime.engine.factory import load_tokenizer
 from runtime.models.registry import load_model
 from runtime.sampling import SamplingParams, StructuredOutput
 from runtime.structured import allowed_tokens
 
-PEOPLE = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov", "Donald Knuth",
-          "Margaret Hamilton", "Dennis Ritchie"]
-SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "born", "country", "known_for"],
-          "properties": {"name": {"type": "string"}, "born": {"type": "integer"}, "country": {"type": "string"},
-                         "known_for": {"type": "array", "items": {"type": "string"}, "maxItems": 3}}}
+RECORDS = [("Ada Lovelace", "10 December 1815", "London", "the Analytical Engine notes"),
+           ("Alan Turing", "23 June 1912", "London", "the Turing machine"),
+           ("Grace Hopper", "9 December 1906", "New York City", "the first compiler"),
+           ("Edsger Dijkstra", "11 May 1930", "Rotterdam", "the shortest-path algorithm"),
+           ("Barbara Liskov", "7 November 1939", "Los Angeles", "the substitution principle"),
+           ("Donald Knuth", "10 January 1938", "Milwaukee", "The Art of Computer Programming"),
+           ("Margaret Hamilton", "17 August 1936", "Paoli", "the Apollo flight software"),
+           ("Dennis Ritchie", "9 September 1941", "Bronxville", "the C programming language")]
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "born", "place", "known_for"],
+          "properties": {"name": {"type": "string"}, "born": {"type": "string"}, "place": {"type": "string"},
+                         "known_for": {"type": "string"}}}
 MAX_TOKENS = 96
 
 
@@ -78,21 +87,28 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     folder = resolve_model(args.model)
     tokenizer = load_tokenizer(folder)
-    engine = LLMEngine(load_model(folder, "auto"), tokenizer,
-                       EngineConfig(kv_cache_bytes=256 << 20, speculative_tokens=0))
-    prompts = [tokenizer.encode_chat([{"role": "user", "content": f"Tell me about {name}."}]) for name in PEOPLE]
+    model = load_model(folder, "auto")
+    engine = LLMEngine(model, tokenizer, EngineConfig(kv_cache_bytes=256 << 20, speculative_tokens=0))
+    drafting = LLMEngine(model, tokenizer, EngineConfig(kv_cache_bytes=256 << 20,
+                                                        speculative_tokens=SPECULATIVE_TOKENS))
+    prompts = [tokenizer.encode_chat([{"role": "user", "content": f"Record: name {name}; born {born} in {place}; "
+                                                                  f"known for {known}. Return it as JSON."}])
+               for name, born, place, known in RECORDS]
     structured = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS,
                                 structured=StructuredOutput("json", json.dumps(SCHEMA)))
-    decode(engine, prompts[:1], [structured])  # warm-up: the grammar compiler reads the vocabulary once
-    print(f"{'batch':>5}  {'structured tok/s':>16}  {'plain tok/s':>11}  {'ratio':>5}  {'mask ms/step':>12}  valid")
+    for warm in (engine, drafting):  # the grammar compiler reads the vocabulary once
+        decode(warm, prompts[:1], [structured])
+    print(f"{'batch':>5}  {'structured tok/s':>16}  {'plain tok/s':>11}  {'ratio':>5}  {'with drafts':>11}  "
+          f"{'ratio':>5}  {'mask ms/step':>12}  valid")
     for batch in (1, 8):
         outputs, seconds, tokens = decode(engine, prompts[:batch], [structured] * batch)
         plain = [SamplingParams(temperature=0.0, max_tokens=length, ignore_eos=True) for _, length in outputs]
         _, plain_seconds, plain_tokens = decode(engine, prompts[:batch], plain)
-        ours, theirs = tokens / seconds, plain_tokens / plain_seconds
-        valid = sum(well_formed(text) for text, _ in outputs)
-        print(f"{batch:>5}  {ours:>16.1f}  {theirs:>11.1f}  {ours / theirs:>5.2f}  {mask_ms(engine, batch):>12.2f}"
-              f"  {valid}/{batch}")
+        drafted, drafted_seconds, drafted_tokens = decode(drafting, prompts[:batch], [structured] * batch)
+        ours, theirs, speculated = tokens / seconds, plain_tokens / plain_seconds, drafted_tokens / drafted_seconds
+        valid = sum(well_formed(text) for text, _ in outputs + drafted)
+        print(f"{batch:>5}  {ours:>16.1f}  {theirs:>11.1f}  {ours / theirs:>5.2f}  {speculated:>11.1f}  "
+              f"{speculated / ours:>5.2f}  {mask_ms(engine, batch):>12.2f}  {valid}/{2 * batch}")
     print("e.g.", outputs[0][0])
 
 

@@ -15,7 +15,7 @@ from runtime.engine.speculative import verify
 from runtime.layers.attention import AttentionContext, PrefillSpan, attention_context
 from runtime.layers.batch_invariant import make_batch_invariant
 from runtime.sampling import Sampler, TokenLogprobs, rows_logprobs
-from runtime.structured import allowed_tokens
+from runtime.structured import allowed_tokens, draft_rows_allowed
 
 PROMPT_LOGITS_ROWS = 128  # prompt rows turned into logits at once: [128, V] fp32 is 78 MB at V = 151936
 
@@ -122,8 +122,10 @@ class ModelRunner:
         for i, (first, wanted) in enumerate(spans):
             if wanted > 1:
                 seq = seqs[i]
+                allowed = None if seq.matcher is None else draft_rows_allowed(seq.matcher, seq.draft_token_ids,
+                                                                              logits.shape[-1])  # [wanted, V]
                 tokens[i], logprobs[i] = verify(logits[first : first + wanted], seq.draft_token_ids, seq.params,
-                                                seq.generator)
+                                                seq.generator, allowed)
         return tokens, logprobs
 
     def _prompt_logprobs(self, seq: Sequence, hidden: torch.Tensor) -> None:

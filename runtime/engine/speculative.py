@@ -37,23 +37,26 @@ def propose(token_ids: list[int], k: int, ngram_max: int = NGRAM_MAX, ngram_min:
 
 
 def verify(
-    logits: torch.Tensor, drafts: list[int], params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor, drafts: list[int], params: SamplingParams, generator: torch.Generator | None,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[list[int], list[TokenLogprobs | None]]:
     """The tokens the sequence takes from one verification step: the accepted drafts, then one token of the model's.
 
-    logits: [k + 1, V], row i computed after the sequence's tokens and drafts[:i]. Returns 1 to k + 1 tokens and
-    their logprobs (None each unless asked for).
+    logits: [k + 1, V], row i computed after the sequence's tokens and drafts[:i]; allowed: bool [k + 1, V], what a
+    structured-output grammar lets each row take (runtime/structured.py). Returns 1 to k + 1 tokens and their
+    logprobs under the model's own distribution (None each unless asked for).
     """
     logits = logits.float()
+    chosen_from = logits if allowed is None else logits.masked_fill(~allowed, float("-inf"))
     taken: list[int] = []
     for row, draft in enumerate(drafts):
         if params.greedy:
-            best = int(logits[row].argmax())
+            best = int(chosen_from[row].argmax())
             if best != draft:
                 taken.append(best)
                 break
         else:
-            probs = sampling_probs(logits[row], params)  # [V]
+            probs = sampling_probs(chosen_from[row], params)  # [V]
             accept = torch.rand(1, generator=generator, dtype=torch.float64).item() < float(probs[draft])
             if not accept:
                 probs[draft] = 0.0  # the residual of a one-hot proposal: p without the draft
@@ -61,6 +64,6 @@ def verify(
                 break
         taken.append(draft)
     else:  # every draft accepted: the last row gives one more token
-        last = logits[len(drafts)]
+        last = chosen_from[len(drafts)]
         taken.append(int(last.argmax()) if params.greedy else draw(sampling_probs(last, params), generator))
     return taken, [token_logprobs(logits[i], t, params) for i, t in enumerate(taken)]

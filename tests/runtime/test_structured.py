@@ -150,3 +150,25 @@ def test_a_grammar_no_token_can_continue_ends_the_output_instead_of_failing_the_
     assert matcher.accept_token(CharTokenizer().encode("a")[0])  # no token of this vocabulary is a newline
     allowed = allowed_tokens([matcher, None], TINY.vocab_size)  # [2, V]
     assert allowed[0].nonzero()[:, 0].tolist() == [0] and allowed[1].all()  # EOS only; the free row untouched
+
+
+@pytest.mark.slow
+def test_drafts_checked_through_the_grammar_change_no_greedy_structured_answer(embedded_model_fp32, embedded_tokenizer):
+    # an extraction copies the record's values: prompt-lookup drafts, each row masked as of the drafts before it
+    record = "Record: name Ada Lovelace; born 10 December 1815 in London, England; known for the Analytical Engine."
+    prompt = embedded_tokenizer.encode_chat([{"role": "user", "content": record + " Return it as JSON."}])
+    schema = {"type": "object", "additionalProperties": False, "required": ["name", "born", "place", "known_for"],
+              "properties": {"name": {"type": "string"}, "born": {"type": "string"}, "place": {"type": "string"},
+                             "known_for": {"type": "string"}}}
+    params = SamplingParams(temperature=0.0, max_tokens=80, structured=StructuredOutput("json", json.dumps(schema)))
+
+    def run(speculative_tokens: int) -> tuple:
+        engine = LLMEngine(embedded_model_fp32, embedded_tokenizer,
+                           EngineConfig(kv_cache_bytes=64 << 20, speculative_tokens=speculative_tokens))
+        return engine.generate([prompt], params)[0], engine.speculation
+
+    (plain, _), (speculated, speculation) = run(0), run(3)
+    assert speculated.token_ids == plain.token_ids and speculated.finish_reason == "stop"
+    assert json.loads(speculated.text)["name"] == "Ada Lovelace"
+    # 9 of its 47 tokens came as drafts when written (the copied values)
+    assert speculation.accepted >= len(speculated.token_ids) // 6, (speculation, len(speculated.token_ids))
