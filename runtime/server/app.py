@@ -21,6 +21,7 @@ from runtime.sampling import SamplingParams
 from runtime.server import completions as completions_api
 from runtime.server.chat import (
     ChoiceState,
+    chat_prompt_ids,
     choices_usage,
     completion_id,
     forced_answer_prefix,
@@ -28,12 +29,12 @@ from runtime.server.chat import (
     make_parser,
     now,
     sampling_params,
-    template_messages,
     tool_plan,
 )
 from runtime.server.fanout import choice_params, interleaved, run_all
 from runtime.server.metrics import MeteredEngine
 from runtime.server.protocol import ApiError, ChatCompletionRequest, CompletionRequest
+from runtime.server.tokenize import add_token_routes
 from runtime.structured import StructuredOutputError
 
 OWNER = "heavy"
@@ -124,11 +125,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     async def chat_completions(request: ChatCompletionRequest):
         check_model(request)
         plan = tool_plan(request)
-        messages = template_messages(request)
-        try:  # rendering and tokenising a long prompt is real CPU work: off the event loop
-            prompt_ids = await asyncio.to_thread(tokenizer.encode_chat, messages, plan.tools or None)
-        except Exception as exc:  # the template rejects the conversation (e.g. roles out of order)
-            raise ApiError(f"the chat template cannot render these messages: {exc}", param="messages") from exc
+        prompt_ids = await chat_prompt_ids(request, plan, tokenizer)
         forced = forced_answer_prefix(plan, tokenizer)
         if forced:
             prompt_ids = prompt_ids + tokenizer.encode(forced)
@@ -156,6 +153,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
             "choices": [s.final_choice() for s in states], "usage": choices_usage(states),
         }
 
+    add_token_routes(app, tokenizer, lambda: engine.engine.max_model_len, check_model)
     return app
 
 

@@ -3,6 +3,7 @@
 Tool calls and the `<think>` part are read from the text by the model's streaming parser (runtime.toolcalls).
 """
 
+import asyncio
 import json
 import time
 import uuid
@@ -83,6 +84,16 @@ def tool_plan(request: ChatCompletionRequest) -> ToolPlan:
         return ToolPlan(chosen, True, forced_name=name)
     raise ApiError(f"unknown tool_choice {choice!r}: use one of {', '.join(TOOL_CHOICE_MODES)} or a function",
                    param="tool_choice")
+
+
+async def chat_prompt_ids(request: ChatCompletionRequest, plan: ToolPlan, tokenizer) -> list[int]:
+    """The prompt's token ids: the messages (and the plan's tools) through the model's chat template, off the event
+    loop (rendering and tokenising a long prompt is real CPU work); a conversation the template rejects is a 400."""
+    messages = template_messages(request)
+    try:
+        return await asyncio.to_thread(tokenizer.encode_chat, messages, plan.tools or None)
+    except Exception as exc:  # e.g. roles out of order
+        raise ApiError(f"the chat template cannot render these messages: {exc}", param="messages") from exc
 
 
 def forced_answer_prefix(plan: ToolPlan, tokenizer) -> str:

@@ -234,3 +234,36 @@ class CompletionRequest(_SamplingRequest):
     def completion_limit(self) -> int | None:
         # the engine always samples the token after the prompt; a scoring request's is dropped from the reply
         return 1 if self.scores_only else super().completion_limit
+
+
+class TokenizeRequest(BaseModel):
+    """`POST /tokenize` (vLLM's): a raw prompt, or chat messages (and tools) as the chat route renders them."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    tools: list[ToolDef] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _non_empty(cls, messages: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if messages is not None and not messages:
+            raise ValueError("messages must contain at least one message")
+        return messages
+
+    def chat(self) -> ChatCompletionRequest | None:
+        """The messages as a chat request (None for a raw prompt); an ApiError unless exactly one of the two."""
+        if (self.prompt is None) == (self.messages is None):
+            raise ApiError("give either prompt or messages", param="prompt")
+        if self.messages is None:
+            return None
+        return ChatCompletionRequest(messages=self.messages, tools=self.tools)
+
+
+class DetokenizeRequest(BaseModel):
+    """`POST /detokenize` (vLLM's): token ids back to text."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    tokens: list[int]

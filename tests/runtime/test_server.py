@@ -433,3 +433,18 @@ def test_logit_bias_and_penalties_reach_the_sampler_and_bad_bias_keys_are_400s(s
                           ({"97": 1}, "got '97'"), ({"5": 101}, "logit_bias values must be in [-100, 100]")):
         refused = complete(server, prompt=PROMPT, max_tokens=2, logit_bias=bias)
         assert refused.status_code == 400 and message in refused.text, refused.text
+
+
+def test_tokenize_counts_what_the_routes_send_and_detokenize_reads_ids_back(server, client):
+    url = server[0]
+    counted = httpx.post(f"{url}/tokenize", json={"model": MODEL_NAME, "messages": USER}).json()
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=USER, max_tokens=2)
+    assert counted["count"] == len(counted["tokens"]) == reply.usage.prompt_tokens and counted["max_model_len"] == CONTEXT
+    raw = httpx.post(f"{url}/tokenize", json={"prompt": PROMPT}).json()
+    assert raw["count"] == complete(server, prompt=PROMPT, max_tokens=1).json()["usage"]["prompt_tokens"]
+    assert httpx.post(f"{url}/detokenize", json={"tokens": raw["tokens"]}).json() == {"prompt": PROMPT}
+    for route, body, param in [("tokenize", {"prompt": PROMPT, "messages": USER}, "prompt"),
+                               ("tokenize", {}, "prompt"), ("detokenize", {"tokens": [5, 400]}, "tokens"),
+                               ("tokenize", {"prompt": "x", "model": "other"}, "model")]:
+        refused = httpx.post(f"{url}/{route}", json=body)
+        assert refused.status_code in (400, 404) and refused.json()["error"]["param"] == param, (route, body)
