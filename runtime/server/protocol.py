@@ -80,6 +80,7 @@ class _SamplingRequest(BaseModel):
     logit_bias: dict[str, float] | None = None  # token id (as a string, as OpenAI's API writes it) -> bias
     max_tokens: int | None = None
     stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None  # vLLM's and SGLang's: these end the completion too (not in its text)
     seed: int | None = None
     n: int = 1
     stream: bool = False
@@ -136,6 +137,14 @@ class _SamplingRequest(BaseModel):
             return StructuredOutput("choice", json.dumps(self.guided_choice))
         kind = "regex" if given[0] == "guided_regex" else "grammar"
         return StructuredOutput(kind, getattr(self, given[0]))
+
+    def stop_ids(self, vocab_size: int) -> tuple[int, ...]:
+        """`stop_token_ids`; an ApiError for an id outside this vocabulary."""
+        ids = tuple(self.stop_token_ids or ())
+        if bad := [t for t in ids if not 0 <= t < vocab_size]:
+            raise ApiError(f"stop_token_ids must be below the vocabulary size {vocab_size}, got {bad[:5]}",
+                           param="stop_token_ids")
+        return ids
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
