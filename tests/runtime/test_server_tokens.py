@@ -1,0 +1,34 @@
+"""The server's token routes and token-level stops (vLLM's extensions), on the tiny model: /tokenize counts what the
+routes send, /detokenize reads ids back, stop_token_ids ends a completion."""
+
+import httpx
+
+from tests.runtime.test_server import CONTEXT, MODEL_NAME, PROMPT, USER, CharTokenizer, client, complete, server
+
+__all__ = ["client", "server"]  # the module's server and client, for the tests below
+
+
+def test_tokenize_counts_what_the_routes_send_and_detokenize_reads_ids_back(server, client):
+    url = server[0]
+    counted = httpx.post(f"{url}/tokenize", json={"model": MODEL_NAME, "messages": USER}).json()
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=USER, max_tokens=2)
+    assert counted["count"] == len(counted["tokens"]) == reply.usage.prompt_tokens
+    assert counted["max_model_len"] == CONTEXT
+    raw = httpx.post(f"{url}/tokenize", json={"prompt": PROMPT}).json()
+    assert raw["count"] == complete(server, prompt=PROMPT, max_tokens=1).json()["usage"]["prompt_tokens"]
+    assert httpx.post(f"{url}/detokenize", json={"tokens": raw["tokens"]}).json() == {"prompt": PROMPT}
+    for route, body, param in [("tokenize", {"prompt": PROMPT, "messages": USER}, "prompt"),
+                               ("tokenize", {}, "prompt"), ("detokenize", {"tokens": [5, 400]}, "tokens"),
+                               ("tokenize", {"prompt": "x", "model": "other"}, "model")]:
+        refused = httpx.post(f"{url}/{route}", json=body)
+        assert refused.status_code in (400, 404) and refused.json()["error"]["param"] == param, (route, body)
+
+
+def test_stop_token_ids_end_the_completion_before_that_token(server):
+    free = complete(server, prompt=PROMPT, max_tokens=12, temperature=0, ignore_eos=True).json()["choices"][0]
+    ids = CharTokenizer().encode(free["text"])  # one token per character (EOS, taken here, writes none)
+    stopped = complete(server, prompt=PROMPT, max_tokens=12, temperature=0, ignore_eos=True,
+                       stop_token_ids=[ids[5]]).json()["choices"][0]
+    assert stopped["finish_reason"] == "stop" and stopped["text"] == free["text"][:ids.index(ids[5])]
+    refused = complete(server, prompt=PROMPT, stop_token_ids=[97])
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "stop_token_ids"
