@@ -139,9 +139,12 @@ def submit(
 
 
 @jobs_app.command("list")
-def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=100)] = 20) -> None:
+def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+              status: Annotated[str | None, typer.Option(help="only these statuses, comma-separated "
+                                                              "(active: all unended)")] = None) -> None:
     """Your jobs, newest first: a table on a terminal, tab-separated lines otherwise (for scripts)."""
-    page = _run(lambda: _api(ctx).call("GET", "/v1/jobs", params={"limit": limit}).json())
+    params = {"limit": limit, **({"status": status} if status else {})}
+    page = _run(lambda: _api(ctx).call("GET", "/v1/jobs", params=params).json())
     rows = [(job["id"], job["status"], job["mode"], str(job["tokens"]),
              time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created_at"])), job["question"])
             for job in page["jobs"]]

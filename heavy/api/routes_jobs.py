@@ -12,6 +12,7 @@ from heavy.api.models import ErrorBody, JobCreate, JobList, JobPublic, plan_for
 from heavy.api.report_html import report_html
 from heavy.metrics import JOBS_SUBMITTED
 from heavy.store import JobRecord
+from heavy.store.records import ACTIVE, STATUSES
 from heavy.webhooks import deliver
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -52,10 +53,21 @@ async def submit_job(
 async def list_jobs(
     tenant: TenantDep, store: StoreDep,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    status: Annotated[str | None, Query(description="only jobs in these statuses, comma-separated "
+                                                    "(e.g. queued,running); `active` names all unended ones")] = None,
 ) -> JobList:
-    """The caller's jobs, newest first."""
-    jobs, total = await store.jobs.list(tenant, offset=offset, limit=limit)
+    """The caller's jobs, newest first (`total` counts those the filter keeps)."""
+    jobs, total = await store.jobs.list(tenant, offset=offset, limit=limit, statuses=_statuses(status))
     return JobList(jobs=[public(j) for j in jobs], total=total, offset=offset, limit=limit)
+
+
+def _statuses(status: str | None) -> frozenset[str]:
+    names = {name.strip() for name in (status or "").split(",") if name.strip()}
+    if "active" in names:
+        names = (names - {"active"}) | set(ACTIVE)
+    if unknown := names - set(STATUSES):
+        raise HTTPException(422, f"status: unknown {sorted(unknown)[0]!r}; use {', '.join(STATUSES)} or active")
+    return frozenset(names)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)

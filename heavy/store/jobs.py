@@ -6,9 +6,11 @@ is one Lua script, so API processes and workers never interleave half-done updat
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 from redis.asyncio import Redis
@@ -28,6 +30,7 @@ from heavy.store.records import (
 )
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+LIST_SCAN = 500  # job statuses read per round trip when a list is filtered by status
 READ_BATCH = 500
 
 
@@ -103,17 +106,40 @@ class JobStore:
             raise JobNotFound(f"no job {job_id!r}")
         return JobRecord.from_hash(data)
 
-    async def list(self, tenant: str, *, offset: int = 0, limit: int = 20) -> tuple[list[JobRecord], int]:
-        """The tenant's jobs, newest first, and how many it has."""
+    async def list(self, tenant: str, *, offset: int = 0, limit: int = 20,
+                   statuses: Collection[str] = ()) -> tuple[list[JobRecord], int]:
+        """The tenant's jobs, newest first, and how many it has; with `statuses`, only jobs in one of them (and how
+        many are: the tenant's list is read through, a status at a time per job)."""
         key = self.keys.tenant_jobs(tenant)
-        ids = await self.redis.zrevrange(key, offset, offset + limit - 1)
+        if statuses:
+            matching = await self._ids_in(key, frozenset(statuses))
+            ids = matching[offset : offset + limit]
+        else:
+            ids = await self.redis.zrevrange(key, offset, offset + limit - 1)
+        rows = await self._hashes(ids)
+        if expired := [job_id for job_id, row in zip(ids, rows, strict=True) if not row]:
+            await self.redis.zrem(key, *expired)  # past their retention: out of the list too
+        total = len(matching) if statuses else await self.redis.zcard(key)
+        return [JobRecord.from_hash(row) for row in rows if row], total
+
+    async def _ids_in(self, key: str, statuses: frozenset[str]) -> list[str]:
+        """Ids of the list `key` (newest first) whose job is in one of `statuses`."""
+        matching = []
+        for start in itertools.count(0, LIST_SCAN):
+            ids = await self.redis.zrevrange(key, start, start + LIST_SCAN - 1)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hget(self.keys.job(job_id), "status")
+                found = await pipe.execute()
+            matching += [job_id for job_id, status in zip(ids, found, strict=True) if status in statuses]
+            if len(ids) < LIST_SCAN:
+                return matching
+
+    async def _hashes(self, ids: list[str]) -> list[dict[str, str]]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(self.keys.job(job_id))
-            rows = await pipe.execute()
-        if expired := [job_id for job_id, row in zip(ids, rows, strict=True) if not row]:
-            await self.redis.zrem(key, *expired)  # past their retention: out of the list too
-        return [JobRecord.from_hash(row) for row in rows if row], await self.redis.zcard(key)
+            return await pipe.execute()
 
     async def update(self, job_id: str, *, allowed: tuple[str, ...] = (), **fields: Any) -> str:
         """Set fields if the status is one of `allowed` (any when empty); returns the previous status."""

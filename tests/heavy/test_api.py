@@ -85,6 +85,13 @@ async def test_submit_get_and_list(acme):
     assert page["total"] == 2 and [j["id"] for j in page["jobs"]] == [second["id"]]
     page = (await acme.get("/v1/jobs", params={"limit": 1, "offset": 1})).json()
     assert [j["id"] for j in page["jobs"]] == [job["id"]]
+    await acme.post(f"/v1/jobs/{second['id']}/cancel")
+    for status, expected in (("cancelled", [second]), ("active", [job]), ("done,failed", []),
+                             ("queued, cancelled", [second, job])):
+        page = (await acme.get("/v1/jobs", params={"status": status})).json()
+        assert [j["id"] for j in page["jobs"]] == [j["id"] for j in expected] and page["total"] == len(expected)
+    refused = await acme.get("/v1/jobs", params={"status": "finished"})
+    assert refused.status_code == 422 and "'finished'" in refused.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("body, where", [

@@ -33,6 +33,9 @@ async def test_submit_and_watch_to_the_report_then_list_show_and_delete(service,
 
     listed = (await heavy(service, key, "list")).output.splitlines()  # not a terminal: one tab-separated line a job
     assert [line.split("\t")[:3] for line in listed] == [[job_id, "done", "report"]]
+    assert (await heavy(service, key, "list", "--status", "active,failed")).output == ""
+    unknown = await heavy(service, key, "list", "--status", "finished")
+    assert unknown.exit_code == 1 and "422" in unknown.output and "'finished'" in unknown.output
     shown = json.loads((await heavy(service, key, "show", job_id)).output)
     assert shown["status"] == "done" and shown["events"] == job.events
     result = json.loads((await heavy(service, key, "report", job_id, "--json")).output)

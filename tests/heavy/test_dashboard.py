@@ -83,6 +83,11 @@ async def test_sign_in_submit_watch_lanes_and_read_the_cited_report(service, pag
     await page.goto(service.url + "/#/")
     await page.wait_for_selector("#jobs tbody tr td.status-done")
     assert await page.locator("#jobs tbody tr").count() == 1
+    await page.select_option("#status-filter", "failed")  # the list shows one status at a time if asked
+    await page.wait_for_selector("#tenant-status:has-text('0 job(s) failed')")
+    assert await page.locator("#jobs tbody tr").count() == 0
+    await page.select_option("#status-filter", "")
+    await page.wait_for_selector("#jobs tbody tr td.status-done")
 
     # an ended job can be deleted from its page (after a confirmation); the list is empty then
     await page.click("#jobs tbody tr")

@@ -6,7 +6,8 @@ import asyncio
 import pytest
 
 from heavy.store import IdempotencyConflict, InvalidTransition, JobNotFound, JobStore, QuotaExceeded, UnknownApiKey
-from heavy.store.records import CANCELLED, DONE, QUEUED, RUNNING
+from heavy.store import jobs as jobs_module
+from heavy.store.records import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
 pytestmark = pytest.mark.anyio
 
@@ -26,6 +27,18 @@ async def test_submit_get_and_list_newest_first_with_pagination(store):
     assert total == 3 and [j.id for j in page] == ids[::-1][:2]
     page, _ = await store.jobs.list("acme", offset=2, limit=2)
     assert [j.id for j in page] == ids[:1]
+
+
+async def test_a_list_filtered_by_status_reads_the_whole_list_in_rounds(store, monkeypatch):
+    monkeypatch.setattr(jobs_module, "LIST_SCAN", 2)  # three rounds for five jobs
+    for i in range(5):
+        job = await submit(store, question=f"q{i}")
+        if i % 2:  # q1, q3
+            await store.jobs.finish(job, DONE)
+    done, total = await store.jobs.list("acme", statuses={DONE})
+    assert total == 2 and [j.question for j in done] == ["q3", "q1"]
+    page, total = await store.jobs.list("acme", statuses={QUEUED, FAILED}, offset=1, limit=1)
+    assert total == 3 and [j.question for j in page] == ["q2"]
 
 
 async def test_a_tenant_never_sees_another_tenants_job(store):

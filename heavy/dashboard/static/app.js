@@ -51,9 +51,10 @@ function route() {
 }
 
 async function refreshJobs() {
+  const status = $("status-filter").value;
   try {
-    const page = await api("/v1/jobs?limit=50");
-    $("tenant-status").textContent = `${page.total} job(s)`;
+    const page = await api(`/v1/jobs?limit=50${status ? `&status=${status}` : ""}`);
+    $("tenant-status").textContent = `${page.total} job(s)${status ? ` ${status}` : ""}`;
     $("jobs").querySelector("tbody").innerHTML = page.jobs.map((job) => `
       <tr data-id="${job.id}"><td>${escapeHtml(job.question)}</td>
       <td class="status-${job.status}">${job.status}</td><td>${job.mode}</td><td>${job.tokens}</td>
@@ -245,6 +246,7 @@ $("submit-form").addEventListener("submit", async (e) => {
     location.hash = `#/jobs/${job.id}`;
   } catch (error) { $("submit-error").textContent = error.message; }
 });
+$("status-filter").addEventListener("change", refreshJobs);
 $("jobs").addEventListener("click", (e) => {
   const row = e.target.closest("tr[data-id]");
   if (row) location.hash = `#/jobs/${row.dataset.id}`;
