@@ -30,6 +30,7 @@ class StructuredOutput:
 
     kind: str
     spec: str = ""
+    specials: tuple[str, ...] = ()  # special tokens (by their text) the grammar writes: Kimi's tool-call markers
 
     def __post_init__(self):
         if self.kind not in STRUCTURED_KINDS:

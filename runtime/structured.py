@@ -43,7 +43,7 @@ class Grammars:
     def __init__(self, tokenizer: ByteVocabulary, vocab_size: Callable[[], int]) -> None:
         """`vocab_size`: the model's logits width (read at the first structured request)."""
         self._tokenizer, self._vocab_size = tokenizer, vocab_size
-        self._compiler: xgr.GrammarCompiler | None = None
+        self._compilers: dict[frozenset[str], xgr.GrammarCompiler] = {}  # by the special tokens written as text
         self._lock = threading.Lock()
 
     def matcher(self, spec: StructuredOutput | None) -> xgr.GrammarMatcher | None:
@@ -56,7 +56,7 @@ class Grammars:
             raise StructuredOutputError(f"structured output ({spec.kind}): {_first_line(exc)}") from None
 
     def _compile(self, spec: StructuredOutput) -> xgr.CompiledGrammar:
-        compiler = self._get_compiler()
+        compiler = self._get_compiler(frozenset(spec.specials))
         if spec.kind == "json":
             if not spec.spec:
                 return compiler.compile_builtin_json_grammar()
@@ -70,17 +70,28 @@ class Grammars:
             return compiler.compile_structural_tag(spec.spec)
         return compiler.compile_grammar(spec.spec)  # "grammar": EBNF (GBNF)
 
-    def _get_compiler(self) -> xgr.GrammarCompiler:
+    def _get_compiler(self, specials: frozenset[str]) -> xgr.GrammarCompiler:
+        """The compiler over the vocabulary in which the special tokens named in `specials` are their text (a grammar
+        can write them) and every other special token is empty (none can)."""
         with self._lock:
-            if self._compiler is None:
+            if specials not in self._compilers:
                 vocab_size, tokenizer = self._vocab_size(), self._tokenizer
-                vocab = [b"" if tokenizer.is_special(i) else tokenizer.token_bytes(i)
-                         for i in range(tokenizer.vocab_size)]
+                vocab = [_token_text(tokenizer, i, specials) for i in range(tokenizer.vocab_size)]
                 vocab += [b""] * (vocab_size - len(vocab))  # logits rows no token maps to
                 info = xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=vocab_size,
                                          stop_token_ids=sorted(tokenizer.eos_ids))
-                self._compiler = xgr.GrammarCompiler(info, max_threads=1)
-            return self._compiler
+                self._compilers[specials] = xgr.GrammarCompiler(info, max_threads=1)
+            return self._compilers[specials]
+
+
+def _token_text(tokenizer: ByteVocabulary, token_id: int, specials: frozenset[str]) -> bytes:
+    try:
+        text = tokenizer.token_bytes(token_id)
+    except (KeyError, ValueError):  # an id the vocabulary leaves unassigned
+        return b""
+    if tokenizer.is_special(token_id) and text.decode("utf-8", errors="replace") not in specials:
+        return b""
+    return text
 
 
 def allowed_tokens(matchers: list[xgr.GrammarMatcher | None], vocab_size: int) -> torch.Tensor | None:

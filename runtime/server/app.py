@@ -24,14 +24,13 @@ from runtime.server.chat import (
     chat_prompt_ids,
     choices_usage,
     completion_id,
-    forced_answer_prefix,
-    forced_call_grammar,
     make_parser,
     now,
     sampling_params,
     tool_plan,
 )
 from runtime.server.fanout import choice_params, interleaved, run_all
+from runtime.server.forced_calls import calls_before, forced_call
 from runtime.server.metrics import MeteredEngine
 from runtime.server.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 from runtime.server.tokenize import add_token_routes
@@ -126,19 +125,19 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         check_model(request)
         plan = tool_plan(request)
         prompt_ids = await chat_prompt_ids(request, plan, tokenizer)
-        forced = forced_answer_prefix(plan, tokenizer)
+        forced = forced_call(plan, tokenizer, calls_before(request.messages))
         if forced:
-            prompt_ids = prompt_ids + tokenizer.encode(forced)
+            prompt_ids = prompt_ids + forced.prefix_ids
         params = sampling_params(request, len(prompt_ids), engine.engine.max_model_len, tokenizer.vocab_size)
-        if call_grammar := forced_call_grammar(plan, tokenizer):
+        if forced:
             if params.structured is not None:  # the answer is a tool call, not the asked-for format
                 raise ApiError("a required tool call cannot go with structured output", param=request.structured_param)
-            params = dataclasses.replace(params, structured=call_grammar)
+            params = dataclasses.replace(params, structured=forced.grammar)
         checked(request, prompt_ids, params)
         states = [ChoiceState(j, choice_params(params, j), parse_tools=plan.parse_calls, parser=make_parser(tokenizer))
                   for j in range(request.n)]
         for state in states:
-            state.prime(forced)
+            state.prime(forced.prefix if forced else "")
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return EventSourceResponse(_stream(engine, prompt_ids, states, model_name, include_usage))

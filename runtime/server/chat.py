@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.engine.llm_engine import RequestOutput
-from runtime.sampling import SamplingError, SamplingParams, StructuredOutput
+from runtime.sampling import SamplingError, SamplingParams
 from runtime.server.protocol import TOOL_CHOICE_MODES, ApiError, ChatCompletionRequest, CompletionRequest
-from runtime.structured import MAX_WHITESPACE
 from runtime.toolcalls import KimiStreamParser, ParsedOutput, QwenStreamParser, ToolCallParseError
 
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default
@@ -94,42 +93,6 @@ async def chat_prompt_ids(request: ChatCompletionRequest, plan: ToolPlan, tokeni
         return await asyncio.to_thread(tokenizer.encode_chat, messages, plan.tools or None)
     except Exception as exc:  # e.g. roles out of order
         raise ApiError(f"the chat template cannot render these messages: {exc}", param="messages") from exc
-
-
-def forced_answer_prefix(plan: ToolPlan, tokenizer) -> str:
-    """The start of the answer written for the model when a call is required (Qwen's `<tool_call>` form).
-
-    Without constrained decoding this is how a call is enforced: the model only continues the call's JSON.
-    Kimi checkpoints have no forcing here (their call markers are special tokens): they behave as "auto".
-    """
-    if is_kimi(tokenizer) or not (plan.required or plan.forced_name):
-        return ""
-    if plan.forced_name:
-        return f'<tool_call>\n{{"name": {json.dumps(plan.forced_name)}, "arguments": '
-    return '<tool_call>\n{"name": "'
-
-
-def forced_call_grammar(plan: ToolPlan, tokenizer) -> StructuredOutput | None:
-    """What may follow `forced_answer_prefix`, as vLLM holds required and named tool choices: the forced function's
-    arguments as its parameters' JSON schema (for "required": one of the tools' names, then its arguments), then the
-    call's end, after which only EOS. None where nothing is forced."""
-    if not forced_answer_prefix(plan, tokenizer):
-        return None
-
-    def arguments(tool: dict[str, Any]) -> list[dict[str, Any]]:
-        schema = tool["function"].get("parameters") or {"type": "object"}
-        return [{"type": "json_schema", "json_schema": schema, "max_whitespace_cnt": MAX_WHITESPACE},
-                {"type": "const_string", "value": "}\n</tool_call>"}]
-
-    if plan.forced_name:  # the prefix ends at '"arguments": '
-        grammar = {"type": "sequence", "elements": arguments(plan.tools[0])}
-    else:  # the prefix ends at '{"name": "'
-        grammar = {"type": "or", "elements": [
-            {"type": "sequence", "elements": [
-                {"type": "const_string", "value": json.dumps(tool["function"]["name"])[1:] + ', "arguments": '},
-                *arguments(tool)]}
-            for tool in plan.tools]}
-    return StructuredOutput("structural_tag", json.dumps({"type": "structural_tag", "format": grammar}))
 
 
 def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_len: int, max_model_len: int,
