@@ -4,7 +4,9 @@ SGLang use it).
 
 The vocabulary xgrammar sees is each token id's raw bytes from our own tokenizers (byte-level BPE and tiktoken
 alike); special tokens and the padding rows past the tokenizer are empty strings, which xgrammar never lets a
-grammar emit: only the end-of-sequence tokens close a completion, and only once the grammar is complete.
+grammar emit: only the end-of-sequence tokens close a completion, and only once the grammar is complete. A spec may
+name special tokens it writes (Kimi's tool-call markers, runtime/server/forced_calls.py): it is compiled over a
+vocabulary in which those are their text.
 Shapes: B = rows of a step, V = the model's vocabulary (logits width), W = ceil(V / 32) bitmask words.
 """
 
