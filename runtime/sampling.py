@@ -59,6 +59,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     structured: StructuredOutput | None = None  # a grammar the completion must follow (runtime/structured.py)
+    priority: int = 0  # scheduling: lower is served first (vLLM's convention); equal priorities in arrival order
 
     def __post_init__(self):
         if self.temperature < 0:

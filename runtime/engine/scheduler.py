@@ -3,10 +3,12 @@
 Every step has a token budget. Running sequences come first (a decode costs one token, an unfinished chunked
 prefill takes what is left of the budget), then waiting sequences are admitted while budget, sequence slots and
 blocks last. When blocks run out, the most recently admitted running sequence is preempted: its blocks are freed
-and it is recomputed later (its prefix is likely still in the prefix cache). A waiting request whose next prefix
-block is being computed right now by another request waits one step, so a shared prompt is prefilled once. With
-`speculative_tokens`, a decoding sequence may compute its last token and a few drafts copied from its own earlier
-tokens (speculative.py) in one step; the engine takes the drafts off again after the step.
+and it is recomputed later (its prefix is likely still in the prefix cache). A request's `priority` (lower first)
+orders all three: running sequences take the budget in priority order, the waiting queue is kept in priority order
+(arrival order within one), and the victim of a preemption is the latest admitted of the lowest priority. A waiting
+request whose next prefix block is being computed right now by another request waits one step, so a shared prompt
+is prefilled once. With `speculative_tokens`, a decoding sequence may compute its last token and a few drafts copied
+from its own earlier tokens (speculative.py) in one step; the engine takes the drafts off again after the step.
 
 In batch-invariant mode a prompt is chunked at fixed positions of its own (multiples of `invariant_chunk`), not where
 the step's leftover budget happens to end: chunk boundaries change the order of a prompt's floating-point sums, so a
@@ -32,7 +34,19 @@ class Scheduler:
         self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+        """Queue seq behind every waiting sequence of its priority or a higher one."""
+        self._queue(seq, ahead_of_equals=False)
+
+    def _queue(self, seq: Sequence, *, ahead_of_equals: bool) -> None:
+        """Insert seq in priority order: behind the waiting sequences of its own priority (a new request), or ahead
+        of them (a preempted one)."""
+        priority = seq.params.priority
+
+        def yields_to_seq(waiting: Sequence) -> bool:
+            return waiting.params.priority > priority or (ahead_of_equals and waiting.params.priority == priority)
+
+        at = next((i for i, waiting in enumerate(self.waiting) if yields_to_seq(waiting)), len(self.waiting))
+        self.waiting.insert(at, seq)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -42,7 +56,7 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         scheduled: list[Sequence] = []
         drafts = self._drafts_per_decode()
-        for seq in list(self.running):
+        for seq in sorted(self.running, key=_priority):  # stable: admission order within a priority
             if budget == 0:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted by an earlier sequence of this loop
@@ -106,7 +120,7 @@ class Scheduler:
     def _make_room(self, seq: Sequence, num_new: int) -> bool:
         """Preempt the latest admitted sequences until seq can grow; False if seq itself had to go."""
         while not self.block_manager.can_grow(seq, num_new):
-            victim = self.running[-1]
+            victim = max(reversed(self.running), key=_priority)  # the latest admitted of the lowest priority
             self._preempt(victim)
             if victim is seq:
                 return False
@@ -153,7 +167,7 @@ class Scheduler:
         self.running.remove(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_scheduled_tokens = 0
-        self.waiting.appendleft(seq)
+        self._queue(seq, ahead_of_equals=True)  # first again among its priority
         self.num_preemptions += 1
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
@@ -181,3 +195,7 @@ class Scheduler:
             if seq.num_computed_tokens == len(seq):
                 ready.append(seq)
         return ready
+
+
+def _priority(seq: Sequence) -> int:
+    return seq.params.priority

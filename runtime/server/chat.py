@@ -111,6 +111,7 @@ def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_l
             max_tokens=min(limit, room) if limit is not None else room,
             stop=request.stop_strings,
             stop_token_ids=request.stop_ids(vocab_size),
+            priority=request.priority,
             ignore_eos=request.ignore_eos,
             logprobs=request.top_logprob_count,
             prompt_logprobs=request.prompt_logprob_count,

@@ -81,6 +81,7 @@ class _SamplingRequest(BaseModel):
     max_tokens: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None  # vLLM's and SGLang's: these end the completion too (not in its text)
+    priority: int = 0  # vLLM's: lower is scheduled first (runtime/engine/scheduler.py)
     seed: int | None = None
     n: int = 1
     stream: bool = False

@@ -159,3 +159,24 @@ def test_drafts_shrink_as_decodes_fill_the_steps_rows(decoding, drafts_each):
     for s in seqs:
         s.token_ids[-1] = 3  # as if each sampled 3: "1 2 3" was followed by "4 9 1"
     assert [s.num_scheduled_tokens for s in sched.schedule()] == [1 + drafts_each] * decoding
+
+
+def add_with_priority(sched, rid, prompt, priority, max_tokens=4):
+    s = Sequence(rid, list(prompt), SamplingParams(temperature=0.0, max_tokens=max_tokens, priority=priority))
+    sched.add(s)
+    return s
+
+
+def test_a_higher_priority_request_is_admitted_first_and_preempts_a_lower_one():
+    sched = make(num_blocks=4, budget=16, max_seqs=2)
+    background = add_with_priority(sched, "background", range(8), priority=1, max_tokens=8)  # 2 blocks, then more
+    assert step(sched) == {"background": 8}
+    add_with_priority(sched, "later", range(100, 104), priority=1)
+    urgent = add_with_priority(sched, "urgent", range(200, 204), priority=-1, max_tokens=8)
+    assert [s.request_id for s in sched.waiting] == ["urgent", "later"]  # queued by priority, not arrival
+    assert step(sched) == {"background": 1, "urgent": 4}  # the one slot left goes to the urgent request
+    for _ in range(3):
+        step(sched)
+    # blocks ran out: the lower-priority sequence was preempted and waits ahead of its equal, behind nothing urgent
+    assert background.status is SequenceStatus.WAITING and urgent.status is SequenceStatus.RUNNING
+    assert [s.request_id for s in sched.waiting] == ["background", "later"] and sched.num_preemptions == 1

@@ -1,5 +1,5 @@
-"""The server's token routes and token-level stops (vLLM's extensions), on the tiny model: /tokenize counts what the
-routes send, /detokenize reads ids back, stop_token_ids ends a completion."""
+"""The server's token routes and vLLM's request extensions, on the tiny model: /tokenize counts what the routes send,
+/detokenize reads ids back, stop_token_ids ends a completion, priority is taken."""
 
 import httpx
 
@@ -32,3 +32,9 @@ def test_stop_token_ids_end_the_completion_before_that_token(server):
     assert stopped["finish_reason"] == "stop" and stopped["text"] == free["text"][:ids.index(ids[5])]
     refused = complete(server, prompt=PROMPT, stop_token_ids=[97])
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "stop_token_ids"
+
+
+def test_a_prioritised_request_is_served_the_same(server):
+    plain = complete(server, prompt=PROMPT, max_tokens=6, temperature=0).json()["choices"][0]["text"]
+    urgent = complete(server, prompt=PROMPT, max_tokens=6, temperature=0, priority=-3).json()
+    assert urgent["choices"][0]["text"] == plain
