@@ -126,11 +126,13 @@ def submit(
                                                                           "repeat for several")] = None,
     job_tokens: Annotated[int | None, typer.Option(min=256, help="tokens for the whole job")] = None,
     deadline: Annotated[float | None, typer.Option(min=1, help="seconds until the job reports what it has")] = None,
+    priority: Annotated[int | None, typer.Option(min=-10, max=10, help="lower is served first on a shared "
+                                                                       "model server")] = None,
     watch_it: Annotated[bool, typer.Option("--watch", help="follow it live, then print its report")] = False,
 ) -> None:
     """Submit a research job; prints its id (with --watch, follows it and prints the report)."""
     body = {"question": question, "mode": mode.value, "trajectories": trajectories, "job_tokens": job_tokens,
-            "deadline_s": deadline, "tools": [t.value for t in tools] if tools else None}
+            "deadline_s": deadline, "tools": [t.value for t in tools] if tools else None, "priority": priority}
     job = _run(lambda: _api(ctx).call("POST", "/v1/jobs", json={k: v for k, v in body.items() if v is not None})
                .json())
     typer.echo(job["id"])

@@ -31,6 +31,7 @@ from heavy.agent.openings import focus_query
 from heavy.aggregate import AggregationConfig, JobResult, aggregate, agreeing
 from heavy.config import Settings
 from heavy.events import Aggregating, EventSink, JobCancelled, JobFailed, JobStarted, NullSink, ReportReady
+from heavy.llm.priority import with_priority
 from heavy.llm.types import LLMBackend, Sampling, Usage
 from heavy.tools.base import ToolExecutor
 
@@ -62,6 +63,7 @@ class JobSpec:
     seed: int = 0
     opening_search: bool = True  # every trajectory's first step searches the question as asked
     focus_searches: bool = True  # and trajectory k >= 1 then searches a named part of it (agent/openings.py)
+    priority: int = 0  # of every model request of the job: lower first (heavy/llm/priority.py)
 
     def __post_init__(self) -> None:
         if self.mode not in ("report", "answer"):
@@ -146,7 +148,8 @@ class Scheduler:
             try:  # a cancel while aggregating aborts the aggregator's model requests: no report
                 result = await until_stopped(
                     aggregate(job_id=spec.job_id, question=spec.question, mode=spec.mode, results=results,
-                              backend=self.backend, status=status, stop_reason=reason, config=self.aggregation),
+                              backend=with_priority(self.backend, spec.priority), status=status,
+                              stop_reason=reason, config=self.aggregation),
                     control.cancelled)
             except Stopped:
                 await sink.emit(JobCancelled(job_id=spec.job_id))
@@ -221,8 +224,8 @@ class Scheduler:
                                          allowed_tools=spec.allowed_tools, sampling=sampling, limits=spec.limits,
                                          opening_search=spec.opening_search, job_trajectories=spec.trajectories,
                                          focus=focus_query(spec.question, k) if spec.focus_searches else None)
-        trajectory = self.trajectory_factory(trajectory_spec, self.backend, self.executor, sink=sink, stop=stop,
-                                             job_budget=budget)
+        trajectory = self.trajectory_factory(trajectory_spec, with_priority(self.backend, spec.priority),
+                                             self.executor, sink=sink, stop=stop, job_budget=budget)
         try:
             return await trajectory.run()
         except Exception as exc:  # one broken trajectory must not sink the other seven

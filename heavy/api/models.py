@@ -27,6 +27,8 @@ class JobCreate(BaseModel):
     deadline_s: float | None = Field(None, gt=0, le=86_400, description="wall-clock budget of the job")
     tools: list[ToolName] | None = Field(None, description="tools the trajectories may use (default: all configured)")
     review: bool = Field(False, description="wait in awaiting_approval with a plan and estimate until approved")
+    priority: int = Field(0, ge=-10, le=10, description="of the job's model requests on a shared runtime: lower is "
+                                                         "served first (an interactive job before a batch one)")
     callback_url: str | None = Field(None, max_length=2048, description="an http(s) URL to POST the job to when "
                                      "it ends (public addresses only, unless the deployment allows others)")
     callback_secret: str | None = Field(None, min_length=16, max_length=256, description="signs the callback: "
@@ -79,6 +81,7 @@ class JobCreate(BaseModel):
             "job_tokens": self.job_tokens or settings.job_tokens,
             "deadline_s": self.deadline_s or settings.job_deadline_s,
             "tools": self.tools if self.tools is not None else sorted(settings.allowed_tools),
+            "priority": self.priority,
         }
         if params["step_tokens"] >= settings.context_tokens:
             raise ValueError(f"step_tokens must be < the context window ({settings.context_tokens})")

@@ -62,6 +62,8 @@ class OpenAIBackend:
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.priority:  # vLLM takes it when serving with --scheduling-policy priority (and refuses it else)
+            body["priority"] = sampling.priority
         if sampling.top_logprobs:
             body["logprobs"], body["top_logprobs"] = True, sampling.top_logprobs
         if tools:

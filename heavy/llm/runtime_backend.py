@@ -104,7 +104,7 @@ class RuntimeBackend:
     def _params(self, sampling: Sampling, max_tokens: int, stop: list[str] | None) -> SamplingParams:
         return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
                               max_tokens=max_tokens, stop=tuple(stop or ()),
-                              logprobs=sampling.top_logprobs or None)
+                              logprobs=sampling.top_logprobs or None, priority=sampling.priority)
 
     async def _outputs(self, messages, tools, sampling, max_tokens, stop, request_id,
                        prefix_key) -> AsyncIterator[Any]:

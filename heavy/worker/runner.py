@@ -48,7 +48,7 @@ def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_l
     return JobSpec.from_settings(settings, job_id=job.id, question=job.question, mode=job.mode,
                                  trajectories=p["trajectories"], allowed_tools=frozenset(p["tools"]) & tools,
                                  limits=limits, job_tokens=max(1, min(p["job_tokens"], tokens_left)),
-                                 deadline_s=p["deadline_s"])
+                                 deadline_s=p["deadline_s"], priority=p.get("priority", 0))
 
 
 class Worker:

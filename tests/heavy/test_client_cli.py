@@ -24,12 +24,13 @@ async def heavy(service, key: str | None, *args: str):
 async def test_submit_and_watch_to_the_report_then_list_show_and_delete(service, store):
     key = (await store.tenants.create_key("acme")).secret
     ran = await heavy(service, key, "submit", QUESTION, "--trajectories", "2", "--tool", "search", "--tool",
-                      "open_page", "--watch")
+                      "open_page", "--priority", "-1", "--watch")
     assert ran.exit_code == 0, ran.output
     job_id = ran.output.splitlines()[0]
     assert "report ready" in ran.output and "argparse" in ran.output.split("report ready", 1)[1]  # board, then report
     job = await store.jobs.get(job_id, "acme")
     assert (job.status, job.params["trajectories"], job.params["tools"]) == ("done", 2, ["open_page", "search"])
+    assert job.params["priority"] == -1
 
     listed = (await heavy(service, key, "list")).output.splitlines()  # not a terminal: one tab-separated line a job
     assert [line.split("\t")[:3] for line in listed] == [[job_id, "done", "report"]]

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from heavy.llm.openai_backend import OpenAIBackend
+from heavy.llm.priority import with_priority
 from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.retry import RetryPolicy
 from heavy.llm.types import LLMError, RetriableLLMError, Sampling, ToolCall
@@ -51,7 +52,7 @@ async def test_request_body_and_parsed_completion():
     request, body = seen[0]
     assert request.url == "http://llm.test/v1/chat/completions" and request.headers["authorization"] == "Bearer k"
     assert request.headers["x-prefix-key"] == "job" and body["user"] == "job"
-    assert (body["temperature"], body["seed"], body["max_tokens"]) == (0.7, 5, 32)
+    assert (body["temperature"], body["seed"], body["max_tokens"]) == (0.7, 5, 32) and "priority" not in body
     assert completion.tool_calls[0].name == "search" and completion.tool_calls[0].arguments == {"query": "kimi"}
     assert completion.reasoning == "need to search" and completion.finish_reason == "tool_calls"
     assert (completion.usage.prompt_tokens, completion.usage.cached_prompt_tokens) == (50, 32)
@@ -263,3 +264,14 @@ def test_backoff_grows_and_respects_retry_after():
     policy = RetryPolicy(max_retries=5, backoff_s=1, backoff_max_s=8)
     assert 0.5 <= policy.delay(0, None) <= 1 and 4 <= policy.delay(3, None) <= 8
     assert policy.delay(0, 6.0) == 6.0 and policy.delay(0, 60.0) == 8
+
+
+async def test_a_jobs_priority_is_sent_only_when_set():
+    bodies = []
+
+    def handler(request):
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json=REPLY)
+
+    await chat(with_priority(backend(handler), 3))
+    assert bodies[0]["priority"] == 3 and bodies[0]["seed"] == 5

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from heavy.llm.priority import with_priority
 from heavy.llm.runtime_backend import RuntimeBackend, template_messages
 from heavy.llm.types import LLMError, Sampling, ToolCall
 
@@ -150,3 +151,11 @@ async def test_asked_alternatives_come_back_per_token_as_text_and_log_probabilit
     assert (await RuntimeBackend(plain, Tokenizer()).chat([{"role": "user", "content": "q"}], None, Sampling(),
                                                           max_tokens=2)).top_logprobs == ()
     assert plain.calls[0][1].logprobs is None
+
+
+async def test_a_jobs_priority_reaches_the_engine_request():
+    engine = Engine(["done"])
+    await with_priority(RuntimeBackend(engine, Tokenizer()), -2).chat(
+        [{"role": "user", "content": "q"}], None, Sampling(temperature=0.3, seed=4), max_tokens=8)
+    (_, params, _), = engine.calls
+    assert (params.priority, params.temperature, params.seed) == (-2, 0.3, 4)  # the rest of its sampling kept

@@ -79,6 +79,18 @@ async def test_a_job_runs_to_its_report_with_a_gap_free_event_stream(client, sto
     assert 'heavy_tool_calls_total{ok="true",tool="search"}' in metrics and "heavy_steps_total" in metrics
 
 
+async def test_a_jobs_priority_goes_with_each_of_its_model_requests(client, start_worker):
+    backend = ScriptedBackend(researcher)
+    start_worker(backend)
+    job = (await client.post("/v1/jobs", json={**JOB, "priority": -3})).json()
+    assert job["params"]["priority"] == -3
+    await status_is(client, job["id"], "done", "partial", "failed")
+    assert {r.sampling.priority for r in backend.requests} == {-3}
+    assert any(r.trajectory < 0 for r in backend.requests)  # the report pass too
+    refused = await client.post("/v1/jobs", json={**JOB, "priority": 11})
+    assert refused.status_code == 422 and "priority" in refused.json()["error"]["message"]
+
+
 async def test_cancel_stops_a_running_job_and_aborts_its_requests(client, start_worker):
     backend = ScriptedBackend(researcher, delay_s=lambda r: 60)
     start_worker(backend)
