@@ -3,7 +3,7 @@ sequence slots are full and whose queue holds more background work, at priority 
 priority -1, side by side in one run on the embedded model.
 
 The background requests decode `--background-tokens` each (ignore_eos), `--slots` at a time; the urgent one arrives
-after the first background step and asks for 16 tokens. Printed: the urgent request's time to first token and to
+once every slot is taken and asks for 16 tokens. Printed: the urgent request's time to first token and to
 its last token in both runs, their ratios, and the background's total decode time (what the urgent one costs it).
 
     python scripts/bench_priority.py [--model NAME_OR_PATH] [--slots 4] [--background 12] [--background-tokens 48]
@@ -26,7 +26,8 @@ def run(engine: LLMEngine, background: list[list[int]], urgent: list[int], token
     for prompt in background:
         engine.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True))
     start = time.perf_counter()
-    engine.step()
+    while len(engine.scheduler.running) < engine.config.max_num_seqs:  # every slot taken, the rest queued
+        engine.step()
     arrived = time.perf_counter()
     urgent_id = engine.add_request(urgent, SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True,
                                                           priority=priority))
