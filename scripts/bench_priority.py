@@ -12,12 +12,9 @@ its last token in both runs, their ratios, and the background's total decode tim
 import argparse
 import time
 
-import torch
+from common import add_model_arguments, load_model_and_tokenizer  # beside this script
 
-from runtime.embedded import DEFAULT_MODEL, resolve_model
 from runtime.engine import EngineConfig, LLMEngine
-from runtime.engine.factory import load_tokenizer
-from runtime.models.registry import load_model
 from runtime.sampling import SamplingParams
 
 
@@ -43,16 +40,12 @@ def run(engine: LLMEngine, background: list[list[int]], urgent: list[int], token
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--threads", type=int, default=2)
+    add_model_arguments(parser)
     parser.add_argument("--slots", type=int, default=4, help="the engine's max_num_seqs")
     parser.add_argument("--background", type=int, default=12, help="background requests queued before")
     parser.add_argument("--background-tokens", type=int, default=48)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    folder = resolve_model(args.model)
-    tokenizer = load_tokenizer(folder)
-    model = load_model(folder, "auto")
+    model, tokenizer = load_model_and_tokenizer(args)
     background = [tokenizer.encode_chat([{"role": "user", "content": f"Write a story about robot number {i}."}])
                   for i in range(args.background)]
     urgent = tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])

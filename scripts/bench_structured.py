@@ -15,13 +15,10 @@ import argparse
 import json
 import time
 
-import torch
+from common import add_model_arguments, load_model_and_tokenizer  # beside this script
 
-from runtime.embedded import DEFAULT_MODEL, resolve_model
 from runtime.engine import EngineConfig, LLMEngine
 from runtime.engine.config import SPECULATIVE_TOKENS
-from runtime.engine.factory import load_tokenizer
-from runtime.models.registry import load_model
 from runtime.sampling import SamplingParams, StructuredOutput
 from runtime.structured import allowed_tokens
 
@@ -81,13 +78,9 @@ def mask_ms(engine: LLMEngine, rows: int, repeats: int = 20) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--threads", type=int, default=2)
+    add_model_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    folder = resolve_model(args.model)
-    tokenizer = load_tokenizer(folder)
-    model = load_model(folder, "auto")
+    model, tokenizer = load_model_and_tokenizer(args)
     engine = LLMEngine(model, tokenizer, EngineConfig(kv_cache_bytes=256 << 20, speculative_tokens=0))
     drafting = LLMEngine(model, tokenizer, EngineConfig(kv_cache_bytes=256 << 20,
                                                         speculative_tokens=SPECULATIVE_TOKENS))
