@@ -15,18 +15,15 @@ from runtime.engine.llm_engine import RequestOutput
 from runtime.sampling import SamplingParams, TokenLogprobs
 from runtime.server.chat import usage_body
 from runtime.server.fanout import choice_params, interleaved, run_all
-from runtime.server.protocol import MAX_CHOICES, ApiError, CompletionRequest
+from runtime.server.protocol import MAX_CHOICES, ApiError, CompletionRequest, token_ids_in_vocabulary
 
 
 def prompt_ids(prompt: str | list[int], tokenizer) -> list[int]:
     """A prompt as token ids: text encoded as written (special-token text stays text), ids checked against the
-    vocabulary (an id past it would fail inside the model, for every request of its batch)."""
+    vocabulary."""
     if isinstance(prompt, str):
         return tokenizer.encode(prompt)
-    bad = [i for i in prompt if not 0 <= i < tokenizer.vocab_size]
-    if bad:
-        raise ApiError(f"token ids outside the vocabulary (size {tokenizer.vocab_size}): {bad[:5]}", param="prompt")
-    return list(prompt)
+    return token_ids_in_vocabulary(prompt, tokenizer.vocab_size, "prompt")
 
 
 @dataclass

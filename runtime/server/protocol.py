@@ -57,6 +57,14 @@ def _response_format(response_format: dict[str, Any]) -> StructuredOutput:
                    param="response_format")
 
 
+def token_ids_in_vocabulary(ids: list[int], vocab_size: int, param: str) -> list[int]:
+    """`ids`, or an ApiError naming `param` when one is outside the vocabulary (an id past it would fail inside the
+    model, for every request of its batch)."""
+    if bad := [i for i in ids if not 0 <= i < vocab_size]:
+        raise ApiError(f"token ids outside the vocabulary (size {vocab_size}): {bad[:5]}", param=param)
+    return list(ids)
+
+
 def _positive(limit: int | None, param: str) -> int | None:
     if limit is not None and limit <= 0:
         raise ApiError(f"{param} must be > 0, got {limit}", param=param)
@@ -141,11 +149,7 @@ class _SamplingRequest(BaseModel):
 
     def stop_ids(self, vocab_size: int) -> tuple[int, ...]:
         """`stop_token_ids`; an ApiError for an id outside this vocabulary."""
-        ids = tuple(self.stop_token_ids or ())
-        if bad := [t for t in ids if not 0 <= t < vocab_size]:
-            raise ApiError(f"stop_token_ids must be below the vocabulary size {vocab_size}, got {bad[:5]}",
-                           param="stop_token_ids")
-        return ids
+        return tuple(token_ids_in_vocabulary(self.stop_token_ids or [], vocab_size, "stop_token_ids"))
 
     @property
     def stop_strings(self) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from runtime.server.chat import chat_prompt_ids, tool_plan
-from runtime.server.protocol import ApiError, DetokenizeRequest, TokenizeRequest
+from runtime.server.protocol import DetokenizeRequest, TokenizeRequest, token_ids_in_vocabulary
 
 
 def add_token_routes(app: FastAPI, tokenizer, max_model_len: Callable[[], int],
@@ -29,7 +29,4 @@ def add_token_routes(app: FastAPI, tokenizer, max_model_len: Callable[[], int],
     @app.post("/detokenize")
     async def detokenize(request: DetokenizeRequest) -> dict[str, str]:
         check_model(request)
-        if bad := [t for t in request.tokens if not 0 <= t < tokenizer.vocab_size]:
-            raise ApiError(f"token ids must be below the vocabulary size {tokenizer.vocab_size}, got {bad[:5]}",
-                           param="tokens")
-        return {"prompt": tokenizer.decode(request.tokens)}
+        return {"prompt": tokenizer.decode(token_ids_in_vocabulary(request.tokens, tokenizer.vocab_size, "tokens"))}
