@@ -5,13 +5,11 @@ scripted model takes a moment per step and can be held."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
-import sys
 
 from heavy.worker import Worker
 from tests.heavy.fakes import ScriptedBackend
-from tests.heavy.worker_helpers import WORKER_SETTINGS, executor, researcher, wait_api_ready
+from tests.heavy.worker_helpers import WORKER_SETTINGS, executor, researcher, spawn, stop, wait_api_ready
 
 
 class Service:
@@ -30,16 +28,13 @@ class Service:
         self.api: subprocess.Popen | None = None
 
     async def start_api(self) -> None:
-        self.api = subprocess.Popen([sys.executable, "-m", "tests.heavy.service_proc", "api", self.redis_url,
-                                     self.key_prefix, str(self.port)])
+        self.api = spawn("api", self.redis_url, self.key_prefix, str(self.port))
         await wait_api_ready(self.url)
 
     def kill_api(self) -> None:
-        self.api.send_signal(signal.SIGKILL)
-        self.api.wait()
+        stop(self.api)  # SIGKILL: the OS drops its connections
 
     async def close(self) -> None:
-        if self.api.poll() is None:
-            self.kill_api()
+        stop(self.api)
         self.stop_worker.set()
         await self.worker
