@@ -122,12 +122,17 @@ class _SamplingRequest(BaseModel):
         return tuple(pairs)
 
     @property
+    def structured_fields(self) -> list[str]:
+        """The structured-output fields the request sets."""
+        return [name for name in STRUCTURED_FIELDS if getattr(self, name) is not None]
+
+    @property
     def structured_param(self) -> str | None:
-        return next((name for name in STRUCTURED_FIELDS if getattr(self, name) is not None), None)
+        return next(iter(self.structured_fields), None)
 
     def structured_output(self) -> StructuredOutput | None:
         """What the completion must follow, from whichever of the structured-output fields is set (at most one)."""
-        given = [name for name in STRUCTURED_FIELDS if getattr(self, name) is not None]
+        given = self.structured_fields
         if given == ["response_format"] and self.response_format.get("type", "text") == "text":
             given = []
         if len(given) > 1:
