@@ -6,6 +6,8 @@ blocks last. When blocks run out, the most recently admitted running sequence is
 and it is recomputed later (its prefix is likely still in the prefix cache). A request's `priority` (lower first)
 orders all three: running sequences take the budget in priority order, the waiting queue is kept in priority order
 (arrival order within one), and the victim of a preemption is the latest admitted of the lowest priority. A waiting
+request that finds no free slot or too few blocks preempts running sequences of a lower priority (never of its own),
+so an urgent request does not wait for the background's long decodes to end. A waiting
 request whose next prefix block is being computed right now by another request waits one step, so a shared prompt
 is prefilled once. With `speculative_tokens`, a decoding sequence may compute its last token and a few drafts copied
 from its own earlier tokens (speculative.py) in one step; the engine takes the drafts off again after the step.
@@ -129,8 +131,14 @@ class Scheduler:
     def _admit_waiting(self, scheduled: list[Sequence], budget: int) -> int:
         deferred: list[Sequence] = []
         in_flight = {h for s in self.running for h in self._pending_hashes(s)}
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while self.waiting and budget > 0:
             seq = self.waiting[0]
+            if len(self.running) >= self.config.max_num_seqs:
+                refund = self._yield_to(seq, scheduled)
+                if refund is None:
+                    break
+                budget += refund
+                continue
             reused = self._chunk_aligned(self.block_manager.reusable_blocks(seq))
             if self.block_manager.next_uncached_hash(seq, len(reused)) in in_flight:
                 deferred.append(self.waiting.popleft())  # another request is computing this prefix block now
@@ -143,7 +151,11 @@ class Scheduler:
             reserved = sum(1 for b in reused if self.block_manager.blocks[b].ref_count == 0)
             needed = self.block_manager.blocks_needed(len(reused) * self.config.block_size + num_new) - len(reused)
             if needed + reserved > self.block_manager.num_free_blocks:
-                break
+                refund = self._yield_to(seq, scheduled)
+                if refund is None:
+                    break
+                budget += refund
+                continue
             self.waiting.popleft()
             self.block_manager.admit(seq, reused)
             self.block_manager.grow(seq, num_new)
@@ -155,6 +167,20 @@ class Scheduler:
             in_flight.update(self._pending_hashes(seq))
         self.waiting.extendleft(reversed(deferred))
         return budget
+
+    def _yield_to(self, seq: Sequence, scheduled: list[Sequence]) -> int | None:
+        """Preempt the latest admitted running sequence of the lowest priority if it ranks below the waiting `seq`,
+        and return the tokens of this step's budget it gives back (it may have been scheduled already); None when
+        every running sequence ranks with or above seq."""
+        below = [s for s in self.running if _priority(s) > _priority(seq)]
+        if not below:
+            return None
+        victim = max(reversed(below), key=_priority)
+        refund = victim.num_scheduled_tokens
+        if victim in scheduled:
+            scheduled.remove(victim)
+        self._preempt(victim)
+        return refund
 
     def _pending_hashes(self, seq: Sequence) -> list[int]:
         """Hashes of seq's full prompt blocks not yet in the cache: blocks it will compute in coming steps."""

@@ -180,3 +180,33 @@ def test_a_higher_priority_request_is_admitted_first_and_preempts_a_lower_one():
     # blocks ran out: the lower-priority sequence was preempted and waits ahead of its equal, behind nothing urgent
     assert background.status is SequenceStatus.WAITING and urgent.status is SequenceStatus.RUNNING
     assert [s.request_id for s in sched.waiting] == ["background", "later"] and sched.num_preemptions == 1
+
+
+def test_a_waiting_request_takes_the_slot_of_a_lower_priority_one_never_of_an_equal():
+    sched = make(budget=16, max_seqs=1)
+    background = add_with_priority(sched, "background", range(8), priority=1, max_tokens=50)
+    assert step(sched) == {"background": 8}
+    equal = add_with_priority(sched, "equal", range(100, 104), priority=1)
+    assert step(sched) == {"background": 1}  # the only slot is taken, and an equal waits its turn
+    urgent = add_with_priority(sched, "urgent", range(200, 204), priority=-1)
+    # background was scheduled for this step before the urgent one was admitted: its token goes back to the budget
+    assert step(sched) == {"urgent": 4}
+    assert background.status is SequenceStatus.WAITING and [s.request_id for s in sched.waiting] == [
+        "background", "equal"]  # first again among its priority
+    while urgent.status is not SequenceStatus.FINISHED:
+        assert set(step(sched)) == {"urgent"}
+    # its prompt's two blocks come back from the prefix cache: the two tokens it had generated are recomputed
+    assert step(sched) == {"background": 2}
+    assert equal.status is SequenceStatus.WAITING and sched.num_preemptions == 1
+
+
+def test_a_waiting_request_frees_blocks_held_by_lower_priorities_only():
+    sched = make(num_blocks=5, budget=16, max_seqs=4)
+    low = add_with_priority(sched, "low", range(8), priority=2, max_tokens=50)  # 2 blocks, then 3
+    mid = add_with_priority(sched, "mid", range(100, 104), priority=1, max_tokens=50)  # 1 block, then 2
+    assert step(sched) == {"low": 8, "mid": 4}
+    # low and mid grow into the last 2 free blocks this step; the urgent request needs 2 more
+    add_with_priority(sched, "urgent", range(200, 208), priority=0)
+    assert step(sched) == {"mid": 1, "urgent": 8}  # low's 3 blocks freed (and its token this step); mid keeps its own
+    assert low.status is SequenceStatus.WAITING and mid.status is SequenceStatus.RUNNING
+    assert sched.num_preemptions == 1
