@@ -1,12 +1,19 @@
 """Run untrusted Python in a separate, limited process.
 
 Isolation "namespaces" (root with util-linux `unshare` and `setpriv`, checked once): new network namespace (no
-interfaces but a down loopback), PID namespace (the whole tree dies with it), mount namespace with private tmpfs
-over /tmp, /var/tmp, /dev/shm, /run/lock and over root's home (the interpreter's prefix re-exposed read-only),
-and the code runs as an unprivileged uid of its own, so rlimits (RLIMIT_NPROC included) bind. Isolation "process"
-(fallback): the same runner and rlimits as the current user, with only the runner's audit hook against network
-access and writes outside the scratch dir — weaker, and reported as such in every result.
-Either way: a clean environment, a wall-clock timeout that kills the process group, capped output.
+interfaces but a down loopback), PID namespace (the whole tree dies with it, and /proc shows only it), mount
+namespace with private tmpfs over /tmp, /var/tmp, /dev/shm, /run/lock and over the home directory (the
+interpreter's prefix re-exposed read-only) and mounted secrets (/run/secrets: Kubernetes' service-account token),
+and the code runs as an unprivileged uid of its own, so rlimits (RLIMIT_NPROC included) bind.
+Isolation "user-namespaces" (not root, where the kernel lets any user create a user namespace): the same network,
+PID and mount namespaces entered as the user namespace's root; every mount is made read-only before the private
+tmpfs go on (the code still runs as our uid outside, so our own files must not be writable), and the code runs
+with no capabilities at all (it cannot unmount what hides the home directory).
+Isolation "process" (fallback): the same runner and rlimits as the current user, with only the runner's audit hook
+against network access, writes outside the scratch dir and reading other processes' /proc files; this process is
+made non-dumpable so the code, running as the same user, cannot read our environment (secrets) or memory through
+/proc. Weaker, and reported as such in every result.
+All: a clean environment, a wall-clock timeout that kills the process group, capped output.
 """
 
 from __future__ import annotations
@@ -38,7 +45,11 @@ SHELL_SIGNAL_BASE = 128  # sh reports a child killed by signal N as exit status 
 NAMESPACE_SCRATCH = "/tmp/work"  # inside the sandbox's private /tmp
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 PARKING_DIR = "/mnt"  # covered by a private tmpfs inside the namespace only
+SECRET_DIRS = ("/run/secrets",)  # hidden when present: Kubernetes mounts its service-account token there
 UNSHARE = ("unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "--")
+UNSHARE_USER = ("unshare", "--user", "--map-root-user", *UNSHARE[1:])
+ISOLATIONS = ("auto", "namespaces", "user-namespaces", "process")
+PR_SET_DUMPABLE = 4
 RUNNER_SOURCE = (Path(__file__).with_name("sandbox_runner.py")).read_text()
 CLEAN_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
@@ -76,52 +87,94 @@ class SandboxOutcome:
     timed_out: bool
     truncated: bool
     output_bytes: int  # total produced, kept or not
-    isolation: str  # "namespaces" or "process"
+    isolation: str  # "namespaces", "user-namespaces" or "process"
 
 
 @functools.cache
 def namespaces_available() -> bool:
     """Root, util-linux unshare/setpriv present, and the kernel lets us create the namespaces."""
-    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+    return os.geteuid() == 0 and _unshare_works(UNSHARE)
+
+
+@functools.cache
+def user_namespaces_available() -> bool:
+    """util-linux unshare/setpriv present, and the kernel (and seccomp) lets this user create a user namespace
+    with the others inside it."""
+    return _unshare_works(UNSHARE_USER)
+
+
+def _unshare_works(unshare: tuple[str, ...]) -> bool:
+    if not (shutil.which("unshare") and shutil.which("setpriv")):
         return False
-    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, timeout=10)
+    probe = subprocess.run([*unshare, "true"], capture_output=True, timeout=10)
     return probe.returncode == 0
 
 
-def namespace_script(argv: list[str], limits: SandboxLimits, uid: int, hidden_home: str, keep: list[str]) -> str:
-    """Shell run as root inside the new namespaces: private temp dirs, hide root's home, drop to `uid`, run argv."""
+def namespace_script(argv: list[str], limits: SandboxLimits, uid: int | None, hidden: list[str],
+                     keep: list[str]) -> str:
+    """Shell run as root inside the new namespaces: private temp dirs, `hidden` dirs covered, then argv run as
+    `uid` (namespaces), or (uid None: user-namespaces) every mount made read-only first and argv run as the
+    namespace's root with no capabilities left."""
     q = shlex.quote
     tmpfs = f"mount -t tmpfs -o size={limits.tmpfs_bytes},nosuid,nodev"
     lines = ["set -eu"]
+    if uid is None:  # our own files stay ours outside: nothing mounted from outside may be written
+        lines.append("for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do "
+                     "mount -o remount,bind,ro \"$m\"; done")
     if keep:  # park what must stay visible (the interpreter, a venv under /tmp) before covering its parents
         lines += [f"mkdir -p {PARKING_DIR}", f"{tmpfs},mode=700 tmpfs {PARKING_DIR}"]
         for i, path in enumerate(keep):
             lines += [f"mkdir {PARKING_DIR}/{i}", f"mount --bind {q(path)} {PARKING_DIR}/{i}"]
     lines += [f"if [ -d {d} ]; then {tmpfs},mode=1777 tmpfs {d}; fi" for d in PRIVATE_TMP_DIRS]
-    lines.append(f"{tmpfs},mode=755 tmpfs {q(hidden_home)}")
+    lines += [f"{tmpfs},mode=755 tmpfs {q(path)}" for path in hidden]
     for i, path in enumerate(keep):
-        lines += [f"mkdir -p {q(path)}", f"mount --move {PARKING_DIR}/{i} {q(path)}",
+        # -n: with every mount read-only (user-namespaces), recording the move in /run/mount fails the command
+        lines += [f"mkdir -p {q(path)}", f"mount -n --move {PARKING_DIR}/{i} {q(path)}",
                   f"mount -o remount,bind,ro {q(path)}"]
     if keep:
         lines.append(f"umount {PARKING_DIR}")
-    lines += [
-        f"mkdir {NAMESPACE_SCRATCH}", f"chown {uid}:{uid} {NAMESPACE_SCRATCH}", f"cd {NAMESPACE_SCRATCH}",
-        # No exec: unshare cannot pass a child's death signal on, but the shell's 128+N exit status can.
-        f"setpriv --reuid={uid} --regid={uid} --clear-groups --no-new-privs -- {shlex.join(argv)}",
-    ]
+    lines += [f"mkdir {NAMESPACE_SCRATCH}", f"cd {NAMESPACE_SCRATCH}"]
+    # No exec: unshare cannot pass a child's death signal on, but the shell's 128+N exit status can.
+    if uid is None:
+        lines.append(f"setpriv --bounding-set=-all --inh-caps=-all --no-new-privs -- {shlex.join(argv)}")
+    else:
+        lines += [f"chown {uid}:{uid} {NAMESPACE_SCRATCH}",
+                  f"setpriv --reuid={uid} --regid={uid} --clear-groups --no-new-privs -- {shlex.join(argv)}"]
     return "\n".join(lines)
 
 
-def namespace_command(argv: list[str], limits: SandboxLimits, uid: int) -> list[str]:
-    """`argv` wrapped to run as `uid` in fresh namespaces, with root's home and temp dirs hidden but the
-    interpreter and its environment (pyenv under home, a venv under /tmp) kept, read-only."""
-    home = pwd.getpwuid(os.geteuid()).pw_dir  # not $HOME: the directory that really holds root's files
+def namespace_command(argv: list[str], limits: SandboxLimits, uid: int | None) -> list[str]:
+    """`argv` wrapped to run as `uid` in fresh namespaces (None: in a user namespace of its own, see
+    namespace_script), with our home, mounted secrets and temp dirs hidden but the interpreter and its environment
+    (pyenv under home, a venv under /tmp) kept, read-only."""
+    home = _home_directory()
     if home.rstrip("/") == "":
         raise RuntimeError("refusing to hide the home directory '/'")
+    hidden = [home, *(os.path.realpath(d) for d in SECRET_DIRS if os.path.isdir(d))]
     prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
-    hidden = [d.rstrip("/") + "/" for d in (home, *PRIVATE_TMP_DIRS)]
-    keep = sorted(p for p in prefixes if any(p.startswith(d) for d in hidden))
-    return [*UNSHARE, "sh", "-c", namespace_script(argv, limits, uid, home, keep)]
+    covered = [d.rstrip("/") + "/" for d in (*hidden, *PRIVATE_TMP_DIRS)]
+    keep = sorted(p for p in prefixes if any(p.startswith(d) for d in covered))
+    unshare = UNSHARE if uid is not None else UNSHARE_USER
+    return [*unshare, "sh", "-c", namespace_script(argv, limits, uid, hidden, keep)]
+
+
+def _home_directory() -> str:
+    """The directory that really holds our files: the account's (not $HOME), or $HOME for a uid no account names
+    (containers run as an arbitrary uid)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:
+        return os.environ.get("HOME", "/")
+
+
+def make_undumpable() -> None:
+    """Code running as our user may read /proc/<our pid>/environ and /mem unless we are not dumpable (then those
+    files belong to root). Children are dumpable again after exec, so this covers this process only."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
 def runner_argv(scratch: str, limits: SandboxLimits) -> list[str]:
@@ -153,21 +206,34 @@ UIDS = UidPool()
 
 class PythonSandbox:
     def __init__(self, limits: SandboxLimits | None = None, isolation: str = "auto") -> None:
-        if isolation not in ("auto", "namespaces", "process"):
-            raise ValueError(f"isolation must be auto, namespaces or process, got {isolation!r}")
+        """`isolation`: "auto" takes the strongest that works here (namespaces as root, else user-namespaces, else
+        process); naming one that does not work here is an error."""
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
         if isolation == "namespaces" and not namespaces_available():
             raise RuntimeError("namespace isolation needs root and util-linux unshare/setpriv that work here")
+        if isolation == "user-namespaces" and not user_namespaces_available():
+            raise RuntimeError("user-namespace isolation needs util-linux unshare/setpriv and a kernel (and seccomp "
+                               "profile) that let this user create user namespaces")
         self.limits = limits or SandboxLimits()
-        use_namespaces = isolation == "namespaces" or (isolation == "auto" and namespaces_available())
-        self.isolation = "namespaces" if use_namespaces else "process"
-        if not use_namespaces:
+        if isolation == "auto":
+            isolation = ("namespaces" if namespaces_available()
+                         else "user-namespaces" if user_namespaces_available() else "process")
+        self.isolation = isolation
+        if isolation == "process":
+            make_undumpable()
             logger.warning("python sandbox: no namespaces here; only rlimits and an audit hook isolate the code")
+        else:
+            logger.info("python sandbox: %s isolation", isolation)
 
     async def run(self, code: str) -> SandboxOutcome:
         if self.isolation == "namespaces":
             with UIDS.lease() as uid:
                 command = namespace_command(runner_argv(NAMESPACE_SCRATCH, self.limits), self.limits, uid)
                 return await self._run(code, command, None)
+        if self.isolation == "user-namespaces":
+            command = namespace_command(runner_argv(NAMESPACE_SCRATCH, self.limits), self.limits, None)
+            return await self._run(code, command, None)
         scratch = tempfile.mkdtemp(prefix="heavy-python-")
         try:
             return await self._run(code, runner_argv(scratch, self.limits), scratch)
@@ -206,7 +272,7 @@ class PythonSandbox:
     def _death_signal(self, returncode: int) -> int | None:
         if returncode < 0:
             return -returncode
-        if self.isolation == "namespaces" and returncode > SHELL_SIGNAL_BASE:
+        if self.isolation != "process" and returncode > SHELL_SIGNAL_BASE:
             return returncode - SHELL_SIGNAL_BASE
         return None
 

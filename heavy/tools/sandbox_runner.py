@@ -2,13 +2,15 @@
 
 argv: <scratch dir> <limits as JSON>; the user's code arrives on stdin. It lowers its own resource limits
 (soft = hard, so they cannot be raised again), installs an audit hook that refuses network, new processes,
-native code and writes outside the scratch dir, and runs the code like a notebook cell: a final expression's
+native code, writes outside the scratch dir and opening another process's /proc files (its environment holds
+secrets when this runs as the worker's own user), and runs the code like a notebook cell: a final expression's
 value is printed. The audit hook backs the OS fences (namespaces, uid, rlimits); it is not the only one.
 """
 
 import ast
 import json
 import os
+import re
 import resource
 import signal
 import sys
@@ -46,6 +48,7 @@ PATH_EVENTS = {  # event -> positions of the path arguments it modifies
     "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.move": (1,),
 }
 ALLOWED_WRITE_TARGETS = frozenset({"/dev/null"})
+PROC_ENTRY = re.compile(r"/proc/(\d+)(/|$)")
 
 
 def apply_limits(limits: dict) -> None:
@@ -64,6 +67,13 @@ def install_guard(scratch: str) -> None:
         real = os.path.realpath(os.fsdecode(path))
         return real == scratch or real.startswith(scratch + os.sep) or real in ALLOWED_WRITE_TARGETS
 
+    def another_process(path) -> bool:
+        """/proc/<pid>/... of a pid not ours (/proc/self resolves to ours)."""
+        if isinstance(path, int):
+            return False
+        entry = PROC_ENTRY.match(os.path.realpath(os.fsdecode(path)))
+        return entry is not None and int(entry.group(1)) != os.getpid()
+
     def hook(event: str, args: tuple) -> None:
         if event in REFUSED_EVENTS:
             raise PermissionError(f"sandbox: {REFUSED_EVENTS[event]} is not allowed ({event})")
@@ -74,6 +84,8 @@ def install_guard(scratch: str) -> None:
             opens_dir = mode is None and not isinstance(path, int) and os.path.isdir(path)  # base for dir_fd tricks
             if path is not None and ((flags or 0) & WRITE_FLAGS or opens_dir) and not inside(path):
                 raise PermissionError(f"sandbox: writing outside the scratch directory is not allowed ({path})")
+            if path is not None and another_process(path):
+                raise PermissionError(f"sandbox: reading another process's files is not allowed ({path})")
         elif event in PATH_EVENTS:
             for position in PATH_EVENTS[event]:
                 if position < len(args) and args[position] is not None and not inside(args[position]):

@@ -21,10 +21,15 @@ from heavy.tools.python_sandbox import (
     SandboxLimits,
     namespace_command,
     namespaces_available,
+    user_namespaces_available,
 )
 from tests.heavy.loopback_server import LoopbackServer, html_page
 
 needs_namespaces = pytest.mark.skipif(not namespaces_available(), reason="needs root with unshare/setpriv")
+needs_user_namespaces = pytest.mark.skipif(not user_namespaces_available(),
+                                           reason="the kernel refuses this user a user namespace")
+# every isolation this machine has ("auto" is the strongest of them)
+ISOLATIONS = ["auto", *(["user-namespaces"] if user_namespaces_available() else []), "process"]
 LIMITS = SandboxLimits(wall_s=15, cpu_s=5, memory_bytes=512 << 20, file_bytes=1 << 20, output_bytes=4000)
 
 
@@ -32,9 +37,10 @@ def run(code, limits=LIMITS, isolation="auto"):
     return asyncio.run(PythonSandbox(limits, isolation).run(code))
 
 
-def run_without_audit_hook(program):
-    """A plain interpreter in the sandbox's namespaces and uid: only the operating system's fences apply."""
-    command = namespace_command([sys.executable, "-I", "-c", program], LIMITS, SANDBOX_UIDS[0])
+def run_without_audit_hook(program, uid=SANDBOX_UIDS[0]):
+    """A plain interpreter in the sandbox's namespaces and uid (None: user-namespaces isolation): only the operating
+    system's fences apply."""
+    command = namespace_command([sys.executable, "-I", "-c", program], LIMITS, uid)
     return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
 
@@ -52,7 +58,7 @@ def test_runs_code_like_a_notebook_cell():
     assert run("import sys\nsys.exit('stopped early')").output == "stopped early\n"
 
 
-@pytest.mark.parametrize("isolation", ["auto", "process"])
+@pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_network_is_refused(host_server, isolation):
     code = (
         "import urllib.request\n"
@@ -78,10 +84,11 @@ def test_os_fence_network_namespace_has_no_route_to_the_host(host_server):
     assert host_server.requests == []
 
 
-def test_fork_bomb_is_contained():
-    outcome = run("import os\nwhile True:\n    os.fork()")
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_fork_bomb_is_contained(isolation):
+    outcome = run("import os\nwhile True:\n    os.fork()", isolation=isolation)
     assert outcome.exit_code == 1 and "starting processes is not allowed" in outcome.output
-    spawn = run("import subprocess\nsubprocess.run(['sh', '-c', ':(){ :|:& };:'])")
+    spawn = run("import subprocess\nsubprocess.run(['sh', '-c', ':(){ :|:& };:'])", isolation=isolation)
     assert spawn.exit_code == 1 and "_posixsubprocess" in spawn.output
 
 
@@ -104,25 +111,29 @@ def test_thread_bomb_stops_at_the_process_limit():
     assert int(outcome.output.split()[2]) < 8
 
 
-def test_memory_hog_is_contained():
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_memory_hog_is_contained(isolation):
     hog = "blocks = []\nwhile True:\n    blocks.append(bytearray(32 << 20))"
-    outcome = run(hog, SandboxLimits(memory_bytes=256 << 20))
+    outcome = run(hog, SandboxLimits(memory_bytes=256 << 20), isolation)
     assert outcome.exit_code == 1 and "MemoryError" in outcome.output
 
 
-def test_infinite_loop_hits_the_cpu_limit():
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_infinite_loop_hits_the_cpu_limit(isolation):
     limits = SandboxLimits(wall_s=20, cpu_s=1)
-    outcome = run("while True:\n    pass", limits)
+    outcome = run("while True:\n    pass", limits, isolation)
     assert not outcome.timed_out and outcome.signal_name in ("SIGXCPU", "SIGKILL")
     assert render_outcome(outcome, limits.wall_s).endswith("[killed: CPU time limit reached]")
 
 
-def test_sleeping_program_is_killed_at_the_wall_clock_limit():
-    outcome = run("import time\nprint('started', flush=True)\ntime.sleep(60)", SandboxLimits(wall_s=1))
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_sleeping_program_is_killed_at_the_wall_clock_limit(isolation):
+    outcome = run("import time\nprint('started', flush=True)\ntime.sleep(60)", SandboxLimits(wall_s=1), isolation)
     assert outcome.timed_out and outcome.exit_code is None and outcome.output == "started\n"
 
 
-def test_writes_outside_the_scratch_dir_are_contained(tmp_path):
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_writes_outside_the_scratch_dir_are_contained(tmp_path, isolation):
     tmp_path.chmod(0o777)
     outside = tmp_path / "escape.txt"
     code = (
@@ -142,7 +153,7 @@ def test_writes_outside_the_scratch_dir_are_contained(tmp_path):
         "except OSError as exc:\n"
         "    print('refused', type(exc).__name__)\n"
     )
-    outcome = run(code)
+    outcome = run(code, isolation=isolation)
     assert outcome.output.startswith("inside ok\n"), outcome.output
     assert "WROTE" not in outcome.output and outcome.output.count("refused") == 5
     assert not outside.exists() and not os.path.exists("/etc/heavy-escape") and list(tmp_path.iterdir()) == []
@@ -168,6 +179,42 @@ def test_os_fence_nobody_cannot_write_host_files_and_root_home_is_hidden(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+@needs_user_namespaces
+def test_os_fence_user_namespaces_read_only_mounts_hidden_home_no_capabilities_no_other_processes(host_server):
+    """What holds without the audit hook when the code runs as our own uid: every mount read-only (outside the
+    private tmpfs), the home directory and secrets hidden, no capability left to unmount them, /proc showing only
+    the sandbox's processes, no network."""
+    program = (
+        "import os, socket, subprocess\n"
+        "status = open('/proc/self/status').read()\n"
+        "print('caps', status.split('CapEff:')[1].split()[0])\n"
+        "print('pids', len([p for p in os.listdir('/proc') if p.isdigit()]))\n"
+        "print('home', sorted(os.listdir(os.path.expanduser('~'))))\n"
+        "for target in ['/etc/heavy-escape', os.path.join(os.path.dirname(os.__file__), 'heavy-escape')]:\n"
+        "    try:\n"
+        "        open(target, 'w').write('escaped')\n"
+        "        print('WROTE', target)\n"
+        "    except OSError as exc:\n"
+        "        print('refused', exc.errno)\n"
+        "open('scratch.txt', 'w').write('ok')\n"
+        "home = os.path.expanduser('~')\n"
+        "print('umount', subprocess.run(['umount', home], capture_output=True).returncode)\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {host_server.port}), timeout=3)\n"
+        "    print('CONNECTED')\n"
+        "except OSError as exc:\n"
+        "    print('no network', exc.errno)\n"
+    )
+    result = run_without_audit_hook(program, uid=None)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "caps 0000000000000000", result.stdout + result.stderr
+    assert int(lines[1].split()[1]) <= 3  # the shell, the interpreter, its umount child at most: nothing of ours
+    assert ".ssh" not in lines[2] and ".cache" not in lines[2]
+    assert lines[3:5] == ["refused 30", "refused 30"]  # EROFS: the host's files, even our own, are read-only
+    assert lines[5] != "umount 0" and lines[6].startswith("no network"), result.stdout
+    assert not os.path.exists("/etc/heavy-escape") and host_server.requests == []
+
+
 def test_file_size_limit_is_enforced():
     outcome = run("open('big.bin', 'wb').write(b'x' * (4 << 20))")
     assert outcome.exit_code == 1 and "File too large" in outcome.output
@@ -181,9 +228,38 @@ def test_output_is_capped_with_a_note():
     assert text.endswith("[output truncated: showing 4000 of 100001 bytes]")
 
 
-def test_environment_secrets_do_not_reach_the_code(monkeypatch):
-    monkeypatch.setenv("HEAVY_TEST_SECRET", "s3cret")
-    assert "s3cret" not in run("import os\nprint(dict(os.environ))").output
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_environment_secrets_do_not_reach_the_code(monkeypatch, isolation):
+    monkeypatch.setenv("HEAVY_TEST_SECRET", "s3cret")  # os.environ: this process's /proc environ shows it too
+    assert "s3cret" not in run("import os\nprint(dict(os.environ))", isolation=isolation).output
+    # a process started with a secret in its environment, as a worker is (/proc/<pid>/environ shows the environment
+    # a process started with, not what os.environ set since)
+    holder = subprocess.Popen(["sleep", "60"], env={"HEAVY_TEST_SECRET": "s3cret"})
+    snoop = (  # every process's environment through /proc, and the parent's by name
+        "import os\n"
+        "found = []\n"
+        "for pid in [os.getppid(), *(p for p in os.listdir('/proc') if p.isdigit())]:\n"
+        "    try:\n"
+        "        found.append(open(f'/proc/{pid}/environ', 'rb').read())\n"
+        "    except OSError as exc:\n"
+        "        print('refused', type(exc).__name__)\n"
+        "print('SECRET' if any(b's3cret' in e for e in found) else 'clean')\n"
+    )
+    try:
+        outcome = run(snoop, isolation=isolation)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert outcome.output.endswith("clean\n") and "refused PermissionError" in outcome.output, outcome.output
+
+
+def test_process_isolation_makes_this_process_undumpable():
+    """Without namespaces the code runs as our own user: /proc/<our pid>/environ must not be readable to it."""
+    program = ("import ctypes\nfrom heavy.tools.python_sandbox import PythonSandbox\n"
+               "libc = ctypes.CDLL(None)\nbefore = libc.prctl(3, 0, 0, 0, 0)\n"  # PR_GET_DUMPABLE
+               "PythonSandbox(isolation='process')\nprint(before, libc.prctl(3, 0, 0, 0, 0))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["1", "0"], result.stdout + result.stderr
 
 
 def test_python_tool_through_the_executor():
