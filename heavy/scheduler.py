@@ -64,6 +64,7 @@ class JobSpec:
     opening_search: bool = True  # every trajectory's first step searches the question as asked
     focus_searches: bool = True  # and trajectory k >= 1 then searches a named part of it (agent/openings.py)
     priority: int = 0  # of every model request of the job: lower first (heavy/llm/priority.py)
+    elapsed_s: float = 0.0  # a resumed job's time run before (its deadlines count from when it first started)
 
     def __post_init__(self) -> None:
         if self.mode not in ("report", "answer"):
@@ -72,8 +73,8 @@ class JobSpec:
             raise ValueError(f"trajectories must be 1..8, got {self.trajectories}")
         if not self.question.strip():
             raise ValueError("question is empty")
-        if self.job_tokens < 1 or self.deadline_s <= 0 or self.straggler_grace_s < 0:
-            raise ValueError("job_tokens >= 1, deadline_s > 0 and straggler_grace_s >= 0 required")
+        if self.job_tokens < 1 or self.deadline_s <= 0 or self.straggler_grace_s < 0 or self.elapsed_s < 0:
+            raise ValueError("job_tokens >= 1, deadline_s > 0, straggler_grace_s >= 0 and elapsed_s >= 0 required")
         if self.straggler_min_done < 1 or self.early_stop_k < 1:
             raise ValueError("straggler_min_done and early_stop_k must be >= 1")
         if not 0 <= self.temperature_min <= self.temperature_max:
@@ -172,7 +173,7 @@ class Scheduler:
             for k in range(spec.trajectories)
         }
         watchers = {asyncio.create_task(stop.wait()), asyncio.create_task(budget.exhausted.wait())}
-        deadline = time.monotonic() + spec.deadline_s
+        deadline = time.monotonic() + spec.deadline_s - spec.elapsed_s
         results: list[TrajectoryResult] = []
         reason = "all_done"
         pending = set(tasks)
@@ -223,6 +224,7 @@ class Scheduler:
         trajectory_spec = TrajectorySpec(job_id=spec.job_id, index=k, question=spec.question,
                                          allowed_tools=spec.allowed_tools, sampling=sampling, limits=spec.limits,
                                          opening_search=spec.opening_search, job_trajectories=spec.trajectories,
+                                         elapsed_s=spec.elapsed_s,
                                          focus=focus_query(spec.question, k) if spec.focus_searches else None)
         trajectory = self.trajectory_factory(trajectory_spec, with_priority(self.backend, spec.priority),
                                              self.executor, sink=sink, stop=stop, job_budget=budget)

@@ -66,6 +66,7 @@ class TrajectorySpec:
     opening_search: bool = True  # step 1 searches the question itself, before the model's first turn
     focus: str | None = None  # and then this part of it (see openings.py); None: the question only
     job_trajectories: int = 1  # how many trajectories its job runs (the job's tool-call caps grow with them)
+    elapsed_s: float = 0.0  # time its job ran before this run (a resumed job): the deadline counts it
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Trajectory:
     # --- the loop ---
 
     async def run(self) -> TrajectoryResult:
-        self.deadline = time.monotonic() + self.spec.limits.deadline_s
+        self.deadline = time.monotonic() + self.spec.limits.deadline_s - self.spec.elapsed_s
         error = None
         try:
             if not self.steps and self.spec.opening_search and OPENING_TOOL in self.spec.allowed_tools:

@@ -123,7 +123,7 @@ class ToolExecutor:
             check_schema(tool.parameters, f"tool {tool.name!r} parameters")
             self._tools[tool.name] = tool
         self._lock = threading.Lock()
-        self._calls: dict[tuple[str, str], int] = {}
+        self._calls: dict[str, dict[tuple[int, str], int]] = {}  # job -> (trajectory, tool) -> calls charged
         self._records: dict[str, list[CallRecord]] = {}
 
     @property
@@ -143,8 +143,25 @@ class ToolExecutor:
         ]
 
     def calls_made(self, job_id: str, tool: str) -> int:
+        """Calls of `tool` charged to the job's cap, all its trajectories together."""
         with self._lock:
-            return self._calls.get((job_id, tool), 0)
+            return self._made(job_id, tool)
+
+    def _made(self, job_id: str, tool: str) -> int:
+        return sum(n for (_, name), n in self._calls.get(job_id, {}).items() if name == tool)
+
+    def calls_of(self, job_id: str, trajectory: int) -> dict[str, int]:
+        """What one trajectory of the job has charged to the caps, by tool (saved with its checkpoints)."""
+        with self._lock:
+            return {name: n for (k, name), n in self._calls.get(job_id, {}).items() if k == trajectory}
+
+    def restore_calls(self, job_id: str, trajectory: int, calls: dict[str, int]) -> None:
+        """Charge a trajectory's calls made before a takeover (calls_of on the worker that ran it), so the job's
+        caps count them: set, not added, so restoring twice counts once."""
+        with self._lock:
+            job = self._calls.setdefault(job_id, {})
+            for name, n in calls.items():
+                job[(trajectory, name)] = n
 
     def records(self, job_id: str) -> list[CallRecord]:
         with self._lock:
@@ -154,8 +171,7 @@ class ToolExecutor:
         """Drop a finished job's counters and records."""
         with self._lock:
             self._records.pop(job_id, None)
-            for key in [k for k in self._calls if k[0] == job_id]:
-                del self._calls[key]
+            self._calls.pop(job_id, None)
 
     async def call(self, name: str, args: Any, ctx: ToolContext) -> ToolResult:
         started_at, t0 = time.time(), time.monotonic()
@@ -180,16 +196,16 @@ class ToolExecutor:
             if timeout <= 0:
                 return ToolResult.failure("the job's deadline has passed; no more tool calls")
         cap = self.limits.cap_for(name) * max(1, ctx.trajectories)
-        if not self._reserve_call(ctx.job_id, name, cap):
+        if not self._reserve_call(ctx.job_id, ctx.trajectory, name, cap):
             return ToolResult.failure(f"call limit reached for '{name}' ({cap} per job); answer with what you have")
         return await self._run(tool, args, ctx, timeout)
 
-    def _reserve_call(self, job_id: str, tool: str, cap: int) -> bool:
+    def _reserve_call(self, job_id: str, trajectory: int, tool: str, cap: int) -> bool:
         with self._lock:
-            made = self._calls.get((job_id, tool), 0)
-            if made >= cap:
+            if self._made(job_id, tool) >= cap:
                 return False
-            self._calls[(job_id, tool)] = made + 1
+            job = self._calls.setdefault(job_id, {})
+            job[(trajectory, tool)] = job.get((trajectory, tool), 0) + 1
             return True
 
     async def _run(self, tool: Tool, args: dict, ctx: ToolContext, timeout: float) -> ToolResult:

@@ -1,6 +1,7 @@
 """Trajectory checkpoints: a running trajectory's state after every step, and its result once it has ended on its
 own. A worker that takes over a job restores both: ended trajectories are not run again, the others continue
-from their last completed step with the same messages, evidence and budgets."""
+from their last completed step with the same messages, evidence and budgets, and the tool calls each had made
+still count against the job's call caps."""
 
 from __future__ import annotations
 
@@ -64,7 +65,12 @@ def state_of(trajectory: Trajectory) -> dict[str, Any]:
         "output_rejected": trajectory.output_rejected,
         "title_rejected": trajectory.title_rejected,
         "unsaid_forced": trajectory.unsaid_forced,
+        "tool_calls": _tool_calls(trajectory),
     }
+
+
+def _tool_calls(trajectory: Trajectory) -> dict[str, int]:
+    return trajectory.executor.calls_of(trajectory.spec.job_id, trajectory.spec.index)
 
 
 def restore(trajectory: Trajectory, state: dict[str, Any]) -> None:
@@ -94,6 +100,8 @@ class CheckpointedTrajectory(Trajectory):
             self.saved_result = result_from_dict(saved["result"])
         elif saved:
             restore(self, saved)
+        if saved:  # absent from checkpoints written before calls were saved: those count from zero
+            self.executor.restore_calls(self.spec.job_id, self.spec.index, saved.get("tool_calls", {}))
 
     async def run(self) -> TrajectoryResult:
         if self.saved_result is not None:  # ended before the takeover: its events are already in the stream
@@ -104,7 +112,8 @@ class CheckpointedTrajectory(Trajectory):
             self.job_budget.charge(self.usage.total_tokens)  # what the restored steps spent
         result = await super().run()
         if result.stop_reason not in EXTERNAL_STOPS:  # a stopped one continues if the job is taken over
-            await self.save(self.spec.index, {"kind": "result", "result": result_to_dict(result)})
+            await self.save(self.spec.index, {"kind": "result", "result": result_to_dict(result),
+                                              "tool_calls": _tool_calls(self)})
         return result
 
     async def after_step(self) -> None:

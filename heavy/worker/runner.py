@@ -40,7 +40,8 @@ MAX_ATTEMPTS = 3
 
 
 def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_left: int) -> JobSpec:
-    """The scheduler's spec from the job's stored parameters; the job may not spend more than its tenant has."""
+    """The scheduler's spec from the job's stored parameters; the job may not spend more than its tenant has. A job
+    resumed after a takeover keeps its deadlines: they count from when it first started."""
     p = job.params
     limits = TrajectoryLimits(max_steps=p["max_steps"], step_tokens=p["step_tokens"],
                               total_tokens=p["trajectory_tokens"], deadline_s=p["deadline_s"],
@@ -48,7 +49,8 @@ def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_l
     return JobSpec.from_settings(settings, job_id=job.id, question=job.question, mode=job.mode,
                                  trajectories=p["trajectories"], allowed_tools=frozenset(p["tools"]) & tools,
                                  limits=limits, job_tokens=max(1, min(p["job_tokens"], tokens_left)),
-                                 deadline_s=p["deadline_s"], priority=p.get("priority", 0))
+                                 deadline_s=p["deadline_s"], priority=p.get("priority", 0),
+                                 elapsed_s=max(0.0, time.time() - job.started) if job.started else 0.0)
 
 
 class Worker:

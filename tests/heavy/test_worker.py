@@ -3,6 +3,7 @@ cancel is honoured while models run, finish-now gives a partial report, a job ta
 resumes from its checkpoints, and tenant token limits bound a job."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -135,18 +136,24 @@ async def test_finish_now_aggregates_what_exists(client, start_worker):
     assert report["partial"] and {t["stop_reason"] for t in report["trajectories"]} == {"finish_now"}
 
 
-async def test_a_job_of_a_dead_worker_is_resumed_from_checkpoints_by_another(client, store, start_worker):
-    """w1 dies (its task is torn down without a word) while trajectories wait on their last step; w2 claims the
-    job after the lease and continues after the checkpointed steps: no step runs twice, no event twice."""
+async def crash_before_the_last_step(client, store, start_worker, job_body=JOB) -> dict:
+    """Submit a job; w1 dies (its task torn down without a word) while the trajectories wait on their last step."""
     first = ScriptedBackend(researcher, delay_s=lambda r: 60 if r.trajectory >= 0 and step_of(r) == 2 else 0)
     w1 = start_worker(first, "w1")
-    job = (await client.post("/v1/jobs", json=JOB)).json()
+    job = (await client.post("/v1/jobs", json=job_body)).json()
     await wait_for(lambda: asyncio.sleep(0, result=sum(step_of(r) == 2 for r in first.requests
                                                        if r.trajectory >= 0) == 3))
     await wait_for(lambda: store.jobs.load_checkpoints(job["id"], 3))
     w1.task.cancel()  # like a crash: no status change, no acknowledgement
     await w1.close()
     assert (await client.get(f"/v1/jobs/{job['id']}")).json()["status"] == "running"
+    return job
+
+
+async def test_a_job_of_a_dead_worker_is_resumed_from_checkpoints_by_another(client, store, start_worker):
+    """w2 claims the job of the crashed w1 after the lease and continues after the checkpointed steps: no step runs
+    twice, no event twice."""
+    job = await crash_before_the_last_step(client, store, start_worker)
 
     second = ScriptedBackend(researcher)
     start_worker(second, "w2")
@@ -160,6 +167,20 @@ async def test_a_job_of_a_dead_worker_is_resumed_from_checkpoints_by_another(cli
     report = (await client.get(f"/v1/jobs/{job['id']}/report")).json()
     assert [t["steps"] for t in report["trajectories"]] == [3, 3, 3]
     assert await store.queue.pending() == 0
+
+
+async def test_a_resumed_job_keeps_its_deadline_from_when_it_first_started(client, store, start_worker):
+    """The job's clock does not restart on a takeover: resumed past its deadline, the trajectories give their
+    forced answers at once instead of running their last step."""
+    job = await crash_before_the_last_step(client, store, start_worker, {**JOB, "deadline_s": 600})
+    await store.jobs.update(job["id"], started=time.time() - 601)  # as if w1 had died ten minutes in
+    second = ScriptedBackend(researcher)
+    start_worker(second, "w2")
+    done = await status_is(client, job["id"], "done", "partial", "failed")
+    report = (await client.get(f"/v1/jobs/{job['id']}/report")).json()
+    assert [t["stop_reason"] for t in report["trajectories"]] == ["deadline"] * 3, report["trajectories"]
+    assert all(r.forced for r in second.requests if r.trajectory >= 0)  # no step 2: the forced answers only
+    assert done["status"] == "partial" and report["answer"] == "argparse"
 
 
 async def test_a_job_never_spends_more_than_its_tenant_has_left(client, store, start_worker):

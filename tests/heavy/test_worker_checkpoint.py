@@ -7,9 +7,10 @@ import pytest
 
 from heavy.agent import JobTokenBudget, TrajectoryLimits, TrajectorySpec
 from heavy.llm.types import Sampling
+from heavy.tools.base import ToolExecutor, ToolLimits
 from heavy.worker.checkpoint import CheckpointedTrajectory, result_from_dict, state_of
 from tests.heavy.fakes import ScriptedBackend
-from tests.heavy.worker_helpers import executor, researcher, step_of
+from tests.heavy.worker_helpers import PAGES, DictSearch, executor, researcher, step_of
 
 pytestmark = pytest.mark.anyio
 
@@ -20,19 +21,36 @@ WIRING = {"spec", "backend", "executor", "sink", "stop", "job_budget", "tools", 
           "saved_result"}
 
 
-def trajectory(saved=None, backend=None, budget=None):
+def trajectory(saved=None, backend=None, budget=None, tools=None):
     saves = []
 
     async def save(k, data):
         saves.append(json.loads(json.dumps(data)))  # what Redis would give back
-    made = CheckpointedTrajectory(SPEC, backend or ScriptedBackend(researcher), executor(), save=save, saved=saved,
-                                  job_budget=budget)
+    made = CheckpointedTrajectory(SPEC, backend or ScriptedBackend(researcher), tools or executor(), save=save,
+                                  saved=saved, job_budget=budget)
     return made, saves
 
 
 async def test_every_mutable_attribute_is_checkpointed():
     made, _ = trajectory()
-    assert set(vars(made)) - WIRING == set(state_of(made)) - {"kind"}
+    # tool_calls: the executor's count of this trajectory's calls (the job's caps), not an attribute of its own
+    assert set(vars(made)) - WIRING == set(state_of(made)) - {"kind", "tool_calls"}
+
+
+async def test_a_restored_trajectorys_tool_calls_still_count_against_the_jobs_caps():
+    first, saves = trajectory()
+    result = await first.run()
+    searches = [len(s["observations"]) for s in saves[0]["steps"]]
+    assert saves[0]["tool_calls"] == {"search": sum(searches)} == {"search": 1}  # the opening search
+    assert saves[-1]["tool_calls"] == {"search": first.executor.calls_made("j", "search")}
+    # another worker, whose executor never ran this job: a cap of one search is already used up
+    tools = ToolExecutor([DictSearch(PAGES)], ToolLimits(default_call_cap=1))
+    resumed, _ = trajectory(saved=saves[0], tools=tools)
+    assert tools.calls_made("j", "search") == 1
+    again = await resumed.run()
+    refused = [o for s in again.steps[1:] for o in s.observations]
+    assert refused and all("call limit reached" in (o.error or "") for o in refused), refused
+    assert len(again.steps) == len(result.steps)
 
 
 async def test_a_restored_state_continues_where_the_saved_one_stopped():
