@@ -81,7 +81,7 @@ class JobStore:
             keys=[k.idempotency(tenant, idempotency_key or "-"), k.tenant(tenant), k.tenant_active(tenant),
                   k.tenant_jobs(tenant), k.job(job_id), k.jobs_stream],
             args=[job_id, now, int(not review), int(idempotency_key is not None), IDEMPOTENCY_TTL_S, fingerprint,
-                  self.default_max_jobs, self.default_max_tokens, *stored],
+                  self.default_max_jobs, self.default_max_tokens, int(params.get("job_tokens", 0)), *stored],
         )
         if outcome == "replay":
             previous_id, _, previous_fingerprint = detail.partition(" ")

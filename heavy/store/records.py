@@ -40,6 +40,7 @@ class JobRecord:
     control: str = ""  # "" | "cancel" | "finish": a request the running worker honours
     events: int = 0  # events written so far (the last sequence number)
     tokens: int = 0
+    token_grant: int = 0  # tokens reserved for it on its tenant while it runs (0: a job from before grants)
     stop_reason: str = ""
     callback_url: str = ""  # POSTed when the job ends (heavy/webhooks.py)
     callback_secret: str = ""  # signs that POST; never shown
@@ -64,6 +65,7 @@ class JobRecord:
             finished=_float(data.get("finished")), error=data.get("error", ""),
             attempts=int(data.get("attempts") or 0), worker=data.get("worker", ""), control=data.get("control", ""),
             events=int(data.get("events") or 0), tokens=int(data.get("tokens") or 0),
+            token_grant=int(data.get("token_grant") or 0),
             stop_reason=data.get("stop_reason", ""), callback_url=data.get("callback_url", ""),
             callback_secret=data.get("callback_secret", ""), callback_status=data.get("callback_status", ""),
         )

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 # KEYS: idem, tenant hash, tenant active set, tenant jobs zset, job hash, jobs stream
 # ARGV: job id, created, enqueue 0/1, use idem 0/1, idem ttl s, fingerprint, default max jobs, default max tokens,
-#       then the job hash as field/value pairs
+#       the job's token budget, then the job hash as field/value pairs.
+# The job is granted its budget, or what the tenant has left when that is less, and the grant is reserved on the
+# tenant until the job ends (FINISH): jobs running at once cannot together spend more than the tenant has.
 SUBMIT = """
 if ARGV[4] == '1' then
   local previous = redis.call('GET', KEYS[1])
@@ -15,10 +17,15 @@ local max_jobs = tonumber(redis.call('HGET', KEYS[2], 'max_jobs') or ARGV[7])
 if redis.call('SCARD', KEYS[3]) >= max_jobs then return {'quota', 'jobs'} end
 local max_tokens = tonumber(redis.call('HGET', KEYS[2], 'max_tokens') or ARGV[8])
 local used = tonumber(redis.call('HGET', KEYS[2], 'tokens_used') or '0')
-if used >= max_tokens then return {'quota', 'tokens'} end
+local reserved = tonumber(redis.call('HGET', KEYS[2], 'tokens_reserved') or '0')
+local left = max_tokens - used - reserved
+if left <= 0 then return {'quota', 'tokens'} end
+local grant = math.min(tonumber(ARGV[9]), left)
 local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[5], unpack(fields))
+redis.call('HSET', KEYS[5], 'token_grant', grant)
+redis.call('HINCRBY', KEYS[2], 'tokens_reserved', grant)
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 if ARGV[3] == '1' then redis.call('XADD', KEYS[6], '*', 'job', ARGV[1]) end
@@ -51,6 +58,7 @@ return {'ok', status}
 
 # KEYS: job hash, tenant hash, tenant active set, callbacks zset, then the job's other keys (events, report,
 # checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), now, then field/value pairs.
+# The tokens spent are charged to the tenant and the job's reserved grant (SUBMIT) is given back.
 # A job with a callback URL is put on the callbacks set, due now, in the same step: no process can end it and die
 # before its callback is on record.
 FINISH = """
@@ -62,6 +70,8 @@ for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('SREM', KEYS[3], ARGV[1])
 if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[2], 'tokens_used', ARGV[3]) end
+local grant = tonumber(redis.call('HGET', KEYS[1], 'token_grant') or '0')
+if grant > 0 then redis.call('HINCRBY', KEYS[2], 'tokens_reserved', -grant) end
 local url = redis.call('HGET', KEYS[1], 'callback_url')
 if url and url ~= '' then
   redis.call('HSET', KEYS[1], 'callback_status', 'pending')

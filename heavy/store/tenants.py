@@ -37,6 +37,7 @@ class Tenant:
     max_tokens: int
     tokens_used: int
     active_jobs: int
+    tokens_reserved: int = 0  # granted to its jobs that have not ended (heavy/store/scripts.py SUBMIT)
 
 
 class TenantStore:
@@ -99,4 +100,4 @@ class TenantStore:
         active = await self.redis.scard(self.keys.tenant_active(tenant))
         return Tenant(tenant, int(data.get("max_jobs") or self.default_max_jobs),
                       int(data.get("max_tokens") or self.default_max_tokens), int(data.get("tokens_used") or 0),
-                      active)
+                      active, int(data.get("tokens_reserved") or 0))

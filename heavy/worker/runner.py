@@ -158,8 +158,11 @@ class Worker:
             return
         if job.attempts:
             log.info("job %s: resuming (attempt %d)", job.id, job.attempts + 1)
-        tenant = await self.store.tenants.get(job.tenant)
-        spec = job_spec(job, self.settings, self.executor.names, tenant.max_tokens - tenant.tokens_used)
+        tokens_left = job.token_grant  # reserved for it at submission
+        if not tokens_left:  # a job queued before grants existed: what its tenant has left
+            tenant = await self.store.tenants.get(job.tenant)
+            tokens_left = tenant.max_tokens - tenant.tokens_used
+        spec = job_spec(job, self.settings, self.executor.names, tokens_left)
         saved = await jobs.load_checkpoints(job.id, spec.trajectories)
         sink = await RedisEventSink.open(jobs, job.id)
         control = JobControl()

@@ -87,6 +87,23 @@ async def test_token_quota_refuses_new_jobs_once_spent(store):
     await submit(store, tenant="globex")  # other tenants are not affected
 
 
+async def test_jobs_running_at_once_are_granted_no_more_tokens_than_the_tenant_has_left(store):
+    await store.tenants.set_limits("acme", max_tokens=1000)
+    first = await submit(store, params={"trajectories": 2, "job_tokens": 600})
+    second = await submit(store, params={"trajectories": 2, "job_tokens": 600})  # 400 left for it
+    assert [j.token_grant for j in [await store.jobs.get(first.id), await store.jobs.get(second.id)]] == [600, 400]
+    with pytest.raises(QuotaExceeded):  # nothing left unreserved, though nothing is spent yet
+        await submit(store, params={"trajectories": 2, "job_tokens": 600})
+    assert (await store.tenants.get("acme")).tokens_reserved == 1000
+    await store.jobs.finish(first, DONE, tokens=250)  # charged what it spent, its grant given back
+    tenant = await store.tenants.get("acme")
+    assert (tenant.tokens_used, tenant.tokens_reserved) == (250, 400)
+    third = await submit(store, params={"trajectories": 2, "job_tokens": 600})
+    assert (await store.jobs.get(third.id)).token_grant == 350
+    await store.jobs.cancel(second.id, "acme")  # a queued job ended by a cancel gives its grant back too
+    assert (await store.tenants.get("acme")).tokens_reserved == 350
+
+
 async def test_review_gate_waits_for_approval_before_queueing(store):
     job = await submit(store, review=True, plan={"estimate_tokens": 1234})
     assert job.status == "awaiting_approval" and job.plan == {"estimate_tokens": 1234}
