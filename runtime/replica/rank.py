@@ -1,11 +1,13 @@
 """One rank of an expert-parallel replica: the non-expert weights, its 1/EP of the routed experts, and an engine
-(scheduler, paged KV cache, sampler) that the replica drives in lock-step with the other ranks.
+(scheduler, paged KV cache, sampler) that the replica drives in lock-step with the other ranks. A dense checkpoint
+(Qwen2: no experts to split) is one rank holding the whole model (EP = 1).
 
 Every rank receives the same requests in the same order and runs the same steps, so all ranks schedule the same
 tokens and meet in the same collectives; only the MoE layers differ (each computes its own experts' share).
 Plain class: the replica runs it as a Ray actor; nothing here imports Ray.
 """
 
+import json
 import os
 import socket
 from dataclasses import dataclass, field
@@ -21,12 +23,18 @@ from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import EngineLoad, LLMEngine, RequestOutput
 from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
-from runtime.models.registry import checkpoint_dtype
+from runtime.models.registry import checkpoint_dtype, load_model
 from runtime.sampling import SamplingParams
+
+EP_MODEL_TYPES = ("kimi_k2", "deepseek_v3")  # MoE checkpoints whose routed experts ranks split between them
 
 
 class RankNotConnectedError(RuntimeError):
     """The rank was asked to run before it joined its replica's group."""
+
+
+def is_moe_checkpoint(path: str | Path) -> bool:
+    return json.loads((Path(path) / "config.json").read_text()).get("model_type") in EP_MODEL_TYPES
 
 
 @dataclass(frozen=True)
@@ -70,15 +78,23 @@ class EPRank:
         torch.set_num_threads(spec.num_threads)
         self.spec = spec
         config_path = Path(spec.model_path)
-        experts = expert_slice(self._n_experts(config_path), spec.ep_size, spec.rank)
         dtype = checkpoint_dtype(config_path, spec.dtype)  # "auto": on this rank's node
-        self.model, report = DeepseekV3ForCausalLM.from_pretrained(
-            config_path, dtype, absorbed_mla=spec.absorbed_mla, local_experts=experts
-        )
-        shard_moe_layers(self.model)
+        if is_moe_checkpoint(config_path):
+            experts = expert_slice(self._n_experts(config_path), spec.ep_size, spec.rank)
+            self.model, report = DeepseekV3ForCausalLM.from_pretrained(
+                config_path, dtype, absorbed_mla=spec.absorbed_mla, local_experts=experts
+            )
+            shard_moe_layers(self.model)
+            self.info = RankInfo(spec.rank, os.getpid(), (experts.start, experts.stop),
+                                 resident_expert_bytes(self.model), report.bytes_read)
+        else:
+            if spec.ep_size != 1:
+                raise ValueError(f"{config_path}: a dense checkpoint has no experts to split; ep_size must be 1, "
+                                 f"got {spec.ep_size}")
+            self.model = load_model(config_path, dtype)
+            weight_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            self.info = RankInfo(spec.rank, os.getpid(), (0, 0), 0, weight_bytes)
         self.tokenizer = load_tokenizer(config_path)
-        self.info = RankInfo(spec.rank, os.getpid(), (experts.start, experts.stop),
-                             resident_expert_bytes(self.model), report.bytes_read)
         self.engine: LLMEngine | None = None
 
     @staticmethod

@@ -24,6 +24,7 @@ from runtime.engine.async_engine import HANG_TIMEOUT_S
 from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine, RequestOutput
+from runtime.replica.rank import EP_MODEL_TYPES, is_moe_checkpoint
 from runtime.replica.replica import ReplicaActor, ReplicaSpec
 from runtime.replica.router import Availability, RouterActor
 from runtime.sampling import SamplingParams
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 PREFIX_KEY_HEADER = b"x-prefix-key"
 START_TIMEOUT_S = 600.0  # loading every rank of every replica
 DEAD_MARGIN_S = 60.0  # past a replica's recovery deadline before /health calls the server dead
-EP_MODEL_TYPES = ("kimi_k2", "deepseek_v3")  # what an EP rank loads (runtime.replica.rank)
 _prefix_key: ContextVar[str | None] = ContextVar("prefix_key", default=None)
 
 
@@ -55,7 +55,7 @@ class PrefixKeyMiddleware:
 
 
 class UnsupportedReplicaModel(ValueError):
-    """The checkpoint is not a model the EP replicas run (they load Kimi K2 / DeepSeek-V3 MoE checkpoints)."""
+    """The checkpoint is not one the replicas run: a dense model split over EP > 1 ranks (it has no experts)."""
 
 
 class RouterFrontend:
@@ -145,10 +145,11 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     """Start `replicas` EP groups of `ep` ranks and a router over them."""
     if replicas <= 0:
         raise ValueError(f"replicas must be > 0, got {replicas}")
-    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
-    if model_type not in EP_MODEL_TYPES:
-        raise UnsupportedReplicaModel(f"{folder}: model_type {model_type!r}; Ray replicas run "
-                                      f"{', '.join(EP_MODEL_TYPES)} checkpoints (serve other models in process)")
+    if ep != 1 and not is_moe_checkpoint(folder):
+        model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+        raise UnsupportedReplicaModel(f"{folder}: model_type {model_type!r} is dense: its replicas are one rank "
+                                      f"each (ep=1), got ep={ep}; EP splits the experts of "
+                                      f"{', '.join(EP_MODEL_TYPES)} checkpoints")
     # on a cluster the rendezvous runs on rank 0's node; alone, on loopback
     master_addr = None if os.environ.get("RAY_ADDRESS") else LOOPBACK
     spec = ReplicaSpec(str(folder), ep, dtype=dtype, absorbed_mla=absorbed_mla, engine=engine or EngineConfig(),

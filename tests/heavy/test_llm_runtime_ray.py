@@ -136,10 +136,10 @@ def test_settings_select_replicas_for_the_runtime_backend(monkeypatch, tiny_kimi
     assert started == [(tiny_kimi_path, 3, 2, 1024, 2)]
 
 
-def test_a_dense_checkpoint_is_refused_before_ray_starts(tmp_path):
+def test_a_dense_checkpoint_split_over_ranks_is_refused_before_ray_starts(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    with pytest.raises(UnsupportedReplicaModel, match="qwen2"):
-        RuntimeBackend.load(str(tmp_path), replicas=1)
+    with pytest.raises(UnsupportedReplicaModel, match="qwen2"):  # no experts to split: one rank per replica
+        RuntimeBackend.load(str(tmp_path), replicas=1, ep=2)
 
 
 async def test_kimi_tool_calls_are_read_with_kimi_s_parser_and_a_broken_one_is_an_llm_error(tiny_kimi_path):
