@@ -68,6 +68,8 @@ class Settings(BaseSettings):
 
     # --- tools ---
     search: Literal["local", "web"] = "local"
+    # service workers share the web pages they open through Redis for this long (0: each keeps its own, in memory)
+    page_cache_ttl_s: float = Field(86_400.0, ge=0)
 
     # --- service: data dir, Redis, API, workers, tenant defaults ---
     home: str = "~/.cache/heavy"  # HEAVY_HOME, shared with the runtime's model cache

@@ -5,6 +5,7 @@ A job's keys share the `{job id}` hash tag, so a Redis Cluster keeps one job on 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 GROUP = "workers"
@@ -62,3 +63,7 @@ class Keys:
 
     def apikey(self, digest: str) -> str:
         return f"{self.prefix}apikey:{digest}"
+
+    def page(self, url: str) -> str:
+        """An opened page, shared by all workers; the URL is hashed so a 2 KB URL makes a short key."""
+        return f"{self.prefix}page:{hashlib.sha256(url.encode()).hexdigest()}"

@@ -1,4 +1,5 @@
-"""Cache of opened pages by URL. In memory here; the service can supply a Redis-backed PageCache."""
+"""Cache of opened pages by URL. In memory here, per process; service workers share theirs through Redis
+(redis_page_cache.py)."""
 
 from __future__ import annotations
 
