@@ -58,25 +58,26 @@ def worker(
     from heavy.embedded_redis import redis_url_for
     from heavy.llm import make_backend
     from heavy.store import Store
-    from heavy.toolbox import local_corpus_tools, web_tools
+    from heavy.toolbox import service_tools
     from heavy.worker import Worker
 
     _logging()
     settings = get_settings()
 
-    async def run(url: str, executor) -> None:
-        store = Store.connect(url, settings)
-        backend = await asyncio.to_thread(make_backend, settings)
-        try:
-            await Worker(store, backend, executor, settings).run_until_signalled()
-        finally:
-            await backend.aclose()
-            await store.aclose()
+    async def run(url: str) -> None:
+        # the tools first: a missing corpus fails before the model loads
+        async with service_tools(settings, url, index or default_index_path()) as executor:
+            store = Store.connect(url, settings)
+            backend = await asyncio.to_thread(make_backend, settings)
+            try:
+                await Worker(store, backend, executor, settings).run_until_signalled()
+            finally:
+                await backend.aclose()
+                await store.aclose()
 
-    tools = web_tools() if settings.search == "web" else local_corpus_tools(index or default_index_path())
-    with redis_url_for(settings.redis_url, _home()) as url, tools as executor:
+    with redis_url_for(settings.redis_url, _home()) as url:
         with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C before the worker runs (while the model loads)
-            asyncio.run(run(url, executor))  # until SIGTERM or Ctrl-C
+            asyncio.run(run(url))  # until SIGTERM or Ctrl-C
         console.print("worker stopped; its running jobs will be resumed by the next worker")
 
 

@@ -1,18 +1,23 @@
 """The tools of a research run: the local corpus (index + loopback page server, which the SSRF guard allows
-explicitly) or web search, plus open_page and the sandboxed python tool. Used by the CLI and the evaluation script."""
+explicitly) or web search, plus open_page and the sandboxed python tool. Used by the CLI, the service's workers and
+the evaluation scripts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+from heavy.config import Settings
 from heavy.corpus.index import CorpusIndex, existing_index
 from heavy.corpus.server import CorpusServer
+from heavy.store.keys import Keys
 from heavy.tools.base import Tool, ToolExecutor, ToolLimits
-from heavy.tools.fetch import PageFetcher
+from heavy.tools.fetch import FetchLimits, PageFetcher
 from heavy.tools.open_page import OpenPageTool
+from heavy.tools.page_cache import PageCache
 from heavy.tools.python_exec import PythonTool
+from heavy.tools.redis_page_cache import RedisPageCache
 from heavy.tools.search import SearchTool
 from heavy.tools.search_local import LocalSearchBackend
 from heavy.tools.ssrf import AllowedTarget, SsrfGuard
@@ -35,9 +40,31 @@ def local_corpus_tools(index_path: Path | str, limits: ToolLimits | None = None,
 
 
 @contextmanager
-def web_tools(limits: ToolLimits | None = None) -> Iterator[ToolExecutor]:
-    """search (ddgs) + open_page over the public web, nothing private allowed."""
+def web_tools(limits: ToolLimits | None = None, cache: PageCache | None = None) -> Iterator[ToolExecutor]:
+    """search (ddgs) + open_page over the public web, nothing private allowed; pages in `cache` (default: in memory)."""
     from heavy.tools.search_web import WebSearchBackend
 
-    tools = [SearchTool(WebSearchBackend()), OpenPageTool(PageFetcher(SsrfGuard())), PythonTool()]
+    tools = [SearchTool(WebSearchBackend()), OpenPageTool(PageFetcher(SsrfGuard()), cache), PythonTool()]
     yield ToolExecutor(tools, limits)
+
+
+@asynccontextmanager
+async def service_tools(settings: Settings, redis_url: str, index_path: Path | str | None,
+                        keys: Keys | None = None) -> AsyncIterator[ToolExecutor]:
+    """A service worker's tools. Web pages are shared with the other workers through Redis for
+    HEAVY_PAGE_CACHE_TTL_S; local corpus pages stay in this process: their URLs name this process's corpus server
+    port, which in another worker may serve another corpus or nothing, and a fetch over loopback costs little."""
+    if settings.search != "web":
+        with local_corpus_tools(index_path) as executor:
+            yield executor
+        return
+    cache = None
+    if settings.page_cache_ttl_s > 0:  # pages are capped at the fetch size cap already: cache all it lets through
+        cache = RedisPageCache.connect(redis_url, ttl_s=settings.page_cache_ttl_s, max_bytes=FetchLimits().max_bytes,
+                                       keys=keys)
+    try:
+        with web_tools(cache=cache) as executor:
+            yield executor
+    finally:
+        if cache is not None:
+            await cache.aclose()

@@ -17,7 +17,7 @@ from heavy.llm import make_backend
 from heavy.llm.types import LLMBackend
 from heavy.stdlib_corpus import build_stdlib_corpus
 from heavy.store import Store
-from heavy.toolbox import local_corpus_tools, web_tools
+from heavy.toolbox import service_tools
 from heavy.tools.base import ToolExecutor
 from heavy.worker import Worker
 
@@ -53,14 +53,18 @@ def corpus_index(settings: Settings, index: Path | None, announce: Callable[[str
 def up(settings: Settings, *, index: Path | None, api_key_file: Path | None,
        announce: Callable[[str], None]) -> None:
     with redis_url_for(settings.redis_url, Path(settings.home).expanduser()) as url:
-        tools = (web_tools() if settings.search == "web"
-                 else local_corpus_tools(corpus_index(settings, index, announce)))
-        with tools as executor:
-            asyncio.run(_main(settings, url, executor, api_key_file, announce))
+        index = None if settings.search == "web" else corpus_index(settings, index, announce)
+        asyncio.run(_main(settings, url, index, api_key_file, announce))
 
 
-async def _main(settings: Settings, url: str, executor: ToolExecutor, api_key_file: Path | None,
+async def _main(settings: Settings, url: str, index: Path | None, api_key_file: Path | None,
                 announce: Callable[[str], None]) -> None:
+    async with service_tools(settings, url, index) as executor:  # first: a bad corpus fails before the model loads
+        await _serve(settings, url, executor, api_key_file, announce)
+
+
+async def _serve(settings: Settings, url: str, executor: ToolExecutor, api_key_file: Path | None,
+                 announce: Callable[[str], None]) -> None:
     store = Store.connect(url, settings)
     try:
         key = (await store.tenants.create_key(LOCAL_TENANT, "heavy up")).secret
