@@ -68,6 +68,9 @@ class Settings(BaseSettings):
 
     # --- tools ---
     search: Literal["local", "web"] = "local"
+    # the local corpus server's loopback port (0: a free one). Fixed, the corpus pages' URLs outlive a restart: the
+    # citations of stored reports keep working, and a job resumed by a worker of the same corpus opens its pages
+    corpus_port: int = Field(0, ge=0, le=65535)
     # service workers share the web pages they open through Redis for this long (0: each keeps its own, in memory)
     page_cache_ttl_s: float = Field(86_400.0, ge=0)
 

@@ -55,7 +55,7 @@ async def service_tools(settings: Settings, redis_url: str, index_path: Path | s
     HEAVY_PAGE_CACHE_TTL_S; local corpus pages stay in this process: their URLs name this process's corpus server
     port, which in another worker may serve another corpus or nothing, and a fetch over loopback costs little."""
     if settings.search != "web":
-        with local_corpus_tools(index_path) as executor:
+        with local_corpus_tools(index_path, port=settings.corpus_port) as executor:
             yield executor
         return
     cache = None

@@ -13,6 +13,7 @@ from heavy.tools.base import ToolContext
 from heavy.tools.fetch import FetchLimits
 from heavy.tools.page_cache import InMemoryPageCache, Page
 from heavy.tools.redis_page_cache import RedisPageCache
+from tests.net import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -55,3 +56,17 @@ async def test_local_corpus_pages_are_not_written_to_redis(tmp_path, store, redi
     assert opened.error is None and "stratovolcano" in opened.text
     assert hit.url.startswith("http://127.0.0.1:")
     assert [key async for key in store.redis.scan_iter(f"{key_prefix}page:*")] == []
+
+
+async def test_a_fixed_corpus_port_keeps_the_pages_urls_across_restarts(tmp_path, redis_url):
+    """HEAVY_CORPUS_PORT: a worker started again (or another on this host's corpus) opens the URLs the last one
+    gave, as a resumed job's messages and a stored report's citations hold them."""
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"title": "Hekla", "text": "Hekla is a volcano in Iceland."}))
+    corpus_add(tmp_path / "docs.jsonl", tmp_path / "index.sqlite")
+    settings = Settings(search="local", corpus_port=free_port())
+    async with service_tools(settings, redis_url, tmp_path / "index.sqlite") as executor:
+        (hit,) = (await executor.call("search", {"query": "Hekla volcano"}, CTX)).sources
+    assert hit.url.startswith(f"http://127.0.0.1:{settings.corpus_port}/")
+    async with service_tools(settings, redis_url, tmp_path / "index.sqlite") as restarted:
+        opened = await restarted.call("open_page", {"url": hit.url}, CTX)
+    assert opened.error is None and "volcano" in opened.text
