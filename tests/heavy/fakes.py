@@ -55,6 +55,7 @@ class ScriptedBackend:
     requests: list[Request] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     gate: asyncio.Event | None = None  # when given, every call waits until the test opens it
+    aggregator_gate: asyncio.Event | None = None  # the same for the aggregator's calls only (trajectory -1)
 
     async def chat(self, messages, tools, sampling, *, max_tokens, stop=None, request_id=None, prefix_key=None):
         request = Request(list(messages), tools, sampling, max_tokens, request_id or "", prefix_key)
@@ -62,6 +63,8 @@ class ScriptedBackend:
         try:
             if self.gate is not None:
                 await self.gate.wait()
+            if self.aggregator_gate is not None and request.trajectory < 0:
+                await self.aggregator_gate.wait()
             await asyncio.sleep(self.delay_s(request))
         except asyncio.CancelledError:
             self.cancelled.append(request.request_id)

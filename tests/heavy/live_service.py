@@ -1,6 +1,6 @@
 """The service as a client meets it: the API (and dashboard) in a process of its own on a loopback port, so a test
 can kill it (the OS then drops its connections) and start it again, with a worker in the test's process whose
-scripted model takes a moment per step and can be held."""
+scripted model takes a moment per step and can be held (all its calls or the aggregator's)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import subprocess
 from heavy.worker import Worker
 from tests.heavy.fakes import ScriptedBackend
 from tests.heavy.worker_helpers import WORKER_SETTINGS, executor, researcher, spawn, stop, wait_api_ready
+
+# a price per token, so a job's cost is not 0 and the dashboard has a cost to show
+PRICED = WORKER_SETTINGS.model_copy(update={"price_per_mtok_prompt": 3.0, "price_per_mtok_completion": 15.0})
 
 
 class Service:
@@ -22,9 +25,12 @@ class Service:
         self.stop_worker = asyncio.Event()
         self.model_gate = asyncio.Event()  # open unless a test holds the model's calls
         self.model_gate.set()
-        backend = ScriptedBackend(researcher, delay_s=lambda r: 0.4, gate=self.model_gate)
-        self.worker = asyncio.create_task(Worker(store, backend, executor(), WORKER_SETTINGS, name="w")
-                                          .run(self.stop_worker))
+        self.aggregator_gate = asyncio.Event()  # or only the aggregator's, to see a job while it aggregates
+        self.aggregator_gate.set()
+        self.script = researcher  # what the model answers; a test may swap it before it submits a job
+        backend = ScriptedBackend(lambda request: self.script(request), delay_s=lambda r: 0.4, gate=self.model_gate,
+                                  aggregator_gate=self.aggregator_gate)
+        self.worker = asyncio.create_task(Worker(store, backend, executor(), PRICED, name="w").run(self.stop_worker))
         self.api: subprocess.Popen | None = None
 
     async def start_api(self) -> None:
