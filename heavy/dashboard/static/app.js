@@ -85,6 +85,7 @@ function lane(k) {
 
 function apply(event) {
   const set = (node, cls, text) => { node.querySelector(cls).textContent = text; };
+  aggregationEvent(event); // the Aggregation panel (aggregation.js)
   switch (event.type) {
     case "job_started":
       for (let k = 0; k < event.trajectories; k++) lane(k);
@@ -138,6 +139,7 @@ async function loadReport() {
   $("report").hidden = false;
   const report = await api(`/v1/jobs/${jobId}/report`, { headers: { Accept: "application/json" } });
   showDropped(report.dropped_claims || [], report.refuted_claims || []);
+  showAggregation(report);
 }
 
 function showDropped(dropped, refuted) {
@@ -204,7 +206,7 @@ async function openJob(jobId) {
   view.dataset.applied = "0";
   view.dataset.lastEvent = "0";
   $("lanes").innerHTML = ""; $("report").hidden = true; $("report").innerHTML = "";
-  $("job-stage").textContent = ""; $("plan").hidden = true;
+  $("job-stage").textContent = ""; $("plan").hidden = true; resetAggregation();
   try {
     const job = await api(`/v1/jobs/${jobId}`);
     if (opened !== generation) return; // another route took over meanwhile
