@@ -31,10 +31,14 @@ log = logging.getLogger(__name__)
 class RouterConfig:
     health_interval_s: float = 1.0
     health_timeout_s: float = 5.0
+    # rounds in a row a replica may leave unanswered before it counts as down: its ranks answer between two steps,
+    # and one step (a long prefill, the first step's warm-up on a loaded CPU) can outlast a round. One that answers
+    # "down", or whose actor died, is down at once; a hung rank is the replica's own hang deadline's to catch.
+    unanswered_rounds: int = 3
     max_prefix_keys: int = 10_000  # affinity entries kept, least recently used dropped first
 
     def __post_init__(self):
-        for name in ("health_interval_s", "health_timeout_s", "max_prefix_keys"):
+        for name in ("health_interval_s", "health_timeout_s", "unanswered_rounds", "max_prefix_keys"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
@@ -73,6 +77,7 @@ class Router:
         self.last_up = [time.monotonic()] * len(replicas)
         self.in_flight = [0] * len(replicas)
         self.loads: list[EngineLoad | None] = [None] * len(replicas)
+        self.unanswered = [0] * len(replicas)  # health rounds in a row each replica left unanswered
         self.affinity: OrderedDict[str, int] = OrderedDict()
         self._health_task: asyncio.Task | None = None
 
@@ -88,9 +93,13 @@ class Router:
 
     async def check_health(self) -> list[ReplicaHealth | None]:
         """Ask every replica for its state (None when it did not answer) and mark it up or down."""
-        states = await asyncio.gather(*(self._health(r) for r in self.replicas))
+        answers = await asyncio.gather(*(self._health(r) for r in self.replicas))
+        states = [state for state, _ in answers]
         now = time.monotonic()
-        for index, state in enumerate(states):
+        for index, (state, timed_out) in enumerate(answers):
+            self.unanswered[index] = self.unanswered[index] + 1 if timed_out else 0
+            if timed_out and self.unanswered[index] < self.config.unanswered_rounds:
+                continue  # busy with a step, most likely: as it was
             was_up, self.up[index] = self.up[index], state is not None and state.up
             self.last_up[index] = now if self.up[index] else self.last_up[index]
             self.loads[index] = state.load if self.up[index] else None
@@ -98,11 +107,14 @@ class Router:
                 log.warning("replica %d is now %s", index, "up" if self.up[index] else "down")
         return states
 
-    async def _health(self, replica: ActorHandle) -> ReplicaHealth | None:
+    async def _health(self, replica: ActorHandle) -> tuple[ReplicaHealth | None, bool]:
+        """(its state, or None when it did not answer; whether it timed out rather than died)."""
         try:
-            return await asyncio.wait_for(replica.health.remote(), self.config.health_timeout_s)
-        except (TimeoutError, RayActorError):
-            return None
+            return await asyncio.wait_for(replica.health.remote(), self.config.health_timeout_s), False
+        except TimeoutError:
+            return None, True
+        except RayActorError:
+            return None, False
 
     def availability(self) -> Availability:
         """Which replicas are up, for how long the others have been down (what the server's probes read), and each

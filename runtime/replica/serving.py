@@ -150,10 +150,14 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
         raise UnsupportedReplicaModel(f"{folder}: model_type {model_type!r} is dense: its replicas are one rank "
                                       f"each (ep=1), got ep={ep}; EP splits the experts of "
                                       f"{', '.join(EP_MODEL_TYPES)} checkpoints")
-    # on a cluster the rendezvous runs on rank 0's node; alone, on loopback
-    master_addr = None if os.environ.get("RAY_ADDRESS") else LOOPBACK
+    on_cluster = bool(os.environ.get("RAY_ADDRESS"))
+    # on a cluster the rendezvous runs on rank 0's node; alone, on loopback, where the ranks share this machine's
+    # cores (one rank alone, the embedded model's, gets them all)
+    master_addr = None if on_cluster else LOOPBACK
+    threads = 1 if on_cluster else max(1, (os.cpu_count() or 1) // (replicas * ep))
     spec = ReplicaSpec(str(folder), ep, dtype=dtype, absorbed_mla=absorbed_mla, engine=engine or EngineConfig(),
-                       master_addr=master_addr, hang_timeout_s=hang_timeout_s)  # checked before Ray starts
+                       master_addr=master_addr, hang_timeout_s=hang_timeout_s,
+                       threads_per_rank=threads)  # checked before Ray starts
     init_ray()
     # Router and replica actors live on this (the HTTP server's) node: they share its fate, not a rank's node's.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)

@@ -2,6 +2,7 @@
 is 503 while no replica is up, /health only once none has been up for longer than a replica keeps trying to recover;
 /metrics shows each replica's load as the last health round found it."""
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,7 @@ from prometheus_client import generate_latest
 from runtime.engine.llm_engine import EngineLoad
 from runtime.replica import router as router_module
 from runtime.replica.replica import ReplicaHealth
-from runtime.replica.router import Router
+from runtime.replica.router import Router, RouterConfig
 from runtime.replica.serving import RouterFrontend
 from runtime.server.metrics import MeteredEngine
 from tests.runtime.replica_fixtures import Method
@@ -95,3 +96,33 @@ async def test_metrics_show_each_replicas_queue_and_cache_and_forget_a_replica_t
     assert shown['heavy_runtime_replicas_up{model_name="m"}'] == 1
     assert 'heavy_runtime_num_requests_running{model_name="m",replica="1"}' not in shown  # no stale load
     assert shown['heavy_runtime_num_requests_running{model_name="m",replica="0"}'] == 3
+
+
+async def test_a_replica_is_down_after_unanswered_rounds_in_a_row_and_at_once_when_it_says_so():
+    """Its ranks answer between two steps: a step longer than a round is no outage. Three rounds unanswered are."""
+    replica = StandInReplica()
+    slow = False
+
+    async def health():
+        if slow:
+            await asyncio.sleep(1)
+        return ReplicaHealth(replica.up, in_flight=0, generation=1, aborted=0, prefix_cache=None, load=None)
+    replica.health = Method(health)
+    router = Router([replica], RouterConfig(health_timeout_s=0.05, unanswered_rounds=3))
+    slow = True
+    for _ in range(2):
+        await router.check_health()
+        assert router.up == [True]  # one long step, or two: still up
+    slow = False
+    await router.check_health()
+    assert router.up == [True] and router.unanswered == [0]
+    slow = True
+    for _ in range(3):
+        await router.check_health()
+    assert router.up == [False]
+    slow, replica.up = False, True
+    await router.check_health()
+    assert router.up == [True]
+    replica.up = False  # a replica that answers "down" (a rank died, the group re-forms) is down at once
+    await router.check_health()
+    assert router.up == [False]
