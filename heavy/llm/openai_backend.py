@@ -8,6 +8,7 @@ of this backend object; cancelling the awaiting task closes the HTTP request, wh
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,9 @@ from heavy.llm.types import (
 )
 
 _RETRIABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# A thinking model served without a reasoning parser writes its reasoning into the content: "<think>...</think>"
+# first, or (its chat template opened the block in the prompt) only the closing tag after it.
+_THINK = re.compile(r"\A\s*(?:<think>)?(?P<reasoning>.*?)</think>\s*", re.DOTALL)
 
 
 class OpenAIBackend:
@@ -191,7 +195,8 @@ def _parse_arguments(raw: Any) -> dict:
 
 
 def parse_completion(payload: dict) -> Completion:
-    """An OpenAI chat.completion object → Completion (reasoning from `reasoning_content`)."""
+    """An OpenAI chat.completion object → Completion (reasoning from `reasoning_content`, or from a leading
+    `<think>` block of the content when the server sent none)."""
     try:
         choice = payload["choices"][0]
         message = choice["message"]
@@ -205,9 +210,12 @@ def parse_completion(payload: dict) -> Completion:
         )
         for i, call in enumerate(message.get("tool_calls") or [])
     )
+    content, reasoning = message.get("content") or "", message.get("reasoning_content") or message.get("reasoning")
+    if not reasoning and (think := _THINK.match(content)):
+        content, reasoning = content[think.end():], think["reasoning"].strip()
     return Completion(
-        content=message.get("content") or "",
-        reasoning=message.get("reasoning_content") or message.get("reasoning") or "",
+        content=content,
+        reasoning=reasoning or "",
         tool_calls=calls,
         finish_reason=choice.get("finish_reason") or "stop",
         usage=_parse_usage(payload.get("usage")),

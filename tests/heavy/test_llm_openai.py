@@ -9,7 +9,7 @@ import re
 import httpx
 import pytest
 
-from heavy.llm.openai_backend import OpenAIBackend
+from heavy.llm.openai_backend import OpenAIBackend, parse_completion
 from heavy.llm.priority import with_priority
 from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.retry import RetryPolicy
@@ -76,6 +76,19 @@ async def test_asked_alternatives_are_requested_and_parsed_per_token():
     assert (seen[0]["logprobs"], seen[0]["top_logprobs"]) == (True, 2)
     assert completion.top_logprobs == ((("Yes", -0.2), ("No", -1.8)), ((".", -0.1),))
     assert (await chat(llm)).top_logprobs == () and "logprobs" not in seen[1] and "top_logprobs" not in seen[1]
+
+
+@pytest.mark.parametrize("content", ["<think>\nneed to search first\n</think>\n\nargparse",
+                                     "need to search first</think>argparse"])  # the template opened the block
+def test_reasoning_a_server_left_in_the_content_is_split_off(content):
+    """A thinking model behind a server without a reasoning parser: the answer must not carry its thoughts."""
+    completion = parse_completion({"choices": [{"message": {"role": "assistant", "content": content},
+                                                "finish_reason": "stop"}]})
+    assert (completion.content, completion.reasoning) == ("argparse", "need to search first")
+    plain = parse_completion({"choices": [{"message": {"content": "a <think> tag, quoted"}, "finish_reason": "stop"}]})
+    assert (plain.content, plain.reasoning) == ("a <think> tag, quoted", "")
+    separate = parse_completion({"choices": [{"message": {"content": "</think>x", "reasoning_content": "r"}}]})
+    assert (separate.content, separate.reasoning) == ("</think>x", "r")  # the server's own split stands
 
 
 def test_alternatives_outside_what_servers_give_are_refused():
