@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     llm_requests_per_s: float = Field(20.0, gt=0)  # shared by all trajectories of one worker
     llm_max_concurrency: int = Field(16, ge=1)
     context_tokens: int = Field(8192, ge=512)  # what the agent may put in one prompt
-    runtime_replicas: int = Field(0, ge=0)  # runtime backend: 0 = engine in process, else Ray replicas (RAY_ADDRESS)
+    # runtime backend: 0 = engine in process, else this many Ray replicas behind a router (RAY_ADDRESS selects a
+    # cluster, else a local Ray instance starts); unset: `heavy up` serves one local replica, other commands use 0
+    runtime_replicas: int | None = Field(None, ge=0)
     runtime_ep: int = Field(1, ge=1)  # expert-parallel ranks per Ray replica (Kimi K2 / DeepSeek-V3 checkpoints)
     # runtime backend: reuse the KV of prompt prefixes seen before; off makes a request's numerics independent of what
     # ran earlier in the process (replays), at the cost of prefilling every prompt in full

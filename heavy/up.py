@@ -1,10 +1,12 @@
-"""`heavy up`: everything on one machine in one process — embedded Redis, the model in our runtime (in process; no
-Ray here yet), the local corpus tools, a worker and the API with the dashboard on 127.0.0.1."""
+"""`heavy up`: everything on one machine — embedded Redis, the model in our runtime on one replica of a local Ray
+instance (Ray actors behind the router, as on a cluster; HEAVY_RUNTIME_REPLICAS=0 runs it in this process instead),
+the local corpus tools, a worker and the API with the dashboard on 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,8 +52,16 @@ def corpus_index(settings: Settings, index: Path | None, announce: Callable[[str
     return path
 
 
+def with_local_replica(settings: Settings) -> Settings:
+    """The runtime backend on one local Ray replica unless HEAVY_RUNTIME_REPLICAS says otherwise."""
+    if settings.backend != "runtime" or settings.runtime_replicas is not None:
+        return settings
+    return settings.model_copy(update={"runtime_replicas": 1})
+
+
 def up(settings: Settings, *, index: Path | None, api_key_file: Path | None,
        announce: Callable[[str], None]) -> None:
+    settings = with_local_replica(settings)
     with redis_url_for(settings.redis_url, Path(settings.home).expanduser()) as url:
         index = None if settings.search == "web" else corpus_index(settings, index, announce)
         asyncio.run(_main(settings, url, index, api_key_file, announce))
@@ -75,9 +85,18 @@ async def _serve(settings: Settings, url: str, executor: ToolExecutor, api_key_f
                 api_key_file.write_text(key + "\n")
                 api_key_file.chmod(0o600)
             announce(f"dashboard: http://{settings.api_host}:{settings.api_port}/   API key: {key}")
-            announce(f"redis: {url}   worker: in this process (no Ray cluster: the runtime runs in process)")
+            announce(f"redis: {url}   worker: in this process   model: {_model_place(settings)}")
             await serve_with_worker(settings, store, backend, executor)
         finally:
             await backend.aclose()
     finally:
         await store.aclose()
+
+
+def _model_place(settings: Settings) -> str:
+    if settings.backend != "runtime":
+        return f"{settings.backend} backend"
+    if not settings.runtime_replicas:
+        return "in this process"
+    ray = "the Ray cluster at RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "a local Ray instance"
+    return f"{settings.runtime_replicas} replica(s) on {ray}"

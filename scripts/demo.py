@@ -1,5 +1,6 @@
-"""`make demo`: start `heavy up` (embedded Redis, the embedded model in our runtime, a worker, the API), submit a
-question about Python over REST, follow its events live, print the report, and shut everything down.
+"""`make demo`: start `heavy up` (embedded Redis, the embedded model in our runtime on a local Ray replica, a worker,
+the API), submit a question about Python over REST, follow its events live, print the report, and shut everything
+down.
 
 The corpus is Python's own reference topics (pydoc_data, shipped with every CPython), so this needs no internet
 and no GPU. Budgets are small so it finishes in minutes on 2 CPU cores; the first run also converts the model.

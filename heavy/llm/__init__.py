@@ -39,7 +39,7 @@ def make_backend(settings: Settings, name: str | None = None) -> LLMBackend:
         from heavy.llm.runtime_backend import RuntimeBackend  # torch (and Ray, for replicas) is imported only here
 
         return RuntimeBackend.load(settings.model, context_tokens=settings.context_tokens, limiter=limiter,
-                                   retry=retry, replicas=settings.runtime_replicas, ep=settings.runtime_ep,
+                                   retry=retry, replicas=settings.runtime_replicas or 0, ep=settings.runtime_ep,
                                    prefix_cache=settings.runtime_prefix_cache,
                                    batch_invariant=settings.runtime_batch_invariant, dtype=settings.runtime_dtype,
                                    speculative_tokens=settings.runtime_speculative_tokens)

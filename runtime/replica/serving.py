@@ -60,8 +60,9 @@ class UnsupportedReplicaModel(ValueError):
 
 class RouterFrontend:
     def __init__(self, router, tokenizer, max_model_len: int, replicas: tuple = (),
-                 dead_after_s: float = ReplicaSpec.recover_timeout_s + DEAD_MARGIN_S):
+                 dead_after_s: float = ReplicaSpec.recover_timeout_s + DEAD_MARGIN_S, owns_ray: bool = False):
         self.router, self.tokenizer, self.max_model_len = router, tokenizer, max_model_len
+        self.owns_ray = owns_ray  # shutdown() ends the local Ray instance start_frontend began for it
         self.replicas = replicas  # the router's replica actors, in its order (for shutdown, drills, diagnostics)
         self.dead_after_s = dead_after_s
         self.grammars = Grammars(tokenizer, lambda: tokenizer.vocab_size)  # enough to compile
@@ -128,21 +129,26 @@ class RouterFrontend:
     def shutdown(self) -> None:
         for actor in (self.router, *self.replicas):
             ray.kill(actor)
+        if self.owns_ray:  # the local instance start_frontend began: its node's processes go with it
+            ray.shutdown()
 
 
-def init_ray() -> None:
-    """RAY_ADDRESS selects an existing cluster; otherwise a private local instance on loopback."""
+def init_ray() -> bool:
+    """RAY_ADDRESS selects an existing cluster; otherwise a private local instance on loopback. True when this call
+    started one (its owner shuts it down), False when Ray was already initialised here."""
     if ray.is_initialized():
-        return
+        return False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK)
+        return False
+    ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK)
+    return True
 
 
 def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | None = None, dtype: str = AUTO,
                    absorbed_mla: bool = True, hang_timeout_s: float = HANG_TIMEOUT_S) -> RouterFrontend:
     """Start `replicas` EP groups of `ep` ranks and a router over them."""
+    folder = Path(folder)
     if replicas <= 0:
         raise ValueError(f"replicas must be > 0, got {replicas}")
     if ep != 1 and not is_moe_checkpoint(folder):
@@ -158,7 +164,7 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     spec = ReplicaSpec(str(folder), ep, dtype=dtype, absorbed_mla=absorbed_mla, engine=engine or EngineConfig(),
                        master_addr=master_addr, hang_timeout_s=hang_timeout_s,
                        threads_per_rank=threads)  # checked before Ray starts
-    init_ray()
+    owns_ray = init_ray()
     # Router and replica actors live on this (the HTTP server's) node: they share its fate, not a rank's node's.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     handles = [ReplicaActor.options(num_cpus=0, scheduling_strategy=here).remote(spec) for _ in range(replicas)]
@@ -168,7 +174,7 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     max_model_len = ray.get(handles[0].max_model_len.remote())
     log.info("serving %d replica(s) x EP=%d of %s", replicas, ep, folder)
     return RouterFrontend(router, load_tokenizer(folder), max_model_len, tuple(handles),
-                          dead_after_s=spec.recover_timeout_s + DEAD_MARGIN_S)
+                          dead_after_s=spec.recover_timeout_s + DEAD_MARGIN_S, owns_ray=owns_ray)
 
 
 def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True,

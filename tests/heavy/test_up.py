@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from heavy.cli import app
-from heavy.config import get_settings
+from heavy.config import Settings, get_settings
 from heavy.corpus.commands import corpus_add
+from heavy.up import with_local_replica
 from tests.heavy.test_cli import DOCS, fake_llm, holds  # noqa: F401 (fixtures)
 from tests.net import free_port
 
@@ -85,3 +86,11 @@ def _ready(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_heavy_up_serves_the_runtime_model_on_one_local_ray_replica_unless_told_otherwise():
+    assert with_local_replica(Settings(backend="runtime")).runtime_replicas == 1
+    assert with_local_replica(Settings(backend="runtime", runtime_replicas=0)).runtime_replicas == 0
+    assert with_local_replica(Settings(backend="runtime", runtime_replicas=2)).runtime_replicas == 2
+    assert with_local_replica(Settings(backend="openai")).runtime_replicas is None
+    assert Settings(backend="runtime").runtime_replicas is None  # other commands: in process (make_backend: 0)

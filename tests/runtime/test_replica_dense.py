@@ -1,6 +1,9 @@
 """A dense checkpoint (the embedded Qwen2.5-Coder-0.5B) on a Ray replica of one rank behind the router: the same
 greedy tokens as an engine in this process over the same folder (FP32), and EP > 1 refused (no experts to split)."""
 
+import subprocess
+import sys
+
 import pytest
 
 from runtime.engine.config import EngineConfig
@@ -37,3 +40,23 @@ async def test_a_dense_model_on_a_ray_replica_generates_what_it_does_in_process(
 def test_a_dense_model_split_over_two_ranks_is_refused(embedded_model_dir):
     with pytest.raises(UnsupportedReplicaModel, match="qwen2"):
         start_frontend(embedded_model_dir, replicas=1, ep=2)
+
+
+def test_the_local_ray_instance_a_frontend_started_ends_with_it(embedded_model_dir):
+    """`heavy up` starts its own Ray: its node's processes must not outlive the frontend's shutdown."""
+    program = (
+        "import sys, ray\n"
+        "from runtime.engine.config import EngineConfig\n"
+        "from runtime.replica.serving import start_frontend\n"
+        "front = start_frontend(sys.argv[1], 1, 1, EngineConfig(max_model_len=256, num_blocks=16))\n"
+        "node = ray._private.worker.global_worker.node\n"
+        "pids = [p.process.pid for procs in node.all_processes.values() for p in procs]\n"
+        "front.shutdown()\n"
+        "print(ray.is_initialized(), ' '.join(map(str, pids)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program, str(embedded_model_dir)], capture_output=True, text=True,
+                            timeout=300)
+    initialized, *pids = result.stdout.split() or ["no output"]
+    assert initialized == "False" and pids, result.stdout + result.stderr[-3000:]
+    alive = [pid for pid in pids if subprocess.run(["kill", "-0", pid], capture_output=True).returncode == 0]
+    assert alive == []
