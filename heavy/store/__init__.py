@@ -10,6 +10,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from heavy.config import Settings
+from heavy.store.connection import redis_client
 from heavy.store.errors import (
     IdempotencyConflict,
     InvalidTransition,
@@ -36,13 +37,14 @@ class Store:
 
     @classmethod
     def connect(cls, url: str, settings: Settings | None = None, keys: Keys | None = None) -> Store:
-        """A store over `url` (redis://, rediss:// or unix://); no I/O until first use."""
+        """A store over `url` (redis://, rediss://, unix://, or redis+sentinel://: heavy/store/connection.py); no I/O
+        until first use."""
         settings = settings or Settings()
         keys = keys or Keys()
         # Retries with backoff ride out a Redis restart of a few seconds (state comes back from the AOF).
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RECONNECT_RETRIES)
-        redis = Redis.from_url(url, decode_responses=True, health_check_interval=30, retry=retry,
-                               retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError])
+        redis = redis_client(url, decode_responses=True, health_check_interval=30, retry=retry,
+                             retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError])
         limits = dict(default_max_jobs=settings.tenant_max_jobs, default_max_tokens=settings.tenant_max_tokens)
         jobs = JobStore(redis, keys, retention_s=settings.job_retention_s, **limits)
         return cls(redis, jobs, JobQueue(redis, keys), TenantStore(redis, keys, **limits))

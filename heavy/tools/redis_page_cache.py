@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from heavy.store.connection import redis_client
 from heavy.store.keys import Keys
 from heavy.tools.page_cache import Page
 
@@ -38,8 +39,8 @@ class RedisPageCache:
     @classmethod
     def connect(cls, url: str, *, ttl_s: float, max_bytes: int, keys: Keys | None = None) -> RedisPageCache:
         """A cache with a client of its own over `url`; no I/O until first use. Close it with `aclose()`."""
-        redis = Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
-                               retry=Retry(NoBackoff(), RETRIES))
+        redis = redis_client(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
+                             retry=Retry(NoBackoff(), RETRIES))
         return cls(redis, ttl_s=ttl_s, max_bytes=max_bytes, keys=keys)
 
     async def get(self, url: str) -> Page | None:

@@ -1,0 +1,62 @@
+"""Redis clients from HEAVY_REDIS_URL: one server (`redis://`, `rediss://`, `unix://`), or a primary watched by
+Redis Sentinel, `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]` (port 26379 unless
+given; `?sentinel_password=` when the sentinels want one of their own). With Sentinel the client asks the sentinels
+where the primary is, and asks again when a connection to it fails: after a failover the replica they promoted takes
+the writes, and the job store's retries ride out the seconds that takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
+
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    sentinels: tuple[tuple[str, int], ...]
+    service: str  # the name the sentinels monitor the primary under
+    db: int = 0
+    username: str | None = None
+    password: str | None = None  # the primary's and its replicas'
+    sentinel_password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    parts = urlsplit(url)
+    if parts.scheme != SENTINEL_SCHEME:
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL: {url!r}")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":") if credentials else ("", "", "")
+    sentinels = tuple(_host_port(entry, url) for entry in hosts.split(",") if entry)
+    path = [segment for segment in parts.path.split("/") if segment]
+    if not sentinels or not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"expected {SENTINEL_SCHEME}://[:password@]host[:port][,...]/service[/db], got {url!r}")
+    query = parse_qs(parts.query)
+    return SentinelTarget(sentinels, unquote(path[0]), int(path[1]) if len(path) == 2 else 0,
+                          unquote(username) or None, unquote(password) or None,
+                          query.get("sentinel_password", [None])[0])
+
+
+def _host_port(entry: str, url: str) -> tuple[str, int]:
+    host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+    if port and not port.isdigit():
+        raise ValueError(f"bad sentinel address {entry!r} in {url!r}")
+    return host, int(port) if port else SENTINEL_PORT
+
+
+def redis_client(url: str, **options: Any) -> Redis:
+    """A client over `url` (see the module docstring); `options` are the connections' (decode_responses, timeouts,
+    retry ...). No I/O until first use."""
+    if urlsplit(url).scheme != SENTINEL_SCHEME:
+        return Redis.from_url(url, **options)
+    target = parse_sentinel_url(url)
+    timeouts = {name: options[name] for name in ("socket_timeout", "socket_connect_timeout") if name in options}
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs={"password": target.sentinel_password, **timeouts})
+    return sentinel.master_for(target.service, db=target.db, username=target.username, password=target.password,
+                               **options)
