@@ -119,8 +119,9 @@ def namespace_script(argv: list[str], limits: SandboxLimits, uid: int | None, hi
     tmpfs = f"mount -t tmpfs -o size={limits.tmpfs_bytes},nosuid,nodev"
     lines = ["set -eu"]
     if uid is None:  # our own files stay ours outside: nothing mounted from outside may be written
+        # mountinfo escapes a space in a path as \040: printf %b turns it back
         lines.append("for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do "
-                     "mount -o remount,bind,ro \"$m\"; done")
+                     "mount -o remount,bind,ro \"$(printf '%b' \"$m\")\"; done")
     if keep:  # park what must stay visible (the interpreter, a venv under /tmp) before covering its parents
         lines += [f"mkdir -p {PARKING_DIR}", f"{tmpfs},mode=700 tmpfs {PARKING_DIR}"]
         for i, path in enumerate(keep):
