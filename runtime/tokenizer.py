@@ -18,6 +18,10 @@ class TokenizerError(ValueError):
     """The folder holds no usable tokenizer, or an id is outside the vocabulary."""
 
 
+# fill-in-the-middle markers, (prefix, suffix, middle): the text before the gap, after it, then the gap is written
+FIM_QWEN = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+FIM_STARCODER = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+
 def _byte_level_alphabet() -> dict[str, int]:
     """Character -> byte of byte-level BPE: printable Latin-1 bytes stand for themselves, every other byte for
     U+0100 onwards in byte order (so token strings never contain whitespace or control characters)."""
@@ -66,6 +70,16 @@ class Tokenizer:
             if (directory / name).is_file():
                 eos |= _ids(json.loads((directory / name).read_text()).get("eos_token_id"))
         return cls(hf_tokenizer, eos)
+
+    @property
+    def fim_ids(self) -> tuple[int, int, int] | None:
+        """The fill-in-the-middle markers (prefix, suffix, middle) of a code model that has them (Qwen2.5-Coder,
+        StarCoder spellings), else None."""
+        ids = {content: i for i, content in self._added.items()}
+        for names in (FIM_QWEN, FIM_STARCODER):
+            if all(name in ids for name in names):
+                return tuple(ids[name] for name in names)
+        return None
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         """Token ids of `text`; special-token text (`<|im_end|>`) becomes one id only with `allow_special`."""

@@ -2,7 +2,8 @@
 template and no tool parsing. Benchmark clients (vLLM's and SGLang's `bench serve`) and lm-eval's generation tasks
 speak it, and lm-eval's log-likelihood tasks through `echo` with `logprobs`: the prompt comes back before the
 completion, with each prompt token's log-probability (none for the first). Several prompts and `n` choices per
-prompt are engine requests of their own, run together; choice `i * n + j` is prompt i's j-th.
+prompt are engine requests of their own, run together; choice `i * n + j` is prompt i's j-th. With `suffix`, a code
+model that has fill-in-the-middle markers writes what goes between the prompt and the suffix.
 """
 
 import json
@@ -18,12 +19,18 @@ from runtime.server.fanout import choice_params, interleaved, run_all
 from runtime.server.protocol import MAX_CHOICES, ApiError, CompletionRequest, token_ids_in_vocabulary
 
 
-def prompt_ids(prompt: str | list[int], tokenizer) -> list[int]:
+def prompt_ids(prompt: str | list[int], tokenizer, suffix: str | None = None) -> list[int]:
     """A prompt as token ids: text encoded as written (special-token text stays text), ids checked against the
-    vocabulary."""
-    if isinstance(prompt, str):
-        return tokenizer.encode(prompt)
-    return token_ids_in_vocabulary(prompt, tokenizer.vocab_size, "prompt")
+    vocabulary; with `suffix`, the fill-in-the-middle prompt prefix-suffix-middle (the model writes the middle)."""
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else token_ids_in_vocabulary(
+        prompt, tokenizer.vocab_size, "prompt")
+    if suffix is None:
+        return ids
+    markers = getattr(tokenizer, "fim_ids", None)
+    if markers is None:
+        raise ApiError("suffix: this model has no fill-in-the-middle tokens", param="suffix")
+    before, after, middle = markers
+    return [before, *ids, after, *tokenizer.encode(suffix), middle]
 
 
 @dataclass
@@ -89,7 +96,7 @@ def choices_of(request: CompletionRequest, tokenizer, params_for: Callable[[list
                        param="n")
     choices = []
     for prompt in request.prompts:
-        ids = prompt_ids(prompt, tokenizer)
+        ids = prompt_ids(prompt, tokenizer, request.suffix)
         params = params_for(ids)
         echo = (prompt if isinstance(prompt, str) else tokenizer.decode(ids)) if request.echo else None
         for j in range(request.n):

@@ -3,7 +3,7 @@
 import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from runtime.sampling import StructuredOutput
 
@@ -231,9 +231,9 @@ class CompletionRequest(_SamplingRequest):
 
     @field_validator("suffix")
     @classmethod
-    def _no_suffix(cls, suffix: str | None) -> str | None:
-        if suffix:
-            raise ValueError("suffix is not supported")
+    def _suffix_without_echo(cls, suffix: str | None, info: ValidationInfo) -> str | None:
+        if suffix is not None and info.data.get("echo"):  # the prompt the model saw is not the text echo would show
+            raise ValueError("echo and suffix cannot be used together")
         return suffix
 
     @property

@@ -308,7 +308,8 @@ def test_echo_returns_the_prompt_with_its_logprobs_as_a_decode_computed_them(ser
 
 
 @pytest.mark.parametrize("body, status, param", [
-    ({"prompt": PROMPT, "suffix": "end"}, 400, "suffix"),
+    ({"prompt": PROMPT, "suffix": "end"}, 400, "suffix"),  # this tiny model has no fill-in-the-middle tokens
+    ({"prompt": PROMPT, "suffix": "end", "echo": True}, 400, "suffix"),
     ({"prompt": [PROMPT, ""]}, 400, "prompt"),
     ({"prompt": [[5, 6], [5, 97]]}, 400, "prompt"),  # one prompt with an id past the vocabulary
     ({"prompt": [PROMPT] * 33, "n": 2}, 400, "n"),  # 66 choices, past 64
