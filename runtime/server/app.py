@@ -26,6 +26,7 @@ from runtime.server.chat import (
     completion_id,
     make_parser,
     now,
+    prompt_logprobs_body,
     sampling_params,
     tool_plan,
 )
@@ -134,7 +135,9 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
                 raise ApiError("a required tool call cannot go with structured output", param=request.structured_param)
             params = dataclasses.replace(params, structured=forced.grammar)
         checked(request, prompt_ids, params)
-        states = [ChoiceState(j, choice_params(params, j), parse_tools=plan.parse_calls, parser=make_parser(tokenizer))
+        # the prompt is scored once, by the first choice
+        states = [ChoiceState(j, choice_params(params if j == 0 else dataclasses.replace(params, prompt_logprobs=None),
+                                               j), parse_tools=plan.parse_calls, parser=make_parser(tokenizer))
                   for j in range(request.n)]
         for state in states:
             state.prime(forced.prefix if forced else "")
@@ -147,10 +150,13 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
                 yield state.feed(out, tokenizer)
 
         await run_all([run(s) for s in states])
-        return {
+        body = {
             "id": completion_id(), "object": "chat.completion", "created": now(), "model": model_name,
             "choices": [s.final_choice() for s in states], "usage": choices_usage(states),
         }
+        if request.prompt_logprobs is not None:
+            body["prompt_logprobs"] = prompt_logprobs_body(prompt_ids, states[0].prompt_logprobs, tokenizer)
+        return body
 
     add_token_routes(app, tokenizer, lambda: engine.engine.max_model_len, check_model)
     return app

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.engine.llm_engine import RequestOutput
-from runtime.sampling import SamplingError, SamplingParams
+from runtime.sampling import SamplingError, SamplingParams, TokenLogprobs
 from runtime.server.protocol import TOOL_CHOICE_MODES, ApiError, ChatCompletionRequest, CompletionRequest
 from runtime.toolcalls import KimiStreamParser, ParsedOutput, QwenStreamParser, ToolCallParseError
 
@@ -145,6 +145,7 @@ class ChoiceState:
     parser: Any  # its own: a parser keeps state between deltas
     parsed: ParsedOutput = field(default_factory=ParsedOutput)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None  # when asked: on the request's first output
     last: RequestOutput | None = None
     calls_sent: int = 0  # tool calls streamed so far (their indices go on)
 
@@ -154,6 +155,8 @@ class ChoiceState:
 
     def feed(self, out: RequestOutput, tokenizer) -> ParsedOutput:
         self.last = out
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
         delta = self.parser.feed(out.new_text)
         if out.finished:
             try:
@@ -193,6 +196,23 @@ class ChoiceState:
         if self.parsed.tool_calls:
             return "tool_calls"
         return "length" if self.last is not None and self.last.finish_reason == "length" else "stop"
+
+
+def prompt_logprobs_body(prompt_ids: list[int], logprobs: list[TokenLogprobs | None],
+                         tokenizer) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's `prompt_logprobs`: per prompt token (None for the first), its own and its alternatives'
+    log-probabilities keyed by token id, each with its rank among the alternatives (None: not among them)."""
+    body = []
+    for token_id, lp in zip(prompt_ids, logprobs, strict=True):
+        if lp is None:
+            body.append(None)
+            continue
+        ranks = {i: rank for rank, (i, _) in enumerate(lp.top, start=1)}
+        entry = {str(i): {"logprob": v, "rank": ranks[i], "decoded_token": tokenizer.decode([i])} for i, v in lp.top}
+        entry[str(token_id)] = {"logprob": lp.logprob, "rank": ranks.get(token_id),
+                                "decoded_token": tokenizer.decode([token_id])}
+        body.append(entry)
+    return body
 
 
 def choices_usage(states: list[ChoiceState]) -> dict[str, Any]:

@@ -181,6 +181,15 @@ class ChatCompletionRequest(_SamplingRequest):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # vLLM's extension: each prompt token's log-probability and this many alternatives (the rendered messages scored)
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @field_validator("prompt_logprobs")
+    @classmethod
+    def _prompt_logprobs_not_streamed(cls, count: int | None, info: ValidationInfo) -> int | None:
+        if count is not None and info.data.get("stream"):
+            raise ValueError("prompt_logprobs are not available when stream is true")
+        return count
 
     @field_validator("messages")
     @classmethod
@@ -201,6 +210,10 @@ class ChatCompletionRequest(_SamplingRequest):
     @property
     def top_logprob_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
+    def prompt_logprob_count(self) -> int | None:
+        return self.prompt_logprobs
 
 
 class CompletionRequest(_SamplingRequest):

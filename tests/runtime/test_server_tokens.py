@@ -38,3 +38,22 @@ def test_a_prioritised_request_is_served_the_same(server):
     plain = complete(server, prompt=PROMPT, max_tokens=6, temperature=0).json()["choices"][0]["text"]
     urgent = complete(server, prompt=PROMPT, max_tokens=6, temperature=0, priority=-3).json()
     assert urgent["choices"][0]["text"] == plain
+
+
+def test_chat_prompt_logprobs_score_the_rendered_messages_as_completions_echo_does(server):
+    """vLLM's `prompt_logprobs` on chat: one entry per token of the rendered prompt (None first), the token's own
+    log-probability the one `/v1/completions` with echo gives for the same ids."""
+    url = server[0]
+    ids = httpx.post(f"{url}/tokenize", json={"model": MODEL_NAME, "messages": USER}).json()["tokens"]
+    chat = httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL_NAME, "messages": USER, "max_tokens": 2,
+                                                          "prompt_logprobs": 2, "n": 2}).json()
+    scored = chat["prompt_logprobs"]
+    assert len(scored) == len(ids) and scored[0] is None and len(chat["choices"]) == 2
+    echoed = complete(server, prompt=ids, max_tokens=0, echo=True, logprobs=2).json()["choices"][0]["logprobs"]
+    own = [entry[str(token)]["logprob"] for token, entry in zip(ids[1:], scored[1:], strict=True)]
+    assert own == echoed["token_logprobs"][1:]
+    ranked = [e for e in scored[1:] if all(v["rank"] is not None for v in e.values())]
+    assert ranked and all(sorted(v["rank"] for v in e.values())[:2] == [1, 2] for e in ranked)
+    refused = httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL_NAME, "messages": USER,
+                                                             "prompt_logprobs": 1, "stream": True})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt_logprobs"
