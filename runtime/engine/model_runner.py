@@ -124,8 +124,12 @@ class ModelRunner:
                 seq = seqs[i]
                 allowed = None if seq.matcher is None else draft_rows_allowed(seq.matcher, seq.draft_token_ids,
                                                                               logits.shape[-1])  # [wanted, V]
+                history = None
+                if seq.params.adjusts_logits:  # the tokens before the drafts; each row adds the drafts before it
+                    history = (seq.token_ids[: seq.num_prompt_tokens],
+                               seq.token_ids[seq.num_prompt_tokens : len(seq.token_ids) - seq.num_draft_tokens])
                 tokens[i], logprobs[i] = verify(logits[first : first + wanted], seq.draft_token_ids, seq.params,
-                                                seq.generator, allowed)
+                                                seq.generator, allowed, history)
         return tokens, logprobs
 
     def _prompt_logprobs(self, seq: Sequence, hidden: torch.Tensor) -> None:

@@ -109,10 +109,10 @@ class Scheduler:
 
     def _add_drafts(self, seq: Sequence, k: int) -> None:
         """Up to k speculative drafts after a decoding sequence's last token (speculative.propose), as many as its
-        max_tokens, the context and the free blocks leave room for. None for a sequence whose penalties or logit bias
-        change its logits (a draft's row would need them as of the drafts before it); a structured-output grammar's
-        rows are computed per draft (structured.draft_rows_allowed)."""
-        if k <= 0 or not seq.is_decoding or seq.params.adjusts_logits:
+        max_tokens, the context and the free blocks leave room for. Penalties and a logit bias are applied to each
+        draft's row as of the drafts before it (speculative.verify), a structured-output grammar's likewise
+        (structured.draft_rows_allowed)."""
+        if k <= 0 or not seq.is_decoding:
             return
         k = min(k, seq.params.max_tokens - seq.num_completion_tokens - 1, self.max_model_len - len(seq) - 1)
         drafts = propose(seq.token_ids, k)

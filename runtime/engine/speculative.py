@@ -15,6 +15,7 @@ from p with d removed, renormalised (the standard rejection rule for a one-hot p
 import numpy as np
 import torch
 
+from runtime.penalties import adjusted_logits
 from runtime.sampling import SamplingParams, TokenLogprobs, draw, sampling_probs, token_logprobs
 
 NGRAM_MAX = 4  # the longest suffix looked up; longer matches are likelier to continue the same way
@@ -38,16 +39,24 @@ def propose(token_ids: list[int], k: int, ngram_max: int = NGRAM_MAX, ngram_min:
 
 def verify(
     logits: torch.Tensor, drafts: list[int], params: SamplingParams, generator: torch.Generator | None,
-    allowed: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None, history: tuple[list[int], list[int]] | None = None,
 ) -> tuple[list[int], list[TokenLogprobs | None]]:
     """The tokens the sequence takes from one verification step: the accepted drafts, then one token of the model's.
 
     logits: [k + 1, V], row i computed after the sequence's tokens and drafts[:i]; allowed: bool [k + 1, V], what a
-    structured-output grammar lets each row take (runtime/structured.py). Returns 1 to k + 1 tokens and their
-    logprobs under the model's own distribution (None each unless asked for).
+    structured-output grammar lets each row take (runtime/structured.py); history: (prompt, completion before the
+    drafts) of a request whose bias or penalties adjust its logits: row i is adjusted as if drafts[:i] had been
+    generated (runtime/penalties.py). Returns 1 to k + 1 tokens and their logprobs under the model's own
+    distribution (None each unless asked for).
     """
     logits = logits.float()
-    chosen_from = logits if allowed is None else logits.masked_fill(~allowed, float("-inf"))
+    chosen_from = logits
+    if history is not None:
+        prompt, completion = history
+        chosen_from = torch.stack([adjusted_logits(logits[i], params, prompt, [*completion, *drafts[:i]])
+                                   for i in range(len(drafts) + 1)])  # [k + 1, V]
+    if allowed is not None:
+        chosen_from = chosen_from.masked_fill(~allowed, float("-inf"))
     taken: list[int] = []
     for row, draft in enumerate(drafts):
         if params.greedy:

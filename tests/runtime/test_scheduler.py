@@ -37,15 +37,15 @@ def step(sched):
     return counts
 
 
-def test_a_decode_whose_logits_are_penalized_gets_no_drafts():
-    # a penalty depends on the tokens before each draft's row, which verify's rows would not see
+def test_a_decode_whose_logits_are_penalized_gets_drafts_too():
+    # verify adjusts each draft's row as of the drafts before it (tests/runtime/test_speculative.py)
     sched = make(budget=3, speculative_tokens=3)
     looping = Sequence("looping", [1, 2, 3, 4, 9, 1, 2], SamplingParams(temperature=0.0, max_tokens=12,
                                                                        frequency_penalty=0.5))
     sched.add(looping)
     [step(sched) for _ in range(3)]
-    looping.token_ids[-1] = 3  # "1 2 3" was followed by "4 9 1": drafts, were it not penalized
-    assert [s.num_scheduled_tokens for s in sched.schedule()] == [1] and looping.num_draft_tokens == 0
+    looping.token_ids[-1] = 3  # "1 2 3" was followed by "4 9 1": drafts, two of them in a budget of 3
+    assert [s.num_scheduled_tokens for s in sched.schedule()] == [3] and looping.draft_token_ids == [4, 9]
 
 
 def test_long_prompt_is_chunked_and_decodes_join_under_the_budget():

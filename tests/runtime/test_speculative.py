@@ -145,3 +145,28 @@ def test_no_drafts_in_batch_invariant_mode_or_when_off(model):
                 engine(model, batch_invariant=True, max_num_batched_tokens=64, max_num_seqs=4)):
         eng.generate(ps, GREEDY)
         assert eng.speculation.drafted == 0
+
+
+@pytest.mark.parametrize("adjust", [
+    {"frequency_penalty": 0.2, "presence_penalty": 0.1},
+    {"repetition_penalty": 1.1},
+    {"logit_bias": ((5, 2.0), (9, -3.0))},
+])
+def test_penalized_greedy_speculation_equals_the_plain_penalized_model(model, adjust):
+    """Each draft's row is penalized as if the drafts before it had been generated: the same tokens as without
+    drafts, and drafts taken."""
+    ps = repetitive_prompts(4)
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True, **adjust)
+    expected = [c.token_ids for c in engine(model, speculative_tokens=0).generate(ps, params)]
+    eng = engine(model)
+    assert [c.token_ids for c in eng.generate(ps, params)] == expected
+    assert eng.speculation.accepted > 0
+
+
+def test_verify_penalizes_each_row_as_of_the_drafts_before_it():
+    logits = torch.zeros(3, 6)
+    logits[:, 2] = 1.0  # 2 is every row's argmax, unpenalized
+    params = SamplingParams(temperature=0.0, frequency_penalty=2.0)
+    # the first draft 2 is taken; row 1 then sees 2 generated once (1 - 2 < 0) and picks 0 instead of draft 2
+    assert verify(logits, [2, 2], params, None, history=([4], []))[0] == [2, 0]
+    assert verify(logits, [2, 2], GREEDY, None)[0] == [2, 2, 2]
