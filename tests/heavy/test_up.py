@@ -94,3 +94,53 @@ def test_heavy_up_serves_the_runtime_model_on_one_local_ray_replica_unless_told_
     assert with_local_replica(Settings(backend="runtime", runtime_replicas=2)).runtime_replicas == 2
     assert with_local_replica(Settings(backend="openai")).runtime_replicas is None
     assert Settings(backend="runtime").runtime_replicas is None  # other commands: in process (make_backend: 0)
+
+
+def _ray_node_pids() -> set[int]:
+    found = subprocess.run(["pgrep", "-f", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
+    return {int(pid) for pid in found.split()}
+
+
+@pytest.mark.ray
+def test_heavy_up_runs_the_real_model_on_a_local_ray_replica_and_leaves_no_ray_behind(tmp_path_factory):
+    """The embedded defaults of `make demo`: the runtime backend on one local Ray replica (a rank actor behind the
+    router), the real small model, one job over REST; Ray's node goes with `heavy up`."""
+    from runtime.embedded import DEFAULT_MODEL, resolve_model
+
+    home = tmp_path_factory.mktemp("up-ray")
+    (home / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in DOCS))
+    corpus_add(home / "docs.jsonl", home / "corpus.sqlite")
+    port, key_file = free_port(), home / "key"
+    env = {**os.environ, "HEAVY_HOME": str(home), "HEAVY_BACKEND": "runtime", "HEAVY_SEARCH": "local",
+           "HEAVY_MODEL": str(resolve_model(DEFAULT_MODEL)), "HEAVY_CONTEXT_TOKENS": "4096"}
+    for name in ("HEAVY_REDIS_URL", "HEAVY_RUNTIME_REPLICAS", "RAY_ADDRESS"):
+        env.pop(name, None)
+    before = _ray_node_pids()
+    up = subprocess.Popen([sys.executable, "-m", "heavy.cli", "up", "--port", str(port), "--index",
+                           str(home / "corpus.sqlite"), "--api-key-file", str(key_file)], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (key_file.is_file() and _ready(port)):
+            assert up.poll() is None and time.monotonic() < deadline, "heavy up did not come up"
+            time.sleep(0.2)
+        assert _ray_node_pids() - before  # a Ray node of its own is up
+        key = key_file.read_text().strip()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as client:
+            job = client.post("/v1/jobs", json={"question": "Who directed Sinister?", "trajectories": 1,
+                                                "mode": "answer", "max_steps": 2, "step_tokens": 64,
+                                                "tools": ["search"]}).json()
+            while (status := client.get(f"/v1/jobs/{job['id']}").json()["status"]) not in ("done", "partial",
+                                                                                           "failed"):
+                assert time.monotonic() < deadline + 300, "the job did not end"
+                time.sleep(0.5)
+            assert status in ("done", "partial")
+            report = client.get(f"/v1/jobs/{job['id']}/report").json()
+            assert report["tokens"]["completion"] > 0 and report["trajectories"][0]["steps"] >= 1
+    finally:
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=120)
+    assert up.returncode == 0, output[-3000:]
+    assert "1 replica(s) on a local Ray instance" in output
+    time.sleep(2)  # the node's processes exit after the driver
+    assert not (_ray_node_pids() - before), output[-3000:]
