@@ -4,11 +4,13 @@ The prompts are what a heavy-mode trajectory sends on the HotpotQA eval: the age
 question (its first step), and the same after its opening search with the search tool's real results over the
 local corpus (its second step). Each is decoded up to 128 tokens by one engine per setting (BF16 by `auto` here,
 the prompts prefilled before the clock starts): one request at a time (batch 1) and 8 together (batch 8), greedy and
-sampled (temperature 0.7, seeded, as trajectories 1-7 sample). Printed: decode tokens/s, the ratio to plain
+sampled (temperature 0.7, seeded, as trajectories 1-7 sample), and greedy with a frequency penalty (its drafts checked
+against rows penalized as of the drafts before them). Printed: decode tokens/s, the ratio to plain
 decoding, drafts taken / checked, and how many greedy outputs are the same token for token as plain decoding's
 (a checked draft attends as a decode at its position would, so they match unless a linear's rounding differs).
 
-    .venv/bin/python scripts/bench_speculative.py            # about 10 minutes on 2 cores
+    .venv/bin/python scripts/bench_speculative.py            # about 15 minutes on 2 cores
+    .venv/bin/python scripts/bench_speculative.py --sampling penalized --batches 1 --drafts 3 --questions 2
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from runtime.sampling import SamplingParams
 
 TOKENS = 128
 BATCH = 8
+FREQUENCY_PENALTY = 0.3  # a common client setting against repetition
 TOOLS = ("search", "open_page")
 
 
@@ -79,6 +82,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--questions", type=int, default=4, help="questions (two prompts each)")
     parser.add_argument("--drafts", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--sampling", nargs="+", choices=["greedy", "sampled", "penalized"],
+                        default=["greedy", "sampled", "penalized"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, BATCH])
     args = parser.parse_args()
     torch.set_num_threads(2)
     folder = resolve_model(DEFAULT_MODEL)
@@ -90,16 +96,20 @@ def main() -> None:
           f"{TOKENS} tokens each, {next(model.parameters()).dtype}")
     greedy = [SamplingParams(temperature=0.0, max_tokens=TOKENS)] * len(prompts_)
     sampled = [SamplingParams(temperature=0.7, seed=i, max_tokens=TOKENS) for i in range(len(prompts_))]
+    penalized = [SamplingParams(temperature=0.0, max_tokens=TOKENS,
+                                frequency_penalty=FREQUENCY_PENALTY)] * len(prompts_)
+    settings = {"greedy": greedy, "sampled": sampled, "penalized": penalized}
     decode(model, tokenizer, prompts_[:1], greedy[:1], 1, 3)  # warm-up: native kernels built, caches touched
     print(f"{'sampling':>8} {'batch':>5} {'drafts':>6} {'tok/s':>7} {'ratio':>6} {'taken/checked':>14} {'same':>6}")
-    for name, params in (("greedy", greedy), ("t=0.7", sampled)):
-        for batch in (1, BATCH):
+    for name in args.sampling:
+        params = settings[name]
+        for batch in args.batches:
             plain, plain_rate, _ = decode(model, tokenizer, prompts_, params, batch, 0)
             print(f"{name:>8} {batch:>5} {0:>6} {plain_rate:>7.1f} {1.0:>5.2f}x {'':>14} {'':>6}")
             for drafts in args.drafts:
                 outs, rate, stats = decode(model, tokenizer, prompts_, params, batch, drafts)
                 matching = sum(a == b for a, b in zip(outs, plain, strict=True))
-                same = f"{matching}/{len(plain)}" if name == "greedy" else ""
+                same = f"{matching}/{len(plain)}" if params[0].greedy else ""
                 print(f"{name:>8} {batch:>5} {drafts:>6} {rate:>7.1f} {rate / plain_rate:>5.2f}x "
                       f"{f'{stats.accepted}/{stats.drafted}':>14} {same:>6}")
 
