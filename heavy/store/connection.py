@@ -44,8 +44,12 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
 
 
 def _host_port(entry: str, url: str) -> tuple[str, int]:
-    host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-    if port and not port.isdigit():
+    if entry.startswith("["):  # an IPv6 address, [::1] or [::1]:26380
+        host, _, port = entry[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
+    if not host or (port and not port.isdigit()):
         raise ValueError(f"bad sentinel address {entry!r} in {url!r}")
     return host, int(port) if port else SENTINEL_PORT
 

@@ -152,7 +152,7 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     if replicas <= 0:
         raise ValueError(f"replicas must be > 0, got {replicas}")
     if ep != 1 and not is_moe_checkpoint(folder):
-        model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
         raise UnsupportedReplicaModel(f"{folder}: model_type {model_type!r} is dense: its replicas are one rank "
                                       f"each (ep=1), got ep={ep}; EP splits the experts of "
                                       f"{', '.join(EP_MODEL_TYPES)} checkpoints")

@@ -135,10 +135,9 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
                 raise ApiError("a required tool call cannot go with structured output", param=request.structured_param)
             params = dataclasses.replace(params, structured=forced.grammar)
         checked(request, prompt_ids, params)
-        # the prompt is scored once, by the first choice
-        states = [ChoiceState(j, choice_params(params if j == 0 else dataclasses.replace(params, prompt_logprobs=None),
-                                               j), parse_tools=plan.parse_calls, parser=make_parser(tokenizer))
-                  for j in range(request.n)]
+        unscored = dataclasses.replace(params, prompt_logprobs=None)  # the prompt is scored once, by choice 0
+        states = [ChoiceState(j, choice_params(params if j == 0 else unscored, j), parse_tools=plan.parse_calls,
+                              parser=make_parser(tokenizer)) for j in range(request.n)]
         for state in states:
             state.prime(forced.prefix if forced else "")
         if request.stream:

@@ -23,8 +23,10 @@ def test_sentinel_urls_name_the_sentinels_the_service_the_db_and_the_passwords()
     assert parse_sentinel_url("redis+sentinel://:s3cret@a:26380,b,10.0.0.3:26381/heavy/2?sentinel_password=x") == \
         SentinelTarget((("a", 26380), ("b", 26379), ("10.0.0.3", 26381)), "heavy", 2, None, "s3cret", "x")
     assert parse_sentinel_url("redis+sentinel://s1/heavy") == SentinelTarget((("s1", 26379),), "heavy")
+    assert parse_sentinel_url("redis+sentinel://[::1]:26380,[fd00::2]/heavy").sentinels == (
+        ("::1", 26380), ("fd00::2", 26379))
     for bad in ("redis+sentinel://s1", "redis+sentinel:///heavy", "redis+sentinel://s1/heavy/x",
-                "redis+sentinel://s1:port/heavy"):
+                "redis+sentinel://s1:port/heavy", "redis+sentinel://:26379/heavy"):
         with pytest.raises(ValueError, match="sentinel"):
             parse_sentinel_url(bad)
 
