@@ -56,12 +56,22 @@ class Servers:
         log = (self.tmp / f"{name}.log").open("w")
         return subprocess.Popen([self.binary, *args], cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT)
 
-    async def primary_address(self):
+    async def ask_sentinel(self, *command):
         sentinel = Redis(host="127.0.0.1", port=self.sentinel_port, decode_responses=True)
         try:
-            return await sentinel.execute_command("SENTINEL", "get-master-addr-by-name", SERVICE)
+            return await sentinel.execute_command("SENTINEL", *command)
         finally:
             await sentinel.aclose()
+
+    async def primary_address(self):
+        return await self.ask_sentinel("get-master-addr-by-name", SERVICE)
+
+    async def replica_known(self) -> bool:
+        """The sentinel has found the replica (it reads the primary's INFO every 10 s): only then can it fail over."""
+        replicas = await self.ask_sentinel("replicas", SERVICE)
+        rows = [dict(zip(r[::2], r[1::2], strict=True)) if isinstance(r, list) else r for r in replicas]
+        return any(str(row.get("port")) == str(self.replica_port) and "down" not in row.get("flags", "")
+                   and row.get("master-link-status") == "ok" for row in rows)
 
     def stop(self):
         for process in (self.primary, self.replica, self.sentinel):
@@ -89,9 +99,7 @@ async def wait_until(predicate, timeout_s):
 
 
 async def test_the_store_goes_on_on_the_promoted_replica_after_its_primary_dies(servers):
-    async def replica_in_sync():
-        return (await servers.primary_address()) == ["127.0.0.1", str(servers.primary_port)]
-    await wait_until(replica_in_sync, 20)
+    await wait_until(servers.replica_known, 30)
     store = Store.connect(f"redis+sentinel://127.0.0.1:{servers.sentinel_port}/{SERVICE}", Settings(), Keys("t:"))
     try:
         key = await store.tenants.create_key("acme")
