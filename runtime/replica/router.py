@@ -86,6 +86,11 @@ class Router:
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
         return list(self.up)
 
+    async def stop(self) -> None:
+        """No more health rounds: the replicas are being shut down, and a round then would report them down."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.health_interval_s)

@@ -7,6 +7,7 @@ sends it as `user`, which the app's request model drops): an ASGI middleware put
 `generate` reads when no key is passed.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from runtime.structured import Grammars
 log = logging.getLogger(__name__)
 PREFIX_KEY_HEADER = b"x-prefix-key"
 START_TIMEOUT_S = 600.0  # loading every rank of every replica
+STOP_TIMEOUT_S = 5.0  # for the router to stop its health rounds before the replicas go
 DEAD_MARGIN_S = 60.0  # past a replica's recovery deadline before /health calls the server dead
 _prefix_key: ContextVar[str | None] = ContextVar("prefix_key", default=None)
 
@@ -127,6 +129,8 @@ class RouterFrontend:
         return None, None if any(state.up) else f"no replica is up (of {replicas}); they are restarting or re-forming"
 
     def shutdown(self) -> None:
+        with contextlib.suppress(RayActorError, ray.exceptions.GetTimeoutError):  # a router already gone
+            ray.get(self.router.stop.remote(), timeout=STOP_TIMEOUT_S)
         for actor in (self.router, *self.replicas):
             ray.kill(actor)
         if self.owns_ray:  # the local instance start_frontend began: its node's processes go with it

@@ -126,3 +126,23 @@ async def test_a_replica_is_down_after_unanswered_rounds_in_a_row_and_at_once_wh
     replica.up = False  # a replica that answers "down" (a rank died, the group re-forms) is down at once
     await router.check_health()
     assert router.up == [False]
+
+
+async def test_a_stopped_router_asks_no_replica_any_more():
+    """shutdown() stops the rounds first: the replicas' end is no outage to report."""
+    replica = StandInReplica()
+    asked = 0
+
+    async def health():
+        nonlocal asked
+        asked += 1
+        return ReplicaHealth(True, in_flight=0, generation=1, aborted=0, prefix_cache=None, load=None)
+    replica.health = Method(health)
+    router = Router([replica], RouterConfig(health_interval_s=0.01))
+    await router.start()
+    await asyncio.sleep(0.1)
+    await router.stop()
+    await asyncio.sleep(0)
+    before = asked
+    await asyncio.sleep(0.1)
+    assert before > 1 and asked == before
