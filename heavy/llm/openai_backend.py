@@ -8,14 +8,15 @@ of this backend object; cancelling the awaiting task closes the HTTP request, wh
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.retry import RetryPolicy, with_retries
+from heavy.llm.think import ThinkSplitter, split_reasoning
 from heavy.llm.types import (
     Completion,
     CompletionDelta,
@@ -28,9 +29,6 @@ from heavy.llm.types import (
 )
 
 _RETRIABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-# A thinking model served without a reasoning parser writes its reasoning into the content: "<think>...</think>"
-# first, or (its chat template opened the block in the prompt) only the closing tag after it.
-_THINK = re.compile(r"\A\s*(?:<think>)?(?P<reasoning>.*?)</think>\s*", re.DOTALL)
 
 
 class OpenAIBackend:
@@ -130,7 +128,7 @@ class OpenAIBackend:
         finished, raises RetriableLLMError; an error reported inside the stream, or a malformed chunk, LLMError."""
         body = self._body(messages, tools, sampling, max_tokens, stop, prefix_key, stream=True)
         headers = self._headers(request_id, prefix_key)
-        calls, finished = ToolCallAssembler(), False
+        calls, finished, thinking = ToolCallAssembler(), False, ThinkSplitter()
         try:
             async with self.limiter.slot(), self._client.stream(
                 "POST", "/chat/completions", json=body, headers=headers
@@ -145,18 +143,32 @@ class OpenAIBackend:
                     if data == "[DONE]":
                         finished = True
                         break
-                    delta = _parse_delta(_load_chunk(data), calls)
+                    delta = _split_thinking(_parse_delta(_load_chunk(data), calls), thinking)
                     finished = finished or delta.finish_reason is not None
                     yield delta
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise RetriableLLMError(f"stream {request_id or ''}: {type(exc).__name__}: {exc}") from exc
         if not finished:
             raise RetriableLLMError(f"stream {request_id or ''}: the server closed it before the choice finished")
+        rest, reasoning = thinking.finish()  # [DONE] without a finish_reason: what the splitter still holds
+        if rest or reasoning:
+            yield CompletionDelta(content=rest, reasoning=reasoning)
         if calls.pending:  # [DONE] without a finish_reason: the calls are whole, deliver them
             yield CompletionDelta(tool_calls=calls.take())
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _split_thinking(delta: CompletionDelta, thinking: ThinkSplitter) -> CompletionDelta:
+    """The delta with reasoning its server left in the content moved to `reasoning` (heavy/llm/think.py)."""
+    if delta.reasoning:
+        thinking.server_splits()
+    content, reasoning = thinking.feed(delta.content)
+    if delta.finish_reason is not None:
+        rest, more = thinking.finish()
+        content, reasoning = content + rest, reasoning + more
+    return replace(delta, content=content, reasoning=delta.reasoning + reasoning)
 
 
 def _raise_for_status(response: httpx.Response) -> None:
@@ -211,8 +223,8 @@ def parse_completion(payload: dict) -> Completion:
         for i, call in enumerate(message.get("tool_calls") or [])
     )
     content, reasoning = message.get("content") or "", message.get("reasoning_content") or message.get("reasoning")
-    if not reasoning and (think := _THINK.match(content)):
-        content, reasoning = content[think.end():], think["reasoning"].strip()
+    if not reasoning:
+        content, reasoning = split_reasoning(content)
     return Completion(
         content=content,
         reasoning=reasoning or "",

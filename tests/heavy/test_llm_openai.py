@@ -13,6 +13,7 @@ from heavy.llm.openai_backend import OpenAIBackend, parse_completion
 from heavy.llm.priority import with_priority
 from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.retry import RetryPolicy
+from heavy.llm.think import ThinkSplitter, split_reasoning
 from heavy.llm.types import LLMError, RetriableLLMError, Sampling, ToolCall
 
 pytestmark = pytest.mark.anyio
@@ -182,6 +183,34 @@ async def test_stream_yields_deltas_and_usage():
     deltas = [d async for d in llm.stream([{"role": "user", "content": "hi"}], None, Sampling(), max_tokens=8)]
     assert "".join(d.content for d in deltas) == "Paris" and deltas[1].finish_reason == "stop"
     assert deltas[-1].usage.completion_tokens == 2
+
+
+async def test_a_streamed_think_block_in_the_content_comes_out_as_reasoning():
+    pieces = ["<thi", "nk>need to", " search</th", "ink>\n\nPar", "is"]
+    lines = [{"choices": [{"delta": {"content": p}, "finish_reason": None}]} for p in pieces]
+    lines[-1]["choices"][0]["finish_reason"] = "stop"
+    sse = "".join(f"data: {json.dumps(line)}\n\n" for line in lines) + "data: [DONE]\n\n"
+    llm = backend(lambda request: httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"}))
+    deltas = [d async for d in llm.stream([{"role": "user", "content": "hi"}], None, Sampling(), max_tokens=8)]
+    assert "".join(d.content for d in deltas) == "Paris"
+    assert "".join(d.reasoning for d in deltas) == "need to search"
+
+
+@pytest.mark.parametrize("text", ["<think>plan it</think>\n\nthe answer", "  <think>a < b </th</think>x",
+                                  "plain answer", "<thinking is not a tag", "<think>never closed", "  ", ""])
+def test_the_think_splitter_gives_what_a_whole_reply_splits_however_the_stream_is_cut(text):
+    whole_content, whole_reasoning = split_reasoning(text) if "</think>" in text else (text, "")
+    if text.lstrip().startswith("<think>") and "</think>" not in text:
+        whole_content, whole_reasoning = "", text.lstrip()[len("<think>"):]
+    for size in (1, 2, 3, 5, len(text) or 1):
+        splitter, content, reasoning = ThinkSplitter(), "", ""
+        for start in range(0, len(text), size):
+            c, r = splitter.feed(text[start : start + size])
+            content, reasoning = content + c, reasoning + r
+        c, r = splitter.finish()
+        assert (content + c, (reasoning + r).strip()) == (whole_content, whole_reasoning.strip()), size
+    plain = ThinkSplitter()
+    assert plain.feed("Hello") == ("Hello", "")  # an answer without a block is not held back
 
 
 @contextlib.asynccontextmanager
