@@ -4,6 +4,7 @@ the model's own chat template (with tool declarations), end-of-sequence ids and 
 Only byte-level BPE vocabularies (GPT-2 style, as Qwen2 uses) are supported, because streaming decodes token bytes.
 """
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -71,7 +72,7 @@ class Tokenizer:
                 eos |= _ids(json.loads((directory / name).read_text()).get("eos_token_id"))
         return cls(hf_tokenizer, eos)
 
-    @property
+    @functools.cached_property
     def fim_ids(self) -> tuple[int, int, int] | None:
         """The fill-in-the-middle markers (prefix, suffix, middle) of a code model that has them (Qwen2.5-Coder,
         StarCoder spellings), else None."""

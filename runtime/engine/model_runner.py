@@ -111,8 +111,7 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden.index_select(0, torch.tensor(rows, device=self.device)))  # [R, V]
         plain = [i for i, (_, wanted) in enumerate(spans) if wanted == 1]
         if plain:  # one batched draw for the sequences without drafts
-            histories = [(seqs[i].token_ids[: seqs[i].num_prompt_tokens], seqs[i].completion_token_ids)
-                         if seqs[i].params.adjusts_logits else None for i in plain]  # what penalties count
+            histories = [seqs[i].history if seqs[i].params.adjusts_logits else None for i in plain]
             allowed = allowed_tokens([seqs[i].matcher for i in plain], logits.shape[-1])  # [P, V] or None
             chosen, chosen_logprobs = self.sampler(logits[[spans[i][0] for i in plain]],
                                                    [seqs[i].params for i in plain], [seqs[i].generator for i in plain],
@@ -124,10 +123,7 @@ class ModelRunner:
                 seq = seqs[i]
                 allowed = None if seq.matcher is None else draft_rows_allowed(seq.matcher, seq.draft_token_ids,
                                                                               logits.shape[-1])  # [wanted, V]
-                history = None
-                if seq.params.adjusts_logits:  # the tokens before the drafts; each row adds the drafts before it
-                    history = (seq.token_ids[: seq.num_prompt_tokens],
-                               seq.token_ids[seq.num_prompt_tokens : len(seq.token_ids) - seq.num_draft_tokens])
+                history = seq.history if seq.params.adjusts_logits else None  # each row adds the drafts before it
                 tokens[i], logprobs[i] = verify(logits[first : first + wanted], seq.draft_token_ids, seq.params,
                                                 seq.generator, allowed, history)
         return tokens, logprobs

@@ -66,6 +66,12 @@ class Sequence:
         return self.token_ids[self.num_prompt_tokens :]
 
     @property
+    def history(self) -> tuple[list[int], list[int]]:
+        """(prompt, completion so far without drafts): what its penalties count (runtime/penalties.py)."""
+        end = len(self.token_ids) - self.num_draft_tokens
+        return self.token_ids[: self.num_prompt_tokens], self.token_ids[self.num_prompt_tokens : end]
+
+    @property
     def num_uncomputed_tokens(self) -> int:
         return len(self.token_ids) - self.num_computed_tokens
 
