@@ -7,8 +7,10 @@
     <|im_system|>tool<|im_middle|>## Return of {tool_call_id}\n{content}<|im_end|>
     <|im_assistant|>assistant<|im_middle|>                                                 the generation prompt
 
-Reasoning is kept only for assistant messages after the last user message (the turn in progress); earlier ones
-render an empty `<think></think>`. Tool calls whose ids are not Kimi's `functions.NAME:IDX` get such ids (and the
+Reasoning is kept for the assistant messages after the last one that made no tool call (the turn in progress: an
+agent's think → call → observe steps, including any user messages between them); that message and those before it
+render an empty `<think></think>`, as Kimi K2 Thinking's own template does, so a thinking agent sees its earlier
+reasoning between tool calls. Tool calls whose ids are not Kimi's `functions.NAME:IDX` get such ids (and the
 tool results that answer them follow), because the model reads the name back from the id.
 """
 
@@ -57,14 +59,15 @@ def render_parts(
         parts += _block(IM_SYSTEM, "tool_declare", [json.dumps(list(tools), ensure_ascii=False, separators=(",", ":"))])
     if not messages or messages[0].get("role") != "system":
         parts += _block(IM_SYSTEM, "system", [DEFAULT_SYSTEM_PROMPT])
-    last_user = max((i for i, message in enumerate(messages) if message.get("role") == "user"), default=-1)
+    last_reply = max((i for i, message in enumerate(messages)
+                      if message.get("role") == "assistant" and not message.get("tool_calls")), default=-1)
     ids = _kimi_ids(messages)
     for index, message in enumerate(messages):
         role = message.get("role")
         if role not in _ROLE_OPENERS:
             raise ChatFormatError(f"message {index}: unknown role {role!r}")
         if role == "assistant":
-            body = _assistant_body(message, ids, keep_reasoning=index > last_user)
+            body = _assistant_body(message, ids, keep_reasoning=index > last_reply)
         elif role == "tool":
             if not message.get("tool_call_id"):
                 raise ChatFormatError(f"message {index}: a tool message needs its tool_call_id")

@@ -65,6 +65,19 @@ def test_golden_rendering():
     assert render_chat(CONVERSATION, TOOLS) == GOLDEN
 
 
+def test_reasoning_of_the_turn_in_progress_survives_a_user_message_between_tool_calls():
+    """An agent's nudge (a user message after a tool result) does not end the turn: the reasoning behind its earlier
+    tool calls stays in view until an assistant message makes no call, as Kimi K2 Thinking's template keeps it."""
+    nudge = [*CONVERSATION, {"role": "user", "content": "Answer with the name only."}]
+    text = render_chat(nudge, TOOLS)
+    assert "<think>I should search.</think>Let me check." in text
+    assert "<think></think>Hello!" in text  # before the last reply without a call: dropped as before
+    replied = [*nudge, {"role": "assistant", "content": "Christopher Nolan.", "reasoning_content": "it says so"},
+               {"role": "user", "content": "Thanks"}]
+    text = render_chat(replied, TOOLS)
+    assert "<think></think>Let me check." in text and "<think></think>Christopher Nolan." in text
+
+
 def test_default_system_prompt_and_no_generation_prompt():
     text = render_chat([{"role": "user", "content": "Hi"}], add_generation_prompt=False)
     assert text == (
