@@ -1,4 +1,5 @@
-"""Keep a trajectory's prompt inside the context window: drop the oldest tool outputs first.
+"""Keep a trajectory's prompt inside the context window: drop the oldest tool outputs first, then the reasoning
+behind older steps (a thinking model's, kept for it between tool calls).
 
 Tokens are estimated from characters (conservatively, 3 characters a token) so this needs no tokenizer;
 the system prompt, the question and the latest tool output are always kept.
@@ -14,7 +15,8 @@ DROPPED = "[older tool output removed to fit the context]"
 
 
 def estimate_tokens(messages: list[Message], tools: list[dict] | None = None) -> int:
-    chars = sum(len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or "")) for m in messages)
+    chars = sum(len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or ""))
+                + len(m.get("reasoning_content") or "") for m in messages)
     chars += len(str(tools)) if tools else 0
     return chars // CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS * len(messages)
 
@@ -27,6 +29,11 @@ def fit_context(messages: list[Message], tools: list[dict] | None, max_prompt_to
         if estimate_tokens(fitted, tools) <= max_prompt_tokens:
             return fitted
         fitted[i]["content"] = DROPPED
+    reasoned = [i for i, m in enumerate(fitted) if m.get("reasoning_content")]
+    for i in reasoned[:-1]:
+        if estimate_tokens(fitted, tools) <= max_prompt_tokens:
+            return fitted
+        del fitted[i]["reasoning_content"]
     excess = estimate_tokens(fitted, tools) - max_prompt_tokens
     if excess > 0 and tool_turns:  # even the newest output is too long: keep its head
         last = fitted[tool_turns[-1]]

@@ -212,6 +212,8 @@ class Trajectory:
             fixed = repair_call(call, self.tools)
             (repaired if isinstance(fixed, ToolCall) else problems).append(fixed)
         message: Message = {"role": "assistant", "content": content}
+        if completion.reasoning:  # a thinking model reads the reasoning behind its earlier calls (interleaved)
+            message["reasoning_content"] = completion.reasoning
         if repaired:
             message["tool_calls"] = [_openai_call(c) for c in repaired]
         self.messages.append(message)

@@ -84,6 +84,18 @@ def test_fit_context_drops_the_oldest_tool_outputs_first():
     assert estimate_tokens(fitted) <= 2200 and messages[3]["content"] == "0" * 3000  # history untouched
 
 
+def test_fit_context_drops_older_reasoning_after_the_old_tool_outputs_and_keeps_the_latest():
+    messages = [{"role": "user", "content": "q"}]
+    for i in range(3):
+        messages += [{"role": "assistant", "content": "", "reasoning_content": str(i) * 3000},
+                     {"role": "tool", "content": "x" * 300}]
+    assert estimate_tokens(messages) > 3000  # reasoning counts
+    fitted = fit_context(messages, None, max_prompt_tokens=1500)
+    assert [m.get("reasoning_content", "")[:1] for m in fitted if m["role"] == "assistant"] == ["", "", "2"]
+    assert [m["content"] == DROPPED for m in fitted if m["role"] == "tool"] == [True, True, False]
+    assert estimate_tokens(fitted) <= 1500 and messages[1]["reasoning_content"] == "0" * 3000  # history untouched
+
+
 def test_fit_context_cuts_the_newest_output_when_it_alone_is_too_long():
     messages = [{"role": "user", "content": "q"}, {"role": "tool", "content": "x" * 30_000}]
     fitted = fit_context(messages, None, max_prompt_tokens=1000)

@@ -58,6 +58,21 @@ async def test_answer_cites_only_fetched_sources_and_emits_events():
     assert sink.of_type(ToolResultEvent)[0].sources[0]["content_hash"]
 
 
+async def test_reasoning_behind_a_call_is_sent_back_with_it_in_later_steps():
+    """Interleaved thinking: a thinking model (Kimi K2 Thinking; Moonshot's API requires it) sees the reasoning of
+    its earlier tool-call turns as `reasoning_content`; a turn without reasoning carries no such field."""
+    thought = Completion(content="", reasoning="The tower's page should give the year.",
+                         tool_calls=(ToolCall(id="c1", name="search", arguments={"query": "eiffel tower"}),),
+                         finish_reason="tool_calls", usage=STEP_USAGE)
+    trajectory, backend, _, _ = make(by_step(thought, call("search", query="louvre"),
+                                             call("answer", answer="1889", sources=["http://corpus/eiffel"])))
+    assert (await trajectory.run()).answer == "1889"
+    last = [m for m in backend.requests[-1].messages if m["role"] == "assistant"]
+    assert last[0]["reasoning_content"] == "The tower's page should give the year."
+    assert last[0]["tool_calls"][0]["function"]["name"] == "search"
+    assert "reasoning_content" not in last[1]
+
+
 async def test_opening_search_runs_the_question_before_the_first_model_turn():
     trajectory, backend, search, sink = make(by_step(call("answer", answer="1889")), opening_search=True)
     result = await trajectory.run()
