@@ -37,6 +37,9 @@ and the URLs of the pages that support it.
 Call one tool at a time. Use different search words if a search did not help. Never repeat the same call."""
 
 QUESTION = "Question: {question}"
+# The reasoning shown with the harness's opening searches (written as the assistant's own calls): a thinking model's
+# API may refuse a tool-call turn that carries none (Moonshot's does), and the call should not look unexplained.
+OPENING_THOUGHT = "Start from evidence: search for this before answering."
 
 NUDGE_USE_TOOLS = (
     "Check this with the tools before answering: call `search` with a few key words from the question, "

@@ -171,7 +171,8 @@ class Trajectory:
         await self._emit_step(1, Completion(content=""), "", calls)
         observations = []
         for call in calls:
-            self.messages.append({"role": "assistant", "content": "", "tool_calls": [_openai_call(call)]})
+            self.messages.append({"role": "assistant", "content": "", "reasoning_content": prompts.OPENING_THOUGHT,
+                                  "tool_calls": [_openai_call(call)]})
             observations.append(await self._observe(1, call))
             self.messages.append({"role": "tool", "tool_call_id": call.id, "content": observations[-1].text})
         self.steps.append(ActionStep(index=1, content="", reasoning="", calls=tuple(calls),

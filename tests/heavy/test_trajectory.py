@@ -80,6 +80,7 @@ async def test_opening_search_runs_the_question_before_the_first_model_turn():
     first = backend.requests[0].messages
     assert [m["role"] for m in first] == ["system", "user", "assistant", "tool"]
     assert first[2]["tool_calls"][0]["function"]["name"] == "search" and "1889" in first[3]["content"]
+    assert first[2]["reasoning_content"] == prompts.OPENING_THOUGHT  # a thinking model's API wants one on a call turn
     assert result.answer == "1889" and "http://corpus/eiffel" in [s.url for s in result.evidence]
     assert [(e.step, e.tool) for e in sink.of_type(ToolCallEvent)] == [(1, "search")]
     assert len(result.steps) == 2 and result.steps[0].usage.total_tokens == 0  # no model call in step 1

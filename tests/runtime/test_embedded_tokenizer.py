@@ -36,6 +36,18 @@ def test_chat_template_without_tools_has_no_tools_block(embedded_tokenizer):
     assert prompt.endswith("Who wrote Dune?<|im_end|>\n")
 
 
+def test_reasoning_content_leaves_a_qwen_prompt_unchanged(embedded_tokenizer):
+    """heavy's trajectories send reasoning back with their calls (for thinking models); Qwen2.5's template has no
+    place for it, so the embedded model's prompts stay exactly as they were."""
+    call = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": '{"query": "Dune"}'}}
+    turn = {"role": "assistant", "content": "", "tool_calls": [call]}
+    tool = {"role": "tool", "tool_call_id": "c1", "content": "Dune is a novel by Frank Herbert."}
+    plain = embedded_tokenizer.encode_chat([*MESSAGES, turn, tool], TOOLS)
+    thought = {**turn, "reasoning_content": "Search it."}
+    assert embedded_tokenizer.encode_chat([*MESSAGES, thought, tool], TOOLS) == plain
+    assert "Herbert" in embedded_tokenizer.decode(plain)
+
+
 def test_encode_chat_turns_markers_into_special_ids(embedded_tokenizer):
     ids = embedded_tokenizer.encode_chat(MESSAGES)
     im_start = embedded_tokenizer.encode("<|im_start|>", allow_special=True)
