@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     llm_requests_per_s: float = Field(20.0, gt=0)  # shared by all trajectories of one worker
     llm_max_concurrency: int = Field(16, ge=1)
     context_tokens: int = Field(8192, ge=512)  # what the agent may put in one prompt
+    # a thinking model's reasoning before each reply: added to every model request's completion budget (steps,
+    # forced answers, the aggregator's calls). 0 for a model that does not think (the embedded one)
+    reasoning_tokens: int = Field(0, ge=0)
     # runtime backend: 0 = engine in process, else this many Ray replicas behind a router (RAY_ADDRESS selects a
     # cluster, else a local Ray instance starts); unset: `heavy up` serves one local replica, other commands use 0
     runtime_replicas: int | None = Field(None, ge=0)
@@ -102,6 +105,8 @@ class Settings(BaseSettings):
             raise ValueError("temperature_max must be >= temperature_min")
         if self.step_tokens > self.trajectory_tokens:
             raise ValueError("step_tokens must be <= trajectory_tokens")
+        if self.step_tokens + self.reasoning_tokens >= self.context_tokens:
+            raise ValueError("step_tokens + reasoning_tokens must be < context_tokens")
         return self
 
 

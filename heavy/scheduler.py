@@ -31,7 +31,7 @@ from heavy.agent.openings import focus_query
 from heavy.aggregate import AggregationConfig, JobResult, aggregate, agreeing
 from heavy.config import Settings
 from heavy.events import Aggregating, EventSink, JobCancelled, JobFailed, JobStarted, NullSink, ReportReady
-from heavy.llm.priority import with_priority
+from heavy.llm.adjusted import with_priority
 from heavy.llm.types import LLMBackend, Sampling, Usage
 from heavy.tools.base import ToolExecutor
 
@@ -63,7 +63,7 @@ class JobSpec:
     seed: int = 0
     opening_search: bool = True  # every trajectory's first step searches the question as asked
     focus_searches: bool = True  # and trajectory k >= 1 then searches a named part of it (agent/openings.py)
-    priority: int = 0  # of every model request of the job: lower first (heavy/llm/priority.py)
+    priority: int = 0  # of every model request of the job: lower first (heavy/llm/adjusted.py)
     elapsed_s: float = 0.0  # a resumed job's time run before (its deadlines count from when it first started)
 
     def __post_init__(self) -> None:
@@ -85,6 +85,7 @@ class JobSpec:
         limits = TrajectoryLimits(
             max_steps=settings.max_steps, step_tokens=settings.step_tokens, total_tokens=settings.trajectory_tokens,
             deadline_s=settings.job_deadline_s, context_tokens=settings.context_tokens,
+            reasoning_tokens=settings.reasoning_tokens,
         )
         values = dict(
             mode=settings.mode, trajectories=settings.trajectories, allowed_tools=frozenset(settings.allowed_tools),

@@ -28,6 +28,8 @@ class TrajectoryLimits:
     no_progress_steps: int = 4  # consecutive steps without new evidence before giving up
     final_answer_tokens: int = 64
     final_answer_timeout_s: float = 120.0
+    reasoning_tokens: int = 0  # a thinking model's reasoning, on top of step_tokens and final_answer_tokens
+
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "step_tokens", "total_tokens", "context_tokens", "no_progress_steps",
@@ -36,8 +38,11 @@ class TrajectoryLimits:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.deadline_s <= 0 or self.final_answer_timeout_s <= 0:
             raise ValueError("deadline_s and final_answer_timeout_s must be > 0")
-        if self.step_tokens >= self.context_tokens:
-            raise ValueError(f"step_tokens ({self.step_tokens}) must be < context_tokens ({self.context_tokens})")
+        if self.reasoning_tokens < 0:
+            raise ValueError(f"reasoning_tokens must be >= 0, got {self.reasoning_tokens}")
+        if self.step_tokens + self.reasoning_tokens >= self.context_tokens:
+            raise ValueError(f"step_tokens + reasoning_tokens ({self.step_tokens} + {self.reasoning_tokens}) must be "
+                             f"< context_tokens ({self.context_tokens})")
 
 
 class JobTokenBudget:

@@ -187,10 +187,11 @@ class Trajectory:
         size is a floor for both."""
         last_prompt = self.steps[-1].usage.prompt_tokens if self.steps else 0
         limits = self.spec.limits
-        return 2 * last_prompt + limits.step_tokens + limits.final_answer_tokens
+        return 2 * last_prompt + limits.step_tokens + limits.final_answer_tokens + 2 * limits.reasoning_tokens
 
     async def _complete(self, messages: list[Message], tools: list[dict] | None, max_tokens: int,
                         deadline: float) -> Completion:
+        max_tokens += self.spec.limits.reasoning_tokens  # a thinking model reasons before its reply
         prompt = fit_context(messages, tools, self.spec.limits.context_tokens - max_tokens)
         request = self.backend.chat(
             prompt, tools, self.spec.sampling, max_tokens=max_tokens,

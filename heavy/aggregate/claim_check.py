@@ -112,8 +112,8 @@ def negations(claim: str) -> tuple[str, ...]:
 
 def yes_share(reply: Completion) -> float | None:
     """P(yes) / (P(yes) + P(no)) over the first token's alternatives; None when the backend gave none, or neither
-    word is among them."""
-    if not reply.top_logprobs:
+    word is among them, or the model reasoned first (its first token was reasoning, not the reply)."""
+    if not reply.top_logprobs or reply.reasoning:
         return None
     yes = no = 0.0
     for token, logprob in reply.top_logprobs[0]:

@@ -27,6 +27,7 @@ from heavy.aggregate.result import JobResult
 from heavy.aggregate.shorten import YES_NO, is_short
 from heavy.aggregate.vote import MIN_MAJORITY, Vote, vote
 from heavy.config import Settings
+from heavy.llm.adjusted import with_reasoning_room
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source
 
@@ -65,11 +66,14 @@ class AggregationConfig:
     min_majority: int = MIN_MAJORITY  # answer mode: fewer agreeing trajectories go to the judge (1: a lone one stands)
     read_on_majority: bool = False  # answer mode: the judge's readings vote even beside a majority (jobs of n > 1)
     check_claims: bool = True  # report mode: the model weighs each kept claim against its negation (claim_check.py)
+    reasoning_tokens: int = 0  # added to each of the aggregator's model requests: a thinking model reasons first
 
     def __post_init__(self) -> None:
         if min(self.source_excerpt_chars, self.prompt_source_chars, self.report_sources) < 1 or self.report_tokens < 16:
             raise ValueError("report_tokens >= 16; source_excerpt_chars, prompt_source_chars and report_sources >= 1 "
                              "required")
+        if self.reasoning_tokens < 0:
+            raise ValueError(f"reasoning_tokens must be >= 0, got {self.reasoning_tokens}")
         if self.min_majority < 1:
             raise ValueError(f"min_majority must be >= 1, got {self.min_majority}")
 
@@ -79,7 +83,8 @@ class AggregationConfig:
         return cls(report_tokens=settings.report_tokens, report_sources=settings.report_sources,
                    price_per_mtok_prompt=settings.price_per_mtok_prompt,
                    price_per_mtok_completion=settings.price_per_mtok_completion, min_majority=settings.min_majority,
-                   read_on_majority=settings.read_on_majority, check_claims=settings.check_claims)
+                   read_on_majority=settings.read_on_majority, check_claims=settings.check_claims,
+                   reasoning_tokens=settings.reasoning_tokens)
 
 
 async def aggregate(
@@ -94,6 +99,8 @@ async def aggregate(
     config: AggregationConfig = AggregationConfig(),
 ) -> JobResult:
     results = sorted(results, key=lambda r: r.index)
+    if backend is not None:
+        backend = with_reasoning_room(backend, config.reasoning_tokens)
     # Short answers and the judge are for answer mode; a report's answer may need sentences, and the report pass
     # below is where its trajectories' findings are merged.
     fetched = fetched_texts(results)  # url → all the trajectories saw of it

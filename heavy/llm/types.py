@@ -35,7 +35,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     top_logprobs: int = 0  # return this many alternatives of each generated token, with their log-probabilities
-    priority: int = 0  # scheduling on the model server: lower first (heavy/llm/priority.py sets a job's)
+    priority: int = 0  # scheduling on the model server: lower first (heavy/llm/adjusted.py sets a job's)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

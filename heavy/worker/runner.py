@@ -45,7 +45,7 @@ def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_l
     p = job.params
     limits = TrajectoryLimits(max_steps=p["max_steps"], step_tokens=p["step_tokens"],
                               total_tokens=p["trajectory_tokens"], deadline_s=p["deadline_s"],
-                              context_tokens=settings.context_tokens)
+                              context_tokens=settings.context_tokens, reasoning_tokens=settings.reasoning_tokens)
     return JobSpec.from_settings(settings, job_id=job.id, question=job.question, mode=job.mode,
                                  trajectories=p["trajectories"], allowed_tools=frozenset(p["tools"]) & tools,
                                  limits=limits, job_tokens=max(1, min(p["job_tokens"], tokens_left)),

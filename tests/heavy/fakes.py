@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from heavy.llm.types import Completion, Message, Sampling, ToolCall, Usage
 from heavy.tools.base import Source, ToolContext, ToolResult
@@ -45,6 +45,18 @@ def call(name: str, **arguments) -> Completion:
 
 def text(content: str, usage: Usage = STEP_USAGE) -> Completion:
     return Completion(content=content, usage=usage)
+
+
+def thinking(script: Callable[[Request], Completion], cost: int) -> Callable[[Request], Completion]:
+    """A thinking model: `cost` tokens of reasoning before every reply. A request whose max_tokens leaves no room
+    after them is cut inside its reasoning (no content, finish_reason "length"), as a real server's would be."""
+    def think(request: Request) -> Completion:
+        if request.max_tokens <= cost:
+            return Completion(content="", reasoning="Let me think. " * 3, finish_reason="length",
+                              usage=Usage(prompt_tokens=100, completion_tokens=request.max_tokens))
+        reply = script(request)
+        return replace(reply, reasoning="Let me think.", usage=replace(reply.usage, completion_tokens=cost + 5))
+    return think
 
 
 @dataclass

@@ -11,7 +11,7 @@ from heavy.aggregate.normalize import as_sources_write, plain_answer
 from heavy.aggregate.shorten import asks_number, drawn_from, off_kind, phrase_around_question, restates
 from heavy.aggregate.vote import Group, ballots_winner
 from heavy.llm.types import LLMError, Usage
-from tests.heavy.fakes import ScriptedBackend, source, text
+from tests.heavy.fakes import ScriptedBackend, source, text, thinking
 
 pytestmark = pytest.mark.anyio
 
@@ -142,6 +142,18 @@ async def test_with_read_on_majority_the_readings_vote_beside_a_majority():
     unset = await aggregate(job_id="k", question="When was the Eiffel Tower finished?", mode="answer",
                             results=results, backend=backend)
     assert unset.answer == "1887" and not unset.reads  # by default a majority wins outright
+
+
+@pytest.mark.parametrize("room", [0, 100])
+async def test_the_aggregators_calls_leave_a_thinking_model_room_to_reason(room):
+    backend = ScriptedBackend(thinking(lambda request: text("1889"), cost=60))
+    results = [result(0, "1887", evidence=[EIFFEL]), result(1, "1887", evidence=[EIFFEL]), result(2, "1889")]
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="answer", results=results,
+                          backend=backend, config=AggregationConfig(read_on_majority=True, reasoning_tokens=room))
+    assert all(r.max_tokens > room for r in backend.requests) and backend.requests
+    # without room the reading ends inside the model's reasoning: no ballot, and the majority stands
+    assert job.answer == ("1889" if room else "1887")
+    assert set(job.reads.values()) == ({"1889"} if room else {""})
 
 
 async def test_a_spread_vote_without_a_majority_goes_to_the_judge():

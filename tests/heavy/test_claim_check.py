@@ -158,6 +158,8 @@ def test_the_share_of_yes_is_read_off_the_first_tokens_alternatives():
     assert yes_share(reply) == pytest.approx((0.368 + 0.050) / (0.368 + 0.050 + 0.607), abs=1e-3)
     assert yes_share(Completion("No")) is None
     assert yes_share(Completion("The", top_logprobs=((("The", -0.1),),))) is None
+    thought = Completion("No", reasoning="Hmm.", top_logprobs=((("Yes", -0.1),),))
+    assert yes_share(thought) is None  # the first token was the model's reasoning, not its reply
 
 
 RIGHT = "The tower was finished in 1889"  # greedy "No", but more likely "yes" than its negation

@@ -49,3 +49,24 @@ def test_settings_read_the_heavy_prefix(monkeypatch):
     monkeypatch.setenv("HEAVY_RUNTIME_DTYPE", "float8")
     with pytest.raises(ValidationError, match="runtime_dtype"):
         Settings()
+
+
+def test_reasoning_room_reaches_trajectories_the_worker_and_the_aggregator(monkeypatch):
+    from heavy.aggregate import AggregationConfig
+    from heavy.scheduler import JobSpec
+    from heavy.store.records import JobRecord
+    from heavy.worker.runner import job_spec
+
+    monkeypatch.setenv("HEAVY_REASONING_TOKENS", "4096")
+    monkeypatch.setenv("HEAVY_CONTEXT_TOKENS", "16384")
+    settings = Settings()
+    assert JobSpec.from_settings(settings, job_id="j", question="q").limits.reasoning_tokens == 4096
+    assert AggregationConfig.from_settings(settings).reasoning_tokens == 4096
+    params = {"max_steps": 3, "step_tokens": 256, "trajectory_tokens": 50_000, "deadline_s": 60, "trajectories": 2,
+              "tools": ["search"], "job_tokens": 100_000}
+    job = JobRecord(id="j", tenant="t", status="running", question="q", mode="answer", params=params, created=0.0,
+                    updated=0.0)
+    assert job_spec(job, settings, frozenset({"search"}), 100_000).limits.reasoning_tokens == 4096
+    monkeypatch.setenv("HEAVY_CONTEXT_TOKENS", "4096")  # no room left for a prompt
+    with pytest.raises(ValidationError, match="reasoning_tokens"):
+        Settings()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from heavy.llm.priority import with_priority
+from heavy.llm.adjusted import with_priority
 from heavy.llm.runtime_backend import RuntimeBackend, template_messages
 from heavy.llm.types import LLMError, Sampling, ToolCall
 

@@ -9,7 +9,7 @@ from heavy.agent.budget import JobTokenBudget, Stopped, until_stopped
 from heavy.events import MemorySink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
 from heavy.llm.types import Completion, Sampling, ToolCall
 from heavy.tools.base import ToolExecutor, ToolResult
-from tests.heavy.fakes import STEP_USAGE, DictOpen, DictSearch, Echo, ScriptedBackend, call, source, text
+from tests.heavy.fakes import STEP_USAGE, DictOpen, DictSearch, Echo, ScriptedBackend, call, source, text, thinking
 
 pytestmark = pytest.mark.anyio
 
@@ -71,6 +71,27 @@ async def test_reasoning_behind_a_call_is_sent_back_with_it_in_later_steps():
     assert last[0]["reasoning_content"] == "The tower's page should give the year."
     assert last[0]["tool_calls"][0]["function"]["name"] == "search"
     assert "reasoning_content" not in last[1]
+
+
+@pytest.mark.parametrize("room", [0, 300])
+async def test_a_thinking_model_gets_room_to_reason_before_each_reply(room):
+    """reasoning_tokens is added to every request's budget; without it a thinking model's steps and forced answer
+    end inside its reasoning and the trajectory has no answer."""
+    limits = TrajectoryLimits(max_steps=2, step_tokens=64, final_answer_tokens=16, reasoning_tokens=room)
+    script = thinking(by_step(call("search", query="eiffel tower"), call("answer", answer="1889")), cost=200)
+    trajectory, backend, search, _ = make(script, limits=limits)
+    result = await trajectory.run()
+    if room:
+        assert result.answer == "1889" and search.queries == ["eiffel tower"]
+        assert [r.max_tokens for r in backend.requests] == [64 + room, 64 + room]
+    else:
+        assert result.answer == "" and not search.queries
+        assert [r.max_tokens for r in backend.requests] == [64, 64, 16]  # two steps cut, then the forced answer
+
+
+def test_reasoning_room_must_leave_the_prompt_room_in_the_context():
+    with pytest.raises(ValueError, match="reasoning_tokens"):
+        TrajectoryLimits(step_tokens=512, reasoning_tokens=8000, context_tokens=8192)
 
 
 async def test_opening_search_runs_the_question_before_the_first_model_turn():
