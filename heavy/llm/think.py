@@ -8,15 +8,20 @@ from __future__ import annotations
 import re
 
 OPEN, CLOSE = "<think>", "</think>"
-_THINK = re.compile(r"\A\s*(?:<think>)?(?P<reasoning>.*?)</think>\s*", re.DOTALL)
+# A leading block, closed or not (the token cap may cut a thought), or text up to a closing tag with no opening tag
+# before it (an answer that quotes the tags is not reasoning).
+_THINK = re.compile(r"\A\s*(?:<think>(?P<block>.*?)(?:</think>|\Z)|(?P<opened>(?:(?!<think>).)*?)</think>)\s*",
+                    re.DOTALL)
 
 
 def split_reasoning(content: str) -> tuple[str, str]:
-    """(content, reasoning) of a whole reply whose server sent no reasoning field."""
+    """(content, reasoning) of a whole reply whose server sent no reasoning field; a block never closed is all
+    reasoning, as ThinkSplitter.finish has it."""
     think = _THINK.match(content)
     if think is None:
         return content, ""
-    return content[think.end():], think["reasoning"].strip()
+    reasoning = think["block"] if think["block"] is not None else think["opened"]
+    return content[think.end():], reasoning.strip()
 
 
 class ThinkSplitter:

@@ -92,6 +92,22 @@ def test_reasoning_a_server_left_in_the_content_is_split_off(content):
     assert (separate.content, separate.reasoning) == ("</think>x", "r")  # the server's own split stands
 
 
+def test_a_think_block_cut_off_by_the_token_cap_is_reasoning_not_the_answer():
+    """A thinking model stopped by max_tokens mid-thought (finish_reason "length"): its thoughts must not come back as
+    the answer (a forced final answer reads the content), as the stream's splitter already treats them."""
+    cut = parse_completion({"choices": [{"message": {"content": "<think>\nweighing the two pages"},
+                                         "finish_reason": "length"}]})
+    assert (cut.content, cut.reasoning) == ("", "weighing the two pages")
+
+
+def test_a_think_tag_quoted_inside_an_answer_does_not_swallow_the_answer():
+    """Only a block at the start (or a closing tag alone, the template having opened the block) is reasoning: an
+    answer that names the tags keeps its text, as the stream keeps it."""
+    text = "Qwen3 wraps its thoughts in <think>...</think> tags before the answer."
+    quoted = parse_completion({"choices": [{"message": {"content": text}, "finish_reason": "stop"}]})
+    assert (quoted.content, quoted.reasoning) == (text, "")
+
+
 def test_alternatives_outside_what_servers_give_are_refused():
     with pytest.raises(ValueError, match="top_logprobs"):
         Sampling(top_logprobs=21)
@@ -197,11 +213,10 @@ async def test_a_streamed_think_block_in_the_content_comes_out_as_reasoning():
 
 
 @pytest.mark.parametrize("text", ["<think>plan it</think>\n\nthe answer", "  <think>a < b </th</think>x",
-                                  "plain answer", "<thinking is not a tag", "<think>never closed", "  ", ""])
+                                  "plain answer", "<thinking is not a tag", "<think>never closed", "  ", "",
+                                  "quoting <think>x</think> tags"])
 def test_the_think_splitter_gives_what_a_whole_reply_splits_however_the_stream_is_cut(text):
-    whole_content, whole_reasoning = split_reasoning(text) if "</think>" in text else (text, "")
-    if text.lstrip().startswith("<think>") and "</think>" not in text:
-        whole_content, whole_reasoning = "", text.lstrip()[len("<think>"):]
+    whole_content, whole_reasoning = split_reasoning(text)
     for size in (1, 2, 3, 5, len(text) or 1):
         splitter, content, reasoning = ThinkSplitter(), "", ""
         for start in range(0, len(text), size):
