@@ -3,8 +3,9 @@
 Isolation "namespaces" (root with util-linux `unshare` and `setpriv`, checked once): new network namespace (no
 interfaces but a down loopback), PID namespace (the whole tree dies with it, and /proc shows only it), mount
 namespace with private tmpfs over /tmp, /var/tmp, /dev/shm, /run/lock and over the home directory (the
-interpreter's prefix re-exposed read-only) and mounted secrets (/run/secrets: Kubernetes' service-account token),
-and the code runs as an unprivileged uid of its own, so rlimits (RLIMIT_NPROC included) bind.
+interpreter's prefix re-exposed read-only), the data dir (HEAVY_HOME: the embedded Redis's files, every tenant's
+jobs) and mounted secrets (/run/secrets: Kubernetes' service-account token), and the code runs as an
+unprivileged uid of its own, so rlimits (RLIMIT_NPROC included) bind.
 Isolation "user-namespaces" (not root, where the kernel lets any user create a user namespace): the same network,
 PID and mount namespaces entered as the user namespace's root; every mount is made read-only before the private
 tmpfs go on (the code still runs as our uid outside, so our own files must not be writable), and the code runs
@@ -33,9 +34,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from heavy.config import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -144,19 +147,32 @@ def namespace_script(argv: list[str], limits: SandboxLimits, uid: int | None, hi
     return "\n".join(lines)
 
 
-def namespace_command(argv: list[str], limits: SandboxLimits, uid: int | None) -> list[str]:
+def namespace_command(argv: list[str], limits: SandboxLimits, uid: int | None,
+                      data_dirs: Sequence[str] = ()) -> list[str]:
     """`argv` wrapped to run as `uid` in fresh namespaces (None: in a user namespace of its own, see
-    namespace_script), with our home, mounted secrets and temp dirs hidden but the interpreter and its environment
-    (pyenv under home, a venv under /tmp) kept, read-only."""
+    namespace_script), with our home, `data_dirs`, mounted secrets and temp dirs hidden but the interpreter and its
+    environment (pyenv under home, a venv under /tmp) kept, read-only."""
     home = _home_directory()
     if home.rstrip("/") == "":
         raise RuntimeError("refusing to hide the home directory '/'")
-    hidden = [home, *(os.path.realpath(d) for d in SECRET_DIRS if os.path.isdir(d))]
+    if any(os.path.realpath(d) == "/" for d in data_dirs):
+        raise RuntimeError("refusing to hide the data directory '/'")
+    hidden = _outermost([os.path.realpath(home),
+                         *(os.path.realpath(d) for d in (*data_dirs, *SECRET_DIRS) if os.path.isdir(d))])
     prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
     covered = [d.rstrip("/") + "/" for d in (*hidden, *PRIVATE_TMP_DIRS)]
     keep = sorted(p for p in prefixes if any(p.startswith(d) for d in covered))
     unshare = UNSHARE if uid is not None else UNSHARE_USER
     return [*unshare, "sh", "-c", namespace_script(argv, limits, uid, hidden, keep)]
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """`paths` without those inside another one (the default HEAVY_HOME is under home): a tmpfs over a parent
+    removes the child's mount point, and mounting on it would fail."""
+    def inside(path: str, other: str) -> bool:
+        return path != other and path.startswith(other.rstrip("/") + "/")
+    unique = list(dict.fromkeys(paths))
+    return [p for p in unique if not any(inside(p, other) for other in unique)]
 
 
 def _home_directory() -> str:
@@ -206,9 +222,11 @@ UIDS = UidPool()
 
 
 class PythonSandbox:
-    def __init__(self, limits: SandboxLimits | None = None, isolation: str = "auto") -> None:
+    def __init__(self, limits: SandboxLimits | None = None, isolation: str = "auto",
+                 data_dirs: Sequence[str] | None = None) -> None:
         """`isolation`: "auto" takes the strongest that works here (namespaces as root, else user-namespaces, else
-        process); naming one that does not work here is an error."""
+        process); naming one that does not work here is an error. `data_dirs` are hidden from the code like the home
+        directory (default HEAVY_HOME: outside home, as in the image, its Redis files are readable to any uid)."""
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
         if isolation == "namespaces" and not namespaces_available():
@@ -217,6 +235,7 @@ class PythonSandbox:
             raise RuntimeError("user-namespace isolation needs util-linux unshare/setpriv and a kernel (and seccomp "
                                "profile) that let this user create user namespaces")
         self.limits = limits or SandboxLimits()
+        self.data_dirs = tuple(data_dirs if data_dirs is not None else (os.path.expanduser(get_settings().home),))
         if isolation == "auto":
             isolation = ("namespaces" if namespaces_available()
                          else "user-namespaces" if user_namespaces_available() else "process")
@@ -230,10 +249,12 @@ class PythonSandbox:
     async def run(self, code: str) -> SandboxOutcome:
         if self.isolation == "namespaces":
             with UIDS.lease() as uid:
-                command = namespace_command(runner_argv(NAMESPACE_SCRATCH, self.limits), self.limits, uid)
+                command = namespace_command(runner_argv(NAMESPACE_SCRATCH, self.limits), self.limits, uid,
+                                            self.data_dirs)
                 return await self._run(code, command, None)
         if self.isolation == "user-namespaces":
-            command = namespace_command(runner_argv(NAMESPACE_SCRATCH, self.limits), self.limits, None)
+            command = namespace_command(runner_argv(NAMESPACE_SCRATCH, self.limits), self.limits, None,
+                                        self.data_dirs)
             return await self._run(code, command, None)
         scratch = tempfile.mkdtemp(prefix="heavy-python-")
         try:

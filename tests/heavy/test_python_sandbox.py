@@ -7,12 +7,16 @@ operating-system fences hold on their own.
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from heavy.config import get_settings
 from heavy.tools.base import ToolContext, ToolExecutor, ToolLimits
 from heavy.tools.python_exec import PythonTool, render_outcome
 from heavy.tools.python_sandbox import (
@@ -213,6 +217,35 @@ def test_os_fence_user_namespaces_read_only_mounts_hidden_home_no_capabilities_n
     assert lines[3:5] == ["refused 30", "refused 30"]  # EROFS: the host's files, even our own, are read-only
     assert lines[5] != "umount 0" and lines[6].startswith("no network"), result.stdout
     assert not os.path.exists("/etc/heavy-escape") and host_server.requests == []
+
+
+@pytest.fixture
+def data_dir():
+    """A HEAVY_HOME outside the home directory and /tmp (the image's /var/lib/heavy), holding what the embedded Redis
+    writes there: every tenant's jobs in an append-only file, world-readable as redis-server creates it."""
+    path = Path(tempfile.mkdtemp(prefix=".sandbox-data-", dir=Path(__file__).parent))
+    try:
+        path.chmod(0o755)
+        (path / "redis").mkdir(mode=0o755)
+        (path / "redis" / "appendonly.aof").write_text("HSET heavy:job:1 callback_secret tenant-secret\n")
+        (path / "redis" / "appendonly.aof").chmod(0o644)
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("isolation", [i for i in ISOLATIONS if i != "process"])
+def test_the_data_directory_is_hidden_from_the_code(data_dir, isolation):
+    """HEAVY_HOME holds the embedded Redis's files (other tenants' questions, reports, callback secrets): hidden like
+    the home directory, wherever it is."""
+    sandbox = PythonSandbox(LIMITS, isolation, data_dirs=(str(data_dir),))
+    if sandbox.isolation == "process":
+        pytest.skip("no namespaces here: process isolation hides no directory")
+    code = (f"import os\nprint(sorted(os.listdir({str(data_dir)!r})))\n"
+            f"print(open({str(data_dir / 'redis' / 'appendonly.aof')!r}).read())")
+    outcome = asyncio.run(sandbox.run(code))
+    assert outcome.output.startswith("[]\n") and "tenant-secret" not in outcome.output, outcome.output
+    assert PythonSandbox(LIMITS, "process").data_dirs == (os.path.expanduser(get_settings().home),)
 
 
 def test_file_size_limit_is_enforced():
