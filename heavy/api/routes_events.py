@@ -20,6 +20,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["events"])
 
 BLOCK_MS = 1000  # how long one read waits for new events before checking the client and the job again
 PING_S = 15
+MAX_EVENT_ID = 2**63 - 1  # events are numbered by HINCRBY (64-bit); a larger id is no Redis stream id at all
 
 
 async def follow(store: Store, job_id: str, after: int, request: Request) -> AsyncIterator[ServerSentEvent]:
@@ -47,8 +48,9 @@ async def follow(store: Store, job_id: str, after: int, request: Request) -> Asy
                                                            "description": "Server-Sent Events"}})
 async def job_events(
     job_id: JobId, tenant: TenantDep, store: StoreDep, request: Request,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
-    after: Annotated[int, Query(ge=0, description="start after this event id (like Last-Event-ID)")] = 0,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_EVENT_ID)] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID,
+                                description="start after this event id (like Last-Event-ID)")] = 0,
 ) -> EventSourceResponse:
     """Every event of the job from the start (or after `Last-Event-ID`), live until the job ends."""
     await store.jobs.get(job_id, tenant)

@@ -241,6 +241,15 @@ async def test_report_by_accept_header(acme, store):
                  "not_acceptable")
 
 
+async def test_an_event_id_past_what_a_stream_id_holds_is_a_422(acme):
+    """Event ids are Redis stream ids (64-bit): a larger Last-Event-ID or `after` must be refused up front, not
+    break the event stream after its 200 has gone out."""
+    job = await submit(acme)
+    url = f"/v1/jobs/{job['id']}/events"
+    assert_error(await acme.get(url, headers={"Last-Event-ID": str(2**64)}), 422, "invalid_request")
+    assert_error(await acme.get(url, params={"after": 2**64}), 422, "invalid_request")
+
+
 async def test_events_replay_from_the_start_or_after_last_event_id(acme, store):
     job = await submit(acme)
     for kind in ("job_started", "trajectory_step", "aggregating", "report_ready"):
