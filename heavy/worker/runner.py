@@ -53,6 +53,12 @@ def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_l
                                  elapsed_s=max(0.0, time.time() - job.started) if job.started else 0.0)
 
 
+def checkpointed_tokens(saved: dict[int, dict]) -> int:
+    """Tokens the checkpointed steps of a job's trajectories spent (the dead workers' attempts included)."""
+    usages = [data["result"]["usage"] if data["kind"] == "result" else data["usage"] for data in saved.values()]
+    return sum(usage["prompt_tokens"] + usage["completion_tokens"] for usage in usages)
+
+
 class Worker:
     def __init__(self, store: Store, backend: LLMBackend, executor: ToolExecutor, settings: Settings, *,
                  name: str | None = None, aggregation: AggregationConfig | None = None) -> None:
@@ -179,8 +185,9 @@ class Worker:
         started = time.monotonic()
         try:
             result = await scheduler.run(spec, sink=FanoutSink(sink, MetricsSink()), control=control)
-        except Exception as exc:
-            await self._end(claim, job, FAILED, sink, tokens=sink.tokens, error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # charged what earlier attempts checkpointed too, as a finished job's usage is
+            await self._end(claim, job, FAILED, sink, tokens=checkpointed_tokens(saved) + sink.tokens,
+                            error=f"{type(exc).__name__}: {exc}")
             return
         finally:
             watcher.cancel()
@@ -208,7 +215,8 @@ class Worker:
         error = f"gave up after {job.attempts} attempts: every worker running it died"
         sink = RedisEventSink(self.store.jobs, job.id)
         await sink.emit(JobFailed(job_id=job.id, error=error))
-        await self._end(claim, job, FAILED, sink, tokens=0, error=error)
+        spent = checkpointed_tokens(await self.store.jobs.load_checkpoints(job.id, job.trajectories))
+        await self._end(claim, job, FAILED, sink, tokens=spent, error=error)
 
     async def _watch_control(self, job_id: str, control: JobControl) -> None:
         finishing = False

@@ -183,6 +183,20 @@ async def test_a_resumed_job_keeps_its_deadline_from_when_it_first_started(clien
     assert done["status"] == "partial" and report["answer"] == "argparse"
 
 
+async def test_a_job_given_up_after_its_workers_died_is_charged_what_they_spent(client, store, start_worker):
+    """The steps the dead workers ran are in the checkpoints: the tenant pays for them when the job is given up,
+    as its grant is given back (else a job that kills its workers would spend for free)."""
+    job = await crash_before_the_last_step(client, store, start_worker)
+    saved = await store.jobs.load_checkpoints(job["id"], 3)
+    spent = sum(c["usage"]["prompt_tokens"] + c["usage"]["completion_tokens"] for c in saved.values())
+    await store.jobs.update(job["id"], attempts=3)  # as if every worker that took it had died
+    start_worker(ScriptedBackend(researcher), "w2")
+    failed = await status_is(client, job["id"], "done", "partial", "failed")
+    assert failed["status"] == "failed" and "gave up" in failed["error"]
+    tenant = await store.tenants.get("acme")
+    assert spent > 0 and (failed["tokens"], tenant.tokens_used, tenant.tokens_reserved) == (spent, spent, 0)
+
+
 async def test_a_job_never_spends_more_than_its_tenant_has_left(client, store, start_worker):
     def searcher(request):  # never answers: only budgets end it
         if request.trajectory < 0:
