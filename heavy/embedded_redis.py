@@ -80,6 +80,7 @@ class EmbeddedRedis:
         if self.process is not None:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # the AOF holds every tenant's jobs and callback secrets, written 0644 by redis
         binary = self.binary or find_redis_server()
         args = [binary, "--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700",
                 "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",

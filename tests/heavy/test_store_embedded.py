@@ -91,6 +91,8 @@ def test_long_data_dirs_get_a_short_socket_path(tmp_path):
     assert len(EmbeddedRedis(deep).socket_path) < 100
 
 
-def test_the_socket_is_private_to_this_user(data_dir):
+def test_the_socket_and_the_data_are_private_to_this_user(data_dir):
+    data_dir.chmod(0o755)
     with EmbeddedRedis(data_dir) as server:
         assert os.stat(server.socket_path).st_mode & 0o777 == 0o700
+        assert os.stat(data_dir).st_mode & 0o777 == 0o700  # the AOF inside is 0644: only the directory keeps it ours
