@@ -7,7 +7,8 @@ and it is recomputed later (its prefix is likely still in the prefix cache). A r
 orders all three: running sequences take the budget in priority order, the waiting queue is kept in priority order
 (arrival order within one), and the victim of a preemption is the latest admitted of the lowest priority. A waiting
 request that finds no free slot or too few blocks preempts running sequences of a lower priority (never of its own),
-so an urgent request does not wait for the background's long decodes to end. A waiting
+so an urgent request does not wait for the background's long decodes to end; only when that makes room for it, and
+not while it waits for a prefix block being computed (the room would go to others). A waiting
 request whose next prefix block is being computed right now by another request waits one step, so a shared prompt
 is prefilled once. With `speculative_tokens`, a decoding sequence may compute its last token and a few drafts copied
 from its own earlier tokens (speculative.py) in one step; the engine takes the drafts off again after the step.
@@ -18,7 +19,7 @@ prompt prefilled beside other requests would otherwise compute other numbers tha
 what is left of the budget waits for the next step. A prefix-cache hit is used in whole chunks only.
 """
 
-from collections import deque
+from collections import Counter, deque
 
 from runtime.engine.block_manager import BlockManager
 from runtime.engine.config import EngineConfig
@@ -130,16 +131,11 @@ class Scheduler:
 
     def _admit_waiting(self, scheduled: list[Sequence], budget: int) -> int:
         deferred: list[Sequence] = []
-        in_flight = {h for s in self.running for h in self._pending_hashes(s)}
+        in_flight = self._in_flight()
         while self.waiting and budget > 0:
             seq = self.waiting[0]
-            if len(self.running) >= self.config.max_num_seqs:
-                refund = self._yield_to(seq, scheduled)
-                if refund is None:
-                    break
-                budget += refund
-                continue
             reused = self._chunk_aligned(self.block_manager.reusable_blocks(seq))
+            # before any preemption for it: a slot or blocks freed for a request that then waits would go to others
             if self.block_manager.next_uncached_hash(seq, len(reused)) in in_flight:
                 deferred.append(self.waiting.popleft())  # another request is computing this prefix block now
                 continue
@@ -147,14 +143,12 @@ class Scheduler:
             num_new = self._chunk(start, len(seq) - start, budget)
             if num_new == 0:
                 break
-            # count reused blocks that sit in the free list: taking them shrinks it
-            reserved = sum(1 for b in reused if self.block_manager.blocks[b].ref_count == 0)
-            needed = self.block_manager.blocks_needed(len(reused) * self.config.block_size + num_new) - len(reused)
-            if needed + reserved > self.block_manager.num_free_blocks:
-                refund = self._yield_to(seq, scheduled)
+            if len(self.running) >= self.config.max_num_seqs or not self._fits(seq, reused, num_new):
+                refund = self._yield_to(seq, reused, budget, scheduled)
                 if refund is None:
                     break
                 budget += refund
+                in_flight = self._in_flight()  # the victim computes none of its prefix blocks now
                 continue
             self.waiting.popleft()
             self.block_manager.admit(seq, reused)
@@ -168,12 +162,29 @@ class Scheduler:
         self.waiting.extendleft(reversed(deferred))
         return budget
 
-    def _yield_to(self, seq: Sequence, scheduled: list[Sequence]) -> int | None:
+    def _fits(self, seq: Sequence, reused: list[int], num_new: int, freed: frozenset[int] = frozenset()) -> bool:
+        """Whether the waiting seq's first `num_new` tokens after its `reused` prefix blocks have blocks, with the
+        blocks `freed` (no longer held) added to the free ones."""
+        blocks = self.block_manager
+        # reused blocks that sit in the free list (or will): taking them shrinks it
+        reserved = sum(1 for b in reused if blocks.blocks[b].ref_count == 0 or b in freed)
+        needed = blocks.blocks_needed(len(reused) * self.config.block_size + num_new) - len(reused)
+        return needed + reserved <= blocks.num_free_blocks + len(freed)
+
+    def _yield_to(self, seq: Sequence, reused: list[int], budget: int, scheduled: list[Sequence]) -> int | None:
         """Preempt the latest admitted running sequence of the lowest priority if it ranks below the waiting `seq`,
-        and return the tokens of this step's budget it gives back (it may have been scheduled already); None when
-        every running sequence ranks with or above seq."""
+        and return the tokens of this step's budget it gives back (it may have been scheduled already). None, and
+        no preemption, when every running sequence ranks with or above seq, or when preempting all those below it
+        would still leave too few blocks for seq's first chunk: their computed work would be lost for nothing."""
         below = [s for s in self.running if _priority(s) > _priority(seq)]
         if not below:
+            return None
+        held = Counter(b for s in below for b in s.block_table)
+        freed = frozenset(b for b, refs in held.items() if self.block_manager.blocks[b].ref_count == refs)
+        start = len(reused) * self.config.block_size
+        # the largest first chunk seq could get: the budget with every scheduled token of those below given back
+        most = self._chunk(start, len(seq) - start, budget + sum(s.num_scheduled_tokens for s in below))
+        if not self._fits(seq, reused, most, freed):
             return None
         victim = max(reversed(below), key=_priority)
         refund = victim.num_scheduled_tokens
@@ -181,6 +192,10 @@ class Scheduler:
             scheduled.remove(victim)
         self._preempt(victim)
         return refund
+
+    def _in_flight(self) -> set[int]:
+        """Hashes of the prefix blocks running sequences are computing (in this step or the coming ones)."""
+        return {h for s in self.running for h in self._pending_hashes(s)}
 
     def _pending_hashes(self, seq: Sequence) -> list[int]:
         """Hashes of seq's full prompt blocks not yet in the cache: blocks it will compute in coming steps."""

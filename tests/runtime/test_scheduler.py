@@ -210,3 +210,37 @@ def test_a_waiting_request_frees_blocks_held_by_lower_priorities_only():
     assert step(sched) == {"mid": 1, "urgent": 8}  # low's 3 blocks freed (and its token this step); mid keeps its own
     assert low.status is SequenceStatus.WAITING and mid.status is SequenceStatus.RUNNING
     assert sched.num_preemptions == 1
+
+
+def test_a_waiting_request_that_waits_for_an_in_flight_prefix_preempts_nobody():
+    sched = make(budget=32, max_seqs=2)
+    background = add_with_priority(sched, "background", range(4), priority=1, max_tokens=50)
+    assert step(sched) == {"background": 4}
+    add_with_priority(sched, "shared", range(100, 124), priority=0)
+    add_with_priority(sched, "sharer", [*range(100, 116), 7, 8, 9], priority=0)
+    # shared computes the prefix this step; sharer waits for it, so a slot taken from background would be lost
+    assert step(sched) == {"background": 1, "shared": 24}
+    assert background.status is SequenceStatus.RUNNING and sched.num_preemptions == 0
+
+
+def test_a_prefix_whose_computing_sequence_was_preempted_is_computed_by_the_next_request_needing_it():
+    sched = make(budget=16, max_seqs=2)
+    add_with_priority(sched, "decoding", range(200, 204), priority=1, max_tokens=50)
+    computing = add_with_priority(sched, "computing", range(100, 124), priority=1)
+    assert step(sched) == {"decoding": 4, "computing": 12}
+    add_with_priority(sched, "urgent", range(300, 303), priority=0)
+    sharer = add_with_priority(sched, "sharer", [*range(100, 124), 7, 8, 9], priority=0)
+    # urgent takes computing's slot; computing then computes nothing, so sharer computes the prefix blocks itself
+    # (not waiting a step for them) in the slot of decoding, the other lower-priority sequence
+    assert step(sched) == {"urgent": 3, "sharer": 13}
+    assert computing.status is SequenceStatus.WAITING and sharer.num_cached_prompt_tokens == 12
+
+
+def test_no_sequence_is_preempted_when_that_cannot_make_room():
+    sched = make(num_blocks=6, budget=32, max_seqs=4)
+    add_with_priority(sched, "high", range(15), priority=0, max_tokens=50)  # 4 blocks
+    low = add_with_priority(sched, "low", range(100, 103), priority=1, max_tokens=50)  # 1 block
+    assert step(sched) == {"high": 15, "low": 3}
+    add_with_priority(sched, "urgent", range(200, 212), priority=0)  # 3 blocks: 1 free and low's 1 are too few
+    assert step(sched) == {"high": 1, "low": 1}
+    assert low.status is SequenceStatus.RUNNING and sched.num_preemptions == 0
