@@ -78,6 +78,7 @@ class Router:
         self.in_flight = [0] * len(replicas)
         self.loads: list[EngineLoad | None] = [None] * len(replicas)
         self.unanswered = [0] * len(replicas)  # health rounds in a row each replica left unanswered
+        self.failures = [0] * len(replicas)  # requests each replica failed (a health answer older than one is stale)
         self.affinity: OrderedDict[str, int] = OrderedDict()
         self._health_task: asyncio.Task | None = None
 
@@ -98,10 +99,15 @@ class Router:
 
     async def check_health(self) -> list[ReplicaHealth | None]:
         """Ask every replica for its state (None when it did not answer) and mark it up or down."""
+        failures = list(self.failures)
         answers = await asyncio.gather(*(self._health(r) for r in self.replicas))
         states = [state for state, _ in answers]
         now = time.monotonic()
         for index, (state, timed_out) in enumerate(answers):
+            if self.failures[index] != failures[index]:
+                # a request failed there during the round, which waits for its slowest replica: this answer may
+                # predate the failure, and the next round's will not
+                continue
             self.unanswered[index] = self.unanswered[index] + 1 if timed_out else 0
             if timed_out and self.unanswered[index] < self.config.unanswered_rounds:
                 continue  # busy with a step, most likely: as it was
@@ -173,6 +179,7 @@ class Router:
             except (ReplicaDownError, RayActorError) as exc:
                 log.warning("replica %d failed request %s (%s)", index, request_id, exc)
                 self.up[index] = False
+                self.failures[index] += 1
                 if produced:
                     raise ReplicaDownError(f"replica {index} failed after {produced} token(s): {exc}") from exc
                 last_error = exc

@@ -10,9 +10,11 @@ from prometheus_client import generate_latest
 
 from runtime.engine.llm_engine import EngineLoad
 from runtime.replica import router as router_module
+from runtime.replica.errors import ReplicaDownError
 from runtime.replica.replica import ReplicaHealth
 from runtime.replica.router import Router, RouterConfig
 from runtime.replica.serving import RouterFrontend
+from runtime.sampling import SamplingParams
 from runtime.server.metrics import MeteredEngine
 from tests.runtime.replica_fixtures import Method
 
@@ -146,3 +148,36 @@ async def test_a_stopped_router_asks_no_replica_any_more():
     before = asked
     await asyncio.sleep(0.1)
     assert before > 1 and asked == before
+
+
+async def test_a_health_answer_given_before_a_request_failed_there_does_not_mark_the_replica_up_again(monkeypatch):
+    """A round waits for its slowest replica (up to health_timeout_s): a faster one's answer may be older than a
+    request that failed there meanwhile, which marked it down."""
+    monkeypatch.setattr(router_module.ray, "cancel", lambda *args, **kwargs: None)  # stand-in streams, no refs
+    failing, slow = StandInReplica(), StandInReplica()
+    answered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_health():
+        answered.set()  # the other replica has answered "up" by now
+        await release.wait()
+        return ReplicaHealth(True, in_flight=0, generation=1, aborted=0, prefix_cache=None, load=None)
+    slow.health = Method(slow_health)
+
+    async def fails(*args):
+        raise ReplicaDownError("a rank died")
+        yield  # an async generator, as a replica's stream is
+
+    async def empty(*args):
+        return
+        yield
+    failing.generate_stream, slow.generate_stream = Method(fails), Method(empty)
+    router = Router([failing, slow])
+    round_ = asyncio.create_task(router.check_health())
+    await answered.wait()
+    assert [out async for out in router.generate_stream([1, 2], SamplingParams())] == []  # served by the other one
+    assert router.up == [False, True]
+    release.set()
+    await round_
+    assert router.up == [False, True]  # until a round that began after the failure finds it up
+    await router.check_health()
+    assert router.up == [True, True]
