@@ -106,6 +106,7 @@ class SamplingParams:
 class TokenLogprobs:
     logprob: float  # of the chosen token
     top: tuple[tuple[int, float], ...]  # (token id, logprob), best first
+    rank: int | None = None  # of the chosen token in the whole vocabulary, 1 = the likeliest (vLLM's `rank`)
 
 
 def _filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -179,12 +180,14 @@ def token_logprobs(logits: torch.Tensor, token: int, params: SamplingParams) -> 
 def rows_logprobs(logits: torch.Tensor, tokens: list[int], alternatives: int) -> list[TokenLogprobs]:
     """Each row's token's logprob and its top `alternatives` under the raw model distribution. logits [R, V]."""
     logp = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
-    chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()  # [R]
+    chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])  # [R, 1]
+    ranks = ((logp > chosen).sum(dim=-1) + 1).tolist()  # [R]; ties share the better rank
+    chosen = chosen[:, 0].tolist()  # [R]
     if not alternatives:
-        return [TokenLogprobs(logprob=c, top=()) for c in chosen]
+        return [TokenLogprobs(logprob=c, top=(), rank=r) for c, r in zip(chosen, ranks, strict=True)]
     top = torch.topk(logp, alternatives, dim=-1)  # [R, k]
-    return [TokenLogprobs(logprob=c, top=tuple(zip(ids, values, strict=True)))
-            for c, ids, values in zip(chosen, top.indices.tolist(), top.values.tolist(), strict=True)]
+    return [TokenLogprobs(logprob=c, top=tuple(zip(ids, values, strict=True)), rank=r)
+            for c, r, ids, values in zip(chosen, ranks, top.indices.tolist(), top.values.tolist(), strict=True)]
 
 
 def make_generator(seed: int | None) -> torch.Generator | None:

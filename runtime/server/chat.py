@@ -201,15 +201,15 @@ class ChoiceState:
 def prompt_logprobs_body(prompt_ids: list[int], logprobs: list[TokenLogprobs | None],
                          tokenizer) -> list[dict[str, dict[str, Any]] | None]:
     """vLLM's `prompt_logprobs`: per prompt token (None for the first), its own and its alternatives'
-    log-probabilities keyed by token id, each with its rank among the alternatives (None: not among them)."""
+    log-probabilities keyed by token id, each with its rank in the vocabulary (1: the likeliest)."""
     body = []
     for token_id, lp in zip(prompt_ids, logprobs, strict=True):
         if lp is None:
             body.append(None)
             continue
-        ranks = {i: rank for rank, (i, _) in enumerate(lp.top, start=1)}
-        entry = {str(i): {"logprob": v, "rank": ranks[i], "decoded_token": tokenizer.decode([i])} for i, v in lp.top}
-        entry[str(token_id)] = {"logprob": lp.logprob, "rank": ranks.get(token_id),
+        entry = {str(i): {"logprob": v, "rank": rank, "decoded_token": tokenizer.decode([i])}
+                 for rank, (i, v) in enumerate(lp.top, start=1)}
+        entry[str(token_id)] = {"logprob": lp.logprob, "rank": lp.rank,
                                 "decoded_token": tokenizer.decode([token_id])}
         body.append(entry)
     return body

@@ -57,3 +57,22 @@ def test_chat_prompt_logprobs_score_the_rendered_messages_as_completions_echo_do
     refused = httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL_NAME, "messages": USER,
                                                              "prompt_logprobs": 1, "stream": True})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt_logprobs"
+
+
+def test_chat_prompt_logprobs_give_each_prompt_tokens_rank_in_the_vocabulary(server):
+    """vLLM's `rank` is the token's rank in the whole vocabulary (1: the likeliest), also when it is not among the
+    alternatives asked for: with 0 of them only the prompt token is named, with its rank."""
+    url = server[0]
+    ids = httpx.post(f"{url}/tokenize", json={"model": MODEL_NAME, "messages": USER}).json()["tokens"]
+    for alternatives in (0, 1):
+        scored = httpx.post(f"{url}/v1/chat/completions", json={
+            "model": MODEL_NAME, "messages": USER, "max_tokens": 1, "prompt_logprobs": alternatives}).json()[
+            "prompt_logprobs"]
+        for token, entry in zip(ids[1:], scored[1:], strict=True):
+            own = entry[str(token)]
+            assert isinstance(own["rank"], int) and own["rank"] >= 1, (alternatives, entry)
+            if alternatives == 0:
+                assert list(entry) == [str(token)]
+            else:
+                best = next(v for v in entry.values() if v["rank"] == 1)
+                assert (own["rank"] == 1) == (own["logprob"] >= best["logprob"]), entry
