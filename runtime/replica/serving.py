@@ -25,6 +25,7 @@ from runtime.engine.async_engine import HANG_TIMEOUT_S
 from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine, RequestOutput
+from runtime.models.registry import MODEL_TYPES
 from runtime.replica.rank import EP_MODEL_TYPES, is_moe_checkpoint
 from runtime.replica.replica import ReplicaActor, ReplicaSpec
 from runtime.replica.router import Availability, RouterActor
@@ -57,7 +58,8 @@ class PrefixKeyMiddleware:
 
 
 class UnsupportedReplicaModel(ValueError):
-    """The checkpoint is not one the replicas run: a dense model split over EP > 1 ranks (it has no experts)."""
+    """The checkpoint is not one the replicas run: a model type no rank loads, or a dense model split over EP > 1
+    ranks (it has no experts)."""
 
 
 class RouterFrontend:
@@ -155,8 +157,11 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     folder = Path(folder)
     if replicas <= 0:
         raise ValueError(f"replicas must be > 0, got {replicas}")
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    if model_type not in MODEL_TYPES:  # else each rank would fail to load it inside its actor, Ray started
+        raise UnsupportedReplicaModel(f"{folder}: model_type {model_type!r}; replicas run "
+                                      f"{', '.join(sorted(MODEL_TYPES))} checkpoints")
     if ep != 1 and not is_moe_checkpoint(folder):
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
         raise UnsupportedReplicaModel(f"{folder}: model_type {model_type!r} is dense: its replicas are one rank "
                                       f"each (ep=1), got ep={ep}; EP splits the experts of "
                                       f"{', '.join(EP_MODEL_TYPES)} checkpoints")

@@ -9,6 +9,7 @@ import pytest
 from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine
+from runtime.replica import serving
 from runtime.replica.serving import UnsupportedReplicaModel, start_frontend
 from runtime.sampling import SamplingParams
 
@@ -60,3 +61,14 @@ def test_the_local_ray_instance_a_frontend_started_ends_with_it(embedded_model_d
     assert initialized == "False" and pids, result.stdout + result.stderr[-3000:]
     alive = [pid for pid in pids if subprocess.run(["kill", "-0", pid], capture_output=True).returncode == 0]
     assert alive == []
+
+
+def test_a_model_type_no_rank_can_load_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    """As a dense model over EP > 1 is: the ranks would otherwise fail one by one inside the Ray actors."""
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+
+    def no_ray() -> bool:
+        raise AssertionError("Ray was started for a checkpoint no rank can load")
+    monkeypatch.setattr(serving, "init_ray", no_ray)
+    with pytest.raises(UnsupportedReplicaModel, match="llama"):
+        start_frontend(tmp_path, replicas=1, ep=1)
