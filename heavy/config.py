@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     tenant_max_jobs: int = Field(4, ge=1)  # concurrent (queued + running) jobs per tenant, unless the tenant says
     tenant_max_tokens: int = Field(50_000_000, ge=1)  # tokens per tenant, unless the tenant says
     job_retention_s: float = Field(30 * 86_400, ge=0)  # an ended job's keys expire this long after (0: kept)
+    # a job held for review (awaiting approval) is cancelled, its slot and token grant released, if not approved
+    # within this (0: it waits until approved or cancelled)
+    approval_window_s: float = Field(86_400.0, ge=0)
     webhook_allow: tuple[str, ...] = ()  # "ip:port" callback receivers allowed although not public addresses
     webhook_timeout_s: float = Field(10.0, gt=0)  # one POST of a job's callback
     webhook_attempts: int = Field(3, ge=1)  # POSTs of a callback before it is given up

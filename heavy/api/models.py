@@ -118,6 +118,7 @@ class JobPublic(BaseModel):
     params: dict[str, Any]
     review: bool
     plan: dict[str, Any] | None = None
+    approve_by: float | None = Field(None, description="a job held for review is cancelled unless approved by then")
     created_at: float
     updated_at: float
     started_at: float | None = None

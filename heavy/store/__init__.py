@@ -46,7 +46,8 @@ class Store:
         redis = redis_client(url, decode_responses=True, health_check_interval=30, retry=retry,
                              retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError])
         limits = dict(default_max_jobs=settings.tenant_max_jobs, default_max_tokens=settings.tenant_max_tokens)
-        jobs = JobStore(redis, keys, retention_s=settings.job_retention_s, **limits)
+        jobs = JobStore(redis, keys, retention_s=settings.job_retention_s,
+                        approval_window_s=settings.approval_window_s, **limits)
         return cls(redis, jobs, JobQueue(redis, keys), TenantStore(redis, keys, **limits))
 
     async def ping(self) -> bool:

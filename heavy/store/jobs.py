@@ -47,9 +47,12 @@ def _pairs(fields: dict[str, Any]) -> list[str]:
 
 class JobStore:
     def __init__(self, redis: Redis, keys: Keys | None = None, *, default_max_jobs: int = 4,
-                 default_max_tokens: int = 50_000_000, retention_s: float = 0.0) -> None:
-        """`retention_s`: how long a job's keys stay after it ended (0: until deleted)."""
+                 default_max_tokens: int = 50_000_000, retention_s: float = 0.0,
+                 approval_window_s: float = 0.0) -> None:
+        """`retention_s`: how long a job's keys stay after it ended (0: until deleted); `approval_window_s`: how
+        long a job held for review waits for its approval before it is cancelled (0: for ever)."""
         self.redis, self.keys = redis, keys or Keys()
+        self.approval_window_s = approval_window_s
         self.default_max_jobs, self.default_max_tokens = default_max_jobs, default_max_tokens
         self.retention_ms = int(retention_s * 1000)
         self._submit = redis.register_script(scripts.SUBMIT)
@@ -71,17 +74,20 @@ class JobStore:
         Idempotency-Key with the same fingerprint returns the first job; with another one it is a conflict."""
         job_id = uuid.uuid4().hex
         now = time.time()
+        approve_by = now + self.approval_window_s if review and self.approval_window_s else None
         fields = {"id": job_id, "tenant": tenant, "status": AWAITING_APPROVAL if review else QUEUED,
                   "question": question, "mode": mode, "params": params, "review": review, "plan": plan,
+                  "approve_by": approve_by,
                   "created": now, "updated": now, "attempts": 0, "events": 0, "tokens": 0,
                   "callback_url": callback_url, "callback_secret": callback_secret}
         k = self.keys
         stored = _pairs(fields)
         outcome, detail = await self._submit(
             keys=[k.idempotency(tenant, idempotency_key or "-"), k.tenant(tenant), k.tenant_active(tenant),
-                  k.tenant_jobs(tenant), k.job(job_id), k.jobs_stream],
+                  k.tenant_jobs(tenant), k.job(job_id), k.jobs_stream, k.awaiting],
             args=[job_id, now, int(not review), int(idempotency_key is not None), IDEMPOTENCY_TTL_S, fingerprint,
-                  self.default_max_jobs, self.default_max_tokens, int(params.get("job_tokens", 0)), *stored],
+                  self.default_max_jobs, self.default_max_tokens, int(params.get("job_tokens", 0)), approve_by or 0,
+                  *stored],
         )
         if outcome == "replay":
             previous_id, _, previous_fingerprint = detail.partition(" ")
@@ -158,7 +164,7 @@ class JobStore:
         now = time.time()
         k = self.keys
         outcome, current = await self._finish(
-            keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant), k.callbacks,
+            keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant), k.callbacks, k.awaiting,
                   *k.job_parts(job.id, job.trajectories)],
             args=[job.id, ",".join(allowed), tokens, self.retention_ms, now,
                   *_pairs({"status": status, "finished": now, "updated": now, "control": "", "tokens": tokens,
@@ -171,10 +177,30 @@ class JobStore:
 
     async def approve(self, job_id: str, tenant: str) -> JobRecord:
         await self.get(job_id, tenant)
-        outcome, status = await self._approve(keys=[self.keys.job(job_id), self.keys.jobs_stream], args=[time.time()])
+        outcome, status = await self._approve(keys=[self.keys.job(job_id), self.keys.jobs_stream, self.keys.awaiting],
+                                              args=[time.time()])
         if outcome == "refused":
             raise InvalidTransition(f"job {job_id} is {status}, not awaiting approval")
         return await self.get(job_id)
+
+    async def expire_unapproved(self, limit: int = 32) -> list[str]:
+        """Cancel the jobs held for review past their approval window (releasing their slot and token grant), each
+        with an event saying why; returns their ids."""
+        expired = []
+        for job_id in await self.redis.zrangebyscore(self.keys.awaiting, "-inf", time.time(), start=0, num=limit):
+            try:
+                job = await self.get(job_id)
+                await self.finish(job, CANCELLED, allowed=(AWAITING_APPROVAL,), stop_reason="approval_expired",
+                                  error=f"not approved within {self.approval_window_s:g} s")
+            except JobNotFound:  # deleted meanwhile
+                await self.redis.zrem(self.keys.awaiting, job_id)
+                continue
+            except InvalidTransition:  # approved or cancelled meanwhile (that took it off the set)
+                continue
+            await self.append_event(job_id, {"type": "job_cancelled", "schema_version": 1, "job_id": job_id,
+                                             "ts": time.time(), "reason": "not approved in time"})
+            expired.append(job_id)
+        return expired
 
     async def cancel(self, job_id: str, tenant: str) -> JobRecord:
         """A job not started yet is cancelled here; a running one is asked to stop (its worker answers within

@@ -40,6 +40,11 @@ class Keys:
         """Sorted set job id -> when its callback may be tried (next): ended jobs whose callback is not settled."""
         return f"{self.prefix}callbacks"
 
+    @property
+    def awaiting(self) -> str:
+        """Sorted set job id -> when it expires: jobs held for review (awaiting approval) that expire unapproved."""
+        return f"{self.prefix}awaiting"
+
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}idem:{tenant}:{key}"
 

@@ -32,6 +32,7 @@ class JobRecord:
     updated: float
     review: bool = False
     plan: dict[str, Any] | None = None
+    approve_by: float | None = None  # a job held for review is cancelled unless approved by then
     started: float | None = None
     finished: float | None = None
     error: str = ""
@@ -61,7 +62,8 @@ class JobRecord:
             id=data["id"], tenant=data["tenant"], status=data["status"], question=data["question"],
             mode=data["mode"], params=json.loads(data.get("params") or "{}"), created=float(data["created"]),
             updated=float(data.get("updated") or data["created"]), review=data.get("review") == "1",
-            plan=json.loads(data["plan"]) if data.get("plan") else None, started=_float(data.get("started")),
+            plan=json.loads(data["plan"]) if data.get("plan") else None, approve_by=_float(data.get("approve_by")),
+            started=_float(data.get("started")),
             finished=_float(data.get("finished")), error=data.get("error", ""),
             attempts=int(data.get("attempts") or 0), worker=data.get("worker", ""), control=data.get("control", ""),
             events=int(data.get("events") or 0), tokens=int(data.get("tokens") or 0),
@@ -79,7 +81,8 @@ class JobRecord:
         """What the API shows a tenant (no worker internals beyond the attempt count)."""
         return {
             "id": self.id, "status": self.status, "question": self.question, "mode": self.mode,
-            "params": self.params, "review": self.review, "plan": self.plan, "created_at": self.created,
+            "params": self.params, "review": self.review, "plan": self.plan, "approve_by": self.approve_by,
+            "created_at": self.created,
             "updated_at": self.updated, "started_at": self.started, "finished_at": self.finished,
             "error": self.error or None, "attempts": self.attempts, "events": self.events, "tokens": self.tokens,
             "stop_reason": self.stop_reason or None, "control": self.control or None,

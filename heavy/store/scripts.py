@@ -3,9 +3,10 @@ process and a worker). Replies are `{outcome, detail}` pairs."""
 
 from __future__ import annotations
 
-# KEYS: idem, tenant hash, tenant active set, tenant jobs zset, job hash, jobs stream
+# KEYS: idem, tenant hash, tenant active set, tenant jobs zset, job hash, jobs stream, awaiting zset
 # ARGV: job id, created, enqueue 0/1, use idem 0/1, idem ttl s, fingerprint, default max jobs, default max tokens,
-#       the job's token budget, then the job hash as field/value pairs.
+#       the job's token budget, when an unapproved job expires (0: never, or not held), then the job hash as
+#       field/value pairs.
 # The job is granted its budget, or what the tenant has left when that is less, and the grant is reserved on the
 # tenant until the job ends (FINISH): jobs running at once cannot together spend more than the tenant has.
 SUBMIT = """
@@ -22,13 +23,14 @@ local left = max_tokens - used - reserved
 if left <= 0 then return {'quota', 'tokens'} end
 local grant = math.min(tonumber(ARGV[9]), left)
 local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[5], unpack(fields))
 redis.call('HSET', KEYS[5], 'token_grant', grant)
 redis.call('HINCRBY', KEYS[2], 'tokens_reserved', grant)
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 if ARGV[3] == '1' then redis.call('XADD', KEYS[6], '*', 'job', ARGV[1]) end
+if tonumber(ARGV[10]) > 0 then redis.call('ZADD', KEYS[7], ARGV[10], ARGV[1]) end
 if ARGV[4] == '1' then redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[6], 'EX', ARGV[5]) end
 return {'created', ARGV[1]}
 """
@@ -46,18 +48,19 @@ if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
 return {'ok', status}
 """
 
-# KEYS: job hash, jobs stream; ARGV: now -> awaiting_approval becomes queued and is enqueued
+# KEYS: job hash, jobs stream, awaiting zset; ARGV: now -> awaiting_approval becomes queued and is enqueued
 APPROVE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if status ~= 'awaiting_approval' then return {'refused', status} end
+redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[1], 'approved', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'job', redis.call('HGET', KEYS[1], 'id'))
 return {'ok', status}
 """
 
-# KEYS: job hash, tenant hash, tenant active set, callbacks zset, then the job's other keys (events, report,
-# checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), now, then field/value pairs.
+# KEYS: job hash, tenant hash, tenant active set, callbacks zset, awaiting zset, then the job's other keys (events,
+# report, checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), now, then field/value pairs.
 # The tokens spent are charged to the tenant and the job's reserved grant (SUBMIT) is given back.
 # A job with a callback URL is put on the callbacks set, due now, in the same step: no process can end it and die
 # before its callback is on record.
@@ -69,6 +72,7 @@ local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[2], 'tokens_used', ARGV[3]) end
 local grant = tonumber(redis.call('HGET', KEYS[1], 'token_grant') or '0')
 if grant > 0 then redis.call('HINCRBY', KEYS[2], 'tokens_reserved', -grant) end
@@ -79,7 +83,7 @@ if url and url ~= '' then
 end
 if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  for i = 5, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+  for i = 6, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 end
 return {'ok', status}
 """

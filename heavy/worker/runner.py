@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 CONTROL_POLL_S = 0.2  # cancel is honoured within a second
 CLAIM_BLOCK_MS = 500
-CALLBACK_SWEEP_S = 5.0  # how often a worker looks for callbacks whose sender died
+SWEEP_S = 5.0  # how often a worker looks for callbacks whose sender died and for approvals run out
 MAX_ATTEMPTS = 3
 
 
@@ -73,7 +73,7 @@ class Worker:
         stop = stop or asyncio.Event()
         await self.store.queue.ensure_group()
         renewer = asyncio.create_task(self._renew_leases(stop))
-        sweeper = asyncio.create_task(self._sweep_callbacks(stop))
+        sweeper = asyncio.create_task(self._sweep(stop))
         log.info("worker %s started", self.name)
         try:
             while not stop.is_set():
@@ -125,14 +125,16 @@ class Worker:
                 if task is not None:
                     task.cancel()
 
-    async def _sweep_callbacks(self, stop: asyncio.Event) -> None:
+    async def _sweep(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 if sent := await sweep(self.store.jobs, self.settings):
                     log.info("sent %d callback(s) another process had left", sent)
+                if expired := await self.store.jobs.expire_unapproved():
+                    log.info("cancelled %d job(s) not approved in time", len(expired))
             except Exception:  # a Redis hiccup: the next round looks again
-                log.exception("callback sweep failed")
-            await asyncio.sleep(CALLBACK_SWEEP_S)
+                log.exception("sweep failed")
+            await asyncio.sleep(SWEEP_S)
 
     async def _handle(self, claim: Claim) -> None:
         try:

@@ -99,3 +99,25 @@ async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_eve
     assert await view.get_attribute("data-last-event") == str(final.events)
     assert await view.get_attribute("data-applied") == str(final.events)  # each event once, none missing
     assert await page.locator(".lane.done").count() == 2
+
+
+async def test_a_job_held_for_review_shows_its_plan_and_approval_deadline_until_approved(service, page, store):
+    key = await store.tenants.create_key("acme")
+    await page.goto(service.url + "/")
+    await page.fill("#api-key", key.secret)
+    await page.click("#sign-in-form button")
+    await page.wait_for_selector("#submit-form", state="visible")
+    await page.fill("#question", "Which module parses command-line options?")
+    await page.fill("#trajectories", "2")
+    await page.check("#review")
+    await page.click("#submit-form button")
+    await page.wait_for_selector("#approve", state="visible")
+    assert await page.text_content("#job-status") == "awaiting_approval"
+    job = (await store.jobs.list("acme"))[0][0]
+    assert job.status == "awaiting_approval" and job.approve_by is not None
+    assert "Plan" in await page.text_content("#plan")
+    assert "or it is cancelled" in await page.text_content("#approve-by") and await page.is_visible("#approve-by")
+    await page.click("#approve")
+    await page.wait_for_selector("#approve", state="hidden")
+    assert not await page.is_visible("#approve-by")
+    assert (await store.jobs.get(job.id)).status != "awaiting_approval"

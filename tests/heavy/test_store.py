@@ -116,6 +116,29 @@ async def test_review_gate_waits_for_approval_before_queueing(store):
         await store.jobs.approve(job.id, "acme")
 
 
+async def test_a_job_not_approved_within_its_window_is_cancelled_and_releases_its_slot_and_grant(store):
+    store.jobs.approval_window_s = 0.2
+    params = {"trajectories": 2, "job_tokens": 600}
+    late, approved, withdrawn = [await submit(store, review=True, params=params) for _ in range(3)]
+    assert late.approve_by == pytest.approx(late.created + 0.2)
+    await store.jobs.approve(approved.id, "acme")
+    await store.jobs.cancel(withdrawn.id, "acme")
+    assert await store.jobs.expire_unapproved() == []  # none is due yet
+    await asyncio.sleep(0.3)
+    assert await store.jobs.expire_unapproved() == [late.id]  # the approved and the cancelled one left the set
+    expired = await store.jobs.get(late.id)
+    assert (expired.status, expired.stop_reason, expired.error) == (CANCELLED, "approval_expired",
+                                                                     "not approved within 0.2 s")
+    assert [e["type"] for e in await store.jobs.read_events(late.id)] == ["job_cancelled"]
+    tenant = await store.tenants.get("acme")
+    assert tenant.tokens_reserved == 600  # the approved job's grant only
+    with pytest.raises(InvalidTransition):
+        await store.jobs.approve(late.id, "acme")
+    assert (await store.jobs.get(approved.id)).status == QUEUED and await store.jobs.expire_unapproved() == []
+    store.jobs.approval_window_s = 0
+    assert (await submit(store, review=True)).approve_by is None  # 0: a held job waits for ever
+
+
 async def test_cancel_queued_running_and_finished_jobs(store):
     queued = await submit(store)
     cancelled = await store.jobs.cancel(queued.id, "acme")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from heavy.worker import Worker
+from heavy.worker import Worker, runner
 from tests.heavy.api_helpers import app_for, client_for, parse_sse
 from tests.heavy.fakes import ScriptedBackend, call
 from tests.heavy.worker_helpers import (
@@ -208,6 +208,18 @@ async def test_a_job_never_spends_more_than_its_tenant_has_left(client, store, s
     done = await status_is(client, job["id"], "done", "partial", "failed")
     assert done["status"] == "partial" and done["stop_reason"] == "job_tokens"
     assert (await client.post("/v1/jobs", json=JOB)).status_code == 429
+
+
+async def test_a_worker_cancels_a_job_held_for_review_past_its_approval_window(client, store, start_worker,
+                                                                               monkeypatch):
+    monkeypatch.setattr(runner, "SWEEP_S", 0.05)
+    store.jobs.approval_window_s = 0.1
+    job = (await client.post("/v1/jobs", json={**JOB, "review": True})).json()
+    assert job["status"] == "awaiting_approval" and job["approve_by"] == pytest.approx(job["created_at"] + 0.1)
+    start_worker(ScriptedBackend(researcher))
+    expired = await status_is(client, job["id"], "cancelled")
+    assert (expired["stop_reason"], expired["error"]) == ("approval_expired", "not approved within 0.1 s")
+    assert (await client.post(f"/v1/jobs/{job['id']}/approve")).status_code == 409
 
 
 async def test_the_report_settings_reach_the_workers_aggregator(store):

@@ -128,6 +128,8 @@ function setStatus(status) {
   $("cancel").disabled = ended; $("finish").disabled = ended || status !== "running";
   $("delete").disabled = !ended;
   $("approve").hidden = status !== "awaiting_approval";
+  const approveBy = document.getElementById("approve-by"); // in the plan, when the job has an approval window
+  if (approveBy) approveBy.hidden = status !== "awaiting_approval";
 }
 
 async function loadReport() {
@@ -214,9 +216,12 @@ async function openJob(jobId) {
     setStatus(job.status);
     for (let k = 0; k < job.params.trajectories; k++) lane(k);
     if (job.plan) {
+      const by = job.approve_by ? ` <span id="approve-by">Approve it by ` +
+        `${escapeHtml(new Date(job.approve_by * 1000).toLocaleString())}, or it is cancelled.</span>` : "";
       $("plan").innerHTML = `<p><strong>Plan</strong> (up to ${job.plan.max_tokens} tokens, ` +
-        `$${job.plan.max_cost_usd}):</p><ul>${job.plan.steps.map((s) => `<li>${escapeHtml(s)}</li>`).join("")}</ul>`;
+        `$${job.plan.max_cost_usd}):${by}</p><ul>${job.plan.steps.map((s) => `<li>${escapeHtml(s)}</li>`).join("")}</ul>`;
       $("plan").hidden = false;
+      setStatus(job.status);
     }
     follow(jobId);
   } catch (error) { handleAuth(error); }
