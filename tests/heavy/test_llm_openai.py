@@ -332,3 +332,34 @@ async def test_a_jobs_priority_is_sent_only_when_set():
 
     await chat(with_priority(backend(handler), 3))
     assert bodies[0]["priority"] == 3 and bodies[0]["seed"] == 5
+
+
+async def test_a_trajectory_over_a_thinking_api_that_wants_reasoning_back_with_every_call():
+    """Moonshot's rule for its thinking models: an assistant turn with tool calls must carry its reasoning_content,
+    or the request is a 400. The trajectory's own opening search and every call the model made go back with it."""
+    from heavy.agent import Trajectory, TrajectoryLimits, TrajectorySpec
+    from heavy.tools.base import ToolExecutor
+    from tests.heavy.fakes import DictSearch
+
+    def handler(request):
+        messages = json.loads(request.content)["messages"]
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant" and message.get("tool_calls") and not message.get("reasoning_content"):
+                error = f"thinking is enabled but reasoning_content is missing in assistant tool call message at {i}"
+                return httpx.Response(400, json={"error": {"message": error, "type": "invalid_request_error"}})
+        turns = sum(m["role"] == "assistant" for m in messages)
+        name, arguments = (("search", {"query": "eiffel tower 1889"}) if turns < 2 else
+                           ("answer", {"answer": "1889", "sources": ["http://corpus/eiffel"]}))
+        call = {"id": f"functions.{name}:{turns}", "type": "function",
+                "function": {"name": name, "arguments": json.dumps(arguments)}}
+        message = {"role": "assistant", "content": "", "reasoning_content": f"turn {turns}: {name} next",
+                   "tool_calls": [call]}
+        return httpx.Response(200, json={"choices": [{"finish_reason": "tool_calls", "message": message}],
+                                         "usage": {"prompt_tokens": 60, "completion_tokens": 9}})
+
+    pages = {"http://corpus/eiffel": "The Eiffel Tower was finished in 1889."}
+    spec = TrajectorySpec(job_id="j", index=0, question="When was the Eiffel Tower finished?",
+                          allowed_tools=frozenset({"search"}), sampling=Sampling(),
+                          limits=TrajectoryLimits(max_steps=4))
+    result = await Trajectory(spec, backend(handler), ToolExecutor([DictSearch(pages)])).run()
+    assert (result.answer, result.stop_reason) == ("1889", "answered")
