@@ -42,7 +42,7 @@ from heavy.agent.steps import (
     without_result_headers,
 )
 from heavy.events import EventSink, NullSink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
-from heavy.llm.toolparse import parse_text_tool_calls
+from heavy.llm.toolparse import own_call_id, parse_text_tool_calls
 from heavy.llm.types import Completion, LLMBackend, LLMError, Message, Sampling, ToolCall, Usage
 from heavy.tools.base import Source, ToolContext, ToolExecutor
 
@@ -167,7 +167,8 @@ class Trajectory:
         trajectories of the job. A trajectory with a focus then searches it too, as a second turn so the prefix
         stays shared. The calls are shown as the assistant's own, so the model also sees the format."""
         queries = [self.spec.question] + ([self.spec.focus] if self.spec.focus else [])
-        calls = [ToolCall(id=f"call_1_{i}", name=OPENING_TOOL, arguments={"query": q}) for i, q in enumerate(queries)]
+        calls = [ToolCall(id=own_call_id(OPENING_TOOL, i), name=OPENING_TOOL, arguments={"query": q})
+                 for i, q in enumerate(queries)]
         await self._emit_step(1, Completion(content=""), "", calls)
         observations = []
         for call in calls:
@@ -206,13 +207,16 @@ class Trajectory:
     async def _act(self, index: int, completion: Completion) -> bool:
         """Run the step's calls; True when its `answer` call said nothing (to be asked for in words)."""
         content, calls = completion.content.strip(), list(completion.tool_calls)
-        if not calls:
+        from_text = not calls
+        if from_text:
             content, calls = parse_text_tool_calls(content)
-            calls = [replace(c, id=f"call_{index}_{i}") for i, c in enumerate(calls)]
         repaired, problems = [], []
         for call in calls[:MAX_CALLS_PER_STEP]:
             fixed = repair_call(call, self.tools)
             (repaired if isinstance(fixed, ToolCall) else problems).append(fixed)
+        if from_text:  # ids of our own, numbered over the conversation's calls (below)
+            made = sum(len(m.get("tool_calls") or ()) for m in self.messages)
+            repaired = [replace(c, id=own_call_id(c.name, made + i)) for i, c in enumerate(repaired)]
         message: Message = {"role": "assistant", "content": content}
         if completion.reasoning:  # a thinking model reads the reasoning behind its earlier calls (interleaved)
             message["reasoning_content"] = completion.reasoning

@@ -21,6 +21,13 @@ _ARGUMENT_KEYS = ("arguments", "parameters", "args", "input")
 _MAX_CUTS = 32  # how many commas back a truncated object may be cut to
 
 
+def own_call_id(name: str, index: int) -> str:
+    """The id for the `index`-th call of a conversation when the harness makes the id: Kimi K2's own form, since its
+    chat template shows the id to the model and a K2 server (vLLM's kimi_k2 parser) reads the tool's name back from
+    the ids the model writes after it; other chat templates do not show ids."""
+    return f"functions.{name}:{index}"
+
+
 def parse_text_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
     """Return (text without the calls, calls found in order). Text with no call comes back unchanged."""
     for pattern in (_TAGGED, _FENCED):

@@ -102,6 +102,7 @@ async def test_opening_search_runs_the_question_before_the_first_model_turn():
     assert [m["role"] for m in first] == ["system", "user", "assistant", "tool"]
     assert first[2]["tool_calls"][0]["function"]["name"] == "search" and "1889" in first[3]["content"]
     assert first[2]["reasoning_content"] == prompts.OPENING_THOUGHT  # a thinking model's API wants one on a call turn
+    assert first[2]["tool_calls"][0]["id"] == first[3]["tool_call_id"] == "functions.search:0"
     assert result.answer == "1889" and "http://corpus/eiffel" in [s.url for s in result.evidence]
     assert [(e.step, e.tool) for e in sink.of_type(ToolCallEvent)] == [(1, "search")]
     assert len(result.steps) == 2 and result.steps[0].usage.total_tokens == 0  # no model call in step 1
@@ -137,6 +138,8 @@ async def test_tool_call_written_as_text_with_an_entity_name_is_repaired_into_se
     assert result.answer == "1889" and [s.url for s in result.cited] == ["http://corpus/eiffel"]
     assistant = trajectory.messages[2]
     assert assistant["tool_calls"][0]["function"]["name"] == "search"
+    # an id of ours in Kimi K2's form, named by the repaired tool, answered by the tool message
+    assert assistant["tool_calls"][0]["id"] == trajectory.messages[3]["tool_call_id"] == "functions.search:0"
 
 
 async def test_repeated_call_is_not_run_again_and_no_progress_ends_with_a_forced_answer():

@@ -45,6 +45,10 @@ def test_reasoning_content_leaves_a_qwen_prompt_unchanged(embedded_tokenizer):
     plain = embedded_tokenizer.encode_chat([*MESSAGES, turn, tool], TOOLS)
     thought = {**turn, "reasoning_content": "Search it."}
     assert embedded_tokenizer.encode_chat([*MESSAGES, thought, tool], TOOLS) == plain
+    # nor does the form of a call's id (heavy gives its own calls Kimi K2's `functions.NAME:IDX`)
+    kimi_id = {**turn, "tool_calls": [{**call, "id": "functions.search:0"}]}
+    assert embedded_tokenizer.encode_chat([*MESSAGES, kimi_id, {**tool, "tool_call_id": "functions.search:0"}],
+                                          TOOLS) == plain
     assert "Herbert" in embedded_tokenizer.decode(plain)
 
 
