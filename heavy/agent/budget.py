@@ -30,7 +30,6 @@ class TrajectoryLimits:
     final_answer_timeout_s: float = 120.0
     reasoning_tokens: int = 0  # a thinking model's reasoning, on top of step_tokens and final_answer_tokens
 
-
     def __post_init__(self) -> None:
         for name in ("max_steps", "step_tokens", "total_tokens", "context_tokens", "no_progress_steps",
                      "final_answer_tokens"):
