@@ -50,10 +50,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type and not _is_json(media_type) and any(e["loc"][:1] == ("body",) for e in exc.errors()):
-            # curl -d sends a form type: FastAPI then validates the raw bytes, which says nothing useful
+        # curl -d sends a form type, requests.post(data=...) none: FastAPI then validates the raw bytes, which says
+        # nothing useful
+        unparsed = media_type and not _is_json(media_type) or not media_type and isinstance(exc.body, bytes)
+        if unparsed and any(e["loc"][:1] == ("body",) for e in exc.errors()):
+            got = f"got {media_type!r}" if media_type else "none was sent"
             return error_response(415, "unsupported_media_type",
-                                  f"the body must be JSON: send 'Content-Type: application/json' (got {media_type!r})")
+                                  f"the body must be JSON: send 'Content-Type: application/json' ({got})")
         details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])

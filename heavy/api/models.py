@@ -15,7 +15,8 @@ ToolName = Literal["search", "open_page", "python"]
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON of the wrong type is a 422, not coerced (`"trajectories": true` is no count of 1)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     question: str = Field(min_length=1, max_length=4000, description="what to research")
     mode: Literal["report", "answer"] = Field("report", description="report (cited Markdown) or answer (vote)")

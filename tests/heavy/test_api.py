@@ -103,6 +103,11 @@ async def test_submit_get_and_list(acme):
     ({**QUESTION, "surprise": 1}, "surprise"),
     ({**QUESTION, "max_steps": 0}, "max_steps"),
     ({"mode": "report"}, "question"),
+    # JSON of the wrong type is refused, not coerced: `true` is no trajectory count, "yes" no review flag
+    ({**QUESTION, "trajectories": True}, "trajectories"),
+    ({**QUESTION, "max_steps": "3"}, "max_steps"),
+    ({**QUESTION, "review": "yes"}, "review"),
+    ({**QUESTION, "review": 1}, "review"),
 ])
 async def test_validation_errors_are_422_json_naming_the_field(acme, body, where):
     error = assert_error(await acme.post("/v1/jobs", json=body), 422, "invalid_request")
@@ -129,9 +134,15 @@ async def test_a_body_not_sent_as_json_is_415_saying_what_to_send(acme):
     assert "Content-Type: application/json" in error["message"]
     response = await acme.post("/v1/jobs", content=b'{"question": "x"}', headers={"content-type": "text/plain"})
     assert_error(response, 415, "unsupported_media_type")
+    # no Content-Type at all (requests.post(url, data=json.dumps(...)) sends none): the same answer, not a 422
+    # saying the body "should be a valid dictionary"
+    response = await acme.post("/v1/jobs", content=b'{"question": "x"}')
+    error = assert_error(response, 415, "unsupported_media_type")
+    assert "Content-Type: application/json" in error["message"]
     response = await acme.post("/v1/jobs", content=b'{"question": "x"}',
                                headers={"content-type": "application/json; charset=utf-8"})
     assert response.status_code == 202, response.text
+    assert (await acme.post("/v1/jobs", json={**QUESTION, "deadline_s": 60})).status_code == 202  # an int for a float
 
 
 async def test_request_size_limit(acme):
