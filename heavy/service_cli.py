@@ -19,6 +19,7 @@ from heavy.config import get_settings
 from heavy.display import print_error
 
 console = Console()
+notes = Console(stderr=True)  # beside what a script captures: `KEY=$(heavy keys create acme)` gets the key alone
 keys_app = typer.Typer(help="API keys: each maps to a tenant; only its sha256 is stored.", no_args_is_help=True)
 
 
@@ -135,7 +136,7 @@ def keys_create(
     except ValueError as exc:
         print_error(str(exc))
         raise typer.Exit(1) from exc
-    console.print(f"key id {key.key_id} for tenant {key.tenant}:")
+    notes.print(f"key id {key.key_id} for tenant {key.tenant}:")
     typer.echo(key.secret)
 
 

@@ -360,3 +360,17 @@ def test_ask_without_a_corpus_uses_pythons_reference_topics_as_heavy_up_does(tmp
     assert "built the local corpus from Python's reference topics" in result.output
     assert (tmp_path / "home" / "corpus" / "python-reference.sqlite").is_file()
     assert "Python reference: The \"break\" statement" in searched[0]
+
+
+def test_keys_create_prints_only_the_key_on_stdout(redis_url, monkeypatch):
+    """`KEY=$(heavy keys create acme)` (as deploy/README.md has it) captures the key alone; its id goes to stderr."""
+    monkeypatch.setenv("HEAVY_REDIS_URL", redis_url)
+    get_settings.cache_clear()
+    tenant = f"cli-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        created = CliRunner().invoke(app, ["keys", "create", tenant, "--name", "ci"])
+    finally:
+        get_settings.cache_clear()
+    assert created.exit_code == 0, created.output
+    assert re.fullmatch(r"hv_\S+\n", created.stdout), created.stdout
+    assert f"for tenant {tenant}" in created.stderr
