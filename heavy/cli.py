@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import uuid
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from heavy.aggregate import AggregationConfig, JobResult
 from heavy.cli_options import BackendOption, ModeOption, SearchOption, ToolOption
 from heavy.client_cli import jobs_app
 from heavy.config import get_settings
-from heavy.corpus.commands import corpus_app, default_index_path
+from heavy.corpus.commands import corpus_app
 from heavy.corpus.documents import CorpusFormatError
 from heavy.corpus.index import indexed_documents
 from heavy.display import LiveBoard, print_error, print_report
@@ -34,7 +33,7 @@ from heavy.scheduler import JobControl, JobSpec, Scheduler
 from heavy.service_cli import register as register_service_commands
 from heavy.toolbox import local_corpus_tools, web_tools
 from heavy.tools.base import ToolExecutor
-from heavy.up import corpus_index
+from heavy.up import search_index
 
 app = typer.Typer(help="Heavy-mode research: N trajectories merged into one cited report.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
@@ -51,9 +50,7 @@ def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecut
     if search == "web":
         console.print("searching the web (ddgs)", style="dim", highlight=False, soft_wrap=True)
         return web_tools()
-    if index is None and "HEAVY_CORPUS_INDEX" not in os.environ and not default_index_path().is_file():
-        index = corpus_index(get_settings(), None, lambda line: console.print(line, highlight=False))
-    index = index or default_index_path()
+    index = search_index(get_settings(), index, lambda line: console.print(line, highlight=False))
     # said up front: which corpus a job searched is otherwise seen only in its sources' addresses
     console.print(f"searching the local corpus {index} ({indexed_documents(index):,} documents)", style="dim",
                   highlight=False, soft_wrap=True)  # a path is not cut in two off a terminal

@@ -50,24 +50,28 @@ def serve(
 
 
 def worker(
-    index: Annotated[Path | None, typer.Option(help="local corpus index (default HEAVY_CORPUS_INDEX)")] = None,
+    index: Annotated[Path | None, typer.Option(
+        help="local corpus index (default HEAVY_CORPUS_INDEX, else the one `heavy corpus add` builds, else Python's "
+             "reference topics)")] = None,
 ) -> None:
     """Run jobs from the queue with the configured backend and tools until SIGTERM or Ctrl-C.
 
     The jobs it was running are then resumed by another worker from their checkpoints."""
-    from heavy.corpus.commands import default_index_path
     from heavy.embedded_redis import redis_url_for
     from heavy.llm import make_backend
     from heavy.store import Store
     from heavy.toolbox import service_tools
+    from heavy.up import search_index
     from heavy.worker import Worker
 
     _logging()
     settings = get_settings()
+    if settings.search != "web":  # without a corpus of its own, the one `heavy up` searches
+        index = search_index(settings, index, console.print)
 
     async def run(url: str) -> None:
         # the tools first: a missing corpus fails before the model loads
-        async with service_tools(settings, url, index or default_index_path()) as executor:
+        async with service_tools(settings, url, index) as executor:
             store = Store.connect(url, settings)
             backend = await asyncio.to_thread(make_backend, settings)
             try:

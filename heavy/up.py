@@ -14,6 +14,7 @@ import uvicorn
 
 from heavy.api import create_app
 from heavy.config import Settings
+from heavy.corpus.commands import default_index_path
 from heavy.embedded_redis import redis_url_for
 from heavy.llm import make_backend
 from heavy.llm.types import LLMBackend
@@ -50,6 +51,14 @@ def corpus_index(settings: Settings, index: Path | None, announce: Callable[[str
         report = build_stdlib_corpus(path)
         announce(f"built the local corpus from Python's reference topics: {report.total} documents at {path}")
     return path
+
+
+def search_index(settings: Settings, index: Path | None, announce: Callable[[str], None]) -> Path:
+    """What `heavy ask` and `heavy worker` search: the index given (--index, HEAVY_CORPUS_INDEX), else the one `heavy
+    corpus add` builds by default, else, as `heavy up` does, Python's reference topics (built on first use)."""
+    if index is None and "HEAVY_CORPUS_INDEX" not in os.environ and not default_index_path().is_file():
+        return corpus_index(settings, None, announce)
+    return index or default_index_path()
 
 
 def with_local_replica(settings: Settings) -> Settings:

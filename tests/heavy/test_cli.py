@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import asynccontextmanager, nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -345,7 +345,7 @@ def test_ask_without_a_corpus_uses_pythons_reference_topics_as_heavy_up_does(tmp
     monkeypatch.setenv("HEAVY_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HEAVY_CORPUS_INDEX", raising=False)
     monkeypatch.setenv("HEAVY_SEARCH", "local")
-    monkeypatch.setattr("heavy.cli.default_index_path", lambda: tmp_path / "none.sqlite")
+    monkeypatch.setattr("heavy.up.default_index_path", lambda: tmp_path / "none.sqlite")
     get_settings.cache_clear()
     searched = []
 
@@ -374,3 +374,31 @@ def test_keys_create_prints_only_the_key_on_stdout(redis_url, monkeypatch):
     assert created.exit_code == 0, created.output
     assert re.fullmatch(r"hv_\S+\n", created.stdout), created.stdout
     assert f"for tenant {tenant}" in created.stderr
+
+
+def test_worker_without_a_corpus_searches_pythons_reference_topics_as_heavy_up_does(tmp_path, monkeypatch,
+                                                                                      redis_url):
+    """`heavy serve & heavy worker` is `heavy up` as separate processes: on a machine where no `heavy corpus add`
+    has run, the worker searches the same corpus rather than failing for want of one."""
+    monkeypatch.setenv("HEAVY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HEAVY_REDIS_URL", redis_url)
+    monkeypatch.delenv("HEAVY_CORPUS_INDEX", raising=False)
+    monkeypatch.setenv("HEAVY_SEARCH", "local")
+    monkeypatch.setattr("heavy.up.default_index_path", lambda: tmp_path / "none.sqlite")
+    get_settings.cache_clear()
+    searched = []
+
+    @asynccontextmanager
+    async def capture(settings, url, index_path):
+        searched.append(index_path)
+        raise RuntimeError("captured")
+        yield
+
+    monkeypatch.setattr("heavy.toolbox.service_tools", capture)
+    try:
+        result = CliRunner().invoke(app, ["worker"])
+    finally:
+        get_settings.cache_clear()
+    assert str(result.exception) == "captured", result.output
+    assert searched == [tmp_path / "home" / "corpus" / "python-reference.sqlite"]
+    assert searched[0].is_file()
