@@ -99,7 +99,9 @@ def up(
     if port is not None:
         settings = settings.model_copy(update={"api_port": port})
     try:
-        run_up(settings, index=index, api_key_file=api_key_file, announce=console.print)
+        # whole lines: off a terminal rich wraps at 80 columns, which put the key on a line of its own
+        run_up(settings, index=index, api_key_file=api_key_file,
+               announce=lambda line: console.print(line, soft_wrap=True))
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after everything has shut down
         console.print("heavy stopped")
     except Exception as exc:  # one line for the user

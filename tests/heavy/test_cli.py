@@ -402,3 +402,12 @@ def test_worker_without_a_corpus_searches_pythons_reference_topics_as_heavy_up_d
     assert str(result.exception) == "captured", result.output
     assert searched == [tmp_path / "home" / "corpus" / "python-reference.sqlite"]
     assert searched[0].is_file()
+
+
+def test_heavy_up_prints_its_key_on_the_line_that_names_it_even_off_a_terminal(monkeypatch):
+    """`heavy up > up.log &`: the API key stays on the `API key:` line (rich wraps at 80 columns off a terminal)."""
+    line = f"dashboard: http://127.0.0.1:8765/   API key: hv_{'k' * 43}"
+    monkeypatch.setattr("heavy.up.up", lambda settings, *, index, api_key_file, announce: announce(line))
+    result = CliRunner().invoke(app, ["up"])
+    assert result.exit_code == 0, result.output
+    assert line in result.stdout.splitlines()
