@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Header, HTTPException, Path, Query, Request, Response
@@ -129,9 +130,22 @@ async def get_report(job_id: JobId, tenant: TenantDep, store: StoreDep, request:
 
 
 def _negotiate(accept: str) -> str | None:
-    """'markdown', 'html' or 'json' by the first acceptable media type in the header (JSON when there is none)."""
-    for part in accept.split(","):
-        media = part.split(";")[0].strip().lower()
+    """'markdown', 'html' or 'json' by the most preferred acceptable media type in the header (by q-value, then
+    order; q=0 refuses a type), JSON when there is none."""
+    offered = []
+    for position, part in enumerate(accept.split(",")):
+        media, *params = (piece.strip().lower() for piece in part.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                with contextlib.suppress(ValueError):  # a malformed q: as if none were given
+                    quality = float(value)
+        if quality > 0:
+            offered.append((-quality, position, media))
+    if not offered:
+        return "json" if not accept.strip() else None
+    for _, _, media in sorted(offered):
         if media == "text/html":
             return "html"
         if media in ("text/markdown", "text/x-markdown", "text/plain", "text/*"):

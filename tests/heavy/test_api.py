@@ -250,6 +250,14 @@ async def test_report_by_accept_header(acme, store):
     assert as_html.text.startswith("<h1>Answer</h1>") and 'href="#src-1"' in as_html.text
     assert_error(await acme.get(f"/v1/jobs/{job['id']}/report", headers={"Accept": "image/png"}), 406,
                  "not_acceptable")
+    # preferences by q-value (RFC 9110), not by order; q=0 is "not this"
+    for accept, media in (("text/html;q=0.5, application/json", "application/json"),
+                          ("text/markdown;q=0, */*;q=0.1", "application/json"),
+                          ("application/json;q=0.2, text/markdown;q=0.9", "text/markdown")):
+        response = await acme.get(f"/v1/jobs/{job['id']}/report", headers={"Accept": accept})
+        assert response.headers["content-type"].startswith(media), accept
+    assert_error(await acme.get(f"/v1/jobs/{job['id']}/report", headers={"Accept": "application/json;q=0"}), 406,
+                 "not_acceptable")
 
 
 async def test_an_event_id_past_what_a_stream_id_holds_is_a_422(acme):
