@@ -171,7 +171,7 @@ def show(ctx: typer.Context, job_id: str) -> None:
 
 @jobs_app.command("watch")
 def watch(ctx: typer.Context, job_id: str) -> None:
-    """Follow a job live (one lane per trajectory), then print its report."""
+    """Follow a job live (one lane per trajectory), then print its report (exit code 1 when it ended without one)."""
     api = _api(ctx)
     job = _run(lambda: api.call("GET", f"/v1/jobs/{job_id}").json())
     board = LiveBoard(job["params"]["trajectories"])
@@ -180,8 +180,10 @@ def watch(ctx: typer.Context, job_id: str) -> None:
         _run(lambda: _follow(api, job_id, board))
     if live is None:  # not a terminal: the board once, as it ended
         console.print(board.render())
-    if board.stage.startswith("report ready"):
-        report(ctx, job_id)
+    if not board.stage.startswith("report ready"):  # a script's `watch && publish` must not go on
+        print_error(f"job {job_id} {'was cancelled' if board.stage == 'cancelled' else board.stage}: no report")
+        raise typer.Exit(1)
+    report(ctx, job_id)
 
 
 def _follow(api: Api, job_id: str, board: LiveBoard) -> None:

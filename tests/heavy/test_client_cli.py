@@ -81,3 +81,20 @@ async def test_a_watch_resumes_after_the_api_restarts_and_misses_no_event(servic
 
 async def _events_at_least(store, job_id: str, count: int) -> bool:
     return (await store.jobs.get(job_id)).events >= count
+
+
+async def test_a_watch_of_a_job_that_ends_without_a_report_exits_1(service, store):
+    """`heavy jobs submit --watch Q > report.md && publish report.md` must not publish an empty report."""
+    key = (await store.tenants.create_key("acme")).secret
+    service.model_gate.clear()  # the job is running, not done, when it is cancelled
+    job, _ = await store.jobs.submit("acme", question=QUESTION, mode="report",
+                                     params={"trajectories": 1, "max_steps": 4, "step_tokens": 64,
+                                             "trajectory_tokens": 10_000, "job_tokens": 50_000, "deadline_s": 120,
+                                             "tools": ["search"]})
+    await wait_for(lambda: _events_at_least(store, job.id, 2))
+    assert (await heavy(service, key, "cancel", job.id)).exit_code == 0
+    service.model_gate.set()
+    await wait_for(lambda: ended(store, job.id))
+    watched = await heavy(service, key, "watch", job.id)
+    assert watched.exit_code == 1, watched.output
+    assert f"error: job {job.id} was cancelled: no report" in watched.output and "Traceback" not in watched.output
