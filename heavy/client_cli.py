@@ -122,17 +122,21 @@ def submit(
     question: str,
     trajectories: Annotated[int | None, typer.Option(min=1, max=8, help="parallel trajectories")] = None,
     mode: Annotated[ModeOption, typer.Option(help="report or answer")] = ModeOption.report,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="steps per trajectory")] = None,
+    step_tokens: Annotated[int | None, typer.Option(min=16, help="completion tokens per step")] = None,
     tools: Annotated[list[ToolOption] | None, typer.Option("--tool", help="a tool the trajectories may use; "
                                                                           "repeat for several")] = None,
     job_tokens: Annotated[int | None, typer.Option(min=256, help="tokens for the whole job")] = None,
     deadline: Annotated[float | None, typer.Option(min=1, help="seconds until the job reports what it has")] = None,
     priority: Annotated[int | None, typer.Option(min=-10, max=10, help="lower is served first on a shared "
                                                                        "model server")] = None,
+    review: Annotated[bool, typer.Option("--review", help="hold it with its plan until `heavy jobs approve`")] = False,
     watch_it: Annotated[bool, typer.Option("--watch", help="follow it live, then print its report")] = False,
 ) -> None:
     """Submit a research job; prints its id (with --watch, follows it and prints the report)."""
-    body = {"question": question, "mode": mode.value, "trajectories": trajectories, "job_tokens": job_tokens,
-            "deadline_s": deadline, "tools": [t.value for t in tools] if tools else None, "priority": priority}
+    body = {"question": question, "mode": mode.value, "trajectories": trajectories, "max_steps": max_steps,
+            "step_tokens": step_tokens, "job_tokens": job_tokens, "deadline_s": deadline,
+            "tools": [t.value for t in tools] if tools else None, "priority": priority, "review": review or None}
     job = _run(lambda: _api(ctx).call("POST", "/v1/jobs", json={k: v for k, v in body.items() if v is not None})
                .json())
     typer.echo(job["id"])
@@ -225,6 +229,12 @@ def cancel(ctx: typer.Context, job_id: str) -> None:
 def finish(ctx: typer.Context, job_id: str) -> None:
     """Stop a running job's trajectories and have it report what they found."""
     _control(ctx, job_id, "finish")
+
+
+@jobs_app.command("approve")
+def approve(ctx: typer.Context, job_id: str) -> None:
+    """Run a job held for review (`submit --review`) after reading its plan (`show`)."""
+    _control(ctx, job_id, "approve")
 
 
 @jobs_app.command("delete")

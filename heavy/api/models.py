@@ -84,8 +84,9 @@ class JobCreate(BaseModel):
             "tools": self.tools if self.tools is not None else sorted(settings.allowed_tools),
             "priority": self.priority,
         }
-        if params["step_tokens"] >= settings.context_tokens:
-            raise ValueError(f"step_tokens must be < the context window ({settings.context_tokens})")
+        if params["step_tokens"] + settings.reasoning_tokens >= settings.context_tokens:
+            room = f" less the reasoning room ({settings.reasoning_tokens})" if settings.reasoning_tokens else ""
+            raise ValueError(f"step_tokens must be < the context window ({settings.context_tokens}){room}")
         if params["step_tokens"] > params["trajectory_tokens"]:
             raise ValueError("step_tokens must be <= trajectory_tokens")
         return params

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from heavy.api.routes_events import follow
+from heavy.config import Settings
 from heavy.store.records import DONE, PARTIAL, RUNNING
 from tests.heavy.api_helpers import app_for, client_for, parse_sse
 
@@ -114,9 +115,17 @@ async def test_validation_errors_are_422_json_naming_the_field(acme, body, where
     assert where in error["message"] and error["details"]
 
 
-async def test_budgets_that_do_not_fit_the_context_window_are_refused(acme):
+async def test_budgets_that_do_not_fit_the_context_window_are_refused(acme, store):
     error = assert_error(await acme.post("/v1/jobs", json={**QUESTION, "step_tokens": 4096}), 422, "invalid_request")
     assert "context window" in error["message"]
+    # a thinking model's reasoning room comes out of the window too: refused here, not failed in the worker
+    thinking = Settings(context_tokens=2048, reasoning_tokens=1024)
+    key = await store.tenants.create_key("acme")
+    async with client_for(app_for(store, thinking), key.secret) as client:
+        error = assert_error(await client.post("/v1/jobs", json={**QUESTION, "step_tokens": 1024}), 422,
+                             "invalid_request")
+        assert "less the reasoning room (1024)" in error["message"]
+        assert (await client.post("/v1/jobs", json={**QUESTION, "step_tokens": 512})).status_code == 202
 
 
 async def test_malformed_json_bad_ids_and_unknown_routes(acme):

@@ -98,3 +98,19 @@ async def test_a_watch_of_a_job_that_ends_without_a_report_exits_1(service, stor
     watched = await heavy(service, key, "watch", job.id)
     assert watched.exit_code == 1, watched.output
     assert f"error: job {job.id} was cancelled: no report" in watched.output and "Traceback" not in watched.output
+
+
+async def test_a_job_submitted_for_review_waits_until_approved_from_the_cli(service, store):
+    key = (await store.tenants.create_key("acme")).secret
+    held = await heavy(service, key, "submit", QUESTION, "--trajectories", "1", "--max-steps", "2", "--step-tokens",
+                       "64", "--review")
+    assert held.exit_code == 0, held.output
+    job_id = held.output.strip()
+    shown = json.loads((await heavy(service, key, "show", job_id)).output)
+    assert shown["status"] == "awaiting_approval" and shown["plan"] and shown["approve_by"]
+    assert (shown["params"]["max_steps"], shown["params"]["step_tokens"]) == (2, 64)
+    approved = await heavy(service, key, "approve", job_id)
+    assert approved.exit_code == 0 and approved.output.strip() in (f"{job_id}: queued", f"{job_id}: running")
+    await wait_for(lambda: ended(store, job_id))
+    again = await heavy(service, key, "approve", job_id)
+    assert again.exit_code == 1 and "409" in again.output and "not awaiting approval" in again.output
