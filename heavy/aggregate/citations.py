@@ -8,7 +8,7 @@ dropped too (the Sources section is added for the model), as is a line copying a
 (the prompt's findings list echoed back; the report lists the trajectories' answers itself). An answer copied with
 that list's annotation, "(confidence 0.3), citing no source", loses the annotation and is checked as any claim.
 Headings and blank lines pass through, except headings that restate the question or announce a source list, and
-headings left with no text under them.
+headings left with no text under them; a heading loses its markers and links (it is no claim, and nothing checks them).
 
 Words are looked for in passages, PASSAGE_SENTENCES consecutive sentences of a page, not in the whole page: a long
 page (the tools show up to 8,000 characters) holds most words somewhere.
@@ -94,6 +94,7 @@ _CUT = re.compile(r"…|\.\.\.(?=\s*(?:\[[\d,;\s]+\]\s*)*\.?\s*$)")
 _WORD_OR_ELLIPSIS = re.compile(r"\w+|…")
 _TRAILING_MARKERS = re.compile(r"(?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])+\s*\.?\s*$")
 _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
+_ANY_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")  # a Markdown link or image, to any address
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
         if _COPIED_HEADING.match(stripped):
             continue
         if not stripped or stripped.startswith("#"):
-            kept_lines.append(line)
+            kept_lines.append(_unlinked(line))
             continue
         prefix = LIST_PREFIX.match(line).group()
         if _copies_a_source_entry(line[len(prefix):], sources):
@@ -176,6 +177,12 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     body = _tidy("\n".join(_without_empty_sections(_without_dangling_leads(kept_lines, dropped))))
     return FilteredReport(body=body, cited=cited_numbers(body), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))
+
+
+def _unlinked(heading: str) -> str:
+    """A heading without markers or links: it is no claim, so the filter checks no citation of it (a marker it
+    kept as written could be "[0]" or past the last source, which the report's Sources list has no entry for)."""
+    return re.sub(r"[ \t]{2,}", " ", _ANY_LINK.sub(r"\1", MARKER.sub("", heading))).rstrip()
 
 
 def _whole_pieces(sentence: str, texts: dict[str, str]) -> tuple[list[str], list[str]]:

@@ -346,3 +346,29 @@ def test_a_claim_copied_across_an_excerpts_cut_is_no_claim():
     # the docs' own "try ... except" is no cut
     assert filter_claims(EXCEPTIONS.snippet.split(". ")[0] + " [1].", [EXCEPTIONS],
                          {EXCEPTIONS.url: EXCEPTIONS.snippet}).dropped == ()
+
+
+def test_a_heading_keeps_no_citation_or_link_the_filter_did_not_check():
+    # headings passed through as written: "[7]" of 2 sources crashed the report's Sources list (IndexError), "[0]"
+    # listed the last source, and a link to a page no trajectory fetched stayed live
+    texts = {EIFFEL.url: EIFFEL.snippet, LOUVRE.url: LOUVRE.snippet}
+    claim = "The Eiffel Tower was finished in 1889 [1]."
+    for heading in ("## The tower [7]", "## The tower [0]", "## The tower [2, 7]",
+                    "## The [tower](http://evil.example/paint)", "## The [tower](//evil.example)"):
+        filtered = filter_claims(f"{heading}\n\n{claim}", [EIFFEL, LOUVRE], texts)
+        assert filtered.body == f"## The tower\n\n{claim}", heading
+        assert filtered.cited == (1,), heading
+
+
+@pytest.mark.anyio
+async def test_a_marker_in_a_heading_of_the_report_pass_neither_crashes_nor_lists_a_source():
+    results = [TrajectoryResult(index=0, answer="1889", confidence=0.5, stop_reason="answered", cited=(EIFFEL,),
+                                evidence=(EIFFEL, LOUVRE), steps=(), usage=Usage(100, 10), temperature=0.0, seed=0,
+                                excerpts={EIFFEL.url: EIFFEL.snippet, LOUVRE.url: LOUVRE.snippet})]
+    for marker in ("[7]", "[0]"):
+        written = f"## The tower {marker}\n\nThe Eiffel Tower was finished in 1889 [1]."
+        backend = ScriptedBackend(lambda request, written=written: Completion(content=written, usage=Usage(50, 20)))
+        job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
+                              results=results, backend=backend)
+        assert [s.url for s in job.sources] == [EIFFEL.url], marker
+        assert "## The tower\n" in job.markdown and "[2]" not in job.markdown, marker
