@@ -58,7 +58,7 @@ from heavy.aggregate.evidence import (
 from heavy.aggregate.shorten import asks_yes_no
 from heavy.tools.base import Source
 
-MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+MARKER = re.compile(r"(?<!\\)\[(\d+(?:\s*[,;]\s*\d+)*)\]")  # "\[1]" is Markdown for the text "[1]"
 _LINK = re.compile(r"\[([^\]]*)\]\((https?://[^)\s]+)\)")
 LIST_PREFIX = re.compile(r"\s*(?:(?:[-*>]|\d+\.)\s+)?")
 _NUMBERED = re.compile(r"^(\s*)\d+\.\s+")
@@ -229,6 +229,13 @@ def cited_numbers(body: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(n) for marker in MARKER.findall(body) for n in re.findall(r"\d+", marker)))
 
 
+def as_text(text: str) -> str:
+    """Text quoted into a report (a page's sentence, a trajectory's answer, the question) with what reads as a
+    marker escaped: a page's footnote "[3]" or an answer's "[2]" (numbered over its own search results) is no
+    citation of the report's source 3 or 2, and must be neither renumbered, listed, nor linked."""
+    return MARKER.sub(lambda match: "\\" + match.group(), text)
+
+
 def _annotated_citations(match: re.Match) -> str:
     """What stays of an echoed annotation: the sources it cites, as markers ("citing [1], [2]" → " [1][2]")."""
     cited = re.findall(r"\[\d+\]", match.group(1) or "")
@@ -382,4 +389,4 @@ def _tidy(text: str) -> str:
 def renumber(body: str, cited: Sequence[int]) -> str:
     """Rewrite `[n]` markers so the sources used are numbered 1, 2, … in order of first use."""
     new_number = {old: new for new, old in enumerate(cited, start=1)}
-    return re.sub(r"\[(\d+)\]", lambda m: f"[{new_number.get(int(m.group(1)), m.group(1))}]", body)
+    return re.sub(r"(?<!\\)\[(\d+)\]", lambda m: f"[{new_number.get(int(m.group(1)), m.group(1))}]", body)

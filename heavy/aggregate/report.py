@@ -11,7 +11,14 @@ from dataclasses import dataclass, replace
 
 from heavy.agent.gathered import SUPPORTING_SOURCES, lowered
 from heavy.agent.steps import TrajectoryResult, finished_part
-from heavy.aggregate.citations import FilteredReport, cited_numbers, filter_claims, renumber, union_of_sources
+from heavy.aggregate.citations import (
+    FilteredReport,
+    as_text,
+    cited_numbers,
+    filter_claims,
+    renumber,
+    union_of_sources,
+)
 from heavy.aggregate.claim_check import check_answers, check_claims
 from heavy.aggregate.evidence import (
     SENTENCE_END,
@@ -110,7 +117,7 @@ async def aggregate(
         decided = replace(decided, answer="", agreement=0.0, cited=())
     union = union_of_sources(results)
     usage = decided.usage
-    body, body_cited, dropped, refuted = "", (), (), ()
+    body, dropped, refuted = "", (), ()
     weights = question_weights(question, list(fetched.values()))
     pages = _numbered_pages(union, fetched)
     texts = fetched if mode == "report" else {}  # answer mode lists no answers checked against the pages
@@ -127,20 +134,19 @@ async def aggregate(
                                                   config, job_id)
         usage = usage + report_usage
         filtered = filter_claims(written, union, texts, question)
-        body, body_cited, dropped = filtered.body, filtered.cited, filtered.dropped
+        body, dropped = filtered.body, filtered.dropped
         if checking and body:
             checked = await check_claims(body, union, texts, backend, config.sampling, job_id)
-            body, body_cited, refuted = checked.body, cited_numbers(checked.body), checked.refuted
+            body, refuted = checked.body, checked.refuted
             dropped = (*dropped, *refuted)
             usage = usage + checked.usage
         # verbatim evidence beside the findings; in their stead when nothing the model wrote stands on a page
-        quotes, quoted = _key_passages(question, pages, weights, QUOTES_BESIDE_FINDINGS if body else KEY_SENTENCES,
+        quotes = _key_passages(question, pages, weights, QUOTES_BESIDE_FINDINGS if body else KEY_SENTENCES,
                                        said=topic_words(f"{body} {stated[0] if stated else ''}"))
         if quotes:
             lead = QUOTES_LEAD if body else FALLBACK_LEAD
             body = f"{body}\n\n{lead}\n\n{quotes}".strip()
-            body_cited = (*body_cited, *(n for n in quoted if n not in body_cited))
-    markdown, numbers = _assemble(question, decided, results, union, (body, body_cited, on_pages, stated), status,
+    markdown, numbers = _assemble(question, decided, results, union, (body, on_pages, stated), status,
                                   stop_reason, model_checked=checking)
     total = usage + sum((r.usage for r in results), Usage())
     cost = (total.prompt_tokens * config.price_per_mtok_prompt
@@ -235,21 +241,20 @@ def _numbered_pages(union: Sequence[Source], texts: dict[str, str]) -> dict[int,
 
 
 def _key_passages(question: str, pages: dict[int, tuple[str, str]], weights: dict[str, float], count: int,
-                  said: set[str] = frozenset()) -> tuple[str, tuple[int, ...]]:
-    """A Markdown list of up to `count` quotes of the fetched pages (quotes.py), cited, and the numbers cited."""
+                  said: set[str] = frozenset()) -> str:
+    """A Markdown list of up to `count` quotes of the fetched pages (quotes.py), cited."""
     picked = pick_quotes(question, pages, weights, count, said)
-    return ("\n".join(f"- “{sentence}” [{n}]" for sentence, n in picked),
-            tuple(dict.fromkeys(n for _, n in picked)))
+    return "\n".join(f"- “{as_text(sentence)}” [{n}]" for sentence, n in picked)
 
 
 def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult], union: Sequence[Source],
-              body_and_cited: tuple[str, Sequence[int], dict[str, FilteredReport], tuple[str, int] | None],
+              body_and_answers: tuple[str, dict[str, FilteredReport], tuple[str, int] | None],
               status: str, stop_reason: str, model_checked: bool = False) -> tuple[str, list[int]]:
     """The whole Markdown, renumbered, and the union numbers of the sources it cites, in order."""
-    body, body_cited, on_pages, stated = body_and_cited
+    body, on_pages, stated = body_and_answers
     number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
     answer_numbers = [number_of_url[url] for url in decided.cited if url in number_of_url]
-    parts = [f"# {question}"]
+    parts = [f"# {as_text(question)}"]
     if status == "partial":
         parts.append(f"> Partial report ({stop_reason}): aggregated from the trajectories that had finished.")
     if decided.answer:
@@ -259,8 +264,8 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
                   if decided.backers else
                   f"No answer had a majority among the {len(results)} trajectories; the judge answered from the "
                   "pages they fetched")
-        parts.append(f"**Answer:** {decided.answer} {marks}".rstrip() + f"\n\n{behind}."
-                     + (f" A fetched page says: “{stated[0]}” [{stated[1]}]" if stated else ""))
+        parts.append(f"**Answer:** {as_text(decided.answer)} {marks}".rstrip() + f"\n\n{behind}."
+                     + (f" A fetched page says: “{as_text(stated[0])}” [{stated[1]}]" if stated else ""))
     elif decided.groups and _in_own_words(decided):
         parts.append(f"**Answer:** no one answer: the {len(results)} trajectories answered in sentences of their own, "
                      "none given by a majority. The findings below merge what their fetched pages say; each "
@@ -273,9 +278,11 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
     if body:
         parts.append("## Findings\n\n" + body)
     parts.append(_disagreements(decided, results, on_pages, model_checked))
-    cited = list(dict.fromkeys([*answer_numbers, *([stated[1]] if stated else []), *body_cited,
-                                *(n for f in on_pages.values() for n in (*f.cited, *_refuted_on(f)))]))
-    markdown = renumber("\n\n".join(p for p in parts if p), cited)
+    # the sources are those the text cites, in order of first use: a page the answer list marks is listed only
+    # when the list is shown
+    text = "\n\n".join(p for p in parts if p)
+    cited = [n for n in cited_numbers(text) if 1 <= n <= len(union)]
+    markdown = renumber(text, cited)
     if cited:
         markdown += "\n\n## Sources\n\n" + "\n".join(
             f"{i}. [{union[n - 1].title or union[n - 1].url}]({union[n - 1].url}) — fetched "
@@ -390,5 +397,5 @@ def _trajectories(numbers: Sequence[int]) -> str:
 def _quoted(answer: str) -> str:
     """An answer as the disagreement list shows it: one line, no URLs (its sources are listed apart), at most
     QUOTED_ANSWER_WORDS words."""
-    words = URL.sub("", answer).split()
+    words = as_text(URL.sub("", answer)).split()
     return " ".join(words[:QUOTED_ANSWER_WORDS]) + (" …" if len(words) > QUOTED_ANSWER_WORDS else "")

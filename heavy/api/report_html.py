@@ -18,7 +18,7 @@ SOURCES_HEADING = "Sources"
 
 
 def _cite_links(state: StateCore) -> None:
-    """`[n]` in text (not in code, not a link's own text) becomes a link to source n."""
+    """`[n]` in text (not in code, not a link's own text, not escaped as `\\[n]`) becomes a link to source n."""
     for block in state.tokens:
         if block.type != "inline" or not block.children:
             continue
@@ -76,7 +76,9 @@ def _external_links_in_a_new_tab(state: StateCore) -> None:
 
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": False})
-_MARKDOWN.core.ruler.push("cite_links", _cite_links)
+# before text_join, which merges an escaped "\[" (a text_special token) into the text around it: "\[3]" is the text
+# "[3]" (a page's footnote, quoted), no citation
+_MARKDOWN.core.ruler.before("text_join", "cite_links", _cite_links)
 _MARKDOWN.core.ruler.push("source_ids", _source_ids)
 _MARKDOWN.core.ruler.push("external_links", _external_links_in_a_new_tab)
 

@@ -2,12 +2,14 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
 from heavy.agent.steps import ActionStep, Observation
 from heavy.aggregate import AggregationConfig, aggregate
 from heavy.aggregate.evidence import best_sentences, fetched_texts, question_weights
+from heavy.api.report_html import report_html
 from heavy.llm.types import ToolCall, Usage
 from tests.heavy.fakes import ScriptedBackend, source, text
 from tests.heavy.test_aggregate import EIFFEL, LOUVRE, result
@@ -313,3 +315,38 @@ async def test_the_report_pass_is_not_shown_answers_no_fetched_page_holds():
     assert "1889" in findings and "Napoleon" not in findings and "1887" not in findings
     assert "Researcher 2 gave an answer that no source text holds." in findings
     assert "Researcher 3 gave an answer that no source text holds." in findings
+
+
+def _cite_links(html: str) -> list[int]:
+    return [int(n) for n in re.findall(r'data-cite="(\d+)"', html)]
+
+
+async def test_a_pages_footnotes_and_an_answers_own_markers_are_text_not_citations():
+    # a page's footnote marks ("1889.[3]"), quoted word for word, and a trajectory's own "[2]" (its search results'
+    # numbering) were renumbered as the report's citations, linked to whatever source had that number
+    wiki = source("http://corpus/wiki", "The Eiffel Tower was finished in 1889.[3] It is 330 metres tall.[1]")
+    backend = ScriptedBackend(lambda request: text("Nothing to say."))
+    question = "When was the Eiffel Tower finished, per list[1]?"
+    results = [result(0, "The Eiffel Tower was finished in 1889 [2].", cited=[EIFFEL], evidence=[EIFFEL, LOUVRE]),
+               result(1, "It was finished in 1887 [1].", cited=[LOUVRE], evidence=[wiki])]
+    job = await aggregate(job_id="j", question=question, mode="report", results=results, backend=backend)
+    html = report_html(job.markdown)
+    # every citation the reader can follow points at a listed source, and every listed source is cited
+    assert sorted(set(_cite_links(html))) == list(range(1, len(job.sources) + 1))
+    assert "It is 330 metres tall." in job.markdown and "tall.[1]" not in job.markdown  # the page's mark is text
+    assert "tall.[1]" in html and "1889.[3]" in html and "list[1]?" in html  # shown as written, not as links
+    assert "finished in 1889 [2].”" in html  # the answer's own marker as it wrote it
+
+
+async def test_the_sources_list_holds_exactly_the_sources_the_report_cites():
+    # all trajectories gave one answer in sentences: the answer list, and the pages it marks, are not shown, but
+    # those pages were listed under Sources, cited nowhere
+    fair = source("http://corpus/fair", "The tower was built for the 1889 World's Fair in Paris.")
+    answer = "The Eiffel Tower was finished in 1889 for the World's Fair."
+    backend = ScriptedBackend(lambda request: text("Nothing to say."))
+    results = [result(i, answer, cited=[EIFFEL], evidence=[EIFFEL, fair]) for i in range(3)]
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
+                          results=results, backend=backend)
+    html = report_html(job.markdown)
+    assert sorted(set(_cite_links(html))) == list(range(1, len(job.sources) + 1))
+    assert [s["url"] for s in json.loads(job.to_json())["sources"]] == [s.url for s in job.sources]

@@ -43,3 +43,10 @@ def test_a_page_quoted_in_a_report_can_only_be_text():
 
 def test_a_report_without_sources_gives_no_ids():
     assert "id=" not in report_html("# Q\n\n**Answer:** no answer\n\n## Sources\n\nnone fetched\n")
+
+
+def test_an_escaped_bracket_is_text_not_a_citation():
+    # the report escapes a quoted page's footnote marks ("1889.\[3]"): they are no citations of its sources
+    html = report_html("- “It was finished in 1889.\\[3] It is tall.\\[1]” [2]")
+    assert "1889.[3] It is tall.[1]” " in html and 'data-cite="2"' in html
+    assert 'data-cite="3"' not in html and 'data-cite="1"' not in html
