@@ -94,6 +94,10 @@ _CUT = re.compile(r"…|\.\.\.(?=\s*(?:\[[\d,;\s]+\]\s*)*\.?\s*$)")
 _WORD_OR_ELLIPSIS = re.compile(r"\w+|…")
 _TRAILING_MARKERS = re.compile(r"(?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])+\s*\.?\s*$")
 _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
+# markers written otherwise: "【1】" (full-width brackets), "[1-3]" (a range)
+_FULL_WIDTH_MARKER = re.compile(r"【\s*(\d+(?:\s*[,;、，]\s*\d+)*)\s*】")
+_RANGE_MARKER = re.compile(r"(?<!\\)\[(\d+)\s*[-–—]\s*(\d+)\]")
+MAX_RANGE = 20  # sources a range marker may stand for ("[1-999]" is no citation of 999 pages)
 _ANY_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")  # a Markdown link or image, to any address
 
 
@@ -128,7 +132,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
     words_of = {n: passage_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
     kept_lines, dropped, restated, said, said_words = [], [], [], set(), set()
-    for line in body.splitlines():
+    for line in _as_markers(body).splitlines():
         stripped = line.strip()
         if _COPIED_HEADING.match(stripped):
             continue
@@ -177,6 +181,17 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     body = _tidy("\n".join(_without_empty_sections(_without_dangling_leads(kept_lines, dropped))))
     return FilteredReport(body=body, cited=cited_numbers(body), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))
+
+
+def _as_markers(text: str) -> str:
+    """The text with "【1, 2】" and "[1-3]" written as the markers they stand for, "[1][2]" and "[1][2][3]": as
+    text they would stay in a claim, numbered over the union of sources and never renumbered."""
+    def expand(match: re.Match) -> str:
+        first, last = sorted((int(match.group(1)), int(match.group(2))))
+        return "".join(f"[{n}]" for n in range(first, min(last, first + MAX_RANGE - 1) + 1))
+
+    text = _FULL_WIDTH_MARKER.sub(lambda m: "".join(f"[{n}]" for n in re.findall(r"\d+", m.group(1))), text)
+    return _RANGE_MARKER.sub(expand, text)
 
 
 def _unlinked(heading: str) -> str:

@@ -372,3 +372,13 @@ async def test_a_marker_in_a_heading_of_the_report_pass_neither_crashes_nor_list
                               results=results, backend=backend)
         assert [s.url for s in job.sources] == [EIFFEL.url], marker
         assert "## The tower\n" in job.markdown and "[2]" not in job.markdown, marker
+
+
+def test_a_range_or_full_width_marker_is_read_as_the_markers_it_stands_for():
+    # "[1-2]" and "【1】" were no markers: a kept claim carried them as text, numbered over the union, never renumbered
+    tower = source("http://corpus/tower", "The Eiffel Tower was finished in 1889 for the World's Fair.")
+    texts = {EIFFEL.url: EIFFEL.snippet, tower.url: tower.snippet}
+    for written, cited in (("[1-2]", "[1][2]"), ("[1–2]", "[1][2]"), ("【2】", "[2]"), ("[2-9]", "[2]"),
+                           ("【1, 2】", "[1][2]")):
+        filtered = filter_claims(f"The Eiffel Tower was finished in 1889 {written}.", [EIFFEL, tower], texts)
+        assert filtered.body == f"The Eiffel Tower was finished in 1889 {cited}.", written
