@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from heavy.agent.gathered import SUPPORTING_SOURCES, lowered
 from heavy.agent.steps import TrajectoryResult, finished_part
 from heavy.aggregate.citations import (
+    MARKER,
     FilteredReport,
     as_text,
     cited_numbers,
@@ -323,11 +324,13 @@ def _answers_on_pages(question: str, decided: Vote, union: Sequence[Source],
         return {}
     checked = {}
     for group in decided.groups:
-        # a line break inside a sentence (an answer copied from a page) does not end it; one before a list item does
-        answer = _WRAPPED_LINE.sub(" ", group.answer)
+        # a line break inside a sentence (an answer copied from a page) does not end it; one before a list item does.
+        # Its markers go: a trajectory numbers its own search results, not the report's sources, and a sentence too
+        # short to check by its words stood on its marker alone
+        answer = MARKER.sub("", _WRAPPED_LINE.sub(" ", group.answer))
         if not is_short(group.answer):
             checked[group.answer] = filter_claims(answer, union, texts, question)
-        elif normalize_answer(group.answer) not in YES_NO and len(needle := lowered(group.answer).strip(" .")) > 2:
+        elif normalize_answer(group.answer) not in YES_NO and len(needle := lowered(answer).strip(" .")) > 2:
             held = re.compile(rf"(?<!\w){re.escape(needle)}(?!\w)")
             on = tuple(n for n, s in enumerate(union, start=1) if held.search(lowered(texts.get(s.url, ""))))
             on = on[:SUPPORTING_SOURCES]

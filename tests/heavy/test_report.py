@@ -350,3 +350,13 @@ async def test_the_sources_list_holds_exactly_the_sources_the_report_cites():
     html = report_html(job.markdown)
     assert sorted(set(_cite_links(html))) == list(range(1, len(job.sources) + 1))
     assert [s["url"] for s in json.loads(job.to_json())["sources"]] == [s.url for s in job.sources]
+
+
+async def test_an_answers_own_marker_is_not_read_as_a_report_source():
+    # a trajectory numbers the results of its own searches: its "[1]" is no citation of the report's source 1, and
+    # a claim too short to check by its words passed on that marker alone ("its words are on [1]", a page on 1889)
+    backend = ScriptedBackend(lambda request: text("Nothing to say."))
+    results = [result(0, "1889", cited=[EIFFEL]), result(1, "It was finished in 1887 [1].", evidence=[LOUVRE])]
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
+                          results=results, backend=backend)
+    assert "“It was finished in 1887 \\[1].”: trajectory 2 — its words are on no fetched page" in job.markdown
