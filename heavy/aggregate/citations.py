@@ -80,7 +80,7 @@ _SOURCE_TALK = stems({
     "given", "shown", "shows", "see", "page", "pages", "article", "passage", "details", "further", "more",
 })
 _SOURCE_ENTRY = re.compile(r"\s*\[(\d+)\]\s+([^\n]{1,200}?):\s")  # the report prompt's "[n] Title: excerpt"
-_BARE_URL = re.compile(r"(?<!\]\()https?://\S+")
+_BARE_URL = re.compile(r"(?<!\]\()https?://\S+|<[A-Za-z][A-Za-z0-9+.-]{1,31}:[^<>\s]*>")  # or an autolink
 _ECHOED_FINDING = re.compile(r"\W*researchers?\s+\d", re.IGNORECASE)
 # the findings list's annotation of an answer, echoed after it: "(confidence 0.3), citing no source" / "citing [2]"
 _ECHOED_ANNOTATION = re.compile(r"\s*\(confidence [\d.]+\),?\s*(?:citing\s+(no source|(?:\[\d+\][,\s]*)+))?",
@@ -98,7 +98,10 @@ _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re
 _FULL_WIDTH_MARKER = re.compile(r"【\s*(\d+(?:\s*[,;、，]\s*\d+)*)\s*】")
 _RANGE_MARKER = re.compile(r"(?<!\\)\[(\d+)\s*[-–—]\s*(\d+)\]")
 MAX_RANGE = 20  # sources a range marker may stand for ("[1-999]" is no citation of 999 pages)
-_ANY_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")  # a Markdown link or image, to any address
+# a Markdown link or image to any address: its text may hold markers ("[see [1]](...)"), its address a title or one
+# level of parentheses ("javascript:alert(1)", '<http://x/a b> "t"')
+_ANY_LINK = re.compile(r"!?\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\(\s*(?:<[^<>\n]*>|(?:[^()\s]|\([^()\s]*\))*)"
+                       r"(?:\s+(?:\"[^\"]*\"|'[^']*'|\([^()]*\)))?\s*\)")
 
 
 @dataclass(frozen=True)
@@ -393,7 +396,9 @@ def _resolve(sentence: str, number_of_url: dict[str, int], count: int) -> tuple[
         numbers.extend(valid)
         return "".join(f"[{n}]" for n in valid)
 
-    text = _LINK.sub(link, MARKER.sub(marker, sentence))
+    # a link to a fetched page is a marker; any other link is its text alone: no address the filter did not check
+    # stays live (one with a title, or to another scheme, is no _LINK)
+    text = _ANY_LINK.sub(r"\1", _LINK.sub(link, MARKER.sub(marker, sentence)))
     return re.sub(r"\s+([.,;!?])(?!\.)", r"\1", re.sub(r" {2,}", " ", text)).strip(), numbers
 
 

@@ -382,3 +382,19 @@ def test_a_range_or_full_width_marker_is_read_as_the_markers_it_stands_for():
                            ("【1, 2】", "[1][2]")):
         filtered = filter_claims(f"The Eiffel Tower was finished in 1889 {written}.", [EIFFEL, tower], texts)
         assert filtered.body == f"The Eiffel Tower was finished in 1889 {cited}.", written
+
+
+def test_a_kept_claim_holds_no_link_the_filter_did_not_check():
+    # only "[text](http://...)" without a title was read as a link: one with a title, with a marker in its text, or
+    # to another scheme stayed live beside the claim's valid marker (seen in a property test of the report)
+    texts = {EIFFEL.url: EIFFEL.snippet}
+    claim = "The Eiffel Tower was finished in 1889"
+    for link, kept in (('[in 1889](http://evil.example "t")', "in 1889"), ("[in 1889 [1]](http://evil.example)",
+                       "in 1889 [1]"), ("[in 1889](javascript:alert(1))", "in 1889"),
+                       ("[in 1889](//evil.example)", "in 1889"),
+                       ('[in 1889](http://corpus/eiffel "t")', "in 1889")):
+        filtered = filter_claims(f"The Eiffel Tower was finished {link} [1].", [EIFFEL], texts)
+        assert filtered.body == f"The Eiffel Tower was finished {kept} [1].", link
+    for address in ("<ftp://evil.example>", "[in 1889](<http://evil.example/a b>)"):  # read as a copied URL
+        written = f"{claim} {address} [1]."
+        assert filter_claims(written, [EIFFEL], texts).dropped == (written,), address
