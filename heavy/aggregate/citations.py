@@ -97,6 +97,8 @@ _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re
 # markers written otherwise: "【1】" (full-width brackets), "[1-3]" (a range)
 _FULL_WIDTH_MARKER = re.compile(r"【\s*(\d+(?:\s*[,;、，]\s*\d+)*)\s*】")
 _RANGE_MARKER = re.compile(r"(?<!\\)\[(\d+)\s*[-–—]\s*(\d+)\]")
+_FENCE = re.compile(r"\s*(```|~~~)")
+_CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
 MAX_RANGE = 20  # sources a range marker may stand for ("[1-999]" is no citation of 999 pages)
 # a Markdown link or image to any address: its text may hold markers ("[see [1]](...)"), its address a title or one
 # level of parentheses ("javascript:alert(1)", '<http://x/a b> "t"')
@@ -135,7 +137,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
     words_of = {n: passage_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
     kept_lines, dropped, restated, said, said_words = [], [], [], set(), set()
-    for line in _as_markers(body).splitlines():
+    for line in _without_code_blocks(_as_markers(body), dropped):
         stripped = line.strip()
         if _COPIED_HEADING.match(stripped):
             continue
@@ -163,7 +165,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                 text, numbers = _with_marker(text, n), [n]
             says_nothing = restating_says_nothing and _adds_nothing(sentence, asked)
             if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
-                    and not says_nothing and not _about_sources(sentence, asked)
+                    and not _marked_code(sentence) and not says_nothing and not _about_sources(sentence, asked)
                     and any(ch.isalpha() for ch in MARKER.sub("", sentence))):
                 # a small model repeats itself: a claim is said once, and one made of earlier claims' words says
                 # nothing new (seen: a sentence joining the two before it, word for word)
@@ -184,6 +186,26 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     body = _tidy("\n".join(_without_empty_sections(_without_dangling_leads(kept_lines, dropped))))
     return FilteredReport(body=body, cited=cited_numbers(body), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))
+
+
+def _without_code_blocks(body: str, dropped: list[str]) -> list[str]:
+    """The body's lines, less its fenced code blocks, which go to `dropped` line by line: code is no claim, and its
+    lines, read as sentences, lost their fences and cited sources by their indices ("print(a[1])")."""
+    lines, fenced = [], False
+    for line in body.splitlines():
+        if _FENCE.match(line) or fenced:
+            if not _FENCE.match(line) and line.strip():
+                dropped.append(line.strip())
+            fenced ^= bool(_FENCE.match(line))
+            continue
+        lines.append(line)
+    return lines
+
+
+def _marked_code(sentence: str) -> bool:
+    """Whether inline code of the sentence holds what reads as a marker ("`a[1]`"): an index, not a citation, which
+    the report would renumber inside the code and list under Sources, and which the HTML shows as code."""
+    return any(MARKER.search(span.group()) for span in _CODE_SPAN.finditer(sentence))
 
 
 def _as_markers(text: str) -> str:

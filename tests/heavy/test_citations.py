@@ -398,3 +398,14 @@ def test_a_kept_claim_holds_no_link_the_filter_did_not_check():
     for address in ("<ftp://evil.example>", "[in 1889](<http://evil.example/a b>)"):  # read as a copied URL
         written = f"{claim} {address} [1]."
         assert filter_claims(written, [EIFFEL], texts).dropped == (written,), address
+
+
+def test_code_is_no_claim_and_its_brackets_are_no_markers():
+    # a fenced block lost its fences and each line became a claim, "print(a[1])" citing source 1 (renumbered inside
+    # the code); an inline "`a[1]`" cited source 1 where the HTML shows no citation
+    texts = {EIFFEL.url: EIFFEL.snippet, LOUVRE.url: LOUVRE.snippet}
+    claim = "The Eiffel Tower was finished in 1889 [1]."
+    fenced = filter_claims(f"{claim}\n\n```python\nprint(a[2])\n```", [EIFFEL, LOUVRE], texts)
+    assert (fenced.body, fenced.cited) == (claim, (1,)) and "print(a[2])" in fenced.dropped
+    inline = filter_claims(f"{claim} Then `a[2]` is read.", [EIFFEL, LOUVRE], texts)
+    assert (inline.body, inline.cited) == (claim, (1,))

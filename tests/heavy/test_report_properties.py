@@ -21,6 +21,7 @@ PIECES = [
     "Astronauts built it on the moon", " [1]", " [2]", " [3]", " [0]", " [99]", " [1, 2]", " [1-3]", " [2–1]",
     " 【1】", " [1][2]", " [[1]]", "[x](http://evil.example)", "[x](http://corpus/eiffel)", "[x](javascript:alert(1))",
     "[y [2]](http://evil.example \"t\")", "<script>alert(1)</script>",
+    "`a[1]`", "\n```\nprint(a[2])\n```\n", "``x [3] y``",
     "\n## Heading [3]\n", "\n# [t](//evil.example)\n", "\n| year [1] | x |\n|---|---|\n", ". ", ".", "\n- ", "\n1. ",
     "[z](<http://evil.example/a b>)", "<ftp://evil.example>", "[w](http://corpus/eiffel \"t\")",
     "…", "...", "é ñ 中文 🙂", "\u200b", "\\[1]", "**", "_", "[", "]", "(", ")", ":", "Researcher 1 answered: 1889",
