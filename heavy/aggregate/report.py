@@ -143,7 +143,7 @@ async def aggregate(
             usage = usage + checked.usage
         # verbatim evidence beside the findings; in their stead when nothing the model wrote stands on a page
         quotes = _key_passages(question, pages, weights, QUOTES_BESIDE_FINDINGS if body else KEY_SENTENCES,
-                                       said=topic_words(f"{body} {stated[0] if stated else ''}"))
+                               said=topic_words(f"{body} {stated[0] if stated else ''}"))
         if quotes:
             lead = QUOTES_LEAD if body else FALLBACK_LEAD
             body = f"{body}\n\n{lead}\n\n{quotes}".strip()
