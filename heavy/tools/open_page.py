@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from urllib.parse import urldefrag
 
 from heavy.tools.base import Source, ToolContext, ToolError, ToolResult
 from heavy.tools.extract import html_to_markdown
@@ -55,7 +56,8 @@ class OpenPageTool:
         self.cache = cache if cache is not None else InMemoryPageCache()
 
     async def run(self, args: dict, ctx: ToolContext) -> ToolResult:
-        url = args["url"].strip()
+        # a fragment names a place in the page, which is never sent: one document, one source (one citation number)
+        url = urldefrag(args["url"].strip()).url
         await self.fetcher.guard.check(url)  # a cached page is served only where a fresh fetch would be allowed
         page = await self.cache.get(url)
         if page is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urldefrag
 
 from heavy.tools.base import ToolError
 from heavy.tools.search import SearchResult
@@ -17,9 +18,11 @@ def _ddgs_client(timeout_s: int) -> Any:
 
 
 def map_ddgs_rows(rows: list[dict[str, Any]]) -> list[SearchResult]:
-    """ddgs text rows ({title, href, body}) to results; rows without an http(s) link are dropped."""
+    """ddgs text rows ({title, href, body}) to results; rows without an http(s) link are dropped, and a link's
+    fragment (a place in its page: open_page fetches the page, one source, without it)."""
     return [
-        SearchResult(title=str(row.get("title") or row["href"]), url=row["href"], snippet=str(row.get("body") or ""))
+        SearchResult(title=str(row.get("title") or row["href"]), url=urldefrag(row["href"]).url,
+                     snippet=str(row.get("body") or ""))
         for row in rows
         if str(row.get("href", "")).startswith(("http://", "https://"))
     ]

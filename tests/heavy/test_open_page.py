@@ -64,6 +64,13 @@ def test_pages_are_cached_per_url(server):
     assert len(cache) == 1
 
 
+def test_a_fragment_names_no_other_page(server):
+    tool = make_tool(server, InMemoryPageCache())
+    sources = [run(tool, f"{server.base_url}/hekla{fragment}").sources[0] for fragment in ("#history", "", "#")]
+    assert {s.url for s in sources} == {f"{server.base_url}/hekla"}  # one source: one number in a report
+    assert [path for path, _ in server.requests] == ["/hekla"]
+
+
 def test_a_cached_page_is_not_served_where_the_guard_refuses(server):
     cache = InMemoryPageCache()
     run(make_tool(server, cache), f"{server.base_url}/hekla")

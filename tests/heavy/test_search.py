@@ -10,7 +10,7 @@ from heavy.corpus.index import CorpusIndex
 from heavy.tools.base import ToolContext, ToolError
 from heavy.tools.search import SearchTool
 from heavy.tools.search_local import LocalSearchBackend
-from heavy.tools.search_web import WebSearchBackend
+from heavy.tools.search_web import WebSearchBackend, map_ddgs_rows
 
 CTX = ToolContext(job_id="j", trajectory=0, allowed_tools=frozenset({"search"}))
 
@@ -54,6 +54,11 @@ class RecordedDDGS:
     def text(self, query, **kwargs):
         RecordedDDGS.calls.append((query, kwargs, self.timeout_s))
         return RECORDED_DDGS_ROWS
+
+
+def test_a_web_results_fragment_is_dropped_as_open_page_drops_it():
+    rows = [{"title": "Kimi", "href": "https://example.org/kimi#architecture", "body": "MoE"}]
+    assert [r.url for r in map_ddgs_rows(rows)] == ["https://example.org/kimi"]
 
 
 def test_web_backend_maps_ddgs_rows_and_drops_non_http_links():
