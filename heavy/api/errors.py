@@ -31,8 +31,8 @@ STORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidTransition: (409, "invalid_state"),
     UnknownApiKey: (401, "unauthorized"),
 }
-HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable",
-              409: "invalid_state", 413: "payload_too_large", 415: "unsupported_media_type",
+HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+              406: "not_acceptable", 409: "invalid_state", 413: "payload_too_large", 415: "unsupported_media_type",
               422: "invalid_request"}
 
 
@@ -65,7 +65,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        message = str(exc.detail)
+        if message == "There was an error parsing the body":  # FastAPI's words for bytes that are no UTF-8 JSON
+            message = "the body could not be read as JSON (it must be UTF-8 text)"
+        return error_response(exc.status_code, code, message, headers=exc.headers)
 
     @app.exception_handler(RedisError)
     async def store_down(request: Request, exc: RedisError) -> JSONResponse:

@@ -131,6 +131,9 @@ async def test_budgets_that_do_not_fit_the_context_window_are_refused(acme, stor
 async def test_malformed_json_bad_ids_and_unknown_routes(acme):
     response = await acme.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
     assert_error(response, 422, "invalid_request")
+    latin1 = await acme.post("/v1/jobs", content='{"question": "caf\xe9"}'.encode("latin-1"),
+                             headers={"content-type": "application/json"})
+    assert "must be UTF-8" in assert_error(latin1, 400, "invalid_request")["message"]
     assert_error(await acme.get("/v1/jobs/not-a-job-id"), 422, "invalid_request")
     assert_error(await acme.get("/v1/jobs/" + "0" * 32), 404, "not_found")
     assert_error(await acme.delete("/v1/jobs"), 405, "method_not_allowed")
