@@ -219,11 +219,13 @@ def test_os_fence_user_namespaces_read_only_mounts_hidden_home_no_capabilities_n
     assert not os.path.exists("/etc/heavy-escape") and host_server.requests == []
 
 
-@pytest.fixture
-def data_dir():
-    """A HEAVY_HOME outside the home directory and /tmp (the image's /var/lib/heavy), holding what the embedded Redis
-    writes there: every tenant's jobs in an append-only file, world-readable as redis-server creates it."""
-    path = Path(tempfile.mkdtemp(prefix=".sandbox-data-", dir=Path(__file__).parent))
+@pytest.fixture(params=["beside the tests", "under /tmp"])
+def data_dir(request):
+    """A HEAVY_HOME outside the home directory (as the image's /var/lib/heavy), or under /tmp (which the sandbox
+    covers with a private tmpfs of its own), holding what the embedded Redis writes there: every tenant's jobs in an
+    append-only file, world-readable as redis-server creates it."""
+    where = Path(__file__).parent if request.param == "beside the tests" else Path("/tmp")
+    path = Path(tempfile.mkdtemp(prefix=".sandbox-data-", dir=where))
     try:
         path.chmod(0o755)
         (path / "redis").mkdir(mode=0o755)
@@ -241,10 +243,12 @@ def test_the_data_directory_is_hidden_from_the_code(data_dir, isolation):
     sandbox = PythonSandbox(LIMITS, isolation, data_dirs=(str(data_dir),))
     if sandbox.isolation == "process":
         pytest.skip("no namespaces here: process isolation hides no directory")
-    code = (f"import os\nprint(sorted(os.listdir({str(data_dir)!r})))\n"
-            f"print(open({str(data_dir / 'redis' / 'appendonly.aof')!r}).read())")
+    # empty, or (under the private /tmp) not there at all; before, a HEAVY_HOME under /tmp broke every run
+    code = (f"import os\np = {str(data_dir)!r}\nprint(sorted(os.listdir(p)) if os.path.isdir(p) else [])\n"
+            f"try:\n    print(open({str(data_dir / 'redis' / 'appendonly.aof')!r}).read())\n"
+            "except OSError as error:\n    print('unreadable', error.errno)")
     outcome = asyncio.run(sandbox.run(code))
-    assert outcome.output.startswith("[]\n") and "tenant-secret" not in outcome.output, outcome.output
+    assert outcome.output.startswith("[]\nunreadable 2") and outcome.exit_code == 0, outcome.output
     assert PythonSandbox(LIMITS, "process").data_dirs == (os.path.expanduser(get_settings().home),)
 
 
