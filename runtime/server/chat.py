@@ -178,8 +178,8 @@ class ChoiceState:
         delta = self.feed(out, tokenizer)
         message = delta_message(delta, self.calls_sent)
         self.calls_sent += len(delta.tool_calls)
-        if not message and not out.finished:
-            return None
+        if not message and not out.finished and len(self.logprobs) == logprobs_before:
+            return None  # (a token whose text is held back still sends its log-probability, as vLLM's stream does)
         entry = {"index": self.index, "delta": message, "finish_reason": self.finish_reason if out.finished else None}
         if self.params.logprobs is not None:
             entry["logprobs"] = {"content": self.logprobs[logprobs_before:]}

@@ -116,9 +116,10 @@ async def complete(engine, choices: list[TextChoice]) -> None:
 
 
 async def streamed(engine, choices: list[TextChoice]) -> AsyncIterator[dict[str, Any]]:
-    """The choices' entries as their tokens come, interleaved (those with text, and each choice's last)."""
+    """The choices' entries as their tokens come, interleaved (those with text or tokens' log-probabilities, and
+    each choice's last): a token whose text is held back or empty keeps its log-probability, as in vLLM's stream."""
     async for entry in interleaved([_run(engine, c) for c in choices]):
-        if entry["text"] or entry["finish_reason"]:
+        if entry["text"] or entry["finish_reason"] or (entry["logprobs"] and entry["logprobs"]["tokens"]):
             yield entry
 
 
