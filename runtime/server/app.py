@@ -6,7 +6,9 @@ Bad requests get HTTP 400 with an OpenAI error body; the engine keeps serving ev
 
 import asyncio
 import dataclasses
+import functools
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,12 +41,41 @@ from runtime.structured import StructuredOutputError
 
 OWNER = "heavy"
 DONE = "[DONE]"
+CLIENT_CLOSED = 499  # nginx's status for a request whose client hung up (nobody reads it; the access log does)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0]
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     return f"{'.'.join(location) or 'body'}: {first.get('msg', 'invalid value')}", location[0] if location else None
+
+
+async def _until_disconnect(raw: Request) -> None:
+    while (await raw.receive())["type"] != "http.disconnect":
+        pass
+
+
+def cancelled_on_disconnect(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A route that stops when its client hangs up before the answer (a client's timeout, the openai SDK retrying),
+    as vLLM's `with_cancellation`: the handler is cancelled, and with it its engine requests (aborted, their blocks
+    freed: fanout.py), rather than run to max_tokens for nobody. A streamed answer's own disconnect watch takes over
+    once the handler returns it. The handler takes the raw request as `raw`."""
+
+    @functools.wraps(handler)
+    async def route(*args: Any, **kwargs: Any) -> Any:
+        work = asyncio.ensure_future(handler(*args, **kwargs))
+        gone = asyncio.ensure_future(_until_disconnect(kwargs["raw"]))
+        try:
+            await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            work.cancel()  # a no-op once it is done
+        await asyncio.wait([work])  # its cancellation run through (its engine requests aborted)
+        if work.cancelled():
+            return Response(status_code=CLIENT_CLOSED)
+        return work.result()
+
+    return route
 
 
 def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
@@ -104,7 +135,8 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
             raise ApiError(str(exc), param=request.structured_param or "tools") from exc  # else: a forced call's
 
     @app.post("/v1/completions")
-    async def completions(request: CompletionRequest):
+    @cancelled_on_disconnect
+    async def completions(request: CompletionRequest, raw: Request):
         check_model(request)
 
         def params_for(ids: list[int]):
@@ -122,7 +154,8 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
                                     usage=completions_api.usage(choices))
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: ChatCompletionRequest):
+    @cancelled_on_disconnect
+    async def chat_completions(request: ChatCompletionRequest, raw: Request):
         check_model(request)
         plan = tool_plan(request)
         prompt_ids = await chat_prompt_ids(request, plan, tokenizer)

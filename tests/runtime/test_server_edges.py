@@ -3,8 +3,11 @@ token's log-probability streamed, a client gone before a non-streamed answer, ou
 string on the last allowed token, malformed JSON."""
 
 import json
+import socket
+import time
 
 import httpx
+import pytest
 
 from tests.runtime.test_server import MODEL_NAME, PROMPT, USER, client, complete, server
 
@@ -39,3 +42,37 @@ def test_a_stream_carries_the_logprobs_of_every_token_also_of_text_held_back(ser
                 for t in (c.get("logprobs") or {}).get("content", [])]
     assert [t["token"] for t in streamed] == [t["token"] for t in whole]
     assert [t["logprob"] for t in streamed] == [t["logprob"] for t in whole]
+
+
+def _post_and_leave(url: str, route: str, body: dict, engine) -> None:
+    """POST a non-streamed request on a raw socket and close it once the engine has the request."""
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps({"model": MODEL_NAME, **body}).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST /v1/{route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        deadline = time.monotonic() + 60
+        while not engine.engine.has_unfinished():
+            assert time.monotonic() < deadline, "the request never reached the engine"
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("route, body", [
+    ("chat/completions", {"messages": USER, "n": 2}),
+    ("completions", {"prompt": [PROMPT, "abc"]}),
+])
+def test_a_client_gone_before_a_non_streamed_answer_aborts_its_requests(server, monkeypatch, route, body):
+    """As vLLM's `with_cancellation`: a client that hangs up (a timeout, the openai SDK retrying) frees the engine
+    of its requests at once instead of leaving them to run to max_tokens."""
+    engine, aborted = server[1], []
+    run, abort = engine.engine.runner.run, engine.engine.abort
+    monkeypatch.setattr(engine.engine.runner, "run", lambda s, f: time.sleep(0.05) or run(s, f))  # ~10 s to finish
+    monkeypatch.setattr(engine.engine, "abort", lambda rid: aborted.append(rid) or abort(rid))
+    _post_and_leave(server[0], route, {**body, "max_tokens": 200, "ignore_eos": True}, engine)
+    deadline = time.monotonic() + 60
+    while engine.engine.has_unfinished():
+        assert time.monotonic() < deadline, "the abandoned request never ended"
+        time.sleep(0.05)
+    assert len(aborted) == 2  # both of its engine requests were aborted, not run to their end
+    blocks = engine.engine.scheduler.block_manager
+    assert blocks.num_free_blocks == len(blocks.blocks)
