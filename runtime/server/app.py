@@ -87,6 +87,14 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    @app.exception_handler(RequestError)
+    async def _refused(_: Request, exc: RequestError) -> JSONResponse:  # one the engine refused that no check caught
+        return JSONResponse(ApiError(str(exc)).body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _failed(_: Request, exc: Exception) -> JSONResponse:  # still logged with its traceback
+        return JSONResponse(ApiError(str(exc), status=500, error_type="server_error").body(), status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)

@@ -90,7 +90,7 @@ class _SamplingRequest(BaseModel):
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None  # vLLM's and SGLang's: these end the completion too (not in its text)
     priority: int = 0  # vLLM's: lower is scheduled first (runtime/engine/scheduler.py)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # 64 bits, as OpenAI's and vLLM's
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None

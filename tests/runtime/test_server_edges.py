@@ -76,3 +76,33 @@ def test_a_client_gone_before_a_non_streamed_answer_aborts_its_requests(server, 
     assert len(aborted) == 2  # both of its engine requests were aborted, not run to their end
     blocks = engine.engine.scheduler.block_manager
     assert blocks.num_free_blocks == len(blocks.blocks)
+
+
+@pytest.mark.parametrize("route, body", [
+    ("chat/completions", {"messages": USER}),
+    ("chat/completions", {"messages": USER, "stream": True}),
+    ("completions", {"prompt": PROMPT}),
+])
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+def test_a_seed_past_64_bits_is_a_400_naming_it(server, route, body, seed):
+    """OpenAI's and vLLM's seed is a 64-bit integer; a larger one failed in the engine (a 500 in plain text, or an
+    error inside a started stream)."""
+    response = httpx.post(f"{server[0]}/v1/{route}", json={"model": MODEL_NAME, **body, "seed": seed,
+                                                            "max_tokens": 2}, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "seed"
+    largest = httpx.post(f"{server[0]}/v1/{route}", json={"model": MODEL_NAME, **body, "seed": 2**63 - 1, "n": 2,
+                                                           "max_tokens": 2}, timeout=60)
+    assert largest.status_code == 200 and "error" not in largest.text
+
+
+def test_an_unexpected_failure_is_a_500_with_an_openai_error_body(server, monkeypatch):
+    """Clients (the openai SDK, LangChain) read `error.message`; a failure nobody foresaw answered plain text."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server[1].engine, "add_request", fail)
+    response = httpx.post(f"{server[0]}/v1/chat/completions", json={"model": MODEL_NAME, "messages": USER,
+                                                                     "max_tokens": 2}, timeout=60)
+    assert response.status_code == 500
+    assert response.json()["error"] == {"message": "boom", "type": "server_error", "param": None, "code": None}
