@@ -184,7 +184,7 @@ class LLMEngine:
             reason = self._finish_reason(seq, token)
             if reason is None or token not in self._stop_tokens(seq):  # a stop token is not part of the text
                 request.text.add(token)
-            if reason is None and request.text.stopped:
+            if request.text.stopped:  # also on the last allowed token: the text ended at the stop string
                 reason = FinishReason.STOP
             if reason is not None:
                 break

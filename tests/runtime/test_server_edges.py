@@ -106,3 +106,15 @@ def test_an_unexpected_failure_is_a_500_with_an_openai_error_body(server, monkey
                                                                      "max_tokens": 2}, timeout=60)
     assert response.status_code == 500
     assert response.json()["error"] == {"message": "boom", "type": "server_error", "param": None, "code": None}
+
+
+def test_a_stop_string_ending_on_the_last_allowed_token_is_a_stop(server):
+    """The text ends at the stop string, so the finish reason is "stop" (as vLLM's), not "length": a client reading
+    "length" takes the answer for truncated and asks again with more tokens."""
+    sampling = {"prompt": PROMPT, "temperature": 0, "ignore_eos": True}
+    free = complete(server, **sampling, max_tokens=12).json()["choices"][0]["text"]
+    stop = free[3:5]
+    ends_at = free.index(stop) + len(stop)  # tokens up to the stop string's end (one character per token)
+    for max_tokens in (ends_at, ends_at + 1):
+        choice = complete(server, **sampling, max_tokens=max_tokens, stop=stop).json()["choices"][0]
+        assert (choice["text"], choice["finish_reason"]) == (free[:free.index(stop)], "stop"), max_tokens
