@@ -45,6 +45,8 @@ class AsyncEngine:
         self._streams: dict[str, _Stream] = {}
         self._stopping = False
         self._error: BaseException | None = None
+        self._closed = False  # the loop has ended: no request is taken any more (under _closing)
+        self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._thread.start()
 
@@ -61,7 +63,10 @@ class AsyncEngine:
         self.engine.check_request(prompt_token_ids)
         request_id = request_id or f"req-{uuid.uuid4().hex}"
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        self._send(("add", request_id, prompt_token_ids, params, stream))
+        with self._closing:  # a request sent after the loop ended would wait forever
+            if self._closed:
+                raise EngineDeadError(f"the engine loop has stopped: {self._error or 'shutdown'}")
+            self._send(("add", request_id, prompt_token_ids, params, stream))
         finished = False
         try:
             while not finished:
@@ -121,7 +126,12 @@ class AsyncEngine:
             log.exception("engine loop failed")
             self._error = exc
         error = EngineDeadError(f"the engine loop has stopped: {self._error or 'shutdown'}")
-        for stream in self._streams.values():
+        with self._closing:
+            self._closed = True
+            unapplied = []  # sent during the last step: their requests never reached the engine
+            while not self._commands.empty():
+                unapplied.append(self._commands.get_nowait())
+        for stream in [*self._streams.values(), *(c[4] for c in unapplied if c[0] == "add")]:
             stream.put(error)
 
     def _apply_commands(self) -> None:

@@ -118,3 +118,30 @@ def test_a_step_that_runs_past_the_hang_timeout_makes_the_engine_dead_until_it_r
     finally:
         gated.gate.set()
         engine.shutdown()
+
+
+class GatedFailingModel(GatedModel):
+    """The tiny model, whose forward signals entry, waits for the gate, and fails."""
+
+    def forward(self, input_ids, positions):
+        super().forward(input_ids, positions)
+        raise RuntimeError("device lost")
+
+
+def test_a_request_sent_during_the_failing_step_fails_too_instead_of_hanging(model):
+    gated = GatedFailingModel(model)
+    engine = AsyncEngine(LLMEngine(gated, LetterTokenizer(), CONFIG))
+    try:
+        async def main():
+            first = asyncio.create_task(collect(engine, prompts(1)[0]))
+            await asyncio.to_thread(gated.entered.wait, 30)  # the engine thread is inside the step that will fail
+            second = asyncio.create_task(collect(engine, prompts(1, seed=2)[0]))  # queued behind that step
+            await asyncio.sleep(0)  # its command is sent
+            gated.gate.set()
+            return await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 30)  # hang guard
+
+        results = asyncio.run(main())
+        assert [type(r) for r in results] == [EngineDeadError, EngineDeadError], results
+    finally:
+        gated.gate.set()
+        engine.shutdown()
