@@ -46,6 +46,8 @@ CLIENT_CLOSED = 499  # nginx's status for a request whose client hung up (nobody
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0]
+    if first.get("type") == "json_invalid":  # its location is a character position, no field
+        return f"the body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     return f"{'.'.join(location) or 'body'}: {first.get('msg', 'invalid value')}", location[0] if location else None
 

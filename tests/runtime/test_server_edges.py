@@ -118,3 +118,13 @@ def test_a_stop_string_ending_on_the_last_allowed_token_is_a_stop(server):
     for max_tokens in (ends_at, ends_at + 1):
         choice = complete(server, **sampling, max_tokens=max_tokens, stop=stop).json()["choices"][0]
         assert (choice["text"], choice["finish_reason"]) == (free[:free.index(stop)], "stop"), max_tokens
+
+
+@pytest.mark.parametrize("route", ["chat/completions", "completions", "../tokenize"])
+def test_a_body_that_is_not_json_is_a_400_naming_no_field(server, route):
+    """The parser's position is no field: `param` was "1" for a body broken at its second character."""
+    response = httpx.post(f"{server[0]}/v1/{route}", content=b'{bad json', headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] is None and error["type"] == "invalid_request_error"
+    assert error["message"].startswith("the body is not valid JSON") and "double quotes" in error["message"]
