@@ -177,7 +177,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
             if params.structured is not None:  # the answer is a tool call, not the asked-for format
                 raise ApiError("a required tool call cannot go with structured output", param=request.structured_param)
             params = dataclasses.replace(params, structured=forced.grammar)
-        checked(request, prompt_ids, params)
+        await asyncio.to_thread(checked, request, prompt_ids, params)  # compiling a grammar is CPU work
         unscored = dataclasses.replace(params, prompt_logprobs=None)  # the prompt is scored once, by choice 0
         states = [ChoiceState(j, choice_params(params if j == 0 else unscored, j), parse_tools=plan.parse_calls,
                               parser=make_parser(tokenizer)) for j in range(request.n)]

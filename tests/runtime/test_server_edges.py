@@ -2,8 +2,10 @@
 token's log-probability streamed, a client gone before a non-streamed answer, out-of-range values as 400s, a stop
 string on the last allowed token, malformed JSON."""
 
+import concurrent.futures
 import json
 import socket
+import threading
 import time
 
 import httpx
@@ -128,3 +130,29 @@ def test_a_body_that_is_not_json_is_a_400_naming_no_field(server, route):
     error = response.json()["error"]
     assert error["param"] is None and error["type"] == "invalid_request_error"
     assert error["message"].startswith("the body is not valid JSON") and "double quotes" in error["message"]
+
+
+def test_compiling_a_chats_structured_output_leaves_the_event_loop_free(server, monkeypatch):
+    """The first structured request reads the whole vocabulary (151k tokens on the real model) and each new schema
+    compiles: off the event loop, as the text route does, so /health and the other streams answer meanwhile."""
+    engine = server[1].engine
+    entered, gate = threading.Event(), threading.Event()
+    check = engine.check_structured
+
+    def slow_check(params):
+        if params.structured is not None:
+            entered.set()
+            assert gate.wait(timeout=30), "the gate was never opened: the event loop was blocked"
+        return check(params)
+
+    monkeypatch.setattr(engine, "check_structured", slow_check)
+    body = {"model": MODEL_NAME, "messages": USER, "max_tokens": 4, "response_format": {"type": "json_object"}}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(httpx.post, f"{server[0]}/v1/chat/completions", json=body, timeout=60)
+        try:
+            assert entered.wait(timeout=30)
+            health = httpx.get(f"{server[0]}/health", timeout=30)  # answered only if the loop is free
+        finally:
+            gate.set()
+        assert health.json() == {"status": "ok"}
+        assert reply.result().status_code == 200
