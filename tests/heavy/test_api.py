@@ -2,10 +2,12 @@
 every endpoint, JSON 4xx errors, idempotency, tenant isolation, quotas, review gate, cancel, report, SSE."""
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import pytest
 
+from heavy.api import routes_events
 from heavy.api.routes_events import follow
 from heavy.config import Settings
 from heavy.store.records import DONE, PARTIAL, RUNNING
@@ -239,6 +241,33 @@ async def test_a_followed_job_deleted_meanwhile_ends_its_stream(acme, store):
     stream = follow(store, job["id"], 0, connected)  # a follower that has not read the job's one event yet
     await acme.delete(f"/v1/jobs/{job['id']}")
     assert [event async for event in stream] == []
+
+
+async def test_a_stream_waits_for_the_terminal_event_a_worker_writes_after_the_status(acme, store, monkeypatch):
+    """A worker saves the terminal status, then writes the terminal event: a follower that finds the job ended
+    between the two must not end its stream there (a client would miss report_ready); one whose job ended long ago
+    without such an event (its worker died in between) still ends."""
+    monkeypatch.setattr(routes_events, "BLOCK_MS", 50)  # reads come back empty while the event is on its way
+    connected = SimpleNamespace(is_disconnected=lambda: asyncio.sleep(0, result=False))
+    job = await submit(acme)
+    await store.jobs.update(job["id"], status=RUNNING)
+    await store.jobs.append_event(job["id"], {"type": "job_started", "job_id": job["id"]})
+    await store.jobs.finish(await store.jobs.get(job["id"]), DONE)
+
+    async def worker_writes_the_event_late() -> None:
+        await asyncio.sleep(0.3)
+        await store.jobs.append_event(job["id"], {"type": "report_ready", "job_id": job["id"]})
+
+    late = asyncio.create_task(worker_writes_the_event_late())
+    assert [event.event async for event in follow(store, job["id"], 1, connected)] == ["report_ready"]
+    await late
+
+    orphan = await submit(acme)
+    await store.jobs.update(orphan["id"], status=RUNNING)
+    await store.jobs.append_event(orphan["id"], {"type": "job_started", "job_id": orphan["id"]})
+    await store.jobs.finish(await store.jobs.get(orphan["id"]), DONE)
+    await store.jobs.update(orphan["id"], finished=time.time() - routes_events.TERMINAL_EVENT_GRACE_S - 1)
+    assert [event async for event in follow(store, orphan["id"], 1, connected)] == []
 
 
 async def test_cancel_and_finish_of_a_running_job_are_requests_to_its_worker(acme, store):
