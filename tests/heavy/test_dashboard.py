@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from heavy.worker.sink import RedisEventSink
 from tests.heavy.worker_helpers import ended, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
@@ -75,8 +76,17 @@ async def test_sign_in_submit_watch_lanes_and_read_the_cited_report(service, pag
     assert await page.locator("#jobs tbody tr").count() == 0 and await store.jobs.list("acme") == ([], 0)
 
 
-async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_events(service, page, store):
+async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_events(service, page, store, monkeypatch):
     key = await store.tenants.create_key("acme")
+    # The worker saves the job's terminal status before it writes the terminal event; held open here, as a loaded
+    # machine may, so the job's event count is read only once the page has its last event.
+    flush = RedisEventSink.flush
+
+    async def late_flush(sink: RedisEventSink) -> None:
+        await asyncio.sleep(1.5)
+        await flush(sink)
+
+    monkeypatch.setattr(RedisEventSink, "flush", late_flush)
     # The model's calls wait until the stream has dropped: on a loaded machine the job could otherwise finish before
     # the page follows it, and a finished stream has nothing to reconnect to.
     service.model_gate.clear()
@@ -93,8 +103,9 @@ async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_eve
     await page.wait_for_selector("#connection:has-text('reconnecting')")
     service.model_gate.set()  # the job goes on while the API is down; its events wait in Redis
     await service.start_api()
-    final = await wait_for(lambda: ended(store, job.id), timeout_s=60)
+    await wait_for(lambda: ended(store, job.id), timeout_s=60)  # the worker's side first: which side stalled
     await page.wait_for_selector("#report:not([hidden])", timeout=30_000)
+    final = await store.jobs.get(job.id)  # now: its terminal event is written (the page has it)
     view = page.locator("#job-view")
     assert await view.get_attribute("data-last-event") == str(final.events)
     assert await view.get_attribute("data-applied") == str(final.events)  # each event once, none missing
