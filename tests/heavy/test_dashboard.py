@@ -112,6 +112,52 @@ async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_eve
     assert await page.locator(".lane.done").count() == 2
 
 
+async def split_line_ends(port: int):
+    """A loopback proxy to the service on `port` that hands each CRLF the API sends to the browser in two reads, "\r"
+    and then "\n", as any network may cut a stream; its URL."""
+    async def pump(reader, writer, split: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                for piece in data.replace(b"\r\n", b"\r\0\n").split(b"\0") if split else [data]:
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0.005)  # its own read
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def connect(client_reader, client_writer) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pump(client_reader, server_writer, False), pump(server_reader, client_writer, True))
+
+    server = await asyncio.start_server(connect, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_events_whose_line_ends_arrive_in_two_reads_are_each_applied_once(service, page, store):
+    """The API ends SSE lines with CRLF; a read ending between the "\r" and the "\n" of the blank line after an event
+    must not merge that event with the next (their ids read as one, "5" and "6" as 56, and the page resumed there)."""
+    key = await store.tenants.create_key("acme")
+    job, _ = await store.jobs.submit("acme", question="Which module parses command-line options?", mode="report",
+                                     params={"trajectories": 2, "max_steps": 4, "step_tokens": 64,
+                                             "trajectory_tokens": 10_000, "job_tokens": 50_000, "deadline_s": 120,
+                                             "tools": ["search"]})
+    proxy, url = await split_line_ends(service.port)
+    async with proxy:
+        await page.goto(url + "/")
+        await page.fill("#api-key", key.secret)
+        await page.click("#sign-in-form button")
+        await page.wait_for_selector("#submit-form", state="visible")
+        await page.goto(f"{url}/#/jobs/{job.id}")
+        await page.wait_for_selector("#report:not([hidden])", timeout=60_000)
+        final = await store.jobs.get(job.id)
+        view = page.locator("#job-view")
+        assert await view.get_attribute("data-last-event") == str(final.events)
+        assert await view.get_attribute("data-applied") == str(final.events)
+        assert await page.locator(".lane.done").count() == 2
+
+
 async def test_a_job_held_for_review_shows_its_plan_and_approval_deadline_until_approved(service, page, store):
     key = await store.tenants.create_key("acme")
     await page.goto(service.url + "/")

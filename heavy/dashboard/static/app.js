@@ -168,10 +168,13 @@ async function follow(jobId) {
       attempt = 0;
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
+      let cr = ""; // a read that ended in "\r": its "\n" may come in the next read, and "\r\n" is one line end
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
-        buffer += value.replace(/\r\n/g, "\n");
+        const text = cr + value;
+        cr = text.endsWith("\r") ? "\r" : "";
+        buffer += (cr ? text.slice(0, -1) : text).replace(/\r\n/g, "\n");
         let cut;
         while ((cut = buffer.indexOf("\n\n")) >= 0) {
           const block = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
