@@ -97,6 +97,9 @@ async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_eve
     await page.goto(service.url + "/")
     await page.fill("#api-key", key.secret)
     await page.click("#sign-in-form button")
+    # signed in (a sign-in still under way routes again when it ends, and opens the job anew: after the kill, that
+    # opening would fail and leave the page without a follower)
+    await page.wait_for_selector("#submit-form", state="visible")
     await page.goto(f"{service.url}/#/jobs/{job.id}")
     await page.wait_for_function("Number(document.querySelector('#job-view').dataset.lastEvent) >= 3")
     service.kill_api()  # the open event stream drops
