@@ -161,6 +161,40 @@ async def test_events_whose_line_ends_arrive_in_two_reads_are_each_applied_once(
         assert await page.locator(".lane.done").count() == 2
 
 
+async def test_a_report_still_loading_when_another_job_is_opened_stays_off_that_jobs_page(service, page, store):
+    """Job A's report is fetched after its report_ready; opening job B before it arrives must not show A's report
+    (and A's status and figures) on B's page."""
+    key = await store.tenants.create_key("acme")
+    params = {"trajectories": 2, "max_steps": 4, "step_tokens": 64, "trajectory_tokens": 10_000,
+              "job_tokens": 50_000, "deadline_s": 120, "tools": ["search"]}
+    done, _ = await store.jobs.submit("acme", question="Which module parses command-line options?", mode="report",
+                                      params=params)
+    held, _ = await store.jobs.submit("acme", question="Which module reads configuration files?", mode="report",
+                                      params=params, review=True)
+    await wait_for(lambda: ended(store, done.id), timeout_s=60)
+    release = asyncio.Event()
+
+    async def slow_report(route) -> None:
+        await release.wait()
+        await route.continue_()
+
+    await page.route(f"**/v1/jobs/{done.id}/report", slow_report)
+    await page.goto(service.url + "/")
+    await page.fill("#api-key", key.secret)
+    await page.click("#sign-in-form button")
+    await page.wait_for_selector("#submit-form", state="visible")
+    async with page.expect_request(f"**/v1/jobs/{done.id}/report"):  # its report_ready arrived; the report waits
+        await page.goto(f"{service.url}/#/jobs/{done.id}")
+    await page.goto(f"{service.url}/#/jobs/{held.id}")
+    await page.wait_for_selector("#job-status:has-text('awaiting_approval')")
+    async with page.expect_response(f"**/v1/jobs/{done.id}/report"):
+        release.set()
+    await page.wait_for_timeout(1000)  # what a late report would do, it has done by now
+    assert await page.text_content("#job-question") == "Which module reads configuration files?"
+    assert await page.text_content("#job-status") == "awaiting_approval"
+    assert await page.is_hidden("#report") and await page.is_hidden("#aggregation")
+
+
 async def test_a_job_held_for_review_shows_its_plan_and_approval_deadline_until_approved(service, page, store):
     key = await store.tenants.create_key("acme")
     await page.goto(service.url + "/")

@@ -134,12 +134,17 @@ function setStatus(status) {
 
 async function loadReport() {
   const jobId = $("job-view").dataset.id;
+  const opened = generation; // another route meanwhile: the view shows another job, or none
   const job = await api(`/v1/jobs/${jobId}`);
+  if (opened !== generation) return;
   setStatus(job.status);
   // the server renders the Markdown (CommonMark, raw HTML off; citations linked to the Sources items' ids)
-  $("report").innerHTML = await api(`/v1/jobs/${jobId}/report`, { headers: { Accept: "text/html" } });
+  const html = await api(`/v1/jobs/${jobId}/report`, { headers: { Accept: "text/html" } });
+  if (opened !== generation) return;
+  $("report").innerHTML = html;
   $("report").hidden = false;
   const report = await api(`/v1/jobs/${jobId}/report`, { headers: { Accept: "application/json" } });
+  if (opened !== generation) return;
   showDropped(report.dropped_claims || [], report.refuted_claims || []);
   showAggregation(report);
 }
