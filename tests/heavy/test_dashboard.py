@@ -195,6 +195,24 @@ async def test_a_report_still_loading_when_another_job_is_opened_stays_off_that_
     assert await page.is_hidden("#report") and await page.is_hidden("#aggregation")
 
 
+async def test_a_question_without_spaces_stays_inside_the_page(service, page, store):
+    """A question may hold a long URL or identifier with no space in it: the job list and the job's heading wrap it
+    instead of running past the page's width."""
+    key = await store.tenants.create_key("acme")
+    question = "What does https://example.org/" + "a" * 300 + " say?"
+    job, _ = await store.jobs.submit("acme", question=question, mode="report", params={"trajectories": 1},
+                                     review=True)
+    await page.goto(service.url + "/")
+    await page.fill("#api-key", key.secret)
+    await page.click("#sign-in-form button")
+    await page.wait_for_selector("#jobs tbody tr")
+    fits = "(id) => document.getElementById(id).scrollWidth <= document.querySelector('main').clientWidth"
+    assert await page.evaluate(fits, "jobs")
+    await page.goto(f"{service.url}/#/jobs/{job.id}")
+    await page.wait_for_selector(f"#job-question:has-text('{'a' * 50}')")
+    assert await page.evaluate(fits, "job-question")
+
+
 async def test_a_job_held_for_review_shows_its_plan_and_approval_deadline_until_approved(service, page, store):
     key = await store.tenants.create_key("acme")
     await page.goto(service.url + "/")
