@@ -55,10 +55,10 @@ from heavy.aggregate.evidence import (
     stemmed_words,
     stems,
 )
+from heavy.aggregate.markers import ANY_LINK, MARKER, as_markers, cited_numbers, marked_code, unlinked
 from heavy.aggregate.shorten import asks_yes_no
 from heavy.tools.base import Source
 
-MARKER = re.compile(r"(?<!\\)\[(\d+(?:\s*[,;]\s*\d+)*)\]")  # "\[1]" is Markdown for the text "[1]"
 _LINK = re.compile(r"\[([^\]]*)\]\((https?://[^)\s]+)\)")
 LIST_PREFIX = re.compile(r"\s*(?:(?:[-*>]|\d+\.)\s+)?")
 _NUMBERED = re.compile(r"^(\s*)\d+\.\s+")
@@ -94,16 +94,7 @@ _CUT = re.compile(r"…|\.\.\.(?=\s*(?:\[[\d,;\s]+\]\s*)*\.?\s*$)")
 _WORD_OR_ELLIPSIS = re.compile(r"\w+|…")
 _TRAILING_MARKERS = re.compile(r"(?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])+\s*\.?\s*$")
 _COPIED_HEADING = re.compile(r"#+\s*\**\s*(question|sources?|references?)\b", re.IGNORECASE)
-# markers written otherwise: "【1】" (full-width brackets), "[1-3]" (a range)
-_FULL_WIDTH_MARKER = re.compile(r"【\s*(\d+(?:\s*[,;、，]\s*\d+)*)\s*】")
-_RANGE_MARKER = re.compile(r"(?<!\\)\[(\d+)\s*[-–—]\s*(\d+)\]")
 _FENCE = re.compile(r"\s*(```|~~~)")
-_CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
-MAX_RANGE = 20  # sources a range marker may stand for ("[1-999]" is no citation of 999 pages)
-# a Markdown link or image to any address: its text may hold markers ("[see [1]](...)"), its address a title or one
-# level of parentheses ("javascript:alert(1)", '<http://x/a b> "t"')
-_ANY_LINK = re.compile(r"!?\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\(\s*(?:<[^<>\n]*>|(?:[^()\s]|\([^()\s]*\))*)"
-                       r"(?:\s+(?:\"[^\"]*\"|'[^']*'|\([^()]*\)))?\s*\)")
 
 
 @dataclass(frozen=True)
@@ -137,12 +128,12 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
     words_of = {n: passage_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
     kept_lines, dropped, restated, said, said_words = [], [], [], set(), set()
-    for line in _without_code_blocks(_as_markers(body), dropped):
+    for line in _without_code_blocks(as_markers(body), dropped):
         stripped = line.strip()
         if _COPIED_HEADING.match(stripped):
             continue
         if not stripped or stripped.startswith("#"):
-            kept_lines.append(_unlinked(line))
+            kept_lines.append(unlinked(line))
             continue
         prefix = LIST_PREFIX.match(line).group()
         if _copies_a_source_entry(line[len(prefix):], sources):
@@ -165,7 +156,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
                 text, numbers = _with_marker(text, n), [n]
             says_nothing = restating_says_nothing and _adds_nothing(sentence, asked)
             if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
-                    and not _marked_code(sentence) and not says_nothing and not _about_sources(sentence, asked)
+                    and not marked_code(sentence) and not says_nothing and not _about_sources(sentence, asked)
                     and any(ch.isalpha() for ch in MARKER.sub("", sentence))):
                 # a small model repeats itself: a claim is said once, and one made of earlier claims' words says
                 # nothing new (seen: a sentence joining the two before it, word for word)
@@ -202,27 +193,10 @@ def _without_code_blocks(body: str, dropped: list[str]) -> list[str]:
     return lines
 
 
-def _marked_code(sentence: str) -> bool:
-    """Whether inline code of the sentence holds what reads as a marker ("`a[1]`"): an index, not a citation, which
-    the report would renumber inside the code and list under Sources, and which the HTML shows as code."""
-    return any(MARKER.search(span.group()) for span in _CODE_SPAN.finditer(sentence))
 
 
-def _as_markers(text: str) -> str:
-    """The text with "【1, 2】" and "[1-3]" written as the markers they stand for, "[1][2]" and "[1][2][3]": as
-    text they would stay in a claim, numbered over the union of sources and never renumbered."""
-    def expand(match: re.Match) -> str:
-        first, last = sorted((int(match.group(1)), int(match.group(2))))
-        return "".join(f"[{n}]" for n in range(first, min(last, first + MAX_RANGE - 1) + 1))
-
-    text = _FULL_WIDTH_MARKER.sub(lambda m: "".join(f"[{n}]" for n in re.findall(r"\d+", m.group(1))), text)
-    return _RANGE_MARKER.sub(expand, text)
 
 
-def _unlinked(heading: str) -> str:
-    """A heading without markers or links: it is no claim, so the filter checks no citation of it (a marker it
-    kept as written could be "[0]" or past the last source, which the report's Sources list has no entry for)."""
-    return re.sub(r"[ \t]{2,}", " ", _ANY_LINK.sub(r"\1", MARKER.sub("", heading))).rstrip()
 
 
 def _whole_pieces(sentence: str, texts: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -264,16 +238,8 @@ def _copies_a_source_entry(line: str, sources: Sequence[Source]) -> bool:
     return entry.group(2).strip().lower() == sources[int(entry.group(1)) - 1].title.strip().lower()
 
 
-def cited_numbers(body: str) -> tuple[int, ...]:
-    """The source numbers the body's markers cite, in order of first use."""
-    return tuple(dict.fromkeys(int(n) for marker in MARKER.findall(body) for n in re.findall(r"\d+", marker)))
 
 
-def as_text(text: str) -> str:
-    """Text quoted into a report (a page's sentence, a trajectory's answer, the question) with what reads as a
-    marker escaped: a page's footnote "[3]" or an answer's "[2]" (numbered over its own search results) is no
-    citation of the report's source 3 or 2, and must be neither renumbered, listed, nor linked."""
-    return MARKER.sub(lambda match: "\\" + match.group(), text)
 
 
 def _annotated_citations(match: re.Match) -> str:
@@ -420,15 +386,9 @@ def _resolve(sentence: str, number_of_url: dict[str, int], count: int) -> tuple[
 
     # a link to a fetched page is a marker; any other link is its text alone: no address the filter did not check
     # stays live (one with a title, or to another scheme, is no _LINK)
-    text = _ANY_LINK.sub(r"\1", _LINK.sub(link, MARKER.sub(marker, sentence)))
+    text = ANY_LINK.sub(r"\1", _LINK.sub(link, MARKER.sub(marker, sentence)))
     return re.sub(r"\s+([.,;!?])(?!\.)", r"\1", re.sub(r" {2,}", " ", text)).strip(), numbers
 
 
 def _tidy(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
-
-
-def renumber(body: str, cited: Sequence[int]) -> str:
-    """Rewrite `[n]` markers so the sources used are numbered 1, 2, … in order of first use."""
-    new_number = {old: new for new, old in enumerate(cited, start=1)}
-    return re.sub(r"(?<!\\)\[(\d+)\]", lambda m: f"[{new_number.get(int(m.group(1)), m.group(1))}]", body)

@@ -26,8 +26,9 @@ from dataclasses import dataclass, replace
 
 from heavy.agent.gathered import unescaped
 from heavy.agent.steps import without_result_headers, word_run
-from heavy.aggregate.citations import LIST_PREFIX, MARKER, FilteredReport, cited_numbers
+from heavy.aggregate.citations import LIST_PREFIX, FilteredReport
 from heavy.aggregate.evidence import SENTENCE_END, passages, sentences_of, stemmed_words
+from heavy.aggregate.markers import MARKER, cited_numbers
 from heavy.aggregate.swaps import swapped
 from heavy.llm.types import Completion, LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source

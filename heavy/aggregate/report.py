@@ -11,15 +11,7 @@ from dataclasses import dataclass, replace
 
 from heavy.agent.gathered import SUPPORTING_SOURCES, lowered
 from heavy.agent.steps import TrajectoryResult, finished_part
-from heavy.aggregate.citations import (
-    MARKER,
-    FilteredReport,
-    as_text,
-    cited_numbers,
-    filter_claims,
-    renumber,
-    union_of_sources,
-)
+from heavy.aggregate.citations import FilteredReport, filter_claims, union_of_sources
 from heavy.aggregate.claim_check import check_answers, check_claims
 from heavy.aggregate.evidence import (
     SENTENCE_END,
@@ -29,6 +21,7 @@ from heavy.aggregate.evidence import (
     topic_words,
     weigh,
 )
+from heavy.aggregate.markers import MARKER, as_text, cited_numbers, renumber
 from heavy.aggregate.normalize import normalize_answer
 from heavy.aggregate.quotes import answer_sentence, pick_quotes
 from heavy.aggregate.result import JobResult

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heavy.aggregate import aggregate
-from heavy.aggregate.citations import cited_numbers
+from heavy.aggregate.markers import cited_numbers
 from heavy.api.report_html import report_html
 from tests.heavy.fakes import ScriptedBackend, source, text
 from tests.heavy.test_aggregate import EIFFEL, LOUVRE, result
