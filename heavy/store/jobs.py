@@ -197,10 +197,14 @@ class JobStore:
                 continue
             except InvalidTransition:  # approved or cancelled meanwhile (that took it off the set)
                 continue
-            await self.append_event(job_id, {"type": "job_cancelled", "schema_version": 1, "job_id": job_id,
-                                             "ts": time.time(), "reason": "not approved in time"})
+            await self._tell_cancelled(job_id, "not approved in time")
             expired.append(job_id)
         return expired
+
+    async def _tell_cancelled(self, job_id: str, reason: str) -> None:
+        """The event of a job cancelled before any worker ran it (a worker writes its own jobs' events)."""
+        await self.append_event(job_id, {"type": "job_cancelled", "schema_version": 1, "job_id": job_id,
+                                         "ts": time.time(), "reason": reason})
 
     async def cancel(self, job_id: str, tenant: str) -> JobRecord:
         """A job not started yet is cancelled here; a running one is asked to stop (its worker answers within
@@ -211,8 +215,7 @@ class JobStore:
                 await self.finish(job, CANCELLED, allowed=(AWAITING_APPROVAL, QUEUED), stop_reason="cancelled")
             except InvalidTransition:  # a worker took it meanwhile: ask that worker instead
                 return await self.cancel(job_id, tenant)
-            await self.append_event(job_id, {"type": "job_cancelled", "schema_version": 1, "job_id": job_id,
-                                             "ts": time.time(), "reason": "cancelled by request"})
+            await self._tell_cancelled(job_id, "cancelled by request")
         elif job.status in (RUNNING, AGGREGATING):
             await self.update(job_id, allowed=(RUNNING, AGGREGATING), control="cancel", updated=time.time())
         elif job.status != CANCELLED:
