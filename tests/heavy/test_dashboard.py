@@ -233,3 +233,26 @@ async def test_a_job_held_for_review_shows_its_plan_and_approval_deadline_until_
     await page.wait_for_selector("#approve", state="hidden")
     assert not await page.is_visible("#approve-by")
     assert (await store.jobs.get(job.id)).status != "awaiting_approval"
+
+
+async def test_the_job_list_pages_through_older_jobs(service, page, store):
+    key = await store.tenants.create_key("acme")
+    await store.tenants.set_limits("acme", max_jobs=100)
+    for i in range(55):  # held for review: no worker takes them
+        await store.jobs.submit("acme", question=f"question {i:02d}", mode="report", params={"trajectories": 1},
+                                review=True)
+    await page.goto(service.url + "/")
+    await page.fill("#api-key", key.secret)
+    await page.click("#sign-in-form button")
+    await page.wait_for_selector("#page-info:has-text('1–50 of 55')")
+    assert await page.locator("#jobs tbody tr").count() == 50 and await page.is_disabled("#newer")
+    assert "question 54" in await page.locator("#jobs tbody tr").first.text_content()  # newest first
+    await page.click("#older")
+    await page.wait_for_selector("#page-info:has-text('51–55 of 55')")
+    rows = await page.locator("#jobs tbody tr td:first-child").all_text_contents()
+    assert rows == [f"question {i:02d}" for i in (4, 3, 2, 1, 0)] and await page.is_disabled("#older")
+    await page.click("#newer")
+    await page.wait_for_selector("#page-info:has-text('1–50 of 55')")
+    await page.select_option("#status-filter", "done")  # another filter starts at its newest page
+    await page.wait_for_selector("#tenant-status:has-text('0 job(s) done')")
+    assert await page.locator("#jobs tbody tr").count() == 0 and await page.is_hidden("#older")

@@ -11,6 +11,9 @@ let apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
 let follower = null; // the AbortController of the open event stream
 let listTimer = null;
 let generation = 0; // bumped on every route: a view opened by an older route must not start a second follower
+const PAGE = 50; // jobs a list page shows
+let listOffset = 0; // where the list's page starts (0: the newest jobs)
+let listRequest = 0; // the latest list request: an older one answering late must not draw over it
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -52,9 +55,17 @@ function route() {
 
 async function refreshJobs() {
   const status = $("status-filter").value;
+  const asked = ++listRequest;
   try {
-    const page = await api(`/v1/jobs?limit=50${status ? `&status=${status}` : ""}`);
+    const page = await api(`/v1/jobs?limit=${PAGE}&offset=${listOffset}${status ? `&status=${status}` : ""}`);
+    if (asked !== listRequest) return;
+    if (listOffset > 0 && listOffset >= page.total) { listOffset = 0; return refreshJobs(); } // jobs left meanwhile
     $("tenant-status").textContent = `${page.total} job(s)${status ? ` ${status}` : ""}`;
+    const last = Math.min(listOffset + page.jobs.length, page.total);
+    $("page-info").textContent = page.total > PAGE ? `${listOffset + 1}–${last} of ${page.total}` : "";
+    $("newer").hidden = $("older").hidden = page.total <= PAGE;
+    $("newer").disabled = listOffset === 0;
+    $("older").disabled = listOffset + PAGE >= page.total;
     $("jobs").querySelector("tbody").innerHTML = page.jobs.map((job) => `
       <tr data-id="${job.id}"><td>${escapeHtml(job.question)}</td>
       <td class="status-${job.status}">${job.status}</td><td>${job.mode}</td><td>${job.tokens}</td>
@@ -261,7 +272,9 @@ $("submit-form").addEventListener("submit", async (e) => {
     location.hash = `#/jobs/${job.id}`;
   } catch (error) { $("submit-error").textContent = error.message; }
 });
-$("status-filter").addEventListener("change", refreshJobs);
+$("status-filter").addEventListener("change", () => { listOffset = 0; refreshJobs(); });
+$("newer").addEventListener("click", () => { listOffset = Math.max(0, listOffset - PAGE); refreshJobs(); });
+$("older").addEventListener("click", () => { listOffset += PAGE; refreshJobs(); });
 $("jobs").addEventListener("click", (e) => {
   const row = e.target.closest("tr[data-id]");
   if (row) location.hash = `#/jobs/${row.dataset.id}`;
