@@ -256,3 +256,21 @@ async def test_the_job_list_pages_through_older_jobs(service, page, store):
     await page.select_option("#status-filter", "done")  # another filter starts at its newest page
     await page.wait_for_selector("#tenant-status:has-text('0 job(s) done')")
     assert await page.locator("#jobs tbody tr").count() == 0 and await page.is_hidden("#older")
+
+
+async def test_a_job_opened_while_the_api_is_down_says_so_and_opens_once_it_is_back(service, page, store):
+    key = await store.tenants.create_key("acme")
+    job, _ = await store.jobs.submit("acme", question="Which module parses command-line options?", mode="report",
+                                     params={"trajectories": 1}, review=True)
+    await page.goto(service.url + "/")
+    await page.fill("#api-key", key.secret)
+    await page.click("#sign-in-form button")
+    await page.wait_for_selector("#submit-form", state="visible")
+    service.kill_api()
+    await page.evaluate(f"location.hash = '#/jobs/{job.id}'")
+    await page.wait_for_selector("#job-stage:has-text('cannot reach the heavy API')")
+    await service.start_api()
+    await page.wait_for_selector("#job-question:has-text('Which module parses')", timeout=30_000)
+    assert await page.text_content("#job-status") == "awaiting_approval"
+    await page.evaluate("location.hash = '#/jobs/" + "0" * 32 + "'")  # no such job: said, not retried
+    await page.wait_for_selector("#job-stage:has-text('no job')")

@@ -227,7 +227,7 @@ async function openJob(jobId) {
   view.dataset.applied = "0";
   view.dataset.lastEvent = "0";
   $("lanes").innerHTML = ""; $("report").hidden = true; $("report").innerHTML = "";
-  $("job-stage").textContent = ""; $("plan").hidden = true; resetAggregation();
+  $("job-stage").textContent = ""; $("job-question").textContent = ""; $("plan").hidden = true; resetAggregation();
   try {
     const job = await api(`/v1/jobs/${jobId}`);
     if (opened !== generation) return; // another route took over meanwhile
@@ -243,7 +243,14 @@ async function openJob(jobId) {
       setStatus(job.status);
     }
     follow(jobId);
-  } catch (error) { handleAuth(error); }
+  } catch (error) {
+    if (opened !== generation) return;
+    if (error.status === 401) return handleAuth(error);
+    if (error.status) { $("job-stage").textContent = error.message; return; } // a 404 says there is no such job
+    // the API is down or restarting: say so, and open the job once it answers
+    $("job-stage").textContent = "cannot reach the heavy API; trying again…";
+    setTimeout(() => { if (opened === generation) openJob(jobId); }, 2000);
+  }
 }
 
 async function control(action) {
