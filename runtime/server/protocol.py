@@ -184,6 +184,13 @@ class ChatCompletionRequest(_SamplingRequest):
     # vLLM's extension: each prompt token's log-probability and this many alternatives (the rendered messages scored)
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _alternatives_need_logprobs(cls, count: int | None, info: ValidationInfo) -> int | None:
+        if count and not info.data.get("logprobs"):  # OpenAI and vLLM refuse it too: it would be ignored silently
+            raise ValueError("top_logprobs needs logprobs: true")
+        return count
+
     @field_validator("prompt_logprobs")
     @classmethod
     def _prompt_logprobs_not_streamed(cls, count: int | None, info: ValidationInfo) -> int | None:

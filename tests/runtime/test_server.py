@@ -165,6 +165,7 @@ def test_n_choices_are_each_what_their_seed_gives_alone_streamed_or_not(client):
         ({"messages": [{"role": "user", "content": "x" * (2 * CONTEXT)}]}, "messages"),
         ({"messages": USER, "temperature": -1}, "temperature"),
         ({"messages": USER, "n": 65}, "n"),
+        ({"messages": USER, "top_logprobs": 3}, "top_logprobs"),  # without logprobs: true it would be ignored
     ],
 )
 def test_bad_requests_get_openai_400s_and_the_server_keeps_serving(server, client, body, param):
