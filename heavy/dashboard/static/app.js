@@ -232,7 +232,6 @@ async function openJob(jobId) {
     const job = await api(`/v1/jobs/${jobId}`);
     if (opened !== generation) return; // another route took over meanwhile
     $("job-question").textContent = job.question;
-    setStatus(job.status);
     for (let k = 0; k < job.params.trajectories; k++) lane(k);
     if (job.plan) {
       const by = job.approve_by ? ` <span id="approve-by">Approve it by ` +
@@ -240,8 +239,8 @@ async function openJob(jobId) {
       $("plan").innerHTML = `<p><strong>Plan</strong> (up to ${job.plan.max_tokens} tokens, ` +
         `$${job.plan.max_cost_usd}):${by}</p><ul>${job.plan.steps.map((s) => `<li>${escapeHtml(s)}</li>`).join("")}</ul>`;
       $("plan").hidden = false;
-      setStatus(job.status);
     }
+    setStatus(job.status); // after the plan: it shows the plan's approval deadline only while one is awaited
     follow(jobId);
   } catch (error) {
     if (opened !== generation) return;
