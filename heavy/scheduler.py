@@ -82,11 +82,7 @@ class JobSpec:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, job_id: str, question: str, **overrides) -> JobSpec:
-        limits = TrajectoryLimits(
-            max_steps=settings.max_steps, step_tokens=settings.step_tokens, total_tokens=settings.trajectory_tokens,
-            deadline_s=settings.job_deadline_s, context_tokens=settings.context_tokens,
-            reasoning_tokens=settings.reasoning_tokens,
-        )
+        limits = trajectory_limits(settings)
         values = dict(
             mode=settings.mode, trajectories=settings.trajectories, allowed_tools=frozenset(settings.allowed_tools),
             limits=limits, job_tokens=settings.job_tokens, deadline_s=settings.job_deadline_s,
@@ -103,6 +99,15 @@ class JobSpec:
         spread = k / (self.trajectories - 1) if self.trajectories > 1 else 0.0
         temperature = self.temperature_min + spread * (self.temperature_max - self.temperature_min)
         return Sampling(temperature=round(temperature, 3), seed=self.seed + k)
+
+
+def trajectory_limits(settings: Settings, **job_values) -> TrajectoryLimits:
+    """The deployment's trajectory limits (HEAVY_*), with a job's own budgets (max_steps, step_tokens, total_tokens,
+    deadline_s) in place of the defaults; the model's context and reasoning room are the deployment's alone."""
+    values = dict(max_steps=settings.max_steps, step_tokens=settings.step_tokens,
+                  total_tokens=settings.trajectory_tokens, deadline_s=settings.job_deadline_s)
+    return TrajectoryLimits(**{**values, **job_values}, context_tokens=settings.context_tokens,
+                            reasoning_tokens=settings.reasoning_tokens)
 
 
 class JobControl:

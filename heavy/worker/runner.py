@@ -17,13 +17,12 @@ import socket
 import time
 import uuid
 
-from heavy.agent import TrajectoryLimits
 from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import Settings
 from heavy.events import FanoutSink, JobFailed
 from heavy.llm.types import LLMBackend
 from heavy.metrics import ERRORS, JOB_SECONDS, JOBS_FINISHED, MetricsSink
-from heavy.scheduler import JobControl, JobSpec, Scheduler
+from heavy.scheduler import JobControl, JobSpec, Scheduler, trajectory_limits
 from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, Store
 from heavy.store.records import AGGREGATING, CANCELLED, FAILED, QUEUED, RUNNING
 from heavy.tools.base import ToolExecutor
@@ -43,9 +42,8 @@ def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_l
     """The scheduler's spec from the job's stored parameters; the job may not spend more than its tenant has. A job
     resumed after a takeover keeps its deadlines: they count from when it first started."""
     p = job.params
-    limits = TrajectoryLimits(max_steps=p["max_steps"], step_tokens=p["step_tokens"],
-                              total_tokens=p["trajectory_tokens"], deadline_s=p["deadline_s"],
-                              context_tokens=settings.context_tokens, reasoning_tokens=settings.reasoning_tokens)
+    limits = trajectory_limits(settings, max_steps=p["max_steps"], step_tokens=p["step_tokens"],
+                               total_tokens=p["trajectory_tokens"], deadline_s=p["deadline_s"])
     return JobSpec.from_settings(settings, job_id=job.id, question=job.question, mode=job.mode,
                                  trajectories=p["trajectories"], allowed_tools=frozenset(p["tools"]) & tools,
                                  limits=limits, job_tokens=max(1, min(p["job_tokens"], tokens_left)),
