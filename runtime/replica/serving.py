@@ -26,7 +26,7 @@ from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.models.registry import MODEL_TYPES
-from runtime.replica.rank import EP_MODEL_TYPES, is_moe_checkpoint
+from runtime.replica.rank import EP_MODEL_TYPES
 from runtime.replica.replica import ReplicaActor, ReplicaSpec
 from runtime.replica.router import Availability, RouterActor
 from runtime.sampling import SamplingParams
@@ -161,7 +161,7 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     if model_type not in MODEL_TYPES:  # else each rank would fail to load it inside its actor, Ray started
         raise UnsupportedReplicaModel(f"{folder}: model_type {model_type!r}; replicas run "
                                       f"{', '.join(sorted(MODEL_TYPES))} checkpoints")
-    if ep != 1 and not is_moe_checkpoint(folder):
+    if ep != 1 and model_type not in EP_MODEL_TYPES:
         raise UnsupportedReplicaModel(f"{folder}: model_type {model_type!r} is dense: its replicas are one rank "
                                       f"each (ep=1), got ep={ep}; EP splits the experts of "
                                       f"{', '.join(EP_MODEL_TYPES)} checkpoints")
