@@ -157,13 +157,11 @@ def namespace_command(argv: list[str], limits: SandboxLimits, uid: int | None,
         raise RuntimeError("refusing to hide the home directory '/'")
     if any(os.path.realpath(d) == "/" for d in data_dirs):
         raise RuntimeError("refusing to hide the data directory '/'")
-    # a directory under a private temp dir is hidden with it (a HEAVY_HOME under /tmp): its mount point is gone
-    hidden = [path for path in _outermost([os.path.realpath(home), *(os.path.realpath(d) for d in
-                                                                    (*data_dirs, *SECRET_DIRS) if os.path.isdir(d))])
-              if not any(_inside(path, os.path.realpath(t)) for t in PRIVATE_TMP_DIRS)]
+    private_tmp = [os.path.realpath(d) for d in PRIVATE_TMP_DIRS]
+    hidden = _outermost([os.path.realpath(home), *(os.path.realpath(d) for d in (*data_dirs, *SECRET_DIRS)
+                                                   if os.path.isdir(d))], private_tmp)
     prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
-    covered = [d.rstrip("/") + "/" for d in (*hidden, *PRIVATE_TMP_DIRS)]
-    keep = sorted(p for p in prefixes if any(p.startswith(d) for d in covered))
+    keep = sorted(p for p in prefixes if any(_inside(p, d) for d in (*hidden, *private_tmp)))
     unshare = UNSHARE if uid is not None else UNSHARE_USER
     return [*unshare, "sh", "-c", namespace_script(argv, limits, uid, hidden, keep)]
 
@@ -172,11 +170,12 @@ def _inside(path: str, other: str) -> bool:
     return path != other and path.startswith(other.rstrip("/") + "/")
 
 
-def _outermost(paths: list[str]) -> list[str]:
-    """`paths` without those inside another one (the default HEAVY_HOME is under home): a tmpfs over a parent
-    removes the child's mount point, and mounting on it would fail."""
+def _outermost(paths: list[str], covered: Sequence[str]) -> list[str]:
+    """`paths` without those inside another one or inside a `covered` dir (the private temp dirs): a tmpfs over
+    a parent removes the child's mount point, and mounting on it would fail (the default HEAVY_HOME is under home;
+    one under /tmp is hidden with /tmp)."""
     unique = list(dict.fromkeys(paths))
-    return [p for p in unique if not any(_inside(p, other) for other in unique)]
+    return [p for p in unique if not any(_inside(p, other) for other in (*unique, *covered))]
 
 
 def _home_directory() -> str:
