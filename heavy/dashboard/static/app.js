@@ -139,7 +139,7 @@ function setStatus(status) {
   $("cancel").disabled = ended; $("finish").disabled = ended || status !== "running";
   $("delete").disabled = !ended;
   $("approve").hidden = status !== "awaiting_approval";
-  const approveBy = document.getElementById("approve-by"); // in the plan, when the job has an approval window
+  const approveBy = $("approve-by"); // in the plan, when the job has an approval window
   if (approveBy) approveBy.hidden = status !== "awaiting_approval";
 }
 
