@@ -1,6 +1,9 @@
 """open_page: extraction to Markdown, per-URL cache, size cap, content types, HTTP errors, redirect limits."""
 
 import asyncio
+import gzip
+import tracemalloc
+import zlib
 
 import pytest
 
@@ -16,6 +19,25 @@ ARTICLE = (
     "<h1>Hekla</h1><p>Hekla is a stratovolcano in the south of Iceland, one of its most active volcanoes.</p>"
     "<ul><li>Height: 1,491 m</li><li>Last eruption: 2000</li></ul>"
 )
+NOTES = "plain notes, ünïcode".encode()
+
+
+def raw_deflate(data):
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+def gzipped_zeros(size, chunk=1 << 20):
+    """gzip of `size` zero bytes, compressed piece by piece (about 1 KB per MB)."""
+    compressor = zlib.compressobj(9, wbits=16 + zlib.MAX_WBITS)
+    return b"".join(compressor.compress(bytes(chunk)) for _ in range(size // chunk)) + compressor.flush()
+
+
+BOMB = gzipped_zeros(32 << 20)  # 32 KB
+
+
+def encoded(encoding, body):
+    return 200, {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": encoding}, body
 
 
 @pytest.fixture
@@ -27,6 +49,12 @@ def server():
         "/report.pdf": (200, {"Content-Type": "application/pdf"}, b"%PDF-1.4"),
         "/gone": (404, {"Content-Type": "text/html"}, b"<p>not here</p>"),
         "/loop": redirect("/loop"),
+        "/gzip": encoded("gzip", gzip.compress(NOTES)),
+        "/deflate": encoded("deflate", zlib.compress(NOTES)),
+        "/raw-deflate": encoded("deflate", raw_deflate(NOTES)),
+        "/bomb": encoded("gzip", BOMB),
+        "/double-gzip": encoded("gzip, gzip", gzip.compress(gzip.compress(NOTES))),
+        "/brotli": encoded("br", b"\x0b\x02\x80hi\x03"),
     }
     with LoopbackServer(routes) as running:
         yield running
@@ -83,6 +111,30 @@ def test_body_over_the_size_cap_is_cut_and_marked(server):
     result = run(make_tool(server, max_bytes=1000), f"{server.base_url}/big")
     assert result.truncated
     assert result.text.count("x") == 1000 and "longer than the download limit" in result.text
+
+
+@pytest.mark.parametrize("path", ["/gzip", "/deflate", "/raw-deflate"])
+def test_compressed_bodies_are_decoded(server, path):
+    assert "plain notes, ünïcode" in run(make_tool(server), f"{server.base_url}{path}").text
+
+
+def test_a_compression_bomb_is_inflated_only_up_to_the_size_cap(server):
+    """32 MB of zeros in 32 KB of gzip: one network read used to be inflated whole (a gzip in a gzip of 2 KB held
+    1 GiB), now never more than the cap."""
+    tracemalloc.start()
+    try:
+        result = run(make_tool(server, max_bytes=1000), f"{server.base_url}/bomb")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.truncated and "longer than the download limit" in result.text
+    assert peak < 8 << 20, f"{peak} bytes allocated to read a page capped at 1000"
+
+
+@pytest.mark.parametrize("path", ["/double-gzip", "/brotli"])
+def test_encodings_we_did_not_ask_for_are_refused(server, path):
+    with pytest.raises(ToolError, match="Content-Encoding"):
+        run(make_tool(server), f"{server.base_url}{path}")
 
 
 def test_binary_content_types_are_refused(server):
