@@ -10,11 +10,13 @@ Isolation "user-namespaces" (not root, where the kernel lets any user create a u
 PID and mount namespaces entered as the user namespace's root; every mount is made read-only before the private
 tmpfs go on (the code still runs as our uid outside, so our own files must not be writable), and the code runs
 with no capabilities at all (it cannot unmount what hides the home directory).
-Isolation "process" (fallback): the same runner and rlimits as the current user, with only the runner's audit hook
-against network access, writes outside the scratch dir and reading other processes' /proc files; this process is
-made non-dumpable so the code, running as the same user, cannot read our environment (secrets) or memory through
-/proc. Weaker, and reported as such in every result.
-All: a clean environment, a wall-clock timeout that kills the process group, capped output.
+Isolation "process" (fallback): the same runner and rlimits as the current user; the runner's own kernel fences
+(no sockets; with Landlock, writes only in the scratch dir and no signals out) and its audit hook (which also
+refuses reading other processes' /proc files) are all there is; this process is made non-dumpable so the code,
+running as the same user, cannot read our environment (secrets) or memory through /proc. The code can read what our
+user can read: weaker, and reported as such in every result.
+All: a clean environment, a wall-clock timeout that kills the process group, capped output, and the runner's
+fences (sandbox_runner.confine).
 """
 
 from __future__ import annotations

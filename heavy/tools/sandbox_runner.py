@@ -1,13 +1,17 @@
 """The program the python tool runs inside its sandbox process (standard library only; passed with `python -I -c`).
 
 argv: <scratch dir> <limits as JSON>; the user's code arrives on stdin. It lowers its own resource limits
-(soft = hard, so they cannot be raised again), installs an audit hook that refuses network, new processes,
-native code, writes outside the scratch dir and opening another process's /proc files (its environment holds
-secrets when this runs as the worker's own user), and runs the code like a notebook cell: a final expression's
-value is printed. The audit hook backs the OS fences (namespaces, uid, rlimits); it is not the only one.
+(soft = hard, so they cannot be raised again), puts up fences of its own the kernel keeps (`confine`: no new
+sockets; with Landlock, writes only under the scratch dir, no TCP, no signals beyond itself), installs an audit
+hook that refuses network, new processes, signals to other processes, native code, writes outside the scratch dir
+and opening another process's /proc files (its environment holds secrets when this runs as the worker's own user),
+and runs the code like a notebook cell: a final expression's value is printed. An audit hook lives in the
+interpreter the code runs in, so code can reach it (its frames and closures); the kernel's fences (these, and the
+namespaces, uid and rlimits around this process) are the ones that hold.
 """
 
 import ast
+import ctypes
 import json
 import os
 import re
@@ -41,6 +45,7 @@ REFUSED_EVENTS = {
 }
 # fork_exec in _posixsubprocess raises no audit event of its own, so the module itself stays out of reach.
 REFUSED_MODULES = frozenset({"_posixsubprocess", "_ctypes", "ctypes"})
+SIGNAL_EVENTS = {"os.kill": os.getpid, "os.killpg": os.getpgrp}  # event -> the one target allowed besides 0
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 PATH_EVENTS = {  # event -> positions of the path arguments it modifies
     "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,),
@@ -49,6 +54,24 @@ PATH_EVENTS = {  # event -> positions of the path arguments it modifies
 }
 ALLOWED_WRITE_TARGETS = frozenset({"/dev/null"})
 PROC_ENTRY = re.compile(r"/proc/(\d+)(/|$)")
+# Kernel interfaces used by `confine` (linux/prctl.h, seccomp.h, filter.h, audit.h, landlock.h).
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+SECCOMP_RET_ALLOW, SECCOMP_RET_EPERM = 0x7FFF0000, 0x00050000 | 1  # ERRNO(EPERM)
+BPF_LOAD_WORD, BPF_JUMP_EQUAL, BPF_JUMP_AT_LEAST, BPF_RETURN = 0x20, 0x15, 0x35, 0x06
+SECCOMP_DATA_NR, SECCOMP_DATA_ARCH = 0, 4  # offsets in struct seccomp_data
+X32_SYSCALL_BIT = 0x40000000  # x32 calls on x86_64 have numbers of their own
+AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64 = 0xC000003E, 0xC00000B7
+# arch -> the syscalls refused: socket (no socket: no network of any kind, unix path sockets included) and
+# io_uring_setup (io_uring makes and connects sockets without the socket syscall)
+REFUSED_SYSCALLS = {AUDIT_ARCH_X86_64: (41, 425), AUDIT_ARCH_AARCH64: (198, 425)}
+LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 446  # same number on every arch
+LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH = 1, 1
+LANDLOCK_WRITE_FILE, LANDLOCK_TRUNCATE = 1 << 1, 1 << 14
+LANDLOCK_WRITES = {  # ABI version -> the write rights it knows: remove dir/file, make char/dir/reg/sock/fifo/block/sym
+    1: LANDLOCK_WRITE_FILE | sum(1 << bit for bit in range(4, 13)), 2: 1 << 13, 3: LANDLOCK_TRUNCATE,  # refer, truncate
+}
+LANDLOCK_NET_TCP, LANDLOCK_NET_ABI = 0b11, 4  # bind and connect
+LANDLOCK_SCOPES, LANDLOCK_SCOPE_ABI = 0b11, 6  # abstract unix sockets and signals outside the sandbox
 
 
 def apply_limits(limits: dict) -> None:
@@ -56,6 +79,81 @@ def apply_limits(limits: dict) -> None:
         resource.setrlimit(LIMITS[name], (value, value + 1 if name == "cpu_s" else value))  # +1 s: SIGXCPU first
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead of killing
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class LandlockRuleset(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class LandlockPathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def confine(scratch: str) -> None:
+    """Fences the kernel keeps however the code gets past the audit hook: no socket can be made (seccomp), and where
+    the kernel has Landlock, writes only under `scratch` (and /dev/null), no TCP, and no signal or abstract unix
+    socket reaching a process outside this one. Each is skipped where the kernel lacks it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # both need it, and it bars setuid programs too
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    _restrict_filesystem(libc, scratch)
+    _refuse_syscalls(libc)
+
+
+def _refuse_syscalls(libc) -> None:
+    arch = {"x86_64": AUDIT_ARCH_X86_64, "aarch64": AUDIT_ARCH_AARCH64}.get(os.uname().machine)
+    if arch is None:
+        return
+    checks = [(BPF_JUMP_AT_LEAST, X32_SYSCALL_BIT), *((BPF_JUMP_EQUAL, nr) for nr in REFUSED_SYSCALLS[arch])]
+    program = [  # (code, jump if true, jump if false, k); jumps count the instructions skipped
+        (BPF_LOAD_WORD, 0, 0, SECCOMP_DATA_ARCH),
+        (BPF_JUMP_EQUAL, 1, 0, arch),
+        (BPF_RETURN, 0, 0, SECCOMP_RET_EPERM),  # a call through another ABI (int 0x80): refused
+        (BPF_LOAD_WORD, 0, 0, SECCOMP_DATA_NR),
+        *((code, len(checks) - i, 0, k) for i, (code, k) in enumerate(checks)),  # a match: to the last return
+        (BPF_RETURN, 0, 0, SECCOMP_RET_ALLOW),
+        (BPF_RETURN, 0, 0, SECCOMP_RET_EPERM),
+    ]
+    filters = (SockFilter * len(program))(*(SockFilter(*instruction) for instruction in program))
+    fprog = SockFprog(len(program), ctypes.addressof(filters))
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+
+
+def _restrict_filesystem(libc, scratch: str) -> None:
+    abi = libc.syscall(LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    if abi < 1:  # no Landlock in this kernel, or disabled
+        return
+    writes = sum(rights for version, rights in LANDLOCK_WRITES.items() if version <= abi)
+    ruleset = LandlockRuleset(writes, LANDLOCK_NET_TCP if abi >= LANDLOCK_NET_ABI else 0,
+                              LANDLOCK_SCOPES if abi >= LANDLOCK_SCOPE_ABI else 0)
+    ruleset_fd = libc.syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(ruleset), ctypes.sizeof(ruleset), 0)
+    if ruleset_fd < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    try:
+        for path, rights in ((scratch, writes), *((t, writes & (LANDLOCK_WRITE_FILE | LANDLOCK_TRUNCATE))
+                                                 for t in ALLOWED_WRITE_TARGETS)):
+            path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = LandlockPathBeneath(rights, path_fd)
+                if libc.syscall(LANDLOCK_ADD_RULE, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0):
+                    raise OSError(ctypes.get_errno(), f"landlock_add_rule({path}) failed")
+            finally:
+                os.close(path_fd)
+        if libc.syscall(LANDLOCK_RESTRICT_SELF, ruleset_fd, 0) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    finally:
+        os.close(ruleset_fd)
 
 
 def install_guard(scratch: str) -> None:
@@ -77,6 +175,10 @@ def install_guard(scratch: str) -> None:
     def hook(event: str, args: tuple) -> None:
         if event in REFUSED_EVENTS:
             raise PermissionError(f"sandbox: {REFUSED_EVENTS[event]} is not allowed ({event})")
+        if event in SIGNAL_EVENTS and args[0] not in (0, SIGNAL_EVENTS[event]()):  # 0: its own group
+            raise PermissionError(f"sandbox: signalling other processes is not allowed ({event})")
+        if event == "object.__setattr__" and args[1] == "__code__":  # e.g. swapping this hook's code for a no-op
+            raise PermissionError("sandbox: replacing a function's code is not allowed")
         if event == "import" and args[0] in REFUSED_MODULES:
             raise ImportError(f"sandbox: module {args[0]!r} is not available")
         if event == "open":
@@ -121,6 +223,9 @@ def main() -> int:
     except SyntaxError:
         traceback.print_exc(limit=0)
         return 1
+    confine(scratch)
+    for name in [m for m in sys.modules if m.partition(".")[0] in REFUSED_MODULES]:
+        del sys.modules[name]  # imported for confine: imported again, they meet the audit hook
     install_guard(scratch)
     try:
         exec(program, {"__name__": "__main__", "__sandbox_show__": show})

@@ -1,0 +1,118 @@
+"""python sandbox: what holds once the code is past the runner's audit hook.
+
+An audit hook runs in the interpreter the code runs in, so the code can reach it: a refused event's traceback holds
+the hook's frame, and the frame its globals (the tables of what to refuse). These tests disarm the hook that way,
+then check the kernel's fences: no socket of any kind, no write outside the scratch dir, no signal to the worker.
+"""
+
+import asyncio
+import ctypes
+import signal
+
+import pytest
+
+from heavy.tools.python_sandbox import PythonSandbox, SandboxLimits, user_namespaces_available
+
+ISOLATIONS = ["auto", *(["user-namespaces"] if user_namespaces_available() else []), "process"]
+LIMITS = SandboxLimits(wall_s=15, cpu_s=5, memory_bytes=512 << 20, output_bytes=4000)
+LANDLOCK_CREATE_RULESET, LANDLOCK_CREATE_RULESET_VERSION = 444, 1
+
+
+def landlock_abi() -> int:
+    return ctypes.CDLL(None).syscall(LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
+
+
+needs_landlock = pytest.mark.skipif(landlock_abi() < 6, reason="needs Landlock with signal scoping (Linux 6.12)")
+
+DISARM_THE_AUDIT_HOOK = """
+import os, re
+try:
+    open("/proc/1/environ", "rb")
+except PermissionError as error:
+    tb = error.__traceback__
+    while tb.tb_next:
+        tb = tb.tb_next
+    runner = tb.tb_frame.f_globals  # the hook's frame: the runner's globals
+for table in ("REFUSED_EVENTS", "PATH_EVENTS", "SIGNAL_EVENTS"):
+    runner.get(table, {}).clear()
+runner.update(REFUSED_MODULES=frozenset(), WRITE_FLAGS=0, PROC_ENTRY=re.compile("(?!)"))
+"""
+
+
+def run(code, isolation):
+    return asyncio.run(PythonSandbox(LIMITS, isolation).run(code))
+
+
+@pytest.fixture
+def signals_received():
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(signal.SIGUSR1))
+    yield received
+    signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_the_worker_cannot_be_signalled(isolation, signals_received):
+    """Run as the worker's own user (process isolation), os.kill(os.getppid(), SIGKILL) ended the worker."""
+    outcome = run("import os, signal\nos.kill(os.getppid(), signal.SIGUSR1)\nprint('SIGNALLED')", isolation)
+    assert "signalling other processes is not allowed" in outcome.output and "SIGNALLED" not in outcome.output
+    assert run("import os, signal\nos.kill(os.getpid(), 0)\nos.killpg(0, 0)\nprint('ok')", isolation).output == "ok\n"
+    assert signals_received == []
+
+
+def test_the_audit_hook_cannot_be_swapped_for_a_no_op():
+    code = (
+        "import gc\n"
+        "hook = next(o for o in gc.get_objects() if getattr(o, '__qualname__', '') == 'install_guard.<locals>.hook')\n"
+        "names = hook.__code__.co_freevars\n"
+        "source = ('def outer():\\n' + ''.join(f'    {n} = None\\n' for n in names) + '    def hook(event, args):\\n'\n"
+        "          + ''.join(f'        {n}\\n' for n in names) + '    return hook\\n')\n"
+        "scope = {}\n"
+        "exec(source, scope)\n"
+        "hook.__code__ = scope['outer']().__code__\n"
+        "import socket\n"
+        "socket.socket()\n"
+        "print('SOCKET')\n"
+    )
+    outcome = run(code, "process")
+    assert "replacing a function's code is not allowed" in outcome.output and "SOCKET" not in outcome.output
+
+
+def test_ctypes_stays_refused_though_the_runner_used_it():
+    assert "module 'ctypes' is not available" in run("import ctypes", "process").output
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_no_socket_of_any_kind_past_the_audit_hook(isolation):
+    """No network namespace hides a unix socket on a path (Ray's, a Redis's): no socket can be made at all."""
+    code = DISARM_THE_AUDIT_HOOK + (
+        "import socket\n"
+        "for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK):\n"
+        "    try:\n"
+        "        socket.socket(family, socket.SOCK_DGRAM if family == socket.AF_NETLINK else socket.SOCK_STREAM)\n"
+        "        print('SOCKET', family)\n"
+        "    except OSError as exc:\n"
+        "        print('refused', exc.errno)\n"
+    )
+    assert run(code, isolation).output == "refused 1\n" * 4
+
+
+@needs_landlock
+def test_process_isolation_keeps_writes_and_signals_in_the_sandbox_past_the_audit_hook(tmp_path, signals_received):
+    """Without namespaces the code runs as the worker's user: Landlock keeps its writes in the scratch dir and its
+    signals to itself however the audit hook is disarmed."""
+    tmp_path.chmod(0o777)
+    code = DISARM_THE_AUDIT_HOOK + (
+        "import signal\n"
+        "open('inside.txt', 'w').write('ok')\n"
+        f"escape = lambda: open({str(tmp_path / 'escape.txt')!r}, 'w')\n"
+        "for act in (escape, lambda: os.kill(os.getppid(), signal.SIGUSR1)):\n"
+        "    try:\n"
+        "        act()\n"
+        "        print('ESCAPED')\n"
+        "    except OSError as exc:\n"
+        "        print('refused', exc.errno)\n"
+    )
+    outcome = run(code, "process")
+    assert outcome.output.startswith("refused 13\nrefused 1\n"), outcome.output
+    assert list(tmp_path.iterdir()) == [] and signals_received == []
