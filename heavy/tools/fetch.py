@@ -9,6 +9,8 @@ inside gzip held 1 GiB.
 
 from __future__ import annotations
 
+import codecs
+import re
 import ssl
 import zlib
 from dataclasses import dataclass
@@ -22,6 +24,12 @@ USER_AGENT = "heavy-research/0.1 (+open_page)"
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 ENCODING_WBITS = {"gzip": GZIP_WBITS, "x-gzip": GZIP_WBITS, "deflate": zlib.MAX_WBITS}  # the encodings we ask for
 ACCEPT_ENCODING = "gzip, deflate"
+BYTE_ORDER_MARKS = (  # UTF-32 first: its little-endian mark begins with UTF-16's
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)
+META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
+META_PRESCAN_BYTES = 1024  # where HTML puts its <meta charset>
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ class PageFetcher:
         return FetchedResponse(
             url=str(target.url), status=response.status_code,
             content_type=response.headers.get("content-type", "").split(";")[0].strip().lower(),
-            text=body.decode(response.encoding or "utf-8", errors="replace"), truncated=truncated,
+            text=decode_body(body, response.charset_encoding), truncated=truncated,
         )
 
     async def _read_capped(self, response: httpx.Response, target: Target) -> tuple[bytes, bool]:
@@ -103,6 +111,36 @@ class PageFetcher:
             if len(body) > limit:
                 return bytes(body[:limit]), True
         return bytes(body), False
+
+
+def decode_body(body: bytes, declared: str | None) -> str:
+    try:
+        return body.decode(body_encoding(body, declared), errors="replace")
+    except (LookupError, UnicodeError):  # a charset naming no text codec (zlib, rot13), or one strict only (idna)
+        return body.decode("utf-8", errors="replace")
+
+
+def body_encoding(body: bytes, declared: str | None) -> str:
+    """As browsers decide: a byte-order mark, else the Content-Type's charset, else a <meta> charset near the top
+    (pages that name theirs only there were read as UTF-8: mojibake), else UTF-8."""
+    for mark, encoding in BYTE_ORDER_MARKS:
+        if body.startswith(mark):
+            return encoding
+    known = _known_encoding(declared)
+    if known is not None:
+        return known
+    meta = META_CHARSET.search(body[:META_PRESCAN_BYTES])
+    known = _known_encoding(meta.group(1).decode("ascii")) if meta else None
+    if known is None or known.startswith(("utf-16", "utf-32")):  # a <meta> read as ASCII is not in UTF-16/32
+        return "utf-8"
+    return known
+
+
+def _known_encoding(name: str | None) -> str | None:
+    try:
+        return codecs.lookup(name).name if name else None
+    except LookupError:
+        return None
 
 
 class Inflater:

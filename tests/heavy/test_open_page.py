@@ -34,6 +34,13 @@ def gzipped_zeros(size, chunk=1 << 20):
 
 
 BOMB = gzipped_zeros(32 << 20)  # 32 KB
+CAFE = "Le café de la gare est très célèbre à Zürich."
+TOKYO = "東京は日本の首都です。"
+
+
+def charset_page(meta, text, encoding, content_type="text/html"):
+    page = f"<html><head>{meta}<title>{text[:5]}</title></head><body><article><p>{text}</p></article></body></html>"
+    return 200, {"Content-Type": content_type}, page.encode(encoding)
 
 
 def encoded(encoding, body):
@@ -55,6 +62,12 @@ def server():
         "/bomb": encoded("gzip", BOMB),
         "/double-gzip": encoded("gzip, gzip", gzip.compress(gzip.compress(NOTES))),
         "/brotli": encoded("br", b"\x0b\x02\x80hi\x03"),
+        "/meta-charset": charset_page('<meta charset="windows-1252">', CAFE, "cp1252"),
+        "/http-equiv": charset_page('<meta http-equiv="Content-Type" content="text/html; charset=Shift_JIS">', TOKYO,
+                                    "shift_jis"),
+        "/header-wins": charset_page('<meta charset="windows-1252">', CAFE, "utf-8", "text/html; charset=utf-8"),
+        "/bom": (200, {"Content-Type": "text/plain"}, NOTES.decode().encode("utf-16")),
+        "/not-a-text-codec": (200, {"Content-Type": "text/plain; charset=zlib"}, NOTES),
     }
     with LoopbackServer(routes) as running:
         yield running
@@ -129,6 +142,15 @@ def test_a_compression_bomb_is_inflated_only_up_to_the_size_cap(server):
         tracemalloc.stop()
     assert result.truncated and "longer than the download limit" in result.text
     assert peak < 8 << 20, f"{peak} bytes allocated to read a page capped at 1000"
+
+
+CHARSET_PAGES = {"/meta-charset": CAFE, "/http-equiv": TOKYO, "/header-wins": CAFE, "/bom": NOTES.decode(),
+                 "/not-a-text-codec": NOTES.decode()}
+
+
+@pytest.mark.parametrize("path", CHARSET_PAGES)
+def test_the_charset_is_taken_from_the_header_a_byte_order_mark_or_the_page(server, path):
+    assert CHARSET_PAGES[path] in run(make_tool(server), f"{server.base_url}{path}").text
 
 
 @pytest.mark.parametrize("path", ["/double-gzip", "/brotli"])
