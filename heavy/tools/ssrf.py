@@ -112,6 +112,8 @@ def refusal_reason(address: IPAddress) -> str | None:
             ("an unspecified address", candidate.is_unspecified),
             ("a loopback address", candidate.is_loopback),
             ("a link-local address", candidate.is_link_local),
+            # fec0::/10: deprecated, but still routed inside networks that use it, and ipaddress calls it global
+            ("a site-local address", isinstance(candidate, ipaddress.IPv6Address) and candidate.is_site_local),
             ("a multicast address", candidate.is_multicast),
             ("a private address", candidate.is_private),
             ("a reserved address", candidate.is_reserved),

@@ -74,6 +74,7 @@ def direct_targets(secret_port):
         "http://[fe80::1]/",
         "http://[fe80::1%25eth0]/",
         "http://[fc00::1]/",
+        "http://[fec0::1]/",  # site-local (deprecated, still routable inside a network)
         "http://[fd00:ec2::254]/",
         "http://224.0.0.1/",
         f"http://[::ffff:127.0.0.1]:{p}/secret",  # IPv4-mapped IPv6
