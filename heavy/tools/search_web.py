@@ -28,6 +28,9 @@ def map_ddgs_rows(rows: list[dict[str, Any]]) -> list[SearchResult]:
     ]
 
 
+NO_RESULTS = "No results found."  # what DDGS raises when no engine failed and none found anything
+
+
 class WebSearchBackend:
     name = "web"
 
@@ -47,5 +50,7 @@ class WebSearchBackend:
         try:
             rows = self._client_factory(self.timeout_s).text(query, region=self.region, max_results=k)
         except DDGSException as exc:
+            if type(exc) is DDGSException and str(exc) == NO_RESULTS:  # an answer (try other words), not a failure
+                return []
             raise ToolError(f"web search failed: {exc}") from exc
         return map_ddgs_rows(rows)[:k]

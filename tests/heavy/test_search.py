@@ -72,15 +72,27 @@ def test_web_backend_maps_ddgs_rows_and_drops_non_http_links():
     assert RecordedDDGS.calls[-1] == ("kimi k2", {"region": "us-en", "max_results": 3}, 7)
 
 
-def test_web_backend_errors_become_tool_errors():
-    from ddgs.exceptions import RatelimitException
-
-    class Limited:
+def failing_ddgs(error):
+    class Failing:
         def __init__(self, timeout_s):
             pass
 
         def text(self, query, **kwargs):
-            raise RatelimitException("202 Ratelimit")
+            raise error
+
+    return Failing
+
+
+def test_web_backend_errors_become_tool_errors():
+    from ddgs.exceptions import RatelimitException
 
     with pytest.raises(ToolError, match="web search failed"):
-        asyncio.run(WebSearchBackend(client_factory=Limited).search("q", 3))
+        asyncio.run(WebSearchBackend(client_factory=failing_ddgs(RatelimitException("202 Ratelimit"))).search("q", 3))
+
+
+def test_web_search_that_finds_nothing_says_so_instead_of_failing():
+    from ddgs.exceptions import DDGSException
+
+    backend = WebSearchBackend(client_factory=failing_ddgs(DDGSException("No results found.")))  # as ddgs 9 raises it
+    result = asyncio.run(SearchTool(backend).run({"query": "zzqx unfindable"}, CTX))
+    assert result.error is None and result.text == "No results for 'zzqx unfindable'. Try other words."
