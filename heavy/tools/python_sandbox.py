@@ -11,10 +11,11 @@ PID and mount namespaces entered as the user namespace's root; every mount is ma
 tmpfs go on (the code still runs as our uid outside, so our own files must not be writable), and the code runs
 with no capabilities at all (it cannot unmount what hides the home directory).
 Isolation "process" (fallback): the same runner and rlimits as the current user; the runner's own kernel fences
-(no sockets; with Landlock, writes only in the scratch dir and no signals out) and its audit hook (which also
-refuses reading other processes' /proc files) are all there is; this process is made non-dumpable so the code,
-running as the same user, cannot read our environment (secrets) or memory through /proc. The code can read what our
-user can read: weaker, and reported as such in every result.
+(no sockets; with Landlock, writes only in the scratch dir, no reads of what the namespaces would hide nor of the
+shared temp dirs, no signals out) and its audit hook (which also refuses reading other processes' /proc files) are
+all there is; this process is made non-dumpable so the code, running as the same user, cannot read our environment
+(secrets) or memory through /proc. The code can read what our user can read elsewhere: weaker, and reported as such
+in every result.
 All: a clean environment, a wall-clock timeout that kills the process group, capped output, and the runner's
 fences (sandbox_runner.confine).
 """
@@ -154,18 +155,30 @@ def namespace_command(argv: list[str], limits: SandboxLimits, uid: int | None,
     """`argv` wrapped to run as `uid` in fresh namespaces (None: in a user namespace of its own, see
     namespace_script), with our home, `data_dirs`, mounted secrets and temp dirs hidden but the interpreter and its
     environment (pyenv under home, a venv under /tmp) kept, read-only."""
-    home = _home_directory()
-    if home.rstrip("/") == "":
+    if _home_directory().rstrip("/") == "":
         raise RuntimeError("refusing to hide the home directory '/'")
     if any(os.path.realpath(d) == "/" for d in data_dirs):
         raise RuntimeError("refusing to hide the data directory '/'")
     private_tmp = [os.path.realpath(d) for d in PRIVATE_TMP_DIRS]
-    hidden = _outermost([os.path.realpath(home), *(os.path.realpath(d) for d in (*data_dirs, *SECRET_DIRS)
-                                                   if os.path.isdir(d))], private_tmp)
+    hidden = hidden_dirs(data_dirs)
     prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
     keep = sorted(p for p in prefixes if any(_inside(p, d) for d in (*hidden, *private_tmp)))
     unshare = UNSHARE if uid is not None else UNSHARE_USER
     return [*unshare, "sh", "-c", namespace_script(argv, limits, uid, hidden, keep)]
+
+
+def hidden_dirs(data_dirs: Sequence[str]) -> list[str]:
+    """Our home, `data_dirs` and mounted secrets, outermost first, none inside the private temp dirs (hidden with
+    them) and never '/'."""
+    private_tmp = [os.path.realpath(d) for d in PRIVATE_TMP_DIRS]
+    candidates = [_home_directory(), *(d for d in (*data_dirs, *SECRET_DIRS) if os.path.isdir(d))]
+    return _outermost([real for real in map(os.path.realpath, candidates) if real != "/"], private_tmp)
+
+
+def unreadable_dirs(data_dirs: Sequence[str]) -> list[str]:
+    """What process isolation keeps the code from reading (the runner's Landlock rules): the dirs namespaces would
+    hide, and the shared temp dirs (the embedded Redis's socket dir, Ray's session files, other runs' scratch)."""
+    return [*hidden_dirs(data_dirs), *(real for real in map(os.path.realpath, PRIVATE_TMP_DIRS) if os.path.isdir(real))]
 
 
 def _inside(path: str, other: str) -> bool:
@@ -199,8 +212,8 @@ def make_undumpable() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
-def runner_argv(scratch: str, limits: SandboxLimits) -> list[str]:
-    return [sys.executable, "-I", "-c", RUNNER_SOURCE, scratch, json.dumps(limits.rlimits())]
+def runner_argv(scratch: str, limits: SandboxLimits, unreadable: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-I", "-c", RUNNER_SOURCE, scratch, json.dumps(limits.rlimits()), json.dumps(unreadable)]
 
 
 class UidPool:
@@ -247,7 +260,8 @@ class PythonSandbox:
         self.isolation = isolation
         if isolation == "process":
             make_undumpable()
-            logger.warning("python sandbox: no namespaces here; only rlimits and an audit hook isolate the code")
+            logger.warning("python sandbox: no namespaces here; only rlimits, seccomp, Landlock (if the kernel has it) "
+                           "and an audit hook isolate the code")
         else:
             logger.info("python sandbox: %s isolation", isolation)
 
@@ -263,7 +277,8 @@ class PythonSandbox:
             return await self._run(code, command, None)
         scratch = tempfile.mkdtemp(prefix="heavy-python-")
         try:
-            return await self._run(code, runner_argv(scratch, self.limits), scratch)
+            argv = runner_argv(scratch, self.limits, unreadable_dirs(self.data_dirs))
+            return await self._run(code, argv, scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

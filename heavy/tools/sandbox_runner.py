@@ -1,13 +1,14 @@
 """The program the python tool runs inside its sandbox process (standard library only; passed with `python -I -c`).
 
-argv: <scratch dir> <limits as JSON>; the user's code arrives on stdin. It lowers its own resource limits
-(soft = hard, so they cannot be raised again), puts up fences of its own the kernel keeps (`confine`: no new
-sockets; with Landlock, writes only under the scratch dir, no TCP, no signals beyond itself), installs an audit
-hook that refuses network, new processes, signals to other processes, native code, writes outside the scratch dir
-and opening another process's /proc files (its environment holds secrets when this runs as the worker's own user),
-and runs the code like a notebook cell: a final expression's value is printed. An audit hook lives in the
-interpreter the code runs in, so code can reach it (its frames and closures); the kernel's fences (these, and the
-namespaces, uid and rlimits around this process) are the ones that hold.
+argv: <scratch dir> <limits as JSON> <dirs the code must not read, as JSON list>; the user's code arrives on stdin.
+It lowers its own resource limits (soft = hard, so they cannot be raised again), puts up fences of its own the
+kernel keeps (`confine`: no new sockets; with Landlock, writes only under the scratch dir, no reads of the dirs
+named, no TCP, no signals beyond itself), installs an audit hook that refuses network, new processes, signals to
+other processes, native code, writes outside the scratch dir and opening another process's /proc files (its
+environment holds secrets when this runs as the worker's own user), and runs the code like a notebook cell: a final
+expression's value is printed. An audit hook lives in the interpreter the code runs in, so code can reach it (its
+frames and closures); the kernel's fences (these, and the namespaces, uid and rlimits around this process) are the
+ones that hold.
 """
 
 import ast
@@ -66,7 +67,9 @@ AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64 = 0xC000003E, 0xC00000B7
 REFUSED_SYSCALLS = {AUDIT_ARCH_X86_64: (41, 425), AUDIT_ARCH_AARCH64: (198, 425)}
 LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 446  # same number on every arch
 LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH = 1, 1
-LANDLOCK_WRITE_FILE, LANDLOCK_TRUNCATE = 1 << 1, 1 << 14
+LANDLOCK_WRITE_FILE, LANDLOCK_READ_FILE, LANDLOCK_READ_DIR, LANDLOCK_TRUNCATE = 1 << 1, 1 << 2, 1 << 3, 1 << 14
+LANDLOCK_READS = LANDLOCK_READ_FILE | LANDLOCK_READ_DIR
+LANDLOCK_FILE_RIGHTS = LANDLOCK_WRITE_FILE | LANDLOCK_READ_FILE | LANDLOCK_TRUNCATE  # the ones a non-directory takes
 LANDLOCK_WRITES = {  # ABI version -> the write rights it knows: remove dir/file, make char/dir/reg/sock/fifo/block/sym
     1: LANDLOCK_WRITE_FILE | sum(1 << bit for bit in range(4, 13)), 2: 1 << 13, 3: LANDLOCK_TRUNCATE,  # refer, truncate
 }
@@ -99,15 +102,33 @@ class LandlockPathBeneath(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
-def confine(scratch: str) -> None:
+def confine(scratch: str, unreadable: list[str]) -> None:
     """Fences the kernel keeps however the code gets past the audit hook: no socket can be made (seccomp), and where
-    the kernel has Landlock, writes only under `scratch` (and /dev/null), no TCP, and no signal or abstract unix
-    socket reaching a process outside this one. Each is skipped where the kernel lacks it."""
+    the kernel has Landlock, writes only under `scratch` (and /dev/null), nothing under `unreadable` read (but our
+    interpreter's prefixes), no TCP, and no signal or abstract unix socket reaching a process outside this one.
+    Each is skipped where the kernel lacks it."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # both need it, and it bars setuid programs too
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    _restrict_filesystem(libc, scratch)
+    _restrict_filesystem(libc, scratch, unreadable)
     _refuse_syscalls(libc)
+
+
+def readable_trees(unreadable: list[str]) -> list[str]:
+    """Everything but `unreadable`, as the trees Landlock allows: the siblings of each unreadable dir and of each of
+    its parents. A symlink is left out: what it points to is allowed (or not) where it is."""
+    hidden = {os.path.realpath(path) for path in unreadable}
+    trees, pending = [], ["/"]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink() or entry.path in hidden:
+                    continue
+                if any(h.startswith(entry.path + "/") for h in hidden):
+                    pending.append(entry.path)  # holds an unreadable dir: its other entries one by one
+                else:
+                    trees.append(entry.path)
+    return trees
 
 
 def _refuse_syscalls(libc) -> None:
@@ -130,22 +151,29 @@ def _refuse_syscalls(libc) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
 
-def _restrict_filesystem(libc, scratch: str) -> None:
+def _restrict_filesystem(libc, scratch: str, unreadable: list[str]) -> None:
     abi = libc.syscall(LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
     if abi < 1:  # no Landlock in this kernel, or disabled
         return
     writes = sum(rights for version, rights in LANDLOCK_WRITES.items() if version <= abi)
-    ruleset = LandlockRuleset(writes, LANDLOCK_NET_TCP if abi >= LANDLOCK_NET_ABI else 0,
+    reads = LANDLOCK_READS if unreadable else 0
+    ruleset = LandlockRuleset(writes | reads, LANDLOCK_NET_TCP if abi >= LANDLOCK_NET_ABI else 0,
                               LANDLOCK_SCOPES if abi >= LANDLOCK_SCOPE_ABI else 0)
     ruleset_fd = libc.syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(ruleset), ctypes.sizeof(ruleset), 0)
     if ruleset_fd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)} if reads else set()
+    rules = [(scratch, writes | reads), *((t, writes | reads) for t in ALLOWED_WRITE_TARGETS),
+             *((tree, reads) for tree in (*prefixes, *(readable_trees(unreadable) if reads else ())))]
     try:
-        for path, rights in ((scratch, writes), *((t, writes & (LANDLOCK_WRITE_FILE | LANDLOCK_TRUNCATE))
-                                                 for t in ALLOWED_WRITE_TARGETS)):
-            path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        for path, rights in rules:
             try:
-                rule = LandlockPathBeneath(rights, path_fd)
+                path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:  # gone since it was listed
+                continue
+            try:
+                is_dir = os.path.isdir(f"/proc/self/fd/{path_fd}")
+                rule = LandlockPathBeneath(rights if is_dir else rights & LANDLOCK_FILE_RIGHTS, path_fd)
                 if libc.syscall(LANDLOCK_ADD_RULE, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0):
                     raise OSError(ctypes.get_errno(), f"landlock_add_rule({path}) failed")
             finally:
@@ -214,7 +242,7 @@ def show(value) -> None:
 
 
 def main() -> int:
-    scratch, limits = sys.argv[1], json.loads(sys.argv[2])
+    scratch, limits, unreadable = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
     code = sys.stdin.read()
     os.chdir(scratch)
     apply_limits(limits)
@@ -223,7 +251,7 @@ def main() -> int:
     except SyntaxError:
         traceback.print_exc(limit=0)
         return 1
-    confine(scratch)
+    confine(scratch, unreadable)
     for name in [m for m in sys.modules if m.partition(".")[0] in REFUSED_MODULES]:
         del sys.modules[name]  # imported for confine: imported again, they meet the audit hook
     install_guard(scratch)

@@ -7,7 +7,10 @@ then check the kernel's fences: no socket of any kind, no write outside the scra
 
 import asyncio
 import ctypes
+import shutil
 import signal
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +120,34 @@ def test_process_isolation_keeps_writes_and_signals_in_the_sandbox_past_the_audi
     outcome = run(code, "process")
     assert outcome.output == "refused 13\nrefused 1\nrefused 1\n", outcome.output
     assert list(tmp_path.iterdir()) == [] and signals_received == []
+
+
+@pytest.fixture
+def data_dir():
+    """A HEAVY_HOME outside home and /tmp (as the image's /var/lib/heavy) holding the embedded Redis's append-only
+    file: every tenant's jobs, world-readable as redis-server writes it."""
+    path = Path(tempfile.mkdtemp(prefix=".sandbox-data-", dir=Path(__file__).parent))
+    try:
+        (path / "appendonly.aof").write_text("HSET heavy:job:1 callback_secret tenant-secret\n")
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@needs_landlock
+def test_process_isolation_hides_the_data_dir_home_and_shared_temp_dirs(data_dir):
+    """Namespaces cover these dirs with a tmpfs; without them Landlock keeps the code from reading them (the audit
+    hook never refused reads)."""
+    code = (
+        "import os, pwd\n"
+        "open('scratch.txt', 'w').write('mine')\n"
+        "print(open('scratch.txt').read())\n"
+        f"secrets = lambda: open({str(data_dir / 'appendonly.aof')!r}).read()\n"
+        "for act in (secrets, lambda: os.listdir(pwd.getpwuid(os.getuid()).pw_dir), lambda: os.listdir('/tmp')):\n"
+        "    try:\n"
+        "        print('READ', act())\n"
+        "    except OSError as exc:\n"
+        "        print('refused', exc.errno)\n"
+    )
+    sandbox = PythonSandbox(LIMITS, "process", data_dirs=(str(data_dir),))
+    assert asyncio.run(sandbox.run(code)).output == "mine\n" + "refused 13\n" * 3
