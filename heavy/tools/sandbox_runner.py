@@ -13,6 +13,7 @@ ones that hold.
 
 import ast
 import ctypes
+import errno
 import json
 import os
 import re
@@ -147,7 +148,8 @@ def _refuse_syscalls(libc) -> None:
     ]
     filters = (SockFilter * len(program))(*(SockFilter(*instruction) for instruction in program))
     fprog = SockFprog(len(program), ctypes.addressof(filters))
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0 \
+            and ctypes.get_errno() != errno.EINVAL:  # EINVAL: a kernel built without seccomp filters
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
 
