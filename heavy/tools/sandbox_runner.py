@@ -121,14 +121,18 @@ def readable_trees(unreadable: list[str]) -> list[str]:
     hidden = {os.path.realpath(path) for path in unreadable}
     trees, pending = [], ["/"]
     while pending:
-        with os.scandir(pending.pop()) as entries:
-            for entry in entries:
-                if entry.is_symlink() or entry.path in hidden:
-                    continue
-                if any(h.startswith(entry.path + "/") for h in hidden):
-                    pending.append(entry.path)  # holds an unreadable dir: its other entries one by one
-                else:
-                    trees.append(entry.path)
+        try:
+            with os.scandir(pending.pop()) as listing:
+                entries = list(listing)
+        except PermissionError:  # a parent we may not list: its entries stay unreadable
+            continue
+        for entry in entries:
+            if entry.is_symlink() or entry.path in hidden:
+                continue
+            if any(h.startswith(entry.path + "/") for h in hidden):
+                pending.append(entry.path)  # holds an unreadable dir: its other entries one by one
+            else:
+                trees.append(entry.path)
     return trees
 
 
