@@ -45,7 +45,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.evidence import (
     NEGATED,
     SENTENCE_END,
@@ -57,6 +56,7 @@ from heavy.aggregate.evidence import (
 )
 from heavy.aggregate.markers import ANY_LINK, MARKER, as_markers, cited_numbers, marked_code, unlinked
 from heavy.aggregate.shorten import asks_yes_no
+from heavy.aggregate.sources import source_key, source_numbers
 from heavy.tools.base import Source
 
 _LINK = re.compile(r"\[([^\]]*)\]\((https?://[^)\s]+)\)")
@@ -106,18 +106,6 @@ class FilteredReport:
     refuted: tuple[str, ...] = ()  # claims whose words a page holds but the model's check found unsupported
 
 
-def union_of_sources(results: Sequence[TrajectoryResult]) -> tuple[Source, ...]:
-    """Every source any trajectory fetched, once, cited ones first (they carry the answers)."""
-    seen: dict[str, Source] = {}
-    for result in results:
-        for source in result.cited:
-            seen.setdefault(source.url, source)
-    for result in results:
-        for source in result.evidence:
-            seen.setdefault(source.url, source)
-    return tuple(seen.values())
-
-
 def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | None = None,
                   question: str = "") -> FilteredReport:
     """Keep the claims of `body` that cite fetched `sources` (numbered from 1), attributing uncited ones by their
@@ -125,7 +113,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     not vouch for a claim: what it adds to them must be on the page."""
     asked = stemmed_words(question)
     restating_says_nothing = bool(question) and not asks_yes_no(question)
-    number_of_url = {s.url: n for n, s in enumerate(sources, start=1)}
+    number_of_url = source_numbers(sources)
     words_of = {n: passage_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
     kept_lines, dropped, restated, said, said_words = [], [], [], set(), set()
     for line in _without_code_blocks(as_markers(body), dropped):
@@ -369,11 +357,12 @@ def _with_marker(sentence: str, n: int) -> str:
 
 
 def _resolve(sentence: str, number_of_url: dict[str, int], count: int) -> tuple[str, list[int]]:
-    """The sentence with only valid citations, as `[n]` markers, and the numbers it cites."""
+    """The sentence with only valid citations, as `[n]` markers, and the numbers it cites (`number_of_url`:
+    `source_numbers`)."""
     numbers: list[int] = []
 
     def link(match: re.Match) -> str:
-        n = number_of_url.get(match.group(2))
+        n = number_of_url.get(source_key(match.group(2)))
         if n is None:
             return match.group(1)
         numbers.append(n)

@@ -26,6 +26,7 @@ import snowballstemmer
 from heavy.agent.gathered import PARAGRAPH_BREAK, merged_text, unescaped
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.normalize import normalize_answer
+from heavy.aggregate.sources import source_key, union_of_sources
 
 # How many trajectories fetched or cited a page is not counted, not even to break ties: they all start from the same
 # opening search, so counts favour its results over the page one trajectory found on its second hop, which in
@@ -68,11 +69,13 @@ def content_words(text: str) -> set[str]:
 
 
 def fetched_texts(results: Sequence[TrajectoryResult]) -> dict[str, str]:
-    """url → all the trajectories saw of it: the longest text any of them kept, and what others saw beyond it."""
+    """url → all the trajectories saw of it: the longest text any of them kept, and what others saw beyond it. The
+    URLs are the union's (`union_of_sources`): one per `source_key`, the spelling seen first."""
+    shown = _shown_urls(results)
     seen: dict[str, list[str]] = {}
     for result in results:
         for source in result.evidence:
-            seen.setdefault(source.url, []).append(result.excerpts.get(source.url) or source.snippet)
+            seen.setdefault(shown[source_key(source.url)], []).append(result.excerpts.get(source.url) or source.snippet)
     texts = {}
     for url, views in seen.items():
         texts[url] = ""
@@ -81,11 +84,17 @@ def fetched_texts(results: Sequence[TrajectoryResult]) -> dict[str, str]:
     return texts
 
 
+def _shown_urls(results: Sequence[TrajectoryResult]) -> dict[str, str]:
+    """`source_key` → the URL the union shows for it."""
+    return {source_key(s.url): s.url for s in union_of_sources(results)}
+
+
 def pooled_passages(question: str, results: Sequence[TrajectoryResult], candidates: Sequence[str] = (),
                     k: int = 4, max_chars: int = 700) -> list[Passage]:
     """The k best pages over every trajectory's evidence, each cut to `max_chars`."""
     texts = fetched_texts(results)
-    titles = {source.url: source.title for result in results for source in result.evidence}
+    shown = _shown_urls(results)
+    titles = {shown[source_key(source.url)]: source.title for result in results for source in result.evidence}
     if not texts:
         return []
     page_words = {url: content_words(titles[url] + " " + text) for url, text in texts.items()}

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from heavy.agent.gathered import SUPPORTING_SOURCES, lowered
 from heavy.agent.steps import TrajectoryResult, finished_part
-from heavy.aggregate.citations import FilteredReport, filter_claims, union_of_sources
+from heavy.aggregate.citations import FilteredReport, filter_claims
 from heavy.aggregate.claim_check import check_answers, check_claims
 from heavy.aggregate.evidence import (
     SENTENCE_END,
@@ -26,6 +26,7 @@ from heavy.aggregate.normalize import normalize_answer
 from heavy.aggregate.quotes import answer_sentence, pick_quotes
 from heavy.aggregate.result import JobResult
 from heavy.aggregate.shorten import YES_NO, is_short
+from heavy.aggregate.sources import source_key, source_numbers, union_of_sources
 from heavy.aggregate.vote import MIN_MAJORITY, Vote, vote
 from heavy.config import Settings
 from heavy.llm.adjusted import with_reasoning_room
@@ -182,14 +183,15 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
         lines.append(entry)
         listed.add(n)
         budget -= len(entry)
-    number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
+    number_of_url = source_numbers(union)
     findings = []
     for r in results:
         answer = " ".join(r.answer.split())  # one line each: a copied page keeps its line breaks
         if r.index in unfounded:
             findings.append(f"- Researcher {r.index + 1} gave an answer that no source text holds.")
         elif r.answered:
-            cites = ", ".join(f"[{number_of_url[s.url]}]" for s in r.cited if number_of_url[s.url] in listed)
+            numbers = [number_of_url[source_key(s.url)] for s in r.cited]
+            cites = ", ".join(f"[{n}]" for n in dict.fromkeys(numbers) if n in listed)
             findings.append(f"- Researcher {r.index + 1} answered: {answer} (confidence {r.confidence:.1f}), "
                             f"citing {cites or 'no source'}")
         else:
@@ -230,8 +232,8 @@ def _excerpt(question: str, text: str, weights: dict[str, float], max_chars: int
 
 def _numbered_pages(union: Sequence[Source], texts: dict[str, str]) -> dict[int, tuple[str, str]]:
     """Source number → (title, text) of every fetched page: what the quotes are picked from."""
-    number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
-    return {number_of_url[url]: (union[number_of_url[url] - 1].title, text) for url, text in texts.items()}
+    number_of_url = source_numbers(union)
+    return {(n := number_of_url[source_key(url)]): (union[n - 1].title, text) for url, text in texts.items()}
 
 
 def _key_passages(question: str, pages: dict[int, tuple[str, str]], weights: dict[str, float], count: int,
@@ -246,8 +248,9 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
               status: str, stop_reason: str, model_checked: bool = False) -> tuple[str, list[int]]:
     """The whole Markdown, renumbered, and the union numbers of the sources it cites, in order."""
     body, on_pages, stated = body_and_answers
-    number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
-    answer_numbers = [number_of_url[url] for url in decided.cited if url in number_of_url]
+    number_of_url = source_numbers(union)
+    answer_numbers = list(dict.fromkeys(number_of_url[key] for url in decided.cited
+                                        if (key := source_key(url)) in number_of_url))
     parts = [f"# {as_text(question)}"]
     if status == "partial":
         parts.append(f"> Partial report ({stop_reason}): aggregated from the trajectories that had finished.")
@@ -291,8 +294,8 @@ def _answer_stated(question: str, decided: Vote, union: Sequence[Source], pages:
                    weights: dict[str, float]) -> tuple[str, int] | None:
     """The fetched sentence that writes the answer out, and its source number: on the answer's own pages if one
     does, else on any fetched page (a judge's answer cites the pages it read)."""
-    number_of_url = {s.url: n for n, s in enumerate(union, start=1)}
-    own = {number_of_url[url] for url in decided.cited if url in number_of_url}
+    number_of_url = source_numbers(union)
+    own = {number_of_url[key] for url in decided.cited if (key := source_key(url)) in number_of_url}
     return (answer_sentence(question, decided.answer, {n: page for n, page in pages.items() if n in own}, weights)
             or answer_sentence(question, decided.answer, pages, weights))
 
