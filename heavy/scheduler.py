@@ -1,7 +1,8 @@
 """Run one job: N trajectories concurrently on one backend, then aggregate.
 
 Stops, all shared through one StopSignal so every in-flight request and tool call is aborted:
-- the job token budget is spent → aggregate what exists, marked partial;
+- the job token budget is spent → aggregate what exists, marked partial; the aggregation is kept a part of the
+  grant and spends only what is left of it (agent/budget.py);
 - the job deadline passed and at least `straggler_min_done` trajectories are done → cut the stragglers;
   deadline + grace passed → aggregate whatever exists (partial, never nothing);
 - answer mode: `early_stop_k` trajectories agree → stop the rest;
@@ -26,9 +27,9 @@ from heavy.agent import (
     TrajectoryResult,
     TrajectorySpec,
 )
-from heavy.agent.budget import EXTERNAL_STOPS, until_stopped
+from heavy.agent.budget import EXTERNAL_STOPS, GrantedBackend, until_stopped
 from heavy.agent.openings import focus_query
-from heavy.aggregate import AggregationConfig, JobResult, aggregate, agreeing
+from heavy.aggregate import REPORT_REQUEST, AggregationConfig, JobResult, aggregate, agreeing
 from heavy.config import Settings
 from heavy.events import Aggregating, EventSink, JobCancelled, JobFailed, JobStarted, NullSink, ReportReady
 from heavy.llm.adjusted import with_priority
@@ -139,8 +140,12 @@ class Scheduler:
         control = control or JobControl()
         await sink.emit(JobStarted(job_id=spec.job_id, question=spec.question, mode=spec.mode,
                                    trajectories=spec.trajectories))
+        # the aggregation is kept a part of the grant (at most half: a small grant still runs trajectories), and
+        # spends within what is left of it: a job never spends more than its grant (agent/budget.py)
+        reserve = min(self.aggregation.reserve_tokens, spec.job_tokens // 2)
+        budget = JobTokenBudget(spec.job_tokens, reserve=reserve)
         try:
-            results, reason = await self._run_trajectories(spec, sink, control.stop)
+            results, reason = await self._run_trajectories(spec, sink, control.stop, budget)
             if control.cancelled.is_set():  # also when the trajectories had stopped for another reason first
                 await sink.emit(JobCancelled(job_id=spec.job_id))
                 return _cancelled(spec, results)
@@ -155,7 +160,9 @@ class Scheduler:
             try:  # a cancel while aggregating aborts the aggregator's model requests: no report
                 result = await until_stopped(
                     aggregate(job_id=spec.job_id, question=spec.question, mode=spec.mode, results=results,
-                              backend=with_priority(self.backend, spec.priority), status=status,
+                              backend=GrantedBackend(with_priority(self.backend, spec.priority), budget,
+                                                     kept_for=REPORT_REQUEST, keep=reserve * (spec.mode == "report")),
+                              status=status,
                               stop_reason=reason, config=self.aggregation),
                     control.cancelled)
             except Stopped:
@@ -171,9 +178,8 @@ class Scheduler:
                                     total_tokens=result.usage.total_tokens))
         return result
 
-    async def _run_trajectories(self, spec: JobSpec, sink: EventSink,
-                                stop: StopSignal) -> tuple[list[TrajectoryResult], str]:
-        budget = JobTokenBudget(spec.job_tokens)
+    async def _run_trajectories(self, spec: JobSpec, sink: EventSink, stop: StopSignal,
+                                budget: JobTokenBudget) -> tuple[list[TrajectoryResult], str]:
         tasks = {
             asyncio.create_task(self._one(spec, k, sink, stop, budget), name=f"{spec.job_id}:{k}")
             for k in range(spec.trajectories)

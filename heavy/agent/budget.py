@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
+
+from heavy.agent.context import estimate_tokens
+from heavy.llm.types import Completion, CompletionDelta, LLMBackend, LLMError, Message, Sampling
 
 T = TypeVar("T")
 
@@ -45,23 +48,85 @@ class TrajectoryLimits:
 
 
 class JobTokenBudget:
-    """Tokens shared by all trajectories of a job; `exhausted` is set once the total is reached."""
+    """The tokens a job may spend, its grant. The trajectories share all of it but `reserve`, kept for the
+    aggregation, which may then spend what is left of the whole grant; `exhausted` is set once the trajectories'
+    share is spent. Every model request holds its largest cost (`request_bound`) while in flight and is refused
+    when that does not fit, so what is charged never passes the grant (as far as the prompt estimate holds): the
+    trajectories stop (a partial report), and the aggregator goes without the calls that no longer fit."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, reserve: int = 0) -> None:
         if total < 1:
             raise ValueError(f"job token budget must be >= 1, got {total}")
-        self.total = total
+        if not 0 <= reserve <= total:
+            raise ValueError(f"reserve must be in 0..{total}, got {reserve}")
+        self.total, self.reserve = total, reserve
         self.used = 0
+        self.held = 0  # by requests in flight
         self.exhausted = asyncio.Event()
 
     @property
     def remaining(self) -> int:
-        return max(0, self.total - self.used)
+        """What the trajectories may still hold."""
+        return max(0, self.total - self.reserve - self.used - self.held)
+
+    def hold(self, tokens: int, *, keep: int | None = None) -> bool:
+        """Hold `tokens` for a request about to be sent, if they fit what is left less `keep` (default the reserve:
+        a trajectory's request). A refusal spends the trajectories' share (`exhausted`)."""
+        if tokens > self.total - self.used - self.held - (self.reserve if keep is None else keep):
+            self.exhausted.set()
+            return False
+        self.held += tokens
+        return True
+
+    def settle(self, held: int, spent: int) -> None:
+        """A request's hold given back and what it spent charged (0 when it never completed)."""
+        self.held -= held
+        self.charge(spent)
 
     def charge(self, tokens: int) -> None:
         self.used += tokens
-        if self.used >= self.total:
+        if self.used >= self.total - self.reserve:
             self.exhausted.set()
+
+
+def request_bound(messages: list[Message], tools: list[dict] | None, max_tokens: int) -> int:
+    """The most a request may spend: its prompt's estimate (the one the context is fitted by) and all its
+    completion tokens."""
+    return estimate_tokens(messages, tools) + max_tokens
+
+
+class GrantedBackend:
+    """The aggregator's backend, inside the job's grant: a request that does not fit what is left of it fails as
+    an LLMError, which every aggregator call survives (the report goes without that call's part). Until the request
+    `kept_for` is sent (the report pass, whose prompt the others' results shape), the others leave it `keep`
+    tokens: the reserve the trajectories left is the report pass's."""
+
+    def __init__(self, backend: LLMBackend, budget: JobTokenBudget, *, kept_for: str = "", keep: int = 0) -> None:
+        self.backend, self.budget, self.name = backend, budget, backend.name
+        self.kept_for, self.keep = kept_for, keep
+
+    async def chat(self, messages: list[Message], tools: list[dict] | None, sampling: Sampling, *, max_tokens: int,
+                   **kwargs) -> Completion:
+        if kwargs.get("request_id") == self.kept_for:
+            self.keep = 0
+        bound = request_bound(messages, tools, max_tokens)
+        if not self.budget.hold(bound, keep=self.keep):
+            raise LLMError(f"the job's token grant has {self.budget.total - self.budget.used - self.budget.held} "
+                           f"tokens left (keeping {self.keep}), the request may take {bound}")
+        spent = 0
+        try:
+            completion = await self.backend.chat(messages, tools, sampling, max_tokens=max_tokens, **kwargs)
+            spent = completion.usage.total_tokens
+            return completion
+        finally:
+            self.budget.settle(bound, spent)
+
+    def stream(self, messages: list[Message], tools: list[dict] | None, sampling: Sampling,
+               **kwargs) -> AsyncIterator[CompletionDelta]:
+        raise NotImplementedError("the aggregator does not stream")
+
+    async def aclose(self) -> None:
+        """The wrapped backend is shared by the worker's jobs: its owner closes it."""
 
 
 class Stopped(Exception):

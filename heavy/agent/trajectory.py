@@ -18,7 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from heavy.agent import prompts
-from heavy.agent.budget import OWN_STOPS, JobTokenBudget, Stopped, StopSignal, TrajectoryLimits, until_stopped
+from heavy.agent.budget import (
+    OWN_STOPS,
+    JobTokenBudget,
+    Stopped,
+    StopSignal,
+    TrajectoryLimits,
+    request_bound,
+    until_stopped,
+)
 from heavy.agent.context import fit_context
 from heavy.agent.explore import call_signature, describe, unexplored_call
 from heavy.agent.gathered import cited_sources, keep_evidence, supporting_sources
@@ -194,14 +202,23 @@ class Trajectory:
                         deadline: float) -> Completion:
         max_tokens += self.spec.limits.reasoning_tokens  # a thinking model reasons before its reply
         prompt = fit_context(messages, tools, self.spec.limits.context_tokens - max_tokens)
+        # the job's grant holds the request's largest cost while it is in flight: eight trajectories at once
+        # cannot together pass the trajectories' share of it
+        held = request_bound(prompt, tools, max_tokens) if self.job_budget is not None else 0
+        if self.job_budget is not None and not self.job_budget.hold(held):
+            raise Stopped("job_tokens")
         request = self.backend.chat(
             prompt, tools, self.spec.sampling, max_tokens=max_tokens,
             request_id=f"{self.spec.job_id}:{self.spec.index}:{len(self.steps)}", prefix_key=self.spec.job_id,
         )
-        completion = await until_stopped(request, self.stop, deadline)
-        self.usage = self.usage + completion.usage
-        if self.job_budget is not None:
-            self.job_budget.charge(completion.usage.total_tokens)
+        spent = Usage()
+        try:
+            completion = await until_stopped(request, self.stop, deadline)
+            spent = completion.usage
+        finally:
+            if self.job_budget is not None:
+                self.job_budget.settle(held, spent.total_tokens)
+        self.usage = self.usage + spent
         return completion
 
     async def _act(self, index: int, completion: Completion) -> bool:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from heavy.agent.context import CHARS_PER_TOKEN
 from heavy.agent.gathered import SUPPORTING_SOURCES, lowered
 from heavy.agent.steps import TrajectoryResult, finished_part
 from heavy.aggregate.citations import FilteredReport, filter_claims
@@ -39,6 +40,7 @@ KEY_SENTENCES = 6  # quoted when no claim of the report pass stands
 QUOTES_BESIDE_FINDINGS = 3  # quoted after the findings: the pages' own words, which a word check cannot get wrong
 QUOTES_LEAD = "From the fetched pages, word for word:"
 FALLBACK_LEAD = "The report pass wrote no claim a fetched page supports; the most relevant passages found:"
+REPORT_REQUEST = "report"  # the report pass's request id
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 _WRAPPED_LINE = re.compile(r"[ \t]*\n[ \t]*(?!\n|[-*+] |\d+\. )")
 URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
@@ -78,6 +80,13 @@ class AggregationConfig:
             raise ValueError(f"reasoning_tokens must be >= 0, got {self.reasoning_tokens}")
         if self.min_majority < 1:
             raise ValueError(f"min_majority must be >= 1, got {self.min_majority}")
+
+    @property
+    def reserve_tokens(self) -> int:
+        """What a job keeps of its grant from its trajectories for the aggregation: one report pass over a full
+        prompt (its completion, reasoning room and the source text the prompt may carry). The aggregator's other
+        calls (judge, shortening, claim checks) spend what the trajectories left, and go without when none is left."""
+        return self.report_tokens + self.reasoning_tokens + self.prompt_source_chars // CHARS_PER_TOKEN
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AggregationConfig:
@@ -201,7 +210,8 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
                                   findings="\n".join(findings), example=_format_example(top, top_excerpt))
     try:
         completion = await backend.chat([{"role": "user", "content": prompt}], None, config.sampling,
-                                        max_tokens=config.report_tokens, request_id="report", prefix_key=job_id)
+                                        max_tokens=config.report_tokens, request_id=REPORT_REQUEST,
+                                        prefix_key=job_id)
     except LLMError as exc:  # the vote and the sources still make a report
         log.warning("report pass failed: %s", exc)
         return "", Usage()

@@ -1,0 +1,71 @@
+"""A job never spends more than its token grant: the trajectories stop at their share of it, and the aggregator's
+calls (report pass, judge, shortening, claim checks) spend only what is left, the report still written."""
+
+import dataclasses
+
+import pytest
+
+from heavy.agent import JobTokenBudget, TrajectoryLimits
+from heavy.agent.budget import GrantedBackend
+from heavy.agent.context import estimate_tokens
+from heavy.aggregate import REPORT_REQUEST
+from heavy.llm.types import LLMError, Sampling, Usage
+from tests.heavy.fakes import ScriptedBackend, call, text
+from tests.heavy.test_scheduler import run, spec
+
+pytestmark = pytest.mark.anyio
+
+ANSWERS = ["Paris", "Lyon", "Marseille", "Nice", "Paris", "Lyon", "Lille", "Nantes"]  # no majority: the judge reads
+
+
+def spending_all_it_may(script):
+    """Every request spends all it may: its whole prompt estimate and every completion token it was given."""
+    def spend(request):
+        reply = script(request)
+        return dataclasses.replace(reply, usage=Usage(estimate_tokens(request.messages, request.tools),
+                                                      request.max_tokens))
+    return spend
+
+
+def researching(request):
+    """Each trajectory searches twice and answers, citing nothing; the aggregator writes a report, judges, checks."""
+    if request.trajectory < 0:
+        return text("Paris is the capital of France [1]. Lyon is a large city in France [2].")
+    if request.forced:
+        return text(ANSWERS[request.trajectory])
+    step = int(request.request_id.split(":")[2])
+    if step < 2:
+        return call("search", query=["capital of france", "large city in france"][step])
+    return call("answer", answer=ANSWERS[request.trajectory], confidence=0.8)
+
+
+@pytest.mark.parametrize("mode", ["report", "answer"])
+@pytest.mark.parametrize("grant", [2_000, 9_000, 20_000, 40_000, 200_000])
+async def test_a_jobs_charged_tokens_never_pass_its_grant(mode, grant):
+    backend = ScriptedBackend(spending_all_it_may(researching))
+    result, _ = await run(spec(mode=mode, job_tokens=grant, limits=TrajectoryLimits(max_steps=6)), backend)
+    assert result.usage.total_tokens <= grant
+    assert result.markdown.startswith("# What is the capital of France?")  # a report, partial or not
+    if grant == 200_000:  # room for everything: the aggregator's calls ran
+        assert result.status == "done" and any(r.trajectory < 0 for r in backend.requests)
+
+
+async def test_the_reserve_the_trajectories_leave_is_the_report_passs():
+    """The answers' claim checks run before the report pass: they leave it the reserve, then spend what it left."""
+    budget = JobTokenBudget(3_000, reserve=1_000)
+    budget.charge(1_800)  # the trajectories' share, nearly spent
+    backend = ScriptedBackend(spending_all_it_may(lambda request: text("Paris [1].")))
+    granted = GrantedBackend(backend, budget, kept_for=REPORT_REQUEST, keep=budget.reserve)
+    check = [{"role": "user", "content": "Is it so? " * 100}]  # about 350 tokens with its reply
+
+    async def ask(request_id, messages, max_tokens):
+        await granted.chat(messages, None, Sampling(), max_tokens=max_tokens, request_id=request_id)
+
+    with pytest.raises(LLMError):
+        await ask("answer-check:0:0", check, 4)
+    await ask(REPORT_REQUEST, [{"role": "user", "content": "Sources ... " * 100}], 128)
+    await ask("claim-check:0", check, 4)  # what the report pass left
+    with pytest.raises(LLMError):
+        await ask("claim-check:1", check, 4)
+    assert budget.used <= budget.total and budget.held == 0
+    assert [r.request_id for r in backend.requests] == [REPORT_REQUEST, "claim-check:0"]
