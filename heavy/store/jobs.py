@@ -34,6 +34,11 @@ LIST_SCAN = 500  # job statuses read per round trip when a list is filtered by s
 READ_BATCH = 500
 
 
+def _quota_exceeded(tenant: str, limit: str) -> QuotaExceeded:
+    what = "concurrent jobs" if limit == "jobs" else "tokens"
+    return QuotaExceeded(limit, f"tenant {tenant!r} is at its limit of {what}")
+
+
 def _pairs(fields: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for name, value in fields.items():
@@ -101,8 +106,7 @@ class JobStore:
                                          plan=plan, idempotency_key=idempotency_key, fingerprint=fingerprint,
                                          callback_url=callback_url, callback_secret=callback_secret)
         if outcome == "quota":
-            what = "concurrent jobs" if detail == "jobs" else "tokens"
-            raise QuotaExceeded(detail, f"tenant {tenant!r} is at its limit of {what}")
+            raise _quota_exceeded(tenant, detail)
         return JobRecord.from_hash(dict(zip(stored[::2], stored[1::2], strict=True))), False
 
     async def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
@@ -176,11 +180,17 @@ class JobStore:
             raise InvalidTransition(f"job {job.id} is already {current}")
 
     async def approve(self, job_id: str, tenant: str) -> JobRecord:
-        await self.get(job_id, tenant)
-        outcome, status = await self._approve(keys=[self.keys.job(job_id), self.keys.jobs_stream, self.keys.awaiting],
-                                              args=[time.time()])
+        """Queue a job held for review; it takes its concurrency slot and token grant only now (QuotaExceeded when
+        the tenant is at its limit: it stays held, to be approved once one of the tenant's jobs has ended)."""
+        job = await self.get(job_id, tenant)
+        k = self.keys
+        outcome, detail = await self._approve(
+            keys=[k.job(job_id), k.jobs_stream, k.awaiting, k.tenant(tenant), k.tenant_active(tenant)],
+            args=[time.time(), self.default_max_jobs, self.default_max_tokens, int(job.params.get("job_tokens", 0))])
         if outcome == "refused":
-            raise InvalidTransition(f"job {job_id} is {status}, not awaiting approval")
+            raise InvalidTransition(f"job {job_id} is {detail}, not awaiting approval")
+        if outcome == "quota":
+            raise _quota_exceeded(tenant, detail)
         return await self.get(job_id)
 
     async def expire_unapproved(self, limit: int = 32) -> list[str]:

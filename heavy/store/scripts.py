@@ -3,31 +3,43 @@ process and a worker). Replies are `{outcome, detail}` pairs."""
 
 from __future__ import annotations
 
+# Taking a concurrency slot and a token grant for a job that is to run (SUBMIT without review, APPROVE), or the
+# quota refusal, in the calling script's step. Needs `tenant` (its hash), `active` (its active set), `job` (the job
+# hash), `job_id`, `default_jobs`, `default_tokens` and `budget` (the job's token budget) set. The job is granted
+# its budget, or what the tenant has left when that is less, and the grant is reserved on the tenant until the job
+# ends (FINISH): jobs running at once cannot together spend more than the tenant has.
+_TAKE_SLOT_AND_GRANT = """
+local max_jobs = tonumber(redis.call('HGET', tenant, 'max_jobs') or default_jobs)
+if redis.call('SCARD', active) >= max_jobs then return {'quota', 'jobs'} end
+local max_tokens = tonumber(redis.call('HGET', tenant, 'max_tokens') or default_tokens)
+local left = max_tokens - tonumber(redis.call('HGET', tenant, 'tokens_used') or '0')
+  - tonumber(redis.call('HGET', tenant, 'tokens_reserved') or '0')
+if left <= 0 then return {'quota', 'tokens'} end
+local grant = math.min(budget, left)
+redis.call('HSET', job, 'token_grant', grant)
+redis.call('HINCRBY', tenant, 'tokens_reserved', grant)
+redis.call('SADD', active, job_id)
+"""
+
 # KEYS: idem, tenant hash, tenant active set, tenant jobs zset, job hash, jobs stream, awaiting zset
-# ARGV: job id, created, enqueue 0/1, use idem 0/1, idem ttl s, fingerprint, default max jobs, default max tokens,
-#       the job's token budget, when an unapproved job expires (0: never, or not held), then the job hash as
-#       field/value pairs.
-# The job is granted its budget, or what the tenant has left when that is less, and the grant is reserved on the
-# tenant until the job ends (FINISH): jobs running at once cannot together spend more than the tenant has.
+# ARGV: job id, created, enqueue 0/1 (0: held for review), use idem 0/1, idem ttl s, fingerprint, default max jobs,
+#       default max tokens, the job's token budget, when an unapproved job expires (0: never, or not held), then the
+#       job hash as field/value pairs.
+# A job to run takes its slot and grant now; a job held for review takes neither until it is approved (APPROVE):
+# jobs waiting for a reviewer lock no tenant out.
 SUBMIT = """
 if ARGV[4] == '1' then
   local previous = redis.call('GET', KEYS[1])
   if previous then return {'replay', previous} end
 end
-local max_jobs = tonumber(redis.call('HGET', KEYS[2], 'max_jobs') or ARGV[7])
-if redis.call('SCARD', KEYS[3]) >= max_jobs then return {'quota', 'jobs'} end
-local max_tokens = tonumber(redis.call('HGET', KEYS[2], 'max_tokens') or ARGV[8])
-local used = tonumber(redis.call('HGET', KEYS[2], 'tokens_used') or '0')
-local reserved = tonumber(redis.call('HGET', KEYS[2], 'tokens_reserved') or '0')
-local left = max_tokens - used - reserved
-if left <= 0 then return {'quota', 'tokens'} end
-local grant = math.min(tonumber(ARGV[9]), left)
+local tenant, active, job, job_id = KEYS[2], KEYS[3], KEYS[5], ARGV[1]
+local default_jobs, default_tokens, budget = ARGV[7], ARGV[8], tonumber(ARGV[9])
+if ARGV[3] == '1' then
+""" + _TAKE_SLOT_AND_GRANT + """
+end
 local fields = {}
 for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[5], unpack(fields))
-redis.call('HSET', KEYS[5], 'token_grant', grant)
-redis.call('HINCRBY', KEYS[2], 'tokens_reserved', grant)
-redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 if ARGV[3] == '1' then redis.call('XADD', KEYS[6], '*', 'job', ARGV[1]) end
 if tonumber(ARGV[10]) > 0 then redis.call('ZADD', KEYS[7], ARGV[10], ARGV[1]) end
@@ -48,14 +60,21 @@ if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
 return {'ok', status}
 """
 
-# KEYS: job hash, jobs stream, awaiting zset; ARGV: now -> awaiting_approval becomes queued and is enqueued
+# KEYS: job hash, jobs stream, awaiting zset, tenant hash, tenant active set; ARGV: now, default max jobs, default
+# max tokens, the job's token budget -> awaiting_approval becomes queued and is enqueued, with its slot and grant
+# taken (a tenant at its limit is refused: approve again once one of its jobs has ended)
 APPROVE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if status ~= 'awaiting_approval' then return {'refused', status} end
-redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
+local tenant, active, job, job_id = KEYS[4], KEYS[5], KEYS[1], redis.call('HGET', KEYS[1], 'id')
+local default_jobs, default_tokens, budget = ARGV[2], ARGV[3], tonumber(ARGV[4])
+if redis.call('HEXISTS', job, 'token_grant') == 0 then  -- a job held before this rule took both at submission
+""" + _TAKE_SLOT_AND_GRANT + """
+end
+redis.call('ZREM', KEYS[3], job_id)
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[1], 'approved', ARGV[1])
-redis.call('XADD', KEYS[2], '*', 'job', redis.call('HGET', KEYS[1], 'id'))
+redis.call('XADD', KEYS[2], '*', 'job', job_id)
 return {'ok', status}
 """
 

@@ -37,7 +37,7 @@ class Tenant:
     max_tokens: int
     tokens_used: int
     active_jobs: int
-    tokens_reserved: int = 0  # granted to its jobs that have not ended (heavy/store/scripts.py SUBMIT)
+    tokens_reserved: int = 0  # granted to its jobs that have not ended (heavy/store/scripts.py _TAKE_SLOT_AND_GRANT)
 
 
 class TenantStore:

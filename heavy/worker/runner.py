@@ -164,7 +164,7 @@ class Worker:
             return
         if job.attempts:
             log.info("job %s: resuming (attempt %d)", job.id, job.attempts + 1)
-        tokens_left = job.token_grant  # reserved for it at submission
+        tokens_left = job.token_grant  # reserved for it at submission (a held job's at approval)
         if not tokens_left:  # a job queued before grants existed: what its tenant has left
             tenant = await self.store.tenants.get(job.tenant)
             tokens_left = tenant.max_tokens - tenant.tokens_used

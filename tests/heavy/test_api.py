@@ -211,6 +211,16 @@ async def test_review_gate_plan_then_approve(acme, store):
     assert_error(await acme.post(f"/v1/jobs/{job['id']}/approve"), 409, "invalid_state")
 
 
+async def test_jobs_held_for_review_take_no_slot_and_approval_at_the_limit_gives_429(acme):
+    held = [await submit(acme, review=True) for _ in range(4)]  # more than the tenant's 3 concurrent jobs
+    running = [await submit(acme) for _ in range(3)]
+    error = assert_error(await acme.post(f"/v1/jobs/{held[0]['id']}/approve"), 429, "quota_exceeded")
+    assert "concurrent jobs" in error["message"]
+    assert (await acme.get(f"/v1/jobs/{held[0]['id']}")).json()["status"] == "awaiting_approval"
+    assert (await acme.post(f"/v1/jobs/{running[0]['id']}/cancel")).status_code == 200
+    assert (await acme.post(f"/v1/jobs/{held[0]['id']}/approve")).json()["status"] == "queued"
+
+
 async def test_cancel_a_queued_job_and_its_event_stream_ends(acme):
     job = await submit(acme)
     cancelled = await acme.post(f"/v1/jobs/{job['id']}/cancel")

@@ -116,6 +116,40 @@ async def test_review_gate_waits_for_approval_before_queueing(store):
         await store.jobs.approve(job.id, "acme")
 
 
+async def test_a_job_held_for_review_takes_its_slot_and_grant_only_when_approved(store):
+    await store.tenants.set_limits("acme", max_jobs=2, max_tokens=1000)
+    params = {"trajectories": 2, "job_tokens": 600}
+    held = [await submit(store, review=True, params=params) for _ in range(3)]  # a reviewer's backlog
+    tenant = await store.tenants.get("acme")
+    assert (tenant.active_jobs, tenant.tokens_reserved) == (0, 0)
+    running = await submit(store, params=params)  # the backlog locks no one out
+    approved = await store.jobs.approve(held[0].id, "acme")
+    assert (approved.status, approved.token_grant) == (QUEUED, 400)  # what the tenant had left
+    with pytest.raises(QuotaExceeded) as err:  # two running: the third waits for a slot, still held
+        await store.jobs.approve(held[1].id, "acme")
+    assert err.value.limit == "jobs" and (await store.jobs.get(held[1].id)).status == "awaiting_approval"
+    await store.jobs.finish(running, DONE, tokens=1000 - 400)  # all it was granted
+    with pytest.raises(QuotaExceeded) as err:  # a slot now, but no token left ungranted
+        await store.jobs.approve(held[1].id, "acme")
+    assert err.value.limit == "tokens"
+    await store.jobs.finish(approved, DONE, tokens=100)
+    assert (await store.jobs.approve(held[1].id, "acme")).token_grant == 300
+    tenant = await store.tenants.get("acme")
+    assert (tenant.active_jobs, tenant.tokens_used, tenant.tokens_reserved) == (1, 700, 300)
+    await store.jobs.cancel(held[2].id, "acme")  # ended while held: it had nothing to give back
+    assert (await store.tenants.get("acme")).tokens_reserved == 300
+
+
+async def test_approving_a_held_job_concurrently_takes_one_slot_once(store):
+    await store.tenants.set_limits("acme", max_jobs=1)
+    held = [await submit(store, review=True) for _ in range(3)]
+    outcomes = await asyncio.gather(*(store.jobs.approve(job.id, "acme") for job in held * 2),
+                                    return_exceptions=True)
+    assert sum(not isinstance(o, Exception) for o in outcomes) == 1
+    assert {type(o) for o in outcomes if isinstance(o, Exception)} <= {QuotaExceeded, InvalidTransition}
+    assert (await store.tenants.get("acme")).active_jobs == 1 and await store.queue.depth() == 1
+
+
 async def test_a_job_not_approved_within_its_window_is_cancelled_and_releases_its_slot_and_grant(store):
     store.jobs.approval_window_s = 0.2
     params = {"trajectories": 2, "job_tokens": 600}
