@@ -9,6 +9,8 @@ dropped too (the Sources section is added for the model), as is a line copying a
 that list's annotation, "(confidence 0.3), citing no source", loses the annotation and is checked as any claim.
 Headings and blank lines pass through, except headings that restate the question or announce a source list, and
 headings left with no text under them; a heading loses its markers and links (it is no claim, and nothing checks them).
+A Markdown table is a block (tables.py): its header and delimiter rows pass as a heading does, each body row is one
+claim, and a table left with no row goes.
 
 Words are looked for in passages, PASSAGE_SENTENCES consecutive sentences of a page, not in the whole page: a long
 page (the tools show up to 8,000 characters) holds most words somewhere.
@@ -57,6 +59,7 @@ from heavy.aggregate.evidence import (
 from heavy.aggregate.markers import ANY_LINK, MARKER, as_markers, cited_numbers, marked_code, unlinked
 from heavy.aggregate.shorten import asks_yes_no
 from heavy.aggregate.sources import source_key, source_numbers
+from heavy.aggregate.tables import DELIMITER, HEADER, ROW, table_lines, with_row_marker, without_empty_tables
 from heavy.tools.base import Source
 
 _LINK = re.compile(r"\[([^\]]*)\]\((https?://[^)\s]+)\)")
@@ -116,20 +119,23 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
     number_of_url = source_numbers(sources)
     words_of = {n: passage_words((texts or {}).get(s.url, "")) for n, s in enumerate(sources, start=1)}
     kept_lines, dropped, restated, said, said_words = [], [], [], set(), set()
-    for line in _without_code_blocks(as_markers(body), dropped):
+    lines = _without_code_blocks(as_markers(body), dropped)
+    tables = table_lines(lines)
+    for i, line in enumerate(lines):
         stripped = line.strip()
         if _COPIED_HEADING.match(stripped):
             continue
-        if not stripped or stripped.startswith("#"):
+        if not stripped or stripped.startswith("#") or tables.get(i) in (HEADER, DELIMITER):
             kept_lines.append(unlinked(line))
             continue
-        prefix = LIST_PREFIX.match(line).group()
+        row = tables.get(i) == ROW  # one claim, pipes kept (tables.py)
+        prefix = "" if row else LIST_PREFIX.match(line).group()
         if _copies_a_source_entry(line[len(prefix):], sources):
             dropped.append(stripped)
             continue
         kept = []
-        sentences = []
-        for sentence in SENTENCE_END.split(line[len(prefix):]):
+        sentences = [stripped] if row else []
+        for sentence in [] if row else SENTENCE_END.split(line[len(prefix):]):
             whole, fragments = _whole_pieces(sentence, texts or {})
             sentences += whole
             dropped += fragments
@@ -141,15 +147,16 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             if numbers and texts and not _supported(sentence, [w for n in numbers for w in words_of[n]], asked):
                 text, numbers = _resolve(MARKER.sub("", _LINK.sub(r"\1", sentence)), number_of_url, len(sources))
             if not numbers and texts and (n := attribute(sentence, words_of, asked)) is not None:
-                text, numbers = _with_marker(text, n), [n]
+                text, numbers = (with_row_marker(text, n) if row else _with_marker(text, n)), [n]
             says_nothing = restating_says_nothing and _adds_nothing(sentence, asked)
             if (numbers and not _BARE_URL.search(sentence) and not _ECHOED_FINDING.match(sentence)
                     and not marked_code(sentence) and not says_nothing and not _about_sources(sentence, asked)
-                    and any(ch.isalpha() for ch in MARKER.sub("", sentence))):
+                    and any(ch.isalnum() if row else ch.isalpha() for ch in MARKER.sub("", sentence))):
                 # a small model repeats itself: a claim is said once, and one made of earlier claims' words says
-                # nothing new (seen: a sentence joining the two before it, word for word)
+                # nothing new (seen: a sentence joining the two before it, word for word); a table's row is its
+                # table's, whatever the findings said before it
                 claim, words = _claim_key(text), _claim_words(text)
-                if claim in said or (words and words <= said_words):
+                if claim in said or (words and words <= said_words and not row):
                     continue
                 said.add(claim)
                 said_words |= words
@@ -162,7 +169,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             # other than 1 cannot start a list after a line of text (seen in the demo: "... [1].\n2. The break ...",
             # shown as one paragraph)
             kept_lines.append(_NUMBERED.sub(r"\1- ", prefix) + " ".join(kept))
-    body = _tidy("\n".join(_without_empty_sections(_without_dangling_leads(kept_lines, dropped))))
+    body = _tidy("\n".join(_without_empty_sections(without_empty_tables(_without_dangling_leads(kept_lines, dropped)))))
     return FilteredReport(body=body, cited=cited_numbers(body), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))
 

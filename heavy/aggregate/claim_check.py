@@ -30,6 +30,7 @@ from heavy.aggregate.citations import LIST_PREFIX, FilteredReport
 from heavy.aggregate.evidence import SENTENCE_END, passages, sentences_of, stemmed_words
 from heavy.aggregate.markers import MARKER, cited_numbers
 from heavy.aggregate.swaps import swapped
+from heavy.aggregate.tables import ROW, row_claim, table_lines, without_empty_tables
 from heavy.llm.types import Completion, LLMBackend, LLMError, Sampling, Usage
 from heavy.tools.base import Source
 
@@ -168,16 +169,19 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
     a claim the model refutes is taken out with its line's other claims left as they are. `contrast`: as in
     `supports`; `label` starts the request ids."""
     lines = body.splitlines()
+    tables = table_lines(lines)
     split: dict[int, tuple[str, list[str]]] = {}  # line index → (list prefix, sentences)
     for i, line in enumerate(lines):
-        if line.strip() and not line.lstrip().startswith("#"):
+        if tables.get(i) == ROW:  # one claim, as the filter checked it (tables.py)
+            split[i] = ("", [line])
+        elif line.strip() and not line.lstrip().startswith("#") and i not in tables:
             prefix = LIST_PREFIX.match(line).group()
             split[i] = (prefix, SENTENCE_END.split(line[len(prefix):]))
     claims = [(i, k) for i, (_, sentences) in split.items() for k, s in enumerate(sentences) if MARKER.search(s)]
 
     async def verdict(index: int, sentence: str) -> tuple[bool | None, Usage]:
         pages = [texts.get(sources[n - 1].url, "") for n in sorted(cited_numbers(sentence)) if 0 < n <= len(sources)]
-        claim = _SPACED_MARKER.sub("", sentence).strip()
+        claim = _SPACED_MARKER.sub("", row_claim(sentence) if tables.get(claims[index][0]) == ROW else sentence).strip()
         # a sentence of the page, word for word (quotes, escapes and line breaks aside; a snippet's "[1] Title /
         # URL:" lines too) is not weighed: the 0.5B refuted 10 of 40 pages' sentences as written
         said = word_run(unescaped(claim))
@@ -201,7 +205,7 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
                 continue
             line = prefix + " ".join(left)
         kept_lines.append(line)
-    return CheckedBody(body=re.sub(r"\n{3,}", "\n\n", "\n".join(kept_lines)).strip(),
+    return CheckedBody(body=re.sub(r"\n{3,}", "\n\n", "\n".join(without_empty_tables(kept_lines))).strip(),
                        refuted=tuple(split[i][1][k].strip() for i, k in sorted(refuted)),
                        usage=sum((u for _, u in verdicts), Usage()))
 

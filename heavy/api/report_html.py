@@ -75,7 +75,7 @@ def _external_links_in_a_new_tab(state: StateCore) -> None:
                 token.attrSet("rel", "noopener noreferrer")
 
 
-_MARKDOWN = MarkdownIt("commonmark", {"html": False})
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")  # the report pass writes tables (GFM)
 # before text_join, which merges an escaped "\[" (a text_special token) into the text around it: "\[3]" is the text
 # "[3]" (a page's footnote, quoted), no citation
 _MARKDOWN.core.ruler.before("text_join", "cite_links", _cite_links)
