@@ -169,7 +169,7 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             # other than 1 cannot start a list after a line of text (seen in the demo: "... [1].\n2. The break ...",
             # shown as one paragraph)
             kept_lines.append(_NUMBERED.sub(r"\1- ", prefix) + " ".join(kept))
-    body = _tidy("\n".join(_without_empty_sections(without_empty_tables(_without_dangling_leads(kept_lines, dropped)))))
+    body = _tidy("\n".join(without_empty_sections(without_empty_tables(_without_dangling_leads(kept_lines, dropped)))))
     return FilteredReport(body=body, cited=cited_numbers(body), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))
 
@@ -243,7 +243,7 @@ def _annotated_citations(match: re.Match) -> str:
     return f" {''.join(cited)}" if cited else ""
 
 
-def _without_empty_sections(lines: list[str]) -> list[str]:
+def without_empty_sections(lines: list[str]) -> list[str]:
     """The lines, less headings with no text under them before a heading of their level or above, or the end: a
     section whose claims were all dropped, or one the report pass only announced (seen in the demo: "### Independent
     Researchers' Answers", then the next section)."""

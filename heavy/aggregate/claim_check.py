@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from heavy.agent.gathered import unescaped
 from heavy.agent.steps import without_result_headers, word_run
-from heavy.aggregate.citations import LIST_PREFIX, FilteredReport
+from heavy.aggregate.citations import LIST_PREFIX, FilteredReport, without_empty_sections
 from heavy.aggregate.evidence import SENTENCE_END, passages, sentences_of, stemmed_words
 from heavy.aggregate.markers import MARKER, cited_numbers
 from heavy.aggregate.swaps import swapped
@@ -166,7 +166,8 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
                        contrast: bool = True, label: str = "claim-check") -> CheckedBody:
     """`body`: a report body the word check kept, its claims cited by `[n]` into `sources` (numbered from 1), whose
     fetched `texts` (url → text) hold the passages. Every cited claim is checked at once (the engine batches them);
-    a claim the model refutes is taken out with its line's other claims left as they are. `contrast`: as in
+    a claim the model refutes is taken out with its line's other claims left as they are, and a heading left with
+    nothing under it goes, as the filter's do. `contrast`: as in
     `supports`; `label` starts the request ids."""
     lines = body.splitlines()
     tables = table_lines(lines)
@@ -205,7 +206,8 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
                 continue
             line = prefix + " ".join(left)
         kept_lines.append(line)
-    return CheckedBody(body=re.sub(r"\n{3,}", "\n\n", "\n".join(without_empty_tables(kept_lines))).strip(),
+    kept_lines = without_empty_sections(without_empty_tables(kept_lines))
+    return CheckedBody(body=re.sub(r"\n{3,}", "\n\n", "\n".join(kept_lines)).strip(),
                        refuted=tuple(split[i][1][k].strip() for i, k in sorted(refuted)),
                        usage=sum((u for _, u in verdicts), Usage()))
 

@@ -46,6 +46,13 @@ async def test_a_refuted_claim_is_taken_out_and_its_lines_other_claims_stay():
     assert tower.startswith("Passage: The Eiffel Tower was finished in 1889.") and "break" not in tower
 
 
+async def test_a_heading_whose_every_claim_is_refuted_goes_with_them():
+    body = (f"## Continue\n\n{WRONG} [1].\n\n## Tower\n\n- The tower was finished in 1889 [2].\n"
+            f"### More on continue\n- {WRONG} [1].")
+    checked = await check_claims(body, [LOOPS, TOWER], TEXTS, ScriptedBackend(_judge))
+    assert checked.body == "## Tower\n\n- The tower was finished in 1889 [2]."
+
+
 @pytest.mark.parametrize("reply", ["maybe", "", LLMError("engine gone")])
 async def test_a_check_that_says_neither_yes_nor_no_or_fails_leaves_the_claim(reply):
     def script(request):
