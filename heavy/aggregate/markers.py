@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+_LINK_TEXT_SPECIAL = re.compile(r"[\\`*_\[\]<>&]")  # backslash-escaped in link text
 MARKER = re.compile(r"(?<!\\)\[(\d+(?:\s*[,;]\s*\d+)*)\]")  # "\[1]" is Markdown for the text "[1]"
 # markers written otherwise: "【1】" (full-width brackets), "[1-3]" (a range)
 _FULL_WIDTH_MARKER = re.compile(r"【\s*(\d+(?:\s*[,;、，]\s*\d+)*)\s*】")
@@ -51,6 +52,12 @@ def as_text(text: str) -> str:
     marker escaped: a page's footnote "[3]" or an answer's "[2]" (numbered over its own search results) is no
     citation of the report's source 3 or 2, and must be neither renumbered, listed, nor linked."""
     return MARKER.sub(lambda match: "\\" + match.group(), text)
+
+
+def link_text(text: str) -> str:
+    """A page's title as the text of a Markdown link: on one line, with what Markdown would read in it escaped (an
+    unbalanced "]" ends the link early, a "[3]" reads as a citation, "<http://...>" as a link of its own)."""
+    return _LINK_TEXT_SPECIAL.sub(r"\\\g<0>", " ".join(text.split()))
 
 
 def renumber(body: str, cited: Sequence[int]) -> str:

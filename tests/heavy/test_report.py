@@ -360,3 +360,17 @@ async def test_an_answers_own_marker_is_not_read_as_a_report_source():
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                           results=results, backend=backend)
     assert "“It was finished in 1887 \\[1].”: trajectory 2 — its words are on no fetched page" in job.markdown
+
+
+async def test_a_page_title_is_escaped_in_its_sources_entry():
+    title = "Tower ] notes\n[2] <http://evil.example> *1889* & more"
+    tower = dataclasses.replace(EIFFEL, title=title)
+    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [1]."))
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
+                          results=[result(0, "1889", cited=[tower])], backend=backend)
+    entry = job.markdown.split("## Sources\n\n")[1]
+    assert len(entry.splitlines()) == 1  # the title's line break would have ended the entry
+    html = report_html(job.markdown)
+    assert ('<a href="http://corpus/eiffel" target="_blank" rel="noopener noreferrer">Tower ] notes [2] '
+            "&lt;http://evil.example&gt; *1889* &amp; more</a>") in html
+    assert set(re.findall(r'href="([^"]*)"', html)) == {"#src-1", "http://corpus/eiffel"}
