@@ -51,8 +51,9 @@ class JobTokenBudget:
     """The tokens a job may spend, its grant. The trajectories share all of it but `reserve`, kept for the
     aggregation, which may then spend what is left of the whole grant; `exhausted` is set once the trajectories'
     share is spent. Every model request holds its largest cost (`request_bound`) while in flight and is refused
-    when that does not fit, so what is charged never passes the grant (as far as the prompt estimate holds): the
-    trajectories stop (a partial report), and the aggregator goes without the calls that no longer fit."""
+    when that does not fit even once the others in flight have settled, so what is charged never passes the grant
+    (as far as the prompt estimate holds): the trajectories stop (a partial report), and the aggregator goes
+    without the calls that no longer fit."""
 
     def __init__(self, total: int, reserve: int = 0) -> None:
         if total < 1:
@@ -63,18 +64,22 @@ class JobTokenBudget:
         self.used = 0
         self.held = 0  # by requests in flight
         self.exhausted = asyncio.Event()
+        self._settled = asyncio.Event()
 
     @property
     def remaining(self) -> int:
-        """What the trajectories may still hold."""
-        return max(0, self.total - self.reserve - self.used - self.held)
+        """What is left of the trajectories' share, requests in flight aside."""
+        return max(0, self.total - self.reserve - self.used)
 
-    def hold(self, tokens: int, *, keep: int | None = None) -> bool:
-        """Hold `tokens` for a request about to be sent, if they fit what is left less `keep` (default the reserve:
-        a trajectory's request). A refusal spends the trajectories' share (`exhausted`)."""
-        if tokens > self.total - self.used - self.held - (self.reserve if keep is None else keep):
-            self.exhausted.set()
-            return False
+    async def hold(self, tokens: int, *, keep: int | None = None) -> bool:
+        """Hold `tokens` for a request about to be sent once they fit what is left less `keep` (default the
+        reserve: a trajectory's request), waiting while requests in flight hold what it needs (they may spend
+        less); False when they do not fit with none in flight, which spends the trajectories' share."""
+        while tokens > self.total - self.used - self.held - (self.reserve if keep is None else keep):
+            if not self.held:
+                self.exhausted.set()
+                return False
+            await self._settled.wait()
         self.held += tokens
         return True
 
@@ -82,6 +87,8 @@ class JobTokenBudget:
         """A request's hold given back and what it spent charged (0 when it never completed)."""
         self.held -= held
         self.charge(spent)
+        self._settled.set()  # wakes the requests waiting for room, which wait on a new event if it is still short
+        self._settled = asyncio.Event()
 
     def charge(self, tokens: int) -> None:
         self.used += tokens
@@ -110,7 +117,7 @@ class GrantedBackend:
         if kwargs.get("request_id") == self.kept_for:
             self.keep = 0
         bound = request_bound(messages, tools, max_tokens)
-        if not self.budget.hold(bound, keep=self.keep):
+        if not await self.budget.hold(bound, keep=self.keep):
             raise LLMError(f"the job's token grant has {self.budget.total - self.budget.used - self.budget.held} "
                            f"tokens left (keeping {self.keep}), the request may take {bound}")
         spent = 0

@@ -205,7 +205,7 @@ class Trajectory:
         # the job's grant holds the request's largest cost while it is in flight: eight trajectories at once
         # cannot together pass the trajectories' share of it
         held = request_bound(prompt, tools, max_tokens) if self.job_budget is not None else 0
-        if self.job_budget is not None and not self.job_budget.hold(held):
+        if self.job_budget is not None and not await until_stopped(self.job_budget.hold(held), self.stop, deadline):
             raise Stopped("job_tokens")
         request = self.backend.chat(
             prompt, tools, self.spec.sampling, max_tokens=max_tokens,

@@ -75,7 +75,7 @@ async def test_a_finished_jobs_panel_shows_the_figures_of_its_result(service, pa
 async def test_a_partial_jobs_panel_shows_its_stop_reason_live_and_after(service, page, store):
     service.aggregator_gate.clear()  # the job waits in aggregation: what the page shows then comes from the events
     # the trajectories' share of it is spent within the first model steps; the report pass is kept the rest
-    secret, job_id = await open_job(service, page, store, job_tokens=3000)
+    secret, job_id = await open_job(service, page, store, job_tokens=2400)
     await page.wait_for_selector("#agg-status:has-text('aggregating')", timeout=60_000)
     live = await page.text_content("#agg-status")
     assert await page.get_attribute("#aggregation", "data-filled") is None

@@ -1,6 +1,7 @@
 """A job never spends more than its token grant: the trajectories stop at their share of it, and the aggregator's
 calls (report pass, judge, shortening, claim checks) spend only what is left, the report still written."""
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -69,3 +70,17 @@ async def test_the_reserve_the_trajectories_leave_is_the_report_passs():
         await ask("claim-check:1", check, 4)
     assert budget.used <= budget.total and budget.held == 0
     assert [r.request_id for r in backend.requests] == [REPORT_REQUEST, "claim-check:0"]
+
+
+async def test_a_request_short_of_room_waits_for_those_in_flight_and_is_refused_only_when_none_is():
+    budget = JobTokenBudget(1_000)
+    assert await budget.hold(600)
+    waiting = asyncio.ensure_future(budget.hold(600))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # the first may spend less than it holds
+    budget.settle(600, 100)
+    assert await waiting and (budget.used, budget.held) == (100, 600)
+    last = asyncio.ensure_future(budget.hold(400))
+    await asyncio.sleep(0)
+    budget.settle(600, 600)  # it spent all it held: 300 left
+    assert not await last and budget.exhausted.is_set()
