@@ -234,6 +234,10 @@ class Trajectory:
         if from_text:  # ids of our own, numbered over the conversation's calls (below)
             made = sum(len(m.get("tool_calls") or ()) for m in self.messages)
             repaired = [replace(c, id=own_call_id(c.name, made + i)) for i, c in enumerate(repaired)]
+        # calls after an `answer` never run, and a call left without its result makes OpenAI-compatible servers
+        # refuse every later request (400): they are not kept
+        answer_at = next((i for i, c in enumerate(repaired) if c.name == prompts.ANSWER_TOOL), len(repaired))
+        repaired = repaired[:answer_at + 1]
         message: Message = {"role": "assistant", "content": content}
         if completion.reasoning:  # a thinking model reads the reasoning behind its earlier calls (interleaved)
             message["reasoning_content"] = completion.reasoning
