@@ -21,9 +21,10 @@ OPEN_TOOL = "open_page"
 
 
 def call_signature(call: ToolCall) -> str:
-    """One key per call, case and spacing of its string arguments aside: what makes two calls the same."""
+    """One key per call: what makes two calls the same. A search's words count without their case and spacing; a
+    program's and a URL's count as written (indentation is Python's syntax, a URL's path is case-sensitive)."""
     def norm(value):
-        return " ".join(value.lower().split()) if isinstance(value, str) else value
+        return " ".join(value.lower().split()) if isinstance(value, str) and call.name == SEARCH_TOOL else value
 
     return call.name + json.dumps({k: norm(v) for k, v in call.arguments.items()}, sort_keys=True, default=str)
 

@@ -101,3 +101,30 @@ async def test_reading_a_listed_page_whole_is_progress():
     result = await trajectory.run()  # the search listed every page: counting new URLs only, two reads stopped it
     assert [len(s.observations[0].sources) for s in result.steps[:4]] == [3, 1, 1, 1]
     assert (result.stop_reason, len(result.steps)) == ("answered", 5)
+
+
+LOOP_PRINTS_EACH = "for i in range(3):\n    x = i\n    print(x)"
+LOOP_PRINTS_LAST = "for i in range(3):\n    x = i\nprint(x)"
+
+
+def test_programs_and_urls_differing_in_case_or_spacing_are_different_calls_and_searches_are_not():
+    def same(name, a, b):
+        return call_signature(ToolCall(id="a", name=name, arguments=a)) == call_signature(
+            ToolCall(id="b", name=name, arguments=b))
+
+    assert not same("python", {"code": LOOP_PRINTS_EACH}, {"code": LOOP_PRINTS_LAST})
+    assert not same("python", {"code": "print('A')"}, {"code": "print('a')"})
+    assert not same("open_page", {"url": "https://en.wikipedia.org/wiki/Red_Dwarf"},
+                    {"url": "https://en.wikipedia.org/wiki/Red_dwarf"})  # a TV series, a star
+    assert same("search", {"query": "Red  Dwarf"}, {"query": "red dwarf"})
+
+
+async def test_a_program_differing_from_an_earlier_one_only_in_indentation_runs():
+    from tests.heavy.test_trajectory import by_step
+    from tests.heavy.test_trajectory import make as make_trajectory
+
+    trajectory, _, _, _ = make_trajectory(by_step(call("python", code=LOOP_PRINTS_EACH),
+                                                  call("python", code=LOOP_PRINTS_LAST), call("answer", answer="2")),
+                                          allowed=("python",))
+    result = await trajectory.run()
+    assert [o.repeated for s in result.steps[:2] for o in s.observations] == [False, False]
