@@ -2,12 +2,15 @@
 behind older steps (a thinking model's, kept for it between tool calls).
 
 Tokens are estimated from characters (conservatively, 3 characters a token) so this needs no tokenizer;
-the system prompt, the question and the latest tool output are always kept.
+the system prompt, the question and the latest tool output are always kept. The same estimate stands in for the
+usage a server did not report.
 """
 
 from __future__ import annotations
 
-from heavy.llm.types import Message
+from dataclasses import replace
+
+from heavy.llm.types import Completion, Message, Usage
 
 CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of a chat template
@@ -19,6 +22,17 @@ def estimate_tokens(messages: list[Message], tools: list[dict] | None = None) ->
                 + len(m.get("reasoning_content") or "") for m in messages)
     chars += len(str(tools)) if tools else 0
     return chars // CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS * len(messages)
+
+
+def with_usage(completion: Completion, prompt: list[Message], tools: list[dict] | None) -> Completion:
+    """The completion, with usage estimated from the prompt and the reply when its server reported none (some
+    OpenAI-compatible servers omit it): budgets are counted in these tokens, and zeros would never spend them."""
+    if completion.usage.total_tokens:
+        return completion
+    reply = [{"content": completion.content, "reasoning_content": completion.reasoning,
+              "tool_calls": [c.arguments for c in completion.tool_calls]}]
+    return replace(completion, usage=Usage(prompt_tokens=estimate_tokens(prompt, tools),
+                                           completion_tokens=estimate_tokens(reply)))
 
 
 def fit_context(messages: list[Message], tools: list[dict] | None, max_prompt_tokens: int) -> list[Message]:

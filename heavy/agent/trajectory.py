@@ -27,7 +27,7 @@ from heavy.agent.budget import (
     request_bound,
     until_stopped,
 )
-from heavy.agent.context import fit_context
+from heavy.agent.context import fit_context, with_usage
 from heavy.agent.explore import call_signature, describe, unexplored_call
 from heavy.agent.gathered import cited_sources, keep_evidence, supporting_sources
 from heavy.agent.repair import UNREADABLE, repair_call
@@ -213,7 +213,7 @@ class Trajectory:
         )
         spent = Usage()
         try:
-            completion = await until_stopped(request, self.stop, deadline)
+            completion = with_usage(await until_stopped(request, self.stop, deadline), prompt, tools)
             spent = completion.usage
         finally:
             if self.job_budget is not None:
