@@ -107,7 +107,11 @@ class OpenAIBackend:
                 except (httpx.TransportError, httpx.TimeoutException) as exc:
                     raise RetriableLLMError(f"{type(exc).__name__}: {exc}") from exc
             _raise_for_status(response)
-            return parse_completion(response.json())
+            try:
+                payload = response.json()
+            except ValueError as exc:  # a proxy's error page, a cut body
+                raise LLMError(f"malformed completion: {response.text[:300]}") from exc
+            return parse_completion(payload)
 
         return await with_retries(attempt, self.retry, what=f"chat {request_id or ''}".strip())
 
@@ -208,12 +212,16 @@ def _parse_arguments(raw: Any) -> dict:
 
 def parse_completion(payload: dict) -> Completion:
     """An OpenAI chat.completion object → Completion (reasoning from `reasoning_content`, or from a leading
-    `<think>` block of the content when the server sent none)."""
+    `<think>` block of the content when the server sent none); LLMError when it is not one."""
     try:
-        choice = payload["choices"][0]
-        message = choice["message"]
-    except (KeyError, IndexError, TypeError) as exc:
+        return _completion(payload)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         raise LLMError(f"malformed completion: {str(payload)[:300]}") from exc
+
+
+def _completion(payload: dict) -> Completion:
+    choice = payload["choices"][0]
+    message = choice["message"]
     calls = tuple(
         ToolCall(
             id=call.get("id") or f"call_{i}",

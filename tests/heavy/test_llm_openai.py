@@ -140,6 +140,17 @@ async def test_gives_up_after_the_retry_budget_and_never_retries_a_bad_request()
     assert calls == [500] * 4 + [400]
 
 
+@pytest.mark.parametrize("response", [
+    httpx.Response(200, text="<html>upstream gateway</html>"),
+    httpx.Response(200, json={"choices": [{"message": {"content": "", "tool_calls": [{"id": "c1"}]}}]}),
+    httpx.Response(200, json={**REPLY, "usage": {"prompt_tokens": "many"}}),
+])
+async def test_a_malformed_reply_is_an_llm_error(response):
+    # the agent loop keeps a trajectory's evidence and best answer on an LLMError; anything else crashed it
+    with pytest.raises(LLMError, match="malformed completion"):
+        await chat(backend(lambda request: response))
+
+
 async def test_connection_errors_are_retried():
     attempts = []
 
