@@ -1,5 +1,5 @@
 """Keep a trajectory's prompt inside the context window: drop the oldest tool outputs first, then the reasoning
-behind older steps (a thinking model's, kept for it between tool calls).
+behind older steps (a thinking model's, kept for it between tool calls), then whole older steps.
 
 Tokens are estimated from characters (conservatively, 3 characters a token) so this needs no tokenizer;
 the system prompt, the question and the latest tool output are always kept. The same estimate stands in for the
@@ -15,6 +15,7 @@ from heavy.llm.types import Completion, Message, Usage
 CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of a chat template
 DROPPED = "[older tool output removed to fit the context]"
+CUT = "\n[cut to fit the context]"
 
 
 def estimate_tokens(messages: list[Message], tools: list[dict] | None = None) -> int:
@@ -36,7 +37,10 @@ def with_usage(completion: Completion, prompt: list[Message], tools: list[dict] 
 
 
 def fit_context(messages: list[Message], tools: list[dict] | None, max_prompt_tokens: int) -> list[Message]:
-    """A copy of `messages` whose estimate fits `max_prompt_tokens`; history itself is not changed."""
+    """A copy of `messages` whose estimate fits `max_prompt_tokens`; history itself is not changed. What goes, in
+    order: the older tool outputs, the reasoning behind older steps, whole older steps (a long run's calls alone
+    outgrow the window), then the tail of the newest output. The messages before the first step (the system prompt
+    and the question) always stay; if they alone do not fit, the prompt goes over and the backend refuses it."""
     fitted = [dict(m) for m in messages]
     tool_turns = [i for i, m in enumerate(fitted) if m["role"] == "tool"]
     for i in tool_turns[:-1]:
@@ -48,9 +52,15 @@ def fit_context(messages: list[Message], tools: list[dict] | None, max_prompt_to
         if estimate_tokens(fitted, tools) <= max_prompt_tokens:
             return fitted
         del fitted[i]["reasoning_content"]
+    steps = [i for i, m in enumerate(fitted) if m["role"] == "assistant"]  # a step: its call, then its results
+    whole = fitted
+    for start in steps[1:]:
+        if estimate_tokens(fitted, tools) <= max_prompt_tokens:
+            return fitted
+        fitted = whole[:steps[0]] + whole[start:]
     excess = estimate_tokens(fitted, tools) - max_prompt_tokens
-    if excess > 0 and tool_turns:  # even the newest output is too long: keep its head
-        last = fitted[tool_turns[-1]]
-        keep = max(0, len(last["content"]) - excess * CHARS_PER_TOKEN)
-        last["content"] = last["content"][:keep] + "\n[cut to fit the context]"
+    newest = next((m for m in reversed(fitted) if m["role"] == "tool"), None)
+    if excess > 0 and newest is not None:  # even the newest output is too long: keep its head
+        keep = max(0, len(newest["content"]) - excess * CHARS_PER_TOKEN - len(CUT))
+        newest["content"] = newest["content"][:keep] + CUT
     return fitted

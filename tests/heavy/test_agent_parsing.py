@@ -99,7 +99,20 @@ def test_fit_context_drops_older_reasoning_after_the_old_tool_outputs_and_keeps_
 def test_fit_context_cuts_the_newest_output_when_it_alone_is_too_long():
     messages = [{"role": "user", "content": "q"}, {"role": "tool", "content": "x" * 30_000}]
     fitted = fit_context(messages, None, max_prompt_tokens=1000)
-    assert estimate_tokens(fitted) <= 1000 + 20 and fitted[1]["content"].endswith("[cut to fit the context]")
+    assert estimate_tokens(fitted) <= 1000 and fitted[1]["content"].endswith("[cut to fit the context]")
+
+
+def test_fit_context_drops_whole_oldest_steps_when_their_calls_alone_overflow():
+    # a long run (the step budget goes up to 300): every step's call and its dropped output still take room
+    messages = [{"role": "system", "content": "s" * 600}, {"role": "user", "content": "Question: q"}]
+    for i in range(120):
+        call = {"id": f"c{i}", "type": "function", "function": {"name": "search", "arguments": f'{{"query": "q{i}"}}'}}
+        messages += [{"role": "assistant", "content": f"step {i}", "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": f"c{i}", "content": f"results {i} " * 20}]
+    fitted = fit_context(messages, None, max_prompt_tokens=2000)
+    assert estimate_tokens(fitted) <= 2000 and fitted[:2] == messages[:2] and fitted[-2:] == messages[-2:]
+    called = [c["id"] for m in fitted if m["role"] == "assistant" for c in m["tool_calls"]]
+    assert called == [m["tool_call_id"] for m in fitted if m["role"] == "tool"]  # each call with its result
 
 
 @pytest.mark.parametrize(("answer", "kept"), [
