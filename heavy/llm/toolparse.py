@@ -19,6 +19,11 @@ _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _FENCED = re.compile(r"```(?:json|JSON|tool_call|python)?\s*\n?(.*?)```", re.DOTALL)
 _ARGUMENT_KEYS = ("arguments", "parameters", "args", "input")
 _MAX_CUTS = 32  # how many commas back a truncated object may be cut to
+# a reply is closed at most this often as a cut-off call, each time at a "{" that starts a JSON object: each closing
+# reads the rest of the reply up to _MAX_CUTS times, so one for every brace of a code-filled reply blocked the event
+# loop for seconds
+_MAX_CLOSINGS = 4
+_JSON_OBJECT_START = re.compile(r'\{\s*"')
 
 
 def own_call_id(name: str, index: int) -> str:
@@ -44,16 +49,18 @@ def parse_text_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
 
 def _bare_objects(text: str) -> tuple[str, list[ToolCall]]:
     decoder = json.JSONDecoder()
-    calls, spans, start = [], [], text.find("{")
+    calls, spans, start, closings = [], [], text.find("{"), _MAX_CLOSINGS
     while start != -1:
         try:
             obj, length = decoder.raw_decode(text, start)
         except json.JSONDecodeError:
-            call = _to_call(close_truncated(text[start:]), len(calls))
-            if call is not None:  # the reply was cut off inside this call: it runs to the end of the text
-                calls.append(call)
-                spans.append((start, len(text)))
-                break
+            if closings and _JSON_OBJECT_START.match(text, start):
+                closings -= 1
+                call = _to_call(close_truncated(text[start:]), len(calls))
+                if call is not None:  # the reply was cut off inside this call: it runs to the end of the text
+                    calls.append(call)
+                    spans.append((start, len(text)))
+                    break
             start = text.find("{", start + 1)
             continue
         call = _to_call(obj, len(calls))

@@ -6,6 +6,7 @@ from heavy.agent.context import DROPPED, estimate_tokens, fit_context
 from heavy.agent.prompts import ANSWER_SPEC
 from heavy.agent.repair import repair_call
 from heavy.agent.steps import answer_line, restates_question, without_cut_sentence, without_result_headers
+from heavy.llm import toolparse
 from heavy.llm.toolparse import parse_text_tool_calls
 from heavy.llm.types import ToolCall
 
@@ -49,6 +50,17 @@ def test_a_call_cut_off_by_the_token_limit_is_closed_at_its_last_complete_value(
 
 def test_an_unclosable_fragment_is_not_a_call():
     assert parse_text_tool_calls("I think {the answer is 5") == ("I think {the answer is 5", [])
+
+
+@pytest.mark.parametrize("text", [
+    "```python\n" + "counts = {1, 2}; seen = {}\n" * 300 + "```",  # code: no brace of it starts a JSON object
+    '{"x",' * 1500,  # each brace starts one, none closes
+])
+def test_a_reply_full_of_braces_is_closed_as_a_cut_off_call_only_a_few_times(text, monkeypatch):
+    # every closing reads the rest of the reply up to 33 times: one per brace blocked the event loop for seconds
+    closings = []
+    monkeypatch.setattr(toolparse, "close_truncated", lambda fragment: closings.append(fragment))
+    assert parse_text_tool_calls(text) == (text, []) and len(closings) <= toolparse._MAX_CLOSINGS
 
 
 def test_plain_text_is_not_a_call():
