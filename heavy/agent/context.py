@@ -64,3 +64,17 @@ def fit_context(messages: list[Message], tools: list[dict] | None, max_prompt_to
         keep = max(0, len(newest["content"]) - excess * CHARS_PER_TOKEN - len(CUT))
         newest["content"] = newest["content"][:keep] + CUT
     return fitted
+
+
+def without_unrun_calls(messages: list[Message]) -> list[Message]:
+    """The conversation without the last turn's calls that have no result (the deadline stopped the step inside its
+    tools): OpenAI-compatible servers refuse a call left without one (400)."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None or not messages[last].get("tool_calls"):
+        return messages
+    answered = {m.get("tool_call_id") for m in messages[last + 1:] if m["role"] == "tool"}
+    run = [c for c in messages[last]["tool_calls"] if c["id"] in answered]
+    if len(run) == len(messages[last]["tool_calls"]):
+        return messages
+    turn = {key: value for key, value in messages[last].items() if key != "tool_calls"}
+    return messages[:last] + [{**turn, "tool_calls": run} if run else turn] + messages[last + 1:]

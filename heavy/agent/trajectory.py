@@ -27,7 +27,7 @@ from heavy.agent.budget import (
     request_bound,
     until_stopped,
 )
-from heavy.agent.context import fit_context, with_usage
+from heavy.agent.context import fit_context, with_usage, without_unrun_calls
 from heavy.agent.explore import call_signature, describe, unexplored_call
 from heavy.agent.gathered import cited_sources, keep_evidence, supporting_sources
 from heavy.agent.repair import UNREADABLE, repair_call
@@ -381,7 +381,7 @@ class Trajectory:
 
     async def _forced_answer(self) -> None:
         limits = self.spec.limits
-        messages = self.messages + [{"role": "user", "content": prompts.FORCE_ANSWER.format(
+        messages = without_unrun_calls(self.messages) + [{"role": "user", "content": prompts.FORCE_ANSWER.format(
             question=self.spec.question)}]
         try:
             # a step-budget stop may use the time left to its deadline (on a busy machine 120 s was not enough);

@@ -1,11 +1,14 @@
 """The conversation a trajectory sends stays one an OpenAI-compatible server accepts, whatever the model wrote."""
 
+import asyncio
+
 import pytest
 
-from heavy.agent import TrajectoryLimits
+from heavy.agent import TrajectoryLimits, prompts
 from heavy.llm.types import Completion, ToolCall
-from tests.heavy.fakes import STEP_USAGE, call
-from tests.heavy.test_trajectory import by_step, make
+from heavy.tools.base import ToolExecutor
+from tests.heavy.fakes import STEP_USAGE, DictSearch, call
+from tests.heavy.test_trajectory import PAGES, by_step, make
 
 pytestmark = pytest.mark.anyio
 
@@ -30,3 +33,30 @@ async def test_calls_after_a_sent_back_answer_in_the_same_reply_leave_no_call_un
     result = await trajectory.run()
     assert result.answer == "1889"
     assert [unanswered_calls(r.messages) for r in backend.requests] == [[]] * len(backend.requests)
+
+
+class SlowToStopPage:
+    """`open_page` that outlives the deadline and, cancelled, takes a moment to clean up (a python run's process
+    group is killed and reaped the same way)."""
+
+    name = "open_page"
+    description = "Open a page."
+    parameters = {"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]}
+
+    async def run(self, args, ctx):
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)
+            raise
+
+
+async def test_the_forced_answer_after_a_deadline_inside_a_tool_call_leaves_no_call_unanswered():
+    trajectory, backend, _, _ = make(by_step(call("search", query="eiffel"), call("open_page", url="http://x/slow")),
+                                     allowed=("search", "open_page"),
+                                     limits=TrajectoryLimits(max_steps=4, deadline_s=0.5, final_answer_timeout_s=5))
+    trajectory.executor = ToolExecutor([DictSearch(PAGES), SlowToStopPage()])
+    trajectory.tools = trajectory.executor.specs(trajectory.spec.allowed_tools) + [prompts.ANSWER_SPEC]
+    result = await trajectory.run()
+    assert (result.stop_reason, result.answer) == ("deadline", "1889")
+    assert backend.requests[-1].forced and unanswered_calls(backend.requests[-1].messages) == []
