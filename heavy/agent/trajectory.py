@@ -27,7 +27,7 @@ from heavy.agent.budget import (
     request_bound,
     until_stopped,
 )
-from heavy.agent.context import fit_context, with_usage, without_unrun_calls
+from heavy.agent.context import estimate_tokens, fit_context, with_usage, without_unrun_calls
 from heavy.agent.explore import call_signature, describe, unexplored_call
 from heavy.agent.gathered import cited_sources, keep_evidence, supporting_sources
 from heavy.agent.repair import UNREADABLE, repair_call
@@ -122,6 +122,7 @@ class Trajectory:
         self.title_rejected = False
         self.unsaid_forced = False  # an `answer` call said nothing, and a forced answer was asked for it
         self.deadline = 0.0
+        self.counted_per_estimated = 1.0  # the server's prompt tokens per estimated one, at most (never below 1)
 
     # --- the loop ---
 
@@ -201,10 +202,12 @@ class Trajectory:
     async def _complete(self, messages: list[Message], tools: list[dict] | None, max_tokens: int,
                         deadline: float) -> Completion:
         max_tokens += self.spec.limits.reasoning_tokens  # a thinking model reasons before its reply
-        prompt = fit_context(messages, tools, self.spec.limits.context_tokens - max_tokens)
+        room = int((self.spec.limits.context_tokens - max_tokens) / self.counted_per_estimated)
+        prompt = fit_context(messages, tools, room)
+        estimated = max(1, estimate_tokens(prompt, tools))
         # the job's grant holds the request's largest cost while it is in flight: eight trajectories at once
         # cannot together pass the trajectories' share of it
-        held = request_bound(prompt, tools, max_tokens) if self.job_budget is not None else 0
+        held = int(estimated * self.counted_per_estimated) + max_tokens if self.job_budget is not None else 0
         if self.job_budget is not None and not await until_stopped(self.job_budget.hold(held), self.stop, deadline):
             raise Stopped("job_tokens")
         request = self.backend.chat(
@@ -213,7 +216,11 @@ class Trajectory:
         )
         spent = Usage()
         try:
-            completion = with_usage(await until_stopped(request, self.stop, deadline), prompt, tools)
+            completion = await until_stopped(request, self.stop, deadline)
+            # the estimate undercounts some scripts (Chinese: 1.9 times for the embedded model's tokenizer): later
+            # prompts are fitted by what the server counted
+            self.counted_per_estimated = max(self.counted_per_estimated, completion.usage.prompt_tokens / estimated)
+            completion = with_usage(completion, prompt, tools)
             spent = completion.usage
         finally:
             if self.job_budget is not None:

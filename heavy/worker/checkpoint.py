@@ -65,6 +65,7 @@ def state_of(trajectory: Trajectory) -> dict[str, Any]:
         "output_rejected": trajectory.output_rejected,
         "title_rejected": trajectory.title_rejected,
         "unsaid_forced": trajectory.unsaid_forced,
+        "counted_per_estimated": trajectory.counted_per_estimated,
         "tool_calls": _tool_calls(trajectory),
     }
 
@@ -87,6 +88,7 @@ def restore(trajectory: Trajectory, state: dict[str, Any]) -> None:
     trajectory.output_rejected = state.get("output_rejected", False)
     trajectory.title_rejected = state.get("title_rejected", False)
     trajectory.unsaid_forced = state.get("unsaid_forced", False)
+    trajectory.counted_per_estimated = state.get("counted_per_estimated", 1.0)
 
 
 class CheckpointedTrajectory(Trajectory):

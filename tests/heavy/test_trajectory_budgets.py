@@ -1,4 +1,5 @@
-"""Token budgets hold whatever the backend reports: a server that omits usage, trajectories sharing a job's budget."""
+"""Token budgets and the context window hold whatever the backend counts: a server that omits usage, a tokenizer that
+counts more than the estimate, trajectories sharing a job's budget."""
 
 from dataclasses import replace
 
@@ -6,7 +7,8 @@ import pytest
 
 from heavy.agent import TrajectoryLimits
 from heavy.agent.budget import JobTokenBudget
-from heavy.llm.types import Usage
+from heavy.agent.context import estimate_tokens
+from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import call, text
 from tests.heavy.test_trajectory import make
 
@@ -35,3 +37,23 @@ async def test_a_server_that_omits_usage_still_spends_the_job_token_budget():
     trajectory, _, _, _ = make(searching_without_usage, limits=limits, budget=budget)
     result = await trajectory.run()
     assert result.stop_reason == "job_tokens" and budget.used >= 2000
+
+
+async def test_the_context_is_fitted_by_what_the_server_counted_when_it_counts_more_than_the_estimate():
+    # Chinese pages: the embedded model's tokenizer counts 1.9 times the estimate; this server counts 3 times it and
+    # refuses a prompt that does not fit, as an engine does
+    limits = TrajectoryLimits(max_steps=6, step_tokens=100, context_tokens=4000, no_progress_steps=6)
+
+    def server(request):
+        counted = 3 * estimate_tokens(request.messages, request.tools)
+        if counted + request.max_tokens > limits.context_tokens:
+            raise LLMError(f"prompt of {counted} tokens is too long")
+        step = len(backend.requests)
+        reply = text("1889") if request.forced or step == 5 else call("search", query=f"eiffel {step}")
+        return replace(reply, usage=Usage(prompt_tokens=counted, completion_tokens=10))
+
+    pages = {f"http://corpus/{i}": f"eiffel {i} " + "埃菲尔铁塔位于巴黎。" * 60 for i in range(6)}
+    trajectory, backend, search, _ = make(server, limits=limits)
+    search.pages = pages
+    result = await trajectory.run()
+    assert result.stop_reason != "error" and len(result.steps) == 6
