@@ -15,6 +15,7 @@ from heavy.llm.types import Completion, Message, Usage
 CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of a chat template
 DROPPED = "[older tool output removed to fit the context]"
+REASONING_DROPPED = "[reasoning removed to fit the context]"
 CUT = "\n[cut to fit the context]"
 
 
@@ -51,7 +52,10 @@ def fit_context(messages: list[Message], tools: list[dict] | None, max_prompt_to
     for i in reasoned[:-1]:
         if estimate_tokens(fitted, tools) <= max_prompt_tokens:
             return fitted
-        del fitted[i]["reasoning_content"]
+        if fitted[i].get("tool_calls"):  # Moonshot refuses a call turn without its reasoning (400)
+            fitted[i]["reasoning_content"] = REASONING_DROPPED
+        else:
+            del fitted[i]["reasoning_content"]
     steps = [i for i, m in enumerate(fitted) if m["role"] == "assistant"]  # a step: its call, then its results
     whole = fitted
     for start in steps[1:]:

@@ -108,6 +108,18 @@ def test_fit_context_drops_older_reasoning_after_the_old_tool_outputs_and_keeps_
     assert estimate_tokens(fitted) <= 1500 and messages[1]["reasoning_content"] == "0" * 3000  # history untouched
 
 
+def test_fit_context_leaves_a_call_turn_whose_reasoning_goes_a_stand_in_for_it():
+    # Moonshot refuses an assistant turn with tool calls and no reasoning_content (400) when thinking is on
+    messages = [{"role": "user", "content": "q"}]
+    for i in range(3):
+        call = {"id": f"c{i}", "type": "function", "function": {"name": "search", "arguments": "{}"}}
+        messages += [{"role": "assistant", "content": "", "reasoning_content": str(i) * 3000, "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": f"c{i}", "content": "x" * 300}]
+    fitted = fit_context(messages, None, max_prompt_tokens=1500)
+    assert estimate_tokens(fitted) <= 1500 and fitted[-2]["reasoning_content"] == "2" * 3000
+    assert all(m.get("reasoning_content") for m in fitted if m.get("tool_calls"))
+
+
 def test_fit_context_cuts_the_newest_output_when_it_alone_is_too_long():
     messages = [{"role": "user", "content": "q"}, {"role": "tool", "content": "x" * 30_000}]
     fitted = fit_context(messages, None, max_prompt_tokens=1000)
