@@ -198,6 +198,15 @@ def answer_line(text: str) -> str:
     return line.strip(" .*`\"'")
 
 
+def written_answer(arguments: dict) -> str | None:
+    """An `answer` call's answer as text: a string, or a number written as JSON ({"answer": 42} to "How many ...?");
+    None when there is none."""
+    value = arguments.get("answer")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value)
+
+
 def stated_confidence(arguments: dict) -> float:
     """The confidence an `answer` call states, clipped to 0..1."""
     try:

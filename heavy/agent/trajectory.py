@@ -48,6 +48,7 @@ from heavy.agent.steps import (
     without_copied_sentences,
     without_cut_sentence,
     without_result_headers,
+    written_answer,
 )
 from heavy.events import EventSink, NullSink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
 from heavy.llm.toolparse import own_call_id, parse_text_tool_calls
@@ -324,7 +325,7 @@ class Trajectory:
         """Take the `answer` call, or say why not (empty, or no evidence yet — sent back once). `observed`: this
         step's tool results before the answer; `cut`: the token limit ended the reply, so the answer may end in an
         unfinished sentence."""
-        written = str(call.arguments.get("answer") or "")
+        written = written_answer(call.arguments) or str(call.arguments.get("answer") or "")  # a list as written
         answer = without_copied_sentences(without_result_headers(unwrapped(written)), self._our_texts())
         answer = without_cut_sentence(answer, cut)
         if not any(ch.isalnum() for ch in answer) or self._copies_our_words(answer) or says_a_plan(answer):
@@ -399,8 +400,8 @@ class Trajectory:
             log.info("trajectory %s/%d: no forced answer (%s)", self.spec.job_id, self.spec.index, exc)
             return
         content, calls = parse_text_tool_calls(completion.content)
-        answer_call = next((c for c in calls if isinstance(c.arguments.get("answer"), str)), None)
-        answer = answer_line(answer_call.arguments["answer"] if answer_call else content)
+        written = next((a for c in calls if (a := written_answer(c.arguments)) is not None), None)
+        answer = answer_line(content if written is None else written)
         answer = without_copied_sentences(answer, self._our_texts())
         answer = without_cut_sentence(answer, completion.finish_reason == "length")
         if self._says_no_answer(answer):
