@@ -24,7 +24,6 @@ from heavy.agent.budget import (
     Stopped,
     StopSignal,
     TrajectoryLimits,
-    request_bound,
     until_stopped,
 )
 from heavy.agent.context import estimate_tokens, fit_context, with_usage, without_unrun_calls
