@@ -64,7 +64,9 @@ class LiveBoard:
             table.add_column(column, overflow="ellipsis", no_wrap=True, ratio=1 if flexible else None,
                              min_width=None if flexible else len(column))
         for k, lane in enumerate(self.lanes):
-            table.add_row(str(k + 1), str(lane.step), lane.action, f"{lane.tokens:,}", str(lane.sources), lane.status)
+            # Text, not str: a cell's str is read as markup, and a model's "[/2]" in code or an answer raised
+            cells = (str(k + 1), str(lane.step), lane.action, f"{lane.tokens:,}", str(lane.sources), lane.status)
+            table.add_row(*map(Text, cells))
         return Group(table, Text(self.stage, style="bold"))
 
 

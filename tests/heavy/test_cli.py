@@ -411,3 +411,21 @@ def test_heavy_up_prints_its_key_on_the_line_that_names_it_even_off_a_terminal(m
     result = CliRunner().invoke(app, ["up"])
     assert result.exit_code == 0, result.output
     assert line in result.stdout.splitlines()
+
+
+def test_live_board_shows_a_models_brackets_as_written():
+    # a cell's str was read as rich markup: "[/2]" in a python call raised MarkupError, "[int]" vanished
+    from rich.console import Console
+
+    from heavy.display import LiveBoard
+    from heavy.events import ToolCallEvent, TrajectoryDone
+
+    board = LiveBoard(2)
+    board.apply(ToolCallEvent(job_id="j", trajectory=0, step=1, call_id="c", tool="python",
+                              arguments={"code": "print(x[/2])"}))
+    board.apply(TrajectoryDone(job_id="j", trajectory=1, answer="[bold]list[int][/bold]", confidence=0.5,
+                               stop_reason="answered", steps=2, total_tokens=900, cited=[]))
+    console = Console(width=120, record=True)
+    console.print(board.render())
+    text = console.export_text()
+    assert "python(print(x[/2]))" in text and "answer: [bold]list[int][/bold]" in text
