@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from heavy.cli_options import ModeOption, ToolOption
 from heavy.display import LiveBoard, print_error, print_report
@@ -163,7 +164,7 @@ def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=
         table.add_column(column, no_wrap=True)
     table.add_column("question", overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(Text, row))  # a question's "[/x]" is text, not markup (which raised)
     console.print(table)
 
 

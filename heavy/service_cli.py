@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from heavy.config import get_settings
 from heavy.display import print_error
@@ -152,7 +153,7 @@ def keys_list(tenant: Annotated[str | None, typer.Argument(help="only this tenan
     keys = _with_store(lambda store: store.tenants.list_keys(tenant))
     table = Table("key id", "tenant", "name", "created")
     for key in keys:
-        table.add_row(key.key_id, key.tenant, key.name, f"{key.created:.0f}")
+        table.add_row(*map(Text, (key.key_id, key.tenant, key.name, f"{key.created:.0f}")))  # a name is not markup
     console.print(table)
 
 
