@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,8 +50,11 @@ def read_documents(path: Path) -> Iterator[Document]:
 
 
 def read_file(file: Path) -> Iterator[Document]:
+    """The documents of one file; none from a binary one (a NUL byte in its text)."""
     suffix = file.suffix.lower()
-    content = file.read_text(encoding="utf-8", errors="replace")
+    content = _decode(file.read_bytes())
+    if "\x00" in content:
+        return
     if suffix in JSONL_SUFFIXES:
         yield from _jsonl_documents(content, file)
     elif suffix in HTML_SUFFIXES:
@@ -59,6 +63,18 @@ def read_file(file: Path) -> Iterator[Document]:
             yield Document(title=page.title or file.stem, text=page.markdown, origin=str(file))
     elif content.strip():
         yield Document(title=_first_line_title(content, file), text=content.strip(), origin=str(file))
+
+
+def _decode(data: bytes) -> str:
+    """A file's text: UTF-8 (its BOM dropped: it broke a JSONL file's first row and a Markdown first-line
+    heading), UTF-16 with a BOM (Windows' "Unicode"), else Windows-1252, what a Latin-1 file is read as (UTF-8's
+    replacement characters had made its accented words unsearchable)."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16", errors="replace")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")  # its five unassigned bytes as U+FFFD
 
 
 def _first_line_title(content: str, file: Path) -> str:

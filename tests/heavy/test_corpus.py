@@ -132,3 +132,22 @@ def test_corpus_add_command(corpus_dir, tmp_path):
     result = CliRunner().invoke(corpus_app, ["add", str(corpus_dir), "--index", str(tmp_path / "cli.sqlite")])
     assert result.exit_code == 0, result.output
     assert "indexed 5 new documents from 4 files" in result.output
+
+
+def test_files_in_other_encodings_are_read_as_written_and_binary_ones_skipped(tmp_path):
+    # read as UTF-8 with replacement: a BOM broke a JSONL file's first row and a Markdown heading's title, and a
+    # Latin-1 file's "café" became "caf\ufffd", which no search for it found
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "bom.md").write_bytes(b"\xef\xbb\xbf# Heading with a BOM\n\nSome text.")
+    (root / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"title": "Row one", "text": "The first row."}\n')
+    (root / "latin1.txt").write_bytes("Le café de Flore\nUn café à Paris.".encode("latin-1"))
+    (root / "windows.txt").write_bytes("Windows\nUnicode text from Notepad.".encode("utf-16"))
+    (root / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    docs = {d.title: d.text for d in read_documents(root)}
+    assert docs == {"Heading with a BOM": "# Heading with a BOM\n\nSome text.", "Row one": "The first row.",
+                    "Le café de Flore": "Le café de Flore\nUn café à Paris.",
+                    "Windows": "Windows\nUnicode text from Notepad."}
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add(read_documents(root))
+    assert index.search("café", k=1)[0].title == "Le café de Flore"
