@@ -18,7 +18,7 @@ from heavy.corpus.index import CorpusIndex, StoredDocument
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_POLL_S = 0.05  # how often serve_forever looks for a shutdown request
-_DOC_PATH = re.compile(r"^/doc/(\d+)$")
+_DOC_PATH = re.compile(r"^/doc/([0-9]{1,18})$")  # an id SQLite can hold: a longer one raised mid-request
 
 
 def doc_url(base_url: str, doc_id: int) -> str:
