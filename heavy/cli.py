@@ -107,9 +107,10 @@ async def _run(spec: JobSpec, backend_name: str, executor: ToolExecutor, show_li
 @app.command()
 def ask(
     question: str,
-    trajectories: Annotated[int, typer.Option(min=1, max=8, help="parallel trajectories")] = 8,
-    mode: Annotated[ModeOption, typer.Option(help="report: cited Markdown; answer: short voted answer")] = (
-        ModeOption.report),
+    trajectories: Annotated[int | None, typer.Option(min=1, max=8, help="parallel trajectories (default "
+                                                                       "HEAVY_TRAJECTORIES)")] = None,
+    mode: Annotated[ModeOption | None, typer.Option(help="report: cited Markdown; answer: short voted answer "
+                                                         "(default HEAVY_MODE)")] = None,
     backend: Annotated[BackendOption | None, typer.Option(help="LLM backend (default HEAVY_BACKEND)")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, max=300, help="steps per trajectory")] = None,
     deadline: Annotated[float | None, typer.Option(min=1, help="seconds until the job stops and reports what it has "
@@ -130,8 +131,9 @@ def ask(
     logging.basicConfig(level=logging.WARNING)
     settings = get_settings()
     try:
+        given = {"mode": mode and mode.value, "trajectories": trajectories}  # else HEAVY_MODE, HEAVY_TRAJECTORIES
         base = JobSpec.from_settings(settings, job_id=f"cli-{uuid.uuid4().hex[:12]}", question=question,
-                                     mode=mode.value, trajectories=trajectories)
+                                     **{name: value for name, value in given.items() if value is not None})
     except ValueError as exc:  # an empty question, or a setting out of range
         print_error(str(exc))
         raise typer.Exit(2) from exc

@@ -230,6 +230,19 @@ def test_ask_passes_its_tools_and_token_budget_to_the_job(tmp_path, monkeypatch)
     assert default.allowed_tools == set(settings.allowed_tools) and default.job_tokens == settings.job_tokens
 
 
+def test_ask_takes_its_trajectories_and_mode_from_flags_else_the_settings(tmp_path, monkeypatch):
+    # the flags' defaults (8, report) were passed as if given: HEAVY_TRAJECTORIES and HEAVY_MODE never applied
+    monkeypatch.setenv("HEAVY_TRAJECTORIES", "3")
+    monkeypatch.setenv("HEAVY_MODE", "answer")
+    get_settings.cache_clear()
+    try:
+        given, default = _specs_of(tmp_path, monkeypatch, "--trajectories", "5", "--mode", "report")
+    finally:
+        get_settings.cache_clear()
+    assert (given.trajectories, given.mode) == (5, "report")
+    assert (default.trajectories, default.mode) == (3, "answer")
+
+
 def test_ask_searches_the_web_when_told_to(monkeypatch):
     web = SimpleNamespace(names=frozenset({"search", "open_page"}))  # no request leaves: the job is captured
     monkeypatch.setattr("heavy.cli.web_tools", lambda: nullcontext(web))
