@@ -25,6 +25,7 @@ class AddReport:
     files: int
     added: int
     duplicates: int
+    removed: int  # documents the files, edited since they were added, no longer hold
     total: int  # documents in the index afterwards
 
 
@@ -36,12 +37,12 @@ def corpus_add(path: Path | str, index_path: Path | str) -> AddReport:
         raise CorpusFormatError(f"no file to index under {path} (supported: {' '.join(sorted(SUPPORTED_SUFFIXES))}); "
                                 "no index was written")
     index = CorpusIndex(index_path)
-    added = duplicates = 0
+    added = duplicates = removed = 0
     for file in files:
-        new, skipped = index.add(read_file(file))
-        added += new
-        duplicates += skipped
-    return AddReport(files=len(files), added=added, duplicates=duplicates, total=index.count())
+        file = file.resolve()  # the origin a later add of the file, by any path to it, finds
+        counts = index.add(read_file(file), source=str(file))
+        added, duplicates, removed = added + counts.added, duplicates + counts.duplicates, removed + counts.removed
+    return AddReport(files=len(files), added=added, duplicates=duplicates, removed=removed, total=index.count())
 
 
 corpus_app = typer.Typer(help="Build and serve the local search corpus.", no_args_is_help=True)
@@ -55,7 +56,8 @@ def add_command(path: Path, index: IndexOption = None) -> None:
     report = corpus_add(path, index or default_index_path())
     typer.echo(
         f"indexed {report.added} new documents from {report.files} files "
-        f"({report.duplicates} duplicates skipped); the index holds {report.total}"
+        f"({report.duplicates} duplicates skipped, {report.removed} out of date removed); the index holds "
+        f"{report.total}"
     )
 
 

@@ -1,7 +1,8 @@
 """A SQLite FTS5 index over corpus documents, ranked with BM25.
 
 One file holds everything: `docs` (the documents) and `docs_fts` (an external-content FTS5 table over
-title and text). Documents are deduplicated by a hash of title + text, so re-adding a directory is a no-op.
+title and text). Documents are deduplicated by a hash of title + text, so re-adding a directory is a no-op, and
+re-adding an edited file replaces the documents it no longer holds.
 Each call opens its own connection, so one index can be used from several threads.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from heavy.corpus.documents import CorpusFormatError, Document
 
@@ -127,6 +129,23 @@ def match_expression(query: str, keep_function_words: bool = False) -> str | Non
     return " OR ".join([*phrases, *terms]) or None
 
 
+class AddCounts(NamedTuple):
+    added: int
+    duplicates: int  # already indexed (from this file before, or from another)
+    removed: int  # the source file's documents it no longer holds
+
+
+def _remove_stale(db: sqlite3.Connection, source: str, kept: set[str]) -> int:
+    """Delete `source`'s documents (origin the file, or a JSONL row of it: "file:N") whose hash is not in `kept`."""
+    rows = db.execute("SELECT id, title, text, content_hash FROM docs WHERE origin = ? OR substr(origin, 1, ?) = ?",
+                      (source, len(source) + 1, f"{source}:")).fetchall()
+    stale = [(doc_id, title, text) for doc_id, title, text, digest in rows if digest not in kept]
+    # an external-content FTS5 table forgets a row only when told its old values
+    db.executemany("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)", stale)
+    db.executemany("DELETE FROM docs WHERE id = ?", [(doc_id,) for doc_id, _, _ in stale])
+    return len(stale)
+
+
 class CorpusIndex:
     def __init__(self, path: Path | str, keep_function_words: bool = False) -> None:
         """`keep_function_words`: query with every word, as searches did before FUNCTION_WORDS (replays of runs
@@ -140,13 +159,17 @@ class CorpusIndex:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
 
-    def add(self, documents: Iterable[Document]) -> tuple[int, int]:
-        """Index documents; returns (added, duplicates skipped)."""
-        added = skipped = 0
+    def add(self, documents: Iterable[Document], source: str = "") -> AddCounts:
+        """Index documents. `source`: the file they all were read from; its documents added before and not among
+        these are removed in the same transaction (the file was edited: its old text must not be found beside the
+        new)."""
+        added = skipped = removed = 0
+        kept: set[str] = set()
         now = time.time()
         with closing(self._connect()) as db, db:
             for doc in documents:
                 digest = content_hash(doc.title, doc.text)
+                kept.add(digest)
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO docs (title, text, url, origin, content_hash, added_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
@@ -160,7 +183,9 @@ class CorpusIndex:
                     (cursor.lastrowid, doc.title, doc.text),
                 )
                 added += 1
-        return added, skipped
+            if source:
+                removed = _remove_stale(db, source, kept)
+        return AddCounts(added, skipped, removed)
 
     def search(self, query: str, k: int) -> list[SearchHit]:
         expression = match_expression(query, self.keep_function_words)

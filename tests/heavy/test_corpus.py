@@ -153,3 +153,26 @@ def test_files_in_other_encodings_are_read_as_written_and_binary_ones_skipped(tm
     index = CorpusIndex(tmp_path / "i.sqlite")
     index.add(read_documents(root))
     assert index.search("café", k=1)[0].title == "Le café de Flore"
+
+
+def test_re_adding_an_edited_file_replaces_what_it_no_longer_holds(tmp_path, monkeypatch):
+    # only new documents were added: the old text of an edited page stayed, found beside the new one
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "page.md").write_text("# Hekla\n\nHekla last erupted in 1991.")
+    (root / "rows.jsonl").write_text(json.dumps({"title": "Katla", "text": "Katla last erupted in 1918."}) + "\n"
+                                     + json.dumps({"title": "Askja", "text": "Askja last erupted in 1961."}) + "\n")
+    index_path = tmp_path / "index.sqlite"
+    assert corpus_add(root, index_path).total == 3
+    (root / "page.md").write_text("# Hekla\n\nHekla last erupted in 2000.")
+    (root / "rows.jsonl").write_text(json.dumps({"title": "Askja", "text": "Askja last erupted in 1961."}) + "\n"
+                                     + json.dumps({"title": "Katla", "text": "Katla last erupted in 2025."}) + "\n")
+    monkeypatch.chdir(root)  # the same files by another path
+    again = corpus_add("rows.jsonl", index_path)
+    assert (again.added, again.duplicates, again.removed, again.total) == (1, 1, 1, 3)
+    again = corpus_add(root / ".." / "corpus", index_path)
+    assert (again.added, again.duplicates, again.removed, again.total) == (1, 2, 1, 3)
+    index = CorpusIndex(index_path)
+    assert index.search("1991 1918", k=5) == []
+    assert {hit.title for hit in index.search("2000 2025 1961", k=5)} == {"Hekla", "Katla", "Askja"}
+    assert corpus_add(root, index_path).removed == 0
