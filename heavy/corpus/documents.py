@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,14 +50,15 @@ def read_documents(path: Path) -> Iterator[Document]:
 
 
 def read_file(file: Path) -> Iterator[Document]:
-    """The documents of one file; none from a binary one (a NUL byte in its text)."""
+    """The documents of one file; none from a binary one (a NUL byte in its text; in JSONL, a row not JSON)."""
     suffix = file.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        yield from _jsonl_documents(file)
+        return
     content = _decode(file.read_bytes())
     if "\x00" in content:
         return
-    if suffix in JSONL_SUFFIXES:
-        yield from _jsonl_documents(content, file)
-    elif suffix in HTML_SUFFIXES:
+    if suffix in HTML_SUFFIXES:
         page = html_to_markdown(content)
         if page.markdown.strip():
             yield Document(title=page.title or file.stem, text=page.markdown, origin=str(file))
@@ -85,8 +86,19 @@ def _first_line_title(content: str, file: Path) -> str:
     return first if len(first) <= 120 else file.stem
 
 
-def _jsonl_documents(content: str, file: Path) -> Iterator[Document]:
-    for number, line in enumerate(content.splitlines(), start=1):
+def _jsonl_documents(file: Path) -> Iterator[Document]:
+    """Row by row, split at "\\n" alone: a file of millions of rows is not held whole, and a row whose string holds
+    U+2028 or U+0085 unescaped (JSON allows it; `json.dumps(ensure_ascii=False)` writes it) is not cut in two there
+    as str.splitlines cut it."""
+    with file.open("rb") as stream:
+        utf16 = stream.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+        stream.seek(0)
+        lines = _decode(stream.read()).split("\n") if utf16 else map(_decode, stream)  # UTF-16: 2-byte newlines
+        yield from _jsonl_rows(lines, file)
+
+
+def _jsonl_rows(lines: Iterable[str], file: Path) -> Iterator[Document]:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{file}:{number}"

@@ -1,6 +1,7 @@
 """Local corpus: reading HTML/Markdown/text/JSONL, the FTS5 BM25 index, the loopback page server, the CLI."""
 
 import json
+import tracemalloc
 import urllib.request
 
 import pytest
@@ -176,3 +177,22 @@ def test_re_adding_an_edited_file_replaces_what_it_no_longer_holds(tmp_path, mon
     assert index.search("1991 1918", k=5) == []
     assert {hit.title for hit in index.search("2000 2025 1961", k=5)} == {"Hekla", "Katla", "Askja"}
     assert corpus_add(root, index_path).removed == 0
+
+
+def test_jsonl_is_read_row_by_row_and_split_at_newlines_only(tmp_path):
+    # str.splitlines of the whole file: a string holding U+2028 (written raw by ensure_ascii=False) was cut in two,
+    # "not valid JSON"; and a file of millions of rows was held whole, twice (its bytes and its text)
+    rows = tmp_path / "rows.jsonl"
+    with rows.open("w", encoding="utf-8") as out:
+        out.write(json.dumps({"title": "Separators", "text": "one\u2028two\x85three"}, ensure_ascii=False) + "\n")
+        for n in range(20_000):
+            out.write(json.dumps({"title": f"Row {n}", "text": f"Row {n} of a large file. " * 20}) + "\n")
+    documents = read_documents(rows)
+    assert next(documents).text == "one\u2028two\x85three"
+    tracemalloc.start()
+    try:
+        assert sum(1 for _ in documents) == 20_000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < rows.stat().st_size / 10, (peak, rows.stat().st_size)
