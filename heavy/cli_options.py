@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+PORTS = {"min": 0, "max": 65535}  # typer.Option(**PORTS): a bad port is refused before anything starts (0: any free)
+
 
 class ModeOption(StrEnum):
     report = "report"

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from heavy.cli_options import PORTS
 from heavy.config import get_settings
 from heavy.display import print_error
 
@@ -35,7 +36,7 @@ def _logging() -> None:
 
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default HEAVY_API_HOST)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (default HEAVY_API_PORT)")] = None,
+    port: Annotated[int | None, typer.Option(**PORTS, help="port (default HEAVY_API_PORT)")] = None,
 ) -> None:
     """Run the REST API and dashboard (no models here: run `heavy worker` beside it)."""
     import uvicorn
@@ -47,7 +48,8 @@ def serve(
     settings = get_settings()
     with redis_url_for(settings.redis_url, _home()) as url:
         app = create_app(settings.model_copy(update={"redis_url": url}))
-        uvicorn.run(app, host=host or settings.api_host, port=port or settings.api_port, log_level="info")
+        uvicorn.run(app, host=host or settings.api_host, port=settings.api_port if port is None else port,
+                    log_level="info")
 
 
 def worker(
@@ -88,7 +90,7 @@ def worker(
 
 
 def up(
-    port: Annotated[int | None, typer.Option(help="API port (default HEAVY_API_PORT)")] = None,
+    port: Annotated[int | None, typer.Option(**PORTS, help="API port (default HEAVY_API_PORT)")] = None,
     index: Annotated[Path | None, typer.Option(help="local corpus index (default: Python reference topics)")] = None,
     api_key_file: Annotated[Path | None, typer.Option(help="also write the generated API key here")] = None,
 ) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_PORT = 8000
+MAX_PORT = 65535
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 
@@ -36,6 +37,13 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
 
 
+def _port(text: str) -> int:
+    """A TCP port, checked before the model loads (bind() refused 70000 only after it)."""
+    if not (text.isdigit() and int(text) <= MAX_PORT):
+        raise argparse.ArgumentTypeError(f"not a port (0-{MAX_PORT}): {text}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runtime", description="Run the heavy runtime from a terminal.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
     _add_model_options(serve)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT)
     serve.add_argument("--replicas", type=int, default=None,
                        help="serve through Ray: this many replicas behind a router (RAY_ADDRESS picks a cluster)")
     serve.add_argument("--ep", type=int, default=None, help="expert-parallel ranks per replica (MoE checkpoints)")

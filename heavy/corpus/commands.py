@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from heavy.cli_options import PORTS
 from heavy.corpus.documents import SUPPORTED_SUFFIXES, CorpusFormatError, corpus_files, read_file
 from heavy.corpus.index import CorpusIndex, existing_index
 from heavy.corpus.server import CorpusServer
@@ -62,7 +63,7 @@ def add_command(path: Path, index: IndexOption = None) -> None:
 
 
 @corpus_app.command("serve")
-def serve_command(index: IndexOption = None, port: int = 8765) -> None:
+def serve_command(index: IndexOption = None, port: Annotated[int, typer.Option(**PORTS)] = 8765) -> None:
     """Serve the indexed documents as HTML pages on 127.0.0.1 until interrupted."""
     with CorpusServer(existing_index(index or default_index_path()), port=port) as server:
         typer.echo(f"serving the corpus at {server.base_url}/doc/<id> (Ctrl-C to stop)")

@@ -467,3 +467,34 @@ def test_tables_of_jobs_and_keys_show_brackets_as_written(redis_url, monkeypatch
                 assert name in terminal.export_text(), module
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("argv", [["serve", "--port", "70000"], ["up", "--port", "-5"],
+                                  ["corpus", "serve", "--port", "99999"]])
+def test_a_port_out_of_range_is_refused_before_anything_starts(argv, monkeypatch):
+    # bind() raised OverflowError as a traceback, `heavy up` only after starting Redis, Ray and the model
+    started = []
+    monkeypatch.setattr("heavy.embedded_redis.redis_url_for", lambda *args: started.append(args))
+    monkeypatch.setattr("heavy.up.up", lambda *args, **kwargs: started.append(args))
+    monkeypatch.setattr("heavy.corpus.commands.existing_index", lambda path: started.append(path))
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2 and "Invalid value for '--port'" in result.output and not started
+
+
+def test_runtime_serve_refuses_a_port_out_of_range_before_loading_a_model():
+    from runtime.cli import build_parser
+
+    for port in ("70000", "-1", "http"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--port", port])
+    assert build_parser().parse_args(["serve", "--port", "0"]).port == 0
+
+
+def test_serve_on_port_0_binds_a_free_port_not_the_default(monkeypatch):
+    # `port or settings.api_port` read --port 0 as not given
+    bound = []
+    monkeypatch.setattr("heavy.embedded_redis.redis_url_for", lambda url, home: nullcontext("redis://test"))
+    monkeypatch.setattr("heavy.api.create_app", lambda settings: "app")
+    monkeypatch.setattr("uvicorn.run", lambda app, host, port, log_level: bound.append(port))
+    assert CliRunner().invoke(app, ["serve", "--port", "0"]).exit_code == 0
+    assert bound == [0]
