@@ -50,10 +50,10 @@ def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecut
     if search == "web":
         console.print("searching the web (ddgs)", style="dim", highlight=False, soft_wrap=True)
         return web_tools()
-    index = search_index(get_settings(), index, lambda line: console.print(line, highlight=False))
+    index = search_index(get_settings(), index, lambda line: console.print(line, markup=False, highlight=False))
     # said up front: which corpus a job searched is otherwise seen only in its sources' addresses
     console.print(f"searching the local corpus {index} ({indexed_documents(index):,} documents)", style="dim",
-                  highlight=False, soft_wrap=True)  # a path is not cut in two off a terminal
+                  markup=False, highlight=False, soft_wrap=True)  # a path is not cut in two off a terminal
     return local_corpus_tools(index)
 
 
@@ -160,7 +160,7 @@ def ask(
     _print_dropped(result)
     if json_out is not None:
         json_out.write_text(result.to_json())
-        console.print(f"JSON result written to {json_out}")
+        console.print(f"JSON result written to {json_out}", markup=False)
 
 
 def _print_dropped(result: JobResult) -> None:

@@ -379,7 +379,7 @@ def test_keys_create_prints_only_the_key_on_stdout(redis_url, monkeypatch):
     """`KEY=$(heavy keys create acme)` (as deploy/README.md has it) captures the key alone; its id goes to stderr."""
     monkeypatch.setenv("HEAVY_REDIS_URL", redis_url)
     get_settings.cache_clear()
-    tenant = f"cli-{os.getpid()}-{time.monotonic_ns()}"
+    tenant = f"cli-[/x]-{os.getpid()}-{time.monotonic_ns()}"  # brackets: a name, not rich markup
     try:
         created = CliRunner().invoke(app, ["keys", "create", tenant, "--name", "ci"])
     finally:
@@ -498,3 +498,18 @@ def test_serve_on_port_0_binds_a_free_port_not_the_default(monkeypatch):
     monkeypatch.setattr("uvicorn.run", lambda app, host, port, log_level: bound.append(port))
     assert CliRunner().invoke(app, ["serve", "--port", "0"]).exit_code == 0
     assert bound == [0]
+
+
+def test_ask_names_an_index_whose_path_holds_brackets_as_written(tmp_path, monkeypatch):
+    # the path was printed as rich markup: "[/x]" in a folder's name raised MarkupError before the job started
+    folder = tmp_path / "docs [/x] [old]"  # folders "docs [" and "x] [old]"
+    folder.mkdir(parents=True)
+    (folder / "docs.jsonl").write_text(json.dumps(DOCS[0]))
+    corpus_add(folder / "docs.jsonl", folder / "corpus.sqlite")
+
+    async def capture(spec, backend_name, executor, show_live):
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr("heavy.cli._run", capture)
+    result = CliRunner().invoke(app, ["ask", "q?", "--index", str(folder / "corpus.sqlite"), "--no-live"])
+    assert "captured" in result.output and f"searching the local corpus {folder}" in result.output.replace("\n", "")
