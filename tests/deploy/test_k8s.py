@@ -89,6 +89,14 @@ def test_every_container_has_requests_limits_and_runs_non_root(overlay):
         assert template["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
+def test_pods_of_ours_carry_no_kubernetes_api_token(overlay):
+    # the worker's python tool runs model-written code as the worker's user where user namespaces are not allowed
+    # (the default seccomp profile): the service-account token mounted by default was readable to it
+    _, objects = overlay
+    for kind, name in (("Deployment", "heavy-worker"), ("Deployment", "heavy-api"), ("StatefulSet", "heavy-redis")):
+        assert _one(objects, kind, name)["spec"]["template"]["spec"]["automountServiceAccountToken"] is False, name
+
+
 def test_api_probes_hit_healthz_and_readyz_behind_a_service(overlay):
     _, objects = overlay
     api = _one(objects, "Deployment", "heavy-api")
