@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
@@ -14,6 +14,7 @@ from rich.text import Text
 from heavy.events import Aggregating, Event, ReportReady, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
 
 ACTION_CHARS = 60
+NARROW_COLUMNS = 72  # the bordered six-column table needs about this many to show an action
 
 
 @dataclass
@@ -56,18 +57,30 @@ class LiveBoard:
         elif isinstance(event, ReportReady):
             self.stage = "report ready" + (" (partial)" if event.partial else "")
 
-    def render(self) -> Group:
-        table = Table(title="heavy: trajectories", expand=True)
-        for column in ("#", "step", "current action", "tokens", "sources", "status"):
+    def render(self) -> LiveBoard:
+        """The board as a renderable, laid out when drawn for the width there is then."""
+        return self
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # narrow (a split pane, a phone): no borders and no sources column, or the borders and fixed columns took
+        # every column there was, and the action, the status and even the lane's number were cut off
+        narrow = options.max_width < NARROW_COLUMNS
+        columns = ("#", "step", "current action", "tokens", *(() if narrow else ("sources",)), "status")
+        table = Table(title=None if narrow else "heavy: trajectories", expand=True,
+                      **({"box": None, "padding": (0, 1), "collapse_padding": True, "pad_edge": False}
+                         if narrow else {}))
+        for column in columns:
             # the action takes the width the others leave: a long answer had squeezed them to "…" at 80 columns
             flexible = column == "current action"
             table.add_column(column, overflow="ellipsis", no_wrap=True, ratio=1 if flexible else None,
                              min_width=None if flexible else len(column))
         for k, lane in enumerate(self.lanes):
             # Text, not str: a cell's str is read as markup, and a model's "[/2]" in code or an answer raised
-            cells = (str(k + 1), str(lane.step), lane.action, f"{lane.tokens:,}", str(lane.sources), lane.status)
-            table.add_row(*map(Text, cells))
-        return Group(table, Text(self.stage, style="bold"))
+            cells = {"#": str(k + 1), "step": str(lane.step), "current action": lane.action,
+                     "tokens": f"{lane.tokens:,}", "sources": str(lane.sources), "status": lane.status}
+            table.add_row(*(Text(cells[column]) for column in columns))
+        yield table
+        yield Text(self.stage, style="bold")
 
 
 def print_report(markdown: str) -> None:

@@ -513,3 +513,24 @@ def test_ask_names_an_index_whose_path_holds_brackets_as_written(tmp_path, monke
     monkeypatch.setattr("heavy.cli._run", capture)
     result = CliRunner().invoke(app, ["ask", "q?", "--index", str(folder / "corpus.sqlite"), "--no-live"])
     assert "captured" in result.output and f"searching the local corpus {folder}" in result.output.replace("\n", "")
+
+
+def test_live_board_in_a_narrow_terminal_keeps_each_lanes_number_action_and_status():
+    # at 45 columns the borders and fixed columns took the width: no action, the status cut off; at 30, no "#"
+    from rich.console import Console
+
+    from heavy.display import LiveBoard
+    from heavy.events import ToolCallEvent, TrajectoryDone
+
+    board = LiveBoard(8)
+    board.apply(TrajectoryDone(job_id="j", trajectory=0, answer="yes", confidence=0.5, stop_reason="no_progress",
+                               steps=7, total_tokens=22442, cited=[]))
+    board.apply(ToolCallEvent(job_id="j", trajectory=7, step=3, call_id="c", tool="search",
+                              arguments={"query": "ed wood"}))
+    narrow = Console(width=45, record=True)
+    narrow.print(board.render())
+    lines = narrow.export_text().splitlines()
+    assert max(map(len, lines)) <= 45
+    assert [line.split()[0] for line in lines[1:9]] == [str(k) for k in range(1, 9)]
+    assert "answer: yes" in lines[1] and lines[1].rstrip().endswith("no_progress")
+    assert "search(ed wood)" in lines[8] and lines[8].rstrip().endswith("running")
