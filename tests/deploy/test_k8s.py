@@ -128,6 +128,11 @@ def test_redis_keeps_an_append_only_file_on_a_persistent_volume(overlay):
     [container] = redis["spec"]["template"]["spec"]["containers"]
     args = container["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
+    # full: writes refused (the API answers 5xx) rather than the pod OOM-killed, or jobs' keys evicted
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    maxmemory = args[args.index("--maxmemory") + 1]
+    assert int(maxmemory.removesuffix("gb")) * 2**30 < int(container["resources"]["limits"]["memory"].removesuffix(
+        "Gi")) * 2**30
     data_dir = args[args.index("--dir") + 1]
     [claim] = redis["spec"]["volumeClaimTemplates"]
     assert {"name": claim["metadata"]["name"], "mountPath": data_dir} in container["volumeMounts"]
