@@ -27,7 +27,7 @@ from heavy.config import get_settings
 from heavy.corpus.commands import corpus_app
 from heavy.corpus.documents import CorpusFormatError
 from heavy.corpus.index import indexed_documents
-from heavy.display import LiveBoard, print_error, print_report
+from heavy.display import LiveBoard, print_error, print_report, terminal_safe
 from heavy.llm import make_backend
 from heavy.scheduler import JobControl, JobSpec, Scheduler
 from heavy.service_cli import register as register_service_commands
@@ -172,7 +172,7 @@ def _print_dropped(result: JobResult) -> None:
                   f"{'them' if count != 1 else 'it'}):[/dim]")
     for claim in result.dropped_claims:
         refuted = " (the model's check said its page does not say this)" if claim in result.refuted_claims else ""
-        console.print(f"[dim]- {escape(claim)}{refuted}[/dim]", highlight=False)
+        console.print(f"[dim]- {escape(terminal_safe(claim))}{refuted}[/dim]", highlight=False)
 
 
 def main() -> None:

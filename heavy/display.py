@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -14,6 +15,9 @@ from rich.text import Text
 from heavy.events import Aggregating, Event, ReportReady, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
 
 ACTION_CHARS = 60
+# C0 controls but tab and newline, DEL and C1: what a terminal obeys (ESC [2J clears it, ESC ] sets its title...),
+# and a fetched page can hand the model to write; rich passes ESC through
+TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 NARROW_COLUMNS = 72  # the bordered six-column table needs about this many to show an action
 
 
@@ -78,20 +82,27 @@ class LiveBoard:
             # Text, not str: a cell's str is read as markup, and a model's "[/2]" in code or an answer raised
             cells = {"#": str(k + 1), "step": str(lane.step), "current action": lane.action,
                      "tokens": f"{lane.tokens:,}", "sources": str(lane.sources), "status": lane.status}
-            table.add_row(*(Text(cells[column]) for column in columns))
+            table.add_row(*(Text(terminal_safe(cells[column])) for column in columns))
         yield table
         yield Text(self.stage, style="bold")
 
 
+def terminal_safe(text: str) -> str:
+    """`text` without the control characters a terminal would act on."""
+    return TERMINAL_CONTROLS.sub("", text)
+
+
 def print_report(markdown: str) -> None:
-    """A report on stdout: rendered on a terminal, the Markdown as written to a file or a pipe."""
+    """A report on stdout: rendered on a terminal (without control characters), the Markdown as written to a file
+    or a pipe."""
     console = Console()
     if console.is_terminal:
-        console.print(Markdown(markdown))
+        console.print(Markdown(terminal_safe(markdown)))
     else:
         print(markdown, flush=True)
 
 
 def print_error(message: str) -> None:
     """One red line on stderr; the message as written (no markup read in it, no numbers coloured)."""
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(terminal_safe(message))}",
+                                               highlight=False)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from heavy.cli import app, main
+from heavy.cli import _print_dropped, app, main
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_add
 from heavy.corpus.index import CorpusIndex
@@ -534,3 +534,30 @@ def test_live_board_in_a_narrow_terminal_keeps_each_lanes_number_action_and_stat
     assert [line.split()[0] for line in lines[1:9]] == [str(k) for k in range(1, 9)]
     assert "answer: yes" in lines[1] and lines[1].rstrip().endswith("no_progress")
     assert "search(ed wood)" in lines[8] and lines[8].rstrip().endswith("running")
+
+
+def test_text_from_a_model_reaches_a_terminal_without_control_characters(monkeypatch):
+    # rich passes ESC through: a report or tool call holding "\x1b[2J" (a page can hand it to the model) cleared the
+    # user's terminal, "\x1b]0;...\x07" set its title
+    import io
+
+    from rich.console import Console
+
+    from heavy import display
+    from heavy.events import ToolCallEvent
+
+    screen = io.StringIO()
+    monkeypatch.setattr(display, "Console", lambda **options: Console(file=screen, force_terminal=True,
+                                                                      color_system=None, width=100))
+    display.print_report("# Report\n\nHekla \x1b[2Jerupted\x1b]0;owned\x07 in 1991\r\x9b1A.")
+    display.print_error("API said \x1b[31mno")
+    board = display.LiveBoard(1)
+    board.apply(ToolCallEvent(job_id="j", trajectory=0, step=1, call_id="c", tool="search",
+                              arguments={"query": "x\x1b[1;1Hy"}))
+    display.Console().print(board.render())
+    monkeypatch.setattr("heavy.cli.console", display.Console())
+    _print_dropped(SimpleNamespace(dropped_claims=["Katla \x1b[2Jerupted"], refuted_claims=[]))
+    shown = screen.getvalue()
+    assert not any(control in shown for control in ("\x1b", "\x07", "\r", "\x9b")), repr(shown)
+    assert "Hekla [2Jerupted]0;owned in 19911A." in shown and "API said [31mno" in shown and "search(x[1;1Hy)" in shown
+    assert "Katla [2Jerupted" in shown
