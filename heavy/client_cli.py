@@ -39,8 +39,11 @@ class Api:
     def __init__(self, url: str, key: str | None) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.url = url.rstrip("/")
-        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(30.0,
-                                                                                             read=SSE_READ_TIMEOUT_S))
+        try:
+            self.client = httpx.Client(base_url=self.url, headers=headers,
+                                       timeout=httpx.Timeout(30.0, read=SSE_READ_TIMEOUT_S))
+        except (httpx.InvalidURL, UnicodeEncodeError) as exc:  # a mistyped URL; a key pasted with a non-ASCII "…"
+            raise ApiError(f"not a usable --url / --key (HEAVY_API_URL / HEAVY_API_KEY): {exc}") from exc
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -105,7 +108,7 @@ def connect(
     url: Annotated[str, typer.Option(envvar="HEAVY_API_URL", help="the service")] = "http://127.0.0.1:8080",
     key: Annotated[str | None, typer.Option(envvar="HEAVY_API_KEY", help="an API key (`heavy keys create`)")] = None,
 ) -> None:
-    ctx.obj = Api(url, key)
+    ctx.obj = _run(lambda: Api(url, key))
 
 
 def _run(action) -> Any:

@@ -279,6 +279,10 @@ def test_ask_refuses_an_empty_question_in_one_line():
     (["corpus", "serve", "--index", "/nonexistent/index.sqlite"], {}, "error: FileNotFoundError: no corpus index at"),
     (["corpus", "add", "{bad}"], {}, "error: CorpusFormatError: {bad}:1: not valid JSON"),
     (["ask", "q?"], {"HEAVY_TRAJECTORIES": "many"}, "error: HEAVY_TRAJECTORIES: Input should be a valid integer"),
+    # httpx refused these while the client was made, outside the one-line handling: InvalidURL, UnicodeEncodeError
+    (["jobs", "--url", "http://[::1", "list"], {}, "error: not a usable --url / --key"),
+    (["jobs", "list"], {"HEAVY_API_URL": "http://127.0.0.1:1", "HEAVY_API_KEY": "hv_pasted…"},
+     "error: not a usable --url / --key"),
 ])
 def test_the_heavy_command_reports_a_users_mistake_in_one_line(argv, env, message, tmp_path, monkeypatch, capsys):
     (tmp_path / "bad.jsonl").write_text('{"title": 1\n')
