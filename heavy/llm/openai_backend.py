@@ -3,11 +3,18 @@
 httpx async client; retries with backoff on 429/5xx/connection errors; one `RateLimiter` shared by all callers
 of this backend object; cancelling the awaiting task closes the HTTP request, which servers treat as an abort.
 `prefix_key` is sent as the `user` field and an `X-Prefix-Key` header so routers can keep a job on one replica.
+
+A request whose prompt and `max_tokens` overflow the server's context is a 400 on OpenAI, vLLM, SGLang and
+`runtime serve` (none cuts the completion to fit). heavy sizes prompts by an estimate against its own
+`HEAVY_CONTEXT_TOKENS`, which a server may not share, so such a 400 is asked again once with `max_tokens` cut to the
+room the error states (the reply then ends with finish_reason "length", which the trajectory and report handle).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -29,6 +36,32 @@ from heavy.llm.types import (
 )
 
 _RETRIABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# a context-length 400: the context size, and the prompt's tokens in OpenAI's and older vLLM's words ("(P in the
+# messages, C in the completion)"), newer vLLM's ("your request has P input tokens", "your prompt contains P input
+# tokens") and SGLang's ("P tokens from the input messages")
+_CONTEXT_SIZE = re.compile(r"maximum context length (?:is|of) (\d+) tokens")
+_PROMPT_SIZE = re.compile(r"\((\d+) in the (?:messages|prompt)|(?:has|contains) (\d+) input tokens"
+                          r"|(\d+) tokens from the input")
+
+log = logging.getLogger(__name__)
+
+
+class ContextLengthError(LLMError):
+    """The server's 400 for a prompt and `max_tokens` past its context; `room`: the completion tokens it says are
+    left (None when it does not say)."""
+
+    def __init__(self, message: str, room: int | None) -> None:
+        super().__init__(message)
+        self.room = room
+
+
+def _within_room(body: dict, error: ContextLengthError) -> dict:
+    """`body` asking for no more than the room the server stated; `error` again when no smaller ask can fit."""
+    if error.room is None or not 0 < error.room < body["max_tokens"]:
+        raise error
+    log.warning("the server's context is smaller than heavy assumed: max_tokens %d cut to the %d tokens left (%s)",
+                body["max_tokens"], error.room, error)
+    return {**body, "max_tokens": error.room}
 
 
 class OpenAIBackend:
@@ -100,7 +133,7 @@ class OpenAIBackend:
         body = self._body(messages, tools, sampling, max_tokens, stop, prefix_key, stream=False)
         headers = self._headers(request_id, prefix_key)
 
-        async def attempt() -> Completion:
+        async def attempt(body: dict) -> Completion:
             async with self.limiter.slot():
                 try:
                     response = await self._client.post("/chat/completions", json=body, headers=headers)
@@ -113,7 +146,12 @@ class OpenAIBackend:
                 raise LLMError(f"malformed completion: {response.text[:300]}") from exc
             return parse_completion(payload)
 
-        return await with_retries(attempt, self.retry, what=f"chat {request_id or ''}".strip())
+        what = f"chat {request_id or ''}".strip()
+        try:
+            return await with_retries(lambda: attempt(body), self.retry, what=what)
+        except ContextLengthError as exc:
+            shrunk = _within_room(body, exc)
+            return await with_retries(lambda: attempt(shrunk), self.retry, what=what)
 
     async def stream(
         self,
@@ -131,6 +169,15 @@ class OpenAIBackend:
         Not retried. HTTP errors raise as in `chat`; a failed connection, or a stream that ends before its choice
         finished, raises RetriableLLMError; an error reported inside the stream, or a malformed chunk, LLMError."""
         body = self._body(messages, tools, sampling, max_tokens, stop, prefix_key, stream=True)
+        try:
+            async for delta in self._stream(body, request_id, prefix_key):
+                yield delta
+        except ContextLengthError as exc:  # refused before its first event: nothing was yielded
+            async for delta in self._stream(_within_room(body, exc), request_id, prefix_key):
+                yield delta
+
+    async def _stream(self, body: dict, request_id: str | None, prefix_key: str | None
+                      ) -> AsyncIterator[CompletionDelta]:
         headers = self._headers(request_id, prefix_key)
         calls, finished, thinking = ToolCallAssembler(), False, ThinkSplitter()
         try:
@@ -186,6 +233,10 @@ def _raise_for_status(response: httpx.Response) -> None:
         except ValueError:
             seconds = None
         raise RetriableLLMError(message, retry_after_s=seconds)
+    if response.status_code == 400 and (context := _CONTEXT_SIZE.search(response.text)):
+        prompt = _PROMPT_SIZE.search(response.text)
+        room = int(context.group(1)) - int(next(g for g in prompt.groups() if g)) if prompt else None
+        raise ContextLengthError(message, room)
     raise LLMError(message)
 
 

@@ -97,18 +97,25 @@ async def chat_prompt_ids(request: ChatCompletionRequest, plan: ToolPlan, tokeni
 
 def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_len: int, max_model_len: int,
                     vocab_size: int) -> SamplingParams:
-    room = max_model_len - prompt_len
+    """The engine's sampling parameters; a 400 in OpenAI's and vLLM's words when the prompt, or the prompt and the
+    asked-for completion, do not fit the context (not a completion cut short silently). No limit: the room left."""
+    room, prompt = max_model_len - prompt_len, request.prompt_param
+    context = f"This model's maximum context length is {max_model_len} tokens."
     if room <= 0:
-        raise ApiError(f"the prompt has {prompt_len} tokens; the model's context is {max_model_len}",
-                       param=request.prompt_param)
+        raise ApiError(f"{context} However, your {prompt} resulted in {prompt_len} tokens, leaving none for the "
+                       f"completion. Please reduce the length of the {prompt}.", param=prompt)
     limit = request.completion_limit
+    if limit is not None and limit > room:
+        raise ApiError(f"{context} However, you requested {prompt_len + limit} tokens ({prompt_len} in the {prompt}, "
+                       f"{limit} in the completion). Please reduce the length of the {prompt} or completion.",
+                       param=request.limit_param)
     try:
         return SamplingParams(
             temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
             top_k=request.top_k or 0,
             seed=request.seed,
-            max_tokens=min(limit, room) if limit is not None else room,
+            max_tokens=room if limit is None else limit,
             stop=request.stop_strings,
             stop_token_ids=request.stop_ids(vocab_size),
             priority=request.priority,

@@ -112,6 +112,11 @@ class _SamplingRequest(BaseModel):
     def completion_limit(self) -> int | None:
         return _positive(self.max_tokens, "max_tokens")
 
+    @property
+    def limit_param(self) -> str:
+        """The field `completion_limit` comes from."""
+        return "max_tokens"
+
     def logit_biases(self, vocab_size: int) -> tuple[tuple[int, float], ...]:
         """`logit_bias` as (token id, bias) pairs; an ApiError for a key that is no token id of this vocabulary."""
         pairs = []
@@ -213,6 +218,10 @@ class ChatCompletionRequest(_SamplingRequest):
         if self.max_completion_tokens is not None:  # the newer name wins, as OpenAI reads them
             return _positive(self.max_completion_tokens, "max_completion_tokens")
         return super().completion_limit
+
+    @property
+    def limit_param(self) -> str:
+        return "max_tokens" if self.max_completion_tokens is None else "max_completion_tokens"
 
     @property
     def top_logprob_count(self) -> int | None:

@@ -1,0 +1,53 @@
+"""Where the OpenAI-compatible server answers as OpenAI and vLLM do, on the tiny model: a completion that does not
+fit the context is refused, not cut."""
+
+import httpx
+import pytest
+
+from tests.runtime.test_server import CONTEXT, MODEL_NAME, PROMPT, USER, CharTokenizer, server
+
+__all__ = ["server"]  # the module's server, for the tests below
+
+CHAT_PROMPT_TOKENS = len(CharTokenizer().encode_chat(USER))
+
+
+def post(server, route: str, body: dict) -> httpx.Response:
+    return httpx.post(f"{server[0]}/v1/{route}", json={"model": MODEL_NAME, **body}, timeout=60)
+
+
+@pytest.mark.parametrize("route, body, prompt_tokens, param", [
+    ("chat/completions", {"messages": USER, "max_tokens": CONTEXT}, CHAT_PROMPT_TOKENS, "max_tokens"),
+    ("chat/completions", {"messages": USER, "max_tokens": CONTEXT, "stream": True}, CHAT_PROMPT_TOKENS,
+     "max_tokens"),
+    ("chat/completions", {"messages": USER, "max_completion_tokens": CONTEXT}, CHAT_PROMPT_TOKENS,
+     "max_completion_tokens"),
+    ("completions", {"prompt": PROMPT, "max_tokens": CONTEXT}, len(PROMPT), "max_tokens"),
+])
+def test_max_tokens_past_the_room_left_is_a_400_and_the_room_itself_is_served(server, route, body, prompt_tokens,
+                                                                                param):
+    """vLLM and OpenAI refuse it; it was cut to the room silently, so a client meant for them could not tell."""
+    refused = post(server, route, body)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    prompt = "messages" if route == "chat/completions" else "prompt"
+    assert error["message"].startswith(
+        f"This model's maximum context length is {CONTEXT} tokens. However, you requested {prompt_tokens + CONTEXT} "
+        f"tokens ({prompt_tokens} in the {prompt}, {CONTEXT} in the completion).")
+    room = CONTEXT - prompt_tokens
+    served = post(server, route, {**body, "stream": False, param: room, "ignore_eos": True}).json()
+    assert served["usage"]["completion_tokens"] == room and served["choices"][0]["finish_reason"] == "length"
+
+
+def test_without_max_tokens_a_chat_may_fill_the_context(server):
+    served = post(server, "chat/completions", {"messages": USER, "ignore_eos": True}).json()
+    assert served["usage"]["completion_tokens"] == CONTEXT - CHAT_PROMPT_TOKENS
+
+
+@pytest.mark.parametrize("route, body", [
+    ("chat/completions", {"messages": [{"role": "user", "content": "x" * CONTEXT}]}),
+    ("completions", {"prompt": "x" * CONTEXT}),
+])
+def test_a_prompt_that_fills_the_context_is_a_400_in_the_same_words(server, route, body):
+    error = post(server, route, {**body, "max_tokens": 1}).json()["error"]
+    assert error["message"].startswith(f"This model's maximum context length is {CONTEXT} tokens. However, your ")
