@@ -16,7 +16,12 @@ MAX_LOGPROBS = 20
 
 
 class SamplingError(ValueError):
-    """Sampling parameters out of range; the message names the field."""
+    """Sampling parameters out of range; the message names the field, and `field` holds its name (a server's 400
+    names the request field it came from)."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
 
 
 STRUCTURED_KINDS = ("json", "regex", "choice", "grammar", "structural_tag")
@@ -35,9 +40,9 @@ class StructuredOutput:
     def __post_init__(self):
         if self.kind not in STRUCTURED_KINDS:
             raise SamplingError(f"structured output kind must be one of {', '.join(STRUCTURED_KINDS)}, "
-                                f"got {self.kind!r}")
+                                f"got {self.kind!r}", "structured")
         if self.kind != "json" and not self.spec:
-            raise SamplingError(f"structured output of kind {self.kind!r} needs a spec")
+            raise SamplingError(f"structured output of kind {self.kind!r} needs a spec", "structured")
 
 
 @dataclass(frozen=True)
@@ -63,30 +68,32 @@ class SamplingParams:
 
     def __post_init__(self):
         if self.temperature < 0:
-            raise SamplingError(f"temperature must be >= 0, got {self.temperature}")
+            raise SamplingError(f"temperature must be >= 0, got {self.temperature}", "temperature")
         if not 0 < self.top_p <= 1:
-            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
         if self.top_k < 0:
-            raise SamplingError(f"top_k must be >= 0, got {self.top_k}")
+            raise SamplingError(f"top_k must be >= 0, got {self.top_k}", "top_k")
         if self.max_tokens <= 0:
-            raise SamplingError(f"max_tokens must be > 0, got {self.max_tokens}")
+            raise SamplingError(f"max_tokens must be > 0, got {self.max_tokens}", "max_tokens")
         for name in ("logprobs", "prompt_logprobs"):
             count = getattr(self, name)
             if count is not None and not 0 <= count <= MAX_LOGPROBS:
-                raise SamplingError(f"{name} must be in [0, {MAX_LOGPROBS}], got {count}")
+                raise SamplingError(f"{name} must be in [0, {MAX_LOGPROBS}], got {count}", name)
         if not 0 <= self.min_p <= 1:
-            raise SamplingError(f"min_p must be in [0, 1], got {self.min_p}")
+            raise SamplingError(f"min_p must be in [0, 1], got {self.min_p}", "min_p")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2 <= getattr(self, name) <= 2:
-                raise SamplingError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+                raise SamplingError(f"{name} must be in [-2, 2], got {getattr(self, name)}", name)
         if self.repetition_penalty <= 0:
-            raise SamplingError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+            raise SamplingError(f"repetition_penalty must be > 0, got {self.repetition_penalty}",
+                                "repetition_penalty")
         if any(not -100 <= bias <= 100 for _, bias in self.logit_bias):
-            raise SamplingError("logit_bias values must be in [-100, 100]")
+            raise SamplingError("logit_bias values must be in [-100, 100]", "logit_bias")
         if self.structured is not None and self.ignore_eos:
-            raise SamplingError("ignore_eos cannot go with structured output (a complete output ends at EOS)")
+            raise SamplingError("ignore_eos cannot go with structured output (a complete output ends at EOS)",
+                                "ignore_eos")
         if any(not s for s in self.stop):
-            raise SamplingError("stop strings must be non-empty")
+            raise SamplingError("stop strings must be non-empty", "stop")
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in self.logit_bias))

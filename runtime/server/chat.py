@@ -130,7 +130,7 @@ def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_l
             structured=request.structured_output(),
         )
     except SamplingError as exc:
-        raise ApiError(str(exc)) from exc
+        raise ApiError(str(exc), param=request.param_of(exc.field)) from exc
 
 
 def is_kimi(tokenizer) -> bool:

@@ -93,7 +93,7 @@ class _SamplingRequest(BaseModel):
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # 64 bits, as OpenAI's and vLLM's
     n: int = 1
     stream: bool = False
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | None = None  # only with stream: true (vLLM refuses it otherwise)
     # structured output (runtime/structured.py): OpenAI's response_format, or one of vLLM's guided_* extras
     response_format: dict[str, Any] | None = None
     guided_json: dict[str, Any] | str | None = None
@@ -108,6 +108,13 @@ class _SamplingRequest(BaseModel):
             raise ValueError(f"n must be in [1, {MAX_CHOICES}], got {n}")
         return n
 
+    @field_validator("stream_options")
+    @classmethod
+    def _options_of_a_stream(cls, options: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if options is not None and not info.data.get("stream"):  # as vLLM: they would be ignored silently
+            raise ValueError("stream_options can only be given with stream: true")
+        return options
+
     @property
     def completion_limit(self) -> int | None:
         return _positive(self.max_tokens, "max_tokens")
@@ -116,6 +123,16 @@ class _SamplingRequest(BaseModel):
     def limit_param(self) -> str:
         """The field `completion_limit` comes from."""
         return "max_tokens"
+
+    sampling_fields: ClassVar[dict[str, str]] = {}  # a SamplingParams field -> this API's field, where they differ
+
+    def param_of(self, sampling_field: str) -> str | None:
+        """The request field a SamplingParams field comes from: the `param` of a 400 about it."""
+        if sampling_field == "max_tokens":
+            return self.limit_param
+        if sampling_field == "structured":
+            return self.structured_param
+        return self.sampling_fields.get(sampling_field, sampling_field)
 
     def logit_biases(self, vocab_size: int) -> tuple[tuple[int, float], ...]:
         """`logit_bias` as (token id, bias) pairs; an ApiError for a key that is no token id of this vocabulary."""
@@ -180,6 +197,7 @@ class _SamplingRequest(BaseModel):
 
 class ChatCompletionRequest(_SamplingRequest):
     prompt_param: ClassVar[str] = "messages"  # the field an error about the prompt names
+    sampling_fields: ClassVar[dict[str, str]] = {"logprobs": "top_logprobs"}
     messages: list[dict[str, Any]]
     tools: list[ToolDef] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -237,12 +255,14 @@ class CompletionRequest(_SamplingRequest):
     (vLLM's and SGLang's `bench serve`, lm-eval's generation tasks) send."""
 
     prompt_param: ClassVar[str] = "prompt"
+    sampling_fields: ClassVar[dict[str, str]] = {"prompt_logprobs": "logprobs"}  # the prompt's, with echo
     # one prompt (text or token ids) or several; after validation always a list of prompts (see `prompts`)
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = 16  # OpenAI's default for this API
     logprobs: int | None = Field(default=None, ge=0, le=5)  # alternatives per token, as this API counts them
     echo: bool = False
     suffix: str | None = None
+    best_of: int | None = None  # only n itself (see _best_of_is_n)
 
     @field_validator("prompt")
     @classmethod
@@ -253,6 +273,16 @@ class CompletionRequest(_SamplingRequest):
         if empty := [i for i, each in enumerate(prompts) if not each]:
             raise ValueError(f"prompts {empty[:5]} are empty")
         return prompts
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_is_n(cls, best_of: int | None, info: ValidationInfo) -> int | None:
+        """Sampling more than n and returning the n likeliest is not implemented (nor in vLLM's V1 engine): refused
+        rather than ignored, which would return n samples that are not the best of more."""
+        n = info.data.get("n", 1)
+        if best_of is not None and best_of != n:
+            raise ValueError(f"best_of other than n is not supported: got best_of={best_of}, n={n}")
+        return best_of
 
     @property
     def prompts(self) -> list[str | list[int]]:

@@ -51,3 +51,31 @@ def test_without_max_tokens_a_chat_may_fill_the_context(server):
 def test_a_prompt_that_fills_the_context_is_a_400_in_the_same_words(server, route, body):
     error = post(server, route, {**body, "max_tokens": 1}).json()["error"]
     assert error["message"].startswith(f"This model's maximum context length is {CONTEXT} tokens. However, your ")
+
+
+@pytest.mark.parametrize("route, body, param", [
+    ("chat/completions", {"messages": USER, "stream_options": {"include_usage": True}}, "stream_options"),
+    ("completions", {"prompt": PROMPT, "stream_options": {"include_usage": False}}, "stream_options"),
+    ("completions", {"prompt": PROMPT, "best_of": 3}, "best_of"),
+    ("completions", {"prompt": PROMPT, "n": 3, "best_of": 2}, "best_of"),
+    ("chat/completions", {"messages": USER, "stop": ""}, "stop"),
+    ("completions", {"prompt": PROMPT, "stop": ["a", ""]}, "stop"),
+    ("completions", {"prompt": PROMPT, "logit_bias": {"5": 101}}, "logit_bias"),
+    ("chat/completions", {"messages": USER, "ignore_eos": True, "guided_regex": "a+"}, "ignore_eos"),
+])
+def test_what_vllm_refuses_is_a_400_naming_the_field(server, route, body, param):
+    """stream_options without a stream and best_of were ignored silently; the sampler's own refusals (an empty stop
+    string, ...) named no field."""
+    refused = post(server, route, {**body, "max_tokens": 2})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == param, refused.text
+
+
+@pytest.mark.parametrize("route, body", [
+    ("chat/completions", {"messages": USER, "stream": True, "stream_options": {"include_usage": True}}),
+    ("completions", {"prompt": PROMPT, "stream_options": None}),
+    ("completions", {"prompt": PROMPT, "best_of": 1}),
+    ("completions", {"prompt": PROMPT, "n": 2, "best_of": 2}),  # the best 2 of 2: all of them
+])
+def test_what_vllm_takes_is_served(server, route, body):
+    assert post(server, route, {**body, "max_tokens": 2}).status_code == 200

@@ -134,7 +134,7 @@ def _text(server: str, route: str, body: dict, stream: bool) -> str:
     ({"guided_choice": []}, "guided_choice"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
     ({"response_format": {"type": "yaml"}}, "response_format"),
-    ({"response_format": {"type": "json_object"}, "ignore_eos": True}, None),
+    ({"response_format": {"type": "json_object"}, "ignore_eos": True}, "ignore_eos"),
     ({"response_format": {"type": "json_object"}, "tools": [{"type": "function", "function": {"name": "f"}}],
       "tool_choice": "required"}, "response_format"),
 ])
