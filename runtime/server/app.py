@@ -223,11 +223,11 @@ async def _stream(engine: AsyncEngine, prompt_ids, states: list[ChoiceState], na
         async for entry in interleaved([run(s) for s in states]):
             if entry is not None:
                 yield chunk([entry])
-    except Exception as exc:  # the stream has started: report in-band, as OpenAI-compatible servers do
-        yield {"data": json.dumps(ApiError(str(exc), status=500, error_type="server_error").body())}
-        return
-    if include_usage:
-        yield chunk([], usage=choices_usage(states))
+    except Exception as exc:  # the stream has started: report in-band, then [DONE], as vLLM does
+        yield _stream_error(exc)
+    else:
+        if include_usage:
+            yield chunk([], usage=choices_usage(states))
     yield {"data": DONE}
 
 
@@ -237,12 +237,16 @@ async def _stream_text(engine: AsyncEngine, choices, ids: tuple[str, int, str], 
     try:
         async for entry in completions_api.streamed(engine, choices):
             yield completions_api.chunk(*ids, [entry])
-    except Exception as exc:  # the stream has started: report in-band
-        yield {"data": json.dumps(ApiError(str(exc), status=500, error_type="server_error").body())}
-        return
-    if include_usage:
-        yield completions_api.chunk(*ids, [], usage=completions_api.usage(choices))
+    except Exception as exc:  # the stream has started: report in-band, then [DONE]
+        yield _stream_error(exc)
+    else:
+        if include_usage:
+            yield completions_api.chunk(*ids, [], usage=completions_api.usage(choices))
     yield {"data": DONE}
+
+
+def _stream_error(exc: Exception) -> dict[str, str]:
+    return {"data": json.dumps(ApiError(str(exc), status=500, error_type="server_error").body())}
 
 
 def serve(engine: LLMEngine, model_name: str, host: str, port: int, hang_timeout_s: float = HANG_TIMEOUT_S) -> None:

@@ -1,5 +1,9 @@
 """Where the OpenAI-compatible server answers as OpenAI and vLLM do, on the tiny model: a completion that does not
-fit the context is refused, not cut."""
+fit the context is refused, not cut; fields vLLM refuses are 400s naming them; tool_choice "none" and
+parallel_tool_calls; the finish reason of a call cut by the token limit; an error inside a stream; logprob bytes.
+The tiny model writes tool calls when a guided_choice holds it to them."""
+
+import json
 
 import httpx
 import pytest
@@ -13,6 +17,13 @@ CHAT_PROMPT_TOKENS = len(CharTokenizer().encode_chat(USER))
 
 def post(server, route: str, body: dict) -> httpx.Response:
     return httpx.post(f"{server[0]}/v1/{route}", json={"model": MODEL_NAME, **body}, timeout=60)
+
+
+def events(server, route: str, body: dict) -> list[str]:
+    """The `data:` payloads of a streamed request, [DONE] included."""
+    with httpx.stream("POST", f"{server[0]}/v1/{route}", json={"model": MODEL_NAME, **body, "stream": True},
+                      timeout=60) as response:
+        return [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
 
 
 @pytest.mark.parametrize("route, body, prompt_tokens, param", [
@@ -79,3 +90,15 @@ def test_what_vllm_refuses_is_a_400_naming_the_field(server, route, body, param)
 ])
 def test_what_vllm_takes_is_served(server, route, body):
     assert post(server, route, {**body, "max_tokens": 2}).status_code == 200
+
+
+@pytest.mark.parametrize("route, body", [("chat/completions", {"messages": USER}),
+                                         ("completions", {"prompt": PROMPT})])
+def test_an_error_inside_a_stream_is_followed_by_done(server, monkeypatch, route, body):
+    """vLLM sends [DONE] after the error event; clients waiting for it hung until their timeout."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server[1].engine, "add_request", fail)
+    data = events(server, route, {**body, "max_tokens": 2, "stream_options": {"include_usage": True}})
+    assert data[-1] == "[DONE]" and json.loads(data[-2])["error"]["message"] == "boom"
