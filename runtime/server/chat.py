@@ -235,11 +235,12 @@ def usage_body(prompt: int, completion: int, cached: int) -> dict[str, Any]:
 
 
 def _logprob_entry(token_id: int, lp, tokenizer) -> dict[str, Any]:
-    return {
-        "token": tokenizer.decode([token_id]),
-        "logprob": lp.logprob,
-        "top_logprobs": [{"token": tokenizer.decode([i]), "logprob": v} for i, v in lp.top],
-    }
+    """OpenAI's entry: `bytes` let a client join a character split across tokens (each token's own text shows
+    a replacement character for its part)."""
+    def scored(token: int, logprob: float) -> dict[str, Any]:
+        return {"token": tokenizer.decode([token]), "logprob": logprob, "bytes": list(tokenizer.token_bytes(token))}
+
+    return {**scored(token_id, lp.logprob), "top_logprobs": [scored(i, v) for i, v in lp.top]}
 
 
 def completion_id() -> str:

@@ -102,3 +102,11 @@ def test_an_error_inside_a_stream_is_followed_by_done(server, monkeypatch, route
     monkeypatch.setattr(server[1].engine, "add_request", fail)
     data = events(server, route, {**body, "max_tokens": 2, "stream_options": {"include_usage": True}})
     assert data[-1] == "[DONE]" and json.loads(data[-2])["error"]["message"] == "boom"
+
+
+def test_chat_logprobs_carry_each_tokens_bytes(server):
+    """OpenAI's schema: a client joins a character split across tokens from them."""
+    body = {"messages": USER, "max_tokens": 6, "logprobs": True, "top_logprobs": 2, "ignore_eos": True}
+    entries = post(server, "chat/completions", body).json()["choices"][0]["logprobs"]["content"]
+    scored = entries + [alternative for entry in entries for alternative in entry["top_logprobs"]]
+    assert all(each["bytes"] == list(each["token"].encode()) for each in scored)  # one ASCII byte a token here
