@@ -200,9 +200,11 @@ class ChoiceState:
 
     @property
     def finish_reason(self) -> str:
-        if self.parsed.tool_calls:
-            return "tool_calls"
-        return "length" if self.last is not None and self.last.finish_reason == "length" else "stop"
+        """"length" whenever the token limit ended the answer, calls parsed or not (as OpenAI, and as the runtime
+        backend tells heavy: a trajectory reads a cut answer call's last sentence as unfinished)."""
+        if self.last is not None and self.last.finish_reason == "length":
+            return "length"
+        return "tool_calls" if self.parsed.tool_calls else "stop"
 
 
 def prompt_logprobs_body(prompt_ids: list[int], logprobs: list[TokenLogprobs | None],
