@@ -69,8 +69,8 @@ def tool_plan(request: ChatCompletionRequest) -> ToolPlan:
     choice = request.tool_choice
     if choice is None or choice == "auto":
         return ToolPlan(tools, bool(tools))
-    if choice == "none":
-        return ToolPlan([], False)
+    if choice == "none":  # as vLLM: the model still sees the tools (the conversation may use them), but may not call
+        return ToolPlan(tools, False)
     if choice == "required":
         if not tools:
             raise ApiError('tool_choice "required" needs at least one tool', param="tool_choice")

@@ -116,6 +116,17 @@ def test_a_call_followed_by_text_the_token_limit_cut_finishes_with_length(server
     assert chat_answer(server, body, streamed) == (["f"], "length")
 
 
+def test_tool_choice_none_shows_the_model_the_tools_and_parses_no_call(server):
+    """As vLLM: the tools stay in the prompt (the conversation may have used them), and nothing is read as a call."""
+    body = {"messages": USER, "tools": TOOLS, "tool_choice": "none", "guided_choice": [TWO_CALLS],
+            "max_tokens": len(TWO_CALLS) + 1, "temperature": 0}
+    reply = post(server, "chat/completions", body).json()
+    assert reply["usage"]["prompt_tokens"] == len(CharTokenizer().encode_chat(USER, TOOLS))
+    choice = reply["choices"][0]
+    assert "tool_calls" not in choice["message"] and choice["finish_reason"] == "stop"
+    assert '"name": "g"' in choice["message"]["content"]
+
+
 @pytest.mark.parametrize("route, body", [("chat/completions", {"messages": USER}),
                                          ("completions", {"prompt": PROMPT})])
 def test_an_error_inside_a_stream_is_followed_by_done(server, monkeypatch, route, body):
