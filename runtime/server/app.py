@@ -180,7 +180,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         await asyncio.to_thread(checked, request, prompt_ids, params)  # compiling a grammar is CPU work
         unscored = dataclasses.replace(params, prompt_logprobs=None)  # the prompt is scored once, by choice 0
         states = [ChoiceState(j, choice_params(params if j == 0 else unscored, j), parse_tools=plan.parse_calls,
-                              parser=make_parser(tokenizer)) for j in range(request.n)]
+                              parser=make_parser(tokenizer), max_calls=plan.max_calls) for j in range(request.n)]
         for state in states:
             state.prime(forced.prefix if forced else "")
         if request.stream:

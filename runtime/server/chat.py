@@ -4,6 +4,7 @@ Tool calls and the `<think>` part are read from the text by the model's streamin
 """
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -62,19 +63,20 @@ class ToolPlan:
     parse_calls: bool  # tool calls are read out of the answer
     forced_name: str | None = None  # tool_choice named one function
     required: bool = False  # tool_choice "required"
+    max_calls: int | None = None  # parallel_tool_calls false: 1 (the first call kept); None: any number
 
 
 def tool_plan(request: ChatCompletionRequest) -> ToolPlan:
     tools = [t.model_dump(exclude_none=True) for t in request.tools or []]
-    choice = request.tool_choice
+    choice, max_calls = request.tool_choice, 1 if request.parallel_tool_calls is False else None
     if choice is None or choice == "auto":
-        return ToolPlan(tools, bool(tools))
+        return ToolPlan(tools, bool(tools), max_calls=max_calls)
     if choice == "none":  # as vLLM: the model still sees the tools (the conversation may use them), but may not call
         return ToolPlan(tools, False)
     if choice == "required":
         if not tools:
             raise ApiError('tool_choice "required" needs at least one tool', param="tool_choice")
-        return ToolPlan(tools, True, required=True)
+        return ToolPlan(tools, True, required=True, max_calls=max_calls)
     if isinstance(choice, dict) and choice.get("type") == "function":
         name = (choice.get("function") or {}).get("name")
         chosen = [t for t in tools if t["function"]["name"] == name]
@@ -150,6 +152,7 @@ class ChoiceState:
     params: SamplingParams
     parse_tools: bool
     parser: Any  # its own: a parser keeps state between deltas
+    max_calls: int | None = None  # the calls kept (parallel_tool_calls false: the first); None: all
     parsed: ParsedOutput = field(default_factory=ParsedOutput)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprobs | None] | None = None  # when asked: on the request's first output
@@ -173,6 +176,9 @@ class ChoiceState:
         if not self.parse_tools and delta.tool_calls:
             calls = "".join(json.dumps({"name": c.name, "arguments": c.arguments}) for c in delta.tool_calls)
             delta = ParsedOutput(content=delta.content + calls, reasoning=delta.reasoning)
+        if self.max_calls is not None and delta.tool_calls:
+            kept = max(0, self.max_calls - len(self.parsed.tool_calls))
+            delta = dataclasses.replace(delta, tool_calls=delta.tool_calls[:kept])
         self.logprobs.extend(
             _logprob_entry(t, lp, tokenizer) for t, lp in zip(out.new_token_ids, out.new_logprobs, strict=False)
         )

@@ -201,6 +201,7 @@ class ChatCompletionRequest(_SamplingRequest):
     messages: list[dict[str, Any]]
     tools: list[ToolDef] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None  # false: at most one call (the first); OpenAI's default is true
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)

@@ -109,6 +109,13 @@ def test_what_vllm_takes_is_served(server, route, body):
 
 
 @pytest.mark.parametrize("streamed", [False, True])
+def test_parallel_tool_calls_false_keeps_only_the_first_call(server, streamed):
+    body = {"tools": TOOLS, "guided_choice": [TWO_CALLS], "max_tokens": len(TWO_CALLS) + 1}
+    assert chat_answer(server, body, streamed) == (["f", "g"], "tool_calls")
+    assert chat_answer(server, {**body, "parallel_tool_calls": False}, streamed) == (["f"], "tool_calls")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
 def test_a_call_followed_by_text_the_token_limit_cut_finishes_with_length(server, streamed):
     """OpenAI's "length" whenever the limit ended the answer (as heavy's runtime backend says too): "tool_calls" hid
     that the answer was cut."""
