@@ -50,6 +50,16 @@ def _pairs(fields: dict[str, Any]) -> list[str]:
     return out
 
 
+def _event_json(event: dict[str, Any]) -> str:
+    """An event as its stream entry stores it: without its seq (the script numbers it)."""
+    return json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False, default=str)
+
+
+def _cancelled(job_id: str, reason: str) -> dict[str, Any]:
+    """The event of a job cancelled before any worker ran it (a worker writes its own jobs' events)."""
+    return {"type": "job_cancelled", "schema_version": 1, "job_id": job_id, "ts": time.time(), "reason": reason}
+
+
 class JobStore:
     def __init__(self, redis: Redis, keys: Keys | None = None, *, default_max_jobs: int = 4,
                  default_max_tokens: int = 50_000_000, retention_s: float = 0.0,
@@ -162,15 +172,19 @@ class JobStore:
         return status
 
     async def finish(self, job: JobRecord, status: str, *, allowed: tuple[str, ...] = ACTIVE, tokens: int = 0,
+                     event: dict[str, Any] | None = None, report: tuple[str, dict[str, Any]] | None = None,
                      **fields: Any) -> None:
         """Move the job to a terminal status, release its concurrency slot, record its tokens and charge them to
-        the tenant; its keys expire after the retention from now on."""
+        the tenant; its keys expire after the retention from now on. Its terminal `event` and `report` (Markdown,
+        JSON), when given, are written in the same step."""
         now = time.time()
         k = self.keys
+        markdown, result = report or ("", None)
         outcome, current = await self._finish(
             keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant), k.callbacks, k.awaiting,
                   *k.job_parts(job.id, job.trajectories)],
-            args=[job.id, ",".join(allowed), tokens, self.retention_ms, now,
+            args=[job.id, ",".join(allowed), tokens, self.retention_ms, now, _event_json(event) if event else "",
+                  markdown, json.dumps(result, ensure_ascii=False) if result is not None else "",
                   *_pairs({"status": status, "finished": now, "updated": now, "control": "", "tokens": tokens,
                            **fields})],
         )
@@ -201,20 +215,15 @@ class JobStore:
             try:
                 job = await self.get(job_id)
                 await self.finish(job, CANCELLED, allowed=(AWAITING_APPROVAL,), stop_reason="approval_expired",
-                                  error=f"not approved within {self.approval_window_s:g} s")
+                                  error=f"not approved within {self.approval_window_s:g} s",
+                                  event=_cancelled(job_id, "not approved in time"))
             except JobNotFound:  # deleted meanwhile
                 await self.redis.zrem(self.keys.awaiting, job_id)
                 continue
             except InvalidTransition:  # approved or cancelled meanwhile (that took it off the set)
                 continue
-            await self._tell_cancelled(job_id, "not approved in time")
             expired.append(job_id)
         return expired
-
-    async def _tell_cancelled(self, job_id: str, reason: str) -> None:
-        """The event of a job cancelled before any worker ran it (a worker writes its own jobs' events)."""
-        await self.append_event(job_id, {"type": "job_cancelled", "schema_version": 1, "job_id": job_id,
-                                         "ts": time.time(), "reason": reason})
 
     async def cancel(self, job_id: str, tenant: str) -> JobRecord:
         """A job not started yet is cancelled here; a running one is asked to stop (its worker answers within
@@ -222,10 +231,10 @@ class JobStore:
         job = await self.get(job_id, tenant)
         if job.status in (AWAITING_APPROVAL, QUEUED):
             try:
-                await self.finish(job, CANCELLED, allowed=(AWAITING_APPROVAL, QUEUED), stop_reason="cancelled")
+                await self.finish(job, CANCELLED, allowed=(AWAITING_APPROVAL, QUEUED), stop_reason="cancelled",
+                                  event=_cancelled(job_id, "cancelled by request"))
             except InvalidTransition:  # a worker took it meanwhile: ask that worker instead
                 return await self.cancel(job_id, tenant)
-            await self._tell_cancelled(job_id, "cancelled by request")
         elif job.status in (RUNNING, AGGREGATING):
             await self.update(job_id, allowed=(RUNNING, AGGREGATING), control="cancel", updated=time.time())
         elif job.status != CANCELLED:
@@ -272,9 +281,8 @@ class JobStore:
 
     async def append_event(self, job_id: str, event: dict[str, Any]) -> int:
         """Append one event; returns its sequence number (1, 2, ... per job, no gaps)."""
-        payload = {k: v for k, v in event.items() if k != "seq"}
         seq = await self._append(keys=[self.keys.job(job_id), self.keys.events(job_id)],
-                                 args=[time.time(), json.dumps(payload, ensure_ascii=False, default=str)])
+                                 args=[time.time(), _event_json(event)])
         if seq < 0:
             raise JobNotFound(f"no job {job_id!r}")
         return int(seq)
@@ -298,10 +306,6 @@ class JobStore:
     async def load_checkpoints(self, job_id: str, trajectories: int) -> dict[int, dict[str, Any]]:
         values = await self.redis.mget([self.keys.checkpoint(job_id, k) for k in range(trajectories)])
         return {k: json.loads(v) for k, v in enumerate(values) if v}
-
-    async def save_report(self, job_id: str, markdown: str, result: dict[str, Any]) -> None:
-        await self.redis.hset(self.keys.report(job_id),
-                              mapping={"markdown": markdown, "json": json.dumps(result, ensure_ascii=False)})
 
     async def get_report(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
         data = await self.redis.hgetall(self.keys.report(job_id))

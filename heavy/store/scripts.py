@@ -79,8 +79,11 @@ return {'ok', status}
 """
 
 # KEYS: job hash, tenant hash, tenant active set, callbacks zset, awaiting zset, then the job's other keys (events,
-# report, checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), now, then field/value pairs.
+# report, checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), now, terminal event JSON
+# ('' for none), report Markdown and report JSON ('' for no report), then field/value pairs.
 # The tokens spent are charged to the tenant and the job's reserved grant (SUBMIT) is given back.
+# The report, the status and the terminal event are one step: no process can die between them (a follower would
+# never see the event, or a client reacting to it would find no report).
 # A job with a callback URL is put on the callbacks set, due now, in the same step: no process can end it and die
 # before its callback is on record.
 FINISH = """
@@ -88,8 +91,13 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then return {'refused', status} end
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[7], 'markdown', ARGV[7], 'json', ARGV[8]) end
+if ARGV[6] ~= '' then
+  local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
+  redis.call('XADD', KEYS[6], '0-' .. seq, 'seq', seq, 'event', ARGV[6])
+end
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[2], 'tokens_used', ARGV[3]) end

@@ -199,13 +199,13 @@ class Worker:
         if result.status == CANCELLED:
             await self._end(claim, job, CANCELLED, sink, tokens=tokens, stop_reason="cancelled")
             return
-        await self.store.jobs.save_report(job.id, result.markdown, result.to_dict())
-        await self._end(claim, job, result.status, sink, tokens=tokens, stop_reason=result.stop_reason)
+        await self._end(claim, job, result.status, sink, tokens=tokens, stop_reason=result.stop_reason,
+                        report=(result.markdown, result.to_dict()))
 
     async def _end(self, claim: Claim, job: JobRecord, status: str, sink: RedisEventSink, *, tokens: int,
                    **fields) -> None:
-        await self.store.jobs.finish(job, status, allowed=(QUEUED, RUNNING, AGGREGATING), tokens=tokens, **fields)
-        await sink.flush()
+        await self.store.jobs.finish(job, status, allowed=(QUEUED, RUNNING, AGGREGATING), tokens=tokens,
+                                     event=sink.terminal, **fields)
         await self.store.queue.ack(claim.entry_id)
         await deliver(self.store.jobs, job.id, self.settings)  # after the ack: a slow receiver holds no lease
         JOBS_FINISHED.labels(status).inc()

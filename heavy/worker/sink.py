@@ -1,9 +1,9 @@
 """The worker's event sink: events go to the job's Redis stream, numbered without gaps.
 
 A worker that takes over a job replays the steps its predecessor had not checkpointed; events the stream already
-holds from that attempt (same type, trajectory, step, call) are skipped, so followers see each once. Terminal
-events are held back until the worker has saved the report and the final status, so a client reacting to
-`report_ready` always finds the report."""
+holds from that attempt (same type, trajectory, step, call) are skipped, so followers see each once. The
+terminal event is held back: the worker writes it with the report and the final status, in one step
+(JobStore.finish), so a client reacting to `report_ready` always finds the report and no job ends without it."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class RedisEventSink:
     def __init__(self, jobs: JobStore, job_id: str, already_written: Counter | None = None) -> None:
         self.jobs, self.job_id = jobs, job_id
         self.already_written = already_written or Counter()
-        self.held: list[dict[str, Any]] = []
+        self.terminal: dict[str, Any] | None = None  # the held terminal event
         self.tokens = 0  # prompt + completion tokens of the steps this attempt ran
 
     @classmethod
@@ -54,12 +54,6 @@ class RedisEventSink:
             self.already_written[key] -= 1
             return
         if data["type"] in TERMINAL_EVENTS:
-            self.held.append(data)
+            self.terminal = data
             return
         await self.jobs.append_event(self.job_id, data)
-
-    async def flush(self) -> None:
-        """Write the held terminal events (after the report and status are saved)."""
-        held, self.held = self.held, []
-        for data in held:
-            await self.jobs.append_event(self.job_id, data)

@@ -290,8 +290,8 @@ async def test_cancel_and_finish_of_a_running_job_are_requests_to_its_worker(acm
 async def test_report_by_accept_header(acme, store):
     job = await submit(acme)
     assert_error(await acme.get(f"/v1/jobs/{job['id']}/report"), 409, "invalid_state")
-    await store.jobs.save_report(job["id"], "# Answer\n\nargparse [1]", {"answer": "argparse", "sources": []})
-    await store.jobs.finish(await store.jobs.get(job["id"]), DONE)
+    await store.jobs.finish(await store.jobs.get(job["id"]), DONE,
+                            report=("# Answer\n\nargparse [1]", {"answer": "argparse", "sources": []}))
     as_json = await acme.get(f"/v1/jobs/{job['id']}/report")
     assert as_json.json() == {"answer": "argparse", "sources": []}
     as_md = await acme.get(f"/v1/jobs/{job['id']}/report", headers={"Accept": "text/markdown"})

@@ -203,8 +203,7 @@ async def test_deleting_an_ended_job_removes_all_it_left_and_frees_its_idempoten
     await store.jobs.save_checkpoint(job.id, 1, {"steps": [1]})
     with pytest.raises(InvalidTransition, match="cancel it before deleting it"):
         await store.jobs.delete(job.id, "acme")
-    await store.jobs.save_report(job.id, "# Report", {"answer": "blue"})
-    await store.jobs.finish(job, DONE)
+    await store.jobs.finish(job, DONE, report=("# Report", {"answer": "blue"}))
     assert len(await _keys_of(store, job.id)) == 4  # hash, events, checkpoint, report
     with pytest.raises(JobNotFound):
         await store.jobs.delete(job.id, "globex")
@@ -224,8 +223,7 @@ async def test_an_ended_jobs_keys_expire_after_the_retention_and_leave_the_list(
     running, _ = await jobs.submit("acme", question="q1", mode="report", params={"trajectories": 1})
     await jobs.append_event(running.id, {"type": "job_started"})
     await jobs.save_checkpoint(running.id, 0, {"steps": []})
-    await jobs.save_report(running.id, "# Report", {})
-    await jobs.finish(running, DONE)
+    await jobs.finish(running, DONE, report=("# Report", {}))
     queued, _ = await jobs.submit("acme", question="q2", mode="report", params={"trajectories": 1})
     await jobs.cancel(queued.id, "acme")  # its stream begins with the event written after it ended
     kept, _ = await jobs.submit("acme", question="q3", mode="report", params={"trajectories": 1})
@@ -265,8 +263,10 @@ async def test_checkpoints_and_report_round_trip(store):
     await store.jobs.save_checkpoint(job.id, 1, {"kind": "state", "steps": [1, 2]})
     assert await store.jobs.load_checkpoints(job.id, 2) == {1: {"kind": "state", "steps": [1, 2]}}
     assert await store.jobs.get_report(job.id) is None
-    await store.jobs.save_report(job.id, "# Report", {"answer": "blue"})
+    await store.jobs.finish(job, DONE, report=("# Report", {"answer": "blue"}),
+                            event={"type": "report_ready", "job_id": job.id})
     assert await store.jobs.get_report(job.id) == ("# Report", {"answer": "blue"})
+    assert [e["type"] for e in await store.jobs.read_events(job.id)] == ["report_ready"]
 
 
 async def test_queue_lease_renewal_and_claim_of_a_dead_workers_entry(store):

@@ -80,6 +80,26 @@ async def test_a_job_runs_to_its_report_with_a_gap_free_event_stream(client, sto
     assert 'heavy_tool_calls_total{ok="true",tool="search"}' in metrics and "heavy_steps_total" in metrics
 
 
+async def test_a_worker_dying_right_after_it_ended_a_job_has_written_its_report_and_terminal_event(
+        client, store, start_worker, monkeypatch):
+    """The report, the final status and the terminal event are one step: a worker that dies as soon as the status
+    is in Redis leaves no job that ended without `report_ready` (its followers would wait for it in vain, and no
+    later worker writes it: the job has ended)."""
+    finish = store.jobs.finish
+
+    async def finish_then_die(*args, **kwargs):
+        await finish(*args, **kwargs)
+        raise asyncio.CancelledError  # the worker's process is killed here
+
+    monkeypatch.setattr(store.jobs, "finish", finish_then_die)
+    start_worker(ScriptedBackend(researcher))
+    job = (await client.post("/v1/jobs", json=JOB)).json()
+    await status_is(client, job["id"], "done")
+    events = await store.jobs.read_events(job["id"])
+    assert events[-1]["type"] == "report_ready" and events[-1]["seq"] == len(events)
+    assert (await store.jobs.get_report(job["id"]))[1]["answer"] == events[-1]["answer"]
+
+
 async def test_a_jobs_priority_goes_with_each_of_its_model_requests(client, start_worker):
     backend = ScriptedBackend(researcher)
     start_worker(backend)
