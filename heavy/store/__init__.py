@@ -15,6 +15,7 @@ from heavy.store.errors import (
     IdempotencyConflict,
     InvalidTransition,
     JobNotFound,
+    JobTakenOver,
     QuotaExceeded,
     StoreError,
     UnknownApiKey,
@@ -59,5 +60,6 @@ class Store:
 
 __all__ = [
     "ApiKey", "Claim", "IdempotencyConflict", "InvalidTransition", "JobNotFound", "JobQueue", "JobRecord",
-    "JobStore", "Keys", "QuotaExceeded", "Store", "StoreError", "Tenant", "TenantStore", "UnknownApiKey",
+    "JobStore", "JobTakenOver", "Keys", "QuotaExceeded", "Store", "StoreError", "Tenant", "TenantStore",
+    "UnknownApiKey",
 ]

@@ -27,5 +27,9 @@ class InvalidTransition(StoreError):
     """The job's status does not allow this action (e.g. approving a running job)."""
 
 
+class JobTakenOver(InvalidTransition):
+    """Another worker holds the job now: this one's lease ran out while it stalled, and its run must not end it."""
+
+
 class UnknownApiKey(StoreError):
     """The API key is not known or was revoked."""

@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from heavy.store import scripts
-from heavy.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, QuotaExceeded
+from heavy.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, JobTakenOver, QuotaExceeded
 from heavy.store.keys import Keys
 from heavy.store.records import (
     ACTIVE,
@@ -173,10 +173,11 @@ class JobStore:
 
     async def finish(self, job: JobRecord, status: str, *, allowed: tuple[str, ...] = ACTIVE, tokens: int = 0,
                      event: dict[str, Any] | None = None, report: tuple[str, dict[str, Any]] | None = None,
-                     **fields: Any) -> None:
+                     owner: str = "", **fields: Any) -> None:
         """Move the job to a terminal status, release its concurrency slot, record its tokens and charge them to
         the tenant; its keys expire after the retention from now on. Its terminal `event` and `report` (Markdown,
-        JSON), when given, are written in the same step."""
+        JSON), when given, are written in the same step. With `owner`, only while that worker holds the job
+        (JobTakenOver when another took it over)."""
         now = time.time()
         k = self.keys
         markdown, result = report or ("", None)
@@ -184,7 +185,7 @@ class JobStore:
             keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant), k.callbacks, k.awaiting,
                   *k.job_parts(job.id, job.trajectories)],
             args=[job.id, ",".join(allowed), tokens, self.retention_ms, now, _event_json(event) if event else "",
-                  markdown, json.dumps(result, ensure_ascii=False) if result is not None else "",
+                  markdown, json.dumps(result, ensure_ascii=False) if result is not None else "", owner,
                   *_pairs({"status": status, "finished": now, "updated": now, "control": "", "tokens": tokens,
                            **fields})],
         )
@@ -192,6 +193,8 @@ class JobStore:
             raise JobNotFound(f"no job {job.id!r}")
         if outcome == "refused":
             raise InvalidTransition(f"job {job.id} is already {current}")
+        if outcome == "taken":
+            raise JobTakenOver(f"job {job.id} is run by {current or 'no worker'} now, not {owner}")
 
     async def approve(self, job_id: str, tenant: str) -> JobRecord:
         """Queue a job held for review; it takes its concurrency slot and token grant only now (QuotaExceeded when

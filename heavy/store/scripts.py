@@ -80,18 +80,23 @@ return {'ok', status}
 
 # KEYS: job hash, tenant hash, tenant active set, callbacks zset, awaiting zset, then the job's other keys (events,
 # report, checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), now, terminal event JSON
-# ('' for none), report Markdown and report JSON ('' for no report), then field/value pairs.
+# ('' for none), report Markdown and report JSON ('' for no report), owner (the worker that must still hold the
+# job, '' for any), then field/value pairs.
 # The tokens spent are charged to the tenant and the job's reserved grant (SUBMIT) is given back.
 # The report, the status and the terminal event are one step: no process can die between them (a follower would
-# never see the event, or a client reacting to it would find no report).
+# never see the event, or a client reacting to it would find no report). A worker that stalled past its lease
+# while another took the job over (`worker` is the other's now) changes nothing: its report would replace the
+# one the job ends with, its status and tokens would be the job's while the other still runs it.
 # A job with a callback URL is put on the callbacks set, due now, in the same step: no process can end it and die
 # before its callback is on record.
 FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then return {'refused', status} end
+local worker = redis.call('HGET', KEYS[1], 'worker') or ''
+if ARGV[9] ~= '' and worker ~= ARGV[9] then return {'taken', worker} end
 local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[7], 'markdown', ARGV[7], 'json', ARGV[8]) end
 if ARGV[6] ~= '' then

@@ -23,7 +23,7 @@ from heavy.events import FanoutSink, JobFailed
 from heavy.llm.types import LLMBackend
 from heavy.metrics import ERRORS, JOB_SECONDS, JOBS_FINISHED, MetricsSink
 from heavy.scheduler import JobControl, JobSpec, Scheduler, trajectory_limits
-from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, Store
+from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, JobTakenOver, Store
 from heavy.store.records import AGGREGATING, CANCELLED, FAILED, QUEUED, RUNNING
 from heavy.tools.base import ToolExecutor
 from heavy.webhooks import deliver, sweep
@@ -203,9 +203,15 @@ class Worker:
                         report=(result.markdown, result.to_dict()))
 
     async def _end(self, claim: Claim, job: JobRecord, status: str, sink: RedisEventSink, *, tokens: int,
-                   **fields) -> None:
-        await self.store.jobs.finish(job, status, allowed=(QUEUED, RUNNING, AGGREGATING), tokens=tokens,
-                                     event=sink.terminal, **fields)
+                   owner: str | None = None, **fields) -> None:
+        """End the job if it is still `owner`'s (this worker's unless given): a run that stalled past its lease
+        while another worker took the job over leaves it to that one, entry included."""
+        try:
+            await self.store.jobs.finish(job, status, allowed=(QUEUED, RUNNING, AGGREGATING), tokens=tokens,
+                                         event=sink.terminal, owner=self.name if owner is None else owner, **fields)
+        except JobTakenOver as exc:
+            log.warning("%s; dropping this worker's run of it", exc)
+            return
         await self.store.queue.ack(claim.entry_id)
         await deliver(self.store.jobs, job.id, self.settings)  # after the ack: a slow receiver holds no lease
         JOBS_FINISHED.labels(status).inc()
@@ -216,7 +222,8 @@ class Worker:
         sink = RedisEventSink(self.store.jobs, job.id)
         await sink.emit(JobFailed(job_id=job.id, error=error))
         spent = checkpointed_tokens(await self.store.jobs.load_checkpoints(job.id, job.trajectories))
-        await self._end(claim, job, FAILED, sink, tokens=spent, error=error)
+        # still on the last dead worker's name, unless a live one took it meanwhile
+        await self._end(claim, job, FAILED, sink, tokens=spent, owner=job.worker, error=error)
 
     async def _watch_control(self, job_id: str, control: JobControl) -> None:
         finishing = False

@@ -100,6 +100,25 @@ async def test_a_worker_dying_right_after_it_ended_a_job_has_written_its_report_
     assert (await store.jobs.get_report(job["id"]))[1]["answer"] == events[-1]["answer"]
 
 
+async def test_a_worker_whose_job_was_taken_over_while_it_stalled_does_not_end_it(client, store, start_worker):
+    """w1 stalls in the report pass past its lease and w2 takes the job over (its claim makes the job w2's): when w1
+    wakes, its report must not become the job's, nor its status and tokens while w2 still runs it, and the entry is
+    left for w2 to acknowledge."""
+    backend = ScriptedBackend(researcher, aggregator_gate=asyncio.Event())
+    w1 = start_worker(backend, "w1")
+    job = (await client.post("/v1/jobs", json=JOB)).json()
+    await wait_for(lambda: asyncio.sleep(0, result=any(r.trajectory < 0 for r in backend.requests)))
+    await store.jobs.update(job["id"], status="running", worker="w2")  # what w2's claim writes (runner._run_job)
+    backend.aggregator_gate.set()  # w1 wakes up
+    await wait_for(lambda: asyncio.sleep(0, result=not w1.worker.running))
+    await w1.close()
+    after = await store.jobs.get(job["id"])
+    assert (after.status, after.worker, after.tokens) == ("running", "w2", 0)
+    assert await store.jobs.get_report(job["id"]) is None
+    assert "report_ready" not in [e["type"] for e in await store.jobs.read_events(job["id"])]
+    assert await store.queue.pending() == 1 and (await store.tenants.get("acme")).tokens_used == 0
+
+
 async def test_a_jobs_priority_goes_with_each_of_its_model_requests(client, start_worker):
     backend = ScriptedBackend(researcher)
     start_worker(backend)
