@@ -184,7 +184,7 @@ class JobStore:
         outcome, current = await self._finish(
             keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant), k.callbacks, k.awaiting,
                   *k.job_parts(job.id, job.trajectories)],
-            args=[job.id, ",".join(allowed), tokens, self.retention_ms, now, _event_json(event) if event else "",
+            args=[job.id, ",".join(allowed), tokens, self.retention_ms, _event_json(event) if event else "",
                   markdown, json.dumps(result, ensure_ascii=False) if result is not None else "", owner,
                   *_pairs({"status": status, "finished": now, "updated": now, "control": "", "tokens": tokens,
                            **fields})],
@@ -214,7 +214,8 @@ class JobStore:
         """Cancel the jobs held for review past their approval window (releasing their slot and token grant), each
         with an event saying why; returns their ids."""
         expired = []
-        for job_id in await self.redis.zrangebyscore(self.keys.awaiting, "-inf", time.time(), start=0, num=limit):
+        now = await self._server_time()
+        for job_id in await self.redis.zrangebyscore(self.keys.awaiting, "-inf", now, start=0, num=limit):
             try:
                 job = await self.get(job_id)
                 await self.finish(job, CANCELLED, allowed=(AWAITING_APPROVAL,), stop_reason="approval_expired",
@@ -259,9 +260,8 @@ class JobStore:
     async def claim_callback(self, job_id: str, lease_s: float) -> bool:
         """True for the one caller that may send the job's callback for the next `lease_s` seconds (the process
         that ended the job, or after that lease any sweeping worker), False for the others."""
-        now = time.time()
         return bool(await self._claim_callback(keys=[self.keys.job(job_id), self.keys.callbacks],
-                                               args=[job_id, now, now + lease_s]))
+                                               args=[job_id, lease_s]))
 
     async def settle_callback(self, job_id: str, outcome: str) -> None:
         """The callback went (or was given up): off the set, its outcome the job's `callback_status`."""
@@ -269,7 +269,14 @@ class JobStore:
 
     async def due_callbacks(self, limit: int = 32) -> list[str]:
         """Ended jobs whose callback nobody holds: never tried, or their sender's lease ran out (it died)."""
-        return await self.redis.zrangebyscore(self.keys.callbacks, "-inf", time.time(), start=0, num=limit)
+        return await self.redis.zrangebyscore(self.keys.callbacks, "-inf", await self._server_time(), start=0,
+                                              num=limit)
+
+    async def _server_time(self) -> float:
+        """Redis's clock: the deadlines several processes compare (callback leases, approval windows) must not
+        depend on whose clock reads them."""
+        seconds, microseconds = await self.redis.time()
+        return seconds + microseconds / 1e6
 
     async def finish_now(self, job_id: str, tenant: str) -> JobRecord:
         """Ask the running job to stop its trajectories and aggregate what exists."""

@@ -79,7 +79,7 @@ return {'ok', status}
 """
 
 # KEYS: job hash, tenant hash, tenant active set, callbacks zset, awaiting zset, then the job's other keys (events,
-# report, checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), now, terminal event JSON
+# report, checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), terminal event JSON
 # ('' for none), report Markdown and report JSON ('' for no report), owner (the worker that must still hold the
 # job, '' for any), then field/value pairs.
 # The tokens spent are charged to the tenant and the job's reserved grant (SUBMIT) is given back.
@@ -87,21 +87,21 @@ return {'ok', status}
 # never see the event, or a client reacting to it would find no report). A worker that stalled past its lease
 # while another took the job over (`worker` is the other's now) changes nothing: its report would replace the
 # one the job ends with, its status and tokens would be the job's while the other still runs it.
-# A job with a callback URL is put on the callbacks set, due now, in the same step: no process can end it and die
-# before its callback is on record.
+# A job with a callback URL is put on the callbacks set, due now (Redis's clock, as CLAIM_CALLBACK's), in the same
+# step: no process can end it and die before its callback is on record.
 FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then return {'refused', status} end
 local worker = redis.call('HGET', KEYS[1], 'worker') or ''
-if ARGV[9] ~= '' and worker ~= ARGV[9] then return {'taken', worker} end
+if ARGV[8] ~= '' and worker ~= ARGV[8] then return {'taken', worker} end
 local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[7], 'markdown', ARGV[7], 'json', ARGV[8]) end
-if ARGV[6] ~= '' then
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[7], 'markdown', ARGV[6], 'json', ARGV[7]) end
+if ARGV[5] ~= '' then
   local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
-  redis.call('XADD', KEYS[6], '0-' .. seq, 'seq', seq, 'event', ARGV[6])
+  redis.call('XADD', KEYS[6], '0-' .. seq, 'seq', seq, 'event', ARGV[5])
 end
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
@@ -111,7 +111,8 @@ if grant > 0 then redis.call('HINCRBY', KEYS[2], 'tokens_reserved', -grant) end
 local url = redis.call('HGET', KEYS[1], 'callback_url')
 if url and url ~= '' then
   redis.call('HSET', KEYS[1], 'callback_status', 'pending')
-  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[4], now[1] + now[2] / 1000000, ARGV[1])
 end
 if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -131,16 +132,19 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end -- an event after the en
 return seq
 """
 
-# KEYS: job hash, callbacks zset; ARGV: job id, now, lease end -> 1 when this caller may send the job's callback
-# now: it is on the set and due (never tried, or its last sender's lease ran out), and the lease is then this caller's
+# KEYS: job hash, callbacks zset; ARGV: job id, lease s -> 1 when this caller may send the job's callback now: it is
+# on the set and due (never tried, or its last sender's lease ran out), and the lease is then this caller's. Times
+# are Redis's clock: a process whose clock runs ahead must not take a lease another holds.
 CLAIM_CALLBACK = """
+local time = redis.call('TIME')
+local now = time[1] + time[2] / 1000000
 local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
+if not due or tonumber(due) > now then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then  -- deleted or expired: nothing to tell
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
 end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[1], 'callback_status', 'sending')
 return 1
 """

@@ -2,6 +2,7 @@
 gap-free event streams, checkpoints, reports and the consumer-group queue."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -282,6 +283,18 @@ async def test_queue_lease_renewal_and_claim_of_a_dead_workers_entry(store):
     assert await store.queue.renew("w1", [claim.entry_id]) == [claim.entry_id]  # w1 woke up: not its job any more
     await store.queue.ack(taken.entry_id)
     assert await store.queue.pending() == 0 and await store.queue.depth() == 0
+
+
+async def test_a_callback_lease_holds_against_a_process_whose_clock_runs_ahead(store, monkeypatch):
+    """Callback leases are kept on Redis's clock: a sweeping worker whose clock is an hour ahead sees the callback
+    another process is sending as held, not as due (it would post it again while the first POST is out)."""
+    job = await submit(store, callback_url="http://receiver.example/hook")
+    await store.jobs.finish(job, DONE)
+    assert await store.jobs.claim_callback(job.id, lease_s=60)  # the process that ended it sends it
+    ahead = time.time() + 3600
+    monkeypatch.setattr(jobs_module.time, "time", lambda: ahead)
+    assert await store.jobs.due_callbacks() == []
+    assert not await store.jobs.claim_callback(job.id, lease_s=60)
 
 
 async def test_api_keys_are_stored_hashed_resolved_listed_and_revoked(store):
