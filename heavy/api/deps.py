@@ -21,15 +21,17 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_tenant(
-    store: Annotated[Store, Depends(get_store)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> str:
+async def get_api_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise UnknownApiKey("missing API key: send 'Authorization: Bearer <key>'")
-    return await store.tenants.resolve(credentials.credentials)
+    return credentials.credentials
+
+
+async def get_tenant(store: Annotated[Store, Depends(get_store)], api_key: Annotated[str, Depends(get_api_key)]) -> str:
+    return await store.tenants.resolve(api_key)
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+ApiKeyDep = Annotated[str, Depends(get_api_key)]  # the presented key (a long stream checks it is still valid)

@@ -6,12 +6,14 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import REGISTRY
 
 from heavy.api import routes_events
 from heavy.api.routes_events import follow
 from heavy.config import Settings
 from heavy.store.records import DONE, PARTIAL, RUNNING
 from tests.heavy.api_helpers import app_for, client_for, parse_sse
+from tests.heavy.worker_helpers import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -248,9 +250,26 @@ async def test_a_followed_job_deleted_meanwhile_ends_its_stream(acme, store):
     job = await submit(acme)
     await acme.post(f"/v1/jobs/{job['id']}/cancel")
     connected = SimpleNamespace(is_disconnected=lambda: asyncio.sleep(0, result=False))
-    stream = follow(store, job["id"], 0, connected)  # a follower that has not read the job's one event yet
+    key = await store.tenants.create_key("acme")
+    stream = follow(store, job["id"], 0, connected, key.secret)  # a follower that has not read the job's one event yet
     await acme.delete(f"/v1/jobs/{job['id']}")
     assert [event async for event in stream] == []
+
+
+async def test_revoking_a_key_ends_the_event_streams_it_holds_open(app, acme, store, monkeypatch):
+    """A revoked key stops working at once, for a stream it opened too (a dashboard left open on a running job):
+    the stream ends, and the client's reconnection is refused."""
+    monkeypatch.setattr(routes_events, "BLOCK_MS", 50)
+    job = await submit(acme)  # queued, and no worker: its stream stays open until it ends
+    key = await store.tenants.create_key("acme", "dashboard")
+    followers = REGISTRY.get_sample_value("heavy_sse_followers")
+    async with client_for(app, key.secret) as client:
+        stream = asyncio.create_task(client.get(f"/v1/jobs/{job['id']}/events"))
+        await wait_for(lambda: asyncio.sleep(0, result=REGISTRY.get_sample_value("heavy_sse_followers") > followers))
+        await store.tenants.revoke(key.key_id)
+        response = await asyncio.wait_for(stream, 10)
+        assert response.status_code == 200 and parse_sse(response.text) == []
+        assert_error(await client.get(f"/v1/jobs/{job['id']}/events"), 401, "unauthorized")
 
 
 async def test_a_stream_waits_for_the_terminal_event_a_worker_writes_after_the_status(acme, store, monkeypatch):
@@ -259,6 +278,7 @@ async def test_a_stream_waits_for_the_terminal_event_a_worker_writes_after_the_s
     without such an event (its worker died in between) still ends."""
     monkeypatch.setattr(routes_events, "BLOCK_MS", 50)  # reads come back empty while the event is on its way
     connected = SimpleNamespace(is_disconnected=lambda: asyncio.sleep(0, result=False))
+    key = await store.tenants.create_key("acme")
     job = await submit(acme)
     await store.jobs.update(job["id"], status=RUNNING)
     await store.jobs.append_event(job["id"], {"type": "job_started", "job_id": job["id"]})
@@ -269,7 +289,7 @@ async def test_a_stream_waits_for_the_terminal_event_a_worker_writes_after_the_s
         await store.jobs.append_event(job["id"], {"type": "report_ready", "job_id": job["id"]})
 
     late = asyncio.create_task(worker_writes_the_event_late())
-    assert [event.event async for event in follow(store, job["id"], 1, connected)] == ["report_ready"]
+    assert [event.event async for event in follow(store, job["id"], 1, connected, key.secret)] == ["report_ready"]
     await late
 
     orphan = await submit(acme)
@@ -277,7 +297,7 @@ async def test_a_stream_waits_for_the_terminal_event_a_worker_writes_after_the_s
     await store.jobs.append_event(orphan["id"], {"type": "job_started", "job_id": orphan["id"]})
     await store.jobs.finish(await store.jobs.get(orphan["id"]), DONE)
     await store.jobs.update(orphan["id"], finished=time.time() - routes_events.TERMINAL_EVENT_GRACE_S - 1)
-    assert [event async for event in follow(store, orphan["id"], 1, connected)] == []
+    assert [event async for event in follow(store, orphan["id"], 1, connected, key.secret)] == []
 
 
 async def test_cancel_and_finish_of_a_running_job_are_requests_to_its_worker(acme, store):
