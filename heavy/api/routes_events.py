@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -21,9 +20,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["events"])
 
 BLOCK_MS = 1000  # how long one read waits for new events before checking the client and the job again
 PING_S = 15
-# A worker saves a job's terminal status before it writes the terminal event (so a client reacting to the event finds
-# the report): a job ended this recently without that event may still get it, and its stream waits for it.
-TERMINAL_EVENT_GRACE_S = 10.0
 MAX_EVENT_ID = 2**63 - 1  # events are numbered by HINCRBY (64-bit); a larger id is no Redis stream id at all
 
 
@@ -49,8 +45,8 @@ async def follow(store: Store, job_id: str, after: int, request: Request, api_ke
                     job = await store.jobs.get(job_id)
                 except JobNotFound:  # deleted (or expired) while followed: the stream just ends
                     return
-                if job.terminal and job.events <= after and time.time() - (job.finished or 0) > TERMINAL_EVENT_GRACE_S:
-                    return  # ended without a terminal event we have not sent (its worker died before writing it)
+                if job.terminal and job.events <= after:  # its terminal event came with its end (JobStore.finish):
+                    return  # one it never had (a job ended by an older worker that died in between) never comes
     finally:
         SSE_FOLLOWERS.dec()
 

@@ -2,7 +2,6 @@
 every endpoint, JSON 4xx errors, idempotency, tenant isolation, quotas, review gate, cancel, report, SSE."""
 
 import asyncio
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -272,31 +271,22 @@ async def test_revoking_a_key_ends_the_event_streams_it_holds_open(app, acme, st
         assert_error(await client.get(f"/v1/jobs/{job['id']}/events"), 401, "unauthorized")
 
 
-async def test_a_stream_waits_for_the_terminal_event_a_worker_writes_after_the_status(acme, store, monkeypatch):
-    """A worker saves the terminal status, then writes the terminal event: a follower that finds the job ended
-    between the two must not end its stream there (a client would miss report_ready); one whose job ended long ago
-    without such an event (its worker died in between) still ends."""
-    monkeypatch.setattr(routes_events, "BLOCK_MS", 50)  # reads come back empty while the event is on its way
+async def test_a_stream_ends_with_the_terminal_event_or_at_once_for_a_job_that_ended_without_one(acme, store):
+    """The terminal event is written with the job's end (JobStore.finish): a follower that finds the job ended gets
+    it next and stops there; a job that ended without one (by an older worker that died before writing it) ends
+    its stream at once instead of leaving it open."""
     connected = SimpleNamespace(is_disconnected=lambda: asyncio.sleep(0, result=False))
     key = await store.tenants.create_key("acme")
     job = await submit(acme)
     await store.jobs.update(job["id"], status=RUNNING)
     await store.jobs.append_event(job["id"], {"type": "job_started", "job_id": job["id"]})
-    await store.jobs.finish(await store.jobs.get(job["id"]), DONE)
-
-    async def worker_writes_the_event_late() -> None:
-        await asyncio.sleep(0.3)
-        await store.jobs.append_event(job["id"], {"type": "report_ready", "job_id": job["id"]})
-
-    late = asyncio.create_task(worker_writes_the_event_late())
+    await store.jobs.finish(await store.jobs.get(job["id"]), DONE, event={"type": "report_ready", "job_id": job["id"]})
     assert [event.event async for event in follow(store, job["id"], 1, connected, key.secret)] == ["report_ready"]
-    await late
 
     orphan = await submit(acme)
     await store.jobs.update(orphan["id"], status=RUNNING)
     await store.jobs.append_event(orphan["id"], {"type": "job_started", "job_id": orphan["id"]})
     await store.jobs.finish(await store.jobs.get(orphan["id"]), DONE)
-    await store.jobs.update(orphan["id"], finished=time.time() - routes_events.TERMINAL_EVENT_GRACE_S - 1)
     assert [event async for event in follow(store, orphan["id"], 1, connected, key.secret)] == []
 
 
