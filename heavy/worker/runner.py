@@ -186,8 +186,10 @@ class Worker:
         try:
             result = await scheduler.run(spec, sink=FanoutSink(sink, MetricsSink()), control=control)
         except Exception as exc:  # charged what earlier attempts checkpointed too, as a finished job's usage is
-            await self._end(claim, job, FAILED, sink, tokens=checkpointed_tokens(saved) + sink.tokens,
-                            error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            if sink.terminal is None:  # failed before the scheduler's own handler (writing job_started)
+                await sink.emit(JobFailed(job_id=job.id, error=error))
+            await self._end(claim, job, FAILED, sink, tokens=checkpointed_tokens(saved) + sink.tokens, error=error)
             return
         finally:
             watcher.cancel()

@@ -119,6 +119,25 @@ async def test_a_worker_whose_job_was_taken_over_while_it_stalled_does_not_end_i
     assert await store.queue.pending() == 1 and (await store.tenants.get("acme")).tokens_used == 0
 
 
+async def test_a_job_failing_as_it_starts_still_ends_with_job_failed(client, store, start_worker, monkeypatch):
+    """Writing `job_started` fails (Redis refused it): the job fails, and its stream still ends with the event saying
+    so (its followers would otherwise get no word of how it ended)."""
+    append_event = store.jobs.append_event
+
+    async def refuse_job_started(job_id, event):
+        if event["type"] == "job_started":
+            raise ConnectionError("Redis went away")
+        return await append_event(job_id, event)
+
+    monkeypatch.setattr(store.jobs, "append_event", refuse_job_started)
+    start_worker(ScriptedBackend(researcher))
+    job = (await client.post("/v1/jobs", json=JOB)).json()
+    failed = await status_is(client, job["id"], "failed")
+    assert failed["error"] == "ConnectionError: Redis went away"
+    events = await store.jobs.read_events(job["id"])
+    assert [(e["type"], e["error"]) for e in events] == [("job_failed", "ConnectionError: Redis went away")]
+
+
 async def test_a_jobs_priority_goes_with_each_of_its_model_requests(client, start_worker):
     backend = ScriptedBackend(researcher)
     start_worker(backend)
