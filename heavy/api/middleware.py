@@ -14,6 +14,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from heavy.metrics import API_LATENCY, API_REQUESTS
 
+# The method label's values: any other token a client sends (h11 takes any) is counted as "other", so requests
+# cannot add label series without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -68,7 +72,8 @@ class RequestMetrics:
             if message["type"] == "http.response.start":
                 route = getattr(scope.get("route"), "path", "unmatched")
                 API_LATENCY.labels(route).observe(time.perf_counter() - started)
-                API_REQUESTS.labels(scope["method"], route, str(message["status"])).inc()
+                method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+                API_REQUESTS.labels(method, route, str(message["status"])).inc()
             await send(message)
 
         await self.app(scope, receive, observing_send)

@@ -59,6 +59,11 @@ async def test_ops_endpoints_and_openapi(app, acme):
     metrics = await acme.get("/metrics")
     assert metrics.status_code == 200 and 'heavy_api_requests_total{method="GET",route="/v1/jobs"' in metrics.text
     assert "heavy_queue_depth" in metrics.text
+    for n in range(3):  # methods a client makes up add no label series
+        await acme.request(f"MADEUP{n}", "/v1/jobs")
+    metrics = (await acme.get("/metrics")).text
+    assert "MADEUP" not in metrics
+    assert 'heavy_api_requests_total{method="other",route="unmatched",status="405"} 3.0' in metrics
     spec = (await acme.get("/openapi.json")).json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/report"} <= set(spec["paths"])
     assert (await acme.get("/docs")).status_code == 200
