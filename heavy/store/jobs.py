@@ -214,7 +214,7 @@ class JobStore:
         """Cancel the jobs held for review past their approval window (releasing their slot and token grant), each
         with an event saying why; returns their ids."""
         expired = []
-        now = await self._server_time()
+        now = await self.server_time()
         for job_id in await self.redis.zrangebyscore(self.keys.awaiting, "-inf", now, start=0, num=limit):
             try:
                 job = await self.get(job_id)
@@ -269,12 +269,12 @@ class JobStore:
 
     async def due_callbacks(self, limit: int = 32) -> list[str]:
         """Ended jobs whose callback nobody holds: never tried, or their sender's lease ran out (it died)."""
-        return await self.redis.zrangebyscore(self.keys.callbacks, "-inf", await self._server_time(), start=0,
+        return await self.redis.zrangebyscore(self.keys.callbacks, "-inf", await self.server_time(), start=0,
                                               num=limit)
 
-    async def _server_time(self) -> float:
-        """Redis's clock: the deadlines several processes compare (callback leases, approval windows) must not
-        depend on whose clock reads them."""
+    async def server_time(self) -> float:
+        """Redis's clock: the times several processes compare (callback leases, approval windows, a resumed job's
+        start) must not depend on whose clock reads them."""
         seconds, microseconds = await self.redis.time()
         return seconds + microseconds / 1e6
 

@@ -38,9 +38,10 @@ SWEEP_S = 5.0  # how often a worker looks for callbacks whose sender died and fo
 MAX_ATTEMPTS = 3
 
 
-def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_left: int) -> JobSpec:
+def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_left: int, *, now: float) -> JobSpec:
     """The scheduler's spec from the job's stored parameters; the job may not spend more than its tenant has. A job
-    resumed after a takeover keeps its deadlines: they count from when it first started."""
+    resumed after a takeover keeps its deadlines: they count from when it first started (`started` and `now` on
+    Redis's clock, so a worker whose clock differs from the first one's neither cuts nor stretches them)."""
     p = job.params
     limits = trajectory_limits(settings, max_steps=p["max_steps"], step_tokens=p["step_tokens"],
                                total_tokens=p["trajectory_tokens"], deadline_s=p["deadline_s"])
@@ -48,7 +49,7 @@ def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_l
                                  trajectories=p["trajectories"], allowed_tools=frozenset(p["tools"]) & tools,
                                  limits=limits, job_tokens=max(1, min(p["job_tokens"], tokens_left)),
                                  deadline_s=p["deadline_s"], priority=p.get("priority", 0),
-                                 elapsed_s=max(0.0, time.time() - job.started) if job.started else 0.0)
+                                 elapsed_s=max(0.0, now - job.started) if job.started else 0.0)
 
 
 def checkpointed_tokens(saved: dict[int, dict]) -> int:
@@ -156,9 +157,10 @@ class Worker:
         if job.attempts >= MAX_ATTEMPTS:  # a job that kills every worker that runs it
             await self._give_up(claim, job)
             return
+        now = await jobs.server_time()
         try:
             await jobs.update(job.id, allowed=(QUEUED, RUNNING, AGGREGATING), status=RUNNING, worker=self.name,
-                              attempts=job.attempts + 1, started=job.started or time.time(), updated=time.time())
+                              attempts=job.attempts + 1, started=job.started or now, updated=time.time())
         except InvalidTransition:  # cancelled between the claim and now
             await self.store.queue.ack(claim.entry_id)
             return
@@ -168,7 +170,7 @@ class Worker:
         if not tokens_left:  # a job queued before grants existed: what its tenant has left
             tenant = await self.store.tenants.get(job.tenant)
             tokens_left = tenant.max_tokens - tenant.tokens_used
-        spec = job_spec(job, self.settings, self.executor.names, tokens_left)
+        spec = job_spec(job, self.settings, self.executor.names, tokens_left, now=now)
         saved = await jobs.load_checkpoints(job.id, spec.trajectories)
         sink = await RedisEventSink.open(jobs, job.id)
         control = JobControl()

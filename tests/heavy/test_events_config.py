@@ -66,7 +66,7 @@ def test_reasoning_room_reaches_trajectories_the_worker_and_the_aggregator(monke
               "tools": ["search"], "job_tokens": 100_000}
     job = JobRecord(id="j", tenant="t", status="running", question="q", mode="answer", params=params, created=0.0,
                     updated=0.0)
-    assert job_spec(job, settings, frozenset({"search"}), 100_000).limits.reasoning_tokens == 4096
+    assert job_spec(job, settings, frozenset({"search"}), 100_000, now=0.0).limits.reasoning_tokens == 4096
     monkeypatch.setenv("HEAVY_CONTEXT_TOKENS", "4096")  # no room left for a prompt
     with pytest.raises(ValidationError, match="reasoning_tokens"):
         Settings()

@@ -241,6 +241,20 @@ async def test_a_resumed_job_keeps_its_deadline_from_when_it_first_started(clien
     assert done["status"] == "partial" and report["answer"] == "argparse"
 
 
+async def test_a_job_resumed_by_a_worker_whose_clock_runs_ahead_keeps_its_deadline(client, store, start_worker,
+                                                                                   monkeypatch):
+    """The job's start and the resuming worker's now are both read on Redis's clock: w2, whose clock is an hour
+    ahead of w1's, does not take a job started a moment ago for one past its deadline (forced answers at once)."""
+    job = await crash_before_the_last_step(client, store, start_worker, {**JOB, "deadline_s": 600})
+    ahead = time.time() + 3600
+    monkeypatch.setattr(runner.time, "time", lambda: ahead)
+    second = ScriptedBackend(researcher)
+    start_worker(second, "w2")
+    done = await status_is(client, job["id"], "done", "partial", "failed")
+    assert done["status"] == "done" and not any(r.forced for r in second.requests)
+    assert {step_of(r) for r in second.requests if r.trajectory >= 0} == {2}
+
+
 async def test_a_job_given_up_after_its_workers_died_is_charged_what_they_spent(client, store, start_worker):
     """The steps the dead workers ran are in the checkpoints: the tenant pays for them when the job is given up,
     as its grant is given back (else a job that kills its workers would spend for free)."""
