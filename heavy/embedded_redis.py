@@ -4,6 +4,7 @@ and `stop()` shuts it down cleanly (AOF flushed), so no orphan is left behind.""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import shutil
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
+# In a data dir too long for a socket path: where its running server's socket is (a temp dir of that server's own)
+SOCKET_RECORD = "socket-path"
 PR_SET_PDEATHSIG = 1
 
 
@@ -70,7 +73,13 @@ class EmbeddedRedis:
         path = str(self.data_dir / "redis.sock")
         if len(path) <= MAX_SOCKET_PATH:
             return path
-        return str(Path(tempfile.mkdtemp(prefix="heavy-redis-")) / "redis.sock")  # long data dirs
+        # long data dirs: the socket of the server already running on it, so a second command does not start
+        # another server on the same AOF; else a new temp dir
+        with contextlib.suppress(OSError):
+            recorded = (self.data_dir / SOCKET_RECORD).read_text()
+            if ping(recorded):
+                return recorded
+        return str(Path(tempfile.mkdtemp(prefix="heavy-redis-")) / "redis.sock")
 
     @property
     def url(self) -> str:
@@ -97,6 +106,8 @@ class EmbeddedRedis:
                 self.stop()
                 raise EmbeddedRedisError(f"redis-server did not start ({binary}): {error.strip()[-300:]}")
             time.sleep(0.02)
+        if Path(self.socket_path).parent != self.data_dir:
+            (self.data_dir / SOCKET_RECORD).write_text(self.socket_path)
         log.info("embedded redis-server pid %d on %s", self.process.pid, self.socket_path)
         return self
 

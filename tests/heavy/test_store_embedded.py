@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from heavy.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server, ping
+from heavy.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server, ping, redis_url_for
 from heavy.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -89,6 +89,13 @@ def test_a_missing_binary_is_a_clear_error(data_dir):
 def test_long_data_dirs_get_a_short_socket_path(tmp_path):
     deep = tmp_path / ("d" * 120)
     assert len(EmbeddedRedis(deep).socket_path) < 100
+
+
+def test_a_second_command_on_a_long_data_dir_uses_the_server_already_running_there(tmp_path, redis_server):
+    """Its socket is in a temp dir of its own: found again through the data dir, not a second server on one AOF."""
+    home = tmp_path / ("d" * 120)
+    with redis_url_for("", home) as first, redis_url_for("", home) as second:
+        assert second == first and ping(first.removeprefix("unix://"))
 
 
 def test_the_socket_and_the_data_are_private_to_this_user(data_dir):
