@@ -161,14 +161,17 @@ class JobStore:
                 pipe.hgetall(self.keys.job(job_id))
             return await pipe.execute()
 
-    async def update(self, job_id: str, *, allowed: tuple[str, ...] = (), **fields: Any) -> str:
-        """Set fields if the status is one of `allowed` (any when empty); returns the previous status."""
+    async def update(self, job_id: str, *, allowed: tuple[str, ...] = (), owner: str = "", **fields: Any) -> str:
+        """Set fields if the status is one of `allowed` (any when empty) and, with `owner`, that worker still holds
+        the job (else JobTakenOver); returns the previous status."""
         outcome, status = await self._transition(keys=[self.keys.job(job_id)],
-                                                 args=[",".join(allowed), *_pairs(fields)])
+                                                 args=[",".join(allowed), owner, *_pairs(fields)])
         if outcome == "missing":
             raise JobNotFound(f"no job {job_id!r}")
         if outcome == "refused":
             raise InvalidTransition(f"job {job_id} is {status}")
+        if outcome == "taken":
+            raise JobTakenOver(f"job {job_id} is run by {status or 'no worker'} now, not {owner}")
         return status
 
     async def finish(self, job: JobRecord, status: str, *, allowed: tuple[str, ...] = ACTIVE, tokens: int = 0,

@@ -37,6 +37,7 @@ class JobRecord:
     finished: float | None = None
     error: str = ""
     attempts: int = 0
+    stops: int = 0  # attempts that ended because their worker was stopped on purpose (SIGTERM), not by a death
     worker: str = ""
     control: str = ""  # "" | "cancel" | "finish": a request the running worker honours
     events: int = 0  # events written so far (the last sequence number)
@@ -65,7 +66,8 @@ class JobRecord:
             plan=json.loads(data["plan"]) if data.get("plan") else None, approve_by=_float(data.get("approve_by")),
             started=_float(data.get("started")),
             finished=_float(data.get("finished")), error=data.get("error", ""),
-            attempts=int(data.get("attempts") or 0), worker=data.get("worker", ""), control=data.get("control", ""),
+            attempts=int(data.get("attempts") or 0), stops=int(data.get("stops") or 0), worker=data.get("worker", ""),
+            control=data.get("control", ""),
             events=int(data.get("events") or 0), tokens=int(data.get("tokens") or 0),
             token_grant=int(data.get("token_grant") or 0),
             stop_reason=data.get("stop_reason", ""), callback_url=data.get("callback_url", ""),

@@ -47,15 +47,18 @@ if ARGV[4] == '1' then redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[6], 'EX
 return {'created', ARGV[1]}
 """
 
-# KEYS: job hash; ARGV: allowed current statuses (comma-separated, empty = any), then field/value pairs
+# KEYS: job hash; ARGV: allowed current statuses (comma-separated, empty = any), owner (the worker that must hold
+# the job, '' for any), then field/value pairs
 TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if ARGV[1] ~= '' and not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then
   return {'refused', status}
 end
+local worker = redis.call('HGET', KEYS[1], 'worker') or ''
+if ARGV[2] ~= '' and worker ~= ARGV[2] then return {'taken', worker} end
 local fields = {}
-for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
 return {'ok', status}
 """

@@ -65,6 +65,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.aggregation = aggregation or AggregationConfig.from_settings(settings)
         self.running: dict[str, asyncio.Task] = {}  # stream entry id -> job task
+        self.stopping = False  # set when run() is asked to stop: its jobs' tasks are cancelled by a stop, not a death
         self.lease_ms = int(settings.worker_lease_s * 1000)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -89,6 +90,7 @@ class Worker:
                     task = asyncio.create_task(self._handle(claim), name=f"job {claim.job_id}")
                     self.running[claim.entry_id] = task
                     task.add_done_callback(lambda _, entry=claim.entry_id: self.running.pop(entry, None))
+            self.stopping = True  # asked to stop (run() cancelled instead is taken for a death)
         finally:
             renewer.cancel()
             sweeper.cancel()
@@ -154,7 +156,7 @@ class Worker:
         if job.terminal:
             await self.store.queue.ack(claim.entry_id)
             return
-        if job.attempts >= MAX_ATTEMPTS:  # a job that kills every worker that runs it
+        if job.attempts - job.stops >= MAX_ATTEMPTS:  # a job that kills every worker that runs it
             await self._give_up(claim, job)
             return
         now = await jobs.server_time()
@@ -187,6 +189,11 @@ class Worker:
         started = time.monotonic()
         try:
             result = await scheduler.run(spec, sink=FanoutSink(sink, MetricsSink()), control=control)
+        except asyncio.CancelledError:
+            if self.stopping:  # stopped on purpose (SIGTERM): not a death, which giving the job up counts
+                with contextlib.suppress(Exception):  # else it counts: the job is only given up sooner
+                    await jobs.update(job.id, allowed=(RUNNING, AGGREGATING), owner=self.name, stops=job.stops + 1)
+            raise
         except Exception as exc:  # charged what earlier attempts checkpointed too, as a finished job's usage is
             error = f"{type(exc).__name__}: {exc}"
             if sink.terminal is None:  # failed before the scheduler's own handler (writing job_started)
@@ -222,7 +229,7 @@ class Worker:
         log.info("job %s: %s (%d tokens)", job.id, status, tokens)
 
     async def _give_up(self, claim: Claim, job: JobRecord) -> None:
-        error = f"gave up after {job.attempts} attempts: every worker running it died"
+        error = f"gave up after {job.attempts} attempts: {job.attempts - job.stops} workers running it died"
         sink = RedisEventSink(self.store.jobs, job.id)
         await sink.emit(JobFailed(job_id=job.id, error=error))
         spent = checkpointed_tokens(await self.store.jobs.load_checkpoints(job.id, job.trajectories))

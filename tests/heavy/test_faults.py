@@ -70,7 +70,7 @@ async def test_worker_sigkill_mid_job_another_worker_finishes_it(store, redis_ur
 
         rescuer = spawn("worker", redis_url, key_prefix, "rescuer")
         job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
-        assert (job.status, job.attempts, job.worker) == ("done", 2, "rescuer")
+        assert (job.status, job.attempts, job.stops, job.worker) == ("done", 2, 0, "rescuer")  # a death
         assert events[:len(before)] == before  # nothing rewritten
         assert_gap_free(events, trajectories=3)
         assert events[-1]["type"] == "report_ready"
@@ -104,7 +104,7 @@ async def test_worker_sigterm_mid_job_exits_at_once_and_another_worker_finishes_
 
         rescuer = spawn("worker", redis_url, key_prefix, "rescuer")
         job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
-        assert (job.status, job.attempts, job.worker) == ("done", 2, "rescuer")
+        assert (job.status, job.attempts, job.stops, job.worker) == ("done", 2, 1, "rescuer")  # a stop, no death
         assert events[:len(before)] == before
         assert_gap_free(events, trajectories=3)
     finally:

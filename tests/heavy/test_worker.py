@@ -255,6 +255,21 @@ async def test_a_job_resumed_by_a_worker_whose_clock_runs_ahead_keeps_its_deadli
     assert {step_of(r) for r in second.requests if r.trajectory >= 0} == {2}
 
 
+async def test_workers_stopped_on_purpose_do_not_use_up_a_jobs_attempts(client, store, start_worker):
+    """A worker stopped with SIGTERM (a rolling update) is not one the job killed: its job is resumed however many
+    workers are stopped under it, and only runs that die count towards giving it up."""
+    job = None
+    for n in range(runner.MAX_ATTEMPTS):
+        backend = ScriptedBackend(researcher, gate=asyncio.Event())  # held: the job is mid-run when its worker stops
+        worker = start_worker(backend, f"w{n}")
+        job = job or (await client.post("/v1/jobs", json=JOB)).json()
+        await wait_for(lambda backend=backend: asyncio.sleep(0, result=bool(backend.requests)))
+        await worker.close()
+    start_worker(ScriptedBackend(researcher), "last")
+    done = await status_is(client, job["id"], "done", "partial", "failed")
+    assert done["status"] == "done", done["error"]
+
+
 async def test_a_job_given_up_after_its_workers_died_is_charged_what_they_spent(client, store, start_worker):
     """The steps the dead workers ran are in the checkpoints: the tenant pays for them when the job is given up,
     as its grant is given back (else a job that kills its workers would spend for free)."""
