@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from heavy.worker.sink import RedisEventSink
 from tests.heavy.worker_helpers import ended, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
@@ -76,17 +75,8 @@ async def test_sign_in_submit_watch_lanes_and_read_the_cited_report(service, pag
     assert await page.locator("#jobs tbody tr").count() == 0 and await store.jobs.list("acme") == ([], 0)
 
 
-async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_events(service, page, store, monkeypatch):
+async def test_the_job_page_reconnects_after_the_api_restarts_without_losing_events(service, page, store):
     key = await store.tenants.create_key("acme")
-    # The worker saves the job's terminal status before it writes the terminal event; held open here, as a loaded
-    # machine may, so the job's event count is read only once the page has its last event.
-    flush = RedisEventSink.flush
-
-    async def late_flush(sink: RedisEventSink) -> None:
-        await asyncio.sleep(1.5)
-        await flush(sink)
-
-    monkeypatch.setattr(RedisEventSink, "flush", late_flush)
     # The model's calls wait until the stream has dropped: on a loaded machine the job could otherwise finish before
     # the page follows it, and a finished stream has nothing to reconnect to.
     service.model_gate.clear()
