@@ -2,7 +2,8 @@
 
 Every step has a token budget. Running sequences come first (a decode costs one token, an unfinished chunked
 prefill takes what is left of the budget), then waiting sequences are admitted while budget, sequence slots and
-blocks last. When blocks run out, the most recently admitted running sequence is preempted: its blocks are freed
+blocks last; a waiting request of a higher priority than a running sequence is admitted before that sequence takes
+its share. When blocks run out, the most recently admitted running sequence is preempted: its blocks are freed
 and it is recomputed later (its prefix is likely still in the prefix cache). A request's `priority` (lower first)
 orders all three: running sequences take the budget in priority order, the waiting queue is kept in priority order
 (arrival order within one), and the victim of a preemption is the latest admitted of the lowest priority. A waiting
@@ -19,6 +20,7 @@ prompt prefilled beside other requests would otherwise compute other numbers tha
 what is left of the budget waits for the next step. A prefix-cache hit is used in whole chunks only.
 """
 
+import math
 from collections import Counter, deque
 
 from runtime.engine.block_manager import BlockManager
@@ -60,6 +62,10 @@ class Scheduler:
         scheduled: list[Sequence] = []
         drafts = self._drafts_per_decode()
         for seq in sorted(self.running, key=_priority):  # stable: admission order within a priority
+            if self.waiting and _priority(self.waiting[0]) < _priority(seq):
+                # waiting requests that outrank seq come before it: else a long prefill of a lower priority, taking
+                # every step's whole budget, would keep them waiting until it ends
+                budget = self._admit_waiting(scheduled, budget, outranking=_priority(seq))
             if budget == 0:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted by an earlier sequence of this loop
@@ -129,10 +135,12 @@ class Scheduler:
                 return False
         return True
 
-    def _admit_waiting(self, scheduled: list[Sequence], budget: int) -> int:
+    def _admit_waiting(self, scheduled: list[Sequence], budget: int, outranking: float = math.inf) -> int:
+        """Admit waiting sequences (only those of a priority above `outranking`, when given) while the budget, the
+        slots and the blocks last; return the budget left."""
         deferred: list[Sequence] = []
         in_flight = self._in_flight()
-        while self.waiting and budget > 0:
+        while self.waiting and budget > 0 and _priority(self.waiting[0]) < outranking:
             seq = self.waiting[0]
             reused = self._chunk_aligned(self.block_manager.reusable_blocks(seq))
             # before any preemption for it: a slot or blocks freed for a request that then waits would go to others

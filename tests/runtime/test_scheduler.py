@@ -189,8 +189,7 @@ def test_a_waiting_request_takes_the_slot_of_a_lower_priority_one_never_of_an_eq
     equal = add_with_priority(sched, "equal", range(100, 104), priority=1)
     assert step(sched) == {"background": 1}  # the only slot is taken, and an equal waits its turn
     urgent = add_with_priority(sched, "urgent", range(200, 204), priority=-1)
-    # background was scheduled for this step before the urgent one was admitted: its token goes back to the budget
-    assert step(sched) == {"urgent": 4}
+    assert step(sched) == {"urgent": 4}  # admitted before background took its share of the step
     assert background.status is SequenceStatus.WAITING and [s.request_id for s in sched.waiting] == [
         "background", "equal"]  # first again among its priority
     while urgent.status is not SequenceStatus.FINISHED:
@@ -244,3 +243,31 @@ def test_no_sequence_is_preempted_when_that_cannot_make_room():
     add_with_priority(sched, "urgent", range(200, 212), priority=0)  # 3 blocks: 1 free and low's 1 are too few
     assert step(sched) == {"high": 1, "low": 1}
     assert low.status is SequenceStatus.RUNNING and sched.num_preemptions == 0
+
+
+@pytest.mark.parametrize("max_seqs", [1, 4])
+def test_an_urgent_request_is_admitted_at_the_next_step_of_a_long_prefill_that_takes_the_whole_budget(max_seqs):
+    sched = make(budget=16, max_seqs=max_seqs)
+    long = add_with_priority(sched, "long", range(100, 164), priority=1)
+    assert step(sched) == {"long": 16}
+    add_with_priority(sched, "equal", range(300, 303), priority=1)
+    urgent = add_with_priority(sched, "urgent", range(200, 203), priority=0)
+    if max_seqs == 1:  # no free slot: it takes long's, whose computed blocks wait in the prefix cache
+        assert step(sched) == {"urgent": 3}
+        assert long.status is SequenceStatus.WAITING and sched.num_preemptions == 1
+        while not urgent.is_finished:
+            assert set(step(sched)) == {"urgent"}
+        assert step(sched) == {"long": 16} and long.num_computed_tokens == 32  # its first 16 tokens from the cache
+    else:  # the budget left after it goes on with long's prefill; its equal waits for long as before
+        assert step(sched) == {"urgent": 3, "long": 13}
+        assert long.status is SequenceStatus.RUNNING and sched.num_preemptions == 0
+
+
+def test_an_urgent_request_takes_the_budget_of_lower_priority_decodes_without_preempting_them():
+    sched = make(budget=2, max_seqs=4)
+    decodes = [add_with_priority(sched, name, [n], priority=1, max_tokens=50) for n, name in enumerate("ab")]
+    assert step(sched) == {"a": 1, "b": 1}
+    add_with_priority(sched, "urgent", range(200, 203), priority=0)
+    assert step(sched) == {"urgent": 2}  # its prompt's first 2 tokens; the decodes wait a step, keeping their blocks
+    assert step(sched) == {"urgent": 1, "a": 1}
+    assert all(s.status is SequenceStatus.RUNNING for s in decodes) and sched.num_preemptions == 0
