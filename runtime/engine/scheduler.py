@@ -9,10 +9,11 @@ orders all three: running sequences take the budget in priority order, the waiti
 (arrival order within one), and the victim of a preemption is the latest admitted of the lowest priority. A waiting
 request that finds no free slot or too few blocks preempts running sequences of a lower priority (never of its own),
 so an urgent request does not wait for the background's long decodes to end; only when that makes room for it, and
-not while it waits for a prefix block being computed (the room would go to others). A waiting
-request whose next prefix block is being computed right now by another request waits one step, so a shared prompt
-is prefilled once. With `speculative_tokens`, a decoding sequence may compute its last token and a few drafts copied
-from its own earlier tokens (speculative.py) in one step; the engine takes the drafts off again after the step.
+not while it waits for a prefix block being computed (the room would go to others). A waiting request whose next
+prefix block is being computed right now by another request of its priority or a higher one waits one step, so a
+shared prompt is prefilled once. With `speculative_tokens`, a decoding sequence may compute its last token and a few
+drafts copied from its own earlier tokens (speculative.py) in one step; the engine takes the drafts off again after
+the step.
 
 In batch-invariant mode a prompt is chunked at fixed positions of its own (multiples of `invariant_chunk`), not where
 the step's leftover budget happens to end: chunk boundaries change the order of a prompt's floating-point sums, so a
@@ -139,12 +140,11 @@ class Scheduler:
         """Admit waiting sequences (only those of a priority above `outranking`, when given) while the budget, the
         slots and the blocks last; return the budget left."""
         deferred: list[Sequence] = []
-        in_flight = self._in_flight()
         while self.waiting and budget > 0 and _priority(self.waiting[0]) < outranking:
             seq = self.waiting[0]
             reused = self._chunk_aligned(self.block_manager.reusable_blocks(seq))
             # before any preemption for it: a slot or blocks freed for a request that then waits would go to others
-            if self.block_manager.next_uncached_hash(seq, len(reused)) in in_flight:
+            if self._being_computed(self.block_manager.next_uncached_hash(seq, len(reused)), _priority(seq)):
                 deferred.append(self.waiting.popleft())  # another request is computing this prefix block now
                 continue
             start = len(reused) * self.config.block_size
@@ -156,7 +156,6 @@ class Scheduler:
                 if refund is None:
                     break
                 budget += refund
-                in_flight = self._in_flight()  # the victim computes none of its prefix blocks now
                 continue
             self.waiting.popleft()
             self.block_manager.admit(seq, reused)
@@ -166,7 +165,6 @@ class Scheduler:
             budget -= num_new
             self.running.append(seq)
             scheduled.append(seq)
-            in_flight.update(self._pending_hashes(seq))
         self.waiting.extendleft(reversed(deferred))
         return budget
 
@@ -201,9 +199,13 @@ class Scheduler:
         self._preempt(victim)
         return refund
 
-    def _in_flight(self) -> set[int]:
-        """Hashes of the prefix blocks running sequences are computing (in this step or the coming ones)."""
-        return {h for s in self.running for h in self._pending_hashes(s)}
+    def _being_computed(self, block_hash: int | None, priority: int) -> bool:
+        """Whether a running sequence of `priority` or a higher one computes the prefix block `block_hash` (in this
+        step or the coming ones). Those take their share of a step's budget before a waiting request of `priority`;
+        one of a lower priority may get none for as long as others above it take it all, and waiting for it would
+        wait for them."""
+        return block_hash is not None and any(
+            block_hash in self._pending_hashes(s) for s in self.running if _priority(s) <= priority)
 
     def _pending_hashes(self, seq: Sequence) -> list[int]:
         """Hashes of seq's full prompt blocks not yet in the cache: blocks it will compute in coming steps."""

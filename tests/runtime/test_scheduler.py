@@ -271,3 +271,16 @@ def test_an_urgent_request_takes_the_budget_of_lower_priority_decodes_without_pr
     assert step(sched) == {"urgent": 2}  # its prompt's first 2 tokens; the decodes wait a step, keeping their blocks
     assert step(sched) == {"urgent": 1, "a": 1}
     assert all(s.status is SequenceStatus.RUNNING for s in decodes) and sched.num_preemptions == 0
+
+
+def test_an_urgent_request_does_not_wait_for_a_prefix_a_lower_priority_sequence_computes():
+    sched = make(budget=16, max_seqs=4)
+    shared = list(range(100, 140))
+    low = add_with_priority(sched, "low", [*shared, 1], priority=2)
+    assert step(sched) == {"low": 16}
+    add_with_priority(sched, "mid", range(1000, 1200), priority=1)
+    assert step(sched) == {"mid": 16}  # the budget goes to mid's prefill first: low computes no more of the prefix
+    urgent = add_with_priority(sched, "urgent", [*shared, 2], priority=0)
+    # waiting for low's next block would wait for mid's whole prefill: it computes the block itself
+    assert step(sched) == {"urgent": 16} and urgent.num_cached_prompt_tokens == 16
+    assert low.num_computed_tokens == 16
