@@ -160,7 +160,7 @@ def _fused_moe_triton(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights
     down = torch.zeros(num_tokens * top_k, experts.hidden_size, dtype=torch.float32, device=hidden.device)  # [S, D]
     grouped_w4a16(act, experts.w2_packed, experts.w2_scale, down, sorted_slots, block_experts,
                   block_m, block_n, block_k, experts.group_size, slots_per_a_row=1, slot_weights=topk_weights)
-    return down.view(num_tokens, top_k, -1).sum(dim=1).to(hidden.dtype)  # [T, D]
+    return down.view(num_tokens, top_k, experts.hidden_size).sum(dim=1).to(hidden.dtype)  # [T, D]
 
 
 def fused_moe(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts: Int4Experts,

@@ -86,6 +86,16 @@ def test_tokens_routed_only_to_other_ranks_get_zeros(backend):
     assert torch.equal(out, torch.zeros_like(out))
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton", "cpu"])
+def test_an_empty_batch_gives_an_empty_output(backend):
+    # a rank can be handed no tokens (an empty step, expert parallelism): [0, D] out, no error
+    experts = _experts()
+    hidden = torch.zeros(0, HIDDEN, dtype=torch.bfloat16)
+    with kernels.use_backend(backend):
+        out = kernels.fused_moe(hidden, torch.zeros(0, TOP_K, dtype=torch.int64), torch.zeros(0, TOP_K), experts)
+    assert out.shape == (0, HIDDEN) and out.dtype == hidden.dtype
+
+
 def test_invalid_routing_raises_value_errors():
     experts = _experts()
     hidden, ids, weights = _routing(3)
