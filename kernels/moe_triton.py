@@ -46,7 +46,7 @@ def grouped_w4a16_kernel(
                             GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32)  # [BM, BN]
     if MUL_SLOT_WEIGHT:
         acc = acc * tl.load(slot_weights_ptr + slots, mask=mask_m, other=0.0).to(tl.float32)[:, None]
-    tl.store(out_ptr + slots[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + slots.to(tl.int64)[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
 
 

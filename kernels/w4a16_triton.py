@@ -27,10 +27,11 @@ def int4_tile_product(
     (triton-lang/triton#11584, "not supported yet").
     """
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # [BM, BN]
+    row_starts = rows.to(tl.int64) * stride_am  # [BM]: int64, a may hold more than 2^31 elements
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)  # [BK]
         mask_k = offs_k < K
-        a = tl.load(a_ptr + rows[:, None] * stride_am + offs_k[None, :],
+        a = tl.load(a_ptr + row_starts[:, None] + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)  # [BM, BK]
         mask_w = mask_k[:, None] & mask_n[None, :]
         words = tl.load(packed_ptr + offs_n[None, :] * stride_pn + (offs_k // 8)[:, None],
@@ -60,7 +61,7 @@ def w4a16_gemm_kernel(
 ):
     """One [BLOCK_M, BLOCK_N] tile of y [M, N] = x [M, K] @ dequant(packed [N, K/8], scale [N, K/G])^T.
 
-    y has x's dtype; accumulation is fp32; M, N and K tails are masked.
+    y has x's dtype; accumulation is fp32; M, N and K tails are masked; row offsets are int64.
     """
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
@@ -69,7 +70,7 @@ def w4a16_gemm_kernel(
     acc = int4_tile_product(x_ptr, offs_m, mask_m, packed_ptr, scale_ptr, offs_n, mask_n, K,
                             stride_xm, stride_pn, stride_sn,
                             GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32)  # [BM, BN]
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
 
 
