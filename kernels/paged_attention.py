@@ -100,6 +100,10 @@ def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: t
          out: torch.Tensor, *, kv_heads: int, row_stride: int, head_block: int, scale: float) -> None:
     """Check the slot lists against the cache and call the kernel; a slot's key and value rows are `row_stride`
     values after the previous slot's (k and v caches have one layout), values as wide as `out`'s rows."""
+    batch = q.shape[0]
+    if slots.dim() != 2 or slots.shape[0] != batch or tuple(lengths.shape) != (batch,):
+        raise ValueError(f"slots [B, L] and lengths [B] must have one row per query's B={batch}, "
+                         f"got {tuple(slots.shape)} and {tuple(lengths.shape)}")
     slots = slots.to(torch.int64)
     if slots.stride(1) != 1:
         slots = slots.contiguous()
@@ -108,7 +112,7 @@ def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: t
             or (distinct.numel() and (distinct.min() < 0 or distinct.max() >= k_cache.shape[0]))):
         raise ValueError(f"lengths must lie in [0, {slots.shape[1]}] and slots in [0, {k_cache.shape[0]})")
     q, lengths = q.contiguous(), lengths.to(torch.int64).contiguous()
-    batch, heads, key_dim = q.shape
+    heads, key_dim = q.shape[1:]
     native_paged_attention().heavy_paged_decode_attention(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), lengths.data_ptr(), out.data_ptr(),
         batch, heads, kv_heads, key_dim, out.shape[2], row_stride, head_block, slots.stride(0), scale,

@@ -65,10 +65,15 @@ def test_a_sequence_gets_the_same_bits_alone_as_in_any_batch(dtype):
         assert torch.equal(alone[0], together[row])
 
 
-@pytest.mark.parametrize("bad", ["slot", "length", "heads", "head_dim", "dtype"])
+@pytest.mark.parametrize("bad", ["slot", "length", "heads", "head_dim", "dtype", "slot_rows", "length_rows"])
 def test_bad_input_is_refused_before_the_kernel_reads_memory(bad):
     q, k_cache, v_cache, slots, lens = _batch([10, 20], 4, 2, 12 if bad == "head_dim" else 32)
-    if bad == "slot":
+    # fewer slot lists or lengths than queries: views of the full ones, so an unchecked kernel reads valid memory
+    if bad == "slot_rows":
+        slots = slots[:1]
+    elif bad == "length_rows":
+        lens = lens[:1]
+    elif bad == "slot":
         slots[1, 3] = k_cache.shape[0]
     elif bad == "length":
         lens[0] = slots.shape[1] + 1

@@ -69,11 +69,15 @@ def test_a_sequence_gets_the_same_bits_alone_as_in_any_batch_and_any_thread_coun
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("bad", ["width", "values", "slot", "dtype", "cache_dims"])
+@pytest.mark.parametrize("bad", ["width", "values", "slot", "dtype", "cache_dims", "slot_rows", "length_rows"])
 def test_bad_input_is_refused_before_the_kernel_reads_memory(bad):
     q, cache, slots, lens = _batch([10, 20])
     values = VALUES
-    if bad == "width":
+    if bad == "slot_rows":  # views of the full slot lists and lengths: an unchecked kernel reads valid memory
+        slots = slots[:1]
+    elif bad == "length_rows":
+        lens = lens[:1]
+    elif bad == "width":
         q = q[..., :64]
     elif bad == "values":
         values = WIDTH + 8
