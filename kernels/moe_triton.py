@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.w4a16_triton import check_launchable, int4_tile_product
+from kernels.w4a16_triton import check_launchable, dot_precision, int4_tile_product
 
 
 @triton.jit
@@ -22,6 +22,7 @@ def grouped_w4a16_kernel(
     # meta-parameters
     SLOTS_PER_A_ROW: tl.constexpr, MUL_SLOT_WEIGHT: tl.constexpr, GROUP_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """out[slot, n-tile] = a[slot // SLOTS_PER_A_ROW] @ dequant(W[expert])^T (× slot weight) for one slot block.
 
@@ -43,7 +44,7 @@ def grouped_w4a16_kernel(
     acc = int4_tile_product(a_ptr, slots // SLOTS_PER_A_ROW, mask_m,
                             packed_ptr + expert * stride_pe, scale_ptr + expert * stride_se,
                             offs_n, mask_n, K, stride_am, stride_pn, stride_sn,
-                            GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32)  # [BM, BN]
+                            GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, DOT_PRECISION)  # [BM, BN]
     if MUL_SLOT_WEIGHT:
         acc = acc * tl.load(slot_weights_ptr + slots, mask=mask_m, other=0.0).to(tl.float32)[:, None]
     tl.store(out_ptr + slots.to(tl.int64)[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
@@ -71,4 +72,5 @@ def grouped_w4a16(a: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, ou
         a.stride(0), packed.stride(0), packed.stride(1), scale.stride(0), scale.stride(1), out.stride(0),
         SLOTS_PER_A_ROW=slots_per_a_row, MUL_SLOT_WEIGHT=slot_weights is not None, GROUP_SIZE=group_size,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_FP32=a.device.type == "cpu",
+        DOT_PRECISION=dot_precision(),
     )

@@ -16,7 +16,7 @@ def int4_tile_product(
     a_ptr, rows, mask_m, packed_ptr, scale_ptr, offs_n, mask_n, K,
     stride_am, stride_pn, stride_sn,
     GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """fp32 [BLOCK_M, BLOCK_N] = a[rows, :K] @ dequant(W)[offs_n, :K]^T.
 
@@ -25,6 +25,7 @@ def int4_tile_product(
     scale   [N, K/G]    group scales
     DOT_FP32: multiply in fp32; the CPU interpreter multiplies the bit patterns of bf16 tl.dot operands
     (triton-lang/triton#11584, "not supported yet").
+    DOT_PRECISION: tl.dot's input_precision for fp32 activations ("ieee" or "tf32", see `dot_precision`).
     """
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # [BM, BN]
     row_starts = rows.to(tl.int64) * stride_am  # [BM]: int64, a may hold more than 2^31 elements
@@ -43,7 +44,7 @@ def int4_tile_product(
         if DOT_FP32:  # noqa: SIM108 (a constexpr branch reads clearer in a kernel)
             acc = tl.dot(a.to(tl.float32), w, acc)
         else:
-            acc = tl.dot(a, w.to(a.dtype), acc)
+            acc = tl.dot(a, w.to(a.dtype), acc, input_precision=DOT_PRECISION)
     return acc
 
 
@@ -57,7 +58,7 @@ def w4a16_gemm_kernel(
     stride_xm, stride_pn, stride_sn, stride_ym,
     # meta-parameters
     GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of y [M, N] = x [M, K] @ dequant(packed [N, K/8], scale [N, K/G])^T.
 
@@ -69,7 +70,7 @@ def w4a16_gemm_kernel(
     mask_n = offs_n < N
     acc = int4_tile_product(x_ptr, offs_m, mask_m, packed_ptr, scale_ptr, offs_n, mask_n, K,
                             stride_xm, stride_pn, stride_sn,
-                            GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32)  # [BM, BN]
+                            GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, DOT_PRECISION)  # [BM, BN]
     tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
 
@@ -78,6 +79,12 @@ def check_launchable(kernel: object, device: torch.device) -> None:
     """Triton runs CPU tensors only in its interpreter, which must be on before triton is first imported."""
     if device.type == "cpu" and not isinstance(kernel, InterpretedFunction):
         raise KernelInputError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 set before triton is imported")
+
+
+def dot_precision() -> str:
+    """How the kernels multiply fp32 activations: as torch's own fp32 matmuls do. tl.dot's default on NVIDIA GPUs is
+    TF32 (10-bit mantissas); torch's is IEEE fp32 unless torch.set_float32_matmul_precision allows TF32."""
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 def block_config(m: int) -> tuple[int, int, int]:
@@ -104,6 +111,6 @@ def w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, group
         x, packed, scale, y, m, n, k,
         x.stride(0), packed.stride(0), scale.stride(0), y.stride(0),
         GROUP_SIZE=group_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        DOT_FP32=x.device.type == "cpu",
+        DOT_FP32=x.device.type == "cpu", DOT_PRECISION=dot_precision(),
     )
     return y

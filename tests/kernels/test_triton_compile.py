@@ -1,4 +1,5 @@
-"""The Triton kernels compile to an H100 cubin on this GPU-less machine (see compile_sm90.py)."""
+"""The Triton kernels compile to an H100 cubin on this GPU-less machine, FP32 activations without TF32 (see
+compile_sm90.py)."""
 
 import os
 import subprocess
@@ -17,4 +18,4 @@ def test_triton_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-m", "tests.kernels.compile_sm90"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count(": ok") == 8, result.stdout
+    assert result.stdout.count(": ok") == 12, result.stdout

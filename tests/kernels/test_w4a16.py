@@ -213,3 +213,16 @@ def test_backend_selection(monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, "fast")
     with pytest.raises(ValueError, match="unknown kernel backend 'fast'"):
         resolve_backend(cpu)
+
+
+def test_triton_multiplies_fp32_activations_at_torchs_fp32_matmul_precision():
+    from kernels.w4a16_triton import dot_precision
+
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")  # torch's default: IEEE fp32, where tl.dot's is TF32
+        assert dot_precision() == "ieee"
+        torch.set_float32_matmul_precision("high")  # TF32 allowed, as torch.backends.cuda.matmul.allow_tf32 = True
+        assert dot_precision() == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(previous)
