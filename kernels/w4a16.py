@@ -102,7 +102,7 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: torch.Tensor | None =
     else:  # no CPU kernel for this shape or dtype: the reference is the correct fallback
         return w4a16_reference(x, weight.packed, weight.scale, weight.group_size, bias)
     if bias is not None:
-        y = y + bias
+        y = (y + bias).to(x.dtype)  # a bias of another dtype would promote y out of x's dtype, unlike the reference
     return y.view(*x.shape[:-1], weight.out_features)
 
 

@@ -178,6 +178,17 @@ def test_bias_and_leading_dimensions(backend):
     assert_parity(y, kernels.w4a16_reference(x, packed, scale, bias=bias), atol=4e-2, rtol=1.6e-2)
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton", "cpu"])
+@pytest.mark.parametrize("bias_dtype", [torch.float32, torch.float16])
+def test_a_bias_of_another_dtype_keeps_the_output_in_xs_dtype(backend, bias_dtype):
+    x, packed, scale = _inputs(3, 48, 64)
+    bias = torch.randn(48, generator=torch.Generator().manual_seed(1)).to(bias_dtype)
+    with kernels.use_backend(backend):
+        y = kernels.w4a16_linear(x, packed, scale, bias=bias)
+    assert y.dtype == x.dtype
+    assert_parity(y, kernels.w4a16_reference(x, packed, scale, bias=bias), atol=4e-2, rtol=1.6e-2)
+
+
 def test_fp32_activations_on_bf16_weights_fall_back_to_the_reference():
     x, packed, scale = _inputs(3, 48, 64, torch.float32)
     with kernels.use_backend("cpu"):
