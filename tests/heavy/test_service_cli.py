@@ -1,0 +1,95 @@
+"""`heavy keys`, `heavy worker`, `heavy serve` and `heavy up` from the command line: what they print, the corpus the
+worker searches, and ports checked before anything starts."""
+
+import os
+import re
+import time
+from contextlib import asynccontextmanager, nullcontext
+
+import pytest
+from typer.testing import CliRunner
+
+from heavy.cli import app
+from heavy.config import get_settings
+
+
+def test_keys_create_prints_only_the_key_on_stdout(redis_url, monkeypatch):
+    """`KEY=$(heavy keys create acme)` (as deploy/README.md has it) captures the key alone; its id goes to stderr."""
+    monkeypatch.setenv("HEAVY_REDIS_URL", redis_url)
+    get_settings.cache_clear()
+    tenant = f"cli-[/x]-{os.getpid()}-{time.monotonic_ns()}"  # brackets: a name, not rich markup
+    try:
+        created = CliRunner().invoke(app, ["keys", "create", tenant, "--name", "ci"])
+    finally:
+        get_settings.cache_clear()
+    assert created.exit_code == 0, created.output
+    assert re.fullmatch(r"hv_\S+\n", created.stdout), created.stdout
+    assert f"for tenant {tenant}" in created.stderr
+
+
+def test_worker_without_a_corpus_searches_pythons_reference_topics_as_heavy_up_does(tmp_path, monkeypatch,
+                                                                                      redis_url):
+    """`heavy serve & heavy worker` is `heavy up` as separate processes: on a machine where no `heavy corpus add`
+    has run, the worker searches the same corpus rather than failing for want of one."""
+    monkeypatch.setenv("HEAVY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HEAVY_REDIS_URL", redis_url)
+    monkeypatch.delenv("HEAVY_CORPUS_INDEX", raising=False)
+    monkeypatch.setenv("HEAVY_SEARCH", "local")
+    monkeypatch.setattr("heavy.up.default_index_path", lambda: tmp_path / "none.sqlite")
+    get_settings.cache_clear()
+    searched = []
+
+    @asynccontextmanager
+    async def capture(settings, url, index_path):
+        searched.append(index_path)
+        raise RuntimeError("captured")
+        yield
+
+    monkeypatch.setattr("heavy.toolbox.service_tools", capture)
+    try:
+        result = CliRunner().invoke(app, ["worker"])
+    finally:
+        get_settings.cache_clear()
+    assert str(result.exception) == "captured", result.output
+    assert searched == [tmp_path / "home" / "corpus" / "python-reference.sqlite"]
+    assert searched[0].is_file()
+
+
+def test_heavy_up_prints_its_key_on_the_line_that_names_it_even_off_a_terminal(monkeypatch):
+    """`heavy up > up.log &`: the API key stays on the `API key:` line (rich wraps at 80 columns off a terminal)."""
+    line = f"dashboard: http://127.0.0.1:8765/   API key: hv_{'k' * 43}"
+    monkeypatch.setattr("heavy.up.up", lambda settings, *, index, api_key_file, announce: announce(line))
+    result = CliRunner().invoke(app, ["up"])
+    assert result.exit_code == 0, result.output
+    assert line in result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("argv", [["serve", "--port", "70000"], ["up", "--port", "-5"],
+                                  ["corpus", "serve", "--port", "99999"]])
+def test_a_port_out_of_range_is_refused_before_anything_starts(argv, monkeypatch):
+    # bind() raised OverflowError as a traceback, `heavy up` only after starting Redis, Ray and the model
+    started = []
+    monkeypatch.setattr("heavy.embedded_redis.redis_url_for", lambda *args: started.append(args))
+    monkeypatch.setattr("heavy.up.up", lambda *args, **kwargs: started.append(args))
+    monkeypatch.setattr("heavy.corpus.commands.existing_index", lambda path: started.append(path))
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2 and "Invalid value for '--port'" in result.output and not started
+
+
+def test_runtime_serve_refuses_a_port_out_of_range_before_loading_a_model():
+    from runtime.cli import build_parser
+
+    for port in ("70000", "-1", "http"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--port", port])
+    assert build_parser().parse_args(["serve", "--port", "0"]).port == 0
+
+
+def test_serve_on_port_0_binds_a_free_port_not_the_default(monkeypatch):
+    # `port or settings.api_port` read --port 0 as not given
+    bound = []
+    monkeypatch.setattr("heavy.embedded_redis.redis_url_for", lambda url, home: nullcontext("redis://test"))
+    monkeypatch.setattr("heavy.api.create_app", lambda settings: "app")
+    monkeypatch.setattr("uvicorn.run", lambda app, host, port, log_level: bound.append(port))
+    assert CliRunner().invoke(app, ["serve", "--port", "0"]).exit_code == 0
+    assert bound == [0]
