@@ -56,9 +56,9 @@ def corpus_index(settings: Settings, index: Path | None, announce: Callable[[str
 def search_index(settings: Settings, index: Path | None, announce: Callable[[str], None]) -> Path:
     """What `heavy ask` and `heavy worker` search: the index given (--index, HEAVY_CORPUS_INDEX), else the one `heavy
     corpus add` builds by default, else, as `heavy up` does, Python's reference topics (built on first use)."""
-    if index is None and "HEAVY_CORPUS_INDEX" not in os.environ and not default_index_path().is_file():
+    if index is None and not settings.corpus_index and not default_index_path(settings).is_file():
         return corpus_index(settings, None, announce)
-    return index or default_index_path()
+    return index or default_index_path(settings)
 
 
 def with_local_replica(settings: Settings) -> Settings:

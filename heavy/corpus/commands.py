@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +11,17 @@ from typing import Annotated
 import typer
 
 from heavy.cli_options import PORTS
+from heavy.config import Settings, get_settings
 from heavy.corpus.documents import SUPPORTED_SUFFIXES, CorpusFormatError, corpus_files, read_file
 from heavy.corpus.index import CorpusIndex, existing_index
 from heavy.corpus.server import CorpusServer
 
+DEFAULT_INDEX = "~/.local/share/heavy/corpus.sqlite"
 
-def default_index_path() -> Path:
-    return Path(os.environ.get("HEAVY_CORPUS_INDEX", "~/.local/share/heavy/corpus.sqlite")).expanduser()
+
+def default_index_path(settings: Settings) -> Path:
+    """HEAVY_CORPUS_INDEX, else the index under ~/.local/share."""
+    return Path(settings.corpus_index or DEFAULT_INDEX).expanduser()
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ IndexOption = Annotated[Path | None, typer.Option("--index", help="SQLite index 
 @corpus_app.command("add")
 def add_command(path: Path, index: IndexOption = None) -> None:
     """Index HTML, Markdown, text and JSONL (title/text/url rows) files under PATH."""
-    report = corpus_add(path, index or default_index_path())
+    report = corpus_add(path, index or default_index_path(get_settings()))
     typer.echo(
         f"indexed {report.added} new documents from {report.files} files "
         f"({report.duplicates} duplicates skipped, {report.removed} out of date removed); the index holds "
@@ -65,7 +68,7 @@ def add_command(path: Path, index: IndexOption = None) -> None:
 @corpus_app.command("serve")
 def serve_command(index: IndexOption = None, port: Annotated[int, typer.Option(**PORTS)] = 8765) -> None:
     """Serve the indexed documents as HTML pages on 127.0.0.1 until interrupted."""
-    with CorpusServer(existing_index(index or default_index_path()), port=port) as server:
+    with CorpusServer(existing_index(index or default_index_path(get_settings())), port=port) as server:
         typer.echo(f"serving the corpus at {server.base_url}/doc/<id> (Ctrl-C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()

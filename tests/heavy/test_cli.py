@@ -304,6 +304,7 @@ def test_an_empty_corpus_is_never_written_nor_searched(tmp_path, monkeypatch, ca
     # nothing, and answered from the model's memory with no word of why
     index = tmp_path / "index.sqlite"
     monkeypatch.setenv("HEAVY_CORPUS_INDEX", str(index))
+    get_settings.cache_clear()
     (tmp_path / "empty").mkdir()
     (tmp_path / "not-an-index.sqlite").write_text("hello")
 
@@ -326,13 +327,14 @@ def test_an_empty_corpus_is_never_written_nor_searched(tmp_path, monkeypatch, ca
         "PATH`\n")
     assert heavy("ask", "q?", "--index", str(tmp_path / "not-an-index.sqlite"), "--no-live").startswith(
         f"error: CorpusFormatError: {tmp_path / 'not-an-index.sqlite'} is not a corpus index (file is not a database)")
+    get_settings.cache_clear()
 
 
 def test_ask_without_a_corpus_uses_pythons_reference_topics_as_heavy_up_does(tmp_path, monkeypatch):
     monkeypatch.setenv("HEAVY_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HEAVY_CORPUS_INDEX", raising=False)
     monkeypatch.setenv("HEAVY_SEARCH", "local")
-    monkeypatch.setattr("heavy.up.default_index_path", lambda: tmp_path / "none.sqlite")
+    monkeypatch.setattr("heavy.up.default_index_path", lambda settings: tmp_path / "none.sqlite")
     get_settings.cache_clear()
     searched = []
 

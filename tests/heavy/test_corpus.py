@@ -7,6 +7,7 @@ import urllib.request
 import pytest
 from typer.testing import CliRunner
 
+from heavy.config import Settings, get_settings
 from heavy.corpus.commands import corpus_add, corpus_app
 from heavy.corpus.documents import CorpusFormatError, read_documents
 from heavy.corpus.index import CorpusIndex, match_expression
@@ -135,6 +136,20 @@ def test_corpus_add_command(corpus_dir, tmp_path):
     result = CliRunner().invoke(corpus_app, ["add", str(corpus_dir), "--index", str(tmp_path / "cli.sqlite")])
     assert result.exit_code == 0, result.output
     assert "indexed 5 new documents from 4 files" in result.output
+
+
+def test_the_corpus_index_is_a_setting_the_corpus_commands_read(corpus_dir, tmp_path, monkeypatch):
+    # read from os.environ beside the Settings: a ConfigMap's HEAVY_CORPUS_INDEX was no field of theirs
+    index = tmp_path / "set.sqlite"
+    monkeypatch.setenv("HEAVY_CORPUS_INDEX", str(index))
+    get_settings.cache_clear()
+    try:
+        assert Settings().corpus_index == str(index)
+        result = CliRunner().invoke(corpus_app, ["add", str(corpus_dir)])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert CorpusIndex(index).count() == 5
 
 
 def test_files_in_other_encodings_are_read_as_written_and_binary_ones_skipped(tmp_path):

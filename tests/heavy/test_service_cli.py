@@ -35,7 +35,7 @@ def test_worker_without_a_corpus_searches_pythons_reference_topics_as_heavy_up_d
     monkeypatch.setenv("HEAVY_REDIS_URL", redis_url)
     monkeypatch.delenv("HEAVY_CORPUS_INDEX", raising=False)
     monkeypatch.setenv("HEAVY_SEARCH", "local")
-    monkeypatch.setattr("heavy.up.default_index_path", lambda: tmp_path / "none.sqlite")
+    monkeypatch.setattr("heavy.up.default_index_path", lambda settings: tmp_path / "none.sqlite")
     get_settings.cache_clear()
     searched = []
 
