@@ -19,7 +19,7 @@ from heavy.embedded_redis import redis_url_for
 from heavy.llm import make_backend
 from heavy.llm.types import LLMBackend
 from heavy.stdlib_corpus import build_stdlib_corpus
-from heavy.store import Store
+from heavy.store import Store, TenantStore
 from heavy.toolbox import service_tools
 from heavy.tools.base import ToolExecutor
 from heavy.worker import Worker
@@ -27,6 +27,7 @@ from heavy.worker import Worker
 log = logging.getLogger(__name__)
 
 LOCAL_TENANT = "local"
+UP_KEY_NAME = "heavy up"  # the keys `heavy up` makes, revoked at its next start
 
 
 async def serve_with_worker(settings: Settings, store: Store, backend: LLMBackend, executor: ToolExecutor) -> None:
@@ -86,13 +87,12 @@ async def _serve(settings: Settings, url: str, executor: ToolExecutor, api_key_f
                  announce: Callable[[str], None]) -> None:
     store = Store.connect(url, settings)
     try:
-        key = (await store.tenants.create_key(LOCAL_TENANT, "heavy up")).secret
+        key = await replace_local_key(store.tenants)
         announce(f"loading the {settings.backend} backend ({settings.model}) ...")
         backend = await asyncio.to_thread(make_backend, settings)
         try:
             if api_key_file is not None:
-                api_key_file.write_text(key + "\n")
-                api_key_file.chmod(0o600)
+                write_private(api_key_file, key + "\n")
             announce(f"dashboard: http://{settings.api_host}:{settings.api_port}/   API key: {key}")
             announce(f"redis: {url}   worker: in this process   model: {_model_place(settings)}")
             await serve_with_worker(settings, store, backend, executor)
@@ -100,6 +100,25 @@ async def _serve(settings: Settings, url: str, executor: ToolExecutor, api_key_f
             await backend.aclose()
     finally:
         await store.aclose()
+
+
+async def replace_local_key(tenants: TenantStore) -> str:
+    """A new key for the local tenant, the keys earlier starts made revoked: each start prints its key, and those
+    printed before must not stay valid for ever in the persistent embedded Redis. Keys made with `heavy keys create`
+    stay."""
+    for earlier in await tenants.list_keys(LOCAL_TENANT):
+        if earlier.name == UP_KEY_NAME:
+            await tenants.revoke(earlier.key_id)
+    return (await tenants.create_key(LOCAL_TENANT, UP_KEY_NAME)).secret
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner can read, from its creation on (a write, then a chmod, left a window
+    where the key was world-readable); a file already there is narrowed before the text goes in."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)
+        file.write(text)
 
 
 def _model_place(settings: Settings) -> str:

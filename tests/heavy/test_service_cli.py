@@ -1,16 +1,19 @@
 """`heavy keys`, `heavy worker`, `heavy serve` and `heavy up` from the command line: what they print, the corpus the
 worker searches, and ports checked before anything starts."""
 
+import asyncio
 import os
 import re
+import stat
 import time
 from contextlib import asynccontextmanager, nullcontext
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
 
 from heavy.cli import app
-from heavy.config import get_settings
+from heavy.config import Settings, get_settings
 
 
 def test_keys_create_prints_only_the_key_on_stdout(redis_url, monkeypatch):
@@ -93,3 +96,59 @@ def test_serve_on_port_0_binds_a_free_port_not_the_default(monkeypatch):
     monkeypatch.setattr("uvicorn.run", lambda app, host, port, log_level: bound.append(port))
     assert CliRunner().invoke(app, ["serve", "--port", "0"]).exit_code == 0
     assert bound == [0]
+
+
+def _start_heavy_up(monkeypatch, redis_url: str, api_key_file=None) -> str:
+    """`heavy up`'s start on a real Redis, the model and the serving loop left out: the key it printed."""
+    from heavy.up import _serve
+
+    backend = SimpleNamespace(aclose=lambda: asyncio.sleep(0))
+    monkeypatch.setattr("heavy.up.make_backend", lambda settings: backend)
+    monkeypatch.setattr("heavy.up.serve_with_worker", lambda *args: asyncio.sleep(0))
+    lines = []
+    asyncio.run(_serve(Settings(backend="openai"), redis_url, None, api_key_file, lines.append))
+    return re.search(r"API key: (\S+)", "\n".join(lines)).group(1)
+
+
+def test_heavy_up_revokes_the_key_its_last_start_printed_and_keeps_the_users(redis_url, monkeypatch):
+    # each start made another "heavy up" key and none was revoked: every key ever printed stayed valid for ever
+    from heavy.store import Store, UnknownApiKey
+
+    async def tenant_of(key: str) -> str | None:
+        store = Store.connect(redis_url, Settings())
+        try:
+            return await store.tenants.resolve(key)
+        except UnknownApiKey:
+            return None
+        finally:
+            await store.aclose()
+
+    async def create_key(name: str) -> str:
+        store = Store.connect(redis_url, Settings())
+        try:
+            return (await store.tenants.create_key("local", name)).secret
+        finally:
+            await store.aclose()
+
+    mine = asyncio.run(create_key(f"mine {time.monotonic_ns()}"))
+    first = _start_heavy_up(monkeypatch, redis_url)
+    second = _start_heavy_up(monkeypatch, redis_url)
+    assert first != second
+    assert asyncio.run(tenant_of(first)) is None
+    assert asyncio.run(tenant_of(second)) == "local" and asyncio.run(tenant_of(mine)) == "local"
+
+
+def test_heavy_up_writes_its_key_file_private_from_the_start(redis_url, monkeypatch, tmp_path):
+    # written, then chmod 0600: until the chmod the key was in a file of the umask's mode (0644: world-readable)
+    monkeypatch.setattr("pathlib.Path.chmod", lambda *args, **kwargs: None)  # what a fix after the write does
+    fresh, earlier = tmp_path / "key", tmp_path / "earlier-key"
+    earlier.write_text("hv_old\n")
+    earlier.chmod(0o644)
+    previous = os.umask(0)
+    try:
+        for key_file in (fresh, earlier):
+            key = _start_heavy_up(monkeypatch, redis_url, key_file)
+            assert key_file.read_text() == key + "\n"
+            assert stat.S_IMODE(key_file.stat().st_mode) == 0o600, oct(key_file.stat().st_mode)
+    finally:
+        os.umask(previous)
