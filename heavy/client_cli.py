@@ -125,7 +125,8 @@ def submit(
     ctx: typer.Context,
     question: str,
     trajectories: Annotated[int | None, typer.Option(min=1, max=8, help="parallel trajectories")] = None,
-    mode: Annotated[ModeOption, typer.Option(help="report or answer")] = ModeOption.report,
+    mode: Annotated[ModeOption | None, typer.Option(help="report or answer (default: the service's HEAVY_MODE)")]
+    = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="steps per trajectory")] = None,
     step_tokens: Annotated[int | None, typer.Option(min=16, help="completion tokens per step")] = None,
     tools: Annotated[list[ToolOption] | None, typer.Option("--tool", help="a tool the trajectories may use; "
@@ -138,7 +139,7 @@ def submit(
     watch_it: Annotated[bool, typer.Option("--watch", help="follow it live, then print its report")] = False,
 ) -> None:
     """Submit a research job; prints its id (with --watch, follows it and prints the report)."""
-    body = {"question": question, "mode": mode.value, "trajectories": trajectories, "max_steps": max_steps,
+    body = {"question": question, "mode": mode and mode.value, "trajectories": trajectories, "max_steps": max_steps,
             "step_tokens": step_tokens, "job_tokens": job_tokens, "deadline_s": deadline,
             "tools": [t.value for t in tools] if tools else None, "priority": priority, "review": review or None}
     job = _run(lambda: _api(ctx).call("POST", "/v1/jobs", json={k: v for k, v in body.items() if v is not None})

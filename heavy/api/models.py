@@ -19,7 +19,8 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     question: str = Field(min_length=1, max_length=4000, description="what to research")
-    mode: Literal["report", "answer"] = Field("report", description="report (cited Markdown) or answer (vote)")
+    mode: Literal["report", "answer"] | None = Field(None, description="report (cited Markdown) or answer (vote); "
+                                                     "default the deployment's HEAVY_MODE")
     trajectories: int | None = Field(None, ge=1, le=8, description="parallel trajectories (default 8)")
     max_steps: int | None = Field(None, ge=1, le=300, description="steps per trajectory")
     step_tokens: int | None = Field(None, ge=16, le=32_768, description="completion tokens per step")

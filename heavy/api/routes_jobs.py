@@ -37,8 +37,9 @@ async def submit_job(
         params = body.resolve(settings)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    plan = plan_for(body.question, body.mode, params, settings) if body.review else None
-    job, replayed = await store.jobs.submit(tenant, question=body.question, mode=body.mode, params=params,
+    mode = body.mode or settings.mode
+    plan = plan_for(body.question, mode, params, settings) if body.review else None
+    job, replayed = await store.jobs.submit(tenant, question=body.question, mode=mode, params=params,
                                             review=body.review, plan=plan, idempotency_key=idempotency_key,
                                             fingerprint=body.fingerprint(), callback_url=body.callback_url or "",
                                             callback_secret=body.callback_secret or "")
@@ -46,7 +47,7 @@ async def submit_job(
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        JOBS_SUBMITTED.labels(body.mode).inc()
+        JOBS_SUBMITTED.labels(mode).inc()
     return public(job)
 
 

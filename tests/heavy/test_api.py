@@ -11,7 +11,7 @@ from heavy.api import routes_events
 from heavy.api.routes_events import follow
 from heavy.config import Settings
 from heavy.store.records import DONE, PARTIAL, RUNNING
-from tests.heavy.api_helpers import app_for, client_for, parse_sse
+from tests.heavy.api_helpers import SETTINGS, app_for, client_for, parse_sse
 from tests.heavy.worker_helpers import wait_for
 
 pytestmark = pytest.mark.anyio
@@ -101,6 +101,15 @@ async def test_submit_get_and_list(acme):
         assert [j["id"] for j in page["jobs"]] == [j["id"] for j in expected] and page["total"] == len(expected)
     refused = await acme.get("/v1/jobs", params={"status": "finished"})
     assert refused.status_code == 422 and "'finished'" in refused.json()["error"]["message"]
+
+
+async def test_a_job_without_a_mode_takes_the_deployments_heavy_mode(store):
+    # the default was "report" whatever HEAVY_MODE said, while `heavy ask` followed it
+    key = await store.tenants.create_key("acme")
+    async with client_for(app_for(store, SETTINGS.model_copy(update={"mode": "answer"})), key.secret) as client:
+        assert (await submit(client))["mode"] == "answer"
+        assert (await submit(client, mode="report"))["mode"] == "report"
+        assert (await client.post("/v1/jobs", json={**QUESTION, "mode": 1})).status_code == 422  # still strict
 
 
 @pytest.mark.parametrize("body, where", [
