@@ -96,6 +96,9 @@ async def _run(spec: JobSpec, backend_name: str, executor: ToolExecutor, show_li
             except Exception:
                 board.stage = "failed"  # not left saying "researching" above the error
                 raise
+            except asyncio.CancelledError:  # a Ctrl-C before the handler above was installed: asyncio.run cancels
+                board.stage = "cancelled"
+                raise
             finally:
                 (live.update if live is not None else console.print)(board.render())
     finally:
@@ -150,10 +153,12 @@ def ask(
                            job_tokens=job_tokens or base.job_tokens, allowed_tools=allowed & executor.names)
             # rich's Live ends without a newline where it does not draw on a terminal
             result = asyncio.run(_run(spec, (backend or settings.backend), executor, live and console.is_terminal))
+    except KeyboardInterrupt:  # before the job's own handler (while the corpus is built, the backend made)
+        result = None
     except Exception as exc:  # one line for the user
         print_error(f"{type(exc).__name__}: {exc}")
         raise typer.Exit(1) from exc
-    if result.status == "cancelled":
+    if result is None or result.status == "cancelled":
         console.print("[yellow]cancelled:[/yellow] no report")
         raise typer.Exit(130)  # as a shell reports a command ended by Ctrl-C
     print_report(result.markdown)

@@ -177,6 +177,32 @@ def test_ctrl_c_twice_cancels_even_while_the_report_is_written(tmp_path, fake_ll
     assert not out.exists()
 
 
+@pytest.mark.parametrize("phase", ["heavy.cli.indexed_documents", "heavy.cli.make_backend"])
+def test_ctrl_c_before_the_job_starts_cancels_with_exit_130_and_leaves_nothing_running(phase, tmp_path,
+                                                                                        monkeypatch):
+    # while the corpus was opened or the backend made, typer turned the Ctrl-C into a silent exit 130: no word of
+    # it, and the board, drawn as the job was cancelled, still said "researching"
+    (tmp_path / "docs.jsonl").write_text(json.dumps(DOCS[0]))
+    corpus_add(tmp_path / "docs.jsonl", tmp_path / "corpus.sqlite")
+    closed, threads = [], set(threading.enumerate())
+
+    class Backend:
+        async def aclose(self):
+            closed.append(True)
+
+    def ctrl_c(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return 1 if phase.endswith("indexed_documents") else Backend()
+
+    monkeypatch.setattr(phase, ctrl_c)
+    result = CliRunner().invoke(app, ["ask", "q?", "--backend", "openai", "--index", str(tmp_path / "corpus.sqlite"),
+                                      "--no-live"])
+    assert result.exit_code == 130 and "cancelled: no report" in result.output, result.output
+    assert "researching" not in result.output and "Traceback" not in result.output
+    assert set(threading.enumerate()) <= threads  # the corpus's page server stopped
+    assert closed == ([True] if phase.endswith("make_backend") else [])
+
+
 def test_a_job_whose_model_is_unreachable_ends_on_the_board_and_an_error_line(tmp_path, monkeypatch):
     with socket.socket() as closed:  # a loopback port nothing listens on
         closed.bind(("127.0.0.1", 0))
