@@ -29,23 +29,27 @@ class AddReport:
     files: int
     added: int
     duplicates: int
-    removed: int  # documents the files, edited since they were added, no longer hold
+    removed: int  # documents no file holds any more: edited out of their file, or their file deleted
     total: int  # documents in the index afterwards
 
 
 def corpus_add(path: Path | str, index_path: Path | str) -> AddReport:
-    """Read every supported file under `path` and add its documents to the index at `index_path`. A path with no
-    supported file is an error and leaves no index behind (an empty one would be searched, finding nothing)."""
+    """Read every supported file under `path` and add its documents to the index at `index_path`; of a directory,
+    the files added from under it before and gone now are forgotten (their documents no other file holds, removed).
+    A path with no supported file is an error and leaves no index behind (an empty one would be searched, finding
+    nothing)."""
     files = corpus_files(Path(path))
     if not files:
         raise CorpusFormatError(f"no file to index under {path} (supported: {' '.join(sorted(SUPPORTED_SUFFIXES))}); "
                                 "no index was written")
     index = CorpusIndex(index_path)
     added = duplicates = removed = 0
-    for file in files:
-        file = file.resolve()  # the origin a later add of the file, by any path to it, finds
+    present = [file.resolve() for file in files]  # the origin a later add of the file, by any path to it, finds
+    for file in present:
         counts = index.add(read_file(file), source=str(file))
         added, duplicates, removed = added + counts.added, duplicates + counts.duplicates, removed + counts.removed
+    if Path(path).is_dir():
+        removed += index.forget_files(str(Path(path).resolve()), {str(file) for file in present})
     return AddReport(files=len(files), added=added, duplicates=duplicates, removed=removed, total=index.count())
 
 
@@ -60,7 +64,7 @@ def add_command(path: Path, index: IndexOption = None) -> None:
     report = corpus_add(path, index or default_index_path(get_settings()))
     typer.echo(
         f"indexed {report.added} new documents from {report.files} files "
-        f"({report.duplicates} duplicates skipped, {report.removed} out of date removed); the index holds "
+        f"({report.duplicates} duplicates skipped, {report.removed} no longer in a file removed); the index holds "
         f"{report.total}"
     )
 

@@ -1,8 +1,9 @@
 """A SQLite FTS5 index over corpus documents, ranked with BM25.
 
 One file holds everything: `docs` (the documents) and `docs_fts` (an external-content FTS5 table over
-title and text). Documents are deduplicated by a hash of title + text, so re-adding a directory is a no-op, and
-re-adding an edited file replaces the documents it no longer holds.
+title and text). Documents are deduplicated by a hash of title + text, so re-adding a directory is a no-op; `doc_files`
+records every file that holds each one, so re-adding an edited file replaces the documents it no longer holds, and a
+document goes only when no file holds it any more.
 Each call opens its own connection, so one index can be used from several threads.
 """
 
@@ -59,7 +60,11 @@ CREATE TABLE IF NOT EXISTS docs (
 CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(
     title, text, content='docs', content_rowid='id', tokenize='porter unicode61'
 );
+CREATE TABLE IF NOT EXISTS doc_files (file TEXT NOT NULL, doc_id INTEGER NOT NULL, PRIMARY KEY (file, doc_id))
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS doc_files_by_doc ON doc_files (doc_id);
 """
+_JSONL_ROW = re.compile(r"(.*\.jsonl):\d+", re.IGNORECASE)  # a JSONL row's origin: "file:N"
 
 _SEARCH = f"""
 SELECT d.id, d.title, d.url, snippet(docs_fts, 1, '', '', ' … ', {SNIPPET_TOKENS}),
@@ -135,15 +140,24 @@ class AddCounts(NamedTuple):
     removed: int  # the source file's documents it no longer holds
 
 
-def _remove_stale(db: sqlite3.Connection, source: str, kept: set[str]) -> int:
-    """Delete `source`'s documents (origin the file, or a JSONL row of it: "file:N") whose hash is not in `kept`."""
-    rows = db.execute("SELECT id, title, text, content_hash FROM docs WHERE origin = ? OR substr(origin, 1, ?) = ?",
-                      (source, len(source) + 1, f"{source}:")).fetchall()
-    stale = [(doc_id, title, text) for doc_id, title, text, digest in rows if digest not in kept]
+def _forget(db: sqlite3.Connection, file: str, kept: set[int]) -> int:
+    """`file` no longer holds its documents outside `kept`; those no other file holds are deleted. How many were."""
+    gone = [doc_id for (doc_id,) in db.execute("SELECT doc_id FROM doc_files WHERE file = ?", (file,)).fetchall()
+            if doc_id not in kept]
+    db.executemany("DELETE FROM doc_files WHERE file = ? AND doc_id = ?", [(file, doc_id) for doc_id in gone])
+    orphans = [row for doc_id in gone for row in db.execute(
+        "SELECT id, title, text FROM docs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM doc_files WHERE doc_id = id)",
+        (doc_id,)).fetchall()]
     # an external-content FTS5 table forgets a row only when told its old values
-    db.executemany("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)", stale)
-    db.executemany("DELETE FROM docs WHERE id = ?", [(doc_id,) for doc_id, _, _ in stale])
-    return len(stale)
+    db.executemany("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)", orphans)
+    db.executemany("DELETE FROM docs WHERE id = ?", [(doc_id,) for doc_id, _, _ in orphans])
+    return len(orphans)
+
+
+def _file_of(origin: str) -> str:
+    """The file a document's origin names (a JSONL row's: "file:N")."""
+    row = _JSONL_ROW.fullmatch(origin)
+    return row.group(1) if row else origin
 
 
 class CorpusIndex:
@@ -153,8 +167,13 @@ class CorpusIndex:
         self.path = Path(path)
         self.keep_function_words = keep_function_words
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
+        with closing(self._connect()) as db, db:
+            recorded = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'doc_files'").fetchone()
             db.executescript(_SCHEMA)
+            if not recorded:  # an index built before doc_files: each document is held by the file it came from
+                db.executemany("INSERT OR IGNORE INTO doc_files (file, doc_id) VALUES (?, ?)",
+                               [(_file_of(origin), doc_id) for doc_id, origin in
+                                db.execute("SELECT id, origin FROM docs WHERE origin != ''").fetchall()])
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -162,14 +181,13 @@ class CorpusIndex:
     def add(self, documents: Iterable[Document], source: str = "") -> AddCounts:
         """Index documents. `source`: the file they all were read from; its documents added before and not among
         these are removed in the same transaction (the file was edited: its old text must not be found beside the
-        new)."""
+        new), unless another file holds them too."""
         added = skipped = removed = 0
-        kept: set[str] = set()
+        kept: set[int] = set()
         now = time.time()
         with closing(self._connect()) as db, db:
             for doc in documents:
                 digest = content_hash(doc.title, doc.text)
-                kept.add(digest)
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO docs (title, text, url, origin, content_hash, added_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
@@ -177,15 +195,27 @@ class CorpusIndex:
                 )
                 if cursor.rowcount == 0:
                     skipped += 1
-                    continue
-                db.execute(
-                    "INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)",
-                    (cursor.lastrowid, doc.title, doc.text),
-                )
-                added += 1
+                    doc_id = db.execute("SELECT id FROM docs WHERE content_hash = ?", (digest,)).fetchone()[0]
+                else:
+                    doc_id = cursor.lastrowid
+                    db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)",
+                               (doc_id, doc.title, doc.text))
+                    added += 1
+                if source:
+                    kept.add(doc_id)
+                    db.execute("INSERT OR IGNORE INTO doc_files (file, doc_id) VALUES (?, ?)", (source, doc_id))
             if source:
-                removed = _remove_stale(db, source, kept)
+                removed = _forget(db, source, kept)
         return AddCounts(added, skipped, removed)
+
+    def forget_files(self, folder: str, present: set[str]) -> int:
+        """Forget, in one transaction, the files under `folder` not in `present` (deleted since they were added):
+        their documents no other file holds are deleted. How many were."""
+        prefix = folder.rstrip("/") + "/"
+        with closing(self._connect()) as db, db:
+            files = [file for (file,) in db.execute(
+                "SELECT DISTINCT file FROM doc_files WHERE substr(file, 1, ?) = ?", (len(prefix), prefix)).fetchall()]
+            return sum(_forget(db, file, set()) for file in files if file not in present)
 
     def search(self, query: str, k: int) -> list[SearchHit]:
         expression = match_expression(query, self.keep_function_words)

@@ -1,8 +1,10 @@
 """Local corpus: reading HTML/Markdown/text/JSONL, the FTS5 BM25 index, the loopback page server, the CLI."""
 
 import json
+import sqlite3
 import tracemalloc
 import urllib.request
+from contextlib import closing
 
 import pytest
 from typer.testing import CliRunner
@@ -192,6 +194,44 @@ def test_re_adding_an_edited_file_replaces_what_it_no_longer_holds(tmp_path, mon
     assert index.search("1991 1918", k=5) == []
     assert {hit.title for hit in index.search("2000 2025 1961", k=5)} == {"Hekla", "Katla", "Askja"}
     assert corpus_add(root, index_path).removed == 0
+
+
+def test_adding_a_folder_again_forgets_its_deleted_files_but_not_what_another_file_still_holds(tmp_path):
+    # `corpus add` only added: a page deleted from the folder stayed in the index, found by every search
+    root, elsewhere = tmp_path / "corpus", tmp_path / "elsewhere.md"
+    (root / "sub").mkdir(parents=True)
+    for file, text in ((root / "hekla.md", "# Hekla\n\nHekla last erupted in 2000."), (elsewhere, "# Hekla\n\nHekla "
+                       "last erupted in 2000."), (root / "askja.md", "# Askja\n\nAskja last erupted in 1961."),
+                       (root / "sub" / "copy.md", "# Askja\n\nAskja last erupted in 1961."),
+                       (root / "notes.txt", "Notes\nGeysir is a hot spring.")):
+        file.write_text(text)
+    (root / "rows.jsonl").write_text(json.dumps({"title": "Katla", "text": "Katla last erupted in 1918."}) + "\n")
+    index_path = tmp_path / "index.sqlite"
+    assert corpus_add(root, index_path).total == 4
+    assert corpus_add(elsewhere, index_path).duplicates == 1  # Hekla, stored once, is held by two files
+    (root / "askja.md").write_text("# Askja\n\nAskja is a caldera.")  # no longer holds what sub/copy.md holds
+    assert corpus_add(root / "askja.md", index_path).removed == 0
+    for file in ("hekla.md", "rows.jsonl"):
+        (root / file).unlink()
+    again = corpus_add(root, index_path)
+    assert (again.removed, again.total) == (1, 4)  # Katla; Hekla stays for elsewhere.md
+    index = CorpusIndex(index_path)
+    assert index.search("1918", k=5) == [] and len(index.search("1961 2000 caldera", k=5)) == 3
+    (root / "sub" / "copy.md").unlink()
+    assert corpus_add(root, index_path).removed == 1 and index.search("1961", k=5) == []
+
+
+def test_an_index_built_before_files_were_recorded_forgets_a_deleted_file_too(tmp_path):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "hekla.md").write_text("# Hekla\n\nHekla last erupted in 2000.")
+    (root / "rows.jsonl").write_text(json.dumps({"title": "Katla", "text": "Katla last erupted in 1918."}) + "\n")
+    corpus_add(root, tmp_path / "index.sqlite")
+    with closing(sqlite3.connect(tmp_path / "index.sqlite")) as db:
+        db.execute("DROP TABLE doc_files")  # as an index written before the table was
+    (root / "rows.jsonl").unlink()
+    assert corpus_add(root, tmp_path / "index.sqlite").removed == 1
+    assert CorpusIndex(tmp_path / "index.sqlite").search("1918", k=5) == []
 
 
 def test_jsonl_is_read_row_by_row_and_split_at_newlines_only(tmp_path):
