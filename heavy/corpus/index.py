@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS docs (
 CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(
     title, text, content='docs', content_rowid='id', tokenize='porter unicode61'
 );
+"""
+_FILES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS doc_files (file TEXT NOT NULL, doc_id INTEGER NOT NULL, PRIMARY KEY (file, doc_id))
     WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS doc_files_by_doc ON doc_files (doc_id);
@@ -167,16 +169,28 @@ class CorpusIndex:
         self.path = Path(path)
         self.keep_function_words = keep_function_words
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            recorded = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'doc_files'").fetchone()
+        with closing(self._connect()) as db:
             db.executescript(_SCHEMA)
-            if not recorded:  # an index built before doc_files: each document is held by the file it came from
-                db.executemany("INSERT OR IGNORE INTO doc_files (file, doc_id) VALUES (?, ?)",
-                               [(_file_of(origin), doc_id) for doc_id, origin in
-                                db.execute("SELECT id, origin FROM docs WHERE origin != ''").fetchall()])
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
+
+    def _connect_to_write(self) -> sqlite3.Connection:
+        """A connection, doc_files made first if the index has none: made on a write, not on opening, so that
+        searching an index built before it needs no write access."""
+        db = self._connect()
+        try:
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'doc_files'").fetchone():
+                with db:
+                    db.executescript(_FILES_SCHEMA)
+                    # each document is held by the file it came from
+                    db.executemany("INSERT OR IGNORE INTO doc_files (file, doc_id) VALUES (?, ?)",
+                                   [(_file_of(origin), doc_id) for doc_id, origin in
+                                    db.execute("SELECT id, origin FROM docs WHERE origin != ''").fetchall()])
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def add(self, documents: Iterable[Document], source: str = "") -> AddCounts:
         """Index documents. `source`: the file they all were read from; its documents added before and not among
@@ -185,7 +199,7 @@ class CorpusIndex:
         added = skipped = removed = 0
         kept: set[int] = set()
         now = time.time()
-        with closing(self._connect()) as db, db:
+        with closing(self._connect_to_write()) as db, db:
             for doc in documents:
                 digest = content_hash(doc.title, doc.text)
                 cursor = db.execute(
@@ -212,7 +226,7 @@ class CorpusIndex:
         """Forget, in one transaction, the files under `folder` not in `present` (deleted since they were added):
         their documents no other file holds are deleted. How many were."""
         prefix = folder.rstrip("/") + "/"
-        with closing(self._connect()) as db, db:
+        with closing(self._connect_to_write()) as db, db:
             files = [file for (file,) in db.execute(
                 "SELECT DISTINCT file FROM doc_files WHERE substr(file, 1, ?) = ?", (len(prefix), prefix)).fetchall()]
             return sum(_forget(db, file, set()) for file in files if file not in present)
