@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,10 @@ def build_stdlib_corpus(index_path: Path) -> AddReport:
         heading = next(line.strip() for line in text.splitlines() if line.strip())
         rows.append({"title": f"Python reference: {heading}", "text": text})
     index_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as folder:
-        source = Path(folder) / "pydoc_topics.jsonl"
+    with tempfile.TemporaryDirectory(dir=index_path.parent) as folder:  # beside it: os.replace stays on one disk
+        source, building = Path(folder) / "pydoc_topics.jsonl", Path(folder) / index_path.name
         source.write_text("\n".join(json.dumps(row) for row in rows))
-        return corpus_add(source, index_path)
+        report = corpus_add(source, building)
+        # whole or not at all: a build cut short (Ctrl-C) left an empty index there, refused by every later start
+        os.replace(building, index_path)
+        return report

@@ -251,3 +251,22 @@ def test_jsonl_is_read_row_by_row_and_split_at_newlines_only(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < rows.stat().st_size / 10, (peak, rows.stat().st_size)
+
+
+def test_a_reference_corpus_build_cut_short_leaves_no_index_for_the_next_start(tmp_path, monkeypatch):
+    # a Ctrl-C in the first `heavy up` or `heavy ask` left an empty index, which every later start took as built
+    # and then refused: "holds no documents"
+    from heavy.up import corpus_index
+
+    def interrupted(source, index_path):
+        CorpusIndex(index_path)  # what corpus_add writes before the documents' transaction
+        raise KeyboardInterrupt
+
+    settings = Settings(home=str(tmp_path))
+    with monkeypatch.context() as patched:
+        patched.setattr("heavy.stdlib_corpus.corpus_add", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            corpus_index(settings, None, print)
+    assert list((tmp_path / "corpus").iterdir()) == []
+    built = corpus_index(settings, None, print)
+    assert CorpusIndex(built).count() > 50
