@@ -244,10 +244,8 @@ class Scheduler:
             return await trajectory.run()
         except Exception as exc:  # one broken trajectory must not sink the other seven
             log.exception("trajectory %s/%d crashed", spec.job_id, k)
-            return TrajectoryResult(index=k, answer="", confidence=0.0, stop_reason="error", cited=(), evidence=(),
-                                    steps=tuple(trajectory.steps), usage=trajectory.usage,
-                                    temperature=sampling.temperature, seed=sampling.seed,
-                                    error=f"{type(exc).__name__}: {exc}")
+            # what it had gathered and its best guess still go to the aggregator
+            return trajectory.result_so_far("error", f"{type(exc).__name__}: {exc}")
 
 
 def _cancelled(spec: JobSpec, results: Sequence[TrajectoryResult]) -> JobResult:

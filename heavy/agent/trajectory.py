@@ -140,7 +140,7 @@ class Trajectory:
             log.warning("trajectory %s/%d failed: %s", self.spec.job_id, self.spec.index, exc)
         if self.final is None and reason in OWN_STOPS:
             await self._forced_answer()
-        result = self._result(reason, error)
+        result = self.result_so_far(reason, error)
         await self.sink.emit(TrajectoryDone(
             job_id=self.spec.job_id, trajectory=self.spec.index, answer=result.answer,
             confidence=result.confidence, stop_reason=result.stop_reason, steps=len(result.steps),
@@ -411,7 +411,8 @@ class Trajectory:
 
     # --- results and events ---
 
-    def _result(self, reason: str, error: str | None) -> TrajectoryResult:
+    def result_so_far(self, reason: str, error: str | None) -> TrajectoryResult:
+        """What the trajectory has: its answer (else its best guess), steps, evidence and usage."""
         guess_confidence = FORCED_CONFIDENCE if self.best_guess else 0.0
         final = self.final or _Final(self.best_guess, guess_confidence, self._supporting(self.best_guess))
         return TrajectoryResult(

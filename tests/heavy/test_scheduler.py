@@ -152,6 +152,26 @@ async def test_a_crashing_trajectory_does_not_sink_the_job():
     assert result.answer == "Paris" and result.votes == {"Paris": 7}
 
 
+async def test_a_crashed_trajectory_keeps_its_evidence_and_best_guess_for_the_aggregator():
+    base = researcher(["Paris"] * 8)
+
+    def script(request):
+        if request.trajectory != 3 or request.forced:
+            return base(request)
+        step = int(request.request_id.split(":")[2])
+        if step == 1:  # a guess in words, then a crash
+            return text("Paris")
+        if step == 2:
+            raise RuntimeError("backend bug")
+        return base(request)
+    result, _ = await run(spec(), ScriptedBackend(script))
+    crashed = result.trajectories[3]
+    assert crashed.stop_reason == "error" and "backend bug" in crashed.error
+    assert crashed.answer == "Paris" and len(crashed.steps) == 2
+    assert [s.url for s in crashed.evidence] == ["http://corpus/paris"]
+    assert result.votes == {"Paris": 8}
+
+
 async def test_a_job_whose_every_trajectory_failed_fails_instead_of_reporting_nothing():
     def script(request):
         raise RuntimeError("model endpoint down")
