@@ -7,6 +7,7 @@ that tells the model to call something else cannot widen the job's allow-list.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from heavy.agent.prompts import ANSWER_TOOL
@@ -44,11 +45,12 @@ def repair_call(call: ToolCall, specs: list[dict]) -> ToolCall | str:
     """A call of an offered tool with arguments it accepts, or the text to tell the model what went wrong."""
     offered = {spec["function"]["name"]: spec for spec in specs}
     arguments = _unwrap(call.arguments)
-    name = _clean_name(call.name)
+    written = call.name if isinstance(call.name, str) else json.dumps(call.name)  # an OpenAI server's null: "null"
+    name = _clean_name(written)
     if name not in offered:
         name = _infer_tool(arguments, offered) or ""
     if not name:
-        return UNREADABLE if not call.name.strip() else f"unknown tool {call.name!r}"
+        return UNREADABLE if not written.strip() else f"unknown tool {written!r}"
     properties, required = _schema_properties(offered[name])
     if name == ANSWER_TOOL and "answer" not in arguments:
         alias = next((k for k in _ANSWER_ALIASES if isinstance(arguments.get(k), str)), None)

@@ -7,6 +7,7 @@ from heavy.agent.prompts import ANSWER_SPEC
 from heavy.agent.repair import repair_call
 from heavy.agent.steps import answer_line, restates_question, without_cut_sentence, without_result_headers
 from heavy.llm import toolparse
+from heavy.llm.openai_backend import parse_completion
 from heavy.llm.toolparse import parse_text_tool_calls
 from heavy.llm.types import ToolCall
 
@@ -85,6 +86,15 @@ def test_repair_never_invents_a_tool_that_was_not_offered():
     assert repair_call(ToolCall(id="1", name="python", arguments={"code": "1"}), SPECS) == "unknown tool 'python'"
     assert repair_call(ToolCall(id="1", name="Paris", arguments={"city": "x"}), SPECS) == "unknown tool 'Paris'"
     assert repair_call(ToolCall(id="1", name="", arguments={"city": "x"}), SPECS) == "unreadable call"
+
+
+def test_a_null_tool_name_from_an_openai_server_is_an_unknown_tool():
+    payload = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": None, "arguments": '{"city": "x"}'}}]}}]}
+    call, = parse_completion(payload).tool_calls
+    assert repair_call(call, SPECS) == "unknown tool 'null'"
+    named_by_arguments = ToolCall(id="1", name=None, arguments={"query": "ed wood"})
+    assert repair_call(named_by_arguments, SPECS).name == "search"
 
 
 def test_fit_context_drops_the_oldest_tool_outputs_first():
