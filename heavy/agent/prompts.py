@@ -72,6 +72,7 @@ ANSWER_IS_A_TITLE = (
     "{question}"
 )
 UNKNOWN_TOOL = "There is no tool named {name}. Available tools: {available}."
+CALLS_NOT_RUN = "Only {ran} tool calls run in one step; your {left} others did not run."
 UNREADABLE_CALL = 'Your tool call could not be read. Write it like: {"name": "search", "arguments": {"query": "..."}}'
 FORCE_ANSWER = (  # the question is repeated: after long tool outputs a small model loses track of it
     "Stop researching now. Question: {question}\n"

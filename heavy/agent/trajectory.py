@@ -245,6 +245,8 @@ class Trajectory:
         # refuse every later request (400): they are not kept
         answer_at = next((i for i, c in enumerate(repaired) if c.name == prompts.ANSWER_TOOL), len(repaired))
         repaired = repaired[:answer_at + 1]
+        # calls past the cap are not run: the model is told (unless an answer ended the step before them)
+        over_cap = len(calls) - MAX_CALLS_PER_STEP if answer_at == len(repaired) else 0
         message: Message = {"role": "assistant", "content": content}
         if completion.reasoning:  # a thinking model reads the reasoning behind its earlier calls (interleaved)
             message["reasoning_content"] = completion.reasoning
@@ -275,6 +277,8 @@ class Trajectory:
             feedback = [prompts.UNREADABLE_CALL if p == UNREADABLE else
                         prompts.UNKNOWN_TOOL.format(name=p.removeprefix("unknown tool "), available=available)
                         for p in problems] + feedback
+        if over_cap > 0:
+            feedback.append(prompts.CALLS_NOT_RUN.format(ran=MAX_CALLS_PER_STEP, left=over_cap))
         self.no_progress = 0 if found_new else self.no_progress + 1
         text = " ".join(f for f in feedback if f)
         if text and self.final is None:

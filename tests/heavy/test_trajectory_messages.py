@@ -60,3 +60,14 @@ async def test_the_forced_answer_after_a_deadline_inside_a_tool_call_leaves_no_c
     result = await trajectory.run()
     assert (result.stop_reason, result.answer) == ("deadline", "1889")
     assert backend.requests[-1].forced and unanswered_calls(backend.requests[-1].messages) == []
+
+
+@pytest.mark.parametrize("written", [3, 5])
+async def test_calls_past_the_per_step_cap_are_reported_as_not_run(written):
+    searches = Completion(content="", finish_reason="tool_calls", usage=STEP_USAGE, tool_calls=tuple(
+        ToolCall(id=f"c{i}", name="search", arguments={"query": f"eiffel {i}"}) for i in range(written)))
+    trajectory, backend, search, _ = make(by_step(searches, call("answer", answer="1889")))
+    await trajectory.run()
+    told = [m["content"] for m in backend.requests[1].messages if m["role"] == "user"][1:]
+    assert len(search.queries) == 3
+    assert told == ([] if written == 3 else ["Only 3 tool calls run in one step; your 2 others did not run."])
