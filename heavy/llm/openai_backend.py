@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from heavy.llm.ratelimit import RateLimiter
-from heavy.llm.retry import RetryPolicy, with_retries
+from heavy.llm.retry import RetryPolicy, retry_after_seconds, with_retries
 from heavy.llm.think import ThinkSplitter, split_reasoning
 from heavy.llm.types import (
     Completion,
@@ -227,12 +227,7 @@ def _raise_for_status(response: httpx.Response) -> None:
         return
     message = f"HTTP {response.status_code}: {response.text[:300]}"
     if response.status_code in _RETRIABLE_STATUS:
-        retry_after = response.headers.get("retry-after")
-        try:
-            seconds = float(retry_after) if retry_after else None
-        except ValueError:
-            seconds = None
-        raise RetriableLLMError(message, retry_after_s=seconds)
+        raise RetriableLLMError(message, retry_after_s=retry_after_seconds(response.headers.get("retry-after")))
     if response.status_code == 400 and (context := _CONTEXT_SIZE.search(response.text)):
         prompt = _PROMPT_SIZE.search(response.text)
         room = int(context.group(1)) - int(next(g for g in prompt.groups() if g)) if prompt else None

@@ -3,8 +3,10 @@ a loopback fake SSE server (streamed tool-call fragments assembled into calls)."
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import re
+import time
 
 import httpx
 import pytest
@@ -33,8 +35,8 @@ REPLY = {
 
 
 def backend(handler, **kwargs):
-    return OpenAIBackend("http://llm.test/v1", "m", api_key="k", retry=FAST_RETRY,
-                         transport=httpx.MockTransport(handler), **kwargs)
+    return OpenAIBackend("http://llm.test/v1", "m", api_key="k", transport=httpx.MockTransport(handler),
+                         **{"retry": FAST_RETRY, **kwargs})
 
 
 async def chat(llm, **kwargs):
@@ -332,6 +334,17 @@ def test_backoff_grows_and_respects_retry_after():
     policy = RetryPolicy(max_retries=5, backoff_s=1, backoff_max_s=8)
     assert 0.5 <= policy.delay(0, None) <= 1 and 4 <= policy.delay(3, None) <= 8
     assert policy.delay(0, 6.0) == 6.0 and policy.delay(0, 60.0) == 8
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+async def test_a_retry_after_in_either_form_is_read(form):
+    wait = time.time() + 100
+    header = "100" if form == "seconds" else email.utils.formatdate(wait, usegmt=True)
+    llm = backend(lambda request: httpx.Response(503, json={"error": "busy"}, headers={"retry-after": header}),
+                  retry=RetryPolicy(max_retries=0))
+    with pytest.raises(LLMError) as refused:
+        await chat(llm)
+    assert 90 < refused.value.__cause__.retry_after_s <= 100
 
 
 async def test_a_jobs_priority_is_sent_only_when_set():
