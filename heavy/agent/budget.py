@@ -186,3 +186,28 @@ async def until_stopped(awaitable: Awaitable[T], stop: StopSignal, deadline: flo
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+
+@dataclass
+class Charge:
+    """What a request spent, set by its sender once it completed (0 until then)."""
+
+    tokens: int = 0
+
+
+@contextlib.asynccontextmanager
+async def job_grant(budget: JobTokenBudget | None, tokens: int, stop: StopSignal, deadline: float
+                    ) -> AsyncIterator[Charge]:
+    """Hold `tokens` of the job's grant around a trajectory's request, its largest cost (eight trajectories at
+    once cannot together pass the trajectories' share), then charge what it spent; Stopped("job_tokens") when the
+    share cannot hold them. Without a budget nothing is held."""
+    charge = Charge()
+    if budget is None:
+        yield charge
+        return
+    if not await until_stopped(budget.hold(tokens), stop, deadline):
+        raise Stopped("job_tokens")
+    try:
+        yield charge
+    finally:
+        budget.settle(tokens, charge.tokens)

@@ -24,6 +24,7 @@ from heavy.agent.budget import (
     Stopped,
     StopSignal,
     TrajectoryLimits,
+    job_grant,
     until_stopped,
 )
 from heavy.agent.context import estimate_tokens, fit_context, with_usage, without_unrun_calls
@@ -49,7 +50,8 @@ from heavy.agent.steps import (
     without_result_headers,
     written_answer,
 )
-from heavy.events import EventSink, NullSink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
+from heavy.agent.trajectory_events import TrajectoryEvents
+from heavy.events import EventSink, NullSink
 from heavy.llm.toolparse import own_call_id, parse_text_tool_calls
 from heavy.llm.types import Completion, LLMBackend, LLMError, Message, Sampling, ToolCall, Usage
 from heavy.tools.base import Source, ToolContext, ToolExecutor
@@ -58,7 +60,6 @@ log = logging.getLogger(__name__)
 
 MAX_CALLS_PER_STEP = 3
 FORCED_CONFIDENCE = 0.3
-THOUGHT_CHARS = 300  # how much of a step's text goes into its event
 OPENING_TOOL = "search"
 _URL = re.compile(r"https?://[^\s)\]>\"']+")
 
@@ -101,7 +102,7 @@ class Trajectory:
         job_budget: JobTokenBudget | None = None,
     ) -> None:
         self.spec, self.backend, self.executor = spec, backend, executor
-        self.sink = sink or NullSink()
+        self.events = TrajectoryEvents(sink or NullSink(), spec.job_id, spec.index)
         self.stop = stop or StopSignal()
         self.job_budget = job_budget
         self.tools = executor.specs(spec.allowed_tools) + [prompts.ANSWER_SPEC]
@@ -141,11 +142,7 @@ class Trajectory:
         if self.final is None and reason in OWN_STOPS:
             await self._forced_answer()
         result = self.result_so_far(reason, error)
-        await self.sink.emit(TrajectoryDone(
-            job_id=self.spec.job_id, trajectory=self.spec.index, answer=result.answer,
-            confidence=result.confidence, stop_reason=result.stop_reason, steps=len(result.steps),
-            total_tokens=result.usage.total_tokens, cited=[s.url for s in result.cited],
-        ))
+        await self.events.done(result)
         return result
 
     async def _loop(self) -> str:
@@ -178,7 +175,7 @@ class Trajectory:
         queries = [self.spec.question] + ([self.spec.focus] if self.spec.focus else [])
         calls = [ToolCall(id=own_call_id(OPENING_TOOL, i), name=OPENING_TOOL, arguments={"query": q})
                  for i, q in enumerate(queries)]
-        await self._emit_step(1, Completion(content=""), "", calls)
+        await self.events.step(1, Completion(content=""), "", calls, self.usage.total_tokens)
         observations = []
         for call in calls:
             self.messages.append({"role": "assistant", "content": "", "reasoning_content": prompts.OPENING_THOUGHT,
@@ -205,27 +202,19 @@ class Trajectory:
         room = int((self.spec.limits.context_tokens - max_tokens) / self.counted_per_estimated)
         prompt = fit_context(messages, tools, room)
         estimated = max(1, estimate_tokens(prompt, tools))
-        # the job's grant holds the request's largest cost while it is in flight: eight trajectories at once
-        # cannot together pass the trajectories' share of it
-        held = int(estimated * self.counted_per_estimated) + max_tokens if self.job_budget is not None else 0
-        if self.job_budget is not None and not await until_stopped(self.job_budget.hold(held), self.stop, deadline):
-            raise Stopped("job_tokens")
-        request = self.backend.chat(
-            prompt, tools, self.spec.sampling, max_tokens=max_tokens,
-            request_id=f"{self.spec.job_id}:{self.spec.index}:{len(self.steps)}", prefix_key=self.spec.job_id,
-        )
-        spent = Usage()
-        try:
+        held = int(estimated * self.counted_per_estimated) + max_tokens
+        async with job_grant(self.job_budget, held, self.stop, deadline) as charge:
+            request = self.backend.chat(
+                prompt, tools, self.spec.sampling, max_tokens=max_tokens,
+                request_id=f"{self.spec.job_id}:{self.spec.index}:{len(self.steps)}", prefix_key=self.spec.job_id,
+            )
             completion = await until_stopped(request, self.stop, deadline)
             # the estimate undercounts some scripts (Chinese: 1.9 times for the embedded model's tokenizer): later
             # prompts are fitted by what the server counted
             self.counted_per_estimated = max(self.counted_per_estimated, completion.usage.prompt_tokens / estimated)
             completion = with_usage(completion, prompt, tools)
-            spent = completion.usage
-        finally:
-            if self.job_budget is not None:
-                self.job_budget.settle(held, spent.total_tokens)
-        self.usage = self.usage + spent
+            charge.tokens = completion.usage.total_tokens
+        self.usage = self.usage + completion.usage
         return completion
 
     async def _act(self, index: int, completion: Completion) -> bool:
@@ -253,7 +242,7 @@ class Trajectory:
         if repaired:
             message["tool_calls"] = [_openai_call(c) for c in repaired]
         self.messages.append(message)
-        await self._emit_step(index, completion, content, repaired)
+        await self.events.step(index, completion, content, repaired, self.usage.total_tokens)
 
         observations, feedback = [], []
         found_new = unsaid = False
@@ -293,7 +282,7 @@ class Trajectory:
             instead = unexplored_call(call, self.spec.question, self._tool_names(), self.seen_calls, self.evidence)
             if instead is None:
                 text = prompts.REPEATED_CALL.format(tool=call.name)
-                await self._emit_result(index, call, ok=False, chars=0, truncated=False, sources=(), note="repeated")
+                await self.events.result(index, call, ok=False, chars=0, truncated=False, sources=(), note="repeated")
                 return Observation(call=call, text=text, repeated=True)
             observation = await self._run_call(index, instead, note=f"in place of a repeated {call.name}")
             told = prompts.REPEATED_CALL_REPLACED.format(tool=call.name, instead=describe(instead))
@@ -306,8 +295,7 @@ class Trajectory:
 
     async def _run_call(self, index: int, call: ToolCall, note: str = "") -> Observation:
         self.seen_calls.add(call_signature(call))
-        await self.sink.emit(ToolCallEvent(job_id=self.spec.job_id, trajectory=self.spec.index, step=index,
-                                           call_id=call.id, tool=call.name, arguments=call.arguments))
+        await self.events.call(index, call)
         ctx = ToolContext(job_id=self.spec.job_id, trajectory=self.spec.index,
                           allowed_tools=self.spec.allowed_tools, deadline=self.deadline,
                           trajectories=self.spec.job_trajectories)
@@ -320,8 +308,8 @@ class Trajectory:
         opened = len(result.sources) == 1
         new_sources = tuple(s for s, known in zip(result.sources, listed, strict=True)
                             if not known or (opened and len(self.excerpts[s.url]) > seen[s.url]))
-        await self._emit_result(index, call, ok=result.error is None, chars=len(result.text),
-                                truncated=result.truncated, sources=result.sources, note=note)
+        await self.events.result(index, call, ok=result.error is None, chars=len(result.text),
+                                 truncated=result.truncated, sources=result.sources, note=note)
         return Observation(call=call, text=result.text, sources=new_sources, error=result.error)
 
     def _accept_answer(self, call: ToolCall, observed: Sequence[Observation], cut: bool = False) -> str:
@@ -409,11 +397,12 @@ class Trajectory:
         answer = without_cut_sentence(answer, completion.finish_reason == "length")
         if self._says_no_answer(answer):
             answer = self.best_guess
-        await self._emit_step(len(self.steps) + 1, completion, answer, [], action="forced_answer")
+        await self.events.step(len(self.steps) + 1, completion, answer, [], self.usage.total_tokens,
+                                action="forced_answer")
         if answer:
             self.final = _Final(answer=answer, confidence=FORCED_CONFIDENCE, cited=self._supporting(answer))
 
-    # --- results and events ---
+    # --- the result ---
 
     def result_so_far(self, reason: str, error: str | None) -> TrajectoryResult:
         """What the trajectory has: its answer (else its best guess), steps, evidence and usage."""
@@ -425,23 +414,3 @@ class Trajectory:
             temperature=self.spec.sampling.temperature, seed=self.spec.sampling.seed, error=error,
             excerpts=dict(self.excerpts),
         )
-
-    async def _emit_step(self, index: int, completion: Completion, content: str, calls: list[ToolCall],
-                         action: str | None = None) -> None:
-        if action is None:
-            action = ",".join(f"{c.name}" for c in calls) if calls else "text"
-        await self.sink.emit(TrajectoryStep(
-            job_id=self.spec.job_id, trajectory=self.spec.index, step=index, action=action,
-            thought=(completion.reasoning + " " + content).strip()[:THOUGHT_CHARS],
-            prompt_tokens=completion.usage.prompt_tokens, completion_tokens=completion.usage.completion_tokens,
-            total_tokens=self.usage.total_tokens,
-        ))
-
-    async def _emit_result(self, index: int, call: ToolCall, *, ok: bool, chars: int, truncated: bool,
-                           sources: tuple[Source, ...], note: str = "") -> None:
-        await self.sink.emit(ToolResultEvent(
-            job_id=self.spec.job_id, trajectory=self.spec.index, step=index, call_id=call.id, tool=call.name,
-            ok=ok, chars=chars, truncated=truncated, note=note,
-            sources=[{"url": s.url, "title": s.title, "fetched_at": s.fetched_at, "content_hash": s.content_hash}
-                     for s in sources],
-        ))
