@@ -53,7 +53,7 @@ from heavy.agent.steps import (
 from heavy.agent.trajectory_events import TrajectoryEvents
 from heavy.events import EventSink, NullSink
 from heavy.llm.toolparse import own_call_id, parse_text_tool_calls
-from heavy.llm.types import Completion, LLMBackend, LLMError, Message, Sampling, ToolCall, Usage
+from heavy.llm.types import Completion, ContextLengthError, LLMBackend, LLMError, Message, Sampling, ToolCall, Usage
 from heavy.tools.base import Source, ToolContext, ToolExecutor
 
 log = logging.getLogger(__name__)
@@ -199,9 +199,27 @@ class Trajectory:
     async def _complete(self, messages: list[Message], tools: list[dict] | None, max_tokens: int,
                         deadline: float) -> Completion:
         max_tokens += self.spec.limits.reasoning_tokens  # a thinking model reasons before its reply
+        prompt, estimated = self._fitted(messages, tools, max_tokens)
+        try:
+            return await self._request(prompt, tools, estimated, max_tokens, deadline)
+        except ContextLengthError as exc:
+            # no reply calibrated the estimate for this prompt yet (a first step over non-Latin search results): it
+            # is fitted again, once, by the tokens the server says it counted
+            if (exc.prompt_tokens or 0) / estimated <= self.counted_per_estimated:
+                raise
+            self.counted_per_estimated = exc.prompt_tokens / estimated
+            prompt, estimated = self._fitted(messages, tools, max_tokens)
+            return await self._request(prompt, tools, estimated, max_tokens, deadline)
+
+    def _fitted(self, messages: list[Message], tools: list[dict] | None, max_tokens: int) -> tuple[list[Message], int]:
+        """The prompt fitted to the room a reply of `max_tokens` leaves, by the estimate scaled to what the server
+        counts, and its estimate."""
         room = int((self.spec.limits.context_tokens - max_tokens) / self.counted_per_estimated)
         prompt = fit_context(messages, tools, room)
-        estimated = max(1, estimate_tokens(prompt, tools))
+        return prompt, max(1, estimate_tokens(prompt, tools))
+
+    async def _request(self, prompt: list[Message], tools: list[dict] | None, estimated: int, max_tokens: int,
+                       deadline: float) -> Completion:
         held = int(estimated * self.counted_per_estimated) + max_tokens
         async with job_grant(self.job_budget, held, self.stop, deadline) as charge:
             request = self.backend.chat(

@@ -27,6 +27,7 @@ from heavy.llm.think import ThinkSplitter, split_reasoning
 from heavy.llm.types import (
     Completion,
     CompletionDelta,
+    ContextLengthError,
     LLMError,
     Message,
     RetriableLLMError,
@@ -38,21 +39,13 @@ from heavy.llm.types import (
 _RETRIABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # a context-length 400: the context size, and the prompt's tokens in OpenAI's and older vLLM's words ("(P in the
 # messages, C in the completion)"), newer vLLM's ("your request has P input tokens", "your prompt contains P input
-# tokens") and SGLang's ("P tokens from the input messages")
+# tokens"), SGLang's ("P tokens from the input messages"), and OpenAI's and `runtime serve`'s for a prompt that
+# alone fills the context ("your messages resulted in P tokens")
 _CONTEXT_SIZE = re.compile(r"maximum context length (?:is|of) (\d+) tokens")
 _PROMPT_SIZE = re.compile(r"\((\d+) in the (?:messages|prompt)|(?:has|contains) (\d+) input tokens"
-                          r"|(\d+) tokens from the input")
+                          r"|(\d+) tokens from the input|resulted in (\d+) tokens")
 
 log = logging.getLogger(__name__)
-
-
-class ContextLengthError(LLMError):
-    """The server's 400 for a prompt and `max_tokens` past its context; `room`: the completion tokens it says are
-    left (None when it does not say)."""
-
-    def __init__(self, message: str, room: int | None) -> None:
-        super().__init__(message)
-        self.room = room
 
 
 def _within_room(body: dict, error: ContextLengthError) -> dict:
@@ -230,8 +223,9 @@ def _raise_for_status(response: httpx.Response) -> None:
         raise RetriableLLMError(message, retry_after_s=retry_after_seconds(response.headers.get("retry-after")))
     if response.status_code == 400 and (context := _CONTEXT_SIZE.search(response.text)):
         prompt = _PROMPT_SIZE.search(response.text)
-        room = int(context.group(1)) - int(next(g for g in prompt.groups() if g)) if prompt else None
-        raise ContextLengthError(message, room)
+        counted = int(next(g for g in prompt.groups() if g)) if prompt else None
+        room = None if counted is None else int(context.group(1)) - counted
+        raise ContextLengthError(message, prompt_tokens=counted, room=room)
     raise LLMError(message)
 
 

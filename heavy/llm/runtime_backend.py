@@ -22,12 +22,24 @@ from typing import Any
 
 from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.retry import RetryPolicy, with_retries
-from heavy.llm.types import Completion, CompletionDelta, LLMError, Message, RetriableLLMError, Sampling, ToolCall, Usage
+from heavy.llm.types import (
+    Completion,
+    CompletionDelta,
+    ContextLengthError,
+    LLMError,
+    Message,
+    RetriableLLMError,
+    Sampling,
+    ToolCall,
+    Usage,
+)
 from runtime.engine.config import SPECULATIVE_TOKENS, EngineConfig
 from runtime.replica.errors import RetriableError
 from runtime.sampling import SamplingParams
 from runtime.server.chat import make_parser
 from runtime.toolcalls import ParsedOutput, ToolCallParseError
+
+_PAST_CONTEXT = "engine's context is"  # in the engine's refusal of a prompt past its context (LLMEngine.check_request)
 
 
 def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -120,6 +132,8 @@ class RuntimeBackend:
             except RetriableError as exc:  # a replica went down (its rank died), or none is up right now
                 raise RetriableLLMError(f"runtime: {exc}") from exc
             except (ValueError, RuntimeError) as exc:  # RequestError (prompt too long, ...), EngineDeadError
+                if _PAST_CONTEXT in str(exc):  # the caller may fit the prompt again by its real length
+                    raise ContextLengthError(f"runtime: {exc}", prompt_tokens=len(prompt), room=None) from exc
                 raise LLMError(f"runtime: {exc}") from exc
 
     async def chat(

@@ -26,6 +26,15 @@ class RetriableLLMError(LLMError):
         self.retry_after_s = retry_after_s
 
 
+class ContextLengthError(LLMError):
+    """The server refused a prompt and `max_tokens` past its context. `prompt_tokens`: what it counted in the prompt,
+    `room`: the completion tokens it says are left (each None when it does not say)."""
+
+    def __init__(self, message: str, *, prompt_tokens: int | None, room: int | None) -> None:
+        super().__init__(message)
+        self.prompt_tokens, self.room = prompt_tokens, room
+
+
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit, and our runtime's
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import re
+from collections.abc import Callable
 
 import pytest
 
@@ -50,23 +51,26 @@ def _reply(body: dict) -> tuple[str, bytes]:
 
 
 @contextlib.asynccontextmanager
-async def strict_server(refusal, prompt_tokens: int = PROMPT_TOKENS):
-    """An OpenAI-compatible stand-in on 127.0.0.1 with a `CONTEXT`-token context and every prompt `prompt_tokens`
-    long, refusing max_tokens past the room as vLLM does; yields its /v1 URL and the bodies it received."""
+async def strict_server(refusal, prompt_tokens: int | Callable[[dict], int] = PROMPT_TOKENS, *,
+                        context: int = CONTEXT, reply: Callable[[dict], tuple[str, bytes]] = _reply):
+    """An OpenAI-compatible stand-in on 127.0.0.1 with a `context`-token context and every prompt `prompt_tokens`
+    long (or as long as that function of the request's body counts), refusing max_tokens past the room as vLLM
+    does, else answering `reply(body)`; yields its /v1 URL and the bodies it received."""
     bodies = []
+    counted = prompt_tokens if callable(prompt_tokens) else lambda body: prompt_tokens
 
     async def handle(reader, writer):
         head = await reader.readuntil(b"\r\n\r\n")
         length = int(re.search(rb"content-length:\s*(\d+)", head, re.IGNORECASE).group(1))
         body = json.loads(await reader.readexactly(length))
         bodies.append(body)
-        if prompt_tokens + body["max_tokens"] > CONTEXT:
+        if counted(body) + body["max_tokens"] > context:
             status = "400 Bad Request"
-            error = {"message": refusal(CONTEXT, prompt_tokens, body["max_tokens"]), "type": "BadRequestError",
+            error = {"message": refusal(context, counted(body), body["max_tokens"]), "type": "BadRequestError",
                      "param": None, "code": 400}
             kind, payload = "application/json", json.dumps({"error": error}).encode()
         else:
-            status, (kind, payload) = "200 OK", _reply(body)
+            status, (kind, payload) = "200 OK", reply(body)
         writer.write(f"HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {len(payload)}\r\n"
                      f"connection: close\r\n\r\n".encode() + payload)
         await writer.drain()

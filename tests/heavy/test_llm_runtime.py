@@ -9,7 +9,7 @@ import pytest
 
 from heavy.llm.adjusted import with_priority
 from heavy.llm.runtime_backend import RuntimeBackend, template_messages
-from heavy.llm.types import LLMError, Sampling, ToolCall
+from heavy.llm.types import ContextLengthError, LLMError, Sampling, ToolCall
 
 pytestmark = pytest.mark.anyio
 
@@ -94,8 +94,10 @@ async def test_engine_refusal_is_an_llm_error():
             raise ValueError("the prompt has 9000 tokens; this engine's context is 8192")
             yield  # pragma: no cover
 
-    with pytest.raises(LLMError, match="runtime: the prompt has 9000 tokens"):
+    with pytest.raises(LLMError, match="runtime: the prompt has 9000 tokens") as refused:
         await RuntimeBackend(Refusing([]), Tokenizer()).chat([], None, Sampling(), max_tokens=8)
+    # a prompt past the context: what it counted, for the trajectory to fit the prompt again
+    assert isinstance(refused.value, ContextLengthError) and refused.value.prompt_tokens == 3
 
 
 async def stream_and_chat(pieces, **engine_options):

@@ -20,10 +20,11 @@ PAGES = {
 
 
 def make(script, *, limits=TrajectoryLimits(max_steps=6), allowed=("search",), delay=None, stop=None, budget=None,
-         opening_search=False, focus=None, question="When was the Eiffel Tower finished?"):
+         opening_search=False, focus=None, question="When was the Eiffel Tower finished?", backend=None):
+    """A trajectory over the scripted backend answering by `script` (or over `backend`)."""
     search = DictSearch(PAGES)
     executor = ToolExecutor([search, Echo()])
-    backend = ScriptedBackend(script, **({"delay_s": delay} if delay else {}))
+    backend = backend or ScriptedBackend(script, **({"delay_s": delay} if delay else {}))
     sink = MemorySink()
     spec = TrajectorySpec(job_id="job1", index=0, question=question,
                           allowed_tools=frozenset(allowed), sampling=Sampling(temperature=0.5, seed=3), limits=limits,

@@ -1,6 +1,7 @@
 """Token budgets and the context window hold whatever the backend counts: a server that omits usage, a tokenizer that
 counts more than the estimate, trajectories sharing a job's budget."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -8,8 +9,10 @@ import pytest
 from heavy.agent import TrajectoryLimits
 from heavy.agent.budget import JobTokenBudget
 from heavy.agent.context import estimate_tokens
+from heavy.llm.openai_backend import OpenAIBackend
 from heavy.llm.types import LLMError, Usage
 from tests.heavy.fakes import call, text
+from tests.heavy.test_llm_openai_context import FAST_RETRY, REFUSALS, strict_server
 from tests.heavy.test_trajectory import make
 
 pytestmark = pytest.mark.anyio
@@ -58,3 +61,41 @@ async def test_the_context_is_fitted_by_what_the_server_counted_when_it_counts_m
     search.pages = pages
     result = await trajectory.run()
     assert result.stop_reason != "error" and len(result.steps) == 6
+
+
+def leaving_none(context, prompt, completion):
+    """`runtime serve`'s (and OpenAI's) words for a prompt that alone fills the context; vLLM's for a prompt that
+    leaves too little room."""
+    if prompt < context:
+        return REFUSALS["vllm 0.10"](context, prompt, completion)
+    return (f"This model's maximum context length is {context} tokens. However, your messages resulted in {prompt} "
+            "tokens, leaving none for the completion. Please reduce the length of the messages.")
+
+
+@pytest.mark.parametrize("refusal", [REFUSALS["vllm 0.10"], leaving_none])
+async def test_a_first_step_whose_opening_results_overflow_is_fitted_again_by_what_the_server_counted(refusal):
+    # Chinese opening results, a server counting 3 times the estimate, and no reply yet to calibrate it: the first
+    # prompt overflows the server's context (a 400 stating the prompt's tokens), and is fitted again by them
+    limits = TrajectoryLimits(max_steps=2, step_tokens=100, context_tokens=4000)
+
+    def counted(body):
+        return 3 * estimate_tokens(body["messages"], body.get("tools"))
+
+    def answers(body):
+        call_ = {"id": "c1", "type": "function", "function": {"name": "answer", "arguments": '{"answer": "1889"}'}}
+        reply = {"choices": [{"message": {"role": "assistant", "content": "", "tool_calls": [call_]},
+                              "finish_reason": "tool_calls"}],
+                 "usage": {"prompt_tokens": counted(body), "completion_tokens": 10}}
+        return "application/json", json.dumps(reply).encode()
+
+    async with strict_server(refusal, counted, context=limits.context_tokens,
+                             reply=answers) as (url, bodies):
+        llm = OpenAIBackend(url, "m", retry=FAST_RETRY)
+        trajectory, _, search, _ = make(None, limits=limits, opening_search=True, backend=llm)
+        search.pages = {f"http://corpus/{i}": f"eiffel {i} " + "埃菲尔铁塔位于巴黎。" * 150 for i in range(4)}
+        try:
+            result = await trajectory.run()
+        finally:
+            await llm.aclose()
+    assert result.stop_reason == "answered" and result.answer == "1889"
+    assert counted(bodies[0]) > limits.context_tokens >= counted(bodies[1]) + bodies[1]["max_tokens"]
