@@ -12,6 +12,7 @@ room the error states (the reply then ends with finish_reason "length", which th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -160,14 +161,18 @@ class OpenAIBackend:
         """Server-sent deltas, tool-call fragments assembled into whole calls (see `CompletionDelta`).
 
         Not retried. HTTP errors raise as in `chat`; a failed connection, or a stream that ends before its choice
-        finished, raises RetriableLLMError; an error reported inside the stream, or a malformed chunk, LLMError."""
+        finished, raises RetriableLLMError; an error reported inside the stream, or a malformed chunk, LLMError.
+        Closing it (`aclose`, or `contextlib.aclosing` around it) closes the request and frees its limiter slot at
+        once, not when the abandoned generator is collected."""
         body = self._body(messages, tools, sampling, max_tokens, stop, prefix_key, stream=True)
         try:
-            async for delta in self._stream(body, request_id, prefix_key):
-                yield delta
+            async with contextlib.aclosing(self._stream(body, request_id, prefix_key)) as deltas:
+                async for delta in deltas:
+                    yield delta
         except ContextLengthError as exc:  # refused before its first event: nothing was yielded
-            async for delta in self._stream(_within_room(body, exc), request_id, prefix_key):
-                yield delta
+            async with contextlib.aclosing(self._stream(_within_room(body, exc), request_id, prefix_key)) as deltas:
+                async for delta in deltas:
+                    yield delta
 
     async def _stream(self, body: dict, request_id: str | None, prefix_key: str | None
                       ) -> AsyncIterator[CompletionDelta]:

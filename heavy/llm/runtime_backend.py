@@ -14,6 +14,7 @@ avoids the failed replica), `stream` raises it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -126,9 +127,10 @@ class RuntimeBackend:
         routing = {"prefix_key": prefix_key} if self.routes_by_prefix_key else {}
         params = self._params(sampling, max_tokens, stop)
         async with self.limiter.slot():
-            try:
-                async for output in self.engine.generate(prompt, params, unique_id, **routing):
-                    yield output
+            try:  # closing this generator closes the engine's at once: its request is aborted, its blocks freed
+                async with contextlib.aclosing(self.engine.generate(prompt, params, unique_id, **routing)) as outputs:
+                    async for output in outputs:
+                        yield output
             except RetriableError as exc:  # a replica went down (its rank died), or none is up right now
                 raise RetriableLLMError(f"runtime: {exc}") from exc
             except (ValueError, RuntimeError) as exc:  # RequestError (prompt too long, ...), EngineDeadError
@@ -156,10 +158,12 @@ class RuntimeBackend:
 
     async def _chat_once(self, messages, tools, sampling, max_tokens, stop, request_id, prefix_key) -> Completion:
         text, alternatives, last = [], [], None
-        async for output in self._outputs(messages, tools, sampling, max_tokens, stop, request_id, prefix_key):
-            text.append(output.new_text)
-            alternatives += [self._alternatives(lp) for lp in output.new_logprobs]
-            last = output
+        async with contextlib.aclosing(self._outputs(messages, tools, sampling, max_tokens, stop, request_id,
+                                                     prefix_key)) as outputs:
+            async for output in outputs:
+                text.append(output.new_text)
+                alternatives += [self._alternatives(lp) for lp in output.new_logprobs]
+                last = output
         if last is None:
             raise LLMError("the runtime returned no output")
         parsed = _feed(make_parser(self.tokenizer), "".join(text), final=True)
@@ -190,20 +194,24 @@ class RuntimeBackend:
     ) -> AsyncIterator[CompletionDelta]:
         """Parsed deltas: `<think>` text as reasoning, each tool call whole on the delta whose text closes it (its
         markup left out of the content), the last delta with finish reason and usage. The deltas add up to what
-        `chat` returns, except that `chat` strips the content's outer whitespace."""
+        `chat` returns, except that `chat` strips the content's outer whitespace. Closing it (`aclose`, or
+        `contextlib.aclosing` around it) aborts the engine request and frees its limiter slot at once."""
         parser, any_calls = make_parser(self.tokenizer), False
-        async for output in self._outputs(messages, tools, sampling, max_tokens, stop, request_id, prefix_key):
-            parsed = _feed(parser, output.new_text, final=output.finished)
-            any_calls = any_calls or bool(parsed.tool_calls)
-            if not output.finished:
-                if not parsed.is_empty:
-                    yield _delta(parsed)
-                continue
-            reason = _finish_reason(output.finish_reason)
-            usage = Usage(prompt_tokens=output.num_prompt_tokens, completion_tokens=output.num_completion_tokens,
-                          cached_prompt_tokens=output.num_cached_tokens)
-            yield _delta(parsed, finish_reason="tool_calls" if any_calls and reason == "stop" else reason,
-                         usage=usage)
+        async with contextlib.aclosing(self._outputs(messages, tools, sampling, max_tokens, stop, request_id,
+                                                     prefix_key)) as outputs:
+            async for output in outputs:
+                parsed = _feed(parser, output.new_text, final=output.finished)
+                any_calls = any_calls or bool(parsed.tool_calls)
+                if not output.finished:
+                    if not parsed.is_empty:
+                        yield _delta(parsed)
+                    continue
+                reason = _finish_reason(output.finish_reason)
+                usage = Usage(prompt_tokens=output.num_prompt_tokens,
+                              completion_tokens=output.num_completion_tokens,
+                              cached_prompt_tokens=output.num_cached_tokens)
+                yield _delta(parsed, finish_reason="tool_calls" if any_calls and reason == "stop" else reason,
+                             usage=usage)
 
     async def aclose(self) -> None:
         """Stop the engine thread (joins it, so off the event loop), or the router and its replicas."""

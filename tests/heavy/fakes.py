@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
+from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.types import Completion, Message, Sampling, ToolCall, Usage
 from heavy.tools.base import Source, ToolContext, ToolResult
 
@@ -57,6 +59,23 @@ def thinking(script: Callable[[Request], Completion], cost: int) -> Callable[[Re
         reply = script(request)
         return replace(reply, reasoning="Let me think.", usage=replace(reply.usage, completion_tokens=cost + 5))
     return think
+
+
+class CountingLimiter(RateLimiter):
+    """A rate limiter that counts the slots held right now."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**{"requests_per_s": 1000.0, "max_concurrency": 4, **kwargs})
+        self.held = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with super().slot():
+            self.held += 1
+            try:
+                yield
+            finally:
+                self.held -= 1
 
 
 @dataclass

@@ -17,6 +17,7 @@ from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.retry import RetryPolicy
 from heavy.llm.think import ThinkSplitter, split_reasoning
 from heavy.llm.types import LLMError, RetriableLLMError, Sampling, ToolCall
+from tests.heavy.fakes import CountingLimiter
 
 pytestmark = pytest.mark.anyio
 
@@ -242,9 +243,10 @@ def test_the_think_splitter_gives_what_a_whole_reply_splits_however_the_stream_i
 
 
 @contextlib.asynccontextmanager
-async def fake_sse_server(events: list[str]):
+async def fake_sse_server(events: list[str], left_open: asyncio.Event | None = None):
     """An HTTP server on 127.0.0.1 answering every POST with `events` as SSE, each written in two pieces split
-    mid-line (so lines are reassembled across reads); yields its /v1 URL and the request bodies it received."""
+    mid-line (so lines are reassembled across reads); yields its /v1 URL and the request bodies it received. With
+    `left_open` it then keeps the stream open, and sets that event once the client closed the connection."""
     bodies = []
 
     async def handle(reader, writer):
@@ -258,6 +260,10 @@ async def fake_sse_server(events: list[str]):
                 writer.write(piece)
                 await writer.drain()
                 await asyncio.sleep(0.001)
+        if left_open is not None:
+            while await reader.read(1024):  # until the client closes
+                pass
+            left_open.set()
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -328,6 +334,21 @@ async def test_stream_errors_in_band_and_truncated_streams_raise():
     async with fake_sse_server(truncated) as (url, _):
         with pytest.raises(RetriableLLMError, match="before the choice finished"):
             await stream_all(url)
+
+
+async def test_a_stream_closed_early_frees_its_slot_and_closes_its_request_at_once():
+    closed_by_client = asyncio.Event()
+    async with fake_sse_server(sse(delta_chunk(content="Par"), done=False), closed_by_client) as (url, _):
+        limiter = CountingLimiter()
+        llm = OpenAIBackend(url, "m", retry=FAST_RETRY, limiter=limiter)
+        try:
+            deltas = llm.stream([{"role": "user", "content": "hi"}], None, Sampling(), max_tokens=8)
+            assert (await anext(deltas)).content == "Par" and limiter.held == 1
+            await deltas.aclose()
+            assert limiter.held == 0
+            await asyncio.wait_for(closed_by_client.wait(), 10)
+        finally:
+            await llm.aclose()
 
 
 def test_backoff_grows_and_respects_retry_after():

@@ -10,6 +10,7 @@ import pytest
 from heavy.llm.adjusted import with_priority
 from heavy.llm.runtime_backend import RuntimeBackend, template_messages
 from heavy.llm.types import ContextLengthError, LLMError, Sampling, ToolCall
+from tests.heavy.fakes import CountingLimiter
 
 pytestmark = pytest.mark.anyio
 
@@ -86,6 +87,16 @@ async def test_cancelling_the_caller_closes_the_engine_request():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert engine.closed == [engine.calls[0][2]]
+
+
+async def test_a_stream_closed_early_aborts_the_engine_request_and_frees_its_slot_at_once():
+    engine, limiter = Engine(["Par", "is"], hang=True), CountingLimiter()
+    backend = RuntimeBackend(engine, Tokenizer(), limiter=limiter)
+    deltas = backend.stream([{"role": "user", "content": "q"}], None, Sampling(), max_tokens=8)
+    await anext(deltas)
+    assert limiter.held == 1 and not engine.closed
+    await deltas.aclose()
+    assert engine.closed == [engine.calls[0][2]] and limiter.held == 0
 
 
 async def test_engine_refusal_is_an_llm_error():
