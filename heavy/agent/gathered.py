@@ -30,6 +30,18 @@ def keep_evidence(evidence: dict[str, Source], excerpts: dict[str, str], result:
         excerpts[source.url] = merged_text(excerpts.get(source.url, ""), seen)
 
 
+def keep_new_evidence(evidence: dict[str, Source], excerpts: dict[str, str], result: ToolResult
+                      ) -> tuple[Source, ...]:
+    """`keep_evidence`, and the result's sources that are new: not gathered before, or a page read whole for the
+    first time (its search snippet was all the trajectory had seen of it)."""
+    seen = {s.url: len(excerpts.get(s.url, "")) for s in result.sources}
+    listed = [s.url in evidence for s in result.sources]
+    keep_evidence(evidence, excerpts, result)
+    opened = len(result.sources) == 1
+    return tuple(s for s, known in zip(result.sources, listed, strict=True)
+                 if not known or (opened and len(excerpts[s.url]) > seen[s.url]))
+
+
 def merged_text(kept: str, seen: str) -> str:
     """Two views of one page as one text: the longer, then each paragraph of the other that it does not hold
     (whitespace and a cut snippet's ellipses aside)."""

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from heavy.agent import prompts
+from heavy.agent.answer_checks import AnswerChecks
 from heavy.agent.budget import (
     OWN_STOPS,
     JobTokenBudget,
@@ -29,15 +30,13 @@ from heavy.agent.budget import (
 )
 from heavy.agent.context import estimate_tokens, fit_context, with_usage, without_unrun_calls
 from heavy.agent.explore import call_signature, describe, unexplored_call
-from heavy.agent.gathered import cited_sources, keep_evidence, supporting_sources
+from heavy.agent.gathered import cited_sources, keep_new_evidence, supporting_sources
 from heavy.agent.repair import UNREADABLE, repair_call
 from heavy.agent.steps import (
     ActionStep,
     Observation,
     TrajectoryResult,
     answer_line,
-    copies_text,
-    only_a_title,
     only_printed,
     printed_output,
     restates_question,
@@ -106,6 +105,7 @@ class Trajectory:
         self.stop = stop or StopSignal()
         self.job_budget = job_budget
         self.tools = executor.specs(spec.allowed_tools) + [prompts.ANSWER_SPEC]
+        self.checks = AnswerChecks(spec.question, self.tools)
         self.messages: list[Message] = [
             {"role": "system", "content": prompts.SYSTEM},
             {"role": "user", "content": prompts.QUESTION.format(question=spec.question)},
@@ -276,7 +276,7 @@ class Trajectory:
             observations.append(observation)
             self.messages.append({"role": "tool", "tool_call_id": call.id, "content": observation.text})
         if not repaired:
-            if not self._says_no_answer(guess := answer_line(content)):
+            if not self.checks.says_no_answer(guess := answer_line(content), self.steps, self.evidence):
                 self.best_guess = guess
             feedback.append(prompts.NUDGE_CALL_ANSWER if self.evidence else prompts.NUDGE_USE_TOOLS)
         if problems:
@@ -318,14 +318,7 @@ class Trajectory:
                           allowed_tools=self.spec.allowed_tools, deadline=self.deadline,
                           trajectories=self.spec.job_trajectories)
         result = await until_stopped(self.executor.call(call.name, call.arguments, ctx), self.stop, self.deadline)
-        seen = {s.url: len(self.excerpts.get(s.url, "")) for s in result.sources}
-        listed = [s.url in self.evidence for s in result.sources]
-        keep_evidence(self.evidence, self.excerpts, result)
-        # new: a source not gathered before, or a page read whole for the first time (its search snippet was all
-        # the trajectory had seen of it)
-        opened = len(result.sources) == 1
-        new_sources = tuple(s for s, known in zip(result.sources, listed, strict=True)
-                            if not known or (opened and len(self.excerpts[s.url]) > seen[s.url]))
+        new_sources = keep_new_evidence(self.evidence, self.excerpts, result)
         await self.events.result(index, call, ok=result.error is None, chars=len(result.text),
                                  truncated=result.truncated, sources=result.sources, note=note)
         return Observation(call=call, text=result.text, sources=new_sources, error=result.error)
@@ -335,9 +328,10 @@ class Trajectory:
         step's tool results before the answer; `cut`: the token limit ended the reply, so the answer may end in an
         unfinished sentence."""
         written = written_answer(call.arguments) or str(call.arguments.get("answer") or "")  # a list as written
-        answer = without_copied_sentences(without_result_headers(unwrapped(written)), self._our_texts())
+        answer = without_copied_sentences(without_result_headers(unwrapped(written)), self.checks.our_texts)
         answer = without_cut_sentence(answer, cut)
-        if not any(ch.isalnum() for ch in answer) or self._copies_our_words(answer) or says_a_plan(answer):
+        if (not any(ch.isalnum() for ch in answer) or self.checks.copies_our_words(answer, self.steps)
+                or says_a_plan(answer)):
             # "", a placeholder ("..."), our instructions copied back, or a plan: the model means to answer, so the
             # loop asks for the answer in words right away (once; see `_loop`)
             return prompts.EMPTY_ANSWER if self.unsaid_forced else prompts.ANSWER_UNSAID
@@ -348,7 +342,7 @@ class Trajectory:
         if not self.output_rejected and only_printed(answer, self._printed(observed), self.spec.question):
             self.output_rejected = True  # sent back once: if the model insists, it stands
             return prompts.ANSWER_IS_OUTPUT.format(question=self.spec.question)
-        if not self.title_rejected and self._only_a_title(answer):
+        if not self.title_rejected and self.checks.only_a_title(answer, self.evidence):
             self.title_rejected = True  # sent back once, as above
             return prompts.ANSWER_IS_A_TITLE.format(question=self.spec.question)
         if not self.evidence and not self.answer_rejected:
@@ -368,31 +362,6 @@ class Trajectory:
         than."""
         return printed_output([o for step in self.steps for o in step.observations] + list(observed))
 
-    def _only_a_title(self, answer: str) -> bool:
-        """Whether the answer to a how or why question is only the title of a page the trajectory found."""
-        return only_a_title(answer, self.spec.question, (s.title for s in self.evidence.values()))
-
-    def _our_texts(self) -> list[str]:
-        """What we wrote that a model may copy into its answer: the instructions and the tools' descriptions."""
-        functions = [spec["function"] for spec in self.tools]
-        return [prompts.SYSTEM, *(f.get("description", "") for f in functions),
-                *(p.get("description", "") for f in functions for p in f["parameters"]["properties"].values())]
-
-    def _copies_our_words(self, answer: str) -> bool:
-        """Whether the answer is text we wrote, copied back: our instructions, or (three words or more of) a tool's
-        error or our feedback (seen on HotpotQA: "This run may open only its own corpus pages.", from a refused
-        fetch)."""
-        ours = [step.feedback for step in self.steps] + [o.text for step in self.steps for o in step.observations
-                                                         if o.error or o.repeated]
-        return prompts.copies_instructions(answer) or copies_text(answer, ours)
-
-    def _says_no_answer(self, text: str) -> bool:
-        """Whether a step's text or a forced answer is no answer to keep: empty, the question restated, "nothing
-        found", a plan, our words copied back, or a page's title to a how or why question. (An `answer` call is
-        checked in `_accept_answer`, which tells the model which of these it was.)"""
-        return (not text or restates_question(text, self.spec.question) or says_nothing_found(text)
-                or says_a_plan(text) or self._copies_our_words(text) or self._only_a_title(text))
-
     def _supporting(self, answer: str) -> tuple[Source, ...]:
         return supporting_sources(answer, self.evidence, self.excerpts)
 
@@ -411,9 +380,9 @@ class Trajectory:
         content, calls = parse_text_tool_calls(completion.content)
         written = next((a for c in calls if (a := written_answer(c.arguments)) is not None), None)
         answer = answer_line(content if written is None else written)
-        answer = without_copied_sentences(answer, self._our_texts())
+        answer = without_copied_sentences(answer, self.checks.our_texts)
         answer = without_cut_sentence(answer, completion.finish_reason == "length")
-        if self._says_no_answer(answer):
+        if self.checks.says_no_answer(answer, self.steps, self.evidence):
             answer = self.best_guess
         await self.events.step(len(self.steps) + 1, completion, answer, [], self.usage.total_tokens,
                                 action="forced_answer")

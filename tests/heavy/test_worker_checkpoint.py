@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 SPEC = TrajectorySpec(job_id="j", index=0, question="Which module parses command-line options?",
                       allowed_tools=frozenset({"search"}), sampling=Sampling(), limits=TrajectoryLimits(max_steps=4))
 # Set once from the spec and the run's wiring, not state that evolves step by step.
-WIRING = {"spec", "backend", "executor", "events", "stop", "job_budget", "tools", "deadline", "final", "save",
+WIRING = {"spec", "backend", "executor", "events", "stop", "job_budget", "tools", "checks", "deadline", "final", "save",
           "saved_result"}
 
 
