@@ -75,6 +75,7 @@ class JobStore:
         self._approve = redis.register_script(scripts.APPROVE)
         self._finish = redis.register_script(scripts.FINISH)
         self._append = redis.register_script(scripts.APPEND_EVENT)
+        self._save_checkpoint = redis.register_script(scripts.SAVE_CHECKPOINT)
         self._delete = redis.register_script(scripts.DELETE)
         self._claim_callback = redis.register_script(scripts.CLAIM_CALLBACK)
         self._settle_callback = redis.register_script(scripts.SETTLE_CALLBACK)
@@ -292,13 +293,20 @@ class JobStore:
 
     # --- events ---
 
-    async def append_event(self, job_id: str, event: dict[str, Any]) -> int:
-        """Append one event; returns its sequence number (1, 2, ... per job, no gaps)."""
-        seq = await self._append(keys=[self.keys.job(job_id), self.keys.events(job_id)],
-                                 args=[time.time(), _event_json(event)])
-        if seq < 0:
+    async def append_event(self, job_id: str, event: dict[str, Any], *, owner: str = "") -> int:
+        """Append one event; returns its sequence number (1, 2, ... per job, no gaps). With `owner`, only while that
+        worker runs the job (else JobTakenOver)."""
+        written = await self._append(keys=[self.keys.job(job_id), self.keys.events(job_id)],
+                                     args=[owner, time.time(), _event_json(event)])
+        return self._fenced(job_id, owner, written)
+
+    def _fenced(self, job_id: str, owner: str, reply: int) -> int:
+        """A fenced write's reply (scripts._HELD_BY_OWNER), its failures raised."""
+        if reply == -1:
             raise JobNotFound(f"no job {job_id!r}")
-        return int(seq)
+        if reply == -2:
+            raise JobTakenOver(f"job {job_id} is no longer run by {owner}")
+        return int(reply)
 
     async def read_events(self, job_id: str, after: int = 0, *, count: int = READ_BATCH,
                           block_ms: int | None = None) -> list[dict[str, Any]]:
@@ -313,8 +321,11 @@ class JobStore:
 
     # --- checkpoints and reports ---
 
-    async def save_checkpoint(self, job_id: str, trajectory: int, data: dict[str, Any]) -> None:
-        await self.redis.set(self.keys.checkpoint(job_id, trajectory), json.dumps(data, ensure_ascii=False))
+    async def save_checkpoint(self, job_id: str, trajectory: int, data: dict[str, Any], *, owner: str = "") -> None:
+        """With `owner`, only while that worker runs the job (else JobTakenOver)."""
+        reply = await self._save_checkpoint(keys=[self.keys.job(job_id), self.keys.checkpoint(job_id, trajectory)],
+                                            args=[owner, json.dumps(data, ensure_ascii=False)])
+        self._fenced(job_id, owner, reply)
 
     async def load_checkpoints(self, job_id: str, trajectories: int) -> dict[int, dict[str, Any]]:
         values = await self.redis.mget([self.keys.checkpoint(job_id, k) for k in range(trajectories)])

@@ -124,15 +124,32 @@ end
 return {'ok', status}
 """
 
-# KEYS: job hash, events stream; ARGV: now, event JSON without its seq (the script numbers it)
-APPEND_EVENT = """
+# A worker's write of its job (an event, a checkpoint), in the calling script's step: -1 when the job is gone, -2
+# when ARGV[1] (the worker, '' for any writer) no longer runs it: another took it over while this one stalled
+# past its lease, or it ended (given up under this worker's name). Its writes would duplicate events the new owner
+# writes, overwrite its checkpoints, or outlive the job (a key written after the end gets no retention expiry).
+_HELD_BY_OWNER = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[1] ~= '' then
+  local job = redis.call('HMGET', KEYS[1], 'worker', 'status')
+  if job[1] ~= ARGV[1] or (job[2] ~= 'running' and job[2] ~= 'aggregating') then return -2 end
+end
+"""
+
+# KEYS: job hash, events stream; ARGV: owner, now, event JSON without its seq (the script numbers it)
+APPEND_EVENT = _HELD_BY_OWNER + """
 local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
-redis.call('HSET', KEYS[1], 'updated', ARGV[1])
-redis.call('XADD', KEYS[2], '0-' .. seq, 'seq', seq, 'event', ARGV[2])
+redis.call('HSET', KEYS[1], 'updated', ARGV[2])
+redis.call('XADD', KEYS[2], '0-' .. seq, 'seq', seq, 'event', ARGV[3])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end -- an event after the end (a stream begun then too) goes with it
 return seq
+"""
+
+# KEYS: job hash, checkpoint key; ARGV: owner, checkpoint JSON
+SAVE_CHECKPOINT = _HELD_BY_OWNER + """
+redis.call('SET', KEYS[2], ARGV[2])
+return 0
 """
 
 # KEYS: job hash, callbacks zset; ARGV: job id, lease s -> 1 when this caller may send the job's callback now: it is

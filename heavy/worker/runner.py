@@ -174,11 +174,17 @@ class Worker:
             tokens_left = tenant.max_tokens - tenant.tokens_used
         spec = job_spec(job, self.settings, self.executor.names, tokens_left, now=now)
         saved = await jobs.load_checkpoints(job.id, spec.trajectories)
-        sink = await RedisEventSink.open(jobs, job.id)
+        run = asyncio.current_task()
+
+        def taken_over(exc: JobTakenOver) -> None:  # a write refused: stop now, not at the next lease renewal
+            log.warning("%s; stopping this worker's run of it", exc)
+            run.cancel()
+
+        sink = await RedisEventSink.open(jobs, job.id, owner=self.name, on_taken_over=taken_over)
         control = JobControl()
 
         async def save(k: int, data: dict) -> None:
-            await jobs.save_checkpoint(job.id, k, data)
+            await sink.fenced(jobs.save_checkpoint(job.id, k, data, owner=self.name))
 
         def trajectory(trajectory_spec, *args, **kwargs) -> CheckpointedTrajectory:
             return CheckpointedTrajectory(trajectory_spec, *args, save=save, saved=saved.get(trajectory_spec.index),

@@ -8,10 +8,11 @@ terminal event is held back: the worker writes it with the report and the final 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from heavy.events import Event
-from heavy.store import JobStore
+from heavy.store import JobStore, JobTakenOver
 from heavy.store.records import AGGREGATING, RUNNING, TERMINAL_EVENTS
 
 
@@ -27,28 +28,33 @@ def event_key(event: dict[str, Any]) -> tuple:
 
 
 class RedisEventSink:
-    def __init__(self, jobs: JobStore, job_id: str, already_written: Counter | None = None) -> None:
-        self.jobs, self.job_id = jobs, job_id
+    def __init__(self, jobs: JobStore, job_id: str, already_written: Counter | None = None, *,
+                 owner: str = "", on_taken_over: Callable[[JobTakenOver], None] | None = None) -> None:
+        """`owner`: the worker running the job; its writes fail (JobTakenOver) once another worker has taken the
+        job over, and `on_taken_over` is told first (the worker stops its run)."""
+        self.jobs, self.job_id, self.owner, self.on_taken_over = jobs, job_id, owner, on_taken_over
         self.already_written = already_written or Counter()
         self.terminal: dict[str, Any] | None = None  # the held terminal event
         self.tokens = 0  # prompt + completion tokens of the steps this attempt ran
 
     @classmethod
-    async def open(cls, jobs: JobStore, job_id: str) -> RedisEventSink:
+    async def open(cls, jobs: JobStore, job_id: str, *, owner: str,
+                   on_taken_over: Callable[[JobTakenOver], None]) -> RedisEventSink:
         """A sink that knows the events earlier attempts of the job wrote."""
         written: Counter = Counter()
         after = 0
         while batch := await jobs.read_events(job_id, after):
             written.update(event_key(event) for event in batch)
             after = batch[-1]["seq"]
-        return cls(jobs, job_id, written)
+        return cls(jobs, job_id, written, owner=owner, on_taken_over=on_taken_over)
 
     async def emit(self, event: Event) -> None:
         data = event.to_dict()
         if data["type"] == "trajectory_step":
             self.tokens += data["prompt_tokens"] + data["completion_tokens"]
         elif data["type"] == "aggregating":
-            await self.jobs.update(self.job_id, allowed=(RUNNING, AGGREGATING), status=AGGREGATING)
+            await self.fenced(self.jobs.update(self.job_id, allowed=(RUNNING, AGGREGATING), owner=self.owner,
+                                               status=AGGREGATING))
         key = event_key(data)
         if self.already_written[key] > 0:
             self.already_written[key] -= 1
@@ -56,4 +62,13 @@ class RedisEventSink:
         if data["type"] in TERMINAL_EVENTS:
             self.terminal = data
             return
-        await self.jobs.append_event(self.job_id, data)
+        await self.fenced(self.jobs.append_event(self.job_id, data, owner=self.owner))
+
+    async def fenced(self, write: Awaitable[Any]) -> None:
+        """Await one of the owner's writes of the job (fenced on its `worker`); a refusal is told first."""
+        try:
+            await write
+        except JobTakenOver as exc:
+            if self.on_taken_over is not None:
+                self.on_taken_over(exc)
+            raise

@@ -6,9 +6,17 @@ import time
 
 import pytest
 
-from heavy.store import IdempotencyConflict, InvalidTransition, JobNotFound, JobStore, QuotaExceeded, UnknownApiKey
+from heavy.store import (
+    IdempotencyConflict,
+    InvalidTransition,
+    JobNotFound,
+    JobStore,
+    JobTakenOver,
+    QuotaExceeded,
+    UnknownApiKey,
+)
 from heavy.store import jobs as jobs_module
-from heavy.store.records import CANCELLED, DONE, FAILED, QUEUED, RUNNING
+from heavy.store.records import AGGREGATING, CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
 pytestmark = pytest.mark.anyio
 
@@ -268,6 +276,36 @@ async def test_checkpoints_and_report_round_trip(store):
                             event={"type": "report_ready", "job_id": job.id})
     assert await store.jobs.get_report(job.id) == ("# Report", {"answer": "blue"})
     assert [e["type"] for e in await store.jobs.read_events(job.id)] == ["report_ready"]
+
+
+async def test_a_workers_writes_of_a_job_another_took_over_or_that_ended_change_nothing(store):
+    """Events, checkpoints and the aggregating status of a stalled worker are fenced on the job's `worker`, as its
+    end is: no duplicate event for the new owner, no checkpoint over its own, and none written after the end, where
+    it would never expire."""
+    jobs = JobStore(store.redis, store.jobs.keys, retention_s=60.0)
+    job, _ = await jobs.submit("acme", question="q", mode="report", params={"trajectories": 1})
+    await jobs.update(job.id, status=RUNNING, worker="w1")
+    assert await jobs.append_event(job.id, {"type": "job_started"}, owner="w1") == 1
+    await jobs.save_checkpoint(job.id, 0, {"steps": [1]}, owner="w1")
+
+    await jobs.update(job.id, worker="w2")  # w2's claim
+    with pytest.raises(JobTakenOver):
+        await jobs.append_event(job.id, {"type": "trajectory_step"}, owner="w1")
+    with pytest.raises(JobTakenOver):
+        await jobs.save_checkpoint(job.id, 0, {"steps": [1, 2]}, owner="w1")
+    with pytest.raises(JobTakenOver):
+        await jobs.update(job.id, allowed=(RUNNING, AGGREGATING), owner="w1", status=AGGREGATING)
+    assert [e["type"] for e in await jobs.read_events(job.id)] == ["job_started"]
+    assert await jobs.load_checkpoints(job.id, 1) == {0: {"steps": [1]}}
+    assert (await jobs.get(job.id)).status == RUNNING
+
+    await jobs.finish(job, FAILED, owner="w2")
+    await store.redis.delete(jobs.keys.checkpoint(job.id, 0))
+    with pytest.raises(JobTakenOver):  # even under the name the job ended with (a job given up)
+        await jobs.save_checkpoint(job.id, 0, {"steps": [1, 2]}, owner="w2")
+    assert await store.redis.exists(jobs.keys.checkpoint(job.id, 0)) == 0
+    with pytest.raises(JobNotFound):
+        await jobs.save_checkpoint("nope", 0, {}, owner="w1")
 
 
 async def test_queue_lease_renewal_and_claim_of_a_dead_workers_entry(store):

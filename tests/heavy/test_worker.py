@@ -119,15 +119,36 @@ async def test_a_worker_whose_job_was_taken_over_while_it_stalled_does_not_end_i
     assert await store.queue.pending() == 1 and (await store.tenants.get("acme")).tokens_used == 0
 
 
+async def test_a_worker_learning_its_job_was_taken_over_writes_nothing_more_and_stops_its_run(
+        client, store, start_worker):
+    """w1 stalls in its first steps and w2 takes the job over: when w1 wakes, before its next lease renewal could
+    tell it, its events would duplicate w2's and its checkpoints overwrite w2's. Its first refused write stops its
+    run: no further model request, no status change."""
+    backend = ScriptedBackend(researcher, gate=asyncio.Event())
+    w1 = start_worker(backend, "w1")
+    job = (await client.post("/v1/jobs", json=JOB)).json()
+    await wait_for(lambda: asyncio.sleep(0, result=sum(r.trajectory >= 0 for r in backend.requests) == 3))
+    events, checkpoints = await store.jobs.read_events(job["id"]), await store.jobs.load_checkpoints(job["id"], 3)
+    await store.jobs.update(job["id"], status="running", worker="w2")  # what w2's claim writes (runner._run_job)
+    backend.gate.set()  # w1 wakes up
+    await wait_for(lambda: asyncio.sleep(0, result=not w1.worker.running))
+    assert await store.jobs.read_events(job["id"]) == events
+    assert await store.jobs.load_checkpoints(job["id"], 3) == checkpoints
+    assert len(backend.requests) == 3  # the three first steps' requests, gated when w2 took over
+    after = await store.jobs.get(job["id"])
+    assert (after.status, after.worker, after.tokens) == ("running", "w2", 0)
+    assert await store.queue.pending() == 1
+
+
 async def test_a_job_failing_as_it_starts_still_ends_with_job_failed(client, store, start_worker, monkeypatch):
     """Writing `job_started` fails (Redis refused it): the job fails, and its stream still ends with the event saying
     so (its followers would otherwise get no word of how it ended)."""
     append_event = store.jobs.append_event
 
-    async def refuse_job_started(job_id, event):
+    async def refuse_job_started(job_id, event, **kwargs):
         if event["type"] == "job_started":
             raise ConnectionError("Redis went away")
-        return await append_event(job_id, event)
+        return await append_event(job_id, event, **kwargs)
 
     monkeypatch.setattr(store.jobs, "append_event", refuse_job_started)
     start_worker(ScriptedBackend(researcher))
