@@ -50,8 +50,12 @@ class JobQueue:
         return await self._renew(keys=[self.keys.jobs_stream], args=[GROUP, consumer, *entry_ids])
 
     async def ack(self, entry_id: str) -> None:
-        await self.redis.xack(self.keys.jobs_stream, GROUP, entry_id)
-        await self.redis.xdel(self.keys.jobs_stream, entry_id)
+        """Done with the entry for good: off the pending list and out of the stream in one step (MULTI), so a
+        process dying in between leaves no entry the depth gauge counts for ever."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.keys.jobs_stream, GROUP, entry_id)
+            pipe.xdel(self.keys.jobs_stream, entry_id)
+            await pipe.execute()
 
     async def pending(self) -> int:
         info = await self.redis.xpending(self.keys.jobs_stream, GROUP)

@@ -2,6 +2,7 @@
 gap-free event streams, checkpoints, reports and the consumer-group queue."""
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -321,6 +322,27 @@ async def test_queue_lease_renewal_and_claim_of_a_dead_workers_entry(store):
     assert await store.queue.renew("w1", [claim.entry_id]) == [claim.entry_id]  # w1 woke up: not its job any more
     await store.queue.ack(taken.entry_id)
     assert await store.queue.pending() == 0 and await store.queue.depth() == 0
+
+
+async def test_an_ack_is_one_step_a_process_cannot_die_inside(store, monkeypatch):
+    """A worker killed after the first command of its acknowledgement reached Redis (XACK without XDEL) would leave
+    an entry in the stream that no one redelivers and `heavy_queue_depth` counts for ever."""
+    await submit(store)
+    (claim,) = await store.queue.claim_new("w1", block_ms=10)
+    execute = store.redis.execute_command
+
+    async def killed(*args, **kwargs):
+        raise asyncio.CancelledError
+
+    async def killed_after_this_one(*args, **kwargs):
+        monkeypatch.setattr(store.redis, "execute_command", killed)
+        return await execute(*args, **kwargs)
+
+    monkeypatch.setattr(store.redis, "execute_command", killed_after_this_one)
+    with contextlib.suppress(asyncio.CancelledError):
+        await store.queue.ack(claim.entry_id)
+    monkeypatch.undo()
+    assert (await store.queue.pending(), await store.queue.depth()) == (0, 0)
 
 
 async def test_a_callback_lease_holds_against_a_process_whose_clock_runs_ahead(store, monkeypatch):
