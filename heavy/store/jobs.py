@@ -90,10 +90,9 @@ class JobStore:
         Idempotency-Key with the same fingerprint returns the first job; with another one it is a conflict."""
         job_id = uuid.uuid4().hex
         now = time.time()
-        approve_by = now + self.approval_window_s if review and self.approval_window_s else None
+        window = self.approval_window_s if review else 0  # `approve_by` is set on Redis's clock (SUBMIT)
         fields = {"id": job_id, "tenant": tenant, "status": AWAITING_APPROVAL if review else QUEUED,
                   "question": question, "mode": mode, "params": params, "review": review, "plan": plan,
-                  "approve_by": approve_by,
                   "created": now, "updated": now, "attempts": 0, "events": 0, "tokens": 0,
                   "callback_url": callback_url, "callback_secret": callback_secret}
         k = self.keys
@@ -102,7 +101,7 @@ class JobStore:
             keys=[k.idempotency(tenant, idempotency_key or "-"), k.tenant(tenant), k.tenant_active(tenant),
                   k.tenant_jobs(tenant), k.job(job_id), k.jobs_stream, k.awaiting],
             args=[job_id, now, int(not review), int(idempotency_key is not None), IDEMPOTENCY_TTL_S, fingerprint,
-                  self.default_max_jobs, self.default_max_tokens, int(params.get("job_tokens", 0)), approve_by or 0,
+                  self.default_max_jobs, self.default_max_tokens, int(params.get("job_tokens", 0)), window,
                   *stored],
         )
         if outcome == "replay":
@@ -118,7 +117,7 @@ class JobStore:
                                          callback_url=callback_url, callback_secret=callback_secret)
         if outcome == "quota":
             raise _quota_exceeded(tenant, detail)
-        return JobRecord.from_hash(dict(zip(stored[::2], stored[1::2], strict=True))), False
+        return JobRecord.from_hash({**dict(zip(stored[::2], stored[1::2], strict=True)), "approve_by": detail}), False
 
     async def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """The job; JobNotFound if absent or owned by another tenant than `tenant` (when given)."""

@@ -23,10 +23,11 @@ redis.call('SADD', active, job_id)
 
 # KEYS: idem, tenant hash, tenant active set, tenant jobs zset, job hash, jobs stream, awaiting zset
 # ARGV: job id, created, enqueue 0/1 (0: held for review), use idem 0/1, idem ttl s, fingerprint, default max jobs,
-#       default max tokens, the job's token budget, when an unapproved job expires (0: never, or not held), then the
-#       job hash as field/value pairs.
+#       default max tokens, the job's token budget, how long an unapproved job waits before it expires, in seconds
+#       (0: for ever, or not held), then the job hash as field/value pairs.
 # A job to run takes its slot and grant now; a job held for review takes neither until it is approved (APPROVE):
-# jobs waiting for a reviewer lock no tenant out.
+# jobs waiting for a reviewer lock no tenant out. Its approval deadline (`approve_by`, returned) is on Redis's clock,
+# which the expiry sweep reads: an API process whose clock is off neither shortens nor stretches the window.
 SUBMIT = """
 if ARGV[4] == '1' then
   local previous = redis.call('GET', KEYS[1])
@@ -42,9 +43,15 @@ for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[5], unpack(fields))
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 if ARGV[3] == '1' then redis.call('XADD', KEYS[6], '*', 'job', ARGV[1]) end
-if tonumber(ARGV[10]) > 0 then redis.call('ZADD', KEYS[7], ARGV[10], ARGV[1]) end
+local approve_by = ''
+if tonumber(ARGV[10]) > 0 then
+  local now = redis.call('TIME')
+  approve_by = string.format('%.6f', now[1] + now[2] / 1000000 + tonumber(ARGV[10]))
+  redis.call('HSET', KEYS[5], 'approve_by', approve_by)
+  redis.call('ZADD', KEYS[7], approve_by, ARGV[1])
+end
 if ARGV[4] == '1' then redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[6], 'EX', ARGV[5]) end
-return {'created', ARGV[1]}
+return {'created', approve_by}
 """
 
 # KEYS: job hash; ARGV: allowed current statuses (comma-separated, empty = any), owner (the worker that must hold

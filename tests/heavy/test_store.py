@@ -345,6 +345,20 @@ async def test_an_ack_is_one_step_a_process_cannot_die_inside(store, monkeypatch
     assert (await store.queue.pending(), await store.queue.depth()) == (0, 0)
 
 
+async def test_an_approval_window_holds_against_an_api_process_whose_clock_runs_behind(store, monkeypatch):
+    """`approve_by` is set on Redis's clock, which the expiry sweep reads: a job submitted through an API process
+    whose clock is an hour behind is not cancelled as soon as a worker sweeps."""
+    store.jobs.approval_window_s = 60
+    behind = time.time() - 3600
+    monkeypatch.setattr(jobs_module.time, "time", lambda: behind)
+    before = await store.jobs.server_time()
+    job = await submit(store, review=True)
+    monkeypatch.undo()
+    assert before + 60 <= job.approve_by <= await store.jobs.server_time() + 60
+    assert (await store.jobs.get(job.id)).approve_by == job.approve_by
+    assert await store.jobs.expire_unapproved() == []
+
+
 async def test_a_callback_lease_holds_against_a_process_whose_clock_runs_ahead(store, monkeypatch):
     """Callback leases are kept on Redis's clock: a sweeping worker whose clock is an hour ahead sees the callback
     another process is sending as held, not as due (it would post it again while the first POST is out)."""
