@@ -97,24 +97,24 @@ class JobStore:
                   "callback_url": callback_url, "callback_secret": callback_secret}
         k = self.keys
         stored = _pairs(fields)
-        outcome, detail = await self._submit(
-            keys=[k.idempotency(tenant, idempotency_key or "-"), k.tenant(tenant), k.tenant_active(tenant),
-                  k.tenant_jobs(tenant), k.job(job_id), k.jobs_stream, k.awaiting],
-            args=[job_id, now, int(not review), int(idempotency_key is not None), IDEMPOTENCY_TTL_S, fingerprint,
-                  self.default_max_jobs, self.default_max_tokens, int(params.get("job_tokens", 0)), window,
-                  *stored],
-        )
-        if outcome == "replay":
+        stale = ""  # the key's value once it named a job that is gone
+        while True:
+            outcome, detail = await self._submit(
+                keys=[k.idempotency(tenant, idempotency_key or "-"), k.tenant(tenant), k.tenant_active(tenant),
+                      k.tenant_jobs(tenant), k.job(job_id), k.jobs_stream, k.awaiting],
+                args=[job_id, now, int(not review), int(idempotency_key is not None), IDEMPOTENCY_TTL_S,
+                      fingerprint, self.default_max_jobs, self.default_max_tokens, int(params.get("job_tokens", 0)),
+                      window, stale, *stored],
+            )
+            if outcome != "replay":
+                break
             previous_id, _, previous_fingerprint = detail.partition(" ")
             if previous_fingerprint != fingerprint:
                 raise IdempotencyConflict("this Idempotency-Key was used with a different request")
             try:
                 return await self.get(previous_id, tenant), True
             except JobNotFound:  # deleted or expired since: the key names nothing, so it is a new request
-                await self.redis.delete(k.idempotency(tenant, idempotency_key or "-"))
-                return await self.submit(tenant, question=question, mode=mode, params=params, review=review,
-                                         plan=plan, idempotency_key=idempotency_key, fingerprint=fingerprint,
-                                         callback_url=callback_url, callback_secret=callback_secret)
+                stale = detail
         if outcome == "quota":
             raise _quota_exceeded(tenant, detail)
         return JobRecord.from_hash({**dict(zip(stored[::2], stored[1::2], strict=True)), "approve_by": detail}), False

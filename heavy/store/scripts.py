@@ -24,14 +24,17 @@ redis.call('SADD', active, job_id)
 # KEYS: idem, tenant hash, tenant active set, tenant jobs zset, job hash, jobs stream, awaiting zset
 # ARGV: job id, created, enqueue 0/1 (0: held for review), use idem 0/1, idem ttl s, fingerprint, default max jobs,
 #       default max tokens, the job's token budget, how long an unapproved job waits before it expires, in seconds
-#       (0: for ever, or not held), then the job hash as field/value pairs.
+#       (0: for ever, or not held), the key's stale value ('' for none), then the job hash as field/value pairs.
+# A stale value is what the key held when it named a job that is gone (deleted, expired): it counts as no value.
+# Requests racing on such a key pass the same stale value, and only the first replaces it; the others replay its
+# job (dropping the key in a separate call instead let each of them make a job).
 # A job to run takes its slot and grant now; a job held for review takes neither until it is approved (APPROVE):
 # jobs waiting for a reviewer lock no tenant out. Its approval deadline (`approve_by`, returned) is on Redis's clock,
 # which the expiry sweep reads: an API process whose clock is off neither shortens nor stretches the window.
 SUBMIT = """
 if ARGV[4] == '1' then
   local previous = redis.call('GET', KEYS[1])
-  if previous then return {'replay', previous} end
+  if previous and previous ~= ARGV[11] then return {'replay', previous} end
 end
 local tenant, active, job, job_id = KEYS[2], KEYS[3], KEYS[5], ARGV[1]
 local default_jobs, default_tokens, budget = ARGV[7], ARGV[8], tonumber(ARGV[9])
@@ -39,7 +42,7 @@ if ARGV[3] == '1' then
 """ + _TAKE_SLOT_AND_GRANT + """
 end
 local fields = {}
-for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[5], unpack(fields))
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 if ARGV[3] == '1' then redis.call('XADD', KEYS[6], '*', 'job', ARGV[1]) end

@@ -228,6 +228,32 @@ async def test_deleting_an_ended_job_removes_all_it_left_and_frees_its_idempoten
     assert again.id != job.id and not replayed  # the key named a job that is gone: a new request
 
 
+async def test_requests_racing_on_the_idempotency_key_of_a_deleted_job_create_one_job(store, monkeypatch):
+    """The key names a job that is gone, so the next request with it is a new one. Two such requests race: the
+    first learns the job is gone only after the second has made the new one; it must replay that one, not drop the
+    key again and make a second job."""
+    values = dict(question="q", mode="report", params={}, idempotency_key="k1", fingerprint="body")
+    job, _ = await store.jobs.submit("acme", **values)
+    await store.jobs.finish(job, DONE)
+    await store.jobs.delete(job.id, "acme")
+    get, first_is_reading, first_may_read = store.jobs.get, asyncio.Event(), asyncio.Event()
+
+    async def first_reads_late(*args, **kwargs):
+        if not first_is_reading.is_set():
+            first_is_reading.set()
+            await first_may_read.wait()
+        return await get(*args, **kwargs)
+
+    monkeypatch.setattr(store.jobs, "get", first_reads_late)
+    first = asyncio.create_task(store.jobs.submit("acme", **values))
+    await first_is_reading.wait()
+    second, replayed = await store.jobs.submit("acme", **values)
+    assert not replayed
+    first_may_read.set()
+    assert await first == (second, True)
+    assert (await store.jobs.list("acme"))[1] == 1
+
+
 async def test_an_ended_jobs_keys_expire_after_the_retention_and_leave_the_list(store):
     jobs = JobStore(store.redis, store.jobs.keys, retention_s=1.0)
     running, _ = await jobs.submit("acme", question="q1", mode="report", params={"trajectories": 1})
