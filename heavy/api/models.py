@@ -33,7 +33,8 @@ class JobCreate(BaseModel):
                                                          "served first (an interactive job before a batch one)")
     callback_url: str | None = Field(None, max_length=2048, description="an http(s) URL to POST the job to when "
                                      "it ends (public addresses only, unless the deployment allows others)")
-    callback_secret: str | None = Field(None, min_length=16, max_length=256, description="signs the callback: "
+    callback_secret: str | None = Field(None, min_length=16, max_length=256, repr=False,
+                                        description="signs the callback: "
                                         "X-Heavy-Signature: sha256=<HMAC-SHA256 of the body with this secret>")
 
     @field_validator("question")

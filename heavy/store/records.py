@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 AWAITING_APPROVAL, QUEUED, RUNNING, AGGREGATING = "awaiting_approval", "queued", "running", "aggregating"
@@ -45,7 +45,7 @@ class JobRecord:
     token_grant: int = 0  # tokens reserved for it on its tenant while it runs (0: a job from before grants)
     stop_reason: str = ""
     callback_url: str = ""  # POSTed when the job ends (heavy/webhooks.py)
-    callback_secret: str = ""  # signs that POST; never shown
+    callback_secret: str = field(default="", repr=False)  # signs that POST; never shown, nor in a repr a log prints
     callback_status: str = ""  # how that POST went
 
     @property

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -27,7 +27,7 @@ class ApiKey:
     tenant: str
     name: str
     created: float
-    secret: str = ""  # the plaintext key, only right after creation
+    secret: str = field(default="", repr=False)  # the plaintext key, only right after creation
 
 
 @dataclass(frozen=True)

@@ -400,6 +400,7 @@ async def test_a_callback_lease_holds_against_a_process_whose_clock_runs_ahead(s
 async def test_api_keys_are_stored_hashed_resolved_listed_and_revoked(store):
     key = await store.tenants.create_key("acme", "ci")
     assert key.secret.startswith("hv_") and await store.tenants.resolve(key.secret) == "acme"
+    assert key.secret not in repr(key)  # a logged key object shows no secret
     dump = [k async for k in store.redis.scan_iter(f"{store.jobs.keys.prefix}*")]
     values = [str(await store.redis.hgetall(k)) for k in dump if await store.redis.type(k) == "hash"]
     assert not any(key.secret in text for text in dump + values)

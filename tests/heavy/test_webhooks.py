@@ -6,11 +6,13 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from heavy.api.models import JobCreate
 from heavy.store.records import DONE
 from heavy.webhooks import EVENT, SIGNATURE_HEADER, deliver
 from heavy.worker import Worker
@@ -73,7 +75,8 @@ def settings_allowing(receiver: Receiver):
     return WORKER_SETTINGS.model_copy(update={"webhook_allow": (receiver.allow,), "webhook_attempts": 3})
 
 
-async def test_a_job_a_worker_ends_is_posted_signed_to_its_callback(store, receiver):
+async def test_a_job_a_worker_ends_is_posted_signed_to_its_callback(store, receiver, caplog):
+    caplog.set_level(logging.DEBUG)  # the secret is in no log line, at any level
     hook = receiver()
     settings = settings_allowing(hook)
     key = await store.tenants.create_key("acme")
@@ -96,6 +99,8 @@ async def test_a_job_a_worker_ends_is_posted_signed_to_its_callback(store, recei
     expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert headers[SIGNATURE_HEADER] == expected and headers["X-Heavy-Event"] == EVENT
     assert shown["callback_status"] == "delivered: HTTP 200 after 1 attempt(s)"
+    assert SECRET not in caplog.text and SECRET not in repr(await store.jobs.get(job["id"]))
+    assert SECRET not in repr(JobCreate(**JOB, callback_url=hook.url, callback_secret=SECRET))
 
 
 async def _callback_status(store, job_id: str) -> str:
