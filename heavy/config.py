@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     # within this (0: it waits until approved or cancelled)
     approval_window_s: float = Field(86_400.0, ge=0)
     webhook_allow: tuple[str, ...] = ()  # "ip:port" callback receivers allowed although not public addresses
-    webhook_timeout_s: float = Field(10.0, gt=0)  # one POST of a job's callback
+    webhook_timeout_s: float = Field(10.0, gt=0)  # one attempt of a callback, whole (address check and POST)
     webhook_attempts: int = Field(3, ge=1)  # POSTs of a callback before it is given up
     worker_jobs: int = Field(2, ge=1)  # jobs one worker runs at once
     worker_lease_s: float = Field(15.0, gt=0)  # a job's entry idle this long belongs to a dead worker

@@ -53,7 +53,8 @@ def payload(job: JobRecord) -> bytes:
 
 
 def delivery_lease_s(settings: Settings) -> float:
-    """How long a claimed callback is its sender's: twice what all its tries and pauses can take."""
+    """How long a claimed callback is its sender's: twice what all its tries and pauses can take (each try, the
+    address check included, is cut at `webhook_timeout_s`)."""
     pauses = sum(_pause_s(attempt) for attempt in range(1, settings.webhook_attempts))
     return 2 * (settings.webhook_attempts * settings.webhook_timeout_s + pauses)
 
@@ -97,18 +98,17 @@ async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
         for attempt in range(settings.webhook_attempts):
             if attempt:
                 await asyncio.sleep(_pause_s(attempt))
-            try:
-                target = await guard.check(job.callback_url)
+            try:  # httpx's timeout bounds each read and write: a receiver trickling its answer a byte at a time
+                async with asyncio.timeout(settings.webhook_timeout_s):  # would outlast the lease without this one
+                    response = await _send(client, guard, job.callback_url, body, headers)
             except ToolError as exc:  # refused (a private address, a scheme) or unresolvable: final
                 return f"not sent: {exc}"
-            request = client.build_request(
-                "POST", target.connect_url, content=body, headers={**headers, "Host": target.host_header},
-                extensions={"sni_hostname": target.host} if target.url.scheme == "https" else {})
-            try:
-                response = await client.send(request, stream=True)  # its body is never read: a receiver's size
-                await response.aclose()  # cannot matter here
             except httpx.HTTPError as exc:
                 outcome = f"failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}"
+                continue
+            except TimeoutError:
+                outcome = (f"failed after {attempt + 1} attempt(s): "
+                           f"the attempt took longer than {settings.webhook_timeout_s:g} s")
                 continue
             outcome = f"HTTP {response.status_code} after {attempt + 1} attempt(s)"
             if response.is_success:
@@ -116,3 +116,15 @@ async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
             if response.status_code < 500 and response.status_code not in RETRIED_STATUSES:
                 return f"rejected: {outcome}"
     return f"undelivered: {outcome}"
+
+
+async def _send(client: httpx.AsyncClient, guard: SsrfGuard, url: str, body: bytes,
+                headers: dict[str, str]) -> httpx.Response:
+    """One attempt: the address checked (ToolError when refused), then the POST to it."""
+    target = await guard.check(url)
+    request = client.build_request(
+        "POST", target.connect_url, content=body, headers={**headers, "Host": target.host_header},
+        extensions={"sni_hostname": target.host} if target.url.scheme == "https" else {})
+    response = await client.send(request, stream=True)  # its body is never read: a receiver's size cannot matter
+    await response.aclose()
+    return response

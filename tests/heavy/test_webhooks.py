@@ -3,6 +3,7 @@ when it ends; a cancelled queued job from the API; retries on 5xx, none on 4xx; 
 targets that the deployment did not allow (no request leaves for them); bad callback fields are 422s."""
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -164,6 +165,35 @@ async def test_retries_on_server_errors_and_not_on_a_refusal(store, receiver, st
     await store.jobs.finish(job, DONE)
     assert await deliver(store.jobs, job.id, settings_allowing(hook)) == outcome
     assert len(hook.received) == posts and (await store.jobs.get(job.id)).callback_status == outcome
+
+
+async def test_an_attempt_to_a_receiver_trickling_its_answer_ends_within_the_webhook_timeout(store):
+    """A receiver sending its answer a byte at a time beats every per-read timeout; the attempt as a whole must
+    still end within `webhook_timeout_s`, or it outlasts the sender's lease and another worker sends it again."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        with contextlib.suppress(ConnectionError):
+            for byte in answer:  # the whole answer takes 20 times the timeout
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.25)
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = WORKER_SETTINGS.model_copy(update={"webhook_allow": (f"127.0.0.1:{port}",), "webhook_attempts": 1,
+                                                  "webhook_timeout_s": 0.5})
+    job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1},
+                                     callback_url=f"http://127.0.0.1:{port}/hook")
+    await store.jobs.finish(job, DONE)
+    async with server:
+        outcome = await deliver(store.jobs, job.id, settings)
+    assert outcome == "undelivered: failed after 1 attempt(s): the attempt took longer than 0.5 s"
 
 
 @pytest.mark.parametrize("url, reason", [
