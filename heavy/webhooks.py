@@ -4,8 +4,10 @@ ended it POSTs the job's public state there, so a client need not poll or hold a
 The POST goes through the same SSRF guard as `open_page` (resolved first, private and metadata addresses refused,
 the connection pinned to the checked address, no redirects followed), unless the address is on
 HEAVY_WEBHOOK_ALLOW. With a `callback_secret` the body is signed: `X-Heavy-Signature: sha256=<HMAC-SHA256 of the
-body>`. Up to `webhook_attempts` tries with backoff on connection errors, 408, 429 and 5xx; the outcome is kept in
-the job as `callback_status` ("pending", then "sending" while it is out).
+body>`, and for receivers that refuse replays also with the attempt's time, `X-Heavy-Timestamp: <unix seconds>` and
+`X-Heavy-Signature-Timestamped: sha256=<HMAC-SHA256 of "<timestamp>.<body>">` (docs/webhooks.md). Up to
+`webhook_attempts` tries with backoff on connection errors, 408, 429 and 5xx; the outcome is kept in the job as
+`callback_status` ("pending", then "sending" while it is out).
 
 Delivery is at least once. Ending the job puts it on a Redis set of due callbacks in the same atomic step; the
 process that ended it (a worker, or the API for a queued job it cancelled) claims it for a lease longer than all its
@@ -20,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 
 import httpx
 
@@ -30,13 +33,22 @@ from heavy.tools.base import ToolError
 from heavy.tools.ssrf import AllowedTarget, SsrfGuard
 
 log = logging.getLogger(__name__)
-SIGNATURE_HEADER = "X-Heavy-Signature"
+SIGNATURE_HEADER = "X-Heavy-Signature"  # of the body alone: kept for receivers that verify only that
+TIMESTAMP_HEADER = "X-Heavy-Timestamp"
+TIMESTAMPED_SIGNATURE_HEADER = "X-Heavy-Signature-Timestamped"  # of "<timestamp>.<body>": a replay is seen as old
 EVENT = "job.ended"
 RETRIED_STATUSES = frozenset({408, 429})  # and every 5xx
 
 
 def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signed_headers(secret: str, body: bytes, now: float) -> dict[str, str]:
+    """Both signatures of a POST sent at `now` (each attempt is signed anew: its timestamp is when it leaves)."""
+    timestamp = str(int(now))
+    return {SIGNATURE_HEADER: signature(secret, body), TIMESTAMP_HEADER: timestamp,
+            TIMESTAMPED_SIGNATURE_HEADER: signature(secret, timestamp.encode() + b"." + body)}
 
 
 def webhook_guard(settings: Settings) -> SsrfGuard:
@@ -90,8 +102,6 @@ async def sweep(jobs: JobStore, settings: Settings, guard: SsrfGuard | None = No
 async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
     body = payload(job)
     headers = {"Content-Type": "application/json", "X-Heavy-Event": EVENT, "User-Agent": "heavy-webhook/1"}
-    if job.callback_secret:
-        headers[SIGNATURE_HEADER] = signature(job.callback_secret, body)
     outcome = "not sent"
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                  timeout=settings.webhook_timeout_s) as client:
@@ -100,7 +110,8 @@ async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
                 await asyncio.sleep(_pause_s(attempt))
             try:  # httpx's timeout bounds each read and write: a receiver trickling its answer a byte at a time
                 async with asyncio.timeout(settings.webhook_timeout_s):  # would outlast the lease without this one
-                    response = await _send(client, guard, job.callback_url, body, headers)
+                    signed = signed_headers(job.callback_secret, body, time.time()) if job.callback_secret else {}
+                    response = await _send(client, guard, job.callback_url, body, {**headers, **signed})
             except ToolError as exc:  # refused (a private address, a scheme) or unresolvable: final
                 return f"not sent: {exc}"
             except httpx.HTTPError as exc:

@@ -35,7 +35,9 @@ class JobCreate(BaseModel):
                                      "it ends (public addresses only, unless the deployment allows others)")
     callback_secret: str | None = Field(None, min_length=16, max_length=256, repr=False,
                                         description="signs the callback: "
-                                        "X-Heavy-Signature: sha256=<HMAC-SHA256 of the body with this secret>")
+                                        "X-Heavy-Signature: sha256=<HMAC-SHA256 of the body with this secret>, and "
+                                        "X-Heavy-Signature-Timestamped: sha256=<HMAC-SHA256 of "
+                                        "'<X-Heavy-Timestamp>.<body>'> (docs/webhooks.md)")
 
     @field_validator("question")
     @classmethod

@@ -9,13 +9,15 @@ import hmac
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from heavy.api.models import JobCreate
 from heavy.store.records import DONE
-from heavy.webhooks import EVENT, SIGNATURE_HEADER, deliver
+from heavy.webhooks import EVENT, SIGNATURE_HEADER, TIMESTAMP_HEADER, deliver, signed_headers
 from heavy.worker import Worker
 from tests.heavy.api_helpers import app_for, client_for
 from tests.heavy.fakes import ScriptedBackend
@@ -99,9 +101,23 @@ async def test_a_job_a_worker_ends_is_posted_signed_to_its_callback(store, recei
     assert sent["links"]["report"] == f"/v1/jobs/{job['id']}/report"
     expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert headers[SIGNATURE_HEADER] == expected and headers["X-Heavy-Event"] == EVENT
+    verify = documented_verification()
+    assert verify(SECRET, headers, body)  # the timestamped signature, as docs/webhooks.md tells receivers to check it
+    assert not verify(SECRET, headers, body + b" ") and not verify("another-secret-16", headers, body)
+    assert not verify(SECRET, {**headers, **signed_headers(SECRET, body, time.time() - 3600)}, body)  # an old capture
+    restamped = {**headers, TIMESTAMP_HEADER: str(int(headers[TIMESTAMP_HEADER]) + 1)}
+    assert not verify(SECRET, restamped, body)  # its timestamp made fresh: the signature no longer matches
     assert shown["callback_status"] == "delivered: HTTP 200 after 1 attempt(s)"
     assert SECRET not in caplog.text and SECRET not in repr(await store.jobs.get(job["id"]))
     assert SECRET not in repr(JobCreate(**JOB, callback_url=hook.url, callback_secret=SECRET))
+
+
+def documented_verification():
+    """The `verify` function docs/webhooks.md gives receivers, run as they would copy it."""
+    doc = (Path(__file__).parents[2] / "docs" / "webhooks.md").read_text()
+    namespace: dict = {}
+    exec(doc.split("```python\n")[1].split("```")[0], namespace)  # noqa: S102 (our own docs)
+    return namespace["verify"]
 
 
 async def _callback_status(store, job_id: str) -> str:
