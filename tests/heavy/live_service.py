@@ -33,8 +33,8 @@ class Service:
         self.worker = asyncio.create_task(Worker(store, backend, executor(), PRICED, name="w").run(self.stop_worker))
         self.api: subprocess.Popen | None = None
 
-    async def start_api(self) -> None:
-        self.api = spawn("api", self.redis_url, self.key_prefix, str(self.port))
+    async def start_api(self, env: dict[str, str] | None = None) -> None:
+        self.api = spawn("api", self.redis_url, self.key_prefix, str(self.port), env=env)
         await wait_api_ready(self.url)
 
     def kill_api(self) -> None:

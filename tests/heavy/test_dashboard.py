@@ -225,6 +225,24 @@ async def test_a_job_held_for_review_shows_its_plan_and_approval_deadline_until_
     assert (await store.jobs.get(job.id)).status != "awaiting_approval"
 
 
+async def test_what_the_form_leaves_blank_is_the_deployments_setting(service, page, store):
+    service.kill_api()
+    await service.start_api(env={"HEAVY_MODE": "answer", "HEAVY_TRAJECTORIES": "3", "HEAVY_MAX_STEPS": "7"})
+    key = await store.tenants.create_key("acme")
+    await page.goto(service.url + "/")
+    await page.fill("#api-key", key.secret)
+    await page.click("#sign-in-form button")
+    await page.wait_for_selector("#submit-form", state="visible")
+    await page.fill("#question", "Which module parses command-line options?")
+    await page.fill("#step-tokens", "64")
+    await page.check("#review")  # held: the plan is what is checked, no worker takes it
+    await page.click("#submit-form button")
+    await page.wait_for_selector("#approve", state="visible")
+    job = (await store.jobs.list("acme"))[0][0]
+    assert job.mode == "answer"
+    assert (job.params["trajectories"], job.params["max_steps"], job.params["step_tokens"]) == (3, 7, 64)
+
+
 async def test_the_job_list_pages_through_older_jobs(service, page, store):
     key = await store.tenants.create_key("acme")
     await store.tenants.set_limits("acme", max_jobs=100)

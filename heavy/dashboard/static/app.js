@@ -268,8 +268,9 @@ $("sign-in-form").addEventListener("submit", async (e) => {
 $("sign-out").addEventListener("click", () => { apiKey = ""; sessionStorage.removeItem(KEY_STORAGE); location.hash = "#/"; route(); });
 $("submit-form").addEventListener("submit", async (e) => {
   e.preventDefault();
+  // what the user leaves blank is the deployment's setting (HEAVY_MODE, HEAVY_TRAJECTORIES...): not sent
   const number = (id) => ($(id).value ? Number($(id).value) : undefined);
-  const body = { question: $("question").value, mode: $("mode").value, trajectories: number("trajectories"),
+  const body = { question: $("question").value, mode: $("mode").value || undefined, trajectories: number("trajectories"),
     max_steps: number("max-steps"), step_tokens: number("step-tokens"), job_tokens: number("job-tokens"),
     review: $("review").checked };
   try {
