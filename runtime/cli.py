@@ -64,21 +64,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ep", type=int, default=None, help="expert-parallel ranks per replica (MoE checkpoints)")
     serve.add_argument("--served-model-name", default=None,
                        help="the name clients ask for in `model` (default: --model as given); others get a 404")
+    serve.add_argument("--max-model-len", type=int, default=None,
+                       help="prompt + completion tokens of one request, reported in /v1/models (default: 8192, or "
+                            "what the KV cache holds if less); refused if the KV cache cannot hold it")
     serve.add_argument("--hang-timeout", type=float, default=None,
                        help="seconds a step may run before it counts as stuck (300): in process, /health fails; "
                             "with Ray replicas, the rank is restarted")
     return parser
 
 
-def _load(model: str, dtype: str, speculative_tokens: int | None = None):
-    from runtime.embedded import KNOWN_MODELS
+def _engine_config(speculative_tokens: int | None = None, max_model_len: int | None = None):
+    """Checked before the model loads, so a bad option fails at once."""
     from runtime.engine.config import EngineConfig
+
+    given = {"speculative_tokens": speculative_tokens, "max_model_len": max_model_len}
+    return EngineConfig(**{name: value for name, value in given.items() if value is not None})
+
+
+def _load(model: str, dtype: str, speculative_tokens: int | None = None, max_model_len: int | None = None):
+    from runtime.embedded import KNOWN_MODELS
+    from runtime.engine.config import check_context_held
     from runtime.engine.factory import load_engine
 
+    config = _engine_config(speculative_tokens, max_model_len)
     note = " (its first use converts it once, about a minute)" if model in KNOWN_MODELS else ""
     print(f"loading {model}{note}...", file=sys.stderr)
-    config = EngineConfig() if speculative_tokens is None else EngineConfig(speculative_tokens=speculative_tokens)
     engine = load_engine(model, config, dtype=dtype)  # "auto" looks at the checkpoint (INT4 weights) and the CPU
+    check_context_held(max_model_len, engine.max_model_len)
     computed = next(engine.runner.model.parameters()).dtype
     print(f"loaded {model} in {str(computed).removeprefix('torch.')}", file=sys.stderr)
     return engine
@@ -138,12 +150,13 @@ def _serve(args: argparse.Namespace) -> None:
         from runtime.replica.serving import serve_replicas
 
         serve_replicas(args.model, host=args.host, port=args.port, replicas=args.replicas or 1, ep=args.ep or 1,
-                       dtype=args.dtype, hang_timeout_s=hang_timeout_s, served_name=served_name)
+                       dtype=args.dtype, hang_timeout_s=hang_timeout_s, served_name=served_name,
+                       max_model_len=args.max_model_len)
         return
     from runtime.server.app import serve
 
-    serve(_load(args.model, args.dtype, args.speculative_tokens), model_name=served_name, host=args.host,
-          port=args.port, hang_timeout_s=hang_timeout_s)
+    serve(_load(args.model, args.dtype, args.speculative_tokens, args.max_model_len), model_name=served_name,
+          host=args.host, port=args.port, hang_timeout_s=hang_timeout_s)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {"generate": _generate, "chat": _chat, "serve": _serve}

@@ -53,3 +53,11 @@ class EngineConfig:
             raise EngineConfigError(f"speculative_tokens must be >= 0, got {self.speculative_tokens}")
         if self.num_blocks is not None and self.num_blocks <= 0:
             raise EngineConfigError(f"num_blocks must be > 0, got {self.num_blocks}")
+
+
+def check_context_held(asked: int | None, held: int) -> None:
+    """A context asked for explicitly (`serve --max-model-len`) is what clients are told and size prompts to, so a KV
+    cache that cannot hold one sequence of it is refused; without one, the context is min(8192, what it holds)."""
+    if asked is not None and held < asked:
+        raise EngineConfigError(f"max_model_len {asked} does not fit: the KV cache holds {held} tokens of one "
+                                f"sequence; give a smaller --max-model-len")

@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from runtime.distributed.group import LOOPBACK
 from runtime.dtypes import AUTO
 from runtime.engine.async_engine import HANG_TIMEOUT_S
-from runtime.engine.config import EngineConfig
+from runtime.engine.config import EngineConfig, check_context_held
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.models.registry import MODEL_TYPES
@@ -187,15 +187,18 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
 
 
 def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True,
-                   dtype: str = AUTO, hang_timeout_s: float = HANG_TIMEOUT_S, served_name: str | None = None) -> None:
+                   dtype: str = AUTO, hang_timeout_s: float = HANG_TIMEOUT_S, served_name: str | None = None,
+                   max_model_len: int | None = None) -> None:
     import uvicorn
 
     from runtime.embedded import resolve_model
     from runtime.server.app import create_app
 
-    frontend = start_frontend(resolve_model(model), replicas, ep, dtype=dtype, absorbed_mla=absorbed_mla,
-                              hang_timeout_s=hang_timeout_s)
+    engine = EngineConfig() if max_model_len is None else EngineConfig(max_model_len=max_model_len)
+    frontend = start_frontend(resolve_model(model), replicas, ep, engine=engine, dtype=dtype,
+                              absorbed_mla=absorbed_mla, hang_timeout_s=hang_timeout_s)
     try:
+        check_context_held(max_model_len, frontend.max_model_len)
         app = PrefixKeyMiddleware(create_app(frontend, model_name=served_name or str(model)))
         uvicorn.run(app, host=host, port=port)
     finally:

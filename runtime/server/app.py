@@ -125,7 +125,9 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": OWNER}]}
+        """`max_model_len` as vLLM reports it: the context a client (heavy's openai backend) sizes its prompts to."""
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": OWNER,
+                                            "max_model_len": engine.engine.max_model_len}]}
 
     def check_model(request: ChatCompletionRequest | CompletionRequest) -> None:
         if request.model is not None and request.model != model_name:  # as OpenAI and vLLM answer a wrong name

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from runtime.cli import _load
 from runtime.dtypes import resolve_dtype
 
 
@@ -49,3 +50,15 @@ def test_a_hang_timeout_that_is_not_positive_is_refused_before_anything_starts(t
     result = run("serve", "--model", str(tiny_kimi_path), *replicas, "--hang-timeout", "0", timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["error: ValueError: hang_timeout_s must be > 0, got 0.0"]
+
+
+def test_a_max_model_len_the_kv_cache_cannot_hold_is_refused(tiny_kimi_path):
+    """Clients size their prompts to the context /v1/models reports: one the cache cannot hold is no context."""
+    result = run("serve", "--model", str(tiny_kimi_path), "--max-model-len", "100000000", "--port", "0", timeout=120)
+    assert result.returncode == 1, result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "max_model_len 100000000 does not fit: the KV cache holds" in error
+
+
+def test_a_max_model_len_the_kv_cache_holds_is_the_engines_context(tiny_kimi_path):
+    assert _load(str(tiny_kimi_path), "auto", max_model_len=100).max_model_len == 100

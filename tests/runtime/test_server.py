@@ -94,6 +94,8 @@ def client(server):
 def test_health_and_models(server, client):
     assert httpx.get(server[0] + "/health").json() == httpx.get(server[0] + "/ready").json() == {"status": "ok"}
     assert [m.id for m in client.models.list().data] == [MODEL_NAME]
+    # as vLLM reports it: the context clients (heavy's openai backend) size their prompts to
+    assert httpx.get(server[0] + "/v1/models").json()["data"][0]["max_model_len"] == CONTEXT
 
 
 def test_health_is_503_with_the_reason_once_the_engine_loop_stopped():
