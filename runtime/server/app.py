@@ -5,6 +5,7 @@ Bad requests get HTTP 400 with an OpenAI error body; the engine keeps serving ev
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import json
@@ -172,31 +173,32 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         plan = tool_plan(request)
         prompt_ids = await chat_prompt_ids(request, plan, tokenizer)
         forced = forced_call(plan, tokenizer, calls_before(request.messages))
+        written = len(forced.prefix_ids) if forced else 0
+        params = sampling_params(request, len(prompt_ids), engine.engine.max_model_len, tokenizer.vocab_size, written)
         if forced:
             prompt_ids = prompt_ids + forced.prefix_ids
-        params = sampling_params(request, len(prompt_ids), engine.engine.max_model_len, tokenizer.vocab_size)
-        if forced:
             if params.structured is not None:  # the answer is a tool call, not the asked-for format
                 raise ApiError("a required tool call cannot go with structured output", param=request.structured_param)
             params = dataclasses.replace(params, structured=forced.grammar)
         await asyncio.to_thread(checked, request, prompt_ids, params)  # compiling a grammar is CPU work
         unscored = dataclasses.replace(params, prompt_logprobs=None)  # the prompt is scored once, by choice 0
-        states = [ChoiceState(j, choice_params(params if j == 0 else unscored, j), parse_tools=plan.parse_calls,
-                              parser=make_parser(tokenizer), max_calls=plan.max_calls) for j in range(request.n)]
+        states = [ChoiceState(j, choice_params(params if j == 0 else unscored, j),
+                              parser=make_parser(tokenizer, plan.parse_calls), max_calls=plan.max_calls,
+                              calls_finish="stop" if plan.forced_name else "tool_calls") for j in range(request.n)]
         for state in states:
             state.prime(forced.prefix if forced else "")
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return EventSourceResponse(_stream(engine, prompt_ids, states, model_name, include_usage))
+            return EventSourceResponse(_stream(engine, prompt_ids, states, model_name, include_usage, written))
 
         async def run(state: ChoiceState):
-            async for out in engine.generate(prompt_ids, state.params):
+            async for out in _until_done(engine, prompt_ids, state):
                 yield state.feed(out, tokenizer)
 
         await run_all([run(s) for s in states])
         body = {
             "id": completion_id(), "object": "chat.completion", "created": now(), "model": model_name,
-            "choices": [s.final_choice() for s in states], "usage": choices_usage(states),
+            "choices": [s.final_choice() for s in states], "usage": choices_usage(states, written),
         }
         if request.prompt_logprobs is not None:
             body["prompt_logprobs"] = prompt_logprobs_body(prompt_ids, states[0].prompt_logprobs, tokenizer)
@@ -206,7 +208,18 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     return app
 
 
-async def _stream(engine: AsyncEngine, prompt_ids, states: list[ChoiceState], name: str, include_usage: bool):
+async def _until_done(engine: AsyncEngine, prompt_ids: list[int], state: ChoiceState):
+    """The engine's outputs for one choice until it ends or has all the calls it may have (parallel_tool_calls
+    false: its first); then the request is aborted at once, not left to generate calls that would be dropped."""
+    async with contextlib.aclosing(engine.generate(prompt_ids, state.params)) as outputs:
+        async for out in outputs:
+            yield out
+            if state.done:
+                return
+
+
+async def _stream(engine: AsyncEngine, prompt_ids, states: list[ChoiceState], name: str, include_usage: bool,
+                  written: int):
     """SSE events of one streamed chat completion, a choice's delta per event; leaving early (client gone) aborts
     the requests."""
     cid, created = completion_id(), now()
@@ -216,7 +229,7 @@ async def _stream(engine: AsyncEngine, prompt_ids, states: list[ChoiceState], na
         return {"data": json.dumps({**body, **extra}, ensure_ascii=False)}
 
     async def run(state: ChoiceState):
-        async for out in engine.generate(prompt_ids, state.params):
+        async for out in _until_done(engine, prompt_ids, state):
             yield state.stream_entry(out, engine.tokenizer)
 
     for state in states:
@@ -229,7 +242,7 @@ async def _stream(engine: AsyncEngine, prompt_ids, states: list[ChoiceState], na
         yield _stream_error(exc)
     else:
         if include_usage:
-            yield chunk([], usage=choices_usage(states))
+            yield chunk([], usage=choices_usage(states, written))
     yield {"data": DONE}
 
 

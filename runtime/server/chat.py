@@ -14,7 +14,7 @@ from typing import Any
 from runtime.engine.llm_engine import RequestOutput
 from runtime.sampling import SamplingError, SamplingParams, TokenLogprobs
 from runtime.server.protocol import TOOL_CHOICE_MODES, ApiError, ChatCompletionRequest, CompletionRequest
-from runtime.toolcalls import KimiStreamParser, ParsedOutput, QwenStreamParser, ToolCallParseError
+from runtime.toolcalls import KimiStreamParser, ParsedOutput, QwenStreamParser, ReasoningParser, ToolCallParseError
 
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default
 
@@ -98,9 +98,11 @@ async def chat_prompt_ids(request: ChatCompletionRequest, plan: ToolPlan, tokeni
 
 
 def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_len: int, max_model_len: int,
-                    vocab_size: int) -> SamplingParams:
+                    vocab_size: int, written: int = 0) -> SamplingParams:
     """The engine's sampling parameters; a 400 in OpenAI's and vLLM's words when the prompt, or the prompt and the
-    asked-for completion, do not fit the context (not a completion cut short silently). No limit: the room left."""
+    asked-for completion, do not fit the context (not a completion cut short silently). No limit: the room left.
+    `written`: completion tokens the server writes itself (a forced call's opening, which vLLM's grammar has the
+    model write): they take completion room, so a client sizing max_tokens by /tokenize's count fits."""
     room, prompt = max_model_len - prompt_len, request.prompt_param
     context = f"This model's maximum context length is {max_model_len} tokens."
     if room <= 0:
@@ -111,13 +113,18 @@ def sampling_params(request: ChatCompletionRequest | CompletionRequest, prompt_l
         raise ApiError(f"{context} However, you requested {prompt_len + limit} tokens ({prompt_len} in the {prompt}, "
                        f"{limit} in the completion). Please reduce the length of the {prompt} or completion.",
                        param=request.limit_param)
+    completion = room if limit is None else limit
+    if completion <= written:
+        raise ApiError(f"the forced tool call's opening takes {written} tokens, and the completion has room for "
+                       f"{completion}: none is left to write the call",
+                       param=prompt if limit is None else request.limit_param)
     try:
         return SamplingParams(
             temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
             top_k=request.top_k or 0,
             seed=request.seed,
-            max_tokens=room if limit is None else limit,
+            max_tokens=completion - written,
             stop=request.stop_strings,
             stop_token_ids=request.stop_ids(vocab_size),
             priority=request.priority,
@@ -139,8 +146,12 @@ def is_kimi(tokenizer) -> bool:
     return type(tokenizer).__name__ == "KimiTokenizer"
 
 
-def make_parser(tokenizer):
-    """Kimi's tool-call section format for Kimi tokenizers, Qwen's forms otherwise."""
+def make_parser(tokenizer, parse_calls: bool = True):
+    """Kimi's tool-call section format for Kimi tokenizers, Qwen's forms otherwise; with no calls to parse (no tools,
+    tool_choice "none"), only the reasoning is split off and a call the model writes anyway stays its raw text, as
+    vLLM returns it."""
+    if not parse_calls:
+        return ReasoningParser()
     return KimiStreamParser() if is_kimi(tokenizer) else QwenStreamParser()
 
 
@@ -150,9 +161,9 @@ class ChoiceState:
 
     index: int
     params: SamplingParams
-    parse_tools: bool
     parser: Any  # its own: a parser keeps state between deltas
-    max_calls: int | None = None  # the calls kept (parallel_tool_calls false: the first); None: all
+    max_calls: int | None = None  # parallel_tool_calls false: 1 (the answer ends with its first call); None: any
+    calls_finish: str = "tool_calls"  # the finish reason of an answer with calls ("stop" for a named tool_choice)
     parsed: ParsedOutput = field(default_factory=ParsedOutput)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprobs | None] | None = None  # when asked: on the request's first output
@@ -173,9 +184,6 @@ class ChoiceState:
                 delta = delta + self.parser.finish()
             except ToolCallParseError as exc:  # a broken call stays visible as text rather than failing the request
                 delta = delta + ParsedOutput(content=str(exc))
-        if not self.parse_tools and delta.tool_calls:
-            calls = "".join(json.dumps({"name": c.name, "arguments": c.arguments}) for c in delta.tool_calls)
-            delta = ParsedOutput(content=delta.content + calls, reasoning=delta.reasoning)
         if self.max_calls is not None and delta.tool_calls:
             kept = max(0, self.max_calls - len(self.parsed.tool_calls))
             delta = dataclasses.replace(delta, tool_calls=delta.tool_calls[:kept])
@@ -185,15 +193,21 @@ class ChoiceState:
         self.parsed = self.parsed + delta
         return delta
 
+    @property
+    def done(self) -> bool:
+        """The answer has all the calls it may have: its request is stopped rather than left to generate more."""
+        return self.max_calls is not None and len(self.parsed.tool_calls) >= self.max_calls
+
     def stream_entry(self, out: RequestOutput, tokenizer) -> dict[str, Any] | None:
         """Take one engine delta; the choice entry of a stream chunk that carries it (None: nothing to send yet)."""
         logprobs_before = len(self.logprobs)
         delta = self.feed(out, tokenizer)
         message = delta_message(delta, self.calls_sent)
         self.calls_sent += len(delta.tool_calls)
-        if not message and not out.finished and len(self.logprobs) == logprobs_before:
+        ended = out.finished or self.done
+        if not message and not ended and len(self.logprobs) == logprobs_before:
             return None  # (a token whose text is held back still sends its log-probability, as vLLM's stream does)
-        entry = {"index": self.index, "delta": message, "finish_reason": self.finish_reason if out.finished else None}
+        entry = {"index": self.index, "delta": message, "finish_reason": self.finish_reason if ended else None}
         if self.params.logprobs is not None:
             entry["logprobs"] = {"content": self.logprobs[logprobs_before:]}
         return entry
@@ -207,10 +221,11 @@ class ChoiceState:
     @property
     def finish_reason(self) -> str:
         """"length" whenever the token limit ended the answer, calls parsed or not (as OpenAI, and as the runtime
-        backend tells heavy: a trajectory reads a cut answer call's last sentence as unfinished)."""
+        backend tells heavy: a trajectory reads a cut answer call's last sentence as unfinished). A named tool_choice's
+        call ends with "stop", as OpenAI and vLLM say."""
         if self.last is not None and self.last.finish_reason == "length":
             return "length"
-        return "tool_calls" if self.parsed.tool_calls else "stop"
+        return self.calls_finish if self.parsed.tool_calls else "stop"
 
 
 def prompt_logprobs_body(prompt_ids: list[int], logprobs: list[TokenLogprobs | None],
@@ -230,11 +245,14 @@ def prompt_logprobs_body(prompt_ids: list[int], logprobs: list[TokenLogprobs | N
     return body
 
 
-def choices_usage(states: list[ChoiceState]) -> dict[str, Any]:
-    """The prompt once, the completion tokens of every choice (each request's last output holds its totals)."""
+def choices_usage(states: list[ChoiceState], written: int = 0) -> dict[str, Any]:
+    """The prompt once, the completion tokens of every choice (each request's last output holds its totals).
+    `written`: the tokens the server wrote at the start of each answer (in the engine's prompt), counted as
+    completion, as the context check counts them."""
     first = states[0].last
-    return usage_body(first.num_prompt_tokens, sum(s.last.num_completion_tokens for s in states),
-                      first.num_cached_tokens)
+    prompt = first.num_prompt_tokens - written
+    return usage_body(prompt, sum(s.last.num_completion_tokens + written for s in states),
+                      min(first.num_cached_tokens, prompt))
 
 
 def usage_body(prompt: int, completion: int, cached: int) -> dict[str, Any]:

@@ -129,3 +129,13 @@ class StreamingParser(ABC):
         out = ParsedOutput("".join(self._content), tuple(self._calls), "".join(self._reasoning))
         self._content, self._calls, self._reasoning = [], [], []
         return out
+
+
+class ReasoningParser(StreamingParser):
+    """Splits off the reasoning only: the content is the text as the model wrote it, call-shaped or not (a request
+    with no tools to call, or tool_choice "none")."""
+
+    def _step_content(self, final: bool) -> bool:
+        self._emit_content(self._buf)
+        self._buf = ""
+        return False

@@ -38,7 +38,7 @@ def test_a_random_kimi_model_forced_to_call_writes_a_call_that_fits(server, tool
     body = {"model": "tiny-kimi", "messages": [{"role": "user", "content": "weather?"}], "tools": [FORECAST, CLOCK],
             "tool_choice": tool_choice, "temperature": 1.0, "seed": seed, "max_tokens": 300}
     choice = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=120).json()["choices"][0]
-    assert choice["finish_reason"] == "tool_calls", choice
+    assert choice["finish_reason"] == ("tool_calls" if tool_choice == "required" else "stop"), choice  # as OpenAI
     (call,) = choice["message"]["tool_calls"]
     arguments = json.loads(call["function"]["arguments"])
     if call["function"]["name"] == "now":
