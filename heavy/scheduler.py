@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from heavy.agent import (
     JobTokenBudget,
@@ -33,6 +33,7 @@ from heavy.aggregate import REPORT_REQUEST, AggregationConfig, JobResult, aggreg
 from heavy.config import Settings
 from heavy.events import Aggregating, EventSink, JobCancelled, JobFailed, JobStarted, NullSink, ReportReady
 from heavy.llm.adjusted import with_priority
+from heavy.llm.served import usable_context
 from heavy.llm.types import LLMBackend, Sampling, Usage
 from heavy.tools.base import ToolExecutor
 
@@ -145,6 +146,7 @@ class Scheduler:
         reserve = min(self.aggregation.reserve_tokens, spec.job_tokens // 2)
         budget = JobTokenBudget(spec.job_tokens, reserve=reserve)
         try:
+            spec = await self._within_served_context(spec)
             results, reason = await self._run_trajectories(spec, sink, control.stop, budget)
             if control.cancelled.is_set():  # also when the trajectories had stopped for another reason first
                 await sink.emit(JobCancelled(job_id=spec.job_id))
@@ -177,6 +179,14 @@ class Scheduler:
                                     partial=result.partial, sources=len(result.sources),
                                     total_tokens=result.usage.total_tokens))
         return result
+
+    async def _within_served_context(self, spec: JobSpec) -> JobSpec:
+        """The job with its prompts fitted to the server's context where that is smaller than HEAVY_CONTEXT_TOKENS
+        (a ValueError, failing the job, when it cannot hold a step and its reasoning room)."""
+        context = await usable_context(self.backend, spec.limits.context_tokens)
+        if context == spec.limits.context_tokens:
+            return spec
+        return replace(spec, limits=replace(spec.limits, context_tokens=context))
 
     async def _run_trajectories(self, spec: JobSpec, sink: EventSink, stop: StopSignal,
                                 budget: JobTokenBudget) -> tuple[list[TrajectoryResult], str]:

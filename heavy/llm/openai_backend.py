@@ -12,6 +12,7 @@ room the error states (the reply then ends with finish_reason "length", which th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -79,6 +80,26 @@ class OpenAIBackend:
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, transport=transport
         )
+        self._served_context: asyncio.Future[int | None] | None = None  # read once, by the first to ask
+
+    async def served_context(self) -> int | None:
+        """The server's context for this model: `max_model_len` in GET /models, as vLLM, SGLang and `runtime serve`
+        report it, read once; None when the server reports none (OpenAI, Moonshot) or the read fails."""
+        if self._served_context is None:
+            self._served_context = asyncio.ensure_future(self._read_served_context())
+        return await asyncio.shield(self._served_context)  # one caller cancelled leaves the read to the others
+
+    async def _read_served_context(self) -> int | None:
+        try:
+            response = await self._client.get("/models")
+            response.raise_for_status()
+            models = response.json()["data"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.info("the server reports no context (GET /models: %s); HEAVY_CONTEXT_TOKENS stands", exc)
+            return None
+        entry = next((m for m in models if isinstance(m, dict) and m.get("id") == self.model), None)
+        served = (entry or {}).get("max_model_len")
+        return served if isinstance(served, int) and served > 0 else None
 
     def _body(self, messages, tools, sampling: Sampling, max_tokens, stop, prefix_key, stream: bool) -> dict:
         body: dict[str, Any] = {

@@ -61,6 +61,13 @@ async def strict_server(refusal, prompt_tokens: int | Callable[[dict], int] = PR
 
     async def handle(reader, writer):
         head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"GET /v1/models"):  # OpenAI's listing: no max_model_len
+            payload = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                         b"connection: close\r\n\r\n%b" % (len(payload), payload))
+            await writer.drain()
+            writer.close()
+            return
         length = int(re.search(rb"content-length:\s*(\d+)", head, re.IGNORECASE).group(1))
         body = json.loads(await reader.readexactly(length))
         bodies.append(body)

@@ -1,0 +1,67 @@
+"""heavy sizes its prompts to the server's context when that is smaller than HEAVY_CONTEXT_TOKENS: the openai backend
+reads `max_model_len` from /v1/models once (vLLM's field, which `runtime serve` reports), and a job's trajectories
+are fitted to it. Servers that report none (OpenAI, Moonshot) keep HEAVY_CONTEXT_TOKENS."""
+
+import logging
+from dataclasses import dataclass
+
+import pytest
+
+from heavy.agent import Trajectory, TrajectoryLimits
+from heavy.events import MemorySink
+from heavy.llm.openai_backend import OpenAIBackend
+from heavy.llm.served import usable_context
+from heavy.scheduler import Scheduler
+from heavy.tools.base import ToolExecutor
+from tests.heavy.fakes import DictSearch, ScriptedBackend
+from tests.heavy.test_llm_openai_context import REFUSALS, strict_server
+from tests.heavy.test_scheduler import PAGES, researcher, spec
+from tests.runtime.test_server import CONTEXT, MODEL_NAME, server
+
+__all__ = ["server"]  # the tiny model's server (tests/runtime)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_the_backend_reads_our_servers_context_and_a_larger_setting_is_clamped_to_it(server, caplog):
+    llm = OpenAIBackend(server[0] + "/v1", MODEL_NAME)
+    try:
+        assert await llm.served_context() == CONTEXT
+        with caplog.at_level(logging.WARNING, logger="heavy.llm.served"):
+            assert await usable_context(llm, 8192) == CONTEXT
+        assert f"the server's context is {CONTEXT} tokens" in caplog.text
+        assert await usable_context(llm, CONTEXT - 1) == CONTEXT - 1  # a smaller setting stands
+    finally:
+        await llm.aclose()
+
+
+async def test_a_server_that_reports_no_context_keeps_the_setting():
+    """OpenAI's /v1/models has no max_model_len; the backend goes on as before."""
+    async with strict_server(REFUSALS["openai, vllm < 0.10"]) as (url, _):
+        llm = OpenAIBackend(url, "m")
+        try:
+            assert await llm.served_context() is None
+            assert await usable_context(llm, 8192) == 8192
+        finally:
+            await llm.aclose()
+
+
+@dataclass
+class SmallServer(ScriptedBackend):
+    served: int = 4096
+
+    async def served_context(self) -> int:
+        return self.served
+
+
+async def test_a_jobs_trajectories_fit_their_prompts_to_the_servers_smaller_context():
+    seen = []
+
+    def capture(trajectory_spec, *args, **kwargs):
+        seen.append(trajectory_spec.limits.context_tokens)
+        return Trajectory(trajectory_spec, *args, **kwargs)
+
+    job = spec(trajectories=2, limits=TrajectoryLimits(max_steps=4, context_tokens=8192))
+    await Scheduler(SmallServer(researcher()), ToolExecutor([DictSearch(PAGES)]),
+                    trajectory_factory=capture).run(job, sink=MemorySink())
+    assert seen == [4096, 4096]
