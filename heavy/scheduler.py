@@ -146,7 +146,7 @@ class Scheduler:
         reserve = min(self.aggregation.reserve_tokens, spec.job_tokens // 2)
         budget = JobTokenBudget(spec.job_tokens, reserve=reserve)
         try:
-            spec = await self._within_served_context(spec)
+            spec, aggregation = await self._within_served_context(spec)
             results, reason = await self._run_trajectories(spec, sink, control.stop, budget)
             if control.cancelled.is_set():  # also when the trajectories had stopped for another reason first
                 await sink.emit(JobCancelled(job_id=spec.job_id))
@@ -165,7 +165,7 @@ class Scheduler:
                               backend=GrantedBackend(with_priority(self.backend, spec.priority), budget,
                                                      kept_for=REPORT_REQUEST, keep=reserve * (spec.mode == "report")),
                               status=status,
-                              stop_reason=reason, config=self.aggregation),
+                              stop_reason=reason, config=aggregation),
                     control.cancelled)
             except Stopped:
                 await sink.emit(JobCancelled(job_id=spec.job_id))
@@ -180,13 +180,16 @@ class Scheduler:
                                     total_tokens=result.usage.total_tokens))
         return result
 
-    async def _within_served_context(self, spec: JobSpec) -> JobSpec:
-        """The job with its prompts fitted to the server's context where that is smaller than HEAVY_CONTEXT_TOKENS
-        (a ValueError, failing the job, when it cannot hold a step and its reasoning room)."""
-        context = await usable_context(self.backend, spec.limits.context_tokens)
-        if context == spec.limits.context_tokens:
-            return spec
-        return replace(spec, limits=replace(spec.limits, context_tokens=context))
+    async def _within_served_context(self, spec: JobSpec) -> tuple[JobSpec, AggregationConfig]:
+        """The job and its aggregation with their prompts fitted to the server's context where that is smaller than
+        HEAVY_CONTEXT_TOKENS (a ValueError, failing the job, when it cannot hold a step and its reasoning room)."""
+        limits, aggregation = spec.limits, self.aggregation
+        context = await usable_context(self.backend, max(limits.context_tokens, aggregation.context_tokens))
+        if context < limits.context_tokens:
+            spec = replace(spec, limits=replace(limits, context_tokens=context))
+        if context < aggregation.context_tokens:
+            aggregation = replace(aggregation, context_tokens=context)
+        return spec, aggregation
 
     async def _run_trajectories(self, spec: JobSpec, sink: EventSink, stop: StopSignal,
                                 budget: JobTokenBudget) -> tuple[list[TrajectoryResult], str]:

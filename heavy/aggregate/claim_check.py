@@ -28,6 +28,7 @@ from heavy.agent.gathered import unescaped
 from heavy.agent.steps import without_result_headers, word_run
 from heavy.aggregate.citations import LIST_PREFIX, FilteredReport, without_empty_sections
 from heavy.aggregate.evidence import SENTENCE_END, passages, sentences_of, stemmed_words
+from heavy.aggregate.fit import PromptRoom
 from heavy.aggregate.markers import MARKER, cited_numbers
 from heavy.aggregate.swaps import swapped
 from heavy.aggregate.tables import ROW, row_claim, table_lines, without_empty_tables
@@ -127,7 +128,7 @@ def yes_share(reply: Completion) -> float | None:
 
 async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Sampling = Sampling(temperature=0.0),
                    prefix_key: str | None = None, request_id: str = "claim-check",
-                   contrast: bool = True) -> tuple[bool | None, Usage]:
+                   contrast: bool = True, room: PromptRoom = PromptRoom()) -> tuple[bool | None, Usage]:
     """Whether the model finds `claim` supported by `passage`: True, False, or None when it said neither or failed.
     With `contrast` and log-probabilities, False when one of the claim's `negations`, or of its rivals (the claim
     with a number or name swapped for another of the passage's, swaps.py), has the higher share of "yes" (asked only
@@ -135,7 +136,8 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
     asked = replace(sampling, top_logprobs=CHECK_ALTERNATIVES)
 
     async def ask(statement: str, suffix: str) -> Completion | None:
-        messages = [{"role": "user", "content": CHECK_PROMPT.format(passage=passage, claim=statement)}]
+        fitted = room.fitted(passage, CHECK_TOKENS, CHECK_PROMPT.format(passage="", claim=statement))
+        messages = [{"role": "user", "content": CHECK_PROMPT.format(passage=fitted, claim=statement)}]
         for how in (asked, replace(sampling, top_logprobs=0)):  # a server refusing log-probabilities: greedy
             try:
                 return await backend.chat(messages, None, how, max_tokens=CHECK_TOKENS,
@@ -163,7 +165,8 @@ async def supports(backend: LLMBackend, passage: str, claim: str, sampling: Samp
 
 async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, str], backend: LLMBackend,
                        sampling: Sampling = Sampling(temperature=0.0), prefix_key: str | None = None,
-                       contrast: bool = True, label: str = "claim-check") -> CheckedBody:
+                       contrast: bool = True, label: str = "claim-check", room: PromptRoom = PromptRoom()
+                       ) -> CheckedBody:
     """`body`: a report body the word check kept, its claims cited by `[n]` into `sources` (numbered from 1), whose
     fetched `texts` (url → text) hold the passages. Every cited claim is checked at once (the engine batches them);
     a claim the model refutes is taken out with its line's other claims left as they are, and a heading left with
@@ -193,7 +196,7 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
         if not passage:
             return None, Usage()
         return await supports(backend, passage, claim, sampling, prefix_key, request_id=f"{label}:{index}",
-                              contrast=contrast)
+                              contrast=contrast, room=room)
 
     verdicts = await asyncio.gather(*(verdict(index, split[i][1][k]) for index, (i, k) in enumerate(claims)))
     refuted = {(i, k) for (i, k), (ok, _) in zip(claims, verdicts, strict=True) if ok is False}
@@ -214,13 +217,15 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
 
 async def check_answers(answers: dict[str, FilteredReport], sources: Sequence[Source], texts: dict[str, str],
                         backend: LLMBackend, sampling: Sampling = Sampling(temperature=0.0),
-                        prefix_key: str | None = None) -> tuple[dict[str, FilteredReport], Usage]:
+                        prefix_key: str | None = None, room: PromptRoom = PromptRoom(),
+                        ) -> tuple[dict[str, FilteredReport], Usage]:
     """The trajectories' answers as the word check cited them (answer → its sentences a page holds, marked), each
     sentence put to the same check; a refuted one moves from the body to `refuted`. Short answers carry no marker
     and are not claims to check."""
     asked = [answer for answer, filtered in answers.items() if MARKER.search(filtered.body)]
     checked = await asyncio.gather(*(check_claims(answers[answer].body, sources, texts, backend, sampling, prefix_key,
-                                                  label=f"answer-check:{k}") for k, answer in enumerate(asked)))
+                                                  label=f"answer-check:{k}", room=room)
+                                     for k, answer in enumerate(asked)))
     out = dict(answers)
     for answer, done in zip(asked, checked, strict=True):
         if done.refuted:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from heavy.agent.steps import TrajectoryResult, answer_line
 from heavy.aggregate.evidence import Passage, pooled_passages
+from heavy.aggregate.fit import PromptRoom
 from heavy.aggregate.normalize import plain_answer
 from heavy.aggregate.shorten import asks_number, asks_yes_no, is_short, not_an_answer, shorten_one
 from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
@@ -56,8 +57,10 @@ def reading_order(passages: Sequence[Passage], n: int) -> list[Passage]:
 class Judge:
     """Answers from passages; the same passages are read once."""
 
-    def __init__(self, question: str, backend: LLMBackend, sampling: Sampling, prefix_key: str | None) -> None:
+    def __init__(self, question: str, backend: LLMBackend, sampling: Sampling, prefix_key: str | None,
+                 room: PromptRoom = PromptRoom()) -> None:
         self.question, self.backend, self.sampling, self.prefix_key = question, backend, sampling, prefix_key
+        self.room = room
         self.usage = Usage()
         self.pooled: list[Passage] = []  # the job's best pages in rank order, once read_each has pooled them
         self._answered: dict[tuple[str, ...], asyncio.Task] = {}
@@ -94,7 +97,9 @@ class Judge:
 
     async def _ask(self, passages: Sequence[Passage], request_id: str) -> str:
         listed = "\n".join(f"[{n}] {p.title}: {p.text}" for n, p in enumerate(passages, start=1))
-        prompt = JUDGE_PROMPT.format(passages=listed, question=self.question, reply=reply_format(self.question))
+        rest = JUDGE_PROMPT.format(passages="", question=self.question, reply=reply_format(self.question))
+        prompt = JUDGE_PROMPT.format(passages=self.room.fitted(listed, JUDGE_TOKENS, rest), question=self.question,
+                                     reply=reply_format(self.question))
         try:
             completion = await self.backend.chat([{"role": "user", "content": prompt}], None, self.sampling,
                                                  max_tokens=JUDGE_TOKENS, request_id=request_id,
@@ -106,6 +111,6 @@ class Judge:
         verdict = plain_answer(answer_line(completion.content))  # passage titles may keep entities
         if verdict and not is_short(verdict):  # seen: the question restated around the answer, as a sentence
             verdict, usage = await shorten_one(self.question, verdict, self.backend, self.sampling, self.prefix_key,
-                                               f"shorten:{request_id}")
+                                               f"shorten:{request_id}", self.room)
             self.usage = self.usage + usage
         return "" if not_an_answer(self.question, verdict) else verdict

@@ -22,6 +22,7 @@ from heavy.aggregate.evidence import (
     topic_words,
     weigh,
 )
+from heavy.aggregate.fit import DEFAULT_CONTEXT_TOKENS, PromptRoom
 from heavy.aggregate.markers import MARKER, as_text, cited_numbers, link_text, renumber
 from heavy.aggregate.normalize import normalize_answer
 from heavy.aggregate.quotes import answer_sentence, pick_quotes
@@ -71,6 +72,7 @@ class AggregationConfig:
     read_on_majority: bool = False  # answer mode: the judge's readings vote even beside a majority (jobs of n > 1)
     check_claims: bool = True  # report mode: the model weighs each kept claim against its negation (claim_check.py)
     reasoning_tokens: int = 0  # added to each of the aggregator's model requests: a thinking model reasons first
+    context_tokens: int = DEFAULT_CONTEXT_TOKENS  # each request's prompt and completion fit it (fit.py)
 
     def __post_init__(self) -> None:
         if min(self.source_excerpt_chars, self.prompt_source_chars, self.report_sources) < 1 or self.report_tokens < 16:
@@ -80,6 +82,10 @@ class AggregationConfig:
             raise ValueError(f"reasoning_tokens must be >= 0, got {self.reasoning_tokens}")
         if self.min_majority < 1:
             raise ValueError(f"min_majority must be >= 1, got {self.min_majority}")
+
+    @property
+    def room(self) -> PromptRoom:
+        return PromptRoom(self.context_tokens, self.reasoning_tokens)
 
     @property
     def reserve_tokens(self) -> int:
@@ -95,7 +101,7 @@ class AggregationConfig:
                    price_per_mtok_prompt=settings.price_per_mtok_prompt,
                    price_per_mtok_completion=settings.price_per_mtok_completion, min_majority=settings.min_majority,
                    read_on_majority=settings.read_on_majority, check_claims=settings.check_claims,
-                   reasoning_tokens=settings.reasoning_tokens)
+                   reasoning_tokens=settings.reasoning_tokens, context_tokens=settings.context_tokens)
 
 
 async def aggregate(
@@ -116,7 +122,8 @@ async def aggregate(
     # below is where its trajectories' findings are merged.
     fetched = fetched_texts(results)  # url → all the trajectories saw of it
     decided = await vote(question, results, backend if mode == "answer" else None, config.sampling, prefix_key=job_id,
-                         min_majority=config.min_majority, read_on_majority=config.read_on_majority, fetched=fetched)
+                         min_majority=config.min_majority, read_on_majority=config.read_on_majority, fetched=fetched,
+                         room=config.room)
     if mode == "report" and not _agreed(decided):  # one of several answers is no headline: the findings are
         decided = replace(decided, answer="", agreement=0.0, cited=())
     union = union_of_sources(results)
@@ -128,7 +135,8 @@ async def aggregate(
     on_pages = _answers_on_pages(question, decided, union, texts)
     checking = mode == "report" and backend is not None and config.check_claims
     if checking:  # before the report pass, which is not shown answers no page supports
-        on_pages, checked_usage = await check_answers(on_pages, union, texts, backend, config.sampling, job_id)
+        on_pages, checked_usage = await check_answers(on_pages, union, texts, backend, config.sampling, job_id,
+                                                      config.room)
         usage = usage + checked_usage
     stated = _answer_stated(question, decided, union, pages, weights) if decided.answer else None
     if mode == "report" and backend is not None and union:  # with no page to cite, no claim could stand
@@ -140,7 +148,7 @@ async def aggregate(
         filtered = filter_claims(written, union, texts, question)
         body, dropped = filtered.body, filtered.dropped
         if checking and body:
-            checked = await check_claims(body, union, texts, backend, config.sampling, job_id)
+            checked = await check_claims(body, union, texts, backend, config.sampling, job_id, room=config.room)
             body, refuted = checked.body, checked.refuted
             dropped = (*dropped, *refuted)
             usage = usage + checked.usage
@@ -185,14 +193,42 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
     # as the one finding of a report on loops)
     shown = [item for item in shown if weigh(item[2], weights) > 0] or shown
     shown.sort(key=lambda item: -item[0])
-    lines, listed, budget = [], set(), config.prompt_source_chars
+    number_of_url = source_numbers(union)
+    _, top, top_excerpt, _ = shown[0]
+
+    def prompt_with(lines: list[str], listed: set[int]) -> str:
+        return REPORT_PROMPT.format(question=question, sources="\n".join(lines), n=len(results),
+                                    findings=_findings(results, unfounded, listed, number_of_url),
+                                    example=_format_example(top, top_excerpt))
+
+    # the sources take what the context leaves beside the rest of the prompt (its findings citing every source, and
+    # a line break between sources), within prompt_source_chars; the question always stays
+    rest = prompt_with([], {n for _, n, _, _ in shown})
+    room = config.room.source_chars(config.report_tokens, rest) - config.report_sources
+    lines, listed, budget = [], set(), min(config.prompt_source_chars, room)
     for _, n, _, entry in shown[: config.report_sources]:
         if len(entry) > budget:
             break
         lines.append(entry)
         listed.add(n)
         budget -= len(entry)
-    number_of_url = source_numbers(union)
+    prompt = prompt_with(lines, listed)
+    try:
+        completion = await backend.chat([{"role": "user", "content": prompt}], None, config.sampling,
+                                        max_tokens=config.report_tokens, request_id=REPORT_REQUEST,
+                                        prefix_key=job_id)
+    except LLMError as exc:  # the vote and the sources still make a report
+        log.warning("report pass failed: %s", exc)
+        return "", Usage()
+    body = completion.content
+    if completion.finish_reason == "length":  # the token limit cut the last sentence: a fragment is no claim
+        body = finished_part(body)
+    return body, completion.usage
+
+
+def _findings(results: Sequence[TrajectoryResult], unfounded: set[int], listed: set[int],
+              number_of_url: dict[str, int]) -> str:
+    """What each trajectory answered, citing the listed sources among those it cited."""
     findings = []
     for r in results:
         answer = " ".join(r.answer.split())  # one line each: a copied page keeps its line breaks
@@ -205,20 +241,7 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
                             f"citing {cites or 'no source'}")
         else:
             findings.append(f"- Researcher {r.index + 1} found no answer ({r.stop_reason}).")
-    _, top, top_excerpt, _ = shown[0]
-    prompt = REPORT_PROMPT.format(question=question, sources="\n".join(lines), n=len(results),
-                                  findings="\n".join(findings), example=_format_example(top, top_excerpt))
-    try:
-        completion = await backend.chat([{"role": "user", "content": prompt}], None, config.sampling,
-                                        max_tokens=config.report_tokens, request_id=REPORT_REQUEST,
-                                        prefix_key=job_id)
-    except LLMError as exc:  # the vote and the sources still make a report
-        log.warning("report pass failed: %s", exc)
-        return "", Usage()
-    body = completion.content
-    if completion.finish_reason == "length":  # the token limit cut the last sentence: a fragment is no claim
-        body = finished_part(body)
-    return body, completion.usage
+    return "\n".join(findings)
 
 
 def _format_example(number: int, excerpt: str) -> str:

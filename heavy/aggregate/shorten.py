@@ -19,6 +19,7 @@ from heavy.agent.steps import (
     printed_output,
 )
 from heavy.aggregate.evidence import content_words
+from heavy.aggregate.fit import PromptRoom
 from heavy.aggregate.normalize import normalize_answer, plain_answer
 from heavy.llm.types import LLMBackend, LLMError, Message, Sampling, Usage
 
@@ -43,12 +44,16 @@ EXAMPLES = (
 )
 
 
-def shorten_messages(question: str, answer: str) -> list[Message]:
+def shorten_messages(question: str, answer: str, room: PromptRoom = PromptRoom()) -> list[Message]:
+    """The examples, then the question and the answer, the answer cut to what the context leaves (a copied page)."""
     messages: list[Message] = [{"role": "system", "content": SHORTEN_SYSTEM}]
     for example_question, long_answer, short_answer in EXAMPLES:
         messages += [{"role": "user", "content": f"Question: {example_question}\nAnswer: {long_answer}"},
                      {"role": "assistant", "content": short_answer}]
-    return messages + [{"role": "user", "content": f"Question: {question}\nAnswer: {' '.join(answer.split())}"}]
+    asked = f"Question: {question}\nAnswer: "
+    rest = asked + "".join(m["content"] for m in messages)
+    answer = room.fitted(" ".join(answer.split()), SHORTEN_TOKENS, rest, messages=len(messages) + 1)
+    return messages + [{"role": "user", "content": asked + answer}]
 
 
 # A question opening with an auxiliary verb asks for yes or no ("Were X and Y both ...?") unless it offers a choice
@@ -186,7 +191,7 @@ def cut_by_rule(question: str, results: Sequence[TrajectoryResult]) -> tuple[dic
 
 async def shorten_answers(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
                           sampling: Sampling = Sampling(), prefix_key: str | None = None,
-                          ) -> tuple[dict[int, str], Usage]:
+                          room: PromptRoom = PromptRoom()) -> tuple[dict[int, str], Usage]:
     """Trajectory index → the answer to vote with. Without a backend, or when a call fails, the answer stays.
     HTML entities are unescaped first: an answer copied from an escaped title ("Tunnels &amp; Trolls") is checked
     against the question as written plainly (seen: it restated the question, yet voted, as the entity hid it)."""
@@ -198,7 +203,7 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
 
     usage = Usage()
     cuts = await asyncio.gather(*(shorten_one(question, plain[r.index], backend, sampling, prefix_key,
-                                              f"shorten:{r.index}") for r in long))
+                                              f"shorten:{r.index}", room) for r in long))
     for result, (answer, used) in zip(long, cuts, strict=True):
         short[result.index] = answer
         usage = usage + used
@@ -206,11 +211,11 @@ async def shorten_answers(question: str, results: Sequence[TrajectoryResult], ba
 
 
 async def shorten_one(question: str, answer: str, backend: LLMBackend, sampling: Sampling, prefix_key: str | None,
-                      request_id: str) -> tuple[str, Usage]:
+                      request_id: str, room: PromptRoom = PromptRoom()) -> tuple[str, Usage]:
     """One long answer cut down by the model; the answer as written when the call fails or the cut is of the
     wrong kind or says something else. A cut still long is reduced to the phrase it adds to the question."""
     try:
-        completion = await backend.chat(shorten_messages(question, answer), None, sampling,
+        completion = await backend.chat(shorten_messages(question, answer, room), None, sampling,
                                         max_tokens=SHORTEN_TOKENS, request_id=request_id, prefix_key=prefix_key)
     except LLMError as exc:  # the long answer still votes
         log.warning("%s failed: %s", request_id, exc)

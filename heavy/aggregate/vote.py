@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.evidence import fetched_texts, pooled_passages, token_f1
+from heavy.aggregate.fit import PromptRoom
 from heavy.aggregate.judge import JUDGE_PASSAGES, Judge
 from heavy.aggregate.normalize import as_sources_write, normalize_answer, plain_answer, vote_key
 from heavy.aggregate.options import as_option, as_options
@@ -116,16 +117,18 @@ def agreeing(results: Sequence[TrajectoryResult], k: int, question: str = "") ->
 async def vote(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
                sampling: Sampling = Sampling(), prefix_key: str | None = None,
                min_majority: int = MIN_MAJORITY, read_on_majority: bool = False,
-               fetched: Mapping[str, str] | None = None) -> Vote:
-    """`fetched`: evidence.fetched_texts(results), when the caller has it already."""
-    decided = await _decided(question, results, backend, sampling, prefix_key, min_majority, read_on_majority)
+               fetched: Mapping[str, str] | None = None, room: PromptRoom = PromptRoom()) -> Vote:
+    """`fetched`: evidence.fetched_texts(results), when the caller has it already; `room`: what the shortening and
+    the judge's prompts may hold."""
+    decided = await _decided(question, results, backend, sampling, prefix_key, min_majority, read_on_majority, room)
     texts = fetched if fetched is not None else fetched_texts(results)
     return _spelled_as_sources(decided, texts.values())
 
 
 async def _decided(question: str, results: Sequence[TrajectoryResult], backend: LLMBackend | None,
-                   sampling: Sampling, prefix_key: str | None, min_majority: int, read_on_majority: bool) -> Vote:
-    shortened, usage = await shorten_answers(question, results, backend, sampling, prefix_key)
+                   sampling: Sampling, prefix_key: str | None, min_majority: int, read_on_majority: bool,
+                   room: PromptRoom) -> Vote:
+    shortened, usage = await shorten_answers(question, results, backend, sampling, prefix_key, room)
     answers = as_options(question, shortened)
     groups = folded(tally(results, answers), question)
     outright = groups and _has_majority(groups, min_majority) and not (read_on_majority and len(results) > 1)
@@ -133,7 +136,7 @@ async def _decided(question: str, results: Sequence[TrajectoryResult], backend: 
         return _group_won(groups[0], groups, results, usage) if groups else Vote("", 0.0, (), usage=usage)
     # No majority (or readings vote beside one), or no answer at all: the judge reads the job's best pages, once per
     # trajectory and at least once per page (nothing fetched, nothing to read).
-    judge = Judge(question, backend, sampling, prefix_key)
+    judge = Judge(question, backend, sampling, prefix_key, room)
     readings = tuple(await judge.read_each(results, shortened))  # an answer's own words find its pages
     read = folded(_grouped(results, [(index, as_option(question, r)) for index, r in readings]), question)
     first_read = as_option(question, readings[0][1]) if readings else ""
