@@ -7,13 +7,13 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from heavy.agent.context import CHARS_PER_TOKEN
 from heavy.agent.gathered import SUPPORTING_SOURCES, lowered
 from heavy.agent.steps import TrajectoryResult, finished_part
 from heavy.aggregate.citations import FilteredReport, filter_claims
 from heavy.aggregate.claim_check import check_answers, check_claims
+from heavy.aggregate.config import AggregationConfig
 from heavy.aggregate.evidence import (
     SENTENCE_END,
     best_sentences,
@@ -22,17 +22,15 @@ from heavy.aggregate.evidence import (
     topic_words,
     weigh,
 )
-from heavy.aggregate.fit import DEFAULT_CONTEXT_TOKENS, PromptRoom
 from heavy.aggregate.markers import MARKER, as_text, cited_numbers, link_text, renumber
 from heavy.aggregate.normalize import normalize_answer
 from heavy.aggregate.quotes import answer_sentence, pick_quotes
 from heavy.aggregate.result import JobResult
 from heavy.aggregate.shorten import YES_NO, is_short
 from heavy.aggregate.sources import source_key, source_numbers, union_of_sources
-from heavy.aggregate.vote import MIN_MAJORITY, Vote, vote
-from heavy.config import Settings
+from heavy.aggregate.vote import Vote, vote
 from heavy.llm.adjusted import with_reasoning_room
-from heavy.llm.types import LLMBackend, LLMError, Sampling, Usage
+from heavy.llm.types import LLMBackend, LLMError, Usage
 from heavy.tools.base import Source
 
 log = logging.getLogger(__name__)
@@ -57,51 +55,6 @@ What {n} independent researchers answered:
 Answer the question in a short report of 3 to 6 sentences, in your own words, using only facts from the source \
 texts. End each sentence with the number of the source text that supports it, like this: "{example}" If the \
 researchers disagree, say so and cite each side. Do not list the sources and do not repeat the question."""
-
-
-@dataclass(frozen=True)
-class AggregationConfig:
-    report_tokens: int = 768
-    source_excerpt_chars: int = 300
-    prompt_source_chars: int = 6000  # how much source text the report prompt may carry
-    report_sources: int = 6  # the most relevant sources the report prompt shows
-    price_per_mtok_prompt: float = 0.0
-    price_per_mtok_completion: float = 0.0
-    sampling: Sampling = Sampling(temperature=0.0)
-    min_majority: int = MIN_MAJORITY  # answer mode: fewer agreeing trajectories go to the judge (1: a lone one stands)
-    read_on_majority: bool = False  # answer mode: the judge's readings vote even beside a majority (jobs of n > 1)
-    check_claims: bool = True  # report mode: the model weighs each kept claim against its negation (claim_check.py)
-    reasoning_tokens: int = 0  # added to each of the aggregator's model requests: a thinking model reasons first
-    context_tokens: int = DEFAULT_CONTEXT_TOKENS  # each request's prompt and completion fit it (fit.py)
-
-    def __post_init__(self) -> None:
-        if min(self.source_excerpt_chars, self.prompt_source_chars, self.report_sources) < 1 or self.report_tokens < 16:
-            raise ValueError("report_tokens >= 16; source_excerpt_chars, prompt_source_chars and report_sources >= 1 "
-                             "required")
-        if self.reasoning_tokens < 0:
-            raise ValueError(f"reasoning_tokens must be >= 0, got {self.reasoning_tokens}")
-        if self.min_majority < 1:
-            raise ValueError(f"min_majority must be >= 1, got {self.min_majority}")
-
-    @property
-    def room(self) -> PromptRoom:
-        return PromptRoom(self.context_tokens, self.reasoning_tokens)
-
-    @property
-    def reserve_tokens(self) -> int:
-        """What a job keeps of its grant from its trajectories for the aggregation: one report pass over a full
-        prompt (its completion, reasoning room and the source text the prompt may carry). The aggregator's other
-        calls (judge, shortening, claim checks) spend what the trajectories left, and go without when none is left."""
-        return self.report_tokens + self.reasoning_tokens + self.prompt_source_chars // CHARS_PER_TOKEN
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AggregationConfig:
-        """The service's `HEAVY_*` settings, for every way a job runs (the worker and `heavy ask`)."""
-        return cls(report_tokens=settings.report_tokens, report_sources=settings.report_sources,
-                   price_per_mtok_prompt=settings.price_per_mtok_prompt,
-                   price_per_mtok_completion=settings.price_per_mtok_completion, min_majority=settings.min_majority,
-                   read_on_majority=settings.read_on_majority, check_claims=settings.check_claims,
-                   reasoning_tokens=settings.reasoning_tokens, context_tokens=settings.context_tokens)
 
 
 async def aggregate(
