@@ -1,7 +1,8 @@
 """A SQLite FTS5 index over corpus documents, ranked with BM25.
 
-One file holds everything: `docs` (the documents) and `docs_fts` (an external-content FTS5 table over
-title and text). Documents are deduplicated by a hash of title + text, so re-adding a directory is a no-op; `doc_files`
+One file holds everything: `docs` (the documents), `docs_fts` (an external-content FTS5 table over
+title and text) and `docs_cjk` (the documents holding Chinese, Japanese or Korean text, their runs of it as bigrams:
+see heavy/corpus/cjk.py; a query with such text searches there, any other one `docs_fts` as before). Documents are deduplicated by a hash of title + text, so re-adding a directory is a no-op; `doc_files`
 records every file that holds each one, so re-adding an edited file replaces the documents it no longer holds, and a
 document goes only when no file holds it any more.
 Each call opens its own connection, so one index can be used from several threads.
@@ -10,6 +11,7 @@ Each call opens its own connection, so one index can be used from several thread
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import sqlite3
 import time
@@ -19,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from heavy.corpus import cjk
 from heavy.corpus.documents import CorpusFormatError, Document
+
+logger = logging.getLogger(__name__)
 
 TITLE_WEIGHT = 3.0  # a query term in the title says more about the page than one in the body
 TEXT_WEIGHT = 1.0
@@ -52,6 +57,7 @@ KEYWORD_WORDS = frozenset({"all", "and", "any", "as", "between", "by", "do", "fo
 KEYWORD_NOUNS = frozenset({"statement", "statements", "clause", "clauses", "keyword", "keywords", "operator",
                            "operators", "loop", "loops", "expression", "expressions", "block", "blocks"})
 
+SCHEMA_VERSION = 2  # PRAGMA user_version; 2 added docs_cjk (an index of version 0 or 1 is given it when opened)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     id INTEGER PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, url TEXT NOT NULL, origin TEXT NOT NULL,
@@ -60,6 +66,7 @@ CREATE TABLE IF NOT EXISTS docs (
 CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(
     title, text, content='docs', content_rowid='id', tokenize='porter unicode61'
 );
+CREATE VIRTUAL TABLE IF NOT EXISTS docs_cjk USING fts5(title, text, tokenize='porter unicode61');
 """
 _FILES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS doc_files (file TEXT NOT NULL, doc_id INTEGER NOT NULL, PRIMARY KEY (file, doc_id))
@@ -73,6 +80,11 @@ SELECT d.id, d.title, d.url, snippet(docs_fts, 1, '', '', ' … ', {SNIPPET_TOKE
        bm25(docs_fts, {TITLE_WEIGHT}, {TEXT_WEIGHT}) AS score
 FROM docs_fts JOIN docs AS d ON d.id = docs_fts.rowid
 WHERE docs_fts MATCH ? ORDER BY score LIMIT ?
+"""
+_SEARCH_CJK = f"""
+SELECT d.id, d.title, d.url, d.text, bm25(docs_cjk, {TITLE_WEIGHT}, {TEXT_WEIGHT}) AS score
+FROM docs_cjk JOIN docs AS d ON d.id = docs_cjk.rowid
+WHERE docs_cjk MATCH ? ORDER BY score LIMIT ?
 """
 
 
@@ -121,16 +133,17 @@ def content_hash(title: str, text: str) -> str:
     return hashlib.sha256(f"{title}\n{text}".encode()).hexdigest()
 
 
-def match_expression(query: str, keep_function_words: bool = False) -> str | None:
+def match_expression(query: str, keep_function_words: bool = False, beside_other_terms: bool = False) -> str | None:
     """The query as an FTS5 expression: every word quoted (no operator syntax leaks through), OR-ed for BM25; the
-    function words left out (FUNCTION_WORDS) unless there is nothing else, or they name a language's keyword."""
+    function words left out (FUNCTION_WORDS) unless there is nothing else (and no `beside_other_terms`: a CJK
+    query's runs), or they name a language's keyword."""
     written = re.findall(r"\w+", query)
     tokens = [t.lower() for t in written]
     named = [] if keep_function_words else [  # positions of keywords named by the noun after them
         k for k in range(len(tokens) - 1) if tokens[k] in KEYWORD_WORDS and tokens[k + 1] in KEYWORD_NOUNS]
     words = [t for k, t in enumerate(tokens) if keep_function_words or t not in FUNCTION_WORDS
              or (k > 0 and written[k][:1].isupper()) or k in named]
-    terms = [f'"{w}"' for w in dict.fromkeys(words or tokens)]
+    terms = [f'"{w}"' for w in dict.fromkeys(words or ([] if beside_other_terms else tokens))]
     # the keyword and its noun as a phrase of a title: 'The "with" statement', not a body's "... the in operator"
     phrases = dict.fromkeys(f'title : "{tokens[k]} {tokens[k + 1]}"' for k in named)
     return " OR ".join([*phrases, *terms]) or None
@@ -152,6 +165,7 @@ def _forget(db: sqlite3.Connection, file: str, kept: set[int]) -> int:
         (doc_id,)).fetchall()]
     # an external-content FTS5 table forgets a row only when told its old values
     db.executemany("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)", orphans)
+    db.executemany("DELETE FROM docs_cjk WHERE rowid = ?", [(doc_id,) for doc_id, _, _ in orphans])
     db.executemany("DELETE FROM docs WHERE id = ?", [(doc_id,) for doc_id, _, _ in orphans])
     return len(orphans)
 
@@ -162,6 +176,41 @@ def _file_of(origin: str) -> str:
     return row.group(1) if row else origin
 
 
+def _add_cjk(db: sqlite3.Connection, doc_id: int, title: str, text: str) -> None:
+    if cjk.has_cjk(title) or cjk.has_cjk(text):
+        db.execute("INSERT INTO docs_cjk (rowid, title, text) VALUES (?, ?, ?)",
+                   (doc_id, cjk.shadow_text(title), cjk.shadow_text(text)))
+
+
+def _create_or_upgrade(db: sqlite3.Connection, path: Path) -> bool:
+    """Create the tables, or bring an index built by an older heavy to SCHEMA_VERSION: index the bigrams of its
+    documents holding CJK text (once: a concurrent opener waits for the write lock, then finds the version set).
+    False for an older index we may not write (a read-only volume): it is searched as before, CJK runs whole."""
+    if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return True
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise CorpusFormatError(f"the corpus index at {path} was built by a newer heavy (schema {version}, this "
+                                    f"one reads {SCHEMA_VERSION}); upgrade heavy or rebuild it with `heavy corpus add`")
+        if version < SCHEMA_VERSION:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+            for doc_id, title, text in db.execute("SELECT id, title, text FROM docs").fetchall():
+                _add_cjk(db, doc_id, title, text)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.commit()
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode != sqlite3.SQLITE_READONLY:  # a full disk, a locked file
+            raise CorpusFormatError(f"the corpus index at {path} was built by an older heavy and could not be "
+                                    f"upgraded ({exc}); rebuild it with `heavy corpus add`") from exc
+        logger.warning("the corpus index at %s was built by an older heavy and is read-only: Chinese, Japanese and "
+                       "Korean words are found only as whole runs until it is rebuilt with `heavy corpus add`", path)
+        return False
+    return True
+
+
 class CorpusIndex:
     def __init__(self, path: Path | str, keep_function_words: bool = False) -> None:
         """`keep_function_words`: query with every word, as searches did before FUNCTION_WORDS (replays of runs
@@ -170,7 +219,7 @@ class CorpusIndex:
         self.keep_function_words = keep_function_words
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
-            db.executescript(_SCHEMA)
+            self.cjk_searchable = _create_or_upgrade(db, self.path)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -214,6 +263,7 @@ class CorpusIndex:
                     doc_id = cursor.lastrowid
                     db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)",
                                (doc_id, doc.title, doc.text))
+                    _add_cjk(db, doc_id, doc.title, doc.text)
                     added += 1
                 if source:
                     kept.add(doc_id)
@@ -232,12 +282,24 @@ class CorpusIndex:
             return sum(_forget(db, file, set()) for file in files if file not in present)
 
     def search(self, query: str, k: int) -> list[SearchHit]:
+        if self.cjk_searchable and cjk.has_cjk(query):
+            return self._search_cjk(query, k)
         expression = match_expression(query, self.keep_function_words)
         if expression is None:
             return []
         with closing(self._connect()) as db:
             rows = db.execute(_SEARCH, (expression, k)).fetchall()
         return [SearchHit(doc_id=r[0], title=r[1], url=r[2], snippet=r[3], score=r[4]) for r in rows]
+
+    def _search_cjk(self, query: str, k: int) -> list[SearchHit]:
+        """A query with CJK text, over the documents holding some: its runs as bigrams, its other words as ever."""
+        rest, terms = cjk.query_terms(query)
+        words = match_expression(rest, self.keep_function_words, beside_other_terms=True)
+        expression = " OR ".join(filter(None, [words, *terms]))
+        with closing(self._connect()) as db:
+            rows = db.execute(_SEARCH_CJK, (expression, k)).fetchall()
+        return [SearchHit(doc_id=r[0], title=r[1], url=r[2], snippet=cjk.snippet(r[3], query), score=r[4])
+                for r in rows]
 
     def get(self, doc_id: int) -> StoredDocument | None:
         with closing(self._connect()) as db:

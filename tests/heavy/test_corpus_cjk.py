@@ -1,0 +1,86 @@
+"""Local corpus: Chinese, Japanese and Korean words are found inside their runs, in new and in older indexes."""
+
+import sqlite3
+from contextlib import closing
+
+import pytest
+
+from heavy.corpus.documents import CorpusFormatError, Document
+from heavy.corpus.index import SCHEMA_VERSION, CorpusIndex
+
+DOCUMENTS = [
+    Document("東京", "東京は日本の首都です。人口は約1400万人。"),
+    Document("京都", "京都は日本の古都で、寺が多い。"),
+    Document("北京", "北京是中国的首都，长城在北京附近。"),
+    Document("서울", "서울은 한국의 수도입니다."),
+    Document("Tokyo", "Tokyo is the capital of Japan. 猫カフェが多い。"),
+    Document("Volcanoes", "Hekla is one of the most active volcanoes in Iceland."),
+]
+# the index as heavy built it before docs_cjk (schema 0): its FTS5 table alone
+OLD_SCHEMA = """
+CREATE TABLE docs (
+    id INTEGER PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, url TEXT NOT NULL, origin TEXT NOT NULL,
+    content_hash TEXT NOT NULL UNIQUE, added_at REAL NOT NULL
+);
+CREATE VIRTUAL TABLE docs_fts USING fts5(title, text, content='docs', content_rowid='id', tokenize='porter unicode61');
+"""
+
+
+def titles(index: CorpusIndex, query: str) -> list[str]:
+    return [hit.title for hit in index.search(query, k=5)]
+
+
+@pytest.mark.parametrize(("query", "first"), [
+    ("東京", "東京"),  # a word at the start of a sentence's run
+    ("人口", "東京"),  # one in the middle of a run
+    ("日本の首都はどこですか", "東京"),  # a question, one run: the page sharing most of its bigrams
+    ("长城", "北京"),
+    ("수도", "서울"),  # Korean: a word with its particle attached (수도입니다)
+    ("猫", "Tokyo"),  # one character, as a prefix of the bigram it begins
+    ("Japan 猫", "Tokyo"),  # Latin words still count beside CJK ones
+])
+def test_cjk_words_are_found_inside_a_run(tmp_path, query, first):
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add(DOCUMENTS)
+    assert titles(index, query)[0] == first
+    assert set(titles(index, "首都")) == {"東京", "北京"}
+    hit = index.search("长城", k=1)[0]
+    assert "长城在北京附近" in hit.snippet  # the snippet is the text as written, not its bigrams
+
+
+def test_english_queries_search_as_before(tmp_path):
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add(DOCUMENTS)
+    assert titles(index, "most active volcano") == ["Volcanoes"]
+    assert titles(index, "capital of Japan") == ["Tokyo"]
+
+
+def test_an_edited_file_leaves_no_stale_bigrams(tmp_path):
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add([Document("東京", "東京は日本の首都です。", origin="a.md")], source="a.md")
+    index.add([Document("東京", "東京は大きい。", origin="a.md")], source="a.md")
+    assert titles(index, "首都") == []
+    assert titles(index, "大きい") == ["東京"]
+
+
+def test_an_index_built_before_cjk_search_is_upgraded_when_opened(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executescript(OLD_SCHEMA)
+        for doc_id, doc in enumerate(DOCUMENTS, start=1):
+            db.execute("INSERT INTO docs VALUES (?, ?, ?, '', '', ?, 0)", (doc_id, doc.title, doc.text, str(doc_id)))
+            db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)", (doc_id, doc.title, doc.text))
+    index = CorpusIndex(path)
+    assert set(titles(index, "首都")) == {"東京", "北京"}
+    assert titles(index, "volcanoes") == ["Volcanoes"]
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert titles(CorpusIndex(path), "长城") == ["北京"]  # opened again: nothing indexed twice
+
+
+def test_an_index_from_a_newer_heavy_is_refused_with_a_clear_message(tmp_path):
+    path = tmp_path / "new.sqlite"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(CorpusFormatError, match="newer heavy"):
+        CorpusIndex(path)
