@@ -4,9 +4,11 @@ keeping what only looks like one (a page's footnote quoted, an index in code) fr
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Sequence
 
 _LINK_TEXT_SPECIAL = re.compile(r"[\\`*_\[\]<>&]")  # backslash-escaped in link text
+_LINK_TARGET_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in "()<>\\")  # "%": escapes stay as sent
 MARKER = re.compile(r"(?<!\\)\[(\d+(?:\s*[,;]\s*\d+)*)\]")  # "\[1]" is Markdown for the text "[1]"
 # markers written otherwise: "【1】" (full-width brackets), "[1-3]" (a range)
 _FULL_WIDTH_MARKER = re.compile(r"【\s*(\d+(?:\s*[,;、，]\s*\d+)*)\s*】")
@@ -58,6 +60,12 @@ def link_text(text: str) -> str:
     """A page's title as the text of a Markdown link: on one line, with what Markdown would read in it escaped (an
     unbalanced "]" ends the link early, a "[3]" reads as a citation, "<http://...>" as a link of its own)."""
     return _LINK_TEXT_SPECIAL.sub(r"\\\g<0>", " ".join(text.split()))
+
+
+def link_target(url: str) -> str:
+    """A URL as the address of a Markdown link: what would end it early or be read otherwise (whitespace, an
+    unbalanced parenthesis, "<", ">", a backslash escape) percent-encoded, as is anything outside printable ASCII."""
+    return urllib.parse.quote(url, safe=_LINK_TARGET_SAFE)
 
 
 def renumber(body: str, cited: Sequence[int]) -> str:

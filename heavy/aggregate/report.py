@@ -22,7 +22,7 @@ from heavy.aggregate.evidence import (
     topic_words,
     weigh,
 )
-from heavy.aggregate.markers import MARKER, as_text, cited_numbers, link_text, renumber
+from heavy.aggregate.markers import MARKER, as_text, cited_numbers, link_target, link_text, renumber
 from heavy.aggregate.normalize import normalize_answer
 from heavy.aggregate.quotes import answer_sentence, pick_quotes
 from heavy.aggregate.result import JobResult
@@ -268,7 +268,7 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
     markdown = renumber(text, cited)
     if cited:
         markdown += "\n\n## Sources\n\n" + "\n".join(
-            f"{i}. [{link_text(union[n - 1].title or union[n - 1].url)}]({union[n - 1].url}) — fetched "
+            f"{i}. [{link_text(union[n - 1].title or union[n - 1].url)}]({link_target(union[n - 1].url)}) — fetched "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(union[n - 1].fetched_at))}, "
             f"sha256 {union[n - 1].content_hash[:12]}"
             for i, n in enumerate(cited, start=1)

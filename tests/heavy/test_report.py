@@ -1,8 +1,10 @@
 """Report mode: numbered citations over fetched sources, disagreements, quotes of the best sentences."""
 
 import dataclasses
+import html as html_module
 import json
 import re
+import urllib.parse
 
 import pytest
 
@@ -374,3 +376,16 @@ async def test_a_page_title_is_escaped_in_its_sources_entry():
     assert ('<a href="http://corpus/eiffel" target="_blank" rel="noopener noreferrer">Tower ] notes [2] '
             "&lt;http://evil.example&gt; *1889* &amp; more</a>") in html
     assert set(re.findall(r'href="([^"]*)"', html)) == {"#src-1", "http://corpus/eiffel"}
+
+
+@pytest.mark.parametrize("url", ["http://corpus/eiffel tower", "http://corpus/eiffel_(tower", "http://corpus/a)b<c>\\d"])
+async def test_a_page_url_is_escaped_in_its_sources_entry(url):
+    # a space or an unbalanced ")" ended the link's address early: the entry rendered as text and a broken link
+    tower = dataclasses.replace(EIFFEL, url=url)
+    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [1]."))
+    job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
+                          results=[result(0, "1889", cited=[tower])], backend=backend)
+    html = report_html(job.markdown)
+    href = re.search(r'<li id="src-1"><a href="([^"]*)"[^>]*>eiffel</a> — fetched', html)
+    assert href is not None, html
+    assert urllib.parse.unquote(html_module.unescape(href.group(1))) == url
