@@ -53,6 +53,7 @@ class FetchedResponse:
     content_type: str  # media type only, lower case ("text/html")
     text: str
     truncated: bool  # the body was longer than max_bytes
+    body: bytes  # as received, decompressed (a PDF is read from it)
 
 
 class PageFetcher:
@@ -99,7 +100,7 @@ class PageFetcher:
         return FetchedResponse(
             url=str(target.url), status=response.status_code,
             content_type=response.headers.get("content-type", "").split(";")[0].strip().lower(),
-            text=decode_body(body, response.charset_encoding), truncated=truncated,
+            text=decode_body(body, response.charset_encoding), truncated=truncated, body=body,
         )
 
     async def _read_capped(self, response: httpx.Response, target: Target) -> tuple[bytes, bool]:

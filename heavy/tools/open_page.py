@@ -7,13 +7,17 @@ import hashlib
 import time
 from urllib.parse import urldefrag
 
+import pypdf
+
 from heavy.tools.base import Source, ToolContext, ToolError, ToolResult
-from heavy.tools.extract import html_to_markdown
+from heavy.tools.extract import ExtractedPage, html_to_markdown, pdf_to_text
 from heavy.tools.fetch import FetchedResponse, PageFetcher
 from heavy.tools.page_cache import InMemoryPageCache, Page, PageCache
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-READABLE_APPLICATION_TYPES = frozenset({"application/xhtml+xml", "application/json", "application/xml"})
+PDF_TYPES = frozenset({"application/pdf", "application/x-pdf"})
+READABLE_APPLICATION_TYPES = frozenset({"application/xhtml+xml", "application/json", "application/xml", *PDF_TYPES})
+PDF_MAGIC = b"%PDF-"
 
 
 def is_readable(content_type: str) -> bool:
@@ -24,20 +28,34 @@ def is_readable(content_type: str) -> bool:
 async def page_from_response(url: str, response: FetchedResponse) -> Page:
     if not is_readable(response.content_type):
         raise ToolError(f"{url} is {response.content_type}, which cannot be read as text")
-    if response.content_type in HTML_TYPES or (not response.content_type and "<html" in response.text[:1000].lower()):
+    truncated = response.truncated
+    if response.content_type in PDF_TYPES or (not response.content_type and response.body.startswith(PDF_MAGIC)):
+        extracted = await _read_pdf(url, response)
+        title, text, truncated = extracted.title, extracted.markdown, truncated or extracted.truncated
+    elif response.content_type in HTML_TYPES or (not response.content_type
+                                                 and "<html" in response.text[:1000].lower()):
         extracted = await asyncio.to_thread(html_to_markdown, response.text, response.url)
         title, text = extracted.title, extracted.markdown
     else:
         title, text = "", response.text
     return Page(
         url=url, final_url=response.url, title=title or response.url, text=text.strip(), fetched_at=time.time(),
-        content_hash=hashlib.sha256(text.strip().encode()).hexdigest(), truncated=response.truncated,
+        content_hash=hashlib.sha256(text.strip().encode()).hexdigest(), truncated=truncated,
     )
+
+
+async def _read_pdf(url: str, response: FetchedResponse) -> ExtractedPage:
+    try:
+        return await asyncio.to_thread(pdf_to_text, response.body)
+    except pypdf.errors.PyPdfError as exc:
+        cut = " (it is longer than the download limit, which cut it)" if response.truncated else ""
+        raise ToolError(f"{url} could not be read as a PDF{cut}: {exc}") from exc
 
 
 def render_page(page: Page) -> str:
     moved = f" (redirected to {page.final_url})" if page.final_url != page.url else ""
-    cut = "\n\n[the page was longer than the download limit; this is its beginning]" if page.truncated else ""
+    cut = ("\n\n[the page was longer than the download limit (or a PDF than the limits on reading it); this is "
+           "its beginning]") if page.truncated else ""
     return f"# {page.title}\nURL: {page.url}{moved}\n\n{page.text or '(no readable text on this page)'}{cut}"
 
 

@@ -1,4 +1,4 @@
-"""open_page: extraction to Markdown, per-URL cache, size cap, content types, HTTP errors, redirect limits."""
+"""open_page: extraction to Markdown, PDFs, per-URL cache, size cap, content types, HTTP errors, redirect limits."""
 
 import asyncio
 import gzip
@@ -7,6 +7,7 @@ import zlib
 
 import pytest
 
+from heavy.tools import extract
 from heavy.tools.base import ToolContext, ToolError
 from heavy.tools.fetch import FetchLimits, PageFetcher
 from heavy.tools.open_page import OpenPageTool
@@ -38,6 +39,32 @@ CAFE = "Le café de la gare est très célèbre à Zürich."
 TOKYO = "東京は日本の首都です。"
 
 
+def pdf_document(title, pages):
+    """A PDF of one line of Helvetica text per page, with its title in the document information."""
+    page_ids = [4 + 2 * k for k in range(len(pages))]
+    info = 4 + 2 * len(pages)
+    objects = {1: "<< /Type /Catalog /Pages 2 0 R >>",
+               2: f"<< /Type /Pages /Kids [{' '.join(f'{i} 0 R' for i in page_ids)}] /Count {len(pages)} >>",
+               3: "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+               info: f"<< /Title ({title}) >>"}
+    for i, line in zip(page_ids, pages, strict=True):
+        stream = f"BT /F1 12 Tf 72 720 Td ({line}) Tj ET"
+        objects[i] = (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+                      f"/Contents {i + 1} 0 R >>")
+        objects[i + 1] = f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream"
+    document, offsets = b"%PDF-1.4\n", {}
+    for i in sorted(objects):
+        offsets[i] = len(document)
+        document += f"{i} 0 obj\n{objects[i]}\nendobj\n".encode()
+    entries = "".join(f"{offsets[i]:010d} 00000 n \n" for i in sorted(objects))
+    xref = f"xref\n0 {info + 1}\n0000000000 65535 f \n{entries}"
+    trailer = f"trailer\n<< /Size {info + 1} /Root 1 0 R /Info {info} 0 R >>\nstartxref\n{len(document)}\n%%EOF\n"
+    return document + (xref + trailer).encode()
+
+
+PAPER = pdf_document("Eruptions of Hekla", ["Hekla erupted in 1947 and in 2000.", "Its summit is 1491 m high."])
+
+
 def charset_page(meta, text, encoding, content_type="text/html"):
     page = f"<html><head>{meta}<title>{text[:5]}</title></head><body><article><p>{text}</p></article></body></html>"
     return 200, {"Content-Type": content_type}, page.encode(encoding)
@@ -53,7 +80,11 @@ def server():
         "/hekla": html_page("About Hekla", ARTICLE),
         "/notes.txt": (200, {"Content-Type": "text/plain; charset=utf-8"}, "plain notes, ünïcode".encode()),
         "/big": (200, {"Content-Type": "text/plain"}, b"x" * 5000),
-        "/report.pdf": (200, {"Content-Type": "application/pdf"}, b"%PDF-1.4"),
+        "/photo.png": (200, {"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\n"),
+        "/paper.pdf": (200, {"Content-Type": "application/pdf"}, PAPER),
+        "/untyped-paper": (200, {}, PAPER),
+        "/gzip-paper.pdf": (200, {"Content-Type": "application/pdf", "Content-Encoding": "gzip"}, gzip.compress(PAPER)),
+        "/broken.pdf": (200, {"Content-Type": "application/pdf"}, b"%PDF-1.4\nnot a document"),
         "/gone": (404, {"Content-Type": "text/html"}, b"<p>not here</p>"),
         "/loop": redirect("/loop"),
         "/gzip": encoded("gzip", gzip.compress(NOTES)),
@@ -160,8 +191,29 @@ def test_encodings_we_did_not_ask_for_are_refused(server, path):
 
 
 def test_binary_content_types_are_refused(server):
-    with pytest.raises(ToolError, match="application/pdf"):
-        run(make_tool(server), f"{server.base_url}/report.pdf")
+    with pytest.raises(ToolError, match="image/png"):
+        run(make_tool(server), f"{server.base_url}/photo.png")
+
+
+@pytest.mark.parametrize("path", ["/paper.pdf", "/untyped-paper", "/gzip-paper.pdf"])
+def test_a_pdf_is_read_as_its_text_page_by_page(server, path):
+    result = run(make_tool(server), f"{server.base_url}{path}")
+    assert result.text.startswith(f"# Eruptions of Hekla\nURL: {server.base_url}{path}")
+    assert "Hekla erupted in 1947 and in 2000.\n\nIts summit is 1491 m high." in result.text
+    assert not result.truncated and result.sources[0].title == "Eruptions of Hekla"
+
+
+def test_a_pdf_is_read_only_within_the_reading_limits(server, monkeypatch):
+    monkeypatch.setattr(extract, "PDF_MAX_SECONDS", 0.0)  # past the deadline after the first page
+    result = run(make_tool(server), f"{server.base_url}/paper.pdf")
+    assert "Hekla erupted in 1947" in result.text and "summit" not in result.text
+    assert result.truncated and "limits on reading it" in result.text
+
+
+@pytest.mark.parametrize(("path", "limits"), [("/broken.pdf", {}), ("/paper.pdf", {"max_bytes": 100})])
+def test_an_unreadable_pdf_is_a_clear_error(server, path, limits):
+    with pytest.raises(ToolError, match="could not be read as a PDF"):
+        run(make_tool(server, **limits), f"{server.base_url}{path}")
 
 
 def test_http_errors_are_reported(server):
