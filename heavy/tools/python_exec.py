@@ -10,7 +10,9 @@ def render_outcome(outcome: SandboxOutcome, wall_s: float) -> str:
     parts = [outcome.output.rstrip() or "(no output)"]
     if outcome.truncated:
         parts.append(f"[output truncated: showing {len(outcome.output)} of {outcome.output_bytes} bytes]")
-    if outcome.timed_out:
+    if outcome.scratch_full:
+        parts.append("[killed: the files written took more room than the scratch directory's limit]")
+    elif outcome.timed_out:
         parts.append(f"[killed: wall-clock limit of {wall_s:g}s reached]")
     elif outcome.signal_name in ("SIGXCPU", "SIGKILL"):
         parts.append("[killed: CPU time limit reached]")

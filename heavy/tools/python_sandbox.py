@@ -56,6 +56,12 @@ UNSHARE = ("unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--
 UNSHARE_USER = ("unshare", "--user", "--map-root-user", *UNSHARE[1:])
 ISOLATIONS = ("auto", "namespaces", "user-namespaces", "process")
 PR_SET_DUMPABLE = 4
+# Process isolation's scratch dir lies on the host's /tmp, which has no quota: the code's files there are measured
+# this often, and the run is killed once they take more than the limits' tmpfs_bytes (it may write past that for
+# one interval at disk speed) or are more than SCRATCH_MAX_ENTRIES (each costs an inode, and time to measure).
+SCRATCH_POLL_S = 0.05
+SCRATCH_MAX_ENTRIES = 10_000
+OWNER_RWX = 0o700
 RUNNER_SOURCE = (Path(__file__).with_name("sandbox_runner.py")).read_text()
 CLEAN_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
@@ -73,7 +79,7 @@ class SandboxLimits:
     file_bytes: int = 16 << 20  # largest file the code may write
     open_files: int = 64
     output_bytes: int = 64_000  # kept of stdout+stderr; the rest is counted and dropped
-    tmpfs_bytes: int = 64 << 20  # size of each private tmpfs (namespaces isolation)
+    tmpfs_bytes: int = 64 << 20  # size of each private tmpfs (namespaces); of the scratch dir (process isolation)
 
     def __post_init__(self) -> None:
         bad = {name: value for name, value in asdict(self).items() if value <= 0}
@@ -94,6 +100,7 @@ class SandboxOutcome:
     truncated: bool
     output_bytes: int  # total produced, kept or not
     isolation: str  # "namespaces", "user-namespaces" or "process"
+    scratch_full: bool = False  # killed: its files outgrew the scratch dir's limit (process isolation)
 
 
 @functools.cache
@@ -280,7 +287,7 @@ class PythonSandbox:
             argv = runner_argv(scratch, self.limits, unreadable_dirs(self.data_dirs))
             return await self._run(code, argv, scratch)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            await asyncio.to_thread(remove_scratch, scratch)
 
     async def _run(self, code: str, command: list[str], scratch: str | None) -> SandboxOutcome:
         process = await asyncio.create_subprocess_exec(
@@ -289,6 +296,7 @@ class PythonSandbox:
             start_new_session=True,  # its own process group, killed as a whole
         )
         reader = asyncio.create_task(self._read_capped(process.stdout))
+        watcher = asyncio.create_task(self._watch_scratch(scratch, process.pid)) if scratch else None
         timed_out = False
         try:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -300,6 +308,9 @@ class PythonSandbox:
             except TimeoutError:
                 timed_out = True
         finally:
+            scratch_full = watcher is not None and watcher.done() and watcher.result()  # done: it killed the code
+            if watcher is not None:
+                watcher.cancel()
             _kill_group(process.pid)  # also reaps children left behind by a finished program
             await process.wait()
         kept, total = await reader
@@ -309,7 +320,17 @@ class PythonSandbox:
             output=kept.decode("utf-8", errors="replace"), exit_code=None if timed_out else returncode,
             signal_name=signal.Signals(killed_by).name if killed_by else None,
             timed_out=timed_out, truncated=total > len(kept), output_bytes=total, isolation=self.isolation,
+            scratch_full=scratch_full,
         )
+
+    async def _watch_scratch(self, scratch: str, pid: int) -> bool:
+        """Kill the process group once its scratch dir holds more than the limits allow; True when it did."""
+        while True:
+            await asyncio.sleep(SCRATCH_POLL_S)
+            used, entries = await asyncio.to_thread(scratch_usage, scratch, SCRATCH_MAX_ENTRIES)
+            if used > self.limits.tmpfs_bytes or entries > SCRATCH_MAX_ENTRIES:
+                _kill_group(pid)
+                return True
 
     def _death_signal(self, returncode: int) -> int | None:
         if returncode < 0:
@@ -324,6 +345,35 @@ class PythonSandbox:
             total += len(chunk)
             kept += chunk[: max(0, self.limits.output_bytes - len(kept))]
         return bytes(kept), total
+
+
+def scratch_usage(root: str, max_entries: float) -> tuple[int, int]:
+    """Bytes on disk and entries under `root`, counted until past `max_entries`. A dir the code took its owner's
+    rights from (chmod 0: allowed inside its scratch dir) gets them back: it runs as our user."""
+    used, entries, inodes, pending = 0, 0, set(), [root]
+    while pending and entries <= max_entries:
+        directory = pending.pop()
+        with contextlib.suppress(OSError):
+            if os.lstat(directory).st_mode & OWNER_RWX != OWNER_RWX:
+                os.chmod(directory, OWNER_RWX)
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    entries += 1
+                    if entries > max_entries:
+                        break
+                    stat = entry.stat(follow_symlinks=False)
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    if stat.st_ino not in inodes:  # a hard link takes no more room
+                        inodes.add(stat.st_ino)
+                        used += stat.st_blocks * 512  # st_blocks counts 512-byte units: a sparse file's holes are free
+    return used, entries
+
+
+def remove_scratch(root: str) -> None:
+    """Delete a process isolation scratch dir, dirs the code made unreadable or unwritable included."""
+    scratch_usage(root, max_entries=float("inf"))
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _environment(work_dir: str) -> dict[str, str]:

@@ -325,3 +325,21 @@ def wait_until_no_sandbox_process(attempts=50):
             return True
         time.sleep(0.1)
     return False
+
+
+def test_process_isolation_bounds_what_the_scratch_dir_holds():
+    # its scratch dir is on the host's /tmp: 16 MB a file (file_bytes) but any number of them, until the wall limit
+    fill = ("import os, time\nprint(os.getcwd(), flush=True)\nos.mkdir('hidden')\n"
+            "for k in range(24):\n    open(f'hidden/{k}', 'wb').write(b'x' * (1 << 20))\n"
+            "os.chmod('hidden', 0)\ntime.sleep(60)")
+    sandbox = PythonSandbox(SandboxLimits(wall_s=10, file_bytes=1 << 20, tmpfs_bytes=8 << 20), "process")
+    outcome = asyncio.run(sandbox.run(fill))
+    assert outcome.scratch_full and not outcome.timed_out, outcome
+    assert "scratch directory's limit" in render_outcome(outcome, wall_s=10)
+    assert not Path(outcome.output.split()[0]).exists()  # removed, with the dir the code made unreadable
+
+
+def test_process_isolation_lets_code_use_its_scratch_dir_within_the_bound():
+    code = "open('a.bin', 'wb').write(b'x' * (1 << 20))\nimport os\nos.path.getsize('a.bin')"
+    outcome = run(code, SandboxLimits(wall_s=10, file_bytes=2 << 20, tmpfs_bytes=8 << 20), "process")
+    assert outcome.output.strip() == "1048576" and not outcome.scratch_full, outcome
