@@ -9,7 +9,6 @@ caller connects to `Target.address` — the address that was checked — so a se
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
 import socket
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from heavy.tools.base import ToolError
+from heavy.tools.blocking import DNS, run_in
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -125,7 +125,7 @@ def refusal_reason(address: IPAddress) -> str | None:
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = await run_in(DNS, socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     return [info[4][0] for info in infos]
 
 
