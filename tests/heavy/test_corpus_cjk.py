@@ -1,7 +1,13 @@
 """Local corpus: Chinese, Japanese and Korean words are found inside their runs, in new and in older indexes."""
 
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -63,13 +69,17 @@ def test_an_edited_file_leaves_no_stale_bigrams(tmp_path):
     assert titles(index, "大きい") == ["東京"]
 
 
-def test_an_index_built_before_cjk_search_is_upgraded_when_opened(tmp_path):
-    path = tmp_path / "old.sqlite"
+def write_old_index(path):
     with closing(sqlite3.connect(path)) as db, db:
         db.executescript(OLD_SCHEMA)
         for doc_id, doc in enumerate(DOCUMENTS, start=1):
             db.execute("INSERT INTO docs VALUES (?, ?, ?, '', '', ?, 0)", (doc_id, doc.title, doc.text, str(doc_id)))
             db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)", (doc_id, doc.title, doc.text))
+
+
+def test_an_index_built_before_cjk_search_is_upgraded_when_opened(tmp_path):
+    path = tmp_path / "old.sqlite"
+    write_old_index(path)
     index = CorpusIndex(path)
     assert set(titles(index, "首都")) == {"東京", "北京"}
     assert titles(index, "volcanoes") == ["Volcanoes"]
@@ -84,3 +94,22 @@ def test_an_index_from_a_newer_heavy_is_refused_with_a_clear_message(tmp_path):
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(CorpusFormatError, match="newer heavy"):
         CorpusIndex(path)
+
+
+def test_an_older_index_on_a_read_only_volume_is_still_searched():
+    # a volume mounted read-only (deploy/README): the upgrade cannot be written, the search must still work
+    scratch = Path(tempfile.mkdtemp(prefix="heavy-corpus-ro-"))
+    try:
+        write_old_index(scratch / "old.sqlite")
+        os.chmod(scratch / "old.sqlite", 0o444)
+        os.chmod(scratch, 0o555)  # no journal may be created beside it either
+        as_other_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        search = ("from heavy.corpus.index import CorpusIndex\n"
+                  f"print([h.title for h in CorpusIndex({str(scratch / 'old.sqlite')!r}).search('volcanoes', 5)])")
+        done = subprocess.run([*as_other_user, sys.executable, "-c", search], capture_output=True, text=True,
+                              cwd=Path(__file__).parents[2], env={**os.environ, "PYTHONPATH": "."}, timeout=60)
+        assert done.stdout.strip() == "['Volcanoes']", done.stderr
+        assert "read-only" in done.stderr  # the warning says why CJK words are found only as whole runs
+    finally:
+        os.chmod(scratch, 0o755)
+        shutil.rmtree(scratch)
