@@ -18,6 +18,7 @@ HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 PDF_TYPES = frozenset({"application/pdf", "application/x-pdf"})
 READABLE_APPLICATION_TYPES = frozenset({"application/xhtml+xml", "application/json", "application/xml", *PDF_TYPES})
 PDF_MAGIC = b"%PDF-"
+UNTYPED = frozenset({"", "application/octet-stream"})  # what servers send a file as when they do not know its type
 
 
 def is_readable(content_type: str) -> bool:
@@ -26,10 +27,12 @@ def is_readable(content_type: str) -> bool:
 
 
 async def page_from_response(url: str, response: FetchedResponse) -> Page:
-    if not is_readable(response.content_type):
+    is_pdf = response.content_type in PDF_TYPES or (response.content_type in UNTYPED
+                                                    and response.body.startswith(PDF_MAGIC))
+    if not is_pdf and not is_readable(response.content_type):
         raise ToolError(f"{url} is {response.content_type}, which cannot be read as text")
     truncated = response.truncated
-    if response.content_type in PDF_TYPES or (not response.content_type and response.body.startswith(PDF_MAGIC)):
+    if is_pdf:
         extracted = await _read_pdf(url, response)
         title, text, truncated = extracted.title, extracted.markdown, truncated or extracted.truncated
     elif response.content_type in HTML_TYPES or (not response.content_type

@@ -83,6 +83,7 @@ def server():
         "/photo.png": (200, {"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\n"),
         "/paper.pdf": (200, {"Content-Type": "application/pdf"}, PAPER),
         "/untyped-paper": (200, {}, PAPER),
+        "/octet-stream-paper": (200, {"Content-Type": "application/octet-stream"}, PAPER),
         "/gzip-paper.pdf": (200, {"Content-Type": "application/pdf", "Content-Encoding": "gzip"}, gzip.compress(PAPER)),
         "/broken.pdf": (200, {"Content-Type": "application/pdf"}, b"%PDF-1.4\nnot a document"),
         "/gone": (404, {"Content-Type": "text/html"}, b"<p>not here</p>"),
@@ -195,7 +196,7 @@ def test_binary_content_types_are_refused(server):
         run(make_tool(server), f"{server.base_url}/photo.png")
 
 
-@pytest.mark.parametrize("path", ["/paper.pdf", "/untyped-paper", "/gzip-paper.pdf"])
+@pytest.mark.parametrize("path", ["/paper.pdf", "/untyped-paper", "/octet-stream-paper", "/gzip-paper.pdf"])
 def test_a_pdf_is_read_as_its_text_page_by_page(server, path):
     result = run(make_tool(server), f"{server.base_url}{path}")
     assert result.text.startswith(f"# Eruptions of Hekla\nURL: {server.base_url}{path}")
