@@ -44,12 +44,14 @@ def titles(index: CorpusIndex, query: str) -> list[str]:
     ("수도", "서울"),  # Korean: a word with its particle attached (수도입니다)
     ("猫", "Tokyo"),  # one character, as a prefix of the bigram it begins
     ("Japan 猫", "Tokyo"),  # Latin words still count beside CJK ones
+    ("What is 长城?", "北京"),
 ])
 def test_cjk_words_are_found_inside_a_run(tmp_path, query, first):
     index = CorpusIndex(tmp_path / "i.sqlite")
     index.add(DOCUMENTS)
     assert titles(index, query)[0] == first
     assert set(titles(index, "首都")) == {"東京", "北京"}
+    assert titles(index, "What is 长城?") == ["北京"]  # no page found by "what" or "is" alone ("Tokyo is the ...")
     hit = index.search("长城", k=1)[0]
     assert "长城在北京附近" in hit.snippet  # the snippet is the text as written, not its bigrams
 
