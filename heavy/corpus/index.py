@@ -2,9 +2,10 @@
 
 One file holds everything: `docs` (the documents), `docs_fts` (an external-content FTS5 table over
 title and text) and `docs_cjk` (the documents holding Chinese, Japanese or Korean text, their runs of it as bigrams:
-see heavy/corpus/cjk.py; a query with such text searches there, any other one `docs_fts` as before). Documents are deduplicated by a hash of title + text, so re-adding a directory is a no-op; `doc_files`
-records every file that holds each one, so re-adding an edited file replaces the documents it no longer holds, and a
-document goes only when no file holds it any more.
+see heavy/corpus/cjk.py; a query with such text searches there, any other one `docs_fts` as before). Documents are
+deduplicated by a hash of title + text, so re-adding a directory is a no-op; `doc_files` records every file that
+holds each one, so re-adding an edited file replaces the documents it no longer holds, and a document goes only
+when no file holds it any more.
 Each call opens its own connection, so one index can be used from several threads.
 """
 
