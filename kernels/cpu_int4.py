@@ -5,9 +5,8 @@ copies larger than the caches as a decode step streams its weights; 2-core AMD E
 shared machine): the native AVX-512 kernel (kernels/cpu_native.py) runs 3.2-4.1x BF16 F.linear at M = 1, 1.3x at
 M = 8 and 0.46-0.51x at M = 512 (prefill is compute-bound: BF16's GEMM wins); torch's
 `_weight_int4pack_mm_for_cpu` 3.3-3.5x, 1.1x and 0.4x, so it is only the fallback for CPUs or machines that cannot
-build the native kernel. (An earlier run, on a Xeon, timed one weight over and over, so
-part of it could stay in the caches.) Both
-read the weights in their own layout, made here once.
+build the native kernel. (An earlier run, on a Xeon, timed one weight over and over, so part of it could stay in
+the caches.) Both read the weights in their own layout, made here once.
 On a CPU with AVX2 but no AVX-512 (2-core EPYC, 2 threads, `scripts/bench_kernels.py`), torch's kernel beats the
 native AVX2 one on BF16 activations, so BF16 weights keep it; FP32 weights, whose activations torch's kernel
 multiplies slowly (26.7 ms against 0.57 in BF16 at M = 1, 4864 x 896), take the AVX2 kernel. At K = 7168 -> N = 2048

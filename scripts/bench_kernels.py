@@ -7,8 +7,8 @@ INT4 path (kernels.int4_linear), then the same with FP32 activations (dense FP32
 CPU path on FP32 weights: the AVX2 kernel on CPUs without AVX-512, up to 128 rows), BF16 `F.linear` and the Triton
 kernel on the GPU when one is present (its ratio is against the GPU's BF16); and the roofline time on H100 / H200:
 max(bytes / HBM bandwidth, FLOPs / dense BF16 peak). Each CPU method cycles through copies of its weight larger than
-the caches, as a decode step streams its weights (one 7.3 MB INT4 weight stays in a 32 MiB L3, its 29 MB BF16 one
-does not, which favoured INT4). Runs in a few minutes on 2 cores.
+the caches, as a decode step streams its weights (timing one weight over and over let part of it stay in the
+caches: a 7.3 MB INT4 weight wholly, its 29 MB BF16 one in part). Runs in a few minutes on 2 cores.
 With --threads 1 the clock is the thread's CPU time, which ignores time spent descheduled: use it on a shared,
 busy machine, where multi-threaded wall times mostly measure the scheduler.
 
