@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from heavy.agent.context import estimate_tokens
+from heavy.agent.context import estimate_tokens, with_usage
 from heavy.llm.types import Completion, CompletionDelta, LLMBackend, LLMError, Message, Sampling
 
 T = TypeVar("T")
@@ -123,6 +123,7 @@ class GrantedBackend:
         spent = 0
         try:
             completion = await self.backend.chat(messages, tools, sampling, max_tokens=max_tokens, **kwargs)
+            completion = with_usage(completion, messages, tools)  # a server that reports none: the estimate
             spent = completion.usage.total_tokens
             return completion
         finally:

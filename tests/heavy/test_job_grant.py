@@ -84,3 +84,18 @@ async def test_a_request_short_of_room_waits_for_those_in_flight_and_is_refused_
     await asyncio.sleep(0)
     budget.settle(600, 600)  # it spent all it held: 300 left
     assert not await last and budget.exhausted.is_set()
+
+
+async def test_the_aggregators_calls_spend_the_grant_behind_a_server_that_reports_no_usage():
+    """Counted by the estimate, as a trajectory's are: zeros would let every call that fits alone through."""
+    budget = JobTokenBudget(1_000)
+    granted = GrantedBackend(ScriptedBackend(lambda request: text("Paris.", usage=Usage())), budget)
+    check = [{"role": "user", "content": "Is it so? " * 100}]  # about 350 tokens with its reply
+
+    async def ask():
+        return await granted.chat(check, None, Sampling(), max_tokens=4, request_id="claim-check:0")
+
+    spent = [(await ask()).usage.total_tokens for _ in range(2)]
+    with pytest.raises(LLMError):  # the first two spent what a third would need
+        await ask()
+    assert all(spent) and budget.used == sum(spent) <= budget.total and budget.held == 0
