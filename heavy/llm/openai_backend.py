@@ -84,7 +84,8 @@ class OpenAIBackend:
 
     async def served_context(self) -> int | None:
         """The server's context for this model: `max_model_len` in GET /models, as vLLM, SGLang and `runtime serve`
-        report it, read once; None when the server reports none (OpenAI, Moonshot) or the read fails."""
+        report it, read once it answers; None when it reports none (OpenAI, Moonshot) or the read fails (one that
+        found no server, still loading, is made again by the next caller)."""
         if self._served_context is None:
             self._served_context = asyncio.ensure_future(self._read_served_context())
         return await asyncio.shield(self._served_context)  # one caller cancelled leaves the read to the others
@@ -94,6 +95,10 @@ class OpenAIBackend:
             response = await self._client.get("/models")
             response.raise_for_status()
             models = response.json()["data"]
+        except httpx.TransportError as exc:  # no server to answer (yet)
+            log.info("the server's context is unknown for now (GET /models: %s)", exc)
+            self._served_context = None
+            return None
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             log.info("the server reports no context (GET /models: %s); HEAVY_CONTEXT_TOKENS stands", exc)
             return None

@@ -2,6 +2,8 @@
 reads `max_model_len` from /v1/models once (vLLM's field, which `runtime serve` reports), and a job's trajectories
 are fitted to it. Servers that report none (OpenAI, Moonshot) keep HEAVY_CONTEXT_TOKENS."""
 
+import asyncio
+import json
 import logging
 from dataclasses import dataclass
 
@@ -44,6 +46,32 @@ async def test_a_server_that_reports_no_context_keeps_the_setting():
             assert await usable_context(llm, 8192) == 8192
         finally:
             await llm.aclose()
+
+
+async def test_a_server_not_reachable_yet_is_asked_again_by_the_next_job():
+    """A worker may take its first job while its vLLM still loads: that failed read must not stand for good."""
+    connections = []
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        connections.append(1)
+        if len(connections) > 1:  # the first connection is dropped unanswered, as by a server not up yet
+            payload = json.dumps({"data": [{"id": "m", "max_model_len": 4096}]}).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                         b"connection: close\r\n\r\n%b" % (len(payload), payload))
+            await writer.drain()
+        writer.close()
+
+    listening = await asyncio.start_server(handle, "127.0.0.1", 0)
+    llm = OpenAIBackend(f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}/v1", "m")
+    try:
+        assert await llm.served_context() is None
+        assert await llm.served_context() == 4096
+        assert await llm.served_context() == 4096 and len(connections) == 2  # an answer is kept
+    finally:
+        await llm.aclose()
+        listening.close()
+        await listening.wait_closed()
 
 
 @dataclass
