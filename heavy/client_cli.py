@@ -70,7 +70,10 @@ class Api:
                         yield event
                         if event["type"] in TERMINAL_EVENTS:
                             return
-                return  # the API ended the stream: the job ended before a terminal event we did not get
+                # the API ended the stream: the key was revoked or the job deleted meanwhile (this call raises
+                # why), or the job ended before a terminal event we did not get
+                self.call("GET", f"/v1/jobs/{job_id}")
+                return
             except httpx.TransportError as exc:
                 drops += 1
                 if drops > RECONNECTS:

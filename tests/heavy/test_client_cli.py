@@ -114,3 +114,18 @@ async def test_a_job_submitted_for_review_waits_until_approved_from_the_cli(serv
     await wait_for(lambda: ended(store, job_id))
     again = await heavy(service, key, "approve", job_id)
     assert again.exit_code == 1 and "409" in again.output and "not awaiting approval" in again.output
+
+
+async def test_a_watch_whose_key_is_revoked_says_so(service, store):
+    # the API ends the stream of a key revoked meanwhile: the watch said the job had ended ("researching: no report")
+    made = await store.tenants.create_key("acme")
+    held, _ = await store.jobs.submit("acme", question=QUESTION, mode="report", review=True,  # no worker runs it
+                                      params={"trajectories": 1, "max_steps": 2, "step_tokens": 64,
+                                              "trajectory_tokens": 10_000, "job_tokens": 50_000, "deadline_s": 120,
+                                              "tools": ["search"]})
+    watching = asyncio.create_task(heavy(service, made.secret, "watch", held.id))
+    await asyncio.sleep(1.5)  # the watch is following the stream
+    await store.tenants.revoke(made.key_id)
+    watched = await asyncio.wait_for(watching, 30)
+    assert watched.exit_code == 1, watched.output
+    assert "401" in watched.output and "no report" not in watched.output and "Traceback" not in watched.output
