@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from heavy.cli_options import ModeOption, ToolOption
-from heavy.display import LiveBoard, print_error, print_report
+from heavy.display import LiveBoard, print_error, print_report, terminal_safe
 from heavy.events import event_from_dict
 from heavy.store.records import TERMINAL_EVENTS
 
@@ -171,7 +171,8 @@ def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=
         table.add_column(column, no_wrap=True)
     table.add_column("question", overflow="fold")
     for row in rows:
-        table.add_row(*map(Text, row))  # a question's "[/x]" is text, not markup (which raised)
+        # a question's "[/x]" is text, not markup (which raised); its control characters are not obeyed
+        table.add_row(*(Text(terminal_safe(cell)) for cell in row))
     console.print(table)
 
 

@@ -5,6 +5,7 @@ import json
 import time
 from types import SimpleNamespace
 
+import pytest
 from typer.testing import CliRunner
 
 from heavy.cli import _print_dropped, app
@@ -59,27 +60,33 @@ def test_live_board_shows_a_models_brackets_as_written():
     assert "python(print(x[/2]))" in text and "answer: [bold]list[int][/bold]" in text
 
 
-def test_tables_of_jobs_and_keys_show_brackets_as_written(redis_url, monkeypatch):
-    # a question or key name was read as rich markup on a terminal: "[/x]" raised MarkupError, "[x]" vanished
+@pytest.mark.parametrize(("written", "shown"), [
+    ("ci [/x] [bold]", "ci [/x] [bold]"),  # read as rich markup: "[/x]" raised MarkupError, "[x]" vanished
+    ("ci \x1b]0;owned\x07 \x1b[2J", "ci ]0;owned [2J"),  # a terminal obeyed them: its title set, the screen cleared
+])
+def test_tables_of_jobs_and_keys_show_questions_and_names_as_written(redis_url, monkeypatch, written, shown):
+    import io
+
     from rich.console import Console
 
     from tests.heavy.loopback_server import LoopbackServer
 
-    name = f"ci [/x] [bold]{time.monotonic_ns()}"
-    job = {"id": "j1", "status": "done", "mode": "report", "tokens": 5, "created_at": 0.0, "question": name}
+    stamp = str(time.monotonic_ns())
+    job = {"id": "j1", "status": "done", "mode": "report", "tokens": 5, "created_at": 0.0, "question": written + stamp}
     page = (200, {"Content-Type": "application/json"}, json.dumps({"total": 1, "jobs": [job]}).encode())
     monkeypatch.setenv("HEAVY_REDIS_URL", redis_url)
     get_settings.cache_clear()
     try:
-        assert CliRunner().invoke(app, ["keys", "create", "acme-brackets", "--name", name]).exit_code == 0
+        assert CliRunner().invoke(app, ["keys", "create", "acme-brackets", "--name", written + stamp]).exit_code == 0
         with LoopbackServer({"/v1/jobs?limit=20": page}) as api:
             for module, argv in (("heavy.client_cli", ["jobs", "--url", api.base_url, "list"]),
                                  ("heavy.service_cli", ["keys", "list"])):
-                terminal = Console(force_terminal=True, width=200, record=True)
-                monkeypatch.setattr(f"{module}.console", terminal)
+                screen = io.StringIO()
+                monkeypatch.setattr(f"{module}.console", Console(file=screen, force_terminal=True,
+                                                                 color_system=None, width=200))
                 result = CliRunner().invoke(app, argv)
                 assert result.exit_code == 0, result.output
-                assert name in terminal.export_text(), module
+                assert shown + stamp in screen.getvalue() and "\x1b" not in screen.getvalue(), module
     finally:
         get_settings.cache_clear()
 
