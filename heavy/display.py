@@ -84,7 +84,7 @@ class LiveBoard:
                      "tokens": f"{lane.tokens:,}", "sources": str(lane.sources), "status": lane.status}
             table.add_row(*(Text(terminal_safe(cells[column])) for column in columns))
         yield table
-        yield Text(self.stage, style="bold")
+        yield Text(terminal_safe(self.stage), style="bold")  # a failed job's error (heavy jobs watch)
 
 
 def terminal_safe(text: str) -> str:

@@ -137,3 +137,22 @@ def test_text_from_a_model_reaches_a_terminal_without_control_characters(monkeyp
     assert not any(control in shown for control in ("\x1b", "\x07", "\r", "\x9b")), repr(shown)
     assert "Hekla [2Jerupted]0;owned in 19911A." in shown and "API said [31mno" in shown and "search(x[1;1Hy)" in shown
     assert "Katla [2Jerupted" in shown
+
+
+def test_a_failed_jobs_error_under_a_watched_board_loses_its_control_characters():
+    # `heavy jobs watch` shows a job_failed event's error (an exception's text, a server's answer in it) under the
+    # board: the cells lost their control characters, this line kept them
+    import io
+
+    from rich.console import Console
+
+    from heavy.client_cli import _follow
+    from heavy.display import LiveBoard
+
+    failed = {"type": "job_failed", "schema_version": 1, "job_id": "j", "ts": 0.0, "seq": 1,
+              "error": "LLMError: HTTP 500: \x1b[2Jgone\x1b]0;owned\x07"}
+    board = LiveBoard(1)
+    _follow(SimpleNamespace(events=lambda job_id: iter([failed])), "j", board)
+    screen = io.StringIO()
+    Console(file=screen, force_terminal=True, color_system=None, width=100).print(board.render())
+    assert "failed: LLMError: HTTP 500: [2Jgone]0;owned" in screen.getvalue() and "\x1b" not in screen.getvalue()
