@@ -5,6 +5,7 @@ refusals as one line; a watch that resumes after the API restarts, missing no ev
 import asyncio
 import json
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -124,8 +125,13 @@ async def test_a_watch_whose_key_is_revoked_says_so(service, store):
                                               "trajectory_tokens": 10_000, "job_tokens": 50_000, "deadline_s": 120,
                                               "tools": ["search"]})
     watching = asyncio.create_task(heavy(service, made.secret, "watch", held.id))
-    await asyncio.sleep(1.5)  # the watch is following the stream
+    await wait_for(lambda: _following(service))  # the watch follows the stream (else 401 before any change)
     await store.tenants.revoke(made.key_id)
     watched = await asyncio.wait_for(watching, 30)
     assert watched.exit_code == 1, watched.output
     assert "401" in watched.output and "no report" not in watched.output and "Traceback" not in watched.output
+
+
+async def _following(service) -> bool:
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        return "heavy_sse_followers 1.0" in (await client.get("/metrics")).text
