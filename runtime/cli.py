@@ -151,6 +151,7 @@ def _serve(args: argparse.Namespace) -> None:
 
         serve_replicas(args.model, host=args.host, port=args.port, replicas=args.replicas or 1, ep=args.ep or 1,
                        dtype=args.dtype, hang_timeout_s=hang_timeout_s, served_name=served_name,
+                       engine=_engine_config(args.speculative_tokens, args.max_model_len),
                        max_model_len=args.max_model_len)
         return
     from runtime.server.app import serve

@@ -188,13 +188,14 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
 
 def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True,
                    dtype: str = AUTO, hang_timeout_s: float = HANG_TIMEOUT_S, served_name: str | None = None,
-                   max_model_len: int | None = None) -> None:
+                   engine: EngineConfig | None = None, max_model_len: int | None = None) -> None:
+    """`engine`: the replicas' config (the CLI's options); `max_model_len`: the context asked for explicitly, refused
+    when the replicas' KV cache cannot hold it."""
     import uvicorn
 
     from runtime.embedded import resolve_model
     from runtime.server.app import create_app
 
-    engine = EngineConfig() if max_model_len is None else EngineConfig(max_model_len=max_model_len)
     frontend = start_frontend(resolve_model(model), replicas, ep, engine=engine, dtype=dtype,
                               absorbed_mla=absorbed_mla, hang_timeout_s=hang_timeout_s)
     try:

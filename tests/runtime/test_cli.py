@@ -62,3 +62,15 @@ def test_a_max_model_len_the_kv_cache_cannot_hold_is_refused(tiny_kimi_path):
 
 def test_a_max_model_len_the_kv_cache_holds_is_the_engines_context(tiny_kimi_path):
     assert _load(str(tiny_kimi_path), "auto", max_model_len=100).max_model_len == 100
+
+
+@pytest.mark.parametrize("ray", [False, True])
+def test_speculative_tokens_reach_the_engine_config_with_or_without_ray(tiny_kimi_path, ray):
+    """The replicas' engine config was built apart from `--speculative-tokens`, which they ignored: a bad value is
+    refused before Ray starts, as it is before a model loads in process."""
+    replicas = ("--replicas", "1") if ray else ()
+    result = run("serve", "--model", str(tiny_kimi_path), *replicas, "--port", "0", "--speculative-tokens", "-1",
+                 timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: EngineConfigError: speculative_tokens must be >= 0, got -1"]
