@@ -67,26 +67,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-model-len", type=int, default=None,
                        help="prompt + completion tokens of one request, reported in /v1/models (default: 8192, or "
                             "what the KV cache holds if less); refused if the KV cache cannot hold it")
+    serve.add_argument("--kv-cache-gib", type=float, default=None,
+                       help="KV-cache memory of the engine (of each rank with --ep), GiB (default 0.5): what holds "
+                            "--max-model-len and the sequences served at once (deploy/sizing.py for a GPU)")
     serve.add_argument("--hang-timeout", type=float, default=None,
                        help="seconds a step may run before it counts as stuck (300): in process, /health fails; "
                             "with Ray replicas, the rank is restarted")
     return parser
 
 
-def _engine_config(speculative_tokens: int | None = None, max_model_len: int | None = None):
+def _engine_config(speculative_tokens: int | None = None, max_model_len: int | None = None,
+                   kv_cache_gib: float | None = None):
     """Checked before the model loads, so a bad option fails at once."""
     from runtime.engine.config import EngineConfig
 
-    given = {"speculative_tokens": speculative_tokens, "max_model_len": max_model_len}
+    kv_cache_bytes = None if kv_cache_gib is None else int(kv_cache_gib * 2**30)
+    given = {"speculative_tokens": speculative_tokens, "max_model_len": max_model_len, "kv_cache_bytes": kv_cache_bytes}
     return EngineConfig(**{name: value for name, value in given.items() if value is not None})
 
 
-def _load(model: str, dtype: str, speculative_tokens: int | None = None, max_model_len: int | None = None):
+def _load(model: str, dtype: str, speculative_tokens: int | None = None, max_model_len: int | None = None,
+          kv_cache_gib: float | None = None):
     from runtime.embedded import KNOWN_MODELS
     from runtime.engine.config import check_context_held
     from runtime.engine.factory import load_engine
 
-    config = _engine_config(speculative_tokens, max_model_len)
+    config = _engine_config(speculative_tokens, max_model_len, kv_cache_gib)
     note = " (its first use converts it once, about a minute)" if model in KNOWN_MODELS else ""
     print(f"loading {model}{note}...", file=sys.stderr)
     engine = load_engine(model, config, dtype=dtype)  # "auto" looks at the checkpoint (INT4 weights) and the CPU
@@ -151,13 +157,13 @@ def _serve(args: argparse.Namespace) -> None:
 
         serve_replicas(args.model, host=args.host, port=args.port, replicas=args.replicas or 1, ep=args.ep or 1,
                        dtype=args.dtype, hang_timeout_s=hang_timeout_s, served_name=served_name,
-                       engine=_engine_config(args.speculative_tokens, args.max_model_len),
+                       engine=_engine_config(args.speculative_tokens, args.max_model_len, args.kv_cache_gib),
                        max_model_len=args.max_model_len)
         return
     from runtime.server.app import serve
 
-    serve(_load(args.model, args.dtype, args.speculative_tokens, args.max_model_len), model_name=served_name,
-          host=args.host, port=args.port, hang_timeout_s=hang_timeout_s)
+    serve(_load(args.model, args.dtype, args.speculative_tokens, args.max_model_len, args.kv_cache_gib),
+          model_name=served_name, host=args.host, port=args.port, hang_timeout_s=hang_timeout_s)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {"generate": _generate, "chat": _chat, "serve": _serve}

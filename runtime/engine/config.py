@@ -60,4 +60,4 @@ def check_context_held(asked: int | None, held: int) -> None:
     cache that cannot hold one sequence of it is refused; without one, the context is min(8192, what it holds)."""
     if asked is not None and held < asked:
         raise EngineConfigError(f"max_model_len {asked} does not fit: the KV cache holds {held} tokens of one "
-                                f"sequence; give a smaller --max-model-len")
+                                f"sequence; give a smaller --max-model-len or a larger --kv-cache-gib")

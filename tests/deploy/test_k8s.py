@@ -199,7 +199,7 @@ def test_configuration_is_only_settings_the_code_reads(overlay, monkeypatch):
     assert settings.redis_url.startswith("redis://") and settings.backend == "openai"
 
 
-def test_gpu_overlay_sizes_match_the_runtime_arguments():
+def test_gpu_overlay_sizes_match_the_runtime_arguments(sizing):
     objects = render(DEPLOY / "k8s" / "overlays" / "gpu")
     cluster = _one(objects, "RayCluster", "heavy")
     runtime = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][1]
@@ -210,6 +210,12 @@ def test_gpu_overlay_sizes_match_the_runtime_arguments():
     assert group["replicas"] == replicas and int(ray_worker["resources"]["limits"]["nvidia.com/gpu"]) == ep == 8
     assert ray_worker["image"].startswith("heavy-cuda")
     assert {"--model", "/models/kimi-k2-thinking"} <= set(args)
+    # heavy fits its prompts to the context the server reports, and fails every job whose step and reasoning room
+    # do not fit it: the server's context is the ConfigMap's, in a KV cache that holds it and fits beside the weights
+    context = int(_one(objects, "ConfigMap", "heavy-config")["data"]["HEAVY_CONTEXT_TOKENS"])
+    assert int(args[args.index("--max-model-len") + 1]) == context
+    kv_cache_bytes = float(args[args.index("--kv-cache-gib") + 1]) * 2**30
+    assert context * sizing.KV_BYTES_PER_TOKEN <= kv_cache_bytes <= sizing.kv_room_bytes(ep)
 
 
 @pytest.mark.parametrize("operation, expected", [

@@ -3,27 +3,14 @@ the published Kimi K2 facts it starts from, and the heavy commands the README te
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-import sys
-
-import pytest
 
 from tests.deploy.commands import check_commands
 from tests.deploy.conftest import DEPLOY
 
 PUBLISHED_CHECKPOINT_GB = 594  # shared/reference/kimi-k2-thinking.md
 PUBLISHED_ACTIVE_B, PUBLISHED_TOTAL_B = 32, 1040
-
-
-@pytest.fixture(scope="module")
-def sizing():
-    spec = importlib.util.spec_from_file_location("sizing", DEPLOY / "sizing.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sizing"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_parameter_counts_match_the_published_model(sizing):

@@ -74,3 +74,11 @@ def test_speculative_tokens_reach_the_engine_config_with_or_without_ray(tiny_kim
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: EngineConfigError: speculative_tokens must be >= 0, got -1"]
+
+
+def test_kv_cache_gib_sizes_the_cache_that_holds_the_context(tiny_kimi_path):
+    """Without it the cache was always 0.5 GiB: 7.6K tokens of Kimi K2, whatever --max-model-len a GPU asks for."""
+    small = _load(str(tiny_kimi_path), "auto", max_model_len=100)
+    block_bytes = small.runner.kv_cache.bytes_per_token * small.config.block_size
+    four_blocks = _load(str(tiny_kimi_path), "auto", kv_cache_gib=4 * block_bytes / 2**30)
+    assert four_blocks.max_model_len == 4 * small.config.block_size
