@@ -23,6 +23,9 @@ class SamplingError(ValueError):
         super().__init__(message)
         self.field = field
 
+    def __reduce__(self):  # pickled with its field: Ray carries an error from a replica to the router this way
+        return type(self), (self.args[0], self.field)
+
 
 STRUCTURED_KINDS = ("json", "regex", "choice", "grammar", "structural_tag")
 

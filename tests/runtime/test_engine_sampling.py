@@ -1,6 +1,7 @@
 """The sampler: greedy, temperature / top-k / top-p cuts, per-request seeds, logprobs, parameter checks."""
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -72,3 +73,9 @@ def test_logprobs_are_those_of_the_model_distribution():
 def test_out_of_range_parameters_name_the_field(kwargs, field):
     with pytest.raises(SamplingError, match=field):
         SamplingParams(**kwargs)
+
+
+def test_a_sampling_error_survives_pickling_with_its_field():
+    # Ray pickles an error raised in a replica to hand it to the router; a required `field` made unpickling fail
+    error = pickle.loads(pickle.dumps(SamplingError("top_p must be in (0, 1], got 2", "top_p")))
+    assert isinstance(error, SamplingError) and error.field == "top_p" and "top_p must be" in str(error)
