@@ -14,6 +14,15 @@ pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 ARTIFACTS = Path(os.environ.get("HEAVY_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
 
 
+async def signed_in(page, service, store) -> None:
+    """The dashboard open and signed in with a new key of tenant acme, its new-job form shown."""
+    key = await store.tenants.create_key("acme")
+    await page.goto(service.url + "/")
+    await page.fill("#api-key", key.secret)
+    await page.click("#sign-in-form button")
+    await page.wait_for_selector("#submit-form", state="visible")
+
+
 async def test_sign_in_submit_watch_lanes_and_read_the_cited_report(service, page, store):
     key = await store.tenants.create_key("acme")
     await page.goto(service.url + "/")
@@ -204,11 +213,7 @@ async def test_a_question_without_spaces_stays_inside_the_page(service, page, st
 
 
 async def test_a_job_held_for_review_shows_its_plan_and_approval_deadline_until_approved(service, page, store):
-    key = await store.tenants.create_key("acme")
-    await page.goto(service.url + "/")
-    await page.fill("#api-key", key.secret)
-    await page.click("#sign-in-form button")
-    await page.wait_for_selector("#submit-form", state="visible")
+    await signed_in(page, service, store)
     await page.fill("#question", "Which module parses command-line options?")
     await page.fill("#trajectories", "2")
     await page.check("#review")
@@ -228,11 +233,7 @@ async def test_a_job_held_for_review_shows_its_plan_and_approval_deadline_until_
 async def test_what_the_form_leaves_blank_is_the_deployments_setting(service, page, store):
     service.kill_api()
     await service.start_api(env={"HEAVY_MODE": "answer", "HEAVY_TRAJECTORIES": "3", "HEAVY_MAX_STEPS": "7"})
-    key = await store.tenants.create_key("acme")
-    await page.goto(service.url + "/")
-    await page.fill("#api-key", key.secret)
-    await page.click("#sign-in-form button")
-    await page.wait_for_selector("#submit-form", state="visible")
+    await signed_in(page, service, store)
     await page.fill("#question", "Which module parses command-line options?")
     await page.fill("#step-tokens", "64")
     await page.check("#review")  # held: the plan is what is checked, no worker takes it
