@@ -79,6 +79,14 @@ class RuntimeBackend:
         self.retry = retry
         self.routes_by_prefix_key = routes_by_prefix_key
 
+    async def served_context(self) -> int | None:
+        """The context the engine holds: the one asked for, or less when its KV cache holds less (heavy then fits
+        the job's prompts to it, heavy/llm/served.py). An AsyncEngine's is its LLMEngine's; a RouterFrontend's its
+        replicas'."""
+        held = getattr(getattr(self.engine, "engine", None), "max_model_len", None)
+        held = held if held is not None else getattr(self.engine, "max_model_len", None)
+        return held if isinstance(held, int) else None
+
     @classmethod
     def load(cls, model: str = "qwen2.5-coder-0.5b", *, context_tokens: int = 8192, limiter: RateLimiter | None = None,
              retry: RetryPolicy | None = None, replicas: int | None = 0, ep: int = 1,

@@ -6,12 +6,14 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 
 from heavy.agent import Trajectory, TrajectoryLimits
 from heavy.events import MemorySink
 from heavy.llm.openai_backend import OpenAIBackend
+from heavy.llm.runtime_backend import RuntimeBackend
 from heavy.llm.served import usable_context
 from heavy.scheduler import Scheduler
 from heavy.tools.base import ToolExecutor
@@ -93,3 +95,12 @@ async def test_a_jobs_trajectories_fit_their_prompts_to_the_servers_smaller_cont
     await Scheduler(SmallServer(researcher()), ToolExecutor([DictSearch(PAGES)]),
                     trajectory_factory=capture).run(job, sink=MemorySink())
     assert seen == [4096, 4096]
+
+
+async def test_the_runtime_backend_reports_the_context_its_engine_holds():
+    # an engine whose KV cache held less than HEAVY_CONTEXT_TOKENS: a job's prompts fit the engine's context
+    in_process = RuntimeBackend(SimpleNamespace(engine=SimpleNamespace(max_model_len=1024)), tokenizer=None)
+    behind_a_router = RuntimeBackend(SimpleNamespace(max_model_len=2048), tokenizer=None)
+    assert await usable_context(in_process, 8192) == 1024
+    assert await usable_context(behind_a_router, 8192) == 2048
+    assert await usable_context(RuntimeBackend(SimpleNamespace(), tokenizer=None), 8192) == 8192
