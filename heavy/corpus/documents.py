@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import codecs
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from heavy.tools.extract import html_to_markdown
+from heavy.tools.fetch import bom_encoding
 
 HTML_SUFFIXES = frozenset({".html", ".htm"})
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
@@ -67,13 +67,13 @@ def read_file(file: Path) -> Iterator[Document]:
 
 
 def _decode(data: bytes) -> str:
-    """A file's text: UTF-8 (its BOM dropped: it broke a JSONL file's first row and a Markdown first-line
-    heading), UTF-16 with a BOM (Windows' "Unicode"), else Windows-1252, what a Latin-1 file is read as (UTF-8's
-    replacement characters had made its accented words unsearchable)."""
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return data.decode("utf-16", errors="replace")
+    """A file's text: in the encoding its byte-order mark names (UTF-8's dropped: it broke a JSONL file's first row
+    and a Markdown first-line heading; UTF-16 is Windows' "Unicode"), else UTF-8, else Windows-1252, what a Latin-1
+    file is read as (UTF-8's replacement characters had made its accented words unsearchable)."""
+    if (marked := bom_encoding(data)) is not None:
+        return data.decode(marked, errors="replace")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("cp1252", errors="replace")  # its five unassigned bytes as U+FFFD
 
@@ -91,9 +91,9 @@ def _jsonl_documents(file: Path) -> Iterator[Document]:
     U+2028 or U+0085 unescaped (JSON allows it; `json.dumps(ensure_ascii=False)` writes it) is not cut in two there
     as str.splitlines cut it."""
     with file.open("rb") as stream:
-        utf16 = stream.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+        wide = bom_encoding(stream.read(4)) in ("utf-16", "utf-32")
         stream.seek(0)
-        lines = _decode(stream.read()).split("\n") if utf16 else map(_decode, stream)  # UTF-16: 2-byte newlines
+        lines = _decode(stream.read()).split("\n") if wide else map(_decode, stream)  # UTF-16/32: wide newlines
         yield from _jsonl_rows(lines, file)
 
 

@@ -124,10 +124,7 @@ def decode_body(body: bytes, declared: str | None) -> str:
 def body_encoding(body: bytes, declared: str | None) -> str:
     """As browsers decide: a byte-order mark, else the Content-Type's charset, else a <meta> charset near the top
     (pages that name theirs only there were read as UTF-8: mojibake), else UTF-8."""
-    for mark, encoding in BYTE_ORDER_MARKS:
-        if body.startswith(mark):
-            return encoding
-    known = _known_encoding(declared)
+    known = bom_encoding(body) or _known_encoding(declared)
     if known is not None:
         return known
     meta = META_CHARSET.search(body[:META_PRESCAN_BYTES])
@@ -135,6 +132,11 @@ def body_encoding(body: bytes, declared: str | None) -> str:
     if known is None or known.startswith(("utf-16", "utf-32")):  # a <meta> read as ASCII is not in UTF-16/32
         return "utf-8"
     return known
+
+
+def bom_encoding(data: bytes) -> str | None:
+    """The encoding a byte-order mark at the start of `data` names, if it has one."""
+    return next((encoding for mark, encoding in BYTE_ORDER_MARKS if data.startswith(mark)), None)
 
 
 def _known_encoding(name: str | None) -> str | None:
