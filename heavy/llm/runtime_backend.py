@@ -35,12 +35,11 @@ from heavy.llm.types import (
     Usage,
 )
 from runtime.engine.config import SPECULATIVE_TOKENS, EngineConfig
+from runtime.engine.llm_engine import PromptTooLong
 from runtime.replica.errors import RetriableError
 from runtime.sampling import SamplingParams
 from runtime.server.chat import make_parser
 from runtime.toolcalls import ParsedOutput, ToolCallParseError
-
-_PAST_CONTEXT = "engine's context is"  # in the engine's refusal of a prompt past its context (LLMEngine.check_request)
 
 
 def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -141,9 +140,9 @@ class RuntimeBackend:
                         yield output
             except RetriableError as exc:  # a replica went down (its rank died), or none is up right now
                 raise RetriableLLMError(f"runtime: {exc}") from exc
-            except (ValueError, RuntimeError) as exc:  # RequestError (prompt too long, ...), EngineDeadError
-                if _PAST_CONTEXT in str(exc):  # the caller may fit the prompt again by its real length
-                    raise ContextLengthError(f"runtime: {exc}", prompt_tokens=len(prompt), room=None) from exc
+            except PromptTooLong as exc:  # the caller may fit the prompt again by its real length
+                raise ContextLengthError(f"runtime: {exc}", prompt_tokens=len(prompt), room=None) from exc
+            except (ValueError, RuntimeError) as exc:  # another RequestError, EngineDeadError
                 raise LLMError(f"runtime: {exc}") from exc
 
     async def chat(

@@ -22,6 +22,19 @@ class RequestError(ValueError):
     """A request the engine cannot serve (empty, longer than the context, duplicate id)."""
 
 
+class PromptTooLong(RequestError):
+    """A prompt that leaves no room in the engine's context; `prompt_tokens` is its length (a caller may fit it
+    again by it)."""
+
+    def __init__(self, prompt_tokens: int, max_model_len: int) -> None:
+        super().__init__(f"the prompt has {prompt_tokens} tokens; this engine's context is {max_model_len} "
+                         "(prompt plus at least one generated token)")
+        self.prompt_tokens, self.max_model_len = prompt_tokens, max_model_len
+
+    def __reduce__(self):  # Ray carries a replica's error by pickling it
+        return type(self), (self.prompt_tokens, self.max_model_len)
+
+
 @dataclass
 class RequestOutput:
     """What one step produced for one request: the new tokens and text (a delta), and its state."""
@@ -123,10 +136,7 @@ class LLMEngine:
         if not prompt_token_ids:
             raise RequestError("the prompt is empty")
         if len(prompt_token_ids) >= self.max_model_len:
-            raise RequestError(
-                f"the prompt has {len(prompt_token_ids)} tokens; this engine's context is {self.max_model_len} "
-                "(prompt plus at least one generated token)"
-            )
+            raise PromptTooLong(len(prompt_token_ids), self.max_model_len)
 
     def check_structured(self, params: SamplingParams):
         """The grammar matcher of a structured-output request (None for another); StructuredOutputError for a

@@ -10,6 +10,7 @@ import pytest
 from heavy.llm.adjusted import with_priority
 from heavy.llm.runtime_backend import RuntimeBackend, template_messages
 from heavy.llm.types import ContextLengthError, LLMError, Sampling, ToolCall
+from runtime.engine import PromptTooLong
 from tests.heavy.fakes import CountingLimiter
 
 pytestmark = pytest.mark.anyio
@@ -102,7 +103,7 @@ async def test_a_stream_closed_early_aborts_the_engine_request_and_frees_its_slo
 async def test_engine_refusal_is_an_llm_error():
     class Refusing(Engine):
         async def generate(self, prompt, params, request_id):
-            raise ValueError("the prompt has 9000 tokens; this engine's context is 8192")
+            raise PromptTooLong(9000, 8192)
             yield  # pragma: no cover
 
     with pytest.raises(LLMError, match="runtime: the prompt has 9000 tokens") as refused:
