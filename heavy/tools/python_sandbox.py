@@ -166,10 +166,9 @@ def namespace_command(argv: list[str], limits: SandboxLimits, uid: int | None,
         raise RuntimeError("refusing to hide the home directory '/'")
     if any(os.path.realpath(d) == "/" for d in data_dirs):
         raise RuntimeError("refusing to hide the data directory '/'")
-    private_tmp = [os.path.realpath(d) for d in PRIVATE_TMP_DIRS]
     hidden = hidden_dirs(data_dirs)
     prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
-    keep = sorted(p for p in prefixes if any(_inside(p, d) for d in (*hidden, *private_tmp)))
+    keep = sorted(p for p in prefixes if any(_inside(p, d) for d in (*hidden, *_private_tmp())))
     unshare = UNSHARE if uid is not None else UNSHARE_USER
     return [*unshare, "sh", "-c", namespace_script(argv, limits, uid, hidden, keep)]
 
@@ -177,15 +176,19 @@ def namespace_command(argv: list[str], limits: SandboxLimits, uid: int | None,
 def hidden_dirs(data_dirs: Sequence[str]) -> list[str]:
     """Our home, `data_dirs` and mounted secrets, outermost first, none inside the private temp dirs (hidden with
     them) and never '/'."""
-    private_tmp = [os.path.realpath(d) for d in PRIVATE_TMP_DIRS]
     candidates = [_home_directory(), *(d for d in (*data_dirs, *SECRET_DIRS) if os.path.isdir(d))]
-    return _outermost([real for real in map(os.path.realpath, candidates) if real != "/"], private_tmp)
+    return _outermost([real for real in map(os.path.realpath, candidates) if real != "/"], _private_tmp())
 
 
 def unreadable_dirs(data_dirs: Sequence[str]) -> list[str]:
     """What process isolation keeps the code from reading (the runner's Landlock rules): the dirs namespaces would
     hide, and the shared temp dirs (the embedded Redis's socket dir, Ray's session files, other runs' scratch)."""
-    return [*hidden_dirs(data_dirs), *(real for real in map(os.path.realpath, PRIVATE_TMP_DIRS) if os.path.isdir(real))]
+    return [*hidden_dirs(data_dirs), *(real for real in _private_tmp() if os.path.isdir(real))]
+
+
+def _private_tmp() -> list[str]:
+    """The shared temp dirs, as the paths they resolve to."""
+    return [os.path.realpath(d) for d in PRIVATE_TMP_DIRS]
 
 
 def _inside(path: str, other: str) -> bool:
