@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from heavy.config import Settings
-from heavy.store.connection import redis_client
+from heavy.store.connection import RedisClient, is_cluster_url, redis_client
 from heavy.store.errors import (
     IdempotencyConflict,
     InvalidTransition,
@@ -31,17 +30,19 @@ RECONNECT_RETRIES = 12  # ~6 s of backoff in all
 
 @dataclass
 class Store:
-    redis: Redis
+    redis: RedisClient
     jobs: JobStore
     queue: JobQueue
     tenants: TenantStore
 
     @classmethod
     def connect(cls, url: str, settings: Settings | None = None, keys: Keys | None = None) -> Store:
-        """A store over `url` (redis://, rediss://, unix://, or redis+sentinel://: heavy/store/connection.py); no I/O
-        until first use."""
+        """A store over `url` (redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://:
+        heavy/store/connection.py); no I/O until first use."""
         settings = settings or Settings()
         keys = keys or Keys()
+        if is_cluster_url(url):  # the scripts' keys must share a slot (heavy/store/keys.py)
+            keys = keys.on_one_slot()
         # Retries with backoff ride out a Redis restart of a few seconds (state comes back from the AOF).
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RECONNECT_RETRIES)
         redis = redis_client(url, decode_responses=True, health_check_interval=30, retry=retry,

@@ -1,8 +1,13 @@
-"""Redis clients from HEAVY_REDIS_URL: one server (`redis://`, `rediss://`, `unix://`), or a primary watched by
+"""Redis clients from HEAVY_REDIS_URL: one server (`redis://`, `rediss://`, `unix://`), a primary watched by
 Redis Sentinel, `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]` (port 26379 unless
-given; `?sentinel_password=` when the sentinels want one of their own). With Sentinel the client asks the sentinels
-where the primary is, and asks again when a connection to it fails: after a failover the replica they promoted takes
-the writes, and the job store's retries ride out the seconds that takes."""
+given; `?sentinel_password=` when the sentinels want one of their own), or a Redis Cluster,
+`redis+cluster://[[user]:password@]host[:port][,host[:port]...]` (`rediss+cluster://` over TLS; port 6379 unless
+given; any of its nodes: the client learns the others from them).
+
+With Sentinel the client asks the sentinels where the primary is, and asks again when a connection to it fails:
+after a failover the replica they promoted takes the writes, and the job store's retries ride out the seconds that
+takes. On a cluster the job store puts all its keys in one hash slot (`Keys.on_one_slot`), so its multi-key scripts
+and transactions stay atomic: its state lives on one shard, which the cluster fails over to a replica."""
 
 from __future__ import annotations
 
@@ -11,10 +16,15 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+REDIS_PORT = 6379
+
+RedisClient = Redis | RedisCluster  # what redis_client returns; both speak the commands the store sends
 
 
 @dataclass(frozen=True)
@@ -27,13 +37,35 @@ class SentinelTarget:
     sentinel_password: str | None = None
 
 
+@dataclass(frozen=True)
+class ClusterTarget:
+    nodes: tuple[tuple[str, int], ...]  # some of the cluster's nodes, to discover it from
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a redis+cluster:// URL: {url!r}")
+    username, password, hosts = _credentials_and_hosts(parts.netloc)
+    nodes = tuple(_host_port(entry, url, REDIS_PORT) for entry in hosts.split(",") if entry)
+    if not nodes or parts.path.strip("/") or parts.query:  # a cluster has only db 0
+        raise ValueError(f"expected redis+cluster://[:password@]host[:port][,...], got {url!r}")
+    return ClusterTarget(nodes, unquote(username) or None, unquote(password) or None, CLUSTER_SCHEMES[parts.scheme])
+
+
 def parse_sentinel_url(url: str) -> SentinelTarget:
     parts = urlsplit(url)
     if parts.scheme != SENTINEL_SCHEME:
         raise ValueError(f"not a {SENTINEL_SCHEME}:// URL: {url!r}")
-    credentials, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = credentials.partition(":") if credentials else ("", "", "")
-    sentinels = tuple(_host_port(entry, url) for entry in hosts.split(",") if entry)
+    username, password, hosts = _credentials_and_hosts(parts.netloc)
+    sentinels = tuple(_host_port(entry, url, SENTINEL_PORT) for entry in hosts.split(",") if entry)
     path = [segment for segment in parts.path.split("/") if segment]
     if not sentinels or not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(f"expected {SENTINEL_SCHEME}://[:password@]host[:port][,...]/service[/db], got {url!r}")
@@ -43,20 +75,31 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
                           query.get("sentinel_password", [None])[0])
 
 
-def _host_port(entry: str, url: str) -> tuple[str, int]:
+def _credentials_and_hosts(netloc: str) -> tuple[str, str, str]:
+    """`[user[:password]@]hosts` -> (user, password, hosts), each '' when absent (still percent-encoded)."""
+    credentials, _, hosts = netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    return username, password, hosts
+
+
+def _host_port(entry: str, url: str, default_port: int) -> tuple[str, int]:
     if entry.startswith("["):  # an IPv6 address, [::1] or [::1]:26380
         host, _, port = entry[1:].partition("]")
         port = port.removeprefix(":")
     else:
         host, _, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
     if not host or (port and not port.isdigit()):
-        raise ValueError(f"bad sentinel address {entry!r} in {url!r}")
-    return host, int(port) if port else SENTINEL_PORT
+        raise ValueError(f"bad address {entry!r} in {url!r}")
+    return host, int(port) if port else default_port
 
 
-def redis_client(url: str, **options: Any) -> Redis:
+def redis_client(url: str, **options: Any) -> RedisClient:
     """A client over `url` (see the module docstring); `options` are the connections' (decode_responses, timeouts,
     retry ...). No I/O until first use."""
+    if is_cluster_url(url):
+        cluster = parse_cluster_url(url)
+        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in cluster.nodes],
+                            username=cluster.username, password=cluster.password, ssl=cluster.tls, **options)
     if urlsplit(url).scheme != SENTINEL_SCHEME:
         return Redis.from_url(url, **options)
     target = parse_sentinel_url(url)

@@ -13,9 +13,8 @@ import uuid
 from collections.abc import Collection
 from typing import Any
 
-from redis.asyncio import Redis
-
 from heavy.store import scripts
+from heavy.store.connection import RedisClient
 from heavy.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, JobTakenOver, QuotaExceeded
 from heavy.store.keys import Keys
 from heavy.store.records import (
@@ -61,7 +60,7 @@ def _cancelled(job_id: str, reason: str) -> dict[str, Any]:
 
 
 class JobStore:
-    def __init__(self, redis: Redis, keys: Keys | None = None, *, default_max_jobs: int = 4,
+    def __init__(self, redis: RedisClient, keys: Keys | None = None, *, default_max_jobs: int = 4,
                  default_max_tokens: int = 50_000_000, retention_s: float = 0.0,
                  approval_window_s: float = 0.0) -> None:
         """`retention_s`: how long a job's keys stay after it ended (0: until deleted); `approval_window_s`: how

@@ -1,6 +1,9 @@
 """Redis key names (design.md "Redis keys"), all under one prefix.
 
-A job's keys share the `{job id}` hash tag, so a Redis Cluster keeps one job on one shard.
+On one server (or under Sentinel) the prefix is `heavy:`. On a Redis Cluster it carries a hash tag of its own,
+`heavy:{heavy}:` (`Keys.on_one_slot`): Redis hashes a key by its FIRST `{...}`, so every key of the store, the
+`{job id}`-tagged ones too, is in one slot, and the scripts that change a job together with its tenant, the `jobs`
+stream and the callbacks and awaiting sets are single-slot, atomic steps as on one server.
 """
 
 from __future__ import annotations
@@ -14,6 +17,13 @@ GROUP = "workers"
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "heavy:"
+
+    def on_one_slot(self) -> Keys:
+        """These names with the prefix's own hash tag (`t:` -> `t:{t}:`); the same when it already has one."""
+        opening = self.prefix.find("{")
+        if opening >= 0 and self.prefix.find("}", opening) > opening + 1:
+            return self
+        return Keys(f"{self.prefix}{{{self.prefix.rstrip(':')}}}:")
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{{{job_id}}}"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from heavy.store import scripts
+from heavy.store.connection import RedisClient
 from heavy.store.keys import GROUP, Keys
 
 
@@ -19,7 +19,7 @@ class Claim:
 
 
 class JobQueue:
-    def __init__(self, redis: Redis, keys: Keys | None = None) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys | None = None) -> None:
         self.redis, self.keys = redis, keys or Keys()
         self._renew = redis.register_script(scripts.RENEW)
 

@@ -8,8 +8,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
+from heavy.store.connection import RedisClient
 from heavy.store.errors import UnknownApiKey
 from heavy.store.keys import Keys
 
@@ -41,7 +40,7 @@ class Tenant:
 
 
 class TenantStore:
-    def __init__(self, redis: Redis, keys: Keys | None = None, *, default_max_jobs: int = 4,
+    def __init__(self, redis: RedisClient, keys: Keys | None = None, *, default_max_jobs: int = 4,
                  default_max_tokens: int = 50_000_000) -> None:
         self.redis, self.keys = redis, keys or Keys()
         self.default_max_jobs, self.default_max_tokens = default_max_jobs, default_max_tokens

@@ -10,11 +10,10 @@ import json
 import logging
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from heavy.store.connection import redis_client
+from heavy.store.connection import RedisClient, redis_client
 from heavy.store.keys import Keys
 from heavy.tools.page_cache import Page
 
@@ -28,7 +27,7 @@ RETRIES = 1  # once at once: a pooled connection the server dropped (a Redis res
 class RedisPageCache:
     """Pages by URL for `ttl_s`; a page whose text is over `max_bytes` (UTF-8) is not stored."""
 
-    def __init__(self, redis: Redis, *, ttl_s: float, max_bytes: int, keys: Keys | None = None) -> None:
+    def __init__(self, redis: RedisClient, *, ttl_s: float, max_bytes: int, keys: Keys | None = None) -> None:
         if ttl_s <= 0 or max_bytes < 1:
             raise ValueError(f"need ttl_s > 0 and max_bytes >= 1, got {ttl_s}, {max_bytes}")
         self.redis = redis

