@@ -78,6 +78,7 @@ class JobStore:
         self._delete = redis.register_script(scripts.DELETE)
         self._claim_callback = redis.register_script(scripts.CLAIM_CALLBACK)
         self._settle_callback = redis.register_script(scripts.SETTLE_CALLBACK)
+        self._server_time = redis.register_script(scripts.SERVER_TIME)
 
     # --- jobs ---
 
@@ -277,8 +278,8 @@ class JobStore:
     async def server_time(self) -> float:
         """Redis's clock: the times several processes compare (callback leases, approval windows, a resumed job's
         start) must not depend on whose clock reads them."""
-        seconds, microseconds = await self.redis.time()
-        return seconds + microseconds / 1e6
+        seconds, microseconds = await self._server_time(keys=[self.keys.callbacks])
+        return int(seconds) + int(microseconds) / 1e6
 
     async def finish_now(self, job_id: str, tenant: str) -> JobRecord:
         """Ask the running job to stop its trajectories and aggregate what exists."""

@@ -196,6 +196,10 @@ redis.call('DEL', KEYS[1], unpack(KEYS, 3))
 return {'ok', status}
 """
 
+# KEYS: any key of the store -> Redis's clock, on the server that holds the store's keys: on a Redis Cluster a plain
+# TIME goes to any primary, whose clock is not the one the scripts above read (approve_by, callback leases)
+SERVER_TIME = "return redis.call('TIME')"
+
 # KEYS: jobs stream; ARGV: group, consumer, entry ids -> resets the idle time of the entries this consumer still
 # owns, returns the ones it lost (claimed by another worker after a pause longer than the lease)
 RENEW = """
