@@ -1,6 +1,7 @@
-"""heavy on a Redis Cluster (`redis+cluster://`): the URL, the store's keys in one slot, Redis's clock read where the
-store's scripts read it, and a worker running a job end to end, on a real cluster of three redis-server processes
-(tests/heavy/redis_cluster.py). The store's own tests run on it too (test_store.py)."""
+"""heavy on a Redis Cluster (`redis+cluster://`) of redis-server processes on loopback (tests/heavy/redis_cluster.py):
+the URL, the store's keys in one slot, Redis's clock read where the store's scripts read it, a worker running a job
+end to end, the shared page cache, and a failover of the shard that holds the store. The store's own tests run on
+a cluster too (test_store.py)."""
 
 import asyncio
 import itertools
@@ -8,14 +9,20 @@ import itertools
 import pytest
 from redis.crc import key_slot
 
-from heavy.store import JobStore, Keys
+from heavy.config import Settings
+from heavy.embedded_redis import find_redis_server
+from heavy.store import JobStore, Keys, Store
 from heavy.store.connection import ClusterTarget, parse_cluster_url
+from heavy.tools.page_cache import Page
+from heavy.tools.redis_page_cache import RedisPageCache
 from heavy.worker import Worker
 from tests.heavy.api_helpers import app_for, client_for, parse_sse
 from tests.heavy.fakes import ScriptedBackend
+from tests.heavy.redis_cluster import LocalCluster
 from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, assert_gap_free, ended, executor, researcher, wait_for
 
 pytestmark = pytest.mark.anyio
+FAILOVER_S = 30
 
 
 @pytest.fixture
@@ -82,3 +89,52 @@ async def test_a_worker_runs_a_job_to_its_report_on_a_cluster(store):
     finally:
         stop.set()
         await worker
+
+
+async def test_workers_share_opened_pages_through_a_cluster(redis_url, key_prefix):
+    """The page cache's keys are single: they keep the plain prefix and spread over the cluster's shards."""
+    caches = [RedisPageCache.connect(redis_url, ttl_s=60, max_bytes=1000, keys=Keys(key_prefix)) for _ in range(2)]
+    page = Page(url="https://example.org/hekla", final_url="https://example.org/hekla", title="Hekla",
+                text="Hekla is a stratovolcano.", fetched_at=1.5, content_hash="h", truncated=False)
+    try:
+        await caches[0].put(page)
+        assert await caches[1].get(page.url) == page
+    finally:
+        for cache in caches:
+            await cache.aclose()
+
+
+@pytest.fixture
+def failing_cluster(redis_cluster, tmp_path):
+    """A cluster of its own, as the test kills one of its nodes, quick to notice a dead node (after 1 s); after
+    `redis_cluster`, which skips the test without a redis-server."""
+    cluster = LocalCluster(find_redis_server(), tmp_path, node_timeout_ms=1000).form()
+    yield cluster
+    cluster.stop()
+
+
+async def test_the_store_goes_on_on_the_promoted_replica_after_its_shards_primary_dies(failing_cluster, key_prefix):
+    """All of the store's keys are on one shard: its primary dies, the cluster promotes that shard's replica, and
+    the store reads what it wrote and writes on."""
+    store = Store.connect(failing_cluster.url, Settings(), Keys(key_prefix))
+    try:
+        await store.queue.ensure_group()
+        primary = store.redis.get_node_from_key(store.jobs.keys.jobs_stream)
+        replica = failing_cluster.add_replica(primary.port)
+        key = await store.tenants.create_key("acme")
+        job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1})
+        await store.jobs.append_event(job.id, {"type": "job_started"})
+        assert await store.redis.execute_command("WAIT", 1, 10_000, target_nodes=primary) == 1  # all on the replica
+
+        failing_cluster.kill(primary.port)
+        await wait_for(lambda: asyncio.to_thread(failing_cluster.is_primary, replica), FAILOVER_S, interval_s=0.2)
+
+        assert (await store.jobs.get(job.id, "acme")).question == "q"  # read from the promoted replica
+        assert await store.tenants.resolve(key.secret) == "acme"
+        assert [e["type"] for e in await store.jobs.read_events(job.id)] == ["job_started"]
+        again, _ = await store.jobs.submit("acme", question="q2", mode="report", params={"trajectories": 1})
+        page, total = await store.jobs.list("acme")
+        assert total == 2 and [j.id for j in page] == [again.id, job.id]  # and writes go there too
+        assert [c.job_id for c in await store.queue.claim_new("w1", count=2, block_ms=10)] == [job.id, again.id]
+    finally:
+        await store.aclose()
