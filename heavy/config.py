@@ -84,7 +84,9 @@ class Settings(BaseSettings):
 
     # --- service: data dir, Redis, API, workers, tenant defaults ---
     home: str = "~/.cache/heavy"  # HEAVY_HOME, shared with the runtime's model cache
-    redis_url: str = ""  # empty: a private embedded redis-server under HEAVY_HOME
+    # redis://, rediss://, unix://, redis+sentinel://, redis+cluster:// (heavy/store/connection.py); empty: a private
+    # embedded redis-server under HEAVY_HOME
+    redis_url: str = ""
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
     max_request_bytes: int = Field(64_000, ge=1024)

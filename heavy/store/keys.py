@@ -3,7 +3,9 @@
 On one server (or under Sentinel) the prefix is `heavy:`. On a Redis Cluster it carries a hash tag of its own,
 `heavy:{heavy}:` (`Keys.on_one_slot`): Redis hashes a key by its FIRST `{...}`, so every key of the store, the
 `{job id}`-tagged ones too, is in one slot, and the scripts that change a job together with its tenant, the `jobs`
-stream and the callbacks and awaiting sets are single-slot, atomic steps as on one server.
+stream and the callbacks and awaiting sets are single-slot, atomic steps as on one server. (The `{job id}` in a
+job's names decides no slot then; it stays so that a deployment's existing keys keep their names.) The page cache
+keeps the plain prefix: its keys are read and written one at a time, and spread over the cluster's shards.
 """
 
 from __future__ import annotations
