@@ -24,7 +24,8 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(params=["server", "cluster"])
 def redis_url(request) -> str:
-    """Each test on one redis-server and on a Redis Cluster (`store` is conftest's, over this URL)."""
+    """Each test on one redis-server and on a Redis Cluster (`store` is conftest's, over this URL). A cluster client
+    sends a MULTI without its `execute_command`: there the ack test checks the ack, not its injected death."""
     return request.getfixturevalue("redis_server" if request.param == "server" else "redis_cluster").url
 
 

@@ -76,6 +76,7 @@ async def test_a_worker_runs_a_job_to_its_report_on_a_cluster(store):
                                         name="w1").run(stop))
     try:
         async with client_for(app_for(store, WORKER_SETTINGS), key.secret) as client:
+            assert (await client.get("/readyz")).status_code == 200  # its Redis check answers through the cluster
             job = (await client.post("/v1/jobs", json=JOB)).json()
             done = await wait_for(lambda: ended(store, job["id"]))
             assert done.status == "done" and done.stop_reason == "all_done"
