@@ -23,9 +23,12 @@ class Keys:
     def on_one_slot(self) -> Keys:
         """These names with the prefix's own hash tag (`t:` -> `t:{t}:`); the same when it already has one."""
         opening = self.prefix.find("{")
-        if opening >= 0 and self.prefix.find("}", opening) > opening + 1:
+        if opening < 0:
+            return Keys(f"{self.prefix}{{{self.prefix.strip(':') or 'heavy'}}}:")
+        if self.prefix.find("}", opening) > opening + 1:
             return self
-        return Keys(f"{self.prefix}{{{self.prefix.rstrip(':')}}}:")
+        raise ValueError(f"key prefix {self.prefix!r} opens a hash tag it does not close: its keys would not share "
+                         "a slot")
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{{{job_id}}}"

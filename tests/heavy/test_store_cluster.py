@@ -46,6 +46,9 @@ def test_on_a_cluster_every_key_of_the_store_is_in_one_slot_and_elsewhere_names_
     plain, tagged = Keys(), Keys().on_one_slot()
     assert (plain.job("j1"), tagged.job("j1")) == ("heavy:job:{j1}", "heavy:{heavy}:job:{j1}")
     assert tagged.on_one_slot() == tagged and Keys("t:{x}:").on_one_slot() == Keys("t:{x}:")
+    assert Keys("").on_one_slot() == Keys("{heavy}:")
+    with pytest.raises(ValueError, match="hash tag"):
+        Keys("t:{}:").on_one_slot()  # `{}` is no tag: Redis would hash each whole key
     names = [tagged.job("j1"), tagged.job("j2"), *tagged.job_parts("j1", 8), tagged.jobs_stream, tagged.callbacks,
              tagged.awaiting, tagged.idempotency("acme", "{key}"), tagged.tenant("acme"), tagged.tenant_jobs("acme"),
              tagged.tenant_active("acme"), tagged.tenant_keys("acme"), tagged.tenants, tagged.apikey("ab12")]
