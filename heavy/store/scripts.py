@@ -197,7 +197,7 @@ return {'ok', status}
 """
 
 # KEYS: any key of the store -> Redis's clock, on the server that holds the store's keys: on a Redis Cluster a plain
-# TIME goes to any primary, whose clock is not the one the scripts above read (approve_by, callback leases)
+# TIME goes to the client's default node, whose clock is not the one the scripts above read (approve_by, leases)
 SERVER_TIME = "return redis.call('TIME')"
 
 # KEYS: jobs stream; ARGV: group, consumer, entry ids -> resets the idle time of the entries this consumer still
