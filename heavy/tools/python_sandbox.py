@@ -11,13 +11,13 @@ PID and mount namespaces entered as the user namespace's root; every mount is ma
 tmpfs go on (the code still runs as our uid outside, so our own files must not be writable), and the code runs
 with no capabilities at all (it cannot unmount what hides the home directory).
 Isolation "process" (fallback): the same runner and rlimits as the current user; the runner's own kernel fences
-(no sockets; with Landlock, writes only in the scratch dir, no reads of what the namespaces would hide nor of the
-shared temp dirs, no signals out) and its audit hook (which also refuses reading other processes' /proc files) are
-all there is; this process is made non-dumpable so the code, running as the same user, cannot read our environment
-(secrets) or memory through /proc. The code can read what our user can read elsewhere: weaker, and reported as such
-in every result.
+and its audit hook (which also refuses reading other processes' /proc files) are all there is; this process is made
+non-dumpable so the code, running as the same user, cannot read our environment (secrets) or memory through /proc
+(where the kernel has no Landlock). Weaker, and reported as such in every result.
 All: a clean environment, a wall-clock timeout that kills the process group, capped output, and the runner's
-fences (sandbox_runner.confine).
+fences (sandbox_runner.confine: no sockets; with Landlock, reads only of what Python needs, writes only in the
+scratch dir, no signals out). Without Landlock the namespace modes still hide home, HEAVY_HOME, secrets and the
+temp dirs, but the code reads what its uid may read elsewhere; process mode, what our user may read.
 """
 
 from __future__ import annotations
@@ -180,12 +180,6 @@ def hidden_dirs(data_dirs: Sequence[str]) -> list[str]:
     return _outermost([real for real in map(os.path.realpath, candidates) if real != "/"], _private_tmp())
 
 
-def unreadable_dirs(data_dirs: Sequence[str]) -> list[str]:
-    """What process isolation keeps the code from reading (the runner's Landlock rules): the dirs namespaces would
-    hide, and the shared temp dirs (the embedded Redis's socket dir, Ray's session files, other runs' scratch)."""
-    return [*hidden_dirs(data_dirs), *(real for real in _private_tmp() if os.path.isdir(real))]
-
-
 def _private_tmp() -> list[str]:
     """The shared temp dirs, as the paths they resolve to."""
     return [os.path.realpath(d) for d in PRIVATE_TMP_DIRS]
@@ -222,8 +216,8 @@ def make_undumpable() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
-def runner_argv(scratch: str, limits: SandboxLimits, unreadable: Sequence[str] = ()) -> list[str]:
-    return [sys.executable, "-I", "-c", RUNNER_SOURCE, scratch, json.dumps(limits.rlimits()), json.dumps(unreadable)]
+def runner_argv(scratch: str, limits: SandboxLimits) -> list[str]:
+    return [sys.executable, "-I", "-c", RUNNER_SOURCE, scratch, json.dumps(limits.rlimits())]
 
 
 class UidPool:
@@ -287,8 +281,7 @@ class PythonSandbox:
             return await self._run(code, command, None)
         scratch = tempfile.mkdtemp(prefix="heavy-python-")
         try:
-            argv = runner_argv(scratch, self.limits, unreadable_dirs(self.data_dirs))
-            return await self._run(code, argv, scratch)
+            return await self._run(code, runner_argv(scratch, self.limits), scratch)
         finally:
             await asyncio.to_thread(remove_scratch, scratch)
 

@@ -1,9 +1,9 @@
 """The program the python tool runs inside its sandbox process (standard library only; passed with `python -I -c`).
 
-argv: <scratch dir> <limits as JSON> <dirs the code must not read, as JSON list>; the user's code arrives on stdin.
+argv: <scratch dir> <limits as JSON>; the user's code arrives on stdin.
 It lowers its own resource limits (soft = hard, so they cannot be raised again), puts up fences of its own the
-kernel keeps (`confine`: no new sockets; with Landlock, writes only under the scratch dir, no reads of the dirs
-named, no TCP, no signals beyond itself), installs an audit hook that refuses network, new processes, signals to
+kernel keeps (`confine`: no new sockets; with Landlock, reads only of what Python needs, writes only under the
+scratch dir, no TCP, no signals beyond itself), installs an audit hook that refuses network, new processes, signals to
 other processes, native code, writes outside the scratch dir and opening another process's /proc files (its
 environment holds secrets when this runs as the worker's own user), and runs the code like a notebook cell: a final
 expression's value is printed. An audit hook lives in the interpreter the code runs in, so code can reach it (its
@@ -75,6 +75,17 @@ LANDLOCK_WRITES = {  # ABI version -> the write rights it knows: remove dir/file
     1: LANDLOCK_WRITE_FILE | sum(1 << bit for bit in range(4, 13)), 2: 1 << 13, 3: LANDLOCK_TRUNCATE,  # refer, truncate
 }
 LANDLOCK_NET_TCP, LANDLOCK_NET_ABI = 0b11, 4  # bind and connect
+# What the interpreter and the libraries it loads read besides the scratch dir and its own library dirs (the sys.path
+# entries inside its prefixes); nothing else of the host (/etc/passwd, other users' files, other processes' /proc).
+READABLE_SYSTEM_PATHS = (
+    "/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib",  # shared libraries, locales (/usr/lib/locale)
+    "/etc/ld.so.cache",  # the dynamic loader's index of them
+    "/etc/localtime", "/usr/share/zoneinfo",  # time.localtime, zoneinfo
+    "/etc/mime.types",  # mimetypes
+    "/dev/null", "/dev/zero", "/dev/random", "/dev/urandom",
+    "/proc/self",  # resolves to /proc/<its pid>: its own files only (glibc reads its maps for a thread's stack)
+    "/sys/devices/system/cpu",  # os.cpu_count: the CPUs online
+)
 LANDLOCK_SCOPES, LANDLOCK_SCOPE_ABI = 0b11, 6  # abstract unix sockets and signals outside the sandbox
 
 
@@ -103,37 +114,24 @@ class LandlockPathBeneath(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
-def confine(scratch: str, unreadable: list[str]) -> None:
+def confine(scratch: str) -> None:
     """Fences the kernel keeps however the code gets past the audit hook: no socket can be made (seccomp), and where
-    the kernel has Landlock, writes only under `scratch` (and /dev/null), nothing under `unreadable` read (but our
-    interpreter's prefixes), no TCP, and no signal or abstract unix socket reaching a process outside this one.
-    Each is skipped where the kernel lacks it."""
+    the kernel has Landlock, reads only of `scratch`, our interpreter's library dirs and READABLE_SYSTEM_PATHS, writes
+    only under `scratch` (and /dev/null), no TCP, and no signal or abstract unix socket reaching a process outside
+    this one. Each is skipped where the kernel lacks it."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # both need it, and it bars setuid programs too
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    _restrict_filesystem(libc, scratch, unreadable)
+    _restrict_filesystem(libc, scratch)
     _refuse_syscalls(libc)
 
 
-def readable_trees(unreadable: list[str]) -> list[str]:
-    """Everything but `unreadable`, as the trees Landlock allows: the siblings of each unreadable dir and of each of
-    its parents. A symlink is left out: what it points to is allowed (or not) where it is."""
-    hidden = {os.path.realpath(path) for path in unreadable}
-    trees, pending = [], ["/"]
-    while pending:
-        try:
-            with os.scandir(pending.pop()) as listing:
-                entries = list(listing)
-        except PermissionError:  # a parent we may not list: its entries stay unreadable
-            continue
-        for entry in entries:
-            if entry.is_symlink() or entry.path in hidden:
-                continue
-            if any(h.startswith(entry.path + "/") for h in hidden):
-                pending.append(entry.path)  # holds an unreadable dir: its other entries one by one
-            else:
-                trees.append(entry.path)
-    return trees
+def python_library_dirs() -> list[str]:
+    """The dirs this interpreter imports from (stdlib, lib-dynload, site-packages): the sys.path entries inside its
+    prefixes, so neither a whole prefix ('/usr' for a distribution's Python) nor a source checkout a .pth adds."""
+    prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
+    dirs = (os.path.realpath(entry) for entry in sys.path if entry and os.path.isdir(entry))
+    return [d for d in dirs if any(d == p or d.startswith(p.rstrip("/") + "/") for p in prefixes)]
 
 
 def _refuse_syscalls(libc) -> None:
@@ -157,25 +155,23 @@ def _refuse_syscalls(libc) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
 
-def _restrict_filesystem(libc, scratch: str, unreadable: list[str]) -> None:
+def _restrict_filesystem(libc, scratch: str) -> None:
     abi = libc.syscall(LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
     if abi < 1:  # no Landlock in this kernel, or disabled
         return
     writes = sum(rights for version, rights in LANDLOCK_WRITES.items() if version <= abi)
-    reads = LANDLOCK_READS if unreadable else 0
-    ruleset = LandlockRuleset(writes | reads, LANDLOCK_NET_TCP if abi >= LANDLOCK_NET_ABI else 0,
+    ruleset = LandlockRuleset(writes | LANDLOCK_READS, LANDLOCK_NET_TCP if abi >= LANDLOCK_NET_ABI else 0,
                               LANDLOCK_SCOPES if abi >= LANDLOCK_SCOPE_ABI else 0)
     ruleset_fd = libc.syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(ruleset), ctypes.sizeof(ruleset), 0)
     if ruleset_fd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
-    prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)} if reads else set()
-    rules = [(scratch, writes | reads), *((t, writes | reads) for t in ALLOWED_WRITE_TARGETS),
-             *((tree, reads) for tree in (*prefixes, *(readable_trees(unreadable) if reads else ())))]
+    rules = [(scratch, writes | LANDLOCK_READS), *((t, writes | LANDLOCK_READS) for t in ALLOWED_WRITE_TARGETS),
+             *((path, LANDLOCK_READS) for path in (*python_library_dirs(), *READABLE_SYSTEM_PATHS))]
     try:
         for path, rights in rules:
             try:
                 path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except FileNotFoundError:  # gone since it was listed
+            except FileNotFoundError:  # not on this system
                 continue
             try:
                 is_dir = os.path.isdir(f"/proc/self/fd/{path_fd}")
@@ -248,7 +244,7 @@ def show(value) -> None:
 
 
 def main() -> int:
-    scratch, limits, unreadable = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+    scratch, limits = sys.argv[1], json.loads(sys.argv[2])
     code = sys.stdin.read()
     os.chdir(scratch)
     apply_limits(limits)
@@ -257,7 +253,7 @@ def main() -> int:
     except SyntaxError:
         traceback.print_exc(limit=0)
         return 1
-    confine(scratch, unreadable)
+    confine(scratch)
     for name in [m for m in sys.modules if m.partition(".")[0] in REFUSED_MODULES]:
         del sys.modules[name]  # imported for confine: imported again, they meet the audit hook
     install_guard(scratch)

@@ -7,6 +7,8 @@ then check the kernel's fences: no socket of any kind, no write outside the scra
 
 import asyncio
 import ctypes
+import os
+import pwd
 import shutil
 import signal
 import tempfile
@@ -26,6 +28,7 @@ def landlock_abi() -> int:
 
 
 needs_landlock = pytest.mark.skipif(landlock_abi() < 6, reason="needs Landlock with signal scoping (Linux 6.12)")
+needs_landlock_reads = pytest.mark.skipif(landlock_abi() < 1, reason="needs Landlock (Linux 5.13)")
 
 DISARM_THE_AUDIT_HOOK = """
 import os, re
@@ -139,11 +142,11 @@ def test_process_isolation_hides_the_data_dir_home_and_shared_temp_dirs(data_dir
     """Namespaces cover these dirs with a tmpfs; without them Landlock keeps the code from reading them (the audit
     hook never refused reads)."""
     code = (
-        "import os, pwd\n"
+        "import os\n"
         "open('scratch.txt', 'w').write('mine')\n"
         "print(open('scratch.txt').read())\n"
         f"secrets = lambda: open({str(data_dir / 'appendonly.aof')!r}).read()\n"
-        "for act in (secrets, lambda: os.listdir(pwd.getpwuid(os.getuid()).pw_dir), lambda: os.listdir('/tmp')):\n"
+        f"for act in (secrets, lambda: os.listdir({pwd.getpwuid(os.getuid()).pw_dir!r}), lambda: os.listdir('/tmp')):\n"
         "    try:\n"
         "        print('READ', act())\n"
         "    except OSError as exc:\n"
@@ -151,3 +154,35 @@ def test_process_isolation_hides_the_data_dir_home_and_shared_temp_dirs(data_dir
     )
     sandbox = PythonSandbox(LIMITS, "process", data_dirs=(str(data_dir),))
     assert asyncio.run(sandbox.run(code)).output == "mine\n" + "refused 13\n" * 3
+
+
+@pytest.fixture
+def host_file():
+    """A world-readable file the namespaces do not hide (outside home, HEAVY_HOME and the temp dirs), as another
+    user's files or an application's config are."""
+    path = Path(tempfile.mkdtemp(prefix=".sandbox-host-", dir=Path(__file__).parent))
+    try:
+        path.chmod(0o755)
+        (path / "config.ini").write_text("password = host-secret\n")
+        (path / "config.ini").chmod(0o644)
+        yield path / "config.ini"
+    finally:
+        shutil.rmtree(path)
+
+
+@needs_landlock_reads
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_reads_stay_within_what_python_needs_past_the_audit_hook(host_file, isolation):
+    """Namespaces hid only home, HEAVY_HOME, secrets and the temp dirs: the code read any world-readable file else
+    (/etc/passwd, other users' files, its parent's /proc). Landlock now lets it read only what Python needs."""
+    code = DISARM_THE_AUDIT_HOOK + (
+        "import mimetypes, zoneinfo\n"
+        f"for path in ({str(host_file)!r}, '/etc/passwd', f'/proc/{{os.getppid()}}/status'):\n"
+        "    try:\n"
+        "        print('READ', open(path).read()[:40])\n"
+        "    except OSError as exc:\n"
+        "        print('refused', exc.errno)\n"
+        "open('scratch.txt', 'w').write('mine')\n"
+        "print(open('scratch.txt').read(), zoneinfo.ZoneInfo('Europe/Paris'), mimetypes.guess_type('a.html')[0])\n"
+    )
+    assert run(code, isolation).output == "refused 13\n" * 3 + "mine Europe/Paris text/html\n"
