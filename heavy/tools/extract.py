@@ -12,7 +12,7 @@ import pypdf
 import trafilatura
 
 PDF_MAX_CHARS = 2_000_000  # as much text as the download cap lets a page have; a PDF's streams inflate past it
-PDF_MAX_SECONDS = 20.0  # pages past it are left out: under the tool call's 30 s, so its thread stops soon after it
+PDF_MAX_SECONDS = 20.0  # pages past it are left out: under the tool call's 30 s, so a long PDF gives its beginning
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,11 @@ def html_to_markdown(html: str, url: str | None = None) -> ExtractedPage:
     return ExtractedPage(title=title, markdown=markdown or "")
 
 
-def pdf_to_text(data: bytes) -> ExtractedPage:
+def pdf_to_text(data: bytes, max_seconds: float = PDF_MAX_SECONDS) -> ExtractedPage:
     """A PDF's text, page after page, and the title its metadata gives; pypdf.errors.PyPdfError if unreadable.
     Each stream inflates to at most pypdf's own cap (75 MB); the pages are read until PDF_MAX_CHARS or
-    PDF_MAX_SECONDS."""
-    deadline = time.monotonic() + PDF_MAX_SECONDS
+    `max_seconds`."""
+    deadline = time.monotonic() + max_seconds
     reader = pypdf.PdfReader(io.BytesIO(data))
     if reader.is_encrypted and not reader.decrypt(""):  # most "encrypted" PDFs have an empty user password
         raise pypdf.errors.FileNotDecryptedError("it is encrypted with a password")

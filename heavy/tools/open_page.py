@@ -9,7 +9,7 @@ from urllib.parse import urldefrag
 import pypdf
 
 from heavy.tools.base import Source, ToolContext, ToolError, ToolResult
-from heavy.tools.blocking import EXTRACTION, run_in
+from heavy.tools.blocking import EXTRACTION
 from heavy.tools.extract import ExtractedPage, html_to_markdown, pdf_to_text
 from heavy.tools.fetch import FetchedResponse, PageFetcher
 from heavy.tools.page_cache import InMemoryPageCache, Page, PageCache
@@ -37,7 +37,7 @@ async def page_from_response(url: str, response: FetchedResponse) -> Page:
         title, text, truncated = extracted.title, extracted.markdown, truncated or extracted.truncated
     elif response.content_type in HTML_TYPES or (not response.content_type
                                                  and "<html" in response.text[:1000].lower()):
-        extracted = await run_in(EXTRACTION, html_to_markdown, response.text, response.url)
+        extracted = await EXTRACTION.run(html_to_markdown, response.text, response.url)
         title, text = extracted.title, extracted.markdown
     else:
         title, text = "", response.text
@@ -49,7 +49,7 @@ async def page_from_response(url: str, response: FetchedResponse) -> Page:
 
 async def _read_pdf(url: str, response: FetchedResponse) -> ExtractedPage:
     try:
-        return await run_in(EXTRACTION, pdf_to_text, response.body)
+        return await EXTRACTION.run(pdf_to_text, response.body)
     except pypdf.errors.PyPdfError as exc:
         cut = " (it is longer than the download limit, which cut it)" if response.truncated else ""
         raise ToolError(f"{url} could not be read as a PDF{cut}: {exc}") from exc

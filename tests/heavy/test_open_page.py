@@ -1,13 +1,14 @@
 """open_page: extraction to Markdown, PDFs, per-URL cache, size cap, content types, HTTP errors, redirect limits."""
 
 import asyncio
+import functools
 import gzip
 import tracemalloc
 import zlib
 
 import pytest
 
-from heavy.tools import extract
+from heavy.tools import extract, open_page
 from heavy.tools.base import ToolContext, ToolError
 from heavy.tools.fetch import FetchLimits, PageFetcher
 from heavy.tools.open_page import OpenPageTool
@@ -205,7 +206,8 @@ def test_a_pdf_is_read_as_its_text_page_by_page(server, path):
 
 
 def test_a_pdf_is_read_only_within_the_reading_limits(server, monkeypatch):
-    monkeypatch.setattr(extract, "PDF_MAX_SECONDS", 0.0)  # past the deadline after the first page
+    # past the deadline after the first page (a partial of the module's function: it crosses to the extraction child)
+    monkeypatch.setattr(open_page, "pdf_to_text", functools.partial(extract.pdf_to_text, max_seconds=0.0))
     result = run(make_tool(server), f"{server.base_url}/paper.pdf")
     assert "Hekla erupted in 1947" in result.text and "summit" not in result.text
     assert result.truncated and "limits on reading it" in result.text
