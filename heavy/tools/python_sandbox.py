@@ -15,9 +15,10 @@ and its audit hook (which also refuses reading other processes' /proc files) are
 non-dumpable so the code, running as the same user, cannot read our environment (secrets) or memory through /proc
 (where the kernel has no Landlock). Weaker, and reported as such in every result.
 All: a clean environment, a wall-clock timeout that kills the process group, capped output, and the runner's
-fences (sandbox_runner.confine: no sockets; with Landlock, reads only of what Python needs, writes only in the
-scratch dir, no signals out). Without Landlock the namespace modes still hide home, HEAVY_HOME, secrets and the
-temp dirs, but the code reads what its uid may read elsewhere; process mode, what our user may read.
+fences (sandbox_runner.confine: no sockets, no new processes or programs; with Landlock, reads only of what Python
+needs, writes only in the scratch dir, no signals out). Without Landlock the namespace modes still hide home,
+HEAVY_HOME, secrets and the temp dirs, but the code reads what its uid may read elsewhere; process mode, what our
+user may read.
 """
 
 from __future__ import annotations

@@ -58,14 +58,18 @@ ALLOWED_WRITE_TARGETS = frozenset({"/dev/null"})
 PROC_ENTRY = re.compile(r"/proc/(\d+)(/|$)")
 # Kernel interfaces used by `confine` (linux/prctl.h, seccomp.h, filter.h, audit.h, landlock.h).
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
-SECCOMP_RET_ALLOW, SECCOMP_RET_EPERM = 0x7FFF0000, 0x00050000 | 1  # ERRNO(EPERM)
-BPF_LOAD_WORD, BPF_JUMP_EQUAL, BPF_JUMP_AT_LEAST, BPF_RETURN = 0x20, 0x15, 0x35, 0x06
-SECCOMP_DATA_NR, SECCOMP_DATA_ARCH = 0, 4  # offsets in struct seccomp_data
+SECCOMP_RET_ALLOW, SECCOMP_RET_EPERM, SECCOMP_RET_ENOSYS = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # ERRNO(n)
+BPF_LOAD_WORD, BPF_JUMP_EQUAL, BPF_JUMP_AT_LEAST, BPF_JUMP_ANY_BIT, BPF_RETURN = 0x20, 0x15, 0x35, 0x45, 0x06
+SECCOMP_DATA_NR, SECCOMP_DATA_ARCH, SECCOMP_DATA_FIRST_ARG = 0, 4, 16  # offsets in struct seccomp_data (its low word)
 X32_SYSCALL_BIT = 0x40000000  # x32 calls on x86_64 have numbers of their own
 AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64 = 0xC000003E, 0xC00000B7
-# arch -> the syscalls refused: socket (no socket: no network of any kind, unix path sockets included) and
-# io_uring_setup (io_uring makes and connects sockets without the socket syscall)
-REFUSED_SYSCALLS = {AUDIT_ARCH_X86_64: (41, 425), AUDIT_ARCH_AARCH64: (198, 425)}
+# arch -> the syscalls refused: socket (no socket: no network of any kind, unix path sockets included),
+# io_uring_setup (io_uring makes and connects sockets without the socket syscall), and no new process or program:
+# fork, vfork (x86_64 only), execve, execveat
+REFUSED_SYSCALLS = {AUDIT_ARCH_X86_64: (41, 425, 57, 58, 59, 322), AUDIT_ARCH_AARCH64: (198, 425, 221, 281)}
+CLONE_SYSCALL = {AUDIT_ARCH_X86_64: 56, AUDIT_ARCH_AARCH64: 220}  # allowed for a thread only (its first argument)
+CLONE3_SYSCALL = 435  # its flags are behind a pointer seccomp cannot read: ENOSYS, and glibc falls back to clone
+CLONE_THREAD = 0x00010000
 LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 446  # same number on every arch
 LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH = 1, 1
 LANDLOCK_WRITE_FILE, LANDLOCK_READ_FILE, LANDLOCK_READ_DIR, LANDLOCK_TRUNCATE = 1 << 1, 1 << 2, 1 << 3, 1 << 14
@@ -115,10 +119,10 @@ class LandlockPathBeneath(ctypes.Structure):
 
 
 def confine(scratch: str) -> None:
-    """Fences the kernel keeps however the code gets past the audit hook: no socket can be made (seccomp), and where
-    the kernel has Landlock, reads only of `scratch`, our interpreter's library dirs and READABLE_SYSTEM_PATHS, writes
-    only under `scratch` (and /dev/null), no TCP, and no signal or abstract unix socket reaching a process outside
-    this one. Each is skipped where the kernel lacks it."""
+    """Fences the kernel keeps however the code gets past the audit hook: no socket, no new process (threads only)
+    and no program started (seccomp), and where the kernel has Landlock, reads only of `scratch`, our interpreter's
+    library dirs and READABLE_SYSTEM_PATHS, writes only under `scratch` (and /dev/null), no TCP, and no signal or
+    abstract unix socket reaching a process outside this one. Each is skipped where the kernel lacks it."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # both need it, and it bars setuid programs too
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
@@ -144,9 +148,14 @@ def _refuse_syscalls(libc) -> None:
         (BPF_JUMP_EQUAL, 1, 0, arch),
         (BPF_RETURN, 0, 0, SECCOMP_RET_EPERM),  # a call through another ABI (int 0x80): refused
         (BPF_LOAD_WORD, 0, 0, SECCOMP_DATA_NR),
-        *((code, len(checks) - i, 0, k) for i, (code, k) in enumerate(checks)),  # a match: to the last return
+        *((code, len(checks) - i + 4, 0, k) for i, (code, k) in enumerate(checks)),  # a match: to "refused"
+        (BPF_JUMP_EQUAL, 5, 0, CLONE3_SYSCALL),  # to "no such call"
+        (BPF_JUMP_EQUAL, 0, 2, CLONE_SYSCALL[arch]),  # clone: its flags next; any other call: allowed
+        (BPF_LOAD_WORD, 0, 0, SECCOMP_DATA_FIRST_ARG),
+        (BPF_JUMP_ANY_BIT, 0, 1, CLONE_THREAD),  # a thread: allowed; a process: refused
         (BPF_RETURN, 0, 0, SECCOMP_RET_ALLOW),
-        (BPF_RETURN, 0, 0, SECCOMP_RET_EPERM),
+        (BPF_RETURN, 0, 0, SECCOMP_RET_EPERM),  # refused
+        (BPF_RETURN, 0, 0, SECCOMP_RET_ENOSYS),  # no such call
     ]
     filters = (SockFilter * len(program))(*(SockFilter(*instruction) for instruction in program))
     fprog = SockFprog(len(program), ctypes.addressof(filters))

@@ -1,8 +1,10 @@
 """python sandbox: what holds once the code is past the runner's audit hook.
 
 An audit hook runs in the interpreter the code runs in, so the code can reach it: a refused event's traceback holds
-the hook's frame, and the frame its globals (the tables of what to refuse). These tests disarm the hook that way,
-then check the kernel's fences: no socket of any kind, no write outside the scratch dir, no signal to the worker.
+the hook's frame, and the frame its globals (the tables of what to refuse; `import __main__` reaches them too, and
+the modules it calls, os.path.realpath, can be replaced). These tests disarm the hook through its frame, then check
+the kernel's fences: no socket of any kind, no new process or program, no read of what Python does not need, no
+write outside the scratch dir, no signal to the worker.
 """
 
 import asyncio
@@ -101,6 +103,30 @@ def test_no_socket_of_any_kind_past_the_audit_hook(isolation):
         "        print('refused', exc.errno)\n"
     )
     assert run(code, isolation).output == "refused 1\n" * 4
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_no_new_process_or_program_past_the_audit_hook(isolation):
+    """Only the hook refused them: past it, a fork bomb as the worker's user (process isolation; root's RLIMIT_NPROC
+    never binds) or a setsid child outliving the run's process group. Threads still start."""
+    code = DISARM_THE_AUDIT_HOOK + (
+        "import subprocess, threading\n"
+        "def fork():\n"
+        "    if os.fork() == 0:\n"
+        "        os._exit(0)\n"
+        "for act in (fork, lambda: os.execv('/bin/true', ['true']),\n"
+        "            lambda: os.posix_spawn('/bin/true', ['true'], {}),\n"
+        "            lambda: subprocess.run(['true'])):\n"
+        "    try:\n"
+        "        act()\n"
+        "        print('STARTED')\n"
+        "    except OSError as exc:\n"
+        "        print('refused', exc.errno)\n"
+        "thread = threading.Thread(target=print, args=('thread',))\n"
+        "thread.start()\n"
+        "thread.join()\n"
+    )
+    assert run(code, isolation).output == "refused 1\n" * 4 + "thread\n"
 
 
 @needs_landlock
