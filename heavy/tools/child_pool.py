@@ -50,6 +50,8 @@ def serve(requests_fd: int, replies_fd: int) -> None:
 
 
 class ChildProcess:
+    """A child serving one call at a time over two pipes."""
+
     def __init__(self) -> None:
         requests_read, requests_write = os.pipe()
         replies_read, replies_write = os.pipe()
@@ -59,8 +61,8 @@ class ChildProcess:
         )
         os.close(requests_read)
         os.close(replies_write)  # the child holds the only write end: its death is our end of file
-        self._requests, self._replies = Connection(requests_write, readable=False), Connection(replies_read,
-                                                                                                writable=False)
+        self._requests = Connection(requests_write, readable=False)
+        self._replies = Connection(replies_read, writable=False)
 
     def call(self, function: Callable[..., Any], args: tuple) -> Any:
         """Blocks until the child answers; ChildDied if it ends first."""
@@ -102,6 +104,8 @@ class _Call:
 
 
 class ChildPool:
+    """Up to `size` calls at once, each in a child of its own, each waited on by a thread of the pool's."""
+
     def __init__(self, size: int, name: str) -> None:
         self.size = size
         self._waiters = ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)  # one per running call

@@ -134,7 +134,7 @@ def python_library_dirs() -> list[str]:
     """The dirs this interpreter imports from (stdlib, lib-dynload, site-packages): the sys.path entries inside its
     prefixes, so neither a whole prefix ('/usr' for a distribution's Python) nor a source checkout a .pth adds."""
     prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
-    dirs = (os.path.realpath(entry) for entry in sys.path if entry and os.path.isdir(entry))
+    dirs = (os.path.realpath(entry) for entry in sys.path if entry and os.path.exists(entry))  # a stdlib zip too
     return [d for d in dirs if any(d == p or d.startswith(p.rstrip("/") + "/") for p in prefixes)]
 
 

@@ -12,8 +12,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from heavy.tools import blocking
 from heavy.tools.base import ToolContext, ToolExecutor, ToolLimits
+from heavy.tools.child_pool import ChildDied, ChildPool
 from heavy.tools.fetch import PageFetcher
 from heavy.tools.open_page import OpenPageTool
 from heavy.tools.ssrf import AllowedTarget, SsrfGuard, system_resolver
@@ -113,3 +116,17 @@ def test_stuck_dns_lookups_leave_the_default_thread_pool_free(monkeypatch):
         assert stuck.inside <= blocking.DNS._max_workers
 
     asyncio.run(scenario())
+
+
+def test_an_extraction_child_that_dies_fails_its_call_and_the_next_call_gets_a_new_one():
+    """A page can crash its child (out of memory, a parser's segfault): that call fails, the pool goes on."""
+    pool = ChildPool(size=1, name="test-extract")
+
+    async def scenario():
+        with pytest.raises(ChildDied, match="exit code 3"):
+            await pool.run(os._exit, 3)
+        with pytest.raises(ValueError, match="invalid literal"):
+            await pool.run(int, "not a number")  # the function's own error, raised here
+        return await pool.run(divmod, 7, 2)
+
+    assert asyncio.run(scenario()) == (3, 1)
