@@ -208,17 +208,17 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     return app
 
 
-async def _until_done(engine: AsyncEngine, prompt_ids: list[int], state: ChoiceState):
+async def _until_done(engine: MeteredEngine, prompt_ids: list[int], state: ChoiceState):
     """The engine's outputs for one choice until it ends or has all the calls it may have (parallel_tool_calls
     false: its first); then the request is aborted at once, not left to generate calls that would be dropped."""
-    async with contextlib.aclosing(engine.generate(prompt_ids, state.params)) as outputs:
+    async with contextlib.aclosing(engine.generate(prompt_ids, state.params, answered_as=state.stopped_as)) as outputs:
         async for out in outputs:
             yield out
             if state.done:
                 return
 
 
-async def _stream(engine: AsyncEngine, prompt_ids, states: list[ChoiceState], name: str, include_usage: bool,
+async def _stream(engine: MeteredEngine, prompt_ids, states: list[ChoiceState], name: str, include_usage: bool,
                   written: int):
     """SSE events of one streamed chat completion, a choice's delta per event; leaving early (client gone) aborts
     the requests."""

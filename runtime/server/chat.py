@@ -198,6 +198,10 @@ class ChoiceState:
         """The answer has all the calls it may have: its request is stopped rather than left to generate more."""
         return self.max_calls is not None and len(self.parsed.tool_calls) >= self.max_calls
 
+    def stopped_as(self) -> str | None:
+        """The finish reason the client is given when the server stops the request itself (`done`), else None."""
+        return self.finish_reason if self.done else None
+
     def stream_entry(self, out: RequestOutput, tokenizer) -> dict[str, Any] | None:
         """Take one engine delta; the choice entry of a stream chunk that carries it (None: nothing to send yet)."""
         logprobs_before = len(self.logprobs)

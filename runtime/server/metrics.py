@@ -75,8 +75,12 @@ class MeteredEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    async def generate(self, prompt_token_ids: list[int], params: SamplingParams, *args: Any, **kwargs: Any
+    async def generate(self, prompt_token_ids: list[int], params: SamplingParams, *args: Any,
+                       answered_as: Callable[[], str | None] | None = None, **kwargs: Any
                        ) -> AsyncIterator[RequestOutput]:
+        """The engine's outputs, counted when the request ends. `answered_as`: the finish reason the client was given
+        when the server itself stopped the request before the engine ended it (parallel_tool_calls false, at its
+        first call), None if it did not; a request stopped otherwise (its client gone) counts as "abort"."""
         started, first, last = time.perf_counter(), None, None
         self._in_flight.inc()
         try:
@@ -89,11 +93,11 @@ class MeteredEngine:
         finally:
             self._in_flight.dec()
             if last is not None:
-                self._ended(last, started, first)
+                reason = str(last.finish_reason) if last.finished else (answered_as and answered_as()) or "abort"
+                self._ended(last, reason, started, first)
 
-    def _ended(self, last: RequestOutput, started: float, first: float | None) -> None:
+    def _ended(self, last: RequestOutput, reason: str, started: float, first: float | None) -> None:
         ended = time.perf_counter()
-        reason = str(last.finish_reason) if last.finished else "abort"  # a client gone before the end
         self._finished.labels(**self._labels, finish_reason=reason).inc()
         self._prompt.inc(last.num_prompt_tokens)
         self._cached.inc(last.num_cached_tokens)

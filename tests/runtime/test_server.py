@@ -399,16 +399,18 @@ def test_the_serving_benchmark_times_streamed_requests(server):
     assert all(0 < t.ttft <= t.e2e <= seconds and t.tpot >= 0 for t in timings)
 
 
-def test_metrics_count_each_requests_tokens_and_times(server):
-    def scrape() -> dict[str, float]:
-        response = httpx.get(server[0] + "/metrics", timeout=10)
-        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-                for line in response.text.splitlines() if line and not line.startswith("#")}
+def scrape_metrics(server) -> dict[str, float]:
+    """/metrics as {name{labels}: value}."""
+    response = httpx.get(server[0] + "/metrics", timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in response.text.splitlines() if line and not line.startswith("#")}
 
-    before = scrape()
+
+def test_metrics_count_each_requests_tokens_and_times(server):
+    before = scrape_metrics(server)
     complete(server, prompt=PROMPT, max_tokens=5, temperature=0, ignore_eos=True)
-    after = scrape()
+    after = scrape_metrics(server)
     label = f'{{model_name="{MODEL_NAME}"}}'
 
     def grew(name: str, labels: str = label) -> float:

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.runtime.test_server import MODEL_NAME, USER, server
+from tests.runtime.test_server import MODEL_NAME, USER, scrape_metrics, server
 from tests.runtime.test_server_compat import FIRST_CALL, TOOLS, TWO_CALLS, chat_answer, events, post
 
 __all__ = ["server"]  # the module's server, for the tests below
@@ -40,6 +40,22 @@ def test_parallel_tool_calls_false_ends_the_answer_at_its_first_call(server, str
     else:
         usage = post(server, "chat/completions", {"messages": USER, "temperature": 0, **body}).json()["usage"]
     assert usage["completion_tokens"] == len(FIRST_CALL)  # one character a token: generation stopped at its close
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_answer_ended_at_its_first_call_counts_in_the_metrics_as_the_client_got_it(server, streamed):
+    """The server stops the engine request itself there: that is not a client gone ("abort")."""
+    body = {"tools": TOOLS, "guided_choice": [TWO_CALLS], "max_tokens": len(TWO_CALLS) + 1,
+            "parallel_tool_calls": False}
+    before = scrape_metrics(server)
+    assert chat_answer(server, body, streamed) == (["f"], "tool_calls")
+    after = scrape_metrics(server)
+
+    def ended(reason: str) -> float:
+        name = f'heavy_runtime_requests_total{{finish_reason="{reason}",model_name="{MODEL_NAME}"}}'
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert (ended("tool_calls"), ended("abort")) == (1, 0)
 
 
 @pytest.mark.parametrize("streamed", [False, True])
