@@ -124,6 +124,7 @@ class Trajectory:
         self.unsaid_forced = False  # an `answer` call said nothing, and a forced answer was asked for it
         self.deadline = 0.0
         self.counted_per_estimated = 1.0  # the server's prompt tokens per estimated one, at most (never below 1)
+        self.context_tokens = spec.limits.context_tokens  # less once the server says it holds less
 
     # --- the loop ---
 
@@ -203,18 +204,27 @@ class Trajectory:
         try:
             return await self._request(prompt, tools, estimated, max_tokens, deadline)
         except ContextLengthError as exc:
-            # no reply calibrated the estimate for this prompt yet (a first step over non-Latin search results): it
-            # is fitted again, once, by the tokens the server says it counted
-            if (exc.prompt_tokens or 0) / estimated <= self.counted_per_estimated:
+            if not self._learned(exc, estimated):
                 raise
-            self.counted_per_estimated = exc.prompt_tokens / estimated
             prompt, estimated = self._fitted(messages, tools, max_tokens)
             return await self._request(prompt, tools, estimated, max_tokens, deadline)
+
+    def _learned(self, refusal: ContextLengthError, estimated: int) -> bool:
+        """Whether a server's refusal of a prompt too long says what to fit the prompt again by (once): the tokens
+        it counted, when no reply calibrated the estimate for this prompt yet (a first step over non-Latin search
+        results), or the context it holds, less than HEAVY_CONTEXT_TOKENS (a server that does not report it, whose
+        room left the openai backend found too small to cut the reply to)."""
+        counted, learned = refusal.prompt_tokens or 0, False
+        if counted / estimated > self.counted_per_estimated:
+            self.counted_per_estimated, learned = counted / estimated, True
+        if refusal.room is not None and counted + refusal.room < self.context_tokens:
+            self.context_tokens, learned = counted + refusal.room, True
+        return learned
 
     def _fitted(self, messages: list[Message], tools: list[dict] | None, max_tokens: int) -> tuple[list[Message], int]:
         """The prompt fitted to the room a reply of `max_tokens` leaves, by the estimate scaled to what the server
         counts, and its estimate."""
-        room = int((self.spec.limits.context_tokens - max_tokens) / self.counted_per_estimated)
+        room = int((self.context_tokens - max_tokens) / self.counted_per_estimated)
         prompt = fit_context(messages, tools, room)
         return prompt, max(1, estimate_tokens(prompt, tools))
 

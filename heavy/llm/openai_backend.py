@@ -7,7 +7,9 @@ of this backend object; cancelling the awaiting task closes the HTTP request, wh
 A request whose prompt and `max_tokens` overflow the server's context is a 400 on OpenAI, vLLM, SGLang and
 `runtime serve` (none cuts the completion to fit). heavy sizes prompts by an estimate against its own
 `HEAVY_CONTEXT_TOKENS`, which a server may not share, so such a 400 is asked again once with `max_tokens` cut to the
-room the error states (the reply then ends with finish_reason "length", which the trajectory and report handle).
+room the error states (the reply then ends with finish_reason "length", which the trajectory and report handle),
+unless that room is under half the ask: such a reply is mostly lost (a thinking model's all reasoning), and the
+error goes to the caller, which can do better (a trajectory fits its prompt again by the context the error states).
 """
 
 from __future__ import annotations
@@ -47,12 +49,15 @@ _CONTEXT_SIZE = re.compile(r"maximum context length (?:is|of) (\d+) tokens")
 _PROMPT_SIZE = re.compile(r"\((\d+) in the (?:messages|prompt)|(?:has|contains) (\d+) input tokens"
                           r"|(\d+) tokens from the input|resulted in (\d+) tokens")
 
+MIN_ROOM_SHARE = 0.5  # of max_tokens: a refusal stating less room is the caller's to handle, not asked again
+
 log = logging.getLogger(__name__)
 
 
 def _within_room(body: dict, error: ContextLengthError) -> dict:
-    """`body` asking for no more than the room the server stated; `error` again when no smaller ask can fit."""
-    if error.room is None or not 0 < error.room < body["max_tokens"]:
+    """`body` asking for no more than the room the server stated; `error` again when that room is under
+    MIN_ROOM_SHARE of the ask (or none is stated)."""
+    if error.room is None or not max(1.0, body["max_tokens"] * MIN_ROOM_SHARE) <= error.room < body["max_tokens"]:
         raise error
     log.warning("the server's context is smaller than heavy assumed: max_tokens %d cut to the %d tokens left (%s)",
                 body["max_tokens"], error.room, error)

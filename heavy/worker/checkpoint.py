@@ -66,6 +66,7 @@ def state_of(trajectory: Trajectory) -> dict[str, Any]:
         "title_rejected": trajectory.title_rejected,
         "unsaid_forced": trajectory.unsaid_forced,
         "counted_per_estimated": trajectory.counted_per_estimated,
+        "context_tokens": trajectory.context_tokens,
         "tool_calls": _tool_calls(trajectory),
     }
 
@@ -89,6 +90,7 @@ def restore(trajectory: Trajectory, state: dict[str, Any]) -> None:
     trajectory.title_rejected = state.get("title_rejected", False)
     trajectory.unsaid_forced = state.get("unsaid_forced", False)
     trajectory.counted_per_estimated = state.get("counted_per_estimated", 1.0)
+    trajectory.context_tokens = state.get("context_tokens", trajectory.spec.limits.context_tokens)
 
 
 class CheckpointedTrajectory(Trajectory):

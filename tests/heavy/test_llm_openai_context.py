@@ -1,6 +1,7 @@
 """The OpenAI backend against servers that refuse a prompt plus `max_tokens` past their context (OpenAI, vLLM, SGLang
 and `runtime serve` all answer 400; none cuts the completion to fit): it asks once more for the room the error
-states. Over a loopback stand-in that applies vLLM's rule in each server's words, and over our own server."""
+states when that is at least half the ask, else leaves the refusal to its caller. Over a loopback stand-in that
+applies vLLM's rule in each server's words, and over our own server."""
 
 import asyncio
 import contextlib
@@ -12,7 +13,7 @@ import pytest
 
 from heavy.llm.openai_backend import OpenAIBackend
 from heavy.llm.retry import RetryPolicy
-from heavy.llm.types import LLMError, Sampling
+from heavy.llm.types import ContextLengthError, LLMError, Sampling
 from tests.runtime.test_server import MODEL_NAME, server
 
 __all__ = ["server"]  # the tiny model's server (tests/runtime), for the last test
@@ -95,14 +96,32 @@ async def test_max_tokens_past_the_servers_room_is_asked_again_for_the_room_left
         llm = OpenAIBackend(url, "m", retry=FAST_RETRY)
         try:
             if streamed:
-                deltas = [d async for d in llm.stream(MESSAGES, None, Sampling(), max_tokens=500)]
+                deltas = [d async for d in llm.stream(MESSAGES, None, Sampling(), max_tokens=150)]
                 finish = deltas[-1].finish_reason
             else:
-                finish = (await llm.chat(MESSAGES, None, Sampling(), max_tokens=500)).finish_reason
+                finish = (await llm.chat(MESSAGES, None, Sampling(), max_tokens=150)).finish_reason
         finally:
             await llm.aclose()
-    assert [b["max_tokens"] for b in bodies] == [500, CONTEXT - PROMPT_TOKENS]
+    assert [b["max_tokens"] for b in bodies] == [150, CONTEXT - PROMPT_TOKENS]
     assert finish == "length"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_room_under_half_the_ask_is_the_callers_refusal_not_a_cut_reply(streamed):
+    """Such a reply would be mostly lost (a thinking model's all reasoning): a trajectory fits its prompt again by the
+    context the refusal states instead (tests/heavy/test_trajectory_budgets.py)."""
+    async with strict_server(REFUSALS["vllm 0.10"]) as (url, bodies):
+        llm = OpenAIBackend(url, "m", retry=FAST_RETRY)
+        try:
+            with pytest.raises(ContextLengthError) as refused:
+                if streamed:
+                    [d async for d in llm.stream(MESSAGES, None, Sampling(), max_tokens=201)]
+                else:
+                    await llm.chat(MESSAGES, None, Sampling(), max_tokens=201)
+        finally:
+            await llm.aclose()
+    assert [b["max_tokens"] for b in bodies] == [201]
+    assert (refused.value.prompt_tokens, refused.value.room) == (PROMPT_TOKENS, CONTEXT - PROMPT_TOKENS)
 
 
 @pytest.mark.parametrize("prompt_tokens", [CONTEXT, CONTEXT + 50])
@@ -118,10 +137,11 @@ async def test_a_prompt_that_leaves_no_room_is_an_error_asked_once(prompt_tokens
 
 
 async def test_over_our_own_server_a_too_large_max_tokens_gets_the_rest_of_the_context(server):
-    """`runtime serve` refuses it as vLLM does; the backend's second ask fills the context to its end."""
+    """`runtime serve` refuses it as vLLM does; the backend's second ask fills the context to its end (the room
+    the tiny prompt leaves of its 256 tokens is more than half the ask)."""
     llm = OpenAIBackend(server[0] + "/v1", MODEL_NAME, retry=FAST_RETRY)
     try:
-        completion = await llm.chat(MESSAGES, None, Sampling(temperature=0), max_tokens=10_000)
+        completion = await llm.chat(MESSAGES, None, Sampling(temperature=0), max_tokens=400)
     finally:
         await llm.aclose()
     usage = completion.usage

@@ -99,3 +99,36 @@ async def test_a_first_step_whose_opening_results_overflow_is_fitted_again_by_wh
             await llm.aclose()
     assert result.stop_reason == "answered" and result.answer == "1889"
     assert counted(bodies[0]) > limits.context_tokens >= counted(bodies[1]) + bodies[1]["max_tokens"]
+
+
+async def test_a_server_context_leaving_too_little_room_is_fitted_to_not_cut_into_the_reply():
+    # a server whose context (unreported, as OpenAI's) is smaller than HEAVY_CONTEXT_TOKENS, counting English as
+    # tokens of 4 characters, not the estimate's 3: the first prompt fits the server, but with room for under half
+    # the reply. The backend does not cut the reply to that room; the trajectory fits its prompt to the context the
+    # refusal states, and asks for the whole reply
+    limits = TrajectoryLimits(max_steps=2, step_tokens=2000, context_tokens=8000)
+    server_context = 2950  # the first prompt (the opening search's results, cut by the tool) counts 2441
+
+    def counted(body):
+        return estimate_tokens(body["messages"], body.get("tools")) * 3 // 4
+
+    def answers(body):
+        call_ = {"id": "c1", "type": "function", "function": {"name": "answer", "arguments": '{"answer": "1889"}'}}
+        reply = {"choices": [{"message": {"role": "assistant", "content": "", "tool_calls": [call_]},
+                              "finish_reason": "tool_calls"}],
+                 "usage": {"prompt_tokens": counted(body), "completion_tokens": 10}}
+        return "application/json", json.dumps(reply).encode()
+
+    async with strict_server(REFUSALS["vllm 0.10"], counted, context=server_context,
+                             reply=answers) as (url, bodies):
+        llm = OpenAIBackend(url, "m", retry=FAST_RETRY)
+        trajectory, _, search, _ = make(None, limits=limits, opening_search=True, backend=llm)
+        search.pages = {"http://corpus/0": "eiffel tower " + "The tower was finished in 1889. " * 2000}
+        try:
+            result = await trajectory.run()
+        finally:
+            await llm.aclose()
+    assert result.stop_reason == "answered" and result.answer == "1889"
+    assert 0 < server_context - counted(bodies[0]) < limits.step_tokens / 2  # the room the first ask found
+    assert [b["max_tokens"] for b in bodies] == [limits.step_tokens] * 2
+    assert counted(bodies[1]) + bodies[1]["max_tokens"] <= server_context
