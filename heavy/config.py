@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     # a job held for review (awaiting approval) is cancelled, its slot and token grant released, if not approved
     # within this (0: it waits until approved or cancelled)
     approval_window_s: float = Field(86_400.0, ge=0)
+    # jobs a tenant may hold for review at once (they take no slot or grant, but Redis keeps each): more are a 429
+    tenant_max_held_jobs: int = Field(32, ge=1)
     webhook_allow: tuple[str, ...] = ()  # "ip:port" callback receivers allowed although not public addresses
     webhook_timeout_s: float = Field(10.0, gt=0)  # one attempt of a callback, whole (address check and POST)
     webhook_attempts: int = Field(3, ge=1)  # POSTs of a callback before it is given up

@@ -49,7 +49,8 @@ class Store:
                              retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError])
         limits = dict(default_max_jobs=settings.tenant_max_jobs, default_max_tokens=settings.tenant_max_tokens)
         jobs = JobStore(redis, keys, retention_s=settings.job_retention_s,
-                        approval_window_s=settings.approval_window_s, **limits)
+                        approval_window_s=settings.approval_window_s, max_held_jobs=settings.tenant_max_held_jobs,
+                        **limits)
         return cls(redis, jobs, JobQueue(redis, keys), TenantStore(redis, keys, **limits))
 
     async def ping(self) -> bool:

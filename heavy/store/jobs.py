@@ -62,11 +62,12 @@ def _cancelled(job_id: str, reason: str) -> dict[str, Any]:
 class JobStore:
     def __init__(self, redis: RedisClient, keys: Keys | None = None, *, default_max_jobs: int = 4,
                  default_max_tokens: int = 50_000_000, retention_s: float = 0.0,
-                 approval_window_s: float = 0.0) -> None:
+                 approval_window_s: float = 0.0, max_held_jobs: int = 32) -> None:
         """`retention_s`: how long a job's keys stay after it ended (0: until deleted); `approval_window_s`: how
-        long a job held for review waits for its approval before it is cancelled (0: for ever)."""
+        long a job held for review waits for its approval before it is cancelled (0: for ever); `max_held_jobs`:
+        how many jobs a tenant may hold for review at once."""
         self.redis, self.keys = redis, keys or Keys()
-        self.approval_window_s = approval_window_s
+        self.approval_window_s, self.max_held_jobs = approval_window_s, max_held_jobs
         self.default_max_jobs, self.default_max_tokens = default_max_jobs, default_max_tokens
         self.retention_ms = int(retention_s * 1000)
         self._submit = redis.register_script(scripts.SUBMIT)
@@ -101,10 +102,10 @@ class JobStore:
         while True:
             outcome, detail = await self._submit(
                 keys=[k.idempotency(tenant, idempotency_key or "-"), k.tenant(tenant), k.tenant_active(tenant),
-                      k.tenant_jobs(tenant), k.job(job_id), k.jobs_stream, k.awaiting],
+                      k.tenant_jobs(tenant), k.job(job_id), k.jobs_stream, k.awaiting, k.tenant_held(tenant)],
                 args=[job_id, now, int(not review), int(idempotency_key is not None), IDEMPOTENCY_TTL_S,
                       fingerprint, self.default_max_jobs, self.default_max_tokens, int(params.get("job_tokens", 0)),
-                      window, stale, *stored],
+                      window, stale, self.max_held_jobs, *stored],
             )
             if outcome != "replay":
                 break
@@ -115,6 +116,9 @@ class JobStore:
                 return await self.get(previous_id, tenant), True
             except JobNotFound:  # deleted or expired since: the key names nothing, so it is a new request
                 stale = detail
+        if outcome == "quota" and detail == "held":
+            raise QuotaExceeded("held", f"tenant {tenant!r} is at its limit of {self.max_held_jobs} jobs held for "
+                                        "review: approve or cancel one of them first")
         if outcome == "quota":
             raise _quota_exceeded(tenant, detail)
         return JobRecord.from_hash({**dict(zip(stored[::2], stored[1::2], strict=True)), "approve_by": detail}), False
@@ -186,7 +190,7 @@ class JobStore:
         markdown, result = report or ("", None)
         outcome, current = await self._finish(
             keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant), k.callbacks, k.awaiting,
-                  *k.job_parts(job.id, job.trajectories)],
+                  k.tenant_held(job.tenant), *k.job_parts(job.id, job.trajectories)],
             args=[job.id, ",".join(allowed), tokens, self.retention_ms, _event_json(event) if event else "",
                   markdown, json.dumps(result, ensure_ascii=False) if result is not None else "", owner,
                   *_pairs({"status": status, "finished": now, "updated": now, "control": "", "tokens": tokens,
@@ -205,7 +209,8 @@ class JobStore:
         job = await self.get(job_id, tenant)
         k = self.keys
         outcome, detail = await self._approve(
-            keys=[k.job(job_id), k.jobs_stream, k.awaiting, k.tenant(tenant), k.tenant_active(tenant)],
+            keys=[k.job(job_id), k.jobs_stream, k.awaiting, k.tenant(tenant), k.tenant_active(tenant),
+                  k.tenant_held(tenant)],
             args=[time.time(), self.default_max_jobs, self.default_max_tokens, int(job.params.get("job_tokens", 0))])
         if outcome == "refused":
             raise InvalidTransition(f"job {job_id} is {detail}, not awaiting approval")

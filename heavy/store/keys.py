@@ -74,6 +74,10 @@ class Keys:
         """Set of the tenant's queued, waiting and running jobs: the concurrency quota counts it."""
         return f"{self.tenant(tenant)}:active"
 
+    def tenant_held(self, tenant: str) -> str:
+        """Set of the tenant's jobs held for review (awaiting approval): the held-jobs cap counts it."""
+        return f"{self.tenant(tenant)}:held"
+
     def tenant_keys(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:keys"
 

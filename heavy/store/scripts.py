@@ -21,16 +21,19 @@ redis.call('HINCRBY', tenant, 'tokens_reserved', grant)
 redis.call('SADD', active, job_id)
 """
 
-# KEYS: idem, tenant hash, tenant active set, tenant jobs zset, job hash, jobs stream, awaiting zset
+# KEYS: idem, tenant hash, tenant active set, tenant jobs zset, job hash, jobs stream, awaiting zset, tenant held set
 # ARGV: job id, created, enqueue 0/1 (0: held for review), use idem 0/1, idem ttl s, fingerprint, default max jobs,
 #       default max tokens, the job's token budget, how long an unapproved job waits before it expires, in seconds
-#       (0: for ever, or not held), the key's stale value ('' for none), then the job hash as field/value pairs.
+#       (0: for ever, or not held), the key's stale value ('' for none), the most jobs a tenant may hold for review,
+#       then the job hash as field/value pairs.
 # A stale value is what the key held when it named a job that is gone (deleted, expired): it counts as no value.
 # Requests racing on such a key pass the same stale value, and only the first replaces it; the others replay its
 # job (dropping the key in a separate call instead let each of them make a job).
 # A job to run takes its slot and grant now; a job held for review takes neither until it is approved (APPROVE):
-# jobs waiting for a reviewer lock no tenant out. Its approval deadline (`approve_by`, returned) is on Redis's clock,
-# which the expiry sweep reads: an API process whose clock is off neither shortens nor stretches the window.
+# jobs waiting for a reviewer lock no tenant out. Held jobs are bounded per tenant instead (the held set, which
+# APPROVE and FINISH take them off): they cost Redis memory and, with no approval window, never expire. Its approval
+# deadline (`approve_by`, returned) is on Redis's clock, which the expiry sweep reads: an API process whose clock is
+# off neither shortens nor stretches the window.
 SUBMIT = """
 if ARGV[4] == '1' then
   local previous = redis.call('GET', KEYS[1])
@@ -40,12 +43,13 @@ local tenant, active, job, job_id = KEYS[2], KEYS[3], KEYS[5], ARGV[1]
 local default_jobs, default_tokens, budget = ARGV[7], ARGV[8], tonumber(ARGV[9])
 if ARGV[3] == '1' then
 """ + _TAKE_SLOT_AND_GRANT + """
+elseif redis.call('SCARD', KEYS[8]) >= tonumber(ARGV[12]) then return {'quota', 'held'}
 end
 local fields = {}
-for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[5], unpack(fields))
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-if ARGV[3] == '1' then redis.call('XADD', KEYS[6], '*', 'job', ARGV[1]) end
+if ARGV[3] == '1' then redis.call('XADD', KEYS[6], '*', 'job', ARGV[1]) else redis.call('SADD', KEYS[8], ARGV[1]) end
 local approve_by = ''
 if tonumber(ARGV[10]) > 0 then
   local now = redis.call('TIME')
@@ -73,9 +77,9 @@ if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
 return {'ok', status}
 """
 
-# KEYS: job hash, jobs stream, awaiting zset, tenant hash, tenant active set; ARGV: now, default max jobs, default
-# max tokens, the job's token budget -> awaiting_approval becomes queued and is enqueued, with its slot and grant
-# taken (a tenant at its limit is refused: approve again once one of its jobs has ended)
+# KEYS: job hash, jobs stream, awaiting zset, tenant hash, tenant active set, tenant held set; ARGV: now, default max
+# jobs, default max tokens, the job's token budget -> awaiting_approval becomes queued and is enqueued, with its slot
+# and grant taken (a tenant at its limit is refused: approve again once one of its jobs has ended)
 APPROVE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
@@ -86,15 +90,16 @@ if redis.call('HEXISTS', job, 'token_grant') == 0 then  -- a job held before thi
 """ + _TAKE_SLOT_AND_GRANT + """
 end
 redis.call('ZREM', KEYS[3], job_id)
+redis.call('SREM', KEYS[6], job_id)
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[1], 'approved', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'job', job_id)
 return {'ok', status}
 """
 
-# KEYS: job hash, tenant hash, tenant active set, callbacks zset, awaiting zset, then the job's other keys (events,
-# report, checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), terminal event JSON
-# ('' for none), report Markdown and report JSON ('' for no report), owner (the worker that must still hold the
-# job, '' for any), then field/value pairs.
+# KEYS: job hash, tenant hash, tenant active set, callbacks zset, awaiting zset, tenant held set, then the job's
+# other keys (events, report, checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), terminal
+# event JSON ('' for none), report Markdown and report JSON ('' for no report), owner (the worker that must still
+# hold the job, '' for any), then field/value pairs.
 # The tokens spent are charged to the tenant and the job's reserved grant (SUBMIT) is given back.
 # The report, the status and the terminal event are one step: no process can die between them (a follower would
 # never see the event, or a client reacting to it would find no report). A worker that stalled past its lease
@@ -111,13 +116,14 @@ if ARGV[8] ~= '' and worker ~= ARGV[8] then return {'taken', worker} end
 local fields = {}
 for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[7], 'markdown', ARGV[6], 'json', ARGV[7]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[8], 'markdown', ARGV[6], 'json', ARGV[7]) end
 if ARGV[5] ~= '' then
   local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
-  redis.call('XADD', KEYS[6], '0-' .. seq, 'seq', seq, 'event', ARGV[5])
+  redis.call('XADD', KEYS[7], '0-' .. seq, 'seq', seq, 'event', ARGV[5])
 end
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('SREM', KEYS[6], ARGV[1])
 if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[2], 'tokens_used', ARGV[3]) end
 local grant = tonumber(redis.call('HGET', KEYS[1], 'token_grant') or '0')
 if grant > 0 then redis.call('HINCRBY', KEYS[2], 'tokens_reserved', -grant) end
@@ -129,7 +135,7 @@ if url and url ~= '' then
 end
 if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  for i = 6, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+  for i = 7, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 end
 return {'ok', status}
 """

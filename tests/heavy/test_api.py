@@ -236,6 +236,16 @@ async def test_jobs_held_for_review_take_no_slot_and_approval_at_the_limit_gives
     assert (await acme.post(f"/v1/jobs/{held[0]['id']}/approve")).json()["status"] == "queued"
 
 
+async def test_jobs_held_for_review_past_the_tenants_cap_are_a_429_saying_so(acme, store):
+    store.jobs.max_held_jobs = 2
+    held = [await submit(acme, review=True) for _ in range(2)]
+    refused = await acme.post("/v1/jobs", json={**QUESTION, "review": True})
+    error = assert_error(refused, 429, "quota_exceeded")
+    assert "at its limit of 2 jobs held for review: approve or cancel one of them first" in error["message"]
+    assert (await acme.post(f"/v1/jobs/{held[0]['id']}/cancel")).status_code == 200
+    assert (await submit(acme, review=True))["status"] == "awaiting_approval"
+
+
 async def test_cancel_a_queued_job_and_its_event_stream_ends(acme):
     job = await submit(acme)
     cancelled = await acme.post(f"/v1/jobs/{job['id']}/cancel")

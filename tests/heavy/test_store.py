@@ -167,6 +167,36 @@ async def test_approving_a_held_job_concurrently_takes_one_slot_once(store):
     assert (await store.tenants.get("acme")).active_jobs == 1 and await store.queue.depth() == 1
 
 
+async def test_a_tenant_holds_no_more_jobs_for_review_than_its_cap_and_one_approved_or_ended_makes_room(store):
+    store.jobs.max_held_jobs = 2
+    held = [await submit(store, review=True) for _ in range(2)]
+    with pytest.raises(QuotaExceeded) as err:
+        await submit(store, review=True)
+    assert err.value.limit == "held" and "2 jobs held for review" in str(err.value)
+    assert (await store.jobs.list("acme"))[1] == 2  # the refused one was not made
+    await submit(store)  # jobs to run are not held
+    await submit(store, tenant="globex", review=True)  # nor another tenant's
+    await store.jobs.approve(held[0].id, "acme")
+    replacement = await submit(store, review=True)
+    await store.jobs.cancel(held[1].id, "acme")
+    await submit(store, review=True)
+    with pytest.raises(QuotaExceeded):
+        await submit(store, review=True)
+    store.jobs.approval_window_s = 0.1  # and an expired one
+    await store.jobs.cancel(replacement.id, "acme")
+    expiring = await submit(store, review=True)
+    await asyncio.sleep(0.2)
+    assert await store.jobs.expire_unapproved() == [expiring.id]
+    await submit(store, review=True)
+
+
+async def test_concurrent_submissions_for_review_hold_no_more_than_the_cap(store):
+    store.jobs.max_held_jobs = 2
+    outcomes = await asyncio.gather(*(submit(store, review=True) for _ in range(6)), return_exceptions=True)
+    assert sum(not isinstance(o, Exception) for o in outcomes) == 2
+    assert {type(o) for o in outcomes if isinstance(o, Exception)} == {QuotaExceeded}
+
+
 async def test_a_job_not_approved_within_its_window_is_cancelled_and_releases_its_slot_and_grant(store):
     store.jobs.approval_window_s = 0.2
     params = {"trajectories": 2, "job_tokens": 600}
