@@ -159,17 +159,16 @@ class Scheduler:
             await sink.emit(Aggregating(job_id=spec.job_id, done=finished, stopped=len(results) - finished,
                                         reason=reason))
             status = "partial" if reason in PARTIAL_STOPS else "done"
+            granted = GrantedBackend(with_priority(self.backend, spec.priority), budget, kept_for=REPORT_REQUEST,
+                                     keep=reserve * (spec.mode == "report"))
             try:  # a cancel while aggregating aborts the aggregator's model requests: no report
                 result = await until_stopped(
                     aggregate(job_id=spec.job_id, question=spec.question, mode=spec.mode, results=results,
-                              backend=GrantedBackend(with_priority(self.backend, spec.priority), budget,
-                                                     kept_for=REPORT_REQUEST, keep=reserve * (spec.mode == "report")),
-                              status=status,
-                              stop_reason=reason, config=aggregation),
+                              backend=granted, status=status, stop_reason=reason, config=aggregation),
                     control.cancelled)
-            except Stopped:
+            except Stopped:  # what the aggregator's calls spent until then is charged with the trajectories'
                 await sink.emit(JobCancelled(job_id=spec.job_id))
-                return _cancelled(spec, results)
+                return _cancelled(spec, results, granted.usage)
         except Exception as exc:
             await sink.emit(JobFailed(job_id=spec.job_id, error=f"{type(exc).__name__}: {exc}"))
             raise
@@ -261,7 +260,7 @@ class Scheduler:
             return trajectory.result_so_far("error", f"{type(exc).__name__}: {exc}")
 
 
-def _cancelled(spec: JobSpec, results: Sequence[TrajectoryResult]) -> JobResult:
+def _cancelled(spec: JobSpec, results: Sequence[TrajectoryResult], aggregating: Usage = Usage()) -> JobResult:
     return JobResult(job_id=spec.job_id, question=spec.question, mode=spec.mode, status="cancelled", answer="",
                      agreement=0.0, markdown="", sources=(), trajectories=tuple(sorted(results, key=lambda r: r.index)),
-                     usage=sum((r.usage for r in results), Usage()), stop_reason="cancelled")
+                     usage=sum((r.usage for r in results), aggregating), stop_reason="cancelled")

@@ -7,11 +7,11 @@ import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
-from heavy.agent.context import estimate_tokens, with_usage
-from heavy.llm.types import Completion, CompletionDelta, LLMBackend, LLMError, Message, Sampling
+from heavy.agent.context import aborted_usage, estimate_tokens, with_usage
+from heavy.llm.types import Completion, CompletionDelta, LLMBackend, LLMError, Message, Meter, Sampling, Usage
 
 T = TypeVar("T")
 
@@ -106,11 +106,13 @@ class GrantedBackend:
     """The aggregator's backend, inside the job's grant: a request that does not fit what is left of it fails as
     an LLMError, which every aggregator call survives (the report goes without that call's part). Until the request
     `kept_for` is sent (the report pass, whose prompt the others' results shape), the others leave it `keep`
-    tokens: the reserve the trajectories left is the report pass's."""
+    tokens: the reserve the trajectories left is the report pass's. `usage`: what its calls spent, those a cancel
+    aborted included (what a job cancelled while aggregating is charged for them)."""
 
     def __init__(self, backend: LLMBackend, budget: JobTokenBudget, *, kept_for: str = "", keep: int = 0) -> None:
         self.backend, self.budget, self.name = backend, budget, backend.name
         self.kept_for, self.keep = kept_for, keep
+        self.usage = Usage()
 
     async def chat(self, messages: list[Message], tools: list[dict] | None, sampling: Sampling, *, max_tokens: int,
                    **kwargs) -> Completion:
@@ -120,14 +122,18 @@ class GrantedBackend:
         if not await self.budget.hold(bound, keep=self.keep):
             raise LLMError(f"the job's token grant has {self.budget.total - self.budget.used - self.budget.held} "
                            f"tokens left (keeping {self.keep}), the request may take {bound}")
-        spent = 0
+        spent, meter = Usage(), kwargs.setdefault("meter", Meter())
         try:
             completion = await self.backend.chat(messages, tools, sampling, max_tokens=max_tokens, **kwargs)
             completion = with_usage(completion, messages, tools)  # a server that reports none: the estimate
-            spent = completion.usage.total_tokens
+            spent = completion.usage
             return completion
+        except asyncio.CancelledError:  # aborted in flight: what the server did is charged
+            spent = aborted_usage(meter, messages, tools)
+            raise
         finally:
-            self.budget.settle(bound, spent)
+            self.usage = self.usage + spent
+            self.budget.settle(bound, spent.total_tokens)
 
     def stream(self, messages: list[Message], tools: list[dict] | None, sampling: Sampling,
                **kwargs) -> AsyncIterator[CompletionDelta]:
@@ -191,9 +197,17 @@ async def until_stopped(awaitable: Awaitable[T], stop: StopSignal, deadline: flo
 
 @dataclass
 class Charge:
-    """What a request spent, set by its sender once it completed (0 until then)."""
+    """What a request spent, set by its sender once it completed (0 until then); `meter`, the request's, follows
+    what it spends in flight."""
 
     tokens: int = 0
+    meter: Meter = field(default_factory=Meter)
+
+    def aborted(self, prompt: list[Message], tools: list[dict] | None) -> Usage:
+        """What the request spent until it was aborted (agent/context.py aborted_usage), now its charge."""
+        spent = aborted_usage(self.meter, prompt, tools)
+        self.tokens = spent.total_tokens
+        return spent
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from heavy.llm.types import Completion, Message, Usage
+from heavy.llm.types import Completion, Message, Meter, Usage
 
 CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of a chat template
@@ -35,6 +35,17 @@ def with_usage(completion: Completion, prompt: list[Message], tools: list[dict] 
               "tool_calls": [c.arguments for c in completion.tool_calls]}]
     return replace(completion, usage=Usage(prompt_tokens=estimate_tokens(prompt, tools),
                                            completion_tokens=estimate_tokens(reply)))
+
+
+def aborted_usage(meter: Meter, prompt: list[Message], tools: list[dict] | None) -> Usage:
+    """What a request aborted in flight spent, as its backend's `meter` counted it: nothing if it was never sent;
+    else its prompt (by the estimate when the backend could not count it: a non-streamed OpenAI request) and the
+    completion tokens counted so far."""
+    if not meter.sent:
+        return Usage()
+    if meter.usage.prompt_tokens:
+        return meter.usage
+    return replace(meter.usage, prompt_tokens=estimate_tokens(prompt, tools))
 
 
 def fit_context(messages: list[Message], tools: list[dict] | None, max_prompt_tokens: int) -> list[Message]:

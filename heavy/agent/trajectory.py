@@ -235,8 +235,13 @@ class Trajectory:
             request = self.backend.chat(
                 prompt, tools, self.spec.sampling, max_tokens=max_tokens,
                 request_id=f"{self.spec.job_id}:{self.spec.index}:{len(self.steps)}", prefix_key=self.spec.job_id,
+                meter=charge.meter,
             )
-            completion = await until_stopped(request, self.stop, deadline)
+            try:
+                completion = await until_stopped(request, self.stop, deadline)
+            except Stopped:  # aborted in flight: what the server did is charged (the job's grant, the tenant)
+                self.usage = self.usage + charge.aborted(prompt, tools)
+                raise
             # the estimate undercounts some scripts (Chinese: 1.9 times for the embedded model's tokenizer): later
             # prompts are fitted by what the server counted
             self.counted_per_estimated = max(self.counted_per_estimated, completion.usage.prompt_tokens / estimated)

@@ -34,6 +34,7 @@ from heavy.llm.types import (
     ContextLengthError,
     LLMError,
     Message,
+    Meter,
     RetriableLLMError,
     Sampling,
     ToolCall,
@@ -154,12 +155,17 @@ class OpenAIBackend:
         stop: list[str] | None = None,
         request_id: str | None = None,
         prefix_key: str | None = None,
+        meter: Meter | None = None,
     ) -> Completion:
+        """One completion; an aborted one has `meter.sent` once it was posted, and counts nothing (its server says
+        nothing until it answers)."""
         body = self._body(messages, tools, sampling, max_tokens, stop, prefix_key, stream=False)
         headers = self._headers(request_id, prefix_key)
+        meter = meter or Meter()
 
         async def attempt(body: dict) -> Completion:
             async with self.limiter.slot():
+                meter.sent = True
                 try:
                     response = await self._client.post("/chat/completions", json=body, headers=headers)
                 except (httpx.TransportError, httpx.TimeoutException) as exc:
@@ -188,24 +194,28 @@ class OpenAIBackend:
         stop: list[str] | None = None,
         request_id: str | None = None,
         prefix_key: str | None = None,
+        meter: Meter | None = None,
     ) -> AsyncIterator[CompletionDelta]:
         """Server-sent deltas, tool-call fragments assembled into whole calls (see `CompletionDelta`).
 
         Not retried. HTTP errors raise as in `chat`; a failed connection, or a stream that ends before its choice
         finished, raises RetriableLLMError; an error reported inside the stream, or a malformed chunk, LLMError.
         Closing it (`aclose`, or `contextlib.aclosing` around it) closes the request and frees its limiter slot at
-        once, not when the abandoned generator is collected."""
+        once, not when the abandoned generator is collected. `meter` counts what it received: the usage a chunk
+        reports, else one completion token a chunk that carries generated text or a call's fragment."""
         body = self._body(messages, tools, sampling, max_tokens, stop, prefix_key, stream=True)
+        meter = meter or Meter()
         try:
-            async with contextlib.aclosing(self._stream(body, request_id, prefix_key)) as deltas:
+            async with contextlib.aclosing(self._stream(body, request_id, prefix_key, meter)) as deltas:
                 async for delta in deltas:
                     yield delta
         except ContextLengthError as exc:  # refused before its first event: nothing was yielded
-            async with contextlib.aclosing(self._stream(_within_room(body, exc), request_id, prefix_key)) as deltas:
+            async with contextlib.aclosing(self._stream(_within_room(body, exc), request_id, prefix_key,
+                                                        meter)) as deltas:
                 async for delta in deltas:
                     yield delta
 
-    async def _stream(self, body: dict, request_id: str | None, prefix_key: str | None
+    async def _stream(self, body: dict, request_id: str | None, prefix_key: str | None, meter: Meter
                       ) -> AsyncIterator[CompletionDelta]:
         headers = self._headers(request_id, prefix_key)
         calls, finished, thinking = ToolCallAssembler(), False, ThinkSplitter()
@@ -213,6 +223,7 @@ class OpenAIBackend:
             async with self.limiter.slot(), self._client.stream(
                 "POST", "/chat/completions", json=body, headers=headers
             ) as response:
+                meter.sent = True
                 if response.status_code >= 400:
                     await response.aread()
                     _raise_for_status(response)
@@ -223,7 +234,9 @@ class OpenAIBackend:
                     if data == "[DONE]":
                         finished = True
                         break
-                    delta = _split_thinking(_parse_delta(_load_chunk(data), calls), thinking)
+                    chunk = _load_chunk(data)
+                    _count(chunk, meter)
+                    delta = _split_thinking(_parse_delta(chunk, calls), thinking)
                     finished = finished or delta.finish_reason is not None
                     yield delta
         except (httpx.TransportError, httpx.TimeoutException) as exc:
@@ -238,6 +251,17 @@ class OpenAIBackend:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _count(chunk: dict, meter: Meter) -> None:
+    """A stream chunk's tokens into `meter`: its usage when it reports one, else one completion token when it carries
+    generated text or a call's fragment (servers send one token a chunk)."""
+    if chunk.get("usage"):
+        meter.usage = _parse_usage(chunk["usage"])
+        return
+    delta = ((chunk.get("choices") or [{}])[0] or {}).get("delta") or {}
+    if delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or delta.get("tool_calls"):
+        meter.usage = replace(meter.usage, completion_tokens=meter.usage.completion_tokens + 1)
 
 
 def _split_thinking(delta: CompletionDelta, thinking: ThinkSplitter) -> CompletionDelta:

@@ -29,6 +29,7 @@ from heavy.llm.types import (
     ContextLengthError,
     LLMError,
     Message,
+    Meter,
     RetriableLLMError,
     Sampling,
     ToolCall,
@@ -126,17 +127,22 @@ class RuntimeBackend:
                               max_tokens=max_tokens, stop=tuple(stop or ()),
                               logprobs=sampling.top_logprobs or None, priority=sampling.priority)
 
-    async def _outputs(self, messages, tools, sampling, max_tokens, stop, request_id,
-                       prefix_key) -> AsyncIterator[Any]:
+    async def _outputs(self, messages, tools, sampling, max_tokens, stop, request_id, prefix_key,
+                       meter: Meter | None) -> AsyncIterator[Any]:
+        """The engine's outputs; `meter` follows what the request has spent: its prompt once the engine has it, then
+        the engine's own counts with each output."""
+        meter = meter or Meter()
         prompt = await asyncio.to_thread(self._prompt, messages, tools)
         unique_id = f"{request_id or 'req'}#{uuid.uuid4().hex[:8]}"  # judge/report ids repeat across jobs
         # one engine in process: every request shares its prefix cache anyway, so only the router takes the key
         routing = {"prefix_key": prefix_key} if self.routes_by_prefix_key else {}
         params = self._params(sampling, max_tokens, stop)
         async with self.limiter.slot():
+            meter.sent, meter.usage = True, Usage(prompt_tokens=len(prompt))
             try:  # closing this generator closes the engine's at once: its request is aborted, its blocks freed
                 async with contextlib.aclosing(self.engine.generate(prompt, params, unique_id, **routing)) as outputs:
                     async for output in outputs:
+                        meter.usage = _usage(output)
                         yield output
             except RetriableError as exc:  # a replica went down (its rank died), or none is up right now
                 raise RetriableLLMError(f"runtime: {exc}") from exc
@@ -155,18 +161,20 @@ class RuntimeBackend:
         stop: list[str] | None = None,
         request_id: str | None = None,
         prefix_key: str | None = None,
+        meter: Meter | None = None,
     ) -> Completion:
         async def attempt() -> Completion:
-            return await self._chat_once(messages, tools, sampling, max_tokens, stop, request_id, prefix_key)
+            return await self._chat_once(messages, tools, sampling, max_tokens, stop, request_id, prefix_key, meter)
 
         if self.retry is None:
             return await attempt()
         return await with_retries(attempt, self.retry, what=f"runtime chat {request_id or ''}".strip())
 
-    async def _chat_once(self, messages, tools, sampling, max_tokens, stop, request_id, prefix_key) -> Completion:
+    async def _chat_once(self, messages, tools, sampling, max_tokens, stop, request_id, prefix_key,
+                         meter) -> Completion:
         text, alternatives, last = [], [], None
         async with contextlib.aclosing(self._outputs(messages, tools, sampling, max_tokens, stop, request_id,
-                                                     prefix_key)) as outputs:
+                                                     prefix_key, meter)) as outputs:
             async for output in outputs:
                 text.append(output.new_text)
                 alternatives += [self._alternatives(lp) for lp in output.new_logprobs]
@@ -179,9 +187,7 @@ class RuntimeBackend:
         return Completion(
             content=parsed.content.strip(), reasoning=parsed.reasoning, tool_calls=calls,
             finish_reason="tool_calls" if calls and reason == "stop" else reason,
-            usage=Usage(prompt_tokens=last.num_prompt_tokens, completion_tokens=last.num_completion_tokens,
-                        cached_prompt_tokens=last.num_cached_tokens),
-            top_logprobs=tuple(alternatives),
+            usage=_usage(last), top_logprobs=tuple(alternatives),
         )
 
     def _alternatives(self, logprobs: Any) -> tuple[tuple[str, float], ...]:
@@ -198,6 +204,7 @@ class RuntimeBackend:
         stop: list[str] | None = None,
         request_id: str | None = None,
         prefix_key: str | None = None,
+        meter: Meter | None = None,
     ) -> AsyncIterator[CompletionDelta]:
         """Parsed deltas: `<think>` text as reasoning, each tool call whole on the delta whose text closes it (its
         markup left out of the content), the last delta with finish reason and usage. The deltas add up to what
@@ -205,7 +212,7 @@ class RuntimeBackend:
         `contextlib.aclosing` around it) aborts the engine request and frees its limiter slot at once."""
         parser, any_calls = make_parser(self.tokenizer), False
         async with contextlib.aclosing(self._outputs(messages, tools, sampling, max_tokens, stop, request_id,
-                                                     prefix_key)) as outputs:
+                                                     prefix_key, meter)) as outputs:
             async for output in outputs:
                 parsed = _feed(parser, output.new_text, final=output.finished)
                 any_calls = any_calls or bool(parsed.tool_calls)
@@ -214,11 +221,8 @@ class RuntimeBackend:
                         yield _delta(parsed)
                     continue
                 reason = _finish_reason(output.finish_reason)
-                usage = Usage(prompt_tokens=output.num_prompt_tokens,
-                              completion_tokens=output.num_completion_tokens,
-                              cached_prompt_tokens=output.num_cached_tokens)
                 yield _delta(parsed, finish_reason="tool_calls" if any_calls and reason == "stop" else reason,
-                             usage=usage)
+                             usage=_usage(output))
 
     async def aclose(self) -> None:
         """Stop the engine thread (joins it, so off the event loop), or the router and its replicas."""
@@ -233,6 +237,12 @@ def _feed(parser: Any, text: str, *, final: bool) -> ParsedOutput:
         return parsed + parser.finish() if final else parsed
     except ToolCallParseError as exc:
         raise LLMError(f"runtime: malformed tool call: {exc}") from exc
+
+
+def _usage(output: Any) -> Usage:
+    """A request's usage so far, from its latest engine output (runtime.engine.llm_engine.RequestOutput)."""
+    return Usage(prompt_tokens=output.num_prompt_tokens, completion_tokens=output.num_completion_tokens,
+                 cached_prompt_tokens=output.num_cached_tokens)
 
 
 def _tool_calls(parsed: ParsedOutput) -> tuple[ToolCall, ...]:

@@ -73,6 +73,17 @@ class Usage:
         )
 
 
+@dataclass
+class Meter:
+    """What a request has spent while in flight, kept by its backend for a caller that aborts it (the server did that
+    work, and it is charged). `sent`: the request reached the server or engine; `usage`: the tokens the backend
+    counted so far (the engine's figures; a stream's usage, else one completion token a chunk). A prompt it cannot
+    count is left 0: a non-streamed request's server says nothing until it answers."""
+
+    sent: bool = False
+    usage: Usage = field(default_factory=Usage)
+
+
 @dataclass(frozen=True)
 class ToolCall:
     id: str
@@ -124,8 +135,10 @@ class LLMBackend(Protocol):
         stop: list[str] | None = None,
         request_id: str | None = None,
         prefix_key: str | None = None,
+        meter: Meter | None = None,
     ) -> Completion:
-        """One completion. Cancelling the awaiting task aborts the request on the server or engine."""
+        """One completion. Cancelling the awaiting task aborts the request on the server or engine; `meter` then
+        holds what it had spent."""
         ...
 
     def stream(
@@ -138,6 +151,7 @@ class LLMBackend(Protocol):
         stop: list[str] | None = None,
         request_id: str | None = None,
         prefix_key: str | None = None,
+        meter: Meter | None = None,
     ) -> AsyncIterator[CompletionDelta]: ...
 
     async def aclose(self) -> None: ...

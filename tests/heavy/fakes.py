@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from heavy.llm.ratelimit import RateLimiter
-from heavy.llm.types import Completion, Message, Sampling, ToolCall, Usage
+from heavy.llm.types import Completion, Message, Meter, Sampling, ToolCall, Usage
 from heavy.tools.base import Source, ToolContext, ToolResult
 
 STEP_USAGE = Usage(prompt_tokens=100, completion_tokens=10)
@@ -87,10 +87,16 @@ class ScriptedBackend:
     cancelled: list[str] = field(default_factory=list)
     gate: asyncio.Event | None = None  # when given, every call waits until the test opens it
     aggregator_gate: asyncio.Event | None = None  # the same for the aggregator's calls only (trajectory -1)
+    # what a request has spent while it waits, as its meter shows it (Usage(): counted nothing, as a non-streamed
+    # OpenAI request)
+    in_flight: Callable[[Request], Usage] = lambda request: Usage()
 
-    async def chat(self, messages, tools, sampling, *, max_tokens, stop=None, request_id=None, prefix_key=None):
+    async def chat(self, messages, tools, sampling, *, max_tokens, stop=None, request_id=None, prefix_key=None,
+                   meter: Meter | None = None):
         request = Request(list(messages), tools, sampling, max_tokens, request_id or "", prefix_key)
         self.requests.append(request)
+        if meter is not None:
+            meter.sent, meter.usage = True, self.in_flight(request)
         try:
             if self.gate is not None:
                 await self.gate.wait()

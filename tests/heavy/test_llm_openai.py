@@ -16,7 +16,7 @@ from heavy.llm.openai_backend import OpenAIBackend, parse_completion
 from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.retry import RetryPolicy
 from heavy.llm.think import ThinkSplitter, split_reasoning
-from heavy.llm.types import LLMError, RetriableLLMError, Sampling, ToolCall
+from heavy.llm.types import LLMError, Meter, RetriableLLMError, Sampling, ToolCall, Usage
 from tests.heavy.fakes import CountingLimiter
 
 pytestmark = pytest.mark.anyio
@@ -349,6 +349,35 @@ async def test_a_stream_closed_early_frees_its_slot_and_closes_its_request_at_on
             await asyncio.wait_for(closed_by_client.wait(), 10)
         finally:
             await llm.aclose()
+
+
+async def test_a_stream_aborted_in_flight_has_counted_the_chunks_it_received():
+    """One completion token a chunk of generated text or a call's fragment (the role chunk carries none); the prompt
+    is not counted (the caller estimates it)."""
+    chunks = (delta_chunk(role="assistant", content=""), delta_chunk(reasoning_content="Hm"),
+              delta_chunk(content="Par"), delta_chunk(tool_calls=[call_fragment(0, call_id="c", name="f")]))
+    async with fake_sse_server(sse(*chunks, done=False), asyncio.Event()) as (url, _):
+        llm, meter = OpenAIBackend(url, "m", retry=FAST_RETRY), Meter()
+        try:
+            deltas = llm.stream([{"role": "user", "content": "hi"}], None, Sampling(), max_tokens=8, meter=meter)
+            while meter.usage.completion_tokens < 3:
+                await anext(deltas)
+            await deltas.aclose()
+        finally:
+            await llm.aclose()
+    assert (meter.sent, meter.usage) == (True, Usage(completion_tokens=3))
+
+
+async def test_a_streams_usage_chunk_is_what_its_meter_holds():
+    chunks = (delta_chunk(content="Paris"), {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 1}})
+    async with fake_sse_server(sse(*chunks)) as (url, _):
+        llm, meter = OpenAIBackend(url, "m", retry=FAST_RETRY), Meter()
+        try:
+            [d async for d in llm.stream([{"role": "user", "content": "hi"}], None, Sampling(), max_tokens=8,
+                                         meter=meter)]
+        finally:
+            await llm.aclose()
+    assert meter.usage == Usage(prompt_tokens=12, completion_tokens=1)
 
 
 def test_backoff_grows_and_respects_retry_after():

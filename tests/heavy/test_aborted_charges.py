@@ -1,0 +1,94 @@
+"""A model request aborted in flight (finish now, cancel, a deadline, a trajectory cut) is charged what its server
+did: the tokens its backend counted so far (the runtime engine's own figures), or the prompt by the estimate when it
+could count nothing (a non-streamed OpenAI request). Over the scripted backend and the runtime backend's stand-in
+engine; the OpenAI backend's meter in test_llm_openai.py."""
+
+import asyncio
+
+import pytest
+
+from heavy.agent import TrajectoryLimits
+from heavy.agent.budget import JobTokenBudget, StopSignal
+from heavy.agent.context import estimate_tokens
+from heavy.llm.runtime_backend import RuntimeBackend
+from heavy.llm.types import Usage
+from heavy.scheduler import JobControl
+from tests.heavy.fakes import ScriptedBackend, call
+from tests.heavy.test_llm_runtime import Engine, Tokenizer
+from tests.heavy.test_scheduler import researcher, run, spec
+from tests.heavy.test_trajectory import make
+
+pytestmark = pytest.mark.anyio
+
+HANGS = 30  # s: a request that only a stop ends
+
+
+async def stopped_in_flight(backend, started, budget):
+    """A trajectory over `backend` stopped by finish-now once `started()`; its result."""
+    stop = StopSignal()
+    trajectory, _, _, _ = make(None, backend=backend, stop=stop, budget=budget,
+                               limits=TrajectoryLimits(max_steps=3))
+    task = asyncio.create_task(trajectory.run())
+    while not started():
+        await asyncio.sleep(0.01)
+    stop.set("finish_now")
+    return await task
+
+
+async def test_a_request_aborted_in_flight_is_charged_what_its_backend_counted():
+    backend = ScriptedBackend(lambda request: call("search", query="eiffel"), delay_s=lambda request: HANGS,
+                              in_flight=lambda request: Usage(prompt_tokens=100, completion_tokens=7))
+    budget = JobTokenBudget(10_000)
+    result = await stopped_in_flight(backend, lambda: backend.requests, budget)
+    assert result.stop_reason == "finish_now" and backend.cancelled
+    assert result.usage == Usage(prompt_tokens=100, completion_tokens=7) and budget.used == 107
+
+
+async def test_a_request_aborted_before_its_server_said_anything_is_charged_its_prompt_by_the_estimate():
+    backend = ScriptedBackend(lambda request: call("search", query="eiffel"), delay_s=lambda request: HANGS)
+    budget = JobTokenBudget(10_000)
+    result = await stopped_in_flight(backend, lambda: backend.requests, budget)
+    request = backend.requests[0]
+    assert result.usage == Usage(prompt_tokens=estimate_tokens(request.messages, request.tools)) and result.usage
+    assert budget.used == result.usage.total_tokens
+
+
+async def test_a_runtime_request_aborted_mid_generation_is_charged_the_engines_count():
+    engine = Engine(["Let me ", "think"], hang=True)  # two tokens, then it would go on
+    budget = JobTokenBudget(10_000)
+    result = await stopped_in_flight(RuntimeBackend(engine, Tokenizer()), lambda: engine.calls, budget)
+    assert engine.closed  # aborted in the engine
+    assert result.usage == Usage(prompt_tokens=40, completion_tokens=2, cached_prompt_tokens=16)
+    assert budget.used == 42
+
+
+async def test_finish_now_charges_the_job_what_the_aborted_steps_spent():
+    in_flight = Usage(prompt_tokens=100, completion_tokens=7)
+    backend = ScriptedBackend(researcher(), delay_s=lambda r: HANGS if r.trajectory >= 2 else 0,
+                              in_flight=lambda r: in_flight if r.trajectory >= 2 else Usage())
+    control = JobControl()
+    task = asyncio.create_task(run(spec(mode="report"), backend, control))
+    while sum(r.trajectory < 2 for r in backend.requests) < 4:
+        await asyncio.sleep(0.01)
+    control.finish_now()
+    result, _ = await task
+    cut = [t for t in result.trajectories if t.index >= 2]
+    assert len(cut) == 6 and all(t.usage == in_flight and t.stop_reason == "finish_now" for t in cut)
+    assert result.usage.total_tokens >= sum(t.usage.total_tokens for t in result.trajectories) >= 6 * 107
+
+
+async def test_a_cancel_while_aggregating_charges_the_aggregators_calls():
+    control = JobControl()
+    backend = ScriptedBackend(researcher(), delay_s=lambda r: HANGS if r.trajectory < 0 or r.trajectory >= 2 else 0)
+    task = asyncio.create_task(run(spec(mode="report"), backend, control))
+    while sum(r.trajectory < 2 for r in backend.requests) < 4:
+        await asyncio.sleep(0.01)
+    control.finish_now()
+    while not [r for r in backend.requests if r.trajectory < 0]:  # aggregating: the report pass waits
+        await asyncio.sleep(0.01)
+    control.cancel()
+    result, _ = await task
+    report_pass = next(r for r in backend.requests if r.trajectory < 0)
+    assert result.status == "cancelled" and backend.cancelled[-1] == report_pass.request_id
+    trajectories = sum(t.usage.total_tokens for t in result.trajectories)
+    assert result.usage.total_tokens == trajectories + estimate_tokens(report_pass.messages, report_pass.tools)
