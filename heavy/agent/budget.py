@@ -52,8 +52,10 @@ class JobTokenBudget:
     aggregation, which may then spend what is left of the whole grant; `exhausted` is set once the trajectories'
     share is spent. Every model request holds its largest cost (`request_bound`) while in flight and is refused
     when that does not fit even once the others in flight have settled, so what is charged never passes the grant
-    (as far as the prompt estimate holds): the trajectories stop (a partial report), and the aggregator goes
-    without the calls that no longer fit."""
+    (as far as the prompt estimate, scaled by what the server counted, holds): the trajectories stop (a partial
+    report), and the aggregator goes without the calls that no longer fit. `counted_per_estimated`: the server's
+    prompt tokens per estimated one, the largest any request of the job showed (Chinese: 1.9 for the embedded
+    model's tokenizer), by which the aggregator's holds are scaled (the trajectories keep their own)."""
 
     def __init__(self, total: int, reserve: int = 0) -> None:
         if total < 1:
@@ -65,6 +67,10 @@ class JobTokenBudget:
         self.held = 0  # by requests in flight
         self.exhausted = asyncio.Event()
         self._settled = asyncio.Event()
+        self.counted_per_estimated = 1.0
+
+    def calibrate(self, counted_per_estimated: float) -> None:
+        self.counted_per_estimated = max(self.counted_per_estimated, counted_per_estimated)
 
     @property
     def remaining(self) -> int:
@@ -96,10 +102,10 @@ class JobTokenBudget:
             self.exhausted.set()
 
 
-def request_bound(messages: list[Message], tools: list[dict] | None, max_tokens: int) -> int:
-    """The most a request may spend: its prompt's estimate (the one the context is fitted by) and all its
-    completion tokens."""
-    return estimate_tokens(messages, tools) + max_tokens
+def request_bound(estimated: int, counted_per_estimated: float, max_tokens: int) -> int:
+    """The most a request may spend: its prompt's estimate (the one the context is fitted by) scaled to what the
+    server counts, and all its completion tokens."""
+    return int(estimated * counted_per_estimated) + max_tokens
 
 
 class GrantedBackend:
@@ -118,13 +124,16 @@ class GrantedBackend:
                    **kwargs) -> Completion:
         if kwargs.get("request_id") == self.kept_for:
             self.keep = 0
-        bound = request_bound(messages, tools, max_tokens)
+        estimated = max(1, estimate_tokens(messages, tools))
+        bound = request_bound(estimated, self.budget.counted_per_estimated, max_tokens)
         if not await self.budget.hold(bound, keep=self.keep):
             raise LLMError(f"the job's token grant has {self.budget.total - self.budget.used - self.budget.held} "
                            f"tokens left (keeping {self.keep}), the request may take {bound}")
         spent, meter = Usage(), kwargs.setdefault("meter", Meter())
         try:
             completion = await self.backend.chat(messages, tools, sampling, max_tokens=max_tokens, **kwargs)
+            # the aggregator's own text (the pages' passages) may count more than the trajectories' prompts did
+            self.budget.calibrate(completion.usage.prompt_tokens / estimated)
             completion = with_usage(completion, messages, tools)  # a server that reports none: the estimate
             spent = completion.usage
             return completion

@@ -26,6 +26,7 @@ from heavy.agent.budget import (
     StopSignal,
     TrajectoryLimits,
     job_grant,
+    request_bound,
     until_stopped,
 )
 from heavy.agent.context import estimate_tokens, fit_context, with_usage, without_unrun_calls
@@ -230,7 +231,7 @@ class Trajectory:
 
     async def _request(self, prompt: list[Message], tools: list[dict] | None, estimated: int, max_tokens: int,
                        deadline: float) -> Completion:
-        held = int(estimated * self.counted_per_estimated) + max_tokens
+        held = request_bound(estimated, self.counted_per_estimated, max_tokens)
         async with job_grant(self.job_budget, held, self.stop, deadline) as charge:
             request = self.backend.chat(
                 prompt, tools, self.spec.sampling, max_tokens=max_tokens,
@@ -245,6 +246,8 @@ class Trajectory:
             # the estimate undercounts some scripts (Chinese: 1.9 times for the embedded model's tokenizer): later
             # prompts are fitted by what the server counted
             self.counted_per_estimated = max(self.counted_per_estimated, completion.usage.prompt_tokens / estimated)
+            if self.job_budget is not None:  # the aggregator's requests are held by the job's largest
+                self.job_budget.calibrate(self.counted_per_estimated)
             completion = with_usage(completion, prompt, tools)
             charge.tokens = completion.usage.total_tokens
         self.usage = self.usage + completion.usage

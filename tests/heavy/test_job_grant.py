@@ -2,6 +2,7 @@
 calls (report pass, judge, shortening, claim checks) spend only what is left, the report still written."""
 
 import asyncio
+import contextlib
 import dataclasses
 
 import pytest
@@ -99,3 +100,39 @@ async def test_the_aggregators_calls_spend_the_grant_behind_a_server_that_report
     with pytest.raises(LLMError):  # the first two spent what a third would need
         await ask()
     assert all(spent) and budget.used == sum(spent) <= budget.total and budget.held == 0
+
+
+def counting_chinese_as_the_embedded_tokenizer(script):
+    """Every request spends all it may, its prompt counted 1.9 times the estimate (Chinese text, as the embedded
+    model's tokenizer counts it)."""
+    def spend(request):
+        reply = script(request)
+        prompt = int(1.9 * estimate_tokens(request.messages, request.tools))
+        return dataclasses.replace(reply, usage=Usage(prompt, request.max_tokens))
+    return spend
+
+
+async def test_the_aggregators_calls_are_held_by_what_the_server_counted_for_their_own_text():
+    """No trajectory calibrated the job (a server counting its pages' Chinese 1.9 times the estimate): the first call
+    does, and the later ones hold that much; held by the estimate, the fourth went through and spent past the grant."""
+    budget = JobTokenBudget(2_000)  # three calls spend 1,671: by the estimate, a fourth (298) still fits
+    server = ScriptedBackend(counting_chinese_as_the_embedded_tokenizer(lambda request: text("是。")))
+    granted = GrantedBackend(server, budget)
+    check = [{"role": "user", "content": "埃菲尔铁塔于1889年建成。" * 60}]  # 288 tokens by the estimate, 547 counted
+    for i in range(5):
+        with contextlib.suppress(LLMError):
+            await granted.chat(check, None, Sampling(), max_tokens=10, request_id=f"claim-check:{i}")
+    assert 0 < budget.used <= budget.total and budget.held == 0
+
+
+@pytest.mark.parametrize("mode", ["report", "answer"])
+@pytest.mark.parametrize("grant", [3_000, 9_000, 20_000])
+async def test_a_jobs_charged_tokens_never_pass_its_grant_over_text_the_estimate_undercounts(mode, grant):
+    """The aggregator's first calls are held by the ratio the trajectories' requests showed."""
+    backend = ScriptedBackend(counting_chinese_as_the_embedded_tokenizer(researching))
+    pages = {"http://corpus/paris": "Paris is the capital of France. " + "巴黎是法国的首都。" * 80,
+             "http://corpus/lyon": "Lyon is a large city in France. " + "里昂是法国的大城市。" * 80}
+    result, _ = await run(spec(mode=mode, job_tokens=grant, limits=TrajectoryLimits(max_steps=6)), backend,
+                          pages=pages)
+    assert result.usage.total_tokens <= grant
+    assert result.markdown.startswith("# What is the capital of France?")

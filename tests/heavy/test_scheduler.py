@@ -40,9 +40,9 @@ def spec(**overrides):
     return JobSpec(**values)
 
 
-async def run(job, backend, control=None):
+async def run(job, backend, control=None, pages=PAGES):
     sink = MemorySink()
-    result = await Scheduler(backend, ToolExecutor([DictSearch(PAGES)])).run(job, sink=sink, control=control)
+    result = await Scheduler(backend, ToolExecutor([DictSearch(pages)])).run(job, sink=sink, control=control)
     return result, sink
 
 
