@@ -26,6 +26,7 @@ class AggregationConfig:
     check_claims: bool = True  # report mode: the model weighs each kept claim against its negation (claim_check.py)
     reasoning_tokens: int = 0  # added to each of the aggregator's model requests: a thinking model reasons first
     context_tokens: int = DEFAULT_CONTEXT_TOKENS  # each request's prompt and completion fit it (fit.py)
+    counted_per_estimated: float = 1.0  # the job's, when its requests have shown it (fit.py)
 
     def __post_init__(self) -> None:
         if min(self.source_excerpt_chars, self.prompt_source_chars, self.report_sources) < 1 or self.report_tokens < 16:
@@ -38,7 +39,7 @@ class AggregationConfig:
 
     @property
     def room(self) -> PromptRoom:
-        return PromptRoom(self.context_tokens, self.reasoning_tokens)
+        return PromptRoom(self.context_tokens, self.reasoning_tokens, self.counted_per_estimated)
 
     @property
     def reserve_tokens(self) -> int:

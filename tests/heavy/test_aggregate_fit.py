@@ -3,8 +3,11 @@ report pass, the judge, the shortening and the claim checks cut the source text 
 Without it, a report prompt carrying prompt_source_chars of sources overflowed a small context (a 400 on every
 OpenAI-compatible server)."""
 
+import dataclasses
+
 import pytest
 
+from heavy.agent import TrajectoryLimits
 from heavy.agent.context import estimate_tokens
 from heavy.aggregate import AggregationConfig, aggregate
 from heavy.aggregate.claim_check import supports
@@ -12,9 +15,12 @@ from heavy.aggregate.evidence import Passage
 from heavy.aggregate.fit import PromptRoom
 from heavy.aggregate.judge import Judge
 from heavy.aggregate.shorten import shorten_one
-from heavy.llm.types import Sampling
-from tests.heavy.fakes import ScriptedBackend, source, text
+from heavy.llm.types import ContextLengthError, Sampling, Usage
+from heavy.scheduler import Scheduler
+from heavy.tools.base import ToolExecutor
+from tests.heavy.fakes import DictSearch, ScriptedBackend, source, text
 from tests.heavy.test_aggregate import result
+from tests.heavy.test_scheduler import researcher, spec
 
 pytestmark = pytest.mark.anyio
 
@@ -64,3 +70,27 @@ async def test_a_claim_is_checked_against_a_passage_cut_to_the_context():
     claim = "The Eiffel Tower was finished in 1889."
     assert (await supports(backend, LONG_PAGE, claim, room=SMALL))[0] is True
     assert all(claim in r.messages[0]["content"] for r in backend.requests) and fits(backend, SMALL.context_tokens)
+
+
+async def test_over_text_the_estimate_undercounts_the_aggregators_prompts_fit_by_what_the_server_counted():
+    """The trajectories' requests showed the server counting Chinese 1.9 times the estimate: the report pass and the
+    claim checks are fitted by that too, instead of being refused as too long (their part of the report lost)."""
+    context = 1500
+
+    def server(request):  # refuses a prompt past its context as an engine does; a trajectory fits it again
+        counted = int(1.9 * estimate_tokens(request.messages, request.tools))
+        if counted + request.max_tokens > context:
+            raise ContextLengthError(f"{counted} tokens", prompt_tokens=counted, room=None)
+        reply = researcher(["巴黎"] * 2)(request)
+        return dataclasses.replace(reply, usage=Usage(counted, 10))
+
+    pages = {f"http://corpus/paris{i}": f"Paris is the capital of France ({i}). " + "巴黎是法国的首都。" * 150
+             for i in range(4)}
+    backend = ScriptedBackend(server)
+    job = spec(mode="report", trajectories=2, limits=TrajectoryLimits(max_steps=3, step_tokens=100,
+                                                                      context_tokens=context))
+    scheduler = Scheduler(backend, ToolExecutor([DictSearch(pages)]), AggregationConfig(context_tokens=context))
+    result = await scheduler.run(job)
+    aggregator = [r for r in backend.requests if r.trajectory < 0]
+    assert [r.request_id for r in aggregator][:1] == ["report"] and result.status == "done"
+    assert all(int(1.9 * estimate_tokens(r.messages)) + r.max_tokens <= context for r in aggregator)
