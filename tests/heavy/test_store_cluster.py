@@ -11,7 +11,7 @@ from redis.crc import key_slot
 
 from heavy.config import Settings
 from heavy.embedded_redis import find_redis_server
-from heavy.store import JobStore, Keys, Store
+from heavy.store import JobStore, Keys, QuotaExceeded, Store
 from heavy.store.connection import ClusterTarget, parse_cluster_url
 from heavy.tools.page_cache import Page
 from heavy.tools.redis_page_cache import RedisPageCache
@@ -51,7 +51,8 @@ def test_on_a_cluster_every_key_of_the_store_is_in_one_slot_and_elsewhere_names_
         Keys("t:{}:").on_one_slot()  # `{}` is no tag: Redis would hash each whole key
     names = [tagged.job("j1"), tagged.job("j2"), *tagged.job_parts("j1", 8), tagged.jobs_stream, tagged.callbacks,
              tagged.awaiting, tagged.idempotency("acme", "{key}"), tagged.tenant("acme"), tagged.tenant_jobs("acme"),
-             tagged.tenant_active("acme"), tagged.tenant_keys("acme"), tagged.tenants, tagged.apikey("ab12")]
+             tagged.tenant_active("acme"), tagged.tenant_held("acme"), tagged.tenant_keys("acme"), tagged.tenants,
+             tagged.apikey("ab12")]
     assert {key_slot(name.encode()) for name in names} == {key_slot(b"heavy")}
 
 
@@ -70,6 +71,22 @@ async def test_the_store_reads_the_clock_of_the_shard_its_scripts_run_on(store, 
     assert [node.info("commandstats").get("cmdstat_time") for node in others] == [None, None]
     for node in others:
         node.close()
+
+
+async def test_a_tenants_cap_on_jobs_held_for_review_holds_on_a_cluster(store):
+    """SUBMIT, APPROVE and FINISH keep the tenant's held set in their one-slot step."""
+    store.jobs.max_held_jobs = 1
+
+    async def hold():
+        job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1}, review=True)
+        return job
+
+    held = await hold()
+    with pytest.raises(QuotaExceeded):
+        await hold()
+    await store.jobs.approve(held.id, "acme")
+    await store.jobs.cancel((await hold()).id, "acme")
+    await hold()
 
 
 async def test_a_worker_runs_a_job_to_its_report_on_a_cluster(store):
