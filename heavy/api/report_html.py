@@ -1,8 +1,9 @@
 """A report's Markdown as an HTML fragment: what the dashboard shows, and `Accept: text/html` on the report route.
 
 markdown-it (CommonMark) with raw HTML off, so a page's words quoted in a report can only ever be text, and its link
-check on, so a `javascript:` link stays text. Two additions: every citation `[n]` links to its source, and the
-Sources list's items carry the ids those links point at (`src-n`).
+check on, so a `javascript:` link stays text. Images off: `![x](url)` is a link to follow, not a request the reader's
+browser makes unasked (a page could have the model put what the job found in that URL). Two additions: every
+citation `[n]` links to its source, and the Sources list's items carry the ids those links point at (`src-n`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def _external_links_in_a_new_tab(state: StateCore) -> None:
                 token.attrSet("rel", "noopener noreferrer")
 
 
-_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")  # the report pass writes tables (GFM)
+# the report pass writes tables (GFM); images off (above)
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table").disable("image")
 # before text_join, which merges an escaped "\[" (a text_special token) into the text around it: "\[3]" is the text
 # "[3]" (a page's footnote, quoted), no citation
 _MARKDOWN.core.ruler.before("text_join", "cite_links", _cite_links)

