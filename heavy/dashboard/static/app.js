@@ -67,7 +67,7 @@ async function refreshJobs() {
     $("newer").disabled = listOffset === 0;
     $("older").disabled = listOffset + PAGE >= page.total;
     $("jobs").querySelector("tbody").innerHTML = page.jobs.map((job) => `
-      <tr data-id="${job.id}"><td>${escapeHtml(job.question)}</td>
+      <tr data-id="${job.id}"><td><a href="#/jobs/${job.id}">${escapeHtml(job.question)}</a></td>
       <td class="status-${job.status}">${job.status}</td><td>${job.mode}</td><td>${job.tokens}</td>
       <td>${new Date(job.created_at * 1000).toLocaleString()}</td></tr>`).join("");
   } catch (error) { handleAuth(error); }
@@ -283,6 +283,7 @@ $("status-filter").addEventListener("change", () => { listOffset = 0; refreshJob
 $("newer").addEventListener("click", () => { listOffset = Math.max(0, listOffset - PAGE); refreshJobs(); });
 $("older").addEventListener("click", () => { listOffset += PAGE; refreshJobs(); });
 $("jobs").addEventListener("click", (e) => {
+  // the whole row for a pointer; the question's link for the keyboard (and screen readers)
   const row = e.target.closest("tr[data-id]");
   if (row) location.hash = `#/jobs/${row.dataset.id}`;
 });
