@@ -43,12 +43,17 @@ async def held_job(store):
 
 
 async def test_a_keyboard_alone_signs_in_and_opens_a_job_from_the_list(service, page, store):
+    """...and what a screen reader announces: a refusal as an alert, the job's status as it changes."""
     key = await store.tenants.create_key("acme")
     job = await held_job(store)
     await page.goto(service.url + "/")
     await page.keyboard.press("Tab")
     await page.keyboard.press("Tab")
     assert await page.evaluate("document.activeElement.id") == "api-key"
+    await page.keyboard.type("hv_wrong")
+    await page.keyboard.press("Enter")
+    await page.get_by_role("alert").filter(has_text="unknown").wait_for()
+    await page.keyboard.press("Control+A")
     await page.keyboard.type(key.secret)
     await page.keyboard.press("Enter")
     await page.wait_for_selector(f"#jobs tbody tr[data-id='{job.id}']")
@@ -60,7 +65,7 @@ async def test_a_keyboard_alone_signs_in_and_opens_a_job_from_the_list(service, 
         pytest.fail("no row of the job list takes the keyboard's focus")
     await page.keyboard.press("Enter")
     await page.wait_for_selector(f"#job-question:has-text('{QUESTION}')")
-    assert await page.text_content("#job-status") == "awaiting_approval"
+    assert "awaiting_approval" in await page.get_by_role("status").text_content()
 
 
 async def test_a_phone_wide_screen_never_scrolls_sideways_and_a_reports_markup_stays_text(service, page, store):
@@ -84,3 +89,31 @@ async def test_a_phone_wide_screen_never_scrolls_sideways_and_a_reports_markup_s
     assert await page.locator("#report img").count() == 0 and await page.evaluate("window.pwned") is None
     assert await page.locator("#report a[href$='/leak?found=argparse']").count() == 1
     assert not [url for url in requested if "/leak" in url]
+
+
+async def test_eight_lanes_live_then_finish_now_reports_and_cancel_ends_without_a_report(service, page, store):
+    await signed_in(page, service, store)
+    service.model_gate.clear()  # every trajectory waits on its first model call: the job is running, not done
+    await page.fill("#question", QUESTION)
+    await page.fill("#trajectories", "8")
+    await page.click("#submit-form button")
+    await page.wait_for_selector("#lane-7 .action:has-text('search(')")
+    assert await page.locator(".lane").count() == 8
+    await page.wait_for_selector("#finish:not([disabled])")
+    await page.click("#finish")
+    service.model_gate.set()
+    await page.wait_for_selector("#report:not([hidden])", timeout=60_000)
+    assert await page.text_content("#job-status") == "partial"
+    assert "finish_now" in await page.text_content("#agg-status")
+    assert await page.is_disabled("#finish") and await page.is_disabled("#cancel") and await page.is_enabled("#delete")
+
+    service.model_gate.clear()
+    await page.goto(service.url + "/#/")
+    await page.fill("#question", QUESTION)
+    await page.click("#submit-form button")
+    await page.wait_for_selector("#lane-0 .action:has-text('search(')")
+    await page.click("#cancel")
+    await page.wait_for_selector("#job-status:has-text('cancelled')")
+    service.model_gate.set()
+    await page.wait_for_selector("#agg-status:has-text('cancelled')")
+    assert await page.is_hidden("#report") and await page.is_enabled("#delete")
