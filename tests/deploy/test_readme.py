@@ -1,16 +1,22 @@
 """deploy/README.md: its sizing tables are deploy/sizing.py's output (computed, not typed), that script reproduces
-the published Kimi K2 facts it starts from, and the heavy commands the README tells users to run exist."""
+the published Kimi K2 facts it starts from, and the heavy commands the README tells users to run exist; the same for
+the commands of the project's README.md and docs/, and the scripts they name."""
 
 from __future__ import annotations
 
 import math
 import re
+import shlex
 
 from tests.deploy.commands import check_commands
-from tests.deploy.conftest import DEPLOY
+from tests.deploy.conftest import DEPLOY, REPO_ROOT
 
 PUBLISHED_CHECKPOINT_GB = 594  # shared/reference/kimi-k2-thinking.md
 PUBLISHED_ACTIVE_B, PUBLISHED_TOTAL_B = 32, 1040
+DOCUMENTS = (REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md")))
+# a command as the README and docs write it, in a code block or inline, up to a comment, `&`, `|`, `;` or backtick
+VENV_COMMAND = re.compile(r"\.venv/bin/((?:heavy|python -m runtime) [^#&|;`\n]*)")
+SCRIPT = re.compile(r"\bscripts/\w+\.py\b")
 
 
 def test_parameter_counts_match_the_published_model(sizing):
@@ -42,3 +48,14 @@ def test_readme_commands_are_real():
     commands = [match.split() for match in re.findall(r"(?:-- |/bin/)(heavy [\w-]+(?: [\w-]+)*)", blocks)]
     assert len(commands) >= 2  # the key for a tenant, on both paths
     check_commands(commands)
+
+
+def test_the_commands_of_the_readme_and_docs_are_real():
+    commands = [shlex.split(found) for document in DOCUMENTS for found in VENV_COMMAND.findall(document.read_text())]
+    assert len(commands) >= 10  # README: corpus add, ask, up, keys create, serve, worker, runtime generate/chat/serve
+    check_commands(commands)
+
+
+def test_the_scripts_the_readmes_and_docs_name_exist():
+    named = {name for document in (*DOCUMENTS, DEPLOY / "README.md") for name in SCRIPT.findall(document.read_text())}
+    assert named and not [name for name in sorted(named) if not (REPO_ROOT / name).is_file()]
