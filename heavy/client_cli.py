@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from heavy.cli_options import ModeOption, ToolOption
-from heavy.display import LiveBoard, print_error, print_report, terminal_safe
+from heavy.display import LiveBoard, local_minute, print_error, print_report, terminal_safe
 from heavy.events import event_from_dict
 from heavy.store.records import TERMINAL_EVENTS
 
@@ -160,7 +160,7 @@ def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=
     params = {"limit": limit, **({"status": status} if status else {})}
     page = _run(lambda: _api(ctx).call("GET", "/v1/jobs", params=params).json())
     rows = [(job["id"], job["status"], job["mode"], str(job["tokens"]),
-             time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created_at"])), job["question"])
+             local_minute(job["created_at"]), job["question"])
             for job in page["jobs"]]
     if not console.is_terminal:
         for row in rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -85,6 +86,11 @@ class LiveBoard:
             table.add_row(*(Text(terminal_safe(cells[column])) for column in columns))
         yield table
         yield Text(terminal_safe(self.stage), style="bold")  # a failed job's error (heavy jobs watch)
+
+
+def local_minute(unix_time: float) -> str:
+    """A Unix time as the CLI's tables show it: local, to the minute."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(unix_time))
 
 
 def terminal_safe(text: str) -> str:

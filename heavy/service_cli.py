@@ -18,7 +18,7 @@ from rich.text import Text
 
 from heavy.cli_options import PORTS
 from heavy.config import get_settings
-from heavy.display import print_error, terminal_safe
+from heavy.display import local_minute, print_error, terminal_safe
 
 console = Console()
 notes = Console(stderr=True)  # beside what a script captures: `KEY=$(heavy keys create acme)` gets the key alone
@@ -156,7 +156,7 @@ def keys_list(tenant: Annotated[str | None, typer.Argument(help="only this tenan
     keys = _with_store(lambda store: store.tenants.list_keys(tenant))
     table = Table("key id", "tenant", "name", "created")
     for key in keys:
-        cells = (key.key_id, key.tenant, key.name, f"{key.created:.0f}")
+        cells = (key.key_id, key.tenant, key.name, local_minute(key.created))
         table.add_row(*(Text(terminal_safe(cell)) for cell in cells))  # a name is not markup, nor controls
     console.print(table)
 

@@ -152,3 +152,17 @@ def test_heavy_up_writes_its_key_file_private_from_the_start(redis_url, monkeypa
             assert stat.S_IMODE(key_file.stat().st_mode) == 0o600, oct(key_file.stat().st_mode)
     finally:
         os.umask(previous)
+
+
+def test_keys_list_says_when_each_key_was_made_as_heavy_jobs_list_does(redis_url, monkeypatch):
+    # it showed the Unix time ("1796658344"), where `heavy jobs list` shows "2026-12-07 15:34"
+    monkeypatch.setenv("HEAVY_REDIS_URL", redis_url)
+    get_settings.cache_clear()
+    tenant = f"when-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        assert CliRunner().invoke(app, ["keys", "create", tenant]).exit_code == 0
+        listed = CliRunner().invoke(app, ["keys", "list", tenant])
+    finally:
+        get_settings.cache_clear()
+    assert listed.exit_code == 0, listed.output
+    assert re.search(r"\b20\d\d-\d\d-\d\d \d\d:\d\d\b", listed.stdout), listed.stdout
