@@ -26,6 +26,7 @@ from heavy.events import event_from_dict
 from heavy.store.records import TERMINAL_EVENTS
 
 console = Console()
+board_console = Console(stderr=True)  # the live board, as `heavy ask`'s: `watch ... > report.md` keeps only the report
 jobs_app = typer.Typer(help="Jobs on a running heavy service, through its REST API.", no_args_is_help=True)
 RECONNECTS = 5  # a watch resumes this many times in a row after its stream dropped
 SSE_READ_TIMEOUT_S = 60.0  # the API pings every 15 s while a job is quiet
@@ -141,13 +142,13 @@ def submit(
     review: Annotated[bool, typer.Option("--review", help="hold it with its plan until `heavy jobs approve`")] = False,
     watch_it: Annotated[bool, typer.Option("--watch", help="follow it live, then print its report")] = False,
 ) -> None:
-    """Submit a research job; prints its id (with --watch, follows it and prints the report)."""
+    """Submit a research job; prints its id (with --watch, on stderr: follows it and prints the report)."""
     body = {"question": question, "mode": mode and mode.value, "trajectories": trajectories, "max_steps": max_steps,
             "step_tokens": step_tokens, "job_tokens": job_tokens, "deadline_s": deadline,
             "tools": [t.value for t in tools] if tools else None, "priority": priority, "review": review or None}
     job = _run(lambda: _api(ctx).call("POST", "/v1/jobs", json={k: v for k, v in body.items() if v is not None})
                .json())
-    typer.echo(job["id"])
+    typer.echo(job["id"], err=watch_it)  # watched: stdout is the report's
     if watch_it:
         watch(ctx, job["id"])
 
@@ -188,11 +189,12 @@ def watch(ctx: typer.Context, job_id: str) -> None:
     api = _api(ctx)
     job = _run(lambda: api.call("GET", f"/v1/jobs/{job_id}").json())
     board = LiveBoard(job["params"]["trajectories"])
-    with Live(board.render(), console=console) if console.is_terminal else contextlib.nullcontext() as live:
+    drawn = Live(board.render(), console=board_console) if board_console.is_terminal else contextlib.nullcontext()
+    with drawn as live:
         board.live = live
         _run(lambda: _follow(api, job_id, board))
     if live is None:  # not a terminal: the board once, as it ended
-        console.print(board.render())
+        board_console.print(board.render())
     if not board.stage.startswith("report ready"):  # a script's `watch && publish` must not go on
         print_error(f"job {job_id} {'was cancelled' if board.stage == 'cancelled' else board.stage}: no report")
         raise typer.Exit(1)

@@ -135,3 +135,17 @@ async def test_a_watch_whose_key_is_revoked_says_so(service, store):
 async def _following(service) -> bool:
     async with httpx.AsyncClient(base_url=service.url) as client:
         return "heavy_sse_followers 1.0" in (await client.get("/metrics")).text
+
+
+async def test_a_watch_into_a_file_writes_the_report_alone(service, store):
+    """`heavy jobs submit --watch Q > report.md` (as `heavy ask Q > report.md`): the file holds the Markdown as the
+    API serves it; the job's id and the board go to stderr. Both were written into the file before the report."""
+    key = (await store.tenants.create_key("acme")).secret
+    ran = await heavy(service, key, "submit", QUESTION, "--trajectories", "2", "--tool", "search", "--watch")
+    assert ran.exit_code == 0, ran.output
+    job_id = ran.stderr.splitlines()[0]
+    async with httpx.AsyncClient(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as client:
+        markdown = (await client.get(f"/v1/jobs/{job_id}/report", headers={"Accept": "text/markdown"})).text
+    assert ran.stdout == markdown + "\n"
+    assert "report ready" in ran.stderr
+    assert (await heavy(service, key, "watch", job_id)).stdout == markdown + "\n"
