@@ -76,6 +76,9 @@ async def test_a_phone_wide_screen_never_scrolls_sideways_and_a_reports_markup_s
     job = await held_job(store)
     await page.wait_for_selector(f"#jobs tbody tr[data-id='{job.id}']")
     assert await page.evaluate(PAGE_FITS), "the job list pushes the page wider than the screen"
+    await page.goto(f"{service.url}/#/jobs/{job.id}")
+    await page.wait_for_selector("#approve", state="visible")  # with its plan, and four buttons in a row
+    assert await page.evaluate(PAGE_FITS), "the held job's page is wider than the screen"
 
     event = ReportReady(job_id=job.id, answer="argparse", agreement=1.0, partial=False, sources=1, total_tokens=15)
     await store.jobs.finish(job, "done", allowed=("awaiting_approval",), event=event.to_dict(),
