@@ -163,7 +163,8 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return EventSourceResponse(_stream_text(engine, choices, (cid, created, model_name), include_usage))
         await completions_api.complete(engine, choices)
-        return completions_api.body(cid, created, model_name, [c.entry(c.text) for c in choices],
+        returned = completions_api.best(choices, request)
+        return completions_api.body(cid, created, model_name, [c.entry(c.text) for c in returned],
                                     usage=completions_api.usage(choices))
 
     @app.post("/v1/chat/completions")

@@ -4,8 +4,13 @@ speak it, and lm-eval's log-likelihood tasks through `echo` with `logprobs`: the
 completion, with each prompt token's log-probability (none for the first). Several prompts and `n` choices per
 prompt are engine requests of their own, run together; choice `i * n + j` is prompt i's j-th. With `suffix`, a code
 model that has fill-in-the-middle markers writes what goes between the prompt and the suffix.
+
+With `best_of` (OpenAI's legacy API, vLLM V0), each prompt's best_of candidates run together, their prompt prefilled
+once as n choices' is (the engine's prefix cache), and the n with the highest cumulative log-probability of their
+generated tokens come back, best first; usage counts every candidate's tokens.
 """
 
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -42,6 +47,7 @@ class TextChoice:
     prompt_ids: list[int]
     params: SamplingParams
     counts_prompt: bool  # the first choice of its prompt: usage counts a prompt once however many choices it has
+    shows_logprobs: bool  # the request asked for them (best_of asks the engine for them anyway, to rank by)
     generates: bool = True  # False: the prompt scored only (echo, max_tokens 0); the one sampled token is dropped
     echo: str | None = None  # the prompt's text, to come back before the completion
     text: str = ""
@@ -49,6 +55,7 @@ class TextChoice:
     token_logprobs: list[float | None] = field(default_factory=list)  # None: the prompt's first token
     top_logprobs: list[dict[str, float] | None] = field(default_factory=list)
     text_offset: list[int] = field(default_factory=list)
+    cumulative_logprob: float = 0.0  # of the generated tokens: what best_of ranks candidates by
     last: RequestOutput | None = None
 
     def feed(self, out: RequestOutput, tokenizer) -> dict[str, Any]:
@@ -56,12 +63,14 @@ class TextChoice:
         first, echoed = len(self.tokens), ""
         if self.echo is not None and self.last is None:
             echoed = self.echo
-            if self.params.logprobs is not None:
+            if self.shows_logprobs:
                 self._add(tokenizer, self.prompt_ids, out.prompt_logprobs)
         self.last = out
         new_text = out.new_text if self.generates else ""
-        if self.params.logprobs is not None and self.generates:
-            self._add(tokenizer, out.new_token_ids, out.new_logprobs)
+        if self.generates:
+            self.cumulative_logprob += sum(lp.logprob for lp in out.new_logprobs)
+            if self.shows_logprobs:
+                self._add(tokenizer, out.new_token_ids, out.new_logprobs)
         self.text += echoed + new_text
         return self.entry(echoed + new_text, first, out.finished)
 
@@ -76,7 +85,7 @@ class TextChoice:
 
     def entry(self, text: str, first_token: int = 0, finished: bool = True) -> dict[str, Any]:
         logprobs = None
-        if self.params.logprobs is not None:
+        if self.shows_logprobs:
             logprobs = {"tokens": self.tokens[first_token:], "token_logprobs": self.token_logprobs[first_token:],
                         "top_logprobs": self.top_logprobs[first_token:], "text_offset": self.text_offset[first_token:]}
         return {"index": self.index, "text": text, "logprobs": logprobs,
@@ -89,20 +98,39 @@ class TextChoice:
 
 def choices_of(request: CompletionRequest, tokenizer, params_for: Callable[[list[int]], SamplingParams]
                ) -> list[TextChoice]:
-    """The request's choices, prompt by prompt, `n` each. `params_for(ids)` checks a prompt and gives its sampling
-    parameters (fanout.choice_params seeds each choice)."""
-    if len(request.prompts) * request.n > MAX_CHOICES:
-        raise ApiError(f"{len(request.prompts)} prompts x n={request.n}: at most {MAX_CHOICES} choices in one request",
-                       param="n")
+    """The request's choices, prompt by prompt, `request.candidates` each (n, or best_of to rank). `params_for(ids)`
+    checks a prompt and gives its sampling parameters (fanout.choice_params seeds each choice)."""
+    if len(request.prompts) * request.candidates > MAX_CHOICES:
+        raise ApiError(f"{len(request.prompts)} prompts x {request.candidates} choices each: at most {MAX_CHOICES} "
+                       "in one request", param="n" if request.best_of is None else "best_of")
+    ranked = request.candidates > request.n
     choices = []
     for prompt in request.prompts:
         ids = prompt_ids(prompt, tokenizer, request.suffix)
         params = params_for(ids)
+        if ranked and params.logprobs is None:  # each generated token's log-probability, to rank the candidates by
+            params = dataclasses.replace(params, logprobs=0)
         echo = (prompt if isinstance(prompt, str) else tokenizer.decode(ids)) if request.echo else None
-        for j in range(request.n):
-            choices.append(TextChoice(len(choices), ids, choice_params(params, j), counts_prompt=j == 0, echo=echo,
+        for j in range(request.candidates):
+            choices.append(TextChoice(len(choices), ids, choice_params(params, j), counts_prompt=j == 0,
+                                      shows_logprobs=request.logprobs is not None, echo=echo,
                                       generates=not request.scores_only))
     return choices
+
+
+def best(choices: list[TextChoice], request: CompletionRequest) -> list[TextChoice]:
+    """The choices to return: with best_of, each prompt's n candidates with the highest cumulative log-probability,
+    best first (a tie in candidate order), indexed anew; else all of them, as they are."""
+    per_prompt = request.candidates
+    if per_prompt == request.n:
+        return choices
+    kept = []
+    for first in range(0, len(choices), per_prompt):
+        candidates = choices[first : first + per_prompt]
+        kept.extend(sorted(candidates, key=lambda c: c.cumulative_logprob, reverse=True)[: request.n])
+    for index, choice in enumerate(kept):
+        choice.index = index
+    return kept
 
 
 async def _run(engine, choice: TextChoice) -> AsyncIterator[dict[str, Any]]:

@@ -207,6 +207,17 @@ class ChatCompletionRequest(_SamplingRequest):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     # vLLM's extension: each prompt token's log-probability and this many alternatives (the rendered messages scored)
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
+    best_of: int | None = None  # only n itself (see _best_of_is_n)
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_is_n(cls, best_of: int | None, info: ValidationInfo) -> int | None:
+        """OpenAI's chat API has no best_of (the legacy completions API has: /v1/completions serves it). Refused
+        rather than ignored, which would return n samples that are not the best of more."""
+        n = info.data.get("n", 1)
+        if best_of is not None and best_of != n:
+            raise ValueError(f"best_of is served by /v1/completions only; here it can only be n ({n}), got {best_of}")
+        return best_of
 
     @field_validator("top_logprobs")
     @classmethod
@@ -263,7 +274,7 @@ class CompletionRequest(_SamplingRequest):
     logprobs: int | None = Field(default=None, ge=0, le=5)  # alternatives per token, as this API counts them
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = None  # only n itself (see _best_of_is_n)
+    best_of: int | None = None  # candidates sampled per prompt, of which the n likeliest come back (see candidates)
 
     @field_validator("prompt")
     @classmethod
@@ -277,13 +288,21 @@ class CompletionRequest(_SamplingRequest):
 
     @field_validator("best_of")
     @classmethod
-    def _best_of_is_n(cls, best_of: int | None, info: ValidationInfo) -> int | None:
-        """Sampling more than n and returning the n likeliest is not implemented (nor in vLLM's V1 engine): refused
-        rather than ignored, which would return n samples that are not the best of more."""
+    def _best_of_at_least_n(cls, best_of: int | None, info: ValidationInfo) -> int | None:
+        """As OpenAI's legacy API and vLLM V0 take it: fewer candidates than n cannot give n, and a stream would send
+        candidates before it is known which are the best (OpenAI refuses best_of with stream)."""
         n = info.data.get("n", 1)
-        if best_of is not None and best_of != n:
-            raise ValueError(f"best_of other than n is not supported: got best_of={best_of}, n={n}")
+        if best_of is not None and not n <= best_of <= MAX_CHOICES:
+            raise ValueError(f"best_of must be in [n, {MAX_CHOICES}], got best_of={best_of}, n={n}")
+        if best_of is not None and best_of > n and info.data.get("stream"):
+            raise ValueError("best_of cannot be streamed: which candidates are the best is known once all have ended")
         return best_of
+
+    @property
+    def candidates(self) -> int:
+        """Completions sampled per prompt: `best_of`, of which the `n` with the highest cumulative log-probability
+        of their generated tokens are returned (vLLM V0's ranking); else `n`."""
+        return self.best_of or self.n
 
     @property
     def prompts(self) -> list[str | list[int]]:

@@ -83,7 +83,7 @@ def test_a_prompt_that_fills_the_context_is_a_400_in_the_same_words(server, rout
 @pytest.mark.parametrize("route, body, param", [
     ("chat/completions", {"messages": USER, "stream_options": {"include_usage": True}}, "stream_options"),
     ("completions", {"prompt": PROMPT, "stream_options": {"include_usage": False}}, "stream_options"),
-    ("completions", {"prompt": PROMPT, "best_of": 3}, "best_of"),
+    ("chat/completions", {"messages": USER, "best_of": 3}, "best_of"),  # OpenAI's chat has none
     ("completions", {"prompt": PROMPT, "n": 3, "best_of": 2}, "best_of"),
     ("chat/completions", {"messages": USER, "stop": ""}, "stop"),
     ("completions", {"prompt": PROMPT, "stop": ["a", ""]}, "stop"),
@@ -103,6 +103,7 @@ def test_what_vllm_refuses_is_a_400_naming_the_field(server, route, body, param)
     ("completions", {"prompt": PROMPT, "stream_options": None}),
     ("completions", {"prompt": PROMPT, "best_of": 1}),
     ("completions", {"prompt": PROMPT, "n": 2, "best_of": 2}),  # the best 2 of 2: all of them
+    ("completions", {"prompt": PROMPT, "best_of": 3}),  # the best 1 of 3: tests/runtime/test_server_best_of.py
 ])
 def test_what_vllm_takes_is_served(server, route, body):
     assert post(server, route, {**body, "max_tokens": 2}).status_code == 200
