@@ -7,9 +7,12 @@ then computes its last token and the k drafts in one step; the logits of those k
 model itself would have produced, plus one token of its own after them. At batch 1 a decode step reads every weight
 once for one row; a few more rows cost little more (memory-bound), so each accepted draft is a step saved.
 
-Acceptance keeps the model's distribution exactly: a greedy sequence takes a draft while it is the argmax; a sampled
-one takes draft d with probability p(d) (the draft is deterministic, so min(1, p/q) = p), and on rejection draws
-from p with d removed, renormalised (the standard rejection rule for a one-hot proposal).
+Acceptance keeps the model's distribution exactly: a sequence takes a draft while it is the token it would have
+taken without drafts: the argmax, or for a sampled one its draw from p. That is the standard rejection rule for a
+one-hot proposal (take draft d with probability min(1, p/q) = p(d), else draw from p with d removed, renormalised)
+with the acceptance coupled to the draw: d is taken exactly when the draw is d, and a draw that is not d is
+distributed as p without d. A sampled token thus costs one uniform of the sequence's generator, drafts or not, so a
+seeded sequence takes the same tokens whichever drafts the batch left it room to check.
 """
 
 import numpy as np
@@ -58,21 +61,10 @@ def verify(
     if allowed is not None:
         chosen_from = chosen_from.masked_fill(~allowed, float("-inf"))
     taken: list[int] = []
-    for row, draft in enumerate(drafts):
-        if params.greedy:
-            best = int(chosen_from[row].argmax())
-            if best != draft:
-                taken.append(best)
-                break
-        else:
-            probs = sampling_probs(chosen_from[row], params)  # [V]
-            accept = torch.rand(1, generator=generator, dtype=torch.float64).item() < float(probs[draft])
-            if not accept:
-                probs[draft] = 0.0  # the residual of a one-hot proposal: p without the draft
-                taken.append(draw(probs, generator))
-                break
-        taken.append(draft)
-    else:  # every draft accepted: the last row gives one more token
-        last = chosen_from[len(drafts)]
-        taken.append(int(last.argmax()) if params.greedy else draw(sampling_probs(last, params), generator))
+    for row in range(len(drafts) + 1):  # the last row gives one more token when every draft is taken
+        row_logits = chosen_from[row]
+        token = int(row_logits.argmax()) if params.greedy else draw(sampling_probs(row_logits, params), generator)
+        taken.append(token)
+        if row == len(drafts) or token != drafts[row]:
+            break
     return taken, [token_logprobs(logits[i], t, params) for i, t in enumerate(taken)]

@@ -156,3 +156,16 @@ def test_compiling_a_chats_structured_output_leaves_the_event_loop_free(server, 
             gate.set()
         assert health.json() == {"status": "ok"}
         assert reply.result().status_code == 200
+
+
+def test_a_seeded_requests_choices_are_what_their_seeds_give_alone_when_drafts_are_checked(server):
+    """Three choices decoding together check fewer speculative drafts each than one alone (speculative_max_rows), and
+    checking a draft drew more of a seeded choice's random numbers: choice j was not what seed + j gives alone."""
+    engine = server[1].engine
+    body = {"prompt": "to be or not to be, to be or not to be, to be", "max_tokens": 24, "temperature": 0.1,
+            "ignore_eos": True}
+    drafted = engine.speculation.drafted
+    several = [c["text"] for c in complete(server, **body, seed=3, n=3).json()["choices"]]
+    alone = [complete(server, **body, seed=3 + j).json()["choices"][0]["text"] for j in range(3)]
+    assert engine.speculation.drafted > drafted  # drafts were checked
+    assert several == alone

@@ -139,6 +139,22 @@ def test_seeded_sampling_with_speculation_is_reproducible(model):
     assert [c.token_ids for c in engine(model).generate(ps, params)] == first
 
 
+def test_seeded_sampling_takes_the_same_tokens_with_drafts_as_without(model):
+    """A seeded sequence draws one uniform per token taken, drafts or not: checking a draft drew one more (and a
+    rejected one two), so a seeded answer changed with the drafts proposed, which the batch decides (fewer per
+    sequence when more decode: speculative_max_rows), and a request's n choices were not what their seeds give
+    alone."""
+    ps = repetitive_prompts(4)
+    # sampled, but close enough to greedy that the answers repeat the prompts' phrases: drafts to check
+    params = [SamplingParams(temperature=0.1, seed=10 + i, max_tokens=30, ignore_eos=True) for i in range(len(ps))]
+    expected = [c.token_ids for c in engine(model, speculative_tokens=0).generate(ps, params)]
+    eng = engine(model)
+    assert [c.token_ids for c in eng.generate(ps, params)] == expected
+    assert 0 < eng.speculation.accepted < eng.speculation.drafted  # drafts taken, and some refused
+    alone = [engine(model).generate([p], sp)[0].token_ids for p, sp in zip(ps, params, strict=True)]
+    assert alone == expected
+
+
 def test_no_drafts_in_batch_invariant_mode_or_when_off(model):
     ps = repetitive_prompts(2)
     for eng in (engine(model, speculative_tokens=0),
