@@ -138,7 +138,8 @@ class _SamplingRequest(BaseModel):
         """`logit_bias` as (token id, bias) pairs; an ApiError for a key that is no token id of this vocabulary."""
         pairs = []
         for key, bias in (self.logit_bias or {}).items():
-            if not key.strip().isdigit() or not 0 <= int(key) < vocab_size:
+            # isdecimal, not isdigit: int() refuses digits such as "²" that isdigit takes (a 500)
+            if not key.strip().isdecimal() or not 0 <= int(key) < vocab_size:
                 raise ApiError(f"logit_bias keys are token ids below {vocab_size}, got {key!r}", param="logit_bias")
             pairs.append((int(key), bias))
         return tuple(pairs)

@@ -88,6 +88,7 @@ def test_a_prompt_that_fills_the_context_is_a_400_in_the_same_words(server, rout
     ("chat/completions", {"messages": USER, "stop": ""}, "stop"),
     ("completions", {"prompt": PROMPT, "stop": ["a", ""]}, "stop"),
     ("completions", {"prompt": PROMPT, "logit_bias": {"5": 101}}, "logit_bias"),
+    ("chat/completions", {"messages": USER, "logit_bias": {"\u00b2": 1}}, "logit_bias"),  # a digit int() refuses
     ("chat/completions", {"messages": USER, "ignore_eos": True, "guided_regex": "a+"}, "ignore_eos"),
 ])
 def test_what_vllm_refuses_is_a_400_naming_the_field(server, route, body, param):
