@@ -11,7 +11,9 @@ import torch
 
 from runtime.penalties import adjusted_logits
 
-GREEDY_TEMPERATURE = 0.0
+# below this a temperature is greedy (vLLM's _SAMPLING_EPS): dividing by a far smaller one overflows fp32 logits to
+# inf, and their softmax is NaN
+GREEDY_BELOW_TEMPERATURE = 1e-5
 MAX_LOGPROBS = 20
 
 
@@ -50,7 +52,7 @@ class StructuredOutput:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # 0 (or below GREEDY_BELOW_TEMPERATURE) = greedy
     top_p: float = 1.0  # nucleus mass kept, (0, 1]
     top_k: int = 0  # 0 = no top-k cut
     seed: int | None = None  # per-request generator: reproducible draws
@@ -103,7 +105,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == GREEDY_TEMPERATURE
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     @property
     def adjusts_logits(self) -> bool:

@@ -25,6 +25,15 @@ def test_greedy_takes_the_argmax_of_every_row():
     assert tokens == [1, 0] and logprobs == [None, None]
 
 
+@pytest.mark.parametrize("temperature", [1e-6, 1e-40])
+def test_a_temperature_too_small_to_sample_by_is_greedy(temperature):
+    """As vLLM, below 1e-5: dividing the logits by 1e-40 overflowed them to inf, their softmax was NaN, and the draw
+    took the vocabulary's last token."""
+    logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, 1.0]])
+    params = SamplingParams(temperature=temperature)
+    assert Sampler()(logits, [params] * 2, [make_generator(0), make_generator(1)])[0] == [1, 0]
+
+
 @pytest.mark.parametrize(
     "params, allowed",
     [
