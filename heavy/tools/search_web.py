@@ -14,7 +14,19 @@ from heavy.tools.search import SearchResult
 def _ddgs_client(timeout_s: int) -> Any:
     from ddgs import DDGS  # imported on use: it pulls in an HTTP stack the API process does not need
 
+    _keep_result_links_as_given()
     return DDGS(timeout=timeout_s)
+
+
+def _keep_result_links_as_given() -> None:
+    """ddgs unquotes every text result's link as it is set (`TextResult._normalizers`): `/wiki/AC%2FDC` became
+    `/wiki/AC/DC`, `/a%20b` became `/a+b`, a Latin-1 `%E9` a U+FFFD, each another address or none, which open_page
+    then fetched and the report cited. An engine that unwraps a redirect (Yahoo's `/RU=...`) still unquotes that
+    one layer itself."""
+    from ddgs.results import TextResult
+
+    TextResult._normalizers = {field: normalize for field, normalize in TextResult._normalizers.items()
+                               if field != "href"}
 
 
 def map_ddgs_rows(rows: list[dict[str, Any]]) -> list[SearchResult]:

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from urllib.parse import quote
 
 import pytest
 
@@ -10,7 +11,7 @@ from heavy.corpus.index import CorpusIndex
 from heavy.tools.base import ToolContext, ToolError
 from heavy.tools.search import SearchTool
 from heavy.tools.search_local import LocalSearchBackend
-from heavy.tools.search_web import WebSearchBackend, map_ddgs_rows
+from heavy.tools.search_web import WebSearchBackend, _ddgs_client, map_ddgs_rows
 
 CTX = ToolContext(job_id="j", trajectory=0, allowed_tools=frozenset({"search"}))
 
@@ -96,3 +97,38 @@ def test_web_search_that_finds_nothing_says_so_instead_of_failing():
     backend = WebSearchBackend(client_factory=failing_ddgs(DDGSException("No results found.")))  # as ddgs 9 raises it
     result = asyncio.run(SearchTool(backend).run({"query": "zzqx unfindable"}, CTX))
     assert result.error is None and result.text == "No results for 'zzqx unfindable'. Try other words."
+
+
+# Result pages as two engines serve them (trimmed to one result each): Mojeek links to the page directly, Yahoo
+# through its redirect, with the page's address quoted once more after /RU=.
+ESCAPED_LINKS = ["https://en.wikipedia.org/wiki/AC%2FDC", "https://example.org/a%20b/caf%C3%A9?q=%E9+x%26y"]
+RECORDED_ENGINE_PAGES = {
+    "mojeek": "".join(
+        f'<ul class="results-standard"><li><h2><a href="{url}">AC DC {n}</a></h2><p class="s">AC DC rock band</p>'
+        "</li></ul>" for n, url in enumerate(ESCAPED_LINKS)),
+    "yahoo": "".join(
+        f'<div class="relsrch"><div class="compTitle"><a href="https://r.search.yahoo.com/_ylt=A0/RV=2/RE=1/RO=10/'
+        f'RU={quote(url, safe="")}/RK=2/RS=x-"><h3>AC DC {n}</h3></a></div><div class="compText">AC DC rock band'
+        "</div></div>" for n, url in enumerate(ESCAPED_LINKS)),
+}
+
+
+def recorded_engine(name):
+    """The real ddgs client, its one engine answering with a recorded page (no network)."""
+    from ddgs.engines import ENGINES
+
+    def client(timeout_s):
+        ddgs = _ddgs_client(timeout_s)
+        engine = ENGINES["text"][name](timeout=timeout_s)
+        engine.request = lambda *args, **kwargs: RECORDED_ENGINE_PAGES[name]
+        ddgs._get_engines = lambda category, backend: [engine]
+        return ddgs
+
+    return client
+
+
+@pytest.mark.parametrize("engine", sorted(RECORDED_ENGINE_PAGES))
+def test_web_result_links_keep_their_escapes(engine):
+    backend = WebSearchBackend(client_factory=recorded_engine(engine))
+    result = asyncio.run(SearchTool(backend).run({"query": "AC DC", "k": 5}, CTX))
+    assert sorted(s.url for s in result.sources) == sorted(ESCAPED_LINKS)
