@@ -28,7 +28,7 @@ class TrajectoryLimits:
     total_tokens: int = 60_000  # prompt + completion over the whole trajectory
     deadline_s: float = 900.0  # wall clock, from the trajectory's start
     context_tokens: int = 8192  # prompt + completion must fit this
-    no_progress_steps: int = 4  # consecutive steps without new evidence before giving up
+    no_progress_steps: int = 4  # consecutive steps without new evidence or computed output before giving up
     final_answer_tokens: int = 64
     final_answer_timeout_s: float = 120.0
     reasoning_tokens: int = 0  # a thinking model's reasoning, on top of step_tokens and final_answer_tokens

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from heavy.llm.types import ToolCall, Usage
 from heavy.tools.base import Source
+from heavy.tools.python_exec import NO_OUTPUT
 
 ANSWER_PREFIXES = ("final answer:", "answer:", "the answer is")
 DEFAULT_CONFIDENCE = 0.6  # an answer call that states none, or an unreadable one
@@ -118,6 +119,14 @@ def printed_output(observations: Iterable[Observation]) -> str:
     """All the python tool printed in these observations (failed and repeated calls aside): what an answer must say
     more than."""
     return "\n".join(o.text for o in observations if o.call.name == PYTHON_TOOL and o.error is None and not o.repeated)
+
+
+def computes_something_new(observation: Observation, earlier: Iterable[ActionStep]) -> bool:
+    """Whether a python run worked something out: it ran without error (not refused as a repeat) and printed what no
+    earlier call of the trajectory showed. A calculation moves the research on as new evidence does; the same output
+    again (a program run twice, or another printing what one did) does not."""
+    shown = printed_output([observation])
+    return bool(shown) and shown != NO_OUTPUT and shown not in {o.text for step in earlier for o in step.observations}
 
 
 def word_run(text: str) -> str:

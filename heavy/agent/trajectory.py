@@ -3,9 +3,9 @@
 Robust to weak models: tool calls written as text are parsed and repaired, a repeated search or page runs the next
 unopened result or an unsearched part of the question in its place (explore.py; other repeats are not run again),
 the model told so either way; an answer without any evidence is sent back once, an `answer` call with nothing in it
-is followed at once by the forced short answer, steps without new evidence count towards a no-progress stop, and
-every stop of its own ends with a forced short final answer. A stop from the scheduler (finish now, cancel, early
-stop, ...) ends at once with the best answer so far. Every step is an event.
+is followed at once by the forced short answer, steps without new evidence or a new computation count towards a
+no-progress stop, and every stop of its own ends with a forced short final answer. A stop from the scheduler (finish
+now, cancel, early stop, ...) ends at once with the best answer so far. Every step is an event.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from heavy.agent.steps import (
     Observation,
     TrajectoryResult,
     answer_line,
+    computes_something_new,
     only_printed,
     printed_output,
     restates_question,
@@ -290,7 +291,8 @@ class Trajectory:
                 self.messages.append({"role": "tool", "tool_call_id": call.id, "content": told or "ok"})
                 break
             observation = await self._observe(index, call)
-            found_new |= bool(observation.sources) and not observation.repeated
+            found_new |= (bool(observation.sources) and not observation.repeated
+                          or computes_something_new(observation, self.steps))
             observations.append(observation)
             self.messages.append({"role": "tool", "tool_call_id": call.id, "content": observation.text})
         if not repaired:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from heavy.tools.base import ToolContext, ToolResult
 from heavy.tools.python_sandbox import PythonSandbox, SandboxOutcome
 
+NO_OUTPUT = "(no output)"
+
 
 def render_outcome(outcome: SandboxOutcome, wall_s: float) -> str:
-    parts = [outcome.output.rstrip() or "(no output)"]
+    parts = [outcome.output.rstrip() or NO_OUTPUT]
     if outcome.truncated:
         parts.append(f"[output truncated: showing {len(outcome.output)} of {outcome.output_bytes} bytes]")
     if outcome.scratch_full:

@@ -9,6 +9,8 @@ from heavy.agent.budget import JobTokenBudget, Stopped, until_stopped
 from heavy.events import MemorySink, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
 from heavy.llm.types import Completion, Sampling, ToolCall
 from heavy.tools.base import ToolExecutor, ToolResult
+from heavy.tools.python_exec import PythonTool
+from heavy.tools.python_sandbox import PythonSandbox, SandboxLimits
 from tests.heavy.fakes import STEP_USAGE, DictOpen, DictSearch, Echo, ScriptedBackend, call, source, text, thinking
 
 pytestmark = pytest.mark.anyio
@@ -20,10 +22,12 @@ PAGES = {
 
 
 def make(script, *, limits=TrajectoryLimits(max_steps=6), allowed=("search",), delay=None, stop=None, budget=None,
-         opening_search=False, focus=None, question="When was the Eiffel Tower finished?", backend=None):
-    """A trajectory over the scripted backend answering by `script` (or over `backend`)."""
+         opening_search=False, focus=None, question="When was the Eiffel Tower finished?", backend=None,
+         python=None):
+    """A trajectory over the scripted backend answering by `script` (or over `backend`); `python`: the tool by that
+    name (else one echoing the code)."""
     search = DictSearch(PAGES)
-    executor = ToolExecutor([search, Echo()])
+    executor = ToolExecutor([search, python or Echo()])
     backend = backend or ScriptedBackend(script, **({"delay_s": delay} if delay else {}))
     sink = MemorySink()
     spec = TrajectorySpec(job_id="job1", index=0, question=question,
@@ -155,6 +159,23 @@ async def test_repeated_call_is_not_run_again_and_no_progress_ends_with_a_forced
     assert backend.requests[-1].forced and backend.requests[-1].max_tokens == limits.final_answer_tokens
     assert "Question: When was the Eiffel Tower finished?" in backend.requests[-1].messages[-1]["content"]
     assert [s.url for s in result.cited] == ["http://corpus/eiffel"]  # the forced answer cites pages holding it
+
+
+async def test_python_runs_printing_something_new_are_progress_and_repeats_are_not():
+    limits = TrajectoryLimits(max_steps=12, no_progress_steps=3)
+    python = PythonTool(PythonSandbox(SandboxLimits(wall_s=20)))
+    programs = [f"print(1889 - {n})" for n in range(5)]  # five runs, each working out something new
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel"), *[call("python", code=p) for p in programs],
+                                       call("answer", answer="1889", sources=["http://corpus/eiffel"])),
+                               limits=limits, allowed=("search", "python"), python=python)
+    result = await trajectory.run()
+    assert (result.stop_reason, len(result.steps)) == ("answered", 7)
+    # the same program again is not run; another printing what one printed, or nothing, computes nothing new
+    again = [programs[0], programs[0], "print(1889)", "x = 1889", "print(1888 + 1)", "print('never run')"]
+    trajectory, _, _, _ = make(by_step(call("search", query="eiffel tower"), *[call("python", code=p) for p in again]),
+                               limits=limits, allowed=("search", "python"), python=python)
+    result = await trajectory.run()
+    assert (result.stop_reason, len(result.steps)) == ("no_progress", 5)
 
 
 async def test_step_budget_stops_and_still_returns_the_best_answer():
