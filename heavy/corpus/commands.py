@@ -12,7 +12,7 @@ import typer
 
 from heavy.cli_options import PORTS
 from heavy.config import Settings, get_settings
-from heavy.corpus.documents import SUPPORTED_SUFFIXES, CorpusFormatError, corpus_files, read_file
+from heavy.corpus.documents import SUPPORTED_SUFFIXES, CorpusFormatError, corpus_files, file_name, read_file
 from heavy.corpus.index import CorpusIndex, existing_index
 from heavy.corpus.server import CorpusServer
 
@@ -43,13 +43,16 @@ def corpus_add(path: Path | str, index_path: Path | str) -> AddReport:
         raise CorpusFormatError(f"no file to index under {path} (supported: {' '.join(sorted(SUPPORTED_SUFFIXES))}); "
                                 "no index was written")
     index = CorpusIndex(index_path)
+    is_folder = Path(path).is_dir()
+    scope = str(Path(path).resolve() if is_folder else file_name(Path(path)))  # the names this add may replace
+    index.adopt_relative_files(scope)
     added = duplicates = removed = 0
-    present = [file.resolve() for file in files]  # the origin a later add of the file, by any path to it, finds
+    present = [file_name(file) for file in files]
     for file in present:
         counts = index.add(read_file(file), source=str(file))
         added, duplicates, removed = added + counts.added, duplicates + counts.duplicates, removed + counts.removed
-    if Path(path).is_dir():
-        removed += index.forget_files(str(Path(path).resolve()), {str(file) for file in present})
+    if is_folder:
+        removed += index.forget_files(scope, {str(file) for file in present})
     return AddReport(files=len(files), added=added, duplicates=duplicates, removed=removed, total=index.count())
 
 

@@ -44,6 +44,13 @@ def corpus_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
 
 
+def file_name(file: Path) -> Path:
+    """The name a file's documents are recorded under: absolute, its folders resolved (any path through them finds
+    it), but a symlinked file named as the link, not its target: deleting the link from a corpus folder forgets it
+    as deleting a file does (the target may be anywhere, where re-adding the folder never looked)."""
+    return file.absolute().parent.resolve() / file.name
+
+
 def read_documents(path: Path) -> Iterator[Document]:
     for file in corpus_files(path):
         yield from read_file(file)

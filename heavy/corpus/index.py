@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from heavy.corpus import cjk
-from heavy.corpus.documents import CorpusFormatError, Document
+from heavy.corpus.documents import CorpusFormatError, Document, file_name
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +281,20 @@ class CorpusIndex:
             files = [file for (file,) in db.execute(
                 "SELECT DISTINCT file FROM doc_files WHERE substr(file, 1, ?) = ?", (len(prefix), prefix)).fetchall()]
             return sum(_forget(db, file, set()) for file in files if file not in present)
+
+    def adopt_relative_files(self, scope: str) -> None:
+        """Name absolutely (by `file_name`) the files recorded by the relative paths they were added by (an index
+        built before `corpus add` resolved them holds "docs/a.md"), read from the working directory, where that add,
+        run again, reads them from; those that are then `scope` (a file) or under it (a folder). Re-adding it then
+        replaces what an edited file no longer holds and forgets a deleted one, as for any file added since."""
+        with closing(self._connect_to_write()) as db, db:
+            relative = [file for (file,) in db.execute("SELECT DISTINCT file FROM doc_files WHERE file NOT LIKE '/%'")]
+            named = [(str(file_name(Path(file))), file) for file in relative]
+            under = scope.rstrip("/") + "/"
+            renamed = [(name, file) for name, file in named if name == scope or name.startswith(under)]
+            db.executemany("INSERT OR IGNORE INTO doc_files (file, doc_id) SELECT ?, doc_id FROM doc_files "
+                           "WHERE file = ?", renamed)
+            db.executemany("DELETE FROM doc_files WHERE file = ?", [(file,) for _, file in renamed])
 
     def search(self, query: str, k: int) -> list[SearchHit]:
         if self.cjk_searchable and cjk.has_cjk(query):

@@ -270,3 +270,45 @@ def test_a_reference_corpus_build_cut_short_leaves_no_index_for_the_next_start(t
     assert list((tmp_path / "corpus").iterdir()) == []
     built = corpus_index(settings, None, print)
     assert CorpusIndex(built).count() > 50
+
+
+def test_a_symlinked_file_is_forgotten_when_its_link_is_deleted_or_moved(tmp_path):
+    # its documents were recorded under the link's target, outside the folder: re-adding the folder never forgot them
+    root, elsewhere = tmp_path / "corpus", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "hekla.md").write_text("# Hekla\n\nHekla last erupted in 2000.")
+    (elsewhere / "katla.md").write_text("# Katla\n\nKatla last erupted in 1918.")
+    (elsewhere / "askja.md").write_text("# Askja\n\nAskja last erupted in 1961.")
+    (root / "volcano.md").symlink_to(elsewhere / "katla.md")
+    index_path = tmp_path / "index.sqlite"
+    assert corpus_add(root, index_path).total == 2
+    (root / "volcano.md").unlink()
+    (root / "volcano.md").symlink_to(elsewhere / "askja.md")  # the link now names another page
+    assert corpus_add(root, index_path).removed == 1
+    index = CorpusIndex(index_path)
+    assert index.search("1918", k=5) == [] and [hit.title for hit in index.search("1961", k=5)] == ["Askja"]
+    (root / "volcano.md").unlink()
+    assert (corpus_add(root, index_path).removed, index.search("1961", k=5)) == (1, [])
+
+
+def test_an_index_built_from_a_relative_path_forgets_edited_and_deleted_files(tmp_path, monkeypatch):
+    # before files were named absolutely, `corpus add docs` recorded "docs/a.md": no later add ever matched it
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    for name, text in (("a", "Zebras have stripes."), ("b", "Okapis live in forests."), ("c", "Tapirs swim.")):
+        (tmp_path / "docs" / f"{name}.md").write_text(f"# {name}\n\n{text}")
+    corpus_add("docs", "index.sqlite")
+    with closing(sqlite3.connect("index.sqlite")) as db, db:
+        db.execute("UPDATE docs SET origin = 'docs/' || title || '.md'")  # as that add wrote them
+        db.execute("DROP TABLE doc_files")
+    (tmp_path / "docs" / "a.md").write_text("# a\n\nZebras are grazers.")
+    (tmp_path / "docs" / "b.md").unlink()
+    assert corpus_add("docs", "index.sqlite").removed == 2
+    index = CorpusIndex("index.sqlite")
+    assert index.search("stripes", k=5) == index.search("okapis", k=5) == []
+    assert [hit.title for hit in index.search("zebras", k=5)] == ["a"]
+    (tmp_path / "docs" / "c.md").write_text("# c\n\nTapirs eat fruit.")  # by one file's path alone, too
+    with closing(sqlite3.connect("index.sqlite")) as db, db:
+        db.execute("UPDATE doc_files SET file = 'docs/c.md' WHERE file LIKE '%/docs/c.md'")
+    assert corpus_add("docs/c.md", "index.sqlite").removed == 1 and index.search("swim", k=5) == []
