@@ -2,10 +2,10 @@
 
 One file holds everything: `docs` (the documents), `docs_fts` (an external-content FTS5 table over
 title and text) and `docs_cjk` (the documents holding Chinese, Japanese or Korean text, their runs of it as bigrams:
-see heavy/corpus/cjk.py; a query with such text searches there, any other one `docs_fts` as before). Documents are
-deduplicated by a hash of title + text, so re-adding a directory is a no-op; `doc_files` records every file that
-holds each one, so re-adding an edited file replaces the documents it no longer holds, and a document goes only
-when no file holds it any more.
+see heavy/corpus/cjk.py; a query with such text searches its runs there and its other words in `docs_fts`, any other
+query `docs_fts` alone, as before). Documents are deduplicated by a hash of title + text, so re-adding a directory is
+a no-op; `doc_files` records every file that holds each one, so re-adding an edited file replaces the documents it
+no longer holds, and a document goes only when no file holds it any more.
 Each call opens its own connection, so one index can be used from several threads.
 """
 
@@ -82,10 +82,11 @@ SELECT d.id, d.title, d.url, snippet(docs_fts, 1, '', '', ' … ', {SNIPPET_TOKE
 FROM docs_fts JOIN docs AS d ON d.id = docs_fts.rowid
 WHERE docs_fts MATCH ? ORDER BY score LIMIT ?
 """
-_SEARCH_CJK = f"""
-SELECT d.id, d.title, d.url, d.text, bm25(docs_cjk, {TITLE_WEIGHT}, {TEXT_WEIGHT}) AS score
-FROM docs_cjk JOIN docs AS d ON d.id = docs_cjk.rowid
-WHERE docs_cjk MATCH ? ORDER BY score LIMIT ?
+# a CJK query's parts, each document's score: its runs' bigrams over docs_cjk, its other words over docs_fts
+_RUN_SCORES = f"SELECT rowid, bm25(docs_cjk, {TITLE_WEIGHT}, {TEXT_WEIGHT}) FROM docs_cjk WHERE docs_cjk MATCH ?"
+_WORD_SCORES = f"SELECT rowid, bm25(docs_fts, {TITLE_WEIGHT}, {TEXT_WEIGHT}) FROM docs_fts WHERE docs_fts MATCH ?"
+_SNIPPET = f"""
+SELECT snippet(docs_fts, 1, '', '', ' … ', {SNIPPET_TOKENS}) FROM docs_fts WHERE docs_fts MATCH ? AND rowid = ?
 """
 
 
@@ -307,14 +308,23 @@ class CorpusIndex:
         return [SearchHit(doc_id=r[0], title=r[1], url=r[2], snippet=r[3], score=r[4]) for r in rows]
 
     def _search_cjk(self, query: str, k: int) -> list[SearchHit]:
-        """A query with CJK text, over the documents holding some: its runs as bigrams, its other words as ever."""
+        """A query with CJK text: its runs as bigrams over the documents holding some (docs_cjk), its other words over
+        all of them, as an English query's (docs_fts: "Python 的 asyncio" finds the English asyncio page). A page
+        scores the sum of both parts' BM25, as BM25 sums its terms'. Its snippet: around the first run found, or,
+        found by the other words alone, FTS5's."""
         rest, terms = cjk.query_terms(query)
         words = match_expression(rest, self.keep_function_words, beside_other_terms=True)
-        expression = " OR ".join(filter(None, [words, *terms]))
         with closing(self._connect()) as db:
-            rows = db.execute(_SEARCH_CJK, (expression, k)).fetchall()
-        return [SearchHit(doc_id=r[0], title=r[1], url=r[2], snippet=cjk.snippet(r[3], query), score=r[4])
-                for r in rows]
+            by_run = dict(db.execute(_RUN_SCORES, (" OR ".join(terms),)).fetchall())
+            by_words = dict(db.execute(_WORD_SCORES, (words,)).fetchall()) if words else {}
+            scores = {doc_id: by_run.get(doc_id, 0.0) + by_words.get(doc_id, 0.0) for doc_id in by_run | by_words}
+            hits = []
+            for doc_id in sorted(scores, key=lambda d: (scores[d], d))[:k]:
+                title, url, text = db.execute("SELECT title, url, text FROM docs WHERE id = ?", (doc_id,)).fetchone()
+                snippet = (cjk.snippet(text, query) if doc_id in by_run
+                           else db.execute(_SNIPPET, (words, doc_id)).fetchone()[0])
+                hits.append(SearchHit(doc_id=doc_id, title=title, url=url, snippet=snippet, score=scores[doc_id]))
+        return hits
 
     def get(self, doc_id: int) -> StoredDocument | None:
         with closing(self._connect()) as db:

@@ -63,6 +63,18 @@ def test_english_queries_search_as_before(tmp_path):
     assert titles(index, "capital of Japan") == ["Tokyo"]
 
 
+def test_a_mixed_query_finds_its_latin_words_in_pages_without_cjk(tmp_path):
+    # a CJK query searched docs_cjk alone: the English page its Latin words name was never found
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add([*DOCUMENTS, Document("Python", "Python 是一种编程语言。"), Document(
+        "asyncio", "The asyncio module of Python writes concurrent code with async and await. " * 3)])
+    assert titles(index, "Python 的 asyncio")[:2] == ["asyncio", "Python"]
+    assert titles(index, "asyncio 是什么") == ["asyncio"]
+    hit = index.search("asyncio 是什么", k=1)[0]
+    assert hit.snippet.startswith("The asyncio module") and hit.score < 0
+    assert titles(index, "Japan 猫") == ["Tokyo"]  # a page holding both parts counts both, once each
+
+
 def test_an_edited_file_leaves_no_stale_bigrams(tmp_path):
     index = CorpusIndex(tmp_path / "i.sqlite")
     index.add([Document("東京", "東京は日本の首都です。", origin="a.md")], source="a.md")
