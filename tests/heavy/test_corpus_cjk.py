@@ -75,6 +75,13 @@ def test_a_mixed_query_finds_its_latin_words_in_pages_without_cjk(tmp_path):
     assert titles(index, "Japan 猫") == ["Tokyo"]  # a page holding both parts counts both, once each
 
 
+def test_a_cjk_snippet_is_where_most_of_the_query_is(tmp_path):
+    # it was around the first of the query's bigrams found, or of its last character alone: "都" of 都市, "日本"
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add([Document("東京", "日本には多くの都市がある。" + "これは長い説明の文章です。" * 30 + "東京は日本の首都です。")])
+    for query in ("首都", "日本の首都はどこですか"):
+        assert "東京は日本の首都です。" in index.search(query, k=1)[0].snippet
+
 def test_an_edited_file_leaves_no_stale_bigrams(tmp_path):
     index = CorpusIndex(tmp_path / "i.sqlite")
     index.add([Document("東京", "東京は日本の首都です。", origin="a.md")], source="a.md")
