@@ -9,18 +9,15 @@ way: each of its runs as its bigrams, OR-ed, so BM25 ranks a page by how many of
 
 from __future__ import annotations
 
-import itertools
 import re
-from collections import Counter
+
+from heavy.corpus.snippets import term_places, window_snippet
 
 # Han (with extensions and compatibility ideographs), kana (half-width too), Hangul syllables, 々〆〇
 CJK_RUN = re.compile(
     "[\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f"
     "\U00020000-\U0003134f]+"
 )
-SNIPPET_BEFORE = 40  # characters shown before the first query word found
-SNIPPET_CHARS = 200
-SNIPPET_SCAN_TERMS = 10_000  # a snippet is the best window among the first this many terms found (a huge page's)
 
 
 def has_cjk(text: str) -> bool:
@@ -46,25 +43,8 @@ def query_terms(query: str) -> tuple[str, list[str]]:
 
 
 def snippet(text: str, query: str) -> str:
-    """About SNIPPET_CHARS of `text` where the most of the query's CJK terms are (each counted once), the first such
-    window if several, as FTS5's snippet() picks a fragment for a Latin query. The terms are those searched: a run's
-    bigrams, a one-character run itself (a lone last character would be found in any other word holding it)."""
-    terms = {gram for run in CJK_RUN.findall(query) for gram in (_run_tokens(run)[:-1] or [run])}
-    matches = re.finditer(f"(?=({'|'.join(map(re.escape, terms))}))", text) if terms else iter(())
-    found = [(m.start(), m.group(1)) for m in itertools.islice(matches, SNIPPET_SCAN_TERMS)]
-    held: Counter[str] = Counter()
-    best, best_at, right = 0, 0, 0
-    for left, (at, _) in enumerate(found):  # a window from each term found: the terms inside it, held
-        while right < len(found) and found[right][0] + len(found[right][1]) <= at + SNIPPET_CHARS - SNIPPET_BEFORE:
-            held[found[right][1]] += 1
-            right += 1
-        if len(held) > best:
-            best, best_at = len(held), at
-            if best == len(terms):
-                break
-        held[found[left][1]] -= 1
-        if not held[found[left][1]]:
-            del held[found[left][1]]
-    start = max(0, best_at - SNIPPET_BEFORE)
-    end = start + SNIPPET_CHARS
-    return f"{' … ' if start else ''}{' '.join(text[start:end].split())}{' … ' if end < len(text) else ''}"
+    """About SNIPPET_CHARS of `text` where the most of the query's CJK terms are (snippets.window_snippet). The terms
+    are those searched: a run's bigrams, a one-character run itself (a lone last character would be found in any
+    other word holding it)."""
+    terms = [gram for run in CJK_RUN.findall(query) for gram in (_run_tokens(run)[:-1] or [run])]
+    return window_snippet(text, term_places(text, terms))

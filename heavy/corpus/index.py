@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from heavy.corpus import cjk
 from heavy.corpus.documents import CorpusFormatError, Document, file_name
+from heavy.corpus.snippets import LONG_PAGE_CHARS, words_snippet
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,11 @@ CREATE INDEX IF NOT EXISTS doc_files_by_doc ON doc_files (doc_id);
 """
 _JSONL_ROW = re.compile(r"(.*\.jsonl):\d+", re.IGNORECASE)  # a JSONL row's origin: "file:N"
 
+# FTS5's snippet, NULL for a page too long for it (snippets.LONG_PAGE_CHARS: the index writes that one itself)
+_FTS_SNIPPET = (f"CASE WHEN length(d.text) <= {LONG_PAGE_CHARS} "
+                f"THEN snippet(docs_fts, 1, '', '', ' … ', {SNIPPET_TOKENS}) END")
 _SEARCH = f"""
-SELECT d.id, d.title, d.url, snippet(docs_fts, 1, '', '', ' … ', {SNIPPET_TOKENS}),
+SELECT d.id, d.title, d.url, {_FTS_SNIPPET},
        bm25(docs_fts, {TITLE_WEIGHT}, {TEXT_WEIGHT}) AS score
 FROM docs_fts JOIN docs AS d ON d.id = docs_fts.rowid
 WHERE docs_fts MATCH ? ORDER BY score LIMIT ?
@@ -86,7 +90,7 @@ WHERE docs_fts MATCH ? ORDER BY score LIMIT ?
 _RUN_SCORES = f"SELECT rowid, bm25(docs_cjk, {TITLE_WEIGHT}, {TEXT_WEIGHT}) FROM docs_cjk WHERE docs_cjk MATCH ?"
 _WORD_SCORES = f"SELECT rowid, bm25(docs_fts, {TITLE_WEIGHT}, {TEXT_WEIGHT}) FROM docs_fts WHERE docs_fts MATCH ?"
 _SNIPPET = f"""
-SELECT snippet(docs_fts, 1, '', '', ' … ', {SNIPPET_TOKENS}) FROM docs_fts WHERE docs_fts MATCH ? AND rowid = ?
+SELECT {_FTS_SNIPPET} FROM docs_fts JOIN docs AS d ON d.id = docs_fts.rowid WHERE docs_fts MATCH ? AND d.id = ?
 """
 
 
@@ -213,6 +217,16 @@ def _create_or_upgrade(db: sqlite3.Connection, path: Path) -> bool:
     return True
 
 
+def _expression_words(expression: str) -> set[str]:
+    """The words a match expression searches (each quoted, alone or in a phrase)."""
+    return {word for quoted in re.findall(r'"([^"]*)"', expression) for word in quoted.split()}
+
+
+def _long_page_snippet(db: sqlite3.Connection, doc_id: int, expression: str) -> str:
+    text = db.execute("SELECT text FROM docs WHERE id = ?", (doc_id,)).fetchone()[0]
+    return words_snippet(text, _expression_words(expression))
+
+
 class CorpusIndex:
     def __init__(self, path: Path | str, keep_function_words: bool = False) -> None:
         """`keep_function_words`: query with every word, as searches did before FUNCTION_WORDS (replays of runs
@@ -305,7 +319,9 @@ class CorpusIndex:
             return []
         with closing(self._connect()) as db:
             rows = db.execute(_SEARCH, (expression, k)).fetchall()
-        return [SearchHit(doc_id=r[0], title=r[1], url=r[2], snippet=r[3], score=r[4]) for r in rows]
+            return [SearchHit(doc_id=r[0], title=r[1], url=r[2], score=r[4],
+                              snippet=r[3] if r[3] is not None else _long_page_snippet(db, r[0], expression))
+                    for r in rows]
 
     def _search_cjk(self, query: str, k: int) -> list[SearchHit]:
         """A query with CJK text: its runs as bigrams over the documents holding some (docs_cjk), its other words over
@@ -322,7 +338,8 @@ class CorpusIndex:
             for doc_id in sorted(scores, key=lambda d: (scores[d], d))[:k]:
                 title, url, text = db.execute("SELECT title, url, text FROM docs WHERE id = ?", (doc_id,)).fetchone()
                 snippet = (cjk.snippet(text, query) if doc_id in by_run
-                           else db.execute(_SNIPPET, (words, doc_id)).fetchone()[0])
+                           else db.execute(_SNIPPET, (words, doc_id)).fetchone()[0]
+                           or words_snippet(text, _expression_words(words)))
                 hits.append(SearchHit(doc_id=doc_id, title=title, url=url, snippet=snippet, score=scores[doc_id]))
         return hits
 

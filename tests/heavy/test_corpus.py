@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from heavy.config import Settings, get_settings
 from heavy.corpus.commands import corpus_add, corpus_app
-from heavy.corpus.documents import CorpusFormatError, read_documents
+from heavy.corpus.documents import CorpusFormatError, Document, read_documents
 from heavy.corpus.index import CorpusIndex, match_expression
 from heavy.corpus.server import CorpusServer
 
@@ -312,3 +312,12 @@ def test_an_index_built_from_a_relative_path_forgets_edited_and_deleted_files(tm
     with closing(sqlite3.connect("index.sqlite")) as db, db:
         db.execute("UPDATE doc_files SET file = 'docs/c.md' WHERE file LIKE '%/docs/c.md'")
     assert corpus_add("docs/c.md", "index.sqlite").removed == 1 and index.search("swim", k=5) == []
+
+
+@pytest.mark.timeout(120, method="thread")  # FTS5 took over ten minutes, weighing each fragment by every hit
+def test_a_huge_page_found_by_a_word_it_holds_everywhere_gets_a_snippet_of_its_rare_words(tmp_path):
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add([Document("Log", "The volcano was quiet that day. " * 200_000 + "Then Hekla erupted in 1991, at last."),
+               Document("Hekla", "Hekla is a volcano in Iceland.")])
+    hits = {hit.title: hit.snippet for hit in index.search("volcano Hekla 1991", k=2)}
+    assert "Then Hekla erupted in 1991" in hits["Log"] and hits["Hekla"] == "Hekla is a volcano in Iceland."

@@ -78,7 +78,8 @@ def test_a_mixed_query_finds_its_latin_words_in_pages_without_cjk(tmp_path):
 def test_a_cjk_snippet_is_where_most_of_the_query_is(tmp_path):
     # it was around the first of the query's bigrams found, or of its last character alone: "都" of 都市, "日本"
     index = CorpusIndex(tmp_path / "i.sqlite")
-    index.add([Document("東京", "日本には多くの都市がある。" + "これは長い説明の文章です。" * 30 + "東京は日本の首都です。")])
+    filler = "これは長い説明の文章です。" * 30
+    index.add([Document("東京", "日本には多くの都市がある。" + filler + "東京は日本の首都です。")])
     for query in ("首都", "日本の首都はどこですか"):
         assert "東京は日本の首都です。" in index.search(query, k=1)[0].snippet
 
