@@ -25,14 +25,13 @@ from heavy.agent.budget import (
     Stopped,
     StopSignal,
     TrajectoryLimits,
-    job_grant,
-    request_bound,
     until_stopped,
 )
-from heavy.agent.context import estimate_tokens, fit_context, with_usage, without_unrun_calls
+from heavy.agent.context import without_unrun_calls
 from heavy.agent.explore import call_signature, describe, unexplored_call
 from heavy.agent.gathered import cited_sources, keep_new_evidence, supporting_sources
 from heavy.agent.repair import UNREADABLE, repair_call
+from heavy.agent.requests import ModelRequests
 from heavy.agent.steps import (
     ActionStep,
     Observation,
@@ -54,7 +53,7 @@ from heavy.agent.steps import (
 from heavy.agent.trajectory_events import TrajectoryEvents
 from heavy.events import EventSink, NullSink
 from heavy.llm.toolparse import own_call_id, parse_text_tool_calls
-from heavy.llm.types import Completion, ContextLengthError, LLMBackend, LLMError, Message, Sampling, ToolCall, Usage
+from heavy.llm.types import Completion, LLMBackend, LLMError, Message, Sampling, ToolCall, Usage
 from heavy.tools.base import Source, ToolContext, ToolExecutor
 
 log = logging.getLogger(__name__)
@@ -102,10 +101,9 @@ class Trajectory:
         stop: StopSignal | None = None,
         job_budget: JobTokenBudget | None = None,
     ) -> None:
-        self.spec, self.backend, self.executor = spec, backend, executor
+        self.spec, self.executor = spec, executor
         self.events = TrajectoryEvents(sink or NullSink(), spec.job_id, spec.index)
         self.stop = stop or StopSignal()
-        self.job_budget = job_budget
         self.tools = executor.specs(spec.allowed_tools) + [prompts.ANSWER_SPEC]
         self.checks = AnswerChecks(spec.question, self.tools)
         self.messages: list[Message] = [
@@ -113,7 +111,6 @@ class Trajectory:
             {"role": "user", "content": prompts.QUESTION.format(question=spec.question)},
         ]
         self.steps: list[ActionStep] = []
-        self.usage = Usage()
         self.evidence: dict[str, Source] = {}
         self.excerpts: dict[str, str] = {}
         self.seen_calls: set[str] = set()
@@ -125,8 +122,15 @@ class Trajectory:
         self.title_rejected = False
         self.unsaid_forced = False  # an `answer` call said nothing, and a forced answer was asked for it
         self.deadline = 0.0
-        self.counted_per_estimated = 1.0  # the server's prompt tokens per estimated one, at most (never below 1)
-        self.context_tokens = spec.limits.context_tokens  # less once the server says it holds less
+        self.requests = ModelRequests(backend, spec.limits, spec.sampling, self.stop, job_budget, spec.job_id)
+
+    @property
+    def usage(self) -> Usage:
+        return self.requests.usage
+
+    @property
+    def job_budget(self) -> JobTokenBudget | None:
+        return self.requests.job_budget
 
     # --- the loop ---
 
@@ -201,58 +205,8 @@ class Trajectory:
 
     async def _complete(self, messages: list[Message], tools: list[dict] | None, max_tokens: int,
                         deadline: float) -> Completion:
-        max_tokens += self.spec.limits.reasoning_tokens  # a thinking model reasons before its reply
-        prompt, estimated = self._fitted(messages, tools, max_tokens)
-        try:
-            return await self._request(prompt, tools, estimated, max_tokens, deadline)
-        except ContextLengthError as exc:
-            if not self._learned(exc, estimated):
-                raise
-            prompt, estimated = self._fitted(messages, tools, max_tokens)
-            return await self._request(prompt, tools, estimated, max_tokens, deadline)
-
-    def _learned(self, refusal: ContextLengthError, estimated: int) -> bool:
-        """Whether a server's refusal of a prompt too long says what to fit the prompt again by (once): the tokens
-        it counted, when no reply calibrated the estimate for this prompt yet (a first step over non-Latin search
-        results), or the context it holds, less than HEAVY_CONTEXT_TOKENS (a server that does not report it, whose
-        room left the openai backend found too small to cut the reply to)."""
-        counted, learned = refusal.prompt_tokens or 0, False
-        if counted / estimated > self.counted_per_estimated:
-            self.counted_per_estimated, learned = counted / estimated, True
-        if refusal.room is not None and counted + refusal.room < self.context_tokens:
-            self.context_tokens, learned = counted + refusal.room, True
-        return learned
-
-    def _fitted(self, messages: list[Message], tools: list[dict] | None, max_tokens: int) -> tuple[list[Message], int]:
-        """The prompt fitted to the room a reply of `max_tokens` leaves, by the estimate scaled to what the server
-        counts, and its estimate."""
-        room = int((self.context_tokens - max_tokens) / self.counted_per_estimated)
-        prompt = fit_context(messages, tools, room)
-        return prompt, max(1, estimate_tokens(prompt, tools))
-
-    async def _request(self, prompt: list[Message], tools: list[dict] | None, estimated: int, max_tokens: int,
-                       deadline: float) -> Completion:
-        held = request_bound(estimated, self.counted_per_estimated, max_tokens)
-        async with job_grant(self.job_budget, held, self.stop, deadline) as charge:
-            request = self.backend.chat(
-                prompt, tools, self.spec.sampling, max_tokens=max_tokens,
-                request_id=f"{self.spec.job_id}:{self.spec.index}:{len(self.steps)}", prefix_key=self.spec.job_id,
-                meter=charge.meter,
-            )
-            try:
-                completion = await until_stopped(request, self.stop, deadline)
-            except Stopped:  # aborted in flight: what the server did is charged (the job's grant, the tenant)
-                self.usage = self.usage + charge.aborted(prompt, tools)
-                raise
-            # the estimate undercounts some scripts (Chinese: 1.9 times for the embedded model's tokenizer): later
-            # prompts are fitted by what the server counted
-            self.counted_per_estimated = max(self.counted_per_estimated, completion.usage.prompt_tokens / estimated)
-            if self.job_budget is not None:  # the aggregator's requests are held by the job's largest
-                self.job_budget.calibrate(self.counted_per_estimated)
-            completion = with_usage(completion, prompt, tools)
-            charge.tokens = completion.usage.total_tokens
-        self.usage = self.usage + completion.usage
-        return completion
+        request_id = f"{self.spec.job_id}:{self.spec.index}:{len(self.steps)}"
+        return await self.requests.complete(messages, tools, max_tokens, deadline, request_id)
 
     async def _act(self, index: int, completion: Completion) -> bool:
         """Run the step's calls; True when its `answer` call said nothing (to be asked for in words)."""

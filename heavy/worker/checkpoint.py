@@ -55,7 +55,7 @@ def state_of(trajectory: Trajectory) -> dict[str, Any]:
         "kind": "state",
         "messages": trajectory.messages,
         "steps": [asdict(step) for step in trajectory.steps],
-        "usage": asdict(trajectory.usage),
+        "usage": asdict(trajectory.requests.usage),
         "evidence": [asdict(source) for source in trajectory.evidence.values()],
         "excerpts": trajectory.excerpts,
         "seen_calls": sorted(trajectory.seen_calls),
@@ -65,8 +65,8 @@ def state_of(trajectory: Trajectory) -> dict[str, Any]:
         "output_rejected": trajectory.output_rejected,
         "title_rejected": trajectory.title_rejected,
         "unsaid_forced": trajectory.unsaid_forced,
-        "counted_per_estimated": trajectory.counted_per_estimated,
-        "context_tokens": trajectory.context_tokens,
+        "counted_per_estimated": trajectory.requests.counted_per_estimated,
+        "context_tokens": trajectory.requests.context_tokens,
         "tool_calls": _tool_calls(trajectory),
     }
 
@@ -78,7 +78,7 @@ def _tool_calls(trajectory: Trajectory) -> dict[str, int]:
 def restore(trajectory: Trajectory, state: dict[str, Any]) -> None:
     trajectory.messages = list(state["messages"])
     trajectory.steps = [_step(step) for step in state["steps"]]
-    trajectory.usage = Usage(**state["usage"])
+    trajectory.requests.usage = Usage(**state["usage"])
     trajectory.evidence = {s["url"]: _source(s) for s in state["evidence"]}
     trajectory.excerpts = dict(state["excerpts"])
     trajectory.seen_calls = set(state["seen_calls"])
@@ -89,8 +89,8 @@ def restore(trajectory: Trajectory, state: dict[str, Any]) -> None:
     trajectory.output_rejected = state.get("output_rejected", False)
     trajectory.title_rejected = state.get("title_rejected", False)
     trajectory.unsaid_forced = state.get("unsaid_forced", False)
-    trajectory.counted_per_estimated = state.get("counted_per_estimated", 1.0)
-    trajectory.context_tokens = state.get("context_tokens", trajectory.spec.limits.context_tokens)
+    trajectory.requests.counted_per_estimated = state.get("counted_per_estimated", 1.0)
+    trajectory.requests.context_tokens = state.get("context_tokens", trajectory.spec.limits.context_tokens)
 
 
 class CheckpointedTrajectory(Trajectory):

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.anyio
 SPEC = TrajectorySpec(job_id="j", index=0, question="Which module parses command-line options?",
                       allowed_tools=frozenset({"search"}), sampling=Sampling(), limits=TrajectoryLimits(max_steps=4))
 # Set once from the spec and the run's wiring, not state that evolves step by step.
-WIRING = {"spec", "backend", "executor", "events", "stop", "job_budget", "tools", "checks", "deadline", "final", "save",
-          "saved_result"}
+WIRING = {"spec", "executor", "events", "stop", "tools", "checks", "deadline", "final", "save",
+          "saved_result", "requests"}
+REQUESTS_WIRING = {"backend", "limits", "sampling", "stop", "job_budget", "prefix_key"}  # ModelRequests
 
 
 def trajectory(saved=None, backend=None, budget=None, tools=None):
@@ -34,7 +35,8 @@ def trajectory(saved=None, backend=None, budget=None, tools=None):
 async def test_every_mutable_attribute_is_checkpointed():
     made, _ = trajectory()
     # tool_calls: the executor's count of this trajectory's calls (the job's caps), not an attribute of its own
-    assert set(vars(made)) - WIRING == set(state_of(made)) - {"kind", "tool_calls"}
+    mutable = (set(vars(made)) - WIRING) | (set(vars(made.requests)) - REQUESTS_WIRING)
+    assert mutable == set(state_of(made)) - {"kind", "tool_calls"}
 
 
 async def test_a_restored_trajectorys_tool_calls_still_count_against_the_jobs_caps():
@@ -59,11 +61,9 @@ async def test_a_restored_state_continues_where_the_saved_one_stopped():
     assert result.stop_reason == "answered" and [s["kind"] for s in saves] == ["state", "state", "result"]
     after_two_steps = saves[1]
 
-    backend = ScriptedBackend(researcher)
-    resumed, resumed_saves = trajectory(saved=after_two_steps, backend=backend)
+    backend, budget = ScriptedBackend(researcher), JobTokenBudget(10_000)
+    resumed, resumed_saves = trajectory(saved=after_two_steps, backend=backend, budget=budget)
     assert json.loads(json.dumps(state_of(resumed))) == after_two_steps
-    budget = JobTokenBudget(10_000)
-    resumed.job_budget = budget
     again = await resumed.run()
     assert [step_of(r) for r in backend.requests] == [2]  # only the step after the checkpoint ran
     assert again.answer == result.answer and len(again.steps) == 3

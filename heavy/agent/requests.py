@@ -1,0 +1,80 @@
+"""A trajectory's model requests: each prompt fitted to the context by what the server counts, each request holding
+its largest cost on the job's grant while it runs, and charged what the server did when a stop aborts it."""
+
+from __future__ import annotations
+
+from heavy.agent.budget import (
+    JobTokenBudget,
+    Stopped,
+    StopSignal,
+    TrajectoryLimits,
+    job_grant,
+    request_bound,
+    until_stopped,
+)
+from heavy.agent.context import estimate_tokens, fit_context, with_usage
+from heavy.llm.types import Completion, ContextLengthError, LLMBackend, Message, Sampling, Usage
+
+
+class ModelRequests:
+    def __init__(self, backend: LLMBackend, limits: TrajectoryLimits, sampling: Sampling, stop: StopSignal,
+                 job_budget: JobTokenBudget | None, prefix_key: str) -> None:
+        self.backend, self.limits, self.sampling, self.stop = backend, limits, sampling, stop
+        self.job_budget, self.prefix_key = job_budget, prefix_key  # prefix_key: the job's, for the prefix cache
+        self.usage = Usage()  # all the trajectory's requests, aborted ones included
+        self.counted_per_estimated = 1.0  # the server's prompt tokens per estimated one, at most (never below 1)
+        self.context_tokens = limits.context_tokens  # less once the server says it holds less
+
+    async def complete(self, messages: list[Message], tools: list[dict] | None, max_tokens: int, deadline: float,
+                       request_id: str) -> Completion:
+        """The model's reply to `messages` (fitted), refitted once when the server refuses the prompt as too long
+        and says what to fit it by."""
+        max_tokens += self.limits.reasoning_tokens  # a thinking model reasons before its reply
+        prompt, estimated = self._fitted(messages, tools, max_tokens)
+        try:
+            return await self._request(prompt, tools, estimated, max_tokens, deadline, request_id)
+        except ContextLengthError as exc:
+            if not self._learned(exc, estimated):
+                raise
+            prompt, estimated = self._fitted(messages, tools, max_tokens)
+            return await self._request(prompt, tools, estimated, max_tokens, deadline, request_id)
+
+    def _learned(self, refusal: ContextLengthError, estimated: int) -> bool:
+        """Whether a server's refusal of a prompt too long says what to fit the prompt again by (once): the tokens
+        it counted, when no reply calibrated the estimate for this prompt yet (a first step over non-Latin search
+        results), or the context it holds, less than HEAVY_CONTEXT_TOKENS (a server that does not report it, whose
+        room left the openai backend found too small to cut the reply to)."""
+        counted, learned = refusal.prompt_tokens or 0, False
+        if counted / estimated > self.counted_per_estimated:
+            self.counted_per_estimated, learned = counted / estimated, True
+        if refusal.room is not None and counted + refusal.room < self.context_tokens:
+            self.context_tokens, learned = counted + refusal.room, True
+        return learned
+
+    def _fitted(self, messages: list[Message], tools: list[dict] | None, max_tokens: int) -> tuple[list[Message], int]:
+        """The prompt fitted to the room a reply of `max_tokens` leaves, by the estimate scaled to what the server
+        counts, and its estimate."""
+        room = int((self.context_tokens - max_tokens) / self.counted_per_estimated)
+        prompt = fit_context(messages, tools, room)
+        return prompt, max(1, estimate_tokens(prompt, tools))
+
+    async def _request(self, prompt: list[Message], tools: list[dict] | None, estimated: int, max_tokens: int,
+                       deadline: float, request_id: str) -> Completion:
+        held = request_bound(estimated, self.counted_per_estimated, max_tokens)
+        async with job_grant(self.job_budget, held, self.stop, deadline) as charge:
+            request = self.backend.chat(prompt, tools, self.sampling, max_tokens=max_tokens, request_id=request_id,
+                                        prefix_key=self.prefix_key, meter=charge.meter)
+            try:
+                completion = await until_stopped(request, self.stop, deadline)
+            except Stopped:  # aborted in flight: what the server did is charged (the job's grant, the tenant)
+                self.usage = self.usage + charge.aborted(prompt, tools)
+                raise
+            # the estimate undercounts some scripts (Chinese: 1.9 times for the embedded model's tokenizer): later
+            # prompts are fitted by what the server counted
+            self.counted_per_estimated = max(self.counted_per_estimated, completion.usage.prompt_tokens / estimated)
+            if self.job_budget is not None:  # the aggregator's requests are held by the job's largest
+                self.job_budget.calibrate(self.counted_per_estimated)
+            completion = with_usage(completion, prompt, tools)
+            charge.tokens = completion.usage.total_tokens
+        self.usage = self.usage + completion.usage
+        return completion
