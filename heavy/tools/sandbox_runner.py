@@ -14,6 +14,7 @@ ones that hold.
 import ast
 import ctypes
 import errno
+import gc
 import json
 import os
 import re
@@ -263,6 +264,7 @@ def main() -> int:
         traceback.print_exc(limit=0)
         return 1
     confine(scratch)
+    gc.collect()  # confine's libc: cyclic garbage (it caches syscall and prctl, which hold it) the code could find
     for name in [m for m in sys.modules if m.partition(".")[0] in REFUSED_MODULES]:
         del sys.modules[name]  # imported for confine: imported again, they meet the audit hook
     install_guard(scratch)
