@@ -4,8 +4,9 @@ argv: <scratch dir> <limits as JSON>; the user's code arrives on stdin.
 It lowers its own resource limits (soft = hard, so they cannot be raised again), puts up fences of its own the
 kernel keeps (`confine`: no new sockets; with Landlock, reads only of what Python needs, writes only under the
 scratch dir, no TCP, no signals beyond itself), installs an audit hook that refuses network, new processes, signals to
-other processes, native code, writes outside the scratch dir and opening another process's /proc files (its
-environment holds secrets when this runs as the worker's own user), and runs the code like a notebook cell: a final
+other processes, loading native code and reaching memory by address through ctypes (which libraries may import),
+writes outside the scratch dir and opening another process's /proc files (its environment holds secrets when this
+runs as the worker's own user), and runs the code like a notebook cell: a final
 expression's value is printed. An audit hook lives in the interpreter the code runs in, so code can reach it (its
 frames and closures); the kernel's fences (these, and the namespaces, uid and rlimits around this process) are the
 ones that hold.
@@ -42,12 +43,25 @@ REFUSED_EVENTS = {
     "os.spawn": "starting programs",
     "os.fork": "starting processes",
     "os.forkpty": "starting processes",
-    "ctypes.dlopen": "native code",
-    "ctypes.dlsym": "native code",
-    "ctypes.cdata": "native code",
+    # ctypes may be imported (sympy needs c_long and sizeof), but not used to load or look up native code, nor to
+    # reach memory by address (cast, memmove and memset: see allow_library_imports). Calling a foreign function and
+    # making one from an address raise no event, nor do pointer types (a Union of an integer and a pointer reads any
+    # address; so does numpy's __array_interface__), so native code stays within the code's reach: the kernel's
+    # fences, which native code cannot lift, are the boundary, and these refusals give a clear message on the plain
+    # routes. Not refused: get_errno/set_errno (ctypes' own copy of errno), create_string_buffer (memory of its own).
+    "ctypes.dlopen": "loading native code",
+    "ctypes.dlsym": "loading native code",
+    "ctypes.dlsym/handle": "loading native code",
+    "ctypes.call_function": "calling native code",  # _ctypes.call_function only
+    "ctypes.cdata": "access to memory by address",
+    "ctypes.cdata/buffer": "access to memory by address",
+    "ctypes.addressof": "access to memory by address",
+    "ctypes.string_at": "access to memory by address",
+    "ctypes.wstring_at": "access to memory by address",
 }
-# fork_exec in _posixsubprocess raises no audit event of its own, so the module itself stays out of reach.
-REFUSED_MODULES = frozenset({"_posixsubprocess", "_ctypes", "ctypes"})
+# Imported before the hook with fork_exec refused (allow_library_imports); importing it anew would bring that back.
+REFUSED_MODULES = frozenset({"_posixsubprocess"})
+CTYPES_ADDRESS_ARGUMENTS = {"cast": (0,), "memmove": (0, 1), "memset": (0,)}  # function -> positions of addresses
 SIGNAL_EVENTS = {"os.kill": os.getpid, "os.killpg": os.getpgrp}  # event -> the one target allowed besides 0
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 PATH_EVENTS = {  # event -> positions of the path arguments it modifies
@@ -196,6 +210,30 @@ def _restrict_filesystem(libc, scratch: str) -> None:
         os.close(ruleset_fd)
 
 
+def allow_library_imports() -> None:
+    """Libraries import ctypes (sympy: c_long, sizeof) and subprocess (sympy.printing). Both are imported here, before
+    the audit hook, with what they offer that raises no audit event of its own refused: ctypes' cast, memmove and
+    memset given an integer (a raw address), and _posixsubprocess.fork_exec (new programs; subprocess.Popen raises
+    an event). They stay imported: a new ctypes opens a library (refused), a new _posixsubprocess is refused."""
+    import _posixsubprocess
+
+    def fork_exec(*args):
+        raise PermissionError("sandbox: starting programs is not allowed (_posixsubprocess.fork_exec)")
+
+    _posixsubprocess.fork_exec = fork_exec
+    for name, positions in CTYPES_ADDRESS_ARGUMENTS.items():
+        setattr(ctypes, name, _refusing_addresses(getattr(ctypes, name), name, positions))
+
+
+def _refusing_addresses(function, name: str, positions: tuple[int, ...]):
+    def guarded(*args):
+        if any(isinstance(args[i], int) for i in positions if i < len(args)):
+            raise PermissionError(f"sandbox: access to memory by address is not allowed (ctypes.{name})")
+        return function(*args)
+
+    return guarded
+
+
 def install_guard(scratch: str) -> None:
     scratch = os.path.realpath(scratch)
 
@@ -264,9 +302,8 @@ def main() -> int:
         traceback.print_exc(limit=0)
         return 1
     confine(scratch)
+    allow_library_imports()
     gc.collect()  # confine's libc: cyclic garbage (it caches syscall and prctl, which hold it) the code could find
-    for name in [m for m in sys.modules if m.partition(".")[0] in REFUSED_MODULES]:
-        del sys.modules[name]  # imported for confine: imported again, they meet the audit hook
     install_guard(scratch)
     try:
         exec(program, {"__name__": "__main__", "__sandbox_show__": show})

@@ -93,7 +93,7 @@ def test_fork_bomb_is_contained(isolation):
     outcome = run("import os\nwhile True:\n    os.fork()", isolation=isolation)
     assert outcome.exit_code == 1 and "starting processes is not allowed" in outcome.output
     spawn = run("import subprocess\nsubprocess.run(['sh', '-c', ':(){ :|:& };:'])", isolation=isolation)
-    assert spawn.exit_code == 1 and "_posixsubprocess" in spawn.output
+    assert spawn.exit_code == 1 and "starting programs is not allowed" in spawn.output
 
 
 @needs_namespaces
