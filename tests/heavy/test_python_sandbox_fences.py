@@ -84,7 +84,7 @@ def test_the_audit_hook_cannot_be_swapped_for_a_no_op():
         "print('SOCKET')\n"
     )
     outcome = run(code, "process")
-    assert "replacing a function's code is not allowed" in outcome.output and "SOCKET" not in outcome.output
+    assert "replacing the sandbox's code is not allowed" in outcome.output and "SOCKET" not in outcome.output
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
