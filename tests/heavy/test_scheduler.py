@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from heavy.agent import TrajectoryLimits
+from heavy.agent.context import estimate_tokens
 from heavy.events import Aggregating, JobCancelled, JobFailed, MemorySink, ReportReady, TrajectoryDone
 from heavy.scheduler import AllTrajectoriesFailed, JobControl, JobSpec, Scheduler
 from heavy.tools.base import ToolExecutor, ToolLimits
@@ -123,7 +124,7 @@ async def test_cancel_stops_everything_and_writes_no_report():
     assert not [r for r in backend.requests if r.trajectory < 0]  # no aggregation call
 
 
-async def test_cancel_after_finish_now_stops_the_report_pass_too():
+async def test_cancel_after_finish_now_stops_the_report_pass_too_and_charges_it():
     control = JobControl()
     backend = ScriptedBackend(researcher(), delay_s=lambda r: 30 if r.trajectory < 0 or r.trajectory >= 2 else 0)
     task = asyncio.create_task(run(spec(mode="report"), backend, control))
@@ -137,6 +138,10 @@ async def test_cancel_after_finish_now_stops_the_report_pass_too():
     assert result.status == "cancelled" and result.markdown == ""
     assert sink.of_type(Aggregating) and sink.of_type(JobCancelled) and not sink.of_type(ReportReady)
     assert [r.request_id for r in backend.requests if r.trajectory < 0] == backend.cancelled[-1:]
+    # what the aborted report pass did is charged (the scripted backend's prompt, by the estimate)
+    report_pass = next(r for r in backend.requests if r.trajectory < 0)
+    trajectories = sum(t.usage.total_tokens for t in result.trajectories)
+    assert result.usage.total_tokens == trajectories + estimate_tokens(report_pass.messages, report_pass.tools)
 
 
 async def test_a_crashing_trajectory_does_not_sink_the_job():

@@ -72,6 +72,17 @@ def leaving_none(context, prompt, completion):
             "tokens, leaving none for the completion. Please reduce the length of the messages.")
 
 
+def answering_1889(counted):
+    """A server's reply to `body`: an `answer` call saying 1889, its prompt counted by `counted`."""
+    def reply(body):
+        call_ = {"id": "c1", "type": "function", "function": {"name": "answer", "arguments": '{"answer": "1889"}'}}
+        message = {"role": "assistant", "content": "", "tool_calls": [call_]}
+        answer = {"choices": [{"message": message, "finish_reason": "tool_calls"}],
+                  "usage": {"prompt_tokens": counted(body), "completion_tokens": 10}}
+        return "application/json", json.dumps(answer).encode()
+    return reply
+
+
 @pytest.mark.parametrize("refusal", [REFUSALS["vllm 0.10"], leaving_none])
 async def test_a_first_step_whose_opening_results_overflow_is_fitted_again_by_what_the_server_counted(refusal):
     # Chinese opening results, a server counting 3 times the estimate, and no reply yet to calibrate it: the first
@@ -81,15 +92,8 @@ async def test_a_first_step_whose_opening_results_overflow_is_fitted_again_by_wh
     def counted(body):
         return 3 * estimate_tokens(body["messages"], body.get("tools"))
 
-    def answers(body):
-        call_ = {"id": "c1", "type": "function", "function": {"name": "answer", "arguments": '{"answer": "1889"}'}}
-        reply = {"choices": [{"message": {"role": "assistant", "content": "", "tool_calls": [call_]},
-                              "finish_reason": "tool_calls"}],
-                 "usage": {"prompt_tokens": counted(body), "completion_tokens": 10}}
-        return "application/json", json.dumps(reply).encode()
-
     async with strict_server(refusal, counted, context=limits.context_tokens,
-                             reply=answers) as (url, bodies):
+                             reply=answering_1889(counted)) as (url, bodies):
         llm = OpenAIBackend(url, "m", retry=FAST_RETRY)
         trajectory, _, search, _ = make(None, limits=limits, opening_search=True, backend=llm)
         search.pages = {f"http://corpus/{i}": f"eiffel {i} " + "埃菲尔铁塔位于巴黎。" * 150 for i in range(4)}
@@ -112,15 +116,8 @@ async def test_a_server_context_leaving_too_little_room_is_fitted_to_not_cut_int
     def counted(body):
         return estimate_tokens(body["messages"], body.get("tools")) * 3 // 4
 
-    def answers(body):
-        call_ = {"id": "c1", "type": "function", "function": {"name": "answer", "arguments": '{"answer": "1889"}'}}
-        reply = {"choices": [{"message": {"role": "assistant", "content": "", "tool_calls": [call_]},
-                              "finish_reason": "tool_calls"}],
-                 "usage": {"prompt_tokens": counted(body), "completion_tokens": 10}}
-        return "application/json", json.dumps(reply).encode()
-
     async with strict_server(REFUSALS["vllm 0.10"], counted, context=server_context,
-                             reply=answers) as (url, bodies):
+                             reply=answering_1889(counted)) as (url, bodies):
         llm = OpenAIBackend(url, "m", retry=FAST_RETRY)
         trajectory, _, search, _ = make(None, limits=limits, opening_search=True, backend=llm)
         search.pages = {"http://corpus/0": "eiffel tower " + "The tower was finished in 1889. " * 2000}
