@@ -102,6 +102,8 @@ class Replica:
         self._recovering: asyncio.Task | None = None
         self._watching: set[asyncio.Task] = set()  # calls still out after a peer's failed: restarted if hung
         self._probe: asyncio.Task | None = None  # the health check's call to every rank, while out
+        self._status: RankStatus | None = None  # what the last probe read off rank 0 (None since a failure)
+        self._stepping = False  # a step is out on the ranks: a probe waits behind it
 
     @staticmethod
     def _place_ranks(spec: ReplicaSpec) -> tuple[PlacementGroup, list]:
@@ -142,21 +144,28 @@ class Replica:
         """Asks every rank, under the hang deadline: a rank that died or hung while no request was in flight fails
         the replica here, as a failed step would, and the group re-forms. Nothing else would notice: the router
         sends no request to a replica whose health check fails. Callers that come while a probe is out share it
-        (the router's checks time out and come again sooner than a hung rank's deadline)."""
+        (the router's checks time out and come again sooner than a hung rank's deadline).
+        While a step is out, the answer does not wait for the probe: a rank serves one call at a time, so its
+        status would wait for the step (a prefill chunk on a loaded CPU outlasts the router's rounds), and the step
+        is under the hang deadline itself. The load is then the one the ranks last gave."""
         if self.up and (self._probe is None or self._probe.done()):
             self._probe = asyncio.get_running_loop().create_task(self._probe_ranks())
-        status = await asyncio.shield(self._probe) if self.up and self._probe is not None else None
+        if self.up and self._probe is not None and not self._stepping:
+            await asyncio.shield(self._probe)
+        status = self._status if self.up else None
         prefix_cache, load = (status.prefix_cache, status.load) if status is not None else (None, None)
         return ReplicaHealth(self.up, len(self.pending), self.generation, self.aborted, prefix_cache, load)
 
-    async def _probe_ranks(self) -> RankStatus | None:
+    async def _probe_ranks(self) -> None:
         generation = self.generation
         try:
-            return (await self._on_every_rank(lambda rank: rank.status.remote()))[0]
+            status = (await self._on_every_rank(lambda rank: rank.status.remote()))[0]
         except Exception as exc:  # a rank died, hung, or came back restarted (not in the group)
             if self.up and self.generation == generation:
                 self._fail(exc)
-            return None
+            return
+        if self.generation == generation:
+            self._status = status
 
     async def max_model_len(self) -> int:
         """Longest prompt + completion one request may have (the ranks' engines share one geometry)."""
@@ -219,11 +228,14 @@ class Replica:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            self._stepping = True
             try:
                 per_rank = await self._on_every_rank(lambda rank: rank.step.remote())
             except Exception as exc:  # a dead rank, or a peer whose collective broke with it
                 self._fail(exc)
                 continue
+            finally:
+                self._stepping = False
             self._deliver(per_rank)
 
     async def _on_every_rank(self, call: Callable[[object], Awaitable]) -> list:
@@ -291,7 +303,7 @@ class Replica:
 
     def _fail(self, exc: BaseException) -> None:
         log.warning("replica step failed, dropping %d request(s): %s", len(self.pending), exc)
-        self.up = False
+        self.up, self._status = False, None
         error = ReplicaDownError(f"replica failed a step (a rank died or diverged): {type(exc).__name__}: {exc}")
         for outputs in self.pending.values():
             outputs.put_nowait(error)

@@ -197,3 +197,42 @@ async def test_health_checks_that_time_out_on_a_hung_idle_rank_share_one_probe_a
     await reformed(replica, generation=1)
     assert [r.restarts for r in ranks] == [1, 0]
     assert (await replica.generate([1, 2, 3], ONE_TOKEN)).token_ids == [7]
+
+
+class LongStepRank(SteppingRank):
+    """A rank in a long step (a prefill chunk on a loaded CPU) until `release`: as a plain actor it serves one call
+    at a time, so its status waits for the step to end."""
+
+    def __init__(self):
+        super().__init__()
+        self.stepping, self.release, one_at_a_time = asyncio.Event(), asyncio.Event(), asyncio.Lock()
+        step, status = self.step.run, self.status.run
+
+        async def long_step():
+            async with one_at_a_time:
+                self.stepping.set()
+                await self.release.wait()
+                return await step()
+
+        async def queued_status():
+            async with one_at_a_time:
+                return await status()
+
+        self.step, self.status = Method(long_step), Method(queued_status)
+
+
+@pytest.mark.anyio
+async def test_a_replica_in_a_long_step_answers_its_health_check_without_waiting_for_the_step():
+    # the router marked a loaded replica down after its rounds timed out behind such a step, and up after it
+    ranks = [LongStepRank(), LongStepRank()]
+    replica = await started(ranks, hang_timeout_s=60.0)  # the step itself is under this deadline, not the check
+    assert (await replica.health()).load == "load"  # idle: asks its ranks
+    request = asyncio.create_task(replica.generate([1, 2, 3], ONE_TOKEN))
+    await asyncio.gather(*(rank.stepping.wait() for rank in ranks))
+    async with asyncio.timeout(10):  # without the fix: until the step ends
+        health = await replica.health()
+    assert (health.up, health.in_flight, health.load) == (True, 1, "load")  # the load its ranks last gave
+    for rank in ranks:
+        rank.release.set()
+    assert (await request).token_ids == [7]
+    assert (await replica.health()).up and not replica.pending
