@@ -1,9 +1,11 @@
 """The router: one Ray async actor in front of R replicas.
 
-- health: every `health_interval_s` each replica is asked for its state; a failed or slow answer marks it down;
+- health: every `health_interval_s` each replica is asked for its state; an answer "down", or a dead actor, marks it
+  down; `unanswered_rounds` rounds in a row with neither an answer nor a token from its requests mark it late;
 - choice: a request with a `prefix_key` (a heavy job's id) goes where that key went before, so the trajectories of
   one job share that replica's prefix cache; otherwise, or when that replica is down, to the least-loaded up replica
-  (requests this router has in flight there), and the key follows it;
+  (requests this router has in flight there), and the key follows it; a late replica only when none is up (a
+  loaded machine answering late is no reason to refuse a request);
 - faults: a replica that fails a request (it lost a rank) is marked down and the request is sent to another one;
   when none is left the caller gets a retriable NoReplicaAvailableError, never a hang.
 """
@@ -31,8 +33,8 @@ log = logging.getLogger(__name__)
 class RouterConfig:
     health_interval_s: float = 1.0
     health_timeout_s: float = 5.0
-    # rounds in a row a replica may leave unanswered before it counts as down: its ranks answer between two steps,
-    # and one step (a long prefill, the first step's warm-up on a loaded CPU) can outlast a round. One that answers
+    # rounds in a row a replica may leave unanswered, its requests producing no token either, before it counts as
+    # late (down, but tried when none is up): Ray or a loaded CPU can be slow to serve its answer. One that answers
     # "down", or whose actor died, is down at once; a hung rank is the replica's own hang deadline's to catch.
     unanswered_rounds: int = 3
     max_prefix_keys: int = 10_000  # affinity entries kept, least recently used dropped first
@@ -49,6 +51,7 @@ class Availability:
     down_for_s: tuple[float, ...]  # seconds since each replica was last seen up (0 when up)
     in_flight: tuple[int, ...] = ()  # per replica, requests this router has there now
     loads: tuple[EngineLoad | None, ...] = ()  # per replica, its engine's load at the last health round
+    late: tuple[bool, ...] = ()  # per replica, down only because its health rounds went unanswered (still tried)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class Router:
         self.in_flight = [0] * len(replicas)
         self.loads: list[EngineLoad | None] = [None] * len(replicas)
         self.unanswered = [0] * len(replicas)  # health rounds in a row each replica left unanswered
+        self.late = [False] * len(replicas)  # down only because its rounds went unanswered: tried when none is up
+        self.produced = [0] * len(replicas)  # deltas each replica has streamed: one making progress is alive
+        self._produced_seen = [0] * len(replicas)  # `produced` as the last health round saw it
         self.failures = [0] * len(replicas)  # requests each replica failed (a health answer older than one is stale)
         self.affinity: OrderedDict[str, int] = OrderedDict()
         self._health_task: asyncio.Task | None = None
@@ -104,19 +110,31 @@ class Router:
         states = [state for state, _ in answers]
         now = time.monotonic()
         for index, (state, timed_out) in enumerate(answers):
+            progressed = self.produced[index] != self._produced_seen[index]
+            self._produced_seen[index] = self.produced[index]
             if self.failures[index] != failures[index]:
                 # a request failed there during the round, which waits for its slowest replica: this answer may
                 # predate the failure, and the next round's will not
                 continue
+            if timed_out and progressed:  # its answer is late, but its requests' tokens arrive: alive
+                self.unanswered[index] = 0
+                if self.late[index]:
+                    self._mark(index, up=True, late=False, now=now)
+                continue
             self.unanswered[index] = self.unanswered[index] + 1 if timed_out else 0
             if timed_out and self.unanswered[index] < self.config.unanswered_rounds:
-                continue  # busy with a step, most likely: as it was
-            was_up, self.up[index] = self.up[index], state is not None and state.up
-            self.last_up[index] = now if self.up[index] else self.last_up[index]
+                continue  # as it was
+            self._mark(index, up=state is not None and state.up, late=timed_out, now=now)
             self.loads[index] = state.load if self.up[index] else None
-            if was_up != self.up[index]:
-                log.warning("replica %d is now %s", index, "up" if self.up[index] else "down")
         return states
+
+    def _mark(self, index: int, up: bool, late: bool, now: float) -> None:
+        was = (self.up[index], self.late[index])
+        self.up[index], self.late[index] = up, late and not up
+        self.last_up[index] = now if up else self.last_up[index]
+        if was != (self.up[index], self.late[index]):
+            state = "up" if up else f"late ({self.unanswered[index]} rounds unanswered)" if late else "down"
+            log.warning("replica %d is now %s", index, state)
 
     async def _health(self, replica: ActorHandle) -> tuple[ReplicaHealth | None, bool]:
         """(its state, or None when it did not answer; whether it timed out rather than died)."""
@@ -133,10 +151,13 @@ class Router:
         now = time.monotonic()
         down_for = (0.0 if up else now - last for up, last in zip(self.up, self.last_up, strict=True))
         loads = (load if up else None for up, load in zip(self.up, self.loads, strict=True))
-        return Availability(tuple(self.up), tuple(down_for), tuple(self.in_flight), tuple(loads))
+        return Availability(tuple(self.up), tuple(down_for), tuple(self.in_flight), tuple(loads), tuple(self.late))
 
     def choose(self, prefix_key: str | None, exclude: frozenset[int] = frozenset()) -> int:
         candidates = [i for i, up in enumerate(self.up) if up and i not in exclude]
+        if not candidates:  # one late is still tried: if it is really down, it refuses (retriable) or a rank's
+            # hang deadline fails it
+            candidates = [i for i, late in enumerate(self.late) if late and i not in exclude]
         if not candidates:
             raise NoReplicaAvailableError(f"no replica is up (of {len(self.replicas)}); retry later")
         if prefix_key is not None and self.affinity.get(prefix_key) in candidates:
@@ -173,12 +194,13 @@ class Router:
                 async for ref in stream:
                     output = await ref
                     produced += 1
+                    self.produced[index] += 1
                     yield RoutedOutput(output, index, len(tried))
                 done = True
                 return
             except (ReplicaDownError, RayActorError) as exc:
                 log.warning("replica %d failed request %s (%s)", index, request_id, exc)
-                self.up[index] = False
+                self.up[index], self.late[index] = False, False
                 self.failures[index] += 1
                 if produced:
                     raise ReplicaDownError(f"replica {index} failed after {produced} token(s): {exc}") from exc

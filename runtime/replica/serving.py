@@ -128,7 +128,9 @@ class RouterFrontend:
         replicas = len(state.up)
         if min(state.down_for_s) > self.dead_after_s:
             return f"no replica has been up for {min(state.down_for_s):.0f} s (of {replicas}); they gave up", None
-        return None, None if any(state.up) else f"no replica is up (of {replicas}); they are restarting or re-forming"
+        if any(state.up) or any(state.late):  # a late one is still sent requests: it may answer them
+            return None, None
+        return None, f"no replica is up (of {replicas}); they are restarting or re-forming"
 
     def shutdown(self) -> None:
         with contextlib.suppress(RayActorError, ray.exceptions.GetTimeoutError):  # a router already gone

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import generate_latest
 
-from runtime.engine.llm_engine import EngineLoad
+from runtime.engine.llm_engine import EngineLoad, RequestOutput
 from runtime.replica import router as router_module
-from runtime.replica.errors import ReplicaDownError
+from runtime.replica.errors import NoReplicaAvailableError, ReplicaDownError
 from runtime.replica.replica import ReplicaHealth
 from runtime.replica.router import Router, RouterConfig
 from runtime.replica.serving import RouterFrontend
@@ -181,3 +181,54 @@ async def test_a_health_answer_given_before_a_request_failed_there_does_not_mark
     assert router.up == [False, True]  # until a round that began after the failure finds it up
     await router.check_health()
     assert router.up == [True, True]
+
+
+def never_answering(replica: StandInReplica) -> StandInReplica:
+    """Its health answers come too late for any round (Ray or the CPU slow to serve them)."""
+    async def health():
+        await asyncio.Event().wait()
+    replica.health = Method(health)
+    return replica
+
+
+async def test_a_replica_whose_requests_make_progress_is_up_though_its_health_rounds_go_unanswered(monkeypatch):
+    monkeypatch.setattr(router_module.ray, "cancel", lambda *args, **kwargs: None)  # stand-in streams, no refs
+    replica = never_answering(StandInReplica())
+
+    async def tokens(*args):
+        while True:
+            yield asyncio.sleep(0, RequestOutput("r", [7], "x", False, None, 2, 0, 1))  # what awaiting a ref gives
+    replica.generate_stream = Method(tokens)
+    router = Router([replica], RouterConfig(health_timeout_s=0.01, unanswered_rounds=2))
+    deltas = router.generate_stream([1, 2], SamplingParams())
+    for _ in range(4):
+        await anext(deltas)  # a token since the last round
+        await router.check_health()
+        assert router.up == [True]
+    for _ in range(2):  # no answer and no token: late
+        await router.check_health()
+    assert router.up == [False]
+    await anext(deltas)
+    await router.check_health()
+    assert router.up == [True]
+    await deltas.aclose()
+
+
+async def test_a_replica_is_sent_requests_while_its_rounds_are_late_when_none_is_up_but_not_once_it_says_down():
+    """With one replica, a late health round (a loaded machine) refused every request: NoReplicaAvailableError."""
+    late, other = never_answering(StandInReplica()), StandInReplica()
+    router = Router([late, other], RouterConfig(health_timeout_s=0.01, unanswered_rounds=1))
+    await router.check_health()
+    assert router.up == [False, True] and router.choose(None) == 1  # an up one is preferred
+    other.up = False
+    await router.check_health()
+    assert router.up == [False, False]
+    assert router.choose(None) == 0  # late is not down: tried (its own refusal is retriable)
+    assert await frontend_of(router).unavailable() is None  # nor is the server taken out of rotation
+    with pytest.raises(NoReplicaAvailableError):
+        router.choose(None, exclude=frozenset({0}))  # tried already
+    only = Router([other], RouterConfig(health_timeout_s=0.01))
+    await only.check_health()
+    with pytest.raises(NoReplicaAvailableError):
+        only.choose(None)  # it answered "down"
+    assert (await frontend_of(only).unavailable()).startswith("no replica is up (of 1)")
