@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from runtime.engine.llm_engine import Completion, EngineLoad, RequestOutput
 from runtime.replica.errors import NoReplicaAvailableError, ReplicaDownError
@@ -137,10 +137,10 @@ class Router:
             log.warning("replica %d is now %s", index, state)
 
     async def _health(self, replica: ActorHandle) -> tuple[ReplicaHealth | None, bool]:
-        """(its state, or None when it did not answer; whether it timed out rather than died)."""
+        """(its state, or None when it did not answer; whether it was late rather than dead)."""
         try:
             return await asyncio.wait_for(replica.health.remote(), self.config.health_timeout_s), False
-        except TimeoutError:
+        except (TimeoutError, ActorUnavailableError):  # Ray's "may be available later": not a dead actor
             return None, True
         except RayActorError:
             return None, False

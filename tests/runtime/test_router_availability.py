@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from prometheus_client import generate_latest
+from ray.exceptions import ActorUnavailableError
 
 from runtime.engine.llm_engine import EngineLoad, RequestOutput
 from runtime.replica import router as router_module
@@ -232,3 +233,22 @@ async def test_a_replica_is_sent_requests_while_its_rounds_are_late_when_none_is
     with pytest.raises(NoReplicaAvailableError):
         only.choose(None)  # it answered "down"
     assert (await frontend_of(only).unavailable()).startswith("no replica is up (of 1)")
+
+
+async def test_a_replica_ray_cannot_reach_for_now_is_late_after_the_rounds_not_down_at_once():
+    """ActorUnavailableError is Ray's "may be available later" (a connection lost, not the actor): as a late answer."""
+    replica, unavailable = StandInReplica(), True
+
+    async def health():
+        if unavailable:
+            raise ActorUnavailableError("connection reset", None)
+        return ReplicaHealth(True, in_flight=0, generation=1, aborted=0, prefix_cache=None, load=None)
+    replica.health = Method(health)
+    router = Router([replica], RouterConfig(unanswered_rounds=2))
+    await router.check_health()
+    assert router.up == [True]
+    await router.check_health()
+    assert (router.up, router.late) == ([False], [True])
+    unavailable = False
+    await router.check_health()
+    assert router.up == [True]
