@@ -34,3 +34,18 @@ def parse_sse(text: str) -> list[dict]:
         if "data" in fields:
             events.append({"id": int(fields["id"]), "event": fields.get("event"), "data": json.loads(fields["data"])})
     return events
+
+
+async def follow_sse(url: str, headers: dict, received: list[dict]) -> None:
+    """Follow an API process's SSE stream at `url` until it ends or the connection drops; append every event."""
+    async with httpx.AsyncClient(timeout=30) as client, client.stream("GET", url, headers=headers) as response:
+        response.raise_for_status()
+        block: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line:
+                name, _, value = line.partition(":")
+                block[name] = value.removeprefix(" ")
+            elif "data" in block:
+                received.append({"id": int(block["id"]), **json.loads(block["data"])})
+                block = {}
+

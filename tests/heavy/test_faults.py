@@ -4,7 +4,6 @@ checkpoints, no event lost or repeated), the API process killed and restarted wh
 comes back from the AOF and the job completes)."""
 
 import asyncio
-import json
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from heavy.embedded_redis import EmbeddedRedis
 from heavy.store import Keys, Store
 from heavy.store.records import TERMINAL_EVENTS
 from heavy.worker import Worker
+from tests.heavy.api_helpers import follow_sse
 from tests.heavy.fakes import ScriptedBackend
 from tests.heavy.worker_helpers import (
     JOB,
@@ -113,20 +113,6 @@ async def test_worker_sigterm_mid_job_exits_at_once_and_another_worker_finishes_
             stop(rescuer)
 
 
-async def follow(url: str, headers: dict, received: list[dict]) -> None:
-    """Follow the SSE stream until it ends or the connection drops; append every event."""
-    async with httpx.AsyncClient(timeout=30) as client, client.stream("GET", url, headers=headers) as response:
-        response.raise_for_status()
-        block: dict[str, str] = {}
-        async for line in response.aiter_lines():
-            if line:
-                name, _, value = line.partition(":")
-                block[name] = value.removeprefix(" ")
-            elif "data" in block:
-                received.append({"id": int(block["id"]), **json.loads(block["data"])})
-                block = {}
-
-
 async def test_api_restart_mid_job_clients_reconnect_and_lose_no_event(store, redis_url, key_prefix):
     key = await store.tenants.create_key("acme")
     port = free_port()
@@ -141,7 +127,7 @@ async def test_api_restart_mid_job_clients_reconnect_and_lose_no_event(store, re
         await wait_api_ready(base)
         job_id = await submit(store)
         url = f"{base}/v1/jobs/{job_id}/events"
-        follower = asyncio.create_task(follow(url, headers, received))
+        follower = asyncio.create_task(follow_sse(url, headers, received))
         await wait_for(lambda: asyncio.sleep(0, result=len(received) >= 3), timeout_s=30)
         api.send_signal(signal.SIGKILL)
         api.wait()
@@ -152,7 +138,7 @@ async def test_api_restart_mid_job_clients_reconnect_and_lose_no_event(store, re
 
         api = spawn("api", redis_url, key_prefix, str(port))
         await wait_api_ready(base)
-        await follow(url, {**headers, "Last-Event-ID": str(received[-1]["id"])}, received)
+        await follow_sse(url, {**headers, "Last-Event-ID": str(received[-1]["id"])}, received)
         assert received[-1]["type"] == "report_ready" and len(received) > seen_before_restart
         assert [e["id"] for e in received] == list(range(1, len(received) + 1))
         assert_gap_free(received, trajectories=3)
