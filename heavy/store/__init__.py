@@ -26,6 +26,7 @@ from heavy.store.records import JobRecord
 from heavy.store.tenants import ApiKey, Tenant, TenantStore
 
 RECONNECT_RETRIES = 12  # ~6 s of backoff in all
+POOL_WAIT_S = 10.0  # how long a command waits for a free pooled connection in a burst (heavy/store/connection.py)
 
 
 @dataclass
@@ -45,8 +46,8 @@ class Store:
             keys = keys.on_one_slot()
         # Retries with backoff ride out a Redis restart of a few seconds (state comes back from the AOF).
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RECONNECT_RETRIES)
-        redis = redis_client(url, decode_responses=True, health_check_interval=30, retry=retry,
-                             retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError])
+        redis = redis_client(url, pool_wait_s=POOL_WAIT_S, decode_responses=True, health_check_interval=30,
+                             retry=retry, retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError])
         limits = dict(default_max_jobs=settings.tenant_max_jobs, default_max_tokens=settings.tenant_max_tokens)
         jobs = JobStore(redis, keys, retention_s=settings.job_retention_s,
                         approval_window_s=settings.approval_window_s, max_held_jobs=settings.tenant_max_held_jobs,

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
 REDIS_PORT = 6379
+POOL_CONNECTIONS = 100  # per client (redis-py's default); a command past them waits for one (`pool_wait_s`)
 
 RedisClient = Redis | RedisCluster  # what redis_client returns; both speak the commands the store sends
 
@@ -93,17 +94,33 @@ def _host_port(entry: str, url: str, default_port: int) -> tuple[str, int]:
     return host, int(port) if port else default_port
 
 
-def redis_client(url: str, **options: Any) -> RedisClient:
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The primary's connections as Sentinel finds them, and a command waits for a free one as in a
+    BlockingConnectionPool (SentinelConnectionPool overrides neither getting nor releasing a connection)."""
+
+
+def redis_client(url: str, *, pool_wait_s: float | None = None, **options: Any) -> RedisClient:
     """A client over `url` (see the module docstring); `options` are the connections' (decode_responses, timeouts,
-    retry ...). No I/O until first use."""
+    retry ...). No I/O until first use.
+
+    With `pool_wait_s`, a command that finds all POOL_CONNECTIONS in use waits up to that long for one to be
+    released (then fails as a ConnectionError) instead of failing at once with "Too many connections": a burst of
+    requests to an API process (hundreds of clients opening event streams at once) then queues for a moment rather
+    than failing. redis-py's cluster client has no such pool: on a cluster a command past a node's connections
+    still fails at once."""
     if is_cluster_url(url):
         cluster = parse_cluster_url(url)
         return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in cluster.nodes],
                             username=cluster.username, password=cluster.password, ssl=cluster.tls, **options)
+    waiting = {"max_connections": POOL_CONNECTIONS, "timeout": pool_wait_s} if pool_wait_s is not None else {}
     if urlsplit(url).scheme != SENTINEL_SCHEME:
+        if waiting:
+            return Redis.from_pool(BlockingConnectionPool.from_url(url, **waiting, **options))
         return Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
     timeouts = {name: options[name] for name in ("socket_timeout", "socket_connect_timeout") if name in options}
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs={"password": target.sentinel_password, **timeouts})
+    if waiting:
+        options = {"connection_pool_class": BlockingSentinelConnectionPool, **waiting, **options}
     return sentinel.master_for(target.service, db=target.db, username=target.username, password=target.password,
                                **options)

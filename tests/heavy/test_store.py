@@ -13,10 +13,13 @@ from heavy.store import (
     JobNotFound,
     JobStore,
     JobTakenOver,
+    Keys,
     QuotaExceeded,
+    Store,
     UnknownApiKey,
 )
 from heavy.store import jobs as jobs_module
+from heavy.store.connection import POOL_CONNECTIONS
 from heavy.store.records import AGGREGATING, CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
 pytestmark = pytest.mark.anyio
@@ -448,3 +451,16 @@ async def test_api_keys_are_stored_hashed_resolved_listed_and_revoked(store):
         await store.tenants.resolve(key.secret)
     with pytest.raises(UnknownApiKey):
         await store.tenants.revoke(key.key_id)
+
+
+async def test_a_burst_of_commands_past_the_pool_waits_for_connections_instead_of_failing(redis_server, key_prefix):
+    """Hundreds of requests at once to one API process (clients opening event streams together) each send a command:
+    past the pool's connections they failed at once with "Too many connections" (a 503 each). On one server only:
+    redis-py's cluster client has no pool that waits."""
+    store = Store.connect(redis_server.url, keys=Keys(key_prefix))
+    try:
+        job = await submit(store)
+        burst = await asyncio.gather(*(store.jobs.get(job.id) for _ in range(3 * POOL_CONNECTIONS)))
+        assert {got.id for got in burst} == {job.id}
+    finally:
+        await store.aclose()
