@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from heavy.api import routes_events, routes_jobs, routes_ops
 from heavy.api.errors import install_error_handlers
+from heavy.api.event_hub import EventHub
 from heavy.api.middleware import BodySizeLimit, RequestMetrics
 from heavy.config import Settings
 from heavy.store import Store
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if not settings.redis_url:
             raise RuntimeError("HEAVY_REDIS_URL is not set (`heavy up` starts an embedded Redis for you)")
         app.state.store = Store.connect(settings.redis_url, settings)
+        app.state.event_hub = EventHub(app.state.store)
         await app.state.store.queue.ensure_group()
         try:
             yield
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app = FastAPI(title="heavy", version="0.1.0", lifespan=lifespan,
                   description="Heavy-mode research jobs: N trajectories merged into one cited report.")
     app.state.settings, app.state.store = settings, store
+    app.state.event_hub = EventHub(store) if store is not None else None  # else the lifespan makes it
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetrics)

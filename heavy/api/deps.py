@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from heavy.api.event_hub import EventHub
 from heavy.config import Settings
 from heavy.store import Store, UnknownApiKey
 
@@ -15,6 +16,10 @@ bearer = HTTPBearer(auto_error=False, description="an API key from `heavy keys c
 
 def get_store(request: Request) -> Store:
     return request.app.state.store
+
+
+def get_event_hub(request: Request) -> EventHub:
+    return request.app.state.event_hub
 
 
 def get_settings(request: Request) -> Settings:
@@ -32,6 +37,7 @@ async def get_tenant(store: Annotated[Store, Depends(get_store)], api_key: Annot
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
+EventHubDep = Annotated[EventHub, Depends(get_event_hub)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 ApiKeyDep = Annotated[str, Depends(get_api_key)]  # the presented key (a long stream checks it is still valid)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from heavy.store.connection import RedisClient
@@ -65,6 +66,15 @@ class TenantStore:
         if tenant is None:
             raise UnknownApiKey("unknown or revoked API key")
         return tenant
+
+    async def unknown(self, api_keys: Collection[str]) -> set[str]:
+        """The keys among `api_keys` that resolve to no tenant (revoked, or never made), in one round trip."""
+        ordered = list(api_keys)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for api_key in ordered:
+                pipe.hget(self.keys.apikey(digest(api_key)), "tenant")
+            tenants = await pipe.execute()
+        return {api_key for api_key, tenant in zip(ordered, tenants, strict=True) if tenant is None}
 
     async def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
         tenants = [tenant] if tenant else sorted(await self.redis.smembers(self.keys.tenants))

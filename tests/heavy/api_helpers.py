@@ -49,3 +49,7 @@ async def follow_sse(url: str, headers: dict, received: list[dict]) -> None:
                 received.append({"id": int(block["id"]), **json.loads(block["data"])})
                 block = {}
 
+
+async def blocked_event_reads(store) -> int:
+    """How many of the server's clients wait in a blocking XREAD now (a worker's job claims are XREADGROUPs)."""
+    return sum(client["cmd"] == "xread" and "b" in client["flags"] for client in await store.redis.client_list())

@@ -2,12 +2,12 @@
 every endpoint, JSON 4xx errors, idempotency, tenant isolation, quotas, review gate, cancel, report, SSE."""
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client import REGISTRY
 
-from heavy.api import routes_events
+from heavy.api import event_hub
+from heavy.api.event_hub import EventHub
 from heavy.api.routes_events import follow
 from heavy.config import Settings
 from heavy.store.records import DONE, PARTIAL, RUNNING
@@ -272,9 +272,8 @@ async def test_delete_an_ended_job_only_and_only_ones_own(acme, globex):
 async def test_a_followed_job_deleted_meanwhile_ends_its_stream(acme, store):
     job = await submit(acme)
     await acme.post(f"/v1/jobs/{job['id']}/cancel")
-    connected = SimpleNamespace(is_disconnected=lambda: asyncio.sleep(0, result=False))
     key = await store.tenants.create_key("acme")
-    stream = follow(store, job["id"], 0, connected, key.secret)  # a follower that has not read the job's one event yet
+    stream = follow(EventHub(store), job["id"], 0, key.secret)  # a follower that has not read the job's one event yet
     await acme.delete(f"/v1/jobs/{job['id']}")
     assert [event async for event in stream] == []
 
@@ -282,7 +281,7 @@ async def test_a_followed_job_deleted_meanwhile_ends_its_stream(acme, store):
 async def test_revoking_a_key_ends_the_event_streams_it_holds_open(app, acme, store, monkeypatch):
     """A revoked key stops working at once, for a stream it opened too (a dashboard left open on a running job):
     the stream ends, and the client's reconnection is refused."""
-    monkeypatch.setattr(routes_events, "BLOCK_MS", 50)
+    monkeypatch.setattr(event_hub, "BLOCK_MS", 50)
     job = await submit(acme)  # queued, and no worker: its stream stays open until it ends
     key = await store.tenants.create_key("acme", "dashboard")
     followers = REGISTRY.get_sample_value("heavy_sse_followers")
@@ -299,19 +298,18 @@ async def test_a_stream_ends_with_the_terminal_event_or_at_once_for_a_job_that_e
     """The terminal event is written with the job's end (JobStore.finish): a follower that finds the job ended gets
     it next and stops there; a job that ended without one (by an older worker that died before writing it) ends
     its stream at once instead of leaving it open."""
-    connected = SimpleNamespace(is_disconnected=lambda: asyncio.sleep(0, result=False))
     key = await store.tenants.create_key("acme")
     job = await submit(acme)
     await store.jobs.update(job["id"], status=RUNNING)
     await store.jobs.append_event(job["id"], {"type": "job_started", "job_id": job["id"]})
     await store.jobs.finish(await store.jobs.get(job["id"]), DONE, event={"type": "report_ready", "job_id": job["id"]})
-    assert [event.event async for event in follow(store, job["id"], 1, connected, key.secret)] == ["report_ready"]
+    assert [event.event async for event in follow(EventHub(store), job["id"], 1, key.secret)] == ["report_ready"]
 
     orphan = await submit(acme)
     await store.jobs.update(orphan["id"], status=RUNNING)
     await store.jobs.append_event(orphan["id"], {"type": "job_started", "job_id": orphan["id"]})
     await store.jobs.finish(await store.jobs.get(orphan["id"]), DONE)
-    assert [event async for event in follow(store, orphan["id"], 1, connected, key.secret)] == []
+    assert [event async for event in follow(EventHub(store), orphan["id"], 1, key.secret)] == []
 
 
 async def test_cancel_and_finish_of_a_running_job_are_requests_to_its_worker(acme, store):

@@ -446,7 +446,9 @@ async def test_api_keys_are_stored_hashed_resolved_listed_and_revoked(store):
     assert not any(key.secret in text for text in dump + values)
     listed = await store.tenants.list_keys("acme")
     assert [(k.key_id, k.name, k.secret) for k in listed] == [(key.key_id, "ci", "")]
+    assert await store.tenants.unknown([key.secret, "hv_never-made"]) == {"hv_never-made"}
     await store.tenants.revoke(key.key_id)
+    assert await store.tenants.unknown([key.secret]) == {key.secret}
     with pytest.raises(UnknownApiKey):
         await store.tenants.resolve(key.secret)
     with pytest.raises(UnknownApiKey):

@@ -1,0 +1,64 @@
+"""Many clients following one job's events at once (a dashboard on a big screen, many users watching one job,
+`heavy jobs watch` scripts), against the API in its own process on loopback, a worker with the scripted model and a
+real redis-server: every follower gets every event in order, and the rest of the API keeps answering."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from tests.heavy.api_helpers import blocked_event_reads, follow_sse
+from tests.heavy.worker_helpers import JOB, assert_gap_free, wait_for
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+FOLLOWERS = 200  # more than the store's pool holds connections (redis-py's default: 100)
+
+
+async def open_streams(client: httpx.AsyncClient) -> float:
+    """The API process's count of open event streams (its heavy_sse_followers gauge)."""
+    for line in (await client.get("/metrics")).text.splitlines():
+        if line.startswith("heavy_sse_followers "):
+            return float(line.split()[1])
+    raise AssertionError("no heavy_sse_followers in /metrics")
+
+
+async def test_hundreds_of_followers_of_one_job_get_every_event_and_the_api_keeps_answering(service, store):
+    # each follower held a pool connection for its blocking read: past 100, reads, job creation and readiness
+    # checks waited for one and then failed ("Too many connections"), and streams broke off
+    key = await store.tenants.create_key("acme")
+    headers = {"Authorization": f"Bearer {key.secret}"}
+    service.model_gate.clear()  # the job starts and waits on its model while the followers connect
+    # a connection per request: while the followers connect, this loop may not come back to an idle one before
+    # the server's keep-alive timeout has closed it
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=60, limits=fresh) as client:
+        submitted = await client.post("/v1/jobs", json=JOB)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        received: list[list[dict]] = [[] for _ in range(FOLLOWERS)]
+        followers = [asyncio.create_task(follow_sse(f"{service.url}/v1/jobs/{job_id}/events", headers, events))
+                     for events in received]
+
+        async def all_following_or_one_ended() -> bool:
+            return await open_streams(client) >= FOLLOWERS or any(follower.done() for follower in followers)
+        await wait_for(all_following_or_one_ended, timeout_s=120, interval_s=0.2)
+
+        # the followers of one job share one blocking read (not one each, holding a pooled connection apiece)
+        assert await blocked_event_reads(store) <= 1
+        # while every follower waits on the job, the rest of the API answers
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+        another = await client.post("/v1/jobs", json=JOB)
+        assert another.status_code == 202, another.text
+        listed = await client.get("/v1/jobs")
+        assert listed.status_code == 200 and listed.json()["total"] == 2
+
+        service.model_gate.set()
+        outcomes = await asyncio.gather(*followers, return_exceptions=True)
+    assert [outcome for outcome in outcomes if outcome is not None] == []
+    stored = await store.jobs.read_events(job_id, 0, count=10_000)
+    assert stored[-1]["type"] == "report_ready"
+    assert_gap_free(stored, trajectories=JOB["trajectories"])
+    expected = [{"id": event["seq"], **event} for event in stored]
+    assert sum(events == expected for events in received) == FOLLOWERS

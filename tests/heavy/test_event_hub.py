@@ -1,0 +1,82 @@
+"""The API process's event hub (heavy/api/event_hub.py) over a real redis-server: one reader per followed job hands
+its events to every follower, each from where that follower started, and ends only the streams it should."""
+
+import asyncio
+
+import pytest
+
+from heavy.api import event_hub
+from heavy.api.event_hub import EventHub
+from heavy.store.records import DONE, RUNNING
+from tests.heavy.api_helpers import blocked_event_reads
+from tests.heavy.worker_helpers import wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def short_reads(monkeypatch):
+    monkeypatch.setattr(event_hub, "BLOCK_MS", 50)
+
+
+async def running_job(store, events: int) -> str:
+    job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1})
+    await store.jobs.update(job.id, status=RUNNING)
+    for n in range(events):
+        await store.jobs.append_event(job.id, {"type": "trajectory_step", "n": n})
+    return job.id
+
+
+async def collect(stream, into: list[int]) -> None:
+    async for event in stream:
+        into.append(event["seq"])
+
+
+async def finish(store, job_id: str, live_events: int) -> None:
+    for n in range(live_events):
+        await store.jobs.append_event(job_id, {"type": "trajectory_step", "n": n})
+    await store.jobs.finish(await store.jobs.get(job_id), DONE, event={"type": "report_ready", "job_id": job_id})
+
+
+async def test_followers_starting_at_different_events_each_get_all_that_follow_their_own_live(store):
+    # the first follower resumes from past the stream's end: the job's reader must not start there, or those who
+    # join after it from earlier events got their backlog and then nothing until the job's end
+    key = (await store.tenants.create_key("acme")).secret
+    job_id = await running_job(store, 3)
+    hub = EventHub(store)
+    ahead, middle, start = [], [], []
+    followers = [asyncio.create_task(collect(hub.follow(job_id, after, key), into))
+                 for after, into in ((10**6, ahead), (2, middle), (0, start))]
+    await wait_for(lambda: asyncio.sleep(0, result=len(start) == 3 and len(middle) == 1))
+    await finish(store, job_id, live_events=2)
+    await asyncio.gather(*followers)
+    assert (ahead, middle, start) == ([], [3, 4, 5, 6], [1, 2, 3, 4, 5, 6])
+
+
+async def test_a_revoked_key_ends_only_its_own_followers_streams(store):
+    keep, revoke = await store.tenants.create_key("acme"), await store.tenants.create_key("acme")
+    job_id = await running_job(store, 1)
+    hub = EventHub(store)
+    kept, revoked = [], []
+    followers = [asyncio.create_task(collect(hub.follow(job_id, 0, key.secret), into))
+                 for key, into in ((keep, kept), (revoke, revoked))]
+    await wait_for(lambda: asyncio.sleep(0, result=kept == revoked == [1]))
+    await store.tenants.revoke(revoke.key_id)
+    await asyncio.wait_for(followers[1], 10)
+    await finish(store, job_id, live_events=1)
+    await asyncio.wait_for(followers[0], 10)
+    assert (kept, revoked) == ([1, 2, 3], [1])
+
+
+async def test_a_jobs_reader_stops_once_its_followers_have_left(store):
+    key = (await store.tenants.create_key("acme")).secret
+    job_id = await running_job(store, 1)
+    hub = EventHub(store)
+    seen: list[int] = []
+    followers = [asyncio.create_task(collect(hub.follow(job_id, 0, key), seen)) for _ in range(3)]
+    await wait_for(lambda: asyncio.sleep(0, result=seen == [1, 1, 1]))
+    for follower in followers:
+        follower.cancel()
+    await asyncio.gather(*followers, return_exceptions=True)
+    await wait_for(lambda: asyncio.sleep(0, result=not hub._readers))
+    assert await blocked_event_reads(store) == 0
