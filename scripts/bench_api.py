@@ -1,8 +1,11 @@
 """API benchmark on loopback with a real redis-server: submit + status latency at increasing request rates
 (open loop: requests are sent on a fixed schedule whatever the latency), then one job's event stream to N
-concurrent SSE followers. Prints p50/p99 latency and achieved throughput.
+concurrent SSE followers for each N given, side by side: events/s delivered, delivery latency and the Redis
+connections it took (the most at once, and the most waiting in a blocking XREAD). Prints p50/p99 latency and
+achieved throughput.
 
-    python scripts/bench_api.py [--rates 50,100,200] [--seconds 5] [--followers 100] [--events 200]
+    python scripts/bench_api.py [--rates 50,100,200] [--seconds 5] [--followers 10,300] [--events 200]
+    python scripts/bench_api.py --rates '' --followers 10,300     # only the SSE fan-out
 
 Goal (issue 8): p99 submit < 20 ms at 200 req/s. Bounded: at most sum(rates) * seconds requests.
 """
@@ -74,40 +77,83 @@ async def load_step(client: httpx.AsyncClient, rate: int, seconds: float) -> Non
           f" {errors} errors", flush=True)
 
 
-async def sse_step(client: httpx.AsyncClient, store: Store, followers: int, events: int) -> None:
+async def redis_usage(store: Store, peaks: dict[str, int], stop: asyncio.Event) -> None:
+    """Sample the server's clients until `stop`: the most connected at once, and the most waiting in an XREAD."""
+    while not stop.is_set():
+        clients = await store.redis.client_list()
+        peaks["connections"] = max(peaks["connections"], len(clients))
+        blocked = sum(c["cmd"] == "xread" and "b" in c["flags"] for c in clients)
+        peaks["blocked_reads"] = max(peaks["blocked_reads"], blocked)
+        await asyncio.sleep(0.05)
+
+
+async def open_streams(client: httpx.AsyncClient) -> float:
+    for line in (await client.get("/metrics")).text.splitlines():
+        if line.startswith("heavy_sse_followers "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def sse_step(client: httpx.AsyncClient, store: Store, followers: int, events: int) -> dict[str, float]:
+    """`followers` clients follow one job; once they all wait, `events` events are written at once. What they
+    received, how fast, and what it took of Redis (the API process's connections, and the bench's own few)."""
     job_id = (await client.post("/v1/jobs", json=QUESTION)).json()["id"]
     delays: list[float] = []
     counts: list[int] = []
+    failures: list[str] = []
 
     async def follow() -> None:
         seen = 0
-        async with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60) as response:
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    delays.append((time.time() - event["ts"]) * 1000)
-                    seen += 1
-                    if event["type"] == "report_ready":
-                        break
+        try:
+            async with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        event = json.loads(line[5:])
+                        delays.append((time.time() - event["ts"]) * 1000)
+                        seen += 1
+                        if event["type"] == "report_ready":
+                            break
+        except httpx.HTTPError as exc:
+            failures.append(type(exc).__name__)
         counts.append(seen)
 
+    peaks = {"connections": 0, "blocked_reads": 0}
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(redis_usage(store, peaks, stop))
     tasks = [asyncio.create_task(follow()) for _ in range(followers)]
-    await asyncio.sleep(1.0)  # let every follower connect
+    for _ in range(300):  # until every follower is connected (or some failed)
+        if await open_streams(client) >= followers - len(failures) or len(failures) == followers:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.5)  # a read's worth of waiting on the job, for the sampler
+    started = time.perf_counter()
     for i in range(events - 1):
         await store.jobs.append_event(job_id, {"type": "trajectory_step", "n": i, "ts": time.time()})
-        await asyncio.sleep(0.01)
     await store.jobs.append_event(job_id, {"type": "report_ready", "ts": time.time()})
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
-    complete = sum(c == events for c in counts)
-    print(f"SSE: {followers} followers x {events} events: delivery p50 {percentile(delays, .5):.1f} ms, "
-          f"p99 {percentile(delays, .99):.1f} ms; {complete}/{followers} followers got every event", flush=True)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await sampler
+    return {"followers": followers, "complete": sum(c == events for c in counts), "errors": len(failures),
+            "events/s delivered": sum(counts) / elapsed, "delivery p50 ms": percentile(delays, .5),
+            "delivery p99 ms": percentile(delays, .99), "peak Redis connections": peaks["connections"],
+            "peak blocking XREADs": peaks["blocked_reads"]}
+
+
+def print_side_by_side(results: list[dict[str, float]], events: int) -> None:
+    print(f"SSE: one job's {events} events written at once to N followers of one API process", flush=True)
+    for name in results[0]:
+        cells = "".join(f"{value:>12.0f}" if name != "followers" else f"{'N=' + str(value):>12}"
+                        for value in (result[name] for result in results))
+        print(f"{name:>24}{cells}", flush=True)
 
 
 async def run(args: argparse.Namespace, redis_url: str, base: str) -> None:
     store = Store.connect(redis_url)
     await store.tenants.set_limits("bench", max_jobs=10**9)
     key = (await store.tenants.create_key("bench", "bench_api")).secret
-    limits = httpx.Limits(max_connections=args.followers + 200, max_keepalive_connections=200)
+    limits = httpx.Limits(max_connections=max(args.followers) + 200, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, limits=limits,
                                  timeout=30) as client:
         for _ in range(100):
@@ -116,18 +162,24 @@ async def run(args: argparse.Namespace, redis_url: str, base: str) -> None:
                     break
             except httpx.TransportError:
                 await asyncio.sleep(0.1)
-        await load_step(client, 20, 1.0)  # warm-up, not reported separately
+        if args.rates:
+            await load_step(client, 20, 1.0)  # warm-up, not reported separately
         for rate in args.rates:
             await load_step(client, rate, args.seconds)
-        await sse_step(client, store, args.followers, args.events)
+        results = [await sse_step(client, store, followers, args.events) for followers in args.followers]
+        print_side_by_side(results, args.events)
     await store.aclose()
+
+
+def numbers(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[50, 100, 200])
+    parser.add_argument("--rates", type=numbers, default=[50, 100, 200], help="req/s to offer; '' for none")
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--followers", type=int, default=100)
+    parser.add_argument("--followers", type=numbers, default=[10, 300], help="follower counts, side by side")
     parser.add_argument("--events", type=int, default=200)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as redis:
