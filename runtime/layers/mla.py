@@ -14,6 +14,7 @@ C = kv_lora_rank, N = qk_nope_head_dim, R = qk_rope_head_dim, V = v_head_dim, L 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kernels import paged_attention
@@ -148,7 +149,7 @@ class MultiHeadLatentAttention(nn.Module):
         if absorbed:
             self.latent_attn = LatentAttention(h, dims.latent_dim, dims.kv_lora_rank, softmax_scale)
         else:
-            self.attn = Attention(h, h, dims.qk_head_dim, softmax_scale)
+            self.attn = Attention(h, h, max(dims.qk_head_dim, dims.v_head_dim), softmax_scale)
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # hidden [T, D], cos/sin [T, R] -> [T, D]
@@ -179,7 +180,10 @@ class MultiHeadLatentAttention(nn.Module):
         k_nope, v = kv.split([dims.qk_nope_head_dim, dims.v_head_dim], dim=-1)  # [T, H, N], [T, H, V]
         k = torch.cat((k_nope, k_rope[:, None, :].expand(-1, dims.num_heads, -1)), dim=-1)  # [T, H, N + R]
         q = torch.cat((q_nope, q_rope), dim=-1)  # [T, H, N + R]
-        return self.attn(q, k, v)
+        # The engine pages K and V in rows of one width W (the native kernel reads them so): zero columns change no
+        # score (the scale is given) and give zero outputs, cut off after.
+        q, k, v = (F.pad(x, (0, self.attn.head_dim - x.shape[-1])) for x in (q, k, v))  # [T, H, W] each
+        return self.attn(q, k, v)[..., : dims.v_head_dim]
 
     def _absorbed(self, q_nope, q_rope, compressed, k_rope) -> torch.Tensor:
         # -> [T, H, V]: attend in latent space, then apply the value half of kv_b_proj per head

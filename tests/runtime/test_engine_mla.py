@@ -7,6 +7,7 @@ from kernels.paged_attention import native_paged_attention
 from runtime.engine import EngineConfig, LLMEngine
 from runtime.engine.factory import load_tokenizer
 from runtime.layers.mla import LatentAttention
+from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
 from runtime.models.registry import load_model
 from runtime.sampling import SamplingParams
 from tests.runtime.engine_logprobs import logprobs_of_each, logprobs_of_last
@@ -55,6 +56,18 @@ def test_speculative_drafts_over_the_latent_cache_change_no_greedy_output(kimi):
     engine = make(kimi, speculative_tokens=3)
     assert [c.token_ids for c in engine.generate(prompts, params)] == plain
     assert engine.speculation.drafted > 0
+
+
+def test_the_naive_form_pages_keys_and_values_and_decodes_as_the_absorbed_form(kimi, tiny_kimi_path):
+    # The naive form caches per-head keys (N + R = 24 wide) and values (V = 16): values are zero-padded to the key
+    # width in the cache and cut back after attention. Prompts past the tiny original context (32) decode in YaRN's
+    # interpolated region, batched, chunked and prefix-cached.
+    naive, _ = DeepseekV3ForCausalLM.from_pretrained(tiny_kimi_path, torch.float32, absorbed_mla=False)
+    tokenizer = kimi[1]
+    prompts = [tokenizer.encode(f"Question {i}: " + "what is the sum of these numbers? " * (2 + i)) for i in range(3)]
+    assert min(map(len, prompts)) > 32
+    absorbed = [c.token_ids for c in make(kimi).generate(prompts, WITH_LOGPROBS)]
+    assert [c.token_ids for c in make((naive, tokenizer)).generate(prompts, WITH_LOGPROBS)] == absorbed
 
 
 def invariant_engine(model, tokenizer, prefix_cache: bool) -> LLMEngine:
