@@ -8,7 +8,8 @@ I = expert intermediate size, G = group size.
   topk_weights  [T, k]          router weights (already normalised and scaled by the caller)
   w13           [E, 2I, D/8]    int32 packed gate rows [0, I) then up rows [I, 2I); scale [E, 2I, D/G]
   w2            [E, D, I/8]     int32 packed down projection; scale [E, D, I/G]
-  out           [T, D]          hidden's dtype
+  out           [T, D]          hidden's dtype, or out_dtype (float32: an expert-parallel rank's partial sum, added
+                                to the other ranks' before the one rounding to hidden's dtype)
 """
 
 from collections.abc import Callable
@@ -111,7 +112,8 @@ def align_slots(topk_ids: torch.Tensor, num_experts: int, expert_offset: int,
 
 
 def _expert_loop(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts: Int4Experts,
-                 expert_offset: int, linear: Callable[[torch.Tensor, int, int], torch.Tensor]) -> torch.Tensor:
+                 expert_offset: int, linear: Callable[[torch.Tensor, int, int], torch.Tensor],
+                 out_dtype: torch.dtype) -> torch.Tensor:
     """Per-expert gather -> linear(x, e, 0 = w13 | 1 = w2) -> scatter-add; fp32 sum per token. -> [T, D]."""
     top_k = topk_ids.shape[1]
     local, owned = local_slots(topk_ids, experts.num_experts, expert_offset)
@@ -130,11 +132,11 @@ def _expert_loop(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: tor
         gate, up = linear(hidden[tokens], e, 0).chunk(2, dim=-1)  # [c, I] each
         down = linear(F.silu(gate) * up, e, 1)  # [c, D]
         out.index_add_(0, tokens, down.float() * weights[expert_slots, None].float())
-    return out.to(hidden.dtype)
+    return out.to(out_dtype)
 
 
 def moe_reference(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts: Int4Experts,
-                  expert_offset: int = 0) -> torch.Tensor:
+                  expert_offset: int = 0, *, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Ground truth: dequantise each used expert to fp32 and compute everything in fp32. -> [T, D]."""
     pairs = ((experts.w13_packed, experts.w13_scale), (experts.w2_packed, experts.w2_scale))
 
@@ -142,11 +144,11 @@ def moe_reference(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: to
         packed, scale = pairs[which]
         return x.float() @ dequantize_int4(packed[e], scale[e], experts.group_size, dtype=torch.float32).t()
 
-    return _expert_loop(hidden, topk_ids, topk_weights, experts, expert_offset, linear)
+    return _expert_loop(hidden, topk_ids, topk_weights, experts, expert_offset, linear, out_dtype or hidden.dtype)
 
 
 def _fused_moe_triton(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                      experts: Int4Experts, expert_offset: int) -> torch.Tensor:
+                      experts: Int4Experts, expert_offset: int, out_dtype: torch.dtype) -> torch.Tensor:
     from kernels.moe_triton import block_config, grouped_w4a16  # lazy: triton is imported only when it runs
 
     num_tokens, top_k = topk_ids.shape
@@ -160,17 +162,19 @@ def _fused_moe_triton(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights
     down = torch.zeros(num_tokens * top_k, experts.hidden_size, dtype=torch.float32, device=hidden.device)  # [S, D]
     grouped_w4a16(act, experts.w2_packed, experts.w2_scale, down, sorted_slots, block_experts,
                   block_m, block_n, block_k, experts.group_size, slots_per_a_row=1, slot_weights=topk_weights)
-    return down.view(num_tokens, top_k, experts.hidden_size).sum(dim=1).to(hidden.dtype)  # [T, D]
+    return down.view(num_tokens, top_k, experts.hidden_size).sum(dim=1).to(out_dtype)  # [T, D]
 
 
 def fused_moe(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts: Int4Experts,
-              *, expert_offset: int = 0) -> torch.Tensor:
-    """out [T, D] = Σ_j topk_weights[t, j] · down_e(SiLU(gate_e(h_t)) · up_e(h_t)) over this rank's experts e."""
+              *, expert_offset: int = 0, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """out [T, D] = Σ_j topk_weights[t, j] · down_e(SiLU(gate_e(h_t)) · up_e(h_t)) over this rank's experts e,
+    summed in fp32 and returned in out_dtype (default: hidden's dtype)."""
     _check_routing(hidden, topk_ids, topk_weights, experts)
     backend = resolve_backend(hidden.device)
+    out_dtype = out_dtype or hidden.dtype
     if backend == "reference":
-        return moe_reference(hidden, topk_ids, topk_weights, experts, expert_offset)
+        return moe_reference(hidden, topk_ids, topk_weights, experts, expert_offset, out_dtype=out_dtype)
     if backend == "triton":
-        return _fused_moe_triton(hidden, topk_ids, topk_weights, experts, expert_offset)
+        return _fused_moe_triton(hidden, topk_ids, topk_weights, experts, expert_offset, out_dtype)
     return _expert_loop(hidden, topk_ids, topk_weights, experts, expert_offset,
-                        lambda x, e, which: int4_linear(x, experts.per_expert[e][which]))
+                        lambda x, e, which: int4_linear(x, experts.per_expert[e][which]), out_dtype)

@@ -41,7 +41,7 @@ class ExpertParallelMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, D] -> [T, D]
-        routed = self.local(x).float()  # [T, D]: this rank's experts' share; summed in fp32
+        routed = self.local.routed(x)  # [T, D] fp32: this rank's experts' share, rounded once after the sum
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(routed)
         out = routed.to(x.dtype)

@@ -139,18 +139,22 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, D] -> [T, D]
-        weights, ids = self.gate(x)  # [T, K], [T, K]
-        if self.dims.int4_group_size is not None and len(self.experts) and self.tile is None:
-            routed = self.routed_fused(x, weights, ids)  # [T, D]
-        else:
-            routed = self.routed_loop(x, weights, ids)  # [T, D]
+        routed = self.routed(x).to(x.dtype)  # [T, D]
         if self.shared_experts is not None:
             routed = routed + self.shared_experts(x)
         return routed
 
+    def routed(self, x: torch.Tensor) -> torch.Tensor:
+        """The routed experts' (this rank's) weighted sum, in fp32: expert parallelism adds the ranks' sums before
+        the one rounding to x's dtype that a single rank makes. x [T, D] -> [T, D] fp32"""
+        weights, ids = self.gate(x)  # [T, K], [T, K]
+        if self.dims.int4_group_size is not None and len(self.experts) and self.tile is None:
+            return self.routed_fused(x, weights, ids)
+        return self.routed_loop(x, weights, ids)
+
     def routed_loop(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """This rank's routed experts one module at a time (dense experts, and any kind in the batch-invariant
-        mode), each token's outputs summed in fp32 in the order of expert ids. -> [T, D]"""
+        mode), each token's outputs summed in fp32 in the order of expert ids. -> [T, D] fp32"""
         routed = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # [T, D]
         for expert_id in ids.unique().tolist():
             if str(expert_id) not in self.experts:  # owned by another expert-parallel rank
@@ -158,16 +162,16 @@ class MoE(nn.Module):
             token_idx, slot = (ids == expert_id).nonzero(as_tuple=True)  # [A], [A]
             out = self.experts[str(expert_id)](x[token_idx]) * weights[token_idx, slot, None]  # [A, D] fp32
             routed.index_add_(0, token_idx, out.float())
-        return routed.to(x.dtype)
+        return routed
 
     def routed_fused(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """This rank's INT4 experts in one `kernels.fused_moe` call (Triton on CUDA, the CPU path on CPU); slots
-        routed to other ranks' experts map to -1 and contribute nothing. -> [T, D], summed in fp32.
+        routed to other ranks' experts map to -1 and contribute nothing. -> [T, D] fp32.
         On CPU it beat `routed_loop` at every size measured (bf16, one thread, T = 1..512: 1.2-1.7x at the tiny
         Kimi shape, 1.0-1.2x at D = 2048, I = 768, 64 experts): one gate+up GEMM per expert, one host sync."""
         experts, local_index = self._stacked_experts()
         local_ids = local_index[ids]  # [T, K] position in this rank's stack, -1 = another rank's expert
-        return fused_moe(x.contiguous(), local_ids, weights.contiguous(), experts)
+        return fused_moe(x.contiguous(), local_ids, weights.contiguous(), experts, out_dtype=torch.float32)
 
     def _stacked_experts(self) -> tuple[Int4Experts, torch.Tensor]:
         """The INT4 experts stacked as the kernel wants them (gate rows then up rows), built on first use. Each

@@ -59,6 +59,18 @@ def test_fused_moe_matches_reference(backend, tokens):
     assert_parity(out, expected, **BF16_TOL)
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton", "cpu"])
+def test_an_fp32_out_dtype_returns_the_sum_before_its_rounding_to_the_hiddens_dtype(backend):
+    # expert parallelism adds the ranks' fp32 sums and rounds once, as one rank holding every expert does
+    experts = _experts()
+    hidden, ids, weights = _routing(17, seed=17)
+    with kernels.use_backend(backend):
+        rounded = kernels.fused_moe(hidden, ids, weights, experts, expert_offset=OFFSET)
+        summed = kernels.fused_moe(hidden, ids, weights, experts, expert_offset=OFFSET, out_dtype=torch.float32)
+    assert summed.dtype == torch.float32 and not torch.equal(summed, summed.to(hidden.dtype).float())
+    assert torch.equal(summed.to(hidden.dtype), rounded)
+
+
 def test_reference_equals_per_token_dense_computation():
     experts = _experts()
     hidden, ids, weights = _routing(3, seed=3)

@@ -1,15 +1,34 @@
-"""Expert-parallel MoE without processes: the ranks' partial outputs, summed, equal the whole layer."""
+"""Expert-parallel MoE: the ranks' partial outputs, summed, equal the whole layer (in one process, and over a real
+gloo group of processes on loopback)."""
+
+import multiprocessing
 
 import pytest
 import torch
 
-from runtime.distributed import ExpertParallelMoE, expert_slice, resident_expert_bytes, shard_moe_layers
+from runtime.distributed import (
+    ExpertParallelMoE,
+    GroupSpec,
+    destroy_group,
+    expert_slice,
+    init_group,
+    resident_expert_bytes,
+    shard_moe_layers,
+)
 from runtime.distributed.moe_parallel import ExpertParallelError
 from runtime.layers.moe import MoE, MoEDims
+from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
+from tests.net import free_port
 
 DIMS = MoEDims(hidden_size=32, moe_intermediate_size=16, n_routed_experts=16, num_experts_per_tok=4, n_group=4,
                topk_group=2, n_shared_experts=1, norm_topk_prob=True, routed_scaling_factor=2.827)
 FP32_TOL = dict(atol=1e-6, rtol=1e-5)  # only the order of the fp32 additions differs
+TINY_MOE_LAYER, TINY_EXPERTS = 1, 16  # the tiny Kimi checkpoint's first MoE layer (INT4 experts) and its experts
+# BF16: the ranks add fp32 shares and round once, as one rank does; only the order of the fp32 additions differs, so
+# an output may differ (by one bf16 step) only where the fp32 sums straddle a rounding boundary. Measured: none at
+# EP 2 and 4; rounding each rank's share to bf16 before the sum (the bug this guards) made 18.9 % differ at EP 2.
+BF16_MAX_SHARE_DIFFERING = 0.02
+BF16_STEP_TOL = dict(atol=2**-8, rtol=2**-7)
 
 
 def _full_moe() -> MoE:
@@ -63,3 +82,44 @@ def test_expert_slice_rejects_uneven_or_out_of_range(experts, ep, rank):
 def test_expert_slices_cover_all_experts_once():
     slices = [expert_slice(384, 8, r) for r in range(8)]
     assert [e for s in slices for e in s] == list(range(384))
+
+
+def _rank_of_a_group(path: str, ep: int, rank: int, port: int, x: torch.Tensor, results) -> None:
+    # one expert-parallel rank in its own process: its experts only, the MoE layer's output after the all-reduce
+    torch.set_num_threads(1)
+    init_group(GroupSpec(ep, rank, port))
+    try:
+        model, _ = DeepseekV3ForCausalLM.from_pretrained(path, torch.bfloat16,
+                                                         local_experts=expert_slice(TINY_EXPERTS, ep, rank))
+        shard_moe_layers(model)
+        with torch.no_grad():
+            out = model.model.layers[TINY_MOE_LAYER].mlp(x)  # [T, D] bf16
+        results.put((rank, out.float().numpy()))  # by value (exact): a shared tensor dies with this process
+    finally:
+        destroy_group()
+
+
+@pytest.mark.parametrize("ep", [2, 4])
+def test_bf16_ranks_over_a_group_give_the_whole_layers_output(tiny_kimi_path, ep):
+    whole, _ = DeepseekV3ForCausalLM.from_pretrained(tiny_kimi_path, torch.bfloat16)
+    layer = whole.model.layers[TINY_MOE_LAYER].mlp
+    x = torch.randn(64, whole.config.hidden_size, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16)
+    with torch.no_grad():
+        expected = layer(x)  # [T, D]
+    spawn = multiprocessing.get_context("spawn")
+    results, port = spawn.Queue(), free_port()
+    ranks = [spawn.Process(target=_rank_of_a_group, args=(str(tiny_kimi_path), ep, r, port, x, results))
+             for r in range(ep)]
+    for process in ranks:
+        process.start()
+    try:
+        outputs = {r: torch.from_numpy(out).to(torch.bfloat16) for r, out in (results.get(timeout=300) for _ in ranks)}
+    finally:
+        for process in ranks:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+    assert all(torch.equal(outputs[r], outputs[0]) for r in range(ep))  # one all-reduce: every rank the same
+    differing = (outputs[0] != expected).float().mean().item()
+    assert differing <= BF16_MAX_SHARE_DIFFERING, f"{differing:.1%} of outputs differ from the whole layer's"
+    torch.testing.assert_close(outputs[0], expected, **BF16_STEP_TOL)
