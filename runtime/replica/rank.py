@@ -23,6 +23,7 @@ from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import EngineLoad, LLMEngine, RequestOutput
 from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
+from runtime.models.deepseek_v3_config import DeepseekV3Config
 from runtime.models.registry import checkpoint_dtype, load_model
 from runtime.sampling import SamplingParams
 
@@ -35,6 +36,11 @@ class RankNotConnectedError(RuntimeError):
 
 def is_moe_checkpoint(path: str | Path) -> bool:
     return json.loads((Path(path) / "config.json").read_text()).get("model_type") in EP_MODEL_TYPES
+
+
+def routed_experts(path: str | Path) -> int:
+    """How many routed experts an MoE checkpoint's layers hold (what its ranks split)."""
+    return DeepseekV3Config.from_pretrained(path).n_routed_experts
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ class EPRank:
         config_path = Path(spec.model_path)
         dtype = checkpoint_dtype(config_path, spec.dtype)  # "auto": on this rank's node
         if is_moe_checkpoint(config_path):
-            experts = expert_slice(self._n_experts(config_path), spec.ep_size, spec.rank)
+            experts = expert_slice(routed_experts(config_path), spec.ep_size, spec.rank)
             self.model, report = DeepseekV3ForCausalLM.from_pretrained(
                 config_path, dtype, absorbed_mla=spec.absorbed_mla, local_experts=experts
             )
@@ -96,12 +102,6 @@ class EPRank:
             self.info = RankInfo(spec.rank, os.getpid(), (0, 0), 0, weight_bytes)
         self.tokenizer = load_tokenizer(config_path)
         self.engine: LLMEngine | None = None
-
-    @staticmethod
-    def _n_experts(path: Path) -> int:
-        from runtime.models.deepseek_v3_config import DeepseekV3Config
-
-        return DeepseekV3Config.from_pretrained(path).n_routed_experts
 
     def ping(self) -> RankInfo:
         return self.info

@@ -19,6 +19,7 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from runtime.distributed import expert_slice
 from runtime.distributed.group import LOOPBACK
 from runtime.dtypes import AUTO
 from runtime.engine.async_engine import HANG_TIMEOUT_S
@@ -26,7 +27,7 @@ from runtime.engine.config import EngineConfig, check_context_held
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.models.registry import MODEL_TYPES
-from runtime.replica.rank import EP_MODEL_TYPES
+from runtime.replica.rank import EP_MODEL_TYPES, routed_experts
 from runtime.replica.replica import ReplicaActor, ReplicaSpec
 from runtime.replica.router import Availability, RouterActor
 from runtime.sampling import SamplingParams
@@ -167,6 +168,8 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
         raise UnsupportedReplicaModel(f"{folder}: model_type {model_type!r} is dense: its replicas are one rank "
                                       f"each (ep=1), got ep={ep}; EP splits the experts of "
                                       f"{', '.join(EP_MODEL_TYPES)} checkpoints")
+    if model_type in EP_MODEL_TYPES:
+        expert_slice(routed_experts(folder), ep, rank=0)  # ExpertParallelError if they do not split evenly
     on_cluster = bool(os.environ.get("RAY_ADDRESS"))
     # on a cluster the rendezvous runs on rank 0's node; alone, on loopback, where the ranks share this machine's
     # cores (one rank alone, the embedded model's, gets them all)

@@ -18,6 +18,7 @@ from runtime.distributed import (
 from runtime.distributed.moe_parallel import ExpertParallelError
 from runtime.layers.moe import MoE, MoEDims
 from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
+from runtime.replica import serving
 from tests.net import free_port
 
 DIMS = MoEDims(hidden_size=32, moe_intermediate_size=16, n_routed_experts=16, num_experts_per_tok=4, n_group=4,
@@ -77,6 +78,16 @@ def test_resident_expert_bytes_split_evenly():
 def test_expert_slice_rejects_uneven_or_out_of_range(experts, ep, rank):
     with pytest.raises(ExpertParallelError):
         expert_slice(experts, ep, rank)
+
+
+@pytest.mark.parametrize("ep", [3, 32])  # 16 experts: uneven, and more ranks than experts
+def test_a_replica_whose_experts_do_not_split_evenly_is_refused_before_ray_starts(tiny_kimi_path, monkeypatch, ep):
+    # else every rank would fail on its own inside its Ray actor, after Ray and the actors started
+    def no_ray() -> bool:
+        raise AssertionError("Ray was started for experts no ranks can split")
+    monkeypatch.setattr(serving, "init_ray", no_ray)
+    with pytest.raises(ExpertParallelError, match=f"16 routed experts do not split evenly over ep_size={ep}"):
+        serving.start_frontend(tiny_kimi_path, replicas=1, ep=ep)
 
 
 def test_expert_slices_cover_all_experts_once():
