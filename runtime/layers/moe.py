@@ -110,7 +110,7 @@ class TopKRouter(nn.Module):
         group_scores = grouped.topk(GROUP_SCORE_TOP, dim=-1).values.sum(dim=-1)  # [T, G]
         best_groups = group_scores.topk(dims.topk_group, dim=-1).indices  # [T, topk_group]
         keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best_groups, True)  # [T, G]
-        for_choice = grouped.masked_fill(~keep[:, :, None], float("-inf")).view(t, -1)  # [T, E]
+        for_choice = grouped.masked_fill(~keep[:, :, None], float("-inf")).flatten(1)  # [T, E], also for T = 0
         ids = for_choice.topk(dims.num_experts_per_tok, dim=-1).indices  # [T, K]
         weights = scores.gather(1, ids)  # [T, K]
         if dims.norm_topk_prob:

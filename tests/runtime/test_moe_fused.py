@@ -140,3 +140,13 @@ def test_ranks_partial_int4_outputs_sum_to_the_whole_layer(ep):
         # without a process group each wrapper returns its own share plus the shared expert
         routed = sum(w(x) - shared for w in wrapped)  # [T, D]
         assert_parity(routed + shared, full(x), **FP32_TOL)
+
+
+@pytest.mark.parametrize("tile", [None, 8], ids=["fused", "loop"])
+def test_an_empty_step_gives_an_empty_output(tile):
+    # no tokens (a rank handed none, as the kernels allow since 5514760): [0, D], router included
+    moe = _rank_moe(random_int4_moe(), RANK_SLICE)
+    moe.tile = tile
+    with torch.no_grad():
+        out = moe(torch.zeros(0, DIMS.hidden_size))
+    assert out.shape == (0, DIMS.hidden_size)
