@@ -5,7 +5,8 @@ Shapes: T = tokens of the step, D = hidden.
 Why an all-reduce and not all-to-all: with replicated attention every rank already has every token, so there is
 nothing to dispatch; the combine is a sum of [T, D] partials. Per token and MoE layer each rank sends and receives
 2 * (EP - 1) / EP * D values (ring all-reduce). An all-to-all pays off once attention is data-parallel (each rank its
-own tokens): see docs/ep.md for the volumes at EP = 8 and 64.
+own tokens): see docs/ep.md for the volumes at EP = 8 and 64. The batch-invariant mode gathers the partials and adds
+them in rank order instead (`ExpertParallelMoE.tile`).
 """
 
 import torch
@@ -38,16 +39,32 @@ class ExpertParallelMoE(nn.Module):
         self.shared_experts = moe.shared_experts
         moe.shared_experts = None
         self.local = moe
+        # set by the batch-invariant mode: the ranks' shares are then added in rank order. A ring all-reduce adds an
+        # element's shares in an order set by the element's place in the buffer (its chunk), so by the token's row
+        # and the step's size: over 3+ ranks a token's FP32 sum moved with the batch.
+        self.tile: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, D] -> [T, D]
         routed = self.local.routed(x)  # [T, D] fp32: this rank's experts' share, rounded once after the sum
         if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(routed)
+            routed = self._sum_over_ranks(routed)
         out = routed.to(x.dtype)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out
+
+    def _sum_over_ranks(self, share: torch.Tensor) -> torch.Tensor:
+        # share [T, D] fp32 -> the sum of every rank's [T, D], the same on every rank
+        if self.tile is None:
+            dist.all_reduce(share)
+            return share
+        shares = [torch.empty_like(share) for _ in range(dist.get_world_size())]  # EP x [T, D]
+        dist.all_gather(shares, share)  # (EP - 1) / EP * EP * T * D values in: EP / 2 times an all-reduce's
+        total = shares[0]
+        for other in shares[1:]:
+            total = total + other
+        return total
 
 
 def shard_moe_layers(model: nn.Module) -> int:

@@ -16,6 +16,7 @@ from runtime.distributed import (
     shard_moe_layers,
 )
 from runtime.distributed.moe_parallel import ExpertParallelError
+from runtime.layers.batch_invariant import make_batch_invariant
 from runtime.layers.moe import MoE, MoEDims
 from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
 from runtime.replica import serving
@@ -95,19 +96,44 @@ def test_expert_slices_cover_all_experts_once():
     assert [e for s in slices for e in s] == list(range(384))
 
 
-def _rank_of_a_group(path: str, ep: int, rank: int, port: int, x: torch.Tensor, results) -> None:
-    # one expert-parallel rank in its own process: its experts only, the MoE layer's output after the all-reduce
+def _rank_of_a_group(path: str, ep: int, rank: int, port: int, dtype: torch.dtype, tile: int | None,
+                     inputs: list[torch.Tensor], results) -> None:
+    # one expert-parallel rank in its own process: its experts only, the MoE layer's output for each input after the
+    # ranks' shares are summed (in the batch-invariant mode with `tile`)
     torch.set_num_threads(1)
     init_group(GroupSpec(ep, rank, port))
     try:
-        model, _ = DeepseekV3ForCausalLM.from_pretrained(path, torch.bfloat16,
-                                                         local_experts=expert_slice(TINY_EXPERTS, ep, rank))
+        experts = expert_slice(TINY_EXPERTS, ep, rank)
+        model, _ = DeepseekV3ForCausalLM.from_pretrained(path, dtype, local_experts=experts)
         shard_moe_layers(model)
+        if tile is not None:
+            make_batch_invariant(model, tile)
         with torch.no_grad():
-            out = model.model.layers[TINY_MOE_LAYER].mlp(x)  # [T, D] bf16
-        results.put((rank, out.float().numpy()))  # by value (exact): a shared tensor dies with this process
+            outputs = [model.model.layers[TINY_MOE_LAYER].mlp(x) for x in inputs]  # [T, D] each
+        results.put((rank, [out.float().numpy() for out in outputs]))  # by value: shared memory dies with us
     finally:
         destroy_group()
+
+
+def _run_a_group(path, ep: int, dtype: torch.dtype, tile: int | None, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each input's MoE layer output, from ep processes over a gloo group on loopback; every rank's must agree."""
+    spawn = multiprocessing.get_context("spawn")
+    results, port = spawn.Queue(), free_port()
+    ranks = [spawn.Process(target=_rank_of_a_group, args=(str(path), ep, r, port, dtype, tile, inputs, results))
+             for r in range(ep)]
+    for process in ranks:
+        process.start()
+    try:
+        by_rank = dict(results.get(timeout=300) for _ in ranks)
+    finally:
+        for process in ranks:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+    outputs = {r: [torch.from_numpy(out).to(dtype) for out in outs] for r, outs in by_rank.items()}
+    for r in range(ep):  # every rank ends the step with the same sum
+        assert all(torch.equal(a, b) for a, b in zip(outputs[r], outputs[0], strict=True))
+    return outputs[0]
 
 
 @pytest.mark.parametrize("ep", [2, 4])
@@ -117,20 +143,22 @@ def test_bf16_ranks_over_a_group_give_the_whole_layers_output(tiny_kimi_path, ep
     x = torch.randn(64, whole.config.hidden_size, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16)
     with torch.no_grad():
         expected = layer(x)  # [T, D]
-    spawn = multiprocessing.get_context("spawn")
-    results, port = spawn.Queue(), free_port()
-    ranks = [spawn.Process(target=_rank_of_a_group, args=(str(tiny_kimi_path), ep, r, port, x, results))
-             for r in range(ep)]
-    for process in ranks:
-        process.start()
-    try:
-        outputs = {r: torch.from_numpy(out).to(torch.bfloat16) for r, out in (results.get(timeout=300) for _ in ranks)}
-    finally:
-        for process in ranks:
-            process.join(timeout=60)
-            if process.is_alive():
-                process.kill()
-    assert all(torch.equal(outputs[r], outputs[0]) for r in range(ep))  # one all-reduce: every rank the same
-    differing = (outputs[0] != expected).float().mean().item()
+    (output,) = _run_a_group(tiny_kimi_path, ep, torch.bfloat16, None, [x])
+    differing = (output != expected).float().mean().item()
     assert differing <= BF16_MAX_SHARE_DIFFERING, f"{differing:.1%} of outputs differ from the whole layer's"
-    torch.testing.assert_close(outputs[0], expected, **BF16_STEP_TOL)
+    torch.testing.assert_close(output, expected, **BF16_STEP_TOL)
+
+
+def test_in_batch_invariant_mode_a_token_gets_the_same_sum_over_four_ranks_alone_or_in_a_batch(tmp_path,
+                                                                                                write_tiny_kimi):
+    # A ring all-reduce adds an element's four shares in an order set by the element's place in the buffer, so by
+    # the token's row and the step's size: FP32 sums then moved with the batch. The mode adds them in rank order.
+    # Kimi K2's routing (one group): a token's experts lie on 3 or 4 ranks (the tiny default's 2 kept groups of 4
+    # experts are 2 ranks' slices, and a sum of two shares and zeros is the same in any order).
+    path = write_tiny_kimi(tmp_path, config_overrides={"n_group": 1, "topk_group": 1})
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(9))  # [T, D] fp32
+    rows = [0, 37, 63]
+    outputs = _run_a_group(path, 4, torch.float32, 8, [x, *(x[r : r + 1] for r in rows)])
+    batch, alone = outputs[0], outputs[1:]
+    for row, out in zip(rows, alone, strict=True):
+        assert torch.equal(batch[row], out[0]), f"row {row}: max difference {(batch[row] - out[0]).abs().max():.3g}"
