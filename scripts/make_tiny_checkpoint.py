@@ -57,9 +57,11 @@ TINY_CONFIG = {
     "hidden_act": "silu",
     "rms_norm_eps": 1e-6,
     "rope_theta": 50000.0,
-    "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 1.0,
+    # Kimi's shape: max_position_embeddings = factor x original (64 x 4096 = 262,144); 64 x 32 = 2,048 here, room for
+    # the tests' prompts past the original context, the engine's context being at most max_position_embeddings
+    "rope_scaling": {"type": "yarn", "factor": 64.0, "original_max_position_embeddings": 32, "beta_fast": 1.0,
                      "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
-    "max_position_embeddings": 128,
+    "max_position_embeddings": 2048,
     "attention_bias": False,
     "tie_word_embeddings": False,
     "num_nextn_predict_layers": 0,

@@ -56,8 +56,10 @@ class EngineConfig:
 
 
 def check_context_held(asked: int | None, held: int) -> None:
-    """A context asked for explicitly (`serve --max-model-len`) is what clients are told and size prompts to, so a KV
-    cache that cannot hold one sequence of it is refused; without one, the context is min(8192, what it holds)."""
+    """A context asked for explicitly (`serve --max-model-len`) is what clients are told and size prompts to, so an
+    engine that cannot hold one sequence of it is refused: its KV cache is too small, or the model's
+    max_position_embeddings is smaller; without one, the context is min(8192, both of those)."""
     if asked is not None and held < asked:
-        raise EngineConfigError(f"max_model_len {asked} does not fit: the KV cache holds {held} tokens of one "
-                                f"sequence; give a smaller --max-model-len or a larger --kv-cache-gib")
+        raise EngineConfigError(f"max_model_len {asked} does not fit: the engine holds {held} tokens of one "
+                                f"sequence (its KV cache, or the model's max_position_embeddings); give a smaller "
+                                f"--max-model-len, or a larger --kv-cache-gib if the cache is what limits it")

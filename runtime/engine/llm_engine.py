@@ -96,10 +96,12 @@ class LLMEngine:
     def __init__(self, model: nn.Module, tokenizer: EngineTokenizer, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
         self.runner = ModelRunner(model, self.config)
-        self.scheduler = Scheduler(self.config, self.runner.num_blocks)
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.scheduler = Scheduler(self.config, self.runner.num_blocks, positions)
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(tokenizer.eos_ids)
-        self.max_model_len = self.scheduler.max_model_len  # the setting, or what the cache holds if less
+        # the setting, or less: what the cache holds, or the model's max_position_embeddings
+        self.max_model_len = self.scheduler.max_model_len
         self.requests: dict[str, _Request] = {}
         self._ids = itertools.count()
         self.speculation = SpeculationStats()

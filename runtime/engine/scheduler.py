@@ -31,9 +31,11 @@ from runtime.engine.speculative import propose
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, num_blocks: int):
+    def __init__(self, config: EngineConfig, num_blocks: int, max_positions: int | None = None):
+        """`max_positions`: the model's max_position_embeddings, past which it was never meant to read."""
         self.config = config
-        self.max_model_len = min(config.max_model_len, num_blocks * config.block_size)
+        held = num_blocks * config.block_size
+        self.max_model_len = min(config.max_model_len, held, max_positions or config.max_model_len)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_cache)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []

@@ -57,7 +57,7 @@ def test_a_max_model_len_the_kv_cache_cannot_hold_is_refused(tiny_kimi_path):
     result = run("serve", "--model", str(tiny_kimi_path), "--max-model-len", "100000000", "--port", "0", timeout=120)
     assert result.returncode == 1, result.stderr
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert "max_model_len 100000000 does not fit: the KV cache holds" in error
+    assert "max_model_len 100000000 does not fit: the engine holds" in error
 
 
 def test_a_max_model_len_the_kv_cache_holds_is_the_engines_context(tiny_kimi_path):

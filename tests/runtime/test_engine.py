@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor
 
-from runtime.engine import EngineConfig, FinishReason, LLMEngine, RequestError
+from runtime.engine import EngineConfig, FinishReason, LLMEngine, PromptTooLong, RequestError
 from runtime.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from runtime.sampling import SamplingParams
 
@@ -169,3 +169,13 @@ def test_abort_frees_blocks_and_bad_requests_raise(model):
         engine(model, num_blocks=4).add_request(list(range(1, 20)), GREEDY)
     with pytest.raises(RequestError, match=r"logit_bias names token ids outside the vocabulary \(size 97\): \[97\]"):
         e.add_request([1, 2], SamplingParams(logit_bias=((3, 1.0), (97, 1.0))))
+
+
+def test_the_context_is_at_most_the_models_max_position_embeddings(model):
+    """A model never meant to read past max_position_embeddings (512 here) gets no longer context from a larger
+    setting or KV cache (1024 tokens of cache here); a prompt that long is refused, as vLLM refuses it."""
+    held = engine(model, max_model_len=4096)
+    assert held.max_model_len == TINY.max_position_embeddings == 512
+    with pytest.raises(PromptTooLong):
+        held.generate([[1] * 512], GREEDY)
+    assert engine(model, max_model_len=300).max_model_len == 300  # a smaller setting stands
