@@ -34,6 +34,7 @@ from replay_aggregation import parse_recorded_args, rebuild_job, recorded_corpus
 from heavy.aggregate import AggregationConfig, aggregate
 from heavy.aggregate.claim_check import check_claims
 from heavy.aggregate.evidence import fetched_texts, sentences_of
+from heavy.aggregate.markers import unescaped
 from heavy.aggregate.normalize import normalize_answer, typographic_folded
 from heavy.aggregate.report import FALLBACK_LEAD, QUOTES_LEAD
 from heavy.aggregate.shorten import YES_NO
@@ -44,7 +45,9 @@ PARTS = ("answer", "findings", "quotes")
 
 
 def report_parts(markdown: str) -> dict[str, str]:
-    """The report's own text, split: headline answer, findings, quotes (the answer list and sources left out)."""
+    """The report's own text, split: headline answer, findings, quotes (the answer list and sources left out). The
+    answer and the quotes are literal text the report escaped (`as_text`), read back as written; the findings are
+    the model's Markdown, their markers kept."""
     sections = markdown.split("\n## ")
     answer = sections[0].split("**Answer:**", 1)[-1]
     findings = next((s[len("Findings"):] for s in sections[1:] if s.startswith("Findings")), "")
@@ -52,7 +55,7 @@ def report_parts(markdown: str) -> dict[str, str]:
     for lead in (QUOTES_LEAD, FALLBACK_LEAD):
         if lead in findings:
             claims, quotes = findings.split(lead, 1)
-    return {"answer": answer, "findings": claims, "quotes": quotes}
+    return {"answer": unescaped(answer), "findings": claims, "quotes": unescaped(quotes)}
 
 
 def says(text: str, gold: str) -> bool:

@@ -7,7 +7,13 @@ import re
 import urllib.parse
 from collections.abc import Sequence
 
-_LINK_TEXT_SPECIAL = re.compile(r"[\\`*_\[\]<>&]")  # backslash-escaped in link text
+# what Markdown reads anywhere in a line: emphasis, code, links and markers, autolinks, entities, table cells,
+# strikethrough (the terminal's renderer), a heading's closing "#"
+_INLINE_SPECIAL = re.compile(r"[\\`*_\[\]<>&|~#]")
+# what it reads at a line's start only: a list item ("- ", "+ ", "1889. ", "1) "), a setext underline ("==="); a line's
+# indentation would make it code
+_BLOCK_START = re.compile(r"^[ \t]*(?:([-+=])|(\d{1,9})([.)]))?", re.MULTILINE)
+_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")  # CommonMark: a backslash before ASCII punctuation
 _LINK_TARGET_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in "()<>\\")  # "%": escapes stay as sent
 MARKER = re.compile(r"(?<!\\)\[(\d+(?:\s*[,;]\s*\d+)*)\]")  # "\[1]" is Markdown for the text "[1]"
 # markers written otherwise: "【1】" (full-width brackets), "[1-3]" (a range)
@@ -50,16 +56,27 @@ def cited_numbers(body: str) -> tuple[int, ...]:
 
 
 def as_text(text: str) -> str:
-    """Text quoted into a report (a page's sentence, a trajectory's answer, the question) with what reads as a
-    marker escaped: a page's footnote "[3]" or an answer's "[2]" (numbered over its own search results) is no
-    citation of the report's source 3 or 2, and must be neither renumbered, listed, nor linked."""
-    return MARKER.sub(lambda match: "\\" + match.group(), text)
+    """Text quoted into a report (a page's sentence, a trajectory's answer, the question) as literal text: what
+    Markdown would read in it backslash-escaped, so "__exit__()" is not shown as a bold "exit", a lone backtick opens
+    no code span, and a page's footnote "[3]" or an answer's "[2]" (numbered over its own search results) is no
+    citation of the report's source 3 or 2, neither renumbered, listed, nor linked. `unescaped` reads it back."""
+    def block_start(match: re.Match) -> str:
+        mark, number, delimiter = match.groups()
+        return f"\\{mark}" if mark else f"{number}\\{delimiter}" if number else ""
+
+    text = _INLINE_SPECIAL.sub(r"\\\g<0>", re.sub(r"\r\n?", "\n", text))
+    return _BLOCK_START.sub(block_start, text)
+
+
+def unescaped(markdown: str) -> str:
+    """Literal text `as_text` wrote, as it was (but a line's indentation)."""
+    return _ESCAPED.sub(r"\1", markdown)
 
 
 def link_text(text: str) -> str:
-    """A page's title as the text of a Markdown link: on one line, with what Markdown would read in it escaped (an
-    unbalanced "]" ends the link early, a "[3]" reads as a citation, "<http://...>" as a link of its own)."""
-    return _LINK_TEXT_SPECIAL.sub(r"\\\g<0>", " ".join(text.split()))
+    """A page's title as the text of a Markdown link: on one line, as literal text (an unbalanced "]" would end the
+    link early, a "[3]" read as a citation, "<http://...>" as a link of its own)."""
+    return as_text(" ".join(text.split()))
 
 
 def link_target(url: str) -> str:

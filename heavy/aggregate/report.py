@@ -237,7 +237,7 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
     number_of_url = source_numbers(union)
     answer_numbers = list(dict.fromkeys(number_of_url[key] for url in decided.cited
                                         if (key := source_key(url)) in number_of_url))
-    parts = [f"# {as_text(question)}"]
+    parts = [f"# {as_text(' '.join(question.split()))}"]  # a heading is one line
     if status == "partial":
         parts.append(f"> Partial report ({stop_reason}): aggregated from the trajectories that had finished.")
     if decided.answer:
@@ -382,5 +382,5 @@ def _trajectories(numbers: Sequence[int]) -> str:
 def _quoted(answer: str) -> str:
     """An answer as the disagreement list shows it: one line, no URLs (its sources are listed apart), at most
     QUOTED_ANSWER_WORDS words."""
-    words = as_text(URL.sub("", answer)).split()
-    return " ".join(words[:QUOTED_ANSWER_WORDS]) + (" …" if len(words) > QUOTED_ANSWER_WORDS else "")
+    words = URL.sub("", answer).split()
+    return as_text(" ".join(words[:QUOTED_ANSWER_WORDS])) + (" …" if len(words) > QUOTED_ANSWER_WORDS else "")

@@ -49,6 +49,19 @@ def test_the_report_measure_reads_the_headline_findings_and_quotes_apart():
     assert parts["findings"].strip() == "" and eval_reports.says(parts["quotes"], "1889")
 
 
+def test_the_report_measure_reads_the_answer_and_the_quotes_as_written():
+    # the report escapes them as literal Markdown ("\\_\\_exit\\_\\_()"); the findings are the model's Markdown
+    from heavy.aggregate.markers import as_text
+
+    markdown = (f"# Q?\n\n**Answer:** {as_text('__exit__()')} [1]\n\n2 of 2 trajectories gave this answer.\n\n"
+                "## Findings\n\nIt calls `__exit__()` [1].\n\nFrom the fetched pages, word for word:\n\n"
+                f"- “{as_text('It calls __exit__() at the end [2].')}” [1]\n\n## Sources\n\n1. [t](http://x)")
+    parts = eval_reports.report_parts(markdown)
+    assert parts["answer"].startswith(" __exit__() [1]\n")
+    assert "- “It calls __exit__() at the end [2].” [1]" in parts["quotes"]
+    assert "It calls `__exit__()` [1]." in parts["findings"]
+
+
 def test_eval_results_record_the_dtype_the_runtime_computes_in(monkeypatch):
     from heavy.config import Settings
 

@@ -361,7 +361,7 @@ async def test_an_answers_own_marker_is_not_read_as_a_report_source():
     results = [result(0, "1889", cited=[EIFFEL]), result(1, "It was finished in 1887 [1].", evidence=[LOUVRE])]
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                           results=results, backend=backend)
-    assert "“It was finished in 1887 \\[1].”: trajectory 2 — its words are on no fetched page" in job.markdown
+    assert "“It was finished in 1887 \\[1\\].”: trajectory 2 — its words are on no fetched page" in job.markdown
 
 
 async def test_a_page_title_is_escaped_in_its_sources_entry():
