@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from heavy.api import routes_events, routes_jobs, routes_ops
+from heavy.api.docs import install_docs
 from heavy.api.errors import install_error_handlers
 from heavy.api.event_hub import EventHub
 from heavy.api.middleware import BodySizeLimit, RequestMetrics
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         finally:
             await app.state.store.aclose()
 
-    app = FastAPI(title="heavy", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="heavy", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Heavy-mode research jobs: N trajectories merged into one cited report.")
     app.state.settings, app.state.store = settings, store
     app.state.event_hub = EventHub(store) if store is not None else None  # else the lifespan makes it
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(routes_jobs.router)
     app.include_router(routes_events.router)
     app.include_router(routes_ops.router)
+    install_docs(app)  # before the dashboard, whose mount at / takes every path left
     if DASHBOARD.is_dir():
         app.mount("/", StaticFiles(directory=DASHBOARD, html=True), name="dashboard")
     return app
