@@ -31,10 +31,10 @@ import logging
 from eval_hotpotqa import load_questions, read_run
 from replay_aggregation import parse_recorded_args, rebuild_job, recorded_corpus
 
+from heavy.agent.gathered import unescaped
 from heavy.aggregate import AggregationConfig, aggregate
 from heavy.aggregate.claim_check import check_claims
 from heavy.aggregate.evidence import fetched_texts, sentences_of
-from heavy.aggregate.markers import unescaped
 from heavy.aggregate.normalize import normalize_answer, typographic_folded
 from heavy.aggregate.report import FALLBACK_LEAD, QUOTES_LEAD
 from heavy.aggregate.shorten import YES_NO

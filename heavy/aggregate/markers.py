@@ -7,13 +7,14 @@ import re
 import urllib.parse
 from collections.abc import Sequence
 
+from heavy.agent.gathered import unescaped
+
 # what Markdown reads anywhere in a line: emphasis, code, links and markers, autolinks, entities, table cells,
 # strikethrough (the terminal's renderer), a heading's closing "#"
 _INLINE_SPECIAL = re.compile(r"[\\`*_\[\]<>&|~#]")
 # what it reads at a line's start only: a list item ("- ", "+ ", "1889. ", "1) "), a setext underline ("==="); a line's
 # indentation would make it code
 _BLOCK_START = re.compile(r"^[ \t]*(?:([-+=])|(\d{1,9})([.)]))?", re.MULTILINE)
-_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")  # CommonMark: a backslash before ASCII punctuation
 _LINK_TARGET_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in "()<>\\")  # "%": escapes stay as sent
 MARKER = re.compile(r"(?<!\\)\[(\d+(?:\s*[,;]\s*\d+)*)\]")  # "\[1]" is Markdown for the text "[1]"
 # markers written otherwise: "【1】" (full-width brackets), "[1-3]" (a range)
@@ -59,18 +60,15 @@ def as_text(text: str) -> str:
     """Text quoted into a report (a page's sentence, a trajectory's answer, the question) as literal text: what
     Markdown would read in it backslash-escaped, so "__exit__()" is not shown as a bold "exit", a lone backtick opens
     no code span, and a page's footnote "[3]" or an answer's "[2]" (numbered over its own search results) is no
-    citation of the report's source 3 or 2, neither renumbered, listed, nor linked. `unescaped` reads it back."""
+    citation of the report's source 3 or 2, neither renumbered, listed, nor linked. The escapes an opened page's
+    text already holds (trafilatura writes "\\_\\_enter\\_\\_") are undone first, or they would show.
+    `unescaped` reads it back."""
     def block_start(match: re.Match) -> str:
         mark, number, delimiter = match.groups()
         return f"\\{mark}" if mark else f"{number}\\{delimiter}" if number else ""
 
-    text = _INLINE_SPECIAL.sub(r"\\\g<0>", re.sub(r"\r\n?", "\n", text))
+    text = _INLINE_SPECIAL.sub(r"\\\g<0>", re.sub(r"\r\n?", "\n", unescaped(text)))
     return _BLOCK_START.sub(block_start, text)
-
-
-def unescaped(markdown: str) -> str:
-    """Literal text `as_text` wrote, as it was (but a line's indentation)."""
-    return _ESCAPED.sub(r"\1", markdown)
 
 
 def link_text(text: str) -> str:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from heavy import display
+from heavy.agent.gathered import unescaped
 from heavy.aggregate import aggregate
 from heavy.aggregate.markers import as_text
 from heavy.api.report_html import report_html
@@ -19,8 +20,9 @@ from tests.heavy.test_aggregate import result
 
 pytestmark = pytest.mark.anyio
 
-WITH_PAGE = source("http://corpus/with", "The `with` statement calls __exit__() when its block ends. A context manager "
-                                         "defines __enter__() and __exit__().")
+# an opened page's text as trafilatura writes it, Markdown-escaped
+WITH_PAGE = source("http://corpus/with", r"The \`with\` statement calls \_\_exit\_\_() when its block ends. A context "
+                                         r"manager defines \_\_enter\_\_() and \_\_exit\_\_().")
 QUESTION = "Which method does a `with` block call at its end, *after* the body?"
 
 
@@ -57,7 +59,7 @@ async def test_an_answer_and_the_quoted_sentences_show_as_written_in_the_dashboa
     shown = _parsed(html).text
     assert "Answer: __exit__() [1]" in shown  # was "Answer: exit() [1]", "exit" in bold
     assert QUESTION in shown
-    assert "“The `with` statement calls __exit__() when its block ends.” [1]" in shown
+    assert "“The `with` statement calls __exit__() when its block ends.” [1]" in shown  # its escapes shown once
     assert "“the `with* block”: trajectory 3" in shown
     # the report pass's own Markdown is still read as Markdown
     assert "<strong>context manager</strong>" in html and "<code>__exit__()</code>" in html
@@ -80,5 +82,6 @@ NASTY = st.lists(st.sampled_from([*"\\`*_[]<>&|~#!-+=.)(:\"' \n\tx1é", "1.", "&
 @given(NASTY)
 def test_any_text_quoted_into_a_report_renders_as_written(written):
     shown = _parsed(report_html(f"**Answer:** {as_text(written)}"))
-    assert " ".join(shown.text.split()) == " ".join(f"Answer: {written}".split())
+    # as written, but Markdown's escapes a page's text holds ("\\_"), which are undone as the renderer did
+    assert " ".join(shown.text.split()) == " ".join(f"Answer: {unescaped(written)}".split())
     assert set(shown.tags) <= {"p", "strong", "br"}  # one paragraph: no list, heading, code, link or quote
