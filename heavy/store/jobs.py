@@ -6,6 +6,7 @@ is one Lua script, so API processes and workers never interleave half-done updat
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import time
@@ -29,8 +30,8 @@ from heavy.store.records import (
 )
 
 IDEMPOTENCY_TTL_S = 24 * 3600
-LIST_SCAN = 500  # job statuses read per round trip when a list is filtered by status
 READ_BATCH = 500
+INDEX_VERSION = "1"  # of the tenant's status sets (Keys.tenant_status_indexes)
 
 
 def _quota_exceeded(tenant: str, limit: str) -> QuotaExceeded:
@@ -80,6 +81,8 @@ class JobStore:
         self._claim_callback = redis.register_script(scripts.CLAIM_CALLBACK)
         self._settle_callback = redis.register_script(scripts.SETTLE_CALLBACK)
         self._server_time = redis.register_script(scripts.SERVER_TIME)
+        self._reindex = redis.register_script(scripts.REINDEX)
+        self._indexed: set[str] = set()  # tenants whose status sets this process saw complete
 
     # --- jobs ---
 
@@ -102,7 +105,8 @@ class JobStore:
         while True:
             outcome, detail = await self._submit(
                 keys=[k.idempotency(tenant, idempotency_key or "-"), k.tenant(tenant), k.tenant_active(tenant),
-                      k.tenant_jobs(tenant), k.job(job_id), k.jobs_stream, k.awaiting, k.tenant_held(tenant)],
+                      k.tenant_jobs(tenant), k.job(job_id), k.jobs_stream, k.awaiting, k.tenant_held(tenant),
+                      *k.tenant_status_indexes(tenant)],
                 args=[job_id, now, int(not review), int(idempotency_key is not None), IDEMPOTENCY_TTL_S,
                       fingerprint, self.default_max_jobs, self.default_max_tokens, int(params.get("job_tokens", 0)),
                       window, stale, self.max_held_jobs, *stored],
@@ -133,31 +137,58 @@ class JobStore:
     async def list(self, tenant: str, *, offset: int = 0, limit: int = 20,
                    statuses: Collection[str] = ()) -> tuple[list[JobRecord], int]:
         """The tenant's jobs, newest first, and how many it has; with `statuses`, only jobs in one of them (and how
-        many are: the tenant's list is read through, a status at a time per job)."""
-        key = self.keys.tenant_jobs(tenant)
+        many are), read from the tenant's status sets. A job whose keys expired (retention) leaves the list and the
+        sets as a page meets it."""
         if statuses:
-            matching = await self._ids_in(key, frozenset(statuses))
-            ids = matching[offset : offset + limit]
+            await self._index_older_jobs(tenant)
+            ids, total = await self._ids_in(tenant, sorted(statuses), offset, limit)
         else:
-            ids = await self.redis.zrevrange(key, offset, offset + limit - 1)
+            key = self.keys.tenant_jobs(tenant)
+            ids, total = await self.redis.zrevrange(key, offset, offset + limit - 1), await self.redis.zcard(key)
         rows = await self._hashes(ids)
-        if expired := [job_id for job_id, row in zip(ids, rows, strict=True) if not row]:
-            await self.redis.zrem(key, *expired)  # past their retention: out of the list too
-        total = len(matching) if statuses else await self.redis.zcard(key)
-        return [JobRecord.from_hash(row) for row in rows if row], total
+        # Expired jobs, and (with `statuses`) jobs whose status moved between the two reads or a process older
+        # than the sets changed: left out of the page, and their entries mended.
+        if stale := [job_id for job_id, row in zip(ids, rows, strict=True)
+                     if not row or (statuses and row["status"] not in statuses)]:
+            await self.reindex(tenant, stale)
+        kept = [JobRecord.from_hash(row) for row in rows if row and (not statuses or row["status"] in statuses)]
+        return kept, total - len(stale)
 
-    async def _ids_in(self, key: str, statuses: frozenset[str]) -> list[str]:
-        """Ids of the list `key` (newest first) whose job is in one of `statuses`."""
-        matching = []
-        for start in itertools.count(0, LIST_SCAN):
-            ids = await self.redis.zrevrange(key, start, start + LIST_SCAN - 1)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hget(self.keys.job(job_id), "status")
-                found = await pipe.execute()
-            matching += [job_id for job_id, status in zip(ids, found, strict=True) if status in statuses]
-            if len(ids) < LIST_SCAN:
-                return matching
+    async def _ids_in(self, tenant: str, statuses: list[str], offset: int, limit: int) -> tuple[list[str], int]:
+        """A page of the ids in the status sets of `statuses` (newest first, as the tenant's list orders them: by
+        created time, then id, descending) and how many they hold."""
+        sets = [self.keys.tenant_status_jobs(tenant, status) for status in statuses]
+        if len(sets) == 1:
+            ids = await self.redis.zrevrange(sets[0], offset, offset + limit - 1)
+            return ids, await self.redis.zcard(sets[0])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in sets:  # the page can only come from each set's first offset + limit
+                pipe.zrevrange(key, 0, offset + limit - 1, withscores=True)
+                pipe.zcard(key)
+            replies = await pipe.execute()
+        newest_first = heapq.merge(*replies[::2], key=lambda pair: (pair[1], pair[0]), reverse=True)
+        page = [job_id for job_id, _ in itertools.islice(newest_first, offset, offset + limit)]
+        return page, sum(replies[1::2])
+
+    async def reindex(self, tenant: str, job_ids: list[str]) -> None:
+        """Put each job on the status set of the status it has now (off the list and every set if it is gone)."""
+        k = self.keys
+        for start in range(0, len(job_ids), READ_BATCH):
+            batch = job_ids[start : start + READ_BATCH]
+            await self._reindex(keys=[k.tenant_jobs(tenant), *k.tenant_status_indexes(tenant),
+                                      *(k.job(job_id) for job_id in batch)], args=batch)
+
+    async def _index_older_jobs(self, tenant: str) -> None:
+        """Once per tenant (its version key then says so, to every process): the jobs a store older than the
+        status sets made are put on them. Jobs made or changed meanwhile are indexed by their own scripts; the
+        REINDEX steps are atomic, so a job moving during the backfill ends on its own status's set."""
+        if tenant in self._indexed:
+            return
+        marker = self.keys.tenant_indexed(tenant)
+        if await self.redis.get(marker) != INDEX_VERSION:
+            await self.reindex(tenant, await self.redis.zrange(self.keys.tenant_jobs(tenant), 0, -1))
+            await self.redis.set(marker, INDEX_VERSION)
+        self._indexed.add(tenant)
 
     async def _hashes(self, ids: list[str]) -> list[dict[str, str]]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -168,8 +199,11 @@ class JobStore:
     async def update(self, job_id: str, *, allowed: tuple[str, ...] = (), owner: str = "", **fields: Any) -> str:
         """Set fields if the status is one of `allowed` (any when empty) and, with `owner`, that worker still holds
         the job (else JobTakenOver); returns the previous status."""
-        outcome, status = await self._transition(keys=[self.keys.job(job_id)],
-                                                 args=[",".join(allowed), owner, *_pairs(fields)])
+        keys = [self.keys.job(job_id)]
+        if "status" in fields:  # the job moves between its tenant's status sets in the same step
+            tenant = await self.redis.hget(keys[0], "tenant")  # a job's tenant never changes
+            keys += self.keys.tenant_status_indexes(tenant) if tenant is not None else []
+        outcome, status = await self._transition(keys=keys, args=[",".join(allowed), owner, *_pairs(fields)])
         if outcome == "missing":
             raise JobNotFound(f"no job {job_id!r}")
         if outcome == "refused":
@@ -190,7 +224,8 @@ class JobStore:
         markdown, result = report or ("", None)
         outcome, current = await self._finish(
             keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant), k.callbacks, k.awaiting,
-                  k.tenant_held(job.tenant), *k.job_parts(job.id, job.trajectories)],
+                  k.tenant_held(job.tenant), *k.tenant_status_indexes(job.tenant),
+                  *k.job_parts(job.id, job.trajectories)],
             args=[job.id, ",".join(allowed), tokens, self.retention_ms, _event_json(event) if event else "",
                   markdown, json.dumps(result, ensure_ascii=False) if result is not None else "", owner,
                   *_pairs({"status": status, "finished": now, "updated": now, "control": "", "tokens": tokens,
@@ -210,7 +245,7 @@ class JobStore:
         k = self.keys
         outcome, detail = await self._approve(
             keys=[k.job(job_id), k.jobs_stream, k.awaiting, k.tenant(tenant), k.tenant_active(tenant),
-                  k.tenant_held(tenant)],
+                  k.tenant_held(tenant), *k.tenant_status_indexes(tenant)],
             args=[time.time(), self.default_max_jobs, self.default_max_tokens, int(job.params.get("job_tokens", 0))])
         if outcome == "refused":
             raise InvalidTransition(f"job {job_id} is {detail}, not awaiting approval")
@@ -258,7 +293,8 @@ class JobStore:
         be cancelled first."""
         job = await self.get(job_id, tenant)
         outcome, status = await self._delete(
-            keys=[self.keys.job(job_id), self.keys.tenant_jobs(tenant), *self.keys.job_parts(job_id, job.trajectories)],
+            keys=[self.keys.job(job_id), self.keys.tenant_jobs(tenant), *self.keys.tenant_status_indexes(tenant),
+                  *self.keys.job_parts(job_id, job.trajectories)],
             args=[job_id, tenant, ",".join(TERMINAL)])
         if outcome == "missing":
             raise JobNotFound(f"no job {job_id!r}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from heavy.store.records import STATUSES
+
 GROUP = "workers"
 
 
@@ -69,6 +71,18 @@ class Keys:
     def tenant_jobs(self, tenant: str) -> str:
         """Sorted set job id -> created time: the tenant's job list."""
         return f"{self.tenant(tenant)}:jobs"
+
+    def tenant_status_jobs(self, tenant: str, status: str) -> str:
+        """Sorted set job id -> created time: the tenant's jobs in `status` (a filtered list reads these)."""
+        return f"{self.tenant_jobs(tenant)}:{status}"
+
+    def tenant_status_indexes(self, tenant: str) -> list[str]:
+        """The tenant's status sets, in STATUSES order (the scripts find a status's set by that order)."""
+        return [self.tenant_status_jobs(tenant, status) for status in STATUSES]
+
+    def tenant_indexed(self, tenant: str) -> str:
+        """The version of the status sets the tenant's jobs were indexed into (set once its older jobs are in)."""
+        return f"{self.tenant_jobs(tenant)}:indexed"
 
     def tenant_active(self, tenant: str) -> str:
         """Set of the tenant's queued, waiting and running jobs: the concurrency quota counts it."""

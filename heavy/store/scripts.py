@@ -3,6 +3,23 @@ process and a worker). Replies are `{outcome, detail}` pairs."""
 
 from __future__ import annotations
 
+from heavy.store.records import STATUSES
+
+# The tenant's status sets (Keys.tenant_status_indexes: one sorted set per status, job id -> created time) are moved
+# in the same step as the status they index: `reindex(first, job, job_id, old, new)` takes the job off the set of
+# `old` and puts it on that of `new` (either nil for none), the sets being KEYS[first], ... in STATUSES order.
+_STATUS_INDEXES = len(STATUSES)
+_REINDEX = """
+local STATUS_ORDER = {""" + ", ".join(f"{status} = {i}" for i, status in enumerate(STATUSES)) + """}
+local function reindex(first, job, job_id, old, new)
+  if old == new then return end
+  if old and STATUS_ORDER[old] then redis.call('ZREM', KEYS[first + STATUS_ORDER[old]], job_id) end
+  if new and STATUS_ORDER[new] then
+    redis.call('ZADD', KEYS[first + STATUS_ORDER[new]], redis.call('HGET', job, 'created'), job_id)
+  end
+end
+"""
+
 # Taking a concurrency slot and a token grant for a job that is to run (SUBMIT without review, APPROVE), or the
 # quota refusal, in the calling script's step. Needs `tenant` (its hash), `active` (its active set), `job` (the job
 # hash), `job_id`, `default_jobs`, `default_tokens` and `budget` (the job's token budget) set. The job is granted
@@ -21,7 +38,8 @@ redis.call('HINCRBY', tenant, 'tokens_reserved', grant)
 redis.call('SADD', active, job_id)
 """
 
-# KEYS: idem, tenant hash, tenant active set, tenant jobs zset, job hash, jobs stream, awaiting zset, tenant held set
+# KEYS: idem, tenant hash, tenant active set, tenant jobs zset, job hash, jobs stream, awaiting zset, tenant held set,
+#       the tenant's status sets
 # ARGV: job id, created, enqueue 0/1 (0: held for review), use idem 0/1, idem ttl s, fingerprint, default max jobs,
 #       default max tokens, the job's token budget, how long an unapproved job waits before it expires, in seconds
 #       (0: for ever, or not held), the key's stale value ('' for none), the most jobs a tenant may hold for review,
@@ -34,7 +52,7 @@ redis.call('SADD', active, job_id)
 # APPROVE and FINISH take them off): they cost Redis memory and, with no approval window, never expire. Its approval
 # deadline (`approve_by`, returned) is on Redis's clock, which the expiry sweep reads: an API process whose clock is
 # off neither shortens nor stretches the window.
-SUBMIT = """
+SUBMIT = _REINDEX + """
 if ARGV[4] == '1' then
   local previous = redis.call('GET', KEYS[1])
   if previous and previous ~= ARGV[11] then return {'replay', previous} end
@@ -49,6 +67,7 @@ local fields = {}
 for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[5], unpack(fields))
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+reindex(9, job, job_id, nil, redis.call('HGET', job, 'status'))
 if ARGV[3] == '1' then redis.call('XADD', KEYS[6], '*', 'job', ARGV[1]) else redis.call('SADD', KEYS[8], ARGV[1]) end
 local approve_by = ''
 if tonumber(ARGV[10]) > 0 then
@@ -61,9 +80,9 @@ if ARGV[4] == '1' then redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[6], 'EX
 return {'created', approve_by}
 """
 
-# KEYS: job hash; ARGV: allowed current statuses (comma-separated, empty = any), owner (the worker that must hold
-# the job, '' for any), then field/value pairs
-TRANSITION = """
+# KEYS: job hash, then (when the fields set its status) the tenant's status sets; ARGV: allowed current statuses
+# (comma-separated, empty = any), owner (the worker that must hold the job, '' for any), then field/value pairs
+TRANSITION = _REINDEX + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if ARGV[1] ~= '' and not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then
@@ -74,13 +93,17 @@ if ARGV[2] ~= '' and worker ~= ARGV[2] then return {'taken', worker} end
 local fields = {}
 for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
+if #KEYS > 1 then
+  reindex(2, KEYS[1], redis.call('HGET', KEYS[1], 'id'), status, redis.call('HGET', KEYS[1], 'status'))
+end
 return {'ok', status}
 """
 
-# KEYS: job hash, jobs stream, awaiting zset, tenant hash, tenant active set, tenant held set; ARGV: now, default max
+# KEYS: job hash, jobs stream, awaiting zset, tenant hash, tenant active set, tenant held set, the tenant's status
+# sets; ARGV: now, default max
 # jobs, default max tokens, the job's token budget -> awaiting_approval becomes queued and is enqueued, with its slot
 # and grant taken (a tenant at its limit is refused: approve again once one of its jobs has ended)
-APPROVE = """
+APPROVE = _REINDEX + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if status ~= 'awaiting_approval' then return {'refused', status} end
@@ -92,14 +115,15 @@ end
 redis.call('ZREM', KEYS[3], job_id)
 redis.call('SREM', KEYS[6], job_id)
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[1], 'approved', ARGV[1])
+reindex(7, job, job_id, status, 'queued')
 redis.call('XADD', KEYS[2], '*', 'job', job_id)
 return {'ok', status}
 """
 
-# KEYS: job hash, tenant hash, tenant active set, callbacks zset, awaiting zset, tenant held set, then the job's
-# other keys (events, report, checkpoints); ARGV: job id, allowed statuses, tokens, retention ms (0: kept), terminal
-# event JSON ('' for none), report Markdown and report JSON ('' for no report), owner (the worker that must still
-# hold the job, '' for any), then field/value pairs.
+# KEYS: job hash, tenant hash, tenant active set, callbacks zset, awaiting zset, tenant held set, the tenant's status
+# sets, then the job's other keys (events, report, checkpoints); ARGV: job id, allowed statuses, tokens, retention ms
+# (0: kept), terminal event JSON ('' for none), report Markdown and report JSON ('' for no report), owner (the worker
+# that must still hold the job, '' for any), then field/value pairs.
 # The tokens spent are charged to the tenant and the job's reserved grant (SUBMIT) is given back.
 # The report, the status and the terminal event are one step: no process can die between them (a follower would
 # never see the event, or a client reacting to it would find no report). A worker that stalled past its lease
@@ -107,7 +131,8 @@ return {'ok', status}
 # one the job ends with, its status and tokens would be the job's while the other still runs it.
 # A job with a callback URL is put on the callbacks set, due now (Redis's clock, as CLAIM_CALLBACK's), in the same
 # step: no process can end it and die before its callback is on record.
-FINISH = """
+FINISH = _REINDEX + f"""
+local parts = {7 + _STATUS_INDEXES}  -- KEYS[parts]: the job's events, then its report and checkpoints""" + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then return {'refused', status} end
@@ -116,10 +141,11 @@ if ARGV[8] ~= '' and worker ~= ARGV[8] then return {'taken', worker} end
 local fields = {}
 for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[8], 'markdown', ARGV[6], 'json', ARGV[7]) end
+reindex(7, KEYS[1], ARGV[1], status, redis.call('HGET', KEYS[1], 'status'))
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[parts + 1], 'markdown', ARGV[6], 'json', ARGV[7]) end
 if ARGV[5] ~= '' then
   local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
-  redis.call('XADD', KEYS[7], '0-' .. seq, 'seq', seq, 'event', ARGV[5])
+  redis.call('XADD', KEYS[parts], '0-' .. seq, 'seq', seq, 'event', ARGV[5])
 end
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
@@ -135,7 +161,7 @@ if url and url ~= '' then
 end
 if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  for i = 7, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+  for i = parts, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 end
 return {'ok', status}
 """
@@ -192,14 +218,31 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'callback
 return 1
 """
 
-# KEYS: job hash, tenant jobs zset, then the job's other keys; ARGV: job id, tenant, statuses it may be deleted in
-DELETE = """
+# KEYS: job hash, tenant jobs zset, the tenant's status sets, then the job's other keys; ARGV: job id, tenant,
+# statuses it may be deleted in
+DELETE = _REINDEX + f"""
+local parts = {3 + _STATUS_INDEXES}""" + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[2] then return {'missing', ''} end
 if not string.find(',' .. ARGV[3] .. ',', ',' .. status .. ',', 1, true) then return {'refused', status} end
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[1], unpack(KEYS, 3))
+reindex(3, KEYS[1], ARGV[1], status, nil)
+redis.call('DEL', KEYS[1], unpack(KEYS, parts))
 return {'ok', status}
+"""
+
+# KEYS: the tenant's jobs zset, its status sets, then job hashes; ARGV: those jobs' ids, in the same order -> each
+# job is on the set of the status its hash holds now and on no other; a job whose keys expired (retention) leaves
+# the list and every set. Indexes the jobs of a store older than the sets, and mends a list page that disagreed.
+REINDEX = _REINDEX + f"""
+local first_job = {2 + _STATUS_INDEXES}""" + """
+for i = 1, #ARGV do
+  local job, job_id = KEYS[first_job + i - 1], ARGV[i]
+  local status = redis.call('HGET', job, 'status')
+  for slot = 2, first_job - 1 do redis.call('ZREM', KEYS[slot], job_id) end
+  if status then reindex(2, job, job_id, nil, status) else redis.call('ZREM', KEYS[1], job_id) end
+end
+return #ARGV
 """
 
 # KEYS: any key of the store -> Redis's clock, on the server that holds the store's keys: on a Redis Cluster a plain

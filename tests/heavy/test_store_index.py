@@ -1,0 +1,117 @@
+"""The tenant's status sets, which a job list filtered by status reads (heavy/store/jobs.py `list`): every status
+write moves the job between them in its own step, a page is the filtered list's, jobs made before the sets are put
+on them once, and expired jobs leave them. On one redis-server and on a Redis Cluster."""
+
+import asyncio
+
+import pytest
+
+from heavy.store import JobStore, Keys, Store
+from heavy.store.records import ACTIVE, AGGREGATING, AWAITING_APPROVAL, CANCELLED, DONE, FAILED, QUEUED, RUNNING
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["server", "cluster"])
+def redis_url(request) -> str:
+    return request.getfixturevalue("redis_server" if request.param == "server" else "redis_cluster").url
+
+
+async def submit(jobs: JobStore, tenant="acme", **kwargs):
+    job, _ = await jobs.submit(tenant, **{"question": "q", "mode": "report", "params": {}, **kwargs})
+    return job
+
+
+async def status_sets(store, tenant="acme") -> dict[str, set[str]]:
+    """What the tenant's status sets hold, the empty ones left out."""
+    keys = store.jobs.keys
+    held = {status: set(await store.redis.zrange(keys.tenant_status_jobs(tenant, status), 0, -1))
+            for status in (*ACTIVE, DONE, FAILED, CANCELLED, "partial")}
+    return {status: ids for status, ids in held.items() if ids}
+
+
+async def test_every_status_write_moves_the_job_between_the_status_sets(store):
+    jobs = store.jobs
+    queued, held, expiring = await submit(jobs), await submit(jobs, review=True), await submit(jobs, review=True)
+    assert await status_sets(store) == {QUEUED: {queued.id}, AWAITING_APPROVAL: {held.id, expiring.id}}
+
+    await jobs.approve(held.id, "acme")
+    await jobs.update(queued.id, status=RUNNING, worker="w1")
+    assert await status_sets(store) == {QUEUED: {held.id}, RUNNING: {queued.id}, AWAITING_APPROVAL: {expiring.id}}
+    await jobs.update(queued.id, allowed=(RUNNING,), owner="w1", status=AGGREGATING)
+    await jobs.update(queued.id, allowed=(AGGREGATING,), owner="w1", stops=1)  # no status: the sets stay
+    await jobs.finish(await jobs.get(queued.id), DONE, owner="w1")
+    await jobs.cancel(held.id, "acme")
+    await store.redis.zadd(jobs.keys.awaiting, {expiring.id: 0})  # its approval window is over
+    assert await jobs.expire_unapproved() == [expiring.id]
+    assert await status_sets(store) == {DONE: {queued.id}, CANCELLED: {held.id, expiring.id}}
+
+    await jobs.delete(held.id, "acme")
+    assert await status_sets(store) == {DONE: {queued.id}, CANCELLED: {expiring.id}}
+
+
+async def test_a_filtered_page_is_the_page_of_the_list_filtered(store):
+    """Same order (created time, then id, newest first; equal times too), offsets and totals as filtering the whole
+    list, for one status and for several."""
+    jobs = JobStore(store.redis, store.jobs.keys, default_max_jobs=20)
+    made = [await submit(jobs, question=f"q{i}") for i in range(9)]
+    for i, job in enumerate(made):
+        if i % 3 == 1:
+            await jobs.finish(job, DONE)
+        elif i % 3 == 2:
+            await jobs.finish(job, FAILED)
+    same_time = [await submit(jobs) for _ in range(3)]
+    for job in same_time:  # created at one instant
+        await store.redis.hset(jobs.keys.job(job.id), "created", 1e12)
+        await store.redis.zadd(jobs.keys.tenant_jobs("acme"), {job.id: 1e12})
+        await store.redis.zadd(jobs.keys.tenant_status_jobs("acme", QUEUED), {job.id: 1e12})
+    everything, _ = await jobs.list("acme", limit=100)
+    for statuses in ({DONE}, {DONE, FAILED}, {QUEUED, FAILED}, set(ACTIVE)):
+        expected = [job.id for job in everything if job.status in statuses]
+        for offset, limit in ((0, 2), (1, 3), (4, 100), (20, 5)):
+            page, total = await jobs.list("acme", offset=offset, limit=limit, statuses=statuses)
+            assert ([job.id for job in page], total) == (expected[offset : offset + limit], len(expected))
+
+
+async def test_jobs_made_before_the_status_sets_are_put_on_them_once(store, redis_url, key_prefix):
+    """A store older than the sets: its jobs are on the tenant's list only. The first filtered list indexes them and
+    marks the tenant, so another process (a new store) does not index again."""
+    jobs = store.jobs
+    queued, done = await submit(jobs), await submit(jobs)
+    await jobs.finish(done, DONE)
+    keys = jobs.keys
+    await store.redis.delete(*keys.tenant_status_indexes("acme"), keys.tenant_indexed("acme"))  # as before the sets
+
+    page, total = await jobs.list("acme", statuses={DONE})
+    assert ([job.id for job in page], total) == ([done.id], 1)
+    assert await status_sets(store) == {QUEUED: {queued.id}, DONE: {done.id}}
+    assert await store.redis.get(keys.tenant_indexed("acme")) == "1"
+
+    await store.redis.delete(keys.tenant_status_jobs("acme", QUEUED))  # now only a second backfill would mend it
+    other = Store.connect(redis_url, keys=Keys(key_prefix))
+    try:
+        assert await other.jobs.list("acme", statuses={QUEUED}) == ([], 0)
+    finally:
+        await other.aclose()
+
+
+async def test_a_page_leaves_out_and_mends_a_job_whose_status_moved_without_its_set(store):
+    """A process older than the sets (during an upgrade) moves a job's status without moving it between sets."""
+    jobs = store.jobs
+    job = await submit(jobs)
+    await jobs.list("acme", statuses={QUEUED})  # indexed
+    await store.redis.hset(jobs.keys.job(job.id), "status", RUNNING)  # as an older worker's TRANSITION does
+    assert await jobs.list("acme", statuses={QUEUED}) == ([], 0)
+    assert await status_sets(store) == {RUNNING: {job.id}}
+
+
+async def test_jobs_whose_keys_expired_leave_the_status_sets_as_a_page_meets_them(store):
+    jobs = JobStore(store.redis, store.jobs.keys, retention_s=0.5)
+    ended, kept = await submit(jobs), await submit(jobs)
+    await jobs.finish(ended, DONE)
+    await jobs.finish(kept, FAILED)
+    await store.redis.persist(jobs.keys.job(kept.id))  # kept longer
+    await asyncio.sleep(0.6)
+    assert await jobs.list("acme", statuses={DONE, FAILED}) == ([await jobs.get(kept.id)], 1)
+    assert await status_sets(store) == {FAILED: {kept.id}}
+    assert await store.redis.zrange(jobs.keys.tenant_jobs("acme"), 0, -1) == [kept.id]
