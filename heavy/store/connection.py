@@ -11,13 +11,18 @@ and transactions stay atomic: its state lives on one shard, which the cluster fa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
@@ -99,6 +104,56 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     BlockingConnectionPool (SentinelConnectionPool overrides neither getting nor releasing a connection)."""
 
 
+# Set in a task while it holds a turn of a WaitingRedisCluster: a pipeline retrying a redirected command through
+# the client's execute_command takes no second turn (all turns held by such pipelines would wait on each other).
+_HOLDS_TURN: ContextVar[bool] = ContextVar("holds_turn", default=False)
+
+
+class WaitingRedisCluster(RedisCluster):
+    """A RedisCluster whose commands and pipelines beyond `connections` at once wait up to `wait_s` for one of them
+    to end (then fail as a ConnectionError, as a BlockingConnectionPool's), instead of failing at once with "Too many
+    connections": redis-py's cluster nodes have no pool that waits. A command or pipeline takes at most one
+    connection per node, so no node is asked for more than `connections`."""
+
+    def __init__(self, *args: Any, connections: int, wait_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, max_connections=connections, **kwargs)
+        self._turns, self._wait_s = asyncio.Semaphore(connections), wait_s
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if _HOLDS_TURN.get():
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._wait_s):
+                await self._turns.acquire()
+        except TimeoutError:
+            raise RedisConnectionError("No connection available.") from None
+        held = _HOLDS_TURN.set(True)
+        try:
+            yield
+        finally:
+            _HOLDS_TURN.reset(held)
+            self._turns.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.turn():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:  # as RedisCluster.pipeline
+            return super().pipeline(transaction, shard_hint)
+        return _WaitingClusterPipeline(self, transaction)
+
+
+class _WaitingClusterPipeline(ClusterPipeline):
+    """A pipeline of a WaitingRedisCluster: it runs in one of the client's turns."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        async with self.cluster_client.turn():
+            return await super().execute(raise_on_error, allow_redirections)
+
+
 def redis_client(url: str, *, pool_wait_s: float | None = None, **options: Any) -> RedisClient:
     """A client over `url` (see the module docstring); `options` are the connections' (decode_responses, timeouts,
     retry ...). No I/O until first use.
@@ -106,12 +161,14 @@ def redis_client(url: str, *, pool_wait_s: float | None = None, **options: Any) 
     With `pool_wait_s`, a command that finds all POOL_CONNECTIONS in use waits up to that long for one to be
     released (then fails as a ConnectionError) instead of failing at once with "Too many connections": a burst of
     requests to an API process (hundreds of clients opening event streams at once) then queues for a moment rather
-    than failing. redis-py's cluster client has no such pool: on a cluster a command past a node's connections
-    still fails at once."""
+    than failing. On a cluster the client waits for a turn instead (WaitingRedisCluster)."""
     if is_cluster_url(url):
         cluster = parse_cluster_url(url)
-        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in cluster.nodes],
-                            username=cluster.username, password=cluster.password, ssl=cluster.tls, **options)
+        nodes = {"startup_nodes": [ClusterNode(host, port) for host, port in cluster.nodes],
+                 "username": cluster.username, "password": cluster.password, "ssl": cluster.tls}
+        if pool_wait_s is not None:
+            return WaitingRedisCluster(connections=POOL_CONNECTIONS, wait_s=pool_wait_s, **nodes, **options)
+        return RedisCluster(**nodes, **options)
     waiting = {"max_connections": POOL_CONNECTIONS, "timeout": pool_wait_s} if pool_wait_s is not None else {}
     if urlsplit(url).scheme != SENTINEL_SCHEME:
         if waiting:

@@ -454,14 +454,16 @@ async def test_api_keys_are_stored_hashed_resolved_listed_and_revoked(store):
         await store.tenants.revoke(key.key_id)
 
 
-async def test_a_burst_of_commands_past_the_pool_waits_for_connections_instead_of_failing(redis_server, key_prefix):
-    """Hundreds of requests at once to one API process (clients opening event streams together) each send a command:
-    past the pool's connections they failed at once with "Too many connections" (a 503 each). On one server only:
-    redis-py's cluster client has no pool that waits."""
-    store = Store.connect(redis_server.url, keys=Keys(key_prefix))
+async def test_a_burst_of_commands_past_the_pool_waits_for_connections_instead_of_failing(redis_url, key_prefix):
+    """Hundreds of requests at once to one API process (clients opening event streams together) each send a command
+    or a pipeline: past the pool's connections (a cluster node's, on a cluster) they failed at once with "Too many
+    connections" (a 503 each)."""
+    store = Store.connect(redis_url, keys=Keys(key_prefix))
     try:
         job = await submit(store)
         burst = await asyncio.gather(*(store.jobs.get(job.id) for _ in range(3 * POOL_CONNECTIONS)))
         assert {got.id for got in burst} == {job.id}
+        pages = await asyncio.gather(*(store.jobs.list("acme") for _ in range(3 * POOL_CONNECTIONS)))  # pipelines
+        assert {tuple(got.id for got in page) for page, _ in pages} == {(job.id,)}
     finally:
         await store.aclose()
