@@ -138,7 +138,8 @@ class JobStore:
                    statuses: Collection[str] = ()) -> tuple[list[JobRecord], int]:
         """The tenant's jobs, newest first, and how many it has; with `statuses`, only jobs in one of them (and how
         many are), read from the tenant's status sets. A job whose keys expired (retention) leaves the list and the
-        sets as a page meets it."""
+        sets before the page is read (and, for one ended before the expiring set, as a page meets it)."""
+        await self._drop_expired(tenant)
         if statuses:
             await self._index_older_jobs(tenant)
             ids, total = await self._ids_in(tenant, sorted(statuses), offset, limit)
@@ -153,6 +154,14 @@ class JobStore:
             await self.reindex(tenant, stale)
         kept = [JobRecord.from_hash(row) for row in rows if row and (not statuses or row["status"] in statuses)]
         return kept, total - len(stale)
+
+    async def _drop_expired(self, tenant: str) -> None:
+        """Jobs whose retention is over leave the list and the status sets, so the totals count only jobs that are
+        there and the sets do not keep the ids of every job ever ended (a page meets only the newest)."""
+        due = await self.redis.zrangebyscore(self.keys.tenant_expiring(tenant), "-inf", time.time(), start=0,
+                                             num=READ_BATCH)
+        if due:  # this clock may run ahead of Redis's: a job not expired yet stays on the sets (REINDEX)
+            await self.reindex(tenant, due)
 
     async def _ids_in(self, tenant: str, statuses: list[str], offset: int, limit: int) -> tuple[list[str], int]:
         """A page of the ids in the status sets of `statuses` (newest first, as the tenant's list orders them: by
@@ -175,8 +184,9 @@ class JobStore:
         k = self.keys
         for start in range(0, len(job_ids), READ_BATCH):
             batch = job_ids[start : start + READ_BATCH]
-            await self._reindex(keys=[k.tenant_jobs(tenant), *k.tenant_status_indexes(tenant),
-                                      *(k.job(job_id) for job_id in batch)], args=batch)
+            await self._reindex(keys=[k.tenant_jobs(tenant), k.tenant_expiring(tenant),
+                                      *k.tenant_status_indexes(tenant), *(k.job(job_id) for job_id in batch)],
+                                args=batch)
 
     async def _index_older_jobs(self, tenant: str) -> None:
         """Once per tenant (its version key then says so, to every process): the jobs a store older than the
@@ -224,7 +234,7 @@ class JobStore:
         markdown, result = report or ("", None)
         outcome, current = await self._finish(
             keys=[k.job(job.id), k.tenant(job.tenant), k.tenant_active(job.tenant), k.callbacks, k.awaiting,
-                  k.tenant_held(job.tenant), *k.tenant_status_indexes(job.tenant),
+                  k.tenant_held(job.tenant), k.tenant_expiring(job.tenant), *k.tenant_status_indexes(job.tenant),
                   *k.job_parts(job.id, job.trajectories)],
             args=[job.id, ",".join(allowed), tokens, self.retention_ms, _event_json(event) if event else "",
                   markdown, json.dumps(result, ensure_ascii=False) if result is not None else "", owner,
@@ -293,8 +303,8 @@ class JobStore:
         be cancelled first."""
         job = await self.get(job_id, tenant)
         outcome, status = await self._delete(
-            keys=[self.keys.job(job_id), self.keys.tenant_jobs(tenant), *self.keys.tenant_status_indexes(tenant),
-                  *self.keys.job_parts(job_id, job.trajectories)],
+            keys=[self.keys.job(job_id), self.keys.tenant_jobs(tenant), self.keys.tenant_expiring(tenant),
+                  *self.keys.tenant_status_indexes(tenant), *self.keys.job_parts(job_id, job.trajectories)],
             args=[job_id, tenant, ",".join(TERMINAL)])
         if outcome == "missing":
             raise JobNotFound(f"no job {job_id!r}")

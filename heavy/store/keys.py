@@ -80,6 +80,11 @@ class Keys:
         """The tenant's status sets, in STATUSES order (the scripts find a status's set by that order)."""
         return [self.tenant_status_jobs(tenant, status) for status in STATUSES]
 
+    def tenant_expiring(self, tenant: str) -> str:
+        """Sorted set job id -> when its keys expire: the tenant's ended jobs under a retention, which leave the
+        list and the status sets once due (Redis expires a job's keys, not its entries in them)."""
+        return f"{self.tenant_jobs(tenant)}:expiring"
+
     def tenant_indexed(self, tenant: str) -> str:
         """The version of the status sets the tenant's jobs were indexed into (set once its older jobs are in)."""
         return f"{self.tenant_jobs(tenant)}:indexed"

@@ -120,10 +120,10 @@ redis.call('XADD', KEYS[2], '*', 'job', job_id)
 return {'ok', status}
 """
 
-# KEYS: job hash, tenant hash, tenant active set, callbacks zset, awaiting zset, tenant held set, the tenant's status
-# sets, then the job's other keys (events, report, checkpoints); ARGV: job id, allowed statuses, tokens, retention ms
-# (0: kept), terminal event JSON ('' for none), report Markdown and report JSON ('' for no report), owner (the worker
-# that must still hold the job, '' for any), then field/value pairs.
+# KEYS: job hash, tenant hash, tenant active set, callbacks zset, awaiting zset, tenant held set, tenant expiring
+# zset, the tenant's status sets, then the job's other keys (events, report, checkpoints); ARGV: job id, allowed
+# statuses, tokens, retention ms (0: kept), terminal event JSON ('' for none), report Markdown and report JSON ('' for
+# no report), owner (the worker that must still hold the job, '' for any), then field/value pairs.
 # The tokens spent are charged to the tenant and the job's reserved grant (SUBMIT) is given back.
 # The report, the status and the terminal event are one step: no process can die between them (a follower would
 # never see the event, or a client reacting to it would find no report). A worker that stalled past its lease
@@ -132,7 +132,7 @@ return {'ok', status}
 # A job with a callback URL is put on the callbacks set, due now (Redis's clock, as CLAIM_CALLBACK's), in the same
 # step: no process can end it and die before its callback is on record.
 FINISH = _REINDEX + f"""
-local parts = {7 + _STATUS_INDEXES}  -- KEYS[parts]: the job's events, then its report and checkpoints""" + """
+local parts = {8 + _STATUS_INDEXES}  -- KEYS[parts]: the job's events, then its report and checkpoints""" + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then return {'refused', status} end
@@ -141,7 +141,7 @@ if ARGV[8] ~= '' and worker ~= ARGV[8] then return {'taken', worker} end
 local fields = {}
 for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-reindex(7, KEYS[1], ARGV[1], status, redis.call('HGET', KEYS[1], 'status'))
+reindex(8, KEYS[1], ARGV[1], status, redis.call('HGET', KEYS[1], 'status'))
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[parts + 1], 'markdown', ARGV[6], 'json', ARGV[7]) end
 if ARGV[5] ~= '' then
   local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
@@ -162,6 +162,8 @@ end
 if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   for i = parts, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[7], now[1] + now[2] / 1000000 + tonumber(ARGV[4]) / 1000, ARGV[1])
 end
 return {'ok', status}
 """
@@ -218,29 +220,36 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'callback
 return 1
 """
 
-# KEYS: job hash, tenant jobs zset, the tenant's status sets, then the job's other keys; ARGV: job id, tenant,
-# statuses it may be deleted in
+# KEYS: job hash, tenant jobs zset, tenant expiring zset, the tenant's status sets, then the job's other keys; ARGV:
+# job id, tenant, statuses it may be deleted in
 DELETE = _REINDEX + f"""
-local parts = {3 + _STATUS_INDEXES}""" + """
+local parts = {4 + _STATUS_INDEXES}""" + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[2] then return {'missing', ''} end
 if not string.find(',' .. ARGV[3] .. ',', ',' .. status .. ',', 1, true) then return {'refused', status} end
 redis.call('ZREM', KEYS[2], ARGV[1])
-reindex(3, KEYS[1], ARGV[1], status, nil)
+redis.call('ZREM', KEYS[3], ARGV[1])
+reindex(4, KEYS[1], ARGV[1], status, nil)
 redis.call('DEL', KEYS[1], unpack(KEYS, parts))
 return {'ok', status}
 """
 
-# KEYS: the tenant's jobs zset, its status sets, then job hashes; ARGV: those jobs' ids, in the same order -> each
-# job is on the set of the status its hash holds now and on no other; a job whose keys expired (retention) leaves
-# the list and every set. Indexes the jobs of a store older than the sets, and mends a list page that disagreed.
+# KEYS: the tenant's jobs zset, its expiring zset, its status sets, then job hashes; ARGV: those jobs' ids, in the
+# same order -> each job is on the set of the status its hash holds now and on no other; a job whose keys expired
+# (retention) leaves the list, the expiring zset and every set. Indexes the jobs of a store older than the sets, and
+# mends a list page that disagreed.
 REINDEX = _REINDEX + f"""
-local first_job = {2 + _STATUS_INDEXES}""" + """
+local first_job = {3 + _STATUS_INDEXES}""" + """
 for i = 1, #ARGV do
   local job, job_id = KEYS[first_job + i - 1], ARGV[i]
   local status = redis.call('HGET', job, 'status')
-  for slot = 2, first_job - 1 do redis.call('ZREM', KEYS[slot], job_id) end
-  if status then reindex(2, job, job_id, nil, status) else redis.call('ZREM', KEYS[1], job_id) end
+  for slot = 3, first_job - 1 do redis.call('ZREM', KEYS[slot], job_id) end
+  if status then
+    reindex(3, job, job_id, nil, status)
+  else
+    redis.call('ZREM', KEYS[1], job_id)
+    redis.call('ZREM', KEYS[2], job_id)
+  end
 end
 return #ARGV
 """
