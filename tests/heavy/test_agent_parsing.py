@@ -7,7 +7,7 @@ from heavy.agent.prompts import ANSWER_SPEC
 from heavy.agent.repair import repair_call
 from heavy.agent.steps import answer_line, restates_question, without_cut_sentence, without_result_headers
 from heavy.llm import toolparse
-from heavy.llm.openai_backend import parse_completion
+from heavy.llm.openai_wire import parse_completion
 from heavy.llm.toolparse import parse_text_tool_calls
 from heavy.llm.types import ToolCall
 

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from heavy.llm.adjusted import with_priority
-from heavy.llm.openai_backend import OpenAIBackend, parse_completion
+from heavy.llm.openai_backend import OpenAIBackend
+from heavy.llm.openai_wire import parse_completion
 from heavy.llm.ratelimit import RateLimiter
 from heavy.llm.retry import RetryPolicy
 from heavy.llm.think import ThinkSplitter, split_reasoning
