@@ -5,7 +5,9 @@
 - choice: a request with a `prefix_key` (a heavy job's id) goes where that key went before, so the trajectories of
   one job share that replica's prefix cache; otherwise, or when that replica is down, to the least-loaded up replica
   (requests this router has in flight there), and the key follows it; a late replica only when none is up (a
-  loaded machine answering late is no reason to refuse a request);
+  loaded machine answering late is no reason to refuse a request); without a key, the requests of one `group` (an
+  HTTP request's n choices or best_of candidates) go where the group's others are in flight, so that replica
+  prefills their prompt once and the rest reuse it from its prefix cache;
 - faults: a replica that fails a request (it lost a rank) is marked down and the request is sent to another one;
   when none is left the caller gets a retriable NoReplicaAvailableError, never a hang.
 """
@@ -86,6 +88,9 @@ class Router:
         self._produced_seen = [0] * len(replicas)  # `produced` as the last health round saw it
         self.failures = [0] * len(replicas)  # requests each replica failed (a health answer older than one is stale)
         self.affinity: OrderedDict[str, int] = OrderedDict()
+        # group -> (its replica, its requests in flight there); kept only while some are, so a group never crowds
+        # the affinity entries out
+        self.groups: dict[str, tuple[int, int]] = {}
         self._health_task: asyncio.Task | None = None
 
     async def start(self) -> list[bool]:
@@ -153,7 +158,7 @@ class Router:
         loads = (load if up else None for up, load in zip(self.up, self.loads, strict=True))
         return Availability(tuple(self.up), tuple(down_for), tuple(self.in_flight), tuple(loads), tuple(self.late))
 
-    def choose(self, prefix_key: str | None, exclude: frozenset[int] = frozenset()) -> int:
+    def choose(self, prefix_key: str | None, exclude: frozenset[int] = frozenset(), group: str | None = None) -> int:
         candidates = [i for i, up in enumerate(self.up) if up and i not in exclude]
         if not candidates:  # one late is still tried: if it is really down, it refuses (retriable) or a rank's
             # hang deadline fails it
@@ -163,6 +168,8 @@ class Router:
         if prefix_key is not None and self.affinity.get(prefix_key) in candidates:
             self.affinity.move_to_end(prefix_key)
             return self.affinity[prefix_key]
+        if prefix_key is None and group in self.groups and self.groups[group][0] in candidates:
+            return self.groups[group][0]
         chosen = min(candidates, key=lambda i: self.in_flight[i])
         if prefix_key is not None:
             self.affinity[prefix_key] = chosen
@@ -172,22 +179,23 @@ class Router:
         return chosen
 
     async def generate_stream(self, prompt_token_ids: list[int], params: SamplingParams, *,
-                              request_id: str | None = None,
-                              prefix_key: str | None = None) -> AsyncIterator[RoutedOutput]:
+                              request_id: str | None = None, prefix_key: str | None = None,
+                              group: str | None = None) -> AsyncIterator[RoutedOutput]:
         """The request's deltas from the chosen replica. A replica that fails before the first delta is replaced by
         another; one that fails after it ends the stream with a retriable ReplicaDownError (the text so far
-        cannot be taken back)."""
+        cannot be taken back). `group`: see the module's docstring."""
         tried: set[int] = set()
         last_error: Exception | None = None
         while True:
             try:
-                index = self.choose(prefix_key, frozenset(tried))
+                index = self.choose(prefix_key, frozenset(tried), group)
             except NoReplicaAvailableError as exc:
                 if last_error is None:
                     raise
                 raise NoReplicaAvailableError(f"{exc}; last failure: {last_error}") from last_error
             tried.add(index)
             self.in_flight[index] += 1
+            self._count_in_group(group, index, +1)
             produced, done = 0, False
             stream = self.replicas[index].generate_stream.remote(prompt_token_ids, params, request_id)
             try:
@@ -207,9 +215,21 @@ class Router:
                 last_error = exc
             finally:
                 self.in_flight[index] -= 1
+                self._count_in_group(group, index, -1)
                 if not done:  # the caller went away (or the replica failed): stop the replica's stream too
                     # not recursive: the stream's own calls to the ranks (adding the request) must run on every rank
                     ray.cancel(stream, recursive=False)
+
+    def _count_in_group(self, group: str | None, index: int, change: int) -> None:
+        """A request of `group` starts (+1) or ends (-1) at replica `index`; the group is forgotten with its last.
+        (After a failure, its next request goes where the retry went.)"""
+        if group is None:
+            return
+        replica, count = self.groups.get(group, (index, 0))
+        if count + change:
+            self.groups[group] = (index if change > 0 else replica, count + change)
+        else:
+            del self.groups[group]
 
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams, *, request_id: str | None = None,
                        prefix_key: str | None = None) -> RoutedCompletion:

@@ -4,13 +4,15 @@
 deltas). A job's `prefix_key` reaches the router either as `generate`'s argument (an in-process caller such as
 heavy's runtime backend) or, over HTTP, through the `X-Prefix-Key` header (heavy's OpenAI backend sends it; it also
 sends it as `user`, which the app's request model drops): an ASGI middleware puts it in a context variable that
-`generate` reads when no key is passed.
+`generate` reads when no key is passed. The middleware also names each HTTP request (a group): its n choices or
+best_of candidates, each an engine request, then go to one replica, which prefills their prompt once.
 """
 
 import contextlib
 import json
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -39,10 +41,12 @@ START_TIMEOUT_S = 600.0  # loading every rank of every replica
 STOP_TIMEOUT_S = 5.0  # for the router to stop its health rounds before the replicas go
 DEAD_MARGIN_S = 60.0  # past a replica's recovery deadline before /health calls the server dead
 _prefix_key: ContextVar[str | None] = ContextVar("prefix_key", default=None)
+_request_group: ContextVar[str | None] = ContextVar("request_group", default=None)
 
 
 class PrefixKeyMiddleware:
-    """Pure ASGI (so streamed responses see the value too): X-Prefix-Key -> the request's context."""
+    """Pure ASGI (so streamed responses see the values too): X-Prefix-Key and a name of the HTTP request's own ->
+    the request's context."""
 
     def __init__(self, app):
         self.app = app
@@ -51,9 +55,11 @@ class PrefixKeyMiddleware:
         if scope["type"] == "http":
             value = dict(scope.get("headers") or []).get(PREFIX_KEY_HEADER)
             token = _prefix_key.set(value.decode("latin-1") if value else None)
+            group = _request_group.set(uuid.uuid4().hex)
             try:
                 return await self.app(scope, receive, send)
             finally:
+                _request_group.reset(group)
                 _prefix_key.reset(token)
         return await self.app(scope, receive, send)
 
@@ -89,10 +95,11 @@ class RouterFrontend:
                        prefix_key: str | None = None) -> AsyncIterator[RequestOutput]:
         """Deltas of one request, routed by `prefix_key` (default: the HTTP request's X-Prefix-Key). Raises
         RequestError for a prompt the engine refuses, and the router's retriable errors (ReplicaDownError,
-        NoReplicaAvailableError) when replicas fail."""
+        NoReplicaAvailableError) when replicas fail. Without a key, the HTTP request's other choices decide."""
         self.check_request(prompt_token_ids)
         key = prefix_key if prefix_key is not None else _prefix_key.get()
-        stream = self.router.generate_stream.remote(prompt_token_ids, params, request_id=request_id, prefix_key=key)
+        stream = self.router.generate_stream.remote(prompt_token_ids, params, request_id=request_id, prefix_key=key,
+                                                    group=_request_group.get())
         try:
             async for ref in stream:
                 yield (await ref).output

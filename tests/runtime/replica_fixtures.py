@@ -35,5 +35,5 @@ class Method:
     def __init__(self, run):
         self.run = run
 
-    def remote(self, *args):
-        return self.run(*args)
+    def remote(self, *args, **kwargs):
+        return self.run(*args, **kwargs)
