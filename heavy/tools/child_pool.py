@@ -5,6 +5,10 @@ in a child process; a call cancelled while it runs (the executor's timeout) kill
 waiting on it at once, and a later call starts a new child (about a second: the interpreter and the function's
 module). Children start when first needed, at most `size` of them, and end when this process does (their pipe
 closes). Functions and arguments cross by pickle: a module-level function, plain data.
+
+A child gets none of our environment but what the interpreter and locale read (no API keys, tokens or Redis URLs
+for a parser's bug to leak), and a cap on its address space: a page that makes a parser balloon fails its call
+(MemoryError, or ChildDied) instead of calling the OOM killer onto the machine, which may pick the worker.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -23,16 +28,21 @@ from typing import Any
 
 # The child takes our sys.path (a checkout or a test's root imports as here) and serves on the two fds it is given.
 CHILD_SOURCE = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); from heavy.tools.child_pool import serve; "
-                "serve(int(sys.argv[2]), int(sys.argv[3]))")
+                "serve(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))")
+CHILD_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")  # all a child inherits: no secrets
+# A child peaked at ~330 MB of address space on a hostile page of the fetch's 2 MB; a PDF whose streams inflate
+# without end is what the cap stops
+CHILD_MEMORY_BYTES = 1 << 30
 
 
 class ChildDied(RuntimeError):
     """The child process ended before it answered: killed for its call's timeout, or crashed (out of memory)."""
 
 
-def serve(requests_fd: int, replies_fd: int) -> None:
+def serve(requests_fd: int, replies_fd: int, memory_bytes: int) -> None:
     """The child's loop: call what arrives, send back (True, result) or (False, exception), until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is the parent's to handle
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))  # here, not in a preexec_fn: threads fork us
     requests, replies = Connection(requests_fd, writable=False), Connection(replies_fd, readable=False)
     while True:
         try:
@@ -52,12 +62,14 @@ def serve(requests_fd: int, replies_fd: int) -> None:
 class ChildProcess:
     """A child serving one call at a time over two pipes."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_bytes: int) -> None:
         requests_read, requests_write = os.pipe()
         replies_read, replies_write = os.pipe()
         self._process = subprocess.Popen(
-            [sys.executable, "-c", CHILD_SOURCE, json.dumps(sys.path), str(requests_read), str(replies_write)],
+            [sys.executable, "-c", CHILD_SOURCE, json.dumps(sys.path), str(requests_read), str(replies_write),
+             str(memory_bytes)],
             stdin=subprocess.DEVNULL, pass_fds=(requests_read, replies_write),
+            env={name: os.environ[name] for name in CHILD_ENV_NAMES if name in os.environ},
         )
         os.close(requests_read)
         os.close(replies_write)  # the child holds the only write end: its death is our end of file
@@ -104,10 +116,11 @@ class _Call:
 
 
 class ChildPool:
-    """Up to `size` calls at once, each in a child of its own, each waited on by a thread of the pool's."""
+    """Up to `size` calls at once, each in a child of its own (its address space at most `memory_bytes`), each
+    waited on by a thread of the pool's."""
 
-    def __init__(self, size: int, name: str) -> None:
-        self.size = size
+    def __init__(self, size: int, name: str, memory_bytes: int = CHILD_MEMORY_BYTES) -> None:
+        self.size, self.memory_bytes = size, memory_bytes
         self._waiters = ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)  # one per running call
         self._idle: list[ChildProcess] = []
         self._lock = threading.Lock()
@@ -141,7 +154,7 @@ class ChildPool:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return ChildProcess()
+        return ChildProcess(self.memory_bytes)
 
     def _give_back(self, child: ChildProcess) -> None:
         with self._lock:

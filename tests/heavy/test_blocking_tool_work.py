@@ -130,3 +130,18 @@ def test_an_extraction_child_that_dies_fails_its_call_and_the_next_call_gets_a_n
         return await pool.run(divmod, 7, 2)
 
     assert asyncio.run(scenario()) == (3, 1)
+
+
+def test_an_extraction_child_has_none_of_our_secrets_and_a_capped_address_space(monkeypatch):
+    """It parses what any page sent: a parser's bug must not reach the worker's keys, nor its memory the machine's."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-worker-secret")
+    pool = ChildPool(size=1, name="test-extract", memory_bytes=256 << 20)
+
+    async def scenario():
+        assert await pool.run(os.getenv, "OPENAI_API_KEY") is None
+        assert await pool.run(os.getenv, "PATH") == os.environ["PATH"]
+        with pytest.raises(MemoryError):
+            await pool.run(eval, "len(bytes(512 << 20))")  # calloc'd: costs no memory where it is allowed
+        return await pool.run(divmod, 7, 2)  # the same child goes on
+
+    assert asyncio.run(scenario()) == (3, 1)
