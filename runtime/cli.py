@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the name clients ask for in `model` (default: --model as given); others get a 404")
     serve.add_argument("--max-model-len", type=int, default=None,
                        help="prompt + completion tokens of one request, reported in /v1/models (default: 8192, or "
-                            "what the KV cache holds if less); refused if the KV cache cannot hold it")
+                            "less: what the KV cache holds, the model's max_position_embeddings); refused if "
+                            "either cannot hold it")
     serve.add_argument("--kv-cache-gib", type=float, default=None,
                        help="KV-cache memory of the engine (of each rank with --ep), GiB (default 0.5): what holds "
                             "--max-model-len and the sequences served at once (deploy/sizing.py for a GPU)")

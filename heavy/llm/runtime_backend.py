@@ -80,9 +80,9 @@ class RuntimeBackend:
         self.routes_by_prefix_key = routes_by_prefix_key
 
     async def served_context(self) -> int | None:
-        """The context the engine holds: the one asked for, or less when its KV cache holds less (heavy then fits
-        the job's prompts to it, heavy/llm/served.py). An AsyncEngine's is its LLMEngine's; a RouterFrontend's its
-        replicas'."""
+        """The context the engine holds: the one asked for, or less when its KV cache or the model's
+        max_position_embeddings hold less (heavy then fits the job's prompts to it, heavy/llm/served.py). An
+        AsyncEngine's is its LLMEngine's; a RouterFrontend's its replicas'."""
         held = getattr(getattr(self.engine, "engine", None), "max_model_len", None)
         held = held if held is not None else getattr(self.engine, "max_model_len", None)
         return held if isinstance(held, int) else None

@@ -1,6 +1,7 @@
 """The context heavy fits its prompts to: `HEAVY_CONTEXT_TOKENS`, or the server's own when it reports a smaller one
-(a `runtime serve` or vLLM started with a smaller `--max-model-len`, or one whose KV cache holds less). Sized to the
-larger, every long prompt would be a 400 that the openai backend asks again with less room (openai_backend.py)."""
+(a `runtime serve` or vLLM started with a smaller `--max-model-len`, or one whose KV cache or model holds less).
+Sized to the larger, every long prompt would be a 400 that the openai backend asks again with less room
+(openai_backend.py)."""
 
 from __future__ import annotations
 
