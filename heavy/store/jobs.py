@@ -31,7 +31,7 @@ from heavy.store.records import (
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 READ_BATCH = 500
-INDEX_VERSION = "1"  # of the tenant's status sets (Keys.tenant_status_indexes)
+RECHECK_S = 60  # how far back the newest jobs are checked to be on their status sets again (scripts.UNINDEXED)
 
 
 def _quota_exceeded(tenant: str, limit: str) -> QuotaExceeded:
@@ -82,7 +82,7 @@ class JobStore:
         self._settle_callback = redis.register_script(scripts.SETTLE_CALLBACK)
         self._server_time = redis.register_script(scripts.SERVER_TIME)
         self._reindex = redis.register_script(scripts.REINDEX)
-        self._indexed: set[str] = set()  # tenants whose status sets this process saw complete
+        self._unindexed = redis.register_script(scripts.UNINDEXED)
 
     # --- jobs ---
 
@@ -141,7 +141,7 @@ class JobStore:
         sets before the page is read (and, for one ended before the expiring set, as a page meets it)."""
         await self._drop_expired(tenant)
         if statuses:
-            await self._index_older_jobs(tenant)
+            await self._index_unindexed(tenant)
             ids, total = await self._ids_in(tenant, sorted(statuses), offset, limit)
         else:
             key = self.keys.tenant_jobs(tenant)
@@ -188,17 +188,23 @@ class JobStore:
                                       *k.tenant_status_indexes(tenant), *(k.job(job_id) for job_id in batch)],
                                 args=batch)
 
-    async def _index_older_jobs(self, tenant: str) -> None:
-        """Once per tenant (its version key then says so, to every process): the jobs a store older than the
-        status sets made are put on them. Jobs made or changed meanwhile are indexed by their own scripts; the
-        REINDEX steps are atomic, so a job moving during the backfill ends on its own status's set."""
-        if tenant in self._indexed:
+    async def _index_unindexed(self, tenant: str) -> None:
+        """Jobs on the tenant's list and on no status set, or on a set and off the list, are put right (REINDEX):
+        a store's older than the sets (all of them, on the tenant's first filtered list) and, during a rolling
+        upgrade, those a process older than the sets submits (list only) or deletes (its set kept), whenever that
+        happens: no marker says a tenant is done for good."""
+        k = self.keys
+        sets, listed = k.tenant_status_indexes(tenant), k.tenant_jobs(tenant)
+        surplus, missing = await self._unindexed(keys=[listed, *sets, k.tenant_checked(tenant)], args=[RECHECK_S])
+        if surplus == len(missing):  # the newest unindexed jobs account for the difference
+            await self.reindex(tenant, missing)
             return
-        marker = self.keys.tenant_indexed(tenant)
-        if await self.redis.get(marker) != INDEX_VERSION:
-            await self.reindex(tenant, await self.redis.zrange(self.keys.tenant_jobs(tenant), 0, -1))
-            await self.redis.set(marker, INDEX_VERSION)
-        self._indexed.add(tenant)
+        async with self.redis.pipeline(transaction=False) as pipe:  # the whole list and sets, as rarely as that
+            pipe.zdiff([listed, *sets])  # listed, on no set
+            for key in sets:
+                pipe.zdiff([key, listed])  # on a set, not listed
+            replies = await pipe.execute()
+        await self.reindex(tenant, [job_id for ids in replies for job_id in ids])
 
     async def _hashes(self, ids: list[str]) -> list[dict[str, str]]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -85,9 +85,9 @@ class Keys:
         list and the status sets once due (Redis expires a job's keys, not its entries in them)."""
         return f"{self.tenant_jobs(tenant)}:expiring"
 
-    def tenant_indexed(self, tenant: str) -> str:
-        """The version of the status sets the tenant's jobs were indexed into (set once its older jobs are in)."""
-        return f"{self.tenant_jobs(tenant)}:indexed"
+    def tenant_checked(self, tenant: str) -> str:
+        """Since when (a created time) the tenant's jobs were last checked to be on their status sets."""
+        return f"{self.tenant_jobs(tenant)}:checked"
 
     def tenant_active(self, tenant: str) -> str:
         """Set of the tenant's queued, waiting and running jobs: the concurrency quota counts it."""

@@ -254,6 +254,30 @@ end
 return #ARGV
 """
 
+# KEYS: the tenant's jobs zset, its status sets, its checked-since key; ARGV: how far back (s) the newest jobs are
+# checked again -> {how many more ids the list holds than the sets, the ids created since the last check that are on
+# no set}. Every script that adds, moves or removes a job keeps the list and the (disjoint) sets in step; a process
+# older than the sets does not: its SUBMIT puts a job on the list only, its DELETE takes one off the list only. The
+# count finds either alone, not both at once, so the jobs made since the last check (less ARGV[1], for the API
+# processes' clocks, which set `created`) are looked up too.
+UNINDEXED = """
+local checked = KEYS[#KEYS]
+local now = redis.call('TIME')[1]
+local since = redis.call('GET', checked) or (now - tonumber(ARGV[1]))
+local missing = {}
+for _, job_id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf')) do
+  local found = false
+  for i = 2, #KEYS - 1 do
+    if redis.call('ZSCORE', KEYS[i], job_id) then found = true break end
+  end
+  if not found then missing[#missing + 1] = job_id end
+end
+redis.call('SET', checked, now - tonumber(ARGV[1]))
+local indexed = 0
+for i = 2, #KEYS - 1 do indexed = indexed + redis.call('ZCARD', KEYS[i]) end
+return {redis.call('ZCARD', KEYS[1]) - indexed, missing}
+"""
+
 # KEYS: any key of the store -> Redis's clock, on the server that holds the store's keys: on a Redis Cluster a plain
 # TIME goes to the client's default node, whose clock is not the one the scripts above read (approve_by, leases)
 SERVER_TIME = "return redis.call('TIME')"

@@ -1,6 +1,7 @@
 """The tenant's status sets, which a job list filtered by status reads (heavy/store/jobs.py `list`): every status
-write moves the job between them in its own step, a page is the filtered list's, jobs made before the sets are put
-on them once, and expired jobs leave them. On one redis-server and on a Redis Cluster."""
+write moves the job between them in its own step, a page is the filtered list's, jobs made before the sets (and, in a
+rolling upgrade, jobs older processes submit or delete) are put right, and expired jobs leave them. On one
+redis-server and on a Redis Cluster."""
 
 import asyncio
 
@@ -74,26 +75,44 @@ async def test_a_filtered_page_is_the_page_of_the_list_filtered(store):
             assert ([job.id for job in page], total) == (expected[offset : offset + limit], len(expected))
 
 
-async def test_jobs_made_before_the_status_sets_are_put_on_them_once(store, redis_url, key_prefix):
-    """A store older than the sets: its jobs are on the tenant's list only. The first filtered list indexes them and
-    marks the tenant, so another process (a new store) does not index again."""
+async def test_jobs_made_before_the_status_sets_are_put_on_them(store):
+    """A store older than the sets: its jobs are on the tenant's list only. The first filtered list indexes them."""
     jobs = store.jobs
     queued, done = await submit(jobs), await submit(jobs)
     await jobs.finish(done, DONE)
-    keys = jobs.keys
-    await store.redis.delete(*keys.tenant_status_indexes("acme"), keys.tenant_indexed("acme"))  # as before the sets
+    await store.redis.delete(*jobs.keys.tenant_status_indexes("acme"))  # as before the sets
 
     page, total = await jobs.list("acme", statuses={DONE})
     assert ([job.id for job in page], total) == ([done.id], 1)
     assert await status_sets(store) == {QUEUED: {queued.id}, DONE: {done.id}}
-    assert await store.redis.get(keys.tenant_indexed("acme")) == "1"
 
-    await store.redis.delete(keys.tenant_status_jobs("acme", QUEUED))  # now only a second backfill would mend it
-    other = Store.connect(redis_url, keys=Keys(key_prefix))
+
+async def test_jobs_an_older_process_submits_or_deletes_after_the_tenant_was_indexed_are_mended(
+        store, redis_url, key_prefix):
+    """A rolling upgrade: processes older than the sets still submit and delete jobs after a newer one indexed the
+    tenant. Their jobs are on the list and on no set, the ones they delete on a set and off the list; a filtered
+    list (of any process, however long it has run) finds both, though its page meets neither."""
+    jobs, keys = store.jobs, store.jobs.keys
+    deleted = await submit(jobs)
+    await jobs.finish(deleted, DONE)
+    await jobs.list("acme", statuses={QUEUED})  # indexed; this process has seen the tenant's sets
+    older_submit = await submit(jobs)
+    await store.redis.zrem(keys.tenant_status_jobs("acme", QUEUED), older_submit.id)  # an older SUBMIT: list only
+    await store.redis.delete(keys.job(deleted.id))  # an older DELETE: off the list, its status set kept
+    await store.redis.zrem(keys.tenant_jobs("acme"), deleted.id)
+    newer = await submit(jobs)
+    await jobs.finish(newer, DONE)
+
+    other = Store.connect(redis_url, keys=Keys(key_prefix))  # a process that never saw the tenant's sets
     try:
-        assert await other.jobs.list("acme", statuses={QUEUED}) == ([], 0)
+        for reader in (jobs, other.jobs):
+            page, total = await reader.list("acme", statuses={QUEUED})
+            assert ([job.id for job in page], total) == ([older_submit.id], 1)
+            page, total = await reader.list("acme", statuses={DONE}, limit=1)
+            assert ([job.id for job in page], total) == ([newer.id], 1)
     finally:
         await other.aclose()
+    assert await status_sets(store) == {QUEUED: {older_submit.id}, DONE: {newer.id}}
 
 
 async def test_a_page_leaves_out_and_mends_a_job_whose_status_moved_without_its_set(store):
