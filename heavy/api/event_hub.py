@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from heavy.metrics import SSE_READERS
 from heavy.store import JobNotFound, Store, StoreError
 from heavy.store.records import TERMINAL_EVENTS
 
@@ -75,6 +76,7 @@ class EventHub:
         reader = self._readers.get(job_id)
         if reader is None:
             reader = self._readers[job_id] = _JobReader(after)
+            SSE_READERS.inc()
             task = asyncio.create_task(self._run(job_id, reader), name=f"events of {job_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -90,6 +92,7 @@ class EventHub:
         finally:
             # in the same step as the last await's outcome: a follower arriving later starts a new reader
             del self._readers[job_id]
+            SSE_READERS.dec()
             for follower in reader.followers:
                 follower.inbox.put_nowait(end)
 

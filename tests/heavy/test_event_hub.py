@@ -4,6 +4,7 @@ its events to every follower, each from where that follower started, and ends on
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from heavy.api import event_hub
 from heavy.api.event_hub import EventHub
@@ -68,15 +69,22 @@ async def test_a_revoked_key_ends_only_its_own_followers_streams(store):
     assert (kept, revoked) == ([1, 2, 3], [1])
 
 
+def readers() -> float:
+    return REGISTRY.get_sample_value("heavy_sse_readers")
+
+
 async def test_a_jobs_reader_stops_once_its_followers_have_left(store):
     key = (await store.tenants.create_key("acme")).secret
     job_id = await running_job(store, 1)
     hub = EventHub(store)
     seen: list[int] = []
+    before = readers()
     followers = [asyncio.create_task(collect(hub.follow(job_id, 0, key), seen)) for _ in range(3)]
     await wait_for(lambda: asyncio.sleep(0, result=seen == [1, 1, 1]))
+    assert readers() == before + 1  # one for the job, however many follow it
     for follower in followers:
         follower.cancel()
     await asyncio.gather(*followers, return_exceptions=True)
     await wait_for(lambda: asyncio.sleep(0, result=not hub._readers))
     assert await blocked_event_reads(store) == 0
+    assert readers() == before
