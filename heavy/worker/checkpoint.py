@@ -106,6 +106,8 @@ class CheckpointedTrajectory(Trajectory):
             restore(self, saved)
         if saved:  # absent from checkpoints written before calls were saved: those count from zero
             self.executor.restore_calls(self.spec.job_id, self.spec.index, saved.get("tool_calls", {}))
+        if saved and self.job_budget is not None:  # the aggregator's holds and prompts are scaled by the job's
+            self.job_budget.calibrate(saved.get("counted_per_estimated", 1.0))
 
     async def run(self) -> TrajectoryResult:
         if self.saved_result is not None:  # ended before the takeover: its events are already in the stream
@@ -117,7 +119,8 @@ class CheckpointedTrajectory(Trajectory):
         result = await super().run()
         if result.stop_reason not in EXTERNAL_STOPS:  # a stopped one continues if the job is taken over
             await self.save(self.spec.index, {"kind": "result", "result": result_to_dict(result),
-                                              "tool_calls": _tool_calls(self)})
+                                              "tool_calls": _tool_calls(self),
+                                              "counted_per_estimated": self.requests.counted_per_estimated})
         return result
 
     async def after_step(self) -> None:

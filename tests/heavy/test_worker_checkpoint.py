@@ -10,6 +10,7 @@ from heavy.llm.types import Sampling
 from heavy.tools.base import ToolExecutor, ToolLimits
 from heavy.worker.checkpoint import CheckpointedTrajectory, result_from_dict, state_of
 from tests.heavy.fakes import ScriptedBackend
+from tests.heavy.test_job_grant import counting_chinese_as_the_embedded_tokenizer
 from tests.heavy.worker_helpers import PAGES, DictSearch, executor, researcher, step_of
 
 pytestmark = pytest.mark.anyio
@@ -80,3 +81,17 @@ async def test_a_saved_result_is_returned_without_running():
     budget = JobTokenBudget(10_000)
     done, _ = trajectory(saved=saves[-1], backend=backend, budget=budget)
     assert await done.run() == result and backend.requests == [] and budget.used == result.usage.total_tokens
+
+
+async def test_a_restored_trajectory_gives_the_job_what_its_server_counted_per_estimated_token():
+    """The job's ratio scales the aggregator's grant holds and prompts (agent/budget.py): a worker that takes the job
+    over has it from the checkpoints, of a trajectory that ended before the takeover too (it sends no request
+    again, and the aggregation over its pages was held and fitted by the bare estimate)."""
+    first, saves = trajectory(backend=ScriptedBackend(counting_chinese_as_the_embedded_tokenizer(researcher)))
+    await first.run()
+    ratio = first.requests.counted_per_estimated
+    assert ratio > 1.5 and [s["kind"] for s in saves] == ["state", "state", "result"]
+    for saved, counted in ((saves[1], saves[1]["counted_per_estimated"]), (saves[-1], ratio)):
+        budget = JobTokenBudget(10_000)
+        trajectory(saved=saved, budget=budget)
+        assert budget.counted_per_estimated == counted > 1.5, saved["kind"]
