@@ -159,8 +159,11 @@ class Scheduler:
             await sink.emit(Aggregating(job_id=spec.job_id, done=finished, stopped=len(results) - finished,
                                         reason=reason))
             status = "partial" if reason in PARTIAL_STOPS else "done"
-            # its prompts are fitted by what the server counted for the trajectories' (the same pages)
-            aggregation = replace(aggregation, counted_per_estimated=budget.counted_per_estimated)
+            # its prompts are fitted by what the server counted for the trajectories' (the same pages), to the
+            # context a refusal showed them (a server that does not report it)
+            aggregation = replace(aggregation, counted_per_estimated=budget.counted_per_estimated,
+                                  context_tokens=min(aggregation.context_tokens,
+                                                     budget.served_context or aggregation.context_tokens))
             granted = GrantedBackend(with_priority(self.backend, spec.priority), budget, kept_for=REPORT_REQUEST,
                                      keep=reserve * (spec.mode == "report"))
             try:  # a cancel while aggregating aborts the aggregator's model requests: no report

@@ -55,7 +55,9 @@ class JobTokenBudget:
     (as far as the prompt estimate, scaled by what the server counted, holds): the trajectories stop (a partial
     report), and the aggregator goes without the calls that no longer fit. `counted_per_estimated`: the server's
     prompt tokens per estimated one, the largest any request of the job showed (Chinese: 1.9 for the embedded
-    model's tokenizer), by which the aggregator's holds are scaled (the trajectories keep their own)."""
+    model's tokenizer), by which the aggregator's holds are scaled (the trajectories keep their own).
+    `served_context`: the server's context when a refusal showed it smaller than the job's (None until then), which
+    the aggregator's prompts are fitted to as well."""
 
     def __init__(self, total: int, reserve: int = 0) -> None:
         if total < 1:
@@ -68,9 +70,13 @@ class JobTokenBudget:
         self.exhausted = asyncio.Event()
         self._settled = asyncio.Event()
         self.counted_per_estimated = 1.0
+        self.served_context: int | None = None
 
     def calibrate(self, counted_per_estimated: float) -> None:
         self.counted_per_estimated = max(self.counted_per_estimated, counted_per_estimated)
+
+    def learn_context(self, tokens: int) -> None:
+        self.served_context = min(tokens, self.served_context or tokens)
 
     @property
     def remaining(self) -> int:

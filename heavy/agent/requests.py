@@ -49,6 +49,8 @@ class ModelRequests:
             self.counted_per_estimated, learned = counted / estimated, True
         if refusal.room is not None and counted + refusal.room < self.context_tokens:
             self.context_tokens, learned = counted + refusal.room, True
+            if self.job_budget is not None:  # the aggregator's prompts are fitted to it too
+                self.job_budget.learn_context(self.context_tokens)
         return learned
 
     def _fitted(self, messages: list[Message], tools: list[dict] | None, max_tokens: int) -> tuple[list[Message], int]:

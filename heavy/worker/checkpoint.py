@@ -108,6 +108,9 @@ class CheckpointedTrajectory(Trajectory):
             self.executor.restore_calls(self.spec.job_id, self.spec.index, saved.get("tool_calls", {}))
         if saved and self.job_budget is not None:  # the aggregator's holds and prompts are scaled by the job's
             self.job_budget.calibrate(saved.get("counted_per_estimated", 1.0))
+            context = saved.get("context_tokens", self.spec.limits.context_tokens)
+            if context < self.spec.limits.context_tokens:  # and fitted to the server's context a refusal showed
+                self.job_budget.learn_context(context)
 
     async def run(self) -> TrajectoryResult:
         if self.saved_result is not None:  # ended before the takeover: its events are already in the stream
@@ -120,7 +123,8 @@ class CheckpointedTrajectory(Trajectory):
         if result.stop_reason not in EXTERNAL_STOPS:  # a stopped one continues if the job is taken over
             await self.save(self.spec.index, {"kind": "result", "result": result_to_dict(result),
                                               "tool_calls": _tool_calls(self),
-                                              "counted_per_estimated": self.requests.counted_per_estimated})
+                                              "counted_per_estimated": self.requests.counted_per_estimated,
+                                              "context_tokens": self.requests.context_tokens})
         return result
 
     async def after_step(self) -> None:

@@ -7,10 +7,12 @@ import pytest
 
 from heavy.agent import TrajectoryLimits
 from heavy.agent.context import estimate_tokens
+from heavy.aggregate import AggregationConfig
 from heavy.events import Aggregating, JobCancelled, JobFailed, MemorySink, ReportReady, TrajectoryDone
+from heavy.llm.types import ContextLengthError
 from heavy.scheduler import AllTrajectoriesFailed, JobControl, JobSpec, Scheduler
 from heavy.tools.base import ToolExecutor, ToolLimits
-from tests.heavy.fakes import DictSearch, ScriptedBackend, call, text
+from tests.heavy.fakes import DictOpen, DictSearch, ScriptedBackend, call, text
 
 pytestmark = pytest.mark.anyio
 
@@ -215,3 +217,32 @@ async def test_a_jobs_tool_call_caps_grow_with_its_trajectories():
     job = spec(question="Is Lyon larger than Paris?", trajectories=3, opening_search=True)
     await Scheduler(ScriptedBackend(researcher()), executor).run(job, sink=MemorySink())
     assert Counter(search.queries) == {job.question: 3, "Lyon": 1, "Paris": 1}
+
+
+async def test_the_report_pass_is_fitted_to_the_context_a_refusal_showed_the_trajectories():
+    """A server whose context (unreported, as OpenAI's) is smaller than HEAVY_CONTEXT_TOKENS refuses a prompt that
+    leaves under half the reply's room (the openai backend cuts a larger room: llm/openai_backend.py). The
+    trajectories fit their prompts to the context the refusal states; the report pass, fitted to
+    HEAVY_CONTEXT_TOKENS, was refused and the report went without its findings."""
+    served = 2000
+    pages = {f"http://corpus/{i}": " ".join(f"Paris is the capital of France, page {i} says in line {j}."
+                                            for j in range(150)) for i in range(2)}
+
+    def script(request):
+        prompt = estimate_tokens(request.messages, request.tools)
+        if prompt + request.max_tokens > served and served - prompt < request.max_tokens / 2:
+            raise ContextLengthError("too long", prompt_tokens=prompt, room=served - prompt)
+        if request.trajectory < 0:
+            return text("France's capital is Paris [1].")
+        step = int(request.request_id.split(":")[2])
+        if request.forced or step > 1:
+            return call("answer", answer="Paris", confidence=0.8)
+        return call("open_page", url=f"http://corpus/{request.trajectory}") if step else call("search", query="paris")
+    backend = ScriptedBackend(script)
+    scheduler = Scheduler(backend, ToolExecutor([DictSearch(pages), DictOpen(pages)]),
+                          aggregation=AggregationConfig(source_excerpt_chars=1500))
+    result = await scheduler.run(spec(mode="report", trajectories=2, allowed_tools=frozenset({"search", "open_page"}),
+                                      limits=TrajectoryLimits(max_steps=4, step_tokens=200)))
+    refused = [r for r in backend.requests if estimate_tokens(r.messages, r.tools) + r.max_tokens > served]
+    assert {r.request_id for r in refused} == {"job-7:0:1", "job-7:1:1"}  # the pages' text, before the refit
+    assert "## Findings\n\nFrance's capital is Paris [1]." in result.markdown

@@ -83,10 +83,11 @@ async def test_a_saved_result_is_returned_without_running():
     assert await done.run() == result and backend.requests == [] and budget.used == result.usage.total_tokens
 
 
-async def test_a_restored_trajectory_gives_the_job_what_its_server_counted_per_estimated_token():
-    """The job's ratio scales the aggregator's grant holds and prompts (agent/budget.py): a worker that takes the job
-    over has it from the checkpoints, of a trajectory that ended before the takeover too (it sends no request
-    again, and the aggregation over its pages was held and fitted by the bare estimate)."""
+async def test_a_restored_trajectory_gives_the_job_what_its_server_counted_per_estimated_token_and_its_context():
+    """The job's ratio scales the aggregator's grant holds and prompts, which fit the server's context a refusal
+    showed (agent/budget.py): a worker that takes the job over has both from the checkpoints, of a trajectory that
+    ended before the takeover too (it sends no request again, and the aggregation over its pages was held and
+    fitted by the bare estimate, to HEAVY_CONTEXT_TOKENS)."""
     first, saves = trajectory(backend=ScriptedBackend(counting_chinese_as_the_embedded_tokenizer(researcher)))
     await first.run()
     ratio = first.requests.counted_per_estimated
@@ -95,3 +96,9 @@ async def test_a_restored_trajectory_gives_the_job_what_its_server_counted_per_e
         budget = JobTokenBudget(10_000)
         trajectory(saved=saved, budget=budget)
         assert budget.counted_per_estimated == counted > 1.5, saved["kind"]
+        assert budget.served_context is None  # no refusal showed the server's context smaller
+    assert saves[-1]["context_tokens"] == SPEC.limits.context_tokens
+    for saved in (saves[1], saves[-1]):  # a refusal had shown it (the report pass is fitted to it)
+        budget = JobTokenBudget(10_000)
+        trajectory(saved={**saved, "context_tokens": 3000}, budget=budget)
+        assert budget.served_context == 3000, saved["kind"]
