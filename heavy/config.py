@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     corpus_port: int = Field(0, ge=0, le=65535)
     # service workers share the web pages they open through Redis for this long (0: each keeps its own, in memory)
     page_cache_ttl_s: float = Field(86_400.0, ge=0)
+    # the python tool's sandbox (heavy.tools.python_sandbox.SandboxLimits). The wall time stays under the executor's
+    # 30 s per call, which would otherwise cut the run first with no word of the limit; the rest are kept to what
+    # one worker's machine can give each of a job's runs at once (the scratch tmpfs and the output are in memory)
+    python_wall_s: float = Field(20.0, gt=0, lt=30)
+    python_cpu_s: int = Field(10, ge=1, le=300)
+    python_memory_bytes: int = Field(1 << 30, ge=128 << 20, le=64 << 30)  # address space: the interpreter takes ~30 MB
+    python_processes: int = Field(16, ge=1, le=1024)  # processes and threads of the sandbox's user
+    python_output_bytes: int = Field(64_000, ge=1, le=1_000_000)  # stdout + stderr kept; the rest counted, dropped
+    python_scratch_bytes: int = Field(64 << 20, ge=1 << 20, le=4 << 30)  # each private tmpfs / the scratch dir
 
     # --- service: data dir, Redis, API, workers, tenant defaults ---
     home: str = "~/.cache/heavy"  # HEAVY_HOME, shared with the runtime's model cache

@@ -42,7 +42,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from heavy.config import get_settings
+from heavy.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,13 @@ class SandboxLimits:
         bad = {name: value for name, value in asdict(self).items() if value <= 0}
         if bad:
             raise ValueError(f"sandbox limits must be > 0, got {bad}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SandboxLimits:
+        """The deployment's HEAVY_PYTHON_* limits (the file size and open files stay at their defaults)."""
+        return cls(wall_s=settings.python_wall_s, cpu_s=settings.python_cpu_s,
+                   memory_bytes=settings.python_memory_bytes, processes=settings.python_processes,
+                   output_bytes=settings.python_output_bytes, tmpfs_bytes=settings.python_scratch_bytes)
 
     def rlimits(self) -> dict[str, int]:
         names = ("cpu_s", "memory_bytes", "processes", "file_bytes", "open_files")
@@ -249,7 +256,8 @@ class PythonSandbox:
                  data_dirs: Sequence[str] | None = None) -> None:
         """`isolation`: "auto" takes the strongest that works here (namespaces as root, else user-namespaces, else
         process); naming one that does not work here is an error. `data_dirs` are hidden from the code like the home
-        directory (default HEAVY_HOME: outside home, as in the image, its Redis files are readable to any uid)."""
+        directory (default HEAVY_HOME: outside home, as in the image, its Redis files are readable to any uid).
+        `limits` default to the HEAVY_PYTHON_* settings."""
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
         if isolation == "namespaces" and not namespaces_available():
@@ -257,7 +265,7 @@ class PythonSandbox:
         if isolation == "user-namespaces" and not user_namespaces_available():
             raise RuntimeError("user-namespace isolation needs util-linux unshare/setpriv and a kernel (and seccomp "
                                "profile) that let this user create user namespaces")
-        self.limits = limits or SandboxLimits()
+        self.limits = limits or SandboxLimits.from_settings(get_settings())
         self.data_dirs = tuple(data_dirs if data_dirs is not None else (os.path.expanduser(get_settings().home),))
         if isolation == "auto":
             isolation = ("namespaces" if namespaces_available()

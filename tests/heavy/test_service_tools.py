@@ -70,3 +70,17 @@ async def test_a_fixed_corpus_port_keeps_the_pages_urls_across_restarts(tmp_path
     async with service_tools(settings, redis_url, tmp_path / "index.sqlite") as restarted:
         opened = await restarted.call("open_page", {"url": hit.url}, CTX)
     assert opened.error is None and "volcano" in opened.text
+
+
+async def test_the_python_limits_settings_reach_a_jobs_sandbox(redis_url):
+    python = ToolContext(job_id="j", trajectory=0, allowed_tools=frozenset({"python"}))
+    tight = Settings(search="web", page_cache_ttl_s=0, python_cpu_s=1, python_output_bytes=100)
+    async with service_tools(tight, redis_url, None) as executor:
+        looped = await executor.call("python", {"code": "while True:\n    pass"}, python)
+        assert looped.error == "[killed: CPU time limit reached]"
+        printed = await executor.call("python", {"code": "print('y' * 2000)"}, python)
+        assert printed.text.endswith("[output truncated: showing 100 of 2001 bytes]")
+    roomy = Settings(search="web", page_cache_ttl_s=0, python_output_bytes=3000)
+    async with service_tools(roomy, redis_url, None) as executor:
+        printed = await executor.call("python", {"code": "print('y' * 2000)"}, python)
+        assert (printed.text, printed.truncated) == ("y" * 2000, False)
