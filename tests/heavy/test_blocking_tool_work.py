@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from heavy.tools import blocking
+from heavy.tools import blocking, open_page
 from heavy.tools.base import ToolContext, ToolExecutor, ToolLimits
 from heavy.tools.child_pool import ChildDied, ChildPool
-from heavy.tools.fetch import PageFetcher
+from heavy.tools.fetch import FetchLimits, PageFetcher
 from heavy.tools.open_page import OpenPageTool
 from heavy.tools.ssrf import AllowedTarget, SsrfGuard, system_resolver
 from tests.heavy.loopback_server import LoopbackServer, html_page
@@ -145,3 +145,35 @@ def test_an_extraction_child_has_none_of_our_secrets_and_a_capped_address_space(
         return await pool.run(divmod, 7, 2)  # the same child goes on
 
     assert asyncio.run(scenario()) == (3, 1)
+
+
+def address_space_cap(pid: int) -> int:
+    """A process's soft RLIMIT_AS, as /proc shows it."""
+    line = next(line for line in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                if line.startswith("Max address space"))
+    return int(line.split()[3])
+
+
+def test_an_extractions_address_space_follows_the_fetch_size_limit(monkeypatch):
+    """A deployment fetching larger pages gives their extraction room in proportion: the 1 GiB cap, measured for
+    the fetch's 2 MB, would fail a parse that a larger page legitimately needs."""
+    pool = ChildPool(size=1, name="test-extract")
+    monkeypatch.setattr(open_page, "EXTRACTION", pool)
+
+    async def cap_after_opening(server: LoopbackServer, max_bytes: int) -> int:
+        fetcher = PageFetcher(SsrfGuard([AllowedTarget("127.0.0.1", server.port)]), FetchLimits(max_bytes=max_bytes))
+        result = await ToolExecutor([OpenPageTool(fetcher)]).call("open_page", {"url": f"{server.base_url}/page"}, CTX)
+        assert result.error is None and "text" in result.text, result.error
+        (child,) = pool._idle  # the one child served the call and waits for the next
+        return address_space_cap(child._process.pid)
+
+    async def scenario():
+        with LoopbackServer({"/page": html_page("A page", "<p>text</p>")}) as server:
+            assert await cap_after_opening(server, FetchLimits().max_bytes) == 1 << 30
+            assert await cap_after_opening(server, 8 << 20) == 2 << 30
+            assert await cap_after_opening(server, 2 << 20) == 1 << 30  # the same child: a call's cap is its own
+        with pytest.raises(MemoryError):
+            await pool.run(eval, "len(bytes(512 << 20))", memory_bytes=256 << 20)
+        return await pool.run(eval, "len(bytes(512 << 20))", memory_bytes=1 << 30)  # calloc'd: costs no memory
+
+    assert asyncio.run(scenario()) == 512 << 20
