@@ -16,6 +16,7 @@ from typing import Annotated
 import pydantic
 import redis
 import typer
+from pydantic_core import ErrorDetails
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -191,9 +192,14 @@ def main() -> None:
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, pydantic.ValidationError):  # a HEAVY_* setting: name it as the user set it
-        return "; ".join(f"HEAVY_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']} (got {e.get('input')!r})"
-                         for e in exc.errors())
+        return "; ".join(map(_describe_setting_error, exc.errors()))
     return f"{type(exc).__name__}: {exc}"
+
+
+def _describe_setting_error(error: ErrorDetails) -> str:
+    if not error["loc"]:  # a check across settings: its input is every setting given, HEAVY_OPENAI_API_KEY included
+        return f"HEAVY_* settings: {error['msg'].removeprefix('Value error, ')}"
+    return f"HEAVY_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']} (got {error.get('input')!r})"
 
 
 if __name__ == "__main__":

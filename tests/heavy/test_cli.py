@@ -305,6 +305,11 @@ def test_ask_refuses_an_empty_question_in_one_line():
     (["corpus", "serve", "--index", "/nonexistent/index.sqlite"], {}, "error: FileNotFoundError: no corpus index at"),
     (["corpus", "add", "{bad}"], {}, "error: CorpusFormatError: {bad}:1: not valid JSON"),
     (["ask", "q?"], {"HEAVY_TRAJECTORIES": "many"}, "error: HEAVY_TRAJECTORIES: Input should be a valid integer"),
+    (["worker"], {"HEAVY_PYTHON_WALL_S": "45"}, "error: HEAVY_PYTHON_WALL_S: Input should be less than 30 (got '45')"),
+    (["up"], {"HEAVY_PYTHON_SCRATCH_BYTES": "0"}, "error: HEAVY_PYTHON_SCRATCH_BYTES: Input should be greater than"),
+    # a check across settings was "HEAVY_: Value error, ..." with every setting given, secrets too
+    (["worker"], {"HEAVY_STEP_TOKENS": "70000", "HEAVY_OPENAI_API_KEY": "sk-deployed"},
+     "error: HEAVY_* settings: step_tokens must be <= trajectory_tokens\n"),
     # httpx refused these while the client was made, outside the one-line handling: InvalidURL, UnicodeEncodeError
     (["jobs", "--url", "http://[::1", "list"], {}, "error: not a usable --url / --key"),
     (["jobs", "list"], {"HEAVY_API_URL": "http://127.0.0.1:1", "HEAVY_API_KEY": "hv_pasted…"},
