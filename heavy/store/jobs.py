@@ -50,6 +50,11 @@ def _pairs(fields: dict[str, Any]) -> list[str]:
     return out
 
 
+def _event_of(fields: dict[str, str]) -> dict[str, Any]:
+    """An event as the stream holds it, with its `seq`."""
+    return {**json.loads(fields["event"]), "seq": int(fields["seq"])}
+
+
 def _event_json(event: dict[str, Any]) -> str:
     """An event as its stream entry stores it: without its seq (the script numbers it)."""
     return json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False, default=str)
@@ -373,7 +378,20 @@ class JobStore:
         else:
             reply = await self.redis.xread({key: f"0-{after}"}, count=count, block=block_ms)
             rows = reply[0][1] if reply else []
-        return [{**json.loads(fields["event"]), "seq": int(fields["seq"])} for _, fields in rows]
+        return [_event_of(fields) for _, fields in rows]
+
+    async def read_events_of(self, afters: dict[str, int], *, count: int = READ_BATCH,
+                             block_ms: int) -> dict[str, list[dict[str, Any]]]:
+        """Events of several jobs in one blocking read: for each job id in `afters` that has any, those with seq
+        greater than its `afters` entry, oldest first (as read_events); waits up to `block_ms` for one."""
+        job_of = {self.keys.events(job_id): job_id for job_id in afters}
+        reply = await self.redis.xread({key: f"0-{afters[job_id]}" for key, job_id in job_of.items()},
+                                       count=count, block=block_ms)
+        return {job_of[key]: [_event_of(fields) for _, fields in rows] for key, rows in reply or []}
+
+    async def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """The jobs in one round trip, None for each one absent."""
+        return [JobRecord.from_hash(row) if row else None for row in await self._hashes(job_ids)]
 
     # --- checkpoints and reports ---
 

@@ -7,8 +7,9 @@ import asyncio
 import httpx
 import pytest
 
+from heavy.store.records import DONE, RUNNING
 from tests.heavy.api_helpers import blocked_event_reads, follow_sse
-from tests.heavy.worker_helpers import JOB, assert_gap_free, wait_for
+from tests.heavy.worker_helpers import JOB, assert_gap_free, spawn, stop, wait_api_ready, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -62,3 +63,54 @@ async def test_hundreds_of_followers_of_one_job_get_every_event_and_the_api_keep
     assert_gap_free(stored, trajectories=JOB["trajectories"])
     expected = [{"id": event["seq"], **event} for event in stored]
     assert sum(events == expected for events in received) == FOLLOWERS
+
+
+JOBS = 150  # more than the store's pool holds connections, each job followed by one client
+
+
+@pytest.fixture
+async def api_alone(store, redis_url, key_prefix, free_tcp_port):
+    """The API in its own process and no worker: the test writes its jobs' events itself."""
+    api = spawn("api", redis_url, key_prefix, str(free_tcp_port))
+    url = f"http://127.0.0.1:{free_tcp_port}"
+    await wait_api_ready(url)
+    yield url
+    stop(api)
+
+
+async def test_a_hundred_and_fifty_jobs_each_followed_share_one_blocking_read_and_get_every_event(api_alone, store):
+    # each followed job's reader held a pool connection for its blocking read: past 100 jobs (a dashboard of many
+    # running jobs, many users each watching their own), the readers took the pool again, and the jobs past it
+    # waited for a connection before their events were read
+    jobs: list[tuple[str, dict]] = []
+    for n in range(JOBS):  # one tenant each, as many users each watching their own job
+        key = await store.tenants.create_key(f"user{n}")
+        job, _ = await store.jobs.submit(f"user{n}", question="q", mode="report", params={"trajectories": 1})
+        await store.jobs.update(job.id, status=RUNNING)
+        await store.jobs.append_event(job.id, {"type": "job_started", "job_id": job.id})
+        jobs.append((job.id, {"Authorization": f"Bearer {key.secret}"}))
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=api_alone, timeout=60, limits=fresh) as client:
+        received: list[list[dict]] = [[] for _ in jobs]
+        followers = [asyncio.create_task(follow_sse(f"{api_alone}/v1/jobs/{job_id}/events", headers, events))
+                     for (job_id, headers), events in zip(jobs, received, strict=True)]
+
+        async def all_following_or_one_ended() -> bool:
+            return await open_streams(client) >= JOBS or any(follower.done() for follower in followers)
+        await wait_for(all_following_or_one_ended, timeout_s=120, interval_s=0.2)
+        await wait_for(lambda: asyncio.sleep(0, result=all(received)), timeout_s=60)  # each has its backlog
+
+        # all the followed jobs' streams are read by one blocking read, not one each
+        assert await blocked_event_reads(store) <= 1
+        assert (await client.get("/readyz")).status_code == 200
+        first_id, first_headers = jobs[0]
+        assert (await client.get("/v1/jobs", headers=first_headers)).json()["total"] == 1
+
+        for job_id, _ in jobs:
+            await store.jobs.append_event(job_id, {"type": "trajectory_step", "trajectory": 0, "step": 1})
+            await store.jobs.finish(await store.jobs.get(job_id), DONE, event={"type": "report_ready",
+                                                                                "job_id": job_id})
+        outcomes = await asyncio.gather(*followers, return_exceptions=True)
+    assert [outcome for outcome in outcomes if outcome is not None] == []
+    assert [[event["id"] for event in events] for events in received] == [[1, 2, 3]] * JOBS
+    assert all(events[-1]["type"] == "report_ready" for events in received)

@@ -88,3 +88,26 @@ async def test_a_jobs_reader_stops_once_its_followers_have_left(store):
     await wait_for(lambda: asyncio.sleep(0, result=not hub._readers))
     assert await blocked_event_reads(store) == 0
     assert readers() == before
+
+
+async def test_a_job_followed_while_the_read_blocks_gets_its_events_without_waiting_for_the_read_to_end(
+        store, monkeypatch):
+    # all followed jobs are read in one blocking read: one followed meanwhile is not in it, and its events waited
+    # for that read to time out unless the hub reads again with it
+    monkeypatch.setattr(event_hub, "BLOCK_MS", 60_000)
+    key = (await store.tenants.create_key("acme")).secret
+    first, second = await running_job(store, 1), await running_job(store, 1)
+    hub = EventHub(store)
+    seen_first, seen_second = [], []
+    following_first = asyncio.create_task(collect(hub.follow(first, 0, key), seen_first))
+    await wait_for(lambda: asyncio.sleep(0, result=seen_first == [1]))
+    await wait_for(lambda: blocked_event_reads(store))  # the hub's read waits on the first job alone
+    following_second = asyncio.create_task(collect(hub.follow(second, 0, key), seen_second))
+    await wait_for(lambda: asyncio.sleep(0, result=seen_second == [1]))
+    await store.jobs.append_event(second, {"type": "trajectory_step", "n": 1})
+    await wait_for(lambda: asyncio.sleep(0, result=seen_second == [1, 2]), timeout_s=10)  # not after the 60 s
+    assert await blocked_event_reads(store) == 1  # both jobs in one read
+    await finish(store, second, live_events=0)
+    await finish(store, first, live_events=0)
+    await asyncio.wait_for(asyncio.gather(following_first, following_second), 10)
+    assert (seen_first, seen_second) == ([1, 2], [1, 2, 3])
