@@ -8,6 +8,8 @@ from prometheus_client import REGISTRY
 
 from heavy.api import event_hub
 from heavy.api.event_hub import EventHub
+from heavy.embedded_redis import EmbeddedRedis
+from heavy.store import Keys, Store, StoreError
 from heavy.store.records import DONE, RUNNING
 from tests.heavy.api_helpers import blocked_event_reads
 from tests.heavy.worker_helpers import wait_for
@@ -111,3 +113,32 @@ async def test_a_job_followed_while_the_read_blocks_gets_its_events_without_wait
     await finish(store, first, live_events=0)
     await asyncio.wait_for(asyncio.gather(following_first, following_second), 10)
     assert (seen_first, seen_second) == ([1, 2], [1, 2, 3])
+
+
+@pytest.mark.slow
+async def test_redis_down_past_the_retries_breaks_every_followed_stream_and_a_follower_after_it_reads_again(
+        tmp_path, key_prefix):
+    # the one read serves every followed job: its failure must reach all their streams (their clients resume), and
+    # leave no loop behind that a follower arriving once Redis is back would wait on
+    server = EmbeddedRedis(tmp_path).start()
+    store = Store.connect(server.url, keys=Keys(key_prefix))
+    try:
+        key = (await store.tenants.create_key("acme")).secret
+        job_ids = [await running_job(store, 1), await running_job(store, 1)]
+        hub = EventHub(store)
+        seen: list[int] = []
+        followers = [asyncio.create_task(collect(hub.follow(job_id, 0, key), seen)) for job_id in job_ids]
+        await wait_for(lambda: asyncio.sleep(0, result=seen == [1, 1]))
+        server.stop()
+        outcomes = await asyncio.wait_for(asyncio.gather(*followers, return_exceptions=True), 60)
+        assert [type(outcome) for outcome in outcomes] == [StoreError, StoreError]
+        assert not hub._readers
+        server.start()
+        resumed: list[int] = []
+        follower = asyncio.create_task(collect(hub.follow(job_ids[0], 1, key), resumed))
+        await finish(store, job_ids[0], live_events=1)
+        await asyncio.wait_for(follower, 10)
+        assert resumed == [2, 3]
+    finally:
+        await store.aclose()
+        server.stop()

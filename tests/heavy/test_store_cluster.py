@@ -9,6 +9,8 @@ import itertools
 import pytest
 from redis.crc import key_slot
 
+from heavy.api import event_hub
+from heavy.api.event_hub import EventHub
 from heavy.config import Settings
 from heavy.embedded_redis import find_redis_server
 from heavy.store import JobStore, Keys, QuotaExceeded, Store
@@ -88,6 +90,28 @@ async def test_a_tenants_cap_on_jobs_held_for_review_holds_on_a_cluster(store):
     await store.jobs.approve(held.id, "acme")
     await store.jobs.cancel((await hold()).id, "acme")
     await hold()
+
+
+async def test_the_event_hub_reads_the_streams_of_several_followed_jobs_in_one_read_on_a_cluster(store, monkeypatch):
+    # one XREAD over several jobs' streams: legal on a cluster only while the store's keys share one slot
+    monkeypatch.setattr(event_hub, "BLOCK_MS", 50)
+    key = (await store.tenants.create_key("acme")).secret
+    job_ids = [(await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1}))[0].id
+               for _ in range(2)]
+    hub = EventHub(store)
+    seen: dict[str, list[str]] = {job_id: [] for job_id in job_ids}
+
+    async def follow(job_id: str) -> None:
+        async for event in hub.follow(job_id, 0, key):
+            seen[job_id].append(event["type"])
+    followers = [asyncio.create_task(follow(job_id)) for job_id in job_ids]
+    await wait_for(lambda: asyncio.sleep(0, result=len(hub._readers) == 2))
+    for job_id in job_ids:
+        await store.jobs.update(job_id, status="running")
+        await store.jobs.append_event(job_id, {"type": "job_started", "job_id": job_id})
+        await store.jobs.finish(await store.jobs.get(job_id), "done", event={"type": "report_ready"})
+    await asyncio.wait_for(asyncio.gather(*followers), 10)
+    assert seen == {job_id: ["job_started", "report_ready"] for job_id in job_ids}
 
 
 async def test_a_worker_runs_a_job_to_its_report_on_a_cluster(store):
