@@ -1,11 +1,13 @@
 """API benchmark on loopback with a real redis-server: submit + status latency at increasing request rates
 (open loop: requests are sent on a fixed schedule whatever the latency), then one job's event stream to N
-concurrent SSE followers for each N given, side by side: events/s delivered, delivery latency and the Redis
-connections it took (the most at once, and the most waiting in a blocking XREAD). Prints p50/p99 latency and
-achieved throughput.
+concurrent SSE followers for each N given, and J jobs' streams each to one follower for each J given, side by
+side: events/s delivered, delivery latency and the Redis connections it took (the most at once, and the most
+waiting in a blocking XREAD). Prints p50/p99 latency and achieved throughput. With `--baseline DIR` the SSE cases
+run first against an API from the code in DIR (e.g. `git archive main | tar -x -C DIR`), then this checkout's.
 
     python scripts/bench_api.py [--rates 50,100,200] [--seconds 5] [--followers 10,300] [--events 200]
-    python scripts/bench_api.py --rates '' --followers 10,300     # only the SSE fan-out
+                                [--jobs 150] [--job-events 20] [--baseline DIR]
+    python scripts/bench_api.py --rates '' --followers 10,300 --jobs ''     # only one job's SSE fan-out
 
 Goal (issue 8): p99 submit < 20 ms at 200 req/s. Bounded: at most sum(rates) * seconds requests.
 """
@@ -94,15 +96,21 @@ async def open_streams(client: httpx.AsyncClient) -> float:
     return 0.0
 
 
-async def sse_step(client: httpx.AsyncClient, store: Store, followers: int, events: int) -> dict[str, float]:
-    """`followers` clients follow one job; once they all wait, `events` events are written at once. What they
-    received, how fast, and what it took of Redis (the API process's connections, and the bench's own few)."""
-    job_id = (await client.post("/v1/jobs", json=QUESTION)).json()["id"]
+async def sse_step(client: httpx.AsyncClient, store: Store, jobs: int, per_job: int, events: int) -> dict[str, float]:
+    """`per_job` clients follow each of `jobs` jobs; once they all wait, `events` events are written at once to
+    each job (in turns). What they received, how fast, and what it took of Redis (the API process's connections,
+    and the bench's own few)."""
+    job_ids = []
+    for _ in range(jobs):
+        submitted = await client.post("/v1/jobs", json=QUESTION)
+        assert submitted.status_code == 202, submitted.text
+        job_ids.append(submitted.json()["id"])
+    followers = jobs * per_job
     delays: list[float] = []
     counts: list[int] = []
     failures: list[str] = []
 
-    async def follow() -> None:
+    async def follow(job_id: str) -> None:
         seen = 0
         try:
             async with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60) as response:
@@ -121,39 +129,43 @@ async def sse_step(client: httpx.AsyncClient, store: Store, followers: int, even
     peaks = {"connections": 0, "blocked_reads": 0}
     stop = asyncio.Event()
     sampler = asyncio.create_task(redis_usage(store, peaks, stop))
-    tasks = [asyncio.create_task(follow()) for _ in range(followers)]
+    tasks = [asyncio.create_task(follow(job_id)) for job_id in job_ids for _ in range(per_job)]
     for _ in range(300):  # until every follower is connected (or some failed)
         if await open_streams(client) >= followers - len(failures) or len(failures) == followers:
             break
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.5)  # a read's worth of waiting on the job, for the sampler
     started = time.perf_counter()
-    for i in range(events - 1):
-        await store.jobs.append_event(job_id, {"type": "trajectory_step", "n": i, "ts": time.time()})
-    await store.jobs.append_event(job_id, {"type": "report_ready", "ts": time.time()})
+    for i in range(events):
+        for job_id in job_ids:
+            last = i == events - 1
+            await store.jobs.append_event(job_id, {"type": "report_ready" if last else "trajectory_step", "n": i,
+                                                   "ts": time.time()})
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
     elapsed = time.perf_counter() - started
     stop.set()
     await sampler
-    return {"followers": followers, "complete": sum(c == events for c in counts), "errors": len(failures),
+    return {"case": f"{jobs}x{per_job}", "complete": sum(c == events for c in counts), "errors": len(failures),
             "events/s delivered": sum(counts) / elapsed, "delivery p50 ms": percentile(delays, .5),
             "delivery p99 ms": percentile(delays, .99), "peak Redis connections": peaks["connections"],
             "peak blocking XREADs": peaks["blocked_reads"]}
 
 
-def print_side_by_side(results: list[dict[str, float]], events: int) -> None:
-    print(f"SSE: one job's {events} events written at once to N followers of one API process", flush=True)
+def print_side_by_side(results: list[dict[str, float | str]], title: str) -> None:
+    print(f"SSE ({title}): each case JxN is J jobs followed by N clients each of one API process, whose "
+          "events are written at once", flush=True)
     for name in results[0]:
-        cells = "".join(f"{value:>12.0f}" if name != "followers" else f"{'N=' + str(value):>12}"
+        cells = "".join(f"{value:>12}" if isinstance(value, str) else f"{value:>12.0f}"
                         for value in (result[name] for result in results))
         print(f"{name:>24}{cells}", flush=True)
 
 
-async def run(args: argparse.Namespace, redis_url: str, base: str) -> None:
+async def run(args: argparse.Namespace, redis_url: str, base: str, title: str) -> None:
     store = Store.connect(redis_url)
-    await store.tenants.set_limits("bench", max_jobs=10**9)
+    await store.tenants.set_limits("bench", max_jobs=10**9, max_tokens=10**15)  # jobs reserve tokens
     key = (await store.tenants.create_key("bench", "bench_api")).secret
-    limits = httpx.Limits(max_connections=max(args.followers) + 200, max_keepalive_connections=200)
+    most = max([*args.followers, *args.jobs, 0])
+    limits = httpx.Limits(max_connections=most + 200, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, limits=limits,
                                  timeout=30) as client:
         for _ in range(100):
@@ -162,12 +174,14 @@ async def run(args: argparse.Namespace, redis_url: str, base: str) -> None:
                     break
             except httpx.TransportError:
                 await asyncio.sleep(0.1)
-        if args.rates:
+        if args.rates and not title.startswith("baseline"):
             await load_step(client, 20, 1.0)  # warm-up, not reported separately
-        for rate in args.rates:
-            await load_step(client, rate, args.seconds)
-        results = [await sse_step(client, store, followers, args.events) for followers in args.followers]
-        print_side_by_side(results, args.events)
+            for rate in args.rates:
+                await load_step(client, rate, args.seconds)
+        results = [await sse_step(client, store, 1, followers, args.events) for followers in args.followers]
+        results += [await sse_step(client, store, jobs, 1, args.job_events) for jobs in args.jobs]
+        if results:
+            print_side_by_side(results, title)
     await store.aclose()
 
 
@@ -180,18 +194,26 @@ def main() -> None:
     parser.add_argument("--rates", type=numbers, default=[50, 100, 200], help="req/s to offer; '' for none")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--followers", type=numbers, default=[10, 300], help="follower counts, side by side")
-    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--events", type=int, default=200, help="per job, with --followers")
+    parser.add_argument("--jobs", type=numbers, default=[150], help="job counts, each job with one follower")
+    parser.add_argument("--job-events", type=int, default=20, help="per job, with --jobs")
+    parser.add_argument("--baseline", help="a source tree to run the SSE cases against first, for comparison")
     args = parser.parse_args()
+    sources = [(f"baseline {args.baseline}", args.baseline)] if args.baseline else []
+    sources.append(("this checkout", os.getcwd()))
     with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as redis:
-        port = free_port()
-        env = {**os.environ, "HEAVY_REDIS_URL": redis.url, "HEAVY_TENANT_MAX_JOBS": str(10**9)}
-        api = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "heavy.api:create_app", "--host",
-                                "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env)
-        try:
-            asyncio.run(run(args, redis.url, f"http://127.0.0.1:{port}"))
-        finally:
-            api.terminate()
-            api.wait()
+        for title, source in sources:
+            port = free_port()
+            env = {**os.environ, "HEAVY_REDIS_URL": redis.url, "HEAVY_TENANT_MAX_JOBS": str(10**9),
+                   "PYTHONPATH": os.path.abspath(source)}
+            api = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "heavy.api:create_app", "--host",
+                                    "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env,
+                                   cwd=source)
+            try:
+                asyncio.run(run(args, redis.url, f"http://127.0.0.1:{port}", title))
+            finally:
+                api.terminate()
+                api.wait()
 
 
 if __name__ == "__main__":
