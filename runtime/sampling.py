@@ -5,6 +5,7 @@ Each request may carry its own seed: its random draws come from its own `torch.G
 the same logits give the same token whatever else is in the batch.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,9 @@ from runtime.penalties import adjusted_logits
 # inf, and their softmax is NaN
 GREEDY_BELOW_TEMPERATURE = 1e-5
 MAX_LOGPROBS = 20
+# vLLM takes any repetition penalty > 0, but past these an fp32 logit divided or multiplied by it overflows to inf
+# (and a 0 logit times inf is NaN): the row's softmax is NaN
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
 
 
 class SamplingError(ValueError):
@@ -54,7 +58,7 @@ class StructuredOutput:
 class SamplingParams:
     temperature: float = 1.0  # 0 (or below GREEDY_BELOW_TEMPERATURE) = greedy
     top_p: float = 1.0  # nucleus mass kept, (0, 1]
-    top_k: int = 0  # 0 = no top-k cut
+    top_k: int = 0  # 0 (or vLLM's -1) = no top-k cut
     seed: int | None = None  # per-request generator: reproducible draws
     max_tokens: int = 256
     stop: tuple[str, ...] = ()  # generation ends before the first occurrence of any of these strings
@@ -72,12 +76,12 @@ class SamplingParams:
     priority: int = 0  # scheduling: lower is served first (vLLM's convention); equal priorities in arrival order
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise SamplingError(f"temperature must be >= 0, got {self.temperature}", "temperature")
+        if not 0 <= self.temperature < math.inf:  # inf made every logit 0 or NaN
+            raise SamplingError(f"temperature must be finite and >= 0, got {self.temperature}", "temperature")
         if not 0 < self.top_p <= 1:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
-        if self.top_k < 0:
-            raise SamplingError(f"top_k must be >= 0, got {self.top_k}", "top_k")
+        if self.top_k < -1:
+            raise SamplingError(f"top_k must be 0 or -1 (no cut) or at least 1, got {self.top_k}", "top_k")
         if self.max_tokens <= 0:
             raise SamplingError(f"max_tokens must be > 0, got {self.max_tokens}", "max_tokens")
         for name in ("logprobs", "prompt_logprobs"):
@@ -89,9 +93,9 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise SamplingError(f"{name} must be in [-2, 2], got {getattr(self, name)}", name)
-        if self.repetition_penalty <= 0:
-            raise SamplingError(f"repetition_penalty must be > 0, got {self.repetition_penalty}",
-                                "repetition_penalty")
+        if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise SamplingError(f"repetition_penalty must be in [{MIN_REPETITION_PENALTY}, "
+                                f"{MAX_REPETITION_PENALTY:g}], got {self.repetition_penalty}", "repetition_penalty")
         if any(not -100 <= bias <= 100 for _, bias in self.logit_bias):
             raise SamplingError("logit_bias values must be in [-100, 100]", "logit_bias")
         if self.structured is not None and self.ignore_eos:
@@ -99,6 +103,7 @@ class SamplingParams:
                                 "ignore_eos")
         if any(not s for s in self.stop):
             raise SamplingError("stop strings must be non-empty", "stop")
+        object.__setattr__(self, "top_k", max(self.top_k, 0))
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in self.logit_bias))

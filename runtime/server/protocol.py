@@ -5,7 +5,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from runtime.sampling import StructuredOutput
+from runtime.sampling import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY, StructuredOutput
 
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 MAX_CHOICES = 64  # choices of one request (for text completions: prompts x n)
@@ -79,12 +79,13 @@ class _SamplingRequest(BaseModel):
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)  # not OpenAI's, but vLLM and SGLang accept it
+    top_k: int | None = Field(default=None, ge=-1)  # not OpenAI's, but vLLM and SGLang accept it (-1: no cut)
     ignore_eos: bool = False  # vLLM's and SGLang's too: benchmarks ask for a fixed number of tokens
     min_p: float | None = Field(default=None, ge=0, le=1)  # vLLM's and SGLang's
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(default=None, gt=0)  # vLLM's and SGLang's: over prompt and completion
+    # vLLM's and SGLang's: over prompt and completion
+    repetition_penalty: float | None = Field(default=None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
     logit_bias: dict[str, float] | None = None  # token id (as a string, as OpenAI's API writes it) -> bias
     max_tokens: int | None = None
     stop: str | list[str] | None = None

@@ -76,12 +76,17 @@ def test_logprobs_are_those_of_the_model_distribution():
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"temperature": -0.1}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_k": -1}, "top_k"),
+    [({"temperature": -0.1}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_k": -2}, "top_k"),
+     ({"temperature": math.inf}, "temperature"), ({"temperature": math.nan}, "temperature"),
      ({"max_tokens": 0}, "max_tokens"), ({"logprobs": 21}, "logprobs"), ({"stop": ("",)}, "stop")],
 )
 def test_out_of_range_parameters_name_the_field(kwargs, field):
     with pytest.raises(SamplingError, match=field):
         SamplingParams(**kwargs)
+
+
+def test_top_k_minus_one_is_no_cut_as_in_vllm():
+    assert SamplingParams(top_k=-1).top_k == 0 and draws(SamplingParams(top_k=-1)) == set(range(5))
 
 
 def test_a_sampling_error_survives_pickling_with_its_field():

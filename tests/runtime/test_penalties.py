@@ -2,6 +2,8 @@
 RepetitionPenaltyLogitsProcessor and OpenAI's documented formula (exact, FP32), and in the sampler (the returned
 log-probabilities stay the model's own)."""
 
+import math
+
 import pytest
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor
@@ -57,7 +59,11 @@ def test_min_p_keeps_exactly_the_tokens_at_least_that_likely_relative_to_the_bes
 @pytest.mark.parametrize("field, value, message", [
     ("presence_penalty", 2.5, "presence_penalty must be in [-2, 2]"),
     ("frequency_penalty", -3.0, "frequency_penalty must be in [-2, 2]"),
-    ("repetition_penalty", 0.0, "repetition_penalty must be > 0"),
+    ("repetition_penalty", 0.0, "repetition_penalty must be in [0.01, 100]"),
+    # past these an fp32 logit overflows to inf (or 0 x inf is NaN) and the row's softmax is NaN
+    ("repetition_penalty", math.inf, "repetition_penalty must be in [0.01, 100]"),
+    ("repetition_penalty", math.nan, "repetition_penalty must be in [0.01, 100]"),
+    ("repetition_penalty", 1e-40, "repetition_penalty must be in [0.01, 100]"),
     ("min_p", 1.5, "min_p must be in [0, 1]"),
     ("logit_bias", ((1, 200.0),), "logit_bias values must be in [-100, 100]"),
 ])

@@ -99,12 +99,37 @@ def test_what_vllm_refuses_is_a_400_naming_the_field(server, route, body, param)
     assert refused.json()["error"]["param"] == param, refused.text
 
 
+@pytest.mark.parametrize("route, field, value", [
+    ("completions", "repetition_penalty", "Infinity"),  # Python's JSON reader takes the literals
+    ("chat/completions", "repetition_penalty", "NaN"),
+    ("completions", "repetition_penalty", "1e-40"),  # a positive logit divided by it overflows fp32
+    ("chat/completions", "repetition_penalty", "1e300"),
+    ("completions", "temperature", "Infinity"),
+    ("chat/completions", "temperature", "NaN"),
+    ("completions", "top_p", "NaN"),
+    ("chat/completions", "min_p", "-Infinity"),
+    ("completions", "presence_penalty", "2.5"),
+    ("chat/completions", "frequency_penalty", "NaN"),
+    ("completions", "top_k", "-2"),
+    ("chat/completions", "logit_bias", '{"5": Infinity}'),
+])
+def test_a_non_finite_or_absurd_sampling_value_is_a_400_naming_the_field(server, route, field, value):
+    """repetition_penalty Infinity passed `gt=0`: a seen token whose logit is 0 became NaN (0 x inf)."""
+    prompt = f'"prompt": {json.dumps(PROMPT)}' if route == "completions" else f'"messages": {json.dumps(USER)}'
+    raw = f'{{"model": "{MODEL_NAME}", {prompt}, "max_tokens": 2, "{field}": {value}}}'
+    refused = httpx.post(f"{server[0]}/v1/{route}", content=raw, headers={"content-type": "application/json"},
+                         timeout=60)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == field, refused.text
+
+
 @pytest.mark.parametrize("route, body", [
     ("chat/completions", {"messages": USER, "stream": True, "stream_options": {"include_usage": True}}),
     ("completions", {"prompt": PROMPT, "stream_options": None}),
     ("completions", {"prompt": PROMPT, "best_of": 1}),
     ("completions", {"prompt": PROMPT, "n": 2, "best_of": 2}),  # the best 2 of 2: all of them
     ("completions", {"prompt": PROMPT, "best_of": 3}),  # the best 1 of 3: tests/runtime/test_server_best_of.py
+    ("chat/completions", {"messages": USER, "top_k": -1}),  # vLLM's "no top-k cut", as 0
 ])
 def test_what_vllm_takes_is_served(server, route, body):
     assert post(server, route, {**body, "max_tokens": 2}).status_code == 200
