@@ -70,10 +70,13 @@ class BlockManager:
 
     def reusable_blocks(self, seq: Sequence) -> list[int]:
         """Cached blocks of seq's prefix; at least one token is always left to compute (it yields the logits). None
-        for a request asking for its prompt's log-probabilities: a reused position computes no logits."""
-        if not self.enable_prefix_cache or seq.params.prompt_logprobs is not None:
+        for a request asking for its prompt's log-probabilities: a reused position computes no logits. Its hashes are
+        known all the same, so that requests of the same prompt wait for the blocks it computes (the scheduler)."""
+        if not self.enable_prefix_cache:
             return []
         self._update_hashes(seq)
+        if seq.params.prompt_logprobs is not None:
+            return []
         limit = (len(seq) - 1) // self.block_size
         found = []
         for i in range(limit):
@@ -84,8 +87,10 @@ class BlockManager:
         return found
 
     def next_uncached_hash(self, seq: Sequence, num_reused_blocks: int) -> int | None:
-        """Hash of the first full block of seq's prompt that the cache does not hold (None if there is none)."""
-        if not self.enable_prefix_cache or num_reused_blocks >= len(seq.block_hashes):
+        """Hash of the first full block of seq's prompt that the cache does not hold (None if there is none, and for
+        a request that reuses no blocks: it has nothing to wait for)."""
+        if (not self.enable_prefix_cache or seq.params.prompt_logprobs is not None
+                or num_reused_blocks >= len(seq.block_hashes)):
             return None
         return seq.block_hashes[num_reused_blocks]
 

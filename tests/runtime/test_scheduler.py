@@ -141,6 +141,24 @@ def test_shared_prefix_is_computed_once_when_requests_arrive_together():
     assert stats.prompt_tokens_computed == 34 + 3 * 2 and stats.prompt_tokens_reused == 3 * 32
 
 
+def test_a_prefix_a_scoring_request_computes_is_waited_for_and_a_scoring_request_waits_for_none():
+    """A request asking for its prompt's log-probabilities (a server's echo or prompt_logprobs, for its first
+    choice) computes its prompt whole; its blocks were unknown until its first step ended, so requests of the same
+    prompt arriving with it computed it again. It itself reuses nothing, so it waits for nobody's blocks."""
+    sched = make(budget=64, max_seqs=8)
+    prefix = list(range(100, 132))  # 8 full blocks
+    scoring = Sequence("scoring", prefix + [0], SamplingParams(temperature=0.0, max_tokens=4, prompt_logprobs=0))
+    sched.add(scoring)
+    others = [add(sched, f"r{i}", prefix + [i, i + 1]) for i in range(2)]
+    assert step(sched) == {"scoring": 33}
+    assert step(sched) == {"scoring": 1, "r0": 2, "r1": 2}
+    assert all(s.num_cached_prompt_tokens == 32 for s in others)
+    sched = make(budget=128, max_seqs=8)
+    add(sched, "plain", prefix + [0])
+    sched.add(Sequence("late", prefix + [1], SamplingParams(temperature=0.0, max_tokens=4, prompt_logprobs=0)))
+    assert step(sched) == {"plain": 33, "late": 33}
+
+
 def test_abort_frees_blocks_at_once():
     sched = make(num_blocks=8)
     s = add(sched, "a", range(10))
