@@ -8,8 +8,13 @@ model that has fill-in-the-middle markers writes what goes between the prompt an
 With `best_of` (OpenAI's legacy API, vLLM V0), each prompt's best_of candidates run together, their prompt prefilled
 once as n choices' is (the engine's prefix cache), and the n with the highest cumulative log-probability of their
 generated tokens come back, best first; usage counts every candidate's tokens.
+
+With `echo` and `logprobs`, only a prompt's first choice asks the engine for the prompt's log-probabilities (a
+request that does computes its whole prompt, reusing no cached blocks); the others reuse its blocks and echo its
+scores, waiting for them before their first entry.
 """
 
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -39,6 +44,14 @@ def prompt_ids(prompt: str | list[int], tokenizer, suffix: str | None = None) ->
 
 
 @dataclass
+class PromptScores:
+    """A prompt's log-probabilities, as its first choice's request gives them, for its other choices to echo."""
+
+    logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
 class TextChoice:
     """One choice: its engine request, and its text and log-probabilities over the request's deltas, in this API's
     shapes."""
@@ -50,6 +63,7 @@ class TextChoice:
     shows_logprobs: bool  # the request asked for them (best_of asks the engine for them anyway, to rank by)
     generates: bool = True  # False: the prompt scored only (echo, max_tokens 0); the one sampled token is dropped
     echo: str | None = None  # the prompt's text, to come back before the completion
+    prompt_scores: PromptScores | None = None  # echo with logprobs: the prompt's, shared by its choices
     text: str = ""
     tokens: list[str] = field(default_factory=list)
     token_logprobs: list[float | None] = field(default_factory=list)  # None: the prompt's first token
@@ -63,8 +77,11 @@ class TextChoice:
         first, echoed = len(self.tokens), ""
         if self.echo is not None and self.last is None:
             echoed = self.echo
-            if self.shows_logprobs:
-                self._add(tokenizer, self.prompt_ids, out.prompt_logprobs)
+            if self.prompt_scores is not None:
+                if self.scores_prompt:
+                    self.prompt_scores.logprobs = out.prompt_logprobs
+                    self.prompt_scores.ready.set()
+                self._add(tokenizer, self.prompt_ids, self.prompt_scores.logprobs)
         self.last = out
         new_text = out.new_text if self.generates else ""
         if self.generates:
@@ -92,6 +109,16 @@ class TextChoice:
                 "finish_reason": self.finish_reason if finished else None}
 
     @property
+    def scores_prompt(self) -> bool:
+        """Its request computes the prompt's log-probabilities (the prompt's first choice's does)."""
+        return self.params.prompt_logprobs is not None
+
+    async def echo_ready(self) -> None:
+        """Before its first entry: the prompt's scores it echoes are in (another choice's request computes them)."""
+        if self.last is None and self.prompt_scores is not None and not self.scores_prompt:
+            await self.prompt_scores.ready.wait()
+
+    @property
     def finish_reason(self) -> str:
         return "length" if self.last is not None and self.last.finish_reason == "length" else "stop"
 
@@ -111,10 +138,12 @@ def choices_of(request: CompletionRequest, tokenizer, params_for: Callable[[list
         if ranked and params.logprobs is None:  # each generated token's log-probability, to rank the candidates by
             params = dataclasses.replace(params, logprobs=0)
         echo = (prompt if isinstance(prompt, str) else tokenizer.decode(ids)) if request.echo else None
+        scores = PromptScores() if params.prompt_logprobs is not None else None
+        unscored = dataclasses.replace(params, prompt_logprobs=None)  # the prompt is scored once, by choice 0
         for j in range(request.candidates):
-            choices.append(TextChoice(len(choices), ids, choice_params(params, j), counts_prompt=j == 0,
-                                      shows_logprobs=request.logprobs is not None, echo=echo,
-                                      generates=not request.scores_only))
+            choices.append(TextChoice(len(choices), ids, choice_params(params if j == 0 else unscored, j),
+                                      counts_prompt=j == 0, shows_logprobs=request.logprobs is not None, echo=echo,
+                                      prompt_scores=scores, generates=not request.scores_only))
     return choices
 
 
@@ -135,6 +164,7 @@ def best(choices: list[TextChoice], request: CompletionRequest) -> list[TextChoi
 
 async def _run(engine, choice: TextChoice) -> AsyncIterator[dict[str, Any]]:
     async for out in engine.generate(choice.prompt_ids, choice.params):
+        await choice.echo_ready()
         yield choice.feed(out, engine.tokenizer)
 
 

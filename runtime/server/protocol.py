@@ -303,8 +303,9 @@ class CompletionRequest(_SamplingRequest):
     @property
     def candidates(self) -> int:
         """Completions sampled per prompt: `best_of`, of which the `n` with the highest cumulative log-probability
-        of their generated tokens are returned (vLLM V0's ranking); else `n`."""
-        return self.best_of or self.n
+        of their generated tokens are returned (vLLM V0's ranking); else `n`. A scoring-only request generates
+        nothing to rank: its candidates would all be the same scoring, so it runs `n`."""
+        return self.n if self.scores_only else self.best_of or self.n
 
     @property
     def prompts(self) -> list[str | list[int]]:
