@@ -19,24 +19,30 @@ from runtime.toolcalls import KimiStreamParser, ParsedOutput, QwenStreamParser, 
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default
 
 
-def _text_of(content: Any) -> str:
-    """Message content as text: a string, or the text parts of a list of content parts."""
+def _text_of(content: Any, index: int) -> str:
+    """Message `index`'s content as text: a string, or a list of text parts joined. Any other part is a 400, as
+    vLLM answers it for a text-only model (the models served here): dropped, an image's question was answered
+    without it."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        texts = (part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
-        return "".join(texts)
-    raise ApiError("message content must be a string or a list of content parts", param="messages")
+    if not isinstance(content, list):
+        raise ApiError(f"messages[{index}].content must be a string or a list of content parts", param="messages")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise ApiError(f"messages[{index}].content[{j}]: this model reads text parts only (type text, with a "
+                           f"string text), got {kind!r}", param="messages")
+    return "".join(part["text"] for part in content)
 
 
 def template_messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
     """OpenAI messages in the form chat templates read (text content, tool-call arguments as objects)."""
     messages = []
-    for message in request.messages:
+    for index, message in enumerate(request.messages):
         role = "system" if message["role"] == "developer" else message["role"]
-        out: dict[str, Any] = {"role": role, "content": _text_of(message.get("content"))}
+        out: dict[str, Any] = {"role": role, "content": _text_of(message.get("content"), index)}
         if message.get("tool_calls"):
             try:
                 out["tool_calls"] = [

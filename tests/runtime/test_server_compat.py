@@ -90,6 +90,13 @@ def test_a_prompt_that_fills_the_context_is_a_400_in_the_same_words(server, rout
     ("completions", {"prompt": PROMPT, "logit_bias": {"5": 101}}, "logit_bias"),
     ("chat/completions", {"messages": USER, "logit_bias": {"\u00b2": 1}}, "logit_bias"),  # a digit int() refuses
     ("chat/completions", {"messages": USER, "ignore_eos": True, "guided_regex": "a+"}, "ignore_eos"),
+    # a text-only model: an image was dropped silently and the question answered without it, as vLLM refuses
+    ("chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is in it?"}, {"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]},
+     "messages"),
+    ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages"),  # a 500
+    ("chat/completions", {"messages": [{"role": "user", "content": ["hi"]}]}, "messages"),  # dropped silently
 ])
 def test_what_vllm_refuses_is_a_400_naming_the_field(server, route, body, param):
     """stream_options without a stream and best_of were ignored silently; the sampler's own refusals (an empty stop
@@ -130,6 +137,7 @@ def test_a_non_finite_or_absurd_sampling_value_is_a_400_naming_the_field(server,
     ("completions", {"prompt": PROMPT, "n": 2, "best_of": 2}),  # the best 2 of 2: all of them
     ("completions", {"prompt": PROMPT, "best_of": 3}),  # the best 1 of 3: tests/runtime/test_server_best_of.py
     ("chat/completions", {"messages": USER, "top_k": -1}),  # vLLM's "no top-k cut", as 0
+    ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}),
 ])
 def test_what_vllm_takes_is_served(server, route, body):
     assert post(server, route, {**body, "max_tokens": 2}).status_code == 200
