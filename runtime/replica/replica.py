@@ -15,6 +15,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from time import monotonic
 
 import ray
 from ray.exceptions import RayActorError
@@ -74,6 +75,9 @@ class ReplicaHealth:
     aborted: int  # requests that ended early (caller left, or refused), freed on every rank
     prefix_cache: PrefixCacheStats | None
     load: EngineLoad | None = None  # rank 0's sequences and KV-cache use (None while down)
+    # how long the step now out has run (0 between steps); a step's tokens come at its end, so none has advanced on
+    # this replica meanwhile: the router stops sending new requests to one whose step runs far past a long one's
+    step_s: float = 0.0
 
 
 def completion_of(outputs: list[RequestOutput]) -> Completion:
@@ -103,7 +107,7 @@ class Replica:
         self._watching: set[asyncio.Task] = set()  # calls still out after a peer's failed: restarted if hung
         self._probe: asyncio.Task | None = None  # the health check's call to every rank, while out
         self._status: RankStatus | None = None  # what the last probe read off rank 0 (None since a failure)
-        self._stepping = False  # a step is out on the ranks: a probe waits behind it
+        self._step_started: float | None = None  # monotonic start of the step out on the ranks (a probe waits for it)
 
     @staticmethod
     def _place_ranks(spec: ReplicaSpec) -> tuple[PlacementGroup, list]:
@@ -147,14 +151,17 @@ class Replica:
         (the router's checks time out and come again sooner than a hung rank's deadline).
         While a step is out, the answer does not wait for the probe: a rank serves one call at a time, so its
         status would wait for the step (a prefill chunk on a loaded CPU outlasts the router's rounds), and the step
-        is under the hang deadline itself. The load is then the one the ranks last gave."""
+        is under the hang deadline itself. The load is then the one the ranks last gave, and `step_s` says how long
+        that step has run (a hung one long before its deadline fails it)."""
         if self.up and (self._probe is None or self._probe.done()):
             self._probe = asyncio.get_running_loop().create_task(self._probe_ranks())
-        if self.up and self._probe is not None and not self._stepping:
+        started = self._step_started
+        if self.up and self._probe is not None and started is None:
             await asyncio.shield(self._probe)
         status = self._status if self.up else None
         prefix_cache, load = (status.prefix_cache, status.load) if status is not None else (None, None)
-        return ReplicaHealth(self.up, len(self.pending), self.generation, self.aborted, prefix_cache, load)
+        step_s = monotonic() - started if started is not None else 0.0
+        return ReplicaHealth(self.up, len(self.pending), self.generation, self.aborted, prefix_cache, load, step_s)
 
     async def _probe_ranks(self) -> None:
         generation = self.generation
@@ -228,14 +235,14 @@ class Replica:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            self._stepping = True
+            self._step_started = monotonic()
             try:
                 per_rank = await self._on_every_rank(lambda rank: rank.step.remote())
             except Exception as exc:  # a dead rank, or a peer whose collective broke with it
                 self._fail(exc)
                 continue
             finally:
-                self._stepping = False
+                self._step_started = None
             self._deliver(per_rank)
 
     async def _on_every_rank(self, call: Callable[[object], Awaitable]) -> list:

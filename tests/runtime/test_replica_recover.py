@@ -7,6 +7,7 @@ import pytest
 from ray.exceptions import RayActorError
 
 from runtime.engine.llm_engine import RequestOutput
+from runtime.replica import replica as replica_module
 from runtime.replica.errors import ReplicaDownError
 from runtime.replica.rank import RankStatus
 from runtime.replica.replica import Replica, ReplicaSpec
@@ -236,3 +237,23 @@ async def test_a_replica_in_a_long_step_answers_its_health_check_without_waiting
         rank.release.set()
     assert (await request).token_ids == [7]
     assert (await replica.health()).up and not replica.pending
+
+
+@pytest.mark.anyio
+async def test_a_replica_says_how_long_its_step_has_run_so_that_the_router_can_tell_a_hung_one(monkeypatch):
+    # it answers "up" at once during a step (above), so a hung step was seen only at its hang deadline
+    clock = [1000.0]
+    monkeypatch.setattr(replica_module, "monotonic", lambda: clock[0])  # the replica's clock only, not the loop's
+    ranks = [LongStepRank(), LongStepRank()]
+    replica = await started(ranks, hang_timeout_s=600.0)
+    assert (await replica.health()).step_s == 0.0  # idle
+    request = asyncio.create_task(replica.generate([1, 2, 3], ONE_TOKEN))
+    await asyncio.gather(*(rank.stepping.wait() for rank in ranks))
+    clock[0] += 75
+    async with asyncio.timeout(10):
+        health = await replica.health()
+    assert (health.up, health.in_flight, health.step_s) == (True, 1, 75.0)
+    for rank in ranks:
+        rank.release.set()
+    assert (await request).token_ids == [7]
+    assert (await replica.health()).step_s == 0.0  # between steps
