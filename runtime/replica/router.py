@@ -1,13 +1,15 @@
 """The router: one Ray async actor in front of R replicas.
 
 - health: every `health_interval_s` each replica is asked for its state; an answer "down", or a dead actor, marks it
-  down; `unanswered_rounds` rounds in a row with neither an answer nor a token from its requests mark it late;
+  down; `unanswered_rounds` rounds in a row with neither an answer nor a token from its requests mark it late; one
+  whose step has run `stall_after_s` (its answer says so) with no token from it since the last round is stalled;
 - choice: a request with a `prefix_key` (a heavy job's id) goes where that key went before, so the trajectories of
   one job share that replica's prefix cache; otherwise, or when that replica is down, to the least-loaded up replica
-  (requests this router has in flight there), and the key follows it; a late replica only when none is up (a
-  loaded machine answering late is no reason to refuse a request); without a key, the requests of one `group` (an
-  HTTP request's n choices or best_of candidates) go where the group's others are in flight, so that replica
-  prefills their prompt once and the rest reuse it from its prefix cache;
+  (requests this router has in flight there), and the key follows it; a stalled replica only when no other is up
+  (its keys move to the others as their requests come), a late one only when none is up (a loaded machine answering
+  late is no reason to refuse a request); without a key, the requests of one `group` (an HTTP request's n choices
+  or best_of candidates) go where the group's others are in flight, so that replica prefills their prompt once and
+  the rest reuse it from its prefix cache;
 - faults: a replica that fails a request (it lost a rank) is marked down and the request is sent to another one;
   when none is left the caller gets a retriable NoReplicaAvailableError, never a hang.
 """
@@ -40,9 +42,14 @@ class RouterConfig:
     # "down", or whose actor died, is down at once; a hung rank is the replica's own hang deadline's to catch.
     unanswered_rounds: int = 3
     max_prefix_keys: int = 10_000  # affinity entries kept, least recently used dropped first
+    # a replica whose step has run this long is stalled: sent no new request (its job's keys move) while another is
+    # up. Far above a long prefill chunk on a loaded CPU (tens of seconds), far below a step's hang deadline (300 s,
+    # which then fails it): a hung step's job waits no longer than this for its next requests to go elsewhere.
+    stall_after_s: float = 60.0
 
     def __post_init__(self):
-        for name in ("health_interval_s", "health_timeout_s", "unanswered_rounds", "max_prefix_keys"):
+        for name in ("health_interval_s", "health_timeout_s", "unanswered_rounds", "max_prefix_keys",
+                     "stall_after_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
@@ -84,6 +91,7 @@ class Router:
         self.loads: list[EngineLoad | None] = [None] * len(replicas)
         self.unanswered = [0] * len(replicas)  # health rounds in a row each replica left unanswered
         self.late = [False] * len(replicas)  # down only because its rounds went unanswered: tried when none is up
+        self.stalled = [False] * len(replicas)  # up, but its step has run past stall_after_s: tried when no other is
         self.produced = [0] * len(replicas)  # deltas each replica has streamed: one making progress is alive
         self._produced_seen = [0] * len(replicas)  # `produced` as the last health round saw it
         self.failures = [0] * len(replicas)  # requests each replica failed (a health answer older than one is stale)
@@ -123,6 +131,7 @@ class Router:
                 continue
             if timed_out and progressed:  # its answer is late, but its requests' tokens arrive: alive
                 self.unanswered[index] = 0
+                self._mark_stalled(index, 0.0)
                 if self.late[index]:
                     self._mark(index, up=True, late=False, now=now)
                 continue
@@ -131,7 +140,19 @@ class Router:
                 continue  # as it was
             self._mark(index, up=state is not None and state.up, late=timed_out, now=now)
             self.loads[index] = state.load if self.up[index] else None
+            # a token since the last round: that step ended after the answer
+            self._mark_stalled(index, state.step_s if self.up[index] and not progressed else 0.0)
         return states
+
+    def _mark_stalled(self, index: int, step_s: float) -> None:
+        stalled = step_s >= self.config.stall_after_s
+        if stalled != self.stalled[index]:
+            self.stalled[index] = stalled
+            if stalled:
+                log.warning("replica %d is now stalled (its step has run %.0f s): new requests go elsewhere", index,
+                            step_s)
+            else:
+                log.warning("replica %d is no longer stalled", index)
 
     def _mark(self, index: int, up: bool, late: bool, now: float) -> None:
         was = (self.up[index], self.late[index])
@@ -160,6 +181,9 @@ class Router:
 
     def choose(self, prefix_key: str | None, exclude: frozenset[int] = frozenset(), group: str | None = None) -> int:
         candidates = [i for i, up in enumerate(self.up) if up and i not in exclude]
+        # a stalled one (a step hung, until its deadline fails it) only when no other is up: with one replica, as
+        # before; with more, a key or group there follows the choice below
+        candidates = [i for i in candidates if not self.stalled[i]] or candidates
         if not candidates:  # one late is still tried: if it is really down, it refuses (retriable) or a rank's
             # hang deadline fails it
             candidates = [i for i, late in enumerate(self.late) if late and i not in exclude]

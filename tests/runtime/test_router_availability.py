@@ -24,10 +24,11 @@ pytestmark = pytest.mark.anyio
 
 class StandInReplica:
     def __init__(self, load: EngineLoad | None = None):
-        self.up, self.load = True, load
+        self.up, self.load, self.step_s = True, load, 0.0
 
         async def health():
-            return ReplicaHealth(self.up, in_flight=0, generation=1, aborted=0, prefix_cache=None, load=self.load)
+            return ReplicaHealth(self.up, in_flight=0, generation=1, aborted=0, prefix_cache=None, load=self.load,
+                                 step_s=self.step_s)
         self.health = Method(health)
 
 
@@ -252,3 +253,41 @@ async def test_a_replica_ray_cannot_reach_for_now_is_late_after_the_rounds_not_d
     unavailable = False
     await router.check_health()
     assert router.up == [True]
+
+
+async def test_a_replica_whose_step_runs_past_the_stall_bound_gets_no_new_request_while_another_is_up(monkeypatch):
+    """Its health answer comes at once during a step, so a hung step kept it up, and a job's key on it, until the
+    step's hang deadline (300 s) failed its requests."""
+    monkeypatch.setattr(router_module.ray, "cancel", lambda *args, **kwargs: None)  # stand-in streams, no refs
+    stuck, other = StandInReplica(), StandInReplica()
+    router = Router([stuck, other], RouterConfig(stall_after_s=60))
+    await router.check_health()
+    assert router.choose("job-1") == 0 and router.choose("job-2") == 0  # least loaded: the first
+    router.in_flight[1] = 5
+    stuck.step_s = 59  # a long step: nothing changes
+    await router.check_health()
+    assert router.choose("job-1") == 0 and router.choose("job-3") == 0
+    stuck.step_s = 61
+    await router.check_health()
+    assert router.up == [True, True] and router.stalled == [True, False]
+    assert router.choose("job-1") == 1 and router.affinity["job-1"] == 1  # its key moved, though 1 is busier
+    router.groups["n-choices"] = (0, 2)  # an HTTP request's choices in flight there
+    assert router.choose(None) == 1 and router.choose(None, group="n-choices") == 1
+    assert await frontend_of(router).unavailable() is None
+    assert router.choose(None, exclude=frozenset({1})) == 0  # the other tried already: the stalled one is still up
+    stuck.step_s = 0
+    await router.check_health()
+    assert router.stalled == [False, False]
+    assert router.choose("job-2") == 0 and router.choose("job-5") == 0  # back: a key left there stays, least load
+
+    only = Router([stuck], RouterConfig(stall_after_s=60))
+    stuck.step_s = 120
+    await only.check_health()
+    assert only.stalled == [True] and only.choose("job-1") == 0  # alone: nothing is refused
+
+    async def token(*args):
+        yield asyncio.sleep(0, RequestOutput("r", [7], "x", True, "length", 2, 0, 1))  # what awaiting a ref gives
+    stuck.generate_stream = Method(token)
+    assert len([out async for out in only.generate_stream([1, 2], SamplingParams())]) == 1
+    await only.check_health()  # a token since the last round: the step its answer saw has ended
+    assert only.stalled == [False]
