@@ -39,7 +39,7 @@ from heavy.up import search_index
 app = typer.Typer(help="Heavy-mode research: N trajectories merged into one cited report.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(jobs_app, name="jobs")
-register_service_commands(app)  # serve, worker, up, keys
+register_service_commands(app)  # serve, worker, up, keys, store
 console = Console(stderr=True)  # progress, the board, notes: `heavy ask ... > report.md` keeps only the report
 # what a user can get wrong: a path, a corpus file, a HEAVY_* setting, a Redis that is not there
 USER_ERRORS = (OSError, CorpusFormatError, pydantic.ValidationError, redis.exceptions.ConnectionError)

@@ -1,4 +1,5 @@
-"""The service commands of the `heavy` CLI: `heavy serve`, `heavy worker`, `heavy up`, `heavy keys ...`.
+"""The service commands of the `heavy` CLI: `heavy serve`, `heavy worker`, `heavy up`, `heavy keys ...`,
+`heavy store migrate`.
 
 Without HEAVY_REDIS_URL they use the embedded Redis under HEAVY_HOME: the one a running `heavy up` started, or
 one of their own for as long as they run."""
@@ -23,6 +24,7 @@ from heavy.display import local_minute, print_error, terminal_safe
 console = Console()
 notes = Console(stderr=True)  # beside what a script captures: `KEY=$(heavy keys create acme)` gets the key alone
 keys_app = typer.Typer(help="API keys: each maps to a tenant; only its sha256 is stored.", no_args_is_help=True)
+store_app = typer.Typer(help="The job store in Redis.", no_args_is_help=True)
 
 
 def _home() -> Path:
@@ -174,9 +176,59 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key id shown by 
     console.print(f"revoked {key.key_id} of tenant {key.tenant}", markup=False)
 
 
+@store_app.command("migrate")
+def store_migrate(
+    target: Annotated[str, typer.Option("--to", help="Redis URL to copy the job store to (redis://, rediss://, "
+                                        "unix://, redis+sentinel://, redis+cluster://)")],
+    source: Annotated[str | None, typer.Option("--from", help="Redis URL to copy it from (default HEAVY_REDIS_URL, "
+                                               "else the embedded Redis under HEAVY_HOME)")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="overwrite keys the target already holds")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only count the keys, and those the target holds")] = False,
+) -> None:
+    """Copy the job store (jobs, events, checkpoints, reports, the queue, tenants, API keys) to another Redis under
+    the key names it needs there (a Redis Cluster's carry a hash tag), with their expiry. Stop the API and the
+    workers first (deploy/README.md). The page cache is not copied."""
+    import redis
+
+    from heavy.embedded_redis import redis_url_for
+    from heavy.store import Keys, StoreError
+    from heavy.store.connection import is_cluster_url, redis_client
+    from heavy.store.migrate import migrate
+
+    def keys_on(url: str) -> Keys:
+        return Keys().on_one_slot() if is_cluster_url(url) else Keys()
+
+    async def run(source_url: str):
+        clients = []
+        try:  # bytes, not text: DUMP payloads are binary
+            clients = [redis_client(source_url), redis_client(target)]
+            return await migrate(clients[0], keys_on(source_url), clients[1], keys_on(target), replace=replace,
+                                 dry_run=dry_run)
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    try:
+        with redis_url_for(source or get_settings().redis_url, _home()) as source_url:
+            migration = asyncio.run(run(source_url))
+    except (ValueError, StoreError, redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+        print_error(f"{type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from exc
+    table = Table("keys", "count")
+    for kind, count in sorted(migration.kinds.items()):
+        table.add_row(Text(terminal_safe(kind)), str(count))
+    console.print(table)
+    if dry_run:
+        console.print(f"dry run: {migration.keys} keys to copy, {len(migration.existing)} of them already on the "
+                      "target", markup=False)
+    else:
+        console.print(f"copied {migration.copied} keys", markup=False)
+
+
 def register(app: typer.Typer) -> None:
     """Mount the service commands on the main `heavy` app."""
     app.command()(serve)
     app.command()(worker)
     app.command()(up)
     app.add_typer(keys_app, name="keys")
+    app.add_typer(store_app, name="store")

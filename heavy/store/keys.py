@@ -107,6 +107,11 @@ class Keys:
     def apikey(self, digest: str) -> str:
         return f"{self.prefix}apikey:{digest}"
 
+    @property
+    def pages(self) -> str:
+        """What the page cache's keys begin with."""
+        return f"{self.prefix}page:"
+
     def page(self, url: str) -> str:
         """An opened page, shared by all workers; the URL is hashed so a 2 KB URL makes a short key."""
-        return f"{self.prefix}page:{hashlib.sha256(url.encode()).hexdigest()}"
+        return f"{self.pages}{hashlib.sha256(url.encode()).hexdigest()}"
