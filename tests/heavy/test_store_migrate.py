@@ -118,7 +118,11 @@ async def test_a_store_moved_to_a_cluster_and_back_keeps_every_job_and_can_go_on
         replaced = await move(redis_server.url, plain, redis_cluster.url, tagged, replace=True)
         assert replaced.copied == moved.copied + 1  # and the checked-since key the filtered lists above wrote
 
-        # the cluster takes over: a worker claims the queued job, the held one is approved and claimed too
+        # the cluster takes over: a new worker takes over the running job (its worker was stopped for the move)
+        # and finds its checkpoints, claims the queued job, and the held one once approved
+        takeover = await on_cluster.queue.claim_abandoned("w2", lease_ms=0)
+        assert [claim.job_id for claim in takeover] == [ids["running"]]
+        assert await on_cluster.jobs.load_checkpoints(ids["running"], 2) == {1: {"steps": [1, 2]}}
         assert [claim.job_id for claim in await on_cluster.queue.claim_new("w2", block_ms=10)] == [ids["queued"]]
         assert (await on_cluster.jobs.approve(ids["held"], "acme")).status == QUEUED
         assert [claim.job_id for claim in await on_cluster.queue.claim_new("w2", block_ms=10)] == [ids["held"]]
@@ -126,7 +130,7 @@ async def test_a_store_moved_to_a_cluster_and_back_keeps_every_job_and_can_go_on
         on_cluster_now = [name async for name in on_cluster.redis.scan_iter(match=f"{tagged.prefix}*")]
         assert (await move(redis_cluster.url, tagged, back.url, plain)).copied == len(on_cluster_now)
         await assert_same_store(on_cluster, on_server, ids)
-        assert await on_server.queue.pending() == 3  # w1's running job, and w2's two
+        assert await on_server.queue.pending() == 3  # the three jobs w2 runs
     finally:
         for store in (source, on_cluster, on_server):
             await store.aclose()
