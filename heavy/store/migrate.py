@@ -53,7 +53,8 @@ def kind_of(name: str, keys: Keys) -> str:
         if rest.endswith(":report"):
             return "job report"
         return "job checkpoint" if ":traj:" in rest else "job"
-    return {"apikey": "api key", "idem": "idempotency key"}.get(rest.split(":", 1)[0], rest.split(":", 1)[0])
+    first = rest.split(":", 1)[0]
+    return {"apikey": "api key", "idem": "idempotency key"}.get(first, first)
 
 
 async def store_keys(redis: RedisClient, keys: Keys) -> AsyncIterator[str]:
