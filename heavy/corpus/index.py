@@ -3,9 +3,10 @@
 One file holds everything: `docs` (the documents), `docs_fts` (an external-content FTS5 table over
 title and text) and `docs_cjk` (the documents holding Chinese, Japanese or Korean text, their runs of it as bigrams:
 see heavy/corpus/cjk.py; a query with such text searches its runs there and its other words in `docs_fts`, any other
-query `docs_fts` alone, as before). Documents are deduplicated by a hash of title + text, so re-adding a directory is
-a no-op; `doc_files` records every file that holds each one, so re-adding an edited file replaces the documents it
-no longer holds, and a document goes only when no file holds it any more.
+query `docs_fts` alone, as before). Both tables hold the text folded to NFKC, as a query is (heavy/corpus/folding.py);
+`docs` holds it as written, which snippets and pages show. Documents are deduplicated by a hash of title + text, so
+re-adding a directory is a no-op; `doc_files` records every file that holds each one, so re-adding an edited file
+replaces the documents it no longer holds, and a document goes only when no file holds it any more.
 Each call opens its own connection, so one index can be used from several threads.
 """
 
@@ -24,6 +25,7 @@ from typing import NamedTuple
 
 from heavy.corpus import cjk
 from heavy.corpus.documents import CorpusFormatError, Document, file_name
+from heavy.corpus.folding import fold
 from heavy.corpus.snippets import LONG_PAGE_CHARS, words_snippet
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,11 @@ KEYWORD_WORDS = frozenset({"all", "and", "any", "as", "between", "by", "do", "fo
 KEYWORD_NOUNS = frozenset({"statement", "statements", "clause", "clauses", "keyword", "keywords", "operator",
                            "operators", "loop", "loops", "expression", "expressions", "block", "blocks"})
 
-SCHEMA_VERSION = 2  # PRAGMA user_version; 2 added docs_cjk (an index of version 0 or 1 is given it when opened)
+# PRAGMA user_version; 2 added docs_cjk, 3 folded what docs_fts and docs_cjk index to NFKC (an older index is
+# brought to 3 when opened)
+SCHEMA_VERSION = 3
+CJK_VERSION = 2
+FOLDED_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     id INTEGER PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, url TEXT NOT NULL, origin TEXT NOT NULL,
@@ -166,10 +172,10 @@ def _forget(db: sqlite3.Connection, file: str, kept: set[int]) -> int:
     gone = [doc_id for (doc_id,) in db.execute("SELECT doc_id FROM doc_files WHERE file = ?", (file,)).fetchall()
             if doc_id not in kept]
     db.executemany("DELETE FROM doc_files WHERE file = ? AND doc_id = ?", [(file, doc_id) for doc_id in gone])
-    orphans = [row for doc_id in gone for row in db.execute(
+    orphans = [(doc_id, *_indexed(title, text)) for doc_id in gone for _, title, text in db.execute(
         "SELECT id, title, text FROM docs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM doc_files WHERE doc_id = id)",
         (doc_id,)).fetchall()]
-    # an external-content FTS5 table forgets a row only when told its old values
+    # an external-content FTS5 table forgets a row only when told the values it indexed
     db.executemany("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)", orphans)
     db.executemany("DELETE FROM docs_cjk WHERE rowid = ?", [(doc_id,) for doc_id, _, _ in orphans])
     db.executemany("DELETE FROM docs WHERE id = ?", [(doc_id,) for doc_id, _, _ in orphans])
@@ -182,18 +188,42 @@ def _file_of(origin: str) -> str:
     return row.group(1) if row else origin
 
 
+def _indexed(title: str, text: str) -> tuple[str, str]:
+    """A document's title and text as docs_fts indexes them (and docs_cjk, as bigrams)."""
+    return fold(title), fold(text)
+
+
 def _add_cjk(db: sqlite3.Connection, doc_id: int, title: str, text: str) -> None:
+    """`title` and `text` as indexed (`_indexed`)."""
     if cjk.has_cjk(title) or cjk.has_cjk(text):
         db.execute("INSERT INTO docs_cjk (rowid, title, text) VALUES (?, ?, ?)",
                    (doc_id, cjk.shadow_text(title), cjk.shadow_text(text)))
 
 
-def _create_or_upgrade(db: sqlite3.Connection, path: Path) -> bool:
-    """Create the tables, or bring an index built by an older heavy to SCHEMA_VERSION: index the bigrams of its
-    documents holding CJK text (once: a concurrent opener waits for the write lock, then finds the version set).
-    False for an older index we may not write (a read-only volume): it is searched as before, CJK runs whole."""
-    if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-        return True
+def _upgrade(db: sqlite3.Connection, version: int) -> None:
+    """Bring an index of `version` to SCHEMA_VERSION: before CJK_VERSION, index the bigrams of its documents holding
+    CJK text; before FOLDED_VERSION, index folded the documents folding changes (the others are indexed as folded)."""
+    for statement in filter(str.strip, _SCHEMA.split(";")):
+        db.execute(statement)
+    for doc_id, title, text in db.execute("SELECT id, title, text FROM docs").fetchall():
+        indexed = _indexed(title, text)
+        if indexed != (title, text):  # indexed as written until FOLDED_VERSION
+            db.execute("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)",
+                       (doc_id, title, text))
+            db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)", (doc_id, *indexed))
+        elif version >= CJK_VERSION:
+            continue
+        db.execute("DELETE FROM docs_cjk WHERE rowid = ?", (doc_id,))
+        _add_cjk(db, doc_id, *indexed)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _create_or_upgrade(db: sqlite3.Connection, path: Path) -> int:
+    """Create the tables, or bring an index built by an older heavy to SCHEMA_VERSION (once: a concurrent opener
+    waits for the write lock, then finds the version set). The version the index is searched as: an older index we
+    may not write (a read-only volume) keeps its own and is searched as it was built."""
+    if (found := db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
+        return found
     try:
         db.execute("BEGIN IMMEDIATE")
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -201,20 +231,19 @@ def _create_or_upgrade(db: sqlite3.Connection, path: Path) -> bool:
             raise CorpusFormatError(f"the corpus index at {path} was built by a newer heavy (schema {version}, this "
                                     f"one reads {SCHEMA_VERSION}); upgrade heavy or rebuild it with `heavy corpus add`")
         if version < SCHEMA_VERSION:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(statement)
-            for doc_id, title, text in db.execute("SELECT id, title, text FROM docs").fetchall():
-                _add_cjk(db, doc_id, title, text)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _upgrade(db, version)
         db.commit()
     except sqlite3.OperationalError as exc:
         if exc.sqlite_errorcode != sqlite3.SQLITE_READONLY:  # a full disk, a locked file
             raise CorpusFormatError(f"the corpus index at {path} was built by an older heavy and could not be "
                                     f"upgraded ({exc}); rebuild it with `heavy corpus add`") from exc
-        logger.warning("the corpus index at %s was built by an older heavy and is read-only: Chinese, Japanese and "
-                       "Korean words are found only as whole runs until it is rebuilt with `heavy corpus add`", path)
-        return False
-    return True
+        logger.warning("the corpus index at %s was built by an older heavy and is read-only: until it is rebuilt "
+                       "with `heavy corpus add`, %sfull-width, half-width and other compatibility forms (ＡＢＣ, ﬁ) "
+                       "are found only as written", path,
+                       "Chinese, Japanese and Korean words are found only as whole runs, " if found < CJK_VERSION
+                       else "")
+        return found
+    return SCHEMA_VERSION
 
 
 def _expression_words(expression: str) -> set[str]:
@@ -235,7 +264,9 @@ class CorpusIndex:
         self.keep_function_words = keep_function_words
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
-            self.cjk_searchable = _create_or_upgrade(db, self.path)
+            version = _create_or_upgrade(db, self.path)
+        self.cjk_searchable = version >= CJK_VERSION
+        self.folds_queries = version >= FOLDED_VERSION  # as the index folds its documents
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -277,9 +308,9 @@ class CorpusIndex:
                     doc_id = db.execute("SELECT id FROM docs WHERE content_hash = ?", (digest,)).fetchone()[0]
                 else:
                     doc_id = cursor.lastrowid
-                    db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)",
-                               (doc_id, doc.title, doc.text))
-                    _add_cjk(db, doc_id, doc.title, doc.text)
+                    indexed = _indexed(doc.title, doc.text)
+                    db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)", (doc_id, *indexed))
+                    _add_cjk(db, doc_id, *indexed)
                     added += 1
                 if source:
                     kept.add(doc_id)
@@ -312,6 +343,8 @@ class CorpusIndex:
             db.executemany("DELETE FROM doc_files WHERE file = ?", [(file,) for _, file in renamed])
 
     def search(self, query: str, k: int) -> list[SearchHit]:
+        if self.folds_queries:
+            query = fold(query)
         if self.cjk_searchable and cjk.has_cjk(query):
             return self._search_cjk(query, k)
         expression = match_expression(query, self.keep_function_words)

@@ -10,6 +10,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
+from heavy.corpus.folding import fold_with_places
+
 SNIPPET_BEFORE = 40  # characters shown before the window's first query term
 SNIPPET_CHARS = 200
 SCAN_PLACES = 2_000  # of each query term, the places looked at: its first (a huge page may hold it 100,000 times)
@@ -40,8 +42,11 @@ def window_snippet(text: str, places: Iterable[tuple[int, str]]) -> str:
 
 
 def term_places(text: str, terms: Iterable[str]) -> list[tuple[int, str]]:
-    """Where each of `terms` is in `text` as written (the first SCAN_PLACES of each; they may overlap)."""
-    return [(at, term) for term in set(terms) for at in itertools.islice(_find_all(text, term), SCAN_PLACES)]
+    """Where each of `terms` (folded, as a query is) is in `text`, found in its folded form (the first SCAN_PLACES of
+    each; they may overlap)."""
+    folded, written_at = fold_with_places(text)
+    return [(written_at[at] if written_at else at, term)
+            for term in set(terms) for at in itertools.islice(_find_all(folded, term), SCAN_PLACES)]
 
 
 def _find_all(text: str, term: str) -> Iterator[int]:
@@ -53,7 +58,9 @@ def _find_all(text: str, term: str) -> Iterator[int]:
 
 def words_snippet(text: str, words: Iterable[str]) -> str:
     """A long page's snippet: the window with the most of the query's `words`, each found as the start of a word in
-    any case (near FTS5's stemmed, case-folded match: "volcano" finds "Volcanoes")."""
-    places = [(m.start(), word) for word in {word.lower() for word in words}
-              for m in itertools.islice(re.finditer(rf"\b{re.escape(word)}", text, re.IGNORECASE), SCAN_PLACES)]
+    any case (near FTS5's stemmed, case-folded match: "volcano" finds "Volcanoes"), in its folded form (as
+    `term_places`)."""
+    folded, written_at = fold_with_places(text)
+    places = [(written_at[m.start()] if written_at else m.start(), word) for word in {word.lower() for word in words}
+              for m in itertools.islice(re.finditer(rf"\b{re.escape(word)}", folded, re.IGNORECASE), SCAN_PLACES)]
     return window_snippet(text, places)

@@ -6,11 +6,13 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import unicodedata
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from heavy.corpus import cjk
 from heavy.corpus.documents import CorpusFormatError, Document
 from heavy.corpus.index import SCHEMA_VERSION, CorpusIndex
 
@@ -21,6 +23,14 @@ DOCUMENTS = [
     Document("서울", "서울은 한국의 수도입니다."),
     Document("Tokyo", "Tokyo is the capital of Japan. 猫カフェが多い。"),
     Document("Volcanoes", "Hekla is one of the most active volcanoes in Iceland."),
+]
+# compatibility forms, each found only by a query written the same way before the index folded them (NFKC)
+DECOMPOSED = unicodedata.normalize("NFD", "ガイドブックの説明です。")  # macOS text: カ + U+3099
+COMPAT_DOCUMENTS = [
+    Document("Full-width", "ＰＹＴＨＯＮ is a programming language."),  # typed with a Japanese IME
+    Document("Half-width", "ｶﾀｶﾅで書かれた古い文書。"),
+    Document("Ligature", "The ﬁnance ministry met on Monday."),  # a PDF's extracted text
+    Document("Decomposed", DECOMPOSED),
 ]
 # the index as heavy built it before docs_cjk (schema 0): its FTS5 table alone
 OLD_SCHEMA = """
@@ -91,12 +101,69 @@ def test_an_edited_file_leaves_no_stale_bigrams(tmp_path):
     assert titles(index, "大きい") == ["東京"]
 
 
-def write_old_index(path):
+def write_old_index(path, version=0, documents=DOCUMENTS):
+    """An index as heavy built it at schema `version`: 0, FTS5 alone; 2, with docs_cjk; both indexing text as
+    written. Its documents are held by the file "old.md"."""
     with closing(sqlite3.connect(path)) as db, db:
         db.executescript(OLD_SCHEMA)
-        for doc_id, doc in enumerate(DOCUMENTS, start=1):
-            db.execute("INSERT INTO docs VALUES (?, ?, ?, '', '', ?, 0)", (doc_id, doc.title, doc.text, str(doc_id)))
+        if version == 2:
+            db.execute("CREATE VIRTUAL TABLE docs_cjk USING fts5(title, text, tokenize='porter unicode61')")
+        for doc_id, doc in enumerate(documents, start=1):
+            db.execute("INSERT INTO docs VALUES (?, ?, ?, '', 'old.md', ?, 0)",
+                       (doc_id, doc.title, doc.text, str(doc_id)))
             db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)", (doc_id, doc.title, doc.text))
+            if version == 2 and cjk.has_cjk(doc.title + doc.text):
+                db.execute("INSERT INTO docs_cjk (rowid, title, text) VALUES (?, ?, ?)",
+                           (doc_id, cjk.shadow_text(doc.title), cjk.shadow_text(doc.text)))
+        db.execute(f"PRAGMA user_version = {version}")
+
+
+FOLDED_QUERIES = [  # (query, the page it finds, the page's words it is shown by, as written)
+    ("python", "Full-width", "ＰＹＴＨＯＮ is"),
+    ("カタカナ", "Half-width", "ｶﾀｶﾅで書かれた"),
+    ("finance", "Ligature", "ﬁnance ministry"),
+    ("ガイド", "Decomposed", DECOMPOSED),
+    ("ｐｙｔｈｏｎ", "Full-width", "ＰＹＴＨＯＮ is"),  # and the other way round: a query in compatibility forms
+    ("ＦＩＮＡＮＣＥ", "Ligature", "ﬁnance ministry"),
+    ("ｶﾞｲﾄﾞ", "Decomposed", DECOMPOSED),
+]
+
+
+@pytest.mark.parametrize(("query", "title", "written"), FOLDED_QUERIES)
+def test_compatibility_forms_are_found_by_their_ordinary_ones(tmp_path, query, title, written):
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add([*DOCUMENTS, *COMPAT_DOCUMENTS])
+    hits = index.search(query, k=5)
+    assert [hit.title for hit in hits] == [title]
+    assert written in hits[0].snippet  # shown as written
+
+
+def test_a_folded_hit_deep_in_a_page_gets_its_snippet_there(tmp_path):
+    # a snippet's terms are looked for in the page folded, and shown where they are as written
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add([Document("Kana", "これは長い説明の文章です。" * 30 + "ｶﾀｶﾅの説明。"),
+               Document("Huge", "volcano " * 20_000 + "The ﬁnance ministry met.")])  # past LONG_PAGE_CHARS
+    assert "ｶﾀｶﾅの説明。" in index.search("カタカナ", k=1)[0].snippet
+    assert "ﬁnance ministry" in index.search("finance ministry volcano", k=1)[0].snippet
+
+
+@pytest.mark.parametrize("version", [0, 2])
+def test_an_index_built_before_folding_is_folded_when_opened(tmp_path, version):
+    path = tmp_path / "old.sqlite"
+    write_old_index(path, version, [*DOCUMENTS, *COMPAT_DOCUMENTS])
+    index = CorpusIndex(path)
+    for query, title, _ in FOLDED_QUERIES:
+        assert titles(index, query) == [title], query
+    assert titles(index, "ＰＹＴＨＯＮ") == ["Full-width"] and set(titles(index, "首都")) == {"東京", "北京"}
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    index = CorpusIndex(path)  # opened again: nothing indexed twice
+    assert titles(index, "カタカナ") == ["Half-width"] and titles(index, "finance") == ["Ligature"]
+    index.add([], source="old.md")  # the file is emptied: its documents go, told to FTS5 as it indexed them
+    assert index.count() == 0
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE VIRTUAL TABLE temp.terms USING fts5vocab(main, docs_fts, row)")
+        assert db.execute("SELECT term FROM temp.terms").fetchall() == []
 
 
 def test_an_index_built_before_cjk_search_is_upgraded_when_opened(tmp_path):
@@ -118,11 +185,16 @@ def test_an_index_from_a_newer_heavy_is_refused_with_a_clear_message(tmp_path):
         CorpusIndex(path)
 
 
-def test_an_older_index_on_a_read_only_volume_is_still_searched():
+@pytest.mark.parametrize(("version", "found"), [
+    (0, {"volcanoes": ["Volcanoes"]}),
+    # built before folding: searched as it was built, a query as written (folded, ＰＹＴＨＯＮ would find nothing)
+    (2, {"volcanoes": ["Volcanoes"], "ＰＹＴＨＯＮ": ["Full-width"], "ｶﾀｶﾅ": ["Half-width"], "长城": ["北京"]}),
+])
+def test_an_older_index_on_a_read_only_volume_is_still_searched(version, found):
     # a volume mounted read-only (deploy/README): the upgrade cannot be written, the search must still work
     scratch = Path(tempfile.mkdtemp(prefix="heavy-corpus-ro-"))
     try:
-        write_old_index(scratch / "old.sqlite")
+        write_old_index(scratch / "old.sqlite", version, [*DOCUMENTS, *COMPAT_DOCUMENTS])
         os.chmod(scratch / "old.sqlite", 0o444)
         os.chmod(scratch, 0o555)  # no journal may be created beside it either
         # root writes past file modes: it searches from a mount namespace where the dir is a read-only bind mount
@@ -131,11 +203,15 @@ def test_an_older_index_on_a_read_only_volume_is_still_searched():
                      f'mount --bind "{scratch}" "{scratch}" && mount -o remount,bind,ro "{scratch}" && exec "$0" "$@"'
                      ] if os.geteuid() == 0 else []
         search = ("from heavy.corpus.index import CorpusIndex\n"
-                  f"print([h.title for h in CorpusIndex({str(scratch / 'old.sqlite')!r}).search('volcanoes', 5)])")
+                  f"index = CorpusIndex({str(scratch / 'old.sqlite')!r})\n"
+                  f"print({{q: [h.title for h in index.search(q, 5)] for q in {list(found)!r}}})")
         done = subprocess.run([*read_only, sys.executable, "-c", search], capture_output=True, text=True,
                               cwd=Path(__file__).parents[2], env={**os.environ, "PYTHONPATH": "."}, timeout=60)
-        assert done.stdout.strip() == "['Volcanoes']", done.stderr
-        assert "read-only" in done.stderr  # the warning says why CJK words are found only as whole runs
+        assert done.stdout.strip() == repr(found), done.stderr
+        # the warning says what is found only as written until a rebuild: CJK words inside runs (before 2) and
+        # compatibility forms (before 3)
+        assert "read-only" in done.stderr and "compatibility forms" in done.stderr
+        assert ("found only as whole runs" in done.stderr) == (version == 0)
     finally:
         os.chmod(scratch, 0o755)
         shutil.rmtree(scratch)

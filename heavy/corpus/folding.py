@@ -1,0 +1,31 @@
+"""Unicode compatibility folding (NFKC) of what the index searches: a page's text as indexed and a query.
+
+Text typed with a Japanese IME writes Latin in full-width forms (ＰＹＴＨＯＮ), older Japanese text katakana in
+half-width ones (ｶﾀｶﾅ), PDF extractions keep ligatures (ﬁnance), macOS text kana decomposed (カ + U+3099 for ガ):
+FTS5's unicode61 tokenizer folds none of these, so each was found only by a query written the same way. The index
+stores and shows a page as written; only its FTS5 and bigram tables hold the folded text.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+
+def fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text)
+
+
+def fold_with_places(text: str) -> tuple[str, list[int] | None]:
+    """`text` folded, and where in `text` each folded character came from (None: folding changed nothing). A
+    character and the combining marks after it are folded together (a decomposed ガ is one), so a place found in the
+    folded text maps back to the written one."""
+    if unicodedata.is_normalized("NFKC", text):
+        return text, None
+    clusters: list[tuple[int, str]] = []
+    for at, char in enumerate(text):
+        if clusters and unicodedata.combining(char):
+            clusters[-1] = (clusters[-1][0], clusters[-1][1] + char)
+        else:
+            clusters.append((at, char))
+    folded = [(at, fold(cluster)) for at, cluster in clusters]
+    return "".join(piece for _, piece in folded), [at for at, piece in folded for _ in piece]
