@@ -29,3 +29,14 @@ def fold_with_places(text: str) -> tuple[str, list[int] | None]:
             clusters.append((at, char))
     folded = [(at, fold(cluster)) for at, cluster in clusters]
     return "".join(piece for _, piece in folded), [at for at, piece in folded for _ in piece]
+
+
+def tokenized_as_written(text: str) -> bool:
+    """Whether `text` folded splits into the same tokens at the same places as written: each character folds to one,
+    a letter or digit to one (² to 2), any other to any other (U+00A0 to a space). FTS5's snippet() reads a page as
+    written and places the hits the index found in the folded one by their token numbers: "1½" folds to "11⁄2", two
+    tokens, and every hit after it was shown a token early."""
+    if unicodedata.is_normalized("NFKC", text):
+        return True
+    folded = fold(text)
+    return len(folded) == len(text) and all(a.isalnum() == b.isalnum() for a, b in zip(text, folded, strict=True))

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from heavy.corpus import cjk
 from heavy.corpus.documents import CorpusFormatError, Document, file_name
-from heavy.corpus.folding import fold
+from heavy.corpus.folding import fold, tokenized_as_written
 from heavy.corpus.snippets import LONG_PAGE_CHARS, words_snippet
 
 logger = logging.getLogger(__name__)
@@ -83,8 +83,9 @@ CREATE INDEX IF NOT EXISTS doc_files_by_doc ON doc_files (doc_id);
 """
 _JSONL_ROW = re.compile(r"(.*\.jsonl):\d+", re.IGNORECASE)  # a JSONL row's origin: "file:N"
 
-# FTS5's snippet, NULL for a page too long for it (snippets.LONG_PAGE_CHARS: the index writes that one itself)
-_FTS_SNIPPET = (f"CASE WHEN length(d.text) <= {LONG_PAGE_CHARS} "
+# FTS5's snippet, NULL for a page too long for it (snippets.LONG_PAGE_CHARS) or one folding splits otherwise
+# (folding.tokenized_as_written): the index writes those itself
+_FTS_SNIPPET = (f"CASE WHEN length(d.text) <= {LONG_PAGE_CHARS} AND tokenized_as_written(d.text) "
                 f"THEN snippet(docs_fts, 1, '', '', ' … ', {SNIPPET_TOKENS}) END")
 _SEARCH = f"""
 SELECT d.id, d.title, d.url, {_FTS_SNIPPET},
@@ -251,7 +252,8 @@ def _expression_words(expression: str) -> set[str]:
     return {word for quoted in re.findall(r'"([^"]*)"', expression) for word in quoted.split()}
 
 
-def _long_page_snippet(db: sqlite3.Connection, doc_id: int, expression: str) -> str:
+def _index_snippet(db: sqlite3.Connection, doc_id: int, expression: str) -> str:
+    """The snippet of a page FTS5's cannot serve (see _FTS_SNIPPET)."""
     text = db.execute("SELECT text FROM docs WHERE id = ?", (doc_id,)).fetchone()[0]
     return words_snippet(text, _expression_words(expression))
 
@@ -269,7 +271,9 @@ class CorpusIndex:
         self.folds_queries = version >= FOLDED_VERSION  # as the index folds its documents
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+        db = sqlite3.connect(self.path, timeout=30)
+        db.create_function("tokenized_as_written", 1, tokenized_as_written, deterministic=True)
+        return db
 
     def _connect_to_write(self) -> sqlite3.Connection:
         """A connection, doc_files made first if the index has none: made on a write, not on opening, so that
@@ -353,7 +357,7 @@ class CorpusIndex:
         with closing(self._connect()) as db:
             rows = db.execute(_SEARCH, (expression, k)).fetchall()
             return [SearchHit(doc_id=r[0], title=r[1], url=r[2], score=r[4],
-                              snippet=r[3] if r[3] is not None else _long_page_snippet(db, r[0], expression))
+                              snippet=r[3] if r[3] is not None else _index_snippet(db, r[0], expression))
                     for r in rows]
 
     def _search_cjk(self, query: str, k: int) -> list[SearchHit]:

@@ -145,6 +145,11 @@ def test_a_folded_hit_deep_in_a_page_gets_its_snippet_there(tmp_path):
                Document("Huge", "volcano " * 20_000 + "The ﬁnance ministry met.")])  # past LONG_PAGE_CHARS
     assert "ｶﾀｶﾅの説明。" in index.search("カタカナ", k=1)[0].snippet
     assert "ﬁnance ministry" in index.search("finance ministry volcano", k=1)[0].snippet
+    # FTS5's snippet placed hits by token number in the page as written: "½" folds to two tokens ("1⁄2")
+    words = [f"w{n}" for n in range(400)]
+    index.add([Document("Recipe", " ".join(words[:200]) + " ½" * 100 + " the lava erupted " + " ".join(words[200:]))])
+    snippet = index.search("lava", k=1)[0].snippet
+    assert "the lava erupted" in snippet and len(snippet) < 300
 
 
 @pytest.mark.parametrize("version", [0, 2])
