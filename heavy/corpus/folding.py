@@ -8,11 +8,23 @@ stores and shows a page as written; only its FTS5 and bigram tables hold the fol
 
 from __future__ import annotations
 
+import re
 import unicodedata
+
+_SYMBOL = re.compile(r"[^\w\s]")
 
 
 def fold(text: str) -> str:
-    return unicodedata.normalize("NFKC", text)
+    """`text` in NFKC form, a symbol that folds to letters or digits a word of its own: "Java™" is "Java TM ", not
+    "JavaTM" (FTS5 read ™ as a space, so java found it before folding, and must still)."""
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    return unicodedata.normalize("NFKC", _SYMBOL.sub(_symbol_as_word, text))
+
+
+def _symbol_as_word(symbol: re.Match[str]) -> str:
+    folded = unicodedata.normalize("NFKC", symbol.group())
+    return f" {folded} " if any(char.isalnum() for char in folded) else symbol.group()
 
 
 def fold_with_places(text: str) -> tuple[str, list[int] | None]:

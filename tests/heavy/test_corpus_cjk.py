@@ -31,6 +31,7 @@ COMPAT_DOCUMENTS = [
     Document("Half-width", "ｶﾀｶﾅで書かれた古い文書。"),
     Document("Ligature", "The ﬁnance ministry met on Monday."),  # a PDF's extracted text
     Document("Decomposed", DECOMPOSED),
+    Document("Symbols", "Java™ runs on 10㎏ of servers."),
 ]
 # the index as heavy built it before docs_cjk (schema 0): its FTS5 table alone
 OLD_SCHEMA = """
@@ -126,6 +127,9 @@ FOLDED_QUERIES = [  # (query, the page it finds, the page's words it is shown by
     ("ｐｙｔｈｏｎ", "Full-width", "ＰＹＴＨＯＮ is"),  # and the other way round: a query in compatibility forms
     ("ＦＩＮＡＮＣＥ", "Ligature", "ﬁnance ministry"),
     ("ｶﾞｲﾄﾞ", "Decomposed", DECOMPOSED),
+    ("java", "Symbols", "Java™ runs"),  # ™ folds to TM, ㎏ to kg: each is still a word of its own
+    ("tm", "Symbols", "Java™ runs"),
+    ("10", "Symbols", "10㎏"),
 ]
 
 
