@@ -206,7 +206,8 @@ def _upgrade(db: sqlite3.Connection, version: int) -> None:
     CJK text; before FOLDED_VERSION, index folded the documents folding changes (the others are indexed as folded)."""
     for statement in filter(str.strip, _SCHEMA.split(";")):
         db.execute(statement)
-    for doc_id, title, text in db.execute("SELECT id, title, text FROM docs").fetchall():
+    # read one at a time: a large corpus is not held whole
+    for doc_id, title, text in db.execute("SELECT id, title, text FROM docs"):
         indexed = _indexed(title, text)
         if indexed != (title, text):  # indexed as written until FOLDED_VERSION
             db.execute("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)",
