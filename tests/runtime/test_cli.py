@@ -18,8 +18,8 @@ def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     [
         (("generate", "--model", "/no/such/folder", "hi"), "neither a known model"),
         (("chat", "--max-tokens", "0", "hi"), "max_tokens must be > 0"),
-        (("chat", "--temperature", "-1", "hi"), "temperature must be >= 0"),
-        (("chat", "--repetition-penalty", "0", "hi"), "repetition_penalty must be > 0"),
+        (("chat", "--temperature", "-1", "hi"), "temperature must be finite and >= 0"),
+        (("chat", "--repetition-penalty", "0", "hi"), "repetition_penalty must be in [0.01, 100]"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args, message):
