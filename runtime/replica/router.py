@@ -61,6 +61,7 @@ class Availability:
     in_flight: tuple[int, ...] = ()  # per replica, requests this router has there now
     loads: tuple[EngineLoad | None, ...] = ()  # per replica, its engine's load at the last health round
     late: tuple[bool, ...] = ()  # per replica, down only because its health rounds went unanswered (still tried)
+    stalled: tuple[bool, ...] = ()  # per replica, up but its step has run past stall_after_s (tried last)
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ class Router:
         now = time.monotonic()
         down_for = (0.0 if up else now - last for up, last in zip(self.up, self.last_up, strict=True))
         loads = (load if up else None for up, load in zip(self.up, self.loads, strict=True))
-        return Availability(tuple(self.up), tuple(down_for), tuple(self.in_flight), tuple(loads), tuple(self.late))
+        return Availability(tuple(self.up), tuple(down_for), tuple(self.in_flight), tuple(loads), tuple(self.late),
+                            tuple(self.stalled))
 
     def choose(self, prefix_key: str | None, exclude: frozenset[int] = frozenset(), group: str | None = None) -> int:
         candidates = [i for i, up in enumerate(self.up) if up and i not in exclude]

@@ -150,5 +150,9 @@ class _ReplicaGauges:
         per_replica = [({"replica": str(i)}, i) for i in range(len(state.up))]
         yield _gauge("heavy_runtime_replica_up", "1 when the router sees the replica up", self.labels,
                      [(extra, float(state.up[i])) for extra, i in per_replica])
+        if state.stalled:  # none when the router actor is gone (all replicas shown down)
+            yield _gauge("heavy_runtime_replica_stalled", "1 when the replica's step has run past the router's stall "
+                         "bound: up, but sent new requests only when no other replica is up", self.labels,
+                         [(extra, float(state.stalled[i])) for extra, i in per_replica])
         yield _gauge("heavy_runtime_replica_requests_in_flight", "Requests the router has at the replica now",
                      self.labels, [(extra, state.in_flight[i]) for extra, i in per_replica])

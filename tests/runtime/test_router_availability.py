@@ -93,10 +93,19 @@ async def test_metrics_show_each_replicas_queue_and_cache_and_forget_a_replica_t
     assert shown['heavy_runtime_replica_requests_in_flight{model_name="m",replica="0"}'] == 4
     assert shown['heavy_runtime_replicas{model_name="m"}'] == shown['heavy_runtime_replicas_up{model_name="m"}'] == 2
 
+    assert shown['heavy_runtime_replica_stalled{model_name="m",replica="0"}'] == 0
+    replicas[0].step_s = router.config.stall_after_s  # its step hangs: up, stalled
+    await router.check_health()
+    shown = await scrape()
+    assert shown['heavy_runtime_replica_stalled{model_name="m",replica="0"}'] == 1
+    assert shown['heavy_runtime_replica_up{model_name="m",replica="0"}'] == 1
+
+    replicas[0].step_s = 0
     replicas[1].up = False
     await router.check_health()
     shown = await scrape()
     assert shown['heavy_runtime_replica_up{model_name="m",replica="1"}'] == 0
+    assert shown['heavy_runtime_replica_stalled{model_name="m",replica="0"}'] == 0
     assert shown['heavy_runtime_replicas_up{model_name="m"}'] == 1
     assert 'heavy_runtime_num_requests_running{model_name="m",replica="1"}' not in shown  # no stale load
     assert shown['heavy_runtime_num_requests_running{model_name="m",replica="0"}'] == 3
