@@ -161,7 +161,7 @@ class Scheduler:
             status = "partial" if reason in PARTIAL_STOPS else "done"
             # its prompts are fitted by what the server counted for the trajectories' (the same pages), to the
             # context a refusal showed them (a server that does not report it)
-            aggregation = replace(aggregation, counted_per_estimated=budget.counted_per_estimated,
+            aggregation = replace(aggregation, counted_per_estimated=budget.counted_per_estimated or 1.0,
                                   context_tokens=min(aggregation.context_tokens,
                                                      budget.served_context or aggregation.context_tokens))
             granted = GrantedBackend(with_priority(self.backend, spec.priority), budget, kept_for=REPORT_REQUEST,

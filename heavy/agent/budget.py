@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -19,6 +19,9 @@ T = TypeVar("T")
 # short final answer; the second comes from outside (the scheduler) and stops at once with the best answer so far.
 OWN_STOPS = ("max_steps", "tokens", "no_progress", "deadline")
 EXTERNAL_STOPS = ("finish_now", "cancelled", "early_stop", "straggler_cutoff", "job_tokens", "job_deadline")
+# The most a server counts per estimated prompt token: a token a character, where the estimate reads 3 characters a
+# token (agent/context.py). Requests are held by it until the job has learned its server's ratio.
+UNKNOWN_RATIO = 3.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class JobTokenBudget:
     (as far as the prompt estimate, scaled by what the server counted, holds): the trajectories stop (a partial
     report), and the aggregator goes without the calls that no longer fit. `counted_per_estimated`: the server's
     prompt tokens per estimated one, the largest any request of the job showed (Chinese: 1.9 for the embedded
-    model's tokenizer), by which the aggregator's holds are scaled (the trajectories keep their own).
+    model's tokenizer; None until one did), by which the aggregator's holds are scaled, and those of a trajectory
+    that has no ratio of its own yet (`bound`).
     `served_context`: the server's context when a refusal showed it smaller than the job's (None until then), which
     the aggregator's prompts are fitted to as well."""
 
@@ -69,11 +73,11 @@ class JobTokenBudget:
         self.held = 0  # by requests in flight
         self.exhausted = asyncio.Event()
         self._settled = asyncio.Event()
-        self.counted_per_estimated = 1.0
+        self.counted_per_estimated: float | None = None
         self.served_context: int | None = None
 
     def calibrate(self, counted_per_estimated: float) -> None:
-        self.counted_per_estimated = max(self.counted_per_estimated, counted_per_estimated)
+        self.counted_per_estimated = max(self.counted_per_estimated or 1.0, counted_per_estimated)
 
     def learn_context(self, tokens: int) -> None:
         self.served_context = min(tokens, self.served_context or tokens)
@@ -83,17 +87,34 @@ class JobTokenBudget:
         """What is left of the trajectories' share, requests in flight aside."""
         return max(0, self.total - self.reserve - self.used)
 
-    async def hold(self, tokens: int, *, keep: int | None = None) -> bool:
+    def bound(self, estimated: int, own_ratio: float | None, max_tokens: int, keep: int | None = None) -> int:
+        """What a request holds (`request_bound`): by its sender's own ratio, else the job's. While neither has one
+        (the job's first requests, sent together), by UNKNOWN_RATIO: the first reply tells the others waiting for
+        room what they need; the job's first request alone, when that does not fit, by the estimate."""
+        ratio = own_ratio or self.counted_per_estimated
+        if ratio is None:
+            cautious = request_bound(estimated, UNKNOWN_RATIO, max_tokens)
+            if self.held or cautious <= self._room(keep):
+                return cautious
+            ratio = 1.0
+        return request_bound(estimated, ratio, max_tokens)
+
+    def _room(self, keep: int | None) -> int:
+        return self.total - self.used - self.held - (self.reserve if keep is None else keep)
+
+    async def hold(self, tokens: int | Callable[[], int], *, keep: int | None = None) -> int:
         """Hold `tokens` for a request about to be sent once they fit what is left less `keep` (default the
         reserve: a trajectory's request), waiting while requests in flight hold what it needs (they may spend
-        less); False when they do not fit with none in flight, which spends the trajectories' share."""
-        while tokens > self.total - self.used - self.held - (self.reserve if keep is None else keep):
+        less); `tokens` may be a function, asked again once they settle (their replies show the job's ratio). What
+        it held; 0 when it does not fit with none in flight, which spends the trajectories' share."""
+        need = tokens if callable(tokens) else lambda: tokens
+        while (size := need()) > self._room(keep):
             if not self.held:
                 self.exhausted.set()
-                return False
+                return 0
             await self._settled.wait()
-        self.held += tokens
-        return True
+        self.held += size
+        return size
 
     def settle(self, held: int, spent: int) -> None:
         """A request's hold given back and what it spent charged (0 when it never completed)."""
@@ -131,10 +152,12 @@ class GrantedBackend:
         if kwargs.get("request_id") == self.kept_for:
             self.keep = 0
         estimated = max(1, estimate_tokens(messages, tools))
-        bound = request_bound(estimated, self.budget.counted_per_estimated, max_tokens)
-        if not await self.budget.hold(bound, keep=self.keep):
+        def needs() -> int:
+            return self.budget.bound(estimated, None, max_tokens, self.keep)
+        bound = await self.budget.hold(needs, keep=self.keep)
+        if not bound:
             raise LLMError(f"the job's token grant has {self.budget.total - self.budget.used - self.budget.held} "
-                           f"tokens left (keeping {self.keep}), the request may take {bound}")
+                           f"tokens left (keeping {self.keep}), the request may take {needs()}")
         spent, meter = Usage(), kwargs.setdefault("meter", Meter())
         try:
             completion = await self.backend.chat(messages, tools, sampling, max_tokens=max_tokens, **kwargs)
@@ -226,8 +249,8 @@ class Charge:
 
 
 @contextlib.asynccontextmanager
-async def job_grant(budget: JobTokenBudget | None, tokens: int, stop: StopSignal, deadline: float
-                    ) -> AsyncIterator[Charge]:
+async def job_grant(budget: JobTokenBudget | None, tokens: int | Callable[[], int], stop: StopSignal,
+                    deadline: float) -> AsyncIterator[Charge]:
     """Hold `tokens` of the job's grant around a trajectory's request, its largest cost (eight trajectories at
     once cannot together pass the trajectories' share), then charge what it spent; Stopped("job_tokens") when the
     share cannot hold them. Without a budget nothing is held."""
@@ -235,9 +258,10 @@ async def job_grant(budget: JobTokenBudget | None, tokens: int, stop: StopSignal
     if budget is None:
         yield charge
         return
-    if not await until_stopped(budget.hold(tokens), stop, deadline):
+    held = await until_stopped(budget.hold(tokens), stop, deadline)
+    if not held:
         raise Stopped("job_tokens")
     try:
         yield charge
     finally:
-        budget.settle(tokens, charge.tokens)
+        budget.settle(held, charge.tokens)

@@ -9,7 +9,6 @@ from heavy.agent.budget import (
     StopSignal,
     TrajectoryLimits,
     job_grant,
-    request_bound,
     until_stopped,
 )
 from heavy.agent.context import estimate_tokens, fit_context, with_usage
@@ -22,7 +21,9 @@ class ModelRequests:
         self.backend, self.limits, self.sampling, self.stop = backend, limits, sampling, stop
         self.job_budget, self.prefix_key = job_budget, prefix_key  # prefix_key: the job's, for the prefix cache
         self.usage = Usage()  # all the trajectory's requests, aborted ones included
-        self.counted_per_estimated = 1.0  # the server's prompt tokens per estimated one, at most (never below 1)
+        # the server's prompt tokens per estimated one, at most (never below 1); None until a reply or a refusal of
+        # its own showed it
+        self.counted_per_estimated: float | None = None
         self.context_tokens = limits.context_tokens  # less once the server says it holds less
 
     async def complete(self, messages: list[Message], tools: list[dict] | None, max_tokens: int, deadline: float,
@@ -39,13 +40,21 @@ class ModelRequests:
             prompt, estimated = self._fitted(messages, tools, max_tokens)
             return await self._request(prompt, tools, estimated, max_tokens, deadline, request_id)
 
+    @property
+    def ratio(self) -> float:
+        """What its prompts are fitted and held by: its own ratio, else the best its job knows (another trajectory's
+        reply, the aggregator's, a takeover's checkpoints). By the bare estimate, first steps over text it
+        undercounts (Chinese: 1.9 times) would hold less than they spend, together past the job's grant."""
+        known = self.job_budget and self.job_budget.counted_per_estimated
+        return self.counted_per_estimated or known or 1.0
+
     def _learned(self, refusal: ContextLengthError, estimated: int) -> bool:
         """Whether a server's refusal of a prompt too long says what to fit the prompt again by (once): the tokens
         it counted, when no reply calibrated the estimate for this prompt yet (a first step over non-Latin search
         results), or the context it holds, less than HEAVY_CONTEXT_TOKENS (a server that does not report it, whose
         room left the openai backend found too small to cut the reply to)."""
         counted, learned = refusal.prompt_tokens or 0, False
-        if counted / estimated > self.counted_per_estimated:
+        if counted / estimated > self.ratio:
             self.counted_per_estimated, learned = counted / estimated, True
         if refusal.room is not None and counted + refusal.room < self.context_tokens:
             self.context_tokens, learned = counted + refusal.room, True
@@ -56,14 +65,15 @@ class ModelRequests:
     def _fitted(self, messages: list[Message], tools: list[dict] | None, max_tokens: int) -> tuple[list[Message], int]:
         """The prompt fitted to the room a reply of `max_tokens` leaves, by the estimate scaled to what the server
         counts, and its estimate."""
-        room = int((self.context_tokens - max_tokens) / self.counted_per_estimated)
+        room = int((self.context_tokens - max_tokens) / self.ratio)
         prompt = fit_context(messages, tools, room)
         return prompt, max(1, estimate_tokens(prompt, tools))
 
     async def _request(self, prompt: list[Message], tools: list[dict] | None, estimated: int, max_tokens: int,
                        deadline: float, request_id: str) -> Completion:
-        held = request_bound(estimated, self.counted_per_estimated, max_tokens)
-        async with job_grant(self.job_budget, held, self.stop, deadline) as charge:
+        def needs() -> int:  # asked again while it waits for room: the others' replies may show the job's ratio
+            return self.job_budget.bound(estimated, self.counted_per_estimated, max_tokens)
+        async with job_grant(self.job_budget, needs, self.stop, deadline) as charge:
             request = self.backend.chat(prompt, tools, self.sampling, max_tokens=max_tokens, request_id=request_id,
                                         prefix_key=self.prefix_key, meter=charge.meter)
             try:
@@ -73,7 +83,8 @@ class ModelRequests:
                 raise
             # the estimate undercounts some scripts (Chinese: 1.9 times for the embedded model's tokenizer): later
             # prompts are fitted by what the server counted
-            self.counted_per_estimated = max(self.counted_per_estimated, completion.usage.prompt_tokens / estimated)
+            counted = completion.usage.prompt_tokens / estimated
+            self.counted_per_estimated = max(self.counted_per_estimated or 1.0, counted)
             if self.job_budget is not None:  # the aggregator's requests are held by the job's largest
                 self.job_budget.calibrate(self.counted_per_estimated)
             completion = with_usage(completion, prompt, tools)

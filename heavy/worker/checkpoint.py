@@ -89,7 +89,7 @@ def restore(trajectory: Trajectory, state: dict[str, Any]) -> None:
     trajectory.output_rejected = state.get("output_rejected", False)
     trajectory.title_rejected = state.get("title_rejected", False)
     trajectory.unsaid_forced = state.get("unsaid_forced", False)
-    trajectory.requests.counted_per_estimated = state.get("counted_per_estimated", 1.0)
+    trajectory.requests.counted_per_estimated = state.get("counted_per_estimated")
     trajectory.requests.context_tokens = state.get("context_tokens", trajectory.spec.limits.context_tokens)
 
 
@@ -107,7 +107,7 @@ class CheckpointedTrajectory(Trajectory):
         if saved:  # absent from checkpoints written before calls were saved: those count from zero
             self.executor.restore_calls(self.spec.job_id, self.spec.index, saved.get("tool_calls", {}))
         if saved and self.job_budget is not None:  # the aggregator's holds and prompts are scaled by the job's
-            self.job_budget.calibrate(saved.get("counted_per_estimated", 1.0))
+            self.job_budget.calibrate(saved.get("counted_per_estimated") or 1.0)
             context = saved.get("context_tokens", self.spec.limits.context_tokens)
             if context < self.spec.limits.context_tokens:  # and fitted to the server's context a refusal showed
                 self.job_budget.learn_context(context)

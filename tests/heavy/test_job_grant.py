@@ -7,12 +7,13 @@ import dataclasses
 
 import pytest
 
-from heavy.agent import JobTokenBudget, TrajectoryLimits
+from heavy.agent import JobTokenBudget, Trajectory, TrajectoryLimits, TrajectorySpec
 from heavy.agent.budget import GrantedBackend
 from heavy.agent.context import estimate_tokens
 from heavy.aggregate import REPORT_REQUEST
 from heavy.llm.types import LLMError, Sampling, Usage
-from tests.heavy.fakes import ScriptedBackend, call, text
+from heavy.tools.base import ToolExecutor
+from tests.heavy.fakes import DictSearch, ScriptedBackend, call, text
 from tests.heavy.test_scheduler import run, spec
 
 pytestmark = pytest.mark.anyio
@@ -136,3 +137,26 @@ async def test_a_jobs_charged_tokens_never_pass_its_grant_over_text_the_estimate
                           pages=pages)
     assert result.usage.total_tokens <= grant
     assert result.markdown.startswith("# What is the capital of France?")
+
+
+@pytest.mark.parametrize("known", [1.9, None], ids=["known-to-the-job", "unknown"])
+async def test_the_first_steps_of_eight_trajectories_sent_together_never_pass_the_grant(known):
+    """A server counting the question's Chinese 1.9 times the estimate; the grant fits the eight first steps by the
+    estimate, not by what the server counts. Known to the job (a takeover's checkpoints, another trajectory's reply),
+    the ratio holds a trajectory's first step; unknown, the first reply shows it to the others waiting for room. By
+    the bare estimate, all eight were held and together spent past the grant."""
+    server = ScriptedBackend(counting_chinese_as_the_embedded_tokenizer(
+        lambda request: call("search", query=f"埃菲尔铁塔 {request.trajectory}")))
+    limits = TrajectoryLimits(max_steps=3, step_tokens=64)
+    specs = [TrajectorySpec(job_id="job-zh", index=k, question="埃菲尔铁塔是哪一年建成的？" * 30,
+                            allowed_tools=frozenset({"search"}), sampling=Sampling(seed=k), limits=limits,
+                            opening_search=False) for k in range(8)]
+    executor = ToolExecutor([DictSearch({})])
+    first = Trajectory(specs[0], server, executor)
+    first_step = estimate_tokens(first.messages, first.tools) + limits.step_tokens
+    budget = JobTokenBudget(8 * first_step)
+    if known:
+        budget.calibrate(known)
+    results = await asyncio.gather(*(Trajectory(s, server, executor, job_budget=budget).run() for s in specs))
+    assert budget.used <= budget.total and budget.held == 0
+    assert budget.used == sum(r.usage.total_tokens for r in results) > 0
