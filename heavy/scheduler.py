@@ -225,6 +225,8 @@ class Scheduler:
         finally:
             for task in watchers | pending:
                 task.cancel()
+            if pending:  # the worker stops (SIGTERM): they charge what their cut requests spent before it exits
+                await asyncio.gather(*pending, return_exceptions=True)
         return results, reason
 
     def _should_stop(self, spec: JobSpec, stop: StopSignal, budget: JobTokenBudget,

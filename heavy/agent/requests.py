@@ -3,6 +3,8 @@ its largest cost on the job's grant while it runs, and charged what the server d
 
 from __future__ import annotations
 
+import asyncio
+
 from heavy.agent.budget import (
     JobTokenBudget,
     Stopped,
@@ -78,7 +80,9 @@ class ModelRequests:
                                         prefix_key=self.prefix_key, meter=charge.meter)
             try:
                 completion = await until_stopped(request, self.stop, deadline)
-            except Stopped:  # aborted in flight: what the server did is charged (the job's grant, the tenant)
+            except (Stopped, asyncio.CancelledError):
+                # aborted in flight by a stop, or by the worker's own stop (SIGTERM: its checkpoint keeps the charge):
+                # what the server did is charged (the job's grant, the tenant)
                 self.usage = self.usage + charge.aborted(prompt, tools)
                 raise
             # the estimate undercounts some scripts (Chinese: 1.9 times for the embedded model's tokenizer): later

@@ -5,6 +5,8 @@ still count against the job's call caps."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -14,7 +16,12 @@ from heavy.agent.budget import EXTERNAL_STOPS
 from heavy.llm.types import ToolCall, Usage
 from heavy.tools.base import Source
 
+log = logging.getLogger(__name__)
+
 SaveCheckpoint = Callable[[int, dict[str, Any]], Awaitable[None]]
+# How long a stopping worker waits to save what its cut requests spent: well inside a pod's grace period
+# (deploy/k8s/base/worker.yaml), and only when Redis stalls.
+SPENT_SAVE_TIMEOUT_S = 10.0
 
 
 def _source(data: dict) -> Source:
@@ -50,14 +57,15 @@ def result_from_dict(data: dict[str, Any]) -> TrajectoryResult:
 
 
 def state_of(trajectory: Trajectory) -> dict[str, Any]:
-    """What a trajectory needs to continue after its last completed step."""
+    """What a trajectory needs to continue after its last completed step (copies of what later steps add to: the
+    stopping worker saves it again)."""
     return {
         "kind": "state",
-        "messages": trajectory.messages,
+        "messages": list(trajectory.messages),
         "steps": [asdict(step) for step in trajectory.steps],
         "usage": asdict(trajectory.requests.usage),
         "evidence": [asdict(source) for source in trajectory.evidence.values()],
-        "excerpts": trajectory.excerpts,
+        "excerpts": dict(trajectory.excerpts),
         "seen_calls": sorted(trajectory.seen_calls),
         "best_guess": trajectory.best_guess,
         "no_progress": trajectory.no_progress,
@@ -104,6 +112,7 @@ class CheckpointedTrajectory(Trajectory):
             self.saved_result = result_from_dict(saved["result"])
         elif saved:
             restore(self, saved)
+        self.checkpoint = state_of(self)  # the last state saved (or restored, or the start)
         if saved:  # absent from checkpoints written before calls were saved: those count from zero
             self.executor.restore_calls(self.spec.job_id, self.spec.index, saved.get("tool_calls", {}))
         if saved and self.job_budget is not None:  # the aggregator's holds and prompts are scaled by the job's
@@ -119,7 +128,11 @@ class CheckpointedTrajectory(Trajectory):
             return self.saved_result
         if self.job_budget is not None and self.usage.total_tokens:
             self.job_budget.charge(self.usage.total_tokens)  # what the restored steps spent
-        result = await super().run()
+        try:
+            result = await super().run()
+        except asyncio.CancelledError:  # the worker stops (SIGTERM) or lost the job
+            await self._save_spent()
+            raise
         if result.stop_reason not in EXTERNAL_STOPS:  # a stopped one continues if the job is taken over
             await self.save(self.spec.index, {"kind": "result", "result": result_to_dict(result),
                                               "tool_calls": _tool_calls(self),
@@ -129,4 +142,20 @@ class CheckpointedTrajectory(Trajectory):
 
     async def after_step(self) -> None:
         if self.final is None:  # an answering step is saved as the result right after
-            await self.save(self.spec.index, state_of(self))
+            state = state_of(self)
+            await self.save(self.spec.index, state)
+            self.checkpoint = state
+
+    async def _save_spent(self) -> None:
+        """The last checkpoint again, with what the trajectory spent since: a request the worker's stop cut (what its
+        server did, agent/requests.py), a reply whose step's tool calls it cut. The worker resuming the job redoes
+        that step and charges the job (and its tenant) this too; the server did the work either way. Not when the
+        write is refused (another worker runs the job now) or Redis does not answer within the grace."""
+        if self.usage == Usage(**self.checkpoint["usage"]):
+            return
+        try:
+            await asyncio.wait_for(self.save(self.spec.index, {**self.checkpoint, "usage": asdict(self.usage)}),
+                                   SPENT_SAVE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("trajectory %s/%d: what its cut step spent is not charged (%s)", self.spec.job_id,
+                        self.spec.index, exc)

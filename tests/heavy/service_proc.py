@@ -4,7 +4,8 @@
     python -m tests.heavy.service_proc api REDIS_URL PREFIX PORT
 
 The worker runs the scripted researcher backend; `slow` makes every trajectory's third step take a minute, so a
-test can kill it there."""
+test can kill it there: the worker prints `in flight <request id>` when such a step is sent, and its server has
+spent CUT_USAGE on it by then."""
 
 from __future__ import annotations
 
@@ -14,19 +15,30 @@ import sys
 import uvicorn
 
 from heavy.api import create_app
+from heavy.llm.types import Usage
 from heavy.store import Keys, Store
 from heavy.worker import Worker
 from tests.heavy.fakes import ScriptedBackend
 from tests.heavy.worker_helpers import WORKER_SETTINGS, executor, researcher, step_of
 
+CUT_USAGE = Usage(prompt_tokens=100, completion_tokens=7)
+
+
+def third_step(request) -> bool:
+    return request.trajectory >= 0 and step_of(request) == 2
+
 
 def slow_third_step(request) -> float:
-    return 60.0 if request.trajectory >= 0 and step_of(request) == 2 else 0.05
+    if third_step(request):
+        print(f"in flight {request.request_id}", flush=True)
+        return 60.0
+    return 0.05
 
 
 async def worker(url: str, prefix: str, name: str, slow: bool) -> None:
     store = Store.connect(url, WORKER_SETTINGS, Keys(prefix))
-    backend = ScriptedBackend(researcher, delay_s=slow_third_step if slow else (lambda r: 0.05))
+    backend = ScriptedBackend(researcher, delay_s=slow_third_step if slow else (lambda r: 0.05),
+                              in_flight=lambda r: CUT_USAGE if slow and third_step(r) else Usage())
     await Worker(store, backend, executor(), WORKER_SETTINGS, name=name).run_until_signalled()
     print(f"worker {name} stopped", flush=True)
 

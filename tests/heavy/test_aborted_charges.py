@@ -12,10 +12,12 @@ from heavy.agent.budget import JobTokenBudget, StopSignal
 from heavy.agent.context import estimate_tokens
 from heavy.llm.runtime_backend import RuntimeBackend
 from heavy.llm.types import Usage
-from heavy.scheduler import JobControl
-from tests.heavy.fakes import ScriptedBackend, call
+from heavy.scheduler import JobControl, Scheduler
+from heavy.tools.base import ToolExecutor
+from heavy.worker.checkpoint import CheckpointedTrajectory
+from tests.heavy.fakes import DictSearch, ScriptedBackend, call
 from tests.heavy.test_llm_runtime import Engine, Tokenizer
-from tests.heavy.test_scheduler import researcher, run, spec
+from tests.heavy.test_scheduler import PAGES, researcher, run, spec
 from tests.heavy.test_trajectory import make
 
 pytestmark = pytest.mark.anyio
@@ -75,3 +77,27 @@ async def test_finish_now_charges_the_job_what_the_aborted_steps_spent():
     cut = [t for t in result.trajectories if t.index >= 2]
     assert len(cut) == 6 and all(t.usage == in_flight and t.stop_reason == "finish_now" for t in cut)
     assert result.usage.total_tokens >= sum(t.usage.total_tokens for t in result.trajectories) >= 6 * 107
+
+
+async def test_a_stopping_workers_job_is_given_back_only_once_its_cut_requests_charges_are_saved():
+    """A worker's stop (SIGTERM) cancels its jobs, and then closes its store and exits: the cancellation comes back
+    from the scheduler only once every trajectory whose request it cut has saved that charge in its checkpoint,
+    which the worker resuming the job charges (test_faults.py runs this against a worker process)."""
+    cut = Usage(prompt_tokens=100, completion_tokens=7)
+    backend = ScriptedBackend(researcher(), delay_s=lambda r: HANGS, in_flight=lambda r: cut)
+    saved = {}
+
+    async def save(k, data):
+        await asyncio.sleep(0.01)  # a round trip to Redis
+        saved[k] = Usage(**data["usage"])
+
+    def trajectory(trajectory_spec, *args, **kwargs):
+        return CheckpointedTrajectory(trajectory_spec, *args, save=save, **kwargs)
+    scheduler = Scheduler(backend, ToolExecutor([DictSearch(PAGES)]), trajectory_factory=trajectory)
+    job = asyncio.create_task(scheduler.run(spec(trajectories=3)))
+    while len(backend.requests) < 3:
+        await asyncio.sleep(0.01)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert saved == {0: cut, 1: cut, 2: cut}

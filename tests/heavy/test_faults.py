@@ -16,7 +16,8 @@ from heavy.store import Keys, Store
 from heavy.store.records import TERMINAL_EVENTS
 from heavy.worker import Worker
 from tests.heavy.api_helpers import follow_sse
-from tests.heavy.fakes import ScriptedBackend
+from tests.heavy.fakes import STEP_USAGE, ScriptedBackend
+from tests.heavy.service_proc import CUT_USAGE
 from tests.heavy.worker_helpers import (
     JOB,
     WORKER_SETTINGS,
@@ -86,30 +87,40 @@ async def test_worker_sigkill_mid_job_another_worker_finishes_it(store, redis_ur
             stop(rescuer)
 
 
-async def test_worker_sigterm_mid_job_exits_at_once_and_another_worker_finishes_it(store, redis_url, key_prefix):
+async def test_worker_sigterm_mid_job_exits_at_once_charging_its_cut_requests_and_another_worker_finishes_it(
+        store, redis_url, key_prefix):
     # what Kubernetes does to a pod it stops: SIGTERM, then SIGKILL after the grace period
     stopping = subprocess.Popen([sys.executable, "-m", "tests.heavy.service_proc", "worker", redis_url, key_prefix,
                                  "stopping", "slow"], stdout=subprocess.PIPE, text=True)
     rescuer = None
     try:
         job_id = await submit(store)
-
-        async def waiting_on_third_steps():
-            saved = await store.jobs.load_checkpoints(job_id, 3)
-            return len(saved) == 3 and all(len(c.get("steps", ())) == 2 for c in saved.values())
-        await wait_for(waiting_on_third_steps, timeout_s=60)
+        in_flight = set()
+        while len(in_flight) < 3:  # every trajectory's third step sent, its server working on it
+            line = await asyncio.to_thread(stopping.stdout.readline)
+            assert line, "the worker ended before its third steps"
+            in_flight |= {line.split()[-1]} if line.startswith("in flight") else set()
         stopping.send_signal(signal.SIGTERM)
         output, _ = stopping.communicate(timeout=10)  # the third steps wait a minute: they are aborted, not awaited
         assert stopping.returncode == 0 and "worker stopping stopped" in output
         job = await store.jobs.get(job_id)
         assert job.status == "running" and job.worker == "stopping"  # left for another worker, not failed
         before = await all_events(store, job_id)
+        # what the server spent on the cut steps is in the checkpoints, on top of the steps they hold
+        saved = await store.jobs.load_checkpoints(job_id, 3)
+        assert [len(c["steps"]) for c in saved.values()] == [2, 2, 2]
+        assert all(c["usage"]["prompt_tokens"] + c["usage"]["completion_tokens"]
+                   == STEP_USAGE.total_tokens + CUT_USAGE.total_tokens for c in saved.values())
 
         rescuer = spawn("worker", redis_url, key_prefix, "rescuer")
         job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
         assert (job.status, job.attempts, job.stops, job.worker) == ("done", 2, 1, "rescuer")  # a stop, no death
         assert events[:len(before)] == before
         assert_gap_free(events, trajectories=3)
+        _, result = await store.jobs.get_report(job_id)  # two replies each, and the cut step: the job is charged all
+        charged = 2 * STEP_USAGE.total_tokens + CUT_USAGE.total_tokens
+        assert [t["tokens"] for t in result["trajectories"]] == [charged] * 3
+        assert job.tokens == result["tokens"]["total"] > sum(t["tokens"] for t in result["trajectories"])
     finally:
         stop(stopping)
         if rescuer:

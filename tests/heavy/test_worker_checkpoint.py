@@ -19,7 +19,7 @@ SPEC = TrajectorySpec(job_id="j", index=0, question="Which module parses command
                       allowed_tools=frozenset({"search"}), sampling=Sampling(), limits=TrajectoryLimits(max_steps=4))
 # Set once from the spec and the run's wiring, not state that evolves step by step.
 WIRING = {"spec", "executor", "events", "stop", "tools", "checks", "deadline", "final", "save",
-          "saved_result", "requests"}
+          "saved_result", "requests", "checkpoint"}  # checkpoint: the last one saved
 REQUESTS_WIRING = {"backend", "limits", "sampling", "stop", "job_budget", "prefix_key"}  # ModelRequests
 
 
