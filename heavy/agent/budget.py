@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from heavy.agent.context import aborted_usage, estimate_tokens, with_usage
+from heavy.agent.context import aborted_usage, estimate_tokens, failed_usage, with_usage
 from heavy.llm.types import Completion, CompletionDelta, LLMBackend, LLMError, Message, Meter, Sampling, Usage
 
 T = TypeVar("T")
@@ -169,6 +169,9 @@ class GrantedBackend:
         except asyncio.CancelledError:  # aborted in flight: what the server did is charged
             spent = aborted_usage(meter, messages, tools)
             raise
+        except LLMError as exc:  # and what it did before it failed
+            spent = failed_usage(meter, exc)
+            raise
         finally:
             self.usage = self.usage + spent
             self.budget.settle(bound, spent.total_tokens)
@@ -243,7 +246,13 @@ class Charge:
 
     def aborted(self, prompt: list[Message], tools: list[dict] | None) -> Usage:
         """What the request spent until it was aborted (agent/context.py aborted_usage), now its charge."""
-        spent = aborted_usage(self.meter, prompt, tools)
+        return self._charged(aborted_usage(self.meter, prompt, tools))
+
+    def failed(self, error: LLMError) -> Usage:
+        """What the request spent until it failed (agent/context.py failed_usage), now its charge."""
+        return self._charged(failed_usage(self.meter, error))
+
+    def _charged(self, spent: Usage) -> Usage:
         self.tokens = spent.total_tokens
         return spent
 

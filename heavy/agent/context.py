@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from heavy.llm.types import Completion, Message, Meter, Usage
+from heavy.llm.types import Completion, ContextLengthError, LLMError, Message, Meter, Usage
 
 CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of a chat template
@@ -46,6 +46,13 @@ def aborted_usage(meter: Meter, prompt: list[Message], tools: list[dict] | None)
     if meter.usage.prompt_tokens:
         return meter.usage
     return replace(meter.usage, prompt_tokens=estimate_tokens(prompt, tools))
+
+
+def failed_usage(meter: Meter, error: LLMError) -> Usage:
+    """What a request that failed spent: what its backend's `meter` counted before the failure (a runtime reply whose
+    tool call would not parse, an engine lost mid-reply after the retries), never an estimate (a server that never
+    answered may have done nothing); nothing for a prompt refused as too long, which no server computed."""
+    return Usage() if isinstance(error, ContextLengthError) else meter.usage
 
 
 def fit_context(messages: list[Message], tools: list[dict] | None, max_prompt_tokens: int) -> list[Message]:

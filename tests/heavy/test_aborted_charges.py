@@ -8,10 +8,10 @@ import asyncio
 import pytest
 
 from heavy.agent import TrajectoryLimits
-from heavy.agent.budget import JobTokenBudget, StopSignal
+from heavy.agent.budget import GrantedBackend, JobTokenBudget, StopSignal
 from heavy.agent.context import estimate_tokens
 from heavy.llm.runtime_backend import RuntimeBackend
-from heavy.llm.types import Usage
+from heavy.llm.types import ContextLengthError, LLMError, Sampling, Usage
 from heavy.scheduler import JobControl, Scheduler
 from heavy.tools.base import ToolExecutor
 from heavy.worker.checkpoint import CheckpointedTrajectory
@@ -101,3 +101,50 @@ async def test_a_stopping_workers_job_is_given_back_only_once_its_cut_requests_c
     with pytest.raises(asyncio.CancelledError):
         await job
     assert saved == {0: cut, 1: cut, 2: cut}
+
+
+class DyingEngine(Engine):
+    """The runtime's engine, lost after two generated tokens (EngineDeadError is a RuntimeError)."""
+
+    async def generate(self, prompt, params, request_id):
+        async for output in super().generate(prompt, params, request_id):
+            yield output
+        raise RuntimeError("engine is dead")
+
+
+def failing(error):
+    def script(request):
+        raise error
+    return script
+
+
+@pytest.mark.parametrize("error, charged", [
+    (LLMError("runtime: malformed tool call"), Usage(prompt_tokens=100, completion_tokens=60)),
+    (ContextLengthError("prompt too long", prompt_tokens=None, room=None), Usage()),  # refused: nothing computed
+])
+async def test_a_request_that_fails_is_charged_what_its_backend_counted_before_it_failed(error, charged):
+    backend = ScriptedBackend(failing(error), in_flight=lambda request: Usage(prompt_tokens=100, completion_tokens=60))
+    budget = JobTokenBudget(10_000)
+    trajectory, _, _, _ = make(None, backend=backend, budget=budget)
+    result = await trajectory.run()
+    assert result.stop_reason == "error" and result.usage == charged and budget.used == charged.total_tokens
+
+
+async def test_a_runtime_request_whose_engine_dies_mid_reply_is_charged_the_engines_count():
+    engine = DyingEngine(["Let me ", "think"], hang=False)
+    budget = JobTokenBudget(10_000)
+    trajectory, _, _, _ = make(None, backend=RuntimeBackend(engine, Tokenizer()), budget=budget)
+    result = await trajectory.run()
+    assert result.stop_reason == "error" and "engine is dead" in result.error
+    assert result.usage == Usage(prompt_tokens=40, completion_tokens=2, cached_prompt_tokens=16)
+    assert budget.used == 42
+
+
+async def test_an_aggregator_call_that_fails_is_charged_what_its_backend_counted():
+    spent = Usage(prompt_tokens=100, completion_tokens=60)
+    budget = JobTokenBudget(10_000)
+    granted = GrantedBackend(ScriptedBackend(failing(LLMError("HTTP 500")), in_flight=lambda request: spent), budget)
+    with pytest.raises(LLMError):
+        await granted.chat([{"role": "user", "content": "Is it so?"}], None, Sampling(), max_tokens=4,
+                           request_id="claim-check:0")
+    assert granted.usage == spent and budget.used == spent.total_tokens and budget.held == 0
