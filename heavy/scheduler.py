@@ -44,7 +44,12 @@ PARTIAL_STOPS = ("job_tokens", "finish_now", "straggler_cutoff", "job_deadline")
 
 class AllTrajectoriesFailed(RuntimeError):
     """Every trajectory ended on an error (e.g. the model endpoint was down): there is nothing to aggregate, and a
-    retry may succeed, so the job fails with the first error instead of reporting 'done' with no work."""
+    retry may succeed, so the job fails with the first error instead of reporting 'done' with no work. `usage`: what
+    they spent (their steps, and what the failed requests' backends counted), the failed job's charge."""
+
+    def __init__(self, message: str, usage: Usage) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 @dataclass(frozen=True)
@@ -153,8 +158,8 @@ class Scheduler:
                 return _cancelled(spec, results)
             if results and all(r.stop_reason == "error" for r in results):
                 raise AllTrajectoriesFailed(
-                    f"all {len(results)} trajectories failed, nothing to report; first error: {results[0].error}"
-                )
+                    f"all {len(results)} trajectories failed, nothing to report; first error: {results[0].error}",
+                    sum((r.usage for r in results), Usage()))
             finished = sum(r.stop_reason not in EXTERNAL_STOPS for r in results)
             await sink.emit(Aggregating(job_id=spec.job_id, done=finished, stopped=len(results) - finished,
                                         reason=reason))

@@ -22,7 +22,7 @@ from heavy.config import Settings
 from heavy.events import FanoutSink, JobFailed
 from heavy.llm.types import LLMBackend
 from heavy.metrics import ERRORS, JOB_SECONDS, JOBS_FINISHED, MetricsSink
-from heavy.scheduler import JobControl, JobSpec, Scheduler, trajectory_limits
+from heavy.scheduler import AllTrajectoriesFailed, JobControl, JobSpec, Scheduler, trajectory_limits
 from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, JobTakenOver, Store
 from heavy.store.records import AGGREGATING, CANCELLED, FAILED, QUEUED, RUNNING
 from heavy.tools.base import ToolExecutor
@@ -204,7 +204,10 @@ class Worker:
             error = f"{type(exc).__name__}: {exc}"
             if sink.terminal is None:  # failed before the scheduler's own handler (writing job_started)
                 await sink.emit(JobFailed(job_id=job.id, error=error))
-            await self._end(claim, job, FAILED, sink, tokens=checkpointed_tokens(saved) + sink.tokens, error=error)
+            # the trajectories' usage (their failed requests too) when they all failed; else their steps' events
+            spent = (exc.usage.total_tokens if isinstance(exc, AllTrajectoriesFailed)
+                     else checkpointed_tokens(saved) + sink.tokens)
+            await self._end(claim, job, FAILED, sink, tokens=spent, error=error)
             return
         finally:
             watcher.cancel()

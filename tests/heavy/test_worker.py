@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from heavy.llm.types import LLMError, Usage
 from heavy.worker import Worker, runner
 from tests.heavy.api_helpers import app_for, client_for, parse_sse
 from tests.heavy.fakes import ScriptedBackend, call
@@ -303,6 +304,20 @@ async def test_a_job_given_up_after_its_workers_died_is_charged_what_they_spent(
     assert failed["status"] == "failed" and "gave up" in failed["error"]
     tenant = await store.tenants.get("acme")
     assert spent > 0 and (failed["tokens"], tenant.tokens_used, tenant.tokens_reserved) == (spent, spent, 0)
+
+
+async def test_a_job_whose_trajectories_all_failed_is_charged_what_their_servers_did(client, store, start_worker):
+    """Each trajectory's request fails once its server has worked (a reply whose tool call would not parse): the
+    failed job and its tenant are charged what the backends counted, as a finished job would be."""
+    def unreadable(request):
+        raise LLMError("runtime: malformed tool call")
+    counted = Usage(prompt_tokens=100, completion_tokens=60)
+    start_worker(ScriptedBackend(unreadable, in_flight=lambda request: counted))
+    job = (await client.post("/v1/jobs", json=JOB)).json()
+    failed = await status_is(client, job["id"], "done", "partial", "failed")
+    assert failed["status"] == "failed" and "AllTrajectoriesFailed" in failed["error"]
+    tenant = await store.tenants.get("acme")
+    assert (failed["tokens"], tenant.tokens_used) == (3 * counted.total_tokens,) * 2
 
 
 async def test_a_job_never_spends_more_than_its_tenant_has_left(client, store, start_worker):
