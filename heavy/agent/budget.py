@@ -19,8 +19,9 @@ T = TypeVar("T")
 # short final answer; the second comes from outside (the scheduler) and stops at once with the best answer so far.
 OWN_STOPS = ("max_steps", "tokens", "no_progress", "deadline")
 EXTERNAL_STOPS = ("finish_now", "cancelled", "early_stop", "straggler_cutoff", "job_tokens", "job_deadline")
-# The most a server counts per estimated prompt token: a token a character, where the estimate reads 3 characters a
-# token (agent/context.py). Requests are held by it until the job has learned its server's ratio.
+# What a request is held by per estimated prompt token until the job has learned its server's ratio: a token a
+# character, where the estimate reads 3 characters a token (agent/context.py). Chinese counts 1.9 on the embedded
+# model's tokenizer; only text a tokenizer splits into bytes counts more.
 UNKNOWN_RATIO = 3.0
 
 
