@@ -116,7 +116,8 @@ class CheckpointedTrajectory(Trajectory):
         if saved:  # absent from checkpoints written before calls were saved: those count from zero
             self.executor.restore_calls(self.spec.job_id, self.spec.index, saved.get("tool_calls", {}))
         if saved and self.job_budget is not None:  # the aggregator's holds and prompts are scaled by the job's
-            self.job_budget.calibrate(saved.get("counted_per_estimated") or 1.0)
+            if saved.get("counted_per_estimated") is not None:  # None: no reply of its own showed it yet
+                self.job_budget.calibrate(saved["counted_per_estimated"])
             context = saved.get("context_tokens", self.spec.limits.context_tokens)
             if context < self.spec.limits.context_tokens:  # and fitted to the server's context a refusal showed
                 self.job_budget.learn_context(context)

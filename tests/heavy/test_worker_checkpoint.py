@@ -97,6 +97,9 @@ async def test_a_restored_trajectory_gives_the_job_what_its_server_counted_per_e
         trajectory(saved=saved, budget=budget)
         assert budget.counted_per_estimated == counted > 1.5, saved["kind"]
         assert budget.served_context is None  # no refusal showed the server's context smaller
+    budget = JobTokenBudget(10_000)
+    trajectory(saved=saves[0], budget=budget)  # after the opening search: no reply showed the ratio
+    assert saves[0]["counted_per_estimated"] is None and budget.counted_per_estimated is None
     assert saves[-1]["context_tokens"] == SPEC.limits.context_tokens
     for saved in (saves[1], saves[-1]):  # a refusal had shown it (the report pass is fitted to it)
         budget = JobTokenBudget(10_000)
