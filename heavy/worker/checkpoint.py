@@ -112,9 +112,9 @@ class CheckpointedTrajectory(Trajectory):
             self.saved_result = result_from_dict(saved["result"])
         elif saved:
             restore(self, saved)
-        self.checkpoint = state_of(self)  # the last state saved (or restored, or the start)
         if saved:  # absent from checkpoints written before calls were saved: those count from zero
             self.executor.restore_calls(self.spec.job_id, self.spec.index, saved.get("tool_calls", {}))
+        self.checkpoint = state_of(self)  # the last state saved (or restored, or the start)
         if saved and self.job_budget is not None:  # the aggregator's holds and prompts are scaled by the job's
             if saved.get("counted_per_estimated") is not None:  # None: no reply of its own showed it yet
                 self.job_budget.calibrate(saved["counted_per_estimated"])

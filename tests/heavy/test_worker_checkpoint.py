@@ -1,12 +1,14 @@
 """Trajectory checkpoints: a saved state restores to an identical trajectory, a saved result is returned without
 running again, and every piece of a trajectory's mutable state is part of the checkpoint."""
 
+import asyncio
 import json
+from dataclasses import asdict
 
 import pytest
 
 from heavy.agent import JobTokenBudget, TrajectoryLimits, TrajectorySpec
-from heavy.llm.types import Sampling
+from heavy.llm.types import Sampling, Usage
 from heavy.tools.base import ToolExecutor, ToolLimits
 from heavy.worker.checkpoint import CheckpointedTrajectory, result_from_dict, state_of
 from tests.heavy.fakes import ScriptedBackend
@@ -105,3 +107,20 @@ async def test_a_restored_trajectory_gives_the_job_what_its_server_counted_per_e
         budget = JobTokenBudget(10_000)
         trajectory(saved={**saved, "context_tokens": 3000}, budget=budget)
         assert budget.served_context == 3000, saved["kind"]
+
+
+async def test_a_trajectory_cut_by_its_workers_stop_saves_its_last_checkpoint_again_with_what_it_spent_since():
+    """The worker stops (SIGTERM) while a restored trajectory's request is in flight: the checkpoint it resumed from
+    is saved again, tool calls and all, with what the server spent on the cut request on top of its usage."""
+    first, saves = trajectory()
+    await first.run()
+    cut = Usage(prompt_tokens=100, completion_tokens=7)
+    backend = ScriptedBackend(researcher, delay_s=lambda request: 30, in_flight=lambda request: cut)
+    resumed, resumed_saves = trajectory(saved=saves[1], backend=backend)
+    run = asyncio.create_task(resumed.run())
+    while not backend.requests:
+        await asyncio.sleep(0.01)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert resumed_saves == [{**saves[1], "usage": asdict(Usage(**saves[1]["usage"]) + cut)}]
