@@ -20,6 +20,7 @@ from rich.text import Text
 from heavy.cli_options import PORTS
 from heavy.config import get_settings
 from heavy.display import local_minute, print_error, terminal_safe
+from heavy.logs import log_json_lines
 
 console = Console()
 notes = Console(stderr=True)  # beside what a script captures: `KEY=$(heavy keys create acme)` gets the key alone
@@ -29,11 +30,6 @@ store_app = typer.Typer(help="The job store in Redis.", no_args_is_help=True)
 
 def _home() -> Path:
     return Path(get_settings().home).expanduser()
-
-
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format='{"ts": "%(asctime)s", "level": "%(levelname)s", '
-                        '"logger": "%(name)s", "msg": "%(message)s"}')
 
 
 def serve(
@@ -46,12 +42,12 @@ def serve(
     from heavy.api import create_app
     from heavy.embedded_redis import redis_url_for
 
-    _logging()
+    log_json_lines()
     settings = get_settings()
     with redis_url_for(settings.redis_url, _home()) as url:
         app = create_app(settings.model_copy(update={"redis_url": url}))
         uvicorn.run(app, host=host or settings.api_host, port=settings.api_port if port is None else port,
-                    log_level="info")
+                    log_level="info", log_config=None)  # its lines through ours: JSON too
 
 
 def worker(
@@ -69,7 +65,7 @@ def worker(
     from heavy.up import search_index
     from heavy.worker import Worker
 
-    _logging()
+    log_json_lines()
     settings = get_settings()
     if settings.search != "web":  # without a corpus of its own, the one `heavy up` searches
         index = search_index(settings, index, lambda line: console.print(line, markup=False))
