@@ -9,6 +9,11 @@ from runtime.sampling import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY, Str
 
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 MAX_CHOICES = 64  # choices of one request (for text completions: prompts x n)
+# Stops are checked in the engine's loop at every token of the request, which every other request waits on: a list of
+# thousands (a body of a few MB) slowed each step by tenths of a second. OpenAI takes 4 stop strings.
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 256
 
 
 class ApiError(Exception):
@@ -108,6 +113,21 @@ class _SamplingRequest(BaseModel):
         if not 1 <= n <= MAX_CHOICES:
             raise ValueError(f"n must be in [1, {MAX_CHOICES}], got {n}")
         return n
+
+    @field_validator("stop")
+    @classmethod
+    def _few_short_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_CHARS} characters each")
+        return stop
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _few_stop_ids(cls, ids: list[int] | None) -> list[int] | None:
+        if ids is not None and len(ids) > MAX_STOP_TOKEN_IDS:
+            raise ValueError(f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(ids)}")
+        return ids
 
     @field_validator("stream_options")
     @classmethod

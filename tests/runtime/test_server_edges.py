@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from runtime.server.protocol import MAX_STOP_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS
 from tests.runtime.test_server import MODEL_NAME, PROMPT, USER, client, complete, server
 
 __all__ = ["client", "server"]  # the module's server and client, for the tests below
@@ -169,3 +170,29 @@ def test_a_seeded_requests_choices_are_what_their_seeds_give_alone_when_drafts_a
     alone = [complete(server, **body, seed=3 + j).json()["choices"][0]["text"] for j in range(3)]
     assert engine.speculation.drafted > drafted  # drafts were checked
     assert several == alone
+
+
+@pytest.mark.parametrize("route, body", [
+    ("chat/completions", {"messages": USER}),
+    ("completions", {"prompt": PROMPT}),
+])
+@pytest.mark.parametrize("field, value", [
+    ("stop", [f"never {k}" for k in range(MAX_STOP_STRINGS + 1)]),
+    ("stop", "x" * (MAX_STOP_CHARS + 1)),
+    ("stop_token_ids", [0] * (MAX_STOP_TOKEN_IDS + 1)),
+])
+def test_stops_past_their_caps_are_a_400_before_the_engine_sees_them(server, monkeypatch, route, body, field, value):
+    """Every stop is checked in the engine's loop at every token: one request with thousands slowed every other
+    request's steps. At the caps a request is served."""
+    def reached(*args, **kwargs):
+        raise RuntimeError("the request reached the engine")
+
+    monkeypatch.setattr(server[1].engine, "add_request", reached)
+    response = httpx.post(f"{server[0]}/v1/{route}", json={"model": MODEL_NAME, **body, field: value,
+                                                            "max_tokens": 2}, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == field
+    monkeypatch.undo()
+    served = httpx.post(f"{server[0]}/v1/{route}", json={"model": MODEL_NAME, **body, field: value[:-1],
+                                                          "max_tokens": 2}, timeout=60)
+    assert served.status_code == 200, served.text
