@@ -14,7 +14,7 @@ from heavy.api import routes_events, routes_jobs, routes_ops
 from heavy.api.docs import install_docs
 from heavy.api.errors import install_error_handlers
 from heavy.api.event_hub import EventHub
-from heavy.api.middleware import BodySizeLimit, RequestMetrics
+from heavy.api.middleware import BodySizeLimit, RequestMetrics, SecurityHeaders
 from heavy.config import Settings
 from heavy.store import Store
 
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(SecurityHeaders)  # outermost: on every response, the body-size 413 included
 
     app.include_router(routes_jobs.router)
     app.include_router(routes_events.router)

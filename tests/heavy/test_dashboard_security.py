@@ -1,0 +1,63 @@
+"""The dashboard's own defences, in real Chromium: another site cannot frame it, markup that reached its HTML would
+run no script, and its content security policy leaves the dashboard itself whole."""
+
+import httpx
+import pytest
+
+from heavy.events import ReportReady
+from tests.heavy.test_dashboard import signed_in
+from tests.heavy.test_dashboard_access import RESULT, held_job
+
+pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
+
+ALIGNED_REPORT = """# Which module parses options?
+
+**Answer:** argparse [1]
+
+| module | since |
+|---|---:|
+| argparse | 3.2 |
+
+## Sources
+
+1. [argparse](http://corpus/argparse)
+"""
+
+
+async def test_another_site_cannot_frame_the_dashboard(service, page):
+    """A page elsewhere framing the dashboard could have a signed-in user click its Cancel or Delete unseen."""
+    await page.set_content(f'<iframe src="{service.url}/"></iframe>')  # loaded with its frames
+    (framed,) = page.main_frame.child_frames
+    assert await framed.locator("#sign-in-form").count() == 0, "the dashboard was drawn inside another page"
+
+
+async def test_markup_that_reached_the_page_would_run_no_script(service, page, store):
+    await signed_in(page, service, store)
+    await page.evaluate("""() => {
+        const report = document.getElementById("report");
+        report.innerHTML = '<img src="missing.png" onerror="window.pwned = 1">';
+        // added after the inline handler: it runs once that one has run, or was refused
+        report.querySelector("img").addEventListener("error", () => { report.dataset.failed = "yes"; });
+    }""")
+    await page.wait_for_selector("#report[data-failed=yes]", state="attached")
+    assert await page.evaluate("window.pwned") is None
+
+
+async def test_the_policy_leaves_the_dashboard_whole(service, page, store):
+    refused = []
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text
+            else None)
+    await signed_in(page, service, store)
+    job = await held_job(store)
+    await page.goto(f"{service.url}/#/jobs/{job.id}")
+    await page.wait_for_selector("#approve", state="visible")  # its plan drawn
+    event = ReportReady(job_id=job.id, answer="argparse", agreement=1.0, partial=False, sources=1, total_tokens=15)
+    await store.jobs.finish(job, "done", allowed=("awaiting_approval",), event=event.to_dict(),
+                            report=(ALIGNED_REPORT, RESULT))
+    await page.wait_for_selector("#aggregation[data-filled=result]", timeout=30_000)
+    cell = page.locator("#report td", has_text="3.2")
+    assert await cell.evaluate("td => getComputedStyle(td).textAlign") == "right"  # markdown-it's style attribute
+    assert refused == []
+    async with httpx.AsyncClient() as client:  # Swagger UI's own inline script runs: only framing is refused there
+        docs = await client.get(f"{service.url}/docs")
+    assert docs.headers["content-security-policy"] == "frame-ancestors 'none'"
