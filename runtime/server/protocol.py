@@ -9,11 +9,13 @@ from runtime.sampling import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY, Str
 
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 MAX_CHOICES = 64  # choices of one request (for text completions: prompts x n)
-# Stops are checked in the engine's loop at every token of the request, which every other request waits on: a list of
-# thousands (a body of a few MB) slowed each step by tenths of a second. OpenAI takes 4 stop strings.
+# Stops and biases are applied in the engine's loop at every token of the request, which every other request waits
+# on: a list of thousands (a body of a few MB) slowed each step by tenths of a second, a logit_bias over the whole
+# vocabulary by a second. OpenAI takes 4 stop strings.
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_STOP_TOKEN_IDS = 256
+MAX_LOGIT_BIASES = 1024
 
 
 class ApiError(Exception):
@@ -113,6 +115,13 @@ class _SamplingRequest(BaseModel):
         if not 1 <= n <= MAX_CHOICES:
             raise ValueError(f"n must be in [1, {MAX_CHOICES}], got {n}")
         return n
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _few_biases(cls, biases: dict[str, float] | None) -> dict[str, float] | None:
+        if biases is not None and len(biases) > MAX_LOGIT_BIASES:
+            raise ValueError(f"at most {MAX_LOGIT_BIASES} logit_bias entries, got {len(biases)}")
+        return biases
 
     @field_validator("stop")
     @classmethod

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from runtime.server.protocol import MAX_STOP_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS
+from runtime.server.protocol import MAX_LOGIT_BIASES, MAX_STOP_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS
 from tests.runtime.test_server import MODEL_NAME, PROMPT, USER, client, complete, server
 
 __all__ = ["client", "server"]  # the module's server and client, for the tests below
@@ -180,19 +180,24 @@ def test_a_seeded_requests_choices_are_what_their_seeds_give_alone_when_drafts_a
     ("stop", [f"never {k}" for k in range(MAX_STOP_STRINGS + 1)]),
     ("stop", "x" * (MAX_STOP_CHARS + 1)),
     ("stop_token_ids", [0] * (MAX_STOP_TOKEN_IDS + 1)),
+    ("logit_bias", [("0" * k + "5", 1.0) for k in range(MAX_LOGIT_BIASES + 1)]),  # "05", "005": token 5 each time
 ])
-def test_stops_past_their_caps_are_a_400_before_the_engine_sees_them(server, monkeypatch, route, body, field, value):
-    """Every stop is checked in the engine's loop at every token: one request with thousands slowed every other
-    request's steps. At the caps a request is served."""
+def test_stops_and_biases_past_their_caps_are_a_400_before_the_engine_sees_them(server, monkeypatch, route, body,
+                                                                                 field, value):
+    """Stops and biases are applied in the engine's loop at every token: one request with thousands slowed every
+    other request's steps. At the caps a request is served."""
+    def sent(items):  # logit_bias is a JSON object
+        return dict(items) if field == "logit_bias" else items
+
     def reached(*args, **kwargs):
         raise RuntimeError("the request reached the engine")
 
     monkeypatch.setattr(server[1].engine, "add_request", reached)
-    response = httpx.post(f"{server[0]}/v1/{route}", json={"model": MODEL_NAME, **body, field: value,
+    response = httpx.post(f"{server[0]}/v1/{route}", json={"model": MODEL_NAME, **body, field: sent(value),
                                                             "max_tokens": 2}, timeout=60)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == field
     monkeypatch.undo()
-    served = httpx.post(f"{server[0]}/v1/{route}", json={"model": MODEL_NAME, **body, field: value[:-1],
+    served = httpx.post(f"{server[0]}/v1/{route}", json={"model": MODEL_NAME, **body, field: sent(value[:-1]),
                                                           "max_tokens": 2}, timeout=60)
     assert served.status_code == 200, served.text
