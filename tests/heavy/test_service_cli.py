@@ -93,7 +93,7 @@ def test_serve_on_port_0_binds_a_free_port_not_the_default(monkeypatch):
     bound = []
     monkeypatch.setattr("heavy.embedded_redis.redis_url_for", lambda url, home: nullcontext("redis://test"))
     monkeypatch.setattr("heavy.api.create_app", lambda settings: "app")
-    monkeypatch.setattr("uvicorn.run", lambda app, host, port, log_level: bound.append(port))
+    monkeypatch.setattr("uvicorn.run", lambda app, host, port, **options: bound.append(port))
     assert CliRunner().invoke(app, ["serve", "--port", "0"]).exit_code == 0
     assert bound == [0]
 
