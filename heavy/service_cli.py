@@ -180,10 +180,13 @@ def store_migrate(
                                                "else the embedded Redis under HEAVY_HOME)")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="overwrite keys the target already holds")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only count the keys, and those the target holds")] = False,
+    force: Annotated[bool, typer.Option("--force", help="copy though workers are still at work on the source "
+                                        "(what they write after its copy is lost)")] = False,
 ) -> None:
     """Copy the job store (jobs, events, checkpoints, reports, the queue, tenants, API keys) to another Redis under
     the key names it needs there (a Redis Cluster's carry a hash tag), with their expiry. Stop the API and the
-    workers first (deploy/README.md). The page cache is not copied."""
+    workers first (deploy/README.md): it refuses while the source shows workers polling its queue or running jobs
+    whose lease (HEAVY_WORKER_LEASE_S) is fresh. The page cache is not copied."""
     import redis
 
     from heavy.embedded_redis import redis_url_for
@@ -198,8 +201,8 @@ def store_migrate(
         clients = []
         try:  # bytes, not text: DUMP payloads are binary
             clients = [redis_client(source_url), redis_client(target)]
-            return await migrate(clients[0], keys_on(source_url), clients[1], keys_on(target), replace=replace,
-                                 dry_run=dry_run)
+            return await migrate(clients[0], keys_on(source_url), clients[1], keys_on(target),
+                                 lease_s=get_settings().worker_lease_s, force=force, replace=replace, dry_run=dry_run)
         finally:
             for client in clients:
                 await client.aclose()
@@ -214,6 +217,8 @@ def store_migrate(
     for kind, count in sorted(migration.kinds.items()):
         table.add_row(Text(terminal_safe(kind)), str(count))
     console.print(table)
+    if migration.live:
+        notes.print(f"warning: the source store is in use: {migration.live.describe()}", markup=False)
     if dry_run:
         console.print(f"dry run: {migration.keys} keys to copy, {len(migration.existing)} of them already on the "
                       "target", markup=False)

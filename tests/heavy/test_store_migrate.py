@@ -1,19 +1,26 @@
 """Moving a job store between a single redis-server and a Redis Cluster, whose key names differ by the prefix's hash
 tag (heavy/store/migrate.py, `heavy store migrate`): jobs in every state arrive readable and workable, the queue's
 consumer group with its pending entry, expiry kept, the page cache left behind, and the target's keys never
-overwritten unless asked."""
+overwritten unless asked; refused while the source's workers are at work, or when a Redis refuses DUMP or RESTORE."""
+
+import asyncio
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from heavy.cli import app
 from heavy.config import Settings, get_settings
-from heavy.embedded_redis import EmbeddedRedis
+from heavy.embedded_redis import EmbeddedRedis, find_redis_server, ping
 from heavy.store import Keys, Store
 from heavy.store.connection import redis_client
 from heavy.store.keys import GROUP
 from heavy.store.migrate import MigrationRefused, migrate
 from heavy.store.records import AWAITING_APPROVAL, DONE, QUEUED, RUNNING
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.anyio
 SETTINGS = Settings(tenant_max_jobs=8)
@@ -56,9 +63,12 @@ async def jobs_in_every_state(store) -> dict[str, str]:
 
 
 async def move(source_url, source_keys, target_url, target_keys, **options):
+    """`migrate`, forced: the stores these tests build hold claims made a moment ago, which look like a live worker's
+    (the check has a test of its own)."""
     source, target = redis_client(source_url), redis_client(target_url)
     try:
-        return await migrate(source, source_keys, target, target_keys, **options)
+        return await migrate(source, source_keys, target, target_keys, lease_s=SETTINGS.worker_lease_s, force=True,
+                             **options)
     finally:
         await source.aclose()
         await target.aclose()
@@ -158,3 +168,112 @@ def test_heavy_store_migrate_counts_copies_and_refuses_to_overwrite_in_one_line(
     for failed in (again, unreachable, bad_url):
         assert failed.exit_code == 1 and failed.stderr.startswith("error: ") and "Traceback" not in failed.output
         assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+
+
+def store_keys_on(url: str) -> list[str]:
+    async def scan() -> list[str]:
+        redis = redis_client(url)
+        try:
+            return [name async for name in redis.scan_iter()]
+        finally:
+            await redis.aclose()
+    return asyncio.run(scan())
+
+
+def test_heavy_store_migrate_refuses_while_the_sources_workers_are_at_work_unless_forced(fresh_server, monkeypatch):
+    """A worker that polled the queue and a job claimed within the lease are a service still running: the move is
+    refused in one line naming them, a dry run warns, --force copies; once they are idle past the lease (the worker
+    stopped) it goes ahead."""
+    source, target, later = fresh_server(), fresh_server(), fresh_server()
+    lease_s = 0.5
+
+    async def a_worker_claims_a_job() -> str:
+        store = Store.connect(source.url, SETTINGS)
+        try:
+            await store.queue.ensure_group()
+            job = await submit(store)
+            assert [claim.job_id for claim in await store.queue.claim_new("w-live", block_ms=10)] == [job.id]
+            return job.id
+        finally:
+            await store.aclose()
+
+    job_id = asyncio.run(a_worker_claims_a_job())
+    monkeypatch.setenv("HEAVY_REDIS_URL", source.url)
+    monkeypatch.setenv("HEAVY_WORKER_LEASE_S", "3600")  # what a worker did a moment ago is within it
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        refused = runner.invoke(app, ["store", "migrate", "--to", target.url])
+        dry = runner.invoke(app, ["store", "migrate", "--to", target.url, "--dry-run"])
+        assert store_keys_on(target.url) == []
+        forced = runner.invoke(app, ["store", "migrate", "--to", target.url, "--force"])
+        monkeypatch.setenv("HEAVY_WORKER_LEASE_S", str(lease_s))
+        get_settings.cache_clear()
+        while not all(consumer["idle"] >= lease_s * 1000 for consumer in asyncio.run(consumers(source.url))):
+            time.sleep(0.05)  # the worker stopped: its consumer and its job's entry age past the lease
+        stopped = runner.invoke(app, ["store", "migrate", "--to", later.url])
+    finally:
+        get_settings.cache_clear()
+    assert refused.exit_code == 1 and refused.stderr.startswith("error: ") and "Traceback" not in refused.output
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    for said in ("1 worker(s) active on the queue: w-live", f"1 running job(s) with a fresh lease: {job_id} on w-live",
+                 "--force"):
+        assert said in refused.stderr, refused.stderr
+    assert dry.exit_code == 0 and "warning: the source store is in use: 1 worker(s)" in dry.stderr, dry.output
+    assert forced.exit_code == 0 and "copied 6 keys" in forced.stdout and "in use" in forced.stderr, forced.output
+    assert stopped.exit_code == 0 and "copied 6 keys" in stopped.stdout and "in use" not in stopped.stderr, \
+        stopped.output
+
+
+async def consumers(url: str) -> list[dict]:
+    redis = redis_client(url)
+    try:
+        return await redis.xinfo_consumers(Keys().jobs_stream, GROUP)
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture
+def restricted_server():
+    """A redis-server whose config renames commands away (`rename-command X ""`), as managed services do."""
+    started = []
+
+    def start(*commands: str) -> str:
+        directory = Path(tempfile.mkdtemp(prefix="heavy-restricted-"))  # short: a socket path has 108 bytes
+        config = directory / "redis.conf"
+        config.write_text("".join(f'rename-command {command} ""\n' for command in commands))
+        socket = str(directory / "redis.sock")
+        process = subprocess.Popen([find_redis_server(), str(config), "--port", "0", "--unixsocket", socket,
+                                    "--dir", str(directory), "--save", "", "--appendonly", "no"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(process)
+        while not ping(socket):
+            assert process.poll() is None, "redis-server did not start"
+            time.sleep(0.02)
+        return f"unix://{socket}"
+    yield start
+    for process in started:
+        stop_process(process)
+
+
+def test_heavy_store_migrate_names_a_dump_or_restore_the_redis_refuses_and_copies_nothing(fresh_server,
+                                                                                         restricted_server,
+                                                                                         monkeypatch):
+    source, target = fresh_server(), fresh_server()
+    no_restore, no_dump = restricted_server("RESTORE"), restricted_server("DUMP")
+    monkeypatch.setenv("HEAVY_REDIS_URL", source.url)
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        assert runner.invoke(app, ["keys", "create", "acme"]).exit_code == 0
+        onto = runner.invoke(app, ["store", "migrate", "--to", no_restore])
+        assert runner.invoke(app, ["store", "migrate", "--to", no_dump]).exit_code == 0  # only as a target
+        off = runner.invoke(app, ["store", "migrate", "--from", no_dump, "--to", target.url])
+    finally:
+        get_settings.cache_clear()
+    assert "the target Redis refused RESTORE (unknown command 'RESTORE')" in onto.stderr, onto.output
+    assert "the source Redis refused DUMP (unknown command 'DUMP')" in off.stderr, off.output
+    for failed in (onto, off):
+        assert failed.exit_code == 1 and failed.stderr.startswith("error: ") and "Traceback" not in failed.output
+        assert "nothing was copied" in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+    assert store_keys_on(no_restore) == [] and store_keys_on(target.url) == []
