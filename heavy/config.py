@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     # runtime backend: prompt-lookup drafts checked per decode step (an agent copies JSON, queries and URLs from its
     # context); 0 = off. Greedy answers stay those of plain decoding, sampled ones keep their distribution
     runtime_speculative_tokens: int = Field(3, ge=0, le=16)
+    # runtime backend on Ray replicas: the router's health rounds (`runtime serve`'s flags of the same names, e.g.
+    # --stall-after; runtime/replica/router.py, RouterConfig); unset: the runtime's defaults (1, 5, 3, 60, 10000)
+    runtime_health_interval_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    runtime_health_timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    runtime_unanswered_rounds: int | None = Field(None, ge=1)
+    runtime_stall_after_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    runtime_max_prefix_keys: int | None = Field(None, ge=1)
 
     # --- job defaults ---
     mode: Mode = "report"

@@ -12,6 +12,18 @@ DEFAULT_MAX_TOKENS = 256
 DEFAULT_PORT = 8000
 MAX_PORT = 65535
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+# serve's flags for the router's health rounds (runtime/replica/router.py, RouterConfig; default there): flag ->
+# (RouterConfig field, type, help)
+ROUTER_OPTIONS = {
+    "--health-interval": ("health_interval_s", float, "seconds between the router's health rounds (1)"),
+    "--health-timeout": ("health_timeout_s", float, "seconds a replica has to answer a round (5)"),
+    "--unanswered-rounds": ("unanswered_rounds", int, "rounds in a row a replica leaves unanswered, no token "
+                            "streaming from it either, before it counts as late: tried only when none is up (3)"),
+    "--stall-after": ("stall_after_s", float, "seconds a replica's step may run before it is stalled: sent new "
+                      "requests only when no other replica is up (60)"),
+    "--max-prefix-keys": ("max_prefix_keys", int, "prefix keys (heavy jobs) whose replica the router remembers "
+                          "(10000)"),
+}
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--hang-timeout", type=float, default=None,
                        help="seconds a step may run before it counts as stuck (300): in process, /health fails; "
                             "with Ray replicas, the rank is restarted")
+    router = serve.add_argument_group("router (with --replicas or --ep)")
+    for flag, (field, kind, text) in ROUTER_OPTIONS.items():
+        router.add_argument(flag, dest=field, type=kind, default=None, metavar="N" if kind is int else "S", help=text)
     return parser
 
 
@@ -85,6 +100,20 @@ def _engine_config(speculative_tokens: int | None = None, max_model_len: int | N
     kv_cache_bytes = None if kv_cache_gib is None else int(kv_cache_gib * 2**30)
     given = {"speculative_tokens": speculative_tokens, "max_model_len": max_model_len, "kv_cache_bytes": kv_cache_bytes}
     return EngineConfig(**{name: value for name, value in given.items() if value is not None})
+
+
+def _router_config(args: argparse.Namespace, on_replicas: bool):
+    """The router's config from the flags given (RouterConfig's defaults for the others), checked before Ray starts;
+    refused without replicas, where there is no router to take them."""
+    given = {field: getattr(args, field) for field, _, _ in ROUTER_OPTIONS.values() if getattr(args, field) is not None}
+    if not on_replicas:
+        if given:
+            flags = ", ".join(flag for flag, (field, _, _) in ROUTER_OPTIONS.items() if field in given)
+            raise ValueError(f"{flags}: the router's settings, for replicas on Ray (--replicas or --ep)")
+        return None
+    from runtime.replica.router import RouterConfig
+
+    return RouterConfig(**given)
 
 
 def _load(model: str, dtype: str, speculative_tokens: int | None = None, max_model_len: int | None = None,
@@ -153,13 +182,15 @@ def _serve(args: argparse.Namespace) -> None:
     if hang_timeout_s <= 0:  # before a model loads or Ray starts
         raise ValueError(f"hang_timeout_s must be > 0, got {hang_timeout_s}")
     served_name = args.served_model_name or str(args.model)
-    if args.replicas is not None or args.ep is not None:
+    on_replicas = args.replicas is not None or args.ep is not None
+    router = _router_config(args, on_replicas)
+    if on_replicas:
         from runtime.replica.serving import serve_replicas
 
         serve_replicas(args.model, host=args.host, port=args.port, replicas=args.replicas or 1, ep=args.ep or 1,
                        dtype=args.dtype, hang_timeout_s=hang_timeout_s, served_name=served_name,
                        engine=_engine_config(args.speculative_tokens, args.max_model_len, args.kv_cache_gib),
-                       max_model_len=args.max_model_len)
+                       max_model_len=args.max_model_len, router=router)
         return
     from runtime.server.app import serve
 

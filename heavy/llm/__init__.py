@@ -26,6 +26,10 @@ class UnknownBackend(LLMError):
     """The backend name is not one of BACKENDS."""
 
 
+# the runtime router's settings heavy passes on (RouterConfig's fields; each HEAVY_RUNTIME_<FIELD>)
+ROUTER_FIELDS = ("health_interval_s", "health_timeout_s", "unanswered_rounds", "stall_after_s", "max_prefix_keys")
+
+
 def make_backend(settings: Settings, name: str | None = None) -> LLMBackend:
     """The backend `name` (default: settings.backend) configured from settings; one per worker process, so its
     rate limiter is shared by every trajectory the worker runs."""
@@ -42,7 +46,9 @@ def make_backend(settings: Settings, name: str | None = None) -> LLMBackend:
                                    retry=retry, replicas=settings.runtime_replicas or 0, ep=settings.runtime_ep,
                                    prefix_cache=settings.runtime_prefix_cache,
                                    batch_invariant=settings.runtime_batch_invariant, dtype=settings.runtime_dtype,
-                                   speculative_tokens=settings.runtime_speculative_tokens)
+                                   speculative_tokens=settings.runtime_speculative_tokens,
+                                   router={field: value for field in ROUTER_FIELDS
+                                           if (value := getattr(settings, f"runtime_{field}")) is not None})
     raise UnknownBackend(f"unknown LLM backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -91,17 +91,18 @@ class RuntimeBackend:
     def load(cls, model: str = "qwen2.5-coder-0.5b", *, context_tokens: int = 8192, limiter: RateLimiter | None = None,
              retry: RetryPolicy | None = None, replicas: int | None = 0, ep: int = 1,
              prefix_cache: bool = True, batch_invariant: bool = False, dtype: str = "auto",
-             speculative_tokens: int = SPECULATIVE_TOKENS) -> RuntimeBackend:
+             speculative_tokens: int = SPECULATIVE_TOKENS, router: dict[str, float] | None = None) -> RuntimeBackend:
         """Resolve (convert on first use) and load `model`: with `replicas` 0 or None into an engine running in its
-        own thread, else onto that many Ray replicas of `ep` expert-parallel ranks (see `on_replicas`). `dtype`:
-        "bfloat16", "float32", or "auto" (bfloat16 where the hardware computes it natively; runtime/dtypes.py)."""
+        own thread, else onto that many Ray replicas of `ep` expert-parallel ranks (see `on_replicas`; `router`:
+        RouterConfig fields for their router). `dtype`: "bfloat16", "float32", or "auto" (bfloat16 where the hardware
+        computes it natively; runtime/dtypes.py)."""
         from runtime.embedded import resolve_model
 
         engine_config = EngineConfig(max_model_len=context_tokens, enable_prefix_cache=prefix_cache,
                                      batch_invariant=batch_invariant, speculative_tokens=speculative_tokens)
         if replicas:
             return cls.on_replicas(resolve_model(model), replicas, ep, engine_config, dtype=dtype, limiter=limiter,
-                                   retry=retry)
+                                   retry=retry, router=router)
         from runtime.engine.async_engine import AsyncEngine
         from runtime.engine.factory import load_engine
 
@@ -111,12 +112,14 @@ class RuntimeBackend:
     @classmethod
     def on_replicas(cls, folder: Path, replicas: int, ep: int, engine: EngineConfig | None = None, *,
                     dtype: str = "auto", limiter: RateLimiter | None = None,
-                    retry: RetryPolicy | None = None) -> RuntimeBackend:
+                    retry: RetryPolicy | None = None, router: dict[str, float] | None = None) -> RuntimeBackend:
         """Start `replicas` Ray replicas of `ep` ranks over the checkpoint `folder` and a router in front of them
-        (RAY_ADDRESS selects an existing cluster, else a private local Ray instance starts)."""
-        from runtime.replica.serving import start_frontend  # imports Ray: only when replicas are asked for
+        (RAY_ADDRESS selects an existing cluster, else a private local Ray instance starts); `router`: RouterConfig
+        fields, the others its defaults."""
+        from runtime.replica.router import RouterConfig  # imports Ray: only when replicas are asked for
+        from runtime.replica.serving import start_frontend
 
-        frontend = start_frontend(Path(folder), replicas, ep, engine, dtype=dtype)
+        frontend = start_frontend(Path(folder), replicas, ep, engine, dtype=dtype, router=RouterConfig(**router or {}))
         return cls(frontend, frontend.tokenizer, limiter=limiter, retry=retry, routes_by_prefix_key=True)
 
     def _prompt(self, messages: list[Message], tools: list[dict] | None) -> list[int]:

@@ -16,6 +16,7 @@
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -49,9 +50,13 @@ class RouterConfig:
 
     def __post_init__(self):
         for name in ("health_interval_s", "health_timeout_s", "unanswered_rounds", "max_prefix_keys",
-                     "stall_after_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                     "stall_after_s"):  # set from `runtime serve`'s flags and heavy's settings too
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):  # nan and inf would make no round, or never time out
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        for name in ("unanswered_rounds", "max_prefix_keys"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"{name} must be a whole number, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.models.registry import MODEL_TYPES
 from runtime.replica.rank import EP_MODEL_TYPES, routed_experts
 from runtime.replica.replica import ReplicaActor, ReplicaSpec
-from runtime.replica.router import Availability, RouterActor
+from runtime.replica.router import Availability, RouterActor, RouterConfig
 from runtime.sampling import SamplingParams
 from runtime.structured import Grammars
 
@@ -162,8 +162,9 @@ def init_ray() -> bool:
 
 
 def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | None = None, dtype: str = AUTO,
-                   absorbed_mla: bool = True, hang_timeout_s: float = HANG_TIMEOUT_S) -> RouterFrontend:
-    """Start `replicas` EP groups of `ep` ranks and a router over them."""
+                   absorbed_mla: bool = True, hang_timeout_s: float = HANG_TIMEOUT_S,
+                   router: RouterConfig | None = None) -> RouterFrontend:
+    """Start `replicas` EP groups of `ep` ranks and a router over them (`router`: its health rounds)."""
     folder = Path(folder)
     if replicas <= 0:
         raise ValueError(f"replicas must be > 0, got {replicas}")
@@ -190,26 +191,27 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     handles = [ReplicaActor.options(num_cpus=0, scheduling_strategy=here).remote(spec) for _ in range(replicas)]
     ray.get([h.start.remote() for h in handles], timeout=START_TIMEOUT_S)
-    router = RouterActor.options(num_cpus=0, scheduling_strategy=here).remote(handles)
-    ray.get(router.start.remote())
+    router_actor = RouterActor.options(num_cpus=0, scheduling_strategy=here).remote(handles, router)
+    ray.get(router_actor.start.remote())
     max_model_len = ray.get(handles[0].max_model_len.remote())
     log.info("serving %d replica(s) x EP=%d of %s", replicas, ep, folder)
-    return RouterFrontend(router, load_tokenizer(folder), max_model_len, tuple(handles),
+    return RouterFrontend(router_actor, load_tokenizer(folder), max_model_len, tuple(handles),
                           dead_after_s=spec.recover_timeout_s + DEAD_MARGIN_S, owns_ray=owns_ray)
 
 
 def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True,
                    dtype: str = AUTO, hang_timeout_s: float = HANG_TIMEOUT_S, served_name: str | None = None,
-                   engine: EngineConfig | None = None, max_model_len: int | None = None) -> None:
+                   engine: EngineConfig | None = None, max_model_len: int | None = None,
+                   router: RouterConfig | None = None) -> None:
     """`engine`: the replicas' config (the CLI's options); `max_model_len`: the context asked for explicitly, refused
-    when the replicas' KV cache cannot hold it."""
+    when the replicas' KV cache cannot hold it; `router`: the router's health rounds."""
     import uvicorn
 
     from runtime.embedded import resolve_model
     from runtime.server.app import create_app
 
     frontend = start_frontend(resolve_model(model), replicas, ep, engine=engine, dtype=dtype,
-                              absorbed_mla=absorbed_mla, hang_timeout_s=hang_timeout_s)
+                              absorbed_mla=absorbed_mla, hang_timeout_s=hang_timeout_s, router=router)
     try:
         check_context_held(max_model_len, frontend.max_model_len)
         app = PrefixKeyMiddleware(create_app(frontend, model_name=served_name or str(model)))

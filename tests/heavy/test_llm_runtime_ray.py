@@ -7,6 +7,7 @@ import asyncio
 import json
 from dataclasses import replace
 
+import pydantic
 import pytest
 
 from heavy.config import Settings
@@ -16,6 +17,7 @@ from heavy.llm.runtime_backend import RuntimeBackend
 from heavy.llm.types import LLMError, RetriableLLMError, Sampling, ToolCall
 from runtime.engine.factory import load_tokenizer
 from runtime.replica.errors import ReplicaDownError
+from runtime.replica.router import RouterConfig
 from runtime.replica.serving import UnsupportedReplicaModel
 from runtime.sampling import SamplingParams
 from runtime.server.chat import make_parser
@@ -31,6 +33,7 @@ REPLICAS, EP = 2, 1
 ENGINE_CONFIG = replace(ENGINE, max_model_len=384, num_blocks=128)
 FAULT_DEADLINE_S = 90  # the killed request ends (with an error) within this, never hangs
 GREEDY = Sampling(temperature=0.0)
+ROUTER = RouterConfig(stall_after_s=45.0)  # not the default: the router actor is seen to run with it
 
 
 def _messages(topic: str) -> list[dict]:
@@ -53,7 +56,8 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def backend(local_ray, tiny_kimi_path):
-    backend = RuntimeBackend.on_replicas(tiny_kimi_path, REPLICAS, EP, ENGINE_CONFIG, dtype="float32")
+    backend = RuntimeBackend.on_replicas(tiny_kimi_path, REPLICAS, EP, ENGINE_CONFIG, dtype="float32",
+                                         router={"stall_after_s": ROUTER.stall_after_s})
     yield backend
     backend.engine.shutdown()
 
@@ -126,14 +130,34 @@ def test_settings_select_replicas_for_the_runtime_backend(monkeypatch, tiny_kimi
     started = []
 
     def on_replicas(cls, folder, replicas, ep, engine=None, **options):
-        started.append((folder, replicas, ep, engine.max_model_len, options["retry"].max_retries))
+        started.append((folder, replicas, ep, engine.max_model_len, options["retry"].max_retries, options["router"]))
         return "frontend"
 
     monkeypatch.setattr(RuntimeBackend, "on_replicas", classmethod(on_replicas))
     settings = Settings(backend="runtime", model=str(tiny_kimi_path), runtime_replicas=3, runtime_ep=2,
                         context_tokens=1024, llm_max_retries=2)
     assert make_backend(settings) == "frontend"
-    assert started == [(tiny_kimi_path, 3, 2, 1024, 2)]
+    routed = settings.model_copy(update={"runtime_stall_after_s": 45.0, "runtime_unanswered_rounds": 4})
+    assert make_backend(routed) == "frontend"
+    assert started == [(tiny_kimi_path, 3, 2, 1024, 2, {}),
+                       (tiny_kimi_path, 3, 2, 1024, 2, {"stall_after_s": 45.0, "unanswered_rounds": 4})]
+
+
+@pytest.mark.parametrize("name, value", [
+    ("HEAVY_RUNTIME_STALL_AFTER_S", "nan"), ("HEAVY_RUNTIME_HEALTH_TIMEOUT_S", "inf"),
+    ("HEAVY_RUNTIME_HEALTH_INTERVAL_S", "0"), ("HEAVY_RUNTIME_UNANSWERED_ROUNDS", "0"),
+    ("HEAVY_RUNTIME_MAX_PREFIX_KEYS", "-1"),
+])
+def test_the_routers_settings_are_finite_and_positive(name, value, monkeypatch):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(pydantic.ValidationError, match=name.removeprefix("HEAVY_").lower()):
+        Settings()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+async def test_the_router_on_ray_runs_with_the_config_it_was_given(backend):
+    assert await backend.engine.router.__ray_call__.remote(lambda router: router.config) == ROUTER
 
 
 def test_a_dense_checkpoint_split_over_ranks_is_refused_before_ray_starts(tmp_path):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from runtime.cli import _load
+from runtime.cli import _load, main
 from runtime.dtypes import resolve_dtype
 
 
@@ -82,3 +82,34 @@ def test_kv_cache_gib_sizes_the_cache_that_holds_the_context(tiny_kimi_path):
     block_bytes = small.runner.kv_cache.bytes_per_token * small.config.block_size
     four_blocks = _load(str(tiny_kimi_path), "auto", kv_cache_gib=4 * block_bytes / 2**30)
     assert four_blocks.max_model_len == 4 * small.config.block_size
+
+
+def test_serve_sets_the_routers_health_rounds_from_its_flags(monkeypatch, tiny_kimi_path):
+    """RouterConfig (stall bound, health interval and timeout, rounds) was the router's defaults whatever was run."""
+    from runtime.replica import serving
+    from runtime.replica.router import RouterConfig
+
+    served = []
+    monkeypatch.setattr(serving, "serve_replicas", lambda model, **options: served.append(options["router"]))
+    assert main(["serve", "--model", str(tiny_kimi_path), "--replicas", "2", "--stall-after", "45",
+                 "--health-timeout", "2.5", "--unanswered-rounds", "4"]) == 0
+    assert main(["serve", "--model", str(tiny_kimi_path), "--ep", "1"]) == 0
+    assert served == [RouterConfig(stall_after_s=45.0, health_timeout_s=2.5, unanswered_rounds=4), RouterConfig()]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--replicas", "1", "--stall-after", "0"), "ValueError: stall_after_s must be a finite number > 0, got 0.0"),
+    (("--replicas", "1", "--health-timeout", "nan"), "ValueError: health_timeout_s must be a finite number > 0"),
+    (("--replicas", "1", "--health-interval", "inf"), "ValueError: health_interval_s must be a finite number > 0"),
+    (("--replicas", "1", "--unanswered-rounds", "0"), "ValueError: unanswered_rounds must be a finite number > 0"),
+    (("--stall-after", "30",), "ValueError: --stall-after: the router's settings, for replicas on Ray"),
+])
+def test_router_flags_out_of_range_or_without_replicas_are_refused_in_one_line_before_anything_starts(
+        args, message, monkeypatch, capsys, tiny_kimi_path):
+    from runtime.replica import serving
+
+    monkeypatch.setattr(serving, "serve_replicas", lambda *_, **__: pytest.fail("Ray started"))
+    monkeypatch.setattr("runtime.cli._load", lambda *_, **__: pytest.fail("a model loaded"))
+    assert main(["serve", "--model", str(tiny_kimi_path), *args]) == 1
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith(f"error: {message}")
