@@ -1,9 +1,11 @@
-"""An offline renderer for the kustomize subset deploy/k8s uses: `resources` (files and directories), `namespace`,
-`images` (newName/newTag) and `patches` whose file is a JSON 6902 operation list with a kind/name target.
+"""An offline renderer for the kustomize subset deploy/k8s uses: `resources` (files and directories), `components`
+(a Component's own `resources` and `patches`), `namespace`, `images` (newName/newTag) and `patches` whose file is a
+JSON 6902 operation list with a kind/name target.
 
 Any other kustomization field, or a strategic-merge patch, is refused: the tests must never render less than
-`kubectl apply -k` would apply. Order as in kustomize: resources, then patches, then image and namespace transformers;
-images are rewritten in every `containers`/`initContainers` list anywhere in an object (so in CRDs too).
+`kubectl apply -k` would apply. Order as in kustomize: resources, then components (each adds its resources, then
+patches everything so far), then patches, then image and namespace transformers; images are rewritten in every
+`containers`/`initContainers` list anywhere in an object (so in CRDs too).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
-SUPPORTED_FIELDS = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
+SUPPORTED_FIELDS = {"apiVersion", "kind", "resources", "components", "namespace", "images", "patches"}
+COMPONENT = ("kustomize.config.k8s.io/v1alpha1", "Component")
+COMPONENT_FIELDS = {"apiVersion", "kind", "resources", "patches"}
 CONTAINER_LISTS = ("containers", "initContainers")
 
 
@@ -23,14 +27,18 @@ class KustomizeError(ValueError):
 
 def render(directory: Path) -> list[dict]:
     """The objects `kubectl kustomize directory` would print, in resource order."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kustomization) - SUPPORTED_FIELDS
-    if unknown:
-        raise KustomizeError(f"{directory}: unsupported kustomization fields {sorted(unknown)}")
-    objects: list[dict] = []
-    for entry in kustomization.get("resources", []):
-        path = (directory / entry).resolve()
-        objects += render(path) if path.is_dir() else [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    kustomization = _kustomization(directory, SUPPORTED_FIELDS)
+    if (kustomization.get("apiVersion"), kustomization.get("kind")) == COMPONENT:
+        raise KustomizeError(f"{directory}: a Component is used from `components`, not as a resource")
+    objects = _resources(directory, kustomization)
+    for entry in kustomization.get("components", []):
+        component = (directory / entry).resolve()
+        fields = _kustomization(component, COMPONENT_FIELDS)
+        if (fields.get("apiVersion"), fields.get("kind")) != COMPONENT:
+            raise KustomizeError(f"{component}: not a {COMPONENT[0]} Component")
+        objects += _resources(component, fields)
+        for patch in fields.get("patches", []):
+            _apply_patch(component, patch, objects)
     for patch in kustomization.get("patches", []):
         _apply_patch(directory, patch, objects)
     for image in kustomization.get("images", []):
@@ -39,6 +47,22 @@ def render(directory: Path) -> list[dict]:
     if "namespace" in kustomization:
         for obj in objects:
             obj["metadata"]["namespace"] = kustomization["namespace"]
+    return objects
+
+
+def _kustomization(directory: Path, supported: set[str]) -> dict:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unknown = set(kustomization) - supported
+    if unknown:
+        raise KustomizeError(f"{directory}: unsupported kustomization fields {sorted(unknown)}")
+    return kustomization
+
+
+def _resources(directory: Path, kustomization: dict) -> list[dict]:
+    objects: list[dict] = []
+    for entry in kustomization.get("resources", []):
+        path = (directory / entry).resolve()
+        objects += render(path) if path.is_dir() else [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     return objects
 
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from heavy.config import Settings
 from tests.deploy.commands import check_commands
@@ -20,7 +23,7 @@ from tests.deploy.conftest import DEPLOY
 from tests.deploy.kustomize import KustomizeError, apply_operation, render
 
 K8S_VERSION = "1.33"  # the oldest Kubernetes we claim; kubernetes-validate picks its schemas for it
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "cpu-ha")  # cpu-ha: the cpu one with the components (Redis under Sentinel, the sandbox's)
 RAYCLUSTER_SCHEMA = json.loads((Path(__file__).with_name("raycluster_v1.schema.json")).read_text())
 SECRET_ENV = {"REDIS_PASSWORD"}  # read by the Redis container, not by our code
 
@@ -202,6 +205,8 @@ def test_references_to_configmaps_secrets_and_claims_resolve(overlay):
         for volume in template["spec"].get("volumes", []):
             if "persistentVolumeClaim" in volume:
                 assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in names
+            if "configMap" in volume:
+                assert ("ConfigMap", volume["configMap"]["name"]) in names
 
 
 def _argv(container: dict) -> list[str]:
@@ -233,7 +238,25 @@ def test_configuration_is_only_settings_the_code_reads(overlay, monkeypatch):
     for name, value in {**config, **secret}.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
-    assert settings.redis_url.startswith("redis://") and settings.backend == "openai"
+    assert settings.redis_url.startswith(("redis://", "redis+sentinel://")) and settings.backend == "openai"
+
+
+def test_every_overlay_is_tested_and_every_component_used_by_one():
+    k8s = DEPLOY / "k8s"
+    assert sorted(path.name for path in (k8s / "overlays").iterdir()) == sorted(OVERLAYS)
+    used = {(k8s / "overlays" / name / entry).resolve() for name in OVERLAYS
+            for entry in yaml.safe_load((k8s / "overlays" / name / "kustomization.yaml").read_text()).get(
+                "components", [])}
+    assert used == {path.resolve() for path in (k8s / "components").iterdir()}
+
+
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="compares with kubectl's own kustomize")
+def test_the_renderer_builds_what_kubectl_kustomize_builds(overlay):
+    name, objects = overlay
+    built = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "k8s" / "overlays" / name)], capture_output=True,
+                           text=True, timeout=120, check=True).stdout
+    by_name = {(obj["kind"], obj["metadata"]["name"]): obj for obj in yaml.safe_load_all(built) if obj}
+    assert {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects} == by_name
 
 
 def test_gpu_overlay_sizes_match_the_runtime_arguments(sizing):
