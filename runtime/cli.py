@@ -4,6 +4,7 @@ generate and chat stream the answer to stdout and print the speed to stderr; err
 """
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -179,8 +180,8 @@ def _serve(args: argparse.Namespace) -> None:
     from runtime.engine.async_engine import HANG_TIMEOUT_S
 
     hang_timeout_s = HANG_TIMEOUT_S if args.hang_timeout is None else args.hang_timeout
-    if hang_timeout_s <= 0:  # before a model loads or Ray starts
-        raise ValueError(f"hang_timeout_s must be > 0, got {hang_timeout_s}")
+    if not (math.isfinite(hang_timeout_s) and hang_timeout_s > 0):  # before a model loads or Ray starts; nan
+        raise ValueError(f"hang_timeout_s must be a finite number > 0, got {hang_timeout_s}")  # never timed out
     served_name = args.served_model_name or str(args.model)
     on_replicas = args.replicas is not None or args.ep is not None
     router = _router_config(args, on_replicas)

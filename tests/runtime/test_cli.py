@@ -49,7 +49,14 @@ def test_a_hang_timeout_that_is_not_positive_is_refused_before_anything_starts(t
     replicas = ("--replicas", "1") if ray else ()
     result = run("serve", "--model", str(tiny_kimi_path), *replicas, "--hang-timeout", "0", timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["error: ValueError: hang_timeout_s must be > 0, got 0.0"]
+    assert result.stderr.strip().splitlines() == [
+        "error: ValueError: hang_timeout_s must be a finite number > 0, got 0.0"]
+
+
+def test_a_hang_timeout_of_nan_is_refused_not_a_watchdog_that_never_fires(monkeypatch, capsys, tiny_kimi_path):
+    monkeypatch.setattr("runtime.cli._load", lambda *_, **__: pytest.fail("a model loaded"))
+    assert main(["serve", "--model", str(tiny_kimi_path), "--hang-timeout", "nan"]) == 1
+    assert capsys.readouterr().err.strip() == "error: ValueError: hang_timeout_s must be a finite number > 0, got nan"
 
 
 def test_a_max_model_len_the_kv_cache_cannot_hold_is_refused(tiny_kimi_path):
