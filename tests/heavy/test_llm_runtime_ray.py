@@ -5,13 +5,13 @@ tool-call format and the retries of router failures (over a stand-in engine)."""
 
 import asyncio
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pydantic
 import pytest
 
 from heavy.config import Settings
-from heavy.llm import make_backend
+from heavy.llm import ROUTER_FIELDS, make_backend
 from heavy.llm.retry import RetryPolicy
 from heavy.llm.runtime_backend import RuntimeBackend
 from heavy.llm.types import LLMError, RetriableLLMError, Sampling, ToolCall
@@ -141,6 +141,11 @@ def test_settings_select_replicas_for_the_runtime_backend(monkeypatch, tiny_kimi
     assert make_backend(routed) == "frontend"
     assert started == [(tiny_kimi_path, 3, 2, 1024, 2, {}),
                        (tiny_kimi_path, 3, 2, 1024, 2, {"stall_after_s": 45.0, "unanswered_rounds": 4})]
+
+
+def test_every_router_setting_is_a_routerconfig_field_and_a_heavy_setting():
+    assert set(ROUTER_FIELDS) == {field.name for field in fields(RouterConfig)}
+    assert {f"runtime_{name}" for name in ROUTER_FIELDS} <= set(Settings.model_fields)
 
 
 @pytest.mark.parametrize("name, value", [

@@ -2,10 +2,11 @@
 
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 
-from runtime.cli import _load, main
+from runtime.cli import ROUTER_OPTIONS, _load, main
 from runtime.dtypes import resolve_dtype
 
 
@@ -102,6 +103,7 @@ def test_serve_sets_the_routers_health_rounds_from_its_flags(monkeypatch, tiny_k
                  "--health-timeout", "2.5", "--unanswered-rounds", "4"]) == 0
     assert main(["serve", "--model", str(tiny_kimi_path), "--ep", "1"]) == 0
     assert served == [RouterConfig(stall_after_s=45.0, health_timeout_s=2.5, unanswered_rounds=4), RouterConfig()]
+    assert {field for field, _, _ in ROUTER_OPTIONS.values()} == {field.name for field in fields(RouterConfig)}
 
 
 @pytest.mark.parametrize("args, message", [
