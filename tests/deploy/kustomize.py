@@ -32,7 +32,7 @@ def render(directory: Path) -> list[dict]:
         raise KustomizeError(f"{directory}: a Component is used from `components`, not as a resource")
     objects = _resources(directory, kustomization)
     for entry in kustomization.get("components", []):
-        component = (directory / entry).resolve()
+        component = _relative(directory, entry)
         fields = _kustomization(component, COMPONENT_FIELDS)
         if (fields.get("apiVersion"), fields.get("kind")) != COMPONENT:
             raise KustomizeError(f"{component}: not a {COMPONENT[0]} Component")
@@ -61,9 +61,15 @@ def _kustomization(directory: Path, supported: set[str]) -> dict:
 def _resources(directory: Path, kustomization: dict) -> list[dict]:
     objects: list[dict] = []
     for entry in kustomization.get("resources", []):
-        path = (directory / entry).resolve()
+        path = _relative(directory, entry)
         objects += render(path) if path.is_dir() else [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     return objects
+
+
+def _relative(directory: Path, entry: str) -> Path:
+    if Path(entry).is_absolute():
+        raise KustomizeError(f"{directory}: {entry} cannot be absolute (kustomize refuses it)")
+    return (directory / entry).resolve()
 
 
 def _apply_patch(directory: Path, patch: dict, objects: list[dict]) -> None:

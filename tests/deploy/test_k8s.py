@@ -306,3 +306,14 @@ def test_renderer_refuses_fields_it_does_not_implement(tmp_path):
     (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
     with pytest.raises(KustomizeError, match="namePrefix"):
         render(tmp_path)
+
+
+def test_renderer_refuses_what_kustomize_refuses_of_paths_and_components(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{DEPLOY / 'k8s' / 'base'}]\n")
+    with pytest.raises(KustomizeError, match="cannot be absolute"):
+        render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text("components: [base]\n")
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "kustomization.yaml").write_text("resources: []\n")  # a Kustomization, not a Component
+    with pytest.raises(KustomizeError, match="not a kustomize.config.k8s.io/v1alpha1 Component"):
+        render(tmp_path)

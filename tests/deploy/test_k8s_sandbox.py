@@ -33,9 +33,10 @@ def _worker(objects: list[dict]) -> dict:
 
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"], ids=["cpu-overlay", "gpu-overlay"])
 def test_the_worker_pod_gets_the_profile_its_own_user_namespace_and_an_unmasked_proc(overlay, tmp_path):
+    k8s = os.path.relpath(DEPLOY / "k8s", tmp_path)  # kustomize takes relative paths only
     (tmp_path / "kustomization.yaml").write_text(  # both components beside either overlay, as the README says
-        f"resources: [{DEPLOY / 'k8s' / 'overlays' / overlay}]\n"
-        f"components: [{DEPLOY / 'k8s' / 'components' / 'redis-sentinel'}, {COMPONENT}]\n")
+        f"resources: [{k8s}/overlays/{overlay}]\n"
+        f"components: [{k8s}/components/redis-sentinel, {k8s}/components/sandbox-userns]\n")
     pod = _worker(render(tmp_path))
     assert pod["hostUsers"] is False  # root in the pod is no one on the node
     profile = pod["securityContext"]["seccompProfile"]
