@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,9 @@ MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 TEXT_SUFFIXES = frozenset({".txt"})
 JSONL_SUFFIXES = frozenset({".jsonl"})
 SUPPORTED_SUFFIXES = HTML_SUFFIXES | MARKDOWN_SUFFIXES | TEXT_SUFFIXES | JSONL_SUFFIXES
+# a Markdown file's YAML front matter (Jekyll, Hugo, Obsidian, Pandoc): fenced by "---" lines at its very start
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)^(?:---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE)
+_TITLE_FIELD = re.compile(r"^title:[ \t]*(.*?)[ \t]*$\n?", re.MULTILINE)
 
 
 class CorpusFormatError(ValueError):
@@ -69,6 +73,8 @@ def read_file(file: Path) -> Iterator[Document]:
         page = html_to_markdown(content)
         if page.markdown.strip():
             yield Document(title=page.title or file.stem, text=page.markdown, origin=str(file))
+    elif suffix in MARKDOWN_SUFFIXES:
+        yield from _markdown_documents(content, file)
     elif content.strip():
         yield Document(title=_first_line_title(content, file), text=content.strip(), origin=str(file))
 
@@ -83,6 +89,21 @@ def _decode(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("cp1252", errors="replace")  # its five unassigned bytes as U+FFFD
+
+
+def _markdown_documents(content: str, file: Path) -> Iterator[Document]:
+    """A Markdown file as one document. Its front matter's title names it (its first line was the title: "---"), its
+    other fields stay, unfenced, above the text: an author or a date is something to find."""
+    content = content.replace("\r\n", "\n")
+    front = _FRONT_MATTER.match(content)
+    fields, body = (front.group(1), content[front.end():].strip()) if front else ("", content.strip())
+    title = ""
+    if named := _TITLE_FIELD.search(fields):
+        title = named.group(1).strip("\"'")
+        fields = fields[:named.start()] + fields[named.end():]
+    if body or fields.strip():
+        text = f"{fields.strip()}\n\n{body}".strip()
+        yield Document(title=title or _first_line_title(body or text, file), text=text, origin=str(file))
 
 
 def _first_line_title(content: str, file: Path) -> str:
