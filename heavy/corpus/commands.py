@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,14 @@ import typer
 
 from heavy.cli_options import PORTS
 from heavy.config import Settings, get_settings
-from heavy.corpus.documents import SUPPORTED_SUFFIXES, CorpusFormatError, corpus_files, file_name, read_file
+from heavy.corpus.documents import (
+    SUPPORTED_SUFFIXES,
+    CorpusFormatError,
+    corpus_files,
+    file_name,
+    other_types,
+    read_file,
+)
 from heavy.corpus.index import CorpusIndex, existing_index
 from heavy.corpus.server import CorpusServer
 
@@ -31,29 +39,49 @@ class AddReport:
     duplicates: int
     removed: int  # documents no file holds any more: edited out of their file, or their file deleted
     total: int  # documents in the index afterwards
+    textless: tuple[str, ...] = ()  # files read that hold no text (empty, binary): nothing of theirs is indexed
+    unread: tuple[str, ...] = ()  # why each file that could not be read was not: what it held before stays
+    other_types: tuple[str, ...] = ()  # the suffixes of the folder's files of a type it does not read, one a file
 
 
 def corpus_add(path: Path | str, index_path: Path | str) -> AddReport:
     """Read every supported file under `path` and add its documents to the index at `index_path`; of a directory,
     the files added from under it before and gone now are forgotten (their documents no other file holds, removed).
-    A path with no supported file is an error and leaves no index behind (an empty one would be searched, finding
+    A file that cannot be read is passed over, named in `unread`, and the rest added. A path with no supported file
+    is an error, and one with nothing to index leaves no new index behind (an empty one would be searched, finding
     nothing)."""
     files = corpus_files(Path(path))
     if not files:
         raise CorpusFormatError(f"no file to index under {path} (supported: {' '.join(sorted(SUPPORTED_SUFFIXES))}); "
                                 "no index was written")
+    new_index = not Path(index_path).exists()
     index = CorpusIndex(index_path)
     is_folder = Path(path).is_dir()
     scope = str(Path(path).resolve() if is_folder else file_name(Path(path)))  # the names this add may replace
     index.adopt_relative_files(scope)
     added = duplicates = removed = 0
+    textless, unread, refused = [], [], None
     present = [file_name(file) for file in files]
     for file in present:
-        counts = index.add(read_file(file), source=str(file))
+        # one file of a folder that cannot be read (a JSONL row without text) stopped the add there: the files after
+        # it were not indexed, nor deleted ones forgotten. Its transaction undone, it keeps what it held before
+        try:
+            counts = index.add(read_file(file), source=str(file))
+        except (CorpusFormatError, OSError) as exc:
+            unread.append(str(exc) if str(file) in str(exc) else f"{file}: {exc}")
+            refused = None if is_folder else exc  # the file named: its error is the answer
+            continue
         added, duplicates, removed = added + counts.added, duplicates + counts.duplicates, removed + counts.removed
+        if counts.added + counts.duplicates == 0:
+            textless.append(str(file))
     if is_folder:
         removed += index.forget_files(scope, {str(file) for file in present})
-    return AddReport(files=len(files), added=added, duplicates=duplicates, removed=removed, total=index.count())
+    if (total := index.count()) == 0 and new_index:  # nothing to search: as of a path with no supported file, no index
+        Path(index_path).unlink()
+    if refused is not None:
+        raise refused
+    return AddReport(files=len(files), added=added, duplicates=duplicates, removed=removed, total=total,
+                     textless=tuple(textless), unread=tuple(unread), other_types=other_types(Path(path)))
 
 
 corpus_app = typer.Typer(help="Build and serve the local search corpus.", no_args_is_help=True)
@@ -70,6 +98,23 @@ def add_command(path: Path, index: IndexOption = None) -> None:
         f"({report.duplicates} duplicates skipped, {report.removed} no longer in a file removed); the index holds "
         f"{report.total}"
     )
+    # what was not indexed, said: a folder of PDFs, a binary file, a bad JSONL row were passed over in silence
+    if report.other_types:
+        kinds = ", ".join(f"{count} {suffix or '(no suffix)'}"
+                          for suffix, count in Counter(report.other_types).most_common())
+        typer.echo(f"not indexed, of a type corpus add does not read: {kinds} (it reads "
+                   f"{' '.join(sorted(SUPPORTED_SUFFIXES))})", err=True)
+    if report.textless:
+        typer.echo(f"not indexed, no text (empty or binary): {_listed(report.textless)}", err=True)
+    for why in report.unread:
+        typer.echo(f"not indexed, could not be read: {why} (what an earlier add read of it stays)", err=True)
+    if report.unread:
+        raise typer.Exit(1)
+
+
+def _listed(files: tuple[str, ...], shown: int = 5) -> str:
+    more = f" and {len(files) - shown} more" if len(files) > shown else ""
+    return ", ".join(files[:shown]) + more
 
 
 @corpus_app.command("serve")

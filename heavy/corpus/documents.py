@@ -48,6 +48,16 @@ def corpus_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
 
 
+def other_types(path: Path) -> tuple[str, ...]:
+    """The suffix of each file under a folder `path` of a type `corpus_files` passes over ("" for none); not hidden
+    ones (.git, .DS_Store): no one put them there to be read."""
+    if not path.is_dir():
+        return ()
+    return tuple(sorted(file.suffix.lower() for file in path.rglob("*")
+                        if file.is_file() and file.suffix.lower() not in SUPPORTED_SUFFIXES
+                        and not any(part.startswith(".") for part in file.relative_to(path).parts)))
+
+
 def file_name(file: Path) -> Path:
     """The name a file's documents are recorded under: absolute, its folders resolved (any path through them finds
     it), but a symlinked file named as the link, not its target: deleting the link from a corpus folder forgets it
@@ -135,7 +145,9 @@ def _jsonl_rows(lines: Iterable[str], file: Path) -> Iterator[Document]:
         except json.JSONDecodeError as exc:
             raise CorpusFormatError(f"{where}: not valid JSON ({exc.msg})") from exc
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise CorpusFormatError(f"{where}: a row must be an object with a string 'text' (and optional title, url)")
+            found = f"; this one has {', '.join(map(repr, row))}" if isinstance(row, dict) else ""
+            raise CorpusFormatError(f"{where}: a row must be an object with a string 'text' (and optional title, "
+                                    f"url){found}")
         yield Document(
             title=str(row.get("title") or row["text"][:80]), text=row["text"], url=str(row.get("url") or ""),
             origin=where,

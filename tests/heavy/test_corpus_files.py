@@ -1,7 +1,10 @@
 """A researcher's own folder through `heavy corpus add`: what each kind of file becomes, and what the add says."""
 
-from heavy.corpus.commands import corpus_add
-from heavy.corpus.documents import read_documents
+import pytest
+from typer.testing import CliRunner
+
+from heavy.corpus.commands import corpus_add, corpus_app
+from heavy.corpus.documents import CorpusFormatError, read_documents
 from heavy.corpus.index import CorpusIndex
 
 
@@ -25,3 +28,48 @@ def test_a_markdown_files_front_matter_names_it_and_its_fields_stay_searchable(t
     corpus_add(root, tmp_path / "index.sqlite")
     index = CorpusIndex(tmp_path / "index.sqlite")
     assert [hit.title for hit in index.search("Okafor Raman", k=3)] == ["Lab meeting, 3 November"]
+
+
+def test_a_folder_add_reads_past_a_bad_file_and_says_what_it_did_not_index(tmp_path):
+    # a JSONL row without "text" stopped the add at its file: the files after it were not indexed, a deleted file
+    # not forgotten; and a binary .txt, an empty file, a folder's PDFs were passed over without a word
+    root = tmp_path / "lab"
+    (root / "notes").mkdir(parents=True)
+    (root / "notes" / "gone.md").write_text("# Old protocol\n\nAnneal at 200 °C.")
+    index = tmp_path / "index.sqlite"
+    assert corpus_add(root, index).total == 1
+    (root / "notes" / "gone.md").unlink()
+    (root / "a-papers.jsonl").write_text('{"title": "Humidity", "body": "MAPbI3 films degraded in 48 hours."}\n')
+    (root / "notes" / "glovebox.md").write_text("# Glovebox\n\nOxygen must stay below 0.5 ppm.")
+    (root / "notes" / "dump.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (root / "notes" / "empty.md").write_text("")
+    (root / "paper.pdf").write_bytes(b"%PDF-1.7")
+    (root / "thesis.pdf").write_bytes(b"%PDF-1.7")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main")
+
+    result = CliRunner().invoke(corpus_app, ["add", str(root), "--index", str(index)])
+
+    assert result.exit_code == 1, result.output
+    assert [hit.title for hit in CorpusIndex(index).search("oxygen glovebox anneal protocol", k=5)] == ["Glovebox"]
+    assert "indexed 1 new documents from 4 files (0 duplicates skipped, 1 no longer in a file removed); the index " \
+           "holds 1" in result.stdout
+    unread, textless, other = (
+        f"not indexed, could not be read: {root / 'a-papers.jsonl'}:1: a row must be an object with a string 'text' "
+        "(and optional title, url); this one has 'title', 'body'",
+        f"not indexed, no text (empty or binary): {root / 'notes' / 'dump.txt'}, {root / 'notes' / 'empty.md'}",
+        "not indexed, of a type corpus add does not read: 2 .pdf (it reads .htm .html .jsonl .markdown .md .txt)")
+    assert all(line in result.stderr for line in (unread, textless, other)), result.stderr
+    assert result.stdout.count("\n") == 1  # the rest went to stderr
+
+
+def test_adding_only_files_with_nothing_to_index_leaves_no_index(tmp_path):
+    # an empty index was left behind: searched, it finds nothing, and the next start refuses it
+    (tmp_path / "bad.jsonl").write_text('{"title": "no text here"}\n')
+    (tmp_path / "empty.md").write_text("\n")
+    index = tmp_path / "index.sqlite"
+    assert corpus_add(tmp_path / "empty.md", index).total == 0 and not index.exists()
+    with pytest.raises(CorpusFormatError, match=r"bad.jsonl:1: a row must be an object with a string 'text' \(and "
+                                                r"optional title, url\); this one has 'title'$"):
+        corpus_add(tmp_path / "bad.jsonl", index)
+    assert not index.exists()
