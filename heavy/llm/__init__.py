@@ -35,7 +35,8 @@ def make_backend(settings: Settings, name: str | None = None) -> LLMBackend:
     rate limiter is shared by every trajectory the worker runs."""
     name = name or settings.backend
     limiter = RateLimiter(settings.llm_requests_per_s, settings.llm_max_concurrency)
-    retry = RetryPolicy(settings.llm_max_retries, settings.llm_backoff_s, settings.llm_backoff_max_s)
+    retry = RetryPolicy(settings.llm_max_retries, settings.llm_backoff_s, settings.llm_backoff_max_s,
+                        outage_s=settings.llm_outage_s)
     if name == "openai":
         return OpenAIBackend(settings.openai_base_url, settings.model, api_key=settings.openai_api_key,
                              timeout_s=settings.openai_timeout_s, retry=retry, limiter=limiter)

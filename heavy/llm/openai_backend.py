@@ -85,6 +85,7 @@ class OpenAIBackend:
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, transport=transport
         )
         self._served_context: asyncio.Future[int | None] | None = None  # read once, by the first to ask
+        self._answered = False  # the server has sent a response: failing now, it is restarting (RetryPolicy.outage_s)
 
     async def served_context(self) -> int | None:
         """The server's context for this model: `max_model_len` in GET /models, as vLLM, SGLang and `runtime serve`
@@ -168,6 +169,7 @@ class OpenAIBackend:
                     response = await self._client.post("/chat/completions", json=body, headers=headers)
                 except (httpx.TransportError, httpx.TimeoutException) as exc:
                     raise RetriableLLMError(f"{type(exc).__name__}: {exc}") from exc
+            self._answered = self._answered or response.status_code < 500
             _raise_for_status(response)
             try:
                 payload = response.json()
@@ -177,10 +179,10 @@ class OpenAIBackend:
 
         what = f"chat {request_id or ''}".strip()
         try:
-            return await with_retries(lambda: attempt(body), self.retry, what=what)
+            return await with_retries(lambda: attempt(body), self.retry, what=what, answered_before=self._answered)
         except ContextLengthError as exc:
             shrunk = _within_room(body, exc)
-            return await with_retries(lambda: attempt(shrunk), self.retry, what=what)
+            return await with_retries(lambda: attempt(shrunk), self.retry, what=what, answered_before=self._answered)
 
     async def stream(
         self,
@@ -222,6 +224,7 @@ class OpenAIBackend:
                 "POST", "/chat/completions", json=body, headers=headers
             ) as response:
                 meter.sent = True
+                self._answered = self._answered or response.status_code < 500
                 if response.status_code >= 400:
                     await response.aread()
                     _raise_for_status(response)

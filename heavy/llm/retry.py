@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -22,16 +23,21 @@ class RetryPolicy:
     max_retries: int = 4
     backoff_s: float = 0.5
     backoff_max_s: float = 20.0
+    # a server that answered before and now fails (a restart: its retries spent in seconds) is tried again, every
+    # backoff_max_s, until this long after the first failure; one that never answered fails after max_retries
+    outage_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.backoff_s <= 0 or self.backoff_max_s < self.backoff_s:
             raise ValueError("need 0 < backoff_s <= backoff_max_s")
+        if self.outage_s < 0:
+            raise ValueError(f"outage_s must be >= 0, got {self.outage_s}")
 
     def delay(self, attempt: int, retry_after_s: float | None) -> float:
         """Seconds to wait before retry number `attempt` (0-based); a server's Retry-After wins when larger."""
-        exponential = min(self.backoff_max_s, self.backoff_s * 2**attempt)
+        exponential = min(self.backoff_max_s, self.backoff_s * 2 ** min(attempt, 32))  # a float's range
         jittered = exponential * random.uniform(0.5, 1.0)  # spread the 8 trajectories' retries apart
         return max(jittered, min(retry_after_s or 0.0, self.backoff_max_s))
 
@@ -51,14 +57,20 @@ def retry_after_seconds(header: str | None) -> float | None:
         return None
 
 
-async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *, what: str) -> T:
-    """Run `call`, retrying RetriableLLMError up to `policy.max_retries` times. Cancellation is never retried."""
-    for attempt in range(policy.max_retries + 1):
+async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *, what: str,
+                       answered_before: bool = False) -> T:
+    """Run `call`, retrying RetriableLLMError up to `policy.max_retries` times, or, from a server that
+    `answered_before`, until `policy.outage_s` after the first failure if that is longer. Cancellation is never
+    retried."""
+    failed_at = None
+    for attempt in itertools.count():
         try:
             return await call()
         except RetriableLLMError as exc:
-            if attempt == policy.max_retries:
-                raise LLMError(f"{what}: giving up after {attempt + 1} attempts: {exc}") from exc
+            failed_at = failed_at or time.monotonic()
+            waited = time.monotonic() - failed_at
+            if attempt >= policy.max_retries and not (answered_before and waited < policy.outage_s):
+                raise LLMError(f"{what}: giving up after {attempt + 1} attempts in {waited:.0f} s: {exc}") from exc
             delay = policy.delay(attempt, exc.retry_after_s)
             log.warning("%s: %s; retry %d in %.2fs", what, exc, attempt + 1, delay)
             await asyncio.sleep(delay)
