@@ -89,7 +89,9 @@ def worker(
 
 def up(
     port: Annotated[int | None, typer.Option(**PORTS, help="API port (default HEAVY_API_PORT)")] = None,
-    index: Annotated[Path | None, typer.Option(help="local corpus index (default: Python reference topics)")] = None,
+    index: Annotated[Path | None, typer.Option(
+        help="local corpus index (default HEAVY_CORPUS_INDEX, else the one `heavy corpus add` builds, else Python's "
+             "reference topics)")] = None,
     api_key_file: Annotated[Path | None, typer.Option(help="also write the generated API key here")] = None,
 ) -> None:
     """Everything on this machine: embedded Redis, the model, a worker, the API and the dashboard."""

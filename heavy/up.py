@@ -15,6 +15,7 @@ import uvicorn
 from heavy.api import create_app
 from heavy.config import Settings
 from heavy.corpus.commands import default_index_path
+from heavy.corpus.index import indexed_documents
 from heavy.embedded_redis import redis_url_for
 from heavy.llm import make_backend
 from heavy.llm.types import LLMBackend
@@ -43,10 +44,8 @@ async def serve_with_worker(settings: Settings, store: Store, backend: LLMBacken
         await worker
 
 
-def corpus_index(settings: Settings, index: Path | None, announce: Callable[[str], None]) -> Path:
-    """The given index, else the stdlib reference corpus under HEAVY_HOME (built on first use)."""
-    if index is not None:
-        return index
+def reference_corpus(settings: Settings, announce: Callable[[str], None]) -> Path:
+    """The stdlib reference corpus under HEAVY_HOME (built on first use)."""
     path = Path(settings.home).expanduser() / "corpus" / "python-reference.sqlite"
     if not path.is_file():
         report = build_stdlib_corpus(path)
@@ -55,10 +54,10 @@ def corpus_index(settings: Settings, index: Path | None, announce: Callable[[str
 
 
 def search_index(settings: Settings, index: Path | None, announce: Callable[[str], None]) -> Path:
-    """What `heavy ask` and `heavy worker` search: the index given (--index, HEAVY_CORPUS_INDEX), else the one `heavy
-    corpus add` builds by default, else, as `heavy up` does, Python's reference topics (built on first use)."""
+    """What `heavy ask`, `heavy worker` and `heavy up` search: the index given (--index, HEAVY_CORPUS_INDEX), else the
+    one `heavy corpus add` builds by default, else Python's reference topics (built on first use)."""
     if index is None and not settings.corpus_index and not default_index_path(settings).is_file():
-        return corpus_index(settings, None, announce)
+        return reference_corpus(settings, announce)
     return index or default_index_path(settings)
 
 
@@ -73,13 +72,17 @@ def up(settings: Settings, *, index: Path | None, api_key_file: Path | None,
        announce: Callable[[str], None]) -> None:
     settings = with_local_replica(settings)
     with redis_url_for(settings.redis_url, Path(settings.home).expanduser()) as url:
-        index = None if settings.search == "web" else corpus_index(settings, index, announce)
+        # what `heavy ask` and `heavy worker` search: HEAVY_CORPUS_INDEX and `heavy corpus add`'s index were passed
+        # over for Python's reference topics, though `heavy serve & heavy worker` is this in separate processes
+        index = None if settings.search == "web" else search_index(settings, index, announce)
         asyncio.run(_main(settings, url, index, api_key_file, announce))
 
 
 async def _main(settings: Settings, url: str, index: Path | None, api_key_file: Path | None,
                 announce: Callable[[str], None]) -> None:
     async with service_tools(settings, url, index) as executor:  # first: a bad corpus fails before the model loads
+        announce(f"searching the local corpus {index} ({indexed_documents(index):,} documents)" if index else
+                 "searching the web")
         await _serve(settings, url, executor, api_key_file, announce)
 
 

@@ -23,6 +23,9 @@ from pathlib import Path
 import httpx
 from common import free_port  # beside this script
 
+from heavy.config import Settings
+from heavy.up import reference_corpus
+
 QUESTION = ("In Python, what do the break and continue statements do inside a for or while loop, and how does "
             "the else clause of a loop interact with break?")
 STARTUP_TIMEOUT_S = 1800  # the first run converts the model into HEAVY_HOME
@@ -105,7 +108,9 @@ def main() -> None:
         key_file = Path(scratch) / "api-key"
         # small budgets for a 2-core CPU: a 4k context and a short report pass
         env = {"HEAVY_CONTEXT_TOKENS": "4096", "HEAVY_REPORT_TOKENS": "384", **os.environ}
-        up = subprocess.Popen([sys.executable, "-m", "heavy.cli", "up", "--port", str(port),
+        # the question is on Python: its reference topics, whatever corpus `heavy corpus add` built here
+        corpus = reference_corpus(Settings(), print)
+        up = subprocess.Popen([sys.executable, "-m", "heavy.cli", "up", "--port", str(port), "--index", str(corpus),
                                "--api-key-file", str(key_file)], env=env)
         started = time.monotonic()
         try:

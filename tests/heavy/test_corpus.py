@@ -256,7 +256,7 @@ def test_jsonl_is_read_row_by_row_and_split_at_newlines_only(tmp_path):
 def test_a_reference_corpus_build_cut_short_leaves_no_index_for_the_next_start(tmp_path, monkeypatch):
     # a Ctrl-C in the first `heavy up` or `heavy ask` left an empty index, which every later start took as built
     # and then refused: "holds no documents"
-    from heavy.up import corpus_index
+    from heavy.up import reference_corpus
 
     def interrupted(source, index_path):
         CorpusIndex(index_path)  # what corpus_add writes before the documents' transaction
@@ -266,9 +266,9 @@ def test_a_reference_corpus_build_cut_short_leaves_no_index_for_the_next_start(t
     with monkeypatch.context() as patched:
         patched.setattr("heavy.stdlib_corpus.corpus_add", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            corpus_index(settings, None, print)
+            reference_corpus(settings, print)
     assert list((tmp_path / "corpus").iterdir()) == []
-    built = corpus_index(settings, None, print)
+    built = reference_corpus(settings, print)
     assert CorpusIndex(built).count() > 50
 
 

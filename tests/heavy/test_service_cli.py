@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from heavy.cli import app
 from heavy.config import Settings, get_settings
+from heavy.corpus.commands import corpus_add
 
 
 def test_keys_create_prints_only_the_key_on_stdout(redis_url, monkeypatch):
@@ -56,6 +57,37 @@ def test_worker_without_a_corpus_searches_pythons_reference_topics_as_heavy_up_d
     assert str(result.exception) == "captured", result.output
     assert searched == [tmp_path / "home" / "corpus" / "python-reference.sqlite"]
     assert searched[0].is_file()
+
+
+def test_heavy_up_searches_the_corpus_heavy_ask_and_heavy_worker_search(tmp_path, monkeypatch, redis_url):
+    """`heavy corpus add ./my-docs` (or HEAVY_CORPUS_INDEX), then `heavy up`: its jobs searched Python's reference
+    topics, where `heavy ask` and `heavy serve & heavy worker` searched the user's documents."""
+    mine = tmp_path / "mine.sqlite"
+    (tmp_path / "notes.md").write_text("# Glovebox\n\nOxygen must stay below 0.5 ppm.")
+    corpus_add(tmp_path / "notes.md", mine)
+    monkeypatch.setenv("HEAVY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HEAVY_REDIS_URL", redis_url)
+    monkeypatch.setenv("HEAVY_SEARCH", "local")
+    searched = []
+
+    @asynccontextmanager
+    async def capture(settings, url, index_path):
+        searched.append(index_path)
+        raise RuntimeError("captured")
+        yield
+
+    monkeypatch.setattr("heavy.up.service_tools", capture)
+    for name, value in (("HEAVY_CORPUS_INDEX", str(mine)), ("HEAVY_CORPUS_INDEX", "")):
+        monkeypatch.setenv(name, value)
+        monkeypatch.setattr("heavy.up.default_index_path", lambda settings: mine)  # `heavy corpus add`'s
+        get_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(app, ["up"])
+        finally:
+            get_settings.cache_clear()
+        assert "captured" in result.output
+    assert searched == [mine, mine]
+    assert not (tmp_path / "home" / "corpus").exists()  # the reference topics were not built
 
 
 def test_heavy_up_prints_its_key_on_the_line_that_names_it_even_off_a_terminal(monkeypatch):
