@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,12 +60,23 @@ def _handler_for(index: CorpusIndex) -> type[BaseHTTPRequestHandler]:
     return CorpusPageHandler
 
 
+class _PageServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        # a reader that stops reading (open_page's download cap, on a page of a large file) closes the connection:
+        # the stdlib printed the traceback of every such page into `heavy ask`'s terminal
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("corpus server: %s closed the connection before the page was sent", client_address)
+            return
+        super().handle_error(request, client_address)
+
+
 class CorpusServer:
     """Serves an index on 127.0.0.1 in a background thread; use as a context manager or start()/stop()."""
 
     def __init__(self, index_path: Path | str, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler_for(CorpusIndex(index_path)))
-        self._server.daemon_threads = True
+        self._server = _PageServer((host, port), _handler_for(CorpusIndex(index_path)))
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(SHUTDOWN_POLL_S,), name="corpus-server", daemon=True
         )

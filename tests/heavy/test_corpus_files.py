@@ -1,11 +1,17 @@
 """A researcher's own folder through `heavy corpus add`: what each kind of file becomes, and what the add says."""
 
+import socket
+import struct
+import threading
+import time
+
 import pytest
 from typer.testing import CliRunner
 
 from heavy.corpus.commands import corpus_add, corpus_app
 from heavy.corpus.documents import CorpusFormatError, read_documents
 from heavy.corpus.index import CorpusIndex
+from heavy.corpus.server import CorpusServer
 
 
 def test_a_markdown_files_front_matter_names_it_and_its_fields_stay_searchable(tmp_path):
@@ -73,3 +79,20 @@ def test_adding_only_files_with_nothing_to_index_leaves_no_index(tmp_path):
                                                 r"optional title, url\); this one has 'title'$"):
         corpus_add(tmp_path / "bad.jsonl", index)
     assert not index.exists()
+
+
+def test_a_large_files_page_closed_early_by_its_reader_prints_nothing(tmp_path, capfd):
+    # open_page stops reading a page at its download cap (2 MB) and closes: the page server printed a
+    # ConnectionResetError traceback into `heavy ask`'s terminal for every page of a large file opened
+    big = tmp_path / "log.txt"
+    big.write_text("Beam campaign log\n" + "run: photon lattice detector band gap\n" * 250_000)  # 9.5 MB
+    corpus_add(big, tmp_path / "index.sqlite")
+    with CorpusServer(tmp_path / "index.sqlite") as server:
+        with socket.create_connection(server.address) as reader:
+            reader.sendall(b"GET /doc/1 HTTP/1.1\r\nHost: corpus\r\n\r\n")
+            assert reader.recv(65536).startswith(b"HTTP/1.0 200")
+            # closed with unread data: a reset, as httpx's close of a cut download is
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        while any(thread.name.endswith("(process_request_thread)") for thread in threading.enumerate()):
+            time.sleep(0.01)  # the page's handler, meeting the closed connection
+    assert capfd.readouterr().err == ""
