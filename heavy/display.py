@@ -56,7 +56,8 @@ class LiveBoard:
         elif isinstance(event, TrajectoryDone):
             lane.status = event.stop_reason
             lane.tokens = event.total_tokens
-            lane.action = f"answer: {event.answer}"[:ACTION_CHARS] if event.answer else "no answer"
+            lane.action = (f"answer: {event.answer}" if event.answer else f"error: {event.error}" if event.error
+                           else "no answer")[:ACTION_CHARS]
         elif isinstance(event, Aggregating):
             self.stage = f"aggregating ({event.reason})"
         elif isinstance(event, ReportReady):

@@ -81,6 +81,9 @@ class TrajectoryDone(Event):
     steps: int
     total_tokens: int
     cited: list[str]
+    # why a trajectory stopped on an error ("" otherwise): a model endpoint's refusal or outage was on no event but
+    # the job's failure, when every trajectory had one
+    error: str = ""
 
 
 @dataclass(frozen=True)

@@ -268,8 +268,11 @@ class Scheduler:
             return await trajectory.run()
         except Exception as exc:  # one broken trajectory must not sink the other seven
             log.exception("trajectory %s/%d crashed", spec.job_id, k)
-            # what it had gathered and its best guess still go to the aggregator
-            return trajectory.result_so_far("error", f"{type(exc).__name__}: {exc}")
+            # what it had gathered and its best guess still go to the aggregator; its lane ends, saying why (it
+            # had no trajectory_done: the dashboard showed it running until the job ended)
+            result = trajectory.result_so_far("error", f"{type(exc).__name__}: {exc}")
+            await trajectory.events.done(result)
+            return result
 
 
 def _cancelled(spec: JobSpec, results: Sequence[TrajectoryResult], aggregating: Usage = Usage()) -> JobResult:

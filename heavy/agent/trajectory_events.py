@@ -43,5 +43,5 @@ class TrajectoryEvents:
         await self.sink.emit(TrajectoryDone(
             job_id=self.job_id, trajectory=self.trajectory, answer=result.answer,
             confidence=result.confidence, stop_reason=result.stop_reason, steps=len(result.steps),
-            total_tokens=result.usage.total_tokens, cited=[s.url for s in result.cited],
+            total_tokens=result.usage.total_tokens, cited=[s.url for s in result.cited], error=result.error or "",
         ))

@@ -9,7 +9,7 @@ from heavy.agent import TrajectoryLimits
 from heavy.agent.context import estimate_tokens
 from heavy.aggregate import AggregationConfig
 from heavy.events import Aggregating, JobCancelled, JobFailed, MemorySink, ReportReady, TrajectoryDone
-from heavy.llm.types import ContextLengthError
+from heavy.llm.types import ContextLengthError, LLMError
 from heavy.scheduler import AllTrajectoriesFailed, JobControl, JobSpec, Scheduler
 from heavy.tools.base import ToolExecutor, ToolLimits
 from tests.heavy.fakes import DictOpen, DictSearch, ScriptedBackend, call, text
@@ -146,17 +146,21 @@ async def test_cancel_after_finish_now_stops_the_report_pass_too_and_charges_it(
     assert result.usage.total_tokens == trajectories + estimate_tokens(report_pass.messages, report_pass.tools)
 
 
-async def test_a_crashing_trajectory_does_not_sink_the_job():
+@pytest.mark.parametrize("failure", [RuntimeError, LLMError])  # a bug; an endpoint's refusal (HTTP 401)
+async def test_a_crashing_trajectory_does_not_sink_the_job(failure):
     base = researcher(["Paris"] * 8)
 
     def script(request):
         if request.trajectory == 3:
-            raise RuntimeError("backend bug")
+            raise failure("backend bug")
         return base(request)
-    result, _ = await run(spec(), ScriptedBackend(script))
+    result, sink = await run(spec(), ScriptedBackend(script))
     crashed = result.trajectories[3]
     assert crashed.stop_reason == "error" and "backend bug" in crashed.error
     assert result.answer == "Paris" and result.votes == {"Paris": 7}
+    # the job's events say why (a refusing or unreachable endpoint was on none while other trajectories answered)
+    errors = {event.trajectory: event.error for event in sink.of_type(TrajectoryDone)}
+    assert "backend bug" in errors.pop(3) and set(errors.values()) == {""}
 
 
 async def test_a_crashed_trajectory_keeps_its_evidence_and_best_guess_for_the_aggregator():

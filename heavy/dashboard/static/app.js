@@ -120,7 +120,7 @@ function apply(event) {
       const node = lane(event.trajectory);
       node.classList.add("done");
       set(node, ".state", event.stop_reason); set(node, ".tokens", event.total_tokens);
-      set(node, ".action", event.answer ? `answer: ${event.answer}`.slice(0, 160) : "no answer");
+      set(node, ".action", (event.answer ? `answer: ${event.answer}` : event.error ? `error: ${event.error}` : "no answer").slice(0, 160));
       break;
     }
     case "aggregating": $("job-stage").textContent = `aggregating (${event.reason})`; setStatus("aggregating"); break;
