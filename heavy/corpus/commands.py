@@ -95,7 +95,7 @@ def add_command(path: Path, index: IndexOption = None) -> None:
     report = corpus_add(path, index or default_index_path(get_settings()))
     typer.echo(
         f"indexed {report.added} new documents from {report.files} files "
-        f"({report.duplicates} duplicates skipped, {report.removed} no longer in a file removed); the index holds "
+        f"({report.duplicates} already indexed, {report.removed} no longer in a file removed); the index holds "
         f"{report.total}"
     )
     # what was not indexed, said: a folder of PDFs, a binary file, a bad JSONL row were passed over in silence
