@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from heavy.tools.extract import html_to_markdown
@@ -16,6 +16,11 @@ MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 TEXT_SUFFIXES = frozenset({".txt"})
 JSONL_SUFFIXES = frozenset({".jsonl"})
 SUPPORTED_SUFFIXES = HTML_SUFFIXES | MARKDOWN_SUFFIXES | TEXT_SUFFIXES | JSONL_SUFFIXES
+# a file's text longer than this is indexed as parts of it, each a page of its own: open_page shows 8,000 characters of
+# a page (ToolLimits.output_chars) less its header, so of an 11 MB lab log it read the first 8,000, and the rest,
+# though searched, could be neither read nor cited. JSONL rows are the user's own units, kept whole
+PART_CHARS = 6_000
+_PART_BREAKS = ("\n\n", "\n", " ")  # a part ends at a paragraph, else a line, else a word
 # a Markdown file's YAML front matter (Jekyll, Hugo, Obsidian, Pandoc): fenced by "---" lines at its very start
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)^(?:---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE)
 _TITLE_FIELD = re.compile(r"^title:[ \t]*(.*?)[ \t]*$\n?", re.MULTILINE)
@@ -72,10 +77,42 @@ def read_documents(path: Path) -> Iterator[Document]:
 
 def read_file(file: Path) -> Iterator[Document]:
     """The documents of one file; none from a binary one (a NUL byte in its text; in JSONL, a row not JSON)."""
-    suffix = file.suffix.lower()
-    if suffix in JSONL_SUFFIXES:
+    if file.suffix.lower() in JSONL_SUFFIXES:
         yield from _jsonl_documents(file)
         return
+    for document in _file_document(file):
+        yield from _parts(document)
+
+
+def _parts(document: Document) -> Iterator[Document]:
+    """`document`, or, longer than PART_CHARS, its parts, titled "(part k of n)"."""
+    if len(document.text) <= PART_CHARS:
+        yield document
+        return
+    parts = [part for part in _split(document.text, _PART_BREAKS) if part.strip()]
+    for number, part in enumerate(parts, start=1):
+        yield replace(document, title=f"{document.title} (part {number} of {len(parts)})", text=part.strip())
+
+
+def _split(text: str, breaks: tuple[str, ...]) -> list[str]:
+    """`text` cut into pieces of at most PART_CHARS at the first of `breaks` that makes them fit."""
+    if len(text) <= PART_CHARS:
+        return [text]
+    if not breaks:
+        return [text[start:start + PART_CHARS] for start in range(0, len(text), PART_CHARS)]
+    joint, parts, held, size = breaks[0], [], [], 0
+    for piece in text.split(joint):
+        for small in _split(piece, breaks[1:]):
+            if held and size + len(joint) + len(small) > PART_CHARS:
+                parts.append(joint.join(held))
+                held, size = [], 0
+            size += len(small) + (len(joint) if held else 0)
+            held.append(small)
+    return [*parts, joint.join(held)] if held else parts
+
+
+def _file_document(file: Path) -> Iterator[Document]:
+    suffix = file.suffix.lower()
     content = _decode(file.read_bytes())
     if "\x00" in content:
         return

@@ -9,9 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from heavy.corpus.commands import corpus_add, corpus_app
-from heavy.corpus.documents import CorpusFormatError, read_documents
+from heavy.corpus.documents import PART_CHARS, CorpusFormatError, read_documents
 from heavy.corpus.index import CorpusIndex
 from heavy.corpus.server import CorpusServer
+from heavy.toolbox import local_corpus_tools
+from heavy.tools.base import ToolContext
 
 
 def test_a_markdown_files_front_matter_names_it_and_its_fields_stay_searchable(tmp_path):
@@ -99,3 +101,22 @@ def test_a_large_files_page_closed_early_by_its_reader_prints_nothing(tmp_path, 
         while any(thread.name.endswith("(process_request_thread)") for thread in threading.enumerate()):
             time.sleep(0.01)  # the page's handler, meeting the closed connection
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.anyio
+async def test_a_large_file_is_indexed_in_parts_each_of_which_open_page_reads_whole(tmp_path):
+    # indexed whole, an 11 MB lab log was found by a search, but open_page showed its first 8,000 characters: the
+    # result at its end could be neither read nor cited
+    lines = "".join(f"run {n}: photon lattice detector band gap {n * 7 % 13}\n" for n in range(2000))
+    (tmp_path / "log.txt").write_text(f"Beam campaign log\n\n{lines}\nThe doped sample's band gap was 1.63 eV.\n")
+    index = tmp_path / "index.sqlite"
+    report = corpus_add(tmp_path / "log.txt", index)
+    parts = list(read_documents(tmp_path / "log.txt"))
+    assert report.added == len(parts) > 1 and all(len(part.text) <= PART_CHARS for part in parts)
+    assert "\n".join(part.text for part in parts).split() == (tmp_path / "log.txt").read_text().split()
+    with local_corpus_tools(index) as tools:
+        context = ToolContext(job_id="j", trajectory=0, allowed_tools=frozenset({"search", "open_page"}))
+        found = await tools.call("search", {"query": "doped sample band gap eV"}, context)
+        assert f"[1] Beam campaign log (part {len(parts)} of {len(parts)})" in found.text
+        page = await tools.call("open_page", {"url": found.sources[0].url}, context)
+    assert "The doped sample's band gap was 1.63 eV." in page.text and not page.truncated
