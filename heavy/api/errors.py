@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from heavy.api.models import ErrorBody
 from heavy.metrics import ERRORS
 from heavy.store import IdempotencyConflict, InvalidTransition, JobNotFound, QuotaExceeded, UnknownApiKey
 
@@ -34,6 +35,15 @@ STORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
 HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
               406: "not_acceptable", 409: "invalid_state", 413: "payload_too_large", 415: "unsupported_media_type",
               422: "invalid_request"}
+
+
+# Every /v1/jobs route reads the caller's key and the job store, and may be sent a body (the size limit holds for all)
+_EVERY_JOB_ROUTE = (401, 413, 422, 503)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """The OpenAPI `responses` of a /v1/jobs route's errors: those of every such route and `statuses`, all one shape."""
+    return {status: {"model": ErrorBody} for status in sorted({*_EVERY_JOB_ROUTE, *statuses})}
 
 
 def _is_json(media_type: str) -> bool:

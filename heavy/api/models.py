@@ -147,6 +147,11 @@ class JobList(BaseModel):
     limit: int
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    redis: str | None = Field(None, description="why the job store is unreachable")
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

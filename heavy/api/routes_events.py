@@ -7,12 +7,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from heavy.api.deps import ApiKeyDep, EventHubDep, StoreDep, TenantDep
+from heavy.api.errors import error_responses
 from heavy.api.event_hub import EventHub
-from heavy.api.routes_jobs import ERRORS, JobId
+from heavy.api.routes_jobs import JobId
 from heavy.metrics import SSE_FOLLOWERS
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
@@ -32,8 +33,9 @@ async def follow(hub: EventHub, job_id: str, after: int, api_key: str) -> AsyncI
         SSE_FOLLOWERS.dec()
 
 
-@router.get("/{job_id}/events", responses={**ERRORS, 200: {"content": {"text/event-stream": {}},
-                                                           "description": "Server-Sent Events"}})
+@router.get("/{job_id}/events", response_class=Response,  # no JSON: the stream is its only 200 content
+            responses={**error_responses(404), 200: {"content": {"text/event-stream": {}},
+                                                     "description": "Server-Sent Events"}})
 async def job_events(
     job_id: JobId, tenant: TenantDep, api_key: ApiKeyDep, store: StoreDep, hub: EventHubDep,
     last_event_id: Annotated[int | None, Header(ge=0, le=MAX_EVENT_ID)] = None,

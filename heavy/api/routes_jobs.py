@@ -9,7 +9,8 @@ from fastapi import APIRouter, BackgroundTasks, Header, HTTPException, Path, Que
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from heavy.api.deps import SettingsDep, StoreDep, TenantDep
-from heavy.api.models import ErrorBody, JobCreate, JobList, JobPublic, plan_for
+from heavy.api.errors import error_responses
+from heavy.api.models import JobCreate, JobList, JobPublic, plan_for
 from heavy.api.report_html import report_html
 from heavy.metrics import JOBS_SUBMITTED
 from heavy.store import JobRecord
@@ -19,14 +20,19 @@ from heavy.webhooks import deliver
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JobId = Annotated[str, Path(pattern="^[0-9a-f]{32}$", description="job id")]
-ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 409, 413, 422, 429)}
+SUBMITTED_HEADERS = {
+    "Location": {"description": "the job's URL", "required": True, "schema": {"type": "string"}},
+    "Idempotent-Replayed": {"description": "`true` when an earlier request with this Idempotency-Key made the job",
+                            "schema": {"type": "string", "enum": ["true"]}},
+}
 
 
 def public(job: JobRecord) -> JobPublic:
     return JobPublic(**job.public(), links=job.links())
 
 
-@router.post("", status_code=202, response_model=JobPublic, responses={**ERRORS, 415: {"model": ErrorBody}})
+@router.post("", status_code=202, response_model=JobPublic,
+             responses={**error_responses(400, 409, 415, 429), 202: {"headers": SUBMITTED_HEADERS}})
 async def submit_job(
     body: JobCreate, tenant: TenantDep, store: StoreDep, settings: SettingsDep, response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=128, pattern="^[ -~]+$")] = None,
@@ -51,7 +57,7 @@ async def submit_job(
     return public(job)
 
 
-@router.get("", response_model=JobList, responses=ERRORS)
+@router.get("", response_model=JobList, responses=error_responses())
 async def list_jobs(
     tenant: TenantDep, store: StoreDep,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0, limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -72,12 +78,12 @@ def _statuses(status: str | None) -> frozenset[str]:
     return frozenset(names)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
+@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
 async def get_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobPublic:
     return public(await store.jobs.get(job_id, tenant))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=error_responses(404, 409))
 async def cancel_job(job_id: JobId, tenant: TenantDep, store: StoreDep, settings: SettingsDep,
                      background: BackgroundTasks) -> JobPublic:
     """Cancel: a queued job at once, a running one within a second (no report is written)."""
@@ -87,7 +93,7 @@ async def cancel_job(job_id: JobId, tenant: TenantDep, store: StoreDep, settings
     return public(job)
 
 
-@router.delete("/{job_id}", status_code=204, response_class=Response, responses=ERRORS)
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=error_responses(404, 409))
 async def delete_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> Response:
     """Delete an ended job with its events, checkpoints and report (409 while it is active: cancel it first).
     Ended jobs are also deleted `HEAVY_JOB_RETENTION_S` after they ended (30 days by default)."""
@@ -95,20 +101,20 @@ async def delete_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> Respo
     return Response(status_code=204)
 
 
-@router.post("/{job_id}/finish", response_model=JobPublic, responses=ERRORS)
+@router.post("/{job_id}/finish", response_model=JobPublic, responses=error_responses(404, 409))
 async def finish_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobPublic:
     """Stop the trajectories now and aggregate what they found (a partial report)."""
     return public(await store.jobs.finish_now(job_id, tenant))
 
 
-@router.post("/{job_id}/approve", response_model=JobPublic, responses=ERRORS)
+@router.post("/{job_id}/approve", response_model=JobPublic, responses=error_responses(404, 409, 429))
 async def approve_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobPublic:
     """Run a job that waits in `awaiting_approval`."""
     return public(await store.jobs.approve(job_id, tenant))
 
 
 @router.get(
-    "/{job_id}/report", responses={**ERRORS, 406: {"model": ErrorBody}, 200: {
+    "/{job_id}/report", responses={**error_responses(404, 406, 409), 200: {
         "content": {"application/json": {}, "text/markdown": {}, "text/html": {}},
         "description": "the report: JSON (answer, agreement, sources, trajectories), Markdown, or the Markdown as an "
                        "HTML fragment (citations linked to their sources), by Accept"}},

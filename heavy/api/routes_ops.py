@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from heavy.api.deps import StoreDep
+from heavy.api.models import Readiness
 from heavy.metrics import QUEUE_DEPTH, QUEUE_PENDING
 
 router = APIRouter(tags=["ops"])
@@ -19,7 +20,8 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "the job store is unreachable"}})
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "the job store is unreachable"}})
 async def readyz(store: StoreDep) -> JSONResponse:
     """Ready to take jobs: the job store answers."""
     try:
