@@ -37,12 +37,17 @@ from runtime.server.fanout import choice_params, interleaved, run_all
 from runtime.server.forced_calls import calls_before, forced_call
 from runtime.server.metrics import MeteredEngine
 from runtime.server.protocol import ApiError, ChatCompletionRequest, CompletionRequest
+from runtime.server.responses import REFUSALS, ServerStatus
 from runtime.server.tokenize import add_token_routes
 from runtime.structured import StructuredOutputError
 
 OWNER = "heavy"
 DONE = "[DONE]"
 CLIENT_CLOSED = 499  # nginx's status for a request whose client hung up (nobody reads it; the access log does)
+
+STREAMED = {200: {"content": {"text/event-stream": {}},  # beside the JSON of a whole answer, in /openapi.json
+                  "description": "the completion; with `stream`: Server-Sent Events of its chunks, then [DONE]"}}
+UNAVAILABLE = {503: {"model": ServerStatus, "description": "unavailable, with the reason"}}
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -108,17 +113,17 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
 
-    @app.get("/health")
+    @app.get("/health", response_model=ServerStatus, responses=UNAVAILABLE)
     async def health() -> JSONResponse:
         """Liveness: 503 when only a restart helps (the engine loop died; the router actor is gone)."""
         return _status(await engine.dead())
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics() -> Response:
         await engine.refresh()
         return Response(generate_latest(engine.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/ready")
+    @app.get("/ready", response_model=ServerStatus, responses=UNAVAILABLE)
     async def ready() -> JSONResponse:
         """Readiness: 503 also while nothing can be served for now (no replica up: a rank restarting, which may
         take minutes on a large model and must not restart the server)."""
@@ -147,7 +152,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         except StructuredOutputError as exc:
             raise ApiError(str(exc), param=request.structured_param or "tools") from exc  # else: a forced call's
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses={**REFUSALS, **STREAMED})
     @cancelled_on_disconnect
     async def completions(request: CompletionRequest, raw: Request):
         check_model(request)
@@ -167,7 +172,7 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         return completions_api.body(cid, created, model_name, [c.entry(c.text) for c in returned],
                                     usage=completions_api.usage(choices))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses={**REFUSALS, **STREAMED})
     @cancelled_on_disconnect
     async def chat_completions(request: ChatCompletionRequest, raw: Request):
         check_model(request)

@@ -12,11 +12,12 @@ from fastapi import FastAPI
 
 from runtime.server.chat import chat_prompt_ids, tool_plan
 from runtime.server.protocol import DetokenizeRequest, TokenizeRequest, token_ids_in_vocabulary
+from runtime.server.responses import REFUSALS
 
 
 def add_token_routes(app: FastAPI, tokenizer, max_model_len: Callable[[], int],
                      check_model: Callable[[Any], None]) -> None:
-    @app.post("/tokenize")
+    @app.post("/tokenize", responses=REFUSALS)
     async def tokenize(request: TokenizeRequest) -> dict[str, Any]:
         check_model(request)
         chat = request.chat()
@@ -26,7 +27,7 @@ def add_token_routes(app: FastAPI, tokenizer, max_model_len: Callable[[], int],
             ids = await chat_prompt_ids(chat, tool_plan(chat), tokenizer)
         return {"count": len(ids), "max_model_len": max_model_len(), "tokens": ids}
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", responses=REFUSALS)
     async def detokenize(request: DetokenizeRequest) -> dict[str, str]:
         check_model(request)
         return {"prompt": tokenizer.decode(token_ids_in_vocabulary(request.tokens, tokenizer.vocab_size, "tokens"))}
