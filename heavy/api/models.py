@@ -152,10 +152,16 @@ class Readiness(BaseModel):
     redis: str | None = Field(None, description="why the job store is unreachable")
 
 
+class InvalidField(BaseModel):
+    loc: list[str | int] = Field(description="where: body, query, path or header, then the field's path")
+    msg: str
+    type: str
+
+
 class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    details: Any = None
+    code: str = Field(description="not_found, unauthorized, invalid_request, quota_exceeded, ... for a program")
+    message: str = Field(description="for a person")
+    details: list[InvalidField] | None = Field(None, description="every invalid part of a request refused with 422")
 
 
 class ErrorBody(BaseModel):

@@ -98,6 +98,11 @@ async def test_every_documented_operation_answers_as_documented(service, store):
                 assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
 
         assert {(method, template) for method, template, _ in contract.seen} == contract.operations()
+        error_schemas = {json.dumps(response["content"]["application/json"]["schema"])
+                         for path, item in contract.spec["paths"].items() if path.startswith(JOBS)
+                         for operation in item.values()
+                         for status, response in operation["responses"].items() if int(status) >= 400}
+        assert error_schemas == {'{"$ref": "#/components/schemas/ErrorBody"}'}  # one error shape everywhere
         assert not contract.unseen_success_media()
 
 
