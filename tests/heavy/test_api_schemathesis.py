@@ -1,5 +1,6 @@
 """Property-based requests from the OpenAPI spec (schemathesis, bounded examples) against the API served by uvicorn
-over real Redis: whatever the input, no 5xx response."""
+over real Redis: whatever the input, no 5xx response, and the response as the spec documents it (status, content
+type, headers, body schema)."""
 
 import asyncio
 import subprocess
@@ -11,7 +12,13 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from heavy.store import Keys, Store
 from tests.heavy.worker_helpers import WORKER_SETTINGS
@@ -67,5 +74,6 @@ def test_no_server_errors(api_schema, api_server):
                   suppress_health_check=list(HealthCheck))
         def no_5xx(case):
             case.call_and_validate(base_url=base, headers={"Authorization": f"Bearer {key}"},
-                                   checks=[not_a_server_error], timeout=10)
+                                   checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                           response_schema_conformance, response_headers_conformance], timeout=10)
         no_5xx()
