@@ -147,6 +147,47 @@ class JobList(BaseModel):
     limit: int
 
 
+class ReportSource(BaseModel):
+    n: int = Field(description="its number, as the report cites it: [n]")
+    url: str
+    title: str
+    fetched_at: float
+    content_hash: str = Field(description="sha256 of the text read")
+
+
+class ReportTokens(BaseModel):
+    prompt: int
+    cached_prompt: int
+    completion: int
+    total: int
+
+
+class Report(BaseModel):
+    """A job's result beside its Markdown (heavy/aggregate/result.py writes it). Fields added since are optional:
+    reports stored before them lack them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str
+    question: str
+    mode: str
+    status: str = Field(description="done or partial")
+    partial: bool
+    stop_reason: str
+    answer: str
+    agreement: float = Field(description="the share of trajectories that gave the answer")
+    votes: dict[str, int]
+    reads: dict[str, str] = Field({}, description="answer mode: the judge's reading of each trajectory's pages")
+    more_reads: list[str] = Field([], description="answer mode: its readings in further orders")
+    sources: list[ReportSource]
+    trajectories: list[dict[str, Any]]
+    dropped_claims: list[str] = Field(description="report mode: the claims the checks took out")
+    refuted_claims: list[str] = Field([], description="those of them the model's claim check refuted")
+    tokens: ReportTokens
+    cost_usd: float
+    markdown: str
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     redis: str | None = Field(None, description="why the job store is unreachable")

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from heavy.api.deps import SettingsDep, StoreDep, TenantDep
 from heavy.api.errors import error_responses
-from heavy.api.models import JobCreate, JobList, JobPublic, plan_for
+from heavy.api.models import JobCreate, JobList, JobPublic, Report, plan_for
 from heavy.api.report_html import report_html
 from heavy.metrics import JOBS_SUBMITTED
 from heavy.store import JobRecord
@@ -114,8 +114,8 @@ async def approve_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobP
 
 
 @router.get(
-    "/{job_id}/report", responses={**error_responses(404, 406, 409), 200: {
-        "content": {"application/json": {}, "text/markdown": {}, "text/html": {}},
+    "/{job_id}/report", response_model=Report, responses={**error_responses(404, 406, 409), 200: {
+        "content": {"text/markdown": {}, "text/html": {}},
         "description": "the report: JSON (answer, agreement, sources, trajectories), Markdown, or the Markdown as an "
                        "HTML fragment (citations linked to their sources), by Accept"}},
 )

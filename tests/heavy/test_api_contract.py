@@ -70,7 +70,7 @@ async def test_every_documented_operation_answers_as_documented(service, store):
         service.model_gate.clear()
         running = [(await call("POST", JOBS, json=JOB)).json()["id"] for _ in range(3)]
         assert (await call("POST", JOBS, json=JOB)).status_code == 429
-        held = (await call("POST", JOBS, json={**JOB, "review": True})).json()["id"]
+        held = (await call("POST", JOBS, json={**JOB, "review": True, "mode": "answer"})).json()["id"]
         assert (await call("POST", f"{JOB_PATH}/approve", held)).status_code == 429
         assert (await call("GET", f"{JOB_PATH}/report", running[0])).status_code == 409
         assert (await call("DELETE", JOB_PATH, running[0])).status_code == 409
@@ -80,8 +80,10 @@ async def test_every_documented_operation_answers_as_documented(service, store):
             assert (await call("POST", f"{JOB_PATH}/cancel", job_id)).status_code == 200
         service.model_gate.set()  # the finished job's report pass goes through the model too
         await wait_for(lambda: _all_ended(store, running), timeout_s=60)
+        assert (await call("GET", f"{JOB_PATH}/report", running[0])).json()["partial"]
         assert (await call("POST", f"{JOB_PATH}/approve", held)).status_code == 200
         await wait_for(lambda: ended(store, held), timeout_s=60)
+        assert (await call("GET", f"{JOB_PATH}/report", held)).json()["mode"] == "answer"
 
         # read, list, delete
         assert (await call("GET", JOB_PATH, done_id)).status_code == 200
