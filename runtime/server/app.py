@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.engine.async_engine import HANG_TIMEOUT_S, AsyncEngine
 from runtime.engine.llm_engine import LLMEngine, RequestError
@@ -102,6 +103,16 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     @app.exception_handler(Exception)
     async def _failed(_: Request, exc: Exception) -> JSONResponse:  # still logged with its traceback
         return JSONResponse(ApiError(str(exc), status=500, error_type="server_error").body(), status_code=500)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own refusals (a body that is no UTF-8, a route or method not served) in the OpenAI error shape,
+        as OpenAI answers them, not as {"detail": ...}."""
+        message = str(exc.detail)
+        if message == "There was an error parsing the body":  # FastAPI's words for bytes that are no UTF-8 JSON
+            message = "the body is not valid JSON: it must be UTF-8 text"
+        return JSONResponse(ApiError(message, status=exc.status_code).body(), status_code=exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
