@@ -9,6 +9,8 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.types import Scope
 
 from heavy.api import routes_events, routes_jobs, routes_ops
 from heavy.api.docs import install_docs
@@ -54,5 +56,19 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(routes_ops.router)
     install_docs(app)  # before the dashboard, whose mount at / takes every path left
     if DASHBOARD.is_dir():
-        app.mount("/", StaticFiles(directory=DASHBOARD, html=True), name="dashboard")
+        app.router.routes.append(DashboardMount(app.router.routes))
     return app
+
+
+class DashboardMount(Mount):
+    """The dashboard's files at /, on every path the API leaves. Not on one an API route serves by other methods
+    (`GET .../cancel`, `PUT /v1/jobs`): that is the router's 405 naming them in Allow, not a missing file's 404."""
+
+    def __init__(self, routes: list[BaseRoute]) -> None:
+        super().__init__("/", app=StaticFiles(directory=DASHBOARD, html=True), name="dashboard")
+        self.routes_before = routes
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if any(route is not self and route.matches(scope)[0] is Match.PARTIAL for route in self.routes_before):
+            return Match.NONE, {}
+        return super().matches(scope)

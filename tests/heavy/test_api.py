@@ -63,7 +63,7 @@ async def test_ops_endpoints_and_openapi(app, acme):
         await acme.request(f"MADEUP{n}", "/v1/jobs")
     metrics = (await acme.get("/metrics")).text
     assert "MADEUP" not in metrics
-    assert 'heavy_api_requests_total{method="other",route="unmatched",status="405"} 3.0' in metrics
+    assert 'heavy_api_requests_total{method="other",route="/v1/jobs",status="405"} 3.0' in metrics
     spec = (await acme.get("/openapi.json")).json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/report"} <= set(spec["paths"])
     assert (await acme.get("/docs")).status_code == 200
@@ -154,6 +154,12 @@ async def test_malformed_json_bad_ids_and_unknown_routes(acme):
     assert_error(await acme.get("/v1/jobs/not-a-job-id"), 422, "invalid_request")
     assert_error(await acme.get("/v1/jobs/" + "0" * 32), 404, "not_found")
     assert_error(await acme.delete("/v1/jobs"), 405, "method_not_allowed")
+    # a path the API serves by other methods is its 405 naming them, not the dashboard's missing file
+    for method, path, allowed in [("GET", f"/v1/jobs/{'0' * 32}/cancel", "POST"), ("HEAD", "/healthz", "GET")]:
+        response = await acme.request(method, path)
+        assert (response.status_code, response.headers["allow"]) == (405, allowed), (method, path)
+    assert_error(await acme.get(f"/v1/jobs/{'0' * 32}/approve"), 405, "method_not_allowed")
+    assert (await acme.get("/")).headers["content-type"].startswith("text/html")  # the dashboard, still at /
 
 
 async def test_a_body_not_sent_as_json_is_415_saying_what_to_send(acme):
