@@ -9,7 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
+from heavy.api.middleware import KNOWN_METHODS
 from heavy.api.models import ErrorBody
 from heavy.metrics import ERRORS
 from heavy.store import IdempotencyConflict, InvalidTransition, JobNotFound, QuotaExceeded, UnknownApiKey
@@ -50,6 +52,13 @@ def _is_json(media_type: str) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
 
 
+def _methods_served(request: Request) -> list[str]:
+    """Every method a route of the app answers on the request's path (mounted files aside)."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    return [method for method in sorted(KNOWN_METHODS)
+            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     for exc_type, (status, code) in STORE_ERRORS.items():
         def handler(request: Request, exc: Exception, status: int = status, code: str = code) -> JSONResponse:
@@ -78,7 +87,10 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if message == "There was an error parsing the body":  # FastAPI's words for bytes that are no UTF-8 JSON
             message = "the body could not be read as JSON (it must be UTF-8 text)"
-        return error_response(exc.status_code, code, message, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # the router names the methods of the first route on the path, not all of them
+            headers = {**(headers or {}), "Allow": ", ".join(_methods_served(request))}
+        return error_response(exc.status_code, code, message, headers=headers)
 
     @app.exception_handler(RedisError)
     async def store_down(request: Request, exc: RedisError) -> JSONResponse:

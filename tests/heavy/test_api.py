@@ -154,8 +154,9 @@ async def test_malformed_json_bad_ids_and_unknown_routes(acme):
     assert_error(await acme.get("/v1/jobs/not-a-job-id"), 422, "invalid_request")
     assert_error(await acme.get("/v1/jobs/" + "0" * 32), 404, "not_found")
     assert_error(await acme.delete("/v1/jobs"), 405, "method_not_allowed")
-    # a path the API serves by other methods is its 405 naming them, not the dashboard's missing file
-    for method, path, allowed in [("GET", f"/v1/jobs/{'0' * 32}/cancel", "POST"), ("HEAD", "/healthz", "GET")]:
+    # a path the API serves by other methods is its 405 naming them all, not the dashboard's missing file
+    for method, path, allowed in [("GET", f"/v1/jobs/{'0' * 32}/cancel", "POST"), ("HEAD", "/healthz", "GET"),
+                                  ("PUT", "/v1/jobs", "GET, POST"), ("POST", f"/v1/jobs/{'0' * 32}", "DELETE, GET")]:
         response = await acme.request(method, path)
         assert (response.status_code, response.headers["allow"]) == (405, allowed), (method, path)
     assert_error(await acme.get(f"/v1/jobs/{'0' * 32}/approve"), 405, "method_not_allowed")
