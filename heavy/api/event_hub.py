@@ -8,11 +8,14 @@ jobs followed (a dashboard of many running jobs, many users each watching their 
 the pool again. Here one task reads the streams of every followed job in one blocking XREAD (one connection per
 process; on a cluster the store's keys share one slot, so the multi-key read is legal there too), hands each job's
 batch to all of its followers, and checks their keys (one round trip for all of them) and the quiet jobs' ends (one
-more) once per BLOCK_MS; a follower only reads its own backlog, without blocking."""
+more) once per BLOCK_MS; a follower only reads its own backlog, without blocking. A job followed while the read
+waits is not in it: the read also names a wake stream of the hub's own, and an entry there ends it, so it is issued
+again with the job (cancelling it instead would close its connection, a reconnect per job followed)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -47,7 +50,10 @@ class EventHub:
         self.store = store
         self._readers: dict[str, _JobReader] = {}  # the followed jobs
         self._loop: asyncio.Task | None = None  # reading them all, while there are any
-        self._read: asyncio.Task | None = None  # its blocking read in flight, cancelled to add a new job to it
+        self._wake = store.jobs.wake_stream()  # named in its read too: rung to end the read early
+        self._waiting = False  # the loop's read is in flight: a job followed now is not in it
+        self._woken = False  # that read was rung already
+        self._rings: set[asyncio.Task] = set()
 
     async def follow(self, job_id: str, after: int, api_key: str) -> AsyncIterator[dict[str, Any]]:
         """The job's events after `after`, oldest first, live until its terminal event, until it has ended or
@@ -86,10 +92,19 @@ class EventHub:
             SSE_READERS.inc()
             if self._loop is None:
                 self._loop = asyncio.create_task(self._run(), name="event hub")
-            elif self._read is not None:  # its read does not include the new job: read again, with it
-                self._read.cancel()
+            elif self._waiting and not self._woken:  # its read does not include the new job: read again, with it
+                self._woken = True
+                ring = asyncio.create_task(self._ring())
+                self._rings.add(ring)
+                ring.add_done_callback(self._rings.discard)
         reader.after = min(reader.after, after)
         return reader
+
+    async def _ring(self) -> None:
+        """End the loop's read through its wake stream, not by cancelling it: redis-py closes the connection of a
+        cancelled command, and each job followed would cost a reconnect (TCP, HELLO, AUTH, a Sentinel lookup)."""
+        with contextlib.suppress(Exception):  # Redis failing: the read fails too, or returns by itself in BLOCK_MS
+            await self.store.jobs.wake(self._wake)
 
     def _end(self, job_id: str, end: Delivery = None) -> None:
         reader = self._readers.pop(job_id)
@@ -122,18 +137,14 @@ class EventHub:
                 await self._check(new, keys=False)  # their keys were just checked by their requests
             if not self._readers:
                 return
-            read = self._read = asyncio.create_task(self.store.jobs.read_events_of(
-                {job_id: reader.after for job_id, reader in self._readers.items()}, block_ms=BLOCK_MS))
+            self._waiting, self._woken = True, False
             try:
-                await asyncio.wait([read])  # not the read itself: cancelling it must not cancel the loop
-            except asyncio.CancelledError:  # the loop is (the process stops)
-                read.cancel()
-                raise
+                batches = await self.store.jobs.read_events_of(
+                    {job_id: reader.after for job_id, reader in self._readers.items()}, block_ms=BLOCK_MS,
+                    wake=self._wake)
             finally:
-                self._read = None
-            if read.cancelled():  # a job was added to the followed ones
-                continue
-            for job_id, events in read.result().items():
+                self._waiting = False
+            for job_id, events in batches.items():
                 if (reader := self._readers.get(job_id)) is None:
                     continue
                 reader.after, reader.quiet = events[-1]["seq"], False

@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from heavy.store import scripts
@@ -32,6 +33,17 @@ from heavy.store.records import (
 IDEMPOTENCY_TTL_S = 24 * 3600
 READ_BATCH = 500
 RECHECK_S = 60  # how far back the newest jobs are checked to be on their status sets again (scripts.UNINDEXED)
+WAKE_TTL_S = 3600  # a wake stream outlives its last use by this long (its process may have stopped)
+
+
+@dataclass(eq=False)
+class Wake:
+    """A stream that a blocking read of job events names beside the jobs' (read_events_of), so that another task of
+    its process can end that read early (JobStore.wake) with an entry instead of cancelling it: redis-py closes a
+    connection whose command was cancelled, and the next read would reconnect."""
+
+    key: str
+    seen: str = "0-0"  # its last entry a read returned: a read from there returns at once if it was woken since
 
 
 def _quota_exceeded(tenant: str, limit: str) -> QuotaExceeded:
@@ -380,14 +392,33 @@ class JobStore:
             rows = reply[0][1] if reply else []
         return [_event_of(fields) for _, fields in rows]
 
-    async def read_events_of(self, afters: dict[str, int], *, count: int = READ_BATCH,
-                             block_ms: int) -> dict[str, list[dict[str, Any]]]:
+    async def read_events_of(self, afters: dict[str, int], *, count: int = READ_BATCH, block_ms: int,
+                             wake: Wake | None = None) -> dict[str, list[dict[str, Any]]]:
         """Events of several jobs in one blocking read: for each job id in `afters` that has any, those with seq
-        greater than its `afters` entry, oldest first (as read_events); waits up to `block_ms` for one."""
+        greater than its `afters` entry, oldest first (as read_events); waits up to `block_ms` for one, or (with
+        `wake`) until woken, maybe with none."""
         job_of = {self.keys.events(job_id): job_id for job_id in afters}
-        reply = await self.redis.xread({key: f"0-{afters[job_id]}" for key, job_id in job_of.items()},
-                                       count=count, block=block_ms)
-        return {job_of[key]: [_event_of(fields) for _, fields in rows] for key, rows in reply or []}
+        streams = {key: f"0-{afters[job_id]}" for key, job_id in job_of.items()}
+        if wake is not None:
+            streams[wake.key] = wake.seen
+        batches = {}
+        for key, rows in await self.redis.xread(streams, count=count, block=block_ms) or []:
+            if key in job_of:
+                batches[job_of[key]] = [_event_of(fields) for _, fields in rows]
+            else:
+                wake.seen = rows[-1][0]
+        return batches
+
+    def wake_stream(self) -> Wake:
+        """A new wake stream, of this process alone."""
+        return Wake(self.keys.wake(uuid.uuid4().hex))
+
+    async def wake(self, wake: Wake) -> None:
+        """End the read_events_of waiting on `wake` now (or the next one at once, when none waits)."""
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip; one slot on a cluster
+            pipe.xadd(wake.key, {"wake": 1}, maxlen=1, approximate=False)
+            pipe.expire(wake.key, WAKE_TTL_S)
+            await pipe.execute()
 
     async def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
         """The jobs in one round trip, None for each one absent."""

@@ -107,6 +107,11 @@ class Keys:
     def apikey(self, digest: str) -> str:
         return f"{self.prefix}apikey:{digest}"
 
+    def wake(self, name: str) -> str:
+        """A stream of one process's own that its blocking read of job events names too, to be ended early by it
+        (JobStore.wake)."""
+        return f"{self.prefix}wake:{name}"
+
     @property
     def pages(self) -> str:
         """What the page cache's keys begin with."""

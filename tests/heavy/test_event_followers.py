@@ -114,3 +114,41 @@ async def test_a_hundred_and_fifty_jobs_each_followed_share_one_blocking_read_an
     assert [outcome for outcome in outcomes if outcome is not None] == []
     assert [[event["id"] for event in events] for events in received] == [[1, 2, 3]] * JOBS
     assert all(events[-1]["type"] == "report_ready" for events in received)
+
+
+ONE_AFTER_ANOTHER = 20  # jobs followed one at a time, each while the hub's read blocks
+
+
+async def connections_opened(store) -> int:
+    """How many connections the Redis server has accepted since it started."""
+    return (await store.redis.info("stats"))["total_connections_received"]
+
+
+async def test_jobs_followed_one_after_another_while_the_read_blocks_cost_no_new_connection_each(api_alone, store):
+    # a job followed while the hub's blocking read waits is not in that read: the hub cancelled it to read again with
+    # the job, and redis-py closes a connection whose command was cancelled, so each job a dashboard opened or each
+    # user arriving cost a reconnect (TCP, HELLO; AUTH and a Sentinel lookup in a deployment)
+    followers, received = [], []
+    opened_after_the_first = 0
+    for n in range(ONE_AFTER_ANOTHER):
+        key = await store.tenants.create_key(f"user{n}")
+        job, _ = await store.jobs.submit(f"user{n}", question="q", mode="report", params={"trajectories": 1})
+        await store.jobs.update(job.id, status=RUNNING)
+        await store.jobs.append_event(job.id, {"type": "job_started", "job_id": job.id})
+        events: list[dict] = []
+        received.append((job.id, events))
+        followers.append(asyncio.create_task(follow_sse(f"{api_alone}/v1/jobs/{job.id}/events",
+                                                        {"Authorization": f"Bearer {key.secret}"}, events)))
+        await wait_for(lambda events=events: asyncio.sleep(0, result=len(events) == 1))  # its backlog
+        await store.jobs.append_event(job.id, {"type": "trajectory_step", "trajectory": 0, "step": 1})
+        await wait_for(lambda events=events: asyncio.sleep(0, result=len(events) == 2))  # live: the hub reads it
+        await wait_for(lambda: blocked_event_reads(store))  # and waits again, on every job so far, when the next comes
+        if n == 0:  # the API's pool has the connections its requests and the read take
+            opened_after_the_first = await connections_opened(store)
+    assert await connections_opened(store) - opened_after_the_first <= 2  # not one per job
+
+    for job_id, _ in received:
+        await store.jobs.finish(await store.jobs.get(job_id), DONE, event={"type": "report_ready", "job_id": job_id})
+    outcomes = await asyncio.gather(*followers, return_exceptions=True)
+    assert [outcome for outcome in outcomes if outcome is not None] == []
+    assert [[event["id"] for event in events] for _, events in received] == [[1, 2, 3]] * ONE_AFTER_ANOTHER

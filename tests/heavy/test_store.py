@@ -333,6 +333,23 @@ async def test_a_blocking_reader_wakes_on_the_next_event(store):
     assert [e["type"] for e in await reader] == ["job_started"]
 
 
+async def test_a_read_of_several_jobs_ends_when_woken_even_before_it_began_and_only_once(store):
+    # the event hub adds a job to its read by ending it through its wake stream, not by cancelling it
+    afters = {(await submit(store)).id: 0 for _ in range(2)}
+    wake = store.jobs.wake_stream()
+    await store.jobs.wake(wake)  # woken before it began: it returns at once all the same
+    assert await store.jobs.read_events_of(afters, block_ms=60_000, wake=wake) == {}
+    reading = asyncio.create_task(store.jobs.read_events_of(afters, block_ms=60_000, wake=wake))
+    await asyncio.sleep(0.05)
+    await store.jobs.wake(wake)
+    assert await asyncio.wait_for(reading, 10) == {}
+    assert 0 < await store.redis.ttl(wake.key) <= jobs_module.WAKE_TTL_S  # a stopped process's goes away
+    job_id = list(afters)[1]
+    await store.jobs.append_event(job_id, {"type": "job_started"})
+    batches = await asyncio.wait_for(store.jobs.read_events_of(afters, block_ms=60_000, wake=wake), 10)
+    assert {job: [event["type"] for event in events] for job, events in batches.items()} == {job_id: ["job_started"]}
+
+
 async def test_checkpoints_and_report_round_trip(store):
     job = await submit(store)
     await store.jobs.save_checkpoint(job.id, 1, {"kind": "state", "steps": [1, 2]})

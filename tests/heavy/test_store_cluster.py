@@ -55,7 +55,7 @@ def test_on_a_cluster_every_key_of_the_store_is_in_one_slot_and_elsewhere_names_
              tagged.awaiting, tagged.idempotency("acme", "{key}"), tagged.tenant("acme"), tagged.tenant_jobs("acme"),
              tagged.tenant_active("acme"), tagged.tenant_held("acme"), tagged.tenant_keys("acme"), tagged.tenants,
              tagged.apikey("ab12"), *tagged.tenant_status_indexes("acme"), tagged.tenant_expiring("acme"),
-             tagged.tenant_checked("acme")]
+             tagged.tenant_checked("acme"), tagged.wake("0a1b")]
     assert {key_slot(name.encode()) for name in names} == {key_slot(b"heavy")}
 
 
