@@ -1,8 +1,9 @@
 """API benchmark on loopback with a real redis-server: submit + status latency at increasing request rates
 (open loop: requests are sent on a fixed schedule whatever the latency), then one job's event stream to N
 concurrent SSE followers for each N given, and J jobs' streams each to one follower for each J given, side by
-side: events/s delivered, delivery latency and the Redis connections it took (the most at once, and the most
-waiting in a blocking XREAD). Prints p50/p99 latency and achieved throughput. With `--baseline DIR` the SSE cases
+side: events/s delivered, delivery latency, the Redis connections it took (the most at once, the most waiting in a
+blocking XREAD, and how many were opened) and what reading the events cost (XREADs, Redis's time in them, the API
+process's CPU time). Prints p50/p99 latency and achieved throughput. With `--baseline DIR` the SSE cases
 run first against an API from the code in DIR (e.g. `git archive main | tar -x -C DIR`), then this checkout's.
 
     python scripts/bench_api.py [--rates 50,100,200] [--seconds 5] [--followers 10,300] [--events 200]
@@ -89,6 +90,20 @@ async def redis_usage(store: Store, peaks: dict[str, int], stop: asyncio.Event) 
         await asyncio.sleep(0.05)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process `pid` has used so far, from Linux's /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()  # from the 3rd field on: utime and stime are the 14th, 15th
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def redis_counters(store: Store) -> tuple[int, int, int]:
+    """(connections accepted, XREADs run, microseconds spent in them) since the server started."""
+    stats, commands = await store.redis.info("stats"), await store.redis.info("commandstats")
+    xread = commands.get("cmdstat_xread", {"calls": 0, "usec": 0})
+    return stats["total_connections_received"], xread["calls"], xread["usec"]
+
+
 async def open_streams(client: httpx.AsyncClient) -> float:
     for line in (await client.get("/metrics")).text.splitlines():
         if line.startswith("heavy_sse_followers "):
@@ -96,10 +111,11 @@ async def open_streams(client: httpx.AsyncClient) -> float:
     return 0.0
 
 
-async def sse_step(client: httpx.AsyncClient, store: Store, jobs: int, per_job: int, events: int) -> dict[str, float]:
+async def sse_step(client: httpx.AsyncClient, store: Store, api_pid: int, jobs: int, per_job: int,
+                   events: int) -> dict[str, float]:
     """`per_job` clients follow each of `jobs` jobs; once they all wait, `events` events are written at once to
     each job (in turns). What they received, how fast, and what it took of Redis (the API process's connections,
-    and the bench's own few)."""
+    and the bench's own few) and of the API process while the events were written and read."""
     job_ids = []
     for _ in range(jobs):
         submitted = await client.post("/v1/jobs", json=QUESTION)
@@ -126,6 +142,7 @@ async def sse_step(client: httpx.AsyncClient, store: Store, jobs: int, per_job: 
             failures.append(type(exc).__name__)
         counts.append(seen)
 
+    opened_before, _, _ = await redis_counters(store)
     peaks = {"connections": 0, "blocked_reads": 0}
     stop = asyncio.Event()
     sampler = asyncio.create_task(redis_usage(store, peaks, stop))
@@ -135,6 +152,8 @@ async def sse_step(client: httpx.AsyncClient, store: Store, jobs: int, per_job: 
             break
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.5)  # a read's worth of waiting on the job, for the sampler
+    _, xreads_before, xread_us_before = await redis_counters(store)
+    cpu_before = cpu_seconds(api_pid)
     started = time.perf_counter()
     for i in range(events):
         for job_id in job_ids:
@@ -143,12 +162,16 @@ async def sse_step(client: httpx.AsyncClient, store: Store, jobs: int, per_job: 
                                                    "ts": time.time()})
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
     elapsed = time.perf_counter() - started
+    api_cpu_s = cpu_seconds(api_pid) - cpu_before
     stop.set()
     await sampler
+    opened, xreads, xread_us = await redis_counters(store)
     return {"case": f"{jobs}x{per_job}", "complete": sum(c == events for c in counts), "errors": len(failures),
             "events/s delivered": sum(counts) / elapsed, "delivery p50 ms": percentile(delays, .5),
             "delivery p99 ms": percentile(delays, .99), "peak Redis connections": peaks["connections"],
-            "peak blocking XREADs": peaks["blocked_reads"]}
+            "peak blocking XREADs": peaks["blocked_reads"], "Redis conns opened": opened - opened_before,
+            "XREADs (events phase)": xreads - xreads_before, "Redis ms in XREADs": (xread_us - xread_us_before) / 1000,
+            "API CPU ms": api_cpu_s * 1000}
 
 
 def print_side_by_side(results: list[dict[str, float | str]], title: str) -> None:
@@ -160,7 +183,7 @@ def print_side_by_side(results: list[dict[str, float | str]], title: str) -> Non
         print(f"{name:>24}{cells}", flush=True)
 
 
-async def run(args: argparse.Namespace, redis_url: str, base: str, title: str) -> None:
+async def run(args: argparse.Namespace, redis_url: str, base: str, title: str, api_pid: int) -> None:
     store = Store.connect(redis_url)
     await store.tenants.set_limits("bench", max_jobs=10**9, max_tokens=10**15)  # jobs reserve tokens
     key = (await store.tenants.create_key("bench", "bench_api")).secret
@@ -178,8 +201,8 @@ async def run(args: argparse.Namespace, redis_url: str, base: str, title: str) -
             await load_step(client, 20, 1.0)  # warm-up, not reported separately
             for rate in args.rates:
                 await load_step(client, rate, args.seconds)
-        results = [await sse_step(client, store, 1, followers, args.events) for followers in args.followers]
-        results += [await sse_step(client, store, jobs, 1, args.job_events) for jobs in args.jobs]
+        results = [await sse_step(client, store, api_pid, 1, followers, args.events) for followers in args.followers]
+        results += [await sse_step(client, store, api_pid, jobs, 1, args.job_events) for jobs in args.jobs]
         if results:
             print_side_by_side(results, title)
     await store.aclose()
@@ -210,7 +233,7 @@ def main() -> None:
                                     "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env,
                                    cwd=source)
             try:
-                asyncio.run(run(args, redis.url, f"http://127.0.0.1:{port}", title))
+                asyncio.run(run(args, redis.url, f"http://127.0.0.1:{port}", title, api.pid))
             finally:
                 api.terminate()
                 api.wait()
