@@ -11,8 +11,8 @@ API_REQUESTS = Counter("heavy_api_requests_total", "API requests", ["method", "r
 API_LATENCY = Histogram("heavy_api_request_seconds", "API request latency", ["route"],
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 SSE_FOLLOWERS = Gauge("heavy_sse_followers", "Open event streams")
-SSE_READERS = Gauge("heavy_sse_readers", "Jobs whose events this API process reads for its streams (all in one "
-                    "blocking Redis read)")
+SSE_READERS = Gauge("heavy_sse_readers", "Jobs whose events this API process reads for its streams (in a few "
+                    "blocking Redis reads)")
 JOBS_SUBMITTED = Counter("heavy_jobs_submitted_total", "Jobs accepted", ["mode"])
 JOBS_FINISHED = Counter("heavy_jobs_finished_total", "Jobs ended, by final status", ["status"])
 JOB_SECONDS = Histogram("heavy_job_seconds", "Wall time of a job run by a worker",

@@ -115,6 +115,28 @@ async def test_a_job_followed_while_the_read_blocks_gets_its_events_without_wait
     assert (seen_first, seen_second) == ([1, 2], [1, 2, 3])
 
 
+async def test_jobs_fill_reads_of_jobs_per_read_then_share_them_and_each_gets_its_events(store, monkeypatch):
+    # one read over thousands of busy jobs packed and looked up every stream at each event: it is split
+    monkeypatch.setattr(event_hub, "JOBS_PER_READ", 2)
+    monkeypatch.setattr(event_hub, "READS", 2)
+    key = (await store.tenants.create_key("acme")).secret
+    await store.tenants.set_limits("acme", max_jobs=5)
+    job_ids = [await running_job(store, 1) for _ in range(5)]
+    hub = EventHub(store)
+    seen: dict[str, list[int]] = {job_id: [] for job_id in job_ids}
+    followers = [asyncio.create_task(collect(hub.follow(job_id, 0, key), seen[job_id])) for job_id in job_ids]
+    await wait_for(lambda: asyncio.sleep(0, result=all(events == [1] for events in seen.values())))
+    assert sorted(len(read.jobs) for read in hub._reads) == [2, 3]
+
+    async def both_reads_wait() -> bool:
+        return await blocked_event_reads(store) == 2  # not one per job, nor one for all
+    await wait_for(both_reads_wait)
+    for job_id in job_ids:
+        await finish(store, job_id, live_events=1)
+    await asyncio.wait_for(asyncio.gather(*followers), 10)
+    assert all(events == [1, 2, 3] for events in seen.values())
+
+
 @pytest.mark.slow
 async def test_redis_down_past_the_retries_breaks_every_followed_stream_and_a_follower_after_it_reads_again(
         tmp_path, key_prefix):

@@ -321,6 +321,7 @@ async def test_events_are_numbered_without_gaps_and_readers_can_resume(store):
     tail = await store.jobs.read_events(job.id, after=15)
     assert [e["seq"] for e in tail] == [16, 17, 18, 19, 20]
     assert (await store.jobs.get(job.id)).events == 20
+    assert await store.jobs.progress_of([job.id, "nope"]) == [(QUEUED, 20), None]
     with pytest.raises(JobNotFound):
         await store.jobs.append_event("nope", {"type": "x"})
 
