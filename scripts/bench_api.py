@@ -7,7 +7,7 @@ process's CPU time). Prints p50/p99 latency and achieved throughput. With `--bas
 run first against an API from the code in DIR (e.g. `git archive main | tar -x -C DIR`), then this checkout's.
 
     python scripts/bench_api.py [--rates 50,100,200] [--seconds 5] [--followers 10,300] [--events 200]
-                                [--jobs 150] [--job-events 20] [--baseline DIR]
+                                [--jobs 150] [--job-events 20] [--job-rate 0] [--baseline DIR]
     python scripts/bench_api.py --rates '' --followers 10,300 --jobs ''     # only one job's SSE fan-out
 
 Goal (issue 8): p99 submit < 20 ms at 200 req/s. Bounded: at most sum(rates) * seconds requests.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -112,10 +113,10 @@ async def open_streams(client: httpx.AsyncClient) -> float:
 
 
 async def sse_step(client: httpx.AsyncClient, store: Store, api_pid: int, jobs: int, per_job: int,
-                   events: int) -> dict[str, float]:
-    """`per_job` clients follow each of `jobs` jobs; once they all wait, `events` events are written at once to
-    each job (in turns). What they received, how fast, and what it took of Redis (the API process's connections,
-    and the bench's own few) and of the API process while the events were written and read."""
+                   events: int, rate: float = 0) -> dict[str, float]:
+    """`per_job` clients follow each of `jobs` jobs; once they all wait, `events` events are written to each job (in
+    turns), at once or `rate` events/s in all. What they received, how fast, and what it took of Redis (the API
+    process's connections, and the bench's own few) and of the API process while the events were written and read."""
     job_ids = []
     for _ in range(jobs):
         submitted = await client.post("/v1/jobs", json=QUESTION)
@@ -155,11 +156,12 @@ async def sse_step(client: httpx.AsyncClient, store: Store, api_pid: int, jobs: 
     _, xreads_before, xread_us_before = await redis_counters(store)
     cpu_before = cpu_seconds(api_pid)
     started = time.perf_counter()
-    for i in range(events):
-        for job_id in job_ids:
-            last = i == events - 1
-            await store.jobs.append_event(job_id, {"type": "report_ready" if last else "trajectory_step", "n": i,
-                                                   "ts": time.time()})
+    for n, (i, job_id) in enumerate(itertools.product(range(events), job_ids)):
+        if rate and (delay := started + n / rate - time.perf_counter()) > 0:  # open loop, as load_step
+            await asyncio.sleep(delay)
+        last = i == events - 1
+        await store.jobs.append_event(job_id, {"type": "report_ready" if last else "trajectory_step", "n": i,
+                                               "ts": time.time()})
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
     elapsed = time.perf_counter() - started
     api_cpu_s = cpu_seconds(api_pid) - cpu_before
@@ -171,7 +173,7 @@ async def sse_step(client: httpx.AsyncClient, store: Store, api_pid: int, jobs: 
             "delivery p99 ms": percentile(delays, .99), "peak Redis connections": peaks["connections"],
             "peak blocking XREADs": peaks["blocked_reads"], "Redis conns opened": opened - opened_before,
             "XREADs (events phase)": xreads - xreads_before, "Redis ms in XREADs": (xread_us - xread_us_before) / 1000,
-            "API CPU ms": api_cpu_s * 1000}
+            "XREAD us per event": (xread_us - xread_us_before) / (jobs * events), "API CPU ms": api_cpu_s * 1000}
 
 
 def print_side_by_side(results: list[dict[str, float | str]], title: str) -> None:
@@ -202,7 +204,8 @@ async def run(args: argparse.Namespace, redis_url: str, base: str, title: str, a
             for rate in args.rates:
                 await load_step(client, rate, args.seconds)
         results = [await sse_step(client, store, api_pid, 1, followers, args.events) for followers in args.followers]
-        results += [await sse_step(client, store, api_pid, jobs, 1, args.job_events) for jobs in args.jobs]
+        results += [await sse_step(client, store, api_pid, jobs, 1, args.job_events, args.job_rate)
+                    for jobs in args.jobs]
         if results:
             print_side_by_side(results, title)
     await store.aclose()
@@ -220,6 +223,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200, help="per job, with --followers")
     parser.add_argument("--jobs", type=numbers, default=[150], help="job counts, each job with one follower")
     parser.add_argument("--job-events", type=int, default=20, help="per job, with --jobs")
+    parser.add_argument("--job-rate", type=float, default=0,
+                        help="events/s written to the --jobs jobs in all (0: as fast as one writer goes)")
     parser.add_argument("--baseline", help="a source tree to run the SSE cases against first, for comparison")
     args = parser.parse_args()
     sources = [(f"baseline {args.baseline}", args.baseline)] if args.baseline else []
