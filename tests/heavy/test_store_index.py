@@ -1,4 +1,4 @@
-"""The tenant's status sets, which a job list filtered by status reads (heavy/store/jobs.py `list`): every status
+"""The tenant's status sets, which a job list filtered by status reads (heavy/store/job_list.py): every status
 write moves the job between them in its own step, a page is the filtered list's, jobs made before the sets (and, in a
 rolling upgrade, jobs older processes submit or delete) are put right, and expired jobs leave them. On one
 redis-server and on a Redis Cluster."""
