@@ -31,7 +31,8 @@ from typing import Any
 # The child takes our sys.path (a checkout or a test's root imports as here) and serves on the two fds it is given.
 CHILD_SOURCE = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); from heavy.tools.child_pool import serve; "
                 "serve(int(sys.argv[2]), int(sys.argv[3]))")
-CHILD_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")  # all a child inherits: no secrets
+# All a child inherits: no secrets. The resolver's own (RES_OPTIONS...) keep a DNS child's lookups as ours were.
+CHILD_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "RES_OPTIONS", "LOCALDOMAIN", "HOSTALIASES")
 # A call's cap unless it asks for another: a child peaked at ~300 MB of address space on a hostile page of the
 # fetch's 2 MB, and pypdf inflates a stream to 75 MB; a PDF whose streams inflate without end is what it stops
 CHILD_MEMORY_BYTES = 1 << 30

@@ -9,16 +9,17 @@ caller connects to `Target.address` — the address that was checked — so a se
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import httpx
 
+from heavy.tools import blocking
 from heavy.tools.base import ToolError
-from heavy.tools.blocking import DNS, run_in
+from heavy.tools.child_pool import ChildDied
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -28,6 +29,8 @@ METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddre
 NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 _NUMERIC_PART = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+# A lookup's own bound, its wait for a free DNS child included: glibc's default for one silent nameserver (5 s, twice)
+LOOKUP_TIMEOUT_S = 10.0
 
 
 class BlockedURL(ToolError):
@@ -125,8 +128,15 @@ def refusal_reason(address: IPAddress) -> str | None:
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
-    infos = await run_in(DNS, socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-    return [info[4][0] for info in infos]
+    """The C library's answer (nsswitch, /etc/hosts, DNS), looked up in a child process that is killed when the
+    lookup takes longer than LOOKUP_TIMEOUT_S or its caller gives up: a resolver that never answers holds nothing."""
+    try:
+        async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+            return await blocking.DNS.run(blocking.addresses_of, host, port)
+    except TimeoutError:
+        raise OSError(f"no answer within {LOOKUP_TIMEOUT_S:g} s") from None
+    except ChildDied as exc:
+        raise OSError(str(exc)) from exc
 
 
 class SsrfGuard:

@@ -1,54 +1,34 @@
-"""Page extraction that overruns its call is killed; DNS lookups that do hold threads of their own pool only.
+"""Page extraction and host name lookups that overrun their call are killed.
 
-A thread cannot be stopped: a stuck extraction or lookup ran on after the executor gave up on its call. On asyncio's
-default pool enough of them left no thread for any other `to_thread` work of the process (the LLM backend renders
-its prompts there); on the extraction pool, a few hostile pages left none to read any other page for minutes.
+A thread cannot be stopped: a stuck extraction or lookup ran on after the executor gave up on its call, and a few
+hostile pages (or resolvers that never answer) left no thread to read any other page, or look up any other name.
+They run in child processes now (heavy.tools.child_pool), killed when their call is given up.
 """
 
 import asyncio
 import os
-import socket
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from heavy.tools import blocking, open_page
-from heavy.tools.base import ToolContext, ToolExecutor, ToolLimits
+from heavy.tools import blocking, open_page, ssrf
+from heavy.tools.base import ToolContext, ToolError, ToolExecutor, ToolLimits
 from heavy.tools.child_pool import ChildDied, ChildPool
 from heavy.tools.fetch import FetchLimits, PageFetcher
 from heavy.tools.open_page import OpenPageTool
+from heavy.tools.python_sandbox import namespaces_available
 from heavy.tools.ssrf import AllowedTarget, SsrfGuard, system_resolver
 from tests.heavy.loopback_server import LoopbackServer, html_page
 
 CTX = ToolContext(job_id="j", trajectory=0, allowed_tools=frozenset({"open_page"}))
 DEFAULT_POOL_THREADS = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
 STUCK_CALLS = DEFAULT_POOL_THREADS + 2
-OTHER_WORK_WAIT_S = 30  # generous: the default pool is free at once, or never while the stuck threads wait
-
-
-class Stuck:
-    """A blocking function that waits until released, counting the threads inside it."""
-
-    def __init__(self) -> None:
-        self.inside = 0
-        self.released = threading.Event()
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        with self._lock:
-            self.inside += 1
-        self.released.wait()
-
-
-async def other_thread_work(stuck: Stuck) -> int:
-    """Work on the default pool, while the stuck threads wait; then they are let go (asyncio.run waits for the
-    default pool's threads before it returns)."""
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(lambda: 42), OTHER_WORK_WAIT_S)
-    finally:
-        stuck.released.set()
+OTHER_WORK_WAIT_S = 30  # generous: a free pool answers at once, a held one not for minutes
 
 
 def hostile_page() -> bytes:
@@ -57,8 +37,8 @@ def hostile_page() -> bytes:
     return ("<html><body><div>" + "<a href='/x'>link text</a> plain " * 60_000 + "</div></body></html>").encode()
 
 
-def extraction_children() -> set[int]:
-    """This process's children serving extraction calls (heavy.tools.child_pool)."""
+def pool_children() -> set[int]:
+    """This process's children serving calls of a child pool (extractions, lookups)."""
     found = set()
     for entry in os.listdir("/proc"):
         try:
@@ -76,7 +56,7 @@ def test_a_hostile_page_costs_its_call_timeout_and_its_extraction_is_killed():
     started are killed, and the next page is read at once instead of after them."""
     routes = {"/hostile": (200, {"Content-Type": "text/html"}, hostile_page()),
               "/page": html_page("A page", "<p>text</p>")}
-    before = extraction_children()
+    before = pool_children()
 
     async def scenario():
         with LoopbackServer(routes) as server:
@@ -91,31 +71,43 @@ def test_a_hostile_page_costs_its_call_timeout_and_its_extraction_is_killed():
 
     asyncio.run(scenario())
     for _ in range(50):  # a killed child is reaped by the thread that waited on it, just after its call returned
-        if len(extraction_children() - before) <= 1:  # the one that read /page
+        if len(pool_children() - before) <= 1:  # the one that read /page
             break
         time.sleep(0.1)
-    assert len(extraction_children() - before) <= 1, "an extraction outlived its call"
+    assert len(pool_children() - before) <= 1, "an extraction outlived its call"
 
 
-def test_stuck_dns_lookups_leave_the_default_thread_pool_free(monkeypatch):
-    stuck = Stuck()
-    real_getaddrinfo = socket.getaddrinfo
+def lookup_stuck_for_stuck_names(host: str, port: int) -> list[str]:
+    """A resolver that never answers for stuck.example (run in a DNS child: by name, so defined at module level)."""
+    if host == "stuck.example":
+        threading.Event().wait()
+    return blocking.addresses_of(host, port)  # the child's own: the real lookup (the patch is the parent's)
 
-    def getaddrinfo(host, *args, **kwargs):
-        if host == "stuck.example":
-            stuck.wait()
-        return real_getaddrinfo(host, *args, **kwargs)
 
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+def test_lookups_that_never_answer_are_killed_at_their_timeout_and_leave_the_pool_free(monkeypatch):
+    """A lookup in a thread ran on after its call gave up: a few resolvers that never answer held every thread of
+    the DNS pool, and no other page could be opened. Each lookup is now killed at its own bound."""
+    pool = ChildPool(size=2, name="test-dns")
+    monkeypatch.setattr(blocking, "DNS", pool)
+    monkeypatch.setattr(blocking, "addresses_of", lookup_stuck_for_stuck_names)
+    monkeypatch.setattr(ssrf, "LOOKUP_TIMEOUT_S", 1)
+    before = pool_children()
 
     async def scenario():
-        lookups = [asyncio.wait_for(system_resolver("stuck.example", 80), 1) for _ in range(STUCK_CALLS)]
-        outcomes = await asyncio.gather(*lookups, return_exceptions=True)
-        assert await other_thread_work(stuck) == 42
-        assert all(isinstance(outcome, TimeoutError) for outcome in outcomes)
-        assert stuck.inside <= blocking.DNS._max_workers
+        guard = SsrfGuard()
+        stuck = await asyncio.gather(*(guard.check("http://stuck.example/") for _ in range(2 * pool.size)),
+                                     return_exceptions=True)
+        assert all(isinstance(error, ToolError) and "cannot resolve host 'stuck.example': no answer within 1 s"
+                   in str(error) for error in stuck), stuck
+        monkeypatch.setattr(ssrf, "LOOKUP_TIMEOUT_S", OTHER_WORK_WAIT_S)  # a new child imports this test module
+        return await system_resolver("localhost", 80)
 
-    asyncio.run(scenario())
+    assert "127.0.0.1" in asyncio.run(scenario())
+    for _ in range(50):  # a killed child is reaped by the thread that waited on it, just after its call returned
+        if len(pool_children() - before) <= 1:  # the one that looked up localhost
+            break
+        time.sleep(0.1)
+    assert len(pool_children() - before) <= 1, "a lookup outlived its call"
 
 
 def test_an_extraction_child_that_dies_fails_its_call_and_the_next_call_gets_a_new_one():
@@ -177,3 +169,54 @@ def test_an_extractions_address_space_follows_the_fetch_size_limit(monkeypatch):
         return await pool.run(eval, "len(bytes(512 << 20))", memory_bytes=1 << 30)  # calloc'd: costs no memory
 
     assert asyncio.run(scenario()) == 512 << 20
+
+
+# Run as root in new network and mount namespaces: loopback up, resolv.conf, hosts and nsswitch.conf bound over
+# (inside the namespace only) to files of the test's, and a nameserver on 127.0.0.1 that reads queries and never
+# answers (glibc waits 30 s, five times). Lookups of a name only DNS could answer are given up after 2 s each (as
+# the executor's timeout gives up on a call); then a name /etc/hosts holds must still resolve.
+SILENT_RESOLVER_SCENARIO = """
+import asyncio, os, socket, subprocess, sys, threading, time
+from heavy.tools.ssrf import SsrfGuard
+from tests.heavy.test_blocking_tool_work import pool_children
+
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+for name in ("resolv.conf", "hosts", "nsswitch.conf"):
+    subprocess.run(["mount", "--bind", os.path.join(sys.argv[1], name), "/etc/" + name], check=True)
+nameserver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+nameserver.bind(("127.0.0.1", 53))
+queries = []
+threading.Thread(target=lambda: [queries.append(nameserver.recv(512)) for _ in iter(int, 1)], daemon=True).start()
+
+async def scenario():
+    guard = SsrfGuard()
+    silent = [asyncio.wait_for(guard.check("http://silent.example/"), 2) for _ in range(12)]
+    print("silent", {type(outcome).__name__ for outcome in await asyncio.gather(*silent, return_exceptions=True)})
+    try:
+        print("listed", (await asyncio.wait_for(guard.check("http://listed.example/"), 30)).address)
+    except TimeoutError:
+        print("listed TimeoutError")
+
+asyncio.run(scenario())
+for _ in range(50):  # killed children are reaped by the threads that waited on them
+    if len(pool_children()) <= 1:
+        break
+    time.sleep(0.1)
+print("children", len(pool_children()), "queries", bool(queries), flush=True)
+os._exit(0)  # a thread stuck in a lookup would hold interpreter exit for minutes
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (namespaces_available() and shutil.which("ip")), reason="needs root, unshare and ip")
+def test_lookups_from_a_nameserver_that_never_answers_leave_other_names_resolvable(tmp_path):
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:30 attempts:5\n")
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n93.184.216.34 listed.example\n")
+    (tmp_path / "nsswitch.conf").write_text("hosts: files dns\n")
+    run = subprocess.run(
+        ["unshare", "--net", "--mount", "--propagation", "private", "--", sys.executable, "-c",
+         SILENT_RESOLVER_SCENARIO, str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2],
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["silent {'TimeoutError'}", "listed 93.184.216.34", "children 1 queries True"]
