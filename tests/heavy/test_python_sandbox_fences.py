@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from heavy.tools.python_sandbox import PRIVATE_TMP_DIRS, PythonSandbox, SandboxLimits, user_namespaces_available
+from heavy.tools.python_sandbox import (
+    SANDBOX_UIDS,
+    PythonSandbox,
+    SandboxLimits,
+    user_namespaces_available,
+)
+from tests.heavy.test_python_sandbox import needs_namespaces, needs_user_namespaces, run_without_audit_hook
 
 ISOLATIONS = ["auto", *(["user-namespaces"] if user_namespaces_available() else []), "process"]
 LIMITS = SandboxLimits(wall_s=15, cpu_s=5, memory_bytes=512 << 20, output_bytes=4000)
@@ -208,7 +214,29 @@ def test_reads_stay_within_what_python_needs_past_the_audit_hook(host_file, isol
         "open('scratch.txt', 'w').write('mine')\n"
         "print(open('scratch.txt').read(), zoneinfo.ZoneInfo('Europe/Paris'), mimetypes.guess_type('a.html')[0])\n"
     )
-    # a checkout inside a temp dir (mktemp -d) is under a private tmpfs in the namespace modes: its file is not there
-    hidden = isolation != "process" and any(host_file.is_relative_to(d) for d in PRIVATE_TMP_DIRS)
-    host_refusal = "refused 2\n" if hidden else "refused 13\n"
-    assert run(code, isolation).output == host_refusal + "refused 13\n" * 2 + "mine Europe/Paris text/html\n"
+    outcome = asyncio.run(PythonSandbox(LIMITS, isolation).run(code))
+    # the namespace modes' root holds neither file (see the next test); the parent there is the sandbox's shell
+    host_refusals = "refused 13\n" * 2 if outcome.isolation == "process" else "refused 2\n" * 2
+    assert outcome.output == host_refusals + "refused 13\n" + "mine Europe/Paris text/html\n"
+
+
+@pytest.mark.parametrize("uid", [
+    pytest.param(SANDBOX_UIDS[0], id="namespaces", marks=needs_namespaces),
+    pytest.param(None, id="user-namespaces", marks=needs_user_namespaces),
+])
+def test_without_landlock_the_namespaces_show_only_what_python_needs(host_file, uid):
+    """A kernel without Landlock (before 5.13, or disabled) left the namespace modes only their mounts, which hid
+    home, HEAVY_HOME, secrets and the temp dirs: the code read /etc/passwd, any world-readable file else, and in
+    user-namespaces what our uid may (/etc/shadow, as root). Its root now holds only what Python needs. A plain
+    interpreter in the sandbox's namespaces: no runner, so no Landlock."""
+    code = (
+        "import json, mimetypes, zoneinfo\n"
+        f"for path in ({str(host_file)!r}, '/etc/passwd', '/etc/shadow', '/proc/{os.getpid()}/status'):\n"
+        "    try:\n"
+        "        print('READ', open(path).read()[:40])\n"
+        "    except OSError as exc:\n"
+        "        print('refused', exc.errno)\n"
+        "print(zoneinfo.ZoneInfo('Europe/Paris'), mimetypes.guess_type('a.html')[0], json.dumps([1]))\n"
+    )
+    result = run_without_audit_hook(code, uid)
+    assert result.stdout == "refused 2\n" * 4 + "Europe/Paris text/html [1]\n", result.stdout + result.stderr
