@@ -91,12 +91,13 @@ class OpenPageTool:
     async def run(self, args: dict, ctx: ToolContext) -> ToolResult:
         # a fragment names a place in the page, which is never sent: one document, one source (one citation number)
         url = urldefrag(args["url"].strip()).url
-        await self.fetcher.guard.check(url)  # a cached page is served only where a fresh fetch would be allowed
         page = await self.cache.get(url)
-        if page is None:
+        if page is None:  # the fetch asks the guard itself: one lookup, and it connects to the address checked
             memory_bytes = extraction_memory_bytes(self.fetcher.limits.max_bytes)
             page = await page_from_response(url, await self.fetcher.fetch(url), memory_bytes)
             await self.cache.put(page)
+        else:
+            await self.fetcher.guard.check(url)  # a cached page is served only where a fresh fetch would be allowed
         source = Source(
             url=page.url, title=page.title, fetched_at=page.fetched_at, content_hash=page.content_hash,
             snippet=page.text[:200],

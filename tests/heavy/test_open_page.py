@@ -245,3 +245,21 @@ def test_lru_cache_evicts_the_least_recently_used_page():
 
     assert asyncio.run(scenario()) == [True, False, True]
     assert Page.from_dict(page("a").to_dict()) == page("a")
+
+
+def test_a_page_not_in_the_cache_is_looked_up_once(server):
+    """The guard looked its host up twice per page not in the cache (once to decide whether a cached page could be
+    served, once to fetch): twice the wait on DNS, and a slow resolver's timeout twice over."""
+    looked_up = []
+
+    async def resolver(host, port):
+        looked_up.append(host)
+        return ["127.0.0.1"]
+
+    guard = SsrfGuard([AllowedTarget("127.0.0.1", server.port)], resolver=resolver)
+    tool = OpenPageTool(PageFetcher(guard), InMemoryPageCache())
+    url = f"http://corpus.example:{server.port}/hekla"
+    assert "stratovolcano" in run(tool, url).text
+    assert looked_up == ["corpus.example"]
+    assert "stratovolcano" in run(tool, url).text  # from the cache, still only where the guard allows it
+    assert looked_up == ["corpus.example"] * 2 and [path for path, _ in server.requests] == ["/hekla"]
