@@ -88,13 +88,15 @@ class PageFetcher:
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise ToolError(f"could not fetch {target.url}: {type(exc).__name__}: {exc}") from exc
+            raise ToolError(f"could not fetch {target.url}: {self._describe(exc)}") from exc
         try:
             if response.is_redirect:
                 return str(target.url.join(response.headers["location"]))
             if response.status_code >= 400:
                 raise ToolError(f"HTTP {response.status_code} for {target.url}")
             body, truncated = await self._read_capped(response, target)
+        except httpx.HTTPError as exc:  # the server stalled or broke off while sending the body
+            raise ToolError(f"could not read {target.url}: {self._describe(exc)}") from exc
         finally:
             await response.aclose()
         return FetchedResponse(
@@ -102,6 +104,14 @@ class PageFetcher:
             content_type=response.headers.get("content-type", "").split(";")[0].strip().lower(),
             text=decode_body(body, response.charset_encoding), truncated=truncated, body=body,
         )
+
+    def _describe(self, error: httpx.HTTPError) -> str:
+        """What went wrong, also for httpx's timeouts, which say nothing ('ReadTimeout: ')."""
+        if isinstance(error, httpx.ReadTimeout):
+            return f"nothing arrived for {self.limits.read_timeout_s:g} s"
+        if isinstance(error, httpx.ConnectTimeout):
+            return f"no connection within {self.limits.connect_timeout_s:g} s"
+        return f"{type(error).__name__}: {error}"
 
     async def _read_capped(self, response: httpx.Response, target: Target) -> tuple[bytes, bool]:
         """The body, decompressed, cut at max_bytes: each read inflates into the room left, no more."""

@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from heavy.tools import extract, open_page
-from heavy.tools.base import ToolContext, ToolError
+from heavy.tools.base import ToolContext, ToolError, ToolExecutor
 from heavy.tools.fetch import FetchLimits, PageFetcher
 from heavy.tools.open_page import OpenPageTool
 from heavy.tools.page_cache import InMemoryPageCache, Page
@@ -263,3 +263,26 @@ def test_a_page_not_in_the_cache_is_looked_up_once(server):
     assert looked_up == ["corpus.example"]
     assert "stratovolcano" in run(tool, url).text  # from the cache, still only where the guard allows it
     assert looked_up == ["corpus.example"] * 2 and [path for path, _ in server.requests] == ["/hekla"]
+
+
+async def serve_then_stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half of the body its headers promise, then silence until the client hangs up."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + b"x" * 50)
+    await writer.drain()
+    await reader.read()
+    writer.close()
+
+
+def test_a_server_stalling_in_the_body_is_a_clear_error():
+    """It was reported as the tool's own failure, with nothing said: "'open_page' failed: ReadTimeout: "."""
+    async def scenario():
+        server = await asyncio.start_server(serve_then_stall, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}/"
+        fetcher = PageFetcher(SsrfGuard([AllowedTarget("127.0.0.1", port)]), FetchLimits(read_timeout_s=0.5))
+        async with server:
+            return url, await ToolExecutor([OpenPageTool(fetcher)]).call("open_page", {"url": url}, CTX)
+
+    url, result = asyncio.run(scenario())
+    assert result.error == f"could not read {url}: nothing arrived for 0.5 s"
