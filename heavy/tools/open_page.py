@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from urllib.parse import urldefrag
 
@@ -12,7 +13,7 @@ from heavy.tools.base import Source, ToolContext, ToolError, ToolResult
 from heavy.tools.blocking import EXTRACTION
 from heavy.tools.child_pool import CHILD_MEMORY_BYTES
 from heavy.tools.extract import ExtractedPage, html_to_markdown, pdf_to_text
-from heavy.tools.fetch import FetchedResponse, PageFetcher
+from heavy.tools.fetch import FetchedResponse, PageFetcher, bom_encoding
 from heavy.tools.page_cache import InMemoryPageCache, Page, PageCache
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
@@ -20,6 +21,9 @@ PDF_TYPES = frozenset({"application/pdf", "application/x-pdf"})
 READABLE_APPLICATION_TYPES = frozenset({"application/xhtml+xml", "application/json", "application/xml", *PDF_TYPES})
 PDF_MAGIC = b"%PDF-"
 UNTYPED = frozenset({"", "application/octet-stream"})  # what servers send a file as when they do not know its type
+# WHATWG MIME sniffing: a body sent with no type is binary when its first bytes hold a control byte no text uses
+BINARY_BYTE = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+SNIFF_BYTES = 1445
 # Address space an extraction may map per byte the fetch lets through. Over the sandbox audit's hostile pages
 # (0.2-4 MB) trafilatura's peak grew linearly with the page, by up to 137 bytes per page byte (<p> after <p>: 137;
 # nested <div>s: 115; a block of links: 97; text <div>s: 57); twice that for pages not measured. At the fetch's
@@ -37,12 +41,19 @@ def is_readable(content_type: str) -> bool:
     return not content_type or content_type.startswith("text/") or content_type in READABLE_APPLICATION_TYPES
 
 
+def is_binary(body: bytes) -> bool:
+    """A body with no declared type that is not text: a zip, an image (UTF-16 text holds NULs, after its mark)."""
+    return bom_encoding(body) is None and BINARY_BYTE.search(body[:SNIFF_BYTES]) is not None
+
+
 async def page_from_response(url: str, response: FetchedResponse, memory_bytes: int) -> Page:
     """The page's text, extracted in a child whose address space is capped at `memory_bytes`."""
     is_pdf = response.content_type in PDF_TYPES or (response.content_type in UNTYPED
                                                     and response.body.startswith(PDF_MAGIC))
     if not is_pdf and not is_readable(response.content_type):
         raise ToolError(f"{url} is {response.content_type}, which cannot be read as text")
+    if not is_pdf and not response.content_type and is_binary(response.body):
+        raise ToolError(f"{url} was sent with no content type and holds binary data, which cannot be read as text")
     truncated = response.truncated
     if is_pdf:
         extracted = await _read_pdf(url, response, memory_bytes)

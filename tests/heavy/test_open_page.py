@@ -82,6 +82,9 @@ def server():
         "/notes.txt": (200, {"Content-Type": "text/plain; charset=utf-8"}, "plain notes, ünïcode".encode()),
         "/big": (200, {"Content-Type": "text/plain"}, b"x" * 5000),
         "/photo.png": (200, {"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\n"),
+        "/untyped-zip": (200, {}, b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(range(256))),
+        "/untyped-notes": (200, {}, NOTES),
+        "/untyped-utf16": (200, {}, NOTES.decode().encode("utf-16")),
         "/paper.pdf": (200, {"Content-Type": "application/pdf"}, PAPER),
         "/untyped-paper": (200, {}, PAPER),
         "/octet-stream-paper": (200, {"Content-Type": "application/octet-stream"}, PAPER),
@@ -195,6 +198,15 @@ def test_encodings_we_did_not_ask_for_are_refused(server, path):
 def test_binary_content_types_are_refused(server):
     with pytest.raises(ToolError, match="image/png"):
         run(make_tool(server), f"{server.base_url}/photo.png")
+
+
+def test_a_binary_body_sent_with_no_type_is_refused_and_text_is_read(server):
+    """A file sent with no Content-Type was shown to the model as it came, control bytes and U+FFFD, up to the
+    tool's output cap: thousands of tokens of nothing. It is sniffed as a browser does."""
+    with pytest.raises(ToolError, match="no content type and holds binary data"):
+        run(make_tool(server), f"{server.base_url}/untyped-zip")
+    for path in ("/untyped-notes", "/untyped-utf16"):
+        assert "plain notes, ünïcode" in run(make_tool(server), f"{server.base_url}{path}").text
 
 
 @pytest.mark.parametrize("path", ["/paper.pdf", "/untyped-paper", "/octet-stream-paper", "/gzip-paper.pdf"])
