@@ -30,6 +30,7 @@ BYTE_ORDER_MARKS = (  # UTF-32 first: its little-endian mark begins with UTF-16'
 )
 META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
 META_PRESCAN_BYTES = 1024  # where HTML puts its <meta charset>
+XML_DECLARATION = re.compile(rb"""<\?xml[^>]*?\sencoding\s*=\s*["']([\w.:-]+)""")  # first in an XML document
 
 
 @dataclass(frozen=True)
@@ -132,12 +133,13 @@ def decode_body(body: bytes, declared: str | None) -> str:
 
 
 def body_encoding(body: bytes, declared: str | None) -> str:
-    """As browsers decide: a byte-order mark, else the Content-Type's charset, else a <meta> charset near the top
-    (pages that name theirs only there were read as UTF-8: mojibake), else UTF-8."""
+    """As browsers decide: a byte-order mark, else the Content-Type's charset, else an XML declaration's encoding
+    (XML, XHTML, feeds) or a <meta> charset near the top (pages that name theirs only there were read as UTF-8:
+    mojibake), else UTF-8."""
     known = bom_encoding(body) or _known_encoding(declared)
     if known is not None:
         return known
-    meta = META_CHARSET.search(body[:META_PRESCAN_BYTES])
+    meta = XML_DECLARATION.match(body) or META_CHARSET.search(body[:META_PRESCAN_BYTES])
     known = _known_encoding(meta.group(1).decode("ascii")) if meta else None
     if known is None or known.startswith(("utf-16", "utf-32")):  # a <meta> read as ASCII is not in UTF-16/32
         return "utf-8"

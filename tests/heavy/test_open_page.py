@@ -103,6 +103,8 @@ def server():
                                     "shift_jis"),
         "/header-wins": charset_page('<meta charset="windows-1252">', CAFE, "utf-8", "text/html; charset=utf-8"),
         "/bom": (200, {"Content-Type": "text/plain"}, NOTES.decode().encode("utf-16")),
+        "/latin1.xml": (200, {"Content-Type": "application/xml"},
+                        f'<?xml version="1.0" encoding="ISO-8859-1"?>\n<note>{CAFE}</note>'.encode("latin-1")),
         "/not-a-text-codec": (200, {"Content-Type": "text/plain; charset=zlib"}, NOTES),
     }
     with LoopbackServer(routes) as running:
@@ -181,7 +183,7 @@ def test_a_compression_bomb_is_inflated_only_up_to_the_size_cap(server):
 
 
 CHARSET_PAGES = {"/meta-charset": CAFE, "/http-equiv": TOKYO, "/header-wins": CAFE, "/bom": NOTES.decode(),
-                 "/not-a-text-codec": NOTES.decode()}
+                 "/not-a-text-codec": NOTES.decode(), "/latin1.xml": CAFE}
 
 
 @pytest.mark.parametrize("path", CHARSET_PAGES)
