@@ -37,8 +37,10 @@ def extraction_memory_bytes(max_page_bytes: int) -> int:
 
 
 def is_readable(content_type: str) -> bool:
-    """Text we can show: any text/*, a few application types, or no declared type (sniffed later)."""
-    return not content_type or content_type.startswith("text/") or content_type in READABLE_APPLICATION_TYPES
+    """Text we can show: any text/*, a few application types and those written in XML or JSON (a +xml or +json
+    suffix: RSS and Atom feeds, JSON-LD), or no declared type (sniffed later)."""
+    return (not content_type or content_type.startswith("text/") or content_type in READABLE_APPLICATION_TYPES
+            or content_type.startswith("application/") and content_type.endswith(("+xml", "+json")))
 
 
 def is_binary(body: bytes) -> bool:

@@ -82,6 +82,7 @@ def server():
         "/notes.txt": (200, {"Content-Type": "text/plain; charset=utf-8"}, "plain notes, ünïcode".encode()),
         "/big": (200, {"Content-Type": "text/plain"}, b"x" * 5000),
         "/photo.png": (200, {"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\n"),
+        "/feed": (200, {"Content-Type": "application/rss+xml"}, b"<rss><channel><title>Hekla news</title></channel>"),
         "/untyped-zip": (200, {}, b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(range(256))),
         "/untyped-notes": (200, {}, NOTES),
         "/untyped-utf16": (200, {}, NOTES.decode().encode("utf-16")),
@@ -195,6 +196,11 @@ def test_the_charset_is_taken_from_the_header_a_byte_order_mark_or_the_page(serv
 def test_encodings_we_did_not_ask_for_are_refused(server, path):
     with pytest.raises(ToolError, match="Content-Encoding"):
         run(make_tool(server), f"{server.base_url}{path}")
+
+
+def test_application_types_written_in_xml_or_json_are_read(server):
+    """application/xml and application/json were read, their +xml and +json kin (feeds, JSON-LD) refused."""
+    assert "<title>Hekla news</title>" in run(make_tool(server), f"{server.base_url}/feed").text
 
 
 def test_binary_content_types_are_refused(server):
