@@ -13,7 +13,7 @@ import codecs
 import re
 import ssl
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
@@ -81,15 +81,7 @@ class PageFetcher:
 
     async def _get(self, client: httpx.AsyncClient, target: Target) -> FetchedResponse | str:
         """The response, or the next URL when the server redirects."""
-        request = client.build_request(
-            "GET", target.connect_url,
-            headers={"Host": target.host_header, "User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
-            extensions={"sni_hostname": target.host} if target.url.scheme == "https" else {},
-        )
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise ToolError(f"could not fetch {target.url}: {self._describe(exc)}") from exc
+        response = await self._connect(client, target)
         try:
             if response.is_redirect:
                 return str(target.url.join(response.headers["location"]))
@@ -105,6 +97,23 @@ class PageFetcher:
             content_type=response.headers.get("content-type", "").split(";")[0].strip().lower(),
             text=decode_body(body, response.charset_encoding), truncated=truncated, body=body,
         )
+
+    async def _connect(self, client: httpx.AsyncClient, target: Target) -> httpx.Response:
+        """The response's head from the first of the host's checked addresses that takes the connection, as browsers
+        fall back: a host whose IPv6 address is unreachable (a broken AAAA record) was not fetched at all."""
+        for address in (target.address, *target.others):
+            request = client.build_request(
+                "GET", replace(target, address=address).connect_url,
+                headers={"Host": target.host_header, "User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
+                extensions={"sni_hostname": target.host} if target.url.scheme == "https" else {},
+            )
+            try:
+                return await client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                error: httpx.HTTPError = exc
+            except httpx.HTTPError as exc:
+                raise ToolError(f"could not fetch {target.url}: {self._describe(exc)}") from exc
+        raise ToolError(f"could not fetch {target.url}: {self._describe(error)}") from error
 
     def _describe(self, error: httpx.HTTPError) -> str:
         """What went wrong, also for httpx's timeouts, which say nothing ('ReadTimeout: ')."""

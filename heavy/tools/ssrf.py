@@ -57,6 +57,7 @@ class Target:
     host: str  # ASCII host name for the Host header and TLS SNI
     address: IPAddress  # the checked address to connect to
     port: int
+    others: tuple[IPAddress, ...] = ()  # the host's other addresses, checked too: to try when `address` is unreachable
 
     @property
     def connect_url(self) -> httpx.URL:
@@ -157,7 +158,8 @@ class SsrfGuard:
         addresses = [literal] if literal is not None else await self._resolve(host, port)
         for address in addresses:
             self._refuse_unless_allowed(str(parsed), address, port)
-        return Target(url=parsed, host=host, address=addresses[0], port=port)
+        first, *others = dict.fromkeys(addresses)  # in the resolver's order of preference, each once
+        return Target(url=parsed, host=host, address=first, port=port, others=tuple(others))
 
     async def _resolve(self, host: str, port: int) -> list[IPAddress]:
         try:

@@ -151,6 +151,19 @@ def test_connection_goes_to_the_checked_address_not_a_second_dns_answer(allowed)
     assert allowed.requests == [("/page", f"corpus.example:{allowed.port}")]
 
 
+def test_a_host_whose_first_address_is_unreachable_is_fetched_from_its_next_checked_one(allowed):
+    """Browsers fall back to a host's next address; the fetch gave up at the first (a broken AAAA record). Every
+    address was checked before any connection (see mixed.example above)."""
+    async def resolver(host, port):
+        return ["::1", "127.0.0.1"]  # nothing listens on [::1] at the server's port
+
+    guard = SsrfGuard([AllowedTarget("::1", allowed.port), AllowedTarget("127.0.0.1", allowed.port)],
+                      resolver=resolver)
+    response = asyncio.run(PageFetcher(guard).fetch(f"http://corpus.example:{allowed.port}/page"))
+    assert "A page of the local corpus" in response.text
+    assert allowed.requests == [("/page", f"corpus.example:{allowed.port}")]
+
+
 def test_allow_listed_corpus_server_is_fetched_and_redirects_within_it_work(allowed):
     executor = open_page_executor(allowed)
     direct = open_url(executor, f"{allowed.base_url}/page")
