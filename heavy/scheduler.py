@@ -72,6 +72,7 @@ class JobSpec:
     focus_searches: bool = True  # and trajectory k >= 1 then searches a named part of it (agent/openings.py)
     priority: int = 0  # of every model request of the job: lower first (heavy/llm/adjusted.py)
     elapsed_s: float = 0.0  # a resumed job's time run before (its deadlines count from when it first started)
+    earlier_usage: Usage = Usage()  # what a resumed job's earlier attempts spent that no checkpoint holds
 
     def __post_init__(self) -> None:
         if self.mode not in ("report", "answer"):
@@ -123,6 +124,12 @@ class JobControl:
     def __init__(self) -> None:
         self.stop = StopSignal()
         self.cancelled = StopSignal()  # cancel() only: honoured while aggregating too, when `stop` is long set
+        self.aggregator: GrantedBackend | None = None  # the job's aggregator backend, once it aggregates
+
+    @property
+    def aggregator_usage(self) -> Usage:
+        """What the aggregation spent so far: no checkpoint holds it, so a stopping worker hands it over."""
+        return self.aggregator.usage if self.aggregator is not None else Usage()
 
     def finish_now(self) -> None:
         self.stop.set("finish_now")
@@ -150,6 +157,7 @@ class Scheduler:
         # spends within what is left of it: a job never spends more than its grant (agent/budget.py)
         reserve = min(self.aggregation.reserve_tokens, spec.job_tokens // 2)
         budget = JobTokenBudget(spec.job_tokens, reserve=reserve)
+        budget.charge(spec.earlier_usage.total_tokens)
         try:
             spec, aggregation = await self._within_served_context(spec)
             results, reason = await self._run_trajectories(spec, sink, control.stop, budget)
@@ -159,7 +167,7 @@ class Scheduler:
             if results and all(r.stop_reason == "error" for r in results):
                 raise AllTrajectoriesFailed(
                     f"all {len(results)} trajectories failed, nothing to report; first error: {results[0].error}",
-                    sum((r.usage for r in results), Usage()))
+                    sum((r.usage for r in results), spec.earlier_usage))
             finished = sum(r.stop_reason not in EXTERNAL_STOPS for r in results)
             await sink.emit(Aggregating(job_id=spec.job_id, done=finished, stopped=len(results) - finished,
                                         reason=reason))
@@ -171,11 +179,14 @@ class Scheduler:
                                                      budget.served_context or aggregation.context_tokens))
             granted = GrantedBackend(with_priority(self.backend, spec.priority), budget, kept_for=REPORT_REQUEST,
                                      keep=reserve * (spec.mode == "report"))
+            control.aggregator = granted
             try:  # a cancel while aggregating aborts the aggregator's model requests: no report
                 result = await until_stopped(
                     aggregate(job_id=spec.job_id, question=spec.question, mode=spec.mode, results=results,
                               backend=granted, status=status, stop_reason=reason, config=aggregation),
                     control.cancelled)
+                result = replace(result, usage=result.usage + spec.earlier_usage,
+                                 cost_usd=aggregation.cost_usd(result.usage + spec.earlier_usage))
             except Stopped:  # what the aggregator's calls spent until then is charged with the trajectories'
                 await sink.emit(JobCancelled(job_id=spec.job_id))
                 return _cancelled(spec, results, granted.usage)
@@ -278,4 +289,4 @@ class Scheduler:
 def _cancelled(spec: JobSpec, results: Sequence[TrajectoryResult], aggregating: Usage = Usage()) -> JobResult:
     return JobResult(job_id=spec.job_id, question=spec.question, mode=spec.mode, status="cancelled", answer="",
                      agreement=0.0, markdown="", sources=(), trajectories=tuple(sorted(results, key=lambda r: r.index)),
-                     usage=sum((r.usage for r in results), aggregating), stop_reason="cancelled")
+                     usage=sum((r.usage for r in results), aggregating + spec.earlier_usage), stop_reason="cancelled")

@@ -9,7 +9,7 @@ from heavy.agent.context import CHARS_PER_TOKEN
 from heavy.aggregate.fit import DEFAULT_CONTEXT_TOKENS, PromptRoom
 from heavy.aggregate.vote import MIN_MAJORITY
 from heavy.config import Settings
-from heavy.llm.types import Sampling
+from heavy.llm.types import Sampling, Usage
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class AggregationConfig:
     @property
     def room(self) -> PromptRoom:
         return PromptRoom(self.context_tokens, self.reasoning_tokens, self.counted_per_estimated)
+
+    def cost_usd(self, usage: Usage) -> float:
+        return (usage.prompt_tokens * self.price_per_mtok_prompt
+                + usage.completion_tokens * self.price_per_mtok_completion) / 1e6
 
     @property
     def reserve_tokens(self) -> int:

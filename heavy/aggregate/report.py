@@ -114,13 +114,11 @@ async def aggregate(
     markdown, numbers = _assemble(question, decided, results, union, (body, on_pages, stated), status,
                                   stop_reason, model_checked=checking)
     total = usage + sum((r.usage for r in results), Usage())
-    cost = (total.prompt_tokens * config.price_per_mtok_prompt
-            + total.completion_tokens * config.price_per_mtok_completion) / 1e6
     return JobResult(
         job_id=job_id, question=question, mode=mode, status=status, answer=decided.answer,
         agreement=decided.agreement, markdown=markdown, sources=tuple(union[n - 1] for n in numbers),
-        trajectories=tuple(results), usage=total, cost_usd=cost, stop_reason=stop_reason, dropped_claims=dropped,
-        refuted_claims=refuted,
+        trajectories=tuple(results), usage=total, cost_usd=config.cost_usd(total), stop_reason=stop_reason,
+        dropped_claims=dropped, refuted_claims=refuted,
         votes={g.answer: len(g.members) for g in decided.groups}, reads=decided.reads,
         more_reads=decided.more_reads,
     )

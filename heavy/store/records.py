@@ -43,6 +43,8 @@ class JobRecord:
     events: int = 0  # events written so far (the last sequence number)
     tokens: int = 0
     token_grant: int = 0  # tokens reserved for it on its tenant while it runs (0: a job from before grants)
+    # what earlier attempts spent that no checkpoint holds (an aggregation a worker's stop cut), as Usage's fields
+    earlier_usage: dict[str, int] = field(default_factory=dict)
     stop_reason: str = ""
     callback_url: str = ""  # POSTed when the job ends (heavy/webhooks.py)
     callback_secret: str = field(default="", repr=False)  # signs that POST; never shown, nor in a repr a log prints
@@ -70,6 +72,7 @@ class JobRecord:
             control=data.get("control", ""),
             events=int(data.get("events") or 0), tokens=int(data.get("tokens") or 0),
             token_grant=int(data.get("token_grant") or 0),
+            earlier_usage=json.loads(data.get("earlier_usage") or "{}"),
             stop_reason=data.get("stop_reason", ""), callback_url=data.get("callback_url", ""),
             callback_secret=data.get("callback_secret", ""), callback_status=data.get("callback_status", ""),
         )

@@ -16,18 +16,19 @@ import signal
 import socket
 import time
 import uuid
+from dataclasses import asdict
 
 from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import Settings
 from heavy.events import FanoutSink, JobFailed
-from heavy.llm.types import LLMBackend
+from heavy.llm.types import LLMBackend, Usage
 from heavy.metrics import ERRORS, JOB_SECONDS, JOBS_FINISHED, MetricsSink
 from heavy.scheduler import AllTrajectoriesFailed, JobControl, JobSpec, Scheduler, trajectory_limits
 from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, JobTakenOver, Store
 from heavy.store.records import AGGREGATING, CANCELLED, FAILED, QUEUED, RUNNING
 from heavy.tools.base import ToolExecutor
 from heavy.webhooks import deliver, sweep
-from heavy.worker.checkpoint import CheckpointedTrajectory
+from heavy.worker.checkpoint import SPENT_SAVE_TIMEOUT_S, CheckpointedTrajectory
 from heavy.worker.sink import RedisEventSink
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_l
                                  trajectories=p["trajectories"], allowed_tools=frozenset(p["tools"]) & tools,
                                  limits=limits, job_tokens=max(1, min(p["job_tokens"], tokens_left)),
                                  deadline_s=p["deadline_s"], priority=p.get("priority", 0),
-                                 elapsed_s=max(0.0, now - job.started) if job.started else 0.0)
+                                 elapsed_s=max(0.0, now - job.started) if job.started else 0.0,
+                                 earlier_usage=Usage(**job.earlier_usage))
 
 
 def checkpointed_tokens(saved: dict[int, dict]) -> int:
@@ -197,8 +199,12 @@ class Worker:
             result = await scheduler.run(spec, sink=FanoutSink(sink, MetricsSink()), control=control)
         except asyncio.CancelledError:
             if self.stopping:  # stopped on purpose (SIGTERM): not a death, which giving the job up counts
+                # and what its aggregation spent, which the next worker charges as it runs the aggregation again
+                earlier = spec.earlier_usage + control.aggregator_usage
                 with contextlib.suppress(Exception):  # else it counts: the job is only given up sooner
-                    await jobs.update(job.id, allowed=(RUNNING, AGGREGATING), owner=self.name, stops=job.stops + 1)
+                    await asyncio.wait_for(jobs.update(job.id, allowed=(RUNNING, AGGREGATING), owner=self.name,
+                                                       stops=job.stops + 1, earlier_usage=asdict(earlier)),
+                                           SPENT_SAVE_TIMEOUT_S)
             raise
         except Exception as exc:  # charged what earlier attempts checkpointed too, as a finished job's usage is
             error = f"{type(exc).__name__}: {exc}"
@@ -206,7 +212,7 @@ class Worker:
                 await sink.emit(JobFailed(job_id=job.id, error=error))
             # the trajectories' usage (their failed requests too) when they all failed; else their steps' events
             spent = (exc.usage.total_tokens if isinstance(exc, AllTrajectoriesFailed)
-                     else checkpointed_tokens(saved) + sink.tokens)
+                     else checkpointed_tokens(saved) + sink.tokens + spec.earlier_usage.total_tokens)
             await self._end(claim, job, FAILED, sink, tokens=spent, error=error)
             return
         finally:
@@ -241,7 +247,8 @@ class Worker:
         error = f"gave up after {job.attempts} attempts: {job.attempts - job.stops} workers running it died"
         sink = RedisEventSink(self.store.jobs, job.id)
         await sink.emit(JobFailed(job_id=job.id, error=error))
-        spent = checkpointed_tokens(await self.store.jobs.load_checkpoints(job.id, job.trajectories))
+        spent = (checkpointed_tokens(await self.store.jobs.load_checkpoints(job.id, job.trajectories))
+                 + Usage(**job.earlier_usage).total_tokens)
         # still on the last dead worker's name, unless a live one took it meanwhile
         await self._end(claim, job, FAILED, sink, tokens=spent, owner=job.worker, error=error)
 

@@ -1,16 +1,17 @@
 """A worker or an API server in a process of its own, for the fault tests (which kill and restart them).
 
-    python -m tests.heavy.service_proc worker REDIS_URL PREFIX NAME [slow]
+    python -m tests.heavy.service_proc worker REDIS_URL PREFIX NAME [slow | slow_aggregation]
     python -m tests.heavy.service_proc api REDIS_URL PREFIX PORT
 
-The worker runs the scripted researcher backend; `slow` makes every trajectory's third step take a minute, so a
-test can kill it there: the worker prints `in flight <request id>` when such a step is sent, and its server has
-spent CUT_USAGE on it by then."""
+The worker runs the scripted researcher backend; `slow` makes every trajectory's third step take a minute
+(`slow_aggregation`: every aggregator request), so a test can kill it there: the worker prints `in flight <request
+id>` when such a request is sent, and its server has spent CUT_USAGE on it by then."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 
 import uvicorn
 
@@ -28,17 +29,22 @@ def third_step(request) -> bool:
     return request.trajectory >= 0 and step_of(request) == 2
 
 
-def slow_third_step(request) -> float:
-    if third_step(request):
-        print(f"in flight {request.request_id}", flush=True)
-        return 60.0
-    return 0.05
+def aggregator_request(request) -> bool:
+    return request.trajectory < 0
 
 
-async def worker(url: str, prefix: str, name: str, slow: bool) -> None:
+SLOW = {"slow": third_step, "slow_aggregation": aggregator_request}
+
+
+async def worker(url: str, prefix: str, name: str, slow: Callable[[object], bool]) -> None:
+    def delay_s(request) -> float:
+        if slow(request):
+            print(f"in flight {request.request_id}", flush=True)
+            return 60.0
+        return 0.05
+
     store = Store.connect(url, WORKER_SETTINGS, Keys(prefix))
-    backend = ScriptedBackend(researcher, delay_s=slow_third_step if slow else (lambda r: 0.05),
-                              in_flight=lambda r: CUT_USAGE if slow and third_step(r) else Usage())
+    backend = ScriptedBackend(researcher, delay_s=delay_s, in_flight=lambda r: CUT_USAGE if slow(r) else Usage())
     await Worker(store, backend, executor(), WORKER_SETTINGS, name=name).run_until_signalled()
     print(f"worker {name} stopped", flush=True)
 
@@ -52,6 +58,6 @@ def api(url: str, prefix: str, port: int) -> None:
 if __name__ == "__main__":
     role, url, prefix, arg = sys.argv[1:5]
     if role == "worker":
-        asyncio.run(worker(url, prefix, arg, slow=sys.argv[5:] == ["slow"]))
+        asyncio.run(worker(url, prefix, arg, slow=SLOW.get("".join(sys.argv[5:]), lambda request: False)))
     else:
         api(url, prefix, int(arg))

@@ -7,11 +7,13 @@ import asyncio
 import signal
 import subprocess
 import sys
+from dataclasses import asdict
 
 import httpx
 import pytest
 
 from heavy.embedded_redis import EmbeddedRedis
+from heavy.llm.types import Usage
 from heavy.store import Keys, Store
 from heavy.store.records import TERMINAL_EVENTS
 from heavy.worker import Worker
@@ -121,6 +123,41 @@ async def test_worker_sigterm_mid_job_exits_at_once_charging_its_cut_requests_an
         charged = 2 * STEP_USAGE.total_tokens + CUT_USAGE.total_tokens
         assert [t["tokens"] for t in result["trajectories"]] == [charged] * 3
         assert job.tokens == result["tokens"]["total"] > sum(t["tokens"] for t in result["trajectories"])
+    finally:
+        stop(stopping)
+        if rescuer:
+            stop(rescuer)
+
+
+async def test_worker_sigterm_while_aggregating_hands_what_its_aggregation_spent_to_the_worker_that_reruns_it(
+        store, redis_url, key_prefix):
+    stopping = subprocess.Popen([sys.executable, "-m", "tests.heavy.service_proc", "worker", redis_url, key_prefix,
+                                 "stopping", "slow_aggregation"], stdout=subprocess.PIPE, text=True)
+    rescuer = None
+    try:
+        job_id = await submit(store)
+        line = ""
+        while not line.startswith("in flight"):  # the aggregator's first request sent, its server working on it
+            line = await asyncio.to_thread(stopping.stdout.readline)
+            assert line, "the worker ended before it aggregated"
+        stopping.send_signal(signal.SIGTERM)
+        output, _ = stopping.communicate(timeout=10)
+        assert stopping.returncode == 0 and "worker stopping stopped" in output
+        cut = 1 + output.count("in flight")  # the aggregator's requests in flight when it stopped
+        job = await store.jobs.get(job_id)
+        assert job.status == "aggregating" and job.worker == "stopping"
+        # no checkpoint holds what they spent: the job's hash does, for the worker that aggregates again
+        assert job.earlier_usage == asdict(sum([CUT_USAGE] * cut, Usage()))
+
+        rescuer = spawn("worker", redis_url, key_prefix, "rescuer")
+        job, _ = await wait_for(lambda: finished(store, job_id), timeout_s=60)
+        assert (job.status, job.attempts, job.stops) == ("done", 2, 1)
+        _, result = await store.jobs.get_report(job_id)
+        assert job.tokens == result["tokens"]["total"]
+        # the trajectories (checkpointed), the rescuer's aggregation (whole replies) and the stopped one's cut calls
+        rescuers_aggregation = (result["tokens"]["total"] - sum(t["tokens"] for t in result["trajectories"])
+                                - cut * CUT_USAGE.total_tokens)
+        assert rescuers_aggregation > 0 and rescuers_aggregation % STEP_USAGE.total_tokens == 0
     finally:
         stop(stopping)
         if rescuer:
