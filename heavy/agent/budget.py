@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from heavy.agent.context import aborted_usage, estimate_tokens, failed_usage, with_usage
+from heavy.agent.context import aborted_usage, estimate_tokens, failed_usage, with_earlier_attempts, with_usage
 from heavy.llm.types import Completion, CompletionDelta, LLMBackend, LLMError, Message, Meter, Sampling, Usage
 
 T = TypeVar("T")
@@ -165,13 +165,14 @@ class GrantedBackend:
             # the aggregator's own text (the pages' passages) may count more than the trajectories' prompts did
             self.budget.calibrate(completion.usage.prompt_tokens / estimated)
             completion = with_usage(completion, messages, tools)  # a server that reports none: the estimate
+            completion = with_earlier_attempts(completion, meter, messages, tools)
             spent = completion.usage
             return completion
         except asyncio.CancelledError:  # aborted in flight: what the server did is charged
             spent = aborted_usage(meter, messages, tools)
             raise
         except LLMError as exc:  # and what it did before it failed
-            spent = failed_usage(meter, exc)
+            spent = failed_usage(meter, exc, messages, tools)
             raise
         finally:
             self.usage = self.usage + spent
@@ -249,9 +250,9 @@ class Charge:
         """What the request spent until it was aborted (agent/context.py aborted_usage), now its charge."""
         return self._charged(aborted_usage(self.meter, prompt, tools))
 
-    def failed(self, error: LLMError) -> Usage:
+    def failed(self, error: LLMError, prompt: list[Message], tools: list[dict] | None) -> Usage:
         """What the request spent until it failed (agent/context.py failed_usage), now its charge."""
-        return self._charged(failed_usage(self.meter, error))
+        return self._charged(failed_usage(self.meter, error, prompt, tools))
 
     def _charged(self, spent: Usage) -> Usage:
         self.tokens = spent.total_tokens

@@ -37,22 +37,39 @@ def with_usage(completion: Completion, prompt: list[Message], tools: list[dict] 
                                            completion_tokens=estimate_tokens(reply)))
 
 
+def earlier_attempts(meter: Meter, prompt: list[Message], tools: list[dict] | None) -> Usage:
+    """What a retried request's failed attempts spent, charged whatever the last one does: what its backend counted
+    of them (a replica lost mid-reply), and for each its server worked on and never answered (a reply that timed out)
+    the prompt by the estimate, as for an aborted request."""
+    return meter.earlier + Usage(prompt_tokens=meter.unanswered * estimate_tokens(prompt, tools))
+
+
 def aborted_usage(meter: Meter, prompt: list[Message], tools: list[dict] | None) -> Usage:
     """What a request aborted in flight spent, as its backend's `meter` counted it: nothing if it was never sent;
     else its prompt (by the estimate when the backend could not count it: a non-streamed OpenAI request) and the
-    completion tokens counted so far."""
+    completion tokens counted so far; its earlier attempts' either way."""
+    earlier = earlier_attempts(meter, prompt, tools)
     if not meter.sent:
-        return Usage()
+        return earlier
     if meter.usage.prompt_tokens:
-        return meter.usage
-    return replace(meter.usage, prompt_tokens=estimate_tokens(prompt, tools))
+        return earlier + meter.usage
+    return earlier + replace(meter.usage, prompt_tokens=estimate_tokens(prompt, tools))
 
 
-def failed_usage(meter: Meter, error: LLMError) -> Usage:
+def failed_usage(meter: Meter, error: LLMError, prompt: list[Message], tools: list[dict] | None) -> Usage:
     """What a request that failed spent: what its backend's `meter` counted before the failure (a runtime reply whose
     tool call would not parse, an engine lost mid-reply after the retries), never an estimate (a server that never
-    answered may have done nothing); nothing for a prompt refused as too long, which no server computed."""
-    return Usage() if isinstance(error, ContextLengthError) else meter.usage
+    answered may have done nothing); nothing for a prompt refused as too long, which no server computed. Its earlier
+    attempts' either way."""
+    earlier = earlier_attempts(meter, prompt, tools)
+    return earlier if isinstance(error, ContextLengthError) else earlier + meter.usage
+
+
+def with_earlier_attempts(completion: Completion, meter: Meter, prompt: list[Message],
+                          tools: list[dict] | None) -> Completion:
+    """The completion with its request's failed attempts in its usage (a retried request): the job is charged all."""
+    earlier = earlier_attempts(meter, prompt, tools)
+    return replace(completion, usage=completion.usage + earlier) if earlier.total_tokens else completion
 
 
 def fit_context(messages: list[Message], tools: list[dict] | None, max_prompt_tokens: int) -> list[Message]:

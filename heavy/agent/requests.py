@@ -13,7 +13,7 @@ from heavy.agent.budget import (
     job_grant,
     until_stopped,
 )
-from heavy.agent.context import estimate_tokens, fit_context, with_usage
+from heavy.agent.context import estimate_tokens, fit_context, with_earlier_attempts, with_usage
 from heavy.llm.types import Completion, ContextLengthError, LLMBackend, LLMError, Message, Sampling, Usage
 
 
@@ -86,7 +86,7 @@ class ModelRequests:
                 self.usage = self.usage + charge.aborted(prompt, tools)
                 raise
             except LLMError as exc:  # the server may have worked before it failed (a reply that would not parse)
-                self.usage = self.usage + charge.failed(exc)
+                self.usage = self.usage + charge.failed(exc, prompt, tools)
                 raise
             # the estimate undercounts some scripts (Chinese: 1.9 times for the embedded model's tokenizer): later
             # prompts are fitted by what the server counted
@@ -94,7 +94,7 @@ class ModelRequests:
             self.counted_per_estimated = max(self.counted_per_estimated or 1.0, counted)
             if self.job_budget is not None:  # the aggregator's requests are held by the job's largest
                 self.job_budget.calibrate(self.counted_per_estimated)
-            completion = with_usage(completion, prompt, tools)
+            completion = with_earlier_attempts(with_usage(completion, prompt, tools), charge.meter, prompt, tools)
             charge.tokens = completion.usage.total_tokens
         self.usage = self.usage + completion.usage
         return completion

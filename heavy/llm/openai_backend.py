@@ -37,6 +37,7 @@ from heavy.llm.types import (
     Meter,
     RetriableLLMError,
     Sampling,
+    Usage,
 )
 
 _RETRIABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -168,9 +169,15 @@ class OpenAIBackend:
                 try:
                     response = await self._client.post("/chat/completions", json=body, headers=headers)
                 except (httpx.TransportError, httpx.TimeoutException) as exc:
+                    # asked again; the server worked on a reply that timed out: charged as an aborted one is
+                    meter.attempt_failed(Usage(), unanswered=isinstance(exc, httpx.ReadTimeout))
                     raise RetriableLLMError(f"{type(exc).__name__}: {exc}") from exc
             self._answered = self._answered or response.status_code < 500
-            _raise_for_status(response)
+            try:
+                _raise_for_status(response)
+            except RetriableLLMError:  # refused (429, 5xx) and asked again: nothing to charge
+                meter.attempt_failed(Usage())
+                raise
             try:
                 payload = response.json()
             except ValueError as exc:  # a proxy's error page, a cut body

@@ -142,12 +142,15 @@ class RuntimeBackend:
         params = self._params(sampling, max_tokens, stop)
         async with self.limiter.slot():
             meter.sent, meter.usage = True, Usage(prompt_tokens=len(prompt))
+            reported = Usage()  # what the engine's outputs counted
             try:  # closing this generator closes the engine's at once: its request is aborted, its blocks freed
                 async with contextlib.aclosing(self.engine.generate(prompt, params, unique_id, **routing)) as outputs:
                     async for output in outputs:
-                        meter.usage = _usage(output)
+                        meter.usage = reported = _usage(output)
                         yield output
             except RetriableError as exc:  # a replica went down (its rank died), or none is up right now
+                # `chat` asks again: what the lost replica reported stays charged (none is up: it computed nothing)
+                meter.attempt_failed(reported)
                 raise RetriableLLMError(f"runtime: {exc}") from exc
             except PromptTooLong as exc:  # the caller may fit the prompt again by its real length
                 raise ContextLengthError(f"runtime: {exc}", prompt_tokens=len(prompt), room=None) from exc

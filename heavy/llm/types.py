@@ -78,10 +78,20 @@ class Meter:
     """What a request has spent while in flight, kept by its backend for a caller that aborts it (the server did that
     work, and it is charged). `sent`: the request reached the server or engine; `usage`: the tokens the backend
     counted so far (the engine's figures; a stream's usage, else one completion token a chunk). A prompt it cannot
-    count is left 0: a non-streamed request's server says nothing until it answers."""
+    count is left 0: a non-streamed request's server says nothing until it answers. Both are the attempt's in flight;
+    a retried request's failed attempts are in `earlier` (what the backend counted of them) and `unanswered` (how many
+    its server worked on and never answered: a reply that timed out), charged with it (agent/context.py)."""
 
     sent: bool = False
     usage: Usage = field(default_factory=Usage)
+    earlier: Usage = field(default_factory=Usage)
+    unanswered: int = 0
+
+    def attempt_failed(self, spent: Usage, *, unanswered: bool = False) -> None:
+        """The attempt in flight failed and may be tried again: what it `spent` stays charged; the next one starts
+        unsent (a stop while the backend waits to retry aborts nothing more)."""
+        self.earlier, self.unanswered = self.earlier + spent, self.unanswered + unanswered
+        self.sent, self.usage = False, Usage()
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,22 @@ engine; the OpenAI backend's meter in test_llm_openai.py."""
 
 import asyncio
 
+import httpx
 import pytest
 
 from heavy.agent import TrajectoryLimits
 from heavy.agent.budget import GrantedBackend, JobTokenBudget, StopSignal
 from heavy.agent.context import estimate_tokens
+from heavy.llm.openai_backend import OpenAIBackend
+from heavy.llm.retry import RetryPolicy
 from heavy.llm.runtime_backend import RuntimeBackend
 from heavy.llm.types import ContextLengthError, LLMError, Sampling, Usage
 from heavy.scheduler import JobControl, Scheduler
 from heavy.tools.base import ToolExecutor
 from heavy.worker.checkpoint import CheckpointedTrajectory
+from runtime.replica.errors import ReplicaDownError
 from tests.heavy.fakes import DictSearch, ScriptedBackend, call
+from tests.heavy.test_llm_openai import REPLY
 from tests.heavy.test_llm_runtime import Engine, Tokenizer
 from tests.heavy.test_scheduler import PAGES, researcher, run, spec
 from tests.heavy.test_trajectory import make
@@ -23,6 +28,8 @@ from tests.heavy.test_trajectory import make
 pytestmark = pytest.mark.anyio
 
 HANGS = 30  # s: a request that only a stop ends
+RETRY_AT_ONCE = RetryPolicy(max_retries=2, backoff_s=0.001, backoff_max_s=0.001)
+QUESTION = [{"role": "user", "content": "Is it so?"}]
 
 
 async def stopped_in_flight(backend, started, budget):
@@ -148,3 +155,56 @@ async def test_an_aggregator_call_that_fails_is_charged_what_its_backend_counted
         await granted.chat([{"role": "user", "content": "Is it so?"}], None, Sampling(), max_tokens=4,
                            request_id="claim-check:0")
     assert granted.usage == spent and budget.used == spent.total_tokens and budget.held == 0
+
+
+class ReplicaLostOnce(Engine):
+    """Replicas behind the router: the first one is lost after one generated token, the next replies whole."""
+
+    async def generate(self, prompt, params, request_id):
+        lost = not self.calls
+        async for output in super().generate(prompt, params, request_id):
+            yield output
+            if lost:
+                raise ReplicaDownError("rank 0 died")
+
+
+async def test_a_retried_runtime_request_is_charged_the_attempt_its_lost_replica_worked_on_too():
+    budget = JobTokenBudget(10_000)
+    granted = GrantedBackend(RuntimeBackend(ReplicaLostOnce(["Yes", ", it is."]), Tokenizer(), retry=RETRY_AT_ONCE),
+                             budget)
+    completion = await granted.chat(QUESTION, None, Sampling(), max_tokens=8, request_id="claim-check:0")
+    lost, replied = Usage(40, 1, 16), Usage(40, 2, 16)
+    assert completion.content == "Yes, it is." and completion.usage == lost + replied
+    assert granted.usage == lost + replied and budget.used == 83
+
+
+async def test_a_trajectorys_retried_step_is_charged_the_attempt_its_lost_replica_worked_on_too():
+    budget = JobTokenBudget(10_000)
+    backend = RuntimeBackend(ReplicaLostOnce(["Yes", ", it is."]), Tokenizer(), retry=RETRY_AT_ONCE)
+    trajectory, _, _, _ = make(None, backend=backend, budget=budget, limits=TrajectoryLimits(max_steps=1))
+    result = await trajectory.run()
+    assert result.steps[0].usage == Usage(40, 1, 16) + Usage(40, 2, 16)
+    assert budget.used == result.usage.total_tokens
+
+
+def timed_out(request):
+    raise httpx.ReadTimeout("timed out", request=request)
+
+
+@pytest.mark.parametrize("failure, unanswered", [
+    (timed_out, 1),  # its server worked on it
+    (lambda request: httpx.Response(429, json={"error": {"message": "slow down"}}), 0),  # refused: it did not
+])
+async def test_a_retried_openai_request_is_charged_a_reply_that_timed_out_as_an_aborted_one(failure, unanswered):
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        return failure(request) if len(calls) == 1 else httpx.Response(200, json=REPLY)
+    llm = OpenAIBackend("http://llm.test/v1", "m", transport=httpx.MockTransport(handler), retry=RETRY_AT_ONCE)
+    budget = JobTokenBudget(10_000)
+    granted = GrantedBackend(llm, budget)
+    completion = await granted.chat(QUESTION, None, Sampling(), max_tokens=8, request_id="claim-check:0")
+    timed_out = Usage(prompt_tokens=unanswered * estimate_tokens(QUESTION))
+    assert len(calls) == 2 and completion.usage == Usage(50, 7, 32) + timed_out
+    assert granted.usage == completion.usage and budget.used == completion.usage.total_tokens
