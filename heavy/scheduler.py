@@ -44,12 +44,7 @@ PARTIAL_STOPS = ("job_tokens", "finish_now", "straggler_cutoff", "job_deadline")
 
 class AllTrajectoriesFailed(RuntimeError):
     """Every trajectory ended on an error (e.g. the model endpoint was down): there is nothing to aggregate, and a
-    retry may succeed, so the job fails with the first error instead of reporting 'done' with no work. `usage`: what
-    they spent (their steps, and what the failed requests' backends counted), the failed job's charge."""
-
-    def __init__(self, message: str, usage: Usage) -> None:
-        super().__init__(message)
-        self.usage = usage
+    retry may succeed, so the job fails with the first error instead of reporting 'done' with no work."""
 
 
 @dataclass(frozen=True)
@@ -124,12 +119,22 @@ class JobControl:
     def __init__(self) -> None:
         self.stop = StopSignal()
         self.cancelled = StopSignal()  # cancel() only: honoured while aggregating too, when `stop` is long set
+        self.trajectories_usage: Usage | None = None  # what the trajectories spent, once they all ended
         self.aggregator: GrantedBackend | None = None  # the job's aggregator backend, once it aggregates
 
     @property
     def aggregator_usage(self) -> Usage:
         """What the aggregation spent so far: no checkpoint holds it, so a stopping worker hands it over."""
         return self.aggregator.usage if self.aggregator is not None else Usage()
+
+    @property
+    def spent(self) -> Usage | None:
+        """What this run's model requests spent, as their backends counted them: the trajectories' (their restored
+        checkpoints, failed and aborted requests included) and the aggregation's (its failed calls too); None while
+        the trajectories run. The job's charge, however it ends (a failure's too), with its earlier attempts'."""
+        if self.trajectories_usage is None:
+            return None
+        return self.trajectories_usage + self.aggregator_usage
 
     def finish_now(self) -> None:
         self.stop.set("finish_now")
@@ -161,13 +166,13 @@ class Scheduler:
         try:
             spec, aggregation = await self._within_served_context(spec)
             results, reason = await self._run_trajectories(spec, sink, control.stop, budget)
+            control.trajectories_usage = sum((r.usage for r in results), Usage())
             if control.cancelled.is_set():  # also when the trajectories had stopped for another reason first
                 await sink.emit(JobCancelled(job_id=spec.job_id))
-                return _cancelled(spec, results)
+                return _cancelled(spec, results, control.spent)
             if results and all(r.stop_reason == "error" for r in results):
                 raise AllTrajectoriesFailed(
-                    f"all {len(results)} trajectories failed, nothing to report; first error: {results[0].error}",
-                    sum((r.usage for r in results), spec.earlier_usage))
+                    f"all {len(results)} trajectories failed, nothing to report; first error: {results[0].error}")
             finished = sum(r.stop_reason not in EXTERNAL_STOPS for r in results)
             await sink.emit(Aggregating(job_id=spec.job_id, done=finished, stopped=len(results) - finished,
                                         reason=reason))
@@ -185,11 +190,12 @@ class Scheduler:
                     aggregate(job_id=spec.job_id, question=spec.question, mode=spec.mode, results=results,
                               backend=granted, status=status, stop_reason=reason, config=aggregation),
                     control.cancelled)
-                result = replace(result, usage=result.usage + spec.earlier_usage,
-                                 cost_usd=aggregation.cost_usd(result.usage + spec.earlier_usage))
             except Stopped:  # what the aggregator's calls spent until then is charged with the trajectories'
                 await sink.emit(JobCancelled(job_id=spec.job_id))
-                return _cancelled(spec, results, granted.usage)
+                return _cancelled(spec, results, control.spent)
+            # what the backends counted: the aggregator's own sum leaves out its calls that failed, which it survives
+            usage = control.spent + spec.earlier_usage
+            result = replace(result, usage=usage, cost_usd=aggregation.cost_usd(usage))
         except Exception as exc:
             await sink.emit(JobFailed(job_id=spec.job_id, error=f"{type(exc).__name__}: {exc}"))
             raise
@@ -286,7 +292,7 @@ class Scheduler:
             return result
 
 
-def _cancelled(spec: JobSpec, results: Sequence[TrajectoryResult], aggregating: Usage = Usage()) -> JobResult:
+def _cancelled(spec: JobSpec, results: Sequence[TrajectoryResult], spent: Usage) -> JobResult:
     return JobResult(job_id=spec.job_id, question=spec.question, mode=spec.mode, status="cancelled", answer="",
                      agreement=0.0, markdown="", sources=(), trajectories=tuple(sorted(results, key=lambda r: r.index)),
-                     usage=sum((r.usage for r in results), aggregating + spec.earlier_usage), stop_reason="cancelled")
+                     usage=spent + spec.earlier_usage, stop_reason="cancelled")

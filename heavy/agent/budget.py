@@ -171,7 +171,7 @@ class GrantedBackend:
         except asyncio.CancelledError:  # aborted in flight: what the server did is charged
             spent = aborted_usage(meter, messages, tools)
             raise
-        except LLMError as exc:  # and what it did before it failed
+        except Exception as exc:  # and what it did before it failed (or a bug crashed the call)
             spent = failed_usage(meter, exc, messages, tools)
             raise
         finally:
@@ -250,7 +250,7 @@ class Charge:
         """What the request spent until it was aborted (agent/context.py aborted_usage), now its charge."""
         return self._charged(aborted_usage(self.meter, prompt, tools))
 
-    def failed(self, error: LLMError, prompt: list[Message], tools: list[dict] | None) -> Usage:
+    def failed(self, error: Exception, prompt: list[Message], tools: list[dict] | None) -> Usage:
         """What the request spent until it failed (agent/context.py failed_usage), now its charge."""
         return self._charged(failed_usage(self.meter, error, prompt, tools))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from heavy.llm.types import Completion, ContextLengthError, LLMError, Message, Meter, Usage
+from heavy.llm.types import Completion, ContextLengthError, Message, Meter, Usage
 
 CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of a chat template
@@ -56,7 +56,7 @@ def aborted_usage(meter: Meter, prompt: list[Message], tools: list[dict] | None)
     return earlier + replace(meter.usage, prompt_tokens=estimate_tokens(prompt, tools))
 
 
-def failed_usage(meter: Meter, error: LLMError, prompt: list[Message], tools: list[dict] | None) -> Usage:
+def failed_usage(meter: Meter, error: Exception, prompt: list[Message], tools: list[dict] | None) -> Usage:
     """What a request that failed spent: what its backend's `meter` counted before the failure (a runtime reply whose
     tool call would not parse, an engine lost mid-reply after the retries), never an estimate (a server that never
     answered may have done nothing); nothing for a prompt refused as too long, which no server computed. Its earlier

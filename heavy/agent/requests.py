@@ -14,7 +14,7 @@ from heavy.agent.budget import (
     until_stopped,
 )
 from heavy.agent.context import estimate_tokens, fit_context, with_earlier_attempts, with_usage
-from heavy.llm.types import Completion, ContextLengthError, LLMBackend, LLMError, Message, Sampling, Usage
+from heavy.llm.types import Completion, ContextLengthError, LLMBackend, Message, Sampling, Usage
 
 
 class ModelRequests:
@@ -85,7 +85,7 @@ class ModelRequests:
                 # what the server did is charged (the job's grant, the tenant)
                 self.usage = self.usage + charge.aborted(prompt, tools)
                 raise
-            except LLMError as exc:  # the server may have worked before it failed (a reply that would not parse)
+            except Exception as exc:  # the server may have worked before it failed (a reply that would not parse)
                 self.usage = self.usage + charge.failed(exc, prompt, tools)
                 raise
             # the estimate undercounts some scripts (Chinese: 1.9 times for the embedded model's tokenizer): later

@@ -23,7 +23,7 @@ from heavy.config import Settings
 from heavy.events import FanoutSink, JobFailed
 from heavy.llm.types import LLMBackend, Usage
 from heavy.metrics import ERRORS, JOB_SECONDS, JOBS_FINISHED, MetricsSink
-from heavy.scheduler import AllTrajectoriesFailed, JobControl, JobSpec, Scheduler, trajectory_limits
+from heavy.scheduler import JobControl, JobSpec, Scheduler, trajectory_limits
 from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, JobTakenOver, Store
 from heavy.store.records import AGGREGATING, CANCELLED, FAILED, QUEUED, RUNNING
 from heavy.tools.base import ToolExecutor
@@ -210,9 +210,10 @@ class Worker:
             error = f"{type(exc).__name__}: {exc}"
             if sink.terminal is None:  # failed before the scheduler's own handler (writing job_started)
                 await sink.emit(JobFailed(job_id=job.id, error=error))
-            # the trajectories' usage (their failed requests too) when they all failed; else their steps' events
-            spent = (exc.usage.total_tokens if isinstance(exc, AllTrajectoriesFailed)
-                     else checkpointed_tokens(saved) + sink.tokens + spec.earlier_usage.total_tokens)
+            # what the backends counted once the trajectories ended (failed and aborted requests, the aggregation's);
+            # a job failed before that, its steps' events
+            spent = (control.spent.total_tokens if control.spent is not None
+                     else checkpointed_tokens(saved) + sink.tokens) + spec.earlier_usage.total_tokens
             await self._end(claim, job, FAILED, sink, tokens=spent, error=error)
             return
         finally:

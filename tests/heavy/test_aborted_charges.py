@@ -11,6 +11,7 @@ import pytest
 from heavy.agent import TrajectoryLimits
 from heavy.agent.budget import GrantedBackend, JobTokenBudget, StopSignal
 from heavy.agent.context import estimate_tokens
+from heavy.aggregate import REPORT_REQUEST
 from heavy.llm.openai_backend import OpenAIBackend
 from heavy.llm.retry import RetryPolicy
 from heavy.llm.runtime_backend import RuntimeBackend
@@ -19,7 +20,7 @@ from heavy.scheduler import JobControl, Scheduler
 from heavy.tools.base import ToolExecutor
 from heavy.worker.checkpoint import CheckpointedTrajectory
 from runtime.replica.errors import ReplicaDownError
-from tests.heavy.fakes import DictSearch, ScriptedBackend, call
+from tests.heavy.fakes import STEP_USAGE, DictSearch, ScriptedBackend, call
 from tests.heavy.test_llm_openai import REPLY
 from tests.heavy.test_llm_runtime import Engine, Tokenizer
 from tests.heavy.test_scheduler import PAGES, researcher, run, spec
@@ -208,3 +209,33 @@ async def test_a_retried_openai_request_is_charged_a_reply_that_timed_out_as_an_
     timed_out = Usage(prompt_tokens=unanswered * estimate_tokens(QUESTION))
     assert len(calls) == 2 and completion.usage == Usage(50, 7, 32) + timed_out
     assert granted.usage == completion.usage and budget.used == completion.usage.total_tokens
+
+
+async def test_a_report_whose_claim_checks_failed_after_their_server_worked_is_charged_them():
+    """The aggregator survives a call that fails (the report goes without that check): the job is still charged
+    what the call's backend counted, as the grant was."""
+    counted = Usage(prompt_tokens=100, completion_tokens=60)
+
+    def checks_fail(request):
+        if request.trajectory < 0 and request.request_id != REPORT_REQUEST:
+            raise LLMError("runtime: malformed reply")
+        return researcher()(request)
+    backend = ScriptedBackend(checks_fail, in_flight=lambda request: counted)
+    result, _ = await run(spec(mode="report", trajectories=3), backend)
+    checks = [r for r in backend.requests if r.trajectory < 0 and r.request_id != REPORT_REQUEST]
+    replies = len(backend.requests) - len(checks)
+    assert checks and result.status == "done"
+    assert result.usage.total_tokens == replies * STEP_USAGE.total_tokens + len(checks) * counted.total_tokens
+
+
+async def test_a_trajectory_whose_backend_crashed_after_its_server_worked_is_charged_that_request():
+    counted = Usage(prompt_tokens=100, completion_tokens=60)
+
+    def crashes(request):
+        if request.trajectory == 1:
+            raise RuntimeError("a bug in the backend")
+        return researcher()(request)
+    backend = ScriptedBackend(crashes, in_flight=lambda request: counted if request.trajectory == 1 else Usage())
+    result, _ = await run(spec(mode="report", trajectories=2), backend)
+    crashed = result.trajectories[1]
+    assert crashed.stop_reason == "error" and "a bug in the backend" in crashed.error and crashed.usage == counted

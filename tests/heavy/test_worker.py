@@ -7,10 +7,11 @@ import time
 
 import pytest
 
+from heavy.aggregate import REPORT_REQUEST
 from heavy.llm.types import LLMError, Usage
 from heavy.worker import Worker, runner
 from tests.heavy.api_helpers import app_for, client_for, parse_sse
-from tests.heavy.fakes import ScriptedBackend, call
+from tests.heavy.fakes import STEP_USAGE, ScriptedBackend, call
 from tests.heavy.worker_helpers import (
     JOB,
     WORKER_SETTINGS,
@@ -318,6 +319,31 @@ async def test_a_job_whose_trajectories_all_failed_is_charged_what_their_servers
     assert failed["status"] == "failed" and "AllTrajectoriesFailed" in failed["error"]
     tenant = await store.tenants.get("acme")
     assert (failed["tokens"], tenant.tokens_used) == (3 * counted.total_tokens,) * 2
+
+
+async def test_a_job_whose_aggregation_crashed_is_charged_what_every_backend_counted(client, store, start_worker):
+    """Trajectory 0's second request fails once its server worked, the aggregator's claim checks too, and then its
+    report pass crashes (a bug): none of these is a step event, and the failed job is charged them all."""
+    counted = Usage(prompt_tokens=100, completion_tokens=60)
+
+    def fails(request) -> bool:
+        return request.trajectory < 0 or (request.trajectory == 0 and step_of(request) == 1)
+
+    def script(request):
+        if request.request_id == REPORT_REQUEST:
+            raise RuntimeError("the aggregator broke")
+        if fails(request):
+            raise LLMError("runtime: malformed tool call")
+        return researcher(request)
+    backend = ScriptedBackend(script, in_flight=lambda request: counted if fails(request) else Usage())
+    start_worker(backend)
+    job = (await client.post("/v1/jobs", json=JOB)).json()
+    failed = await status_is(client, job["id"], "done", "partial", "failed")
+    assert failed["status"] == "failed" and "the aggregator broke" in failed["error"]
+    failures = sum(map(fails, backend.requests))
+    spent = (len(backend.requests) - failures) * STEP_USAGE.total_tokens + failures * counted.total_tokens
+    tenant = await store.tenants.get("acme")
+    assert (failed["tokens"], tenant.tokens_used) == (spent, spent)
 
 
 async def test_a_job_never_spends_more_than_its_tenant_has_left(client, store, start_worker):
