@@ -134,11 +134,13 @@ class CheckpointedTrajectory(Trajectory):
         except asyncio.CancelledError:  # the worker stops (SIGTERM) or lost the job
             await self._save_spent()
             raise
-        if result.stop_reason not in EXTERNAL_STOPS:  # a stopped one continues if the job is taken over
+        if result.stop_reason not in EXTERNAL_STOPS:
             await self.save(self.spec.index, {"kind": "result", "result": result_to_dict(result),
                                               "tool_calls": _tool_calls(self),
                                               "counted_per_estimated": self.requests.counted_per_estimated,
                                               "context_tokens": self.requests.context_tokens})
+        else:  # a stopped one continues if the job is resumed (its worker stopped while it aggregated): from its
+            await self._save_spent()  # checkpoint, with what the request the stop cut spent
         return result
 
     async def after_step(self) -> None:
@@ -148,8 +150,9 @@ class CheckpointedTrajectory(Trajectory):
             self.checkpoint = state
 
     async def _save_spent(self) -> None:
-        """The last checkpoint again, with what the trajectory spent since: a request the worker's stop cut (what its
-        server did, agent/requests.py), a reply whose step's tool calls it cut. The worker resuming the job redoes
+        """The last checkpoint again, with what the trajectory spent since: a request the worker's stop or the job's
+        (finish-now, a straggler cut) cut (what its server did, agent/requests.py), a reply whose step's tool calls
+        it cut. The worker resuming the job redoes
         that step and charges the job (and its tenant) this too; the server did the work either way. Not when the
         write is refused (another worker runs the job now) or Redis does not answer within the grace."""
         if self.usage == Usage(**self.checkpoint["usage"]):

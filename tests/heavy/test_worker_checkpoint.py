@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import pytest
 
-from heavy.agent import JobTokenBudget, TrajectoryLimits, TrajectorySpec
+from heavy.agent import JobTokenBudget, StopSignal, TrajectoryLimits, TrajectorySpec
 from heavy.llm.types import Sampling, Usage
 from heavy.tools.base import ToolExecutor, ToolLimits
 from heavy.worker.checkpoint import CheckpointedTrajectory, result_from_dict, state_of
@@ -124,3 +124,22 @@ async def test_a_trajectory_cut_by_its_workers_stop_saves_its_last_checkpoint_ag
     with pytest.raises(asyncio.CancelledError):
         await run
     assert resumed_saves == [{**saves[1], "usage": asdict(Usage(**saves[1]["usage"]) + cut)}]
+
+
+async def test_a_trajectory_a_stop_cut_saves_its_last_checkpoint_again_with_what_the_cut_request_spent():
+    """Finish-now while a request is in flight: the trajectory ends stopped, not done, and a worker that resumes the
+    job (its first one stopped while it aggregated) continues it from its checkpoint, which carries that charge."""
+    cut = Usage(prompt_tokens=100, completion_tokens=7)
+    backend = ScriptedBackend(researcher, delay_s=lambda request: 30 if step_of(request) else 0,
+                              in_flight=lambda request: cut if step_of(request) else Usage())
+    saves, stop = [], StopSignal()
+
+    async def save(k, data):
+        saves.append(json.loads(json.dumps(data)))
+    made = CheckpointedTrajectory(SPEC, backend, executor(), save=save, stop=stop)
+    run = asyncio.create_task(made.run())
+    while not any(step_of(request) for request in backend.requests):
+        await asyncio.sleep(0.01)
+    stop.set("finish_now")
+    assert (await run).stop_reason == "finish_now"
+    assert saves[1:] == [{**saves[0], "usage": asdict(Usage(**saves[0]["usage"]) + cut)}]
