@@ -239,3 +239,13 @@ async def test_a_trajectory_whose_backend_crashed_after_its_server_worked_is_cha
     result, _ = await run(spec(mode="report", trajectories=2), backend)
     crashed = result.trajectories[1]
     assert crashed.stop_reason == "error" and "a bug in the backend" in crashed.error and crashed.usage == counted
+
+
+async def test_a_resumed_job_counts_what_its_earlier_attempts_aggregation_spent_against_its_grant():
+    """The worker before was stopped while it aggregated, having spent the whole grant: the job's requests find
+    none of it left, and its report is charged that spend (test_faults.py hands it over between worker processes)."""
+    backend = ScriptedBackend(researcher())
+    earlier = Usage(prompt_tokens=9_000, completion_tokens=1_000)
+    result, _ = await run(spec(mode="report", trajectories=3, job_tokens=10_000, earlier_usage=earlier), backend)
+    assert result.stop_reason == "job_tokens" and result.status == "partial"
+    assert not backend.requests and result.usage == earlier
