@@ -110,6 +110,8 @@ class Attention(nn.Module):
             return self._causal(q, k, v)
         self.k_cache.index_copy_(0, context.slot_mapping, k)  # [S, Hkv, D]
         self.v_cache.index_copy_(0, context.slot_mapping, v)
+        if context.num_decode and context.num_decode == q.shape[0]:  # decodes only: no output to assemble
+            return self._decode(q, context)
         out = torch.empty_like(q)
         if context.num_decode:
             out[: context.num_decode] = self._decode(q[: context.num_decode], context)

@@ -143,8 +143,9 @@ class Qwen2Model(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # input_ids [T], positions [T] -> hidden [T, D]
-        cos, sin = self.rotary(positions)  # [T, Dh]
         x = self.embed_tokens(input_ids)  # [T, D]
+        # the tables in x's dtype once, not in every layer's apply_rotary (twice each): the same cast, the same values
+        cos, sin = (table.to(x.dtype) for table in self.rotary(positions))  # [T, Dh]
         for layer in self.layers:
             x = layer(x, cos, sin)
         return self.norm(x)
