@@ -44,10 +44,16 @@ def native_bf16_skinny() -> ctypes.CDLL | None:
     return library
 
 
+def _bf16_on_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    # plain attribute tests: a decode step makes ~170 of these calls, and a generator over the tensors cost 2 us each
+    return (x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and x.is_cpu and weight.is_cpu
+            and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_cpu)))
+
+
 def takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Whether the native kernel serves this product (BF16 on a CPU, whole 16-row tiles, where it built)."""
-    return (all(t is None or (t.device.type == "cpu" and t.dtype == torch.bfloat16) for t in (x, weight, bias))
-            and weight.dim() == 2 and weight.shape[0] % TILE_N == 0 and native_bf16_skinny() is not None)
+    return (_bf16_on_cpu(x, weight, bias) and weight.dim() == 2 and weight.shape[0] % TILE_N == 0
+            and native_bf16_skinny() is not None)
 
 
 def bf16_skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -56,7 +62,7 @@ def bf16_skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if x.shape[-1] != k or n % TILE_N or (bias is not None and bias.shape != (n,)):
         raise ValueError(f"x {tuple(x.shape)}, weight {tuple(weight.shape)} and bias "
                          f"{None if bias is None else tuple(bias.shape)} do not fit (N a multiple of {TILE_N})")
-    if any(t is not None and (t.dtype != torch.bfloat16 or t.device.type != "cpu") for t in (x, weight, bias)):
+    if not _bf16_on_cpu(x, weight, bias):
         raise ValueError("x, weight and bias must be bfloat16 CPU tensors")
     rows = x.reshape(-1, k).contiguous()  # [M, K]
     weight = weight.contiguous()
