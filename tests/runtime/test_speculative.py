@@ -39,6 +39,25 @@ def test_propose_copies_what_followed_the_latest_longest_match():
     assert propose([7, 7, 7], k=5) == [7]  # the match ends at the last token: what follows it is all there is
 
 
+def latest_longest_match(token_ids: list[int], k: int) -> list[int]:
+    """propose's rule, written plainly: every earlier window of n tokens compared with the last n, longest n first."""
+    for n in range(min(4, len(token_ids) - 1), 1, -1):
+        starts = [s for s in range(len(token_ids) - n) if token_ids[s : s + n] == token_ids[-n:]]
+        if starts:
+            return token_ids[starts[-1] + n : starts[-1] + n + k]
+    return []
+
+
+def test_propose_finds_the_match_that_comparing_every_window_finds():
+    """propose extends only the earlier positions of the last token; over small vocabularies (many partial matches)
+    it proposes what comparing every window proposes."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(400):
+        length, vocab = int(torch.randint(1, 60, (1,), generator=gen)), 2 + trial % 5
+        token_ids = torch.randint(0, vocab, (length,), generator=gen).tolist()
+        assert propose(token_ids, 3) == latest_longest_match(token_ids, 3), token_ids
+
+
 def test_verify_greedy_takes_drafts_while_they_are_the_argmax_then_one_of_its_own():
     logits = torch.full((4, 10), -5.0)
     for row, best in enumerate([3, 4, 8, 6]):
