@@ -5,6 +5,7 @@ generate and chat stream the answer to stdout and print the speed to stderr; err
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ DEFAULT_MAX_TOKENS = 256
 DEFAULT_PORT = 8000
 MAX_PORT = 65535
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+API_KEY_ENV = "RUNTIME_API_KEY"  # serve's key when no --api-key is given (as vLLM's VLLM_API_KEY): not in `ps`
 # serve's flags for the router's health rounds (runtime/replica/router.py, RouterConfig; default there): flag ->
 # (RouterConfig field, type, help)
 ROUTER_OPTIONS = {
@@ -87,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--hang-timeout", type=float, default=None,
                        help="seconds a step may run before it counts as stuck (300): in process, /health fails; "
                             "with Ray replicas, the rank is restarted")
+    serve.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
+                       help=f"require `Authorization: Bearer KEY` on every route but /health, /ready and /metrics; "
+                            f"repeat it to take several keys (a rotation); default: ${API_KEY_ENV}, else none")
+    serve.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
+                       help="largest request body taken, else a 413 (default: room for one prompt at the full "
+                            "context in JSON, 1 MiB + 128 bytes a token: 2 MiB at 8192)")
     router = serve.add_argument_group("router (with --replicas or --ep)")
     for flag, (field, kind, text) in ROUTER_OPTIONS.items():
         router.add_argument(flag, dest=field, type=kind, default=None, metavar="N" if kind is int else "S", help=text)
@@ -115,6 +123,18 @@ def _router_config(args: argparse.Namespace, on_replicas: bool):
     from runtime.replica.router import RouterConfig
 
     return RouterConfig(**given)
+
+
+def _request_gate(args: argparse.Namespace) -> tuple[tuple[str, ...], int | None]:
+    """serve's API keys (the flags, else $RUNTIME_API_KEY; an empty one is none) and body cap, checked before the
+    model loads."""
+    from runtime.server.gate import checked_api_keys
+
+    env_key = os.environ.get(API_KEY_ENV, "")
+    keys = args.api_keys if args.api_keys is not None else [env_key] if env_key else []
+    if args.max_body_bytes is not None and args.max_body_bytes <= 0:
+        raise ValueError(f"--max-body-bytes must be > 0, got {args.max_body_bytes}")
+    return checked_api_keys(keys), args.max_body_bytes
 
 
 def _load(model: str, dtype: str, speculative_tokens: int | None = None, max_model_len: int | None = None,
@@ -183,6 +203,7 @@ def _serve(args: argparse.Namespace) -> None:
     if not (math.isfinite(hang_timeout_s) and hang_timeout_s > 0):  # before a model loads or Ray starts; nan
         raise ValueError(f"hang_timeout_s must be a finite number > 0, got {hang_timeout_s}")  # never timed out
     served_name = args.served_model_name or str(args.model)
+    api_keys, max_body_bytes = _request_gate(args)
     on_replicas = args.replicas is not None or args.ep is not None
     router = _router_config(args, on_replicas)
     if on_replicas:
@@ -191,12 +212,14 @@ def _serve(args: argparse.Namespace) -> None:
         serve_replicas(args.model, host=args.host, port=args.port, replicas=args.replicas or 1, ep=args.ep or 1,
                        dtype=args.dtype, hang_timeout_s=hang_timeout_s, served_name=served_name,
                        engine=_engine_config(args.speculative_tokens, args.max_model_len, args.kv_cache_gib),
-                       max_model_len=args.max_model_len, router=router)
+                       max_model_len=args.max_model_len, router=router, api_keys=api_keys,
+                       max_body_bytes=max_body_bytes)
         return
     from runtime.server.app import serve
 
     serve(_load(args.model, args.dtype, args.speculative_tokens, args.max_model_len, args.kv_cache_gib),
-          model_name=served_name, host=args.host, port=args.port, hang_timeout_s=hang_timeout_s)
+          model_name=served_name, host=args.host, port=args.port, hang_timeout_s=hang_timeout_s, api_keys=api_keys,
+          max_body_bytes=max_body_bytes)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {"generate": _generate, "chat": _chat, "serve": _serve}

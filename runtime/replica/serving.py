@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -202,9 +202,11 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
 def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True,
                    dtype: str = AUTO, hang_timeout_s: float = HANG_TIMEOUT_S, served_name: str | None = None,
                    engine: EngineConfig | None = None, max_model_len: int | None = None,
-                   router: RouterConfig | None = None) -> None:
+                   router: RouterConfig | None = None, api_keys: Sequence[str] = (),
+                   max_body_bytes: int | None = None) -> None:
     """`engine`: the replicas' config (the CLI's options); `max_model_len`: the context asked for explicitly, refused
-    when the replicas' KV cache cannot hold it; `router`: the router's health rounds."""
+    when the replicas' KV cache cannot hold it; `router`: the router's health rounds; `api_keys`, `max_body_bytes`:
+    what the app asks of a request (runtime.server.gate)."""
     import uvicorn
 
     from runtime.embedded import resolve_model
@@ -214,7 +216,8 @@ def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, abs
                               absorbed_mla=absorbed_mla, hang_timeout_s=hang_timeout_s, router=router)
     try:
         check_context_held(max_model_len, frontend.max_model_len)
-        app = PrefixKeyMiddleware(create_app(frontend, model_name=served_name or str(model)))
+        app = PrefixKeyMiddleware(create_app(frontend, model_name=served_name or str(model), api_keys=api_keys,
+                                             max_body_bytes=max_body_bytes))
         uvicorn.run(app, host=host, port=port)
     finally:
         frontend.shutdown()

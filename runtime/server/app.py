@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,6 +36,7 @@ from runtime.server.chat import (
 )
 from runtime.server.fanout import choice_params, interleaved, run_all
 from runtime.server.forced_calls import calls_before, forced_call
+from runtime.server.gate import RequestGate, default_max_body_bytes
 from runtime.server.metrics import MeteredEngine
 from runtime.server.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 from runtime.server.responses import REFUSALS, ServerStatus
@@ -87,8 +88,13 @@ def cancelled_on_disconnect(handler: Callable[..., Awaitable[Any]]) -> Callable[
     return route
 
 
-def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
+def create_app(engine: AsyncEngine, model_name: str, api_keys: Sequence[str] = (),
+               max_body_bytes: int | None = None) -> FastAPI:
+    """`api_keys`: one of them is required on every route but the probes and /metrics (none: open);
+    `max_body_bytes`: the largest request body taken (default: one prompt at the full context, gate.py)."""
     app = FastAPI(title="heavy runtime", description="OpenAI-compatible chat completions over the heavy engine")
+    app.add_middleware(RequestGate, api_keys=api_keys,
+                       max_body_bytes=max_body_bytes or default_max_body_bytes(engine.engine.max_model_len))
     engine = MeteredEngine(engine, model_name)
     tokenizer = engine.tokenizer
 
@@ -281,11 +287,13 @@ def _stream_error(exc: Exception) -> dict[str, str]:
     return {"data": json.dumps(ApiError(str(exc), status=500, error_type="server_error").body())}
 
 
-def serve(engine: LLMEngine, model_name: str, host: str, port: int, hang_timeout_s: float = HANG_TIMEOUT_S) -> None:
+def serve(engine: LLMEngine, model_name: str, host: str, port: int, hang_timeout_s: float = HANG_TIMEOUT_S,
+          api_keys: Sequence[str] = (), max_body_bytes: int | None = None) -> None:
     import uvicorn
 
     async_engine = AsyncEngine(engine, hang_timeout_s)
     try:
-        uvicorn.run(create_app(async_engine, model_name=model_name), host=host, port=port)
+        app = create_app(async_engine, model_name=model_name, api_keys=api_keys, max_body_bytes=max_body_bytes)
+        uvicorn.run(app, host=host, port=port)
     finally:
         async_engine.shutdown()
