@@ -9,7 +9,8 @@ the first (TPOT), median and p90; then the ratios of each concurrency against th
     .venv/bin/python scripts/bench_serve.py [--url http://127.0.0.1:8000] [--concurrency 1,8] [--requests 16]
 
 Without `--url` it starts `python -m runtime serve` (the embedded model, `--serve-args` passed on) on a free loopback
-port and stops it at the end.
+port and stops it at the end. With `RUNTIME_API_KEY` set (the key that server then wants, or the one `--url`'s
+wants), it is sent as the bearer key.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shlex
 import statistics
@@ -27,6 +29,9 @@ from dataclasses import dataclass
 
 import httpx
 from common import free_port, percentile  # beside this script
+
+API_KEY = os.environ.get("RUNTIME_API_KEY", "")  # what runtime serve reads too
+AUTHORIZATION = {"Authorization": f"Bearer {API_KEY}"} if API_KEY else {}
 
 READY_TIMEOUT_S = 600  # loading (or converting, the first time) the model
 VOCAB_FLOOR, VOCAB_CEILING = 1_000, 20_000  # ids every tokenizer served here has (Qwen2: 151,936; Kimi: 163,840)
@@ -96,7 +101,7 @@ async def run_at(url: str, model: str, prompts: list[list[int]], concurrency: in
             timings.append(await one_request(client, url, model, queue.get_nowait(), output_tokens))
 
     started = time.perf_counter()
-    async with httpx.AsyncClient(timeout=None) as client:
+    async with httpx.AsyncClient(timeout=None, headers=AUTHORIZATION) as client:
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
     return timings, time.perf_counter() - started
 
@@ -118,7 +123,7 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     process, url = (None, args.url.rstrip("/")) if args.url else start_server(args.serve_args)
     try:
-        model = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
+        model = httpx.get(f"{url}/v1/models", headers=AUTHORIZATION, timeout=10).json()["data"][0]["id"]
         rng = random.Random(args.seed)
         warmup = [[rng.randrange(VOCAB_FLOOR, VOCAB_CEILING) for _ in range(args.input_tokens)]]
         asyncio.run(run_at(url, model, warmup, 1, 4))

@@ -18,6 +18,9 @@ export HEAVY_MODEL=${HEAVY_MODEL:-$HOME/models/kimi-k2-thinking}
 export HEAVY_REDIS_URL=${HEAVY_REDIS_URL:-redis://127.0.0.1:6380/0}
 export HEAVY_BACKEND=openai
 export HEAVY_OPENAI_BASE_URL=http://127.0.0.1:${RUNTIME_PORT}/v1
+# RUNTIME_API_KEY, when set: the key the runtime wants (other users of the node reach its loopback port too) and
+# the workers send
+export HEAVY_OPENAI_API_KEY=${RUNTIME_API_KEY:-}
 export HEAVY_API_HOST=${HEAVY_API_HOST:-0.0.0.0}
 
 logs=$HOME/heavy-logs

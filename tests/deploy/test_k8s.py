@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 from heavy.config import Settings
+from runtime.cli import API_KEY_ENV
+from runtime.server.gate import OPEN_PATHS
 from tests.deploy.commands import check_commands
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.kustomize import KustomizeError, apply_operation, render
@@ -121,8 +123,25 @@ def test_runtime_probes_restart_it_only_when_dead_and_route_around_it_while_no_r
     assert runtime["readinessProbe"]["httpGet"]["path"] == "/ready"
     from runtime.server.app import create_app  # the paths are the runtime server's own
 
-    app = create_app(SimpleNamespace(tokenizer=None), model_name="unused")
+    app = create_app(SimpleNamespace(tokenizer=None), model_name="unused", max_body_bytes=1)  # no engine to size it
     assert {"/health", "/ready"} <= {route.path for route in app.routes}
+
+
+def test_the_runtime_wants_the_key_the_workers_send(overlay):
+    """The runtime serves on 0.0.0.0:8000, open to every pod (NetworkPolicy heavy-ray): its RUNTIME_API_KEY is the
+    Secret's HEAVY_OPENAI_API_KEY, which the workers send; the probes and the scrape need none (server/gate.py)."""
+    _, objects = overlay
+    cluster = _one(objects, "RayCluster", "heavy")
+    runtime = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][1]
+    [key] = [env["valueFrom"]["secretKeyRef"] for env in runtime.get("env", []) if env["name"] == API_KEY_ENV]
+    assert key == {"name": "heavy-secrets", "key": "HEAVY_OPENAI_API_KEY"}
+    assert _one(objects, "Secret", "heavy-secrets")["stringData"]["HEAVY_OPENAI_API_KEY"]  # a value to replace
+    worker = _one(objects, "Deployment", "heavy-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "heavy-secrets"}} in worker["envFrom"]
+    assert _one(objects, "ConfigMap", "heavy-config")["data"]["HEAVY_OPENAI_BASE_URL"] == "http://heavy-runtime:8000/v1"
+    probes = [runtime[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")]
+    scraped = _one(objects, "Service", "heavy-runtime")["metadata"]["annotations"]["prometheus.io/path"]
+    assert {*probes, scraped} <= OPEN_PATHS
 
 
 def test_redis_keeps_an_append_only_file_on_a_persistent_volume(overlay):
