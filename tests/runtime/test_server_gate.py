@@ -2,6 +2,7 @@
 checkpoint): every route but the probes and /metrics wants one of the keys, heavy's openai backend sends its
 HEAVY_OPENAI_API_KEY, and a body past the cap is a 413 whether its size is declared or it comes in chunks."""
 
+import contextlib
 import json
 import os
 import socket
@@ -32,15 +33,15 @@ REFUSED_AUTHORIZATIONS = [None, "Bearer wrong", f"Basic {KEYS[0]}", f"Bearer {EN
                           f"Bearer {KEYS[0]}x"]
 
 
-@pytest.fixture(scope="module")
-def url(tiny_kimi_path, tmp_path_factory):
+@contextlib.contextmanager
+def serving(checkpoint, log_path, *flags: str):
+    """`python -m runtime serve` with our keys and cap (and $RUNTIME_API_KEY set) on a free loopback port: its URL."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("gate") / "serve.log"
     keys = [word for key in KEYS for word in ("--api-key", key)]
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "serve", "--model", str(tiny_kimi_path), "--served-model-name", MODEL,
-             "--host", "127.0.0.1", "--port", str(port), *keys, "--max-body-bytes", str(CAP)],
+            [sys.executable, "-m", "runtime", "serve", "--model", str(checkpoint), "--served-model-name", MODEL,
+             "--host", "127.0.0.1", "--port", str(port), *keys, "--max-body-bytes", str(CAP), *flags],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, API_KEY_ENV: ENV_KEY})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -56,6 +57,12 @@ def url(tiny_kimi_path, tmp_path_factory):
         yield base
     finally:
         stop_process(process, timeout_s=30)
+
+
+@pytest.fixture(scope="module")
+def url(tiny_kimi_path, tmp_path_factory):
+    with serving(tiny_kimi_path, tmp_path_factory.mktemp("gate") / "serve.log") as base:
+        yield base
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -171,6 +178,7 @@ def test_a_big_body_without_a_key_is_refused_for_the_key(url):
     assert status == 401
 
 
+@pytest.mark.slow  # the embedded model's tokenizer (converted on first use)
 def test_the_default_cap_holds_a_prompt_of_the_longest_tokens_at_the_full_context(embedded_tokenizer):
     """Of the embedded vocabulary: the costliest JSON of a prompt at 8192 tokens, as text or as token ids."""
     vocabulary = range(embedded_tokenizer.vocab_size)
@@ -180,6 +188,20 @@ def test_the_default_cap_holds_a_prompt_of_the_longest_tokens_at_the_full_contex
     as_text = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": longest * context}]})
     as_ids = json.dumps({"model": MODEL, "prompt": [max(vocabulary)] * context})
     assert max(len(as_text), len(as_ids)) <= default_max_body_bytes(context) == 2 * 2**20
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_served_from_ray_replicas_the_key_and_the_cap_hold_the_same(tiny_kimi_path, tmp_path):
+    """`--replicas`: the app over the router (runtime/replica/serving.py) is gated as the one over an engine."""
+    with serving(tiny_kimi_path, tmp_path / "serve.log", "--replicas", "1") as base:
+        assert httpx.get(f"{base}/ready", timeout=30).status_code == 200
+        _assert_openai_error(httpx.post(f"{base}/v1/chat/completions", json=_chat(), timeout=30), 401)
+        served = httpx.post(f"{base}/v1/chat/completions", headers=_bearer(KEYS[0]), json=_chat(), timeout=120)
+        assert served.status_code == 200, served.text
+        body = json.dumps(_chat("x" * CAP)).encode()
+        status, _, _ = _raw(base, _head(base, KEYS[0], "Transfer-Encoding: chunked"), _chunked(body))
+        assert status == 413
 
 
 def test_serve_takes_the_key_from_the_environment_when_no_flag_names_one(monkeypatch, tiny_kimi_path):
