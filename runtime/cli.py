@@ -4,6 +4,7 @@ generate and chat stream the answer to stdout and print the speed to stderr; err
 """
 
 import argparse
+import ipaddress
 import math
 import os
 import sys
@@ -134,7 +135,17 @@ def _request_gate(args: argparse.Namespace) -> tuple[tuple[str, ...], int | None
     keys = args.api_keys if args.api_keys is not None else [env_key] if env_key else []
     if args.max_body_bytes is not None and args.max_body_bytes <= 0:
         raise ValueError(f"--max-body-bytes must be > 0, got {args.max_body_bytes}")
+    if not keys and not _is_loopback(args.host):
+        print(f"warning: serving on {args.host} without an API key: whoever reaches the port runs the model "
+              f"(--api-key or ${API_KEY_ENV})", file=sys.stderr)
     return checked_api_keys(keys), args.max_body_bytes
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 def _load(model: str, dtype: str, speculative_tokens: int | None = None, max_model_len: int | None = None,

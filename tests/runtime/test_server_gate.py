@@ -204,6 +204,19 @@ def test_served_from_ray_replicas_the_key_and_the_cap_hold_the_same(tiny_kimi_pa
         assert status == 413
 
 
+@pytest.mark.parametrize("host, keyed, warned", [
+    ("0.0.0.0", False, True), ("::", False, True), ("heavy-runtime", False, True), ("0.0.0.0", True, False),
+    ("127.0.0.1", False, False), ("::1", False, False), ("localhost", False, False),
+])
+def test_serve_beyond_loopback_without_a_key_says_so(monkeypatch, capsys, tiny_kimi_path, host, keyed, warned):
+    monkeypatch.setattr("runtime.cli._load", lambda *_, **__: None)
+    monkeypatch.setattr("runtime.server.app.serve", lambda *_, **__: None)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert main(["serve", "--model", str(tiny_kimi_path), "--host", host, *(["--api-key", "k"] if keyed else [])]) == 0
+    warning = f"warning: serving on {host} without an API key: whoever reaches the port runs the model"
+    assert (warning in capsys.readouterr().err) == warned
+
+
 def test_serve_takes_the_key_from_the_environment_when_no_flag_names_one(monkeypatch, tiny_kimi_path):
     taken = []
     monkeypatch.setattr("runtime.cli._load", lambda *_, **__: None)
