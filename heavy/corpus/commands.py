@@ -39,6 +39,7 @@ class AddReport:
     duplicates: int
     removed: int  # documents no file holds any more: edited out of their file, or their file deleted
     total: int  # documents in the index afterwards
+    replaced: int = 0  # documents whose place in their file holds another text now, indexed at the same address
     textless: tuple[str, ...] = ()  # files read that hold no text (empty, binary): nothing of theirs is indexed
     unread: tuple[str, ...] = ()  # why each file that could not be read was not: what it held before stays
     other_types: tuple[str, ...] = ()  # the suffixes of the folder's files of a type it does not read, one a file
@@ -59,7 +60,7 @@ def corpus_add(path: Path | str, index_path: Path | str) -> AddReport:
     is_folder = Path(path).is_dir()
     scope = str(Path(path).resolve() if is_folder else file_name(Path(path)))  # the names this add may replace
     index.adopt_relative_files(scope)
-    added = duplicates = removed = 0
+    added = duplicates = removed = replaced = 0
     textless, unread, refused = [], [], None
     present = [file_name(file) for file in files]
     for file in present:
@@ -72,7 +73,8 @@ def corpus_add(path: Path | str, index_path: Path | str) -> AddReport:
             refused = None if is_folder else exc  # the file named: its error is the answer
             continue
         added, duplicates, removed = added + counts.added, duplicates + counts.duplicates, removed + counts.removed
-        if counts.added + counts.duplicates == 0:
+        replaced += counts.replaced
+        if counts.added + counts.duplicates + counts.replaced == 0:
             textless.append(str(file))
     if is_folder:
         removed += index.forget_files(scope, {str(file) for file in present})
@@ -81,6 +83,7 @@ def corpus_add(path: Path | str, index_path: Path | str) -> AddReport:
     if refused is not None:
         raise refused
     return AddReport(files=len(files), added=added, duplicates=duplicates, removed=removed, total=total,
+                     replaced=replaced,
                      textless=tuple(textless), unread=tuple(unread), other_types=other_types(Path(path)))
 
 
@@ -95,7 +98,8 @@ def add_command(path: Path, index: IndexOption = None) -> None:
     report = corpus_add(path, index or default_index_path(get_settings()))
     typer.echo(
         f"indexed {report.added} new documents from {report.files} files "
-        f"({report.duplicates} already indexed, {report.removed} no longer in a file removed); the index holds "
+        f"({report.duplicates} already indexed, {report.replaced} edited, {report.removed} no longer in a file "
+        f"removed); the index holds "
         f"{report.total}"
     )
     # what was not indexed, said: a folder of PDFs, a binary file, a bad JSONL row were passed over in silence

@@ -36,6 +36,9 @@ class Document:
     text: str
     url: str = ""  # the document's original address, when the source gives one
     origin: str = ""  # the file (and JSONL row) it was read from
+    # where in its file it is, what its address (/doc/<id>) stays with when the file is edited: a file's part number
+    # ("1" for a whole file), a JSONL row's url, else its title (its line moves as rows are added above it)
+    place: str = ""
 
     def __post_init__(self) -> None:
         if not self.text.strip():
@@ -87,11 +90,12 @@ def read_file(file: Path) -> Iterator[Document]:
 def _parts(document: Document) -> Iterator[Document]:
     """`document`, or, longer than PART_CHARS, its parts, titled "(part k of n)"."""
     if len(document.text) <= PART_CHARS:
-        yield document
+        yield replace(document, place="1")
         return
     parts = [part for part in _split(document.text, _PART_BREAKS) if part.strip()]
     for number, part in enumerate(parts, start=1):
-        yield replace(document, title=f"{document.title} (part {number} of {len(parts)})", text=part.strip())
+        yield replace(document, title=f"{document.title} (part {number} of {len(parts)})", text=part.strip(),
+                      place=str(number))
 
 
 def _split(text: str, breaks: tuple[str, ...]) -> list[str]:
@@ -185,7 +189,10 @@ def _jsonl_rows(lines: Iterable[str], file: Path) -> Iterator[Document]:
             found = f"; this one has {', '.join(map(repr, row))}" if isinstance(row, dict) else ""
             raise CorpusFormatError(f"{where}: a row must be an object with a string 'text' (and optional title, "
                                     f"url){found}")
-        yield Document(
-            title=str(row.get("title") or row["text"][:80]), text=row["text"], url=str(row.get("url") or ""),
-            origin=where,
-        )
+        title, url = str(row.get("title") or row["text"][:80]), str(row.get("url") or "")
+        yield Document(title=title, text=row["text"], url=url, origin=where, place=jsonl_place(title, url))
+
+
+def jsonl_place(title: str, url: str) -> str:
+    """A JSONL row's place in its file (Document.place)."""
+    return f"url {url}" if url else f"title {title}"

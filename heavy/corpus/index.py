@@ -5,8 +5,9 @@ title and text) and `docs_cjk` (the documents holding Chinese, Japanese or Korea
 see heavy/corpus/cjk.py; a query with such text searches its runs there and its other words in `docs_fts`, any other
 query `docs_fts` alone, as before). Both tables hold the text folded to NFKC, as a query is (heavy/corpus/folding.py);
 `docs` holds it as written, which snippets and pages show. Documents are deduplicated by a hash of title + text, so
-re-adding a directory is a no-op; `doc_files` records every file that holds each one, so re-adding an edited file
-replaces the documents it no longer holds, and a document goes only when no file holds it any more.
+re-adding a directory is a no-op; `doc_files` records every file that holds each one, and where, so re-adding an edited
+file replaces the documents it no longer holds (keeping the id, the page's address, of each one whose place in the
+file holds a new text), and a document goes only when no file holds it any more.
 Each call opens its own connection, so one index can be used from several threads.
 """
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from heavy.corpus import cjk
+from heavy.corpus import cjk, doc_files
 from heavy.corpus.documents import CorpusFormatError, Document, file_name
 from heavy.corpus.folding import fold, tokenized_as_written
 from heavy.corpus.snippets import LONG_PAGE_CHARS, words_snippet
@@ -61,11 +62,12 @@ KEYWORD_WORDS = frozenset({"all", "and", "any", "as", "between", "by", "do", "fo
 KEYWORD_NOUNS = frozenset({"statement", "statements", "clause", "clauses", "keyword", "keywords", "operator",
                            "operators", "loop", "loops", "expression", "expressions", "block", "blocks"})
 
-# PRAGMA user_version; 2 added docs_cjk, 3 folded what docs_fts and docs_cjk index to NFKC (an older index is
-# brought to 3 when opened)
-SCHEMA_VERSION = 3
+# PRAGMA user_version; 2 added docs_cjk, 3 folded what docs_fts and docs_cjk index to NFKC, 4 recorded each
+# document's place in its file and the last id given (an older index is brought to 4 when opened)
+SCHEMA_VERSION = 4
 CJK_VERSION = 2
 FOLDED_VERSION = 3
+PLACES_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     id INTEGER PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, url TEXT NOT NULL, origin TEXT NOT NULL,
@@ -75,14 +77,8 @@ CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(
     title, text, content='docs', content_rowid='id', tokenize='porter unicode61'
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS docs_cjk USING fts5(title, text, tokenize='porter unicode61');
+CREATE TABLE IF NOT EXISTS last_doc_id (id INTEGER NOT NULL);
 """
-_FILES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS doc_files (file TEXT NOT NULL, doc_id INTEGER NOT NULL, PRIMARY KEY (file, doc_id))
-    WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS doc_files_by_doc ON doc_files (doc_id);
-"""
-_JSONL_ROW = re.compile(r"(.*\.jsonl):\d+", re.IGNORECASE)  # a JSONL row's origin: "file:N"
-
 # FTS5's snippet, NULL for a page too long for it (snippets.LONG_PAGE_CHARS) or one folding splits otherwise
 # (folding.tokenized_as_written): the index writes those itself
 _FTS_SNIPPET = (f"CASE WHEN length(d.text) <= {LONG_PAGE_CHARS} AND tokenized_as_written(d.text) "
@@ -166,6 +162,7 @@ class AddCounts(NamedTuple):
     added: int
     duplicates: int  # already indexed (from this file before, or from another)
     removed: int  # the source file's documents it no longer holds
+    replaced: int = 0  # documents of the source file given the new text of their place in it, keeping their ids
 
 
 def _forget(db: sqlite3.Connection, file: str, kept: set[int]) -> int:
@@ -183,10 +180,21 @@ def _forget(db: sqlite3.Connection, file: str, kept: set[int]) -> int:
     return len(orphans)
 
 
-def _file_of(origin: str) -> str:
-    """The file a document's origin names (a JSONL row's: "file:N")."""
-    row = _JSONL_ROW.fullmatch(origin)
-    return row.group(1) if row else origin
+def _index_document(db: sqlite3.Connection, doc_id: int, doc: Document) -> None:
+    indexed = _indexed(doc.title, doc.text)
+    db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)", (doc_id, *indexed))
+    _add_cjk(db, doc_id, *indexed)
+
+
+def _replace(db: sqlite3.Connection, doc_id: int, doc: Document, digest: str, now: float) -> None:
+    """The document `doc_id` is now `doc`, at the same address."""
+    title, text = db.execute("SELECT title, text FROM docs WHERE id = ?", (doc_id,)).fetchone()
+    db.execute("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)",
+               (doc_id, *_indexed(title, text)))
+    db.execute("DELETE FROM docs_cjk WHERE rowid = ?", (doc_id,))
+    db.execute("UPDATE docs SET title = ?, text = ?, url = ?, origin = ?, content_hash = ?, added_at = ? WHERE id = ?",
+               (doc.title, doc.text, doc.url, doc.origin, digest, now, doc_id))
+    _index_document(db, doc_id, doc)
 
 
 def _indexed(title: str, text: str) -> tuple[str, str]:
@@ -203,9 +211,20 @@ def _add_cjk(db: sqlite3.Connection, doc_id: int, title: str, text: str) -> None
 
 def _upgrade(db: sqlite3.Connection, version: int) -> None:
     """Bring an index of `version` to SCHEMA_VERSION: before CJK_VERSION, index the bigrams of its documents holding
-    CJK text; before FOLDED_VERSION, index folded the documents folding changes (the others are indexed as folded)."""
+    CJK text; before FOLDED_VERSION, index folded the documents folding changes (the others are indexed as folded);
+    before PLACES_VERSION, record the documents' places and the last id given."""
     for statement in filter(str.strip, _SCHEMA.split(";")):
         db.execute(statement)
+    if version < FOLDED_VERSION:
+        _fold_documents(db, version)
+    if version < PLACES_VERSION:
+        db.execute("INSERT INTO last_doc_id SELECT coalesce(max(id), 0) FROM docs")
+        if doc_files.exists(db):
+            doc_files.record_places(db)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _fold_documents(db: sqlite3.Connection, version: int) -> None:
     # read one at a time: a large corpus is not held whole
     for doc_id, title, text in db.execute("SELECT id, title, text FROM docs"):
         indexed = _indexed(title, text)
@@ -217,7 +236,6 @@ def _upgrade(db: sqlite3.Connection, version: int) -> None:
             continue
         db.execute("DELETE FROM docs_cjk WHERE rowid = ?", (doc_id,))
         _add_cjk(db, doc_id, *indexed)
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _create_or_upgrade(db: sqlite3.Connection, path: Path) -> int:
@@ -281,13 +299,9 @@ class CorpusIndex:
         searching an index built before it needs no write access."""
         db = self._connect()
         try:
-            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'doc_files'").fetchone():
+            if not doc_files.exists(db):
                 with db:
-                    db.executescript(_FILES_SCHEMA)
-                    # each document is held by the file it came from
-                    db.executemany("INSERT OR IGNORE INTO doc_files (file, doc_id) VALUES (?, ?)",
-                                   [(_file_of(origin), doc_id) for doc_id, origin in
-                                    db.execute("SELECT id, origin FROM docs WHERE origin != ''").fetchall()])
+                    doc_files.create(db)
         except BaseException:
             db.close()
             raise
@@ -296,33 +310,38 @@ class CorpusIndex:
     def add(self, documents: Iterable[Document], source: str = "") -> AddCounts:
         """Index documents. `source`: the file they all were read from; its documents added before and not among
         these are removed in the same transaction (the file was edited: its old text must not be found beside the
-        new), unless another file holds them too."""
-        added = skipped = removed = 0
+        new), unless another file holds them too. Content is stored once (by its hash), but a document's id, its
+        address (/doc/<id>), stays with its place in the file: a new text at a place the file held another before
+        takes that document's id, where no other file holds it. Ids are never given twice: a removed document's
+        address is a 404, never another page."""
+        added = skipped = removed = replaced = 0
         kept: set[int] = set()
         now = time.time()
         with closing(self._connect_to_write()) as db, db:
             for doc in documents:
                 digest = content_hash(doc.title, doc.text)
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO docs (title, text, url, origin, content_hash, added_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (doc.title, doc.text, doc.url, doc.origin, digest, now),
-                )
-                if cursor.rowcount == 0:
+                if found := db.execute("SELECT id FROM docs WHERE content_hash = ?", (digest,)).fetchone():
                     skipped += 1
-                    doc_id = db.execute("SELECT id FROM docs WHERE content_hash = ?", (digest,)).fetchone()[0]
+                    doc_id = found[0]
+                elif (source and doc.place
+                      and (doc_id := doc_files.replaceable(db, source, doc.place, kept)) is not None):
+                    _replace(db, doc_id, doc, digest, now)
+                    replaced += 1
                 else:
-                    doc_id = cursor.lastrowid
-                    indexed = _indexed(doc.title, doc.text)
-                    db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)", (doc_id, *indexed))
-                    _add_cjk(db, doc_id, *indexed)
+                    doc_id = db.execute(
+                        "INSERT INTO docs (id, title, text, url, origin, content_hash, added_at) "
+                        "SELECT id + 1, ?, ?, ?, ?, ?, ? FROM last_doc_id",
+                        (doc.title, doc.text, doc.url, doc.origin, digest, now),
+                    ).lastrowid
+                    db.execute("UPDATE last_doc_id SET id = ?", (doc_id,))
+                    _index_document(db, doc_id, doc)
                     added += 1
-                if source:
+                if source and doc_id not in kept:
                     kept.add(doc_id)
-                    db.execute("INSERT OR IGNORE INTO doc_files (file, doc_id) VALUES (?, ?)", (source, doc_id))
+                    doc_files.hold(db, source, doc_id, doc.place)
             if source:
                 removed = _forget(db, source, kept)
-        return AddCounts(added, skipped, removed)
+        return AddCounts(added, skipped, removed, replaced)
 
     def forget_files(self, folder: str, present: set[str]) -> int:
         """Forget, in one transaction, the files under `folder` not in `present` (deleted since they were added):
@@ -343,8 +362,8 @@ class CorpusIndex:
             named = [(str(file_name(Path(file))), file) for file in relative]
             under = scope.rstrip("/") + "/"
             renamed = [(name, file) for name, file in named if name == scope or name.startswith(under)]
-            db.executemany("INSERT OR IGNORE INTO doc_files (file, doc_id) SELECT ?, doc_id FROM doc_files "
-                           "WHERE file = ?", renamed)
+            db.executemany("INSERT OR IGNORE INTO doc_files (file, doc_id, place) "
+                           "SELECT ?, doc_id, place FROM doc_files WHERE file = ?", renamed)
             db.executemany("DELETE FROM doc_files WHERE file = ?", [(file,) for _, file in renamed])
 
     def search(self, query: str, k: int) -> list[SearchHit]:

@@ -187,9 +187,9 @@ def test_re_adding_an_edited_file_replaces_what_it_no_longer_holds(tmp_path, mon
                                      + json.dumps({"title": "Katla", "text": "Katla last erupted in 2025."}) + "\n")
     monkeypatch.chdir(root)  # the same files by another path
     again = corpus_add("rows.jsonl", index_path)
-    assert (again.added, again.duplicates, again.removed, again.total) == (1, 1, 1, 3)
+    assert (again.added, again.duplicates, again.replaced, again.removed, again.total) == (0, 1, 1, 0, 3)
     again = corpus_add(root / ".." / "corpus", index_path)
-    assert (again.added, again.duplicates, again.removed, again.total) == (1, 2, 1, 3)
+    assert (again.added, again.duplicates, again.replaced, again.removed, again.total) == (0, 2, 1, 0, 3)
     index = CorpusIndex(index_path)
     assert index.search("1991 1918", k=5) == []
     assert {hit.title for hit in index.search("2000 2025 1961", k=5)} == {"Hekla", "Katla", "Askja"}
@@ -285,7 +285,7 @@ def test_a_symlinked_file_is_forgotten_when_its_link_is_deleted_or_moved(tmp_pat
     assert corpus_add(root, index_path).total == 2
     (root / "volcano.md").unlink()
     (root / "volcano.md").symlink_to(elsewhere / "askja.md")  # the link now names another page
-    assert corpus_add(root, index_path).removed == 1
+    assert corpus_add(root, index_path).replaced == 1  # volcano.md's page, Katla's address
     index = CorpusIndex(index_path)
     assert index.search("1918", k=5) == [] and [hit.title for hit in index.search("1961", k=5)] == ["Askja"]
     (root / "volcano.md").unlink()
@@ -304,14 +304,15 @@ def test_an_index_built_from_a_relative_path_forgets_edited_and_deleted_files(tm
         db.execute("DROP TABLE doc_files")
     (tmp_path / "docs" / "a.md").write_text("# a\n\nZebras are grazers.")
     (tmp_path / "docs" / "b.md").unlink()
-    assert corpus_add("docs", "index.sqlite").removed == 2
+    again = corpus_add("docs", "index.sqlite")
+    assert (again.removed, again.replaced) == (1, 1)
     index = CorpusIndex("index.sqlite")
     assert index.search("stripes", k=5) == index.search("okapis", k=5) == []
     assert [hit.title for hit in index.search("zebras", k=5)] == ["a"]
     (tmp_path / "docs" / "c.md").write_text("# c\n\nTapirs eat fruit.")  # by one file's path alone, too
     with closing(sqlite3.connect("index.sqlite")) as db, db:
         db.execute("UPDATE doc_files SET file = 'docs/c.md' WHERE file LIKE '%/docs/c.md'")
-    assert corpus_add("docs/c.md", "index.sqlite").removed == 1 and index.search("swim", k=5) == []
+    assert corpus_add("docs/c.md", "index.sqlite").replaced == 1 and index.search("swim", k=5) == []
 
 
 @pytest.mark.timeout(120, method="thread")  # FTS5 took over ten minutes, weighing each fragment by every hit

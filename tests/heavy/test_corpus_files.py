@@ -60,8 +60,8 @@ def test_a_folder_add_reads_past_a_bad_file_and_says_what_it_did_not_index(tmp_p
 
     assert result.exit_code == 1, result.output
     assert [hit.title for hit in CorpusIndex(index).search("oxygen glovebox anneal protocol", k=5)] == ["Glovebox"]
-    assert "indexed 1 new documents from 4 files (0 already indexed, 1 no longer in a file removed); the index " \
-           "holds 1" in result.stdout
+    assert "indexed 1 new documents from 4 files (0 already indexed, 0 edited, 1 no longer in a file removed); the " \
+           "index holds 1" in result.stdout
     unread, textless, other = (
         f"not indexed, could not be read: {root / 'a-papers.jsonl'}:1: a row must be an object with a string 'text' "
         "(and optional title, url); this one has 'title', 'body'",
@@ -71,7 +71,8 @@ def test_a_folder_add_reads_past_a_bad_file_and_says_what_it_did_not_index(tmp_p
     assert result.stdout.count("\n") == 1  # the rest went to stderr
     # unchanged, the folder's files are what the index holds: "duplicates skipped" said otherwise
     again = CliRunner().invoke(corpus_app, ["add", str(root), "--index", str(index)]).stdout
-    assert again.startswith("indexed 0 new documents from 4 files (1 already indexed, 0 no longer in a file removed)")
+    assert again.startswith("indexed 0 new documents from 4 files (1 already indexed, 0 edited, 0 no longer in a file "
+                            "removed)")
 
 
 def test_adding_only_files_with_nothing_to_index_leaves_no_index(tmp_path):

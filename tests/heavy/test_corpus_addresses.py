@@ -1,0 +1,118 @@
+"""A document's address (/doc/<id> on the corpus server) across edits of its file: what an old report's link finds."""
+
+import json
+import sqlite3
+import urllib.error
+import urllib.request
+from contextlib import closing
+
+import pytest
+
+from heavy.corpus.commands import corpus_add
+from heavy.corpus.index import SCHEMA_VERSION, CorpusIndex
+from heavy.corpus.server import CorpusServer
+
+
+def paragraphs(tag, n=12):
+    return "\n\n".join(f"Run {k} of the {tag} campaign: " + "the cryostat held its temperature. " * 40
+                       for k in range(n))  # each paragraph ~1,400 characters: the file is indexed in parts
+
+
+def write_folder(root, lab_result="1.63 eV", katla="1918"):
+    root.mkdir(exist_ok=True)
+    (root / "meeting.md").write_text(f"# Lab meeting\n\nThe doped sample's band gap was {lab_result}.")
+    (root / "log.txt").write_text(f"Beam log\n\n{paragraphs('first')}\n\nThe last run measured {lab_result}.")
+    rows = [{"title": "Askja", "text": "Askja last erupted in 1961."},
+            {"title": "Katla", "text": f"Katla last erupted in {katla}.", "url": "https://ex.org/katla"}]
+    (root / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def addresses(index_path):
+    """Each document's id by its title."""
+    with closing(sqlite3.connect(index_path)) as db:
+        return dict(db.execute("SELECT title, id FROM docs").fetchall())
+
+
+def page(server, doc_id):
+    with urllib.request.urlopen(server.doc_url(doc_id), timeout=5) as response:
+        return response.read().decode()
+
+
+def test_an_edited_files_pages_keep_their_addresses_and_show_what_the_file_holds_now(tmp_path):
+    # an edited file's documents were indexed anew under new ids: every link to them in an earlier report was a 404
+    root, index_path = tmp_path / "docs", tmp_path / "index.sqlite"
+    write_folder(root)
+    corpus_add(root, index_path)
+    before = addresses(index_path)
+    write_folder(root, lab_result="1.71 eV", katla="2025")
+    rows = (root / "rows.jsonl").read_text().splitlines()
+    (root / "rows.jsonl").write_text(f"{rows[1]}\n{rows[0]}\n")  # a row moved is the same row
+    report = corpus_add(root, index_path)
+    assert (report.added, report.replaced, report.removed) == (0, 3, 0)
+    assert addresses(index_path) == before
+    with CorpusServer(index_path) as server:
+        assert "1.71 eV" in page(server, before["Lab meeting"]) and "1.63" not in page(server, before["Lab meeting"])
+        last_part = max(title for title in before if title.startswith("Beam log"))
+        assert "The last run measured 1.71 eV." in page(server, before[last_part])
+        assert "2025" in page(server, before["Katla"])
+        # a page gone is gone: its address is a 404, never another page's, even once more are added (SQLite gave a
+        # new row the highest id plus one: the last page's, if it had been deleted)
+        (root / "rows.jsonl").unlink()
+        corpus_add(root, index_path)
+        (root / "new.md").write_text("# Glovebox\n\nOxygen stays below 0.5 ppm.")
+        corpus_add(root, index_path)
+        assert addresses(index_path)["Glovebox"] > before["Katla"] == max(before.values())
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            page(server, before["Katla"])
+
+
+def test_a_text_two_files_hold_keeps_its_address_for_the_file_not_edited(tmp_path):
+    root, index_path = tmp_path / "docs", tmp_path / "index.sqlite"
+    root.mkdir()
+    for name in ("a.md", "copy.md"):
+        (root / name).write_text("# Hekla\n\nHekla last erupted in 2000.")
+    corpus_add(root, index_path)
+    shared = addresses(index_path)["Hekla"]
+    (root / "a.md").write_text("# Hekla\n\nHekla is a volcano.")
+    assert corpus_add(root, index_path).added == 1
+    assert CorpusIndex(index_path).get(shared).text.endswith("Hekla last erupted in 2000.")
+
+
+def test_a_long_file_first_indexed_whole_keeps_its_address_as_its_first_part(tmp_path, monkeypatch):
+    # a file longer than PART_CHARS indexed before it was cut into parts: its page's link found nothing after
+    root, index_path = tmp_path / "docs", tmp_path / "index.sqlite"
+    write_folder(root)
+    monkeypatch.setattr("heavy.corpus.documents.PART_CHARS", 10**9)
+    corpus_add(root, index_path)
+    whole = addresses(index_path)["Beam log"]
+    monkeypatch.undo()
+    corpus_add(root, index_path)
+    assert addresses(index_path)["Beam log (part 1 of 3)"] == whole
+
+
+def as_schema_3(index_path):
+    """The index as heavy wrote it before documents' places and the last id given were recorded."""
+    with closing(sqlite3.connect(index_path)) as db, db:
+        db.executescript("""
+            CREATE TABLE old_files (file TEXT NOT NULL, doc_id INTEGER NOT NULL, PRIMARY KEY (file, doc_id))
+                WITHOUT ROWID;
+            INSERT INTO old_files SELECT file, doc_id FROM doc_files;
+            DROP TABLE doc_files;
+            ALTER TABLE old_files RENAME TO doc_files;
+            CREATE INDEX doc_files_by_doc ON doc_files (doc_id);
+            DROP TABLE last_doc_id;
+            PRAGMA user_version = 3;
+        """)
+
+
+def test_an_index_built_before_places_were_recorded_keeps_its_addresses_too(tmp_path):
+    root, index_path = tmp_path / "docs", tmp_path / "index.sqlite"
+    write_folder(root)
+    corpus_add(root, index_path)
+    before = addresses(index_path)
+    as_schema_3(index_path)
+    write_folder(root, lab_result="1.71 eV", katla="2025")
+    assert corpus_add(root, index_path).replaced == 3
+    assert addresses(index_path) == before
+    with closing(sqlite3.connect(index_path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
