@@ -16,9 +16,8 @@ from heavy.config import Settings, get_settings
 from heavy.corpus.documents import (
     SUPPORTED_SUFFIXES,
     CorpusFormatError,
-    corpus_files,
     file_name,
-    other_types,
+    find_files,
     read_file,
 )
 from heavy.corpus.index import CorpusIndex, existing_index
@@ -43,18 +42,21 @@ class AddReport:
     textless: tuple[str, ...] = ()  # files read that hold no text (empty, binary): nothing of theirs is indexed
     unread: tuple[str, ...] = ()  # why each file that could not be read was not: what it held before stays
     other_types: tuple[str, ...] = ()  # the suffixes of the folder's files of a type it does not read, one a file
+    hidden: tuple[tuple[str, int], ...] = ()  # hidden folders and files passed over, and the files each holds
 
 
-def corpus_add(path: Path | str, index_path: Path | str) -> AddReport:
+def corpus_add(path: Path | str, index_path: Path | str, include_hidden: bool = False) -> AddReport:
     """Read every supported file under `path` and add its documents to the index at `index_path`; of a directory,
     the files added from under it before and gone now are forgotten (their documents no other file holds, removed).
     A file that cannot be read is passed over, named in `unread`, and the rest added. A path with no supported file
     is an error, and one with nothing to index leaves no new index behind (an empty one would be searched, finding
-    nothing)."""
-    files = corpus_files(Path(path))
-    if not files:
-        raise CorpusFormatError(f"no file to index under {path} (supported: {' '.join(sorted(SUPPORTED_SUFFIXES))}); "
-                                "no index was written")
+    nothing). Hidden folders and files under a folder are passed over unless `include_hidden` (find_files)."""
+    found = find_files(Path(path), include_hidden)
+    if not (files := found.files):
+        hidden = sum(count for _, count in found.hidden)
+        passed_over = f"; {hidden} hidden, which --include-hidden indexes" if hidden else ""
+        raise CorpusFormatError(f"no file to index under {path} (supported: {' '.join(sorted(SUPPORTED_SUFFIXES))}"
+                                f"{passed_over}); no index was written")
     new_index = not Path(index_path).exists()
     index = CorpusIndex(index_path)
     is_folder = Path(path).is_dir()
@@ -84,7 +86,8 @@ def corpus_add(path: Path | str, index_path: Path | str) -> AddReport:
         raise refused
     return AddReport(files=len(files), added=added, duplicates=duplicates, removed=removed, total=total,
                      replaced=replaced,
-                     textless=tuple(textless), unread=tuple(unread), other_types=other_types(Path(path)))
+                     textless=tuple(textless), unread=tuple(unread), other_types=found.other_types,
+                     hidden=found.hidden)
 
 
 corpus_app = typer.Typer(help="Build and serve the local search corpus.", no_args_is_help=True)
@@ -93,9 +96,13 @@ IndexOption = Annotated[Path | None, typer.Option("--index", help="SQLite index 
 
 
 @corpus_app.command("add")
-def add_command(path: Path, index: IndexOption = None) -> None:
+def add_command(
+    path: Path, index: IndexOption = None,
+    include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Also index files in hidden folders "
+                                                 "(.obsidian) and hidden files under PATH.")] = False,
+) -> None:
     """Index HTML, Markdown, text and JSONL (title/text/url rows) files under PATH."""
-    report = corpus_add(path, index or default_index_path(get_settings()))
+    report = corpus_add(path, index or default_index_path(get_settings()), include_hidden)
     typer.echo(
         f"indexed {report.added} new documents from {report.files} files "
         f"({report.duplicates} already indexed, {report.replaced} edited, {report.removed} no longer in a file "
@@ -108,6 +115,9 @@ def add_command(path: Path, index: IndexOption = None) -> None:
                           for suffix, count in Counter(report.other_types).most_common())
         typer.echo(f"not indexed, of a type corpus add does not read: {kinds} (it reads "
                    f"{' '.join(sorted(SUPPORTED_SUFFIXES))})", err=True)
+    if report.hidden:
+        hidden = tuple(f"{name} ({count} file{'s' * (count > 1)})" for name, count in report.hidden)
+        typer.echo(f"not indexed, hidden: {_listed(hidden)} (--include-hidden indexes them)", err=True)
     if report.textless:
         typer.echo(f"not indexed, no text (empty or binary): {_listed(report.textless)}", err=True)
     for why in report.unread:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,25 +47,43 @@ class Document:
             raise CorpusFormatError(f"{self.origin or self.title!r}: document has no text")
 
 
-def corpus_files(path: Path) -> list[Path]:
-    """The supported files at `path` (a file or a directory walked recursively), in a stable order."""
+@dataclass(frozen=True)
+class FoundFiles:
+    """What `corpus add` finds at a path."""
+    files: list[Path]  # the supported files, in a stable order
+    other_types: tuple[str, ...] = ()  # the suffix of each file of a type it does not read ("" for none), not hidden
+    # hidden folders and files (.obsidian/, notes/.draft.md) passed over, each with how many supported files it holds
+    hidden: tuple[tuple[str, int], ...] = ()
+
+
+def find_files(path: Path, include_hidden: bool = False) -> FoundFiles:
+    """The supported files at `path` (a file or a directory walked recursively, not into symlinked folders); under a
+    directory, not those under a hidden folder or hidden themselves (.git, .obsidian, .venv: a tool's, not the user's
+    documents; Obsidian's workspace and a checkout's vendored READMEs were indexed as notes) unless
+    `include_hidden`."""
     if path.is_file():
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
             raise CorpusFormatError(f"{path}: unsupported file type (supported: {sorted(SUPPORTED_SUFFIXES)})")
-        return [path]
+        return FoundFiles([path])
     if not path.is_dir():
         raise FileNotFoundError(f"corpus path does not exist: {path}")
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
-
-
-def other_types(path: Path) -> tuple[str, ...]:
-    """The suffix of each file under a folder `path` of a type `corpus_files` passes over ("" for none); not hidden
-    ones (.git, .DS_Store): no one put them there to be read."""
-    if not path.is_dir():
-        return ()
-    return tuple(sorted(file.suffix.lower() for file in path.rglob("*")
-                        if file.is_file() and file.suffix.lower() not in SUPPORTED_SUFFIXES
-                        and not any(part.startswith(".") for part in file.relative_to(path).parts)))
+    files, others, hidden = [], [], Counter[str]()
+    for folder, _, names in os.walk(path):
+        for name in names:
+            file = Path(folder, name)
+            parts = file.relative_to(path).parts
+            first_hidden = next((k for k, part in enumerate(parts) if part.startswith(".")), None)
+            supported = file.suffix.lower() in SUPPORTED_SUFFIXES
+            if not file.is_file():
+                continue
+            if first_hidden is not None and not include_hidden:
+                if supported:
+                    hidden[str(Path(*parts[:first_hidden + 1])) + ("/" if first_hidden + 1 < len(parts) else "")] += 1
+            elif supported:
+                files.append(file)
+            elif first_hidden is None:
+                others.append(file.suffix.lower())
+    return FoundFiles(sorted(files), tuple(sorted(others)), tuple(sorted(hidden.items())))
 
 
 def file_name(file: Path) -> Path:
@@ -74,7 +94,7 @@ def file_name(file: Path) -> Path:
 
 
 def read_documents(path: Path) -> Iterator[Document]:
-    for file in corpus_files(path):
+    for file in find_files(path).files:
         yield from read_file(file)
 
 

@@ -121,3 +121,28 @@ async def test_a_large_file_is_indexed_in_parts_each_of_which_open_page_reads_wh
         assert f"[1] Beam campaign log (part {len(parts)} of {len(parts)})" in found.text
         page = await tools.call("open_page", {"url": found.sources[0].url}, context)
     assert "The doped sample's band gap was 1.63 eV." in page.text and not page.truncated
+
+
+def test_hidden_folders_and_files_are_passed_over_and_named_unless_asked_for(tmp_path):
+    # a vault's .obsidian/ settings, a notebook folder's .ipynb_checkpoints/ copies, a checkout's .git/ and .venv/
+    # were indexed as the user's documents, found by searches beside the notes they copy
+    root, index = tmp_path / "vault", tmp_path / "index.sqlite"
+    for name, text in (("cryostat.md", "# Cryostat\n\nThe cryostat holds 4 K."),
+                       (".obsidian/workspace.md", "# Workspace\n\nleft pane: cryostat"),
+                       ("notes/.ipynb_checkpoints/run-checkpoint.md", "# Run\n\nThe cryostat held 5 K."),
+                       ("notes/run.md", "# Run\n\nThe cryostat held 4 K."), (".draft.md", "# Draft\n\ncryostat?"),
+                       (".git/description", "Unnamed repository")):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    result = CliRunner().invoke(corpus_app, ["add", str(root), "--index", str(index)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("indexed 2 new documents from 2 files")
+    assert result.stderr == ("not indexed, hidden: .draft.md (1 file), .obsidian/ (1 file), "
+                             "notes/.ipynb_checkpoints/ (1 file) (--include-hidden indexes them)\n")
+    assert sorted(hit.title for hit in CorpusIndex(index).search("cryostat", k=10)) == ["Cryostat", "Run"]
+    assert corpus_add(root, index, include_hidden=True).added == 3
+    assert corpus_add(root, index).removed == 3  # as were they deleted: no longer what the folder's add indexes
+    (tmp_path / "settings" / ".obsidian").mkdir(parents=True)
+    (tmp_path / "settings" / ".obsidian" / "app.md").write_text("# App\n\nDark theme.")
+    with pytest.raises(CorpusFormatError, match="1 hidden, which --include-hidden indexes"):
+        corpus_add(tmp_path / "settings", tmp_path / "other.sqlite")
