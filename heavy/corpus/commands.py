@@ -64,30 +64,33 @@ def corpus_add(path: Path | str, index_path: Path | str, include_hidden: bool = 
     index.adopt_relative_files(scope)
     added = duplicates = removed = replaced = 0
     textless, unread, refused = [], [], None
-    present = [file_name(file) for file in files]
-    for file in present:
-        # one file of a folder that cannot be read (a JSONL row without text) stopped the add there: the files after
-        # it were not indexed, nor deleted ones forgotten. Its transaction undone, it keeps what it held before
-        try:
-            counts = index.add(read_file(file), source=str(file))
-        except (CorpusFormatError, OSError) as exc:
-            unread.append(str(exc) if str(file) in str(exc) else f"{file}: {exc}")
-            refused = None if is_folder else exc  # the file named: its error is the answer
-            continue
-        added, duplicates, removed = added + counts.added, duplicates + counts.duplicates, removed + counts.removed
-        replaced += counts.replaced
-        if counts.added + counts.duplicates + counts.replaced == 0:
-            textless.append(str(file))
+    present = {file_name(file): True for file in files}  # False: deleted since the folder was listed
+    with index.adding() as add:
+        for file in present:
+            # one file of a folder that cannot be read (a JSONL row without text) stopped the add there: the files
+            # after it were not indexed, nor deleted ones forgotten. Its savepoint undone, it keeps what it held
+            try:
+                counts = add(read_file(file), str(file))
+            except (CorpusFormatError, OSError) as exc:
+                if is_folder and isinstance(exc, FileNotFoundError):
+                    present[file] = False  # forgotten as a file deleted before: it was "could not be read", kept
+                    continue
+                unread.append(str(exc) if str(file) in str(exc) else f"{file}: {exc}")
+                refused = None if is_folder else exc  # the file named: its error is the answer
+                continue
+            added, duplicates, removed = added + counts.added, duplicates + counts.duplicates, removed + counts.removed
+            replaced += counts.replaced
+            if counts.added + counts.duplicates + counts.replaced == 0:
+                textless.append(str(file))
     if is_folder:
-        removed += index.forget_files(scope, {str(file) for file in present})
+        removed += index.forget_files(scope, {str(file) for file, listed in present.items() if listed})
     if (total := index.count()) == 0 and new_index:  # nothing to search: as of a path with no supported file, no index
         Path(index_path).unlink()
     if refused is not None:
         raise refused
-    return AddReport(files=len(files), added=added, duplicates=duplicates, removed=removed, total=total,
-                     replaced=replaced,
-                     textless=tuple(textless), unread=tuple(unread), other_types=found.other_types,
-                     hidden=found.hidden)
+    return AddReport(files=sum(present.values()), added=added, duplicates=duplicates, removed=removed, total=total,
+                     replaced=replaced, textless=tuple(textless), unread=tuple(unread),
+                     other_types=found.other_types, hidden=found.hidden)
 
 
 corpus_app = typer.Typer(help="Build and serve the local search corpus.", no_args_is_help=True)

@@ -18,8 +18,8 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Iterable
-from contextlib import closing
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 TITLE_WEIGHT = 3.0  # a query term in the title says more about the page than one in the body
 TEXT_WEIGHT = 1.0
+COMMIT_FILES = 200  # files `CorpusIndex.adding` adds per transaction
 SNIPPET_TOKENS = 64  # FTS5's maximum: most encyclopedia-style paragraphs fit whole
 # English function words, left out of a query unless capitalised inside it (a name: the band "For Against"). BM25
 # weighs a word by its rarity in the corpus, and in a small technical one "what", "does" and "do" are rare: the
@@ -224,6 +225,40 @@ def _upgrade(db: sqlite3.Connection, version: int) -> None:
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
+def _add(db: sqlite3.Connection, documents: Iterable[Document], source: str) -> AddCounts:
+    """Index documents. `source`: the file they all were read from; its documents added before and not among these
+    are removed (the file was edited: its old text must not be found beside the new), unless another file holds them
+    too. Content is stored once (by its hash), but a document's id, its address (/doc/<id>), stays with its place in
+    the file: a new text at a place the file held another before takes that document's id, where no other file holds
+    it. Ids are never given twice: a removed document's address is a 404, never another page."""
+    added = skipped = removed = replaced = 0
+    kept: set[int] = set()
+    now = time.time()
+    for doc in documents:
+        digest = content_hash(doc.title, doc.text)
+        if found := db.execute("SELECT id FROM docs WHERE content_hash = ?", (digest,)).fetchone():
+            skipped += 1
+            doc_id = found[0]
+        elif source and doc.place and (doc_id := doc_files.replaceable(db, source, doc.place, kept)) is not None:
+            _replace(db, doc_id, doc, digest, now)
+            replaced += 1
+        else:
+            doc_id = db.execute(
+                "INSERT INTO docs (id, title, text, url, origin, content_hash, added_at) "
+                "SELECT id + 1, ?, ?, ?, ?, ?, ? FROM last_doc_id",
+                (doc.title, doc.text, doc.url, doc.origin, digest, now),
+            ).lastrowid
+            db.execute("UPDATE last_doc_id SET id = ?", (doc_id,))
+            _index_document(db, doc_id, doc)
+            added += 1
+        if source and doc_id not in kept:
+            kept.add(doc_id)
+            doc_files.hold(db, source, doc_id, doc.place)
+    if source:
+        removed = _forget(db, source, kept)
+    return AddCounts(added, skipped, removed, replaced)
+
+
 def _fold_documents(db: sqlite3.Connection, version: int) -> None:
     # read one at a time: a large corpus is not held whole
     for doc_id, title, text in db.execute("SELECT id, title, text FROM docs"):
@@ -308,40 +343,42 @@ class CorpusIndex:
         return db
 
     def add(self, documents: Iterable[Document], source: str = "") -> AddCounts:
-        """Index documents. `source`: the file they all were read from; its documents added before and not among
-        these are removed in the same transaction (the file was edited: its old text must not be found beside the
-        new), unless another file holds them too. Content is stored once (by its hash), but a document's id, its
-        address (/doc/<id>), stays with its place in the file: a new text at a place the file held another before
-        takes that document's id, where no other file holds it. Ids are never given twice: a removed document's
-        address is a 404, never another page."""
-        added = skipped = removed = replaced = 0
-        kept: set[int] = set()
-        now = time.time()
-        with closing(self._connect_to_write()) as db, db:
-            for doc in documents:
-                digest = content_hash(doc.title, doc.text)
-                if found := db.execute("SELECT id FROM docs WHERE content_hash = ?", (digest,)).fetchone():
-                    skipped += 1
-                    doc_id = found[0]
-                elif (source and doc.place
-                      and (doc_id := doc_files.replaceable(db, source, doc.place, kept)) is not None):
-                    _replace(db, doc_id, doc, digest, now)
-                    replaced += 1
-                else:
-                    doc_id = db.execute(
-                        "INSERT INTO docs (id, title, text, url, origin, content_hash, added_at) "
-                        "SELECT id + 1, ?, ?, ?, ?, ?, ? FROM last_doc_id",
-                        (doc.title, doc.text, doc.url, doc.origin, digest, now),
-                    ).lastrowid
-                    db.execute("UPDATE last_doc_id SET id = ?", (doc_id,))
-                    _index_document(db, doc_id, doc)
-                    added += 1
-                if source and doc_id not in kept:
-                    kept.add(doc_id)
-                    doc_files.hold(db, source, doc_id, doc.place)
-            if source:
-                removed = _forget(db, source, kept)
-        return AddCounts(added, skipped, removed, replaced)
+        """Index documents (see `_add`); `source`: the file they all were read from."""
+        with self.adding() as add:
+            return add(documents, source)
+
+    @contextmanager
+    def adding(self) -> Iterator[Callable[[Iterable[Document], str], AddCounts]]:
+        """`add` for many files through one connection: each file's documents in a savepoint, undone alone if reading
+        the file fails (what an earlier add read of it stays), and a commit every COMMIT_FILES files, not each: a
+        commit waits for the disk (24 ms here), and a folder of 3,000 notes took 70 s to add, 62 s to add again
+        unchanged. What was added is committed however the adds end (a Ctrl-C keeps the files done, as before)."""
+        with closing(self._connect_to_write()) as db:
+            db.isolation_level = None  # its transactions are this method's
+            uncommitted = 0
+
+            def add(documents: Iterable[Document], source: str = "") -> AddCounts:
+                nonlocal uncommitted
+                if not db.in_transaction:  # the write lock at once: a read first, then a write, is refused at once
+                    db.execute("BEGIN IMMEDIATE")  # (SQLITE_BUSY, no wait) while another add commits
+                db.execute("SAVEPOINT file")
+                try:
+                    counts = _add(db, documents, source)
+                except BaseException:
+                    db.execute("ROLLBACK TO file")
+                    raise
+                finally:
+                    db.execute("RELEASE file")
+                if (uncommitted := uncommitted + 1) == COMMIT_FILES:
+                    db.execute("COMMIT")
+                    uncommitted = 0
+                return counts
+
+            try:
+                yield add
+            finally:
+                if db.in_transaction:
+                    db.execute("COMMIT")
 
     def forget_files(self, folder: str, present: set[str]) -> int:
         """Forget, in one transaction, the files under `folder` not in `present` (deleted since they were added):

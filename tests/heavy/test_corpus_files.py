@@ -1,6 +1,7 @@
 """A researcher's own folder through `heavy corpus add`: what each kind of file becomes, and what the add says."""
 
 import socket
+import sqlite3
 import struct
 import threading
 import time
@@ -8,6 +9,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
+from heavy.corpus import commands
 from heavy.corpus.commands import corpus_add, corpus_app
 from heavy.corpus.documents import PART_CHARS, CorpusFormatError, read_documents
 from heavy.corpus.index import CorpusIndex
@@ -146,3 +148,44 @@ def test_hidden_folders_and_files_are_passed_over_and_named_unless_asked_for(tmp
     (tmp_path / "settings" / ".obsidian" / "app.md").write_text("# App\n\nDark theme.")
     with pytest.raises(CorpusFormatError, match="1 hidden, which --include-hidden indexes"):
         corpus_add(tmp_path / "settings", tmp_path / "other.sqlite")
+
+
+def test_a_folder_of_many_files_is_added_in_a_few_commits(tmp_path, monkeypatch):
+    # each file was its own transaction: a commit waits for the disk (24 ms here), so adding a folder of 3,000 notes
+    # took 70 s and adding it again unchanged 62 s; now 1.7 s and 0.9 s
+    root = tmp_path / "notes"
+    root.mkdir()
+    for n in range(450):
+        (root / f"{n}.md").write_text(f"# Note {n}\n\nThe cryostat run {n} held {n % 7} K.")
+    commits = []
+    connect = sqlite3.connect
+
+    def traced(*args, **kwargs):
+        db = connect(*args, **kwargs)
+        db.set_trace_callback(lambda statement: commits.append(statement) if statement == "COMMIT" else None)
+        return db
+
+    monkeypatch.setattr("heavy.corpus.index.sqlite3.connect", traced)
+    assert corpus_add(root, tmp_path / "index.sqlite").added == 450
+    assert len(commits) <= 6, len(commits)  # 450 files, 200 a commit; opening, adopting, forgetting
+
+
+def test_a_file_deleted_while_its_folder_is_added_is_forgotten_as_deleted(tmp_path, monkeypatch):
+    # it was "could not be read" (exit 1), and what an earlier add read of it stayed in the index
+    root, index = tmp_path / "notes", tmp_path / "index.sqlite"
+    root.mkdir()
+    for name in ("a", "b", "c"):
+        (root / f"{name}.md").write_text(f"# {name}\n\nThe cryostat note {name}.")
+    corpus_add(root, index)
+    read_file = commands.read_file
+
+    def deleted_first(file):
+        if file.name == "a.md":
+            file.unlink()  # an editor's save (write a temporary file, rename it over) or a sync client, meanwhile
+        return read_file(file)
+
+    monkeypatch.setattr(commands, "read_file", deleted_first)
+    result = CliRunner().invoke(corpus_app, ["add", str(root), "--index", str(index)])
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.startswith("indexed 0 new documents from 2 files (2 already indexed, 0 edited, 1 no longer")
+    assert sorted(hit.title for hit in CorpusIndex(index).search("cryostat", k=5)) == ["b", "c"]
