@@ -20,7 +20,7 @@ from pathlib import Path
 
 from eval_hotpotqa import DEFAULT_DATA, load_questions, write_corpus  # the eval's questions, beside this script
 
-from heavy.corpus import index
+from heavy.corpus import query
 from heavy.corpus.commands import corpus_add
 from heavy.corpus.index import CorpusIndex
 from heavy.stdlib_corpus import build_stdlib_corpus
@@ -89,10 +89,10 @@ def main() -> None:
         build_stdlib_corpus(Path(tmp) / "python.sqlite")
         print(f"{'query words':<34}{'HotpotQA both gold, top 5':>26}{'top 10':>8}"
               f"{'Python page first':>19}{'top 5':>7}{'keyword q. first':>18}{'top 5':>7}")
-        settings = ((True, "all (before)", index.KEYWORD_WORDS), (False, "function words left out", frozenset()),
-                    (False, "... but keywords they name", index.KEYWORD_WORDS))
+        settings = ((True, "all (before)", query.KEYWORD_WORDS), (False, "function words left out", frozenset()),
+                    (False, "... but keywords they name", query.KEYWORD_WORDS))
         for keep, name, keyword_words in settings:
-            index.KEYWORD_WORDS = keyword_words  # the module's constant, set per row
+            query.KEYWORD_WORDS = keyword_words  # the module's constant, set per row
             hotpot = CorpusIndex(Path(tmp) / "hotpotqa.sqlite", keep_function_words=keep)
             python = CorpusIndex(Path(tmp) / "python.sqlite", keep_function_words=keep)
             cells = [f"{hotpotqa_hits(hotpot, rows, k)}/{len(rows)}" for k in (5, 10)]

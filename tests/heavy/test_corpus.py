@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from heavy.config import Settings, get_settings
 from heavy.corpus.commands import corpus_add, corpus_app
 from heavy.corpus.documents import CorpusFormatError, Document, read_documents
-from heavy.corpus.index import CorpusIndex, match_expression
+from heavy.corpus.index import CorpusIndex
+from heavy.corpus.query import match_expression
 from heavy.corpus.server import CorpusServer
 
 
@@ -112,7 +113,7 @@ def test_a_keyword_that_is_a_function_word_is_searched_as_its_titles_phrase(tmp_
     assert match_expression(question) == ('title : "with statement" OR "with" OR "statement" OR "handle" OR '
                                           '"exception" OR "raised" OR "inside" OR "block"')
     assert index.search(question, k=1)[0].title == 'The "with" statement'
-    monkeypatch.setattr("heavy.corpus.index.KEYWORD_WORDS", frozenset())  # "with" left out as any function word
+    monkeypatch.setattr("heavy.corpus.query.KEYWORD_WORDS", frozenset())  # "with" left out as any function word
     assert index.search(question, k=1)[0].title != 'The "with" statement'
     monkeypatch.undo()
     # "with" and "in" stay plain function words elsewhere
