@@ -52,7 +52,10 @@ def corpus_add(path: Path | str, index_path: Path | str, include_hidden: bool = 
     is an error, and one with nothing to index leaves no new index behind (an empty one would be searched, finding
     nothing). Hidden folders and files under a folder are passed over unless `include_hidden` (find_files)."""
     found = find_files(Path(path), include_hidden)
-    if not (files := found.files):
+    unlisted = [f"{error.filename}: {error.strerror}, its files were not read" for error in found.unlisted]
+    if not (files := found.files) and unlisted:
+        raise CorpusFormatError(f"no file to index under {path}: {'; '.join(unlisted)}")
+    if not files:
         hidden = sum(count for _, count in found.hidden)
         passed_over = f"; {hidden} hidden, which --include-hidden indexes" if hidden else ""
         raise CorpusFormatError(f"no file to index under {path} (supported: {' '.join(sorted(SUPPORTED_SUFFIXES))}"
@@ -63,7 +66,7 @@ def corpus_add(path: Path | str, index_path: Path | str, include_hidden: bool = 
     scope = str(Path(path).resolve() if is_folder else file_name(Path(path)))  # the names this add may replace
     index.adopt_relative_files(scope)
     added = duplicates = removed = replaced = 0
-    textless, unread, refused = [], [], None
+    textless, unread, refused = [], unlisted, None
     present = {file_name(file): True for file in files}  # False: deleted since the folder was listed
     with index.adding() as add:
         for file in present:
@@ -83,7 +86,9 @@ def corpus_add(path: Path | str, index_path: Path | str, include_hidden: bool = 
             if counts.added + counts.duplicates + counts.replaced == 0:
                 textless.append(str(file))
     if is_folder:
-        removed += index.forget_files(scope, {str(file) for file, listed in present.items() if listed})
+        # a folder that could not be listed still holds its files: forgetting them would empty a search of them
+        removed += index.forget_files(scope, {str(file) for file, listed in present.items() if listed},
+                                      kept_under={str(Path(error.filename).resolve()) for error in found.unlisted})
     if (total := index.count()) == 0 and new_index:  # nothing to search: as of a path with no supported file, no index
         Path(index_path).unlink()
     if refused is not None:

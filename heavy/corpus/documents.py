@@ -54,6 +54,7 @@ class FoundFiles:
     other_types: tuple[str, ...] = ()  # the suffix of each file of a type it does not read ("" for none), not hidden
     # hidden folders and files (.obsidian/, notes/.draft.md) passed over, each with how many supported files it holds
     hidden: tuple[tuple[str, int], ...] = ()
+    unlisted: tuple[OSError, ...] = ()  # why each folder that could not be listed (no permission) was not
 
 
 def find_files(path: Path, include_hidden: bool = False) -> FoundFiles:
@@ -67,8 +68,13 @@ def find_files(path: Path, include_hidden: bool = False) -> FoundFiles:
         return FoundFiles([path])
     if not path.is_dir():
         raise FileNotFoundError(f"corpus path does not exist: {path}")
-    files, others, hidden = [], [], Counter[str]()
-    for folder, _, names in os.walk(path):
+    files, others, hidden, unlisted = [], [], Counter[str](), []
+
+    def not_listed(error: OSError) -> None:  # os.walk passed over such a folder, in silence
+        if not isinstance(error, FileNotFoundError):  # one deleted meanwhile is as deleted before
+            unlisted.append(error)
+
+    for folder, _, names in os.walk(path, onerror=not_listed):
         for name in names:
             file = Path(folder, name)
             parts = file.relative_to(path).parts
@@ -83,7 +89,7 @@ def find_files(path: Path, include_hidden: bool = False) -> FoundFiles:
                 files.append(file)
             elif first_hidden is None:
                 others.append(file.suffix.lower())
-    return FoundFiles(sorted(files), tuple(sorted(others)), tuple(sorted(hidden.items())))
+    return FoundFiles(sorted(files), tuple(sorted(others)), tuple(sorted(hidden.items())), tuple(unlisted))
 
 
 def file_name(file: Path) -> Path:

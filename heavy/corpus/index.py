@@ -331,14 +331,15 @@ class CorpusIndex:
                 if db.in_transaction:
                     db.execute("COMMIT")
 
-    def forget_files(self, folder: str, present: set[str]) -> int:
-        """Forget, in one transaction, the files under `folder` not in `present` (deleted since they were added):
-        their documents no other file holds are deleted. How many were."""
+    def forget_files(self, folder: str, present: set[str], kept_under: set[str] = frozenset()) -> int:
+        """Forget, in one transaction, the files under `folder` not in `present` (deleted since they were added),
+        but those under a folder of `kept_under`: their documents no other file holds are deleted. How many were."""
         prefix = folder.rstrip("/") + "/"
+        kept = tuple(kept.rstrip("/") + "/" for kept in kept_under)
         with closing(self._connect_to_write()) as db, db:
             files = [file for (file,) in db.execute(
                 "SELECT DISTINCT file FROM doc_files WHERE substr(file, 1, ?) = ?", (len(prefix), prefix)).fetchall()]
-            return sum(_forget(db, file, set()) for file in files if file not in present)
+            return sum(_forget(db, file, set()) for file in files if file not in present and not file.startswith(kept))
 
     def adopt_relative_files(self, scope: str) -> None:
         """Name absolutely (by `file_name`) the files recorded by the relative paths they were added by (an index
