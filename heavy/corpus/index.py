@@ -248,6 +248,8 @@ def _create_or_upgrade(db: sqlite3.Connection, path: Path) -> int:
         if exc.sqlite_errorcode != sqlite3.SQLITE_READONLY:  # a full disk, a locked file
             raise CorpusFormatError(f"the corpus index at {path} was built by an older heavy and could not be "
                                     f"upgraded ({exc}); rebuild it with `heavy corpus add`") from exc
+        if found >= FOLDED_VERSION:  # what it lacks (places) is for adding to it, not searching it: nothing to say
+            return found
         logger.warning("the corpus index at %s was built by an older heavy and is read-only: until it is rebuilt "
                        "with `heavy corpus add`, %sfull-width, half-width and other compatibility forms (ＡＢＣ, ﬁ) "
                        "are found only as written", path,
