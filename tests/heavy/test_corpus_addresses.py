@@ -116,3 +116,13 @@ def test_an_index_built_before_places_were_recorded_keeps_its_addresses_too(tmp_
     assert addresses(index_path) == before
     with closing(sqlite3.connect(index_path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_file_moved_within_its_folder_keeps_its_pages_addresses(tmp_path):
+    root, index_path = tmp_path / "docs", tmp_path / "index.sqlite"
+    write_folder(root)
+    corpus_add(root, index_path)
+    before = addresses(index_path)
+    (root / "2026").mkdir()
+    (root / "meeting.md").rename(root / "2026" / "lab-meeting.md")
+    assert corpus_add(root, index_path).added == 0 and addresses(index_path) == before
