@@ -61,7 +61,8 @@ class LiveBoard:
         elif isinstance(event, Aggregating):
             self.stage = f"aggregating ({event.reason})"
         elif isinstance(event, ReportReady):
-            self.stage = "report ready" + (" (partial)" if event.partial else "")
+            self.stage = "report ready" + (f" (partial: no findings, {event.report_error})" if event.report_error
+                                           else " (partial)" if event.partial else "")
 
     def render(self) -> LiveBoard:
         """The board as a renderable, laid out when drawn for the width there is then."""

@@ -102,6 +102,7 @@ class ReportReady(Event):
     partial: bool
     sources: int
     total_tokens: int
+    report_error: str = ""  # report mode: why the report pass wrote no findings (the report is partial)
 
 
 @dataclass(frozen=True)

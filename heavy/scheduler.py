@@ -203,7 +203,7 @@ class Scheduler:
             self.executor.forget(spec.job_id)
         await sink.emit(ReportReady(job_id=spec.job_id, answer=result.answer, agreement=result.agreement,
                                     partial=result.partial, sources=len(result.sources),
-                                    total_tokens=result.usage.total_tokens))
+                                    total_tokens=result.usage.total_tokens, report_error=result.report_error))
         return result
 
     async def _within_served_context(self, spec: JobSpec) -> tuple[JobSpec, AggregationConfig]:

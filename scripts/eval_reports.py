@@ -36,7 +36,7 @@ from heavy.aggregate import AggregationConfig, aggregate
 from heavy.aggregate.claim_check import check_claims
 from heavy.aggregate.evidence import fetched_texts, sentences_of
 from heavy.aggregate.normalize import normalize_answer, typographic_folded
-from heavy.aggregate.report import FALLBACK_LEAD, QUOTES_LEAD
+from heavy.aggregate.report import FAILED_LEAD, FALLBACK_LEAD, QUOTES_LEAD
 from heavy.aggregate.shorten import YES_NO
 from heavy.config import Settings
 from heavy.llm import make_backend
@@ -52,7 +52,7 @@ def report_parts(markdown: str) -> dict[str, str]:
     answer = sections[0].split("**Answer:**", 1)[-1]
     findings = next((s[len("Findings"):] for s in sections[1:] if s.startswith("Findings")), "")
     claims, quotes = findings, ""
-    for lead in (QUOTES_LEAD, FALLBACK_LEAD):
+    for lead in (QUOTES_LEAD, FALLBACK_LEAD, FAILED_LEAD):
         if lead in findings:
             claims, quotes = findings.split(lead, 1)
     return {"answer": unescaped(answer), "findings": claims, "quotes": unescaped(quotes)}

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 from heavy.agent.gathered import SUPPORTING_SOURCES, lowered
 from heavy.agent.steps import TrajectoryResult, finished_part
@@ -39,6 +40,7 @@ KEY_SENTENCES = 6  # quoted when no claim of the report pass stands
 QUOTES_BESIDE_FINDINGS = 3  # quoted after the findings: the pages' own words, which a word check cannot get wrong
 QUOTES_LEAD = "From the fetched pages, word for word:"
 FALLBACK_LEAD = "The report pass wrote no claim a fetched page supports; the most relevant passages found:"
+FAILED_LEAD = "The report pass failed (see above); the most relevant passages the trajectories fetched:"
 REPORT_REQUEST = "report"  # the report pass's request id
 QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
 _WRAPPED_LINE = re.compile(r"[ \t]*\n[ \t]*(?!\n|[-*+] |\d+\. )")
@@ -81,7 +83,7 @@ async def aggregate(
         decided = replace(decided, answer="", agreement=0.0, cited=())
     union = union_of_sources(results)
     usage = decided.usage
-    body, dropped, refuted = "", (), ()
+    body, dropped, refuted, report_error = "", (), (), ""
     weights = question_weights(question, list(fetched.values()))
     pages = _numbered_pages(union, fetched)
     texts = fetched if mode == "report" else {}  # answer mode lists no answers checked against the pages
@@ -95,10 +97,9 @@ async def aggregate(
     if mode == "report" and backend is not None and union:  # with no page to cite, no claim could stand
         unfounded = {i for g in decided.groups if g.answer in on_pages and not on_pages[g.answer].body
                      for i in g.members}
-        written, report_usage = await _write_body(question, results, union, (texts, weights, unfounded), backend,
-                                                  config, job_id)
-        usage = usage + report_usage
-        filtered = filter_claims(written, union, texts, question)
+        written = await _write_body(question, results, union, (texts, weights, unfounded), backend, config, job_id)
+        usage, report_error = usage + written.usage, written.failure
+        filtered = filter_claims(written.body, union, texts, question)
         body, dropped = filtered.body, filtered.dropped
         if checking and body:
             checked = await check_claims(body, union, texts, backend, config.sampling, job_id, room=config.room)
@@ -109,24 +110,32 @@ async def aggregate(
         quotes = _key_passages(question, pages, weights, QUOTES_BESIDE_FINDINGS if body else KEY_SENTENCES,
                                said=topic_words(f"{body} {stated[0] if stated else ''}"))
         if quotes:
-            lead = QUOTES_LEAD if body else FALLBACK_LEAD
+            lead = QUOTES_LEAD if body else FAILED_LEAD if report_error else FALLBACK_LEAD
             body = f"{body}\n\n{lead}\n\n{quotes}".strip()
     markdown, numbers = _assemble(question, decided, results, union, (body, on_pages, stated), status,
-                                  stop_reason, model_checked=checking)
+                                  stop_reason, model_checked=checking, report_error=report_error)
     total = usage + sum((r.usage for r in results), Usage())
+    if report_error and status == "done":  # no findings: the report holds less than the job found
+        status = "partial"
     return JobResult(
         job_id=job_id, question=question, mode=mode, status=status, answer=decided.answer,
         agreement=decided.agreement, markdown=markdown, sources=tuple(union[n - 1] for n in numbers),
         trajectories=tuple(results), usage=total, cost_usd=config.cost_usd(total), stop_reason=stop_reason,
-        dropped_claims=dropped, refuted_claims=refuted,
+        dropped_claims=dropped, refuted_claims=refuted, report_error=report_error,
         votes={g.answer: len(g.members) for g in decided.groups}, reads=decided.reads,
         more_reads=decided.more_reads,
     )
 
 
+class WrittenBody(NamedTuple):
+    body: str
+    usage: Usage
+    failure: str = ""  # why the pass wrote nothing to check ("" when it did): the report says so, and is partial
+
+
 async def _write_body(question: str, results: Sequence[TrajectoryResult], union: Sequence[Source],
                       texts_weights_unfounded: tuple[dict[str, str], dict[str, float], set[int]],
-                      backend: LLMBackend, config: AggregationConfig, job_id: str) -> tuple[str, Usage]:
+                      backend: LLMBackend, config: AggregationConfig, job_id: str) -> WrittenBody:
     """The report pass. Answers no fetched page holds (`unfounded`: trajectory indices) are not shown to it: a small
     model copies the answers it is shown into the report (seen: "do not affect the else clause", on no page, written
     as findings twice), and the claim filter would drop them anyway."""
@@ -170,11 +179,15 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
                                         prefix_key=job_id)
     except LLMError as exc:  # the vote and the sources still make a report
         log.warning("report pass failed: %s", exc)
-        return "", Usage()
+        why = " ".join(str(exc).split()) or type(exc).__name__  # one line: the report quotes it
+        return WrittenBody("", Usage(), f"its model request failed ({why})")
     body = completion.content
     if completion.finish_reason == "length":  # the token limit cut the last sentence: a fragment is no claim
         body = finished_part(body)
-    return body, completion.usage
+        if not body.strip():  # a thinking model may spend the whole limit reasoning
+            return WrittenBody("", completion.usage,
+                               f"its {config.report_tokens}-token limit cut it before it finished a sentence")
+    return WrittenBody(body, completion.usage)
 
 
 def _findings(results: Sequence[TrajectoryResult], unfounded: set[int], listed: set[int],
@@ -229,7 +242,8 @@ def _key_passages(question: str, pages: dict[int, tuple[str, str]], weights: dic
 
 def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult], union: Sequence[Source],
               body_and_answers: tuple[str, dict[str, FilteredReport], tuple[str, int] | None],
-              status: str, stop_reason: str, model_checked: bool = False) -> tuple[str, list[int]]:
+              status: str, stop_reason: str, model_checked: bool = False, report_error: str = ""
+              ) -> tuple[str, list[int]]:
     """The whole Markdown, renumbered, and the union numbers of the sources it cites, in order."""
     body, on_pages, stated = body_and_answers
     number_of_url = source_numbers(union)
@@ -238,6 +252,10 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
     parts = [f"# {as_text(' '.join(question.split()))}"]  # a heading is one line
     if status == "partial":
         parts.append(f"> Partial report ({stop_reason}): aggregated from the trajectories that had finished.")
+    if report_error:
+        parts.append("> Partial report: the report pass, which writes the findings, wrote none: "
+                     f"{as_text(report_error)}. Below are the trajectories' answers and their fetched pages' own "
+                     "sentences.")
     if decided.answer:
         marks = "".join(f"[{n}]" for n in answer_numbers)
         behind = (f"{len(decided.backers)} of {len(results)} trajectories gave this answer"

@@ -26,6 +26,7 @@ class JobResult:
     stop_reason: str = "all_done"
     dropped_claims: tuple[str, ...] = ()  # report mode: claims taken out, by the word check or the model's
     refuted_claims: tuple[str, ...] = ()  # those of them the model's claim check said no to (HEAVY_CHECK_CLAIMS)
+    report_error: str = ""  # report mode: why the report pass wrote no findings (its request failed, or was cut)
     votes: dict[str, int] = field(default_factory=dict)
     reads: dict[int, str] = field(default_factory=dict)  # answer mode: the judge's reading of each trajectory's pages
     more_reads: tuple[str, ...] = ()  # answer mode: its readings in further orders (fewer trajectories than pages)
@@ -54,6 +55,7 @@ class JobResult:
             "trajectories": [t.summary() for t in self.trajectories],
             "dropped_claims": list(self.dropped_claims),
             "refuted_claims": list(self.refuted_claims),
+            "report_error": self.report_error,
             "tokens": {
                 "prompt": self.usage.prompt_tokens,
                 "cached_prompt": self.usage.cached_prompt_tokens,

@@ -183,6 +183,8 @@ class Report(BaseModel):
     trajectories: list[dict[str, Any]]
     dropped_claims: list[str] = Field(description="report mode: the claims the checks took out")
     refuted_claims: list[str] = Field([], description="those of them the model's claim check refuted")
+    report_error: str = Field("", description="report mode: why the report pass wrote no findings (the report is "
+                                              "then partial)")
     tokens: ReportTokens
     cost_usd: float
     markdown: str

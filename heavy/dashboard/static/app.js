@@ -125,7 +125,8 @@ function apply(event) {
     }
     case "aggregating": $("job-stage").textContent = `aggregating (${event.reason})`; setStatus("aggregating"); break;
     case "report_ready":
-      $("job-stage").textContent = "report ready";
+      $("job-stage").textContent = event.report_error ? `report ready (partial: no findings, ${event.report_error})`
+        : "report ready";
       loadReport().catch((error) => { $("job-stage").textContent = `report ready; loading it failed: ${error.message}`; });
       break;
     case "job_failed": $("job-stage").textContent = `failed: ${event.error}`; setStatus("failed"); break;
