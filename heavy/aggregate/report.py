@@ -367,11 +367,14 @@ def _refuted_on(filtered: FilteredReport) -> tuple[int, ...]:
 
 def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages: dict[str, FilteredReport],
                    model_checked: bool = False) -> str:
-    silent = [r.index + 1 for r in results if not r.answered]
+    # a trajectory that failed says why (the endpoint down, a refusal): "no answer" alone reads as nothing found
+    failed = [r for r in results if not r.answered and r.error]
+    silent = [r.index + 1 for r in results if not r.answered and not r.error]
     voting = {i for g in decided.groups for i in g.members}
     # an answer that restates the question, or a bare yes to a "who" question, is no vote, but it was written
     unusable = [r for r in results if r.answered and r.index not in voting]
-    if not (decided.groups or unusable) or (len(decided.groups) == 1 and not silent and not unusable):
+    if not (decided.groups or unusable or failed) or (len(decided.groups) == 1 and not silent and not unusable
+                                                      and not failed):
         return ""  # the headline says it all
     # sentences in other words may say the same thing: a list of them is no evidence of disagreement, and neither is
     # one answer beside trajectories that found none
@@ -384,6 +387,7 @@ def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages:
               "vote)" for r in unusable]
     if silent:
         lines.append(f"- No answer: {_trajectories(silent)}")
+    lines += [f"- No answer: trajectory {r.index + 1} failed ({_quoted(r.error)})" for r in failed]
     if on_pages:
         how = ("by its words, then by the model weighing each sentence against its negation and with its numbers or "
                "names swapped" if model_checked else "by words, not meaning")

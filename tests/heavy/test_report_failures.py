@@ -1,6 +1,7 @@
 """Report mode when the report pass writes nothing: the report says why, is partial, and still holds what the
 trajectories found (their answers, their fetched pages' own sentences)."""
 
+import dataclasses
 import html
 import json
 import threading
@@ -148,3 +149,18 @@ async def test_a_jobs_report_ready_event_and_board_say_its_report_pass_failed():
     for event in sink.events:
         board.apply(event)
     assert board.stage == f"report ready (partial: no findings, {job.report_error})"
+
+
+async def test_a_trajectory_that_failed_is_listed_with_its_error_not_as_having_found_nothing():
+    backend = ScriptedBackend(lambda request: text("The Eiffel Tower was finished in 1889 [1]."))
+    failed = dataclasses.replace(result(2, ""), stop_reason="error",
+                                 error="RetriableLLMError: giving up after 5 attempts:\nRemoteProtocolError")
+    agreed = await aggregate(job_id="j", question=QUESTION, mode="report", backend=backend,
+                             results=[result(0, "1889", cited=[TOWER]), result(1, "1889", cited=[TOWER]), failed])
+    said = "- No answer: trajectory 3 failed (RetriableLLMError: giving up after 5 attempts: RemoteProtocolError)"
+    assert said in agreed.markdown and "- No answer: trajectory 3\n" not in agreed.markdown
+    # with no answer at all, the headline says so, and the list still says which trajectory failed and why
+    nothing = await aggregate(job_id="j", question=QUESTION, mode="report", backend=backend,
+                              results=[result(0, ""), failed])
+    assert "no trajectory found an answer" in nothing.markdown
+    assert "- No answer: trajectory 1\n" in nothing.markdown and said in nothing.markdown
