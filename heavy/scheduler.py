@@ -6,7 +6,8 @@ Stops, all shared through one StopSignal so every in-flight request and tool cal
 - the job deadline passed and at least `straggler_min_done` trajectories are done → cut the stragglers;
   deadline + grace passed → aggregate whatever exists (partial, never nothing);
 - answer mode: `early_stop_k` trajectories agree → stop the rest;
-- `JobControl.finish_now()` → stop and aggregate (partial); `JobControl.cancel()` → stop, no report (also while
+- `JobControl.finish_now()` → stop and aggregate (partial; while aggregating a report, its model requests are
+  aborted and the report is made of what is at hand); `JobControl.cancel()` → stop, no report (also while
   aggregating: the aggregator's model requests are aborted).
 """
 
@@ -121,6 +122,7 @@ class JobControl:
         self.cancelled = StopSignal()  # cancel() only: honoured while aggregating too, when `stop` is long set
         self.trajectories_usage: Usage | None = None  # what the trajectories spent, once they all ended
         self.aggregator: GrantedBackend | None = None  # the job's aggregator backend, once it aggregates
+        self.hurried: StopSignal | None = None  # a report's aggregation under way: finish_now() stops its requests
 
     @property
     def aggregator_usage(self) -> Usage:
@@ -136,7 +138,15 @@ class JobControl:
             return None
         return self.trajectories_usage + self.aggregator_usage
 
+    def aggregating(self) -> StopSignal:
+        """From now on finish_now() stops the aggregator's model requests (a finish asked for earlier stopped the
+        trajectories, and the report pass is still to run on what they found)."""
+        self.hurried = StopSignal()
+        return self.hurried
+
     def finish_now(self) -> None:
+        if self.hurried is not None:
+            self.hurried.set("finish_now")
         self.stop.set("finish_now")
 
     def cancel(self) -> None:
@@ -182,8 +192,10 @@ class Scheduler:
             aggregation = replace(aggregation, counted_per_estimated=budget.counted_per_estimated or 1.0,
                                   context_tokens=min(aggregation.context_tokens,
                                                      budget.served_context or aggregation.context_tokens))
+            # answer mode's judge is not hurried: its vote is the eval's path
             granted = GrantedBackend(with_priority(self.backend, spec.priority), budget, kept_for=REPORT_REQUEST,
-                                     keep=reserve * (spec.mode == "report"))
+                                     keep=reserve * (spec.mode == "report"),
+                                     stop=control.aggregating() if spec.mode == "report" else None)
             control.aggregator = granted
             try:  # a cancel while aggregating aborts the aggregator's model requests: no report
                 result = await until_stopped(

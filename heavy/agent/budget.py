@@ -136,22 +136,31 @@ def request_bound(estimated: int, counted_per_estimated: float, max_tokens: int)
     return int(estimated * counted_per_estimated) + max_tokens
 
 
+_STOPPED = "stopped by finish now before the model answered"
+
+
 class GrantedBackend:
     """The aggregator's backend, inside the job's grant: a request that does not fit what is left of it fails as
     an LLMError, which every aggregator call survives (the report goes without that call's part). Until the request
     `kept_for` is sent (the report pass, whose prompt the others' results shape), the others leave it `keep`
     tokens: the reserve the trajectories left is the report pass's. `usage`: what its calls spent, those a cancel
-    aborted included (what a job cancelled while aggregating is charged for them)."""
+    aborted included (what a job cancelled while aggregating is charged for them). Once `stop` is set (finish now,
+    while aggregating), a request in flight is aborted and the rest are refused, each an LLMError: the report is
+    made at once of what is at hand."""
 
-    def __init__(self, backend: LLMBackend, budget: JobTokenBudget, *, kept_for: str = "", keep: int = 0) -> None:
+    def __init__(self, backend: LLMBackend, budget: JobTokenBudget, *, kept_for: str = "", keep: int = 0,
+                 stop: StopSignal | None = None) -> None:
         self.backend, self.budget, self.name = backend, budget, backend.name
         self.kept_for, self.keep = kept_for, keep
+        self.stop = stop or StopSignal()
         self.usage = Usage()
 
     async def chat(self, messages: list[Message], tools: list[dict] | None, sampling: Sampling, *, max_tokens: int,
                    **kwargs) -> Completion:
         if kwargs.get("request_id") == self.kept_for:
             self.keep = 0
+        if self.stop.is_set():
+            raise LLMError(_STOPPED)
         estimated = max(1, estimate_tokens(messages, tools))
         def needs() -> int:
             return self.budget.bound(estimated, None, max_tokens, self.keep)
@@ -161,7 +170,8 @@ class GrantedBackend:
                            f"tokens left (keeping {self.keep}), the request may take {needs()}")
         spent, meter = Usage(), kwargs.setdefault("meter", Meter())
         try:
-            completion = await self.backend.chat(messages, tools, sampling, max_tokens=max_tokens, **kwargs)
+            completion = await until_stopped(
+                self.backend.chat(messages, tools, sampling, max_tokens=max_tokens, **kwargs), self.stop)
             # the aggregator's own text (the pages' passages) may count more than the trajectories' prompts did
             self.budget.calibrate(completion.usage.prompt_tokens / estimated)
             completion = with_usage(completion, messages, tools)  # a server that reports none: the estimate
@@ -171,6 +181,9 @@ class GrantedBackend:
         except asyncio.CancelledError:  # aborted in flight: what the server did is charged
             spent = aborted_usage(meter, messages, tools)
             raise
+        except Stopped:  # the same, and the aggregator goes on without this call's part
+            spent = aborted_usage(meter, messages, tools)
+            raise LLMError(_STOPPED) from None
         except Exception as exc:  # and what it did before it failed (or a bug crashed the call)
             spent = failed_usage(meter, exc, messages, tools)
             raise

@@ -1,6 +1,7 @@
 """Report mode when the report pass writes nothing: the report says why, is partial, and still holds what the
 trajectories found (their answers, their fetched pages' own sentences)."""
 
+import asyncio
 import dataclasses
 import html
 import json
@@ -18,6 +19,7 @@ from heavy.events import JobFailed, ReportReady
 from heavy.llm.openai_backend import OpenAIBackend
 from heavy.llm.retry import RetryPolicy
 from heavy.llm.types import Completion, ContextLengthError, LLMError, RetriableLLMError, Usage
+from heavy.scheduler import JobControl
 from tests.heavy.fakes import ScriptedBackend, source, text
 from tests.heavy.test_aggregate import LOUVRE, result
 from tests.heavy.test_scheduler import researcher, run, spec
@@ -164,3 +166,30 @@ async def test_a_trajectory_that_failed_is_listed_with_its_error_not_as_having_f
                               results=[result(0, ""), failed])
     assert "no trajectory found an answer" in nothing.markdown
     assert "- No answer: trajectory 1\n" in nothing.markdown and said in nothing.markdown
+
+
+async def test_finish_now_while_the_report_pass_runs_aborts_it_and_reports_what_is_at_hand():
+    # `heavy ask`'s first Ctrl-C during the aggregation: the report pass (a slow model, an endpoint being waited
+    # for) is aborted, and the report is made of the vote and the pages at once, instead of after the pass or never
+    control = JobControl()
+    backend = ScriptedBackend(researcher(), delay_s=lambda r: 30 if r.trajectory < 0 else 0)
+    task = asyncio.create_task(run(spec(mode="report", trajectories=3), backend, control))
+    while not [r for r in backend.requests if r.request_id == "report"]:
+        await asyncio.sleep(0.01)
+    control.finish_now()
+    job, sink = await task
+    assert backend.cancelled == ["report"] and job.status == "partial" and job.stop_reason == "all_done"
+    assert "finish now" in job.report_error and sink.of_type(ReportReady)[0].report_error == job.report_error
+    assert "**Answer:** Paris [1]" in job.markdown and as_text(job.report_error) in job.markdown
+
+
+async def test_finish_now_before_the_aggregation_leaves_the_report_pass_to_run():
+    control = JobControl()
+    backend = ScriptedBackend(researcher(), delay_s=lambda r: 30 if r.trajectory == 2 else 0)
+    task = asyncio.create_task(run(spec(mode="report", trajectories=3), backend, control))
+    while sum(r.trajectory in (0, 1) for r in backend.requests) < 4:
+        await asyncio.sleep(0.01)
+    control.finish_now()
+    job, _ = await task
+    assert job.stop_reason == "finish_now" and job.report_error == "" and "## Findings" in job.markdown
+    assert "report" in [r.request_id for r in backend.requests] and "report" not in backend.cancelled
