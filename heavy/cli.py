@@ -69,7 +69,7 @@ def _on_interrupt(control: JobControl) -> Callable[[], None]:
         if presses == 1:
             console.print("[yellow]finishing now:[/yellow] the report merges what the trajectories have "
                           "(Ctrl-C again to cancel)")
-            control.finish_now()
+            control.finish_now(aggregation_too=True)
         else:
             console.print("[yellow]cancelled[/yellow]")
             control.cancel()

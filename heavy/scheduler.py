@@ -6,8 +6,8 @@ Stops, all shared through one StopSignal so every in-flight request and tool cal
 - the job deadline passed and at least `straggler_min_done` trajectories are done → cut the stragglers;
   deadline + grace passed → aggregate whatever exists (partial, never nothing);
 - answer mode: `early_stop_k` trajectories agree → stop the rest;
-- `JobControl.finish_now()` → stop and aggregate (partial; while aggregating a report, its model requests are
-  aborted and the report is made of what is at hand); `JobControl.cancel()` → stop, no report (also while
+- `JobControl.finish_now()` → stop and aggregate (partial; `heavy ask`'s, while a report is aggregated, also aborts
+  its model requests and the report is made of what is at hand); `JobControl.cancel()` → stop, no report (also while
   aggregating: the aggregator's model requests are aborted).
 """
 
@@ -122,7 +122,7 @@ class JobControl:
         self.cancelled = StopSignal()  # cancel() only: honoured while aggregating too, when `stop` is long set
         self.trajectories_usage: Usage | None = None  # what the trajectories spent, once they all ended
         self.aggregator: GrantedBackend | None = None  # the job's aggregator backend, once it aggregates
-        self.hurried: StopSignal | None = None  # a report's aggregation under way: finish_now() stops its requests
+        self.hurried: StopSignal | None = None  # a report's aggregation under way: its model requests' stop
 
     @property
     def aggregator_usage(self) -> Usage:
@@ -139,13 +139,17 @@ class JobControl:
         return self.trajectories_usage + self.aggregator_usage
 
     def aggregating(self) -> StopSignal:
-        """From now on finish_now() stops the aggregator's model requests (a finish asked for earlier stopped the
-        trajectories, and the report pass is still to run on what they found)."""
+        """The stop of the aggregator's model requests, armed now: a finish asked for earlier stopped the
+        trajectories, and the report pass is still to run on what they found."""
         self.hurried = StopSignal()
         return self.hurried
 
-    def finish_now(self) -> None:
-        if self.hurried is not None:
+    def finish_now(self, *, aggregation_too: bool = False) -> None:
+        """Stop the trajectories; what they found is aggregated (partial). `aggregation_too` (`heavy ask`'s Ctrl-C):
+        once a report is aggregated, its model requests stop too. Not the service's finish: a job field that a worker
+        polls, asked for while the job ran (the API refuses it once aggregating), which a poll after the aggregation
+        began, or a worker resuming the job, must not turn into a stop of the report pass."""
+        if aggregation_too and self.hurried is not None:
             self.hurried.set("finish_now")
         self.stop.set("finish_now")
 

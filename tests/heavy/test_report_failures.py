@@ -176,20 +176,34 @@ async def test_finish_now_while_the_report_pass_runs_aborts_it_and_reports_what_
     task = asyncio.create_task(run(spec(mode="report", trajectories=3), backend, control))
     while not [r for r in backend.requests if r.request_id == "report"]:
         await asyncio.sleep(0.01)
-    control.finish_now()
+    control.finish_now(aggregation_too=True)
     job, sink = await task
     assert backend.cancelled == ["report"] and job.status == "partial" and job.stop_reason == "all_done"
     assert "finish now" in job.report_error and sink.of_type(ReportReady)[0].report_error == job.report_error
     assert "**Answer:** Paris [1]" in job.markdown and as_text(job.report_error) in job.markdown
 
 
-async def test_finish_now_before_the_aggregation_leaves_the_report_pass_to_run():
+async def test_a_finish_before_the_aggregation_or_the_services_leaves_the_report_pass_to_run():
+    # asked for while the trajectories ran (Ctrl-C, or the API's, which a worker polls): they stop, and the report
+    # pass still writes the findings of what they found
     control = JobControl()
     backend = ScriptedBackend(researcher(), delay_s=lambda r: 30 if r.trajectory == 2 else 0)
     task = asyncio.create_task(run(spec(mode="report", trajectories=3), backend, control))
     while sum(r.trajectory in (0, 1) for r in backend.requests) < 4:
         await asyncio.sleep(0.01)
-    control.finish_now()
+    control.finish_now(aggregation_too=True)
     job, _ = await task
     assert job.stop_reason == "finish_now" and job.report_error == "" and "## Findings" in job.markdown
     assert "report" in [r.request_id for r in backend.requests] and "report" not in backend.cancelled
+    # the service's finish, seen by the worker's poll once the aggregation began (or by a worker resuming the job)
+    control, gate = JobControl(), asyncio.Event()
+    backend = ScriptedBackend(researcher(), aggregator_gate=gate)
+    task = asyncio.create_task(run(spec(mode="report", trajectories=3), backend, control))
+    while not [r for r in backend.requests if r.request_id == "report"]:
+        await asyncio.sleep(0.01)
+    control.finish_now()
+    for _ in range(10):  # the loop turns a stop would need to abort the pass before it is let through
+        await asyncio.sleep(0)
+    gate.set()
+    job, _ = await task
+    assert job.status == "done" and job.report_error == "" and not backend.cancelled
