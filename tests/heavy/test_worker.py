@@ -82,6 +82,25 @@ async def test_a_job_runs_to_its_report_with_a_gap_free_event_stream(client, sto
     assert 'heavy_tool_calls_total{ok="true",tool="search"}' in metrics and "heavy_steps_total" in metrics
 
 
+async def test_a_job_whose_report_pass_failed_ends_partial_saying_why_in_its_report_and_events(
+        client, store, start_worker):
+    def script(request):
+        if request.request_id == "report":
+            raise LLMError("HTTP 503: the model endpoint is restarting")
+        return researcher(request)
+
+    start_worker(ScriptedBackend(script))
+    job = (await client.post("/v1/jobs", json=JOB)).json()
+    ended = await status_is(client, job["id"], "done", "partial", "failed")
+    assert (ended["status"], ended["stop_reason"]) == ("partial", "all_done")
+    report = (await client.get(f"/v1/jobs/{job['id']}/report")).json()
+    assert "HTTP 503: the model endpoint is restarting" in report["report_error"] and report["partial"]
+    assert report["answer"] == "argparse" and report["sources"]  # what the trajectories found is still there
+    assert "the report pass, which writes the findings, wrote none" in report["markdown"]
+    ready = parse_sse((await client.get(f"/v1/jobs/{job['id']}/events")).text)[-1]["data"]
+    assert ready["type"] == "report_ready" and ready["partial"] and ready["report_error"] == report["report_error"]
+
+
 async def test_a_worker_dying_right_after_it_ended_a_job_has_written_its_report_and_terminal_event(
         client, store, start_worker, monkeypatch):
     """The report, the final status and the terminal event are one step: a worker that dies as soon as the status
