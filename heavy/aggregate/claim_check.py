@@ -63,6 +63,8 @@ class CheckedBody:
     body: str
     refuted: tuple[str, ...]  # claims the model said the passage does not support, as written
     usage: Usage
+    asked: int = 0  # claims put to the model
+    weighed: int = 0  # of them, those it said yes or no to (a failed request, the endpoint down, says neither)
 
 
 def passage_for(claim: str, texts: Sequence[str]) -> str:
@@ -183,7 +185,8 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
             split[i] = (prefix, SENTENCE_END.split(line[len(prefix):]))
     claims = [(i, k) for i, (_, sentences) in split.items() for k, s in enumerate(sentences) if MARKER.search(s)]
 
-    async def verdict(index: int, sentence: str) -> tuple[bool | None, Usage]:
+    async def verdict(index: int, sentence: str) -> tuple[bool | None, Usage, bool]:
+        """Whether the claim stands, what asking cost, and whether the model was asked."""
         pages = [texts.get(sources[n - 1].url, "") for n in sorted(cited_numbers(sentence)) if 0 < n <= len(sources)]
         claim = _SPACED_MARKER.sub("", row_claim(sentence) if tables.get(claims[index][0]) == ROW else sentence).strip()
         # a sentence of the page, word for word (quotes, escapes and line breaks aside; a snippet's "[1] Title /
@@ -191,15 +194,15 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
         said = word_run(unescaped(claim))
         if any(said == word_run(unescaped(sentence)) for page in pages
                for sentence in sentences_of(without_result_headers(page))):
-            return True, Usage()
+            return True, Usage(), False
         passage = passage_for(claim, [p for p in pages if p])
         if not passage:
-            return None, Usage()
-        return await supports(backend, passage, claim, sampling, prefix_key, request_id=f"{label}:{index}",
-                              contrast=contrast, room=room)
+            return None, Usage(), False
+        return *await supports(backend, passage, claim, sampling, prefix_key, request_id=f"{label}:{index}",
+                               contrast=contrast, room=room), True
 
     verdicts = await asyncio.gather(*(verdict(index, split[i][1][k]) for index, (i, k) in enumerate(claims)))
-    refuted = {(i, k) for (i, k), (ok, _) in zip(claims, verdicts, strict=True) if ok is False}
+    refuted = {(i, k) for (i, k), (ok, _, _) in zip(claims, verdicts, strict=True) if ok is False}
     kept_lines = []
     for i, line in enumerate(lines):
         if i in split and any(j == i for j, _ in refuted):
@@ -212,16 +215,19 @@ async def check_claims(body: str, sources: Sequence[Source], texts: dict[str, st
     kept_lines = without_empty_sections(without_empty_tables(kept_lines))
     return CheckedBody(body=re.sub(r"\n{3,}", "\n\n", "\n".join(kept_lines)).strip(),
                        refuted=tuple(split[i][1][k].strip() for i, k in sorted(refuted)),
-                       usage=sum((u for _, u in verdicts), Usage()))
+                       usage=sum((u for _, u, _ in verdicts), Usage()),
+                       asked=sum(asked for _, _, asked in verdicts),
+                       weighed=sum(asked and ok is not None for ok, _, asked in verdicts))
 
 
 async def check_answers(answers: dict[str, FilteredReport], sources: Sequence[Source], texts: dict[str, str],
                         backend: LLMBackend, sampling: Sampling = Sampling(temperature=0.0),
                         prefix_key: str | None = None, room: PromptRoom = PromptRoom(),
-                        ) -> tuple[dict[str, FilteredReport], Usage]:
+                        ) -> tuple[dict[str, FilteredReport], Usage, bool]:
     """The trajectories' answers as the word check cited them (answer → its sentences a page holds, marked), each
     sentence put to the same check; a refuted one moves from the body to `refuted`. Short answers carry no marker
-    and are not claims to check."""
+    and are not claims to check. Also: what the checks cost, and whether the model weighed any sentence put to it
+    (or none was)."""
     asked = [answer for answer, filtered in answers.items() if MARKER.search(filtered.body)]
     checked = await asyncio.gather(*(check_claims(answers[answer].body, sources, texts, backend, sampling, prefix_key,
                                                   label=f"answer-check:{k}", room=room)
@@ -232,4 +238,5 @@ async def check_answers(answers: dict[str, FilteredReport], sources: Sequence[So
             left = cited_numbers(done.body)
             out[answer] = replace(answers[answer], body=done.body,
                                   cited=tuple(n for n in answers[answer].cited if n in left), refuted=done.refuted)
-    return out, sum((done.usage for done in checked), Usage())
+    weighed = any(done.weighed for done in checked) or not any(done.asked for done in checked)
+    return out, sum((done.usage for done in checked), Usage()), weighed

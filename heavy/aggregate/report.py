@@ -89,9 +89,10 @@ async def aggregate(
     texts = fetched if mode == "report" else {}  # answer mode lists no answers checked against the pages
     on_pages = _answers_on_pages(question, decided, union, texts)
     checking = mode == "report" and backend is not None and config.check_claims
+    weighed = False  # by the model, the answers' sentences: a model whose every check failed weighed none
     if checking:  # before the report pass, which is not shown answers no page supports
-        on_pages, checked_usage = await check_answers(on_pages, union, texts, backend, config.sampling, job_id,
-                                                      config.room)
+        on_pages, checked_usage, weighed = await check_answers(on_pages, union, texts, backend, config.sampling,
+                                                               job_id, config.room)
         usage = usage + checked_usage
     stated = _answer_stated(question, decided, union, pages, weights) if decided.answer else None
     if mode == "report" and backend is not None and union:  # with no page to cite, no claim could stand
@@ -113,7 +114,7 @@ async def aggregate(
             lead = QUOTES_LEAD if body else FAILED_LEAD if report_error else FALLBACK_LEAD
             body = f"{body}\n\n{lead}\n\n{quotes}".strip()
     markdown, numbers = _assemble(question, decided, results, union, (body, on_pages, stated), status,
-                                  stop_reason, model_checked=checking, report_error=report_error)
+                                  stop_reason, model_checked=weighed, report_error=report_error)
     total = usage + sum((r.usage for r in results), Usage())
     if report_error and status == "done":  # no findings: the report holds less than the job found
         status = "partial"

@@ -91,7 +91,8 @@ async def test_the_answer_list_says_which_answers_a_fetched_page_holds():
     # seen in the demo: a right answer copied from a page and a wrong "do not affect" were listed alike
     page = source("http://corpus/fair", "The Eiffel Tower was finished in 1889 for the World's Fair. "
                                         "It was built as the entrance arch of the fair by Gustave Eiffel's company.")
-    backend = ScriptedBackend(lambda request: text("Paris is lovely in spring."))
+    backend = ScriptedBackend(lambda request: text("Yes" if request.request_id.startswith("answer-check")
+                                                   else "Paris is lovely in spring."))  # the model weighs the answers
     results = [result(0, "The tower was finished in 1889 for the World's Fair.", cited=[page]),
                result(1, "The tower was built by Napoleon to defend Paris against invaders.", evidence=[LOUVRE]),
                result(2, "It was built as the entrance arch of the fair. Napoleon defended Paris with its guns."),

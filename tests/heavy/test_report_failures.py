@@ -207,3 +207,19 @@ async def test_a_finish_before_the_aggregation_or_the_services_leaves_the_report
     gate.set()
     job, _ = await task
     assert job.status == "done" and job.report_error == "" and not backend.cancelled
+
+
+async def test_with_the_endpoint_down_the_answer_list_does_not_say_the_model_weighed_the_answers():
+    def down(request):
+        raise RetriableLLMError("giving up after 5 attempts: ConnectError: [Errno 111] Connection refused")
+
+    results = [result(0, "The tower was finished in 1889 for a fair.", cited=[TOWER]),
+               result(1, "The Eiffel Tower is a landmark finished in 1889.", cited=[TOWER])]
+    job = await aggregate(job_id="j", question=QUESTION, mode="report", results=results, backend=ScriptedBackend(down))
+    assert "its words are on [1]" in job.markdown
+    assert "checked as the findings are: by words, not meaning" in job.markdown
+    assert "weighing" not in job.markdown and "Connection refused" in job.report_error
+    # with the model answering, the same list says it weighed them
+    answering = await aggregate(job_id="j", question=QUESTION, mode="report", results=results,
+                                backend=ScriptedBackend(lambda request: text("Yes")))
+    assert "then by the model weighing each sentence" in answering.markdown
