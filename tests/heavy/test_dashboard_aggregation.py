@@ -5,6 +5,7 @@ The expected figures are read from the API's JSON result, never written here."""
 import httpx
 import pytest
 
+from heavy.llm.types import LLMError
 from tests.heavy.fakes import call
 from tests.heavy.worker_helpers import researcher, step_of
 
@@ -100,3 +101,18 @@ async def test_answers_with_html_are_shown_as_text(service, page, store):
     assert votes == [XSS, "<b>getopt</b>"]
     assert await page.locator("#aggregation img, #aggregation b").count() == 0
     assert await page.evaluate("window.pwned") is None
+
+
+async def test_a_report_pass_that_failed_is_said_in_the_panel(service, page, store):
+    def script(request):
+        if request.request_id == "report":
+            raise LLMError("HTTP 503: the model endpoint is restarting")
+        return researcher(request)
+
+    service.script = script
+    secret, job_id = await open_job(service, page, store)
+    shown = await panel(page)
+    result = await result_of(service, secret, job_id)
+    assert result["status"] == "partial" and result["stop_reason"] == "all_done"
+    assert shown["status"] == f"partial: no findings, {result['report_error']}"
+    assert "HTTP 503: the model endpoint is restarting" in shown["status"]

@@ -15,6 +15,9 @@ const aggNumber = (n) => Number(n).toLocaleString("en-US");
 const clipped = (text) => (text.length > AGG_ANSWER_CHARS ? `${text.slice(0, AGG_ANSWER_CHARS)}…` : text);
 const stopReason = (reason) => (STOP_REASONS[reason] ? `${STOP_REASONS[reason]} (${reason})` : reason);
 const stoppedBy = (reason) => (reason && reason !== "all_done" ? stopReason(reason) : ""); // early_stop: done, and says why
+// what a partial report lacks: the trajectories' stop, and a report pass that wrote no findings
+const lacking = (reason, reportError) =>
+  [stoppedBy(reason), reportError ? `no findings, ${reportError}` : ""].filter(Boolean).join("; ");
 let aggReason = ""; // the aggregating event's stop reason: report_ready says only "partial"
 
 function resetAggregation() {
@@ -58,7 +61,7 @@ function aggregationEvent(event) {
       aggNode("agg-agreement").textContent = `${event.done} trajectories finished, ${event.stopped} stopped early`;
       break;
     case "report_ready": // the gist at once; showAggregation adds the votes and the figures from the JSON
-      aggStatus(event.partial ? "partial" : "done", stoppedBy(aggReason));
+      aggStatus(event.partial ? "partial" : "done", lacking(aggReason, event.report_error));
       aggAnswer(event.answer, `${Math.round(event.agreement * 100)}% of the answering trajectories agree`);
       aggNode("agg-tokens").textContent = `${aggNumber(event.total_tokens)} in all`;
       aggNode("agg-sources").textContent = aggNumber(event.sources);
@@ -71,7 +74,7 @@ function aggregationEvent(event) {
 function showAggregation(result) {
   const votes = Object.entries(result.votes || {});
   const answered = votes.reduce((sum, [, n]) => sum + n, 0);
-  aggStatus(result.status, stoppedBy(result.stop_reason));
+  aggStatus(result.status, lacking(result.stop_reason, result.report_error));
   aggAnswer(result.answer, agreementText(result.answer, Math.round(result.agreement * answered), answered,
                                         result.trajectories.length));
   aggVotes(votes, result.answer);
