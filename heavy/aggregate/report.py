@@ -188,6 +188,8 @@ async def _write_body(question: str, results: Sequence[TrajectoryResult], union:
         if not body.strip():  # a thinking model may spend the whole limit reasoning
             return WrittenBody("", completion.usage,
                                f"its {config.report_tokens}-token limit cut it before it finished a sentence")
+    elif not body.strip():  # not "no claim a fetched page supports": it wrote none at all
+        return WrittenBody("", completion.usage, "the model's reply held no text")
     return WrittenBody(body, completion.usage)
 
 

@@ -70,6 +70,17 @@ async def test_a_report_pass_whose_request_failed_says_so_and_the_report_is_part
     assert job.stop_reason == "all_done"  # the trajectories all finished: that is not why it is partial
 
 
+async def test_a_report_pass_whose_reply_held_no_text_says_so():
+    def script(request):  # a thinking model that answered in its reasoning only
+        if request.request_id == "report":
+            return Completion(content="", reasoning="The tower was finished in 1889.", usage=Usage(300, 20))
+        return text("yes")
+
+    job = await aggregate(job_id="j", question=QUESTION, mode="report", results=trajectories(),
+                          backend=ScriptedBackend(script))
+    assert_honest_partial_report(job, "the model's reply held no text")
+
+
 async def test_a_report_pass_cut_by_its_token_limit_before_a_sentence_ended_says_so():
     def script(request):  # a thinking model that reasoned through the whole limit
         if request.request_id == "report":
