@@ -279,7 +279,7 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
         parts.append("**Answer:** no trajectory found an answer it could support.")
     if body:
         parts.append("## Findings\n\n" + body)
-    parts.append(_disagreements(decided, results, on_pages, model_checked))
+    parts.append(_disagreements(decided, results, on_pages, model_checked, cited_in=union if report_error else ()))
     # the sources are those the text cites, in order of first use: a page the answer list marks is listed only
     # when the list is shown
     text = "\n\n".join(p for p in parts if p)
@@ -369,7 +369,9 @@ def _refuted_on(filtered: FilteredReport) -> tuple[int, ...]:
 
 
 def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages: dict[str, FilteredReport],
-                   model_checked: bool = False) -> str:
+                   model_checked: bool = False, cited_in: Sequence[Source] = ()) -> str:
+    """The answers, each with the pages that hold its words; with no findings written (`cited_in`: the sources), with
+    the pages its trajectories cited too, which the findings would have merged."""
     # a trajectory that failed says why (the endpoint down, a refusal): "no answer" alone reads as nothing found
     failed = [r for r in results if not r.answered and r.error]
     silent = [r.index + 1 for r in results if not r.answered and not r.error]
@@ -384,8 +386,10 @@ def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages:
     disagreed = len(decided.groups) > 1 and not _in_own_words(decided)
     title = "Where the trajectories disagreed" if disagreed else "What each trajectory answered"
     lines = [f"## {title}", ""]
+    cites = _cites(decided, results, cited_in)
     lines += [f"- “{_quoted(g.answer)}”: {_trajectories([i + 1 for i in g.members])}"
-              + (_on_pages(on_pages[g.answer]) if g.answer in on_pages else "") for g in decided.groups]
+              + (_on_pages(on_pages[g.answer]) if g.answer in on_pages else "") + cites.get(g.answer, "")
+              for g in decided.groups]
     lines += [f"- “{_quoted(r.answer)}”: trajectory {r.index + 1} — not an answer to the question (it did not "
               "vote)" for r in unusable]
     if silent:
@@ -396,6 +400,18 @@ def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages:
                "names swapped" if model_checked else "by words, not meaning")
         lines.append(f"\n_\"On [n]\": a fetched page holds the answer's words (checked as the findings are: {how})._")
     return "\n".join(lines)
+
+
+def _cites(decided: Vote, results: Sequence[TrajectoryResult], union: Sequence[Source]) -> dict[str, str]:
+    """Answer → '; cited [1][3]', the sources its trajectories cited (each fetched by the trajectory citing it)."""
+    number_of_url, by_index = source_numbers(union), {r.index: r for r in results}
+    cites = {}
+    for group in decided.groups:
+        numbers = dict.fromkeys(number_of_url[key] for i in group.members for s in by_index[i].cited
+                                if (key := source_key(s.url)) in number_of_url)
+        if numbers:
+            cites[group.answer] = "; cited " + "".join(f"[{n}]" for n in numbers)
+    return cites
 
 
 def _trajectories(numbers: Sequence[int]) -> str:

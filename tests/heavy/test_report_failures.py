@@ -52,8 +52,10 @@ def assert_honest_partial_report(job, why: str) -> None:
     assert "> Partial report: the report pass, which writes the findings, wrote none:" in top and as_text(why) in top
     assert FALLBACK_LEAD not in job.markdown  # it wrote no claim at all: not "no claim a fetched page supports"
     assert "**Answer:** 1889 [1]" in job.markdown and "- “The Eiffel Tower is a landmark.” [1]" in job.markdown
-    assert "“1889”: trajectories 1, 3" in job.markdown and "“1887”: trajectory 2" in job.markdown
-    assert [s.url for s in job.sources] == [TOWER.url]
+    # each answer with the pages that hold its words, and those its trajectories cited (which findings would merge)
+    assert "- “1889”: trajectories 1, 3 — its words are on [1]; cited [1]\n" in job.markdown
+    assert "- “1887”: trajectory 2 — its words are on no fetched page; cited [2]\n" in job.markdown
+    assert [s.url for s in job.sources] == [TOWER.url, LOUVRE.url]
     assert html.escape(why, quote=False) in report_html(job.markdown)
 
 
@@ -99,6 +101,7 @@ async def test_a_report_pass_that_wrote_only_unsupported_claims_is_no_failure():
     job = await aggregate(job_id="j", question=QUESTION, mode="report", results=trajectories(), backend=backend)
     assert job.status == "done" and job.report_error == "" and FALLBACK_LEAD in job.markdown
     assert "> Partial report" not in job.markdown and job.dropped_claims == ("Paris is lovely in spring [1].",)
+    assert "; cited [" not in job.markdown  # the answer list as it was: the findings had their chance
 
 
 class RefusingServer:
