@@ -4,14 +4,13 @@ the Markdown body, whose claims are filtered against the union of fetched source
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
-from heavy.agent.gathered import SUPPORTING_SOURCES, lowered
 from heavy.agent.steps import TrajectoryResult, finished_part
+from heavy.aggregate.answer_list import answer_list, answers_on_pages, in_own_words
 from heavy.aggregate.citations import FilteredReport, filter_claims
 from heavy.aggregate.claim_check import check_answers, check_claims
 from heavy.aggregate.config import AggregationConfig
@@ -23,11 +22,9 @@ from heavy.aggregate.evidence import (
     topic_words,
     weigh,
 )
-from heavy.aggregate.markers import MARKER, as_text, cited_numbers, link_target, link_text, renumber
-from heavy.aggregate.normalize import normalize_answer
+from heavy.aggregate.markers import as_text, cited_numbers, link_target, link_text, renumber
 from heavy.aggregate.quotes import answer_sentence, pick_quotes
 from heavy.aggregate.result import JobResult
-from heavy.aggregate.shorten import YES_NO, is_short
 from heavy.aggregate.sources import source_key, source_numbers, union_of_sources
 from heavy.aggregate.vote import Vote, vote
 from heavy.llm.adjusted import with_reasoning_room
@@ -42,9 +39,6 @@ QUOTES_LEAD = "From the fetched pages, word for word:"
 FALLBACK_LEAD = "The report pass wrote no claim a fetched page supports; the most relevant passages found:"
 FAILED_LEAD = "The report pass failed (see above); the most relevant passages the trajectories fetched:"
 REPORT_REQUEST = "report"  # the report pass's request id
-QUOTED_ANSWER_WORDS = 30  # the disagreement list quotes answers; a copied page would drown it
-_WRAPPED_LINE = re.compile(r"[ \t]*\n[ \t]*(?!\n|[-*+] |\d+\. )")
-URL = re.compile(r"[(<\[]?https?://[^\s)>\]]+[)>\]]?")
 
 REPORT_PROMPT = """Source texts:
 {sources}
@@ -87,7 +81,7 @@ async def aggregate(
     weights = question_weights(question, list(fetched.values()))
     pages = _numbered_pages(union, fetched)
     texts = fetched if mode == "report" else {}  # answer mode lists no answers checked against the pages
-    on_pages = _answers_on_pages(question, decided, union, texts)
+    on_pages = answers_on_pages(question, decided, union, texts)
     checking = mode == "report" and backend is not None and config.check_claims
     weighed = False  # by the model, the answers' sentences: a model whose every check failed weighed none
     if checking:  # before the report pass, which is not shown answers no page supports
@@ -268,7 +262,7 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
                   "pages they fetched")
         parts.append(f"**Answer:** {as_text(decided.answer)} {marks}".rstrip() + f"\n\n{behind}."
                      + (f" A fetched page says: “{as_text(stated[0])}” [{stated[1]}]" if stated else ""))
-    elif decided.groups and _in_own_words(decided):
+    elif decided.groups and in_own_words(decided):
         parts.append(f"**Answer:** no one answer: the {len(results)} trajectories answered in sentences of their own, "
                      "none given by a majority. The findings below merge what their fetched pages say; each "
                      "trajectory's answer is listed after them.")
@@ -279,7 +273,7 @@ def _assemble(question: str, decided: Vote, results: Sequence[TrajectoryResult],
         parts.append("**Answer:** no trajectory found an answer it could support.")
     if body:
         parts.append("## Findings\n\n" + body)
-    parts.append(_disagreements(decided, results, on_pages, model_checked, cited_in=union if report_error else ()))
+    parts.append(answer_list(decided, results, on_pages, model_checked, cited_in=union if report_error else ()))
     # the sources are those the text cites, in order of first use: a page the answer list marks is listed only
     # when the list is shown
     text = "\n\n".join(p for p in parts if p)
@@ -309,117 +303,3 @@ def _agreed(decided: Vote) -> bool:
     """More than half of the answering trajectories gave the vote's answer (a lone one counts)."""
     answered = sum(len(g.members) for g in decided.groups)
     return not decided.groups or 2 * len(decided.backers) > answered
-
-
-def _in_own_words(decided: Vote) -> bool:
-    """No answer had a majority, and some are sentences: whether they agree, the vote cannot tell."""
-    return not decided.answer and any(not is_short(g.answer) for g in decided.groups)
-
-
-def _answers_on_pages(question: str, decided: Vote, union: Sequence[Source],
-                      texts: dict[str, str]) -> dict[str, FilteredReport]:
-    """Each answer in sentences, checked like a claim of the findings: which of its sentences a fetched passage
-    holds, and where. A short answer, too short to check by its words, is looked for as it stands; a yes or no
-    cannot be looked for at all."""
-    if not texts:
-        return {}
-    checked = {}
-    for group in decided.groups:
-        # a line break inside a sentence (an answer copied from a page) does not end it; one before a list item does.
-        # Its markers go: a trajectory numbers its own search results, not the report's sources, and a sentence too
-        # short to check by its words stood on its marker alone
-        answer = MARKER.sub("", _WRAPPED_LINE.sub(" ", group.answer))
-        if not is_short(group.answer):
-            checked[group.answer] = filter_claims(answer, union, texts, question)
-        elif normalize_answer(group.answer) not in YES_NO and len(needle := lowered(answer).strip(" .")) > 2:
-            held = re.compile(rf"(?<!\w){re.escape(needle)}(?!\w)")
-            on = tuple(n for n, s in enumerate(union, start=1) if held.search(lowered(texts.get(s.url, ""))))
-            on = on[:SUPPORTING_SOURCES]
-            # a short sentence ("The tower was finished in 1889") is rarely on a page as written: check its words
-            by_words = filter_claims(answer, union, texts, question) if not on else None
-            checked[group.answer] = (by_words if by_words and by_words.body else
-                                     FilteredReport(body=group.answer if on else "", cited=on,
-                                                    dropped=() if on else (group.answer,)))
-    return checked
-
-
-def _on_pages(filtered: FilteredReport) -> str:
-    """' — its words are on [2]', as the answer list shows the check of an answer. A sentence that only restates
-    the question is neither on a page nor against the answer: it is not counted. Sentences the model's check
-    refuted are on their page by words only, and said to be."""
-    kept = len([s for s in SENTENCE_END.split(filtered.body) if s.strip()]) if filtered.body else 0
-    unsupported = [s for s in filtered.dropped if s not in filtered.restated]
-    marks = "".join(f"[{n}]" for n in filtered.cited)
-    refuted = "".join(f"[{n}]" for n in _refuted_on(filtered))
-    if not kept and filtered.refuted:
-        return f" — its words are on {refuted}, but the model's check found that page does not support it"
-    if not kept:
-        return " — it only restates the question" if not unsupported else " — its words are on no fetched page"
-    against = (f" ({len(filtered.refuted)} more by its words on {refuted}, which the model's check found does not "
-               "support it)" if filtered.refuted else "")
-    if not unsupported and not filtered.refuted:
-        return f" — its words are on {marks}"
-    total = kept + len(unsupported) + len(filtered.refuted)
-    return f" — {kept} of its {total} sentences {'is' if kept == 1 else 'are'} on {marks}{against}"
-
-
-def _refuted_on(filtered: FilteredReport) -> tuple[int, ...]:
-    """The sources whose words the refuted sentences cite, in order."""
-    return tuple(dict.fromkeys(n for sentence in filtered.refuted for n in sorted(cited_numbers(sentence))))
-
-
-def _disagreements(decided: Vote, results: Sequence[TrajectoryResult], on_pages: dict[str, FilteredReport],
-                   model_checked: bool = False, cited_in: Sequence[Source] = ()) -> str:
-    """The answers, each with the pages that hold its words; with no findings written (`cited_in`: the sources), with
-    the pages its trajectories cited too, which the findings would have merged."""
-    # a trajectory that failed says why (the endpoint down, a refusal): "no answer" alone reads as nothing found
-    failed = [r for r in results if not r.answered and r.error]
-    silent = [r.index + 1 for r in results if not r.answered and not r.error]
-    voting = {i for g in decided.groups for i in g.members}
-    # an answer that restates the question, or a bare yes to a "who" question, is no vote, but it was written
-    unusable = [r for r in results if r.answered and r.index not in voting]
-    if not (decided.groups or unusable or failed) or (len(decided.groups) == 1 and not silent and not unusable
-                                                      and not failed):
-        return ""  # the headline says it all
-    # sentences in other words may say the same thing: a list of them is no evidence of disagreement, and neither is
-    # one answer beside trajectories that found none
-    disagreed = len(decided.groups) > 1 and not _in_own_words(decided)
-    title = "Where the trajectories disagreed" if disagreed else "What each trajectory answered"
-    lines = [f"## {title}", ""]
-    cites = _cites(decided, results, cited_in)
-    lines += [f"- “{_quoted(g.answer)}”: {_trajectories([i + 1 for i in g.members])}"
-              + (_on_pages(on_pages[g.answer]) if g.answer in on_pages else "") + cites.get(g.answer, "")
-              for g in decided.groups]
-    lines += [f"- “{_quoted(r.answer)}”: trajectory {r.index + 1} — not an answer to the question (it did not "
-              "vote)" for r in unusable]
-    if silent:
-        lines.append(f"- No answer: {_trajectories(silent)}")
-    lines += [f"- No answer: trajectory {r.index + 1} failed ({_quoted(r.error)})" for r in failed]
-    if on_pages:
-        how = ("by its words, then by the model weighing each sentence against its negation and with its numbers or "
-               "names swapped" if model_checked else "by words, not meaning")
-        lines.append(f"\n_\"On [n]\": a fetched page holds the answer's words (checked as the findings are: {how})._")
-    return "\n".join(lines)
-
-
-def _cites(decided: Vote, results: Sequence[TrajectoryResult], union: Sequence[Source]) -> dict[str, str]:
-    """Answer → '; cited [1][3]', the sources its trajectories cited (each fetched by the trajectory citing it)."""
-    number_of_url, by_index = source_numbers(union), {r.index: r for r in results}
-    cites = {}
-    for group in decided.groups:
-        numbers = dict.fromkeys(number_of_url[key] for i in group.members for s in by_index[i].cited
-                                if (key := source_key(s.url)) in number_of_url)
-        if numbers:
-            cites[group.answer] = "; cited " + "".join(f"[{n}]" for n in numbers)
-    return cites
-
-
-def _trajectories(numbers: Sequence[int]) -> str:
-    return ("trajectory " if len(numbers) == 1 else "trajectories ") + ", ".join(map(str, numbers))
-
-
-def _quoted(answer: str) -> str:
-    """An answer as the disagreement list shows it: one line, no URLs (its sources are listed apart), at most
-    QUOTED_ANSWER_WORDS words."""
-    words = URL.sub("", answer).split()
-    return as_text(" ".join(words[:QUOTED_ANSWER_WORDS])) + (" …" if len(words) > QUOTED_ANSWER_WORDS else "")
