@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from heavy.agent.context import estimate_tokens
 from heavy.aggregate import aggregate
 from heavy.aggregate.markers import as_text
 from heavy.aggregate.report import FALLBACK_LEAD
@@ -195,6 +196,9 @@ async def test_finish_now_while_the_report_pass_runs_aborts_it_and_reports_what_
     assert backend.cancelled == ["report"] and job.status == "partial" and job.stop_reason == "all_done"
     assert "finish now" in job.report_error and sink.of_type(ReportReady)[0].report_error == job.report_error
     assert "**Answer:** Paris [1]" in job.markdown and as_text(job.report_error) in job.markdown
+    report_pass = next(r for r in backend.requests if r.request_id == "report")  # its aborted work is charged
+    trajectories = sum(t.usage.total_tokens for t in job.trajectories)
+    assert job.usage.total_tokens == trajectories + estimate_tokens(report_pass.messages, report_pass.tools)
 
 
 async def test_a_finish_before_the_aggregation_or_the_services_leaves_the_report_pass_to_run():
