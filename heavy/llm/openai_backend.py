@@ -41,6 +41,7 @@ from heavy.llm.types import (
 )
 
 _RETRIABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_GATEWAY_STATUS = {502, 503, 504}  # a proxy's, or a server's still starting: no server answered
 # a context-length 400: the context size, and the prompt's tokens in OpenAI's and older vLLM's words ("(P in the
 # messages, C in the completion)"), newer vLLM's ("your request has P input tokens", "your prompt contains P input
 # tokens"), SGLang's ("P tokens from the input messages"), and OpenAI's and `runtime serve`'s for a prompt that
@@ -171,7 +172,7 @@ class OpenAIBackend:
                 except (httpx.TransportError, httpx.TimeoutException) as exc:
                     # asked again; the server worked on a reply that timed out: charged as an aborted one is
                     meter.attempt_failed(Usage(), unanswered=isinstance(exc, httpx.ReadTimeout))
-                    raise RetriableLLMError(f"{type(exc).__name__}: {exc}") from exc
+                    raise RetriableLLMError(f"{type(exc).__name__}: {exc}", no_server=True) from exc
             self._answered = self._answered or response.status_code < 500
             try:
                 _raise_for_status(response)
@@ -277,7 +278,8 @@ def _raise_for_status(response: httpx.Response) -> None:
         return
     message = f"HTTP {response.status_code}: {response.text[:300]}"
     if response.status_code in _RETRIABLE_STATUS:
-        raise RetriableLLMError(message, retry_after_s=retry_after_seconds(response.headers.get("retry-after")))
+        raise RetriableLLMError(message, retry_after_s=retry_after_seconds(response.headers.get("retry-after")),
+                                no_server=response.status_code in _GATEWAY_STATUS)
     if response.status_code == 400 and (context := _CONTEXT_SIZE.search(response.text)):
         prompt = _PROMPT_SIZE.search(response.text)
         counted = int(next(g for g in prompt.groups() if g)) if prompt else None

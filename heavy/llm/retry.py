@@ -23,8 +23,9 @@ class RetryPolicy:
     max_retries: int = 4
     backoff_s: float = 0.5
     backoff_max_s: float = 20.0
-    # a server that answered before and now fails (a restart: its retries spent in seconds) is tried again, every
-    # backoff_max_s, until this long after the first failure; one that never answered fails after max_retries
+    # a server that answered before and now does not (a restart: its retries spent in seconds) is tried again, every
+    # backoff_max_s, until this long after the first failure; one that never answered, or that answers with an error
+    # of its own (a 500, a 429), fails after max_retries
     outage_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -59,9 +60,9 @@ def retry_after_seconds(header: str | None) -> float | None:
 
 async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *, what: str,
                        answered_before: bool = False) -> T:
-    """Run `call`, retrying RetriableLLMError up to `policy.max_retries` times, or, from a server that
-    `answered_before`, until `policy.outage_s` after the first failure if that is longer. Cancellation is never
-    retried."""
+    """Run `call`, retrying RetriableLLMError up to `policy.max_retries` times, or, while a server that
+    `answered_before` leaves it unanswered, until `policy.outage_s` after the first failure if that is longer.
+    Cancellation is never retried."""
     failed_at = None
     for attempt in itertools.count():
         try:
@@ -69,7 +70,8 @@ async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *,
         except RetriableLLMError as exc:
             failed_at = failed_at or time.monotonic()
             waited = time.monotonic() - failed_at
-            if attempt >= policy.max_retries and not (answered_before and waited < policy.outage_s):
+            restarting = answered_before and exc.no_server and waited < policy.outage_s
+            if attempt >= policy.max_retries and not restarting:
                 raise LLMError(f"{what}: giving up after {attempt + 1} attempts in {waited:.0f} s: {exc}") from exc
             delay = policy.delay(attempt, exc.retry_after_s)
             log.warning("%s: %s; retry %d in %.2fs", what, exc, attempt + 1, delay)

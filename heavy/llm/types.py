@@ -19,11 +19,13 @@ class LLMError(Exception):
 
 
 class RetriableLLMError(LLMError):
-    """A request failed in a way worth retrying (429, 5xx, connection reset)."""
+    """A request failed in a way worth retrying (429, 5xx, connection reset). `no_server`: no server answered it (no
+    connection or response, a gateway's 502, 503 or 504): what a server restarting looks like (RetryPolicy.outage_s)."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None, *, no_server: bool = False) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.no_server = no_server
 
 
 class ContextLengthError(LLMError):

@@ -19,12 +19,14 @@ POLICY = RetryPolicy(max_retries=2, backoff_s=0.001, backoff_max_s=0.01, outage_
 
 
 class RestartingServer:
-    """Answers until `down()`; then drops `drops` connections unanswered, as a server going away does, and answers
-    again. Counted by the server, so that no test waits on a clock."""
+    """Answers until `down()`; then drops `drops` connections unanswered, as a server going away does (or, with
+    `status`, answers them with that error), and answers again. Counted by the server, so that no test waits on a
+    clock."""
 
     def __init__(self) -> None:
         self.drops = 0
         self.dropped = 0
+        self.status: int | None = None
         state = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -32,6 +34,9 @@ class RestartingServer:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 if state.dropped < state.drops:
                     state.dropped += 1
+                    if state.status is not None:
+                        self.send_error(state.status)
+                        return
                     self.close_connection = True  # no response: "Server disconnected without sending a response"
                     return
                 self.send_response(200)
@@ -47,8 +52,8 @@ class RestartingServer:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def down(self, drops: int) -> None:
-        self.drops, self.dropped = drops, 0
+    def down(self, drops: int, status: int | None = None) -> None:
+        self.drops, self.dropped, self.status = drops, 0, status
 
 
 @pytest.fixture
@@ -73,6 +78,32 @@ async def test_a_server_that_answered_is_waited_for_through_a_restart(server):
         server.down(drops=10)
         assert await chat(llm) == "back"
         assert server.dropped == 10
+    finally:
+        await llm.aclose()
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])  # a gateway in front of a server gone
+async def test_a_gateway_in_front_of_a_restarting_server_is_waited_for_too(server, status):
+    llm = OpenAIBackend(server.url, "m", retry=POLICY)
+    try:
+        assert await chat(llm) == "back"
+        server.down(drops=10, status=status)
+        assert await chat(llm) == "back"
+        assert server.dropped == 10
+    finally:
+        await llm.aclose()
+
+
+@pytest.mark.parametrize("status", [500, 429])
+async def test_an_error_the_server_answers_itself_fails_after_the_retries(server, status):
+    # the server is up: a request it fails (a bug on this prompt, a quota spent) is not waited on for minutes
+    llm = OpenAIBackend(server.url, "m", retry=POLICY)
+    try:
+        assert await chat(llm) == "back"
+        server.down(drops=10, status=status)
+        with pytest.raises(LLMError, match=rf"giving up after 3 attempts .*HTTP {status}"):
+            await chat(llm)
+        assert server.dropped == 3
     finally:
         await llm.aclose()
 
