@@ -1,8 +1,7 @@
 """The Redis job store against a real redis-server and a real Redis Cluster: jobs, tenants, quotas, idempotency,
-review gate, cancel, gap-free event streams, checkpoints, reports and the consumer-group queue."""
+review gate, cancel, delete and retention, clocks, API keys (events, checkpoints and the queue: test_store_streams)."""
 
 import asyncio
-import contextlib
 import time
 
 import pytest
@@ -12,7 +11,6 @@ from heavy.store import (
     InvalidTransition,
     JobNotFound,
     JobStore,
-    JobTakenOver,
     Keys,
     QuotaExceeded,
     Store,
@@ -20,7 +18,7 @@ from heavy.store import (
 )
 from heavy.store import jobs as jobs_module
 from heavy.store.connection import POOL_CONNECTIONS
-from heavy.store.records import AGGREGATING, CANCELLED, DONE, FAILED, QUEUED, RUNNING
+from heavy.store.records import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
 pytestmark = pytest.mark.anyio
 
@@ -311,121 +309,6 @@ async def test_an_ended_jobs_keys_expire_after_the_retention_and_leave_the_list(
     assert await _keys_of(store, running.id) == await _keys_of(store, queued.id) == []
     page, total = await jobs.list("acme")
     assert [j.id for j in page] == [kept.id] and total == 1
-
-
-async def test_events_are_numbered_without_gaps_and_readers_can_resume(store):
-    job = await submit(store)
-    seqs = await asyncio.gather(*(store.jobs.append_event(job.id, {"type": "trajectory_step", "n": i})
-                                  for i in range(20)))
-    assert sorted(seqs) == list(range(1, 21))
-    tail = await store.jobs.read_events(job.id, after=15)
-    assert [e["seq"] for e in tail] == [16, 17, 18, 19, 20]
-    assert (await store.jobs.get(job.id)).events == 20
-    assert await store.jobs.progress_of([job.id, "nope"]) == [(QUEUED, 20), None]
-    with pytest.raises(JobNotFound):
-        await store.jobs.append_event("nope", {"type": "x"})
-
-
-async def test_a_blocking_reader_wakes_on_the_next_event(store):
-    job = await submit(store)
-    reader = asyncio.create_task(store.jobs.read_events(job.id, after=0, block_ms=5000))
-    await asyncio.sleep(0.05)
-    await store.jobs.append_event(job.id, {"type": "job_started"})
-    assert [e["type"] for e in await reader] == ["job_started"]
-
-
-async def test_a_read_of_several_jobs_ends_when_woken_even_before_it_began_and_only_once(store):
-    # the event hub adds a job to its read by ending it through its wake stream, not by cancelling it
-    afters = {(await submit(store)).id: 0 for _ in range(2)}
-    wake = store.jobs.wake_stream()
-    await store.jobs.wake(wake)  # woken before it began: it returns at once all the same
-    assert await store.jobs.read_events_of(afters, block_ms=60_000, wake=wake) == {}
-    reading = asyncio.create_task(store.jobs.read_events_of(afters, block_ms=60_000, wake=wake))
-    await asyncio.sleep(0.05)
-    await store.jobs.wake(wake)
-    assert await asyncio.wait_for(reading, 10) == {}
-    assert 0 < await store.redis.ttl(wake.key) <= jobs_module.WAKE_TTL_S  # a stopped process's goes away
-    job_id = list(afters)[1]
-    await store.jobs.append_event(job_id, {"type": "job_started"})
-    batches = await asyncio.wait_for(store.jobs.read_events_of(afters, block_ms=60_000, wake=wake), 10)
-    assert {job: [event["type"] for event in events] for job, events in batches.items()} == {job_id: ["job_started"]}
-
-
-async def test_checkpoints_and_report_round_trip(store):
-    job = await submit(store)
-    await store.jobs.save_checkpoint(job.id, 1, {"kind": "state", "steps": [1, 2]})
-    assert await store.jobs.load_checkpoints(job.id, 2) == {1: {"kind": "state", "steps": [1, 2]}}
-    assert await store.jobs.get_report(job.id) is None
-    await store.jobs.finish(job, DONE, report=("# Report", {"answer": "blue"}),
-                            event={"type": "report_ready", "job_id": job.id})
-    assert await store.jobs.get_report(job.id) == ("# Report", {"answer": "blue"})
-    assert [e["type"] for e in await store.jobs.read_events(job.id)] == ["report_ready"]
-
-
-async def test_a_workers_writes_of_a_job_another_took_over_or_that_ended_change_nothing(store):
-    """Events, checkpoints and the aggregating status of a stalled worker are fenced on the job's `worker`, as its
-    end is: no duplicate event for the new owner, no checkpoint over its own, and none written after the end, where
-    it would never expire."""
-    jobs = JobStore(store.redis, store.jobs.keys, retention_s=60.0)
-    job, _ = await jobs.submit("acme", question="q", mode="report", params={"trajectories": 1})
-    await jobs.update(job.id, status=RUNNING, worker="w1")
-    assert await jobs.append_event(job.id, {"type": "job_started"}, owner="w1") == 1
-    await jobs.save_checkpoint(job.id, 0, {"steps": [1]}, owner="w1")
-
-    await jobs.update(job.id, worker="w2")  # w2's claim
-    with pytest.raises(JobTakenOver):
-        await jobs.append_event(job.id, {"type": "trajectory_step"}, owner="w1")
-    with pytest.raises(JobTakenOver):
-        await jobs.save_checkpoint(job.id, 0, {"steps": [1, 2]}, owner="w1")
-    with pytest.raises(JobTakenOver):
-        await jobs.update(job.id, allowed=(RUNNING, AGGREGATING), owner="w1", status=AGGREGATING)
-    assert [e["type"] for e in await jobs.read_events(job.id)] == ["job_started"]
-    assert await jobs.load_checkpoints(job.id, 1) == {0: {"steps": [1]}}
-    assert (await jobs.get(job.id)).status == RUNNING
-
-    await jobs.finish(job, FAILED, owner="w2")
-    await store.redis.delete(jobs.keys.checkpoint(job.id, 0))
-    with pytest.raises(JobTakenOver):  # even under the name the job ended with (a job given up)
-        await jobs.save_checkpoint(job.id, 0, {"steps": [1, 2]}, owner="w2")
-    assert await store.redis.exists(jobs.keys.checkpoint(job.id, 0)) == 0
-    with pytest.raises(JobNotFound):
-        await jobs.save_checkpoint("nope", 0, {}, owner="w1")
-
-
-async def test_queue_lease_renewal_and_claim_of_a_dead_workers_entry(store):
-    job = await submit(store)
-    (claim,) = await store.queue.claim_new("w1", block_ms=10)
-    assert claim.job_id == job.id
-    await asyncio.sleep(0.15)
-    assert await store.queue.renew("w1", [claim.entry_id]) == []  # w1 is alive: its lease starts again
-    assert await store.queue.claim_abandoned("w2", lease_ms=100) == []
-    await asyncio.sleep(0.15)  # w1 died: no renewal
-    (taken,) = await store.queue.claim_abandoned("w2", lease_ms=100)
-    assert taken == claim
-    assert await store.queue.renew("w1", [claim.entry_id]) == [claim.entry_id]  # w1 woke up: not its job any more
-    await store.queue.ack(taken.entry_id)
-    assert await store.queue.pending() == 0 and await store.queue.depth() == 0
-
-
-async def test_an_ack_is_one_step_a_process_cannot_die_inside(store, monkeypatch):
-    """A worker killed after the first command of its acknowledgement reached Redis (XACK without XDEL) would leave
-    an entry in the stream that no one redelivers and `heavy_queue_depth` counts for ever."""
-    await submit(store)
-    (claim,) = await store.queue.claim_new("w1", block_ms=10)
-    execute = store.redis.execute_command
-
-    async def killed(*args, **kwargs):
-        raise asyncio.CancelledError
-
-    async def killed_after_this_one(*args, **kwargs):
-        monkeypatch.setattr(store.redis, "execute_command", killed)
-        return await execute(*args, **kwargs)
-
-    monkeypatch.setattr(store.redis, "execute_command", killed_after_this_one)
-    with contextlib.suppress(asyncio.CancelledError):
-        await store.queue.ack(claim.entry_id)
-    monkeypatch.undo()
-    assert (await store.queue.pending(), await store.queue.depth()) == (0, 0)
 
 
 async def test_an_approval_window_holds_against_an_api_process_whose_clock_runs_behind(store, monkeypatch):
