@@ -1,5 +1,6 @@
-"""The API process's event hub (heavy/api/event_hub.py) over a real redis-server: one reader per followed job hands
-its events to every follower, each from where that follower started, and ends only the streams it should."""
+"""The API process's event hub (heavy/api/event_hub.py) over a real redis-server: a few blocking reads for all the
+jobs followed hand each job's events to every follower, each from where that follower started, and end only the
+streams they should."""
 
 import asyncio
 
