@@ -51,6 +51,7 @@ def test_the_profile_denies_kernel_surfaces_the_worker_never_uses_and_allows_the
     assert PROFILE["defaultAction"] == "SCMP_ACT_ERRNO" and PROFILE["defaultErrnoRet"] == 38  # newer calls: ENOSYS
     assert {"unshare", "mount", "umount2", "clone", "clone3", "seccomp", "prctl", "landlock_create_ruleset",
             "landlock_add_rule", "landlock_restrict_self"} <= allowed
+    assert "chroot" in allowed  # the sandbox enters the code's read-only root with it (`unshare --root`)
     assert {"bpf", "keyctl", "ptrace", "setns", "io_uring_setup", "init_module", "kexec_load", "userfaultfd",
             "perf_event_open", "process_vm_readv"} <= denied
     assert not allowed & denied
