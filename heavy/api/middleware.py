@@ -80,7 +80,9 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        policy = DOCS_POLICY if scope["path"] == DOCS_PAGE else DASHBOARD_POLICY
+        # the path as the routes see it: served under a prefix (uvicorn --root-path), the request's path keeps it
+        route_path = scope["path"].removeprefix(scope.get("root_path", ""))
+        policy = DOCS_POLICY if route_path == DOCS_PAGE else DASHBOARD_POLICY
 
         async def headed_send(message: Message) -> None:
             if message["type"] == "http.response.start":

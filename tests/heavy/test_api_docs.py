@@ -2,6 +2,7 @@
 
 import re
 
+import httpx
 import pytest
 
 from tests.heavy.api_helpers import app_for, client_for
@@ -41,3 +42,15 @@ async def test_the_docs_page_shows_the_operations_with_no_request_off_the_machin
     await page.locator(".opblock-summary-path", has_text="/v1/jobs/{job_id}/report").first.wait_for()
     assert await page.locator(".opblock").count() >= 5
     assert requested and all(url.startswith(service.url + "/") for url in requested), requested
+
+
+async def test_the_docs_page_under_a_root_path_runs_its_script_as_at_the_root(store):
+    # served under a prefix (uvicorn --root-path: the request's path keeps it), /docs got the dashboard's policy,
+    # which refuses Swagger UI's inline script: a blank page
+    transport = httpx.ASGITransport(app=app_for(store), root_path="/heavy")
+    async with httpx.AsyncClient(transport=transport, base_url="http://heavy.test") as anonymous:
+        page = await anonymous.get("/heavy/docs")
+        assert page.status_code == 200 and "/heavy/docs-assets/swagger-ui-bundle.js" in page.text
+        assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
+        dashboard = await anonymous.get("/heavy/")
+        assert "script-src 'self'" in dashboard.headers["content-security-policy"]
