@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,11 +42,23 @@ HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405
 
 # Every /v1/jobs route reads the caller's key and the job store, and may be sent a body (the size limit holds for all)
 _EVERY_JOB_ROUTE = (401, 413, 422, 503)
+# A store outage: Redis restarting comes back in seconds (the store's own reconnection rides out ~6 s of it)
+STORE_RETRY_S = 5
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again: until it would succeed when that "
+                                              "is known, else a bound", "required": True,
+                               "schema": {"type": "integer", "minimum": 1}}}
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """The Retry-After header of a 429 or 503 (whole seconds, at least 1: RFC 9110 10.2.3)."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict]:
-    """The OpenAPI `responses` of a /v1/jobs route's errors: those of every such route and `statuses`, all one shape."""
-    return {status: {"model": ErrorBody} for status in sorted({*_EVERY_JOB_ROUTE, *statuses})}
+    """The OpenAPI `responses` of a /v1/jobs route's errors: those of every such route and `statuses`, all one shape
+    (a 429 or 503 with its Retry-After)."""
+    return {status: {"model": ErrorBody, **({"headers": RETRY_AFTER} if status in (429, 503) else {})}
+            for status in sorted({*_EVERY_JOB_ROUTE, *statuses})}
 
 
 def _is_json(media_type: str) -> bool:
@@ -63,6 +76,8 @@ def install_error_handlers(app: FastAPI) -> None:
     for exc_type, (status, code) in STORE_ERRORS.items():
         def handler(request: Request, exc: Exception, status: int = status, code: str = code) -> JSONResponse:
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            if isinstance(exc, QuotaExceeded):
+                headers = retry_after(exc.retry_after_s)
             return error_response(status, code, str(exc), headers=headers)
         app.add_exception_handler(exc_type, handler)
 
@@ -96,7 +111,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def store_down(request: Request, exc: RedisError) -> JSONResponse:
         ERRORS.labels("api_store").inc()
         log.warning("redis error: %s", exc)
-        return error_response(503, "store_unavailable", "the job store is unavailable; retry shortly")
+        return error_response(503, "store_unavailable", "the job store is unavailable; retry shortly",
+                              headers=retry_after(STORE_RETRY_S))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

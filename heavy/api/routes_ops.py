@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from heavy.api.deps import StoreDep
+from heavy.api.errors import RETRY_AFTER, STORE_RETRY_S, retry_after
 from heavy.api.models import Readiness
 from heavy.metrics import QUEUE_DEPTH, QUEUE_PENDING
 
@@ -21,13 +22,15 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "the job store is unreachable"}})
+            responses={503: {"model": Readiness, "description": "the job store is unreachable",
+                             "headers": RETRY_AFTER}})
 async def readyz(store: StoreDep) -> JSONResponse:
     """Ready to take jobs: the job store answers."""
     try:
         await store.ping()
     except (RedisError, OSError) as exc:
-        return JSONResponse({"status": "unavailable", "redis": str(exc)}, status_code=503)
+        return JSONResponse({"status": "unavailable", "redis": str(exc)}, status_code=503,
+                            headers=retry_after(STORE_RETRY_S))
     return JSONResponse({"status": "ready"})
 
 

@@ -12,11 +12,12 @@ class JobNotFound(StoreError):
 
 
 class QuotaExceeded(StoreError):
-    """The tenant is at its limit of concurrent jobs or tokens."""
+    """The tenant is at one of its limits (concurrent jobs, tokens, jobs held for review, open event streams);
+    `retry_after_s`: when to try again (when it would succeed if that is known, else a bound)."""
 
-    def __init__(self, limit: str, message: str) -> None:
+    def __init__(self, limit: str, message: str, retry_after_s: float) -> None:
         super().__init__(message)
-        self.limit = limit
+        self.limit, self.retry_after_s = limit, retry_after_s
 
 
 class IdempotencyConflict(StoreError):

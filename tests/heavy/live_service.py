@@ -37,6 +37,11 @@ class Service:
         self.api = spawn("api", self.redis_url, self.key_prefix, str(self.port), env=env)
         await wait_api_ready(self.url)
 
+    async def start_api_again(self, env: dict[str, str]) -> None:
+        """The API process replaced by one whose settings `env` changes (HEAVY_...)."""
+        self.kill_api()
+        await self.start_api(env)
+
     def kill_api(self) -> None:
         stop(self.api)  # SIGKILL: the OS drops its connections
 

@@ -69,9 +69,12 @@ async def test_every_documented_operation_answers_as_documented(service, store):
         # jobs held by the model: a running job's report, its finish and cancel, the tenant's limit of 3
         service.model_gate.clear()
         running = [(await call("POST", JOBS, json=JOB)).json()["id"] for _ in range(3)]
-        assert (await call("POST", JOBS, json=JOB)).status_code == 429
+        at_limit = await call("POST", JOBS, json=JOB)
+        # a slot frees when one of the jobs ends, which nobody knows beforehand: the bound
+        assert at_limit.status_code == 429 and at_limit.headers["retry-after"] == "15"
         held = (await call("POST", JOBS, json={**JOB, "review": True, "mode": "answer"})).json()["id"]
-        assert (await call("POST", f"{JOB_PATH}/approve", held)).status_code == 429
+        approved_at_limit = await call("POST", f"{JOB_PATH}/approve", held)
+        assert approved_at_limit.status_code == 429 and approved_at_limit.headers["retry-after"] == "15"
         assert (await call("GET", f"{JOB_PATH}/report", running[0])).status_code == 409
         assert (await call("DELETE", JOB_PATH, running[0])).status_code == 409
         await wait_for(lambda: _running(store, running[0]))
@@ -119,7 +122,8 @@ async def test_a_store_outage_answers_as_documented(redis_server, tmp_path):
                                      headers={"Authorization": "Bearer some-key"}, timeout=30) as client:
             await wait_for(lambda: _answers(client), timeout_s=30)
             contract = Contract((await client.get("/openapi.json")).json())
-            assert contract.check("GET", "/readyz", await client.get("/readyz")).status_code == 503
+            not_ready = contract.check("GET", "/readyz", await client.get("/readyz"))
+            assert not_ready.status_code == 503 and not_ready.headers["retry-after"] == "5"
             assert contract.check("GET", "/healthz", await client.get("/healthz")).status_code == 200
             job_routes = sorted((method, template) for method, template in contract.operations()
                                 if template.startswith(JOBS))
@@ -129,6 +133,7 @@ async def test_a_store_outage_answers_as_documented(redis_server, tmp_path):
                 for method, template in job_routes))
             for (method, template), response in zip(job_routes, responses, strict=True):
                 assert contract.check(method, template, response).status_code == 503, (method, template)
+                assert response.headers["retry-after"] == "5", (method, template)
     finally:
         stop(api)
 
