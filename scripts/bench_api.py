@@ -233,7 +233,7 @@ def main() -> None:
         for title, source in sources:
             port = free_port()
             env = {**os.environ, "HEAVY_REDIS_URL": redis.url, "HEAVY_TENANT_MAX_JOBS": str(10**9),
-                   "PYTHONPATH": os.path.abspath(source)}
+                   "HEAVY_TENANT_MAX_STREAMS": str(10**9), "PYTHONPATH": os.path.abspath(source)}
             api = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "heavy.api:create_app", "--host",
                                     "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env,
                                    cwd=source)

@@ -17,6 +17,7 @@ from heavy.api.docs import install_docs
 from heavy.api.errors import install_error_handlers
 from heavy.api.event_hub import EventHub
 from heavy.api.middleware import BodySizeLimit, RequestMetrics, SecurityHeaders
+from heavy.api.open_streams import OpenStreams
 from heavy.config import Settings
 from heavy.store import Store
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             raise RuntimeError("HEAVY_REDIS_URL is not set (`heavy up` starts an embedded Redis for you)")
         app.state.store = Store.connect(settings.redis_url, settings)
         app.state.event_hub = EventHub(app.state.store)
+        app.state.open_streams = OpenStreams(app.state.store.streams, settings.tenant_max_streams)
         await app.state.store.queue.ensure_group()
         try:
             yield
@@ -45,7 +47,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app = FastAPI(title="heavy", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Heavy-mode research jobs: N trajectories merged into one cited report.")
     app.state.settings, app.state.store = settings, store
-    app.state.event_hub = EventHub(store) if store is not None else None  # else the lifespan makes it
+    # else the lifespan makes them
+    app.state.event_hub = EventHub(store) if store is not None else None
+    app.state.open_streams = OpenStreams(store.streams, settings.tenant_max_streams) if store is not None else None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetrics)

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from heavy.api.event_hub import EventHub
+from heavy.api.open_streams import OpenStreams
 from heavy.config import Settings
 from heavy.store import Store, UnknownApiKey
 
@@ -20,6 +21,10 @@ def get_store(request: Request) -> Store:
 
 def get_event_hub(request: Request) -> EventHub:
     return request.app.state.event_hub
+
+
+def get_open_streams(request: Request) -> OpenStreams:
+    return request.app.state.open_streams
 
 
 def get_settings(request: Request) -> Settings:
@@ -38,6 +43,7 @@ async def get_tenant(store: Annotated[Store, Depends(get_store)], api_key: Annot
 
 StoreDep = Annotated[Store, Depends(get_store)]
 EventHubDep = Annotated[EventHub, Depends(get_event_hub)]
+OpenStreamsDep = Annotated[OpenStreams, Depends(get_open_streams)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 ApiKeyDep = Annotated[str, Depends(get_api_key)]  # the presented key (a long stream checks it is still valid)

@@ -23,6 +23,7 @@ from heavy.store.jobs import JobStore
 from heavy.store.keys import Keys
 from heavy.store.queue import Claim, JobQueue
 from heavy.store.records import JobRecord
+from heavy.store.streams import StreamLeases
 from heavy.store.tenants import ApiKey, Tenant, TenantStore
 
 RECONNECT_RETRIES = 12  # ~6 s of backoff in all
@@ -35,6 +36,7 @@ class Store:
     jobs: JobStore
     queue: JobQueue
     tenants: TenantStore
+    streams: StreamLeases
 
     @classmethod
     def connect(cls, url: str, settings: Settings | None = None, keys: Keys | None = None) -> Store:
@@ -52,7 +54,7 @@ class Store:
         jobs = JobStore(redis, keys, retention_s=settings.job_retention_s,
                         approval_window_s=settings.approval_window_s, max_held_jobs=settings.tenant_max_held_jobs,
                         **limits)
-        return cls(redis, jobs, JobQueue(redis, keys), TenantStore(redis, keys, **limits))
+        return cls(redis, jobs, JobQueue(redis, keys), TenantStore(redis, keys, **limits), StreamLeases(redis, keys))
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -63,6 +65,6 @@ class Store:
 
 __all__ = [
     "ApiKey", "Claim", "IdempotencyConflict", "InvalidTransition", "JobNotFound", "JobQueue", "JobRecord",
-    "JobStore", "JobTakenOver", "Keys", "QuotaExceeded", "Store", "StoreError", "Tenant", "TenantStore",
+    "JobStore", "JobTakenOver", "Keys", "QuotaExceeded", "Store", "StoreError", "StreamLeases", "Tenant", "TenantStore",
     "UnknownApiKey",
 ]

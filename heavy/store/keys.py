@@ -97,6 +97,10 @@ class Keys:
         """Set of the tenant's jobs held for review (awaiting approval): the held-jobs cap counts it."""
         return f"{self.tenant(tenant)}:held"
 
+    def tenant_streams(self, tenant: str) -> str:
+        """Sorted set stream -> when its lease lapses: the tenant's open event streams (heavy/store/streams.py)."""
+        return f"{self.tenant(tenant)}:streams"
+
     def tenant_keys(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:keys"
 

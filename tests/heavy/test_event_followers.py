@@ -29,6 +29,7 @@ async def open_streams(client: httpx.AsyncClient) -> float:
 async def test_hundreds_of_followers_of_one_job_get_every_event_and_the_api_keeps_answering(service, store):
     # each follower held a pool connection for its blocking read: past 100, reads, job creation and readiness
     # checks waited for one and then failed ("Too many connections"), and streams broke off
+    await service.start_api_again(env={"HEAVY_TENANT_MAX_STREAMS": str(FOLLOWERS)})  # one tenant's, all of them
     key = await store.tenants.create_key("acme")
     headers = {"Authorization": f"Bearer {key.secret}"}
     service.model_gate.clear()  # the job starts and waits on its model while the followers connect
