@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     redis_url: str = ""
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
+    # the path a proxy serves the API under ("/heavy": https://host/heavy/v1/jobs), the ASGI root_path `heavy serve`
+    # and `heavy up` give uvicorn: the URLs the API gives (Location, links) and a callback's links carry it
+    api_root_path: str = Field("", pattern=r"^(/[^/?#\s]+)*$")
     max_request_bytes: int = Field(64_000, ge=1024)
     tenant_max_jobs: int = Field(4, ge=1)  # concurrent (queued + running) jobs per tenant, unless the tenant says
     tenant_max_tokens: int = Field(50_000_000, ge=1)  # tokens per tenant, unless the tenant says

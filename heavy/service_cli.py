@@ -47,7 +47,8 @@ def serve(
     with redis_url_for(settings.redis_url, _home()) as url:
         app = create_app(settings.model_copy(update={"redis_url": url}))
         uvicorn.run(app, host=host or settings.api_host, port=settings.api_port if port is None else port,
-                    log_level="info", log_config=None)  # its lines through ours: JSON too
+                    log_level="info", log_config=None,  # its lines through ours: JSON too
+                    root_path=settings.api_root_path)
 
 
 def worker(

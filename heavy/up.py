@@ -34,7 +34,8 @@ UP_KEY_NAME = "heavy up"  # the keys `heavy up` makes, revoked at its next start
 async def serve_with_worker(settings: Settings, store: Store, backend: LLMBackend, executor: ToolExecutor) -> None:
     """The API (uvicorn, which handles SIGINT/SIGTERM) and a worker in one event loop, until the API stops."""
     app = create_app(settings, store=store)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning",
+                                           root_path=settings.api_root_path))
     stop = asyncio.Event()
     worker = asyncio.create_task(Worker(store, backend, executor, settings).run(stop))
     try:

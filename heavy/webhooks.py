@@ -60,8 +60,9 @@ def webhook_guard(settings: Settings) -> SsrfGuard:
     return SsrfGuard(allow=allowed)
 
 
-def payload(job: JobRecord) -> bytes:
-    return json.dumps({"type": EVENT, "job": job.public(), "links": job.links()}, ensure_ascii=False).encode()
+def payload(job: JobRecord, root_path: str = "") -> bytes:
+    return json.dumps({"type": EVENT, "job": job.public(), "links": job.links(root_path)},
+                      ensure_ascii=False).encode()
 
 
 def delivery_lease_s(settings: Settings) -> float:
@@ -100,7 +101,7 @@ async def sweep(jobs: JobStore, settings: Settings, guard: SsrfGuard | None = No
 
 
 async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
-    body = payload(job)
+    body = payload(job, settings.api_root_path)
     headers = {"Content-Type": "application/json", "X-Heavy-Event": EVENT, "User-Agent": "heavy-webhook/1"}
     outcome = "not sent"
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False,

@@ -145,6 +145,9 @@ class JobList(BaseModel):
     total: int
     offset: int
     limit: int
+    links: dict[str, str] = Field(description="`self`, this page's URL; `next`, the next page's while jobs follow; "
+                                              "`prev`, the previous page's after the first (the same query at "
+                                              "another offset)")
 
 
 class ReportSource(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, BackgroundTasks, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
@@ -27,14 +28,22 @@ SUBMITTED_HEADERS = {
 }
 
 
-def public(job: JobRecord) -> JobPublic:
-    return JobPublic(**job.public(), links=job.links())
+MAX_OFFSET = 1_000_000
+
+
+def public(job: JobRecord, request: Request) -> JobPublic:
+    return JobPublic(**job.public(), links=job.links(root_path(request)))
+
+
+def root_path(request: Request) -> str:
+    """Where a proxy mounts the API ('' for nowhere: at /), for the URLs it gives."""
+    return request.scope.get("root_path", "").rstrip("/")
 
 
 @router.post("", status_code=202, response_model=JobPublic,
              responses={**error_responses(400, 409, 415, 429), 202: {"headers": SUBMITTED_HEADERS}})
 async def submit_job(
-    body: JobCreate, tenant: TenantDep, store: StoreDep, settings: SettingsDep, response: Response,
+    body: JobCreate, tenant: TenantDep, store: StoreDep, settings: SettingsDep, request: Request, response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=128, pattern="^[ -~]+$")] = None,
 ) -> JobPublic:
     """Queue a research job (or hold it for approval when `review` is true). Resubmitting with the same
@@ -49,24 +58,43 @@ async def submit_job(
                                             review=body.review, plan=plan, idempotency_key=idempotency_key,
                                             fingerprint=body.fingerprint(), callback_url=body.callback_url or "",
                                             callback_secret=body.callback_secret or "")
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    created = public(job, request)
+    response.headers["Location"] = created.links["self"]
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:
         JOBS_SUBMITTED.labels(mode).inc()
-    return public(job)
+    return created
 
 
 @router.get("", response_model=JobList, responses=error_responses())
 async def list_jobs(
-    tenant: TenantDep, store: StoreDep,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    tenant: TenantDep, store: StoreDep, request: Request,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0, limit: Annotated[int, Query(ge=1, le=100)] = 20,
     status: Annotated[str | None, Query(description="only jobs in these statuses, comma-separated "
                                                     "(e.g. queued,running); `active` names all unended ones")] = None,
 ) -> JobList:
-    """The caller's jobs, newest first (`total` counts those the filter keeps)."""
+    """The caller's jobs, newest first (`total` counts those the filter keeps); `links.next` is the next page's URL
+    while there is one."""
     jobs, total = await store.jobs.list(tenant, offset=offset, limit=limit, statuses=_statuses(status))
-    return JobList(jobs=[public(j) for j in jobs], total=total, offset=offset, limit=limit)
+    return JobList(jobs=[public(j, request) for j in jobs], total=total, offset=offset, limit=limit,
+                   links=_page_links(request, offset, limit, total, status))
+
+
+def _page_links(request: Request, offset: int, limit: int, total: int, status: str | None) -> dict[str, str]:
+    """This page's URL, the next one's while jobs follow, the previous one's after the first: the same query at
+    another offset (the status filter kept)."""
+
+    def page(at: int) -> str:
+        query = {"offset": at, "limit": limit, **({"status": status} if status is not None else {})}
+        return f"{root_path(request)}/v1/jobs?{urlencode(query)}"
+
+    links = {"self": page(offset)}
+    if offset + limit < total and offset + limit <= MAX_OFFSET:
+        links["next"] = page(offset + limit)
+    if offset > 0:
+        links["prev"] = page(max(0, offset - limit))
+    return links
 
 
 def _statuses(status: str | None) -> frozenset[str]:
@@ -79,18 +107,18 @@ def _statuses(status: str | None) -> frozenset[str]:
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
-async def get_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobPublic:
-    return public(await store.jobs.get(job_id, tenant))
+async def get_job(job_id: JobId, tenant: TenantDep, store: StoreDep, request: Request) -> JobPublic:
+    return public(await store.jobs.get(job_id, tenant), request)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=error_responses(404, 409))
 async def cancel_job(job_id: JobId, tenant: TenantDep, store: StoreDep, settings: SettingsDep,
-                     background: BackgroundTasks) -> JobPublic:
+                     background: BackgroundTasks, request: Request) -> JobPublic:
     """Cancel: a queued job at once, a running one within a second (no report is written)."""
     job = await store.jobs.cancel(job_id, tenant)
     if job.terminal:  # ended here (queued): no worker will post its callback; sent once whoever tries
         background.add_task(deliver, store.jobs, job.id, settings)
-    return public(job)
+    return public(job, request)
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses=error_responses(404, 409))
@@ -102,15 +130,15 @@ async def delete_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> Respo
 
 
 @router.post("/{job_id}/finish", response_model=JobPublic, responses=error_responses(404, 409))
-async def finish_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobPublic:
+async def finish_job(job_id: JobId, tenant: TenantDep, store: StoreDep, request: Request) -> JobPublic:
     """Stop the trajectories now and aggregate what they found (a partial report)."""
-    return public(await store.jobs.finish_now(job_id, tenant))
+    return public(await store.jobs.finish_now(job_id, tenant), request)
 
 
 @router.post("/{job_id}/approve", response_model=JobPublic, responses=error_responses(404, 409, 429))
-async def approve_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobPublic:
+async def approve_job(job_id: JobId, tenant: TenantDep, store: StoreDep, request: Request) -> JobPublic:
     """Run a job that waits in `awaiting_approval`."""
-    return public(await store.jobs.approve(job_id, tenant))
+    return public(await store.jobs.approve(job_id, tenant), request)
 
 
 @router.get(

@@ -77,9 +77,9 @@ class JobRecord:
             callback_secret=data.get("callback_secret", ""), callback_status=data.get("callback_status", ""),
         )
 
-    def links(self) -> dict[str, str]:
-        """Where the API serves the job, its events and its report."""
-        base = f"/v1/jobs/{self.id}"
+    def links(self, root_path: str = "") -> dict[str, str]:
+        """Where the API serves the job, its events and its report (under `root_path`, where a proxy mounts it)."""
+        base = f"{root_path}/v1/jobs/{self.id}"
         return {"self": base, "events": f"{base}/events", "report": f"{base}/report"}
 
     def public(self) -> dict[str, Any]:

@@ -52,7 +52,7 @@ async def worker(url: str, prefix: str, name: str, slow: Callable[[object], bool
 def api(url: str, prefix: str, port: int) -> None:
     store = Store.connect(url, WORKER_SETTINGS, Keys(prefix))
     app = create_app(WORKER_SETTINGS, store=store)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", root_path=WORKER_SETTINGS.api_root_path)
 
 
 if __name__ == "__main__":
