@@ -6,8 +6,8 @@ the connection pinned to the checked address, no redirects followed), unless the
 HEAVY_WEBHOOK_ALLOW. With a `callback_secret` the body is signed: `X-Heavy-Signature: sha256=<HMAC-SHA256 of the
 body>`, and for receivers that refuse replays also with the attempt's time, `X-Heavy-Timestamp: <unix seconds>` and
 `X-Heavy-Signature-Timestamped: sha256=<HMAC-SHA256 of "<timestamp>.<body>">` (docs/webhooks.md). Up to
-`webhook_attempts` tries with backoff on connection errors, 408, 429 and 5xx; the outcome is kept in the job as
-`callback_status` ("pending", then "sending" while it is out).
+`webhook_attempts` tries with backoff (or the receiver's Retry-After, up to 8 s) on connection errors, 408, 429 and
+5xx; the outcome is kept in the job as `callback_status` ("pending", then "sending" while it is out).
 
 Delivery is at least once. Ending the job puts it on a Redis set of due callbacks in the same atomic step; the
 process that ended it (a worker, or the API for a queued job it cancelled) claims it for a lease longer than all its
@@ -27,6 +27,7 @@ import time
 import httpx
 
 from heavy.config import Settings
+from heavy.retry_after import retry_after_seconds
 from heavy.store import JobNotFound, JobStore
 from heavy.store.records import JobRecord
 from heavy.tools.base import ToolError
@@ -67,13 +68,16 @@ def payload(job: JobRecord, root_path: str = "") -> bytes:
 
 def delivery_lease_s(settings: Settings) -> float:
     """How long a claimed callback is its sender's: twice what all its tries and pauses can take (each try, the
-    address check included, is cut at `webhook_timeout_s`)."""
-    pauses = sum(_pause_s(attempt) for attempt in range(1, settings.webhook_attempts))
-    return 2 * (settings.webhook_attempts * settings.webhook_timeout_s + pauses)
+    address check included, is cut at `webhook_timeout_s`; a pause, at MAX_PAUSE_S)."""
+    return 2 * (settings.webhook_attempts * settings.webhook_timeout_s + (settings.webhook_attempts - 1) * MAX_PAUSE_S)
 
 
-def _pause_s(attempt: int) -> float:
-    return min(0.5 * 2 ** attempt, 8.0)
+MAX_PAUSE_S = 8.0
+
+
+def _pause_s(attempt: int, retry_after_s: float | None = None) -> float:
+    """Before try `attempt` (from 1): backoff, or the receiver's Retry-After when longer, up to MAX_PAUSE_S."""
+    return min(max(0.5 * 2 ** attempt, retry_after_s or 0.0), MAX_PAUSE_S)
 
 
 async def deliver(jobs: JobStore, job_id: str, settings: Settings, guard: SsrfGuard | None = None) -> str | None:
@@ -106,9 +110,10 @@ async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
     outcome = "not sent"
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                  timeout=settings.webhook_timeout_s) as client:
+        retry_after_s = None  # the last answer's Retry-After (a 429 or 503 names when to come back)
         for attempt in range(settings.webhook_attempts):
             if attempt:
-                await asyncio.sleep(_pause_s(attempt))
+                await asyncio.sleep(_pause_s(attempt, retry_after_s))
             try:  # httpx's timeout bounds each read and write: a receiver trickling its answer a byte at a time
                 async with asyncio.timeout(settings.webhook_timeout_s):  # would outlast the lease without this one
                     signed = signed_headers(job.callback_secret, body, time.time()) if job.callback_secret else {}
@@ -123,6 +128,7 @@ async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
                            f"the attempt took longer than {settings.webhook_timeout_s:g} s")
                 continue
             outcome = f"HTTP {response.status_code} after {attempt + 1} attempt(s)"
+            retry_after_s = retry_after_seconds(response.headers.get("retry-after"))
             if response.is_success:
                 return f"delivered: {outcome}"
             if response.status_code < 500 and response.status_code not in RETRIED_STATUSES:

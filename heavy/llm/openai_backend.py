@@ -26,7 +26,7 @@ import httpx
 
 from heavy.llm.openai_wire import ToolCallAssembler, count_chunk, load_chunk, parse_completion, parse_delta
 from heavy.llm.ratelimit import RateLimiter
-from heavy.llm.retry import RetryPolicy, retry_after_seconds, with_retries
+from heavy.llm.retry import RetryPolicy, with_retries
 from heavy.llm.think import ThinkSplitter
 from heavy.llm.types import (
     Completion,
@@ -39,6 +39,7 @@ from heavy.llm.types import (
     Sampling,
     Usage,
 )
+from heavy.retry_after import retry_after_seconds
 
 _RETRIABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _GATEWAY_STATUS = {502, 503, 504}  # a proxy's, or a server's still starting: no server answered

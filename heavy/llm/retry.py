@@ -9,7 +9,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 from heavy.llm.types import LLMError, RetriableLLMError
@@ -41,21 +40,6 @@ class RetryPolicy:
         exponential = min(self.backoff_max_s, self.backoff_s * 2 ** min(attempt, 32))  # a float's range
         jittered = exponential * random.uniform(0.5, 1.0)  # spread the 8 trajectories' retries apart
         return max(jittered, min(retry_after_s or 0.0, self.backoff_max_s))
-
-
-def retry_after_seconds(header: str | None) -> float | None:
-    """A Retry-After header's wait in seconds, in either form HTTP allows (seconds, or an HTTP date; RFC 9110
-    10.2.3); None when absent or unreadable. `RetryPolicy.delay` caps it."""
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *, what: str,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from heavy import webhooks
 from heavy.api.models import JobCreate
 from heavy.store.records import DONE
 from heavy.webhooks import EVENT, SIGNATURE_HEADER, TIMESTAMP_HEADER, deliver, signed_headers
@@ -29,9 +30,9 @@ SECRET = "s3cret-of-sixteen+"
 
 class Receiver:
     """A callback receiver on 127.0.0.1 answering each POST with the next of `statuses` (then 200); a None there
-    answers nothing until the receiver closes."""
+    answers nothing until the receiver closes, a (status, seconds) pair sends Retry-After: seconds."""
 
-    def __init__(self, statuses: tuple[int | None, ...] = ()) -> None:
+    def __init__(self, statuses: tuple[int | tuple[int, str] | None, ...] = ()) -> None:
         self.statuses, self.received = list(statuses), []
         self.closing = threading.Event()
         owner = self
@@ -44,7 +45,10 @@ class Receiver:
                 if status is None:
                     owner.closing.wait(60)
                     return
+                status, retry_after = status if isinstance(status, tuple) else (status, None)
                 self.send_response(status)
+                if retry_after is not None:
+                    self.send_header("Retry-After", retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -181,6 +185,21 @@ async def test_retries_on_server_errors_and_not_on_a_refusal(store, receiver, st
     await store.jobs.finish(job, DONE)
     assert await deliver(store.jobs, job.id, settings_allowing(hook)) == outcome
     assert len(hook.received) == posts and (await store.jobs.get(job.id)).callback_status == outcome
+
+
+async def test_a_receivers_retry_after_sets_the_pause_up_to_a_bound(store, receiver, monkeypatch):
+    pauses, real_sleep = [], asyncio.sleep
+
+    async def recorded_sleep(seconds, *args):
+        pauses.append(seconds)
+        await real_sleep(0)
+    monkeypatch.setattr(webhooks.asyncio, "sleep", recorded_sleep)
+    hook = receiver((429, "5"), (503, "120"))
+    job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1},
+                                     callback_url=hook.url)
+    await store.jobs.finish(job, DONE)
+    assert await deliver(store.jobs, job.id, settings_allowing(hook)) == "delivered: HTTP 200 after 3 attempt(s)"
+    assert pauses == [5.0, webhooks.MAX_PAUSE_S]  # not the backoff's 1 and 2 s; 120 s is past the bound
 
 
 async def test_an_attempt_to_a_receiver_trickling_its_answer_ends_within_the_webhook_timeout(store):
