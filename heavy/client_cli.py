@@ -23,12 +23,14 @@ from rich.text import Text
 from heavy.cli_options import ModeOption, ToolOption
 from heavy.display import LiveBoard, local_minute, print_error, print_report, terminal_safe
 from heavy.events import event_from_dict
+from heavy.retry_after import retry_after_seconds
 from heavy.store.records import TERMINAL_EVENTS
 
 console = Console()
 board_console = Console(stderr=True)  # the live board, as `heavy ask`'s: `watch ... > report.md` keeps only the report
 jobs_app = typer.Typer(help="Jobs on a running heavy service, through its REST API.", no_args_is_help=True)
-RECONNECTS = 5  # a watch resumes this many times in a row after its stream dropped
+RECONNECTS = 5  # a watch resumes this many times in a row after its stream dropped (or was refused for a while)
+RETRY_AFTER_MAX_S = 60.0  # the longest a watch waits on a Retry-After before trying again
 SSE_READ_TIMEOUT_S = 60.0  # the API pings every 15 s while a job is quiet
 
 
@@ -65,7 +67,14 @@ class Api:
                                         headers={"Last-Event-ID": str(after)}) as response:
                     if response.is_error:
                         response.read()
-                        raise ApiError(_error_message(response))
+                        wait_s = _retry_after_s(response)
+                        if wait_s is None or drops >= RECONNECTS:
+                            raise ApiError(_error_message(response))
+                        drops += 1  # at the tenant's stream cap, or the store away a moment: as told, then again
+                        board_console.print(Text(terminal_safe(f"{_error_message(response)}: trying again in "
+                                                               f"{wait_s:.0f} s")), style="dim")
+                        time.sleep(wait_s)
+                        continue
                     for event in _sse_events(response.iter_lines()):
                         after, drops = event["seq"], 0
                         yield event
@@ -83,11 +92,21 @@ class Api:
 
 
 def _error_message(response: httpx.Response) -> str:
+    wait_s = retry_after_seconds(response.headers.get("retry-after"))
+    retry = f" (retry after {wait_s:.0f} s)" if wait_s is not None else ""
     try:
         error = response.json()["error"]
-        return f"{response.status_code} {error['code']}: {error['message']}"
+        return f"{response.status_code} {error['code']}: {error['message']}{retry}"
     except (ValueError, KeyError, TypeError):
-        return f"{response.status_code}: {response.text[:200]}"
+        return f"{response.status_code}: {response.text[:200]}{retry}"
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    """How long to wait before asking again, when a 429 or 503 says (up to RETRY_AFTER_MAX_S)."""
+    wait_s = retry_after_seconds(response.headers.get("retry-after"))
+    if response.status_code not in (429, 503) or wait_s is None:
+        return None
+    return min(wait_s, RETRY_AFTER_MAX_S)
 
 
 def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """`heavy jobs ...` against a real service: the API in its own process on loopback, a worker with the scripted
 model, a real redis-server. Submit and watch to the report, list, show, the report as JSON, delete; the API's
-refusals as one line; a watch that resumes after the API restarts, missing no event."""
+refusals as one line; a watch that resumes after the API restarts, missing no event, or after waiting as a 429 told
+it."""
 
 import asyncio
 import json
@@ -149,3 +150,34 @@ async def test_a_watch_into_a_file_writes_the_report_alone(service, store):
     assert ran.stdout == markdown + "\n"
     assert "report ready" in ran.stderr
     assert (await heavy(service, key, "watch", job_id)).stdout == markdown + "\n"
+
+
+async def test_a_watch_refused_at_the_stream_cap_waits_as_told_then_follows_the_job(service, store):
+    await service.start_api_again(env={"HEAVY_TENANT_MAX_STREAMS": "1"})
+    key = (await store.tenants.create_key("acme")).secret
+    service.model_gate.clear()  # the job runs while another client holds the tenant's one stream
+    job, _ = await store.jobs.submit("acme", question=QUESTION, mode="report",
+                                     params={"trajectories": 1, "max_steps": 4, "step_tokens": 64,
+                                             "trajectory_tokens": 10_000, "job_tokens": 50_000, "deadline_s": 120,
+                                             "tools": ["search"]})
+    try:
+        async with httpx.AsyncClient(base_url=service.url, headers={"Authorization": f"Bearer {key}"},
+                                     timeout=30) as client:
+            held = await client.send(client.build_request("GET", f"/v1/jobs/{job.id}/events"), stream=True)
+            assert held.status_code == 200
+            watching = asyncio.create_task(heavy(service, key, "watch", job.id))
+            await wait_for(lambda: _streams_refused(client), timeout_s=30)
+            await held.aclose()  # the place frees; the watch, told to wait, gets it when it asks again
+    finally:
+        service.model_gate.set()
+    watched = await asyncio.wait_for(watching, 120)
+    assert watched.exit_code == 0, watched.output
+    told = " ".join(watched.output.split())  # as the terminal wrapped it
+    assert "limit of 1 open event streams" in told and "(retry after" in told and "trying again in" in told
+    assert "report ready" in watched.output
+
+
+async def _streams_refused(client: httpx.AsyncClient) -> bool:
+    """The API has refused an event stream with 429 (its request counter)."""
+    return any(line.startswith("heavy_api_requests_total{") and 'route="/v1/jobs/{job_id}/events"' in line
+               and 'status="429"' in line for line in (await client.get("/metrics")).text.splitlines())
