@@ -1,5 +1,6 @@
-"""An API process's open event streams' leases on real Redis: renewed while a stream is open (so a stream open
-longer than a lease still counts), dropped when it ends."""
+"""An API process's open event streams' leases on real Redis, one server and a Redis Cluster: renewed while a stream
+is open (so a stream open longer than a lease still counts), all of a process's tenants' leases in one step, and
+dropped when it ends."""
 
 import pytest
 
@@ -11,24 +12,32 @@ from tests.heavy.worker_helpers import wait_for
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=["server", "cluster"])
+def redis_url(request) -> str:
+    """`store` (conftest's) over one redis-server, then over a Redis Cluster (its keys in one slot)."""
+    return request.getfixturevalue("redis_server" if request.param == "server" else "redis_cluster").url
+
+
 async def test_an_open_streams_lease_is_renewed_until_it_ends(store, monkeypatch):
     monkeypatch.setattr(open_streams, "RENEW_S", 0.05)  # renewals in quick succession, not every 10 s
     streams = OpenStreams(store.streams, cap=1)
-    key = store.jobs.keys.tenant_streams("acme")
-    stream = await streams.open("acme")
-    first_lapse = await store.redis.zscore(key, stream)
+    key, rivals = store.jobs.keys.tenant_streams("acme"), store.jobs.keys.tenant_streams("globex")
+    stream, rival = await streams.open("acme"), await streams.open("globex")
+    first_lapses = await store.redis.zscore(key, stream), await store.redis.zscore(rivals, rival)
 
-    async def renewed() -> bool:
-        return await store.redis.zscore(key, stream) > first_lapse
+    async def renewed() -> bool:  # both tenants' in one script: on a cluster, its keys must share a slot
+        lapses = await store.redis.zscore(key, stream), await store.redis.zscore(rivals, rival)
+        return all(later > first for later, first in zip(lapses, first_lapses, strict=True))
     await wait_for(renewed)
     with pytest.raises(QuotaExceeded) as refused:
         await streams.open("acme")
     assert refused.value.limit == "streams" and 1 <= refused.value.retry_after_s <= 30
 
     streams.close(stream)
+    streams.close(rival)
 
     async def dropped() -> bool:
-        return await store.redis.zcard(key) == 0 and streams._renewal is None
+        return await store.redis.zcard(key) == await store.redis.zcard(rivals) == 0 and streams._renewal is None
     await wait_for(dropped)
     streams.close(await streams.open("acme"))  # its place was free
     await wait_for(dropped)
