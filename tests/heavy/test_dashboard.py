@@ -3,11 +3,13 @@ job, watch the lanes progress, see the report with clickable citations; a screen
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.heavy.worker_helpers import ended, wait_for
+from tests.heavy.worker_helpers import JOB, ended, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 
@@ -285,3 +287,26 @@ async def test_a_job_opened_while_the_api_is_down_says_so_and_opens_once_it_is_b
     assert await page.text_content("#job-status") == "awaiting_approval"
     await page.evaluate("location.hash = '#/jobs/" + "0" * 32 + "'")  # no such job: said, not retried
     await page.wait_for_selector("#job-stage:has-text('no job')")
+
+
+
+async def test_a_job_page_refused_its_event_stream_says_why_and_waits_as_told(service, page, store):
+    await service.start_api_again(env={"HEAVY_TENANT_MAX_STREAMS": "1"})
+    service.model_gate.clear()  # the job runs while another client holds the tenant's one stream
+    await signed_in(page, service, store)
+    other = (await store.tenants.create_key("acme")).secret  # another client of the tenant
+    try:
+        async with httpx.AsyncClient(base_url=service.url, headers={"Authorization": f"Bearer {other}"},
+                                     timeout=30) as client:
+            job_id = (await client.post("/v1/jobs", json=JOB)).json()["id"]
+            held = await client.send(client.build_request("GET", f"/v1/jobs/{job_id}/events"), stream=True)
+            assert held.status_code == 200
+            await page.goto(f"{service.url}/#/jobs/{job_id}")
+            await page.wait_for_selector("#connection:has-text('limit of 1 open event streams')")
+            told = await page.text_content("#connection")
+            assert re.search(r"trying again in ([1-9]|[12][0-9]|30) s$", told), told  # the Retry-After, not 0.5-5 s
+            await held.aclose()
+        await page.wait_for_selector("#connection:has-text('live')", timeout=60_000)
+    finally:
+        service.model_gate.set()
+    await page.wait_for_selector("#report:not([hidden])", timeout=60_000)

@@ -16,9 +16,10 @@ let listOffset = 0; // where the list's page starts (0: the newest jobs)
 let listRequest = 0; // the latest list request: an older one answering late must not draw over it
 
 class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, retryAfter = null) {
     super((body && body.error && body.error.message) || `HTTP ${status}`);
     this.status = status;
+    this.retryAfter = retryAfter; // the seconds a 429 or 503 said to wait (Retry-After), else null
   }
 }
 
@@ -177,10 +178,13 @@ async function follow(jobId) {
   const controller = new AbortController();
   follower = controller;
   for (let attempt = 0; !controller.signal.aborted; attempt++) {
+    let told = null; // a refusal that said when to come back: the tenant's stream cap, the job store away a moment
     try {
       const response = await fetch(`/v1/jobs/${jobId}/events`, {
         headers: { Authorization: `Bearer ${apiKey}`, "Last-Event-ID": String(last) }, signal: controller.signal });
-      if (!response.ok) throw new ApiError(response.status, await response.json());
+      if (!response.ok) {
+        throw new ApiError(response.status, await response.json(), Number(response.headers.get("Retry-After")) || null);
+      }
       $("connection").textContent = "live";
       attempt = 0;
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -214,9 +218,11 @@ async function follow(jobId) {
     } catch (error) {
       if (controller.signal.aborted) return;
       if (error.status === 401 || error.status === 404) return handleAuth(error);
+      if (error.retryAfter) told = error;
     }
-    $("connection").textContent = "reconnecting…";
-    await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 500 * 2 ** attempt)));
+    const pause = told ? Math.min(told.retryAfter, 60) * 1000 : Math.min(5000, 500 * 2 ** attempt);
+    $("connection").textContent = told ? `${told.message}: trying again in ${pause / 1000} s` : "reconnecting…";
+    await new Promise((resolve) => setTimeout(resolve, pause));
   }
 }
 
