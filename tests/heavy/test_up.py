@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -101,6 +102,19 @@ def _ray_node_pids() -> set[int]:
     return {int(pid) for pid in found.split()}
 
 
+def _ray_processes_under(pid: int) -> set[int]:
+    """The Ray node's processes `pid` started (its process tree): another Ray instance on the machine, started
+    meanwhile by another test run, is not ours."""
+    return {child.pid for child in psutil.Process(pid).children(recursive=True)} & _ray_node_pids()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.mark.ray
 def test_heavy_up_runs_the_real_model_on_a_local_ray_replica_and_leaves_no_ray_behind(tmp_path_factory):
     """The embedded defaults of `make demo`: the runtime backend on one local Ray replica (a rank actor behind the
@@ -115,7 +129,6 @@ def test_heavy_up_runs_the_real_model_on_a_local_ray_replica_and_leaves_no_ray_b
            "HEAVY_MODEL": str(resolve_model(DEFAULT_MODEL)), "HEAVY_CONTEXT_TOKENS": "4096"}
     for name in ("HEAVY_REDIS_URL", "HEAVY_RUNTIME_REPLICAS", "RAY_ADDRESS"):
         env.pop(name, None)
-    before = _ray_node_pids()
     up = subprocess.Popen([sys.executable, "-m", "heavy.cli", "up", "--port", str(port), "--index",
                            str(home / "corpus.sqlite"), "--api-key-file", str(key_file)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -124,7 +137,7 @@ def test_heavy_up_runs_the_real_model_on_a_local_ray_replica_and_leaves_no_ray_b
         while not (key_file.is_file() and _ready(port)):
             assert up.poll() is None and time.monotonic() < deadline, "heavy up did not come up"
             time.sleep(0.2)
-        assert _ray_node_pids() - before  # a Ray node of its own is up
+        assert _ray_processes_under(up.pid)  # a Ray node of its own is up
         key = key_file.read_text().strip()
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as client:
             job = client.post("/v1/jobs", json={"question": "Who directed Sinister?", "trajectories": 1,
@@ -137,10 +150,11 @@ def test_heavy_up_runs_the_real_model_on_a_local_ray_replica_and_leaves_no_ray_b
             assert status in ("done", "partial")
             report = client.get(f"/v1/jobs/{job['id']}/report").json()
             assert report["tokens"]["completion"] > 0 and report["trajectories"][0]["steps"] >= 1
+        ours = _ray_processes_under(up.pid)  # its workers too, now that the job ran
     finally:
         up.send_signal(signal.SIGINT)
         output, _ = up.communicate(timeout=120)
     assert up.returncode == 0, output[-3000:]
     assert "1 replica(s) on a local Ray instance" in output
     time.sleep(2)  # the node's processes exit after the driver
-    assert not (_ray_node_pids() - before), output[-3000:]
+    assert not [pid for pid in ours if _alive(pid)], output[-3000:]
