@@ -23,6 +23,8 @@ class ApiError extends Error {
   }
 }
 
+// `path` is relative (v1/...), as is every URL the page uses: resolved against the page, it stays under the prefix a
+// proxy serves the API at (HEAVY_API_ROOT_PATH), and is /v1/... at /.
 async function api(path, options = {}) {
   const headers = { Authorization: `Bearer ${apiKey}`, ...(options.headers || {}) };
   if (options.body) headers["Content-Type"] = "application/json";
@@ -58,7 +60,7 @@ async function refreshJobs() {
   const status = $("status-filter").value;
   const asked = ++listRequest;
   try {
-    const page = await api(`/v1/jobs?limit=${PAGE}&offset=${listOffset}${status ? `&status=${status}` : ""}`);
+    const page = await api(`v1/jobs?limit=${PAGE}&offset=${listOffset}${status ? `&status=${status}` : ""}`);
     if (asked !== listRequest) return;
     if (listOffset > 0 && listOffset >= page.total) { listOffset = 0; return refreshJobs(); } // jobs left meanwhile
     $("tenant-status").textContent = `${page.total} job(s)${status ? ` ${status}` : ""}`;
@@ -148,15 +150,15 @@ function setStatus(status) {
 async function loadReport() {
   const jobId = $("job-view").dataset.id;
   const opened = generation; // another route meanwhile: the view shows another job, or none
-  const job = await api(`/v1/jobs/${jobId}`);
+  const job = await api(`v1/jobs/${jobId}`);
   if (opened !== generation) return;
   setStatus(job.status);
   // the server renders the Markdown (CommonMark, raw HTML off; citations linked to the Sources items' ids)
-  const html = await api(`/v1/jobs/${jobId}/report`, { headers: { Accept: "text/html" } });
+  const html = await api(`v1/jobs/${jobId}/report`, { headers: { Accept: "text/html" } });
   if (opened !== generation) return;
   $("report").innerHTML = html;
   $("report").hidden = false;
-  const report = await api(`/v1/jobs/${jobId}/report`, { headers: { Accept: "application/json" } });
+  const report = await api(`v1/jobs/${jobId}/report`, { headers: { Accept: "application/json" } });
   if (opened !== generation) return;
   showDropped(report.dropped_claims || [], report.refuted_claims || []);
   showAggregation(report);
@@ -180,7 +182,7 @@ async function follow(jobId) {
   for (let attempt = 0; !controller.signal.aborted; attempt++) {
     let told = null; // a refusal that said when to come back: the tenant's stream cap, the job store away a moment
     try {
-      const response = await fetch(`/v1/jobs/${jobId}/events`, {
+      const response = await fetch(`v1/jobs/${jobId}/events`, {
         headers: { Authorization: `Bearer ${apiKey}`, "Last-Event-ID": String(last) }, signal: controller.signal });
       if (!response.ok) {
         throw new ApiError(response.status, await response.json(), Number(response.headers.get("Retry-After")) || null);
@@ -236,7 +238,7 @@ async function openJob(jobId) {
   $("lanes").innerHTML = ""; $("report").hidden = true; $("report").innerHTML = "";
   $("job-stage").textContent = ""; $("job-question").textContent = ""; $("plan").hidden = true; resetAggregation();
   try {
-    const job = await api(`/v1/jobs/${jobId}`);
+    const job = await api(`v1/jobs/${jobId}`);
     if (opened !== generation) return; // another route took over meanwhile
     $("job-question").textContent = job.question;
     for (let k = 0; k < job.params.trajectories; k++) lane(k);
@@ -261,7 +263,7 @@ async function openJob(jobId) {
 
 async function control(action) {
   const jobId = $("job-view").dataset.id;
-  try { setStatus((await api(`/v1/jobs/${jobId}/${action}`, { method: "POST" })).status); }
+  try { setStatus((await api(`v1/jobs/${jobId}/${action}`, { method: "POST" })).status); }
   catch (error) { $("job-stage").textContent = error.message; }
 }
 
@@ -269,7 +271,7 @@ async function control(action) {
 $("sign-in-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   apiKey = $("api-key").value.trim();
-  try { await api("/v1/jobs?limit=1"); sessionStorage.setItem(KEY_STORAGE, apiKey); $("sign-in-error").textContent = ""; route(); }
+  try { await api("v1/jobs?limit=1"); sessionStorage.setItem(KEY_STORAGE, apiKey); $("sign-in-error").textContent = ""; route(); }
   catch (error) { apiKey = ""; $("sign-in-error").textContent = error.message; }
 });
 $("sign-out").addEventListener("click", () => { apiKey = ""; sessionStorage.removeItem(KEY_STORAGE); location.hash = "#/"; route(); });
@@ -281,7 +283,7 @@ $("submit-form").addEventListener("submit", async (e) => {
     max_steps: number("max-steps"), step_tokens: number("step-tokens"), job_tokens: number("job-tokens"),
     review: $("review").checked };
   try {
-    const job = await api("/v1/jobs", { method: "POST", body: JSON.stringify(body) });
+    const job = await api("v1/jobs", { method: "POST", body: JSON.stringify(body) });
     $("submit-error").textContent = "";
     location.hash = `#/jobs/${job.id}`;
   } catch (error) { $("submit-error").textContent = error.message; }
@@ -311,7 +313,7 @@ $("approve").addEventListener("click", async () => { await control("approve"); }
 $("delete").addEventListener("click", async () => {
   const jobId = $("job-view").dataset.id;
   if (!confirm("Delete this job with its events and its report?")) return;
-  try { await api(`/v1/jobs/${jobId}`, { method: "DELETE" }); location.hash = "#/"; }
+  try { await api(`v1/jobs/${jobId}`, { method: "DELETE" }); location.hash = "#/"; }
   catch (error) { $("job-stage").textContent = error.message; }
 });
 window.addEventListener("hashchange", route);
