@@ -1,5 +1,6 @@
 """The job store: job hashes, per-job event streams, checkpoints and reports, over redis-py asyncio (a tenant's job
-list, and the status sets a filtered one reads: heavy/store/job_list.py).
+list, and the status sets a filtered one reads: heavy/store/job_list.py; a job refused at a tenant limit:
+heavy/store/refusals.py).
 
 Every change that touches more than one key (submit with quota and idempotency, approve, finish, event append)
 is one Lua script, so API processes and workers never interleave half-done updates.
@@ -8,7 +9,6 @@ is one Lua script, so API processes and workers never interleave half-done updat
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
 from collections.abc import Collection
@@ -17,7 +17,7 @@ from typing import Any
 
 from heavy.store import scripts
 from heavy.store.connection import RedisClient
-from heavy.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, JobTakenOver, QuotaExceeded
+from heavy.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, JobTakenOver
 from heavy.store.job_list import READ_BATCH, JobList
 from heavy.store.keys import Keys
 from heavy.store.records import (
@@ -30,6 +30,7 @@ from heavy.store.records import (
     TERMINAL,
     JobRecord,
 )
+from heavy.store.refusals import quota_exceeded
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 WAKE_TTL_S = 3600  # a wake stream outlives its last use by this long (its process may have stopped)
@@ -43,16 +44,6 @@ class Wake:
 
     key: str
     seen: str = "0-0"  # its last entry a read returned: a read from there returns at once if it was woken since
-
-
-# When a refused tenant may try again (Retry-After). A slot, or tokens reserved for a running job, free when one of
-# its jobs ends, which nobody can tell beforehand: a short wait, not a hammering. Tokens spent with none reserved,
-# and jobs held for review with no approval window, free only when someone acts (an operator raises the limit, a
-# reviewer approves or cancels). A held job expires on its own at its approve_by, which a worker's sweep (every few
-# seconds) acts on.
-SLOT_RETRY_S = 15.0
-UNTIL_ACTED_ON_S = 3600.0
-EXPIRY_SWEEP_S = 5.0
 
 
 def _pairs(fields: dict[str, Any]) -> list[str]:
@@ -141,7 +132,7 @@ class JobStore:
             except JobNotFound:  # deleted or expired since: the key names nothing, so it is a new request
                 stale = detail
         if outcome == "quota":
-            raise await self._quota_exceeded(tenant, detail)
+            raise await quota_exceeded(self, tenant, detail)
         return JobRecord.from_hash({**dict(zip(stored[::2], stored[1::2], strict=True)), "approve_by": detail}), False
 
     async def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
@@ -226,27 +217,8 @@ class JobStore:
         if outcome == "refused":
             raise InvalidTransition(f"job {job_id} is {detail}, not awaiting approval")
         if outcome == "quota":
-            raise await self._quota_exceeded(tenant, detail)
+            raise await quota_exceeded(self, tenant, detail)
         return await self.get(job_id)
-
-    async def _quota_exceeded(self, tenant: str, limit: str) -> QuotaExceeded:
-        """The refusal of a job at the tenant's `limit` (jobs, tokens or held), with when to try again."""
-        if limit == "held":
-            return QuotaExceeded(limit, f"tenant {tenant!r} is at its limit of {self.max_held_jobs} jobs held for "
-                                        "review: approve or cancel one of them first", await self._held_retry_s(tenant))
-        if limit == "jobs":
-            return QuotaExceeded(limit, f"tenant {tenant!r} is at its limit of concurrent jobs", SLOT_RETRY_S)
-        reserved = int(await self.redis.hget(self.keys.tenant(tenant), "tokens_reserved") or 0)
-        return QuotaExceeded(limit, f"tenant {tenant!r} is at its limit of tokens",
-                             SLOT_RETRY_S if reserved else UNTIL_ACTED_ON_S)
-
-    async def _held_retry_s(self, tenant: str) -> float:
-        """Seconds until the first of the tenant's held jobs expires unapproved (frees a place), else the bound."""
-        held = list(await self.redis.smembers(self.keys.tenant_held(tenant)))
-        expiries = [score for score in await self.redis.zmscore(self.keys.awaiting, held) if score] if held else []
-        if not expiries:  # no approval window: they wait for their reviewer
-            return UNTIL_ACTED_ON_S
-        return max(1.0, math.ceil(min(expiries) - await self.server_time() + EXPIRY_SWEEP_S))
 
     async def expire_unapproved(self, limit: int = 32) -> list[str]:
         """Cancel the jobs held for review past their approval window (releasing their slot and token grant), each
