@@ -29,8 +29,8 @@ class Settings(BaseSettings):
     llm_backoff_s: float = Field(0.5, gt=0)  # first retry delay; doubles each retry, with jitter
     llm_backoff_max_s: float = Field(20.0, gt=0)
     # openai backend: a server that answered and then stops (restarted: vLLM's restart takes minutes) is waited for
-    # this long before its requests fail; one that never answered (a wrong URL), or an error a server answers itself
-    # (500, 429), fails after llm_max_retries
+    # this long from when it stopped (one bound for all requests during one outage) before its requests fail; one
+    # that never answered (a wrong URL), or an error a server answers itself (500, 429), fails after llm_max_retries
     llm_outage_s: float = Field(300.0, ge=0)
     llm_requests_per_s: float = Field(20.0, gt=0)  # shared by all trajectories of one worker
     llm_max_concurrency: int = Field(16, ge=1)

@@ -26,7 +26,7 @@ import httpx
 
 from heavy.llm.openai_wire import ToolCallAssembler, count_chunk, load_chunk, parse_completion, parse_delta
 from heavy.llm.ratelimit import RateLimiter
-from heavy.llm.retry import RetryPolicy, with_retries
+from heavy.llm.retry import RetryPolicy, ServerSeen, with_retries
 from heavy.llm.think import ThinkSplitter
 from heavy.llm.types import (
     Completion,
@@ -88,7 +88,7 @@ class OpenAIBackend:
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, transport=transport
         )
         self._served_context: asyncio.Future[int | None] | None = None  # read once, by the first to ask
-        self._answered = False  # the server has sent a response: failing now, it is restarting (RetryPolicy.outage_s)
+        self._server = ServerSeen()  # a server that has answered and fails now is restarting (RetryPolicy.outage_s)
 
     async def served_context(self) -> int | None:
         """The server's context for this model: `max_model_len` in GET /models, as vLLM, SGLang and `runtime serve`
@@ -174,7 +174,8 @@ class OpenAIBackend:
                     # asked again; the server worked on a reply that timed out: charged as an aborted one is
                     meter.attempt_failed(Usage(), unanswered=isinstance(exc, httpx.ReadTimeout))
                     raise RetriableLLMError(f"{type(exc).__name__}: {exc}", no_server=True) from exc
-            self._answered = self._answered or response.status_code < 500
+            if response.status_code < 500:
+                self._server.answered()
             try:
                 _raise_for_status(response)
             except RetriableLLMError:  # refused (429, 5xx) and asked again: nothing to charge
@@ -188,10 +189,10 @@ class OpenAIBackend:
 
         what = f"chat {request_id or ''}".strip()
         try:
-            return await with_retries(lambda: attempt(body), self.retry, what=what, answered_before=self._answered)
+            return await with_retries(lambda: attempt(body), self.retry, what=what, server=self._server)
         except ContextLengthError as exc:
             shrunk = _within_room(body, exc)
-            return await with_retries(lambda: attempt(shrunk), self.retry, what=what, answered_before=self._answered)
+            return await with_retries(lambda: attempt(shrunk), self.retry, what=what, server=self._server)
 
     async def stream(
         self,
@@ -233,7 +234,8 @@ class OpenAIBackend:
                 "POST", "/chat/completions", json=body, headers=headers
             ) as response:
                 meter.sent = True
-                self._answered = self._answered or response.status_code < 500
+                if response.status_code < 500:
+                    self._server.answered()
                 if response.status_code >= 400:
                     await response.aread()
                     _raise_for_status(response)

@@ -117,3 +117,26 @@ async def test_a_server_that_never_answered_fails_after_the_retries_as_a_wrong_u
         assert server.dropped == 3
     finally:
         await llm.aclose()
+
+
+async def test_requests_during_one_outage_share_one_bound_and_the_next_outage_gets_its_own(server):
+    # the aggregator's calls run one after another: each waited the whole outage_s anew, so during one outage a
+    # report came several HEAVY_LLM_OUTAGE_S after the job's deadline
+    policy = RetryPolicy(max_retries=2, backoff_s=0.001, backoff_max_s=0.01, outage_s=1.0)
+    llm = OpenAIBackend(server.url, "m", retry=policy)
+    try:
+        assert await chat(llm) == "back"
+        server.down(drops=10**6)
+        with pytest.raises(LLMError, match="giving up"):
+            await chat(llm)  # waited the outage through
+        before = server.dropped
+        with pytest.raises(LLMError, match=r"giving up after 3 attempts .*RemoteProtocolError"):
+            await chat(llm)  # the same outage, its bound spent: only the retries
+        assert server.dropped - before == 3
+        server.down(drops=0)
+        assert await chat(llm) == "back"
+        server.down(drops=5)  # a new outage, once the server answered again: waited for
+        assert await chat(llm) == "back"
+        assert server.dropped == 5
+    finally:
+        await llm.aclose()
