@@ -2,12 +2,13 @@
 ended it POSTs the job's public state there, so a client need not poll or hold an event stream open.
 
 The POST goes through the same SSRF guard as `open_page` (resolved first, private and metadata addresses refused,
-the connection pinned to the checked address, no redirects followed), unless the address is on
-HEAVY_WEBHOOK_ALLOW. With a `callback_secret` the body is signed: `X-Heavy-Signature: sha256=<HMAC-SHA256 of the
-body>`, and for receivers that refuse replays also with the attempt's time, `X-Heavy-Timestamp: <unix seconds>` and
-`X-Heavy-Signature-Timestamped: sha256=<HMAC-SHA256 of "<timestamp>.<body>">` (docs/webhooks.md). Up to
-`webhook_attempts` tries with backoff (or the receiver's Retry-After, up to 8 s) on connection errors, 408, 429 and
-5xx; the outcome is kept in the job as `callback_status` ("pending", then "sending" while it is out).
+the connection made to a checked address, the host's next when the first refuses, no redirects followed), unless
+the address is on HEAVY_WEBHOOK_ALLOW. With a `callback_secret` the body is signed: `X-Heavy-Signature:
+sha256=<HMAC-SHA256 of the body>`, and for receivers that refuse replays also with the attempt's time,
+`X-Heavy-Timestamp: <unix seconds>` and `X-Heavy-Signature-Timestamped: sha256=<HMAC-SHA256 of
+"<timestamp>.<body>">` (docs/webhooks.md). Up to `webhook_attempts` tries with backoff (or the receiver's
+Retry-After, up to 8 s) on connection errors, 408, 429 and 5xx; the outcome is kept in the job as `callback_status`
+("pending", then "sending" while it is out).
 
 Delivery is at least once. Ending the job puts it on a Redis set of due callbacks in the same atomic step; the
 process that ended it (a worker, or the API for a queued job it cancelled) claims it for a lease longer than all its
@@ -31,7 +32,7 @@ from heavy.retry_after import retry_after_seconds
 from heavy.store import JobNotFound, JobStore
 from heavy.store.records import JobRecord
 from heavy.tools.base import ToolError
-from heavy.tools.ssrf import AllowedTarget, SsrfGuard
+from heavy.tools.ssrf import AllowedTarget, SsrfGuard, send_pinned
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Heavy-Signature"  # of the body alone: kept for receivers that verify only that
@@ -138,11 +139,9 @@ async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:
 
 async def _send(client: httpx.AsyncClient, guard: SsrfGuard, url: str, body: bytes,
                 headers: dict[str, str]) -> httpx.Response:
-    """One attempt: the address checked (ToolError when refused), then the POST to it."""
+    """One attempt: the address checked (ToolError when refused), then the POST to the first of the host's checked
+    addresses that takes the connection."""
     target = await guard.check(url)
-    request = client.build_request(
-        "POST", target.connect_url, content=body, headers={**headers, "Host": target.host_header},
-        extensions={"sni_hostname": target.host} if target.url.scheme == "https" else {})
-    response = await client.send(request, stream=True)  # its body is never read: a receiver's size cannot matter
-    await response.aclose()
+    response = await send_pinned(client, target, "POST", headers, content=body)
+    await response.aclose()  # its body is never read: a receiver's size cannot matter
     return response

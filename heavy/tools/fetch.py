@@ -13,12 +13,12 @@ import codecs
 import re
 import ssl
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import httpx
 
 from heavy.tools.base import ToolError
-from heavy.tools.ssrf import SsrfGuard, Target
+from heavy.tools.ssrf import SsrfGuard, Target, send_pinned
 
 USER_AGENT = "heavy-research/0.1 (+open_page)"
 GZIP_WBITS = 16 + zlib.MAX_WBITS
@@ -99,21 +99,12 @@ class PageFetcher:
         )
 
     async def _connect(self, client: httpx.AsyncClient, target: Target) -> httpx.Response:
-        """The response's head from the first of the host's checked addresses that takes the connection, as browsers
-        fall back: a host whose IPv6 address is unreachable (a broken AAAA record) was not fetched at all."""
-        for address in (target.address, *target.others):
-            request = client.build_request(
-                "GET", replace(target, address=address).connect_url,
-                headers={"Host": target.host_header, "User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
-                extensions={"sni_hostname": target.host} if target.url.scheme == "https" else {},
-            )
-            try:
-                return await client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                error: httpx.HTTPError = exc
-            except httpx.HTTPError as exc:
-                raise ToolError(f"could not fetch {target.url}: {self._describe(exc)}") from exc
-        raise ToolError(f"could not fetch {target.url}: {self._describe(error)}") from error
+        """The response's head from the first of the host's checked addresses that takes the connection."""
+        try:
+            return await send_pinned(client, target, "GET", {"User-Agent": USER_AGENT,
+                                                             "Accept-Encoding": ACCEPT_ENCODING})
+        except httpx.HTTPError as exc:
+            raise ToolError(f"could not fetch {target.url}: {self._describe(exc)}") from exc
 
     def _describe(self, error: httpx.HTTPError) -> str:
         """What went wrong, also for httpx's timeouts, which say nothing ('ReadTimeout: ')."""

@@ -13,7 +13,7 @@ import asyncio
 import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
@@ -68,6 +68,25 @@ class Target:
         default = ALLOWED_SCHEMES[self.url.scheme]
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == default else f"{host}:{self.port}"
+
+
+async def send_pinned(client: httpx.AsyncClient, target: Target, method: str, headers: dict[str, str],
+                      content: bytes | None = None) -> httpx.Response:
+    """The response's head (its body left to stream) from the first of the host's checked addresses that takes the
+    connection, with the host's name as Host and TLS SNI. Browsers fall back so: a host whose first address is
+    unreachable (a broken AAAA record) was not reached at all. A refused connection carried no byte of the request,
+    so a POST is not sent twice. When no address takes it, the last one's ConnectError or ConnectTimeout."""
+    for address in (target.address, *target.others):
+        request = client.build_request(
+            method, replace(target, address=address).connect_url, content=content,
+            headers={**headers, "Host": target.host_header},
+            extensions={"sni_hostname": target.host} if target.url.scheme == "https" else {},
+        )
+        try:
+            return await client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            error: httpx.HTTPError = exc
+    raise error
 
 
 def decode_numeric_ipv4(host: str) -> ipaddress.IPv4Address | None:

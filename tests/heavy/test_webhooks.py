@@ -18,6 +18,7 @@ import pytest
 from heavy import webhooks
 from heavy.api.models import JobCreate
 from heavy.store.records import DONE
+from heavy.tools.ssrf import AllowedTarget, SsrfGuard
 from heavy.webhooks import EVENT, SIGNATURE_HEADER, TIMESTAMP_HEADER, deliver, signed_headers
 from heavy.worker import Worker
 from tests.heavy.api_helpers import app_for, client_for
@@ -185,6 +186,25 @@ async def test_retries_on_server_errors_and_not_on_a_refusal(store, receiver, st
     await store.jobs.finish(job, DONE)
     assert await deliver(store.jobs, job.id, settings_allowing(hook)) == outcome
     assert len(hook.received) == posts and (await store.jobs.get(job.id)).callback_status == outcome
+
+
+async def test_a_receiver_whose_first_address_is_unreachable_gets_the_post_at_its_next_checked_one(store, receiver):
+    """As open_page does (a broken AAAA record): every attempt went to the first address alone, so the callback was
+    never delivered. Both addresses are checked before any connection."""
+    hook = receiver()
+    port = int(hook.allow.rsplit(":", 1)[1])
+
+    async def resolver(host, port):
+        return ["::1", "127.0.0.1"]  # nothing listens on [::1] at the receiver's port
+
+    guard = SsrfGuard([AllowedTarget("::1", port), AllowedTarget("127.0.0.1", port)], resolver=resolver)
+    job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1},
+                                     callback_url=f"http://hook.example:{port}/hook")
+    await store.jobs.finish(job, DONE)
+    settings = WORKER_SETTINGS.model_copy(update={"webhook_attempts": 1})
+    assert await deliver(store.jobs, job.id, settings, guard) == "delivered: HTTP 200 after 1 attempt(s)"
+    (headers, _), = hook.received
+    assert headers["Host"] == f"hook.example:{port}"
 
 
 async def test_a_receivers_retry_after_sets_the_pause_up_to_a_bound(store, receiver, monkeypatch):
