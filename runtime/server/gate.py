@@ -73,7 +73,8 @@ class RequestGate:
             return
         headers = Headers(scope=scope)
         if self._key_digests and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
-            error = ApiError("a valid API key is required: send it as 'Authorization: Bearer <key>'", status=401)
+            error = ApiError("a valid API key is required: send it as 'Authorization: Bearer <key>'", status=401,
+                             code="invalid_api_key")  # OpenAI's: clients tell a wrong key from other 401s by it
             await _answer(error, scope, receive, send, {"www-authenticate": "Bearer"})
             return
         declared = headers.get("content-length", "")

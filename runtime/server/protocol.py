@@ -22,12 +22,12 @@ class ApiError(Exception):
     """An error answered with an OpenAI-style body: {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(self, message: str, *, status: int = 400, param: str | None = None,
-                 error_type: str = "invalid_request_error"):
+                 error_type: str = "invalid_request_error", code: str | None = None):
         super().__init__(message)
-        self.message, self.status, self.param, self.error_type = message, status, param, error_type
+        self.message, self.status, self.param, self.error_type, self.code = message, status, param, error_type, code
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": None}}
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
 
 class FunctionDef(BaseModel):

@@ -85,6 +85,7 @@ def test_every_route_but_the_probes_wants_one_of_the_keys(url, method, path, aut
     headers = {"Authorization": authorization} if authorization is not None else {}
     response = httpx.request(method, url + path, headers=headers, json=_chat(), timeout=30)
     _assert_openai_error(response, 401)
+    assert response.json()["error"]["code"] == "invalid_api_key"  # OpenAI's (it was null)
     assert response.headers["www-authenticate"] == "Bearer"
 
 
