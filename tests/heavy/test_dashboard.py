@@ -80,7 +80,7 @@ async def test_sign_in_submit_watch_lanes_and_read_the_cited_report(service, pag
 
     # an ended job can be deleted from its page (after a confirmation); the list is empty then
     await page.click("#jobs tbody tr")
-    await page.wait_for_selector("#delete:not([disabled])")
+    await page.wait_for_selector("#delete:not([disabled])")  # this job's status known, its heading drawn above
     page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     await page.click("#delete")
     await page.wait_for_selector("#tenant-status:has-text('0 job(s)')")
@@ -195,6 +195,35 @@ async def test_a_report_still_loading_when_another_job_is_opened_stays_off_that_
     assert await page.text_content("#job-question") == "Which module reads configuration files?"
     assert await page.text_content("#job-status") == "awaiting_approval"
     assert await page.is_hidden("#report") and await page.is_hidden("#aggregation")
+
+
+async def test_a_job_page_offers_no_action_until_it_knows_the_jobs_status(service, page, store):
+    """Opened after an ended job's page, a job's page left that job's Delete enabled until its own status came: a
+    click then deleted unseen, or (as the question filled in the heading above) missed the button."""
+    await signed_in(page, service, store)
+    params = {"trajectories": 1, "max_steps": 2, "step_tokens": 64, "trajectory_tokens": 10_000,
+              "job_tokens": 50_000, "deadline_s": 120, "tools": ["search"]}
+    done, _ = await store.jobs.submit("acme", question="Which module parses command-line options?", mode="report",
+                                      params=params)
+    held, _ = await store.jobs.submit("acme", question="Which module reads configuration files?", mode="report",
+                                      params=params, review=True)
+    await wait_for(lambda: ended(store, done.id), timeout_s=60)
+    await page.goto(f"{service.url}/#/jobs/{done.id}")
+    await page.wait_for_selector("#delete:not([disabled])")
+    release = asyncio.Event()
+
+    async def slow_job(route) -> None:
+        await release.wait()
+        await route.continue_()
+
+    await page.route(f"**/v1/jobs/{held.id}", slow_job)
+    async with page.expect_request(f"**/v1/jobs/{held.id}"):  # its page shown, its status not known yet
+        await page.goto(f"{service.url}/#/jobs/{held.id}")
+    assert await page.is_disabled("#delete") and await page.is_disabled("#cancel") and await page.is_disabled("#finish")
+    assert await page.text_content("#job-status") == "" and await page.is_hidden("#approve")
+    release.set()
+    await page.wait_for_selector("#approve", state="visible")
+    assert await page.is_disabled("#delete") and await page.is_enabled("#cancel")
 
 
 async def test_a_question_without_spaces_stays_inside_the_page(service, page, store):

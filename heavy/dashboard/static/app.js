@@ -237,6 +237,10 @@ async function openJob(jobId) {
   view.dataset.lastEvent = "0";
   $("lanes").innerHTML = ""; $("report").hidden = true; $("report").innerHTML = "";
   $("job-stage").textContent = ""; $("job-question").textContent = ""; $("plan").hidden = true; resetAggregation();
+  // no action until this job's status is known: the last job's stayed (an ended one's Delete enabled), and a click
+  // then acted on this job unseen, or missed its button as the job's question filled in the heading above it
+  $("job-status").textContent = ""; $("approve").hidden = true;
+  for (const id of ["finish", "cancel", "delete"]) $(id).disabled = true;
   try {
     const job = await api(`v1/jobs/${jobId}`);
     if (opened !== generation) return; // another route took over meanwhile
