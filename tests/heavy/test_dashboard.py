@@ -227,6 +227,29 @@ async def test_a_job_page_offers_no_action_until_it_knows_the_jobs_status(servic
     assert await page.is_disabled("#delete") and await page.is_enabled("#cancel")
 
 
+async def test_an_ended_jobs_replayed_events_do_not_move_its_status_back(service, page, store):
+    """Opened, an ended job's page replays its events from the first: job_started and aggregating set it 'running'
+    and 'aggregating' again, Delete disabled, until the replayed report_ready fetched the job once more."""
+    await signed_in(page, service, store)
+    params = {"trajectories": 1, "max_steps": 2, "step_tokens": 64, "trajectory_tokens": 10_000,
+              "job_tokens": 50_000, "deadline_s": 120, "tools": ["search"]}
+    done, _ = await store.jobs.submit("acme", question="Which module parses command-line options?", mode="report",
+                                      params=params)
+    await wait_for(lambda: ended(store, done.id), timeout_s=60)
+    asked = 0
+
+    async def only_the_first_answered(route) -> None:  # the page's own read of the job; the report's read waits
+        nonlocal asked
+        asked += 1
+        if asked == 1:
+            await route.continue_()
+
+    await page.route(f"**/v1/jobs/{done.id}", only_the_first_answered)
+    await page.goto(f"{service.url}/#/jobs/{done.id}")
+    await page.wait_for_selector("#job-stage:has-text('report ready')")  # every event replayed
+    assert await page.text_content("#job-status") == "done" and await page.is_enabled("#delete")
+
+
 async def test_a_question_without_spaces_stays_inside_the_page(service, page, store):
     """A question may hold a long URL or identifier with no space in it: the job list and the job's heading wrap it
     instead of running past the page's width."""

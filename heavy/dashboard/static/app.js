@@ -103,7 +103,7 @@ function apply(event) {
   switch (event.type) {
     case "job_started":
       for (let k = 0; k < event.trajectories; k++) lane(k);
-      setStatus("running");
+      advance("running");
       break;
     case "trajectory_step": {
       const node = lane(event.trajectory);
@@ -126,7 +126,7 @@ function apply(event) {
       set(node, ".action", (event.answer ? `answer: ${event.answer}` : event.error ? `error: ${event.error}` : "no answer").slice(0, 160));
       break;
     }
-    case "aggregating": $("job-stage").textContent = `aggregating (${event.reason})`; setStatus("aggregating"); break;
+    case "aggregating": $("job-stage").textContent = `aggregating (${event.reason})`; advance("aggregating"); break;
     case "report_ready":
       $("job-stage").textContent = event.report_error ? `report ready (partial: no findings, ${event.report_error})`
         : "report ready";
@@ -135,6 +135,11 @@ function apply(event) {
     case "job_failed": $("job-stage").textContent = `failed: ${event.error}`; setStatus("failed"); break;
     case "job_cancelled": $("job-stage").textContent = "cancelled"; setStatus("cancelled"); break;
   }
+}
+
+// An ended job's page replays its events from the first: they must not move its status (and its buttons) back
+function advance(status) {
+  if (!TERMINAL_STATUSES.includes($("job-status").textContent)) setStatus(status);
 }
 
 function setStatus(status) {
