@@ -198,16 +198,18 @@ async def test_a_report_still_loading_when_another_job_is_opened_stays_off_that_
     assert await page.is_hidden("#report") and await page.is_hidden("#aggregation")
 
 
+ONE_SHORT_TRAJECTORY = {"trajectories": 1, "max_steps": 2, "step_tokens": 64, "trajectory_tokens": 10_000,
+                        "job_tokens": 50_000, "deadline_s": 120, "tools": ["search"]}
+
+
 async def test_a_job_page_offers_no_action_until_it_knows_the_jobs_status(service, page, store):
     """Opened after an ended job's page, a job's page left that job's Delete enabled until its own status came: a
     click then deleted unseen, or (as the question filled in the heading above) missed the button."""
     await signed_in(page, service, store)
-    params = {"trajectories": 1, "max_steps": 2, "step_tokens": 64, "trajectory_tokens": 10_000,
-              "job_tokens": 50_000, "deadline_s": 120, "tools": ["search"]}
     done, _ = await store.jobs.submit("acme", question="Which module parses command-line options?", mode="report",
-                                      params=params)
+                                      params=ONE_SHORT_TRAJECTORY)
     held, _ = await store.jobs.submit("acme", question="Which module reads configuration files?", mode="report",
-                                      params=params, review=True)
+                                      params=ONE_SHORT_TRAJECTORY, review=True)
     await wait_for(lambda: ended(store, done.id), timeout_s=60)
     await page.goto(f"{service.url}/#/jobs/{done.id}")
     await page.wait_for_selector("#delete:not([disabled])")
@@ -231,10 +233,8 @@ async def test_an_ended_jobs_replayed_events_do_not_move_its_status_back(service
     """Opened, an ended job's page replays its events from the first: job_started and aggregating set it 'running'
     and 'aggregating' again, Delete disabled, until the replayed report_ready fetched the job once more."""
     await signed_in(page, service, store)
-    params = {"trajectories": 1, "max_steps": 2, "step_tokens": 64, "trajectory_tokens": 10_000,
-              "job_tokens": 50_000, "deadline_s": 120, "tools": ["search"]}
     done, _ = await store.jobs.submit("acme", question="Which module parses command-line options?", mode="report",
-                                      params=params)
+                                      params=ONE_SHORT_TRAJECTORY)
     await wait_for(lambda: ended(store, done.id), timeout_s=60)
     asked = 0
 

@@ -31,6 +31,21 @@ def test_keys_create_prints_only_the_key_on_stdout(redis_url, monkeypatch):
     assert f"for tenant {tenant}" in created.stderr
 
 
+def capture_searched_index(monkeypatch, target: str) -> list:
+    """Replaces the service's tools at `target` by one that notes the corpus index it was given and stops the
+    command there ('captured'); returns the list of those indexes."""
+    searched = []
+
+    @asynccontextmanager
+    async def capture(settings, url, index_path):
+        searched.append(index_path)
+        raise RuntimeError("captured")
+        yield
+
+    monkeypatch.setattr(target, capture)
+    return searched
+
+
 def test_worker_without_a_corpus_searches_pythons_reference_topics_as_heavy_up_does(tmp_path, monkeypatch,
                                                                                       redis_url):
     """`heavy serve & heavy worker` is `heavy up` as separate processes: on a machine where no `heavy corpus add`
@@ -41,15 +56,7 @@ def test_worker_without_a_corpus_searches_pythons_reference_topics_as_heavy_up_d
     monkeypatch.setenv("HEAVY_SEARCH", "local")
     monkeypatch.setattr("heavy.up.default_index_path", lambda settings: tmp_path / "none.sqlite")
     get_settings.cache_clear()
-    searched = []
-
-    @asynccontextmanager
-    async def capture(settings, url, index_path):
-        searched.append(index_path)
-        raise RuntimeError("captured")
-        yield
-
-    monkeypatch.setattr("heavy.toolbox.service_tools", capture)
+    searched = capture_searched_index(monkeypatch, "heavy.toolbox.service_tools")
     try:
         result = CliRunner().invoke(app, ["worker"])
     finally:
@@ -68,15 +75,7 @@ def test_heavy_up_searches_the_corpus_heavy_ask_and_heavy_worker_search(tmp_path
     monkeypatch.setenv("HEAVY_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HEAVY_REDIS_URL", redis_url)
     monkeypatch.setenv("HEAVY_SEARCH", "local")
-    searched = []
-
-    @asynccontextmanager
-    async def capture(settings, url, index_path):
-        searched.append(index_path)
-        raise RuntimeError("captured")
-        yield
-
-    monkeypatch.setattr("heavy.up.service_tools", capture)
+    searched = capture_searched_index(monkeypatch, "heavy.up.service_tools")
     for name, value in (("HEAVY_CORPUS_INDEX", str(mine)), ("HEAVY_CORPUS_INDEX", "")):
         monkeypatch.setenv(name, value)
         monkeypatch.setattr("heavy.up.default_index_path", lambda settings: mine)  # `heavy corpus add`'s
