@@ -1,9 +1,12 @@
 """The worker's event sink: events go to the job's Redis stream, numbered without gaps.
 
 A worker that takes over a job replays the steps its predecessor had not checkpointed; events the stream already
-holds from that attempt (same type, trajectory, step, call) are skipped, so followers see each once. The
-terminal event is held back: the worker writes it with the report and the final status, in one step
-(JobStore.finish), so a client reacting to `report_ready` always finds the report and no job ends without it."""
+holds from that attempt (same type, trajectory, step, call) are skipped, so followers see each once. Not a
+trajectory's end: a trajectory that runs again had no result checkpointed (one that had is not run again), so the
+earlier `trajectory_done` (a crash's error, or an answer its worker died before saving) is of a run the report will
+not hold, and the new one, written after it, is the outcome followers end with. The terminal event is held back:
+the worker writes it with the report and the final status, in one step (JobStore.finish), so a client reacting to
+`report_ready` always finds the report and no job ends without it."""
 
 from __future__ import annotations
 
@@ -16,14 +19,15 @@ from heavy.store import JobStore, JobTakenOver
 from heavy.store.records import AGGREGATING, RUNNING, TERMINAL_EVENTS
 
 
-def event_key(event: dict[str, Any]) -> tuple:
+def event_key(event: dict[str, Any]) -> tuple | None:
+    """What makes an event one an earlier attempt already wrote; None for one every attempt writes anew."""
     kind = event["type"]
     if kind == "trajectory_step":
         return kind, event["trajectory"], event["step"]
     if kind in ("tool_call", "tool_result"):
         return kind, event["trajectory"], event["step"], event["call_id"]
     if kind == "trajectory_done":
-        return kind, event["trajectory"]
+        return None
     return (kind,)
 
 
@@ -44,7 +48,7 @@ class RedisEventSink:
         written: Counter = Counter()
         after = 0
         while batch := await jobs.read_events(job_id, after):
-            written.update(event_key(event) for event in batch)
+            written.update(key for event in batch if (key := event_key(event)) is not None)
             after = batch[-1]["seq"]
         return cls(jobs, job_id, written, owner=owner, on_taken_over=on_taken_over)
 
@@ -56,7 +60,7 @@ class RedisEventSink:
             await self.fenced(self.jobs.update(self.job_id, allowed=(RUNNING, AGGREGATING), owner=self.owner,
                                                status=AGGREGATING))
         key = event_key(data)
-        if self.already_written[key] > 0:
+        if key is not None and self.already_written[key] > 0:
             self.already_written[key] -= 1
             return
         if data["type"] in TERMINAL_EVENTS:
