@@ -135,13 +135,24 @@ class CheckpointedTrajectory(Trajectory):
             await self._save_spent()
             raise
         if result.stop_reason not in EXTERNAL_STOPS:
+            await self._save_result(result)
+        else:  # a stopped one continues if the job is resumed (its worker stopped while it aggregated): from its
+            await self._save_spent()  # checkpoint, with what the request the stop cut spent
+        return result
+
+    async def _save_result(self, result: TrajectoryResult) -> None:
+        """Its result, so a worker that takes the job over does not run it again. A save that fails (Redis past the
+        store's retries, or the job taken over) does not undo the end: its trajectory_done is out, the job keeps the
+        result, and a worker that takes the job over runs it again from its last state. Raised, it ended the
+        trajectory a second time (the scheduler's done for a crash, counted twice by the metrics)."""
+        try:
             await self.save(self.spec.index, {"kind": "result", "result": result_to_dict(result),
                                               "tool_calls": _tool_calls(self),
                                               "counted_per_estimated": self.requests.counted_per_estimated,
                                               "context_tokens": self.requests.context_tokens})
-        else:  # a stopped one continues if the job is resumed (its worker stopped while it aggregated): from its
-            await self._save_spent()  # checkpoint, with what the request the stop cut spent
-        return result
+        except Exception as exc:
+            log.warning("trajectory %s/%d: its result is not checkpointed (%s); a worker taking the job over runs it "
+                        "again", self.spec.job_id, self.spec.index, exc)
 
     async def after_step(self) -> None:
         if self.final is None:  # an answering step is saved as the result right after
