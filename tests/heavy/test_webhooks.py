@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -205,6 +206,36 @@ async def test_a_receiver_whose_first_address_is_unreachable_gets_the_post_at_it
     assert await deliver(store.jobs, job.id, settings, guard) == "delivered: HTTP 200 after 1 attempt(s)"
     (headers, _), = hook.received
     assert headers["Host"] == f"hook.example:{port}"
+
+
+@contextlib.contextmanager
+def black_hole(address: str, port: int):
+    """`address`:`port` taking no connection and refusing none: a listener whose backlog of one is full, and that
+    never accepts, drops every further SYN, as a firewall that drops packets does (the client waits on its timeout)."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind((address, port))
+        listener.listen(0)
+        filler.connect((address, port))
+        yield
+
+
+async def test_a_receiver_whose_first_address_drops_connections_gets_the_post_at_its_next_checked_one(store, receiver):
+    """A connection to the first address may take only a share of the attempt: it took the whole attempt (the
+    client's connect timeout was `webhook_timeout_s`, as the attempt's own), so the next address was never tried."""
+    hook = receiver()
+    port = int(hook.allow.rsplit(":", 1)[1])
+
+    async def resolver(host, port):
+        return ["127.0.0.2", "127.0.0.1"]  # the receiver listens on 127.0.0.1 alone
+
+    guard = SsrfGuard([AllowedTarget("127.0.0.2", port), AllowedTarget("127.0.0.1", port)], resolver=resolver)
+    job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1},
+                                     callback_url=f"http://hook.example:{port}/hook")
+    await store.jobs.finish(job, DONE)
+    settings = WORKER_SETTINGS.model_copy(update={"webhook_attempts": 1, "webhook_timeout_s": 4.0})
+    with black_hole("127.0.0.2", port):
+        assert await deliver(store.jobs, job.id, settings, guard) == "delivered: HTTP 200 after 1 attempt(s)"
+    assert len(hook.received) == 1
 
 
 async def test_a_receivers_retry_after_sets_the_pause_up_to_a_bound(store, receiver, monkeypatch):
