@@ -5,6 +5,7 @@ write access), from the documents' origins."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 
@@ -68,6 +69,18 @@ def replaceable(db: sqlite3.Connection, source: str, place: str, kept: set[int])
         if doc_id not in kept:
             return doc_id
     return None
+
+
+def text_hash(text: str) -> str:
+    """A part's text's hash: its title ("part k of n") changes as parts are added above it."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def held_texts(db: sqlite3.Connection, source: str) -> dict[str, int]:
+    """The documents `source` holds and no other file does, by their text's hash."""
+    return {text_hash(text): doc_id for doc_id, text in db.execute(
+        "SELECT id, text FROM doc_files AS f JOIN docs ON id = doc_id WHERE file = ? AND NOT EXISTS "
+        "(SELECT 1 FROM doc_files WHERE doc_id = f.doc_id AND file != f.file)", (source,))}
 
 
 def hold(db: sqlite3.Connection, source: str, doc_id: int, place: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -23,6 +24,13 @@ SUPPORTED_SUFFIXES = HTML_SUFFIXES | MARKDOWN_SUFFIXES | TEXT_SUFFIXES | JSONL_S
 # though searched, could be neither read nor cited. JSONL rows are the user's own units, kept whole
 PART_CHARS = 6_000
 _PART_BREAKS = ("\n\n", "\n", " ")  # a part ends at a paragraph, else a line, else a word
+# where parts are cut is chosen by the text there, not by its position: cut every PART_CHARS, text inserted near a
+# long file's start moved what every later part held, so an old link to its part 3 showed another text. A part is at
+# least MIN_PART_CHARS long, then starts at a Markdown heading or at a piece of text its hash picks, about one every
+# CUT_SPACING characters: an insertion or a deletion moves only the cuts near it
+MIN_PART_CHARS = 1_500
+CUT_SPACING = 2_000
+_HEADING = re.compile(r"#{1,6}[ \t]")
 # a Markdown file's YAML front matter (Jekyll, Hugo, Obsidian, Pandoc): fenced by "---" lines at its very start
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)^(?:---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE)
 _TITLE_FIELD = re.compile(r"^title:[ \t]*(.*?)[ \t]*$\n?", re.MULTILINE)
@@ -118,27 +126,47 @@ def _parts(document: Document) -> Iterator[Document]:
     if len(document.text) <= PART_CHARS:
         yield replace(document, place="1")
         return
-    parts = [part for part in _split(document.text, _PART_BREAKS) if part.strip()]
+    parts = _split(document.text)
     for number, part in enumerate(parts, start=1):
-        yield replace(document, title=f"{document.title} (part {number} of {len(parts)})", text=part.strip(),
+        yield replace(document, title=f"{document.title} (part {number} of {len(parts)})", text=part,
                       place=str(number))
 
 
-def _split(text: str, breaks: tuple[str, ...]) -> list[str]:
-    """`text` cut into pieces of at most PART_CHARS at the first of `breaks` that makes them fit."""
-    if len(text) <= PART_CHARS:
-        return [text]
+def _split(text: str) -> list[str]:
+    """`text` cut into parts of at most PART_CHARS, each of whole pieces (`_pieces`), cut where the text says
+    (`_starts_part`) once a part holds MIN_PART_CHARS, and before a piece that would overflow it."""
+    parts, start, end = [], 0, 0
+    for piece_start, piece_end in _pieces(text, 0, len(text), _PART_BREAKS):
+        if end > start and (piece_end - start > PART_CHARS
+                            or end - start >= MIN_PART_CHARS and _starts_part(text[piece_start:piece_end].strip())):
+            parts.append(text[start:end].strip())
+            start = piece_start
+        end = piece_end
+    return [*parts, text[start:end].strip()]
+
+
+def _pieces(text: str, start: int, end: int, breaks: tuple[str, ...]) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each piece of `text[start:end]` with some text, in order: its paragraphs, and of one longer
+    than PART_CHARS its lines, of a line its words, of a word slices of PART_CHARS."""
     if not breaks:
-        return [text[start:start + PART_CHARS] for start in range(0, len(text), PART_CHARS)]
-    joint, parts, held, size = breaks[0], [], [], 0
-    for piece in text.split(joint):
-        for small in _split(piece, breaks[1:]):
-            if held and size + len(joint) + len(small) > PART_CHARS:
-                parts.append(joint.join(held))
-                held, size = [], 0
-            size += len(small) + (len(joint) if held else 0)
-            held.append(small)
-    return [*parts, joint.join(held)] if held else parts
+        yield from ((at, min(at + PART_CHARS, end)) for at in range(start, end, PART_CHARS))
+        return
+    joint = breaks[0]
+    while start < end:
+        stop = text.find(joint, start, end)
+        stop = end if stop < 0 else stop
+        if stop - start > PART_CHARS:
+            yield from _pieces(text, start, stop, breaks[1:])
+        elif text[start:stop].strip():
+            yield start, stop
+        start = stop + len(joint)
+
+
+def _starts_part(piece: str) -> bool:
+    """Whether a part may start at `piece` (stripped), by its text alone: a Markdown heading, else a piece its hash
+    picks, with odds of its length in CUT_SPACING (so a part's expected length does not depend on whether the text
+    runs in paragraphs or in lines)."""
+    return bool(_HEADING.match(piece)) or zlib.crc32(piece.encode()) < len(piece) / CUT_SPACING * 2**32
 
 
 def _file_document(file: Path) -> Iterator[Document]:
@@ -217,6 +245,11 @@ def _jsonl_rows(lines: Iterable[str], file: Path) -> Iterator[Document]:
                                     f"url){found}")
         title, url = str(row.get("title") or row["text"][:80]), str(row.get("url") or "")
         yield Document(title=title, text=row["text"], url=url, origin=where, place=jsonl_place(title, url))
+
+
+def is_part(place: str) -> bool:
+    """Whether a document's place (Document.place) is a part's number: of a file's text, not a JSONL row."""
+    return place.isdigit()
 
 
 def jsonl_place(title: str, url: str) -> str:

@@ -7,7 +7,8 @@ query `docs_fts` alone, as before). Both tables hold the text folded to NFKC, as
 `docs` holds it as written, which snippets and pages show. Documents are deduplicated by a hash of title + text, so
 re-adding a directory is a no-op; `doc_files` records every file that holds each one, and where, so re-adding an edited
 file replaces the documents it no longer holds (keeping the id, the page's address, of each one whose place in the
-file holds a new text), and a document goes only when no file holds it any more.
+file holds a new text, and of a part whose text moved to another part number), and a document goes only when no file
+holds it any more.
 Each call opens its own connection, so one index can be used from several threads.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from heavy.corpus import cjk, doc_files
-from heavy.corpus.documents import CorpusFormatError, Document, file_name
+from heavy.corpus.documents import CorpusFormatError, Document, file_name, is_part
 from heavy.corpus.folding import fold, tokenized_as_written
 from heavy.corpus.query import expression_words, match_expression
 from heavy.corpus.snippets import LONG_PAGE_CHARS, words_snippet
@@ -184,20 +185,20 @@ def _upgrade(db: sqlite3.Connection, version: int) -> None:
 def _add(db: sqlite3.Connection, documents: Iterable[Document], source: str) -> AddCounts:
     """Index documents. `source`: the file they all were read from; its documents added before and not among these
     are removed (the file was edited: its old text must not be found beside the new), unless another file holds them
-    too. Content is stored once (by its hash), but a document's id, its address (/doc/<id>), stays with its place in
-    the file: a new text at a place the file held another before takes that document's id, where no other file holds
-    it. Ids are never given twice: a removed document's address is a 404, never another page."""
-    added = skipped = removed = replaced = 0
+    too. Content is stored once (by its hash), but a document's id, its address (/doc/<id>), stays with its text or
+    its place in the file: a file's part whose text it held before keeps that part's id, under its new number (text
+    inserted above it adds a part); a new text at a place the file held another before takes that document's id,
+    where no other file holds it. Ids are never given twice: a removed document's address is a 404, never another
+    page."""
+    counts = {"added": 0, "duplicates": 0, "replaced": 0}
     kept: set[int] = set()
     now = time.time()
-    for doc in documents:
-        digest = content_hash(doc.title, doc.text)
-        if found := db.execute("SELECT id FROM docs WHERE content_hash = ?", (digest,)).fetchone():
-            skipped += 1
-            doc_id = found[0]
-        elif source and doc.place and (doc_id := doc_files.replaceable(db, source, doc.place, kept)) is not None:
+
+    def place(doc: Document, digest: str) -> None:
+        """A text not indexed yet: at the document its place held, else at a new id."""
+        if source and doc.place and (doc_id := doc_files.replaceable(db, source, doc.place, kept)) is not None:
             _replace(db, doc_id, doc, digest, now)
-            replaced += 1
+            counts["replaced"] += 1
         else:
             doc_id = db.execute(
                 "INSERT INTO docs (id, title, text, url, origin, content_hash, added_at) "
@@ -206,13 +207,36 @@ def _add(db: sqlite3.Connection, documents: Iterable[Document], source: str) -> 
             ).lastrowid
             db.execute("UPDATE last_doc_id SET id = ?", (doc_id,))
             _index_document(db, doc_id, doc)
-            added += 1
-        if source and doc_id not in kept:
-            kept.add(doc_id)
-            doc_files.hold(db, source, doc_id, doc.place)
-    if source:
-        removed = _forget(db, source, kept)
-    return AddCounts(added, skipped, removed, replaced)
+            counts["added"] += 1
+        _hold(db, source, doc_id, doc, kept)
+
+    held_parts: dict[str, int] | None = None  # the file's parts by their text's hash, read when first needed
+    new_parts: list[tuple[Document, str]] = []  # placed once every part held before has been found by its text
+    for doc in documents:
+        digest = content_hash(doc.title, doc.text)
+        if found := db.execute("SELECT id FROM docs WHERE content_hash = ?", (digest,)).fetchone():
+            doc_id = found[0]
+        elif not (source and is_part(doc.place)):  # a JSONL row: its place is the user's (and its file may be huge)
+            place(doc, digest)
+            continue
+        else:
+            held_parts = doc_files.held_texts(db, source) if held_parts is None else held_parts
+            if (doc_id := held_parts.pop(doc_files.text_hash(doc.text), None)) is None or doc_id in kept:
+                new_parts.append((doc, digest))
+                continue
+            _replace(db, doc_id, doc, digest, now)  # its new title: "(part k of n)"
+        counts["duplicates"] += 1  # its text indexed already
+        _hold(db, source, doc_id, doc, kept)
+    for doc, digest in new_parts:
+        place(doc, digest)
+    return AddCounts(removed=_forget(db, source, kept) if source else 0, **counts)
+
+
+def _hold(db: sqlite3.Connection, source: str, doc_id: int, doc: Document, kept: set[int]) -> None:
+    """`source` holds `doc_id` at `doc`'s place (the first place it holds it at)."""
+    if source and doc_id not in kept:
+        kept.add(doc_id)
+        doc_files.hold(db, source, doc_id, doc.place)
 
 
 def _fold_documents(db: sqlite3.Connection, version: int) -> None:
