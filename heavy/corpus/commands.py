@@ -43,21 +43,26 @@ class AddReport:
     unread: tuple[str, ...] = ()  # why each file that could not be read was not: what it held before stays
     other_types: tuple[str, ...] = ()  # the suffixes of the folder's files of a type it does not read, one a file
     hidden: tuple[tuple[str, int], ...] = ()  # hidden folders and files passed over, and the files each holds
+    ignored: tuple[tuple[str, int], ...] = ()  # as `hidden`, those a .gitignore ignores or a tool's (node_modules/)
 
 
-def corpus_add(path: Path | str, index_path: Path | str, include_hidden: bool = False) -> AddReport:
+def corpus_add(path: Path | str, index_path: Path | str, include_hidden: bool = False,
+               include_ignored: bool = False) -> AddReport:
     """Read every supported file under `path` and add its documents to the index at `index_path`; of a directory,
     the files added from under it before and gone now are forgotten (their documents no other file holds, removed).
     A file that cannot be read is passed over, named in `unread`, and the rest added. A path with no supported file
     is an error, and one with nothing to index leaves no new index behind (an empty one would be searched, finding
-    nothing). Hidden folders and files under a folder are passed over unless `include_hidden` (find_files)."""
-    found = find_files(Path(path), include_hidden)
+    nothing). Hidden folders and files under a folder are passed over unless `include_hidden`, and those its
+    .gitignore files ignore or a tool's (node_modules/) unless `include_ignored` (find_files)."""
+    found = find_files(Path(path), include_hidden, include_ignored)
     unlisted = [f"{error.filename}: {error.strerror}, its files were not read" for error in found.unlisted]
     if not (files := found.files) and unlisted:
         raise CorpusFormatError(f"no file to index under {path}: {'; '.join(unlisted)}")
     if not files:
-        hidden = sum(count for _, count in found.hidden)
-        passed_over = f"; {hidden} hidden, which --include-hidden indexes" if hidden else ""
+        counts = {why: sum(count for _, count in names) for why, names in (("hidden", found.hidden),
+                                                                           ("ignored", found.ignored))}
+        passed_over = "".join(f"; {count} {why}, which --include-{why} indexes"
+                              for why, count in counts.items() if count)
         raise CorpusFormatError(f"no file to index under {path} (supported: {' '.join(sorted(SUPPORTED_SUFFIXES))}"
                                 f"{passed_over}); no index was written")
     new_index = not Path(index_path).exists()
@@ -95,7 +100,7 @@ def corpus_add(path: Path | str, index_path: Path | str, include_hidden: bool = 
         raise refused
     return AddReport(files=sum(present.values()), added=added, duplicates=duplicates, removed=removed, total=total,
                      replaced=replaced, textless=tuple(textless), unread=tuple(unread),
-                     other_types=found.other_types, hidden=found.hidden)
+                     other_types=found.other_types, hidden=found.hidden, ignored=found.ignored)
 
 
 corpus_app = typer.Typer(help="Build and serve the local search corpus.", no_args_is_help=True)
@@ -108,9 +113,12 @@ def add_command(
     path: Path, index: IndexOption = None,
     include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Also index files in hidden folders "
                                                  "(.obsidian) and hidden files under PATH.")] = False,
+    include_ignored: Annotated[bool, typer.Option("--include-ignored", help="Also index what PATH's .gitignore "
+                                                  "files ignore, and vendored or generated folders (node_modules, "
+                                                  "__pycache__, a virtualenv, a cache).")] = False,
 ) -> None:
     """Index HTML, Markdown, text and JSONL (title/text/url rows) files under PATH."""
-    report = corpus_add(path, index or default_index_path(get_settings()), include_hidden)
+    report = corpus_add(path, index or default_index_path(get_settings()), include_hidden, include_ignored)
     typer.echo(
         f"indexed {report.added} new documents from {report.files} files "
         f"({report.duplicates} already indexed, {report.replaced} edited, {report.removed} no longer in a file "
@@ -123,9 +131,11 @@ def add_command(
                           for suffix, count in Counter(report.other_types).most_common())
         typer.echo(f"not indexed, of a type corpus add does not read: {kinds} (it reads "
                    f"{' '.join(sorted(SUPPORTED_SUFFIXES))})", err=True)
-    if report.hidden:
-        hidden = tuple(f"{name} ({count} file{'s' * (count > 1)})" for name, count in report.hidden)
-        typer.echo(f"not indexed, hidden: {_listed(hidden)} (--include-hidden indexes them)", err=True)
+    for why, passed_over, saying in (("hidden", report.hidden, "hidden"),
+                                     ("ignored", report.ignored, "ignored (.gitignore, vendored or generated)")):
+        if passed_over:
+            named = tuple(f"{name} ({count} file{'s' * (count > 1)})" for name, count in passed_over)
+            typer.echo(f"not indexed, {saying}: {_listed(named)} (--include-{why} indexes them)", err=True)
     if report.textless:
         typer.echo(f"not indexed, no text (empty or binary): {_listed(report.textless)}", err=True)
     for why in report.unread:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from heavy.corpus.ignored import IgnoreRules, is_tool_folder
 from heavy.tools.extract import html_to_markdown
 from heavy.tools.fetch import bom_encoding
 
@@ -63,41 +64,68 @@ class FoundFiles:
     # hidden folders and files (.obsidian/, notes/.draft.md) passed over, each with how many supported files it holds
     hidden: tuple[tuple[str, int], ...] = ()
     unlisted: tuple[OSError, ...] = ()  # why each folder that could not be listed (no permission) was not
+    ignored: tuple[tuple[str, int], ...] = ()  # as `hidden`, those a .gitignore ignores or a tool's (ignored.py)
 
 
-def find_files(path: Path, include_hidden: bool = False) -> FoundFiles:
+def find_files(path: Path, include_hidden: bool = False, include_ignored: bool = False) -> FoundFiles:
     """The supported files at `path` (a file or a directory walked recursively, not into symlinked folders); under a
     directory, not those under a hidden folder or hidden themselves (.git, .obsidian, .venv: a tool's, not the user's
-    documents; Obsidian's workspace and a checkout's vendored READMEs were indexed as notes) unless
-    `include_hidden`."""
+    documents; Obsidian's workspace and a checkout's vendored READMEs were indexed as notes) unless `include_hidden`,
+    nor those its .gitignore files ignore or in a vendored or generated folder (node_modules/) unless
+    `include_ignored`."""
     if path.is_file():
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
             raise CorpusFormatError(f"{path}: unsupported file type (supported: {sorted(SUPPORTED_SUFFIXES)})")
         return FoundFiles([path])
     if not path.is_dir():
         raise FileNotFoundError(f"corpus path does not exist: {path}")
-    files, others, hidden, unlisted = [], [], Counter[str](), []
+    files, others, unlisted = [], [], []
+    passed_over = {"hidden": Counter[str](), "ignored": Counter[str]()}  # each with the supported files it holds
 
     def not_listed(error: OSError) -> None:  # os.walk passed over such a folder, in silence
         if not isinstance(error, FileNotFoundError):  # one deleted meanwhile is as deleted before
             unlisted.append(error)
 
-    for folder, _, names in os.walk(path, onerror=not_listed):
+    root = path.resolve()
+    rules = {root: None if include_ignored else IgnoreRules.above(root)}  # what ignores in each folder walked
+    under: dict[Path, tuple[str, str]] = {}  # a folder passed over, and each in it: why, and the name it is counted by
+    for folder, folders, names in os.walk(path, onerror=not_listed):
+        here = root / Path(folder).relative_to(path)
+        if here in under:
+            why, counted_as = under[here]
+            under.update((here / inner, (why, counted_as)) for inner in folders)
+            passed_over[why][counted_as] += sum(Path(name).suffix.lower() in SUPPORTED_SUFFIXES for name in names)
+            continue
+        here_rules = rules[here] and rules[here].within(here)
+        for inner in folders:
+            if why := _passed_over(here / inner, True, here_rules, include_hidden):
+                under[here / inner] = (why, f"{(here / inner).relative_to(root)}/")
+            else:
+                rules[here / inner] = here_rules
         for name in names:
             file = Path(folder, name)
-            parts = file.relative_to(path).parts
-            first_hidden = next((k for k, part in enumerate(parts) if part.startswith(".")), None)
             supported = file.suffix.lower() in SUPPORTED_SUFFIXES
             if not file.is_file():
                 continue
-            if first_hidden is not None and not include_hidden:
+            if why := _passed_over(here / name, False, here_rules, include_hidden):
                 if supported:
-                    hidden[str(Path(*parts[:first_hidden + 1])) + ("/" if first_hidden + 1 < len(parts) else "")] += 1
+                    passed_over[why][str((here / name).relative_to(root))] += 1
             elif supported:
                 files.append(file)
-            elif first_hidden is None:
+            else:
                 others.append(file.suffix.lower())
-    return FoundFiles(sorted(files), tuple(sorted(others)), tuple(sorted(hidden.items())), tuple(unlisted))
+    hidden, ignored = (tuple(sorted((+passed_over[why]).items())) for why in ("hidden", "ignored"))  # + : held some
+    return FoundFiles(sorted(files), tuple(sorted(others)), hidden, tuple(unlisted), ignored)
+
+
+def _passed_over(path: Path, is_folder: bool, rules: IgnoreRules | None, include_hidden: bool) -> str | None:
+    """Why a file or folder under a folder added is not indexed ("hidden", "ignored"), if it is not; `rules`: None
+    when ignored ones are indexed."""
+    if path.name.startswith(".") and not include_hidden:
+        return "hidden"
+    if rules is not None and (is_folder and is_tool_folder(path) or rules.ignores(path, is_folder)):
+        return "ignored"
+    return None
 
 
 def file_name(file: Path) -> Path:

@@ -1,0 +1,54 @@
+"""`heavy corpus add` of a folder passes over what its .gitignore files ignore and vendored or generated folders."""
+
+import pytest
+from typer.testing import CliRunner
+
+from heavy.corpus.commands import corpus_add, corpus_app
+from heavy.corpus.documents import CorpusFormatError
+from heavy.corpus.index import CorpusIndex
+
+NOTE = "# {}\n\nThe cryostat held 4 K."
+
+
+def write(root, files):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_what_a_folders_gitignore_ignores_and_vendored_folders_are_passed_over_and_named_unless_asked_for(tmp_path):
+    # a checkout's node_modules/ READMEs, a virtualenv's packages' docs, Sphinx's _build/ copies of every page and the
+    # drafts a .gitignore keeps out of the repository were indexed as the user's notes
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    write(repo, {".gitignore": "secret/\n"})  # the repository's, above the folder added: git applies it there too
+    root, index = repo / "lab", tmp_path / "index.sqlite"
+    write(root, {
+        "cryostat.md": NOTE.format("Cryostat"),
+        "notes/run.md": NOTE.format("Run"),
+        "notes/keep.tmp.md": NOTE.format("Kept"),  # a "!" pattern keeps it
+        ".gitignore": "_build/\n*.tmp.md\n!keep.tmp.md\n",
+        "docs/_build/html/index.html": "<title>Built</title><p>The cryostat held 4 K.</p>",
+        "notes/.gitignore": "drafts/\nscratch.md\n",  # a nested one, for its folder
+        "notes/drafts/idea.md": NOTE.format("Idea"), "notes/scratch.md": NOTE.format("Scratch"),
+        "notes/a.tmp.md": NOTE.format("Temporary"),
+        "node_modules/left-pad/README.md": NOTE.format("left-pad"),
+        "notes/__pycache__/run.cpython-311.pyc": "\x00",
+        "env/pyvenv.cfg": "home = /usr/bin", "env/lib/site-packages/pkg/README.md": NOTE.format("pkg"),
+        "secret/passwords.md": NOTE.format("Passwords"),
+    })
+    result = CliRunner().invoke(corpus_app, ["add", str(root), "--index", str(index)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("indexed 3 new documents from 3 files")
+    assert result.stderr == ("not indexed, ignored (.gitignore, vendored or generated): docs/_build/ (1 file), env/ "
+                             "(1 file), node_modules/ (1 file), notes/a.tmp.md (1 file), notes/drafts/ (1 file) and 2 "
+                             "more (--include-ignored indexes them)\n")
+    assert sorted(hit.title for hit in CorpusIndex(index).search("cryostat", k=10)) == ["Cryostat", "Kept", "Run"]
+    assert corpus_add(root, index, include_ignored=True).added == 7
+    assert corpus_add(root, index).removed == 7  # as were they deleted: no longer what the folder's add indexes
+    # a folder named is read, whatever the rules above it say, as a hidden one is
+    assert corpus_add(root / "secret", tmp_path / "named.sqlite").added == 1
+    assert corpus_add(root / "node_modules", tmp_path / "named.sqlite").added == 1
+    write(root, {"vendor/node_modules/pkg/README.md": NOTE.format("pkg"), "vendor/b.tmp.md": NOTE.format("b")})
+    with pytest.raises(CorpusFormatError, match="2 ignored, which --include-ignored indexes"):
+        corpus_add(root / "vendor", tmp_path / "other.sqlite")
