@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pathspec import GitIgnoreSpec
+if TYPE_CHECKING:
+    from pathspec import GitIgnoreSpec
 
 VENDORED_FOLDERS = frozenset({"node_modules", "bower_components", "__pycache__"})
 # a folder holding one of these files is a tool's: a virtualenv (pyvenv.cfg), a cache (CACHEDIR.TAG: cargo's target/)
@@ -44,6 +46,8 @@ class IgnoreRules:
             lines = (folder / ".gitignore").read_text(errors="replace").splitlines()
         except OSError:  # none, or not readable: nothing ignored by it
             return self
+        from pathspec import GitIgnoreSpec  # 25 ms: not for every `heavy` command, nor a folder with no .gitignore
+
         return IgnoreRules((*self.specs, (folder, GitIgnoreSpec.from_lines(lines))))
 
     def ignores(self, path: Path, is_folder: bool) -> bool:
