@@ -177,7 +177,8 @@ def _pieces(text: str, start: int, end: int, breaks: tuple[str, ...]) -> Iterato
     """The (start, end) of each piece of `text[start:end]` with some text, in order: its paragraphs, and of one longer
     than PART_CHARS its lines, of a line its words, of a word slices of PART_CHARS."""
     if not breaks:
-        yield from ((at, min(at + PART_CHARS, end)) for at in range(start, end, PART_CHARS))
+        yield from ((at, min(at + PART_CHARS, end)) for at in range(start, end, PART_CHARS)
+                    if text[at:at + PART_CHARS].strip())
         return
     joint = breaks[0]
     while start < end:

@@ -120,7 +120,9 @@ class AddCounts(NamedTuple):
     added: int
     duplicates: int  # already indexed (from this file before, or from another)
     removed: int  # the source file's documents it no longer holds
-    replaced: int = 0  # documents of the source file given the new text of their place in it, keeping their ids
+    # documents of the source file given the new text of their place in it, or a part its new number (its title),
+    # keeping their ids
+    replaced: int = 0
 
 
 def _forget(db: sqlite3.Connection, file: str, kept: set[int]) -> int:
@@ -216,6 +218,7 @@ def _add(db: sqlite3.Connection, documents: Iterable[Document], source: str) -> 
         digest = content_hash(doc.title, doc.text)
         if found := db.execute("SELECT id FROM docs WHERE content_hash = ?", (digest,)).fetchone():
             doc_id = found[0]
+            counts["duplicates"] += 1
         elif not (source and is_part(doc.place)):  # a JSONL row: its place is the user's (and its file may be huge)
             place(doc, digest)
             continue
@@ -224,8 +227,8 @@ def _add(db: sqlite3.Connection, documents: Iterable[Document], source: str) -> 
             if (doc_id := held_parts.pop(doc_files.text_hash(doc.text), None)) is None or doc_id in kept:
                 new_parts.append((doc, digest))
                 continue
-            _replace(db, doc_id, doc, digest, now)  # its new title: "(part k of n)"
-        counts["duplicates"] += 1  # its text indexed already
+            _replace(db, doc_id, doc, digest, now)  # its new title: "(part k of n)", or a short file's new one
+            counts["replaced"] += 1
         _hold(db, source, doc_id, doc, kept)
     for doc, digest in new_parts:
         place(doc, digest)

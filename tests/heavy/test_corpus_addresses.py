@@ -173,6 +173,7 @@ def test_text_inserted_near_a_long_files_start_leaves_its_later_parts_at_their_a
     (root / "notebook.md").write_text(notebook([paragraphs[0], *section, *paragraphs[1:]]))
     report = corpus_add(root, index_path)
     assert report.added >= 1 and report.removed == 0
+    assert report.replaced == len(before)  # each old part has a new title, "(part k of n)"; the first, a new text too
     after = part_texts(index_path)
     assert [doc_id for doc_id, text in before.items() if after[doc_id] != text] == changed
     assert min(set(after) - set(before)) > max(before)  # the new parts' addresses are new
