@@ -14,21 +14,19 @@ Each call opens its own connection, so one index can be used from several thread
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from heavy.corpus import cjk, doc_files
-from heavy.corpus.documents import CorpusFormatError, Document, file_name, is_part
+from heavy.corpus.documents import CorpusFormatError, Document, file_name
 from heavy.corpus.folding import fold, tokenized_as_written
 from heavy.corpus.query import expression_words, match_expression
 from heavy.corpus.snippets import LONG_PAGE_CHARS, words_snippet
+from heavy.corpus.writes import AddCounts, add_cjk, add_documents, forget, indexed_as
 
 logger = logging.getLogger(__name__)
 
@@ -112,63 +110,6 @@ def indexed_documents(path: Path | str) -> int:
     return documents
 
 
-def content_hash(title: str, text: str) -> str:
-    return hashlib.sha256(f"{title}\n{text}".encode()).hexdigest()
-
-
-class AddCounts(NamedTuple):
-    added: int
-    duplicates: int  # already indexed (from this file before, or from another)
-    removed: int  # the source file's documents it no longer holds
-    # documents of the source file given the new text of their place in it, or a part its new number (its title),
-    # keeping their ids
-    replaced: int = 0
-
-
-def _forget(db: sqlite3.Connection, file: str, kept: set[int]) -> int:
-    """`file` no longer holds its documents outside `kept`; those no other file holds are deleted. How many were."""
-    gone = [doc_id for (doc_id,) in db.execute("SELECT doc_id FROM doc_files WHERE file = ?", (file,)).fetchall()
-            if doc_id not in kept]
-    db.executemany("DELETE FROM doc_files WHERE file = ? AND doc_id = ?", [(file, doc_id) for doc_id in gone])
-    orphans = [(doc_id, *_indexed(title, text)) for doc_id in gone for _, title, text in db.execute(
-        "SELECT id, title, text FROM docs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM doc_files WHERE doc_id = id)",
-        (doc_id,)).fetchall()]
-    # an external-content FTS5 table forgets a row only when told the values it indexed
-    db.executemany("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)", orphans)
-    db.executemany("DELETE FROM docs_cjk WHERE rowid = ?", [(doc_id,) for doc_id, _, _ in orphans])
-    db.executemany("DELETE FROM docs WHERE id = ?", [(doc_id,) for doc_id, _, _ in orphans])
-    return len(orphans)
-
-
-def _index_document(db: sqlite3.Connection, doc_id: int, doc: Document) -> None:
-    indexed = _indexed(doc.title, doc.text)
-    db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)", (doc_id, *indexed))
-    _add_cjk(db, doc_id, *indexed)
-
-
-def _replace(db: sqlite3.Connection, doc_id: int, doc: Document, digest: str, now: float) -> None:
-    """The document `doc_id` is now `doc`, at the same address."""
-    title, text = db.execute("SELECT title, text FROM docs WHERE id = ?", (doc_id,)).fetchone()
-    db.execute("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)",
-               (doc_id, *_indexed(title, text)))
-    db.execute("DELETE FROM docs_cjk WHERE rowid = ?", (doc_id,))
-    db.execute("UPDATE docs SET title = ?, text = ?, url = ?, origin = ?, content_hash = ?, added_at = ? WHERE id = ?",
-               (doc.title, doc.text, doc.url, doc.origin, digest, now, doc_id))
-    _index_document(db, doc_id, doc)
-
-
-def _indexed(title: str, text: str) -> tuple[str, str]:
-    """A document's title and text as docs_fts indexes them (and docs_cjk, as bigrams)."""
-    return fold(title), fold(text)
-
-
-def _add_cjk(db: sqlite3.Connection, doc_id: int, title: str, text: str) -> None:
-    """`title` and `text` as indexed (`_indexed`)."""
-    if cjk.has_cjk(title) or cjk.has_cjk(text):
-        db.execute("INSERT INTO docs_cjk (rowid, title, text) VALUES (?, ?, ?)",
-                   (doc_id, cjk.shadow_text(title), cjk.shadow_text(text)))
-
-
 def _upgrade(db: sqlite3.Connection, version: int) -> None:
     """Bring an index of `version` to SCHEMA_VERSION: before CJK_VERSION, index the bigrams of its documents holding
     CJK text; before FOLDED_VERSION, index folded the documents folding changes (the others are indexed as folded);
@@ -184,68 +125,10 @@ def _upgrade(db: sqlite3.Connection, version: int) -> None:
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _add(db: sqlite3.Connection, documents: Iterable[Document], source: str) -> AddCounts:
-    """Index documents. `source`: the file they all were read from; its documents added before and not among these
-    are removed (the file was edited: its old text must not be found beside the new), unless another file holds them
-    too. Content is stored once (by its hash), but a document's id, its address (/doc/<id>), stays with its text or
-    its place in the file: a file's part whose text it held before keeps that part's id, under its new number (text
-    inserted above it adds a part); a new text at a place the file held another before takes that document's id,
-    where no other file holds it. Ids are never given twice: a removed document's address is a 404, never another
-    page."""
-    counts = {"added": 0, "duplicates": 0, "replaced": 0}
-    kept: set[int] = set()
-    now = time.time()
-
-    def place(doc: Document, digest: str) -> None:
-        """A text not indexed yet: at the document its place held, else at a new id."""
-        if source and doc.place and (doc_id := doc_files.replaceable(db, source, doc.place, kept)) is not None:
-            _replace(db, doc_id, doc, digest, now)
-            counts["replaced"] += 1
-        else:
-            doc_id = db.execute(
-                "INSERT INTO docs (id, title, text, url, origin, content_hash, added_at) "
-                "SELECT id + 1, ?, ?, ?, ?, ?, ? FROM last_doc_id",
-                (doc.title, doc.text, doc.url, doc.origin, digest, now),
-            ).lastrowid
-            db.execute("UPDATE last_doc_id SET id = ?", (doc_id,))
-            _index_document(db, doc_id, doc)
-            counts["added"] += 1
-        _hold(db, source, doc_id, doc, kept)
-
-    held_parts: dict[str, int] | None = None  # the file's parts by their text's hash, read when first needed
-    new_parts: list[tuple[Document, str]] = []  # placed once every part held before has been found by its text
-    for doc in documents:
-        digest = content_hash(doc.title, doc.text)
-        if found := db.execute("SELECT id FROM docs WHERE content_hash = ?", (digest,)).fetchone():
-            doc_id = found[0]
-            counts["duplicates"] += 1
-        elif not (source and is_part(doc.place)):  # a JSONL row: its place is the user's (and its file may be huge)
-            place(doc, digest)
-            continue
-        else:
-            held_parts = doc_files.held_texts(db, source) if held_parts is None else held_parts
-            if (doc_id := held_parts.pop(doc_files.text_hash(doc.text), None)) is None or doc_id in kept:
-                new_parts.append((doc, digest))
-                continue
-            _replace(db, doc_id, doc, digest, now)  # its new title: "(part k of n)", or a short file's new one
-            counts["replaced"] += 1
-        _hold(db, source, doc_id, doc, kept)
-    for doc, digest in new_parts:
-        place(doc, digest)
-    return AddCounts(removed=_forget(db, source, kept) if source else 0, **counts)
-
-
-def _hold(db: sqlite3.Connection, source: str, doc_id: int, doc: Document, kept: set[int]) -> None:
-    """`source` holds `doc_id` at `doc`'s place (the first place it holds it at)."""
-    if source and doc_id not in kept:
-        kept.add(doc_id)
-        doc_files.hold(db, source, doc_id, doc.place)
-
-
 def _fold_documents(db: sqlite3.Connection, version: int) -> None:
     # read one at a time: a large corpus is not held whole
     for doc_id, title, text in db.execute("SELECT id, title, text FROM docs"):
-        indexed = _indexed(title, text)
+        indexed = indexed_as(title, text)
         if indexed != (title, text):  # indexed as written until FOLDED_VERSION
             db.execute("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)",
                        (doc_id, title, text))
@@ -253,7 +136,7 @@ def _fold_documents(db: sqlite3.Connection, version: int) -> None:
         elif version >= CJK_VERSION:
             continue
         db.execute("DELETE FROM docs_cjk WHERE rowid = ?", (doc_id,))
-        _add_cjk(db, doc_id, *indexed)
+        add_cjk(db, doc_id, *indexed)
 
 
 def _create_or_upgrade(db: sqlite3.Connection, path: Path) -> int:
@@ -343,7 +226,7 @@ class CorpusIndex:
                     db.execute("BEGIN IMMEDIATE")  # (SQLITE_BUSY, no wait) while another add commits
                 db.execute("SAVEPOINT file")
                 try:
-                    counts = _add(db, documents, source)
+                    counts = add_documents(db, documents, source)
                 except BaseException:
                     db.execute("ROLLBACK TO file")
                     raise
@@ -368,7 +251,7 @@ class CorpusIndex:
         with closing(self._connect_to_write()) as db, db:
             files = [file for (file,) in db.execute(
                 "SELECT DISTINCT file FROM doc_files WHERE substr(file, 1, ?) = ?", (len(prefix), prefix)).fetchall()]
-            return sum(_forget(db, file, set()) for file in files if file not in present and not file.startswith(kept))
+            return sum(forget(db, file, set()) for file in files if file not in present and not file.startswith(kept))
 
     def adopt_relative_files(self, scope: str) -> None:
         """Name absolutely (by `file_name`) the files recorded by the relative paths they were added by (an index
