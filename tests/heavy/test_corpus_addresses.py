@@ -185,3 +185,20 @@ def test_text_inserted_near_a_long_files_start_leaves_its_later_parts_at_their_a
     (root / "notebook.md").write_text(notebook(paragraphs))
     corpus_add(root, index_path)
     assert part_texts(index_path) == before
+
+
+def test_a_long_file_cut_every_6000_characters_before_keeps_its_part_numbers_addresses(tmp_path, monkeypatch):
+    # an index built before parts were cut where the text says: its long file is cut anew on its next add, each part
+    # number's address given the text that part holds now (no schema change: nothing to upgrade)
+    root, index_path = tmp_path / "docs", tmp_path / "index.sqlite"
+    root.mkdir()
+    (root / "notebook.md").write_text(notebook(entries(0, 60)))
+    monkeypatch.setattr("heavy.corpus.documents._split",
+                        lambda text: [text[at:at + 6_000].strip() for at in range(0, len(text), 6_000)])
+    corpus_add(root, index_path)
+    by_number = {title.split(" (part ")[1]: doc_id for title, doc_id in addresses(index_path).items()}
+    monkeypatch.undo()
+    report = corpus_add(root, index_path)
+    cut_anew = {title.split(" (part ")[1].split(" of ")[0]: doc_id for title, doc_id in addresses(index_path).items()}
+    assert len(cut_anew) > len(by_number) and report.replaced == len(by_number) and report.removed == 0
+    assert all(cut_anew[number.split(" of ")[0]] == doc_id for number, doc_id in by_number.items())
