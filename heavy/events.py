@@ -139,6 +139,12 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     return cls(**payload)
 
 
+class SinkUnreachable(Exception):
+    """A job's events or checkpoints could not be written: its store stayed unreachable past its retries. The run
+    stops, leaving the job as the store last saw it, to be resumed from there once the store is back, instead of
+    ending it (or a trajectory) for the store's fault."""
+
+
 class EventSink(Protocol):
     async def emit(self, event: Event) -> None: ...
 

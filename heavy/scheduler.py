@@ -32,7 +32,16 @@ from heavy.agent.budget import EXTERNAL_STOPS, GrantedBackend, until_stopped
 from heavy.agent.openings import focus_query
 from heavy.aggregate import REPORT_REQUEST, AggregationConfig, JobResult, aggregate, agreeing
 from heavy.config import Settings
-from heavy.events import Aggregating, EventSink, JobCancelled, JobFailed, JobStarted, NullSink, ReportReady
+from heavy.events import (
+    Aggregating,
+    EventSink,
+    JobCancelled,
+    JobFailed,
+    JobStarted,
+    NullSink,
+    ReportReady,
+    SinkUnreachable,
+)
 from heavy.llm.adjusted import with_priority
 from heavy.llm.served import usable_context
 from heavy.llm.types import LLMBackend, Sampling, Usage
@@ -212,6 +221,8 @@ class Scheduler:
             # what the backends counted: the aggregator's own sum leaves out its calls that failed, which it survives
             usage = control.spent + spec.earlier_usage
             result = replace(result, usage=usage, cost_usd=aggregation.cost_usd(usage))
+        except SinkUnreachable:  # not the job's failure: it is resumed once its store is back
+            raise
         except Exception as exc:
             await sink.emit(JobFailed(job_id=spec.job_id, error=f"{type(exc).__name__}: {exc}"))
             raise
@@ -299,6 +310,8 @@ class Scheduler:
                                              self.executor, sink=sink, stop=stop, job_budget=budget)
         try:
             return await trajectory.run()
+        except SinkUnreachable:  # the store, not the trajectory: the whole run stops and is resumed later
+            raise
         except Exception as exc:  # one broken trajectory must not sink the other seven
             log.exception("trajectory %s/%d crashed", spec.job_id, k)
             # what it had gathered and its best guess still go to the aggregator; its lane ends, saying why (it

@@ -18,9 +18,11 @@ import time
 import uuid
 from dataclasses import asdict
 
+from redis.exceptions import ResponseError
+
 from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import Settings
-from heavy.events import FanoutSink, JobFailed
+from heavy.events import FanoutSink, JobFailed, SinkUnreachable
 from heavy.llm.types import LLMBackend, Usage
 from heavy.metrics import ERRORS, JOB_SECONDS, JOBS_FINISHED, MetricsSink
 from heavy.scheduler import JobControl, JobSpec, Scheduler, trajectory_limits
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CONTROL_POLL_S = 0.2  # cancel is honoured within a second
 CLAIM_BLOCK_MS = 500
+CLAIM_RETRY_S = 1.0  # how soon a worker whose claim failed (Redis down) tries again
 SWEEP_S = 5.0  # how often a worker looks for callbacks whose sender died and for approvals run out
 MAX_ATTEMPTS = 3
 
@@ -84,8 +87,13 @@ class Worker:
                     await asyncio.wait([*self.running.values()], timeout=CLAIM_BLOCK_MS / 1000,
                                        return_when=asyncio.FIRST_COMPLETED)
                     continue
-                claims = await self.store.queue.claim_abandoned(self.name, lease_ms=self.lease_ms, count=free)
-                claims = claims or await self.store.queue.claim_new(self.name, count=free, block_ms=CLAIM_BLOCK_MS)
+                try:
+                    claims = await self._claim(free)
+                except Exception:  # Redis down past the store's retries, or back empty: keep the worker alive
+                    log.exception("claiming jobs failed; trying again")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), CLAIM_RETRY_S)
+                    continue
                 for claim in claims:
                     if claim.entry_id in self.running:  # our own job, idle while this loop stalled: keep running
                         continue
@@ -100,6 +108,15 @@ class Worker:
                 task.cancel()
             await asyncio.gather(renewer, sweeper, *self.running.values(), return_exceptions=True)
             log.info("worker %s stopped", self.name)
+
+    async def _claim(self, count: int) -> list[Claim]:
+        try:
+            claims = await self.store.queue.claim_abandoned(self.name, lease_ms=self.lease_ms, count=count)
+            return claims or await self.store.queue.claim_new(self.name, count=count, block_ms=CLAIM_BLOCK_MS)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # a Redis restarted without its data (no AOF): the queue starts again
+                await self.store.queue.ensure_group()
+            raise
 
     async def run_until_signalled(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
         """`run` until one of `signals` arrives (Kubernetes stops a pod with SIGTERM): the worker then stops
@@ -205,6 +222,8 @@ class Worker:
                     await asyncio.wait_for(jobs.update(job.id, allowed=(RUNNING, AGGREGATING), owner=self.name,
                                                        stops=job.stops + 1, earlier_usage=asdict(earlier)),
                                            SPENT_SAVE_TIMEOUT_S)
+            raise
+        except SinkUnreachable:  # Redis down past the store's retries: left unended, resumed after the lease
             raise
         except Exception as exc:  # charged what earlier attempts checkpointed too, as a finished job's usage is
             error = f"{type(exc).__name__}: {exc}"

@@ -14,7 +14,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from heavy.events import Event
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from heavy.events import Event, SinkUnreachable
 from heavy.store import JobStore, JobTakenOver
 from heavy.store.records import AGGREGATING, RUNNING, TERMINAL_EVENTS
 
@@ -76,3 +79,5 @@ class RedisEventSink:
             if self.on_taken_over is not None:
                 self.on_taken_over(exc)
             raise
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # the store's own retries ran out
+            raise SinkUnreachable(f"job {self.job_id}: Redis unreachable: {exc}") from exc

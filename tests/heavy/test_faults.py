@@ -4,6 +4,7 @@ checkpoints, no event lost or repeated), the API process killed and restarted wh
 comes back from the AOF and the job completes)."""
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,5 +224,56 @@ async def test_redis_restart_mid_job_state_comes_back_from_the_aof(tmp_path_fact
     finally:
         stop_worker.set()
         await worker
+        await store.aclose()
+        server.stop()
+
+
+def kill_redis(server: EmbeddedRedis, *, keep_data: bool) -> None:
+    """SIGKILL: no flush; without `keep_data` its AOF is gone too, as on a server run without persistence."""
+    server.process.kill()
+    server.process.wait()
+    server.process = None
+    if not keep_data:
+        shutil.rmtree(server.data_dir / "appendonlydir")
+
+
+async def test_redis_down_past_the_stores_retries_leaves_the_job_to_be_resumed_and_the_worker_claiming(
+        tmp_path_factory, key_prefix, caplog):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
+    store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
+    stop_worker = asyncio.Event()
+    slow = ScriptedBackend(researcher, delay_s=lambda r: 0.4)
+    worker = asyncio.create_task(Worker(store, slow, executor(), WORKER_SETTINGS, name="w").run(stop_worker))
+
+    def logged(text: str) -> bool:
+        return any(text in record.getMessage() for record in caplog.records)
+
+    async def outage_felt(job_id: str) -> bool:  # by the claim loop and by the job's run, both past their retries
+        return worker.done() or (logged("claiming jobs failed")
+                                 and (logged(f"job {job_id}: worker error") or logged("crashed")))
+    try:
+        job_id = await submit(store)
+        await wait_for(lambda: store.jobs.load_checkpoints(job_id, 3), timeout_s=30)
+        kill_redis(server, keep_data=True)
+        await wait_for(lambda: outage_felt(job_id), timeout_s=60)
+        server.start()
+        # the run the outage cut is resumed from the AOF's checkpoints: not failed, no trajectory crashed
+        job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
+        assert job.status == "done" and not worker.done()
+        assert_gap_free(events, trajectories=3)
+        _, result = await store.jobs.get_report(job_id)
+        assert [t["error"] for t in result["trajectories"]] == [None] * 3
+
+        # back without its data: the queue's group is made again, and new jobs run
+        caplog.clear()
+        kill_redis(server, keep_data=False)
+        await wait_for(lambda: asyncio.sleep(0, result=worker.done() or logged("claiming jobs failed")))
+        server.start()
+        job_id = await submit(store)
+        job, _ = await wait_for(lambda: finished(store, job_id), timeout_s=60)
+        assert job.status == "done" and not worker.done()
+    finally:
+        stop_worker.set()
+        await asyncio.gather(worker, return_exceptions=True)
         await store.aclose()
         server.stop()
