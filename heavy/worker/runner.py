@@ -89,8 +89,8 @@ class Worker:
                     continue
                 try:
                     claims = await self._claim(free)
-                except Exception:  # Redis down past the store's retries, or back empty: keep the worker alive
-                    log.exception("claiming jobs failed; trying again")
+                except Exception as exc:  # Redis down past the store's retries, or back empty: keep the worker alive
+                    log.warning("claiming jobs failed (%s: %s); trying again", type(exc).__name__, exc)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), CLAIM_RETRY_S)
                     continue
