@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -42,7 +43,9 @@ app.add_typer(jobs_app, name="jobs")
 register_service_commands(app)  # serve, worker, up, keys, store
 console = Console(stderr=True)  # progress, the board, notes: `heavy ask ... > report.md` keeps only the report
 # what a user can get wrong: a path, a corpus file, a HEAVY_* setting, a Redis that is not there
-USER_ERRORS = (OSError, CorpusFormatError, pydantic.ValidationError, redis.exceptions.ConnectionError)
+# sqlite3.OperationalError: the corpus index's disk is full, or the index is locked by another add
+USER_ERRORS = (OSError, CorpusFormatError, pydantic.ValidationError, redis.exceptions.ConnectionError,
+               sqlite3.OperationalError)
 
 
 def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecutor]:

@@ -228,10 +228,15 @@ class CorpusIndex:
                 try:
                     counts = add_documents(db, documents, source)
                 except BaseException:
-                    db.execute("ROLLBACK TO file")
+                    # a full disk (or a write error) rolls the whole transaction back itself, savepoint included:
+                    # undoing it again raised "no such savepoint", hiding the error and the traceback's cause
+                    if db.in_transaction:
+                        db.execute("ROLLBACK TO file")
+                        db.execute("RELEASE file")
+                    else:
+                        uncommitted = 0
                     raise
-                finally:
-                    db.execute("RELEASE file")
+                db.execute("RELEASE file")
                 if (uncommitted := uncommitted + 1) == COMMIT_FILES:
                     db.execute("COMMIT")
                     uncommitted = 0

@@ -1,8 +1,12 @@
 """A researcher's own folder through `heavy corpus add`: what each kind of file becomes, and what the add says."""
 
 import os
+import random
+import resource
+import signal
 import socket
 import sqlite3
+import string
 import struct
 import subprocess
 import sys
@@ -222,3 +226,29 @@ def test_a_folder_that_cannot_be_listed_is_named_and_its_files_are_not_forgotten
             "Kept", "Open"]
     finally:
         os.chmod(tmp_path / "docs" / "locked", 0o755)
+
+
+def test_an_add_the_disk_cannot_hold_says_why_in_one_line_and_keeps_what_the_index_held(tmp_path):
+    # sqlite rolls the whole transaction back itself when a write fails (a full disk), and the file's savepoint
+    # with it: undoing the savepoint again raised "no such savepoint: file", a traceback that hid the disk's error
+    docs, index = tmp_path / "docs", tmp_path / "index.sqlite"
+    docs.mkdir()
+    (docs / "kept.md").write_text("# Kept\n\nThe cryostat holds 4 K.")
+
+    def add(*, file_bytes: int):
+        def limit_files():  # as a full disk: a write past the limit fails (EFBIG) rather than killing the process
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+        return subprocess.run([sys.executable, "-m", "heavy.cli", "corpus", "add", str(docs), "--index", str(index)],
+                              capture_output=True, text=True, cwd=Path(__file__).parents[2], preexec_fn=limit_files,
+                              env={**os.environ, "PYTHONPATH": "."}, timeout=60)
+
+    assert add(file_bytes=resource.RLIM_INFINITY).returncode == 0
+    words = random.Random(0)
+    for k in range(20):  # 1.4 MB of text: more than the 200 KB the index may grow
+        (docs / f"big{k}.md").write_text(f"# Big {k}\n\n" + " ".join(
+            "".join(words.choices(string.ascii_lowercase, k=8)) for _ in range(8000)))
+    full = add(file_bytes=index.stat().st_size + 200_000)
+    assert full.returncode == 1 and full.stderr.strip() == "error: OperationalError: disk I/O error", full
+    assert [hit.title for hit in CorpusIndex(index).search("cryostat", k=5)] == ["Kept"]
+    assert CorpusIndex(index).count() == 1
