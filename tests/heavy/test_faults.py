@@ -1,7 +1,8 @@
 """Faults, each against real processes: a worker killed with SIGKILL mid-job (another finishes it from the
 checkpoints, no event lost or repeated), the API process killed and restarted while a client follows the events
-(the client reconnects with Last-Event-ID and misses nothing), and redis-server restarted mid-job (the job's state
-comes back from the AOF and the job completes)."""
+(the client reconnects with Last-Event-ID and misses nothing), redis-server restarted mid-job (the job's state
+comes back from the AOF and the job completes), and redis-server down for longer than the store's retries, with its
+AOF and without (the worker keeps claiming, the job it ran is resumed, not failed)."""
 
 import asyncio
 import shutil
