@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from heavy.agent import (
@@ -126,7 +126,10 @@ def trajectory_limits(settings: Settings, **job_values) -> TrajectoryLimits:
 class JobControl:
     """Handles the service holds on a running job."""
 
-    def __init__(self) -> None:
+    def __init__(self, save_aggregation: Callable[[Usage], Awaitable[None]] | None = None) -> None:
+        """`save_aggregation`: keeps what the aggregation spent so far, called after each of its model calls
+        (GrantedBackend's `save`)."""
+        self.save_aggregation = save_aggregation
         self.stop = StopSignal()
         self.cancelled = StopSignal()  # cancel() only: honoured while aggregating too, when `stop` is long set
         self.trajectories_usage: Usage | None = None  # what the trajectories spent, once they all ended
@@ -208,7 +211,8 @@ class Scheduler:
             # answer mode's judge is not hurried: its vote is the eval's path
             granted = GrantedBackend(with_priority(self.backend, spec.priority), budget, kept_for=REPORT_REQUEST,
                                      keep=reserve * (spec.mode == "report"),
-                                     stop=control.aggregating() if spec.mode == "report" else None)
+                                     stop=control.aggregating() if spec.mode == "report" else None,
+                                     save=control.save_aggregation)
             control.aggregator = granted
             try:  # a cancel while aggregating aborts the aggregator's model requests: no report
                 result = await until_stopped(

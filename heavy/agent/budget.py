@@ -146,17 +146,41 @@ class GrantedBackend:
     tokens: the reserve the trajectories left is the report pass's. `usage`: what its calls spent, those a cancel
     aborted included (what a job cancelled while aggregating is charged for them). Once `stop` is set (finish now,
     while aggregating), a request in flight is aborted and the rest are refused, each an LLMError: the report is
-    made at once of what is at hand."""
+    made at once of what is at hand. `save`, when given, is awaited with `usage` after each call that was not
+    cancelled, one at a time (the last with the latest): the worker keeps it in the job, so a worker killed while
+    aggregating loses at most the calls in flight."""
 
     def __init__(self, backend: LLMBackend, budget: JobTokenBudget, *, kept_for: str = "", keep: int = 0,
-                 stop: StopSignal | None = None) -> None:
+                 stop: StopSignal | None = None, save: Callable[[Usage], Awaitable[None]] | None = None) -> None:
         self.backend, self.budget, self.name = backend, budget, backend.name
         self.kept_for, self.keep = kept_for, keep
         self.stop = stop or StopSignal()
         self.usage = Usage()
+        self.save = save
+        self._saved = Usage()
+        self._saving = asyncio.Lock()
 
     async def chat(self, messages: list[Message], tools: list[dict] | None, sampling: Sampling, *, max_tokens: int,
                    **kwargs) -> Completion:
+        try:
+            completion = await self._granted_chat(messages, tools, sampling, max_tokens=max_tokens, **kwargs)
+        except Exception:  # a failed call's spend too; a cancelled one's is its canceller's to hand over
+            await self._save_usage()
+            raise
+        await self._save_usage()
+        return completion
+
+    async def _save_usage(self) -> None:
+        if self.save is None:
+            return
+        async with self._saving:  # concurrent calls' saves in order, so the last written is the latest usage
+            if self.usage != self._saved:
+                usage = self.usage
+                await self.save(usage)
+                self._saved = usage
+
+    async def _granted_chat(self, messages: list[Message], tools: list[dict] | None, sampling: Sampling, *,
+                            max_tokens: int, **kwargs) -> Completion:
         if kwargs.get("request_id") == self.kept_for:
             self.keep = 0
         if self.stop.is_set():

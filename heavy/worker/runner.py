@@ -200,7 +200,18 @@ class Worker:
             run.cancel()
 
         sink = await RedisEventSink.open(jobs, job.id, owner=self.name, on_taken_over=taken_over)
-        control = JobControl()
+
+        async def save_aggregation(spent: Usage) -> None:
+            """What this attempt's aggregation spent so far, with what earlier attempts handed over, kept in the
+            job after each aggregator call: a worker killed (or stalled past its lease) while aggregating loses at
+            most its calls in flight, and the worker aggregating again charges the rest."""
+            try:
+                await sink.fenced(jobs.update(job.id, allowed=(RUNNING, AGGREGATING), owner=self.name,
+                                              earlier_usage=asdict(spec.earlier_usage + spent)))
+            except Exception as exc:  # Redis away a moment: the next call's save writes it all (a refusal: another
+                log.warning("job %s: what its aggregation spent is not saved (%s)", job.id, exc)  # worker has it)
+
+        control = JobControl(save_aggregation)
 
         async def save(k: int, data: dict) -> None:
             await sink.fenced(jobs.save_checkpoint(job.id, k, data, owner=self.name))

@@ -166,6 +166,39 @@ async def test_worker_sigterm_while_aggregating_hands_what_its_aggregation_spent
             stop(rescuer)
 
 
+async def test_worker_sigkill_while_aggregating_leaves_what_its_answered_aggregator_calls_spent_to_the_next_worker(
+        store, redis_url, key_prefix):
+    doomed = subprocess.Popen([sys.executable, "-m", "tests.heavy.service_proc", "worker", redis_url, key_prefix,
+                               "doomed", "slow_claim_checks"], stdout=subprocess.PIPE, text=True)
+    rescuer = None
+    try:
+        job_id = await submit(store)
+        line = ""
+        while not line.startswith("in flight"):  # the report pass answered, its claim check sent
+            line = await asyncio.to_thread(doomed.stdout.readline)
+            assert line, "the worker ended before it checked a claim"
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        job = await store.jobs.get(job_id)
+        assert job.status == "aggregating" and job.worker == "doomed"
+        # nothing ran at the kill: the report pass's spend was kept in the job as it answered (the claim check in
+        # flight is lost with the worker)
+        assert job.earlier_usage == asdict(STEP_USAGE)
+
+        rescuer = spawn("worker", redis_url, key_prefix, "rescuer")
+        job, _ = await wait_for(lambda: finished(store, job_id), timeout_s=60)
+        assert (job.status, job.attempts, job.stops) == ("done", 2, 0)  # a death
+        _, result = await store.jobs.get_report(job_id)
+        # the trajectories (checkpointed), the rescuer's report pass and the killed worker's
+        trajectories = sum(t["tokens"] for t in result["trajectories"])
+        assert job.tokens == result["tokens"]["total"] == trajectories + 2 * STEP_USAGE.total_tokens
+        assert (await store.tenants.get("acme")).tokens_used == job.tokens
+    finally:
+        stop(doomed)
+        if rescuer:
+            stop(rescuer)
+
+
 async def test_api_restart_mid_job_clients_reconnect_and_lose_no_event(store, redis_url, key_prefix):
     key = await store.tenants.create_key("acme")
     port = free_port()
