@@ -166,10 +166,12 @@ async def test_worker_sigterm_while_aggregating_hands_what_its_aggregation_spent
             stop(rescuer)
 
 
-async def test_worker_sigkill_while_aggregating_leaves_what_its_answered_aggregator_calls_spent_to_the_next_worker(
-        store, redis_url, key_prefix):
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stalled_past_its_lease"])
+async def test_a_worker_killed_or_stalled_while_aggregating_leaves_what_its_answered_calls_spent_to_the_next_worker(
+        store, redis_url, key_prefix, fault):
     doomed = subprocess.Popen([sys.executable, "-m", "tests.heavy.service_proc", "worker", redis_url, key_prefix,
-                               "doomed", "slow_claim_checks"], stdout=subprocess.PIPE, text=True)
+                               "doomed", "slow_claim_checks"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
     rescuer = None
     try:
         job_id = await submit(store)
@@ -177,19 +179,24 @@ async def test_worker_sigkill_while_aggregating_leaves_what_its_answered_aggrega
         while not line.startswith("in flight"):  # the report pass answered, its claim check sent
             line = await asyncio.to_thread(doomed.stdout.readline)
             assert line, "the worker ended before it checked a claim"
-        doomed.send_signal(signal.SIGKILL)
-        doomed.wait()
+        doomed.send_signal(fault)
         job = await store.jobs.get(job_id)
         assert job.status == "aggregating" and job.worker == "doomed"
-        # nothing ran at the kill: the report pass's spend was kept in the job as it answered (the claim check in
-        # flight is lost with the worker)
+        # nothing runs at a kill or while stalled: the report pass's spend was kept in the job as it answered (the
+        # claim check in flight is lost with the worker)
         assert job.earlier_usage == asdict(STEP_USAGE)
 
         rescuer = spawn("worker", redis_url, key_prefix, "rescuer")
         job, _ = await wait_for(lambda: finished(store, job_id), timeout_s=60)
         assert (job.status, job.attempts, job.stops) == ("done", 2, 0)  # a death
+        if fault == signal.SIGSTOP:  # the stalled worker goes on, sees it lost the job and stops its run, unheard
+            doomed.send_signal(signal.SIGCONT)
+            while "taken over by another worker" not in line:
+                line = await asyncio.to_thread(doomed.stdout.readline)
+                assert line, "the stalled worker ended before it saw the job taken over"
+            assert await store.jobs.get(job_id) == job
         _, result = await store.jobs.get_report(job_id)
-        # the trajectories (checkpointed), the rescuer's report pass and the killed worker's
+        # the trajectories (checkpointed), the rescuer's report pass and the first worker's
         trajectories = sum(t["tokens"] for t in result["trajectories"])
         assert job.tokens == result["tokens"]["total"] == trajectories + 2 * STEP_USAGE.total_tokens
         assert (await store.tenants.get("acme")).tokens_used == job.tokens
