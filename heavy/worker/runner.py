@@ -185,8 +185,11 @@ class Worker:
         except InvalidTransition:  # cancelled between the claim and now
             await self.store.queue.ack(claim.entry_id)
             return
-        if job.attempts:
-            log.info("job %s: resuming (attempt %d)", job.id, job.attempts + 1)
+        # read again now that it is ours: what its last worker wrote until this claim fenced it off (the spend a
+        # worker stalled past its lease kept as it aggregated) is this attempt's to charge
+        job = await jobs.get(job.id)
+        if job.attempts > 1:
+            log.info("job %s: resuming (attempt %d)", job.id, job.attempts)
         tokens_left = job.token_grant  # reserved for it at submission (a held job's at approval)
         if not tokens_left:  # a job queued before grants existed: what its tenant has left
             tenant = await self.store.tenants.get(job.tenant)
