@@ -164,12 +164,18 @@ def ask(
         raise typer.Exit(1) from exc
     if result is None or result.status == "cancelled":
         console.print("[yellow]cancelled:[/yellow] no report")
+        if result is not None and json_out is not None:  # what it spent and cost: no report, but charged
+            _write_json(json_out, result)
         raise typer.Exit(130)  # as a shell reports a command ended by Ctrl-C
     print_report(result.markdown)
     _print_dropped(result)
     if json_out is not None:
-        json_out.write_text(result.to_json())
-        console.print(f"JSON result written to {json_out}", markup=False)
+        _write_json(json_out, result)
+
+
+def _write_json(path: Path, result: JobResult) -> None:
+    path.write_text(result.to_json())
+    console.print(f"JSON result written to {path}", markup=False)
 
 
 def _print_dropped(result: JobResult) -> None:

@@ -195,7 +195,7 @@ class Scheduler:
             control.trajectories_usage = sum((r.usage for r in results), Usage())
             if control.cancelled.is_set():  # also when the trajectories had stopped for another reason first
                 await sink.emit(JobCancelled(job_id=spec.job_id))
-                return _cancelled(spec, results, control.spent)
+                return _cancelled(spec, results, control.spent, self.aggregation)
             if results and all(r.stop_reason == "error" for r in results):
                 raise AllTrajectoriesFailed(
                     f"all {len(results)} trajectories failed, nothing to report; first error: {results[0].error}")
@@ -221,7 +221,7 @@ class Scheduler:
                     control.cancelled)
             except Stopped:  # what the aggregator's calls spent until then is charged with the trajectories'
                 await sink.emit(JobCancelled(job_id=spec.job_id))
-                return _cancelled(spec, results, control.spent)
+                return _cancelled(spec, results, control.spent, self.aggregation)
             # what the backends counted: the aggregator's own sum leaves out its calls that failed, which it survives
             usage = control.spent + spec.earlier_usage
             result = replace(result, usage=usage, cost_usd=aggregation.cost_usd(usage))
@@ -325,7 +325,10 @@ class Scheduler:
             return result
 
 
-def _cancelled(spec: JobSpec, results: Sequence[TrajectoryResult], spent: Usage) -> JobResult:
+def _cancelled(spec: JobSpec, results: Sequence[TrajectoryResult], spent: Usage,
+               aggregation: AggregationConfig) -> JobResult:
+    """No report, but what it spent and what that cost, as a finished job's are: charged all the same."""
+    usage = spent + spec.earlier_usage
     return JobResult(job_id=spec.job_id, question=spec.question, mode=spec.mode, status="cancelled", answer="",
                      agreement=0.0, markdown="", sources=(), trajectories=tuple(sorted(results, key=lambda r: r.index)),
-                     usage=spent + spec.earlier_usage, stop_reason="cancelled")
+                     usage=usage, cost_usd=aggregation.cost_usd(usage), stop_reason="cancelled")

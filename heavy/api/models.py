@@ -133,6 +133,8 @@ class JobPublic(BaseModel):
     attempts: int
     events: int = Field(description="events written so far: the last event id")
     tokens: int
+    cost_usd: float | None = Field(None, description="what its tokens cost at the deployment's prices (HEAVY_PRICE_"
+                                                     "PER_MTOK_*), once it ended; a cancelled job's too")
     stop_reason: str | None = None
     control: str | None = Field(None, description="a pending cancel or finish request")
     callback_url: str | None = Field(None, description="POSTed the job's state when it ends")

@@ -42,6 +42,7 @@ class JobRecord:
     control: str = ""  # "" | "cancel" | "finish": a request the running worker honours
     events: int = 0  # events written so far (the last sequence number)
     tokens: int = 0
+    cost_usd: float | None = None  # what its tokens cost at the deployment's prices, once ended (None: not known)
     token_grant: int = 0  # tokens reserved for it on its tenant while it runs (0: a job from before grants)
     # what earlier attempts spent that no checkpoint holds (an aggregation a worker's stop cut), as Usage's fields
     earlier_usage: dict[str, int] = field(default_factory=dict)
@@ -71,6 +72,7 @@ class JobRecord:
             attempts=int(data.get("attempts") or 0), stops=int(data.get("stops") or 0), worker=data.get("worker", ""),
             control=data.get("control", ""),
             events=int(data.get("events") or 0), tokens=int(data.get("tokens") or 0),
+            cost_usd=_float(data.get("cost_usd")),
             token_grant=int(data.get("token_grant") or 0),
             earlier_usage=json.loads(data.get("earlier_usage") or "{}"),
             stop_reason=data.get("stop_reason", ""), callback_url=data.get("callback_url", ""),
@@ -90,6 +92,7 @@ class JobRecord:
             "created_at": self.created,
             "updated_at": self.updated, "started_at": self.started, "finished_at": self.finished,
             "error": self.error or None, "attempts": self.attempts, "events": self.events, "tokens": self.tokens,
+            "cost_usd": self.cost_usd,
             "stop_reason": self.stop_reason or None, "control": self.control or None,
             "callback_url": self.callback_url or None, "callback_status": self.callback_status or None,
         }

@@ -244,10 +244,12 @@ class Worker:
             if sink.terminal is None:  # failed before the scheduler's own handler (writing job_started)
                 await sink.emit(JobFailed(job_id=job.id, error=error))
             # what the backends counted once the trajectories ended (failed and aborted requests, the aggregation's);
-            # a job failed before that, its steps' events
-            spent = (control.spent.total_tokens if control.spent is not None
-                     else checkpointed_tokens(saved) + sink.tokens) + spec.earlier_usage.total_tokens
-            await self._end(claim, job, FAILED, sink, tokens=spent, error=error)
+            # a job failed before that, its steps' events (whose cost is not known)
+            spent = control.spent + spec.earlier_usage if control.spent is not None else None
+            tokens = (spent.total_tokens if spent is not None
+                      else checkpointed_tokens(saved) + sink.tokens + spec.earlier_usage.total_tokens)
+            await self._end(claim, job, FAILED, sink, tokens=tokens, error=error,
+                            cost_usd=self.aggregation.cost_usd(spent) if spent is not None else None)
             return
         finally:
             watcher.cancel()
@@ -255,11 +257,11 @@ class Worker:
         await self._finish(claim, job, result, sink)
 
     async def _finish(self, claim: Claim, job: JobRecord, result: JobResult, sink: RedisEventSink) -> None:
-        tokens = result.usage.total_tokens
+        tokens, cost = result.usage.total_tokens, result.cost_usd
         if result.status == CANCELLED:
-            await self._end(claim, job, CANCELLED, sink, tokens=tokens, stop_reason="cancelled")
+            await self._end(claim, job, CANCELLED, sink, tokens=tokens, cost_usd=cost, stop_reason="cancelled")
             return
-        await self._end(claim, job, result.status, sink, tokens=tokens, stop_reason=result.stop_reason,
+        await self._end(claim, job, result.status, sink, tokens=tokens, cost_usd=cost, stop_reason=result.stop_reason,
                         report=(result.markdown, result.to_dict()))
 
     async def _end(self, claim: Claim, job: JobRecord, status: str, sink: RedisEventSink, *, tokens: int,

@@ -138,7 +138,8 @@ def _ask_in_a_process(tmp_path, base_url: str, *options: str) -> tuple[subproces
     (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in DOCS))
     corpus_add(tmp_path / "docs.jsonl", tmp_path / "corpus.sqlite")
     out = tmp_path / "result.json"
-    env = os.environ | {"HEAVY_OPENAI_BASE_URL": base_url, "HEAVY_SEARCH": "local"}
+    env = os.environ | {"HEAVY_OPENAI_BASE_URL": base_url, "HEAVY_SEARCH": "local", "HEAVY_PRICE_PER_MTOK_PROMPT": "3",
+                        "HEAVY_PRICE_PER_MTOK_COMPLETION": "15"}
     argv = [sys.executable, "-m", "heavy.cli", "ask", "Who directed Sinister?", "--trajectories", "2", "--backend",
             "openai", "--index", str(tmp_path / "corpus.sqlite"), "--json", str(out), *(options or ["--no-live"])]
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), out
@@ -174,7 +175,11 @@ def test_ctrl_c_twice_cancels_even_while_the_report_is_written(tmp_path, fake_ll
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output
     assert "cancelled: no report" in output and "Sources" not in output and "Traceback" not in output
-    assert not out.exists()
+    data = json.loads(out.read_text())  # no report, but what the job spent and what that cost: charged all the same
+    assert (data["status"], data["markdown"], data["sources"]) == ("cancelled", "", [])
+    tokens = data["tokens"]
+    assert tokens["total"] > 0 and data["cost_usd"] == pytest.approx((tokens["prompt"] * 3 + tokens["completion"] * 15)
+                                                                     / 1e6)
 
 
 @pytest.mark.parametrize("phase", ["heavy.cli.indexed_documents", "heavy.cli.make_backend"])

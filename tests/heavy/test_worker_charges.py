@@ -7,13 +7,115 @@ from dataclasses import asdict
 
 import pytest
 
+from heavy.llm.types import LLMError, Meter, Usage
 from heavy.store.records import AGGREGATING, RUNNING
 from heavy.worker import Worker
 from tests.heavy.api_helpers import app_for, client_for
 from tests.heavy.fakes import STEP_USAGE, ScriptedBackend
-from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, ended, executor, researcher, wait_for
+from tests.heavy.live_service import PRICED
+from tests.heavy.service_proc import CUT_USAGE
+from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, ended, executor, researcher, step_of, wait_for
 
 pytestmark = pytest.mark.anyio
+
+
+class ServerCount:
+    """The scripted server, counting at its end what it did: each reply's usage, and what a request cut or failed
+    had spent by then (its meter)."""
+
+    def __init__(self, backend: ScriptedBackend) -> None:
+        self.backend, self.name = backend, backend.name
+        self.spent = Usage()
+
+    async def chat(self, messages, tools, sampling, *, meter: Meter | None = None, **kwargs):
+        meter = meter or Meter()
+        try:
+            completion = await self.backend.chat(messages, tools, sampling, meter=meter, **kwargs)
+        except BaseException:
+            self.spent += meter.usage
+            raise
+        self.spent += completion.usage
+        return completion
+
+    def stream(self, *args, **kwargs):
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+def slow_after_first_search(request) -> float:
+    return 60 if request.trajectory >= 0 and step_of(request) >= 1 else 0
+
+
+def slow_aggregation(request) -> float:
+    return 60 if request.trajectory < 0 else 0
+
+
+def failing_trajectories(request):
+    if request.trajectory >= 0:
+        raise LLMError("HTTP 500")  # after its server worked: CUT_USAGE
+    return researcher(request)
+
+
+async def searched(client, job_id, backend):  # every trajectory's step after its first search sent, held
+    await wait_for(lambda: asyncio.sleep(0, result=sum(r.trajectory >= 0 and step_of(r) >= 1
+                                                       for r in backend.requests) == 3))
+
+
+async def aggregating(client, job_id, backend):
+    await wait_for(lambda: asyncio.sleep(0, result=any(r.trajectory < 0 for r in backend.requests)))
+
+
+def asking(action):
+    async def then(client, job_id, backend):
+        await (searched if action == "finish" else aggregating)(client, job_id, backend)
+        (await client.post(f"/v1/jobs/{job_id}/{action}")).raise_for_status()
+    return then
+
+
+async def cancelling_while_running(client, job_id, backend):
+    await searched(client, job_id, backend)
+    (await client.post(f"/v1/jobs/{job_id}/cancel")).raise_for_status()
+
+
+ENDINGS = {  # how the job ends: its script, its delays, what the test does meanwhile, its status and stop
+    "done": (researcher, lambda r: 0, None, {}, ("done", "all_done")),
+    "partial": (researcher, lambda r: 0, None, {"job_tokens": 2_000}, ("partial", "job_tokens")),
+    "finish_now": (researcher, slow_after_first_search, asking("finish"), {}, ("partial", "finish_now")),
+    "failed": (failing_trajectories, lambda r: 0, None, {}, ("failed", "")),
+    "cancelled": (researcher, slow_after_first_search, cancelling_while_running, {}, ("cancelled", "cancelled")),
+    "cancelled_aggregating": (researcher, slow_aggregation, asking("cancel"), {}, ("cancelled", "cancelled")),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+async def test_however_a_job_ends_its_tokens_and_cost_are_what_its_server_counted_and_its_tenant_is_charged_them(
+        store, ending):
+    script, delay_s, meanwhile, params, (status, stop_reason) = ENDINGS[ending]
+    server = ServerCount(ScriptedBackend(script, delay_s=delay_s, in_flight=lambda request: CUT_USAGE))
+    key = await store.tenants.create_key("acme")
+    stop = asyncio.Event()
+    worker = asyncio.create_task(Worker(store, server, executor(), PRICED, name="w").run(stop))
+    try:
+        async with client_for(app_for(store, PRICED), key.secret) as client:
+            job_id = (await client.post("/v1/jobs", json={**JOB, **params})).json()["id"]
+            if meanwhile is not None:
+                await meanwhile(client, job_id, server.backend)
+            await wait_for(lambda: ended(store, job_id))
+            shown = (await client.get(f"/v1/jobs/{job_id}")).json()
+    finally:
+        stop.set()
+        await worker
+    assert (shown["status"], shown["stop_reason"] or "") == (status, stop_reason)
+    spent = server.spent
+    assert spent.total_tokens > 0 and shown["tokens"] == spent.total_tokens
+    assert shown["cost_usd"] == pytest.approx((spent.prompt_tokens * PRICED.price_per_mtok_prompt
+                                               + spent.completion_tokens * PRICED.price_per_mtok_completion) / 1e6)
+    assert (await store.tenants.get("acme")).tokens_used == spent.total_tokens
+    report = await store.jobs.get_report(job_id)
+    if report is not None:
+        assert report[1]["tokens"]["total"] == spent.total_tokens and report[1]["cost_usd"] == shown["cost_usd"]
 
 
 async def test_a_worker_taking_a_job_over_charges_what_its_last_worker_kept_until_the_claim_fenced_it_off(
