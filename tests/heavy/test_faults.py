@@ -81,6 +81,11 @@ async def test_worker_sigkill_mid_job_another_worker_finishes_it(store, redis_ur
         assert events[-1]["type"] == "report_ready"
         markdown, result = await store.jobs.get_report(job_id)
         assert [t["steps"] for t in result["trajectories"]] == [3, 3, 3] and "argparse" in markdown
+        # charged their replies, each once (the third steps the kill cut are lost with the worker), and the
+        # tenant the same
+        assert [t["tokens"] for t in result["trajectories"]] == [2 * STEP_USAGE.total_tokens] * 3
+        tenant = await store.tenants.get("acme")
+        assert job.tokens == result["tokens"]["total"] == tenant.tokens_used and tenant.tokens_reserved == 0
 
         async def acked():  # the worker acks the queue entry after the job's end: a step behind it
             return await store.queue.pending() == 0
@@ -199,7 +204,8 @@ async def test_a_worker_killed_or_stalled_while_aggregating_leaves_what_its_answ
         # the trajectories (checkpointed), the rescuer's report pass and the first worker's
         trajectories = sum(t["tokens"] for t in result["trajectories"])
         assert job.tokens == result["tokens"]["total"] == trajectories + 2 * STEP_USAGE.total_tokens
-        assert (await store.tenants.get("acme")).tokens_used == job.tokens
+        tenant = await store.tenants.get("acme")
+        assert (tenant.tokens_used, tenant.tokens_reserved) == (job.tokens, 0)
     finally:
         stop(doomed)
         if rescuer:
