@@ -11,7 +11,7 @@ from heavy.llm.types import LLMError, Meter, Usage
 from heavy.store.records import AGGREGATING, RUNNING
 from heavy.worker import Worker
 from tests.heavy.api_helpers import app_for, client_for
-from tests.heavy.fakes import STEP_USAGE, ScriptedBackend
+from tests.heavy.fakes import STEP_USAGE, ScriptedBackend, call
 from tests.heavy.live_service import PRICED
 from tests.heavy.service_proc import CUT_USAGE
 from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, ended, executor, researcher, step_of, wait_for
@@ -58,6 +58,13 @@ def failing_trajectories(request):
     return researcher(request)
 
 
+def disagreeing(request):
+    """Each trajectory answers another module: the vote is spread, and the judge reads their pages."""
+    if request.trajectory >= 0 and not request.forced and step_of(request) >= 2:
+        return call("answer", answer=["argparse", "getopt", "optparse"][request.trajectory], confidence=0.9)
+    return researcher(request)
+
+
 async def searched(client, job_id, backend):  # every trajectory's step after its first search sent, held
     await wait_for(lambda: asyncio.sleep(0, result=sum(r.trajectory >= 0 and step_of(r) >= 1
                                                        for r in backend.requests) == 3))
@@ -81,6 +88,7 @@ async def cancelling_while_running(client, job_id, backend):
 
 ENDINGS = {  # how the job ends: its script, its delays, what the test does meanwhile, its status and stop
     "done": (researcher, lambda r: 0, None, {}, ("done", "all_done")),
+    "done_answer_mode": (disagreeing, lambda r: 0, None, {"mode": "answer"}, ("done", "all_done")),
     "partial": (researcher, lambda r: 0, None, {"job_tokens": 2_000}, ("partial", "job_tokens")),
     "finish_now": (researcher, slow_after_first_search, asking("finish"), {}, ("partial", "finish_now")),
     "failed": (failing_trajectories, lambda r: 0, None, {}, ("failed", "")),
