@@ -44,7 +44,8 @@ class JobRecord:
     tokens: int = 0
     cost_usd: float | None = None  # what its tokens cost at the deployment's prices, once ended (None: not known)
     token_grant: int = 0  # tokens reserved for it on its tenant while it runs (0: a job from before grants)
-    # what earlier attempts spent that no checkpoint holds (an aggregation a worker's stop cut), as Usage's fields
+    # what earlier attempts spent that no checkpoint holds (their aggregations: kept after each call, and a worker's
+    # stop adds the calls it cut), as Usage's fields
     earlier_usage: dict[str, int] = field(default_factory=dict)
     stop_reason: str = ""
     callback_url: str = ""  # POSTed when the job ends (heavy/webhooks.py)

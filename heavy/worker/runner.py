@@ -211,8 +211,8 @@ class Worker:
             try:
                 await sink.fenced(jobs.update(job.id, allowed=(RUNNING, AGGREGATING), owner=self.name,
                                               earlier_usage=asdict(spec.earlier_usage + spent)))
-            except Exception as exc:  # Redis away a moment: the next call's save writes it all (a refusal: another
-                log.warning("job %s: what its aggregation spent is not saved (%s)", job.id, exc)  # worker has it)
+            except Exception as exc:  # Redis away a moment: the next save writes it all; a refusal stopped the run
+                log.warning("job %s: what its aggregation spent is not saved (%s)", job.id, exc)
 
         control = JobControl(save_aggregation)
 
