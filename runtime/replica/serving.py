@@ -29,6 +29,7 @@ from runtime.engine.config import EngineConfig, check_context_held
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.models.registry import MODEL_TYPES
+from runtime.replica.local_ray import start_local_ray
 from runtime.replica.rank import EP_MODEL_TYPES, routed_experts
 from runtime.replica.replica import ReplicaActor, ReplicaSpec
 from runtime.replica.router import Availability, RouterActor, RouterConfig
@@ -157,7 +158,7 @@ def init_ray() -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
         return False
-    ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK)
+    start_local_ray()
     return True
 
 

@@ -43,7 +43,8 @@ def ray_cluster():
     rank actors of several replicas fit on a 2-core machine."""
     import ray
 
-    # address="local": our own instance even if another cluster runs on this machine
-    ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    from runtime.replica.local_ray import start_local_ray
+
+    start_local_ray(num_cpus=8, log_to_driver=False)  # our own instance even if another cluster runs here
     yield ray
     ray.shutdown()

@@ -1,0 +1,57 @@
+"""A private single-node Ray instance (`heavy up`, `python -m runtime serve` without RAY_ADDRESS) that listens only
+on loopback, with its auth token readable by its owner alone.
+
+Ray 2.60's `ray.init(_node_ip_address="127.0.0.1")` maps a loopback address back to the host's own address
+(`services.resolve_ip_for_localhost`), so GCS, the raylet, every worker's gRPC server, the runtime-env agent and the
+autoscaler monitor listened on all interfaces or on the host's address. Ray keeps loopback where its local-only mode
+is on (its default on macOS and Windows: `ray_constants.ENABLE_RAY_CLUSTER`, read from
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when ray is imported). That flag only picks the node's address in the driver,
+before the node starts (every process of the node is then passed `--node-ip-address=127.0.0.1`, and Ray's own
+servers bind to the node's address, or to loopback when that is loopback), so it is turned off for `ray.init` alone.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import ray
+from ray._private import ray_constants
+
+from runtime.distributed.group import LOOPBACK
+
+TOKEN_ENV_VARS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # a token named elsewhere: Ray reads no file of ours
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+TOKEN_BYTES = 32  # as Ray's own generator: 256 bits, hex
+
+
+def default_token_path() -> Path:
+    """Where Ray reads (and, finding none, writes) its auth token."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def keep_token_private(path: Path | None = None) -> None:
+    """Ray 2.60 writes ~/.ray/auth_token with the umask's mode (0644 usually): readable by every local user where the
+    home directory is. Write it ourselves first, 0600 in a 0700 folder, or take group/other bits off one Ray wrote."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" or any(os.environ.get(v) for v in TOKEN_ENV_VARS):
+        return
+    path = path or default_token_path()
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            path.chmod(PRIVATE_FILE)
+        return
+    path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)  # never another's file
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_hex(TOKEN_BYTES))
+
+
+def start_local_ray(**options) -> None:
+    """`ray.init` of a new local instance on loopback (no dashboard); `options` go to `ray.init` as they are."""
+    keep_token_private()
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False  # so that 127.0.0.1 stays the node's address
+    try:
+        ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK, **options)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode  # a later ray.init(address=cluster) finds its node's address
