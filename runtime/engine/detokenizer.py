@@ -18,6 +18,8 @@ class StopStringText:
         self._decoder = decoder
         self._stop = stop
         self._longest_stop = max((len(s) for s in stop), default=0)
+        self._fallback = [_prefix_function(s) for s in stop]
+        self._matched = [0] * len(stop)  # per stop: the longest end of `text` that is a proper prefix of it
         self.text = ""  # decoded so far, cut at a stop string once one appears
         self.emitted = 0  # characters of `text` already returned as deltas
         self.stopped = False
@@ -45,10 +47,35 @@ class StopStringText:
         if hits:
             self.text = self.text[: min(hits)]
             self.stopped = True
+            return
+        self._matched = [_advance(stop, fallback, matched, new_text)
+                         for stop, fallback, matched in zip(self._stop, self._fallback, self._matched, strict=True)]
 
     def _stop_prefix_len(self) -> int:
         """Length of the longest end of `text` that is a proper prefix of a stop string."""
-        for n in range(min(self._longest_stop - 1, len(self.text)), 0, -1):
-            if any(stop.startswith(self.text[-n:]) for stop in self._stop):
-                return n
-        return 0
+        return max(self._matched, default=0)
+
+
+def _prefix_function(stop: str) -> list[int]:
+    """KMP's table: [i] is the length of the longest proper prefix of stop[: i + 1] that also ends it."""
+    fallback = [0] * len(stop)
+    for i in range(1, len(stop)):
+        k = fallback[i - 1]
+        while k and stop[i] != stop[k]:
+            k = fallback[k - 1]
+        fallback[i] = k + (stop[i] == stop[k])
+    return fallback
+
+
+def _advance(stop: str, fallback: list[int], matched: int, new_text: str) -> int:
+    """The longest end of text + new_text that is a proper prefix of stop, from `matched`, that of text: amortised
+    O(len(new_text)), where comparing every end of the text with the stop is O(len(stop) ** 2) a call. new_text holds
+    no end of a whole stop string (_extend stops there), so `matched` stays below len(stop)."""
+    window = len(stop) - 1  # a proper prefix of stop at the end of the text lies within its last `window` chars
+    if len(new_text) >= window:
+        matched, new_text = 0, new_text[len(new_text) - window:]
+    for char in new_text:
+        while matched and stop[matched] != char:
+            matched = fallback[matched - 1]
+        matched += stop[matched] == char
+    return matched
