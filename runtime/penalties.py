@@ -27,8 +27,8 @@ def adjusted_logits(logits: torch.Tensor, params: SamplingParams, prompt_ids: Se
     """One row's logits [V] fp32 with the request's bias and penalties applied (a new tensor)."""
     row = logits.clone()
     if params.logit_bias:
-        ids, biases = zip(*params.logit_bias, strict=True)
-        row[list(ids)] += torch.tensor(biases, dtype=row.dtype, device=row.device)
+        ids, biases = params.logit_bias_tensors
+        row[ids.to(row.device)] += biases.to(row.device, row.dtype)  # [K]
     if params.repetition_penalty != 1.0:
         seen = torch.tensor(sorted({*prompt_ids, *completion_ids}), dtype=torch.long, device=row.device)
         values = row[seen]

@@ -7,6 +7,7 @@ the same logits give the same token whatever else is in the batch.
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -111,6 +112,12 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW_TEMPERATURE
+
+    @cached_property
+    def logit_bias_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """logit_bias as (token ids [K] long, biases [K] fp32) on the CPU, built once: applied at every token."""
+        ids, biases = zip(*self.logit_bias, strict=True) if self.logit_bias else ((), ())
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(biases, dtype=torch.float32)
 
     @property
     def adjusts_logits(self) -> bool:

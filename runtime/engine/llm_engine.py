@@ -88,8 +88,9 @@ class EngineTokenizer(Protocol):
 
 
 class _Request:
-    def __init__(self, seq: Sequence, text: StopStringText):
+    def __init__(self, seq: Sequence, text: StopStringText, stop_tokens: frozenset[int]):
         self.seq, self.text = seq, text
+        self.stop_tokens = stop_tokens  # EOS (unless ignored) and the request's stop ids: checked at every token
 
 
 class LLMEngine:
@@ -129,7 +130,9 @@ class LLMEngine:
             seq.matcher = self.check_structured(params)
         except StructuredOutputError as exc:
             raise RequestError(str(exc)) from None
-        self.requests[request_id] = _Request(seq, StopStringText(self.tokenizer.incremental_decoder(), params.stop))
+        stop_tokens = (frozenset() if params.ignore_eos else self.eos_token_ids) | frozenset(params.stop_token_ids)
+        text = StopStringText(self.tokenizer.incremental_decoder(), params.stop)
+        self.requests[request_id] = _Request(seq, text, stop_tokens)
         self.scheduler.add(seq)
         return request_id
 
@@ -193,8 +196,8 @@ class LLMEngine:
             if logprob is not None:
                 seq.logprobs.append(logprob)
             appended += 1
-            reason = self._finish_reason(seq, token)
-            if reason is None or token not in self._stop_tokens(seq):  # a stop token is not part of the text
+            reason = self._finish_reason(seq, token, request.stop_tokens)
+            if reason is None or token not in request.stop_tokens:  # a stop token is not part of the text
                 request.text.add(token)
             if request.text.stopped:  # also on the last allowed token: the text ended at the stop string
                 reason = FinishReason.STOP
@@ -216,12 +219,8 @@ class LLMEngine:
             prompt_logprobs=list(seq.prompt_logprobs) if asked_prompt else None,
         )
 
-    def _stop_tokens(self, seq: Sequence) -> frozenset[int]:
-        eos = frozenset() if seq.params.ignore_eos else self.eos_token_ids
-        return eos | frozenset(seq.params.stop_token_ids)
-
-    def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
-        if token in self._stop_tokens(seq):
+    def _finish_reason(self, seq: Sequence, token: int, stop_tokens: frozenset[int]) -> FinishReason | None:
+        if token in stop_tokens:
             return FinishReason.STOP
         if seq.num_completion_tokens >= seq.params.max_tokens or len(seq) >= self.max_model_len:
             return FinishReason.LENGTH
