@@ -34,6 +34,7 @@ from runtime.server.chat import (
     sampling_params,
     tool_plan,
 )
+from runtime.server.compile_gate import CompileGate
 from runtime.server.fanout import choice_params, interleaved, run_all
 from runtime.server.forced_calls import calls_before, forced_call
 from runtime.server.gate import RequestGate, default_max_body_bytes
@@ -89,9 +90,11 @@ def cancelled_on_disconnect(handler: Callable[..., Awaitable[Any]]) -> Callable[
 
 
 def create_app(engine: AsyncEngine, model_name: str, api_keys: Sequence[str] = (),
-               max_body_bytes: int | None = None) -> FastAPI:
+               max_body_bytes: int | None = None, compiles: CompileGate | None = None) -> FastAPI:
     """`api_keys`: one of them is required on every route but the probes and /metrics (none: open);
-    `max_body_bytes`: the largest request body taken (default: one prompt at the full context, gate.py)."""
+    `max_body_bytes`: the largest request body taken (default: one prompt at the full context, gate.py);
+    `compiles`: the bounds on compiling structured-output specs (default: compile_gate.py's)."""
+    compiles = compiles or CompileGate()
     app = FastAPI(title="heavy runtime", description="OpenAI-compatible chat completions over the heavy engine")
     app.add_middleware(RequestGate, api_keys=api_keys,
                        max_body_bytes=max_body_bytes or default_max_body_bytes(engine.engine.max_model_len))
@@ -164,10 +167,11 @@ def create_app(engine: AsyncEngine, model_name: str, api_keys: Sequence[str] = (
             engine.engine.check_request(prompt_ids)
         except RequestError as exc:
             raise ApiError(str(exc), param=request.prompt_param) from exc
+        param = request.structured_param or "tools"  # else: a forced call's grammar
         try:
-            engine.engine.check_structured(params)
+            compiles.check(engine.engine.check_structured, params, param)
         except StructuredOutputError as exc:
-            raise ApiError(str(exc), param=request.structured_param or "tools") from exc  # else: a forced call's
+            raise ApiError(str(exc), param=param) from exc
 
     @app.post("/v1/completions", responses={**REFUSALS, **STREAMED})
     @cancelled_on_disconnect

@@ -24,7 +24,8 @@ class ErrorResponse(BaseModel):
 REFUSALS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "an invalid request: `param` names the field"},
     404: {"model": ErrorResponse, "description": "a model this server does not serve"},
-    "default": {"model": ErrorResponse, "description": "a failure of the server (500)"},
+    "default": {"model": ErrorResponse,
+                "description": "a failure of the server (500), or every structured-output compile thread busy (503)"},
 }
 
 

@@ -57,10 +57,11 @@ class CharTokenizer(LetterTokenizer):
 
 
 @contextmanager
-def running_server(engine: AsyncEngine, model_name: str):
-    """Serve create_app(engine) on 127.0.0.1 in a thread; yields the base URL; shuts both down after."""
+def running_server(engine: AsyncEngine, model_name: str, **app_options):
+    """Serve create_app(engine, **app_options) on 127.0.0.1 in a thread; yields the base URL; shuts both down
+    after."""
     port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(engine, model_name), host="127.0.0.1", port=port,
+    uv = uvicorn.Server(uvicorn.Config(create_app(engine, model_name, **app_options), host="127.0.0.1", port=port,
                                        log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -76,12 +77,16 @@ def running_server(engine: AsyncEngine, model_name: str):
         engine.shutdown()
 
 
-@pytest.fixture(scope="module")
-def server():
+def tiny_engine() -> AsyncEngine:
     torch.manual_seed(0)
     config = EngineConfig(block_size=4, num_blocks=CONTEXT // 4 * 4, max_model_len=CONTEXT, max_num_seqs=8,
                           max_num_batched_tokens=128)
-    engine = AsyncEngine(LLMEngine(Qwen2ForCausalLM(TINY).eval(), CharTokenizer(), config))
+    return AsyncEngine(LLMEngine(Qwen2ForCausalLM(TINY).eval(), CharTokenizer(), config))
+
+
+@pytest.fixture(scope="module")
+def server():
+    engine = tiny_engine()
     with running_server(engine, MODEL_NAME) as url:
         yield url, engine
 

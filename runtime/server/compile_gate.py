@@ -1,0 +1,44 @@
+"""Bounds on compiling a request's structured-output spec (guided_json / guided_regex / guided_grammar /
+guided_choice / response_format, and a forced tool call's grammar): xgrammar's compile is CPU work whose cost the
+client picks (a regex such as `[a-z]{1,200}` takes seconds over a 151k-token vocabulary), and it cannot be stopped
+once begun. So a spec has a size cap, at most `workers` compile at once on the gate's own threads, and a request
+waits at most `timeout_s` for its compile: past that it is a 400 (its compile still ends on its thread, which is
+what keeps the CPU bounded), or a 503 when its compile never got a thread.
+"""
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from runtime.sampling import SamplingParams
+from runtime.server.protocol import ApiError
+
+MAX_SPEC_CHARS = 64 * 1024  # a JSON schema, regex or grammar; tools' schemas for a forced call included
+COMPILE_WORKERS = 2
+# the first structured request also reads the whole vocabulary (~7 s for 151k tokens on a loaded 2-core machine)
+COMPILE_TIMEOUT_S = 30.0
+
+
+class CompileGate:
+    def __init__(self, workers: int = COMPILE_WORKERS, timeout_s: float = COMPILE_TIMEOUT_S):
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="structured-compile")
+        self.timeout_s = timeout_s
+
+    def check(self, compile_spec: Callable[[SamplingParams], object], params: SamplingParams, param: str) -> None:
+        """compile_spec(params) (the engine's check_structured) under the gate's bounds, from a worker thread (it
+        blocks); `param` is the request field named in a refusal. Its own errors pass through."""
+        spec = params.structured
+        if spec is None:
+            return
+        if len(spec.spec) > MAX_SPEC_CHARS:
+            raise ApiError(f"the structured-output spec has {len(spec.spec)} characters; at most {MAX_SPEC_CHARS}",
+                           param=param)
+        compiling = self._pool.submit(compile_spec, params)
+        try:
+            compiling.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            if compiling.cancel():  # still queued: other requests' compiles held every thread
+                raise ApiError(f"every structured-output compile thread stayed busy for {self.timeout_s:g} s; "
+                               "retry later", status=503, error_type="server_error") from None
+            raise ApiError(f"the structured-output spec did not compile within {self.timeout_s:g} s: simplify it "
+                           "(bounded repetitions such as {1,200} expand into many states)", param=param) from None
