@@ -10,8 +10,10 @@ before the node starts (every process of the node is then passed `--node-ip-addr
 servers bind to the node's address, or to loopback when that is loopback), so it is turned off for `ray.init` alone.
 """
 
+import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import ray
@@ -36,14 +38,19 @@ def keep_token_private(path: Path | None = None) -> None:
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" or any(os.environ.get(v) for v in TOKEN_ENV_VARS):
         return
     path = path or default_token_path()
-    if path.exists():
-        if path.stat().st_mode & 0o077:
-            path.chmod(PRIVATE_FILE)
-        return
-    path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)  # never another's file
-    with os.fdopen(descriptor, "w") as file:
-        file.write(secrets.token_hex(TOKEN_BYTES))
+    if not path.exists():
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        descriptor, written = tempfile.mkstemp(dir=path.parent)  # 0600
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_hex(TOKEN_BYTES))
+            # whole or absent to a Ray starting meanwhile; a token another start wrote first stays
+            with contextlib.suppress(FileExistsError):
+                os.link(written, path)
+        finally:
+            os.unlink(written)
+    if path.stat().st_mode & 0o077:
+        path.chmod(PRIVATE_FILE)
 
 
 def start_local_ray(**options) -> None:

@@ -52,9 +52,15 @@ def test_the_local_ray_heavy_up_starts_listens_on_loopback_only_with_a_private_t
     assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
 
 
-def test_a_token_file_ray_wrote_readable_by_others_is_made_private(tmp_path, monkeypatch):
+@pytest.fixture
+def token_from_the_default_file(monkeypatch):
+    """Ray's default: token auth on, its token read from ~/.ray/auth_token."""
     for variable in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.mark.usefixtures("token_from_the_default_file")
+def test_a_token_file_ray_wrote_readable_by_others_is_made_private(tmp_path):
     token = tmp_path / "auth_token"
     token.write_text("0" * 64)
     token.chmod(0o644)
@@ -66,3 +72,11 @@ def test_no_token_file_is_written_when_ray_takes_its_token_from_the_environment(
     monkeypatch.setenv("RAY_AUTH_TOKEN", "a" * 64)
     keep_token_private(tmp_path / ".ray" / "auth_token")
     assert not (tmp_path / ".ray").exists()
+
+
+@pytest.mark.usefixtures("token_from_the_default_file")
+def test_a_missing_token_is_written_whole_and_private_in_a_private_folder(tmp_path):
+    token = tmp_path / ".ray" / "auth_token"
+    keep_token_private(token)
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    assert len(token.read_text()) == 64 and [p.name for p in token.parent.iterdir()] == ["auth_token"]
