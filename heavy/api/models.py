@@ -145,11 +145,12 @@ class JobPublic(BaseModel):
 class JobList(BaseModel):
     jobs: list[JobPublic]
     total: int
-    offset: int
+    offset: int = Field(description="how many jobs of the list come before the page's first (0: it starts at the "
+                                    "newest), as the page was read")
     limit: int
     links: dict[str, str] = Field(description="`self`, this page's URL; `next`, the next page's while jobs follow; "
                                               "`prev`, the previous page's after the first (the same query at "
-                                              "another offset)")
+                                              "another `cursor`)")
 
 
 class ReportSource(BaseModel):

@@ -15,6 +15,7 @@ from heavy.api.models import JobCreate, JobList, JobPublic, Report, plan_for
 from heavy.api.report_html import report_html
 from heavy.metrics import JOBS_SUBMITTED
 from heavy.store import JobRecord
+from heavy.store.job_list import Cursor, JobPage
 from heavy.store.records import ACTIVE, STATUSES
 from heavy.webhooks import deliver
 
@@ -70,30 +71,49 @@ async def submit_job(
 @router.get("", response_model=JobList, responses=error_responses())
 async def list_jobs(
     tenant: TenantDep, store: StoreDep, request: Request,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200, description="where the page is: opaque, from a page's "
+                                        "`links.next` or `links.prev`; it holds its place while jobs are submitted "
+                                        "or deleted")] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="where the page starts, by position (for clients "
+                                 "that build their own URLs: a job submitted or deleted between two reads moves "
+                                 "the pages by one); not with `cursor`")] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
     status: Annotated[str | None, Query(description="only jobs in these statuses, comma-separated "
                                                     "(e.g. queued,running); `active` names all unended ones")] = None,
 ) -> JobList:
     """The caller's jobs, newest first (`total` counts those the filter keeps); `links.next` is the next page's URL
-    while there is one."""
-    jobs, total = await store.jobs.list(tenant, offset=offset, limit=limit, statuses=_statuses(status))
-    return JobList(jobs=[public(j, request) for j in jobs], total=total, offset=offset, limit=limit,
-                   links=_page_links(request, offset, limit, total, status))
+    while there is one, `links.prev` the previous page's."""
+    at = _cursor(cursor, "offset" in request.query_params)
+    page = await store.jobs.page(tenant, offset=offset, limit=limit, statuses=_statuses(status), cursor=at)
+    return JobList(jobs=[public(j, request) for j in page.jobs], total=page.total, offset=page.position, limit=limit,
+                   links=_page_links(request, page, at, offset, limit, status))
 
 
-def _page_links(request: Request, offset: int, limit: int, total: int, status: str | None) -> dict[str, str]:
-    """This page's URL, the next one's while jobs follow, the previous one's after the first: the same query at
-    another offset (the status filter kept)."""
+def _cursor(token: str | None, with_offset: bool) -> Cursor | None:
+    if token is None:
+        return None
+    if with_offset:
+        raise HTTPException(422, "cursor: give a cursor or an offset, not both")
+    try:
+        return Cursor.decode(token)
+    except ValueError as exc:
+        raise HTTPException(422, f"cursor: {exc}") from None
 
-    def page(at: int) -> str:
-        query = {"offset": at, "limit": limit, **({"status": status} if status is not None else {})}
+
+def _page_links(request: Request, page: JobPage, at: Cursor | None, offset: int, limit: int,
+                status: str | None) -> dict[str, str]:
+    """This page's URL (as asked), the next one's while jobs follow, the previous one's after the first: the same
+    query at another cursor (the status filter kept)."""
+
+    def page_at(where: dict[str, str | int]) -> str:
+        query = {**where, "limit": limit, **({"status": status} if status is not None else {})}
         return f"{root_path(request)}/v1/jobs?{urlencode(query)}"
 
-    links = {"self": page(offset)}
-    if offset + limit < total and offset + limit <= MAX_OFFSET:
-        links["next"] = page(offset + limit)
-    if offset > 0:
-        links["prev"] = page(max(0, offset - limit))
+    links = {"self": page_at({"cursor": at.encode()} if at is not None else {"offset": offset})}
+    if page.older is not None:
+        links["next"] = page_at({"cursor": page.older.encode()})
+    if page.newer is not None:
+        links["prev"] = page_at({"cursor": page.newer.encode()})
     return links
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from heavy.store import scripts
 from heavy.store.connection import RedisClient
 from heavy.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, JobTakenOver
-from heavy.store.job_list import READ_BATCH, JobList
+from heavy.store.job_list import READ_BATCH, Cursor, JobList, JobPage
 from heavy.store.keys import Keys
 from heavy.store.records import (
     ACTIVE,
@@ -144,10 +144,18 @@ class JobStore:
 
     async def list(self, tenant: str, *, offset: int = 0, limit: int = 20,
                    statuses: Collection[str] = ()) -> tuple[list[JobRecord], int]:
-        """The tenant's jobs, newest first, and how many it has; with `statuses`, only jobs in one of them (and how
-        many are), read from the tenant's status sets. A job whose keys expired (retention) leaves the list and the
-        sets before the page is read (and, for one ended before the expiring set, as a page meets it)."""
-        ids, total = await self.listing.page(tenant, offset, limit, statuses)
+        """The tenant's jobs from `offset`, newest first, and how many it has (JobStore.page)."""
+        page = await self.page(tenant, offset=offset, limit=limit, statuses=statuses)
+        return page.jobs, page.total
+
+    async def page(self, tenant: str, *, limit: int = 20, statuses: Collection[str] = (), offset: int = 0,
+                   cursor: Cursor | None = None) -> JobPage:
+        """The tenant's jobs, newest first, from `offset` or at `cursor`, how many it has and where the pages
+        around are; with `statuses`, only jobs in one of them (and how many are), read from the tenant's status
+        sets. A job whose keys expired (retention) leaves the list and the sets before the page is read (and, for
+        one ended before the expiring set, as a page meets it)."""
+        listed = await self.listing.page(tenant, limit, statuses, offset=offset, cursor=cursor)
+        ids = [job_id for job_id, _ in listed.entries]
         rows = await self._hashes(ids)
         # Expired jobs, and (with `statuses`) jobs whose status moved between the two reads or a process older
         # than the sets changed: left out of the page, and their entries mended.
@@ -155,7 +163,7 @@ class JobStore:
                      if not row or (statuses and row["status"] not in statuses)]:
             await self.listing.reindex(tenant, stale)
         kept = [JobRecord.from_hash(row) for row in rows if row and (not statuses or row["status"] in statuses)]
-        return kept, total - len(stale)
+        return JobPage(kept, listed.total - len(stale), listed.position, listed.newer(cursor), listed.older())
 
     async def _hashes(self, ids: list[str]) -> list[dict[str, str]]:
         async with self.redis.pipeline(transaction=False) as pipe:

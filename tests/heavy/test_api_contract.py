@@ -5,6 +5,7 @@ the operation documents, its content type one documented for that status, its bo
 
 import asyncio
 import json
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -93,6 +94,12 @@ async def test_every_documented_operation_answers_as_documented(service, store):
         for params, status in [({}, 200), ({"status": "done,cancelled", "limit": 2, "offset": 1}, 200),
                                ({"status": "active"}, 200), ({"status": "bogus"}, 422), ({"limit": 0}, 422)]:
             assert (await call("GET", JOBS, params=params)).status_code == status, params
+        first = (await call("GET", JOBS, params={"limit": 1})).json()
+        cursor = parse_qs(urlsplit(first["links"]["next"]).query)["cursor"][0]  # the next page, as a client asks
+        following = (await call("GET", JOBS, params={"cursor": cursor, "limit": 1})).json()
+        assert following["offset"] == 1 and following["links"]["prev"].startswith(f"{JOBS}?cursor=")
+        for params in ({"cursor": "bogus"}, {"cursor": cursor, "offset": 1}):
+            assert (await call("GET", JOBS, params=params)).status_code == 422, params
         assert (await call("DELETE", JOB_PATH, done_id)).status_code == 204
         for method, template in sorted(contract.operations()):
             if "{job_id}" in template:

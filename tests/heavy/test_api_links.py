@@ -40,11 +40,14 @@ async def test_pages_link_on_and_every_url_carries_the_proxys_prefix(service, st
             listed += [job["id"] for job in page["jobs"]]
             url = page["links"].get("next")
         assert listed == held[::-1]  # newest first, each once
+        cursor = pages[0]["next"].split("cursor=")[1].split("&")[0]  # opaque: the links hold it
         assert pages == [
             {"self": f"{PREFIX}/v1/jobs?offset=0&limit=4&status=awaiting_approval",
-             "next": f"{PREFIX}/v1/jobs?offset=4&limit=4&status=awaiting_approval"},
-            {"self": f"{PREFIX}/v1/jobs?offset=4&limit=4&status=awaiting_approval",
-             "prev": f"{PREFIX}/v1/jobs?offset=0&limit=4&status=awaiting_approval"}]
+             "next": f"{PREFIX}/v1/jobs?cursor={cursor}&limit=4&status=awaiting_approval"},
+            {"self": f"{PREFIX}/v1/jobs?cursor={cursor}&limit=4&status=awaiting_approval",
+             "prev": pages[1]["prev"]}]
+        assert pages[1]["prev"].startswith(f"{PREFIX}/v1/jobs?cursor=")
+        assert pages[1]["prev"].endswith("&limit=4&status=awaiting_approval")
 
         # /docs, under the prefix too, gets its own policy (Swagger UI starts from an inline script)
         docs = await client.get("/docs")

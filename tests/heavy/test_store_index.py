@@ -68,11 +68,27 @@ async def test_a_filtered_page_is_the_page_of_the_list_filtered(store):
         await store.redis.zadd(jobs.keys.tenant_jobs("acme"), {job.id: 1e12})
         await store.redis.zadd(jobs.keys.tenant_status_jobs("acme", QUEUED), {job.id: 1e12})
     everything, _ = await jobs.list("acme", limit=100)
+    assert await pages_by_cursor(jobs, (), limit=2) == [job.id for job in everything]
     for statuses in ({DONE}, {DONE, FAILED}, {QUEUED, FAILED}, set(ACTIVE)):
         expected = [job.id for job in everything if job.status in statuses]
         for offset, limit in ((0, 2), (1, 3), (4, 100), (20, 5)):
             page, total = await jobs.list("acme", offset=offset, limit=limit, statuses=statuses)
             assert ([job.id for job in page], total) == (expected[offset : offset + limit], len(expected))
+        assert await pages_by_cursor(jobs, statuses, limit=2) == expected
+
+
+async def pages_by_cursor(jobs: JobStore, statuses, limit: int) -> list[str]:
+    """The filtered list read page by page at each page's `older` cursor, then read back at each `newer` one: each
+    page read back is the one read, and where it is counted right."""
+    pages = [await jobs.page("acme", limit=limit, statuses=statuses)]
+    while pages[-1].older:
+        pages.append(await jobs.page("acme", limit=limit, statuses=statuses, cursor=pages[-1].older))
+    back = pages[-1]
+    for page in pages[-2::-1]:
+        back = await jobs.page("acme", limit=limit, statuses=statuses, cursor=back.newer)
+        assert (back.jobs, back.position) == (page.jobs, page.position)
+    assert back.newer is None and [page.position for page in pages] == list(range(0, len(pages) * limit, limit))
+    return [job.id for page in pages for job in page.jobs]
 
 
 async def test_jobs_made_before_the_status_sets_are_put_on_them(store):
