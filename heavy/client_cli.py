@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import typer
@@ -175,9 +177,12 @@ def submit(
 @jobs_app.command("list")
 def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
               status: Annotated[str | None, typer.Option(help="only these statuses, comma-separated "
-                                                              "(active: all unended)")] = None) -> None:
-    """Your jobs, newest first: a table on a terminal, tab-separated lines otherwise (for scripts)."""
-    params = {"limit": limit, **({"status": status} if status else {})}
+                                                              "(active: all unended)")] = None,
+              cursor: Annotated[str | None, typer.Option(help="where the page is: the one the previous list "
+                                                              "named for older jobs")] = None) -> None:
+    """Your jobs, newest first: a table on a terminal, tab-separated lines otherwise (for scripts); while older jobs
+    follow, stderr says how to list them (a cursor, which holds its place as jobs are submitted or deleted)."""
+    params = {"limit": limit, **({"status": status} if status else {}), **({"cursor": cursor} if cursor else {})}
     page = _run(lambda: _api(ctx).call("GET", "/v1/jobs", params=params).json())
     rows = [(job["id"], job["status"], job["mode"], str(job["tokens"]),
              local_minute(job["created_at"]), job["question"])
@@ -185,15 +190,19 @@ def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=
     if not console.is_terminal:
         for row in rows:
             typer.echo("\t".join(row))
-        return
-    table = Table(title=f"{page['total']} job(s)")
-    for column in ("id", "status", "mode", "tokens", "created"):  # whole: an id is what the other commands take
-        table.add_column(column, no_wrap=True)
-    table.add_column("question", overflow="fold")
-    for row in rows:
-        # a question's "[/x]" is text, not markup (which raised); its control characters are not obeyed
-        table.add_row(*(Text(terminal_safe(cell)) for cell in row))
-    console.print(table)
+    else:
+        table = Table(title=f"{page['total']} job(s)")
+        for column in ("id", "status", "mode", "tokens", "created"):  # whole: an id is what the other commands take
+            table.add_column(column, no_wrap=True)
+        table.add_column("question", overflow="fold")
+        for row in rows:
+            # a question's "[/x]" is text, not markup (which raised); its control characters are not obeyed
+            table.add_row(*(Text(terminal_safe(cell)) for cell in row))
+        console.print(table)
+    if "next" in page["links"]:
+        older = parse_qs(urlsplit(page["links"]["next"]).query)["cursor"][0]
+        options = f" --limit {limit}" * (limit != 20) + f" --status {shlex.quote(status)}" * bool(status)
+        board_console.print(f"older jobs: heavy jobs list{options} --cursor {older}", style="dim", soft_wrap=True)
 
 
 @jobs_app.command("show")

@@ -49,6 +49,19 @@ async def test_submit_and_watch_to_the_report_then_list_show_and_delete(service,
     assert gone.exit_code == 1 and "404 not_found" in gone.output and "Traceback" not in gone.output
 
 
+async def test_list_names_the_cursor_of_older_jobs_which_holds_its_place(service, store):
+    key = (await store.tenants.create_key("acme")).secret
+    held = [(await store.jobs.submit("acme", question=f"q{i}", mode="report", params={}, review=True))[0].id
+            for i in range(3)]
+    first = await heavy(service, key, "list", "--limit", "2", "--status", "awaiting_approval")
+    assert [line.split("\t")[0] for line in first.stdout.splitlines()] == held[:0:-1]
+    command = first.stderr.strip().removeprefix("older jobs: ")
+    assert command.startswith("heavy jobs list --limit 2 --status awaiting_approval --cursor "), first.stderr
+    await store.jobs.submit("acme", question="newer", mode="report", params={}, review=True)  # moves no page
+    older = await heavy(service, key, *command.split()[2:])
+    assert [line.split("\t")[0] for line in older.stdout.splitlines()] == held[:1] and older.stderr == ""
+
+
 async def test_what_the_api_refuses_is_one_line(service, store):
     key = (await store.tenants.create_key("acme")).secret
     wrong_key = await heavy(service, "hv_wrong", "list")
