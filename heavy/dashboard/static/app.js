@@ -12,7 +12,11 @@ let follower = null; // the AbortController of the open event stream
 let listTimer = null;
 let generation = 0; // bumped on every route: a view opened by an older route must not start a second follower
 const PAGE = 50; // jobs a list page shows
-let listOffset = 0; // where the list's page starts (0: the newest jobs)
+// Where the list's page is: the cursor of the page before's links.next (null: the newest jobs). A cursor holds its
+// place while jobs are submitted above it (an offset moved with them: a page polled again showed other jobs).
+let listCursor = null;
+let olderCursor = null; // the shown page's links.next cursor, null when no older jobs follow
+let newerCursors = []; // the cursors of the pages "newer" goes back to, the last one first
 let listRequest = 0; // the latest list request: an older one answering late must not draw over it
 
 class ApiError extends Error {
@@ -60,15 +64,17 @@ async function refreshJobs() {
   const status = $("status-filter").value;
   const asked = ++listRequest;
   try {
-    const page = await api(`v1/jobs?limit=${PAGE}&offset=${listOffset}${status ? `&status=${status}` : ""}`);
+    const at = listCursor ? `&cursor=${encodeURIComponent(listCursor)}` : "";
+    const page = await api(`v1/jobs?limit=${PAGE}${at}${status ? `&status=${status}` : ""}`);
     if (asked !== listRequest) return;
-    if (listOffset > 0 && listOffset >= page.total) { listOffset = 0; return refreshJobs(); } // jobs left meanwhile
+    if (listCursor && !page.jobs.length) { listCursor = null; newerCursors = []; return refreshJobs(); } // jobs left
     $("tenant-status").textContent = `${page.total} job(s)${status ? ` ${status}` : ""}`;
-    const last = Math.min(listOffset + page.jobs.length, page.total);
-    $("page-info").textContent = page.total > PAGE ? `${listOffset + 1}–${last} of ${page.total}` : "";
-    $("newer").hidden = $("older").hidden = page.total <= PAGE;
-    $("newer").disabled = listOffset === 0;
-    $("older").disabled = listOffset + PAGE >= page.total;
+    const shown = `${page.offset + 1}–${page.offset + page.jobs.length} of ${page.total}`;
+    $("page-info").textContent = page.total > PAGE || listCursor ? shown : "";
+    $("newer").hidden = $("older").hidden = page.total <= PAGE && !listCursor;
+    olderCursor = page.links.next ? new URL(page.links.next, location.href).searchParams.get("cursor") : null;
+    $("newer").disabled = !listCursor;
+    $("older").disabled = !olderCursor;
     $("jobs").querySelector("tbody").innerHTML = page.jobs.map((job) => `
       <tr data-id="${job.id}"><td><a href="#/jobs/${job.id}">${escapeHtml(job.question)}</a></td>
       <td class="status-${job.status}">${job.status}</td><td>${job.mode}</td><td>${job.tokens}</td>
@@ -297,9 +303,15 @@ $("submit-form").addEventListener("submit", async (e) => {
     location.hash = `#/jobs/${job.id}`;
   } catch (error) { $("submit-error").textContent = error.message; }
 });
-$("status-filter").addEventListener("change", () => { listOffset = 0; refreshJobs(); });
-$("newer").addEventListener("click", () => { listOffset = Math.max(0, listOffset - PAGE); refreshJobs(); });
-$("older").addEventListener("click", () => { listOffset += PAGE; refreshJobs(); });
+$("status-filter").addEventListener("change", () => { listCursor = null; newerCursors = []; refreshJobs(); });
+// newer: back to the page older came from (at the top, the newest jobs, those submitted since included)
+$("newer").addEventListener("click", () => { listCursor = newerCursors.pop() ?? null; refreshJobs(); });
+$("older").addEventListener("click", () => {
+  if (!olderCursor) return;
+  newerCursors.push(listCursor);
+  listCursor = olderCursor;
+  refreshJobs();
+});
 $("jobs").addEventListener("click", (e) => {
   // the whole row for a pointer; the question's link for the keyboard (and screen readers)
   const row = e.target.closest("tr[data-id]");
