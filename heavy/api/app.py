@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -16,12 +15,10 @@ from heavy.api import routes_events, routes_jobs, routes_ops
 from heavy.api.docs import install_docs
 from heavy.api.errors import install_error_handlers
 from heavy.api.event_hub import EventHub
-from heavy.api.middleware import BodySizeLimit, RequestMetrics, SecurityHeaders
+from heavy.api.middleware import DASHBOARD, BodySizeLimit, RequestMetrics, SecurityHeaders
 from heavy.api.open_streams import OpenStreams
 from heavy.config import Settings
 from heavy.store import Store
-
-DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard" / "static"
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:

@@ -18,12 +18,13 @@ HOP_BY_HOP = {b"host", b"connection", b"transfer-encoding", b"keep-alive"}  # ea
 
 def stripping_proxy(upstream: str):
     """An ASGI app passing each request under PREFIX on to `upstream` without the prefix, streamed both ways (an
-    event stream goes through as it comes); anything else is a 404, as outside a proxy's location."""
+    event stream goes through as it comes); PREFIX itself is passed on as `/`, as Traefik's StripPrefix or an
+    ingress's rewrite does; anything else is a 404, as outside a proxy's location."""
     client = httpx.AsyncClient(base_url=upstream, timeout=None)
 
     async def app(scope, receive, send) -> None:
         path = scope["raw_path"].decode()
-        if not path.startswith(f"{PREFIX}/"):
+        if path != PREFIX and not path.startswith(f"{PREFIX}/"):
             await send({"type": "http.response.start", "status": 404, "headers": []})
             return await send({"type": "http.response.body", "body": b"outside the prefix"})
         body, more = b"", True
@@ -31,7 +32,8 @@ def stripping_proxy(upstream: str):
             message = await receive()
             body, more = body + message.get("body", b""), message.get("more_body", False)
         query = scope["query_string"].decode()
-        request = client.build_request(scope["method"], path.removeprefix(PREFIX) + (f"?{query}" if query else ""),
+        passed_on = (path.removeprefix(PREFIX) or "/") + (f"?{query}" if query else "")
+        request = client.build_request(scope["method"], passed_on,
                                        headers=[(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP],
                                        content=body)
         response = await client.send(request, stream=True)
@@ -90,3 +92,14 @@ async def test_sign_in_list_and_a_followed_job_under_the_proxys_prefix(service, 
     events = f"{proxy}{PREFIX}/v1/jobs/{job.id}/events"
     assert events in asked and f"{proxy}{PREFIX}/style.css" in asked
     assert [url for url in asked if not url.startswith(f"{proxy}{PREFIX}/")] == []
+
+
+async def test_the_prefix_without_its_slash_opens_the_dashboard_at_the_prefix_with_it(proxy, page):
+    """The proxy passes `/` on for both, so only the page knows which the browser asked for: at the prefix without
+    its slash, its relative URLs (app.js, v1/...) would resolve outside the prefix."""
+    await page.goto(f"{proxy}{PREFIX}?from=bookmark#/")
+    await page.wait_for_selector("#sign-in-form", state="visible")  # app.js loaded and ran
+    assert page.url == f"{proxy}{PREFIX}/?from=bookmark#/"
+    await page.goto(f"{proxy}{PREFIX}/index.html")  # the page by its name: already under the prefix, not moved
+    await page.wait_for_selector("#sign-in-form", state="visible")
+    assert page.url == f"{proxy}{PREFIX}/index.html"
