@@ -122,7 +122,8 @@ class Settings(BaseSettings):
     # jobs a tenant may hold for review at once (they take no slot or grant, but Redis keeps each): more are a 429
     tenant_max_held_jobs: int = Field(32, ge=1)
     # event streams a tenant may have open at once, over all API processes (a dashboard's job page, `heavy jobs
-    # watch`): more are a 429; a stream is counted until it ends, or for up to 30 s after its API process died
+    # watch`): more are a 429; a stream is counted until it ends, or for up to 30 s after its API process died.
+    # A tenant's own cap (`heavy keys create --max-streams`) wins, as its job and token limits do
     tenant_max_streams: int = Field(64, ge=1)
     webhook_allow: tuple[str, ...] = ()  # "ip:port" callback receivers allowed although not public addresses
     webhook_timeout_s: float = Field(10.0, gt=0)  # one attempt of a callback, whole (address check and POST)

@@ -136,10 +136,13 @@ def keys_create(
     name: Annotated[str, typer.Option(help="a label for the key")] = "",
     max_jobs: Annotated[int | None, typer.Option(min=1, help="concurrent jobs of the tenant")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="tokens the tenant may spend")] = None,
+    max_streams: Annotated[int | None, typer.Option(min=1, help="event streams the tenant may have open at once "
+                                                               "(default HEAVY_TENANT_MAX_STREAMS)")] = None,
 ) -> None:
-    """Create an API key for TENANT; the key is printed once and cannot be shown again."""
+    """Create an API key for TENANT; the key is printed once and cannot be shown again. The limits given are the
+    tenant's, for all its keys."""
     async def create(store):
-        await store.tenants.set_limits(tenant, max_jobs=max_jobs, max_tokens=max_tokens)
+        await store.tenants.set_limits(tenant, max_jobs=max_jobs, max_tokens=max_tokens, max_streams=max_streams)
         return await store.tenants.create_key(tenant, name)
     try:
         key = _with_store(create)

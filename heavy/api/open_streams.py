@@ -1,7 +1,7 @@
 """This API process's open event streams and their leases on the tenants' counts in Redis (heavy/store/streams.py):
-a tenant may have `tenant_max_streams` open across all API processes. A lease is taken as a stream opens (past the
-cap: a 429), renewed while the stream is open, and dropped as it ends, however it ends; a process that dies leaves
-leases that lapse within LEASE_S."""
+a tenant may have `tenant_max_streams` open across all API processes, or as many as its own cap says (`heavy keys
+create --max-streams`). A lease is taken as a stream opens (past the cap: a 429), renewed while the stream is open,
+and dropped as it ends, however it ends; a process that dies leaves leases that lapse within LEASE_S."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ class OpenStreams:
     async def open(self, tenant: str) -> str:
         """A lease on a new stream of the tenant's, named by what this returns; QuotaExceeded at its cap."""
         stream = next(self._names)
-        if (wait_s := await self.leases.acquire(tenant, stream, self.cap)) is not None:
-            raise QuotaExceeded("streams", f"tenant {tenant!r} is at its limit of {self.cap} open event streams: "
+        if (refused := await self.leases.acquire(tenant, stream, self.cap)) is not None:
+            wait_s, cap = refused
+            raise QuotaExceeded("streams", f"tenant {tenant!r} is at its limit of {cap} open event streams: "
                                            "close one first", wait_s)
         self._open[stream] = tenant
         if self._renewal is None:

@@ -13,19 +13,21 @@ from heavy.store.keys import Keys
 LEASE_S = 30.0  # an open stream's lease lasts this long unless renewed: how long a dead process's streams count
 RENEW_S = LEASE_S / 3  # how often a process renews its open streams' leases (two renewals may fail in a row)
 
-# KEYS: the tenant's streams set; ARGV: member, the tenant's cap, lease ms -> {1, 0} when the stream may open (its
-# lease taken), else {0, ms until the earliest lease lapses unless renewed}
+# KEYS: the tenant's streams set, the tenant's hash; ARGV: member, the deployment's cap (the tenant's own, its hash's
+# max_streams, wins), lease ms -> {1, 0, cap} when the stream may open (its lease taken), else {0, ms until the
+# earliest lease lapses unless renewed, cap}
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local cap = tonumber(redis.call('HGET', KEYS[2], 'max_streams') or ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+if redis.call('ZCARD', KEYS[1]) >= cap then
   local earliest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, tonumber(earliest[2]) - now}
+  return {0, tonumber(earliest[2]) - now, cap}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, 0}
+return {1, 0, cap}
 """
 
 # KEYS: tenants' streams sets; ARGV: lease ms, then for each set the number of its members and those members ->
@@ -49,12 +51,14 @@ class StreamLeases:
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
 
-    async def acquire(self, tenant: str, member: str, cap: int) -> float | None:
-        """Take a lease on a stream `member` of the tenant's: None when taken, else (the tenant has `cap` streams
-        open) the seconds until its earliest lease lapses unless renewed, at least 1."""
-        taken, wait_ms = await self._acquire(keys=[self.keys.tenant_streams(tenant)],
-                                             args=[member, cap, int(LEASE_S * 1000)])
-        return None if taken else max(1.0, math.ceil(int(wait_ms) / 1000))
+    async def acquire(self, tenant: str, member: str, cap: int) -> tuple[float, int] | None:
+        """Take a lease on a stream `member` of the tenant's: None when taken, else (the tenant has its cap of
+        streams open: its own, else `cap`) the seconds until its earliest lease lapses unless renewed, at least 1,
+        and that cap."""
+        taken, wait_ms, held_cap = await self._acquire(keys=[self.keys.tenant_streams(tenant),
+                                                             self.keys.tenant(tenant)],
+                                                       args=[member, cap, int(LEASE_S * 1000)])
+        return None if taken else (max(1.0, math.ceil(int(wait_ms) / 1000)), int(held_cap))
 
     async def renew(self, members: dict[str, list[str]]) -> None:
         """Extend the leases of the open streams, tenant -> members, in one round trip (one script: on a cluster

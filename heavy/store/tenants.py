@@ -1,5 +1,5 @@
 """Tenants and their API keys. A key is shown once at creation; Redis keeps only its sha256, mapped to the
-tenant. Each tenant has limits (concurrent jobs, tokens) and a running token count."""
+tenant. Each tenant has limits (concurrent jobs, tokens, open event streams) and a running token count."""
 
 from __future__ import annotations
 
@@ -98,9 +98,12 @@ class TenantStore:
                 return key
         raise UnknownApiKey(f"no API key with id {key_id!r}")
 
-    async def set_limits(self, tenant: str, *, max_jobs: int | None = None, max_tokens: int | None = None) -> None:
-        limits = {name: value for name, value in (("max_jobs", max_jobs), ("max_tokens", max_tokens))
-                  if value is not None}
+    async def set_limits(self, tenant: str, *, max_jobs: int | None = None, max_tokens: int | None = None,
+                         max_streams: int | None = None) -> None:
+        """The tenant's own limits, over the deployment's (HEAVY_TENANT_MAX_JOBS, _TOKENS, _STREAMS); None keeps
+        what it has."""
+        limits = {name: value for name, value in (("max_jobs", max_jobs), ("max_tokens", max_tokens),
+                                                  ("max_streams", max_streams)) if value is not None}
         if limits:
             await self.redis.hset(self.keys.tenant(tenant), mapping=limits)
 

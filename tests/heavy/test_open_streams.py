@@ -41,3 +41,23 @@ async def test_an_open_streams_lease_is_renewed_until_it_ends(store, monkeypatch
     await wait_for(dropped)
     streams.close(await streams.open("acme"))  # its place was free
     await wait_for(dropped)
+
+
+async def test_a_tenants_own_stream_cap_wins_over_the_deployments(store, monkeypatch):
+    """Set on the tenant as its job and token limits are (`heavy keys create --max-streams`), on every API process."""
+    monkeypatch.setattr(open_streams, "RENEW_S", 0.05)
+    await store.tenants.set_limits("acme", max_streams=2)
+    streams = OpenStreams(store.streams, cap=1)
+    opened = [await streams.open("acme"), await streams.open("acme")]
+    with pytest.raises(QuotaExceeded, match="limit of 2 open event streams"):
+        await streams.open("acme")
+    opened.append(await streams.open("globex"))  # another tenant: the deployment's cap
+    with pytest.raises(QuotaExceeded, match="limit of 1 open event streams"):
+        await streams.open("globex")
+    for stream in opened:
+        streams.close(stream)
+    await wait_for(lambda: _none_open(streams))
+
+
+async def _none_open(streams: OpenStreams) -> bool:
+    return streams._renewal is None

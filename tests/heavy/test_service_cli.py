@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager, nullcontext
 from types import SimpleNamespace
 
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from heavy.cli import app
 from heavy.config import Settings, get_settings
 from heavy.corpus.commands import corpus_add
+from heavy.store import Keys
 
 
 def test_keys_create_prints_only_the_key_on_stdout(redis_url, monkeypatch):
@@ -23,12 +25,14 @@ def test_keys_create_prints_only_the_key_on_stdout(redis_url, monkeypatch):
     get_settings.cache_clear()
     tenant = f"cli-[/x]-{os.getpid()}-{time.monotonic_ns()}"  # brackets: a name, not rich markup
     try:
-        created = CliRunner().invoke(app, ["keys", "create", tenant, "--name", "ci"])
+        created = CliRunner().invoke(app, ["keys", "create", tenant, "--name", "ci", "--max-streams", "3"])
     finally:
         get_settings.cache_clear()
     assert created.exit_code == 0, created.output
     assert re.fullmatch(r"hv_\S+\n", created.stdout), created.stdout
     assert f"for tenant {tenant}" in created.stderr
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:  # the tenant's own cap (open_streams.py)
+        assert client.hget(Keys().tenant(tenant), "max_streams") == "3"
 
 
 def capture_searched_index(monkeypatch, target: str) -> list:
