@@ -73,10 +73,18 @@ def state_of(trajectory: Trajectory) -> dict[str, Any]:
         "output_rejected": trajectory.output_rejected,
         "title_rejected": trajectory.title_rejected,
         "unsaid_forced": trajectory.unsaid_forced,
-        "counted_per_estimated": trajectory.requests.counted_per_estimated,
+        **_counted_per_estimated(trajectory),
         "context_tokens": trajectory.requests.context_tokens,
         "tool_calls": _tool_calls(trajectory),
     }
+
+
+def _counted_per_estimated(trajectory: Trajectory) -> dict[str, float]:
+    """The trajectory's ratio, left out until a reply showed it: workers before b036a45 read a missing one as
+    1.0 and failed the job on a null (TypeError), so a job such a worker takes over during a rolling upgrade or a
+    downgrade, in its trajectories' first model request, would fail."""
+    ratio = trajectory.requests.counted_per_estimated
+    return {} if ratio is None else {"counted_per_estimated": ratio}
 
 
 def _tool_calls(trajectory: Trajectory) -> dict[str, int]:
@@ -147,8 +155,7 @@ class CheckpointedTrajectory(Trajectory):
         trajectory a second time (the scheduler's done for a crash, counted twice by the metrics)."""
         try:
             await self.save(self.spec.index, {"kind": "result", "result": result_to_dict(result),
-                                              "tool_calls": _tool_calls(self),
-                                              "counted_per_estimated": self.requests.counted_per_estimated,
+                                              "tool_calls": _tool_calls(self), **_counted_per_estimated(self),
                                               "context_tokens": self.requests.context_tokens})
         except Exception as exc:
             log.warning("trajectory %s/%d: its result is not checkpointed (%s); a worker taking the job over runs it "

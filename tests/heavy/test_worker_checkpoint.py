@@ -39,7 +39,8 @@ async def test_every_mutable_attribute_is_checkpointed():
     made, _ = trajectory()
     # tool_calls: the executor's count of this trajectory's calls (the job's caps), not an attribute of its own
     mutable = (set(vars(made)) - WIRING) | (set(vars(made.requests)) - REQUESTS_WIRING)
-    assert mutable == set(state_of(made)) - {"kind", "tool_calls"}
+    # counted_per_estimated: saved once a reply showed it (test_a_checkpoint_before_any_reply_...)
+    assert mutable == set(state_of(made)) - {"kind", "tool_calls"} | {"counted_per_estimated"}
 
 
 async def test_a_restored_trajectorys_tool_calls_still_count_against_the_jobs_caps():
@@ -101,12 +102,34 @@ async def test_a_restored_trajectory_gives_the_job_what_its_server_counted_per_e
         assert budget.served_context is None  # no refusal showed the server's context smaller
     budget = JobTokenBudget(10_000)
     trajectory(saved=saves[0], budget=budget)  # after the opening search: no reply showed the ratio
-    assert saves[0]["counted_per_estimated"] is None and budget.counted_per_estimated is None
+    assert "counted_per_estimated" not in saves[0] and budget.counted_per_estimated is None
     assert saves[-1]["context_tokens"] == SPEC.limits.context_tokens
     for saved in (saves[1], saves[-1]):  # a refusal had shown it (the report pass is fitted to it)
         budget = JobTokenBudget(10_000)
         trajectory(saved={**saved, "context_tokens": 3000}, budget=budget)
         assert budget.served_context == 3000, saved["kind"]
+
+
+async def test_a_checkpoint_before_any_reply_is_one_an_older_worker_can_resume():
+    """During a rolling upgrade or a downgrade a worker of before b036a45 may take the job over. It restores the
+    ratio as `saved.get("counted_per_estimated", 1.0)` and compares and calibrates with it: a null there failed the
+    job (TypeError), as a trajectory cut in its first model request (by its worker's stop, or the worker's death
+    after the opening search's checkpoint) had saved it. A checkpoint leaves it out until a reply showed it."""
+    backend = ScriptedBackend(researcher, delay_s=lambda request: 60.0 if step_of(request) == 1 else 0.0,
+                              in_flight=lambda request: Usage(prompt_tokens=100, completion_tokens=7))
+    first, saves = trajectory(backend=backend)
+    running = asyncio.create_task(first.run())
+    while not backend.requests:  # the first model request is in flight
+        await asyncio.sleep(0.01)
+    running.cancel()  # the worker stops
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert [s["kind"] for s in saves] == ["state", "state"]  # the opening search's, again with the cut request
+    for saved in saves:
+        assert isinstance(saved.get("counted_per_estimated", 1.0), float)  # as the older worker reads it
+    budget = JobTokenBudget(10_000)
+    trajectory(saved=saves[-1], budget=budget)  # this worker still reads it as not known
+    assert budget.counted_per_estimated is None
 
 
 async def test_a_trajectory_cut_by_its_workers_stop_saves_its_last_checkpoint_again_with_what_it_spent_since():
