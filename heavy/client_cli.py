@@ -233,6 +233,8 @@ def _follow(api: Api, job_id: str, board: LiveBoard) -> None:
     for data in api.events(job_id):
         if data["type"] in ("job_failed", "job_cancelled"):
             board.stage = data["type"].removeprefix("job_") + (f": {data['error']}" if data.get("error") else "")
+        elif data["type"] == "report_ready":  # told in full below when this client can read the event
+            board.stage = "report ready"
         with contextlib.suppress(ValueError, TypeError):  # an event of a newer service than this client: not drawn
             board.apply(event_from_dict({k: v for k, v in data.items() if k != "seq"}))
         if board.live is not None:

@@ -1,14 +1,16 @@
 """Typed, versioned job events and the async sink they are written to.
 
 Each event is a frozen dataclass with a `type` (the Redis stream event type of design.md) and serialises to
-a flat JSON object carrying `schema_version`, so consumers (the Redis store, SSE, the CLI) can evolve apart.
+a flat JSON object carrying `schema_version`, so consumers (the Redis store, SSE, the CLI) can evolve apart: within
+a version an event only gains fields, each with a default, and a reader passes over the fields it does not know (a
+CLI older than the service it follows); a change an older reader cannot pass over takes a new version.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Protocol
 
 SCHEMA_VERSION = 1
@@ -127,16 +129,16 @@ EVENT_TYPES: dict[str, type[Event]] = {
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
-    """Inverse of `Event.to_dict` (what a Redis consumer calls)."""
-    payload = dict(data)
-    kind, version = payload.pop("type"), payload.pop("schema_version", SCHEMA_VERSION)
+    """Inverse of `Event.to_dict` (what a Redis consumer calls); fields a newer service added are passed over."""
+    kind, version = data["type"], data.get("schema_version", SCHEMA_VERSION)
     if version > SCHEMA_VERSION:
         raise ValueError(f"event schema version {version} is newer than this code ({SCHEMA_VERSION})")
     try:
         cls = EVENT_TYPES[kind]
     except KeyError:
         raise ValueError(f"unknown event type {kind!r}") from None
-    return cls(**payload)
+    known = {f.name for f in fields(cls) if f.init}
+    return cls(**{name: value for name, value in data.items() if name in known})
 
 
 class SinkUnreachable(Exception):

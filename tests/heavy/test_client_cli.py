@@ -115,6 +115,33 @@ async def test_a_watch_of_a_job_that_ends_without_a_report_exits_1(service, stor
     assert f"error: job {job.id} was cancelled: no report" in watched.output and "Traceback" not in watched.output
 
 
+async def test_a_watch_passes_over_what_a_newer_service_added_to_its_events(service, store):
+    """A CLI older than the service it follows (clients upgrade last, if ever). b74daab's CLI refused whole every
+    trajectory_done and report_ready of session 45's service, which had gained a field each: its watch of a done
+    job drew no lane's end and exited 1, 'aggregating (all_done): no report'. A field it does not know is passed
+    over; a report_ready of a newer schema version, which it cannot read at all, still ends the watch with the
+    report."""
+    key = (await store.tenants.create_key("acme")).secret
+    job, _ = await store.jobs.submit("acme", question=QUESTION, mode="report",
+                                     params={"trajectories": 1, "max_steps": 4, "step_tokens": 64,
+                                             "trajectory_tokens": 10_000, "job_tokens": 50_000, "deadline_s": 120,
+                                             "tools": ["search"]})
+    await wait_for(lambda: ended(store, job.id))
+    stream = store.jobs.keys.events(job.id)
+    for change in ({"added_later": "x"}, {"schema_version": 99}):  # as a newer service would have written them
+        entries = await store.redis.xrange(stream)
+        await store.redis.delete(stream)
+        for entry_id, fields in entries:
+            event = json.loads(fields["event"])
+            if "added_later" in change or event["type"] == "report_ready":
+                event = {**event, **change}
+            await store.redis.xadd(stream, {**fields, "event": json.dumps(event)}, id=entry_id)
+        watched = await heavy(service, key, "watch", job.id)
+        assert watched.exit_code == 0, (change, watched.output)
+        assert "report ready" in watched.output and "argparse" in watched.output.split("report ready", 1)[1]
+        assert "answer: argparse" in watched.output  # the lane's trajectory_done was drawn
+
+
 async def test_a_job_submitted_for_review_waits_until_approved_from_the_cli(service, store):
     key = (await store.tenants.create_key("acme")).secret
     held = await heavy(service, key, "submit", QUESTION, "--trajectories", "1", "--max-steps", "2", "--step-tokens",

@@ -20,6 +20,12 @@ def test_events_round_trip_through_json_dicts():
     assert event_from_dict(data) == event
 
 
+def test_fields_a_newer_service_added_are_passed_over():
+    event = ToolResultEvent(job_id="j", trajectory=2, step=1, call_id="c", tool="search", ok=True, chars=10,
+                            truncated=False, sources=[{"url": "http://a"}])
+    assert event_from_dict({**event.to_dict(), "added_later": 1, "seq": 5}) == event
+
+
 def test_newer_schema_versions_are_refused():
     data = JobStarted(job_id="j", question="q", mode="answer", trajectories=8).to_dict()
     with pytest.raises(ValueError, match="newer"):
