@@ -139,11 +139,14 @@ def _fold_documents(db: sqlite3.Connection, version: int) -> None:
         add_cjk(db, doc_id, *indexed)
 
 
-def _create_or_upgrade(db: sqlite3.Connection, path: Path) -> int:
+def _create_or_upgrade(db: sqlite3.Connection, path: Path, writing: bool) -> int:
     """Create the tables, or bring an index built by an older heavy to SCHEMA_VERSION (once: a concurrent opener
     waits for the write lock, then finds the version set). The version the index is searched as: an older index we
-    may not write (a read-only volume) keeps its own and is searched as it was built."""
-    if (found := db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
+    may not write (a read-only volume) keeps its own and is searched as it was built. One of FOLDED_VERSION is
+    upgraded only to be written: what it lacks (places) is for adding to it, and a worker that searched it would
+    have made it an index the older workers sharing it (a rolling upgrade) refuse."""
+    found = db.execute("PRAGMA user_version").fetchone()[0]
+    if found == SCHEMA_VERSION or (FOLDED_VERSION <= found < SCHEMA_VERSION and not writing):
         return found
     try:
         db.execute("BEGIN IMMEDIATE")
@@ -183,7 +186,7 @@ class CorpusIndex:
         self.keep_function_words = keep_function_words
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
-            version = _create_or_upgrade(db, self.path)
+            version = _create_or_upgrade(db, self.path, writing=False)
         self.cjk_searchable = version >= CJK_VERSION
         self.folds_queries = version >= FOLDED_VERSION  # as the index folds its documents
 
@@ -193,10 +196,11 @@ class CorpusIndex:
         return db
 
     def _connect_to_write(self) -> sqlite3.Connection:
-        """A connection, doc_files made first if the index has none: made on a write, not on opening, so that
-        searching an index built before it needs no write access."""
+        """A connection, the index upgraded and doc_files made first if it has none: on a write, not on opening, so
+        that searching an index built before them needs no write access."""
         db = self._connect()
         try:
+            _create_or_upgrade(db, self.path, writing=True)
             if not doc_files.exists(db):
                 with db:
                     doc_files.create(db)

@@ -115,9 +115,29 @@ def test_an_index_built_before_places_were_recorded_keeps_its_addresses_too(tmp_
     as_schema_3(index_path)
     write_folder(root, lab_result="1.71 eV", katla="2025")
     assert corpus_add(root, index_path).replaced == 3
-    assert addresses(index_path) == before
+    assert addresses(index_path) == before and user_version(index_path) == SCHEMA_VERSION
+
+
+def user_version(index_path):
     with closing(sqlite3.connect(index_path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def test_a_schema_3_index_that_is_only_searched_stays_one_an_older_heavy_reads(tmp_path):
+    """Workers of two versions may share an index on one volume (a rolling upgrade). A worker of this version that
+    opened a schema-3 index to search it upgraded it in place, and the older ones (session 45's: schema 3) then
+    refused it, 'built by a newer heavy': their every search failed. It is searched as it is; an add upgrades it."""
+    root, index_path = tmp_path / "docs", tmp_path / "index.sqlite"
+    write_folder(root)
+    corpus_add(root, index_path)
+    found = [hit.doc_id for hit in CorpusIndex(index_path).search("band gap of the doped sample", 5)]
+    assert found
+    as_schema_3(index_path)
+    with CorpusServer(index_path):  # a worker opens it for its pages and for its searches (heavy/toolbox.py)
+        assert [hit.doc_id for hit in CorpusIndex(index_path).search("band gap of the doped sample", 5)] == found
+    assert user_version(index_path) == 3
+    corpus_add(root, index_path)
+    assert user_version(index_path) == SCHEMA_VERSION
 
 
 def test_a_file_moved_within_its_folder_keeps_its_pages_addresses(tmp_path):
