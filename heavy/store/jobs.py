@@ -15,6 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from heavy.metrics import JOBS_FINISHED
 from heavy.store import scripts
 from heavy.store.connection import RedisClient
 from heavy.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, JobTakenOver
@@ -212,6 +213,9 @@ class JobStore:
             raise InvalidTransition(f"job {job.id} is already {current}")
         if outcome == "taken":
             raise JobTakenOver(f"job {job.id} is run by {current or 'no worker'} now, not {owner}")
+        # here, where each job ends once: by a worker, or by an API process or a sweep with no worker involved (a
+        # queued or held job cancelled, an approval run out)
+        JOBS_FINISHED.labels(status).inc()
 
     async def approve(self, job_id: str, tenant: str) -> JobRecord:
         """Queue a job held for review; it takes its concurrency slot and token grant only now (QuotaExceeded when

@@ -24,7 +24,7 @@ from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import Settings
 from heavy.events import FanoutSink, JobFailed, SinkUnreachable
 from heavy.llm.types import LLMBackend, Usage
-from heavy.metrics import ERRORS, JOB_SECONDS, JOBS_FINISHED, MetricsSink
+from heavy.metrics import ERRORS, JOB_SECONDS, MetricsSink
 from heavy.scheduler import JobControl, JobSpec, Scheduler, trajectory_limits
 from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, JobTakenOver, Store
 from heavy.store.records import AGGREGATING, CANCELLED, FAILED, QUEUED, RUNNING
@@ -276,7 +276,6 @@ class Worker:
             return
         await self.store.queue.ack(claim.entry_id)
         await deliver(self.store.jobs, job.id, self.settings)  # after the ack: a slow receiver holds no lease
-        JOBS_FINISHED.labels(status).inc()
         log.info("job %s: %s (%d tokens)", job.id, status, tokens)
 
     async def _give_up(self, claim: Claim, job: JobRecord) -> None:
