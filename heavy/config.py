@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     webhook_attempts: int = Field(3, ge=1)  # POSTs of a callback before it is given up
     worker_jobs: int = Field(2, ge=1)  # jobs one worker runs at once
     worker_lease_s: float = Field(15.0, gt=0)  # a job's entry idle this long belongs to a dead worker
+    # a worker's own /metrics (its jobs, steps, tokens, tool calls), on HEAVY_API_HOST: a `heavy worker` has no API
+    # to show them (None: not served; `heavy up`'s API shows its worker's)
+    worker_metrics_port: int | None = Field(None, ge=0, le=65535)
     report_tokens: int = Field(768, ge=16)  # completion tokens of the aggregator's report pass
     report_sources: int = Field(6, ge=1)  # the most relevant fetched sources the report pass reads
     min_majority: int = Field(2, ge=1)  # answer mode: agreeing trajectories needed to skip the judge (1: lone wins)

@@ -1,9 +1,14 @@
-"""Prometheus metrics of the service. The worker feeds the job metrics from its events (`MetricsSink`); the API
-adds request metrics and, at scrape time, the queue depth. In `heavy up` both live in one process."""
+"""Prometheus metrics of the service. The worker feeds the job metrics from its events (`MetricsSink`); the job
+store counts ended jobs wherever they end; the API adds request metrics and, at scrape time, the queue depth. In
+`heavy up` all live in one process, shown by the API's /metrics; a `heavy worker` shows its own (`served`)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from heavy.events import Event, JobFailed, ToolResultEvent, TrajectoryDone, TrajectoryStep
 
@@ -40,3 +45,19 @@ class MetricsSink:
             TRAJECTORIES.labels(event.stop_reason).inc()
         elif isinstance(event, JobFailed):
             ERRORS.labels("job").inc()
+
+
+@contextlib.asynccontextmanager
+async def served(host: str, port: int | None) -> AsyncIterator[None]:
+    """This process's metrics at http://host:port/metrics while the block runs (from a thread of its own, so a busy
+    event loop does not hold up a scrape); nothing when `port` is None."""
+    if port is None:
+        yield
+        return
+    server, thread = start_http_server(port, host)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(server.shutdown)  # waits for its loop's next poll, up to half a second
+        server.server_close()
+        thread.join()

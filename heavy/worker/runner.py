@@ -24,7 +24,7 @@ from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import Settings
 from heavy.events import FanoutSink, JobFailed, SinkUnreachable
 from heavy.llm.types import LLMBackend, Usage
-from heavy.metrics import ERRORS, JOB_SECONDS, MetricsSink
+from heavy.metrics import ERRORS, JOB_SECONDS, MetricsSink, served
 from heavy.scheduler import JobControl, JobSpec, Scheduler, trajectory_limits
 from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, JobTakenOver, Store
 from heavy.store.records import AGGREGATING, CANCELLED, FAILED, QUEUED, RUNNING
@@ -77,6 +77,10 @@ class Worker:
         """Claim and run jobs until `stop` is set; running jobs are then left to be resumed."""
         stop = stop or asyncio.Event()
         await self.store.queue.ensure_group()
+        async with served(self.settings.api_host, self.settings.worker_metrics_port):
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         renewer = asyncio.create_task(self._renew_leases(stop))
         sweeper = asyncio.create_task(self._sweep(stop))
         log.info("worker %s started", self.name)

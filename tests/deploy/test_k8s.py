@@ -144,6 +144,24 @@ def test_the_runtime_wants_the_key_the_workers_send(overlay):
     assert {*probes, scraped} <= OPEN_PATHS
 
 
+def test_the_api_and_worker_pods_are_scraped_where_their_process_serves_metrics(overlay, monkeypatch):
+    """Each API pod and each worker pod is scraped by its annotations: a worker's counters (jobs ended, steps,
+    tokens) are in its own process, which serves them on HEAVY_WORKER_METRICS_PORT, not in the API's."""
+    _, objects = overlay
+    for name, value in _one(objects, "ConfigMap", "heavy-config")["data"].items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    from heavy.api.routes_ops import router  # the path is the API's own
+
+    assert "/metrics" in {route.path for route in router.routes}
+    for name, port in (("heavy-api", settings.api_port), ("heavy-worker", settings.worker_metrics_port)):
+        template = _one(objects, "Deployment", name)["spec"]["template"]
+        scrape = template["metadata"]["annotations"]
+        [container] = template["spec"]["containers"]
+        assert scrape["prometheus.io/scrape"] == "true" and scrape["prometheus.io/path"] == "/metrics", name
+        assert int(scrape["prometheus.io/port"]) == port in {p["containerPort"] for p in container["ports"]}, name
+
+
 def test_redis_keeps_an_append_only_file_on_a_persistent_volume(overlay):
     _, objects = overlay
     redis = _one(objects, "StatefulSet", "heavy-redis")

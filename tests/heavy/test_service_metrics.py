@@ -1,11 +1,16 @@
-"""The service's Prometheus metrics as an SRE scrapes them: every ended job is counted once, whichever process ended
-it."""
+"""The service's Prometheus metrics as an SRE scrapes them: a `heavy worker` (no API in its process) shows its jobs'
+metrics on a port of its own, and every ended job is counted once, whichever process ended it."""
 
+import asyncio
+
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from heavy.worker import Worker
 from tests.heavy.api_helpers import app_for, client_for
-from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, wait_for
+from tests.heavy.fakes import ScriptedBackend
+from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, executor, researcher, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -28,6 +33,43 @@ async def acme(store):
 
 async def has_status(client, job_id: str, status: str) -> bool:
     return (await client.get(f"/v1/jobs/{job_id}")).json()["status"] == status
+
+
+async def test_a_worker_shows_its_jobs_steps_and_tokens_on_its_own_metrics_port(acme, store, free_tcp_port):
+    """In deploy/k8s the workers are pods of their own: what they count (jobs ended, steps, tokens, tool calls) must
+    be scraped from them, as the API's /metrics is another process's."""
+    settings = WORKER_SETTINGS.model_copy(update={"worker_metrics_port": free_tcp_port})
+    stop = asyncio.Event()
+    worker = asyncio.create_task(Worker(store, ScriptedBackend(researcher), executor(), settings).run(stop))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_tcp_port}") as scraper:
+            async def scrape() -> str:
+                return (await scraper.get("/metrics")).text
+
+            before = await wait_for(lambda: scraped(scrape))
+            job = (await acme.post("/v1/jobs", json=JOB)).json()
+            await wait_for(lambda: has_status(acme, job["id"], "done"))
+            after = await scrape()
+    finally:
+        stop.set()
+        await worker
+
+    def moved(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert moved("heavy_jobs_finished_total", status="done") == 1
+    assert moved("heavy_steps_total") == 9  # 3 trajectories: search, search, answer
+    assert moved("heavy_tool_calls_total", tool="search", ok="true") == 6
+    assert moved("heavy_tokens_total", kind="completion") > 0
+    assert moved("heavy_trajectories_total", stop_reason="answered") == 3
+    assert moved("heavy_job_seconds_count") == 1
+
+
+async def scraped(scrape) -> str | None:
+    try:
+        return await scrape()
+    except httpx.TransportError:
+        return None
 
 
 async def test_jobs_ended_without_a_worker_count_as_finished_once(acme, store):
