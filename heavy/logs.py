@@ -26,3 +26,6 @@ def log_json_lines(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=level, handlers=[handler])
+    # httpx logs each request's full URL at INFO: a tenant's callback URL, whose path or query may hold its
+    # receiver's token, and a line per model request and fetched page
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))

@@ -96,8 +96,18 @@ async def deliver(jobs: JobStore, job_id: str, settings: Settings, guard: SsrfGu
         await jobs.settle_callback(job_id, "not sent: the job was deleted")
         return None
     outcome = await _post(job, settings, guard or webhook_guard(settings))
-    log.info("job %s: callback %s", job.id, outcome)
+    log.info("job %s: callback %s", job.id, _logged(outcome, job.callback_url))
     await jobs.settle_callback(job.id, outcome)
+    return outcome
+
+
+def _logged(outcome: str, url: str) -> str:
+    """The outcome as the log shows it: the callback URL (a refusal names it), whose path or query may hold its
+    receiver's token, cut to its origin. The job's callback_status, its tenant's to read, keeps it whole."""
+    parsed = httpx.URL(url)
+    origin = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}/..."
+    for spelling in (url, str(parsed)):
+        outcome = outcome.replace(spelling, origin)
     return outcome
 
 

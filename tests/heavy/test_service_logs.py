@@ -1,6 +1,9 @@
 """The services' logs are JSON lines: every line `heavy serve` writes parses (uvicorn's included), and a message
-holding a quote, which a tenant's callback URL can put there, or a traceback stays one record."""
+holding a quote, which a tenant's callback URL can put there, or a traceback stays one record; and a callback URL's
+path and query, which may hold its receiver's token, stay out of them."""
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -8,44 +11,85 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from heavy.api.models import JobCreate
+from heavy.config import Settings
 from heavy.logs import JsonLines
+from heavy.store import Store
 from heavy.store.records import DONE
 from heavy.tools.ssrf import SsrfGuard
 from heavy.webhooks import deliver
+from tests.heavy.loopback_server import LoopbackServer
 from tests.heavy.worker_helpers import WORKER_SETTINGS
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_S = 60
 
 
-def test_every_line_heavy_serve_logs_is_one_json_object(redis_url, free_tcp_port, tmp_path):
-    env = {**os.environ, "HEAVY_REDIS_URL": redis_url, "HEAVY_HOME": str(tmp_path)}
-    log = tmp_path / "serve.log"
+@contextlib.contextmanager
+def heavy_serve(port: int, home: Path, **env: str) -> Iterator[Path]:
+    """`heavy serve` on `port` in a process of its own until the block ends; the file its log goes to."""
+    env = {**os.environ, "HEAVY_HOME": str(home), **env}
+    log = home / "serve.log"
     with log.open("w") as stderr:
         # from the repository: this checkout's heavy, not the one the `heavy` script was installed from
         serve = subprocess.Popen([sys.executable, "-c", "from heavy.cli import app; app()", "serve", "--port",
-                                  str(free_tcp_port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+                                  str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + SERVE_S
         while True:
             assert serve.poll() is None and time.monotonic() < deadline, log.read_text()
             try:
-                if httpx.get(f"http://127.0.0.1:{free_tcp_port}/healthz").status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        httpx.get(f"http://127.0.0.1:{free_tcp_port}/v1/jobs/%22%0a")  # a 401, in the access log
+        yield log
     finally:
         serve.send_signal(signal.SIGINT)
         serve.wait(SERVE_S)
+
+
+def test_every_line_heavy_serve_logs_is_one_json_object(redis_url, free_tcp_port, tmp_path):
+    with heavy_serve(free_tcp_port, tmp_path, HEAVY_REDIS_URL=redis_url) as log:
+        httpx.get(f"http://127.0.0.1:{free_tcp_port}/v1/jobs/%22%0a")  # a 401, in the access log
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert any("GET /healthz" in r["msg"] for r in records) and any("401" in r["msg"] for r in records), records
+
+
+def test_a_callback_urls_path_and_query_stay_out_of_the_logs(redis_url, free_tcp_port, tmp_path):
+    """A callback URL's path or query may hold its receiver's token (a chat hook's URL is its secret): the log of
+    a delivered callback and of a refused one names the receiver's origin only. The callbacks here are sent by the
+    API, as a queued job cancelled there ends without a worker."""
+    key = asyncio.run(_create_key(redis_url, "acme"))
+    with LoopbackServer({}) as receiver, heavy_serve(free_tcp_port, tmp_path, HEAVY_REDIS_URL=redis_url,
+                                                     HEAVY_WEBHOOK_ALLOW=f'["127.0.0.1:{receiver.port}"]',
+                                                     HEAVY_WEBHOOK_ATTEMPTS="1") as log:
+        api = httpx.Client(base_url=f"http://127.0.0.1:{free_tcp_port}", headers={"Authorization": f"Bearer {key}"})
+        for hook in (f"{receiver.base_url}/hooks/T0/SECRET-PATH?token=SECRET-QUERY", "http://10.0.0.8/SECRET-PATH"):
+            job = api.post("/v1/jobs", json={"question": "q", "callback_url": hook}).json()
+            api.post(f"/v1/jobs/{job['id']}/cancel")
+            deadline = time.monotonic() + SERVE_S
+            while not api.get(f"/v1/jobs/{job['id']}").json()["callback_status"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    text = log.read_text()
+    assert "SECRET" not in text
+    callbacks = [json.loads(line)["msg"] for line in text.splitlines() if ": callback " in line]
+    assert len(callbacks) == 2 and "refused to fetch http://10.0.0.8/...: it resolves to 10.0.0.8" in callbacks[1]
+
+
+async def _create_key(redis_url: str, tenant: str) -> str:
+    store = Store.connect(redis_url, Settings())
+    try:
+        return (await store.tenants.create_key(tenant)).secret
+    finally:
+        await store.aclose()
 
 
 @pytest.fixture
