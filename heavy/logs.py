@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
+
+# the job (and tenant) the code logging now works for: set in its task, seen by the tasks and threads it starts
+_ABOUT: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("heavy_log_about", default=())
+
+
+def log_about(job_id: str | None = None, tenant: str | None = None) -> None:
+    """Tag the records this task logs from now on (and the tasks it starts) with `job_id` and `tenant`, so that a
+    log pipeline finds a job's or a tenant's lines by field, whichever module wrote them."""
+    about = {**dict(_ABOUT.get()), **({"job_id": job_id} if job_id else {}), **({"tenant": tenant} if tenant else {})}
+    _ABOUT.set(tuple(about.items()))
 
 
 class JsonLines(logging.Formatter):
-    """ts, level, logger, msg, and a traceback as `exc`, JSON-encoded: a message carries text from fetched pages, model
-    servers and tenants' callback URLs, whose quote or newline must not end the record or forge one of its own."""
+    """ts, level, logger, job_id and tenant where one applies (`log_about`), msg, and a traceback as `exc`,
+    JSON-encoded: a message carries text from fetched pages, model servers and tenants' callback URLs, whose quote or
+    newline must not end the record or forge one of its own."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
+        entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name, **dict(_ABOUT.get()),
                  "msg": record.getMessage()}
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

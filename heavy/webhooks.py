@@ -28,6 +28,7 @@ import time
 import httpx
 
 from heavy.config import Settings
+from heavy.logs import log_about
 from heavy.retry_after import retry_after_seconds
 from heavy.store import JobNotFound, JobStore
 from heavy.store.records import JobRecord
@@ -95,6 +96,7 @@ async def deliver(jobs: JobStore, job_id: str, settings: Settings, guard: SsrfGu
     except JobNotFound:  # deleted meanwhile
         await jobs.settle_callback(job_id, "not sent: the job was deleted")
         return None
+    log_about(job_id=job.id, tenant=job.tenant)
     outcome = await _post(job, settings, guard or webhook_guard(settings))
     log.info("job %s: callback %s", job.id, _logged(outcome, job.callback_url))
     await jobs.settle_callback(job.id, outcome)

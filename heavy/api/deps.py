@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from heavy.api.event_hub import EventHub
 from heavy.api.open_streams import OpenStreams
 from heavy.config import Settings
+from heavy.logs import log_about
 from heavy.store import Store, UnknownApiKey
 
 bearer = HTTPBearer(auto_error=False, description="an API key from `heavy keys create`")
@@ -38,7 +39,9 @@ async def get_api_key(credentials: Annotated[HTTPAuthorizationCredentials | None
 
 
 async def get_tenant(store: Annotated[Store, Depends(get_store)], api_key: Annotated[str, Depends(get_api_key)]) -> str:
-    return await store.tenants.resolve(api_key)
+    tenant = await store.tenants.resolve(api_key)
+    log_about(tenant=tenant)  # the request's lines (its access line, an error's) name whose it was
+    return tenant
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

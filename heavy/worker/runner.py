@@ -24,6 +24,7 @@ from heavy.aggregate import AggregationConfig, JobResult
 from heavy.config import Settings
 from heavy.events import FanoutSink, JobFailed, SinkUnreachable
 from heavy.llm.types import LLMBackend, Usage
+from heavy.logs import log_about
 from heavy.metrics import ERRORS, JOB_SECONDS, MetricsSink, served
 from heavy.scheduler import JobControl, JobSpec, Scheduler, trajectory_limits
 from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, JobTakenOver, Store
@@ -161,6 +162,7 @@ class Worker:
             await asyncio.sleep(SWEEP_S)
 
     async def _handle(self, claim: Claim) -> None:
+        log_about(job_id=claim.job_id)  # this job's task, and the trajectories', tools' and callback's under it
         try:
             await self._run_job(claim)
         except asyncio.CancelledError:
@@ -176,6 +178,7 @@ class Worker:
         except JobNotFound:
             await self.store.queue.ack(claim.entry_id)
             return
+        log_about(tenant=job.tenant)
         if job.terminal:
             await self.store.queue.ack(claim.entry_id)
             return

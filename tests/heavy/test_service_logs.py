@@ -17,15 +17,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from heavy.aggregate import REPORT_REQUEST
 from heavy.api.models import JobCreate
 from heavy.config import Settings
+from heavy.llm.types import LLMError
 from heavy.logs import JsonLines
 from heavy.store import Store
 from heavy.store.records import DONE
 from heavy.tools.ssrf import SsrfGuard
 from heavy.webhooks import deliver
+from heavy.worker import Worker
+from tests.heavy.fakes import ScriptedBackend
 from tests.heavy.loopback_server import LoopbackServer
-from tests.heavy.worker_helpers import WORKER_SETTINGS
+from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, executor, researcher, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_S = 60
@@ -56,10 +60,15 @@ def heavy_serve(port: int, home: Path, **env: str) -> Iterator[Path]:
 
 
 def test_every_line_heavy_serve_logs_is_one_json_object(redis_url, free_tcp_port, tmp_path):
+    """uvicorn's access lines too; a request made with a key names its tenant by field."""
+    key = asyncio.run(_create_key(redis_url, "acme"))
     with heavy_serve(free_tcp_port, tmp_path, HEAVY_REDIS_URL=redis_url) as log:
         httpx.get(f"http://127.0.0.1:{free_tcp_port}/v1/jobs/%22%0a")  # a 401, in the access log
+        httpx.get(f"http://127.0.0.1:{free_tcp_port}/v1/jobs", headers={"Authorization": f"Bearer {key}"})
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert any("GET /healthz" in r["msg"] for r in records) and any("401" in r["msg"] for r in records), records
+    [listed] = [r for r in records if "GET /v1/jobs HTTP" in r["msg"]]
+    assert listed["tenant"] == "acme" and all("tenant" not in r for r in records if "/healthz" in r["msg"])
 
 
 def test_a_callback_urls_path_and_query_stay_out_of_the_logs(redis_url, free_tcp_port, tmp_path):
@@ -94,12 +103,12 @@ async def _create_key(redis_url: str, tenant: str) -> str:
 
 @pytest.fixture
 def json_lines():
-    """What the webhooks' logger writes, formatted as the services format it."""
+    """What heavy's loggers write, formatted as the services format it."""
     lines: list[str] = []
     handler = logging.Handler()
     handler.setFormatter(JsonLines())
     handler.emit = lambda record: lines.append(handler.format(record))
-    logger = logging.getLogger("heavy.webhooks")
+    logger = logging.getLogger("heavy")
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO
     yield lines
@@ -133,3 +142,32 @@ def test_a_traceback_is_a_field_of_its_record():
     line = JsonLines().format(record)
     assert "\n" not in line
     assert json.loads(line)["exc"].endswith('RuntimeError: a "quoted"\nsecond line')
+
+
+@pytest.mark.anyio
+async def test_a_jobs_log_lines_name_the_job_and_its_tenant_by_field(store, json_lines):
+    """Every line a worker logs while it runs a job carries job_id and tenant, those whose module does not know
+    the job too (the report pass's failure, here): a log pipeline selects a job's or a tenant's lines by field."""
+    def report_pass_fails(request):
+        if request.request_id == REPORT_REQUEST:
+            raise LLMError("HTTP 503: the model endpoint is restarting")
+        return researcher(request)
+
+    job, _ = await store.jobs.submit("acme", question=JOB["question"], mode="report",
+                                     params=JobCreate(**JOB).resolve(WORKER_SETTINGS))
+    stop = asyncio.Event()
+    worker = Worker(store, ScriptedBackend(report_pass_fails), executor(), WORKER_SETTINGS)
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_for(lambda: _ended(store, job.id))
+    finally:
+        stop.set()
+        await running
+    records = [json.loads(line) for line in json_lines]
+    about_job = [r for r in records if "report pass failed" in r["msg"] or f"job {job.id}: partial" in r["msg"]]
+    assert len(about_job) == 2 and all((r["job_id"], r["tenant"]) == (job.id, "acme") for r in about_job), records
+    assert all("job_id" not in r for r in records if r["msg"].startswith("worker "))  # started, stopped
+
+
+async def _ended(store, job_id: str) -> bool:
+    return (await store.jobs.get(job_id)).terminal
