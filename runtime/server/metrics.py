@@ -8,6 +8,7 @@ its own registry (tests build several per process).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -80,7 +81,8 @@ class MeteredEngine:
                        ) -> AsyncIterator[RequestOutput]:
         """The engine's outputs, counted when the request ends. `answered_as`: the finish reason the client was given
         when the server itself stopped the request before the engine ended it (parallel_tool_calls false, at its
-        first call), None if it did not; a request stopped otherwise (its client gone) counts as "abort"."""
+        first call), None if it did not; a request stopped otherwise (its client gone, also before its first output)
+        counts as "abort"."""
         started, first, last = time.perf_counter(), None, None
         self._in_flight.inc()
         try:
@@ -90,6 +92,10 @@ class MeteredEngine:
                     self._ttft.observe(first - started)
                 last = out
                 yield out
+        except asyncio.CancelledError:  # its client left
+            if last is None:  # while it waited for its first output (queued, in prefill): no tokens to count
+                self._finished.labels(**self._labels, finish_reason="abort").inc()
+            raise
         finally:
             self._in_flight.dec()
             if last is not None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from runtime.server.protocol import MAX_LOGIT_BIASES, MAX_STOP_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS
-from tests.runtime.test_server import MODEL_NAME, PROMPT, USER, client, complete, server
+from tests.runtime.test_server import MODEL_NAME, PROMPT, USER, client, complete, scrape_metrics, server
 
 __all__ = ["client", "server"]  # the module's server and client, for the tests below
 
@@ -79,6 +79,27 @@ def test_a_client_gone_before_a_non_streamed_answer_aborts_its_requests(server, 
     assert len(aborted) == 2  # both of its engine requests were aborted, not run to their end
     blocks = engine.engine.scheduler.block_manager
     assert blocks.num_free_blocks == len(blocks.blocks)
+
+
+def test_a_client_gone_before_its_first_token_counts_as_an_abort(server, monkeypatch):
+    """A client that gives up while its request waits for its first token (its timeout, in a long queue or prefill)
+    counts as finish_reason "abort", as one gone later does: the aborts a dashboard shows were missing exactly the
+    requests that waited too long."""
+    engine, release = server[1], threading.Event()
+    run = engine.engine.runner.run
+    monkeypatch.setattr(engine.engine.runner, "run", lambda s, f: release.wait(60) and run(s, f))  # no token yet
+    aborts = f'heavy_runtime_requests_total{{finish_reason="abort",model_name="{MODEL_NAME}"}}'
+    in_flight = f'heavy_runtime_requests_in_flight{{model_name="{MODEL_NAME}"}}'
+    before = scrape_metrics(server).get(aborts, 0.0)
+    try:
+        _post_and_leave(server[0], "completions", {"prompt": PROMPT, "max_tokens": 4}, engine)
+        deadline = time.monotonic() + 60
+        while scrape_metrics(server)[in_flight]:  # until the server saw the client gone and dropped the request
+            assert time.monotonic() < deadline, "the abandoned request was never dropped"
+            time.sleep(0.05)
+    finally:
+        release.set()
+    assert scrape_metrics(server).get(aborts, 0.0) - before == 1
 
 
 @pytest.mark.parametrize("route, body", [
