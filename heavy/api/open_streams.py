@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import logging
 import uuid
+from contextvars import Context
 
 from heavy.store import QuotaExceeded, StreamLeases
 from heavy.store.streams import RENEW_S
@@ -33,7 +34,8 @@ class OpenStreams:
                                            "close one first", wait_s)
         self._open[stream] = tenant
         if self._renewal is None:
-            self._renewal = asyncio.create_task(self._renew(), name="stream lease renewal")
+            # every tenant's: not in the context of this request (whose log lines name its tenant)
+            self._renewal = asyncio.create_task(self._renew(), name="stream lease renewal", context=Context())
         return stream
 
     def close(self, stream: str) -> None:

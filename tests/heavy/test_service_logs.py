@@ -18,10 +18,12 @@ import httpx
 import pytest
 
 from heavy.aggregate import REPORT_REQUEST
+from heavy.api import open_streams
 from heavy.api.models import JobCreate
+from heavy.api.open_streams import OpenStreams
 from heavy.config import Settings
 from heavy.llm.types import LLMError
-from heavy.logs import JsonLines
+from heavy.logs import JsonLines, log_about
 from heavy.store import Store
 from heavy.store.records import DONE
 from heavy.tools.ssrf import SsrfGuard
@@ -171,3 +173,26 @@ async def test_a_jobs_log_lines_name_the_job_and_its_tenant_by_field(store, json
 
 async def _ended(store, job_id: str) -> bool:
     return (await store.jobs.get(job_id)).terminal
+
+
+@pytest.mark.anyio
+async def test_the_stream_lease_renewal_every_tenant_shares_is_logged_as_none_of_theirs(store, json_lines,
+                                                                                         monkeypatch):
+    """An API process renews all its streams' leases in one task, started by whichever request opened the first
+    stream: its failures are not that request's tenant's lines."""
+    async def unreachable(by_tenant):
+        raise ConnectionError("redis is away")
+
+    monkeypatch.setattr(open_streams, "RENEW_S", 0.01)
+    monkeypatch.setattr(store.streams, "renew", unreachable)
+    streams = OpenStreams(store.streams, cap=4)
+
+    async def open_as_a_request_does(tenant: str) -> str:
+        log_about(tenant=tenant)  # what the API's key lookup does
+        return await streams.open(tenant)
+
+    stream = await asyncio.create_task(open_as_a_request_does("acme"))
+    await wait_for(lambda: asyncio.sleep(0, result=any("renewing" in line for line in json_lines)))
+    streams.close(stream)
+    renewal = json.loads(next(line for line in json_lines if "renewing" in line))
+    assert renewal["level"] == "WARNING" and "tenant" not in renewal
