@@ -71,6 +71,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.aggregation = aggregation or AggregationConfig.from_settings(settings)
         self.running: dict[str, asyncio.Task] = {}  # stream entry id -> job task
+        self.acked: set[str] = set()  # entries of `running` acknowledged (their callback is being sent): no lease
         self.stopping = False  # set when run() is asked to stop: its jobs' tasks are cancelled by a stop, not a death
         self.lease_ms = int(settings.worker_lease_s * 1000)
 
@@ -104,7 +105,7 @@ class Worker:
                         continue
                     task = asyncio.create_task(self._handle(claim), name=f"job {claim.job_id}")
                     self.running[claim.entry_id] = task
-                    task.add_done_callback(lambda _, entry=claim.entry_id: self.running.pop(entry, None))
+                    task.add_done_callback(lambda _, entry=claim.entry_id: self._forget(entry))
             self.stopping = True  # asked to stop (run() cancelled instead is taken for a death)
         finally:
             renewer.cancel()
@@ -140,7 +141,7 @@ class Worker:
         while not stop.is_set():
             await asyncio.sleep(self.settings.worker_lease_s / 3)
             try:
-                lost = await self.store.queue.renew(self.name, list(self.running))
+                lost = await self.store.queue.renew(self.name, [e for e in self.running if e not in self.acked])
             except Exception:  # a Redis hiccup must not end the renewals; the next round retries
                 log.exception("lease renewal failed")
                 continue
@@ -282,8 +283,14 @@ class Worker:
             log.warning("%s; dropping this worker's run of it", exc)
             return
         await self.store.queue.ack(claim.entry_id)
-        await deliver(self.store.jobs, job.id, self.settings)  # after the ack: a slow receiver holds no lease
+        # after the ack: a slow receiver holds no lease, and no renewal takes the acked entry for one taken over
+        self.acked.add(claim.entry_id)
+        await deliver(self.store.jobs, job.id, self.settings)
         log.info("job %s: %s (%d tokens)", job.id, status, tokens)
+
+    def _forget(self, entry_id: str) -> None:
+        self.running.pop(entry_id, None)
+        self.acked.discard(entry_id)
 
     async def _give_up(self, claim: Claim, job: JobRecord) -> None:
         error = f"gave up after {job.attempts} attempts: {job.attempts - job.stops} workers running it died"

@@ -161,6 +161,36 @@ async def test_a_callback_whose_sender_died_mid_post_is_sent_by_another_worker(s
     assert await store.jobs.due_callbacks() == []  # settled
 
 
+async def test_a_lease_renewal_while_the_callback_is_out_leaves_the_send_alone(store, receiver, monkeypatch, caplog):
+    """The worker acknowledges a job's entry, then sends its callback: a lease renewal meanwhile took the acked
+    entry for one another worker had taken over, logged so (a false alarm) and cancelled the send, which only the
+    sweep sent again, a delivery lease (minutes) later."""
+    hook = receiver(None)  # the first POST is held until the test lets it go (then a 200 on the retry)
+    settings = settings_allowing(hook)
+    renewals, renew = [], store.queue.renew
+
+    async def counted_renew(consumer, entry_ids):
+        renewals.append(entry_ids)
+        return await renew(consumer, entry_ids)
+
+    monkeypatch.setattr(store.queue, "renew", counted_renew)
+    job, _ = await store.jobs.submit("acme", question=JOB["question"], mode="report",
+                                     params=JobCreate(**JOB).resolve(settings), callback_url=hook.url)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(Worker(store, ScriptedBackend(researcher), executor(), settings, name="w").run(stop))
+    try:
+        await wait_for(lambda: asyncio.sleep(0, result=hook.received))  # acked, its callback out
+        held_at = len(renewals)
+        await wait_for(lambda: asyncio.sleep(0, result=len(renewals) > held_at))  # a renewal while it is out
+        hook.closing.set()
+        outcome = await wait_for(lambda: _callback_status(store, job.id))
+    finally:
+        stop.set()
+        await worker
+    assert outcome == "delivered: HTTP 200 after 2 attempt(s)"
+    assert "taken over" not in caplog.text
+
+
 async def test_a_queued_job_cancelled_through_the_api_is_posted_from_the_api(store, receiver):
     hook = receiver()
     settings = settings_allowing(hook)
