@@ -20,7 +20,7 @@ SSE_READERS = Gauge("heavy_sse_readers", "Jobs whose events this API process rea
                     "blocking Redis reads)")
 JOBS_SUBMITTED = Counter("heavy_jobs_submitted_total", "Jobs accepted", ["mode"])
 JOBS_FINISHED = Counter("heavy_jobs_finished_total", "Jobs ended, by final status", ["status"])
-JOB_SECONDS = Histogram("heavy_job_seconds", "Wall time of a job run by a worker",
+JOB_SECONDS = Histogram("heavy_job_seconds", "Wall time of a job a worker ended, from when it first started",
                         buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600))
 TRAJECTORIES = Counter("heavy_trajectories_total", "Trajectories ended, by stop reason", ["stop_reason"])
 STEPS = Counter("heavy_steps_total", "Trajectory steps (model calls)")

@@ -233,7 +233,7 @@ class Worker:
 
         scheduler = Scheduler(self.backend, self.executor, self.aggregation, trajectory_factory=trajectory)
         watcher = asyncio.create_task(self._watch_control(job.id, control))
-        started = time.monotonic()
+        first_started = time.monotonic() - spec.elapsed_s  # a resumed job's time counts from before its takeover
         try:
             result = await scheduler.run(spec, sink=FanoutSink(sink, MetricsSink()), control=control)
         except asyncio.CancelledError:
@@ -256,32 +256,36 @@ class Worker:
             spent = control.spent + spec.earlier_usage if control.spent is not None else None
             tokens = (spent.total_tokens if spent is not None
                       else checkpointed_tokens(saved) + sink.tokens + spec.earlier_usage.total_tokens)
-            await self._end(claim, job, FAILED, sink, tokens=tokens, error=error,
+            await self._end(claim, job, FAILED, sink, tokens=tokens, first_started=first_started, error=error,
                             cost_usd=self.aggregation.cost_usd(spent) if spent is not None else None)
             return
         finally:
             watcher.cancel()
-            JOB_SECONDS.observe(time.monotonic() - started)
-        await self._finish(claim, job, result, sink)
+        await self._finish(claim, job, result, sink, first_started)
 
-    async def _finish(self, claim: Claim, job: JobRecord, result: JobResult, sink: RedisEventSink) -> None:
+    async def _finish(self, claim: Claim, job: JobRecord, result: JobResult, sink: RedisEventSink,
+                      first_started: float) -> None:
         tokens, cost = result.usage.total_tokens, result.cost_usd
         if result.status == CANCELLED:
-            await self._end(claim, job, CANCELLED, sink, tokens=tokens, cost_usd=cost, stop_reason="cancelled")
+            await self._end(claim, job, CANCELLED, sink, tokens=tokens, cost_usd=cost, first_started=first_started,
+                            stop_reason="cancelled")
             return
-        await self._end(claim, job, result.status, sink, tokens=tokens, cost_usd=cost, stop_reason=result.stop_reason,
-                        report=(result.markdown, result.to_dict()))
+        await self._end(claim, job, result.status, sink, tokens=tokens, cost_usd=cost, first_started=first_started,
+                        stop_reason=result.stop_reason, report=(result.markdown, result.to_dict()))
 
     async def _end(self, claim: Claim, job: JobRecord, status: str, sink: RedisEventSink, *, tokens: int,
-                   owner: str | None = None, **fields) -> None:
+                   owner: str | None = None, first_started: float | None = None, **fields) -> None:
         """End the job if it is still `owner`'s (this worker's unless given): a run that stalled past its lease
-        while another worker took the job over leaves it to that one, entry included."""
+        while another worker took the job over leaves it to that one, entry included. `first_started`: when the
+        job first started, on time.monotonic(), for its wall time."""
         try:
             await self.store.jobs.finish(job, status, allowed=(QUEUED, RUNNING, AGGREGATING), tokens=tokens,
                                          event=sink.terminal, owner=self.name if owner is None else owner, **fields)
         except JobTakenOver as exc:
             log.warning("%s; dropping this worker's run of it", exc)
             return
+        if first_started is not None:  # once a job, when it ends: not per run (a stopped or taken-over one)
+            JOB_SECONDS.observe(time.monotonic() - first_started)
         await self.store.queue.ack(claim.entry_id)
         # after the ack: a slow receiver holds no lease, and no renewal takes the acked entry for one taken over
         self.acked.add(claim.entry_id)

@@ -1,10 +1,13 @@
 """The service's Prometheus metrics as an SRE scrapes them: a `heavy worker` (no API in its process) shows its jobs'
-metrics on a port of its own, and every ended job is counted once, whichever process ended it."""
+metrics on a port of its own, every ended job is counted once, whichever process ended it, and timed once, from
+when it first started."""
 
 import asyncio
+import time
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from heavy.worker import Worker
@@ -89,3 +92,31 @@ async def test_jobs_ended_without_a_worker_count_as_finished_once(acme, store):
     expiring = (await acme.post("/v1/jobs", json={**JOB, "review": True})).json()
     await wait_for(lambda: store.jobs.expire_unapproved())  # what a worker's sweep does
     assert await has_status(acme, expiring["id"], "cancelled") and await cancelled() - start == 3
+
+
+async def test_a_job_resumed_after_its_worker_stopped_is_timed_once_from_when_it_first_started(acme, store):
+    """heavy_job_seconds is a job's wall time: a job whose first worker was stopped mid-run (a rolling update) and
+    which a second worker finished is one observation, counted from its first start, not one per run."""
+    def job_seconds() -> tuple[float, float]:
+        return (REGISTRY.get_sample_value("heavy_job_seconds_count") or 0.0,
+                REGISTRY.get_sample_value("heavy_job_seconds_sum") or 0.0)
+
+    count, total = job_seconds()
+    held = ScriptedBackend(researcher, gate=asyncio.Event())  # the first worker's requests never answer
+    stop = asyncio.Event()
+    first = asyncio.create_task(Worker(store, held, executor(), WORKER_SETTINGS, name="w1").run(stop))
+    job = (await acme.post("/v1/jobs", json=JOB)).json()
+    await wait_for(lambda: asyncio.sleep(0, result=bool(held.requests)))
+    stop.set()
+    await first
+    await store.jobs.update(job["id"], started=time.time() - 100)  # as if it had started 100 s ago
+    stop = asyncio.Event()
+    second = asyncio.create_task(Worker(store, ScriptedBackend(researcher), executor(), WORKER_SETTINGS,
+                                        name="w2").run(stop))
+    try:
+        await wait_for(lambda: has_status(acme, job["id"], "done"))
+    finally:
+        stop.set()
+        await second
+    now_count, now_total = job_seconds()
+    assert now_count - count == 1 and now_total - total >= 100
