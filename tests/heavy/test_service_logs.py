@@ -112,7 +112,8 @@ def json_lines():
     handler.emit = lambda record: lines.append(handler.format(record))
     logger = logging.getLogger("heavy")
     logger.addHandler(handler)
-    level, logger.level = logger.level, logging.INFO
+    level = logger.level
+    logger.setLevel(logging.INFO)  # not `.level =`: setLevel also drops the loggers' cached "INFO is off" answers
     yield lines
     logger.removeHandler(handler)
     logger.setLevel(level)
