@@ -3,15 +3,18 @@
 Each event is a frozen dataclass with a `type` (the Redis stream event type of design.md) and serialises to
 a flat JSON object carrying `schema_version`, so consumers (the Redis store, SSE, the CLI) can evolve apart: within
 a version an event only gains fields, each with a default, and a reader passes over the fields it does not know (a
-CLI older than the service it follows); a change an older reader cannot pass over takes a new version.
+CLI older than the service it follows); a change an older reader cannot pass over takes a new version
+(heavy/compat.py: the rule for every record heavy stores or sends).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol
+
+from heavy.compat import from_known_fields
 
 SCHEMA_VERSION = 1
 
@@ -137,8 +140,7 @@ def event_from_dict(data: dict[str, Any]) -> Event:
         cls = EVENT_TYPES[kind]
     except KeyError:
         raise ValueError(f"unknown event type {kind!r}") from None
-    known = {f.name for f in fields(cls) if f.init}
-    return cls(**{name: value for name, value in data.items() if name in known})
+    return from_known_fields(cls, data)
 
 
 class SinkUnreachable(Exception):

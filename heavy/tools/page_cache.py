@@ -8,6 +8,8 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from heavy.compat import from_known_fields
+
 
 @dataclass(frozen=True)
 class Page:
@@ -24,7 +26,7 @@ class Page:
 
     @classmethod
     def from_dict(cls, data: dict) -> Page:
-        return cls(**data)
+        return from_known_fields(cls, data)  # a newer heavy's page too (workers of two versions share a cache)
 
 
 class PageCache(Protocol):

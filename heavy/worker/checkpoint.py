@@ -13,6 +13,7 @@ from typing import Any
 
 from heavy.agent import ActionStep, Observation, Trajectory, TrajectoryResult
 from heavy.agent.budget import EXTERNAL_STOPS
+from heavy.compat import from_known_fields
 from heavy.llm.types import ToolCall, Usage
 from heavy.tools.base import Source
 
@@ -25,11 +26,15 @@ SPENT_SAVE_TIMEOUT_S = 10.0
 
 
 def _source(data: dict) -> Source:
-    return Source(**data)
+    return from_known_fields(Source, data)
 
 
 def _call(data: dict) -> ToolCall:
-    return ToolCall(**data)
+    return from_known_fields(ToolCall, data)
+
+
+def _usage(data: dict) -> Usage:
+    return from_known_fields(Usage, data)
 
 
 def _step(data: dict) -> ActionStep:
@@ -40,7 +45,7 @@ def _step(data: dict) -> ActionStep:
     )
     return ActionStep(index=data["index"], content=data["content"], reasoning=data["reasoning"],
                       calls=tuple(map(_call, data["calls"])), observations=observations,
-                      usage=Usage(**data["usage"]), feedback=data["feedback"])
+                      usage=_usage(data["usage"]), feedback=data["feedback"])
 
 
 def result_to_dict(result: TrajectoryResult) -> dict[str, Any]:
@@ -51,7 +56,7 @@ def result_from_dict(data: dict[str, Any]) -> TrajectoryResult:
     return TrajectoryResult(
         index=data["index"], answer=data["answer"], confidence=data["confidence"], stop_reason=data["stop_reason"],
         cited=tuple(map(_source, data["cited"])), evidence=tuple(map(_source, data["evidence"])),
-        steps=tuple(map(_step, data["steps"])), usage=Usage(**data["usage"]), temperature=data["temperature"],
+        steps=tuple(map(_step, data["steps"])), usage=_usage(data["usage"]), temperature=data["temperature"],
         seed=data["seed"], error=data["error"], excerpts=dict(data["excerpts"]),
     )
 
@@ -94,7 +99,7 @@ def _tool_calls(trajectory: Trajectory) -> dict[str, int]:
 def restore(trajectory: Trajectory, state: dict[str, Any]) -> None:
     trajectory.messages = list(state["messages"])
     trajectory.steps = [_step(step) for step in state["steps"]]
-    trajectory.requests.usage = Usage(**state["usage"])
+    trajectory.requests.usage = _usage(state["usage"])
     trajectory.evidence = {s["url"]: _source(s) for s in state["evidence"]}
     trajectory.excerpts = dict(state["excerpts"])
     trajectory.seen_calls = set(state["seen_calls"])
@@ -173,7 +178,7 @@ class CheckpointedTrajectory(Trajectory):
         it cut. The worker resuming the job redoes
         that step and charges the job (and its tenant) this too; the server did the work either way. Not when the
         write is refused (another worker runs the job now) or Redis does not answer within the grace."""
-        if self.usage == Usage(**self.checkpoint["usage"]):
+        if self.usage == _usage(self.checkpoint["usage"]):
             return
         try:
             await asyncio.wait_for(self.save(self.spec.index, {**self.checkpoint, "usage": asdict(self.usage)}),

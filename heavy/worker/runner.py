@@ -21,6 +21,7 @@ from dataclasses import asdict
 from redis.exceptions import ResponseError
 
 from heavy.aggregate import AggregationConfig, JobResult
+from heavy.compat import from_known_fields
 from heavy.config import Settings
 from heavy.events import FanoutSink, JobFailed, SinkUnreachable
 from heavy.llm.types import LLMBackend, Usage
@@ -55,7 +56,7 @@ def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_l
                                  limits=limits, job_tokens=max(1, min(p["job_tokens"], tokens_left)),
                                  deadline_s=p["deadline_s"], priority=p.get("priority", 0),
                                  elapsed_s=max(0.0, now - job.started) if job.started else 0.0,
-                                 earlier_usage=Usage(**job.earlier_usage))
+                                 earlier_usage=from_known_fields(Usage, job.earlier_usage))
 
 
 def checkpointed_tokens(saved: dict[int, dict]) -> int:
@@ -301,7 +302,7 @@ class Worker:
         sink = RedisEventSink(self.store.jobs, job.id)
         await sink.emit(JobFailed(job_id=job.id, error=error))
         spent = (checkpointed_tokens(await self.store.jobs.load_checkpoints(job.id, job.trajectories))
-                 + Usage(**job.earlier_usage).total_tokens)
+                 + from_known_fields(Usage, job.earlier_usage).total_tokens)
         # still on the last dead worker's name, unless a live one took it meanwhile
         await self._end(claim, job, FAILED, sink, tokens=spent, owner=job.worker, error=error)
 

@@ -1,6 +1,8 @@
 """RedisPageCache on a real redis-server: a page one worker put is another's, it expires, an oversize page is not
 stored, a Redis outage costs a fetch and never the tool call, and two workers' open_page fetch a URL once."""
 
+import json
+
 import pytest
 
 from heavy.embedded_redis import EmbeddedRedis
@@ -45,6 +47,14 @@ async def test_a_page_put_by_one_worker_is_got_by_another(caches):
     await one.put(page(text="Hekla, Eyjafjallajökull — ünïcode"))
     assert await other.get(URL) == page(text="Hekla, Eyjafjallajökull — ünïcode")
     assert await other.get("https://example.org/katla") is None
+
+
+async def test_a_page_a_newer_worker_cached_with_a_field_more_is_got(caches, key_prefix):
+    """Workers of two versions share the cache during a rolling upgrade: a field a newer one's Page gained is passed
+    over, not a miss that fetches the page again and overwrites the newer worker's entry."""
+    one, other = caches
+    await one.redis.set(Keys(key_prefix).page(URL), json.dumps({**page().to_dict(), "added_later": 1}))
+    assert await other.get(URL) == page()
 
 
 async def test_a_page_key_is_under_the_store_prefix_and_expires_after_the_ttl(caches, key_prefix):

@@ -3,13 +3,13 @@ running again, and every piece of a trajectory's mutable state is part of the ch
 
 import asyncio
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import pytest
 
 from heavy.agent import JobTokenBudget, StopSignal, TrajectoryLimits, TrajectorySpec
-from heavy.llm.types import Sampling, Usage
-from heavy.tools.base import ToolExecutor, ToolLimits
+from heavy.llm.types import Sampling, ToolCall, Usage
+from heavy.tools.base import Source, ToolExecutor, ToolLimits
 from heavy.worker.checkpoint import CheckpointedTrajectory, result_from_dict, state_of
 from tests.heavy.fakes import ScriptedBackend
 from tests.heavy.test_job_grant import counting_chinese_as_the_embedded_tokenizer
@@ -108,6 +108,34 @@ async def test_a_restored_trajectory_gives_the_job_what_its_server_counted_per_e
         budget = JobTokenBudget(10_000)
         trajectory(saved={**saved, "context_tokens": 3000}, budget=budget)
         assert budget.served_context == 3000, saved["kind"]
+
+
+def as_a_newer_worker_wrote(data):
+    """`data` with a field added to each usage, source and tool call in it, as a newer heavy's would write them."""
+    if isinstance(data, list):
+        return [as_a_newer_worker_wrote(value) for value in data]
+    if not isinstance(data, dict):
+        return data
+    grown = {key: as_a_newer_worker_wrote(value) for key, value in data.items()}
+    if any(set(data) == {f.name for f in fields(cls)} for cls in (Usage, Source, ToolCall)):
+        grown["added_later"] = 1
+    return grown
+
+
+async def test_a_checkpoint_whose_usages_sources_and_calls_a_newer_worker_gave_more_fields_is_resumed():
+    """A worker rolled back, or an older one during a rolling upgrade, takes over a job a newer one checkpointed:
+    fields the newer one's Usage, Source or ToolCall gained are passed over (heavy/compat.py), not a TypeError that
+    fails the job."""
+    first, saves = trajectory()
+    result = await first.run()
+    assert result.evidence and all(step.calls for step in result.steps[:-1])
+    for saved in (saves[1], saves[-1]):  # after two steps; the result
+        newer = as_a_newer_worker_wrote(saved)
+        assert json.dumps(newer).count("added_later") > 3, saved["kind"]
+        resumed, _ = trajectory(saved=newer)
+        again = await resumed.run()
+        assert again.answer == result.answer and again.evidence == result.evidence, saved["kind"]
+    assert result_from_dict(as_a_newer_worker_wrote(saves[-1]["result"])) == result
 
 
 async def test_a_checkpoint_before_any_reply_is_one_an_older_worker_can_resume():
