@@ -98,7 +98,7 @@ class JobList:
         one of them (read from its status sets). Jobs whose keys expired leave the list and the sets first."""
         await self._drop_expired(tenant)
         if statuses:
-            await self._index_unindexed(tenant)
+            await self.index_unindexed(tenant)
             sets = [self.keys.tenant_status_jobs(tenant, status) for status in sorted(statuses)]
         else:
             sets = [self.keys.tenant_jobs(tenant)]
@@ -161,15 +161,16 @@ class JobList:
         k = self.keys
         for start in range(0, len(job_ids), READ_BATCH):
             batch = job_ids[start : start + READ_BATCH]
-            await self._reindex(keys=[k.tenant_jobs(tenant), k.tenant_expiring(tenant),
+            await self._reindex(keys=[k.tenant_jobs(tenant), k.tenant_expiring(tenant), k.tenant_held(tenant),
                                       *k.tenant_status_indexes(tenant), *(k.job(job_id) for job_id in batch)],
                                 args=batch)
 
-    async def _index_unindexed(self, tenant: str) -> None:
+    async def index_unindexed(self, tenant: str) -> None:
         """Jobs on the tenant's list and on no status set, or on a set and off the list, are put right (REINDEX):
         a store's older than the sets (all of them, on the tenant's first filtered list) and, during a rolling
         upgrade, those a process older than the sets submits (list only) or deletes (its set kept), whenever that
-        happens: no marker says a tenant is done for good."""
+        happens: no marker says a tenant is done for good. Their held jobs go on the tenant's held set too (before
+        a job is held for review: the held-jobs cap counts that set)."""
         k = self.keys
         sets, listed = k.tenant_status_indexes(tenant), k.tenant_jobs(tenant)
         surplus, missing = await self._unindexed(keys=[listed, *sets, k.tenant_checked(tenant)], args=[RECHECK_S])

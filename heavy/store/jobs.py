@@ -112,6 +112,8 @@ class JobStore:
                   "created": now, "updated": now, "attempts": 0, "events": 0, "tokens": 0,
                   "callback_url": callback_url, "callback_secret": callback_secret}
         k = self.keys
+        if review:  # jobs a process older than the held set holds are put on it (REINDEX), so its cap counts them
+            await self.listing.index_unindexed(tenant)
         stored = _pairs(fields)
         stale = ""  # the key's value once it named a job that is gone
         while True:

@@ -234,18 +234,20 @@ redis.call('DEL', KEYS[1], unpack(KEYS, parts))
 return {'ok', status}
 """
 
-# KEYS: the tenant's jobs zset, its expiring zset, its status sets, then job hashes; ARGV: those jobs' ids, in the
-# same order -> each job is on the set of the status its hash holds now and on no other; a job whose keys expired
-# (retention) leaves the list, the expiring zset and every set. Indexes the jobs of a store older than the sets, and
-# mends a list page that disagreed.
+# KEYS: the tenant's jobs zset, its expiring zset, its held set, its status sets, then job hashes; ARGV: those jobs'
+# ids, in the same order -> each job is on the set of the status its hash holds now and on no other, and on the held
+# set if it is awaiting approval; a job whose keys expired (retention) leaves the list, the expiring zset and every
+# set. Indexes the jobs of a store older than the sets (and the held jobs of one older than the held set, which its
+# cap counts), and mends a list page that disagreed.
 REINDEX = _REINDEX + f"""
-local first_job = {3 + _STATUS_INDEXES}""" + """
+local first_job = {4 + _STATUS_INDEXES}""" + """
 for i = 1, #ARGV do
   local job, job_id = KEYS[first_job + i - 1], ARGV[i]
   local status = redis.call('HGET', job, 'status')
-  for slot = 3, first_job - 1 do redis.call('ZREM', KEYS[slot], job_id) end
+  for slot = 4, first_job - 1 do redis.call('ZREM', KEYS[slot], job_id) end
+  if status == 'awaiting_approval' then redis.call('SADD', KEYS[3], job_id) else redis.call('SREM', KEYS[3], job_id) end
   if status then
-    reindex(3, job, job_id, nil, status)
+    reindex(4, job, job_id, nil, status)
   else
     redis.call('ZREM', KEYS[1], job_id)
     redis.call('ZREM', KEYS[2], job_id)

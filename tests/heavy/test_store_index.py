@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from heavy.store import JobStore, Keys, Store
+from heavy.store import JobStore, Keys, QuotaExceeded, Store
 from heavy.store.records import ACTIVE, AGGREGATING, AWAITING_APPROVAL, CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
 pytestmark = pytest.mark.anyio
@@ -156,3 +156,29 @@ async def test_jobs_whose_keys_expired_leave_the_list_and_the_status_sets_before
     assert await store.redis.zrange(store.jobs.keys.tenant_jobs("acme"), 0, -1) == [kept.id]
     assert await store.redis.zrange(store.jobs.keys.tenant_expiring("acme"), 0, -1) == [kept.id]  # later
     assert (await expiring.list("acme", limit=1))[1] == 1
+
+
+async def test_jobs_a_process_older_than_the_held_set_holds_count_against_the_held_jobs_cap(store):
+    """A rolling upgrade from a store (and API processes) older than the held set: the jobs it holds for review are
+    on the tenant's list only, on no status set nor the held set, which the held-jobs cap counts. Before a job is
+    held, they are put on it; and one such a process approved leaves it when a page meets it."""
+    jobs, keys = store.jobs, store.jobs.keys
+    jobs.max_held_jobs = 2
+
+    async def held_by_an_older_process():
+        job = await submit(jobs, review=True)
+        await store.redis.srem(keys.tenant_held("acme"), job.id)  # as its SUBMIT left it: on the list only
+        await store.redis.zrem(keys.tenant_status_jobs("acme", AWAITING_APPROVAL), job.id)
+        return job
+
+    first = await held_by_an_older_process()
+    await jobs.list("acme", statuses={QUEUED})  # a newer process indexes the tenant
+    second = await held_by_an_older_process()
+    with pytest.raises(QuotaExceeded) as err:
+        await submit(jobs, review=True)
+    assert err.value.limit == "held"
+    assert await store.redis.smembers(keys.tenant_held("acme")) == {first.id, second.id}
+
+    await store.redis.hset(keys.job(first.id), "status", QUEUED)  # approved by an older process
+    assert await jobs.list("acme", statuses={AWAITING_APPROVAL}) == ([await jobs.get(second.id)], 1)
+    assert (await submit(jobs, review=True)).status == AWAITING_APPROVAL
