@@ -199,8 +199,8 @@ def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=
             # a question's "[/x]" is text, not markup (which raised); its control characters are not obeyed
             table.add_row(*(Text(terminal_safe(cell)) for cell in row))
         console.print(table)
-    if "next" in page["links"]:
-        older = parse_qs(urlsplit(page["links"]["next"]).query)["cursor"][0]
+    if "next" in (links := page.get("links", {})):  # an API older than them (session 45's) gives no links
+        older = parse_qs(urlsplit(links["next"]).query)["cursor"][0]
         options = f" --limit {limit}" * (limit != 20) + f" --status {shlex.quote(status)}" * bool(status)
         board_console.print(f"older jobs: heavy jobs list{options} --cursor {older}", style="dim", soft_wrap=True)
 
