@@ -33,7 +33,7 @@ from heavy.store.records import AGGREGATING, CANCELLED, FAILED, QUEUED, RUNNING
 from heavy.tools.base import ToolExecutor
 from heavy.webhooks import deliver, sweep
 from heavy.worker.checkpoint import SPENT_SAVE_TIMEOUT_S, CheckpointedTrajectory
-from heavy.worker.sink import RedisEventSink
+from heavy.worker.sink import RedisEventSink, store_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +194,32 @@ class Worker:
         except InvalidTransition:  # cancelled between the claim and now
             await self.store.queue.ack(claim.entry_id)
             return
-        # read again now that it is ours: what its last worker wrote until this claim fenced it off (the spend a
-        # worker stalled past its lease kept as it aggregated) is this attempt's to charge
-        job = await jobs.get(job.id)
-        if job.attempts > 1:
-            log.info("job %s: resuming (attempt %d)", job.id, job.attempts)
+        control = JobControl()
+        try:
+            # read again now that it is ours: what its last worker wrote until this claim fenced it off (the spend a
+            # worker stalled past its lease kept as it aggregated) is this attempt's to charge
+            job = await jobs.get(job.id)
+            if job.attempts > 1:
+                log.info("job %s: resuming (attempt %d)", job.id, job.attempts)
+            await self._run_attempt(claim, job, now, control)
+        except asyncio.CancelledError:
+            if self.stopping:  # stopped on purpose (SIGTERM): not a death
+                with contextlib.suppress(Exception):  # else it counts: the job is only given up sooner
+                    await asyncio.wait_for(self._record_stop(job, control), SPENT_SAVE_TIMEOUT_S)
+            raise
+        except Exception as exc:
+            if not store_unreachable(exc):
+                raise
+            # Redis down past the store's retries, or refusing writes: the run stops, the job left unended to be
+            # resumed from its checkpoints. Not a death either, but it cannot be recorded as a stop until Redis
+            # takes writes again: this task waits for that, holding the entry (its lease renewed, and this worker's
+            # claims pass it over), so a worker resuming the job sees the stop
+            log.warning("job %s: Redis is not taking its writes (%s: %s); this run stops, to be resumed once it does",
+                        job.id, type(exc).__name__, exc)
+            await self._record_stop_once_back(job, control)
+
+    async def _run_attempt(self, claim: Claim, job: JobRecord, now: float, control: JobControl) -> None:
+        jobs = self.store.jobs
         tokens_left = job.token_grant  # reserved for it at submission (a held job's at approval)
         if not tokens_left:  # a job queued before grants existed: what its tenant has left
             tenant = await self.store.tenants.get(job.tenant)
@@ -223,7 +244,7 @@ class Worker:
             except Exception as exc:  # Redis away a moment: the next save writes it all; a refusal stopped the run
                 log.warning("job %s: what its aggregation spent is not saved (%s)", job.id, exc)
 
-        control = JobControl(save_aggregation)
+        control.save_aggregation = save_aggregation  # the sink it writes through is open now
 
         async def save(k: int, data: dict) -> None:
             await sink.fenced(jobs.save_checkpoint(job.id, k, data, owner=self.name))
@@ -237,15 +258,6 @@ class Worker:
         first_started = time.monotonic() - spec.elapsed_s  # a resumed job's time counts from before its takeover
         try:
             result = await scheduler.run(spec, sink=FanoutSink(sink, MetricsSink()), control=control)
-        except asyncio.CancelledError:
-            if self.stopping:  # stopped on purpose (SIGTERM): not a death, which giving the job up counts
-                # and what its aggregation spent, which the next worker charges as it runs the aggregation again
-                earlier = spec.earlier_usage + control.aggregator_usage
-                with contextlib.suppress(Exception):  # else it counts: the job is only given up sooner
-                    await asyncio.wait_for(jobs.update(job.id, allowed=(RUNNING, AGGREGATING), owner=self.name,
-                                                       stops=job.stops + 1, earlier_usage=asdict(earlier)),
-                                           SPENT_SAVE_TIMEOUT_S)
-            raise
         except SinkUnreachable:  # Redis down past the store's retries: left unended, resumed after the lease
             raise
         except Exception as exc:  # charged what earlier attempts checkpointed too, as a finished job's usage is
@@ -263,6 +275,26 @@ class Worker:
         finally:
             watcher.cancel()
         await self._finish(claim, job, result, sink, first_started)
+
+    async def _record_stop(self, job: JobRecord, control: JobControl) -> None:
+        """Count this run as a stop, not a death (which giving the job up counts), and hand what its aggregation
+        spent to the worker that runs the aggregation again, which charges it."""
+        earlier = Usage(**job.earlier_usage) + control.aggregator_usage
+        await self.store.jobs.update(job.id, allowed=(RUNNING, AGGREGATING), owner=self.name, stops=job.stops + 1,
+                                     earlier_usage=asdict(earlier))
+
+    async def _record_stop_once_back(self, job: JobRecord, control: JobControl) -> None:
+        while True:
+            try:
+                await self._record_stop(job, control)
+                return
+            except (JobTakenOver, InvalidTransition, JobNotFound) as exc:  # taken over (the taker counted this
+                log.warning("job %s: this run's stop not recorded: %s", job.id, exc)  # run), ended or deleted
+                return
+            except Exception as exc:
+                if not store_unreachable(exc):
+                    raise
+            await asyncio.sleep(CLAIM_RETRY_S)
 
     async def _finish(self, claim: Claim, job: JobRecord, result: JobResult, sink: RedisEventSink,
                       first_started: float) -> None:

@@ -22,6 +22,12 @@ from heavy.store import JobStore, JobTakenOver
 from heavy.store.records import AGGREGATING, RUNNING, TERMINAL_EVENTS
 
 
+def store_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` is Redis not taking the job's writes for now, not the job's fault: down past the store's
+    retries."""
+    return isinstance(exc, (SinkUnreachable, RedisConnectionError, RedisTimeoutError))
+
+
 def event_key(event: dict[str, Any]) -> tuple | None:
     """What makes an event one an earlier attempt already wrote; None for one every attempt writes anew."""
     kind = event["type"]
@@ -79,5 +85,7 @@ class RedisEventSink:
             if self.on_taken_over is not None:
                 self.on_taken_over(exc)
             raise
-        except (RedisConnectionError, RedisTimeoutError) as exc:  # the store's own retries ran out
+        except Exception as exc:
+            if not store_unreachable(exc):
+                raise
             raise SinkUnreachable(f"job {self.job_id}: Redis unreachable: {exc}") from exc

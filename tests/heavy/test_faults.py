@@ -2,7 +2,8 @@
 checkpoints, no event lost or repeated), the API process killed and restarted while a client follows the events
 (the client reconnects with Last-Event-ID and misses nothing), redis-server restarted mid-job (the job's state
 comes back from the AOF and the job completes), and redis-server down for longer than the store's retries, with its
-AOF and without (the worker keeps claiming, the job it ran is resumed, not failed)."""
+AOF and without (the worker keeps claiming, the job it ran is resumed, not failed), three times during one job (each
+cut a stop, not one of the deaths that give a job up)."""
 
 import asyncio
 import shutil
@@ -275,6 +276,12 @@ async def test_redis_restart_mid_job_state_comes_back_from_the_aof(tmp_path_fact
         server.stop()
 
 
+def run_cut(caplog, job_id: str) -> bool:
+    """Whether the job's run has met the outage (or, before it was told from a failure, failed or crashed)."""
+    return any(text in record.getMessage() for record in caplog.records
+               for text in (f"job {job_id}: Redis is not taking", f"job {job_id}: worker error", "crashed"))
+
+
 def kill_redis(server: EmbeddedRedis, *, keep_data: bool) -> None:
     """SIGKILL: no flush; without `keep_data` its AOF is gone too, as on a server run without persistence."""
     server.process.kill()
@@ -296,8 +303,7 @@ async def test_redis_down_past_the_stores_retries_leaves_the_job_to_be_resumed_a
         return any(text in record.getMessage() for record in caplog.records)
 
     async def outage_felt(job_id: str) -> bool:  # by the claim loop and by the job's run, both past their retries
-        return worker.done() or (logged("claiming jobs failed")
-                                 and (logged(f"job {job_id}: worker error") or logged("crashed")))
+        return worker.done() or (logged("claiming jobs failed") and run_cut(caplog, job_id))
     try:
         job_id = await submit(store)
         await wait_for(lambda: store.jobs.load_checkpoints(job_id, 3), timeout_s=30)
@@ -324,3 +330,34 @@ async def test_redis_down_past_the_stores_retries_leaves_the_job_to_be_resumed_a
         await asyncio.gather(worker, return_exceptions=True)
         await store.aclose()
         server.stop()
+
+
+async def test_three_redis_outages_during_one_job_are_stops_not_deaths_and_the_job_is_not_given_up(
+        tmp_path_factory, key_prefix, caplog, monkeypatch):
+    monkeypatch.setattr("heavy.store.RECONNECT_RETRIES", 2)  # an outage outlasts the store's retries at once
+    server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
+    store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
+    stop_worker = asyncio.Event()
+    slow = ScriptedBackend(researcher, delay_s=lambda r: 1.0)
+    worker = asyncio.create_task(Worker(store, slow, executor(), WORKER_SETTINGS, name="w").run(stop_worker))
+
+    async def running(attempt: int) -> bool:
+        job = await store.jobs.get(job_id)
+        return job.terminal or (job.attempts == attempt and job.status == "running")
+    try:
+        job_id = await submit(store)
+        for attempt in (1, 2, 3):  # each run of the job is cut: three deaths would give it up
+            await wait_for(lambda attempt=attempt: running(attempt), timeout_s=30)
+            caplog.clear()
+            kill_redis(server, keep_data=True)
+            await wait_for(lambda: asyncio.sleep(0, result=run_cut(caplog, job_id)), timeout_s=30)
+            server.start()
+        job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
+        assert (job.status, job.error, job.attempts, job.stops) == ("done", "", 4, 3)
+        assert_gap_free(events, trajectories=3)
+    finally:
+        stop_worker.set()
+        await asyncio.gather(worker, return_exceptions=True)
+        await store.aclose()
+        server.stop()
+
