@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from heavy.events import Event, SinkUnreachable
@@ -24,8 +25,10 @@ from heavy.store.records import AGGREGATING, RUNNING, TERMINAL_EVENTS
 
 def store_unreachable(exc: BaseException) -> bool:
     """Whether `exc` is Redis not taking the job's writes for now, not the job's fault: down past the store's
-    retries."""
-    return isinstance(exc, (SinkUnreachable, RedisConnectionError, RedisTimeoutError))
+    retries, or refusing writes with MISCONF (it cannot persist: a full disk under its AOF or snapshots) until
+    that is fixed."""
+    return isinstance(exc, (SinkUnreachable, RedisConnectionError, RedisTimeoutError)) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("MISCONF"))
 
 
 def event_key(event: dict[str, Any]) -> tuple | None:

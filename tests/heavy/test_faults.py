@@ -3,14 +3,17 @@ checkpoints, no event lost or repeated), the API process killed and restarted wh
 (the client reconnects with Last-Event-ID and misses nothing), redis-server restarted mid-job (the job's state
 comes back from the AOF and the job completes), and redis-server down for longer than the store's retries, with its
 AOF and without (the worker keeps claiming, the job it ran is resumed, not failed), three times during one job (each
-cut a stop, not one of the deaths that give a job up)."""
+cut a stop, not one of the deaths that give a job up), and redis-server refusing writes with MISCONF (its disk full:
+the same as down, not a trajectory's crash)."""
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import httpx
 import pytest
@@ -361,3 +364,52 @@ async def test_three_redis_outages_during_one_job_are_stops_not_deaths_and_the_j
         await store.aclose()
         server.stop()
 
+
+async def persistence_is(store: Store, status: str) -> bool:
+    info = await store.redis.info("persistence")
+    return info["rdb_last_bgsave_status"] == status and not info["rdb_bgsave_in_progress"]
+
+
+async def refuse_writes(store: Store, server: EmbeddedRedis) -> None:
+    """Redis answering MISCONF to every write, as when its disk is full: snapshots on, and the last one failed
+    (its child killed while it waits on every key)."""
+    await store.redis.config_set("save", "3600 1")
+    await store.redis.config_set("rdb-key-save-delay", 10_000_000)  # µs a key: the child waits to be killed
+    await store.redis.bgsave()
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    child = await wait_for(lambda: asyncio.sleep(0, result=children.read_text().split()))
+    os.kill(int(child[0]), signal.SIGKILL)
+    await wait_for(lambda: persistence_is(store, "err"))
+
+
+async def take_writes(store: Store) -> None:
+    """The disk freed: a snapshot that succeeds ends the MISCONF."""
+    await store.redis.config_set("rdb-key-save-delay", 0)
+    await store.redis.bgsave()
+    await wait_for(lambda: persistence_is(store, "ok"))
+
+
+async def test_redis_refusing_writes_misconf_stops_the_run_unended_and_the_job_resumes_once_it_takes_them(
+        tmp_path_factory, key_prefix, caplog):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
+    store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
+    stop_worker = asyncio.Event()
+    slow = ScriptedBackend(researcher, delay_s=lambda r: 0.4)
+    worker = asyncio.create_task(Worker(store, slow, executor(), WORKER_SETTINGS, name="w").run(stop_worker))
+    try:
+        job_id = await submit(store)
+        await wait_for(lambda: store.jobs.load_checkpoints(job_id, 3), timeout_s=30)
+        await refuse_writes(store, server)
+        await wait_for(lambda: asyncio.sleep(0, result=run_cut(caplog, job_id)), timeout_s=30)
+        await take_writes(store)
+        # not a trajectory crashed, nor a worker death: a stop, and the job resumed from its checkpoints
+        job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
+        assert (job.status, job.attempts, job.stops) == ("done", 2, 1)
+        assert_gap_free(events, trajectories=3)
+        _, result = await store.jobs.get_report(job_id)
+        assert [t["error"] for t in result["trajectories"]] == [None] * 3
+    finally:
+        stop_worker.set()
+        await asyncio.gather(worker, return_exceptions=True)
+        await store.aclose()
+        server.stop()
