@@ -26,6 +26,7 @@ import logging
 import time
 
 import httpx
+from redis.exceptions import RedisError
 
 from heavy.config import Settings
 from heavy.logs import log_about
@@ -88,18 +89,23 @@ def _pause_s(attempt: int, retry_after_s: float | None = None) -> float:
 async def deliver(jobs: JobStore, job_id: str, settings: Settings, guard: SsrfGuard | None = None) -> str | None:
     """POST the ended job to its callback URL if its callback is due and this caller claims it; the outcome (also
     kept as `callback_status`), or None. Never raises: a receiver's failure is the job's callback status, not the
-    caller's error."""
-    if not await jobs.claim_callback(job_id, delivery_lease_s(settings)):
-        return None
+    caller's error, and Redis down leaves the callback due, for a sweep to send (again, if this call had sent it)."""
+    outcome = None
     try:
-        job = await jobs.get(job_id)
-    except JobNotFound:  # deleted meanwhile
-        await jobs.settle_callback(job_id, "not sent: the job was deleted")
-        return None
-    log_about(job_id=job.id, tenant=job.tenant)
-    outcome = await _post(job, settings, guard or webhook_guard(settings))
-    log.info("job %s: callback %s", job.id, _logged(outcome, job.callback_url))
-    await jobs.settle_callback(job.id, outcome)
+        if not await jobs.claim_callback(job_id, delivery_lease_s(settings)):
+            return None
+        try:
+            job = await jobs.get(job_id)
+        except JobNotFound:  # deleted meanwhile
+            await jobs.settle_callback(job_id, "not sent: the job was deleted")
+            return None
+        log_about(job_id=job.id, tenant=job.tenant)
+        outcome = await _post(job, settings, guard or webhook_guard(settings))
+        log.info("job %s: callback %s", job.id, _logged(outcome, job.callback_url))
+        await jobs.settle_callback(job.id, outcome)
+    except RedisError as exc:
+        log.warning("job %s: callback %s (Redis: %s: %s); a sweep sends it once its claim runs out", job_id,
+                    "sent but not recorded" if outcome else "not sent", type(exc).__name__, exc)
     return outcome
 
 

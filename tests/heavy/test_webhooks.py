@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import pytest
 
 from heavy import webhooks
 from heavy.api.models import JobCreate
+from heavy.embedded_redis import EmbeddedRedis
+from heavy.store import Keys, Store
 from heavy.store.records import DONE
 from heavy.tools.ssrf import AllowedTarget, SsrfGuard
 from heavy.webhooks import EVENT, SIGNATURE_HEADER, TIMESTAMP_HEADER, deliver, signed_headers
@@ -32,10 +35,12 @@ SECRET = "s3cret-of-sixteen+"
 
 class Receiver:
     """A callback receiver on 127.0.0.1 answering each POST with the next of `statuses` (then 200); a None there
-    answers nothing until the receiver closes, a (status, seconds) pair sends Retry-After: seconds."""
+    answers nothing until the receiver closes, a (status, seconds) pair sends Retry-After: seconds. `on_post` is
+    called as a POST arrives, before it is answered."""
 
-    def __init__(self, statuses: tuple[int | tuple[int, str] | None, ...] = ()) -> None:
-        self.statuses, self.received = list(statuses), []
+    def __init__(self, statuses: tuple[int | tuple[int, str] | None, ...] = (),
+                 on_post: Callable[[], None] = lambda: None) -> None:
+        self.statuses, self.received, self.on_post = list(statuses), [], on_post
         self.closing = threading.Event()
         owner = self
 
@@ -43,6 +48,7 @@ class Receiver:
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 owner.received.append((dict(self.headers), body))
+                owner.on_post()
                 status = owner.statuses.pop(0) if owner.statuses else 200
                 if status is None:
                     owner.closing.wait(60)
@@ -217,6 +223,33 @@ async def test_retries_on_server_errors_and_not_on_a_refusal(store, receiver, st
     await store.jobs.finish(job, DONE)
     assert await deliver(store.jobs, job.id, settings_allowing(hook)) == outcome
     assert len(hook.received) == posts and (await store.jobs.get(job.id)).callback_status == outcome
+
+
+async def test_redis_lost_while_a_callback_is_out_neither_raises_nor_loses_the_callback(
+        tmp_path_factory, key_prefix, monkeypatch, caplog):
+    """`deliver` runs after the worker's ack: raising there skipped the job's finished-jobs metric and log line."""
+    monkeypatch.setattr("heavy.store.RECONNECT_RETRIES", 2)  # Redis down outlasts the store's retries at once
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
+    hook = Receiver(on_post=lambda: server.process.kill())  # Redis dies as the POST arrives
+    try:
+        settings = settings_allowing(hook)
+        job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1},
+                                         callback_url=hook.url)
+        await store.jobs.finish(job, DONE)
+        assert await deliver(store.jobs, job.id, settings) == "delivered: HTTP 200 after 1 attempt(s)"
+        assert "callback sent but not recorded" in caplog.text
+        server.process.wait()
+        server.process = None
+        assert await deliver(store.jobs, job.id, settings) is None  # Redis still down: not even claimed
+        assert "callback not sent" in caplog.text
+        server.start()  # from its AOF: the callback is still due, claimed until its lease runs out
+        assert await store.redis.zscore(Keys(key_prefix).callbacks, job.id) is not None
+        assert (await store.jobs.get(job.id)).callback_status == "sending" and len(hook.received) == 1
+    finally:
+        hook.close()
+        await store.aclose()
+        server.stop()
 
 
 async def test_a_receiver_whose_first_address_is_unreachable_gets_the_post_at_its_next_checked_one(store, receiver):
