@@ -31,18 +31,35 @@ LOCAL_TENANT = "local"
 UP_KEY_NAME = "heavy up"  # the keys `heavy up` makes, revoked at its next start
 
 
+class WorkerStopped(RuntimeError):
+    """`heavy up`'s worker ended while its API was serving."""
+
+
 async def serve_with_worker(settings: Settings, store: Store, backend: LLMBackend, executor: ToolExecutor) -> None:
-    """The API (uvicorn, which handles SIGINT/SIGTERM) and a worker in one event loop, until the API stops."""
+    """The API (uvicorn, which handles SIGINT/SIGTERM) and a worker in one event loop, until the API stops, or the
+    worker does (WorkerStopped): the API would go on taking jobs nobody runs. Not restarted here: the claim loop
+    outlives Redis outages, so a worker that ended is a bug (or was killed) that would recur; the jobs wait in Redis
+    for the next start, which the user or a supervisor makes."""
     app = create_app(settings, store=store)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning",
                                            root_path=settings.api_root_path))
     stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(store, backend, executor, settings).run(stop))
+    worker = asyncio.create_task(Worker(store, backend, executor, settings).run(stop), name="heavy up worker")
+    worker.add_done_callback(lambda _: setattr(server, "should_exit", True))
     try:
         await server.serve()
     finally:
+        died = worker.done()  # before it was asked to stop
         stop.set()
-        await worker
+        await asyncio.wait([worker])
+    if not died:
+        worker.result()
+        return
+    cause = None if worker.cancelled() else worker.exception()
+    how = "cancelled" if worker.cancelled() else f"{type(cause).__name__}: {cause}" if cause else "returned"
+    log.error("the worker stopped (%s) while the API was serving; stopping heavy up", how, exc_info=cause)
+    raise WorkerStopped(f"the worker stopped ({how}); heavy up stopped rather than take jobs nobody would run") \
+        from cause
 
 
 def reference_corpus(settings: Settings, announce: Callable[[str], None]) -> Path:

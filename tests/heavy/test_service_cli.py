@@ -17,6 +17,9 @@ from heavy.cli import app
 from heavy.config import Settings, get_settings
 from heavy.corpus.commands import corpus_add
 from heavy.store import Keys
+from tests.heavy.fakes import ScriptedBackend
+from tests.heavy.worker_helpers import WORKER_SETTINGS, executor, researcher, wait_api_ready
+from tests.net import free_port
 
 
 def test_keys_create_prints_only_the_key_on_stdout(redis_url, monkeypatch):
@@ -201,3 +204,27 @@ def test_keys_list_says_when_each_key_was_made_as_heavy_jobs_list_does(redis_url
         get_settings.cache_clear()
     assert listed.exit_code == 0, listed.output
     assert re.search(r"\b20\d\d-\d\d-\d\d \d\d:\d\d\b", listed.stdout), listed.stdout
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("death", ["killed", "crashed"])
+async def test_heavy_up_stops_with_an_error_when_its_worker_dies_rather_than_take_jobs_nobody_runs(
+        store, monkeypatch, caplog, death):
+    from heavy.up import WorkerStopped, serve_with_worker
+
+    crash = asyncio.Event()
+
+    async def dying_run(self, stop):  # claims nothing: the worker's own cancellation is not what is tested here
+        await crash.wait()
+        raise RuntimeError("a bug")  # past the claim loop's guard
+    monkeypatch.setattr("heavy.up.Worker.run", dying_run)
+    settings = WORKER_SETTINGS.model_copy(update={"api_host": "127.0.0.1", "api_port": free_port()})
+    serving = asyncio.create_task(serve_with_worker(settings, store, ScriptedBackend(researcher), executor()))
+    await wait_api_ready(f"http://127.0.0.1:{settings.api_port}")
+    if death == "killed":  # something cancelled its task
+        next(task for task in asyncio.all_tasks() if task.get_name() == "heavy up worker").cancel()
+    else:
+        crash.set()
+    with pytest.raises(WorkerStopped, match="cancelled" if death == "killed" else "RuntimeError: a bug"):
+        await asyncio.wait_for(serving, 20)
+    assert "the worker stopped" in caplog.text
