@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
                        help="largest request body taken, else a 413 (default: room for one prompt at the full "
                             "context in JSON, 1 MiB + 128 bytes a token: 2 MiB at 8192)")
+    compiles = serve.add_argument_group("structured-output compiles (runtime/server/compile_gate.py)")
+    compiles.add_argument("--max-spec-chars", type=int, default=None, metavar="N",
+                          help="longest JSON schema, regex or grammar taken, else a 400 (default 65536)")
+    compiles.add_argument("--compile-threads", type=int, default=None, metavar="N",
+                          help="specs compiled at once; a request finding every thread busy past --compile-timeout "
+                               "is a 503 (default 2)")
+    compiles.add_argument("--compile-timeout", type=float, default=None, metavar="S",
+                          help="seconds a request waits for its spec to compile, else a 400 (default 30; the first "
+                               "structured request also reads the vocabulary)")
     router = serve.add_argument_group("router (with --replicas or --ep)")
     for flag, (field, kind, text) in ROUTER_OPTIONS.items():
         router.add_argument(flag, dest=field, type=kind, default=None, metavar="N" if kind is int else "S", help=text)
@@ -139,6 +148,16 @@ def _request_gate(args: argparse.Namespace) -> tuple[tuple[str, ...], int | None
         print(f"warning: serving on {args.host} without an API key: whoever reaches the port runs the model "
               f"(--api-key or ${API_KEY_ENV})", file=sys.stderr)
     return checked_api_keys(keys), args.max_body_bytes
+
+
+def _compile_gate(args: argparse.Namespace):
+    """The bounds on compiling structured-output specs from the flags given (CompileGate's defaults for the others),
+    checked before the model loads or Ray starts."""
+    from runtime.server.compile_gate import CompileGate
+
+    given = {"max_spec_chars": args.max_spec_chars, "workers": args.compile_threads,
+             "timeout_s": args.compile_timeout}
+    return CompileGate(**{name: value for name, value in given.items() if value is not None})
 
 
 def _is_loopback(host: str) -> bool:
@@ -217,6 +236,7 @@ def _serve(args: argparse.Namespace) -> None:
     api_keys, max_body_bytes = _request_gate(args)
     on_replicas = args.replicas is not None or args.ep is not None
     router = _router_config(args, on_replicas)
+    compiles = _compile_gate(args)
     if on_replicas:
         from runtime.replica.serving import serve_replicas
 
@@ -224,13 +244,13 @@ def _serve(args: argparse.Namespace) -> None:
                        dtype=args.dtype, hang_timeout_s=hang_timeout_s, served_name=served_name,
                        engine=_engine_config(args.speculative_tokens, args.max_model_len, args.kv_cache_gib),
                        max_model_len=args.max_model_len, router=router, api_keys=api_keys,
-                       max_body_bytes=max_body_bytes)
+                       max_body_bytes=max_body_bytes, compiles=compiles)
         return
     from runtime.server.app import serve
 
     serve(_load(args.model, args.dtype, args.speculative_tokens, args.max_model_len, args.kv_cache_gib),
           model_name=served_name, host=args.host, port=args.port, hang_timeout_s=hang_timeout_s, api_keys=api_keys,
-          max_body_bytes=max_body_bytes)
+          max_body_bytes=max_body_bytes, compiles=compiles)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {"generate": _generate, "chat": _chat, "serve": _serve}

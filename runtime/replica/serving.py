@@ -34,6 +34,7 @@ from runtime.replica.rank import EP_MODEL_TYPES, routed_experts
 from runtime.replica.replica import ReplicaActor, ReplicaSpec
 from runtime.replica.router import Availability, RouterActor, RouterConfig
 from runtime.sampling import SamplingParams
+from runtime.server.compile_gate import CompileGate
 from runtime.structured import Grammars
 
 log = logging.getLogger(__name__)
@@ -204,10 +205,11 @@ def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, abs
                    dtype: str = AUTO, hang_timeout_s: float = HANG_TIMEOUT_S, served_name: str | None = None,
                    engine: EngineConfig | None = None, max_model_len: int | None = None,
                    router: RouterConfig | None = None, api_keys: Sequence[str] = (),
-                   max_body_bytes: int | None = None) -> None:
+                   max_body_bytes: int | None = None, compiles: CompileGate | None = None) -> None:
     """`engine`: the replicas' config (the CLI's options); `max_model_len`: the context asked for explicitly, refused
     when the replicas' KV cache cannot hold it; `router`: the router's health rounds; `api_keys`, `max_body_bytes`:
-    what the app asks of a request (runtime.server.gate)."""
+    what the app asks of a request (runtime.server.gate); `compiles`: the bounds on compiling structured-output
+    specs (runtime.server.compile_gate)."""
     import uvicorn
 
     from runtime.embedded import resolve_model
@@ -218,7 +220,7 @@ def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, abs
     try:
         check_context_held(max_model_len, frontend.max_model_len)
         app = PrefixKeyMiddleware(create_app(frontend, model_name=served_name or str(model), api_keys=api_keys,
-                                             max_body_bytes=max_body_bytes))
+                                             max_body_bytes=max_body_bytes, compiles=compiles))
         uvicorn.run(app, host=host, port=port)
     finally:
         frontend.shutdown()

@@ -292,12 +292,13 @@ def _stream_error(exc: Exception) -> dict[str, str]:
 
 
 def serve(engine: LLMEngine, model_name: str, host: str, port: int, hang_timeout_s: float = HANG_TIMEOUT_S,
-          api_keys: Sequence[str] = (), max_body_bytes: int | None = None) -> None:
+          api_keys: Sequence[str] = (), max_body_bytes: int | None = None, compiles: CompileGate | None = None) -> None:
     import uvicorn
 
     async_engine = AsyncEngine(engine, hang_timeout_s)
     try:
-        app = create_app(async_engine, model_name=model_name, api_keys=api_keys, max_body_bytes=max_body_bytes)
+        app = create_app(async_engine, model_name=model_name, api_keys=api_keys, max_body_bytes=max_body_bytes,
+                         compiles=compiles)
         uvicorn.run(app, host=host, port=port)
     finally:
         async_engine.shutdown()

@@ -6,6 +6,7 @@ waits at most `timeout_s` for its compile: past that it is a 400 (its compile st
 what keeps the CPU bounded), or a 503 when its compile never got a thread.
 """
 
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -20,9 +21,17 @@ COMPILE_TIMEOUT_S = 30.0
 
 
 class CompileGate:
-    def __init__(self, workers: int = COMPILE_WORKERS, timeout_s: float = COMPILE_TIMEOUT_S):
+    def __init__(self, workers: int = COMPILE_WORKERS, timeout_s: float = COMPILE_TIMEOUT_S,
+                 max_spec_chars: int = MAX_SPEC_CHARS):
+        """Checked before a model loads or Ray starts (`runtime serve`'s flags)."""
+        if workers <= 0:
+            raise ValueError(f"compile workers must be > 0, got {workers}")
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"compile timeout_s must be a finite number > 0, got {timeout_s}")
+        if max_spec_chars <= 0:
+            raise ValueError(f"max_spec_chars must be > 0, got {max_spec_chars}")
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="structured-compile")
-        self.timeout_s = timeout_s
+        self.timeout_s, self.max_spec_chars = timeout_s, max_spec_chars
 
     def check(self, compile_spec: Callable[[SamplingParams], object], params: SamplingParams, param: str) -> None:
         """compile_spec(params) (the engine's check_structured) under the gate's bounds, from a worker thread (it
@@ -30,9 +39,9 @@ class CompileGate:
         spec = params.structured
         if spec is None:
             return
-        if len(spec.spec) > MAX_SPEC_CHARS:
-            raise ApiError(f"the structured-output spec has {len(spec.spec)} characters; at most {MAX_SPEC_CHARS}",
-                           param=param)
+        if len(spec.spec) > self.max_spec_chars:
+            raise ApiError(f"the structured-output spec has {len(spec.spec)} characters; at most "
+                           f"{self.max_spec_chars}", param=param)
         compiling = self._pool.submit(compile_spec, params)
         try:
             compiling.result(timeout=self.timeout_s)

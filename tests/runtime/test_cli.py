@@ -122,3 +122,36 @@ def test_router_flags_out_of_range_or_without_replicas_are_refused_in_one_line_b
     assert main(["serve", "--model", str(tiny_kimi_path), *args]) == 1
     (error,) = capsys.readouterr().err.strip().splitlines()
     assert error.startswith(f"error: {message}")
+
+
+def test_serve_bounds_structured_output_compiles_by_its_flags_in_process_and_over_ray(monkeypatch, tiny_kimi_path):
+    """The compile gate's size cap, threads and deadline were compile_gate.py's defaults whatever was run."""
+    from runtime.replica import serving
+    from runtime.server import app
+
+    gates = []
+    monkeypatch.setattr(serving, "serve_replicas", lambda model, **options: gates.append(options["compiles"]))
+    monkeypatch.setattr(app, "serve", lambda engine, **options: gates.append(options["compiles"]))
+    monkeypatch.setattr("runtime.cli._load", lambda *_, **__: "engine")
+    flags = ["--max-spec-chars", "1000", "--compile-threads", "3", "--compile-timeout", "7.5"]
+    assert main(["serve", "--model", str(tiny_kimi_path), "--replicas", "1", *flags]) == 0
+    assert main(["serve", "--model", str(tiny_kimi_path), *flags]) == 0
+    assert main(["serve", "--model", str(tiny_kimi_path)]) == 0
+    bounds = [(gate.max_spec_chars, gate._pool._max_workers, gate.timeout_s) for gate in gates]
+    assert bounds == [(1000, 3, 7.5), (1000, 3, 7.5), (65536, 2, 30.0)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--compile-threads", "0"), "ValueError: compile workers must be > 0, got 0"),
+    (("--compile-timeout", "nan"), "ValueError: compile timeout_s must be a finite number > 0, got nan"),
+    (("--compile-timeout", "0"), "ValueError: compile timeout_s must be a finite number > 0, got 0.0"),
+    (("--max-spec-chars", "-1", "--replicas", "1"), "ValueError: max_spec_chars must be > 0, got -1"),
+])
+def test_compile_flags_out_of_range_are_refused_in_one_line_before_anything_starts(args, message, monkeypatch, capsys,
+                                                                                   tiny_kimi_path):
+    from runtime.replica import serving
+
+    monkeypatch.setattr(serving, "serve_replicas", lambda *_, **__: pytest.fail("Ray started"))
+    monkeypatch.setattr("runtime.cli._load", lambda *_, **__: pytest.fail("a model loaded"))
+    assert main(["serve", "--model", str(tiny_kimi_path), *args]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {message}"
