@@ -21,11 +21,12 @@ from runtime.dtypes import AUTO, DTYPE_CHOICES
 from runtime.engine.block_manager import PrefixCacheStats
 from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
-from runtime.engine.llm_engine import EngineLoad, LLMEngine, RequestOutput
+from runtime.engine.llm_engine import EngineLoad, LLMEngine, RequestError, RequestOutput
 from runtime.models.deepseek_v3 import DeepseekV3ForCausalLM
 from runtime.models.deepseek_v3_config import DeepseekV3Config
 from runtime.models.registry import checkpoint_dtype, load_model
 from runtime.sampling import SamplingParams
+from runtime.structured import StructuredOutputError
 
 EP_MODEL_TYPES = ("kimi_k2", "deepseek_v3")  # MoE checkpoints whose routed experts ranks split between them
 
@@ -129,6 +130,16 @@ class EPRank:
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str) -> None:
         self._engine().add_request(prompt_token_ids, params, request_id)
+
+    def compile_structured(self, params: SamplingParams) -> None:
+        """Compile `params`' structured-output spec into the engine's grammar cache, so that `add_request` finds it
+        compiled. The replica calls it on a thread of its own (COMPILE_GROUP) while the steps go on: compiled inside
+        `add_request`, it held every request of the batch for the compile's length (seconds for a regex over a 151k
+        vocabulary). RequestError for a spec that does not compile, as `add_request`'s."""
+        try:
+            self._engine().check_structured(params)
+        except StructuredOutputError as exc:
+            raise RequestError(str(exc)) from None
 
     def abort(self, request_id: str) -> None:
         self._engine().abort(request_id)

@@ -33,6 +33,10 @@ from runtime.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 SEED_RANGE = 2**31  # requests without a seed get one, so every rank draws the same tokens
+# A rank's calls run one at a time, in order, on its default thread; compiles run beside them on threads of this
+# concurrency group (xgrammar releases the GIL while it compiles), so that the batch keeps decoding meanwhile.
+COMPILE_GROUP = "structured-compile"
+COMPILE_THREADS = 2
 RECOVER_POLL_S = 0.5  # between attempts to reach a restarting rank
 
 
@@ -114,7 +118,7 @@ class Replica:
         """One placement group bundle per rank, and the rank actors in them."""
         bundle = {"CPU": spec.cpus_per_rank} | ({"GPU": spec.gpus_per_rank} if spec.gpus_per_rank else {})
         placement = placement_group([bundle] * spec.ep_size, strategy="PACK")
-        rank_actor = ray.remote(EPRank)
+        rank_actor = ray.remote(concurrency_groups={COMPILE_GROUP: COMPILE_THREADS})(EPRank)
         ranks = [
             rank_actor.options(
                 num_cpus=spec.cpus_per_rank, num_gpus=spec.gpus_per_rank, max_restarts=spec.rank_max_restarts,
@@ -202,6 +206,9 @@ class Replica:
         finished = False
         try:
             try:
+                if params.structured is not None:  # compiled beside the steps; add_request then finds it cached
+                    await asyncio.gather(*(rank.compile_structured.options(concurrency_group=COMPILE_GROUP)
+                                           .remote(params) for rank in self.ranks))
                 await self._on_every_rank(lambda rank: rank.add_request.remote(prompt_token_ids, params, request_id))
             except (RayActorError, RankHungError, RankNotConnectedError) as exc:  # a rank died, hung, or came
                 # back restarted between steps: a failed step

@@ -1,17 +1,23 @@
 """A dense checkpoint (the embedded Qwen2.5-Coder-0.5B) on a Ray replica of one rank behind the router: the same
-greedy tokens as an engine in this process over the same folder (FP32), and EP > 1 refused (no experts to split)."""
+greedy tokens as an engine in this process over the same folder (FP32), EP > 1 refused (no experts to split), and a
+structured-output compile that does not hold up the rank's batch."""
 
+import asyncio
+import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+from ray import cloudpickle
 
 from runtime.engine.config import EngineConfig
 from runtime.engine.factory import load_tokenizer
 from runtime.engine.llm_engine import LLMEngine
 from runtime.replica import serving
 from runtime.replica.serving import UnsupportedReplicaModel, start_frontend
-from runtime.sampling import SamplingParams
+from runtime.sampling import SamplingParams, StructuredOutput
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.anyio]
 
@@ -72,3 +78,70 @@ def test_a_model_type_no_rank_can_load_is_refused_before_ray_starts(tmp_path, mo
     monkeypatch.setattr(serving, "init_ray", no_ray)
     with pytest.raises(UnsupportedReplicaModel, match="llama"):
         start_frontend(tmp_path, replicas=1, ep=1)
+
+
+HOLD_BOUND_S = 120.0  # a deadlock guard, never reached when the code is right: nothing here asserts on time
+
+
+class HeldCompile(tuple):
+    """A structured spec's (empty) special tokens whose first reading in another process, the rank's compile
+    (Grammars._get_compiler), writes `started` in `folder` and waits there until the test writes `released`."""
+
+    def __new__(cls, folder: str):
+        held = super().__new__(cls)
+        held.folder = folder
+        return held
+
+    def __reduce__(self):  # pickled without reading itself
+        return HeldCompile, (self.folder,)
+
+    def __iter__(self):
+        folder = Path(self.folder)
+        (folder / "started").touch()
+        deadline = time.monotonic() + HOLD_BOUND_S
+        while not (folder / "released").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return iter(())
+
+
+async def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + HOLD_BOUND_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def test_a_batch_mate_keeps_decoding_while_a_structured_spec_compiles_on_the_replica(frontend,
+                                                                                          embedded_model_dir,
+                                                                                          tmp_path):
+    """The rank compiled a structured request's spec in add_request, on the thread that runs its steps: every
+    request of its batch waited for the compile (seconds for a regex over the 151k vocabulary)."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # HeldCompile reaches the rank by value
+    prompt = load_tokenizer(embedded_model_dir).encode_chat(PROMPT)
+    mate_outputs = []
+
+    async def decode_mate():
+        mate = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+        async for output in frontend.generate(prompt, mate, "batch-mate"):
+            mate_outputs.append(output)
+
+    async def held_structured() -> str:
+        spec = StructuredOutput("regex", "[0-9]{3}", HeldCompile(str(tmp_path)))
+        params = SamplingParams(temperature=0.0, max_tokens=8, structured=spec)
+        return "".join([output.new_text async for output in frontend.generate(prompt, params, "held-compile")])
+
+    mate_task = asyncio.ensure_future(decode_mate())
+    try:
+        await _until(lambda: mate_outputs, "the batch-mate never started")
+        structured = asyncio.ensure_future(held_structured())
+        await _until((tmp_path / "started").exists, "the compile never started")
+        # one step's output may still be on its way when the compile starts; five are steps run beside it
+        compiling_from = len(mate_outputs)
+        await _until(lambda: len(mate_outputs) >= compiling_from + 5 or mate_task.done(),
+                     "the batch-mate's tokens stopped while the spec compiled")
+        assert len(mate_outputs) >= compiling_from + 5, mate_task.result()
+        (tmp_path / "released").touch()
+        assert re.fullmatch("[0-9]{3}", await structured)
+    finally:
+        (tmp_path / "released").touch()
+        mate_task.cancel()
