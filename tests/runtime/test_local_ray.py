@@ -1,20 +1,24 @@
-"""The private Ray instance `heavy up` starts (no RAY_ADDRESS) listens on loopback only, and its auth token file is
-its owner's alone."""
+"""The private Ray instance `heavy up` starts (no RAY_ADDRESS) listens on loopback only, and its auth token file and
+its sessions' folder (logs, sockets) are its owner's alone."""
 
 import ipaddress
 import json
+import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from runtime.replica.local_ray import keep_token_private
+from runtime.replica.local_ray import SOCKET_PATH_MAX, keep_token_private, private_temp_dir
 
 REPO = Path(__file__).resolve().parents[2]
 # Starts the node as `heavy up` does (init_ray), runs one task so that a worker's gRPC server is up too, and prints
-# every TCP listener of this process and its descendants (GCS, raylet, agents, monitor, workers).
+# every TCP listener of this process and its descendants (GCS, raylet, agents, monitor, workers), then its session's
+# folder and unix sockets.
 LISTENERS_OF_A_LOCAL_NODE = """
 import json, psutil, ray
 from runtime.replica.serving import init_ray
@@ -29,19 +33,33 @@ for process in [here, *here.children(recursive=True)]:
     except psutil.NoSuchProcess:
         continue
     listeners += [[name, s.laddr.ip, s.laddr.port] for s in sockets if s.status == psutil.CONN_LISTEN]
+node = ray._private.worker._global_node
+session = [node.get_session_dir_path(), node.plasma_store_socket_name, node.raylet_socket_name]
 ray.shutdown()
 print(json.dumps(listeners))
+print(json.dumps(session))
 """
+
+
+@pytest.fixture
+def short_tmp():
+    """A folder with a short path (pytest's tmp_path leaves too few of a unix socket path's 107 bytes to Ray)."""
+    folder = Path(tempfile.mkdtemp(prefix="rt-"))
+    yield folder
+    shutil.rmtree(folder)
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_the_local_ray_heavy_up_starts_listens_on_loopback_only_with_a_private_token(tmp_path):
-    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+def test_the_local_ray_heavy_up_starts_listens_on_loopback_only_with_a_private_token_and_sessions(tmp_path,
+                                                                                                   short_tmp):
+    heavy_home = short_tmp / "heavy"
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0",
+           "HEAVY_HOME": str(heavy_home)}
     result = subprocess.run([sys.executable, "-c", LISTENERS_OF_A_LOCAL_NODE], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    listeners = json.loads(result.stdout.splitlines()[-1])
+    listeners = json.loads(result.stdout.splitlines()[-2])
     names = {name for name, _, _ in listeners}
     assert {"gcs_server", "raylet"} <= names, listeners
     beyond_loopback = [(name, ip, port) for name, ip, port in listeners
@@ -50,6 +68,12 @@ def test_the_local_ray_heavy_up_starts_listens_on_loopback_only_with_a_private_t
     token = tmp_path / ".ray" / "auth_token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    # Ray's default was /tmp/ray, which Ray makes 0777 (as every folder it creates): logs readable by every user
+    session, *sockets = json.loads(result.stdout.splitlines()[-1])
+    private = heavy_home / "ray"
+    assert all(Path(path).is_relative_to(private / "tmp") for path in (session, *sockets)), (session, sockets)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert not (Path("/tmp/ray") / Path(session).name).exists()
 
 
 @pytest.fixture
@@ -80,3 +104,34 @@ def test_a_missing_token_is_written_whole_and_private_in_a_private_folder(tmp_pa
     keep_token_private(token)
     assert stat.S_IMODE(token.stat().st_mode) == 0o600 and stat.S_IMODE(token.parent.stat().st_mode) == 0o700
     assert len(token.read_text()) == 64 and [p.name for p in token.parent.iterdir()] == ["auth_token"]
+
+
+def test_a_heavy_home_too_deep_for_rays_socket_paths_gets_a_private_folder_in_the_temp_dir(short_tmp, monkeypatch):
+    """Ray refuses a socket path past 107 bytes: its sessions then go to heavy-ray-<uid> in the temp dir, 0700."""
+    deep = short_tmp / ("d" * (SOCKET_PATH_MAX - len(str(short_tmp))))
+    monkeypatch.setenv("HEAVY_HOME", str(deep))
+    monkeypatch.setattr("tempfile.tempdir", str(short_tmp))
+    private = short_tmp / f"heavy-ray-{os.getuid()}"
+    assert private_temp_dir() == private / "tmp" and not (deep / "ray").exists()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+
+
+def test_a_temp_folder_of_that_name_that_is_a_link_is_not_used(short_tmp, monkeypatch):
+    """Another user may make /tmp/heavy-ray-<uid> first (a link to a folder they read): a fresh folder instead."""
+    monkeypatch.setenv("HEAVY_HOME", str(short_tmp / ("d" * (SOCKET_PATH_MAX - len(str(short_tmp))))))
+    monkeypatch.setattr("tempfile.tempdir", str(short_tmp))
+    (short_tmp / "theirs").mkdir()
+    os.chmod(short_tmp / "theirs", 0o777)
+    (short_tmp / f"heavy-ray-{os.getuid()}").symlink_to(short_tmp / "theirs")
+    temp_dir = private_temp_dir()
+    assert temp_dir.parent.parent == short_tmp and temp_dir.parent.name.startswith("heavy-ray-")
+    assert not temp_dir.parent.is_symlink() and stat.S_IMODE(temp_dir.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((short_tmp / "theirs").stat().st_mode) == 0o777
+
+
+def test_a_private_folder_an_earlier_start_left_open_is_closed(short_tmp, monkeypatch):
+    monkeypatch.setenv("HEAVY_HOME", str(short_tmp))
+    (short_tmp / "ray").mkdir()
+    os.chmod(short_tmp / "ray", 0o755)
+    assert private_temp_dir() == short_tmp / "ray" / "tmp"
+    assert stat.S_IMODE((short_tmp / "ray").stat().st_mode) == 0o700
