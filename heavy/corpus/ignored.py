@@ -6,6 +6,7 @@ cache."""
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
 VENDORED_FOLDERS = frozenset({"node_modules", "bower_components", "__pycache__"})
 # a folder holding one of these files is a tool's: a virtualenv (pyvenv.cfg), a cache (CACHEDIR.TAG: cargo's target/)
 TOOL_MARKERS = ("pyvenv.cfg", "CACHEDIR.TAG")
+# a .gitignore past this is not read (git's cap is 100 MB, but pathspec holds a regex a line and matches each path
+# against them all: a cloned repository's .gitignore must not make an add take the memory or hours it would)
+MAX_RULES_BYTES = 1 << 20
 
 
 def is_tool_folder(folder: Path) -> bool:
@@ -42,9 +46,7 @@ class IgnoreRules:
 
     def within(self, folder: Path) -> IgnoreRules:
         """The rules in `folder`: these, then its own .gitignore's."""
-        try:
-            lines = (folder / ".gitignore").read_text(errors="replace").splitlines()
-        except OSError:  # none, or not readable: nothing ignored by it
+        if (lines := _rule_lines(folder / ".gitignore")) is None:  # none, or not readable: nothing ignored by it
             return self
         from pathspec import GitIgnoreSpec  # 25 ms: not for every `heavy` command, nor a folder with no .gitignore
 
@@ -58,3 +60,21 @@ class IgnoreRules:
             if (ignored := spec.check_file(relative).include) is not None:
                 return ignored
         return False
+
+
+def _rule_lines(file: Path) -> list[str] | None:
+    """A .gitignore's lines, read as git reads one: not through a symlink (a cloned repository's .gitignore linked to
+    /dev/zero filled the memory), a regular file only (a FIFO blocked the add for ever), and at most MAX_RULES_BYTES;
+    None otherwise, or when it cannot be read."""
+    try:
+        descriptor = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO opens without a writer
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as opened:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None
+        try:
+            data = opened.read(MAX_RULES_BYTES + 1)
+        except OSError:
+            return None
+    return None if len(data) > MAX_RULES_BYTES else data.decode(errors="replace").splitlines()

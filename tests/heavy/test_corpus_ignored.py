@@ -1,10 +1,14 @@
 """`heavy corpus add` of a folder passes over what its .gitignore files ignore and vendored or generated folders."""
 
+import os
+import threading
+
 import pytest
 from typer.testing import CliRunner
 
 from heavy.corpus.commands import corpus_add, corpus_app
 from heavy.corpus.documents import CorpusFormatError
+from heavy.corpus.ignored import MAX_RULES_BYTES
 from heavy.corpus.index import CorpusIndex
 
 NOTE = "# {}\n\nThe cryostat held 4 K."
@@ -52,3 +56,31 @@ def test_what_a_folders_gitignore_ignores_and_vendored_folders_are_passed_over_a
     write(root, {"vendor/node_modules/pkg/README.md": NOTE.format("pkg"), "vendor/b.tmp.md": NOTE.format("b")})
     with pytest.raises(CorpusFormatError, match="2 ignored, which --include-ignored indexes"):
         corpus_add(root / "vendor", tmp_path / "other.sqlite")
+
+
+def test_a_gitignore_is_read_as_git_reads_one_not_through_a_link_nor_past_its_size_cap(tmp_path):
+    # a cloned repository's .gitignore linked to /dev/zero filled the memory of the add reading it; git 2.32+ opens
+    # .gitignore files without following links, and reads none past a size cap
+    root, index = tmp_path / "notes", tmp_path / "index.sqlite"
+    (tmp_path / "elsewhere.txt").write_text("*.md\n")
+    write(root, {"a/run.md": NOTE.format("Run"), "b/cryostat.md": NOTE.format("Cryostat"),
+                 "b/.gitignore": "*.md\n" + "#" * MAX_RULES_BYTES})
+    (root / "a" / ".gitignore").symlink_to(tmp_path / "elsewhere.txt")  # as /dev/zero, without its danger
+    assert corpus_add(root, index).added == 2
+
+
+def test_a_gitignore_that_is_a_fifo_is_passed_over_not_waited_on(tmp_path):
+    # open() of a FIFO waits for a writer, and a read for its writers to close: the add hung for ever
+    root, index = tmp_path / "notes", tmp_path / "index.sqlite"
+    write(root, {"run.md": NOTE.format("Run")})
+    os.mkfifo(root / ".gitignore")
+    writer = os.open(root / ".gitignore", os.O_RDWR)  # so that an add that reads it reads this pattern
+    os.write(writer, b"*.md\n")
+    outcome = {}
+    add = threading.Thread(target=lambda: outcome.update(added=corpus_add(root, index).added), daemon=True)
+    add.start()
+    add.join(timeout=60)  # not a measure: an add reading the FIFO waits until the writer below closes
+    os.close(writer)
+    add.join()
+    assert outcome == {"added": 1}
+
