@@ -38,6 +38,8 @@ class IgnoreRules:
         when they ignore `folder` itself: a folder named is read, as a hidden one is (`corpus add repo/build`)."""
         for depth, ancestor in enumerate(folder.parents):
             if os.path.exists(ancestor / ".git"):
+                if not _owned(ancestor / ".git"):  # as git's safe.directory: another user's /tmp/.git sets no rules
+                    return cls()
                 rules = cls()
                 for above in reversed(folder.parents[:depth + 1]):
                     rules = rules.within(above)
@@ -59,6 +61,13 @@ class IgnoreRules:
             relative = path.relative_to(folder).as_posix() + ("/" if is_folder else "")
             if (ignored := spec.check_file(relative).include) is not None:
                 return ignored
+        return False
+
+
+def _owned(path: Path) -> bool:
+    try:
+        return os.lstat(path).st_uid == os.geteuid()
+    except OSError:  # gone meanwhile
         return False
 
 

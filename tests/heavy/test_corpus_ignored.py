@@ -12,6 +12,7 @@ from heavy.corpus.ignored import MAX_RULES_BYTES
 from heavy.corpus.index import CorpusIndex
 
 NOTE = "# {}\n\nThe cryostat held 4 K."
+NOBODY = 65534
 
 
 def write(root, files):
@@ -84,3 +85,16 @@ def test_a_gitignore_that_is_a_fifo_is_passed_over_not_waited_on(tmp_path):
     add.join()
     assert outcome == {"added": 1}
 
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a folder to another user")
+def test_another_users_repository_above_the_folder_sets_no_rules(tmp_path):
+    # anyone may create /tmp/.git and /tmp/.gitignore: a user's `corpus add /tmp/notes` then passed over (and
+    # forgot) whatever they listed; git refuses such a repository (safe.directory), and its rules do not apply here
+    shared = tmp_path / "shared"
+    (shared / ".git").mkdir(parents=True)
+    write(shared, {".gitignore": "*.md\n", "notes/run.md": NOTE.format("Run")})
+    os.chown(shared / ".git", NOBODY, NOBODY)
+    assert corpus_add(shared / "notes", tmp_path / "index.sqlite").added == 1
+    os.chown(shared / ".git", os.geteuid(), os.getegid())  # the user's own repository: its rules apply
+    with pytest.raises(CorpusFormatError, match="1 ignored"):
+        corpus_add(shared / "notes", tmp_path / "other.sqlite")
