@@ -160,16 +160,18 @@ def create_app(engine: AsyncEngine, model_name: str, api_keys: Sequence[str] = (
             raise ApiError(f"the model {request.model!r} does not exist: this server serves {model_name!r}",
                            status=404, param="model")
 
-    def checked(request: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int],
-                params: SamplingParams) -> None:
-        """The engine's own checks of a prompt and of a structured-output spec (it compiles it), as 400s."""
+    def checked(request: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int]) -> None:
+        """The engine's own checks of a prompt, as 400s."""
         try:
             engine.engine.check_request(prompt_ids)
         except RequestError as exc:
             raise ApiError(str(exc), param=request.prompt_param) from exc
+
+    async def compiled(request: ChatCompletionRequest | CompletionRequest, params: SamplingParams) -> None:
+        """The engine's check of a structured-output spec (it compiles it, on the gate's threads), as a 400."""
         param = request.structured_param or "tools"  # else: a forced call's grammar
         try:
-            compiles.check(engine.engine.check_structured, params, param)
+            await compiles.check(engine.engine.check_structured, params, param)
         except StructuredOutputError as exc:
             raise ApiError(str(exc), param=param) from exc
 
@@ -180,10 +182,12 @@ def create_app(engine: AsyncEngine, model_name: str, api_keys: Sequence[str] = (
 
         def params_for(ids: list[int]):
             params = sampling_params(request, len(ids), engine.engine.max_model_len, tokenizer.vocab_size)
-            checked(request, ids, params)
+            checked(request, ids)
             return params
 
         choices = await asyncio.to_thread(completions_api.choices_of, request, tokenizer, params_for)
+        if choices:  # every prompt's spec is the request's
+            await compiled(request, choices[0].params)
         cid, created = completions_api.completion_id(), now()
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -207,7 +211,8 @@ def create_app(engine: AsyncEngine, model_name: str, api_keys: Sequence[str] = (
             if params.structured is not None:  # the answer is a tool call, not the asked-for format
                 raise ApiError("a required tool call cannot go with structured output", param=request.structured_param)
             params = dataclasses.replace(params, structured=forced.grammar)
-        await asyncio.to_thread(checked, request, prompt_ids, params)  # compiling a grammar is CPU work
+        await asyncio.to_thread(checked, request, prompt_ids)
+        await compiled(request, params)
         unscored = dataclasses.replace(params, prompt_logprobs=None)  # the prompt is scored once, by choice 0
         states = [ChoiceState(j, choice_params(params if j == 0 else unscored, j),
                               parser=make_parser(tokenizer, plan.parse_calls), max_calls=plan.max_calls,

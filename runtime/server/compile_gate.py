@@ -3,13 +3,14 @@ guided_choice / response_format, and a forced tool call's grammar): xgrammar's c
 client picks (a regex such as `[a-z]{1,200}` takes seconds over a 151k-token vocabulary), and it cannot be stopped
 once begun. So a spec has a size cap, at most `workers` compile at once on the gate's own threads, and a request
 waits at most `timeout_s` for its compile: past that it is a 400 (its compile still ends on its thread, which is
-what keeps the CPU bounded), or a 503 when its compile never got a thread.
+what keeps the CPU bounded), or a 503 when its compile never got a thread. A request waits on the event loop, not on
+a thread: the loop's few default threads tokenize every request, and requests waiting for a compile held them all.
 """
 
+import asyncio
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
 from runtime.sampling import SamplingParams
 from runtime.server.protocol import ApiError
@@ -33,9 +34,10 @@ class CompileGate:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="structured-compile")
         self.timeout_s, self.max_spec_chars = timeout_s, max_spec_chars
 
-    def check(self, compile_spec: Callable[[SamplingParams], object], params: SamplingParams, param: str) -> None:
-        """compile_spec(params) (the engine's check_structured) under the gate's bounds, from a worker thread (it
-        blocks); `param` is the request field named in a refusal. Its own errors pass through."""
+    async def check(self, compile_spec: Callable[[SamplingParams], object], params: SamplingParams,
+                    param: str) -> None:
+        """compile_spec(params) (the engine's check_structured) under the gate's bounds, on one of the gate's
+        threads; `param` is the request field named in a refusal. Its own errors pass through."""
         spec = params.structured
         if spec is None:
             return
@@ -44,8 +46,8 @@ class CompileGate:
                            f"{self.max_spec_chars}", param=param)
         compiling = self._pool.submit(compile_spec, params)
         try:
-            compiling.result(timeout=self.timeout_s)
-        except FutureTimeout:
+            await asyncio.wait_for(asyncio.wrap_future(compiling), self.timeout_s)
+        except TimeoutError:
             if compiling.cancel():  # still queued: other requests' compiles held every thread
                 raise ApiError(f"every structured-output compile thread stayed busy for {self.timeout_s:g} s; "
                                "retry later", status=503, error_type="server_error") from None

@@ -2,7 +2,10 @@
 before anything compiles; a compile that has not ended by the gate's deadline is a 400 naming the field, and one that
 never got a compile thread (all held) is a 503; once the threads are free the same spec is served."""
 
+import os
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -62,3 +65,40 @@ def test_a_compile_past_the_deadline_is_a_400_and_one_without_a_thread_a_503(rou
             released.set()
         served = post(guided_regex="a+")
         assert served.status_code == 200, served.text
+
+
+@pytest.mark.parametrize("route, body", ROUTES)
+def test_requests_waiting_for_a_compile_leave_the_loops_threads_to_other_requests(route, body):
+    """The one compile thread is held, and as many structured requests as the event loop has default threads wait
+    for it: a plain request is still tokenized (on one of those threads) and served. They waited on the threads, so
+    no request was served until the held compile ended."""
+    engine, released, checked = tiny_engine(), threading.Event(), []
+    check, check_request = engine.engine.check_structured, engine.engine.check_request
+    loop_threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor, which to_thread runs on
+
+    def held_check(params):
+        if params.structured is not None:
+            assert released.wait(timeout=60), "the held compile was never let go"
+        return check(params)
+
+    def counted_check_request(prompt_ids):  # a request's step just before its compile
+        checked.append(prompt_ids)
+        return check_request(prompt_ids)
+
+    engine.engine.check_structured, engine.engine.check_request = held_check, counted_check_request
+    with running_server(engine, MODEL_NAME, compiles=CompileGate(workers=1, timeout_s=120)) as url:
+        def post(**extra) -> httpx.Response:
+            return httpx.post(f"{url}/v1/{route}", json={"model": MODEL_NAME, **body, **extra, "max_tokens": 2},
+                              timeout=60)  # a bound on a hang, not a measure
+        with ThreadPoolExecutor(loop_threads) as clients:
+            try:
+                structured = [clients.submit(post, guided_regex="a+") for _ in range(loop_threads)]
+                deadline = time.monotonic() + 60
+                while len(checked) < loop_threads:  # each at the gate, the first compiling
+                    assert time.monotonic() < deadline, f"{len(checked)} requests reached the compile"
+                    time.sleep(0.05)
+                plain = post()
+                assert plain.status_code == 200, plain.text
+            finally:
+                released.set()
+            assert [r.result().status_code for r in structured] == [200] * loop_threads
