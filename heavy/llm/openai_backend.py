@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -94,8 +95,9 @@ class OpenAIBackend:
         """The server's context for this model: `max_model_len` in GET /models, as vLLM, SGLang and `runtime serve`
         report it, read once it answers; None when it reports none (OpenAI, Moonshot) or the read fails (one that
         found no server, still loading, is made again by the next caller)."""
-        if self._served_context is None:
-            self._served_context = asyncio.ensure_future(self._read_served_context())
+        if self._served_context is None:  # every job's read: not in this one's context (its log lines name it)
+            self._served_context = asyncio.get_running_loop().create_task(self._read_served_context(),
+                                                                          context=contextvars.Context())
         return await asyncio.shield(self._served_context)  # one caller cancelled leaves the read to the others
 
     async def _read_served_context(self) -> int | None:

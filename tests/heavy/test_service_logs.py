@@ -22,6 +22,7 @@ from heavy.api import open_streams
 from heavy.api.models import JobCreate
 from heavy.api.open_streams import OpenStreams
 from heavy.config import Settings
+from heavy.llm.openai_backend import OpenAIBackend
 from heavy.llm.types import LLMError
 from heavy.logs import JsonLines, log_about
 from heavy.store import Store
@@ -197,3 +198,26 @@ async def test_the_stream_lease_renewal_every_tenant_shares_is_logged_as_none_of
     streams.close(stream)
     renewal = json.loads(next(line for line in json_lines if "renewing" in line))
     assert renewal["level"] == "WARNING" and "tenant" not in renewal
+
+
+@pytest.mark.anyio
+async def test_the_servers_context_read_every_job_shares_is_logged_as_none_of_theirs(json_lines):
+    """A worker's backend reads the model server's context once, for every job: started by one tenant's job, its
+    lines are not that job's nor that tenant's."""
+    async def not_up_yet(reader, writer):  # the connection is dropped unanswered, as by a server still loading
+        writer.close()
+
+    listening = await asyncio.start_server(not_up_yet, "127.0.0.1", 0)
+    llm = OpenAIBackend(f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}/v1", "m")
+
+    async def ask_as_a_job_does() -> int | None:
+        log_about(job_id="job-1", tenant="acme")  # what the worker does in a job's task
+        return await llm.served_context()
+
+    try:
+        assert await asyncio.create_task(ask_as_a_job_does()) is None
+    finally:
+        await llm.aclose()
+        listening.close()
+    read = json.loads(next(line for line in json_lines if "context is unknown" in line))
+    assert "tenant" not in read and "job_id" not in read
