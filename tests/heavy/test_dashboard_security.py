@@ -7,6 +7,7 @@ import pytest
 from heavy.events import ReportReady
 from tests.heavy.test_dashboard import signed_in
 from tests.heavy.test_dashboard_access import RESULT, held_job
+from tests.net import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 
@@ -61,3 +62,13 @@ async def test_the_policy_leaves_the_dashboard_whole(service, page, store):
     async with httpx.AsyncClient() as client:  # Swagger UI's own inline script runs: only framing is refused there
         docs = await client.get(f"{service.url}/docs")
     assert docs.headers["content-security-policy"] == "frame-ancestors 'none'"
+
+
+async def test_a_path_naming_another_host_leaves_the_page_on_the_dashboards_origin(service, page):
+    """The API serves the dashboard at `//host/..%2f` (its path decodes to //host/../, the folder itself). The page's
+    move to its slash form made that `//host/..%2f/`, a URL of the other host: a link to the service sent whoever
+    followed it to any site (one asking for their API key). Here the other host is a loopback port no one serves."""
+    elsewhere = f"127.0.0.1:{free_port()}"
+    await page.goto(f"{service.url}//{elsewhere}/..%2f")
+    await page.wait_for_selector("#sign-in-form", state="visible")  # app.js loaded and ran
+    assert page.url == f"{service.url}//{elsewhere}/..%2f/"
