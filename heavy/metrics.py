@@ -1,6 +1,7 @@
 """Prometheus metrics of the service. The worker feeds the job metrics from its events (`MetricsSink`); the job
 store counts ended jobs wherever they end; the API adds request metrics and, at scrape time, the queue depth. In
-`heavy up` all live in one process, shown by the API's /metrics; a `heavy worker` shows its own (`served`)."""
+`heavy up` all live in one process, shown by the API's /metrics; a `heavy worker` shows its own (`served`): only
+what a worker moves, not the API's series it would show at 0 (an avg or min over pods would count them)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 
 from heavy.events import Event, JobFailed, ToolResultEvent, TrajectoryDone, TrajectoryStep
 
@@ -30,6 +40,13 @@ ERRORS = Counter("heavy_errors_total", "Errors, by where they happened", ["where
 QUEUE_DEPTH = Gauge("heavy_queue_depth", "Entries in the jobs stream (queued or running)")
 QUEUE_PENDING = Gauge("heavy_queue_pending", "Jobs claimed by a worker and not yet acknowledged")
 
+# what a `heavy worker` process serves: the metrics a worker moves (JobStore.finish counts the jobs it ends), and
+# the process's own (CPU, memory, GC); the API's requests, streams and queue gauges stay at the API
+WORKER_REGISTRY = CollectorRegistry()
+for _collector in (JOBS_FINISHED, JOB_SECONDS, TRAJECTORIES, STEPS, TOOL_CALLS, TOKENS, ERRORS, PROCESS_COLLECTOR,
+                   PLATFORM_COLLECTOR, GC_COLLECTOR):
+    WORKER_REGISTRY.register(_collector)
+
 
 class MetricsSink:
     """An event sink that counts what a job does."""
@@ -49,12 +66,12 @@ class MetricsSink:
 
 @contextlib.asynccontextmanager
 async def served(host: str, port: int | None) -> AsyncIterator[None]:
-    """This process's metrics at http://host:port/metrics while the block runs (from a thread of its own, so a busy
-    event loop does not hold up a scrape); nothing when `port` is None."""
+    """This worker process's metrics (`WORKER_REGISTRY`) at http://host:port/metrics while the block runs (from a
+    thread of its own, so a busy event loop does not hold up a scrape); nothing when `port` is None."""
     if port is None:
         yield
         return
-    server, thread = start_http_server(port, host)
+    server, thread = start_http_server(port, host, WORKER_REGISTRY)
     try:
         yield
     finally:

@@ -68,6 +68,27 @@ async def test_a_worker_shows_its_jobs_steps_and_tokens_on_its_own_metrics_port(
     assert moved("heavy_job_seconds_count") == 1
 
 
+async def test_a_worker_shows_none_of_the_apis_metrics(store, free_tcp_port):
+    """The queue gauges, streams and request metrics are the API's: a worker showing them at 0 would pull an avg or
+    min over all heavy pods down. Its own jobs' metrics and its process's stay."""
+    settings = WORKER_SETTINGS.model_copy(update={"worker_metrics_port": free_tcp_port})
+    stop = asyncio.Event()
+    worker = asyncio.create_task(Worker(store, ScriptedBackend(researcher), executor(), settings).run(stop))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_tcp_port}") as scraper:
+            async def scrape() -> str:
+                return (await scraper.get("/metrics")).text
+
+            shown = await wait_for(lambda: scraped(scrape))
+    finally:
+        stop.set()
+        await worker
+    families = {family.name for family in text_string_to_metric_families(shown)}
+    assert not families & {"heavy_queue_depth", "heavy_queue_pending", "heavy_sse_followers", "heavy_sse_readers",
+                           "heavy_api_requests", "heavy_api_request_seconds", "heavy_jobs_submitted"}
+    assert {"heavy_jobs_finished", "heavy_steps", "heavy_errors", "process_cpu_seconds"} <= families
+
+
 async def scraped(scrape) -> str | None:
     try:
         return await scrape()
