@@ -198,7 +198,7 @@ class Report(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
-    redis: str | None = Field(None, description="why the job store is unreachable")
+    redis: str | None = Field(None, description="that the job store is unreachable (its error is in the API's log)")
 
 
 class InvalidField(BaseModel):

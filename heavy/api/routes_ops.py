@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,7 +14,9 @@ from heavy.api.errors import RETRY_AFTER, STORE_RETRY_S, retry_after
 from heavy.api.models import Readiness
 from heavy.metrics import QUEUE_DEPTH, QUEUE_PENDING
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["ops"])
+NOT_ANSWERING = "the job store does not answer"
 
 
 @router.get("/healthz")
@@ -29,7 +33,9 @@ async def readyz(store: StoreDep) -> JSONResponse:
     try:
         await store.ping()
     except (RedisError, OSError) as exc:
-        return JSONResponse({"status": "unavailable", "redis": str(exc)}, status_code=503,
+        # the route answers anyone: the error's text (host:port, a Sentinel master's name) goes to the log only
+        log.warning("not ready: %s (%s: %s)", NOT_ANSWERING, type(exc).__name__, exc)
+        return JSONResponse({"status": "unavailable", "redis": NOT_ANSWERING}, status_code=503,
                             headers=retry_after(STORE_RETRY_S))
     return JSONResponse({"status": "ready"})
 

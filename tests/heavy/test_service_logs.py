@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from heavy.aggregate import REPORT_REQUEST
-from heavy.api import open_streams
+from heavy.api import create_app, open_streams
 from heavy.api.models import JobCreate
 from heavy.api.open_streams import OpenStreams
 from heavy.config import Settings
@@ -221,3 +221,19 @@ async def test_the_servers_context_read_every_job_shares_is_logged_as_none_of_th
         listening.close()
     read = json.loads(next(line for line in json_lines if "context is unknown" in line))
     assert "tenant" not in read and "job_id" not in read
+
+
+@pytest.mark.anyio
+async def test_readyz_tells_anyone_the_store_is_down_and_only_the_log_why(tmp_path, json_lines):
+    """/readyz answers unauthenticated callers (probes): the Redis error's text, which names the store's address
+    (and a Sentinel master), is logged for the operator, not returned."""
+    gone = Store.connect(f"unix://{tmp_path}/no-redis.sock", Settings())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(Settings(), store=gone)),
+                                     base_url="http://heavy.test") as client:
+            response = await client.get("/readyz")
+    finally:
+        await gone.aclose()
+    assert response.status_code == 503 and "no-redis.sock" not in response.text, response.text
+    assert response.json()["redis"] == "the job store does not answer"
+    assert any("no-redis.sock" in json.loads(line)["msg"] for line in json_lines), json_lines
