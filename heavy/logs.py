@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from contextvars import ContextVar
 
 # the job (and tenant) the code logging now works for: set in its task, seen by the tasks and threads it starts
@@ -13,8 +15,22 @@ _ABOUT: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("heavy_log_about", 
 def log_about(job_id: str | None = None, tenant: str | None = None) -> None:
     """Tag the records this task logs from now on (and the tasks it starts) with `job_id` and `tenant`, so that a
     log pipeline finds a job's or a tenant's lines by field, whichever module wrote them."""
+    _ABOUT.set(_with(job_id, tenant))
+
+
+@contextlib.contextmanager
+def logging_about(job_id: str | None = None, tenant: str | None = None) -> Iterator[None]:
+    """`log_about` for the block only: for a task that logs about one job, then another (the lease renewer)."""
+    token = _ABOUT.set(_with(job_id, tenant))
+    try:
+        yield
+    finally:
+        _ABOUT.reset(token)
+
+
+def _with(job_id: str | None, tenant: str | None) -> tuple[tuple[str, str], ...]:
     about = {**dict(_ABOUT.get()), **({"job_id": job_id} if job_id else {}), **({"tenant": tenant} if tenant else {})}
-    _ABOUT.set(tuple(about.items()))
+    return tuple(about.items())
 
 
 class JsonLines(logging.Formatter):

@@ -25,7 +25,7 @@ from heavy.compat import from_known_fields
 from heavy.config import Settings
 from heavy.events import FanoutSink, JobFailed, SinkUnreachable
 from heavy.llm.types import LLMBackend, Usage
-from heavy.logs import log_about
+from heavy.logs import log_about, logging_about
 from heavy.metrics import ERRORS, JOB_SECONDS, MetricsSink, served
 from heavy.scheduler import JobControl, JobSpec, Scheduler, trajectory_limits
 from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, JobTakenOver, Store
@@ -72,6 +72,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.aggregation = aggregation or AggregationConfig.from_settings(settings)
         self.running: dict[str, asyncio.Task] = {}  # stream entry id -> job task
+        self.job_ids: dict[str, str] = {}  # stream entry id -> its job's, for the lines logged about the entry
         self.acked: set[str] = set()  # entries of `running` acknowledged (their callback is being sent): no lease
         self.stopping = False  # set when run() is asked to stop: its jobs' tasks are cancelled by a stop, not a death
         self.lease_ms = int(settings.worker_lease_s * 1000)
@@ -106,6 +107,7 @@ class Worker:
                         continue
                     task = asyncio.create_task(self._handle(claim), name=f"job {claim.job_id}")
                     self.running[claim.entry_id] = task
+                    self.job_ids[claim.entry_id] = claim.job_id
                     task.add_done_callback(lambda _, entry=claim.entry_id: self._forget(entry))
             self.stopping = True  # asked to stop (run() cancelled instead is taken for a death)
         finally:
@@ -147,7 +149,10 @@ class Worker:
                 log.exception("lease renewal failed")
                 continue
             for entry_id in lost:  # stalled past the lease: another worker runs the job now
-                log.warning("entry %s was taken over by another worker; stopping our run of it", entry_id)
+                job_id = self.job_ids.get(entry_id)
+                with logging_about(job_id=job_id):
+                    log.warning("job %s was taken over by another worker (its queue entry %s); stopping our run of "
+                                "it", job_id, entry_id)
                 task = self.running.get(entry_id)
                 if task is not None:
                     task.cancel()
@@ -327,6 +332,7 @@ class Worker:
 
     def _forget(self, entry_id: str) -> None:
         self.running.pop(entry_id, None)
+        self.job_ids.pop(entry_id, None)
         self.acked.discard(entry_id)
 
     async def _give_up(self, claim: Claim, job: JobRecord) -> None:

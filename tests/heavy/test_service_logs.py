@@ -237,3 +237,24 @@ async def test_readyz_tells_anyone_the_store_is_down_and_only_the_log_why(tmp_pa
     assert response.status_code == 503 and "no-redis.sock" not in response.text, response.text
     assert response.json()["redis"] == "the job store does not answer"
     assert any("no-redis.sock" in json.loads(line)["msg"] for line in json_lines), json_lines
+
+
+@pytest.mark.anyio
+async def test_a_job_taken_over_from_its_worker_is_named_in_that_workers_warning(store, json_lines):
+    """The lease renewer, which serves all a worker's jobs, warns when another worker took one over (this one
+    stalled past its lease): the line names the job, by field too, as the job's own lines do, not only its queue
+    entry."""
+    job, _ = await store.jobs.submit("acme", question=JOB["question"], mode="report",
+                                     params=JobCreate(**JOB).resolve(WORKER_SETTINGS))
+    held = ScriptedBackend(researcher, gate=asyncio.Event())  # its requests never answer
+    stop = asyncio.Event()
+    running = asyncio.create_task(Worker(store, held, executor(), WORKER_SETTINGS, name="stalled").run(stop))
+    try:
+        await wait_for(lambda: asyncio.sleep(0, result=bool(held.requests)))
+        assert await store.queue.claim_abandoned("rescuer", lease_ms=0)  # as if its lease had run out
+        await wait_for(lambda: asyncio.sleep(0, result=any("taken over" in line for line in json_lines)))
+    finally:
+        stop.set()
+        await running
+    warning = json.loads(next(line for line in json_lines if "taken over" in line))
+    assert warning["job_id"] == job.id and job.id in warning["msg"], warning
