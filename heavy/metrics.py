@@ -20,7 +20,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from heavy.events import Event, JobFailed, ToolResultEvent, TrajectoryDone, TrajectoryStep
+from heavy.events import Event, ToolResultEvent, TrajectoryDone, TrajectoryStep
 
 API_REQUESTS = Counter("heavy_api_requests_total", "API requests", ["method", "route", "status"])
 API_LATENCY = Histogram("heavy_api_request_seconds", "API request latency", ["route"],
@@ -36,7 +36,9 @@ TRAJECTORIES = Counter("heavy_trajectories_total", "Trajectories ended, by stop 
 STEPS = Counter("heavy_steps_total", "Trajectory steps (model calls)")
 TOOL_CALLS = Counter("heavy_tool_calls_total", "Tool calls, by tool and outcome", ["tool", "ok"])
 TOKENS = Counter("heavy_tokens_total", "LLM tokens of trajectory steps", ["kind"])
-ERRORS = Counter("heavy_errors_total", "Errors, by where they happened", ["where"])
+ERRORS = Counter("heavy_errors_total", "Errors, by where: api (a request's unexpected error), api_store (the job store "
+                 "failing a request), worker (a worker's error running a job, which is retried), job (a job a worker "
+                 "ended as failed, once)", ["where"])
 QUEUE_DEPTH = Gauge("heavy_queue_depth", "Entries in the jobs stream (queued or running)")
 QUEUE_PENDING = Gauge("heavy_queue_pending", "Jobs claimed by a worker and not yet acknowledged")
 
@@ -60,8 +62,6 @@ class MetricsSink:
             TOOL_CALLS.labels(event.tool, str(event.ok).lower()).inc()
         elif isinstance(event, TrajectoryDone):
             TRAJECTORIES.labels(event.stop_reason).inc()
-        elif isinstance(event, JobFailed):
-            ERRORS.labels("job").inc()
 
 
 @contextlib.asynccontextmanager

@@ -324,6 +324,8 @@ class Worker:
             return
         if first_started is not None:  # once a job, when it ends: not per run (a stopped or taken-over one)
             JOB_SECONDS.observe(time.monotonic() - first_started)
+        if status == FAILED:  # its run's failure and a job given up alike, counted by the worker that ended it
+            ERRORS.labels("job").inc()
         await self.store.queue.ack(claim.entry_id)
         # after the ack: a slow receiver holds no lease, and no renewal takes the acked entry for one taken over
         self.acked.add(claim.entry_id)

@@ -10,7 +10,9 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from heavy.llm.types import LLMError
 from heavy.worker import Worker
+from heavy.worker.runner import MAX_ATTEMPTS
 from tests.heavy.api_helpers import app_for, client_for
 from tests.heavy.fakes import ScriptedBackend
 from tests.heavy.worker_helpers import JOB, WORKER_SETTINGS, executor, researcher, wait_for
@@ -113,6 +115,30 @@ async def test_jobs_ended_without_a_worker_count_as_finished_once(acme, store):
     expiring = (await acme.post("/v1/jobs", json={**JOB, "review": True})).json()
     await wait_for(lambda: store.jobs.expire_unapproved())  # what a worker's sweep does
     assert await has_status(acme, expiring["id"], "cancelled") and await cancelled() - start == 3
+
+
+async def test_every_job_a_worker_ends_failed_counts_once_as_a_job_error(acme, store):
+    """heavy_errors_total{where="job"} counts failed jobs: one whose run failed (all its trajectories did) and one
+    given up after its workers died, which fails without running."""
+    def job_errors() -> float:
+        return REGISTRY.get_sample_value("heavy_errors_total", {"where": "job"}) or 0.0
+
+    def unreachable(request):
+        raise LLMError("HTTP 503: the model endpoint is restarting")
+
+    start = job_errors()
+    run_failed = (await acme.post("/v1/jobs", json=JOB)).json()
+    given_up = (await acme.post("/v1/jobs", json=JOB)).json()
+    await store.jobs.update(given_up["id"], attempts=MAX_ATTEMPTS)  # as if every worker that took it had died
+    stop = asyncio.Event()
+    worker = asyncio.create_task(Worker(store, ScriptedBackend(unreachable), executor(), WORKER_SETTINGS).run(stop))
+    try:
+        for job in (run_failed, given_up):
+            await wait_for(lambda job=job: has_status(acme, job["id"], "failed"))
+    finally:
+        stop.set()
+        await worker
+    assert job_errors() - start == 2
 
 
 async def test_a_job_resumed_after_its_worker_stopped_is_timed_once_from_when_it_first_started(acme, store):
