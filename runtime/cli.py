@@ -5,6 +5,7 @@ generate and chat stream the answer to stdout and print the speed to stderr; err
 
 import argparse
 import ipaddress
+import logging
 import math
 import os
 import sys
@@ -15,6 +16,7 @@ DEFAULT_MAX_TOKENS = 256
 DEFAULT_PORT = 8000
 MAX_PORT = 65535
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+log = logging.getLogger(__name__)
 API_KEY_ENV = "RUNTIME_API_KEY"  # serve's key when no --api-key is given (as vLLM's VLLM_API_KEY): not in `ps`
 # serve's flags for the router's health rounds (runtime/replica/router.py, RouterConfig; default there): flag ->
 # (RouterConfig field, type, help)
@@ -145,8 +147,8 @@ def _request_gate(args: argparse.Namespace) -> tuple[tuple[str, ...], int | None
     if args.max_body_bytes is not None and args.max_body_bytes <= 0:
         raise ValueError(f"--max-body-bytes must be > 0, got {args.max_body_bytes}")
     if not keys and not _is_loopback(args.host):
-        print(f"warning: serving on {args.host} without an API key: whoever reaches the port runs the model "
-              f"(--api-key or ${API_KEY_ENV})", file=sys.stderr)
+        log.warning("serving on %s without an API key: whoever reaches the port runs the model (--api-key or $%s)",
+                    args.host, API_KEY_ENV)
     return checked_api_keys(keys), args.max_body_bytes
 
 
@@ -167,19 +169,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def _load(model: str, dtype: str, speculative_tokens: int | None = None, max_model_len: int | None = None,
-          kv_cache_gib: float | None = None):
+          kv_cache_gib: float | None = None, say: Callable[[str], None] = _to_stderr):
+    """The engine; `say` tells its progress (serve's: a log line)."""
     from runtime.embedded import KNOWN_MODELS
     from runtime.engine.config import check_context_held
     from runtime.engine.factory import load_engine
 
     config = _engine_config(speculative_tokens, max_model_len, kv_cache_gib)
     note = " (its first use converts it once, about a minute)" if model in KNOWN_MODELS else ""
-    print(f"loading {model}{note}...", file=sys.stderr)
+    say(f"loading {model}{note}...")
     engine = load_engine(model, config, dtype=dtype)  # "auto" looks at the checkpoint (INT4 weights) and the CPU
     check_context_held(max_model_len, engine.max_model_len)
     computed = next(engine.runner.model.parameters()).dtype
-    print(f"loaded {model} in {str(computed).removeprefix('torch.')}", file=sys.stderr)
+    say(f"loaded {model} in {str(computed).removeprefix('torch.')}")
     return engine
 
 
@@ -228,6 +235,9 @@ def _chat(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     from runtime.engine.async_engine import HANG_TIMEOUT_S
+    from runtime.server.logs import log_json_lines
+
+    log_json_lines()  # from here on: the model's loading, Ray's start and uvicorn log JSON lines
 
     hang_timeout_s = HANG_TIMEOUT_S if args.hang_timeout is None else args.hang_timeout
     if not (math.isfinite(hang_timeout_s) and hang_timeout_s > 0):  # before a model loads or Ray starts; nan
@@ -248,7 +258,7 @@ def _serve(args: argparse.Namespace) -> None:
         return
     from runtime.server.app import serve
 
-    serve(_load(args.model, args.dtype, args.speculative_tokens, args.max_model_len, args.kv_cache_gib),
+    serve(_load(args.model, args.dtype, args.speculative_tokens, args.max_model_len, args.kv_cache_gib, say=log.info),
           model_name=served_name, host=args.host, port=args.port, hang_timeout_s=hang_timeout_s, api_keys=api_keys,
           max_body_bytes=max_body_bytes, compiles=compiles)
 

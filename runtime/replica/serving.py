@@ -221,6 +221,6 @@ def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, abs
         check_context_held(max_model_len, frontend.max_model_len)
         app = PrefixKeyMiddleware(create_app(frontend, model_name=served_name or str(model), api_keys=api_keys,
                                              max_body_bytes=max_body_bytes, compiles=compiles))
-        uvicorn.run(app, host=host, port=port)
+        uvicorn.run(app, host=host, port=port, log_level="info", log_config=None)  # its lines through ours: JSON
     finally:
         frontend.shutdown()

@@ -304,6 +304,6 @@ def serve(engine: LLMEngine, model_name: str, host: str, port: int, hang_timeout
     try:
         app = create_app(async_engine, model_name=model_name, api_keys=api_keys, max_body_bytes=max_body_bytes,
                          compiles=compiles)
-        uvicorn.run(app, host=host, port=port)
+        uvicorn.run(app, host=host, port=port, log_level="info", log_config=None)  # its lines through ours: JSON
     finally:
         async_engine.shutdown()

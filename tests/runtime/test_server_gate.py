@@ -60,9 +60,16 @@ def serving(checkpoint, log_path, *flags: str):
 
 
 @pytest.fixture(scope="module")
-def url(tiny_kimi_path, tmp_path_factory):
-    with serving(tiny_kimi_path, tmp_path_factory.mktemp("gate") / "serve.log") as base:
-        yield base
+def served(tiny_kimi_path, tmp_path_factory):
+    """The module's server: its URL and the file its stdout and stderr go to."""
+    log_path = tmp_path_factory.mktemp("gate") / "serve.log"
+    with serving(tiny_kimi_path, log_path) as base:
+        yield base, log_path
+
+
+@pytest.fixture(scope="module")
+def url(served):
+    return served[0]
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -125,6 +132,20 @@ async def test_heavys_openai_backend_sends_its_setting_as_the_key(url):
         assert not isinstance(refused.value, RetriableLLMError)  # a missing key is not waited out
     finally:
         await keyless.aclose()
+
+
+def test_every_line_serve_logs_is_one_json_object_with_no_key_in_it(served):
+    """A log pipeline parses each line (uvicorn's access lines included), and no line holds a key, the one from
+    the environment and a wrong one tried included."""
+    url, log_path = served
+    httpx.post(f"{url}/v1/chat/completions", headers=_bearer(KEYS[0]), json=_chat(), timeout=120)
+    httpx.get(f"{url}/v1/models", headers=_bearer(f"{KEYS[1]}-wrong"), timeout=30)
+    httpx.get(f"{url}/health", timeout=30)
+    text = log_path.read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    assert any('"POST /v1/chat/completions HTTP/1.1" 200' in r["msg"] for r in records), records
+    assert any('"GET /v1/models HTTP/1.1" 401' in r["msg"] for r in records), records
+    assert not [key for key in (*KEYS, ENV_KEY) if key in text]
 
 
 def _raw(url: str, head: str, body: bytes = b"") -> tuple[int, dict, bytes]:
@@ -209,13 +230,14 @@ def test_served_from_ray_replicas_the_key_and_the_cap_hold_the_same(tiny_kimi_pa
     ("0.0.0.0", False, True), ("::", False, True), ("heavy-runtime", False, True), ("0.0.0.0", True, False),
     ("127.0.0.1", False, False), ("::1", False, False), ("localhost", False, False),
 ])
-def test_serve_beyond_loopback_without_a_key_says_so(monkeypatch, capsys, tiny_kimi_path, host, keyed, warned):
+def test_serve_beyond_loopback_without_a_key_says_so(monkeypatch, caplog, tiny_kimi_path, host, keyed, warned):
+    """In its log (JSON lines, as serve's every line)."""
     monkeypatch.setattr("runtime.cli._load", lambda *_, **__: None)
     monkeypatch.setattr("runtime.server.app.serve", lambda *_, **__: None)
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     assert main(["serve", "--model", str(tiny_kimi_path), "--host", host, *(["--api-key", "k"] if keyed else [])]) == 0
-    warning = f"warning: serving on {host} without an API key: whoever reaches the port runs the model"
-    assert (warning in capsys.readouterr().err) == warned
+    warning = f"serving on {host} without an API key: whoever reaches the port runs the model"
+    assert any(warning in record.getMessage() and record.levelname == "WARNING" for record in caplog.records) == warned
 
 
 def test_serve_takes_the_key_from_the_environment_when_no_flag_names_one(monkeypatch, tiny_kimi_path):
