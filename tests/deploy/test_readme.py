@@ -22,6 +22,8 @@ DOCUMENTS = (REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))
 # a command as the README and docs write it, in a code block or inline, up to a comment, `&`, `|`, `;` or backtick
 VENV_COMMAND = re.compile(r"\.venv/bin/((?:heavy|python -m runtime) [^#&|;`\n]*)")
 SCRIPT = re.compile(r"\bscripts/\w+\.py\b")
+# a script as the READMEs and docs run it: its path, then its options (a value after each, at most)
+SCRIPT_RUN = re.compile(r"\b(scripts/\w+\.py)((?: --?[a-z][\w-]*(?: [^\s`#|;&(-][^\s`#|;&)]*)?)*)")
 SETTINGS_DOCUMENT = REPO_ROOT / "docs" / "settings.md"
 # a row of docs/settings.md: | `VARIABLE` | default | what |, or several variables in the first cell
 SETTING_ROW = re.compile(r"^\| (`[A-Z0-9_]+`(?:, `[A-Z0-9_]+`)*) \| ([^|]+) \|", re.MULTILINE)
@@ -69,6 +71,21 @@ def test_the_commands_of_the_readme_and_docs_are_real():
 def test_the_scripts_the_readmes_and_docs_name_exist():
     named = {name for document in (*DOCUMENTS, DEPLOY / "README.md") for name in SCRIPT.findall(document.read_text())}
     assert named and not [name for name in sorted(named) if not (REPO_ROOT / name).is_file()]
+
+
+def _script_source(script: str) -> str:
+    """A script's text and that of the scripts/ modules it imports (bench scripts share their options' parser)."""
+    text = (REPO_ROOT / script).read_text()
+    helpers = re.findall(r"^(?:from|import) (\w+)", text, re.MULTILINE)
+    return "\n".join([text, *((REPO_ROOT / "scripts" / f"{name}.py").read_text() for name in helpers
+                               if (REPO_ROOT / "scripts" / f"{name}.py").is_file())])
+
+
+def test_the_options_the_readmes_and_docs_give_scripts_are_theirs():
+    runs = [run for document in (*DOCUMENTS, DEPLOY / "README.md") for run in SCRIPT_RUN.findall(document.read_text())]
+    unknown = sorted({(script, option) for script, options in runs for option in re.findall(r"--[a-z][\w-]*", options)
+                      if f'"{option}"' not in _script_source(script)})
+    assert len(runs) >= 10 and not unknown, unknown
 
 
 def test_the_readme_starts_with_make_demo_and_make_test():
