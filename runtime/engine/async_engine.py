@@ -29,8 +29,14 @@ class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
 
-    def put(self, item: RequestOutput | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    def put(self, item: RequestOutput | BaseException) -> bool:
+        """Hand item to the consumer's event loop; False when that loop is closed (its consumer is gone for good: an
+        `asyncio.run` that ended while the request was in a step)."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # "Event loop is closed": failing here would kill the engine loop for every request
+            return False
+        return True
 
 
 class AsyncEngine:
@@ -118,10 +124,13 @@ class AsyncEngine:
                 self._step_started = None
                 for out in outputs:
                     stream = self._streams.get(out.request_id)
-                    if stream is not None:
-                        stream.put(out)
-                    if out.finished:
-                        self._streams.pop(out.request_id, None)
+                    if stream is None:
+                        continue
+                    if not stream.put(out):  # nobody can read it any more: free its blocks now
+                        self.engine.abort(out.request_id)
+                        del self._streams[out.request_id]
+                    elif out.finished:
+                        del self._streams[out.request_id]
         except Exception as exc:  # a failed step fails every request in flight, never hangs them
             log.exception("engine loop failed")
             self._error = exc

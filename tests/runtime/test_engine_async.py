@@ -145,3 +145,38 @@ def test_a_request_sent_during_the_failing_step_fails_too_instead_of_hanging(mod
     finally:
         gated.gate.set()
         engine.shutdown()
+
+
+class SecondStepGatedModel(GatedModel):
+    """The tiny model, whose second forward signals entry and waits for the gate; the others run straight through."""
+
+    def forward(self, input_ids, positions):
+        self.calls += 1
+        if self.calls == 2:
+            return super().forward(input_ids, positions)
+        return self.inner(input_ids, positions)
+
+
+def test_a_consumer_whose_event_loop_closed_mid_step_is_aborted_and_the_engine_serves_on(model):
+    """An `asyncio.run` that reads one output and ends while the next step runs: that step's output has no loop to
+    go to. It once raised "Event loop is closed" in the engine thread, which killed the engine for every request (and
+    a request sent meanwhile waited forever: the thread died again telling it)."""
+    expected = LLMEngine(model, LetterTokenizer(), CONFIG).generate([prompts(1, seed=3)[0]], GREEDY)[0].token_ids
+    gated = SecondStepGatedModel(model)
+    engine = AsyncEngine(LLMEngine(gated, LetterTokenizer(), CONFIG))
+    try:
+        async def leave_after_the_first_output():
+            outputs = engine.generate(prompts(1)[0], SamplingParams(temperature=0.0, max_tokens=50, ignore_eos=True))
+            await outputs.__anext__()
+            await asyncio.to_thread(gated.entered.wait, 30)  # the engine thread is inside the next step
+            await outputs.aclose()  # the abort is queued behind that step
+
+        asyncio.run(leave_after_the_first_output())  # its loop is closed now
+        gated.gate.set()
+        assert asyncio.run(asyncio.wait_for(collect(engine, prompts(1, seed=3)[0]), 30)) == expected  # hang guard
+        assert not engine.engine.has_unfinished()  # the abandoned request was aborted (a step frees before it tells)
+        blocks = engine.engine.scheduler.block_manager
+        assert blocks.num_free_blocks == len(blocks.blocks)
+    finally:
+        gated.gate.set()
+        engine.shutdown()
