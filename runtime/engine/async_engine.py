@@ -78,6 +78,8 @@ class AsyncEngine:
             while not finished:
                 item = await stream.queue.get()
                 if isinstance(item, BaseException):
+                    # refused (never added: an abort would stop another request of the same id) or the loop died
+                    finished = True
                     raise item
                 finished = item.finished
                 yield item

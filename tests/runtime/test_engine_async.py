@@ -180,3 +180,31 @@ def test_a_consumer_whose_event_loop_closed_mid_step_is_aborted_and_the_engine_s
     finally:
         gated.gate.set()
         engine.shutdown()
+
+
+def test_a_request_refused_for_an_id_in_use_leaves_the_request_of_that_id_running(model):
+    expected = LLMEngine(model, LetterTokenizer(), CONFIG).generate([prompts(1)[0]], GREEDY)[0].token_ids
+    gated = SecondStepGatedModel(model)
+    engine = AsyncEngine(LLMEngine(gated, LetterTokenizer(), CONFIG))
+    try:
+        async def main():
+            first = engine.generate(prompts(1)[0], GREEDY, request_id="same")
+            tokens = list((await first.__anext__()).new_token_ids)
+            await asyncio.to_thread(gated.entered.wait, 30)  # "same" is in the step now running
+            again = asyncio.create_task(collect_as(engine, prompts(1, seed=2)[0], "same"))
+            await asyncio.sleep(0)  # its add is queued behind that step
+            gated.gate.set()
+            with pytest.raises(RequestError, match="already in use"):
+                await again
+            async for out in first:
+                tokens += out.new_token_ids
+            return tokens
+
+        assert asyncio.run(asyncio.wait_for(main(), 30)) == expected  # hang guard: an aborted stream never ends
+    finally:
+        gated.gate.set()
+        engine.shutdown()
+
+
+async def collect_as(engine: AsyncEngine, prompt: list[int], request_id: str) -> list[int]:
+    return [t async for out in engine.generate(prompt, GREEDY, request_id) for t in out.new_token_ids]
