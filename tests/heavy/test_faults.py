@@ -1,39 +1,33 @@
-"""Faults, each against real processes: a worker killed with SIGKILL mid-job (another finishes it from the
-checkpoints, no event lost or repeated), the API process killed and restarted while a client follows the events
-(the client reconnects with Last-Event-ID and misses nothing), redis-server restarted mid-job (the job's state
-comes back from the AOF and the job completes), and redis-server down for longer than the store's retries, with its
-AOF and without (the worker keeps claiming, the job it ran is resumed, not failed), three times during one job (each
-cut a stop, not one of the deaths that give a job up), and redis-server refusing writes with MISCONF (its disk full:
-the same as down, not a trajectory's crash)."""
+"""Worker and API faults, each against real processes: a worker killed with SIGKILL mid-job (another finishes it
+from the checkpoints, no event lost or repeated), stopped with SIGTERM mid-job or while aggregating (what it spent is
+handed over), killed or stalled past its lease while aggregating (what its answered calls spent is kept), and the API
+process killed and restarted while a client follows the events (the client reconnects with Last-Event-ID and misses
+nothing). Redis' own faults are in test_faults_redis.py."""
 
 import asyncio
-import os
-import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import httpx
 import pytest
 
-from heavy.embedded_redis import EmbeddedRedis
 from heavy.llm.types import Usage
-from heavy.store import Keys, Store
-from heavy.store.records import TERMINAL_EVENTS
 from heavy.worker import Worker
 from tests.heavy.api_helpers import follow_sse
 from tests.heavy.fakes import STEP_USAGE, ScriptedBackend
 from tests.heavy.service_proc import CUT_USAGE
 from tests.heavy.worker_helpers import (
-    JOB,
     WORKER_SETTINGS,
+    all_events,
     assert_gap_free,
     executor,
+    finished,
     researcher,
     spawn,
     stop,
+    submit_job,
     wait_api_ready,
     wait_for,
 )
@@ -42,31 +36,11 @@ from tests.net import free_port
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
-
-async def submit(store: Store) -> str:
-    job, _ = await store.jobs.submit("acme", question=JOB["question"], mode="report", params={
-        "trajectories": 3, "max_steps": 4, "step_tokens": 64, "trajectory_tokens": 10_000, "job_tokens": 50_000,
-        "deadline_s": 120, "tools": ["search"]})
-    return job.id
-
-
-async def all_events(store: Store, job_id: str) -> list[dict]:
-    return await store.jobs.read_events(job_id, 0, count=10_000)
-
-
-async def finished(store: Store, job_id: str):
-    """(job, events) once the job is terminal and its terminal event is out: the worker saves the final status
-    first and then releases the event, so a reader can see one a moment before the other."""
-    job = await store.jobs.get(job_id)
-    events = await all_events(store, job_id) if job.terminal else []
-    return (job, events) if events and events[-1]["type"] in TERMINAL_EVENTS else None
-
-
 async def test_worker_sigkill_mid_job_another_worker_finishes_it(store, redis_url, key_prefix):
     doomed = spawn("worker", redis_url, key_prefix, "doomed", "slow")
     rescuer = None
     try:
-        job_id = await submit(store)
+        job_id = await submit_job(store)
 
         async def waiting_on_third_steps():  # two steps of every trajectory checkpointed
             saved = await store.jobs.load_checkpoints(job_id, 3)
@@ -107,7 +81,7 @@ async def test_worker_sigterm_mid_job_exits_at_once_charging_its_cut_requests_an
                                  "stopping", "slow"], stdout=subprocess.PIPE, text=True)
     rescuer = None
     try:
-        job_id = await submit(store)
+        job_id = await submit_job(store)
         in_flight = set()
         while len(in_flight) < 3:  # every trajectory's third step sent, its server working on it
             line = await asyncio.to_thread(stopping.stdout.readline)
@@ -146,7 +120,7 @@ async def test_worker_sigterm_while_aggregating_hands_what_its_aggregation_spent
                                  "stopping", "slow_aggregation"], stdout=subprocess.PIPE, text=True)
     rescuer = None
     try:
-        job_id = await submit(store)
+        job_id = await submit_job(store)
         line = ""
         while not line.startswith("in flight"):  # the aggregator's first request sent, its server working on it
             line = await asyncio.to_thread(stopping.stdout.readline)
@@ -183,7 +157,7 @@ async def test_a_worker_killed_or_stalled_while_aggregating_leaves_what_its_answ
                               text=True)
     rescuer = None
     try:
-        job_id = await submit(store)
+        job_id = await submit_job(store)
         line = ""
         while not line.startswith("in flight"):  # the report pass answered, its claim check sent
             line = await asyncio.to_thread(doomed.stdout.readline)
@@ -228,7 +202,7 @@ async def test_api_restart_mid_job_clients_reconnect_and_lose_no_event(store, re
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {key.secret}"}
         await wait_api_ready(base)
-        job_id = await submit(store)
+        job_id = await submit_job(store)
         url = f"{base}/v1/jobs/{job_id}/events"
         follower = asyncio.create_task(follow_sse(url, headers, received))
         await wait_for(lambda: asyncio.sleep(0, result=len(received) >= 3), timeout_s=30)
@@ -249,167 +223,3 @@ async def test_api_restart_mid_job_clients_reconnect_and_lose_no_event(store, re
         stop(api)
         stop_worker.set()
         await worker
-
-
-async def test_redis_restart_mid_job_state_comes_back_from_the_aof(tmp_path_factory, key_prefix):
-    server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
-    store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
-    stop_worker = asyncio.Event()
-    slow = ScriptedBackend(researcher, delay_s=lambda r: 0.4)
-    worker = asyncio.create_task(Worker(store, slow, executor(), WORKER_SETTINGS, name="w").run(stop_worker))
-    try:
-        job_id = await submit(store)
-        await wait_for(lambda: store.jobs.load_checkpoints(job_id, 3), timeout_s=30)
-        before = await all_events(store, job_id)
-        job_before = await store.jobs.get(job_id)
-        server.stop()  # SIGTERM: redis-server flushes the AOF and exits
-        server.start()
-        job_after = await store.jobs.get(job_id)
-        assert (job_after.question, job_after.params, job_after.status) == (
-            job_before.question, job_before.params, job_before.status)
-        assert (await all_events(store, job_id))[:len(before)] == before
-        job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
-        assert job.status == "done"
-        assert_gap_free(events, trajectories=3)
-        assert (await store.jobs.get_report(job_id)) is not None
-    finally:
-        stop_worker.set()
-        await worker
-        await store.aclose()
-        server.stop()
-
-
-def run_cut(caplog, job_id: str) -> bool:
-    """Whether the job's run has met the outage (or, before it was told from a failure, failed or crashed)."""
-    return any(text in record.getMessage() for record in caplog.records
-               for text in (f"job {job_id}: Redis is not taking", f"job {job_id}: worker error", "crashed"))
-
-
-def kill_redis(server: EmbeddedRedis, *, keep_data: bool) -> None:
-    """SIGKILL: no flush; without `keep_data` its AOF is gone too, as on a server run without persistence."""
-    server.process.kill()
-    server.process.wait()
-    server.process = None
-    if not keep_data:
-        shutil.rmtree(server.data_dir / "appendonlydir")
-
-
-async def test_redis_down_past_the_stores_retries_leaves_the_job_to_be_resumed_and_the_worker_claiming(
-        tmp_path_factory, key_prefix, caplog):
-    server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
-    store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
-    stop_worker = asyncio.Event()
-    slow = ScriptedBackend(researcher, delay_s=lambda r: 0.4)
-    worker = asyncio.create_task(Worker(store, slow, executor(), WORKER_SETTINGS, name="w").run(stop_worker))
-
-    def logged(text: str) -> bool:
-        return any(text in record.getMessage() for record in caplog.records)
-
-    async def outage_felt(job_id: str) -> bool:  # by the claim loop and by the job's run, both past their retries
-        return worker.done() or (logged("claiming jobs failed") and run_cut(caplog, job_id))
-    try:
-        job_id = await submit(store)
-        await wait_for(lambda: store.jobs.load_checkpoints(job_id, 3), timeout_s=30)
-        kill_redis(server, keep_data=True)
-        await wait_for(lambda: outage_felt(job_id), timeout_s=60)
-        server.start()
-        # the run the outage cut is resumed from the AOF's checkpoints: not failed, no trajectory crashed
-        job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
-        assert job.status == "done" and not worker.done()
-        assert_gap_free(events, trajectories=3)
-        _, result = await store.jobs.get_report(job_id)
-        assert [t["error"] for t in result["trajectories"]] == [None] * 3
-
-        # back without its data: the queue's group is made again, and new jobs run
-        caplog.clear()
-        kill_redis(server, keep_data=False)
-        await wait_for(lambda: asyncio.sleep(0, result=worker.done() or logged("claiming jobs failed")))
-        server.start()
-        job_id = await submit(store)
-        job, _ = await wait_for(lambda: finished(store, job_id), timeout_s=60)
-        assert job.status == "done" and not worker.done()
-    finally:
-        stop_worker.set()
-        await asyncio.gather(worker, return_exceptions=True)
-        await store.aclose()
-        server.stop()
-
-
-async def test_three_redis_outages_during_one_job_are_stops_not_deaths_and_the_job_is_not_given_up(
-        tmp_path_factory, key_prefix, caplog, monkeypatch):
-    monkeypatch.setattr("heavy.store.RECONNECT_RETRIES", 2)  # an outage outlasts the store's retries at once
-    server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
-    store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
-    stop_worker = asyncio.Event()
-    slow = ScriptedBackend(researcher, delay_s=lambda r: 1.0)
-    worker = asyncio.create_task(Worker(store, slow, executor(), WORKER_SETTINGS, name="w").run(stop_worker))
-
-    async def running(attempt: int) -> bool:
-        job = await store.jobs.get(job_id)
-        return job.terminal or (job.attempts == attempt and job.status == "running")
-    try:
-        job_id = await submit(store)
-        for attempt in (1, 2, 3):  # each run of the job is cut: three deaths would give it up
-            await wait_for(lambda attempt=attempt: running(attempt), timeout_s=30)
-            caplog.clear()
-            kill_redis(server, keep_data=True)
-            await wait_for(lambda: asyncio.sleep(0, result=run_cut(caplog, job_id)), timeout_s=30)
-            server.start()
-        job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
-        assert (job.status, job.error, job.attempts, job.stops) == ("done", "", 4, 3)
-        assert_gap_free(events, trajectories=3)
-    finally:
-        stop_worker.set()
-        await asyncio.gather(worker, return_exceptions=True)
-        await store.aclose()
-        server.stop()
-
-
-async def persistence_is(store: Store, status: str) -> bool:
-    info = await store.redis.info("persistence")
-    return info["rdb_last_bgsave_status"] == status and not info["rdb_bgsave_in_progress"]
-
-
-async def refuse_writes(store: Store, server: EmbeddedRedis) -> None:
-    """Redis answering MISCONF to every write, as when its disk is full: snapshots on, and the last one failed
-    (its child killed while it waits on every key)."""
-    await store.redis.config_set("save", "3600 1")
-    await store.redis.config_set("rdb-key-save-delay", 10_000_000)  # µs a key: the child waits to be killed
-    await store.redis.bgsave()
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    child = await wait_for(lambda: asyncio.sleep(0, result=children.read_text().split()))
-    os.kill(int(child[0]), signal.SIGKILL)
-    await wait_for(lambda: persistence_is(store, "err"))
-
-
-async def take_writes(store: Store) -> None:
-    """The disk freed: a snapshot that succeeds ends the MISCONF."""
-    await store.redis.config_set("rdb-key-save-delay", 0)
-    await store.redis.bgsave()
-    await wait_for(lambda: persistence_is(store, "ok"))
-
-
-async def test_redis_refusing_writes_misconf_stops_the_run_unended_and_the_job_resumes_once_it_takes_them(
-        tmp_path_factory, key_prefix, caplog):
-    server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
-    store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
-    stop_worker = asyncio.Event()
-    slow = ScriptedBackend(researcher, delay_s=lambda r: 0.4)
-    worker = asyncio.create_task(Worker(store, slow, executor(), WORKER_SETTINGS, name="w").run(stop_worker))
-    try:
-        job_id = await submit(store)
-        await wait_for(lambda: store.jobs.load_checkpoints(job_id, 3), timeout_s=30)
-        await refuse_writes(store, server)
-        await wait_for(lambda: asyncio.sleep(0, result=run_cut(caplog, job_id)), timeout_s=30)
-        await take_writes(store)
-        # not a trajectory crashed, nor a worker death: a stop, and the job resumed from its checkpoints
-        job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
-        assert (job.status, job.attempts, job.stops) == ("done", 2, 1)
-        assert_gap_free(events, trajectories=3)
-        _, result = await store.jobs.get_report(job_id)
-        assert [t["error"] for t in result["trajectories"]] == [None] * 3
-    finally:
-        stop_worker.set()
-        await asyncio.gather(worker, return_exceptions=True)
-        await store.aclose()
-        server.stop()

@@ -11,6 +11,7 @@ import time
 import httpx
 
 from heavy.config import Settings
+from heavy.store.records import TERMINAL_EVENTS
 from heavy.tools.base import ToolExecutor
 from tests.heavy.fakes import DictSearch, call, text
 
@@ -68,6 +69,25 @@ async def ended(store, job_id: str):
     """The job's record once it has ended, else None (a predicate for `wait_for`)."""
     job = await store.jobs.get(job_id)
     return job if job.terminal else None
+
+
+async def submit_job(store) -> str:
+    job, _ = await store.jobs.submit("acme", question=JOB["question"], mode="report", params={
+        "trajectories": 3, "max_steps": 4, "step_tokens": 64, "trajectory_tokens": 10_000, "job_tokens": 50_000,
+        "deadline_s": 120, "tools": ["search"]})
+    return job.id
+
+
+async def all_events(store, job_id: str) -> list[dict]:
+    return await store.jobs.read_events(job_id, 0, count=10_000)
+
+
+async def finished(store, job_id: str):
+    """(job, events) once the job is terminal and its terminal event is out: the worker saves the final status
+    first and then releases the event, so a reader can see one a moment before the other."""
+    job = await store.jobs.get(job_id)
+    events = await all_events(store, job_id) if job.terminal else []
+    return (job, events) if events and events[-1]["type"] in TERMINAL_EVENTS else None
 
 
 async def wait_api_ready(base_url: str, timeout_s: float = 30.0) -> None:
