@@ -199,8 +199,9 @@ def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=
             # a question's "[/x]" is text, not markup (which raised); its control characters are not obeyed
             table.add_row(*(Text(terminal_safe(cell)) for cell in row))
         console.print(table)
-    if "next" in (links := page.get("links", {})):  # an API older than them (session 45's) gives no links
-        older = parse_qs(urlsplit(links["next"]).query)["cursor"][0]
+    # an API older than cursors links the next page by offset (fec072a), or not at all (b74daab): no hint then
+    next_page = page.get("links", {}).get("next", "")
+    if older := parse_qs(urlsplit(next_page).query).get("cursor", [""])[0]:
         options = f" --limit {limit}" * (limit != 20) + f" --status {shlex.quote(status)}" * bool(status)
         board_console.print(f"older jobs: heavy jobs list{options} --cursor {older}", style="dim", soft_wrap=True)
 

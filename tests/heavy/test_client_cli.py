@@ -64,15 +64,19 @@ async def test_list_names_the_cursor_of_older_jobs_which_holds_its_place(service
 
 def test_list_reads_a_page_of_an_api_older_than_its_links():
     """Clients go before the service in an upgrade (deploy/README): session 45's API gives a page without `links`,
-    which the cursor hint read (KeyError, exit 1 after the table)."""
+    and fec072a's links the next page by offset, with no cursor; the cursor hint read both (KeyError 'links' or
+    'cursor', exit 1 after the table)."""
     from tests.heavy.loopback_server import LoopbackServer
 
     job = {"id": "j1", "status": "done", "mode": "report", "tokens": 5, "created_at": 0.0, "question": "q"}
     page = {"jobs": [job], "total": 3, "offset": 0, "limit": 1}  # b74daab's JobList: older jobs follow, unnamed
-    with LoopbackServer({"/v1/jobs?limit=1": (200, {"Content-Type": "application/json"},
-                                              json.dumps(page).encode())}) as api:
-        listed = CliRunner().invoke(app, ["jobs", "--url", api.base_url, "list", "--limit", "1"])
-    assert listed.exit_code == 0 and listed.stdout.split("\t")[0] == "j1", listed.output
+    by_offset = {"links": {"self": "/v1/jobs?offset=0&limit=1", "next": "/v1/jobs?offset=1&limit=1"}}  # fec072a's
+    for older_api in (page, {**page, **by_offset}):
+        with LoopbackServer({"/v1/jobs?limit=1": (200, {"Content-Type": "application/json"},
+                                                  json.dumps(older_api).encode())}) as api:
+            listed = CliRunner().invoke(app, ["jobs", "--url", api.base_url, "list", "--limit", "1"])
+        assert listed.exit_code == 0 and listed.stdout.split("	")[0] == "j1", (older_api, listed.output)
+        assert "--cursor" not in listed.stderr
 
 
 async def test_what_the_api_refuses_is_one_line(service, store):
