@@ -46,8 +46,8 @@ class LiveBoard:
 
     def apply(self, event: Event) -> None:
         lane = self.lanes[event.trajectory] if hasattr(event, "trajectory") else None
-        if isinstance(event, TrajectoryStep):
-            lane.step, lane.tokens, lane.action = event.step, event.total_tokens, event.action
+        if isinstance(event, TrajectoryStep):  # a lane ended by a crash runs again after a takeover: reopened
+            lane.step, lane.tokens, lane.action, lane.status = event.step, event.total_tokens, event.action, "running"
         elif isinstance(event, ToolCallEvent):
             args = ", ".join(f"{v}" for v in event.arguments.values())
             lane.action = f"{event.tool}({args})"[:ACTION_CHARS]

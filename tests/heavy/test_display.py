@@ -156,3 +156,17 @@ def test_a_failed_jobs_error_under_a_watched_board_loses_its_control_characters(
     screen = io.StringIO()
     Console(file=screen, force_terminal=True, color_system=None, width=100).print(board.render())
     assert "failed: LLMError: HTTP 500: [2Jgone]0;owned" in screen.getvalue() and "\x1b" not in screen.getvalue()
+
+
+def test_live_board_reopens_a_lane_whose_trajectory_runs_again():
+    """A trajectory that crashed (its lane ended, "error") runs again once a worker takes the job over (its
+    trajectory_done is written by every attempt): the rerun's steps showed under the old "error" until it ended."""
+    from heavy.display import LiveBoard
+    from heavy.events import TrajectoryDone, TrajectoryStep
+
+    board = LiveBoard(1)
+    board.apply(TrajectoryDone(job_id="j", trajectory=0, answer="", confidence=0.0, stop_reason="error", steps=2,
+                               total_tokens=900, cited=[], error="RuntimeError: a parser bug"))
+    board.apply(TrajectoryStep(job_id="j", trajectory=0, step=3, action="search", thought="", prompt_tokens=10,
+                               completion_tokens=5, total_tokens=1200))
+    assert (board.lanes[0].status, board.lanes[0].step, board.lanes[0].action) == ("running", 3, "search")
