@@ -8,10 +8,11 @@ from runtime.engine.detokenizer import StopStringText
 
 
 class Chars:
-    """A decoder whose token i is the i-th character of a fixed text."""
+    """A decoder whose token i decodes to pieces[i]: a fixed text's i-th character, or the i-th of a list of
+    strings."""
 
-    def __init__(self, text: str):
-        self.text = text
+    def __init__(self, pieces: str | list[str]):
+        self.text = pieces
 
     def push(self, token_id: int) -> str:
         return self.text[token_id]
@@ -20,10 +21,10 @@ class Chars:
         return ""
 
 
-def stream(text: str, stop: tuple[str, ...]) -> tuple[list[str], StopStringText]:
-    out = StopStringText(Chars(text), stop)
+def stream(pieces: str | list[str], stop: tuple[str, ...]) -> tuple[list[str], StopStringText]:
+    out = StopStringText(Chars(pieces), stop)
     deltas = []
-    for i in range(len(text)):
+    for i in range(len(pieces)):
         out.add(i)
         deltas.append(out.delta(final=out.stopped))
         if out.stopped:
@@ -62,10 +63,6 @@ def test_a_possible_stop_prefix_is_held_back_then_released():
     assert out.delta(final=False) == "<x" and out.text == "ab<en<x" and not out.stopped
 
 
-class Chunks(Chars):
-    """A decoder whose token i decodes to the i-th of a list of strings."""
-
-
 def held_back_plainly(text: str, stop: tuple[str, ...]) -> int:
     """The longest end of text that is a proper prefix of a stop string, every end compared with every stop."""
     ends = [n for n in range(1, len(text) + 1) for s in stop if n < len(s) and s.startswith(text[-n:])]
@@ -94,13 +91,5 @@ def test_deltas_hold_back_what_comparing_every_end_with_every_stop_holds_back():
         text = "".join(rng.choices(alphabet, k=rng.randint(0, 30)))
         cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 12)))) if text else []
         chunks = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
-        out = StopStringText(Chunks(chunks), stop)
-        deltas = []
-        for i in range(len(chunks)):
-            out.add(i)
-            deltas.append(out.delta(final=out.stopped))
-            if out.stopped:
-                break
-        else:
-            deltas.append(out.delta(final=True))
+        deltas, _ = stream(chunks, stop)
         assert deltas == deltas_plainly(chunks, stop), (chunks, stop)
