@@ -26,6 +26,7 @@ import torch.multiprocessing as mp
 
 from runtime.engine.config import EngineConfig
 from runtime.models.deepseek_v3_config import DeepseekV3Config
+from runtime.replica.local_ray import start_local_ray
 from runtime.replica.replica import ReplicaActor, ReplicaSpec
 from runtime.sampling import SamplingParams
 
@@ -115,8 +116,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     args = parser.parse_args()
-    ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    start_local_ray(num_cpus=8, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         path = write_checkpoint(args.size, Path(tmp))
         config = DeepseekV3Config.from_pretrained(path)

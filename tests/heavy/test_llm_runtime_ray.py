@@ -46,10 +46,12 @@ def local_ray():
     the same kind of private loopback instance for this module only."""
     import ray
 
+    from runtime.replica.local_ray import start_local_ray
+
     if ray.is_initialized():
         yield ray
         return
-    ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    start_local_ray(num_cpus=8, log_to_driver=False)
     yield ray
     ray.shutdown()
 

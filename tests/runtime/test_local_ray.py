@@ -4,6 +4,7 @@ its sessions' folder (logs, sockets) are its owner's alone."""
 import ipaddress
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -135,3 +136,13 @@ def test_a_private_folder_an_earlier_start_left_open_is_closed(short_tmp, monkey
     os.chmod(short_tmp / "ray", 0o755)
     assert private_temp_dir() == short_tmp / "ray" / "tmp"
     assert stat.S_IMODE((short_tmp / "ray").stat().st_mode) == 0o700
+
+
+def test_every_private_ray_instance_the_repository_starts_goes_through_start_local_ray():
+    """Ray's own `_node_ip_address` loopback start listens on every interface, leaves its token 0644 and its
+    sessions in a 0777 /tmp/ray (local_ray.py's docstring): a test fixture and a benchmark starting Ray so did it
+    still after heavy up no longer did."""
+    own_start = re.compile(r"ray\.init\([^)]*address=[\"']local[\"']")
+    starts = sorted(str(path.relative_to(REPO)) for folder in ("heavy", "runtime", "scripts", "tests")
+                    for path in (REPO / folder).rglob("*.py") if own_start.search(path.read_text(encoding="utf-8")))
+    assert starts == ["runtime/replica/local_ray.py"]
