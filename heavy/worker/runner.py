@@ -284,7 +284,7 @@ class Worker:
     async def _record_stop(self, job: JobRecord, control: JobControl) -> None:
         """Count this run as a stop, not a death (which giving the job up counts), and hand what its aggregation
         spent to the worker that runs the aggregation again, which charges it."""
-        earlier = Usage(**job.earlier_usage) + control.aggregator_usage
+        earlier = from_known_fields(Usage, job.earlier_usage) + control.aggregator_usage
         await self.store.jobs.update(job.id, allowed=(RUNNING, AGGREGATING), owner=self.name, stops=job.stops + 1,
                                      earlier_usage=asdict(earlier))
 

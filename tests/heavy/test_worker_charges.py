@@ -178,3 +178,24 @@ async def test_a_job_whose_earlier_usage_a_newer_worker_gave_more_fields_is_run_
     _, result = await store.jobs.get_report(job_id)
     trajectories = sum(t["tokens"] for t in result["trajectories"])
     assert job.tokens == result["tokens"]["total"] == trajectories + 2 * STEP_USAGE.total_tokens
+
+
+async def test_a_job_stopped_whose_earlier_usage_a_newer_worker_gave_more_fields_is_recorded_as_a_stop(store):
+    """A worker stopped on purpose (SIGTERM; or cut by a Redis outage, once Redis is back) records its run as a stop,
+    handing over the job's earlier_usage: read there with Usage(**...), a field a newer worker added raised
+    TypeError, suppressed, so the stop went unrecorded and counted as one of the deaths that give the job up."""
+    key = await store.tenants.create_key("acme")
+    async with client_for(app_for(store, WORKER_SETTINGS), key.secret) as client:
+        job_id = (await client.post("/v1/jobs", json=JOB)).json()["id"]
+    await store.jobs.update(job_id, earlier_usage={**asdict(STEP_USAGE), "added_later": 1})
+    stop = asyncio.Event()
+    backend = ScriptedBackend(researcher, delay_s=slow_after_first_search)
+    worker = asyncio.create_task(Worker(store, backend, executor(), WORKER_SETTINGS, name="w2").run(stop))
+    try:
+        await wait_for(lambda: store.jobs.read_events(job_id, 1))  # job_started is out: the run is under way
+    finally:
+        stop.set()
+        await worker
+    job = await store.jobs.get(job_id)
+    assert (job.status, job.attempts, job.stops) == (RUNNING, 1, 1)
+    assert job.earlier_usage == asdict(STEP_USAGE)  # what it was handed; its trajectories' spend is checkpointed
