@@ -127,6 +127,17 @@ async def test_however_a_job_ends_its_tokens_and_cost_are_what_its_server_counte
         assert report[1]["tokens"]["total"] == spent.total_tokens and report[1]["cost_usd"] == shown["cost_usd"]
 
 
+async def run_w2(store, backend, *, until):
+    """A worker "w2" on `backend`, run until `until` (a wait_for predicate) holds, then stopped; that value."""
+    stop = asyncio.Event()
+    worker = asyncio.create_task(Worker(store, backend, executor(), WORKER_SETTINGS, name="w2").run(stop))
+    try:
+        return await wait_for(until)
+    finally:
+        stop.set()
+        await worker
+
+
 async def test_a_worker_taking_a_job_over_charges_what_its_last_worker_kept_until_the_claim_fenced_it_off(
         store, monkeypatch):
     """w1, stalled past its lease while aggregating, keeps its report pass's spend in the job (runner.py
@@ -143,14 +154,7 @@ async def test_a_worker_taking_a_job_over_charges_what_its_last_worker_kept_unti
             await update(job_id, allowed=(RUNNING, AGGREGATING), owner="w1", earlier_usage=asdict(STEP_USAGE))
         return await update(job_id, **fields)
     monkeypatch.setattr(store.jobs, "update", w1_saves_just_before_w2_claims)
-    stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(store, ScriptedBackend(researcher), executor(), WORKER_SETTINGS,
-                                        name="w2").run(stop))
-    try:
-        job = await wait_for(lambda: ended(store, job_id))
-    finally:
-        stop.set()
-        await worker
+    job = await run_w2(store, ScriptedBackend(researcher), until=lambda: ended(store, job_id))
     _, result = await store.jobs.get_report(job_id)
     trajectories = sum(t["tokens"] for t in result["trajectories"])  # w2's, and its report pass, and w1's
     assert job.tokens == result["tokens"]["total"] == trajectories + 2 * STEP_USAGE.total_tokens
@@ -166,14 +170,7 @@ async def test_a_job_whose_earlier_usage_a_newer_worker_gave_more_fields_is_run_
         job_id = (await client.post("/v1/jobs", json=JOB)).json()["id"]
     await store.jobs.update(job_id, status=AGGREGATING, worker="w1", attempts=1,
                             earlier_usage={**asdict(STEP_USAGE), "added_later": 1})
-    stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(store, ScriptedBackend(researcher), executor(), WORKER_SETTINGS,
-                                        name="w2").run(stop))
-    try:
-        job = await wait_for(lambda: ended(store, job_id))
-    finally:
-        stop.set()
-        await worker
+    job = await run_w2(store, ScriptedBackend(researcher), until=lambda: ended(store, job_id))
     assert job.status == "done", job.error
     _, result = await store.jobs.get_report(job_id)
     trajectories = sum(t["tokens"] for t in result["trajectories"])
@@ -188,14 +185,9 @@ async def test_a_job_stopped_whose_earlier_usage_a_newer_worker_gave_more_fields
     async with client_for(app_for(store, WORKER_SETTINGS), key.secret) as client:
         job_id = (await client.post("/v1/jobs", json=JOB)).json()["id"]
     await store.jobs.update(job_id, earlier_usage={**asdict(STEP_USAGE), "added_later": 1})
-    stop = asyncio.Event()
-    backend = ScriptedBackend(researcher, delay_s=slow_after_first_search)
-    worker = asyncio.create_task(Worker(store, backend, executor(), WORKER_SETTINGS, name="w2").run(stop))
-    try:
-        await wait_for(lambda: store.jobs.read_events(job_id, 1))  # job_started is out: the run is under way
-    finally:
-        stop.set()
-        await worker
+    # stopped (as by SIGTERM) once job_started and a step are out: the run is under way
+    await run_w2(store, ScriptedBackend(researcher, delay_s=slow_after_first_search),
+                 until=lambda: store.jobs.read_events(job_id, 1))
     job = await store.jobs.get(job_id)
     assert (job.status, job.attempts, job.stops) == (RUNNING, 1, 1)
     assert job.earlier_usage == asdict(STEP_USAGE)  # what it was handed; its trajectories' spend is checkpointed
