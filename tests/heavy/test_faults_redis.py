@@ -4,6 +4,7 @@ it ran is resumed, not failed), three times during one job (each cut a stop, not
 up), and refusing writes with MISCONF (its disk full: the same as down, not a trajectory's crash)."""
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -29,13 +30,26 @@ from tests.heavy.worker_helpers import (
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
-async def test_redis_restart_mid_job_state_comes_back_from_the_aof(tmp_path_factory, key_prefix):
+@contextlib.asynccontextmanager
+async def worker_on_own_redis(tmp_path_factory, key_prefix: str, delay_s: float = 0.4):
+    """(server, store, worker task): a worker whose model steps take `delay_s`, on a redis-server of the test's own
+    with its AOF on, which the test stops, kills and starts again."""
     server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
     store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
     stop_worker = asyncio.Event()
-    slow = ScriptedBackend(researcher, delay_s=lambda r: 0.4)
+    slow = ScriptedBackend(researcher, delay_s=lambda r: delay_s)
     worker = asyncio.create_task(Worker(store, slow, executor(), WORKER_SETTINGS, name="w").run(stop_worker))
     try:
+        yield server, store, worker
+    finally:
+        stop_worker.set()
+        await asyncio.gather(worker, return_exceptions=True)
+        await store.aclose()
+        server.stop()
+
+
+async def test_redis_restart_mid_job_state_comes_back_from_the_aof(tmp_path_factory, key_prefix):
+    async with worker_on_own_redis(tmp_path_factory, key_prefix) as (server, store, worker):
         job_id = await submit_job(store)
         await wait_for(lambda: store.jobs.load_checkpoints(job_id, 3), timeout_s=30)
         before = await all_events(store, job_id)
@@ -50,11 +64,6 @@ async def test_redis_restart_mid_job_state_comes_back_from_the_aof(tmp_path_fact
         assert job.status == "done"
         assert_gap_free(events, trajectories=3)
         assert (await store.jobs.get_report(job_id)) is not None
-    finally:
-        stop_worker.set()
-        await worker
-        await store.aclose()
-        server.stop()
 
 
 def run_cut(caplog, job_id: str) -> bool:
@@ -74,18 +83,13 @@ def kill_redis(server: EmbeddedRedis, *, keep_data: bool) -> None:
 
 async def test_redis_down_past_the_stores_retries_leaves_the_job_to_be_resumed_and_the_worker_claiming(
         tmp_path_factory, key_prefix, caplog):
-    server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
-    store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
-    stop_worker = asyncio.Event()
-    slow = ScriptedBackend(researcher, delay_s=lambda r: 0.4)
-    worker = asyncio.create_task(Worker(store, slow, executor(), WORKER_SETTINGS, name="w").run(stop_worker))
+    async with worker_on_own_redis(tmp_path_factory, key_prefix) as (server, store, worker):
 
-    def logged(text: str) -> bool:
-        return any(text in record.getMessage() for record in caplog.records)
+        def logged(text: str) -> bool:
+            return any(text in record.getMessage() for record in caplog.records)
 
-    async def outage_felt(job_id: str) -> bool:  # by the claim loop and by the job's run, both past their retries
-        return worker.done() or (logged("claiming jobs failed") and run_cut(caplog, job_id))
-    try:
+        async def outage_felt(job_id: str) -> bool:  # by the claim loop and by the job's run, both past their retries
+            return worker.done() or (logged("claiming jobs failed") and run_cut(caplog, job_id))
         job_id = await submit_job(store)
         await wait_for(lambda: store.jobs.load_checkpoints(job_id, 3), timeout_s=30)
         kill_redis(server, keep_data=True)
@@ -106,26 +110,16 @@ async def test_redis_down_past_the_stores_retries_leaves_the_job_to_be_resumed_a
         job_id = await submit_job(store)
         job, _ = await wait_for(lambda: finished(store, job_id), timeout_s=60)
         assert job.status == "done" and not worker.done()
-    finally:
-        stop_worker.set()
-        await asyncio.gather(worker, return_exceptions=True)
-        await store.aclose()
-        server.stop()
 
 
 async def test_three_redis_outages_during_one_job_are_stops_not_deaths_and_the_job_is_not_given_up(
         tmp_path_factory, key_prefix, caplog, monkeypatch):
     monkeypatch.setattr("heavy.store.RECONNECT_RETRIES", 2)  # an outage outlasts the store's retries at once
-    server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
-    store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
-    stop_worker = asyncio.Event()
-    slow = ScriptedBackend(researcher, delay_s=lambda r: 1.0)
-    worker = asyncio.create_task(Worker(store, slow, executor(), WORKER_SETTINGS, name="w").run(stop_worker))
+    async with worker_on_own_redis(tmp_path_factory, key_prefix, delay_s=1.0) as (server, store, worker):
 
-    async def running(attempt: int) -> bool:
-        job = await store.jobs.get(job_id)
-        return job.terminal or (job.attempts == attempt and job.status == "running")
-    try:
+        async def running(attempt: int) -> bool:
+            job = await store.jobs.get(job_id)
+            return job.terminal or (job.attempts == attempt and job.status == "running")
         job_id = await submit_job(store)
         for attempt in (1, 2, 3):  # each run of the job is cut: three deaths would give it up
             await wait_for(lambda attempt=attempt: running(attempt), timeout_s=30)
@@ -136,11 +130,6 @@ async def test_three_redis_outages_during_one_job_are_stops_not_deaths_and_the_j
         job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
         assert (job.status, job.error, job.attempts, job.stops) == ("done", "", 4, 3)
         assert_gap_free(events, trajectories=3)
-    finally:
-        stop_worker.set()
-        await asyncio.gather(worker, return_exceptions=True)
-        await store.aclose()
-        server.stop()
 
 
 async def persistence_is(store: Store, status: str) -> bool:
@@ -169,12 +158,7 @@ async def take_writes(store: Store) -> None:
 
 async def test_redis_refusing_writes_misconf_stops_the_run_unended_and_the_job_resumes_once_it_takes_them(
         tmp_path_factory, key_prefix, caplog):
-    server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
-    store = Store.connect(server.url, WORKER_SETTINGS, Keys(key_prefix))
-    stop_worker = asyncio.Event()
-    slow = ScriptedBackend(researcher, delay_s=lambda r: 0.4)
-    worker = asyncio.create_task(Worker(store, slow, executor(), WORKER_SETTINGS, name="w").run(stop_worker))
-    try:
+    async with worker_on_own_redis(tmp_path_factory, key_prefix) as (server, store, worker):
         job_id = await submit_job(store)
         await wait_for(lambda: store.jobs.load_checkpoints(job_id, 3), timeout_s=30)
         await refuse_writes(store, server)
@@ -186,8 +170,3 @@ async def test_redis_refusing_writes_misconf_stops_the_run_unended_and_the_job_r
         assert_gap_free(events, trajectories=3)
         _, result = await store.jobs.get_report(job_id)
         assert [t["error"] for t in result["trajectories"]] == [None] * 3
-    finally:
-        stop_worker.set()
-        await asyncio.gather(worker, return_exceptions=True)
-        await store.aclose()
-        server.stop()

@@ -3,6 +3,7 @@ metrics on a port of its own, every ended job is counted once, whichever process
 when it first started."""
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -40,24 +41,31 @@ async def has_status(client, job_id: str, status: str) -> bool:
     return (await client.get(f"/v1/jobs/{job_id}")).json()["status"] == status
 
 
-async def test_a_worker_shows_its_jobs_steps_and_tokens_on_its_own_metrics_port(acme, store, free_tcp_port):
-    """In deploy/k8s the workers are pods of their own: what they count (jobs ended, steps, tokens, tool calls) must
-    be scraped from them, as the API's /metrics is another process's."""
-    settings = WORKER_SETTINGS.model_copy(update={"worker_metrics_port": free_tcp_port})
+@contextlib.asynccontextmanager
+async def worker_metrics(store, port: int):
+    """A worker serving its /metrics on `port`, and a function that scrapes it."""
+    settings = WORKER_SETTINGS.model_copy(update={"worker_metrics_port": port})
     stop = asyncio.Event()
     worker = asyncio.create_task(Worker(store, ScriptedBackend(researcher), executor(), settings).run(stop))
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_tcp_port}") as scraper:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as scraper:
             async def scrape() -> str:
                 return (await scraper.get("/metrics")).text
 
-            before = await wait_for(lambda: scraped(scrape))
-            job = (await acme.post("/v1/jobs", json=JOB)).json()
-            await wait_for(lambda: has_status(acme, job["id"], "done"))
-            after = await scrape()
+            yield scrape
     finally:
         stop.set()
         await worker
+
+
+async def test_a_worker_shows_its_jobs_steps_and_tokens_on_its_own_metrics_port(acme, store, free_tcp_port):
+    """In deploy/k8s the workers are pods of their own: what they count (jobs ended, steps, tokens, tool calls) must
+    be scraped from them, as the API's /metrics is another process's."""
+    async with worker_metrics(store, free_tcp_port) as scrape:
+        before = await wait_for(lambda: scraped(scrape))
+        job = (await acme.post("/v1/jobs", json=JOB)).json()
+        await wait_for(lambda: has_status(acme, job["id"], "done"))
+        after = await scrape()
 
     def moved(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
@@ -73,18 +81,8 @@ async def test_a_worker_shows_its_jobs_steps_and_tokens_on_its_own_metrics_port(
 async def test_a_worker_shows_none_of_the_apis_metrics(store, free_tcp_port):
     """The queue gauges, streams and request metrics are the API's: a worker showing them at 0 would pull an avg or
     min over all heavy pods down. Its own jobs' metrics and its process's stay."""
-    settings = WORKER_SETTINGS.model_copy(update={"worker_metrics_port": free_tcp_port})
-    stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(store, ScriptedBackend(researcher), executor(), settings).run(stop))
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_tcp_port}") as scraper:
-            async def scrape() -> str:
-                return (await scraper.get("/metrics")).text
-
-            shown = await wait_for(lambda: scraped(scrape))
-    finally:
-        stop.set()
-        await worker
+    async with worker_metrics(store, free_tcp_port) as scrape:
+        shown = await wait_for(lambda: scraped(scrape))
     families = {family.name for family in text_string_to_metric_families(shown)}
     assert not families & {"heavy_queue_depth", "heavy_queue_pending", "heavy_sse_followers", "heavy_sse_readers",
                            "heavy_api_requests", "heavy_api_request_seconds", "heavy_jobs_submitted"}
