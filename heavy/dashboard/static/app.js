@@ -138,8 +138,8 @@ function apply(event) {
         : "report ready";
       loadReport().catch((error) => { $("job-stage").textContent = `report ready; loading it failed: ${error.message}`; });
       break;
-    case "job_failed": $("job-stage").textContent = `failed: ${event.error}`; setStatus("failed"); break;
-    case "job_cancelled": $("job-stage").textContent = "cancelled"; setStatus("cancelled"); break;
+    case "job_failed": $("job-stage").textContent = `failed: ${event.error}`; endedWithoutReport("failed"); break;
+    case "job_cancelled": $("job-stage").textContent = "cancelled"; endedWithoutReport("cancelled"); break;
   }
 }
 
@@ -158,12 +158,33 @@ function setStatus(status) {
   if (approveBy) approveBy.hidden = status !== "awaiting_approval";
 }
 
+// What an ended job's record says: its status, and what it cost (a job ended without a report has no other word of
+// it). False when another route opened meanwhile: the view shows another job, or none.
+async function showRecord(jobId, opened) {
+  const job = await api(`v1/jobs/${jobId}`);
+  if (opened !== generation) return false;
+  setStatus(job.status);
+  showSpent(job);
+  return true;
+}
+
+function showSpent(job) {
+  const known = job.cost_usd != null; // once the job has ended (aggNumber: aggregation.js)
+  $("job-spent").hidden = !known;
+  if (known) $("job-spent").textContent = `Spent ${aggNumber(job.tokens)} tokens, $${job.cost_usd.toFixed(4)}`;
+}
+
+// A job ended with no report (failed, cancelled): its record, read again, holds its cost
+function endedWithoutReport(status) {
+  setStatus(status);
+  const opened = generation;
+  showRecord($("job-view").dataset.id, opened).catch((error) => { if (opened === generation) console.error(error); });
+}
+
 async function loadReport() {
   const jobId = $("job-view").dataset.id;
-  const opened = generation; // another route meanwhile: the view shows another job, or none
-  const job = await api(`v1/jobs/${jobId}`);
-  if (opened !== generation) return;
-  setStatus(job.status);
+  const opened = generation;
+  if (!await showRecord(jobId, opened)) return;
   // the server renders the Markdown (CommonMark, raw HTML off; citations linked to the Sources items' ids)
   const html = await api(`v1/jobs/${jobId}/report`, { headers: { Accept: "text/html" } });
   if (opened !== generation) return;
@@ -250,7 +271,7 @@ async function openJob(jobId) {
   $("job-stage").textContent = ""; $("job-question").textContent = ""; $("plan").hidden = true; resetAggregation();
   // no action until this job's status is known: the last job's stayed (an ended one's Delete enabled), and a click
   // then acted on this job unseen, or missed its button as the job's question filled in the heading above it
-  $("job-status").textContent = ""; $("approve").hidden = true;
+  $("job-status").textContent = ""; $("approve").hidden = true; $("job-spent").hidden = true;
   for (const id of ["finish", "cancel", "delete"]) $(id).disabled = true;
   try {
     const job = await api(`v1/jobs/${jobId}`);
@@ -265,6 +286,7 @@ async function openJob(jobId) {
       $("plan").hidden = false;
     }
     setStatus(job.status); // after the plan: it shows the plan's approval deadline only while one is awaited
+    showSpent(job);
     follow(jobId);
   } catch (error) {
     if (opened !== generation) return;
