@@ -113,6 +113,8 @@ function apply(event) {
       break;
     case "trajectory_step": {
       const node = lane(event.trajectory);
+      // after its done, a step is a rerun's: a worker that took the job over runs a crashed trajectory again
+      if (node.classList.contains("done")) { node.classList.remove("done"); set(node, ".state", "running"); }
       set(node, ".step", event.step); set(node, ".tokens", event.total_tokens); set(node, ".action", event.action);
       break;
     }
