@@ -313,8 +313,10 @@ async def test_the_job_list_pages_through_older_jobs(service, page, store):
     await page.wait_for_selector("#page-info:has-text('1–50 of 55')")
     assert await page.locator("#jobs tbody tr").count() == 50 and await page.is_disabled("#newer")
     assert "question 54" in await page.locator("#jobs tbody tr").first.text_content()  # newest first
-    await page.click("#older")
+    await page.focus("#older")  # the keyboard's Enter and Space on the pager
+    await page.keyboard.press("Enter")
     await page.wait_for_selector("#page-info:has-text('51–55 of 55')")
+    assert await page.evaluate("document.activeElement.id") == "newer"  # not dropped as 'older' is disabled
     rows = await page.locator("#jobs tbody tr td:first-child").all_text_contents()
     assert rows == [f"question {i:02d}" for i in (4, 3, 2, 1, 0)] and await page.is_disabled("#older")
     for i in (55, 56):  # newer jobs: the page, polled again, holds its place (by offset it showed 06 to 00)
@@ -322,8 +324,9 @@ async def test_the_job_list_pages_through_older_jobs(service, page, store):
                                 review=True)
     await page.wait_for_selector("#page-info:has-text('53–57 of 57')")
     assert await page.locator("#jobs tbody tr td:first-child").all_text_contents() == rows
-    await page.click("#newer")  # back to the newest jobs, the new ones with them
+    await page.keyboard.press("Space")  # 'newer': back to the newest jobs, the new ones with them
     await page.wait_for_selector("#page-info:has-text('1–50 of 57')")
+    assert await page.evaluate("document.activeElement.id") == "older"
     assert "question 56" in await page.locator("#jobs tbody tr").first.text_content()
     await page.select_option("#status-filter", "done")  # another filter starts at its newest page
     await page.wait_for_selector("#tenant-status:has-text('0 job(s) done')")

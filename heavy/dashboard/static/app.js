@@ -18,6 +18,7 @@ let listCursor = null;
 let olderCursor = null; // the shown page's links.next cursor, null when no older jobs follow
 let newerCursors = []; // the cursors of the pages "newer" goes back to, the last one first
 let listRequest = 0; // the latest list request: an older one answering late must not draw over it
+let routed = false; // a view was shown: the next route moves the keyboard's focus (see arrive)
 
 class ApiError extends Error {
   constructor(status, body, retryAfter = null) {
@@ -48,15 +49,26 @@ function show(view) {
   $("sign-out").hidden = view === "sign-in";
 }
 
+// A view shown by a route: the link or button pressed went out of sight with the view it was in, and the keyboard's
+// focus fell to the page's body. It moves to the view's heading, where a screen reader says what is shown and Tab
+// goes on from (not as the page loads: the browser starts there on its own). Its title names it in tabs and history.
+function arrive(heading, moveFocus) {
+  document.title = `${heading.textContent} — heavy`;
+  if (moveFocus) heading.focus();
+}
+
 function route() {
   generation += 1;
   if (follower) { follower.abort(); follower = null; }
   clearInterval(listTimer);
-  if (!apiKey) return show("sign-in");
+  const moveFocus = routed;
+  routed = true;
+  if (!apiKey) { show("sign-in"); return arrive($("sign-in").querySelector("h1"), moveFocus); }
   refreshJobs(); // also under a job's view: the header's count of jobs
   const match = location.hash.match(/^#\/jobs\/([0-9a-f]{32})$/);
-  if (match) return openJob(match[1]);
+  if (match) return openJob(match[1], moveFocus);
   show("jobs-view");
+  arrive($("jobs-view").querySelector("h1"), moveFocus);
   listTimer = setInterval(refreshJobs, 3000);
 }
 
@@ -73,8 +85,13 @@ async function refreshJobs() {
     $("page-info").textContent = page.total > PAGE || listCursor ? shown : "";
     $("newer").hidden = $("older").hidden = page.total <= PAGE && !listCursor;
     olderCursor = page.links.next ? new URL(page.links.next, location.href).searchParams.get("cursor") : null;
+    const pressed = document.activeElement;
     $("newer").disabled = !listCursor;
     $("older").disabled = !olderCursor;
+    // the pager button pressed, disabled at the list's end, drops the keyboard's focus: the other one takes it
+    if (pressed.disabled && ["newer", "older"].includes(pressed.id)) {
+      $(pressed.id === "newer" ? "older" : "newer").focus();
+    }
     $("jobs").querySelector("tbody").innerHTML = page.jobs.map((job) => `
       <tr data-id="${job.id}"><td><a href="#/jobs/${job.id}">${escapeHtml(job.question)}</a></td>
       <td class="status-${job.status}">${job.status}</td><td>${job.mode}</td><td>${job.tokens}</td>
@@ -262,7 +279,7 @@ async function follow(jobId) {
   }
 }
 
-async function openJob(jobId) {
+async function openJob(jobId, moveFocus) {
   const opened = generation;
   show("job-view");
   const view = $("job-view");
@@ -279,6 +296,7 @@ async function openJob(jobId) {
     const job = await api(`v1/jobs/${jobId}`);
     if (opened !== generation) return; // another route took over meanwhile
     $("job-question").textContent = job.question;
+    arrive($("job-question"), moveFocus);
     for (let k = 0; k < job.params.trajectories; k++) lane(k);
     if (job.plan) {
       const by = job.approve_by ? ` <span id="approve-by">Approve it by ` +
@@ -296,7 +314,7 @@ async function openJob(jobId) {
     if (error.status) { $("job-stage").textContent = error.message; return; } // a 404 says there is no such job
     // the API is down or restarting: say so, and open the job once it answers
     $("job-stage").textContent = "cannot reach the heavy API; trying again…";
-    setTimeout(() => { if (opened === generation) openJob(jobId); }, 2000);
+    setTimeout(() => { if (opened === generation) openJob(jobId, moveFocus); }, 2000);
   }
 }
 
@@ -350,6 +368,8 @@ $("report").addEventListener("click", (e) => {
   if (!source) return;
   for (const li of document.querySelectorAll("#report li.highlight")) li.classList.remove("highlight");
   source.classList.add("highlight");
+  source.tabIndex = -1; // the keyboard goes on from the source, as from a followed link's target
+  source.focus({ preventScroll: true });
   source.scrollIntoView({ block: "center" });
 });
 $("cancel").addEventListener("click", () => control("cancel"));
