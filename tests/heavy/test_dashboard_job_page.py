@@ -51,16 +51,21 @@ async def test_a_lane_ended_by_a_crash_reopens_while_a_takeovers_rerun_steps_and
     await signed_in(page, service, store)
     job = await held_job(store)  # no worker takes it: the test writes its events
     for event in (JobStarted(job_id=job.id, question=QUESTION, mode="report", trajectories=1).to_dict(),
-                  step(job.id, 0, 1), done(job.id, 0, error="RuntimeError: a parser bug"), step(job.id, 0, 2)):
+                  step(job.id, 0, 1), done(job.id, 0, error="RuntimeError: a parser bug")):
         await store.jobs.append_event(job.id, event)
     await page.goto(f"{service.url}/#/jobs/{job.id}")
-    await page.wait_for_selector("#job-view[data-applied='4']")
+    await page.wait_for_selector("#job-view[data-applied='3']")
     lane = page.locator("#lane-0")
+    assert await lane.locator(".state").text_content() == "error"
+    assert await lane.get_attribute("class") == "lane done failed"  # red, not an answered lane's green
+
+    await store.jobs.append_event(job.id, step(job.id, 0, 2))  # the rerun's, followed live
+    await page.wait_for_selector("#job-view[data-applied='4']")
     assert await lane.locator(".step").text_content() == "2"
     assert await lane.locator(".state").text_content() == "running"
     assert await lane.get_attribute("class") == "lane"
 
-    await store.jobs.append_event(job.id, done(job.id, 0, answer="argparse"))  # followed live
+    await store.jobs.append_event(job.id, done(job.id, 0, answer="argparse"))
     await page.wait_for_selector("#job-view[data-applied='5']")
     assert await lane.locator(".state").text_content() == "answered"
     assert await lane.locator(".action").text_content() == "answer: argparse"

@@ -131,7 +131,7 @@ function apply(event) {
     case "trajectory_step": {
       const node = lane(event.trajectory);
       // after its done, a step is a rerun's: a worker that took the job over runs a crashed trajectory again
-      if (node.classList.contains("done")) { node.classList.remove("done"); set(node, ".state", "running"); }
+      if (node.classList.contains("done")) { node.classList.remove("done", "failed"); set(node, ".state", "running"); }
       set(node, ".step", event.step); set(node, ".tokens", event.total_tokens); set(node, ".action", event.action);
       break;
     }
@@ -147,6 +147,7 @@ function apply(event) {
     case "trajectory_done": {
       const node = lane(event.trajectory);
       node.classList.add("done");
+      node.classList.toggle("failed", Boolean(event.error)); // its border red, not an answered lane's green
       set(node, ".state", event.stop_reason); set(node, ".tokens", event.total_tokens);
       set(node, ".action", (event.answer ? `answer: ${event.answer}` : event.error ? `error: ${event.error}` : "no answer").slice(0, 160));
       break;
