@@ -80,6 +80,10 @@ async def test_a_keyboard_alone_signs_in_and_opens_a_job_from_the_list(service, 
             break
     else:
         pytest.fail("no row of the job list takes the keyboard's focus")
+    row = page.locator(f"#jobs tr[data-id='{job.id}']")
+    await row.evaluate("(node) => { node.dataset.drawn = 'before'; }")
+    await page.wait_for_selector(f"#jobs tr[data-id='{job.id}']:not([data-drawn])")  # the list's poll drew it anew
+    assert await page.evaluate("document.activeElement.closest('#jobs') !== null"), "the poll dropped the focus"
     await page.keyboard.press("Enter")
     await page.wait_for_selector(f"#job-question:has-text('{QUESTION}')")
     assert "awaiting_approval" in await page.get_by_role("status").text_content()

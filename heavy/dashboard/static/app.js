@@ -85,17 +85,19 @@ async function refreshJobs() {
     $("page-info").textContent = page.total > PAGE || listCursor ? shown : "";
     $("newer").hidden = $("older").hidden = page.total <= PAGE && !listCursor;
     olderCursor = page.links.next ? new URL(page.links.next, location.href).searchParams.get("cursor") : null;
-    const pressed = document.activeElement;
+    const focused = document.activeElement;
     $("newer").disabled = !listCursor;
     $("older").disabled = !olderCursor;
     // the pager button pressed, disabled at the list's end, drops the keyboard's focus: the other one takes it
-    if (pressed.disabled && ["newer", "older"].includes(pressed.id)) {
-      $(pressed.id === "newer" ? "older" : "newer").focus();
+    if (focused.disabled && ["newer", "older"].includes(focused.id)) {
+      $(focused.id === "newer" ? "older" : "newer").focus();
     }
+    const focusedRow = focused.closest("#jobs tr[data-id]")?.dataset.id; // drawn again each poll: focus kept
     $("jobs").querySelector("tbody").innerHTML = page.jobs.map((job) => `
       <tr data-id="${job.id}"><td><a href="#/jobs/${job.id}">${escapeHtml(job.question)}</a></td>
       <td class="status-${job.status}">${job.status}</td><td>${job.mode}</td><td>${job.tokens}</td>
       <td>${new Date(job.created_at * 1000).toLocaleString()}</td></tr>`).join("");
+    if (focusedRow) $("jobs").querySelector(`tr[data-id="${focusedRow}"] a`)?.focus();
   } catch (error) { handleAuth(error); }
 }
 
