@@ -145,8 +145,9 @@ def event_from_dict(data: dict[str, Any]) -> Event:
 
 class SinkUnreachable(Exception):
     """A job's events or checkpoints could not be written: its store stayed unreachable past its retries, or refused
-    writes it cannot persist (a full disk). The run stops, leaving the job as the store last saw it, to be resumed
-    from there once the store is back, instead of ending it (or a trajectory) for the store's fault."""
+    writes for now (a full disk, a replica, its maxmemory reached). The run stops, leaving the job as the store last
+    saw it, to be resumed from there once the store is back, instead of ending it (or a trajectory) for the store's
+    fault."""
 
 
 class EventSink(Protocol):

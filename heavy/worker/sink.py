@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from heavy.events import Event, SinkUnreachable
@@ -25,10 +25,10 @@ from heavy.store.records import AGGREGATING, RUNNING, TERMINAL_EVENTS
 
 def store_unreachable(exc: BaseException) -> bool:
     """Whether `exc` is Redis not taking the job's writes for now, not the job's fault: down past the store's
-    retries, or refusing writes with MISCONF (it cannot persist: a full disk under its AOF or snapshots) until
-    that is fixed."""
-    return isinstance(exc, (SinkUnreachable, RedisConnectionError, RedisTimeoutError)) or (
-        isinstance(exc, ResponseError) and str(exc).startswith("MISCONF"))
+    retries, or refusing writes until that is fixed: MISCONF (it cannot persist: a full disk under its AOF or
+    snapshots), READONLY (a replica: a primary demoted by a failover) or OOM (at its maxmemory, evicting nothing)."""
+    return isinstance(exc, (SinkUnreachable, RedisConnectionError, RedisTimeoutError, ReadOnlyError,
+                            OutOfMemoryError)) or (isinstance(exc, ResponseError) and str(exc).startswith("MISCONF"))
 
 
 def event_key(event: dict[str, Any]) -> tuple | None:

@@ -1,13 +1,15 @@
 """Redis faults, against a real redis-server: restarted mid-job (the job's state comes back from the AOF and the job
 completes), down for longer than the store's retries, with its AOF and without (the worker keeps claiming, the job
 it ran is resumed, not failed), three times during one job (each cut a stop, not one of the deaths that give a job
-up), and refusing writes with MISCONF (its disk full: the same as down, not a trajectory's crash)."""
+up), and refusing writes with MISCONF (its disk full), READONLY (a demoted primary) or OOM (at its maxmemory): the same
+as down, not a trajectory's crash."""
 
 import asyncio
 import contextlib
 import os
 import shutil
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -149,21 +151,46 @@ async def refuse_writes(store: Store, server: EmbeddedRedis) -> None:
     await wait_for(lambda: persistence_is(store, "err"))
 
 
-async def take_writes(store: Store) -> None:
+async def take_writes(store: Store, server: EmbeddedRedis) -> None:
     """The disk freed: a snapshot that succeeds ends the MISCONF."""
     await store.redis.config_set("rdb-key-save-delay", 0)
     await store.redis.bgsave()
     await wait_for(lambda: persistence_is(store, "ok"))
 
 
-async def test_redis_refusing_writes_misconf_stops_the_run_unended_and_the_job_resumes_once_it_takes_them(
-        tmp_path_factory, key_prefix, caplog):
+async def become_replica(store: Store, server: EmbeddedRedis) -> None:
+    """READONLY to every write, as from a primary demoted by a failover: a replica of a primary it cannot reach
+    yet (so it keeps its data; a sync would replace it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = probe.getsockname()[1]
+    await store.redis.replicaof("127.0.0.1", nobody)
+
+
+async def become_primary(store: Store, server: EmbeddedRedis) -> None:
+    await store.redis.replicaof("NO", "ONE")
+
+
+async def fill_memory(store: Store, server: EmbeddedRedis) -> None:
+    """OOM to every write: past its maxmemory, and (the default policy) evicting nothing."""
+    await store.redis.config_set("maxmemory-policy", "noeviction")
+    await store.redis.config_set("maxmemory", 1)
+
+
+async def free_memory(store: Store, server: EmbeddedRedis) -> None:
+    await store.redis.config_set("maxmemory", 0)
+
+
+@pytest.mark.parametrize(("refuse", "take"), [(refuse_writes, take_writes), (become_replica, become_primary),
+                                               (fill_memory, free_memory)], ids=["misconf", "readonly", "oom"])
+async def test_redis_refusing_writes_stops_the_run_unended_and_the_job_resumes_once_it_takes_them(
+        tmp_path_factory, key_prefix, caplog, refuse, take):
     async with worker_on_own_redis(tmp_path_factory, key_prefix) as (server, store, worker):
         job_id = await submit_job(store)
         await wait_for(lambda: store.jobs.load_checkpoints(job_id, 3), timeout_s=30)
-        await refuse_writes(store, server)
+        await refuse(store, server)
         await wait_for(lambda: asyncio.sleep(0, result=run_cut(caplog, job_id)), timeout_s=30)
-        await take_writes(store)
+        await take(store, server)
         # not a trajectory crashed, nor a worker death: a stop, and the job resumed from its checkpoints
         job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
         assert (job.status, job.attempts, job.stops) == ("done", 2, 1)
