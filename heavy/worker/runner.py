@@ -65,6 +65,15 @@ def checkpointed_tokens(saved: dict[int, dict]) -> int:
     return sum(usage["prompt_tokens"] + usage["completion_tokens"] for usage in usages)
 
 
+def raise_lost_cancel() -> None:
+    """Raise the cancel this task was sent and lost. Python 3.11's asyncio.wait_for, which redis-py sends every
+    command through (its socket_timeout is set: 5 s by default), returns the command's reply and drops a cancel that
+    arrives as the send completes (CPython gh-86296, fixed in 3.12): the task runs on, `cancelling()`. The worker's
+    loops call this each round, so a cancelled worker or job watcher stops instead of polling Redis for ever."""
+    if asyncio.current_task().cancelling():
+        raise asyncio.CancelledError
+
+
 class Worker:
     def __init__(self, store: Store, backend: LLMBackend, executor: ToolExecutor, settings: Settings, *,
                  name: str | None = None, aggregation: AggregationConfig | None = None) -> None:
@@ -90,6 +99,7 @@ class Worker:
         log.info("worker %s started", self.name)
         try:
             while not stop.is_set():
+                raise_lost_cancel()
                 free = self.settings.worker_jobs - len(self.running)
                 if free <= 0:
                     await asyncio.wait([*self.running.values()], timeout=CLAIM_BLOCK_MS / 1000,
@@ -142,6 +152,7 @@ class Worker:
 
     async def _renew_leases(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            raise_lost_cancel()
             await asyncio.sleep(self.settings.worker_lease_s / 3)
             try:
                 lost = await self.store.queue.renew(self.name, [e for e in self.running if e not in self.acked])
@@ -159,6 +170,7 @@ class Worker:
 
     async def _sweep(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            raise_lost_cancel()
             try:
                 if sent := await sweep(self.store.jobs, self.settings):
                     log.info("sent %d callback(s) another process had left", sent)
@@ -290,6 +302,7 @@ class Worker:
 
     async def _record_stop_once_back(self, job: JobRecord, control: JobControl) -> None:
         while True:
+            raise_lost_cancel()
             try:
                 await self._record_stop(job, control)
                 return
@@ -349,6 +362,7 @@ class Worker:
     async def _watch_control(self, job_id: str, control: JobControl) -> None:
         finishing = False
         while True:
+            raise_lost_cancel()
             await asyncio.sleep(CONTROL_POLL_S)
             with contextlib.suppress(Exception):  # transient Redis errors: look again next time
                 request = (await self.store.jobs.get(job_id)).control
