@@ -59,10 +59,10 @@ def job_spec(job: JobRecord, settings: Settings, tools: frozenset[str], tokens_l
                                  earlier_usage=from_known_fields(Usage, job.earlier_usage))
 
 
-def checkpointed_tokens(saved: dict[int, dict]) -> int:
-    """Tokens the checkpointed steps of a job's trajectories spent (the dead workers' attempts included)."""
+def checkpointed_usage(saved: dict[int, dict]) -> Usage:
+    """What the checkpointed steps of a job's trajectories spent (the dead workers' attempts included)."""
     usages = [data["result"]["usage"] if data["kind"] == "result" else data["usage"] for data in saved.values()]
-    return sum(usage["prompt_tokens"] + usage["completion_tokens"] for usage in usages)
+    return sum((from_known_fields(Usage, usage) for usage in usages), Usage())
 
 
 def raise_lost_cancel() -> None:
@@ -282,12 +282,11 @@ class Worker:
             if sink.terminal is None:  # failed before the scheduler's own handler (writing job_started)
                 await sink.emit(JobFailed(job_id=job.id, error=error))
             # what the backends counted once the trajectories ended (failed and aborted requests, the aggregation's);
-            # a job failed before that, its steps' events (whose cost is not known)
-            spent = control.spent + spec.earlier_usage if control.spent is not None else None
-            tokens = (spent.total_tokens if spent is not None
-                      else checkpointed_tokens(saved) + sink.tokens + spec.earlier_usage.total_tokens)
-            await self._end(claim, job, FAILED, sink, tokens=tokens, first_started=first_started, error=error,
-                            cost_usd=self.aggregation.cost_usd(spent) if spent is not None else None)
+            # a job failed before that, its checkpoints' and this run's steps'
+            spent = (control.spent if control.spent is not None else checkpointed_usage(saved) + sink.usage
+                     ) + spec.earlier_usage
+            await self._end(claim, job, FAILED, sink, tokens=spent.total_tokens, first_started=first_started,
+                            error=error, cost_usd=self.aggregation.cost_usd(spent))
             return
         finally:
             watcher.cancel()
@@ -354,10 +353,11 @@ class Worker:
         error = f"gave up after {job.attempts} attempts: {job.attempts - job.stops} workers running it died"
         sink = RedisEventSink(self.store.jobs, job.id)
         await sink.emit(JobFailed(job_id=job.id, error=error))
-        spent = (checkpointed_tokens(await self.store.jobs.load_checkpoints(job.id, job.trajectories))
-                 + from_known_fields(Usage, job.earlier_usage).total_tokens)
+        spent = (checkpointed_usage(await self.store.jobs.load_checkpoints(job.id, job.trajectories))
+                 + from_known_fields(Usage, job.earlier_usage))
         # still on the last dead worker's name, unless a live one took it meanwhile
-        await self._end(claim, job, FAILED, sink, tokens=spent, owner=job.worker, error=error)
+        await self._end(claim, job, FAILED, sink, tokens=spent.total_tokens, owner=job.worker, error=error,
+                        cost_usd=self.aggregation.cost_usd(spent))
 
     async def _watch_control(self, job_id: str, control: JobControl) -> None:
         finishing = False

@@ -19,6 +19,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from heavy.events import Event, SinkUnreachable
+from heavy.llm.types import Usage
 from heavy.store import JobStore, JobTakenOver
 from heavy.store.records import AGGREGATING, RUNNING, TERMINAL_EVENTS
 
@@ -51,7 +52,7 @@ class RedisEventSink:
         self.jobs, self.job_id, self.owner, self.on_taken_over = jobs, job_id, owner, on_taken_over
         self.already_written = already_written or Counter()
         self.terminal: dict[str, Any] | None = None  # the held terminal event
-        self.tokens = 0  # prompt + completion tokens of the steps this attempt ran
+        self.usage = Usage()  # what the steps this attempt ran spent
 
     @classmethod
     async def open(cls, jobs: JobStore, job_id: str, *, owner: str,
@@ -67,7 +68,7 @@ class RedisEventSink:
     async def emit(self, event: Event) -> None:
         data = event.to_dict()
         if data["type"] == "trajectory_step":
-            self.tokens += data["prompt_tokens"] + data["completion_tokens"]
+            self.usage += Usage(data["prompt_tokens"], data["completion_tokens"])
         elif data["type"] == "aggregating":
             await self.fenced(self.jobs.update(self.job_id, allowed=(RUNNING, AGGREGATING), owner=self.owner,
                                                status=AGGREGATING))

@@ -1,6 +1,6 @@
 """What a job is charged when its workers change hands mid-aggregation or it is cancelled, with the worker in
 process against real Redis: the job's tokens, its cost and its tenant's charge agree with what its backends
-counted."""
+counted; a job given up, or failed before its trajectories ended, costs what its checkpoints hold."""
 
 import asyncio
 from dataclasses import asdict
@@ -191,3 +191,48 @@ async def test_a_job_stopped_whose_earlier_usage_a_newer_worker_gave_more_fields
     job = await store.jobs.get(job_id)
     assert (job.status, job.attempts, job.stops) == (RUNNING, 1, 1)
     assert job.earlier_usage == asdict(STEP_USAGE)  # what it was handed; its trajectories' spend is checkpointed
+
+
+class TinyServer(ScriptedBackend):
+    """A server whose context cannot hold a step: the job fails (ValueError) before its trajectories run."""
+
+    async def served_context(self) -> int:
+        return 64
+
+
+RESUMED_FAILURES = {  # the worker resuming a job whose first worker died mid-run, how it fails, and its error
+    "given_up": (ScriptedBackend, 3, "gave up after 3 attempts"),
+    "failed_before_its_trajectories_ended": (TinyServer, 1, "ValueError"),
+}
+
+
+@pytest.mark.parametrize("failure", RESUMED_FAILURES)
+async def test_a_job_failed_before_its_trajectories_ended_costs_what_its_checkpoints_spent(store, failure):
+    """Only the checkpoints say what such a job spent (no backend counted it all): its tokens and its cost are
+    theirs, at the deployment's prices, not a cost left unknown."""
+    server, attempts, error = RESUMED_FAILURES[failure]
+    key = await store.tenants.create_key("acme")
+    first = ScriptedBackend(researcher, delay_s=lambda r: 60 if r.trajectory >= 0 and step_of(r) == 2 else 0)
+    w1 = asyncio.create_task(Worker(store, first, executor(), PRICED, name="w1").run(asyncio.Event()))
+    async with client_for(app_for(store, PRICED), key.secret) as client:
+        job_id = (await client.post("/v1/jobs", json=JOB)).json()["id"]
+        await wait_for(lambda: asyncio.sleep(0, result=sum(r.trajectory >= 0 and step_of(r) == 2
+                                                           for r in first.requests) == 3))
+        w1.cancel()  # like a crash: no status change, no acknowledgement
+        await asyncio.gather(w1, return_exceptions=True)
+        await store.jobs.update(job_id, attempts=attempts)  # given up: as if every worker that took it had died
+        saved = await store.jobs.load_checkpoints(job_id, 3)  # each trajectory's step before its last
+        spent = sum((Usage(c["usage"]["prompt_tokens"], c["usage"]["completion_tokens"]) for c in saved.values()),
+                    Usage())
+        stop = asyncio.Event()
+        w2 = asyncio.create_task(Worker(store, server(researcher), executor(), PRICED, name="w2").run(stop))
+        try:
+            await wait_for(lambda: ended(store, job_id))
+        finally:
+            stop.set()
+            await w2
+        shown = (await client.get(f"/v1/jobs/{job_id}")).json()
+    assert shown["status"] == "failed" and error in shown["error"]
+    assert spent.total_tokens > 0 and shown["tokens"] == spent.total_tokens
+    assert shown["cost_usd"] == pytest.approx((spent.prompt_tokens * PRICED.price_per_mtok_prompt
+                                               + spent.completion_tokens * PRICED.price_per_mtok_completion) / 1e6)
