@@ -35,6 +35,7 @@ from runtime.replica.replica import ReplicaActor, ReplicaSpec
 from runtime.replica.router import Availability, RouterActor, RouterConfig
 from runtime.sampling import SamplingParams
 from runtime.server.compile_gate import CompileGate
+from runtime.server.logs import ray_lines_through_ours
 from runtime.structured import Grammars
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def init_ray() -> bool:
     started one (its owner shuts it down), False when Ray was already initialised here."""
     if ray.is_initialized():
         return False
+    ray_lines_through_ours()  # before ray.init, whose lines are the ones to route
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
         return False

@@ -215,8 +215,10 @@ def test_the_default_cap_holds_a_prompt_of_the_longest_tokens_at_the_full_contex
 @pytest.mark.ray
 @pytest.mark.slow
 def test_served_from_ray_replicas_the_key_and_the_cap_hold_the_same(tiny_kimi_path, tmp_path):
-    """`--replicas`: the app over the router (runtime/replica/serving.py) is gated as the one over an engine."""
-    with serving(tiny_kimi_path, tmp_path / "serve.log", "--replicas", "1") as base:
+    """`--replicas`: the app over the router (runtime/replica/serving.py) is gated as the one over an engine, and
+    logs JSON lines only, Ray's own lines (its auth-token warning, its start) included."""
+    log_path = tmp_path / "serve.log"
+    with serving(tiny_kimi_path, log_path, "--replicas", "1") as base:
         assert httpx.get(f"{base}/ready", timeout=30).status_code == 200
         _assert_openai_error(httpx.post(f"{base}/v1/chat/completions", json=_chat(), timeout=30), 401)
         served = httpx.post(f"{base}/v1/chat/completions", headers=_bearer(KEYS[0]), json=_chat(), timeout=120)
@@ -224,6 +226,8 @@ def test_served_from_ray_replicas_the_key_and_the_cap_hold_the_same(tiny_kimi_pa
         body = json.dumps(_chat("x" * CAP)).encode()
         status, _, _ = _raw(base, _head(base, KEYS[0], "Transfer-Encoding: chunked"), _chunked(body))
         assert status == 413
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert any(r["logger"].startswith("ray") and "Started a local Ray instance" in r["msg"] for r in records), records
 
 
 @pytest.mark.parametrize("host, keyed, warned", [
