@@ -31,11 +31,11 @@ from runtime.engine.llm_engine import LLMEngine, RequestOutput
 from runtime.models.registry import MODEL_TYPES
 from runtime.replica.local_ray import start_local_ray
 from runtime.replica.rank import EP_MODEL_TYPES, routed_experts
+from runtime.replica.ray_logs import ray_lines_through_ours, worker_output_through_ours
 from runtime.replica.replica import ReplicaActor, ReplicaSpec
 from runtime.replica.router import Availability, RouterActor, RouterConfig
 from runtime.sampling import SamplingParams
 from runtime.server.compile_gate import CompileGate
-from runtime.server.logs import ray_lines_through_ours
 from runtime.structured import Grammars
 
 log = logging.getLogger(__name__)
@@ -157,12 +157,15 @@ def init_ray() -> bool:
     started one (its owner shuts it down), False when Ray was already initialised here."""
     if ray.is_initialized():
         return False
-    ray_lines_through_ours()  # before ray.init, whose lines are the ones to route
-    if os.environ.get("RAY_ADDRESS"):
+    ours = ray_lines_through_ours()  # before ray.init, whose lines are the ones to route
+    starts_one = not os.environ.get("RAY_ADDRESS")
+    if starts_one:
+        start_local_ray()
+    else:
         ray.init(address=os.environ["RAY_ADDRESS"])
-        return False
-    start_local_ray()
-    return True
+    if ours:
+        worker_output_through_ours()
+    return starts_one
 
 
 def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | None = None, dtype: str = AUTO,

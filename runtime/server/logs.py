@@ -29,13 +29,3 @@ def log_json_lines(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, handlers=[handler])
     logging.captureWarnings(True)
 
-
-def ray_lines_through_ours() -> None:
-    """Ray's own driver lines (its auth-token warning, "Started a local Ray instance") through the handlers this
-    process set up, JSON lines among them, where it set up any: `import ray` gives the `ray` logger a plain-text
-    handler of its own and stops it propagating. Left as Ray made it in a process that configured no logging."""
-    if not logging.getLogger().handlers:
-        return
-    ray_logger = logging.getLogger("ray")
-    ray_logger.handlers.clear()
-    ray_logger.propagate = True  # its level stays Ray's (INFO): the warnings and the start line are kept

@@ -42,6 +42,37 @@ print(json.dumps(session))
 """
 
 
+# `runtime serve --replicas`'s start (JSON lines, then init_ray) and a task that prints to stdout and stderr; it waits
+# until both lines reached its handlers from the worker, then stops Ray.
+JSON_LINES_OF_A_LOCAL_NODE = """
+import logging, sys, time, ray
+from runtime.replica.serving import init_ray
+from runtime.server.logs import log_json_lines
+log_json_lines()
+assert init_ray()
+forwarded = []
+handler = logging.Handler()
+handler.emit = lambda record: forwarded.append(record.getMessage())
+logging.getLogger("ray.worker_output").addHandler(handler)
+@ray.remote
+def speak():
+    print("said-on-stdout")
+    print("said-on-stderr", file=sys.stderr)
+ray.get(speak.remote())
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline and not all(any(said in line for line in forwarded) for said in ("said-on-stdout",
+                                                                                                  "said-on-stderr")):
+    time.sleep(0.1)
+ray.shutdown()
+"""
+
+
+def _own_ray_env(home: Path, heavy_home: Path) -> dict[str, str]:
+    """A process that starts a Ray of its own (no RAY_ADDRESS), its token in `home`, its sessions in `heavy_home`."""
+    return {"HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0",
+            "HEAVY_HOME": str(heavy_home)}
+
+
 @pytest.fixture
 def short_tmp():
     """A folder with a short path (pytest's tmp_path leaves too few of a unix socket path's 107 bytes to Ray)."""
@@ -55,10 +86,8 @@ def short_tmp():
 def test_the_local_ray_heavy_up_starts_listens_on_loopback_only_with_a_private_token_and_sessions(tmp_path,
                                                                                                    short_tmp):
     heavy_home = short_tmp / "heavy"
-    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0",
-           "HEAVY_HOME": str(heavy_home)}
     result = subprocess.run([sys.executable, "-c", LISTENERS_OF_A_LOCAL_NODE], capture_output=True, text=True,
-                            env=env, timeout=300)
+                            env=_own_ray_env(tmp_path, heavy_home), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     listeners = json.loads(result.stdout.splitlines()[-2])
     names = {name for name, _, _ in listeners}
@@ -146,3 +175,17 @@ def test_every_private_ray_instance_the_repository_starts_goes_through_start_loc
     starts = sorted(str(path.relative_to(REPO)) for folder in ("heavy", "runtime", "scripts", "tests")
                     for path in (REPO / folder).rglob("*.py") if own_start.search(path.read_text(encoding="utf-8")))
     assert starts == ["runtime/replica/local_ray.py"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_process_logging_json_lines_gets_rays_lines_and_its_workers_output_as_json_lines(tmp_path, short_tmp):
+    """Ray's own lines (its auth-token warning, its start) had a plain-text handler of Ray's, and the lines a worker
+    printed came out as Ray's plain `(speak pid=...) ...`: neither parsed in a log pipeline."""
+    result = subprocess.run([sys.executable, "-c", JSON_LINES_OF_A_LOCAL_NODE], capture_output=True, text=True,
+                            env=_own_ray_env(tmp_path, short_tmp / "heavy"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (result.stdout + result.stderr).splitlines()]
+    said = {r["msg"].rsplit(" ", 1)[-1]: r["level"] for r in records if r["logger"] == "ray.worker_output"}
+    assert said == {"said-on-stdout": "INFO", "said-on-stderr": "WARNING"}, records
+    assert any("Started a local Ray instance" in r["msg"] for r in records), records
