@@ -33,7 +33,7 @@ def worker_output_through_ours() -> None:
 
 def _log_worker_output(batch: dict) -> None:
     """One record per line, WARNING for its stderr (where Python's warnings and tracebacks go), named as Ray would."""
-    source = batch.get("actor_name") or batch.get("task_name") or ""
+    source = " ".join(filter(None, (batch.get("actor_name") or batch.get("task_name"), f"pid={batch.get('pid')}")))
     level = logging.WARNING if batch.get("is_err") else logging.INFO
     for line in batch.get("lines", ()):
-        WORKER_OUTPUT.log(level, "(%s pid=%s, ip=%s) %s", source, batch.get("pid"), batch.get("ip"), line)
+        WORKER_OUTPUT.log(level, "(%s, ip=%s) %s", source, batch.get("ip"), line)
