@@ -28,4 +28,3 @@ def log_json_lines(level: int = logging.INFO) -> None:
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=level, handlers=[handler])
     logging.captureWarnings(True)
-
