@@ -5,6 +5,7 @@ process's handlers instead of Ray's plain text. A process that configured no log
 import logging
 
 from ray._private.ray_logging import global_worker_stdstream_dispatcher
+from ray._private.worker import filter_autoscaler_events, stderr_deduplicator, stdout_deduplicator
 
 # what ray.init (log_to_driver) registers to print the workers' lines, and ray.shutdown removes by this name
 PRINT_HANDLER = "ray_print_logs"
@@ -31,9 +32,17 @@ def worker_output_through_ours() -> None:
         global_worker_stdstream_dispatcher.add_handler(PRINT_HANDLER, _log_worker_output)
 
 
-def _log_worker_output(batch: dict) -> None:
-    """One record per line, WARNING for its stderr (where Python's warnings and tracebacks go), named as Ray would."""
-    source = " ".join(filter(None, (batch.get("actor_name") or batch.get("task_name"), f"pid={batch.get('pid')}")))
-    level = logging.WARNING if batch.get("is_err") else logging.INFO
-    for line in batch.get("lines", ()):
-        WORKER_OUTPUT.log(level, "(%s, ip=%s) %s", source, batch.get("ip"), line)
+def _log_worker_output(data: dict) -> None:
+    """One record per line, WARNING for its stderr (where Python's warnings and tracebacks go), named as Ray would,
+    and filtered as Ray's own printer does: of the autoscaler monitor only its events (not its status every 5 s),
+    and a line repeated across workers once, with Ray's "[repeated Nx across cluster]" later."""
+    if data.get("pid") == "autoscaler":
+        batches = [{**data, "lines": list(filter_autoscaler_events(data.get("lines", [])))}]
+    else:
+        batches = (stderr_deduplicator if data.get("is_err") else stdout_deduplicator).deduplicate(data)
+    for batch in batches:
+        source = " ".join(filter(None, (batch.get("actor_name") or batch.get("task_name"),
+                                        f"pid={batch.get('pid')}")))
+        level = logging.WARNING if batch.get("is_err") else logging.INFO
+        for line in batch.get("lines", ()):
+            WORKER_OUTPUT.log(level, "(%s, ip=%s) %s", source, batch.get("ip"), line)

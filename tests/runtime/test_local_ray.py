@@ -59,6 +59,9 @@ def speak():
     print("said-on-stdout")
     print("said-on-stderr", file=sys.stderr)
 ray.get(speak.remote())
+from runtime.replica.ray_logs import _log_worker_output  # what the monitor sends every 5 s: not an event
+_log_worker_output({"pid": "autoscaler", "ip": "127.0.0.1", "is_err": False,
+                    "lines": ["======== Autoscaler status: 2026-12-07 23:30:27 ========", "Node status"]})
 deadline = time.monotonic() + 120
 while time.monotonic() < deadline and not all(any(said in line for line in forwarded) for said in ("said-on-stdout",
                                                                                                   "said-on-stderr")):
@@ -189,3 +192,4 @@ def test_a_process_logging_json_lines_gets_rays_lines_and_its_workers_output_as_
     said = {r["msg"].rsplit(" ", 1)[-1]: r["level"] for r in records if r["logger"] == "ray.worker_output"}
     assert said == {"said-on-stdout": "INFO", "said-on-stderr": "WARNING"}, records
     assert any("Started a local Ray instance" in r["msg"] for r in records), records
+    assert not any("Autoscaler status" in r["msg"] or "Node status" in r["msg"] for r in records), records
