@@ -34,13 +34,14 @@ def _with(job_id: str | None, tenant: str | None) -> tuple[tuple[str, str], ...]
 
 
 class JsonLines(logging.Formatter):
-    """ts, level, logger, job_id and tenant where one applies (`log_about`), msg, and a traceback as `exc`,
-    JSON-encoded: a message carries text from fetched pages, model servers and tenants' callback URLs, whose quote or
-    newline must not end the record or forge one of its own."""
+    """ts, level, logger, job_id and tenant where one applies (`log_about`), a record's `json_fields` (`extra=`:
+    the runtime's count of a Ray line repeated across workers), msg, and a traceback as `exc`, JSON-encoded: a message
+    carries text from fetched pages, model servers and tenants' callback URLs, whose quote or newline must not end
+    the record or forge one of its own."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name, **dict(_ABOUT.get()),
-                 "msg": record.getMessage()}
+                 **getattr(record, "json_fields", {}), "msg": record.getMessage()}
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         if record.stack_info:

@@ -8,12 +8,13 @@ import logging
 
 
 class JsonLines(logging.Formatter):
-    """ts, level, logger, msg, and a traceback as `exc`, JSON-encoded: a message may quote a request's path or a
-    model's text, whose quote or newline must not end the record or forge one of its own."""
+    """ts, level, logger, a record's `json_fields` (`extra=`: a count Ray gave a repeated line), msg, and a
+    traceback as `exc`, JSON-encoded: a message may quote a request's path or a model's text, whose quote or newline
+    must not end the record or forge one of its own."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                 "msg": record.getMessage()}
+                 **getattr(record, "json_fields", {}), "msg": record.getMessage()}
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         if record.stack_info:

@@ -42,10 +42,12 @@ print(json.dumps(session))
 """
 
 
-# `runtime serve --replicas`'s start (JSON lines, then init_ray) and a task that prints to stdout and stderr; it waits
-# until both lines reached its handlers from the worker, then stops Ray.
+# `runtime serve --replicas`'s start (JSON lines, then init_ray), a task that prints to stdout and stderr, and three
+# actors that print one same line (each then a line of its own); it waits until all these reached its handlers
+# from the workers, then stops Ray, within Ray's window for counting a repeated line (RAY_DEDUP_LOGS_AGG_WINDOW_S).
 JSON_LINES_OF_A_LOCAL_NODE = """
-import logging, sys, time, ray
+import logging, os, sys, time, ray
+from ray._private.ray_logging import global_worker_stdstream_dispatcher
 from runtime.replica.serving import init_ray
 from runtime.server.logs import log_json_lines
 log_json_lines()
@@ -58,13 +60,24 @@ logging.getLogger("ray.worker_output").addHandler(handler)
 def speak():
     print("said-on-stdout")
     print("said-on-stderr", file=sys.stderr)
+@ray.remote(num_cpus=0)
+class Rank:
+    def ready(self):
+        return True
+    def say(self):
+        print("said-by-three")
+        print(f"own-{os.getpid()}")
 ray.get(speak.remote())
-from runtime.replica.ray_logs import _log_worker_output  # what the monitor sends every 5 s: not an event
-_log_worker_output({"pid": "autoscaler", "ip": "127.0.0.1", "is_err": False,
-                    "lines": ["======== Autoscaler status: 2026-12-07 23:30:27 ========", "Node status"]})
+ranks = [Rank.remote() for _ in range(3)]
+ray.get([rank.ready.remote() for rank in ranks])
+ray.get([rank.say.remote() for rank in ranks])
+global_worker_stdstream_dispatcher.emit({  # what the monitor sends every 5 s: not an event
+    "pid": "autoscaler", "ip": "127.0.0.1", "is_err": False,
+    "lines": ["======== Autoscaler status: 2026-12-07 23:30:27 ========", "Node status"]})
+def heard(said, times=1):
+    return sum(said in line for line in forwarded) >= times
 deadline = time.monotonic() + 120
-while time.monotonic() < deadline and not all(any(said in line for line in forwarded) for said in ("said-on-stdout",
-                                                                                                  "said-on-stderr")):
+while time.monotonic() < deadline and not (heard("said-on-stdout") and heard("said-on-stderr") and heard("own-", 3)):
     time.sleep(0.1)
 ray.shutdown()
 """
@@ -184,12 +197,18 @@ def test_every_private_ray_instance_the_repository_starts_goes_through_start_loc
 @pytest.mark.slow
 def test_a_process_logging_json_lines_gets_rays_lines_and_its_workers_output_as_json_lines(tmp_path, short_tmp):
     """Ray's own lines (its auth-token warning, its start) had a plain-text handler of Ray's, and the lines a worker
-    printed came out as Ray's plain `(speak pid=...) ...`: neither parsed in a log pipeline."""
+    printed came out as Ray's plain `(speak pid=...) ...`: neither parsed in a log pipeline. A line three workers
+    printed is logged once, then with its count as a field: ray.shutdown printed it as plain text."""
+    env = {**_own_ray_env(tmp_path, short_tmp / "heavy"), "RAY_DEDUP_LOGS_AGG_WINDOW_S": "600"}
     result = subprocess.run([sys.executable, "-c", JSON_LINES_OF_A_LOCAL_NODE], capture_output=True, text=True,
-                            env=_own_ray_env(tmp_path, short_tmp / "heavy"), timeout=300)
+                            env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (result.stdout + result.stderr).splitlines()]
-    said = {r["msg"].rsplit(" ", 1)[-1]: r["level"] for r in records if r["logger"] == "ray.worker_output"}
+    forwarded = [r for r in records if r["logger"] == "ray.worker_output"]
+    said = {r["msg"].rsplit(" ", 1)[-1]: r["level"] for r in forwarded if "said-on" in r["msg"]}
     assert said == {"said-on-stdout": "INFO", "said-on-stderr": "WARNING"}, records
+    by_three = [r for r in forwarded if "said-by-three" in r["msg"]]
+    assert [r.get("repeated") for r in by_three] == [None, 2], records
+    assert "said-by-three [repeated 2x across cluster]" in by_three[1]["msg"] and "\x1b" not in by_three[1]["msg"]
     assert any("Started a local Ray instance" in r["msg"] for r in records), records
     assert not any("Autoscaler status" in r["msg"] or "Node status" in r["msg"] for r in records), records
