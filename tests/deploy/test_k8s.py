@@ -85,6 +85,14 @@ def test_raycluster_validates_against_the_crd_and_kuberay_rules(overlay):
     assert (name == "gpu") == bool(spec.get("workerGroupSpecs"))
 
 
+def test_a_changed_ray_cluster_spec_reaches_its_pods(overlay):
+    """KubeRay replaces no running pod of a RayCluster unless its upgradeStrategy is Recreate (raycluster_controller.go
+    shouldRecreatePodsForUpgrade, v1.6+): a new image, or the `--replicas` deploy/README.md has one change to scale
+    the model, left the head serving the spec it started with while the apply succeeded."""
+    _, objects = overlay
+    assert _one(objects, "RayCluster", "heavy")["spec"]["upgradeStrategy"] == {"type": "Recreate"}
+
+
 def test_every_container_has_requests_limits_and_runs_non_root(overlay):
     _, objects = overlay
     for obj, template, container in _containers(objects):
