@@ -9,6 +9,7 @@ says so in a WARNING line and Ray goes on printing its workers' lines itself, as
 import atexit
 import logging
 import re
+import threading
 
 import ray
 
@@ -77,16 +78,19 @@ class WorkerOutput:
 
         self.stdout, self.stderr = deduplicator(), deduplicator()
         self.autoscaler_events = worker.filter_autoscaler_events
+        self.lock = threading.Lock()  # the flush at exit runs beside Ray's log thread, which is still delivering
 
     def __call__(self, data: dict) -> None:
-        if data.get("pid") == "autoscaler":
-            self._log([{**data, "lines": list(self.autoscaler_events(data.get("lines", [])))}])
-        else:
-            self._log((self.stderr if data.get("is_err") else self.stdout).deduplicate(data))
+        with self.lock:
+            if data.get("pid") == "autoscaler":
+                self._log([{**data, "lines": list(self.autoscaler_events(data.get("lines", [])))}])
+            else:
+                self._log((self.stderr if data.get("is_err") else self.stdout).deduplicate(data))
 
     def flush(self) -> None:
         """The repeated lines still counted within the window: at exit, or they would be lost."""
-        self._log([*self.stdout.flush(), *self.stderr.flush()])
+        with self.lock:
+            self._log([*self.stdout.flush(), *self.stderr.flush()])
 
     @staticmethod
     def _log(batches: list[dict]) -> None:
