@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from heavy.corpus.commands import corpus_add, corpus_app
-from heavy.corpus.documents import CorpusFormatError
-from heavy.corpus.ignored import MAX_RULES_BYTES
+from heavy.corpus.documents import CorpusFormatError, find_files
+from heavy.corpus.git_excludes import MAX_RULES_BYTES
 from heavy.corpus.index import CorpusIndex
 
 NOTE = "# {}\n\nThe cryostat held 4 K."
@@ -98,3 +98,73 @@ def test_another_users_repository_above_the_folder_sets_no_rules(tmp_path):
     os.chown(shared / ".git", os.geteuid(), os.getegid())  # the user's own repository: its rules apply
     with pytest.raises(CorpusFormatError, match="1 ignored"):
         corpus_add(shared / "notes", tmp_path / "other.sqlite")
+
+
+def git_repository(top, worktree_of=None):
+    """A repository's top, its .git a folder, or a file naming the git folder of a worktree of `worktree_of`."""
+    top.mkdir(parents=True)
+    if worktree_of is None:
+        (top / ".git" / "info").mkdir(parents=True)
+        return
+    own = worktree_of / ".git" / "worktrees" / top.name
+    own.mkdir(parents=True)
+    (own / "commondir").write_text("../..\n")
+    (top / ".git").write_text(f"gitdir: {os.path.relpath(own, top)}\n")
+
+
+def found(root):
+    listed = find_files(root)
+    return sorted(str(file.relative_to(root)) for file in listed.files), [name for name, _ in listed.ignored]
+
+
+def test_a_repositorys_info_exclude_and_the_users_global_excludes_are_read_as_git_reads_them(tmp_path, monkeypatch):
+    # what a user keeps out of git without a .gitignore (info/exclude, their global excludes file: editor backups)
+    # was indexed; git reads both below the .gitignore files, the global one from the user's own config only
+    home, repo = tmp_path / "home", tmp_path / "repo"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    git_repository(repo)
+    files = {"run.md": NOTE.format("Run"), "scratch/idea.md": NOTE.format("Idea"), "old.bak.md": NOTE.format("Old"),
+             "keep.bak.md": NOTE.format("Kept"), ".gitignore": "!keep.bak.md\n"}  # a .gitignore outranks both
+    write(repo, files)
+    write(home, {".config/git/ignore": "*.bak.md\n"})  # git's default global excludes file
+    write(repo / ".git", {"info/exclude": "scratch/\n"})
+    assert found(repo) == (["keep.bak.md", "run.md"], ["old.bak.md", "scratch/"])
+    assert found(repo / "scratch") == (["idea.md"], [])  # a folder named is read, as under a .gitignore
+    # core.excludesFile, in ~/.gitconfig after the XDG config (the last one wins), quoted, with a comment
+    write(home, {".config/git/config": "[core]\n\texcludesFile = ~/elsewhere\n",
+                 ".gitconfig": '[user]\n\tname = A\n[core "x"]\n\texcludesfile = ~/no\n'
+                               '[core]\n\texcludesFile = "~/my ignore" ; the global one\n',
+                 "my ignore": "run.md\n"})
+    assert found(repo) == (["keep.bak.md", "old.bak.md"], ["run.md", "scratch/"])
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / "none"))  # git reads only that one: the default again
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    write(tmp_path / "xdg", {"git/ignore": "old.bak.md\n"})
+    assert found(repo) == (["keep.bak.md", "run.md"], ["old.bak.md", "scratch/"])
+    # a worktree's (or a submodule's) .git is a file naming its git folder; info/exclude is its repository's
+    git_repository(tmp_path / "wt", worktree_of=repo)
+    write(tmp_path / "wt", {name: text for name, text in files.items() if name != ".gitignore"})
+    assert found(tmp_path / "wt") == (["keep.bak.md", "run.md"], ["old.bak.md", "scratch/"])
+    # outside a repository git reads neither
+    write(tmp_path / "plain", files)
+    assert found(tmp_path / "plain")[1] == []
+
+
+def test_an_info_exclude_is_not_read_through_a_link_and_the_users_own_files_are(tmp_path, monkeypatch):
+    # a folder added may bring its own .git: its info/exclude is read as its .gitignore files are (not through a
+    # link, which could name /dev/zero); the user's global file is theirs, often linked by a dotfiles manager
+    home, repo = tmp_path / "home", tmp_path / "repo"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    git_repository(repo)
+    write(repo, {"run.md": NOTE.format("Run"), "old.bak.md": NOTE.format("Old")})
+    write(tmp_path / "dotfiles", {"gitignore": "*.bak.md\n", "exclude": "run.md\n"})
+    (repo / ".git" / "info" / "exclude").symlink_to(tmp_path / "dotfiles" / "exclude")
+    (home / ".config" / "git").mkdir(parents=True)
+    (home / ".config" / "git" / "ignore").symlink_to(tmp_path / "dotfiles" / "gitignore")
+    assert found(repo) == (["run.md"], ["old.bak.md"])
+    (home / ".config" / "git" / "ignore").unlink()
+    os.mkfifo(home / ".config" / "git" / "ignore")  # a FIFO is not waited on
+    assert found(repo) == (["old.bak.md", "run.md"], [])
