@@ -117,7 +117,7 @@ def add_command(
                                                   "files ignore, and vendored or generated folders (node_modules, "
                                                   "__pycache__, a virtualenv, a cache).")] = False,
 ) -> None:
-    """Index HTML, Markdown, text and JSONL (title/text/url rows) files under PATH."""
+    """Index HTML, Markdown, text and JSONL (text rows, with optional title, url, id) files under PATH."""
     report = corpus_add(path, index or default_index_path(get_settings()), include_hidden, include_ignored)
     typer.echo(
         f"indexed {report.added} new documents from {report.files} files "

@@ -83,6 +83,23 @@ def held_texts(db: sqlite3.Connection, source: str) -> dict[str, int]:
         "(SELECT 1 FROM doc_files WHERE doc_id = f.doc_id AND file != f.file)", (source,))}
 
 
+def holds_any(db: sqlite3.Connection, source: str) -> bool:
+    return db.execute("SELECT 1 FROM doc_files WHERE file = ? LIMIT 1", (source,)).fetchone() is not None
+
+
+def gone_texts(db: sqlite3.Connection, source: str, kept: set[int]) -> dict[str, int]:
+    """The documents `source` held and holds no longer (not `kept`), that no other file holds, by their text's hash:
+    read by id, so that a huge JSONL file of which a few rows changed reads only those."""
+    gone = [doc_id for (doc_id,) in db.execute("SELECT doc_id FROM doc_files WHERE file = ?", (source,)).fetchall()
+            if doc_id not in kept]
+    texts: dict[str, int] = {}
+    for doc_id in gone:
+        for (text,) in db.execute("SELECT text FROM docs WHERE id = ? AND NOT EXISTS "
+                                  "(SELECT 1 FROM doc_files WHERE doc_id = id AND file != ?)", (doc_id, source)):
+            texts.setdefault(text_hash(text), doc_id)
+    return texts
+
+
 def hold(db: sqlite3.Connection, source: str, doc_id: int, place: str) -> None:
     """`source` holds the document at `place` (now: a text moved within the file moves its place)."""
     db.execute("INSERT INTO doc_files (file, doc_id, place) VALUES (?, ?, ?) "

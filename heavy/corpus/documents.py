@@ -48,7 +48,8 @@ class Document:
     url: str = ""  # the document's original address, when the source gives one
     origin: str = ""  # the file (and JSONL row) it was read from
     # where in its file it is, what its address (/doc/<id>) stays with when the file is edited: a file's part number
-    # ("1" for a whole file), a JSONL row's url, else its title (its line moves as rows are added above it)
+    # ("1" for a whole file), a JSONL row's id, else its url, else its title (its line moves as rows are added above
+    # it; jsonl_place)
     place: str = ""
 
     def __post_init__(self) -> None:
@@ -271,9 +272,17 @@ def _jsonl_rows(lines: Iterable[str], file: Path) -> Iterator[Document]:
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             found = f"; this one has {', '.join(map(repr, row))}" if isinstance(row, dict) else ""
             raise CorpusFormatError(f"{where}: a row must be an object with a string 'text' (and optional title, "
-                                    f"url){found}")
+                                    f"url, id){found}")
         title, url = str(row.get("title") or row["text"][:80]), str(row.get("url") or "")
-        yield Document(title=title, text=row["text"], url=url, origin=where, place=jsonl_place(title, url))
+        place = jsonl_place(title, url, _row_id(row.get("id")))  # one of an earlier row too: writes.py numbers it
+        yield Document(title=title, text=row["text"], url=url, origin=where, place=place)
+
+
+def _row_id(value: object) -> str | None:
+    """A row's `id` field as its place's name: a string or an integer (JSON's), else none."""
+    if isinstance(value, str) and value or isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def is_part(place: str) -> bool:
@@ -281,6 +290,9 @@ def is_part(place: str) -> bool:
     return place.isdigit()
 
 
-def jsonl_place(title: str, url: str) -> str:
-    """A JSONL row's place in its file (Document.place)."""
+def jsonl_place(title: str, url: str, row_id: str | None = None) -> str:
+    """A JSONL row's place in its file (Document.place): its `id` (a title or url edited does not move it), else its
+    url, else its title."""
+    if row_id is not None:
+        return f"id {row_id}"
     return f"url {url}" if url else f"title {title}"

@@ -222,3 +222,48 @@ def test_a_long_file_cut_every_6000_characters_before_keeps_its_part_numbers_add
     cut_anew = {title.split(" (part ")[1].split(" of ")[0]: doc_id for title, doc_id in addresses(index_path).items()}
     assert len(cut_anew) > len(by_number) and report.replaced == len(by_number) and report.removed == 0
     assert all(cut_anew[number.split(" of ")[0]] == doc_id for number, doc_id in by_number.items())
+
+
+def ids_by_text(index_path):
+    with closing(sqlite3.connect(index_path)) as db:
+        return dict(db.execute("SELECT text, id FROM docs").fetchall())
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_a_jsonl_rows_id_names_its_address_and_rows_sharing_a_place_each_keep_their_own(tmp_path):
+    # rows were placed by url, else title: an edited title moved a row to a new address (the old one a 404), and
+    # the chunks of one page (rows sharing its url and title) shared a place, so a chunk inserted above them took the
+    # first one's address, that one the second's...
+    root, index_path = tmp_path / "docs", tmp_path / "index.sqlite"
+    root.mkdir()
+    katla = {"url": "https://ex.org/katla", "title": "Katla"}
+    rows = [{"id": "askja", "title": "Askja", "text": "Askja last erupted in 1961."},
+            {"id": 7, "title": "Hekla", "text": "Hekla last erupted in 2000."},
+            *({**katla, "text": f"Katla, chunk {n}: it last erupted in 1918."} for n in (1, 2, 3)),
+            {"title": "Grimsvotn", "text": "Grimsvotn last erupted in 2011."}]
+    write_rows(root / "rows.jsonl", rows)
+    corpus_add(root, index_path)
+    before = ids_by_text(index_path)
+    assert len(before) == 6
+    edited = [{"id": "askja", "title": "Askja volcano", "text": "Askja last erupted in 1961, and before in 1875."},
+              {"id": 7, "title": "Hekla volcano", "text": "Hekla last erupted in 2000."},
+              {**katla, "text": "Katla, a new first chunk."}, *rows[2:5],
+              {"title": "Grímsvötn", "text": "Grimsvotn last erupted in 2011."}]  # its title edited, not its text
+    write_rows(root / "rows.jsonl", edited)
+    report = corpus_add(root, index_path)
+    assert (report.added, report.replaced, report.removed) == (1, 3, 0)
+    after = ids_by_text(index_path)
+    assert after["Askja last erupted in 1961, and before in 1875."] == before["Askja last erupted in 1961."]
+    assert {text: after[text] for text in before if text in after} == {
+        text: doc_id for text, doc_id in before.items() if not text.startswith("Askja")}
+    assert after["Katla, a new first chunk."] > max(before.values())
+    with closing(sqlite3.connect(index_path)) as db:
+        assert sorted(place for (place,) in db.execute("SELECT place FROM doc_files")) == [
+            "#2 url https://ex.org/katla", "#3 url https://ex.org/katla", "#4 url https://ex.org/katla",
+            "id 7", "id askja", "title Grímsvötn", "url https://ex.org/katla"]
+    write_rows(root / "rows.jsonl", rows)  # as it was: each text at its first address again, the new chunk gone
+    assert corpus_add(root, index_path).removed == 1
+    assert ids_by_text(index_path) == before

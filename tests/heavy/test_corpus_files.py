@@ -74,7 +74,7 @@ def test_a_folder_add_reads_past_a_bad_file_and_says_what_it_did_not_index(tmp_p
            "index holds 1" in result.stdout
     unread, textless, other = (
         f"not indexed, could not be read: {root / 'a-papers.jsonl'}:1: a row must be an object with a string 'text' "
-        "(and optional title, url); this one has 'title', 'body'",
+        "(and optional title, url, id); this one has 'title', 'body'",
         f"not indexed, no text (empty or binary): {root / 'notes' / 'dump.txt'}, {root / 'notes' / 'empty.md'}",
         "not indexed, of a type corpus add does not read: 2 .pdf (it reads .htm .html .jsonl .markdown .md .txt)")
     assert all(line in result.stderr for line in (unread, textless, other)), result.stderr
@@ -92,7 +92,7 @@ def test_adding_only_files_with_nothing_to_index_leaves_no_index(tmp_path):
     index = tmp_path / "index.sqlite"
     assert corpus_add(tmp_path / "empty.md", index).total == 0 and not index.exists()
     with pytest.raises(CorpusFormatError, match=r"bad.jsonl:1: a row must be an object with a string 'text' \(and "
-                                                r"optional title, url\); this one has 'title'$"):
+                                                r"optional title, url, id\); this one has 'title'$"):
         corpus_add(tmp_path / "bad.jsonl", index)
     assert not index.exists()
 
