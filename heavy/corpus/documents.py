@@ -31,6 +31,11 @@ _PART_BREAKS = ("\n\n", "\n", " ")  # a part ends at a paragraph, else a line, e
 # CUT_SPACING characters: an insertion or a deletion moves only the cuts near it
 MIN_PART_CHARS = 1_500
 CUT_SPACING = 2_000
+# the hash that picks a piece is of its first and last CUT_HASH_ENDS characters, not of all of it: a sentence edited
+# anywhere in a paragraph drew anew whether a part started there, and so changed two parts' texts, the edit's and its
+# neighbour's (19% of random sentence edits of long files, 9% so: scripts/bench_part_edits.py); both ends, not the
+# first characters alone, which a log's lines often share
+CUT_HASH_ENDS = 16
 _HEADING = re.compile(r"#{1,6}[ \t]")
 # a Markdown file's YAML front matter (Jekyll, Hugo, Obsidian, Pandoc): fenced by "---" lines at its very start
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)^(?:---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE)
@@ -162,16 +167,26 @@ def _parts(document: Document) -> Iterator[Document]:
 
 
 def _split(text: str) -> list[str]:
-    """`text` cut into parts of at most PART_CHARS, each of whole pieces (`_pieces`), cut where the text says
-    (`_starts_part`) once a part holds MIN_PART_CHARS, and before a piece that would overflow it."""
-    parts, start, end = [], 0, 0
-    for piece_start, piece_end in _pieces(text, 0, len(text), _PART_BREAKS):
-        if end > start and (piece_end - start > PART_CHARS
-                            or end - start >= MIN_PART_CHARS and _starts_part(text[piece_start:piece_end].strip())):
-            parts.append(text[start:end].strip())
-            start = piece_start
-        end = piece_end
-    return [*parts, text[start:end].strip()]
+    """`text` cut into parts of at most PART_CHARS, each of whole pieces (`_pieces`): before the first piece that
+    starts one (`_cut_score`) once a part holds MIN_PART_CHARS; with none before a piece would overflow it, before the
+    piece past MIN_PART_CHARS nearest to starting one (cut just before the overflow, the cut moved with any edit above
+    it, and so did the next part's start, and so on while parts overflowed)."""
+    pieces = list(_pieces(text, 0, len(text), _PART_BREAKS))
+    parts, first = [], 0
+    while first < len(pieces):
+        start, cut, best = pieces[first][0], len(pieces), None
+        for at in range(first + 1, len(pieces)):
+            if pieces[at][1] - start > PART_CHARS:
+                cut = at if best is None else best[1]
+                break
+            if pieces[at - 1][1] - start >= MIN_PART_CHARS:
+                if (score := _cut_score(text[pieces[at][0]:pieces[at][1]].strip())) < 1:
+                    cut = at
+                    break
+                best = min(best or (score, at), (score, at))
+        parts.append(text[start:pieces[cut - 1][1]].strip())
+        first = cut
+    return parts
 
 
 def _pieces(text: str, start: int, end: int, breaks: tuple[str, ...]) -> Iterator[tuple[int, int]]:
@@ -192,11 +207,14 @@ def _pieces(text: str, start: int, end: int, breaks: tuple[str, ...]) -> Iterato
         start = stop + len(joint)
 
 
-def _starts_part(piece: str) -> bool:
-    """Whether a part may start at `piece` (stripped), by its text alone: a Markdown heading, else a piece its hash
-    picks, with odds of its length in CUT_SPACING (so a part's expected length does not depend on whether the text
-    runs in paragraphs or in lines)."""
-    return bool(_HEADING.match(piece)) or zlib.crc32(piece.encode()) < len(piece) / CUT_SPACING * 2**32
+def _cut_score(piece: str) -> float:
+    """How near `piece` (stripped) comes to starting a part, by its text alone: 0 for a Markdown heading, else the hash
+    of its ends, a fraction of 1, over its length in CUT_SPACING; below 1, a part starts there (odds of its length in
+    CUT_SPACING: a part's expected length does not depend on whether the text runs in paragraphs or in lines)."""
+    if _HEADING.match(piece):
+        return 0.0
+    ends = piece if len(piece) <= 2 * CUT_HASH_ENDS else piece[:CUT_HASH_ENDS] + piece[-CUT_HASH_ENDS:]
+    return zlib.crc32(ends.encode()) / 2**32 * CUT_SPACING / len(piece)
 
 
 def _file_document(file: Path) -> Iterator[Document]:

@@ -10,6 +10,7 @@ from contextlib import closing
 import pytest
 
 from heavy.corpus.commands import corpus_add
+from heavy.corpus.documents import read_file
 from heavy.corpus.index import SCHEMA_VERSION, CorpusIndex
 from heavy.corpus.server import CorpusServer
 
@@ -195,7 +196,8 @@ def test_text_inserted_near_a_long_files_start_leaves_its_later_parts_at_their_a
     assert report.added >= 1 and report.removed == 0
     assert report.replaced == len(before)  # each old part has a new title, "(part k of n)"; the first, a new text too
     after = part_texts(index_path)
-    assert [doc_id for doc_id, text in before.items() if after[doc_id] != text] == changed
+    # the part it went into, and now and then the next one (its start moved with the cut), show another text
+    assert [doc_id for doc_id, text in before.items() if after[doc_id] != text] in (changed, [*changed, changed[0] + 1])
     assert min(set(after) - set(before)) > max(before)  # the new parts' addresses are new
     with CorpusServer(index_path) as server:
         last = max(before)
@@ -267,3 +269,37 @@ def test_a_jsonl_rows_id_names_its_address_and_rows_sharing_a_place_each_keep_th
     write_rows(root / "rows.jsonl", rows)  # as it was: each text at its first address again, the new chunk gone
     assert corpus_add(root, index_path).removed == 1
     assert ids_by_text(index_path) == before
+
+
+def parts_of(path):
+    return [document.text for document in read_file(path)]
+
+
+def test_a_word_changed_within_a_paragraph_changes_the_text_of_the_part_it_is_in_only(tmp_path):
+    # whether a part started at a paragraph was drawn by the hash of all its text: a word changed anywhere in it drew
+    # it anew, and in about one edit in five the cut moved, changing the next part's text (its address) too
+    path = tmp_path / "notebook.md"
+    paragraphs = entries(0, 60)
+    path.write_text(notebook(paragraphs))
+    before = parts_of(path)
+    assert len(before) > 5
+    for number, paragraph in enumerate(paragraphs):
+        words = paragraph.split(" ")
+        middle = len(words) // 2
+        words[middle] = words[middle][::-1] if words[middle] != words[middle][::-1] else words[middle].upper()
+        path.write_text(notebook([*paragraphs[:number], " ".join(words), *paragraphs[number + 1:]]))
+        assert len(set(before) - set(parts_of(path))) == 1, number
+
+
+def test_a_part_full_before_its_text_picks_a_cut_is_cut_where_its_text_says(tmp_path, monkeypatch):
+    # a part with no place its text picks was cut just before the paragraph that would overflow it: a paragraph
+    # inserted above moved that cut, so the next part started elsewhere, and so on through every such part
+    monkeypatch.setattr("heavy.corpus.documents.CUT_SPACING", 10**12)  # no paragraph picked: every part is full
+    path = tmp_path / "notebook.md"
+    paragraphs = entries(0, 60)
+    path.write_text(notebook(paragraphs))
+    before = parts_of(path)
+    assert len(before) > 5
+    for inserted in entries(200, 10):  # the part it goes into changes, and now and then the next: no more
+        path.write_text(notebook([paragraphs[0], inserted, *paragraphs[1:]]))
+        assert len(set(before) - set(parts_of(path))) <= 2, inserted[:10]
