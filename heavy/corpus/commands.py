@@ -19,6 +19,7 @@ from heavy.corpus.documents import (
     file_name,
     find_files,
     read_file,
+    shown,
 )
 from heavy.corpus.index import CorpusIndex, existing_index
 from heavy.corpus.server import CorpusServer
@@ -55,20 +56,20 @@ def corpus_add(path: Path | str, index_path: Path | str, include_hidden: bool = 
     nothing). Hidden folders and files under a folder are passed over unless `include_hidden`, and those its
     .gitignore files ignore or a tool's (node_modules/) unless `include_ignored` (find_files)."""
     found = find_files(Path(path), include_hidden, include_ignored)
-    unlisted = [f"{error.filename}: {error.strerror}, its files were not read" for error in found.unlisted]
+    unlisted = [f"{shown(error.filename)}: {error.strerror}, its files were not read" for error in found.unlisted]
     if not (files := found.files) and unlisted:
-        raise CorpusFormatError(f"no file to index under {path}: {'; '.join(unlisted)}")
+        raise CorpusFormatError(f"no file to index under {shown(path)}: {'; '.join(unlisted)}")
     if not files:
         counts = {why: sum(count for _, count in names) for why, names in (("hidden", found.hidden),
                                                                            ("ignored", found.ignored))}
         passed_over = "".join(f"; {count} {why}, which --include-{why} indexes"
                               for why, count in counts.items() if count)
-        raise CorpusFormatError(f"no file to index under {path} (supported: {' '.join(sorted(SUPPORTED_SUFFIXES))}"
-                                f"{passed_over}); no index was written")
+        raise CorpusFormatError(f"no file to index under {shown(path)} (supported: "
+                                f"{' '.join(sorted(SUPPORTED_SUFFIXES))}{passed_over}); no index was written")
     new_index = not Path(index_path).exists()
     index = CorpusIndex(index_path)
     is_folder = Path(path).is_dir()
-    scope = str(Path(path).resolve() if is_folder else file_name(Path(path)))  # the names this add may replace
+    scope = shown(Path(path).resolve() if is_folder else file_name(Path(path)))  # the names this add may replace
     index.adopt_relative_files(scope)
     added = duplicates = removed = replaced = 0
     textless, unread, refused = [], unlisted, None
@@ -78,22 +79,23 @@ def corpus_add(path: Path | str, index_path: Path | str, include_hidden: bool = 
             # one file of a folder that cannot be read (a JSONL row without text) stopped the add there: the files
             # after it were not indexed, nor deleted ones forgotten. Its savepoint undone, it keeps what it held
             try:
-                counts = add(read_file(file), str(file))
+                counts = add(read_file(file), shown(file))
             except (CorpusFormatError, OSError) as exc:
                 if is_folder and isinstance(exc, FileNotFoundError):
                     present[file] = False  # forgotten as a file deleted before: it was "could not be read", kept
                     continue
-                unread.append(str(exc) if str(file) in str(exc) else f"{file}: {exc}")
+                why = shown(str(exc))  # a CorpusFormatError's names the file
+                unread.append(why if shown(file) in why else f"{shown(file)}: {why}")
                 refused = None if is_folder else exc  # the file named: its error is the answer
                 continue
             added, duplicates, removed = added + counts.added, duplicates + counts.duplicates, removed + counts.removed
             replaced += counts.replaced
             if counts.added + counts.duplicates + counts.replaced == 0:
-                textless.append(str(file))
+                textless.append(shown(file))
     if is_folder:
         # a folder that could not be listed still holds its files: forgetting them would empty a search of them
-        removed += index.forget_files(scope, {str(file) for file, listed in present.items() if listed},
-                                      kept_under={str(Path(error.filename).resolve()) for error in found.unlisted})
+        removed += index.forget_files(scope, {shown(file) for file, listed in present.items() if listed},
+                                      kept_under={shown(Path(error.filename).resolve()) for error in found.unlisted})
     if (total := index.count()) == 0 and new_index:  # nothing to search: as of a path with no supported file, no index
         Path(index_path).unlink()
     if refused is not None:

@@ -40,6 +40,9 @@ _HEADING = re.compile(r"#{1,6}[ \t]")
 # a Markdown file's YAML front matter (Jekyll, Hugo, Obsidian, Pandoc): fenced by "---" lines at its very start
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)^(?:---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE)
 _TITLE_FIELD = re.compile(r"^title:[ \t]*(.*?)[ \t]*$\n?", re.MULTILINE)
+# half of a UTF-16 pair alone, as a JSON string may escape it ("\ud83d": an emoji cut in two by a tool that cuts
+# strings by UTF-16 units); SQLite refused the row's text, and the add stopped with a traceback
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class CorpusFormatError(ValueError):
@@ -81,10 +84,10 @@ def find_files(path: Path, include_hidden: bool = False, include_ignored: bool =
     `include_ignored`."""
     if path.is_file():
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-            raise CorpusFormatError(f"{path}: unsupported file type (supported: {sorted(SUPPORTED_SUFFIXES)})")
+            raise CorpusFormatError(f"{shown(path)}: unsupported file type (supported: {sorted(SUPPORTED_SUFFIXES)})")
         return FoundFiles([path])
     if not path.is_dir():
-        raise FileNotFoundError(f"corpus path does not exist: {path}")
+        raise FileNotFoundError(f"corpus path does not exist: {shown(path)}")
     files, others, unlisted = [], [], []
     passed_over = {"hidden": Counter[str](), "ignored": Counter[str]()}  # each with the supported files it holds
 
@@ -105,7 +108,7 @@ def find_files(path: Path, include_hidden: bool = False, include_ignored: bool =
         here_rules = rules[here] and rules[here].within(here)
         for inner in folders:
             if why := _passed_over(here / inner, True, here_rules, include_hidden):
-                under[here / inner] = (why, f"{(here / inner).relative_to(root)}/")
+                under[here / inner] = (why, f"{shown((here / inner).relative_to(root))}/")
             else:
                 rules[here / inner] = here_rules
         for name in names:
@@ -115,11 +118,11 @@ def find_files(path: Path, include_hidden: bool = False, include_ignored: bool =
                 continue
             if why := _passed_over(here / name, False, here_rules, include_hidden):
                 if supported:
-                    passed_over[why][str((here / name).relative_to(root))] += 1
+                    passed_over[why][shown((here / name).relative_to(root))] += 1
             elif supported:
                 files.append(file)
             else:
-                others.append(file.suffix.lower())
+                others.append(shown(file.suffix.lower()))
     hidden, ignored = (tuple(sorted((+passed_over[why]).items())) for why in ("hidden", "ignored"))  # + : held some
     return FoundFiles(sorted(files), tuple(sorted(others)), hidden, tuple(unlisted), ignored)
 
@@ -139,6 +142,13 @@ def file_name(file: Path) -> Path:
     it), but a symlinked file named as the link, not its target: deleting the link from a corpus folder forgets it
     as deleting a file does (the target may be anywhere, where re-adding the folder never looked)."""
     return file.absolute().parent.resolve() / file.name
+
+
+def shown(path: Path | str) -> str:
+    """A path as text that can be stored and printed: in a name that is not UTF-8 (an old archive's Latin-1 names on
+    a UTF-8 system), each byte that is not as \\xNN. Python holds such bytes as lone surrogates, which SQLite and
+    the terminal refuse: one such file stopped a folder's add with a traceback."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def read_documents(path: Path) -> Iterator[Document]:
@@ -225,11 +235,11 @@ def _file_document(file: Path) -> Iterator[Document]:
     if suffix in HTML_SUFFIXES:
         page = html_to_markdown(content)
         if page.markdown.strip():
-            yield Document(title=page.title or file.stem, text=page.markdown, origin=str(file))
+            yield Document(title=page.title or shown(file.stem), text=page.markdown, origin=shown(file))
     elif suffix in MARKDOWN_SUFFIXES:
         yield from _markdown_documents(content, file)
     elif content.strip():
-        yield Document(title=_first_line_title(content, file), text=content.strip(), origin=str(file))
+        yield Document(title=_first_line_title(content, file), text=content.strip(), origin=shown(file))
 
 
 def _decode(data: bytes) -> str:
@@ -256,7 +266,7 @@ def _markdown_documents(content: str, file: Path) -> Iterator[Document]:
         fields = fields[:named.start()] + fields[named.end():]
     if body or fields.strip():
         text = f"{fields.strip()}\n\n{body}".strip()
-        yield Document(title=title or _first_line_title(body or text, file), text=text, origin=str(file))
+        yield Document(title=title or _first_line_title(body or text, file), text=text, origin=shown(file))
 
 
 def _first_line_title(content: str, file: Path) -> str:
@@ -264,7 +274,7 @@ def _first_line_title(content: str, file: Path) -> str:
     first = content.strip().splitlines()[0].strip()
     if first.startswith("#"):
         return first.lstrip("#").strip()
-    return first if len(first) <= 120 else file.stem
+    return first if len(first) <= 120 else shown(file.stem)
 
 
 def _jsonl_documents(file: Path) -> Iterator[Document]:
@@ -282,7 +292,7 @@ def _jsonl_rows(lines: Iterable[str], file: Path) -> Iterator[Document]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        where = f"{file}:{number}"
+        where = f"{shown(file)}:{number}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -291,9 +301,11 @@ def _jsonl_rows(lines: Iterable[str], file: Path) -> Iterator[Document]:
             found = f"; this one has {', '.join(map(repr, row))}" if isinstance(row, dict) else ""
             raise CorpusFormatError(f"{where}: a row must be an object with a string 'text' (and optional title, "
                                     f"url, id){found}")
-        title, url = str(row.get("title") or row["text"][:80]), str(row.get("url") or "")
+        text = _LONE_SURROGATE.sub("\ufffd", row["text"])
+        title = _LONE_SURROGATE.sub("\ufffd", str(row.get("title") or text[:80]))
+        url = _LONE_SURROGATE.sub("\ufffd", str(row.get("url") or ""))
         place = jsonl_place(title, url, _row_id(row.get("id")))  # one of an earlier row too: writes.py numbers it
-        yield Document(title=title, text=row["text"], url=url, origin=where, place=place)
+        yield Document(title=title, text=text, url=url, origin=where, place=place)
 
 
 def _row_id(value: object) -> str | None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,38 @@ def test_an_add_the_disk_cannot_hold_says_why_in_one_line_and_keeps_what_the_ind
     assert full.returncode == 1 and full.stderr.strip() == "error: OperationalError: disk I/O error", full
     assert [hit.title for hit in CorpusIndex(index).search("cryostat", k=5)] == ["Kept"]
     assert CorpusIndex(index).count() == 1
+
+
+def test_files_whose_names_are_not_utf8_are_indexed_named_and_forgotten_as_any_other(tmp_path):
+    # an old archive's Latin-1 names on a UTF-8 system: Python holds their bytes as lone surrogates, which SQLite
+    # refused, and the whole add stopped with a traceback at the first such file
+    root, index = tmp_path / "archive", tmp_path / "index.sqlite"
+    root.mkdir()
+    folder = os.fsencode(root)
+    for name, text in ((b"R\xe9sum\xe9.md", "# Resume\n\nThe cryostat held 4 K."), (b"vide\xe9.txt", ""),
+                       (b".brouillon\xe9.md", "# Draft\n\nThe beam was on."), (b"ok.md", "# OK\n\nThe beam was on.")):
+        with open(folder + b"/" + name, "w") as file:
+            file.write(text)
+    result = CliRunner().invoke(corpus_app, ["add", str(root), "--index", str(index)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("indexed 2 new documents from 3 files")
+    assert result.stderr == ("not indexed, hidden: .brouillon\\xe9.md (1 file) (--include-hidden indexes them)\n"
+                             f"not indexed, no text (empty or binary): {root}/vide\\xe9.txt\n")
+    with closing(sqlite3.connect(index)) as db:
+        assert db.execute("SELECT origin FROM docs WHERE title = 'Resume'").fetchone() == (f"{root}/R\\xe9sum\\xe9.md",)
+    assert corpus_add(root, index).duplicates == 2  # the same name each time: nothing edited, nothing forgotten
+    os.unlink(folder + b"/R\xe9sum\xe9.md")
+    assert corpus_add(root, index).removed == 1
+
+
+def test_a_jsonl_row_holding_half_a_utf16_pair_is_indexed_with_a_replacement_character(tmp_path):
+    # JSON may escape half a pair alone ("\ud83d": an emoji cut in two by a tool cutting strings in UTF-16 units);
+    # SQLite refused the row's text, and the whole add stopped with a traceback
+    rows, index = tmp_path / "tweets.jsonl", tmp_path / "index.sqlite"
+    rows.write_text('{"title": "Cut \\ud83d", "text": "A cut emoji \\ud83d and the cryostat.", "url": "u\\udc00"}\n'
+                    '{"title": "Whole", "text": "A whole one \\ud83d\\ude00 and the cryostat."}\n')
+    assert corpus_add(rows, index).added == 2
+    hits = CorpusIndex(index).search("cryostat", k=5)
+    assert sorted((hit.title, hit.url) for hit in hits) == [("Cut \ufffd", "u\ufffd"), ("Whole", "")]
+    assert "A whole one \U0001f600" in CorpusIndex(index).get(hits[0].doc_id).text + CorpusIndex(index).get(
+        hits[1].doc_id).text
