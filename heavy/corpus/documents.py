@@ -13,7 +13,7 @@ from pathlib import Path
 
 from heavy.corpus.ignored import IgnoreRules, is_tool_folder
 from heavy.tools.extract import html_to_markdown
-from heavy.tools.fetch import bom_encoding
+from heavy.tools.fetch import body_encoding, bom_encoding, decode_body
 
 HTML_SUFFIXES = frozenset({".html", ".htm"})
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
@@ -40,6 +40,9 @@ _HEADING = re.compile(r"#{1,6}[ \t]")
 # a Markdown file's YAML front matter (Jekyll, Hugo, Obsidian, Pandoc): fenced by "---" lines at its very start
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)^(?:---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE)
 _TITLE_FIELD = re.compile(r"^title:[ \t]*(.*?)[ \t]*$\n?", re.MULTILINE)
+# the charsets an HTML page declares that browsers read as Windows-1252 (WHATWG's Encoding standard), by Python's
+# names: a page declaring US-ASCII or ISO-8859-1 (a mailing-list archive's) often holds Windows-1252's quotes too
+_WINDOWS_1252 = frozenset({"ascii", "iso8859-1", "cp1252"})
 # half of a UTF-16 pair alone, as a JSON string may escape it ("\ud83d": an emoji cut in two by a tool that cuts
 # strings by UTF-16 units); SQLite refused the row's text, and the add stopped with a traceback
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -229,7 +232,7 @@ def _cut_score(piece: str) -> float:
 
 def _file_document(file: Path) -> Iterator[Document]:
     suffix = file.suffix.lower()
-    content = _decode(file.read_bytes())
+    content = _decode(file.read_bytes(), html=suffix in HTML_SUFFIXES)
     if "\x00" in content:
         return
     if suffix in HTML_SUFFIXES:
@@ -242,12 +245,16 @@ def _file_document(file: Path) -> Iterator[Document]:
         yield Document(title=_first_line_title(content, file), text=content.strip(), origin=shown(file))
 
 
-def _decode(data: bytes) -> str:
+def _decode(data: bytes, html: bool = False) -> str:
     """A file's text: in the encoding its byte-order mark names (UTF-8's dropped: it broke a JSONL file's first row
-    and a Markdown first-line heading; UTF-16 is Windows' "Unicode"), else UTF-8, else Windows-1252, what a Latin-1
-    file is read as (UTF-8's replacement characters had made its accented words unsearchable)."""
+    and a Markdown first-line heading; UTF-16 is Windows' "Unicode"), else, of an HTML page, the one it declares (a
+    <meta> charset, an XML declaration: a mirrored site's or a mailing-list archive's Cyrillic, Shift_JIS or Latin-2
+    pages were read as Windows-1252, unsearchable), else UTF-8, else Windows-1252, what a Latin-1 file is read as
+    (UTF-8's replacement characters had made its accented words unsearchable)."""
     if (marked := bom_encoding(data)) is not None:
         return data.decode(marked, errors="replace")
+    if html and (declared := body_encoding(data, None)) != "utf-8":  # "utf-8" also when it declares none
+        return decode_body(data, "cp1252" if declared in _WINDOWS_1252 else declared)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -174,6 +174,24 @@ def test_files_in_other_encodings_are_read_as_written_and_binary_ones_skipped(tm
     assert index.search("café", k=1)[0].title == "Le café de Flore"
 
 
+def test_an_html_page_is_read_in_the_charset_it_declares(tmp_path):
+    # a mirrored site's or a mailing-list archive's pages in Cyrillic, Shift_JIS or Latin-1, each declaring its
+    # charset in a <meta>, were read as UTF-8, else Windows-1252: their words indexed as mojibake, found by no search
+    root = tmp_path / "site"
+    root.mkdir()
+    pages = {"ru.html": ('<meta http-equiv="Content-Type" content="text/html; charset=windows-1251">', "Криостат",
+                         "cp1251"),
+             "ja.html": ('<meta charset="shift_jis">', "クライオスタット", "shift_jis"),
+             "fr.html": ('<meta charset="us-ascii">', "Le café de Flore", "cp1252"),  # as browsers read it
+             "plain.html": ("", "Le café de Flore", "utf-8")}
+    for name, (meta, words, encoding) in pages.items():
+        (root / name).write_bytes(f"<html><head>{meta}<title>{words}</title></head><body><p>{words}: "
+                                  f"{name} held 4 K.</p></body></html>".encode(encoding))
+    docs = {d.origin.rsplit("/", 1)[1]: d for d in read_documents(root)}
+    for name, (_, words, encoding) in pages.items():
+        assert (docs[name].title, f"{words}: {name} held 4 K." in docs[name].text) == (words, True), encoding
+
+
 def test_re_adding_an_edited_file_replaces_what_it_no_longer_holds(tmp_path, monkeypatch):
     # only new documents were added: the old text of an edited page stayed, found beside the new one
     root = tmp_path / "corpus"
