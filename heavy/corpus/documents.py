@@ -6,7 +6,7 @@ import json
 import os
 import re
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -184,22 +184,26 @@ def _split(text: str) -> list[str]:
     starts one (`_cut_score`) once a part holds MIN_PART_CHARS; with none before a piece would overflow it, before the
     piece past MIN_PART_CHARS nearest to starting one (cut just before the overflow, the cut moved with any edit above
     it, and so did the next part's start, and so on while parts overflowed)."""
-    pieces = list(_pieces(text, 0, len(text), _PART_BREAKS))
-    parts, first = [], 0
-    while first < len(pieces):
-        start, cut, best = pieces[first][0], len(pieces), None
-        for at in range(first + 1, len(pieces)):
-            if pieces[at][1] - start > PART_CHARS:
-                cut = at if best is None else best[1]
-                break
-            if pieces[at - 1][1] - start >= MIN_PART_CHARS:
-                if (score := _cut_score(text[pieces[at][0]:pieces[at][1]].strip())) < 1:
-                    cut = at
-                    break
-                best = min(best or (score, at), (score, at))
-        parts.append(text[start:pieces[cut - 1][1]].strip())
-        first = cut
-    return parts
+    parts: list[str] = []
+    pieces, again = _pieces(text, 0, len(text), _PART_BREAKS), deque[tuple[int, int]]()  # again: a part cut back
+    part: list[tuple[int, int]] = []  # the pieces of the part being cut (not all the text's: a log has millions)
+    best: tuple[float, int] | None = None  # the score of the best piece to cut before, past MIN_PART_CHARS, and where
+    while (piece := again.popleft() if again else next(pieces, None)) is not None:
+        start = part[0][0] if part else piece[0]
+        if part and piece[1] - start > PART_CHARS:
+            cut = len(part) if best is None else best[1]
+            parts.append(text[start:part[cut - 1][1]].strip())
+            again.extendleft(reversed([*part[cut:], piece]))  # the next part's first pieces
+            part, best = [], None
+            continue
+        if part and part[-1][1] - start >= MIN_PART_CHARS:
+            if (score := _cut_score(text[piece[0]:piece[1]].strip())) < 1:
+                parts.append(text[start:part[-1][1]].strip())
+                part, best = [], None
+            elif best is None or score < best[0]:
+                best = (score, len(part))
+        part.append(piece)
+    return [*parts, text[part[0][0]:part[-1][1]].strip()] if part else parts
 
 
 def _pieces(text: str, start: int, end: int, breaks: tuple[str, ...]) -> Iterator[tuple[int, int]]:
