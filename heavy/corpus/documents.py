@@ -24,6 +24,9 @@ SUPPORTED_SUFFIXES = HTML_SUFFIXES | MARKDOWN_SUFFIXES | TEXT_SUFFIXES | JSONL_S
 # a page (ToolLimits.output_chars) less its header, so of an 11 MB lab log it read the first 8,000, and the rest,
 # though searched, could be neither read nor cited. JSONL rows are the user's own units, kept whole
 PART_CHARS = 6_000
+# a file (not JSONL) is read, decoded and cut whole, which holds about five times its size: an 81 MB log took 394 MB,
+# so a 2 GB one took the machine's memory and the add was killed, the folder's other files unindexed with it
+MAX_FILE_BYTES = 256 << 20
 _PART_BREAKS = ("\n\n", "\n", " ")  # a part ends at a paragraph, else a line, else a word
 # where parts are cut is chosen by the text there, not by its position: cut every PART_CHARS, text inserted near a
 # long file's start moved what every later part held, so an old link to its part 3 showed another text. A part is at
@@ -236,7 +239,7 @@ def _cut_score(piece: str) -> float:
 
 def _file_document(file: Path) -> Iterator[Document]:
     suffix = file.suffix.lower()
-    content = _decode(file.read_bytes(), html=suffix in HTML_SUFFIXES)
+    content = _decode(_whole(file), html=suffix in HTML_SUFFIXES)
     if "\x00" in content:
         return
     if suffix in HTML_SUFFIXES:
@@ -247,6 +250,18 @@ def _file_document(file: Path) -> Iterator[Document]:
         yield from _markdown_documents(content, file)
     elif content.strip():
         yield Document(title=_first_line_title(content, file), text=content.strip(), origin=shown(file))
+
+
+def _whole(file: Path) -> bytes:
+    """A file's bytes, if not past MAX_FILE_BYTES (a CorpusFormatError, naming it, if so)."""
+    with file.open("rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        data = stream.read(MAX_FILE_BYTES + 1) if size <= MAX_FILE_BYTES else b""
+    if size > MAX_FILE_BYTES or len(data) > MAX_FILE_BYTES:  # (or grown past it since: a log being written)
+        raise CorpusFormatError(f"{shown(file)}: {max(size, len(data)) / 2**20:,.0f} MiB, past the "
+                                f"{MAX_FILE_BYTES / 2**20:,.0f} MiB a file is read whole (split it, or make it a JSONL "
+                                f"file, read row by row)")
+    return data
 
 
 def _decode(data: bytes, html: bool = False) -> str:

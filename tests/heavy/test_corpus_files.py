@@ -288,3 +288,20 @@ def test_a_jsonl_row_holding_half_a_utf16_pair_is_indexed_with_a_replacement_cha
     assert sorted((hit.title, hit.url) for hit in hits) == [("Cut \ufffd", "u\ufffd"), ("Whole", "")]
     assert "A whole one \U0001f600" in CorpusIndex(index).get(hits[0].doc_id).text + CorpusIndex(index).get(
         hits[1].doc_id).text
+
+
+def test_a_file_too_large_to_read_whole_is_named_and_the_rest_indexed(tmp_path, monkeypatch):
+    # a file is read, decoded and cut whole, about five times its size in memory: a 2 GB log in a folder took the
+    # machine's memory, and the add was killed with the folder's other files unindexed
+    monkeypatch.setattr("heavy.corpus.documents.MAX_FILE_BYTES", 4_000)
+    root, index = tmp_path / "repo", tmp_path / "index.sqlite"
+    root.mkdir()
+    (root / "server.log.txt").write_text("The cryostat held 4 K.\n" * 200)  # 4,600 bytes
+    (root / "notes.md").write_text("# Notes\n\nThe cryostat held 4 K.")
+    (root / "rows.jsonl").write_text('{"title": "Row", "text": "The cryostat held 4 K."}\n' * 100)  # row by row
+    result = CliRunner().invoke(corpus_app, ["add", str(root), "--index", str(index)])
+    assert result.exit_code == 1, result.output
+    assert result.stdout.startswith("indexed 2 new documents from 3 files")
+    assert result.stderr == (f"not indexed, could not be read: {root}/server.log.txt: 0 MiB, past the 0 MiB a file is "
+                             "read whole (split it, or make it a JSONL file, read row by row) (what an earlier add "
+                             "read of it stays)\n")
