@@ -46,10 +46,14 @@ class Store:
         keys = keys or Keys()
         if is_cluster_url(url):  # the scripts' keys must share a slot (heavy/store/keys.py)
             keys = keys.on_one_slot()
-        # Retries with backoff ride out a Redis restart of a few seconds (state comes back from the AOF).
+        # Retries with backoff ride out a Redis restart of a few seconds (state comes back from the AOF). READONLY
+        # too: the command did not run, and each retry is on a new connection, so after a failover without Sentinel
+        # that moved the address (a DNS name, a virtual IP) it reaches the new primary; a pooled connection to the
+        # demoted one would otherwise answer READONLY for ever. (Sentinel's connections do the same themselves.)
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RECONNECT_RETRIES)
         redis = redis_client(url, pool_wait_s=POOL_WAIT_S, decode_responses=True, health_check_interval=30,
-                             retry=retry, retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError])
+                             retry=retry, retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError,
+                                                          redis_errors.ReadOnlyError])
         limits = dict(default_max_jobs=settings.tenant_max_jobs, default_max_tokens=settings.tenant_max_tokens)
         jobs = JobStore(redis, keys, retention_s=settings.job_retention_s,
                         approval_window_s=settings.approval_window_s, max_held_jobs=settings.tenant_max_held_jobs,

@@ -1,0 +1,51 @@
+"""The store's client between it and Redis, through a loopback proxy (tests/heavy/redis_proxy.py): after a failover
+without Sentinel that moves the address to the new primary, connections pooled to the demoted one are dropped, not
+kept failing with READONLY."""
+
+import contextlib
+import socket
+
+import pytest
+from redis.asyncio import Redis
+
+from heavy.config import Settings
+from heavy.embedded_redis import EmbeddedRedis
+from heavy.store import Keys, Store
+from tests.heavy.redis_proxy import RedisProxy
+from tests.heavy.worker_helpers import submit_job
+
+pytestmark = pytest.mark.anyio
+
+
+@contextlib.contextmanager
+def own_redis(tmp_path_factory, name: str):
+    server = EmbeddedRedis(tmp_path_factory.mktemp(name)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def demote(server: EmbeddedRedis) -> None:
+    """READONLY to every write, as a primary a failover demoted: a replica of a primary it cannot reach yet."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = probe.getsockname()[1]
+    async with Redis.from_url(server.url) as redis:
+        await redis.replicaof("127.0.0.1", nobody)
+
+
+async def test_pooled_connections_to_a_demoted_primary_are_dropped_once_the_address_leads_to_the_new_one(
+        tmp_path_factory, key_prefix):
+    with own_redis(tmp_path_factory, "old") as old, own_redis(tmp_path_factory, "new") as new:
+        async with RedisProxy(tmp_path_factory.mktemp("proxy") / "redis.sock", old.socket_path) as address:
+            store = Store.connect(address.url, Settings(tenant_max_jobs=10), Keys(key_prefix))
+            try:
+                await submit_job(store)  # a connection to the old primary, pooled
+                await demote(old)
+                address.upstream = new.socket_path  # the failover moved the address (a DNS name, a virtual IP)
+                job_id = await submit_job(store)
+            finally:
+                await store.aclose()
+        async with Redis.from_url(new.url) as redis:
+            assert await redis.exists(Keys(key_prefix).job(job_id))
