@@ -53,6 +53,13 @@ class Keys:
         return f"{self.prefix}jobs"
 
     @property
+    def workers_seen(self) -> str:
+        """Hash: when a worker last reached the queue, polling it or renewing its leases (`seen`, ms on Redis's
+        clock), and the last gap in which none did (`gap_start`, `gap_end`): an outage that cut every worker off
+        (scripts.CLAIM_ABANDONED)."""
+        return f"{self.prefix}workers:seen"
+
+    @property
     def callbacks(self) -> str:
         """Sorted set job id -> when its callback may be tried (next): ended jobs whose callback is not settled."""
         return f"{self.prefix}callbacks"

@@ -12,6 +12,13 @@ from heavy.store.connection import RedisClient
 from heavy.store.keys import GROUP, Keys
 
 
+def quiet_gap_ms(lease_ms: int) -> int:
+    """How long no worker reaching the queue is an outage, not a lull: a live worker polls it twice a second when it
+    has a free slot, and renews its leases every third of the lease when it has none. (A lull taken for one only
+    delays a dead worker's takeover, by the lull's length.)"""
+    return lease_ms // 2
+
+
 @dataclass(frozen=True)
 class Claim:
     entry_id: str  # the stream entry: acknowledge it when the job is finished for good
@@ -22,6 +29,7 @@ class JobQueue:
     def __init__(self, redis: RedisClient, keys: Keys | None = None) -> None:
         self.redis, self.keys = redis, keys or Keys()
         self._renew = redis.register_script(scripts.RENEW)
+        self._claim_abandoned = redis.register_script(scripts.CLAIM_ABANDONED)
 
     async def ensure_group(self) -> None:
         try:
@@ -36,18 +44,21 @@ class JobQueue:
         return [Claim(entry_id, fields["job"]) for _, entries in reply or [] for entry_id, fields in entries]
 
     async def claim_abandoned(self, consumer: str, *, lease_ms: int, count: int = 1) -> list[Claim]:
-        """Entries of dead workers: pending and idle for longer than the lease."""
-        reply = await self.redis.xautoclaim(self.keys.jobs_stream, GROUP, consumer, lease_ms, start_id="0-0",
-                                            count=count)
-        entries = reply[1]  # [next start id, entries, (Redis 7:) deleted ids]
-        return [Claim(entry_id, fields["job"]) for entry_id, fields in entries if fields]
+        """Entries of dead workers: pending and idle for longer than the lease, not counting an outage that cut
+        every worker off from Redis (scripts.CLAIM_ABANDONED)."""
+        entries = await self._claim_abandoned(keys=[self.keys.jobs_stream, self.keys.workers_seen],
+                                              args=[GROUP, consumer, lease_ms, quiet_gap_ms(lease_ms), count])
+        # an entry is [id, [field, value, ...]]; a deleted one's fields are empty (Redis 6.2) or it is left out
+        return [Claim(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))["job"])
+                for entry_id, fields in entries if fields]
 
-    async def renew(self, consumer: str, entry_ids: list[str]) -> list[str]:
+    async def renew(self, consumer: str, entry_ids: list[str], *, lease_ms: int) -> list[str]:
         """Reset the idle time of the entries this worker runs, so no one else claims them; returns the entries
         it no longer owns (another worker took them over while this one was stalled)."""
         if not entry_ids:
             return []
-        return await self._renew(keys=[self.keys.jobs_stream], args=[GROUP, consumer, *entry_ids])
+        return await self._renew(keys=[self.keys.jobs_stream, self.keys.workers_seen],
+                                 args=[GROUP, consumer, quiet_gap_ms(lease_ms), *entry_ids])
 
     async def ack(self, entry_id: str) -> None:
         """Done with the entry for good: off the pending list and out of the stream in one step (MULTI), so a

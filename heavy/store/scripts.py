@@ -284,11 +284,42 @@ return {redis.call('ZCARD', KEYS[1]) - indexed, missing}
 # TIME goes to the client's default node, whose clock is not the one the scripts above read (approve_by, leases)
 SERVER_TIME = "return redis.call('TIME')"
 
-# KEYS: jobs stream; ARGV: group, consumer, entry ids -> resets the idle time of the entries this consumer still
-# owns, returns the ones it lost (claimed by another worker after a pause longer than the lease)
-RENEW = """
+# A worker reaching the queue (a poll for abandoned entries, a lease renewal): `seen_now(gap_ms)` marks when, on
+# Redis's clock, in KEYS[2] (the workers-seen hash), a quiet longer than `gap_ms` before it (no worker reaching
+# Redis: it was down, restarted, or cut off from all of them) being the last gap; returns now, in ms.
+_SEEN = """
+local function seen_now(gap_ms)
+  local time = redis.call('TIME')
+  local now = time[1] * 1000 + math.floor(time[2] / 1000)
+  local seen = tonumber(redis.call('HGET', KEYS[2], 'seen'))
+  if seen and now - seen > gap_ms then redis.call('HSET', KEYS[2], 'gap_start', seen, 'gap_end', now) end
+  redis.call('HSET', KEYS[2], 'seen', now)
+  return now
+end
+"""
+
+# KEYS: jobs stream, workers-seen hash; ARGV: group, consumer, lease ms, gap ms, count -> the entries this consumer
+# took over: pending and idle past the lease, the lease counted only while workers could reach Redis. All workers
+# share this Redis, so an owner cut off by an outage could renew no more than its rescuers could claim: until a lease
+# has passed since the last gap, an entry needs the gap's length more idle time. A live owner so has what was left
+# of its lease, once Redis is back, to renew its entry and record its cut run's stop, and is not taken for dead; one
+# that does neither died, and is counted so.
+CLAIM_ABANDONED = _SEEN + """
+local now = seen_now(tonumber(ARGV[4]))
+local lease = tonumber(ARGV[3])
+local min_idle = lease
+local gap = redis.call('HMGET', KEYS[2], 'gap_start', 'gap_end')
+if gap[2] and now - tonumber(gap[2]) < lease then min_idle = lease + tonumber(gap[2]) - tonumber(gap[1]) end
+return redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], min_idle, '0-0', 'COUNT', ARGV[5])[2]
+"""
+
+# KEYS: jobs stream, workers-seen hash; ARGV: group, consumer, gap ms, entry ids -> resets the idle time of the
+# entries this consumer still owns (a worker reaching the queue, as in CLAIM_ABANDONED), returns the ones it lost
+# (claimed by another worker after a pause longer than the lease)
+RENEW = _SEEN + """
+seen_now(tonumber(ARGV[3]))
 local lost = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if #pending == 0 or pending[1][2] ~= ARGV[2] then
     lost[#lost + 1] = ARGV[i]

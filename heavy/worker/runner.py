@@ -2,7 +2,8 @@
 the report and the final status to Redis.
 
 Leases: while a job runs, the worker keeps resetting its entry's idle time; an entry idle past the lease belongs
-to a dead worker, and any worker claims it (XAUTOCLAIM) and resumes the job from its checkpoints. Control
+to a dead worker, and any worker claims it (XAUTOCLAIM) and resumes the job from its checkpoints. An outage that cut
+every worker off from Redis does not run a lease down (heavy/store/scripts.py CLAIM_ABANDONED). Control
 requests (cancel, finish now) are polled from the job hash several times a second. A stopping worker leaves its
 jobs unacknowledged, so they are resumed too."""
 
@@ -155,7 +156,8 @@ class Worker:
             raise_lost_cancel()
             await asyncio.sleep(self.settings.worker_lease_s / 3)
             try:
-                lost = await self.store.queue.renew(self.name, [e for e in self.running if e not in self.acked])
+                lost = await self.store.queue.renew(self.name, [e for e in self.running if e not in self.acked],
+                                                    lease_ms=self.lease_ms)
             except Exception:  # a Redis hiccup must not end the renewals; the next round retries
                 log.exception("lease renewal failed")
                 continue

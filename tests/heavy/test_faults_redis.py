@@ -6,6 +6,7 @@ as down, not a trajectory's crash."""
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -17,7 +18,9 @@ import pytest
 from heavy.embedded_redis import EmbeddedRedis
 from heavy.store import Keys, Store
 from heavy.worker import Worker
+from heavy.worker.runner import CLAIM_RETRY_S
 from tests.heavy.fakes import ScriptedBackend
+from tests.heavy.redis_proxy import RedisProxy
 from tests.heavy.worker_helpers import (
     WORKER_SETTINGS,
     all_events,
@@ -68,6 +71,10 @@ async def test_redis_restart_mid_job_state_comes_back_from_the_aof(tmp_path_fact
         assert (await store.jobs.get_report(job_id)) is not None
 
 
+def logged(caplog, text: str) -> bool:
+    return any(text in record.getMessage() for record in caplog.records)
+
+
 def run_cut(caplog, job_id: str) -> bool:
     """Whether the job's run has met the outage (or, before it was told from a failure, failed or crashed)."""
     return any(text in record.getMessage() for record in caplog.records
@@ -87,11 +94,8 @@ async def test_redis_down_past_the_stores_retries_leaves_the_job_to_be_resumed_a
         tmp_path_factory, key_prefix, caplog):
     async with worker_on_own_redis(tmp_path_factory, key_prefix) as (server, store, worker):
 
-        def logged(text: str) -> bool:
-            return any(text in record.getMessage() for record in caplog.records)
-
         async def outage_felt(job_id: str) -> bool:  # by the claim loop and by the job's run, both past their retries
-            return worker.done() or (logged("claiming jobs failed") and run_cut(caplog, job_id))
+            return worker.done() or (logged(caplog, "claiming jobs failed") and run_cut(caplog, job_id))
         job_id = await submit_job(store)
         await wait_for(lambda: store.jobs.load_checkpoints(job_id, 3), timeout_s=30)
         kill_redis(server, keep_data=True)
@@ -107,7 +111,7 @@ async def test_redis_down_past_the_stores_retries_leaves_the_job_to_be_resumed_a
         # back without its data: the queue's group is made again, and new jobs run
         caplog.clear()
         kill_redis(server, keep_data=False)
-        await wait_for(lambda: asyncio.sleep(0, result=worker.done() or logged("claiming jobs failed")))
+        await wait_for(lambda: asyncio.sleep(0, result=worker.done() or logged(caplog, "claiming jobs failed")))
         server.start()
         job_id = await submit_job(store)
         job, _ = await wait_for(lambda: finished(store, job_id), timeout_s=60)
@@ -131,6 +135,47 @@ async def test_three_redis_outages_during_one_job_are_stops_not_deaths_and_the_j
             server.start()
         job, events = await wait_for(lambda: finished(store, job_id), timeout_s=60)
         assert (job.status, job.error, job.attempts, job.stops) == ("done", "", 4, 3)
+        assert_gap_free(events, trajectories=3)
+
+
+async def test_an_outage_past_the_lease_cutting_two_workers_is_a_stop_not_a_death_whoever_is_back_first(
+        tmp_path_factory, key_prefix, caplog, monkeypatch):
+    """Each worker reaches Redis through a proxy of its own, cut at once (Redis unreachable for every worker) for
+    longer than the lease; the rescuer is back before the job's owner, which then records its cut run's stop."""
+    monkeypatch.setattr("heavy.store.RECONNECT_RETRIES", 2)  # an outage outlasts the store's retries at once
+    caplog.set_level(logging.INFO, "heavy.worker")
+    settings = WORKER_SETTINGS.model_copy(update={"worker_lease_s": 6.0})
+    slow = ScriptedBackend(researcher, delay_s=lambda r: 1.0)
+    server = EmbeddedRedis(tmp_path_factory.mktemp("aof")).start()
+    stop = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(server.stop)
+        proxies, stores = {}, {}
+        for name in ("owner", "rescuer"):
+            proxies[name] = await stack.enter_async_context(
+                RedisProxy(tmp_path_factory.mktemp("proxy") / "redis.sock", server.socket_path))
+            stores[name] = Store.connect(proxies[name].url, settings, Keys(key_prefix))
+            stack.push_async_callback(stores[name].aclose)
+
+        def start(name: str) -> asyncio.Task:
+            return asyncio.create_task(Worker(stores[name], slow, executor(), settings, name=name).run(stop))
+        job_id = await submit_job(stores["owner"])
+        workers = [start("owner")]
+        await wait_for(lambda: stores["owner"].jobs.load_checkpoints(job_id, 3), timeout_s=30)
+        workers.append(start("rescuer"))
+        stack.push_async_callback(asyncio.gather, *workers, return_exceptions=True)
+        stack.callback(stop.set)
+        await wait_for(lambda: asyncio.sleep(0, result=logged(caplog, "worker rescuer started")))
+        for proxy in proxies.values():
+            proxy.set_cut(True)
+        await wait_for(lambda: asyncio.sleep(0, result=run_cut(caplog, job_id)), timeout_s=30)
+        await asyncio.sleep(settings.worker_lease_s)  # the owner's lease runs out
+        proxies["rescuer"].set_cut(False)
+        await asyncio.sleep(2 * CLAIM_RETRY_S)  # the rescuer polls the queue a while before the owner is back
+        proxies["owner"].set_cut(False)
+        job, events = await wait_for(lambda: finished(stores["owner"], job_id), timeout_s=60)
+        assert (job.status, job.attempts, job.stops) == ("done", 2, 1)
+        assert not logged(caplog, "stop not recorded")
         assert_gap_free(events, trajectories=3)
 
 

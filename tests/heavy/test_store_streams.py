@@ -11,6 +11,7 @@ from heavy.store import JobNotFound, JobStore, JobTakenOver
 from heavy.store import jobs as jobs_module
 from heavy.store.records import AGGREGATING, DONE, FAILED, QUEUED, RUNNING
 from tests.heavy.test_store import redis_url, submit  # noqa: F401 (redis_url: the fixture `store` runs on)
+from tests.heavy.worker_helpers import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -99,14 +100,29 @@ async def test_queue_lease_renewal_and_claim_of_a_dead_workers_entry(store):
     (claim,) = await store.queue.claim_new("w1", block_ms=10)
     assert claim.job_id == job.id
     await asyncio.sleep(0.15)
-    assert await store.queue.renew("w1", [claim.entry_id]) == []  # w1 is alive: its lease starts again
+    assert await store.queue.renew("w1", [claim.entry_id], lease_ms=100) == []  # w1 is alive: its lease starts again
     assert await store.queue.claim_abandoned("w2", lease_ms=100) == []
-    await asyncio.sleep(0.15)  # w1 died: no renewal
-    (taken,) = await store.queue.claim_abandoned("w2", lease_ms=100)
+    # w1 died: no renewal; w2 polls as a live worker does (a quiet queue is an outage: tests/heavy/test_faults_redis.py)
+    (taken,) = await wait_for(lambda: store.queue.claim_abandoned("w2", lease_ms=100))
     assert taken == claim
-    assert await store.queue.renew("w1", [claim.entry_id]) == [claim.entry_id]  # w1 woke up: not its job any more
+    lost = await store.queue.renew("w1", [claim.entry_id], lease_ms=100)
+    assert lost == [claim.entry_id]  # w1 woke up: not its job any more
     await store.queue.ack(taken.entry_id)
     assert await store.queue.pending() == 0 and await store.queue.depth() == 0
+
+
+async def test_a_lease_run_out_while_no_worker_reached_redis_is_not_taken_until_its_owner_had_a_lease_to_renew(store):
+    """An outage cuts every worker off from Redis alike: its owner could not renew an entry its rescuer could not
+    take either. Once Redis is back the owner gets a lease to renew it before it is taken for dead."""
+    await submit(store)
+    (claim,) = await store.queue.claim_new("w1", block_ms=10)
+    assert await store.queue.renew("w1", [claim.entry_id], lease_ms=100) == []
+    await asyncio.sleep(0.3)  # no worker reaches Redis, for longer than the lease
+    assert await store.queue.claim_abandoned("w2", lease_ms=100) == []  # w2 is back first: w1 may be alive
+    assert await store.queue.renew("w1", [claim.entry_id], lease_ms=100) == []  # it was: still its job
+    # w1 died then: after a lease without renewal, w2 (polling) takes it
+    (taken,) = await wait_for(lambda: store.queue.claim_abandoned("w2", lease_ms=100))
+    assert taken == claim
 
 
 async def test_an_ack_is_one_step_a_process_cannot_die_inside(store, monkeypatch):

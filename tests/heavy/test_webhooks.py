@@ -175,9 +175,9 @@ async def test_a_lease_renewal_while_the_callback_is_out_leaves_the_send_alone(s
     settings = settings_allowing(hook)
     renewals, renew = [], store.queue.renew
 
-    async def counted_renew(consumer, entry_ids):
+    async def counted_renew(consumer, entry_ids, **options):
         renewals.append(entry_ids)
-        return await renew(consumer, entry_ids)
+        return await renew(consumer, entry_ids, **options)
 
     monkeypatch.setattr(store.queue, "renew", counted_renew)
     job, _ = await store.jobs.submit("acme", question=JOB["question"], mode="report",
