@@ -317,8 +317,9 @@ class JobStore:
     async def append_event(self, job_id: str, event: dict[str, Any], *, owner: str = "") -> int:
         """Append one event; returns its sequence number (1, 2, ... per job, no gaps). With `owner`, only while that
         worker runs the job (else JobTakenOver)."""
-        written = await self._append(keys=[self.keys.job(job_id), self.keys.events(job_id)],
-                                     args=[owner, time.time(), _event_json(event)])
+        # the append's id: redis-py retries a command whose connection broke, though Redis may have run it
+        written = await self._append(keys=[self.keys.job(job_id), self.keys.events(job_id), self.keys.appends(job_id)],
+                                     args=[owner, time.time(), _event_json(event), uuid.uuid4().hex])
         return self._fenced(job_id, owner, written)
 
     def _fenced(self, job_id: str, owner: str, reply: int) -> int:

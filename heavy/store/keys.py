@@ -44,9 +44,14 @@ class Keys:
     def report(self, job_id: str) -> str:
         return f"{self.job(job_id)}:report"
 
+    def appends(self, job_id: str) -> str:
+        """Hash append id -> seq: the job's events appended, so a retried append is not written twice."""
+        return f"{self.job(job_id)}:appends"
+
     def job_parts(self, job_id: str, trajectories: int) -> list[str]:
-        """Every key of a job but its hash: events, report, one checkpoint per trajectory."""
-        return [self.events(job_id), self.report(job_id), *(self.checkpoint(job_id, k) for k in range(trajectories))]
+        """Every key of a job but its hash: events, report, one checkpoint per trajectory, appends."""
+        return [self.events(job_id), self.report(job_id), *(self.checkpoint(job_id, k) for k in range(trajectories)),
+                self.appends(job_id)]
 
     @property
     def jobs_stream(self) -> str:

@@ -85,6 +85,8 @@ def kind_of(name: str, keys: Keys) -> str:
             return "job events"
         if rest.endswith(":report"):
             return "job report"
+        if rest.endswith(":appends"):
+            return "job appends"
         return "job checkpoint" if ":traj:" in rest else "job"
     first = rest.split(":", 1)[0]
     return {"apikey": "api key", "idem": "idempotency key"}.get(first, first)

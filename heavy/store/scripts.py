@@ -180,13 +180,22 @@ if ARGV[1] ~= '' then
 end
 """
 
-# KEYS: job hash, events stream; ARGV: owner, now, event JSON without its seq (the script numbers it)
-APPEND_EVENT = _HELD_BY_OWNER + """
+# KEYS: job hash, events stream, appends hash; ARGV: owner, now, event JSON without its seq (the script numbers it),
+# the append's id. An append that ran already (its reply lost with the connection, and the client retrying it)
+# answers the seq it took, rather than write the event twice.
+APPEND_EVENT = """
+local appended = redis.call('HGET', KEYS[3], ARGV[4])
+if appended then return tonumber(appended) end
+""" + _HELD_BY_OWNER + """
 local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
 redis.call('HSET', KEYS[1], 'updated', ARGV[2])
 redis.call('XADD', KEYS[2], '0-' .. seq, 'seq', seq, 'event', ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[4], seq)
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end -- an event after the end (a stream begun then too) goes with it
+if ttl > 0 then -- an event after the end (a stream begun then too) goes with it
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
 return seq
 """
 

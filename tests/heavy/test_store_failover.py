@@ -1,6 +1,6 @@
 """The store's client between it and Redis, through a loopback proxy (tests/heavy/redis_proxy.py): after a failover
 without Sentinel that moves the address to the new primary, connections pooled to the demoted one are dropped, not
-kept failing with READONLY."""
+kept failing with READONLY; a write whose reply the network lost, and which the client retries, is made once."""
 
 import contextlib
 import socket
@@ -49,3 +49,22 @@ async def test_pooled_connections_to_a_demoted_primary_are_dropped_once_the_addr
                 await store.aclose()
         async with Redis.from_url(new.url) as redis:
             assert await redis.exists(Keys(key_prefix).job(job_id))
+
+
+async def test_an_event_whose_reply_was_lost_is_appended_once(tmp_path_factory, key_prefix):
+    """The connection breaks after Redis ran the append and before its reply came back: the client's retry must
+    not append the event a second time (a step twice in the stream, its tokens counted twice by a reader)."""
+    with own_redis(tmp_path_factory, "redis") as server:
+        async with RedisProxy(tmp_path_factory.mktemp("proxy") / "redis.sock", server.socket_path) as network:
+            store = Store.connect(network.url, Settings(), Keys(key_prefix))
+            try:
+                job_id = await submit_job(store)
+                await store.jobs.append_event(job_id, {"type": "job_started", "job_id": job_id})
+                network.lose_reply_to = b"lost reply"
+                seq = await store.jobs.append_event(job_id, {"type": "note", "text": "lost reply"})
+                events = await store.jobs.read_events(job_id)
+            finally:
+                await store.aclose()
+    assert network.lose_reply_to is None  # the reply was lost
+    assert [(event["seq"], event["type"]) for event in events] == [(1, "job_started"), (seq, "note")]
+
