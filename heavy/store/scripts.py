@@ -47,12 +47,15 @@ redis.call('SADD', active, job_id)
 # A stale value is what the key held when it named a job that is gone (deleted, expired): it counts as no value.
 # Requests racing on such a key pass the same stale value, and only the first replaces it; the others replay its
 # job (dropping the key in a separate call instead let each of them make a job).
+# The job id is new to each call: a job already there is this call's own, run again by the client retrying a reply
+# lost with its connection; it answers as it did, rather than queue the job twice and reserve its grant twice.
 # A job to run takes its slot and grant now; a job held for review takes neither until it is approved (APPROVE):
 # jobs waiting for a reviewer lock no tenant out. Held jobs are bounded per tenant instead (the held set, which
 # APPROVE and FINISH take them off): they cost Redis memory and, with no approval window, never expire. Its approval
 # deadline (`approve_by`, returned) is on Redis's clock, which the expiry sweep reads: an API process whose clock is
 # off neither shortens nor stretches the window.
 SUBMIT = _REINDEX + """
+if redis.call('EXISTS', KEYS[5]) == 1 then return {'created', redis.call('HGET', KEYS[5], 'approve_by') or ''} end
 if ARGV[4] == '1' then
   local previous = redis.call('GET', KEYS[1])
   if previous and previous ~= ARGV[11] then return {'replay', previous} end

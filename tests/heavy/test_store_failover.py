@@ -12,7 +12,7 @@ from heavy.config import Settings
 from heavy.embedded_redis import EmbeddedRedis
 from heavy.store import Keys, Store
 from tests.heavy.redis_proxy import RedisProxy
-from tests.heavy.worker_helpers import submit_job
+from tests.heavy.worker_helpers import JOB, submit_job
 
 pytestmark = pytest.mark.anyio
 
@@ -68,3 +68,20 @@ async def test_an_event_whose_reply_was_lost_is_appended_once(tmp_path_factory, 
     assert network.lose_reply_to is None  # the reply was lost
     assert [(event["seq"], event["type"]) for event in events] == [(1, "job_started"), (seq, "note")]
 
+
+async def test_a_submit_whose_reply_was_lost_queues_the_job_once_and_reserves_its_grant_once(tmp_path_factory,
+                                                                                           key_prefix):
+    with own_redis(tmp_path_factory, "redis") as server:
+        async with RedisProxy(tmp_path_factory.mktemp("proxy") / "redis.sock", server.socket_path) as network:
+            store = Store.connect(network.url, Settings(), Keys(key_prefix))
+            try:
+                first = await store.jobs.get(await submit_job(store))  # the script loaded: the lost reply is its run's
+                network.lose_reply_to = JOB["question"].encode()
+                job = await store.jobs.get(await submit_job(store))
+                queued = [fields["job"] for _, fields in await store.redis.xrange(store.queue.keys.jobs_stream)]
+                tenant = await store.tenants.get("acme")
+            finally:
+                await store.aclose()
+    assert network.lose_reply_to is None  # the reply was lost
+    assert queued == [first.id, job.id]
+    assert tenant.tokens_reserved == first.token_grant + job.token_grant
