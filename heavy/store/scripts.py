@@ -138,7 +138,12 @@ FINISH = _REINDEX + f"""
 local parts = {8 + _STATUS_INDEXES}  -- KEYS[parts]: the job's events, then its report and checkpoints""" + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
-if not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then return {'refused', status} end
+if not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then
+  for i = 9, #ARGV - 1, 2 do  -- ended by this very call, retried by the client after its reply was lost: done
+    if ARGV[i] == 'finished' and redis.call('HGET', KEYS[1], 'finished') == ARGV[i + 1] then return {'ok', status} end
+  end
+  return {'refused', status}
+end
 local worker = redis.call('HGET', KEYS[1], 'worker') or ''
 if ARGV[8] ~= '' and worker ~= ARGV[8] then return {'taken', worker} end
 local fields = {}

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from heavy.config import Settings
 from heavy.embedded_redis import EmbeddedRedis
 from heavy.store import Keys, Store
+from heavy.store.records import DONE
 from tests.heavy.redis_proxy import RedisProxy
 from tests.heavy.worker_helpers import JOB, submit_job
 
@@ -85,3 +86,23 @@ async def test_a_submit_whose_reply_was_lost_queues_the_job_once_and_reserves_it
     assert network.lose_reply_to is None  # the reply was lost
     assert queued == [first.id, job.id]
     assert tenant.tokens_reserved == first.token_grant + job.token_grant
+
+
+async def test_a_finish_whose_reply_was_lost_is_not_refused_as_one_of_a_job_already_ended(tmp_path_factory,
+                                                                                         key_prefix):
+    """Refused, the worker would take its own end for another's: a 'worker error', the entry left unacknowledged
+    and the callback not sent until a sweep, the job not counted as finished."""
+    with own_redis(tmp_path_factory, "redis") as server:
+        async with RedisProxy(tmp_path_factory.mktemp("proxy") / "redis.sock", server.socket_path) as network:
+            store = Store.connect(network.url, Settings(), Keys(key_prefix))
+            try:
+                first = await store.jobs.get(await submit_job(store))
+                await store.jobs.finish(first, DONE, report=("# Report", {}))  # the script loaded
+                job = await store.jobs.get(await submit_job(store))
+                network.lose_reply_to = b"# Lost reply"
+                await store.jobs.finish(job, DONE, report=("# Lost reply", {}))
+                ended = await store.jobs.get(job.id)
+            finally:
+                await store.aclose()
+    assert network.lose_reply_to is None  # the reply was lost
+    assert ended.status == DONE
