@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
+from heavy import __version__
 from heavy.aggregate import AggregationConfig, JobResult
 from heavy.cli_options import BackendOption, ModeOption, SearchOption, ToolOption
 from heavy.client_cli import jobs_app
@@ -46,6 +47,18 @@ console = Console(stderr=True)  # progress, the board, notes: `heavy ask ... > r
 # sqlite3.OperationalError: the corpus index's disk is full, or the index is locked by another add
 USER_ERRORS = (OSError, CorpusFormatError, pydantic.ValidationError, redis.exceptions.ConnectionError,
                sqlite3.OperationalError)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"heavy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", help="Print heavy's version and exit.",
+                                                   callback=_print_version, is_eager=True)] = False) -> None:
+    pass  # the app's own options; its help is the Typer's
 
 
 def _tools(search: str, index: Path | None) -> AbstractContextManager[ToolExecutor]:

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Scope
 
+from heavy import __version__
 from heavy.api import routes_events, routes_jobs, routes_ops
 from heavy.api.docs import install_docs
 from heavy.api.errors import install_error_handlers
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         finally:
             await app.state.store.aclose()
 
-    app = FastAPI(title="heavy", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = FastAPI(title="heavy", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Heavy-mode research jobs: N trajectories merged into one cited report.")
     app.state.settings, app.state.store = settings, store
     # else the lifespan makes them

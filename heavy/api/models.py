@@ -201,6 +201,10 @@ class Readiness(BaseModel):
     redis: str | None = Field(None, description="that the job store is unreachable (its error is in the API's log)")
 
 
+class Version(BaseModel):
+    version: str = Field(description="heavy's version, as `heavy --version` prints it")
+
+
 class InvalidField(BaseModel):
     loc: list[str | int] = Field(description="where: body, query, path or header, then the field's path")
     msg: str

@@ -1,4 +1,4 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness, the version and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from heavy import __version__
 from heavy.api.deps import StoreDep
 from heavy.api.errors import RETRY_AFTER, STORE_RETRY_S, retry_after
-from heavy.api.models import Readiness
+from heavy.api.models import Readiness, Version
 from heavy.metrics import QUEUE_DEPTH, QUEUE_PENDING
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,13 @@ NOT_ANSWERING = "the job store does not answer"
 async def healthz() -> dict:
     """The process is up."""
     return {"status": "ok"}
+
+
+@router.get("/v1/version", response_model=Version)
+async def version() -> Version:
+    """The API's version (heavy's), for a bug report or a client that checks what it talks to. Asked without a key,
+    as /openapi.json, which states it too."""
+    return Version(version=__version__)
 
 
 @router.get("/readyz", response_model=Readiness,

@@ -32,7 +32,7 @@ async def test_every_documented_operation_answers_as_documented(service, store):
             return contract.check(method, template, await client.request(method, template.format(job_id=job_id),
                                                                           **kwargs))
 
-        for path in ("/healthz", "/readyz", "/metrics"):
+        for path in ("/healthz", "/readyz", "/metrics", "/v1/version"):
             assert (await call("GET", path)).status_code == 200
 
         # submit: created, replayed, and each way a body or its sender is refused
