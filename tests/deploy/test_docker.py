@@ -1,7 +1,8 @@
 """deploy/docker: no Docker engine runs here, so the images are not built. What is checked offline: the Dockerfiles
 parse into known instructions, copy only paths that exist, pin the same torch/ray as pyproject.toml, run as a
 non-root user with HEAVY_HOME as a volume, and start a real command of the project; the shared install script
-is valid bash; and the wheel `pip install` builds from the copied tree carries every non-Python package file."""
+is valid bash; and the wheel `pip install` builds from the copied tree carries every non-Python package file and the
+license."""
 
 from __future__ import annotations
 
@@ -9,19 +10,19 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from heavy import __version__
 from tests.deploy.commands import check_commands
 from tests.deploy.conftest import DEPLOY, REPO_ROOT
+from tests.deploy.distribution import PACKAGES, build_wheel, package_files
 
 DOCKERFILES = sorted((DEPLOY / "docker").glob("Dockerfile.*"))
 INSTRUCTIONS = {"FROM", "ARG", "ENV", "COPY", "RUN", "USER", "WORKDIR", "VOLUME", "EXPOSE", "ENTRYPOINT", "CMD"}
-PACKAGES = ("kernels", "runtime", "heavy")
 
 
 def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
@@ -124,10 +125,6 @@ def test_the_wheel_built_from_the_copied_tree_carries_every_package_file(tmp_pat
                 copy = shutil.copytree if (REPO_ROOT / source).is_dir() else shutil.copy
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 copy(REPO_ROOT / source, destination)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(context)], check=True, capture_output=True, timeout=300)
-    [wheel] = tmp_path.glob("heavy-*.whl")
-    in_wheel = set(zipfile.ZipFile(wheel).namelist())
-    in_tree = {str(path.relative_to(REPO_ROOT)) for package in PACKAGES for path in (REPO_ROOT / package).rglob("*")
-               if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"}
-    assert in_tree - in_wheel == set()
+    in_wheel = set(zipfile.ZipFile(build_wheel(context, tmp_path)).namelist())
+    assert package_files(REPO_ROOT) - in_wheel == set()
+    assert f"heavy-{__version__}.dist-info/licenses/LICENSE" in in_wheel  # Apache-2.0: the image ships its text
