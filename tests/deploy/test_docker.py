@@ -90,6 +90,18 @@ def test_pins_match_pyproject(dockerfile):
     assert cpu_build == (path.name == "Dockerfile.cpu")
 
 
+# Requires-Dist of torch's Linux wheels on PyPI (what Dockerfile.cuda and a plain `pip install heavy` get), read from
+# PyPI's metadata: the CPU build installed here requires no triton, so the pin cannot be checked against it offline.
+TRITON_OF_TORCH = {"2.13.0": "3.7.1"}
+
+
+def test_triton_is_the_one_torch_requires():
+    """pip refuses to install triton==X beside a torch that pins another: with PyPI's torch 2.13.0 (triton 3.7.1)
+    a triton 3.9.0 pin failed the CUDA image's build and `pip install heavy` with ResolutionImpossible."""
+    pins = _pyproject_pins()
+    assert pins["triton"] == TRITON_OF_TORCH[pins["torch"]], "a new torch: look its triton up on PyPI"
+
+
 def test_runs_as_non_root_with_heavy_home_as_a_volume(dockerfile):
     _, instructions = dockerfile
     users = [arg for kind, arg in instructions if kind == "USER"]
