@@ -123,6 +123,19 @@ def test_entrypoint_and_default_command_are_real(dockerfile):
     check_commands([command])
 
 
+def test_the_dependencies_are_installed_before_the_code_is_copied(dockerfile):
+    """The dependencies' layer (torch, CUDA's libraries, ray: GBs) is built from pyproject.toml and the install
+    script alone, so Docker's cache keeps it across edits of the code; the project goes in after, without deps."""
+    _, instructions = dockerfile
+    runs = [index for index, (kind, arg) in enumerate(instructions) if kind == "RUN"]
+    dependencies, project = runs[0], runs[-1]
+    assert instructions[dependencies][1].startswith("heavy-install ")
+    copied_before = {source for kind, arg in instructions[:dependencies] if kind == "COPY"
+                     for source in arg.split()[:-1]}
+    assert copied_before == {"pyproject.toml", "deploy/docker/install.sh"}
+    assert "--no-deps" in instructions[project][1] and "pip check" in instructions[project][1]
+
+
 def test_install_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(DEPLOY / "docker" / "install.sh")], check=True)
 
