@@ -136,6 +136,18 @@ def test_the_dependencies_are_installed_before_the_code_is_copied(dockerfile):
     assert "--no-deps" in instructions[project][1] and "pip check" in instructions[project][1]
 
 
+def test_the_build_context_is_what_the_images_copy():
+    """.dockerignore lists what the Dockerfiles copy and nothing else (a COPY it leaves out fails the build, with
+    "not found"), then drops the checkout's bytecode from it."""
+    patterns = [line for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    copied = {source for path in DOCKERFILES for kind, arg in parse_dockerfile(path) if kind == "COPY"
+              for source in arg.split()[:-1]}
+    assert patterns[0] == "*"
+    assert {pattern[1:] for pattern in patterns if pattern.startswith("!")} == copied
+    assert patterns[-2:] == ["**/__pycache__", "**/*.pyc"]
+
+
 def test_install_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(DEPLOY / "docker" / "install.sh")], check=True)
 
