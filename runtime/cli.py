@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "either cannot hold it")
     serve.add_argument("--kv-cache-gib", type=float, default=None,
                        help="KV-cache memory of the engine (of each rank with --ep), GiB (default 0.5): what holds "
-                            "--max-model-len and the sequences served at once (deploy/sizing.py for a GPU)")
+                            "--max-model-len and the sequences served at once (for a GPU: the source repository's "
+                            "deploy/README.md, Sizing)")
     serve.add_argument("--hang-timeout", type=float, default=None,
                        help="seconds a step may run before it counts as stuck (300): in process, /health fails; "
                             "with Ray replicas, the rank is restarted")
