@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     # --- tools ---
     search: Literal["local", "web"] = "local"
     # the local corpus index `heavy corpus add` writes and `heavy ask` / `heavy worker` search; empty: the default
-    # path under ~/.local/share (heavy.corpus.commands.default_index_path)
+    # path in the XDG data folder (heavy.corpus.commands.default_index_path)
     corpus_index: str = ""
     # the local corpus server's loopback port (0: a free one). Fixed, the corpus pages' URLs outlive a restart: the
     # citations of stored reports keep working, and a job resumed by a worker of the same corpus opens its pages

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -24,12 +25,15 @@ from heavy.corpus.documents import (
 from heavy.corpus.index import CorpusIndex, existing_index
 from heavy.corpus.server import CorpusServer
 
-DEFAULT_INDEX = "~/.local/share/heavy/corpus.sqlite"
-
 
 def default_index_path(settings: Settings) -> Path:
-    """HEAVY_CORPUS_INDEX, else the index under ~/.local/share."""
-    return Path(settings.corpus_index or DEFAULT_INDEX).expanduser()
+    """HEAVY_CORPUS_INDEX, else heavy/corpus.sqlite in the XDG data folder: $XDG_DATA_HOME when set to an absolute
+    path (the spec ignores a relative one), else ~/.local/share."""
+    if settings.corpus_index:
+        return Path(settings.corpus_index).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    data_home = Path(xdg) if os.path.isabs(xdg) else Path("~/.local/share").expanduser()
+    return data_home / "heavy" / "corpus.sqlite"
 
 
 @dataclass(frozen=True)

@@ -341,3 +341,16 @@ def test_a_huge_page_found_by_a_word_it_holds_everywhere_gets_a_snippet_of_its_r
                Document("Hekla", "Hekla is a volcano in Iceland.")])
     hits = {hit.title: hit.snippet for hit in index.search("volcano Hekla 1991", k=2)}
     assert "Then Hekla erupted in 1991" in hits["Log"] and hits["Hekla"] == "Hekla is a volcano in Iceland."
+
+
+def test_the_default_index_lives_in_the_xdg_data_folder(monkeypatch, tmp_path):
+    from heavy.corpus.commands import default_index_path
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_index_path(Settings()) == tmp_path / "data" / "heavy" / "corpus.sqlite"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/data")  # the spec says to ignore a relative path
+    assert default_index_path(Settings()) == tmp_path / "home" / ".local" / "share" / "heavy" / "corpus.sqlite"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_index_path(Settings()) == tmp_path / "home" / ".local" / "share" / "heavy" / "corpus.sqlite"
+    assert default_index_path(Settings(corpus_index="~/mine.sqlite")) == tmp_path / "home" / "mine.sqlite"
