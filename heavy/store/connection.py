@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -99,6 +100,43 @@ def _host_port(entry: str, url: str, default_port: int) -> tuple[str, int]:
     return host, int(port) if port else default_port
 
 
+class _KeepsCancels:
+    """Mixed into every connection of redis_client's clients. redis-py sends a command under asyncio.wait_for (its
+    socket_timeout, 5 s by default), and Python 3.11's wait_for returns the send's result and drops a cancel that
+    arrives as the send completes (CPython gh-86296, fixed in 3.12): the cancelled task read the reply and ran on
+    (most cancels of a task busy with Redis commands were lost). The send raises the cancel instead, dropping the
+    connection as redis-py does on a cancel mid-send: the command's reply is unread."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        task = asyncio.current_task()
+        cancels = task.cancelling()
+        await super().send_packed_command(command, check_health)
+        if task.cancelling() > cancels:  # cancelled during the send, and no CancelledError came out of it
+            await self.disconnect(nowait=True)
+            raise asyncio.CancelledError
+
+
+@functools.cache
+def _keeping_cancels(connection_class: type) -> type:
+    return type(connection_class.__name__, (_KeepsCancels, connection_class), {})
+
+
+def _keep_cancels(client: RedisClient) -> RedisClient:
+    """`client` with its connections (made on first use) _KeepsCancels, whichever class its URL chose for them (TCP,
+    TLS, unix socket, Sentinel-managed); a Sentinel client's connections to the sentinels too."""
+    if isinstance(client, RedisCluster):  # its nodes' connections are made from its kwargs, the first nodes' now
+        kwargs = client.connection_kwargs
+        kwargs["connection_class"] = _keeping_cancels(kwargs["connection_class"])
+        for node in client.startup_nodes:
+            node.connection_class = kwargs["connection_class"]
+        return client
+    pool = client.connection_pool
+    pool.connection_class = _keeping_cancels(pool.connection_class)
+    for sentinel in getattr(getattr(pool, "sentinel_manager", None), "sentinels", ()):
+        _keep_cancels(sentinel)
+    return client
+
+
 class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
     """The primary's connections as Sentinel finds them, and a command waits for a free one as in a
     BlockingConnectionPool (SentinelConnectionPool overrides neither getting nor releasing a connection)."""
@@ -161,7 +199,12 @@ def redis_client(url: str, *, pool_wait_s: float | None = None, **options: Any) 
     With `pool_wait_s`, a command that finds all POOL_CONNECTIONS in use waits up to that long for one to be
     released (then fails as a ConnectionError) instead of failing at once with "Too many connections": a burst of
     requests to an API process (hundreds of clients opening event streams at once) then queues for a moment rather
-    than failing. On a cluster the client waits for a turn instead (WaitingRedisCluster)."""
+    than failing. On a cluster the client waits for a turn instead (WaitingRedisCluster). Its commands keep a cancel
+    that Python 3.11 would lose (_KeepsCancels)."""
+    return _keep_cancels(_client(url, pool_wait_s, **options))
+
+
+def _client(url: str, pool_wait_s: float | None, **options: Any) -> RedisClient:
     if is_cluster_url(url):
         cluster = parse_cluster_url(url)
         nodes = {"startup_nodes": [ClusterNode(host, port) for host, port in cluster.nodes],
