@@ -1,5 +1,6 @@
 """Cancelling a worker: a cancel that Python 3.11's asyncio.wait_for loses inside a Redis command (redis-py sends
-every command through it) still stops the worker, rather than leaving it claiming for ever."""
+every command through it) still stops the worker, rather than leaving it claiming for ever; and a worker's stop
+stops its jobs' trajectories where they are, a Redis command included (tests/heavy/held_sends.py)."""
 
 import asyncio
 
@@ -7,7 +8,8 @@ import pytest
 
 from heavy.worker import Worker
 from tests.heavy.fakes import ScriptedBackend
-from tests.heavy.worker_helpers import WORKER_SETTINGS, executor, researcher
+from tests.heavy.held_sends import hold_send_until_cancelled
+from tests.heavy.worker_helpers import WORKER_SETTINGS, executor, researcher, submit_job
 
 pytestmark = pytest.mark.anyio
 
@@ -34,3 +36,18 @@ async def test_a_cancel_lost_in_a_redis_commands_wait_for_still_stops_the_worker
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
     assert done and worker.cancelled()
+
+
+async def test_a_worker_stopping_as_a_trajectory_saves_its_checkpoint_stops_the_trajectory_there(store, monkeypatch):
+    """The stop (SIGTERM) cancels the job's trajectories; one cancelled as its checkpoint's save is sent asks the
+    model nothing more (it ran its remaining steps, delaying the worker's exit, when the cancel was lost)."""
+    job_id = await submit_job(store)
+    checkpoint = store.jobs.keys.checkpoint(job_id, 0).encode()
+    held = hold_send_until_cancelled(monkeypatch, store.redis, b"EVALSHA", checkpoint)  # its save's script
+    backend, stop = ScriptedBackend(researcher), asyncio.Event()
+    worker = asyncio.create_task(Worker(store, backend, executor(), WORKER_SETTINGS, name="w").run(stop))
+    await held.wait()
+    asked = [request.request_id for request in backend.requests if request.trajectory == 0]
+    stop.set()
+    await worker
+    assert [request.request_id for request in backend.requests if request.trajectory == 0] == asked
