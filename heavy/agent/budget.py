@@ -268,11 +268,12 @@ async def until_stopped(awaitable: Awaitable[T], stop: StopSignal, deadline: flo
             return work.result()
         raise Stopped(stop.reason if watcher in done else "deadline")
     finally:
-        for task in (work, watcher):
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        left = [task for task in (work, watcher) if not task.done()]
+        for task in left:
+            task.cancel()
+        # waited for, their outcomes dropped; not a cancel of ours arriving meanwhile (a suppress of CancelledError
+        # swallowed it: a trajectory its worker's stop cancelled then went on to its next step)
+        await asyncio.gather(*left, return_exceptions=True)
 
 
 @dataclass
