@@ -31,8 +31,11 @@ def hold_send_until_cancelled(monkeypatch, client: RedisClient, *needles: bytes)
     held = asyncio.Event()
 
     async def send_noting_the_sender(self, command, check_health=True):
-        _SENDER.set(asyncio.current_task())
-        await send(self, command, check_health)
+        sender = _SENDER.set(asyncio.current_task())
+        try:
+            await send(self, command, check_health)
+        finally:
+            _SENDER.reset(sender)
 
     async def send_then_hold(self, command):  # runs in the task wait_for made for the send
         await send_packed(self, command)
