@@ -67,10 +67,10 @@ def checkpointed_usage(saved: dict[int, dict]) -> Usage:
 
 
 def raise_lost_cancel() -> None:
-    """Raise the cancel this task was sent and lost. Python 3.11's asyncio.wait_for, which redis-py sends every
-    command through (its socket_timeout is set: 5 s by default), returns the command's reply and drops a cancel that
-    arrives as the send completes (CPython gh-86296, fixed in 3.12): the task runs on, `cancelling()`. The worker's
-    loops call this each round, so a cancelled worker or job watcher stops instead of polling Redis for ever."""
+    """Raise the cancel this task was sent and lost. Python 3.11's asyncio.wait_for returns its awaitable's result
+    and drops a cancel that arrives as the awaitable completes (CPython gh-86296, fixed in 3.12): the task runs on,
+    `cancelling()`. Redis commands re-raise theirs (heavy/store/connection.py, `_KeepsCancels`); the worker's loops
+    call this each round for the rest (their own wait_for calls), so a cancelled worker or job watcher stops."""
     if asyncio.current_task().cancelling():
         raise asyncio.CancelledError
 
