@@ -184,6 +184,11 @@ def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=
     follow, stderr says how to list them (a cursor, which holds its place as jobs are submitted or deleted)."""
     params = {"limit": limit, **({"status": status} if status else {}), **({"cursor": cursor} if cursor else {})}
     page = _run(lambda: _api(ctx).call("GET", "/v1/jobs", params=params).json())
+    links = page.get("links", {})  # an API older than cursors links pages by offset (fec072a), or not at all (b74daab)
+    if cursor and not _cursor_in(links.get("self", "")):  # it ignored the cursor: its page is the newest, not cursor's
+        print_error("this heavy API is older than --cursor (it listed the newest jobs instead): list without it, "
+                    "with a larger --limit (up to 100)")
+        raise typer.Exit(1)
     rows = [(job["id"], job["status"], job["mode"], str(job["tokens"]),
              local_minute(job["created_at"]), job["question"])
             for job in page["jobs"]]
@@ -199,11 +204,14 @@ def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=
             # a question's "[/x]" is text, not markup (which raised); its control characters are not obeyed
             table.add_row(*(Text(terminal_safe(cell)) for cell in row))
         console.print(table)
-    # an API older than cursors links the next page by offset (fec072a), or not at all (b74daab): no hint then
-    next_page = page.get("links", {}).get("next", "")
-    if older := parse_qs(urlsplit(next_page).query).get("cursor", [""])[0]:
+    if older := _cursor_in(links.get("next", "")):  # none from an older API: no hint then
         options = f" --limit {limit}" * (limit != 20) + f" --status {shlex.quote(status)}" * bool(status)
         board_console.print(f"older jobs: heavy jobs list{options} --cursor {older}", style="dim", soft_wrap=True)
+
+
+def _cursor_in(link: str) -> str:
+    """The `cursor` a page link carries ("" when it has none)."""
+    return parse_qs(urlsplit(link).query).get("cursor", [""])[0]
 
 
 @jobs_app.command("show")

@@ -79,6 +79,24 @@ def test_list_reads_a_page_of_an_api_older_than_its_links():
         assert "--cursor" not in listed.stderr
 
 
+def test_list_at_a_cursor_stops_at_an_api_older_than_cursors():
+    """Session 45's API (and fec072a's) ignores `cursor` and answers the newest page: shown, it would pass for the
+    older jobs the cursor names. Its page's self link carries no cursor (a newer API's always does): one line, exit 1,
+    no page."""
+    from tests.heavy.loopback_server import LoopbackServer
+
+    job = {"id": "newest", "status": "done", "mode": "report", "tokens": 5, "created_at": 0.0, "question": "q"}
+    page = {"jobs": [job], "total": 3, "offset": 0, "limit": 1}  # b74daab's JobList
+    by_offset = {"links": {"self": "/v1/jobs?offset=0&limit=1", "next": "/v1/jobs?offset=1&limit=1"}}  # fec072a's
+    for older_api in (page, {**page, **by_offset}):
+        with LoopbackServer({"/v1/jobs?limit=1&cursor=c2": (200, {"Content-Type": "application/json"},
+                                                            json.dumps(older_api).encode())}) as api:
+            listed = CliRunner().invoke(app, ["jobs", "--url", api.base_url, "list", "--limit", "1", "--cursor", "c2"])
+        assert listed.exit_code == 1 and listed.stdout == "", (older_api, listed.output)
+        assert listed.stderr.startswith("error: this heavy API is older than --cursor"), listed.stderr
+        assert listed.stderr.count("\n") == 1
+
+
 async def test_what_the_api_refuses_is_one_line(service, store):
     key = (await store.tenants.create_key("acme")).secret
     wrong_key = await heavy(service, "hv_wrong", "list")
