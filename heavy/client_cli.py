@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shlex
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import typer
@@ -49,6 +50,8 @@ class Api:
                                        timeout=httpx.Timeout(30.0, read=SSE_READ_TIMEOUT_S))
         except (httpx.InvalidURL, UnicodeEncodeError) as exc:  # a mistyped URL; a key pasted with a non-ASCII "…"
             raise ApiError(f"not a usable --url / --key (HEAVY_API_URL / HEAVY_API_KEY): {exc}") from exc
+        if self.client.base_url.scheme not in ("http", "https"):  # `localhost:8080`: httpx took the host for one
+            raise ApiError(f"--url / HEAVY_API_URL {url!r}: give the service as http://HOST:PORT (or https://)")
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -59,13 +62,22 @@ class Api:
             raise ApiError(_error_message(response))
         return response
 
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The API's JSON answer: what is not JSON came from another server (a wrong --url)."""
+        response = self.call(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(f"{self.url}{path} answered {response.status_code} with {_not_json(response)}, not the "
+                           "heavy API's JSON: is --url the service?") from None
+
     def events(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """The job's events from after `after` until its terminal one; a dropped stream is resumed from the last
         event received (Last-Event-ID), as the dashboard does."""
         drops = 0
         while True:
             try:
-                with self.client.stream("GET", f"/v1/jobs/{job_id}/events",
+                with self.client.stream("GET", f"{_job_path(job_id)}/events",
                                         headers={"Last-Event-ID": str(after)}) as response:
                     if response.is_error:
                         response.read()
@@ -84,7 +96,7 @@ class Api:
                             return
                 # the API ended the stream: the key was revoked or the job deleted meanwhile (this call raises
                 # why), or the job ended before a terminal event we did not get
-                self.call("GET", f"/v1/jobs/{job_id}")
+                self.call("GET", _job_path(job_id))
                 return
             except httpx.TransportError as exc:
                 drops += 1
@@ -100,7 +112,17 @@ def _error_message(response: httpx.Response) -> str:
         error = response.json()["error"]
         return f"{response.status_code} {error['code']}: {error['message']}{retry}"
     except (ValueError, KeyError, TypeError):
-        return f"{response.status_code}: {response.text[:200]}{retry}"
+        return f"{response.status_code}: {_not_json(response)}{retry}"
+
+
+def _not_json(response: httpx.Response) -> str:
+    """A body that is not the heavy API's JSON, in one line: a web page (another server at --url, a proxy's error
+    page) by its title rather than its markup."""
+    text = response.text
+    if "html" not in response.headers.get("content-type", "") and not text.lstrip().startswith("<"):
+        return " ".join(text.split())[:200]
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    return f"a web page {' '.join(title.group(1).split())[:100]!r}" if title else "a web page"
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:
@@ -121,6 +143,11 @@ def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             data = []
         elif line.startswith("data:"):
             data.append(line[5:].removeprefix(" "))
+
+
+def _job_path(job_id: str) -> str:
+    """The job's URL path: an id is one segment (`../keys` is not read as another of the API's paths)."""
+    return f"/v1/jobs/{quote(job_id, safe='')}"
 
 
 def _api(ctx: typer.Context) -> Api:
@@ -167,8 +194,7 @@ def submit(
     body = {"question": question, "mode": mode and mode.value, "trajectories": trajectories, "max_steps": max_steps,
             "step_tokens": step_tokens, "job_tokens": job_tokens, "deadline_s": deadline,
             "tools": [t.value for t in tools] if tools else None, "priority": priority, "review": review or None}
-    job = _run(lambda: _api(ctx).call("POST", "/v1/jobs", json={k: v for k, v in body.items() if v is not None})
-               .json())
+    job = _run(lambda: _api(ctx).json("POST", "/v1/jobs", json={k: v for k, v in body.items() if v is not None}))
     typer.echo(job["id"], err=watch_it)  # watched: stdout is the report's
     if watch_it:
         watch(ctx, job["id"])
@@ -183,7 +209,7 @@ def list_jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1, max=
     """Your jobs, newest first: a table on a terminal, tab-separated lines otherwise (for scripts); while older jobs
     follow, stderr says how to list them (a cursor, which holds its place as jobs are submitted or deleted)."""
     params = {"limit": limit, **({"status": status} if status else {}), **({"cursor": cursor} if cursor else {})}
-    page = _run(lambda: _api(ctx).call("GET", "/v1/jobs", params=params).json())
+    page = _run(lambda: _api(ctx).json("GET", "/v1/jobs", params=params))
     links = page.get("links", {})  # an API older than cursors links pages by offset (fec072a), or not at all (b74daab)
     if cursor and not _cursor_in(links.get("self", "")):  # it ignored the cursor: its page is the newest, not cursor's
         print_error("this heavy API is older than --cursor (it listed the newest jobs instead): list without it, "
@@ -217,14 +243,14 @@ def _cursor_in(link: str) -> str:
 @jobs_app.command("show")
 def show(ctx: typer.Context, job_id: str) -> None:
     """A job's state as JSON."""
-    typer.echo(json.dumps(_run(lambda: _api(ctx).call("GET", f"/v1/jobs/{job_id}").json()), indent=2))
+    typer.echo(json.dumps(_run(lambda: _api(ctx).json("GET", _job_path(job_id))), indent=2))
 
 
 @jobs_app.command("watch")
 def watch(ctx: typer.Context, job_id: str) -> None:
     """Follow a job live (one lane per trajectory), then print its report (exit code 1 when it ended without one)."""
     api = _api(ctx)
-    job = _run(lambda: api.call("GET", f"/v1/jobs/{job_id}").json())
+    job = _run(lambda: api.json("GET", _job_path(job_id)))
     board = LiveBoard(job["params"]["trajectories"])
     drawn = Live(board.render(), console=board_console) if board_console.is_terminal else contextlib.nullcontext()
     with drawn as live:
@@ -256,7 +282,7 @@ def report(ctx: typer.Context, job_id: str,
            ) -> None:
     """A finished job's report: Markdown (rendered on a terminal, as written otherwise), or its JSON result."""
     accept = "application/json" if as_json else "text/markdown"
-    text = _run(lambda: _api(ctx).call("GET", f"/v1/jobs/{job_id}/report", headers={"Accept": accept}).text)
+    text = _run(lambda: _api(ctx).call("GET", f"{_job_path(job_id)}/report", headers={"Accept": accept}).text)
     if as_json:
         typer.echo(text)
     else:
@@ -264,7 +290,7 @@ def report(ctx: typer.Context, job_id: str,
 
 
 def _control(ctx: typer.Context, job_id: str, action: str) -> None:
-    job = _run(lambda: _api(ctx).call("POST", f"/v1/jobs/{job_id}/{action}").json())
+    job = _run(lambda: _api(ctx).json("POST", f"{_job_path(job_id)}/{action}"))
     asked = f" ({job['control']} requested)" if job.get("control") else ""
     typer.echo(f"{job['id']}: {job['status']}{asked}")
 
@@ -290,5 +316,5 @@ def approve(ctx: typer.Context, job_id: str) -> None:
 @jobs_app.command("delete")
 def delete(ctx: typer.Context, job_id: str) -> None:
     """Delete an ended job with its events and report."""
-    _run(lambda: _api(ctx).call("DELETE", f"/v1/jobs/{job_id}"))
+    _run(lambda: _api(ctx).call("DELETE", _job_path(job_id)))
     typer.echo(f"{job_id}: deleted")

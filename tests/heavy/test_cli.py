@@ -317,6 +317,9 @@ def test_ask_refuses_an_empty_question_in_one_line():
      "error: HEAVY_* settings: step_tokens must be <= trajectory_tokens\n"),
     # httpx refused these while the client was made, outside the one-line handling: InvalidURL, UnicodeEncodeError
     (["jobs", "--url", "http://[::1", "list"], {}, "error: not a usable --url / --key"),
+    # no scheme: httpx read the host as one ("unsupported protocol 'localhost://'")
+    (["jobs", "--url", "localhost:8080", "list"], {}, "error: --url / HEAVY_API_URL 'localhost:8080': give the "
+                                                      "service as http://HOST:PORT"),
     (["jobs", "list"], {"HEAVY_API_URL": "http://127.0.0.1:1", "HEAVY_API_KEY": "hv_pasted…"},
      "error: not a usable --url / --key"),
 ])
