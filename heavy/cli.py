@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sqlite3
 import uuid
@@ -157,6 +158,9 @@ def ask(
     except ValueError as exc:  # an empty question, or a setting out of range
         print_error(str(exc))
         raise typer.Exit(2) from exc
+    if json_out is not None and (unwritable := _unwritable(json_out)):  # found out now, not after the job ran
+        print_error(f"--json {json_out} {unwritable}")
+        raise typer.Exit(2)
     search = search.value if search is not None else settings.search
     if search == "web" and index is not None:
         print_error("--index is the local corpus's; the web search has none")
@@ -184,6 +188,17 @@ def ask(
     _print_dropped(result)
     if json_out is not None:
         _write_json(json_out, result)
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the JSON result could not be written at path, or None."""
+    if path.is_dir():
+        return "is a folder: name a file in it"
+    if not path.parent.is_dir():
+        return f"is in a folder that does not exist ({path.parent})"
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        return "may not be written by you"
+    return None
 
 
 def _write_json(path: Path, result: JobResult) -> None:

@@ -299,6 +299,26 @@ def test_ask_refuses_a_tool_it_has_not_and_an_index_for_the_web(options, message
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("where, message", [("missing/result.json", "is in a folder that does not exist"),
+                                            ("", "is a folder: name a file in it")])
+def test_ask_refuses_a_json_path_it_could_not_write_before_the_job_runs(where, message, tmp_path, monkeypatch):
+    # found out once the job had run (its minutes spent, its tokens charged): an OSError after the report
+    web = SimpleNamespace(names=frozenset({"search", "open_page"}))
+    monkeypatch.setattr("heavy.cli.web_tools", lambda: nullcontext(web))
+    ran = []
+
+    async def capture(spec, backend_name, executor, show_live):
+        ran.append(spec)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr("heavy.cli._run", capture)
+    path = tmp_path / where
+    result = CliRunner().invoke(app, ["ask", "q?", "--backend", "openai", "--no-live", "--search", "web", "--json",
+                                      str(path)])
+    assert result.exit_code == 2 and ran == [], result.output
+    assert result.stderr.startswith(f"error: --json {path} {message}") and len(result.stderr.splitlines()) == 1
+
+
 def test_ask_refuses_an_empty_question_in_one_line():
     result = CliRunner().invoke(app, ["ask", "   ", "--backend", "openai"])
     assert result.exit_code == 2 and "question is empty" in result.output
