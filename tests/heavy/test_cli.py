@@ -1,5 +1,6 @@
 """`heavy ask` end to end without a model: a scripted OpenAI-compatible server on loopback, a real local corpus
-(index + page server), real tools, scheduler and aggregator."""
+(index + page server), real tools, scheduler and aggregator; Ctrl-C. Its options: test_cli_ask_options.py; a user's
+mistakes: test_cli_errors.py."""
 
 import json
 import os
@@ -10,19 +11,15 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
 
-from heavy.cli import app, main
+from heavy.cli import app
 from heavy.config import get_settings
 from heavy.corpus.commands import corpus_add
-from heavy.corpus.index import CorpusIndex
-from heavy.tools.base import ToolContext
 
 DOCS = [
     {"title": "Sinister (film)", "text": "Sinister is a 2012 horror film directed by Scott Derrickson."},
@@ -220,206 +217,3 @@ def test_a_job_whose_model_is_unreachable_ends_on_the_board_and_an_error_line(tm
     *_, stage, error = output.rstrip().splitlines()
     assert stage == "failed" and error.startswith("error: AllTrajectoriesFailed: all 2 trajectories failed"), output
     assert "Traceback" not in output and not out.exists()
-
-
-def test_ask_reports_a_missing_index_in_one_line(tmp_path):
-    result = CliRunner().invoke(app, ["ask", "q?", "--backend", "openai", "--index", str(tmp_path / "none.sqlite"),
-                                      "--no-live"])
-    assert result.exit_code == 1 and "no corpus index" in result.output
-
-
-def _specs_of(tmp_path, monkeypatch, *options: str):
-    """The jobs `heavy ask` would run with `options` and with none (captured before anything runs)."""
-    index = tmp_path / "corpus.sqlite"
-    (tmp_path / "docs.jsonl").write_text(json.dumps(DOCS[0]))
-    corpus_add(tmp_path / "docs.jsonl", index)
-    specs = []
-
-    async def capture(spec, backend_name, executor, show_live):
-        specs.append(spec)
-        raise RuntimeError("captured")
-
-    monkeypatch.setattr("heavy.cli._run", capture)
-    args = ["ask", "q?", "--backend", "openai", "--index", str(index), "--no-live"]
-    CliRunner().invoke(app, [*args, *options])
-    CliRunner().invoke(app, args)
-    return specs
-
-
-def test_ask_passes_its_deadline_and_step_budget_to_the_job(tmp_path, monkeypatch):
-    given, default = _specs_of(tmp_path, monkeypatch, "--deadline", "2400", "--max-steps", "12")
-    assert (given.deadline_s, given.limits.deadline_s, given.limits.max_steps) == (2400, 2400, 12)
-    settings = get_settings()
-    assert (default.deadline_s, default.limits.deadline_s) == (settings.job_deadline_s, settings.job_deadline_s)
-    assert default.limits.max_steps == settings.max_steps
-
-
-def test_ask_passes_its_tools_and_token_budget_to_the_job(tmp_path, monkeypatch):
-    given, default = _specs_of(tmp_path, monkeypatch, "--tool", "search", "--tool", "open_page", "--job-tokens", "5000")
-    assert given.allowed_tools == {"search", "open_page"} and given.job_tokens == 5000
-    settings = get_settings()
-    assert default.allowed_tools == set(settings.allowed_tools) and default.job_tokens == settings.job_tokens
-
-
-def test_ask_takes_its_trajectories_and_mode_from_flags_else_the_settings(tmp_path, monkeypatch):
-    # the flags' defaults (8, report) were passed as if given: HEAVY_TRAJECTORIES and HEAVY_MODE never applied
-    monkeypatch.setenv("HEAVY_TRAJECTORIES", "3")
-    monkeypatch.setenv("HEAVY_MODE", "answer")
-    get_settings.cache_clear()
-    try:
-        given, default = _specs_of(tmp_path, monkeypatch, "--trajectories", "5", "--mode", "report")
-    finally:
-        get_settings.cache_clear()
-    assert (given.trajectories, given.mode) == (5, "report")
-    assert (default.trajectories, default.mode) == (3, "answer")
-
-
-def test_ask_searches_the_web_when_told_to(monkeypatch):
-    web = SimpleNamespace(names=frozenset({"search", "open_page"}))  # no request leaves: the job is captured
-    monkeypatch.setattr("heavy.cli.web_tools", lambda: nullcontext(web))
-    ran = []
-
-    async def capture(spec, backend_name, executor, show_live):
-        ran.append((spec, executor))
-        raise RuntimeError("captured")
-
-    monkeypatch.setattr("heavy.cli._run", capture)
-    result = CliRunner().invoke(app, ["ask", "q?", "--backend", "openai", "--no-live", "--search", "web"])
-    assert "searching the web (ddgs)" in result.output
-    (spec, executor), = ran
-    assert executor is web and spec.allowed_tools == {"search", "open_page"}  # python: not among the web tools
-
-
-@pytest.mark.parametrize("options, message", [
-    (["--tool", "shell"], "'shell' is not one of"),
-    (["--search", "web", "--index", "corpus.sqlite"], "--index is the local corpus's; the web search has none"),
-])
-def test_ask_refuses_a_tool_it_has_not_and_an_index_for_the_web(options, message):
-    result = CliRunner().invoke(app, ["ask", "q?", "--backend", "openai", "--no-live", *options])
-    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
-
-
-@pytest.mark.parametrize("where, message", [("missing/result.json", "is in a folder that does not exist"),
-                                            ("", "is a folder: name a file in it")])
-def test_ask_refuses_a_json_path_it_could_not_write_before_the_job_runs(where, message, tmp_path, monkeypatch):
-    # found out once the job had run (its minutes spent, its tokens charged): an OSError after the report
-    web = SimpleNamespace(names=frozenset({"search", "open_page"}))
-    monkeypatch.setattr("heavy.cli.web_tools", lambda: nullcontext(web))
-    ran = []
-
-    async def capture(spec, backend_name, executor, show_live):
-        ran.append(spec)
-        raise RuntimeError("captured")
-
-    monkeypatch.setattr("heavy.cli._run", capture)
-    path = tmp_path / where
-    result = CliRunner().invoke(app, ["ask", "q?", "--backend", "openai", "--no-live", "--search", "web", "--json",
-                                      str(path)])
-    assert result.exit_code == 2 and ran == [], result.output
-    assert result.stderr.startswith(f"error: --json {path} {message}") and len(result.stderr.splitlines()) == 1
-
-
-def test_ask_refuses_an_empty_question_in_one_line():
-    result = CliRunner().invoke(app, ["ask", "   ", "--backend", "openai"])
-    assert result.exit_code == 2 and "question is empty" in result.output
-    assert "Traceback" not in result.output and not isinstance(result.exception, ValueError)
-
-
-@pytest.mark.parametrize("argv, env, message", [
-    (["corpus", "add", "/nonexistent/docs"], {}, "error: FileNotFoundError: corpus path does not exist"),
-    (["corpus", "serve", "--index", "/nonexistent/index.sqlite"], {}, "error: FileNotFoundError: no corpus index at"),
-    (["corpus", "add", "{bad}"], {}, "error: CorpusFormatError: {bad}:1: not valid JSON"),
-    (["ask", "q?"], {"HEAVY_TRAJECTORIES": "many"}, "error: HEAVY_TRAJECTORIES: Input should be a valid integer"),
-    (["worker"], {"HEAVY_PYTHON_WALL_S": "45"}, "error: HEAVY_PYTHON_WALL_S: Input should be less than 30 (got '45')"),
-    (["up"], {"HEAVY_PYTHON_SCRATCH_BYTES": "0"}, "error: HEAVY_PYTHON_SCRATCH_BYTES: Input should be greater than"),
-    # a check across settings was "HEAVY_: Value error, ..." with every setting given, secrets too
-    (["worker"], {"HEAVY_STEP_TOKENS": "70000", "HEAVY_OPENAI_API_KEY": "sk-deployed"},
-     "error: HEAVY_* settings: step_tokens must be <= trajectory_tokens\n"),
-    # httpx refused these while the client was made, outside the one-line handling: InvalidURL, UnicodeEncodeError
-    (["jobs", "--url", "http://[::1", "list"], {}, "error: not a usable --url / --key"),
-    # no scheme: httpx read the host as one ("unsupported protocol 'localhost://'")
-    (["jobs", "--url", "localhost:8080", "list"], {}, "error: --url / HEAVY_API_URL 'localhost:8080': give the "
-                                                      "service as http://HOST:PORT"),
-    (["jobs", "list"], {"HEAVY_API_URL": "http://127.0.0.1:1", "HEAVY_API_KEY": "hv_pasted…"},
-     "error: not a usable --url / --key"),
-])
-def test_the_heavy_command_reports_a_users_mistake_in_one_line(argv, env, message, tmp_path, monkeypatch, capsys):
-    (tmp_path / "bad.jsonl").write_text('{"title": 1\n')
-    monkeypatch.setattr("sys.argv", ["heavy", *(a.replace("{bad}", str(tmp_path / "bad.jsonl")) for a in argv)])
-    monkeypatch.setenv("HEAVY_CORPUS_INDEX", str(tmp_path / "index.sqlite"))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    get_settings.cache_clear()
-    err = capsys.readouterr().err
-    assert exit_.value.code == 1 and err.startswith(message.replace("{bad}", str(tmp_path / "bad.jsonl")))
-    assert "Traceback" not in err and len(err.splitlines()) == 1
-
-
-def test_an_empty_corpus_is_never_written_nor_searched(tmp_path, monkeypatch, capsys):
-    # seen: an empty index left by `heavy corpus add` of a mistyped path; every later `heavy ask` searched it, found
-    # nothing, and answered from the model's memory with no word of why
-    index = tmp_path / "index.sqlite"
-    monkeypatch.setenv("HEAVY_CORPUS_INDEX", str(index))
-    get_settings.cache_clear()
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "not-an-index.sqlite").write_text("hello")
-
-    def heavy(*argv: str) -> str:
-        monkeypatch.setattr("sys.argv", ["heavy", *argv])
-        with pytest.raises(SystemExit) as exit_:
-            main()
-        err = capsys.readouterr().err
-        assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err
-        return err
-
-    for path in (tmp_path / "empty", tmp_path / "missing"):
-        heavy("corpus", "add", str(path))
-        assert not index.exists()
-    assert heavy("corpus", "add", str(tmp_path / "empty")).startswith(
-        f"error: CorpusFormatError: no file to index under {tmp_path / 'empty'} (supported: .htm .html .jsonl")
-    CorpusIndex(index)  # an index file with no documents (as sessions before this check could leave)
-    assert heavy("ask", "q?", "--backend", "openai", "--no-live") == (
-        f"error: CorpusFormatError: the corpus index at {index} holds no documents; add some with `heavy corpus add "
-        "PATH`\n")
-    assert heavy("ask", "q?", "--index", str(tmp_path / "not-an-index.sqlite"), "--no-live").startswith(
-        f"error: CorpusFormatError: {tmp_path / 'not-an-index.sqlite'} is not a corpus index (file is not a database)")
-    get_settings.cache_clear()
-
-
-def test_ask_without_a_corpus_uses_pythons_reference_topics_as_heavy_up_does(tmp_path, monkeypatch):
-    monkeypatch.setenv("HEAVY_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("HEAVY_CORPUS_INDEX", raising=False)
-    monkeypatch.setenv("HEAVY_SEARCH", "local")
-    monkeypatch.setattr("heavy.up.default_index_path", lambda settings: tmp_path / "none.sqlite")
-    get_settings.cache_clear()
-    searched = []
-
-    async def capture(spec, backend_name, executor, show_live):
-        called = ToolContext(job_id=spec.job_id, trajectory=0, allowed_tools=spec.allowed_tools)
-        searched.append((await executor.call("search", {"query": "break statement loop"}, called)).text)
-        raise RuntimeError("captured")
-
-    monkeypatch.setattr("heavy.cli._run", capture)
-    result = CliRunner().invoke(app, ["ask", "q?", "--backend", "openai", "--no-live"])
-    get_settings.cache_clear()
-    assert "built the local corpus from Python's reference topics" in result.output
-    assert (tmp_path / "home" / "corpus" / "python-reference.sqlite").is_file()
-    assert "Python reference: The \"break\" statement" in searched[0]
-
-
-def test_ask_names_an_index_whose_path_holds_brackets_as_written(tmp_path, monkeypatch):
-    # the path was printed as rich markup: "[/x]" in a folder's name raised MarkupError before the job started
-    folder = tmp_path / "docs [/x] [old]"  # folders "docs [" and "x] [old]"
-    folder.mkdir(parents=True)
-    (folder / "docs.jsonl").write_text(json.dumps(DOCS[0]))
-    corpus_add(folder / "docs.jsonl", folder / "corpus.sqlite")
-
-    async def capture(spec, backend_name, executor, show_live):
-        raise RuntimeError("captured")
-
-    monkeypatch.setattr("heavy.cli._run", capture)
-    result = CliRunner().invoke(app, ["ask", "q?", "--index", str(folder / "corpus.sqlite"), "--no-live"])
-    assert "captured" in result.output and f"searching the local corpus {folder}" in result.output.replace("\n", "")
