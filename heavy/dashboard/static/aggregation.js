@@ -1,8 +1,6 @@
 // The job page's Aggregation panel: what the aggregator made of the trajectories. Updated live from the job's events
 // while it aggregates, then filled from the report's JSON (heavy/aggregate/result.py, JobResult.to_dict).
 // Answers come from a model and from web pages: every text goes in with textContent, never as HTML.
-"use strict";
-
 const AGG_TOP_ANSWERS = 3; // vote groups listed; the rest on one line, so a job of eight answers stays short
 const AGG_ANSWER_CHARS = 200; // a report's answer may be paragraphs: clipped here, whole in the tooltip
 const STOP_REASONS = {
@@ -11,7 +9,7 @@ const STOP_REASONS = {
   finish_now: "finished now on request", cancelled: "cancelled",
 };
 const aggNode = (id) => document.getElementById(id);
-const aggNumber = (n) => Number(n).toLocaleString("en-US");
+export const aggNumber = (n) => Number(n).toLocaleString("en-US");
 const clipped = (text) => (text.length > AGG_ANSWER_CHARS ? `${text.slice(0, AGG_ANSWER_CHARS)}…` : text);
 const stopReason = (reason) => (STOP_REASONS[reason] ? `${STOP_REASONS[reason]} (${reason})` : reason);
 const stoppedBy = (reason) => (reason && reason !== "all_done" ? stopReason(reason) : ""); // early_stop: done, and says why
@@ -20,7 +18,7 @@ const lacking = (reason, reportError) =>
   [stoppedBy(reason), reportError ? `no findings, ${reportError}` : ""].filter(Boolean).join("; ");
 let aggReason = ""; // the aggregating event's stop reason: report_ready says only "partial"
 
-function resetAggregation() {
+export function resetAggregation() {
   aggReason = "";
   const panel = aggNode("aggregation");
   panel.hidden = true;
@@ -53,7 +51,7 @@ function aggAnswer(answer, agreement) {
   aggDetails(true);
 }
 
-function aggregationEvent(event) {
+export function aggregationEvent(event) {
   switch (event.type) {
     case "aggregating":
       aggReason = event.reason;
@@ -71,7 +69,7 @@ function aggregationEvent(event) {
   }
 }
 
-function showAggregation(result) {
+export function showAggregation(result) {
   const votes = Object.entries(result.votes || {});
   const answered = votes.reduce((sum, [, n]) => sum + n, 0);
   aggStatus(result.status, lacking(result.stop_reason, result.report_error));
