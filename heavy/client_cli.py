@@ -60,6 +60,9 @@ class Api:
             raise ApiError(f"cannot reach the heavy API at {self.url}: {exc}") from exc
         if response.is_error:
             raise ApiError(_error_message(response))
+        if response.is_redirect:  # not followed: a POST or DELETE would arrive as a GET, or not at all
+            raise ApiError(f"{self.url}{path} answered {response.status_code}, moved to "
+                           f"{response.headers['location']}: give --url as where the service is now")
         return response
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:

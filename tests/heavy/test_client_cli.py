@@ -99,23 +99,31 @@ def test_list_at_a_cursor_stops_at_an_api_older_than_cursors():
 
 def test_a_url_that_is_not_the_heavy_api_is_one_line():
     """--url at another web server (a proxy's sign-in page, a static site): its HTML 200 raised JSONDecodeError (a
-    traceback), its HTML 404 was printed markup and all; and a job id is one path segment, not `../` elsewhere."""
+    traceback), its HTML 404 was printed markup and all, its redirect passed for the answer; and a job id is one path
+    segment, not `../` elsewhere."""
     from tests.heavy.loopback_server import LoopbackServer
 
     sign_in = b"<!DOCTYPE html>\n<html>\n<head><title>Sign in\n - Portal</title></head>\n<body>who?</body>\n</html>\n"
     not_found = b"<html>\n<head>\n<title>Error response</title>\n</head>\n<body><p>Error code: 404</p></body></html>"
     health = (200, {"Content-Type": "application/json"}, b'{"status": "ok"}')
+    moved = (301, {"Location": "https://heavy.example/v1/jobs/abc/report", "Content-Type": "text/html"}, not_found)
     routes = {"/v1/jobs?limit=20": (200, {"Content-Type": "text/html"}, sign_in),
-              "/v1/jobs/abc": (404, {"Content-Type": "text/html"}, not_found), "/healthz": health}
+              "/v1/jobs/abc": (404, {"Content-Type": "text/html"}, not_found), "/healthz": health,
+              "/v1/jobs/abc/report": moved}
     with LoopbackServer(routes) as web:
         listed = CliRunner().invoke(app, ["jobs", "--url", web.base_url, "list"])
         shown = CliRunner().invoke(app, ["jobs", "--url", web.base_url, "show", "abc"])
         elsewhere = CliRunner().invoke(app, ["jobs", "--url", web.base_url, "show", "../../healthz"])
+        # a proxy sending http:// on to https://: the redirect's page was printed as the report, exit 0
+        redirected = CliRunner().invoke(app, ["jobs", "--url", web.base_url, "report", "abc"])
     assert listed.exit_code == 1 and listed.stderr == (
         f"error: {web.base_url}/v1/jobs answered 200 with a web page 'Sign in - Portal', not the heavy API's JSON: is "
         "--url the service?\n")
     assert shown.exit_code == 1 and shown.stderr == "error: 404: a web page 'Error response'\n"
     assert elsewhere.exit_code == 1 and "/healthz" not in [path for path, _ in web.requests]
+    assert redirected.exit_code == 1 and redirected.stdout == "" and redirected.stderr == (
+        f"error: {web.base_url}/v1/jobs/abc/report answered 301, moved to https://heavy.example/v1/jobs/abc/report: "
+        "give --url as where the service is now\n")
 
 
 async def test_what_the_api_refuses_is_one_line(service, store):
