@@ -72,3 +72,14 @@ async def test_a_path_naming_another_host_leaves_the_page_on_the_dashboards_orig
     await page.goto(f"{service.url}//{elsewhere}/..%2f")
     await page.wait_for_selector("#sign-in-form", state="visible")  # app.js loaded and ran
     assert page.url == f"{service.url}//{elsewhere}/..%2f/"
+
+
+async def test_a_key_revoked_while_signed_in_sends_the_page_back_to_sign_in_saying_why(service, page, store):
+    """A 401 to any view's request (here the job list's poll) forgets the key and routes to signing in: api.js's
+    handleAuth calls back the router app.js gives it, a path no other test takes."""
+    await signed_in(page, service, store)
+    key = (await store.tenants.list_keys())[0]
+    await store.tenants.revoke(key.key_id)
+    await page.wait_for_selector("#sign-in-form", state="visible")
+    assert await page.text_content("#sign-in-error") == "unknown or revoked API key"
+    assert await page.is_hidden("#jobs-view") and await page.is_hidden("#sign-out")
