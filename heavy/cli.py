@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import sqlite3
 import uuid
@@ -19,6 +20,7 @@ import pydantic
 import redis
 import typer
 from pydantic_core import ErrorDetails
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -46,7 +48,8 @@ register_service_commands(app)  # serve, worker, up, keys, store
 console = Console(stderr=True)  # progress, the board, notes: `heavy ask ... > report.md` keeps only the report
 # what a user can get wrong: a path, a corpus file, a HEAVY_* setting, a Redis that is not there
 # sqlite3.OperationalError: the corpus index's disk is full, or the index is locked by another add
-USER_ERRORS = (OSError, CorpusFormatError, pydantic.ValidationError, redis.exceptions.ConnectionError,
+# SettingsError: a HEAVY_* list not written as JSON (HEAVY_ALLOWED_TOOLS=search,python)
+USER_ERRORS = (OSError, CorpusFormatError, pydantic.ValidationError, SettingsError, redis.exceptions.ConnectionError,
                sqlite3.OperationalError)
 
 
@@ -230,6 +233,8 @@ def main() -> None:
 def _describe(exc: Exception) -> str:
     if isinstance(exc, pydantic.ValidationError):  # a HEAVY_* setting: name it as the user set it
         return "; ".join(map(_describe_setting_error, exc.errors()))
+    if isinstance(exc, SettingsError) and (field := re.search(r'field "(\w+)"', str(exc))):
+        return f"HEAVY_{field[1].upper()}: not JSON ({exc.__cause__}); a list is written as [\"a\", \"b\"]"
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -58,6 +58,9 @@ def test_ask_refuses_an_empty_question_in_one_line():
     (["corpus", "serve", "--index", "/nonexistent/index.sqlite"], {}, "error: FileNotFoundError: no corpus index at"),
     (["corpus", "add", "{bad}"], {}, "error: CorpusFormatError: {bad}:1: not valid JSON"),
     (["ask", "q?"], {"HEAVY_TRAJECTORIES": "many"}, "error: HEAVY_TRAJECTORIES: Input should be a valid integer"),
+    # a list not written as JSON, as docs/settings.md asks: pydantic-settings' SettingsError, a traceback
+    (["ask", "q?"], {"HEAVY_ALLOWED_TOOLS": "search,python"}, "error: HEAVY_ALLOWED_TOOLS: not JSON (Expecting value: "
+                                                                "line 1 column 1 (char 0)); a list is written as"),
     (["worker"], {"HEAVY_PYTHON_WALL_S": "45"}, "error: HEAVY_PYTHON_WALL_S: Input should be less than 30 (got '45')"),
     (["up"], {"HEAVY_PYTHON_SCRATCH_BYTES": "0"}, "error: HEAVY_PYTHON_SCRATCH_BYTES: Input should be greater than"),
     # a check across settings was "HEAVY_: Value error, ..." with every setting given, secrets too
