@@ -43,6 +43,9 @@ class ApiError(Exception):
 
 class Api:
     def __init__(self, url: str, key: str | None) -> None:
+        key = (key or "").strip()  # read from a file with its newline (as the dashboard trims a pasted one)
+        if not key.isprintable():  # refused by h11 as it sent, which said "cannot reach" and showed the key
+            raise ApiError("not a usable --key / HEAVY_API_KEY: it holds a control character")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.url = url.rstrip("/")
         try:

@@ -128,6 +128,11 @@ def test_a_url_that_is_not_the_heavy_api_is_one_line():
 
 async def test_what_the_api_refuses_is_one_line(service, store):
     key = (await store.tenants.create_key("acme")).secret
+    # a key read from a file keeps its newline: h11 refused the header ("cannot reach the heavy API", the key shown)
+    assert (await heavy(service, f"{key}\n", "list")).exit_code == 0
+    control = await heavy(service, f"{key[:8]}\x07{key[8:]}", "list")
+    assert control.exit_code == 1 and control.stderr == (
+        "error: not a usable --key / HEAVY_API_KEY: it holds a control character\n")
     wrong_key = await heavy(service, "hv_wrong", "list")
     assert wrong_key.exit_code == 1 and "401" in wrong_key.output
     job_id = (await heavy(service, key, "submit", QUESTION, "--trajectories", "1")).output.strip()
