@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Scope
 
@@ -62,12 +63,23 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     return app
 
 
+class RevalidatedFiles(StaticFiles):
+    """Files a browser asks about each time it uses them (a 304 by ETag when unchanged): the dashboard's ES modules
+    import each other by fixed names, and a heuristically cached old module beside a new one breaks the page after
+    an upgrade."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 class DashboardMount(Mount):
     """The dashboard's files at /, on every path the API leaves. Not on one an API route serves by other methods
     (`GET .../cancel`, `PUT /v1/jobs`): that is the router's 405 naming them in Allow, not a missing file's 404."""
 
     def __init__(self, routes: list[BaseRoute]) -> None:
-        super().__init__("/", app=StaticFiles(directory=DASHBOARD, html=True), name="dashboard")
+        super().__init__("/", app=RevalidatedFiles(directory=DASHBOARD, html=True), name="dashboard")
         self.routes_before = routes
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
