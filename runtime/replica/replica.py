@@ -26,7 +26,7 @@ from runtime.dtypes import AUTO
 from runtime.engine.async_engine import HANG_TIMEOUT_S
 from runtime.engine.block_manager import PrefixCacheStats
 from runtime.engine.config import EngineConfig
-from runtime.engine.llm_engine import Completion, EngineLoad, RequestOutput
+from runtime.engine.llm_engine import Completion, EngineLoad, RequestError, RequestOutput
 from runtime.replica.errors import RankHungError, ReplicaDesyncError, ReplicaDownError
 from runtime.replica.rank import EPRank, RankInfo, RankNotConnectedError, RankSpec, RankStatus
 from runtime.sampling import SamplingParams
@@ -195,9 +195,12 @@ class Replica:
     async def generate_stream(self, prompt_token_ids: list[int], params: SamplingParams,
                               request_id: str | None = None) -> AsyncIterator[RequestOutput]:
         """One RequestOutput (a delta) per produced token until the request finishes. Raises RequestError for a
-        prompt the engine refuses, ReplicaDownError when the replica loses a rank meanwhile."""
+        prompt the engine refuses or an id already in flight, ReplicaDownError when the replica loses a rank
+        meanwhile."""
         self._check_up()
         request_id = request_id or f"req-{uuid.uuid4().hex}"
+        if request_id in self.pending:  # refused here: the ranks would refuse it too, after it took the id's queue
+            raise RequestError(f"request id {request_id!r} is already in use")
         if params.seed is None and not params.greedy:
             params = replace(params, seed=int.from_bytes(uuid.uuid4().bytes[:4]) % SEED_RANGE)
         outputs: asyncio.Queue = asyncio.Queue()

@@ -10,6 +10,7 @@ import anyio
 import httpx
 import pytest
 
+from runtime.engine.llm_engine import RequestError
 from runtime.replica.serving import PrefixKeyMiddleware, start_frontend
 from runtime.sampling import SamplingParams
 from runtime.server.app import create_app
@@ -131,3 +132,17 @@ async def test_clients_that_leave_free_their_requests_on_every_rank(frontend):
         await anyio.sleep(0.1)
     finished = [d async for d in frontend.generate([5, 6, 7], SamplingParams(temperature=0.0, max_tokens=4))]
     assert finished[-1].finished and sum(len(d.new_token_ids) for d in finished) == 4
+
+
+async def test_a_request_id_already_in_flight_is_refused_and_the_first_request_runs_on(frontend):
+    # Before, the duplicate took the id's queue on the replica, the ranks refused it, and its clean-up aborted the
+    # first request, whose stream then waited for good.
+    long = SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)  # still running when the duplicate comes
+    first = frontend.generate([7] * 20, long, request_id="same-id")
+    deltas = [await anext(first)]
+    assert not deltas[0].finished
+    with pytest.raises(RequestError, match="already in use"):
+        await anext(frontend.generate([5, 6, 7], SamplingParams(temperature=0.0, max_tokens=4), request_id="same-id"))
+    with anyio.fail_after(CANCEL_DEADLINE_S):
+        deltas += [d async for d in first]
+    assert deltas[-1].finished and sum(len(d.new_token_ids) for d in deltas) == long.max_tokens
