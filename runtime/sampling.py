@@ -17,6 +17,7 @@ from runtime.penalties import adjusted_logits
 # inf, and their softmax is NaN
 GREEDY_BELOW_TEMPERATURE = 1e-5
 MAX_LOGPROBS = 20
+MAX_32_BITS, MAX_64_BITS = 2**32 - 1, 2**64 - 1  # seeds: see generator_seed
 # vLLM takes any repetition penalty > 0, but past these an fp32 logit divided or multiplied by it overflows to inf
 # (and a 0 logit times inf is NaN): the row's softmax is NaN
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
@@ -219,5 +220,19 @@ def make_generator(seed: int | None) -> torch.Generator | None:
     if seed is None:
         return None
     gen = torch.Generator()
-    gen.manual_seed(seed)
+    gen.manual_seed(generator_seed(seed))
     return gen
+
+
+def generator_seed(seed: int) -> int:
+    """The 32-bit seed of a request's generator. torch's CPU generator (mt19937) keeps only the low 32 bits of the
+    seed it is given, so seeds that differed by a multiple of 2^32 drew the same samples (-1 those of 2^32 - 1). A
+    seed in [0, 2^32) is kept as it is, so its samples are unchanged; any other (a negative one as its 64-bit two's
+    complement, as torch reads it) is mixed by splitmix64's finalizer, so that each of its 64 bits counts."""
+    if 0 <= seed <= MAX_32_BITS:
+        return seed
+    z = seed & MAX_64_BITS
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MAX_64_BITS
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MAX_64_BITS
+    z ^= z >> 31
+    return (z ^ (z >> 32)) & MAX_32_BITS

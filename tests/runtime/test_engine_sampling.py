@@ -93,3 +93,24 @@ def test_a_sampling_error_survives_pickling_with_its_field():
     # Ray pickles an error raised in a replica to hand it to the router; a required `field` made unpickling fail
     error = pickle.loads(pickle.dumps(SamplingError("top_p must be in (0, 1], got 2", "top_p")))
     assert isinstance(error, SamplingError) and error.field == "top_p" and "top_p must be" in str(error)
+
+
+def _seeded_draws(seed: int) -> list[int]:
+    gen = make_generator(seed)
+    return [Sampler()(LOGITS, [SamplingParams(seed=seed)], [gen])[0][0] for _ in range(50)]
+
+
+@pytest.mark.parametrize("seed, alias", [(1, 1 + 2**32), (5, 5 + 2**40), (2**32 - 1, -1), (7, 7 - 2**32),
+                                         (2**63 - 1, -1)])
+def test_seeds_that_differ_above_32_bits_draw_differently(seed, alias):
+    """torch's CPU generator keeps a seed's low 32 bits: these pairs drew the same samples."""
+    assert _seeded_draws(seed) != _seeded_draws(alias)
+    assert _seeded_draws(alias) == _seeded_draws(alias)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 2**31, 2**32 - 1])
+def test_a_seed_below_2_to_the_32_draws_what_torch_seeded_with_it_draws(seed):
+    """Seeds in [0, 2^32) are passed to torch as they are: their samples did not change."""
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    assert make_generator(seed).get_state().equal(gen.get_state())
