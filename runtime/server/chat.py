@@ -302,7 +302,9 @@ def delta_message(delta: ParsedOutput, first_call_index: int) -> dict[str, Any]:
 
 def final_message(state: ChoiceState) -> dict[str, Any]:
     parsed = state.parsed
-    message: dict[str, Any] = {"role": "assistant", "content": parsed.content or None}
+    # as OpenAI's and vLLM's: null beside tool calls, else the text, "" too (a stop string in the first token)
+    content = (parsed.content or None) if parsed.tool_calls else parsed.content
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     if parsed.reasoning:
         message["reasoning_content"] = parsed.reasoning
     if parsed.tool_calls:

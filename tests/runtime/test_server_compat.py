@@ -187,3 +187,16 @@ def test_chat_logprobs_carry_each_tokens_bytes(server):
     entries = post(server, "chat/completions", body).json()["choices"][0]["logprobs"]["content"]
     scored = entries + [alternative for entry in entries for alternative in entry["top_logprobs"]]
     assert all(each["bytes"] == list(each["token"].encode()) for each in scored)  # one ASCII byte a token here
+
+
+def test_an_answer_with_no_text_has_empty_content_and_one_with_only_calls_null(server):
+    """OpenAI's and vLLM's: "" for an answer with no text and no call (here a stop string in its first token), null
+    beside tool calls. The answer with no text was null: clients reading the text (`content.strip()`) failed."""
+    empty = post(server, "chat/completions", {"messages": USER, "guided_choice": ["ab"], "stop": ["a"],
+                                              "max_tokens": 4, "temperature": 0}).json()["choices"][0]
+    assert (empty["message"]["content"], empty["finish_reason"]) == ("", "stop")
+    calls = post(server, "chat/completions", {"messages": USER, "tools": TOOLS, "guided_choice": [FIRST_CALL],
+                                              "max_tokens": len(FIRST_CALL) + 1, "temperature": 0}).json()
+    message = calls["choices"][0]["message"]
+    assert message["content"] is None and [c["function"]["name"] for c in message["tool_calls"]] == ["f"]
+
