@@ -98,7 +98,16 @@ class TextChoice:
             self.text_offset.append(self.text_offset[-1] + len(self.tokens[-1]) if self.tokens else 0)
             self.tokens.append(tokenizer.decode([token_id]))
             self.token_logprobs.append(lp.logprob if lp is not None else None)
-            self.top_logprobs.append({tokenizer.decode([i]): v for i, v in lp.top} if lp is not None else None)
+            self.top_logprobs.append(self._top_of(tokenizer, token_id, lp) if lp is not None else None)
+
+    @staticmethod
+    def _top_of(tokenizer, token_id: int, lp: TokenLogprobs) -> dict[str, float]:
+        """The token's own logprob, then its `logprobs` likeliest alternatives: up to logprobs + 1 entries, as
+        OpenAI's API and vLLM give them (`logprobs: 0` gives the token's alone)."""
+        top = {tokenizer.decode([token_id]): lp.logprob}
+        for i, v in lp.top:
+            top.setdefault(tokenizer.decode([i]), v)
+        return top
 
     def entry(self, text: str, first_token: int = 0, finished: bool = True) -> dict[str, Any]:
         logprobs = None

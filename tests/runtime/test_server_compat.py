@@ -200,3 +200,14 @@ def test_an_answer_with_no_text_has_empty_content_and_one_with_only_calls_null(s
     message = calls["choices"][0]["message"]
     assert message["content"] is None and [c["function"]["name"] for c in message["tool_calls"]] == ["f"]
 
+
+@pytest.mark.parametrize("logprobs", [0, 1, 3])
+def test_completion_top_logprobs_hold_the_token_and_its_likeliest_alternatives(server, logprobs):
+    """OpenAI's API and vLLM: the sampled token's logprob and the `logprobs` likeliest, so up to logprobs + 1 entries;
+    `logprobs: 0` gave empty dicts, and a sampled token outside the top was missing."""
+    body = {"prompt": PROMPT, "max_tokens": 8, "temperature": 1.5, "seed": 3, "logprobs": logprobs,
+            "ignore_eos": True}
+    scores = post(server, "completions", body).json()["choices"][0]["logprobs"]
+    for token, logprob, top in zip(scores["tokens"], scores["token_logprobs"], scores["top_logprobs"], strict=True):
+        assert top[token] == logprob and logprobs <= len(top) <= logprobs + 1
+        assert logprobs == 0 or max(top.values()) >= logprob
