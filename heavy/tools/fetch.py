@@ -31,6 +31,11 @@ BYTE_ORDER_MARKS = (  # UTF-32 first: its little-endian mark begins with UTF-16'
 META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
 META_PRESCAN_BYTES = 1024  # where HTML puts its <meta charset>
 XML_DECLARATION = re.compile(rb"""<\?xml[^>]*?\sencoding\s*=\s*["']([\w.:-]+)""")  # first in an XML document
+DETECT_BYTES = 65_536  # of a body naming no charset and not UTF-8, what its encoding is guessed from
+# bytes past ASCII a guess needs: fewer read as well in many encodings ("Zürich" in windows-1252 was guessed Urdu's
+# cp1006, "Москва" in windows-1251 Big5); windows-1252 then, as before
+GUESS_MIN_BYTES = 16
+NON_ASCII = re.compile(rb"[\x80-\xff]")
 
 
 @dataclass(frozen=True)
@@ -135,15 +140,37 @@ def decode_body(body: bytes, declared: str | None) -> str:
 def body_encoding(body: bytes, declared: str | None) -> str:
     """As browsers decide: a byte-order mark, else the Content-Type's charset, else an XML declaration's encoding
     (XML, XHTML, feeds) or a <meta> charset near the top (pages that name theirs only there were read as UTF-8:
-    mojibake), else UTF-8."""
+    mojibake), else `undeclared_encoding`."""
     known = bom_encoding(body) or _known_encoding(declared)
     if known is not None:
         return known
     meta = XML_DECLARATION.match(body) or META_CHARSET.search(body[:META_PRESCAN_BYTES])
     known = _known_encoding(meta.group(1).decode("ascii")) if meta else None
     if known is None or known.startswith(("utf-16", "utf-32")):  # a <meta> read as ASCII is not in UTF-16/32
-        return "utf-8"
+        return undeclared_encoding(body)
     return known
+
+
+def undeclared_encoding(data: bytes) -> str:
+    """The encoding of text that names none: UTF-8 when it reads as UTF-8, else the one its bytes look written in,
+    as browsers guess (a GBK, Shift_JIS or windows-1251 page that names no charset read as UTF-8 was all U+FFFD).
+    It reads as UTF-8 when more of its other characters than not decode: a UTF-8 page with a stray byte is one."""
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(data)  # not final: a character cut at the cap
+    invalid = text.count("\ufffd")
+    if invalid <= len(text) - len(text.encode("ascii", "ignore")) - invalid:
+        return "utf-8"
+    sample = data[:DETECT_BYTES]
+    if len(NON_ASCII.findall(sample)) < GUESS_MIN_BYTES:
+        return "cp1252"
+    import charset_normalizer  # only for such pages: a few ms to import
+
+    # of the encodings its bytes read best in (UTF-16 and 32 aside: they come with a byte-order mark), windows-1252,
+    # HTML's default for a page with no label, when it is one: a short Latin-1 text reads as well in many ("Zürich"
+    # was guessed UTF-16, "Ñandú, año" windows-1250 as "Ńandú, ańo")
+    guesses = [guess for guess in charset_normalizer.from_bytes(sample)
+               if not guess.encoding.startswith(("utf_16", "utf_32"))]
+    best = [guess.encoding for guess in guesses if guess.chaos <= guesses[0].chaos] if guesses else ["cp1252"]
+    return "cp1252" if "cp1252" in best else codecs.lookup(best[0]).name
 
 
 def bom_encoding(data: bytes) -> str | None:

@@ -66,6 +66,14 @@ def pdf_document(title, pages):
 PAPER = pdf_document("Eruptions of Hekla", ["Hekla erupted in 1947 and in 2000.", "Its summit is 1491 m high."])
 
 
+# pages naming no charset (no header, no <meta>), as many older Chinese, Japanese and Russian sites are
+UNDECLARED = {"gbk": "长城是中国古代的军事防御工程，全长两万多千米。",
+              "shift_jis": "富士山は日本で最も高い山で、標高は3776メートルです。",
+              "windows-1251": "Москва — столица России, крупнейший по численности населения город страны.",
+              # read as well in windows-1250, which has "ń" for "ñ": windows-1252, HTML's default, is taken then
+              "cp1252": "El señor Ñúñez, año 1998: naïve façade, “très célèbre” à Zürich."}
+
+
 def charset_page(meta, text, encoding, content_type="text/html"):
     page = f"<html><head>{meta}<title>{text[:5]}</title></head><body><article><p>{text}</p></article></body></html>"
     return 200, {"Content-Type": content_type}, page.encode(encoding)
@@ -107,6 +115,11 @@ def server():
         "/latin1.xml": (200, {"Content-Type": "application/xml"},
                         f'<?xml version="1.0" encoding="ISO-8859-1"?>\n<note>{CAFE}</note>'.encode("latin-1")),
         "/not-a-text-codec": (200, {"Content-Type": "text/plain; charset=zlib"}, NOTES),
+        **{f"/undeclared-{encoding}": charset_page("", text, encoding) for encoding, text in UNDECLARED.items()},
+        "/undeclared-short-cp1252": charset_page("", CAFE, "cp1252"),  # too few bytes past ASCII to guess from
+        "/undeclared-cut-utf-8": (200, {"Content-Type": "text/plain"}, (CAFE * 20).encode()[:-1]),  # cut in "é"
+        "/undeclared-stray-byte": (200, {"Content-Type": "text/plain"}, f"{CAFE} \udcff {CAFE}".encode(
+            errors="surrogateescape")),
     }
     with LoopbackServer(routes) as running:
         yield running
@@ -190,6 +203,20 @@ CHARSET_PAGES = {"/meta-charset": CAFE, "/http-equiv": TOKYO, "/header-wins": CA
 @pytest.mark.parametrize("path", CHARSET_PAGES)
 def test_the_charset_is_taken_from_the_header_a_byte_order_mark_or_the_page(server, path):
     assert CHARSET_PAGES[path] in run(make_tool(server), f"{server.base_url}{path}").text
+
+
+@pytest.mark.parametrize("encoding", UNDECLARED)
+def test_a_page_naming_no_charset_is_read_in_the_one_its_bytes_are_written_in(server, encoding):
+    assert UNDECLARED[encoding] in run(make_tool(server), f"{server.base_url}/undeclared-{encoding}").text
+
+
+def test_a_short_page_naming_no_charset_is_read_as_windows_1252(server):
+    assert CAFE in run(make_tool(server), f"{server.base_url}/undeclared-short-cp1252").text
+
+
+@pytest.mark.parametrize("path", ["/undeclared-cut-utf-8", "/undeclared-stray-byte"])
+def test_a_utf_8_body_cut_inside_a_character_or_with_a_stray_byte_is_still_read_as_utf_8(server, path):
+    assert CAFE in run(make_tool(server), f"{server.base_url}{path}").text
 
 
 @pytest.mark.parametrize("path", ["/double-gzip", "/brotli"])
