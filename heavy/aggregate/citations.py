@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from heavy.aggregate.evidence import (
+    CJK_STOPS,
     NEGATED,
     SENTENCE_END,
     content_words,
@@ -168,10 +169,16 @@ def filter_claims(body: str, sources: Sequence[Source], texts: dict[str, str] | 
             # a numbered item as a bullet: items the filter drops leave the numbers broken, and an item numbered
             # other than 1 cannot start a list after a line of text (seen in the demo: "... [1].\n2. The break ...",
             # shown as one paragraph)
-            kept_lines.append(_NUMBERED.sub(r"\1- ", prefix) + " ".join(kept))
+            kept_lines.append(_NUMBERED.sub(r"\1- ", prefix) + _joined(kept))
     body = _tidy("\n".join(without_empty_sections(without_empty_tables(_without_dangling_leads(kept_lines, dropped)))))
     return FilteredReport(body=body, cited=cited_numbers(body), dropped=tuple(dict.fromkeys(dropped)),  # each once
                           restated=tuple(dict.fromkeys(restated)))
+
+
+def _joined(sentences: list[str]) -> str:
+    """Sentences kept of one line, as one line again: after a Chinese or Japanese full stop with no space."""
+    return "".join(f"{'' if i == 0 or sentences[i - 1].endswith(CJK_STOPS) else ' '}{x}"
+                   for i, x in enumerate(sentences))
 
 
 def _without_code_blocks(body: str, dropped: list[str]) -> list[str]:

@@ -27,6 +27,7 @@ from heavy.agent.gathered import PARAGRAPH_BREAK, merged_text, unescaped
 from heavy.agent.steps import TrajectoryResult
 from heavy.aggregate.normalize import normalize_answer
 from heavy.aggregate.sources import source_key, union_of_sources
+from heavy.corpus import cjk
 
 # How many trajectories fetched or cited a page is not counted, not even to break ties: they all start from the same
 # opening search, so counts favour its results over the page one trajectory found on its second hop, which in
@@ -50,9 +51,15 @@ _SECTION_HEADING = re.compile(r"^#{1,6}\s+(?P<marked>.{1,120})$|^(?P<underlined>
 _NEGATION = re.compile(r"\b(?:not|no|never|none|neither|nor|cannot|without)\b|n[’']t\b", re.IGNORECASE)
 NEGATED = "<not>"  # in a passage's words when it negates something; no word can be it (words are \w+)
 # not after an initial ("C. Robert Cargill", "U.S. Army"), a title ("Dr. Strange") or "No."/"Vol." ("reached No. 1"):
-# names and numbers go on there
+# names and numbers go on there. The next sentence starts with a capital of any script or a letter of one without case
+# (Arabic, Hebrew, Devanagari): "Столица России — Москва [2]. Луна сделана из сыра [2]." was one claim, its invented
+# half kept on the words of the true one. Chinese and Japanese end a sentence with "。", "！" or "？" and no space (not
+# inside a quotation, "「…。」", nor before a footnote or marker, "。[1]": markers.as_markers moves a report's).
+CJK_STOPS = ("。", "！", "？")
+_CASED_LOWER = "".join(chr(c) for c in range(0x80, 0x10000) if chr(c).islower())
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.\.\.)(?<![\s(.][A-Z]\.)(?<!\b(?:Mr|Dr|St|Jr|Sr|Mt|No)\.)"
-                          r"(?<!\b(?:Mrs|Nos|Vol)\.)\s+(?=[A-Z0-9\"'(*])")
+                          r"(?<!\b(?:Mrs|Nos|Vol)\.)\s+(?=[A-Z0-9\"'(*]|(?![a-z_" + _CASED_LOWER + r"])[^\W\d])"
+                          r"|(?<=[" + "".join(CJK_STOPS) + r"])\s*(?=[^\s」』）)”’】\]\[【])")
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,11 @@ class Passage:
 
 
 def content_words(text: str) -> set[str]:
-    """The words of three or more characters, lowercased: what overlap between texts is measured in."""
-    return {w for w in _WORD.findall(unescaped(text).lower()) if len(w) > 2}
+    """The words of three or more characters, lowercased, and the bigrams of CJK runs: what overlap between texts is
+    measured in. Chinese and Japanese write no spaces, so a run of them was one "word", a sentence long, that no
+    other text held: every claim of a Chinese report was dropped. A bigram is about a word (heavy/corpus/cjk.py)."""
+    return {w for w in _WORD.findall(cjk.shadow_text(unescaped(text).lower()))
+            if len(w) > 2 or len(w) == 2 and cjk.has_cjk(w)}
 
 
 def fetched_texts(results: Sequence[TrajectoryResult]) -> dict[str, str]:
@@ -220,11 +230,19 @@ def weigh(text: str, weights: dict[str, float]) -> float:
     return math.fsum(weights.get(w, 0.0) for w in stemmed_words(text))
 
 
+def written_words(text: str) -> int:
+    """How many words `text` writes, punctuation aside; a CJK run, written without spaces, counts one per two
+    characters (about a Chinese word's length): a Chinese sentence was one word, never long, never quotable."""
+    runs = cjk.CJK_RUN.findall(text)
+    others = [w for w in cjk.CJK_RUN.sub(" ", text).split() if not runs or any(c.isalnum() for c in w)]
+    return len(others) + sum(-(-len(run) // 2) for run in runs)
+
+
 def quotable_sentences(text: str) -> list[str]:
     """The text's sentences of four words or more, each once (a page's sections often repeat one); headings, the
     tools' "URL:" header lines and lines leading into a list ("Results for 'Eenasul Fateh':") are no sentences."""
     return list(dict.fromkeys(x for x in sentences_of(text)
-                              if len(x.split()) >= 4 and not _HEADING.search(x) and not x.endswith(":")))
+                              if written_words(x) >= 4 and not _HEADING.search(x) and not x.endswith(":")))
 
 
 def best_sentences(question: str, text: str, count: int | None = 2, weights: dict[str, float] | None = None,

@@ -20,6 +20,8 @@ MARKER = re.compile(r"(?<!\\)\[(\d+(?:\s*[,;]\s*\d+)*)\]")  # "\[1]" is Markdown
 # markers written otherwise: "【1】" (full-width brackets), "[1-3]" (a range)
 _FULL_WIDTH_MARKER = re.compile(r"【\s*(\d+(?:\s*[,;、，]\s*\d+)*)\s*】")
 _RANGE_MARKER = re.compile(r"(?<!\\)\[(\d+)\s*[-–—]\s*(\d+)\]")
+# markers written after a Chinese or Japanese full stop ("…千米。[1]"), which ends the sentence before them
+_AFTER_CJK_STOP = re.compile(r"([。！？])((?:\s*(?<!\\)\[\d+(?:\s*[,;]\s*\d+)*\])+)")
 _CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
 MAX_RANGE = 20  # sources a range marker may stand for ("[1-999]" is no citation of 999 pages)
 # a Markdown link or image to any address: its text may hold markers ("[see [1]](...)"), its address a title or one
@@ -36,13 +38,16 @@ def marked_code(sentence: str) -> bool:
 
 def as_markers(text: str) -> str:
     """The text with "【1, 2】" and "[1-3]" written as the markers they stand for, "[1][2]" and "[1][2][3]": as
-    text they would stay in a claim, numbered over the union of sources and never renumbered."""
+    text they would stay in a claim, numbered over the union of sources and never renumbered. Markers after a
+    Chinese or Japanese full stop go before it ("千米。[1]" → "千米[1]。"), with the sentence they cite: that stop
+    ends a sentence with no space after it (evidence.SENTENCE_END)."""
     def expand(match: re.Match) -> str:
         first, last = sorted((int(match.group(1)), int(match.group(2))))
         return "".join(f"[{n}]" for n in range(first, min(last, first + MAX_RANGE - 1) + 1))
 
     text = _FULL_WIDTH_MARKER.sub(lambda m: "".join(f"[{n}]" for n in re.findall(r"\d+", m.group(1))), text)
-    return _RANGE_MARKER.sub(expand, text)
+    text = _RANGE_MARKER.sub(expand, text)
+    return _AFTER_CJK_STOP.sub(lambda m: f"{''.join(m.group(2).split())}{m.group(1)}", text)
 
 
 def unlinked(heading: str) -> str:

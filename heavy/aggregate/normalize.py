@@ -8,15 +8,20 @@ from __future__ import annotations
 import html
 import re
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
+
+from heavy.corpus import cjk
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
 
 
 def normalize_answer(text: str) -> str:
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    """The official form; a CJK character is a word of its own (cjk.spaced), so that an answer is found as whole words
+    in a sentence of a language written without spaces."""
+    text = "".join(ch for ch in cjk.spaced(text).lower() if ch not in _PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
@@ -26,8 +31,12 @@ _TYPOGRAPHIC = str.maketrans({"–": "-", "—": "-", "‐": "-", "‑": "-", "�
 
 def vote_key(text: str) -> str:
     """The official form with typographic marks folded and each word's plural or possessive "s" dropped: seen at
-    n=8, two readings "Yellowcraig" and two "Yellowcraigs" were two answers, and both lost to a third."""
-    return " ".join(_singular(word) for word in normalize_answer(typographic_folded(text)).split())
+    n=8, two readings "Yellowcraig" and two "Yellowcraigs" were two answers, and both lost to a third. Also in NFKC
+    form without punctuation of any script (the official form drops ASCII's only): "北京。", "「北京」" and "北京",
+    "ＮＡＳＡ" and "NASA", "Köln" composed and decomposed were each two or three answers."""
+    folded = unicodedata.normalize("NFKC", typographic_folded(text))
+    unpunctuated = "".join(ch for ch in folded if not unicodedata.category(ch).startswith("P"))
+    return " ".join(_singular(word) for word in normalize_answer(unpunctuated).split())
 
 
 def typographic_folded(text: str) -> str:

@@ -18,7 +18,7 @@ from heavy.agent.steps import (
     only_printed,
     printed_output,
 )
-from heavy.aggregate.evidence import content_words
+from heavy.aggregate.evidence import content_words, written_words
 from heavy.aggregate.fit import PromptRoom
 from heavy.aggregate.normalize import normalize_answer, plain_answer
 from heavy.llm.types import LLMBackend, LLMError, Message, Sampling, Usage
@@ -80,7 +80,7 @@ def drawn_from(cut: str, answer: str) -> bool:
 
 
 def is_short(answer: str) -> bool:
-    return len(answer.split()) <= SHORT_WORDS
+    return written_words(answer) <= SHORT_WORDS
 
 
 def asks_yes_no(question: str) -> bool:

@@ -33,6 +33,12 @@ def shadow_text(text: str) -> str:
     return CJK_RUN.sub(lambda m: f" {' '.join(_run_tokens(m.group()))} ", text)
 
 
+def spaced(text: str) -> str:
+    """`text` with each CJK character a word of its own, as whole-word comparisons need: "北京" is then found in
+    "长城在北京附近" as " 北 京 " in " 长 城 在 北 京 附 近 "."""
+    return CJK_RUN.sub(lambda m: f" {' '.join(m.group())} ", text)
+
+
 def query_terms(query: str) -> tuple[str, list[str]]:
     """The query without its CJK runs, and the runs' FTS5 terms: each bigram quoted, a lone character as a prefix."""
     terms = []
