@@ -2,8 +2,9 @@
 
 markdown-it (CommonMark) with raw HTML off, so a page's words quoted in a report can only ever be text, and its link
 check on, so a `javascript:` link stays text. Images off: `![x](url)` is a link to follow, not a request the reader's
-browser makes unasked (a page could have the model put what the job found in that URL). Two additions: every
-citation `[n]` links to its source, and the Sources list's items carry the ids those links point at (`src-n`).
+browser makes unasked (a page could have the model put what the job found in that URL). Additions: every
+citation `[n]` links to its source, the Sources list's items carry the ids those links point at (`src-n`), and each
+block of text takes its direction from its text (`dir="auto"`: a report in Arabic reads right to left).
 """
 
 from __future__ import annotations
@@ -68,6 +69,17 @@ def _source_ids(state: StateCore) -> None:
         return
 
 
+# blocks holding a report's text: each takes its direction from its own first letter, so an Arabic or Hebrew paragraph
+# reads right to left (its full stop and markers at its left end) beside an English one in the same report
+_TEXT_BLOCKS = frozenset({"paragraph_open", "heading_open", "list_item_open", "blockquote_open", "th_open", "td_open"})
+
+
+def _directions_from_text(state: StateCore) -> None:
+    for token in state.tokens:
+        if token.type in _TEXT_BLOCKS:
+            token.attrSet("dir", "auto")
+
+
 def _external_links_in_a_new_tab(state: StateCore) -> None:
     for block in state.tokens:
         for token in block.children or ():
@@ -83,6 +95,7 @@ _MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table").disable("i
 _MARKDOWN.core.ruler.before("text_join", "cite_links", _cite_links)
 _MARKDOWN.core.ruler.push("source_ids", _source_ids)
 _MARKDOWN.core.ruler.push("external_links", _external_links_in_a_new_tab)
+_MARKDOWN.core.ruler.push("directions", _directions_from_text)
 
 
 def report_html(markdown: str) -> str:

@@ -337,7 +337,7 @@ async def test_report_by_accept_header(acme, store):
     assert as_md.headers["content-type"].startswith("text/markdown") and as_md.text.startswith("# Answer")
     as_html = await acme.get(f"/v1/jobs/{job['id']}/report", headers={"Accept": "text/html"})
     assert as_html.headers["content-type"].startswith("text/html")
-    assert as_html.text.startswith("<h1>Answer</h1>") and 'href="#src-1"' in as_html.text
+    assert as_html.text.startswith('<h1 dir="auto">Answer</h1>') and 'href="#src-1"' in as_html.text
     assert_error(await acme.get(f"/v1/jobs/{job['id']}/report", headers={"Accept": "image/png"}), 406,
                  "not_acceptable")
     # preferences by q-value (RFC 9110), not by order; q=0 is "not this"

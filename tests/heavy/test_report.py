@@ -387,6 +387,6 @@ async def test_a_page_url_is_escaped_in_its_sources_entry(url):
     job = await aggregate(job_id="j", question="When was the Eiffel Tower finished?", mode="report",
                           results=[result(0, "1889", cited=[tower])], backend=backend)
     html = report_html(job.markdown)
-    href = re.search(r'<li id="src-1"><a href="([^"]*)"[^>]*>eiffel</a> — fetched', html)
+    href = re.search(r'<li id="src-1" dir="auto"><a href="([^"]*)"[^>]*>eiffel</a> — fetched', html)
     assert href is not None, html
     assert urllib.parse.unquote(html_module.unescape(href.group(1))) == url

@@ -23,8 +23,9 @@ def test_citations_link_to_source_items_that_carry_their_ids():
     html = report_html(REPORT)
     assert ('<strong>Answer:</strong> 1889 <a class="cite" href="#src-1" data-cite="1">[1]</a>'
             '<a class="cite" href="#src-2" data-cite="2">[2]</a>') in html
-    assert '<li id="src-1"><a href="http://corpus/eiffel" target="_blank" rel="noopener noreferrer">eiffel</a>' in html
-    assert '<li id="src-2">' in html and html.count(' id="src-') == 2
+    assert ('<li id="src-1" dir="auto"><a href="http://corpus/eiffel" target="_blank" rel="noopener noreferrer">'
+            'eiffel</a>') in html
+    assert '<li id="src-2" dir="auto">' in html and html.count(' id="src-') == 2
 
 
 def test_markdown_escapes_and_emphasis_render_as_a_reader_expects():

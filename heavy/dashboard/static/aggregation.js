@@ -1,6 +1,7 @@
 // The job page's Aggregation panel: what the aggregator made of the trajectories. Updated live from the job's events
 // while it aggregates, then filled from the report's JSON (heavy/aggregate/result.py, JobResult.to_dict).
 // Answers come from a model and from web pages: every text goes in with textContent, never as HTML.
+import { clipped } from "./view.js";
 const AGG_TOP_ANSWERS = 3; // vote groups listed; the rest on one line, so a job of eight answers stays short
 const AGG_ANSWER_CHARS = 200; // a report's answer may be paragraphs: clipped here, whole in the tooltip
 const STOP_REASONS = {
@@ -10,7 +11,6 @@ const STOP_REASONS = {
 };
 const aggNode = (id) => document.getElementById(id);
 export const aggNumber = (n) => Number(n).toLocaleString("en-US");
-const clipped = (text) => (text.length > AGG_ANSWER_CHARS ? `${text.slice(0, AGG_ANSWER_CHARS)}…` : text);
 const stopReason = (reason) => (STOP_REASONS[reason] ? `${STOP_REASONS[reason]} (${reason})` : reason);
 const stoppedBy = (reason) => (reason && reason !== "all_done" ? stopReason(reason) : ""); // early_stop: done, and says why
 // what a partial report lacks: the trajectories' stop, and a report pass that wrote no findings
@@ -45,7 +45,7 @@ function aggStatus(status, detail) {
 
 function aggAnswer(answer, agreement) {
   const node = aggNode("agg-answer");
-  node.textContent = clipped(answer) || "none";
+  node.textContent = clipped(answer, AGG_ANSWER_CHARS) || "none";
   node.title = answer;
   aggNode("agg-agreement").textContent = agreement;
   aggDetails(true);
@@ -110,7 +110,8 @@ function aggVote(text, count) {
   const item = document.createElement("li");
   const answer = document.createElement("span");
   answer.className = "answer";
-  answer.textContent = clipped(text);
+  answer.dir = "auto"; // an answer in Arabic or Hebrew reads right to left
+  answer.textContent = clipped(text, AGG_ANSWER_CHARS);
   answer.title = text;
   const votes = document.createElement("span");
   votes.className = "votes";

@@ -3,7 +3,7 @@
 import { aggNumber, aggregationEvent, resetAggregation, showAggregation } from "./aggregation.js";
 import { api, handleAuth, session } from "./api.js";
 import { follow } from "./events.js";
-import { $, arrive, escapeHtml, show } from "./view.js";
+import { $, arrive, clipped, escapeHtml, show } from "./view.js";
 
 const TERMINAL_STATUSES = ["done", "partial", "failed", "cancelled"];
 
@@ -13,7 +13,7 @@ function lane(k) {
     node = document.createElement("div");
     node.className = "lane"; node.id = `lane-${k}`;
     node.innerHTML = `<h2>Trajectory ${k + 1} <span class="state">running</span></h2>
-      <div class="action">starting</div>
+      <div class="action" dir="auto">starting</div>
       <dl><dt>step</dt><dd class="step">0</dd><dt>tokens</dt><dd class="tokens">0</dd>
       <dt>sources</dt><dd class="sources">0</dd></dl>`;
     node.dataset.sources = "0";
@@ -38,7 +38,7 @@ function apply(event) {
       break;
     }
     case "tool_call":
-      set(lane(event.trajectory), ".action", `${event.tool}(${Object.values(event.arguments).join(", ")})`.slice(0, 120));
+      set(lane(event.trajectory), ".action", clipped(`${event.tool}(${Object.values(event.arguments).join(", ")})`, 120));
       break;
     case "tool_result": {
       const node = lane(event.trajectory);
@@ -51,7 +51,7 @@ function apply(event) {
       node.classList.add("done");
       node.classList.toggle("failed", Boolean(event.error)); // its border red, not an answered lane's green
       set(node, ".state", event.stop_reason); set(node, ".tokens", event.total_tokens);
-      set(node, ".action", (event.answer ? `answer: ${event.answer}` : event.error ? `error: ${event.error}` : "no answer").slice(0, 160));
+      set(node, ".action", clipped(event.answer ? `answer: ${event.answer}` : event.error ? `error: ${event.error}` : "no answer", 160));
       break;
     }
     case "aggregating": $("job-stage").textContent = `aggregating (${event.reason})`; advance("aggregating"); break;
@@ -125,7 +125,7 @@ function showDropped(dropped, refuted) {
   box.querySelector("summary").textContent =
     `${dropped.length} claim${dropped.length === 1 ? "" : "s"} taken out (no fetched page supports ${dropped.length === 1 ? "it" : "them"})`;
   box.querySelector("ul").innerHTML = dropped.map((claim) =>
-    `<li>${escapeHtml(claim)}${refuted.includes(claim) ? " <small>(the model's check said the page does not say this)</small>" : ""}</li>`).join("");
+    `<li dir="auto">${escapeHtml(claim)}${refuted.includes(claim) ? " <small>(the model's check said the page does not say this)</small>" : ""}</li>`).join("");
 }
 
 export async function openJob(jobId, moveFocus) {

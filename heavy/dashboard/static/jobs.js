@@ -32,7 +32,7 @@ export async function refreshJobs() {
     }
     const focusedRow = focused.closest("#jobs tr[data-id]")?.dataset.id; // drawn again each poll: focus kept
     $("jobs").querySelector("tbody").innerHTML = page.jobs.map((job) => `
-      <tr data-id="${job.id}"><td><a href="#/jobs/${job.id}">${escapeHtml(job.question)}</a></td>
+      <tr data-id="${job.id}"><td><a href="#/jobs/${job.id}" dir="auto">${escapeHtml(job.question)}</a></td>
       <td class="status-${job.status}">${job.status}</td><td>${job.mode}</td><td>${job.tokens}</td>
       <td>${new Date(job.created_at * 1000).toLocaleString()}</td></tr>`).join("");
     if (focusedRow) $("jobs").querySelector(`tr[data-id="${focusedRow}"] a`)?.focus();

@@ -6,6 +6,20 @@ export function escapeHtml(text) {
   return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
+const GRAPHEMES = new Intl.Segmenter(undefined, { granularity: "grapheme" });
+
+// At most `chars` UTF-16 units of `text`, cut between two characters as a reader sees them: slice() split an emoji's
+// surrogate pair (shown as "\ufffd"), a flag, or a letter from its accents.
+export function clipped(text, chars) {
+  if (text.length <= chars) return text;
+  let end = 0;
+  for (const { index, segment } of GRAPHEMES.segment(text)) {
+    if (index + segment.length > chars) break;
+    end = index + segment.length;
+  }
+  return `${text.slice(0, end)}…`;
+}
+
 export function show(view) {
   for (const id of ["sign-in", "jobs-view", "job-view"]) $(id).hidden = id !== view;
   $("sign-out").hidden = view === "sign-in";
