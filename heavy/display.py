@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from heavy.events import Aggregating, Event, ReportReady, ToolCallEvent, ToolResultEvent, TrajectoryDone, TrajectoryStep
+from heavy.graphemes import clipped
 
 ACTION_CHARS = 60
 # C0 controls but tab and newline, DEL and C1: what a terminal obeys (ESC [2J clears it, ESC ] sets its title...),
@@ -50,14 +51,14 @@ class LiveBoard:
             lane.step, lane.tokens, lane.action, lane.status = event.step, event.total_tokens, event.action, "running"
         elif isinstance(event, ToolCallEvent):
             args = ", ".join(f"{v}" for v in event.arguments.values())
-            lane.action = f"{event.tool}({args})"[:ACTION_CHARS]
+            lane.action = clipped(f"{event.tool}({args})", ACTION_CHARS)
         elif isinstance(event, ToolResultEvent):
             lane.sources += len(event.sources)
         elif isinstance(event, TrajectoryDone):
             lane.status = event.stop_reason
             lane.tokens = event.total_tokens
-            lane.action = (f"answer: {event.answer}" if event.answer else f"error: {event.error}" if event.error
-                           else "no answer")[:ACTION_CHARS]
+            lane.action = clipped(f"answer: {event.answer}" if event.answer else f"error: {event.error}"
+                                  if event.error else "no answer", ACTION_CHARS)
         elif isinstance(event, Aggregating):
             self.stage = f"aggregating ({event.reason})"
         elif isinstance(event, ReportReady):

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from heavy.corpus.folding import fold_with_places
+from heavy.graphemes import widened
 
 SNIPPET_BEFORE = 40  # characters shown before the window's first query term
 SNIPPET_CHARS = 200
@@ -37,7 +38,7 @@ def window_snippet(text: str, places: Iterable[tuple[int, str]]) -> str:
         if not held[term]:
             del held[term]
     start = max(0, best_at - SNIPPET_BEFORE)
-    end = start + SNIPPET_CHARS
+    start, end = widened(text, start, start + SNIPPET_CHARS)  # never half a letter with accents, a flag or an emoji
     return f"{' … ' if start else ''}{' '.join(text[start:end].split())}{' … ' if end < len(text) else ''}"
 
 

@@ -94,6 +94,16 @@ def test_a_cjk_snippet_is_where_most_of_the_query_is(tmp_path):
     for query in ("首都", "日本の首都はどこですか"):
         assert "東京は日本の首都です。" in index.search(query, k=1)[0].snippet
 
+def test_a_cjk_snippet_never_cuts_an_emoji_or_a_letter_from_its_accent(tmp_path):
+    family, accented = "👨\u200d👩\u200d👧\u200d👦", "e\u0301"  # 7 code points; 2
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    # the window starts 40 code points before 长城, inside the fifth family, and ends 200 after, inside an "é"
+    index.add([Document("长城", family * 10 + "长城是中国的。" + accented * 100)])
+    snippet = index.search("长城", k=1)[0].snippet.removeprefix(" … ").removesuffix(" … ")
+    assert snippet.startswith(family * 2)
+    assert snippet.endswith(accented)
+
+
 def test_an_edited_file_leaves_no_stale_bigrams(tmp_path):
     index = CorpusIndex(tmp_path / "i.sqlite")
     index.add([Document("東京", "東京は日本の首都です。", origin="a.md")], source="a.md")

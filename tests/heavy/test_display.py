@@ -42,6 +42,21 @@ def test_live_board_follows_the_events():
     assert "no_progress" in narrow_text and "22,442" in narrow_text
 
 
+def test_live_board_cuts_a_long_action_between_graphemes():
+    # cut by code points, the 60th was inside an emoji family (a man shown) or between "e" and its accent
+    from heavy.display import ACTION_CHARS, LiveBoard
+    from heavy.events import ToolCallEvent, TrajectoryDone
+
+    family, accented = "👨\u200d👩\u200d👧\u200d👦", "e\u0301"
+    board = LiveBoard(2)
+    board.apply(ToolCallEvent(job_id="j", trajectory=0, step=1, call_id="c", tool="search",
+                              arguments={"query": "长城" * 25 + family * 3}))  # "search(" + 50: the family at 57
+    board.apply(TrajectoryDone(job_id="j", trajectory=1, answer="x" + accented * 40, confidence=0.5,
+                               stop_reason="answered", steps=2, total_tokens=900, cited=[]))  # "answer: x": 9
+    assert board.lanes[0].action == "search(" + "长城" * 25
+    assert board.lanes[1].action == "answer: x" + accented * 25 and len(board.lanes[1].action) < ACTION_CHARS
+
+
 def test_live_board_shows_a_models_brackets_as_written():
     # a cell's str was read as rich markup: "[/2]" in a python call raised MarkupError, "[int]" vanished
     from rich.console import Console
