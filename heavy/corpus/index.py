@@ -23,7 +23,7 @@ from pathlib import Path
 
 from heavy.corpus import cjk, doc_files
 from heavy.corpus.documents import CorpusFormatError, Document, file_name
-from heavy.corpus.folding import fold, tokenized_as_written
+from heavy.corpus.folding import fold, nfkc_folded, tokenized_as_written
 from heavy.corpus.query import expression_words, match_expression
 from heavy.corpus.snippets import LONG_PAGE_CHARS, words_snippet
 from heavy.corpus.writes import AddCounts, add_cjk, add_documents, forget, indexed_as
@@ -35,11 +35,13 @@ TEXT_WEIGHT = 1.0
 COMMIT_FILES = 200  # files `CorpusIndex.adding` adds per transaction
 SNIPPET_TOKENS = 64  # FTS5's maximum: most encyclopedia-style paragraphs fit whole
 # PRAGMA user_version; 2 added docs_cjk, 3 folded what docs_fts and docs_cjk index to NFKC, 4 recorded each
-# document's place in its file and the last id given (an older index is brought to 4 when opened)
-SCHEMA_VERSION = 4
+# document's place in its file and the last id given, 5 folded letters written two ways (Arabic's vowel marks, ё:
+# folding.fold); an older index is brought to 5 when opened to be written
+SCHEMA_VERSION = 5
 CJK_VERSION = 2
 FOLDED_VERSION = 3
 PLACES_VERSION = 4
+LETTERS_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     id INTEGER PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, url TEXT NOT NULL, origin TEXT NOT NULL,
@@ -113,11 +115,14 @@ def indexed_documents(path: Path | str) -> int:
 def _upgrade(db: sqlite3.Connection, version: int) -> None:
     """Bring an index of `version` to SCHEMA_VERSION: before CJK_VERSION, index the bigrams of its documents holding
     CJK text; before FOLDED_VERSION, index folded the documents folding changes (the others are indexed as folded);
-    before PLACES_VERSION, record the documents' places and the last id given."""
+    before PLACES_VERSION, record the documents' places and the last id given; before LETTERS_VERSION, index anew
+    the documents whose letters fold."""
     for statement in filter(str.strip, _SCHEMA.split(";")):
         db.execute(statement)
     if version < FOLDED_VERSION:
         _fold_documents(db, version)
+    elif version < LETTERS_VERSION:
+        _fold_letters(db)
     if version < PLACES_VERSION:
         db.execute("INSERT INTO last_doc_id SELECT coalesce(max(id), 0) FROM docs")
         if doc_files.exists(db):
@@ -137,6 +142,18 @@ def _fold_documents(db: sqlite3.Connection, version: int) -> None:
             continue
         db.execute("DELETE FROM docs_cjk WHERE rowid = ?", (doc_id,))
         add_cjk(db, doc_id, *indexed)
+
+
+def _fold_letters(db: sqlite3.Connection) -> None:
+    """Index anew the documents an index of FOLDED_VERSION or PLACES_VERSION holds NFKC-folded only."""
+    for doc_id, title, text in db.execute("SELECT id, title, text FROM docs"):
+        indexed = indexed_as(title, text)
+        was = (nfkc_folded(title), nfkc_folded(text))
+        if indexed != was:
+            db.execute("INSERT INTO docs_fts (docs_fts, rowid, title, text) VALUES ('delete', ?, ?, ?)", (doc_id, *was))
+            db.execute("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)", (doc_id, *indexed))
+            db.execute("DELETE FROM docs_cjk WHERE rowid = ?", (doc_id,))
+            add_cjk(db, doc_id, *indexed)
 
 
 def _create_or_upgrade(db: sqlite3.Connection, path: Path, writing: bool) -> int:
@@ -186,9 +203,13 @@ class CorpusIndex:
         self.keep_function_words = keep_function_words
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
-            version = _create_or_upgrade(db, self.path, writing=False)
+            self._searched_as(_create_or_upgrade(db, self.path, writing=False))
+
+    def _searched_as(self, version: int) -> None:
         self.cjk_searchable = version >= CJK_VERSION
-        self.folds_queries = version >= FOLDED_VERSION  # as the index folds its documents
+        # a query folded as the index folds its documents: a read-only or unwritten older one as it was built
+        self.fold_query = (fold if version >= LETTERS_VERSION else nfkc_folded if version >= FOLDED_VERSION
+                           else None)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
@@ -200,7 +221,7 @@ class CorpusIndex:
         that searching an index built before them needs no write access."""
         db = self._connect()
         try:
-            _create_or_upgrade(db, self.path, writing=True)
+            self._searched_as(_create_or_upgrade(db, self.path, writing=True))  # upgraded: searched as it is now
             if not doc_files.exists(db):
                 with db:
                     doc_files.create(db)
@@ -277,8 +298,8 @@ class CorpusIndex:
             db.executemany("DELETE FROM doc_files WHERE file = ?", [(file,) for _, file in renamed])
 
     def search(self, query: str, k: int) -> list[SearchHit]:
-        if self.folds_queries:
-            query = fold(query)
+        if self.fold_query is not None:
+            query = self.fold_query(query)
         if self.cjk_searchable and cjk.has_cjk(query):
             return self._search_cjk(query, k)
         expression = match_expression(query, self.keep_function_words)
