@@ -25,7 +25,13 @@ from heavy.corpus import cjk, doc_files
 from heavy.corpus.documents import CorpusFormatError, Document, file_name
 from heavy.corpus.folding import fold, nfkc_folded, tokenized_as_written
 from heavy.corpus.query import expression_words, match_expression
-from heavy.corpus.snippets import LONG_PAGE_CHARS, words_snippet
+from heavy.corpus.snippets import (
+    FTS_ELLIPSIS,
+    LONG_PAGE_CHARS,
+    may_cut_a_grapheme,
+    whole_graphemes,
+    words_snippet,
+)
 from heavy.corpus.writes import AddCounts, add_cjk, add_documents, forget, indexed_as
 
 logger = logging.getLogger(__name__)
@@ -56,7 +62,7 @@ CREATE TABLE IF NOT EXISTS last_doc_id (id INTEGER NOT NULL);
 # FTS5's snippet, NULL for a page too long for it (snippets.LONG_PAGE_CHARS) or one folding splits otherwise
 # (folding.tokenized_as_written): the index writes those itself
 _FTS_SNIPPET = (f"CASE WHEN length(d.text) <= {LONG_PAGE_CHARS} AND tokenized_as_written(d.text) "
-                f"THEN snippet(docs_fts, 1, '', '', ' … ', {SNIPPET_TOKENS}) END")
+                f"THEN snippet(docs_fts, 1, '', '', '{FTS_ELLIPSIS}', {SNIPPET_TOKENS}) END")
 _SEARCH = f"""
 SELECT d.id, d.title, d.url, {_FTS_SNIPPET},
        bm25(docs_fts, {TITLE_WEIGHT}, {TEXT_WEIGHT}) AS score
@@ -189,6 +195,13 @@ def _create_or_upgrade(db: sqlite3.Connection, path: Path, writing: bool) -> int
     return SCHEMA_VERSION
 
 
+def _fts_snippet(db: sqlite3.Connection, doc_id: int, snippet: str) -> str:
+    """FTS5's snippet, its last letter with its marks (snippets.whole_graphemes)."""
+    if not may_cut_a_grapheme(snippet):
+        return snippet
+    return whole_graphemes(snippet, db.execute("SELECT text FROM docs WHERE id = ?", (doc_id,)).fetchone()[0])
+
+
 def _index_snippet(db: sqlite3.Connection, doc_id: int, expression: str) -> str:
     """The snippet of a page FTS5's cannot serve (see _FTS_SNIPPET)."""
     text = db.execute("SELECT text FROM docs WHERE id = ?", (doc_id,)).fetchone()[0]
@@ -308,7 +321,8 @@ class CorpusIndex:
         with closing(self._connect()) as db:
             rows = db.execute(_SEARCH, (expression, k)).fetchall()
             return [SearchHit(doc_id=r[0], title=r[1], url=r[2], score=r[4],
-                              snippet=r[3] if r[3] is not None else _index_snippet(db, r[0], expression))
+                              snippet=_fts_snippet(db, r[0], r[3]) if r[3] is not None
+                              else _index_snippet(db, r[0], expression))
                     for r in rows]
 
     def _search_cjk(self, query: str, k: int) -> list[SearchHit]:
@@ -325,9 +339,10 @@ class CorpusIndex:
             hits = []
             for doc_id in sorted(scores, key=lambda d: (scores[d], d))[:k]:
                 title, url, text = db.execute("SELECT title, url, text FROM docs WHERE id = ?", (doc_id,)).fetchone()
+                fts = None if doc_id in by_run else db.execute(_SNIPPET, (words, doc_id)).fetchone()[0]
                 snippet = (cjk.snippet(text, query) if doc_id in by_run
-                           else db.execute(_SNIPPET, (words, doc_id)).fetchone()[0]
-                           or words_snippet(text, expression_words(words)))
+                           else whole_graphemes(fts, text) if fts and may_cut_a_grapheme(fts)
+                           else fts or words_snippet(text, expression_words(words)))
                 hits.append(SearchHit(doc_id=doc_id, title=title, url=url, snippet=snippet, score=scores[doc_id]))
         return hits
 

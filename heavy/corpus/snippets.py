@@ -10,6 +10,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
+import regex
+
 from heavy.corpus.folding import fold_with_places
 from heavy.graphemes import widened
 
@@ -17,6 +19,8 @@ SNIPPET_BEFORE = 40  # characters shown before the window's first query term
 SNIPPET_CHARS = 200
 SCAN_PLACES = 2_000  # of each query term, the places looked at: its first (a huge page may hold it 100,000 times)
 LONG_PAGE_CHARS = 100_000  # a page longer than this gets `words_snippet`, not FTS5's (at most about 2 s here)
+FTS_ELLIPSIS = " … "  # what FTS5's snippet() writes where it cut the text
+MARKED_LETTER = regex.compile(r"\p{L}\p{M}")
 
 
 def window_snippet(text: str, places: Iterable[tuple[int, str]]) -> str:
@@ -40,6 +44,23 @@ def window_snippet(text: str, places: Iterable[tuple[int, str]]) -> str:
     start = max(0, best_at - SNIPPET_BEFORE)
     start, end = widened(text, start, start + SNIPPET_CHARS)  # never half a letter with accents, a flag or an emoji
     return f"{' … ' if start else ''}{' '.join(text[start:end].split())}{' … ' if end < len(text) else ''}"
+
+
+def whole_graphemes(snippet: str, text: str) -> str:
+    """FTS5's `snippet` of `text` with the marks its last letter carries: unicode61 reads a mark (Devanagari's and
+    Thai's vowel signs, Hebrew's points) as a separator, and the snippet ended before it, cutting a letter from its
+    vowel ("… दुन" of "दुनिया")."""
+    core = snippet.removeprefix(FTS_ELLIPSIS).removesuffix(FTS_ELLIPSIS)
+    at = text.find(core)
+    if at < 0 or not core:
+        return snippet
+    end = widened(text, at, at + len(core))[1]
+    return snippet.replace(core, text[at:end], 1)
+
+
+def may_cut_a_grapheme(snippet: str) -> bool:
+    """Whether FTS5's `snippet` is of text whose letters carry marks, which it may have cut off (`whole_graphemes`)."""
+    return MARKED_LETTER.search(snippet) is not None
 
 
 def term_places(text: str, terms: Iterable[str]) -> list[tuple[int, str]]:

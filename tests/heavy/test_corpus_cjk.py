@@ -104,6 +104,18 @@ def test_a_cjk_snippet_never_cuts_an_emoji_or_a_letter_from_its_accent(tmp_path)
     assert snippet.endswith(accented)
 
 
+def test_a_snippet_never_cuts_a_letter_from_its_vowel_sign(tmp_path):
+    # unicode61 reads a mark as a separator: FTS5's snippet ended at "दुन", the "ि" of "दुनिया" cut off
+    words = " ".join(["नमस्ते दुनिया"] * 60)
+    page = f"{words} भारत एक विशाल देश है {words}"
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add([Document("Hindi", page)])
+    shown = index.search("भारत", k=1)[0].snippet.removeprefix(" … ").removesuffix(" … ")
+    start = page.index(shown)
+    assert "भारत" in shown and not any(unicodedata.category(page[at]).startswith("M")
+                                       for at in (start, start + len(shown)))
+
+
 def test_an_edited_file_leaves_no_stale_bigrams(tmp_path):
     index = CorpusIndex(tmp_path / "i.sqlite")
     index.add([Document("東京", "東京は日本の首都です。", origin="a.md")], source="a.md")
