@@ -13,7 +13,7 @@ from pathlib import Path
 
 from heavy.corpus.ignored import IgnoreRules, is_tool_folder
 from heavy.tools.extract import html_to_markdown
-from heavy.tools.fetch import body_encoding, bom_encoding, decode_body
+from heavy.tools.fetch import body_encoding, bom_encoding, decode_body, undeclared_encoding
 
 HTML_SUFFIXES = frozenset({".html", ".htm"})
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
@@ -264,11 +264,13 @@ def _whole(file: Path) -> bytes:
     return data
 
 
-def _decode(data: bytes, html: bool = False) -> str:
+def _decode(data: bytes, html: bool = False, whole: bool = True) -> str:
     """A file's text: in the encoding its byte-order mark names (UTF-8's dropped: it broke a JSONL file's first row
     and a Markdown first-line heading; UTF-16 is Windows' "Unicode"), else, of an HTML page, the one it declares (a
     <meta> charset, an XML declaration: a mirrored site's or a mailing-list archive's Cyrillic, Shift_JIS or Latin-2
-    pages were read as Windows-1252, unsearchable), else UTF-8, else Windows-1252, what a Latin-1 file is read as
+    pages were read as Windows-1252, unsearchable), else UTF-8, else, of a whole file, the encoding its bytes look
+    written in, as a browser guesses a page's (a GBK or Shift_JIS Markdown file was indexed as Windows-1252
+    mojibake), and of a JSONL row, too short to guess from alone, Windows-1252, what a Latin-1 file is read as
     (UTF-8's replacement characters had made its accented words unsearchable)."""
     if (marked := bom_encoding(data)) is not None:
         return data.decode(marked, errors="replace")
@@ -277,7 +279,8 @@ def _decode(data: bytes, html: bool = False) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")  # its five unassigned bytes as U+FFFD
+        # Windows-1252's five unassigned bytes as U+FFFD
+        return data.decode(undeclared_encoding(data) if whole else "cp1252", errors="replace")
 
 
 def _markdown_documents(content: str, file: Path) -> Iterator[Document]:
@@ -310,7 +313,8 @@ def _jsonl_documents(file: Path) -> Iterator[Document]:
     with file.open("rb") as stream:
         wide = bom_encoding(stream.read(4)) in ("utf-16", "utf-32")
         stream.seek(0)
-        lines = _decode(stream.read()).split("\n") if wide else map(_decode, stream)  # UTF-16/32: wide newlines
+        lines = (_decode(stream.read()).split("\n") if wide  # UTF-16/32: wide newlines
+                 else (_decode(line, whole=False) for line in stream))
         yield from _jsonl_rows(lines, file)
 
 

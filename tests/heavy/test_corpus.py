@@ -192,6 +192,27 @@ def test_an_html_page_is_read_in_the_charset_it_declares(tmp_path):
         assert (docs[name].title, f"{words}: {name} held 4 K." in docs[name].text) == (words, True), encoding
 
 
+def test_a_text_file_naming_no_encoding_is_read_in_the_one_its_bytes_are_written_in(tmp_path):
+    # read as UTF-8, else Windows-1252: a GBK Markdown file's Chinese was indexed as mojibake no search found, and a
+    # UTF-8 file with one stray byte had every other accented letter turned to mojibake
+    root = tmp_path / "corpus"
+    root.mkdir()
+    files = {"zh.md": ("# 长城\n\n长城是中国古代的军事防御工程，东起山海关，西至嘉峪关，全长两万多公里。", "gbk"),
+             "ru.txt": ("Москва\nМосква — столица России, крупнейший по численности населения город страны.", "cp1251"),
+             "ja.txt": ("東京\n東京は日本の首都であり、人口は約千四百万人で、世界有数の大都市である。", "shift_jis")}
+    for name, (text, encoding) in files.items():
+        (root / name).write_bytes(text.encode(encoding))
+    (root / "stray.txt").write_bytes("Zürich\nZürich liegt am Zürichsee. ".encode() + b"\xff")
+    docs = {d.title: d.text for d in read_documents(root)}
+    for text, _ in files.values():
+        title = text.lstrip("# ").split("\n")[0]
+        assert docs[title] == text, title
+    assert docs["Zürich"] == "Zürich\nZürich liegt am Zürichsee. \ufffd"
+    index = CorpusIndex(tmp_path / "i.sqlite")
+    index.add(read_documents(root))
+    assert [index.search(word, k=1)[0].title for word in ("长城", "столица", "首都")] == ["长城", "Москва", "東京"]
+
+
 def test_re_adding_an_edited_file_replaces_what_it_no_longer_holds(tmp_path, monkeypatch):
     # only new documents were added: the old text of an edited page stayed, found beside the new one
     root = tmp_path / "corpus"
