@@ -23,6 +23,10 @@ import xgrammar as xgr
 from runtime.sampling import StructuredOutput
 
 MAX_WHITESPACE = 8  # runs of whitespace a JSON grammar allows between tokens: a weak model can pad forever
+# What one compiler keeps of the specs it compiled, least recently used dropped first (xgrammar keeps all of them
+# by default: a compiled JSON schema holds ~1.9 MB over a 151k-token vocabulary, so clients sending schemas of their
+# own grew the server by that much per schema, for ever). vLLM's default bound (VLLM_XGRAMMAR_CACHE_MB).
+GRAMMAR_CACHE_BYTES = 512 << 20
 
 
 class StructuredOutputError(ValueError):
@@ -40,11 +44,13 @@ class ByteVocabulary(Protocol):
 
 class Grammars:
     """Compiles requests' structured-output specs into matchers over one model's vocabulary. Built at the first
-    structured request (it reads the whole vocabulary once); thread-safe, compiled specs cached."""
+    structured request (it reads the whole vocabulary once); thread-safe, compiled specs cached (up to `cache_bytes`
+    per compiler)."""
 
-    def __init__(self, tokenizer: ByteVocabulary, vocab_size: Callable[[], int]) -> None:
+    def __init__(self, tokenizer: ByteVocabulary, vocab_size: Callable[[], int], *,
+                 cache_bytes: int = GRAMMAR_CACHE_BYTES) -> None:
         """`vocab_size`: the model's logits width (read at the first structured request)."""
-        self._tokenizer, self._vocab_size = tokenizer, vocab_size
+        self._tokenizer, self._vocab_size, self._cache_bytes = tokenizer, vocab_size, cache_bytes
         self._compilers: dict[frozenset[str], xgr.GrammarCompiler] = {}  # by the special tokens written as text
         self._lock = threading.Lock()
 
@@ -82,7 +88,8 @@ class Grammars:
                 vocab += [b""] * (vocab_size - len(vocab))  # logits rows no token maps to
                 info = xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=vocab_size,
                                          stop_token_ids=sorted(tokenizer.eos_ids))
-                self._compilers[specials] = xgr.GrammarCompiler(info, max_threads=1)
+                self._compilers[specials] = xgr.GrammarCompiler(info, max_threads=1,
+                                                                cache_limit_bytes=self._cache_bytes)
             return self._compilers[specials]
 
 

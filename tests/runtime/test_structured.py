@@ -90,6 +90,17 @@ def test_a_spec_that_does_not_compile_is_an_error_naming_its_kind(spec, message)
         Grammars(CharTokenizer(), lambda: TINY.vocab_size).matcher(spec)
 
 
+def test_the_compiled_specs_kept_are_bounded_however_many_distinct_ones_clients_send():
+    cache_bytes = 100_000  # a few compiled schemas of this vocabulary (each ~14 kB)
+    grammars = Grammars(CharTokenizer(), lambda: TINY.vocab_size, cache_bytes=cache_bytes)
+    for i in range(60):
+        schema = {"type": "object", "properties": {f"field_{i}": {"type": "string"}}, "required": [f"field_{i}"]}
+        grammars.matcher(StructuredOutput("json", json.dumps(schema)))
+    (compiler,) = grammars._compilers.values()
+    assert 0 < compiler.get_cache_size_bytes() <= cache_bytes
+    assert grammars.matcher(SPECS["json"]) is not None  # one dropped from the cache is compiled again
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model):
     with running_server(AsyncEngine(tiny_engine(tiny_model)), "tiny") as url:
