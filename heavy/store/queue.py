@@ -30,6 +30,7 @@ class JobQueue:
         self.redis, self.keys = redis, keys or Keys()
         self._renew = redis.register_script(scripts.RENEW)
         self._claim_abandoned = redis.register_script(scripts.CLAIM_ABANDONED)
+        self._drop_consumer = redis.register_script(scripts.DROP_CONSUMER)
 
     async def ensure_group(self) -> None:
         try:
@@ -67,6 +68,16 @@ class JobQueue:
             pipe.xack(self.keys.jobs_stream, GROUP, entry_id)
             pipe.xdel(self.keys.jobs_stream, entry_id)
             await pipe.execute()
+
+    async def forget_gone_workers(self, idle_ms: int) -> list[str]:
+        """Drop the group's consumers idle for over `idle_ms` with no entry pending: workers gone. Each worker start
+        names a consumer of its own, which Redis keeps until told: a deployment's restarts piled them up in the
+        group for ever. One with entries pending is kept (until another worker has claimed them), and a live worker
+        dropped by mistake is named again by its next read. The names dropped."""
+        consumers = await self.redis.xinfo_consumers(self.keys.jobs_stream, GROUP)
+        idle = [c["name"] for c in consumers if c["pending"] == 0 and c["idle"] > idle_ms]
+        dropped = [await self._drop_consumer(keys=[self.keys.jobs_stream], args=[GROUP, name]) for name in idle]
+        return [name for name, done in zip(idle, dropped, strict=True) if done]
 
     async def pending(self) -> int:
         info = await self.redis.xpending(self.keys.jobs_stream, GROUP)

@@ -346,3 +346,11 @@ for i = 4, #ARGV do
 end
 return lost
 """
+
+# KEYS: jobs stream; ARGV: group, consumer -> 1 when the consumer had no entry pending and is dropped, else 0
+# (DELCONSUMER drops a consumer's pending entries with it: their jobs would never be resumed)
+DROP_CONSUMER = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""

@@ -125,6 +125,26 @@ async def test_a_lease_run_out_while_no_worker_reached_redis_is_not_taken_until_
     assert taken == claim
 
 
+async def consumers(store) -> set[str]:
+    return {c["name"] for c in await store.redis.xinfo_consumers(store.queue.keys.jobs_stream, "workers")}
+
+
+async def test_the_consumers_of_workers_gone_are_dropped_but_not_one_with_an_entry_pending(store):
+    """Each worker start names a consumer of its own, which the group keeps until told: restarts piled them up."""
+    await store.tenants.set_limits("acme", max_jobs=100)
+    for n in range(20):  # workers that each ran a job and stopped
+        await submit(store)
+        (claim,) = await store.queue.claim_new(f"stopped-{n}", block_ms=10)
+        await store.queue.ack(claim.entry_id)
+    await submit(store)
+    await store.queue.claim_new("died-running-a-job", block_ms=10)  # its entry is pending: kept for a takeover
+    assert len(await consumers(store)) == 21
+    assert await store.queue.forget_gone_workers(idle_ms=60_000) == []  # not idle long enough
+    dropped = await store.queue.forget_gone_workers(idle_ms=0)
+    assert sorted(dropped) == sorted(f"stopped-{n}" for n in range(20))
+    assert await consumers(store) == {"died-running-a-job"} and await store.queue.pending() == 1
+
+
 async def test_an_ack_is_one_step_a_process_cannot_die_inside(store, monkeypatch):
     """A worker killed after the first command of its acknowledgement reached Redis (XACK without XDEL) would leave
     an entry in the stream that no one redelivers and `heavy_queue_depth` counts for ever."""

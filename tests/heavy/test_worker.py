@@ -19,6 +19,7 @@ from tests.heavy.worker_helpers import (
     executor,
     researcher,
     step_of,
+    submit_job,
     wait_for,
 )
 
@@ -389,6 +390,22 @@ async def test_a_worker_cancels_a_job_held_for_review_past_its_approval_window(c
     expired = await status_is(client, job["id"], "cancelled")
     assert (expired["stop_reason"], expired["error"]) == ("approval_expired", "not approved within 0.1 s")
     assert (await client.post(f"/v1/jobs/{job['id']}/approve")).status_code == 409
+
+
+async def test_a_worker_forgets_the_queue_consumers_of_workers_gone(client, store, start_worker, monkeypatch):
+    monkeypatch.setattr(runner, "SWEEP_S", 0.05)
+    monkeypatch.setattr(runner, "GONE_WORKER_S", 0.0)
+    for n in range(3):  # restarts: each worker named a consumer, ran a job and stopped
+        await submit_job(store)
+        (claim,) = await store.queue.claim_new(f"stopped-{n}", block_ms=10)
+        await store.queue.ack(claim.entry_id)
+    assert len(await store.redis.xinfo_consumers(store.queue.keys.jobs_stream, "workers")) == 3
+    start_worker(ScriptedBackend(researcher))
+
+    async def only_live_ones():
+        names = {c["name"] for c in await store.redis.xinfo_consumers(store.queue.keys.jobs_stream, "workers")}
+        return not names & {"stopped-0", "stopped-1", "stopped-2"}
+    await wait_for(only_live_ones)
 
 
 async def test_the_report_settings_reach_the_workers_aggregator(store):
