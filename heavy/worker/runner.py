@@ -163,6 +163,8 @@ class Worker:
                 log.exception("lease renewal failed")
                 continue
             for entry_id in lost:  # stalled past the lease: another worker runs the job now
+                if entry_id in self.acked:  # or acknowledged while this renewal was out: ours, done
+                    continue
                 job_id = self.job_ids.get(entry_id)
                 with logging_about(job_id=job_id):
                     log.warning("job %s was taken over by another worker (its queue entry %s); stopping our run of "
@@ -200,11 +202,11 @@ class Worker:
         try:
             job = await jobs.get(claim.job_id)
         except JobNotFound:
-            await self.store.queue.ack(claim.entry_id)
+            await self._ack(claim.entry_id)
             return
         log_about(tenant=job.tenant)
         if job.terminal:
-            await self.store.queue.ack(claim.entry_id)
+            await self._ack(claim.entry_id)
             return
         if job.attempts - job.stops >= MAX_ATTEMPTS:  # a job that kills every worker that runs it
             await self._give_up(claim, job)
@@ -214,7 +216,7 @@ class Worker:
             await jobs.update(job.id, allowed=(QUEUED, RUNNING, AGGREGATING), status=RUNNING, worker=self.name,
                               attempts=job.attempts + 1, started=job.started or now, updated=time.time())
         except InvalidTransition:  # cancelled between the claim and now
-            await self.store.queue.ack(claim.entry_id)
+            await self._ack(claim.entry_id)
             return
         control = JobControl()
         try:
@@ -343,11 +345,15 @@ class Worker:
             JOB_SECONDS.observe(time.monotonic() - first_started)
         if status == FAILED:  # its run's failure and a job given up alike, counted by the worker that ended it
             ERRORS.labels("job").inc()
-        await self.store.queue.ack(claim.entry_id)
-        # after the ack: a slow receiver holds no lease, and no renewal takes the acked entry for one taken over
-        self.acked.add(claim.entry_id)
+        await self._ack(claim.entry_id)  # before the callback: a slow receiver holds no lease
         await deliver(self.store.jobs, job.id, self.settings)
         log.info("job %s: %s (%d tokens)", job.id, status, tokens)
+
+    async def _ack(self, entry_id: str) -> None:
+        """Done with the entry: no renewal names it from now on, and one out now that Redis answers after the ack
+        (the entry is no longer this worker's) is not taken for a takeover."""
+        self.acked.add(entry_id)
+        await self.store.queue.ack(entry_id)
 
     def _forget(self, entry_id: str) -> None:
         self.running.pop(entry_id, None)

@@ -197,6 +197,46 @@ async def test_a_lease_renewal_while_the_callback_is_out_leaves_the_send_alone(s
     assert "taken over" not in caplog.text
 
 
+async def test_a_lease_renewal_sent_before_the_ack_and_answered_after_it_leaves_the_send_alone(
+        store, receiver, monkeypatch, caplog):
+    """A renewal out as the entry is acknowledged names it (it was not acked yet), and Redis, running it after the
+    ack, answers it is no longer this worker's: the worker took that for a takeover (seen in a soak, a few jobs in a
+    thousand) and cancelled the callback's send, which only the sweep sent again, a delivery lease later."""
+    hook = receiver(None)  # the first POST is held until the test lets it go (then a 200 on the retry)
+    settings = settings_allowing(hook)
+    renewing, acked, renew, ack, lost = asyncio.Event(), asyncio.Event(), store.queue.renew, store.queue.ack, []
+
+    async def renew_answered_after_the_ack(consumer, entry_ids):
+        if entry_ids:
+            renewing.set()  # the job, held until now, ends
+            await acked.wait()
+        answer = await renew(consumer, entry_ids)
+        lost.extend(answer)
+        return answer
+
+    async def ack_then_tell(entry_id):
+        await ack(entry_id)
+        acked.set()
+
+    monkeypatch.setattr(store.queue, "renew", renew_answered_after_the_ack)
+    monkeypatch.setattr(store.queue, "ack", ack_then_tell)
+    job, _ = await store.jobs.submit("acme", question=JOB["question"], mode="report",
+                                     params=JobCreate(**JOB).resolve(settings), callback_url=hook.url)
+    stop = asyncio.Event()
+    backend = ScriptedBackend(researcher, aggregator_gate=renewing)
+    worker = asyncio.create_task(Worker(store, backend, executor(), settings, name="w").run(stop))
+    try:
+        await wait_for(lambda: asyncio.sleep(0, result=lost))  # the renewal out across the ack came back
+        await wait_for(lambda: asyncio.sleep(0, result=hook.received))
+        hook.closing.set()
+        outcome = await wait_for(lambda: _callback_status(store, job.id))
+    finally:
+        stop.set()
+        await worker
+    assert outcome == "delivered: HTTP 200 after 2 attempt(s)"
+    assert "taken over" not in caplog.text
+
+
 async def test_a_queued_job_cancelled_through_the_api_is_posted_from_the_api(store, receiver):
     hook = receiver()
     settings = settings_allowing(hook)
