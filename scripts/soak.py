@@ -1,7 +1,8 @@
 """Soak: many jobs through a real API and worker (scripts/soak_roles.py, each a process of its own) and a real
 redis-server on loopback, as users drive them: submit and follow the events to the end, follow and disconnect
 mid-stream, cancel (queued or running), finish now, delete, callbacks to a slow, a failing and a closed receiver,
-bad requests; ended jobs not deleted expire (HEAVY_JOB_RETENTION_S). The model is a scripted OpenAI-compatible
+bad requests; ended jobs not deleted expire (HEAVY_JOB_RETENTION_S); the worker is restarted now and then (SIGTERM, a
+new one), as a rolling update does. The model is a scripted OpenAI-compatible
 server that answers at once, so the run measures the service.
 
 While it runs it samples each process (RSS, open fds, threads; inside the API and worker: asyncio tasks and the
@@ -73,7 +74,7 @@ class Driver:
         outcome = "ok"
         try:
             await getattr(self, scenario)()
-        except (httpx.HTTPError, AssertionError, TimeoutError) as exc:
+        except Exception as exc:  # counted and shown at the end: the soak goes on
             outcome = f"{type(exc).__name__}: {str(exc)[:80]}"
         key = f"{scenario}: {outcome}"
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
@@ -98,7 +99,10 @@ class Driver:
 
     async def ended(self, job_id: str) -> None:
         for _ in range(600):
-            job = (await self.client.get(f"/v1/jobs/{job_id}")).json()
+            response = await self.client.get(f"/v1/jobs/{job_id}")
+            if response.status_code == 404:  # expired (its callback outlived the retention)
+                return
+            job = response.json()
             if job["status"] in TERMINAL and job.get("callback_status") not in ("pending", "sending"):
                 return
             await asyncio.sleep(0.2)
@@ -216,66 +220,81 @@ async def soak(args: argparse.Namespace, redis_url: str, home: Path) -> None:
            "HEAVY_MODEL": "soak", "HEAVY_JOB_RETENTION_S": "20", "HEAVY_CHECK_CLAIMS": "false",
            "HEAVY_WORKER_JOBS": "4", "HEAVY_WEBHOOK_TIMEOUT_S": "2", "HEAVY_WEBHOOK_ATTEMPTS": "2",
            "HEAVY_WEBHOOK_ALLOW": json.dumps([f"127.0.0.1:{receiver_port}", f"127.0.0.1:{closed_port}"]),
-           "HEAVY_LLM_MAX_RETRIES": "1", "HEAVY_HOME": str(home), "HEAVY_CONTEXT_TOKENS": "4096"}
+           "HEAVY_LLM_MAX_RETRIES": "1", "HEAVY_WORKER_LEASE_S": "3", "HEAVY_HOME": str(home),
+           "HEAVY_CONTEXT_TOKENS": "4096"}
     stats = {"api": home / "api.stats", "worker": home / "worker.stats"}
+
+    def start_worker() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(ROLES), "worker", redis_url, str(index), str(stats["worker"])],
+                                env=env)
+
     processes = {
         "model": subprocess.Popen([sys.executable, str(ROLES), "model", str(model_port)], env=env),
         "api": subprocess.Popen([sys.executable, str(ROLES), "api", redis_url, str(api_port), str(stats["api"])],
                                 env=env),
-        "worker": subprocess.Popen([sys.executable, str(ROLES), "worker", redis_url, str(index),
-                                    str(stats["worker"])], env=env)}
-    store = Store.connect(redis_url)
-    key = await store.tenants.create_key("soak")
-    await store.tenants.set_limits("soak", max_jobs=1000, max_streams=1000)
-    redis = aioredis.from_url(redis_url, decode_responses=True)
-    headers = {"Authorization": f"Bearer {key.secret}"}
-    limits = httpx.Limits(max_connections=args.clients * 2)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", headers=headers, timeout=60,
-                                 limits=limits) as client:
-        for _ in range(100):
-            try:
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.3)
-        driver, done, samples = Driver(client, receiver_port, closed_port), 0, []
-        watched = {name: psutil.Process(processes[name].pid) for name in ("api", "worker")}
+        "worker": start_worker()}
+    store, redis = Store.connect(redis_url), aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        key = await store.tenants.create_key("soak")
+        await store.tenants.set_limits("soak", max_jobs=1000, max_streams=1000)
+        headers = {"Authorization": f"Bearer {key.secret}"}
+        limits = httpx.Limits(max_connections=args.clients * 2)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", headers=headers, timeout=60,
+                                     limits=limits) as client:
+            for _ in range(100):
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.3)
+            driver, done, samples = Driver(client, receiver_port, closed_port), 0, []
+            watched = {name: psutil.Process(processes[name].pid) for name in ("api", "worker")}
 
-        async def sample() -> dict[str, float]:
-            figures = {}
-            for name, process in watched.items():
-                figures.update(process_figures(name, process, stats.get(name)))
-            return {**figures, **await redis_figures(redis)}
+            async def sample() -> dict[str, float]:
+                figures = {}
+                for name, process in watched.items():
+                    figures.update(process_figures(name, process, stats.get(name)))
+                return {**figures, **await redis_figures(redis)}
 
-        async def client_loop(first: int) -> None:
-            nonlocal done
-            n = first
-            while n < args.jobs:
-                await driver.run(SCENARIOS[n % len(SCENARIOS)])
-                done += 1
-                if done % args.sample_every == 0:
-                    samples.append((done, await sample()))
-                    print(f"{time.strftime('%H:%M:%S')} {done} jobs", flush=True)
-                n += args.clients
+            async def client_loop(first: int) -> None:
+                nonlocal done
+                n = first
+                while n < args.jobs:
+                    await driver.run(SCENARIOS[n % len(SCENARIOS)])
+                    done += 1
+                    if done % args.sample_every == 0:
+                        samples.append((done, await sample()))
+                        print(f"{time.strftime('%H:%M:%S')} {done} jobs", flush=True)
+                    if args.restart_every and done % args.restart_every == 0:
+                        await restart_worker()
+                    n += args.clients
 
-        started = time.monotonic()
-        await asyncio.gather(*(client_loop(i) for i in range(args.clients)))
-        print(f"\n{done} jobs in {time.monotonic() - started:.0f} s; outcomes:")
-        for outcome, count in sorted(driver.outcomes.items()):
-            print(f"  {count:5d}  {outcome}")
-        print_slopes(samples)
-        await asyncio.sleep(args.settle_s)  # the retention runs out, the streams' leases drop
-        await client.get("/v1/jobs", params={"limit": 100})  # a list drops the expired jobs from the tenant's sets
-        print(f"\n{args.settle_s:g} s idle later:")
-        for name, value in (await sample()).items():
-            print(f"  {name:32s} {value:10.1f}")
-    for process in processes.values():
-        process.terminate()
-        process.wait()
-    receiver.close()
-    await redis.aclose()
-    await store.aclose()
+            async def restart_worker() -> None:
+                """As a rolling update does: SIGTERM (its running jobs are resumed after their lease), a new worker."""
+                processes["worker"].terminate()
+                await asyncio.to_thread(processes["worker"].wait)
+                processes["worker"] = start_worker()
+                watched["worker"] = psutil.Process(processes["worker"].pid)
+
+            started = time.monotonic()
+            await asyncio.gather(*(client_loop(i) for i in range(args.clients)))
+            print(f"\n{done} jobs in {time.monotonic() - started:.0f} s; outcomes:")
+            for outcome, count in sorted(driver.outcomes.items()):
+                print(f"  {count:5d}  {outcome}")
+            print_slopes(samples)
+            await asyncio.sleep(args.settle_s)  # the retention runs out, the streams' leases drop
+            await client.get("/v1/jobs", params={"limit": 100})  # a list drops the expired jobs from the tenant's sets
+            print(f"\n{args.settle_s:g} s idle later:")
+            for name, value in (await sample()).items():
+                print(f"  {name:32s} {value:10.1f}")
+    finally:
+        for process in processes.values():
+            process.terminate()
+            process.wait()
+        receiver.close()
+        await redis.aclose()
+        await store.aclose()
 
 
 def main() -> None:
@@ -283,6 +302,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=600)
     parser.add_argument("--clients", type=int, default=6, help="users at once, each running one scenario at a time")
     parser.add_argument("--sample-every", type=int, default=25, help="jobs between samples")
+    parser.add_argument("--restart-every", type=int, default=50, help="jobs between worker restarts (0: none)")
     parser.add_argument("--settle-s", type=float, default=25.0, help="idle time before the last sample")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as embedded:

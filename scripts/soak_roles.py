@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))  # this checkout's packages, not the ones the
 
 STATS_S = 1.0
 ANSWER = "argparse parses command-line options [1]."
+GONE_WORKER_S = 10.0  # the soak's minutes stand for a deployment's days: the consumers of workers gone go sooner
 
 
 async def write_stats(path: str, inside) -> None:
@@ -64,13 +65,14 @@ async def worker(redis_url: str, index: str, stats: str) -> None:
     from heavy.llm import make_backend
     from heavy.store import Store
     from heavy.toolbox import service_tools
-    from heavy.worker import Worker
+    from heavy.worker import Worker, runner
 
+    runner.GONE_WORKER_S = GONE_WORKER_S
     settings = Settings(redis_url=redis_url)
     async with service_tools(settings, redis_url, index) as executor:
         store = Store.connect(redis_url, settings)
         backend = make_backend(settings)
-        running = Worker(store, backend, executor, settings, name="soak")
+        running = Worker(store, backend, executor, settings)  # a name of its own, as `heavy worker`'s
 
         def inside() -> dict:
             return {"running": len(running.running), "job_ids": len(running.job_ids), "acked": len(running.acked)}
