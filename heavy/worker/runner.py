@@ -215,7 +215,7 @@ class Worker:
         try:
             await jobs.update(job.id, allowed=(QUEUED, RUNNING, AGGREGATING), status=RUNNING, worker=self.name,
                               attempts=job.attempts + 1, started=job.started or now, updated=time.time())
-        except InvalidTransition:  # cancelled between the claim and now
+        except (InvalidTransition, JobNotFound):  # cancelled (and maybe deleted) between the claim and now
             await self._ack(claim.entry_id)
             return
         control = JobControl()

@@ -162,6 +162,28 @@ async def test_a_worker_learning_its_job_was_taken_over_writes_nothing_more_and_
     assert await store.queue.pending() == 1
 
 
+async def test_a_job_cancelled_and_deleted_as_a_worker_claims_it_is_acknowledged_at_once(
+        client, store, start_worker, monkeypatch, caplog):
+    """Between the worker reading a queued job and marking it running, its user cancels and deletes it: the worker
+    counted a worker error (with a traceback) and left the entry pending, to be claimed again after its lease."""
+    await client.post("/v1/jobs", json=JOB)
+    update, deleted = store.jobs.update, asyncio.Event()
+
+    async def cancelled_and_deleted_before_it_runs(job_id, **fields):
+        if fields.get("status") == "running" and not deleted.is_set():
+            await client.post(f"/v1/jobs/{job_id}/cancel")
+            assert (await client.delete(f"/v1/jobs/{job_id}")).status_code == 204
+            deleted.set()
+        return await update(job_id, **fields)
+
+    monkeypatch.setattr(store.jobs, "update", cancelled_and_deleted_before_it_runs)
+    w1 = start_worker(ScriptedBackend(researcher))
+    await wait_for(lambda: asyncio.sleep(0, result=deleted.is_set() and not w1.worker.running))
+    await w1.close()
+    assert await store.queue.pending() == 0 and await store.queue.depth() == 0
+    assert "worker error" not in caplog.text
+
+
 async def test_a_job_failing_as_it_starts_still_ends_with_job_failed(client, store, start_worker, monkeypatch):
     """Writing `job_started` fails (Redis refused it): the job fails, and its stream still ends with the event saying
     so (its followers would otherwise get no word of how it ended)."""
