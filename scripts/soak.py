@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import psutil
 import redis.asyncio as aioredis
-from common import free_port  # beside this script
+from common import free_port, print_slopes  # beside this script
 
 from heavy.embedded_redis import EmbeddedRedis
 from heavy.store import Store
@@ -43,7 +43,6 @@ JOB = {"question": "Which module parses command-line options?", "trajectories": 
 PAGES = {"argparse.md": "# argparse\n\nargparse parses command-line options and arguments.\n",
          "getopt.md": "# getopt\n\ngetopt is a C-style parser for command-line options.\n"}
 SLOW_CALLBACK_S = 1.5  # under the attempt's timeout: delivered late
-WARM_UP = 0.1  # of the jobs: the slopes start after them
 
 
 async def callback_receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -192,17 +191,6 @@ async def redis_figures(redis: aioredis.Redis) -> dict[str, float]:
             "redis consumers": len(group), "redis pending": (await redis.xpending("heavy:jobs", "workers"))["pending"],
             "redis jobs stream": await redis.xlen("heavy:jobs"), "redis due callbacks": await redis.zcard(
                 "heavy:callbacks"), "redis clients": clients["connected_clients"]}
-
-
-def print_slopes(samples: list[tuple[int, dict[str, float]]]) -> None:
-    start = next(i for i, (done, _) in enumerate(samples) if done >= WARM_UP * samples[-1][0])
-    middle = start + (len(samples) - 1 - start) // 2
-    (j0, a), (j1, b), (j2, c) = samples[start], samples[middle], samples[-1]
-    print(f"\ngrowth per 1,000 jobs: first half (jobs {j0}-{j1}) | second half (jobs {j1}-{j2}) | at end")
-    for name in c:
-        first = (b.get(name, 0) - a.get(name, 0)) / max(1, j1 - j0) * 1000
-        second = (c[name] - b.get(name, 0)) / max(1, j2 - j1) * 1000
-        print(f"  {name:32s} {first:+10.1f} | {second:+10.1f} | {c[name]:10.1f}")
 
 
 async def soak(args: argparse.Namespace, redis_url: str, home: Path) -> None:
