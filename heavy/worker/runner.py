@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 CONTROL_POLL_S = 0.2  # cancel is honoured within a second
 CLAIM_BLOCK_MS = 500
 CLAIM_RETRY_S = 1.0  # how soon a worker whose claim failed (Redis down) tries again
-SWEEP_S = 5.0  # how often a worker looks for callbacks whose sender died, approvals run out and workers gone
+SWEEP_S = 5.0  # how often a worker looks for callbacks whose sender died, approvals and retentions run out and
+# workers gone
 GONE_WORKER_S = 600.0  # a queue consumer idle this long with nothing pending is a stopped worker's (a live one polls)
 MAX_ATTEMPTS = 3
 
@@ -181,6 +182,7 @@ class Worker:
                     log.info("sent %d callback(s) another process had left", sent)
                 if expired := await self.store.jobs.expire_unapproved():
                     log.info("cancelled %d job(s) not approved in time", len(expired))
+                await self.store.jobs.listing.drop_all_expired()
                 if gone := await self.store.queue.forget_gone_workers(int(GONE_WORKER_S * 1000)):
                     log.info("forgot the queue consumers of %d stopped worker(s): %s", len(gone), ", ".join(gone))
             except Exception:  # a Redis hiccup: the next round looks again

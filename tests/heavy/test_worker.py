@@ -430,6 +430,28 @@ async def test_a_worker_forgets_the_queue_consumers_of_workers_gone(client, stor
     await wait_for(only_live_ones)
 
 
+async def test_a_worker_takes_expired_jobs_off_the_lists_of_a_tenant_that_never_lists_them(store, start_worker,
+                                                                                           monkeypatch):
+    """A page takes its own tenant's expired jobs off its list and status sets: one that never lists kept them all."""
+    monkeypatch.setattr(runner, "SWEEP_S", 0.05)
+    store.jobs.retention_ms = 1  # ended jobs expire at once
+    for _ in range(3):
+        job, _ = await store.jobs.submit("acme", question="q", mode="report", params={"trajectories": 1})
+        await store.jobs.finish(job, "done", report=("# Report", {}))
+    keys = store.jobs.keys
+    lists = [keys.tenant_jobs("acme"), keys.tenant_expiring("acme"), keys.tenant_status_jobs("acme", "done")]
+
+    async def listed():
+        return [await store.redis.zcard(key) for key in lists]
+    assert await listed() == [3, 3, 3]
+    await store.tenants.create_key("acme")  # a tenant of the deployment
+    start_worker(ScriptedBackend(researcher))
+
+    async def none_listed():
+        return await listed() == [0, 0, 0]
+    await wait_for(none_listed)
+
+
 async def test_the_report_settings_reach_the_workers_aggregator(store):
     settings = WORKER_SETTINGS.model_copy(update={"report_tokens": 200, "report_sources": 3})
     worker = Worker(store, ScriptedBackend(lambda request: call("search", query="x")), None, settings, name="w")
