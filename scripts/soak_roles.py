@@ -13,29 +13,58 @@ cited sentence. It answers at once: the soak measures the service, not a model."
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
+import os
 import re
 import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # this checkout's packages, not the ones the venv was installed from
 
 STATS_S = 1.0
+TRACE_BASELINE_S, TRACE_TOP, TRACE_FRAMES = 60.0, 12, 6
 ANSWER = "argparse parses command-line options [1]."
 GONE_WORKER_S = 10.0  # the soak's minutes stand for a deployment's days: the consumers of workers gone go sooner
 
 
 async def write_stats(path: str, inside) -> None:
-    """Forever: `inside()` (a dict) with the process's asyncio tasks and threads, as the last line of `path`."""
+    """Forever: `inside()` (a dict) with the process's asyncio tasks, threads and Python objects, as the last line of
+    `path`."""
     with open(path, "a", encoding="utf-8") as out:
         while True:
             out.write(json.dumps({"t": time.time(), "tasks": len(asyncio.all_tasks()),
-                                  "threads": threading.active_count(), **inside()}) + "\n")
+                                  "threads": threading.active_count(), "objects": len(gc.get_objects()),
+                                  **inside()}) + "\n")
             out.flush()
             await asyncio.sleep(STATS_S)
+
+
+@contextlib.contextmanager
+def traced_allocations(role: str):
+    """With SOAK_TRACEMALLOC=ROLE:FILE, in that role's process: what it allocated and still holds, by line, grown
+    between a minute in and its end, written to FILE (the lines a leak allocates from come first)."""
+    traced, _, path = os.environ.get("SOAK_TRACEMALLOC", "").partition(":")
+    if traced != role:
+        yield
+        return
+    tracemalloc.start(TRACE_FRAMES)
+    baseline = []
+    asyncio.get_running_loop().call_later(TRACE_BASELINE_S, lambda: baseline.append(tracemalloc.take_snapshot()))
+    try:
+        yield
+    finally:
+        if baseline:
+            grown = tracemalloc.take_snapshot().compare_to(baseline[0], "traceback")
+            with open(path, "w", encoding="utf-8") as out:
+                for stat in grown[:TRACE_TOP]:
+                    out.write(f"{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks\n")
+                    out.write("\n".join(stat.traceback.format()) + "\n\n")
 
 
 async def api(redis_url: str, port: int, stats: str) -> None:
@@ -56,7 +85,8 @@ async def api(redis_url: str, port: int, stats: str) -> None:
 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     stats_task = asyncio.create_task(write_stats(stats, inside))
-    await server.serve()
+    with traced_allocations("api"):
+        await server.serve()
     stats_task.cancel()
 
 
@@ -79,7 +109,8 @@ async def worker(redis_url: str, index: str, stats: str) -> None:
 
         stats_task = asyncio.create_task(write_stats(stats, inside))
         try:
-            await running.run_until_signalled()
+            with traced_allocations("worker"):
+                await running.run_until_signalled()
         finally:
             stats_task.cancel()
             await backend.aclose()
