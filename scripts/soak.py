@@ -15,7 +15,7 @@ page of the list is not what clears the tenant's list of expired jobs.
 
     PYTHONPATH=. .venv/bin/python scripts/soak.py [--jobs 600] [--clients 6]      # ~5 minutes on 2 cores
 
-SOAK_TRACEMALLOC=api:FILE (or worker:FILE) writes what that process's Python heap grew by, by line (soak_roles.py).
+SOAK_TRACEMALLOC=api:FILE (or worker:FILE): what that process's Python heap grew by, by line, in FILE (soak_roles.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ cited sentence. It answers at once: the soak measures the service, not a model."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import os
@@ -28,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # this checkout's packages, not the ones the venv was installed from
 
 STATS_S = 1.0
-TRACE_BASELINE_S, TRACE_TOP, TRACE_FRAMES = 60.0, 12, 6
+TRACE_S, TRACE_TOP, TRACE_FRAMES = 60.0, 12, 6
 ANSWER = "argparse parses command-line options [1]."
 GONE_WORKER_S = 10.0  # the soak's minutes stand for a deployment's days: the consumers of workers gone go sooner
 
@@ -45,26 +44,23 @@ async def write_stats(path: str, inside) -> None:
             await asyncio.sleep(STATS_S)
 
 
-@contextlib.contextmanager
-def traced_allocations(role: str):
+async def trace_allocations(role: str) -> None:
     """With SOAK_TRACEMALLOC=ROLE:FILE, in that role's process: what it allocated and still holds, by line, grown
-    between a minute in and its end, written to FILE (the lines a leak allocates from come first)."""
+    since a minute in, written to FILE every TRACE_S (the lines a leak allocates from come first). Rewritten as it
+    goes, not at the end: uvicorn re-raises the SIGTERM that stopped it once it has shut down."""
     traced, _, path = os.environ.get("SOAK_TRACEMALLOC", "").partition(":")
     if traced != role:
-        yield
         return
     tracemalloc.start(TRACE_FRAMES)
-    baseline = []
-    asyncio.get_running_loop().call_later(TRACE_BASELINE_S, lambda: baseline.append(tracemalloc.take_snapshot()))
-    try:
-        yield
-    finally:
-        if baseline:
-            grown = tracemalloc.take_snapshot().compare_to(baseline[0], "traceback")
-            with open(path, "w", encoding="utf-8") as out:
-                for stat in grown[:TRACE_TOP]:
-                    out.write(f"{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks\n")
-                    out.write("\n".join(stat.traceback.format()) + "\n\n")
+    await asyncio.sleep(TRACE_S)
+    baseline = tracemalloc.take_snapshot()
+    while True:
+        await asyncio.sleep(TRACE_S)
+        grown = tracemalloc.take_snapshot().compare_to(baseline, "traceback")
+        with open(path, "w", encoding="utf-8") as out:
+            for stat in grown[:TRACE_TOP]:
+                out.write(f"{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks\n")
+                out.write("\n".join(stat.traceback.format()) + "\n\n")
 
 
 async def api(redis_url: str, port: int, stats: str) -> None:
@@ -84,10 +80,10 @@ async def api(redis_url: str, port: int, stats: str) -> None:
                 "stream_releases": len(streams._releases)}
 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    stats_task = asyncio.create_task(write_stats(stats, inside))
-    with traced_allocations("api"):
-        await server.serve()
-    stats_task.cancel()
+    background = [asyncio.create_task(write_stats(stats, inside)), asyncio.create_task(trace_allocations("api"))]
+    await server.serve()
+    for task in background:
+        task.cancel()
 
 
 async def worker(redis_url: str, index: str, stats: str) -> None:
@@ -107,12 +103,13 @@ async def worker(redis_url: str, index: str, stats: str) -> None:
         def inside() -> dict:
             return {"running": len(running.running), "job_ids": len(running.job_ids), "acked": len(running.acked)}
 
-        stats_task = asyncio.create_task(write_stats(stats, inside))
+        background = [asyncio.create_task(write_stats(stats, inside)),
+                      asyncio.create_task(trace_allocations("worker"))]
         try:
-            with traced_allocations("worker"):
-                await running.run_until_signalled()
+            await running.run_until_signalled()
         finally:
-            stats_task.cancel()
+            for task in background:
+                task.cancel()
             await backend.aclose()
             await store.aclose()
 
