@@ -206,11 +206,11 @@ async def test_a_lease_renewal_sent_before_the_ack_and_answered_after_it_leaves_
     settings = settings_allowing(hook)
     renewing, acked, renew, ack, lost = asyncio.Event(), asyncio.Event(), store.queue.renew, store.queue.ack, []
 
-    async def renew_answered_after_the_ack(consumer, entry_ids):
+    async def renew_answered_after_the_ack(consumer, entry_ids, **lease):
         if entry_ids:
             renewing.set()  # the job, held until now, ends
             await acked.wait()
-        answer = await renew(consumer, entry_ids)
+        answer = await renew(consumer, entry_ids, **lease)
         lost.extend(answer)
         return answer
 
