@@ -17,6 +17,7 @@ from typing import Any
 
 from heavy.metrics import JOBS_FINISHED
 from heavy.store import scripts
+from heavy.store.checkpoint_log import folded, is_change
 from heavy.store.connection import RedisClient
 from heavy.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, JobTakenOver
 from heavy.store.job_list import READ_BATCH, Cursor, JobList, JobPage
@@ -90,6 +91,7 @@ class JobStore:
         self._finish = redis.register_script(scripts.FINISH)
         self._append = redis.register_script(scripts.APPEND_EVENT)
         self._save_checkpoint = redis.register_script(scripts.SAVE_CHECKPOINT)
+        self._append_checkpoint = redis.register_script(scripts.APPEND_CHECKPOINT)
         self._delete = redis.register_script(scripts.DELETE)
         self._claim_callback = redis.register_script(scripts.CLAIM_CALLBACK)
         self._settle_callback = redis.register_script(scripts.SETTLE_CALLBACK)
@@ -381,14 +383,16 @@ class JobStore:
     # --- checkpoints and reports ---
 
     async def save_checkpoint(self, job_id: str, trajectory: int, data: dict[str, Any], *, owner: str = "") -> None:
-        """With `owner`, only while that worker runs the job (else JobTakenOver)."""
-        reply = await self._save_checkpoint(keys=[self.keys.job(job_id), self.keys.checkpoint(job_id, trajectory)],
-                                            args=[owner, json.dumps(data, ensure_ascii=False)])
+        """With `owner`, only while that worker runs the job (else JobTakenOver). A change (checkpoint_log.py) is
+        appended to the checkpoint saved before it; anything else replaces it."""
+        write = self._append_checkpoint if is_change(data) else self._save_checkpoint
+        reply = await write(keys=[self.keys.job(job_id), self.keys.checkpoint(job_id, trajectory)],
+                            args=[owner, json.dumps(data, ensure_ascii=False)])
         self._fenced(job_id, owner, reply)
 
     async def load_checkpoints(self, job_id: str, trajectories: int) -> dict[int, dict[str, Any]]:
         values = await self.redis.mget([self.keys.checkpoint(job_id, k) for k in range(trajectories)])
-        return {k: json.loads(v) for k, v in enumerate(values) if v}
+        return {k: folded(v) for k, v in enumerate(values) if v}
 
     async def get_report(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
         data = await self.redis.hgetall(self.keys.report(job_id))

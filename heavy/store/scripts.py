@@ -213,6 +213,12 @@ redis.call('SET', KEYS[2], ARGV[2])
 return 0
 """
 
+# KEYS: job hash, checkpoint key; ARGV: owner, a change line of its log (heavy/store/checkpoint_log.py)
+APPEND_CHECKPOINT = _HELD_BY_OWNER + """
+redis.call('APPEND', KEYS[2], '\\n' .. ARGV[2])
+return 0
+"""
+
 # KEYS: job hash, callbacks zset; ARGV: job id, lease s -> 1 when this caller may send the job's callback now: it is
 # on the set and due (never tried, or its last sender's lease ran out), and the lease is then this caller's. Times
 # are Redis's clock: a process whose clock runs ahead must not take a lease another holds.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from heavy.agent import ActionStep, Observation, Trajectory, TrajectoryResult
@@ -65,13 +65,20 @@ def state_of(trajectory: Trajectory) -> dict[str, Any]:
     """What a trajectory needs to continue after its last completed step (copies of what later steps add to: the
     stopping worker saves it again)."""
     return {
-        "kind": "state",
         "messages": list(trajectory.messages),
         "steps": [asdict(step) for step in trajectory.steps],
-        "usage": asdict(trajectory.requests.usage),
         "evidence": [asdict(source) for source in trajectory.evidence.values()],
         "excerpts": dict(trajectory.excerpts),
         "seen_calls": sorted(trajectory.seen_calls),
+        **_settings_of(trajectory),
+    }
+
+
+def _settings_of(trajectory: Trajectory) -> dict[str, Any]:
+    """The state's values a save sets whole each time (small: the rest only grows)."""
+    return {
+        "kind": "state",
+        "usage": asdict(trajectory.requests.usage),
         "best_guess": trajectory.best_guess,
         "no_progress": trajectory.no_progress,
         "answer_rejected": trajectory.answer_rejected,
@@ -81,6 +88,40 @@ def state_of(trajectory: Trajectory) -> dict[str, Any]:
         **_counted_per_estimated(trajectory),
         "context_tokens": trajectory.requests.context_tokens,
         "tool_calls": _tool_calls(trajectory),
+    }
+
+
+@dataclass
+class SavedMarks:
+    """How far a trajectory's growing state was saved: the next save is a change line of what came after
+    (heavy/store/checkpoint_log.py), so a step writes its own size, not the whole transcript again."""
+    messages: int
+    steps: int
+    evidence: dict[str, Source]
+    excerpts: dict[str, str]
+    seen_calls: set[str]
+    usage: Usage
+
+    @classmethod
+    def of(cls, trajectory: Trajectory) -> SavedMarks:
+        return cls(len(trajectory.messages), len(trajectory.steps), dict(trajectory.evidence),
+                   dict(trajectory.excerpts), set(trajectory.seen_calls), trajectory.usage)
+
+
+def change_of(trajectory: Trajectory, saved: SavedMarks) -> dict[str, Any]:
+    """What `trajectory` changed since `saved`, as a change line of its checkpoint log."""
+    return {
+        "at": {"messages": saved.messages, "steps": saved.steps},
+        "append": {
+            "messages": trajectory.messages[saved.messages:],
+            "steps": [asdict(step) for step in trajectory.steps[saved.steps:]],
+            "evidence": [asdict(source) for url, source in trajectory.evidence.items()
+                         if saved.evidence.get(url) is not source],  # restored by url: the last one stands
+            "seen_calls": sorted(trajectory.seen_calls - saved.seen_calls),
+        },
+        "update": {"excerpts": {url: text for url, text in trajectory.excerpts.items()
+                                if saved.excerpts.get(url) != text}},
+        **_settings_of(trajectory),
     }
 
 
@@ -127,7 +168,8 @@ class CheckpointedTrajectory(Trajectory):
             restore(self, saved)
         if saved:  # absent from checkpoints written before calls were saved: those count from zero
             self.executor.restore_calls(self.spec.job_id, self.spec.index, saved.get("tool_calls", {}))
-        self.checkpoint = state_of(self)  # the last state saved (or restored, or the start)
+        self.checkpoint = state_of(self)  # the state restored (or the start): what a save before any step repeats
+        self.saved: SavedMarks | None = None  # how far this run saved: None, nothing yet (the next save is whole)
         if saved and self.job_budget is not None:  # the aggregator's holds and prompts are scaled by the job's
             if saved.get("counted_per_estimated") is not None:  # None: no reply of its own showed it yet
                 self.job_budget.calibrate(saved["counted_per_estimated"])
@@ -168,9 +210,8 @@ class CheckpointedTrajectory(Trajectory):
 
     async def after_step(self) -> None:
         if self.final is None:  # an answering step is saved as the result right after
-            state = state_of(self)
-            await self.save(self.spec.index, state)
-            self.checkpoint = state
+            await self.save(self.spec.index, state_of(self) if self.saved is None else change_of(self, self.saved))
+            self.saved = SavedMarks.of(self)
 
     async def _save_spent(self) -> None:
         """The last checkpoint again, with what the trajectory spent since: a request the worker's stop or the job's
@@ -178,11 +219,13 @@ class CheckpointedTrajectory(Trajectory):
         it cut. The worker resuming the job redoes
         that step and charges the job (and its tenant) this too; the server did the work either way. Not when the
         write is refused (another worker runs the job now) or Redis does not answer within the grace."""
-        if self.usage == _usage(self.checkpoint["usage"]):
+        saved_usage = _usage(self.checkpoint["usage"]) if self.saved is None else self.saved.usage
+        if self.usage == saved_usage:
             return
+        spent = ({**self.checkpoint, "usage": asdict(self.usage)} if self.saved is None
+                 else {"update": {}, "usage": asdict(self.usage)})  # a change of the usage alone
         try:
-            await asyncio.wait_for(self.save(self.spec.index, {**self.checkpoint, "usage": asdict(self.usage)}),
-                                   SPENT_SAVE_TIMEOUT_S)
+            await asyncio.wait_for(self.save(self.spec.index, spent), SPENT_SAVE_TIMEOUT_S)
         except Exception as exc:
             log.warning("trajectory %s/%d: what its cut step spent is not charged (%s)", self.spec.job_id,
                         self.spec.index, exc)

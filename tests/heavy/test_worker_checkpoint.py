@@ -2,6 +2,7 @@
 running again, and every piece of a trajectory's mutable state is part of the checkpoint."""
 
 import asyncio
+import copy
 import json
 from dataclasses import asdict, fields
 
@@ -9,6 +10,7 @@ import pytest
 
 from heavy.agent import JobTokenBudget, StopSignal, TrajectoryLimits, TrajectorySpec
 from heavy.llm.types import Sampling, ToolCall, Usage
+from heavy.store.checkpoint_log import is_change, with_change
 from heavy.tools.base import Source, ToolExecutor, ToolLimits
 from heavy.worker.checkpoint import CheckpointedTrajectory, result_from_dict, state_of
 from tests.heavy.fakes import ScriptedBackend
@@ -21,15 +23,28 @@ SPEC = TrajectorySpec(job_id="j", index=0, question="Which module parses command
                       allowed_tools=frozenset({"search"}), sampling=Sampling(), limits=TrajectoryLimits(max_steps=4))
 # Set once from the spec and the run's wiring, not state that evolves step by step.
 WIRING = {"spec", "executor", "events", "stop", "tools", "checks", "deadline", "final", "save",
-          "saved_result", "requests", "checkpoint"}  # checkpoint: the last one saved
+          "saved_result", "requests", "checkpoint", "saved"}  # checkpoint, saved: what was restored, saved
 REQUESTS_WIRING = {"backend", "limits", "sampling", "stop", "job_budget", "prefix_key"}  # ModelRequests
+
+
+def as_loaded(saves: list[dict], data: dict) -> dict:
+    """The checkpoint Redis would give back after saving `data` (a change line: on top of the saves before it)."""
+    data = json.loads(json.dumps(data))
+    return with_change(copy.deepcopy(saves[-1]), data) if is_change(data) else data
+
+
+def as_restored(state: dict) -> dict:
+    """A saved state as restoring reads it: its sources by url (a later one in a change line replaces the earlier
+    one, in its place), the calls seen as a set."""
+    return {**state, "evidence": list({s["url"]: s for s in state["evidence"]}.values()),
+            "seen_calls": sorted(state["seen_calls"])}
 
 
 def trajectory(saved=None, backend=None, budget=None, tools=None):
     saves = []
 
     async def save(k, data):
-        saves.append(json.loads(json.dumps(data)))  # what Redis would give back
+        saves.append(as_loaded(saves, data))
     made = CheckpointedTrajectory(SPEC, backend or ScriptedBackend(researcher), tools or executor(), save=save,
                                   saved=saved, job_budget=budget)
     return made, saves
@@ -67,7 +82,7 @@ async def test_a_restored_state_continues_where_the_saved_one_stopped():
 
     backend, budget = ScriptedBackend(researcher), JobTokenBudget(10_000)
     resumed, resumed_saves = trajectory(saved=after_two_steps, backend=backend, budget=budget)
-    assert json.loads(json.dumps(state_of(resumed))) == after_two_steps
+    assert json.loads(json.dumps(state_of(resumed))) == as_restored(after_two_steps)
     again = await resumed.run()
     assert [step_of(r) for r in backend.requests] == [2]  # only the step after the checkpoint ran
     assert again.answer == result.answer and len(again.steps) == 3
@@ -174,7 +189,7 @@ async def test_a_trajectory_cut_by_its_workers_stop_saves_its_last_checkpoint_ag
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
-    assert resumed_saves == [{**saves[1], "usage": asdict(Usage(**saves[1]["usage"]) + cut)}]
+    assert resumed_saves == [{**as_restored(saves[1]), "usage": asdict(Usage(**saves[1]["usage"]) + cut)}]
 
 
 async def test_a_trajectory_a_stop_cut_saves_its_last_checkpoint_again_with_what_the_cut_request_spent():
@@ -186,7 +201,7 @@ async def test_a_trajectory_a_stop_cut_saves_its_last_checkpoint_again_with_what
     saves, stop = [], StopSignal()
 
     async def save(k, data):
-        saves.append(json.loads(json.dumps(data)))
+        saves.append(as_loaded(saves, data))
     made = CheckpointedTrajectory(SPEC, backend, executor(), save=save, stop=stop)
     run = asyncio.create_task(made.run())
     while not any(step_of(request) for request in backend.requests):
