@@ -9,6 +9,7 @@ usage a server did not report.
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import accumulate
 
 from heavy.llm.types import Completion, ContextLengthError, Message, Meter, Usage
 
@@ -20,10 +21,20 @@ CUT = "\n[cut to fit the context]"
 
 
 def estimate_tokens(messages: list[Message], tools: list[dict] | None = None) -> int:
-    chars = sum(len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or ""))
-                + len(m.get("reasoning_content") or "") for m in messages)
-    chars += len(str(tools)) if tools else 0
-    return chars // CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS * len(messages)
+    return _tokens(sum(map(_chars, messages)) + _tools_chars(tools), len(messages))
+
+
+def _chars(message: Message) -> int:
+    return (len(str(message.get("content") or "")) + len(str(message.get("tool_calls") or ""))
+            + len(message.get("reasoning_content") or ""))
+
+
+def _tools_chars(tools: list[dict] | None) -> int:
+    return len(str(tools)) if tools else 0
+
+
+def _tokens(chars: int, messages: int) -> int:
+    return chars // CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS * messages
 
 
 def with_usage(completion: Completion, prompt: list[Message], tools: list[dict] | None) -> Completion:
@@ -78,26 +89,43 @@ def fit_context(messages: list[Message], tools: list[dict] | None, max_prompt_to
     outgrow the window), then the tail of the newest output. The messages before the first step (the system prompt
     and the question) always stay; if they alone do not fit, the prompt goes over and the backend refuses it."""
     fitted = [dict(m) for m in messages]
+    # the estimate is kept as messages change, not counted again over the whole prompt for each one a long run
+    # drops (hundreds of steps: O(steps²) a request)
+    sizes = [_chars(m) for m in fitted]
+    chars = sum(sizes) + _tools_chars(tools)
+
+    def fits() -> bool:
+        return _tokens(chars, len(fitted)) <= max_prompt_tokens
+
+    def changed(i: int) -> None:
+        nonlocal chars
+        chars += _chars(fitted[i]) - sizes[i]
+        sizes[i] = _chars(fitted[i])
+
     tool_turns = [i for i, m in enumerate(fitted) if m["role"] == "tool"]
     for i in tool_turns[:-1]:
-        if estimate_tokens(fitted, tools) <= max_prompt_tokens:
+        if fits():
             return fitted
         fitted[i]["content"] = DROPPED
+        changed(i)
     reasoned = [i for i, m in enumerate(fitted) if m.get("reasoning_content")]
     for i in reasoned[:-1]:
-        if estimate_tokens(fitted, tools) <= max_prompt_tokens:
+        if fits():
             return fitted
         if fitted[i].get("tool_calls"):  # Moonshot refuses a call turn without its reasoning (400)
             fitted[i]["reasoning_content"] = REASONING_DROPPED
         else:
             del fitted[i]["reasoning_content"]
+        changed(i)
     steps = [i for i, m in enumerate(fitted) if m["role"] == "assistant"]  # a step: its call, then its results
-    whole = fitted
+    whole, whole_chars = fitted, chars
+    before = list(accumulate(sizes, initial=0))  # before[i]: the characters of the messages before i
     for start in steps[1:]:
-        if estimate_tokens(fitted, tools) <= max_prompt_tokens:
+        if fits():
             return fitted
         fitted = whole[:steps[0]] + whole[start:]
-    excess = estimate_tokens(fitted, tools) - max_prompt_tokens
+        chars = whole_chars - (before[start] - before[steps[0]])
+    excess = _tokens(chars, len(fitted)) - max_prompt_tokens
     newest = next((m for m in reversed(fitted) if m["role"] == "tool"), None)
     if excess > 0 and newest is not None:  # even the newest output is too long: keep its head
         keep = max(0, len(newest["content"]) - excess * CHARS_PER_TOKEN - len(CUT))

@@ -149,6 +149,32 @@ def test_fit_context_drops_whole_oldest_steps_when_their_calls_alone_overflow():
     assert called == [m["tool_call_id"] for m in fitted if m["role"] == "tool"]  # each call with its result
 
 
+class CountedText(str):
+    """A message's text that counts how often the estimate reads it (str() of it)."""
+    reads = 0
+
+    def __str__(self) -> str:
+        self.reads += 1
+        return str.__str__(self)
+
+
+def test_fit_context_reads_each_message_of_a_long_run_a_few_times_not_once_per_output_it_drops():
+    """A trajectory of 300 steps: each output dropped was followed by an estimate of the whole prompt again,
+    O(steps²) per request and O(steps³) over the trajectory."""
+    messages = [{"role": "system", "content": CountedText("s" * 600)}, {"role": "user", "content": "Question: q"}]
+    for i in range(300):
+        call = {"id": f"c{i}", "type": "function", "function": {"name": "search", "arguments": f'{{"query": "q{i}"}}'}}
+        messages += [{"role": "assistant", "content": CountedText(f"step {i}"), "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": f"c{i}", "content": CountedText(f"page {i} " * 1000)}]
+    fitted = fit_context(messages, [SEARCH], max_prompt_tokens=8000)
+    assert estimate_tokens(fitted, [SEARCH]) <= 8000
+    kept = [i for i, m in enumerate(fitted) if m["role"] == "tool" and m["content"] != DROPPED]
+    again = [dict(m) for m in fitted]
+    again[kept[0] - 2]["content"] = messages[kept[0] - 2]["content"]  # the newest output dropped: it did not fit
+    assert estimate_tokens(again, [SEARCH]) > 8000
+    assert max(m["content"].reads for m in messages if isinstance(m["content"], CountedText)) <= 3
+
+
 @pytest.mark.parametrize(("answer", "kept"), [
     ("Python reference: Compound statements\nURL: http://127.0.0.1:41767/doc/22\n… A break ends the loop.",
      "A break ends the loop."),  # seen in the demo: an open_page header without its "# "
