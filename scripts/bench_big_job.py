@@ -8,10 +8,10 @@ steps do.
 
 What it measures: the worker's writes to Redis (checkpoints and events: count, bytes, the largest), the prompt
 fitting's time per step, the worker's peak memory; Redis's memory for the job's keys and its AOF; the job record,
-report and list answers; a replay of every event over SSE from the start (time to the last event, the API's
-memory); the CLI board fed every event; what the aggregator was given. Each length runs in a process of its own
-(`--case N`), so peak memory is its own. The model's tool-call caps are raised for the run: at the default (20 per
-tool and trajectory, shared by the job) a trajectory runs out of calls long before 300 steps.
+report and list answers; a replay of every event over SSE from the start (time to the last event, the API's memory);
+the CLI board fed every event (drawn after the first and last 100); what the aggregator was given. Each length runs in
+a process of its own (`--case N`), so peak memory is its own. The model's tool-call caps are raised for the run: at
+the default (20 per tool and trajectory, shared by the job) a trajectory runs out of calls long before 300 steps.
 """
 
 from __future__ import annotations
@@ -226,12 +226,17 @@ async def measure(steps: int, trajectories: int, redis_url: str, base: str, api_
         out["API peak RSS MB (after replay)"] = peak_rss_mb(api_pid)
 
         board, console = LiveBoard(trajectories), Console(file=StringIO(), width=120)
-        started = time.perf_counter()
-        for data in replayed:
-            with suppress(ValueError):
+        drawn = {"first": [], "last": []}  # ms to draw the board after each of the first and last 100 events
+        for n, data in enumerate(replayed):
+            with suppress(ValueError):  # an event this code does not know
                 board.apply(event_from_dict(data))
+            part = "first" if n < 100 else "last" if n >= len(replayed) - 100 else None
+            if part:
+                started = time.perf_counter()
                 console.print(board.render())
-        out["CLI board s (render each event)"] = time.perf_counter() - started
+                drawn[part].append((time.perf_counter() - started) * 1000)
+        for part, times in drawn.items():
+            out[f"CLI board ms a draw ({part} 100)"] = sum(times) / max(1, len(times))
     await store.aclose()
     return out
 
@@ -262,7 +267,7 @@ def main() -> None:
     results = []
     for steps in lengths:
         case = subprocess.run([sys.executable, __file__, "--case", str(steps), "--trajectories",
-                               str(args.trajectories)], capture_output=True, text=True, check=True)
+                               str(args.trajectories)], stdout=subprocess.PIPE, text=True, check=True)
         results.append(json.loads(case.stdout.strip().splitlines()[-1]))
     print(f"{'':>34}" + "".join(f"{f'{n} steps':>14}" for n in lengths) + f"{'ratio':>10}")
     for name in results[0]:
