@@ -195,10 +195,10 @@ class JobStore:
     async def finish(self, job: JobRecord, status: str, *, allowed: tuple[str, ...] = ACTIVE, tokens: int = 0,
                      event: dict[str, Any] | None = None, report: tuple[str, dict[str, Any]] | None = None,
                      owner: str = "", **fields: Any) -> None:
-        """Move the job to a terminal status, release its concurrency slot, record its tokens and charge them to
-        the tenant; its keys expire after the retention from now on. Its terminal `event` and `report` (Markdown,
-        JSON), when given, are written in the same step. With `owner`, only while that worker holds the job
-        (JobTakenOver when another took it over)."""
+        """Move the job to a terminal status, release its concurrency slot, record its tokens and charge them to the
+        tenant; its keys expire after the retention from now on, but its checkpoints, deleted now. Its terminal `event`
+        and `report` (Markdown, JSON), when given, are written in the same step. With `owner`, only while that worker
+        holds the job (JobTakenOver when another took it over)."""
         now = time.time()
         k = self.keys
         markdown, result = report or ("", None)

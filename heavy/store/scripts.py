@@ -151,6 +151,9 @@ for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 reindex(8, KEYS[1], ARGV[1], status, redis.call('HGET', KEYS[1], 'status'))
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[parts + 1], 'markdown', ARGV[6], 'json', ARGV[7]) end
+-- the checkpoints (after the report, before the appends) only resume a job that runs: each holds a trajectory's
+-- whole transcript (every page it read), megabytes for a long one, which the retention would keep for nothing
+for i = parts + 2, #KEYS - 1 do redis.call('DEL', KEYS[i]) end
 if ARGV[5] ~= '' then
   local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
   redis.call('XADD', KEYS[parts], '0-' .. seq, 'seq', seq, 'event', ARGV[5])

@@ -54,7 +54,7 @@ async def test_a_read_of_several_jobs_ends_when_woken_even_before_it_began_and_o
     assert {job: [event["type"] for event in events] for job, events in batches.items()} == {job_id: ["job_started"]}
 
 
-async def test_checkpoints_and_report_round_trip(store):
+async def test_checkpoints_and_report_round_trip_and_the_checkpoints_go_when_the_job_ends(store):
     job = await submit(store)
     await store.jobs.save_checkpoint(job.id, 1, {"kind": "state", "steps": [1, 2]})
     assert await store.jobs.load_checkpoints(job.id, 2) == {1: {"kind": "state", "steps": [1, 2]}}
@@ -63,6 +63,8 @@ async def test_checkpoints_and_report_round_trip(store):
                             event={"type": "report_ready", "job_id": job.id})
     assert await store.jobs.get_report(job.id) == ("# Report", {"answer": "blue"})
     assert [e["type"] for e in await store.jobs.read_events(job.id)] == ["report_ready"]
+    # a trajectory's checkpoint holds all it read: kept for the retention, a long job's took megabytes for nothing
+    assert await store.jobs.load_checkpoints(job.id, 2) == {}
 
 
 async def test_a_workers_writes_of_a_job_another_took_over_or_that_ended_change_nothing(store):
