@@ -206,6 +206,8 @@ async def measure(steps: int, trajectories: int, redis_url: str, base: str, api_
         out["redis events MB"] = usage[1] / 1e6
         out["redis used MB"] = info["used_memory"] / 1e6
         out["AOF MB"] = info.get("aof_current_size", 0) / 1e6
+        out["AOF rewrites"] = info.get("aof_rewrites", 0)
+        out["MB sent to Redis"] = info["total_net_input_bytes"] / 1e6
 
         for name, path in (("job record KB", f"/v1/jobs/{job['id']}"), ("report KB", f"/v1/jobs/{job['id']}/report"),
                            ("job list KB", "/v1/jobs")):
