@@ -37,7 +37,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.store = Store.connect(settings.redis_url, settings)
         app.state.event_hub = EventHub(app.state.store)
         app.state.open_streams = OpenStreams(app.state.store.streams, settings.tenant_max_streams)
-        await app.state.store.queue.ensure_group()
+        # no Redis I/O here: started while Redis is down, the API serves /healthz, and 503 with Retry-After (and
+        # /readyz 503) until it is back, rather than exit and be restarted in a loop. The queue's group is the
+        # workers' to make: made from the stream's start, it holds the jobs submitted before it.
         try:
             yield
         finally:

@@ -90,9 +90,9 @@ class Worker:
         self.lease_ms = int(settings.worker_lease_s * 1000)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Claim and run jobs until `stop` is set; running jobs are then left to be resumed."""
+        """Claim and run jobs until `stop` is set; running jobs are then left to be resumed. A Redis unreachable at the
+        start is waited for as the claim loop waits for it: a worker pod started during an outage does not exit."""
         stop = stop or asyncio.Event()
-        await self.store.queue.ensure_group()
         async with served(self.settings.api_host, self.settings.worker_metrics_port):
             await self._run(stop)
 
@@ -100,6 +100,7 @@ class Worker:
         renewer = asyncio.create_task(self._renew_leases(stop))
         sweeper = asyncio.create_task(self._sweep(stop))
         log.info("worker %s started", self.name)
+        failing = False  # the claims failing since the last that went through: an outage is logged once
         try:
             while not stop.is_set():
                 raise_lost_cancel()
@@ -110,11 +111,16 @@ class Worker:
                     continue
                 try:
                     claims = await self._claim(free)
-                except Exception as exc:  # Redis down past the store's retries, or back empty: keep the worker alive
-                    log.warning("claiming jobs failed (%s: %s); trying again", type(exc).__name__, exc)
+                except Exception as exc:  # Redis down past the store's retries: keep the worker alive
+                    log.log(logging.DEBUG if failing else logging.WARNING, "claiming jobs failed (%s: %s); trying "
+                            "again every %g s until Redis answers", type(exc).__name__, exc, CLAIM_RETRY_S)
+                    failing = True
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), CLAIM_RETRY_S)
                     continue
+                if failing:
+                    log.info("claiming jobs again: Redis answers")
+                    failing = False
                 for claim in claims:
                     if claim.entry_id in self.running:  # our own job, idle while this loop stalled: keep running
                         continue
@@ -136,9 +142,12 @@ class Worker:
             claims = await self.store.queue.claim_abandoned(self.name, lease_ms=self.lease_ms, count=count)
             return claims or await self.store.queue.claim_new(self.name, count=count, block_ms=CLAIM_BLOCK_MS)
         except ResponseError as exc:
-            if "NOGROUP" in str(exc):  # a Redis restarted without its data (no AOF): the queue starts again
-                await self.store.queue.ensure_group()
-            raise
+            if "NOGROUP" not in str(exc):
+                raise
+        # no queue yet (a new store), or a Redis restarted without its data (no AOF): made here, where an outage is
+        # waited for, then claimed from at once
+        await self.store.queue.ensure_group()
+        return []
 
     async def run_until_signalled(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
         """`run` until one of `signals` arrives (Kubernetes stops a pod with SIGTERM): the worker then stops
