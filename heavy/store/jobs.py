@@ -279,8 +279,8 @@ class JobStore:
             keys=[self.keys.job(job_id), self.keys.tenant_jobs(tenant), self.keys.tenant_expiring(tenant),
                   *self.keys.tenant_status_indexes(tenant), *self.keys.job_parts(job_id, job.trajectories)],
             args=[job_id, tenant, ",".join(TERMINAL)])
-        if outcome == "missing":
-            raise JobNotFound(f"no job {job_id!r}")
+        # "missing" here: gone since the read above (by this very call, retried by the client after its reply was
+        # lost; or by another delete or its retention), as asked: no 404 for a delete that succeeded
         if outcome == "refused":
             raise InvalidTransition(f"job {job_id} is {status}; cancel it before deleting it")
 
@@ -288,7 +288,7 @@ class JobStore:
         """True for the one caller that may send the job's callback for the next `lease_s` seconds (the process
         that ended the job, or after that lease any sweeping worker), False for the others."""
         return bool(await self._claim_callback(keys=[self.keys.job(job_id), self.keys.callbacks],
-                                               args=[job_id, lease_s]))
+                                               args=[job_id, lease_s, uuid.uuid4().hex]))  # the claim's id
 
     async def settle_callback(self, job_id: str, outcome: str) -> None:
         """The callback went (or was given up): off the set, its outcome the job's `callback_status`."""

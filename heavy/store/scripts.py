@@ -105,11 +105,15 @@ return {'ok', status}
 # KEYS: job hash, jobs stream, awaiting zset, tenant hash, tenant active set, tenant held set, the tenant's status
 # sets; ARGV: now, default max
 # jobs, default max tokens, the job's token budget -> awaiting_approval becomes queued and is enqueued, with its slot
-# and grant taken (a tenant at its limit is refused: approve again once one of its jobs has ended)
+# and grant taken (a tenant at its limit is refused: approve again once one of its jobs has ended). A job approved at
+# this call's `now` was approved by this very call, retried by the client after its reply was lost: done.
 APPROVE = _REINDEX + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
-if status ~= 'awaiting_approval' then return {'refused', status} end
+if status ~= 'awaiting_approval' then
+  if redis.call('HGET', KEYS[1], 'approved') == ARGV[1] then return {'ok', 'awaiting_approval'} end
+  return {'refused', status}
+end
 local tenant, active, job, job_id = KEYS[4], KEYS[5], KEYS[1], redis.call('HGET', KEYS[1], 'id')
 local default_jobs, default_tokens, budget = ARGV[2], ARGV[3], tonumber(ARGV[4])
 if redis.call('HEXISTS', job, 'token_grant') == 0 then  -- a job held before this rule took both at submission
@@ -222,20 +226,25 @@ redis.call('APPEND', KEYS[2], '\\n' .. ARGV[2])
 return 0
 """
 
-# KEYS: job hash, callbacks zset; ARGV: job id, lease s -> 1 when this caller may send the job's callback now: it is
-# on the set and due (never tried, or its last sender's lease ran out), and the lease is then this caller's. Times
-# are Redis's clock: a process whose clock runs ahead must not take a lease another holds.
+# KEYS: job hash, callbacks zset; ARGV: job id, lease s, the claim's id -> 1 when this caller may send the job's
+# callback now: it is on the set and due (never tried, or its last sender's lease ran out), and the lease is then this
+# caller's; or the lease is this very claim's, retried by the client after its reply was lost. Times are Redis's
+# clock: a process whose clock runs ahead must not take a lease another holds.
 CLAIM_CALLBACK = """
 local time = redis.call('TIME')
 local now = time[1] + time[2] / 1000000
 local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not due or tonumber(due) > now then return 0 end
+if not due then return 0 end
+if tonumber(due) > now then
+  if redis.call('HGET', KEYS[1], 'callback_claim') == ARGV[3] then return 1 end
+  return 0
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then  -- deleted or expired: nothing to tell
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('HSET', KEYS[1], 'callback_status', 'sending')
+redis.call('HSET', KEYS[1], 'callback_status', 'sending', 'callback_claim', ARGV[3])
 return 1
 """
 
