@@ -50,10 +50,13 @@ class Store:
         # too: the command did not run, and each retry is on a new connection, so after a failover without Sentinel
         # that moved the address (a DNS name, a virtual IP) it reaches the new primary; a pooled connection to the
         # demoted one would otherwise answer READONLY for ever. (Sentinel's connections do the same themselves.)
+        # No health checks: a pooled connection broken while idle fails its command, which is retried on a new one;
+        # and redis-py nests a health check's retries in each reconnect's, so a listener that accepts and closes (a
+        # proxy or load balancer before a Redis that is down) hung a command for minutes instead of failing it.
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RECONNECT_RETRIES)
-        redis = redis_client(url, pool_wait_s=POOL_WAIT_S, decode_responses=True, health_check_interval=30,
-                             retry=retry, retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError,
-                                                          redis_errors.ReadOnlyError])
+        redis = redis_client(url, pool_wait_s=POOL_WAIT_S, decode_responses=True, retry=retry,
+                             retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError,
+                                             redis_errors.ReadOnlyError])
         limits = dict(default_max_jobs=settings.tenant_max_jobs, default_max_tokens=settings.tenant_max_tokens)
         jobs = JobStore(redis, keys, retention_s=settings.job_retention_s,
                         approval_window_s=settings.approval_window_s, max_held_jobs=settings.tenant_max_held_jobs,

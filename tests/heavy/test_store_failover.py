@@ -1,12 +1,15 @@
 """The store's client between it and Redis, through a loopback proxy (tests/heavy/redis_proxy.py): after a failover
 without Sentinel that moves the address to the new primary, connections pooled to the demoted one are dropped, not
-kept failing with READONLY; a write whose reply the network lost, and which the client retries, is made once."""
+kept failing with READONLY; a write whose reply the network lost, and which the client retries, is made once; a
+listener that accepts and closes (Redis down behind a proxy) fails commands rather than hanging them."""
 
+import asyncio
 import contextlib
 import socket
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError
 
 from heavy.config import Settings
 from heavy.embedded_redis import EmbeddedRedis
@@ -16,6 +19,7 @@ from tests.heavy.redis_proxy import RedisProxy
 from tests.heavy.worker_helpers import JOB, submit_job
 
 pytestmark = pytest.mark.anyio
+HANG_S = 30  # a bound on a command that should fail within a second: past it, it hangs
 
 
 @contextlib.contextmanager
@@ -106,3 +110,18 @@ async def test_a_finish_whose_reply_was_lost_is_not_refused_as_one_of_a_job_alre
                 await store.aclose()
     assert network.lose_reply_to is None  # the reply was lost
     assert ended.status == DONE
+
+
+async def test_a_listener_that_accepts_and_closes_fails_commands_within_the_stores_retries(
+        tmp_path_factory, redis_server, key_prefix, monkeypatch):
+    """A proxy or load balancer before a Redis that is down accepts each connection and closes it: the command must
+    fail (store_unreachable: the run stops, the claim loop waits, the API answers 503), not hang."""
+    monkeypatch.setattr("heavy.store.RECONNECT_RETRIES", 2)
+    async with RedisProxy(tmp_path_factory.mktemp("proxy") / "redis.sock", redis_server.socket_path) as network:
+        network.set_cut(True)  # connections accepted and closed at once
+        store = Store.connect(network.url, Settings(), Keys(key_prefix))
+        try:
+            with pytest.raises(ConnectionError):  # not TimeoutError: hung past a bound 100 times what it takes
+                await asyncio.wait_for(store.ping(), HANG_S)
+        finally:
+            await store.aclose()
