@@ -45,7 +45,8 @@ class Keys:
         return f"{self.job(job_id)}:report"
 
     def appends(self, job_id: str) -> str:
-        """Hash append id -> seq: the job's events appended, so a retried append is not written twice."""
+        """Hash append id -> seq: the job's events appended, so a retried append is not written twice (gone within
+        scripts.APPEND_IDS_TTL_MS of the last append)."""
         return f"{self.job(job_id)}:appends"
 
     def job_parts(self, job_id: str, trajectories: int) -> list[str]:

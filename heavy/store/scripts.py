@@ -197,7 +197,10 @@ end
 
 # KEYS: job hash, events stream, appends hash; ARGV: owner, now, event JSON without its seq (the script numbers it),
 # the append's id. An append that ran already (its reply lost with the connection, and the client retrying it)
-# answers the seq it took, rather than write the event twice.
+# answers the seq it took, rather than write the event twice. A retry comes seconds later, so the append ids go by
+# themselves within APPEND_IDS_TTL_MS of the last append (sooner with an ended job): a worker or API older than
+# them, ending or deleting the job in a rolling update or a rollback, names no appends key, which kept it for ever.
+APPEND_IDS_TTL_MS = 3_600_000
 APPEND_EVENT = """
 local appended = redis.call('HGET', KEYS[3], ARGV[4])
 if appended then return tonumber(appended) end
@@ -207,10 +210,9 @@ redis.call('HSET', KEYS[1], 'updated', ARGV[2])
 redis.call('XADD', KEYS[2], '0-' .. seq, 'seq', seq, 'event', ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[4], seq)
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then -- an event after the end (a stream begun then too) goes with it
-  redis.call('PEXPIRE', KEYS[2], ttl)
-  redis.call('PEXPIRE', KEYS[3], ttl)
-end
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end -- an event after the end (a stream begun then too) goes with it
+""" + f"""
+redis.call('PEXPIRE', KEYS[3], (ttl > 0 and ttl < {APPEND_IDS_TTL_MS}) and ttl or {APPEND_IDS_TTL_MS})
 return seq
 """
 

@@ -7,8 +7,9 @@ import contextlib
 
 import pytest
 
-from heavy.store import JobNotFound, JobStore, JobTakenOver
+from heavy.store import JobNotFound, JobStore, JobTakenOver, scripts
 from heavy.store import jobs as jobs_module
+from heavy.store.keys import Keys
 from heavy.store.records import AGGREGATING, DONE, FAILED, QUEUED, RUNNING
 from tests.heavy.test_store import redis_url, submit  # noqa: F401 (redis_url: the fixture `store` runs on)
 from tests.heavy.worker_helpers import wait_for
@@ -95,6 +96,24 @@ async def test_a_workers_writes_of_a_job_another_took_over_or_that_ended_change_
     assert await store.redis.exists(jobs.keys.checkpoint(job.id, 0)) == 0
     with pytest.raises(JobNotFound):
         await jobs.save_checkpoint("nope", 0, {}, owner="w1")
+
+
+async def test_a_jobs_append_ids_go_by_themselves_though_an_older_worker_ends_it_and_an_older_api_deletes_it(
+        store, monkeypatch):
+    """The append ids answer a retried append, seconds after it. A worker or API older than them (a rolling update,
+    a rollback) ends and deletes a job by keys that do not name them: they stayed in Redis for ever."""
+    jobs = JobStore(store.redis, store.jobs.keys, retention_s=60.0)
+    job, _ = await jobs.submit("acme", question="q", mode="report", params={"trajectories": 1})
+    await jobs.append_event(job.id, {"type": "job_started"})
+    appends = jobs.keys.appends(job.id)
+    assert 0 < await store.redis.pttl(appends) <= scripts.APPEND_IDS_TTL_MS
+    parts = Keys.job_parts
+    monkeypatch.setattr(Keys, "job_parts", lambda keys, job_id, trajectories: [  # as before the append ids
+        key for key in parts(keys, job_id, trajectories) if key != keys.appends(job_id)])
+    await jobs.finish(job, DONE)
+    await jobs.delete(job.id, "acme")
+    assert await store.redis.exists(jobs.keys.job(job.id)) == 0
+    assert 0 < await store.redis.pttl(appends) <= scripts.APPEND_IDS_TTL_MS
 
 
 async def test_queue_lease_renewal_and_claim_of_a_dead_workers_entry(store):
