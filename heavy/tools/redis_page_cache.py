@@ -38,8 +38,10 @@ class RedisPageCache:
     @classmethod
     def connect(cls, url: str, *, ttl_s: float, max_bytes: int, keys: Keys | None = None) -> RedisPageCache:
         """A cache with a client of its own over `url`; no I/O until first use. Close it with `aclose()`."""
+        # READONLY is retried on a new connection, as the store's is (heavy/store/__init__.py): after a failover that
+        # moved the address, connections pooled to the demoted primary refused every put
         redis = redis_client(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
-                             retry=Retry(NoBackoff(), RETRIES))
+                             retry=Retry(NoBackoff(), RETRIES), retry_on_error=[redis_errors.ReadOnlyError])
         return cls(redis, ttl_s=ttl_s, max_bytes=max_bytes, keys=keys)
 
     async def get(self, url: str) -> Page | None:

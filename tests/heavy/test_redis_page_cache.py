@@ -14,6 +14,8 @@ from heavy.tools.page_cache import Page
 from heavy.tools.redis_page_cache import RedisPageCache
 from heavy.tools.ssrf import AllowedTarget, SsrfGuard
 from tests.heavy.loopback_server import LoopbackServer, html_page
+from tests.heavy.redis_proxy import RedisProxy
+from tests.heavy.test_store_failover import demote, own_redis
 from tests.net import free_port
 
 pytestmark = pytest.mark.anyio
@@ -85,6 +87,22 @@ async def test_a_stopped_redis_makes_get_miss_and_put_return(tmp_path):
         await cache.put(page())  # logged, not raised
     finally:
         await cache.aclose()
+
+
+async def test_a_cache_whose_address_a_failover_moved_puts_its_pages_on_the_new_primary(tmp_path_factory, key_prefix):
+    """A failover without Sentinel that moves the address (a DNS name, a virtual IP): connections pooled to the
+    demoted primary answered READONLY to every put for as long as the worker ran, so no page was shared again."""
+    with own_redis(tmp_path_factory, "old") as old, own_redis(tmp_path_factory, "new") as new:
+        async with RedisProxy(tmp_path_factory.mktemp("proxy") / "redis.sock", old.socket_path) as address:
+            cache = connect(address.url, key_prefix)
+            try:
+                await cache.put(page("https://example.org/before"))  # a connection to the old primary, pooled
+                await demote(old)
+                address.upstream = new.socket_path
+                await cache.put(page())
+                assert await cache.get(URL) == page()
+            finally:
+                await cache.aclose()
 
 
 async def test_open_page_over_a_closed_redis_port_still_fetches():
