@@ -112,6 +112,15 @@ def git_repository(top, worktree_of=None):
     (top / ".git").write_text(f"gitdir: {os.path.relpath(own, top)}\n")
 
 
+def user_home(tmp_path, monkeypatch):
+    """A home of the test's own, whose git config and excludes file are the ones git reads (none yet)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    return home
+
+
 def found(root):
     listed = find_files(root)
     return sorted(str(file.relative_to(root)) for file in listed.files), [name for name, _ in listed.ignored]
@@ -120,10 +129,7 @@ def found(root):
 def test_a_repositorys_info_exclude_and_the_users_global_excludes_are_read_as_git_reads_them(tmp_path, monkeypatch):
     # what a user keeps out of git without a .gitignore (info/exclude, their global excludes file: editor backups)
     # was indexed; git reads both below the .gitignore files, the global one from the user's own config only
-    home, repo = tmp_path / "home", tmp_path / "repo"
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    home, repo = user_home(tmp_path, monkeypatch), tmp_path / "repo"
     git_repository(repo)
     files = {"run.md": NOTE.format("Run"), "scratch/idea.md": NOTE.format("Idea"), "old.bak.md": NOTE.format("Old"),
              "keep.bak.md": NOTE.format("Kept"), ".gitignore": "!keep.bak.md\n"}  # a .gitignore outranks both
@@ -154,10 +160,7 @@ def test_a_repositorys_info_exclude_and_the_users_global_excludes_are_read_as_gi
 def test_an_info_exclude_is_not_read_through_a_link_and_the_users_own_files_are(tmp_path, monkeypatch):
     # a folder added may bring its own .git: its info/exclude is read as its .gitignore files are (not through a
     # link, which could name /dev/zero); the user's global file is theirs, often linked by a dotfiles manager
-    home, repo = tmp_path / "home", tmp_path / "repo"
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    home, repo = user_home(tmp_path, monkeypatch), tmp_path / "repo"
     git_repository(repo)
     write(repo, {"run.md": NOTE.format("Run"), "old.bak.md": NOTE.format("Old")})
     write(tmp_path / "dotfiles", {"gitignore": "*.bak.md\n", "exclude": "run.md\n"})
