@@ -12,8 +12,9 @@ the receiver's Retry-After, up to 8 s) on connection errors, 408, 429 and 5xx; t
 
 Delivery is at least once. Ending the job puts it on a Redis set of due callbacks in the same atomic step; the
 process that ended it (a worker, or the API for a queued job it cancelled) claims it for a lease longer than all its
-tries take and settles it when done. Workers sweep the set: a callback whose sender died (lease run out) is sent
-again by whichever worker claims it first. A receiver can therefore see a job twice; the job id tells them apart.
+tries take and settles it when done. Workers sweep the set (heavy/worker/callbacks.py): a callback whose sender died
+(lease run out) is sent again by whichever worker claims it first. A receiver can therefore see a job twice; the job
+id tells them apart.
 """
 
 from __future__ import annotations
@@ -117,13 +118,6 @@ def _logged(outcome: str, url: str) -> str:
     for spelling in (url, str(parsed)):
         outcome = outcome.replace(spelling, origin)
     return outcome
-
-
-async def sweep(jobs: JobStore, settings: Settings, guard: SsrfGuard | None = None) -> int:
-    """Send the callbacks nobody holds (their sender died before settling them); how many this call sent."""
-    guard = guard or webhook_guard(settings)
-    outcomes = await asyncio.gather(*(deliver(jobs, job_id, settings, guard) for job_id in await jobs.due_callbacks()))
-    return sum(outcome is not None for outcome in outcomes)
 
 
 async def _post(job: JobRecord, settings: Settings, guard: SsrfGuard) -> str:

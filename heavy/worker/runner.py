@@ -32,7 +32,7 @@ from heavy.scheduler import JobControl, JobSpec, Scheduler, trajectory_limits
 from heavy.store import Claim, InvalidTransition, JobNotFound, JobRecord, JobTakenOver, Store
 from heavy.store.records import AGGREGATING, CANCELLED, FAILED, QUEUED, RUNNING
 from heavy.tools.base import ToolExecutor
-from heavy.webhooks import deliver, sweep
+from heavy.worker.callbacks import Callbacks
 from heavy.worker.checkpoint import SPENT_SAVE_TIMEOUT_S, CheckpointedTrajectory
 from heavy.worker.sink import RedisEventSink, store_unreachable
 
@@ -85,7 +85,8 @@ class Worker:
         self.aggregation = aggregation or AggregationConfig.from_settings(settings)
         self.running: dict[str, asyncio.Task] = {}  # stream entry id -> job task
         self.job_ids: dict[str, str] = {}  # stream entry id -> its job's, for the lines logged about the entry
-        self.acked: set[str] = set()  # entries of `running` acknowledged (their callback is being sent): no lease
+        self.acked: set[str] = set()  # entries of `running` acknowledged (their task ending): no lease
+        self.callbacks = Callbacks(store.jobs, settings)  # ended jobs' callbacks, out beside the jobs' slots
         self.stopping = False  # set when run() is asked to stop: its jobs' tasks are cancelled by a stop, not a death
         self.lease_ms = int(settings.worker_lease_s * 1000)
 
@@ -135,6 +136,7 @@ class Worker:
             for task in list(self.running.values()):
                 task.cancel()
             await asyncio.gather(renewer, sweeper, *self.running.values(), return_exceptions=True)
+            await self.callbacks.aclose()  # after the jobs' tasks, which start them: those cut off stay due
             log.info("worker %s stopped", self.name)
 
     async def _claim(self, count: int) -> list[Claim]:
@@ -173,22 +175,21 @@ class Worker:
                 log.exception("lease renewal failed")
                 continue
             for entry_id in lost:  # stalled past the lease: another worker runs the job now
-                if entry_id in self.acked:  # or acknowledged while this renewal was out: ours, done
-                    continue
+                task = self.running.get(entry_id)
+                if task is None or entry_id in self.acked:  # or acknowledged (its task maybe ended) while this
+                    continue  # renewal was out: ours, done
                 job_id = self.job_ids.get(entry_id)
                 with logging_about(job_id=job_id):
                     log.warning("job %s was taken over by another worker (its queue entry %s); stopping our run of "
                                 "it", job_id, entry_id)
-                task = self.running.get(entry_id)
-                if task is not None:
-                    task.cancel()
+                task.cancel()
 
     async def _sweep(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             raise_lost_cancel()
             try:
-                if sent := await sweep(self.store.jobs, self.settings):
-                    log.info("sent %d callback(s) another process had left", sent)
+                if sent := await self.callbacks.send_due():
+                    log.info("sending %d due callback(s) no process holds", sent)
                 if expired := await self.store.jobs.expire_unapproved():
                     log.info("cancelled %d job(s) not approved in time", len(expired))
                 await self.store.jobs.listing.drop_all_expired()
@@ -356,8 +357,8 @@ class Worker:
             JOB_SECONDS.observe(time.monotonic() - first_started)
         if status == FAILED:  # its run's failure and a job given up alike, counted by the worker that ended it
             ERRORS.labels("job").inc()
-        await self._ack(claim.entry_id)  # before the callback: a slow receiver holds no lease
-        await deliver(self.store.jobs, job.id, self.settings)
+        await self._ack(claim.entry_id)
+        self.callbacks.send(job.id)  # not in this job's slot: a slow receiver holds neither it nor a lease
         log.info("job %s: %s (%d tokens)", job.id, status, tokens)
 
     async def _ack(self, entry_id: str) -> None:
