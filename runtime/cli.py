@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     compiles.add_argument("--compile-timeout", type=float, default=None, metavar="S",
                           help="seconds a request waits for its spec to compile, else a 400 (default 30; the first "
                                "structured request also reads the vocabulary)")
+    compiles.add_argument("--grammar-cache-mib", type=float, default=None, metavar="MIB",
+                          help="compiled specs kept for reuse, least recently used dropped, per compiler (one per "
+                               "set of special tokens a spec writes; with --replicas, in the frontend and in each "
+                               "rank): MiB (default 512; a JSON schema over a 151k-token vocabulary takes ~2)")
     router = serve.add_argument_group("router (with --replicas or --ep)")
     for flag, (field, kind, text) in ROUTER_OPTIONS.items():
         router.add_argument(flag, dest=field, type=kind, default=None, metavar="N" if kind is int else "S", help=text)
@@ -115,12 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _engine_config(speculative_tokens: int | None = None, max_model_len: int | None = None,
-                   kv_cache_gib: float | None = None):
+                   kv_cache_gib: float | None = None, grammar_cache_mib: float | None = None):
     """Checked before the model loads, so a bad option fails at once."""
     from runtime.engine.config import EngineConfig
 
     kv_cache_bytes = None if kv_cache_gib is None else int(kv_cache_gib * 2**30)
-    given = {"speculative_tokens": speculative_tokens, "max_model_len": max_model_len, "kv_cache_bytes": kv_cache_bytes}
+    grammar_cache_bytes = None if grammar_cache_mib is None else int(grammar_cache_mib * 2**20)
+    given = {"speculative_tokens": speculative_tokens, "max_model_len": max_model_len, "kv_cache_bytes": kv_cache_bytes,
+             "grammar_cache_bytes": grammar_cache_bytes}
     return EngineConfig(**{name: value for name, value in given.items() if value is not None})
 
 
@@ -175,13 +181,14 @@ def _to_stderr(line: str) -> None:
 
 
 def _load(model: str, dtype: str, speculative_tokens: int | None = None, max_model_len: int | None = None,
-          kv_cache_gib: float | None = None, say: Callable[[str], None] = _to_stderr):
+          kv_cache_gib: float | None = None, grammar_cache_mib: float | None = None,
+          say: Callable[[str], None] = _to_stderr):
     """The engine; `say` tells its progress (serve's: a log line)."""
     from runtime.embedded import KNOWN_MODELS
     from runtime.engine.config import check_context_held
     from runtime.engine.factory import load_engine
 
-    config = _engine_config(speculative_tokens, max_model_len, kv_cache_gib)
+    config = _engine_config(speculative_tokens, max_model_len, kv_cache_gib, grammar_cache_mib)
     note = " (its first use converts it once, about a minute)" if model in KNOWN_MODELS else ""
     say(f"loading {model}{note}...")
     engine = load_engine(model, config, dtype=dtype)  # "auto" looks at the checkpoint (INT4 weights) and the CPU
@@ -253,13 +260,15 @@ def _serve(args: argparse.Namespace) -> None:
 
         serve_replicas(args.model, host=args.host, port=args.port, replicas=args.replicas or 1, ep=args.ep or 1,
                        dtype=args.dtype, hang_timeout_s=hang_timeout_s, served_name=served_name,
-                       engine=_engine_config(args.speculative_tokens, args.max_model_len, args.kv_cache_gib),
+                       engine=_engine_config(args.speculative_tokens, args.max_model_len, args.kv_cache_gib,
+                                             args.grammar_cache_mib),
                        max_model_len=args.max_model_len, router=router, api_keys=api_keys,
                        max_body_bytes=max_body_bytes, compiles=compiles)
         return
     from runtime.server.app import serve
 
-    serve(_load(args.model, args.dtype, args.speculative_tokens, args.max_model_len, args.kv_cache_gib, say=log.info),
+    serve(_load(args.model, args.dtype, args.speculative_tokens, args.max_model_len, args.kv_cache_gib,
+                args.grammar_cache_mib, say=log.info),
           model_name=served_name, host=args.host, port=args.port, hang_timeout_s=hang_timeout_s, api_keys=api_keys,
           max_body_bytes=max_body_bytes, compiles=compiles)
 

@@ -25,7 +25,8 @@ from runtime.sampling import StructuredOutput
 MAX_WHITESPACE = 8  # runs of whitespace a JSON grammar allows between tokens: a weak model can pad forever
 # What one compiler keeps of the specs it compiled, least recently used dropped first (xgrammar keeps all of them
 # by default: a compiled JSON schema holds ~1.9 MB over a 151k-token vocabulary, so clients sending schemas of their
-# own grew the server by that much per schema, for ever). vLLM's default bound (VLLM_XGRAMMAR_CACHE_MB).
+# own grew the server by that much per schema, for ever). vLLM's default bound (VLLM_XGRAMMAR_CACHE_MB); `runtime
+# serve --grammar-cache-mib` sets another.
 GRAMMAR_CACHE_BYTES = 512 << 20
 
 
@@ -45,12 +46,13 @@ class ByteVocabulary(Protocol):
 class Grammars:
     """Compiles requests' structured-output specs into matchers over one model's vocabulary. Built at the first
     structured request (it reads the whole vocabulary once); thread-safe, compiled specs cached (up to `cache_bytes`
-    per compiler)."""
+    per compiler, GRAMMAR_CACHE_BYTES when None)."""
 
     def __init__(self, tokenizer: ByteVocabulary, vocab_size: Callable[[], int], *,
-                 cache_bytes: int = GRAMMAR_CACHE_BYTES) -> None:
+                 cache_bytes: int | None = None) -> None:
         """`vocab_size`: the model's logits width (read at the first structured request)."""
-        self._tokenizer, self._vocab_size, self._cache_bytes = tokenizer, vocab_size, cache_bytes
+        self._tokenizer, self._vocab_size = tokenizer, vocab_size
+        self._cache_bytes = GRAMMAR_CACHE_BYTES if cache_bytes is None else cache_bytes
         self._compilers: dict[frozenset[str], xgr.GrammarCompiler] = {}  # by the special tokens written as text
         self._lock = threading.Lock()
 

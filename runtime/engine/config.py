@@ -32,6 +32,8 @@ class EngineConfig:
     # that mode's row tile: every linear call computes this many rows. Larger tiles prefill faster, smaller ones pad a
     # small decode batch less (scripts/bench_invariant.py)
     invariant_tile: int = TILE_ROWS
+    # compiled structured-output specs one grammar compiler keeps (runtime/structured.py; None: GRAMMAR_CACHE_BYTES)
+    grammar_cache_bytes: int | None = None
 
     @property
     def invariant_chunk(self) -> int:
@@ -51,8 +53,9 @@ class EngineConfig:
                                     f"max_num_seqs - 1 + block_size ({self.max_num_seqs - 1 + self.block_size})")
         if self.speculative_tokens < 0:
             raise EngineConfigError(f"speculative_tokens must be >= 0, got {self.speculative_tokens}")
-        if self.num_blocks is not None and self.num_blocks <= 0:
-            raise EngineConfigError(f"num_blocks must be > 0, got {self.num_blocks}")
+        for name in ("num_blocks", "grammar_cache_bytes"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise EngineConfigError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 def check_context_held(asked: int | None, held: int) -> None:

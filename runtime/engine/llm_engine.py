@@ -106,7 +106,8 @@ class LLMEngine:
         self.requests: dict[str, _Request] = {}
         self._ids = itertools.count()
         self.speculation = SpeculationStats()
-        self.grammars = Grammars(tokenizer, lambda: self.runner.model.config.vocab_size)
+        self.grammars = Grammars(tokenizer, lambda: self.runner.model.config.vocab_size,
+                                 cache_bytes=self.config.grammar_cache_bytes)
 
     @property
     def stats(self):

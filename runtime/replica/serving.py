@@ -74,12 +74,14 @@ class UnsupportedReplicaModel(ValueError):
 
 class RouterFrontend:
     def __init__(self, router, tokenizer, max_model_len: int, replicas: tuple = (),
-                 dead_after_s: float = ReplicaSpec.recover_timeout_s + DEAD_MARGIN_S, owns_ray: bool = False):
+                 dead_after_s: float = ReplicaSpec.recover_timeout_s + DEAD_MARGIN_S, owns_ray: bool = False,
+                 grammar_cache_bytes: int | None = None):
         self.router, self.tokenizer, self.max_model_len = router, tokenizer, max_model_len
         self.owns_ray = owns_ray  # shutdown() ends the local Ray instance start_frontend began for it
         self.replicas = replicas  # the router's replica actors, in its order (for shutdown, drills, diagnostics)
         self.dead_after_s = dead_after_s
-        self.grammars = Grammars(tokenizer, lambda: tokenizer.vocab_size)  # enough to compile
+        # enough to compile (the replicas' engines compile again, each under the same bound)
+        self.grammars = Grammars(tokenizer, lambda: tokenizer.vocab_size, cache_bytes=grammar_cache_bytes)
 
     @property
     def engine(self) -> "RouterFrontend":
@@ -203,7 +205,8 @@ def start_frontend(folder: Path, replicas: int, ep: int, engine: EngineConfig | 
     max_model_len = ray.get(handles[0].max_model_len.remote())
     log.info("serving %d replica(s) x EP=%d of %s", replicas, ep, folder)
     return RouterFrontend(router_actor, load_tokenizer(folder), max_model_len, tuple(handles),
-                          dead_after_s=spec.recover_timeout_s + DEAD_MARGIN_S, owns_ray=owns_ray)
+                          dead_after_s=spec.recover_timeout_s + DEAD_MARGIN_S, owns_ray=owns_ray,
+                          grammar_cache_bytes=spec.engine.grammar_cache_bytes)
 
 
 def serve_replicas(model: str, host: str, port: int, replicas: int, ep: int, absorbed_mla: bool = True,

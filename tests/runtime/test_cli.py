@@ -141,8 +141,30 @@ def test_serve_bounds_structured_output_compiles_by_its_flags_in_process_and_ove
     assert bounds == [(1000, 3, 7.5), (1000, 3, 7.5), (65536, 2, 30.0)]
 
 
+def test_serve_bounds_the_grammar_compile_cache_by_its_flag_in_process_and_over_ray(monkeypatch, tiny_kimi_path):
+    """xgrammar's compile cache was 512 MiB per compiler whatever was run: too much for a small deployment."""
+    from runtime.replica import serving
+    from runtime.sampling import StructuredOutput
+    from runtime.server import app
+    from runtime.structured import GRAMMAR_CACHE_BYTES
+
+    engines, configs = [], []
+    monkeypatch.setattr(serving, "serve_replicas", lambda model, **options: configs.append(options["engine"]))
+    monkeypatch.setattr(app, "serve", lambda engine, **options: engines.append(engine))
+    for flags in (["--grammar-cache-mib", "64"], []):
+        assert main(["serve", "--model", str(tiny_kimi_path), "--replicas", "1", *flags]) == 0
+        assert main(["serve", "--model", str(tiny_kimi_path), *flags]) == 0
+    assert [config.grammar_cache_bytes for config in configs] == [64 << 20, None]
+    bounds = []
+    for engine in engines:
+        engine.grammars.matcher(StructuredOutput("regex", "a+"))
+        bounds.append([compiler.cache_limit_bytes for compiler in engine.grammars._compilers.values()])
+    assert bounds == [[64 << 20], [GRAMMAR_CACHE_BYTES]]
+
+
 @pytest.mark.parametrize("args, message", [
     (("--compile-threads", "0"), "ValueError: compile workers must be > 0, got 0"),
+    (("--grammar-cache-mib", "0", "--replicas", "1"), "EngineConfigError: grammar_cache_bytes must be > 0, got 0"),
     (("--compile-timeout", "nan"), "ValueError: compile timeout_s must be a finite number > 0, got nan"),
     (("--compile-timeout", "0"), "ValueError: compile timeout_s must be a finite number > 0, got 0.0"),
     (("--max-spec-chars", "-1", "--replicas", "1"), "ValueError: max_spec_chars must be > 0, got -1"),
