@@ -116,6 +116,7 @@ async def test_a_store_moved_to_a_cluster_and_back_keeps_every_job_and_can_go_on
         assert moved.copied == dry.keys
         await assert_same_store(source, on_cluster, ids)
         assert await on_cluster.tenants.resolve(key.secret) == "acme"
+        assert await on_cluster.redis.smembers(tagged.tenants) == {"acme"}  # what the workers' retention sweep walks
         retention_ms = await on_cluster.redis.pttl(tagged.job(ids["done"]))
         assert 0 < retention_ms <= await source.redis.pttl(plain.job(ids["done"])) + 1_000  # expiry kept
         assert await on_cluster.redis.pttl(tagged.job(ids["queued"])) == -1
