@@ -384,15 +384,18 @@ class JobStore:
 
     async def save_checkpoint(self, job_id: str, trajectory: int, data: dict[str, Any], *, owner: str = "") -> None:
         """With `owner`, only while that worker runs the job (else JobTakenOver). A change (checkpoint_log.py) is
-        appended to the checkpoint saved before it; anything else replaces it."""
+        appended to the trajectory's log; anything else is a whole save, which replaces the checkpoint and its log."""
         write = self._append_checkpoint if is_change(data) else self._save_checkpoint
-        reply = await write(keys=[self.keys.job(job_id), self.keys.checkpoint(job_id, trajectory)],
+        reply = await write(keys=[self.keys.job(job_id), self.keys.checkpoint(job_id, trajectory),
+                                  self.keys.checkpoint_log(job_id, trajectory)],
                             args=[owner, json.dumps(data, ensure_ascii=False)])
         self._fenced(job_id, owner, reply)
 
     async def load_checkpoints(self, job_id: str, trajectories: int) -> dict[int, dict[str, Any]]:
-        values = await self.redis.mget([self.keys.checkpoint(job_id, k) for k in range(trajectories)])
-        return {k: folded(v) for k, v in enumerate(values) if v}
+        values = await self.redis.mget([*(self.keys.checkpoint(job_id, k) for k in range(trajectories)),
+                                        *(self.keys.checkpoint_log(job_id, k) for k in range(trajectories))])
+        wholes, logs = values[:trajectories], values[trajectories:]
+        return {k: folded(whole, log) for k, (whole, log) in enumerate(zip(wholes, logs, strict=True)) if whole}
 
     async def get_report(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
         data = await self.redis.hgetall(self.keys.report(job_id))

@@ -39,7 +39,12 @@ class Keys:
         return f"{self.job(job_id)}:events"
 
     def checkpoint(self, job_id: str, trajectory: int) -> str:
+        """A trajectory's whole save, one line of JSON (heavy/store/checkpoint_log.py)."""
         return f"{self.job(job_id)}:traj:{trajectory}"
+
+    def checkpoint_log(self, job_id: str, trajectory: int) -> str:
+        """What the trajectory's saves after its whole save changed, a line each (heavy/store/checkpoint_log.py)."""
+        return f"{self.checkpoint(job_id, trajectory)}:log"
 
     def report(self, job_id: str) -> str:
         return f"{self.job(job_id)}:report"
@@ -50,9 +55,9 @@ class Keys:
         return f"{self.job(job_id)}:appends"
 
     def job_parts(self, job_id: str, trajectories: int) -> list[str]:
-        """Every key of a job but its hash: events, report, one checkpoint per trajectory, appends."""
+        """Every key of a job but its hash: events, report, each trajectory's checkpoint and its log, appends."""
         return [self.events(job_id), self.report(job_id), *(self.checkpoint(job_id, k) for k in range(trajectories)),
-                self.appends(job_id)]
+                *(self.checkpoint_log(job_id, k) for k in range(trajectories)), self.appends(job_id)]
 
     @property
     def jobs_stream(self) -> str:

@@ -139,7 +139,7 @@ return {'ok', status}
 # A job with a callback URL is put on the callbacks set, due now (Redis's clock, as CLAIM_CALLBACK's), in the same
 # step: no process can end it and die before its callback is on record.
 FINISH = _REINDEX + f"""
-local parts = {8 + _STATUS_INDEXES}  -- KEYS[parts]: the job's events, then its report and checkpoints""" + """
+local parts = {8 + _STATUS_INDEXES}  -- KEYS[parts]: the job's events, then its report, checkpoints, their logs""" + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then
@@ -155,8 +155,9 @@ for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 reindex(8, KEYS[1], ARGV[1], status, redis.call('HGET', KEYS[1], 'status'))
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[parts + 1], 'markdown', ARGV[6], 'json', ARGV[7]) end
--- the checkpoints (after the report, before the appends) only resume a job that runs: each holds a trajectory's
--- whole transcript (every page it read), megabytes for a long one, which the retention would keep for nothing
+-- the checkpoints and their logs (after the report, before the appends) only resume a job that runs: each holds a
+-- trajectory's whole transcript (every page it read), megabytes for a long one, which the retention would keep for
+-- nothing
 for i = parts + 2, #KEYS - 1 do redis.call('DEL', KEYS[i]) end
 if ARGV[5] ~= '' then
   local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
@@ -216,15 +217,17 @@ redis.call('PEXPIRE', KEYS[3], (ttl > 0 and ttl < {APPEND_IDS_TTL_MS}) and ttl o
 return seq
 """
 
-# KEYS: job hash, checkpoint key; ARGV: owner, checkpoint JSON
+# KEYS: job hash, checkpoint key, its log's key; ARGV: owner, checkpoint JSON (a whole save: the lines logged after
+# the one it replaces are of no use now)
 SAVE_CHECKPOINT = _HELD_BY_OWNER + """
 redis.call('SET', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
 return 0
 """
 
-# KEYS: job hash, checkpoint key; ARGV: owner, a change line of its log (heavy/store/checkpoint_log.py)
+# KEYS: job hash, checkpoint key, its log's key; ARGV: owner, a change line of the log (heavy/store/checkpoint_log.py)
 APPEND_CHECKPOINT = _HELD_BY_OWNER + """
-redis.call('APPEND', KEYS[2], '\\n' .. ARGV[2])
+redis.call('APPEND', KEYS[3], ARGV[2] .. '\\n')
 return 0
 """
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -93,8 +94,10 @@ def _settings_of(trajectory: Trajectory) -> dict[str, Any]:
 
 @dataclass
 class SavedMarks:
-    """How far a trajectory's growing state was saved: the next save is a change line of what came after
-    (heavy/store/checkpoint_log.py), so a step writes its own size, not the whole transcript again."""
+    """How far a trajectory's growing state was saved: the next save is a change line of what came after, in the
+    log its whole save named (heavy/store/checkpoint_log.py), so a step writes its own size, not the whole
+    transcript again."""
+    log: str
     messages: int
     steps: int
     evidence: dict[str, Source]
@@ -103,14 +106,15 @@ class SavedMarks:
     usage: Usage
 
     @classmethod
-    def of(cls, trajectory: Trajectory) -> SavedMarks:
-        return cls(len(trajectory.messages), len(trajectory.steps), dict(trajectory.evidence),
+    def of(cls, trajectory: Trajectory, log: str) -> SavedMarks:
+        return cls(log, len(trajectory.messages), len(trajectory.steps), dict(trajectory.evidence),
                    dict(trajectory.excerpts), set(trajectory.seen_calls), trajectory.usage)
 
 
 def change_of(trajectory: Trajectory, saved: SavedMarks) -> dict[str, Any]:
     """What `trajectory` changed since `saved`, as a change line of its checkpoint log."""
     return {
+        "log": saved.log,
         "at": {"messages": saved.messages, "steps": saved.steps},
         "append": {
             "messages": trajectory.messages[saved.messages:],
@@ -210,8 +214,11 @@ class CheckpointedTrajectory(Trajectory):
 
     async def after_step(self) -> None:
         if self.final is None:  # an answering step is saved as the result right after
-            await self.save(self.spec.index, state_of(self) if self.saved is None else change_of(self, self.saved))
-            self.saved = SavedMarks.of(self)
+            whole = self.saved is None  # this run's first save: a log of its own, which its later saves extend
+            log_name = uuid.uuid4().hex if whole else self.saved.log
+            await self.save(self.spec.index,
+                            {**state_of(self), "log": log_name} if whole else change_of(self, self.saved))
+            self.saved = SavedMarks.of(self, log_name)
 
     async def _save_spent(self) -> None:
         """The last checkpoint again, with what the trajectory spent since: a request the worker's stop or the job's
@@ -223,7 +230,7 @@ class CheckpointedTrajectory(Trajectory):
         if self.usage == saved_usage:
             return
         spent = ({**self.checkpoint, "usage": asdict(self.usage)} if self.saved is None
-                 else {"update": {}, "usage": asdict(self.usage)})  # a change of the usage alone
+                 else {"log": self.saved.log, "update": {}, "usage": asdict(self.usage)})  # the usage changed alone
         try:
             await asyncio.wait_for(self.save(self.spec.index, spent), SPENT_SAVE_TIMEOUT_S)
         except Exception as exc:

@@ -54,7 +54,9 @@ async def jobs_in_every_state(store) -> dict[str, str]:
     assert [claim.job_id for claim in claims] == [running.id, done.id]
     await store.jobs.update(running.id, status=RUNNING, worker="w1")
     await store.jobs.append_event(running.id, {"type": "job_started"}, owner="w1")
-    await store.jobs.save_checkpoint(running.id, 1, {"steps": [1, 2]}, owner="w1")
+    await store.jobs.save_checkpoint(running.id, 1, {"log": "a", "steps": [1, 2]}, owner="w1")
+    await store.jobs.save_checkpoint(running.id, 1, {"log": "a", "at": {"steps": 2}, "append": {"steps": [3]}},
+                                     owner="w1")
     await store.jobs.append_event(done.id, {"type": "job_started"})
     await store.jobs.finish(done, DONE, event={"type": "job_done"}, report=("# Report", {"answer": "blue"}))
     await store.queue.ack(claims[1].entry_id)
@@ -108,7 +110,7 @@ async def test_a_store_moved_to_a_cluster_and_back_keeps_every_job_and_can_go_on
 
         dry = await move(redis_server.url, plain, redis_cluster.url, tagged, dry_run=True)
         assert (dry.kinds["job"], dry.kinds["job events"], dry.kinds["job report"], dry.kinds["job checkpoint"],
-                dry.kinds["jobs"], dry.kinds["api key"], dry.existing, dry.copied) == (4, 2, 1, 1, 1, 1, [], 0)
+                dry.kinds["jobs"], dry.kinds["api key"], dry.existing, dry.copied) == (4, 2, 1, 2, 1, 1, [], 0)
         assert "page" not in dry.kinds  # a cache
         assert not [name async for name in on_cluster.redis.scan_iter(match=f"{key_prefix}*")]
 
@@ -134,7 +136,7 @@ async def test_a_store_moved_to_a_cluster_and_back_keeps_every_job_and_can_go_on
         # and finds its checkpoints, claims the queued job, and the held one once approved
         takeover = await on_cluster.queue.claim_abandoned("w2", lease_ms=0)
         assert [claim.job_id for claim in takeover] == [ids["running"]]
-        assert await on_cluster.jobs.load_checkpoints(ids["running"], 2) == {1: {"steps": [1, 2]}}
+        assert await on_cluster.jobs.load_checkpoints(ids["running"], 2) == {1: {"log": "a", "steps": [1, 2, 3]}}
         assert [claim.job_id for claim in await on_cluster.queue.claim_new("w2", block_ms=10)] == [ids["queued"]]
         assert (await on_cluster.jobs.approve(ids["held"], "acme")).status == QUEUED
         assert [claim.job_id for claim in await on_cluster.queue.claim_new("w2", block_ms=10)] == [ids["held"]]

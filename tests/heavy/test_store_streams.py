@@ -57,8 +57,9 @@ async def test_a_read_of_several_jobs_ends_when_woken_even_before_it_began_and_o
 
 async def test_checkpoints_and_report_round_trip_and_the_checkpoints_go_when_the_job_ends(store):
     job = await submit(store)
-    await store.jobs.save_checkpoint(job.id, 1, {"kind": "state", "steps": [1, 2]})
-    assert await store.jobs.load_checkpoints(job.id, 2) == {1: {"kind": "state", "steps": [1, 2]}}
+    await store.jobs.save_checkpoint(job.id, 1, {"kind": "state", "log": "a", "steps": [1, 2]})
+    await store.jobs.save_checkpoint(job.id, 1, {"log": "a", "at": {"steps": 2}, "append": {"steps": [3]}})
+    assert await store.jobs.load_checkpoints(job.id, 2) == {1: {"kind": "state", "log": "a", "steps": [1, 2, 3]}}
     assert await store.jobs.get_report(job.id) is None
     await store.jobs.finish(job, DONE, report=("# Report", {"answer": "blue"}),
                             event={"type": "report_ready", "job_id": job.id})
@@ -66,6 +67,7 @@ async def test_checkpoints_and_report_round_trip_and_the_checkpoints_go_when_the
     assert [e["type"] for e in await store.jobs.read_events(job.id)] == ["report_ready"]
     # a trajectory's checkpoint holds all it read: kept for the retention, a long job's took megabytes for nothing
     assert await store.jobs.load_checkpoints(job.id, 2) == {}
+    assert not await store.redis.exists(store.jobs.keys.checkpoint_log(job.id, 1))  # nor its log
 
 
 async def test_a_workers_writes_of_a_job_another_took_over_or_that_ended_change_nothing(store):

@@ -35,9 +35,11 @@ def as_loaded(saves: list[dict], data: dict) -> dict:
 
 def as_restored(state: dict) -> dict:
     """A saved state as restoring reads it: its sources by url (a later one in a change line replaces the earlier
-    one, in its place), the calls seen as a set."""
-    return {**state, "evidence": list({s["url"]: s for s in state["evidence"]}.values()),
-            "seen_calls": sorted(state["seen_calls"])}
+    one, in its place), the calls seen as a set, without the name of its log (the save's, not the trajectory's)."""
+    restored = {**state, "evidence": list({s["url"]: s for s in state["evidence"]}.values()),
+                "seen_calls": sorted(state["seen_calls"])}
+    restored.pop("log", None)
+    return restored
 
 
 def trajectory(saved=None, backend=None, budget=None, tools=None):
