@@ -198,12 +198,13 @@ async def measure(steps: int, trajectories: int, redis_url: str, base: str, api_
 
         info = await store.redis.info()
         jobs = store.jobs
-        parts = [jobs.keys.job(job["id"]), jobs.keys.events(job["id"]), jobs.keys.report(job["id"]),
-                 *(jobs.keys.checkpoint(job["id"], k) for k in range(trajectories))]
+        # the hash, then events, report, the checkpoints and their logs, the event appends' ids
+        parts = [jobs.keys.job(job["id"]), *jobs.keys.job_parts(job["id"], trajectories)]
         usage = [await store.redis.memory_usage(part) or 0 for part in parts]
         out["redis job keys MB"] = sum(usage) / 1e6
-        out["redis checkpoints MB"] = sum(usage[3:]) / 1e6
+        out["redis checkpoints MB"] = sum(usage[3:3 + 2 * trajectories]) / 1e6
         out["redis events MB"] = usage[1] / 1e6
+        out["redis event appends MB"] = usage[-1] / 1e6
         out["redis used MB"] = info["used_memory"] / 1e6
         out["AOF MB"] = info.get("aof_current_size", 0) / 1e6
         out["AOF rewrites"] = info.get("aof_rewrites", 0)
