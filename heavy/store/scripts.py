@@ -177,7 +177,10 @@ if url and url ~= '' then
 end
 if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  for i = parts, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+  for i = parts, #KEYS - 1 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+  -- the append ids (last) keep the hour their last append gave them, or go with the job if it goes sooner
+  local left = redis.call('PTTL', KEYS[#KEYS])
+  if left == -1 or left > tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[#KEYS], ARGV[4]) end
   local now = redis.call('TIME')
   redis.call('ZADD', KEYS[7], now[1] + now[2] / 1000000 + tonumber(ARGV[4]) / 1000, ARGV[1])
 end

@@ -118,6 +118,20 @@ async def test_a_jobs_append_ids_go_by_themselves_though_an_older_worker_ends_it
     assert 0 < await store.redis.pttl(appends) <= scripts.APPEND_IDS_TTL_MS
 
 
+async def test_a_jobs_append_ids_keep_their_hour_when_it_ends_not_its_retention(store):
+    """They answer a retried append, seconds after it: the job's end gave them its retention (30 days by default)."""
+    jobs = JobStore(store.redis, store.jobs.keys, retention_s=30 * 86400.0)
+    job, _ = await jobs.submit("acme", question="q", mode="report", params={"trajectories": 1})
+    await jobs.append_event(job.id, {"type": "job_started"})
+    await jobs.finish(job, DONE)
+    assert 0 < await store.redis.pttl(jobs.keys.appends(job.id)) <= scripts.APPEND_IDS_TTL_MS
+    short = JobStore(store.redis, store.jobs.keys, retention_s=60.0)  # a job kept a minute: its ids go with it
+    job, _ = await short.submit("acme", question="q", mode="report", params={"trajectories": 1})
+    await short.append_event(job.id, {"type": "job_started"})
+    await short.finish(job, DONE)
+    assert 0 < await store.redis.pttl(short.keys.appends(job.id)) <= 60_000
+
+
 async def test_queue_lease_renewal_and_claim_of_a_dead_workers_entry(store):
     job = await submit(store)
     (claim,) = await store.queue.claim_new("w1", block_ms=10)
