@@ -1,16 +1,30 @@
 """What several scripts share: a free port on loopback, a percentile of measured values, the model a benchmark
-runs (--model, --threads), and the soaks' growth table."""
+runs (--model, --threads), the soaks' growth table and their wait for the service they started."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
+
+import httpx
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+async def wait_until_up(client: httpx.AsyncClient, path: str, tries: int, pause_s: float) -> None:
+    """Until `path` answers 200 (a service still starting refuses connections), at most `tries` times."""
+    for _ in range(tries):
+        try:
+            if (await client.get(path)).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(pause_s)
 
 
 def percentile(values: list[float], q: float) -> float:

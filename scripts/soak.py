@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 import psutil
 import redis.asyncio as aioredis
-from common import free_port, print_slopes  # beside this script
+from common import free_port, print_slopes, wait_until_up  # beside this script
 
 from heavy.embedded_redis import EmbeddedRedis
 from heavy.store import Store
@@ -233,13 +233,7 @@ async def soak(args: argparse.Namespace, redis_url: str, home: Path) -> None:
         limits = httpx.Limits(max_connections=args.clients * 2)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", headers=headers, timeout=60,
                                      limits=limits) as client:
-            for _ in range(100):
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.3)
+            await wait_until_up(client, "/readyz", tries=100, pause_s=0.3)
             driver, done, samples = Driver(client, receiver_port, closed_port), 0, []
             watched = {name: psutil.Process(processes[name].pid) for name in ("api", "worker")}
 

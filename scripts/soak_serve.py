@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from common import free_port, print_slopes  # beside this script
+from common import free_port, print_slopes, wait_until_up  # beside this script
 from make_tiny_checkpoint import write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -116,13 +116,7 @@ async def soak(args: argparse.Namespace, folder: Path) -> None:
                               env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
-            for _ in range(600):
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.5)
+            await wait_until_up(http, "/health", tries=600, pause_s=0.5)
             client, process, done, samples = Client(http), psutil.Process(server.pid), 0, []
 
             async def sample() -> dict[str, float]:
