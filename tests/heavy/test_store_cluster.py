@@ -1,7 +1,7 @@
 """heavy on a Redis Cluster (`redis+cluster://`) of redis-server processes on loopback (tests/heavy/redis_cluster.py):
 the URL, the store's keys in one slot, Redis's clock read where the store's scripts read it, a worker running a job
-end to end, the shared page cache, and a failover of the shard that holds the store. The store's own tests run on
-a cluster too (test_store.py)."""
+end to end, the shared page cache, a callback's sender when no node answers, and a failover of the shard that holds
+the store. The store's own tests run on a cluster too (test_store.py)."""
 
 import asyncio
 import itertools
@@ -17,6 +17,7 @@ from heavy.store import JobStore, Keys, QuotaExceeded, Store
 from heavy.store.connection import ClusterTarget, parse_cluster_url
 from heavy.tools.page_cache import Page
 from heavy.tools.redis_page_cache import RedisPageCache
+from heavy.webhooks import deliver
 from heavy.worker import Worker
 from tests.heavy.api_helpers import app_for, client_for, parse_sse
 from tests.heavy.fakes import ScriptedBackend
@@ -182,5 +183,19 @@ async def test_the_store_goes_on_on_the_promoted_replica_after_its_shards_primar
         page, total = await store.jobs.list("acme")
         assert total == 2 and [j.id for j in page] == [again.id, job.id]  # and writes go there too
         assert [c.job_id for c in await store.queue.claim_new("w1", count=2, block_ms=10)] == [job.id, again.id]
+    finally:
+        await store.aclose()
+
+
+async def test_a_callback_sent_while_no_node_of_the_cluster_answers_does_not_raise(failing_cluster, key_prefix):
+    """The cluster client raises RedisClusterException (not a RedisError) once it finds no node to ask: the worker's
+    delivery task (heavy/worker/callbacks.py) raised it where nothing awaits it, an asyncio 'exception never
+    retrieved' instead of the warning naming the job."""
+    settings = Settings(webhook_attempts=1, webhook_timeout_s=1)
+    store = Store.connect(failing_cluster.url, settings, Keys(key_prefix))
+    try:
+        await store.queue.ensure_group()
+        failing_cluster.stop()
+        assert await deliver(store.jobs, "j-ended", settings) is None
     finally:
         await store.aclose()
