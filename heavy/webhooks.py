@@ -92,6 +92,7 @@ async def deliver(jobs: JobStore, job_id: str, settings: Settings, guard: SsrfGu
     kept as `callback_status`), or None. Never raises: a receiver's failure is the job's callback status, not the
     caller's error, and Redis down leaves the callback due, for a sweep to send (again, if this call had sent it)."""
     outcome = None
+    log_about(job_id=job_id)  # a sweep's delivery starts in no job's context: its lines name the job by field too
     try:
         if not await jobs.claim_callback(job_id, delivery_lease_s(settings)):
             return None

@@ -5,12 +5,14 @@ per session on a unix socket (the store's own tests also on a Redis Cluster of t
 loopback ports); each test gets its own key prefix, so tests never see each other's data. Dashboard
 tests get a `page` of Debian's Chromium driven by Playwright (never a downloaded browser)."""
 
+import logging
 import shutil
 import uuid
 
 import pytest
 
 from heavy.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server
+from heavy.logs import JsonLines
 from tests.heavy.live_service import Service
 from tests.heavy.redis_cluster import LocalCluster
 
@@ -93,3 +95,19 @@ async def page():
                                                        f"{request.failure}"))
         yield page
         await browser.close()
+
+
+@pytest.fixture
+def json_lines():
+    """What heavy's loggers write, formatted as the services format it."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.setFormatter(JsonLines())
+    handler.emit = lambda record: lines.append(handler.format(record))
+    logger = logging.getLogger("heavy")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # not `.level =`: setLevel also drops the loggers' cached "INFO is off" answers
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -105,22 +105,6 @@ async def _create_key(redis_url: str, tenant: str) -> str:
         await store.aclose()
 
 
-@pytest.fixture
-def json_lines():
-    """What heavy's loggers write, formatted as the services format it."""
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.setFormatter(JsonLines())
-    handler.emit = lambda record: lines.append(handler.format(record))
-    logger = logging.getLogger("heavy")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)  # not `.level =`: setLevel also drops the loggers' cached "INFO is off" answers
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 @pytest.mark.anyio
 async def test_a_callback_host_with_a_quote_stays_inside_its_log_record(store, json_lines):
     host = 'hook"}{"forged'  # httpx takes quotes and braces in a host name
