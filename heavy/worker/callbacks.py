@@ -8,12 +8,16 @@ sender claims and settles it, so a callback this worker does not start (DELIVERI
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from heavy.config import Settings
+from heavy.logs import logging_about
 from heavy.store import JobStore
 from heavy.webhooks import deliver, webhook_guard
 
 DELIVERIES = 32  # callbacks one worker has out at once; more stay due, for the next sweep
+
+log = logging.getLogger(__name__)
 
 
 class Callbacks:
@@ -29,8 +33,15 @@ class Callbacks:
             return False
         task = asyncio.create_task(deliver(self.jobs, job_id, self.settings, self.guard), name=f"callback {job_id}")
         self.out[job_id] = task
-        task.add_done_callback(lambda _: self.out.pop(job_id, None))
+        task.add_done_callback(lambda done: self._sent(job_id, done))
         return True
+
+    def _sent(self, job_id: str, task: asyncio.Task) -> None:
+        self.out.pop(job_id, None)
+        # deliver never raises by design: what it did not foresee is logged here, not as asyncio's "never retrieved"
+        if not task.cancelled() and (error := task.exception()) is not None:
+            with logging_about(job_id=job_id):
+                log.error("callback of job %s: %s; it stays due, for a sweep", job_id, error, exc_info=error)
 
     async def send_due(self) -> int:
         """Start sending the callbacks nobody holds (never claimed, or their sender's lease ran out); how many."""

@@ -9,7 +9,7 @@ import pytest
 
 from heavy.api.models import JobCreate
 from heavy.store import Keys
-from heavy.worker import Worker
+from heavy.worker import Worker, callbacks
 from tests.heavy.fakes import ScriptedBackend
 from tests.heavy.test_webhooks import Receiver, settings_allowing
 from tests.heavy.worker_helpers import JOB, ended, executor, researcher, spawn, stop, submit_job, wait_for
@@ -76,3 +76,17 @@ async def test_a_worker_stopped_while_a_callback_is_out_leaves_it_for_a_sweep(st
     assert outcome == "delivered: HTTP 200 after 1 attempt(s)"
     first, second = (json.loads(body) for _, body in hook.received)
     assert first == second and first["job"]["id"] == job.id
+
+
+async def test_a_delivery_failing_unforeseen_is_logged_about_its_job(store, monkeypatch, caplog):
+    """deliver never raises by design; an error it did not foresee showed only as asyncio's "Task exception was never
+    retrieved", naming no job."""
+    async def broken(jobs, job_id, settings, guard):
+        raise RuntimeError("unforeseen")
+    monkeypatch.setattr(callbacks, "deliver", broken)
+    sender = callbacks.Callbacks(store.jobs, settings_allowing(Receiver(())))
+    assert sender.send("job-1")
+    await asyncio.gather(*sender.out.values(), return_exceptions=True)
+    await asyncio.sleep(0)  # its done callback runs
+    (record,) = [r for r in caplog.records if r.name == "heavy.worker.callbacks"]
+    assert "job-1" in record.getMessage() and "unforeseen" in record.getMessage() and not sender.out
