@@ -71,8 +71,8 @@ def checkpointed_usage(saved: dict[int, dict]) -> Usage:
 def raise_lost_cancel() -> None:
     """Raise the cancel this task was sent and lost. Python 3.11's asyncio.wait_for returns its awaitable's result
     and drops a cancel that arrives as the awaitable completes (CPython gh-86296, fixed in 3.12): the task runs on,
-    `cancelling()`. Redis commands re-raise theirs (heavy/store/connection.py, `_KeepsCancels`); the worker's loops
-    call this each round for the rest (their own wait_for calls), so a cancelled worker or job watcher stops."""
+    `cancelling()`. Redis commands re-raise theirs (heavy/store/connection.py, `_KeepsCancels`), so only the claim
+    loop, which waits on its stop event under wait_for, calls this each round."""
     if asyncio.current_task().cancelling():
         raise asyncio.CancelledError
 
@@ -166,7 +166,6 @@ class Worker:
 
     async def _renew_leases(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            raise_lost_cancel()
             await asyncio.sleep(self.settings.worker_lease_s / 3)
             try:
                 lost = await self.store.queue.renew(self.name, [e for e in self.running if e not in self.acked],
@@ -186,7 +185,6 @@ class Worker:
 
     async def _sweep(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            raise_lost_cancel()
             try:
                 if sent := await self.callbacks.send_due():
                     log.info("sending %d due callback(s) no process holds", sent)
@@ -320,7 +318,6 @@ class Worker:
 
     async def _record_stop_once_back(self, job: JobRecord, control: JobControl) -> None:
         while True:
-            raise_lost_cancel()
             try:
                 await self._record_stop(job, control)
                 return
@@ -385,7 +382,6 @@ class Worker:
     async def _watch_control(self, job_id: str, control: JobControl) -> None:
         finishing = False
         while True:
-            raise_lost_cancel()
             await asyncio.sleep(CONTROL_POLL_S)
             with contextlib.suppress(Exception):  # transient Redis errors: look again next time
                 request = (await self.store.jobs.get(job_id)).control
