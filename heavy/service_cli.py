@@ -193,11 +193,9 @@ def store_migrate(
     the key names it needs there (a Redis Cluster's carry a hash tag), with their expiry. Stop the API and the
     workers first (deploy/README.md): it refuses while the source shows workers polling its queue or running jobs
     whose lease (HEAVY_WORKER_LEASE_S) is fresh. The page cache is not copied."""
-    import redis
-
     from heavy.embedded_redis import redis_url_for
     from heavy.store import Keys, StoreError
-    from heavy.store.connection import is_cluster_url, redis_client
+    from heavy.store.connection import REDIS_FAILURES, is_cluster_url, redis_client
     from heavy.store.migrate import migrate
 
     def keys_on(url: str) -> Keys:
@@ -216,7 +214,7 @@ def store_migrate(
     try:
         with redis_url_for(source or get_settings().redis_url, _home()) as source_url:
             migration = asyncio.run(run(source_url))
-    except (ValueError, StoreError, redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+    except (ValueError, StoreError, *REDIS_FAILURES) as exc:
         print_error(f"{type(exc).__name__}: {exc}")
         raise typer.Exit(1) from exc
     table = Table("keys", "count")

@@ -27,12 +27,12 @@ import logging
 import time
 
 import httpx
-from redis.exceptions import RedisClusterException, RedisError
 
 from heavy.config import Settings
 from heavy.logs import log_about
 from heavy.retry_after import retry_after_seconds
 from heavy.store import JobNotFound, JobStore
+from heavy.store.connection import REDIS_FAILURES
 from heavy.store.records import JobRecord
 from heavy.tools.base import ToolError
 from heavy.tools.ssrf import AllowedTarget, SsrfGuard, send_pinned
@@ -105,7 +105,7 @@ async def deliver(jobs: JobStore, job_id: str, settings: Settings, guard: SsrfGu
         outcome = await _post(job, settings, guard or webhook_guard(settings))
         log.info("job %s: callback %s", job.id, _logged(outcome, job.callback_url))
         await jobs.settle_callback(job.id, outcome)
-    except (RedisError, RedisClusterException) as exc:  # the latter a cluster none of whose nodes answers
+    except REDIS_FAILURES as exc:
         log.warning("job %s: callback %s (Redis: %s: %s); a sweep sends it once its claim runs out", job_id,
                     "sent but not recorded" if outcome else "not sent", type(exc).__name__, exc)
     return outcome

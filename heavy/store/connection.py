@@ -24,6 +24,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
@@ -32,6 +33,8 @@ REDIS_PORT = 6379
 POOL_CONNECTIONS = 100  # per client (redis-py's default); a command past them waits for one (`pool_wait_s`)
 
 RedisClient = Redis | RedisCluster  # what redis_client returns; both speak the commands the store sends
+# what a failed command raises: a cluster none of whose nodes answers raises RedisClusterException, no RedisError
+REDIS_FAILURES = (RedisError, RedisClusterException)
 
 
 @dataclass(frozen=True)

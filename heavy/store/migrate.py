@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from redis import exceptions as redis_errors
 
-from heavy.store.connection import RedisClient
+from heavy.store.connection import REDIS_FAILURES, RedisClient
 from heavy.store.errors import StoreError
 from heavy.store.keys import GROUP, Keys
 
@@ -140,7 +140,7 @@ async def migrate(source: RedisClient, source_keys: Keys, target: RedisClient, t
     for side, redis in (("source", source), ("target", target)):
         try:
             await redis.ping()
-        except (redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
+        except REDIS_FAILURES as exc:
             raise StoreError(f"cannot reach the {side} Redis: {exc}") from exc
     live = await live_service(source, source_keys, lease_s)
     if live and not force and not dry_run:
